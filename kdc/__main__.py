@@ -1,0 +1,3 @@
+from kdc.cli import main
+
+main()

@@ -1,0 +1,112 @@
+"""The Python API: `compress` runs every stage; one function per stage runs it alone on a run
+directory whose earlier stages are done. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from kdc.config import KdcConfig, load_config, parse_config
+from kdc.errors import UserError
+from kdc.profiles import HardwareProfile, load_profile
+from kdc.rundir import RunDir, read_json
+
+ConfigLike = KdcConfig | str | Path
+
+
+def _config(config: ConfigLike) -> KdcConfig:
+    return config if isinstance(config, KdcConfig) else load_config(config)
+
+
+def default_run_dir(cfg: KdcConfig) -> Path:
+    return Path("runs") / cfg.name
+
+
+def open_run(config: ConfigLike, target: str | HardwareProfile = "host",
+             out: str | Path | None = None, *, quiet: bool = False):
+    """A pipeline Context for a config, target and run directory."""
+    from kdc.pipeline import Context
+
+    cfg = _config(config)
+    profile = target if isinstance(target, HardwareProfile) else load_profile(target)
+    run = RunDir(out or default_run_dir(cfg))
+    run.update_manifest(config_file=cfg.source_file, config_base_dir=cfg.base_dir)
+    return Context(cfg, profile, run, Console(stderr=False, quiet=quiet), quiet=quiet)
+
+
+def _run(config: ConfigLike, target: Any, out: Any, stages: tuple[str, ...] | None,
+         resume: bool, quiet: bool) -> dict:
+    from kdc.pipeline import run_stages
+
+    ctx = open_run(config, target, out, quiet=quiet)
+    ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
+    run_stages(ctx, resume=resume, only=stages)
+    report = ctx.run / "report.json"
+    return read_json(report) if report.is_file() else ctx.run.manifest()
+
+
+def compress(config: ConfigLike, target: str | HardwareProfile = "host",
+             out: str | Path | None = None, *, resume: bool = False, quiet: bool = False) -> dict:
+    """Run search → distill → export → build → verify → report; return report.json's content."""
+    return _run(config, target, out, None, resume, quiet)
+
+
+def search(config: ConfigLike, target: str = "host", out: str | Path | None = None, *,
+           quiet: bool = False) -> dict:
+    """Run the search stage alone; returns the manifest."""
+    return _run(config, target, out, ("search",), True, quiet)
+
+
+def distill(config: ConfigLike, target: str = "host", out: str | Path | None = None, *,
+            quiet: bool = False) -> dict:
+    return _run(config, target, out, ("distill",), True, quiet)
+
+
+def export(config: ConfigLike, target: str = "host", out: str | Path | None = None, *,
+           quiet: bool = False) -> dict:
+    return _run(config, target, out, ("export",), True, quiet)
+
+
+def build(config: ConfigLike, target: str = "host", out: str | Path | None = None, *,
+          quiet: bool = False) -> dict:
+    return _run(config, target, out, ("build",), True, quiet)
+
+
+def config_of_run(run_dir: str | Path) -> KdcConfig:
+    """The config a run directory was made with (from its manifest)."""
+    run = Path(run_dir)
+    if not (run / "manifest.json").is_file():
+        raise UserError("not a kdc run directory (no manifest.json)", source=str(run),
+                        fix="pass the directory `kdc compress` wrote (runs/<name>)")
+    m = read_json(run / "manifest.json")
+    return parse_config(m["config"], source=m.get("config_file", str(run)),
+                        base_dir=m.get("config_base_dir", "."))
+
+
+def verify(run_dir: str | Path, target: str | None = None, *, quiet: bool = False) -> dict:
+    """Re-run verify and report on a finished run (optionally for another target)."""
+    cfg = config_of_run(run_dir)
+    target = target or read_json(Path(run_dir) / "manifest.json").get("target", "host")
+    return _run(cfg, target, run_dir, ("verify", "report"), True, quiet)
+
+
+def plan(config: ConfigLike, target: str = "host", out: str | Path | None = None) -> dict:
+    """The resolved plan `--dry-run` prints: stages, teacher, data sizes, target, constraints."""
+    from kdc.data import load_dataset
+    from kdc.pipeline import STAGE_NAMES
+
+    cfg = _config(config)
+    profile = load_profile(target)
+    ds = load_dataset(cfg)
+    c = cfg.constraints.model_dump(exclude_none=True)
+    if "latency_budget_ms" not in c and profile.defaults.latency_budget_ms:
+        c["latency_budget_ms"] = profile.defaults.latency_budget_ms
+    return {"name": cfg.name, "task": cfg.task, "stages": list(STAGE_NAMES),
+            "teacher": cfg.teacher.model_dump(exclude_none=True, exclude_defaults=True),
+            "data": ds.summary(), "target": {"name": profile.name, "kind": profile.kind,
+                                             "engines": profile.runtime.engines},
+            "student": cfg.student.model_dump(exclude_none=True),
+            "quantize": cfg.quantize.precision, "constraints": c,
+            "run_dir": str(out or default_run_dir(cfg))}

@@ -1,0 +1,229 @@
+"""The model.yaml schema (pydantic v2) and `load_config`, which turns any bad input into ConfigError."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kdc.errors import ConfigError
+
+Task = Literal["text-classification", "image-classification", "sentence-embedding"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TeacherConfig(Section):
+    """Where the teacher comes from: exactly one of `path` (HF dir), `name` (torchvision/timm or
+    hub id) or `entrypoint` (`package.module:function` returning an nn.Module)."""
+
+    kind: Literal["auto", "huggingface", "torchvision", "timm", "entrypoint"] = "auto"
+    path: str | None = None
+    name: str | None = None
+    entrypoint: str | None = None
+    weights: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    trust_remote_code: bool = False
+    pooling: Literal["mean", "cls", "max"] | None = None
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_form(cls, v: str | None) -> str | None:
+        if v is not None and (":" not in v or v.count(":") != 1 or not all(v.split(":"))):
+            raise ValueError("must look like 'package.module:function'")
+        return v
+
+
+class DataConfig(Section):
+    """Training and evaluation data. `source` is a path (csv, jsonl, tsv, txt, a `datasets`
+    directory, an image folder) or `sklearn:digits`; `eval` an optional separate eval file."""
+
+    source: str
+    eval: str | None = None
+    format: Literal["auto", "csv", "tsv", "jsonl", "txt", "datasets", "imagefolder", "sklearn"] = (
+        "auto")
+    text_column: str = "text"
+    label_column: str = "label"
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    max_length: int = Field(128, ge=8, le=4096)
+    image_size: int | None = Field(None, ge=8)
+    limit_train: int | None = Field(None, ge=1)
+    limit_eval: int | None = Field(None, ge=1)
+    split_sentences: bool = False
+
+
+class StudentConfig(Section):
+    """The skeleton's fixed student: transformers keep `layers` evenly spaced teacher layers;
+    CNNs keep `width` of each layer's channels (by weight magnitude)."""
+
+    layers: int | list[int] | None = None
+    width: float = Field(0.5, gt=0, le=1)
+    architecture: dict[str, Any] | None = None
+
+
+class SearchConfig(Section):
+    strategy: Literal["fixed", "evolution"] = "fixed"
+    proxy: str = "diswot"
+    population: int = Field(16, ge=2)
+    cycles: int = Field(48, ge=1)
+    sample_size: int = Field(4, ge=1)
+    time_budget_s: float = Field(120, gt=0)
+    batch_size: int = Field(64, ge=2)
+
+
+class LossConfig(Section):
+    name: str
+    weight: float = Field(1.0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DistillConfig(Section):
+    epochs: int = Field(3, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    losses: list[LossConfig] = Field(default_factory=lambda: [LossConfig(name="logits")])
+    early_stopping_patience: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+
+
+class PruneConfig(Section):
+    enabled: bool = False
+    ratio: float = Field(0.3, ge=0, lt=1)
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+
+
+class QuantizeConfig(Section):
+    precision: Literal["fp32", "fp16", "int8"] = "int8"
+    method: Literal["ptq", "qat"] = "ptq"
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_size: int = Field(128, ge=1)
+    symmetric_activations: bool | None = None
+
+
+class ExportConfig(Section):
+    opset: int = Field(17, ge=17, le=23)
+    atol: float = Field(1e-4, gt=0)
+    rtol: float = Field(1e-3, ge=0)
+    min_cosine: float = Field(0.9999, gt=0, le=1)
+
+
+class BuildConfig(Section):
+    engines: list[Literal["onnxruntime", "tensorrt"]] = Field(
+        default_factory=lambda: ["onnxruntime", "tensorrt"])
+
+
+class VerifyConfig(Section):
+    warmup: int = Field(50, ge=0)
+    iterations: int = Field(200, ge=10)
+    min_duration_s: float = Field(1.0, ge=0)
+    threads: int | None = Field(None, ge=1)
+    batch: int = Field(1, ge=1)
+
+
+class ConstraintsConfig(Section):
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    latency_budget_ms: float | None = Field(None, gt=0)
+    max_memory_mb: float | None = Field(None, gt=0)
+    max_size_mb: float | None = Field(None, gt=0)
+    percent_max_degradation: float | None = Field(None, ge=0, le=100)
+
+
+class KdcConfig(Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: Task
+    seed: int = 0
+    teacher: TeacherConfig
+    data: DataConfig
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    build: BuildConfig = Field(default_factory=BuildConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
+
+    # Set by load_config: where relative paths are resolved, and which file this came from.
+    base_dir: str = Field(default=".", exclude=True)
+    source_file: str = Field(default="<config>", exclude=True)
+
+    def resolve(self, rel: str) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else (Path(self.base_dir) / p)
+
+    def fingerprint(self) -> dict:
+        """The config as data, for hashing: excludes where it was read from."""
+        return self.model_dump(mode="json")
+
+
+def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at `loc` (for 'did you mean')."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        cands = [ann, *args, *[a for t in args for a in getattr(t, "__args__", ())]]
+        cur = next((c for c in cands if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if cur is None:
+            return []
+    return list(getattr(cur, "model_fields", {}))
+
+
+def _fix_for(err: dict, loc: tuple) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _fields_of(KdcConfig, loc), n=1)
+        return f"did you mean '{close[0]}'?" if close else "remove this key"
+    if kind == "missing":
+        return "add this key"
+    if kind == "literal_error":
+        return f"use one of {err.get('ctx', {}).get('expected', '')}"
+    return "see the configuration reference in README.md"
+
+
+def parse_config(data: Any, source: str = "<config>", base_dir: str | Path = ".") -> KdcConfig:
+    """Validate a mapping as a KdcConfig; raise ConfigError naming the first bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError("the file must hold a YAML mapping", source=source,
+                          fix="start from examples/digits/model.yaml")
+    try:
+        cfg = KdcConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        field = ".".join(str(p) for p in loc) or "<root>"
+        msg = err["msg"].replace("\n", " ")
+        raise ConfigError(msg, source=source, field=field, fix=_fix_for(err, loc)) from None
+    cfg.base_dir = str(Path(base_dir).resolve())
+    cfg.source_file = source
+    return cfg
+
+
+def load_config(path: str | Path) -> KdcConfig:
+    """Read and validate model.yaml; every failure is a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("file not found", source=str(path), fix="pass the path of a model.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"not valid YAML{where}", source=str(path),
+                          fix="check indentation and quoting") from None
+    return parse_config(data, source=str(path), base_dir=path.parent)

@@ -1,0 +1,114 @@
+"""Load a task's data (csv/tsv/jsonl/txt, a `datasets` directory, an image folder or
+scikit-learn digits) into a `Dataset` with train and eval splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kdc.config import KdcConfig
+from kdc.data.base import Dataset, Split
+from kdc.data.readers import (read_datasets, read_delimited, read_digits, read_imagefolder,
+                              read_jsonl, read_txt)
+from kdc.errors import UserError
+
+SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
+                  ".txt": "txt"}
+
+
+def _format(cfg: KdcConfig, path: Path) -> str:
+    if cfg.data.format != "auto":
+        return cfg.data.format
+    if cfg.data.source.startswith("sklearn:"):
+        return "sklearn"
+    if path.is_dir():
+        return "datasets" if (path / "dataset_dict.json").exists() or (
+            path / "dataset_info.json").exists() else "imagefolder"
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"cannot tell the format of '{path.name}'", source=cfg.source_file,
+                        field="data.format", fix="set data.format (csv, tsv, jsonl, txt, ...)")
+    return fmt
+
+
+def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
+    d = cfg.data
+    label = None if cfg.task == "sentence-embedding" else d.label_column
+    if fmt not in ("sklearn",) and not path.exists():
+        raise UserError("data not found", source=cfg.source_file,
+                        field="data.eval" if split == "eval" else "data.source",
+                        fix=f"check that {path} exists (paths are relative to the config)")
+    readers = {
+        "csv": lambda: read_delimited(path, d.text_column, label, ","),
+        "tsv": lambda: read_delimited(path, d.text_column, label, "\t"),
+        "jsonl": lambda: read_jsonl(path, d.text_column, label),
+        "txt": lambda: read_txt(path),
+        "datasets": lambda: read_datasets(path, d.text_column, label, split),
+        "imagefolder": lambda: read_imagefolder(path, d.image_size or 224),
+        "sklearn": read_digits,
+    }
+    if fmt == "sklearn" and d.source != "sklearn:digits":
+        raise UserError(f"unknown built-in data '{d.source}'", source=cfg.source_file,
+                        field="data.source", fix="use 'sklearn:digits' or a path")
+    return readers[fmt]()
+
+
+def _split_sentences(texts: list[str]) -> list[str]:
+    import re
+
+    out = [s.strip() for t in texts for s in re.split(r"(?<=[.!?])\s+", t)]
+    return [s for s in out if len(s.split()) >= 3]
+
+
+def load_dataset(cfg: KdcConfig) -> Dataset:
+    """Read, encode labels (sorted names) and split; raise UserError on unusable data."""
+    d = cfg.data
+    src_path = cfg.resolve(d.source)
+    fmt = _format(cfg, src_path)
+    feats, labels = _read(cfg, src_path, fmt, "train")
+    rng = np.random.default_rng(cfg.seed)
+    if d.eval:
+        ev_feats, ev_labels = _read(cfg, cfg.resolve(d.eval), _format(cfg, cfg.resolve(d.eval)),
+                                    "eval")
+    elif fmt == "datasets":
+        ev_feats, ev_labels = _read(cfg, src_path, fmt, "test")
+    else:
+        order = rng.permutation(len(feats))
+        n_eval = max(1, int(round(len(feats) * d.eval_fraction)))
+        ev_idx, tr_idx = order[:n_eval], order[n_eval:]
+        pick = (lambda xs, ix: [xs[i] for i in ix]) if isinstance(feats, list) else (
+            lambda xs, ix: xs[ix])
+        ev_feats, tr = pick(feats, ev_idx), pick(feats, tr_idx)
+        ev_labels = [labels[i] for i in ev_idx] if labels else []
+        labels = [labels[i] for i in tr_idx] if labels else []
+        feats = tr
+    if cfg.task == "sentence-embedding":
+        if d.split_sentences:
+            feats, ev_feats = _split_sentences(feats), _split_sentences(ev_feats)
+        names: list[str] = []
+        y_tr = y_ev = np.zeros((0,), np.int64)
+    else:
+        names = sorted({str(x) for x in labels})
+        if len(names) < 2:
+            raise UserError(f"the training data has {len(names)} class(es)",
+                            source=str(src_path), field=f"data.{'label_column'}",
+                            fix="a classifier needs at least two classes in the labels")
+        unknown = sorted({str(x) for x in ev_labels} - set(names))
+        if unknown:
+            raise UserError(f"eval labels not seen in training: {unknown[:5]}",
+                            source=str(cfg.resolve(d.eval or d.source)), field="data.eval",
+                            fix="use the same label names in both files")
+        index = {n: i for i, n in enumerate(names)}
+        y_tr = np.array([index[str(x)] for x in labels], np.int64)
+        y_ev = np.array([index[str(x)] for x in ev_labels], np.int64)
+    train, evs = Split(feats, y_tr), Split(ev_feats, y_ev)
+    if d.limit_train and len(train) > d.limit_train:
+        train = train.take(rng.permutation(len(train))[: d.limit_train])
+    if d.limit_eval and len(evs) > d.limit_eval:
+        evs = evs.take(np.arange(d.limit_eval))
+    if len(train) == 0 or len(evs) == 0:
+        raise UserError("a split is empty", source=str(src_path), field="data.source",
+                        fix="provide more rows or lower data.eval_fraction")
+    kind = "image" if fmt in ("imagefolder", "sklearn") else "text"
+    return Dataset(train, evs, names, kind, f"{fmt}:{d.source}")

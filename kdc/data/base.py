@@ -1,0 +1,47 @@
+"""The in-memory form of a task's data, shared by every adapter and stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass
+class Split:
+    """Features (texts, or float32 arrays N×C×H×W) and integer labels (empty for embeddings)."""
+
+    features: list[str] | np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def take(self, idx: np.ndarray | list[int]) -> Split:
+        idx = np.asarray(idx, dtype=np.int64)
+        feats = ([self.features[i] for i in idx] if isinstance(self.features, list)
+                 else self.features[idx])
+        labels = self.labels[idx] if len(self.labels) else self.labels
+        return Split(feats, labels)
+
+
+@dataclass
+class Dataset:
+    """Train and eval splits of one task; `kind` says how a model adapter encodes features."""
+
+    train: Split
+    eval: Split
+    label_names: list[str]
+    kind: Literal["text", "image"]
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def summary(self) -> dict:
+        return {"source": self.source, "kind": self.kind, "train": len(self.train),
+                "eval": len(self.eval), "num_labels": self.num_labels,
+                "labels": self.label_names}

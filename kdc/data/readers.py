@@ -1,0 +1,114 @@
+"""Readers that turn a data source into (features, labels) lists, one per format."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kdc.errors import UserError
+
+Rows = tuple[list, list]
+
+
+def _columns(rows: list[dict], path: Path, text_col: str, label_col: str | None) -> Rows:
+    if not rows:
+        raise UserError("no rows", source=str(path), field="data.source",
+                        fix="give a file with a header and at least one row")
+    keys = set(rows[0])
+    for col, field in ((text_col, "data.text_column"), (label_col, "data.label_column")):
+        if col is not None and col not in keys:
+            raise UserError(f"column '{col}' not found (columns: {', '.join(sorted(keys))})",
+                            source=str(path), field=field, fix="name an existing column")
+    texts = [str(r[text_col] or "") for r in rows]
+    labels = [r[label_col] for r in rows] if label_col else []
+    return texts, labels
+
+
+def read_delimited(path: Path, text_col: str, label_col: str | None, delimiter: str) -> Rows:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter=delimiter))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot parse ({e})", source=str(path), field="data.source",
+                        fix="save it as UTF-8 CSV with a header row") from None
+    return _columns(rows, path, text_col, label_col)
+
+
+def read_jsonl(path: Path, text_col: str, label_col: str | None) -> Rows:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"line {i} is not JSON", source=str(path), field="data.source",
+                                fix="one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise UserError(f"line {i} is not a JSON object", source=str(path),
+                                field="data.source", fix="one JSON object per line")
+            rows.append(row)
+    return _columns(rows, path, text_col, label_col)
+
+
+def read_txt(path: Path) -> Rows:
+    texts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not texts:
+        raise UserError("no text lines", source=str(path), field="data.source",
+                        fix="one text per line")
+    return texts, []
+
+
+def read_datasets(path: Path, text_col: str, label_col: str | None, split: str) -> Rows:
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError:
+        raise UserError("the 'datasets' package is not installed", source=str(path),
+                        field="data.source", fix="pip install 'kdc[datasets]'") from None
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        names = [n for n in (split, "validation", "test") if n in ds] if split != "train" else (
+            ["train"] if "train" in ds else [])
+        if not names:
+            raise UserError(f"no '{split}' split (splits: {', '.join(ds)})", source=str(path),
+                            field="data.source", fix="save a DatasetDict with train/test splits")
+        ds = ds[names[0]]
+    rows = [dict(zip(ds.column_names, vals, strict=True))
+            for vals in zip(*(ds[c] for c in ds.column_names), strict=True)]
+    texts, labels = _columns(rows, path, text_col, label_col)
+    feat = ds.features.get(label_col) if label_col else None
+    if feat is not None and hasattr(feat, "names"):
+        labels = [feat.names[i] for i in labels]
+    return texts, labels
+
+
+def read_imagefolder(path: Path, size: int) -> tuple[np.ndarray, list[str]]:
+    """`path/<class>/<image>` → float32 N×3×size×size in [0, 1] and class names."""
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels = [], []
+    for cls_dir in sorted(p for p in path.iterdir() if p.is_dir()):
+        for img in sorted(cls_dir.iterdir()):
+            try:
+                with Image.open(img) as im:
+                    arr = np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32)
+            except (UnidentifiedImageError, OSError):
+                continue
+            images.append(arr.transpose(2, 0, 1) / 255.0)
+            labels.append(cls_dir.name)
+    if not images:
+        raise UserError("no images found", source=str(path), field="data.source",
+                        fix="lay images out as <folder>/<class>/<image>")
+    return np.stack(images).astype(np.float32), labels
+
+
+def read_digits() -> tuple[np.ndarray, list[str]]:
+    """scikit-learn's bundled 8×8 digits as float32 N×1×8×8 in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images[:, None, :, :] / 16.0).astype(np.float32), [str(t) for t in d.target]

@@ -1,0 +1,247 @@
+"""Resolve a run's constraints (config over profile defaults) against its report.
+
+Which engine answers which constraint:
+- The *shipped engine* is the first engine in `report["engines"]` with status `built` whose
+  precision is the student's chosen precision (`report["student"]["precision"]`). Accuracy
+  (`accuracy_drop`, `percent_max_degradation`) and `size_mb` are read from it.
+- Latency and memory are target quantities, read from an engine's `latency`/`target_latency`
+  and `memory` objects. Among engines of the chosen precision (report order), a *measured*
+  figure counts when it was taken on the target: the target is the host (`target.measurable`,
+  or target name `host`) or the object says `"on_target": true`. Failing that, the first
+  *predicted* figure is used, and the row says so. Measured latency is judged by `p99_ms`; a
+  prediction has no tail, so by its `p50_ms`. Memory: `peak_rss_mb` if measured, `peak_mb` if
+  predicted.
+- A constraint with a limit but no value gets `pass: false` and a `reason`; never skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kdc.deploy.metrics import primary_metric
+from kdc.errors import UserError
+
+LATENCY_KEYS = ("latency", "target_latency")  # as timed/predicted here, and predicted for target
+MEMORY_MB = {"measured": "peak_rss_mb", "predicted": "peak_mb"}
+
+
+class Undetermined(Exception):
+    """A constraint's value cannot be read from the report; the message says why."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    value: float
+    source: str  # "measured" | "predicted"
+    engine: str
+    note: str = ""
+
+
+def engine_label(engine: dict) -> str:
+    """`onnxruntime-int8`: how reports, checks and plots name an engine."""
+    return f"{engine.get('engine', '?')}-{engine.get('precision', '?')}"
+
+
+def headline_latency(latency: dict) -> tuple[float | None, str]:
+    """The statistic a latency object is judged by: (p99_ms, "p99") if measured, else p50."""
+    stat = "p99" if latency.get("kind") == "measured" else "p50"
+    return latency.get(f"{stat}_ms"), stat
+
+
+def latencies(part: dict) -> list[tuple[str, dict]]:
+    """(key, latency object) of a teacher, student or engine, in LATENCY_KEYS order."""
+    return [(k, part[k]) for k in LATENCY_KEYS if isinstance(part.get(k), dict)]
+
+
+def accuracy_value(acc: dict | None, task: str | None = None) -> tuple[str | None, float | None]:
+    """(metric, value) of an accuracy object: the REPORT.md form {"metric", "value"}, or a flat
+    dict of `metrics.compute` results read at the task's primary metric."""
+    acc = acc or {}
+    if "value" in acc:
+        return acc.get("metric"), acc["value"]
+    metric = primary_metric(task) if task else "accuracy"
+    return (metric, acc[metric]) if acc.get(metric) is not None else (None, None)
+
+
+def chosen_precision(report: dict) -> str | None:
+    return (report.get("student") or {}).get("precision")
+
+
+def _of_precision(report: dict) -> list[dict]:
+    prec = chosen_precision(report)
+    return [e for e in report.get("engines") or [] if prec is None or e.get("precision") == prec]
+
+
+def shipped_engine(report: dict) -> dict | None:
+    """The first built engine of the chosen precision (see the module docstring)."""
+    return next((e for e in _of_precision(report) if e.get("status") == "built"), None)
+
+
+def _target_measurable(report: dict) -> bool:
+    target = report.get("target") or {}
+    return bool(target.get("measurable", target.get("name") == "host"))
+
+
+def _shipped(report: dict) -> dict:
+    eng = shipped_engine(report)
+    if eng is None:
+        raise Undetermined(f"no built engine of precision {chosen_precision(report)}")
+    return eng
+
+
+def _target_object(report: dict, keys: tuple[str, ...]) -> tuple[dict, dict]:
+    """(engine, object) among the engines' `keys` objects that stands for the target."""
+    found = [(e, e[k]) for e in _of_precision(report) for k in keys if isinstance(e.get(k), dict)]
+    on_target = _target_measurable(report)
+    for kind in ("measured", "predicted"):
+        for eng, obj in found:
+            if obj.get("kind") == kind and (
+                kind == "predicted" or on_target or obj.get("on_target")
+            ):
+                return eng, obj
+    what = keys[0]
+    if found:
+        raise Undetermined(
+            f"{what} was measured only off the target "
+            f"({found[0][1].get('device', 'on the build machine')}) and not predicted"
+        )
+    raise Undetermined(f"no engine of precision {chosen_precision(report)} reports {what}")
+
+
+def _latency(report: dict) -> Reading:
+    eng, lat = _target_object(report, LATENCY_KEYS)
+    value, stat = headline_latency(lat)
+    if value is None:
+        raise Undetermined(f"{engine_label(eng)} latency has no {stat}_ms")
+    note = (
+        ""
+        if stat == "p99"
+        else (
+            f"predicted p50 ({lat.get('model', 'model?')}, calibrated from "
+            f"{lat.get('calibrated_from', 'unknown')}); a prediction has no p99"
+        )
+    )
+    return Reading(float(value), lat["kind"], engine_label(eng), note)
+
+
+def _memory(report: dict) -> Reading:
+    eng, mem = _target_object(report, ("memory",))
+    key = MEMORY_MB[mem["kind"]]
+    if mem.get(key) is None:
+        raise Undetermined(f"{engine_label(eng)} {mem['kind']} memory has no {key}")
+    return Reading(float(mem[key]), mem["kind"], engine_label(eng), f"{mem['kind']} {key}")
+
+
+def _size(report: dict) -> Reading:
+    eng = _shipped(report)
+    if eng.get("size_mb") is None:
+        raise Undetermined(f"{engine_label(eng)} has no size_mb")
+    return Reading(float(eng["size_mb"]), "measured", engine_label(eng))
+
+
+def _accuracies(report: dict) -> tuple[float, float, str]:
+    """(teacher value, shipped engine value, engine label) of the same metric."""
+    task = report.get("task")
+    t_metric, teacher = accuracy_value((report.get("teacher") or {}).get("accuracy"), task)
+    if teacher is None:
+        raise Undetermined("the teacher has no accuracy")
+    eng = _shipped(report)
+    metric, value = accuracy_value(eng.get("accuracy"), task)
+    if value is None:
+        raise Undetermined(f"{engine_label(eng)} has no accuracy")
+    if metric != t_metric:
+        raise Undetermined(
+            f"teacher metric {t_metric} differs from {engine_label(eng)} metric {metric}"
+        )
+    return float(teacher), float(value), engine_label(eng)
+
+
+def _accuracy_drop(report: dict) -> Reading:
+    teacher, student, label = _accuracies(report)
+    return Reading(round(teacher - student, 6), "measured", label)
+
+
+def _percent_degradation(report: dict) -> Reading:
+    teacher, student, label = _accuracies(report)
+    if teacher <= 0:
+        raise Undetermined("teacher accuracy is 0: a relative drop is undefined")
+    return Reading(round((teacher - student) / teacher * 100, 4), "measured", label)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    limit_key: str  # the key in config `constraints` / profile `defaults`
+    read: Callable[[dict], Reading]
+
+
+CONSTRAINTS: dict[str, Constraint] = {
+    "latency_p99_ms": Constraint("latency_budget_ms", _latency),
+    "accuracy_drop": Constraint("max_accuracy_drop", _accuracy_drop),
+    "percent_max_degradation": Constraint("percent_max_degradation", _percent_degradation),
+    "memory_mb": Constraint("max_memory_mb", _memory),
+    "size_mb": Constraint("max_size_mb", _size),
+}
+
+
+def _limits(constraints: dict, profile_defaults: dict) -> dict[str, tuple[float, str]]:
+    """limit_key -> (limit, "config"|"profile"); the config's value wins over the profile's."""
+    known = {c.limit_key for c in CONSTRAINTS.values()}
+    unknown = sorted(set(constraints) - known)
+    if unknown:
+        raise UserError(
+            f"unknown constraint '{unknown[0]}'",
+            field="constraints",
+            fix=f"use one of {', '.join(sorted(known))}",
+        )
+    out = {}
+    for key in known:
+        for origin, source in (("config", constraints), ("profile", profile_defaults)):
+            if source.get(key) is not None:
+                out[key] = (float(source[key]), origin)
+                break
+    return out
+
+
+def evaluate_constraints(report: dict, constraints: dict, profile_defaults: dict) -> list[dict]:
+    """REPORT.md constraint rows for every constraint that has a limit, in CONSTRAINTS order."""
+    limits = _limits(constraints or {}, profile_defaults or {})
+    rows = []
+    for name, spec in CONSTRAINTS.items():
+        if spec.limit_key not in limits:
+            continue
+        limit, origin = limits[spec.limit_key]
+        try:
+            r = spec.read(report)
+        except Undetermined as e:
+            rows.append(
+                {
+                    "name": name,
+                    "limit": limit,
+                    "value": None,
+                    "source": None,
+                    "pass": False,
+                    "engine": None,
+                    "limit_from": origin,
+                    "reason": str(e),
+                }
+            )
+            continue
+        row = {
+            "name": name,
+            "limit": limit,
+            "value": r.value,
+            "source": r.source,
+            "pass": r.value <= limit,
+            "engine": r.engine,
+            "limit_from": origin,
+        }
+        if r.note:
+            row["note"] = r.note
+        rows.append(row)
+    return rows
+
+
+def passed(rows: list[dict]) -> bool:
+    """True when every constraint row passed (and vacuously when there are none)."""
+    return all(r.get("pass") is True for r in rows)

@@ -1,0 +1,214 @@
+"""The measurement protocol (as trtexec does it): warm-up by count and time, timed iterations until
+a minimum count and duration, percentiles, coefficient of variation, and warnings when the numbers
+cannot be trusted. Also process memory figures, each labelled for what it is."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from kdc.deploy.onnxruntime import feed_for, make_session, session_options_record
+from kdc.errors import UserError
+from kdc.profiles import cpu_info
+
+CV_LIMIT = 0.025  # trtexec warns above 2.5 %
+THROTTLE_RATIO = 1.15  # last 10 % of samples slower than first 10 % by this factor
+MIN_SAMPLES_FOR_TREND = 20
+
+# ru_maxrss is in kilobytes on Linux, bytes on macOS.
+_MAXRSS_BYTES: dict[str, int] = {"darwin": 1}
+_KB = 1024
+
+
+def _warnings(
+    samples_ms: np.ndarray, cv: float, iterations: int, max_duration_s: float
+) -> list[str]:
+    found = []
+    if cv > CV_LIMIT:
+        found.append(
+            f"coefficient of variation {cv * 100:.1f}% > {CV_LIMIT * 100:.1f}%: results are noisy"
+        )
+    if len(samples_ms) >= MIN_SAMPLES_FOR_TREND:
+        k = len(samples_ms) // 10
+        if samples_ms[-k:].mean() > THROTTLE_RATIO * samples_ms[:k].mean():
+            found.append("latency rose during the run: machine may be throttled or shared")
+    if len(samples_ms) < iterations:
+        found.append(
+            f"stopped at max_duration_s={max_duration_s:g} after {len(samples_ms)} of "
+            f"{iterations} iterations"
+        )
+    return found
+
+
+def measure_callable(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 50,
+    warmup_s: float = 0.2,
+    iterations: int = 200,
+    min_duration_s: float = 1.0,
+    max_duration_s: float = 60.0,
+) -> dict:
+    """Time `fn`: warm up until `warmup` calls AND `warmup_s` seconds (at most a quarter of
+    `max_duration_s`), then call it until `iterations` calls AND `min_duration_s` seconds, stopping
+    at `max_duration_s`. Returns latency stats in ms, cv, counts and warnings."""
+    if iterations < 1:
+        raise UserError("iterations must be at least 1", field="iterations", fix="pass >= 1")
+    start, done_warmup = time.perf_counter(), 0
+    while True:
+        elapsed = time.perf_counter() - start
+        enough = done_warmup >= warmup and elapsed >= warmup_s
+        if enough or elapsed >= max_duration_s / 4:
+            break
+        fn()
+        done_warmup += 1
+
+    samples: list[int] = []
+    start = time.perf_counter()
+    while True:
+        elapsed = time.perf_counter() - start
+        enough = len(samples) >= iterations and elapsed >= min_duration_s
+        if enough or (samples and elapsed >= max_duration_s):
+            break
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append(time.perf_counter_ns() - t0)
+    duration_s = time.perf_counter() - start
+
+    ms = np.asarray(samples, dtype=np.float64) / 1e6
+    mean = float(ms.mean())
+    std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
+    cv = std / mean if mean > 0 else 0.0
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    return {
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "mean_ms": mean,
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "std_ms": std,
+        "cv": cv,
+        "iterations": len(ms),
+        "warmup": done_warmup,
+        "duration_s": duration_s,
+        "warnings": _warnings(ms, cv, iterations, max_duration_s),
+    }
+
+
+def _take_rows(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """`batch` rows of every input, repeating rows cyclically when there are fewer."""
+    if batch < 1:
+        raise UserError("batch must be at least 1", field="batch", fix="pass --batch 1 or more")
+    out = {}
+    for name, arr in inputs.items():
+        if len(arr) == 0:
+            raise UserError(
+                f"input '{name}' has no rows",
+                field="inputs",
+                fix="measure with at least one encoded example",
+            )
+        out[name] = np.resize(arr, (batch, *arr.shape[1:])) if len(arr) < batch else arr[:batch]
+    return out
+
+
+def measure_onnx(
+    path: Path | str,
+    inputs: dict[str, np.ndarray],
+    *,
+    threads: int | None = None,
+    warmup: int = 50,
+    warmup_s: float = 0.2,
+    iterations: int = 200,
+    min_duration_s: float = 1.0,
+    max_duration_s: float = 60.0,
+    batch: int = 1,
+    precision: str = "fp32",
+    engine: str = "onnxruntime",
+    providers: list[str] | None = None,
+) -> dict:
+    """Time `session.run` on `batch` rows of `inputs`: a REPORT.md latency object, kind measured."""
+    session = make_session(path, threads=threads, providers=providers)
+    record = session_options_record(session)
+    feed = feed_for(session, _take_rows(inputs, batch))
+    stats = measure_callable(
+        lambda: session.run(None, feed),
+        warmup=warmup,
+        warmup_s=warmup_s,
+        iterations=iterations,
+        min_duration_s=min_duration_s,
+        max_duration_s=max_duration_s,
+    )
+    n = record["intra_op_threads"]
+    return {
+        "kind": "measured",
+        "device": f"{cpu_info()[0]} ({n} threads)",
+        "engine": engine,
+        "provider": record["providers"][0],
+        "precision": precision,
+        "batch": batch,
+        "threads": n,
+        "input_shape": {k: list(v.shape) for k, v in feed.items()},
+        **stats,
+    }
+
+
+def throughput(
+    path: Path | str,
+    inputs: dict[str, np.ndarray],
+    batch: int = 32,
+    threads: int | None = None,
+    iterations: int = 20,
+    min_duration_s: float = 1.0,
+    precision: str = "fp32",
+) -> dict:
+    """Items per second at `batch`: the measured latency object plus `items_per_s`."""
+    lat = measure_onnx(
+        path,
+        inputs,
+        threads=threads,
+        warmup=min(5, iterations),
+        warmup_s=0.1,
+        iterations=iterations,
+        min_duration_s=min_duration_s,
+        batch=batch,
+        precision=precision,
+    )
+    return {**lat, "items_per_s": batch / (lat["mean_ms"] / 1e3)}
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-set high-water mark (ru_maxrss) in MiB, since it started."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss * _MAXRSS_BYTES.get(sys.platform, _KB) / 2**20
+
+
+def rss_now_mb() -> float | None:
+    """Current resident set in MiB from /proc/self/statm; None where /proc does not exist."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return None
+    return resident_pages * resource.getpagesize() / 2**20
+
+
+def measure_peak_rss_of(fn: Callable[[], object]) -> dict:
+    """Run `fn` in this process and report memory around it, each figure named for its scope:
+    `rss_before_mb`/`rss_after_mb` (current resident set), `peak_rss_mb` (the process high-water
+    mark, which includes everything run before), `peak_rss_increase_mb` (how far `fn` raised that
+    mark; 0 when it stayed below an earlier peak, so a lower bound of its need)."""
+    before, peak_before = rss_now_mb(), peak_rss_mb()
+    fn()
+    after, peak_after = rss_now_mb(), peak_rss_mb()
+    return {
+        "scope": "process",
+        "rss_before_mb": before,
+        "rss_after_mb": after,
+        "peak_rss_mb": peak_after,
+        "peak_rss_increase_mb": peak_after - peak_before,
+    }

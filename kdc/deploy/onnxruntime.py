@@ -1,0 +1,315 @@
+"""The ONNX Runtime engine: sessions, batched inference, graph optimization, INT8 quantization."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from google.protobuf.message import DecodeError
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from kdc.errors import UserError
+from kdc.profiles import host_threads
+from kdc.rundir import atomic_path
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+
+OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+
+# ONNX Runtime type strings of session inputs -> numpy dtypes fed to them.
+_ORT_DTYPES: dict[str, type] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+# What ONNX / ONNX Runtime raise for a file that is not a loadable model.
+_MODEL_ERRORS = (
+    DecodeError,
+    onnx.checker.ValidationError,
+    ort_state.InvalidProtobuf,
+    ort_state.InvalidGraph,
+    ort_state.InvalidArgument,
+    ort_state.NoSuchFile,
+    ort_state.NoModel,
+    ort_state.NotImplemented,
+    ort_state.Fail,
+)
+
+
+@contextlib.contextmanager
+def _reading(path: Path | str) -> Iterator[None]:
+    """Turn ONNX/ORT load errors into a one-line UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            "ONNX file not found",
+            source=str(path),
+            fix="check the path or run the export stage again",
+        )
+    try:
+        yield
+    except _MODEL_ERRORS as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"not a usable ONNX model: {first}",
+            source=str(path),
+            fix="re-export the model; the file may be truncated or not ONNX",
+        ) from None
+
+
+def make_session(
+    path: Path | str,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    optimization: str = "all",
+) -> ort.InferenceSession:
+    """An InferenceSession with pinned threads (intra-op `threads` or all usable CPUs, inter-op 1),
+    sequential execution, and the requested providers that this build has (CPU always last)."""
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise UserError(
+            f"unknown graph optimization '{optimization}'",
+            field="optimization",
+            fix=f"use one of {', '.join(OPTIMIZATION_LEVELS)}",
+        )
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or host_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    available = set(ort.get_available_providers())
+    chosen = [p for p in providers or [] if p in available and p != CPU] + [CPU]
+    with _reading(path):
+        return ort.InferenceSession(str(path), opts, providers=chosen)
+
+
+def session_options_record(session: ort.InferenceSession) -> dict:
+    """How a session runs, for the report: providers, threads, execution mode, optimization."""
+    so = session.get_session_options()
+    return {
+        "onnxruntime": ort.__version__,
+        "providers": session.get_providers(),
+        "intra_op_threads": so.intra_op_num_threads,
+        "inter_op_threads": so.inter_op_num_threads,
+        "execution_mode": so.execution_mode.name,
+        "graph_optimization_level": so.graph_optimization_level.name,
+    }
+
+
+def _feed(
+    declared: dict[str, type | None], inputs: dict[str, np.ndarray], source: str
+) -> dict[str, np.ndarray]:
+    """The declared inputs only, cast to the declared dtypes; all with the same number of rows."""
+    missing = [name for name in declared if name not in inputs]
+    if missing:
+        raise UserError(
+            f"model input '{missing[0]}' is not among the given inputs "
+            f"({', '.join(inputs) or 'none'})",
+            source=source,
+            fix="encode the data with the adapter the model was exported from",
+        )
+    feed = {name: np.asarray(inputs[name], dtype=dtype) for name, dtype in declared.items()}
+    rows = {len(v) for v in feed.values()}
+    if len(rows) > 1:
+        raise UserError(
+            f"inputs have different numbers of rows {sorted(rows)}",
+            source=source,
+            fix="give every input the same batch dimension",
+        )
+    return feed
+
+
+def feed_for(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The subset of `inputs` the session declares, cast to the declared dtypes."""
+    declared = {i.name: _ORT_DTYPES.get(i.type) for i in session.get_inputs()}
+    return _feed(declared, inputs, source="onnx model inputs")
+
+
+def run_session(
+    session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_size: int = 64
+) -> np.ndarray:
+    """The first output over all rows of `inputs`, run `batch_size` rows at a time."""
+    feed = feed_for(session, inputs)
+    n = len(next(iter(feed.values()))) if feed else 0
+    first = session.get_outputs()[0].name
+    outs = [
+        session.run([first], {k: v[s : s + batch_size] for k, v in feed.items()})[0]
+        for s in range(0, n, batch_size)
+    ]
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+def count_ops(path: Path | str) -> dict[str, int]:
+    """Node count per op type of the main graph, most frequent first."""
+    with _reading(path):
+        model = onnx.load(str(path), load_external_data=False)
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
+
+
+def _optimize_transformer(src: Path, tmp: Path, num_heads: int, hidden_size: int) -> None:
+    """Fuse Attention/SkipLayerNorm/BiasGelu with ORT's transformer optimizer (CPU, level 2)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    def run(level: int):
+        return optimize_model(
+            str(src),
+            model_type="bert",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            opt_level=level,
+        )
+
+    try:
+        model = run(2)
+    except Exception as e:  # the fusion scripts fail in many ways on unusual graphs
+        log.warning(
+            "%s: transformer fusion at opt_level 2 failed (%s); using opt_level 1",
+            src,
+            str(e).splitlines()[0] if str(e) else type(e).__name__,
+        )
+        model = run(1)
+    fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+    log.info("%s: fused operators %s", src, fused or "none")
+    model.save_model_to_file(str(tmp))
+
+
+def _optimize_cnn(src: Path, tmp: Path, num_heads: int, hidden_size: int) -> None:
+    """Save the ORT_ENABLE_EXTENDED-optimized graph (offline optimization, CPU provider)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp)
+    ort.InferenceSession(str(src), opts, providers=[CPU])
+
+
+OPTIMIZERS: dict[str, Callable[[Path, Path, int, int], None]] = {
+    "transformer": _optimize_transformer,
+    "cnn": _optimize_cnn,
+}
+
+
+def optimize(
+    src: Path | str, dst: Path | str, *, family: str, num_heads: int = 0, hidden_size: int = 0
+) -> Path:
+    """Write an ORT-optimized copy of `src` to `dst` (atomically); heads/hidden 0 = detect."""
+    if family not in OPTIMIZERS:
+        raise UserError(
+            f"unknown model family '{family}'",
+            field="family",
+            fix=f"use one of {', '.join(OPTIMIZERS)}",
+        )
+    src, dst = Path(src), Path(dst)
+    with _reading(src), atomic_path(dst) as tmp:
+        OPTIMIZERS[family](src, tmp, num_heads, hidden_size)
+    return dst
+
+
+class _ListReader(CalibrationDataReader):
+    """Feeds a list of prepared input dicts to the calibrator, one per `get_next`."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._it = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def _graph_inputs(model: onnx.ModelProto) -> dict[str, type | None]:
+    """Declared (non-initializer) graph inputs and their numpy dtypes."""
+    inits = {i.name for i in model.graph.initializer}
+    return {
+        i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).type
+        for i in model.graph.input
+        if i.name not in inits
+    }
+
+
+def quantize_int8(
+    src: Path | str,
+    dst: Path | str,
+    calib_inputs: list[dict[str, np.ndarray]],
+    *,
+    symmetric_activations: bool,
+    method: str = "minmax",
+    per_channel: bool = True,
+) -> Path:
+    """Static INT8 QDQ quantization: int8 weights; int8 symmetric activations (TensorRT) or uint8
+    asymmetric ones (often better on CPU), calibrated on `calib_inputs` with `method`."""
+    if method not in CALIBRATION_METHODS:
+        raise UserError(
+            f"unknown calibration method '{method}'",
+            field="method",
+            fix=f"use one of {', '.join(CALIBRATION_METHODS)}",
+        )
+    if not calib_inputs:
+        raise UserError(
+            "no calibration inputs",
+            field="calib_inputs",
+            fix="pass at least one batch of encoded training rows",
+        )
+    src, dst = Path(src), Path(dst)
+    activations = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
+    with (
+        _reading(src),
+        tempfile.TemporaryDirectory(prefix="kdc-quant-") as scratch,
+        atomic_path(dst) as tmp,
+    ):
+        pre = Path(scratch) / "preprocessed.onnx"
+        quant_pre_process(str(src), str(pre))
+        declared = _graph_inputs(onnx.load(str(pre), load_external_data=False))
+        reader = _ListReader([_feed(declared, x, str(src)) for x in calib_inputs])
+        quantize_static(
+            str(pre),
+            str(tmp),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=activations,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CALIBRATION_METHODS[method],
+            calibration_providers=[CPU],
+            extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
+        )
+    return dst
+
+
+def quantize_dynamic_int8(src: Path | str, dst: Path | str) -> Path:
+    """Dynamic INT8 (int8 weights, activations quantized at run time), as `optimum-cli onnxruntime
+    quantize` does; no calibration data."""
+    src, dst = Path(src), Path(dst)
+    with _reading(src), atomic_path(dst) as tmp:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+    return dst

@@ -1,0 +1,78 @@
+"""Write report.json/.md/.png/.html into a run directory, and the terminal summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from kdc.deploy.constraints import engine_label
+from kdc.deploy.report_html import render_html
+from kdc.deploy.report_md import (
+    DASH,
+    accuracy_text,
+    by_kind,
+    latency_text,
+    num,
+    render_markdown,
+)
+from kdc.deploy.report_plot import render_png
+from kdc.rundir import atomic_path, write_json, write_text
+
+__all__ = ["console_summary", "render_markdown", "write_report"]
+
+
+def write_report(report: dict, run_dir: Path | str) -> list[Path]:
+    """Write report.md, report.png, report.html and, last, report.json (each atomically);
+    return them as [json, md, png, html]."""
+    run_dir = Path(run_dir)
+    png = render_png(report)
+    md = write_text(run_dir / "report.md", render_markdown(report))
+    with atomic_path(run_dir / "report.png") as tmp:
+        tmp.write_bytes(png)
+    html = write_text(run_dir / "report.html", render_html(report, png))
+    return [write_json(run_dir / "report.json", report), md, run_dir / "report.png", html]
+
+
+def _row(table: Table, name: str, part: dict, task: str | None) -> None:
+    table.add_row(
+        name,
+        accuracy_text(part.get("accuracy"), task),
+        latency_text(by_kind(part, "measured")),
+        latency_text(by_kind(part, "predicted")),
+        num(part.get("size_mb"), 1),
+    )
+
+
+def _constraint_line(c: dict) -> Text:
+    ok = bool(c.get("pass"))
+    mark = Text("PASS " if ok else "FAIL ", style="bold green" if ok else "bold red")
+    if c.get("value") is None:
+        detail = f"{c['name']}: no value ({c.get('reason', 'unknown')}), limit {c['limit']:g}"
+    else:
+        detail = (
+            f"{c['name']} {c['value']:g} (limit {c['limit']:g}, {c.get('source')}, "
+            f"{c.get('engine')})"
+        )
+    return mark + Text(detail)
+
+
+def console_summary(report: dict) -> Group:
+    """A compact terminal view: teacher and engines, then one line per constraint."""
+    run, target = report.get("run") or {}, report.get("target") or {}
+    table = Table(
+        title=f"{run.get('name', 'run')} on {target.get('name', '?')}", title_justify="left"
+    )
+    for col in ("model", "accuracy", "measured", "predicted", "size MB"):
+        table.add_column(col, justify="left" if col in ("model", "accuracy") else "right")
+    task = report.get("task")
+    _row(table, "teacher", report.get("teacher") or {}, task)
+    for e in report.get("engines") or []:
+        _row(table, f"{engine_label(e)} [{e.get('status', DASH)}]", e, task)
+    lines = [_constraint_line(c) for c in report.get("constraints") or []]
+    verdict = {True: ("PASSED", "bold green"), False: ("FAILED", "bold red")}.get(
+        report.get("passed"), ("not evaluated", "yellow")
+    )
+    return Group(table, *lines, Text(verdict[0], style=verdict[1]))

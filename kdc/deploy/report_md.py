@@ -1,0 +1,286 @@
+"""The report as sections of tables and bullet lines, rendered to Markdown (HTML reuses them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kdc.deploy.constraints import accuracy_value, engine_label, headline_latency, latencies
+
+DASH = "–"
+
+Table = tuple[list[str], list[list[str]]]
+
+
+@dataclass
+class Section:
+    title: str
+    lines: list[str] = field(default_factory=list)
+    table: Table | None = None
+
+
+def num(value: float | None, digits: int = 4) -> str:
+    """A number with `digits` decimals, or a dash when absent."""
+    return DASH if value is None else f"{value:.{digits}f}"
+
+
+def accuracy_text(acc: dict | None, task: str | None = None) -> str:
+    """`0.8021 accuracy (n=379)`, or a dash."""
+    metric, value = accuracy_value(acc, task)
+    if value is None:
+        return DASH
+    n = f" (n={acc['n']})" if acc.get("n") is not None else ""
+    return f"{value:.4f} {metric}{n}"
+
+
+def latency_text(lat: dict | None) -> str:
+    """`3.90 ms p99` for a measured object, `0.53 ms p50` for a predicted one."""
+    if not lat:
+        return DASH
+    value, stat = headline_latency(lat)
+    return DASH if value is None else f"{value:.2f} ms {stat}"
+
+
+def by_kind(part: dict, kind: str) -> dict | None:
+    """The first latency object of `kind` ("measured"/"predicted") of a model part."""
+    return next((lat for _, lat in latencies(part) if lat.get("kind") == kind), None)
+
+
+def conditions(lat: dict) -> str:
+    """The conditions a latency figure holds under, as one line."""
+    common = [
+        f"engine {lat.get('engine', DASH)}",
+        f"precision {lat.get('precision', DASH)}",
+        f"batch {lat.get('batch', DASH)}",
+    ]
+    if lat.get("kind") == "measured":
+        cv = lat.get("cv")
+        pct = "/".join(num(lat.get(f"p{p}_ms"), 2) for p in (50, 90, 99))
+        return ", ".join(
+            [
+                f"device {lat.get('device', DASH)}",
+                *common,
+                f"threads {lat.get('threads', DASH)}",
+                f"warm-up {lat.get('warmup', DASH)}",
+                f"iterations {lat.get('iterations', DASH)}",
+                f"p50/p90/p99 {pct} ms",
+                f"cv {DASH if cv is None else f'{cv:.1%}'}",
+            ]
+        )
+    return ", ".join(
+        [
+            f"model {lat.get('model', DASH)}",
+            f"calibrated from {lat.get('calibrated_from', DASH)}",
+            *common,
+            f"p50 {num(lat.get('p50_ms'), 2)} ms (not timed)",
+        ]
+    )
+
+
+def _arch(arch: dict | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (arch or {}).items()) or DASH
+
+
+def _accuracy_cells(part: dict, task: str | None, label: str) -> list[str]:
+    """[accuracy, accuracy from]; an engine not run here may show a labelled proxy."""
+    acc = part.get("accuracy")
+    if accuracy_value(acc, task)[1] is not None:
+        return [accuracy_text(acc, task), acc.get("engine", label)]
+    proxy = part.get("accuracy_proxy")
+    if accuracy_value(proxy, task)[1] is not None:
+        return [
+            f"≈ {accuracy_text(proxy, task)}",
+            f"proxy: {proxy.get('engine', 'another engine')} on the same ONNX",
+        ]
+    return [DASH, DASH]
+
+
+def _models(report: dict) -> Section:
+    head = [
+        "model",
+        "status",
+        "precision",
+        "accuracy",
+        "accuracy from",
+        "latency measured",
+        "latency predicted",
+        "size MB",
+        "params",
+        "parity (max_abs / cosine)",
+    ]
+    task = report.get("task")
+    teacher, student = report.get("teacher") or {}, report.get("student") or {}
+    named = [
+        (
+            "teacher",
+            "teacher",
+            teacher,
+            DASH,
+            (teacher.get("latency") or {}).get("precision", DASH),
+        ),
+        ("student (pytorch)", "pytorch", student, DASH, student.get("precision", DASH)),
+    ]
+    named += [
+        (
+            engine_label(e) + (f" ({e['provider']})" if e.get("provider") else ""),
+            engine_label(e),
+            e,
+            e.get("status", DASH),
+            e.get("precision", DASH),
+        )
+        for e in report.get("engines") or []
+    ]
+    rows = []
+    for name, label, part, status, prec in named:
+        if not part:
+            continue
+        parity = part.get("parity") or {}
+        rows.append(
+            [
+                name,
+                status,
+                prec,
+                *_accuracy_cells(part, task, label),
+                latency_text(by_kind(part, "measured")),
+                latency_text(by_kind(part, "predicted")),
+                num(part.get("size_mb"), 1),
+                f"{part['params']:,}" if part.get("params") else DASH,
+                f"{num(parity.get('max_abs'), 5)} / {num(parity.get('cosine'), 5)}"
+                if parity
+                else DASH,
+            ]
+        )
+    return Section("Teacher, student and engines", table=(head, rows))
+
+
+def _constraints(report: dict) -> Section:
+    rows = [
+        [
+            c["name"],
+            f"{c['limit']:g}",
+            DASH if c.get("value") is None else f"{c['value']:g}",
+            c.get("source") or DASH,
+            c.get("engine") or DASH,
+            "PASS" if c.get("pass") else "FAIL",
+            c.get("reason") or c.get("note") or "",
+        ]
+        for c in report.get("constraints") or []
+    ]
+    if not rows:
+        return Section("Constraints", lines=["No constraints were set."])
+    head = ["constraint", "limit", "value", "source", "engine", "result", "reason / note"]
+    return Section("Constraints", table=(head, rows))
+
+
+def _search(report: dict) -> Section | None:
+    search = report.get("search")
+    if not search:
+        return None
+    lines = [
+        f"proxy: {search.get('proxy', DASH)}",
+        f"candidates scored: {search.get('candidates_scored', DASH)}",
+        f"search wall time: {num(search.get('wall_s'), 1)} s",
+    ]
+    pareto = search.get("pareto") or []
+    student_arch = (report.get("student") or {}).get("architecture")
+    rows = [
+        [
+            str(i),
+            _arch(p.get("architecture")),
+            num(p.get("proxy")),
+            num(p.get("accuracy")),
+            num(p.get("predicted_latency_ms"), 3),
+            "yes" if p.get("chosen") or p.get("architecture") == student_arch else "",
+        ]
+        for i, p in enumerate(sorted(pareto, key=lambda p: p.get("predicted_latency_ms", 0)), 1)
+    ]
+    head = ["#", "architecture", "proxy", "accuracy", "predicted latency ms", "chosen"]
+    return Section("Search: Pareto front", lines=lines, table=(head, rows) if rows else None)
+
+
+def _timed(report: dict) -> list[tuple[str, dict]]:
+    """(name, latency object) of the teacher, the student and every engine, each object."""
+    parts = [
+        ("teacher", report.get("teacher") or {}),
+        ("student (pytorch)", report.get("student") or {}),
+    ]
+    parts += [(engine_label(e), e) for e in report.get("engines") or []]
+    return [
+        (name + (" (for target)" if key == "target_latency" else ""), lat)
+        for name, part in parts
+        for key, lat in latencies(part)
+    ]
+
+
+def _conditions(report: dict) -> Section:
+    rows = [[name, lat.get("kind", DASH), conditions(lat)] for name, lat in _timed(report)]
+    lines = [
+        "measured: timed on the named device with the stated warm-up, iterations, "
+        "percentiles and coefficient of variation (cv).",
+        "predicted: computed by the named latency model, never timed; it reports p50 only.",
+    ]
+    return Section(
+        "Measurement conditions",
+        lines=lines,
+        table=(["model", "kind", "conditions"], rows) if rows else None,
+    )
+
+
+def warnings(report: dict) -> list[str]:
+    """The report's own warnings, engines not built here, and each timing's warnings."""
+    out = list(report.get("warnings") or [])
+    for e in report.get("engines") or []:
+        if e.get("status") != "built" and e.get("reason"):
+            out.append(f"{engine_label(e)} is {e.get('status')}: {e['reason']}")
+    out += [f"{name}: {w}" for name, lat in _timed(report) for w in lat.get("warnings") or []]
+    return out
+
+
+def header_lines(report: dict) -> list[str]:
+    run, target = report.get("run") or {}, report.get("target") or {}
+    verdict = {True: "PASSED", False: "FAILED"}.get(report.get("passed"), "not evaluated")
+    return [
+        f"run: {run.get('name', DASH)}",
+        f"target: {target.get('name', DASH)}",
+        f"result: {verdict}",
+        f"task: {report.get('task', DASH)}",
+        f"kdc {report.get('kdc_version', DASH)}, started {run.get('started', DASH)}, "
+        f"wall time {num(run.get('wall_s'), 1)} s",
+    ]
+
+
+def build_sections(report: dict) -> list[Section]:
+    """Every section after the header, in reading order."""
+    parts = [
+        _models(report),
+        _constraints(report),
+        _search(report),
+        _conditions(report),
+        Section("Warnings", lines=warnings(report) or ["none"]),
+    ]
+    return [s for s in parts if s is not None]
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(table: Table) -> str:
+    head, rows = table
+    out = ["| " + " | ".join(map(_cell, head)) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(map(_cell, r)) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def render_markdown(report: dict) -> str:
+    """report.md: header, then each section's bullets and table."""
+    out = [f"# kdc report: {(report.get('run') or {}).get('name', DASH)}", ""]
+    out += [f"- {line}" for line in header_lines(report)]
+    out.append("")
+    out.append("![latency vs accuracy](report.png)")
+    for s in build_sections(report):
+        out += ["", f"## {s.title}", ""]
+        out += [f"- {line}" for line in s.lines]
+        if s.table:
+            out += [""] if s.lines else []
+            out.append(markdown_table(s.table))
+    return "\n".join(out) + "\n"

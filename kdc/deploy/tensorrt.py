@@ -1,0 +1,537 @@
+"""TensorRT engine builder through the `tensorrt` Python API (imported lazily).
+
+TensorRT 10.x builds weakly typed networks with precision flags (FP16; INT8 only from Q/DQ in the
+graph, never a calibrator). TensorRT 11.x removed those flags: every network is strongly typed,
+INT8 comes only from Q/DQ and FP16 from a graph converted beforehand (`convert_fp16`). The
+decisions live in pure functions (`plan_build`, `check_graph`, `create_network`, `configure`,
+`engine_cache_key`, `format_parser_errors`) that tests drive with a fake `trt` module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from kdc.errors import KdcError, UserError
+from kdc.profiles import HardwareProfile
+from kdc.rundir import atomic_path, sha256_file, sha256_json
+
+REASON_UNAVAILABLE = (
+    "TensorRT is not installed on this machine; build on the device with bundle/build.sh"
+)
+PRECISIONS = ("fp32", "fp16", "int8")
+HARDWARE_COMPAT = {"none": None, "ampere+": "AMPERE_PLUS"}
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+Shapes = dict[str, tuple[list[int], list[int], list[int]]]
+
+
+class TensorRTUnavailable(UserError):
+    """The `tensorrt` package cannot be imported here."""
+
+    def __init__(self, detail: str = "") -> None:
+        self.reason = REASON_UNAVAILABLE
+        super().__init__(REASON_UNAVAILABLE + (f" ({detail})" if detail else ""))
+
+
+@dataclass(frozen=True)
+class Typing:
+    """How one TensorRT major version turns a precision into a network."""
+
+    strongly_typed: bool
+    precision_flags: dict[str, tuple[str, ...]]
+    dla: bool
+
+
+# 10.x: weak typing; INT8 also enables FP16 so layers left unquantized run in half precision.
+# 11.x: strong typing only; DLA was dropped (10.7 was the last release with DLA).
+TYPING: dict[int, Typing] = {
+    10: Typing(False, {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}, dla=True),
+    11: Typing(True, {"fp32": (), "fp16": (), "int8": ()}, dla=False),
+}
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string such as '10.3.0.30'."""
+    parts = str(version).strip().split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise UserError(
+            f"cannot read TensorRT version '{version}'",
+            field="runtime.tensorrt",
+            fix="write it as MAJOR.MINOR, e.g. '10.3'",
+        ) from None
+
+
+def typing_for(version: str) -> Typing:
+    """The typing rules of a TensorRT version; only 10.x and 11.x are supported."""
+    major = parse_version(version)[0]
+    if major not in TYPING:
+        raise UserError(
+            f"TensorRT {version} is not supported",
+            field="runtime.tensorrt",
+            fix=f"use TensorRT {' or '.join(f'{m}.x' for m in TYPING)}",
+        )
+    return TYPING[major]
+
+
+@dataclass
+class BuildOptions:
+    """What to build: precision, builder settings and one optimization profile."""
+
+    precision: str = "fp16"
+    workspace_mb: int = 1024
+    optimization_level: int = 3
+    profiles: Shapes = field(default_factory=dict)
+    timing_cache: Path | None = None
+    dla_core: int | None = None
+    hardware_compatibility: str = "none"
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(
+                f"unknown precision '{self.precision}'",
+                field="precision",
+                fix=f"use one of {', '.join(PRECISIONS)}",
+            )
+        if self.hardware_compatibility not in HARDWARE_COMPAT:
+            raise UserError(
+                f"unknown hardware compatibility '{self.hardware_compatibility}'",
+                field="hardware_compatibility",
+                fix="use 'none' or 'ampere+'",
+            )
+        if not 0 <= self.optimization_level <= 5:
+            raise UserError(
+                "builder optimization level must be 0..5",
+                field="optimization_level",
+                fix="use 3 (TensorRT's default)",
+            )
+        if self.workspace_mb <= 0:
+            raise UserError("workspace must be positive", field="workspace_mb", fix="use 1024")
+        for name, (lo, opt, hi) in self.profiles.items():
+            if not len(lo) == len(opt) == len(hi) or not all(
+                0 < a <= b <= c for a, b, c in zip(lo, opt, hi, strict=False)
+            ):
+                raise UserError(
+                    f"shapes of input '{name}' need 0 < min <= opt <= max per dim",
+                    field="profiles",
+                    fix="give three shapes of equal rank",
+                )
+
+
+def static_profiles(input_shapes: dict[str, list[int]]) -> Shapes:
+    """An optimization profile with min = opt = max for every input."""
+    return {k: (list(v), list(v), list(v)) for k, v in input_shapes.items()}
+
+
+def options_for_profile(
+    profile: HardwareProfile,
+    precision: str,
+    input_shapes: dict[str, list[int]],
+    *,
+    use_dla: bool = False,
+    **kwargs: Any,
+) -> BuildOptions:
+    """BuildOptions for a hardware profile; DLA core 0 only when asked and the profile has DLA."""
+    if precision not in profile.runtime.precisions:
+        raise UserError(
+            f"precision {precision} is not offered by {profile.name}",
+            field="precision",
+            fix=f"use one of {', '.join(profile.runtime.precisions)}",
+        )
+    if use_dla and profile.runtime.dla_cores <= 0:
+        raise UserError(
+            f"{profile.name} has no DLA core",
+            field="runtime.dla_cores",
+            fix="build for the GPU (drop the DLA option)",
+        )
+    return BuildOptions(
+        precision=precision,
+        profiles=static_profiles(input_shapes),
+        dla_core=0 if use_dla else None,
+        **kwargs,
+    )
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """The builder settings chosen for one TensorRT version and one set of options."""
+
+    version: str
+    strongly_typed: bool
+    flags: tuple[str, ...]
+    dla_core: int | None
+    hardware_compatibility: str | None
+    convert_fp16: bool = False
+
+
+def plan_build(trt_version: str, opts: BuildOptions) -> BuildPlan:
+    """Network typing and BuilderFlag names for a version; refuses DLA where it cannot run."""
+    typing = typing_for(trt_version)
+    flags = list(typing.precision_flags[opts.precision])
+    if opts.dla_core is not None:
+        if not typing.dla:
+            raise UserError(
+                f"TensorRT {trt_version} has no DLA support",
+                field="dla_core",
+                fix="build for the GPU or use TensorRT 10.x (JetPack 6)",
+            )
+        if opts.precision == "fp32":
+            raise UserError(
+                "DLA runs fp16 or int8 only",
+                field="precision",
+                fix="use --precision fp16 or int8 with DLA",
+            )
+        flags.append("GPU_FALLBACK")
+    return BuildPlan(
+        trt_version,
+        typing.strongly_typed,
+        tuple(flags),
+        opts.dla_core,
+        HARDWARE_COMPAT[opts.hardware_compatibility],
+    )
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """What the builder needs to know about an ONNX graph."""
+
+    has_qdq: bool
+    is_fp16: bool
+    dynamic_inputs: frozenset[str]
+
+
+def graph_facts(model: onnx.ModelProto) -> GraphFacts:
+    """Q/DQ present, fp16 weights present, and graph inputs with a symbolic or unknown dim."""
+    inits = {i.name for i in model.graph.initializer}
+    dynamic = frozenset(
+        i.name
+        for i in model.graph.input
+        if i.name not in inits
+        and any(d.dim_param or d.dim_value <= 0 for d in i.type.tensor_type.shape.dim)
+    )
+    return GraphFacts(
+        has_qdq=any(n.op_type in QDQ_OPS for n in model.graph.node),
+        is_fp16=any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer),
+        dynamic_inputs=dynamic,
+    )
+
+
+def check_graph(plan: BuildPlan, precision: str, facts: GraphFacts) -> BuildPlan:
+    """Refuse INT8 without Q/DQ; on strongly typed versions ask for an fp16 graph conversion."""
+    if precision == "int8" and not facts.has_qdq:
+        raise UserError(
+            "INT8 needs Q/DQ nodes in the graph (kdc uses no calibrator)",
+            field="precision",
+            fix="quantize the ONNX first (kdc.deploy.onnxruntime.quantize_int8)",
+        )
+    needs = plan.strongly_typed and precision == "fp16" and not facts.is_fp16
+    return dataclasses.replace(plan, convert_fp16=needs)
+
+
+def engine_cache_key(
+    *,
+    gpu_name: str,
+    compute_capability: str,
+    trt_version: str,
+    precision: str,
+    shapes: Shapes | dict,
+    onnx_sha256: str,
+    build_options: dict | None = None,
+) -> str:
+    """sha256 over everything an engine is bound to (engines do not port across these)."""
+    return sha256_json(
+        {
+            "gpu": gpu_name,
+            "cc": compute_capability,
+            "tensorrt": trt_version,
+            "precision": precision,
+            "shapes": shapes,
+            "onnx": onnx_sha256,
+            "options": build_options or {},
+        }
+    )
+
+
+def format_parser_errors(parser: Any) -> str:
+    """One line per ONNX parser error, naming node and op when the binding reports them."""
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        name = _call(err, "node_name")
+        op = _call(err, "node_operator")
+        where = f"node '{name}' ({op}): " if name or op else ""
+        lines.append(where + str(err.desc()))
+    return "; ".join(lines) or "the parser reported no detail"
+
+
+def _call(obj: Any, method: str) -> str:
+    fn = getattr(obj, method, None)
+    return str(fn() or "") if callable(fn) else ""
+
+
+def create_network(trt: Any, builder: Any, plan: BuildPlan) -> Any:
+    """A network definition, strongly typed when the plan says so."""
+    flags = 0
+    if plan.strongly_typed:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return builder.create_network(flags)
+
+
+def configure(
+    trt: Any, builder: Any, config: Any, network: Any, plan: BuildPlan, opts: BuildOptions
+) -> None:
+    """Apply workspace, optimization level, flags, DLA, compatibility and shape profile."""
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
+    config.builder_optimization_level = opts.optimization_level
+    for name in plan.flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    if plan.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = plan.dla_core
+    if plan.hardware_compatibility:
+        config.hardware_compatibility_level = getattr(
+            trt.HardwareCompatibilityLevel, plan.hardware_compatibility
+        )
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    unknown = set(opts.profiles) - {t.name for t in inputs}
+    if unknown:
+        raise UserError(
+            f"shapes given for unknown inputs {sorted(unknown)}",
+            field="profiles",
+            fix=f"use the model's inputs: {', '.join(t.name for t in inputs)}",
+        )
+    dynamic = [t for t in inputs if any(d < 0 for d in t.shape)]
+    missing = [t.name for t in dynamic if t.name not in opts.profiles]
+    if missing:
+        raise UserError(
+            f"inputs {missing} have dynamic dims and no shapes",
+            field="profiles",
+            fix="give min/opt/max shapes for each of them",
+        )
+    if dynamic:
+        profile = builder.create_optimization_profile()
+        for tensor in dynamic:
+            profile.set_shape(tensor.name, *opts.profiles[tensor.name])
+        config.add_optimization_profile(profile)
+
+
+def load_timing_cache(config: Any, path: Path | None) -> None:
+    """Attach a timing cache, seeded from `path` when that file exists."""
+    if path is None:
+        return
+    data = Path(path).read_bytes() if Path(path).is_file() else b""
+    config.set_timing_cache(config.create_timing_cache(data), False)
+
+
+def save_timing_cache(config: Any, path: Path | None) -> None:
+    """Write the (updated) timing cache after a build."""
+    if path is None:
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+
+def import_tensorrt() -> Any:
+    """The `tensorrt` module, or TensorRTUnavailable."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise TensorRTUnavailable(str(e)) from None
+    return tensorrt
+
+
+def device_identity(profile: HardwareProfile) -> tuple[str, str]:
+    """(GPU name, compute capability) of CUDA device 0, else the profile's declared values."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return torch.cuda.get_device_name(0), f"{major}.{minor}"
+    except ImportError:
+        pass
+    return f"profile:{profile.name}", profile.runtime.compute_capability or "unknown"
+
+
+def build_engine(
+    onnx_path: Path | str,
+    engine_path: Path | str,
+    profile: HardwareProfile,
+    opts: BuildOptions,
+    *,
+    trt_module: Any = None,
+) -> dict:
+    """Build (or take from the engine cache) a serialized engine; returns an engine record.
+
+    `trt_module` replaces `import tensorrt` (alternate bindings, tests)."""
+    trt = trt_module or import_tensorrt()
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    version = str(trt.__version__)
+    facts = graph_facts(onnx.load(str(onnx_path), load_external_data=False))
+    plan = check_graph(plan_build(version, opts), opts.precision, facts)
+    gpu, cc = device_identity(profile)
+    key = engine_cache_key(
+        gpu_name=gpu,
+        compute_capability=cc,
+        trt_version=version,
+        precision=opts.precision,
+        shapes=opts.profiles,
+        onnx_sha256=sha256_file(onnx_path),
+        build_options={
+            "level": opts.optimization_level,
+            "dla": opts.dla_core,
+            "hw": opts.hardware_compatibility,
+        },
+    )
+    cached = opts.cache_dir / f"{key}.plan" if opts.cache_dir else None
+    record = {
+        "engine": "tensorrt",
+        "status": "built",
+        "path": str(engine_path),
+        "precision": opts.precision,
+        "tensorrt": version,
+        "device": gpu,
+        "cache_key": key,
+        "strongly_typed": plan.strongly_typed,
+        "flags": list(plan.flags),
+    }
+    if cached and cached.is_file():
+        with atomic_path(engine_path) as tmp:
+            shutil.copyfile(cached, tmp)
+        return {**record, "cached": True, "size_mb": _size_mb(engine_path)}
+    source = onnx_path
+    if plan.convert_fp16:
+        source = convert_fp16(onnx_path, engine_path.with_suffix(".fp16.onnx"))
+    blob = _run_builder(trt, source, plan, opts)
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(blob)
+    if cached:
+        with atomic_path(cached) as tmp:
+            shutil.copyfile(engine_path, tmp)
+    return {**record, "cached": False, "size_mb": _size_mb(engine_path)}
+
+
+def _run_builder(trt: Any, source: Path, plan: BuildPlan, opts: BuildOptions) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = create_network(trt, builder, plan)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        raise UserError(
+            f"TensorRT cannot parse the model: {format_parser_errors(parser)}",
+            source=str(source),
+            fix="run `kdc lint` on it for the TensorRT rules",
+        )
+    config = builder.create_builder_config()
+    configure(trt, builder, config, network, plan, opts)
+    load_timing_cache(config, opts.timing_cache)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise KdcError(f"TensorRT {plan.version} failed to build {source.name}; see its log")
+    save_timing_cache(config, opts.timing_cache)
+    return bytes(serialized)
+
+
+def _size_mb(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 3)
+
+
+# --- fp16 graph conversion (TensorRT 11.x takes precision from the graph) -------------------
+
+# Inputs that the ONNX spec keeps float32 whatever the data type (Resize roi/scales).
+_KEEP_FP32 = {"Resize": {1, 2}, "Upsample": {1}}
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def convert_fp16(onnx_in: Path | str, onnx_out: Path | str) -> Path:
+    """Write an fp16 copy of a float32 graph with float32 inputs and outputs.
+
+    Uses onnxconverter-common when installed; else a minimal converter (initializers, Constant,
+    ConstantOfShape and Cast-to-float turned fp16, casts at the graph edges) that refuses
+    Q/DQ graphs and checks the result with strict shape inference."""
+    model = onnx.load(str(onnx_in))
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        converted = _to_fp16(model, source=str(onnx_in))
+    else:
+        converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    with atomic_path(onnx_out) as tmp:
+        onnx.save(converted, str(tmp))
+    return Path(onnx_out)
+
+
+def _to_fp16(model: onnx.ModelProto, *, source: str) -> onnx.ModelProto:
+    g = model.graph
+    if any(n.op_type in QDQ_OPS for n in g.node):
+        raise UserError(
+            "the built-in fp16 converter does not handle Q/DQ graphs",
+            source=source,
+            fix="pip install onnxconverter-common, or build int8 without fp16",
+        )
+    keep = {n.input[i] for n in g.node for i in _KEEP_FP32.get(n.op_type, ()) if i < len(n.input)}
+    for init in g.initializer:
+        if init.data_type == TensorProto.FLOAT and init.name not in keep:
+            init.CopyFrom(_half(init))
+    for node in g.node:
+        for attr in node.attribute:
+            if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                attr.t.CopyFrom(_half(attr.t))
+            elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+    renames = {}
+    head = []
+    for inp in g.input:
+        if inp.type.tensor_type.elem_type == TensorProto.FLOAT:
+            renames[inp.name] = f"{inp.name}__fp16"
+            head.append(
+                helper.make_node(
+                    "Cast",
+                    [inp.name],
+                    [renames[inp.name]],
+                    to=TensorProto.FLOAT16,
+                    name=f"{inp.name}__cast_in",
+                )
+            )
+    tail = []
+    for out in g.output:
+        if out.type.tensor_type.elem_type == TensorProto.FLOAT:
+            inner = f"{out.name}__fp16"
+            renames[out.name] = inner
+            tail.append(
+                helper.make_node(
+                    "Cast", [inner], [out.name], to=TensorProto.FLOAT, name=f"{out.name}__cast_out"
+                )
+            )
+    outputs = {o.name for o in g.output}
+    for node in g.node:
+        node.input[:] = [renames.get(x, x) for x in node.input]
+        node.output[:] = [renames[x] if x in outputs and x in renames else x for x in node.output]
+    nodes = [*head, *g.node, *tail]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    try:
+        onnx.checker.check_model(model)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise UserError(
+            f"fp16 conversion produced an invalid graph: {str(e).splitlines()[0]}",
+            source=source,
+            fix="pip install onnxconverter-common",
+        ) from None
+
+
+def _half(t: TensorProto) -> TensorProto:
+    arr = np.clip(numpy_helper.to_array(t), -_FP16_MAX, _FP16_MAX).astype(np.float16)
+    return numpy_helper.from_array(arr, t.name)

@@ -1,0 +1,45 @@
+"""Exceptions that map to the exit codes of REPORT.md."""
+
+from __future__ import annotations
+
+
+class KdcError(Exception):
+    """Base class of kdc's own errors."""
+
+    exit_code = 3
+
+
+class UserError(KdcError):
+    """Bad input or usage: printed as one line, exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None,
+                 fix: str | None = None) -> None:
+        self.source, self.field, self.fix = source, field, fix
+        parts = []
+        if source:
+            parts.append(str(source))
+        if field:
+            parts.append(f"field '{field}'")
+        head = ": ".join(parts)
+        text = f"{head}: {message}" if head else message
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(text)
+
+
+class ConfigError(UserError):
+    """A model.yaml that does not validate."""
+
+
+class ConstraintFailure(KdcError):
+    """A constraint or regression check failed: exit code 1."""
+
+    exit_code = 1
+
+
+class Interrupted(KdcError):
+    """Ctrl-C: the run stopped cleanly and can be resumed."""
+
+    exit_code = 130

@@ -1,0 +1,31 @@
+"""Numerical parity of an ONNX model against the PyTorch module it came from."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, *, atol: float, rtol: float,
+            min_cosine: float) -> dict:
+    """max-abs, 99th-percentile abs error, mean row cosine and argmax agreement; `passed` when
+    all elements are within atol + rtol·|ref| or the per-row cosine floor holds."""
+    ref = reference.astype(np.float64).reshape(len(reference), -1)
+    cand = candidate.astype(np.float64).reshape(len(candidate), -1)
+    err = np.abs(ref - cand)
+    denom = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    cos = np.where(denom > 0, (ref * cand).sum(1) / np.maximum(denom, 1e-30), 1.0)
+    within = bool(np.all(err <= atol + rtol * np.abs(ref)))
+    worst = np.argsort(-err.max(1))[:3]
+    return {
+        "reference": "pytorch",
+        "n": int(len(ref)),
+        "max_abs": float(err.max()) if err.size else 0.0,
+        "p99_abs": float(np.quantile(err, 0.99)) if err.size else 0.0,
+        "cosine": float(cos.mean()) if cos.size else 1.0,
+        "min_cosine": float(cos.min()) if cos.size else 1.0,
+        "argmax_agreement": float((ref.argmax(1) == cand.argmax(1)).mean()) if ref.size else 1.0,
+        "atol": atol, "rtol": rtol, "cosine_floor": min_cosine,
+        "within_tolerance": within,
+        "passed": within or float(cos.min() if cos.size else 1.0) >= min_cosine,
+        "worst_rows": [int(i) for i in worst],
+    }

@@ -1,0 +1,79 @@
+"""Teacher and student adapters, chosen by a registry on the config's teacher kind."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from kdc.config import KdcConfig
+from kdc.errors import UserError
+from kdc.models.base import ModelAdapter
+from kdc.models.hf import HFTextAdapter
+from kdc.models.vision import VisionAdapter
+
+
+def _kind(cfg: KdcConfig) -> str:
+    t = cfg.teacher
+    if t.kind != "auto":
+        return t.kind
+    given = [k for k in ("path", "entrypoint", "name") if getattr(t, k)]
+    if len(given) != 1:
+        raise UserError("give exactly one of path, entrypoint, name", source=cfg.source_file,
+                        field="teacher", fix="e.g. 'path: ./teacher' for a Hugging Face directory")
+    if given[0] == "path":
+        return "huggingface"
+    if given[0] == "entrypoint":
+        return "entrypoint"
+    return "timm" if t.name and t.name.startswith("timm/") else "torchvision"
+
+
+def _hf(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+    if not cfg.teacher.path:
+        raise UserError("a Hugging Face teacher needs 'path' (a local model directory)",
+                        source=cfg.source_file, field="teacher.path",
+                        fix="save the model with save_pretrained and point to that directory")
+    path = cfg.resolve(cfg.teacher.path)
+    if not path.is_dir():
+        raise UserError("model directory not found", source=cfg.source_file,
+                        field="teacher.path", fix=f"check that {path} exists")
+    return HFTextAdapter.from_dir(path, max_length=cfg.data.max_length,
+                                  trust_remote_code=cfg.teacher.trust_remote_code)
+
+
+def _vision(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+    kind = _kind(cfg)
+    if kind == "entrypoint" and cfg.base_dir not in sys.path:
+        sys.path.insert(0, cfg.base_dir)  # entrypoints may live beside the config
+    source = {"kind": kind, "entrypoint": cfg.teacher.entrypoint,
+              "name": (cfg.teacher.name or "").removeprefix("timm/"),
+              "kwargs": cfg.teacher.kwargs}
+    weights = cfg.resolve(cfg.teacher.weights) if cfg.teacher.weights else None
+    if weights is not None and not weights.is_file():
+        raise UserError("weights file not found", source=cfg.source_file,
+                        field="teacher.weights", fix=f"check that {weights} exists")
+    return VisionAdapter.build(source, weights)
+
+
+LOADERS: dict[str, Callable[[KdcConfig, int], ModelAdapter]] = {
+    "huggingface": _hf, "entrypoint": _vision, "torchvision": _vision, "timm": _vision}
+
+
+def load_teacher(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+    """The teacher named by the config, in eval mode."""
+    adapter = LOADERS[_kind(cfg)](cfg, num_labels)
+    adapter.module.eval()
+    return adapter
+
+
+def load_student(directory: Path, max_length: int = 128) -> ModelAdapter:
+    """A student saved by `ModelAdapter.save`."""
+    meta_path = directory / "kdc_model.json"
+    if not meta_path.is_file():
+        raise UserError("not a kdc model directory (no kdc_model.json)", source=str(directory),
+                        fix="run the distill stage again")
+    meta = json.loads(meta_path.read_text())
+    if meta["adapter"] == "huggingface":
+        return HFTextAdapter.from_dir(directory, max_length=meta.get("max_length", max_length))
+    return VisionAdapter.load(directory)

@@ -1,0 +1,58 @@
+"""The interface every teacher/student adapter implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class ModelAdapter(ABC):
+    """A model kdc can encode data for, distil, export, save and rebuild.
+
+    `module(**inputs)` returns logits (B×K) for classification, or the embedding (B×D) for
+    sentence-embedding. Inputs are named tensors whose names are `input_names`, encoded from a
+    Split's features by `encode`.
+    """
+
+    family: str  # "transformer" | "cnn"
+    module: nn.Module
+    input_names: list[str]
+
+    @abstractmethod
+    def encode(self, features: Any) -> dict[str, np.ndarray]:
+        """Model inputs (numpy, batch first) for a list of texts or an image array."""
+
+    @abstractmethod
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """ONNX dynamic axes of inputs and of the output `logits`."""
+
+    @abstractmethod
+    def architecture(self) -> dict[str, Any]:
+        """A JSON-able spec from which `load_student` rebuilds this model's shapes."""
+
+    @abstractmethod
+    def save(self, directory: Path) -> list[Path]:
+        """Write weights (safetensors) and the architecture spec; return the files written."""
+
+    def feature_modules(self) -> dict[str, nn.Module]:
+        """Named submodules whose outputs distillation losses and proxies may tap."""
+        return {}
+
+    def params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def forward_numpy(self, inputs: dict[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Run the PyTorch module in eval mode over all rows of `inputs`."""
+        self.module.eval()
+        n = len(next(iter(inputs.values())))
+        outs = []
+        with torch.inference_mode():
+            for s in range(0, n, batch_size):
+                batch = {k: torch.from_numpy(v[s:s + batch_size]) for k, v in inputs.items()}
+                outs.append(self.module(**batch).float().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

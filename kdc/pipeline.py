@@ -1,0 +1,200 @@
+"""Stage order, the run context shared by stages, resume, and progress display."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kdc import __version__
+from kdc.config import KdcConfig
+from kdc.data.base import Dataset
+from kdc.errors import Interrupted
+from kdc.models.base import ModelAdapter
+from kdc.profiles import HardwareProfile
+from kdc.rundir import RunDir, sha256_file, sha256_json
+
+
+@dataclass
+class StageOutput:
+    outputs: list[Path]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """Everything a stage may read: config, target profile, run directory, console."""
+
+    cfg: KdcConfig
+    profile: HardwareProfile
+    run: RunDir
+    console: Console
+    quiet: bool = False
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        from kdc.data import load_dataset
+
+        return load_dataset(self.cfg)
+
+    @cached_property
+    def teacher(self) -> ModelAdapter:
+        from kdc.models import load_teacher
+
+        t = load_teacher(self.cfg, self.dataset.num_labels)
+        check_label_count(self, t)
+        return t
+
+    def encode(self, split: str) -> dict[str, np.ndarray]:
+        """Model inputs of a split, encoded once per run by the teacher's encoder."""
+        cache = self.__dict__.setdefault("_encoded", {})
+        if split not in cache:
+            cache[split] = self.teacher.encode(getattr(self.dataset, split).features)
+        return cache[split]
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """A progress bar (silent with -q); yields `advance(n=1, **fields)`."""
+        if self.quiet:
+            yield lambda n=1, **kw: None
+            return
+        cols = (TextColumn("  {task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                "{task.total}"), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+        with Progress(*cols, console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=total, info="")
+
+            def advance(n: int = 1, **kw: Any) -> None:
+                info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in kw.items())
+                bar.update(task, advance=n, info=info)
+
+            yield advance
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            self.console.print(msg)
+
+
+def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
+    """The teacher's classifier must have as many outputs as the data has classes."""
+    from kdc.errors import UserError
+
+    if ctx.cfg.task == "sentence-embedding":
+        return
+    n = getattr(getattr(teacher, "config", None), "num_labels", None)
+    if n is None:
+        probe = teacher.encode(ctx.dataset.eval.take([0]).features)
+        n = teacher.forward_numpy(probe).shape[-1]
+    if n is not None and n != ctx.dataset.num_labels:
+        raise UserError(f"the teacher has {n} outputs but the data has "
+                        f"{ctx.dataset.num_labels} classes {ctx.dataset.label_names[:6]}",
+                        source=ctx.cfg.source_file, field="data.label_column",
+                        fix="use the data the teacher was trained on, or a matching label column")
+
+
+StageFn = Callable[[Context], StageOutput]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fn: StageFn
+    sections: tuple[str, ...]  # config sections whose change re-runs this stage
+
+
+def _stages() -> list[Stage]:
+    from kdc.stages import build, distill, export, report, search, verify
+
+    common = ("name", "task", "seed", "teacher", "data")
+    return [
+        Stage("search", search.run, (*common, "student", "search")),
+        Stage("distill", distill.run, (*common, "distill", "prune", "quantize")),
+        Stage("export", export.run, ("export",)),
+        Stage("build", build.run, ("build", "quantize")),
+        Stage("verify", verify.run, ("verify", "data")),
+        Stage("report", report.run, ("constraints",)),
+    ]
+
+
+STAGE_NAMES = ("search", "distill", "export", "build", "verify", "report")
+
+
+def teacher_fingerprint(cfg: KdcConfig) -> str:
+    """Hash of the teacher's files (weights, config) so a retrained teacher re-runs stages."""
+    t = cfg.teacher
+    files: list[Path] = []
+    if t.path and cfg.resolve(t.path).is_dir():
+        files = sorted(p for p in cfg.resolve(t.path).iterdir()
+                       if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".txt"))
+    if t.weights and cfg.resolve(t.weights).is_file():
+        files.append(cfg.resolve(t.weights))
+    return sha256_json({p.name: sha256_file(p) for p in files})
+
+
+def stage_hash(stage: Stage, cfg: KdcConfig, profile: HardwareProfile, upstream: str,
+               teacher_fp: str) -> str:
+    data = cfg.fingerprint()
+    return sha256_json({"kdc": __version__, "stage": stage.name, "upstream": upstream,
+                        "config": {k: data.get(k) for k in stage.sections},
+                        "profile": profile.model_dump(mode="json"), "teacher": teacher_fp})
+
+
+@contextlib.contextmanager
+def _sigint_as_interrupt() -> Iterator[None]:
+    """Ctrl-C finishes nothing half-way: it raises Interrupted, which the CLI reports."""
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted("interrupted")
+
+    try:
+        old = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def run_stages(ctx: Context, *, resume: bool, only: tuple[str, ...] | None = None) -> dict:
+    """Run the stages in order (or `only` those), skipping finished ones on resume."""
+    started = time.perf_counter()
+    ctx.run.update_manifest(kdc_version=__version__, config=ctx.cfg.fingerprint(),
+                            config_sha256=sha256_json(ctx.cfg.fingerprint()),
+                            target=ctx.profile.name, seed=ctx.cfg.seed)
+    tfp = teacher_fingerprint(ctx.cfg)
+    upstream = ""
+    with _sigint_as_interrupt():
+        for stage in _stages():
+            if only is not None and not set(only) & set(STAGE_NAMES[STAGE_NAMES.index(
+                    stage.name):]):
+                break
+            h = stage_hash(stage, ctx.cfg, ctx.profile, upstream, tfp)
+            wanted = only is None or stage.name in only
+            if (resume or not wanted) and ctx.run.is_done(stage.name, h):
+                ctx.log(f"[dim]✓ {stage.name}: up to date, skipped[/dim]")
+            elif not wanted:
+                from kdc.errors import UserError
+
+                raise UserError(f"stage '{stage.name}' has not run (or its inputs changed)",
+                                source=str(ctx.run.root), fix=f"run `kdc {stage.name}` first "
+                                "or `kdc compress --resume`")
+            else:
+                ctx.log(f"[bold]▶ {stage.name}[/bold]")
+                ctx.run.mark_started(stage.name, h)
+                t0 = time.perf_counter()
+                out = stage.fn(ctx)
+                ctx.run.mark_done(stage.name, h, out.outputs, out.metrics,
+                                  time.perf_counter() - t0)
+            upstream = ctx.run.output_hash(stage.name)
+    ctx.run.update_manifest(wall_s=round(time.perf_counter() - started, 2))
+    return ctx.run.manifest()

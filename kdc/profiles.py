@@ -1,0 +1,213 @@
+"""Hardware profiles: YAML files in `profiles/` (shipped in the wheel as `kdc/_profiles`), loaded by
+name, alias or path; `host` is read from this machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kdc.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Compute(_Strict):
+    fp32_tflops: float = Field(gt=0)
+    fp16_tflops: float = Field(gt=0)
+    int8_tops: float = Field(gt=0)
+    source: str
+
+
+class Memory(_Strict):
+    bandwidth_gbps: float = Field(gt=0)
+    capacity_gb: float = Field(gt=0)
+    source: str
+
+
+class Runtime(_Strict):
+    engines: list[Literal["tensorrt", "onnxruntime"]]
+    tensorrt: str | None = None
+    jetpack: str | None = None
+    compute_capability: str | None = None
+    dla_cores: int = 0
+    precisions: list[Literal["fp32", "fp16", "int8"]]
+    onnxruntime_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+
+
+class LatencyModel(_Strict):
+    """Factors of the analytic latency model; `source` says how they were obtained."""
+
+    kernel_overhead_us: float = Field(ge=0)
+    compute_efficiency: float = Field(gt=0, le=1)
+    memory_efficiency: float = Field(gt=0, le=1)
+    int8_compute_efficiency: float | None = Field(None, gt=0, le=1)
+    fp16_compute_efficiency: float | None = Field(None, gt=0, le=1)
+    source: str = "defaults"
+
+
+class Defaults(_Strict):
+    batch: int = Field(1, ge=1)
+    latency_budget_ms: float | None = Field(None, gt=0)
+    max_memory_mb: float | None = Field(None, gt=0)
+    channel_divisor: int = Field(8, ge=1)
+
+
+class HardwareProfile(_Strict):
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    kind: Literal["edge", "server", "cpu"]
+    description: str
+    compute: Compute
+    memory: Memory
+    runtime: Runtime
+    latency_model: LatencyModel
+    defaults: Defaults = Field(default_factory=Defaults)
+    measurable: bool = Field(False, description="True only for the machine kdc runs on")
+
+    @property
+    def default_precision(self) -> str:
+        return "int8" if "int8" in self.runtime.precisions else self.runtime.precisions[0]
+
+
+def profiles_dir() -> Path:
+    """The directory of built-in profiles: inside the installed wheel, else the source tree."""
+    packaged = resources.files("kdc").joinpath("_profiles")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "profiles"
+
+
+def _read(path: Path) -> HardwareProfile:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return HardwareProfile.model_validate(data)
+    except (yaml.YAMLError, OSError) as e:
+        raise UserError(f"cannot read profile: {e}".splitlines()[0], source=str(path),
+                        fix="check the YAML") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise UserError(err["msg"], source=str(path), field=field,
+                        fix="compare with profiles/jetson-orin-nano-8gb.yaml") from None
+
+
+@lru_cache(maxsize=1)
+def _builtin() -> dict[str, HardwareProfile]:
+    return {p.stem: _read(p) for p in sorted(profiles_dir().glob("*.yaml"))}
+
+
+def list_profiles() -> list[HardwareProfile]:
+    """Built-in profiles plus `host`."""
+    return [*_builtin().values(), host_profile()]
+
+
+def load_profile(name_or_path: str) -> HardwareProfile:
+    """A profile by name, alias (`jetson`), `host`/`cpu`, or a path to a YAML file."""
+    key = name_or_path.strip()
+    if key in ("host", "cpu"):
+        return host_profile()
+    p = Path(key)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise UserError("profile file not found", source=key, field="--target",
+                            fix="pass an existing YAML or a name from `kdc profiles list`")
+        return _read(p)
+    for prof in _builtin().values():
+        if key == prof.name or key in prof.aliases:
+            return prof
+    names = sorted([*_builtin(), "host"])
+    raise UserError(f"unknown target '{key}'", field="--target",
+                    fix=f"use one of {', '.join(names)} or a path to a profile YAML")
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")) and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def host_isa(flags: set[str]) -> list[str]:
+    """The ISA extensions that matter for inference, in a stable order."""
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
+              "asimd", "asimddp", "sve"]
+    return [f for f in wanted if f in flags]
+
+
+def host_threads() -> int:
+    """CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@lru_cache(maxsize=1)
+def host_profile() -> HardwareProfile:
+    """This machine as a target: peaks estimated from cores and ISA (vector width x 2 FMA units x
+    an assumed 2.5 GHz), efficiency factors from a calibration file if `kdc calibrate` wrote one."""
+    model, flags = cpu_info()
+    cores = host_threads()
+    isa = host_isa(flags)
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    ghz = 2.5
+    fp32 = cores * lanes * 2 * 2 * ghz / 1000  # TFLOPS: lanes x FMA(2) x 2 units
+    int8_mult = 4 if {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"} & flags else 2
+    src = (f"estimated from /proc/cpuinfo: {cores} cores, {'/'.join(isa) or 'no SIMD flags'}, "
+           f"assumed {ghz} GHz; not a datasheet figure")
+    profile = {
+        "name": "host",
+        "aliases": ["cpu"],
+        "kind": "cpu",
+        "description": f"{model} ({cores} threads), the machine kdc runs on",
+        "compute": {"fp32_tflops": fp32, "fp16_tflops": fp32, "int8_tops": fp32 * int8_mult,
+                    "source": src},
+        "memory": {"bandwidth_gbps": 20.0, "capacity_gb": _mem_gb(),
+                   "source": "capacity from /proc/meminfo; bandwidth an assumed 20 GB/s"},
+        "runtime": {"engines": ["onnxruntime"], "precisions": ["fp32", "int8"]},
+        "latency_model": {"kernel_overhead_us": 8.0, "compute_efficiency": 0.25,
+                          "memory_efficiency": 0.5,
+                          "source": "defaults (run `kdc calibrate --target host`)"},
+        "defaults": {"batch": 1, "channel_divisor": 8},
+        "measurable": True,
+    }
+    cal = calibration_path("host")
+    if cal.is_file():
+        try:
+            profile["latency_model"] = yaml.safe_load(cal.read_text())["latency_model"]
+        except (yaml.YAMLError, KeyError, TypeError):
+            raise UserError("calibration file is corrupt", source=str(cal),
+                            fix="delete it and run `kdc calibrate --target host` again") from None
+    return HardwareProfile.model_validate(profile)
+
+
+def _mem_gb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return 8.0
+
+
+def calibration_path(profile_name: str) -> Path:
+    """Where `kdc calibrate` stores fitted factors for a profile (user config dir)."""
+    base = Path(os.environ.get("KDC_CONFIG_DIR") or
+                Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "kdc")
+    return base / "calibration" / f"{profile_name}.yaml"

@@ -1,0 +1,161 @@
+"""Run directory: atomic writes, sha256 of artifacts, and the manifest that makes resume work."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hex sha256 of a JSON-serialisable object in canonical form."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: Path | str, obj: Any) -> Path:
+    """Write JSON atomically (indented, keys in insertion order)."""
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_jsonl(path: Path | str, rows: list[dict]) -> Path:
+    """Write JSON lines atomically."""
+    return write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+def read_json(path: Path | str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunDir:
+    """A run directory with a manifest recording, per stage, its input hash, outputs and metrics."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __truediv__(self, rel: str) -> Path:
+        return self.root / rel
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def manifest(self) -> dict:
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        return read_json(self.manifest_path)
+
+    def update_manifest(self, **fields: Any) -> None:
+        m = self.manifest()
+        m.update(fields)
+        write_json(self.manifest_path, m)
+
+    def stage(self, name: str) -> dict | None:
+        return self.manifest().get("stages", {}).get(name)
+
+    def is_done(self, name: str, input_hash: str) -> bool:
+        """True when the stage finished with this input hash and its outputs are intact."""
+        rec = self.stage(name)
+        if not rec or rec.get("status") != "done" or rec.get("input_hash") != input_hash:
+            return False
+        return not self.verify_outputs(name)
+
+    def verify_outputs(self, name: str) -> list[str]:
+        """Relative paths of a stage's outputs that are missing or whose sha256 changed."""
+        rec = self.stage(name) or {}
+        bad = []
+        for rel, digest in rec.get("outputs", {}).items():
+            p = self.root / rel
+            if not p.is_file() or sha256_file(p) != digest:
+                bad.append(rel)
+        return bad
+
+    def mark_started(self, name: str, input_hash: str) -> None:
+        m = self.manifest()
+        m.setdefault("stages", {})[name] = {
+            "status": "running", "input_hash": input_hash, "started": now_iso()}
+        write_json(self.manifest_path, m)
+
+    def mark_done(self, name: str, input_hash: str, outputs: list[Path], metrics: dict,
+                  wall_s: float) -> dict:
+        rec = {
+            "status": "done",
+            "input_hash": input_hash,
+            "finished": now_iso(),
+            "wall_s": round(wall_s, 3),
+            "outputs": {str(Path(p).relative_to(self.root)): sha256_file(Path(p))
+                        for p in outputs},
+            "metrics": metrics,
+        }
+        m = self.manifest()
+        m.setdefault("stages", {})[name] = rec
+        write_json(self.manifest_path, m)
+        return rec
+
+    def output_hash(self, name: str) -> str:
+        """Hash of a finished stage's outputs: the input hash of the stages after it."""
+        rec = self.stage(name) or {}
+        return sha256_json(rec.get("outputs", {}))

@@ -1,0 +1,50 @@
+"""Export stage: student and teacher to ONNX, parity of each against PyTorch on eval inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kdc.errors import KdcError
+from kdc.export.onnx_export import export_onnx
+from kdc.export.parity import compare
+from kdc.models import load_student
+from kdc.pipeline import Context, StageOutput
+from kdc.rundir import write_json
+
+PARITY_ROWS = 256
+
+
+class ParityError(KdcError):
+    """ONNX outputs differ from PyTorch beyond tolerance: exit code 1."""
+
+    exit_code = 1
+
+
+def parity_of(ctx: Context, adapter, path) -> dict:
+    from kdc.deploy.onnxruntime import make_session, run_session
+
+    inputs = {k: v[:PARITY_ROWS] for k, v in ctx.encode("eval").items()}
+    ref = adapter.forward_numpy(inputs)
+    got = run_session(make_session(path), inputs)
+    e = ctx.cfg.export
+    return compare(ref, got, atol=e.atol, rtol=e.rtol, min_cosine=e.min_cosine)
+
+
+def run(ctx: Context) -> StageOutput:
+    student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
+    example = {k: np.asarray(v[:2]) for k, v in ctx.encode("train").items()}
+    opset = ctx.cfg.export.opset
+    s_path = export_onnx(student, example, ctx.run / "export" / "model.onnx", opset=opset)
+    t_path = export_onnx(ctx.teacher, example, ctx.run / "export" / "teacher.onnx", opset=opset)
+    parity = {"student": parity_of(ctx, student, s_path),
+              "teacher": parity_of(ctx, ctx.teacher, t_path)}
+    out = write_json(ctx.run / "export" / "parity.json", parity)
+    for who, p in parity.items():
+        ctx.log(f"  {who}: max|Δ| {p['max_abs']:.2e}, cosine {p['cosine']:.6f}")
+        if not p["passed"]:
+            raise ParityError(f"{who} ONNX differs from PyTorch: max_abs {p['max_abs']:.3g} "
+                              f"(atol {p['atol']}), min cosine {p['min_cosine']:.5f}; worst eval "
+                              f"rows {p['worst_rows']} (see {out})")
+    return StageOutput([s_path, t_path, out],
+                       {"parity_max_abs": parity["student"]["max_abs"],
+                        "parity_cosine": parity["student"]["cosine"]})

@@ -1,0 +1,87 @@
+"""Report stage: assemble report.json per REPORT.md, evaluate constraints, write md/png/html."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+from kdc import __version__
+from kdc.pipeline import Context, StageOutput
+from kdc.rundir import read_json, sha256_json
+
+LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "nncf", "torch-pruning", "optimum")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _search_section(ctx: Context) -> dict:
+    rows = [r for r in _read_jsonl(ctx.run / "search" / "candidates.jsonl")]
+    rec = ctx.run.stage("search") or {}
+    chosen = read_json(ctx.run / "search" / "student.json")
+    pareto = [r for r in rows if r.get("pareto")] or [r for r in rows if r.get("chosen")]
+    return {"strategy": chosen.get("strategy", "fixed"), "proxy": chosen.get("proxy"),
+            "candidates_scored": len(rows), "wall_s": rec.get("wall_s"),
+            "pareto": [{k: r.get(k) for k in ("architecture", "proxy", "predicted_latency_ms")}
+                       for r in pareto], "candidates": rows}
+
+
+def _read_jsonl(path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assemble(ctx: Context) -> dict:
+    """The report.json document (without constraints)."""
+    m = read_json(ctx.run / "verify" / "metrics.json")
+    manifest = ctx.run.manifest()
+    stages = manifest.get("stages", {})
+    cfg = ctx.cfg
+    started = min((s.get("started", "") for s in stages.values() if s.get("started")),
+                  default=None)
+    precision = cfg.quantize.precision
+    return {
+        "kdc_version": __version__,
+        "run": {"name": cfg.name, "config_sha256": manifest.get("config_sha256"),
+                "started": started, "wall_s": round(sum(s.get("wall_s", 0) for s in
+                                                        stages.values()), 2),
+                "seed": cfg.seed, "libraries": library_versions(),
+                "trust_remote_code": cfg.teacher.trust_remote_code,
+                "stages": {k: {"wall_s": v.get("wall_s"), "status": v.get("status")}
+                           for k, v in stages.items()}},
+        "task": cfg.task,
+        "data": m.get("data"),
+        "target": {"name": ctx.profile.name, "kind": ctx.profile.kind,
+                   "profile_sha256": sha256_json(ctx.profile.model_dump(mode="json")),
+                   "latency_model": ctx.profile.latency_model.source},
+        "teacher": m["teacher"],
+        "student": {**m["student"], "precision": precision,
+                    "distill": (stages.get("distill") or {}).get("metrics", {}),
+                    "pruning": {"method": "torch-pruning", "ratio": cfg.prune.ratio}
+                    if cfg.prune.enabled else None},
+        "search": _search_section(ctx),
+        "engines": m["engines"],
+    }
+
+
+def run(ctx: Context) -> StageOutput:
+    from kdc.deploy.constraints import evaluate_constraints, passed
+    from kdc.deploy.report import console_summary, write_report
+
+    report = assemble(ctx)
+    rows = evaluate_constraints(report, ctx.cfg.constraints.model_dump(),
+                                ctx.profile.defaults.model_dump())
+    report["constraints"] = rows
+    report["passed"] = passed(rows)
+    files = write_report(report, ctx.run.root)
+    if not ctx.quiet:
+        ctx.console.print(console_summary(report))
+    return StageOutput(files, {"passed": report["passed"]})

@@ -1,0 +1,110 @@
+"""Verify stage: accuracy of each built engine on the eval split (the engine that ships, not
+PyTorch), latency measured on the host and predicted for the target, memory and size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kdc.deploy import metrics as M
+from kdc.deploy.estimate import predict_memory_mb, predict_onnx
+from kdc.deploy.latency import measure_onnx
+from kdc.deploy.memory import engine_peak_rss_mb
+from kdc.deploy.onnxruntime import make_session, run_session, session_options_record
+from kdc.export.parity import compare
+from kdc.pipeline import Context, StageOutput
+from kdc.rundir import read_json, write_json
+
+INT8_MIN_COSINE = 0.9
+
+
+def _latency_inputs(ctx: Context) -> dict[str, np.ndarray]:
+    return {k: v[: ctx.cfg.verify.batch] for k, v in ctx.encode("eval").items()}
+
+
+def measure(ctx: Context, path: Path, precision: str) -> dict:
+    v = ctx.cfg.verify
+    return measure_onnx(path, _latency_inputs(ctx), threads=v.threads, warmup=v.warmup,
+                        iterations=v.iterations, min_duration_s=v.min_duration_s, batch=v.batch,
+                        precision=precision)
+
+
+def predict(ctx: Context, path: Path, precision: str) -> dict:
+    shapes = {k: list(v.shape) for k, v in _latency_inputs(ctx).items()}
+    return predict_onnx(path, ctx.profile, precision=precision, batch=ctx.cfg.verify.batch,
+                        input_shapes=shapes)
+
+
+def evaluate(ctx: Context, path: Path, teacher_logits: np.ndarray | None) -> tuple[dict, np.ndarray]:
+    """Metrics of an ONNX model's outputs on the eval split, with the engine named."""
+    session = make_session(path, threads=ctx.cfg.verify.threads)
+    out = run_session(session, ctx.encode("eval"))
+    res = M.compute(ctx.cfg.task, ctx.dataset.eval.labels, out, teacher_logits)
+    res["n"] = int(len(out))
+    return res, out
+
+
+def _engine_block(ctx: Context, rec: dict, teacher_logits: np.ndarray,
+                  student_ref: np.ndarray) -> dict:
+    path = ctx.run / rec["path"]
+    prec = rec["precision"]
+    acc, out = evaluate(ctx, path, teacher_logits)
+    acc["engine"] = f"onnxruntime-cpu-{prec}"
+    floor = ctx.cfg.export.min_cosine if prec == "fp32" else INT8_MIN_COSINE
+    parity = compare(student_ref, out[: len(student_ref)], atol=ctx.cfg.export.atol,
+                     rtol=ctx.cfg.export.rtol, min_cosine=floor)
+    block = {**rec, "accuracy": acc, "parity": parity,
+             "session": session_options_record(make_session(path, threads=ctx.cfg.verify.threads)),
+             "latency": measure(ctx, path, prec),
+             "memory": engine_peak_rss_mb(path, _latency_inputs(ctx),
+                                          threads=ctx.cfg.verify.threads or 1)}
+    if not ctx.profile.measurable:
+        block["target_latency"] = predict(ctx, path, prec)
+    return block
+
+
+def _remote_block(ctx: Context, rec: dict, engines: list[dict]) -> dict:
+    """A TensorRT engine not built here: its latency on the target is predicted from its ONNX."""
+    src = ctx.run / rec["source"]
+    block = {**rec, "latency": predict(ctx, src, rec["precision"]),
+             "memory": {"kind": "predicted", "peak_mb": predict_memory_mb(
+                 src, rec["precision"], ctx.cfg.verify.batch)}}
+    same = next((e for e in engines if e.get("path") == rec["source"]), None)
+    if same and "accuracy" in same:
+        block["accuracy_proxy"] = {**same["accuracy"], "note": "ONNX Runtime accuracy of the "
+                                   "same ONNX; the TensorRT engine itself was not run here"}
+    return block
+
+
+def run(ctx: Context) -> StageOutput:
+    from kdc.models import load_student
+
+    engines_in = read_json(ctx.run / "build" / "engines.json")
+    t_path = ctx.run / "export" / "teacher.onnx"
+    t_acc, t_logits = evaluate(ctx, t_path, None)
+    t_acc["engine"] = "onnxruntime-cpu-fp32"
+    teacher = {"params": ctx.teacher.params(), "accuracy": t_acc,
+               "latency": measure(ctx, t_path, "fp32"),
+               "flops": predict(ctx, t_path, "fp32").get("flops")}
+    if not ctx.profile.measurable:
+        teacher["target_latency"] = predict(ctx, t_path, "fp32")
+    student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
+    ref = student.forward_numpy({k: v[:256] for k, v in ctx.encode("eval").items()})
+    engines = []
+    with ctx.progress("verifying engines", len(engines_in)) as advance:
+        for rec in engines_in:
+            if rec["status"] == "built" and rec["engine"] == "onnxruntime":
+                engines.append(_engine_block(ctx, rec, t_logits, ref))
+            elif rec["status"] in ("bundle", "unavailable") and "source" in rec:
+                engines.append(_remote_block(ctx, rec, engines))
+            else:
+                engines.append(rec)
+            advance()
+    s_path = ctx.run / "export" / "model.onnx"
+    student_rec = {"params": student.params(), "flops": predict(ctx, s_path, "fp32").get("flops"),
+                   "architecture": student.architecture()}
+    out = write_json(ctx.run / "verify" / "metrics.json",
+                     {"teacher": teacher, "student": student_rec, "engines": engines,
+                      "data": ctx.dataset.summary()})
+    return StageOutput([out], {"teacher_accuracy": t_acc.get(M.primary_metric(ctx.cfg.task))})

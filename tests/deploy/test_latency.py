@@ -1,0 +1,155 @@
+"""The measurement protocol: stats, warnings, the measured latency object, memory figures."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from kdc.deploy import latency
+from kdc.deploy.latency import (
+    measure_callable,
+    measure_onnx,
+    measure_peak_rss_of,
+    peak_rss_mb,
+    rss_now_mb,
+    throughput,
+)
+from kdc.errors import UserError
+
+FAST = {"warmup": 3, "warmup_s": 0.0, "min_duration_s": 0.0}
+
+
+@pytest.fixture(scope="module")
+def linear_onnx(tmp_path_factory) -> str:
+    """x (B×8 float) -> Relu(x W + b) (B×4), dynamic batch."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Add", ["h", "b"], ["z"]),
+            helper.make_node("Relu", ["z"], ["logits"]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path_factory.mktemp("lat") / "linear.onnx"
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_measure_callable_stats_are_ordered_and_counted() -> None:
+    calls = []
+    stats = measure_callable(lambda: calls.append(1), iterations=40, **FAST)
+    assert stats["iterations"] == 40
+    assert stats["warmup"] == 3
+    assert len(calls) == 43
+    assert 0 <= stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+    assert stats["p99_ms"] <= stats["max_ms"]
+    assert stats["min_ms"] <= stats["mean_ms"] <= stats["max_ms"]
+    assert stats["cv"] == pytest.approx(stats["std_ms"] / stats["mean_ms"])
+
+
+def test_measure_callable_keeps_going_until_min_duration() -> None:
+    stats = measure_callable(
+        lambda: time.sleep(0.001), iterations=2, warmup=0, warmup_s=0.0, min_duration_s=0.05
+    )
+    assert stats["iterations"] > 2
+    assert stats["duration_s"] >= 0.05
+
+
+def test_measure_callable_stops_at_max_duration_and_says_so() -> None:
+    stats = measure_callable(
+        lambda: time.sleep(0.002),
+        iterations=10_000,
+        warmup=0,
+        warmup_s=0.0,
+        min_duration_s=0.0,
+        max_duration_s=0.05,
+    )
+    assert 1 <= stats["iterations"] < 10_000
+    assert any("max_duration_s" in w for w in stats["warnings"])
+
+
+def test_cv_warning_on_jittery_callable() -> None:
+    state = {"i": 0}
+
+    def jittery() -> None:
+        state["i"] += 1
+        time.sleep(0.004 if state["i"] % 2 else 0.0)
+
+    stats = measure_callable(jittery, iterations=20, **FAST)
+    assert stats["cv"] > latency.CV_LIMIT
+    assert any("coefficient of variation" in w and "> 2.5%" in w for w in stats["warnings"])
+
+
+def test_throttle_warning_when_latency_rises() -> None:
+    state = {"i": 0}
+
+    def slowing() -> None:
+        state["i"] += 1
+        time.sleep(0.004 if state["i"] > 30 else 0.0)
+
+    stats = measure_callable(slowing, iterations=40, warmup=0, warmup_s=0.0, min_duration_s=0.0)
+    assert any("throttled" in w for w in stats["warnings"])
+
+
+def test_bad_iterations_is_user_error() -> None:
+    with pytest.raises(UserError, match="iterations"):
+        measure_callable(lambda: None, iterations=0)
+
+
+def test_measure_onnx_returns_measured_latency_object(linear_onnx: str) -> None:
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    lat = measure_onnx(
+        linear_onnx,
+        {"x": x, "unused": x},
+        threads=1,
+        iterations=25,
+        batch=5,
+        precision="fp32",
+        **FAST,
+    )
+    assert lat["kind"] == "measured"
+    assert lat["engine"] == "onnxruntime"
+    assert lat["provider"] == "CPUExecutionProvider"
+    assert lat["threads"] == 1
+    assert lat["device"].endswith("(1 threads)")
+    assert lat["batch"] == 5
+    assert lat["input_shape"] == {"x": [5, 8]}  # rows repeated up to the batch; extras not fed
+    assert lat["iterations"] == 25 and lat["warmup"] == 3
+    assert lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+    for key in ("precision", "mean_ms", "cv", "warnings"):
+        assert key in lat
+
+
+def test_measure_onnx_rejects_empty_inputs(linear_onnx: str) -> None:
+    with pytest.raises(UserError, match="no rows"):
+        measure_onnx(linear_onnx, {"x": np.zeros((0, 8), np.float32)}, threads=1, **FAST)
+
+
+def test_throughput_is_batch_over_mean(linear_onnx: str) -> None:
+    x = np.ones((40, 8), np.float32)
+    res = throughput(linear_onnx, {"x": x}, batch=32, threads=1, iterations=5, min_duration_s=0.0)
+    assert res["kind"] == "measured" and res["batch"] == 32
+    assert res["input_shape"] == {"x": [32, 8]}
+    assert res["items_per_s"] == pytest.approx(32 / (res["mean_ms"] / 1e3))
+
+
+def test_memory_figures_are_labelled_and_consistent() -> None:
+    now = rss_now_mb()
+    assert now is None or 0 < now <= peak_rss_mb() + 1
+    held = []
+    mem = measure_peak_rss_of(lambda: held.append(np.ones(64 * 2**20 // 8)))  # 64 MiB touched
+    assert mem["scope"] == "process"
+    assert mem["peak_rss_mb"] >= mem["rss_after_mb"] - 1
+    assert mem["rss_after_mb"] - mem["rss_before_mb"] > 50
+    assert mem["peak_rss_increase_mb"] >= 0

@@ -1,0 +1,253 @@
+"""The ONNX Runtime engine: sessions, batching, optimization, INT8 quantization, bad files."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from kdc.deploy.onnxruntime import (
+    count_ops,
+    make_session,
+    optimize,
+    quantize_dynamic_int8,
+    quantize_int8,
+    run_session,
+    session_options_record,
+)
+from kdc.errors import UserError
+
+FUSED = {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"}
+
+
+def _export(module: nn.Module, args: tuple, names: list[str], path: Path) -> Path:
+    axes = {n: {0: "batch"} for n in [*names, "logits"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ort")
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp: Path) -> Path:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 5))
+    return _export(net, (torch.randn(2, 16),), ["x"], tmp / "mlp.onnx")
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp: Path) -> Path:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    return _export(net, (torch.randn(2, 3, 16, 16),), ["pixel_values"], tmp / "cnn.onnx")
+
+
+@pytest.fixture(scope="module")
+def bert(tmp: Path) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+        attn_implementation="eager",
+    )
+    model = BertForSequenceClassification(cfg)
+
+    class Logits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    ids = torch.randint(0, 100, (2, 16))
+    path = _export(
+        Logits(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"], tmp / "bert.onnx"
+    )
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def _x(n: int, seed: int) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)}
+
+
+def _text(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = np.ones((n, 16), np.int64)
+    mask[: n // 2, 10:] = 0
+    return {"input_ids": rng.integers(0, 100, (n, 16)), "attention_mask": mask}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def _activation_zero_point_types(path: Path) -> set[int]:
+    """Element types of the zero points of QuantizeLinear nodes (activations; weights are stored
+    already quantized behind DequantizeLinear only)."""
+    model = onnx.load(str(path))
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    return {inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_session_threads_providers_and_record(mlp: Path) -> None:
+    sess = make_session(mlp, threads=1, providers=["NoSuchExecutionProvider"])
+    rec = session_options_record(sess)
+    assert rec["providers"] == ["CPUExecutionProvider"]
+    assert rec["intra_op_threads"] == 1 and rec["inter_op_threads"] == 1
+    assert rec["execution_mode"] == "ORT_SEQUENTIAL"
+    assert rec["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    basic = make_session(mlp, threads=1, optimization="basic")
+    assert session_options_record(basic)["graph_optimization_level"] == "ORT_ENABLE_BASIC"
+    with pytest.raises(UserError, match="optimization"):
+        make_session(mlp, optimization="max")
+
+
+def test_run_session_batches_and_feeds_declared_inputs(mlp: Path) -> None:
+    sess = make_session(mlp, threads=1)
+    inputs = _x(10, 1)
+    whole = sess.run(None, inputs)[0]
+    out = run_session(sess, {**inputs, "attention_mask": np.ones((10, 4))}, batch_size=3)
+    assert out.shape == (10, 5)
+    np.testing.assert_allclose(out, whole, rtol=1e-6, atol=1e-6)
+    # float64 rows are cast to the declared float32
+    np.testing.assert_allclose(
+        run_session(sess, {"x": inputs["x"].astype(np.float64)}), whole, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_run_session_missing_input_is_user_error(mlp: Path) -> None:
+    with pytest.raises(UserError, match="'x'"):
+        run_session(make_session(mlp, threads=1), {"pixel_values": np.zeros((2, 16))})
+
+
+@pytest.mark.parametrize(
+    "symmetric, zp_type", [(True, onnx.TensorProto.INT8), (False, onnx.TensorProto.UINT8)]
+)
+def test_quantize_int8_static_qdq(mlp: Path, tmp: Path, symmetric: bool, zp_type: int) -> None:
+    dst = tmp / f"mlp-int8-{symmetric}.onnx"
+    calib = [_x(32, seed) for seed in range(8)]
+    assert quantize_int8(mlp, dst, calib, symmetric_activations=symmetric) == dst
+    ops = count_ops(dst)
+    assert ops["QuantizeLinear"] >= 2 and ops["DequantizeLinear"] >= 2
+    assert _activation_zero_point_types(dst) == {zp_type}
+    assert not list(tmp.glob(".mlp-int8*.tmp"))  # the temp file was renamed
+    data = _x(500, 99)
+    ref = run_session(make_session(mlp, threads=1), data)
+    got = run_session(make_session(dst, threads=1), data)
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.9
+    assert _cosine(ref, got) > 0.98
+
+
+def test_quantize_int8_entropy_and_bad_method(mlp: Path, tmp: Path) -> None:
+    dst = quantize_int8(
+        mlp,
+        tmp / "mlp-entropy.onnx",
+        [_x(32, s) for s in range(4)],
+        symmetric_activations=True,
+        method="entropy",
+        per_channel=False,
+    )
+    assert count_ops(dst)["QuantizeLinear"] >= 2
+    with pytest.raises(UserError, match="method"):
+        quantize_int8(mlp, tmp / "never.onnx", [_x(4, 0)], symmetric_activations=True, method="kl")
+    with pytest.raises(UserError, match="calibration"):
+        quantize_int8(mlp, tmp / "never.onnx", [], symmetric_activations=True)
+    assert not (tmp / "never.onnx").exists()
+
+
+def test_quantize_dynamic_int8(mlp: Path, tmp: Path) -> None:
+    dst = quantize_dynamic_int8(mlp, tmp / "mlp-dyn.onnx")
+    ops = count_ops(dst)
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & set(ops)
+    data = _x(200, 5)
+    ref = run_session(make_session(mlp, threads=1), data)
+    assert _cosine(ref, run_session(make_session(dst, threads=1), data)) > 0.98
+
+
+def test_optimize_transformer_fuses_and_keeps_outputs(bert: Path, tmp: Path) -> None:
+    dst = optimize(bert, tmp / "bert-opt.onnx", family="transformer", num_heads=2, hidden_size=32)
+    before, after = count_ops(bert), count_ops(dst)
+    assert sum(after.values()) < sum(before.values())
+    assert FUSED & set(after)
+    assert "Attention" in after
+    data = _text(6, 3)
+    ref = run_session(make_session(bert, threads=1, optimization="disable"), data)
+    got = run_session(make_session(dst, threads=1), data, batch_size=4)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_quantize_int8_transformer_symmetric(bert: Path, tmp: Path) -> None:
+    dst = quantize_int8(
+        bert, tmp / "bert-int8.onnx", [_text(8, s) for s in range(4)], symmetric_activations=True
+    )
+    assert count_ops(dst)["QuantizeLinear"] > 0
+    assert _activation_zero_point_types(dst) == {onnx.TensorProto.INT8}
+    data = _text(16, 7)
+    ref = run_session(make_session(bert, threads=1), data)
+    assert _cosine(ref, run_session(make_session(dst, threads=1), data)) > 0.9
+
+
+def test_optimize_cnn_offline(cnn: Path, tmp: Path) -> None:
+    dst = optimize(cnn, tmp / "cnn-opt.onnx", family="cnn")
+    assert sum(count_ops(dst).values()) < sum(count_ops(cnn).values())
+    data = {
+        "pixel_values": np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    }
+    ref = run_session(make_session(cnn, threads=1, optimization="disable"), data)
+    np.testing.assert_allclose(run_session(make_session(dst, threads=1), data), ref, atol=1e-5)
+    with pytest.raises(UserError, match="family"):
+        optimize(cnn, tmp / "never.onnx", family="rnn")
+
+
+def test_corrupt_or_missing_file_is_user_error(tmp: Path) -> None:
+    bad = tmp / "corrupt.onnx"
+    bad.write_bytes(b"\x08\x07garbage, not a protobuf \xff\xff")
+    calls = [
+        lambda: make_session(bad),
+        lambda: count_ops(bad),
+        lambda: optimize(bad, tmp / "o.onnx", family="cnn"),
+        lambda: quantize_int8(bad, tmp / "q.onnx", [_x(2, 0)], symmetric_activations=False),
+        lambda: quantize_dynamic_int8(bad, tmp / "d.onnx"),
+    ]
+    for call in calls:
+        with pytest.raises(UserError, match="corrupt.onnx"):
+            call()
+    with pytest.raises(UserError, match="not found"):
+        make_session(tmp / "missing.onnx")
+    assert not any((tmp / n).exists() for n in ("o.onnx", "q.onnx", "d.onnx"))
