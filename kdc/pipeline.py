@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from kdc import __version__
 from kdc.config import KdcConfig
 from kdc.data.base import Dataset
-from kdc.errors import Interrupted
+from kdc.errors import Interrupted, UserError
 from kdc.models.base import ModelAdapter
 from kdc.profiles import HardwareProfile
 from kdc.rundir import RunDir, sha256_file, sha256_json
@@ -42,9 +42,11 @@ class Context:
 
     @cached_property
     def dataset(self) -> Dataset:
-        from kdc.data import load_dataset
+        from kdc.data import align_labels, load_dataset
+        from kdc.models import teacher_label_names
 
-        return load_dataset(self.cfg)
+        return align_labels(load_dataset(self.cfg), teacher_label_names(self.cfg),
+                            self.cfg.source_file)
 
     @cached_property
     def teacher(self) -> ModelAdapter:
@@ -86,8 +88,6 @@ class Context:
 
 def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
     """The teacher's classifier must have as many outputs as the data has classes."""
-    from kdc.errors import UserError
-
     if ctx.cfg.task == "sentence-embedding":
         return
     n = getattr(getattr(teacher, "config", None), "num_labels", None)
@@ -165,6 +165,14 @@ def _sigint_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
+def _run_one(ctx: Context, stage: Stage, input_hash: str) -> None:
+    ctx.log(f"[bold]▶ {stage.name}[/bold]")
+    ctx.run.mark_started(stage.name, input_hash)
+    t0 = time.perf_counter()
+    out = stage.fn(ctx)
+    ctx.run.mark_done(stage.name, input_hash, out.outputs, out.metrics, time.perf_counter() - t0)
+
+
 def run_stages(ctx: Context, *, resume: bool, only: tuple[str, ...] | None = None) -> dict:
     """Run the stages in order (or `only` those), skipping finished ones on resume."""
     started = time.perf_counter()
@@ -177,24 +185,18 @@ def run_stages(ctx: Context, *, resume: bool, only: tuple[str, ...] | None = Non
         for stage in _stages():
             if only is not None and not set(only) & set(STAGE_NAMES[STAGE_NAMES.index(
                     stage.name):]):
-                break
+                break  # nothing asked for comes after this stage
             h = stage_hash(stage, ctx.cfg, ctx.profile, upstream, tfp)
             wanted = only is None or stage.name in only
-            if (resume or not wanted) and ctx.run.is_done(stage.name, h):
+            may_skip = not wanted or (resume and only is None)
+            if may_skip and ctx.run.is_done(stage.name, h):
                 ctx.log(f"[dim]✓ {stage.name}: up to date, skipped[/dim]")
             elif not wanted:
-                from kdc.errors import UserError
-
                 raise UserError(f"stage '{stage.name}' has not run (or its inputs changed)",
-                                source=str(ctx.run.root), fix=f"run `kdc {stage.name}` first "
+                                source=str(ctx.run.root), fix=f"run `kdc {stage.name}` first, "
                                 "or `kdc compress --resume`")
             else:
-                ctx.log(f"[bold]▶ {stage.name}[/bold]")
-                ctx.run.mark_started(stage.name, h)
-                t0 = time.perf_counter()
-                out = stage.fn(ctx)
-                ctx.run.mark_done(stage.name, h, out.outputs, out.metrics,
-                                  time.perf_counter() - t0)
+                _run_one(ctx, stage, h)
             upstream = ctx.run.output_hash(stage.name)
     ctx.run.update_manifest(wall_s=round(time.perf_counter() - started, 2))
     return ctx.run.manifest()

@@ -74,7 +74,7 @@ def distill(teacher_logits: np.ndarray, student: ModelAdapter, train_inputs: dic
             opt.step()
             sched.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         acc = evaluate_accuracy(student, val_inputs, val_labels)
         rec = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else None,
                "val_accuracy": acc, "steps": step}

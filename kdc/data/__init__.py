@@ -112,3 +112,20 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
                         fix="provide more rows or lower data.eval_fraction")
     kind = "image" if fmt in ("imagefolder", "sklearn") else "text"
     return Dataset(train, evs, names, kind, f"{fmt}:{d.source}")
+
+
+def align_labels(ds: Dataset, teacher_names: list[str] | None, source: str) -> Dataset:
+    """Order class indices as the teacher's head does (by name) when the teacher names them."""
+    if not teacher_names or not ds.label_names:
+        return ds
+    if len(teacher_names) != ds.num_labels:
+        raise UserError(f"the teacher has {len(teacher_names)} labels {teacher_names[:6]} but the "
+                        f"data has {ds.num_labels} {ds.label_names[:6]}", source=source,
+                        field="data.label_column",
+                        fix="use the data the teacher was trained on, or its label column")
+    if set(teacher_names) != set(ds.label_names):
+        return ds  # generic names (LABEL_0 …): keep the sorted order
+    remap = np.array([teacher_names.index(n) for n in ds.label_names], np.int64)
+    return Dataset(Split(ds.train.features, remap[ds.train.labels]),
+                   Split(ds.eval.features, remap[ds.eval.labels]), list(teacher_names),
+                   ds.kind, ds.source, ds.notes)

@@ -14,17 +14,24 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdc.deploy.constraints import LATENCY_KEYS, accuracy_value, engine_label
+from kdc.deploy.constraints import LATENCY_KEYS, accuracy_value, engine_label, headline_latency
 from kdc.deploy.junit import write_junit
 from kdc.errors import UserError
 from kdc.rundir import atomic_path
 
-__all__ = ["CheckResult", "compare", "format_line", "load_report", "parse_tolerance",
-           "update_baseline", "write_junit"]
+__all__ = [
+    "CheckResult",
+    "compare",
+    "constraint_results",
+    "format_line",
+    "load_report",
+    "parse_tolerance",
+    "update_baseline",
+    "write_junit",
+]
 
 STATS = {"measured": ("p50", "p99"), "predicted": ("p50",)}
 UNITS = {"%": 0.01, "pt": 0.01, "pts": 0.01, "pp": 0.01}  # 10% relative, 0.5pt absolute
@@ -44,8 +51,9 @@ class CheckResult:
     @property
     def failed(self) -> bool:
         """A regression, or a baseline metric this report lacks or can no longer compare."""
-        return self.status == "regression" or (self.status == "missing"
-                                                and self.baseline is not None)
+        return self.status == "regression" or (
+            self.status == "missing" and self.baseline is not None
+        )
 
 
 def _missing(metric: str, base: float | None, cur: float | None, why: str) -> CheckResult:
@@ -63,33 +71,49 @@ def _latency_result(metric: str, b: float, c: float, tol: float, noise: float) -
     limit = b * (1 + margin)
     status = "regression" if c > limit else "improved" if c < b * (1 - margin) else "pass"
     rel = (c - b) / b if b else math.inf
-    msg = (f"{b:.3f} -> {c:.3f} ms ({rel:+.1%}); allowed +{margin:.1%} = max(tolerance "
-           f"{tol:.1%}, noise {noise:.1%})")
+    msg = (
+        f"{b:.3f} -> {c:.3f} ms ({rel:+.1%}); allowed +{margin:.1%} = max(tolerance "
+        f"{tol:.1%}, noise {noise:.1%})"
+    )
     return CheckResult(metric, b, c, limit, noise, status, msg)
 
 
-def _latency(label: str, key: str, base: dict | None, cur: dict | None, tol: float,
-             kinds: tuple[str, ...]) -> list[CheckResult]:
-    if base is None and cur is None:
+def _latency(
+    label: str, key: str, base: dict | None, cur: dict | None, tol: float, kinds: tuple[str, ...]
+) -> list[CheckResult]:
+    present = [o for o in (base, cur) if o is not None]
+    if not {o.get("kind") for o in present} & set(kinds):
         return []
-    kind = (base or cur).get("kind")
-    if kind not in kinds:
-        return []
+    kind = present[0].get("kind")
     if base is None or cur is None:
-        side, why = (cur, "new in this report: no baseline") if base is None else (
-            base, "missing from this report")
-        return [_missing(f"{label}.{key}_{s}_ms", None if base is None else side.get(f"{s}_ms"),
-                         None if cur is None else side.get(f"{s}_ms"), why)
-                for s in STATS.get(kind, ("p50",))]
+        why = "new in this report: no baseline" if base is None else "missing from this report"
+        return [
+            _missing(
+                f"{label}.{key}_{s}_ms",
+                None if base is None else base.get(f"{s}_ms"),
+                None if cur is None else cur.get(f"{s}_ms"),
+                why,
+            )
+            for s in STATS.get(kind, ("p50",))
+        ]
     if cur.get("kind") != kind:
-        return [_missing(f"{label}.{key}", None, None,
-                         f"latency kind changed: baseline {kind}, now {cur.get('kind')}; "
-                         "not compared (re-baseline with `kdc check --update-baseline`)")]
+        return [
+            _missing(
+                f"{label}.{key}",
+                headline_latency(base)[0],
+                headline_latency(cur)[0],
+                f"latency kind changed: baseline {kind}, now {cur.get('kind')}; "
+                "not compared (re-baseline with `kdc check --update-baseline`)",
+            )
+        ]
     noise, out = _noise(base, cur), []
     for s in STATS.get(kind, ("p50",)):
         metric, b, c = f"{label}.{key}_{s}_ms", base.get(f"{s}_ms"), cur.get(f"{s}_ms")
-        out.append(_missing(metric, b, c, f"{s}_ms absent") if b is None or c is None
-                   else _latency_result(metric, float(b), float(c), tol, noise))
+        out.append(
+            _missing(metric, b, c, f"{s}_ms absent")
+            if b is None or c is None
+            else _latency_result(metric, float(b), float(c), tol, noise)
+        )
     return out
 
 
@@ -99,12 +123,17 @@ def _accuracy(label: str, base: dict, cur: dict, tol: float, task: str | None) -
     if b is None and c is None:
         return []
     if b is None or c is None or bm != cm:
-        why = ("new in this report: no baseline" if b is None else "missing from this report"
-               if c is None else f"metric changed: baseline {bm}, now {cm}; not compared")
+        why = (
+            "new in this report: no baseline"
+            if b is None
+            else "missing from this report"
+            if c is None
+            else f"metric changed: baseline {bm}, now {cm}; not compared"
+        )
         return [_missing(metric, b, c, why)]
     drop = round(b - c, 9)
     status = "regression" if drop > tol else "improved" if -drop > tol else "pass"
-    msg = f"{b:.4f} -> {c:.4f} {cm} ({-drop * 100:+.2f} pt); allowed drop {tol * 100:.2f} pt"
+    msg = f"{b:.4f} -> {c:.4f} {cm} ({(c - b) * 100:+.2f} pt); allowed drop {tol * 100:.2f} pt"
     return [CheckResult(metric, b, c, b - tol, None, status, msg)]
 
 
@@ -113,15 +142,24 @@ def _engines(report: dict, which: str) -> dict[tuple, dict]:
     for e in report.get("engines") or []:
         key = (e.get("engine"), e.get("precision"))
         if key in out:
-            raise UserError(f"two engines are {engine_label(e)}", source=which, field="engines",
-                            fix="keep one engine per (engine, precision)")
+            raise UserError(
+                f"two engines are {engine_label(e)}",
+                source=which,
+                field="engines",
+                fix="keep one engine per (engine, precision)",
+            )
         out[key] = e
     return out
 
 
-def compare(report: dict, baseline: dict, *, latency_tolerance: float = 0.10,
-            accuracy_tolerance: float = 0.005,
-            latency_kinds: tuple[str, ...] = ("measured", "predicted")) -> list[CheckResult]:
+def compare(
+    report: dict,
+    baseline: dict,
+    *,
+    latency_tolerance: float = 0.10,
+    accuracy_tolerance: float = 0.005,
+    latency_kinds: tuple[str, ...] = ("measured", "predicted"),
+) -> list[CheckResult]:
     """One result per compared metric of every engine in either report (baseline order first).
     `latency_kinds` limits latency comparisons, e.g. to ("predicted",) on shared CI runners."""
     base, cur = _engines(baseline, "baseline"), _engines(report, "report")
@@ -131,11 +169,28 @@ def compare(report: dict, baseline: dict, *, latency_tolerance: float = 0.10,
         be, ce = base.get(key, {}), cur.get(key, {})
         label = engine_label(be or ce)
         for lk in LATENCY_KEYS:
-            results += _latency(label, lk, be.get(lk), ce.get(lk), latency_tolerance,
-                                latency_kinds)
-        results += _accuracy(label, be.get("accuracy"), ce.get("accuracy"), accuracy_tolerance,
-                             task)
+            results += _latency(label, lk, be.get(lk), ce.get(lk), latency_tolerance, latency_kinds)
+        results += _accuracy(
+            label, be.get("accuracy"), ce.get("accuracy"), accuracy_tolerance, task
+        )
     return results
+
+
+def constraint_results(report: dict) -> list[CheckResult]:
+    """The report's own constraint rows as results (metric `constraint.<name>`), so that a
+    budget failure shows in the same lines and JUnit file; no value counts as a failure."""
+    out = []
+    for c in report.get("constraints") or []:
+        value, ok = c.get("value"), c.get("pass") is True
+        if value is None:
+            msg = f"no value ({c.get('reason', 'unknown')}); limit {c['limit']:g}"
+        else:
+            msg = f"{value:g} vs limit {c['limit']:g} ({c.get('source')}, {c.get('engine')})"
+        status = "pass" if ok else "regression"
+        out.append(
+            CheckResult(f"constraint.{c['name']}", None, value, c["limit"], None, status, msg)
+        )
+    return out
 
 
 def format_line(result: CheckResult) -> str:
@@ -148,8 +203,11 @@ def parse_tolerance(text: str, field: str = "--tolerance") -> float:
     taken as a fraction."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|pts?|pp)?\s*", str(text))
     if not m or (m[2] is None and float(m[1]) > 1):
-        raise UserError(f"cannot read tolerance '{text}'", field=field,
-                        fix="write it as 10% (relative) or 0.5pt (absolute points)")
+        raise UserError(
+            f"cannot read tolerance '{text}'",
+            field=field,
+            fix="write it as 10% (relative) or 0.5pt (absolute points)",
+        )
     return float(m[1]) * UNITS.get(m[2], 1.0) if m[2] else float(m[1])
 
 
@@ -159,14 +217,24 @@ def load_report(path: Path | str, what: str = "report") -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{what} not found", source=str(path),
-                        fix="pass runs/<name>/report.json written by kdc compress") from None
+        raise UserError(
+            f"{what} not found",
+            source=str(path),
+            fix="pass runs/<name>/report.json written by kdc compress",
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{what} is not valid JSON ({str(e).splitlines()[0]})", source=str(path),
-                        fix="regenerate it with kdc compress or kdc verify") from None
+        raise UserError(
+            f"{what} is not valid JSON ({str(e).splitlines()[0]})",
+            source=str(path),
+            fix="regenerate it with kdc compress or kdc verify",
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("engines"), list):
-        raise UserError(f"{what} has no 'engines' list: not a kdc report.json", source=str(path),
-                        field="engines", fix="pass the report.json of a kdc run")
+        raise UserError(
+            f"{what} has no 'engines' list: not a kdc report.json",
+            source=str(path),
+            field="engines",
+            fix="pass the report.json of a kdc run",
+        )
     return data
 
 
@@ -176,6 +244,3 @@ def update_baseline(report_path: Path | str, baseline_path: Path | str) -> Path:
     with atomic_path(baseline_path) as tmp:
         shutil.copyfile(report_path, tmp)
     return Path(baseline_path)
-
-
-CheckFn = Callable[..., list[CheckResult]]

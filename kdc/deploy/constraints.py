@@ -1,7 +1,7 @@
 """Resolve a run's constraints (config over profile defaults) against its report.
 
 Which engine answers which constraint:
-- The *shipped engine* is the first engine in `report["engines"]` with status `built` whose
+- The *shipped engine* is the engine flagged `"ships": true`, else the first engine in `report["engines"]` with status `built` whose
   precision is the student's chosen precision (`report["student"]["precision"]`). Accuracy
   (`accuracy_drop`, `percent_max_degradation`) and `size_mb` are read from it.
 - Latency and memory are target quantities, read from an engine's `latency`/`target_latency`
@@ -74,8 +74,10 @@ def _of_precision(report: dict) -> list[dict]:
 
 
 def shipped_engine(report: dict) -> dict | None:
-    """The first built engine of the chosen precision (see the module docstring)."""
-    return next((e for e in _of_precision(report) if e.get("status") == "built"), None)
+    """The engine flagged `ships` (the target's engine, which may be a device bundle), else the
+    first built engine of the chosen precision (see the module docstring)."""
+    flagged = next((e for e in report.get("engines") or [] if e.get("ships")), None)
+    return flagged or next((e for e in _of_precision(report) if e.get("status") == "built"), None)
 
 
 def _target_measurable(report: dict) -> bool:
@@ -92,7 +94,8 @@ def _shipped(report: dict) -> dict:
 
 def _target_object(report: dict, keys: tuple[str, ...]) -> tuple[dict, dict]:
     """(engine, object) among the engines' `keys` objects that stands for the target."""
-    found = [(e, e[k]) for e in _of_precision(report) for k in keys if isinstance(e.get(k), dict)]
+    ordered = sorted(_of_precision(report), key=lambda e: not e.get("ships"))  # shipped first
+    found = [(e, e[k]) for e in ordered for k in keys if isinstance(e.get(k), dict)]
     on_target = _target_measurable(report)
     for kind in ("measured", "predicted"):
         for eng, obj in found:
@@ -154,7 +157,10 @@ def _accuracies(report: dict) -> tuple[float, float, str]:
         raise Undetermined(
             f"teacher metric {t_metric} differs from {engine_label(eng)} metric {metric}"
         )
-    return float(teacher), float(value), engine_label(eng)
+    by = (eng.get("accuracy") or {}).get("engine")
+    label = engine_label(eng) if not by or by.startswith(engine_label(eng)) else (
+        f"{engine_label(eng)}, measured on {by}")
+    return float(teacher), float(value), label
 
 
 def _accuracy_drop(report: dict) -> Reading:

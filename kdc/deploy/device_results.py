@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from kdc.deploy.trtexec import BENCH_PROTOCOL, parse_export_times
+from kdc.deploy.trtexec import BENCH_PROTOCOL, WARMUP_MS, parse_export_times
 from kdc.errors import UserError
 
 _FIX = "run bench.sh on the device and copy its results/ directory back"
@@ -55,7 +55,7 @@ def read_device_results(results_dir: Path | str, bundle_meta: dict) -> dict:
         "precision": bundle_meta.get("precision"),
         "batch": bundle_meta.get("batch"),
         "input_shape": shapes,
-        "warmup_ms": 500,
+        "warmup_ms": WARMUP_MS,
         **stats,
         "protocol": "trtexec " + " ".join(BENCH_PROTOCOL),
         "source": f"device results {results_dir}",

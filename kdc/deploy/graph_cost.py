@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
-from onnx import helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference
 
 from kdc.errors import UserError
 
@@ -325,6 +326,71 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     return shape_inference.infer_shapes(model, data_prop=True)
 
 
+FOLD_MAX_ELEMS = 4096
+FOLD_PASSES = 3
+
+
+def _fold_constants(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
+                    ) -> onnx.ModelProto | None:
+    """Evaluate the small constant subgraph (shape arithmetic: Shape, Gather, Concat, Where,
+    Equal, …) that shape inference could not, and return the model with its results as
+    initializers; None when nothing new was computed."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = model.graph
+    values = {t.name: t for t in g.initializer if math.prod(t.dims) <= FOLD_MAX_ELEMS}
+    picked, consts = [], []
+    avail = set(values)
+    for n in g.node:
+        ins = [x for x in n.input if x]
+        if n.op_type == "Shape" and n.input[0] in shapes:
+            dims = list(shapes[n.input[0]])
+            start, end = _attr(n, "start", 0), _attr(n, "end", len(dims))
+            consts.append(numpy_helper.from_array(
+                np.array(dims[start:end], dtype=np.int64), n.output[0]))
+            avail.add(n.output[0])
+        elif (n.domain in ("", "ai.onnx") and not n.op_type.startswith("Random")
+              and all(x in avail for x in ins)):
+            picked.append(n)
+            avail.update(n.output)
+    outs = [o for n in picked for o in n.output if o]
+    if not outs:
+        return None
+    sub = helper.make_model(
+        helper.make_graph(picked, "fold", [], [helper.make_value_info(o, onnx.TypeProto())
+                                              for o in outs], [*values.values(), *consts]),
+        opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    try:
+        results = ReferenceEvaluator(sub).run(None, {})
+    except Exception:  # an op the reference runtime lacks: keep what inference found
+        return None
+    folded = {o: numpy_helper.from_array(np.asarray(v), o) for o, v in
+              zip(outs, results, strict=True) if np.size(v) <= FOLD_MAX_ELEMS}
+    if not folded:
+        return None
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [n for n in m.graph.node if not all(o in folded for o in n.output if o)]
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    m.graph.initializer.extend(folded.values())
+    return m
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Shapes after inference, folding constant shape arithmetic until nothing changes."""
+    shapes = _shape_map(_infer(model))
+    for _ in range(FOLD_PASSES):
+        folded = _fold_constants(model, shapes)
+        if folded is None:
+            break
+        more = _shape_map(_infer(folded))
+        if len(more) <= len(shapes):
+            break
+        model, shapes = folded, {**more, **shapes}
+    return shapes
+
+
 def _shape_map(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     g = model.graph
     out = {}
@@ -615,13 +681,13 @@ def analyze_onnx(model_or_path: onnx.ModelProto | str | Path, *, batch: int = 1,
     model = model if model is not None else load_model(model_or_path)
     shapes = concrete_inputs(model, batch, input_shapes)
     try:
-        inferred = _infer(_stripped(model, shapes))
+        tensor_shapes = _inferred_shapes(_stripped(model, shapes))
     except Exception as e:  # onnx's InferenceError and checker errors
         raise UserError(f"shape inference failed: {str(e).splitlines()[0][:200]}",
                         source=str(model_or_path) if not isinstance(
                             model_or_path, onnx.ModelProto) else None,
                         fix="check input_shapes against the model's inputs") from None
-    g = _Graph(model, _shape_map(inferred))
+    g = _Graph(model, tensor_shapes)
     for fuse in FUSION_PASSES:
         fuse(g)
     cost = _kernel_costs(g, list(shapes))

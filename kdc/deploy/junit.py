@@ -27,8 +27,15 @@ def junit_xml(results: Sequence[Result], suite: str = "kdc check") -> str:
     failures = sum(r.failed for r in results)
     skipped = sum(r.status == "missing" and not r.failed for r in results)
     root = ET.Element("testsuites", name=suite, tests=str(len(results)), failures=str(failures))
-    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)),
-                       failures=str(failures), errors="0", skipped=str(skipped))
+    ts = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(results)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(skipped),
+    )
     for r in results:
         engine, _, metric = r.metric.partition(".")
         case = ET.SubElement(ts, "testcase", classname=engine, name=metric or r.metric)

@@ -445,5 +445,5 @@ def format_findings(findings: list[LintFinding]) -> str:
         f"(fix: {f.fix})"
         for f in findings
     ]
-    counts = ", ".join(f"{sum(f.severity == s for f in findings)} {s}" for s in SEVERITIES)
+    counts = ", ".join(f"{s}: {sum(f.severity == s for f in findings)}" for s in SEVERITIES)
     return "\n".join([*lines, counts]) if findings else "no findings"

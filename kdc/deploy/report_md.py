@@ -45,6 +45,23 @@ def by_kind(part: dict, kind: str) -> dict | None:
     return next((lat for _, lat in latencies(part) if lat.get("kind") == kind), None)
 
 
+# Optional facts some latency objects carry (device results, ONNX Runtime), shown when present.
+EXTRAS = {
+    "provider": "provider {}",
+    "tensorrt": "TensorRT {}",
+    "protocol": "protocol: {}",
+    "note": "note: {}",
+}
+
+
+def _warmup(lat: dict) -> str:
+    if lat.get("warmup") is not None:
+        return f"warm-up {lat['warmup']}"
+    return (
+        f"warm-up {lat['warmup_ms']} ms" if lat.get("warmup_ms") is not None else f"warm-up {DASH}"
+    )
+
+
 def conditions(lat: dict) -> str:
     """The conditions a latency figure holds under, as one line."""
     common = [
@@ -52,6 +69,7 @@ def conditions(lat: dict) -> str:
         f"precision {lat.get('precision', DASH)}",
         f"batch {lat.get('batch', DASH)}",
     ]
+    extras = [fmt.format(lat[k]) for k, fmt in EXTRAS.items() if lat.get(k) is not None]
     if lat.get("kind") == "measured":
         cv = lat.get("cv")
         pct = "/".join(num(lat.get(f"p{p}_ms"), 2) for p in (50, 90, 99))
@@ -60,10 +78,11 @@ def conditions(lat: dict) -> str:
                 f"device {lat.get('device', DASH)}",
                 *common,
                 f"threads {lat.get('threads', DASH)}",
-                f"warm-up {lat.get('warmup', DASH)}",
+                _warmup(lat),
                 f"iterations {lat.get('iterations', DASH)}",
                 f"p50/p90/p99 {pct} ms",
                 f"cv {DASH if cv is None else f'{cv:.1%}'}",
+                *extras,
             ]
         )
     return ", ".join(
@@ -72,6 +91,7 @@ def conditions(lat: dict) -> str:
             f"calibrated from {lat.get('calibrated_from', DASH)}",
             *common,
             f"p50 {num(lat.get('p50_ms'), 2)} ms (not timed)",
+            *extras,
         ]
     )
 
@@ -117,7 +137,7 @@ def _models(report: dict) -> Section:
             DASH,
             (teacher.get("latency") or {}).get("precision", DASH),
         ),
-        ("student (pytorch)", "pytorch", student, DASH, student.get("precision", DASH)),
+        ("student (pytorch)", "pytorch", student, DASH, f"ships {student.get('precision', DASH)}"),
     ]
     named += [
         (

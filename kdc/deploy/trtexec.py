@@ -15,11 +15,12 @@ JETPACK_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
 # BuilderFlag name -> trtexec switch.
 FLAG_SWITCHES = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback"}
 # NVIDIA's timing protocol: CUDA graphs, spin-wait sync, no host<->device copies in the timing.
+WARMUP_MS = 500
 BENCH_PROTOCOL = (
     "--useCudaGraph",
     "--useSpinWait",
     "--noDataTransfers",
-    "--warmUp=500",
+    f"--warmUp={WARMUP_MS}",
     "--avgRuns=500",
 )
 

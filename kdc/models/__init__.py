@@ -77,3 +77,19 @@ def load_student(directory: Path, max_length: int = 128) -> ModelAdapter:
     if meta["adapter"] == "huggingface":
         return HFTextAdapter.from_dir(directory, max_length=meta.get("max_length", max_length))
     return VisionAdapter.load(directory)
+
+
+def teacher_label_names(cfg: KdcConfig) -> list[str] | None:
+    """Class names of a Hugging Face teacher's head (config.json id2label), read without loading
+    the weights; None for other teachers."""
+    if _kind(cfg) != "huggingface" or not cfg.teacher.path:
+        return None
+    conf = cfg.resolve(cfg.teacher.path) / "config.json"
+    if not conf.is_file():
+        return None
+    try:
+        id2label = json.loads(conf.read_text()).get("id2label") or {}
+    except json.JSONDecodeError:
+        raise UserError("config.json is not valid JSON", source=str(conf), field="teacher.path",
+                        fix="re-save the model with save_pretrained") from None
+    return [id2label[k] for k in sorted(id2label, key=int)] if id2label else None

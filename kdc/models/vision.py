@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,97 @@ class VisionAdapter(ModelAdapter):
         pruner.step()
         return VisionAdapter(student, self.source)
 
+    def layer_trace(self, example: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """The layers of one forward pass in the `layers` form of the latency estimator's cnn
+        architecture (conv, pools, linear with their input shapes), in execution order."""
+        names = {m: n for n, m in self.module.named_modules()}
+        layers: list[dict[str, Any]] = []
+
+        def hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            shape = list(args[0].shape[1:])
+            rec = TRACE[type(mod)](mod, shape, out) if type(mod) in TRACE else None
+            if rec is not None:
+                layers.append({"name": names[mod], **rec})
+
+        with _hooks(self.module, hook, tuple(TRACE)):
+            self.module.eval()(**_first(example))
+        return layers
+
+    def channel_groups(self, example: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Coupled conv channels (torch-pruning dependency groups rooted at convs): per group the
+        convs whose outputs share the channels, the layers that read them, and their count."""
+        import torch_pruning as tp
+
+        ex = {k: torch.from_numpy(v[:1]) for k, v in example.items()}
+        dg = tp.DependencyGraph().build_dependency(self.module.eval(), example_inputs=ex)
+        names = {m: n for n, m in self.module.named_modules()}
+        groups = []
+        for group in dg.get_all_groups(root_module_types=(nn.Conv2d,)):
+            convs, readers = [], []
+            for item in group:
+                mod, fn = item.dep.target.module, item.dep.handler
+                if not isinstance(mod, nn.Conv2d | nn.Linear):
+                    continue
+                if dg.is_out_channel_pruning_fn(fn) and isinstance(mod, nn.Conv2d):
+                    convs.append(names[mod])
+                elif dg.is_in_channel_pruning_fn(fn):
+                    readers.append(names[mod])
+            root = group[0].dep.target.module
+            groups.append({"convs": list(dict.fromkeys(convs)),
+                           "readers": list(dict.fromkeys(readers)),
+                           "channels": int(root.out_channels)})
+        return groups
+
+    def removable_units(self, example: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Runs of `nn.Sequential` children (a conv-bearing child plus the norm/activation children
+        after it) whose output shape equals their input shape: a student may drop them."""
+        shapes: dict[nn.Module, tuple[list[int], list[int]]] = {}
+
+        def hook(mod: nn.Module, args: tuple, out: Any) -> None:
+            if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                shapes.setdefault(mod, (list(args[0].shape[1:]), list(out.shape[1:])))
+
+        with _hooks(self.module, hook, (nn.Module,)):
+            self.module.eval()(**_first(example))
+        units: list[dict[str, Any]] = []
+        for name, seq in self.module.named_modules():
+            if not isinstance(seq, nn.Sequential) or any(
+                    name == p or name.startswith(p + ".") for u in units for p in u["modules"]):
+                continue
+            for run in _runs(seq):
+                first, last = shapes.get(run[0][1]), shapes.get(run[-1][1])
+                if first and last and first[0] == last[1] and _has_conv(run[0][1]):
+                    units.append({"modules": [f"{name}.{c}" if name else c for c, _ in run],
+                                  "out_shape": last[1]})
+        return units
+
+    def sliced(self, spec: dict[str, Any], example: dict[str, np.ndarray]) -> VisionAdapter:
+        """A student of `spec`: `drop` lists module paths replaced by identities (removable
+        units), `channels` maps conv names to output channel counts, kept by group L2 magnitude
+        (torch-pruning dependency groups, so coupled layers stay consistent)."""
+        import torch_pruning as tp
+
+        student = copy.deepcopy(self.module).eval()
+        drop = list(spec.get("drop", []))
+        _drop_modules(student, drop)
+        mods = dict(student.named_modules())
+        wanted = {n: int(c) for n, c in spec.get("channels", {}).items()
+                  if n in mods and int(c) < mods[n].out_channels}
+        if wanted:
+            ex = {k: torch.from_numpy(v[:1]) for k, v in example.items()}
+            dg = tp.DependencyGraph().build_dependency(student, example_inputs=ex)
+            importance = tp.importance.GroupMagnitudeImportance(p=2)
+            for name, n in wanted.items():
+                conv = mods[name]
+                have = conv.out_channels
+                if n >= have:  # already cut as part of an earlier coupled group
+                    continue
+                full = dg.get_pruning_group(conv, tp.prune_conv_out_channels, list(range(have)))
+                order = torch.argsort(importance(full), stable=True)
+                dg.get_pruning_group(conv, tp.prune_conv_out_channels,
+                                     sorted(order[:have - n].tolist())).prune()
+        return VisionAdapter(student, {**self.source, "drop": drop} if drop else self.source)
+
     def save(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / "model.safetensors") as tmp:
@@ -118,7 +211,73 @@ class VisionAdapter(ModelAdapter):
     def load(cls, directory: Path) -> VisionAdapter:
         meta = json.loads((directory / "kdc_model.json").read_text())
         module = BUILDERS[meta["source"]["kind"]](meta["source"])
+        _drop_modules(module, meta["source"].get("drop", []))
         apply_shapes(module, meta["shapes"])
         load_into(module, load_state_dict(directory / "model.safetensors", "student"),
                   str(directory), field="student")
         return cls(module, meta["source"])
+
+
+def _trace_conv(m: nn.Conv2d, shape: list[int], out: torch.Tensor) -> dict[str, Any]:
+    pad = m.padding if isinstance(m.padding, tuple) else (0,)
+    return {"op": "conv", "out": m.out_channels, "kernel": m.kernel_size[0],
+            "stride": m.stride[0], "padding": int(pad[0]), "groups": m.groups,
+            "in_shape": shape}
+
+
+def _trace_pool(m: nn.Module, shape: list[int], out: torch.Tensor) -> dict[str, Any]:
+    if out.shape[-1] == 1 and out.shape[-2] == 1 and not isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
+        return {"op": "global_pool", "in_shape": shape}
+    k = shape[-1] // out.shape[-1]
+    k, s, p = (getattr(m, a, d) for a, d in (("kernel_size", k), ("stride", k), ("padding", 0)))
+    first = lambda v: int(v[0] if isinstance(v, tuple | list) else v)  # noqa: E731
+    op = "maxpool" if isinstance(m, nn.MaxPool2d | nn.AdaptiveMaxPool2d) else "avgpool"
+    return {"op": op, "kernel": first(k), "stride": first(s), "padding": first(p),
+            "in_shape": shape}
+
+
+def _trace_linear(m: nn.Linear, shape: list[int], out: torch.Tensor) -> dict[str, Any]:
+    return {"op": "linear", "out": m.out_features, "in_shape": [int(np.prod(shape)), 1, 1]}
+
+
+TRACE = {nn.Conv2d: _trace_conv, nn.MaxPool2d: _trace_pool, nn.AvgPool2d: _trace_pool,
+         nn.AdaptiveAvgPool2d: _trace_pool, nn.AdaptiveMaxPool2d: _trace_pool,
+         nn.Linear: _trace_linear}
+POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@contextlib.contextmanager
+def _hooks(module: nn.Module, hook: Any, types: tuple[type, ...]) -> Iterator[None]:
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, types)]
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _first(example: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v[:1])) for k, v in example.items()}
+
+
+def _has_conv(mod: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in mod.modules())
+
+
+def _runs(seq: nn.Sequential) -> list[list[tuple[str, nn.Module]]]:
+    """Children of `seq` split so each run starts at a conv-bearing child or a pool."""
+    runs: list[list[tuple[str, nn.Module]]] = []
+    for name, child in seq.named_children():
+        if not runs or _has_conv(child) or isinstance(child, POOLS) or isinstance(
+                runs[-1][-1][1], POOLS):
+            runs.append([])
+        runs[-1].append((name, child))
+    return runs
+
+
+def _drop_modules(module: nn.Module, paths: list[str]) -> None:
+    """Replace the submodules at `paths` with identities."""
+    for path in paths:
+        parent, _, leaf = path.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, leaf, nn.Identity())

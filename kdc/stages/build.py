@@ -65,11 +65,11 @@ def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:
     precision = shipped["precision"] if shipped["precision"] != "fp32" else "fp16"
     rec = {"engine": "tensorrt", "precision": precision, "source": shipped["path"]}
     try:
-        plan = tensorrt.build_engine(onnx_path, ctx.run / "build" / "tensorrt" / "model.plan",
-                                     ctx.profile, precision=precision,
-                                     input_shapes=input_shapes(ctx))
-        return {**rec, "status": "built", "path": str(plan.relative_to(ctx.run.root)),
-                "size_mb": _size_mb(plan)}
+        opts = tensorrt.options_for_profile(ctx.profile, precision, input_shapes(ctx),
+                                            cache_dir=ctx.run / "build" / "tensorrt" / "cache")
+        plan = ctx.run / "build" / "tensorrt" / "model.plan"
+        built = tensorrt.build_engine(onnx_path, plan, ctx.profile, opts)
+        return {**rec, **built, "path": str(plan.relative_to(ctx.run.root))}
     except tensorrt.TensorRTUnavailable as e:
         reason = str(e)
     if ctx.profile.measurable:

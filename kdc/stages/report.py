@@ -60,6 +60,7 @@ def assemble(ctx: Context) -> dict:
         "task": cfg.task,
         "data": m.get("data"),
         "target": {"name": ctx.profile.name, "kind": ctx.profile.kind,
+                   "measurable": ctx.profile.measurable,
                    "profile_sha256": sha256_json(ctx.profile.model_dump(mode="json")),
                    "latency_model": ctx.profile.latency_model.source},
         "teacher": m["teacher"],
@@ -68,8 +69,20 @@ def assemble(ctx: Context) -> dict:
                     "pruning": {"method": "torch-pruning", "ratio": cfg.prune.ratio}
                     if cfg.prune.enabled else None},
         "search": _search_section(ctx),
-        "engines": m["engines"],
+        "engines": mark_shipped(m["engines"], precision, ctx.profile.runtime.engines),
     }
+
+
+def mark_shipped(engines: list[dict], precision: str, target_engines: list[str]) -> list[dict]:
+    """Flag the engine that ships: the target's preferred engine kind (profile order) at the
+    chosen precision, if it was built or bundled."""
+    for kind in target_engines:
+        for e in engines:
+            if e.get("engine") == kind and e.get("precision") == precision and e.get(
+                    "status") in ("built", "bundle"):
+                e["ships"] = True
+                return engines
+    return engines
 
 
 def run(ctx: Context) -> StageOutput:

@@ -90,7 +90,7 @@ class FakeError:
         return self._desc
 
 
-def fake_trt(version: str = "10.3.0", *, inputs=(("x", (-1, 8)),), errors=(), built=b"ENGINE"):
+def fake_trt(version: str = "10.3.0", *, inputs=(("x", (1, 8)),), errors=(), built=b"ENGINE"):
     """A stand-in for `tensorrt`; 11.x has no FP16/INT8 builder flags, like the real one."""
     log: list = []
     flags = {"GPU_FALLBACK": "GPU_FALLBACK"}
@@ -98,7 +98,8 @@ def fake_trt(version: str = "10.3.0", *, inputs=(("x", (-1, 8)),), errors=(), bu
         flags |= {"FP16": "FP16", "INT8": "INT8"}
     network = SimpleNamespace(
         num_inputs=len(inputs),
-        get_input=lambda i: SimpleNamespace(name=inputs[i][0], shape=inputs[i][1]))
+        get_input=lambda i: SimpleNamespace(name=inputs[i][0], shape=inputs[i][1]),
+    )
 
     class Builder:
         def __init__(self, logger):
@@ -130,14 +131,17 @@ def fake_trt(version: str = "10.3.0", *, inputs=(("x", (-1, 8)),), errors=(), bu
             return errors[i]
 
     return SimpleNamespace(
-        __version__=version, log=log,
+        __version__=version,
+        log=log,
         NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1),
         BuilderFlag=SimpleNamespace(**flags),
         MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
         DeviceType=SimpleNamespace(DLA="DLA"),
         HardwareCompatibilityLevel=SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS"),
         Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None}),
-        Builder=Builder, OnnxParser=Parser)
+        Builder=Builder,
+        OnnxParser=Parser,
+    )
 
 
 def _configure(trt, version: str, opts: BuildOptions):
@@ -154,16 +158,26 @@ def _tiny_onnx(path: Path, *, qdq: bool = False) -> Path:
     nodes, inits = [], [numpy_helper.from_array(w, "W")]
     x = "x"
     if qdq:
-        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
-                  numpy_helper.from_array(np.array(0, np.int8), "zp")]
-        nodes += [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
-                  helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"])]
+        inits += [
+            numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.int8), "zp"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+        ]
         x = "xd"
-    nodes += [helper.make_node("MatMul", [x, "W"], ["h"]),
-              helper.make_node("Softmax", ["h"], ["logits"], axis=-1)]
+    nodes += [
+        helper.make_node("MatMul", [x, "W"], ["h"]),
+        helper.make_node("Softmax", ["h"], ["logits"], axis=-1),
+    ]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
@@ -220,8 +234,11 @@ def test_dla_only_where_the_profile_and_version_have_it():
         options_for_profile(load_profile("jetson-orin-nano-8gb"), "fp16", SHAPES, use_dla=True)
     opts = options_for_profile(load_profile("jetson-agx-orin-64gb"), "fp16", SHAPES, use_dla=True)
     assert opts.dla_core == 0
-    log = _configure(fake_trt("10.3.0", inputs=(("input_ids", (1, 128)),)), "10.3.0",
-                     BuildOptions(precision="fp16", dla_core=0))
+    log = _configure(
+        fake_trt("10.3.0", inputs=(("input_ids", (1, 128)),)),
+        "10.3.0",
+        BuildOptions(precision="fp16", dla_core=0),
+    )
     assert ("flag", "GPU_FALLBACK") in log
     assert ("set", "default_device_type", "DLA") in log and ("set", "DLA_core", 0) in log
     with pytest.raises(UserError, match="no DLA support"):
@@ -233,7 +250,9 @@ def test_dla_only_where_the_profile_and_version_have_it():
 def test_profile_shapes_are_set_for_dynamic_inputs():
     trt = fake_trt(inputs=(("input_ids", (-1, -1)), ("attention_mask", (-1, -1))))
     profiles = {k: ([1, 16], [1, 128], [4, 128]) for k in SHAPES}
-    log = _configure(trt, "10.3.0", BuildOptions(profiles=profiles, hardware_compatibility="ampere+"))
+    log = _configure(
+        trt, "10.3.0", BuildOptions(profiles=profiles, hardware_compatibility="ampere+")
+    )
     assert ("add_profile", profiles) in log
     assert ("set", "hardware_compatibility_level", "AMPERE_PLUS") in log
     with pytest.raises(UserError, match="dynamic dims"):
@@ -245,20 +264,36 @@ def test_profile_shapes_are_set_for_dynamic_inputs():
 
 
 def test_engine_cache_key_changes_with_each_component():
-    base = dict(gpu_name="Orin", compute_capability="8.7", trt_version="10.3.0",
-                precision="fp16", shapes={"x": [1, 8]}, onnx_sha256="ab")
+    base = dict(
+        gpu_name="Orin",
+        compute_capability="8.7",
+        trt_version="10.3.0",
+        precision="fp16",
+        shapes={"x": [1, 8]},
+        onnx_sha256="ab",
+    )
     key = engine_cache_key(**base)
     assert key == engine_cache_key(**base)
-    changes = dict(gpu_name="T4", compute_capability="7.5", trt_version="10.7.0",
-                   precision="int8", shapes={"x": [2, 8]}, onnx_sha256="cd")
+    changes = dict(
+        gpu_name="T4",
+        compute_capability="7.5",
+        trt_version="10.7.0",
+        precision="int8",
+        shapes={"x": [2, 8]},
+        onnx_sha256="cd",
+    )
     keys = {engine_cache_key(**{**base, k: v}) for k, v in changes.items()}
     assert len(keys) == len(changes) and key not in keys
 
 
 def test_parser_errors_name_node_and_op():
-    parser = SimpleNamespace(num_errors=2, get_error=lambda i: [
-        FakeError("Unique_3", "Unique", "No importer registered for op: Unique"),
-        SimpleNamespace(desc=lambda: "old binding without node fields")][i])
+    parser = SimpleNamespace(
+        num_errors=2,
+        get_error=lambda i: [
+            FakeError("Unique_3", "Unique", "No importer registered for op: Unique"),
+            SimpleNamespace(desc=lambda: "old binding without node fields"),
+        ][i],
+    )
     text = format_parser_errors(parser)
     assert "node 'Unique_3' (Unique): No importer registered" in text
     assert "old binding without node fields" in text
@@ -275,10 +310,15 @@ def no_gpu_probe(monkeypatch):
 def test_build_engine_writes_engine_timing_cache_and_reuses_cache(tmp_path, no_gpu_probe):
     model = _tiny_onnx(tmp_path / "m.onnx")
     profile = load_profile("jetson-orin-nano-8gb")
-    opts = BuildOptions(precision="fp16", profiles={"x": ([1, 8], [1, 8], [4, 8])},
-                        timing_cache=tmp_path / "timing.cache", cache_dir=tmp_path / "cache")
-    trt = fake_trt()
+    opts = BuildOptions(
+        precision="fp16",
+        profiles={"x": ([1, 8], [1, 8], [4, 8])},
+        timing_cache=tmp_path / "timing.cache",
+        cache_dir=tmp_path / "cache",
+    )
+    trt = fake_trt(inputs=(("x", (-1, 8)),))
     rec = build_engine(model, tmp_path / "m.plan", profile, opts, trt_module=trt)
+    assert ("add_profile", opts.profiles) in trt.log
     assert (tmp_path / "m.plan").read_bytes() == b"ENGINE"
     assert (tmp_path / "timing.cache").read_bytes() == b"tuned"
     assert rec["flags"] == ["FP16"] and not rec["cached"] and rec["tensorrt"] == "10.3.0"
@@ -301,15 +341,24 @@ def test_build_engine_reports_parse_errors(tmp_path, no_gpu_probe):
     model = _tiny_onnx(tmp_path / "m.onnx")
     trt = fake_trt(errors=[FakeError("Softmax_1", "Softmax", "bad axis")])
     with pytest.raises(UserError, match=r"node 'Softmax_1' \(Softmax\): bad axis"):
-        build_engine(model, tmp_path / "m.plan", load_profile("jetson"),
-                     BuildOptions(profiles={"x": ([1, 8], [1, 8], [1, 8])}), trt_module=trt)
+        build_engine(
+            model,
+            tmp_path / "m.plan",
+            load_profile("jetson"),
+            BuildOptions(profiles={"x": ([1, 8], [1, 8], [1, 8])}),
+            trt_module=trt,
+        )
 
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
 def test_tensorrt_unavailable_when_not_installed(tmp_path):
     with pytest.raises(TensorRTUnavailable) as err:
-        build_engine(_tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.plan",
-                     load_profile("jetson"), BuildOptions())
+        build_engine(
+            _tiny_onnx(tmp_path / "m.onnx"),
+            tmp_path / "m.plan",
+            load_profile("jetson"),
+            BuildOptions(),
+        )
     assert err.value.reason == REASON_UNAVAILABLE
     assert isinstance(err.value, UserError)
 
@@ -339,8 +388,10 @@ def test_convert_fp16_keeps_float32_io_and_outputs(tmp_path):
     assert got.dtype == np.float32 and np.allclose(got, ref, atol=1e-2)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxconverter_common") is not None,
-                    reason="onnxconverter-common handles Q/DQ graphs")
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxconverter_common") is not None,
+    reason="onnxconverter-common handles Q/DQ graphs",
+)
 def test_builtin_fp16_converter_refuses_qdq(tmp_path):
     with pytest.raises(UserError, match="Q/DQ"):
         convert_fp16(_tiny_onnx(tmp_path / "q.onnx", qdq=True), tmp_path / "q16.onnx")
@@ -355,9 +406,14 @@ def test_trtexec_build_command_for_10_and_11():
     v10 = trtexec.build_command("m.onnx", "m.plan", opts, "10.3")
     assert v10[:3] == ["trtexec", "--onnx=m.onnx", "--saveEngine=m.plan"]
     assert "--fp16" in v10 and "--stronglyTyped" not in v10
-    assert {"--minShapes=input_ids:1x128", "--optShapes=input_ids:1x128",
-            "--maxShapes=input_ids:1x128", "--memPoolSize=workspace:1024M",
-            "--builderOptimizationLevel=3", "--timingCacheFile=t.cache"} <= set(v10)
+    assert {
+        "--minShapes=input_ids:1x128",
+        "--optShapes=input_ids:1x128",
+        "--maxShapes=input_ids:1x128",
+        "--memPoolSize=workspace:1024M",
+        "--builderOptimizationLevel=3",
+        "--timingCacheFile=t.cache",
+    } <= set(v10)
     v11 = trtexec.build_command("m.onnx", "m.plan", opts, "11.1")
     assert "--stronglyTyped" in v11 and not {"--fp16", "--int8"} & set(v11)
     int8 = trtexec.build_command("m.onnx", "m.plan", BuildOptions(precision="int8"), "10.3")
@@ -367,11 +423,19 @@ def test_trtexec_build_command_for_10_and_11():
 
 
 def test_trtexec_bench_command_follows_nvidia_protocol():
-    cmd = trtexec.bench_command("m.plan", {"x": [1, 8]}, iterations=200,
-                                export_times="results/times.json")
+    cmd = trtexec.bench_command(
+        "m.plan", {"x": [1, 8]}, iterations=200, export_times="results/times.json"
+    )
     assert cmd[:3] == ["trtexec", "--loadEngine=m.plan", "--shapes=x:1x8"]
-    assert {"--useCudaGraph", "--useSpinWait", "--noDataTransfers", "--warmUp=500",
-            "--avgRuns=500", "--iterations=200", "--exportTimes=results/times.json"} <= set(cmd)
+    assert {
+        "--useCudaGraph",
+        "--useSpinWait",
+        "--noDataTransfers",
+        "--warmUp=500",
+        "--avgRuns=500",
+        "--iterations=200",
+        "--exportTimes=results/times.json",
+    } <= set(cmd)
 
 
 def test_find_trtexec_path_then_jetpack_location(tmp_path, monkeypatch):

@@ -1,0 +1,253 @@
+"""The analytic latency model "roofline-v1": each fused kernel takes
+max(FLOPs / (peak × compute efficiency), bytes / (bandwidth × memory efficiency)) plus a fixed
+launch overhead, summed over the kernels of the graph. Peaks and bandwidth come from the
+profile's datasheet figures, the efficiencies and overhead from its `latency_model` (fitted to
+published or measured timings with `fit_latency_model`). Every number here is a prediction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from rich.table import Table
+
+from kdc.deploy.graph_cost import (
+    TENSOR_KINDS,
+    WIDTH,
+    GraphCost,
+    Kernel,
+    analyze_architecture,
+    analyze_onnx,
+    materialize,
+    memory_bytes,
+)
+from kdc.errors import UserError
+from kdc.profiles import HardwareProfile
+
+MODEL = "roofline-v1"
+PEAK_FIELD = {"fp32": "fp32_tflops", "fp16": "fp16_tflops", "int8": "int8_tops"}
+EFFICIENCY_FIELD = {"fp32": "compute_efficiency", "fp16": "fp16_compute_efficiency",
+                    "int8": "int8_compute_efficiency"}
+CLASSES = tuple(PEAK_FIELD)
+
+
+def compute_class(k: Kernel) -> str:
+    """Which peak a kernel runs against: matrix kernels at their precision, the rest on the
+    vector units (the fp32 peak)."""
+    return k.precision if k.kind in TENSOR_KINDS else "fp32"
+
+
+def _as_dict(lm: Any) -> dict[str, Any]:
+    return lm if isinstance(lm, dict) else lm.model_dump()
+
+
+def efficiencies(lm: Any) -> dict[str, float]:
+    """Compute efficiency per class of a latency model (profile field or mapping); fp16 and
+    int8 fall back to `compute_efficiency`."""
+    d = _as_dict(lm)
+    return {c: float(d.get(f) or d["compute_efficiency"]) for c, f in EFFICIENCY_FIELD.items()}
+
+
+def ideal_times(kernels: Sequence[Kernel], profile: HardwareProfile
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per kernel: seconds at 100 % of the compute peak, at 100 % of bandwidth, and its class
+    index into CLASSES."""
+    peaks = {c: getattr(profile.compute, f) * 1e12 for c, f in PEAK_FIELD.items()}
+    bw = profile.memory.bandwidth_gbps * 1e9
+    cls = [compute_class(k) for k in kernels]
+    c = np.array([k.flops / peaks[x] for k, x in zip(kernels, cls, strict=True)], dtype=float)
+    m = np.array([k.bytes / bw for k in kernels], dtype=float)
+    return c, m, np.array([CLASSES.index(x) for x in cls], dtype=int)
+
+
+def kernel_times_s(kernels: Sequence[Kernel], profile: HardwareProfile,
+                   latency_model: Any = None) -> np.ndarray:
+    """Per kernel seconds (rows: compute, memory, overhead) under `latency_model` (default: the
+    profile's)."""
+    lm = _as_dict(latency_model if latency_model is not None else profile.latency_model)
+    c, m, cls = ideal_times(kernels, profile)
+    eff = np.array([efficiencies(lm)[x] for x in CLASSES])
+    return np.vstack([c / eff[cls], m / float(lm["memory_efficiency"]),
+                      np.full(len(kernels), float(lm["kernel_overhead_us"]) * 1e-6)])
+
+
+def predict_kernels_ms(kernels: Sequence[Kernel], profile: HardwareProfile,
+                       latency_model: Any = None) -> float:
+    """Predicted latency of a kernel list in milliseconds."""
+    t = kernel_times_s(kernels, profile, latency_model)
+    return float((np.maximum(t[0], t[1]) + t[2]).sum() * 1e3) if len(kernels) else 0.0
+
+
+def _float_precision(precision: str, profile: HardwareProfile) -> str:
+    return "fp16" if precision != "fp32" and "fp16" in profile.runtime.precisions else "fp32"
+
+
+def _check(precision: str, batch: int, profile: HardwareProfile) -> None:
+    if precision not in WIDTH:
+        raise UserError(f"unknown precision '{precision}'", field="precision",
+                        fix="use fp32, fp16 or int8")
+    if precision not in profile.runtime.precisions:
+        raise UserError(f"target {profile.name} does not run {precision}", field="precision",
+                        fix=f"use one of {', '.join(profile.runtime.precisions)}")
+    if int(batch) < 1:
+        raise UserError(f"batch must be >= 1, got {batch}", field="batch", fix="use 1 or more")
+
+
+def _breakdown(kernels: Sequence[Kernel], t: np.ndarray) -> list[dict]:
+    groups: dict[str, dict] = defaultdict(lambda: {"count": 0, "flops": 0.0, "bytes": 0.0,
+                                                   "ms": 0.0, "_bound": np.zeros(3)})
+    for k, (tc, tm, to) in zip(kernels, t.T, strict=True):
+        g = groups[k.kind]
+        g["count"] += 1
+        g["flops"] += k.flops
+        g["bytes"] += k.bytes
+        g["ms"] += (max(tc, tm) + to) * 1e3
+        g["_bound"][int(np.argmax([tc, tm, to]))] += max(tc, tm, to)
+    rows = []
+    for kind, g in groups.items():
+        bound = ("compute", "memory", "overhead")[int(np.argmax(g.pop("_bound")))]
+        rows.append({"group": kind, **g, "ms": round(g["ms"], 6), "bound": bound})
+    return sorted(rows, key=lambda r: -r["ms"])
+
+
+def _result(cost: GraphCost, profile: HardwareProfile, precision: str, batch: int,
+            explain: bool) -> dict:
+    kernels = materialize(cost, precision, _float_precision(precision, profile))
+    t = kernel_times_s(kernels, profile)
+    ms = float((np.maximum(t[0], t[1]) + t[2]).sum() * 1e3)
+    out = {"kind": "predicted", "model": MODEL,
+           "calibrated_from": profile.latency_model.source, "target": profile.name,
+           "precision": precision, "batch": int(batch), "input_shape": cost.input_shapes,
+           "p50_ms": float(f"{ms:.4g}"), "flops": float(sum(k.flops for k in kernels)),
+           "bytes": float(sum(k.bytes for k in kernels)), "kernels": len(kernels)}
+    if cost.unknown_shapes:
+        out["warnings"] = [f"{cost.unknown_shapes} tensors had no inferred shape and were "
+                           "costed as empty"]
+    if explain:
+        out["breakdown"] = _breakdown(kernels, t)
+    return out
+
+
+def predict_onnx(model_or_path: onnx.ModelProto | str | Path, profile: HardwareProfile, *,
+                 precision: str = "fp32", batch: int = 1,
+                 input_shapes: dict[str, list[int]] | None = None,
+                 explain: bool = False) -> dict:
+    """Predicted latency of an ONNX model on `profile` (a REPORT.md latency object of kind
+    `predicted`, with a per kernel-group `breakdown` when `explain`)."""
+    _check(precision, batch, profile)
+    cost = analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes)
+    return _result(cost, profile, precision, batch, explain)
+
+
+def predict_architecture(arch: dict[str, Any], profile: HardwareProfile, *,
+                         precision: str = "fp32", batch: int = 1,
+                         input_shapes: dict[str, list[int]] | None = None,
+                         explain: bool = False) -> dict:
+    """Like `predict_onnx`, from an architecture dict, without exporting (for the search)."""
+    _check(precision, batch, profile)
+    cost = analyze_architecture(arch, batch=batch, input_shapes=input_shapes)
+    return _result(cost, profile, precision, batch, explain)
+
+
+def predict_memory_mb(model_or_path: onnx.ModelProto | str | Path, precision: str, batch: int,
+                      input_shapes: dict[str, list[int]] | None = None) -> float:
+    """Predicted engine memory: weights at their run precision plus the peak of live
+    activations (MiB)."""
+    if precision not in WIDTH:
+        raise UserError(f"unknown precision '{precision}'", field="precision",
+                        fix="use fp32, fp16 or int8")
+    cost = analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes)
+    return round(memory_bytes(cost, precision) / 2**20, 3)
+
+
+def explain_table(pred: dict) -> Table:
+    """The breakdown of a prediction made with explain=True, as a rich table."""
+    table = Table(title=f"{pred['target']} {pred['precision']} batch {pred['batch']}: "
+                        f"{pred['p50_ms']:.4g} ms predicted ({pred['model']}, "
+                        f"{pred['kernels']} kernels)")
+    for col, justify in [("kernels", "left"), ("count", "right"), ("GFLOP", "right"),
+                         ("MB moved", "right"), ("ms", "right"), ("share", "right"),
+                         ("bound", "left")]:
+        table.add_column(col, justify=justify)
+    total = sum(r["ms"] for r in pred.get("breakdown", [])) or 1.0
+    for r in pred.get("breakdown", []):
+        table.add_row(r["group"], str(r["count"]), f"{r['flops'] / 1e9:.3f}",
+                      f"{r['bytes'] / 1e6:.2f}", f"{r['ms']:.4f}", f"{r['ms'] / total:.0%}",
+                      r["bound"])
+    table.caption = f"calibrated from: {pred['calibrated_from']}"
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting the latency model to timings
+
+Sample = tuple[Sequence[Kernel], float]
+_STARTS = [(o, e, me) for o in (2.0, 20.0) for e in (0.1, 0.6) for me in (0.2, 0.8)]
+
+
+def fit_latency_model(samples: Sequence[Sample], profile: HardwareProfile, *,
+                      fixed: dict[str, float] | None = None) -> dict:
+    """Fit kernel_overhead_us, memory_efficiency and a compute efficiency per precision that
+    appears in `samples` (kernel lists with measured milliseconds) by least squares on relative
+    error. A factor no sample constrains (no kernel of that precision is ever compute-bound)
+    keeps the profile's value; `fixed` pins factors. Returns a `latency_model` mapping."""
+    from scipy.optimize import least_squares
+
+    if len(samples) < 2:
+        raise UserError(f"need at least 2 timed samples to fit, got {len(samples)}",
+                        field="samples", fix="time more models or batch sizes")
+    fixed = dict(fixed or {})
+    lm = profile.latency_model
+    prior = {"kernel_overhead_us": lm.kernel_overhead_us,
+             "memory_efficiency": lm.memory_efficiency,
+             **{EFFICIENCY_FIELD[c]: e for c, e in efficiencies(lm).items()}}
+    data = [(*ideal_times(k, profile), len(k), float(ms) * 1e-3) for k, ms in samples]
+    used = sorted({int(i) for _, _, cls, _, _ in data for i in np.unique(cls)})
+    names = ["kernel_overhead_us", "memory_efficiency",
+             *[EFFICIENCY_FIELD[CLASSES[i]] for i in used]]
+    free = [n for n in names if n not in fixed]
+
+    def unpack(x: np.ndarray) -> dict[str, float]:
+        return {**prior, **fixed, **dict(zip(free, x, strict=True))}
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        p = unpack(x)
+        eff = np.array([p[EFFICIENCY_FIELD[c]] for c in CLASSES])
+        pred = np.array([np.maximum(c / eff[cls], m / p["memory_efficiency"]).sum()
+                         + n * p["kernel_overhead_us"] * 1e-6 for c, m, cls, n, _ in data])
+        return pred / np.array([y for *_, y in data]) - 1.0
+
+    lower = [0.0 if n == "kernel_overhead_us" else 1e-3 for n in free]
+    upper = [1e4 if n == "kernel_overhead_us" else 1.0 for n in free]
+    best = None
+    for o, e, me in _STARTS:
+        x0 = [o if n == "kernel_overhead_us" else me if n == "memory_efficiency" else e
+              for n in free]
+        r = least_squares(residuals, x0, bounds=(lower, upper), x_scale="jac",
+                          xtol=1e-12, ftol=1e-12, gtol=1e-12)
+        if best is None or r.cost < best.cost:
+            best = r
+    fit = unpack(best.x)
+    jac = np.abs(best.jac).sum(axis=0) if best.jac.size else np.zeros(len(free))
+    unconstrained = [n for n, j in zip(free, jac, strict=True) if j <= 1e-6 * jac.max()]
+    for n in unconstrained:
+        fit[n] = prior[n]
+    err = np.abs(residuals(np.array([fit[n] for n in free])))
+    out = {"kernel_overhead_us": round(fit["kernel_overhead_us"], 3),
+           "compute_efficiency": round(fit["compute_efficiency"], 4),
+           "memory_efficiency": round(fit["memory_efficiency"], 4)}
+    for c in ("int8", "fp16"):
+        f = EFFICIENCY_FIELD[c]
+        if f in names and f not in unconstrained:
+            out[f] = round(fit[f], 4)
+        elif getattr(lm, f) is not None:
+            out[f] = getattr(lm, f)
+    note = f"; kept from profile: {', '.join(unconstrained)}" if unconstrained else ""
+    out["source"] = (f"fitted ({MODEL}) to {len(samples)} timings: median |error| "
+                     f"{np.median(err):.1%}, max {err.max():.1%}{note}")
+    return out

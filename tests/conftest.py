@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny teachers trained on learnable data, built from configs (no network)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cnn_project(tmp_path_factory) -> Path:
+    """A digits project with a small trained CNN teacher: returns the model.yaml path."""
+    return tiny.make_cnn_project(tmp_path_factory.mktemp("cnn"))
+
+
+@pytest.fixture(scope="session")
+def bert_project(tmp_path_factory) -> Path:
+    """A text project with a trained 4-layer tiny BERT teacher: returns the model.yaml path."""
+    return tiny.make_bert_project(tmp_path_factory.mktemp("bert"))

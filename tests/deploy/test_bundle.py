@@ -1,0 +1,192 @@
+"""Device bundle: contents, script syntax, parity on CPU, a run with a stand-in trtexec."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import py_compile
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from kdc.deploy.bundle import write_bundle
+from kdc.deploy.device_results import read_device_results
+from kdc.errors import UserError
+from kdc.profiles import load_profile
+
+FILES = {
+    "model.onnx",
+    "build.sh",
+    "bench.sh",
+    "parity.py",
+    "goldens.npz",
+    "profile.yaml",
+    "bundle.json",
+    "README.md",
+}
+
+FAKE_TRTEXEC = """#!/usr/bin/env bash
+echo "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec $*"
+for arg in "$@"; do
+  case "$arg" in
+    --saveEngine=*) printf 'ENGINE' > "${arg#--saveEngine=}" ;;
+    --exportTimes=*) python3 -c 'import json, sys
+rows = [{"latencyMs": 1 + i / 100, "computeMs": 1.0} for i in range(100)]
+json.dump(rows, open(sys.argv[1], "w"))
+' "${arg#--exportTimes=}" ;;
+  esac
+done
+"""
+
+
+def _model(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(8, 3)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [w],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.fixture
+def goldens(tmp_path):
+    model = _model(tmp_path / "m.onnx")
+    x = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
+    y = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+    return model, {"x": x}, y
+
+
+def _bundle(tmp_path, goldens, profile="jetson-orin-nano-8gb", precision="fp16"):
+    model, inputs, outputs = goldens
+    prof = profile if not isinstance(profile, str) else load_profile(profile)
+    return write_bundle(
+        tmp_path / "bundle",
+        model,
+        prof,
+        precision=precision,
+        input_shapes={"x": [2, 8]},
+        golden_inputs=inputs,
+        golden_outputs=outputs,
+    )
+
+
+def test_bundle_has_every_file_and_valid_scripts(tmp_path, goldens):
+    out = _bundle(tmp_path, goldens)
+    assert {p.name for p in out.iterdir()} == FILES
+    for script in ("build.sh", "bench.sh", "parity.py"):
+        assert os.access(out / script, os.X_OK)
+    subprocess.run(["bash", "-n", str(out / "build.sh"), str(out / "bench.sh")], check=True)
+    for script in ("build.sh", "bench.sh"):
+        assert "set -euo pipefail" in (out / script).read_text()
+    py_compile.compile(str(out / "parity.py"), cfile=str(tmp_path / "parity.pyc"), doraise=True)
+    with np.load(out / "goldens.npz") as z:
+        assert np.array_equal(z["x"], goldens[1]["x"]) and np.array_equal(z["logits"], goldens[2])
+
+
+def test_bundle_for_tensorrt_10_uses_precision_flags(tmp_path, goldens):
+    out = _bundle(tmp_path, goldens)
+    build = (out / "build.sh").read_text()
+    assert '"$TRTEXEC"' in build and "--fp16" in build and "--stronglyTyped" not in build
+    assert "--minShapes=x:2x8" in build and "--saveEngine=model.plan" in build
+    bench = (out / "bench.sh").read_text()
+    assert all(
+        f in bench
+        for f in (
+            "--useCudaGraph",
+            "--useSpinWait",
+            "--noDataTransfers",
+            "--exportTimes=results/times.json",
+            "parity.py",
+        )
+    )
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["tensorrt_expected"] == "10.3" and meta["batch"] == 2
+    assert meta["precision"] == "fp16" and not meta["fp16_converted"]
+    assert "jetson-orin-nano-8gb" in (out / "README.md").read_text()
+    model, inputs, outputs = goldens
+    dla = write_bundle(
+        tmp_path / "dla",
+        model,
+        load_profile("jetson-agx-orin-64gb"),
+        precision="fp16",
+        input_shapes={"x": [2, 8]},
+        golden_inputs=inputs,
+        golden_outputs=outputs,
+        use_dla=True,
+    )
+    assert all(
+        f in (dla / "build.sh").read_text() for f in ("--useDLACore=0", "--allowGPUFallback")
+    )
+
+
+def test_bundle_for_tensorrt_11_is_strongly_typed_with_fp16_graph(tmp_path, goldens):
+    base = load_profile("jetson-orin-nano-8gb")
+    prof = base.model_copy(update={"runtime": base.runtime.model_copy(update={"tensorrt": "11.1"})})
+    out = _bundle(tmp_path, goldens, profile=prof)
+    build = (out / "build.sh").read_text()
+    assert "--stronglyTyped" in build and "--fp16" not in build
+    assert json.loads((out / "bundle.json").read_text())["fp16_converted"]
+    model = onnx.load(out / "model.onnx")
+    assert any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
+def test_bundle_refuses_bad_input(tmp_path, goldens):
+    with pytest.raises(UserError, match="Q/DQ"):
+        _bundle(tmp_path, goldens, precision="int8")
+    with pytest.raises(UserError, match="no TensorRT"):
+        _bundle(tmp_path, goldens, profile="host", precision="fp32")
+    model, inputs, outputs = goldens
+    with pytest.raises(UserError, match="golden 'x'"):
+        write_bundle(
+            tmp_path / "b",
+            model,
+            load_profile("jetson"),
+            precision="fp16",
+            input_shapes={"x": [2, 4]},
+            golden_inputs=inputs,
+            golden_outputs=outputs,
+        )
+
+
+def test_parity_script_falls_back_to_onnxruntime_on_cpu(tmp_path, goldens):
+    out = _bundle(tmp_path, goldens, precision="fp32")
+    subprocess.run([sys.executable, str(out / "parity.py")], check=True, capture_output=True)
+    parity = json.loads((out / "results" / "parity.json").read_text())
+    assert parity["status"] == "measured" and parity["runner"] == "onnxruntime"
+    assert parity["cosine"] == pytest.approx(1.0, abs=1e-6) and parity["pass"]
+    assert parity["n"] == 5 and "model.plan not found" in parity["notes"][0]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None,
+    reason="parity.py would load the stand-in engine with real TensorRT",
+)
+def test_build_and_bench_scripts_run_with_a_stand_in_trtexec(tmp_path, goldens):
+    out = _bundle(tmp_path, goldens, precision="fp32")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "trtexec").write_text(FAKE_TRTEXEC)
+    (bin_dir / "trtexec").chmod(0o755)
+    (bin_dir / "python3").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("TRTEXEC", None)
+    subprocess.run(["bash", str(out / "build.sh")], check=True, env=env, capture_output=True)
+    assert (out / "model.plan").read_bytes() == b"ENGINE"
+    subprocess.run(["bash", str(out / "bench.sh")], check=True, env=env, capture_output=True)
+    meta = json.loads((out / "bundle.json").read_text())
+    res = read_device_results(out / "results", meta)
+    assert res["latency"]["kind"] == "measured" and res["latency"]["iterations"] == 100
+    assert res["latency"]["tensorrt"] == "10.3.0"
+    assert res["parity"]["pass"] and res["parity"]["runner"] == "onnxruntime"

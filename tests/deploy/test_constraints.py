@@ -1,0 +1,118 @@
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from kdc.deploy.constraints import evaluate_constraints, passed, shipped_engine
+from kdc.errors import UserError
+
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "report_sample.json"
+PROFILE = {"batch": 1, "latency_budget_ms": 10.0, "max_memory_mb": 2048, "channel_divisor": 16}
+
+
+@pytest.fixture
+def report() -> dict:
+    return json.loads(SAMPLE.read_text())
+
+
+def rows_by_name(rows: list[dict]) -> dict[str, dict]:
+    return {r["name"]: r for r in rows}
+
+
+def test_shipped_engine_is_first_built_of_chosen_precision(report):
+    assert shipped_engine(report)["path"] == "build/onnxruntime/model.int8.onnx"
+    report["student"]["precision"] = "fp32"
+    assert shipped_engine(report)["path"] == "build/onnxruntime/model.onnx"
+
+
+def test_remote_target_uses_predicted_latency_and_says_so(report):
+    row = rows_by_name(evaluate_constraints(report, {}, PROFILE))["latency_p99_ms"]
+    assert row["source"] == "predicted"
+    assert row["value"] == 0.55  # target_latency p50 of onnxruntime-int8, not the host's p99
+    assert "p50" in row["note"] and row["limit_from"] == "profile"
+    assert row["pass"] is True
+
+
+def test_host_target_uses_measured_p99(report):
+    report["target"] = {"name": "host"}
+    row = rows_by_name(evaluate_constraints(report, {}, PROFILE))["latency_p99_ms"]
+    assert (row["source"], row["value"], row["engine"]) == ("measured", 3.9, "onnxruntime-int8")
+
+
+def test_measured_on_target_beats_prediction(report):
+    report["engines"][2]["latency"] = {
+        "kind": "measured",
+        "on_target": True,
+        "p99_ms": 0.8,
+        "p50_ms": 0.6,
+        "device": "Orin Nano",
+    }
+    row = rows_by_name(evaluate_constraints(report, {}, PROFILE))["latency_p99_ms"]
+    assert (row["source"], row["value"], row["engine"]) == ("measured", 0.8, "tensorrt-int8")
+
+
+def test_budget_fails_when_latency_exceeds_it(report):
+    rows = evaluate_constraints(report, {"latency_budget_ms": 0.5}, PROFILE)
+    row = rows_by_name(rows)["latency_p99_ms"]
+    assert row["pass"] is False and row["limit"] == 0.5 and row["limit_from"] == "config"
+    assert passed(rows) is False
+
+
+def test_accuracy_drop_and_relative_degradation(report):
+    rows = rows_by_name(
+        evaluate_constraints(
+            report, {"max_accuracy_drop": 0.01, "percent_max_degradation": 2.0}, {}
+        )
+    )
+    drop = rows["accuracy_drop"]
+    assert drop["value"] == pytest.approx(0.8127 - 0.8021)
+    assert drop["source"] == "measured" and drop["engine"] == "onnxruntime-int8"
+    assert drop["pass"] is False  # 1.06 points > 1 point
+    pct = rows["percent_max_degradation"]
+    assert pct["value"] == pytest.approx((0.8127 - 0.8021) / 0.8127 * 100, abs=1e-3)
+    assert pct["pass"] is True
+
+
+def test_only_constraints_with_limits_are_listed(report):
+    assert [r["name"] for r in evaluate_constraints(report, {"max_size_mb": None}, {})] == []
+    assert passed([]) is True
+
+
+def test_undeterminable_value_fails_with_reason(report):
+    report["student"]["precision"] = "fp16"  # only a bundle: nothing built, no accuracy
+    rows = rows_by_name(
+        evaluate_constraints(report, {"max_accuracy_drop": 0.02, "max_size_mb": 10}, PROFILE)
+    )
+    for name in ("accuracy_drop", "size_mb"):
+        assert rows[name]["pass"] is False and rows[name]["value"] is None
+        assert "no built engine of precision fp16" in rows[name]["reason"]
+    assert rows["latency_p99_ms"]["pass"] is True  # the bundle's prediction still answers
+
+
+def test_memory_measured_off_target_without_prediction_fails(report):
+    report["engines"] = report["engines"][:2]  # drop the bundles and their predicted memory
+    row = rows_by_name(evaluate_constraints(report, {}, PROFILE))["memory_mb"]
+    assert row["pass"] is False and "off the target" in row["reason"]
+    report["target"] = {"name": "host"}
+    row = rows_by_name(evaluate_constraints(report, {}, PROFILE))["memory_mb"]
+    assert (row["source"], row["value"]) == ("measured", 96.4)
+
+
+def test_flat_metrics_accuracy_is_read_at_the_primary_metric(report):
+    flat = copy.deepcopy(report)
+    flat["teacher"]["accuracy"] = {"accuracy": 0.9, "macro_f1": 0.5, "n": 10}
+    flat["engines"][0]["accuracy"] = {"accuracy": 0.88, "macro_f1": 0.4, "n": 10}
+    row = evaluate_constraints(flat, {"max_accuracy_drop": 0.05}, {})[0]
+    assert row["value"] == pytest.approx(0.02) and row["pass"] is True
+
+
+def test_metric_mismatch_is_reported(report):
+    report["teacher"]["accuracy"]["metric"] = "macro_f1"
+    row = evaluate_constraints(report, {"max_accuracy_drop": 0.05}, {})[0]
+    assert row["pass"] is False and "differs" in row["reason"]
+
+
+def test_unknown_constraint_is_a_user_error(report):
+    with pytest.raises(UserError, match="unknown constraint 'max_latency'"):
+        evaluate_constraints(report, {"max_latency": 3}, PROFILE)

@@ -1,0 +1,123 @@
+import base64
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kdc.deploy.report import console_summary, render_markdown, write_report
+from kdc.deploy.report_plot import render_png
+
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "report_sample.json"
+ENGINES = ("onnxruntime-int8", "onnxruntime-fp32", "tensorrt-int8", "tensorrt-fp16")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from the IHDR chunk, which follows the 8-byte PNG signature."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    return json.loads(SAMPLE.read_text())
+
+
+@pytest.fixture(scope="module")
+def written(report, tmp_path_factory) -> list[Path]:
+    return write_report(report, tmp_path_factory.mktemp("run"))
+
+
+def test_write_report_writes_four_files_and_no_temporaries(written, report):
+    assert [p.name for p in written] == ["report.json", "report.md", "report.png", "report.html"]
+    assert json.loads(written[0].read_text()) == report
+    assert sorted(p.name for p in written[0].parent.iterdir()) == sorted(p.name for p in written)
+
+
+def test_png_is_a_real_png_of_about_1200_by_800(written):
+    width, height = png_size(written[2].read_bytes())
+    assert abs(width - 1200) <= 20 and abs(height - 800) <= 20
+
+
+def test_html_embeds_the_plot_and_the_tables(written):
+    html = written[3].read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    start = html.index("data:image/png;base64,") + len("data:image/png;base64,")
+    png = base64.b64decode(html[start : html.index('"', start)])
+    assert png == written[2].read_bytes()
+    assert html.count("<table>") >= 4  # models, constraints, Pareto, conditions
+    for label in (*ENGINES, "latency_p99_ms", "accuracy_drop", "Pareto", "roofline-v1"):
+        assert label in html
+    assert 'class="PASS"' in html and "<script" not in html
+
+
+def test_markdown_lists_every_engine_kind_and_conditions(written, report):
+    md = written[1].read_text()
+    assert md == render_markdown(report)
+    for label in ENGINES:
+        assert label in md
+    assert "| onnxruntime-int8 | measured | device AMD EPYC 7B13" in md
+    for fact in (
+        "warm-up 50",
+        "iterations 500",
+        "threads 2",
+        "batch 1",
+        "p50/p90/p99 3.10/3.30/3.90 ms",
+        "cv 4.1%",
+    ):
+        assert fact in md
+    assert "| tensorrt-int8 | predicted | model roofline-v1, calibrated from none" in md
+    assert "(not timed)" in md
+    assert "result: PASSED" in md and "target: jetson-orin-nano-8gb" in md
+    assert "| latency_p99_ms | 10 | 0.55 | predicted | onnxruntime-int8 | PASS |" in md
+    assert "## Search: Pareto front" in md and "| yes |" in md
+    assert "tensorrt-int8 is bundle: TensorRT is not installed" in md
+    assert "onnxruntime-int8: coefficient of variation 4.1%" in md
+
+
+def test_failed_constraint_without_value_shows_reason(report):
+    failing = {
+        **report,
+        "passed": False,
+        "constraints": [
+            {
+                "name": "size_mb",
+                "limit": 5.0,
+                "value": None,
+                "source": None,
+                "pass": False,
+                "engine": None,
+                "reason": "no built engine of precision fp16",
+            }
+        ],
+    }
+    md = render_markdown(failing)
+    assert "result: FAILED" in md
+    assert "| size_mb | 5 | – | – | – | FAIL | no built engine of precision fp16 |" in md
+
+
+def test_minimal_report_still_renders():
+    minimal = {"run": {"name": "empty"}, "target": {"name": "host"}, "engines": []}
+    md = render_markdown(minimal)
+    assert "No constraints were set." in md and "## Search" not in md
+    assert png_size(render_png(minimal))[0] > 0
+
+
+def test_search_rows_with_accuracy_share_the_accuracy_axis(report):
+    rows = [
+        {**r, "accuracy": 0.7 + r["predicted_latency_ms"] / 10} for r in report["search"]["pareto"]
+    ]
+    with_acc = {**report, "search": {**report["search"], "candidates": rows, "pareto": rows}}
+    assert png_size(render_png(with_acc))[1] > 0
+
+
+def test_console_summary_shows_engines_and_constraints(report):
+    console = Console(record=True, width=120)
+    console.print(console_summary(report))
+    text = console.export_text()
+    for label in ("teacher", *ENGINES):
+        assert label in text
+    assert "PASS latency_p99_ms 0.55 (limit 10, predicted, onnxruntime-int8)" in text
+    assert "PASSED" in text

@@ -1,0 +1,148 @@
+"""Tiny models and learnable data for tests: everything built locally in seconds."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import save_file
+
+POS = ["good", "great", "excellent", "love", "fine"]
+NEG = ["bad", "awful", "terrible", "hate", "poor"]
+FILLER = ["the", "a", "movie", "was", "it", "and", "plot", "actor", "film", "really", "quite",
+          "story", "i", "this", "that", "very"]
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def cnn_config(weights: str | None = "teacher.safetensors", **over) -> dict:
+    cfg = {
+        "name": "tinycnn", "task": "image-classification", "seed": 0,
+        "teacher": {"entrypoint": "kdc.models.cnn:small_cnn",
+                    "kwargs": {"num_classes": 10, "channels": [16, 32]}, "weights": weights},
+        "data": {"source": "sklearn:digits", "limit_train": 600, "limit_eval": 200},
+        "student": {"width": 0.5},
+        "distill": {"epochs": 4, "batch_size": 64, "lr": 0.003},
+        "quantize": {"precision": "int8", "calibration_size": 64},
+        "verify": {"warmup": 5, "iterations": 20, "min_duration_s": 0.05, "threads": 1},
+        "constraints": {"max_accuracy_drop": 0.5},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    if weights is None:
+        cfg["teacher"].pop("weights")
+    return cfg
+
+
+def make_cnn_project(root: Path) -> Path:
+    from kdc.config import parse_config
+    from kdc.data import load_dataset
+    from kdc.models import load_teacher
+
+    cfg = parse_config(cnn_config(weights=None), base_dir=root)
+    ds = load_dataset(cfg)
+    torch.manual_seed(0)
+    teacher = load_teacher(cfg, ds.num_labels)
+    _train(teacher.module, {"pixel_values": torch.from_numpy(ds.train.features)},
+           torch.from_numpy(ds.train.labels), epochs=15, lr=3e-3)
+    save_file({k: v.contiguous() for k, v in teacher.module.state_dict().items()},
+              str(root / "teacher.safetensors"))
+    return write_yaml(root / "model.yaml", cnn_config())
+
+
+def _train(model: torch.nn.Module, x: dict, y: torch.Tensor, epochs: int, lr: float) -> None:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    rng = np.random.default_rng(0)
+    n = len(y)
+    model.train()
+    for _ in range(epochs):
+        for idx in np.array_split(rng.permutation(n), max(1, n // 32)):
+            loss = torch.nn.functional.cross_entropy(model(**{k: v[idx] for k, v in x.items()}),
+                                                     y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
+def sentences(n: int, seed: int) -> list[tuple[str, str]]:
+    """Learnable sentiment: the label is which keyword set dominates the sentence."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        label = "positive" if rng.random() < 0.5 else "negative"
+        words = list(rng.choice(FILLER, size=rng.integers(4, 9)))
+        for _ in range(rng.integers(1, 3)):
+            words.insert(rng.integers(0, len(words) + 1), rng.choice(POS if label == "positive"
+                                                                     else NEG))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def bert_config(**over) -> dict:
+    cfg = {
+        "name": "tinybert", "task": "text-classification", "seed": 0,
+        "teacher": {"path": "teacher"},
+        "data": {"source": "train.csv", "eval": "test.csv", "max_length": 16},
+        "student": {"layers": 2},
+        "distill": {"epochs": 3, "batch_size": 32, "lr": 0.001},
+        "quantize": {"precision": "int8", "calibration_size": 64},
+        "verify": {"warmup": 5, "iterations": 20, "min_duration_s": 0.05, "threads": 1},
+        "constraints": {"max_accuracy_drop": 0.5},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return path
+
+
+def tiny_bert(tmp: Path, num_labels: int = 2, layers: int = 4):
+    """An untrained tiny BERT classifier with a word-level vocabulary over the test words."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POS, *NEG, *FILLER]
+    (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                        num_labels=num_labels, id2label={0: "negative", 1: "positive"},
+                        label2id={"negative": 0, "positive": 1})
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config), tok
+
+
+def make_bert_project(root: Path) -> Path:
+    write_csv(root / "train.csv", sentences(400, 1))
+    write_csv(root / "test.csv", sentences(120, 2))
+    model, tok = tiny_bert(root)
+    rows = sentences(400, 1)
+    enc = tok([r[0] for r in rows], padding="max_length", truncation=True, max_length=16,
+              return_tensors="pt")
+    y = torch.tensor([1 if r[1] == "positive" else 0 for r in rows])
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    _train(Wrap(model), {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
+           y, epochs=8, lr=2e-3)
+    model.save_pretrained(str(root / "teacher"))
+    tok.save_pretrained(str(root / "teacher"))
+    return write_yaml(root / "model.yaml", bert_config())

@@ -1,0 +1,73 @@
+"""Config validation: every bad input is a one-line ConfigError naming file, field and fix."""
+
+from __future__ import annotations
+
+import pytest
+from tiny import cnn_config, write_yaml
+
+from kdc.config import load_config
+from kdc.errors import ConfigError
+
+
+def _err(tmp_path, data) -> str:
+    path = write_yaml(tmp_path / "model.yaml", data) if isinstance(data, dict) else None
+    if path is None:
+        path = tmp_path / "model.yaml"
+        path.write_text(data)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg
+    return msg
+
+
+def test_valid_config_resolves_paths_relative_to_file(tmp_path):
+    cfg = load_config(write_yaml(tmp_path / "model.yaml", cnn_config()))
+    assert cfg.resolve("teacher.safetensors") == tmp_path.resolve() / "teacher.safetensors"
+    assert cfg.distill.epochs == 4 and cfg.quantize.precision == "int8"
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path):
+    data = cnn_config()
+    data["distil"] = data.pop("distill")
+    msg = _err(tmp_path, data)
+    assert "field 'distil'" in msg and "did you mean 'distill'" in msg
+
+
+def test_nested_unknown_key(tmp_path):
+    data = cnn_config()
+    data["data"]["limt_train"] = 3
+    assert "did you mean 'limit_train'" in _err(tmp_path, data)
+
+
+def test_wrong_type_names_the_field(tmp_path):
+    data = cnn_config()
+    data["distill"]["epochs"] = "many"
+    assert "field 'distill.epochs'" in _err(tmp_path, data)
+
+
+def test_bad_task_lists_choices(tmp_path):
+    msg = _err(tmp_path, {**cnn_config(), "task": "regression"})
+    assert "field 'task'" in msg and "image-classification" in msg
+
+
+def test_missing_section(tmp_path):
+    data = cnn_config()
+    del data["data"]
+    assert "field 'data'" in _err(tmp_path, data)
+
+
+def test_not_yaml_and_not_mapping(tmp_path):
+    assert "not valid YAML" in _err(tmp_path, "name: [unclosed")
+    assert "YAML mapping" in _err(tmp_path, "- a\n- b\n")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_bad_entrypoint_form(tmp_path):
+    data = cnn_config()
+    data["teacher"]["entrypoint"] = "no_colon"
+    assert "teacher.entrypoint" in _err(tmp_path, data)

@@ -1,0 +1,128 @@
+"""`kdc compress` end to end through the CLI on tiny teachers: report fields, exit codes, and a
+distilled student that beats an untrained one on learnable data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny import bert_config, cnn_config, write_yaml
+from typer.testing import CliRunner
+
+from kdc.cli import app
+
+runner = CliRunner()
+
+
+def _compress(config, out, target="host", *extra):
+    return runner.invoke(app, ["compress", str(config), "--target", target, "--out", str(out),
+                               "-q", *extra])
+
+
+def _check_report(report: dict) -> None:
+    assert report["kdc_version"] and report["run"]["config_sha256"]
+    assert report["teacher"]["accuracy"]["engine"] == "onnxruntime-cpu-fp32"
+    built = [e for e in report["engines"] if e["status"] == "built"]
+    assert {e["precision"] for e in built} == {"fp32", "int8"}
+    for e in built:
+        lat = e["latency"]
+        assert lat["kind"] == "measured" and lat["p50_ms"] <= lat["p99_ms"]
+        assert {"device", "threads", "batch", "iterations", "cv"} <= set(lat)
+        assert e["accuracy"]["engine"].startswith("onnxruntime")
+    for e in report["engines"]:
+        assert e.get("latency", {}).get("kind") in ("measured", "predicted", None)
+    assert isinstance(report["passed"], bool) and report["constraints"]
+
+
+@pytest.mark.slow
+def test_cnn_compress_for_jetson(cnn_project, tmp_path):
+    res = _compress(cnn_project, tmp_path / "run", "jetson")
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    _check_report(report)
+    assert report["target"]["name"] == "jetson-orin-nano-8gb"
+    trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
+    assert trt["status"] == "bundle" and trt["latency"]["kind"] == "predicted"
+    assert (run / trt["path"] / "build.sh").is_file()
+    for e in report["engines"]:
+        if e["status"] == "built":
+            assert e["target_latency"]["kind"] == "predicted"
+    assert report["student"]["params"] < report["teacher"]["params"] / 2
+    for f in ("report.md", "report.png", "report.html", "manifest.json"):
+        assert (run / f).is_file()
+    # the distilled student is far better than chance (10 classes) and near the teacher
+    int8 = next(e for e in report["engines"] if e.get("precision") == "int8"
+                and e["engine"] == "onnxruntime")
+    assert int8["accuracy"]["accuracy"] > 0.8
+    assert report["teacher"]["accuracy"]["accuracy"] > 0.9
+
+
+@pytest.mark.slow
+def test_bert_compress_beats_untrained_student(bert_project, tmp_path):
+    res = _compress(bert_project, tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    _check_report(report)
+    assert report["student"]["architecture"]["num_hidden_layers"] == 2
+    fp32 = next(e for e in report["engines"] if e.get("precision") == "fp32")
+    # untrained: same student, zero epochs of distillation and a re-initialised head
+    assert fp32["accuracy"]["accuracy"] >= 0.85
+    assert fp32["parity"]["max_abs"] < 1e-3
+
+
+def test_constraint_failure_exits_1(cnn_project, tmp_path):
+    cfg = json.loads(json.dumps(__import__("yaml").safe_load(cnn_project.read_text())))
+    cfg["constraints"] = {"latency_budget_ms": 1e-6}
+    cfg["distill"]["epochs"] = 1
+    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    res = _compress(path, tmp_path / "run")
+    assert res.exit_code == 1, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["passed"] is False
+    assert any(c["name"] == "latency_p99_ms" and not c["pass"] for c in report["constraints"])
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path):
+    data = cnn_config()
+    data["distill"]["epochs"] = -1
+    path = write_yaml(tmp_path / "model.yaml", data)
+    res = _compress(path, tmp_path / "run")
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "distill.epochs" in lines[0] and "Traceback" not in res.output
+
+
+def test_unknown_target_exits_2(cnn_project, tmp_path):
+    res = _compress(cnn_project, tmp_path / "run", "jetsn")
+    assert res.exit_code == 2 and "unknown target" in res.output
+
+
+def test_dry_run_prints_plan(bert_project, tmp_path):
+    res = runner.invoke(app, ["compress", str(bert_project), "--target", "jetson", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.output)
+    assert plan["data"]["train"] == 400 and plan["data"]["eval"] == 120
+    assert plan["target"]["name"] == "jetson-orin-nano-8gb"
+    assert plan["stages"][0] == "search" and plan["stages"][-1] == "report"
+
+
+def test_validate_and_profiles_commands(cnn_project):
+    assert runner.invoke(app, ["validate", str(cnn_project)]).exit_code == 0
+    res = runner.invoke(app, ["profiles", "list"])
+    assert res.exit_code == 0 and "jetson-orin-nano-8gb" in res.output
+    res = runner.invoke(app, ["profiles", "show", "jetson"])
+    assert res.exit_code == 0 and "source" in res.output
+    assert runner.invoke(app, ["--version"]).output.startswith("kdc ")
+
+
+def test_label_mismatch_is_a_user_error(bert_project, tmp_path):
+    rows = np.array(["a,x", "b,y", "c,z"])
+    (tmp_path / "three.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    cfg = bert_config(data={"source": "three.csv", "eval": None, "max_length": 16},
+                      teacher={"path": str(bert_project.parent / "teacher")})
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    res = _compress(path, tmp_path / "run")
+    assert res.exit_code == 2 and "labels" in res.output

@@ -1,0 +1,70 @@
+"""Profiles: built-ins, aliases, host detection, errors, and loading from an installed wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdc.errors import UserError
+from kdc.profiles import list_profiles, load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = {"jetson-orin-nano-8gb", "jetson-orin-nx-16gb", "jetson-agx-orin-64gb", "nvidia-t4",
+            "nvidia-a10", "nvidia-l4", "nvidia-a100-80gb-sxm", "nvidia-h100-sxm", "host"}
+
+
+def test_every_target_is_there_with_sources():
+    profiles = {p.name: p for p in list_profiles()}
+    assert EXPECTED <= set(profiles)
+    for p in profiles.values():
+        assert p.compute.source and p.memory.source and p.latency_model.source
+
+
+def test_aliases():
+    assert load_profile("jetson").name == "jetson-orin-nano-8gb"
+    assert load_profile("t4").name == "nvidia-t4"
+    assert load_profile("cpu").name == "host"
+
+
+def test_host_is_measurable_and_read_from_machine():
+    host = load_profile("host")
+    assert host.measurable and host.kind == "cpu" and "threads" in host.description
+    assert not load_profile("jetson").measurable
+
+
+def test_unknown_target_lists_names():
+    with pytest.raises(UserError, match="unknown target 'jetsn'.*jetson-orin-nano-8gb"):
+        load_profile("jetsn")
+
+
+def test_profile_from_path_and_bad_file(tmp_path):
+    src = (ROOT / "profiles" / "nvidia-t4.yaml").read_text()
+    (tmp_path / "mine.yaml").write_text(src.replace("name: nvidia-t4", "name: my-t4"))
+    assert load_profile(str(tmp_path / "mine.yaml")).name == "my-t4"
+    (tmp_path / "bad.yaml").write_text(src.replace("fp32_tflops: 8.1", "fp32_tflops: -1"))
+    with pytest.raises(UserError, match="compute.fp32_tflops"):
+        load_profile(str(tmp_path / "bad.yaml"))
+
+
+@pytest.mark.slow
+def test_profiles_found_from_installed_wheel(tmp_path):
+    """Build the wheel, install it into a fresh venv (no deps) and list profiles from outside."""
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-w", str(dist), str(ROOT)], check=True, capture_output=True)
+    wheel = next(dist.glob("kdc-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--force-reinstall", "-q",
+                    str(wheel)], check=True, capture_output=True)
+    code = ("import kdc.profiles as p; d = p.profiles_dir(); "
+            "print(d); print(p.load_profile('jetson').name)")
+    out = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True,
+                         cwd=tmp_path).stdout.split()
+    assert "site-packages" in out[0] and out[0].endswith("_profiles")
+    assert out[1] == "jetson-orin-nano-8gb"

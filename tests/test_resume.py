@@ -1,0 +1,46 @@
+"""Resume skips finished stages whose inputs did not change, and redoes changed ones."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from tiny import write_yaml
+
+from kdc import api
+
+
+def _cfg(cnn_project, tmp_path, **distill):
+    cfg = yaml.safe_load(cnn_project.read_text())
+    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg["distill"].update({"epochs": 1, **distill})
+    return write_yaml(tmp_path / "model.yaml", cfg)
+
+
+def test_resume_skips_done_stages(cnn_project, tmp_path):
+    path = _cfg(cnn_project, tmp_path)
+    run = tmp_path / "run"
+    api.compress(path, "host", run, quiet=True)
+    first = json.loads((run / "manifest.json").read_text())["stages"]
+    api.compress(path, "host", run, resume=True, quiet=True)
+    second = json.loads((run / "manifest.json").read_text())["stages"]
+    assert all(first[s]["finished"] == second[s]["finished"] for s in first)
+
+    # a distill change re-runs distill and everything after it, not search
+    path = _cfg(cnn_project, tmp_path, lr=0.001)
+    api.compress(path, "host", run, resume=True, quiet=True)
+    third = json.loads((run / "manifest.json").read_text())["stages"]
+    assert third["search"]["finished"] == first["search"]["finished"]
+    assert third["distill"]["input_hash"] != first["distill"]["input_hash"]
+
+
+def test_corrupt_artifact_is_redone(cnn_project, tmp_path):
+    path = _cfg(cnn_project, tmp_path)
+    run = tmp_path / "run"
+    api.compress(path, "host", run, quiet=True)
+    before = json.loads((run / "manifest.json").read_text())["stages"]
+    (run / "export" / "model.onnx").write_bytes(b"garbage")
+    api.compress(path, "host", run, resume=True, quiet=True)
+    after = json.loads((run / "manifest.json").read_text())["stages"]
+    assert after["distill"]["finished"] == before["distill"]["finished"]
+    assert after["export"]["finished"] != before["export"]["finished"]
