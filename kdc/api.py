@@ -3,6 +3,7 @@ directory whose earlier stages are done. The CLI is a thin layer over these."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ def open_run(config: ConfigLike, target: str | HardwareProfile = "host",
     profile = target if isinstance(target, HardwareProfile) else load_profile(target)
     run = RunDir(out or default_run_dir(cfg))
     run.update_manifest(config_file=cfg.source_file, config_base_dir=cfg.base_dir)
-    return Context(cfg, profile, run, Console(stderr=False, quiet=quiet), quiet=quiet)
+    width = None if sys.stdout.isatty() else 160
+    return Context(cfg, profile, run, Console(quiet=quiet, width=width), quiet=quiet)
 
 
 def _run(config: ConfigLike, target: Any, out: Any, stages: tuple[str, ...] | None,

@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 profiles_app = typer.Typer(no_args_is_help=True, help="Hardware profiles.")
 app.add_typer(profiles_app, name="profiles")
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 Target = Annotated[str, typer.Option("--target", "-t", help="Profile name, alias or YAML path.")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (runs/<name>).")]

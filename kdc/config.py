@@ -58,8 +58,12 @@ class DataConfig(Section):
 
 
 class StudentConfig(Section):
-    """The skeleton's fixed student: transformers keep `layers` evenly spaced teacher layers;
-    CNNs keep `width` of each layer's channels (by weight magnitude)."""
+    """The fixed student (search.strategy: fixed): transformers keep `layers` evenly spaced
+    teacher layers; CNNs keep `width` of each layer's channels (by weight magnitude). Or any
+    point of the search space by `architecture`: transformers `num_hidden_layers`,
+    `hidden_size`, `num_attention_heads`, `intermediate_size`; CNNs `stage_width` (one multiplier
+    per stage) and `stage_depth` (removable blocks kept per stage); omitted keys keep the
+    teacher's value."""
 
     layers: int | list[int] | None = None
     width: float = Field(0.5, gt=0, le=1)
@@ -67,8 +71,17 @@ class StudentConfig(Section):
 
 
 class SearchConfig(Section):
+    """`evolution`: aging evolution over students derived from the teacher, ranked by a
+    training-free `proxy` on one batch of `batch_size` training rows, among those whose predicted
+    latency fits the budget (constraints.latency_budget_ms, else the target's default, else
+    `latency_fraction` of the way from the smallest student's predicted latency to the
+    teacher's)."""
+
     strategy: Literal["fixed", "evolution"] = "fixed"
     proxy: str = "diswot"
+    proxies: list[str] | None = None  # also recorded per candidate; None: every proxy
+    init: Literal["teacher", "random"] = "teacher"  # how students are initialised for scoring
+    latency_fraction: float = Field(0.5, gt=0, le=1)
     population: int = Field(16, ge=2)
     cycles: int = Field(48, ge=1)
     sample_size: int = Field(4, ge=1)

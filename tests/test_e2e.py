@@ -53,9 +53,11 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     for f in ("report.md", "report.png", "report.html", "manifest.json"):
         assert (run / f).is_file()
     # the distilled student is far better than chance (10 classes) and near the teacher
-    int8 = next(e for e in report["engines"] if e.get("precision") == "int8"
-                and e["engine"] == "onnxruntime")
-    assert int8["accuracy"]["accuracy"] > 0.8
+    fp32 = next(e for e in report["engines"] if e.get("precision") == "fp32")
+    assert fp32["accuracy"]["accuracy"] > 0.8
+    # the shipped engine is the TensorRT one; its accuracy comes from a labelled stand-in
+    assert trt["ships"] and trt["accuracy"]["engine"].startswith("onnxruntime-cpu-qdq-simulated")
+    assert trt["accuracy"]["value"] > 0.8
     assert report["teacher"]["accuracy"]["accuracy"] > 0.9
 
 

@@ -3,9 +3,11 @@ each layer's channels (by weight magnitude); both start from the teacher's weigh
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
+import torch
 
 from kdc.config import StudentConfig
 from kdc.errors import UserError
@@ -37,13 +39,42 @@ def fixed_student_spec(teacher: ModelAdapter, cfg: StudentConfig) -> dict[str, A
     return {"family": "cnn", "width": cfg.width}
 
 
-def derive_student(teacher: ModelAdapter, spec: dict[str, Any], example: dict[str, np.ndarray],
-                   divisor: int = 8) -> ModelAdapter:
-    """Build the student of `spec` from the teacher's weights."""
-    if spec["family"] == "transformer":
-        return teacher.select_layers(spec["layers"])
-    if spec.get("width", 1.0) >= 1.0:
-        import copy
+def _transformer(teacher: ModelAdapter, spec: dict[str, Any], example: dict[str, np.ndarray],
+                 divisor: int) -> ModelAdapter:
+    if any(k in spec for k in SIZE_KEYS):
+        return teacher.sliced(spec)
+    return teacher.select_layers(spec["layers"])
 
+
+def _cnn(teacher: ModelAdapter, spec: dict[str, Any], example: dict[str, np.ndarray],
+         divisor: int) -> ModelAdapter:
+    if "channels" in spec or "drop" in spec:
+        return teacher.sliced(spec, example)
+    if spec.get("width", 1.0) >= 1.0:
         return type(teacher)(copy.deepcopy(teacher.module), teacher.source)
     return teacher.shrink(spec["width"], divisor, example)
+
+
+SIZE_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size")
+DERIVE = {"transformer": _transformer, "cnn": _cnn}
+
+
+def derive_student(teacher: ModelAdapter, spec: dict[str, Any], example: dict[str, np.ndarray],
+                   divisor: int = 8) -> ModelAdapter:
+    """Build the student of `spec` from the teacher's weights. Transformer specs keep `layers`
+    and, with size keys, slice hidden/heads/FFN (`HFTextAdapter.sliced`); CNN specs give a
+    uniform `width`, or per-conv `channels` and `drop`ped blocks (`VisionAdapter.sliced`)."""
+    if spec.get("family") not in DERIVE:
+        raise UserError(f"unknown student family {spec.get('family')!r}", field="search",
+                        fix="run the search stage again")
+    return DERIVE[spec["family"]](teacher, spec, example, divisor)
+
+
+def random_init(student: ModelAdapter, seed: int) -> ModelAdapter:
+    """Re-initialise every layer of `student` in place (PyTorch defaults) under `seed`."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for m in student.module.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return student

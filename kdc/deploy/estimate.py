@@ -31,8 +31,11 @@ from kdc.profiles import HardwareProfile
 
 MODEL = "roofline-v1"
 PEAK_FIELD = {"fp32": "fp32_tflops", "fp16": "fp16_tflops", "int8": "int8_tops"}
-EFFICIENCY_FIELD = {"fp32": "compute_efficiency", "fp16": "fp16_compute_efficiency",
-                    "int8": "int8_compute_efficiency"}
+EFFICIENCY_FIELD = {
+    "fp32": "compute_efficiency",
+    "fp16": "fp16_compute_efficiency",
+    "int8": "int8_compute_efficiency",
+}
 CLASSES = tuple(PEAK_FIELD)
 
 
@@ -53,8 +56,9 @@ def efficiencies(lm: Any) -> dict[str, float]:
     return {c: float(d.get(f) or d["compute_efficiency"]) for c, f in EFFICIENCY_FIELD.items()}
 
 
-def ideal_times(kernels: Sequence[Kernel], profile: HardwareProfile
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ideal_times(
+    kernels: Sequence[Kernel], profile: HardwareProfile
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per kernel: seconds at 100 % of the compute peak, at 100 % of bandwidth, and its class
     index into CLASSES."""
     peaks = {c: getattr(profile.compute, f) * 1e12 for c, f in PEAK_FIELD.items()}
@@ -65,19 +69,26 @@ def ideal_times(kernels: Sequence[Kernel], profile: HardwareProfile
     return c, m, np.array([CLASSES.index(x) for x in cls], dtype=int)
 
 
-def kernel_times_s(kernels: Sequence[Kernel], profile: HardwareProfile,
-                   latency_model: Any = None) -> np.ndarray:
+def kernel_times_s(
+    kernels: Sequence[Kernel], profile: HardwareProfile, latency_model: Any = None
+) -> np.ndarray:
     """Per kernel seconds (rows: compute, memory, overhead) under `latency_model` (default: the
     profile's)."""
     lm = _as_dict(latency_model if latency_model is not None else profile.latency_model)
     c, m, cls = ideal_times(kernels, profile)
     eff = np.array([efficiencies(lm)[x] for x in CLASSES])
-    return np.vstack([c / eff[cls], m / float(lm["memory_efficiency"]),
-                      np.full(len(kernels), float(lm["kernel_overhead_us"]) * 1e-6)])
+    return np.vstack(
+        [
+            c / eff[cls],
+            m / float(lm["memory_efficiency"]),
+            np.full(len(kernels), float(lm["kernel_overhead_us"]) * 1e-6),
+        ]
+    )
 
 
-def predict_kernels_ms(kernels: Sequence[Kernel], profile: HardwareProfile,
-                       latency_model: Any = None) -> float:
+def predict_kernels_ms(
+    kernels: Sequence[Kernel], profile: HardwareProfile, latency_model: Any = None
+) -> float:
     """Predicted latency of a kernel list in milliseconds."""
     t = kernel_times_s(kernels, profile, latency_model)
     return float((np.maximum(t[0], t[1]) + t[2]).sum() * 1e3) if len(kernels) else 0.0
@@ -89,18 +100,23 @@ def _float_precision(precision: str, profile: HardwareProfile) -> str:
 
 def _check(precision: str, batch: int, profile: HardwareProfile) -> None:
     if precision not in WIDTH:
-        raise UserError(f"unknown precision '{precision}'", field="precision",
-                        fix="use fp32, fp16 or int8")
+        raise UserError(
+            f"unknown precision '{precision}'", field="precision", fix="use fp32, fp16 or int8"
+        )
     if precision not in profile.runtime.precisions:
-        raise UserError(f"target {profile.name} does not run {precision}", field="precision",
-                        fix=f"use one of {', '.join(profile.runtime.precisions)}")
+        raise UserError(
+            f"target {profile.name} does not run {precision}",
+            field="precision",
+            fix=f"use one of {', '.join(profile.runtime.precisions)}",
+        )
     if int(batch) < 1:
         raise UserError(f"batch must be >= 1, got {batch}", field="batch", fix="use 1 or more")
 
 
 def _breakdown(kernels: Sequence[Kernel], t: np.ndarray) -> list[dict]:
-    groups: dict[str, dict] = defaultdict(lambda: {"count": 0, "flops": 0.0, "bytes": 0.0,
-                                                   "ms": 0.0, "_bound": np.zeros(3)})
+    groups: dict[str, dict] = defaultdict(
+        lambda: {"count": 0, "flops": 0.0, "bytes": 0.0, "ms": 0.0, "_bound": np.zeros(3)}
+    )
     for k, (tc, tm, to) in zip(kernels, t.T, strict=True):
         g = groups[k.kind]
         g["count"] += 1
@@ -115,28 +131,43 @@ def _breakdown(kernels: Sequence[Kernel], t: np.ndarray) -> list[dict]:
     return sorted(rows, key=lambda r: -r["ms"])
 
 
-def _result(cost: GraphCost, profile: HardwareProfile, precision: str, batch: int,
-            explain: bool) -> dict:
+def _result(
+    cost: GraphCost, profile: HardwareProfile, precision: str, batch: int, explain: bool
+) -> dict:
     kernels = materialize(cost, precision, _float_precision(precision, profile))
     t = kernel_times_s(kernels, profile)
     ms = float((np.maximum(t[0], t[1]) + t[2]).sum() * 1e3)
-    out = {"kind": "predicted", "model": MODEL,
-           "calibrated_from": profile.latency_model.source, "target": profile.name,
-           "precision": precision, "batch": int(batch), "input_shape": cost.input_shapes,
-           "p50_ms": float(f"{ms:.4g}"), "flops": float(sum(k.flops for k in kernels)),
-           "bytes": float(sum(k.bytes for k in kernels)), "kernels": len(kernels)}
+    out = {
+        "kind": "predicted",
+        "model": MODEL,
+        "calibrated_from": profile.latency_model.source,
+        "target": profile.name,
+        "precision": precision,
+        "batch": int(batch),
+        "input_shape": cost.input_shapes,
+        "p50_ms": float(f"{ms:.4g}"),
+        "flops": float(sum(k.flops for k in kernels)),
+        "bytes": float(sum(k.bytes for k in kernels)),
+        "kernels": len(kernels),
+    }
     if cost.unknown_shapes:
-        out["warnings"] = [f"{cost.unknown_shapes} tensors had no inferred shape and were "
-                           "costed as empty"]
+        out["warnings"] = [
+            f"{cost.unknown_shapes} tensors had no inferred shape and were costed as empty"
+        ]
     if explain:
         out["breakdown"] = _breakdown(kernels, t)
     return out
 
 
-def predict_onnx(model_or_path: onnx.ModelProto | str | Path, profile: HardwareProfile, *,
-                 precision: str = "fp32", batch: int = 1,
-                 input_shapes: dict[str, list[int]] | None = None,
-                 explain: bool = False) -> dict:
+def predict_onnx(
+    model_or_path: onnx.ModelProto | str | Path,
+    profile: HardwareProfile,
+    *,
+    precision: str = "fp32",
+    batch: int = 1,
+    input_shapes: dict[str, list[int]] | None = None,
+    explain: bool = False,
+) -> dict:
     """Predicted latency of an ONNX model on `profile` (a REPORT.md latency object of kind
     `predicted`, with a per kernel-group `breakdown` when `explain`)."""
     _check(precision, batch, profile)
@@ -144,41 +175,65 @@ def predict_onnx(model_or_path: onnx.ModelProto | str | Path, profile: HardwareP
     return _result(cost, profile, precision, batch, explain)
 
 
-def predict_architecture(arch: dict[str, Any], profile: HardwareProfile, *,
-                         precision: str = "fp32", batch: int = 1,
-                         input_shapes: dict[str, list[int]] | None = None,
-                         explain: bool = False) -> dict:
+def predict_architecture(
+    arch: dict[str, Any],
+    profile: HardwareProfile,
+    *,
+    precision: str = "fp32",
+    batch: int = 1,
+    input_shapes: dict[str, list[int]] | None = None,
+    explain: bool = False,
+) -> dict:
     """Like `predict_onnx`, from an architecture dict, without exporting (for the search)."""
     _check(precision, batch, profile)
     cost = analyze_architecture(arch, batch=batch, input_shapes=input_shapes)
     return _result(cost, profile, precision, batch, explain)
 
 
-def predict_memory_mb(model_or_path: onnx.ModelProto | str | Path, precision: str, batch: int,
-                      input_shapes: dict[str, list[int]] | None = None) -> float:
+def predict_memory_mb(
+    model_or_path: onnx.ModelProto | str | Path,
+    precision: str,
+    batch: int,
+    input_shapes: dict[str, list[int]] | None = None,
+) -> float:
     """Predicted engine memory: weights at their run precision plus the peak of live
     activations (MiB)."""
     if precision not in WIDTH:
-        raise UserError(f"unknown precision '{precision}'", field="precision",
-                        fix="use fp32, fp16 or int8")
+        raise UserError(
+            f"unknown precision '{precision}'", field="precision", fix="use fp32, fp16 or int8"
+        )
     cost = analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes)
     return round(memory_bytes(cost, precision) / 2**20, 3)
 
 
 def explain_table(pred: dict) -> Table:
     """The breakdown of a prediction made with explain=True, as a rich table."""
-    table = Table(title=f"{pred['target']} {pred['precision']} batch {pred['batch']}: "
-                        f"{pred['p50_ms']:.4g} ms predicted ({pred['model']}, "
-                        f"{pred['kernels']} kernels)")
-    for col, justify in [("kernels", "left"), ("count", "right"), ("GFLOP", "right"),
-                         ("MB moved", "right"), ("ms", "right"), ("share", "right"),
-                         ("bound", "left")]:
+    table = Table(
+        title=f"{pred['target']} {pred['precision']} batch {pred['batch']}: "
+        f"{pred['p50_ms']:.4g} ms predicted ({pred['model']}, "
+        f"{pred['kernels']} kernels)"
+    )
+    for col, justify in [
+        ("kernels", "left"),
+        ("count", "right"),
+        ("GFLOP", "right"),
+        ("MB moved", "right"),
+        ("ms", "right"),
+        ("share", "right"),
+        ("bound", "left"),
+    ]:
         table.add_column(col, justify=justify)
     total = sum(r["ms"] for r in pred.get("breakdown", [])) or 1.0
     for r in pred.get("breakdown", []):
-        table.add_row(r["group"], str(r["count"]), f"{r['flops'] / 1e9:.3f}",
-                      f"{r['bytes'] / 1e6:.2f}", f"{r['ms']:.4f}", f"{r['ms'] / total:.0%}",
-                      r["bound"])
+        table.add_row(
+            r["group"],
+            str(r["count"]),
+            f"{r['flops'] / 1e9:.3f}",
+            f"{r['bytes'] / 1e6:.2f}",
+            f"{r['ms']:.4f}",
+            f"{r['ms'] / total:.0%}",
+            r["bound"],
+        )
     table.caption = f"calibrated from: {pred['calibrated_from']}"
     return table
 
@@ -190,8 +245,9 @@ Sample = tuple[Sequence[Kernel], float]
 _STARTS = [(o, e, me) for o in (2.0, 20.0) for e in (0.1, 0.6) for me in (0.2, 0.8)]
 
 
-def fit_latency_model(samples: Sequence[Sample], profile: HardwareProfile, *,
-                      fixed: dict[str, float] | None = None) -> dict:
+def fit_latency_model(
+    samples: Sequence[Sample], profile: HardwareProfile, *, fixed: dict[str, float] | None = None
+) -> dict:
     """Fit kernel_overhead_us, memory_efficiency and a compute efficiency per precision that
     appears in `samples` (kernel lists with measured milliseconds) by least squares on relative
     error. A factor no sample constrains (no kernel of that precision is ever compute-bound)
@@ -199,17 +255,25 @@ def fit_latency_model(samples: Sequence[Sample], profile: HardwareProfile, *,
     from scipy.optimize import least_squares
 
     if len(samples) < 2:
-        raise UserError(f"need at least 2 timed samples to fit, got {len(samples)}",
-                        field="samples", fix="time more models or batch sizes")
+        raise UserError(
+            f"need at least 2 timed samples to fit, got {len(samples)}",
+            field="samples",
+            fix="time more models or batch sizes",
+        )
     fixed = dict(fixed or {})
     lm = profile.latency_model
-    prior = {"kernel_overhead_us": lm.kernel_overhead_us,
-             "memory_efficiency": lm.memory_efficiency,
-             **{EFFICIENCY_FIELD[c]: e for c, e in efficiencies(lm).items()}}
+    prior = {
+        "kernel_overhead_us": lm.kernel_overhead_us,
+        "memory_efficiency": lm.memory_efficiency,
+        **{EFFICIENCY_FIELD[c]: e for c, e in efficiencies(lm).items()},
+    }
     data = [(*ideal_times(k, profile), len(k), float(ms) * 1e-3) for k, ms in samples]
     used = sorted({int(i) for _, _, cls, _, _ in data for i in np.unique(cls)})
-    names = ["kernel_overhead_us", "memory_efficiency",
-             *[EFFICIENCY_FIELD[CLASSES[i]] for i in used]]
+    names = [
+        "kernel_overhead_us",
+        "memory_efficiency",
+        *[EFFICIENCY_FIELD[CLASSES[i]] for i in used],
+    ]
     free = [n for n in names if n not in fixed]
 
     def unpack(x: np.ndarray) -> dict[str, float]:
@@ -218,18 +282,25 @@ def fit_latency_model(samples: Sequence[Sample], profile: HardwareProfile, *,
     def residuals(x: np.ndarray) -> np.ndarray:
         p = unpack(x)
         eff = np.array([p[EFFICIENCY_FIELD[c]] for c in CLASSES])
-        pred = np.array([np.maximum(c / eff[cls], m / p["memory_efficiency"]).sum()
-                         + n * p["kernel_overhead_us"] * 1e-6 for c, m, cls, n, _ in data])
+        pred = np.array(
+            [
+                np.maximum(c / eff[cls], m / p["memory_efficiency"]).sum()
+                + n * p["kernel_overhead_us"] * 1e-6
+                for c, m, cls, n, _ in data
+            ]
+        )
         return pred / np.array([y for *_, y in data]) - 1.0
 
     lower = [0.0 if n == "kernel_overhead_us" else 1e-3 for n in free]
     upper = [1e4 if n == "kernel_overhead_us" else 1.0 for n in free]
     best = None
     for o, e, me in _STARTS:
-        x0 = [o if n == "kernel_overhead_us" else me if n == "memory_efficiency" else e
-              for n in free]
-        r = least_squares(residuals, x0, bounds=(lower, upper), x_scale="jac",
-                          xtol=1e-12, ftol=1e-12, gtol=1e-12)
+        x0 = [
+            o if n == "kernel_overhead_us" else me if n == "memory_efficiency" else e for n in free
+        ]
+        r = least_squares(
+            residuals, x0, bounds=(lower, upper), x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12
+        )
         if best is None or r.cost < best.cost:
             best = r
     fit = unpack(best.x)
@@ -238,16 +309,20 @@ def fit_latency_model(samples: Sequence[Sample], profile: HardwareProfile, *,
     for n in unconstrained:
         fit[n] = prior[n]
     err = np.abs(residuals(np.array([fit[n] for n in free])))
-    out = {"kernel_overhead_us": round(fit["kernel_overhead_us"], 3),
-           "compute_efficiency": round(fit["compute_efficiency"], 4),
-           "memory_efficiency": round(fit["memory_efficiency"], 4)}
+    out = {
+        "kernel_overhead_us": round(float(fit["kernel_overhead_us"]), 3),
+        "compute_efficiency": round(float(fit["compute_efficiency"]), 4),
+        "memory_efficiency": round(float(fit["memory_efficiency"]), 4),
+    }
     for c in ("int8", "fp16"):
         f = EFFICIENCY_FIELD[c]
         if f in names and f not in unconstrained:
-            out[f] = round(fit[f], 4)
+            out[f] = round(float(fit[f]), 4)
         elif getattr(lm, f) is not None:
             out[f] = getattr(lm, f)
     note = f"; kept from profile: {', '.join(unconstrained)}" if unconstrained else ""
-    out["source"] = (f"fitted ({MODEL}) to {len(samples)} timings: median |error| "
-                     f"{np.median(err):.1%}, max {err.max():.1%}{note}")
+    out["source"] = (
+        f"fitted ({MODEL}) to {len(samples)} timings: median |error| "
+        f"{np.median(err):.1%}, max {err.max():.1%}{note}"
+    )
     return out

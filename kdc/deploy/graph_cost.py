@@ -32,49 +32,63 @@ WIDTH = {"fp32": 4, "fp16": 2, "int8": 1}
 TENSOR_KINDS = frozenset({"gemm", "conv", "attention"})
 """Kernel kinds that run on matrix units (tensor cores, VNNI) and can run at int8."""
 
-VIEW_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout",
-                      "QuantizeLinear", "DequantizeLinear"})
+
+def _names(text: str) -> list[str]:
+    return text.split()
+
+
+VIEW_OPS = frozenset(
+    _names("Reshape Squeeze Unsqueeze Flatten Identity Dropout QuantizeLinear DequantizeLinear")
+)
 MATMULS = frozenset({"MatMul", "MatMulInteger", "QLinearMatMul"})
 QUANTIZABLE = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
-INTEGER_OPS = frozenset({"MatMulInteger", "QLinearMatMul", "ConvInteger", "QLinearConv",
-                         "QGemm", "QAttention"})
-LN_OPS = frozenset({"Sub", "Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Div", "Reciprocal",
-                    "Cast"})
+INTEGER_OPS = frozenset(
+    _names("MatMulInteger QLinearMatMul ConvInteger QLinearConv QGemm QAttention")
+)
+LN_OPS = frozenset(_names("Sub Pow Mul ReduceMean Add Sqrt Div Reciprocal Cast"))
 PROLOGUE_OPS = frozenset({"Transpose", "Mul", "Div", "Cast"})
 OUTPUT_SIZED_READS = frozenset({"Gather", "GatherElements", "GatherND", "Slice"})
 """Ops whose first input is read only where the output selects it."""
 
 # FLOPs per output element of elementwise ops (transcendentals counted as a few).
 POINTWISE: dict[str, float] = {
-    **dict.fromkeys(["Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "LeakyRelu", "PRelu",
-                     "Max", "Min", "Clip", "Where", "Equal", "Greater", "Less", "GreaterOrEqual",
-                     "LessOrEqual", "Not", "And", "Or", "Xor", "Cast", "Floor", "Ceil", "Round",
-                     "Sign", "Mod", "Reciprocal", "Sqrt", "Pow", "IsNaN", "IsInf"], 1.0),
-    **dict.fromkeys(["Erf", "Tanh", "Exp", "Log", "Sigmoid", "Softplus", "Sin", "Cos",
-                     "Elu", "Selu", "Celu"], 4.0),
-    **dict.fromkeys(["BatchNormalization", "HardSigmoid", "BiasAdd"], 2.0),
-    "HardSwish": 3.0, "QuickGelu": 5.0, "Gelu": 8.0, "FastGelu": 8.0, "BiasGelu": 9.0,
-    "Mish": 8.0,
+    **dict.fromkeys(
+        _names(
+            "Add Sub Mul Div Neg Abs Relu LeakyRelu PRelu Max Min Clip Where Equal Greater Less "
+            "GreaterOrEqual LessOrEqual Not And Or Xor Cast Floor Ceil Round Sign Mod Reciprocal "
+            "Sqrt Pow IsNaN IsInf"
+        ),
+        1.0,
+    ),
+    **dict.fromkeys(_names("Erf Tanh Exp Log Sigmoid Softplus Sin Cos Elu Selu Celu"), 4.0),
+    **dict.fromkeys(_names("BatchNormalization HardSigmoid BiasAdd"), 2.0),
+    **{"HardSwish": 3.0, "QuickGelu": 5.0, "Gelu": 8.0, "FastGelu": 8.0, "BiasGelu": 9.0},
+    **{"Mish": 8.0, "Expand": 0.0},
 }
 NORMS: dict[str, float] = {
-    "LayerNormalization": 8.0, "SkipLayerNormalization": 10.0,
-    "SimplifiedLayerNormalization": 5.0, "SkipSimplifiedLayerNormalization": 6.0,
-    "InstanceNormalization": 8.0, "GroupNormalization": 8.0, "Softmax": 5.0, "LogSoftmax": 6.0,
-    "EmbedLayerNormalization": 10.0,
+    **{"LayerNormalization": 8.0, "SkipLayerNormalization": 10.0, "Softmax": 5.0},
+    **{"SimplifiedLayerNormalization": 5.0, "SkipSimplifiedLayerNormalization": 6.0},
+    **{"InstanceNormalization": 8.0, "GroupNormalization": 8.0, "LogSoftmax": 6.0},
+    **{"EmbedLayerNormalization": 10.0},
 }
+REDUCTIONS = _names(
+    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL2 ReduceSumSquare ArgMax ArgMin"
+)
 OP_KIND: dict[str, str] = {
-    **dict.fromkeys(["MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "QGemm"], "gemm"),
-    **dict.fromkeys(["Conv", "ConvTranspose", "ConvInteger", "QLinearConv"], "conv"),
-    **dict.fromkeys(["Attention", "MultiHeadAttention", "QAttention"], "attention"),
+    **dict.fromkeys(_names("MatMul Gemm MatMulInteger QLinearMatMul QGemm"), "gemm"),
+    **dict.fromkeys(_names("Conv ConvTranspose ConvInteger QLinearConv"), "conv"),
+    **dict.fromkeys(_names("Attention MultiHeadAttention QAttention"), "attention"),
     **dict.fromkeys(NORMS, "norm"),
     **dict.fromkeys(POINTWISE, "pointwise"),
-    **dict.fromkeys(["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
-                     "ReduceL2", "ReduceSumSquare", "ArgMax", "ArgMin", "TopK",
-                     "DynamicQuantizeLinear"], "reduce"),
-    **dict.fromkeys(["MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"], "pool"),
-    **dict.fromkeys(["Gather", "GatherElements", "GatherND", "Slice", "Concat", "Split",
-                     "Transpose", "Expand", "Tile", "Pad", "Resize", "DepthToSpace",
-                     "SpaceToDepth", "ScatterND", "ScatterElements"], "memory"),
+    **dict.fromkeys([*REDUCTIONS, "TopK", "DynamicQuantizeLinear"], "reduce"),
+    **dict.fromkeys(_names("MaxPool AveragePool GlobalAveragePool GlobalMaxPool"), "pool"),
+    **dict.fromkeys(
+        _names(
+            "Gather GatherElements GatherND Slice Concat Split Transpose Tile Pad Resize "
+            "DepthToSpace SpaceToDepth ScatterND ScatterElements"
+        ),
+        "memory",
+    ),
 }
 
 
@@ -127,25 +141,30 @@ def kernel_precision(k: KernelShape, precision: str, float_precision: str | None
     return float_precision or float_default(precision)
 
 
-def materialize(cost: GraphCost, precision: str = "fp32",
-                float_precision: str | None = None) -> list[Kernel]:
+def materialize(
+    cost: GraphCost, precision: str = "fp32", float_precision: str | None = None
+) -> list[Kernel]:
     """Kernels with bytes at the widths of `precision` (int8 only where an op can run at int8)."""
     if precision not in WIDTH:
-        raise UserError(f"unknown precision '{precision}'", field="precision",
-                        fix="use fp32, fp16 or int8")
+        raise UserError(
+            f"unknown precision '{precision}'", field="precision", fix="use fp32, fp16 or int8"
+        )
     out = []
     for k in cost.kernels:
         p = kernel_precision(k, precision, float_precision)
-        out.append(Kernel(k.name, k.ops, k.flops, (k.act_elems + k.weight_elems) * WIDTH[p],
-                          p, k.kind))
+        out.append(
+            Kernel(k.name, k.ops, k.flops, (k.act_elems + k.weight_elems) * WIDTH[p], p, k.kind)
+        )
     return out
 
 
 def memory_bytes(cost: GraphCost, precision: str, float_precision: str | None = None) -> float:
     """Weights at their run precision plus the peak of live activations."""
     fp = float_precision or float_default(precision)
-    weights = sum(n * (1 if q or (precision == "int8" and tk) else WIDTH[fp])
-                  for n, q, tk in cost.weights.values())
+    weights = sum(
+        n * (1 if q or (precision == "int8" and tk) else WIDTH[fp])
+        for n, q, tk in cost.weights.values()
+    )
     return weights + cost.peak_act_elems * WIDTH[fp]
 
 
@@ -222,9 +241,7 @@ FLOPS: dict[str, FlopFn] = {
     "GlobalMaxPool": lambda n, i, o: _numel(i[0]),
     "DynamicQuantizeLinear": lambda n, i, o: 3.0 * _numel(i[0]),
     **{op: _per_output_element(f) for op, f in {**POINTWISE, **NORMS}.items()},
-    **dict.fromkeys(["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
-                     "ReduceL2", "ReduceSumSquare", "ArgMax", "ArgMin"],
-                    lambda n, i, o: _numel(i[0])),
+    **dict.fromkeys(REDUCTIONS, lambda n, i, o: _numel(i[0])),
     **dict.fromkeys([k for k, v in OP_KIND.items() if v == "memory"], lambda n, i, o: 0.0),
 }
 
@@ -249,12 +266,15 @@ def node_flops(node: onnx.NodeProto, ins: list[Shape], outs: list[Shape]) -> flo
 def _dims(t: onnx.TypeProto) -> list[int | str] | None:
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-            for d in t.tensor_type.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+        for d in t.tensor_type.shape.dim
+    ]
 
 
-def concrete_inputs(model: onnx.ModelProto, batch: int,
-                    input_shapes: dict[str, list[int]] | None) -> dict[str, list[int]]:
+def concrete_inputs(
+    model: onnx.ModelProto, batch: int, input_shapes: dict[str, list[int]] | None
+) -> dict[str, list[int]]:
     """Shapes of the graph inputs with dynamic dims filled: dim 0 by `batch`, the rest from
     `input_shapes`; a dynamic dim nobody filled is a UserError."""
     inits = {i.name for i in model.graph.initializer}
@@ -262,35 +282,44 @@ def concrete_inputs(model: onnx.ModelProto, batch: int,
     real = [i for i in model.graph.input if i.name not in inits]
     unknown = set(given) - {i.name for i in real}
     if unknown:
-        raise UserError(f"input_shapes names {sorted(unknown)}, the model has "
-                        f"{[i.name for i in real]}", field="input_shapes",
-                        fix="use the model's input names")
-    return {vi.name: _concrete(vi.name, _dims(vi.type), given.get(vi.name), batch)
-            for vi in real}
+        raise UserError(
+            f"input_shapes names {sorted(unknown)}, the model has {[i.name for i in real]}",
+            field="input_shapes",
+            fix="use the model's input names",
+        )
+    return {vi.name: _concrete(vi.name, _dims(vi.type), given.get(vi.name), batch) for vi in real}
 
 
-def _concrete(name: str, dims: list[int | str] | None, want: list[int] | None,
-              batch: int) -> list[int]:
+def _concrete(
+    name: str, dims: list[int | str] | None, want: list[int] | None, batch: int
+) -> list[int]:
     fix = f"pass input_shapes={{'{name}': [...]}}"
     if dims is None:
         if want is None:
-            raise UserError(f"input '{name}' has no shape in the model", field="input_shapes",
-                            fix=fix)
+            raise UserError(
+                f"input '{name}' has no shape in the model", field="input_shapes", fix=fix
+            )
         return [int(batch), *(int(x) for x in want[1:])]
     if want is not None and len(want) != len(dims):
-        raise UserError(f"input '{name}' has rank {len(dims)}, input_shapes gives {list(want)}",
-                        field="input_shapes", fix="give every dimension")
+        raise UserError(
+            f"input '{name}' has rank {len(dims)}, input_shapes gives {list(want)}",
+            field="input_shapes",
+            fix="give every dimension",
+        )
     shape = []
     for i, d in enumerate(dims):
         fixed = isinstance(d, int) and d > 0
         target = int(batch) if i == 0 else (int(want[i]) if want is not None else None)
         if fixed and target is not None and target != d:
-            raise UserError(f"input '{name}' has fixed dim {i} = {d}, asked for {target}",
-                            field="batch" if i == 0 else "input_shapes",
-                            fix=f"use {d} or export with that dimension dynamic")
+            raise UserError(
+                f"input '{name}' has fixed dim {i} = {d}, asked for {target}",
+                field="batch" if i == 0 else "input_shapes",
+                fix=f"use {d} or export with that dimension dynamic",
+            )
         if not fixed and target is None:
-            raise UserError(f"input '{name}' has a dynamic dimension {i} ('{d}')",
-                            field="input_shapes", fix=fix)
+            raise UserError(
+                f"input '{name}' has a dynamic dimension {i} ('{d}')", field="input_shapes", fix=fix
+            )
         shape.append(int(d) if fixed else target)
     return shape
 
@@ -321,8 +350,7 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     if any(n.domain == "com.microsoft" for n in model.graph.node):
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True,
-                                                   guess_output_rank=True)
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
     return shape_inference.infer_shapes(model, data_prop=True)
 
 
@@ -330,8 +358,9 @@ FOLD_MAX_ELEMS = 4096
 FOLD_PASSES = 3
 
 
-def _fold_constants(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
-                    ) -> onnx.ModelProto | None:
+def _fold_constants(
+    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
+) -> onnx.ModelProto | None:
     """Evaluate the small constant subgraph (shape arithmetic: Shape, Gather, Concat, Where,
     Equal, …) that shape inference could not, and return the model with its results as
     initializers; None when nothing new was computed."""
@@ -346,26 +375,41 @@ def _fold_constants(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
         if n.op_type == "Shape" and n.input[0] in shapes:
             dims = list(shapes[n.input[0]])
             start, end = _attr(n, "start", 0), _attr(n, "end", len(dims))
-            consts.append(numpy_helper.from_array(
-                np.array(dims[start:end], dtype=np.int64), n.output[0]))
+            consts.append(
+                numpy_helper.from_array(np.array(dims[start:end], dtype=np.int64), n.output[0])
+            )
             avail.add(n.output[0])
-        elif (n.domain in ("", "ai.onnx") and not n.op_type.startswith("Random")
-              and all(x in avail for x in ins)):
+        elif (
+            n.domain in ("", "ai.onnx")
+            and not n.op_type.startswith("Random")
+            and all(x in avail for x in ins)
+            and all(math.prod(shapes.get(o, ())) <= FOLD_MAX_ELEMS for o in n.output)
+        ):
             picked.append(n)
             avail.update(n.output)
     outs = [o for n in picked for o in n.output if o]
     if not outs:
         return None
     sub = helper.make_model(
-        helper.make_graph(picked, "fold", [], [helper.make_value_info(o, onnx.TypeProto())
-                                              for o in outs], [*values.values(), *consts]),
-        opset_imports=list(model.opset_import), ir_version=model.ir_version)
+        helper.make_graph(
+            picked,
+            "fold",
+            [],
+            [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
+            [*values.values(), *consts],
+        ),
+        opset_imports=list(model.opset_import),
+        ir_version=model.ir_version,
+    )
     try:
         results = ReferenceEvaluator(sub).run(None, {})
     except Exception:  # an op the reference runtime lacks: keep what inference found
         return None
-    folded = {o: numpy_helper.from_array(np.asarray(v), o) for o, v in
-              zip(outs, results, strict=True) if np.size(v) <= FOLD_MAX_ELEMS}
+    folded = {
+        o: numpy_helper.from_array(np.asarray(v), o)
+        for o, v in zip(outs, results, strict=True)
+        if np.size(v) <= FOLD_MAX_ELEMS
+    }
     if not folded:
         return None
     m = onnx.ModelProto()
@@ -422,8 +466,9 @@ class _Graph:
         self.compute: list[int] = []
         for i, n in enumerate(self.nodes):
             ins = [x for x in n.input if x]
-            if n.op_type == "DequantizeLinear" or (n.op_type in VIEW_OPS and ins
-                                                   and ins[0] in self.dq):
+            if n.op_type == "DequantizeLinear" or (
+                n.op_type in VIEW_OPS and ins and ins[0] in self.dq
+            ):
                 self.dq.update(n.output)
             if n.op_type in ("Shape", "Size") or all(x in self.static for x in ins):
                 self.static.update(n.output)
@@ -497,9 +542,14 @@ def _fuse_attention(g: _Graph) -> None:
             continue
         members |= {m1, m2}
         for t in [*g.live_inputs(m1), g.root(g.nodes[m2].input[1])]:
-            while ((p := g.producer.get(t)) is not None and p not in members
-                   and p not in g.group and g.op(p) in PROLOGUE_OPS
-                   and len(g.live_inputs(p)) == 1 and g.sole_consumer(t) is not None):
+            while (
+                (p := g.producer.get(t)) is not None
+                and p not in members
+                and p not in g.group
+                and g.op(p) in PROLOGUE_OPS
+                and len(g.live_inputs(p)) == 1
+                and g.sole_consumer(t) is not None
+            ):
                 members.add(p)
                 t = g.live_inputs(p)[0]
         c = g.sole_consumer(g.root(g.nodes[m2].output[0]))
@@ -514,8 +564,17 @@ def _fuse_layernorm(g: _Graph) -> None:
         if r in g.group or not g.live_inputs(r):
             continue
         x, mean = g.live_inputs(r)[0], g.nodes[r].output[0]
-        sub = next((c for c in g.consumers.get(mean, []) if c >= 0 and g.op(c) == "Sub"
-                    and set(g.live_inputs(c)) == {x, mean} and c not in g.group), None)
+        sub = next(
+            (
+                c
+                for c in g.consumers.get(mean, [])
+                if c >= 0
+                and g.op(c) == "Sub"
+                and set(g.live_inputs(c)) == {x, mean}
+                and c not in g.group
+            ),
+            None,
+        )
         if sub is None:
             continue
         members, changed = {r, sub}, True
@@ -524,10 +583,15 @@ def _fuse_layernorm(g: _Graph) -> None:
             for m in list(members):
                 for o in g.nodes[m].output:
                     for c in g.consumers.get(o, []):
-                        if (c >= 0 and c not in members and c not in g.group
-                                and g.op(c) in LN_OPS
-                                and all(g.producer.get(y) in members or y == x
-                                        for y in g.live_inputs(c))):
+                        if (
+                            c >= 0
+                            and c not in members
+                            and c not in g.group
+                            and g.op(c) in LN_OPS
+                            and all(
+                                g.producer.get(y) in members or y == x for y in g.live_inputs(c)
+                            )
+                        ):
                             members.add(c)
                             changed = True
         if sum(g.op(m) == "ReduceMean" for m in members) >= 2:
@@ -563,8 +627,14 @@ def _kernel_costs(g: _Graph, inputs: list[str]) -> GraphCost:
     pos_of = {gid: k for k, gid in enumerate(order)}
     kernels: list[KernelShape] = []
     weights: dict[str, tuple[float, bool, bool]] = {}
-    lifetimes = [(g.numel(x), 0, max((pos_of[g.group[u]] for u in g.consumers.get(x, [])
-                                      if u >= 0), default=0)) for x in inputs]
+    lifetimes = [
+        (
+            g.numel(x),
+            0,
+            max((pos_of[g.group[u]] for u in g.consumers.get(x, []) if u >= 0), default=0),
+        )
+        for x in inputs
+    ]
     unknown = 0
     for gid in order:
         kind, members = g.groups[gid]
@@ -577,7 +647,8 @@ def _kernel_costs(g: _Graph, inputs: list[str]) -> GraphCost:
             unknown += sum(s is None for s, o in zip(outs, n.output, strict=True) if o)
             flops += node_flops(n, [g.shapes.get(x) if x else None for x in n.input], outs)
             quantized |= n.op_type in INTEGER_OPS or (
-                n.op_type in QUANTIZABLE and any(x in g.dq for x in n.input))
+                n.op_type in QUANTIZABLE and any(x in g.dq for x in n.input)
+            )
             for p, x in enumerate(n.input):
                 if x in g.static:
                     consts[x] = max(consts.get(x, 0.0), _reads(g, m, p, x))
@@ -594,10 +665,17 @@ def _kernel_costs(g: _Graph, inputs: list[str]) -> GraphCost:
             q, tk = weights.get(x, (0.0, False, False))[1:]
             weights[x] = (g.numel(x), q or quantized, tk or kind in TENSOR_KINDS)
         first = g.nodes[min(mset)]
-        kernels.append(KernelShape(first.name or first.output[0],
-                                   tuple(g.op(m) for m in sorted(mset)), flops,
-                                   sum(act_in.values()) + act_out, sum(consts.values()), kind,
-                                   quantized))
+        kernels.append(
+            KernelShape(
+                first.name or first.output[0],
+                tuple(g.op(m) for m in sorted(mset)),
+                flops,
+                sum(act_in.values()) + act_out,
+                sum(consts.values()),
+                kind,
+                quantized,
+            )
+        )
     return GraphCost(kernels, {}, weights, _peak(lifetimes, len(order)), unknown)
 
 
@@ -624,13 +702,17 @@ def load_model(model_or_path: onnx.ModelProto | str | Path) -> onnx.ModelProto:
         return model_or_path
     path = Path(model_or_path)
     if not path.is_file():
-        raise UserError("ONNX model not found", source=str(path),
-                        fix="pass the path of an exported model.onnx")
+        raise UserError(
+            "ONNX model not found", source=str(path), fix="pass the path of an exported model.onnx"
+        )
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and others
-        raise UserError(f"not a readable ONNX model ({type(e).__name__})", source=str(path),
-                        fix="re-export the model") from None
+        raise UserError(
+            f"not a readable ONNX model ({type(e).__name__})",
+            source=str(path),
+            fix="re-export the model",
+        ) from None
 
 
 def structure_hash(model: onnx.ModelProto) -> str:
@@ -639,8 +721,7 @@ def structure_hash(model: onnx.ModelProto) -> str:
     g = model.graph
     for op in model.opset_import:
         h.update(f"{op.domain}:{op.version};".encode())
-    for n in g.node:
-        h.update(n.SerializeToString())
+    h.update(b"".join(n.SerializeToString() for n in g.node))
     for t in g.initializer:
         h.update(f"{t.name}:{t.data_type}:{list(t.dims)};".encode())
         if math.prod(t.dims) <= 64 and t.data_location != onnx.TensorProto.EXTERNAL:
@@ -650,8 +731,9 @@ def structure_hash(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
-def _model_and_key(model_or_path: onnx.ModelProto | str | Path
-                   ) -> tuple[str, onnx.ModelProto | None]:
+def _model_and_key(
+    model_or_path: onnx.ModelProto | str | Path,
+) -> tuple[str, onnx.ModelProto | None]:
     """The structure hash and, unless a cached path, the loaded model."""
     if isinstance(model_or_path, onnx.ModelProto):
         return structure_hash(model_or_path), model_or_path
@@ -670,8 +752,12 @@ def _model_and_key(model_or_path: onnx.ModelProto | str | Path
     return entry
 
 
-def analyze_onnx(model_or_path: onnx.ModelProto | str | Path, *, batch: int = 1,
-                 input_shapes: dict[str, list[int]] | None = None) -> GraphCost:
+def analyze_onnx(
+    model_or_path: onnx.ModelProto | str | Path,
+    *,
+    batch: int = 1,
+    input_shapes: dict[str, list[int]] | None = None,
+) -> GraphCost:
     """Kernels of an ONNX graph at concrete shapes (cached on structure, batch and shapes)."""
     digest, model = _model_and_key(model_or_path)
     key = (digest, int(batch), json.dumps(input_shapes or {}, sort_keys=True))
@@ -683,10 +769,11 @@ def analyze_onnx(model_or_path: onnx.ModelProto | str | Path, *, batch: int = 1,
     try:
         tensor_shapes = _inferred_shapes(_stripped(model, shapes))
     except Exception as e:  # onnx's InferenceError and checker errors
-        raise UserError(f"shape inference failed: {str(e).splitlines()[0][:200]}",
-                        source=str(model_or_path) if not isinstance(
-                            model_or_path, onnx.ModelProto) else None,
-                        fix="check input_shapes against the model's inputs") from None
+        raise UserError(
+            f"shape inference failed: {str(e).splitlines()[0][:200]}",
+            source=str(model_or_path) if not isinstance(model_or_path, onnx.ModelProto) else None,
+            fix="check input_shapes against the model's inputs",
+        ) from None
     g = _Graph(model, tensor_shapes)
     for fuse in FUSION_PASSES:
         fuse(g)
@@ -698,25 +785,38 @@ def analyze_onnx(model_or_path: onnx.ModelProto | str | Path, *, batch: int = 1,
     return cost
 
 
-def kernels_from_onnx(model_or_path: onnx.ModelProto | str | Path, *, batch: int = 1,
-                      input_shapes: dict[str, list[int]] | None = None,
-                      precision: str = "fp32", float_precision: str | None = None
-                      ) -> list[Kernel]:
+def kernels_from_onnx(
+    model_or_path: onnx.ModelProto | str | Path,
+    *,
+    batch: int = 1,
+    input_shapes: dict[str, list[int]] | None = None,
+    precision: str = "fp32",
+    float_precision: str | None = None,
+) -> list[Kernel]:
     """The fused kernel list of an ONNX graph at `precision`."""
-    return materialize(analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes),
-                       precision, float_precision)
+    return materialize(
+        analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes),
+        precision,
+        float_precision,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Architecture dicts: the same kernels without building a graph
 
-_ARCH_ALIASES = {"layers": "num_hidden_layers", "hidden": "hidden_size",
-                 "heads": "num_attention_heads", "intermediate": "intermediate_size",
-                 "vocab": "vocab_size", "seq": "max_length"}
+_ARCH_ALIASES = {
+    "layers": "num_hidden_layers",
+    "hidden": "hidden_size",
+    "heads": "num_attention_heads",
+    "intermediate": "intermediate_size",
+    "vocab": "vocab_size",
+    "seq": "max_length",
+}
 
 
-def _transformer(arch: dict[str, Any], batch: int,
-                 input_shapes: dict[str, list[int]] | None) -> GraphCost:
+def _transformer(
+    arch: dict[str, Any], batch: int, input_shapes: dict[str, list[int]] | None
+) -> GraphCost:
     """A BERT-style encoder as torch.onnx exports it: mask, embeddings + LN, per layer Q/K/V
     GEMMs, one attention kernel, output GEMM(+residual), LN, FFN GEMM(+GELU), GEMM(+residual),
     LN; then CLS gather, pooler GEMM+tanh and classifier GEMM (or mean pooling)."""
@@ -726,34 +826,70 @@ def _transformer(arch: dict[str, Any], batch: int,
         heads = int(a.get("num_attention_heads") or 1)
         inter = int(a.get("intermediate_size") or 4 * h)
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"transformer architecture lacks {e}", field="architecture",
-                        fix="give num_hidden_layers and hidden_size") from None
+        raise UserError(
+            f"transformer architecture lacks {e}",
+            field="architecture",
+            fix="give num_hidden_layers and hidden_size",
+        ) from None
     shape = (input_shapes or {}).get("input_ids")
     seq = int(shape[1]) if shape else int(a.get("max_length") or 0)
     if seq <= 0:
-        raise UserError("no sequence length", field="input_shapes",
-                        fix="pass input_shapes={'input_ids': [batch, seq]} or max_length")
+        raise UserError(
+            "no sequence length",
+            field="input_shapes",
+            fix="pass input_shapes={'input_ids': [batch, seq]} or max_length",
+        )
     b, s = int(batch), seq
     bs, bsh = b * s, b * s * h
     ks: list[KernelShape] = []
     w: dict[str, tuple[float, bool, bool]] = {}
 
-    def add(name: str, ops: tuple[str, ...], flops: float, act: float, weights: float,
-            kind: str, weight_names: dict[str, float] | None = None) -> None:
+    def add(
+        name: str,
+        ops: tuple[str, ...],
+        flops: float,
+        act: float,
+        weights: float,
+        kind: str,
+        weight_names: dict[str, float] | None = None,
+    ) -> None:
         ks.append(KernelShape(name, ops, flops, act, weights, kind))
         for wn, n in (weight_names or {}).items():
             w[wn] = (n, False, kind in TENSOR_KINDS)
 
-    def linear(name: str, fin: int, fout: int, rows: int, extra_ops: tuple[str, ...] = (),
-               extra_flops: float = 0.0, extra_act: float = 0.0) -> None:
-        add(name, ("MatMul", "Add", *extra_ops), 2.0 * rows * fin * fout + rows * fout
-            + extra_flops, rows * fin + rows * fout + extra_act, fin * fout + fout, "gemm",
-            {f"{name}.w": fin * fout + fout})
+    def linear(
+        name: str,
+        fin: int,
+        fout: int,
+        rows: int,
+        extra_ops: tuple[str, ...] = (),
+        extra_flops: float = 0.0,
+        extra_act: float = 0.0,
+    ) -> None:
+        add(
+            name,
+            ("MatMul", "Add", *extra_ops),
+            2.0 * rows * fin * fout + rows * fout + extra_flops,
+            rows * fin + rows * fout + extra_act,
+            fin * fout + fout,
+            "gemm",
+            {f"{name}.w": fin * fout + fout},
+        )
 
     add("mask", ("Cast", "Sub", "Mul"), 3.0 * bs, 2.0 * bs, 2.0, "pointwise")
-    add("embeddings", ("Gather", "Add", "Add"), 2.0 * bsh, bs + bsh, 2.0 * bsh + s * h,
-        "memory", {"word_embeddings": a.get("vocab_size", 30522) * h, "position_embeddings":
-                   s * h, "token_type_embeddings": bsh})
+    add(
+        "embeddings",
+        ("Gather", "Add", "Add"),
+        2.0 * bsh,
+        bs + bsh,
+        2.0 * bsh + s * h,
+        "memory",
+        {
+            "word_embeddings": a.get("vocab_size", 30522) * h,
+            "position_embeddings": s * h,
+            "token_type_embeddings": bsh,
+        },
+    )
     ln = ("LayerNormalization",)
     add("embeddings.ln", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {"emb.ln": 2.0 * h})
     hs = b * heads * s * s
@@ -761,9 +897,24 @@ def _transformer(arch: dict[str, Any], batch: int,
         p = f"layer{i}"
         for qkv in "qkv":
             linear(f"{p}.{qkv}", h, h, bs)
-        add(f"{p}.attention", ("Transpose", "Transpose", "Transpose", "MatMul", "Div", "Add",
-                               "Softmax", "MatMul", "Transpose"),
-            4.0 * b * s * s * h + 7.0 * hs, 4.0 * bsh + bs, 1.0, "attention")
+        add(
+            f"{p}.attention",
+            (
+                "Transpose",
+                "Transpose",
+                "Transpose",
+                "MatMul",
+                "Div",
+                "Add",
+                "Softmax",
+                "MatMul",
+                "Transpose",
+            ),
+            4.0 * b * s * s * h + 7.0 * hs,
+            4.0 * bsh + bs,
+            1.0,
+            "attention",
+        )
         linear(f"{p}.o", h, h, bs, ("Add",), bsh, bsh)
         add(f"{p}.ln1", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {f"{p}.ln1": 2.0 * h})
         rows_i = bs * inter
@@ -776,26 +927,41 @@ def _transformer(arch: dict[str, Any], batch: int,
     else:
         add("cls", ("Gather",), 0.0, 2.0 * b * h, 1.0, "memory")
         if a.get("pooler", True):
-            add("pooler", ("Gemm", "Tanh"), 2.0 * b * h * h + 5.0 * b * h, 2.0 * b * h,
-                h * h + h, "gemm", {"pooler": h * h + h})
+            add(
+                "pooler",
+                ("Gemm", "Tanh"),
+                2.0 * b * h * h + 5.0 * b * h,
+                2.0 * b * h,
+                h * h + h,
+                "gemm",
+                {"pooler": h * h + h},
+            )
     if labels:
-        add("classifier", ("Gemm",), 2.0 * b * h * labels + b * labels, b * h + b * labels,
-            h * labels + labels, "gemm", {"classifier": h * labels + labels})
+        add(
+            "classifier",
+            ("Gemm",),
+            2.0 * b * h * labels + b * labels,
+            b * h + b * labels,
+            h * labels + labels,
+            "gemm",
+            {"classifier": h * labels + labels},
+        )
     peak = 3.0 * bsh + b * heads * s * s + bs * inter
     return GraphCost(ks, {"input_ids": [b, s], "attention_mask": [b, s]}, w, peak)
 
 
-def _cnn(arch: dict[str, Any], batch: int,
-         input_shapes: dict[str, list[int]] | None) -> GraphCost:
+def _cnn(arch: dict[str, Any], batch: int, input_shapes: dict[str, list[int]] | None) -> GraphCost:
     """A CNN given as `layers`: conv (out, kernel, stride, groups, padding, residual, branch,
     in_shape), maxpool/avgpool (kernel, stride), global_pool, linear (out). BatchNorm, bias and
     activation fold into each conv; `residual` adds the skip-connection read."""
     given = (input_shapes or {}).get("pixel_values")
     shape = list(given[1:]) if given else list(arch.get("input_shape") or [])
     if len(shape) != 3 or "layers" not in arch:
-        raise UserError("a cnn architecture needs `layers` and an input shape C×H×W",
-                        field="architecture",
-                        fix="pass input_shapes={'pixel_values': [b, c, h, w]} and layers")
+        raise UserError(
+            "a cnn architecture needs `layers` and an input shape C×H×W",
+            field="architecture",
+            fix="pass input_shapes={'pixel_values': [b, c, h, w]} and layers",
+        )
     b = int(batch)
     c, hh, ww = (int(x) for x in shape)
     ks: list[KernelShape] = []
@@ -813,28 +979,63 @@ def _cnn(arch: dict[str, Any], batch: int,
             wn = cout * cin // groups * k * k + cout
             extra = 2.0 if layer.get("residual") else 1.0
             act = b * cin * hin * win + out * (2.0 if layer.get("residual") else 1.0)
-            ks.append(KernelShape(name, ("Conv", "Relu"), 2.0 * out * cin // groups * k * k
-                                  + (1.0 + extra) * out, act, wn, "conv"))
+            ks.append(
+                KernelShape(
+                    name,
+                    ("Conv", "Relu"),
+                    2.0 * out * cin // groups * k * k + (1.0 + extra) * out,
+                    act,
+                    wn,
+                    "conv",
+                )
+            )
             w[name] = (wn, False, True)
             new = (cout, ho, wo)
         elif op in ("maxpool", "avgpool"):
             out = b * cin * ho * wo
-            ks.append(KernelShape(name, ("MaxPool" if op == "maxpool" else "AveragePool",),
-                                  out * k * k, b * cin * hin * win + out, 0.0, "pool"))
+            ks.append(
+                KernelShape(
+                    name,
+                    ("MaxPool" if op == "maxpool" else "AveragePool",),
+                    out * k * k,
+                    b * cin * hin * win + out,
+                    0.0,
+                    "pool",
+                )
+            )
             new = (cin, ho, wo)
         elif op == "global_pool":
-            ks.append(KernelShape(name, ("GlobalAveragePool",), b * cin * hin * win,
-                                  b * cin * hin * win + b * cin, 0.0, "pool"))
+            ks.append(
+                KernelShape(
+                    name,
+                    ("GlobalAveragePool",),
+                    b * cin * hin * win,
+                    b * cin * hin * win + b * cin,
+                    0.0,
+                    "pool",
+                )
+            )
             new = (cin, 1, 1)
         elif op == "linear":
             fin, fout = cin * hin * win, int(layer["out"])
-            ks.append(KernelShape(name, ("Gemm",), 2.0 * b * fin * fout + b * fout,
-                                  b * fin + b * fout, fin * fout + fout, "gemm"))
+            ks.append(
+                KernelShape(
+                    name,
+                    ("Gemm",),
+                    2.0 * b * fin * fout + b * fout,
+                    b * fin + b * fout,
+                    fin * fout + fout,
+                    "gemm",
+                )
+            )
             w[name] = (fin * fout + fout, False, True)
             new = (fout, 1, 1)
         else:
-            raise UserError(f"unknown cnn layer op '{op}'", field=f"architecture.layers[{i}]",
-                            fix="use conv, maxpool, avgpool, global_pool or linear")
+            raise UserError(
+                f"unknown cnn layer op '{op}'",
+                field=f"architecture.layers[{i}]",
+                fix="use conv, maxpool, avgpool, global_pool or linear",
+            )
         if not layer.get("branch"):
             c, hh, ww = new
     peak = max((k.act_elems for k in ks), default=0.0)
@@ -847,21 +1048,33 @@ FAMILIES: dict[str, Callable[[dict[str, Any], int, dict | None], GraphCost]] = {
 }
 
 
-def analyze_architecture(arch: dict[str, Any], *, batch: int = 1,
-                         input_shapes: dict[str, list[int]] | None = None) -> GraphCost:
+def analyze_architecture(
+    arch: dict[str, Any], *, batch: int = 1, input_shapes: dict[str, list[int]] | None = None
+) -> GraphCost:
     """Kernels of an architecture dict (`family`: transformer | cnn) without building a graph."""
-    family = arch.get("family") or ("cnn" if isinstance(arch.get("layers"), list)
-                                    else "transformer")
+    family = arch.get("family") or (
+        "cnn" if isinstance(arch.get("layers"), list) else "transformer"
+    )
     if family not in FAMILIES:
-        raise UserError(f"unknown architecture family '{family}'", field="architecture.family",
-                        fix=f"use one of {', '.join(FAMILIES)}")
+        raise UserError(
+            f"unknown architecture family '{family}'",
+            field="architecture.family",
+            fix=f"use one of {', '.join(FAMILIES)}",
+        )
     return FAMILIES[family](arch, batch, input_shapes)
 
 
-def kernels_from_architecture(arch: dict[str, Any], batch: int = 1,
-                              input_shapes: dict[str, list[int]] | None = None, *,
-                              precision: str = "fp32", float_precision: str | None = None
-                              ) -> list[Kernel]:
+def kernels_from_architecture(
+    arch: dict[str, Any],
+    batch: int = 1,
+    input_shapes: dict[str, list[int]] | None = None,
+    *,
+    precision: str = "fp32",
+    float_precision: str | None = None,
+) -> list[Kernel]:
     """The kernel list `kernels_from_onnx` gives for the exported model, computed directly."""
-    return materialize(analyze_architecture(arch, batch=batch, input_shapes=input_shapes),
-                       precision, float_precision)
+    return materialize(
+        analyze_architecture(arch, batch=batch, input_shapes=input_shapes),
+        precision,
+        float_precision,
+    )

@@ -288,7 +288,10 @@ def quantize_int8(
         atomic_path(dst) as tmp,
     ):
         pre = Path(scratch) / "preprocessed.onnx"
-        quant_pre_process(str(src), str(pre))
+        try:
+            quant_pre_process(str(src), str(pre))
+        except Exception:  # symbolic shape inference gives up on some dynamic-sequence graphs
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         declared = _graph_inputs(onnx.load(str(pre), load_external_data=False))
         reader = _ListReader([_feed(declared, x, str(src)) for x in calib_inputs])
         quantize_static(

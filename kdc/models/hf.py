@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,15 @@ from kdc.models.shapes import apply_shapes, tensor_shapes
 from kdc.rundir import atomic_dir, write_json
 
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
+INTERMEDIATE_KEYS = ("intermediate_size", "hidden_dim")
+# Which axes of a block's tensors index attention dims ("heads") or FFN units ("ffn"); every
+# other axis that changes size indexes the residual stream ("hidden").
+AXIS_KINDS = [
+    (re.compile(r"\.(query|key|value|q_lin|k_lin|v_lin)\.(weight|bias)$"), 0, "heads"),
+    (re.compile(r"\.(attention\.output\.dense|out_lin)\.weight$"), 1, "heads"),
+    (re.compile(r"\.(intermediate\.dense|ffn\.lin1)\.(weight|bias)$"), 0, "ffn"),
+    (re.compile(r"(?<!attention)\.(output\.dense|ffn\.lin2)\.weight$"), 1, "ffn"),
+]
 
 
 class LogitsOnly(nn.Module):
@@ -123,6 +133,31 @@ class HFTextAdapter(ModelAdapter):
                 setattr(model.config, k, len(keep))
         return HFTextAdapter(model.eval(), self.tokenizer, self.max_length)
 
+    def sliced(self, spec: dict[str, Any]) -> HFTextAdapter:
+        """A smaller model of the same class: teacher layers `spec["layers"]` (in order) with
+        `hidden_size`, `num_attention_heads` and `intermediate_size` (each defaulting to the
+        teacher's). Weights are teacher slices chosen by L2 magnitude: one set of hidden channels
+        for the whole residual stream, whole heads per layer (or their strongest dims when the
+        head dim shrinks), the strongest FFN units per layer. Equal sizes copy the teacher."""
+        keep = list(spec["layers"])
+        sizes = {k: int(spec.get(k) or getattr(self.config, k)) for k in
+                 ("hidden_size", "num_attention_heads")}
+        config = copy.deepcopy(self.config)
+        for k in LAYER_COUNT_KEYS:
+            if hasattr(config, k):
+                setattr(config, k, len(keep))
+        if getattr(config, "embedding_size", None) == config.hidden_size:
+            config.embedding_size = sizes["hidden_size"]  # ELECTRA: no projection to add
+        for k, v in sizes.items():
+            setattr(config, k, v)
+        inter_key = next((k for k in INTERMEDIATE_KEYS if hasattr(config, k)), None)
+        if inter_key and spec.get("intermediate_size"):
+            setattr(config, inter_key, int(spec["intermediate_size"]))
+        student = type(self.model)(config)
+        state = _slice_state(self.model, student, keep, self.config)
+        student.load_state_dict(state, strict=True)
+        return HFTextAdapter(student.eval(), self.tokenizer, self.max_length)
+
     def feature_modules(self) -> dict[str, nn.Module]:
         blocks = layer_list(self.model)
         return {f"layer{i}": b for i, b in enumerate(blocks)}
@@ -136,3 +171,64 @@ class HFTextAdapter(ModelAdapter):
                                                 "max_length": self.max_length,
                                                 "architecture": self.architecture()})
         return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+def _axis_kind(name: str, axis: int) -> str:
+    return next((k for rx, ax, k in AXIS_KINDS if ax == axis and rx.search(name)), "hidden")
+
+
+def _head_dims(imp: torch.Tensor, n_dims: int, head_dim: int, new_head_dim: int) -> torch.Tensor:
+    """`n_dims` attention dims: whole teacher heads by importance, each cut to its strongest
+    `new_head_dim` dims when heads shrink; the strongest single dims when heads cannot be kept."""
+    per = min(head_dim, new_head_dim)
+    n_heads = n_dims // per
+    if n_dims % per or n_heads > len(imp) // head_dim:
+        return torch.sort(torch.topk(imp, n_dims).indices).values
+    by_head = imp.view(-1, head_dim)
+    heads = torch.sort(torch.topk(by_head.sum(1), n_heads).indices).values
+    dims = [h * head_dim + torch.sort(torch.topk(by_head[h], per).indices).values for h in heads]
+    return torch.cat(dims)
+
+
+def _slice_state(teacher: nn.Module, student: nn.Module, keep: list[int],
+                 tconf: Any) -> dict[str, torch.Tensor]:
+    """The student's state dict filled with teacher slices (see `HFTextAdapter.sliced`)."""
+    blocks = layer_list(teacher)
+    prefix = next(n for n, m in teacher.named_modules() if m is blocks)
+    layer_rx = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
+    tstate, sstate = teacher.state_dict(), student.state_dict()
+    plan: list[tuple[str, str, int | None, list[tuple[int, str]]]] = []
+    imp: dict[tuple[str, int | None], torch.Tensor] = {}
+    for name, target in sstate.items():
+        m = layer_rx.match(name)
+        layer = keep[int(m.group(1))] if m else None
+        src = layer_rx.sub(f"{prefix}.{layer}.", name) if m else name
+        t = tstate.get(src)
+        if t is None or t.dim() != target.dim():
+            raise UserError(f"cannot slice {type(teacher).__name__}: no teacher tensor for {name}",
+                            field="teacher", fix="use a BERT-like encoder")
+        axes = [(a, _axis_kind(src, a)) for a in range(t.dim()) if t.shape[a] != target.shape[a]]
+        for a, kind in axes:
+            key = (kind, None if kind == "hidden" else layer)
+            sq = t.float().pow(2).sum(dim=[d for d in range(t.dim()) if d != a])
+            imp[key] = imp.get(key, 0) + sq
+        plan.append((name, src, layer, axes))
+    head_dim = tconf.hidden_size // tconf.num_attention_heads
+    new_head_dim = student.config.hidden_size // student.config.num_attention_heads
+    wanted = {"hidden": student.config.hidden_size, "heads": student.config.hidden_size,
+              "ffn": next(getattr(student.config, k) for k in INTERMEDIATE_KEYS
+                          if hasattr(student.config, k))}
+    index = {key: (_head_dims(v, wanted["heads"], head_dim, new_head_dim) if key[0] == "heads"
+                   else torch.sort(torch.topk(v, wanted[key[0]]).indices).values)
+             for key, v in imp.items()}
+    out = {}
+    for name, src, layer, axes in plan:
+        t = tstate[src]
+        for a, kind in axes:
+            t = t.index_select(a, index[(kind, None if kind == "hidden" else layer)])
+        if t.shape != sstate[name].shape:
+            raise UserError(f"cannot slice {src} {list(tstate[src].shape)} to "
+                            f"{list(sstate[name].shape)}", field="student",
+                            fix="choose sizes that divide the teacher's")
+        out[name] = t.clone()
+    return out

@@ -183,7 +183,7 @@ class VisionAdapter(ModelAdapter):
         _drop_modules(student, drop)
         mods = dict(student.named_modules())
         wanted = {n: int(c) for n, c in spec.get("channels", {}).items()
-                  if n in mods and int(c) < mods[n].out_channels}
+                  if isinstance(mods.get(n), nn.Conv2d) and int(c) < mods[n].out_channels}
         if wanted:
             ex = {k: torch.from_numpy(v[:1]) for k, v in example.items()}
             dg = tp.DependencyGraph().build_dependency(student, example_inputs=ex)

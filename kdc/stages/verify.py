@@ -62,6 +62,16 @@ def _engine_block(ctx: Context, rec: dict, teacher_logits: np.ndarray,
              "latency": measure(ctx, path, prec),
              "memory": engine_peak_rss_mb(path, _latency_inputs(ctx),
                                           threads=ctx.cfg.verify.threads or 1)}
+    if prec == "int8":
+        sim, _ = evaluate(ctx, path, teacher_logits, optimization="disable")
+        block["accuracy_qdq_simulated"] = {**sim, "engine": "onnxruntime-cpu-qdq-simulated"}
+        gap = sim["value"] - acc["value"]
+        if gap > 0.02:
+            block.setdefault("warnings", []).append(
+                f"ONNX Runtime's int8 CPU kernels lose {gap:.3f} {acc['metric']} against the same "
+                "Q/DQ graph run in float: the quantisation is fine, this CPU's int8 kernels are "
+                "not (S8S8 without VNNI saturates); for CPU targets use asymmetric activations "
+                "(quantize.symmetric_activations: false)")
     if not ctx.profile.measurable:
         block["target_latency"] = predict(ctx, path, prec)
     return block

@@ -1,0 +1,183 @@
+"""Training-free proxies that rank students before any training: `PROXIES[name](teacher,
+student, batch_inputs, labels) -> float`.
+
+Sign convention: higher is better for every proxy. `diswot` is minus a distance to the teacher
+(0 for a student equal to the teacher); `params` and `flops` are the counts themselves, the
+"bigger is better" baselines; `synflow` is the log of the SynFlow saliency; `grad_norm` the sum of
+gradient norms of one cross-entropy step; `naswot` the log-determinant of the NASWOT activation
+kernel. All are deterministic given the models and the batch (models run in eval mode).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from kdc.models.base import ModelAdapter
+
+Proxy = Callable[[ModelAdapter, ModelAdapter, dict[str, np.ndarray], np.ndarray], float]
+_TEACHER_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Hardswish)
+
+
+def _tensors(inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+
+
+def classifier(adapter: ModelAdapter) -> nn.Linear:
+    """The last Linear layer: its input is the pooled feature, its output the logits."""
+    linears = [m for m in adapter.module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(adapter.module).__name__} has no Linear classifier")
+    return linears[-1]
+
+
+def features_and_logits(adapter: ModelAdapter, inputs: dict[str, np.ndarray]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled features B×C entering the classifier, logits B×K), float64, no grad."""
+    seen: list[torch.Tensor] = []
+    handle = classifier(adapter).register_forward_hook(
+        lambda m, args, out: seen.append(args[0].detach()))
+    try:
+        with torch.inference_mode():
+            logits = adapter.module.eval()(**_tensors(inputs))
+    finally:
+        handle.remove()
+    return seen[-1].flatten(1).double(), logits.double()
+
+
+def _teacher_features(teacher: ModelAdapter, inputs: dict[str, np.ndarray]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher features on a batch, computed once per (teacher, batch)."""
+    h = hashlib.sha1()
+    for k in sorted(inputs):
+        h.update(k.encode() + str(inputs[k].shape).encode() + inputs[k].tobytes())
+    cache = _TEACHER_CACHE.setdefault(teacher.module, {})
+    if h.hexdigest() not in cache:
+        cache.clear()
+        cache[h.hexdigest()] = features_and_logits(teacher, inputs)
+    return cache[h.hexdigest()]
+
+
+def _row_normalised_gram(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x @ x.T, dim=1)
+
+
+def classifier_gradient(feats: torch.Tensor, logits: torch.Tensor,
+                        labels: torch.Tensor) -> torch.Tensor:
+    """∂CE/∂W (K×C) of the classifier for mean cross-entropy: (softmax − onehot)ᵀ F / B. Exact
+    because the logits are that Linear's output."""
+    p = torch.softmax(logits, dim=1)
+    p[torch.arange(len(labels)), labels] -= 1.0
+    return p.T @ feats / len(labels)
+
+
+def diswot(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
+           labels: np.ndarray) -> float:
+    """DisWOT (Dong et al., CVPR 2023): −(relation + semantic distance) to the teacher. Relation:
+    ‖G_T − G_S‖²_F / B² of row-normalised B×B feature Grams. Semantic: the same on the K×K
+    class Grams of the classifier-weight gradient g gᵀ (width-agnostic), divided by K²."""
+    ft, lt = _teacher_features(teacher, inputs)
+    fs, ls = features_and_logits(student, inputs)
+    b = len(ft)
+    relation = float(((_row_normalised_gram(ft) - _row_normalised_gram(fs)) ** 2).sum()) / b**2
+    y = torch.from_numpy(np.asarray(labels)).long()
+    gt, gs = classifier_gradient(ft, lt, y), classifier_gradient(fs, ls, y)
+    k = gt.shape[0]
+    semantic = float(((_row_normalised_gram(gt) - _row_normalised_gram(gs)) ** 2).sum()) / k**2
+    return -(relation + semantic)
+
+
+def params(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
+           labels: np.ndarray) -> float:
+    """Parameter count (bigger = better baseline)."""
+    return float(student.params())
+
+
+def flops(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
+          labels: np.ndarray) -> float:
+    """2 × multiply-accumulates of the conv and linear layers on one example (attention score
+    products, a few per cent of a BERT's, are left out): the bigger = better baseline."""
+    total = 0.0
+
+    def hook(mod: nn.Module, args: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += 2.0 * out.numel() * mod.weight[0].numel()  # outputs × fan-in
+
+    handles = [m.register_forward_hook(hook) for m in student.module.modules()
+               if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.inference_mode():
+            student.module.eval()(**_tensors({k: v[:1] for k, v in inputs.items()}))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def synflow(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
+            labels: np.ndarray) -> float:
+    """log Σ|θ ⊙ ∂R/∂θ| with R the summed output of the all-|θ| network (float64) on an all-ones
+    input (integer inputs: the batch's first row)."""
+    model = copy.deepcopy(student.module).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+    x = {k: (torch.ones_like(v[:1], dtype=torch.float64) if v.is_floating_point() else v[:1])
+         for k, v in _tensors(inputs).items()}
+    model(**x).sum().backward()
+    with torch.no_grad():
+        total = sum(float((p * p.grad).abs().sum()) for p in model.parameters()
+                    if p.grad is not None)
+    return math.log(total) if total > 0 else float("-inf")
+
+
+def grad_norm(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
+              labels: np.ndarray) -> float:
+    """Σ over parameters of ‖∂CE/∂θ‖₂ on the batch."""
+    model = student.module.eval()
+    ps = [p for p in model.parameters() if p.requires_grad]
+    loss = F.cross_entropy(model(**_tensors(inputs)), torch.from_numpy(labels).long())
+    grads = torch.autograd.grad(loss, ps, allow_unused=True)
+    return float(sum(g.norm() for g in grads if g is not None))
+
+
+def naswot(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
+           labels: np.ndarray) -> float:
+    """NASWOT (Mellor et al., 2021): log|det K|, K[i, j] = number of activation units on which
+    examples i and j agree (both active or both inactive). A singular K (duplicate examples) gets
+    a ridge of 1e-3 × its mean diagonal."""
+    n = len(next(iter(inputs.values())))
+    kernel = torch.zeros(n, n, dtype=torch.float64)
+
+    def hook(mod: nn.Module, args: Any, out: torch.Tensor) -> None:
+        c = (out.detach().flatten(1) > 0).double()
+        kernel.add_(c @ c.T + (1 - c) @ (1 - c).T)
+
+    acts = [m for m in student.module.modules()
+            if isinstance(m, ACTIVATIONS) or type(m).__name__.endswith("Activation")]
+    handles = [m.register_forward_hook(hook) for m in acts]
+    try:
+        with torch.inference_mode():
+            student.module.eval()(**_tensors(inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    sign, logdet = torch.linalg.slogdet(kernel)
+    if sign <= 0:
+        ridge = 1e-3 * float(kernel.diagonal().mean()) + 1e-12
+        sign, logdet = torch.linalg.slogdet(kernel + ridge * torch.eye(n, dtype=torch.float64))
+    return float(logdet)
+
+
+PROXIES: dict[str, Proxy] = {"diswot": diswot, "params": params, "flops": flops,
+                             "synflow": synflow, "grad_norm": grad_norm, "naswot": naswot}

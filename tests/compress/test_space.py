@@ -1,0 +1,208 @@
+"""Search spaces derived from the teacher: divisibility and head constraints, teacher-initialised
+candidates (identical to the teacher when the candidate is the teacher), and students whose
+built shapes match what the latency estimator is told."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_bert
+from torch import nn
+
+from kdc.compress.space import HEAD_DIMS, CnnSpace, TransformerSpace, space_for
+from kdc.compress.student import derive_student
+from kdc.errors import UserError
+from kdc.models import load_student
+from kdc.models.cnn import SmallCNN
+from kdc.models.hf import HFTextAdapter
+from kdc.models.vision import VisionAdapter
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> HFTextAdapter:
+    model, tok = tiny_bert(tmp_path_factory.mktemp("tok"))
+    return HFTextAdapter(model.eval(), tok, 16)
+
+
+@pytest.fixture(scope="module")
+def wide_bert(bert) -> HFTextAdapter:
+    """A 3-layer BERT, hidden 128 in 4 heads of 32, FFN 512 (random weights)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(1)
+    conf = BertConfig(vocab_size=31, hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
+                      intermediate_size=512, max_position_embeddings=64, num_labels=2)
+    return HFTextAdapter(BertForSequenceClassification(conf).eval(), bert.tokenizer, 16)
+
+
+def _text(adapter: HFTextAdapter) -> dict[str, np.ndarray]:
+    return adapter.encode(["good movie", "the plot was awful really", "i hate it", "fine"])
+
+
+def _cnn(channels=(16, 48, 96), depth=1) -> VisionAdapter:
+    torch.manual_seed(0)
+    model = SmallCNN(channels=channels, depth=depth).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return VisionAdapter(model, {"kind": "entrypoint", "entrypoint": "kdc.models.cnn:small_cnn",
+                                 "kwargs": {"channels": list(channels), "depth": depth}})
+
+
+IMAGES = {"pixel_values": np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)}
+
+
+class Residual(nn.Module):
+    """conv-bn-relu stem, then two residual blocks at 8x8 and a strided one with a projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.a, self.b = nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1)
+        self.down = nn.Conv2d(32, 64, 3, stride=2, padding=1)
+        self.proj = nn.Conv2d(32, 64, 1, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(64, 10)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.stem(pixel_values)
+        x = x + torch.relu(self.a(x))
+        x = x + torch.relu(self.b(x))
+        x = torch.relu(self.down(x)) + self.proj(x)
+        return self.classifier(self.pool(x).flatten(1))
+
+
+@pytest.mark.parametrize("divisor", [8, 16, 32])
+def test_transformer_space_respects_divisor_and_heads(wide_bert, divisor):
+    space = TransformerSpace(wide_bert, divisor)
+    assert space.dims["num_hidden_layers"] == [1, 2, 3]
+    assert [128, 4] in space.dims["width"]  # the teacher is always in the space
+    for hidden, heads in space.dims["width"]:
+        assert hidden % divisor == 0 and hidden % heads == 0 and hidden <= 128
+        assert hidden // heads in HEAD_DIMS
+    for inter in space.dims["intermediate_size"]:
+        assert inter % divisor == 0 and inter <= 512
+    assert {h for h, _ in space.dims["width"]} == set(range(32, 129, 32))
+
+
+def test_transformer_space_of_tiny_teacher_keeps_its_head_dim(bert):
+    space = space_for(bert, _text(bert), 8)
+    assert space.dims["width"] == [[16, 1], [32, 1], [32, 2]]
+    assert space.dims["intermediate_size"] == list(range(8, 65, 8))
+
+
+@pytest.mark.parametrize("divisor", [8, 16])
+def test_cnn_space_channels_are_multiples_of_divisor(divisor):
+    space = CnnSpace(_cnn(), IMAGES, divisor)
+    assert set(space.dims) == {"stage0_width", "stage1_width", "stage2_width"}
+    assert space.dims["stage2_width"][-1] == 1.0
+    rng = random.Random(0)
+    for _ in range(20):
+        cand = space.decode(space.sample(rng))
+        assert all(c % divisor == 0 for c in cand.architecture["conv_channels"])
+    chans = {tuple(space.decode({**space.largest(), "stage2_width": w}).architecture[
+        "conv_channels"])[-1] for w in space.dims["stage2_width"]}
+    # the width grid is k/8 of the teacher's 96 channels, rounded half-up to the divisor
+    assert chans == {int(12 * k / divisor + 0.5) * divisor for k in range(1, 9)}
+
+
+def test_teacher_candidate_equals_teacher(wide_bert):
+    x = _text(wide_bert)
+    space = space_for(wide_bert, x, 16)
+    student = derive_student(wide_bert, space.decode(space.largest()).spec, x, 16)
+    assert np.array_equal(student.forward_numpy(x), wide_bert.forward_numpy(x))
+    for cnn in (_cnn(), _cnn((16, 32), depth=2)):
+        space = space_for(cnn, IMAGES, 8)
+        cand = space.decode(space.largest())
+        assert cand.spec["channels"] == {} and cand.spec["drop"] == []
+        student = derive_student(cnn, cand.spec, IMAGES, 8)
+        assert np.array_equal(student.forward_numpy(IMAGES), cnn.forward_numpy(IMAGES))
+
+
+def test_transformer_candidates_build_with_teacher_slices(wide_bert):
+    x = _text(wide_bert)
+    space = space_for(wide_bert, x, 16)
+    rng = random.Random(1)
+    for _ in range(6):
+        cand = space.decode(space.sample(rng))
+        student = derive_student(wide_bert, cand.spec, x, 16)
+        arch = student.architecture()
+        assert {k: arch[k] for k in cand.architecture} == cand.architecture
+        assert np.isfinite(student.forward_numpy(x)).all()
+        # the classifier keeps teacher columns (the chosen hidden channels), unchanged
+        tw = wide_bert.model.classifier.weight.detach()
+        for col in student.model.classifier.weight.detach().T:
+            assert (tw.T == col).all(dim=1).any()
+
+
+def test_head_slices_keep_whole_teacher_heads(wide_bert):
+    spec = {"layers": [2], "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}
+    student = wide_bert.sliced(spec)
+    tq = wide_bert.model.bert.encoder.layer[2].attention.self.query.bias.detach().view(4, 32)
+    sq = student.model.bert.encoder.layer[0].attention.self.query.bias.detach().view(2, 32)
+    for head in sq:
+        assert (tq == head).all(dim=1).any()
+    assert student.model.config.num_hidden_layers == 1
+
+
+@pytest.mark.parametrize("make", [lambda: _cnn(), lambda: _cnn((16, 32), depth=2),
+                                  lambda: VisionAdapter(Residual().eval(), {"kind": "entrypoint"})])
+def test_cnn_students_match_predicted_architecture(make):
+    teacher = make()
+    space = space_for(teacher, IMAGES, 8)
+    rng = random.Random(2)
+    for _ in range(6):
+        cand = space.decode(space.sample(rng))
+        student = derive_student(teacher, cand.spec, IMAGES, 8)
+        assert student.architecture()["conv_channels"] == cand.architecture["conv_channels"]
+        assert student.layer_trace(IMAGES) == cand.cost["layers"]
+        assert np.isfinite(student.forward_numpy(IMAGES)).all()
+
+
+def test_residual_stage_channels_stay_coupled():
+    teacher = VisionAdapter(Residual().eval(), {"kind": "entrypoint"})
+    space = space_for(teacher, IMAGES, 8)
+    assert set(space.dims) == {"stage0_width", "stage1_width"}
+    cand = space.decode({"stage0_width": 0.5, "stage1_width": 0.25})
+    assert cand.architecture["conv_channels"] == [16, 16, 16, 16, 16]
+
+
+def test_depth_genes_drop_blocks_and_round_trip(tmp_path):
+    teacher = _cnn((16, 32), depth=2)
+    space = space_for(teacher, IMAGES, 8)
+    assert space.dims["stage0_depth"] == [0, 1] and space.dims["stage1_depth"] == [0, 1]
+    cand = space.decode({**space.largest(), "stage0_depth": 0, "stage1_width": 0.5})
+    assert cand.spec["drop"] == ["features.3", "features.4", "features.5"]
+    student = derive_student(teacher, cand.spec, IMAGES, 8)
+    assert student.architecture()["conv_channels"] == [16, 16, 16]
+    student.save(tmp_path / "s")
+    loaded = load_student(tmp_path / "s")
+    assert np.array_equal(loaded.forward_numpy(IMAGES), student.forward_numpy(IMAGES))
+
+
+def test_sliced_transformer_round_trips(wide_bert, tmp_path):
+    x = _text(wide_bert)
+    student = wide_bert.sliced({"layers": [0, 2], "hidden_size": 64, "num_attention_heads": 1,
+                                "intermediate_size": 96})
+    student.save(tmp_path / "s")
+    loaded = load_student(tmp_path / "s", max_length=16)
+    assert loaded.architecture()["hidden_size"] == 64
+    assert np.allclose(loaded.forward_numpy(x), student.forward_numpy(x), atol=1e-6)
+
+
+def test_fixed_architecture_is_validated(wide_bert):
+    space = space_for(wide_bert, _text(wide_bert), 16)
+    genes = space.from_architecture({"num_hidden_layers": 2, "hidden_size": 64})
+    assert genes == {"num_hidden_layers": 2, "width": [64, 2], "intermediate_size": 512}
+    with pytest.raises(UserError, match="student.architecture"):
+        space.from_architecture({"hidden_size": 256})
+    cnn_space = space_for(_cnn(), IMAGES, 8)
+    assert cnn_space.decode(cnn_space.from_architecture({"stage_width": [0.5, 0.5, 0.25]})
+                            ).architecture["conv_channels"] == [8, 24, 24]
+    with pytest.raises(UserError, match="3 stages"):
+        cnn_space.from_architecture({"stage_width": [0.5]})
