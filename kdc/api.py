@@ -87,11 +87,22 @@ def config_of_run(run_dir: str | Path) -> KdcConfig:
                         base_dir=m.get("config_base_dir", "."))
 
 
-def verify(run_dir: str | Path, target: str | None = None, *, quiet: bool = False) -> dict:
-    """Re-run verify and report on a finished run (optionally for another target)."""
+def verify(run_dir: str | Path, target: str | None = None, *, quiet: bool = False,
+           device_results: str | Path | None = None) -> dict:
+    """Re-run verify and report on a finished run (optionally for another target). With
+    `device_results`, the TensorRT engine's latency is what the device measured with the bundle."""
+    from kdc.pipeline import run_stages
+
     cfg = config_of_run(run_dir)
     target = target or read_json(Path(run_dir) / "manifest.json").get("target", "host")
-    return _run(cfg, target, run_dir, ("verify", "report"), True, quiet)
+    ctx = open_run(cfg, target, run_dir, quiet=quiet)
+    if device_results is not None:
+        ctx.device_results = Path(device_results)
+        if not ctx.device_results.is_dir():
+            raise UserError("directory not found", source=str(device_results),
+                            field="--device-results", fix="pass the results/ the bundle wrote")
+    run_stages(ctx, resume=True, only=("verify", "report"))
+    return read_json(ctx.run / "report.json")
 
 
 def plan(config: ConfigLike, target: str = "host", out: str | Path | None = None) -> dict:

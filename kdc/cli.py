@@ -124,11 +124,150 @@ for _name in ("search", "distill", "export", "build"):
 @app.command()
 @handled
 def verify(run_dir: Path, target: Annotated[str | None, typer.Option("--target", "-t")] = None,
+           device_results: Annotated[Path | None, typer.Option(
+               help="results/ from a device bundle: report its latency as measured.")] = None,
            quiet: Quiet = False) -> None:
     """Re-verify a finished run: engine accuracy, latency, memory, constraints."""
     from kdc import api
 
-    _exit_for(api.verify(run_dir, target, quiet=quiet))
+    _exit_for(api.verify(run_dir, target, quiet=quiet, device_results=device_results))
+
+
+Shapes = Annotated[list[str] | None, typer.Option("--shape", help="NAME:1x128 (repeatable).")]
+
+
+@app.command()
+@handled
+def bench(model: Path,
+          engine: Annotated[str, typer.Option(help="onnxruntime (tensorrt: use bundle/bench.sh on"
+                                                   " the device)")] = "onnxruntime",
+          batch: int = 1, threads: Annotated[int | None, typer.Option()] = None,
+          shape: Shapes = None, iterations: int = 200, warmup: int = 50,
+          min_duration: Annotated[float, typer.Option("--min-duration")] = 1.0,
+          as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Measure one ONNX model on this machine: warm-up, then iterations until count and time."""
+    from kdc import tools
+
+    if engine != "onnxruntime":
+        raise UserError(f"engine '{engine}' cannot run on this machine", field="--engine",
+                        fix="use onnxruntime here; on a device run bundle/bench.sh (trtexec)")
+    lat = tools.bench(model, batch=batch, threads=threads, shapes=tools.parse_shapes(shape or []),
+                      iterations=iterations, warmup=warmup, min_duration_s=min_duration)
+    if as_json:
+        out.print_json(json.dumps(lat))
+        return
+    out.print(f"{model}: p50 {lat['p50_ms']:.4f} ms, p90 {lat['p90_ms']:.4f} ms, p99 "
+              f"{lat['p99_ms']:.4f} ms, mean {lat['mean_ms']:.4f} ms, cv {lat['cv']:.1%} "
+              f"({lat['iterations']} iterations after {lat['warmup']} warm-up; batch "
+              f"{lat['batch']}; {lat['device']}; measured)")
+    for w in lat.get("warnings", []):
+        err.print(f"warning: {w}", markup=False)
+
+
+@app.command()
+@handled
+def estimate(model: Path, target: Target = "host",
+             precision: Annotated[str, typer.Option()] = "fp32", batch: int = 1,
+             shape: Shapes = None, explain: bool = False,
+             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Predict one ONNX model's latency on a target from its graph (roofline + overhead)."""
+    from kdc import tools
+    from kdc.deploy.estimate import explain_table
+
+    pred = tools.estimate(model, target, precision=precision, batch=batch,
+                          shapes=tools.parse_shapes(shape or []) or None, explain=explain)
+    if as_json:
+        out.print_json(json.dumps(pred))
+        return
+    out.print(f"{model} on {pred['target']}: {pred['p50_ms']:.4f} ms predicted ({pred['model']}"
+              f", {pred['precision']}, batch {pred['batch']}, calibrated from "
+              f"{pred['calibrated_from']})")
+    if explain:
+        out.print(explain_table(pred))
+
+
+@app.command()
+@handled
+def lint(model: Path, target: Target = "jetson") -> None:
+    """TensorRT compatibility lint (no GPU needed); exit 1 when there are errors."""
+    from kdc import tools
+    from kdc.deploy.lint import format_findings
+
+    findings = tools.lint(model, target)
+    out.print(format_findings(findings) or "no findings", markup=False)
+    if any(f.severity == "error" for f in findings):
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def check(report: Path,
+          baseline: Annotated[Path, typer.Option(help="Baseline report.json.")],
+          latency_tolerance: Annotated[str, typer.Option(help="e.g. 10%")] = "10%",
+          accuracy_tolerance: Annotated[str, typer.Option(help="e.g. 0.5pt")] = "0.5pt",
+          latency_kind: Annotated[str, typer.Option(
+              help="measured | predicted | all")] = "all",
+          junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML file.")] = None,
+          update_baseline: Annotated[bool, typer.Option(
+              "--update-baseline", help="Copy REPORT over BASELINE deliberately.")] = False
+          ) -> None:
+    """Compare a report with a baseline (noise-aware); exit 1 on a regression."""
+    from kdc.deploy import check as C
+    from kdc.deploy.junit import write_junit
+
+    if update_baseline:
+        C.update_baseline(report, baseline)
+        out.print(f"baseline updated: {baseline}")
+        return
+    kinds = {"all": ("measured", "predicted"), "measured": ("measured",),
+             "predicted": ("predicted",)}
+    if latency_kind not in kinds:
+        raise UserError(f"unknown kind '{latency_kind}'", field="--latency-kind",
+                        fix="use measured, predicted or all")
+    cur = C.load_report(report)
+    results = [*C.compare(cur, C.load_report(baseline, "baseline"),
+                          latency_tolerance=C.parse_tolerance(latency_tolerance,
+                                                              "--latency-tolerance"),
+                          accuracy_tolerance=C.parse_tolerance(accuracy_tolerance,
+                                                               "--accuracy-tolerance"),
+                          latency_kinds=kinds[latency_kind]),
+               *C.constraint_results(cur)]
+    for r in results:
+        out.print(C.format_line(r), markup=False)
+    if junit:
+        write_junit(results, junit)
+    if any(r.failed for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def inspect(run_dir: Path) -> None:
+    """Stages, status, hashes; flags any artifact whose sha256 no longer matches (exit 1)."""
+    from kdc import tools
+
+    info = tools.inspect_run(run_dir)
+    out.print(f"{info['run']} (target {info['target']}, kdc {info['kdc_version']})")
+    for name, st in info["stages"].items():
+        out.print(f"  {name:8} {st['status']:8} {st['wall_s'] or 0:8.2f} s  input "
+                  f"{st['input_hash']}")
+        for art, v in st["artifacts"].items():
+            out.print(f"      {'ok     ' if v['ok'] else 'CORRUPT'} {v['sha256']}  {art}",
+                      markup=False)
+    if info["corrupt"]:
+        err.print(f"{len(info['corrupt'])} artifact(s) changed since written: "
+                  f"{', '.join(info['corrupt'][:5])}; `kdc compress --resume` redoes them",
+                  markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def bundle(run_dir: Path, target: Target = "jetson") -> None:
+    """Write a device bundle (ONNX, build.sh, bench.sh, goldens, parity.py) for a finished run."""
+    from kdc import tools
+
+    out.print(f"bundle written: {tools.bundle(run_dir, target)}")
 
 
 @profiles_app.command("list")

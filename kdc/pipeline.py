@@ -39,6 +39,7 @@ class Context:
     run: RunDir
     console: Console
     quiet: bool = False
+    device_results: Path | None = None  # results/ brought back from a device bundle
 
     @cached_property
     def dataset(self) -> Dataset:

@@ -692,7 +692,7 @@ def _peak(lifetimes: list[tuple[float, int, int]], n: int) -> float:
 # ONNX: public entry points with a cache keyed on graph structure
 
 _CACHE: OrderedDict[tuple, GraphCost] = OrderedDict()
-_PATH_KEYS: dict[tuple, tuple[str, onnx.ModelProto]] = {}
+_PATH_KEYS: dict[tuple, str] = {}
 _CACHE_SIZE = 64
 
 
@@ -734,7 +734,8 @@ def structure_hash(model: onnx.ModelProto) -> str:
 def _model_and_key(
     model_or_path: onnx.ModelProto | str | Path,
 ) -> tuple[str, onnx.ModelProto | None]:
-    """The structure hash and, unless a cached path, the loaded model."""
+    """The structure hash and the model if it had to be loaded (a path seen before, unchanged on
+    disk, is not read again)."""
     if isinstance(model_or_path, onnx.ModelProto):
         return structure_hash(model_or_path), model_or_path
     path = Path(model_or_path)
@@ -744,12 +745,14 @@ def _model_and_key(
     except OSError:
         pkey = None
     if pkey in _PATH_KEYS:
-        return _PATH_KEYS[pkey]
+        return _PATH_KEYS[pkey], None
     model = load_model(path)
-    entry = (structure_hash(model), model)
+    digest = structure_hash(model)
     if pkey is not None:
-        _PATH_KEYS[pkey] = entry
-    return entry
+        _PATH_KEYS[pkey] = digest
+        if len(_PATH_KEYS) > _CACHE_SIZE:
+            _PATH_KEYS.pop(next(iter(_PATH_KEYS)))
+    return digest, model
 
 
 def analyze_onnx(

@@ -30,8 +30,12 @@ def measure(ctx: Context, path: Path, precision: str) -> dict:
                         precision=precision)
 
 
+def _shapes(ctx: Context) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in _latency_inputs(ctx).items()}
+
+
 def predict(ctx: Context, path: Path, precision: str) -> dict:
-    shapes = {k: list(v.shape) for k, v in _latency_inputs(ctx).items()}
+    shapes = _shapes(ctx)
     return predict_onnx(path, ctx.profile, precision=precision, batch=ctx.cfg.verify.batch,
                         input_shapes=shapes)
 
@@ -86,11 +90,20 @@ def _remote_block(ctx: Context, rec: dict, teacher_logits: np.ndarray) -> dict:
     acc["engine"] = f"onnxruntime-cpu-qdq-simulated ({rec['source']})"
     acc["note"] = ("stand-in for the TensorRT engine, which was not run here: Q/DQ executed in "
                    "float approximates TensorRT's int8 arithmetic")
-    return {**rec, "accuracy": acc, "size_mb": round(src.stat().st_size / 1e6, 4),
-            "size_note": "size of the ONNX the engine is built from; the plan is built on the "
-                         "device", "latency": predict(ctx, src, rec["precision"]),
-            "memory": {"kind": "predicted", "peak_mb": predict_memory_mb(
-                src, rec["precision"], ctx.cfg.verify.batch)}}
+    block = {**rec, "accuracy": acc, "size_mb": round(src.stat().st_size / 1e6, 4),
+             "size_note": "size of the ONNX the engine is built from; the plan is built on the "
+                          "device", "latency": predict(ctx, src, rec["precision"]),
+             "memory": {"kind": "predicted", "peak_mb": predict_memory_mb(
+                 src, rec["precision"], ctx.cfg.verify.batch, _shapes(ctx))}}
+    if ctx.device_results is not None and rec.get("status") == "bundle":
+        from kdc.deploy.device_results import read_device_results
+
+        meta = read_json(ctx.run / rec["path"] / "bundle.json")
+        dev = read_device_results(ctx.device_results, meta)
+        block["predicted_latency"] = block["latency"]
+        block["latency"] = {**dev["latency"], "on_target": True}
+        block["device_parity"] = dev["parity"]
+    return block
 
 
 def run(ctx: Context) -> StageOutput:

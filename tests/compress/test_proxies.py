@@ -1,0 +1,112 @@
+"""Training-free proxies: registry, sign conventions, DisWOT's terms, determinism under a seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from tiny import sentences, tiny_bert
+
+from kdc.compress.proxies import (
+    PROXIES,
+    classifier,
+    classifier_gradient,
+    diswot,
+    features_and_logits,
+)
+from kdc.compress.student import derive_student, random_init
+from kdc.models.cnn import SmallCNN
+from kdc.models.hf import HFTextAdapter
+from kdc.models.vision import VisionAdapter
+
+RNG = np.random.default_rng(0)
+IMAGES = {"pixel_values": RNG.random((32, 1, 8, 8), dtype=np.float32)}
+IMAGE_LABELS = RNG.integers(0, 10, 32)
+
+
+@pytest.fixture(scope="module")
+def cnn() -> VisionAdapter:
+    torch.manual_seed(0)
+    return VisionAdapter(SmallCNN(channels=(16, 32)).eval(), {"kind": "entrypoint"})
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    model, tok = tiny_bert(tmp_path_factory.mktemp("tok"))
+    adapter = HFTextAdapter(model.eval(), tok, 16)
+    rows = sentences(32, 3)
+    x = adapter.encode([r[0] for r in rows])
+    return adapter, x, np.array([int(r[1] == "positive") for r in rows])
+
+
+def test_registry_names():
+    assert set(PROXIES) == {"diswot", "params", "flops", "synflow", "grad_norm", "naswot"}
+
+
+def test_proxies_are_deterministic(cnn, bert):
+    half = derive_student(cnn, {"family": "cnn", "channels": {"features.0": 8, "features.4": 16}},
+                          IMAGES, 8)
+    text, x, y = bert
+    small = derive_student(text, {"family": "transformer", "layers": [1, 3], "hidden_size": 16,
+                                  "num_attention_heads": 1, "intermediate_size": 32}, x, 8)
+    for teacher, student, inputs, labels in ((cnn, half, IMAGES, IMAGE_LABELS),
+                                             (text, small, x, y)):
+        for name, fn in PROXIES.items():
+            a, b = fn(teacher, student, inputs, labels), fn(teacher, student, inputs, labels)
+            assert a == b and np.isfinite(a), name
+
+
+def test_random_init_is_seeded(cnn):
+    spec = {"family": "cnn", "channels": {"features.0": 8}}
+    a = random_init(derive_student(cnn, spec, IMAGES, 8), 3)
+    b = random_init(derive_student(cnn, spec, IMAGES, 8), 3)
+    c = random_init(derive_student(cnn, spec, IMAGES, 8), 4)
+    for name in ("diswot", "synflow", "naswot", "grad_norm"):
+        fa, fb = PROXIES[name](cnn, a, IMAGES, IMAGE_LABELS), PROXIES[name](cnn, b, IMAGES,
+                                                                           IMAGE_LABELS)
+        assert fa == fb
+    assert diswot(cnn, a, IMAGES, IMAGE_LABELS) != diswot(cnn, c, IMAGES, IMAGE_LABELS)
+
+
+def test_diswot_is_zero_for_the_teacher_and_negative_otherwise(cnn):
+    same = derive_student(cnn, {"family": "cnn", "width": 1.0}, IMAGES, 8)
+    assert diswot(cnn, same, IMAGES, IMAGE_LABELS) == pytest.approx(0.0, abs=1e-12)
+    narrow = derive_student(cnn, {"family": "cnn", "channels": {"features.4": 8}}, IMAGES, 8)
+    assert diswot(cnn, narrow, IMAGES, IMAGE_LABELS) < 0
+
+
+def test_diswot_terms_match_the_formulas(cnn):
+    student = random_init(derive_student(cnn, {"family": "cnn", "width": 1.0}, IMAGES, 8), 1)
+    ft, lt = features_and_logits(cnn, IMAGES)
+    fs, ls = features_and_logits(student, IMAGES)
+    y = torch.from_numpy(IMAGE_LABELS).long()
+
+    def gram(x):
+        g = x @ x.T
+        return g / g.norm(dim=1, keepdim=True)
+
+    relation = float(((gram(ft) - gram(fs)) ** 2).sum()) / len(ft) ** 2
+    gt, gs = classifier_gradient(ft, lt, y), classifier_gradient(fs, ls, y)
+    semantic = float(((gram(gt) - gram(gs)) ** 2).sum()) / 10**2
+    assert diswot(cnn, student, IMAGES, IMAGE_LABELS) == pytest.approx(-(relation + semantic))
+
+
+def test_classifier_gradient_equals_autograd(cnn):
+    model = cnn.module
+    head = classifier(cnn)
+    loss = F.cross_entropy(model(torch.from_numpy(IMAGES["pixel_values"])),
+                           torch.from_numpy(IMAGE_LABELS).long())
+    (auto,) = torch.autograd.grad(loss, [head.weight])
+    f, logits = features_and_logits(cnn, IMAGES)
+    ours = classifier_gradient(f, logits, torch.from_numpy(IMAGE_LABELS).long())
+    assert torch.allclose(ours.float(), auto, atol=1e-6)
+
+
+def test_size_baselines_grow_with_the_student(cnn):
+    small = derive_student(cnn, {"family": "cnn", "channels": {"features.4": 8}}, IMAGES, 8)
+    for name in ("params", "flops"):
+        assert PROXIES[name](cnn, small, IMAGES, IMAGE_LABELS) < PROXIES[name](
+            cnn, cnn, IMAGES, IMAGE_LABELS)
+    # conv0: 8x8x16 outputs x 9 fan-in, conv1: 4x4x32 x 144, linear 10 x 32; 2 FLOPs per MAC
+    assert PROXIES["flops"](cnn, cnn, IMAGES, IMAGE_LABELS) == 2 * (1024 * 9 + 512 * 144 + 320)

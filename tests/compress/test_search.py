@@ -1,0 +1,126 @@
+"""Aging evolution under a latency budget, and the search stage / `kdc search` command."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from tiny import cnn_config, write_yaml
+from typer.testing import CliRunner
+
+from kdc.cli import app
+from kdc.compress.search import evolve, pareto_flags
+from kdc.compress.space import Space
+from kdc.errors import ConstraintFailure
+
+runner = CliRunner()
+TOY = Space({"a": list(range(10)), "b": list(range(10)), "c": list(range(10))})
+
+
+def toy_score(c) -> float:
+    g = c.genes
+    return -float((g["a"] - 7) ** 2 + (g["b"] - 3) ** 2 + (g["c"] - 9) ** 2)
+
+
+def toy_latency(c) -> float:
+    return float(sum(c.genes.values()))
+
+
+def _evolve(budget, **kw):
+    args = {"population": 8, "cycles": 150, "sample_size": 3, "time_budget_s": 600, "seed": 0}
+    return evolve(TOY, toy_score, toy_latency, budget, **{**args, **kw})
+
+
+def test_evolution_improves_on_the_initial_population():
+    result = _evolve(None)
+    initial_best = result.history[7]  # after the 8 members of the first population
+    assert result.best.score > initial_best
+    assert result.best.score >= -1.0  # the optimum (7, 3, 9) scores 0
+    assert result.cycles == 150
+    again = _evolve(None)
+    assert [s.candidate.key for s in again.scored] == [s.candidate.key for s in result.scored]
+
+
+def test_budget_rejects_before_scoring():
+    scored_keys = []
+
+    def score(c):
+        scored_keys.append(c.key)
+        return toy_score(c)
+
+    result = evolve(TOY, score, toy_latency, 10.0, population=8, cycles=60, sample_size=3,
+                    time_budget_s=600, seed=1)
+    assert result.rejected and all(ms > 10.0 for _, ms in result.rejected)
+    assert all(s.latency_ms <= 10.0 for s in result.scored)
+    assert {c.key for c, _ in result.rejected}.isdisjoint(scored_keys)
+    assert len(scored_keys) == len(set(scored_keys)) == len(result.scored)
+
+
+def test_impossible_budget_lists_the_three_closest():
+    with pytest.raises(ConstraintFailure) as e:
+        evolve(TOY, toy_score, toy_latency, -1.0, population=4, cycles=5, sample_size=2,
+               time_budget_s=600, seed=0, where=" on toy")
+    msg = str(e.value)
+    assert "budget of -1 ms on toy" in msg and e.value.exit_code == 1
+    listed = [float(ms) for ms in re.findall(r"\} ([\d.]+) ms", msg)]
+    assert len(listed) == 3 and listed == sorted(listed) and listed[0] == 0.0
+
+
+def test_time_budget_stops_the_cycles():
+    result = _evolve(None, time_budget_s=1e-9)
+    assert result.cycles == 0 and len(result.scored) >= 1
+
+
+def test_pareto_flags():
+    pts = [(1.0, 0.1), (2.0, 0.5), (2.0, 0.4), (3.0, 0.5), (0.5, 0.0)]
+    assert pareto_flags(pts) == [True, True, False, False, True]
+
+
+def _search(project, tmp_path, name, **over):
+    cfg = write_yaml(project.parent / f"{name}.yaml", cnn_config(
+        name=name, search={"strategy": "evolution", "population": 4, "cycles": 6,
+                           "batch_size": 32, **over.pop("search", {})}, **over))
+    out = tmp_path / name
+    return runner.invoke(app, ["search", str(cfg), "--out", str(out), "-q"]), out
+
+
+def test_search_command_writes_candidates_plot_and_student(cnn_project, tmp_path):
+    res, out = _search(cnn_project, tmp_path, "evo", constraints={"latency_budget_ms": 0.0415})
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "search" / "candidates.jsonl").open()]
+    assert rows and sum(r["chosen"] for r in rows) == 1
+    chosen = next(r for r in rows if r["chosen"])
+    assert chosen["proxy"] == max(r["proxy"] for r in rows) and chosen["pareto"]
+    for r in rows:
+        assert r["predicted_latency_ms"] <= 0.0415
+        assert r["proxy"] == r["proxies"]["diswot"]
+        assert set(r["proxies"]) == {"diswot", "params", "flops", "synflow", "grad_norm",
+                                     "naswot"}
+        assert r["params"] == r["architecture"]["params"]
+    student = json.loads((out / "search" / "student.json").read_text())
+    assert student["strategy"] == "evolution" and student["proxy"] == "diswot"
+    assert student["architecture"] == chosen["architecture"]
+    assert (out / "search" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_search_command_fails_with_exit_1_when_nothing_fits(cnn_project, tmp_path):
+    res, _ = _search(cnn_project, tmp_path, "nofit", constraints={"latency_budget_ms": 1e-6})
+    assert res.exit_code == 1
+    assert "closest predicted" in res.output and res.output.count(" ms;") >= 2
+
+
+def test_unknown_proxy_is_a_user_error(cnn_project, tmp_path):
+    res, _ = _search(cnn_project, tmp_path, "badproxy", search={"proxy": "vote"})
+    assert res.exit_code == 2 and "search.proxy" in res.output
+
+
+def test_fixed_architecture_feeds_distill(cnn_project, tmp_path):
+    from kdc import api
+
+    cfg = write_yaml(cnn_project.parent / "arch.yaml", cnn_config(
+        name="arch", student={"architecture": {"stage_width": [1.0, 0.5]}},
+        distill={"epochs": 1}))
+    api.distill(cfg, "host", tmp_path / "arch", quiet=True)
+    student = json.loads((tmp_path / "arch" / "distill" / "student.json").read_text())
+    assert student["architecture"]["conv_channels"] == [16, 16]
