@@ -76,7 +76,7 @@ def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:
         return {**rec, "status": "unavailable", "reason": reason}
     bundle = make_bundle(ctx, onnx_path, precision)
     return {**rec, "status": "bundle", "path": str(bundle.relative_to(ctx.run.root)),
-            "reason": f"{reason}; build on the device with bundle/build.sh"}
+            "reason": reason}
 
 
 def input_shapes(ctx: Context) -> dict[str, list[int]]:

@@ -121,6 +121,7 @@ def test_fixed_architecture_feeds_distill(cnn_project, tmp_path):
     cfg = write_yaml(cnn_project.parent / "arch.yaml", cnn_config(
         name="arch", student={"architecture": {"stage_width": [1.0, 0.5]}},
         distill={"epochs": 1}))
+    api.search(cfg, "host", tmp_path / "arch", quiet=True)
     api.distill(cfg, "host", tmp_path / "arch", quiet=True)
     student = json.loads((tmp_path / "arch" / "distill" / "student.json").read_text())
     assert student["architecture"]["conv_channels"] == [16, 16]
