@@ -117,7 +117,8 @@ def _stages() -> list[Stage]:
 
     common = ("name", "task", "seed", "teacher", "data")
     return [
-        Stage("search", search.run, (*common, "student", "search")),
+        Stage("search", search.run,
+              (*common, "student", "search", "constraints", "quantize", "verify")),
         Stage("distill", distill.run, (*common, "distill", "prune", "quantize")),
         Stage("export", export.run, ("export",)),
         Stage("build", build.run, ("build", "quantize")),

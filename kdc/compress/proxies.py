@@ -41,12 +41,14 @@ def classifier(adapter: ModelAdapter) -> nn.Linear:
     return linears[-1]
 
 
-def features_and_logits(adapter: ModelAdapter, inputs: dict[str, np.ndarray]
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def features_and_logits(
+    adapter: ModelAdapter, inputs: dict[str, np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(pooled features B×C entering the classifier, logits B×K), float64, no grad."""
     seen: list[torch.Tensor] = []
     handle = classifier(adapter).register_forward_hook(
-        lambda m, args, out: seen.append(args[0].detach()))
+        lambda m, args, out: seen.append(args[0].detach())
+    )
     try:
         with torch.inference_mode():
             logits = adapter.module.eval()(**_tensors(inputs))
@@ -55,8 +57,9 @@ def features_and_logits(adapter: ModelAdapter, inputs: dict[str, np.ndarray]
     return seen[-1].flatten(1).double(), logits.double()
 
 
-def _teacher_features(teacher: ModelAdapter, inputs: dict[str, np.ndarray]
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def _teacher_features(
+    teacher: ModelAdapter, inputs: dict[str, np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher features on a batch, computed once per (teacher, batch)."""
     h = hashlib.sha1()
     for k in sorted(inputs):
@@ -72,8 +75,9 @@ def _row_normalised_gram(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x @ x.T, dim=1)
 
 
-def classifier_gradient(feats: torch.Tensor, logits: torch.Tensor,
-                        labels: torch.Tensor) -> torch.Tensor:
+def classifier_gradient(
+    feats: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """∂CE/∂W (K×C) of the classifier for mean cross-entropy: (softmax − onehot)ᵀ F / B. Exact
     because the logits are that Linear's output."""
     p = torch.softmax(logits, dim=1)
@@ -81,8 +85,9 @@ def classifier_gradient(feats: torch.Tensor, logits: torch.Tensor,
     return p.T @ feats / len(labels)
 
 
-def diswot(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
-           labels: np.ndarray) -> float:
+def diswot(
+    teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
+) -> float:
     """DisWOT (Dong et al., CVPR 2023): −(relation + semantic distance) to the teacher. Relation:
     ‖G_T − G_S‖²_F / B² of row-normalised B×B feature Grams. Semantic: the same on the K×K
     class Grams of the classifier-weight gradient g gᵀ (width-agnostic), divided by K²."""
@@ -97,14 +102,16 @@ def diswot(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.nd
     return -(relation + semantic)
 
 
-def params(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
-           labels: np.ndarray) -> float:
+def params(
+    teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
+) -> float:
     """Parameter count (bigger = better baseline)."""
     return float(student.params())
 
 
-def flops(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
-          labels: np.ndarray) -> float:
+def flops(
+    teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
+) -> float:
     """2 × multiply-accumulates of the conv and linear layers on one example (attention score
     products, a few per cent of a BERT's, are left out): the bigger = better baseline."""
     total = 0.0
@@ -113,8 +120,11 @@ def flops(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.nda
         nonlocal total
         total += 2.0 * out.numel() * mod.weight[0].numel()  # outputs × fan-in
 
-    handles = [m.register_forward_hook(hook) for m in student.module.modules()
-               if isinstance(m, nn.Conv2d | nn.Linear)]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in student.module.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
     try:
         with torch.inference_mode():
             student.module.eval()(**_tensors({k: v[:1] for k, v in inputs.items()}))
@@ -124,25 +134,30 @@ def flops(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.nda
     return total
 
 
-def synflow(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
-            labels: np.ndarray) -> float:
+def synflow(
+    teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
+) -> float:
     """log Σ|θ ⊙ ∂R/∂θ| with R the summed output of the all-|θ| network (float64) on an all-ones
     input (integer inputs: the batch's first row)."""
     model = copy.deepcopy(student.module).double().eval()
     with torch.no_grad():
         for p in model.parameters():
             p.abs_()
-    x = {k: (torch.ones_like(v[:1], dtype=torch.float64) if v.is_floating_point() else v[:1])
-         for k, v in _tensors(inputs).items()}
+    x = {
+        k: (torch.ones_like(v[:1], dtype=torch.float64) if v.is_floating_point() else v[:1])
+        for k, v in _tensors(inputs).items()
+    }
     model(**x).sum().backward()
     with torch.no_grad():
-        total = sum(float((p * p.grad).abs().sum()) for p in model.parameters()
-                    if p.grad is not None)
+        total = sum(
+            float((p * p.grad).abs().sum()) for p in model.parameters() if p.grad is not None
+        )
     return math.log(total) if total > 0 else float("-inf")
 
 
-def grad_norm(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
-              labels: np.ndarray) -> float:
+def grad_norm(
+    teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
+) -> float:
     """Σ over parameters of ‖∂CE/∂θ‖₂ on the batch."""
     model = student.module.eval()
     ps = [p for p in model.parameters() if p.requires_grad]
@@ -151,8 +166,9 @@ def grad_norm(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np
     return float(sum(g.norm() for g in grads if g is not None))
 
 
-def naswot(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray],
-           labels: np.ndarray) -> float:
+def naswot(
+    teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
+) -> float:
     """NASWOT (Mellor et al., 2021): log|det K|, K[i, j] = number of activation units on which
     examples i and j agree (both active or both inactive). A singular K (duplicate examples) gets
     a ridge of 1e-3 × its mean diagonal."""
@@ -163,8 +179,11 @@ def naswot(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.nd
         c = (out.detach().flatten(1) > 0).double()
         kernel.add_(c @ c.T + (1 - c) @ (1 - c).T)
 
-    acts = [m for m in student.module.modules()
-            if isinstance(m, ACTIVATIONS) or type(m).__name__.endswith("Activation")]
+    acts = [
+        m
+        for m in student.module.modules()
+        if isinstance(m, ACTIVATIONS) or type(m).__name__.endswith("Activation")
+    ]
     handles = [m.register_forward_hook(hook) for m in acts]
     try:
         with torch.inference_mode():
@@ -179,5 +198,11 @@ def naswot(teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.nd
     return float(logdet)
 
 
-PROXIES: dict[str, Proxy] = {"diswot": diswot, "params": params, "flops": flops,
-                             "synflow": synflow, "grad_norm": grad_norm, "naswot": naswot}
+PROXIES: dict[str, Proxy] = {
+    "diswot": diswot,
+    "params": params,
+    "flops": flops,
+    "synflow": synflow,
+    "grad_norm": grad_norm,
+    "naswot": naswot,
+}

@@ -43,20 +43,33 @@ def _rank(s: Scored) -> float:
     return s.score if not math.isnan(s.score) else -math.inf
 
 
-def no_fit_message(rejected: list[tuple[Candidate, float]], budget_ms: float,
-                   where: str = "") -> str:
+def no_fit_message(
+    rejected: list[tuple[Candidate, float]], budget_ms: float, where: str = ""
+) -> str:
     """The ConstraintFailure text: budget and the 3 candidates predicted closest to it."""
     closest = sorted(rejected, key=lambda r: r[1])[:3]
     listed = "; ".join(f"{c.label} {ms:.4g} ms" for c, ms in closest)
-    return (f"no student in the search space fits the latency budget of {budget_ms:g} ms{where}; "
-            f"closest predicted: {listed} (raise constraints.latency_budget_ms, pick a faster "
-            f"target or a smaller teacher)")
+    return (
+        f"no student in the search space fits the latency budget of {budget_ms:g} ms{where}; "
+        f"closest predicted: {listed} (raise constraints.latency_budget_ms, pick a faster "
+        f"target or a smaller teacher)"
+    )
 
 
-def evolve(space: Space, score: Callable[[Candidate], float],
-           latency: Callable[[Candidate], float], budget_ms: float | None, *, population: int,
-           cycles: int, sample_size: int, time_budget_s: float, seed: int,
-           progress: Callable[[Scored], None] | None = None, where: str = "") -> SearchResult:
+def evolve(
+    space: Space,
+    score: Callable[[Candidate], float],
+    latency: Callable[[Candidate], float],
+    budget_ms: float | None,
+    *,
+    population: int,
+    cycles: int,
+    sample_size: int,
+    time_budget_s: float,
+    seed: int,
+    progress: Callable[[Scored], None] | None = None,
+    where: str = "",
+) -> SearchResult:
     """Maximise `score` over `space` among candidates with `latency` <= `budget_ms` (None: no
     limit). Raises ConstraintFailure listing the closest candidates when none fits."""
     rng = random.Random(seed)
@@ -87,8 +100,9 @@ def evolve(space: Space, score: Callable[[Candidate], float],
 
     pop = deque([s] if (s := feasible(space.smallest())) else [])
     tries = 0
-    while len(pop) < population and tries < population * MAX_TRIES and (
-            not pop or not out_of_time()):
+    while (
+        len(pop) < population and tries < population * MAX_TRIES and (not pop or not out_of_time())
+    ):
         tries += 1
         if s := feasible(space.sample(rng)):
             pop.append(s)
@@ -106,13 +120,20 @@ def evolve(space: Space, score: Callable[[Candidate], float],
                     pop.popleft()
                 break
         done += 1
-    return SearchResult(list(scored.values()), list(rejected.values()),
-                        max(scored.values(), key=_rank), done,
-                        time.perf_counter() - start, history)
+    return SearchResult(
+        list(scored.values()),
+        list(rejected.values()),
+        max(scored.values(), key=_rank),
+        done,
+        time.perf_counter() - start,
+        history,
+    )
 
 
 def pareto_flags(points: list[tuple[float, float]]) -> list[bool]:
     """For (latency, score) points: True where no other point is at least as fast and at least
     as good, and strictly better in one of the two."""
-    return [not any(l2 <= l1 and s2 >= s1 and (l2 < l1 or s2 > s1) for l2, s2 in points)
-            for l1, s1 in points]
+    return [
+        not any(l2 <= l1 and s2 >= s1 and (l2 < l1 or s2 > s1) for l2, s2 in points)
+        for l1, s1 in points
+    ]

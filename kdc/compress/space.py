@@ -76,8 +76,11 @@ class Space:
         return {k: v[-1] for k, v in self.dims.items()}
 
     def from_architecture(self, arch: dict[str, Any]) -> dict[str, Any]:
-        raise UserError("this space takes no fixed architecture", field="student.architecture",
-                        fix="remove student.architecture")
+        raise UserError(
+            "this space takes no fixed architecture",
+            field="student.architecture",
+            fix="remove student.architecture",
+        )
 
 
 def round_channels(c: int, mult: float, divisor: int) -> int:
@@ -103,25 +106,40 @@ class TransformerSpace(Space):
         self.inter = next(getattr(conf, k) for k in INTERMEDIATE_KEYS if hasattr(conf, k))
         self.max_length = arch["max_length"]
         head_dims = sorted({*HEAD_DIMS, self.hidden // self.heads})
-        widths = {(h * n, n) for h in head_dims for n in range(1, self.hidden // h + 1)
-                  if (h * n) % divisor == 0} | {(self.hidden, self.heads)}
-        inters = {round_channels(self.inter, k / WIDTH_STEPS, divisor)
-                  for k in range(1, WIDTH_STEPS + 1)} | {self.inter}
-        super().__init__({"num_hidden_layers": list(range(1, self.n_layers + 1)),
-                          "width": [list(w) for w in sorted(widths)],
-                          "intermediate_size": sorted(inters)})
+        widths = {
+            (h * n, n)
+            for h in head_dims
+            for n in range(1, self.hidden // h + 1)
+            if (h * n) % divisor == 0
+        } | {(self.hidden, self.heads)}
+        inters = {
+            round_channels(self.inter, k / WIDTH_STEPS, divisor) for k in range(1, WIDTH_STEPS + 1)
+        } | {self.inter}
+        super().__init__(
+            {
+                "num_hidden_layers": list(range(1, self.n_layers + 1)),
+                "width": [list(w) for w in sorted(widths)],
+                "intermediate_size": sorted(inters),
+            }
+        )
 
     def decode(self, genes: dict[str, Any]) -> Candidate:
         n = int(genes["num_hidden_layers"])
         hidden, heads = (int(x) for x in genes["width"])
         inter = int(genes["intermediate_size"])
-        sizes = {"num_hidden_layers": n, "hidden_size": hidden, "num_attention_heads": heads,
-                 "intermediate_size": inter}
+        sizes = {
+            "num_hidden_layers": n,
+            "hidden_size": hidden,
+            "num_attention_heads": heads,
+            "intermediate_size": inter,
+        }
         arch = {**self.teacher_arch, **sizes}
-        spec = {"family": "transformer", "layers": evenly_spaced(self.n_layers, n),
-                **{k: v for k, v in sizes.items() if k != "num_hidden_layers"}}
-        return Candidate(dict(genes), arch, spec, dict(arch),
-                         f"L{n} H{hidden} A{heads} I{inter}")
+        spec = {
+            "family": "transformer",
+            "layers": evenly_spaced(self.n_layers, n),
+            **{k: v for k, v in sizes.items() if k != "num_hidden_layers"},
+        }
+        return Candidate(dict(genes), arch, spec, dict(arch), f"L{n} H{hidden} A{heads} I{inter}")
 
     def input_shapes(self, batch: int) -> dict[str, list[int]]:
         return {"input_ids": [batch, self.max_length], "attention_mask": [batch, self.max_length]}
@@ -129,18 +147,29 @@ class TransformerSpace(Space):
     def from_architecture(self, arch: dict[str, Any]) -> dict[str, Any]:
         n = int(arch.get("num_hidden_layers", self.n_layers))
         hidden = int(arch.get("hidden_size", self.hidden))
-        heads = int(arch.get("num_attention_heads",
-                             max(1, hidden // (self.hidden // self.heads))))
+        heads = int(arch.get("num_attention_heads", max(1, hidden // (self.hidden // self.heads))))
         inter = int(arch.get("intermediate_size", self.inter))
-        bad = [k for k in arch if k not in ("num_hidden_layers", "hidden_size",
-                                            "num_attention_heads", "intermediate_size")]
-        if (bad or not 1 <= n <= self.n_layers or not 1 <= hidden <= self.hidden
-                or hidden % heads or not 1 <= inter <= self.inter):
-            raise UserError(f"{arch} is not a student of this {self.n_layers}-layer, "
-                            f"{self.hidden}-wide teacher", field="student.architecture",
-                            fix=f"use num_hidden_layers <= {self.n_layers}, hidden_size <= "
-                            f"{self.hidden} divisible by num_attention_heads, intermediate_size "
-                            f"<= {self.inter}")
+        bad = [
+            k
+            for k in arch
+            if k
+            not in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+        ]
+        if (
+            bad
+            or not 1 <= n <= self.n_layers
+            or not 1 <= hidden <= self.hidden
+            or hidden % heads
+            or not 1 <= inter <= self.inter
+        ):
+            raise UserError(
+                f"{arch} is not a student of this {self.n_layers}-layer, "
+                f"{self.hidden}-wide teacher",
+                field="student.architecture",
+                fix=f"use num_hidden_layers <= {self.n_layers}, hidden_size <= "
+                f"{self.hidden} divisible by num_attention_heads, intermediate_size "
+                f"<= {self.inter}",
+            )
         return {"num_hidden_layers": n, "width": [hidden, heads], "intermediate_size": inter}
 
 
@@ -149,14 +178,12 @@ class CnnSpace(Space):
     (the first ones). Channels follow torch-pruning's coupled groups, so residual nets stay
     consistent."""
 
-    def __init__(self, teacher: ModelAdapter, example: dict[str, np.ndarray],
-                 divisor: int) -> None:
+    def __init__(self, teacher: ModelAdapter, example: dict[str, np.ndarray], divisor: int) -> None:
         self.trace = teacher.layer_trace(example)
         self.groups = teacher.channel_groups(example)
         self.divisor = divisor
         self.input_shape = list(example["pixel_values"].shape[1:])
-        self.conv_order = [n for n, m in teacher.module.named_modules()
-                           if isinstance(m, nn.Conv2d)]
+        self.conv_order = [n for n, m in teacher.module.named_modules() if isinstance(m, nn.Conv2d)]
         self.conv_group = {c: i for i, g in enumerate(self.groups) for c in g["convs"]}
         self.reader_group = {r: i for i, g in enumerate(self.groups) for r in g["readers"]}
         out_res = {r["name"]: _out_res(r) for r in self.trace if r["op"] == "conv"}
@@ -169,8 +196,11 @@ class CnnSpace(Space):
                 self.units[self.stages.index(res)].append(u["modules"])
         dims: dict[str, list[Any]] = {}
         for s in range(len(self.stages)):
-            bases = [g["channels"] for g, gs in zip(self.groups, self.group_stage, strict=True)
-                     if gs == s]
+            bases = [
+                g["channels"]
+                for g, gs in zip(self.groups, self.group_stage, strict=True)
+                if gs == s
+            ]
             chans = {self._stage_channels(s, k / WIDTH_STEPS) for k in range(1, WIDTH_STEPS + 1)}
             if bases:  # a stage whose convs all follow another stage's channels has no width
                 dims[f"stage{s}_width"] = sorted({c[0] / bases[0] for c in chans})
@@ -179,15 +209,24 @@ class CnnSpace(Space):
         super().__init__(dims)
 
     def _stage_channels(self, stage: int, mult: float) -> tuple[int, ...]:
-        return tuple(round_channels(g["channels"], mult, self.divisor)
-                     for g, s in zip(self.groups, self.group_stage, strict=True) if s == stage)
+        return tuple(
+            round_channels(g["channels"], mult, self.divisor)
+            for g, s in zip(self.groups, self.group_stage, strict=True)
+            if s == stage
+        )
 
     def decode(self, genes: dict[str, Any]) -> Candidate:
         mults = [float(genes.get(f"stage{s}_width", 1.0)) for s in range(len(self.stages))]
-        new = [round_channels(g["channels"], mults[s], self.divisor)
-               for g, s in zip(self.groups, self.group_stage, strict=True)]
-        drop = [p for s, units in enumerate(self.units)
-                for unit in units[int(genes.get(f"stage{s}_depth", len(units))):] for p in unit]
+        new = [
+            round_channels(g["channels"], mults[s], self.divisor)
+            for g, s in zip(self.groups, self.group_stage, strict=True)
+        ]
+        drop = [
+            p
+            for s, units in enumerate(self.units)
+            for unit in units[int(genes.get(f"stage{s}_depth", len(units))) :]
+            for p in unit
+        ]
         gone = lambda n: any(n == p or n.startswith(p + ".") for p in drop)  # noqa: E731
         out = {c: new[self.conv_group[c]] for c in self.conv_order if c in self.conv_group}
         layers: list[dict[str, Any]] = []
@@ -199,8 +238,11 @@ class CnnSpace(Space):
             c_in = rec["in_shape"][0]
             g = self.reader_group.get(rec["name"])
             # readers of a coupled group follow it; pools follow the latest conv of their width
-            ratio = (new[g] / self.groups[g]["channels"] if g is not None
-                     else next((r for t, r in reversed(kept) if t == c_in), 1.0))
+            ratio = (
+                new[g] / self.groups[g]["channels"]
+                if g is not None
+                else next((r for t, r in reversed(kept) if t == c_in), 1.0)
+            )
             rec["in_shape"][0] = int(round(c_in * ratio))
             if rec["op"] == "conv":
                 if rec["groups"] > 1 and rec["groups"] == c_in:
@@ -208,11 +250,15 @@ class CnnSpace(Space):
                 kept.append((rec["out"], out.get(rec["name"], rec["out"]) / rec["out"]))
                 rec["out"] = out.get(rec["name"], rec["out"])
             layers.append(rec)
-        conv_channels = [out.get(c, _teacher_out(self.trace, c)) for c in self.conv_order
-                         if not gone(c)]
+        conv_channels = [
+            out.get(c, _teacher_out(self.trace, c)) for c in self.conv_order if not gone(c)
+        ]
         arch = {"adapter": "vision", "family": "cnn", "conv_channels": conv_channels}
-        spec = {"family": "cnn", "channels": {c: n for c, n in out.items()
-                                              if n < _teacher_out(self.trace, c)}, "drop": drop}
+        spec = {
+            "family": "cnn",
+            "channels": {c: n for c, n in out.items() if n < _teacher_out(self.trace, c)},
+            "drop": drop,
+        }
         cost = {"family": "cnn", "input_shape": self.input_shape, "layers": layers}
         return Candidate(dict(genes), arch, spec, cost, f"conv {conv_channels}")
 
@@ -222,14 +268,20 @@ class CnnSpace(Space):
     def from_architecture(self, arch: dict[str, Any]) -> dict[str, Any]:
         widths = list(arch.get("stage_width", [1.0] * len(self.stages)))
         depths = list(arch.get("stage_depth", [len(u) for u in self.units]))
-        if (set(arch) - {"stage_width", "stage_depth"} or len(widths) != len(self.stages)
-                or len(depths) != len(self.stages) or not all(0 < w <= 1 for w in widths)
-                or not all(0 <= d <= len(u) for d, u in zip(depths, self.units, strict=True))):
-            raise UserError(f"{arch} does not fit this teacher's {len(self.stages)} stages",
-                            field="student.architecture",
-                            fix=f"give stage_width: {len(self.stages)} multipliers in (0, 1] and "
-                            f"stage_depth: blocks kept per stage, at most "
-                            f"{[len(u) for u in self.units]}")
+        if (
+            set(arch) - {"stage_width", "stage_depth"}
+            or len(widths) != len(self.stages)
+            or len(depths) != len(self.stages)
+            or not all(0 < w <= 1 for w in widths)
+            or not all(0 <= d <= len(u) for d, u in zip(depths, self.units, strict=True))
+        ):
+            raise UserError(
+                f"{arch} does not fit this teacher's {len(self.stages)} stages",
+                field="student.architecture",
+                fix=f"give stage_width: {len(self.stages)} multipliers in (0, 1] and "
+                f"stage_depth: blocks kept per stage, at most "
+                f"{[len(u) for u in self.units]}",
+            )
         genes: dict[str, Any] = {f"stage{s}_width": float(w) for s, w in enumerate(widths)}
         genes.update({f"stage{s}_depth": int(d) for s, d in enumerate(depths) if self.units[s]})
         return genes

@@ -1,5 +1,6 @@
-"""Students derived from the teacher: transformers keep evenly spaced layers, CNNs keep a share of
-each layer's channels (by weight magnitude); both start from the teacher's weights."""
+"""Students derived from the teacher, always starting from its weights: transformers keep chosen
+layers and optionally slice hidden size, heads and FFN; CNNs keep a share of each conv's channels
+(uniform `width`, or per-conv counts and dropped blocks from the search space)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from kdc.models.base import ModelAdapter
 def evenly_spaced(n_teacher: int, n_student: int) -> list[int]:
     """`n_student` layer indices spread over `n_teacher`, always keeping the last layer."""
     if not 1 <= n_student <= n_teacher:
-        raise UserError(f"cannot keep {n_student} of {n_teacher} layers", field="student.layers",
-                        fix=f"use a number from 1 to {n_teacher}")
+        raise UserError(
+            f"cannot keep {n_student} of {n_teacher} layers",
+            field="student.layers",
+            fix=f"use a number from 1 to {n_teacher}",
+        )
     step = n_teacher / n_student
     return sorted({min(n_teacher - 1, int(round((i + 1) * step)) - 1) for i in range(n_student)})
 
@@ -30,8 +34,11 @@ def fixed_student_spec(teacher: ModelAdapter, cfg: StudentConfig) -> dict[str, A
         if isinstance(cfg.layers, list):
             bad = [i for i in cfg.layers if not 0 <= i < n]
             if bad or len(set(cfg.layers)) != len(cfg.layers):
-                raise UserError(f"layer indices {cfg.layers} invalid for {n} layers",
-                                field="student.layers", fix=f"use distinct indices 0..{n - 1}")
+                raise UserError(
+                    f"layer indices {cfg.layers} invalid for {n} layers",
+                    field="student.layers",
+                    fix=f"use distinct indices 0..{n - 1}",
+                )
             keep = sorted(cfg.layers)
         else:
             keep = evenly_spaced(n, cfg.layers or max(1, n // 2))
@@ -39,15 +46,17 @@ def fixed_student_spec(teacher: ModelAdapter, cfg: StudentConfig) -> dict[str, A
     return {"family": "cnn", "width": cfg.width}
 
 
-def _transformer(teacher: ModelAdapter, spec: dict[str, Any], example: dict[str, np.ndarray],
-                 divisor: int) -> ModelAdapter:
+def _transformer(
+    teacher: ModelAdapter, spec: dict[str, Any], example: dict[str, np.ndarray], divisor: int
+) -> ModelAdapter:
     if any(k in spec for k in SIZE_KEYS):
         return teacher.sliced(spec)
     return teacher.select_layers(spec["layers"])
 
 
-def _cnn(teacher: ModelAdapter, spec: dict[str, Any], example: dict[str, np.ndarray],
-         divisor: int) -> ModelAdapter:
+def _cnn(
+    teacher: ModelAdapter, spec: dict[str, Any], example: dict[str, np.ndarray], divisor: int
+) -> ModelAdapter:
     if "channels" in spec or "drop" in spec:
         return teacher.sliced(spec, example)
     if spec.get("width", 1.0) >= 1.0:
@@ -59,14 +68,18 @@ SIZE_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size")
 DERIVE = {"transformer": _transformer, "cnn": _cnn}
 
 
-def derive_student(teacher: ModelAdapter, spec: dict[str, Any], example: dict[str, np.ndarray],
-                   divisor: int = 8) -> ModelAdapter:
+def derive_student(
+    teacher: ModelAdapter, spec: dict[str, Any], example: dict[str, np.ndarray], divisor: int = 8
+) -> ModelAdapter:
     """Build the student of `spec` from the teacher's weights. Transformer specs keep `layers`
     and, with size keys, slice hidden/heads/FFN (`HFTextAdapter.sliced`); CNN specs give a
     uniform `width`, or per-conv `channels` and `drop`ped blocks (`VisionAdapter.sliced`)."""
     if spec.get("family") not in DERIVE:
-        raise UserError(f"unknown student family {spec.get('family')!r}", field="search",
-                        fix="run the search stage again")
+        raise UserError(
+            f"unknown student family {spec.get('family')!r}",
+            field="search",
+            fix="run the search stage again",
+        )
     return DERIVE[spec["family"]](teacher, spec, example, divisor)
 
 

@@ -31,13 +31,16 @@ def _fixed(ctx: Context) -> StageOutput:
     arch = student.architecture()
     row = {"architecture": arch, "spec": spec, "params": student.params(), "chosen": True}
     cands = ctx.run / "search" / "candidates.jsonl"
-    out = write_json(ctx.run / "search" / "student.json", {"spec": spec, "architecture": arch,
-                                                            "strategy": "fixed"})
+    out = write_json(
+        ctx.run / "search" / "student.json",
+        {"spec": spec, "architecture": arch, "strategy": "fixed"},
+    )
     write_jsonl(cands, [row])
-    ctx.log(f"  student: {spec} ({student.params():,} params, teacher "
-            f"{ctx.teacher.params():,})")
-    return StageOutput([out, cands], {"strategy": "fixed", "candidates_scored": 1,
-                                      "student_params": student.params()})
+    ctx.log(f"  student: {spec} ({student.params():,} params, teacher {ctx.teacher.params():,})")
+    return StageOutput(
+        [out, cands],
+        {"strategy": "fixed", "candidates_scored": 1, "student_params": student.params()},
+    )
 
 
 def _space(ctx: Context):
@@ -54,8 +57,12 @@ def _proxy_names(ctx: Context) -> list[str]:
     bad = [n for n in wanted if n not in PROXIES]
     if bad:
         field = "search.proxy" if cfg.proxy in bad else "search.proxies"
-        raise UserError(f"unknown proxy '{bad[0]}'", source=ctx.cfg.source_file, field=field,
-                        fix=f"use one of {', '.join(PROXIES)}")
+        raise UserError(
+            f"unknown proxy '{bad[0]}'",
+            source=ctx.cfg.source_file,
+            field=field,
+            fix=f"use one of {', '.join(PROXIES)}",
+        )
     return list(dict.fromkeys(wanted))
 
 
@@ -73,8 +80,10 @@ def _budget(ctx: Context, smallest_ms: float, teacher_ms: float) -> tuple[float,
     if ctx.profile.defaults.latency_budget_ms:
         return ctx.profile.defaults.latency_budget_ms, f"{ctx.profile.name} default"
     f = ctx.cfg.search.latency_fraction
-    return (smallest_ms + f * (teacher_ms - smallest_ms),
-            f"search.latency_fraction {f:g} of the way from the smallest student to the teacher")
+    return (
+        smallest_ms + f * (teacher_ms - smallest_ms),
+        f"search.latency_fraction {f:g} of the way from the smallest student to the teacher",
+    )
 
 
 def _finite(x: float) -> float | None:
@@ -90,8 +99,11 @@ def _evolution(ctx: Context) -> StageOutput:
     cfg, teacher = ctx.cfg.search, ctx.teacher
     names = _proxy_names(ctx)
     x, y = ctx.encode("train"), ctx.dataset.train.labels
-    idx = np.sort(np.random.default_rng(ctx.cfg.seed).choice(
-        len(y), min(cfg.batch_size, len(y)), replace=False))
+    idx = np.sort(
+        np.random.default_rng(ctx.cfg.seed).choice(
+            len(y), min(cfg.batch_size, len(y)), replace=False
+        )
+    )
     bx, by = {k: v[idx] for k, v in x.items()}, y[idx]
     divisor = ctx.profile.defaults.channel_divisor
     space = _space(ctx)
@@ -100,8 +112,9 @@ def _evolution(ctx: Context) -> StageOutput:
     predictions: dict[str, dict] = {}
 
     def latency(c) -> float:
-        predictions[c.key] = predict_architecture(c.cost, ctx.profile, precision=precision,
-                                                  batch=batch, input_shapes=shapes)
+        predictions[c.key] = predict_architecture(
+            c.cost, ctx.profile, precision=precision, batch=batch, input_shapes=shapes
+        )
         return predictions[c.key]["p50_ms"]
 
     teacher_ms = latency(space.decode(space.largest()))
@@ -113,42 +126,85 @@ def _evolution(ctx: Context) -> StageOutput:
         if cfg.init == "random":
             random_init(student, ctx.cfg.seed)
         vals = {n: float(PROXIES[n](teacher, student, bx, by)) for n in names}
-        rows[c.key] = {"architecture": student.architecture(), "genes": c.genes,
-                       "spec": c.spec, "params": student.params(),
-                       "flops": predictions[c.key]["flops"],
-                       "proxies": {n: _finite(v) for n, v in vals.items()}}
+        rows[c.key] = {
+            "architecture": student.architecture(),
+            "genes": c.genes,
+            "spec": c.spec,
+            "params": student.params(),
+            "flops": predictions[c.key]["flops"],
+            "proxies": {n: _finite(v) for n, v in vals.items()},
+        }
         return vals[cfg.proxy]
 
-    ctx.log(f"  space: {space.size:,} students; budget {budget:.4g} ms ({budget_source}); "
-            f"teacher predicted {teacher_ms:.4g} ms on {ctx.profile.name} {precision}")
+    ctx.log(
+        f"  space: {space.size:,} students; budget {budget:.4g} ms ({budget_source}); "
+        f"teacher predicted {teacher_ms:.4g} ms on {ctx.profile.name} {precision}"
+    )
     with ctx.progress("searching", cfg.population + cfg.cycles) as advance:
-        result = evolve(space, score, latency, budget, population=cfg.population,
-                        cycles=cfg.cycles, sample_size=cfg.sample_size,
-                        time_budget_s=cfg.time_budget_s, seed=ctx.cfg.seed,
-                        progress=lambda s: advance(ms=s.latency_ms, proxy=s.score),
-                        where=f" on {ctx.profile.name} ({precision}, batch {batch})")
+        result = evolve(
+            space,
+            score,
+            latency,
+            budget,
+            population=cfg.population,
+            cycles=cfg.cycles,
+            sample_size=cfg.sample_size,
+            time_budget_s=cfg.time_budget_s,
+            seed=ctx.cfg.seed,
+            progress=lambda s: advance(ms=s.latency_ms, proxy=s.score),
+            where=f" on {ctx.profile.name} ({precision}, batch {batch})",
+        )
     flags = pareto_flags([(s.latency_ms, s.score) for s in result.scored])
-    table = [{**rows[s.candidate.key], "predicted_latency_ms": s.latency_ms,
-              "proxy": _finite(s.score), "pareto": f, "chosen": s is result.best}
-             for s, f in zip(result.scored, flags, strict=True)]
+    table = [
+        {
+            **rows[s.candidate.key],
+            "predicted_latency_ms": s.latency_ms,
+            "proxy": _finite(s.score),
+            "pareto": f,
+            "chosen": s is result.best,
+        }
+        for s, f in zip(result.scored, flags, strict=True)
+    ]
     best = rows[result.best.candidate.key]
     cands = write_jsonl(ctx.run / "search" / "candidates.jsonl", table)
     plot = plot_search(table, budget, cfg.proxy, ctx.run / "search" / "pareto.png")
-    out = write_json(ctx.run / "search" / "student.json", {
-        "spec": best["spec"], "architecture": best["architecture"], "strategy": "evolution",
-        "proxy": cfg.proxy, "genes": best["genes"], "init": cfg.init,
-        "predicted_latency_ms": result.best.latency_ms, "budget_ms": budget,
-        "budget_source": budget_source, "precision": precision, "batch": batch})
-    ctx.log(f"  scored {len(table)} students ({len(result.rejected)} over budget rejected) in "
-            f"{result.wall_s:.1f} s; chosen {result.best.candidate.label}: {cfg.proxy} "
-            f"{result.best.score:.4g}, predicted {result.best.latency_ms:.4g} ms, "
-            f"{best['params']:,} params (teacher {teacher.params():,})")
-    return StageOutput([out, cands, plot], {
-        "strategy": "evolution", "proxy": cfg.proxy, "candidates_scored": len(table),
-        "candidates_rejected": len(result.rejected), "cycles": result.cycles,
-        "budget_ms": budget, "predicted_latency_ms": result.best.latency_ms,
-        "teacher_predicted_latency_ms": teacher_ms, "student_params": best["params"],
-        "search_wall_s": round(result.wall_s, 2)})
+    out = write_json(
+        ctx.run / "search" / "student.json",
+        {
+            "spec": best["spec"],
+            "architecture": best["architecture"],
+            "strategy": "evolution",
+            "proxy": cfg.proxy,
+            "genes": best["genes"],
+            "init": cfg.init,
+            "predicted_latency_ms": result.best.latency_ms,
+            "budget_ms": budget,
+            "budget_source": budget_source,
+            "precision": precision,
+            "batch": batch,
+        },
+    )
+    ctx.log(
+        f"  scored {len(table)} students ({len(result.rejected)} over budget rejected) in "
+        f"{result.wall_s:.1f} s; chosen {result.best.candidate.label}: {cfg.proxy} "
+        f"{result.best.score:.4g}, predicted {result.best.latency_ms:.4g} ms, "
+        f"{best['params']:,} params (teacher {teacher.params():,})"
+    )
+    return StageOutput(
+        [out, cands, plot],
+        {
+            "strategy": "evolution",
+            "proxy": cfg.proxy,
+            "candidates_scored": len(table),
+            "candidates_rejected": len(result.rejected),
+            "cycles": result.cycles,
+            "budget_ms": budget,
+            "predicted_latency_ms": result.best.latency_ms,
+            "teacher_predicted_latency_ms": teacher_ms,
+            "student_params": best["params"],
+            "search_wall_s": round(result.wall_s, 2),
+        },
+    )
 
 
 def plot_search(rows: list[dict], budget_ms: float, proxy: str, path: Path) -> Path:
@@ -160,17 +216,37 @@ def plot_search(rows: list[dict], budget_ms: float, proxy: str, path: Path) -> P
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     pts = [r for r in rows if r["proxy"] is not None]
-    ax.scatter([r["predicted_latency_ms"] for r in pts], [r["proxy"] for r in pts], s=18,
-               color="0.6", label="candidates")
+    ax.scatter(
+        [r["predicted_latency_ms"] for r in pts],
+        [r["proxy"] for r in pts],
+        s=18,
+        color="0.6",
+        label="candidates",
+    )
     front = sorted((r for r in pts if r["pareto"]), key=lambda r: r["predicted_latency_ms"])
-    ax.plot([r["predicted_latency_ms"] for r in front], [r["proxy"] for r in front], "-o",
-            color="tab:blue", markersize=4, label="Pareto front")
+    ax.plot(
+        [r["predicted_latency_ms"] for r in front],
+        [r["proxy"] for r in front],
+        "-o",
+        color="tab:blue",
+        markersize=4,
+        label="Pareto front",
+    )
     for r in pts:
         if r["chosen"]:
-            ax.scatter([r["predicted_latency_ms"]], [r["proxy"]], s=160, facecolors="none",
-                       edgecolors="tab:red", linewidths=2, label="chosen", zorder=5)
-    ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1,
-               label=f"budget {budget_ms:.3g} ms")
+            ax.scatter(
+                [r["predicted_latency_ms"]],
+                [r["proxy"]],
+                s=160,
+                facecolors="none",
+                edgecolors="tab:red",
+                linewidths=2,
+                label="chosen",
+                zorder=5,
+            )
+    ax.axvline(
+        budget_ms, color="tab:red", linestyle="--", linewidth=1, label=f"budget {budget_ms:.3g} ms"
+    )
     ax.set_xlabel("predicted latency (ms)")
     ax.set_ylabel(f"proxy: {proxy} (higher is better)")
     ax.legend(loc="lower right", fontsize=8)
@@ -183,8 +259,9 @@ def build_student(ctx: Context, spec: dict):
     """The student adapter for `spec`, initialised from the teacher."""
     from kdc.compress.student import derive_student
 
-    return derive_student(ctx.teacher, spec, ctx.encode("train"),
-                          ctx.profile.defaults.channel_divisor)
+    return derive_student(
+        ctx.teacher, spec, ctx.encode("train"), ctx.profile.defaults.channel_divisor
+    )
 
 
 STRATEGIES = {"fixed": _fixed, "evolution": _evolution}

@@ -45,13 +45,26 @@ def test_registry_names():
 
 
 def test_proxies_are_deterministic(cnn, bert):
-    half = derive_student(cnn, {"family": "cnn", "channels": {"features.0": 8, "features.4": 16}},
-                          IMAGES, 8)
+    half = derive_student(
+        cnn, {"family": "cnn", "channels": {"features.0": 8, "features.4": 16}}, IMAGES, 8
+    )
     text, x, y = bert
-    small = derive_student(text, {"family": "transformer", "layers": [1, 3], "hidden_size": 16,
-                                  "num_attention_heads": 1, "intermediate_size": 32}, x, 8)
-    for teacher, student, inputs, labels in ((cnn, half, IMAGES, IMAGE_LABELS),
-                                             (text, small, x, y)):
+    small = derive_student(
+        text,
+        {
+            "family": "transformer",
+            "layers": [1, 3],
+            "hidden_size": 16,
+            "num_attention_heads": 1,
+            "intermediate_size": 32,
+        },
+        x,
+        8,
+    )
+    for teacher, student, inputs, labels in (
+        (cnn, half, IMAGES, IMAGE_LABELS),
+        (text, small, x, y),
+    ):
         for name, fn in PROXIES.items():
             a, b = fn(teacher, student, inputs, labels), fn(teacher, student, inputs, labels)
             assert a == b and np.isfinite(a), name
@@ -63,8 +76,10 @@ def test_random_init_is_seeded(cnn):
     b = random_init(derive_student(cnn, spec, IMAGES, 8), 3)
     c = random_init(derive_student(cnn, spec, IMAGES, 8), 4)
     for name in ("diswot", "synflow", "naswot", "grad_norm"):
-        fa, fb = PROXIES[name](cnn, a, IMAGES, IMAGE_LABELS), PROXIES[name](cnn, b, IMAGES,
-                                                                           IMAGE_LABELS)
+        fa, fb = (
+            PROXIES[name](cnn, a, IMAGES, IMAGE_LABELS),
+            PROXIES[name](cnn, b, IMAGES, IMAGE_LABELS),
+        )
         assert fa == fb
     assert diswot(cnn, a, IMAGES, IMAGE_LABELS) != diswot(cnn, c, IMAGES, IMAGE_LABELS)
 
@@ -95,8 +110,9 @@ def test_diswot_terms_match_the_formulas(cnn):
 def test_classifier_gradient_equals_autograd(cnn):
     model = cnn.module
     head = classifier(cnn)
-    loss = F.cross_entropy(model(torch.from_numpy(IMAGES["pixel_values"])),
-                           torch.from_numpy(IMAGE_LABELS).long())
+    loss = F.cross_entropy(
+        model(torch.from_numpy(IMAGES["pixel_values"])), torch.from_numpy(IMAGE_LABELS).long()
+    )
     (auto,) = torch.autograd.grad(loss, [head.weight])
     f, logits = features_and_logits(cnn, IMAGES)
     ours = classifier_gradient(f, logits, torch.from_numpy(IMAGE_LABELS).long())
@@ -107,6 +123,7 @@ def test_size_baselines_grow_with_the_student(cnn):
     small = derive_student(cnn, {"family": "cnn", "channels": {"features.4": 8}}, IMAGES, 8)
     for name in ("params", "flops"):
         assert PROXIES[name](cnn, small, IMAGES, IMAGE_LABELS) < PROXIES[name](
-            cnn, cnn, IMAGES, IMAGE_LABELS)
+            cnn, cnn, IMAGES, IMAGE_LABELS
+        )
     # conv0: 8x8x16 outputs x 9 fan-in, conv1: 4x4x32 x 144, linear 10 x 32; 2 FLOPs per MAC
     assert PROXIES["flops"](cnn, cnn, IMAGES, IMAGE_LABELS) == 2 * (1024 * 9 + 512 * 144 + 320)

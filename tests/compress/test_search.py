@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from tiny import cnn_config, write_yaml
+from tiny import bert_config, cnn_config, write_yaml
 from typer.testing import CliRunner
 
 from kdc.cli import app
@@ -49,8 +49,17 @@ def test_budget_rejects_before_scoring():
         scored_keys.append(c.key)
         return toy_score(c)
 
-    result = evolve(TOY, score, toy_latency, 10.0, population=8, cycles=60, sample_size=3,
-                    time_budget_s=600, seed=1)
+    result = evolve(
+        TOY,
+        score,
+        toy_latency,
+        10.0,
+        population=8,
+        cycles=60,
+        sample_size=3,
+        time_budget_s=600,
+        seed=1,
+    )
     assert result.rejected and all(ms > 10.0 for _, ms in result.rejected)
     assert all(s.latency_ms <= 10.0 for s in result.scored)
     assert {c.key for c, _ in result.rejected}.isdisjoint(scored_keys)
@@ -59,8 +68,18 @@ def test_budget_rejects_before_scoring():
 
 def test_impossible_budget_lists_the_three_closest():
     with pytest.raises(ConstraintFailure) as e:
-        evolve(TOY, toy_score, toy_latency, -1.0, population=4, cycles=5, sample_size=2,
-               time_budget_s=600, seed=0, where=" on toy")
+        evolve(
+            TOY,
+            toy_score,
+            toy_latency,
+            -1.0,
+            population=4,
+            cycles=5,
+            sample_size=2,
+            time_budget_s=600,
+            seed=0,
+            where=" on toy",
+        )
     msg = str(e.value)
     assert "budget of -1 ms on toy" in msg and e.value.exit_code == 1
     listed = [float(ms) for ms in re.findall(r"\} ([\d.]+) ms", msg)]
@@ -78,9 +97,20 @@ def test_pareto_flags():
 
 
 def _search(project, tmp_path, name, **over):
-    cfg = write_yaml(project.parent / f"{name}.yaml", cnn_config(
-        name=name, search={"strategy": "evolution", "population": 4, "cycles": 6,
-                           "batch_size": 32, **over.pop("search", {})}, **over))
+    cfg = write_yaml(
+        project.parent / f"{name}.yaml",
+        cnn_config(
+            name=name,
+            search={
+                "strategy": "evolution",
+                "population": 4,
+                "cycles": 6,
+                "batch_size": 32,
+                **over.pop("search", {}),
+            },
+            **over,
+        ),
+    )
     out = tmp_path / name
     return runner.invoke(app, ["search", str(cfg), "--out", str(out), "-q"]), out
 
@@ -95,8 +125,7 @@ def test_search_command_writes_candidates_plot_and_student(cnn_project, tmp_path
     for r in rows:
         assert r["predicted_latency_ms"] <= 0.0415
         assert r["proxy"] == r["proxies"]["diswot"]
-        assert set(r["proxies"]) == {"diswot", "params", "flops", "synflow", "grad_norm",
-                                     "naswot"}
+        assert set(r["proxies"]) == {"diswot", "params", "flops", "synflow", "grad_norm", "naswot"}
         assert r["params"] == r["architecture"]["params"]
     student = json.loads((out / "search" / "student.json").read_text())
     assert student["strategy"] == "evolution" and student["proxy"] == "diswot"
@@ -115,13 +144,50 @@ def test_unknown_proxy_is_a_user_error(cnn_project, tmp_path):
     assert res.exit_code == 2 and "search.proxy" in res.output
 
 
-def test_fixed_architecture_feeds_distill(cnn_project, tmp_path):
+def _chosen_student_rebuilds(config, out, target="host"):
+    """The distill stage's `build_student` on search/student.json's spec gives its architecture."""
+    from kdc.api import open_run
+    from kdc.stages.search import build_student
+
+    chosen = json.loads((out / "search" / "student.json").read_text())
+    student = build_student(open_run(config, target, out, quiet=True), chosen["spec"])
+    assert student.architecture() == chosen["architecture"]
+    return chosen
+
+
+def test_fixed_architecture_student(cnn_project, tmp_path):
     from kdc import api
 
-    cfg = write_yaml(cnn_project.parent / "arch.yaml", cnn_config(
-        name="arch", student={"architecture": {"stage_width": [1.0, 0.5]}},
-        distill={"epochs": 1}))
+    cfg = write_yaml(
+        cnn_project.parent / "arch.yaml",
+        cnn_config(name="arch", student={"architecture": {"stage_width": [1.0, 0.5]}}),
+    )
     api.search(cfg, "host", tmp_path / "arch", quiet=True)
-    api.distill(cfg, "host", tmp_path / "arch", quiet=True)
-    student = json.loads((tmp_path / "arch" / "distill" / "student.json").read_text())
-    assert student["architecture"]["conv_channels"] == [16, 16]
+    chosen = _chosen_student_rebuilds(cfg, tmp_path / "arch")
+    assert chosen["strategy"] == "fixed"
+    assert chosen["architecture"]["conv_channels"] == [16, 16]
+
+
+def test_transformer_search_on_jetson(bert_project, tmp_path):
+    from kdc import api
+
+    cfg = write_yaml(
+        bert_project.parent / "bevo.yaml",
+        bert_config(
+            name="bevo",
+            search={
+                "strategy": "evolution",
+                "population": 4,
+                "cycles": 4,
+                "batch_size": 32,
+                "proxies": ["params"],
+            },
+        ),
+    )
+    api.search(cfg, "jetson", tmp_path / "bevo", quiet=True)
+    chosen = _chosen_student_rebuilds(cfg, tmp_path / "bevo", "jetson")
+    rows = [json.loads(line) for line in (tmp_path / "bevo" / "search" / "candidates.jsonl").open()]
+    assert all(set(r["proxies"]) == {"diswot", "params"} for r in rows)
+    assert chosen["precision"] == "int8" and chosen["budget_ms"] == 10.0  # the Orin Nano default
+    arch = chosen["architecture"]
+    assert arch["hidden_size"] % 16 == 0 and arch["intermediate_size"] % 16 == 0

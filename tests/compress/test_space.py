@@ -33,8 +33,15 @@ def wide_bert(bert) -> HFTextAdapter:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(1)
-    conf = BertConfig(vocab_size=31, hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
-                      intermediate_size=512, max_position_embeddings=64, num_labels=2)
+    conf = BertConfig(
+        vocab_size=31,
+        hidden_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=512,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
     return HFTextAdapter(BertForSequenceClassification(conf).eval(), bert.tokenizer, 16)
 
 
@@ -50,8 +57,14 @@ def _cnn(channels=(16, 48, 96), depth=1) -> VisionAdapter:
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-    return VisionAdapter(model, {"kind": "entrypoint", "entrypoint": "kdc.models.cnn:small_cnn",
-                                 "kwargs": {"channels": list(channels), "depth": depth}})
+    return VisionAdapter(
+        model,
+        {
+            "kind": "entrypoint",
+            "entrypoint": "kdc.models.cnn:small_cnn",
+            "kwargs": {"channels": list(channels), "depth": depth},
+        },
+    )
 
 
 IMAGES = {"pixel_values": np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)}
@@ -105,8 +118,12 @@ def test_cnn_space_channels_are_multiples_of_divisor(divisor):
     for _ in range(20):
         cand = space.decode(space.sample(rng))
         assert all(c % divisor == 0 for c in cand.architecture["conv_channels"])
-    chans = {tuple(space.decode({**space.largest(), "stage2_width": w}).architecture[
-        "conv_channels"])[-1] for w in space.dims["stage2_width"]}
+    chans = {
+        tuple(space.decode({**space.largest(), "stage2_width": w}).architecture["conv_channels"])[
+            -1
+        ]
+        for w in space.dims["stage2_width"]
+    }
     # the width grid is k/8 of the teacher's 96 channels, rounded half-up to the divisor
     assert chans == {int(12 * k / divisor + 0.5) * divisor for k in range(1, 9)}
 
@@ -137,7 +154,7 @@ def test_transformer_candidates_build_with_teacher_slices(wide_bert):
         # the classifier keeps teacher columns (the chosen hidden channels), unchanged
         tw = wide_bert.model.classifier.weight.detach()
         for col in student.model.classifier.weight.detach().T:
-            assert (tw.T == col).all(dim=1).any()
+            assert (col == tw.T).all(dim=1).any()
 
 
 def test_head_slices_keep_whole_teacher_heads(wide_bert):
@@ -150,8 +167,14 @@ def test_head_slices_keep_whole_teacher_heads(wide_bert):
     assert student.model.config.num_hidden_layers == 1
 
 
-@pytest.mark.parametrize("make", [lambda: _cnn(), lambda: _cnn((16, 32), depth=2),
-                                  lambda: VisionAdapter(Residual().eval(), {"kind": "entrypoint"})])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _cnn(),
+        lambda: _cnn((16, 32), depth=2),
+        lambda: VisionAdapter(Residual().eval(), {"kind": "entrypoint"}),
+    ],
+)
 def test_cnn_students_match_predicted_architecture(make):
     teacher = make()
     space = space_for(teacher, IMAGES, 8)
@@ -187,8 +210,9 @@ def test_depth_genes_drop_blocks_and_round_trip(tmp_path):
 
 def test_sliced_transformer_round_trips(wide_bert, tmp_path):
     x = _text(wide_bert)
-    student = wide_bert.sliced({"layers": [0, 2], "hidden_size": 64, "num_attention_heads": 1,
-                                "intermediate_size": 96})
+    student = wide_bert.sliced(
+        {"layers": [0, 2], "hidden_size": 64, "num_attention_heads": 1, "intermediate_size": 96}
+    )
     student.save(tmp_path / "s")
     loaded = load_student(tmp_path / "s", max_length=16)
     assert loaded.architecture()["hidden_size"] == 64
@@ -202,7 +226,8 @@ def test_fixed_architecture_is_validated(wide_bert):
     with pytest.raises(UserError, match="student.architecture"):
         space.from_architecture({"hidden_size": 256})
     cnn_space = space_for(_cnn(), IMAGES, 8)
-    assert cnn_space.decode(cnn_space.from_architecture({"stage_width": [0.5, 0.5, 0.25]})
-                            ).architecture["conv_channels"] == [8, 24, 24]
+    assert cnn_space.decode(
+        cnn_space.from_architecture({"stage_width": [0.5, 0.5, 0.25]})
+    ).architecture["conv_channels"] == [8, 24, 24]
     with pytest.raises(UserError, match="3 stages"):
         cnn_space.from_architecture({"stage_width": [0.5]})

@@ -1,0 +1,268 @@
+"""How well each training-free proxy ranks students by their accuracy after distillation (not a
+test).
+
+    python bench/proxy_correlation.py [--students 16 --digits-epochs 5 --text-epochs 3]
+
+For the digits example (its SmallCNN teacher, trained by examples/digits/prepare.py when its
+weights are missing) and a text example (examples/sentiment's teacher if present, else the tiny
+BERT project of tests/helpers/tiny.py), samples distinct students of the search space (the teacher
+itself excluded) and scores every proxy on one batch as the search stage does (teacher-initialised
+students; `name@random` rows score randomly initialised ones). Then distils every student with
+the same short budget (logit KD only) from its teacher initialisation and measures eval accuracy.
+Reports Kendall tau-b, Spearman rho and precision@3 per proxy and example against accuracy
+(`proxies`) and, because tiny tasks saturate accuracy, against minus the eval cross-entropy
+(`proxies_vs_eval_loss`), plus candidates_per_s: students scored per second by the search's
+default proxy (build + latency prediction + diswot). Prints tables and writes
+bench/results/proxy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402, N812
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from scipy.stats import kendalltau, spearmanr  # noqa: E402
+
+from kdc.api import open_run  # noqa: E402
+from kdc.compress.distill import DistillData, distill, evaluate_accuracy  # noqa: E402
+from kdc.compress.proxies import PROXIES  # noqa: E402
+from kdc.compress.space import space_for  # noqa: E402
+from kdc.compress.student import derive_student, random_init  # noqa: E402
+from kdc.config import LossConfig  # noqa: E402
+from kdc.deploy.estimate import predict_architecture  # noqa: E402
+from kdc.rundir import write_json  # noqa: E402
+from kdc.stages.distill import validation_split  # noqa: E402
+
+
+def digits_config(work: Path) -> tuple[Path, str]:
+    cfg = ROOT / "examples" / "digits" / "model.yaml"
+    if not (ROOT / "examples" / "digits" / "teacher" / "model.safetensors").is_file():
+        sys.path.insert(0, str(ROOT / "examples" / "digits"))
+        from prepare import train
+
+        train(cfg, epochs=20)
+    return cfg, "examples/digits (SmallCNN 32-64-128, teacher from prepare.py)"
+
+
+def text_config(work: Path) -> tuple[Path, str]:
+    sentiment = ROOT / "examples" / "sentiment"
+    if (sentiment / "teacher").is_dir() and (sentiment / "model.yaml").is_file():
+        return sentiment / "model.yaml", "examples/sentiment"
+    import tiny
+
+    root = work / "tinybert"
+    root.mkdir()
+    return tiny.make_bert_project(root), (
+        "tests/helpers/tiny.py tiny BERT (4 layers, hidden 32; "
+        "examples/sentiment/teacher is absent)"
+    )
+
+
+EXAMPLES = {"digits": digits_config, "text": text_config}
+
+
+def sample_students(space, n: int, seed: int) -> list:
+    """`n` distinct candidates, the teacher itself excluded."""
+    rng = random.Random(seed)
+    teacher_key = space.decode(space.largest()).key
+    seen: dict[str, object] = {}
+    for _ in range(n * 200):
+        c = space.decode(space.sample(rng))
+        if c.key != teacher_key:
+            seen.setdefault(c.key, c)
+        if len(seen) == n:
+            break
+    return list(seen.values())
+
+
+def p_at_k(proxy: list[float], truth: list[float], k: int = 3) -> float:
+    """Share of the k best students by proxy that are among the k best by `truth` (students
+    tied with the k-th best count as among them)."""
+    k = min(k, len(truth))
+    top_proxy = set(np.argsort(-np.asarray(proxy), kind="stable")[:k])
+    kth = sorted(truth, reverse=True)[k - 1]
+    return len({i for i in top_proxy if truth[i] >= kth}) / k
+
+
+def _num(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def correlations(rows: list[dict], truth_key: str) -> dict[str, dict]:
+    """Per proxy: Kendall tau-b, Spearman rho and precision@3 against rows[truth_key]
+    (None where the truth or the proxy is constant)."""
+    truth = [r[truth_key] for r in rows]
+    out = {}
+    for p in rows[0]["proxies"]:
+        vals = [r["proxies"][p] for r in rows]
+        const = len(set(vals)) < 2 or len(set(truth)) < 2
+        out[p] = {
+            "kendall_tau": None if const else _num(kendalltau(vals, truth).statistic),
+            "spearman_rho": None if const else _num(spearmanr(vals, truth).statistic),
+            "p_at_3": p_at_k(vals, truth),
+        }
+    return out
+
+
+def run_example(name: str, config: Path, students: int, epochs: int, seed: int, work: Path) -> dict:
+    ctx = open_run(config, "host", work / f"run-{name}", quiet=True)
+    cfg, teacher = ctx.cfg, ctx.teacher
+    x, y = ctx.encode("train"), ctx.dataset.train.labels
+    xe, ye = ctx.encode("eval"), ctx.dataset.eval.labels
+    divisor = ctx.profile.defaults.channel_divisor
+    idx = np.sort(
+        np.random.default_rng(cfg.seed).choice(
+            len(y), min(cfg.search.batch_size, len(y)), replace=False
+        )
+    )
+    bx, by = {k: v[idx] for k, v in x.items()}, y[idx]
+    t_logits = teacher.forward_numpy(x)
+    tr, va = validation_split(len(y), cfg.seed)
+    pick = lambda d, ix: {k: v[ix] for k, v in d.items()}  # noqa: E731
+    dcfg = cfg.distill.model_copy(
+        update={
+            "epochs": epochs,
+            "early_stopping_patience": None,
+            "losses": [LossConfig(name="logits")],
+        }
+    )
+    space = space_for(teacher, x, divisor)
+    shapes = space.input_shapes(1)
+    rows, score_s = [], 0.0
+    for c in sample_students(space, students, seed):
+        t0 = time.perf_counter()
+        student = derive_student(teacher, c.spec, x, divisor)
+        ms = predict_architecture(
+            c.cost, ctx.profile, precision="fp32", batch=1, input_shapes=shapes
+        )["p50_ms"]
+        proxies = {"diswot": PROXIES["diswot"](teacher, student, bx, by)}
+        score_s += time.perf_counter() - t0
+        proxies.update(
+            {n: f(teacher, student, bx, by) for n, f in PROXIES.items() if n != "diswot"}
+        )
+        rand = random_init(derive_student(teacher, c.spec, x, divisor), seed)
+        proxies.update(
+            {
+                f"{n}@random": f(teacher, rand, bx, by)
+                for n, f in PROXIES.items()
+                if n not in ("params", "flops")
+            }
+        )
+        data = DistillData(pick(x, tr), y[tr], pick(x, va), y[va], t_logits[tr])
+        distill(student, data, dcfg, seed, teacher=teacher)
+        logits = torch.from_numpy(student.forward_numpy(xe))
+        rows.append(
+            {
+                "label": c.label,
+                "genes": c.genes,
+                "params": student.params(),
+                "predicted_latency_ms_host_fp32": ms,
+                "eval_accuracy": float((logits.argmax(-1).numpy() == ye).mean()),
+                "neg_eval_loss": -float(F.cross_entropy(logits, torch.from_numpy(ye))),
+                "proxies": {k: float(v) for k, v in proxies.items()},
+            }
+        )
+    return {
+        "correlation": correlations(rows, "eval_accuracy"),
+        "correlation_vs_loss": correlations(rows, "neg_eval_loss"),
+        "rows": rows,
+        "candidates_per_s": len(rows) / score_s,
+        "teacher_eval_accuracy": evaluate_accuracy(teacher, xe, ye),
+        "teacher_params": teacher.params(),
+        "space_size": space.size,
+        "distill": {
+            "epochs": epochs,
+            "batch_size": dcfg.batch_size,
+            "lr": dcfg.lr,
+            "losses": [loss.name for loss in dcfg.losses],
+        },
+        "eval_rows": int(len(ye)),
+        "proxy_batch": int(len(idx)),
+    }
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--students", type=int, default=16)
+    ap.add_argument("--digits-epochs", type=int, default=5)
+    ap.add_argument("--text-epochs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "proxy.json")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    results, sources = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, make in EXAMPLES.items():
+            config, sources[name] = make(Path(tmp))
+            epochs = args.digits_epochs if name == "digits" else args.text_epochs
+            results[name] = run_example(name, config, args.students, epochs, args.seed, Path(tmp))
+    names = list(results["digits"]["correlation"])
+    report = {
+        "candidates_per_s": {n: round(r["candidates_per_s"], 3) for n, r in results.items()},
+        "proxies": {p: {n: r["correlation"][p] for n, r in results.items()} for p in names},
+        "proxies_vs_eval_loss": {
+            p: {n: r["correlation_vs_loss"][p] for n, r in results.items()} for p in names
+        },
+        "examples": {
+            n: {
+                "source": sources[n],
+                **{
+                    k: v
+                    for k, v in r.items()
+                    if k not in ("correlation", "correlation_vs_loss", "rows")
+                },
+            }
+            for n, r in results.items()
+        },
+        "rows": {n: r["rows"] for n, r in results.items()},
+        "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    write_json(args.out, report)
+    console = Console()
+    for key, truth in (("proxies", "accuracy"), ("proxies_vs_eval_loss", "-eval loss")):
+        table = Table(
+            "proxy",
+            *[f"{n} {m}" for n in results for m in ("tau", "rho", "p@3")],
+            title=f"{args.students} students per example vs {truth} after distillation",
+        )
+        for p in names:
+            table.add_row(
+                p,
+                *[
+                    _fmt(report[key][p][n][m])
+                    for n in results
+                    for m in ("kendall_tau", "spearman_rho", "p_at_3")
+                ],
+            )
+        console.print(table)
+    for n, r in results.items():
+        accs = [row["eval_accuracy"] for row in r["rows"]]
+        console.print(
+            f"{n}: {sources[n]}; teacher accuracy {r['teacher_eval_accuracy']:.4f}, "
+            f"students {min(accs):.4f}..{max(accs):.4f}; "
+            f"{r['candidates_per_s']:.2f} candidates/s scored with diswot"
+        )
+    console.print(f"wrote {args.out} ({report['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
