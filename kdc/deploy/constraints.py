@@ -158,8 +158,8 @@ def _accuracies(report: dict) -> tuple[float, float, str]:
             f"teacher metric {t_metric} differs from {engine_label(eng)} metric {metric}"
         )
     by = (eng.get("accuracy") or {}).get("engine")
-    label = engine_label(eng) if not by or by.startswith(engine_label(eng)) else (
-        f"{engine_label(eng)}, measured on {by}")
+    label = f"{engine_label(eng)}, measured on {by}" if by and "simulated" in by else (
+        engine_label(eng))  # a stand-in engine is named; the engine itself is not repeated
     return float(teacher), float(value), label
 
 
