@@ -90,35 +90,57 @@ class SearchConfig(Section):
 
 
 class LossConfig(Section):
+    """One distillation loss (`logits`, `ce`, `hidden`, `attention`, `relation`, `embedding`),
+    its weight and its own parameters (see kdc/compress/losses.py)."""
+
     name: str
     weight: float = Field(1.0, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
 
 
 class DistillConfig(Section):
+    """Training of the student. `losses` defaults to the model family's recipe."""
+
     epochs: int = Field(3, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     temperature: float = Field(2.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
-    losses: list[LossConfig] = Field(default_factory=lambda: [LossConfig(name="logits")])
+    losses: list[LossConfig] | None = None
     early_stopping_patience: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    checkpoint: bool = True
 
 
 class PruneConfig(Section):
+    """Structured pruning during distillation: `ratio` of FFN neurons / conv channels (and of
+    attention heads unless `head_ratio`), removed in `steps` increments over the first `epochs`
+    epochs (default: half of them); with `target_latency_ms`, the smallest ratio up to `ratio`
+    whose predicted latency on the target meets it."""
+
     enabled: bool = False
     ratio: float = Field(0.3, ge=0, lt=1)
+    head_ratio: float | None = Field(None, ge=0, lt=1)
+    hidden_ratio: float = Field(0.0, ge=0, lt=1)
     importance: Literal["magnitude", "taylor"] = "magnitude"
+    steps: int = Field(4, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    target_latency_ms: float | None = Field(None, gt=0)
+    round_to: int | None = Field(None, ge=1)
 
 
 class QuantizeConfig(Section):
+    """INT8 by post-training quantization (build stage) or quantization-aware training (`qat`:
+    NNCF, `qat_epochs` of distillation with fake quantization, CNNs)."""
+
     precision: Literal["fp32", "fp16", "int8"] = "int8"
     method: Literal["ptq", "qat"] = "ptq"
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_size: int = Field(128, ge=1)
     symmetric_activations: bool | None = None
+    qat_epochs: int = Field(2, ge=1)
+    qat_lr: float | None = Field(None, gt=0)
 
 
 class ExportConfig(Section):

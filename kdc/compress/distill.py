@@ -1,21 +1,44 @@
-"""Train a student from a teacher with the configured losses; keep the best epoch on a validation split carved from train (never the eval split)."""
+"""Train a student from a teacher with the configured losses, under Hugging Face Accelerate
+(`accelerate launch` gives DDP, one CPU process otherwise). Each epoch is checkpointed and a
+restarted run continues from it; the best epoch on a validation split carved from train (never
+the eval split) is kept; structured pruning runs gradually during the first epochs when asked."""
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from kdc.compress.losses import LOSSES, LossInputs
-from kdc.config import DistillConfig
+from kdc.compress.hooks import FeatureTaps, find_taps
+from kdc.compress.losses import DEFAULT_LOSSES, LOSS_TAPS, LOSSES, LossInputs, Projections
+from kdc.compress.prune import GradualPruning, sync_after_pruning
+from kdc.config import DistillConfig, LossConfig
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
+from kdc.models.shapes import apply_shapes
+from kdc.rundir import atomic_path
 
 Progress = Callable[[int, int, dict], None]
+
+
+@dataclass
+class DistillData:
+    """Training rows with the teacher's logits on them, and the validation rows."""
+
+    train: dict[str, np.ndarray]
+    train_labels: np.ndarray
+    val: dict[str, np.ndarray]
+    val_labels: np.ndarray
+    teacher_logits: np.ndarray
+
+    def rows(self, sel: np.ndarray) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v[sel]) for k, v in self.train.items()}
 
 
 @dataclass
@@ -23,76 +46,346 @@ class DistillResult:
     history: list[dict]
     best_epoch: int
     best_metric: float
+    losses: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
 
 
-def _batches(inputs: dict[str, np.ndarray], idx: np.ndarray, bs: int):
-    for s in range(0, len(idx), bs):
-        sel = idx[s:s + bs]
-        yield sel, {k: torch.from_numpy(v[sel]) for k, v in inputs.items()}
+class Checkpoint:
+    """`<dir>/last.pt`: the training state after each finished epoch (tensors and plain values
+    only, read with weights_only=True), valid only for the run inputs it was saved with (`key`)."""
+
+    def __init__(self, directory: Path, key: str) -> None:
+        self.path = Path(directory) / "last.pt"
+        self.key = key
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged checkpoint is only a lost shortcut
+            return None
+        return state if isinstance(state, dict) and state.get("key") == self.key else None
+
+    def save(self, state: dict) -> None:
+        with atomic_path(self.path) as tmp:
+            torch.save({**state, "key": self.key}, tmp)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
-def evaluate_accuracy(adapter: ModelAdapter, inputs: dict[str, np.ndarray],
-                      labels: np.ndarray) -> float:
+def resolve_losses(cfg: DistillConfig, family: str) -> list[LossConfig]:
+    """The configured losses, or the family's default recipe; unknown names are user errors."""
+    specs = (
+        cfg.losses
+        if cfg.losses is not None
+        else [LossConfig(**d) for d in DEFAULT_LOSSES.get(family, [{"name": "logits"}])]
+    )
+    for loss in specs:
+        if loss.name not in LOSSES:
+            raise UserError(
+                f"unknown loss '{loss.name}'",
+                field="distill.losses",
+                fix=f"use one of {', '.join(sorted(LOSSES))}",
+            )
+    return specs
+
+
+def loss_params(spec: LossConfig, cfg: DistillConfig) -> dict:
+    """Loss parameters: the loss's own, with the section-wide T and α as defaults for `logits`."""
+    base = {"temperature": cfg.temperature, "alpha": cfg.alpha} if spec.name == "logits" else {}
+    return {**base, **spec.params}
+
+
+class Objective(nn.Module):
+    """The student and the learned projections (trained with it, never exported); `forward`
+    returns the weighted sum of the losses on one batch."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        specs: list[LossConfig],
+        cfg: DistillConfig,
+        taps: FeatureTaps | None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.projections = Projections()
+        self.specs = [(s.name, s.weight, loss_params(s, cfg)) for s in specs]
+        self.taps = taps
+        self.parts: dict[str, float] = {}
+
+    def forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        t_logits: torch.Tensor,
+        labels: torch.Tensor,
+        t_feats: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        logits = self.student(**batch)
+        x = LossInputs(
+            logits,
+            t_logits,
+            labels,
+            self.taps.take() if self.taps else {},
+            t_feats,
+            batch.get("attention_mask"),
+            self.projections,
+        )
+        total = logits.new_zeros(())
+        for name, weight, params in self.specs:
+            value = LOSSES[name](x, **params)
+            self.parts[name] = float(value.detach())
+            total = total + weight * value
+        return total
+
+
+def evaluate_accuracy(
+    adapter: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
+) -> float:
     logits = adapter.forward_numpy(inputs)
     return float((logits.argmax(-1) == labels).mean())
 
 
-def distill(teacher_logits: np.ndarray, student: ModelAdapter, train_inputs: dict[str, np.ndarray],
-            train_labels: np.ndarray, val_inputs: dict[str, np.ndarray], val_labels: np.ndarray,
-            cfg: DistillConfig, seed: int, progress: Progress | None = None) -> DistillResult:
-    """Train `student` in place on cached teacher logits; restore the best epoch's weights."""
-    for loss in cfg.losses:
-        if loss.name not in LOSSES:
-            raise UserError(f"unknown loss '{loss.name}'", field="distill.losses",
-                            fix=f"use one of {', '.join(sorted(LOSSES))}")
+def make_accelerator() -> Any:
+    """Accelerate's handle: DDP under `accelerate launch`/torchrun, CPU when there is no GPU."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def _lr_factor(step: int, total: int) -> float:
+    """Linear warm-up over the first 10 % of steps, then linear decay to zero."""
+    return min(1.0, (step + 1) / max(1, total // 10)) * max(0.0, 1 - step / total)
+
+
+def _tensor_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class _Trainer:
+    """One distillation run: data sharding per process, optimizer (re)building, epochs."""
+
+    def __init__(
+        self,
+        student: ModelAdapter,
+        data: DistillData,
+        cfg: DistillConfig,
+        seed: int,
+        teacher: ModelAdapter | None,
+        pruning: GradualPruning | None,
+    ) -> None:
+        self.student, self.data, self.cfg, self.seed = student, data, cfg, seed
+        self.pruning = pruning
+        self.acc = make_accelerator()
+        specs = resolve_losses(cfg, student.family)
+        wanted = {p for s in specs for p in LOSS_TAPS[s.name]}
+        example = {k: v[:2] for k, v in data.train.items()}
+        if wanted and teacher is None:
+            raise ValueError(f"losses {[s.name for s in specs]} need the teacher model")
+        self.s_taps = FeatureTaps(find_taps(student, example, wanted)) if wanted else None
+        self.t_taps = FeatureTaps(find_taps(teacher, example, wanted)) if wanted else None
+        self.teacher = teacher
+        self.objective = Objective(student.module, specs, cfg, self.s_taps)
+        n = len(data.train_labels)
+        self.world, self.rank = self.acc.num_processes, self.acc.process_index
+        self.per_rank = n // self.world
+        self.steps_per_epoch = math.ceil(self.per_rank / cfg.batch_size)
+        self.total = max(1, min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or 1 << 30))
+        self.t_logits = torch.from_numpy(data.teacher_logits.astype(np.float32))
+        self.labels = torch.from_numpy(data.train_labels)
+
+    def shard(self, epoch: int) -> np.ndarray:
+        """This process's rows for `epoch`: a seeded permutation, equal shares per process."""
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+        return perm[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+
+    def teacher_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.t_taps is None:
+            return {}
+        with torch.no_grad():
+            self.teacher.module(**batch)  # type: ignore[union-attr]
+        return self.t_taps.take()
+
+    def prepare(
+        self, opt_state: dict | None = None, proj_state: dict | None = None
+    ) -> tuple[Any, Any]:
+        """Create projections (one probe batch), then the optimizer over student + projections,
+        and wrap both for the accelerator (DDP when launched so)."""
+        sel = np.arange(min(len(self.labels), self.cfg.batch_size))
+        batch = self.data.rows(sel)
+        was_training = self.objective.training
+        self.objective.eval()
+        with torch.no_grad():
+            self.objective.projections.probe(
+                lambda: self.objective(
+                    batch, self.t_logits[sel], self.labels[sel], self.teacher_features(batch)
+                )
+            )
+        self.objective.train(was_training)
+        if proj_state:
+            self.objective.projections.load_state_dict(proj_state)
+        opt = torch.optim.AdamW(
+            self.objective.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+        if opt_state:
+            opt.load_state_dict(opt_state)
+        return self.acc.prepare(self.objective, opt)
+
+
+def _restore(student: ModelAdapter, state: dict) -> None:
+    """Load a checkpoint's student weights, re-shaping a model pruned since it was built."""
+    weights = state["model"]
+    if any(
+        tuple(v.shape) != tuple(weights[k].shape)
+        for k, v in student.module.state_dict().items()
+        if k in weights
+    ):
+        apply_shapes(student.module, {k: list(v.shape) for k, v in weights.items()})
+        sync_after_pruning(student)
+    student.module.load_state_dict(weights)
+
+
+def distill(
+    student: ModelAdapter,
+    data: DistillData,
+    cfg: DistillConfig,
+    seed: int,
+    *,
+    teacher: ModelAdapter | None = None,
+    pruning: GradualPruning | None = None,
+    checkpoint: Checkpoint | None = None,
+    progress: Progress | None = None,
+) -> DistillResult:
+    """Train `student` in place; restore the best epoch's weights (after pruning finished)."""
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = student.module
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = len(train_labels)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = max(1, min(cfg.epochs * steps_per_epoch, cfg.max_steps or 1 << 30))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)) * max(0.0, 1 - s / total))
-    t_logits = torch.from_numpy(teacher_logits.astype(np.float32))
-    y_all = torch.from_numpy(train_labels)
-    best = (evaluate_accuracy(student, val_inputs, val_labels), -1)
-    best_state = copy.deepcopy(model.state_dict())
-    history, step, stale = [], 0, 0
-    for epoch in range(cfg.epochs):
+    tr = _Trainer(student, data, cfg, seed, teacher, pruning)
+    state = checkpoint.load() if checkpoint else None
+    s = {
+        "epoch": 0,
+        "step": 0,
+        "history": [],
+        "best_metric": -1.0,
+        "best_epoch": -1,
+        "best_model": {},
+        "stale": 0,
+        "prune_done": 0,
+    }
+    if state is None:
+        s["best_metric"] = evaluate_accuracy(student, data.val, data.val_labels)
+        s["best_model"] = _tensor_state(student.module)
+    else:
+        s.update({k: state[k] for k in s})
+        _restore(student, state)
+        torch.set_rng_state(state["torch_rng"])
+    if pruning is not None:  # over the first `prune.epochs` epochs (default: half)
+        epochs = pruning.cfg.epochs or max(1, cfg.epochs // 2)
+        pruning.start(min(tr.total, epochs * tr.steps_per_epoch), s["prune_done"])
+    resumed = s["epoch"] if state else None
+    for taps in (tr.s_taps, tr.t_taps):
+        if taps:
+            taps.attach()
+    try:
+        model, opt = tr.prepare(state and state["optimizer"], state and state["projections"])
+        _epochs(tr, s, model, opt, checkpoint, progress)
+    finally:
+        for taps in (tr.s_taps, tr.t_taps):
+            if taps:
+                taps.detach()
+    if s["best_model"]:
+        student.module.load_state_dict(s["best_model"])
+    student.module.eval()
+    return DistillResult(
+        s["history"],
+        s["best_epoch"],
+        s["best_metric"],
+        [{"name": n, "weight": w, "params": p} for n, w, p in tr.objective.specs],
+        resumed,
+    )
+
+
+def _epochs(
+    tr: _Trainer,
+    s: dict,
+    model: Any,
+    opt: Any,
+    checkpoint: Checkpoint | None,
+    progress: Progress | None,
+) -> None:
+    cfg, pruning = tr.cfg, tr.pruning
+    for epoch in range(s["epoch"], cfg.epochs):
         model.train()
-        losses = []
-        for sel, batch in _batches(train_inputs, rng.permutation(n), cfg.batch_size):
-            if step >= total:
+        losses, parts = [], []
+        order = tr.shard(epoch)
+        for start in range(0, len(order), cfg.batch_size):
+            if s["step"] >= tr.total:
                 break
-            x = LossInputs(model(**batch), t_logits[sel], y_all[sel])
-            loss = sum(spec.weight * LOSSES[spec.name](x, **_params(spec, cfg))
-                       for spec in cfg.losses)
+            sel = order[start : start + cfg.batch_size]
+            batch = tr.data.rows(sel)
+            loss = model(batch, tr.t_logits[sel], tr.labels[sel], tr.teacher_features(batch))
             opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            tr.acc.backward(loss)
+            s["step"] += 1
+            if pruning is not None and pruning.due(s["step"] - 1):
+                pruning.step()  # gradients of this batch feed Taylor importance
+                s.update(
+                    prune_done=pruning.done, best_metric=-1.0, best_epoch=-1, best_model={}, stale=0
+                )
+                model, opt = tr.prepare()
+                model.train()
+                continue
+            tr.acc.clip_grad_norm_(model.parameters(), 1.0)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * _lr_factor(s["step"] - 1, tr.total)
             opt.step()
-            sched.step()
-            step += 1
-            losses.append(float(loss.detach()))
-        acc = evaluate_accuracy(student, val_inputs, val_labels)
-        rec = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else None,
-               "val_accuracy": acc, "steps": step}
-        history.append(rec)
+            losses.append(loss.item())
+            parts.append(dict(tr.objective.parts))
+        acc = evaluate_accuracy(tr.student, tr.data.val, tr.data.val_labels)
+        rec = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else None,
+            "losses": {k: float(np.mean([p[k] for p in parts])) for k in parts[0]} if parts else {},
+            "val_accuracy": acc,
+            "steps": s["step"],
+            "params": tr.student.params(),
+        }
+        s["history"].append(rec)
         if progress:
             progress(epoch + 1, cfg.epochs, rec)
-        if acc > best[0]:
-            best, best_state, stale = (acc, epoch), copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
-    return DistillResult(history, best[1], best[0])
-
-
-def _params(spec, cfg: DistillConfig) -> dict:
-    """Loss parameters: the loss's own, with the section-wide T and α as defaults for `logits`."""
-    base = {"temperature": cfg.temperature, "alpha": cfg.alpha} if spec.name == "logits" else {}
-    return {**base, **spec.params}
+        stop = False
+        if pruning is None or pruning.finished:
+            if acc > s["best_metric"]:
+                s.update(
+                    best_metric=acc,
+                    best_epoch=epoch,
+                    best_model=_tensor_state(tr.student.module),
+                    stale=0,
+                )
+            else:
+                s["stale"] += 1
+                stop = bool(
+                    cfg.early_stopping_patience and s["stale"] >= cfg.early_stopping_patience
+                )
+        s["epoch"] = epoch + 1
+        if checkpoint is not None and tr.acc.is_main_process:
+            checkpoint.save(
+                {
+                    **s,
+                    "model": _tensor_state(tr.student.module),
+                    "projections": _tensor_state(tr.objective.projections),
+                    "optimizer": opt.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                }
+            )
+        tr.acc.wait_for_everyone()
+        if stop:
+            break
+    if pruning is not None and not pruning.finished:  # too few steps to spread the schedule
+        while not pruning.finished:
+            pruning.step()
+        s.update(
+            best_metric=evaluate_accuracy(tr.student, tr.data.val, tr.data.val_labels),
+            best_epoch=s["epoch"] - 1,
+            best_model=_tensor_state(tr.student.module),
+        )

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from kdc.errors import UserError
@@ -51,6 +52,16 @@ def layer_list(model: nn.Module) -> nn.ModuleList:
                     field="teacher", fix="use a BERT-like encoder")
 
 
+def sync_attention_heads(model: nn.Module) -> None:
+    """Make each self-attention's head count agree with its query layer after structured pruning
+    (or when reloading a pruned model): whole heads are pruned, the head size never is."""
+    for mod in model.modules():
+        q = getattr(mod, "query", None)
+        if isinstance(q, nn.Linear) and isinstance(getattr(mod, "attention_head_size", None), int):
+            mod.all_head_size = q.out_features
+            mod.num_attention_heads = q.out_features // mod.attention_head_size
+
+
 class HFTextAdapter(ModelAdapter):
     """A sequence classifier with its tokenizer; inputs `input_ids` and `attention_mask`."""
 
@@ -87,10 +98,15 @@ class HFTextAdapter(ModelAdapter):
                 model = AutoModelForSequenceClassification.from_config(
                     config, trust_remote_code=trust_remote_code)
                 apply_shapes(model, json.loads(shapes.read_text()))
+                sync_attention_heads(model)
                 model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
             else:
                 model = AutoModelForSequenceClassification.from_pretrained(str(path), **kw)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SafetensorError) as e:
+            if "trust_remote_code" in str(e):
+                raise UserError("the model needs its own Python code (auto_map in config.json)",
+                                source=str(path), field="teacher.trust_remote_code",
+                                fix="set it to true only if you trust that code") from None
             raise UserError(f"cannot load model: {str(e).splitlines()[0][:200]}",
                             source=str(path), field="teacher.path",
                             fix="check the directory has weights, config and tokenizer") from None
@@ -112,10 +128,17 @@ class HFTextAdapter(ModelAdapter):
     def architecture(self) -> dict[str, Any]:
         c = self.config
         layers = layer_list(self.model)
+        # live sizes (structured pruning changes them; the HF config keeps the original ones)
+        heads = [m.num_attention_heads for m in layers[0].modules()
+                 if isinstance(getattr(m, "query", None), nn.Linear)
+                 and isinstance(getattr(m, "num_attention_heads", None), int)]
+        ffn = getattr(getattr(layers[0], "intermediate", None), "dense", None)
         return {"adapter": "huggingface", "family": "transformer", "model_type": c.model_type,
-                "num_hidden_layers": len(layers), "hidden_size": c.hidden_size,
-                "num_attention_heads": c.num_attention_heads,
-                "intermediate_size": getattr(c, "intermediate_size", None),
+                "num_hidden_layers": len(layers),
+                "hidden_size": self.model.get_input_embeddings().weight.shape[1],
+                "num_attention_heads": heads[0] if heads else c.num_attention_heads,
+                "intermediate_size": ffn.out_features if isinstance(ffn, nn.Linear)
+                else getattr(c, "intermediate_size", None),
                 "vocab_size": c.vocab_size, "num_labels": c.num_labels,
                 "max_length": self.max_length, "params": self.params()}
 

@@ -1,12 +1,24 @@
-"""Distill stage: train the chosen student from cached teacher logits; save it with its spec."""
+"""Distill stage: train the chosen student from the teacher (cached logits, live feature taps),
+pruning it gradually and training it quantization-aware when asked; save it with its spec.
+
+Outputs: distill/student/ (weights + shapes; reloads with `load_student`), history.jsonl,
+student.json, and with `quantize.method: qat` distill/student_qat.onnx (a QDQ model of standard
+ops). A restarted stage with unchanged inputs continues from distill/checkpoint/last.pt.
+"""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 
-from kdc.compress.distill import distill
+from kdc.compress.distill import Checkpoint, DistillData, DistillResult, distill
+from kdc.compress.prune import GradualPruning, ratio_for_latency
+from kdc.models.base import ModelAdapter
 from kdc.pipeline import Context, StageOutput
-from kdc.rundir import atomic_path, read_json, write_json, write_jsonl
+from kdc.rundir import atomic_path, read_json, sha256_json, write_json, write_jsonl
 from kdc.stages.search import build_student
 
 
@@ -31,25 +43,195 @@ def validation_split(n: int, seed: int, fraction: float = 0.1) -> tuple[np.ndarr
     return order[n_val:], order[:n_val]
 
 
+def distill_data(ctx: Context) -> DistillData:
+    x, y = ctx.encode("train"), ctx.dataset.train.labels
+    tr, va = validation_split(len(y), ctx.cfg.seed)
+    return DistillData(
+        {k: v[tr] for k, v in x.items()},
+        y[tr],
+        {k: v[va] for k, v in x.items()},
+        y[va],
+        teacher_logits(ctx)[tr],
+    )
+
+
+def predicted_latency(ctx: Context) -> Callable[[ModelAdapter], float]:
+    """Predicted p50 latency (ms) of a model on the target, from its exported ONNX graph."""
+    from kdc.deploy.estimate import predict_onnx
+    from kdc.export.onnx_export import export_onnx
+
+    example = {k: v[:2] for k, v in ctx.encode("train").items()}
+    p = ctx.cfg.quantize.precision
+    precision = p if p in ctx.profile.runtime.precisions else ctx.profile.default_precision
+
+    def latency_ms(adapter: ModelAdapter) -> float:
+        with tempfile.TemporaryDirectory() as d:
+            path = export_onnx(
+                adapter, example, Path(d) / "model.onnx", opset=ctx.cfg.export.opset, simplify=False
+            )
+            return float(
+                predict_onnx(path, ctx.profile, precision=precision, batch=ctx.cfg.verify.batch)[
+                    "p50_ms"
+                ]
+            )
+
+    return latency_ms
+
+
+def pruning_for(
+    ctx: Context, student: ModelAdapter, data: DistillData
+) -> tuple[GradualPruning | None, dict]:
+    """The gradual pruning schedule (ratio given, or found for `prune.target_latency_ms`)."""
+    cfg = ctx.cfg.prune
+    if not cfg.enabled:
+        return None, {}
+    example = {k: v[:2] for k, v in data.train.items()}
+    round_to = cfg.round_to or ctx.profile.defaults.channel_divisor
+    info: dict = {
+        "method": "torch-pruning",
+        "importance": cfg.importance,
+        "steps": cfg.steps,
+        "round_to": round_to,
+        "params_before": student.params(),
+    }
+    ratio = cfg.ratio
+    if cfg.target_latency_ms is not None:
+        ratio, ms = ratio_for_latency(
+            student,
+            example,
+            cfg,
+            target_ms=cfg.target_latency_ms,
+            latency_ms=predicted_latency(ctx),
+            round_to=round_to,
+        )
+        info.update(
+            target_latency_ms=cfg.target_latency_ms,
+            predicted_latency_ms=ms,
+            target_met=ms <= cfg.target_latency_ms,
+        )
+        ctx.log(
+            f"  pruning ratio {ratio:g} for {cfg.target_latency_ms} ms "
+            f"(predicted {ms:.3g} ms on {ctx.profile.name})"
+        )
+    info["ratio"] = ratio
+    return GradualPruning(student, example, cfg, ratio=ratio, round_to=round_to), info
+
+
+def checkpoint_key(ctx: Context) -> str:
+    """The input hash the pipeline recorded for this stage (its config, teacher, upstream)."""
+    rec = ctx.run.stage("distill") or {}
+    return rec.get("input_hash") or sha256_json(ctx.cfg.fingerprint())
+
+
+def quantization_aware(
+    ctx: Context, student: ModelAdapter, data: DistillData
+) -> tuple[list[Path], dict]:
+    """Fake-quantize the distilled student, train it `quantize.qat_epochs` more with the same
+    losses, and export its QDQ ONNX to distill/student_qat.onnx."""
+    from kdc.compress.qat import export_qat, quantize_for_training
+    from kdc.stages.build import symmetric_activations
+
+    q, d = ctx.cfg.quantize, ctx.cfg.distill
+    calib = {k: v[: q.calibration_size] for k, v in data.train.items()}
+    qstudent = quantize_for_training(
+        student,
+        calib,
+        symmetric_activations=symmetric_activations(ctx),
+        tensorrt="tensorrt" in ctx.profile.runtime.engines,
+    )
+    qcfg = d.model_copy(
+        update={"epochs": q.qat_epochs, "lr": q.qat_lr or d.lr / 10, "max_steps": None}
+    )
+    with ctx.progress("quantization-aware training", q.qat_epochs) as advance:
+        res = distill(
+            qstudent,
+            data,
+            qcfg,
+            ctx.cfg.seed,
+            teacher=ctx.teacher,
+            progress=lambda e, n, rec: advance(val_acc=rec["val_accuracy"]),
+        )
+    path = export_qat(
+        qstudent,
+        {k: v[:2] for k, v in data.train.items()},
+        ctx.run / "distill" / "student_qat.onnx",
+        opset=ctx.cfg.export.opset,
+    )
+    ctx.log(f"  QAT val accuracy {res.best_metric:.4f} → {path.name}")
+    return [path], {
+        "qat_val_accuracy": res.best_metric,
+        "qat_epochs_run": len(res.history),
+        "qat_history": res.history,
+    }
+
+
 def run(ctx: Context) -> StageOutput:
     spec = read_json(ctx.run / "search" / "student.json")["spec"]
     student = build_student(ctx, spec)
-    t_logits = teacher_logits(ctx)
-    x, y = ctx.encode("train"), ctx.dataset.train.labels
-    tr, va = validation_split(len(y), ctx.cfg.seed)
-    pick = lambda d, ix: {k: v[ix] for k, v in d.items()}  # noqa: E731
+    if ctx.cfg.quantize.method == "qat":
+        from kdc.compress.qat import check_supported
+
+        check_supported(student.family)
+    data = distill_data(ctx)
+    pruning, prune_info = pruning_for(ctx, student, data)
     cfg = ctx.cfg.distill
+    ckpt = (
+        Checkpoint(ctx.run / "distill" / "checkpoint", checkpoint_key(ctx))
+        if (cfg.checkpoint)
+        else None
+    )
     with ctx.progress("distilling", cfg.epochs) as advance:
-        result = distill(t_logits[tr], student, pick(x, tr), y[tr], pick(x, va), y[va], cfg,
-                         ctx.cfg.seed, progress=lambda e, n, rec: advance(
-                             loss=rec["loss"] or 0.0, val_acc=rec["val_accuracy"]))
-    out_dir = ctx.run / "distill" / "student"
-    files = student.save(out_dir)
+        result = distill(
+            student,
+            data,
+            cfg,
+            ctx.cfg.seed,
+            teacher=ctx.teacher,
+            pruning=pruning,
+            checkpoint=ckpt,
+            progress=lambda e, n, rec: advance(
+                loss=rec["loss"] or 0.0, val_acc=rec["val_accuracy"]
+            ),
+        )
+    if result.resumed_from_epoch is not None:
+        ctx.log(f"  continued from the checkpoint after epoch {result.resumed_from_epoch}")
+    files = student.save(ctx.run / "distill" / "student")
     hist = write_jsonl(ctx.run / "distill" / "history.jsonl", result.history)
-    spec_file = write_json(ctx.run / "distill" / "student.json",
-                           {"spec": spec, "architecture": student.architecture()})
+    if prune_info:
+        prune_info["params_after"] = student.params()
+    spec_file = write_json(
+        ctx.run / "distill" / "student.json",
+        {
+            "spec": spec,
+            "architecture": student.architecture(),
+            "losses": result.losses,
+            "pruning": prune_info or None,
+        },
+    )
+    qat_files, qat_metrics = (
+        quantization_aware(ctx, student, data) if ctx.cfg.quantize.method == "qat" else ([], {})
+    )
+    if ckpt is not None:
+        ckpt.clear()
     ctx.log(f"  best val accuracy {result.best_metric:.4f} (epoch {result.best_epoch})")
-    return StageOutput([*files, hist, spec_file],
-                       {"val_accuracy": result.best_metric, "best_epoch": result.best_epoch,
-                        "epochs_run": len(result.history), "student_params": student.params(),
-                        "train_rows": int(len(tr)), "val_rows": int(len(va))})
+    return StageOutput(
+        [*files, hist, spec_file, *qat_files],
+        _metrics(result, student, data, prune_info, qat_metrics),
+    )
+
+
+def _metrics(
+    result: DistillResult, student: ModelAdapter, data: DistillData, prune_info: dict, qat: dict
+) -> dict:
+    return {
+        "val_accuracy": result.best_metric,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "student_params": student.params(),
+        "train_rows": int(len(data.train_labels)),
+        "val_rows": int(len(data.val_labels)),
+        "losses": [s["name"] for s in result.losses],
+        "pruning": prune_info or None,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        **{k: v for k, v in qat.items() if k != "qat_history"},
+    }

@@ -1,0 +1,259 @@
+"""Distillation training: feature taps, projections trained and not exported, checkpoint resume,
+early stopping, two-process DDP agreement, and the stage on the tiny projects."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tiny import tiny_bert, write_yaml
+
+from kdc.compress.distill import (
+    Checkpoint,
+    DistillData,
+    Objective,
+    _Trainer,
+    distill,
+    resolve_losses,
+)
+from kdc.compress.hooks import FeatureTaps, find_taps
+from kdc.config import DistillConfig, LossConfig
+from kdc.models.cnn import small_cnn
+from kdc.models.hf import HFTextAdapter
+from kdc.models.vision import VisionAdapter
+
+FEATURE_LOSSES = [
+    {"name": "logits"},
+    {"name": "hidden"},
+    {"name": "attention"},
+    {"name": "relation"},
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and leave the other cores to other jobs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cnn(channels: tuple[int, ...], seed: int) -> VisionAdapter:
+    torch.manual_seed(seed)
+    source = {
+        "kind": "entrypoint",
+        "entrypoint": "kdc.models.cnn:small_cnn",
+        "kwargs": {"num_classes": 4, "channels": list(channels)},
+    }
+    return VisionAdapter(small_cnn(num_classes=4, channels=channels).eval(), source)
+
+
+def toy_data(teacher: VisionAdapter, n: int = 96, seed: int = 0) -> DistillData:
+    """Four learnable classes: the quadrant of a bright blob on 8×8 images."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = rng.normal(0, 0.3, (n, 1, 8, 8)).astype(np.float32)
+    for i, c in enumerate(y):
+        r, s = divmod(int(c), 2)
+        x[i, 0, r * 4 : r * 4 + 4, s * 4 : s * 4 + 4] += 2.0
+    split = int(n * 0.75)
+    logits = teacher.forward_numpy({"pixel_values": x[:split]})
+    return DistillData(
+        {"pixel_values": x[:split]}, y[:split], {"pixel_values": x[split:]}, y[split:], logits
+    )
+
+
+def _cfg(**kw) -> DistillConfig:
+    base = {"epochs": 3, "batch_size": 16, "lr": 0.01, "losses": FEATURE_LOSSES}
+    return DistillConfig(**{**base, **kw})
+
+
+def test_taps_capture_named_outputs_of_bert_and_cnn(tmp_path):
+    model, tok = tiny_bert(tmp_path, layers=2)
+    bert = HFTextAdapter(model.eval(), tok, 16)
+    ex = bert.encode(["good movie", "bad plot and actor"])
+    with FeatureTaps(
+        find_taps(bert, ex, ("embeddings", "hidden", "query", "value", "pooled"))
+    ) as taps:
+        bert.forward_numpy(ex)
+        f = taps.take()
+    assert set(f) == {
+        "embeddings",
+        "hidden0",
+        "hidden1",
+        "query0",
+        "query1",
+        "value0",
+        "value1",
+        "pooled",
+    }
+    assert f["hidden1"].shape == (2, 16, 32) and f["query0"].shape == (2, 2, 16, 16)
+    assert f["pooled"].shape == (2, 32)
+    net = cnn((4, 8), 0)
+    ex = {"pixel_values": np.zeros((3, 1, 8, 8), np.float32)}
+    with FeatureTaps(find_taps(net, ex, ("hidden", "pooled"))) as taps:
+        net.forward_numpy(ex)
+        f = taps.take()
+    assert f["hidden0"].shape == (3, 4, 8, 8) and f["hidden1"].shape == (3, 8, 4, 4)
+    assert f["pooled"].shape == (3, 8)
+    assert not taps._handles  # detached on exit
+
+
+def test_projections_train_with_the_student_and_are_not_exported():
+    teacher, student = cnn((8, 16), 0), cnn((4, 8), 1)
+    data = toy_data(teacher)
+    tr = _Trainer(student, data, _cfg(), 0, teacher, None)
+    with tr.s_taps, tr.t_taps:
+        _, opt = tr.prepare()
+    proj = list(tr.objective.projections.parameters())
+    assert proj  # 4 → 8 and 8 → 16 channel maps for the hidden loss
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert all(id(p) in in_opt for p in proj)
+    assert not any("projections" in k for k in student.module.state_dict())
+
+
+def test_distill_improves_the_student_and_records_losses():
+    teacher, student = cnn((8, 16), 0), cnn((4, 8), 1)
+    _train_teacher(teacher)
+    data = toy_data(teacher)
+    before = float((student.forward_numpy(data.val).argmax(-1) == data.val_labels).mean())
+    res = distill(student, data, _cfg(epochs=6, lr=0.02), 0, teacher=teacher)
+    assert res.best_metric > max(before, 0.5)
+    assert set(res.history[-1]["losses"]) == {"logits", "hidden", "attention", "relation"}
+    assert [s["name"] for s in res.losses] == ["logits", "hidden", "attention", "relation"]
+
+
+def _train_teacher(teacher: VisionAdapter) -> None:
+    data = toy_data(teacher, n=256, seed=1)
+    opt = torch.optim.Adam(teacher.module.parameters(), lr=0.02)
+    x, y = torch.from_numpy(data.train["pixel_values"]), torch.from_numpy(data.train_labels)
+    teacher.module.train()
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(teacher.module(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    teacher.module.eval()
+
+
+class Crash(Exception):
+    pass
+
+
+def test_checkpoint_resume_continues_from_the_saved_epoch(tmp_path):
+    teacher = cnn((8, 16), 0)
+    data = toy_data(teacher)
+    straight = cnn((4, 8), 1)
+    distill(straight, data, _cfg(), 0, teacher=teacher)
+
+    def crash_after_second(epoch, total, rec):
+        if epoch == 2:
+            raise Crash
+
+    ckpt = Checkpoint(tmp_path / "ckpt", "inputs-1")
+    resumed = cnn((4, 8), 1)
+    with pytest.raises(Crash):
+        distill(
+            resumed, data, _cfg(), 0, teacher=teacher, checkpoint=ckpt, progress=crash_after_second
+        )
+    assert torch.load(ckpt.path, weights_only=True)["epoch"] == 1
+    restarted = cnn((4, 8), 1)
+    res = distill(restarted, data, _cfg(), 0, teacher=teacher, checkpoint=ckpt)
+    assert res.resumed_from_epoch == 1 and [h["epoch"] for h in res.history] == [0, 1, 2]
+    for k, v in straight.module.state_dict().items():  # same result as without the crash
+        torch.testing.assert_close(restarted.module.state_dict()[k], v)
+    other = distill(
+        cnn((4, 8), 1),
+        data,
+        _cfg(),
+        0,
+        teacher=teacher,
+        checkpoint=Checkpoint(tmp_path / "ckpt", "inputs-2"),
+    )
+    assert other.resumed_from_epoch is None  # another run's checkpoint is ignored
+
+
+def test_early_stopping_and_unknown_loss():
+    teacher = cnn((8, 16), 0)
+    data = toy_data(teacher)
+    res = distill(
+        cnn((4, 8), 1),
+        data,
+        _cfg(lr=1e-12, epochs=5, early_stopping_patience=1),
+        0,
+        teacher=teacher,
+    )
+    assert len(res.history) == 1
+    from kdc.errors import UserError
+
+    with pytest.raises(UserError, match="unknown loss"):
+        resolve_losses(_cfg(losses=[LossConfig(name="nope")]), "cnn")
+    assert [s.name for s in resolve_losses(DistillConfig(), "transformer")][0] == "logits"
+    assert isinstance(Objective(torch.nn.Linear(2, 2), [], DistillConfig(), None), torch.nn.Module)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+    )
+    torch.set_num_threads(1)
+    teacher, student = cnn((8, 16), 0), cnn((4, 8), 1)
+    _train_teacher(teacher)  # deterministic: the same teacher on both ranks
+    res = distill(student, toy_data(teacher), _cfg(epochs=10, lr=0.02), 0, teacher=teacher)
+    torch.save(
+        {"params": {k: v for k, v in student.module.named_parameters()}, "history": res.history},
+        f"{out}/rank{rank}.pt",
+    )
+
+
+@pytest.mark.slow  # two fresh interpreters: ~30-45 s
+def test_two_process_ddp_ends_with_identical_weights(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))  # the spawned workers import this module
+    torch.multiprocessing.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert a["history"][-1]["steps"] == b["history"][-1]["steps"] == 30  # 10 · ⌈72 / 2 / 16⌉
+    for k, v in a["params"].items():
+        torch.testing.assert_close(b["params"][k], v, rtol=0, atol=0)
+    start = cnn((4, 8), 1).module.state_dict()  # trained, not the initial weights restored
+    assert any(not torch.equal(start[k], v) for k, v in a["params"].items())
+
+
+def test_stage_prunes_and_saves_a_reloadable_student(cnn_project, tmp_path):
+    from kdc import api
+    from kdc.models import load_student
+
+    cfg = yaml.safe_load(cnn_project.read_text())
+    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg["distill"].update(epochs=2, losses=[{"name": "logits"}, {"name": "relation"}])
+    cfg["prune"] = {"enabled": True, "ratio": 0.5, "steps": 2, "epochs": 1}
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    api.search(path, "host", tmp_path / "run", quiet=True)
+    api.distill(path, "host", tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    spec = json.loads((run / "distill" / "student.json").read_text())
+    assert [s["name"] for s in spec["losses"]] == ["logits", "relation"]
+    pruning = spec["pruning"]
+    assert pruning["ratio"] == 0.5 and pruning["params_after"] < 0.6 * pruning["params_before"]
+    metrics = json.loads((run / "manifest.json").read_text())["stages"]["distill"]["metrics"]
+    assert metrics["val_accuracy"] > 0.5 and metrics["resumed_from_epoch"] is None
+    assert not (run / "distill" / "checkpoint" / "last.pt").exists()
+    student = load_student(run / "distill" / "student")
+    assert student.params() == pruning["params_after"]

@@ -1,0 +1,182 @@
+"""Distillation losses: zero when the student equals the teacher, decreasing under training,
+projections across width mismatch, layer mapping, padding excluded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdc.compress.losses import (
+    DEFAULT_LOSSES,
+    LOSS_TAPS,
+    LOSSES,
+    LossInputs,
+    Projections,
+    layer_pairs,
+    uniform_mapping,
+)
+from kdc.errors import UserError
+
+B, L, K = 6, 5, 3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and leave the other cores to other jobs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _text_features(width: int, heads: int, layers: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    f = {
+        "embeddings": torch.randn(B, L, width, generator=g),
+        "pooled": torch.randn(B, width, generator=g),
+    }
+    for i in range(layers):
+        f[f"hidden{i}"] = torch.randn(B, L, width, generator=g)
+        for k in ("query", "key", "value"):
+            f[f"{k}{i}"] = torch.randn(B, heads, L, width // heads, generator=g)
+    return f
+
+
+def _image_features(channels: tuple[int, int], seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "hidden0": torch.randn(B, channels[0], 8, 8, generator=g).relu(),
+        "hidden1": torch.randn(B, channels[1], 4, 4, generator=g).relu(),
+        "pooled": torch.randn(B, channels[1], generator=g),
+    }
+
+
+def _inputs(student: dict, teacher: dict, mask: torch.Tensor | None = None) -> LossInputs:
+    logits = torch.randn(B, K, generator=torch.Generator().manual_seed(3))
+    return LossInputs(
+        logits.clone(), logits.clone(), torch.arange(B) % K, student, teacher, mask, Projections()
+    )
+
+
+CASES = {  # loss → (params, student/teacher features when equal)
+    "logits": ({"alpha": 1.0}, lambda: _text_features(8, 2, 2, 0)),
+    "hidden": ({}, lambda: _text_features(8, 2, 2, 0)),
+    "attention": ({}, lambda: _text_features(8, 2, 2, 0)),
+    "relation": ({}, lambda: _text_features(8, 2, 2, 0)),
+    "embedding": ({}, lambda: _text_features(8, 2, 2, 0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_loss_is_zero_when_student_equals_teacher(name):
+    params, feats = CASES[name]
+    f = feats()
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[:, -1] = 0
+    assert float(
+        LOSSES[name](_inputs(f, {k: v.clone() for k, v in f.items()}, mask), **params)
+    ) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["hidden", "attention"])
+def test_cnn_feature_losses_are_zero_on_equal_maps(name):
+    f = _image_features((4, 8), 0)
+    assert float(LOSSES[name](_inputs(f, dict(f)))) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name,family",
+    [
+        ("hidden", "text"),
+        ("attention", "text"),
+        ("relation", "text"),
+        ("embedding", "text"),
+        ("hidden", "image"),
+        ("attention", "image"),
+        ("relation", "image"),
+        ("logits", "text"),
+    ],
+)
+def test_loss_decreases_when_training_a_narrower_student(name, family):
+    """The student's features are parameters (narrower than the teacher's: projections needed);
+    a few Adam steps on the loss alone must reduce it."""
+    if family == "text":
+        teacher, init = _text_features(8, 2, 4, 1), _text_features(4, 1, 2, 2)
+    else:
+        teacher, init = _image_features((8, 16), 1), _image_features((4, 8), 2)
+    student = {k: torch.nn.Parameter(v) for k, v in init.items()}
+    logits = torch.nn.Parameter(torch.randn(B, K))
+    proj = Projections()
+    mask = torch.ones(B, L, dtype=torch.long)
+
+    def loss() -> torch.Tensor:
+        x = LossInputs(
+            logits,
+            torch.randn(B, K, generator=torch.Generator().manual_seed(5)),
+            torch.arange(B) % K,
+            dict(student),
+            teacher,
+            mask if family == "text" else None,
+            proj,
+        )
+        return LOSSES[name](x)
+
+    first = loss()  # creates the projections, then they train with the student
+    opt = torch.optim.Adam([*student.values(), logits, *proj.parameters()], lr=0.05)
+    for _ in range(30):
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        opt.step()
+    assert torch.isfinite(first) and loss().item() < 0.8 * first.item()
+
+
+def test_projections_map_widths_and_drop_stale_maps():
+    proj = Projections()
+    assert proj("a", torch.randn(2, 5, 8), 8).shape == (2, 5, 8)  # equal width: identity
+    assert len(proj.maps) == 0
+    proj.probe(lambda: (proj("a", torch.randn(2, 5, 4), 8), proj("m", torch.randn(2, 3, 4, 4), 6)))
+    assert isinstance(proj.maps["m_3_6"], torch.nn.Conv2d)
+    assert proj("a", torch.randn(2, 5, 4), 8).shape == (2, 5, 8)
+    assert set(proj.maps) == {"a_4_8", "m_3_6"}
+    proj.probe(lambda: proj("a", torch.randn(2, 5, 2), 8))  # the student's width was pruned
+    assert set(proj.maps) == {"a_2_8"}
+
+
+def test_attention_with_fewer_student_heads_uses_relation_heads():
+    teacher, student = _text_features(8, 4, 2, 1), _text_features(4, 2, 2, 2)
+    value = LOSSES["attention"](_inputs(student, teacher))
+    assert torch.isfinite(value) and float(value) > 0
+
+
+def test_padding_does_not_change_hidden_or_attention_losses():
+    teacher, student = _text_features(8, 2, 2, 1), _text_features(8, 2, 2, 2)
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[:, -2:] = 0
+    changed = {k: v.clone() for k, v in student.items()}
+    for k, v in changed.items():
+        if k.startswith(("hidden", "embeddings")):
+            v[:, -2:] += 5.0
+        elif k.startswith(("query", "key", "value")):
+            v[:, :, -2:] += 5.0
+    for name in ("hidden", "attention"):
+        a = LOSSES[name](_inputs(student, teacher, mask))
+        b = LOSSES[name](_inputs(changed, teacher, mask))
+        assert float(a) == pytest.approx(float(b), rel=1e-5)
+
+
+def test_layer_mapping_uniform_and_explicit():
+    assert uniform_mapping(2, 4) == [1, 3]
+    assert uniform_mapping(3, 6) == [1, 3, 5]
+    x = _inputs(_text_features(8, 2, 2, 0), _text_features(8, 2, 4, 1))
+    assert layer_pairs(x, "hidden", None) == [(0, 1), (1, 3)]
+    assert layer_pairs(x, "hidden", [0, 2]) == [(0, 0), (1, 2)]
+    with pytest.raises(UserError, match="mapping"):
+        layer_pairs(x, "hidden", [0, 9])
+
+
+def test_registry_names_taps_and_default_recipes():
+    assert {"logits", "ce", "hidden", "attention", "relation", "embedding"} <= set(LOSSES)
+    assert LOSS_TAPS["logits"] == () and "pooled" in LOSS_TAPS["relation"]
+    for recipe in DEFAULT_LOSSES.values():
+        assert recipe[0]["name"] == "logits" and all(r["name"] in LOSSES for r in recipe)
