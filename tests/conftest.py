@@ -22,3 +22,11 @@ def cnn_project(tmp_path_factory) -> Path:
 def bert_project(tmp_path_factory) -> Path:
     """A text project with a trained 4-layer tiny BERT teacher: returns the model.yaml path."""
     return tiny.make_bert_project(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests run on a 2-core machine beside other jobs: one intra-op thread is much faster."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -72,6 +72,8 @@ def test_bert_compress_beats_untrained_student(bert_project, tmp_path):
     # untrained: same student, zero epochs of distillation and a re-initialised head
     assert fp32["accuracy"]["accuracy"] >= 0.85
     assert fp32["parity"]["max_abs"] < 1e-3
+    int8 = next(e for e in report["engines"] if e.get("precision") == "int8")
+    assert int8["accuracy"]["accuracy"] >= fp32["accuracy"]["accuracy"] - 0.05
 
 
 def test_constraint_failure_exits_1(cnn_project, tmp_path):

@@ -265,9 +265,11 @@ def quantize_int8(
     symmetric_activations: bool,
     method: str = "minmax",
     per_channel: bool = True,
+    op_types: list[str] | None = None,
 ) -> Path:
     """Static INT8 QDQ quantization: int8 weights; int8 symmetric activations (TensorRT) or uint8
-    asymmetric ones (often better on CPU), calibrated on `calib_inputs` with `method`."""
+    asymmetric ones (often better on CPU), calibrated on `calib_inputs` with `method`.
+    `op_types` limits which ops are quantized (None: ONNX Runtime's default set)."""
     if method not in CALIBRATION_METHODS:
         raise UserError(
             f"unknown calibration method '{method}'",
@@ -304,6 +306,7 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATION_METHODS[method],
             calibration_providers=[CPU],
+            op_types_to_quantize=op_types,
             extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
         )
     return dst

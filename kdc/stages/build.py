@@ -3,12 +3,14 @@ installed, else a bundle that builds it on the device."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 
+from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.pipeline import Context, StageOutput
-from kdc.rundir import write_json
+from kdc.rundir import atomic_path, read_json, write_json
 
 
 def _size_mb(path: Path) -> float:
@@ -27,11 +29,17 @@ def symmetric_activations(ctx: Context) -> bool:
     return q if q is not None else "tensorrt" in ctx.profile.runtime.engines
 
 
+# Ops quantized per family. Transformers leave Add/Softmax/LayerNorm in float: quantizing the
+# attention-mask Add (range down to float min) collapses the model to chance.
+QUANT_OPS: dict[str, list[str] | None] = {"transformer": ["MatMul", "Gemm", "Gather"],
+                                          "cnn": None}
+
+
 def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
     from kdc.deploy.onnxruntime import optimize, quantize_int8
 
     out_dir = ctx.run / "build" / "onnxruntime"
-    arch = ctx.teacher.architecture()
+    arch = read_json(ctx.run / "distill" / "student.json")["architecture"]  # pruning changes it
     fam = ctx.teacher.family
     fp32 = optimize(src, out_dir / "model_fp32.onnx", family=fam,
                     num_heads=arch.get("num_attention_heads") or 0,
@@ -41,18 +49,26 @@ def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
                 "status": "built", "optimization": "ORT_ENABLE_ALL + transformer fusion"
                 if fam == "transformer" else "ORT_ENABLE_EXTENDED (offline)"}]
     q = ctx.cfg.quantize
-    if q.precision == "int8":
+    if q.precision != "int8":
+        return engines
+    dst = out_dir / "model_int8.onnx"
+    qat = ctx.run / "distill" / "student_qat.onnx"
+    if q.method == "qat" and qat.is_file():
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(qat, tmp)
+        how = {"method": "nncf-qat", "epochs": q.qat_epochs,
+               "activations": "int8 symmetric (overflow fix disabled)"}
+    else:
         sym = symmetric_activations(ctx)
-        int8 = quantize_int8(src, out_dir / "model_int8.onnx",
-                             _calibration(ctx, q.calibration_size), symmetric_activations=sym,
-                             method=q.calibration)
-        engines.append({"engine": "onnxruntime", "provider": "CPUExecutionProvider",
-                        "precision": "int8", "path": str(int8.relative_to(ctx.run.root)),
-                        "size_mb": _size_mb(int8), "status": "built",
-                        "quantization": {"method": "ort-static-qdq", "calibration": q.calibration,
-                                         "calibration_rows": q.calibration_size,
-                                         "activations": "int8 symmetric" if sym else
-                                         "uint8 asymmetric", "weights": "int8 per-channel"}})
+        quantize_int8(src, dst, _calibration(ctx, q.calibration_size), symmetric_activations=sym,
+                      method=q.calibration, op_types=QUANT_OPS.get(fam))
+        how = {"method": "ort-static-qdq", "calibration": q.calibration,
+               "calibration_rows": q.calibration_size,
+               "activations": "int8 symmetric" if sym else "uint8 asymmetric",
+               "weights": "int8 per-channel", "ops": QUANT_OPS.get(fam) or "onnxruntime default"}
+    engines.append({"engine": "onnxruntime", "provider": "CPUExecutionProvider",
+                    "precision": "int8", "path": str(dst.relative_to(ctx.run.root)),
+                    "size_mb": _size_mb(dst), "status": "built", "quantization": how})
     return engines
 
 
@@ -97,6 +113,7 @@ def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
 
 def run(ctx: Context) -> StageOutput:
     src = ctx.run / "export" / "model.onnx"
+    require_free(ctx.run / "build", engine_bytes_needed(src), "building engines")
     engines: list[dict] = []
     if "onnxruntime" in ctx.cfg.build.engines:
         engines += build_onnxruntime(ctx, src)

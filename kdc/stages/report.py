@@ -66,8 +66,7 @@ def assemble(ctx: Context) -> dict:
         "teacher": m["teacher"],
         "student": {**m["student"], "precision": precision,
                     "distill": (stages.get("distill") or {}).get("metrics", {}),
-                    "pruning": {"method": "torch-pruning", "ratio": cfg.prune.ratio}
-                    if cfg.prune.enabled else None},
+                    "pruning": read_json(ctx.run / "distill" / "student.json").get("pruning")},
         "search": _search_section(ctx),
         "engines": mark_shipped(m["engines"], precision, ctx.profile.runtime.engines),
     }
