@@ -8,10 +8,10 @@ import platform
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from kdc.errors import UserError
 
@@ -43,6 +43,10 @@ class Runtime(_Strict):
     onnxruntime_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
 
 
+KindSlot = Annotated[str, StringConstraints(pattern=r"^(fp32|fp16|int8)_(conv|attention|vector)$")]
+Efficiency = Annotated[float, Field(gt=0, le=1)]
+
+
 class LatencyModel(_Strict):
     """Factors of the analytic latency model; `source` says how they were obtained."""
 
@@ -51,6 +55,8 @@ class LatencyModel(_Strict):
     memory_efficiency: float = Field(gt=0, le=1)
     int8_compute_efficiency: float | None = Field(None, gt=0, le=1)
     fp16_compute_efficiency: float | None = Field(None, gt=0, le=1)
+    kind_efficiency: dict[KindSlot, Efficiency] | None = Field(
+        None, description="per <precision>_<conv|attention|vector> kernels (kdc calibrate)")
     source: str = "defaults"
 
 
@@ -106,8 +112,8 @@ def _builtin() -> dict[str, HardwareProfile]:
 
 
 def list_profiles() -> list[HardwareProfile]:
-    """Built-in profiles plus `host`."""
-    return [*_builtin().values(), host_profile()]
+    """Built-in profiles (with their calibrations) plus `host`."""
+    return [*(with_calibration(p) for p in _builtin().values()), host_profile()]
 
 
 def load_profile(name_or_path: str) -> HardwareProfile:
@@ -120,10 +126,10 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         if not p.is_file():
             raise UserError("profile file not found", source=key, field="--target",
                             fix="pass an existing YAML or a name from `kdc profiles list`")
-        return _read(p)
+        return with_calibration(_read(p))
     for prof in _builtin().values():
         if key == prof.name or key in prof.aliases:
-            return prof
+            return with_calibration(prof)
     names = sorted([*_builtin(), "host"])
     raise UserError(f"unknown target '{key}'", field="--target",
                     fix=f"use one of {', '.join(names)} or a path to a profile YAML")
@@ -157,10 +163,14 @@ def host_threads() -> int:
         return os.cpu_count() or 1
 
 
-@lru_cache(maxsize=1)
 def host_profile() -> HardwareProfile:
     """This machine as a target: peaks estimated from cores and ISA (vector width x 2 FMA units x
     an assumed 2.5 GHz), efficiency factors from a calibration file if `kdc calibrate` wrote one."""
+    return with_calibration(_host_uncalibrated())
+
+
+@lru_cache(maxsize=1)
+def _host_uncalibrated() -> HardwareProfile:
     model, flags = cpu_info()
     cores = host_threads()
     isa = host_isa(flags)
@@ -186,14 +196,21 @@ def host_profile() -> HardwareProfile:
         "defaults": {"batch": 1, "channel_divisor": 8},
         "measurable": True,
     }
-    cal = calibration_path("host")
-    if cal.is_file():
-        try:
-            profile["latency_model"] = yaml.safe_load(cal.read_text())["latency_model"]
-        except (yaml.YAMLError, KeyError, TypeError):
-            raise UserError("calibration file is corrupt", source=str(cal),
-                            fix="delete it and run `kdc calibrate --target host` again") from None
     return HardwareProfile.model_validate(profile)
+
+
+def with_calibration(profile: HardwareProfile) -> HardwareProfile:
+    """`profile` with the latency model `kdc calibrate` saved for it, when there is one."""
+    cal = calibration_path(profile.name)
+    if not cal.is_file():
+        return profile
+    try:
+        lm = LatencyModel.model_validate(yaml.safe_load(cal.read_text())["latency_model"])
+    except (yaml.YAMLError, OSError, KeyError, TypeError, ValidationError):
+        raise UserError("calibration file is corrupt", source=str(cal), field="latency_model",
+                        fix=f"delete it and run `kdc calibrate --target {profile.name}` "
+                            "again") from None
+    return profile.model_copy(update={"latency_model": lm})
 
 
 def _mem_gb() -> float:

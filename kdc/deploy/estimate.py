@@ -16,16 +16,9 @@ import numpy as np
 import onnx
 from rich.table import Table
 
-from kdc.deploy.graph_cost import (
-    TENSOR_KINDS,
-    WIDTH,
-    GraphCost,
-    Kernel,
-    analyze_architecture,
-    analyze_onnx,
-    materialize,
-    memory_bytes,
-)
+from kdc.deploy.arch_cost import analyze_architecture
+from kdc.deploy.graph_cost import analyze_onnx
+from kdc.deploy.kernels import TENSOR_KINDS, WIDTH, GraphCost, Kernel, materialize, memory_bytes
 from kdc.errors import UserError
 from kdc.profiles import HardwareProfile
 
@@ -36,7 +29,7 @@ EFFICIENCY_FIELD = {
     "fp16": "fp16_compute_efficiency",
     "int8": "int8_compute_efficiency",
 }
-CLASSES = tuple(PEAK_FIELD)
+KIND_EFFICIENCY = "kind_efficiency"
 
 
 def compute_class(k: Kernel) -> str:
@@ -56,17 +49,33 @@ def efficiencies(lm: Any) -> dict[str, float]:
     return {c: float(d.get(f) or d["compute_efficiency"]) for c, f in EFFICIENCY_FIELD.items()}
 
 
+def efficiency_slot(k: Kernel) -> str:
+    """Which efficiency a kernel runs at: its class (`fp32`, `int8`, `fp16`) for GEMMs, else
+    `<class>_<group>` with group conv, attention or vector (every non-matrix kernel), which
+    `latency_model.kind_efficiency` may set and otherwise falls back to the class's."""
+    cls = compute_class(k)
+    if k.kind == "gemm":
+        return cls
+    return f"{cls}_{k.kind if k.kind in TENSOR_KINDS else 'vector'}"
+
+
+def slot_efficiency(slot: str, lm: Any) -> float:
+    """The compute efficiency of an `efficiency_slot` under a latency model."""
+    d = _as_dict(lm)
+    base = efficiencies(d)[slot.split("_")[0]]
+    return float((d.get("kind_efficiency") or {}).get(slot, base))
+
+
 def ideal_times(
     kernels: Sequence[Kernel], profile: HardwareProfile
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per kernel: seconds at 100 % of the compute peak, at 100 % of bandwidth, and its class
-    index into CLASSES."""
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per kernel: seconds at 100 % of the compute peak, at 100 % of bandwidth, and its
+    efficiency slot."""
     peaks = {c: getattr(profile.compute, f) * 1e12 for c, f in PEAK_FIELD.items()}
     bw = profile.memory.bandwidth_gbps * 1e9
-    cls = [compute_class(k) for k in kernels]
-    c = np.array([k.flops / peaks[x] for k, x in zip(kernels, cls, strict=True)], dtype=float)
+    c = np.array([k.flops / peaks[compute_class(k)] for k in kernels], dtype=float)
     m = np.array([k.bytes / bw for k in kernels], dtype=float)
-    return c, m, np.array([CLASSES.index(x) for x in cls], dtype=int)
+    return c, m, [efficiency_slot(k) for k in kernels]
 
 
 def kernel_times_s(
@@ -75,11 +84,11 @@ def kernel_times_s(
     """Per kernel seconds (rows: compute, memory, overhead) under `latency_model` (default: the
     profile's)."""
     lm = _as_dict(latency_model if latency_model is not None else profile.latency_model)
-    c, m, cls = ideal_times(kernels, profile)
-    eff = np.array([efficiencies(lm)[x] for x in CLASSES])
+    c, m, slots = ideal_times(kernels, profile)
+    eff = {s: slot_efficiency(s, lm) for s in set(slots)}
     return np.vstack(
         [
-            c / eff[cls],
+            c / np.array([eff[s] for s in slots]),
             m / float(lm["memory_efficiency"]),
             np.full(len(kernels), float(lm["kernel_overhead_us"]) * 1e-6),
         ]
@@ -157,6 +166,21 @@ def _result(
     if explain:
         out["breakdown"] = _breakdown(kernels, t)
     return out
+
+
+def onnx_kernels(
+    model_or_path: onnx.ModelProto | str | Path,
+    profile: HardwareProfile,
+    *,
+    precision: str = "fp32",
+    batch: int = 1,
+    input_shapes: dict[str, list[int]] | None = None,
+) -> list[Kernel]:
+    """The kernels `predict_onnx` costs, at the precisions they run at on `profile` (what
+    `fit_latency_model` takes with a timing)."""
+    _check(precision, batch, profile)
+    cost = analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes)
+    return materialize(cost, precision, _float_precision(precision, profile))
 
 
 def predict_onnx(
@@ -245,13 +269,35 @@ Sample = tuple[Sequence[Kernel], float]
 _STARTS = [(o, e, me) for o in (2.0, 20.0) for e in (0.1, 0.6) for me in (0.2, 0.8)]
 
 
+def _parameter(slot: str) -> str:
+    return EFFICIENCY_FIELD.get(slot, f"{KIND_EFFICIENCY}.{slot}")
+
+
+def _prior(lm: Any, names: Sequence[str]) -> dict[str, float]:
+    d = _as_dict(lm)
+    out = {
+        "kernel_overhead_us": float(d["kernel_overhead_us"]),
+        "memory_efficiency": float(d["memory_efficiency"]),
+        **{EFFICIENCY_FIELD[c]: e for c, e in efficiencies(d).items()},
+    }
+    for n in names:
+        if n.startswith(KIND_EFFICIENCY):
+            out[n] = slot_efficiency(n.split(".", 1)[1], d)
+    return out
+
+
 def fit_latency_model(
-    samples: Sequence[Sample], profile: HardwareProfile, *, fixed: dict[str, float] | None = None
+    samples: Sequence[Sample],
+    profile: HardwareProfile,
+    *,
+    fixed: dict[str, float] | None = None,
+    per_kind: bool = False,
 ) -> dict:
     """Fit kernel_overhead_us, memory_efficiency and a compute efficiency per precision that
     appears in `samples` (kernel lists with measured milliseconds) by least squares on relative
-    error. A factor no sample constrains (no kernel of that precision is ever compute-bound)
-    keeps the profile's value; `fixed` pins factors. Returns a `latency_model` mapping."""
+    error; with `per_kind`, conv, attention and vector kernels get their own efficiency per
+    precision too (`kind_efficiency`). A factor no sample constrains keeps the profile's value;
+    `fixed` pins factors. Returns a `latency_model` mapping."""
     from scipy.optimize import least_squares
 
     if len(samples) < 2:
@@ -262,31 +308,31 @@ def fit_latency_model(
         )
     fixed = dict(fixed or {})
     lm = profile.latency_model
-    prior = {
-        "kernel_overhead_us": lm.kernel_overhead_us,
-        "memory_efficiency": lm.memory_efficiency,
-        **{EFFICIENCY_FIELD[c]: e for c, e in efficiencies(lm).items()},
-    }
-    data = [(*ideal_times(k, profile), len(k), float(ms) * 1e-3) for k, ms in samples]
-    used = sorted({int(i) for _, _, cls, _, _ in data for i in np.unique(cls)})
-    names = [
-        "kernel_overhead_us",
-        "memory_efficiency",
-        *[EFFICIENCY_FIELD[CLASSES[i]] for i in used],
-    ]
+    data = []
+    for kernels, ms in samples:
+        c, m, slots = ideal_times(kernels, profile)
+        keys = [_parameter(s if per_kind else s.split("_")[0]) for s in slots]
+        data.append((c, m, keys, len(kernels), float(ms) * 1e-3))
+    used = sorted({k for *_, keys, _, _ in data for k in keys})
+    names = ["kernel_overhead_us", "memory_efficiency", *used]
+    prior = _prior(lm, names)
     free = [n for n in names if n not in fixed]
+    data = [
+        (c, m, np.array([names.index(k) for k in keys], dtype=int), n, y)
+        for c, m, keys, n, y in data
+    ]
 
     def unpack(x: np.ndarray) -> dict[str, float]:
         return {**prior, **fixed, **dict(zip(free, x, strict=True))}
 
     def residuals(x: np.ndarray) -> np.ndarray:
         p = unpack(x)
-        eff = np.array([p[EFFICIENCY_FIELD[c]] for c in CLASSES])
+        vals = np.array([p[n] for n in names])
         pred = np.array(
             [
-                np.maximum(c / eff[cls], m / p["memory_efficiency"]).sum()
+                np.maximum(c / vals[ix], m / p["memory_efficiency"]).sum()
                 + n * p["kernel_overhead_us"] * 1e-6
-                for c, m, cls, n, _ in data
+                for c, m, ix, n, _ in data
             ]
         )
         return pred / np.array([y for *_, y in data]) - 1.0
@@ -320,6 +366,12 @@ def fit_latency_model(
             out[f] = round(float(fit[f]), 4)
         elif getattr(lm, f) is not None:
             out[f] = getattr(lm, f)
+    kinds = dict(lm.kind_efficiency or {})
+    for n in names:
+        if n.startswith(KIND_EFFICIENCY) and n not in unconstrained:
+            kinds[n.split(".", 1)[1]] = round(float(fit[n]), 4)
+    if kinds:
+        out[KIND_EFFICIENCY] = dict(sorted(kinds.items()))
     note = f"; kept from profile: {', '.join(unconstrained)}" if unconstrained else ""
     out["source"] = (
         f"fitted ({MODEL}) to {len(samples)} timings: median |error| "

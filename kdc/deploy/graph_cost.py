@@ -9,6 +9,10 @@ head transposes is one attention kernel; a decomposed LayerNorm (ReduceMean..Sub
 ..Mul..Add) is one kernel; an elementwise op (bias, BatchNorm, activation, residual add) joins
 the kernel that produced its latest input. Bytes = activations read and written across a kernel's
 boundary plus the constants it reads, at the kernel's precision width.
+
+The kernel types and op tables live in `kdc.deploy.kernels`, shape inference in
+`kdc.deploy.onnx_shapes`, the architecture fast path in `kdc.deploy.arch_cost`; their public names
+are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,436 +21,49 @@ import hashlib
 import json
 import math
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference
 
+from kdc.deploy.arch_cost import analyze_architecture, kernels_from_architecture
+from kdc.deploy.kernels import (
+    INTEGER_OPS,
+    LN_OPS,
+    MATMULS,
+    OP_KIND,
+    OUTPUT_SIZED_READS,
+    POINTWISE,
+    PROLOGUE_OPS,
+    QUANTIZABLE,
+    TENSOR_KINDS,
+    VIEW_OPS,
+    WIDTH,
+    GraphCost,
+    Kernel,
+    KernelShape,
+    materialize,
+    memory_bytes,
+    node_flops,
+    numel,
+)
+from kdc.deploy.onnx_shapes import concrete_inputs, inferred_shapes, stripped
 from kdc.errors import UserError
 
-WIDTH = {"fp32": 4, "fp16": 2, "int8": 1}
-TENSOR_KINDS = frozenset({"gemm", "conv", "attention"})
-"""Kernel kinds that run on matrix units (tensor cores, VNNI) and can run at int8."""
-
-
-def _names(text: str) -> list[str]:
-    return text.split()
-
-
-VIEW_OPS = frozenset(
-    _names("Reshape Squeeze Unsqueeze Flatten Identity Dropout QuantizeLinear DequantizeLinear")
-)
-MATMULS = frozenset({"MatMul", "MatMulInteger", "QLinearMatMul"})
-QUANTIZABLE = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
-INTEGER_OPS = frozenset(
-    _names("MatMulInteger QLinearMatMul ConvInteger QLinearConv QGemm QAttention")
-)
-LN_OPS = frozenset(_names("Sub Pow Mul ReduceMean Add Sqrt Div Reciprocal Cast"))
-PROLOGUE_OPS = frozenset({"Transpose", "Mul", "Div", "Cast"})
-OUTPUT_SIZED_READS = frozenset({"Gather", "GatherElements", "GatherND", "Slice"})
-"""Ops whose first input is read only where the output selects it."""
-
-# FLOPs per output element of elementwise ops (transcendentals counted as a few).
-POINTWISE: dict[str, float] = {
-    **dict.fromkeys(
-        _names(
-            "Add Sub Mul Div Neg Abs Relu LeakyRelu PRelu Max Min Clip Where Equal Greater Less "
-            "GreaterOrEqual LessOrEqual Not And Or Xor Cast Floor Ceil Round Sign Mod Reciprocal "
-            "Sqrt Pow IsNaN IsInf"
-        ),
-        1.0,
-    ),
-    **dict.fromkeys(_names("Erf Tanh Exp Log Sigmoid Softplus Sin Cos Elu Selu Celu"), 4.0),
-    **dict.fromkeys(_names("BatchNormalization HardSigmoid BiasAdd"), 2.0),
-    **{"HardSwish": 3.0, "QuickGelu": 5.0, "Gelu": 8.0, "FastGelu": 8.0, "BiasGelu": 9.0},
-    **{"Mish": 8.0, "Expand": 0.0},
-}
-NORMS: dict[str, float] = {
-    **{"LayerNormalization": 8.0, "SkipLayerNormalization": 10.0, "Softmax": 5.0},
-    **{"SimplifiedLayerNormalization": 5.0, "SkipSimplifiedLayerNormalization": 6.0},
-    **{"InstanceNormalization": 8.0, "GroupNormalization": 8.0, "LogSoftmax": 6.0},
-    **{"EmbedLayerNormalization": 10.0},
-}
-REDUCTIONS = _names(
-    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL2 ReduceSumSquare ArgMax ArgMin"
-)
-OP_KIND: dict[str, str] = {
-    **dict.fromkeys(_names("MatMul Gemm MatMulInteger QLinearMatMul QGemm"), "gemm"),
-    **dict.fromkeys(_names("Conv ConvTranspose ConvInteger QLinearConv"), "conv"),
-    **dict.fromkeys(_names("Attention MultiHeadAttention QAttention"), "attention"),
-    **dict.fromkeys(NORMS, "norm"),
-    **dict.fromkeys(POINTWISE, "pointwise"),
-    **dict.fromkeys([*REDUCTIONS, "TopK", "DynamicQuantizeLinear"], "reduce"),
-    **dict.fromkeys(_names("MaxPool AveragePool GlobalAveragePool GlobalMaxPool"), "pool"),
-    **dict.fromkeys(
-        _names(
-            "Gather GatherElements GatherND Slice Concat Split Transpose Tile Pad Resize "
-            "DepthToSpace SpaceToDepth ScatterND ScatterElements"
-        ),
-        "memory",
-    ),
-}
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """One launched kernel: the ops fused into it, its FLOPs and bytes at `precision`."""
-
-    name: str
-    ops: tuple[str, ...]
-    flops: float
-    bytes: float
-    precision: str
-    kind: str = "other"
-
-
-@dataclass(frozen=True)
-class KernelShape:
-    """A kernel before a precision is chosen: element counts instead of bytes."""
-
-    name: str
-    ops: tuple[str, ...]
-    flops: float
-    act_elems: float
-    weight_elems: float
-    kind: str
-    quantized: bool = False
-
-
-@dataclass
-class GraphCost:
-    """Kernels of one graph at concrete input shapes, plus what the memory estimate needs."""
-
-    kernels: list[KernelShape]
-    input_shapes: dict[str, list[int]]
-    weights: dict[str, tuple[float, bool, bool]] = field(default_factory=dict)
-    """name → (elements, quantized, in a tensor-kind kernel)."""
-    peak_act_elems: float = 0.0
-    unknown_shapes: int = 0
-
-
-def float_default(precision: str) -> str:
-    """Precision of the ops an engine does not quantize: fp16 beside int8 or fp16, else fp32."""
-    return "fp32" if precision == "fp32" else "fp16"
-
-
-def kernel_precision(k: KernelShape, precision: str, float_precision: str | None = None) -> str:
-    """The precision `k` runs at in an engine built for `precision`."""
-    if k.quantized or (precision == "int8" and k.kind in TENSOR_KINDS):
-        return "int8"
-    return float_precision or float_default(precision)
-
-
-def materialize(
-    cost: GraphCost, precision: str = "fp32", float_precision: str | None = None
-) -> list[Kernel]:
-    """Kernels with bytes at the widths of `precision` (int8 only where an op can run at int8)."""
-    if precision not in WIDTH:
-        raise UserError(
-            f"unknown precision '{precision}'", field="precision", fix="use fp32, fp16 or int8"
-        )
-    out = []
-    for k in cost.kernels:
-        p = kernel_precision(k, precision, float_precision)
-        out.append(
-            Kernel(k.name, k.ops, k.flops, (k.act_elems + k.weight_elems) * WIDTH[p], p, k.kind)
-        )
-    return out
-
-
-def memory_bytes(cost: GraphCost, precision: str, float_precision: str | None = None) -> float:
-    """Weights at their run precision plus the peak of live activations."""
-    fp = float_precision or float_default(precision)
-    weights = sum(
-        n * (1 if q or (precision == "int8" and tk) else WIDTH[fp])
-        for n, q, tk in cost.weights.values()
-    )
-    return weights + cost.peak_act_elems * WIDTH[fp]
-
-
-# ---------------------------------------------------------------------------------------------
-# FLOPs of single ONNX ops
-
-Shape = tuple[int, ...] | None
-
-
-def _numel(s: Shape) -> float:
-    return float(math.prod(s)) if s is not None else 0.0
-
-
-def _matmul(a: Shape, out: Shape) -> float:
-    return 2.0 * _numel(out) * (a[-1] if a else 0)
-
-
-def _conv(w: Shape, out: Shape) -> float:
-    return 2.0 * _numel(out) * (math.prod(w[1:]) if w else 0)
-
-
-def _gemm(node: onnx.NodeProto, ins: list[Shape], outs: list[Shape]) -> float:
-    a = ins[0]
-    k = (a[0] if _attr(node, "transA", 0) else a[1]) if a and len(a) == 2 else 0
-    bias = _numel(outs[0]) if len(ins) > 2 else 0.0
-    return 2.0 * _numel(outs[0]) * k + bias
-
-
-def _attention(node: onnx.NodeProto, ins: list[Shape], outs: list[Shape]) -> float:
-    """com.microsoft Attention: input B×S×Hin, weights Hin×3H."""
-    x, w = ins[0], ins[1]
-    if not x or not w:
-        return 0.0
-    b, s, hin = x
-    h = w[1] // 3
-    heads = _attr(node, "num_heads", 1)
-    return 2.0 * b * s * hin * w[1] + 4.0 * b * s * s * h + 5.0 * b * heads * s * s
-
-
-def _mha(node: onnx.NodeProto, ins: list[Shape], outs: list[Shape]) -> float:
-    """com.microsoft MultiHeadAttention: query B×S×H, key B×L×H."""
-    q, k = ins[0], ins[1] if len(ins) > 1 else None
-    if not q:
-        return 0.0
-    b, s, h = q[0], q[1], q[-1]
-    length = k[1] if k and len(k) == 3 else s
-    heads = _attr(node, "num_heads", 1)
-    return 4.0 * b * s * length * h + 5.0 * b * heads * s * length
-
-
-def _pool(node: onnx.NodeProto, ins: list[Shape], outs: list[Shape]) -> float:
-    return _numel(outs[0]) * math.prod(_attr(node, "kernel_shape", [1]))
-
-
-def _per_output_element(f: float) -> FlopFn:
-    return lambda n, i, o: f * _numel(o[0])
-
-
-FlopFn = Callable[[onnx.NodeProto, list[Shape], list[Shape]], float]
-FLOPS: dict[str, FlopFn] = {
-    "MatMul": lambda n, i, o: _matmul(i[0], o[0]),
-    "MatMulInteger": lambda n, i, o: _matmul(i[0], o[0]),
-    "QLinearMatMul": lambda n, i, o: _matmul(i[0], o[0]),
-    "Gemm": _gemm,
-    "Conv": lambda n, i, o: _conv(i[1], o[0]) + (_numel(o[0]) if len(i) > 2 else 0.0),
-    "ConvInteger": lambda n, i, o: _conv(i[1], o[0]),
-    "QLinearConv": lambda n, i, o: _conv(i[3], o[0]),
-    "ConvTranspose": lambda n, i, o: 2.0 * _numel(i[0]) * (math.prod(i[1][1:]) if i[1] else 0),
-    "Attention": _attention,
-    "MultiHeadAttention": _mha,
-    "MaxPool": _pool,
-    "AveragePool": _pool,
-    "GlobalAveragePool": lambda n, i, o: _numel(i[0]),
-    "GlobalMaxPool": lambda n, i, o: _numel(i[0]),
-    "DynamicQuantizeLinear": lambda n, i, o: 3.0 * _numel(i[0]),
-    **{op: _per_output_element(f) for op, f in {**POINTWISE, **NORMS}.items()},
-    **dict.fromkeys(REDUCTIONS, lambda n, i, o: _numel(i[0])),
-    **dict.fromkeys([k for k, v in OP_KIND.items() if v == "memory"], lambda n, i, o: 0.0),
-}
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def node_flops(node: onnx.NodeProto, ins: list[Shape], outs: list[Shape]) -> float:
-    """FLOPs of one op (2 per multiply-accumulate); unknown ops count one per output element."""
-    fn = FLOPS.get(node.op_type)
-    return fn(node, ins, outs) if fn else _numel(outs[0] if outs else None)
-
-
-# ---------------------------------------------------------------------------------------------
-# ONNX: concrete shapes
-
-
-def _dims(t: onnx.TypeProto) -> list[int | str] | None:
-    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
-        return None
-    return [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-        for d in t.tensor_type.shape.dim
-    ]
-
-
-def concrete_inputs(
-    model: onnx.ModelProto, batch: int, input_shapes: dict[str, list[int]] | None
-) -> dict[str, list[int]]:
-    """Shapes of the graph inputs with dynamic dims filled: dim 0 by `batch`, the rest from
-    `input_shapes`; a dynamic dim nobody filled is a UserError."""
-    inits = {i.name for i in model.graph.initializer}
-    given = dict(input_shapes or {})
-    real = [i for i in model.graph.input if i.name not in inits]
-    unknown = set(given) - {i.name for i in real}
-    if unknown:
-        raise UserError(
-            f"input_shapes names {sorted(unknown)}, the model has {[i.name for i in real]}",
-            field="input_shapes",
-            fix="use the model's input names",
-        )
-    return {vi.name: _concrete(vi.name, _dims(vi.type), given.get(vi.name), batch) for vi in real}
-
-
-def _concrete(
-    name: str, dims: list[int | str] | None, want: list[int] | None, batch: int
-) -> list[int]:
-    fix = f"pass input_shapes={{'{name}': [...]}}"
-    if dims is None:
-        if want is None:
-            raise UserError(
-                f"input '{name}' has no shape in the model", field="input_shapes", fix=fix
-            )
-        return [int(batch), *(int(x) for x in want[1:])]
-    if want is not None and len(want) != len(dims):
-        raise UserError(
-            f"input '{name}' has rank {len(dims)}, input_shapes gives {list(want)}",
-            field="input_shapes",
-            fix="give every dimension",
-        )
-    shape = []
-    for i, d in enumerate(dims):
-        fixed = isinstance(d, int) and d > 0
-        target = int(batch) if i == 0 else (int(want[i]) if want is not None else None)
-        if fixed and target is not None and target != d:
-            raise UserError(
-                f"input '{name}' has fixed dim {i} = {d}, asked for {target}",
-                field="batch" if i == 0 else "input_shapes",
-                fix=f"use {d} or export with that dimension dynamic",
-            )
-        if not fixed and target is None:
-            raise UserError(
-                f"input '{name}' has a dynamic dimension {i} ('{d}')", field="input_shapes", fix=fix
-            )
-        shape.append(int(d) if fixed else target)
-    return shape
-
-
-def _stripped(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
-    """A weightless copy for shape inference: large initializers become typed inputs, graph
-    inputs get concrete shapes."""
-    g = model.graph
-    m = onnx.ModelProto(ir_version=model.ir_version)
-    m.opset_import.extend(model.opset_import)
-    m.functions.extend(model.functions)
-    ng = m.graph
-    ng.name = g.name
-    ng.node.extend(g.node)
-    ng.output.extend(g.output)
-    for name, dims in shapes.items():
-        vi = next(i for i in g.input if i.name == name)
-        ng.input.append(helper.make_tensor_value_info(name, vi.type.tensor_type.elem_type, dims))
-    for t in g.initializer:
-        if math.prod(t.dims) <= 1024 and t.data_location != onnx.TensorProto.EXTERNAL:
-            ng.initializer.append(t)
-        else:
-            ng.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return m
-
-
-def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    if any(n.domain == "com.microsoft" for n in model.graph.node):
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
-    return shape_inference.infer_shapes(model, data_prop=True)
-
-
-FOLD_MAX_ELEMS = 4096
-FOLD_PASSES = 3
-
-
-def _fold_constants(
-    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
-) -> onnx.ModelProto | None:
-    """Evaluate the small constant subgraph (shape arithmetic: Shape, Gather, Concat, Where,
-    Equal, …) that shape inference could not, and return the model with its results as
-    initializers; None when nothing new was computed."""
-    from onnx.reference import ReferenceEvaluator
-
-    g = model.graph
-    values = {t.name: t for t in g.initializer if math.prod(t.dims) <= FOLD_MAX_ELEMS}
-    picked, consts = [], []
-    avail = set(values)
-    for n in g.node:
-        ins = [x for x in n.input if x]
-        if n.op_type == "Shape" and n.input[0] in shapes:
-            dims = list(shapes[n.input[0]])
-            start, end = _attr(n, "start", 0), _attr(n, "end", len(dims))
-            consts.append(
-                numpy_helper.from_array(np.array(dims[start:end], dtype=np.int64), n.output[0])
-            )
-            avail.add(n.output[0])
-        elif (
-            n.domain in ("", "ai.onnx")
-            and not n.op_type.startswith("Random")
-            and all(x in avail for x in ins)
-            and all(math.prod(shapes.get(o, ())) <= FOLD_MAX_ELEMS for o in n.output)
-        ):
-            picked.append(n)
-            avail.update(n.output)
-    outs = [o for n in picked for o in n.output if o]
-    if not outs:
-        return None
-    sub = helper.make_model(
-        helper.make_graph(
-            picked,
-            "fold",
-            [],
-            [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
-            [*values.values(), *consts],
-        ),
-        opset_imports=list(model.opset_import),
-        ir_version=model.ir_version,
-    )
-    try:
-        results = ReferenceEvaluator(sub).run(None, {})
-    except Exception:  # an op the reference runtime lacks: keep what inference found
-        return None
-    folded = {
-        o: numpy_helper.from_array(np.asarray(v), o)
-        for o, v in zip(outs, results, strict=True)
-        if np.size(v) <= FOLD_MAX_ELEMS
-    }
-    if not folded:
-        return None
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    keep = [n for n in m.graph.node if not all(o in folded for o in n.output if o)]
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    m.graph.initializer.extend(folded.values())
-    return m
-
-
-def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Shapes after inference, folding constant shape arithmetic until nothing changes."""
-    shapes = _shape_map(_infer(model))
-    for _ in range(FOLD_PASSES):
-        folded = _fold_constants(model, shapes)
-        if folded is None:
-            break
-        more = _shape_map(_infer(folded))
-        if len(more) <= len(shapes):
-            break
-        model, shapes = folded, {**more, **shapes}
-    return shapes
-
-
-def _shape_map(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    g = model.graph
-    out = {}
-    for vi in [*g.input, *g.value_info, *g.output]:
-        dims = _dims(vi.type)
-        if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
-            out[vi.name] = tuple(dims)
-        elif dims == []:
-            out[vi.name] = ()
-    for t in g.initializer:
-        out[t.name] = tuple(t.dims)
-    return out
+__all__ = [
+    "TENSOR_KINDS",
+    "WIDTH",
+    "GraphCost",
+    "Kernel",
+    "KernelShape",
+    "analyze_architecture",
+    "analyze_onnx",
+    "kernels_from_architecture",
+    "kernels_from_onnx",
+    "load_model",
+    "materialize",
+    "memory_bytes",
+    "structure_hash",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,7 +114,7 @@ class _Graph:
 
     def numel(self, t: str) -> float:
         s = self.shapes.get(t)
-        return _numel(s) if s is not None else 0.0
+        return numel(s) if s is not None else 0.0
 
     def op(self, i: int) -> str:
         return self.nodes[i].op_type
@@ -770,7 +387,7 @@ def analyze_onnx(
     model = model if model is not None else load_model(model_or_path)
     shapes = concrete_inputs(model, batch, input_shapes)
     try:
-        tensor_shapes = _inferred_shapes(_stripped(model, shapes))
+        tensor_shapes = inferred_shapes(stripped(model, shapes))
     except Exception as e:  # onnx's InferenceError and checker errors
         raise UserError(
             f"shape inference failed: {str(e).splitlines()[0][:200]}",
@@ -799,285 +416,6 @@ def kernels_from_onnx(
     """The fused kernel list of an ONNX graph at `precision`."""
     return materialize(
         analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes),
-        precision,
-        float_precision,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Architecture dicts: the same kernels without building a graph
-
-_ARCH_ALIASES = {
-    "layers": "num_hidden_layers",
-    "hidden": "hidden_size",
-    "heads": "num_attention_heads",
-    "intermediate": "intermediate_size",
-    "vocab": "vocab_size",
-    "seq": "max_length",
-}
-
-
-def _transformer(
-    arch: dict[str, Any], batch: int, input_shapes: dict[str, list[int]] | None
-) -> GraphCost:
-    """A BERT-style encoder as torch.onnx exports it: mask, embeddings + LN, per layer Q/K/V
-    GEMMs, one attention kernel, output GEMM(+residual), LN, FFN GEMM(+GELU), GEMM(+residual),
-    LN; then CLS gather, pooler GEMM+tanh and classifier GEMM (or mean pooling)."""
-    a = {_ARCH_ALIASES.get(k, k): v for k, v in arch.items()}
-    try:
-        n_layers, h = int(a["num_hidden_layers"]), int(a["hidden_size"])
-        heads = int(a.get("num_attention_heads") or 1)
-        inter = int(a.get("intermediate_size") or 4 * h)
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(
-            f"transformer architecture lacks {e}",
-            field="architecture",
-            fix="give num_hidden_layers and hidden_size",
-        ) from None
-    shape = (input_shapes or {}).get("input_ids")
-    seq = int(shape[1]) if shape else int(a.get("max_length") or 0)
-    if seq <= 0:
-        raise UserError(
-            "no sequence length",
-            field="input_shapes",
-            fix="pass input_shapes={'input_ids': [batch, seq]} or max_length",
-        )
-    b, s = int(batch), seq
-    bs, bsh = b * s, b * s * h
-    ks: list[KernelShape] = []
-    w: dict[str, tuple[float, bool, bool]] = {}
-
-    def add(
-        name: str,
-        ops: tuple[str, ...],
-        flops: float,
-        act: float,
-        weights: float,
-        kind: str,
-        weight_names: dict[str, float] | None = None,
-    ) -> None:
-        ks.append(KernelShape(name, ops, flops, act, weights, kind))
-        for wn, n in (weight_names or {}).items():
-            w[wn] = (n, False, kind in TENSOR_KINDS)
-
-    def linear(
-        name: str,
-        fin: int,
-        fout: int,
-        rows: int,
-        extra_ops: tuple[str, ...] = (),
-        extra_flops: float = 0.0,
-        extra_act: float = 0.0,
-    ) -> None:
-        add(
-            name,
-            ("MatMul", "Add", *extra_ops),
-            2.0 * rows * fin * fout + rows * fout + extra_flops,
-            rows * fin + rows * fout + extra_act,
-            fin * fout + fout,
-            "gemm",
-            {f"{name}.w": fin * fout + fout},
-        )
-
-    add("mask", ("Cast", "Sub", "Mul"), 3.0 * bs, 2.0 * bs, 2.0, "pointwise")
-    add(
-        "embeddings",
-        ("Gather", "Add", "Add"),
-        2.0 * bsh,
-        bs + bsh,
-        2.0 * bsh + s * h,
-        "memory",
-        {
-            "word_embeddings": a.get("vocab_size", 30522) * h,
-            "position_embeddings": s * h,
-            "token_type_embeddings": bsh,
-        },
-    )
-    ln = ("LayerNormalization",)
-    add("embeddings.ln", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {"emb.ln": 2.0 * h})
-    hs = b * heads * s * s
-    for i in range(n_layers):
-        p = f"layer{i}"
-        for qkv in "qkv":
-            linear(f"{p}.{qkv}", h, h, bs)
-        add(
-            f"{p}.attention",
-            (
-                "Transpose",
-                "Transpose",
-                "Transpose",
-                "MatMul",
-                "Div",
-                "Add",
-                "Softmax",
-                "MatMul",
-                "Transpose",
-            ),
-            4.0 * b * s * s * h + 7.0 * hs,
-            4.0 * bsh + bs,
-            1.0,
-            "attention",
-        )
-        linear(f"{p}.o", h, h, bs, ("Add",), bsh, bsh)
-        add(f"{p}.ln1", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {f"{p}.ln1": 2.0 * h})
-        rows_i = bs * inter
-        linear(f"{p}.ffn1", h, inter, bs, ("Div", "Erf", "Add", "Mul", "Mul"), 8.0 * rows_i)
-        linear(f"{p}.ffn2", inter, h, bs, ("Add",), bsh, bsh)
-        add(f"{p}.ln2", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {f"{p}.ln2": 2.0 * h})
-    labels = int(a.get("num_labels") or 0)
-    if a.get("pooling", "cls") == "mean":
-        add("pool", ("ReduceMean",), bsh, bsh + b * h, 0.0, "reduce")
-    else:
-        add("cls", ("Gather",), 0.0, 2.0 * b * h, 1.0, "memory")
-        if a.get("pooler", True):
-            add(
-                "pooler",
-                ("Gemm", "Tanh"),
-                2.0 * b * h * h + 5.0 * b * h,
-                2.0 * b * h,
-                h * h + h,
-                "gemm",
-                {"pooler": h * h + h},
-            )
-    if labels:
-        add(
-            "classifier",
-            ("Gemm",),
-            2.0 * b * h * labels + b * labels,
-            b * h + b * labels,
-            h * labels + labels,
-            "gemm",
-            {"classifier": h * labels + labels},
-        )
-    peak = 3.0 * bsh + b * heads * s * s + bs * inter
-    return GraphCost(ks, {"input_ids": [b, s], "attention_mask": [b, s]}, w, peak)
-
-
-def _cnn(arch: dict[str, Any], batch: int, input_shapes: dict[str, list[int]] | None) -> GraphCost:
-    """A CNN given as `layers`: conv (out, kernel, stride, groups, padding, residual, branch,
-    in_shape), maxpool/avgpool (kernel, stride), global_pool, linear (out). BatchNorm, bias and
-    activation fold into each conv; `residual` adds the skip-connection read."""
-    given = (input_shapes or {}).get("pixel_values")
-    shape = list(given[1:]) if given else list(arch.get("input_shape") or [])
-    if len(shape) != 3 or "layers" not in arch:
-        raise UserError(
-            "a cnn architecture needs `layers` and an input shape C×H×W",
-            field="architecture",
-            fix="pass input_shapes={'pixel_values': [b, c, h, w]} and layers",
-        )
-    b = int(batch)
-    c, hh, ww = (int(x) for x in shape)
-    ks: list[KernelShape] = []
-    w: dict[str, tuple[float, bool, bool]] = {}
-    for i, layer in enumerate(arch["layers"]):
-        op = layer.get("op", "conv")
-        cin, hin, win = (int(x) for x in layer.get("in_shape") or (c, hh, ww))
-        k, st = int(layer.get("kernel", 1)), int(layer.get("stride", 1))
-        pad = int(layer.get("padding", k // 2))
-        ho, wo = (hin + 2 * pad - k) // st + 1, (win + 2 * pad - k) // st + 1
-        name = layer.get("name", f"{op}{i}")
-        if op == "conv":
-            cout, groups = int(layer["out"]), int(layer.get("groups", 1))
-            out = b * cout * ho * wo
-            wn = cout * cin // groups * k * k + cout
-            extra = 2.0 if layer.get("residual") else 1.0
-            act = b * cin * hin * win + out * (2.0 if layer.get("residual") else 1.0)
-            ks.append(
-                KernelShape(
-                    name,
-                    ("Conv", "Relu"),
-                    2.0 * out * cin // groups * k * k + (1.0 + extra) * out,
-                    act,
-                    wn,
-                    "conv",
-                )
-            )
-            w[name] = (wn, False, True)
-            new = (cout, ho, wo)
-        elif op in ("maxpool", "avgpool"):
-            out = b * cin * ho * wo
-            ks.append(
-                KernelShape(
-                    name,
-                    ("MaxPool" if op == "maxpool" else "AveragePool",),
-                    out * k * k,
-                    b * cin * hin * win + out,
-                    0.0,
-                    "pool",
-                )
-            )
-            new = (cin, ho, wo)
-        elif op == "global_pool":
-            ks.append(
-                KernelShape(
-                    name,
-                    ("GlobalAveragePool",),
-                    b * cin * hin * win,
-                    b * cin * hin * win + b * cin,
-                    0.0,
-                    "pool",
-                )
-            )
-            new = (cin, 1, 1)
-        elif op == "linear":
-            fin, fout = cin * hin * win, int(layer["out"])
-            ks.append(
-                KernelShape(
-                    name,
-                    ("Gemm",),
-                    2.0 * b * fin * fout + b * fout,
-                    b * fin + b * fout,
-                    fin * fout + fout,
-                    "gemm",
-                )
-            )
-            w[name] = (fin * fout + fout, False, True)
-            new = (fout, 1, 1)
-        else:
-            raise UserError(
-                f"unknown cnn layer op '{op}'",
-                field=f"architecture.layers[{i}]",
-                fix="use conv, maxpool, avgpool, global_pool or linear",
-            )
-        if not layer.get("branch"):
-            c, hh, ww = new
-    peak = max((k.act_elems for k in ks), default=0.0)
-    return GraphCost(ks, {"pixel_values": [b, *(int(x) for x in shape)]}, w, peak)
-
-
-FAMILIES: dict[str, Callable[[dict[str, Any], int, dict | None], GraphCost]] = {
-    "transformer": _transformer,
-    "cnn": _cnn,
-}
-
-
-def analyze_architecture(
-    arch: dict[str, Any], *, batch: int = 1, input_shapes: dict[str, list[int]] | None = None
-) -> GraphCost:
-    """Kernels of an architecture dict (`family`: transformer | cnn) without building a graph."""
-    family = arch.get("family") or (
-        "cnn" if isinstance(arch.get("layers"), list) else "transformer"
-    )
-    if family not in FAMILIES:
-        raise UserError(
-            f"unknown architecture family '{family}'",
-            field="architecture.family",
-            fix=f"use one of {', '.join(FAMILIES)}",
-        )
-    return FAMILIES[family](arch, batch, input_shapes)
-
-
-def kernels_from_architecture(
-    arch: dict[str, Any],
-    batch: int = 1,
-    input_shapes: dict[str, list[int]] | None = None,
-    *,
-    precision: str = "fp32",
-    float_precision: str | None = None,
-) -> list[Kernel]:
-    """The kernel list `kernels_from_onnx` gives for the exported model, computed directly."""
-    return materialize(
-        analyze_architecture(arch, batch=batch, input_shapes=input_shapes),
         precision,
         float_precision,
     )

@@ -158,6 +158,50 @@ def test_fit_recovers_known_factors(t4):
     t4.latency_model.model_validate(fit)  # a valid profile latency_model
 
 
+def test_per_kind_fit_recovers_kind_efficiencies(t4):
+    truth = {
+        "kernel_overhead_us": 4.0,
+        "compute_efficiency": 0.45,
+        "memory_efficiency": 0.7,
+        "int8_compute_efficiency": 0.3,
+        "kind_efficiency": {"fp32_conv": 0.6, "int8_conv": 0.2, "int8_attention": 0.05},
+    }
+    rng = np.random.default_rng(2)
+    kinds = ("gemm", "conv", "attention")
+    samples = []
+    for _ in range(60):
+        ks = [
+            Kernel(
+                f"k{i}",
+                ("Op",),
+                float(10 ** rng.uniform(7, 11)),
+                1e4,
+                ("fp32", "int8")[i % 2],
+                kinds[i % 3],
+            )
+            for i in range(int(rng.integers(2, 12)))
+        ]
+        samples.append((ks, predict_kernels_ms(ks, t4, truth)))
+    fit = fit_latency_model(samples, t4, per_kind=True)
+    assert fit["kind_efficiency"]["fp32_conv"] == pytest.approx(0.6, rel=0.02)
+    assert fit["kind_efficiency"]["int8_conv"] == pytest.approx(0.2, rel=0.02)
+    assert fit["kind_efficiency"]["int8_attention"] == pytest.approx(0.05, rel=0.02)
+    assert fit["kind_efficiency"]["fp32_attention"] == pytest.approx(0.45, rel=0.02)
+    assert fit["int8_compute_efficiency"] == pytest.approx(0.3, rel=0.02)
+    t4.latency_model.model_validate(fit)
+    assert "kind_efficiency" not in fit_latency_model(samples, t4)  # off by default
+
+
+def test_kind_efficiency_falls_back_to_the_class_efficiency(t4):
+    conv = Kernel("c", ("Conv",), 8.1e9, 1.0, "fp32", "conv")  # 1 ms at the fp32 peak
+    norm = Kernel("n", ("LayerNormalization",), 8.1e9, 1.0, "fp32", "norm")
+    base = {"kernel_overhead_us": 0.0, "compute_efficiency": 0.5, "memory_efficiency": 0.5}
+    assert predict_kernels_ms([conv, norm], t4, base) == pytest.approx(4.0)
+    kinds = {**base, "kind_efficiency": {"fp32_conv": 0.25, "fp32_vector": 1.0}}
+    assert predict_kernels_ms([conv], t4, kinds) == pytest.approx(4.0)
+    assert predict_kernels_ms([norm], t4, kinds) == pytest.approx(1.0)
+
+
 def test_fit_needs_samples(t4):
     with pytest.raises(UserError, match="at least 2"):
         fit_latency_model([], t4)

@@ -380,3 +380,65 @@ def test_architecture_errors_name_the_field():
         analyze_architecture({"num_hidden_layers": 2, "hidden_size": 32})
     with pytest.raises(UserError, match="input shape"):
         analyze_architecture({"family": "cnn", "layers": []})
+
+
+def test_ort_fused_ops_are_costed_like_their_standard_twins():
+    nodes = [
+        helper.make_node(
+            "FusedConv",
+            ["x", "w", "b"],
+            ["c"],
+            domain="com.microsoft",
+            activation="Relu",
+            pads=[1, 1, 1, 1],
+        ),
+        helper.make_node("Flatten", ["c"], ["f"]),
+        helper.make_node(
+            "FusedGemm", ["f", "g"], ["y"], domain="com.microsoft", activation="Relu", transB=1
+        ),
+    ]
+    m = model(
+        nodes,
+        [vi("x", ["batch", 3, 8, 8])],
+        [vi("y", ["batch", 10])],
+        {"w": rand(4, 3, 3, 3), "b": rand(4), "g": rand(10, 256)},
+    )
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    cost = analyze_onnx(m, batch=2)
+    assert cost.unknown_shapes == 0
+    conv, gemm = cost.kernels
+    assert conv.kind == "conv" and conv.flops == 2 * 2 * 4 * 64 * 27 + 2 * 2 * 4 * 64
+    assert gemm.kind == "gemm" and gemm.flops == 2 * 2 * 256 * 10 + 2 * 10
+
+
+def test_shape_arithmetic_folds_beside_quantize_dequantize():
+    """ORT's QDQ models put DequantizeLinear (opset < 19) next to the shape arithmetic of a
+    dynamic sequence; folding must not give up on the whole graph because of it."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["sh"]),
+        helper.make_node("Gather", ["sh", "one"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "ax"], ["nu"]),
+        helper.make_node("Slice", ["table", "start", "nu", "ax1"], ["pos"]),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["bias"]),
+        helper.make_node("Add", ["pos", "bias"], ["pb"]),
+        helper.make_node("Add", ["x", "pb"], ["y"]),
+    ]
+    m = model(
+        nodes,
+        [vi("x", ["batch", "seq"])],
+        [vi("y", ["batch", "seq"])],
+        {
+            "one": np.int64(1),
+            "ax": np.array([0], np.int64),
+            "ax1": np.array([1], np.int64),
+            "start": np.array([0], np.int64),
+            "table": rand(1, 64),
+            "q": np.array([3], np.int8),
+            "scale": np.float32(0.5),
+            "zp": np.int8(0),
+        },
+        opset=13,
+    )
+    cost = analyze_onnx(m, batch=1, input_shapes={"x": [1, 16]})
+    assert cost.unknown_shapes == 0
+    assert [k.flops for k in cost.kernels] == [16]

@@ -1,0 +1,286 @@
+"""Architecture dicts to kernels without building a graph (the fast path the search uses): the
+kernels `analyze_onnx` finds in the exported model, computed from `family` (transformer | cnn),
+sizes and input shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kdc.deploy.kernels import TENSOR_KINDS, GraphCost, Kernel, KernelShape, materialize
+from kdc.errors import UserError
+
+_ARCH_ALIASES = {
+    "layers": "num_hidden_layers",
+    "hidden": "hidden_size",
+    "heads": "num_attention_heads",
+    "intermediate": "intermediate_size",
+    "vocab": "vocab_size",
+    "seq": "max_length",
+}
+
+
+def _transformer(
+    arch: dict[str, Any], batch: int, input_shapes: dict[str, list[int]] | None
+) -> GraphCost:
+    """A BERT-style encoder as torch.onnx exports it: mask, embeddings + LN, per layer Q/K/V
+    GEMMs, one attention kernel, output GEMM(+residual), LN, FFN GEMM(+GELU), GEMM(+residual),
+    LN; then CLS gather, pooler GEMM+tanh and classifier GEMM (or mean pooling)."""
+    a = {_ARCH_ALIASES.get(k, k): v for k, v in arch.items()}
+    try:
+        n_layers, h = int(a["num_hidden_layers"]), int(a["hidden_size"])
+        heads = int(a.get("num_attention_heads") or 1)
+        inter = int(a.get("intermediate_size") or 4 * h)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(
+            f"transformer architecture lacks {e}",
+            field="architecture",
+            fix="give num_hidden_layers and hidden_size",
+        ) from None
+    shape = (input_shapes or {}).get("input_ids")
+    seq = int(shape[1]) if shape else int(a.get("max_length") or 0)
+    if seq <= 0:
+        raise UserError(
+            "no sequence length",
+            field="input_shapes",
+            fix="pass input_shapes={'input_ids': [batch, seq]} or max_length",
+        )
+    b, s = int(batch), seq
+    bs, bsh = b * s, b * s * h
+    ks: list[KernelShape] = []
+    w: dict[str, tuple[float, bool, bool]] = {}
+
+    def add(
+        name: str,
+        ops: tuple[str, ...],
+        flops: float,
+        act: float,
+        weights: float,
+        kind: str,
+        weight_names: dict[str, float] | None = None,
+    ) -> None:
+        ks.append(KernelShape(name, ops, flops, act, weights, kind))
+        for wn, n in (weight_names or {}).items():
+            w[wn] = (n, False, kind in TENSOR_KINDS)
+
+    def linear(
+        name: str,
+        fin: int,
+        fout: int,
+        rows: int,
+        extra_ops: tuple[str, ...] = (),
+        extra_flops: float = 0.0,
+        extra_act: float = 0.0,
+    ) -> None:
+        add(
+            name,
+            ("MatMul", "Add", *extra_ops),
+            2.0 * rows * fin * fout + rows * fout + extra_flops,
+            rows * fin + rows * fout + extra_act,
+            fin * fout + fout,
+            "gemm",
+            {f"{name}.w": fin * fout + fout},
+        )
+
+    add("mask", ("Cast", "Sub", "Mul"), 3.0 * bs, 2.0 * bs, 2.0, "pointwise")
+    add(
+        "embeddings",
+        ("Gather", "Add", "Add"),
+        2.0 * bsh,
+        bs + bsh,
+        2.0 * bsh + s * h,
+        "memory",
+        {
+            "word_embeddings": a.get("vocab_size", 30522) * h,
+            "position_embeddings": s * h,
+            "token_type_embeddings": bsh,
+        },
+    )
+    ln = ("LayerNormalization",)
+    add("embeddings.ln", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {"emb.ln": 2.0 * h})
+    hs = b * heads * s * s
+    for i in range(n_layers):
+        p = f"layer{i}"
+        for qkv in "qkv":
+            linear(f"{p}.{qkv}", h, h, bs)
+        add(
+            f"{p}.attention",
+            (
+                "Transpose",
+                "Transpose",
+                "Transpose",
+                "MatMul",
+                "Div",
+                "Add",
+                "Softmax",
+                "MatMul",
+                "Transpose",
+            ),
+            4.0 * b * s * s * h + 7.0 * hs,
+            4.0 * bsh + bs,
+            1.0,
+            "attention",
+        )
+        linear(f"{p}.o", h, h, bs, ("Add",), bsh, bsh)
+        add(f"{p}.ln1", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {f"{p}.ln1": 2.0 * h})
+        rows_i = bs * inter
+        linear(f"{p}.ffn1", h, inter, bs, ("Div", "Erf", "Add", "Mul", "Mul"), 8.0 * rows_i)
+        linear(f"{p}.ffn2", inter, h, bs, ("Add",), bsh, bsh)
+        add(f"{p}.ln2", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {f"{p}.ln2": 2.0 * h})
+    labels = int(a.get("num_labels") or 0)
+    if a.get("pooling", "cls") == "mean":
+        add("pool", ("ReduceMean",), bsh, bsh + b * h, 0.0, "reduce")
+    else:
+        add("cls", ("Gather",), 0.0, 2.0 * b * h, 1.0, "memory")
+        if a.get("pooler", True):
+            add(
+                "pooler",
+                ("Gemm", "Tanh"),
+                2.0 * b * h * h + 5.0 * b * h,
+                2.0 * b * h,
+                h * h + h,
+                "gemm",
+                {"pooler": h * h + h},
+            )
+    if labels:
+        add(
+            "classifier",
+            ("Gemm",),
+            2.0 * b * h * labels + b * labels,
+            b * h + b * labels,
+            h * labels + labels,
+            "gemm",
+            {"classifier": h * labels + labels},
+        )
+    peak = 3.0 * bsh + b * heads * s * s + bs * inter
+    return GraphCost(ks, {"input_ids": [b, s], "attention_mask": [b, s]}, w, peak)
+
+
+def _cnn(arch: dict[str, Any], batch: int, input_shapes: dict[str, list[int]] | None) -> GraphCost:
+    """A CNN given as `layers`: conv (out, kernel, stride, groups, padding, residual, branch,
+    in_shape), maxpool/avgpool (kernel, stride), global_pool, linear (out). BatchNorm, bias and
+    activation fold into each conv; `residual` adds the skip-connection read."""
+    given = (input_shapes or {}).get("pixel_values")
+    shape = list(given[1:]) if given else list(arch.get("input_shape") or [])
+    if len(shape) != 3 or "layers" not in arch:
+        raise UserError(
+            "a cnn architecture needs `layers` and an input shape C×H×W",
+            field="architecture",
+            fix="pass input_shapes={'pixel_values': [b, c, h, w]} and layers",
+        )
+    b = int(batch)
+    c, hh, ww = (int(x) for x in shape)
+    ks: list[KernelShape] = []
+    w: dict[str, tuple[float, bool, bool]] = {}
+    for i, layer in enumerate(arch["layers"]):
+        op = layer.get("op", "conv")
+        cin, hin, win = (int(x) for x in layer.get("in_shape") or (c, hh, ww))
+        k, st = int(layer.get("kernel", 1)), int(layer.get("stride", 1))
+        pad = int(layer.get("padding", k // 2))
+        ho, wo = (hin + 2 * pad - k) // st + 1, (win + 2 * pad - k) // st + 1
+        name = layer.get("name", f"{op}{i}")
+        if op == "conv":
+            cout, groups = int(layer["out"]), int(layer.get("groups", 1))
+            out = b * cout * ho * wo
+            wn = cout * cin // groups * k * k + cout
+            extra = 2.0 if layer.get("residual") else 1.0
+            act = b * cin * hin * win + out * (2.0 if layer.get("residual") else 1.0)
+            ks.append(
+                KernelShape(
+                    name,
+                    ("Conv", "Relu"),
+                    2.0 * out * cin // groups * k * k + (1.0 + extra) * out,
+                    act,
+                    wn,
+                    "conv",
+                )
+            )
+            w[name] = (wn, False, True)
+            new = (cout, ho, wo)
+        elif op in ("maxpool", "avgpool"):
+            out = b * cin * ho * wo
+            ks.append(
+                KernelShape(
+                    name,
+                    ("MaxPool" if op == "maxpool" else "AveragePool",),
+                    out * k * k,
+                    b * cin * hin * win + out,
+                    0.0,
+                    "pool",
+                )
+            )
+            new = (cin, ho, wo)
+        elif op == "global_pool":
+            ks.append(
+                KernelShape(
+                    name,
+                    ("GlobalAveragePool",),
+                    b * cin * hin * win,
+                    b * cin * hin * win + b * cin,
+                    0.0,
+                    "pool",
+                )
+            )
+            new = (cin, 1, 1)
+        elif op == "linear":
+            fin, fout = cin * hin * win, int(layer["out"])
+            ks.append(
+                KernelShape(
+                    name,
+                    ("Gemm",),
+                    2.0 * b * fin * fout + b * fout,
+                    b * fin + b * fout,
+                    fin * fout + fout,
+                    "gemm",
+                )
+            )
+            w[name] = (fin * fout + fout, False, True)
+            new = (fout, 1, 1)
+        else:
+            raise UserError(
+                f"unknown cnn layer op '{op}'",
+                field=f"architecture.layers[{i}]",
+                fix="use conv, maxpool, avgpool, global_pool or linear",
+            )
+        if not layer.get("branch"):
+            c, hh, ww = new
+    peak = max((k.act_elems for k in ks), default=0.0)
+    return GraphCost(ks, {"pixel_values": [b, *(int(x) for x in shape)]}, w, peak)
+
+
+FAMILIES: dict[str, Callable[[dict[str, Any], int, dict | None], GraphCost]] = {
+    "transformer": _transformer,
+    "cnn": _cnn,
+}
+
+
+def analyze_architecture(
+    arch: dict[str, Any], *, batch: int = 1, input_shapes: dict[str, list[int]] | None = None
+) -> GraphCost:
+    """Kernels of an architecture dict (`family`: transformer | cnn) without building a graph."""
+    family = arch.get("family") or (
+        "cnn" if isinstance(arch.get("layers"), list) else "transformer"
+    )
+    if family not in FAMILIES:
+        raise UserError(
+            f"unknown architecture family '{family}'",
+            field="architecture.family",
+            fix=f"use one of {', '.join(FAMILIES)}",
+        )
+    return FAMILIES[family](arch, batch, input_shapes)
+
+
+def kernels_from_architecture(
+    arch: dict[str, Any],
+    batch: int = 1,
+    input_shapes: dict[str, list[int]] | None = None,
+    *,
+    precision: str = "fp32",
+    float_precision: str | None = None,
+) -> list[Kernel]:
+    """The kernel list `kernels_from_onnx` gives for the exported model, computed directly."""
+    return materialize(
+        analyze_architecture(arch, batch=batch, input_shapes=input_shapes),
+        precision,
+        float_precision,
+    )

@@ -1,0 +1,386 @@
+"""A fixed, seeded set of generated ONNX models to calibrate and evaluate the latency model: MLPs,
+CNNs (`kdc.models.cnn.SmallCNN`) and BERT encoders (random init) at several widths and depths,
+each in a float and an INT8 (static QDQ) version.
+
+`calibration_set()` and `evaluation_set()` never share an architecture, so the bench never
+evaluates on what the calibration fitted. `generate(models, out_dir, engine=...)` exports them as
+kdc's build stage would for that engine and writes `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdc.errors import UserError
+from kdc.rundir import atomic_path, now_iso, read_json, write_json
+
+MANIFEST = "manifest.json"
+SEQ = 128
+VOCAB = 1024
+CALIBRATION_ROWS = 4
+ENGINES = ("onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One model of the set: its architecture and the precision it is built for."""
+
+    name: str
+    family: str
+    arch: dict[str, Any]
+    precision: str
+    batch: int = 1
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+
+
+def mlp(widths: Sequence[int], batch: int = 1) -> dict[str, Any]:
+    """Linear+ReLU layers `widths[0] → widths[1] → …`, timed at `batch` rows."""
+    return {"family": "mlp", "widths": [int(w) for w in widths], "batch": int(batch)}
+
+
+def cnn(channels: Sequence[int], image: int, depth: int = 1) -> dict[str, Any]:
+    """SmallCNN (3-channel input) as an architecture dict `kdc.deploy.arch_cost` also reads."""
+    layers: list[dict[str, Any]] = []
+    for i, c in enumerate(channels):
+        layers += [{"op": "conv", "out": int(c), "kernel": 3}] * depth
+        if i < len(channels) - 1:
+            layers.append({"op": "maxpool", "kernel": 2, "stride": 2, "padding": 0})
+    layers += [{"op": "global_pool"}, {"op": "linear", "out": 10}]
+    return {
+        "family": "cnn",
+        "channels": [int(c) for c in channels],
+        "depth": int(depth),
+        "input_shape": [3, int(image), int(image)],
+        "layers": layers,
+    }
+
+
+def transformer(layers: int, hidden: int, seq: int = SEQ, ffn: int = 4) -> dict[str, Any]:
+    """A BERT encoder with a classification head (64-wide heads, `ffn`× intermediate)."""
+    return {
+        "family": "transformer",
+        "num_hidden_layers": int(layers),
+        "hidden_size": int(hidden),
+        "num_attention_heads": max(1, hidden // 64),
+        "intermediate_size": int(ffn * hidden),
+        "vocab_size": VOCAB,
+        "max_length": int(seq),
+        "num_labels": 2,
+    }
+
+
+def _shapes(arch: dict[str, Any], batch: int) -> dict[str, list[int]]:
+    fam = arch["family"]
+    if fam == "transformer":
+        return {
+            "input_ids": [batch, arch["max_length"]],
+            "attention_mask": [batch, arch["max_length"]],
+        }
+    if fam == "cnn":
+        return {"pixel_values": [batch, *arch["input_shape"]]}
+    return {"features": [batch, arch["widths"][0]]}
+
+
+def _name(arch: dict[str, Any]) -> str:
+    fam = arch["family"]
+    if fam == "transformer":
+        a = arch
+        ffn = a["intermediate_size"] // a["hidden_size"]
+        tail = f"_f{ffn}" if ffn != 4 else ""
+        return f"bert_l{a['num_hidden_layers']}_h{a['hidden_size']}_s{a['max_length']}{tail}"
+    if fam == "cnn":
+        ch = "-".join(str(c) for c in arch["channels"])
+        return f"cnn_c{ch}_d{arch['depth']}_i{arch['input_shape'][1]}"
+    return f"mlp_w{'-'.join(str(w) for w in arch['widths'])}_b{arch['batch']}"
+
+
+def models(archs: Sequence[dict[str, Any]], precisions: Sequence[str]) -> list[ZooModel]:
+    """Every architecture at every precision (batch 1 unless the architecture names one)."""
+    return [
+        ZooModel(
+            f"{_name(a)}_{p}", a["family"], a, p, a.get("batch", 1), _shapes(a, a.get("batch", 1))
+        )
+        for a in archs
+        for p in precisions
+    ]
+
+
+CALIBRATION_ARCHS = [
+    mlp(
+        [256, 256, 256, 10],
+    ),
+    mlp(
+        [1024, 1024, 1024, 10],
+    ),
+    mlp([512, 2048, 512, 10], batch=16),
+    mlp([768, 3072, 768, 10], batch=128),
+    cnn([16, 32, 64], 32),
+    cnn([32, 64, 128], 64, depth=2),
+    cnn([24, 48, 96, 192], 96),
+    cnn([64, 128, 256], 128),
+    transformer(1, 192),
+    transformer(3, 320, seq=64),
+    transformer(2, 576),
+    transformer(5, 448, seq=96),
+    transformer(2, 256, seq=256, ffn=2),
+]
+QUICK_ARCHS = [mlp([128, 128, 10]), cnn([8, 16], 32), transformer(1, 64, seq=32)]
+EVALUATION_ARCHS = [
+    *[
+        transformer(layers, hidden)
+        for layers, hidden in [
+            (1, 128),
+            (2, 128),
+            (4, 128),
+            (12, 128),
+            (2, 256),
+            (4, 256),
+            (8, 256),
+            (12, 256),
+            (3, 384),
+            (6, 384),
+            (2, 512),
+            (4, 512),
+            (8, 512),
+            (1, 768),
+            (4, 768),
+            (12, 768),
+        ]
+    ],
+    *[
+        cnn(ch, image, depth)
+        for ch, image, depth in [
+            ([16, 32, 64], 64, 1),
+            ([32, 64, 128], 32, 1),
+            ([32, 64, 128], 96, 1),
+            ([16, 32, 64, 128], 128, 1),
+            ([48, 96, 192], 64, 2),
+            ([64, 128, 256], 64, 1),
+            ([24, 48, 96, 192], 160, 1),
+            ([32, 64, 128, 256], 224, 1),
+        ]
+    ],
+]
+
+
+def calibration_set(
+    precisions: Sequence[str] = ("fp32", "int8"), quick: bool = False
+) -> list[ZooModel]:
+    """The models `kdc calibrate` times (`quick`: three tiny float models)."""
+    if quick:
+        return models(QUICK_ARCHS, precisions[:1])
+    return models(CALIBRATION_ARCHS, precisions)
+
+
+def evaluation_set(precisions: Sequence[str] = ("fp32", "int8")) -> list[ZooModel]:
+    """The models the bench predicts and measures; no architecture is in `calibration_set`."""
+    return models(EVALUATION_ARCHS, precisions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and exporting
+
+
+@dataclass
+class _Exportable:
+    """What `kdc.export.onnx_export.export_onnx` needs of an adapter."""
+
+    module: Any
+    input_names: list[str]
+    axes: dict[str, dict[int, str]]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return self.axes
+
+
+def _build_mlp(arch: dict[str, Any]) -> _Exportable:
+    from torch import nn
+
+    w = arch["widths"]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(w[:-1], w[1:], strict=True)):
+        layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(w) - 2 else [])
+    axes = {"features": {0: "batch"}, "logits": {0: "batch"}}
+    return _Exportable(nn.Sequential(*layers), ["features"], axes)
+
+
+def _build_cnn(arch: dict[str, Any]) -> _Exportable:
+    from kdc.models.cnn import SmallCNN
+
+    net = SmallCNN(in_channels=3, channels=tuple(arch["channels"]), depth=arch["depth"])
+    return _Exportable(
+        net, ["pixel_values"], {"pixel_values": {0: "batch"}, "logits": {0: "batch"}}
+    )
+
+
+def _build_transformer(arch: dict[str, Any]) -> _Exportable:
+    from torch import nn
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(
+        vocab_size=arch["vocab_size"],
+        hidden_size=arch["hidden_size"],
+        num_hidden_layers=arch["num_hidden_layers"],
+        num_attention_heads=arch["num_attention_heads"],
+        intermediate_size=arch["intermediate_size"],
+        max_position_embeddings=max(512, arch["max_length"]),
+        num_labels=arch["num_labels"],
+    )
+    bert = BertForSequenceClassification(cfg).eval()
+
+    class Logits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    seq = {0: "batch", 1: "sequence"}
+    axes = {"input_ids": seq, "attention_mask": seq, "logits": {0: "batch"}}
+    return _Exportable(Logits().eval(), ["input_ids", "attention_mask"], axes)
+
+
+BUILDERS: dict[str, Callable[[dict[str, Any]], _Exportable]] = {
+    "mlp": _build_mlp,
+    "cnn": _build_cnn,
+    "transformer": _build_transformer,
+}
+ORT_OPTIMIZER = {"mlp": "cnn", "cnn": "cnn", "transformer": "transformer"}
+"""`kdc.deploy.onnxruntime.optimize` family per zoo family (the cnn one is ORT's generic
+offline optimization)."""
+
+
+def inputs_for(model: ZooModel, rows: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Synthetic inputs of the model's shapes (`rows` overrides the batch dimension)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in model.input_shapes.items():
+        shape = [rows or shape[0], *shape[1:]]
+        if name == "input_ids":
+            out[name] = rng.integers(0, model.arch["vocab_size"], size=shape).astype(np.int64)
+        elif name == "attention_mask":
+            out[name] = np.ones(shape, np.int64)
+        else:
+            out[name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def _export(model: ZooModel, path: Path, seed: int) -> Path:
+    import torch
+
+    from kdc.export.onnx_export import export_onnx
+
+    torch.manual_seed(seed)
+    net = BUILDERS[model.family](model.arch)
+    return export_onnx(net, inputs_for(model, rows=2, seed=seed), path)  # type: ignore[arg-type]
+
+
+def _finish(model: ZooModel, src: Path, dst: Path, engine: str, seed: int) -> Path:
+    """The engine-ready graph: ORT-optimized float or QDQ INT8 (uint8 activations on CPU, int8
+    symmetric for TensorRT), as the build stage makes them; TensorRT floats stay as exported."""
+    from kdc.deploy.onnxruntime import optimize, quantize_int8
+
+    if model.precision == "int8":
+        calib = [inputs_for(model, seed=seed + 1 + i) for i in range(CALIBRATION_ROWS)]
+        symmetric = engine == "tensorrt"
+        return quantize_int8(src, dst, calib, symmetric_activations=symmetric)
+    if engine == "tensorrt":
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        return dst
+    a = model.arch
+    return optimize(
+        src,
+        dst,
+        family=ORT_OPTIMIZER[model.family],
+        num_heads=a.get("num_attention_heads", 0),
+        hidden_size=a.get("hidden_size", 0),
+    )
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """ORT's quantizer and shape inference log a warning per tensor they skip: errors only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def generate(
+    zoo: Sequence[ZooModel],
+    out_dir: Path | str,
+    *,
+    engine: str = "onnxruntime",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Export every model to `out_dir/<name>.onnx` (a model already there is kept) and write
+    `manifest.json`; returns the manifest rows (name, family, arch, precision, batch,
+    input_shapes, file)."""
+    if engine not in ENGINES:
+        raise UserError(
+            f"unknown engine '{engine}'", field="engine", fix=f"use {' or '.join(ENGINES)}"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kdc-zoo-") as scratch:
+        exported: dict[str, Path] = {}  # one export per architecture, shared by its precisions
+        for m in zoo:
+            path = out / f"{m.name}.onnx"
+            if not path.is_file():
+                if progress:
+                    progress(m.name)
+                key = json.dumps(m.arch, sort_keys=True)
+                with _quiet_logs():
+                    if key not in exported:
+                        raw = Path(scratch) / f"{len(exported)}.onnx"
+                        exported[key] = _export(m, raw, seed)
+                    _finish(m, exported[key], path, engine, seed)
+            rows.append({**asdict(m), "file": path.name})
+    write_json(
+        out / MANIFEST, {"created": now_iso(), "engine": engine, "seed": seed, "models": rows}
+    )
+    return rows
+
+
+def load_manifest(directory: Path | str) -> list[dict[str, Any]]:
+    """The model rows of a directory `generate` wrote."""
+    path = Path(directory) / MANIFEST
+    try:
+        rows = read_json(path)["models"]
+    except FileNotFoundError:
+        raise UserError(
+            "no manifest.json",
+            source=str(directory),
+            fix="pass a directory written by kdc calibrate",
+        ) from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(
+            "manifest.json is not a model-set manifest",
+            source=str(path),
+            fix="regenerate the bundle",
+        ) from None
+    return rows
+
+
+def zoo_model(row: dict[str, Any]) -> ZooModel:
+    """A manifest row back as a ZooModel."""
+    return ZooModel(
+        row["name"], row["family"], row["arch"], row["precision"], row["batch"], row["input_shapes"]
+    )

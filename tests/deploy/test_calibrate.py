@@ -1,0 +1,173 @@
+"""kdc calibrate: the generated model set, device bundles and their exportTimes, host timing,
+and calibration files that load_profile picks up. KDC_CONFIG_DIR points at tmp_path throughout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from kdc.cli import app
+from kdc.deploy import calibrate as C
+from kdc.deploy import model_zoo as Z
+from kdc.deploy.estimate import onnx_kernels, predict_kernels_ms
+from kdc.errors import UserError
+from kdc.profiles import calibration_path, load_profile
+
+KNOWN = {
+    "kernel_overhead_us": 3.0,
+    "compute_efficiency": 0.5,
+    "memory_efficiency": 0.6,
+    "fp16_compute_efficiency": 0.35,
+    "int8_compute_efficiency": 0.25,
+}
+SMALL = [
+    Z.mlp([1024, 4096, 1024], batch=256),
+    Z.mlp([512, 2048, 512, 10], batch=32),
+    Z.mlp([256, 256, 10]),
+    Z.cnn([16, 32], 32),
+    Z.cnn([32, 64, 128], 64),
+]
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("KDC_CONFIG_DIR", str(tmp_path / "config"))
+    return tmp_path / "config"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """A calibration bundle for the Jetson Orin Nano with 10 small float/INT8 models."""
+    out = tmp_path_factory.mktemp("cal") / "jetson-calibration"
+    return C.write_bundle("jetson", out, zoo=Z.models(SMALL, ["fp16", "int8"]), iterations=50)
+
+
+def test_sets_are_disjoint_and_span_the_ranges():
+    cal, ev = Z.calibration_set(), Z.evaluation_set()
+    key = lambda m: json.dumps(m.arch, sort_keys=True)  # noqa: E731
+    assert not {key(m) for m in cal} & {key(m) for m in ev}
+    assert len({m.name for m in [*cal, *ev]}) == len(cal) + len(ev)
+    assert len(ev) >= 40 and {m.precision for m in ev} == {"fp32", "int8"}
+    bert = [m.arch for m in ev if m.family == "transformer"]
+    assert {a["max_length"] for a in bert} == {128}
+    assert min(a["num_hidden_layers"] for a in bert) == 1
+    assert max(a["num_hidden_layers"] for a in bert) == 12
+    assert {min(a["hidden_size"] for a in bert), max(a["hidden_size"] for a in bert)} == {128, 768}
+    assert {m.family for m in ev} == {"transformer", "cnn"}
+    assert all(m.batch == 1 for m in ev)
+    assert len(Z.calibration_set(quick=True)) == 3
+
+
+def test_bundle_has_models_manifest_and_a_valid_script(bundle):
+    rows = Z.load_manifest(bundle / "models")
+    assert len(rows) == 10 and {r["precision"] for r in rows} == {"fp16", "int8"}
+    assert all((bundle / "models" / r["file"]).is_file() for r in rows)
+    script = (bundle / "run_all.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(bundle / "run_all.sh")]).returncode == 0
+    for r in rows:
+        assert f"--exportTimes=results/{r['name']}.json" in script
+        assert f"--saveEngine=engines/{r['name']}.plan" in script
+    assert script.count("--int8") == 5 and script.count("--useCudaGraph") == 10
+    assert (
+        "kdc calibrate --target jetson-orin-nano-8gb --from" in (bundle / "README.md").read_text()
+    )
+
+
+def _export_times(bundle: Path, lm: dict, skip: str | None = None) -> None:
+    """Write trtexec --exportTimes files as if every model ran at the latency `lm` predicts."""
+    profile = load_profile("jetson")
+    (bundle / "results").mkdir(exist_ok=True)
+    for r in Z.load_manifest(bundle / "models"):
+        if r["name"] == skip:
+            continue
+        kernels = onnx_kernels(
+            bundle / "models" / r["file"],
+            profile,
+            precision=r["precision"],
+            batch=r["batch"],
+            input_shapes=r["input_shapes"],
+        )
+        ms = predict_kernels_ms(kernels, profile, lm)
+        rows = [{"latencyMs": ms, "computeMs": ms * 0.99, "inMs": 0.0} for _ in range(20)]
+        (bundle / "results" / f"{r['name']}.json").write_text(json.dumps(rows))
+    (bundle / "results" / "device.json").write_text('{"device": "Jetson Orin Nano (test)"}')
+
+
+def test_from_bundle_recovers_known_factors_and_load_profile_uses_them(bundle, config_dir):
+    skipped = Z.load_manifest(bundle / "models")[2]["name"]
+    _export_times(bundle, KNOWN, skip=skipped)
+    res = CliRunner().invoke(app, ["calibrate", "--target", "jetson", "--from", str(bundle)])
+    assert res.exit_code == 0, res.output
+    assert f"no timing for {skipped}" in res.output
+    path = calibration_path("jetson-orin-nano-8gb")
+    assert path.is_relative_to(config_dir) and path.is_file()
+    saved = yaml.safe_load(path.read_text())
+    assert len(saved["samples"]) == 9 and saved["missing"] == [skipped]
+    lm = load_profile("jetson").latency_model
+    assert lm.source.startswith("calibrated on Jetson Orin Nano (test) (trtexec) at ")
+    assert "from 9 models (kdc calibrate)" in lm.source
+    kept = lm.source.split("kept from profile:")[-1] if "kept" in lm.source else ""
+    for k, v in KNOWN.items():
+        if k not in kept:
+            assert getattr(lm, k) == pytest.approx(v, rel=0.02), k
+    assert lm.fp16_compute_efficiency == pytest.approx(0.35, rel=0.02)
+    assert lm.int8_compute_efficiency == pytest.approx(0.25, rel=0.02)
+    for s in saved["samples"]:
+        assert s["predicted_ms"] == pytest.approx(s["measured_ms"], rel=0.01)
+
+
+def test_from_needs_two_timed_models(tmp_path, bundle):
+    empty = tmp_path / "b"
+    (empty / "models").mkdir(parents=True)
+    (empty / "models" / "manifest.json").write_text(
+        (bundle / "models" / "manifest.json").read_text()
+    )
+    with pytest.raises(UserError, match="0 timed models"):
+        C.calibrate("jetson", from_dir=empty)
+    with pytest.raises(UserError, match="no manifest.json"):
+        C.calibrate("jetson", from_dir=tmp_path / "nothing")
+
+
+def test_unreachable_targets_and_conflicting_options_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="cannot time nvidia-t4 from this machine"):
+        C.calibrate("t4")
+    with pytest.raises(UserError, match="exclude each other"):
+        C.calibrate("t4", bundle=tmp_path / "a", from_dir=tmp_path / "b")
+    with pytest.raises(UserError, match="no TensorRT version"):
+        C.calibrate("host", bundle=tmp_path / "a")
+    res = CliRunner().invoke(app, ["calibrate", "--target", "t4"])
+    assert res.exit_code == 2 and "--bundle DIR" in res.output
+
+
+def test_every_profile_picks_up_its_calibration_file(config_dir):
+    before = load_profile("t4").latency_model
+    path = calibration_path("nvidia-t4")
+    path.parent.mkdir(parents=True)
+    lm = {**KNOWN, "kind_efficiency": {"fp16_conv": 0.3}, "source": "calibrated on T4 (test)"}
+    path.write_text(yaml.safe_dump({"latency_model": lm, "samples": []}))
+    after = load_profile("nvidia-t4").latency_model
+    assert after.source == "calibrated on T4 (test)" and after.kernel_overhead_us == 3.0
+    assert after.kind_efficiency == {"fp16_conv": 0.3}
+    assert before.source != after.source
+    path.write_text("latency_model: {compute_efficiency: 7}\n")
+    with pytest.raises(UserError, match="calibration file is corrupt") as e:
+        load_profile("t4")
+    assert str(path) in str(e.value)
+
+
+def test_quick_host_calibration_saves_what_host_profile_reads(config_dir):
+    res = CliRunner().invoke(app, ["calibrate", "--target", "host", "--quick", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load(calibration_path("host").read_text())
+    assert len(saved["samples"]) == 3 and saved["threads"] == 1
+    assert saved["statistic"] == "cpu_ms"
+    assert all(s["measured_ms"] > 0 and s["cpu_ms"] > 0 for s in saved["samples"])
+    lm = load_profile("host").latency_model
+    assert lm.source.startswith("calibrated on ") and "from 3 models (kdc calibrate)" in lm.source
+    assert lm.source == saved["latency_model"]["source"]
+    assert lm.kernel_overhead_us == saved["latency_model"]["kernel_overhead_us"]
