@@ -1,3 +1,6 @@
+"""`python -m kdc` runs the CLI."""
+
 from kdc.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@ directory whose earlier stages are done. The CLI is a thin layer over these."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from kdc.profiles import HardwareProfile, load_profile
 from kdc.rundir import RunDir, read_json
 
 ConfigLike = KdcConfig | str | Path
+# onnxruntime (1.32) otherwise writes telemetry state to ~/.cache/Microsoft and $TMPDIR/.ses and
+# may try to upload it; it reads this when first imported, and every kdc import passes here first
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def _config(config: ConfigLike) -> KdcConfig:
@@ -25,8 +29,13 @@ def default_run_dir(cfg: KdcConfig) -> Path:
     return Path("runs") / cfg.name
 
 
-def open_run(config: ConfigLike, target: str | HardwareProfile = "host",
-             out: str | Path | None = None, *, quiet: bool = False):
+def open_run(
+    config: ConfigLike,
+    target: str | HardwareProfile = "host",
+    out: str | Path | None = None,
+    *,
+    quiet: bool = False,
+):
     """A pipeline Context for a config, target and run directory."""
     from kdc.pipeline import Context
 
@@ -38,8 +47,14 @@ def open_run(config: ConfigLike, target: str | HardwareProfile = "host",
     return Context(cfg, profile, run, Console(quiet=quiet, width=width), quiet=quiet)
 
 
-def _run(config: ConfigLike, target: Any, out: Any, stages: tuple[str, ...] | None,
-         resume: bool, quiet: bool) -> dict:
+def _run(
+    config: ConfigLike,
+    target: Any,
+    out: Any,
+    stages: tuple[str, ...] | None,
+    resume: bool,
+    quiet: bool,
+) -> dict:
     from kdc.pipeline import run_stages
 
     ctx = open_run(config, target, out, quiet=quiet)
@@ -49,30 +64,40 @@ def _run(config: ConfigLike, target: Any, out: Any, stages: tuple[str, ...] | No
     return read_json(report) if report.is_file() else ctx.run.manifest()
 
 
-def compress(config: ConfigLike, target: str | HardwareProfile = "host",
-             out: str | Path | None = None, *, resume: bool = False, quiet: bool = False) -> dict:
+def compress(
+    config: ConfigLike,
+    target: str | HardwareProfile = "host",
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+) -> dict:
     """Run search → distill → export → build → verify → report; return report.json's content."""
     return _run(config, target, out, None, resume, quiet)
 
 
-def search(config: ConfigLike, target: str = "host", out: str | Path | None = None, *,
-           quiet: bool = False) -> dict:
+def search(
+    config: ConfigLike, target: str = "host", out: str | Path | None = None, *, quiet: bool = False
+) -> dict:
     """Run the search stage alone; returns the manifest."""
     return _run(config, target, out, ("search",), True, quiet)
 
 
-def distill(config: ConfigLike, target: str = "host", out: str | Path | None = None, *,
-            quiet: bool = False) -> dict:
+def distill(
+    config: ConfigLike, target: str = "host", out: str | Path | None = None, *, quiet: bool = False
+) -> dict:
     return _run(config, target, out, ("distill",), True, quiet)
 
 
-def export(config: ConfigLike, target: str = "host", out: str | Path | None = None, *,
-           quiet: bool = False) -> dict:
+def export(
+    config: ConfigLike, target: str = "host", out: str | Path | None = None, *, quiet: bool = False
+) -> dict:
     return _run(config, target, out, ("export",), True, quiet)
 
 
-def build(config: ConfigLike, target: str = "host", out: str | Path | None = None, *,
-          quiet: bool = False) -> dict:
+def build(
+    config: ConfigLike, target: str = "host", out: str | Path | None = None, *, quiet: bool = False
+) -> dict:
     return _run(config, target, out, ("build",), True, quiet)
 
 
@@ -80,15 +105,24 @@ def config_of_run(run_dir: str | Path) -> KdcConfig:
     """The config a run directory was made with (from its manifest)."""
     run = Path(run_dir)
     if not (run / "manifest.json").is_file():
-        raise UserError("not a kdc run directory (no manifest.json)", source=str(run),
-                        fix="pass the directory `kdc compress` wrote (runs/<name>)")
+        raise UserError(
+            "not a kdc run directory (no manifest.json)",
+            source=str(run),
+            fix="pass the directory `kdc compress` wrote (runs/<name>)",
+        )
     m = read_json(run / "manifest.json")
-    return parse_config(m["config"], source=m.get("config_file", str(run)),
-                        base_dir=m.get("config_base_dir", "."))
+    return parse_config(
+        m["config"], source=m.get("config_file", str(run)), base_dir=m.get("config_base_dir", ".")
+    )
 
 
-def verify(run_dir: str | Path, target: str | None = None, *, quiet: bool = False,
-           device_results: str | Path | None = None) -> dict:
+def verify(
+    run_dir: str | Path,
+    target: str | None = None,
+    *,
+    quiet: bool = False,
+    device_results: str | Path | None = None,
+) -> dict:
     """Re-run verify and report on a finished run (optionally for another target). With
     `device_results`, the TensorRT engine's latency is what the device measured with the bundle."""
     from kdc.pipeline import run_stages
@@ -99,8 +133,12 @@ def verify(run_dir: str | Path, target: str | None = None, *, quiet: bool = Fals
     if device_results is not None:
         ctx.device_results = Path(device_results)
         if not ctx.device_results.is_dir():
-            raise UserError("directory not found", source=str(device_results),
-                            field="--device-results", fix="pass the results/ the bundle wrote")
+            raise UserError(
+                "directory not found",
+                source=str(device_results),
+                field="--device-results",
+                fix="pass the results/ the bundle wrote",
+            )
     run_stages(ctx, resume=True, only=("verify", "report"))
     return read_json(ctx.run / "report.json")
 
@@ -116,10 +154,15 @@ def plan(config: ConfigLike, target: str = "host", out: str | Path | None = None
     c = cfg.constraints.model_dump(exclude_none=True)
     if "latency_budget_ms" not in c and profile.defaults.latency_budget_ms:
         c["latency_budget_ms"] = profile.defaults.latency_budget_ms
-    return {"name": cfg.name, "task": cfg.task, "stages": list(STAGE_NAMES),
-            "teacher": cfg.teacher.model_dump(exclude_none=True, exclude_defaults=True),
-            "data": ds.summary(), "target": {"name": profile.name, "kind": profile.kind,
-                                             "engines": profile.runtime.engines},
-            "student": cfg.student.model_dump(exclude_none=True),
-            "quantize": cfg.quantize.precision, "constraints": c,
-            "run_dir": str(out or default_run_dir(cfg))}
+    return {
+        "name": cfg.name,
+        "task": cfg.task,
+        "stages": list(STAGE_NAMES),
+        "teacher": cfg.teacher.model_dump(exclude_none=True, exclude_defaults=True),
+        "data": ds.summary(),
+        "target": {"name": profile.name, "kind": profile.kind, "engines": profile.runtime.engines},
+        "student": cfg.student.model_dump(exclude_none=True),
+        "quantize": cfg.quantize.precision,
+        "constraints": c,
+        "run_dir": str(out or default_run_dir(cfg)),
+    }

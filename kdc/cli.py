@@ -17,8 +17,12 @@ from rich.console import Console
 from kdc import __version__
 from kdc.errors import Interrupted, KdcError, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compress a trained model into an engine that fits a hardware target.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compress a trained model into an engine that fits a hardware target.",
+)
 profiles_app = typer.Typer(no_args_is_help=True, help="Hardware profiles.")
 app.add_typer(profiles_app, name="profiles")
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -29,10 +33,25 @@ Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (ru
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
-def _crash_log(exc: BaseException) -> Path:
-    path = Path(tempfile.gettempdir()) / f"kdc-crash-{Path(tempfile.mktemp()).name}.txt"
-    path.write_text("".join(traceback.format_exception(exc)))
-    return path
+def _crash_log(exc: BaseException, kwargs: dict[str, Any]) -> Path:
+    """Save the traceback in the command's run directory if it has one, else in the temp dir."""
+    text = "".join(traceback.format_exception(exc))
+    run = next(
+        (
+            Path(v)
+            for k in ("out_dir", "run_dir")
+            if (v := kwargs.get(k)) is not None and Path(v).is_dir()
+        ),
+        None,
+    )
+    if run is not None:
+        from kdc.rundir import now_iso, write_text
+
+        return write_text(run / f"crash-{now_iso().replace(':', '')}.txt", text)
+    fd, name = tempfile.mkstemp(prefix="kdc-crash-", suffix=".txt")
+    with open(fd, "w") as f:
+        f.write(text)
+    return Path(name)
 
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,16 +67,21 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print(f"error: {e}", markup=False)
             raise typer.Exit(2) from None
         except (KeyboardInterrupt, Interrupted):
-            err.print("interrupted: finished stages are kept; run the same command with "
-                      "--resume to continue", markup=False)
+            err.print(
+                "interrupted: finished stages are kept; run the same command with "
+                "--resume to continue",
+                markup=False,
+            )
             raise typer.Exit(130) from None
         except KdcError as e:
             err.print(f"failed: {e}", markup=False)
             raise typer.Exit(e.exit_code) from None
         except Exception as e:  # an internal error: keep the traceback, print where
-            log = _crash_log(e)
-            err.print(f"internal error: {type(e).__name__}: {str(e)[:300]} (traceback: {log})",
-                      markup=False)
+            log = _crash_log(e, kwargs)
+            err.print(
+                f"internal error: {type(e).__name__}: {str(e)[:300]} (traceback: {log})",
+                markup=False,
+            )
             raise typer.Exit(3) from None
 
     return wrapper
@@ -76,25 +100,40 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """kdc: distil, prune, quantize, export, build and verify."""
 
 
 @app.command()
 @handled
-def compress(config: Path, target: Target = "host", out_dir: Out = None,
-             resume: Annotated[bool, typer.Option(help="Skip finished stages.")] = False,
-             dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan.")] = False,
-             quiet: Quiet = False) -> None:
+def compress(
+    config: Path,
+    target: Target = "host",
+    out_dir: Out = None,
+    resume: Annotated[bool, typer.Option(help="Skip finished stages.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan.")] = False,
+    quiet: Quiet = False,
+    mlflow: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI: log config, metrics and report.*")
+    ] = None,
+) -> None:
     """Run the whole pipeline: search, distill, export, build, verify, report."""
-    from kdc import api
+    from kdc import api, tracking
+    from kdc.config import load_config
 
     if dry_run:
         out.print_json(json.dumps(api.plan(config, target, out_dir)))
         return
-    _exit_for(api.compress(config, target, out_dir, resume=resume, quiet=quiet))
+    if mlflow:
+        tracking.require_mlflow()  # before the run, not after it
+    report = api.compress(config, target, out_dir, resume=resume, quiet=quiet)
+    if mlflow:
+        run_id = tracking.log_run(mlflow, out_dir or api.default_run_dir(load_config(config)))
+        err.print(f"MLflow run {run_id} logged to {mlflow}", markup=False)
+    _exit_for(report)
 
 
 @app.command()
@@ -110,8 +149,9 @@ def validate(config: Path) -> None:
 def _stage_command(name: str) -> None:
     @app.command(name=name, help=f"Run the {name} stage alone (earlier stages must be done).")
     @handled
-    def cmd(config: Path, target: Target = "host", out_dir: Out = None,
-            quiet: Quiet = False) -> None:
+    def cmd(
+        config: Path, target: Target = "host", out_dir: Out = None, quiet: Quiet = False
+    ) -> None:
         from kdc import api
 
         getattr(api, name)(config, target, out_dir, quiet=quiet)
@@ -123,10 +163,15 @@ for _name in ("search", "distill", "export", "build"):
 
 @app.command()
 @handled
-def verify(run_dir: Path, target: Annotated[str | None, typer.Option("--target", "-t")] = None,
-           device_results: Annotated[Path | None, typer.Option(
-               help="results/ from a device bundle: report its latency as measured.")] = None,
-           quiet: Quiet = False) -> None:
+def verify(
+    run_dir: Path,
+    target: Annotated[str | None, typer.Option("--target", "-t")] = None,
+    device_results: Annotated[
+        Path | None,
+        typer.Option(help="results/ from a device bundle: report its latency as measured."),
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
     """Re-verify a finished run: engine accuracy, latency, memory, constraints."""
     from kdc import api
 
@@ -138,50 +183,81 @@ Shapes = Annotated[list[str] | None, typer.Option("--shape", help="NAME:1x128 (r
 
 @app.command()
 @handled
-def bench(model: Path,
-          engine: Annotated[str, typer.Option(help="onnxruntime (tensorrt: use bundle/bench.sh on"
-                                                   " the device)")] = "onnxruntime",
-          batch: int = 1, threads: Annotated[int | None, typer.Option()] = None,
-          shape: Shapes = None, iterations: int = 200, warmup: int = 50,
-          min_duration: Annotated[float, typer.Option("--min-duration")] = 1.0,
-          as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def bench(
+    model: Path,
+    engine: Annotated[
+        str, typer.Option(help="onnxruntime (tensorrt: use bundle/bench.sh on the device)")
+    ] = "onnxruntime",
+    batch: int = 1,
+    threads: Annotated[int | None, typer.Option()] = None,
+    shape: Shapes = None,
+    iterations: int = 200,
+    warmup: int = 50,
+    min_duration: Annotated[float, typer.Option("--min-duration")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """Measure one ONNX model on this machine: warm-up, then iterations until count and time."""
     from kdc import tools
 
     if engine != "onnxruntime":
-        raise UserError(f"engine '{engine}' cannot run on this machine", field="--engine",
-                        fix="use onnxruntime here; on a device run bundle/bench.sh (trtexec)")
-    lat = tools.bench(model, batch=batch, threads=threads, shapes=tools.parse_shapes(shape or []),
-                      iterations=iterations, warmup=warmup, min_duration_s=min_duration)
+        raise UserError(
+            f"engine '{engine}' cannot run on this machine",
+            field="--engine",
+            fix="use onnxruntime here; on a device run bundle/bench.sh (trtexec)",
+        )
+    lat = tools.bench(
+        model,
+        batch=batch,
+        threads=threads,
+        shapes=tools.parse_shapes(shape or []),
+        iterations=iterations,
+        warmup=warmup,
+        min_duration_s=min_duration,
+    )
     if as_json:
         out.print_json(json.dumps(lat))
         return
-    out.print(f"{model}: p50 {lat['p50_ms']:.4f} ms, p90 {lat['p90_ms']:.4f} ms, p99 "
-              f"{lat['p99_ms']:.4f} ms, mean {lat['mean_ms']:.4f} ms, cv {lat['cv']:.1%} "
-              f"({lat['iterations']} iterations after {lat['warmup']} warm-up; batch "
-              f"{lat['batch']}; {lat['device']}; measured)")
+    out.print(
+        f"{model}: p50 {lat['p50_ms']:.4f} ms, p90 {lat['p90_ms']:.4f} ms, p99 "
+        f"{lat['p99_ms']:.4f} ms, mean {lat['mean_ms']:.4f} ms, cv {lat['cv']:.1%} "
+        f"({lat['iterations']} iterations after {lat['warmup']} warm-up; batch "
+        f"{lat['batch']}; {lat['device']}; measured)"
+    )
     for w in lat.get("warnings", []):
         err.print(f"warning: {w}", markup=False)
 
 
 @app.command()
 @handled
-def estimate(model: Path, target: Target = "host",
-             precision: Annotated[str, typer.Option()] = "fp32", batch: int = 1,
-             shape: Shapes = None, explain: bool = False,
-             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def estimate(
+    model: Path,
+    target: Target = "host",
+    precision: Annotated[str, typer.Option()] = "fp32",
+    batch: int = 1,
+    shape: Shapes = None,
+    explain: bool = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """Predict one ONNX model's latency on a target from its graph (roofline + overhead)."""
     from kdc import tools
     from kdc.deploy.estimate import explain_table
 
-    pred = tools.estimate(model, target, precision=precision, batch=batch,
-                          shapes=tools.parse_shapes(shape or []) or None, explain=explain)
+    pred = tools.estimate(
+        model,
+        target,
+        precision=precision,
+        batch=batch,
+        shapes=tools.parse_shapes(shape or []) or None,
+        explain=explain,
+    )
     if as_json:
         out.print_json(json.dumps(pred))
         return
-    out.print(f"{model} on {pred['target']}: {pred['p50_ms']:.4f} ms predicted ({pred['model']}"
-              f", {pred['precision']}, batch {pred['batch']}, calibrated from "
-              f"{pred['calibrated_from']})")
+    out.print(
+        f"{model} on {pred['target']}: {pred['p50_ms']:.4f} ms predicted ({pred['model']}"
+        f", {pred['precision']}, batch {pred['batch']}, calibrated from "
+        f"{pred['calibrated_from']})"
+    )
     if explain:
         out.print(explain_table(pred))
 
@@ -201,16 +277,17 @@ def lint(model: Path, target: Target = "jetson") -> None:
 
 @app.command()
 @handled
-def check(report: Path,
-          baseline: Annotated[Path, typer.Option(help="Baseline report.json.")],
-          latency_tolerance: Annotated[str, typer.Option(help="e.g. 10%")] = "10%",
-          accuracy_tolerance: Annotated[str, typer.Option(help="e.g. 0.5pt")] = "0.5pt",
-          latency_kind: Annotated[str, typer.Option(
-              help="measured | predicted | all")] = "all",
-          junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML file.")] = None,
-          update_baseline: Annotated[bool, typer.Option(
-              "--update-baseline", help="Copy REPORT over BASELINE deliberately.")] = False
-          ) -> None:
+def check(
+    report: Path,
+    baseline: Annotated[Path, typer.Option(help="Baseline report.json.")],
+    latency_tolerance: Annotated[str, typer.Option(help="e.g. 10%")] = "10%",
+    accuracy_tolerance: Annotated[str, typer.Option(help="e.g. 0.5pt")] = "0.5pt",
+    latency_kind: Annotated[str, typer.Option(help="measured | predicted | all")] = "all",
+    junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML file.")] = None,
+    update_baseline: Annotated[
+        bool, typer.Option("--update-baseline", help="Copy REPORT over BASELINE deliberately.")
+    ] = False,
+) -> None:
     """Compare a report with a baseline (noise-aware); exit 1 on a regression."""
     from kdc.deploy import check as C
     from kdc.deploy.junit import write_junit
@@ -219,19 +296,28 @@ def check(report: Path,
         C.update_baseline(report, baseline)
         out.print(f"baseline updated: {baseline}")
         return
-    kinds = {"all": ("measured", "predicted"), "measured": ("measured",),
-             "predicted": ("predicted",)}
+    kinds = {
+        "all": ("measured", "predicted"),
+        "measured": ("measured",),
+        "predicted": ("predicted",),
+    }
     if latency_kind not in kinds:
-        raise UserError(f"unknown kind '{latency_kind}'", field="--latency-kind",
-                        fix="use measured, predicted or all")
+        raise UserError(
+            f"unknown kind '{latency_kind}'",
+            field="--latency-kind",
+            fix="use measured, predicted or all",
+        )
     cur = C.load_report(report)
-    results = [*C.compare(cur, C.load_report(baseline, "baseline"),
-                          latency_tolerance=C.parse_tolerance(latency_tolerance,
-                                                              "--latency-tolerance"),
-                          accuracy_tolerance=C.parse_tolerance(accuracy_tolerance,
-                                                               "--accuracy-tolerance"),
-                          latency_kinds=kinds[latency_kind]),
-               *C.constraint_results(cur)]
+    results = [
+        *C.compare(
+            cur,
+            C.load_report(baseline, "baseline"),
+            latency_tolerance=C.parse_tolerance(latency_tolerance, "--latency-tolerance"),
+            accuracy_tolerance=C.parse_tolerance(accuracy_tolerance, "--accuracy-tolerance"),
+            latency_kinds=kinds[latency_kind],
+        ),
+        *C.constraint_results(cur),
+    ]
     for r in results:
         out.print(C.format_line(r), markup=False)
     if junit:
@@ -249,15 +335,19 @@ def inspect(run_dir: Path) -> None:
     info = tools.inspect_run(run_dir)
     out.print(f"{info['run']} (target {info['target']}, kdc {info['kdc_version']})")
     for name, st in info["stages"].items():
-        out.print(f"  {name:8} {st['status']:8} {st['wall_s'] or 0:8.2f} s  input "
-                  f"{st['input_hash']}")
+        out.print(
+            f"  {name:8} {st['status']:8} {st['wall_s'] or 0:8.2f} s  input {st['input_hash']}"
+        )
         for art, v in st["artifacts"].items():
-            out.print(f"      {'ok     ' if v['ok'] else 'CORRUPT'} {v['sha256']}  {art}",
-                      markup=False)
+            out.print(
+                f"      {'ok     ' if v['ok'] else 'CORRUPT'} {v['sha256']}  {art}", markup=False
+            )
     if info["corrupt"]:
-        err.print(f"{len(info['corrupt'])} artifact(s) changed since written: "
-                  f"{', '.join(info['corrupt'][:5])}; `kdc compress --resume` redoes them",
-                  markup=False)
+        err.print(
+            f"{len(info['corrupt'])} artifact(s) changed since written: "
+            f"{', '.join(info['corrupt'][:5])}; `kdc compress --resume` redoes them",
+            markup=False,
+        )
         raise typer.Exit(1)
 
 
@@ -280,9 +370,15 @@ def profiles_list() -> None:
 
     t = Table("name", "aliases", "kind", "FP16 TFLOPS", "INT8 TOPS", "GB/s", "engines")
     for p in list_profiles():
-        t.add_row(p.name, ", ".join(p.aliases), p.kind, f"{p.compute.fp16_tflops:g}",
-                  f"{p.compute.int8_tops:g}", f"{p.memory.bandwidth_gbps:g}",
-                  ", ".join(p.runtime.engines))
+        t.add_row(
+            p.name,
+            ", ".join(p.aliases),
+            p.kind,
+            f"{p.compute.fp16_tflops:g}",
+            f"{p.compute.int8_tops:g}",
+            f"{p.memory.bandwidth_gbps:g}",
+            ", ".join(p.runtime.engines),
+        )
     out.print(t)
 
 
@@ -294,8 +390,9 @@ def profiles_show(name: str) -> None:
 
     from kdc.profiles import load_profile
 
-    out.print(yaml.safe_dump(load_profile(name).model_dump(mode="json"), sort_keys=False),
-              markup=False)
+    out.print(
+        yaml.safe_dump(load_profile(name).model_dump(mode="json"), sort_keys=False), markup=False
+    )
 
 
 def main() -> None:
@@ -305,3 +402,62 @@ def main() -> None:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
         sys.exit(code)
+
+
+@app.command()
+@handled
+def init(
+    model_dir: Path,
+    data: Annotated[
+        str, typer.Option(help="Data file (csv/tsv/jsonl), image folder or sklearn:digits.")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Config to write.")] = Path(
+        "model.yaml"
+    ),
+    force: Annotated[bool, typer.Option(help="Overwrite --out.")] = False,
+) -> None:
+    """Inspect a teacher and a data file; write a commented model.yaml ready to run."""
+    from kdc.init import init_config
+
+    path, teacher, info = init_config(model_dir, data, out_file, force=force)
+    cols = f"; text '{info.text_column}', labels '{info.label_column}'" if info.text_column else ""
+    out.print(f"wrote {path} ({teacher.task}, {len(info.labels)} classes{cols})", markup=False)
+    if teacher.kind == "safetensors":
+        out.print("edit teacher.entrypoint (marked CHANGE) before running", markup=False)
+    out.print(f"next: kdc compress {path} --target host", markup=False)
+
+
+@app.command()
+@handled
+def calibrate(
+    target: Target = "host",
+    quick: Annotated[bool, typer.Option(help="Three tiny models (smoke test).")] = False,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="Write the model set + run_all.sh (trtexec) for a device to DIR."),
+    ] = None,
+    from_dir: Annotated[
+        Path | None,
+        typer.Option("--from", help="Fit to the results/ a device bundle brought back."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Intra-op threads when timing here (default: all usable).")
+    ] = None,
+) -> None:
+    """Fit a target's latency model to timings of a generated model set and save it."""
+    from kdc.deploy import calibrate as C
+
+    res = C.calibrate(
+        target,
+        quick=quick,
+        bundle=bundle,
+        from_dir=from_dir,
+        threads=threads,
+        progress=lambda msg: err.print(msg, markup=False),
+    )
+    if "bundle" in res:
+        out.print(f"bundle written: {res['bundle']} (see README.md there)", markup=False)
+        return
+    out.print(f"calibration saved: {res['path']}\n{C.fit_summary(res)}", markup=False)
+    for name in res.get("missing", []):
+        err.print(f"warning: no timing for {name}: skipped", markup=False)

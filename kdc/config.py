@@ -1,4 +1,5 @@
-"""The model.yaml schema (pydantic v2) and `load_config`, which turns any bad input into ConfigError."""
+"""The model.yaml schema (pydantic v2) and `load_config`, which turns any bad input into
+ConfigError."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ class DataConfig(Section):
     source: str
     eval: str | None = None
     format: Literal["auto", "csv", "tsv", "jsonl", "txt", "datasets", "imagefolder", "sklearn"] = (
-        "auto")
+        "auto"
+    )
     text_column: str = "text"
     label_column: str = "label"
     eval_fraction: float = Field(0.2, gt=0, lt=1)
@@ -152,7 +154,8 @@ class ExportConfig(Section):
 
 class BuildConfig(Section):
     engines: list[Literal["onnxruntime", "tensorrt"]] = Field(
-        default_factory=lambda: ["onnxruntime", "tensorrt"])
+        default_factory=lambda: ["onnxruntime", "tensorrt"]
+    )
 
 
 class VerifyConfig(Section):
@@ -234,8 +237,11 @@ def _fix_for(err: dict, loc: tuple) -> str:
 def parse_config(data: Any, source: str = "<config>", base_dir: str | Path = ".") -> KdcConfig:
     """Validate a mapping as a KdcConfig; raise ConfigError naming the first bad field."""
     if not isinstance(data, dict):
-        raise ConfigError("the file must hold a YAML mapping", source=source,
-                          fix="start from examples/digits/model.yaml")
+        raise ConfigError(
+            "the file must hold a YAML mapping",
+            source=source,
+            fix="start from examples/digits/model.yaml",
+        )
     try:
         cfg = KdcConfig.model_validate(data)
     except ValidationError as e:
@@ -259,6 +265,7 @@ def load_config(path: str | Path) -> KdcConfig:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"not valid YAML{where}", source=str(path),
-                          fix="check indentation and quoting") from None
+        raise ConfigError(
+            f"not valid YAML{where}", source=str(path), fix="check indentation and quoting"
+        ) from None
     return parse_config(data, source=str(path), base_dir=path.parent)

@@ -14,8 +14,14 @@ class UserError(KdcError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, source: str | None = None, field: str | None = None,
-                 fix: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        field: str | None = None,
+        fix: str | None = None,
+    ) -> None:
         self.source, self.field, self.fix = source, field, fix
         parts = []
         if source:

@@ -46,8 +46,9 @@ class Context:
         from kdc.data import align_labels, load_dataset
         from kdc.models import teacher_label_names
 
-        return align_labels(load_dataset(self.cfg), teacher_label_names(self.cfg),
-                            self.cfg.source_file)
+        return align_labels(
+            load_dataset(self.cfg), teacher_label_names(self.cfg), self.cfg.source_file
+        )
 
     @cached_property
     def teacher(self) -> ModelAdapter:
@@ -70,14 +71,20 @@ class Context:
         if self.quiet:
             yield lambda n=1, **kw: None
             return
-        cols = (TextColumn("  {task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                "{task.total}"), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+        cols = (
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
         with Progress(*cols, console=self.console, transient=True) as bar:
             task = bar.add_task(description, total=total, info="")
 
             def advance(n: int = 1, **kw: Any) -> None:
-                info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in kw.items())
+                info = " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items()
+                )
                 bar.update(task, advance=n, info=info)
 
             yield advance
@@ -96,10 +103,13 @@ def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
         probe = teacher.encode(ctx.dataset.eval.take([0]).features)
         n = teacher.forward_numpy(probe).shape[-1]
     if n is not None and n != ctx.dataset.num_labels:
-        raise UserError(f"the teacher has {n} outputs but the data has "
-                        f"{ctx.dataset.num_labels} classes {ctx.dataset.label_names[:6]}",
-                        source=ctx.cfg.source_file, field="data.label_column",
-                        fix="use the data the teacher was trained on, or a matching label column")
+        raise UserError(
+            f"the teacher has {n} outputs but the data has "
+            f"{ctx.dataset.num_labels} classes {ctx.dataset.label_names[:6]}",
+            source=ctx.cfg.source_file,
+            field="data.label_column",
+            fix="use the data the teacher was trained on, or a matching label column",
+        )
 
 
 StageFn = Callable[[Context], StageOutput]
@@ -117,8 +127,11 @@ def _stages() -> list[Stage]:
 
     common = ("name", "task", "seed", "teacher", "data")
     return [
-        Stage("search", search.run,
-              (*common, "student", "search", "constraints", "quantize", "verify")),
+        Stage(
+            "search",
+            search.run,
+            (*common, "student", "search", "constraints", "quantize", "verify"),
+        ),
         Stage("distill", distill.run, (*common, "distill", "prune", "quantize")),
         Stage("export", export.run, ("export",)),
         Stage("build", build.run, ("build", "quantize")),
@@ -135,58 +148,86 @@ def teacher_fingerprint(cfg: KdcConfig) -> str:
     t = cfg.teacher
     files: list[Path] = []
     if t.path and cfg.resolve(t.path).is_dir():
-        files = sorted(p for p in cfg.resolve(t.path).iterdir()
-                       if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".txt"))
+        files = sorted(
+            p
+            for p in cfg.resolve(t.path).iterdir()
+            if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".txt")
+        )
     if t.weights and cfg.resolve(t.weights).is_file():
         files.append(cfg.resolve(t.weights))
     return sha256_json({p.name: sha256_file(p) for p in files})
 
 
-def stage_hash(stage: Stage, cfg: KdcConfig, profile: HardwareProfile, upstream: str,
-               teacher_fp: str) -> str:
+def stage_hash(
+    stage: Stage, cfg: KdcConfig, profile: HardwareProfile, upstream: str, teacher_fp: str
+) -> str:
     data = cfg.fingerprint()
-    return sha256_json({"kdc": __version__, "stage": stage.name, "upstream": upstream,
-                        "config": {k: data.get(k) for k in stage.sections},
-                        "profile": profile.model_dump(mode="json"), "teacher": teacher_fp})
+    return sha256_json(
+        {
+            "kdc": __version__,
+            "stage": stage.name,
+            "upstream": upstream,
+            "config": {k: data.get(k) for k in stage.sections},
+            "profile": profile.model_dump(mode="json"),
+            "teacher": teacher_fp,
+        }
+    )
 
 
 @contextlib.contextmanager
-def _sigint_as_interrupt() -> Iterator[None]:
-    """Ctrl-C finishes nothing half-way: it raises Interrupted, which the CLI reports."""
+def _sigint_as_interrupt() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C finishes nothing half-way: it raises KeyboardInterrupt (even where SIGINT was
+    ignored, as in a background job), which leaves the pipeline as Interrupted for the CLI to
+    report. Yields `pressed()`: a library's bare `except:` (torch-pruning's tracing has one) may
+    swallow the exception, so a stage that returns after Ctrl-C is not marked done either."""
+    pressed: list[bool] = []
+
     def handler(signum: int, frame: Any) -> None:
-        raise Interrupted("interrupted")
+        pressed.append(True)
+        raise KeyboardInterrupt
 
     try:
         old = signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread
-        yield
+        yield lambda: False
         return
     try:
-        yield
+        yield lambda: bool(pressed)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted") from None
     finally:
         signal.signal(signal.SIGINT, old)
 
 
-def _run_one(ctx: Context, stage: Stage, input_hash: str) -> None:
+def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], bool]) -> None:
     ctx.log(f"[bold]▶ {stage.name}[/bold]")
     ctx.run.mark_started(stage.name, input_hash)
     t0 = time.perf_counter()
     out = stage.fn(ctx)
+    if pressed():
+        raise Interrupted("interrupted")
     ctx.run.mark_done(stage.name, input_hash, out.outputs, out.metrics, time.perf_counter() - t0)
 
 
 def run_stages(ctx: Context, *, resume: bool, only: tuple[str, ...] | None = None) -> dict:
     """Run the stages in order (or `only` those), skipping finished ones on resume."""
     started = time.perf_counter()
-    ctx.run.update_manifest(kdc_version=__version__, config=ctx.cfg.fingerprint(),
-                            config_sha256=sha256_json(ctx.cfg.fingerprint()),
-                            target=ctx.profile.name, seed=ctx.cfg.seed)
+    ctx.run.update_manifest(
+        kdc_version=__version__,
+        config=ctx.cfg.fingerprint(),
+        config_sha256=sha256_json(ctx.cfg.fingerprint()),
+        target=ctx.profile.name,
+        seed=ctx.cfg.seed,
+    )
+    if stale := ctx.run.remove_stale_temp():
+        ctx.log(f"[dim]removed {len(stale)} temporary file(s) an interrupted run left[/dim]")
     tfp = teacher_fingerprint(ctx.cfg)
     upstream = ""
-    with _sigint_as_interrupt():
+    with _sigint_as_interrupt() as pressed:
         for stage in _stages():
-            if only is not None and not set(only) & set(STAGE_NAMES[STAGE_NAMES.index(
-                    stage.name):]):
+            if only is not None and not set(only) & set(
+                STAGE_NAMES[STAGE_NAMES.index(stage.name) :]
+            ):
                 break  # nothing asked for comes after this stage
             h = stage_hash(stage, ctx.cfg, ctx.profile, upstream, tfp)
             wanted = only is None or stage.name in only
@@ -194,11 +235,13 @@ def run_stages(ctx: Context, *, resume: bool, only: tuple[str, ...] | None = Non
             if may_skip and ctx.run.is_done(stage.name, h):
                 ctx.log(f"[dim]✓ {stage.name}: up to date, skipped[/dim]")
             elif not wanted:
-                raise UserError(f"stage '{stage.name}' has not run (or its inputs changed)",
-                                source=str(ctx.run.root), fix=f"run `kdc {stage.name}` first, "
-                                "or `kdc compress --resume`")
+                raise UserError(
+                    f"stage '{stage.name}' has not run (or its inputs changed)",
+                    source=str(ctx.run.root),
+                    fix=f"run `kdc {stage.name}` first, or `kdc compress --resume`",
+                )
             else:
-                _run_one(ctx, stage, h)
+                _run_one(ctx, stage, h, pressed)
             upstream = ctx.run.output_hash(stage.name)
     ctx.run.update_manifest(wall_s=round(time.perf_counter() - started, 2))
     return ctx.run.manifest()

@@ -56,7 +56,8 @@ class LatencyModel(_Strict):
     int8_compute_efficiency: float | None = Field(None, gt=0, le=1)
     fp16_compute_efficiency: float | None = Field(None, gt=0, le=1)
     kind_efficiency: dict[KindSlot, Efficiency] | None = Field(
-        None, description="per <precision>_<conv|attention|vector> kernels (kdc calibrate)")
+        None, description="per <precision>_<conv|attention|vector> kernels (kdc calibrate)"
+    )
     source: str = "defaults"
 
 
@@ -97,13 +98,18 @@ def _read(path: Path) -> HardwareProfile:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return HardwareProfile.model_validate(data)
     except (yaml.YAMLError, OSError) as e:
-        raise UserError(f"cannot read profile: {e}".splitlines()[0], source=str(path),
-                        fix="check the YAML") from None
+        raise UserError(
+            f"cannot read profile: {e}".splitlines()[0], source=str(path), fix="check the YAML"
+        ) from None
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        raise UserError(err["msg"], source=str(path), field=field,
-                        fix="compare with profiles/jetson-orin-nano-8gb.yaml") from None
+        raise UserError(
+            err["msg"],
+            source=str(path),
+            field=field,
+            fix="compare with profiles/jetson-orin-nano-8gb.yaml",
+        ) from None
 
 
 @lru_cache(maxsize=1)
@@ -124,15 +130,22 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     p = Path(key)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
-            raise UserError("profile file not found", source=key, field="--target",
-                            fix="pass an existing YAML or a name from `kdc profiles list`")
+            raise UserError(
+                "profile file not found",
+                source=key,
+                field="--target",
+                fix="pass an existing YAML or a name from `kdc profiles list`",
+            )
         return with_calibration(_read(p))
     for prof in _builtin().values():
         if key == prof.name or key in prof.aliases:
             return with_calibration(prof)
     names = sorted([*_builtin(), "host"])
-    raise UserError(f"unknown target '{key}'", field="--target",
-                    fix=f"use one of {', '.join(names)} or a path to a profile YAML")
+    raise UserError(
+        f"unknown target '{key}'",
+        field="--target",
+        fix=f"use one of {', '.join(names)} or a path to a profile YAML",
+    )
 
 
 def cpu_info() -> tuple[str, set[str]]:
@@ -150,8 +163,18 @@ def cpu_info() -> tuple[str, set[str]]:
 
 def host_isa(flags: set[str]) -> list[str]:
     """The ISA extensions that matter for inference, in a stable order."""
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
-              "asimd", "asimddp", "sve"]
+    wanted = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_bf16",
+        "amx_int8",
+        "asimd",
+        "asimddp",
+        "sve",
+    ]
     return [f for f in wanted if f in flags]
 
 
@@ -178,21 +201,33 @@ def _host_uncalibrated() -> HardwareProfile:
     ghz = 2.5
     fp32 = cores * lanes * 2 * 2 * ghz / 1000  # TFLOPS: lanes x FMA(2) x 2 units
     int8_mult = 4 if {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"} & flags else 2
-    src = (f"estimated from /proc/cpuinfo: {cores} cores, {'/'.join(isa) or 'no SIMD flags'}, "
-           f"assumed {ghz} GHz; not a datasheet figure")
+    src = (
+        f"estimated from /proc/cpuinfo: {cores} cores, {'/'.join(isa) or 'no SIMD flags'}, "
+        f"assumed {ghz} GHz; not a datasheet figure"
+    )
     profile = {
         "name": "host",
         "aliases": ["cpu"],
         "kind": "cpu",
         "description": f"{model} ({cores} threads), the machine kdc runs on",
-        "compute": {"fp32_tflops": fp32, "fp16_tflops": fp32, "int8_tops": fp32 * int8_mult,
-                    "source": src},
-        "memory": {"bandwidth_gbps": 20.0, "capacity_gb": _mem_gb(),
-                   "source": "capacity from /proc/meminfo; bandwidth an assumed 20 GB/s"},
+        "compute": {
+            "fp32_tflops": fp32,
+            "fp16_tflops": fp32,
+            "int8_tops": fp32 * int8_mult,
+            "source": src,
+        },
+        "memory": {
+            "bandwidth_gbps": 20.0,
+            "capacity_gb": _mem_gb(),
+            "source": "capacity from /proc/meminfo; bandwidth an assumed 20 GB/s",
+        },
         "runtime": {"engines": ["onnxruntime"], "precisions": ["fp32", "int8"]},
-        "latency_model": {"kernel_overhead_us": 8.0, "compute_efficiency": 0.25,
-                          "memory_efficiency": 0.5,
-                          "source": "defaults (run `kdc calibrate --target host`)"},
+        "latency_model": {
+            "kernel_overhead_us": 8.0,
+            "compute_efficiency": 0.25,
+            "memory_efficiency": 0.5,
+            "source": "defaults (run `kdc calibrate --target host`)",
+        },
         "defaults": {"batch": 1, "channel_divisor": 8},
         "measurable": True,
     }
@@ -207,9 +242,12 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
     try:
         lm = LatencyModel.model_validate(yaml.safe_load(cal.read_text())["latency_model"])
     except (yaml.YAMLError, OSError, KeyError, TypeError, ValidationError):
-        raise UserError("calibration file is corrupt", source=str(cal), field="latency_model",
-                        fix=f"delete it and run `kdc calibrate --target {profile.name}` "
-                            "again") from None
+        raise UserError(
+            "calibration file is corrupt",
+            source=str(cal),
+            field="latency_model",
+            fix=f"delete it and run `kdc calibrate --target {profile.name}` again",
+        ) from None
     return profile.model_copy(update={"latency_model": lm})
 
 
@@ -225,6 +263,8 @@ def _mem_gb() -> float:
 
 def calibration_path(profile_name: str) -> Path:
     """Where `kdc calibrate` stores fitted factors for a profile (user config dir)."""
-    base = Path(os.environ.get("KDC_CONFIG_DIR") or
-                Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "kdc")
+    base = Path(
+        os.environ.get("KDC_CONFIG_DIR")
+        or Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "kdc"
+    )
     return base / "calibration" / f"{profile_name}.yaml"

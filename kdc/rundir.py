@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from kdc.errors import UserError
+
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -84,8 +86,16 @@ def write_jsonl(path: Path | str, rows: list[dict]) -> Path:
 
 
 def read_json(path: Path | str) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A JSON file's content; a damaged file is a UserError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(
+            f"not valid JSON ({str(e).splitlines()[0][:80]})",
+            source=str(path),
+            fix="the file is damaged: restore it, or delete it and run again",
+        ) from None
 
 
 def now_iso() -> str:
@@ -116,6 +126,17 @@ class RunDir:
         m.update(fields)
         write_json(self.manifest_path, m)
 
+    def remove_stale_temp(self) -> list[Path]:
+        """Delete the temporaries (`.<name>.*.tmp`) a killed run left beside its artifacts; they
+        were never renamed into place. Only while no other process writes this run."""
+        stale = sorted(self.root.rglob(".*.tmp"), key=lambda p: len(p.parts), reverse=True)
+        for p in stale:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        return stale
+
     def stage(self, name: str) -> dict | None:
         return self.manifest().get("stages", {}).get(name)
 
@@ -139,18 +160,21 @@ class RunDir:
     def mark_started(self, name: str, input_hash: str) -> None:
         m = self.manifest()
         m.setdefault("stages", {})[name] = {
-            "status": "running", "input_hash": input_hash, "started": now_iso()}
+            "status": "running",
+            "input_hash": input_hash,
+            "started": now_iso(),
+        }
         write_json(self.manifest_path, m)
 
-    def mark_done(self, name: str, input_hash: str, outputs: list[Path], metrics: dict,
-                  wall_s: float) -> dict:
+    def mark_done(
+        self, name: str, input_hash: str, outputs: list[Path], metrics: dict, wall_s: float
+    ) -> dict:
         rec = {
             "status": "done",
             "input_hash": input_hash,
             "finished": now_iso(),
             "wall_s": round(wall_s, 3),
-            "outputs": {str(Path(p).relative_to(self.root)): sha256_file(Path(p))
-                        for p in outputs},
+            "outputs": {str(Path(p).relative_to(self.root)): sha256_file(Path(p)) for p in outputs},
             "metrics": metrics,
         }
         m = self.manifest()

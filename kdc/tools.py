@@ -11,9 +11,13 @@ import onnx
 from kdc.errors import UserError
 from kdc.rundir import RunDir, read_json
 
-ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64,
-               onnx.TensorProto.INT32: np.int32, onnx.TensorProto.FLOAT16: np.float16,
-               onnx.TensorProto.BOOL: np.bool_}
+ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.BOOL: np.bool_,
+}
 DEFAULT_SEQUENCE = 128
 
 
@@ -38,13 +42,14 @@ def load_onnx(path: Path | str) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception:  # protobuf raises several types on garbage
-        raise UserError("not a valid ONNX model", source=str(path),
-                        fix="re-export the model") from None
+        raise UserError(
+            "not a valid ONNX model", source=str(path), fix="re-export the model"
+        ) from None
 
 
-def synthetic_inputs(path: Path | str, batch: int = 1,
-                     shapes: dict[str, list[int]] | None = None, seed: int = 0
-                     ) -> dict[str, np.ndarray]:
+def synthetic_inputs(
+    path: Path | str, batch: int = 1, shapes: dict[str, list[int]] | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Inputs matching the model's declared inputs: `shapes` override; dynamic batch dims take
     `batch`, other dynamic dims 128; ids are small ints, masks ones, floats normal."""
     model = load_onnx(path)
@@ -59,40 +64,73 @@ def synthetic_inputs(path: Path | str, batch: int = 1,
             shape = shapes[inp.name]
         else:
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-            shape = [d if d else (batch if i == 0 else DEFAULT_SEQUENCE)
-                     for i, d in enumerate(dims)]
+            shape = [
+                d if d else (batch if i == 0 else DEFAULT_SEQUENCE) for i, d in enumerate(dims)
+            ]
         dtype = ONNX_DTYPES.get(t.elem_type, np.float32)
         if np.issubdtype(dtype, np.integer):
-            arr = (np.ones(shape, dtype) if "mask" in inp.name
-                   else rng.integers(0, 100, size=shape).astype(dtype))
+            arr = (
+                np.ones(shape, dtype)
+                if "mask" in inp.name
+                else rng.integers(0, 100, size=shape).astype(dtype)
+            )
         else:
             arr = rng.standard_normal(shape).astype(dtype)
         out[inp.name] = arr
     return out
 
 
-def bench(path: Path | str, *, batch: int = 1, threads: int | None = None,
-          shapes: dict[str, list[int]] | None = None, iterations: int = 200,
-          warmup: int = 50, min_duration_s: float = 1.0, precision: str = "fp32") -> dict:
+def bench(
+    path: Path | str,
+    *,
+    batch: int = 1,
+    threads: int | None = None,
+    shapes: dict[str, list[int]] | None = None,
+    iterations: int = 200,
+    warmup: int = 50,
+    min_duration_s: float = 1.0,
+    precision: str = "fp32",
+) -> dict:
     """Measure one ONNX model with ONNX Runtime on this machine (latency object)."""
     from kdc.deploy.latency import measure_onnx
 
     load_onnx(path)
     inputs = synthetic_inputs(path, batch, shapes)
-    return measure_onnx(path, inputs, threads=threads, warmup=warmup, iterations=iterations,
-                        min_duration_s=min_duration_s, batch=batch, precision=precision)
+    return measure_onnx(
+        path,
+        inputs,
+        threads=threads,
+        warmup=warmup,
+        iterations=iterations,
+        min_duration_s=min_duration_s,
+        batch=batch,
+        precision=precision,
+    )
 
 
-def estimate(path: Path | str, target: str, *, precision: str = "fp32", batch: int = 1,
-             shapes: dict[str, list[int]] | None = None, explain: bool = False) -> dict:
+def estimate(
+    path: Path | str,
+    target: str,
+    *,
+    precision: str = "fp32",
+    batch: int = 1,
+    shapes: dict[str, list[int]] | None = None,
+    explain: bool = False,
+) -> dict:
     """Predict one ONNX model's latency on a target (latency object of kind predicted)."""
     from kdc.deploy.estimate import predict_onnx
     from kdc.profiles import load_profile
 
     model = load_onnx(path)
     given = shapes or {k: list(v.shape) for k, v in synthetic_inputs(path, batch).items()}
-    return predict_onnx(model, load_profile(target), precision=precision, batch=batch,
-                        input_shapes=given, explain=explain)
+    return predict_onnx(
+        model,
+        load_profile(target),
+        precision=precision,
+        batch=batch,
+        input_shapes=given,
+        explain=explain,
+    )
 
 
 def lint(path: Path | str, target: str) -> list:
@@ -107,21 +145,33 @@ def inspect_run(run_dir: Path | str) -> dict:
     """Stages with status, wall time and artifacts, flagging any whose sha256 no longer matches."""
     root = Path(run_dir)
     if not (root / "manifest.json").is_file():
-        raise UserError("not a kdc run directory (no manifest.json)", source=str(root),
-                        fix="pass the directory `kdc compress` wrote")
+        raise UserError(
+            "not a kdc run directory (no manifest.json)",
+            source=str(root),
+            fix="pass the directory `kdc compress` wrote",
+        )
     run = RunDir(root)
     m = run.manifest()
     stages = {}
     for name, rec in m.get("stages", {}).items():
         bad = set(run.verify_outputs(name))
-        stages[name] = {"status": rec.get("status"), "wall_s": rec.get("wall_s"),
-                        "input_hash": (rec.get("input_hash") or "")[:12],
-                        "artifacts": {k: {"sha256": v[:12], "ok": k not in bad}
-                                      for k, v in rec.get("outputs", {}).items()}}
-    return {"run": str(root), "target": m.get("target"), "kdc_version": m.get("kdc_version"),
-            "stages": stages,
-            "corrupt": [f"{s}:{a}" for s, r in stages.items() for a, v in r["artifacts"].items()
-                        if not v["ok"]]}
+        stages[name] = {
+            "status": rec.get("status"),
+            "wall_s": rec.get("wall_s"),
+            "input_hash": (rec.get("input_hash") or "")[:12],
+            "artifacts": {
+                k: {"sha256": v[:12], "ok": k not in bad} for k, v in rec.get("outputs", {}).items()
+            },
+        }
+    return {
+        "run": str(root),
+        "target": m.get("target"),
+        "kdc_version": m.get("kdc_version"),
+        "stages": stages,
+        "corrupt": [
+            f"{s}:{a}" for s, r in stages.items() for a, v in r["artifacts"].items() if not v["ok"]
+        ],
+    }
 
 
 def bundle(run_dir: Path | str, target: str) -> Path:
@@ -131,10 +181,19 @@ def bundle(run_dir: Path | str, target: str) -> Path:
 
     ctx = api.open_run(api.config_of_run(run_dir), target, run_dir, quiet=True)
     engines = read_json(ctx.run / "build" / "engines.json")
-    shipped = next((e for e in reversed(engines) if e.get("engine") == "onnxruntime"
-                    and e.get("status") == "built"), None)
+    shipped = next(
+        (
+            e
+            for e in reversed(engines)
+            if e.get("engine") == "onnxruntime" and e.get("status") == "built"
+        ),
+        None,
+    )
     if shipped is None:
-        raise UserError("the run has no built ONNX Runtime engine", source=str(run_dir),
-                        fix="run `kdc compress` (or `kdc build`) first")
+        raise UserError(
+            "the run has no built ONNX Runtime engine",
+            source=str(run_dir),
+            fix="run `kdc compress` (or `kdc build`) first",
+        )
     precision = shipped["precision"] if shipped["precision"] != "fp32" else "fp16"
     return make_bundle(ctx, ctx.run / shipped["path"], precision)

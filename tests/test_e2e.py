@@ -16,8 +16,9 @@ runner = CliRunner()
 
 
 def _compress(config, out, target="host", *extra):
-    return runner.invoke(app, ["compress", str(config), "--target", target, "--out", str(out),
-                               "-q", *extra])
+    return runner.invoke(
+        app, ["compress", str(config), "--target", target, "--out", str(out), "-q", *extra]
+    )
 
 
 def _check_report(report: dict) -> None:
@@ -125,8 +126,10 @@ def test_validate_and_profiles_commands(cnn_project):
 def test_label_mismatch_is_a_user_error(bert_project, tmp_path):
     rows = np.array(["a,x", "b,y", "c,z"])
     (tmp_path / "three.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
-    cfg = bert_config(data={"source": "three.csv", "eval": None, "max_length": 16},
-                      teacher={"path": str(bert_project.parent / "teacher")})
+    cfg = bert_config(
+        data={"source": "three.csv", "eval": None, "max_length": 16},
+        teacher={"path": str(bert_project.parent / "teacher")},
+    )
     path = write_yaml(tmp_path / "model.yaml", cfg)
     res = _compress(path, tmp_path / "run")
     assert res.exit_code == 2 and "labels" in res.output

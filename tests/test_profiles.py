@@ -12,13 +12,22 @@ from kdc.errors import UserError
 from kdc.profiles import list_profiles, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = {"jetson-orin-nano-8gb", "jetson-orin-nx-16gb", "jetson-agx-orin-64gb", "nvidia-t4",
-            "nvidia-a10", "nvidia-l4", "nvidia-a100-80gb-sxm", "nvidia-h100-sxm", "host"}
+EXPECTED = {
+    "jetson-orin-nano-8gb",
+    "jetson-orin-nx-16gb",
+    "jetson-agx-orin-64gb",
+    "nvidia-t4",
+    "nvidia-a10",
+    "nvidia-l4",
+    "nvidia-a100-80gb-sxm",
+    "nvidia-h100-sxm",
+    "host",
+}
 
 
 def test_every_target_is_there_with_sources():
     profiles = {p.name: p for p in list_profiles()}
-    assert EXPECTED <= set(profiles)
+    assert set(profiles) >= EXPECTED
     for p in profiles.values():
         assert p.compute.source and p.memory.source and p.latency_model.source
 
@@ -53,18 +62,36 @@ def test_profile_from_path_and_bad_file(tmp_path):
 def test_profiles_found_from_installed_wheel(tmp_path):
     """Build the wheel, install it into a fresh venv (no deps) and list profiles from outside."""
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-w", str(dist), str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(dist.glob("kdc-*.whl"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--force-reinstall", "-q",
-                    str(wheel)], check=True, capture_output=True)
-    code = ("import kdc.profiles as p; d = p.profiles_dir(); "
-            "print(d); print(p.load_profile('jetson').name)")
-    out = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True,
-                         cwd=tmp_path).stdout.split()
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "--no-deps", "--force-reinstall", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import kdc.profiles as p; d = p.profiles_dir(); "
+        "print(d); print(p.load_profile('jetson').name)"
+    )
+    out = subprocess.run(
+        [str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path
+    ).stdout.split()
     assert "site-packages" in out[0] and out[0].endswith("_profiles")
     assert out[1] == "jetson-orin-nano-8gb"

@@ -42,8 +42,9 @@ def train(config: Path, epochs: int, seed: int = 0) -> dict:
             sched.step()
     model.eval()
     with torch.inference_mode():
-        acc = float((model(torch.from_numpy(ds.eval.features)).argmax(-1).numpy()
-                     == ds.eval.labels).mean())
+        acc = float(
+            (model(torch.from_numpy(ds.eval.features)).argmax(-1).numpy() == ds.eval.labels).mean()
+        )
     out = cfg.resolve("teacher/model.safetensors")
     with atomic_path(out) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
@@ -58,5 +59,7 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=20)
     args = ap.parse_args()
     m = train(args.config, args.epochs)
-    print(f"teacher: {m['params']:,} params, eval accuracy {m['eval_accuracy_pytorch']:.4f} "
-          f"(PyTorch, {m['epochs']} epochs)")
+    print(
+        f"teacher: {m['params']:,} params, eval accuracy {m['eval_accuracy_pytorch']:.4f} "
+        f"(PyTorch, {m['epochs']} epochs)"
+    )

@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from kdc.compress.hooks import FeatureTaps, find_taps
-from kdc.compress.losses import DEFAULT_LOSSES, LOSS_TAPS, LOSSES, LossInputs, Projections
+from kdc.compress.losses import (
+    DEFAULT_LOSSES,
+    LOSS_TAPS,
+    LOSSES,
+    TASK_LOSSES,
+    LossInputs,
+    Projections,
+)
 from kdc.compress.prune import GradualPruning, sync_after_pruning
 from kdc.config import DistillConfig, LossConfig
 from kdc.errors import UserError
@@ -29,13 +36,20 @@ Progress = Callable[[int, int, dict], None]
 
 @dataclass
 class DistillData:
-    """Training rows with the teacher's logits on them, and the validation rows."""
+    """Training rows with the teacher's logits on them, and the validation rows. Labels are empty
+    for sentence-embedding (`task`), whose validation score is the mean cosine to the teacher's
+    embeddings `val_teacher_logits`."""
 
     train: dict[str, np.ndarray]
     train_labels: np.ndarray
     val: dict[str, np.ndarray]
     val_labels: np.ndarray
     teacher_logits: np.ndarray
+    val_teacher_logits: np.ndarray | None = None
+    task: str | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.train.values())))
 
     def rows(self, sel: np.ndarray) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v[sel]) for k, v in self.train.items()}
@@ -75,13 +89,11 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
 
-def resolve_losses(cfg: DistillConfig, family: str) -> list[LossConfig]:
-    """The configured losses, or the family's default recipe; unknown names are user errors."""
-    specs = (
-        cfg.losses
-        if cfg.losses is not None
-        else [LossConfig(**d) for d in DEFAULT_LOSSES.get(family, [{"name": "logits"}])]
-    )
+def resolve_losses(cfg: DistillConfig, family: str, task: str | None = None) -> list[LossConfig]:
+    """The configured losses, or the task's (else the family's) default recipe; unknown names are
+    user errors."""
+    recipe = TASK_LOSSES.get(task or "") or DEFAULT_LOSSES.get(family, [{"name": "logits"}])
+    specs = cfg.losses if cfg.losses is not None else [LossConfig(**d) for d in recipe]
     for loss in specs:
         if loss.name not in LOSSES:
             raise UserError(
@@ -120,7 +132,7 @@ class Objective(nn.Module):
         self,
         batch: dict[str, torch.Tensor],
         t_logits: torch.Tensor,
-        labels: torch.Tensor,
+        labels: torch.Tensor | None,
         t_feats: dict[str, torch.Tensor],
     ) -> torch.Tensor:
         logits = self.student(**batch)
@@ -146,6 +158,35 @@ def evaluate_accuracy(
 ) -> float:
     logits = adapter.forward_numpy(inputs)
     return float((logits.argmax(-1) == labels).mean())
+
+
+def evaluate_cosine(adapter: ModelAdapter, data: DistillData) -> float:
+    """Mean cosine of the student's validation embeddings to the teacher's (Spearman of pairwise
+    similarities when the widths differ)."""
+    from kdc.deploy.metrics import mean_cosine, spearman
+
+    out, ref = adapter.forward_numpy(data.val), data.val_teacher_logits
+    if ref is None:
+        raise ValueError("embedding validation needs the teacher's validation embeddings")
+    return (mean_cosine if out.shape[1] == ref.shape[1] else spearman)(out, ref)
+
+
+# The validation score (name, function) that selects the best epoch, by task (else accuracy).
+SELECTION: dict[str, tuple[str, Callable[[ModelAdapter, DistillData], float]]] = {
+    "sentence-embedding": ("mean_cosine", evaluate_cosine),
+}
+
+
+def selection_metric(task: str | None) -> str:
+    """The name of the validation score `evaluate` computes for `task`."""
+    return SELECTION[task][0] if task in SELECTION else "accuracy"
+
+
+def evaluate(adapter: ModelAdapter, data: DistillData) -> float:
+    """The validation score of `adapter`: the task's SELECTION function, else accuracy."""
+    if data.task in SELECTION:
+        return SELECTION[data.task][1](adapter, data)
+    return evaluate_accuracy(adapter, data.val, data.val_labels)
 
 
 def make_accelerator() -> Any:
@@ -179,8 +220,8 @@ class _Trainer:
         self.student, self.data, self.cfg, self.seed = student, data, cfg, seed
         self.pruning = pruning
         self.acc = make_accelerator()
-        specs = resolve_losses(cfg, student.family)
-        wanted = {p for s in specs for p in LOSS_TAPS[s.name]}
+        specs = resolve_losses(cfg, student.family, data.task)
+        wanted = {p for s in specs if s.params.get("on") != "output" for p in LOSS_TAPS[s.name]}
         example = {k: v[:2] for k, v in data.train.items()}
         if wanted and teacher is None:
             raise ValueError(f"losses {[s.name for s in specs]} need the teacher model")
@@ -188,18 +229,21 @@ class _Trainer:
         self.t_taps = FeatureTaps(find_taps(teacher, example, wanted)) if wanted else None
         self.teacher = teacher
         self.objective = Objective(student.module, specs, cfg, self.s_taps)
-        n = len(data.train_labels)
+        n = self.n = len(data)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self.per_rank = n // self.world
         self.steps_per_epoch = math.ceil(self.per_rank / cfg.batch_size)
         self.total = max(1, min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or 1 << 30))
         self.t_logits = torch.from_numpy(data.teacher_logits.astype(np.float32))
-        self.labels = torch.from_numpy(data.train_labels)
+        self.labels = torch.from_numpy(data.train_labels) if len(data.train_labels) else None
 
     def shard(self, epoch: int) -> np.ndarray:
         """This process's rows for `epoch`: a seeded permutation, equal shares per process."""
-        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         return perm[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+
+    def labels_of(self, sel: np.ndarray) -> torch.Tensor | None:
+        return None if self.labels is None else self.labels[sel]
 
     def teacher_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.t_taps is None:
@@ -213,14 +257,14 @@ class _Trainer:
     ) -> tuple[Any, Any]:
         """Create projections (one probe batch), then the optimizer over student + projections,
         and wrap both for the accelerator (DDP when launched so)."""
-        sel = np.arange(min(len(self.labels), self.cfg.batch_size))
+        sel = np.arange(min(self.n, self.cfg.batch_size))
         batch = self.data.rows(sel)
         was_training = self.objective.training
         self.objective.eval()
         with torch.no_grad():
             self.objective.projections.probe(
                 lambda: self.objective(
-                    batch, self.t_logits[sel], self.labels[sel], self.teacher_features(batch)
+                    batch, self.t_logits[sel], self.labels_of(sel), self.teacher_features(batch)
                 )
             )
         self.objective.train(was_training)
@@ -273,7 +317,7 @@ def distill(
         "prune_done": 0,
     }
     if state is None:
-        s["best_metric"] = evaluate_accuracy(student, data.val, data.val_labels)
+        s["best_metric"] = evaluate(student, data)
         s["best_model"] = _tensor_state(student.module)
     else:
         s.update({k: state[k] for k in s})
@@ -323,7 +367,7 @@ def _epochs(
                 break
             sel = order[start : start + cfg.batch_size]
             batch = tr.data.rows(sel)
-            loss = model(batch, tr.t_logits[sel], tr.labels[sel], tr.teacher_features(batch))
+            loss = model(batch, tr.t_logits[sel], tr.labels_of(sel), tr.teacher_features(batch))
             opt.zero_grad()
             tr.acc.backward(loss)
             s["step"] += 1
@@ -341,7 +385,7 @@ def _epochs(
             opt.step()
             losses.append(loss.item())
             parts.append(dict(tr.objective.parts))
-        acc = evaluate_accuracy(tr.student, tr.data.val, tr.data.val_labels)
+        acc = evaluate(tr.student, tr.data)
         rec = {
             "epoch": epoch,
             "loss": float(np.mean(losses)) if losses else None,
@@ -385,7 +429,7 @@ def _epochs(
         while not pruning.finished:
             pruning.step()
         s.update(
-            best_metric=evaluate_accuracy(tr.student, tr.data.val, tr.data.val_labels),
+            best_metric=evaluate(tr.student, tr.data),
             best_epoch=s["epoch"] - 1,
             best_model=_tensor_state(tr.student.module),
         )

@@ -95,6 +95,13 @@ DEFAULT_LOSSES: dict[str, list[dict]] = {
     "transformer": [{"name": "logits"}, {"name": "hidden"}],
     "cnn": [{"name": "logits"}],
 }
+# Task recipes, chosen before the family's: a sentence encoder's output is the embedding itself.
+TASK_LOSSES: dict[str, list[dict]] = {
+    "sentence-embedding": [
+        {"name": "embedding", "params": {"on": "output"}},
+        {"name": "relation", "params": {"on": "output"}},
+    ],
+}
 
 
 def uniform_mapping(n_student: int, n_teacher: int) -> list[int]:
@@ -274,10 +281,13 @@ def _angles(f: torch.Tensor) -> torch.Tensor:
 
 
 @register("relation", taps=("pooled",))
-def relation_kd(x: LossInputs, distance: float = 1.0, angle: float = 2.0) -> torch.Tensor:
+def relation_kd(
+    x: LossInputs, distance: float = 1.0, angle: float = 2.0, on: str = "pooled"
+) -> torch.Tensor:
     """RKD (Park et al.): smooth-L1 between student and teacher pairwise distances (normalised by
-    their mean) and triplet angles of the pooled features; width-agnostic."""
-    s, t = _pooled(x)
+    their mean) and triplet angles of the pooled features (`on: output`: of the model outputs,
+    for sentence-embedding models); width-agnostic."""
+    s, t = (x.student_logits, x.teacher_logits) if on == "output" else _pooled(x)
     loss = x.student_logits.new_zeros(())
     if distance:
         loss = loss + distance * F.smooth_l1_loss(_distances(s), _distances(t))

@@ -9,12 +9,17 @@ import numpy as np
 
 from kdc.config import KdcConfig
 from kdc.data.base import Dataset, Split
-from kdc.data.readers import (read_datasets, read_delimited, read_digits, read_imagefolder,
-                              read_jsonl, read_txt)
+from kdc.data.readers import (
+    read_datasets,
+    read_delimited,
+    read_digits,
+    read_imagefolder,
+    read_jsonl,
+    read_txt,
+)
 from kdc.errors import UserError
 
-SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
-                  ".txt": "txt"}
+SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
 
 
 def _format(cfg: KdcConfig, path: Path) -> str:
@@ -23,12 +28,19 @@ def _format(cfg: KdcConfig, path: Path) -> str:
     if cfg.data.source.startswith("sklearn:"):
         return "sklearn"
     if path.is_dir():
-        return "datasets" if (path / "dataset_dict.json").exists() or (
-            path / "dataset_info.json").exists() else "imagefolder"
+        return (
+            "datasets"
+            if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()
+            else "imagefolder"
+        )
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise UserError(f"cannot tell the format of '{path.name}'", source=cfg.source_file,
-                        field="data.format", fix="set data.format (csv, tsv, jsonl, txt, ...)")
+        raise UserError(
+            f"cannot tell the format of '{path.name}'",
+            source=cfg.source_file,
+            field="data.format",
+            fix="set data.format (csv, tsv, jsonl, txt, ...)",
+        )
     return fmt
 
 
@@ -36,9 +48,12 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
     d = cfg.data
     label = None if cfg.task == "sentence-embedding" else d.label_column
     if fmt not in ("sklearn",) and not path.exists():
-        raise UserError("data not found", source=cfg.source_file,
-                        field="data.eval" if split == "eval" else "data.source",
-                        fix=f"check that {path} exists (paths are relative to the config)")
+        raise UserError(
+            "data not found",
+            source=cfg.source_file,
+            field="data.eval" if split == "eval" else "data.source",
+            fix=f"check that {path} exists (paths are relative to the config)",
+        )
     readers = {
         "csv": lambda: read_delimited(path, d.text_column, label, ","),
         "tsv": lambda: read_delimited(path, d.text_column, label, "\t"),
@@ -49,8 +64,12 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
         "sklearn": read_digits,
     }
     if fmt == "sklearn" and d.source != "sklearn:digits":
-        raise UserError(f"unknown built-in data '{d.source}'", source=cfg.source_file,
-                        field="data.source", fix="use 'sklearn:digits' or a path")
+        raise UserError(
+            f"unknown built-in data '{d.source}'",
+            source=cfg.source_file,
+            field="data.source",
+            fix="use 'sklearn:digits' or a path",
+        )
     return readers[fmt]()
 
 
@@ -69,16 +88,20 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
     feats, labels = _read(cfg, src_path, fmt, "train")
     rng = np.random.default_rng(cfg.seed)
     if d.eval:
-        ev_feats, ev_labels = _read(cfg, cfg.resolve(d.eval), _format(cfg, cfg.resolve(d.eval)),
-                                    "eval")
+        ev_feats, ev_labels = _read(
+            cfg, cfg.resolve(d.eval), _format(cfg, cfg.resolve(d.eval)), "eval"
+        )
     elif fmt == "datasets":
         ev_feats, ev_labels = _read(cfg, src_path, fmt, "test")
     else:
         order = rng.permutation(len(feats))
         n_eval = max(1, int(round(len(feats) * d.eval_fraction)))
         ev_idx, tr_idx = order[:n_eval], order[n_eval:]
-        pick = (lambda xs, ix: [xs[i] for i in ix]) if isinstance(feats, list) else (
-            lambda xs, ix: xs[ix])
+        pick = (
+            (lambda xs, ix: [xs[i] for i in ix])
+            if isinstance(feats, list)
+            else (lambda xs, ix: xs[ix])
+        )
         ev_feats, tr = pick(feats, ev_idx), pick(feats, tr_idx)
         ev_labels = [labels[i] for i in ev_idx] if labels else []
         labels = [labels[i] for i in tr_idx] if labels else []
@@ -91,14 +114,20 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
     else:
         names = sorted({str(x) for x in labels})
         if len(names) < 2:
-            raise UserError(f"the training data has {len(names)} class(es)",
-                            source=str(src_path), field=f"data.{'label_column'}",
-                            fix="a classifier needs at least two classes in the labels")
+            raise UserError(
+                f"the training data has {len(names)} class(es)",
+                source=str(src_path),
+                field=f"data.{'label_column'}",
+                fix="a classifier needs at least two classes in the labels",
+            )
         unknown = sorted({str(x) for x in ev_labels} - set(names))
         if unknown:
-            raise UserError(f"eval labels not seen in training: {unknown[:5]}",
-                            source=str(cfg.resolve(d.eval or d.source)), field="data.eval",
-                            fix="use the same label names in both files")
+            raise UserError(
+                f"eval labels not seen in training: {unknown[:5]}",
+                source=str(cfg.resolve(d.eval or d.source)),
+                field="data.eval",
+                fix="use the same label names in both files",
+            )
         index = {n: i for i, n in enumerate(names)}
         y_tr = np.array([index[str(x)] for x in labels], np.int64)
         y_ev = np.array([index[str(x)] for x in ev_labels], np.int64)
@@ -108,8 +137,12 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
     if d.limit_eval and len(evs) > d.limit_eval:
         evs = evs.take(np.arange(d.limit_eval))
     if len(train) == 0 or len(evs) == 0:
-        raise UserError("a split is empty", source=str(src_path), field="data.source",
-                        fix="provide more rows or lower data.eval_fraction")
+        raise UserError(
+            "a split is empty",
+            source=str(src_path),
+            field="data.source",
+            fix="provide more rows or lower data.eval_fraction",
+        )
     kind = "image" if fmt in ("imagefolder", "sklearn") else "text"
     return Dataset(train, evs, names, kind, f"{fmt}:{d.source}")
 
@@ -119,13 +152,21 @@ def align_labels(ds: Dataset, teacher_names: list[str] | None, source: str) -> D
     if not teacher_names or not ds.label_names:
         return ds
     if len(teacher_names) != ds.num_labels:
-        raise UserError(f"the teacher has {len(teacher_names)} labels {teacher_names[:6]} but the "
-                        f"data has {ds.num_labels} {ds.label_names[:6]}", source=source,
-                        field="data.label_column",
-                        fix="use the data the teacher was trained on, or its label column")
+        raise UserError(
+            f"the teacher has {len(teacher_names)} labels {teacher_names[:6]} but the "
+            f"data has {ds.num_labels} {ds.label_names[:6]}",
+            source=source,
+            field="data.label_column",
+            fix="use the data the teacher was trained on, or its label column",
+        )
     if set(teacher_names) != set(ds.label_names):
         return ds  # generic names (LABEL_0 …): keep the sorted order
     remap = np.array([teacher_names.index(n) for n in ds.label_names], np.int64)
-    return Dataset(Split(ds.train.features, remap[ds.train.labels]),
-                   Split(ds.eval.features, remap[ds.eval.labels]), list(teacher_names),
-                   ds.kind, ds.source, ds.notes)
+    return Dataset(
+        Split(ds.train.features, remap[ds.train.labels]),
+        Split(ds.eval.features, remap[ds.eval.labels]),
+        list(teacher_names),
+        ds.kind,
+        ds.source,
+        ds.notes,
+    )

@@ -20,8 +20,11 @@ class Split:
 
     def take(self, idx: np.ndarray | list[int]) -> Split:
         idx = np.asarray(idx, dtype=np.int64)
-        feats = ([self.features[i] for i in idx] if isinstance(self.features, list)
-                 else self.features[idx])
+        feats = (
+            [self.features[i] for i in idx]
+            if isinstance(self.features, list)
+            else self.features[idx]
+        )
         labels = self.labels[idx] if len(self.labels) else self.labels
         return Split(feats, labels)
 
@@ -42,6 +45,11 @@ class Dataset:
         return len(self.label_names)
 
     def summary(self) -> dict:
-        return {"source": self.source, "kind": self.kind, "train": len(self.train),
-                "eval": len(self.eval), "num_labels": self.num_labels,
-                "labels": self.label_names}
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "train": len(self.train),
+            "eval": len(self.eval),
+            "num_labels": self.num_labels,
+            "labels": self.label_names,
+        }

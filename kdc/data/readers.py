@@ -15,13 +15,21 @@ Rows = tuple[list, list]
 
 def _columns(rows: list[dict], path: Path, text_col: str, label_col: str | None) -> Rows:
     if not rows:
-        raise UserError("no rows", source=str(path), field="data.source",
-                        fix="give a file with a header and at least one row")
+        raise UserError(
+            "no rows",
+            source=str(path),
+            field="data.source",
+            fix="give a file with a header and at least one row",
+        )
     keys = set(rows[0])
     for col, field in ((text_col, "data.text_column"), (label_col, "data.label_column")):
         if col is not None and col not in keys:
-            raise UserError(f"column '{col}' not found (columns: {', '.join(sorted(keys))})",
-                            source=str(path), field=field, fix="name an existing column")
+            raise UserError(
+                f"column '{col}' not found (columns: {', '.join(sorted(keys))})",
+                source=str(path),
+                field=field,
+                fix="name an existing column",
+            )
     texts = [str(r[text_col] or "") for r in rows]
     labels = [r[label_col] for r in rows] if label_col else []
     return texts, labels
@@ -32,34 +40,58 @@ def read_delimited(path: Path, text_col: str, label_col: str | None, delimiter: 
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter=delimiter))
     except (UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"cannot parse ({e})", source=str(path), field="data.source",
-                        fix="save it as UTF-8 CSV with a header row") from None
+        raise UserError(
+            f"cannot parse ({e})",
+            source=str(path),
+            field="data.source",
+            fix="save it as UTF-8 CSV with a header row",
+        ) from None
     return _columns(rows, path, text_col, label_col)
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").split("\n")  # not splitlines: JSON may hold U+2028
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"not UTF-8 (byte {e.start})",
+            source=str(path),
+            field="data.source",
+            fix="save the file as UTF-8",
+        ) from None
 
 
 def read_jsonl(path: Path, text_col: str, label_col: str | None) -> Rows:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"line {i} is not JSON", source=str(path), field="data.source",
-                                fix="one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise UserError(f"line {i} is not a JSON object", source=str(path),
-                                field="data.source", fix="one JSON object per line")
-            rows.append(row)
+    for i, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(
+                f"line {i} is not JSON",
+                source=str(path),
+                field="data.source",
+                fix="one JSON object per line",
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(
+                f"line {i} is not a JSON object",
+                source=str(path),
+                field="data.source",
+                fix="one JSON object per line",
+            )
+        rows.append(row)
     return _columns(rows, path, text_col, label_col)
 
 
 def read_txt(path: Path) -> Rows:
-    texts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    texts = [ln.strip() for ln in _lines(path) if ln.strip()]
     if not texts:
-        raise UserError("no text lines", source=str(path), field="data.source",
-                        fix="one text per line")
+        raise UserError(
+            "no text lines", source=str(path), field="data.source", fix="one text per line"
+        )
     return texts, []
 
 
@@ -67,18 +99,31 @@ def read_datasets(path: Path, text_col: str, label_col: str | None, split: str) 
     try:
         from datasets import DatasetDict, load_from_disk
     except ImportError:
-        raise UserError("the 'datasets' package is not installed", source=str(path),
-                        field="data.source", fix="pip install 'kdc[datasets]'") from None
+        raise UserError(
+            "the 'datasets' package is not installed",
+            source=str(path),
+            field="data.source",
+            fix="pip install 'kdc[datasets]'",
+        ) from None
     ds = load_from_disk(str(path))
     if isinstance(ds, DatasetDict):
-        names = [n for n in (split, "validation", "test") if n in ds] if split != "train" else (
-            ["train"] if "train" in ds else [])
+        names = (
+            [n for n in (split, "validation", "test") if n in ds]
+            if split != "train"
+            else (["train"] if "train" in ds else [])
+        )
         if not names:
-            raise UserError(f"no '{split}' split (splits: {', '.join(ds)})", source=str(path),
-                            field="data.source", fix="save a DatasetDict with train/test splits")
+            raise UserError(
+                f"no '{split}' split (splits: {', '.join(ds)})",
+                source=str(path),
+                field="data.source",
+                fix="save a DatasetDict with train/test splits",
+            )
         ds = ds[names[0]]
-    rows = [dict(zip(ds.column_names, vals, strict=True))
-            for vals in zip(*(ds[c] for c in ds.column_names), strict=True)]
+    rows = [
+        dict(zip(ds.column_names, vals, strict=True))
+        for vals in zip(*(ds[c] for c in ds.column_names), strict=True)
+    ]
     texts, labels = _columns(rows, path, text_col, label_col)
     feat = ds.features.get(label_col) if label_col else None
     if feat is not None and hasattr(feat, "names"):
@@ -101,8 +146,12 @@ def read_imagefolder(path: Path, size: int) -> tuple[np.ndarray, list[str]]:
             images.append(arr.transpose(2, 0, 1) / 255.0)
             labels.append(cls_dir.name)
     if not images:
-        raise UserError("no images found", source=str(path), field="data.source",
-                        fix="lay images out as <folder>/<class>/<image>")
+        raise UserError(
+            "no images found",
+            source=str(path),
+            field="data.source",
+            fix="lay images out as <folder>/<class>/<image>",
+        )
     return np.stack(images).astype(np.float32), labels
 
 

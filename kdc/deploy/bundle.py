@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import shutil
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import onnx
 import yaml
 
+from kdc import __version__
 from kdc.deploy.tensorrt import (
     check_graph,
     convert_fp16,
@@ -189,13 +189,6 @@ if __name__ == "__main__":
 '''
 
 
-def _kdc_version() -> str:
-    try:
-        return metadata.version("kdc")
-    except metadata.PackageNotFoundError:
-        return "unknown (source tree)"
-
-
 def _shell(cmd: list[str]) -> str:
     """A command as shell text: `$TRTEXEC` stays expandable, every other word is quoted."""
     words = [f'"{w}"' if w == TRTEXEC_VAR else shlex.quote(w) for w in cmd]
@@ -277,7 +270,7 @@ def write_bundle(
         export_times="results/times.json",
         trtexec=TRTEXEC_VAR,
     )
-    header = {"version": _kdc_version(), "profile": profile.name, "trt": trt_version}
+    header = {"version": __version__, "profile": profile.name, "trt": trt_version}
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         if plan.convert_fp16:

@@ -1,7 +1,8 @@
 """Resolve a run's constraints (config over profile defaults) against its report.
 
 Which engine answers which constraint:
-- The *shipped engine* is the engine flagged `"ships": true`, else the first engine in `report["engines"]` with status `built` whose
+- The *shipped engine* is the engine flagged `"ships": true`, else the first engine in
+  `report["engines"]` with status `built` whose
   precision is the student's chosen precision (`report["student"]["precision"]`). Accuracy
   (`accuracy_drop`, `percent_max_degradation`) and `size_mb` are read from it.
 - Latency and memory are target quantities, read from an engine's `latency`/`target_latency`
@@ -158,8 +159,11 @@ def _accuracies(report: dict) -> tuple[float, float, str]:
             f"teacher metric {t_metric} differs from {engine_label(eng)} metric {metric}"
         )
     by = (eng.get("accuracy") or {}).get("engine")
-    label = f"{engine_label(eng)}, measured on {by}" if by and "simulated" in by else (
-        engine_label(eng))  # a stand-in engine is named; the engine itself is not repeated
+    label = (
+        f"{engine_label(eng)}, measured on {by}"
+        if by and "simulated" in by
+        else (engine_label(eng))
+    )  # a stand-in engine is named; the engine itself is not repeated
     return float(teacher), float(value), label
 
 

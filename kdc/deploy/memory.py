@@ -31,8 +31,13 @@ def engine_peak_rss_mb(path: Path, inputs: dict[str, np.ndarray], threads: int =
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "inputs.npz"
         np.savez(npz, **inputs)
-        out = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(npz), str(threads)],
-                             capture_output=True, text=True, timeout=600, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path), str(npz), str(threads)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
     rec = json.loads(out.stdout.strip().splitlines()[-1])
     rec["engine_mb"] = round(rec["peak_rss_mb"] - rec["runtime_baseline_mb"], 2)
     rec["kind"] = "measured"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, *, atol: float, rtol: float,
-            min_cosine: float) -> dict:
+def compare(
+    reference: np.ndarray, candidate: np.ndarray, *, atol: float, rtol: float, min_cosine: float
+) -> dict:
     """max-abs, 99th-percentile abs error, mean row cosine and argmax agreement; `passed` when
     all elements are within atol + rtol·|ref| or the per-row cosine floor holds."""
     ref = reference.astype(np.float64).reshape(len(reference), -1)
@@ -24,7 +25,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray, *, atol: float, rtol: 
         "cosine": float(cos.mean()) if cos.size else 1.0,
         "min_cosine": float(cos.min()) if cos.size else 1.0,
         "argmax_agreement": float((ref.argmax(1) == cand.argmax(1)).mean()) if ref.size else 1.0,
-        "atol": atol, "rtol": rtol, "cosine_floor": min_cosine,
+        "atol": atol,
+        "rtol": rtol,
+        "cosine_floor": min_cosine,
         "within_tolerance": within,
         "passed": within or float(cos.min() if cos.size else 1.0) >= min_cosine,
         "worst_rows": [int(i) for i in worst],

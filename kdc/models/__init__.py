@@ -11,6 +11,7 @@ from kdc.config import KdcConfig
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
 from kdc.models.hf import HFTextAdapter
+from kdc.models.sentence import SentenceAdapter
 from kdc.models.vision import VisionAdapter
 
 
@@ -20,8 +21,12 @@ def _kind(cfg: KdcConfig) -> str:
         return t.kind
     given = [k for k in ("path", "entrypoint", "name") if getattr(t, k)]
     if len(given) != 1:
-        raise UserError("give exactly one of path, entrypoint, name", source=cfg.source_file,
-                        field="teacher", fix="e.g. 'path: ./teacher' for a Hugging Face directory")
+        raise UserError(
+            "give exactly one of path, entrypoint, name",
+            source=cfg.source_file,
+            field="teacher",
+            fix="e.g. 'path: ./teacher' for a Hugging Face directory",
+        )
     if given[0] == "path":
         return "huggingface"
     if given[0] == "entrypoint":
@@ -29,40 +34,86 @@ def _kind(cfg: KdcConfig) -> str:
     return "timm" if t.name and t.name.startswith("timm/") else "torchvision"
 
 
-def _hf(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+def _teacher_dir(cfg: KdcConfig) -> Path:
     if not cfg.teacher.path:
-        raise UserError("a Hugging Face teacher needs 'path' (a local model directory)",
-                        source=cfg.source_file, field="teacher.path",
-                        fix="save the model with save_pretrained and point to that directory")
+        raise UserError(
+            "a Hugging Face teacher needs 'path' (a local model directory)",
+            source=cfg.source_file,
+            field="teacher.path",
+            fix="save the model with save_pretrained and point to that directory",
+        )
     path = cfg.resolve(cfg.teacher.path)
     if not path.is_dir():
-        raise UserError("model directory not found", source=cfg.source_file,
-                        field="teacher.path", fix=f"check that {path} exists")
-    return HFTextAdapter.from_dir(path, max_length=cfg.data.max_length,
-                                  trust_remote_code=cfg.teacher.trust_remote_code)
+        raise UserError(
+            "model directory not found",
+            source=cfg.source_file,
+            field="teacher.path",
+            fix=f"check that {path} exists",
+        )
+    return path
+
+
+def _hf(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+    return HFTextAdapter.from_dir(
+        _teacher_dir(cfg),
+        max_length=cfg.data.max_length,
+        trust_remote_code=cfg.teacher.trust_remote_code,
+    )
+
+
+def _sentence(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+    return SentenceAdapter.from_dir(
+        _teacher_dir(cfg),
+        max_length=cfg.data.max_length,
+        pooling=cfg.teacher.pooling,
+        trust_remote_code=cfg.teacher.trust_remote_code,
+    )
 
 
 def _vision(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
     kind = _kind(cfg)
     if kind == "entrypoint" and cfg.base_dir not in sys.path:
         sys.path.insert(0, cfg.base_dir)  # entrypoints may live beside the config
-    source = {"kind": kind, "entrypoint": cfg.teacher.entrypoint,
-              "name": (cfg.teacher.name or "").removeprefix("timm/"),
-              "kwargs": cfg.teacher.kwargs}
+    source = {
+        "kind": kind,
+        "entrypoint": cfg.teacher.entrypoint,
+        "name": (cfg.teacher.name or "").removeprefix("timm/"),
+        "kwargs": cfg.teacher.kwargs,
+    }
     weights = cfg.resolve(cfg.teacher.weights) if cfg.teacher.weights else None
     if weights is not None and not weights.is_file():
-        raise UserError("weights file not found", source=cfg.source_file,
-                        field="teacher.weights", fix=f"check that {weights} exists")
-    return VisionAdapter.build(source, weights)
+        raise UserError(
+            "weights file not found",
+            source=cfg.source_file,
+            field="teacher.weights",
+            fix=f"check that {weights} exists",
+        )
+    try:
+        return VisionAdapter.build(source, weights)
+    except TypeError as e:  # the entrypoint's signature does not take these kwargs
+        raise UserError(
+            f"cannot build the teacher: {e}",
+            source=cfg.source_file,
+            field="teacher.kwargs",
+            fix="pass the arguments the function takes",
+        ) from None
 
 
 LOADERS: dict[str, Callable[[KdcConfig, int], ModelAdapter]] = {
-    "huggingface": _hf, "entrypoint": _vision, "torchvision": _vision, "timm": _vision}
+    "huggingface": _hf,
+    "sentence": _sentence,
+    "entrypoint": _vision,
+    "torchvision": _vision,
+    "timm": _vision,
+}
+# (teacher kind, task) pairs loaded by another loader than the kind's own
+TASK_LOADERS: dict[tuple[str, str], str] = {("huggingface", "sentence-embedding"): "sentence"}
 
 
 def load_teacher(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
     """The teacher named by the config, in eval mode."""
-    adapter = LOADERS[_kind(cfg)](cfg, num_labels)
+    kind = _kind(cfg)
+    adapter = LOADERS[TASK_LOADERS.get((kind, cfg.task), kind)](cfg, num_labels)
     adapter.module.eval()
     return adapter
 
@@ -71,11 +122,16 @@ def load_student(directory: Path, max_length: int = 128) -> ModelAdapter:
     """A student saved by `ModelAdapter.save`."""
     meta_path = directory / "kdc_model.json"
     if not meta_path.is_file():
-        raise UserError("not a kdc model directory (no kdc_model.json)", source=str(directory),
-                        fix="run the distill stage again")
+        raise UserError(
+            "not a kdc model directory (no kdc_model.json)",
+            source=str(directory),
+            fix="run the distill stage again",
+        )
     meta = json.loads(meta_path.read_text())
     if meta["adapter"] == "huggingface":
         return HFTextAdapter.from_dir(directory, max_length=meta.get("max_length", max_length))
+    if meta["adapter"] == "sentence":
+        return SentenceAdapter.load(directory, {"max_length": max_length, **meta})
     return VisionAdapter.load(directory)
 
 
@@ -90,6 +146,10 @@ def teacher_label_names(cfg: KdcConfig) -> list[str] | None:
     try:
         id2label = json.loads(conf.read_text()).get("id2label") or {}
     except json.JSONDecodeError:
-        raise UserError("config.json is not valid JSON", source=str(conf), field="teacher.path",
-                        fix="re-save the model with save_pretrained") from None
+        raise UserError(
+            "config.json is not valid JSON",
+            source=str(conf),
+            field="teacher.path",
+            fix="re-save the model with save_pretrained",
+        ) from None
     return [id2label[k] for k in sorted(id2label, key=int)] if id2label else None

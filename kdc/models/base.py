@@ -53,6 +53,6 @@ class ModelAdapter(ABC):
         outs = []
         with torch.inference_mode():
             for s in range(0, n, batch_size):
-                batch = {k: torch.from_numpy(v[s:s + batch_size]) for k, v in inputs.items()}
+                batch = {k: torch.from_numpy(v[s : s + batch_size]) for k, v in inputs.items()}
                 outs.append(self.module(**batch).float().numpy())
         return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

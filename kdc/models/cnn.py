@@ -12,15 +12,23 @@ class SmallCNN(nn.Module):
     """Conv-BN-ReLU stages (a max-pool after each stage but the last), global average pool and a
     linear classifier. `forward(pixel_values)` returns logits."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10,
-                 channels: Sequence[int] = (32, 64, 128), depth: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        channels: Sequence[int] = (32, 64, 128),
+        depth: int = 1,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
         for i, c in enumerate(channels):
             for _ in range(depth):
-                layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
-                           nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(c_in, c, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c),
+                    nn.ReLU(inplace=True),
+                ]
                 c_in = c
             if i < len(channels) - 1:
                 layers.append(nn.MaxPool2d(2))
@@ -33,8 +41,13 @@ class SmallCNN(nn.Module):
         return self.classifier(x)
 
 
-def small_cnn(num_classes: int = 10, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128),
-              depth: int = 1) -> SmallCNN:
+def small_cnn(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    channels: Sequence[int] = (32, 64, 128),
+    depth: int = 1,
+) -> SmallCNN:
     """Entrypoint form (`kdc.models.cnn:small_cnn`) for model.yaml."""
-    return SmallCNN(in_channels=in_channels, num_classes=num_classes, channels=channels,
-                    depth=depth)
+    return SmallCNN(
+        in_channels=in_channels, num_classes=num_classes, channels=channels, depth=depth
+    )

@@ -48,8 +48,11 @@ def layer_list(model: nn.Module) -> nn.ModuleList:
     for _, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) == n:
             return mod
-    raise UserError(f"cannot find the {n} transformer layers of {type(model).__name__}",
-                    field="teacher", fix="use a BERT-like encoder")
+    raise UserError(
+        f"cannot find the {n} transformer layers of {type(model).__name__}",
+        field="teacher",
+        fix="use a BERT-like encoder",
+    )
 
 
 def sync_attention_heads(model: nn.Module) -> None:
@@ -75,28 +78,39 @@ class HFTextAdapter(ModelAdapter):
         self.module = LogitsOnly(model)
 
     @classmethod
-    def from_dir(cls, path: Path, *, max_length: int, trust_remote_code: bool = False,
-                 num_labels: int | None = None) -> HFTextAdapter:
+    def from_dir(
+        cls,
+        path: Path,
+        *,
+        max_length: int,
+        trust_remote_code: bool = False,
+        num_labels: int | None = None,
+    ) -> HFTextAdapter:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if not (path / "config.json").is_file():
-            raise UserError("not a Hugging Face model directory (no config.json)",
-                            source=str(path), field="teacher.path",
-                            fix="point to a directory saved with save_pretrained")
+            raise UserError(
+                "not a Hugging Face model directory (no config.json)",
+                source=str(path),
+                field="teacher.path",
+                fix="point to a directory saved with save_pretrained",
+            )
         kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
         if num_labels is not None:
             kw["num_labels"] = num_labels
         shapes = path / "shapes.json"
         try:
-            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True,
-                                                trust_remote_code=trust_remote_code)
+            tok = AutoTokenizer.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=trust_remote_code
+            )
             if shapes.is_file():  # a (possibly pruned) kdc student: rebuild shapes, then load
                 from safetensors.torch import load_file
                 from transformers import AutoConfig
 
                 config = AutoConfig.from_pretrained(str(path), **kw)
                 model = AutoModelForSequenceClassification.from_config(
-                    config, trust_remote_code=trust_remote_code)
+                    config, trust_remote_code=trust_remote_code
+                )
                 apply_shapes(model, json.loads(shapes.read_text()))
                 sync_attention_heads(model)
                 model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
@@ -104,22 +118,36 @@ class HFTextAdapter(ModelAdapter):
                 model = AutoModelForSequenceClassification.from_pretrained(str(path), **kw)
         except (OSError, ValueError, SafetensorError) as e:
             if "trust_remote_code" in str(e):
-                raise UserError("the model needs its own Python code (auto_map in config.json)",
-                                source=str(path), field="teacher.trust_remote_code",
-                                fix="set it to true only if you trust that code") from None
-            raise UserError(f"cannot load model: {str(e).splitlines()[0][:200]}",
-                            source=str(path), field="teacher.path",
-                            fix="check the directory has weights, config and tokenizer") from None
+                raise UserError(
+                    "the model needs its own Python code (auto_map in config.json)",
+                    source=str(path),
+                    field="teacher.trust_remote_code",
+                    fix="set it to true only if you trust that code",
+                ) from None
+            raise UserError(
+                f"cannot load model: {str(e).splitlines()[0][:200]}",
+                source=str(path),
+                field="teacher.path",
+                fix="check the directory has weights, config and tokenizer",
+            ) from None
         return cls(model.eval(), tok, max_length)
 
     def encode(self, features: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(list(features), padding="max_length", truncation=True,
-                             max_length=self.max_length, return_tensors="np")
+        enc = self.tokenizer(
+            list(features),
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="np",
+        )
         return {k: enc[k].astype(np.int64) for k in self.input_names}
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {"input_ids": {0: "batch", 1: "sequence"},
-                "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
+        return {
+            "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"},
+            "logits": {0: "batch"},
+        }
 
     @property
     def config(self) -> Any:
@@ -129,18 +157,28 @@ class HFTextAdapter(ModelAdapter):
         c = self.config
         layers = layer_list(self.model)
         # live sizes (structured pruning changes them; the HF config keeps the original ones)
-        heads = [m.num_attention_heads for m in layers[0].modules()
-                 if isinstance(getattr(m, "query", None), nn.Linear)
-                 and isinstance(getattr(m, "num_attention_heads", None), int)]
+        heads = [
+            m.num_attention_heads
+            for m in layers[0].modules()
+            if isinstance(getattr(m, "query", None), nn.Linear)
+            and isinstance(getattr(m, "num_attention_heads", None), int)
+        ]
         ffn = getattr(getattr(layers[0], "intermediate", None), "dense", None)
-        return {"adapter": "huggingface", "family": "transformer", "model_type": c.model_type,
-                "num_hidden_layers": len(layers),
-                "hidden_size": self.model.get_input_embeddings().weight.shape[1],
-                "num_attention_heads": heads[0] if heads else c.num_attention_heads,
-                "intermediate_size": ffn.out_features if isinstance(ffn, nn.Linear)
-                else getattr(c, "intermediate_size", None),
-                "vocab_size": c.vocab_size, "num_labels": c.num_labels,
-                "max_length": self.max_length, "params": self.params()}
+        return {
+            "adapter": "huggingface",
+            "family": "transformer",
+            "model_type": c.model_type,
+            "num_hidden_layers": len(layers),
+            "hidden_size": self.model.get_input_embeddings().weight.shape[1],
+            "num_attention_heads": heads[0] if heads else c.num_attention_heads,
+            "intermediate_size": ffn.out_features
+            if isinstance(ffn, nn.Linear)
+            else getattr(c, "intermediate_size", None),
+            "vocab_size": c.vocab_size,
+            "num_labels": c.num_labels,
+            "max_length": self.max_length,
+            "params": self.params(),
+        }
 
     def select_layers(self, keep: list[int]) -> HFTextAdapter:
         """A copy keeping only the teacher layers `keep` (in order), weights included."""
@@ -163,8 +201,10 @@ class HFTextAdapter(ModelAdapter):
         for the whole residual stream, whole heads per layer (or their strongest dims when the
         head dim shrinks), the strongest FFN units per layer. Equal sizes copy the teacher."""
         keep = list(spec["layers"])
-        sizes = {k: int(spec.get(k) or getattr(self.config, k)) for k in
-                 ("hidden_size", "num_attention_heads")}
+        sizes = {
+            k: int(spec.get(k) or getattr(self.config, k))
+            for k in ("hidden_size", "num_attention_heads")
+        }
         config = copy.deepcopy(self.config)
         for k in LAYER_COUNT_KEYS:
             if hasattr(config, k):
@@ -190,9 +230,14 @@ class HFTextAdapter(ModelAdapter):
             self.model.save_pretrained(str(tmp), safe_serialization=True)
             self.tokenizer.save_pretrained(str(tmp))
             write_json(tmp / "shapes.json", tensor_shapes(self.model))
-            write_json(tmp / "kdc_model.json", {"adapter": "huggingface",
-                                                "max_length": self.max_length,
-                                                "architecture": self.architecture()})
+            write_json(
+                tmp / "kdc_model.json",
+                {
+                    "adapter": "huggingface",
+                    "max_length": self.max_length,
+                    "architecture": self.architecture(),
+                },
+            )
         return sorted(p for p in directory.rglob("*") if p.is_file())
 
 
@@ -213,8 +258,9 @@ def _head_dims(imp: torch.Tensor, n_dims: int, head_dim: int, new_head_dim: int)
     return torch.cat(dims)
 
 
-def _slice_state(teacher: nn.Module, student: nn.Module, keep: list[int],
-                 tconf: Any) -> dict[str, torch.Tensor]:
+def _slice_state(
+    teacher: nn.Module, student: nn.Module, keep: list[int], tconf: Any
+) -> dict[str, torch.Tensor]:
     """The student's state dict filled with teacher slices (see `HFTextAdapter.sliced`)."""
     blocks = layer_list(teacher)
     prefix = next(n for n, m in teacher.named_modules() if m is blocks)
@@ -228,8 +274,11 @@ def _slice_state(teacher: nn.Module, student: nn.Module, keep: list[int],
         src = layer_rx.sub(f"{prefix}.{layer}.", name) if m else name
         t = tstate.get(src)
         if t is None or t.dim() != target.dim():
-            raise UserError(f"cannot slice {type(teacher).__name__}: no teacher tensor for {name}",
-                            field="teacher", fix="use a BERT-like encoder")
+            raise UserError(
+                f"cannot slice {type(teacher).__name__}: no teacher tensor for {name}",
+                field="teacher",
+                fix="use a BERT-like encoder",
+            )
         axes = [(a, _axis_kind(src, a)) for a in range(t.dim()) if t.shape[a] != target.shape[a]]
         for a, kind in axes:
             key = (kind, None if kind == "hidden" else layer)
@@ -238,20 +287,31 @@ def _slice_state(teacher: nn.Module, student: nn.Module, keep: list[int],
         plan.append((name, src, layer, axes))
     head_dim = tconf.hidden_size // tconf.num_attention_heads
     new_head_dim = student.config.hidden_size // student.config.num_attention_heads
-    wanted = {"hidden": student.config.hidden_size, "heads": student.config.hidden_size,
-              "ffn": next(getattr(student.config, k) for k in INTERMEDIATE_KEYS
-                          if hasattr(student.config, k))}
-    index = {key: (_head_dims(v, wanted["heads"], head_dim, new_head_dim) if key[0] == "heads"
-                   else torch.sort(torch.topk(v, wanted[key[0]]).indices).values)
-             for key, v in imp.items()}
+    wanted = {
+        "hidden": student.config.hidden_size,
+        "heads": student.config.hidden_size,
+        "ffn": next(
+            getattr(student.config, k) for k in INTERMEDIATE_KEYS if hasattr(student.config, k)
+        ),
+    }
+    index = {
+        key: (
+            _head_dims(v, wanted["heads"], head_dim, new_head_dim)
+            if key[0] == "heads"
+            else torch.sort(torch.topk(v, wanted[key[0]]).indices).values
+        )
+        for key, v in imp.items()
+    }
     out = {}
     for name, src, layer, axes in plan:
         t = tstate[src]
         for a, kind in axes:
             t = t.index_select(a, index[(kind, None if kind == "hidden" else layer)])
         if t.shape != sstate[name].shape:
-            raise UserError(f"cannot slice {src} {list(tstate[src].shape)} to "
-                            f"{list(sstate[name].shape)}", field="student",
-                            fix="choose sizes that divide the teacher's")
+            raise UserError(
+                f"cannot slice {src} {list(tstate[src].shape)} to {list(sstate[name].shape)}",
+                field="student",
+                fix="choose sizes that divide the teacher's",
+            )
         out[name] = t.clone()
     return out

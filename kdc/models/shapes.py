@@ -25,8 +25,9 @@ def _set_attrs(mod: nn.Module) -> None:
     elif isinstance(mod, nn.Linear) and w is not None:
         mod.out_features, mod.in_features = w.shape
     elif isinstance(mod, nn.modules.batchnorm._NormBase):
-        mod.num_features = mod.running_mean.shape[0] if mod.running_mean is not None else (
-            w.shape[0])
+        mod.num_features = (
+            mod.running_mean.shape[0] if mod.running_mean is not None else (w.shape[0])
+        )
     elif isinstance(mod, nn.LayerNorm) and w is not None:
         mod.normalized_shape = tuple(w.shape)
     elif isinstance(mod, nn.GroupNorm) and w is not None:

@@ -27,13 +27,18 @@ def _entrypoint(source: dict) -> nn.Module:
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise UserError(f"cannot import '{source['entrypoint']}' ({e})", field="teacher.entrypoint",
-                        fix="use 'package.module:function' importable from the config's folder"
-                        ) from None
+        raise UserError(
+            f"cannot import '{source['entrypoint']}' ({e})",
+            field="teacher.entrypoint",
+            fix="use 'package.module:function' importable from the config's folder",
+        ) from None
     model = fn(**source.get("kwargs", {}))
     if not isinstance(model, nn.Module):
-        raise UserError(f"'{source['entrypoint']}' returned {type(model).__name__}, not a Module",
-                        field="teacher.entrypoint", fix="return a torch.nn.Module")
+        raise UserError(
+            f"'{source['entrypoint']}' returned {type(model).__name__}, not a Module",
+            field="teacher.entrypoint",
+            fix="return a torch.nn.Module",
+        )
     return model
 
 
@@ -41,8 +46,11 @@ def _torchvision(source: dict) -> nn.Module:
     try:
         import torchvision
     except ImportError:
-        raise UserError("torchvision is not installed", field="teacher.name",
-                        fix="pip install torchvision matching your torch") from None
+        raise UserError(
+            "torchvision is not installed",
+            field="teacher.name",
+            fix="pip install torchvision matching your torch",
+        ) from None
     return torchvision.models.get_model(source["name"], weights=None, **source.get("kwargs", {}))
 
 
@@ -50,8 +58,9 @@ def _timm(source: dict) -> nn.Module:
     try:
         import timm
     except ImportError:
-        raise UserError("timm is not installed", field="teacher.name",
-                        fix="pip install timm") from None
+        raise UserError(
+            "timm is not installed", field="teacher.name", fix="pip install timm"
+        ) from None
     return timm.create_model(source["name"], pretrained=False, **source.get("kwargs", {}))
 
 
@@ -83,8 +92,12 @@ class VisionAdapter(ModelAdapter):
 
     def architecture(self) -> dict[str, Any]:
         convs = [m.out_channels for m in self.module.modules() if isinstance(m, nn.Conv2d)]
-        return {"adapter": "vision", "family": "cnn", "conv_channels": convs,
-                "params": self.params()}
+        return {
+            "adapter": "vision",
+            "family": "cnn",
+            "conv_channels": convs,
+            "params": self.params(),
+        }
 
     def feature_modules(self) -> dict[str, nn.Module]:
         """The input of the last Linear layer is the pooled feature."""
@@ -99,12 +112,17 @@ class VisionAdapter(ModelAdapter):
         student = copy.deepcopy(self.module).eval()
         ex = torch.from_numpy(example["pixel_values"][:1])
         head = [m for m in student.modules() if isinstance(m, nn.Linear)][-1:]
-        min_c = min((m.out_channels for m in student.modules() if isinstance(m, nn.Conv2d)),
-                    default=divisor)
+        min_c = min(
+            (m.out_channels for m in student.modules() if isinstance(m, nn.Conv2d)), default=divisor
+        )
         pruner = tp.pruner.MetaPruner(
-            student, ex, importance=tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=1.0 - width, ignored_layers=head,
-            round_to=divisor if min_c * width >= divisor else None)
+            student,
+            ex,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=1.0 - width,
+            ignored_layers=head,
+            round_to=divisor if min_c * width >= divisor else None,
+        )
         pruner.step()
         return VisionAdapter(student, self.source)
 
@@ -144,9 +162,13 @@ class VisionAdapter(ModelAdapter):
                 elif dg.is_in_channel_pruning_fn(fn):
                     readers.append(names[mod])
             root = group[0].dep.target.module
-            groups.append({"convs": list(dict.fromkeys(convs)),
-                           "readers": list(dict.fromkeys(readers)),
-                           "channels": int(root.out_channels)})
+            groups.append(
+                {
+                    "convs": list(dict.fromkeys(convs)),
+                    "readers": list(dict.fromkeys(readers)),
+                    "channels": int(root.out_channels),
+                }
+            )
         return groups
 
     def removable_units(self, example: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -163,13 +185,18 @@ class VisionAdapter(ModelAdapter):
         units: list[dict[str, Any]] = []
         for name, seq in self.module.named_modules():
             if not isinstance(seq, nn.Sequential) or any(
-                    name == p or name.startswith(p + ".") for u in units for p in u["modules"]):
+                name == p or name.startswith(p + ".") for u in units for p in u["modules"]
+            ):
                 continue
             for run in _runs(seq):
                 first, last = shapes.get(run[0][1]), shapes.get(run[-1][1])
                 if first and last and first[0] == last[1] and _has_conv(run[0][1]):
-                    units.append({"modules": [f"{name}.{c}" if name else c for c, _ in run],
-                                  "out_shape": last[1]})
+                    units.append(
+                        {
+                            "modules": [f"{name}.{c}" if name else c for c, _ in run],
+                            "out_shape": last[1],
+                        }
+                    )
         return units
 
     def sliced(self, spec: dict[str, Any], example: dict[str, np.ndarray]) -> VisionAdapter:
@@ -182,8 +209,11 @@ class VisionAdapter(ModelAdapter):
         drop = list(spec.get("drop", []))
         _drop_modules(student, drop)
         mods = dict(student.named_modules())
-        wanted = {n: int(c) for n, c in spec.get("channels", {}).items()
-                  if isinstance(mods.get(n), nn.Conv2d) and int(c) < mods[n].out_channels}
+        wanted = {
+            n: int(c)
+            for n, c in spec.get("channels", {}).items()
+            if isinstance(mods.get(n), nn.Conv2d) and int(c) < mods[n].out_channels
+        }
         if wanted:
             ex = {k: torch.from_numpy(v[:1]) for k, v in example.items()}
             dg = tp.DependencyGraph().build_dependency(student, example_inputs=ex)
@@ -195,16 +225,21 @@ class VisionAdapter(ModelAdapter):
                     continue
                 full = dg.get_pruning_group(conv, tp.prune_conv_out_channels, list(range(have)))
                 order = torch.argsort(importance(full), stable=True)
-                dg.get_pruning_group(conv, tp.prune_conv_out_channels,
-                                     sorted(order[:have - n].tolist())).prune()
+                dg.get_pruning_group(
+                    conv, tp.prune_conv_out_channels, sorted(order[: have - n].tolist())
+                ).prune()
         return VisionAdapter(student, {**self.source, "drop": drop} if drop else self.source)
 
     def save(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / "model.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in self.module.state_dict().items()}, str(tmp))
-        meta = {"adapter": "vision", "source": self.source,
-                "shapes": tensor_shapes(self.module), "architecture": self.architecture()}
+        meta = {
+            "adapter": "vision",
+            "source": self.source,
+            "shapes": tensor_shapes(self.module),
+            "architecture": self.architecture(),
+        }
         return [directory / "model.safetensors", write_json(directory / "kdc_model.json", meta)]
 
     @classmethod
@@ -213,16 +248,26 @@ class VisionAdapter(ModelAdapter):
         module = BUILDERS[meta["source"]["kind"]](meta["source"])
         _drop_modules(module, meta["source"].get("drop", []))
         apply_shapes(module, meta["shapes"])
-        load_into(module, load_state_dict(directory / "model.safetensors", "student"),
-                  str(directory), field="student")
+        load_into(
+            module,
+            load_state_dict(directory / "model.safetensors", "student"),
+            str(directory),
+            field="student",
+        )
         return cls(module, meta["source"])
 
 
 def _trace_conv(m: nn.Conv2d, shape: list[int], out: torch.Tensor) -> dict[str, Any]:
     pad = m.padding if isinstance(m.padding, tuple) else (0,)
-    return {"op": "conv", "out": m.out_channels, "kernel": m.kernel_size[0],
-            "stride": m.stride[0], "padding": int(pad[0]), "groups": m.groups,
-            "in_shape": shape}
+    return {
+        "op": "conv",
+        "out": m.out_channels,
+        "kernel": m.kernel_size[0],
+        "stride": m.stride[0],
+        "padding": int(pad[0]),
+        "groups": m.groups,
+        "in_shape": shape,
+    }
 
 
 def _trace_pool(m: nn.Module, shape: list[int], out: torch.Tensor) -> dict[str, Any]:
@@ -232,17 +277,27 @@ def _trace_pool(m: nn.Module, shape: list[int], out: torch.Tensor) -> dict[str, 
     k, s, p = (getattr(m, a, d) for a, d in (("kernel_size", k), ("stride", k), ("padding", 0)))
     first = lambda v: int(v[0] if isinstance(v, tuple | list) else v)  # noqa: E731
     op = "maxpool" if isinstance(m, nn.MaxPool2d | nn.AdaptiveMaxPool2d) else "avgpool"
-    return {"op": op, "kernel": first(k), "stride": first(s), "padding": first(p),
-            "in_shape": shape}
+    return {
+        "op": op,
+        "kernel": first(k),
+        "stride": first(s),
+        "padding": first(p),
+        "in_shape": shape,
+    }
 
 
 def _trace_linear(m: nn.Linear, shape: list[int], out: torch.Tensor) -> dict[str, Any]:
     return {"op": "linear", "out": m.out_features, "in_shape": [int(np.prod(shape)), 1, 1]}
 
 
-TRACE = {nn.Conv2d: _trace_conv, nn.MaxPool2d: _trace_pool, nn.AvgPool2d: _trace_pool,
-         nn.AdaptiveAvgPool2d: _trace_pool, nn.AdaptiveMaxPool2d: _trace_pool,
-         nn.Linear: _trace_linear}
+TRACE = {
+    nn.Conv2d: _trace_conv,
+    nn.MaxPool2d: _trace_pool,
+    nn.AvgPool2d: _trace_pool,
+    nn.AdaptiveAvgPool2d: _trace_pool,
+    nn.AdaptiveMaxPool2d: _trace_pool,
+    nn.Linear: _trace_linear,
+}
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
@@ -269,8 +324,12 @@ def _runs(seq: nn.Sequential) -> list[list[tuple[str, nn.Module]]]:
     """Children of `seq` split so each run starts at a conv-bearing child or a pool."""
     runs: list[list[tuple[str, nn.Module]]] = []
     for name, child in seq.named_children():
-        if not runs or _has_conv(child) or isinstance(child, POOLS) or isinstance(
-                runs[-1][-1][1], POOLS):
+        if (
+            not runs
+            or _has_conv(child)
+            or isinstance(child, POOLS)
+            or isinstance(runs[-1][-1][1], POOLS)
+        ):
             runs.append([])
         runs[-1].append((name, child))
     return runs

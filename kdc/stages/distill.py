@@ -14,7 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kdc.compress.distill import Checkpoint, DistillData, DistillResult, distill
+from kdc.compress.distill import (
+    Checkpoint,
+    DistillData,
+    DistillResult,
+    distill,
+    selection_metric,
+)
 from kdc.compress.prune import GradualPruning, ratio_for_latency
 from kdc.models.base import ModelAdapter
 from kdc.pipeline import Context, StageOutput
@@ -45,13 +51,16 @@ def validation_split(n: int, seed: int, fraction: float = 0.1) -> tuple[np.ndarr
 
 def distill_data(ctx: Context) -> DistillData:
     x, y = ctx.encode("train"), ctx.dataset.train.labels
-    tr, va = validation_split(len(y), ctx.cfg.seed)
+    tr, va = validation_split(len(next(iter(x.values()))), ctx.cfg.seed)
+    t = teacher_logits(ctx)
     return DistillData(
         {k: v[tr] for k, v in x.items()},
-        y[tr],
+        y[tr] if len(y) else y,
         {k: v[va] for k, v in x.items()},
-        y[va],
-        teacher_logits(ctx)[tr],
+        y[va] if len(y) else y,
+        t[tr],
+        t[va],
+        ctx.cfg.task,
     )
 
 
@@ -59,6 +68,7 @@ def predicted_latency(ctx: Context) -> Callable[[ModelAdapter], float]:
     """Predicted p50 latency (ms) of a model on the target, from its exported ONNX graph."""
     from kdc.deploy.estimate import predict_onnx
     from kdc.export.onnx_export import export_onnx
+    from kdc.stages.export import output_name
 
     example = {k: v[:2] for k, v in ctx.encode("train").items()}
     p = ctx.cfg.quantize.precision
@@ -67,7 +77,12 @@ def predicted_latency(ctx: Context) -> Callable[[ModelAdapter], float]:
     def latency_ms(adapter: ModelAdapter) -> float:
         with tempfile.TemporaryDirectory() as d:
             path = export_onnx(
-                adapter, example, Path(d) / "model.onnx", opset=ctx.cfg.export.opset, simplify=False
+                adapter,
+                example,
+                Path(d) / "model.onnx",
+                opset=ctx.cfg.export.opset,
+                output_name=output_name(ctx.cfg.task),
+                simplify=False,
             )
             return float(
                 predict_onnx(path, ctx.profile, precision=precision, batch=ctx.cfg.verify.batch)[
@@ -213,7 +228,8 @@ def run(ctx: Context) -> StageOutput:
     )
     if ckpt is not None:
         ckpt.clear()
-    ctx.log(f"  best val accuracy {result.best_metric:.4f} (epoch {result.best_epoch})")
+    metric = selection_metric(data.task).replace("_", " ")
+    ctx.log(f"  best val {metric} {result.best_metric:.4f} (epoch {result.best_epoch})")
     return StageOutput(
         [*files, hist, spec_file, *qat_files],
         _metrics(result, student, data, prune_info, qat_metrics),
@@ -225,11 +241,12 @@ def _metrics(
 ) -> dict:
     return {
         "val_accuracy": result.best_metric,
+        "val_metric": selection_metric(data.task),
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "student_params": student.params(),
-        "train_rows": int(len(data.train_labels)),
-        "val_rows": int(len(data.val_labels)),
+        "train_rows": len(data),
+        "val_rows": len(next(iter(data.val.values()))),
         "losses": [s["name"] for s in result.losses],
         "pruning": prune_info or None,
         "resumed_from_epoch": result.resumed_from_epoch,

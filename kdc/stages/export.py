@@ -20,6 +20,11 @@ class ParityError(KdcError):
     exit_code = 1
 
 
+def output_name(task: str) -> str:
+    """The ONNX output name: `embedding` for sentence-embedding, else `logits`."""
+    return "embedding" if task == "sentence-embedding" else "logits"
+
+
 def parity_of(ctx: Context, adapter, path) -> dict:
     from kdc.deploy.onnxruntime import make_session, run_session
 
@@ -34,17 +39,30 @@ def run(ctx: Context) -> StageOutput:
     student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
     example = {k: np.asarray(v[:2]) for k, v in ctx.encode("train").items()}
     opset = ctx.cfg.export.opset
-    s_path = export_onnx(student, example, ctx.run / "export" / "model.onnx", opset=opset)
-    t_path = export_onnx(ctx.teacher, example, ctx.run / "export" / "teacher.onnx", opset=opset)
-    parity = {"student": parity_of(ctx, student, s_path),
-              "teacher": parity_of(ctx, ctx.teacher, t_path)}
+    out_name = output_name(ctx.cfg.task)
+    s_path = export_onnx(
+        student, example, ctx.run / "export" / "model.onnx", opset=opset, output_name=out_name
+    )
+    t_path = export_onnx(
+        ctx.teacher, example, ctx.run / "export" / "teacher.onnx", opset=opset, output_name=out_name
+    )
+    parity = {
+        "student": parity_of(ctx, student, s_path),
+        "teacher": parity_of(ctx, ctx.teacher, t_path),
+    }
     out = write_json(ctx.run / "export" / "parity.json", parity)
     for who, p in parity.items():
         ctx.log(f"  {who}: max|Δ| {p['max_abs']:.2e}, cosine {p['cosine']:.6f}")
         if not p["passed"]:
-            raise ParityError(f"{who} ONNX differs from PyTorch: max_abs {p['max_abs']:.3g} "
-                              f"(atol {p['atol']}), min cosine {p['min_cosine']:.5f}; worst eval "
-                              f"rows {p['worst_rows']} (see {out})")
-    return StageOutput([s_path, t_path, out],
-                       {"parity_max_abs": parity["student"]["max_abs"],
-                        "parity_cosine": parity["student"]["cosine"]})
+            raise ParityError(
+                f"{who} ONNX differs from PyTorch: max_abs {p['max_abs']:.3g} "
+                f"(atol {p['atol']}), min cosine {p['min_cosine']:.5f}; worst eval "
+                f"rows {p['worst_rows']} (see {out})"
+            )
+    return StageOutput(
+        [s_path, t_path, out],
+        {
+            "parity_max_abs": parity["student"]["max_abs"],
+            "parity_cosine": parity["student"]["cosine"],
+        },
+    )

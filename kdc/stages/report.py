@@ -27,10 +27,16 @@ def _search_section(ctx: Context) -> dict:
     rec = ctx.run.stage("search") or {}
     chosen = read_json(ctx.run / "search" / "student.json")
     pareto = [r for r in rows if r.get("pareto")] or [r for r in rows if r.get("chosen")]
-    return {"strategy": chosen.get("strategy", "fixed"), "proxy": chosen.get("proxy"),
-            "candidates_scored": len(rows), "wall_s": rec.get("wall_s"),
-            "pareto": [{k: r.get(k) for k in ("architecture", "proxy", "predicted_latency_ms")}
-                       for r in pareto], "candidates": rows}
+    return {
+        "strategy": chosen.get("strategy", "fixed"),
+        "proxy": chosen.get("proxy"),
+        "candidates_scored": len(rows),
+        "wall_s": rec.get("wall_s"),
+        "pareto": [
+            {k: r.get(k) for k in ("architecture", "proxy", "predicted_latency_ms")} for r in pareto
+        ],
+        "candidates": rows,
+    }
 
 
 def _read_jsonl(path) -> list[dict]:
@@ -45,28 +51,38 @@ def assemble(ctx: Context) -> dict:
     manifest = ctx.run.manifest()
     stages = manifest.get("stages", {})
     cfg = ctx.cfg
-    started = min((s.get("started", "") for s in stages.values() if s.get("started")),
-                  default=None)
+    started = min((s.get("started", "") for s in stages.values() if s.get("started")), default=None)
     precision = cfg.quantize.precision
     return {
         "kdc_version": __version__,
-        "run": {"name": cfg.name, "config_sha256": manifest.get("config_sha256"),
-                "started": started, "wall_s": round(sum(s.get("wall_s", 0) for s in
-                                                        stages.values()), 2),
-                "seed": cfg.seed, "libraries": library_versions(),
-                "trust_remote_code": cfg.teacher.trust_remote_code,
-                "stages": {k: {"wall_s": v.get("wall_s"), "status": v.get("status")}
-                           for k, v in stages.items()}},
+        "run": {
+            "name": cfg.name,
+            "config_sha256": manifest.get("config_sha256"),
+            "started": started,
+            "wall_s": round(sum(s.get("wall_s", 0) for s in stages.values()), 2),
+            "seed": cfg.seed,
+            "libraries": library_versions(),
+            "trust_remote_code": cfg.teacher.trust_remote_code,
+            "stages": {
+                k: {"wall_s": v.get("wall_s"), "status": v.get("status")} for k, v in stages.items()
+            },
+        },
         "task": cfg.task,
         "data": m.get("data"),
-        "target": {"name": ctx.profile.name, "kind": ctx.profile.kind,
-                   "measurable": ctx.profile.measurable,
-                   "profile_sha256": sha256_json(ctx.profile.model_dump(mode="json")),
-                   "latency_model": ctx.profile.latency_model.source},
+        "target": {
+            "name": ctx.profile.name,
+            "kind": ctx.profile.kind,
+            "measurable": ctx.profile.measurable,
+            "profile_sha256": sha256_json(ctx.profile.model_dump(mode="json")),
+            "latency_model": ctx.profile.latency_model.source,
+        },
         "teacher": m["teacher"],
-        "student": {**m["student"], "precision": precision,
-                    "distill": (stages.get("distill") or {}).get("metrics", {}),
-                    "pruning": read_json(ctx.run / "distill" / "student.json").get("pruning")},
+        "student": {
+            **m["student"],
+            "precision": precision,
+            "distill": (stages.get("distill") or {}).get("metrics", {}),
+            "pruning": read_json(ctx.run / "distill" / "student.json").get("pruning"),
+        },
         "search": _search_section(ctx),
         "engines": mark_shipped(m["engines"], precision, ctx.profile.runtime.engines),
     }
@@ -77,8 +93,11 @@ def mark_shipped(engines: list[dict], precision: str, target_engines: list[str])
     chosen precision, if it was built or bundled."""
     for kind in target_engines:
         for e in engines:
-            if e.get("engine") == kind and e.get("precision") == precision and e.get(
-                    "status") in ("built", "bundle"):
+            if (
+                e.get("engine") == kind
+                and e.get("precision") == precision
+                and e.get("status") in ("built", "bundle")
+            ):
                 e["ships"] = True
                 return engines
     return engines
@@ -89,8 +108,9 @@ def run(ctx: Context) -> StageOutput:
     from kdc.deploy.report import console_summary, write_report
 
     report = assemble(ctx)
-    rows = evaluate_constraints(report, ctx.cfg.constraints.model_dump(),
-                                ctx.profile.defaults.model_dump())
+    rows = evaluate_constraints(
+        report, ctx.cfg.constraints.model_dump(), ctx.profile.defaults.model_dump()
+    )
     report["constraints"] = rows
     report["passed"] = passed(rows)
     files = write_report(report, ctx.run.root)

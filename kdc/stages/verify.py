@@ -25,9 +25,16 @@ def _latency_inputs(ctx: Context) -> dict[str, np.ndarray]:
 
 def measure(ctx: Context, path: Path, precision: str) -> dict:
     v = ctx.cfg.verify
-    return measure_onnx(path, _latency_inputs(ctx), threads=v.threads, warmup=v.warmup,
-                        iterations=v.iterations, min_duration_s=v.min_duration_s, batch=v.batch,
-                        precision=precision)
+    return measure_onnx(
+        path,
+        _latency_inputs(ctx),
+        threads=v.threads,
+        warmup=v.warmup,
+        iterations=v.iterations,
+        min_duration_s=v.min_duration_s,
+        batch=v.batch,
+        precision=precision,
+    )
 
 
 def _shapes(ctx: Context) -> dict[str, list[int]]:
@@ -36,12 +43,14 @@ def _shapes(ctx: Context) -> dict[str, list[int]]:
 
 def predict(ctx: Context, path: Path, precision: str) -> dict:
     shapes = _shapes(ctx)
-    return predict_onnx(path, ctx.profile, precision=precision, batch=ctx.cfg.verify.batch,
-                        input_shapes=shapes)
+    return predict_onnx(
+        path, ctx.profile, precision=precision, batch=ctx.cfg.verify.batch, input_shapes=shapes
+    )
 
 
-def evaluate(ctx: Context, path: Path, teacher_logits: np.ndarray | None,
-             optimization: str = "all") -> tuple[dict, np.ndarray]:
+def evaluate(
+    ctx: Context, path: Path, teacher_logits: np.ndarray | None, optimization: str = "all"
+) -> tuple[dict, np.ndarray]:
     """Metrics of an ONNX model's outputs on the eval split (engine named by the caller)."""
     session = make_session(path, threads=ctx.cfg.verify.threads, optimization=optimization)
     out = run_session(session, ctx.encode("eval"))
@@ -52,20 +61,31 @@ def evaluate(ctx: Context, path: Path, teacher_logits: np.ndarray | None,
     return {"metric": primary, "value": res[primary], **res, "n": int(len(out))}, out
 
 
-def _engine_block(ctx: Context, rec: dict, teacher_logits: np.ndarray,
-                  student_ref: np.ndarray) -> dict:
+def _engine_block(
+    ctx: Context, rec: dict, teacher_logits: np.ndarray, student_ref: np.ndarray
+) -> dict:
     path = ctx.run / rec["path"]
     prec = rec["precision"]
     acc, out = evaluate(ctx, path, teacher_logits)
     acc["engine"] = f"onnxruntime-cpu-{prec}"
     floor = ctx.cfg.export.min_cosine if prec == "fp32" else INT8_MIN_COSINE
-    parity = compare(student_ref, out[: len(student_ref)], atol=ctx.cfg.export.atol,
-                     rtol=ctx.cfg.export.rtol, min_cosine=floor)
-    block = {**rec, "accuracy": acc, "parity": parity,
-             "session": session_options_record(make_session(path, threads=ctx.cfg.verify.threads)),
-             "latency": measure(ctx, path, prec),
-             "memory": engine_peak_rss_mb(path, _latency_inputs(ctx),
-                                          threads=ctx.cfg.verify.threads or 1)}
+    parity = compare(
+        student_ref,
+        out[: len(student_ref)],
+        atol=ctx.cfg.export.atol,
+        rtol=ctx.cfg.export.rtol,
+        min_cosine=floor,
+    )
+    block = {
+        **rec,
+        "accuracy": acc,
+        "parity": parity,
+        "session": session_options_record(make_session(path, threads=ctx.cfg.verify.threads)),
+        "latency": measure(ctx, path, prec),
+        "memory": engine_peak_rss_mb(
+            path, _latency_inputs(ctx), threads=ctx.cfg.verify.threads or 1
+        ),
+    }
     if prec == "int8":
         sim, _ = evaluate(ctx, path, teacher_logits, optimization="disable")
         block["accuracy_qdq_simulated"] = {**sim, "engine": "onnxruntime-cpu-qdq-simulated"}
@@ -75,7 +95,8 @@ def _engine_block(ctx: Context, rec: dict, teacher_logits: np.ndarray,
                 f"ONNX Runtime's int8 CPU kernels lose {gap:.3f} {acc['metric']} against the same "
                 "Q/DQ graph run in float: the quantisation is fine, this CPU's int8 kernels are "
                 "not (S8S8 without VNNI saturates); for CPU targets use asymmetric activations "
-                "(quantize.symmetric_activations: false)")
+                "(quantize.symmetric_activations: false)"
+            )
     if not ctx.profile.measurable:
         block["target_latency"] = predict(ctx, path, prec)
     return block
@@ -88,13 +109,21 @@ def _remote_block(ctx: Context, rec: dict, teacher_logits: np.ndarray) -> dict:
     src = ctx.run / rec["source"]
     acc, _ = evaluate(ctx, src, teacher_logits, optimization="disable")
     acc["engine"] = f"onnxruntime-cpu-qdq-simulated ({rec['source']})"
-    acc["note"] = ("stand-in for the TensorRT engine, which was not run here: Q/DQ executed in "
-                   "float approximates TensorRT's int8 arithmetic")
-    block = {**rec, "accuracy": acc, "size_mb": round(src.stat().st_size / 1e6, 4),
-             "size_note": "size of the ONNX the engine is built from; the plan is built on the "
-                          "device", "latency": predict(ctx, src, rec["precision"]),
-             "memory": {"kind": "predicted", "peak_mb": predict_memory_mb(
-                 src, rec["precision"], ctx.cfg.verify.batch, _shapes(ctx))}}
+    acc["note"] = (
+        "stand-in for the TensorRT engine, which was not run here: Q/DQ executed in "
+        "float approximates TensorRT's int8 arithmetic"
+    )
+    block = {
+        **rec,
+        "accuracy": acc,
+        "size_mb": round(src.stat().st_size / 1e6, 4),
+        "size_note": "size of the ONNX the engine is built from; the plan is built on the device",
+        "latency": predict(ctx, src, rec["precision"]),
+        "memory": {
+            "kind": "predicted",
+            "peak_mb": predict_memory_mb(src, rec["precision"], ctx.cfg.verify.batch, _shapes(ctx)),
+        },
+    }
     if ctx.device_results is not None and rec.get("status") == "bundle":
         from kdc.deploy.device_results import read_device_results
 
@@ -113,9 +142,12 @@ def run(ctx: Context) -> StageOutput:
     t_path = ctx.run / "export" / "teacher.onnx"
     t_acc, t_logits = evaluate(ctx, t_path, None)
     t_acc["engine"] = "onnxruntime-cpu-fp32"
-    teacher = {"params": ctx.teacher.params(), "accuracy": t_acc,
-               "latency": measure(ctx, t_path, "fp32"),
-               "flops": predict(ctx, t_path, "fp32").get("flops")}
+    teacher = {
+        "params": ctx.teacher.params(),
+        "accuracy": t_acc,
+        "latency": measure(ctx, t_path, "fp32"),
+        "flops": predict(ctx, t_path, "fp32").get("flops"),
+    }
     if not ctx.profile.measurable:
         teacher["target_latency"] = predict(ctx, t_path, "fp32")
     student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
@@ -131,9 +163,18 @@ def run(ctx: Context) -> StageOutput:
                 engines.append(rec)
             advance()
     s_path = ctx.run / "export" / "model.onnx"
-    student_rec = {"params": student.params(), "flops": predict(ctx, s_path, "fp32").get("flops"),
-                   "architecture": student.architecture()}
-    out = write_json(ctx.run / "verify" / "metrics.json",
-                     {"teacher": teacher, "student": student_rec, "engines": engines,
-                      "data": ctx.dataset.summary()})
+    student_rec = {
+        "params": student.params(),
+        "flops": predict(ctx, s_path, "fp32").get("flops"),
+        "architecture": student.architecture(),
+    }
+    out = write_json(
+        ctx.run / "verify" / "metrics.json",
+        {
+            "teacher": teacher,
+            "student": student_rec,
+            "engines": engines,
+            "data": ctx.dataset.summary(),
+        },
+    )
     return StageOutput([out], {"teacher_accuracy": t_acc.get(M.primary_metric(ctx.cfg.task))})

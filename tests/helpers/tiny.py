@@ -12,8 +12,24 @@ from safetensors.torch import save_file
 
 POS = ["good", "great", "excellent", "love", "fine"]
 NEG = ["bad", "awful", "terrible", "hate", "poor"]
-FILLER = ["the", "a", "movie", "was", "it", "and", "plot", "actor", "film", "really", "quite",
-          "story", "i", "this", "that", "very"]
+FILLER = [
+    "the",
+    "a",
+    "movie",
+    "was",
+    "it",
+    "and",
+    "plot",
+    "actor",
+    "film",
+    "really",
+    "quite",
+    "story",
+    "i",
+    "this",
+    "that",
+    "very",
+]
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -23,9 +39,14 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 def cnn_config(weights: str | None = "teacher.safetensors", **over) -> dict:
     cfg = {
-        "name": "tinycnn", "task": "image-classification", "seed": 0,
-        "teacher": {"entrypoint": "kdc.models.cnn:small_cnn",
-                    "kwargs": {"num_classes": 10, "channels": [16, 32]}, "weights": weights},
+        "name": "tinycnn",
+        "task": "image-classification",
+        "seed": 0,
+        "teacher": {
+            "entrypoint": "kdc.models.cnn:small_cnn",
+            "kwargs": {"num_classes": 10, "channels": [16, 32]},
+            "weights": weights,
+        },
         "data": {"source": "sklearn:digits", "limit_train": 600, "limit_eval": 200},
         "student": {"width": 0.5},
         "distill": {"epochs": 4, "batch_size": 64, "lr": 0.003},
@@ -49,10 +70,17 @@ def make_cnn_project(root: Path) -> Path:
     ds = load_dataset(cfg)
     torch.manual_seed(0)
     teacher = load_teacher(cfg, ds.num_labels)
-    _train(teacher.module, {"pixel_values": torch.from_numpy(ds.train.features)},
-           torch.from_numpy(ds.train.labels), epochs=15, lr=3e-3)
-    save_file({k: v.contiguous() for k, v in teacher.module.state_dict().items()},
-              str(root / "teacher.safetensors"))
+    _train(
+        teacher.module,
+        {"pixel_values": torch.from_numpy(ds.train.features)},
+        torch.from_numpy(ds.train.labels),
+        epochs=15,
+        lr=3e-3,
+    )
+    save_file(
+        {k: v.contiguous() for k, v in teacher.module.state_dict().items()},
+        str(root / "teacher.safetensors"),
+    )
     return write_yaml(root / "model.yaml", cnn_config())
 
 
@@ -63,8 +91,9 @@ def _train(model: torch.nn.Module, x: dict, y: torch.Tensor, epochs: int, lr: fl
     model.train()
     for _ in range(epochs):
         for idx in np.array_split(rng.permutation(n), max(1, n // 32)):
-            loss = torch.nn.functional.cross_entropy(model(**{k: v[idx] for k, v in x.items()}),
-                                                     y[idx])
+            loss = torch.nn.functional.cross_entropy(
+                model(**{k: v[idx] for k, v in x.items()}), y[idx]
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -79,15 +108,18 @@ def sentences(n: int, seed: int) -> list[tuple[str, str]]:
         label = "positive" if rng.random() < 0.5 else "negative"
         words = list(rng.choice(FILLER, size=rng.integers(4, 9)))
         for _ in range(rng.integers(1, 3)):
-            words.insert(rng.integers(0, len(words) + 1), rng.choice(POS if label == "positive"
-                                                                     else NEG))
+            words.insert(
+                rng.integers(0, len(words) + 1), rng.choice(POS if label == "positive" else NEG)
+            )
         rows.append((" ".join(words), label))
     return rows
 
 
 def bert_config(**over) -> dict:
     cfg = {
-        "name": "tinybert", "task": "text-classification", "seed": 0,
+        "name": "tinybert",
+        "task": "text-classification",
+        "seed": 0,
         "teacher": {"path": "teacher"},
         "data": {"source": "train.csv", "eval": "test.csv", "max_length": 16},
         "student": {"layers": 2},
@@ -116,10 +148,17 @@ def tiny_bert(tmp: Path, num_labels: int = 2, layers: int = 4):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POS, *NEG, *FILLER]
     (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-                        num_labels=num_labels, id2label={0: "negative", 1: "positive"},
-                        label2id={"negative": 0, "positive": 1})
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     torch.manual_seed(0)
     return BertForSequenceClassification(config), tok
 
@@ -129,8 +168,13 @@ def make_bert_project(root: Path) -> Path:
     write_csv(root / "test.csv", sentences(120, 2))
     model, tok = tiny_bert(root)
     rows = sentences(400, 1)
-    enc = tok([r[0] for r in rows], padding="max_length", truncation=True, max_length=16,
-              return_tensors="pt")
+    enc = tok(
+        [r[0] for r in rows],
+        padding="max_length",
+        truncation=True,
+        max_length=16,
+        return_tensors="pt",
+    )
     y = torch.tensor([1 if r[1] == "positive" else 0 for r in rows])
 
     class Wrap(torch.nn.Module):
@@ -141,8 +185,13 @@ def make_bert_project(root: Path) -> Path:
         def forward(self, input_ids, attention_mask):
             return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    _train(Wrap(model), {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
-           y, epochs=8, lr=2e-3)
+    _train(
+        Wrap(model),
+        {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
+        y,
+        epochs=8,
+        lr=2e-3,
+    )
     model.save_pretrained(str(root / "teacher"))
     tok.save_pretrained(str(root / "teacher"))
     return write_yaml(root / "model.yaml", bert_config())

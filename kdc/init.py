@@ -1,0 +1,384 @@
+"""`kdc init MODEL_DIR --data FILE`: inspect a teacher and a data file, write a commented
+model.yaml that validates and is ready to run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdc.config import load_config
+from kdc.errors import UserError
+from kdc.rundir import atomic_path
+
+MAX_ROWS = 20_000  # rows read to guess columns and labels
+MAX_LABELS = 100  # more distinct values than this is not a label column
+# HF architecture suffix -> task kdc runs for it
+HF_TASKS = {"ForSequenceClassification": "text-classification"}
+HEAD_RX = re.compile(r"(^|\.)(classifier|head|fc)(\.\d+)?\.weight$")
+
+
+@dataclass
+class TeacherInfo:
+    """What `kdc init` learnt about the teacher."""
+
+    kind: str  # huggingface | safetensors
+    path: Path
+    task: str
+    num_labels: int | None
+    label_names: list[str] = field(default_factory=list)
+    layers: int | None = None
+    max_positions: int | None = None
+
+
+@dataclass
+class DataInfo:
+    """What `kdc init` learnt about the data."""
+
+    source: str  # as given: a path, or sklearn:digits
+    kind: str  # text | image
+    rows: int | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    labels: list[str] = field(default_factory=list)
+    max_length: int | None = None
+
+
+def _hf_teacher(path: Path) -> TeacherInfo:
+    try:
+        conf = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(
+            "config.json is not valid JSON",
+            source=str(path / "config.json"),
+            field="MODEL_DIR",
+            fix="re-save the model with save_pretrained",
+        ) from None
+    archs = conf.get("architectures") or []
+    task = next((t for a in archs for suffix, t in HF_TASKS.items() if a.endswith(suffix)), None)
+    if task is None:
+        raise UserError(
+            f"architecture {archs or 'unknown'} is not one kdc init can set up",
+            source=str(path / "config.json"),
+            field="architectures",
+            fix="use a *ForSequenceClassification model, or write model.yaml by hand "
+            "(README: Configuration)",
+        )
+    id2label = conf.get("id2label") or {}
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)] if id2label else []
+    n = conf.get("num_labels") or len(names) or None
+    return TeacherInfo(
+        "huggingface",
+        path,
+        task,
+        n,
+        names,
+        layers=conf.get("num_hidden_layers") or conf.get("n_layers"),
+        max_positions=conf.get("max_position_embeddings"),
+    )
+
+
+def _safetensors_teacher(path: Path) -> TeacherInfo:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
+    except Exception:  # a damaged file raises several types
+        raise UserError(
+            "not a readable safetensors file",
+            source=str(path),
+            field="MODEL_DIR",
+            fix="re-save the weights with safetensors",
+        ) from None
+    heads = [s for k, s in shapes.items() if HEAD_RX.search(k) and len(s) == 2]
+    return TeacherInfo("safetensors", path, "image-classification", heads[-1][0] if heads else None)
+
+
+def inspect_teacher(model: Path) -> TeacherInfo:
+    """A Hugging Face directory (config.json), or safetensors weights (file or directory)."""
+    if model.is_dir() and (model / "config.json").is_file():
+        return _hf_teacher(model)
+    weights = [model] if model.is_file() else sorted(model.glob("*.safetensors"))
+    if len(weights) == 1 and weights[0].suffix == ".safetensors":
+        return _safetensors_teacher(weights[0])
+    raise UserError(
+        "not a Hugging Face model directory (config.json) nor one .safetensors file",
+        source=str(model),
+        field="MODEL_DIR",
+        fix="pass the directory save_pretrained wrote, or the teacher's .safetensors",
+    )
+
+
+def _read_csv(path: Path, delimiter: str) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(islice(csv.DictReader(f, delimiter=delimiter), MAX_ROWS))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(islice(f, MAX_ROWS)):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(
+                    f"line {i + 1} is not JSON",
+                    source=str(path),
+                    field="--data",
+                    fix="one JSON object per line",
+                ) from None
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+READERS: dict[str, Callable[[Path], list[dict]]] = {
+    ".csv": lambda p: _read_csv(p, ","),
+    ".tsv": lambda p: _read_csv(p, "\t"),
+    ".jsonl": _read_jsonl,
+    ".json": _read_jsonl,
+}
+
+
+def _text_len(values: list[Any]) -> float:
+    texts = [v for v in values if isinstance(v, str) and not _numeric(v)]
+    return sum(map(len, texts)) / len(values) if texts else 0.0
+
+
+def _numeric(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _max_length(texts: list[str], limit: int | None) -> int:
+    """A token budget covering ~95 % of rows (words × 1.5), a power of two in [16, 512]."""
+    counts = sorted(len(t.split()) for t in texts)
+    p95 = counts[int(0.95 * (len(counts) - 1))] if counts else 0
+    n = 16
+    while n < 512 and n < 1.5 * p95 + 2:
+        n *= 2
+    return min(n, limit or 512)
+
+
+def _table_data(path: Path, teacher: TeacherInfo) -> DataInfo:
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise UserError(
+            f"cannot read '{path.suffix}' files",
+            source=str(path),
+            field="--data",
+            fix=f"use {', '.join(READERS)}, an image folder or sklearn:digits",
+        )
+    try:
+        rows = reader(path)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(
+            f"cannot parse ({type(e).__name__})",
+            source=str(path),
+            field="--data",
+            fix="save it as UTF-8 with a header row",
+        ) from None
+    columns = list(rows[0]) if rows else []
+    if not rows or len(columns) < 2:
+        raise UserError(
+            f"{len(rows)} rows, columns {columns}",
+            source=str(path),
+            field="--data",
+            fix="give a header with a text and a label column, and some rows",
+        )
+    values = {c: [r.get(c) for r in rows] for c in columns}
+    text = max(columns, key=lambda c: _text_len(values[c]))
+    distinct = {c: sorted({str(v) for v in values[c]}) for c in columns if c != text}
+    usable = [c for c, d in distinct.items() if 2 <= len(d) <= MAX_LABELS]
+    if _text_len(values[text]) == 0 or not usable:
+        raise UserError(
+            f"no text column with a label column beside it (columns {columns})",
+            source=str(path),
+            field="--data",
+            fix="give a column of texts and one of class labels (2 or more values)",
+        )
+    label = next(
+        (c for c in usable if len(distinct[c]) == teacher.num_labels),
+        min(usable, key=lambda c: len(distinct[c])),
+    )
+    return DataInfo(
+        str(path),
+        "text",
+        len(rows),
+        text,
+        label,
+        distinct[label],
+        _max_length([str(v) for v in values[text]], teacher.max_positions),
+    )
+
+
+def _image_data(path: Path) -> DataInfo:
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise UserError(
+            f"{len(classes)} class folder(s)",
+            source=str(path),
+            field="--data",
+            fix="lay images out as <folder>/<class>/<image>, two classes or more",
+        )
+    return DataInfo(str(path), "image", labels=classes)
+
+
+def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
+    """Columns, labels and a max_length for csv/tsv/jsonl; classes of an image folder."""
+    if data == "sklearn:digits":
+        return DataInfo(data, "image", 1797, labels=[str(i) for i in range(10)])
+    path = Path(data)
+    if not path.exists():
+        raise UserError("data not found", source=data, field="--data", fix="check the path")
+    return _image_data(path) if path.is_dir() else _table_data(path, teacher)
+
+
+def check_match(teacher: TeacherInfo, data: DataInfo) -> None:
+    """The teacher's classes and the data's must agree in kind and number."""
+    want = "text" if teacher.task == "text-classification" else "image"
+    if data.kind != want:
+        raise UserError(
+            f"the teacher is a {teacher.task} model but {data.source} is {data.kind} data",
+            field="--data",
+            fix=f"pass {want} data the teacher was trained on",
+        )
+    if teacher.num_labels is not None and teacher.num_labels != len(data.labels):
+        where = f"column '{data.label_column}' of " if data.label_column else ""
+        raise UserError(
+            f"the teacher has {teacher.num_labels} labels {teacher.label_names[:6]} "
+            f"but {where}{data.source} has {len(data.labels)} {data.labels[:6]}",
+            field="--data",
+            fix="pass the data the teacher was trained on",
+        )
+
+
+def _v(value: Any) -> str:
+    """A YAML scalar or flow collection."""
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=1000)
+        .strip()
+        .removesuffix("\n...")
+        .removesuffix("...")
+        .strip()
+    )
+
+
+def _rel(path: str | Path, base: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), base.resolve())
+
+
+def _teacher_lines(t: TeacherInfo, base: Path) -> list[str]:
+    if t.kind == "huggingface":
+        lines = [
+            "teacher:",
+            f"  path: {_v(_rel(t.path, base))}"
+            "                # Hugging Face directory, relative to this file",
+        ]
+        if t.label_names:
+            lines.append(f"  # labels (id2label): {', '.join(t.label_names)}")
+        return lines
+    n = t.num_labels if t.num_labels is not None else "N  # CHANGE: number of classes"
+    return [
+        "teacher:",
+        "  # CHANGE: the function that builds the network these weights belong to",
+        "  # (package.module:function importable from this file's folder, returning an",
+        "  # nn.Module that takes pixel_values and returns logits)",
+        "  entrypoint: my_models:build_teacher",
+        f"  kwargs: {{num_classes: {n}}}",
+        f"  weights: {_v(_rel(t.path, base))}   # loaded with safetensors, never pickle",
+    ]
+
+
+def _data_lines(d: DataInfo, base: Path) -> list[str]:
+    source = d.source if d.source.startswith("sklearn:") else _rel(d.source, base)
+    where = "" if d.source.startswith("sklearn:") else "; relative to this file"
+    lines = ["data:", f"  source: {_v(source)}   # {d.rows or '?'} rows{where}"]
+    if d.text_column:
+        lines += [
+            f"  text_column: {_v(d.text_column)}   # the longest-text column",
+            f"  label_column: {_v(d.label_column)}   # {len(d.labels)} classes: "
+            f"{', '.join(d.labels[:10])}",
+        ]
+    if d.max_length:
+        lines.append(f"  max_length: {d.max_length}   # tokens; covers ~95 % of rows")
+    return [*lines, "  eval_fraction: 0.2   # held out for evaluation (or set data.eval: FILE)"]
+
+
+def _student_lines(t: TeacherInfo) -> list[str]:
+    if t.kind == "huggingface" and t.layers:
+        keep = max(1, t.layers // 2)
+        return [
+            "student:",
+            f"  layers: {keep}   # keep {keep} of the teacher's {t.layers} layers, evenly spaced",
+        ]
+    return ["student:", "  width: 0.5   # keep half of each conv's channels"]
+
+
+def render(name: str, teacher: TeacherInfo, data: DataInfo, base: Path) -> str:
+    """The commented model.yaml text (paths relative to `base`, the file's directory)."""
+    return "\n".join(
+        [
+            f"# kdc config written by `kdc init` for {teacher.path.name}: check the CHANGE lines,",
+            "# then run `kdc compress THIS_FILE --target host` (or --target jetson, ...).",
+            f"name: {_v(name)}   # run directory: runs/<name>",
+            f"task: {teacher.task}",
+            "seed: 0",
+            *_teacher_lines(teacher, base),
+            *_data_lines(data, base),
+            *_student_lines(teacher),
+            "search:",
+            "  strategy: fixed   # or evolution: proxy search under the latency budget",
+            "distill:",
+            "  epochs: 3",
+            "quantize:",
+            "  precision: int8   # fp32, fp16 or int8",
+            "constraints:",
+            "  max_accuracy_drop: 0.02   # teacher accuracy minus the shipped engine's",
+            "  # latency_budget_ms: 10   # default: the target profile's",
+            "",
+        ]
+    )
+
+
+def _name(model: Path) -> str:
+    stem = (model.resolve().parent if model.is_file() else model.resolve()).name
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", stem).lstrip("-_.") or "model"
+
+
+def init_config(
+    model: Path | str, data: str, out: Path | str = "model.yaml", *, force: bool = False
+) -> tuple[Path, TeacherInfo, DataInfo]:
+    """Inspect `model` and `data`, write a validated model.yaml to `out` (atomically)."""
+    model, out = Path(model), Path(out)
+    if out.exists() and not force:
+        raise UserError(
+            "file exists",
+            source=str(out),
+            field="--out",
+            fix="pass another --out, or --force to overwrite it",
+        )
+    if not model.exists():
+        raise UserError("not found", source=str(model), field="MODEL_DIR", fix="check the path")
+    teacher = inspect_teacher(model)
+    info = inspect_data(data, teacher)
+    check_match(teacher, info)
+    text = render(_name(model), teacher, info, out.parent)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        load_config(tmp)  # what we write must validate
+    return out, teacher, info

@@ -1,0 +1,174 @@
+"""Sentence-embedding models: pooling read from a sentence-transformers directory, ONNX output
+equal to PyTorch pooling, save/reload, and `kdc compress` end to end on a tiny encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from tiny import FILLER, NEG, POS, write_yaml
+from typer.testing import CliRunner
+
+from kdc.errors import UserError
+from kdc.export.onnx_export import export_onnx
+from kdc.models import load_student
+from kdc.models.sentence import SentenceAdapter, read_pooling
+
+
+def _encoder_dir(
+    root: Path, layers: int = 4, pooling: str = "mean", normalize: bool = True
+) -> Path:
+    """A tiny BertModel saved as a sentence-transformers directory."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POS, *NEG, *FILLER]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(root))
+    tok.save_pretrained(str(root))
+    kinds = [("", "Transformer"), ("1_Pooling", "Pooling")]
+    if normalize:
+        kinds.append(("2_Normalize", "Normalize"))
+    modules = [
+        {"idx": i, "name": str(i), "path": p, "type": f"sentence_transformers.models.{t}"}
+        for i, (p, t) in enumerate(kinds)
+    ]
+    (root / "modules.json").write_text(json.dumps(modules))
+    (root / "1_Pooling").mkdir(exist_ok=True)
+    (root / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": 32,
+                "pooling_mode_cls_token": pooling == "cls",
+                "pooling_mode_mean_tokens": pooling == "mean",
+                "pooling_mode_max_tokens": pooling == "max",
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            }
+        )
+    )
+    return root
+
+
+def _texts(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(POS + NEG + FILLER, size=rng.integers(3, 10))) for _ in range(n)]
+
+
+def test_pooling_from_sentence_transformers_dir(tmp_path):
+    path = _encoder_dir(tmp_path / "enc")
+    assert read_pooling(path) == ("mean", True)
+    assert read_pooling(path, "cls") == ("cls", True)
+    ad = SentenceAdapter.from_dir(path, max_length=16)
+    x = ad.encode(_texts(6, 0))
+    emb = ad.forward_numpy(x)
+    h = ad.model(**{k: torch.from_numpy(v) for k, v in x.items()}).last_hidden_state.detach()
+    m = torch.from_numpy(x["attention_mask"]).unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()
+    np.testing.assert_allclose(emb, ref, atol=1e-5)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_unsupported_pooling_is_a_user_error(tmp_path):
+    path = _encoder_dir(tmp_path / "enc")
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_mean_sqrt_len_tokens": True})
+    )
+    with pytest.raises(UserError, match="unsupported pooling"):
+        read_pooling(path)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+def test_onnx_output_equals_pytorch(tmp_path, pooling):
+    path = _encoder_dir(tmp_path / "enc", pooling=pooling, normalize=pooling != "max")
+    ad = SentenceAdapter.from_dir(path, max_length=16)
+    x = ad.encode(_texts(8, 1))
+    onnx_path = export_onnx(ad, x, tmp_path / "m.onnx", output_name="embedding")
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["embedding"]
+    got = sess.run(None, x)[0]  # batch 8 through a graph exported at batch 2: dynamic axes
+    assert got.shape == (8, 32)
+    assert np.abs(got - ad.forward_numpy(x)).max() < 1e-4
+
+
+def test_student_saves_and_reloads(tmp_path):
+    teacher = SentenceAdapter.from_dir(_encoder_dir(tmp_path / "enc"), max_length=16)
+    student = teacher.select_layers([1, 3])
+    student.save(tmp_path / "student")
+    meta = json.loads((tmp_path / "student" / "kdc_model.json").read_text())
+    assert meta["adapter"] == "sentence" and meta["pooling"] == "mean" and meta["normalize"]
+    assert meta["architecture"]["num_hidden_layers"] == 2
+    back = load_student(tmp_path / "student")
+    assert isinstance(back, SentenceAdapter) and back.normalize
+    x = teacher.encode(_texts(4, 2))
+    np.testing.assert_allclose(back.forward_numpy(x), student.forward_numpy(x), atol=1e-5)
+
+
+def test_sliced_student_and_width_agnostic_selection(tmp_path):
+    from kdc.compress.distill import DistillData, evaluate
+
+    teacher = SentenceAdapter.from_dir(_encoder_dir(tmp_path / "enc"), max_length=16)
+    spec = {"layers": [1, 3], "hidden_size": 16, "num_attention_heads": 2}
+    student = teacher.sliced(spec)
+    assert student.architecture()["hidden_size"] == 16 and student.pooling == "mean"
+    x = teacher.encode(_texts(12, 5))
+    t = teacher.forward_numpy(x)
+    assert student.forward_numpy(x).shape == (12, 16)
+    data = DistillData(
+        x, np.zeros(0, np.int64), x, np.zeros(0, np.int64), t, t, "sentence-embedding"
+    )
+    assert evaluate(teacher, data) == pytest.approx(1.0)
+    assert -1.0 <= evaluate(student, data) <= 1.0  # Spearman: widths differ
+
+
+@pytest.mark.slow
+def test_compress_sentence_embedding_end_to_end(tmp_path):
+    from kdc.cli import app
+
+    _encoder_dir(tmp_path / "teacher")
+    (tmp_path / "train.txt").write_text("\n".join(_texts(300, 3)) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(_texts(80, 4)) + "\n")
+    config = write_yaml(
+        tmp_path / "model.yaml",
+        {
+            "name": "tinyemb",
+            "task": "sentence-embedding",
+            "seed": 0,
+            "teacher": {"path": "teacher"},
+            "data": {"source": "train.txt", "eval": "test.txt", "max_length": 16},
+            "student": {"layers": 2},
+            "distill": {"epochs": 2, "batch_size": 32, "lr": 0.001},
+            "quantize": {"precision": "int8", "calibration_size": 64},
+            "verify": {"warmup": 5, "iterations": 20, "min_duration_s": 0.05, "threads": 1},
+        },
+    )
+    res = CliRunner().invoke(
+        app, ["compress", str(config), "--target", "host", "--out", str(tmp_path / "run"), "-q"]
+    )
+    assert res.exit_code in (0, 1), res.output  # 1: a constraint failed, still reported
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["teacher"]["accuracy"]["mean_cosine"] == pytest.approx(1.0, abs=1e-5)
+    built = [e for e in report["engines"] if e["status"] == "built"]
+    assert {e["precision"] for e in built} == {"fp32", "int8"}
+    for e in built:
+        acc = e["accuracy"]
+        assert acc["metric"] == "mean_cosine"
+        assert {"mean_cosine", "neighbour_recall_at_10_asym", "neighbour_recall_at_10_sym"} <= set(
+            acc
+        )
+        assert acc["mean_cosine"] > 0.5
+    losses = report["student"]["distill"]["losses"]
+    assert losses == ["embedding", "relation"]

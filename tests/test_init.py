@@ -1,0 +1,108 @@
+"""`kdc init`: inspect a teacher and a data file, write a commented model.yaml that validates
+and runs; mismatches and unreadable inputs are one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+from tiny import write_csv
+from typer.testing import CliRunner
+
+from kdc.cli import app
+from kdc.config import load_config
+
+runner = CliRunner()
+
+
+def _init(*args: str):
+    return runner.invoke(app, ["init", *map(str, args)])
+
+
+def test_init_on_tiny_bert_writes_a_config_that_runs(bert_project, tmp_path):
+    root = bert_project.parent
+    out = tmp_path / "cfg" / "model.yaml"
+    res = _init(root / "teacher", "--data", root / "train.csv", "--out", out)
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    assert text.count("\n#") + text.count("   # ") > 5  # commented for a person
+    cfg = load_config(out)
+    assert cfg.task == "text-classification"
+    assert cfg.resolve(cfg.teacher.path).resolve() == (root / "teacher").resolve()
+    assert cfg.resolve(cfg.data.source).resolve() == (root / "train.csv").resolve()
+    assert (cfg.data.text_column, cfg.data.label_column) == ("text", "label")
+    assert cfg.student.layers == 2  # half of the teacher's 4
+    assert 16 <= cfg.data.max_length <= 64  # the tiny BERT has 64 positions
+    assert "2 classes" in res.output and "negative, positive" in text
+    # ready to run: the plan resolves teacher, data and target
+    plan = runner.invoke(app, ["compress", str(out), "--dry-run"])
+    assert plan.exit_code == 0, plan.output
+    assert json.loads(plan.output)["data"]["num_labels"] == 2
+
+
+def test_init_guesses_columns_by_content(bert_project, tmp_path):
+    root = bert_project.parent
+    rows = [{"id": i, "review": t, "stars": lab} for i, (t, lab) in enumerate(_rows(root))]
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = _init(root / "teacher", "--data", data, "--out", tmp_path / "m.yaml")
+    assert res.exit_code == 0, res.output
+    cfg = load_config(tmp_path / "m.yaml")
+    assert (cfg.data.text_column, cfg.data.label_column) == ("review", "stars")
+
+
+def _rows(root):
+    import csv
+
+    with open(root / "train.csv") as f:
+        return [(r["text"], r["label"]) for r in csv.DictReader(f)][:60]
+
+
+def test_init_refuses_label_count_mismatch(bert_project, tmp_path):
+    data = write_csv(
+        tmp_path / "three.csv", [("good movie", "a"), ("bad plot", "b"), ("fine film", "c")] * 5
+    )
+    res = _init(bert_project.parent / "teacher", "--data", data, "--out", tmp_path / "m.yaml")
+    assert res.exit_code == 2
+    assert "2 labels" in res.output and "3" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "m.yaml").exists()
+
+
+def test_init_safetensors_asks_for_the_entrypoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from kdc.models.cnn import small_cnn
+
+    weights = tmp_path / "teacher" / "model.safetensors"
+    weights.parent.mkdir()
+    save_file(small_cnn(num_classes=10, channels=[8]).state_dict(), str(weights))
+    res = _init(weights, "--data", "sklearn:digits", "--out", tmp_path / "m.yaml")
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "m.yaml").read_text()
+    assert "CHANGE" in text and "entrypoint:" in text and "num_classes: 10" in text
+    cfg = load_config(tmp_path / "m.yaml")
+    assert cfg.task == "image-classification" and cfg.name == "teacher"
+    assert cfg.resolve(cfg.teacher.weights) == weights
+    assert "entrypoint" in res.output
+
+
+def test_init_errors_are_one_line(bert_project, tmp_path):
+    root = bert_project.parent
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes("text,label\ncaf\xe9 bien,positive\n".encode("latin-1"))
+    (tmp_path / "exists.yaml").write_text("x: 1\n")
+    cases = [
+        ([tmp_path / "missing", "--data", root / "train.csv"], "MODEL_DIR"),
+        ([root / "teacher", "--data", tmp_path / "nope.csv"], "--data"),
+        ([root / "teacher", "--data", bad], "--data"),
+        ([root / "teacher", "--data", "sklearn:digits"], "--data"),
+        (
+            [root / "teacher", "--data", root / "train.csv", "--out", tmp_path / "exists.yaml"],
+            "--out",
+        ),
+    ]
+    for args, field in cases:
+        res = _init(*args, *([] if "--out" in args else ["--out", tmp_path / "new.yaml"]))
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and field in lines[0], (args, res.output)
+    assert not (tmp_path / "new.yaml").exists()
+    assert (tmp_path / "exists.yaml").read_text() == "x: 1\n"

@@ -1,0 +1,105 @@
+"""Ctrl-C stops a run cleanly: exit 130, one line saying how to resume, finished stages kept,
+no temporary files left; `--resume` then continues. An internal error (exit 3) keeps its
+traceback in the run directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+import pytest
+from test_reliability import isolated_env, project_config, stage_status, start, wait_until
+from tiny import cnn_config, write_yaml
+from typer.testing import CliRunner
+
+from kdc import pipeline
+from kdc.cli import app
+from kdc.pipeline import StageOutput
+from kdc.rundir import read_json, write_json
+
+runner = CliRunner()
+
+
+def _fake_stages(fail_at: str | None, how=lambda: os.kill(os.getpid(), signal.SIGINT)):
+    """Stages that each write one file; the one named `fail_at` calls `how` (default: presses
+    Ctrl-C) half-way."""
+
+    def make(name: str):
+        def fn(ctx) -> StageOutput:
+            out = write_json(ctx.run / name / "out.json", {"stage": name})
+            if name == fail_at:
+                how()
+            return StageOutput([out])
+
+        return fn
+
+    return [pipeline.Stage(n, make(n), ("name",)) for n in pipeline.STAGE_NAMES]
+
+
+def test_sigint_exits_130_and_resume_continues(tmp_path, monkeypatch):
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config()), tmp_path / "run"
+    args = ["compress", str(cfg), "--out", str(run), "-q"]
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("export"))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 130
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in res.output
+    status = stage_status(run)
+    assert status == {"search": "done", "distill": "done", "export": "running"}
+    assert not list(run.rglob(".*.tmp*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    finished = {
+        k: v["finished"]
+        for k, v in read_json(run / "manifest.json")["stages"].items()
+        if "finished" in v
+    }
+    (run / "export" / ".out.json.k1ll3d.tmp").write_text("{half")  # as a SIGKILL leaves it
+    (run / "export" / ".student.x2.tmp").mkdir()
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages(None))
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert not list(run.rglob(".*.tmp"))  # stale temporaries removed
+    after = read_json(run / "manifest.json")["stages"]
+    assert all(after[k]["finished"] == v for k, v in finished.items())
+    assert set(stage_status(run).values()) == {"done"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_real_run(cnn_project, tmp_path):
+    cfg, run = project_config(cnn_project, tmp_path), tmp_path / "run"
+    proc = start(cfg, run, isolated_env(tmp_path))
+    assert wait_until(lambda: stage_status(run).get("distill") == "running", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "--resume" in err.strip().splitlines()[-1]
+    assert stage_status(run) == {"search": "done", "distill": "running"}
+    assert not list(run.rglob(".*.tmp*"))
+
+
+def test_sigint_swallowed_by_a_library_still_stops_the_run(tmp_path, monkeypatch):
+    def swallowing_library():  # torch-pruning's tracing retries after a bare `except:`
+        with contextlib.suppress(BaseException):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config()), tmp_path / "run"
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", swallowing_library))
+    res = runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"])
+    assert res.exit_code == 130 and "--resume" in res.output
+    assert stage_status(run) == {"search": "done", "distill": "running"}
+
+
+def test_internal_error_keeps_the_traceback_in_the_run_dir(tmp_path, monkeypatch):
+    def bug():
+        raise RuntimeError("a bug")
+
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config()), tmp_path / "run"
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", bug))
+    res = runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"])
+    assert res.exit_code == 3
+    (log,) = run.glob("crash-*.txt")
+    assert str(log) in res.output and "RuntimeError: a bug" in log.read_text()
+    assert stage_status(run) == {"search": "done", "distill": "running"}

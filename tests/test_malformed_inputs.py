@@ -1,0 +1,523 @@
+"""Malformed configs and inputs end as one line naming the file or field, exit 2 (1 for a budget
+no student can meet), no traceback, and nothing written outside the run directory.
+
+Run in-process through typer's CliRunner: they fail at validation or data/teacher loading, before
+any training. `CASES` (explicit) and `config_mutations()` (hypothesis) are also what
+bench/reliability.py runs to summarise outcomes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
+from safetensors.torch import save_file
+from tiny import bert_config, cnn_config, sentences, tiny_bert, write_csv
+from typer.testing import CliRunner
+
+from kdc.cli import app
+from kdc.config import KdcConfig
+
+runner = CliRunner()
+FAST = {"distill": {"epochs": 0}, "verify": {"warmup": 0, "iterations": 10, "min_duration_s": 0}}
+JUNK = "qwxzk"  # letters that spell no YAML/pydantic boolean
+
+
+# ---------------------------------------------------------------- running and checking a case
+def snapshot(*roots: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]:
+    """path -> (size, mtime_ns) of every file under `roots`, except under `skip`."""
+    out = {}
+    for root in roots:
+        for p in Path(root).rglob("*"):
+            if p.is_file() and not (skip and p.is_relative_to(skip)):
+                st_ = p.stat()
+                out[str(p)] = (st_.st_size, st_.st_mtime_ns)
+    return out
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    lines: list[str]
+    outside_writes: list[str]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def run_case(args: list[str], root: Path, watched: tuple[Path, ...] = ()) -> Outcome:
+    """Invoke the CLI; report its exit code, output lines and files written outside root/run
+    (root, `watched` and the temp dir are snapshotted before and after)."""
+    roots = (root, *watched, Path(tempfile.gettempdir()))
+    before = snapshot(*roots, skip=root / "run")
+    res = runner.invoke(app, [str(a) for a in args])
+    after = snapshot(*roots, skip=root / "run")
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    return Outcome(res.exit_code, [ln for ln in res.output.splitlines() if ln.strip()], changed)
+
+
+def assert_clean_failure(o: Outcome, code: int, *names: str) -> None:
+    assert o.exit_code == code, o.text
+    assert len(o.lines) == 1 and "Traceback" not in o.text, o.text
+    for n in names:
+        assert n in o.lines[0], (n, o.text)
+    assert not o.outside_writes, o.outside_writes
+
+
+@pytest.fixture(scope="module")
+def private_tmp(tmp_path_factory):
+    """A temp dir of this module's own, so a write to it by kdc shows. (onnxruntime imported
+    before kdc set ORT_DISABLE_TELEMETRY writes a .ses file to TMPDIR: import it first.)"""
+    import onnxruntime  # noqa: F401
+
+    d = tmp_path_factory.mktemp("private-tmp")
+    old, old_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = str(d), str(d)
+    yield d
+    tempfile.tempdir = old
+    if old_env is None:
+        os.environ.pop("TMPDIR")
+    else:
+        os.environ["TMPDIR"] = old_env
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    """Read-only inputs shared by the cases: an untrained tiny BERT and a text dataset."""
+    root = tmp_path_factory.mktemp("assets")
+    model, tok = tiny_bert(root)
+    model.save_pretrained(str(root / "bert"))
+    tok.save_pretrained(str(root / "bert"))
+    write_csv(root / "text.csv", sentences(60, 1))
+    return root
+
+
+# ---------------------------------------------------------------- explicit cases
+Build = Callable[[Path, Path], list[str]]  # (case dir, assets) -> CLI args
+SAMPLE_REPORT = Path(__file__).parent / "fixtures" / "report_sample.json"
+
+
+def yaml_file(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return base
+
+
+def cnn(root: Path, **over) -> Path:
+    """An image-classification config (random CNN teacher, digits) with `over` merged in."""
+    return yaml_file(root / "model.yaml", _merge(cnn_config(weights=None, **FAST), over))
+
+
+def text(root: Path, assets: Path, **over) -> Path:
+    """A text-classification config (tiny BERT teacher, a csv) with `over` merged in."""
+    base = bert_config(
+        teacher={"path": str(assets / "bert")},
+        data={"source": str(assets / "text.csv"), "eval": None, "max_length": 16},
+        **FAST,
+    )
+    return yaml_file(root / "model.yaml", _merge(base, over))
+
+
+def compress(cfg: Path, *extra: str) -> list[str]:
+    return ["compress", str(cfg), "--out", str(cfg.parent / "run"), "-q", *extra]
+
+
+def with_file(name: str, content: str | bytes | Callable[[Path], Any], then: Build) -> Build:
+    """Write root/name (bytes, text, or by a function of the path), then build the args."""
+
+    def build(root: Path, assets: Path) -> list[str]:
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if callable(content):
+            content(p)
+        else:
+            p.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return then(root, assets)
+
+    return build
+
+
+def data_file(name: str, content: str | bytes) -> Build:
+    """A text config whose data.source is a file holding `content`."""
+    return with_file(name, content, lambda r, a: compress(text(r, a, data={"source": name})))
+
+
+def weights_file(name: str, write: Callable[[Path], Any]) -> Build:
+    """A CNN config whose teacher.weights is a file made by `write`."""
+    return with_file(name, write, lambda r, a: compress(cnn(r, teacher={"weights": name})))
+
+
+def config_text(content: str | bytes) -> Build:
+    return with_file("model.yaml", content, lambda r, a: compress(r / "model.yaml"))
+
+
+def on_file(name: str, content: str | bytes, *args: str) -> Build:
+    """A command on root/name holding `content`; `{p}` in args is that path, `{d}` its folder."""
+    return with_file(
+        name, content, lambda r, a: [x.format(p=r / name, d=(r / name).parent) for x in args]
+    )
+
+
+def hf_teacher(**files: str | bytes | Callable[[Path], Any]) -> Build:
+    """A text config whose teacher is a copy of the tiny BERT with `files` replaced (None:
+    deleted)."""
+
+    def build(root: Path, assets: Path) -> list[str]:
+        shutil.copytree(assets / "bert", root / "teacher")
+        for name, content in files.items():
+            (root / "teacher" / name).unlink(missing_ok=True)
+            if content is not None:
+                with_file(f"teacher/{name}", content, lambda r, a: [])(root, assets)
+        return compress(text(root, assets, teacher={"path": "teacher"}))
+
+    return build
+
+
+class Evil:
+    """Unpickling this creates a file: proof that a loader ran pickle code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def pickled(path: Path) -> None:
+    marker = (
+        path.parent.parent / "PWNED" if path.parent.name == "teacher" else (path.parent / "PWNED")
+    )
+    torch.save({"conv.weight": torch.zeros(1), "evil": Evil(marker)}, path)
+
+
+def numpy_pickle(path: Path) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.array([object()], dtype=object), allow_pickle=True)
+
+
+def truncated_safetensors(path: Path) -> None:
+    save_file({"x": torch.zeros(100)}, str(path))
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def remote_code_config(assets: Path) -> str:
+    conf = json.loads((assets / "bert" / "config.json").read_text())
+    conf.update(
+        model_type="kdc-evil",
+        architectures=["EvilModel"],
+        auto_map={
+            "AutoConfig": "evil.EvilConfig",
+            "AutoModelForSequenceClassification": "evil.EvilModel",
+        },
+    )
+    return json.dumps(conf)
+
+
+def remote_code(root: Path, assets: Path) -> list[str]:
+    return hf_teacher(
+        **{
+            "config.json": remote_code_config(assets),
+            "evil.py": f"open({str(root / 'PWNED')!r}, 'w')\n",
+        }
+    )(root, assets)
+
+
+@dataclass
+class Case:
+    name: str
+    build: Build
+    expect: tuple[str, ...]  # substrings of the one output line
+    code: int = 2
+    marker: bool = False  # a PWNED file must not appear
+
+
+THREE_CLASSES = "text,label\n" + "".join(f"w{i} film,c{i % 3}\n" for i in range(30))
+ROWS = "".join(f"{t},{lab}\n" for t, lab in sentences(30, 3))
+TRY_TARGET = lambda r, a: compress(cnn(r), "--target", str(r / "p.yaml"))  # noqa: E731
+C = Case
+# fmt: off
+CASES = [
+    # the config file and the target
+    C("config missing", lambda r, a: compress(r / "nope.yaml"), ("nope.yaml", "not found")),
+    C("config is a directory", lambda r, a: ["compress", str(r)], ("not found",)),
+    C("config empty", config_text(""), ("model.yaml", "mapping")),
+    C("config a list", config_text("- a\n- b\n"), ("mapping",)),
+    C("config a scalar", config_text("42\n"), ("mapping",)),
+    C("config bad YAML", config_text("name: [unclosed\n"), ("not valid YAML",)),
+    C("config tab indent", config_text("name: x\n\ttask: y\n"), ("not valid YAML",)),
+    C("config not UTF-8", config_text(b"name: caf\xe9\n"), ("not valid YAML",)),
+    C("config python tag", config_text("!!python/object/apply:os.system ['touch PWNED']\n"),
+      ("not valid YAML",), marker=True),
+    C("config python tag in a value", config_text(
+        "name: !!python/object/apply:builtins.open ['PWNED', 'w']\n"), ("not valid YAML",),
+      marker=True),
+    C("unknown target", lambda r, a: compress(cnn(r), "--target", "jetsn"),
+      ("--target", "unknown target")),
+    C("target profile missing", TRY_TARGET, ("--target", "not found")),
+    C("target profile bad YAML", with_file("p.yaml", "a: [\n", TRY_TARGET), ("p.yaml",)),
+    C("target profile wrong fields", with_file("p.yaml", "name: x\n", TRY_TARGET), ("p.yaml",)),
+    # data
+    C("data missing", lambda r, a: compress(cnn(r, data={"source": "nope.csv"})),
+      ("data.source", "not found")),
+    C("eval file missing", lambda r, a: compress(text(r, a, data={"eval": "nope.csv"})),
+      ("data.eval",)),
+    C("data unknown suffix", data_file("d.xlsx", "a"), ("data.format",)),
+    C("unknown built-in data", lambda r, a: compress(cnn(r, data={"source": "sklearn:iris"})),
+      ("data.source", "sklearn:iris")),
+    C("csv empty", data_file("d.csv", ""), ("data.source", "no rows")),
+    C("csv header only", data_file("d.csv", "text,label\n"), ("data.source", "no rows")),
+    C("csv text column missing", data_file("d.csv", "review,label\nok,a\nno,b\n"),
+      ("data.text_column", "review")),
+    C("csv label column missing", data_file("d.csv", "text,stars\nok,1\nno,2\n"),
+      ("data.label_column", "stars")),
+    C("csv one class", data_file("d.csv", "text,label\n" + "good film,pos\n" * 20),
+      ("data.label_column", "1 class")),
+    C("csv one row", data_file("d.csv", "text,label\ngood,pos\n"), ("data.",)),
+    C("csv not UTF-8", data_file("d.csv", b"text,label\n" + b"caf\xe9 ok,pos\n" * 9),
+      ("data.source", "UTF-8")),
+    C("csv NUL bytes, one class", data_file("d.csv", b"text,label\n\x00\x00,a\n"), ("data.",)),
+    C("csv labels differ from the teacher's", data_file("d.csv", THREE_CLASSES),
+      ("data.label_column", "labels")),
+    C("tsv with commas", data_file("d.tsv", "text,label\n" + ROWS), ("data.text_column",)),
+    C("jsonl bad line", data_file("d.jsonl", '{"text": "a", "label": "x"}\n{oops\n'),
+      ("data.source", "line 2")),
+    C("jsonl not objects", data_file("d.jsonl", "[1, 2]\n"), ("data.source", "line 1")),
+    C("jsonl not UTF-8", data_file("d.jsonl", b'{"text": "caf\xe9", "label": "a"}\n'),
+      ("data.source", "UTF-8")),
+    C("jsonl empty", data_file("d.jsonl", "\n\n"), ("data.source", "no rows")),
+    C("txt not UTF-8", data_file("d.txt", b"\xff\xfe"), ("data.source", "UTF-8")),
+    C("txt for a classifier", data_file("d.txt", "one line\n"), ("data.label_column",)),
+    C("eval labels unseen", with_file("ev.csv", "text,label\n" + "good,other\n" * 5,
+                                      lambda r, a: compress(text(r, a, data={"eval": "ev.csv"}))),
+      ("data.eval", "other")),
+    C("image folder without images", with_file("imgs/a/x.png", b"not a png", lambda r, a:
+                                               compress(cnn(r, data={"source": "imgs"}))),
+      ("data.source", "no images")),
+    C("too little training data", lambda r, a: compress(text(r, a, data={"eval_fraction": 0.99})),
+      ("data.",)),
+    # the teacher
+    C("weights missing", lambda r, a: compress(cnn(r, teacher={"weights": "nope.pt"})),
+      ("teacher.weights", "not found")),
+    C("weights garbage safetensors", weights_file("w.safetensors", lambda p: p.write_bytes(
+        b"\x00garbage" * 10)), ("teacher.weights",)),
+    C("weights garbage pt", weights_file("w.pt", lambda p: p.write_bytes(b"garbage" * 10)),
+      ("teacher.weights",)),
+    C("weights empty file", weights_file("w.pt", lambda p: p.write_bytes(b"")),
+      ("teacher.weights",)),
+    C("weights truncated safetensors", weights_file("w.safetensors", truncated_safetensors),
+      ("teacher.weights",)),
+    C("weights pickle object refused", weights_file("w.pt", pickled), ("teacher.weights",),
+      marker=True),
+    C("weights not a state dict", weights_file("w.pt", lambda p: torch.save([1, 2], p)),
+      ("teacher.weights", "state dict")),
+    C("weights of another model", weights_file("w.safetensors", lambda p: save_file(
+        {"features.0.weight": torch.zeros(3, 3)}, str(p))), ("teacher.weights", "do not match")),
+    C("weights a numpy pickle", weights_file("w.pt", numpy_pickle), ("teacher.weights",)),
+    C("entrypoint module missing", lambda r, a: compress(cnn(r, teacher={
+        "entrypoint": "nosuchmod:fn"})), ("teacher.entrypoint", "nosuchmod")),
+    C("entrypoint function missing", lambda r, a: compress(cnn(r, teacher={
+        "entrypoint": "kdc.models.cnn:nope"})), ("teacher.entrypoint",)),
+    C("entrypoint not a module", lambda r, a: compress(cnn(r, teacher={
+        "entrypoint": "os:getcwd", "kwargs": {}})), ("teacher.entrypoint", "not a Module")),
+    C("entrypoint bad kwargs", lambda r, a: compress(cnn(r, teacher={
+        "kwargs": {"num_classes": 10, "bogus": 1}})), ("teacher.kwargs", "bogus")),
+    C("teacher outputs differ from classes", lambda r, a: compress(cnn(r, teacher={
+        "kwargs": {"num_classes": 3, "channels": [8]}})), ("data.label_column", "3 outputs")),
+    C("teacher two sources", lambda r, a: compress(cnn(r, teacher={"path": "x"})),
+      ("teacher", "exactly one")),
+    C("teacher no source", lambda r, a: compress(yaml_file(r / "model.yaml", {
+        **cnn_config(weights=None), "teacher": {}})), ("teacher", "exactly one")),
+    C("HF dir missing", lambda r, a: compress(text(r, a, teacher={"path": "nope"})),
+      ("teacher.path", "not found")),
+    C("HF dir without config.json", with_file("t/vocab.txt", "x\n", lambda r, a: compress(
+        text(r, a, teacher={"path": "t"}))), ("teacher.path", "config.json")),
+    C("HF config.json not JSON", hf_teacher(**{"config.json": "{oops"}), ("config.json",)),
+    C("HF weights corrupt", hf_teacher(**{"model.safetensors": b"\x00" * 64}),
+      ("teacher.path",)),
+    C("HF pickled weights refused", hf_teacher(**{"model.safetensors": None,
+                                                  "pytorch_model.bin": pickled}),
+      ("teacher.path",), marker=True),
+    C("HF custom code needs trust_remote_code", remote_code, ("teacher.trust_remote_code",),
+      marker=True),
+    C("HF labels differ from the data's", data_file("d.csv", THREE_CLASSES),
+      ("data.label_column",)),
+    # other commands' inputs
+    C("bench garbage ONNX", on_file("m.onnx", b"\x08\x01garbage", "bench", "{p}"),
+      ("not a valid ONNX",)),
+    C("bench empty ONNX", on_file("m.onnx", b"", "bench", "{p}"), ("m.onnx",)),
+    C("estimate garbage ONNX", on_file("m.onnx", b"\xff" * 50, "estimate", "{p}"),
+      ("not a valid ONNX",)),
+    C("lint garbage ONNX", on_file("m.onnx", b"garbage", "lint", "{p}"), ("not a valid ONNX",)),
+    C("bench bad shape", on_file("m.onnx", b"", "bench", "{p}", "--shape", "x:0x"), ("--shape",)),
+    C("verify not a run dir", with_file("run/x", "", lambda r, a: ["verify", str(r / "run")]),
+      ("manifest.json",)),
+    C("verify corrupt manifest", on_file("run/manifest.json", "{not json", "verify",
+                                         "{d}"), ("manifest.json",)),
+    C("verify manifest not UTF-8", on_file("run/manifest.json", b"\xff\xfe{", "verify", "{d}"),
+      ("manifest.json",)),
+    C("inspect corrupt manifest", on_file("run/manifest.json", "[1", "inspect", "{d}"),
+      ("manifest.json",)),
+    C("check report not JSON", on_file("r.json", "{", "check", "{p}", "--baseline", "{p}"),
+      ("r.json",)),
+    C("check bad tolerance", on_file("r.json", SAMPLE_REPORT.read_bytes(), "check", "{p}",
+                                     "--baseline", "{p}", "--latency-tolerance", "lots"),
+      ("--latency-tolerance",)),
+    # a budget no student can meet: exit 1, naming the closest candidates
+    C("evolution under an impossible budget", lambda r, a: compress(cnn(r, search={
+        "strategy": "evolution", "population": 4, "cycles": 2}, constraints={
+        "latency_budget_ms": 1e-9})), ("latency budget", "closest"), code=1),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_explicit_case(case, tmp_path, assets, private_tmp):
+    root = tmp_path / "case"
+    root.mkdir()
+    o = run_case(case.build(root, assets), root, watched=(assets,))
+    assert_clean_failure(o, case.code, *case.expect)
+    if case.marker:
+        assert not (root / "PWNED").exists() and not Path("PWNED").exists()
+
+
+# ---------------------------------------------------------------- generated config mutations
+def _leaves(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
+    """Dotted path -> pydantic FieldInfo of every leaf of the config schema."""
+    out = {}
+    for name, f in model.model_fields.items():
+        if f.exclude:
+            continue
+        sub = next(
+            (
+                a
+                for a in (f.annotation, *typing.get_args(f.annotation))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ),
+            None,
+        )
+        if sub is not None:
+            out.update(_leaves(sub, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = f
+    return out
+
+
+LEAVES = _leaves(KdcConfig)
+SECTIONS = ["", *sorted({p.rpartition(".")[0] for p in LEAVES if "." in p})]
+
+
+def _base_types(ann: Any) -> set:
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        return set().union(*(_base_types(a) for a in args)) - {type(None)}
+    return {typing.get_origin(ann) or ann}
+
+
+def bad_values(field: Any) -> st.SearchStrategy:
+    """Values of the wrong type or outside the bounds for a schema leaf."""
+    kinds = _base_types(field.annotation)
+    junk_text = st.text(JUNK, min_size=3, max_size=8)
+    opts = [st.lists(st.integers(), min_size=1, max_size=3).map(lambda v: [v])]  # nested list
+    if dict not in kinds:
+        opts.append(st.dictionaries(junk_text, st.integers(), min_size=1, max_size=2))
+    if kinds & {int, float, bool, typing.Literal}:
+        opts.append(junk_text)
+    if kinds == {str}:
+        opts.append(st.integers() | st.floats(allow_nan=False))
+    if kinds & {dict, list}:
+        opts.append(st.integers())
+    for m in field.metadata:
+        for attr, shift in (("ge", -1), ("gt", 0), ("le", 1), ("lt", 0)):
+            bound = getattr(m, attr, None)
+            if bound is not None:
+                opts.append(st.just(bound + shift))
+    return st.one_of(opts)
+
+
+def _set(cfg: dict, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for p in parents:
+        cfg = cfg.setdefault(p, {})
+    cfg[last] = value
+
+
+def _invalid(cfg: dict) -> bool:
+    try:
+        KdcConfig.model_validate(cfg)
+    except ValidationError:
+        return True
+    return False
+
+
+@st.composite
+def config_mutations(draw) -> tuple[Any, str, str]:
+    """(a broken config document, the field its error must name, the kind of breakage)."""
+    cfg = cnn_config(weights=None, **FAST)
+    kind = draw(st.sampled_from(["wrong value"] * 6 + ["unknown key"] * 2 + ["missing"]))
+    if kind == "wrong value":
+        path = draw(st.sampled_from(sorted(LEAVES)))
+        _set(cfg, path, draw(bad_values(LEAVES[path])))
+    elif kind == "unknown key":
+        section = draw(st.sampled_from(SECTIONS))
+        key = draw(st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True))
+        path = f"{section}.{key}".lstrip(".")
+        assume(path not in LEAVES and path not in SECTIONS)
+        _set(cfg, path, draw(st.integers() | st.text(max_size=5)))
+    else:
+        path = draw(st.sampled_from(["name", "task", "teacher", "data", "data.source"]))
+        *parents, last = path.split(".")
+        target = cfg
+        for p in parents:
+            target = target[p]
+        target.pop(last)
+    assume(_invalid(cfg))
+    return cfg, path, kind
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(config_mutations())
+def test_generated_bad_configs(tmp_path_factory, private_tmp, mutation):
+    cfg, field, _ = mutation
+    root = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
+    o = run_case(compress(yaml_file(root / "model.yaml", cfg)), root)
+    assert_clean_failure(o, 2, "model.yaml", f"'{field}")
+    assert not (root / "run").exists()  # failed before creating anything
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
+def test_arbitrary_bytes_as_config(tmp_path_factory, private_tmp, content):
+    root = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
+    (root / "model.yaml").write_bytes(content)
+    o = run_case(compress(root / "model.yaml"), root)
+    assert_clean_failure(o, 2, "model.yaml")
