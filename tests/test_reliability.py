@@ -26,7 +26,8 @@ from kdc import api
 from kdc.errors import UserError
 from kdc.rundir import RunDir, read_json
 
-KDC = Path(__file__).resolve().parent.parent / "kdc"
+KDC_ROOT = Path(__file__).resolve().parent.parent
+KDC = KDC_ROOT / "kdc"
 ACCURACY_TOLERANCE = 0.02  # resumed vs uninterrupted: the same training, so noise only
 MPL_CACHE = re.compile(r"/home/\.cache/matplotlib/fontlist-[^/]*\.json$")
 
@@ -42,10 +43,17 @@ def project_config(cnn_project: Path, root: Path, epochs: int = 2) -> Path:
 
 
 def isolated_env(root: Path) -> dict[str, str]:
-    """Environment with a HOME and TMPDIR of its own, so writes there can be seen."""
+    """Environment with a HOME and TMPDIR of its own, so writes there can be seen, and the kdc
+    under test first on the path (whatever copy pip installed last)."""
     for d in ("home", "tmp"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "HOME": str(root / "home"), "TMPDIR": str(root / "tmp")}
+    path = os.pathsep.join(filter(None, [str(KDC_ROOT), os.environ.get("PYTHONPATH")]))
+    return {
+        **os.environ,
+        "HOME": str(root / "home"),
+        "TMPDIR": str(root / "tmp"),
+        "PYTHONPATH": path,
+    }
 
 
 def start(cfg: Path, run: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:

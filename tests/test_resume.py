@@ -44,3 +44,27 @@ def test_corrupt_artifact_is_redone(cnn_project, tmp_path):
     after = json.loads((run / "manifest.json").read_text())["stages"]
     assert after["distill"]["finished"] == before["distill"]["finished"]
     assert after["export"]["finished"] != before["export"]["finished"]
+
+
+def test_retrained_teacher_gets_fresh_cached_logits(cnn_project, tmp_path):
+    """The teacher-logits cache is keyed by the teacher's files: a retrained teacher (same
+    shapes, new weights) re-runs distill with new logits, never the cached ones."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = _cfg(cnn_project, tmp_path)
+    run = tmp_path / "run"
+    api.compress(path, "host", run, quiet=True)
+    first = sorted((run / "distill").glob("teacher_logits*.npy"))
+    weights = cnn_project.parent / "teacher.safetensors"
+    state = load_file(weights)
+    save_file(
+        {
+            k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+            for k, v in state.items()
+        },
+        weights,
+    )
+    api.compress(path, "host", run, resume=True, quiet=True)
+    second = sorted((run / "distill").glob("teacher_logits*.npy"))
+    assert len(first) == len(second) == 1 and first != second

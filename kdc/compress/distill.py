@@ -27,7 +27,7 @@ from kdc.compress.losses import (
 from kdc.compress.prune import GradualPruning, sync_after_pruning
 from kdc.config import DistillConfig, LossConfig
 from kdc.errors import UserError
-from kdc.models.base import ModelAdapter
+from kdc.models.base import ModelAdapter, trim_padding
 from kdc.models.shapes import apply_shapes
 from kdc.rundir import atomic_path
 
@@ -52,7 +52,7 @@ class DistillData:
         return len(next(iter(self.train.values())))
 
     def rows(self, sel: np.ndarray) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v[sel]) for k, v in self.train.items()}
+        return trim_padding({k: torch.from_numpy(v[sel]) for k, v in self.train.items()})
 
 
 @dataclass

@@ -11,6 +11,23 @@ import torch
 from torch import nn
 
 
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cut the trailing sequence positions that no row of the batch attends to (text inputs are
+    padded to `max_length`; a batch only needs its longest row). Masked positions do not change
+    any output, so results equal the padded batch's up to float rounding."""
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return batch
+    used = torch.nonzero(mask.any(dim=0))
+    length = int(used[-1]) + 1 if len(used) else 1
+    if length == mask.shape[1]:
+        return batch
+    return {
+        k: v[:, :length] if v.dim() == 2 and v.shape[1] == mask.shape[1] else v
+        for k, v in batch.items()
+    }
+
+
 class ModelAdapter(ABC):
     """A model kdc can encode data for, distil, export, save and rebuild.
 
@@ -53,6 +70,8 @@ class ModelAdapter(ABC):
         outs = []
         with torch.inference_mode():
             for s in range(0, n, batch_size):
-                batch = {k: torch.from_numpy(v[s : s + batch_size]) for k, v in inputs.items()}
+                batch = trim_padding(
+                    {k: torch.from_numpy(v[s : s + batch_size]) for k, v in inputs.items()}
+                )
                 outs.append(self.module(**batch).float().numpy())
         return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

@@ -23,19 +23,26 @@ from kdc.compress.distill import (
 )
 from kdc.compress.prune import GradualPruning, ratio_for_latency
 from kdc.models.base import ModelAdapter
-from kdc.pipeline import Context, StageOutput
+from kdc.pipeline import Context, StageOutput, teacher_fingerprint
 from kdc.rundir import atomic_path, read_json, sha256_json, write_json, write_jsonl
 from kdc.stages.search import build_student
 
 
 def teacher_logits(ctx: Context) -> np.ndarray:
-    """Teacher logits on the training inputs, computed once and cached in the run directory."""
-    path = ctx.run / "distill" / "teacher_logits.npy"
+    """Teacher logits on the training inputs, computed once and cached in the run directory,
+    keyed by the teacher's files and the data section (a retrained teacher or new data never
+    reuses stale logits)."""
+    key = sha256_json(
+        {"teacher": teacher_fingerprint(ctx.cfg), "data": ctx.cfg.data.model_dump(mode="json")}
+    )[:16]
+    path = ctx.run / "distill" / f"teacher_logits-{key}.npy"
     n = len(ctx.dataset.train)
     if path.is_file():
         cached = np.load(path)
         if len(cached) == n:
             return cached
+    for old in path.parent.glob("teacher_logits*.npy"):
+        old.unlink()
     logits = ctx.teacher.forward_numpy(ctx.encode("train"))
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, logits)

@@ -25,6 +25,7 @@ from kdc.compress.distill import (
 )
 from kdc.compress.hooks import FeatureTaps, find_taps
 from kdc.config import DistillConfig, LossConfig
+from kdc.models.base import trim_padding
 from kdc.models.cnn import small_cnn
 from kdc.models.hf import HFTextAdapter
 from kdc.models.vision import VisionAdapter
@@ -95,7 +96,8 @@ def test_taps_capture_named_outputs_of_bert_and_cnn(tmp_path):
         "value1",
         "pooled",
     }
-    assert f["hidden1"].shape == (2, 16, 32) and f["query0"].shape == (2, 2, 16, 16)
+    # forward_numpy trims padding: [CLS] bad plot and actor [SEP] is 6 tokens
+    assert f["hidden1"].shape == (2, 6, 32) and f["query0"].shape == (2, 2, 6, 16)
     assert f["pooled"].shape == (2, 32)
     net = cnn((4, 8), 0)
     ex = {"pixel_values": np.zeros((3, 1, 8, 8), np.float32)}
@@ -257,3 +259,16 @@ def test_stage_prunes_and_saves_a_reloadable_student(cnn_project, tmp_path):
     assert not (run / "distill" / "checkpoint" / "last.pt").exists()
     student = load_student(run / "distill" / "student")
     assert student.params() == pruning["params_after"]
+
+
+def test_trimmed_padding_gives_the_padded_outputs(tmp_path):
+    """Batches are cut to their longest row (training and forward_numpy): same logits as the
+    batch padded to max_length, and rows shorter than the batch keep their padding."""
+    model, tok = tiny_bert(tmp_path)
+    adapter = HFTextAdapter(model.eval(), tok, max_length=32)
+    inputs = adapter.encode(["good great fine", "bad", "good bad awful terrible poor fine"])
+    trimmed = trim_padding({k: torch.from_numpy(v) for k, v in inputs.items()})
+    assert trimmed["input_ids"].shape == (3, 8)  # [CLS] + 6 words + [SEP]
+    with torch.inference_mode():
+        padded = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
+    np.testing.assert_allclose(adapter.forward_numpy(inputs), padded, atol=1e-5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gc
+import mmap
 import time
 
 import numpy as np
@@ -149,12 +149,16 @@ def test_memory_figures_are_labelled_and_consistent() -> None:
     now = rss_now_mb()
     assert now is None or 0 < now <= peak_rss_mb() + 1
     held = []
-    gc.collect()  # no garbage of earlier tests may be freed while the 64 MiB is touched
-    gc.disable()
-    try:
-        mem = measure_peak_rss_of(lambda: held.append(np.ones(64 * 2**20 // 8)))
-    finally:
-        gc.enable()
+
+    def touch_64_mib() -> None:
+        # a fresh anonymous mapping, every page written: new resident memory whatever the
+        # allocator already holds (a heap allocation may reuse pages that are resident already)
+        buf = mmap.mmap(-1, 64 * 2**20)
+        for i in range(0, len(buf), mmap.PAGESIZE):
+            buf[i] = 1
+        held.append(buf)
+
+    mem = measure_peak_rss_of(touch_64_mib)
     assert mem["scope"] == "process"
     assert mem["peak_rss_mb"] >= mem["rss_after_mb"] - 1
     assert mem["rss_after_mb"] - mem["rss_before_mb"] > 50

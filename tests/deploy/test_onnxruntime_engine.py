@@ -251,3 +251,21 @@ def test_corrupt_or_missing_file_is_user_error(tmp: Path) -> None:
     with pytest.raises(UserError, match="not found"):
         make_session(tmp / "missing.onnx")
     assert not any((tmp / n).exists() for n in ("o.onnx", "q.onnx", "d.onnx"))
+
+
+def test_kdc_export_keeps_attention_fusable(tmp_path: Path) -> None:
+    """The export stage's transformer export (unslimmed) lets ORT's optimizer fuse Attention;
+    onnxslim's rewrite of the mask path would prevent it."""
+    from tiny import tiny_bert
+
+    from kdc.export.onnx_export import export_onnx
+    from kdc.models.hf import HFTextAdapter
+    from kdc.stages.export import SIMPLIFY
+
+    model, tok = tiny_bert(tmp_path, layers=2)
+    adapter = HFTextAdapter(model.eval(), tok, max_length=16)
+    example = adapter.encode(["good", "bad plot"])
+    simplify = SIMPLIFY["transformer"]
+    src = export_onnx(adapter, example, tmp_path / "m.onnx", simplify=simplify)
+    dst = optimize(src, tmp_path / "opt.onnx", family="transformer", num_heads=2, hidden_size=32)
+    assert count_ops(dst).get("Attention") == 2
