@@ -63,9 +63,9 @@ class StudentConfig(Section):
     """The fixed student (search.strategy: fixed): transformers keep `layers` evenly spaced
     teacher layers; CNNs keep `width` of each layer's channels (by weight magnitude). Or any
     point of the search space by `architecture`: transformers `num_hidden_layers`,
-    `hidden_size`, `num_attention_heads`, `intermediate_size`; CNNs `stage_width` (one multiplier
-    per stage) and `stage_depth` (removable blocks kept per stage); omitted keys keep the
-    teacher's value."""
+    `hidden_size`, `num_attention_heads`, `intermediate_size` (with a `layers` list: which teacher
+    layers); CNNs `stage_width` (one multiplier per stage) and `stage_depth` (removable blocks
+    kept per stage); omitted keys keep the teacher's value."""
 
     layers: int | list[int] | None = None
     width: float = Field(0.5, gt=0, le=1)
@@ -143,6 +143,11 @@ class QuantizeConfig(Section):
     symmetric_activations: bool | None = None
     qat_epochs: int = Field(2, ge=1)
     qat_lr: float | None = Field(None, gt=0)
+    # Accuracy-aware PTQ: the largest INT8-vs-FP32 output loss allowed on held-out training rows
+    # (share of changed predictions; 1 − mean cosine for embeddings); past it, the most sensitive
+    # layers (up to fallback_max_layers) stay in float. None: off.
+    max_int8_loss: float | None = Field(None, ge=0, le=1)
+    fallback_max_layers: int = Field(4, ge=1)
 
 
 class ExportConfig(Section):

@@ -20,6 +20,7 @@ from kdc.compress.losses import (
     DEFAULT_LOSSES,
     LOSS_TAPS,
     LOSSES,
+    TASK_LOSS_DEFAULTS,
     TASK_LOSSES,
     LossInputs,
     Projections,
@@ -90,10 +91,14 @@ class Checkpoint:
 
 
 def resolve_losses(cfg: DistillConfig, family: str, task: str | None = None) -> list[LossConfig]:
-    """The configured losses, or the task's (else the family's) default recipe; unknown names are
-    user errors."""
+    """The configured losses (with the task's parameter defaults), or the task's (else the
+    family's) default recipe; unknown names are user errors."""
     recipe = TASK_LOSSES.get(task or "") or DEFAULT_LOSSES.get(family, [{"name": "logits"}])
     specs = cfg.losses if cfg.losses is not None else [LossConfig(**d) for d in recipe]
+    defaults = TASK_LOSS_DEFAULTS.get(task or "", {})
+    specs = [
+        s.model_copy(update={"params": {**defaults.get(s.name, {}), **s.params}}) for s in specs
+    ]
     for loss in specs:
         if loss.name not in LOSSES:
             raise UserError(

@@ -102,6 +102,11 @@ TASK_LOSSES: dict[str, list[dict]] = {
         {"name": "relation", "params": {"on": "output"}},
     ],
 }
+# Parameters a task gives a configured loss unless it sets them: an embedding model's target is
+# its output embedding, not the tapped `pooled` feature (for BERT, the unused CLS pooler).
+TASK_LOSS_DEFAULTS: dict[str, dict[str, dict]] = {
+    "sentence-embedding": {"embedding": {"on": "output"}, "relation": {"on": "output"}},
+}
 
 
 def uniform_mapping(n_student: int, n_teacher: int) -> list[int]:

@@ -29,6 +29,9 @@ from kdc.profiles import host_threads
 from kdc.rundir import atomic_path
 
 log = logging.getLogger(__name__)
+# Symbolic shape inference (quantization pre-processing) warns about every symbolic broadcast it
+# cannot resolve (e.g. "Min(512, sequence)" of a position-embedding slice): harmless here.
+logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.ERROR)
 
 CPU = "CPUExecutionProvider"
 
@@ -266,10 +269,12 @@ def quantize_int8(
     method: str = "minmax",
     per_channel: bool = True,
     op_types: list[str] | None = None,
+    nodes_to_exclude: list[str] | None = None,
 ) -> Path:
     """Static INT8 QDQ quantization: int8 weights; int8 symmetric activations (TensorRT) or uint8
     asymmetric ones (often better on CPU), calibrated on `calib_inputs` with `method`.
-    `op_types` limits which ops are quantized (None: ONNX Runtime's default set)."""
+    `op_types` limits which ops are quantized (None: ONNX Runtime's default set);
+    `nodes_to_exclude` (node names) stay in float."""
     if method not in CALIBRATION_METHODS:
         raise UserError(
             f"unknown calibration method '{method}'",
@@ -307,6 +312,7 @@ def quantize_int8(
             calibrate_method=CALIBRATION_METHODS[method],
             calibration_providers=[CPU],
             op_types_to_quantize=op_types,
+            nodes_to_exclude=nodes_to_exclude or [],
             extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
         )
     return dst

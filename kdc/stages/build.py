@@ -32,6 +32,7 @@ def symmetric_activations(ctx: Context) -> bool:
 # Ops quantized per family. Transformers leave Add/Softmax/LayerNorm in float: quantizing the
 # attention-mask Add (range down to float min) collapses the model to chance.
 QUANT_OPS: dict[str, list[str] | None] = {"transformer": ["MatMul", "Gemm", "Gather"], "cnn": None}
+FALLBACK_ROWS = 256  # held-out training rows the accuracy-aware INT8 search compares on
 
 
 def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
@@ -75,14 +76,19 @@ def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
         }
     else:
         sym = symmetric_activations(ctx)
-        quantize_int8(
-            src,
-            dst,
-            _calibration(ctx, q.calibration_size),
-            symmetric_activations=sym,
-            method=q.calibration,
-            op_types=QUANT_OPS.get(fam),
-        )
+        calibration = _calibration(ctx, q.calibration_size)
+
+        def quantize(exclude: list[str], path: Path) -> Path:
+            return quantize_int8(
+                src,
+                path,
+                calibration,
+                symmetric_activations=sym,
+                method=q.calibration,
+                op_types=QUANT_OPS.get(fam),
+                nodes_to_exclude=exclude,
+            )
+
         how = {
             "method": "ort-static-qdq",
             "calibration": q.calibration,
@@ -91,6 +97,10 @@ def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
             "weights": "int8 per-channel",
             "ops": QUANT_OPS.get(fam) or "onnxruntime default",
         }
+        if q.max_int8_loss is None:
+            quantize([], dst)
+        else:
+            how["accuracy_aware"] = _accuracy_aware(ctx, src, dst, quantize)
     engines.append(
         {
             "engine": "onnxruntime",
@@ -103,6 +113,42 @@ def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
         }
     )
     return engines
+
+
+def _accuracy_aware(ctx: Context, src: Path, dst: Path, quantize) -> dict:
+    """INT8 with the most sensitive layers kept in float until its outputs on held-out training
+    rows (those after the calibration rows) stay within `quantize.max_int8_loss` of FP32."""
+    import tempfile
+
+    from kdc.compress.int8_fallback import keep_sensitive_layers, layer_groups, output_loss
+    from kdc.deploy.onnxruntime import make_session, run_session
+
+    q = ctx.cfg.quantize
+    x = ctx.encode("train")
+    n = len(next(iter(x.values())))
+    start = q.calibration_size if n - q.calibration_size >= 64 else 0
+    rows = {k: v[start : start + FALLBACK_ROWS] for k, v in x.items()}
+    ref = run_session(make_session(src, threads=1), rows)
+
+    def loss_of(path: Path) -> float:
+        return output_loss(ctx.cfg.task, ref, run_session(make_session(path, threads=1), rows))
+
+    groups = layer_groups(src, QUANT_OPS.get(ctx.teacher.family))
+    with tempfile.TemporaryDirectory(prefix="kdc-int8-") as scratch:
+        best, record = keep_sensitive_layers(
+            quantize, loss_of, groups, q.max_int8_loss, Path(scratch), q.fallback_max_layers
+        )
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(best, tmp)
+    record["rows"] = f"train rows {start}..{start + len(ref) - 1} (never the eval split)"
+    record["loss"] = (
+        "1 - mean cosine to FP32"
+        if ctx.cfg.task == "sentence-embedding"
+        else "share of rows whose class differs from FP32"
+    )
+    if record["kept_float"]:
+        ctx.log(f"  int8: kept in float {record['kept_float']} (loss {record['final_loss']})")
+    return record
 
 
 def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:

@@ -25,6 +25,19 @@ def _fixed(ctx: Context) -> StageOutput:
     if ctx.cfg.student.architecture:
         space = _space(ctx)
         spec = space.decode(space.from_architecture(ctx.cfg.student.architecture)).spec
+        layers = ctx.cfg.student.layers
+        if isinstance(layers, list) and ctx.teacher.family == "transformer":
+            # which teacher layers to keep, instead of evenly spaced ones
+            keep = fixed_student_spec(ctx.teacher, ctx.cfg.student)["layers"]
+            if len(keep) != len(spec.get("layers", [])):
+                raise UserError(
+                    f"student.layers keeps {len(keep)} layers but student.architecture has "
+                    f"num_hidden_layers {len(spec.get('layers', []))}",
+                    source=ctx.cfg.source_file,
+                    field="student.layers",
+                    fix="give as many layer indices as num_hidden_layers",
+                )
+            spec["layers"] = keep
     else:
         spec = fixed_student_spec(ctx.teacher, ctx.cfg.student)
     student = build_student(ctx, spec)

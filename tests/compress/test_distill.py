@@ -199,6 +199,12 @@ def test_early_stopping_and_unknown_loss():
     with pytest.raises(UserError, match="unknown loss"):
         resolve_losses(_cfg(losses=[LossConfig(name="nope")]), "cnn")
     assert [s.name for s in resolve_losses(DistillConfig(), "transformer")][0] == "logits"
+    # an embedding model's configured embedding loss targets its output unless told otherwise
+    mine = _cfg(losses=[LossConfig(name="embedding", params={"mse": 0.0})])
+    (spec,) = resolve_losses(mine, "transformer", "sentence-embedding")
+    assert spec.params == {"on": "output", "mse": 0.0}
+    (spec,) = resolve_losses(mine, "transformer", "text-classification")
+    assert spec.params == {"mse": 0.0}
     assert isinstance(Objective(torch.nn.Linear(2, 2), [], DistillConfig(), None), torch.nn.Module)
 
 

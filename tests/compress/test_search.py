@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from kdc.cli import app
 from kdc.compress.search import evolve, pareto_flags
 from kdc.compress.space import Space
-from kdc.errors import ConstraintFailure
+from kdc.errors import ConstraintFailure, UserError
 
 runner = CliRunner()
 TOY = Space({"a": list(range(10)), "b": list(range(10)), "c": list(range(10))})
@@ -191,3 +191,20 @@ def test_transformer_search_on_jetson(bert_project, tmp_path):
     assert chosen["precision"] == "int8" and chosen["budget_ms"] == 10.0  # the Orin Nano default
     arch = chosen["architecture"]
     assert arch["hidden_size"] % 16 == 0 and arch["intermediate_size"] % 16 == 0
+
+
+def test_fixed_architecture_with_chosen_teacher_layers(bert_project, tmp_path):
+    """`student.layers` (a list) picks which teacher layers the sized architecture keeps;
+    a count that disagrees with num_hidden_layers is a config error."""
+    from kdc import api
+
+    student = {"layers": [0, 1], "architecture": {"num_hidden_layers": 2, "intermediate_size": 32}}
+    cfg = write_yaml(bert_project.parent / "first.yaml", bert_config(name="first", student=student))
+    api.search(cfg, "host", tmp_path / "first", quiet=True)
+    chosen = _chosen_student_rebuilds(cfg, tmp_path / "first")
+    assert chosen["spec"]["layers"] == [0, 1]
+    assert chosen["architecture"]["intermediate_size"] == 32
+    bad = {**student, "layers": [0, 1, 2]}
+    cfg = write_yaml(bert_project.parent / "bad.yaml", bert_config(name="bad", student=bad))
+    with pytest.raises(UserError, match="num_hidden_layers"):
+        api.search(cfg, "host", tmp_path / "bad", quiet=True)

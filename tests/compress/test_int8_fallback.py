@@ -1,0 +1,104 @@
+"""Accuracy-aware INT8: sensitive layers kept in float until the INT8 outputs fit the budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from tiny import bert_config, tiny_bert, write_yaml
+
+from kdc.compress.int8_fallback import keep_sensitive_layers, layer_groups, layer_of, output_loss
+from kdc.deploy.onnxruntime import count_ops, make_session, quantize_int8, run_session
+from kdc.export.onnx_export import export_onnx
+from kdc.models.hf import HFTextAdapter
+from kdc.rundir import read_json
+
+
+def test_layer_of_exported_names():
+    assert layer_of("/model/bert/encoder/layer.1/attention/self/query/MatMul") == (
+        "/model/bert/encoder/layer.1"
+    )
+    assert layer_of("/model/classifier/Gemm") == "/model/classifier"
+    assert layer_of("/features/features.3/conv/Conv") == "/features/features.3"
+    assert layer_of("/stem/Conv") == "/stem"
+
+
+def test_output_loss_by_task():
+    ref = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert output_loss("text-classification", ref, ref[::-1]) == 1.0
+    assert output_loss("text-classification", ref, ref * 2) == 0.0
+    assert output_loss("sentence-embedding", ref, ref) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_keeps_most_helpful_layers_until_within_budget(tmp_path):
+    groups = {"a": ["a1"], "b": ["b1", "b2"], "c": ["c1"]}
+    # loss of a graph: 0.1 per float-kept node's layer removed from the 0.3 of full INT8
+    harm = {"a1": 0.02, "b1": 0.1, "b2": 0.1, "c1": 0.08}
+
+    def quantize(exclude: list[str], path: Path) -> Path:
+        path.write_text(",".join(exclude))
+        return path
+
+    def loss_of(path: Path) -> float:
+        kept = set(filter(None, path.read_text().split(",")))
+        return sum(v for k, v in harm.items() if k not in kept)
+
+    best, rec = keep_sensitive_layers(quantize, loss_of, groups, 0.05, tmp_path, 3)
+    assert rec["int8_loss"] == pytest.approx(0.3)
+    assert rec["kept_float"] == ["b", "c"] and rec["met"]
+    assert best.read_text() == "b1,b2,c1"
+    _, rec = keep_sensitive_layers(quantize, loss_of, groups, 0.5, tmp_path, 3)
+    assert rec["kept_float"] == [] and "sensitivity" not in rec
+    _, rec = keep_sensitive_layers(quantize, loss_of, groups, 0.0, tmp_path, 1)
+    assert rec["kept_float"] == ["b"] and not rec["met"]
+
+
+def test_excluded_layers_of_a_real_graph_stay_float(tmp_path):
+    model, tok = tiny_bert(tmp_path, layers=2)
+    adapter = HFTextAdapter(model.eval(), tok, max_length=16)
+    x = adapter.encode(["good great movie", "bad awful plot", "fine"] * 8)
+    src = export_onnx(adapter, x, tmp_path / "m.onnx", simplify=False)
+    groups = layer_groups(src, ["MatMul", "Gemm", "Gather"])
+    layer0 = next(g for g in groups if g.endswith("layer.0"))
+    ref = run_session(make_session(src, threads=1), x)
+
+    def quantize(exclude: list[str], path: Path) -> Path:
+        return quantize_int8(
+            src,
+            path,
+            [x],
+            symmetric_activations=False,
+            op_types=["MatMul"],
+            nodes_to_exclude=exclude,
+        )
+
+    def loss_of(path: Path) -> float:
+        return float(np.abs(run_session(make_session(path, threads=1), x) - ref).max())
+
+    best, rec = keep_sensitive_layers(quantize, loss_of, groups, 0.0, tmp_path, 1)
+    assert len(rec["kept_float"]) == 1 and rec["kept_float"][0] in rec["sensitivity"]
+    full = count_ops(tmp_path / "all.onnx")["QuantizeLinear"]
+    assert count_ops(best)["QuantizeLinear"] < full
+    # no node of the float layer reads a DequantizeLinear output
+    q = onnx.load(str(tmp_path / "keep-1.onnx"))
+    dq_out = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    kept = set(groups[rec["kept_float"][0]])
+    assert not [n.name for n in q.graph.node if n.name in kept and dq_out & set(n.input)]
+    assert layer0 in groups
+
+
+@pytest.mark.slow
+def test_build_records_accuracy_aware_int8(bert_project, tmp_path):
+    from kdc import api
+
+    cfg = write_yaml(
+        bert_project.parent / "aa.yaml",
+        bert_config(name="aa", quantize={"max_int8_loss": 0.0, "fallback_max_layers": 1}),
+    )
+    api.compress(cfg, "host", tmp_path / "run", quiet=True)
+    engines = read_json(tmp_path / "run" / "build" / "engines.json")
+    rec = next(e for e in engines if e["precision"] == "int8")["quantization"]["accuracy_aware"]
+    assert rec["budget"] == 0.0 and "train rows" in rec["rows"]
+    assert len(rec["kept_float"]) <= 1 and rec["final_loss"] <= rec["int8_loss"] + 1e-9
