@@ -147,6 +147,9 @@ class QuantizeConfig(Section):
     # (share of changed predictions; 1 − mean cosine for embeddings); past it, the most sensitive
     # layers (up to fallback_max_layers) stay in float. None: off.
     max_int8_loss: float | None = Field(None, ge=0, le=1)
+    # PTQ backend: ONNX Runtime quantize_static, NNCF, or `auto` (both; the one whose outputs on
+    # held-out training rows are closer to FP32 ships).
+    ptq: Literal["onnxruntime", "nncf", "auto"] = "onnxruntime"
     fallback_max_layers: int = Field(4, ge=1)
 
 

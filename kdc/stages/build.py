@@ -4,6 +4,7 @@ installed, else a bundle that builds it on the device."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,12 @@ def symmetric_activations(ctx: Context) -> bool:
 # Ops quantized per family. Transformers leave Add/Softmax/LayerNorm in float: quantizing the
 # attention-mask Add (range down to float min) collapses the model to chance.
 QUANT_OPS: dict[str, list[str] | None] = {"transformer": ["MatMul", "Gemm", "Gather"], "cnn": None}
-FALLBACK_ROWS = 256  # held-out training rows the accuracy-aware INT8 search compares on
+FALLBACK_ROWS = 256  # held-out training rows INT8 graphs are compared with FP32 on
+PTQ_BACKENDS: dict[str, str] = {"onnxruntime": "ort-static-qdq", "nncf": "nncf-ptq-qdq"}
 
 
 def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
-    from kdc.deploy.onnxruntime import optimize, quantize_int8
+    from kdc.deploy.onnxruntime import optimize
 
     out_dir = ctx.run / "build" / "onnxruntime"
     arch = read_json(ctx.run / "distill" / "student.json")["architecture"]  # pruning changes it
@@ -75,32 +77,7 @@ def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
             "activations": "int8 symmetric (overflow fix disabled)",
         }
     else:
-        sym = symmetric_activations(ctx)
-        calibration = _calibration(ctx, q.calibration_size)
-
-        def quantize(exclude: list[str], path: Path) -> Path:
-            return quantize_int8(
-                src,
-                path,
-                calibration,
-                symmetric_activations=sym,
-                method=q.calibration,
-                op_types=QUANT_OPS.get(fam),
-                nodes_to_exclude=exclude,
-            )
-
-        how = {
-            "method": "ort-static-qdq",
-            "calibration": q.calibration,
-            "calibration_rows": q.calibration_size,
-            "activations": "int8 symmetric" if sym else "uint8 asymmetric",
-            "weights": "int8 per-channel",
-            "ops": QUANT_OPS.get(fam) or "onnxruntime default",
-        }
-        if q.max_int8_loss is None:
-            quantize([], dst)
-        else:
-            how["accuracy_aware"] = _accuracy_aware(ctx, src, dst, quantize)
+        how = _ptq(ctx, src, dst)
     engines.append(
         {
             "engine": "onnxruntime",
@@ -115,12 +92,38 @@ def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
     return engines
 
 
-def _accuracy_aware(ctx: Context, src: Path, dst: Path, quantize) -> dict:
-    """INT8 with the most sensitive layers kept in float until its outputs on held-out training
-    rows (those after the calibration rows) stay within `quantize.max_int8_loss` of FP32."""
-    import tempfile
+def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Path], Path]:
+    """`quantize(nodes_to_exclude, path)` for a PTQ backend, calibrated on training rows."""
+    from kdc.compress.nncf_ptq import quantize_int8_nncf
+    from kdc.deploy.onnxruntime import quantize_int8
 
-    from kdc.compress.int8_fallback import keep_sensitive_layers, layer_groups, output_loss
+    q, fam = ctx.cfg.quantize, ctx.teacher.family
+    sym = symmetric_activations(ctx)
+    calibration = _calibration(ctx, q.calibration_size)
+    if backend == "nncf":
+        return lambda exclude, path: quantize_int8_nncf(
+            src,
+            path,
+            calibration,
+            symmetric_activations=sym,
+            transformer=fam == "transformer",
+            nodes_to_exclude=exclude,
+        )
+    return lambda exclude, path: quantize_int8(
+        src,
+        path,
+        calibration,
+        symmetric_activations=sym,
+        method=q.calibration,
+        op_types=QUANT_OPS.get(fam),
+        nodes_to_exclude=exclude,
+    )
+
+
+def _output_loss_fn(ctx: Context, src: Path) -> tuple[Callable[[Path], float], str]:
+    """How far a quantized graph's outputs are from `src`'s on held-out training rows (those after
+    the calibration rows, never the eval split), and a description of those rows."""
+    from kdc.compress.int8_fallback import output_loss
     from kdc.deploy.onnxruntime import make_session, run_session
 
     q = ctx.cfg.quantize
@@ -133,22 +136,63 @@ def _accuracy_aware(ctx: Context, src: Path, dst: Path, quantize) -> dict:
     def loss_of(path: Path) -> float:
         return output_loss(ctx.cfg.task, ref, run_session(make_session(path, threads=1), rows))
 
-    groups = layer_groups(src, QUANT_OPS.get(ctx.teacher.family))
+    return loss_of, f"train rows {start}..{start + len(ref) - 1} (never the eval split)"
+
+
+def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
+    """Post-training INT8 by the configured backend (`auto`: ONNX Runtime's and NNCF's, the one
+    closer to FP32 on held-out training rows kept), accuracy-aware when `max_int8_loss` is set."""
+    import tempfile
+
+    from kdc.compress.int8_fallback import keep_sensitive_layers, layer_groups
+
+    q, fam = ctx.cfg.quantize, ctx.teacher.family
+    sym = symmetric_activations(ctx)
+    backends = list(PTQ_BACKENDS) if q.ptq == "auto" else [q.ptq]
+    how: dict = {
+        "calibration_rows": q.calibration_size,
+        "activations": "int8 symmetric" if sym else "uint8 asymmetric",
+        "weights": "int8 per-channel" if "onnxruntime" in backends else "int8",
+    }
+    if len(backends) == 1 and q.max_int8_loss is None:
+        _quantizer(ctx, src, backends[0])([], dst)
+        return {"method": PTQ_BACKENDS[backends[0]], **how, **_backend_notes(ctx, backends[0])}
+    loss_of, rows = _output_loss_fn(ctx, src)
     with tempfile.TemporaryDirectory(prefix="kdc-int8-") as scratch:
-        best, record = keep_sensitive_layers(
-            quantize, loss_of, groups, q.max_int8_loss, Path(scratch), q.fallback_max_layers
-        )
+        built = {b: _quantizer(ctx, src, b)([], Path(scratch) / f"{b}.onnx") for b in backends}
+        losses = {b: loss_of(p) for b, p in built.items()}
+        backend = min(losses, key=losses.get)
+        best = built[backend]
+        if len(backends) > 1:
+            how["backend_choice"] = {"loss": {b: round(v, 5) for b, v in losses.items()}}
+        if q.max_int8_loss is not None:
+            best, how["accuracy_aware"] = keep_sensitive_layers(
+                _quantizer(ctx, src, backend),
+                loss_of,
+                layer_groups(src, QUANT_OPS.get(fam)),
+                q.max_int8_loss,
+                Path(scratch),
+                q.fallback_max_layers,
+            )
+            kept = how["accuracy_aware"]["kept_float"]
+            if kept:
+                ctx.log(f"  int8: kept in float {kept} ({how['accuracy_aware']['final_loss']})")
         with atomic_path(dst) as tmp:
             shutil.copyfile(best, tmp)
-    record["rows"] = f"train rows {start}..{start + len(ref) - 1} (never the eval split)"
-    record["loss"] = (
-        "1 - mean cosine to FP32"
+    how["loss"] = {
+        "rows": rows,
+        "measure": "1 - mean cosine to FP32"
         if ctx.cfg.task == "sentence-embedding"
-        else "share of rows whose class differs from FP32"
-    )
-    if record["kept_float"]:
-        ctx.log(f"  int8: kept in float {record['kept_float']} (loss {record['final_loss']})")
-    return record
+        else "share of rows whose class differs from FP32",
+    }
+    return {"method": PTQ_BACKENDS[backend], **how, **_backend_notes(ctx, backend)}
+
+
+def _backend_notes(ctx: Context, backend: str) -> dict:
+    if backend == "nncf":
+        return {"preset": "performance" if symmetric_activations(ctx) else "mixed"}
+    q = ctx.cfg.quantize
+    return {"calibration": q.calibration, "ops": QUANT_OPS.get(ctx.teacher.family) or "default"}
 
 
 def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:

@@ -99,6 +99,51 @@ def test_build_records_accuracy_aware_int8(bert_project, tmp_path):
     )
     api.compress(cfg, "host", tmp_path / "run", quiet=True)
     engines = read_json(tmp_path / "run" / "build" / "engines.json")
-    rec = next(e for e in engines if e["precision"] == "int8")["quantization"]["accuracy_aware"]
-    assert rec["budget"] == 0.0 and "train rows" in rec["rows"]
+    how = next(e for e in engines if e["precision"] == "int8")["quantization"]
+    rec = how["accuracy_aware"]
+    assert rec["budget"] == 0.0 and "train rows" in how["loss"]["rows"]
     assert len(rec["kept_float"]) <= 1 and rec["final_loss"] <= rec["int8_loss"] + 1e-9
+
+
+def test_nncf_ptq_writes_standard_qdq_and_excludes_nodes(tmp_path):
+    from kdc.compress.nncf_ptq import quantize_int8_nncf
+
+    model, tok = tiny_bert(tmp_path, layers=2)
+    adapter = HFTextAdapter(model.eval(), tok, max_length=16)
+    x = adapter.encode(["good great movie", "bad awful plot", "fine"] * 8)
+    src = export_onnx(adapter, x, tmp_path / "m.onnx", simplify=False)
+    dst = quantize_int8_nncf(
+        src, tmp_path / "q.onnx", [x], symmetric_activations=True, transformer=True
+    )
+    ops = count_ops(dst)
+    assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
+    assert not {"FakeQuantize"} & set(ops)
+    ref = run_session(make_session(src, threads=1), x)
+    got = run_session(make_session(dst, threads=1), x)
+    assert output_loss("text-classification", ref, got) <= 0.25
+    groups = layer_groups(src, ["MatMul"])
+    layer1 = next(v for g, v in groups.items() if g.endswith("layer.1"))
+    part = quantize_int8_nncf(
+        src,
+        tmp_path / "p.onnx",
+        [x],
+        symmetric_activations=True,
+        transformer=True,
+        nodes_to_exclude=layer1,
+    )
+    assert count_ops(part)["QuantizeLinear"] < ops["QuantizeLinear"]
+
+
+@pytest.mark.slow
+def test_auto_ptq_records_both_backends(bert_project, tmp_path):
+    from kdc import api
+
+    cfg = write_yaml(
+        bert_project.parent / "auto.yaml", bert_config(name="auto", quantize={"ptq": "auto"})
+    )
+    api.compress(cfg, "host", tmp_path / "run", quiet=True)
+    engines = read_json(tmp_path / "run" / "build" / "engines.json")
+    how = next(e for e in engines if e["precision"] == "int8")["quantization"]
+    assert set(how["backend_choice"]["loss"]) == {"onnxruntime", "nncf"}
+    assert how["method"] in ("ort-static-qdq", "nncf-ptq-qdq")
+    assert "train rows" in how["loss"]["rows"]
