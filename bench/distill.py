@@ -179,7 +179,9 @@ def verdict(teacher: dict, rows: dict) -> dict:
     return out
 
 
-def run_example(example: str, epochs: int | None, fresh: bool, console: Console) -> dict:
+def run_example(
+    example: str, epochs: int | None, fresh: bool, console: Console, only: list[str]
+) -> dict:
     if fresh and (SCRATCH / example).exists():
         shutil.rmtree(SCRATCH / example)
     teacher = None
@@ -187,7 +189,7 @@ def run_example(example: str, epochs: int | None, fresh: bool, console: Console)
     t_file, t_npy = SCRATCH / example / "teacher.json", SCRATCH / example / "teacher_logits.npy"
     if t_file.is_file() and t_npy.is_file():
         teacher = {**read_json(t_file), "_logits": np.load(t_npy)}
-    for row in ROWS:
+    for row in [r for r in ROWS if r in only]:
         cached = SCRATCH / example / row / "result.json"
         if cached.is_file() and teacher is not None:
             rows[row] = read_json(cached)
@@ -283,6 +285,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override distill.epochs")
     ap.add_argument("--fresh", action="store_true", help="retrain rows already in the scratch dir")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--rows", default=",".join(ROWS), help="rows to run (others left out)")
     args = ap.parse_args()
     import torch
 
@@ -304,7 +307,7 @@ def main() -> None:
     examples = result.setdefault("examples", {})
     for name in names:
         t0 = time.perf_counter()
-        examples[name] = run_example(name, args.epochs, args.fresh, console)
+        examples[name] = run_example(name, args.epochs, args.fresh, console, args.rows.split(","))
         examples[name]["wall_s"] = round(time.perf_counter() - t0, 1)
         examples[name]["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json(out, result)
