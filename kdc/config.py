@@ -154,6 +154,8 @@ class QuantizeConfig(Section):
 
 
 class ExportConfig(Section):
+    # auto: optimum-onnx for Hugging Face classifiers it supports, the TorchScript exporter else
+    exporter: Literal["auto", "optimum", "torch"] = "auto"
     opset: int = Field(17, ge=17, le=23)
     atol: float = Field(1e-4, gt=0)
     rtol: float = Field(1e-3, ge=0)

@@ -51,6 +51,7 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
         if e["status"] == "built":
             assert e["target_latency"]["kind"] == "predicted"
     assert report["student"]["params"] < report["teacher"]["params"] / 2
+    assert report["student"]["export"]["exporter"] == "torch"  # not a Hugging Face model
     for f in ("report.md", "report.png", "report.html", "manifest.json"):
         assert (run / f).is_file()
     # the distilled student is far better than chance (10 classes) and near the teacher
@@ -69,6 +70,7 @@ def test_bert_compress_beats_untrained_student(bert_project, tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     _check_report(report)
     assert report["student"]["architecture"]["num_hidden_layers"] == 2
+    assert report["student"]["export"]["exporter"] == "optimum"  # a HF classifier: optimum-onnx
     fp32 = next(e for e in report["engines"] if e.get("precision") == "fp32")
     # untrained: same student, zero epochs of distillation and a re-initialised head
     assert fp32["accuracy"]["accuracy"] >= 0.85

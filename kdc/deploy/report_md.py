@@ -258,6 +258,12 @@ def warnings(report: dict) -> list[str]:
 def header_lines(report: dict) -> list[str]:
     run, target = report.get("run") or {}, report.get("target") or {}
     verdict = {True: "PASSED", False: "FAILED"}.get(report.get("passed"), "not evaluated")
+    export = (report.get("student") or {}).get("export") or {}
+    exported = (
+        [f"exported with {export['exporter']} (opset {export.get('opset', DASH)})"]
+        if export.get("exporter")
+        else []
+    )
     return [
         f"run: {run.get('name', DASH)}",
         f"target: {target.get('name', DASH)}",
@@ -265,6 +271,7 @@ def header_lines(report: dict) -> list[str]:
         f"task: {report.get('task', DASH)}",
         f"kdc {report.get('kdc_version', DASH)}, started {run.get('started', DASH)}, "
         f"wall time {num(run.get('wall_s'), 1)} s",
+        *exported,
     ]
 
 

@@ -1,16 +1,68 @@
-"""PyTorch → ONNX (TorchScript exporter, opset ≥ 17, dynamic batch), checked and simplified."""
+"""PyTorch → ONNX (optimum-onnx for Hugging Face classifiers, else the TorchScript exporter;
+opset ≥ 17, dynamic batch and sequence axes), checked and simplified."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
+from kdc.errors import UserError
+from kdc.export.optimum_export import NotExportable, check_exportable, export_optimum
 from kdc.models.base import ModelAdapter
 from kdc.rundir import atomic_path
+
+
+def _torch_graph(
+    adapter: ModelAdapter, example: dict[str, np.ndarray], tmp: Path, opset: int, output_name: str
+) -> None:
+    module = adapter.module.eval()
+    args = tuple(torch.from_numpy(example[k][:2]) for k in adapter.input_names)
+    torch.onnx.export(
+        module,
+        args,
+        str(tmp),
+        input_names=adapter.input_names,
+        output_names=[output_name],
+        dynamic_axes=adapter.dynamic_axes(),
+        opset_version=opset,
+        dynamo=False,
+        do_constant_folding=True,
+    )
+
+
+def _optimum_graph(
+    adapter: ModelAdapter, example: dict[str, np.ndarray], tmp: Path, opset: int, output_name: str
+) -> None:
+    onnx.save(export_optimum(adapter, opset), str(tmp))
+
+
+EXPORTERS: dict[str, Callable[[ModelAdapter, dict, Path, int, str], None]] = {
+    "optimum": _optimum_graph,
+    "torch": _torch_graph,
+}
+
+
+def choose_exporter(adapter: ModelAdapter, requested: str, output_name: str) -> tuple[str, str]:
+    """The exporter to use and why: `auto` takes optimum-onnx where it supports the model, the
+    TorchScript exporter otherwise; `optimum` fails when it cannot be used."""
+    if requested == "torch":
+        return "torch", "requested (export.exporter: torch)"
+    try:
+        check_exportable(adapter, output_name)
+    except NotExportable as e:
+        if requested == "optimum":
+            raise UserError(
+                f"optimum-onnx cannot export this model: {e}",
+                field="export.exporter",
+                fix="use auto or torch",
+            ) from None
+        return "torch", f"optimum-onnx not used: {e}"
+    return "optimum", "optimum-onnx supports this architecture"
 
 
 def export_onnx(
@@ -21,24 +73,14 @@ def export_onnx(
     opset: int = 17,
     output_name: str = "logits",
     simplify: bool = True,
+    exporter: str = "torch",
 ) -> Path:
-    """Export `adapter.module` with named inputs and dynamic axes, run onnx.checker and shape
-    inference, and simplify with onnxslim when available. Written atomically."""
-    module = adapter.module.eval()
-    args = tuple(torch.from_numpy(example[k][:2]) for k in adapter.input_names)
+    """Export `adapter.module` with named inputs and dynamic axes through `exporter` (a key of
+    EXPORTERS), run onnx.checker and shape inference, and simplify with onnxslim when available.
+    Written atomically."""
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            args,
-            str(tmp),
-            input_names=adapter.input_names,
-            output_names=[output_name],
-            dynamic_axes=adapter.dynamic_axes(),
-            opset_version=opset,
-            dynamo=False,
-            do_constant_folding=True,
-        )
+        EXPORTERS[exporter](adapter, example, tmp, opset, output_name)
         model = onnx.load(str(tmp))
         if simplify:
             model = _slim(model)
@@ -46,6 +88,12 @@ def export_onnx(
         model = onnx.shape_inference.infer_shapes(model)
         onnx.save(model, str(tmp))
     return path
+
+
+def opset_of(path: Path) -> int:
+    """The default-domain opset an ONNX file was exported with."""
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _slim(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kdc.errors import KdcError
-from kdc.export.onnx_export import export_onnx
+from kdc.export.onnx_export import choose_exporter, export_onnx, opset_of
 from kdc.export.parity import compare
 from kdc.models import load_student
 from kdc.pipeline import Context, StageOutput
@@ -45,17 +45,23 @@ def run(ctx: Context) -> StageOutput:
     opset = ctx.cfg.export.opset
     out_name = output_name(ctx.cfg.task)
     simplify = SIMPLIFY.get(ctx.teacher.family, True)
-    s_path, t_path = (
-        export_onnx(
+    exporters = {}
+    paths = []
+    for adapter, name in ((student, "model"), (ctx.teacher, "teacher")):
+        exporter, why = choose_exporter(adapter, ctx.cfg.export.exporter, out_name)
+        path = export_onnx(
             adapter,
             example,
             ctx.run / "export" / f"{name}.onnx",
             opset=opset,
             output_name=out_name,
             simplify=simplify,
+            exporter=exporter,
         )
-        for adapter, name in ((student, "model"), (ctx.teacher, "teacher"))
-    )
+        exporters[name] = {"exporter": exporter, "reason": why, "opset": opset_of(path)}
+        paths.append(path)
+    s_path, t_path = paths
+    ctx.log(f"  exported with {exporters['model']['exporter']}: {exporters['model']['reason']}")
     parity = {
         "student": parity_of(ctx, student, s_path),
         "teacher": parity_of(ctx, ctx.teacher, t_path),
@@ -75,5 +81,9 @@ def run(ctx: Context) -> StageOutput:
             "parity_max_abs": parity["student"]["max_abs"],
             "parity_cosine": parity["student"]["cosine"],
             "simplified": "onnxslim" if simplify else "no (keeps attention fusable)",
+            "exporter": exporters["model"]["exporter"],
+            "exporter_reason": exporters["model"]["reason"],
+            "opset": exporters["model"]["opset"],
+            "teacher_exporter": exporters["teacher"]["exporter"],
         },
     )

@@ -81,6 +81,7 @@ def assemble(ctx: Context) -> dict:
             **m["student"],
             "precision": precision,
             "distill": (stages.get("distill") or {}).get("metrics", {}),
+            "export": (stages.get("export") or {}).get("metrics", {}),
             "pruning": read_json(ctx.run / "distill" / "student.json").get("pruning"),
         },
         "search": _search_section(ctx),
