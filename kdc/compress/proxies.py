@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from kdc.models.base import ModelAdapter
+from kdc.models.base import ModelAdapter, trim_padding
 
 Proxy = Callable[[ModelAdapter, ModelAdapter, dict[str, np.ndarray], np.ndarray], float]
 _TEACHER_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+CHUNK_ROWS = 16  # rows per forward when scoring text: small enough to cut most padding
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Hardswish)
 
 
@@ -41,20 +42,40 @@ def classifier(adapter: ModelAdapter) -> nn.Linear:
     return linears[-1]
 
 
+def _length_chunks(inputs: dict[str, np.ndarray], size: int) -> list[np.ndarray]:
+    """Row indices in chunks of `size` rows of similar length (by attention mask), so each chunk
+    is cut to its longest row; one chunk of every row when there is no text mask."""
+    mask = inputs.get("attention_mask")
+    n = len(next(iter(inputs.values())))
+    if mask is None or mask.ndim != 2:
+        return [np.arange(n)]
+    order = np.argsort(mask.sum(1), kind="stable")
+    return [order[s : s + size] for s in range(0, n, size)]
+
+
 def features_and_logits(
-    adapter: ModelAdapter, inputs: dict[str, np.ndarray]
+    adapter: ModelAdapter, inputs: dict[str, np.ndarray], chunk: int = CHUNK_ROWS
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled features B×C entering the classifier, logits B×K), float64, no grad."""
+    """(pooled features B×C entering the classifier, logits B×K), float64, no grad. Text rows
+    run in length-sorted chunks without their padding (masked positions change no output)."""
     seen: list[torch.Tensor] = []
     handle = classifier(adapter).register_forward_hook(
         lambda m, args, out: seen.append(args[0].detach())
     )
+    chunks = _length_chunks(inputs, chunk)
+    feats, logits = [], []
     try:
         with torch.inference_mode():
-            logits = adapter.module.eval()(**_tensors(inputs))
+            module = adapter.module.eval()
+            for ix in chunks:
+                logits.append(
+                    module(**trim_padding(_tensors({k: v[ix] for k, v in inputs.items()})))
+                )
+                feats.append(seen[-1].flatten(1))
     finally:
         handle.remove()
-    return seen[-1].flatten(1).double(), logits.double()
+    back = torch.from_numpy(np.argsort(np.concatenate(chunks)))
+    return torch.cat(feats)[back].double(), torch.cat(logits)[back].double()
 
 
 def _teacher_features(

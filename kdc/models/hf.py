@@ -216,7 +216,10 @@ class HFTextAdapter(ModelAdapter):
         inter_key = next((k for k in INTERMEDIATE_KEYS if hasattr(config, k)), None)
         if inter_key and spec.get("intermediate_size"):
             setattr(config, inter_key, int(spec["intermediate_size"]))
-        student = type(self.model)(config)
+        from transformers.modeling_utils import no_init_weights
+
+        with no_init_weights():  # every tensor is overwritten by a teacher slice below
+            student = type(self.model)(config)
         state = _slice_state(self.model, student, keep, self.config)
         student.load_state_dict(state, strict=True)
         return HFTextAdapter(student.eval(), self.tokenizer, self.max_length)

@@ -127,3 +127,18 @@ def test_size_baselines_grow_with_the_student(cnn):
         )
     # conv0: 8x8x16 outputs x 9 fan-in, conv1: 4x4x32 x 144, linear 10 x 32; 2 FLOPs per MAC
     assert PROXIES["flops"](cnn, cnn, IMAGES, IMAGE_LABELS) == 2 * (1024 * 9 + 512 * 144 + 320)
+
+
+def test_length_chunked_features_equal_one_padded_batch(bert):
+    """Scoring text in length-sorted chunks without padding changes no feature or logit."""
+    adapter, x, _ = bert
+    lengths = x["attention_mask"].sum(1)
+    assert len(set(lengths)) > 2 and lengths.max() < x["input_ids"].shape[1]  # padding to cut
+    hook_feats = []
+    handle = classifier(adapter).register_forward_hook(lambda m, a, o: hook_feats.append(a[0]))
+    with torch.inference_mode():
+        logits = adapter.module.eval()(**{k: torch.from_numpy(v) for k, v in x.items()})
+    handle.remove()
+    feats, got = features_and_logits(adapter, x, chunk=5)
+    torch.testing.assert_close(got, logits.double(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(feats, hook_feats[0].double(), atol=1e-5, rtol=1e-5)
