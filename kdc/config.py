@@ -80,7 +80,7 @@ class SearchConfig(Section):
     teacher's)."""
 
     strategy: Literal["fixed", "evolution"] = "fixed"
-    proxy: str = "diswot"
+    proxy: str = "auto"  # auto: diswot for CNNs, flops for transformers (see proxies.AUTO_PROXY)
     proxies: list[str] | None = None  # also recorded per candidate; None: every proxy
     init: Literal["teacher", "random"] = "teacher"  # how students are initialised for scoring
     latency_fraction: float = Field(0.5, gt=0, le=1)

@@ -227,3 +227,14 @@ PROXIES: dict[str, Proxy] = {
     "grad_norm": grad_norm,
     "naswot": naswot,
 }
+
+
+# `search.proxy: auto` by model family, from bench/results/proxy.json (Kendall tau against
+# accuracy after distillation): DisWOT ranks CNN students best (+0.29; params -0.29) but text
+# students backwards (-0.68; flops +0.60), so transformers use the FLOPs baseline.
+AUTO_PROXY = {"cnn": "diswot", "transformer": "flops"}
+
+
+def resolve_proxy(name: str, family: str) -> str:
+    """The proxy `search.proxy` names; `auto` picks by model family (AUTO_PROXY)."""
+    return AUTO_PROXY.get(family, "diswot") if name == "auto" else name

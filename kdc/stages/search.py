@@ -62,14 +62,14 @@ def _space(ctx: Context):
     return space_for(ctx.teacher, ctx.encode("train"), ctx.profile.defaults.channel_divisor)
 
 
-def _proxy_names(ctx: Context) -> list[str]:
+def _proxy_names(ctx: Context, proxy: str) -> list[str]:
     from kdc.compress.proxies import PROXIES
 
     cfg = ctx.cfg.search
-    wanted = [cfg.proxy, *(cfg.proxies if cfg.proxies is not None else PROXIES)]
+    wanted = [proxy, *(cfg.proxies if cfg.proxies is not None else PROXIES)]
     bad = [n for n in wanted if n not in PROXIES]
     if bad:
-        field = "search.proxy" if cfg.proxy in bad else "search.proxies"
+        field = "search.proxy" if proxy in bad else "search.proxies"
         raise UserError(
             f"unknown proxy '{bad[0]}'",
             source=ctx.cfg.source_file,
@@ -104,13 +104,14 @@ def _finite(x: float) -> float | None:
 
 
 def _evolution(ctx: Context) -> StageOutput:
-    from kdc.compress.proxies import PROXIES
+    from kdc.compress.proxies import PROXIES, resolve_proxy
     from kdc.compress.search import evolve, pareto_flags
     from kdc.compress.student import derive_student, random_init
     from kdc.deploy.estimate import predict_architecture
 
     cfg, teacher = ctx.cfg.search, ctx.teacher
-    names = _proxy_names(ctx)
+    proxy = resolve_proxy(cfg.proxy, ctx.teacher.family)
+    names = _proxy_names(ctx, proxy)
     x, y = ctx.encode("train"), ctx.dataset.train.labels
     idx = np.sort(
         np.random.default_rng(ctx.cfg.seed).choice(
@@ -147,7 +148,7 @@ def _evolution(ctx: Context) -> StageOutput:
             "flops": predictions[c.key]["flops"],
             "proxies": {n: _finite(v) for n, v in vals.items()},
         }
-        return vals[cfg.proxy]
+        return vals[proxy]
 
     ctx.log(
         f"  space: {space.size:,} students; budget {budget:.4g} ms ({budget_source}); "
@@ -180,14 +181,14 @@ def _evolution(ctx: Context) -> StageOutput:
     ]
     best = rows[result.best.candidate.key]
     cands = write_jsonl(ctx.run / "search" / "candidates.jsonl", table)
-    plot = plot_search(table, budget, cfg.proxy, ctx.run / "search" / "pareto.png")
+    plot = plot_search(table, budget, proxy, ctx.run / "search" / "pareto.png")
     out = write_json(
         ctx.run / "search" / "student.json",
         {
             "spec": best["spec"],
             "architecture": best["architecture"],
             "strategy": "evolution",
-            "proxy": cfg.proxy,
+            "proxy": proxy,
             "genes": best["genes"],
             "init": cfg.init,
             "predicted_latency_ms": result.best.latency_ms,
@@ -199,7 +200,7 @@ def _evolution(ctx: Context) -> StageOutput:
     )
     ctx.log(
         f"  scored {len(table)} students ({len(result.rejected)} over budget rejected) in "
-        f"{result.wall_s:.1f} s; chosen {result.best.candidate.label}: {cfg.proxy} "
+        f"{result.wall_s:.1f} s; chosen {result.best.candidate.label}: {proxy} "
         f"{result.best.score:.4g}, predicted {result.best.latency_ms:.4g} ms, "
         f"{best['params']:,} params (teacher {teacher.params():,})"
     )
@@ -207,7 +208,7 @@ def _evolution(ctx: Context) -> StageOutput:
         [out, cands, plot],
         {
             "strategy": "evolution",
-            "proxy": cfg.proxy,
+            "proxy": proxy,
             "candidates_scored": len(table),
             "candidates_rejected": len(result.rejected),
             "cycles": result.cycles,

@@ -142,3 +142,11 @@ def test_length_chunked_features_equal_one_padded_batch(bert):
     feats, got = features_and_logits(adapter, x, chunk=5)
     torch.testing.assert_close(got, logits.double(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(feats, hook_feats[0].double(), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_proxy_by_family():
+    from kdc.compress.proxies import PROXIES, resolve_proxy
+
+    assert resolve_proxy("auto", "cnn") == "diswot"
+    assert resolve_proxy("auto", "transformer") in PROXIES
+    assert resolve_proxy("synflow", "transformer") == "synflow"

@@ -187,7 +187,8 @@ def test_transformer_search_on_jetson(bert_project, tmp_path):
     api.search(cfg, "jetson", tmp_path / "bevo", quiet=True)
     chosen = _chosen_student_rebuilds(cfg, tmp_path / "bevo", "jetson")
     rows = [json.loads(line) for line in (tmp_path / "bevo" / "search" / "candidates.jsonl").open()]
-    assert all(set(r["proxies"]) == {"diswot", "params"} for r in rows)
+    assert all(set(r["proxies"]) == {"flops", "params"} for r in rows)  # auto: flops for text
+    assert chosen["proxy"] == "flops"
     assert chosen["precision"] == "int8" and chosen["budget_ms"] == 10.0  # the Orin Nano default
     arch = chosen["architecture"]
     assert arch["hidden_size"] % 16 == 0 and arch["intermediate_size"] % 16 == 0
