@@ -174,6 +174,7 @@ class VerifyConfig(Section):
     min_duration_s: float = Field(1.0, ge=0)
     threads: int | None = Field(None, ge=1)
     batch: int = Field(1, ge=1)
+    rounds: int = Field(3, ge=1)  # interleaved timing rounds over teacher and engines; median kept
 
 
 class ConstraintsConfig(Section):

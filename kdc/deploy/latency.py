@@ -158,6 +158,36 @@ def measure_onnx(
     }
 
 
+def measure_onnx_rounds(
+    models: dict[str, tuple[Path | str, str]],
+    inputs: dict[str, np.ndarray],
+    *,
+    rounds: int = 1,
+    **options,
+) -> dict[str, dict]:
+    """Time several models (name → (path, precision)) in `rounds` interleaved rounds, the order
+    reversed every other round, so drift on a shared machine hits every model alike. Each model
+    keeps its median-p50 round, with every round's p50 in `rounds_p50_ms`. `options` go to
+    `measure_onnx`."""
+    names = list(models)
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            path, precision = models[n]
+            runs[n].append(measure_onnx(path, inputs, precision=precision, **options))
+    out = {}
+    for n, measured in runs.items():
+        median = sorted(measured, key=lambda m: m["p50_ms"])[(len(measured) - 1) // 2]
+        out[n] = median
+        if rounds > 1:
+            out[n] = {
+                **median,
+                "protocol": f"median p50 of {rounds} interleaved rounds",
+                "rounds_p50_ms": [round(m["p50_ms"], 4) for m in measured],
+            }
+    return out
+
+
 def throughput(
     path: Path | str,
     inputs: dict[str, np.ndarray],

@@ -9,7 +9,7 @@ import numpy as np
 
 from kdc.deploy import metrics as M
 from kdc.deploy.estimate import predict_memory_mb, predict_onnx
-from kdc.deploy.latency import measure_onnx
+from kdc.deploy.latency import measure_onnx, measure_onnx_rounds
 from kdc.deploy.memory import engine_peak_rss_mb
 from kdc.deploy.onnxruntime import make_session, run_session, session_options_record
 from kdc.export.parity import compare
@@ -34,6 +34,22 @@ def measure(ctx: Context, path: Path, precision: str) -> dict:
         min_duration_s=v.min_duration_s,
         batch=v.batch,
         precision=precision,
+    )
+
+
+def measure_all(ctx: Context, models: dict[str, tuple[Path, str]]) -> dict[str, dict]:
+    """Latency of several models (name → (path, precision)) in `verify.rounds` interleaved
+    rounds, so they are compared under the same machine conditions."""
+    v = ctx.cfg.verify
+    return measure_onnx_rounds(
+        models,
+        _latency_inputs(ctx),
+        rounds=v.rounds,
+        threads=v.threads,
+        warmup=v.warmup,
+        iterations=v.iterations,
+        min_duration_s=v.min_duration_s,
+        batch=v.batch,
     )
 
 
@@ -62,7 +78,7 @@ def evaluate(
 
 
 def _engine_block(
-    ctx: Context, rec: dict, teacher_logits: np.ndarray, student_ref: np.ndarray
+    ctx: Context, rec: dict, teacher_logits: np.ndarray, student_ref: np.ndarray, latency: dict
 ) -> dict:
     path = ctx.run / rec["path"]
     prec = rec["precision"]
@@ -81,7 +97,7 @@ def _engine_block(
         "accuracy": acc,
         "parity": parity,
         "session": session_options_record(make_session(path, threads=ctx.cfg.verify.threads)),
-        "latency": measure(ctx, path, prec),
+        "latency": latency,
         "memory": engine_peak_rss_mb(
             path, _latency_inputs(ctx), threads=ctx.cfg.verify.threads or 1
         ),
@@ -142,10 +158,18 @@ def run(ctx: Context) -> StageOutput:
     t_path = ctx.run / "export" / "teacher.onnx"
     t_acc, t_logits = evaluate(ctx, t_path, None)
     t_acc["engine"] = "onnxruntime-cpu-fp32"
+    local = [r for r in engines_in if r["status"] == "built" and r["engine"] == "onnxruntime"]
+    latency = measure_all(
+        ctx,
+        {
+            "teacher": (t_path, "fp32"),
+            **{r["path"]: (ctx.run / r["path"], r["precision"]) for r in local},
+        },
+    )
     teacher = {
         "params": ctx.teacher.params(),
         "accuracy": t_acc,
-        "latency": measure(ctx, t_path, "fp32"),
+        "latency": latency["teacher"],
         "flops": predict(ctx, t_path, "fp32").get("flops"),
     }
     if not ctx.profile.measurable:
@@ -156,7 +180,7 @@ def run(ctx: Context) -> StageOutput:
     with ctx.progress("verifying engines", len(engines_in)) as advance:
         for rec in engines_in:
             if rec["status"] == "built" and rec["engine"] == "onnxruntime":
-                engines.append(_engine_block(ctx, rec, t_logits, ref))
+                engines.append(_engine_block(ctx, rec, t_logits, ref, latency[rec["path"]]))
             elif rec["status"] in ("bundle", "unavailable") and "source" in rec:
                 engines.append(_remote_block(ctx, rec, t_logits))
             else:

@@ -163,3 +163,24 @@ def test_memory_figures_are_labelled_and_consistent() -> None:
     assert mem["peak_rss_mb"] >= mem["rss_after_mb"] - 1
     assert mem["rss_after_mb"] - mem["rss_before_mb"] > 50
     assert mem["peak_rss_increase_mb"] >= 0
+
+
+def test_interleaved_rounds_keep_each_models_median_round(tmp_path, monkeypatch):
+    """Models are timed in alternating order each round; each keeps its median-p50 round."""
+    from kdc.deploy import latency as L
+
+    calls, p50s = [], {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 6.0, 4.0])}
+
+    def fake(path, inputs, *, precision, **kw):
+        calls.append(path)
+        return {"kind": "measured", "p50_ms": next(p50s[path]), "precision": precision}
+
+    monkeypatch.setattr(L, "measure_onnx", fake)
+    out = L.measure_onnx_rounds({"a": ("a", "fp32"), "b": ("b", "int8")}, {}, rounds=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert out["a"]["p50_ms"] == 2.0 and out["a"]["rounds_p50_ms"] == [3.0, 1.0, 2.0]
+    assert out["b"]["p50_ms"] == 5.0 and out["b"]["precision"] == "int8"
+    assert "3 interleaved rounds" in out["b"]["protocol"]
+    p50s["a"] = iter([7.0])
+    single = L.measure_onnx_rounds({"a": ("a", "fp32")}, {}, rounds=1)
+    assert "rounds_p50_ms" not in single["a"]
