@@ -42,7 +42,7 @@ from kdc.config import load_config  # noqa: E402
 from kdc.errors import UserError  # noqa: E402
 from kdc.pipeline import run_stages  # noqa: E402
 from kdc.rundir import read_json, write_json  # noqa: E402
-from kdc.stages.verify import evaluate, measure, predict  # noqa: E402
+from kdc.stages.verify import evaluate, measure_all, predict  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "embeddings.json"
 EXAMPLE = ROOT / "examples" / "embeddings" / "model.yaml"
@@ -83,7 +83,7 @@ def row_config(name: str, epochs: int | None, threads: int) -> Path:
 def scored(ctx, path: Path, precision: str, ref) -> dict:
     """The four metrics, FLOPs and measured p50 of one ONNX model."""
     res, _ = evaluate(ctx, path, ref)
-    lat = measure(ctx, path, precision)
+    lat = measure_all(ctx, {"model": (path, precision)})["model"]
     return {
         **{k: round(float(res[k]), 4) for k in METRICS},
         "n_eval": res["n"],

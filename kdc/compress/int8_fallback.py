@@ -52,6 +52,8 @@ def output_loss(task: str, ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def keep_sensitive_layers(
+    full: Path,
+    full_loss: float,
     quantize: Callable[[list[str], Path], Path],
     loss_of: Callable[[Path], float],
     groups: dict[str, list[str]],
@@ -59,11 +61,10 @@ def keep_sensitive_layers(
     scratch: Path,
     max_layers: int,
 ) -> tuple[Path, dict]:
-    """Quantize everything; if the loss exceeds `budget`, rank layers by the loss with that layer
-    alone in float and keep layers in float greedily until it fits. Returns the chosen graph
-    (in `scratch`) and a record of every measured loss."""
-    best = quantize([], scratch / "all.onnx")
-    loss = loss_of(best)
+    """Start from `full`, the graph with everything quantized, and its loss; if that exceeds
+    `budget`, rank layers by the loss with that layer alone in float and keep layers in float
+    greedily until it fits. Returns the chosen graph and a record of every measured loss."""
+    best, loss = full, full_loss
     record: dict = {"budget": budget, "int8_loss": round(loss, 5), "kept_float": []}
     if loss <= budget or not groups:
         record["final_loss"] = record["int8_loss"]

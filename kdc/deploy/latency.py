@@ -175,17 +175,16 @@ def measure_onnx_rounds(
         for n in names if r % 2 == 0 else names[::-1]:
             path, precision = models[n]
             runs[n].append(measure_onnx(path, inputs, precision=precision, **options))
-    out = {}
-    for n, measured in runs.items():
-        median = sorted(measured, key=lambda m: m["p50_ms"])[(len(measured) - 1) // 2]
-        out[n] = median
-        if rounds > 1:
-            out[n] = {
-                **median,
-                "protocol": f"median p50 of {rounds} interleaved rounds",
-                "rounds_p50_ms": [round(m["p50_ms"], 4) for m in measured],
-            }
-    return out
+    if rounds == 1:
+        return {n: measured[0] for n, measured in runs.items()}
+    return {
+        n: {
+            **sorted(measured, key=lambda m: m["p50_ms"])[(rounds - 1) // 2],
+            "protocol": f"median p50 of {rounds} interleaved rounds",
+            "rounds_p50_ms": [round(m["p50_ms"], 4) for m in measured],
+        }
+        for n, measured in runs.items()
+    }
 
 
 def throughput(

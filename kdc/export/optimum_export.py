@@ -22,9 +22,11 @@ class NotExportable(Exception):
 def _onnx_config(model: Any) -> Any:
     """optimum's OnnxConfig for `model`'s architecture, limited to the inputs kdc feeds
     (`input_ids`, `attention_mask`: BERT's `token_type_ids` are all zero in kdc's encoding)."""
-    import optimum.exporters.onnx.model_configs  # noqa: F401 - registers the architectures
-    from optimum.exporters.tasks import TasksManager
-
+    try:
+        import optimum.exporters.onnx.model_configs  # noqa: F401 - registers the architectures
+        from optimum.exporters.tasks import TasksManager
+    except ImportError:
+        raise NotExportable("optimum-onnx is not installed") from None
     try:
         constructor = TasksManager.get_exporter_config_constructor(
             "onnx", model, task=TASK, library_name="transformers"
@@ -52,10 +54,6 @@ def check_exportable(adapter: ModelAdapter, output_name: str) -> None:
         raise NotExportable(
             f"{type(adapter.module).__name__} is not a Hugging Face sequence classifier"
         )
-    try:
-        import optimum.exporters.onnx.model_configs  # noqa: F401
-    except ImportError:
-        raise NotExportable("optimum-onnx is not installed") from None
     config = _onnx_config(adapter.model)
     if list(config.inputs) != list(adapter.input_names):
         raise NotExportable(f"optimum's inputs {list(config.inputs)} differ from kdc's")

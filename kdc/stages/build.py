@@ -158,8 +158,9 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
         _quantizer(ctx, src, backends[0])([], dst)
         return {"method": PTQ_BACKENDS[backends[0]], **how, **_backend_notes(ctx, backends[0])}
     loss_of, rows = _output_loss_fn(ctx, src)
+    quantizers = {b: _quantizer(ctx, src, b) for b in backends}
     with tempfile.TemporaryDirectory(prefix="kdc-int8-") as scratch:
-        built = {b: _quantizer(ctx, src, b)([], Path(scratch) / f"{b}.onnx") for b in backends}
+        built = {b: quantize([], Path(scratch) / f"{b}.onnx") for b, quantize in quantizers.items()}
         losses = {b: loss_of(p) for b, p in built.items()}
         backend = min(losses, key=losses.get)
         best = built[backend]
@@ -167,7 +168,9 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
             how["backend_choice"] = {"loss": {b: round(v, 5) for b, v in losses.items()}}
         if q.max_int8_loss is not None:
             best, how["accuracy_aware"] = keep_sensitive_layers(
-                _quantizer(ctx, src, backend),
+                best,
+                losses[backend],
+                quantizers[backend],
                 loss_of,
                 layer_groups(src, QUANT_OPS.get(fam)),
                 q.max_int8_loss,

@@ -9,7 +9,7 @@ import numpy as np
 
 from kdc.deploy import metrics as M
 from kdc.deploy.estimate import predict_memory_mb, predict_onnx
-from kdc.deploy.latency import measure_onnx, measure_onnx_rounds
+from kdc.deploy.latency import measure_onnx_rounds
 from kdc.deploy.memory import engine_peak_rss_mb
 from kdc.deploy.onnxruntime import make_session, run_session, session_options_record
 from kdc.export.parity import compare
@@ -21,20 +21,6 @@ INT8_MIN_COSINE = 0.9
 
 def _latency_inputs(ctx: Context) -> dict[str, np.ndarray]:
     return {k: v[: ctx.cfg.verify.batch] for k, v in ctx.encode("eval").items()}
-
-
-def measure(ctx: Context, path: Path, precision: str) -> dict:
-    v = ctx.cfg.verify
-    return measure_onnx(
-        path,
-        _latency_inputs(ctx),
-        threads=v.threads,
-        warmup=v.warmup,
-        iterations=v.iterations,
-        min_duration_s=v.min_duration_s,
-        batch=v.batch,
-        precision=precision,
-    )
 
 
 def measure_all(ctx: Context, models: dict[str, tuple[Path, str]]) -> dict[str, dict]:

@@ -45,13 +45,15 @@ def test_keeps_most_helpful_layers_until_within_budget(tmp_path):
         kept = set(filter(None, path.read_text().split(",")))
         return sum(v for k, v in harm.items() if k not in kept)
 
-    best, rec = keep_sensitive_layers(quantize, loss_of, groups, 0.05, tmp_path, 3)
+    full = quantize([], tmp_path / "all.onnx")
+    start = (full, loss_of(full))
+    best, rec = keep_sensitive_layers(*start, quantize, loss_of, groups, 0.05, tmp_path, 3)
     assert rec["int8_loss"] == pytest.approx(0.3)
     assert rec["kept_float"] == ["b", "c"] and rec["met"]
     assert best.read_text() == "b1,b2,c1"
-    _, rec = keep_sensitive_layers(quantize, loss_of, groups, 0.5, tmp_path, 3)
+    _, rec = keep_sensitive_layers(*start, quantize, loss_of, groups, 0.5, tmp_path, 3)
     assert rec["kept_float"] == [] and "sensitivity" not in rec
-    _, rec = keep_sensitive_layers(quantize, loss_of, groups, 0.0, tmp_path, 1)
+    _, rec = keep_sensitive_layers(*start, quantize, loss_of, groups, 0.0, tmp_path, 1)
     assert rec["kept_float"] == ["b"] and not rec["met"]
 
 
@@ -77,9 +79,12 @@ def test_excluded_layers_of_a_real_graph_stay_float(tmp_path):
     def loss_of(path: Path) -> float:
         return float(np.abs(run_session(make_session(path, threads=1), x) - ref).max())
 
-    best, rec = keep_sensitive_layers(quantize, loss_of, groups, 0.0, tmp_path, 1)
+    all_int8 = quantize([], tmp_path / "all.onnx")
+    best, rec = keep_sensitive_layers(
+        all_int8, loss_of(all_int8), quantize, loss_of, groups, 0.0, tmp_path, 1
+    )
     assert len(rec["kept_float"]) == 1 and rec["kept_float"][0] in rec["sensitivity"]
-    full = count_ops(tmp_path / "all.onnx")["QuantizeLinear"]
+    full = count_ops(all_int8)["QuantizeLinear"]
     assert count_ops(best)["QuantizeLinear"] < full
     # no node of the float layer reads a DequantizeLinear output
     q = onnx.load(str(tmp_path / "keep-1.onnx"))
