@@ -80,7 +80,7 @@ class SearchConfig(Section):
     teacher's)."""
 
     strategy: Literal["fixed", "evolution"] = "fixed"
-    proxy: str = "auto"  # auto: diswot for CNNs, flops for transformers (see proxies.AUTO_PROXY)
+    proxy: str = "auto"  # auto: proxies.AUTO_PROXY (diswot)
     proxies: list[str] | None = None  # also recorded per candidate; None: every proxy
     init: Literal["teacher", "random"] = "teacher"  # how students are initialised for scoring
     latency_fraction: float = Field(0.5, gt=0, le=1)
@@ -101,7 +101,9 @@ class LossConfig(Section):
 
 
 class DistillConfig(Section):
-    """Training of the student. `losses` defaults to the model family's recipe."""
+    """Training of the student. `losses` defaults to the model family's recipe; `augment`
+    perturbs `augment_prob` of each batch's rows and has the teacher label them (`auto`: text
+    splicing, image shifts; kdc.compress.augment)."""
 
     epochs: int = Field(3, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -110,6 +112,8 @@ class DistillConfig(Section):
     temperature: float = Field(2.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
     losses: list[LossConfig] | None = None
+    augment: Literal["none", "auto", "splice", "shift"] = "none"
+    augment_prob: float = Field(0.5, ge=0, le=1)
     early_stopping_patience: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
     checkpoint: bool = True

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdc.compress.augment import resolve_augment
 from kdc.compress.hooks import FeatureTaps, find_taps
 from kdc.compress.losses import (
     DEFAULT_LOSSES,
@@ -233,6 +234,9 @@ class _Trainer:
         self.s_taps = FeatureTaps(find_taps(student, example, wanted)) if wanted else None
         self.t_taps = FeatureTaps(find_taps(teacher, example, wanted)) if wanted else None
         self.teacher = teacher
+        self.augment = resolve_augment(cfg.augment, data.train)
+        if self.augment is not None and teacher is None:
+            raise ValueError("distill.augment needs the teacher model to label augmented rows")
         self.objective = Objective(student.module, specs, cfg, self.s_taps)
         n = self.n = len(data)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
@@ -256,6 +260,25 @@ class _Trainer:
         with torch.no_grad():
             self.teacher.module(**batch)  # type: ignore[union-attr]
         return self.t_taps.take()
+
+    def targets(
+        self, sel: np.ndarray, epoch: int, step: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None, dict]:
+        """(batch, teacher logits, labels, teacher features) for rows `sel`; with augmentation
+        the teacher labels the perturbed batch now (its class is the perturbed rows' label)."""
+        batch, labels = self.data.rows(sel), self.labels_of(sel)
+        if self.augment is None:
+            return batch, self.t_logits[sel], labels, self.teacher_features(batch)
+        rng = np.random.default_rng([self.seed, epoch, step, self.rank])
+        batch, changed = self.augment(batch, rng, self.cfg.augment_prob)
+        with torch.no_grad():
+            t_logits = self.teacher.module.eval()(**batch)  # type: ignore[union-attr]
+        feats = self.t_taps.take() if self.t_taps else {}
+        if labels is not None and changed.any():
+            rows = torch.from_numpy(changed)
+            labels = labels.clone()
+            labels[rows] = t_logits[rows].argmax(1).to(labels.dtype)
+        return batch, t_logits, labels, feats
 
     def prepare(
         self, opt_state: dict | None = None, proj_state: dict | None = None
@@ -371,8 +394,7 @@ def _epochs(
             if s["step"] >= tr.total:
                 break
             sel = order[start : start + cfg.batch_size]
-            batch = tr.data.rows(sel)
-            loss = model(batch, tr.t_logits[sel], tr.labels_of(sel), tr.teacher_features(batch))
+            loss = model(*tr.targets(sel, epoch, s["step"]))
             opt.zero_grad()
             tr.acc.backward(loss)
             s["step"] += 1

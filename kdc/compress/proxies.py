@@ -78,22 +78,105 @@ def features_and_logits(
     return torch.cat(feats)[back].double(), torch.cat(logits)[back].double()
 
 
-def _teacher_features(
-    teacher: ModelAdapter, inputs: dict[str, np.ndarray]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher features on a batch, computed once per (teacher, batch)."""
+def _cam_site(adapter: ModelAdapter) -> tuple[nn.Module, bool]:
+    """(module, read its input?) where Grad-CAM reads activations: the input of the last
+    transformer layer (its attention mixes the tokens into the position the head reads), the
+    output of the last convolution of a CNN."""
+    if adapter.family == "transformer":
+        return list(adapter.feature_modules().values())[-1], True
+    return [m for m in adapter.module.modules() if isinstance(m, nn.Conv2d)][-1], False
+
+
+def features_logits_cams(
+    adapter: ModelAdapter,
+    inputs: dict[str, np.ndarray],
+    labels: np.ndarray,
+    chunk: int = CHUNK_ROWS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`features_and_logits` plus each row's Grad-CAM map for its label (Selvaraju et al.): the
+    activations A at the CAM site weighted by the position-averaged gradient of the label's logit,
+    summed over channels, ReLU; B×L over tokens (zero on padding) or B×H×W over pixels. Gradients
+    flow only from the CAM site on (its activations are detached leaves)."""
+    site, read_input = _cam_site(adapter)
+    leaf: list[torch.Tensor] = []
+
+    def as_leaf(t: torch.Tensor) -> torch.Tensor:
+        leaf.append(t.detach().requires_grad_(True))
+        return leaf[-1]
+
+    handle = (
+        site.register_forward_pre_hook(
+            lambda m, args, kwargs: ((as_leaf(args[0]), *args[1:]), kwargs), with_kwargs=True
+        )
+        if read_input
+        else site.register_forward_hook(lambda m, args, out: as_leaf(out))
+    )
+    seen: list[torch.Tensor] = []
+    head = classifier(adapter).register_forward_hook(
+        lambda m, args, out: seen.append(args[0].detach())
+    )
+    chunks = _length_chunks(inputs, chunk)
+    width = inputs["attention_mask"].shape[1] if "attention_mask" in inputs else None
+    feats, logits, maps = [], [], []
+    try:
+        module = adapter.module.eval()
+        for ix in chunks:
+            batch = trim_padding(_tensors({k: v[ix] for k, v in inputs.items()}))
+            out = module(**batch)
+            y = torch.from_numpy(np.asarray(labels)[ix]).long()
+            (grad,) = torch.autograd.grad(out.gather(1, y[:, None]).sum(), leaf[-1])
+            a = leaf[-1].detach()
+            if width is not None:  # B×L×C tokens
+                cam = F.relu((grad.mean(1, keepdim=True) * a).sum(-1)) * batch["attention_mask"]
+                cam = F.pad(cam, (0, width - cam.shape[1]))
+            else:  # B×C×H×W
+                cam = F.relu((grad.mean((2, 3), keepdim=True) * a).sum(1))
+            maps.append(cam.detach())
+            logits.append(out.detach())
+            feats.append(seen[-1].flatten(1))
+    finally:
+        handle.remove()
+        head.remove()
+    back = torch.from_numpy(np.argsort(np.concatenate(chunks)))
+    return tuple(torch.cat(t)[back].double() for t in (feats, logits, maps))  # type: ignore[return-value]
+
+
+def _teacher_outputs(
+    teacher: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher features, logits and Grad-CAM maps on a batch, computed once per (teacher,
+    batch)."""
     h = hashlib.sha1()
     for k in sorted(inputs):
         h.update(k.encode() + str(inputs[k].shape).encode() + inputs[k].tobytes())
+    h.update(np.asarray(labels).tobytes())
     cache = _TEACHER_CACHE.setdefault(teacher.module, {})
     if h.hexdigest() not in cache:
         cache.clear()
-        cache[h.hexdigest()] = features_and_logits(teacher, inputs)
+        cache[h.hexdigest()] = features_logits_cams(teacher, inputs, labels)
     return cache[h.hexdigest()]
 
 
 def _row_normalised_gram(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x @ x.T, dim=1)
+
+
+def relation_distance(ft: torch.Tensor, fs: torch.Tensor) -> float:
+    """‖G_T − G_S‖²_F / B² of the row-normalised B×B Grams of pooled features."""
+    return float(((_row_normalised_gram(ft) - _row_normalised_gram(fs)) ** 2).sum()) / len(ft) ** 2
+
+
+def cam_distance(mt: torch.Tensor, ms: torch.Tensor) -> float:
+    """Mean over rows of 1 − cosine between the teacher's and the student's Grad-CAM maps (a
+    student's pixel maps resized to the teacher's when the resolutions differ). Two all-zero maps
+    (no position supports the label) agree; one all-zero map is as far as it gets."""
+    if ms.dim() == 3 and ms.shape[1:] != mt.shape[1:]:
+        ms = F.interpolate(ms[:, None], size=mt.shape[1:], mode="bilinear")[:, 0]
+    a, b = mt.flatten(1), ms.flatten(1)
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    cos = (a * b).sum(1) / (na * nb).clamp_min(1e-300)
+    cos = torch.where((na == 0) & (nb == 0), torch.ones_like(cos), cos)
+    return float((1 - cos).mean())
 
 
 def classifier_gradient(
@@ -109,18 +192,28 @@ def classifier_gradient(
 def diswot(
     teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
 ) -> float:
-    """DisWOT (Dong et al., CVPR 2023): −(relation + semantic distance) to the teacher. Relation:
-    ‖G_T − G_S‖²_F / B² of row-normalised B×B feature Grams. Semantic: the same on the K×K
-    class Grams of the classifier-weight gradient g gᵀ (width-agnostic), divided by K²."""
-    ft, lt = _teacher_features(teacher, inputs)
+    """DisWOT (Dong et al., CVPR 2023) at initialisation: −(relation + semantic distance) to the
+    teacher. Relation: `relation_distance` of the pooled features. Semantic: `cam_distance` of
+    the Grad-CAM maps for each row's label, DisWOT's localisation term compared row by row
+    (width-agnostic: maps are over tokens or pixels, not channels)."""
+    ft, _, mt = _teacher_outputs(teacher, inputs, labels)
+    fs, _, ms = features_logits_cams(student, inputs, labels)
+    return -(relation_distance(ft, fs) + cam_distance(mt, ms))
+
+
+def diswot_classgrad(
+    teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
+) -> float:
+    """DisWOT with the semantic term on classifier-weight gradients: `relation_distance` plus the
+    same distance on the K×K class Grams of the gradient g gᵀ of one cross-entropy step (divided
+    by K²). Ranks text students backwards when K is small (bench/results/proxy.json)."""
+    ft, lt, _ = _teacher_outputs(teacher, inputs, labels)
     fs, ls = features_and_logits(student, inputs)
-    b = len(ft)
-    relation = float(((_row_normalised_gram(ft) - _row_normalised_gram(fs)) ** 2).sum()) / b**2
     y = torch.from_numpy(np.asarray(labels)).long()
     gt, gs = classifier_gradient(ft, lt, y), classifier_gradient(fs, ls, y)
     k = gt.shape[0]
     semantic = float(((_row_normalised_gram(gt) - _row_normalised_gram(gs)) ** 2).sum()) / k**2
-    return -(relation + semantic)
+    return -(relation_distance(ft, fs) + semantic)
 
 
 def params(
@@ -221,6 +314,7 @@ def naswot(
 
 PROXIES: dict[str, Proxy] = {
     "diswot": diswot,
+    "diswot_classgrad": diswot_classgrad,
     "params": params,
     "flops": flops,
     "synflow": synflow,
@@ -229,12 +323,12 @@ PROXIES: dict[str, Proxy] = {
 }
 
 
-# `search.proxy: auto` by model family, from bench/results/proxy.json (Kendall tau against
-# accuracy after distillation): DisWOT ranks CNN students best (+0.29; params -0.29) but text
-# students backwards (-0.68; flops +0.60), so transformers use the FLOPs baseline.
-AUTO_PROXY = {"cnn": "diswot", "transformer": "flops"}
+# `search.proxy: auto`: DisWOT, which ranked held-out students best on both examples
+# (bench/results/proxy.json: Kendall tau against accuracy after distillation, digits +0.73 and
+# text +0.84, against params +0.30 / +0.77 and flops +0.33 / +0.52).
+AUTO_PROXY = "diswot"
 
 
-def resolve_proxy(name: str, family: str) -> str:
-    """The proxy `search.proxy` names; `auto` picks by model family (AUTO_PROXY)."""
-    return AUTO_PROXY.get(family, "diswot") if name == "auto" else name
+def resolve_proxy(name: str) -> str:
+    """The proxy `search.proxy` names; `auto` is AUTO_PROXY."""
+    return AUTO_PROXY if name == "auto" else name

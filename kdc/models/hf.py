@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,18 @@ class HFTextAdapter(ModelAdapter):
         return sorted(p for p in directory.rglob("*") if p.is_file())
 
 
+# Per teacher module: (tensor name, axis) -> squared L2 norm of its slices along that axis, the
+# importance every student sliced from that teacher reuses.
+_IMPORTANCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _slice_norms(teacher: nn.Module, name: str, t: torch.Tensor, axis: int) -> torch.Tensor:
+    cache = _IMPORTANCE.setdefault(teacher, {})
+    if (name, axis) not in cache:
+        cache[(name, axis)] = t.float().pow(2).sum(dim=[d for d in range(t.dim()) if d != axis])
+    return cache[(name, axis)]
+
+
 def _axis_kind(name: str, axis: int) -> str:
     return next((k for rx, ax, k in AXIS_KINDS if ax == axis and rx.search(name)), "hidden")
 
@@ -285,8 +298,7 @@ def _slice_state(
         axes = [(a, _axis_kind(src, a)) for a in range(t.dim()) if t.shape[a] != target.shape[a]]
         for a, kind in axes:
             key = (kind, None if kind == "hidden" else layer)
-            sq = t.float().pow(2).sum(dim=[d for d in range(t.dim()) if d != a])
-            imp[key] = imp.get(key, 0) + sq
+            imp[key] = imp.get(key, 0) + _slice_norms(teacher, src, t, a)
         plan.append((name, src, layer, axes))
     head_dim = tconf.hidden_size // tconf.num_attention_heads
     new_head_dim = student.config.hidden_size // student.config.num_attention_heads
@@ -316,5 +328,5 @@ def _slice_state(
                 field="student",
                 fix="choose sizes that divide the teacher's",
             )
-        out[name] = t.clone()
+        out[name] = t.clone() if t is tstate[src] else t  # index_select already copied
     return out

@@ -110,7 +110,7 @@ def _evolution(ctx: Context) -> StageOutput:
     from kdc.deploy.estimate import predict_architecture
 
     cfg, teacher = ctx.cfg.search, ctx.teacher
-    proxy = resolve_proxy(cfg.proxy, ctx.teacher.family)
+    proxy = resolve_proxy(cfg.proxy)
     names = _proxy_names(ctx, proxy)
     x, y = ctx.encode("train"), ctx.dataset.train.labels
     idx = np.sort(
@@ -154,6 +154,12 @@ def _evolution(ctx: Context) -> StageOutput:
         f"  space: {space.size:,} students; budget {budget:.4g} ms ({budget_source}); "
         f"teacher predicted {teacher_ms:.4g} ms on {ctx.profile.name} {precision}"
     )
+    if ctx.profile.measurable and ctx.profile.latency_model.source.startswith("defaults"):
+        ctx.log(
+            f"  note: {ctx.profile.name}'s latency model is uncalibrated (assumed peaks can be "
+            "~2x off): run `kdc calibrate --target "
+            f"{ctx.profile.name} --threads N` once, N as verify.threads"
+        )
     with ctx.progress("searching", cfg.population + cfg.cycles) as advance:
         result = evolve(
             space,

@@ -13,7 +13,9 @@ from kdc.compress.proxies import (
     classifier,
     classifier_gradient,
     diswot,
+    diswot_classgrad,
     features_and_logits,
+    features_logits_cams,
 )
 from kdc.compress.student import derive_student, random_init
 from kdc.models.cnn import SmallCNN
@@ -41,7 +43,15 @@ def bert(tmp_path_factory):
 
 
 def test_registry_names():
-    assert set(PROXIES) == {"diswot", "params", "flops", "synflow", "grad_norm", "naswot"}
+    assert set(PROXIES) == {
+        "diswot",
+        "diswot_classgrad",
+        "params",
+        "flops",
+        "synflow",
+        "grad_norm",
+        "naswot",
+    }
 
 
 def test_proxies_are_deterministic(cnn, bert):
@@ -84,11 +94,19 @@ def test_random_init_is_seeded(cnn):
     assert diswot(cnn, a, IMAGES, IMAGE_LABELS) != diswot(cnn, c, IMAGES, IMAGE_LABELS)
 
 
-def test_diswot_is_zero_for_the_teacher_and_negative_otherwise(cnn):
+def test_diswot_is_zero_for_the_teacher_and_negative_otherwise(cnn, bert):
     same = derive_student(cnn, {"family": "cnn", "width": 1.0}, IMAGES, 8)
-    assert diswot(cnn, same, IMAGES, IMAGE_LABELS) == pytest.approx(0.0, abs=1e-12)
     narrow = derive_student(cnn, {"family": "cnn", "channels": {"features.4": 8}}, IMAGES, 8)
-    assert diswot(cnn, narrow, IMAGES, IMAGE_LABELS) < 0
+    text, x, y = bert
+    for fn in (diswot, diswot_classgrad):
+        assert fn(cnn, same, IMAGES, IMAGE_LABELS) == pytest.approx(0.0, abs=1e-12)
+        assert fn(cnn, narrow, IMAGES, IMAGE_LABELS) < 0
+        assert fn(text, text, x, y) == pytest.approx(0.0, abs=1e-12)
+
+
+def gram(x):
+    g = x @ x.T
+    return g / g.norm(dim=1, keepdim=True)
 
 
 def test_diswot_terms_match_the_formulas(cnn):
@@ -96,15 +114,41 @@ def test_diswot_terms_match_the_formulas(cnn):
     ft, lt = features_and_logits(cnn, IMAGES)
     fs, ls = features_and_logits(student, IMAGES)
     y = torch.from_numpy(IMAGE_LABELS).long()
-
-    def gram(x):
-        g = x @ x.T
-        return g / g.norm(dim=1, keepdim=True)
-
     relation = float(((gram(ft) - gram(fs)) ** 2).sum()) / len(ft) ** 2
     gt, gs = classifier_gradient(ft, lt, y), classifier_gradient(fs, ls, y)
     semantic = float(((gram(gt) - gram(gs)) ** 2).sum()) / 10**2
-    assert diswot(cnn, student, IMAGES, IMAGE_LABELS) == pytest.approx(-(relation + semantic))
+    got = diswot_classgrad(cnn, student, IMAGES, IMAGE_LABELS)
+    assert got == pytest.approx(-(relation + semantic))
+    mt = grad_cam(cnn, IMAGES, IMAGE_LABELS)
+    ms = grad_cam(student, IMAGES, IMAGE_LABELS)
+    both_zero = (mt.norm(dim=1) == 0) & (ms.norm(dim=1) == 0)
+    cos = torch.where(both_zero, 1.0, F.cosine_similarity(mt, ms, dim=1))
+    want = -(relation + float((1 - cos).mean()))
+    assert diswot(cnn, student, IMAGES, IMAGE_LABELS) == pytest.approx(want)
+
+
+def grad_cam(adapter, inputs, labels):
+    """Textbook Grad-CAM at the last conv, one full autograd pass (B×HW)."""
+    conv = [m for m in adapter.module.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    acts = []
+    handle = conv.register_forward_hook(lambda m, a, o: acts.append(o))
+    logits = adapter.module.eval()(torch.from_numpy(inputs["pixel_values"]))
+    handle.remove()
+    y = torch.from_numpy(labels).long()
+    (g,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), acts[0])
+    cam = F.relu((g.mean((2, 3), keepdim=True) * acts[0]).sum(1))
+    return cam.detach().flatten(1).double()
+
+
+def test_grad_cam_maps_match_autograd_and_skip_padding(cnn, bert):
+    _, _, maps = features_logits_cams(cnn, IMAGES, IMAGE_LABELS)
+    torch.testing.assert_close(maps.flatten(1), grad_cam(cnn, IMAGES, IMAGE_LABELS))
+    text, x, y = bert
+    _, logits, tokens = features_logits_cams(text, x, y, chunk=5)
+    assert tokens.shape == x["input_ids"].shape
+    assert (tokens[torch.from_numpy(x["attention_mask"]) == 0] == 0).all() and tokens.sum() > 0
+    _, ref = features_and_logits(text, x)
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_classifier_gradient_equals_autograd(cnn):
@@ -144,9 +188,8 @@ def test_length_chunked_features_equal_one_padded_batch(bert):
     torch.testing.assert_close(feats, hook_feats[0].double(), atol=1e-5, rtol=1e-5)
 
 
-def test_auto_proxy_by_family():
-    from kdc.compress.proxies import PROXIES, resolve_proxy
+def test_auto_proxy_is_diswot():
+    from kdc.compress.proxies import resolve_proxy
 
-    assert resolve_proxy("auto", "cnn") == "diswot"
-    assert resolve_proxy("auto", "transformer") in PROXIES
-    assert resolve_proxy("synflow", "transformer") == "synflow"
+    assert resolve_proxy("auto") == "diswot"
+    assert resolve_proxy("synflow") == "synflow"

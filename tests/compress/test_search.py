@@ -10,6 +10,7 @@ from tiny import bert_config, cnn_config, write_yaml
 from typer.testing import CliRunner
 
 from kdc.cli import app
+from kdc.compress.proxies import PROXIES
 from kdc.compress.search import evolve, pareto_flags
 from kdc.compress.space import Space
 from kdc.errors import ConstraintFailure, UserError
@@ -125,7 +126,7 @@ def test_search_command_writes_candidates_plot_and_student(cnn_project, tmp_path
     for r in rows:
         assert r["predicted_latency_ms"] <= 0.0415
         assert r["proxy"] == r["proxies"]["diswot"]
-        assert set(r["proxies"]) == {"diswot", "params", "flops", "synflow", "grad_norm", "naswot"}
+        assert set(r["proxies"]) == set(PROXIES)
         assert r["params"] == r["architecture"]["params"]
     student = json.loads((out / "search" / "student.json").read_text())
     assert student["strategy"] == "evolution" and student["proxy"] == "diswot"
@@ -187,8 +188,8 @@ def test_transformer_search_on_jetson(bert_project, tmp_path):
     api.search(cfg, "jetson", tmp_path / "bevo", quiet=True)
     chosen = _chosen_student_rebuilds(cfg, tmp_path / "bevo", "jetson")
     rows = [json.loads(line) for line in (tmp_path / "bevo" / "search" / "candidates.jsonl").open()]
-    assert all(set(r["proxies"]) == {"flops", "params"} for r in rows)  # auto: flops for text
-    assert chosen["proxy"] == "flops"
+    assert all(set(r["proxies"]) == {"diswot", "params"} for r in rows)  # auto: diswot
+    assert chosen["proxy"] == "diswot"
     assert chosen["precision"] == "int8" and chosen["budget_ms"] == 10.0  # the Orin Nano default
     arch = chosen["architecture"]
     assert arch["hidden_size"] % 16 == 0 and arch["intermediate_size"] % 16 == 0

@@ -1,0 +1,103 @@
+"""Distillation-time augmentation: text splicing keeps sequences well formed, image shifts keep
+shapes, names are checked against the inputs, and a run with augmentation trains the student
+on teacher-labelled perturbed rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_distill import _cfg, _train_teacher, cnn, toy_data
+from tiny import sentences, tiny_bert
+
+from kdc.compress.augment import resolve_augment, shift_image, splice_text
+from kdc.compress.distill import DistillData, _Trainer, distill
+from kdc.errors import UserError
+from kdc.models.hf import HFTextAdapter
+
+CLS, SEP = 101, 102
+
+
+def text_batch() -> dict[str, torch.Tensor]:
+    rows = [[CLS, 5, 6, 7, 8, SEP], [CLS, 9, 10, SEP], [CLS, *range(11, 17), SEP], [CLS, 3, SEP]]
+    width = 8
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    return {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": 0 * ids}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_splice_keeps_special_tokens_masks_and_width(seed):
+    batch = text_batch()
+    out, changed = splice_text(batch, np.random.default_rng(seed), 1.0)
+    ids, mask = out["input_ids"], out["attention_mask"]
+    assert changed.all() and ids.shape[1] <= 8 and set(out) == set(batch)
+    for row, m in zip(ids.tolist(), mask.tolist(), strict=True):
+        n = sum(m)
+        assert m == [1] * n + [0] * (len(m) - n)  # contiguous, left-aligned
+        assert row[0] == CLS and row[n - 1] == SEP and SEP not in row[1 : n - 1]
+        assert all(t == 0 for t in row[n:])
+    assert (out["token_type_ids"] == 0).all()
+
+
+def test_splice_mixes_rows_and_leaves_unchosen_rows_alone():
+    batch = text_batch()
+    outs = [splice_text(batch, np.random.default_rng(s), 1.0)[0]["input_ids"] for s in range(20)]
+    first = {t for o in outs for t in o[0].tolist()}
+    assert first & set(range(9, 17))  # row 0 took tokens from another row at least once
+    same, changed = splice_text(batch, np.random.default_rng(0), 0.0)
+    assert not changed.any() and torch.equal(same["input_ids"], batch["input_ids"][:, :8])
+
+
+def test_shift_moves_images_within_bounds():
+    x = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16)
+    out, changed = shift_image({"pixel_values": x}, np.random.default_rng(1), 1.0)
+    y = out["pixel_values"]
+    assert changed.all() and y.shape == x.shape
+    assert y.min() >= x.min() and y.max() <= x.max() and not torch.equal(x, y)
+
+
+def test_augment_names_are_checked_against_the_inputs():
+    text = {"input_ids": np.zeros((2, 4)), "attention_mask": np.ones((2, 4))}
+    image = {"pixel_values": np.zeros((2, 1, 8, 8), np.float32)}
+    assert resolve_augment("none", text) is None
+    assert resolve_augment("auto", text) is splice_text
+    assert resolve_augment("auto", image) is shift_image
+    with pytest.raises(UserError, match=r"distill\.augment.*'shift'.*text.*auto or splice"):
+        resolve_augment("shift", text)
+    with pytest.raises(UserError, match="use none"):
+        resolve_augment("auto", {"features": np.zeros((2, 3))})
+
+
+def test_augmented_rows_take_the_teachers_logits_and_class():
+    teacher, student = cnn((8, 16), 0), cnn((4, 8), 1)
+    data = toy_data(teacher)
+    tr = _Trainer(student, data, _cfg(augment="auto", augment_prob=1.0), 0, teacher, None)
+    sel = np.arange(8)
+    batch, t_logits, labels, _ = tr.targets(sel, 0, 0)
+    assert not torch.equal(batch["pixel_values"], torch.from_numpy(data.train["pixel_values"][sel]))
+    with torch.no_grad():
+        assert torch.allclose(t_logits, teacher.module(**batch))
+    assert torch.equal(labels, t_logits.argmax(1))
+
+
+def test_distill_with_augmentation_learns_images_and_runs_on_text(tmp_path):
+    teacher, student = cnn((8, 16), 0), cnn((4, 8), 1)
+    _train_teacher(teacher)
+    data = toy_data(teacher)
+    res = distill(student, data, _cfg(epochs=6, lr=0.02, augment="auto"), 0, teacher=teacher)
+    assert res.best_metric > 0.5
+    bert = HFTextAdapter(tiny_bert(tmp_path)[0], tok := tiny_bert(tmp_path)[1], 24)
+    small = HFTextAdapter(tiny_bert(tmp_path, layers=1)[0], tok, 24)
+    rows = sentences(48, 0)
+    x = bert.encode([r[0] for r in rows])
+    y = np.array([1 if r[1] == "positive" else 0 for r in rows])
+    text = DistillData(
+        {k: v[:40] for k, v in x.items()},
+        y[:40],
+        {k: v[40:] for k, v in x.items()},
+        y[40:],
+        bert.forward_numpy({k: v[:40] for k, v in x.items()}),
+    )
+    cfg = _cfg(epochs=1, lr=1e-3, augment="auto", losses=[{"name": "logits"}, {"name": "hidden"}])
+    res = distill(small, text, cfg, 0, teacher=bert)
+    assert np.isfinite(res.history[0]["loss"])
