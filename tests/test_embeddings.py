@@ -172,3 +172,26 @@ def test_compress_sentence_embedding_end_to_end(tmp_path):
         assert acc["mean_cosine"] > 0.5
     losses = report["student"]["distill"]["losses"]
     assert losses == ["embedding", "relation"]
+
+
+def test_evolution_search_without_labels_is_a_config_error(tmp_path):
+    from kdc.cli import app
+
+    _encoder_dir(tmp_path / "teacher")
+    (tmp_path / "train.txt").write_text("\n".join(_texts(60, 3)) + "\n")
+    config = write_yaml(
+        tmp_path / "model.yaml",
+        {
+            "name": "tinyemb",
+            "task": "sentence-embedding",
+            "teacher": {"path": "teacher"},
+            "data": {"source": "train.txt", "max_length": 16},
+            "search": {"strategy": "evolution"},
+        },
+    )
+    res = CliRunner().invoke(
+        app, ["search", str(config), "--target", "host", "--out", str(tmp_path / "run"), "-q"]
+    )
+    assert res.exit_code == 2
+    assert "search.strategy" in res.output and "strategy fixed" in res.output
+    assert "Traceback" not in res.output

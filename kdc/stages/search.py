@@ -110,6 +110,14 @@ def _evolution(ctx: Context) -> StageOutput:
     from kdc.deploy.estimate import predict_architecture
 
     cfg, teacher = ctx.cfg.search, ctx.teacher
+    if not len(ctx.dataset.train.labels):
+        raise UserError(
+            f"search.strategy evolution scores students on labelled rows; task {ctx.cfg.task} "
+            "has no labels",
+            source=ctx.cfg.source_file,
+            field="search.strategy",
+            fix="use strategy fixed with student.architecture (or student.layers)",
+        )
     proxy = resolve_proxy(cfg.proxy)
     names = _proxy_names(ctx, proxy)
     x, y = ctx.encode("train"), ctx.dataset.train.labels
