@@ -1,6 +1,7 @@
 """Does kdc's distillation recipe earn its keep? (issue #5)
 
     python bench/distill.py [--example digits|sentiment] [--threads 1] [--epochs N] [--fresh]
+                            [--rows a,b] [--max-length N] [--augment auto]
 
 For each example, one student architecture (>= 4x fewer FLOPs than the teacher, see STUDENTS) and
 one training budget (the example's distill section) for four rows, each a kdc run (search →
