@@ -51,10 +51,9 @@ def splice_text(batch: Batch, rng: np.random.Generator, prob: float) -> tuple[Ba
     b, width = mask.shape
     length = mask.sum(1).tolist()
     changed = rng.random(b) < prob
-    orders = [
-        _token_order(length, rng, i, width) if changed[i] else [(i, p) for p in range(length[i])]
-        for i in range(b)
-    ]
+    same = [[(i, p) for p in range(length[i])] for i in range(b)]
+    orders = [_token_order(length, rng, i, width) if changed[i] else same[i] for i in range(b)]
+    changed = np.array([o != s for o, s in zip(orders, same, strict=True)])  # really perturbed
     rows = torch.zeros(b, width, dtype=torch.long)
     cols = torch.zeros(b, width, dtype=torch.long)
     pad = torch.ones(b, width, dtype=torch.bool)
@@ -86,6 +85,7 @@ def shift_image(batch: Batch, rng: np.random.Generator, prob: float) -> tuple[Ba
     out = x.clone()
     for i in np.flatnonzero(changed):
         dy, dx = (int(v) for v in rng.integers(-m, m + 1, size=2))
+        changed[i] = (dy, dx) != (0, 0)
         out[i] = padded[i, :, m + dy : m + dy + h, m + dx : m + dx + w]
     return {**batch, name: out}, changed
 

@@ -102,7 +102,7 @@ def features_logits_cams(
 
     def as_leaf(t: torch.Tensor) -> torch.Tensor:
         leaf.append(t.detach().requires_grad_(True))
-        return leaf[-1]
+        return leaf[-1].clone()  # the model gets a non-leaf: in-place ops after the site work
 
     handle = (
         site.register_forward_pre_hook(
@@ -174,7 +174,7 @@ def cam_distance(mt: torch.Tensor, ms: torch.Tensor) -> float:
         ms = F.interpolate(ms[:, None], size=mt.shape[1:], mode="bilinear")[:, 0]
     a, b = mt.flatten(1), ms.flatten(1)
     na, nb = a.norm(dim=1), b.norm(dim=1)
-    cos = (a * b).sum(1) / (na * nb).clamp_min(1e-300)
+    cos = (a * b).sum(1) / (na * nb).clamp_min(torch.finfo(a.dtype).tiny)
     cos = torch.where((na == 0) & (nb == 0), torch.ones_like(cos), cos)
     return float((1 - cos).mean())
 

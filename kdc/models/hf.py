@@ -245,16 +245,17 @@ class HFTextAdapter(ModelAdapter):
         return sorted(p for p in directory.rglob("*") if p.is_file())
 
 
-# Per teacher module: (tensor name, axis) -> squared L2 norm of its slices along that axis, the
-# importance every student sliced from that teacher reuses.
+# Per teacher module: (tensor name, axis, storage, version) -> squared L2 norm of its slices
+# along that axis, the importance every student sliced from that teacher reuses.
 _IMPORTANCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _slice_norms(teacher: nn.Module, name: str, t: torch.Tensor, axis: int) -> torch.Tensor:
     cache = _IMPORTANCE.setdefault(teacher, {})
-    if (name, axis) not in cache:
-        cache[(name, axis)] = t.float().pow(2).sum(dim=[d for d in range(t.dim()) if d != axis])
-    return cache[(name, axis)]
+    key = (name, axis, t.data_ptr(), t._version)  # weights changed in place are recomputed
+    if key not in cache:
+        cache[key] = t.float().pow(2).sum(dim=[d for d in range(t.dim()) if d != axis])
+    return cache[key]
 
 
 def _axis_kind(name: str, axis: int) -> str:

@@ -193,3 +193,23 @@ def test_auto_proxy_is_diswot():
 
     assert resolve_proxy("auto") == "diswot"
     assert resolve_proxy("synflow") == "synflow"
+
+
+def test_diswot_on_a_cnn_with_an_inplace_activation_after_its_last_conv():
+    """Grad-CAM hands the model a copy of its leaf, so in-place ops after the site still run."""
+
+    class Net(torch.nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, width, 3, padding=1)
+            self.act = torch.nn.ReLU(inplace=True)
+            self.head = torch.nn.Linear(width, 10)
+
+        def forward(self, pixel_values):
+            return self.head(self.act(self.conv(pixel_values)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    teacher = VisionAdapter(Net(8).eval(), {"kind": "entrypoint"})
+    student = VisionAdapter(Net(4).eval(), {"kind": "entrypoint"})
+    assert diswot(teacher, teacher, IMAGES, IMAGE_LABELS) == pytest.approx(0.0, abs=1e-12)
+    assert np.isfinite(diswot(teacher, student, IMAGES, IMAGE_LABELS))
