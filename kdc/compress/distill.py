@@ -254,12 +254,14 @@ class _Trainer:
     def labels_of(self, sel: np.ndarray) -> torch.Tensor | None:
         return None if self.labels is None else self.labels[sel]
 
-    def teacher_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.t_taps is None:
-            return {}
+    def teacher_run(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """The teacher's output on `batch` and the features its taps caught."""
         with torch.no_grad():
-            self.teacher.module(**batch)  # type: ignore[union-attr]
-        return self.t_taps.take()
+            out = self.teacher.module(**batch)  # type: ignore[union-attr]
+        return out, self.t_taps.take() if self.t_taps else {}
+
+    def teacher_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.teacher_run(batch)[1] if self.t_taps is not None else {}
 
     def targets(
         self, sel: np.ndarray, epoch: int, step: int
@@ -271,9 +273,7 @@ class _Trainer:
             return batch, self.t_logits[sel], labels, self.teacher_features(batch)
         rng = np.random.default_rng([self.seed, epoch, step, self.rank])
         batch, changed = self.augment(batch, rng, self.cfg.augment_prob)
-        with torch.no_grad():
-            t_logits = self.teacher.module.eval()(**batch)  # type: ignore[union-attr]
-        feats = self.t_taps.take() if self.t_taps else {}
+        t_logits, feats = self.teacher_run(batch)
         if labels is not None and changed.any():
             rows = torch.from_numpy(changed)
             labels = labels.clone()

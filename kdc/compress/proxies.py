@@ -56,26 +56,9 @@ def _length_chunks(inputs: dict[str, np.ndarray], size: int) -> list[np.ndarray]
 def features_and_logits(
     adapter: ModelAdapter, inputs: dict[str, np.ndarray], chunk: int = CHUNK_ROWS
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled features B×C entering the classifier, logits B×K), float64, no grad. Text rows
-    run in length-sorted chunks without their padding (masked positions change no output)."""
-    seen: list[torch.Tensor] = []
-    handle = classifier(adapter).register_forward_hook(
-        lambda m, args, out: seen.append(args[0].detach())
-    )
-    chunks = _length_chunks(inputs, chunk)
-    feats, logits = [], []
-    try:
-        with torch.inference_mode():
-            module = adapter.module.eval()
-            for ix in chunks:
-                logits.append(
-                    module(**trim_padding(_tensors({k: v[ix] for k, v in inputs.items()})))
-                )
-                feats.append(seen[-1].flatten(1))
-    finally:
-        handle.remove()
-    back = torch.from_numpy(np.argsort(np.concatenate(chunks)))
-    return torch.cat(feats)[back].double(), torch.cat(logits)[back].double()
+    """(pooled features B×C entering the classifier, logits B×K), float64, no grad."""
+    feats, logits, _ = features_logits_cams(adapter, inputs, None, chunk)
+    return feats, logits
 
 
 def _cam_site(adapter: ModelAdapter) -> tuple[nn.Module, bool]:
@@ -87,34 +70,52 @@ def _cam_site(adapter: ModelAdapter) -> tuple[nn.Module, bool]:
     return [m for m in adapter.module.modules() if isinstance(m, nn.Conv2d)][-1], False
 
 
+def _grad_cam(
+    logits: torch.Tensor, acts: torch.Tensor, labels: np.ndarray, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al.) of each row's label: the activations weighted by the
+    position-averaged gradient of the label's logit, summed over channels, ReLU; B×L over tokens
+    (zero on padding) for B×L×C activations with a `mask`, else B×H×W over pixels."""
+    y = torch.from_numpy(np.asarray(labels)).long()
+    (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), acts)
+    a = acts.detach()
+    if mask is not None:
+        return F.relu((grad.mean(1, keepdim=True) * a).sum(-1)) * mask
+    return F.relu((grad.mean((2, 3), keepdim=True) * a).sum(1))
+
+
 def features_logits_cams(
     adapter: ModelAdapter,
     inputs: dict[str, np.ndarray],
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     chunk: int = CHUNK_ROWS,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`features_and_logits` plus each row's Grad-CAM map for its label (Selvaraju et al.): the
-    activations A at the CAM site weighted by the position-averaged gradient of the label's logit,
-    summed over channels, ReLU; B×L over tokens (zero on padding) or B×H×W over pixels. Gradients
-    flow only from the CAM site on (its activations are detached leaves)."""
-    site, read_input = _cam_site(adapter)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(pooled features B×C entering the classifier, logits B×K, each row's `_grad_cam` map for
+    its label, None without `labels`), float64. Text rows run in length-sorted chunks without
+    their padding (masked positions change no output; maps are padded back to full width).
+    Gradients flow only from the CAM site on (its activations are detached leaves), and not at
+    all without `labels`."""
+    seen: list[torch.Tensor] = []
+    hooks = [
+        classifier(adapter).register_forward_hook(
+            lambda m, args, out: seen.append(args[0].detach())
+        )
+    ]
     leaf: list[torch.Tensor] = []
 
     def as_leaf(t: torch.Tensor) -> torch.Tensor:
         leaf.append(t.detach().requires_grad_(True))
         return leaf[-1].clone()  # the model gets a non-leaf: in-place ops after the site work
 
-    handle = (
-        site.register_forward_pre_hook(
-            lambda m, args, kwargs: ((as_leaf(args[0]), *args[1:]), kwargs), with_kwargs=True
+    if labels is not None:
+        site, read_input = _cam_site(adapter)
+        hooks.append(
+            site.register_forward_pre_hook(
+                lambda m, args, kwargs: ((as_leaf(args[0]), *args[1:]), kwargs), with_kwargs=True
+            )
+            if read_input
+            else site.register_forward_hook(lambda m, args, out: as_leaf(out))
         )
-        if read_input
-        else site.register_forward_hook(lambda m, args, out: as_leaf(out))
-    )
-    seen: list[torch.Tensor] = []
-    head = classifier(adapter).register_forward_hook(
-        lambda m, args, out: seen.append(args[0].detach())
-    )
     chunks = _length_chunks(inputs, chunk)
     width = inputs["attention_mask"].shape[1] if "attention_mask" in inputs else None
     feats, logits, maps = [], [], []
@@ -122,23 +123,19 @@ def features_logits_cams(
         module = adapter.module.eval()
         for ix in chunks:
             batch = trim_padding(_tensors({k: v[ix] for k, v in inputs.items()}))
-            out = module(**batch)
-            y = torch.from_numpy(np.asarray(labels)[ix]).long()
-            (grad,) = torch.autograd.grad(out.gather(1, y[:, None]).sum(), leaf[-1])
-            a = leaf[-1].detach()
-            if width is not None:  # B×L×C tokens
-                cam = F.relu((grad.mean(1, keepdim=True) * a).sum(-1)) * batch["attention_mask"]
-                cam = F.pad(cam, (0, width - cam.shape[1]))
-            else:  # B×C×H×W
-                cam = F.relu((grad.mean((2, 3), keepdim=True) * a).sum(1))
-            maps.append(cam.detach())
-            logits.append(out.detach())
+            with torch.inference_mode(labels is None):
+                out = module(**batch)
             feats.append(seen[-1].flatten(1))
+            logits.append(out.detach())
+            if labels is not None:
+                cam = _grad_cam(out, leaf[-1], np.asarray(labels)[ix], batch.get("attention_mask"))
+                maps.append(cam if width is None else F.pad(cam, (0, width - cam.shape[1])))
     finally:
-        handle.remove()
-        head.remove()
+        for h in hooks:
+            h.remove()
     back = torch.from_numpy(np.argsort(np.concatenate(chunks)))
-    return tuple(torch.cat(t)[back].double() for t in (feats, logits, maps))  # type: ignore[return-value]
+    feats_t, logits_t = (torch.cat(t)[back].double() for t in (feats, logits))
+    return feats_t, logits_t, torch.cat(maps)[back].double() if maps else None
 
 
 def _teacher_outputs(

@@ -152,14 +152,15 @@ def run(ctx: Context) -> StageOutput:
             **{r["path"]: (ctx.run / r["path"], r["precision"]) for r in local},
         },
     )
+    t_pred = predict(ctx, t_path, "fp32")
     teacher = {
         "params": ctx.teacher.params(),
         "accuracy": t_acc,
         "latency": latency["teacher"],
-        "flops": predict(ctx, t_path, "fp32").get("flops"),
+        "flops": t_pred.get("flops"),
     }
     if not ctx.profile.measurable:
-        teacher["target_latency"] = predict(ctx, t_path, "fp32")
+        teacher["target_latency"] = t_pred
     student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
     ref = student.forward_numpy({k: v[:256] for k, v in ctx.encode("eval").items()})
     engines = []
