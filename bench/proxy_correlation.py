@@ -11,14 +11,17 @@ students; `name@random` rows score randomly initialised ones). Then distils ever
 the same short budget (logit KD only) from its teacher initialisation and measures eval accuracy.
 Reports Kendall tau-b, Spearman rho and precision@3 per proxy and example against accuracy
 (`proxies`) and, because tiny tasks saturate accuracy, against minus the eval cross-entropy
-(`proxies_vs_eval_loss`), plus candidates_per_s: students scored per second by the search's
-default proxy (build + latency prediction + diswot). Prints tables and writes
-bench/results/proxy.json.
+(`proxies_vs_eval_loss`). Speed: `candidates_per_s` per example is the rate of the search stage
+itself (`kdc search` with search.strategy evolution and its defaults, no latency budget: students
+up to half-way to the teacher's predicted latency), each student derived from the teacher, its
+latency predicted and scored; `search_speed` adds the rates under budgets of 1/5 and 1/10 of the
+teacher's predicted latency. Prints tables and writes bench/results/proxy.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
 import sys
@@ -33,10 +36,12 @@ sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402, N812
+from pipeline import write_config  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
+from kdc import api  # noqa: E402
 from kdc.api import open_run  # noqa: E402
 from kdc.compress.distill import DistillData, distill, evaluate_accuracy  # noqa: E402
 from kdc.compress.proxies import PROXIES  # noqa: E402
@@ -44,6 +49,7 @@ from kdc.compress.space import space_for  # noqa: E402
 from kdc.compress.student import derive_student, random_init  # noqa: E402
 from kdc.config import LossConfig  # noqa: E402
 from kdc.deploy.estimate import predict_architecture  # noqa: E402
+from kdc.errors import ConstraintFailure  # noqa: E402
 from kdc.rundir import write_json  # noqa: E402
 from kdc.stages.distill import validation_split  # noqa: E402
 
@@ -118,6 +124,41 @@ def correlations(rows: list[dict], truth_key: str) -> dict[str, dict]:
     return out
 
 
+def search_speed(config: Path, work: Path) -> list[dict]:
+    """The search stage's own rate on `config`: evolution with its defaults (no budget), then
+    under 1/5 and 1/10 of the teacher's predicted latency."""
+    out = []
+    for factor in (None, 5, 10):
+        changes: dict = {"search": {"strategy": "evolution"}}
+        if factor:
+            teacher_ms = out[0]["teacher_predicted_latency_ms"]
+            changes["constraints"] = {"latency_budget_ms": round(teacher_ms / factor, 4)}
+        name = f"speed-{factor or 'default'}"
+        cfg = write_config(config, changes, work / f"{name}.yaml")
+        try:
+            m = api.search(cfg, "host", work / name, quiet=True)["stages"]["search"]["metrics"]
+        except ConstraintFailure as e:  # tiny teachers: the smallest student is over budget
+            out.append({"budget": f"teacher predicted / {factor}", "no_fit": str(e)})
+            continue
+        out.append(
+            {
+                "budget": f"teacher predicted / {factor}" if factor else m["budget_source"],
+                **{
+                    k: m[k]
+                    for k in (
+                        "budget_ms",
+                        "teacher_predicted_latency_ms",
+                        "candidates_scored",
+                        "search_wall_s",
+                        "candidates_per_s",
+                        "torch_threads",
+                    )
+                },
+            }
+        )
+    return out
+
+
 def run_example(name: str, config: Path, students: int, epochs: int, seed: int, work: Path) -> dict:
     ctx = open_run(config, "host", work / f"run-{name}", quiet=True)
     cfg, teacher = ctx.cfg, ctx.teacher
@@ -142,18 +183,13 @@ def run_example(name: str, config: Path, students: int, epochs: int, seed: int, 
     )
     space = space_for(teacher, x, divisor)
     shapes = space.input_shapes(1)
-    rows, score_s = [], 0.0
+    rows = []
     for c in sample_students(space, students, seed):
-        t0 = time.perf_counter()
         student = derive_student(teacher, c.spec, x, divisor)
         ms = predict_architecture(
             c.cost, ctx.profile, precision="fp32", batch=1, input_shapes=shapes
         )["p50_ms"]
-        proxies = {"diswot": PROXIES["diswot"](teacher, student, bx, by)}
-        score_s += time.perf_counter() - t0
-        proxies.update(
-            {n: f(teacher, student, bx, by) for n, f in PROXIES.items() if n != "diswot"}
-        )
+        proxies = {n: f(teacher, student, bx, by) for n, f in PROXIES.items()}
         rand = random_init(derive_student(teacher, c.spec, x, divisor), seed)
         proxies.update(
             {
@@ -180,7 +216,7 @@ def run_example(name: str, config: Path, students: int, epochs: int, seed: int, 
         "correlation": correlations(rows, "eval_accuracy"),
         "correlation_vs_loss": correlations(rows, "neg_eval_loss"),
         "rows": rows,
-        "candidates_per_s": len(rows) / score_s,
+        "search_speed": search_speed(config, work / f"speed-{name}"),
         "teacher_eval_accuracy": evaluate_accuracy(teacher, xe, ye),
         "teacher_params": teacher.params(),
         "space_size": space.size,
@@ -205,8 +241,10 @@ def main() -> None:
     ap.add_argument("--digits-epochs", type=int, default=5)
     ap.add_argument("--text-epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "proxy.json")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     results, sources = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,7 +254,9 @@ def main() -> None:
             results[name] = run_example(name, config, args.students, epochs, args.seed, Path(tmp))
     names = list(results["digits"]["correlation"])
     report = {
-        "candidates_per_s": {n: round(r["candidates_per_s"], 3) for n, r in results.items()},
+        "candidates_per_s": {
+            n: r["search_speed"][0]["candidates_per_s"] for n, r in results.items()
+        },
         "proxies": {p: {n: r["correlation"][p] for n, r in results.items()} for p in names},
         "proxies_vs_eval_loss": {
             p: {n: r["correlation_vs_loss"][p] for n, r in results.items()} for p in names
@@ -258,8 +298,12 @@ def main() -> None:
         accs = [row["eval_accuracy"] for row in r["rows"]]
         console.print(
             f"{n}: {sources[n]}; teacher accuracy {r['teacher_eval_accuracy']:.4f}, "
-            f"students {min(accs):.4f}..{max(accs):.4f}; "
-            f"{r['candidates_per_s']:.2f} candidates/s scored with diswot"
+            f"students {min(accs):.4f}..{max(accs):.4f}; search stage "
+            + ", ".join(
+                f"{s['candidates_per_s']:.2f} candidates/s ({s['budget']}, {s['budget_ms']:.4g} ms)"
+                for s in r["search_speed"]
+                if "no_fit" not in s
+            )
         )
     console.print(f"wrote {args.out} ({report['wall_s']} s)")
 

@@ -14,7 +14,8 @@ import copy
 import hashlib
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,20 @@ def _length_chunks(inputs: dict[str, np.ndarray], size: int) -> list[np.ndarray]
         return [np.arange(n)]
     order = np.argsort(mask.sum(1), kind="stable")
     return [order[s : s + size] for s in range(0, n, size)]
+
+
+@contextmanager
+def _frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in eval mode with its parameters out of autograd (restored after), so a forward
+    records no graph before the first tensor that asks for gradients."""
+    wanted = [p for p in module.parameters() if p.requires_grad]
+    for p in wanted:
+        p.requires_grad_(False)
+    try:
+        yield module.eval()
+    finally:
+        for p in wanted:
+            p.requires_grad_(True)
 
 
 def features_and_logits(
@@ -120,16 +135,18 @@ def features_logits_cams(
     width = inputs["attention_mask"].shape[1] if "attention_mask" in inputs else None
     feats, logits, maps = [], [], []
     try:
-        module = adapter.module.eval()
-        for ix in chunks:
-            batch = trim_padding(_tensors({k: v[ix] for k, v in inputs.items()}))
-            with torch.inference_mode(labels is None):
-                out = module(**batch)
-            feats.append(seen[-1].flatten(1))
-            logits.append(out.detach())
-            if labels is not None:
-                cam = _grad_cam(out, leaf[-1], np.asarray(labels)[ix], batch.get("attention_mask"))
-                maps.append(cam if width is None else F.pad(cam, (0, width - cam.shape[1])))
+        with _frozen(adapter.module) as module:
+            for ix in chunks:
+                batch = trim_padding(_tensors({k: v[ix] for k, v in inputs.items()}))
+                with torch.inference_mode(labels is None):
+                    out = module(**batch)
+                feats.append(seen[-1].flatten(1))
+                logits.append(out.detach())
+                if labels is not None:
+                    cam = _grad_cam(
+                        out, leaf[-1], np.asarray(labels)[ix], batch.get("attention_mask")
+                    )
+                    maps.append(cam if width is None else F.pad(cam, (0, width - cam.shape[1])))
     finally:
         for h in hooks:
             h.remove()
@@ -272,7 +289,7 @@ def grad_norm(
     """Σ over parameters of ‖∂CE/∂θ‖₂ on the batch."""
     model = student.module.eval()
     ps = [p for p in model.parameters() if p.requires_grad]
-    loss = F.cross_entropy(model(**_tensors(inputs)), torch.from_numpy(labels).long())
+    loss = F.cross_entropy(model(**trim_padding(_tensors(inputs))), torch.from_numpy(labels).long())
     grads = torch.autograd.grad(loss, ps, allow_unused=True)
     return float(sum(g.norm() for g in grads if g is not None))
 

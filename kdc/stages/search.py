@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from kdc.compress.student import fixed_student_spec
 from kdc.errors import UserError
@@ -66,7 +67,7 @@ def _proxy_names(ctx: Context, proxy: str) -> list[str]:
     from kdc.compress.proxies import PROXIES
 
     cfg = ctx.cfg.search
-    wanted = [proxy, *(cfg.proxies if cfg.proxies is not None else PROXIES)]
+    wanted = [proxy, *(PROXIES if cfg.proxies == "all" else cfg.proxies)]
     bad = [n for n in wanted if n not in PROXIES]
     if bad:
         field = "search.proxy" if proxy in bad else "search.proxies"
@@ -214,7 +215,8 @@ def _evolution(ctx: Context) -> StageOutput:
     )
     ctx.log(
         f"  scored {len(table)} students ({len(result.rejected)} over budget rejected) in "
-        f"{result.wall_s:.1f} s; chosen {result.best.candidate.label}: {proxy} "
+        f"{result.wall_s:.1f} s ({len(table) / result.wall_s:.2f}/s); "
+        f"chosen {result.best.candidate.label}: {proxy} "
         f"{result.best.score:.4g}, predicted {result.best.latency_ms:.4g} ms, "
         f"{best['params']:,} params (teacher {teacher.params():,})"
     )
@@ -227,10 +229,13 @@ def _evolution(ctx: Context) -> StageOutput:
             "candidates_rejected": len(result.rejected),
             "cycles": result.cycles,
             "budget_ms": budget,
+            "budget_source": budget_source,
             "predicted_latency_ms": result.best.latency_ms,
             "teacher_predicted_latency_ms": teacher_ms,
             "student_params": best["params"],
             "search_wall_s": round(result.wall_s, 2),
+            "candidates_per_s": round(len(table) / result.wall_s, 2),
+            "torch_threads": torch.get_num_threads(),
         },
     )
 

@@ -117,7 +117,13 @@ def _search(project, tmp_path, name, **over):
 
 
 def test_search_command_writes_candidates_plot_and_student(cnn_project, tmp_path):
-    res, out = _search(cnn_project, tmp_path, "evo", constraints={"latency_budget_ms": 0.0415})
+    res, out = _search(
+        cnn_project,
+        tmp_path,
+        "evo",
+        constraints={"latency_budget_ms": 0.0415},
+        search={"proxies": "all"},
+    )
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in (out / "search" / "candidates.jsonl").open()]
     assert rows and sum(r["chosen"] for r in rows) == 1
@@ -132,6 +138,17 @@ def test_search_command_writes_candidates_plot_and_student(cnn_project, tmp_path
     assert student["strategy"] == "evolution" and student["proxy"] == "diswot"
     assert student["architecture"] == chosen["architecture"]
     assert (out / "search" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_search_records_the_free_counts_by_default(cnn_project, tmp_path):
+    res, out = _search(
+        cnn_project, tmp_path, "evodefault", constraints={"latency_budget_ms": 0.0415}
+    )
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "search" / "candidates.jsonl").open()]
+    assert all(set(r["proxies"]) == {"diswot", "params", "flops"} for r in rows)
+    metrics = json.loads((out / "manifest.json").read_text())["stages"]["search"]["metrics"]
+    assert metrics["candidates_per_s"] > 0 and metrics["torch_threads"] >= 1
 
 
 def test_search_command_fails_with_exit_1_when_nothing_fits(cnn_project, tmp_path):
