@@ -1,7 +1,7 @@
 """How well each training-free proxy ranks students by their accuracy after distillation (not a
 test).
 
-    python bench/proxy_correlation.py [--students 16 --digits-epochs 5 --text-epochs 3]
+    python bench/proxy_correlation.py [--students 16 --text-epochs 3 --seed 0] [--speed-only]
 
 For the digits example (its SmallCNN teacher, trained by examples/digits/prepare.py when its
 weights are missing) and a text example (examples/sentiment's teacher if present, else the tiny
@@ -50,7 +50,7 @@ from kdc.compress.student import derive_student, random_init  # noqa: E402
 from kdc.config import LossConfig  # noqa: E402
 from kdc.deploy.estimate import predict_architecture  # noqa: E402
 from kdc.errors import ConstraintFailure  # noqa: E402
-from kdc.rundir import write_json  # noqa: E402
+from kdc.rundir import read_json, write_json  # noqa: E402
 from kdc.stages.distill import validation_split  # noqa: E402
 
 
@@ -235,6 +235,23 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.3f}"
 
 
+def remeasure_speed(out: Path) -> None:
+    """Replace the search rates of an existing report, keeping its correlations."""
+    report = read_json(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, make in EXAMPLES.items():
+            config, _ = make(Path(tmp))
+            speed = search_speed(config, Path(tmp) / f"speed-{name}")
+            report["examples"][name]["search_speed"] = speed
+            report["candidates_per_s"][name] = speed[0]["candidates_per_s"]
+    report["speed_measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json(out, report)
+    for name, ex in report["examples"].items():
+        for s in ex["search_speed"]:
+            rate = s.get("candidates_per_s", "no student fits")
+            print(f"{name}: {rate} candidates/s ({s['budget']})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--students", type=int, default=16)
@@ -243,8 +260,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "proxy.json")
+    ap.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="re-measure only the search rates in an existing --out (on an idle machine)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.speed_only:
+        remeasure_speed(args.out)
+        return
     started = time.perf_counter()
     results, sources = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -273,6 +298,7 @@ def main() -> None:
             for n, r in results.items()
         },
         "rows": {n: r["rows"] for n, r in results.items()},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
         "wall_s": round(time.perf_counter() - started, 1),
     }
