@@ -1,7 +1,7 @@
 """Does kdc's distillation recipe earn its keep? (issue #5)
 
     python bench/distill.py [--example digits|sentiment] [--threads 1] [--epochs N] [--fresh]
-                            [--rows a,b] [--max-length N] [--augment auto] [--select loss]
+                            [--rows a,b] [--max-length N] [--augment auto]
 
 For each example, one student architecture (>= 4x fewer FLOPs than the teacher, see STUDENTS) and
 one training budget (the example's distill section) for four rows, each a kdc run (search →
@@ -102,8 +102,6 @@ def row_config(example: str, row: str, over: dict) -> Path:
         d["distill"]["epochs"] = over["epochs"]
     if over.get("max_length") is not None:
         d["data"]["max_length"] = over["max_length"]
-    if over.get("select") is not None:
-        d["distill"]["select"] = over["select"]
     d["prune"]["enabled"] = spec["prune"]
     d["quantize"]["precision"] = "int8" if spec["int8"] else "fp32"
     d["build"]["engines"] = ["onnxruntime"]
@@ -307,17 +305,11 @@ def main() -> None:
     ap.add_argument(
         "--augment", default=None, help="distill.augment for the kdc rows (default: kdc's)"
     )
-    ap.add_argument("--select", choices=["auto", "loss"], help="override distill.select")
     ap.add_argument("--fresh", action="store_true", help="retrain rows already in the scratch dir")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--rows", default=",".join(ROWS), help="rows to run (others left out)")
     args = ap.parse_args()
-    over = {
-        "epochs": args.epochs,
-        "max_length": args.max_length,
-        "augment": args.augment,
-        "select": args.select,
-    }
+    over = {"epochs": args.epochs, "max_length": args.max_length, "augment": args.augment}
     import torch
 
     torch.set_num_threads(args.threads)

@@ -119,9 +119,6 @@ class DistillConfig(Section):
     augment: Literal["none", "auto", "splice", "shift"] = "none"
     augment_prob: float = Field(0.5, ge=0, le=1)
     early_stopping_patience: int | None = Field(None, ge=1)
-    # what picks the best epoch on the validation split: `auto` the task's metric (accuracy; mean
-    # cosine to the teacher for embeddings), `loss` the lowest cross-entropy on its labels
-    select: Literal["auto", "loss"] = "auto"
     max_steps: int | None = Field(None, ge=1)
     checkpoint: bool = True
 

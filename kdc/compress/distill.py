@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from kdc.compress.augment import resolve_augment
@@ -178,31 +177,22 @@ def evaluate_cosine(adapter: ModelAdapter, data: DistillData) -> float:
     return (mean_cosine if out.shape[1] == ref.shape[1] else spearman)(out, ref)
 
 
-def evaluate_neg_loss(adapter: ModelAdapter, data: DistillData) -> float:
-    """Minus the student's mean cross-entropy on the validation labels: unlike accuracy on a small
-    split, it tells a student that puts every row in the majority class from one that ranks the
-    classes."""
-    logits = torch.from_numpy(adapter.forward_numpy(data.val))
-    return -float(F.cross_entropy(logits, torch.from_numpy(data.val_labels).long()))
-
-
-# Validation scores (higher is better) that select the best epoch, by name.
-SELECTORS: dict[str, Callable[[ModelAdapter, DistillData], float]] = {
-    "accuracy": lambda adapter, data: evaluate_accuracy(adapter, data.val, data.val_labels),
-    "mean_cosine": evaluate_cosine,
-    "neg_val_loss": evaluate_neg_loss,
+# The validation score (name, function) that selects the best epoch, by task (else accuracy).
+SELECTION: dict[str, tuple[str, Callable[[ModelAdapter, DistillData], float]]] = {
+    "sentence-embedding": ("mean_cosine", evaluate_cosine),
 }
-TASK_SELECTION = {"sentence-embedding": "mean_cosine"}  # `distill.select: auto`, else accuracy
 
 
-def selection_metric(task: str | None, select: str = "auto") -> str:
-    """The SELECTORS name `distill.select` means for `task`."""
-    return "neg_val_loss" if select == "loss" else TASK_SELECTION.get(task or "", "accuracy")
+def selection_metric(task: str | None) -> str:
+    """The name of the validation score `evaluate` computes for `task`."""
+    return SELECTION[task][0] if task in SELECTION else "accuracy"
 
 
-def evaluate(adapter: ModelAdapter, data: DistillData, select: str = "auto") -> float:
-    """The validation score of `adapter` that `distill.select` ranks epochs by."""
-    return SELECTORS[selection_metric(data.task, select)](adapter, data)
+def evaluate(adapter: ModelAdapter, data: DistillData) -> float:
+    """The validation score of `adapter`: the task's SELECTION function, else accuracy."""
+    if data.task in SELECTION:
+        return SELECTION[data.task][1](adapter, data)
+    return evaluate_accuracy(adapter, data.val, data.val_labels)
 
 
 def make_accelerator() -> Any:
@@ -244,12 +234,6 @@ class _Trainer:
         self.s_taps = FeatureTaps(find_taps(student, example, wanted)) if wanted else None
         self.t_taps = FeatureTaps(find_taps(teacher, example, wanted)) if wanted else None
         self.teacher = teacher
-        if cfg.select == "loss" and data.task == "sentence-embedding":
-            raise UserError(
-                "distill.select loss needs class labels; a sentence-embedding task has none",
-                field="distill.select",
-                fix="use select: auto (mean cosine to the teacher)",
-            )
         self.augment = resolve_augment(cfg.augment, data.train)
         if self.augment is not None and teacher is None:
             raise ValueError("distill.augment needs the teacher model to label augmented rows")
@@ -354,14 +338,14 @@ def distill(
         "epoch": 0,
         "step": 0,
         "history": [],
-        "best_metric": -math.inf,
+        "best_metric": -1.0,
         "best_epoch": -1,
         "best_model": {},
         "stale": 0,
         "prune_done": 0,
     }
     if state is None:
-        s["best_metric"] = evaluate(student, data, cfg.select)
+        s["best_metric"] = evaluate(student, data)
         s["best_model"] = _tensor_state(student.module)
     else:
         s.update({k: state[k] for k in s})
@@ -417,11 +401,7 @@ def _epochs(
             if pruning is not None and pruning.due(s["step"] - 1):
                 pruning.step()  # gradients of this batch feed Taylor importance
                 s.update(
-                    prune_done=pruning.done,
-                    best_metric=-math.inf,
-                    best_epoch=-1,
-                    best_model={},
-                    stale=0,
+                    prune_done=pruning.done, best_metric=-1.0, best_epoch=-1, best_model={}, stale=0
                 )
                 model, opt = tr.prepare()
                 model.train()
@@ -432,7 +412,7 @@ def _epochs(
             opt.step()
             losses.append(loss.item())
             parts.append(dict(tr.objective.parts))
-        acc = evaluate(tr.student, tr.data, tr.cfg.select)
+        acc = evaluate(tr.student, tr.data)
         rec = {
             "epoch": epoch,
             "loss": float(np.mean(losses)) if losses else None,
@@ -476,7 +456,7 @@ def _epochs(
         while not pruning.finished:
             pruning.step()
         s.update(
-            best_metric=evaluate(tr.student, tr.data, tr.cfg.select),
+            best_metric=evaluate(tr.student, tr.data),
             best_epoch=s["epoch"] - 1,
             best_model=_tensor_state(tr.student.module),
         )

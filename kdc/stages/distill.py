@@ -235,25 +235,20 @@ def run(ctx: Context) -> StageOutput:
     )
     if ckpt is not None:
         ckpt.clear()
-    metric = selection_metric(data.task, ctx.cfg.distill.select).replace("_", " ")
+    metric = selection_metric(data.task).replace("_", " ")
     ctx.log(f"  best val {metric} {result.best_metric:.4f} (epoch {result.best_epoch})")
     return StageOutput(
         [*files, hist, spec_file, *qat_files],
-        _metrics(result, student, data, prune_info, qat_metrics, ctx.cfg.distill.select),
+        _metrics(result, student, data, prune_info, qat_metrics),
     )
 
 
 def _metrics(
-    result: DistillResult,
-    student: ModelAdapter,
-    data: DistillData,
-    prune_info: dict,
-    qat: dict,
-    select: str,
+    result: DistillResult, student: ModelAdapter, data: DistillData, prune_info: dict, qat: dict
 ) -> dict:
     return {
         "val_accuracy": result.best_metric,
-        "val_metric": selection_metric(data.task, select),
+        "val_metric": selection_metric(data.task),
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "student_params": student.params(),

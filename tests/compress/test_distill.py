@@ -208,29 +208,6 @@ def test_early_stopping_and_unknown_loss():
     assert isinstance(Objective(torch.nn.Linear(2, 2), [], DistillConfig(), None), torch.nn.Module)
 
 
-def test_select_loss_keeps_the_epoch_with_the_lowest_validation_cross_entropy():
-    from kdc.compress.distill import evaluate_neg_loss
-
-    teacher = cnn((8, 16), 0)
-    data = toy_data(teacher)
-    student = cnn((4, 8), 1)
-    res = distill(student, data, _cfg(select="loss", epochs=3), 0, teacher=teacher)
-    assert res.best_metric < 0
-    assert res.best_metric == pytest.approx(evaluate_neg_loss(student, data), abs=1e-6)
-    emb = DistillData(
-        data.train,
-        np.empty(0),
-        data.val,
-        np.empty(0),
-        data.teacher_logits,
-        task="sentence-embedding",
-    )
-    from kdc.errors import UserError
-
-    with pytest.raises(UserError, match="distill.select"):
-        distill(cnn((4, 8), 1), emb, _cfg(select="loss"), 0, teacher=teacher)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
