@@ -94,6 +94,13 @@ class SearchConfig(Section):
     # on 24 distilled students, text +0.73 vs +0.70, digits +0.70 vs +0.73)
     batch_size: int = Field(32, ge=2)
 
+    @field_validator("proxies", mode="before")
+    @classmethod
+    def _list_or_all(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "all":
+            raise ValueError(f"give a list of proxy names or all, not {v!r}")
+        return v
+
 
 class LossConfig(Section):
     """One distillation loss (`logits`, `ce`, `hidden`, `attention`, `relation`, `embedding`),

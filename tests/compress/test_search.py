@@ -160,6 +160,8 @@ def test_search_command_fails_with_exit_1_when_nothing_fits(cnn_project, tmp_pat
 def test_unknown_proxy_is_a_user_error(cnn_project, tmp_path):
     res, _ = _search(cnn_project, tmp_path, "badproxy", search={"proxy": "vote"})
     assert res.exit_code == 2 and "search.proxy" in res.output
+    res, _ = _search(cnn_project, tmp_path, "badproxies", search={"proxies": "every"})
+    assert res.exit_code == 2 and "search.proxies" in res.output and "list of proxy" in res.output
 
 
 def _chosen_student_rebuilds(config, out, target="host"):
