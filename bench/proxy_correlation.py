@@ -12,7 +12,8 @@ the same short budget (logit KD only) from its teacher initialisation and measur
 Reports Kendall tau-b, Spearman rho and precision@3 per proxy and example against accuracy
 (`proxies`) and, because tiny tasks saturate accuracy, against minus the eval cross-entropy
 (`proxies_vs_eval_loss`). Speed: `candidates_per_s` per example is the rate of the search stage
-itself (`kdc search` with search.strategy evolution and its defaults, no latency budget: students
+itself (kdc.api.search in this process, so without start-up; search.strategy evolution and its
+defaults, no latency budget: students
 up to half-way to the teacher's predicted latency), each student derived from the teacher, its
 latency predicted and scored; `search_speed` adds the rates under budgets of 1/5 and 1/10 of the
 teacher's predicted latency. Prints tables and writes bench/results/proxy.json.
@@ -138,6 +139,8 @@ def search_speed(config: Path, work: Path) -> list[dict]:
         try:
             m = api.search(cfg, "host", work / name, quiet=True)["stages"]["search"]["metrics"]
         except ConstraintFailure as e:  # tiny teachers: the smallest student is over budget
+            if not factor:
+                raise
             out.append({"budget": f"teacher predicted / {factor}", "no_fit": str(e)})
             continue
         out.append(
@@ -240,11 +243,16 @@ def remeasure_speed(out: Path) -> None:
     report = read_json(out)
     with tempfile.TemporaryDirectory() as tmp:
         for name, make in EXAMPLES.items():
-            config, _ = make(Path(tmp))
+            config, source = make(Path(tmp))
+            if source != report["examples"][name]["source"]:
+                raise SystemExit(
+                    f"{out} measured {report['examples'][name]['source']}, not {source}"
+                )
             speed = search_speed(config, Path(tmp) / f"speed-{name}")
             report["examples"][name]["search_speed"] = speed
             report["candidates_per_s"][name] = speed[0]["candidates_per_s"]
     report["speed_measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    report["speed_torch_threads"] = torch.get_num_threads()
     write_json(out, report)
     for name, ex in report["examples"].items():
         for s in ex["search_speed"]:
@@ -258,7 +266,9 @@ def main() -> None:
     ap.add_argument("--digits-epochs", type=int, default=5)
     ap.add_argument("--text-epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    ap.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "proxy.json")
     ap.add_argument(
         "--speed-only",

@@ -97,8 +97,10 @@ class SearchConfig(Section):
     @field_validator("proxies", mode="before")
     @classmethod
     def _list_or_all(cls, v: Any) -> Any:
-        if isinstance(v, str) and v != "all":
-            raise ValueError(f"give a list of proxy names or all, not {v!r}")
+        if v is None:  # what `null` meant before `all`
+            return "all"
+        if (isinstance(v, str) and v != "all") or (isinstance(v, list) and "all" in v):
+            raise ValueError(f"give a list of proxy names or all (on its own), not {v!r}")
         return v
 
 

@@ -56,8 +56,8 @@ def _length_chunks(inputs: dict[str, np.ndarray], size: int) -> list[np.ndarray]
 
 @contextmanager
 def _frozen(module: nn.Module) -> Iterator[nn.Module]:
-    """`module` in eval mode with its parameters out of autograd (restored after), so a forward
-    records no graph before the first tensor that asks for gradients."""
+    """`module`, put in eval mode (and left there), with its parameters out of autograd until the
+    block ends, so a forward records no graph before the first tensor that asks for gradients."""
     wanted = [p for p in module.parameters() if p.requires_grad]
     for p in wanted:
         p.requires_grad_(False)

@@ -213,9 +213,10 @@ def _evolution(ctx: Context) -> StageOutput:
             "batch": batch,
         },
     )
+    rate = len(table) / max(result.wall_s, 1e-9)
     ctx.log(
         f"  scored {len(table)} students ({len(result.rejected)} over budget rejected) in "
-        f"{result.wall_s:.1f} s ({len(table) / result.wall_s:.2f}/s); "
+        f"{result.wall_s:.1f} s ({rate:.2f}/s); "
         f"chosen {result.best.candidate.label}: {proxy} "
         f"{result.best.score:.4g}, predicted {result.best.latency_ms:.4g} ms, "
         f"{best['params']:,} params (teacher {teacher.params():,})"
@@ -234,7 +235,7 @@ def _evolution(ctx: Context) -> StageOutput:
             "teacher_predicted_latency_ms": teacher_ms,
             "student_params": best["params"],
             "search_wall_s": round(result.wall_s, 2),
-            "candidates_per_s": round(len(table) / result.wall_s, 2),
+            "candidates_per_s": round(rate, 2),
             "torch_threads": torch.get_num_threads(),
         },
     )

@@ -162,6 +162,8 @@ def test_unknown_proxy_is_a_user_error(cnn_project, tmp_path):
     assert res.exit_code == 2 and "search.proxy" in res.output
     res, _ = _search(cnn_project, tmp_path, "badproxies", search={"proxies": "every"})
     assert res.exit_code == 2 and "search.proxies" in res.output and "list of proxy" in res.output
+    res, _ = _search(cnn_project, tmp_path, "badproxies2", search={"proxies": ["all"]})
+    assert res.exit_code == 2 and "on its own" in res.output
 
 
 def _chosen_student_rebuilds(config, out, target="host"):
