@@ -33,6 +33,6 @@ fmt:
     ruff format .
     ruff check --fix .
 
-# Benchmarks: write bench/results/*.json and bench/RESULTS.md.
+# Benchmarks: write bench/results/*.json and bench/RESULTS.md (helper modules have no __main__).
 bench:
-    for f in bench/*.py; do echo "== $f"; python "$f"; done
+    for f in bench/*.py; do grep -q __main__ "$f" || continue; echo "== $f"; python "$f"; done
