@@ -149,6 +149,8 @@ def test_grad_cam_maps_match_autograd_and_skip_padding(cnn, bert):
     assert (tokens[torch.from_numpy(x["attention_mask"]) == 0] == 0).all() and tokens.sum() > 0
     _, ref = features_and_logits(text, x)
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
+    # scoring takes the weights out of autograd only while it runs
+    assert all(p.requires_grad for m in (cnn, text) for p in m.module.parameters())
 
 
 def test_classifier_gradient_equals_autograd(cnn):
