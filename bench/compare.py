@@ -371,7 +371,7 @@ def _distilbert(b: Bench, precision: str) -> dict:
         changes = {
             "student": DISTILBERT_STUDENT[b.example],
             "search": {"strategy": "fixed"},
-            "distill": {"losses": [{"name": "logits"}]},
+            "distill": {"losses": [{"name": "logits"}], "augment": "none"},
         }
         b.runs["distilbert"] = kdc_run(b, "distilbert", changes)
     run = b.runs["distilbert"]
@@ -385,9 +385,10 @@ def _distilbert(b: Bench, precision: str) -> dict:
     engine = "ORT optimised graph" if precision == "fp32" else "kdc's static QDQ (uint8 asym)"
     how = (
         f"DistilBERT-style student ({what}, initialised from the teacher) distilled by kdc with "
-        f"only the logit loss (T={d.temperature}, alpha={d.alpha}, {epochs_text(b)}, "
-        f"torch threads {TRAIN_THREADS}), exported and built by kdc (--target host); engine: "
-        f"{engine}; wall = the whole kdc run (search..verify), shared by the fp32 and int8 rows"
+        f"only the logit loss, no augmentation (T={d.temperature}, alpha={d.alpha}, "
+        f"{epochs_text(b)}, torch threads {TRAIN_THREADS}), exported and built by kdc "
+        f"(--target host); engine: {engine}; wall = the whole kdc run (search..verify), shared "
+        "by the fp32 and int8 rows"
     )
     if run["failed"]:
         return _failed_row(run, how)
@@ -426,7 +427,8 @@ def _budget(b: Bench, factor: int, rows: dict) -> dict:
     how = (
         f"kdc compress --target host with search.strategy evolution and "
         f"constraints.latency_budget_ms {budget} (teacher_ort_fp32 p50 / {factor}), example "
-        f"config otherwise ({epochs_text(b)}, default loss recipe, torch threads "
+        f"config otherwise ({epochs_text(b)}, default loss recipe, augment "
+        f"{b.cfg.distill.augment}, {b.cfg.distill.select} epoch kept, torch threads "
         f"{TRAIN_THREADS}, verify.threads {THREADS}); host latency model calibrated first "
         f"(kdc calibrate --threads {THREADS}, {cal['wall_s']:.0f} s, not in wall); the engine kdc "
         "ships; wall = the whole run"

@@ -152,7 +152,7 @@ def run_row(example: str, row: str, over: dict, teacher: dict | None) -> tuple[d
         "augment": cfg.distill.augment,
         "max_length": cfg.data.max_length,
         "epochs_run": dist["epochs_run"],
-        "best_epoch": dist["best_epoch"],
+        "kept_epoch": dist["kept_epoch"],
         "val_accuracy": dist["val_accuracy"],
         "wall_s": round(wall, 1),
         "distill_wall_s": run.stage("distill").get("wall_s"),

@@ -117,7 +117,7 @@ def run_one(name: str, epochs: int | None, threads: int, teacher: dict | None) -
         "params": dist["student_params"],
         "losses": RUNS[name]["losses"] or "kdc default (embedding + relation)",
         "epochs": cfg.distill.epochs,
-        "best_epoch": dist.get("best_epoch"),
+        "kept_epoch": dist.get("kept_epoch"),
         "wall_s": wall,  # of this invocation (resumed stages take none)
         "stage_wall_s": {k: v.get("wall_s") for k, v in run.manifest()["stages"].items()},
         "config": str(cfg_path),

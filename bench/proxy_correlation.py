@@ -1,7 +1,8 @@
 """How well each training-free proxy ranks students by their accuracy after distillation (not a
 test).
 
-    python bench/proxy_correlation.py [--students 16 --text-epochs 3 --seed 0] [--speed-only]
+    python bench/proxy_correlation.py [--students 16 --text-epochs 3 --seed 0]
+                                      [--speed-only | --rescore]
 
 For the digits example (its SmallCNN teacher, trained by examples/digits/prepare.py when its
 weights are missing) and a text example (examples/sentiment's teacher if present, else the tiny
@@ -53,6 +54,9 @@ from kdc.deploy.estimate import predict_architecture  # noqa: E402
 from kdc.errors import ConstraintFailure  # noqa: E402
 from kdc.rundir import read_json, write_json  # noqa: E402
 from kdc.stages.distill import validation_split  # noqa: E402
+from kdc.stages.search import proxy_rows  # noqa: E402
+
+SIZE = ("params", "flops")  # proxies that only count the architecture
 
 
 def digits_config(work: Path) -> tuple[Path, str]:
@@ -173,7 +177,7 @@ def run_example(name: str, config: Path, students: int, epochs: int, seed: int, 
             len(y), min(cfg.search.batch_size, len(y)), replace=False
         )
     )
-    bx, by = {k: v[idx] for k, v in x.items()}, y[idx]
+    bx, by = proxy_rows(x, idx, cfg.search.proxy_max_tokens), y[idx]
     t_logits = teacher.forward_numpy(x)
     tr, va = validation_split(len(y), cfg.seed)
     pick = lambda d, ix: {k: v[ix] for k, v in d.items()}  # noqa: E731
@@ -187,20 +191,13 @@ def run_example(name: str, config: Path, students: int, epochs: int, seed: int, 
     space = space_for(teacher, x, divisor)
     shapes = space.input_shapes(1)
     rows = []
+    student_of = lambda c: derive_student(teacher, c.spec, x, divisor)  # noqa: E731
     for c in sample_students(space, students, seed):
-        student = derive_student(teacher, c.spec, x, divisor)
+        student = student_of(c)
         ms = predict_architecture(
             c.cost, ctx.profile, precision="fp32", batch=1, input_shapes=shapes
         )["p50_ms"]
-        proxies = {n: f(teacher, student, bx, by) for n, f in PROXIES.items()}
-        rand = random_init(derive_student(teacher, c.spec, x, divisor), seed)
-        proxies.update(
-            {
-                f"{n}@random": f(teacher, rand, bx, by)
-                for n, f in PROXIES.items()
-                if n not in ("params", "flops")
-            }
-        )
+        proxies = score_proxies(teacher, student, random_init(student_of(c), seed), bx, by)
         data = DistillData(pick(x, tr), y[tr], pick(x, va), y[va], t_logits[tr])
         distill(student, data, dcfg, seed, teacher=teacher)
         logits = torch.from_numpy(student.forward_numpy(xe))
@@ -231,7 +228,51 @@ def run_example(name: str, config: Path, students: int, epochs: int, seed: int, 
         },
         "eval_rows": int(len(ye)),
         "proxy_batch": int(len(idx)),
+        "proxy_max_tokens": cfg.search.proxy_max_tokens,
     }
+
+
+def score_proxies(teacher, student, rand, bx: dict, by: np.ndarray) -> dict[str, float]:
+    """Every proxy on the teacher-initialised `student`, and `name@random` on `rand` (the same
+    architecture randomly initialised) for those that look at the weights."""
+    proxies = {n: f(teacher, student, bx, by) for n, f in PROXIES.items()}
+    proxies.update(
+        {f"{n}@random": f(teacher, rand, bx, by) for n, f in PROXIES.items() if n not in SIZE}
+    )
+    return {k: float(v) for k, v in proxies.items()}
+
+
+def rescore(out: Path) -> None:
+    """Re-score every proxy on the students of an existing report (their distilled accuracies
+    kept: they do not depend on the proxies), as the search stage now scores them."""
+    report = read_json(out)
+    corr: dict[str, dict] = {"proxies": {}, "proxies_vs_eval_loss": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, make in EXAMPLES.items():
+            ex, rows = report["examples"][name], report["rows"][name]
+            config, source = make(Path(tmp))
+            if source != ex["source"]:
+                raise SystemExit(f"{out} measured {ex['source']}, not {source}")
+            ctx = open_run(config, "host", Path(tmp) / f"run-{name}", quiet=True)
+            x, y = ctx.encode("train"), ctx.dataset.train.labels
+            pick = np.random.default_rng(ctx.cfg.seed).choice(len(y), ex["proxy_batch"], False)
+            idx = np.sort(pick)
+            bx = proxy_rows(x, idx, ctx.cfg.search.proxy_max_tokens)
+            divisor = ctx.profile.defaults.channel_divisor
+            space = space_for(ctx.teacher, x, divisor)
+            for row in rows:
+                spec = space.decode(row["genes"]).spec
+                student, rand = (derive_student(ctx.teacher, spec, x, divisor) for _ in range(2))
+                rand = random_init(rand, report["args"]["seed"])
+                row["proxies"] = score_proxies(ctx.teacher, student, rand, bx, y[idx])
+            corr["proxies"][name] = correlations(rows, "eval_accuracy")
+            corr["proxies_vs_eval_loss"][name] = correlations(rows, "neg_eval_loss")
+            ex["proxy_max_tokens"] = ctx.cfg.search.proxy_max_tokens
+    for key, by_example in corr.items():
+        report[key] = {p: {n: c[p] for n, c in by_example.items()} for p in by_example["digits"]}
+    report["rescored_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json(out, report)
+    print_tables(report)
 
 
 def _fmt(x: float | None) -> str:
@@ -260,6 +301,40 @@ def remeasure_speed(out: Path) -> None:
             print(f"{name}: {rate} candidates/s ({s['budget']})")
 
 
+def print_tables(report: dict) -> None:
+    """The correlation tables and each example's accuracy range and search rates."""
+    console = Console()
+    examples = list(report["examples"])
+    students = len(report["rows"][examples[0]])
+    for key, truth in (("proxies", "accuracy"), ("proxies_vs_eval_loss", "-eval loss")):
+        table = Table(
+            "proxy",
+            *[f"{n} {m}" for n in examples for m in ("tau", "rho", "p@3")],
+            title=f"{students} students per example vs {truth} after distillation",
+        )
+        for p, by_example in report[key].items():
+            table.add_row(
+                p,
+                *[
+                    _fmt(by_example[n][m])
+                    for n in examples
+                    for m in ("kendall_tau", "spearman_rho", "p_at_3")
+                ],
+            )
+        console.print(table)
+    for n, ex in report["examples"].items():
+        accs = [row["eval_accuracy"] for row in report["rows"][n]]
+        console.print(
+            f"{n}: {ex['source']}; teacher accuracy {ex['teacher_eval_accuracy']:.4f}, "
+            f"students {min(accs):.4f}..{max(accs):.4f}; search stage "
+            + ", ".join(
+                f"{s['candidates_per_s']:.2f} candidates/s ({s['budget']}, {s['budget_ms']:.4g} ms)"
+                for s in ex["search_speed"]
+                if "no_fit" not in s
+            )
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--students", type=int, default=16)
@@ -275,10 +350,18 @@ def main() -> None:
         action="store_true",
         help="re-measure only the search rates in an existing --out (on an idle machine)",
     )
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="re-score the proxies of the students in an existing --out (accuracies kept)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.speed_only:
         remeasure_speed(args.out)
+        return
+    if args.rescore:
+        rescore(args.out)
         return
     started = time.perf_counter()
     results, sources = {}, {}
@@ -313,35 +396,8 @@ def main() -> None:
         "wall_s": round(time.perf_counter() - started, 1),
     }
     write_json(args.out, report)
-    console = Console()
-    for key, truth in (("proxies", "accuracy"), ("proxies_vs_eval_loss", "-eval loss")):
-        table = Table(
-            "proxy",
-            *[f"{n} {m}" for n in results for m in ("tau", "rho", "p@3")],
-            title=f"{args.students} students per example vs {truth} after distillation",
-        )
-        for p in names:
-            table.add_row(
-                p,
-                *[
-                    _fmt(report[key][p][n][m])
-                    for n in results
-                    for m in ("kendall_tau", "spearman_rho", "p_at_3")
-                ],
-            )
-        console.print(table)
-    for n, r in results.items():
-        accs = [row["eval_accuracy"] for row in r["rows"]]
-        console.print(
-            f"{n}: {sources[n]}; teacher accuracy {r['teacher_eval_accuracy']:.4f}, "
-            f"students {min(accs):.4f}..{max(accs):.4f}; search stage "
-            + ", ".join(
-                f"{s['candidates_per_s']:.2f} candidates/s ({s['budget']}, {s['budget_ms']:.4g} ms)"
-                for s in r["search_speed"]
-                if "no_fit" not in s
-            )
-        )
-    console.print(f"wrote {args.out} ({report['wall_s']} s)")
+    print_tables(report)
+    print(f"wrote {args.out} ({report['wall_s']} s)")
 
 
 if __name__ == "__main__":

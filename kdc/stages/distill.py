@@ -179,9 +179,9 @@ def quantization_aware(
         ctx.run / "distill" / "student_qat.onnx",
         opset=ctx.cfg.export.opset,
     )
-    ctx.log(f"  QAT val accuracy {res.best_metric:.4f} → {path.name}")
+    ctx.log(f"  QAT val accuracy {res.kept_metric:.4f} → {path.name}")
     return [path], {
-        "qat_val_accuracy": res.best_metric,
+        "qat_val_accuracy": res.kept_metric,
         "qat_epochs_run": len(res.history),
         "qat_history": res.history,
     }
@@ -236,10 +236,11 @@ def run(ctx: Context) -> StageOutput:
     if ckpt is not None:
         ckpt.clear()
     metric = selection_metric(data.task).replace("_", " ")
-    ctx.log(f"  best val {metric} {result.best_metric:.4f} (epoch {result.best_epoch})")
+    kept = ctx.cfg.distill.select
+    ctx.log(f"  kept the {kept} epoch ({result.kept_epoch}): val {metric} {result.kept_metric:.4f}")
     return StageOutput(
         [*files, hist, spec_file, *qat_files],
-        _metrics(result, student, data, prune_info, qat_metrics),
+        {**_metrics(result, student, data, prune_info, qat_metrics), "select": kept},
     )
 
 
@@ -247,9 +248,9 @@ def _metrics(
     result: DistillResult, student: ModelAdapter, data: DistillData, prune_info: dict, qat: dict
 ) -> dict:
     return {
-        "val_accuracy": result.best_metric,
+        "val_accuracy": result.kept_metric,
         "val_metric": selection_metric(data.task),
-        "best_epoch": result.best_epoch,
+        "kept_epoch": result.kept_epoch,
         "epochs_run": len(result.history),
         "student_params": student.params(),
         "train_rows": len(data),

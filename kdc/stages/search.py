@@ -104,6 +104,18 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def proxy_rows(x: dict[str, np.ndarray], idx: np.ndarray, max_tokens: int | None) -> dict:
+    """The scoring batch: rows `idx`, text inputs cut to their first `max_tokens` positions."""
+    rows = {k: v[idx] for k, v in x.items()}
+    mask = rows.get("attention_mask")
+    if max_tokens is None or mask is None or mask.ndim != 2 or mask.shape[1] <= max_tokens:
+        return rows
+    width = mask.shape[1]
+    return {
+        k: v[:, :max_tokens] if v.ndim == 2 and v.shape[1] == width else v for k, v in rows.items()
+    }
+
+
 def _evolution(ctx: Context) -> StageOutput:
     from kdc.compress.proxies import PROXIES, resolve_proxy
     from kdc.compress.search import evolve, pareto_flags
@@ -127,7 +139,7 @@ def _evolution(ctx: Context) -> StageOutput:
             len(y), min(cfg.batch_size, len(y)), replace=False
         )
     )
-    bx, by = {k: v[idx] for k, v in x.items()}, y[idx]
+    bx, by = proxy_rows(x, idx, cfg.proxy_max_tokens), y[idx]
     divisor = ctx.profile.defaults.channel_divisor
     space = _space(ctx)
     precision, batch = _precision(ctx), ctx.cfg.verify.batch

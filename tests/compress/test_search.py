@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from tiny import bert_config, cnn_config, write_yaml
 from typer.testing import CliRunner
@@ -14,6 +15,7 @@ from kdc.compress.proxies import PROXIES
 from kdc.compress.search import evolve, pareto_flags
 from kdc.compress.space import Space
 from kdc.errors import ConstraintFailure, UserError
+from kdc.stages.search import proxy_rows
 
 runner = CliRunner()
 TOY = Space({"a": list(range(10)), "b": list(range(10)), "c": list(range(10))})
@@ -231,3 +233,12 @@ def test_fixed_architecture_with_chosen_teacher_layers(bert_project, tmp_path):
     cfg = write_yaml(bert_project.parent / "bad.yaml", bert_config(name="bad", student=bad))
     with pytest.raises(UserError, match="num_hidden_layers"):
         api.search(cfg, "host", tmp_path / "bad", quiet=True)
+
+
+def test_proxy_rows_cut_text_to_max_tokens_and_leave_images():
+    x = {"input_ids": np.ones((6, 256), np.int64), "attention_mask": np.ones((6, 256), np.int64)}
+    rows = proxy_rows(x, np.array([1, 3]), 128)
+    assert {k: v.shape for k, v in rows.items()} == {k: (2, 128) for k in x}
+    assert proxy_rows(x, np.array([1, 3]), None)["input_ids"].shape == (2, 256)
+    images = {"pixel_values": np.zeros((6, 3, 8, 8), np.float32)}
+    assert proxy_rows(images, np.array([0]), 4)["pixel_values"].shape == (1, 3, 8, 8)
