@@ -135,7 +135,8 @@ class DistillConfig(Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     # which epoch ships: the last (the learning rate has decayed to 0), or the best on the
     # validation split carved from train. Small splits make `best` a noisy pick: drugsCom's 60
-    # validation reviews kept students 0.6-1.6 points worse on the eval set than the last epoch
+    # validation reviews kept students 0.6-5.2 points worse on the eval set than the last epoch
+    # (4 runs, bench/RESULTS.md)
     select: Literal["last", "best"] = "last"
     max_steps: int | None = Field(None, ge=1)
     checkpoint: bool = True

@@ -20,11 +20,18 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return batch
     used = torch.nonzero(mask.any(dim=0))
     length = int(used[-1]) + 1 if len(used) else 1
-    if length == mask.shape[1]:
+    return cut_positions(batch, length)
+
+
+def cut_positions(batch: dict, length: int) -> dict:
+    """Text inputs (2-D, as wide as the attention mask; numpy or torch) cut to their first
+    `length` positions; other inputs and batches without a 2-D mask unchanged."""
+    mask = batch.get("attention_mask")
+    if mask is None or mask.ndim != 2 or mask.shape[1] <= length:
         return batch
+    width = mask.shape[1]
     return {
-        k: v[:, :length] if v.dim() == 2 and v.shape[1] == mask.shape[1] else v
-        for k, v in batch.items()
+        k: v[:, :length] if v.ndim == 2 and v.shape[1] == width else v for k, v in batch.items()
     }
 
 

@@ -14,6 +14,7 @@ import torch
 
 from kdc.compress.student import fixed_student_spec
 from kdc.errors import UserError
+from kdc.models.base import cut_positions
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import atomic_path, write_json, write_jsonl
 
@@ -107,13 +108,7 @@ def _finite(x: float) -> float | None:
 def proxy_rows(x: dict[str, np.ndarray], idx: np.ndarray, max_tokens: int | None) -> dict:
     """The scoring batch: rows `idx`, text inputs cut to their first `max_tokens` positions."""
     rows = {k: v[idx] for k, v in x.items()}
-    mask = rows.get("attention_mask")
-    if max_tokens is None or mask is None or mask.ndim != 2 or mask.shape[1] <= max_tokens:
-        return rows
-    width = mask.shape[1]
-    return {
-        k: v[:, :max_tokens] if v.ndim == 2 and v.shape[1] == width else v for k, v in rows.items()
-    }
+    return rows if max_tokens is None else cut_positions(rows, max_tokens)
 
 
 def _evolution(ctx: Context) -> StageOutput:
