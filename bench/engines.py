@@ -71,7 +71,9 @@ FUSED_OPS = (
     "QuantizeLinear",
     "DequantizeLinear",
 )
-AVX2_FP32_FLOPS_PER_CYCLE = 32  # 2 x 256-bit FMA pipes x 8 lanes x 2 flops (Zen 2/3, Haswell+)
+# fp32 flops per cycle and core: 2 FMA pipes x lanes x 2 flops (AVX2: 8 lanes, Zen 2/3 and
+# Haswell+; AVX-512: 16 lanes, server Xeons with two 512-bit FMA units)
+FP32_FLOPS_PER_CYCLE = {"AVX-512": 64, "AVX2": 32}
 
 
 def cpu_mhz() -> float | None:
@@ -255,7 +257,8 @@ def main() -> None:
         for lat in r.get("latency", {}).values():
             lat["gflop_per_s"] = round(flops / lat["p50_ms"] / 1e6, 1) if flops else None
     mhz = cpu_mhz()
-    peak = round(mhz * AVX2_FP32_FLOPS_PER_CYCLE / 1e3, 1) if mhz else None
+    isa = "AVX-512" if flags.get("avx512f") else "AVX2"
+    peak = round(mhz * FP32_FLOPS_PER_CYCLE[isa] / 1e3, 1) if mhz else None
     rt = rows.get("fp32_fused", {}).get("fused_ops_at_runtime")
     attention_fused = isinstance(rt, dict) and any("Attention" in k for k in rt)
     eff = rows.get("fp32_unfused", {}).get("latency", {}).get(str(threads[0]), {})
@@ -272,7 +275,7 @@ def main() -> None:
         why.append(
             (lead if near_peak else "fp32 unfused: ")
             + f"{eff.get('gflop_per_s')} GFLOP/s at {threads[0]} thread (kdc's FLOPs count "
-            f"{flops:.3g} per inference) against ~{peak} GFLOP/s AVX2 FMA peak at the nominal "
+            f"{flops:.3g} per inference) against ~{peak} GFLOP/s {isa} FMA peak at the nominal "
             f"{mhz} MHz" + (tail if near_peak else "")
         )
         why.append(
@@ -281,7 +284,10 @@ def main() -> None:
             "best, not the 4x VNNI gives; and the QDQ engine keeps Add/Softmax/LayerNorm in "
             "float with (De)QuantizeLinear at every quantized MatMul boundary"
             if not flags.get("vnni")
-            else "see breakdown"
+            else "VNNI present, yet the fused int8 engine is only "
+            f"{breakdown[str(threads[0])]['int8 over fused fp32 (fp32_fused / int8_fused)']}x the "
+            "fused fp32 one: the QDQ engine keeps Add/Softmax/LayerNorm in float with "
+            "(De)QuantizeLinear at every quantized MatMul boundary, a share int8 does not shrink"
         )
         if not attention_fused and ctx.teacher.family == "transformer":
             why.append(
@@ -323,7 +329,7 @@ def main() -> None:
         "attention_fused": attention_fused,
         "fp32_peak_gflop_per_s_estimate": {
             "value": peak,
-            "how": f"cpu MHz {mhz} x {AVX2_FP32_FLOPS_PER_CYCLE} flop/cycle (AVX2, 2 FMA pipes)",
+            "how": f"cpu MHz {mhz} x {FP32_FLOPS_PER_CYCLE[isa]} flop/cycle ({isa}, 2 FMA pipes)",
         },
         "fp32_unfused_p50_ms": {str(th): p50("fp32_unfused", th) for th in threads},
         "int8_fused_p50_ms": {str(th): p50("int8_fused", th) for th in threads},

@@ -52,6 +52,7 @@ from kdc.compress.student import derive_student, random_init  # noqa: E402
 from kdc.config import LossConfig  # noqa: E402
 from kdc.deploy.estimate import predict_architecture  # noqa: E402
 from kdc.errors import ConstraintFailure  # noqa: E402
+from kdc.profiles import cpu_info  # noqa: E402
 from kdc.rundir import read_json, write_json  # noqa: E402
 from kdc.stages.distill import validation_split  # noqa: E402
 from kdc.stages.search import proxy_rows  # noqa: E402
@@ -294,6 +295,7 @@ def remeasure_speed(out: Path) -> None:
             report["candidates_per_s"][name] = speed[0]["candidates_per_s"]
     report["speed_measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     report["speed_torch_threads"] = torch.get_num_threads()
+    report["speed_machine"] = cpu_info()[0]
     write_json(out, report)
     for name, ex in report["examples"].items():
         for s in ex["search_speed"]:
@@ -392,7 +394,7 @@ def main() -> None:
         },
         "rows": {n: r["rows"] for n, r in results.items()},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
+        "machine": f"{cpu_info()[0]}, Python {platform.python_version()}",
         "wall_s": round(time.perf_counter() - started, 1),
     }
     write_json(args.out, report)
