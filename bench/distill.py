@@ -255,9 +255,7 @@ def run_example(example: str, over: dict, fresh: bool, console: Console, only: l
         "config": str(EXAMPLES[example].relative_to(ROOT)),
         "config_epochs": config_epochs,
         "epochs": epochs or config_epochs,
-        "epochs_note": None
-        if epochs is None
-        else f"--epochs {epochs} (config: {config_epochs}) to fit the time available",
+        "epochs_note": None if epochs is None else f"--epochs {epochs} (config: {config_epochs})",
         "student": STUDENTS[example],
         "target": "host",
         "teacher": t,
