@@ -55,7 +55,7 @@ from kdc.errors import ConstraintFailure  # noqa: E402
 from kdc.profiles import cpu_info  # noqa: E402
 from kdc.rundir import read_json, write_json  # noqa: E402
 from kdc.stages.distill import validation_split  # noqa: E402
-from kdc.stages.search import proxy_rows  # noqa: E402
+from kdc.stages.search import proxy_batch  # noqa: E402
 
 SIZE = ("params", "flops")  # proxies that only count the architecture
 
@@ -173,12 +173,7 @@ def run_example(name: str, config: Path, students: int, epochs: int, seed: int, 
     x, y = ctx.encode("train"), ctx.dataset.train.labels
     xe, ye = ctx.encode("eval"), ctx.dataset.eval.labels
     divisor = ctx.profile.defaults.channel_divisor
-    idx = np.sort(
-        np.random.default_rng(cfg.seed).choice(
-            len(y), min(cfg.search.batch_size, len(y)), replace=False
-        )
-    )
-    bx, by = proxy_rows(x, idx, cfg.search.proxy_max_tokens), y[idx]
+    bx, by = proxy_batch(x, y, cfg.search.batch_size, cfg.seed, cfg.search.proxy_max_tokens)
     t_logits = teacher.forward_numpy(x)
     tr, va = validation_split(len(y), cfg.seed)
     pick = lambda d, ix: {k: v[ix] for k, v in d.items()}  # noqa: E731
@@ -228,7 +223,7 @@ def run_example(name: str, config: Path, students: int, epochs: int, seed: int, 
             "losses": [loss.name for loss in dcfg.losses],
         },
         "eval_rows": int(len(ye)),
-        "proxy_batch": int(len(idx)),
+        "proxy_batch": int(len(by)),
         "proxy_max_tokens": cfg.search.proxy_max_tokens,
     }
 
@@ -256,16 +251,16 @@ def rescore(out: Path) -> None:
                 raise SystemExit(f"{out} measured {ex['source']}, not {source}")
             ctx = open_run(config, "host", Path(tmp) / f"run-{name}", quiet=True)
             x, y = ctx.encode("train"), ctx.dataset.train.labels
-            pick = np.random.default_rng(ctx.cfg.seed).choice(len(y), ex["proxy_batch"], False)
-            idx = np.sort(pick)
-            bx = proxy_rows(x, idx, ctx.cfg.search.proxy_max_tokens)
+            bx, by = proxy_batch(
+                x, y, ex["proxy_batch"], ctx.cfg.seed, ctx.cfg.search.proxy_max_tokens
+            )
             divisor = ctx.profile.defaults.channel_divisor
             space = space_for(ctx.teacher, x, divisor)
             for row in rows:
                 spec = space.decode(row["genes"]).spec
                 student, rand = (derive_student(ctx.teacher, spec, x, divisor) for _ in range(2))
                 rand = random_init(rand, report["args"]["seed"])
-                row["proxies"] = score_proxies(ctx.teacher, student, rand, bx, y[idx])
+                row["proxies"] = score_proxies(ctx.teacher, student, rand, bx, by)
             corr["proxies"][name] = correlations(rows, "eval_accuracy")
             corr["proxies_vs_eval_loss"][name] = correlations(rows, "neg_eval_loss")
             ex["proxy_max_tokens"] = ctx.cfg.search.proxy_max_tokens

@@ -105,10 +105,14 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def proxy_rows(x: dict[str, np.ndarray], idx: np.ndarray, max_tokens: int | None) -> dict:
-    """The scoring batch: rows `idx`, text inputs cut to their first `max_tokens` positions."""
+def proxy_batch(
+    x: dict[str, np.ndarray], y: np.ndarray, size: int, seed: int, max_tokens: int | None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The scoring batch (inputs, labels): `size` training rows drawn under `seed`, in row order,
+    text inputs cut to their first `max_tokens` positions."""
+    idx = np.sort(np.random.default_rng(seed).choice(len(y), min(size, len(y)), replace=False))
     rows = {k: v[idx] for k, v in x.items()}
-    return rows if max_tokens is None else cut_positions(rows, max_tokens)
+    return (rows if max_tokens is None else cut_positions(rows, max_tokens)), y[idx]
 
 
 def _evolution(ctx: Context) -> StageOutput:
@@ -129,12 +133,7 @@ def _evolution(ctx: Context) -> StageOutput:
     proxy = resolve_proxy(cfg.proxy)
     names = _proxy_names(ctx, proxy)
     x, y = ctx.encode("train"), ctx.dataset.train.labels
-    idx = np.sort(
-        np.random.default_rng(ctx.cfg.seed).choice(
-            len(y), min(cfg.batch_size, len(y)), replace=False
-        )
-    )
-    bx, by = proxy_rows(x, idx, cfg.proxy_max_tokens), y[idx]
+    bx, by = proxy_batch(x, y, cfg.batch_size, ctx.cfg.seed, cfg.proxy_max_tokens)
     divisor = ctx.profile.defaults.channel_divisor
     space = _space(ctx)
     precision, batch = _precision(ctx), ctx.cfg.verify.batch

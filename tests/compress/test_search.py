@@ -15,7 +15,7 @@ from kdc.compress.proxies import PROXIES
 from kdc.compress.search import evolve, pareto_flags
 from kdc.compress.space import Space
 from kdc.errors import ConstraintFailure, UserError
-from kdc.stages.search import proxy_rows
+from kdc.stages.search import proxy_batch
 
 runner = CliRunner()
 TOY = Space({"a": list(range(10)), "b": list(range(10)), "c": list(range(10))})
@@ -235,10 +235,15 @@ def test_fixed_architecture_with_chosen_teacher_layers(bert_project, tmp_path):
         api.search(cfg, "host", tmp_path / "bad", quiet=True)
 
 
-def test_proxy_rows_cut_text_to_max_tokens_and_leave_images():
-    x = {"input_ids": np.ones((6, 256), np.int64), "attention_mask": np.ones((6, 256), np.int64)}
-    rows = proxy_rows(x, np.array([1, 3]), 128)
-    assert {k: v.shape for k, v in rows.items()} == {k: (2, 128) for k in x}
-    assert proxy_rows(x, np.array([1, 3]), None)["input_ids"].shape == (2, 256)
+def test_proxy_batch_draws_rows_in_order_cuts_text_and_leaves_images():
+    x = {"input_ids": np.arange(6)[:, None] * np.ones((6, 256), np.int64)}
+    x["attention_mask"] = np.ones((6, 256), np.int64)
+    y = np.arange(6)
+    bx, by = proxy_batch(x, y, 4, 0, 128)
+    assert {k: v.shape for k, v in bx.items()} == {k: (4, 128) for k in x}
+    assert list(by) == sorted(by) and list(bx["input_ids"][:, 0]) == list(by)
+    again, _ = proxy_batch(x, y, 4, 0, None)
+    assert again["input_ids"].shape == (4, 256)
+    assert list(proxy_batch(x, y, 99, 1, None)[1]) == list(y)  # size capped at the rows there are
     images = {"pixel_values": np.zeros((6, 3, 8, 8), np.float32)}
-    assert proxy_rows(images, np.array([0]), 4)["pixel_values"].shape == (1, 3, 8, 8)
+    assert proxy_batch(images, y, 1, 0, 4)[0]["pixel_values"].shape == (1, 3, 8, 8)
