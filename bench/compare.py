@@ -331,7 +331,8 @@ def epochs_for(b: Bench) -> int:
 
 def epochs_text(b: Bench) -> str:
     n, full = epochs_for(b), b.cfg.distill.epochs
-    return f"{n} distill epochs" + (f" (example: {full}; cut for time)" if n != full else "")
+    why = "--quick" if b.quick and not b.epochs else "--epochs"
+    return f"{n} distill epochs" + (f" (example: {full}; {why})" if n != full else "")
 
 
 def kdc_run(b: Bench, name: str, changes: dict) -> dict:
@@ -534,7 +535,9 @@ def main() -> None:
         "--only", nargs="*", choices=ROWS, help="rebuild these rows (none: re-time), keep others"
     )
     ap.add_argument("--rounds", type=int, help="final timing rounds (default 3, --quick 0)")
-    ap.add_argument("--epochs", type=int, help="distill epochs of the kdc rows (cut to save time)")
+    ap.add_argument(
+        "--epochs", type=int, help="distill epochs of the trained rows (default: the example's)"
+    )
     args = ap.parse_args()
     rounds = args.rounds if args.rounds is not None else (0 if args.quick else 3)
     for example in args.example or ["digits", "sentiment"]:

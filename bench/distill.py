@@ -1,7 +1,7 @@
 """Does kdc's distillation recipe earn its keep? (issue #5)
 
     python bench/distill.py [--example digits|sentiment] [--threads 1] [--epochs N] [--fresh]
-                            [--rows a,b] [--max-length N] [--augment auto]
+                            [--rows a,b] [--seeds 0,1,2] [--max-length N] [--augment auto]
 
 For each example, one student architecture (>= 4x fewer FLOPs than the teacher, see STUDENTS) and
 one training budget (the example's distill section) for four rows, each a kdc run (search →
@@ -16,8 +16,13 @@ Rows a-c are scored from the exported FP32 student ONNX, row d from the INT8 eng
 (never trained on; model selection is on kdc's validation split carved from train). Agreement is
 the share of eval items where the row predicts the teacher's class (teacher: its exported ONNX).
 FLOPs are kdc's counter (kdc.deploy.estimate via verify.predict: fp32 graph, batch 1, the eval
-input shape); params are the PyTorch student's. Writes bench/results/distill.json (merging
-examples run separately).
+input shape); params are the PyTorch student's. Each row is trained once per seed (`--seeds`, the
+config's `seed` replaced): a row's accuracy, macro-F1 and agreement are the means over its seeds
+(`per_seed` keeps each run), and the bars are judged on the means: on a few hundred eval items
+the seed-to-seed spread is larger than the differences between the rows. Writes
+bench/results/distill.json (merging examples run separately). Finished (row, seed) runs are
+reused from the scratch dir, so rows and seeds can run in parallel processes and a last run with
+all of them merges the results.
 """
 
 from __future__ import annotations
@@ -81,9 +86,13 @@ MIN_FLOPS_RATIO = 4.0
 MAX_EXTRA_DROP = 0.01  # (d) loses <= 1 point more than (c)
 
 
-def row_config(example: str, row: str, over: dict) -> Path:
-    """Write the row's config variant (absolute paths) to the scratch dir; return its path.
-    `over`: command-line overrides (epochs, max_length, augment for the rows that use kdc's
+def row_dir(example: str, row: str, seed: int) -> Path:
+    return SCRATCH / example / row / f"seed{seed}"
+
+
+def row_config(example: str, row: str, over: dict, seed: int) -> Path:
+    """Write the row's config variant (absolute paths, `seed`) to the scratch dir; return its
+    path. `over`: command-line overrides (epochs, max_length, augment for the rows that use kdc's
     default)."""
     base = load_config(EXAMPLES[example])
     d = base.model_dump(mode="json")
@@ -93,6 +102,10 @@ def row_config(example: str, row: str, over: dict) -> Path:
             d[sec][key] = str(base.resolve(v).resolve())
     spec = ROWS[row]
     d["name"] = f"{base.name}-{row}"
+    d["seed"] = seed
+    d["data"]["split_seed"] = (
+        base.data.split_seed if base.data.split_seed is not None else base.seed
+    )
     d["student"] = {**STUDENTS[example]}
     d["distill"]["losses"] = spec["losses"]
     augment = spec["augment"] or over.get("augment")
@@ -105,7 +118,7 @@ def row_config(example: str, row: str, over: dict) -> Path:
     d["prune"]["enabled"] = spec["prune"]
     d["quantize"]["precision"] = "int8" if spec["int8"] else "fp32"
     d["build"]["engines"] = ["onnxruntime"]
-    path = SCRATCH / example / row / "model.yaml"
+    path = row_dir(example, row, seed) / "model.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     return path
@@ -115,11 +128,14 @@ def size_mb(p: Path) -> float:
     return round(p.stat().st_size / 1e6, 4)
 
 
-def run_row(example: str, row: str, over: dict, teacher: dict | None) -> tuple[dict, dict]:
-    """Train and score one row; returns (row record, teacher record with its eval logits)."""
-    cfg_path = row_config(example, row, over)
+def run_row(
+    example: str, row: str, over: dict, teacher: dict | None, seed: int
+) -> tuple[dict, dict]:
+    """Train and score one row at one seed; returns (row record, teacher record with its eval
+    logits)."""
+    cfg_path = row_config(example, row, over, seed)
     cfg = load_config(cfg_path)
-    run_dir = SCRATCH / example / row / "run"
+    run_dir = row_dir(example, row, seed) / "run"
     ctx = open_run(cfg, "host", run_dir, quiet=True)
     stages = ("search", "distill", "export") + (("build",) if ROWS[row]["int8"] else ())
     t0 = time.perf_counter()
@@ -148,6 +164,7 @@ def run_row(example: str, row: str, over: dict, teacher: dict | None) -> tuple[d
         "flops": predict(ctx, s_path, "fp32").get("flops"),
         "params": dist["student_params"],
         "onnx_fp32_mb": size_mb(s_path),
+        "seed": cfg.seed,
         "epochs": cfg.distill.epochs,
         "augment": cfg.distill.augment,
         "max_length": cfg.data.max_length,
@@ -199,7 +216,29 @@ def verdict(teacher: dict, rows: dict) -> dict:
     return out
 
 
-def run_example(example: str, over: dict, fresh: bool, console: Console, only: list[str]) -> dict:
+PER_SEED = ("accuracy", "macro_f1", "agreement", "flops", "kept_epoch", "wall_s", "run_dir")
+MEANS = ("accuracy", "macro_f1", "agreement")
+
+
+def over_seeds(recs: list[dict]) -> dict:
+    """One row from its runs at several seeds: the first run's record with accuracy, macro-F1
+    and agreement replaced by their means, `<metric>_std` beside them, FLOPs the largest of the
+    runs (pruning may differ by seed), and each run's figures under `per_seed`."""
+    out = {k: v for k, v in recs[0].items() if k not in ("seed", "run_dir", "kept_epoch")}
+    for k in MEANS:
+        vals = [r[k] for r in recs]
+        out[k] = float(np.mean(vals))
+        out[f"{k}_std"] = float(np.std(vals))
+    out["flops"] = max(r["flops"] for r in recs)
+    out["wall_s"] = round(float(np.mean([r["wall_s"] for r in recs])), 1)
+    out["seeds"] = [r["seed"] for r in recs]
+    out["per_seed"] = {str(r["seed"]): {k: r.get(k) for k in PER_SEED} for r in recs}
+    return out
+
+
+def run_example(
+    example: str, over: dict, fresh: bool, console: Console, only: list[str], seeds: list[int]
+) -> dict:
     if fresh and (SCRATCH / example).exists():
         shutil.rmtree(SCRATCH / example)
     teacher = None
@@ -208,22 +247,25 @@ def run_example(example: str, over: dict, fresh: bool, console: Console, only: l
     if t_file.is_file() and t_npy.is_file():
         teacher = {**read_json(t_file), "_logits": np.load(t_npy)}
     for row in [r for r in ROWS if r in only]:
-        cached = SCRATCH / example / row / "result.json"
-        if cached.is_file() and teacher is not None:
-            rows[row] = read_json(cached)
-            console.print(f"{example}/{row}: reused {cached}")
-            continue
-        console.print(f"{example}/{row}: training …")
-        rec, teacher = run_row(example, row, over, teacher)
-        if not t_npy.is_file():
-            np.save(t_npy, teacher["_logits"])
-            write_json(t_file, {k: v for k, v in teacher.items() if not k.startswith("_")})
-        write_json(cached, rec)
-        rows[row] = rec
-        console.print(
-            f"  accuracy {rec['accuracy']:.4f} macro-F1 {rec['macro_f1']:.4f} "
-            f"agreement {rec['agreement']:.4f} ({rec['wall_s']:.0f} s)"
-        )
+        recs = []
+        for seed in seeds:
+            cached = row_dir(example, row, seed) / "result.json"
+            if cached.is_file() and teacher is not None:
+                recs.append(read_json(cached))
+                console.print(f"{example}/{row}/seed {seed}: reused {cached}")
+                continue
+            console.print(f"{example}/{row}/seed {seed}: training …")
+            rec, teacher = run_row(example, row, over, teacher, seed)
+            if not t_npy.is_file():
+                np.save(t_npy, teacher["_logits"])
+                write_json(t_file, {k: v for k, v in teacher.items() if not k.startswith("_")})
+            write_json(cached, rec)
+            recs.append(rec)
+            console.print(
+                f"  accuracy {rec['accuracy']:.4f} macro-F1 {rec['macro_f1']:.4f} "
+                f"agreement {rec['agreement']:.4f} ({rec['wall_s']:.0f} s)"
+            )
+        rows[row] = over_seeds(recs)
     t = {k: v for k, v in teacher.items() if not k.startswith("_")}
     config_epochs, epochs = load_config(EXAMPLES[example]).distill.epochs, over.get("epochs")
     notes = []
@@ -250,13 +292,17 @@ def run_example(example: str, over: dict, fresh: bool, console: Console, only: l
             "use the kdc-measured teacher"
         )
     n = t["n_eval"]
-    notes.append(f"one eval item is {100 / n:.2f} accuracy points ({n} items); one seed per row")
+    notes.append(
+        f"one eval item is {100 / n:.2f} accuracy points ({n} items); each row is the mean of "
+        f"{len(seeds)} seed(s) {seeds} (per_seed: each run)"
+    )
     return {
         "config": str(EXAMPLES[example].relative_to(ROOT)),
         "config_epochs": config_epochs,
         "epochs": epochs or config_epochs,
         "epochs_note": None if epochs is None else f"--epochs {epochs} (config: {config_epochs})",
         "student": STUDENTS[example],
+        "seeds": seeds,
         "target": "host",
         "teacher": t,
         "rows": rows,
@@ -266,13 +312,17 @@ def run_example(example: str, over: dict, fresh: bool, console: Console, only: l
 
 
 def table(name: str, res: dict) -> Table:
-    tab = Table(title=f"{name}: teacher accuracy {res['teacher']['accuracy']:.4f}")
-    for col in ("row", "accuracy", "macro-F1", "agreement", "MFLOPs", "params", "epochs", "wall s"):
+    title = f"{name}: teacher accuracy {res['teacher']['accuracy']:.4f}; rows: mean of seeds"
+    tab = Table(title=title)
+    cols = ("row", "accuracy", "± std", "per seed", "macro-F1", "agreement", "MFLOPs", "params")
+    for col in (*cols, "epochs", "wall s"):
         tab.add_column(col, justify="left" if col == "row" else "right")
     t = res["teacher"]
     tab.add_row(
         "teacher",
         f"{t['accuracy']:.4f}",
+        "",
+        "",
         f"{t['macro_f1']:.4f}",
         "1.0000",
         f"{t['flops'] / 1e6:.2f}",
@@ -284,6 +334,8 @@ def table(name: str, res: dict) -> Table:
         tab.add_row(
             row,
             f"{r['accuracy']:.4f}",
+            f"{r['accuracy_std']:.4f}",
+            " ".join(f"{v['accuracy']:.4f}" for v in r["per_seed"].values()),
             f"{r['macro_f1']:.4f}",
             f"{r['agreement']:.4f}",
             f"{r['flops'] / 1e6:.2f}",
@@ -306,7 +358,9 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="retrain rows already in the scratch dir")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--rows", default=",".join(ROWS), help="rows to run (others left out)")
+    ap.add_argument("--seeds", default="0,1,2", help="seeds each row is trained at")
     args = ap.parse_args()
+    seeds = [int(v) for v in args.seeds.split(",")]
     over = {"epochs": args.epochs, "max_length": args.max_length, "augment": args.augment}
     import torch
 
@@ -319,8 +373,9 @@ def main() -> None:
         bench="distill",
         issue=5,
         bars={
-            "kdc": f"accuracy >= {KEEP:.0%} of the teacher's, FLOPs >= {MIN_FLOPS_RATIO:g}x fewer",
-            "kdc_pruned_int8": f"accuracy <= {MAX_EXTRA_DROP * 100:g} point below kdc's",
+            "kdc": f"mean accuracy over the seeds >= {KEEP:.0%} of the teacher's, "
+            f"FLOPs >= {MIN_FLOPS_RATIO:g}x fewer",
+            "kdc_pruned_int8": f"mean accuracy <= {MAX_EXTRA_DROP * 100:g} point below kdc's",
         },
         torch_threads=args.threads,
         scratch=str(SCRATCH),
@@ -328,7 +383,7 @@ def main() -> None:
     examples = result.setdefault("examples", {})
     for name in names:
         t0 = time.perf_counter()
-        examples[name] = run_example(name, over, args.fresh, console, args.rows.split(","))
+        examples[name] = run_example(name, over, args.fresh, console, args.rows.split(","), seeds)
         examples[name]["wall_s"] = round(time.perf_counter() - t0, 1)
         examples[name]["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json(out, result)

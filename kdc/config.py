@@ -42,7 +42,10 @@ class TeacherConfig(Section):
 
 class DataConfig(Section):
     """Training and evaluation data. `source` is a path (csv, jsonl, tsv, txt, a `datasets`
-    directory, an image folder) or `sklearn:digits`; `eval` an optional separate eval file."""
+    directory, an image folder) or `sklearn:digits`; `eval` an optional separate eval file.
+    `split_seed` draws the held-out eval split (and `limit_train`'s subsample) when there is no
+    eval file; unset, the run's `seed` does, so a run with another training seed and a fixed
+    split sets it (as Hugging Face Trainer's `data_seed`)."""
 
     source: str
     eval: str | None = None
@@ -52,6 +55,7 @@ class DataConfig(Section):
     text_column: str = "text"
     label_column: str = "label"
     eval_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int | None = None
     max_length: int = Field(128, ge=8, le=4096)
     image_size: int | None = Field(None, ge=8)
     limit_train: int | None = Field(None, ge=1)

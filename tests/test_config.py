@@ -71,3 +71,18 @@ def test_bad_entrypoint_form(tmp_path):
     data = cnn_config()
     data["teacher"]["entrypoint"] = "no_colon"
     assert "teacher.entrypoint" in _err(tmp_path, data)
+
+
+def test_split_seed_holds_the_eval_split_while_the_seed_changes(tmp_path):
+    from kdc.config import parse_config
+    from kdc.data import load_dataset
+
+    def eval_rows(**over):
+        d = cnn_config()
+        d.update({k: v for k, v in over.items() if k != "data"})
+        d["data"] = {**d["data"], **over.get("data", {})}
+        return load_dataset(parse_config(d, base_dir=tmp_path)).eval.features
+
+    fixed = eval_rows(seed=0)
+    assert (eval_rows(seed=1, data={"split_seed": 0}) == fixed).all()
+    assert not (eval_rows(seed=1) == fixed).all()  # unset: the run's seed draws the split
