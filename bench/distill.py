@@ -216,15 +216,14 @@ def verdict(teacher: dict, rows: dict) -> dict:
     return out
 
 
-PER_SEED = ("accuracy", "macro_f1", "agreement", "flops", "kept_epoch", "wall_s", "run_dir")
 MEANS = ("accuracy", "macro_f1", "agreement")
 
 
 def over_seeds(recs: list[dict]) -> dict:
-    """One row from its runs at several seeds: the first run's record with accuracy, macro-F1
-    and agreement replaced by their means, `<metric>_std` beside them, FLOPs the largest of the
-    runs (pruning may differ by seed), and each run's figures under `per_seed`."""
-    out = {k: v for k, v in recs[0].items() if k not in ("seed", "run_dir", "kept_epoch")}
+    """One row from its runs at several seeds: the fields all runs share, accuracy, macro-F1 and
+    agreement as means with `<metric>_std` beside them, FLOPs the largest of the runs, wall the
+    mean, and under `per_seed` every field that differs between runs (the run's own figures)."""
+    out = {k: v for k, v in recs[0].items() if all(r.get(k) == v for r in recs)}
     for k in MEANS:
         vals = [r[k] for r in recs]
         out[k] = float(np.mean(vals))
@@ -232,7 +231,10 @@ def over_seeds(recs: list[dict]) -> dict:
     out["flops"] = max(r["flops"] for r in recs)
     out["wall_s"] = round(float(np.mean([r["wall_s"] for r in recs])), 1)
     out["seeds"] = [r["seed"] for r in recs]
-    out["per_seed"] = {str(r["seed"]): {k: r.get(k) for k in PER_SEED} for r in recs}
+    shared = set(out) - {*MEANS, "flops", "wall_s"}
+    out["per_seed"] = {
+        str(r["seed"]): {k: v for k, v in r.items() if k not in shared} for r in recs
+    }
     return out
 
 
