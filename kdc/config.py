@@ -179,7 +179,8 @@ class QuantizeConfig(Section):
     # layers (up to fallback_max_layers) stay in float. None: off.
     max_int8_loss: float | None = Field(None, ge=0, le=1)
     # PTQ backend: ONNX Runtime quantize_static, NNCF, or `auto` (both; the one whose outputs on
-    # held-out training rows are closer to FP32 ships).
+    # held-out training rows are closer to FP32 ships; on a target this machine can time, only
+    # among graphs at most 1.1x slower than the fastest).
     ptq: Literal["onnxruntime", "nncf", "auto"] = "onnxruntime"
     fallback_max_layers: int = Field(4, ge=1)
 

@@ -149,6 +149,31 @@ def test_auto_ptq_records_both_backends(bert_project, tmp_path):
     api.compress(cfg, "host", tmp_path / "run", quiet=True)
     engines = read_json(tmp_path / "run" / "build" / "engines.json")
     how = next(e for e in engines if e["precision"] == "int8")["quantization"]
-    assert set(how["backend_choice"]["loss"]) == {"onnxruntime", "nncf"}
+    choice = how["backend_choice"]
+    assert set(choice["loss"]) == set(choice["p50_ms"]) == {"onnxruntime", "nncf"}  # host: timed
     assert how["method"] in ("ort-static-qdq", "nncf-ptq-qdq")
     assert "train rows" in how["loss"]["rows"]
+
+
+@pytest.mark.parametrize(
+    ("measurable", "p50", "chosen"),
+    [
+        (True, {"nncf": 12.5, "onnxruntime": 7.1}, "onnxruntime"),  # closest, but 1.8x slower
+        (True, {"nncf": 7.5, "onnxruntime": 7.1}, "nncf"),  # within 10 %: the closest
+        (False, {"nncf": 12.5, "onnxruntime": 7.1}, "nncf"),  # not timeable here: the closest
+    ],
+)
+def test_auto_ptq_skips_an_int8_graph_much_slower_than_the_other(
+    monkeypatch, measurable, p50, chosen
+):
+    from types import SimpleNamespace
+
+    from kdc.stages import build
+
+    monkeypatch.setattr(build, "_p50_ms", lambda ctx, path, rows: p50[str(path)])
+    ctx = SimpleNamespace(profile=SimpleNamespace(measurable=measurable))
+    built = {"onnxruntime": Path("onnxruntime"), "nncf": Path("nncf")}
+    losses = {"onnxruntime": 0.059, "nncf": 0.0}
+    backend, choice = build._choose_backend(ctx, built, losses, {})
+    assert backend == chosen
+    assert ("p50_ms" in choice) == measurable
