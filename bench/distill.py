@@ -103,9 +103,7 @@ def row_config(example: str, row: str, over: dict, seed: int) -> Path:
     spec = ROWS[row]
     d["name"] = f"{base.name}-{row}"
     d["seed"] = seed
-    d["data"]["split_seed"] = (
-        base.data.split_seed if base.data.split_seed is not None else base.seed
-    )
+    d["data"]["split_seed"] = base.split_seed()  # every seed scored on the same eval split
     d["student"] = {**STUDENTS[example]}
     d["distill"]["losses"] = spec["losses"]
     augment = spec["augment"] or over.get("augment")

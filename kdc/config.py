@@ -242,6 +242,10 @@ class KdcConfig(Section):
         p = Path(rel).expanduser()
         return p if p.is_absolute() else (Path(self.base_dir) / p)
 
+    def split_seed(self) -> int:
+        """The seed of the held-out eval split: `data.split_seed`, else `seed`."""
+        return self.seed if self.data.split_seed is None else self.data.split_seed
+
     def fingerprint(self) -> dict:
         """The config as data, for hashing: excludes where it was read from."""
         return self.model_dump(mode="json")

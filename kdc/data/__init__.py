@@ -86,7 +86,7 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
     src_path = cfg.resolve(d.source)
     fmt = _format(cfg, src_path)
     feats, labels = _read(cfg, src_path, fmt, "train")
-    rng = np.random.default_rng(cfg.seed if d.split_seed is None else d.split_seed)
+    rng = np.random.default_rng(cfg.split_seed())
     if d.eval:
         ev_feats, ev_labels = _read(
             cfg, cfg.resolve(d.eval), _format(cfg, cfg.resolve(d.eval)), "eval"

@@ -191,14 +191,15 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
     if len(backends) == 1 and q.max_int8_loss is None:
         _quantizer(ctx, src, backends[0])([], dst)
         return {"method": PTQ_BACKENDS[backends[0]], **how, **_backend_notes(ctx, backends[0])}
-    loss_of, rows, held_out = _output_loss_fn(ctx, src)
+    loss_of, described, held_out = _output_loss_fn(ctx, src)
     quantizers = {b: _quantizer(ctx, src, b) for b in backends}
     with tempfile.TemporaryDirectory(prefix="kdc-int8-") as scratch:
         built = {b: quantize([], Path(scratch) / f"{b}.onnx") for b, quantize in quantizers.items()}
         losses = {b: loss_of(p) for b, p in built.items()}
-        backend = min(losses, key=losses.get)
         if len(backends) > 1:
             backend, how["backend_choice"] = _choose_backend(ctx, built, losses, held_out)
+        else:
+            backend = backends[0]
         best = built[backend]
         if q.max_int8_loss is not None:
             best, how["accuracy_aware"] = keep_sensitive_layers(
@@ -217,7 +218,7 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
         with atomic_path(dst) as tmp:
             shutil.copyfile(best, tmp)
     how["loss"] = {
-        "rows": rows,
+        "rows": described,
         "measure": "1 - mean cosine to FP32"
         if ctx.cfg.task == "sentence-embedding"
         else "share of rows whose class differs from FP32",
