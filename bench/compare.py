@@ -279,8 +279,7 @@ def row_teacher_ort_int8_dynamic(b: Bench) -> dict:
 
 
 def row_teacher_ort_int8_static(b: Bench) -> dict:
-    from kdc.deploy.onnxruntime import quantize_int8
-    from kdc.stages.build import QUANT_OPS
+    from kdc.deploy.onnxruntime import QUANT_OPS, quantize_int8
 
     raw, t_export = teacher_onnx(b)
     fam = b.ctx.teacher.family
@@ -304,8 +303,11 @@ def row_teacher_ort_int8_static(b: Bench) -> dict:
 
 
 def row_teacher_nncf_int8(b: Bench) -> dict:
-    import nncf
     import onnx
+
+    from kdc.compress.nncf_import import import_nncf
+
+    nncf = import_nncf()
 
     raw, t_export = teacher_onnx(b)
     t0 = time.perf_counter()

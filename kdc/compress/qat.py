@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import torch
 
+from kdc.compress.nncf_import import import_nncf
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
 
@@ -27,6 +28,7 @@ def _use_eager_kernels() -> None:
     """Run NNCF's pure-PyTorch fake-quantize kernels eagerly. NNCF otherwise compiles a C++
     extension on first use (minutes on a small CPU, a hang on a stale lock) or falls back to
     torch.compile; the numbers are the same."""
+    import_nncf()
     from nncf.torch.quantization.extensions import QuantizedFunctionsCPU
     from nncf.torch.quantization.reference import torch_executor
 
@@ -39,6 +41,7 @@ def _use_eager_kernels() -> None:
 def _import_strip() -> None:
     """nncf.strip imports two observer classes from torchao only to build disabled observers;
     without torchao installed, lend it PyTorch's own (the same classes) for that import only."""
+    import_nncf()
     try:
         import torchao  # noqa: F401
 
@@ -85,7 +88,7 @@ def quantize_for_training(
     activations symmetric when asked; no overflow fix for TensorRT targets), ranges calibrated
     on `calibration`. Train it like any student, then `export_qat`."""
     check_supported(adapter.family)
-    import nncf
+    nncf = import_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     _use_eager_kernels()
@@ -126,7 +129,7 @@ def export_qat(
     adapter: ModelAdapter, example: dict[str, np.ndarray], path: Path, *, opset: int = 17
 ) -> Path:
     """Strip the trained quantizers (`nncf.strip`) and export a QDQ ONNX model of standard ops."""
-    import nncf
+    nncf = import_nncf()
 
     from kdc.export.onnx_export import export_onnx
 

@@ -288,13 +288,15 @@ def _export(model: ZooModel, path: Path, seed: int) -> Path:
 
 def _finish(model: ZooModel, src: Path, dst: Path, engine: str, seed: int) -> Path:
     """The engine-ready graph: ORT-optimized float or QDQ INT8 (uint8 activations on CPU, int8
-    symmetric for TensorRT), as the build stage makes them; TensorRT floats stay as exported."""
-    from kdc.deploy.onnxruntime import optimize, quantize_int8
+    symmetric for TensorRT; the build stage's ops per family), as the build stage makes them;
+    TensorRT floats stay as exported."""
+    from kdc.deploy.onnxruntime import QUANT_OPS, optimize, quantize_int8
 
     if model.precision == "int8":
         calib = [inputs_for(model, seed=seed + 1 + i) for i in range(CALIBRATION_ROWS)]
         symmetric = engine == "tensorrt"
-        return quantize_int8(src, dst, calib, symmetric_activations=symmetric)
+        ops = QUANT_OPS.get(ORT_OPTIMIZER[model.family])
+        return quantize_int8(src, dst, calib, symmetric_activations=symmetric, op_types=ops)
     if engine == "tensorrt":
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
@@ -321,6 +323,11 @@ def _quiet_logs() -> Iterator[None]:
         root.setLevel(level)
 
 
+RECIPE = 2
+"""How `_finish` makes engine-ready graphs; files of a directory written under another recipe are
+made again (2: INT8 quantizes the build stage's ops per family, `QUANT_OPS`)."""
+
+
 def generate(
     zoo: Sequence[ZooModel],
     out_dir: Path | str,
@@ -329,21 +336,25 @@ def generate(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Export every model to `out_dir/<name>.onnx` (a model already there is kept) and write
-    `manifest.json`; returns the manifest rows (name, family, arch, precision, batch,
-    input_shapes, file)."""
+    """Export every model to `out_dir/<name>.onnx` (one already there under this `RECIPE` is
+    kept) and write `manifest.json`; returns the manifest rows (name, family, arch, precision,
+    batch, input_shapes, file)."""
     if engine not in ENGINES:
         raise UserError(
             f"unknown engine '{engine}'", field="engine", fix=f"use {' or '.join(ENGINES)}"
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        reuse = read_json(out / MANIFEST).get("recipe") == RECIPE
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        reuse = False
     rows = []
     with tempfile.TemporaryDirectory(prefix="kdc-zoo-") as scratch:
         exported: dict[str, Path] = {}  # one export per architecture, shared by its precisions
         for m in zoo:
             path = out / f"{m.name}.onnx"
-            if not path.is_file():
+            if not (reuse and path.is_file()):
                 if progress:
                     progress(m.name)
                 key = json.dumps(m.arch, sort_keys=True)
@@ -354,7 +365,8 @@ def generate(
                     _finish(m, exported[key], path, engine, seed)
             rows.append({**asdict(m), "file": path.name})
     write_json(
-        out / MANIFEST, {"created": now_iso(), "engine": engine, "seed": seed, "models": rows}
+        out / MANIFEST,
+        {"created": now_iso(), "engine": engine, "seed": seed, "recipe": RECIPE, "models": rows},
     )
     return rows
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -41,6 +42,10 @@ OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+# Ops quantized per family. Transformers leave Add/Softmax/LayerNorm in float: quantizing the
+# attention-mask Add (range down to float min) collapses the model to chance.
+QUANT_OPS: dict[str, list[str] | None] = {"transformer": ["MatMul", "Gemm", "Gather"], "cnn": None}
 
 CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
     "minmax": CalibrationMethod.MinMax,
@@ -260,6 +265,17 @@ def _graph_inputs(model: onnx.ModelProto) -> dict[str, type | None]:
     }
 
 
+@contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    """Run the block in `path` (contextlib.chdir is Python 3.11+)."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def quantize_int8(
     src: Path | str,
     dst: Path | str,
@@ -294,11 +310,14 @@ def quantize_int8(
         tempfile.TemporaryDirectory(prefix="kdc-quant-") as scratch,
         atomic_path(dst) as tmp,
     ):
-        pre = Path(scratch) / "preprocessed.onnx"
-        try:
-            quant_pre_process(str(src), str(pre))
-        except Exception:  # symbolic shape inference gives up on some dynamic-sequence graphs
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        pre = Path(scratch).resolve() / "preprocessed.onnx"
+        # where symbolic shape inference gives up (some dynamic-sequence graphs), ORT saves
+        # sym_shape_infer_temp.onnx and its weights into the working directory: keep them in scratch
+        with _working_dir(Path(scratch).resolve()):
+            try:
+                quant_pre_process(str(src.resolve()), str(pre))
+            except Exception:
+                quant_pre_process(str(src.resolve()), str(pre), skip_symbolic_shape=True)
         declared = _graph_inputs(onnx.load(str(pre), load_external_data=False))
         reader = _ListReader([_feed(declared, x, str(src)) for x in calib_inputs])
         quantize_static(

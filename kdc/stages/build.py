@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdc.deploy.onnxruntime import QUANT_OPS
 from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import atomic_path, read_json, write_json
@@ -30,9 +31,6 @@ def symmetric_activations(ctx: Context) -> bool:
     return q if q is not None else "tensorrt" in ctx.profile.runtime.engines
 
 
-# Ops quantized per family. Transformers leave Add/Softmax/LayerNorm in float: quantizing the
-# attention-mask Add (range down to float min) collapses the model to chance.
-QUANT_OPS: dict[str, list[str] | None] = {"transformer": ["MatMul", "Gemm", "Gather"], "cnn": None}
 FALLBACK_ROWS = 256  # held-out training rows INT8 graphs are compared with FP32 on
 PTQ_BACKENDS: dict[str, str] = {"onnxruntime": "ort-static-qdq", "nncf": "nncf-ptq-qdq"}
 
@@ -106,7 +104,7 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
             path,
             calibration,
             symmetric_activations=sym,
-            transformer=fam == "transformer",
+            op_types=QUANT_OPS.get(fam),
             nodes_to_exclude=exclude,
         )
     return lambda exclude, path: quantize_int8(
@@ -227,10 +225,10 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
 
 
 def _backend_notes(ctx: Context, backend: str) -> dict:
+    ops = QUANT_OPS.get(ctx.teacher.family) or "default"
     if backend == "nncf":
-        return {"preset": "performance" if symmetric_activations(ctx) else "mixed"}
-    q = ctx.cfg.quantize
-    return {"calibration": q.calibration, "ops": QUANT_OPS.get(ctx.teacher.family) or "default"}
+        return {"preset": "performance" if symmetric_activations(ctx) else "mixed", "ops": ops}
+    return {"calibration": ctx.cfg.quantize.calibration, "ops": ops}
 
 
 def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:

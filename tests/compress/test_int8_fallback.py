@@ -57,7 +57,10 @@ def test_keeps_most_helpful_layers_until_within_budget(tmp_path):
     assert rec["kept_float"] == ["b"] and not rec["met"]
 
 
-def test_excluded_layers_of_a_real_graph_stay_float(tmp_path):
+def test_excluded_layers_of_a_real_graph_stay_float(tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     model, tok = tiny_bert(tmp_path, layers=2)
     adapter = HFTextAdapter(model.eval(), tok, max_length=16)
     x = adapter.encode(["good great movie", "bad awful plot", "fine"] * 8)
@@ -92,6 +95,7 @@ def test_excluded_layers_of_a_real_graph_stay_float(tmp_path):
     kept = set(groups[rec["kept_float"][0]])
     assert not [n.name for n in q.graph.node if n.name in kept and dq_out & set(n.input)]
     assert layer0 in groups
+    assert not list(cwd.iterdir())  # ORT's shape-inference dump stayed in scratch
 
 
 @pytest.mark.slow
@@ -110,19 +114,32 @@ def test_build_records_accuracy_aware_int8(bert_project, tmp_path):
     assert len(rec["kept_float"]) <= 1 and rec["final_loss"] <= rec["int8_loss"] + 1e-9
 
 
-def test_nncf_ptq_writes_standard_qdq_and_excludes_nodes(tmp_path):
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_nncf_ptq_writes_standard_qdq_and_excludes_nodes(tmp_path, symmetric):
     from kdc.compress.nncf_ptq import quantize_int8_nncf
 
     model, tok = tiny_bert(tmp_path, layers=2)
     adapter = HFTextAdapter(model.eval(), tok, max_length=16)
     x = adapter.encode(["good great movie", "bad awful plot", "fine"] * 8)
     src = export_onnx(adapter, x, tmp_path / "m.onnx", simplify=False)
+    ops_only = ["MatMul", "Gemm", "Gather"]
     dst = quantize_int8_nncf(
-        src, tmp_path / "q.onnx", [x], symmetric_activations=True, transformer=True
+        src, tmp_path / "q.onnx", [x], symmetric_activations=symmetric, op_types=ops_only
     )
     ops = count_ops(dst)
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
     assert not {"FakeQuantize"} & set(ops)
+    q = onnx.load(str(dst))
+    dq_out = {o: n for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    readers = {n.op_type for n in q.graph.node if dq_out.keys() & set(n.input)}
+    assert readers <= {*ops_only, "Transpose", "Reshape"}  # no quantized Add/Softmax/LayerNorm
+    consts = {i.name for i in q.graph.initializer}
+    table_dq = [
+        n.name
+        for n in q.graph.node
+        if n.op_type == "Gather" and n.input[0] in dq_out and dq_out[n.input[0]].input[0] in consts
+    ]
+    assert bool(table_dq) == symmetric  # CPU graphs gather INT8 rows, then scale them
     ref = run_session(make_session(src, threads=1), x)
     got = run_session(make_session(dst, threads=1), x)
     assert output_loss("text-classification", ref, got) <= 0.25
@@ -132,11 +149,56 @@ def test_nncf_ptq_writes_standard_qdq_and_excludes_nodes(tmp_path):
         src,
         tmp_path / "p.onnx",
         [x],
-        symmetric_activations=True,
-        transformer=True,
+        symmetric_activations=symmetric,
+        op_types=ops_only,
         nodes_to_exclude=layer1,
     )
     assert count_ops(part)["QuantizeLinear"] < ops["QuantizeLinear"]
+
+
+def test_gather_then_dequantize_keeps_values_and_leaves_other_tables(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kdc.compress.nncf_ptq import gather_then_dequantize
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 128, (50, 8)).astype(np.int8), "t"),
+        numpy_helper.from_array(rng.integers(-127, 128, (50, 8)).astype(np.int8), "t2"),
+        numpy_helper.from_array(rng.uniform(0.01, 0.1, 50).astype(np.float32), "rows"),
+        numpy_helper.from_array(np.zeros(50, np.int8), "zp"),
+        numpy_helper.from_array(np.float32(0.05), "one"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["t", "rows", "zp"], ["tf"], "dq_rows", axis=0),
+        helper.make_node("Gather", ["tf", "ids"], ["a"]),  # unnamed
+        helper.make_node("DequantizeLinear", ["t2", "rows", "zp"], ["tf2"], "dq_shared", axis=0),
+        helper.make_node("Gather", ["tf2", "ids"], ["c"], "gather_shared"),
+        helper.make_node("DequantizeLinear", ["t", "one"], ["tfs"], "dq_tensor"),
+        helper.make_node("Gather", ["tfs", "ids"], ["b"], "gather_tensor"),
+        helper.make_node("DequantizeLinear", ["t2", "rows", "zp"], ["tfo"], "dq_output", axis=0),
+        helper.make_node("Gather", ["tfo", "ids"], ["d"], "gather_output"),
+    ]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, 8]) for n in "abcd"]
+    outs.append(helper.make_tensor_value_info("tfo", TensorProto.FLOAT, [50, 8]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])], outs, inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
+    onnx.save(model, str(before))
+    onnx.save(gather_then_dequantize(onnx.load(str(before))), str(after))
+    ids = {"ids": np.array([[0, 7, -1], [3, 3, 1]], dtype=np.int64)}
+    want = make_session(before, threads=1).run(None, ids)
+    got = make_session(after, threads=1).run(None, ids)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(w, g)
+    rewritten = onnx.load(str(after))
+    names = [n.name for n in rewritten.graph.node]
+    assert len(names) == len(set(names))
+    assert not {"dq_rows", "dq_shared"} & set(names)
+    assert {"dq_tensor", "dq_output"} <= set(names)  # per-tensor; read by a graph output
+    assert [i.name for i in rewritten.graph.initializer].count("rows_rows") == 1  # shared
 
 
 @pytest.mark.slow

@@ -63,6 +63,20 @@ def test_sets_are_disjoint_and_span_the_ranges():
     assert len(Z.calibration_set(quick=True)) == 3
 
 
+def test_zoo_keeps_models_of_its_recipe_and_remakes_older_ones(tmp_path):
+    zoo = Z.models([Z.mlp([16, 16, 4])], ["int8"])
+    rows = Z.generate(zoo, tmp_path)
+    path = tmp_path / rows[0]["file"]
+    path.write_bytes(b"kept")  # a file generate must not touch while the recipe matches
+    Z.generate(zoo, tmp_path)
+    assert path.read_bytes() == b"kept"
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["recipe"] == Z.RECIPE
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "recipe": Z.RECIPE - 1}))
+    Z.generate(zoo, tmp_path)
+    assert path.read_bytes() != b"kept"  # made again under the current recipe
+
+
 def test_bundle_has_models_manifest_and_a_valid_script(bundle):
     rows = Z.load_manifest(bundle / "models")
     assert len(rows) == 10 and {r["precision"] for r in rows} == {"fp16", "int8"}
