@@ -10,6 +10,7 @@ graph ran 1.8x slower on ONNX Runtime CPU than the generic one, which flipped as
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -56,14 +57,20 @@ def quantize_int8_nncf(
         types=other_types if op_types else [],
         validate=False,
     )
-    q = nncf.quantize(
-        model,
-        nncf.Dataset(items),
-        preset=preset,
-        subset_size=len(items),
-        ignored_scope=ignored,
-        advanced_parameters=advanced,
-    )
+    log = logging.getLogger("nncf")  # one INFO line per op left unquantized: by design here
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        q = nncf.quantize(
+            model,
+            nncf.Dataset(items),
+            preset=preset,
+            subset_size=len(items),
+            ignored_scope=ignored,
+            advanced_parameters=advanced,
+        )
+    finally:
+        log.setLevel(level)
     if not symmetric_activations:  # ONNX Runtime (CPU) graphs; TensorRT folds DQ of constants
         q = gather_then_dequantize(q)
     with atomic_path(Path(dst)) as tmp:
