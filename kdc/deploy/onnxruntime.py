@@ -311,13 +311,14 @@ def quantize_int8(
         atomic_path(dst) as tmp,
     ):
         pre = Path(scratch).resolve() / "preprocessed.onnx"
+        source = str(src.resolve())  # before the chdir: `src` may be relative
         # where symbolic shape inference gives up (some dynamic-sequence graphs), ORT saves
         # sym_shape_infer_temp.onnx and its weights into the working directory: keep them in scratch
         with _working_dir(Path(scratch).resolve()):
             try:
-                quant_pre_process(str(src.resolve()), str(pre))
+                quant_pre_process(source, str(pre))
             except Exception:
-                quant_pre_process(str(src.resolve()), str(pre), skip_symbolic_shape=True)
+                quant_pre_process(source, str(pre), skip_symbolic_shape=True)
         declared = _graph_inputs(onnx.load(str(pre), load_external_data=False))
         reader = _ListReader([_feed(declared, x, str(src)) for x in calib_inputs])
         quantize_static(

@@ -174,6 +174,19 @@ def test_quantize_int8_static_qdq(mlp: Path, tmp: Path, symmetric: bool, zp_type
     assert _cosine(ref, got) > 0.98
 
 
+def test_quantize_int8_relative_paths(
+    mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "m.onnx").write_bytes(mlp.read_bytes())
+    dst = quantize_int8(
+        Path("in/m.onnx"), Path("out.onnx"), [_x(8, 0)], symmetric_activations=False
+    )
+    assert dst == Path("out.onnx") and count_ops(tmp_path / "out.onnx")["QuantizeLinear"] >= 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.onnx"]
+
+
 def test_quantize_int8_entropy_and_bad_method(mlp: Path, tmp: Path) -> None:
     dst = quantize_int8(
         mlp,
