@@ -11,6 +11,8 @@ the FP32 model's predictions than it but 2-4x fewer than ONNX Runtime's quantize
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -62,14 +64,15 @@ def quantize_int8_nncf(
     level = log.level
     log.setLevel(max(level, logging.WARNING))
     try:
-        q = nncf.quantize(
-            model,
-            nncf.Dataset(items),
-            preset=preset,
-            subset_size=len(items),
-            ignored_scope=ignored,
-            advanced_parameters=advanced,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars; kdc logs stages
+            q = nncf.quantize(
+                model,
+                nncf.Dataset(items),
+                preset=preset,
+                subset_size=len(items),
+                ignored_scope=ignored,
+                advanced_parameters=advanced,
+            )
     finally:
         log.setLevel(level)
     if not symmetric_activations:  # ONNX Runtime (CPU) graphs; TensorRT folds DQ of constants
