@@ -305,7 +305,7 @@ def row_teacher_ort_int8_static(b: Bench) -> dict:
 def row_teacher_nncf_int8(b: Bench) -> dict:
     import onnx
 
-    from kdc.compress.nncf_import import import_nncf
+    from kdc.compress.nncf_quiet import import_nncf, quantize
 
     nncf = import_nncf()
 
@@ -316,7 +316,7 @@ def row_teacher_nncf_int8(b: Bench) -> dict:
     items = [{k: v for k, v in x.items() if k in names} for x in b.calibration()]
     transformer = b.ctx.teacher.family == "transformer"
     kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
-    q = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), **kwargs)
+    q = quantize(model, items, **kwargs)
     onnx.save(q, str(path := b.work / "teacher_nncf_int8.onnx"))
     how = (
         f"NNCF {nncf.__version__} post-training quantisation (nncf.quantize, ONNX backend, "

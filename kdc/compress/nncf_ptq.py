@@ -11,16 +11,13 @@ the FP32 model's predictions than it but 2-4x fewer than ONNX Runtime's quantize
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from kdc.compress.nncf_import import import_nncf
+from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.rundir import atomic_path
 
 
@@ -60,21 +57,7 @@ def quantize_int8_nncf(
         types=other_types if op_types else [],
         validate=False,
     )
-    log = logging.getLogger("nncf")  # one INFO line per op left unquantized: by design here
-    level = log.level
-    log.setLevel(max(level, logging.WARNING))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars; kdc logs stages
-            q = nncf.quantize(
-                model,
-                nncf.Dataset(items),
-                preset=preset,
-                subset_size=len(items),
-                ignored_scope=ignored,
-                advanced_parameters=advanced,
-            )
-    finally:
-        log.setLevel(level)
+    q = quantize(model, items, preset=preset, ignored_scope=ignored, advanced_parameters=advanced)
     if not symmetric_activations:  # ONNX Runtime (CPU) graphs; TensorRT folds DQ of constants
         q = gather_then_dequantize(q)
     with atomic_path(Path(dst)) as tmp:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import torch
 
-from kdc.compress.nncf_import import import_nncf
+from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
 
@@ -107,13 +107,8 @@ def quantize_for_training(
     advanced = AdvancedQuantizationParameters(
         overflow_fix=OverflowFix.DISABLE if tensorrt else OverflowFix.FIRST_LAYER
     )
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(items),
-        preset=preset,
-        subset_size=len(items),
-        fast_bias_correction=True,
-        advanced_parameters=advanced,
+    quantized = quantize(
+        model, items, preset=preset, fast_bias_correction=True, advanced_parameters=advanced
     )
     return _with_module(adapter, quantized)
 

@@ -310,11 +310,11 @@ def quantize_int8(
         tempfile.TemporaryDirectory(prefix="kdc-quant-") as scratch,
         atomic_path(dst) as tmp,
     ):
-        pre = Path(scratch).resolve() / "preprocessed.onnx"
-        source = str(src.resolve())  # before the chdir: `src` may be relative
+        work = Path(scratch).resolve()
+        pre, source = work / "preprocessed.onnx", str(src.resolve())  # `src` may be relative
         # where symbolic shape inference gives up (some dynamic-sequence graphs), ORT saves
         # sym_shape_infer_temp.onnx and its weights into the working directory: keep them in scratch
-        with _working_dir(Path(scratch).resolve()):
+        with _working_dir(work):
             try:
                 quant_pre_process(source, str(pre))
             except Exception:

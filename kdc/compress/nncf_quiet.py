@@ -1,9 +1,13 @@
-"""Import NNCF without OpenVINO telemetry."""
+"""NNCF without its side effects: no OpenVINO telemetry, no per-op log lines or progress bars."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import sys
 from types import ModuleType
+from typing import Any
 
 
 def import_nncf() -> ModuleType:
@@ -21,3 +25,17 @@ def import_nncf() -> ModuleType:
             if hide:
                 del sys.modules["openvino_telemetry"]
     return sys.modules["nncf"]
+
+
+def quantize(model: Any, items: list, **kwargs: Any) -> Any:
+    """`nncf.quantize(model, Dataset(items), subset_size=len(items), **kwargs)` with NNCF's INFO
+    lines (one per op it leaves unquantized) and progress bars held back: kdc logs its stages."""
+    nncf = import_nncf()
+    log = logging.getLogger("nncf")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), **kwargs)
+    finally:
+        log.setLevel(level)
