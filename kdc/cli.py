@@ -235,6 +235,10 @@ def estimate(
     precision: Annotated[str, typer.Option()] = "fp32",
     batch: int = 1,
     shape: Shapes = None,
+    padding: Annotated[
+        float,
+        typer.Option(help="Fraction of attention-mask positions that are 0 (transformers)."),
+    ] = 0.0,
     explain: bool = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -249,14 +253,15 @@ def estimate(
         batch=batch,
         shapes=tools.parse_shapes(shape or []) or None,
         explain=explain,
+        padding=padding,
     )
     if as_json:
         out.print_json(json.dumps(pred))
         return
     out.print(
         f"{model} on {pred['target']}: {pred['p50_ms']:.4f} ms predicted ({pred['model']}"
-        f", {pred['precision']}, batch {pred['batch']}, calibrated from "
-        f"{pred['calibrated_from']})"
+        f", {pred['precision']}, batch {pred['batch']}, padding {pred['padding']:.0%}, "
+        f"calibrated from {pred['calibrated_from']})"
     )
     if explain:
         out.print(explain_table(pred))

@@ -65,6 +65,16 @@ class Context:
             cache[split] = self.teacher.encode(getattr(self.dataset, split).features)
         return cache[split]
 
+    def latency_inputs(self) -> dict[str, np.ndarray]:
+        """What latency is measured and predicted on: the first `verify.batch` eval rows."""
+        return {k: v[: self.cfg.verify.batch] for k, v in self.encode("eval").items()}
+
+    def latency_padding(self) -> float:
+        """The fraction of `latency_inputs`' attention-mask positions that are 0 (what the
+        latency model costs masked attention scores at)."""
+        mask = self.latency_inputs().get("attention_mask")
+        return 0.0 if mask is None or not mask.size else float(1.0 - np.mean(mask != 0))
+
     @contextlib.contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
         """A progress bar (silent with -q); yields `advance(n=1, **fields)`."""

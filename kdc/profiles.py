@@ -43,7 +43,9 @@ class Runtime(_Strict):
     onnxruntime_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
 
 
-KindSlot = Annotated[str, StringConstraints(pattern=r"^(fp32|fp16|int8)_(conv|attention|vector)$")]
+KindSlot = Annotated[
+    str, StringConstraints(pattern=r"^(fp32|fp16|int8)_(conv|attention|vector|masked)$")
+]
 Efficiency = Annotated[float, Field(gt=0, le=1)]
 
 
@@ -51,12 +53,15 @@ class LatencyModel(_Strict):
     """Factors of the analytic latency model; `source` says how they were obtained."""
 
     kernel_overhead_us: float = Field(ge=0)
+    call_overhead_us: float = Field(
+        0.0, ge=0, description="once per inference call: the runtime's fixed cost (kdc calibrate)"
+    )
     compute_efficiency: float = Field(gt=0, le=1)
     memory_efficiency: float = Field(gt=0, le=1)
     int8_compute_efficiency: float | None = Field(None, gt=0, le=1)
     fp16_compute_efficiency: float | None = Field(None, gt=0, le=1)
     kind_efficiency: dict[KindSlot, Efficiency] | None = Field(
-        None, description="per <precision>_<conv|attention|vector> kernels (kdc calibrate)"
+        None, description="per <precision>_<conv|attention|vector|masked> kernels (kdc calibrate)"
     )
     source: str = "defaults"
 
@@ -217,9 +222,9 @@ def _host_uncalibrated() -> HardwareProfile:
             "source": src,
         },
         "memory": {
-            "bandwidth_gbps": 20.0,
+            "bandwidth_gbps": 100.0,
             "capacity_gb": _mem_gb(),
-            "source": "capacity from /proc/meminfo; bandwidth an assumed 20 GB/s",
+            "source": "capacity from /proc/meminfo; bandwidth an assumed 100 GB/s (caches included)",
         },
         "runtime": {"engines": ["onnxruntime"], "precisions": ["fp32", "int8"]},
         "latency_model": {

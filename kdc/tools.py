@@ -116,6 +116,7 @@ def estimate(
     batch: int = 1,
     shapes: dict[str, list[int]] | None = None,
     explain: bool = False,
+    padding: float = 0.0,
 ) -> dict:
     """Predict one ONNX model's latency on a target (latency object of kind predicted)."""
     from kdc.deploy.estimate import predict_onnx
@@ -130,6 +131,7 @@ def estimate(
         batch=batch,
         input_shapes=given,
         explain=explain,
+        padding=padding,
     )
 
 

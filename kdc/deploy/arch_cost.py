@@ -58,8 +58,9 @@ def _transformer(
         weights: float,
         kind: str,
         weight_names: dict[str, float] | None = None,
+        scores: float = 0.0,
     ) -> None:
-        ks.append(KernelShape(name, ops, flops, act, weights, kind))
+        ks.append(KernelShape(name, ops, flops, act, weights, kind, scores=scores))
         for wn, n in (weight_names or {}).items():
             w[wn] = (n, False, kind in TENSOR_KINDS)
 
@@ -120,6 +121,7 @@ def _transformer(
             4.0 * bsh + bs,
             1.0,
             "attention",
+            scores=hs,
         )
         linear(f"{p}.o", h, h, bs, ("Add",), bsh, bsh)
         add(f"{p}.ln1", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {f"{p}.ln1": 2.0 * h})
@@ -277,10 +279,12 @@ def kernels_from_architecture(
     *,
     precision: str = "fp32",
     float_precision: str | None = None,
+    padding: float = 0.0,
 ) -> list[Kernel]:
     """The kernel list `kernels_from_onnx` gives for the exported model, computed directly."""
     return materialize(
         analyze_architecture(arch, batch=batch, input_shapes=input_shapes),
         precision,
         float_precision,
+        padding,
     )

@@ -122,6 +122,7 @@ def _samples(
                 precision=row["precision"],
                 batch=row["batch"],
                 input_shapes=row["input_shapes"],
+                padding=float(row.get("padding", 0.0)),
             ),
             float(row[measured]),
         )
@@ -164,7 +165,8 @@ def save_calibration(
         "source": f"calibrated on {where} at {now_iso()} from {len(rows)} models "
         f"(kdc calibrate); {fit_note}",
     }
-    keep = ("name", "family", "precision", "batch", "input_shapes", "measured_ms", "cpu_ms", "cv")
+    keep = ("name", "family", "precision", "batch", "input_shapes", "padding", "measured_ms")
+    keep += ("cpu_ms", "cv")
     samples = [{k: r[k] for k in (*keep, "predicted_ms") if k in r} for r in rows]
     doc = {"profile": profile.name, "kdc_version": __version__, **meta}
     doc |= {"latency_model": lm, "samples": samples}
@@ -184,7 +186,9 @@ def calibrate_host(
     host profile and save it. Returns {path, latency_model, samples}."""
     profile = load_profile("host")
     threads = threads or host_threads()
-    zoo = model_zoo.calibration_set(profile.runtime.precisions, quick=quick)
+    zoo = model_zoo.calibration_set(
+        profile.runtime.precisions, quick=quick, paddings=model_zoo.HOST_PADDINGS
+    )
     with tempfile.TemporaryDirectory(prefix="kdc-calibrate-") as scratch:
         directory = Path(work_dir or scratch)
         rows = model_zoo.generate(zoo, directory, progress=_exporting(progress))

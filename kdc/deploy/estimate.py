@@ -18,7 +18,16 @@ from rich.table import Table
 
 from kdc.deploy.arch_cost import analyze_architecture
 from kdc.deploy.graph_cost import analyze_onnx
-from kdc.deploy.kernels import TENSOR_KINDS, WIDTH, GraphCost, Kernel, materialize, memory_bytes
+from kdc.deploy.kernels import (
+    MASKED,
+    TENSOR_KINDS,
+    WIDTH,
+    GraphCost,
+    Kernel,
+    launches,
+    materialize,
+    memory_bytes,
+)
 from kdc.errors import UserError
 from kdc.profiles import HardwareProfile
 
@@ -51,18 +60,19 @@ def efficiencies(lm: Any) -> dict[str, float]:
 
 def efficiency_slot(k: Kernel) -> str:
     """Which efficiency a kernel runs at: its class (`fp32`, `int8`, `fp16`) for GEMMs, else
-    `<class>_<group>` with group conv, attention or vector (every non-matrix kernel), which
-    `latency_model.kind_efficiency` may set and otherwise falls back to the class's."""
+    `<class>_<group>` with group conv, attention, masked or vector (every other non-matrix
+    kernel), which `latency_model.kind_efficiency` may set and otherwise falls back to the
+    class's (masked scores: to free, as on an engine whose softmax does not slow down on them)."""
     cls = compute_class(k)
     if k.kind == "gemm":
         return cls
-    return f"{cls}_{k.kind if k.kind in TENSOR_KINDS else 'vector'}"
+    return f"{cls}_{k.kind if k.kind in (*TENSOR_KINDS, MASKED) else 'vector'}"
 
 
 def slot_efficiency(slot: str, lm: Any) -> float:
     """The compute efficiency of an `efficiency_slot` under a latency model."""
     d = _as_dict(lm)
-    base = efficiencies(d)[slot.split("_")[0]]
+    base = float("inf") if slot.endswith(f"_{MASKED}") else efficiencies(d)[slot.split("_")[0]]
     return float((d.get("kind_efficiency") or {}).get(slot, base))
 
 
@@ -90,7 +100,9 @@ def kernel_times_s(
         [
             c / np.array([eff[s] for s in slots]),
             m / float(lm["memory_efficiency"]),
-            np.full(len(kernels), float(lm["kernel_overhead_us"]) * 1e-6),
+            np.array([k.kind != MASKED for k in kernels], float)
+            * float(lm["kernel_overhead_us"])
+            * 1e-6,
         ]
     )
 
@@ -98,9 +110,16 @@ def kernel_times_s(
 def predict_kernels_ms(
     kernels: Sequence[Kernel], profile: HardwareProfile, latency_model: Any = None
 ) -> float:
-    """Predicted latency of a kernel list in milliseconds."""
-    t = kernel_times_s(kernels, profile, latency_model)
-    return float((np.maximum(t[0], t[1]) + t[2]).sum() * 1e3) if len(kernels) else 0.0
+    """Predicted latency of a kernel list (one inference call) in milliseconds."""
+    if not len(kernels):
+        return 0.0
+    lm = _as_dict(latency_model if latency_model is not None else profile.latency_model)
+    t = kernel_times_s(kernels, profile, lm)
+    return float((np.maximum(t[0], t[1]) + t[2]).sum() * 1e3 + _call_ms(lm))
+
+
+def _call_ms(lm: dict[str, Any]) -> float:
+    return float(lm.get("call_overhead_us") or 0.0) / 1e3
 
 
 def _float_precision(precision: str, profile: HardwareProfile) -> str:
@@ -141,11 +160,16 @@ def _breakdown(kernels: Sequence[Kernel], t: np.ndarray) -> list[dict]:
 
 
 def _result(
-    cost: GraphCost, profile: HardwareProfile, precision: str, batch: int, explain: bool
+    cost: GraphCost,
+    profile: HardwareProfile,
+    precision: str,
+    batch: int,
+    explain: bool,
+    padding: float = 0.0,
 ) -> dict:
-    kernels = materialize(cost, precision, _float_precision(precision, profile))
+    kernels = materialize(cost, precision, _float_precision(precision, profile), padding)
     t = kernel_times_s(kernels, profile)
-    ms = float((np.maximum(t[0], t[1]) + t[2]).sum() * 1e3)
+    ms = predict_kernels_ms(kernels, profile)
     out = {
         "kind": "predicted",
         "model": MODEL,
@@ -154,6 +178,7 @@ def _result(
         "precision": precision,
         "batch": int(batch),
         "input_shape": cost.input_shapes,
+        "padding": round(float(padding), 4),
         "p50_ms": float(f"{ms:.4g}"),
         "flops": float(sum(k.flops for k in kernels)),
         "bytes": float(sum(k.bytes for k in kernels)),
@@ -164,7 +189,21 @@ def _result(
             f"{cost.unknown_shapes} tensors had no inferred shape and were costed as empty"
         ]
     if explain:
-        out["breakdown"] = _breakdown(kernels, t)
+        call = _call_ms(_as_dict(profile.latency_model))
+        out["breakdown"] = _breakdown(kernels, t) + (
+            [
+                {
+                    "group": "call",
+                    "count": 1,
+                    "flops": 0.0,
+                    "bytes": 0.0,
+                    "ms": call,
+                    "bound": "overhead",
+                }
+            ]
+            if call
+            else []
+        )
     return out
 
 
@@ -175,12 +214,13 @@ def onnx_kernels(
     precision: str = "fp32",
     batch: int = 1,
     input_shapes: dict[str, list[int]] | None = None,
+    padding: float = 0.0,
 ) -> list[Kernel]:
     """The kernels `predict_onnx` costs, at the precisions they run at on `profile` (what
     `fit_latency_model` takes with a timing)."""
     _check(precision, batch, profile)
     cost = analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes)
-    return materialize(cost, precision, _float_precision(precision, profile))
+    return materialize(cost, precision, _float_precision(precision, profile), padding)
 
 
 def predict_onnx(
@@ -191,12 +231,14 @@ def predict_onnx(
     batch: int = 1,
     input_shapes: dict[str, list[int]] | None = None,
     explain: bool = False,
+    padding: float = 0.0,
 ) -> dict:
     """Predicted latency of an ONNX model on `profile` (a REPORT.md latency object of kind
-    `predicted`, with a per kernel-group `breakdown` when `explain`)."""
+    `predicted`, with a per kernel-group `breakdown` when `explain`); `padding` is the fraction
+    of attention-mask positions that are 0 in the input it is predicted for."""
     _check(precision, batch, profile)
     cost = analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes)
-    return _result(cost, profile, precision, batch, explain)
+    return _result(cost, profile, precision, batch, explain, padding)
 
 
 def predict_architecture(
@@ -207,11 +249,12 @@ def predict_architecture(
     batch: int = 1,
     input_shapes: dict[str, list[int]] | None = None,
     explain: bool = False,
+    padding: float = 0.0,
 ) -> dict:
     """Like `predict_onnx`, from an architecture dict, without exporting (for the search)."""
     _check(precision, batch, profile)
     cost = analyze_architecture(arch, batch=batch, input_shapes=input_shapes)
-    return _result(cost, profile, precision, batch, explain)
+    return _result(cost, profile, precision, batch, explain, padding)
 
 
 def predict_memory_mb(
@@ -266,6 +309,7 @@ def explain_table(pred: dict) -> Table:
 # Fitting the latency model to timings
 
 Sample = tuple[Sequence[Kernel], float]
+OVERHEADS = ("kernel_overhead_us", "call_overhead_us")
 _STARTS = [(o, e, me) for o in (2.0, 20.0) for e in (0.1, 0.6) for me in (0.2, 0.8)]
 
 
@@ -277,6 +321,7 @@ def _prior(lm: Any, names: Sequence[str]) -> dict[str, float]:
     d = _as_dict(lm)
     out = {
         "kernel_overhead_us": float(d["kernel_overhead_us"]),
+        "call_overhead_us": float(d.get("call_overhead_us") or 0.0),
         "memory_efficiency": float(d["memory_efficiency"]),
         **{EFFICIENCY_FIELD[c]: e for c, e in efficiencies(d).items()},
     }
@@ -295,9 +340,10 @@ def fit_latency_model(
 ) -> dict:
     """Fit kernel_overhead_us, memory_efficiency and a compute efficiency per precision that
     appears in `samples` (kernel lists with measured milliseconds) by least squares on relative
-    error; with `per_kind`, conv, attention and vector kernels get their own efficiency per
-    precision too (`kind_efficiency`). A factor no sample constrains keeps the profile's value;
-    `fixed` pins factors. Returns a `latency_model` mapping."""
+    error; with `per_kind`, conv, attention, masked and vector kernels get their own efficiency
+    per precision too (`kind_efficiency`) and a per-call overhead is fitted (`call_overhead_us`).
+    A factor no sample constrains keeps the profile's value; `fixed` pins factors. Returns a
+    `latency_model` mapping."""
     from scipy.optimize import least_squares
 
     if len(samples) < 2:
@@ -312,9 +358,9 @@ def fit_latency_model(
     for kernels, ms in samples:
         c, m, slots = ideal_times(kernels, profile)
         keys = [_parameter(s if per_kind else s.split("_")[0]) for s in slots]
-        data.append((c, m, keys, len(kernels), float(ms) * 1e-3))
+        data.append((c, m, keys, launches(kernels), float(ms) * 1e-3))
     used = sorted({k for *_, keys, _, _ in data for k in keys})
-    names = ["kernel_overhead_us", "memory_efficiency", *used]
+    names = ["kernel_overhead_us", *(["call_overhead_us"] * per_kind), "memory_efficiency", *used]
     prior = _prior(lm, names)
     free = [n for n in names if n not in fixed]
     data = [
@@ -332,18 +378,17 @@ def fit_latency_model(
             [
                 np.maximum(c / vals[ix], m / p["memory_efficiency"]).sum()
                 + n * p["kernel_overhead_us"] * 1e-6
+                + p["call_overhead_us"] * 1e-6
                 for c, m, ix, n, _ in data
             ]
         )
         return pred / np.array([y for *_, y in data]) - 1.0
 
-    lower = [0.0 if n == "kernel_overhead_us" else 1e-3 for n in free]
-    upper = [1e4 if n == "kernel_overhead_us" else 1.0 for n in free]
+    lower = [0.0 if n in OVERHEADS else 1e-3 for n in free]
+    upper = [1e4 if n in OVERHEADS else 1.0 for n in free]
     best = None
     for o, e, me in _STARTS:
-        x0 = [
-            o if n == "kernel_overhead_us" else me if n == "memory_efficiency" else e for n in free
-        ]
+        x0 = [o if n in OVERHEADS else me if n == "memory_efficiency" else e for n in free]
         r = least_squares(
             residuals, x0, bounds=(lower, upper), x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12
         )
@@ -357,6 +402,7 @@ def fit_latency_model(
     err = np.abs(residuals(np.array([fit[n] for n in free])))
     out = {
         "kernel_overhead_us": round(float(fit["kernel_overhead_us"]), 3),
+        "call_overhead_us": round(float(fit["call_overhead_us"]), 3),
         "compute_efficiency": round(float(fit["compute_efficiency"]), 4),
         "memory_efficiency": round(float(fit["memory_efficiency"]), 4),
     }

@@ -44,6 +44,7 @@ from kdc.deploy.kernels import (
     materialize,
     memory_bytes,
     node_flops,
+    node_scores,
     numel,
 )
 from kdc.deploy.onnx_shapes import concrete_inputs, inferred_shapes, stripped
@@ -257,12 +258,15 @@ def _kernel_costs(g: _Graph, inputs: list[str]) -> GraphCost:
         kind, members = g.groups[gid]
         mset = set(members)
         produced = {o for m in members for o in g.nodes[m].output if o}
-        flops, act_in, consts, quantized = 0.0, {}, {}, False
+        flops, scores, act_in, consts, quantized = 0.0, 0.0, {}, {}, False
         for m in sorted(mset):
             n = g.nodes[m]
             outs = [g.shapes.get(o) for o in n.output]
             unknown += sum(s is None for s, o in zip(outs, n.output, strict=True) if o)
-            flops += node_flops(n, [g.shapes.get(x) if x else None for x in n.input], outs)
+            ins = [g.shapes.get(x) if x else None for x in n.input]
+            flops += node_flops(n, ins, outs)
+            if kind == "attention":
+                scores += node_scores(n, ins, outs)
             quantized |= n.op_type in INTEGER_OPS or (
                 n.op_type in QUANTIZABLE and any(x in g.dq for x in n.input)
             )
@@ -291,6 +295,7 @@ def _kernel_costs(g: _Graph, inputs: list[str]) -> GraphCost:
                 sum(consts.values()),
                 kind,
                 quantized,
+                scores,
             )
         )
     return GraphCost(kernels, {}, weights, _peak(lifetimes, len(order)), unknown)
@@ -412,10 +417,12 @@ def kernels_from_onnx(
     input_shapes: dict[str, list[int]] | None = None,
     precision: str = "fp32",
     float_precision: str | None = None,
+    padding: float = 0.0,
 ) -> list[Kernel]:
-    """The fused kernel list of an ONNX graph at `precision`."""
+    """The fused kernel list of an ONNX graph at `precision` (`padding`: see `materialize`)."""
     return materialize(
         analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes),
         precision,
         float_precision,
+        padding,
     )

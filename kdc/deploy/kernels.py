@@ -18,6 +18,12 @@ from kdc.errors import UserError
 WIDTH = {"fp32": 4, "fp16": 2, "int8": 1}
 TENSOR_KINDS = frozenset({"gemm", "conv", "attention"})
 """Kernel kinds that run on matrix units (tensor cores, VNNI) and can run at int8."""
+MASKED = "masked"
+"""The kind of the pseudo-kernel that costs an attention kernel's masked (padding) scores: not a
+launch of its own. ONNX Runtime's CPU Softmax takes ~4 ns per score whose exponential underflows
+(a 256-token row with 165 padded keys ran 5x slower than unmasked), so padding is not free."""
+MASKED_FLOPS = 64.0
+"""FLOP-equivalents one masked score is costed at, so its fitted efficiency lands in (0, 1]."""
 
 
 def _names(text: str) -> list[str]:
@@ -104,6 +110,8 @@ class KernelShape:
     weight_elems: float
     kind: str
     quantized: bool = False
+    scores: float = 0.0
+    """Attention kernels: elements of the softmax (query × key positions × heads × batch)."""
 
 
 @dataclass
@@ -131,12 +139,23 @@ def kernel_precision(k: KernelShape, precision: str, float_precision: str | None
 
 
 def materialize(
-    cost: GraphCost, precision: str = "fp32", float_precision: str | None = None
+    cost: GraphCost,
+    precision: str = "fp32",
+    float_precision: str | None = None,
+    padding: float = 0.0,
 ) -> list[Kernel]:
-    """Kernels with bytes at the widths of `precision` (int8 only where an op can run at int8)."""
+    """Kernels with bytes at the widths of `precision` (int8 only where an op can run at int8);
+    with `padding` (the fraction of attention-mask positions that are 0), each attention kernel
+    is followed by a `MASKED` pseudo-kernel for its masked scores."""
     if precision not in WIDTH:
         raise UserError(
             f"unknown precision '{precision}'", field="precision", fix="use fp32, fp16 or int8"
+        )
+    if not 0.0 <= padding < 1.0:
+        raise UserError(
+            f"padding must be in [0, 1), got {padding}",
+            field="padding",
+            fix="give the fraction of attention-mask positions that are 0",
         )
     out = []
     for k in cost.kernels:
@@ -144,7 +163,15 @@ def materialize(
         out.append(
             Kernel(k.name, k.ops, k.flops, (k.act_elems + k.weight_elems) * WIDTH[p], p, k.kind)
         )
+        if padding and k.scores:
+            flops = k.scores * padding * MASKED_FLOPS
+            out.append(Kernel(f"{k.name}/masked", ("Softmax",), flops, 0.0, "fp32", MASKED))
     return out
+
+
+def launches(kernels: list[Kernel]) -> int:
+    """Kernels that are launched (each pays the per-kernel overhead): all but `MASKED` ones."""
+    return sum(k.kind != MASKED for k in kernels)
 
 
 def memory_bytes(cost: GraphCost, precision: str, float_precision: str | None = None) -> float:
@@ -244,6 +271,18 @@ def attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def node_scores(node: onnx.NodeProto, ins: list[Shape], outs: list[Shape]) -> float:
+    """Attention-probability elements an op computes (Softmax, com.microsoft Attention/MHA)."""
+    if node.op_type == "Softmax":
+        return numel(outs[0] if outs else None)
+    q = ins[0] if ins else None
+    if node.op_type not in ("Attention", "MultiHeadAttention") or not q or len(q) != 3:
+        return 0.0
+    k = ins[1] if node.op_type == "MultiHeadAttention" and len(ins) > 1 else None
+    length = k[1] if k and len(k) == 3 else q[1]
+    return float(q[0] * attr(node, "num_heads", 1) * q[1] * length)
 
 
 def node_flops(node: onnx.NodeProto, ins: list[Shape], outs: list[Shape]) -> float:

@@ -41,6 +41,13 @@ class ZooModel:
     precision: str
     batch: int = 1
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    padding: float = 0.0
+    """Fraction of each attention mask's trailing positions set to 0 when timed (transformers)."""
+
+    @property
+    def graph(self) -> str:
+        """The ONNX file's stem: models that differ only in `padding` share one graph."""
+        return f"{_name(self.arch)}_{self.precision}"
 
 
 def mlp(widths: Sequence[int], batch: int = 1) -> dict[str, Any]:
@@ -104,18 +111,28 @@ def _name(arch: dict[str, Any]) -> str:
     return f"mlp_w{'-'.join(str(w) for w in arch['widths'])}_b{arch['batch']}"
 
 
-def models(archs: Sequence[dict[str, Any]], precisions: Sequence[str]) -> list[ZooModel]:
-    """Every architecture at every precision (batch 1 unless the architecture names one)."""
-    return [
-        ZooModel(
-            f"{_name(a)}_{p}", a["family"], a, p, a.get("batch", 1), _shapes(a, a.get("batch", 1))
-        )
-        for a in archs
-        for p in precisions
-    ]
+def models(
+    archs: Sequence[dict[str, Any]],
+    precisions: Sequence[str],
+    paddings: Sequence[float] = (0.0,),
+) -> list[ZooModel]:
+    """Every architecture at every precision (batch 1 unless the architecture names one), the
+    transformers once per attention-mask `paddings` fraction."""
+    out = []
+    for a in archs:
+        b = a.get("batch", 1)
+        for p in precisions:
+            for pad in paddings if a["family"] == "transformer" else (0.0,):
+                tail = f"_pad{round(pad * 100)}" if pad else ""
+                out.append(
+                    ZooModel(f"{_name(a)}_{p}{tail}", a["family"], a, p, b, _shapes(a, b), pad)
+                )
+    return out
 
 
 CALIBRATION_ARCHS = [
+    mlp([64, 64, 10]),  # microseconds: the runtime's per-call cost dominates
+    cnn([8, 16], 16),
     mlp(
         [256, 256, 256, 10],
     ),
@@ -173,13 +190,21 @@ EVALUATION_ARCHS = [
 ]
 
 
+HOST_PADDINGS = (0.0, 0.6)
+"""Attention-mask padding the host calibration times transformers at: its masked scores cost
+ONNX Runtime's CPU Softmax time (`kdc.deploy.kernels.MASKED`). Device bundles time random inputs
+with trtexec, unpadded."""
+
+
 def calibration_set(
-    precisions: Sequence[str] = ("fp32", "int8"), quick: bool = False
+    precisions: Sequence[str] = ("fp32", "int8"),
+    quick: bool = False,
+    paddings: Sequence[float] = (0.0,),
 ) -> list[ZooModel]:
     """The models `kdc calibrate` times (`quick`: three tiny float models)."""
     if quick:
         return models(QUICK_ARCHS, precisions[:1])
-    return models(CALIBRATION_ARCHS, precisions)
+    return models(CALIBRATION_ARCHS, precisions, paddings)
 
 
 def evaluation_set(precisions: Sequence[str] = ("fp32", "int8")) -> list[ZooModel]:
@@ -271,6 +296,7 @@ def inputs_for(model: ZooModel, rows: int | None = None, seed: int = 0) -> dict[
             out[name] = rng.integers(0, model.arch["vocab_size"], size=shape).astype(np.int64)
         elif name == "attention_mask":
             out[name] = np.ones(shape, np.int64)
+            out[name][:, shape[1] - round(shape[1] * model.padding) :] = 0
         else:
             out[name] = rng.standard_normal(shape).astype(np.float32)
     return out
@@ -352,9 +378,10 @@ def generate(
     rows = []
     with tempfile.TemporaryDirectory(prefix="kdc-zoo-") as scratch:
         exported: dict[str, Path] = {}  # one export per architecture, shared by its precisions
+        written: set[Path] = set()  # one graph per architecture and precision, at any padding
         for m in zoo:
-            path = out / f"{m.name}.onnx"
-            if not (reuse and path.is_file()):
+            path = out / f"{m.graph}.onnx"
+            if not ((reuse or path in written) and path.is_file()):
                 if progress:
                     progress(m.name)
                 key = json.dumps(m.arch, sort_keys=True)
@@ -363,6 +390,7 @@ def generate(
                         raw = Path(scratch) / f"{len(exported)}.onnx"
                         exported[key] = _export(m, raw, seed)
                     _finish(m, exported[key], path, engine, seed)
+                written.add(path)
             rows.append({**asdict(m), "file": path.name})
     write_json(
         out / MANIFEST,
@@ -394,5 +422,11 @@ def load_manifest(directory: Path | str) -> list[dict[str, Any]]:
 def zoo_model(row: dict[str, Any]) -> ZooModel:
     """A manifest row back as a ZooModel."""
     return ZooModel(
-        row["name"], row["family"], row["arch"], row["precision"], row["batch"], row["input_shapes"]
+        row["name"],
+        row["family"],
+        row["arch"],
+        row["precision"],
+        row["batch"],
+        row["input_shapes"],
+        float(row.get("padding", 0.0)),
     )

@@ -91,11 +91,14 @@ def predicted_latency(ctx: Context) -> Callable[[ModelAdapter], float]:
                 output_name=output_name(ctx.cfg.task),
                 simplify=False,
             )
-            return float(
-                predict_onnx(path, ctx.profile, precision=precision, batch=ctx.cfg.verify.batch)[
-                    "p50_ms"
-                ]
+            pred = predict_onnx(
+                path,
+                ctx.profile,
+                precision=precision,
+                batch=ctx.cfg.verify.batch,
+                padding=ctx.latency_padding(),
             )
+            return float(pred["p50_ms"])
 
     return latency_ms
 

@@ -137,12 +137,17 @@ def _evolution(ctx: Context) -> StageOutput:
     divisor = ctx.profile.defaults.channel_divisor
     space = _space(ctx)
     precision, batch = _precision(ctx), ctx.cfg.verify.batch
-    shapes = space.input_shapes(batch)
+    shapes, padding = space.input_shapes(batch), ctx.latency_padding()
     predictions: dict[str, dict] = {}
 
     def latency(c) -> float:
         predictions[c.key] = predict_architecture(
-            c.cost, ctx.profile, precision=precision, batch=batch, input_shapes=shapes
+            c.cost,
+            ctx.profile,
+            precision=precision,
+            batch=batch,
+            input_shapes=shapes,
+            padding=padding,
         )
         return predictions[c.key]["p50_ms"]
 

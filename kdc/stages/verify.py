@@ -19,17 +19,13 @@ from kdc.rundir import read_json, write_json
 INT8_MIN_COSINE = 0.9
 
 
-def _latency_inputs(ctx: Context) -> dict[str, np.ndarray]:
-    return {k: v[: ctx.cfg.verify.batch] for k, v in ctx.encode("eval").items()}
-
-
 def measure_all(ctx: Context, models: dict[str, tuple[Path, str]]) -> dict[str, dict]:
     """Latency of several models (name → (path, precision)) in `verify.rounds` interleaved
     rounds, so they are compared under the same machine conditions."""
     v = ctx.cfg.verify
     return measure_onnx_rounds(
         models,
-        _latency_inputs(ctx),
+        ctx.latency_inputs(),
         rounds=v.rounds,
         threads=v.threads,
         warmup=v.warmup,
@@ -40,13 +36,18 @@ def measure_all(ctx: Context, models: dict[str, tuple[Path, str]]) -> dict[str, 
 
 
 def _shapes(ctx: Context) -> dict[str, list[int]]:
-    return {k: list(v.shape) for k, v in _latency_inputs(ctx).items()}
+    return {k: list(v.shape) for k, v in ctx.latency_inputs().items()}
 
 
 def predict(ctx: Context, path: Path, precision: str) -> dict:
     shapes = _shapes(ctx)
     return predict_onnx(
-        path, ctx.profile, precision=precision, batch=ctx.cfg.verify.batch, input_shapes=shapes
+        path,
+        ctx.profile,
+        precision=precision,
+        batch=ctx.cfg.verify.batch,
+        input_shapes=shapes,
+        padding=ctx.latency_padding(),
     )
 
 
@@ -85,7 +86,7 @@ def _engine_block(
         "session": session_options_record(make_session(path, threads=ctx.cfg.verify.threads)),
         "latency": latency,
         "memory": engine_peak_rss_mb(
-            path, _latency_inputs(ctx), threads=ctx.cfg.verify.threads or 1
+            path, ctx.latency_inputs(), threads=ctx.cfg.verify.threads or 1
         ),
     }
     if prec == "int8":
