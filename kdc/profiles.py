@@ -224,7 +224,7 @@ def _host_uncalibrated() -> HardwareProfile:
         "memory": {
             "bandwidth_gbps": 100.0,
             "capacity_gb": _mem_gb(),
-            "source": "capacity from /proc/meminfo; bandwidth an assumed 100 GB/s (caches included)",
+            "source": "capacity from /proc/meminfo; bandwidth an assumed 100 GB/s (caches in)",
         },
         "runtime": {"engines": ["onnxruntime"], "precisions": ["fp32", "int8"]},
         "latency_model": {

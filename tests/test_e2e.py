@@ -77,6 +77,9 @@ def test_bert_compress_beats_untrained_student(bert_project, tmp_path):
     assert fp32["parity"]["max_abs"] < 1e-3
     int8 = next(e for e in report["engines"] if e.get("precision") == "int8")
     assert int8["accuracy"]["accuracy"] >= fp32["accuracy"]["accuracy"] - 0.05
+    # every timing says the attention-mask padding of the input it timed (the first eval row)
+    paddings = {e["latency"]["padding"] for e in (fp32, int8)}
+    assert len(paddings) == 1 and 0 <= paddings.pop() < 1
 
 
 def test_constraint_failure_exits_1(cnn_project, tmp_path):

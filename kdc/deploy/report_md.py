@@ -51,6 +51,7 @@ EXTRAS = {
     "tensorrt": "TensorRT {}",
     "protocol": "protocol: {}",
     "note": "note: {}",
+    "padding": "attention-mask padding {:.0%}",
 }
 
 
@@ -69,7 +70,7 @@ def conditions(lat: dict) -> str:
         f"precision {lat.get('precision', DASH)}",
         f"batch {lat.get('batch', DASH)}",
     ]
-    extras = [fmt.format(lat[k]) for k, fmt in EXTRAS.items() if lat.get(k) is not None]
+    extras = [fmt.format(lat[k]) for k, fmt in EXTRAS.items() if lat.get(k)]
     if lat.get("kind") == "measured":
         cv = lat.get("cv")
         pct = "/".join(num(lat.get(f"p{p}_ms"), 2) for p in (50, 90, 99))

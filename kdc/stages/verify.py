@@ -21,9 +21,10 @@ INT8_MIN_COSINE = 0.9
 
 def measure_all(ctx: Context, models: dict[str, tuple[Path, str]]) -> dict[str, dict]:
     """Latency of several models (name → (path, precision)) in `verify.rounds` interleaved
-    rounds, so they are compared under the same machine conditions."""
+    rounds, so they are compared under the same machine conditions; each says the attention-mask
+    padding of the input it timed."""
     v = ctx.cfg.verify
-    return measure_onnx_rounds(
+    timed = measure_onnx_rounds(
         models,
         ctx.latency_inputs(),
         rounds=v.rounds,
@@ -33,6 +34,8 @@ def measure_all(ctx: Context, models: dict[str, tuple[Path, str]]) -> dict[str, 
         min_duration_s=v.min_duration_s,
         batch=v.batch,
     )
+    padding = round(ctx.latency_padding(), 4)
+    return {name: {**lat, "padding": padding} for name, lat in timed.items()}
 
 
 def _shapes(ctx: Context) -> dict[str, list[int]]:

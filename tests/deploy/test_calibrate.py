@@ -63,6 +63,25 @@ def test_sets_are_disjoint_and_span_the_ranges():
     assert len(Z.calibration_set(quick=True)) == 3
 
 
+def test_padded_transformers_share_their_graph_and_mask_the_tail(tmp_path):
+    zoo = Z.models([Z.transformer(1, 32, seq=16), Z.mlp([8, 4])], ["fp32"], paddings=(0.0, 0.5))
+    assert [m.name for m in zoo] == [
+        "bert_l1_h32_s16_fp32",
+        "bert_l1_h32_s16_fp32_pad50",
+        "mlp_w8-4_b1_fp32",
+    ]
+    rows = Z.generate(zoo, tmp_path)
+    assert rows[0]["file"] == rows[1]["file"] and rows[1]["padding"] == 0.5
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
+    mask = Z.inputs_for(Z.zoo_model(rows[1]))["attention_mask"]
+    assert mask.tolist() == [[1] * 8 + [0] * 8]
+    assert Z.inputs_for(zoo[0])["attention_mask"].all()
+    host = {m.name for m in Z.calibration_set(paddings=Z.HOST_PADDINGS)}
+    assert "bert_l1_h192_s128_int8_pad60" in host and not any(
+        "mlp" in n and "pad" in n for n in host
+    )
+
+
 def test_zoo_keeps_models_of_its_recipe_and_remakes_older_ones(tmp_path):
     zoo = Z.models([Z.mlp([16, 16, 4])], ["int8"])
     rows = Z.generate(zoo, tmp_path)

@@ -17,6 +17,7 @@ from kdc.deploy.estimate import (
     predict_onnx,
 )
 from kdc.deploy.graph_cost import Kernel
+from kdc.deploy.kernels import MASKED
 from kdc.errors import UserError
 from kdc.profiles import HardwareProfile, load_profile
 
@@ -200,6 +201,65 @@ def test_kind_efficiency_falls_back_to_the_class_efficiency(t4):
     kinds = {**base, "kind_efficiency": {"fp32_conv": 0.25, "fp32_vector": 1.0}}
     assert predict_kernels_ms([conv], t4, kinds) == pytest.approx(4.0)
     assert predict_kernels_ms([norm], t4, kinds) == pytest.approx(1.0)
+
+
+def test_masked_scores_cost_only_where_calibrated(t4):
+    att = Kernel("a", ("Softmax",), 8.1e9, 1.0, "fp32", "attention")
+    masked = Kernel("a/masked", ("Softmax",), 8.1e9, 0.0, "fp32", MASKED)
+    base = {"kernel_overhead_us": 10.0, "compute_efficiency": 0.5, "memory_efficiency": 0.5}
+    # an engine calibrated without padded inputs: masked scores are free, and never a launch
+    assert predict_kernels_ms([att, masked], t4, base) == predict_kernels_ms([att], t4, base)
+    lm = {**base, "kind_efficiency": {"fp32_masked": 0.25}}
+    extra = predict_kernels_ms([att, masked], t4, lm) - predict_kernels_ms([att], t4, lm)
+    assert extra == pytest.approx(4.0)
+    assert predict_kernels_ms([att], t4, {**lm, "call_overhead_us": 500.0}) == pytest.approx(
+        predict_kernels_ms([att], t4, lm) + 0.5
+    )
+
+
+def test_per_kind_fit_recovers_masked_efficiency_and_call_overhead(t4):
+    truth = {
+        "kernel_overhead_us": 2.0,
+        "call_overhead_us": 30.0,
+        "compute_efficiency": 0.5,
+        "memory_efficiency": 0.6,
+        "kind_efficiency": {"fp32_masked": 0.05},
+    }
+    rng = np.random.default_rng(3)
+    samples = []
+    for _ in range(40):
+        n = int(rng.integers(1, 8))
+        ks = [
+            Kernel(f"k{i}", ("Op",), float(10 ** rng.uniform(6, 10)), 1e4, "fp32") for i in range(n)
+        ]
+        if rng.random() < 0.5:
+            ks.append(
+                Kernel("m", ("Softmax",), float(10 ** rng.uniform(6, 9)), 0.0, "fp32", MASKED)
+            )
+        samples.append((ks, predict_kernels_ms(ks, t4, truth)))
+    fit = fit_latency_model(samples, t4, per_kind=True)
+    assert fit["call_overhead_us"] == pytest.approx(30.0, rel=0.02)
+    assert fit["kernel_overhead_us"] == pytest.approx(2.0, rel=0.05)
+    assert fit["kind_efficiency"]["fp32_masked"] == pytest.approx(0.05, rel=0.02)
+    t4.latency_model.model_validate(fit)
+
+
+def test_prediction_at_padding_records_it(tiny_bert):
+    path, _ = tiny_bert
+    host = load_profile("host")
+    shapes = {"input_ids": [1, 32], "attention_mask": [1, 32]}
+
+    def with_kinds(kinds):
+        lm = host.latency_model.model_copy(update={"kind_efficiency": kinds})
+        return host.model_copy(update={"latency_model": lm})
+
+    calibrated, plain = with_kinds({"fp32_masked": 0.1}), with_kinds(None)
+    full = predict_onnx(path, calibrated, input_shapes=shapes)
+    padded = predict_onnx(path, calibrated, input_shapes=shapes, padding=0.5)
+    assert full["padding"] == 0.0 and padded["padding"] == 0.5
+    assert padded["p50_ms"] > full["p50_ms"]
+    unpadded = predict_onnx(path, plain, input_shapes=shapes)["p50_ms"]
+    assert predict_onnx(path, plain, input_shapes=shapes, padding=0.5)["p50_ms"] == unpadded
 
 
 def test_fit_needs_samples(t4):

@@ -14,6 +14,7 @@ from kdc.deploy.graph_cost import (
     kernels_from_onnx,
     memory_bytes,
 )
+from kdc.deploy.kernels import MASKED, MASKED_FLOPS
 from kdc.errors import UserError
 
 F = TensorProto.FLOAT
@@ -196,6 +197,13 @@ def test_attention_block_is_one_kernel():
     [k] = kernels_from_onnx(m)
     assert k.kind == "attention" and len(k.ops) == 7
     assert k.flops == 4 * b * h * s * s * d + 2 * b * h * s * s + 5 * b * h * s * s
+    assert analyze_onnx(m).kernels[0].scores == b * h * s * s
+    # padding: a masked-score pseudo-kernel per attention kernel, fp32, no bytes
+    k, masked = kernels_from_onnx(m, padding=0.25)
+    assert masked.kind == MASKED and masked.bytes == 0 and masked.precision == "fp32"
+    assert masked.flops == b * h * s * s * 0.25 * MASKED_FLOPS
+    with pytest.raises(UserError, match="padding"):
+        kernels_from_onnx(m, padding=1.0)
 
 
 def test_shape_arithmetic_costs_nothing():
@@ -326,6 +334,10 @@ def test_exported_bert_fuses_like_the_architecture_path(tiny_bert):
     assert sum(k.kind == "attention" for k in onnx_k) == 2
     assert sum(k.flops for k in arch_k) == pytest.approx(sum(k.flops for k in onnx_k), rel=0.01)
     assert sum(k.bytes for k in arch_k) == pytest.approx(sum(k.bytes for k in onnx_k), rel=0.02)
+    onnx_m = kernels_from_onnx(path, batch=2, input_shapes=shapes, padding=0.5)
+    arch_m = kernels_from_architecture(arch, 2, shapes, padding=0.5)
+    masked = [sum(k.flops for k in ks if k.kind == MASKED) for ks in (onnx_m, arch_m)]
+    assert masked[0] == masked[1] == 2 * 2 * 4 * 16 * 16 * 0.5 * MASKED_FLOPS
 
 
 def test_cnn_architecture_matches_exported_cnn(tmp_path):
