@@ -30,6 +30,7 @@ from kdc.deploy.estimate import (  # noqa: E402
     predict_kernels_ms,
 )
 from kdc.deploy.graph_cost import analyze_architecture, materialize  # noqa: E402
+from kdc.deploy.kernels import launches  # noqa: E402
 from kdc.profiles import HardwareProfile, load_profile  # noqa: E402
 from kdc.rundir import write_json, write_text  # noqa: E402
 
@@ -137,7 +138,7 @@ def fit_all(data: dict) -> tuple[dict[str, dict], dict[str, tuple]]:
             base = predict_kernels_ms(k, only)
             fit = {
                 **only.latency_model.model_dump(),
-                "kernel_overhead_us": round(float(max(ms - base, 0.0)) * 1e3 / len(k), 3),
+                "kernel_overhead_us": round(float(max(ms - base, 0.0)) * 1e3 / launches(k), 3),
             }
         else:
             fit = fit_latency_model([(k, ms) for k, ms, _ in s], prof, fixed=fixed)

@@ -200,7 +200,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    sets = {"calibration": model_zoo.calibration_set(), "evaluation": model_zoo.evaluation_set()}
+    sets = {
+        "calibration": model_zoo.calibration_set(paddings=model_zoo.HOST_PADDINGS),
+        "evaluation": model_zoo.evaluation_set(),
+    }
     rows = {}
     for name, zoo in sets.items():
         made = model_zoo.generate(

@@ -245,7 +245,8 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
     if not cal.is_file():
         return profile
     try:
-        lm = LatencyModel.model_validate(yaml.safe_load(cal.read_text())["latency_model"])
+        doc = yaml.safe_load(cal.read_text())
+        lm = LatencyModel.model_validate(doc["latency_model"])
     except (yaml.YAMLError, OSError, KeyError, TypeError, ValidationError):
         raise UserError(
             "calibration file is corrupt",
@@ -253,7 +254,20 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
             field="latency_model",
             fix=f"delete it and run `kdc calibrate --target {profile.name}` again",
         ) from None
+    fitted_to = doc.get("bandwidth_gbps", None if profile.measurable else _ANY)
+    if fitted_to is not _ANY and fitted_to != profile.memory.bandwidth_gbps:
+        raise UserError(
+            f"calibration was fitted to an assumed bandwidth of {fitted_to or 20.0:g} GB/s, the "
+            f"profile now assumes {profile.memory.bandwidth_gbps:g} (an older kdc)",
+            source=str(cal),
+            field="bandwidth_gbps",
+            fix=f"run `kdc calibrate --target {profile.name}` again",
+        )
     return profile.model_copy(update={"latency_model": lm})
+
+
+_ANY = object()
+"""Device calibrations older than the saved bandwidth: their profile's figure has not changed."""
 
 
 def _mem_gb() -> float:

@@ -169,6 +169,7 @@ def save_calibration(
     keep += ("cpu_ms", "cv")
     samples = [{k: r[k] for k in (*keep, "predicted_ms") if k in r} for r in rows]
     doc = {"profile": profile.name, "kdc_version": __version__, **meta}
+    doc["bandwidth_gbps"] = profile.memory.bandwidth_gbps  # what memory_efficiency scales
     doc |= {"latency_model": lm, "samples": samples}
     path = calibration_path(profile.name)
     write_text(path, yaml.safe_dump(doc, sort_keys=False))

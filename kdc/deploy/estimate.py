@@ -1,8 +1,10 @@
 """The analytic latency model "roofline-v1": each fused kernel takes
 max(FLOPs / (peak × compute efficiency), bytes / (bandwidth × memory efficiency)) plus a fixed
-launch overhead, summed over the kernels of the graph. Peaks and bandwidth come from the
-profile's datasheet figures, the efficiencies and overhead from its `latency_model` (fitted to
-published or measured timings with `fit_latency_model`). Every number here is a prediction.
+launch overhead, summed over the kernels of the graph, plus a per-call overhead; masked
+(padding) attention scores are costed as `MASKED` pseudo-kernels at their own efficiency. Peaks
+and bandwidth come from the profile's datasheet figures, the efficiencies and overheads from its
+`latency_model` (fitted to published or measured timings with `fit_latency_model`). Every number
+here is a prediction.
 """
 
 from __future__ import annotations
@@ -69,10 +71,14 @@ def efficiency_slot(k: Kernel) -> str:
     return f"{cls}_{k.kind if k.kind in (*TENSOR_KINDS, MASKED) else 'vector'}"
 
 
+def _masked(slot: str) -> bool:
+    return slot.endswith(f"_{MASKED}")
+
+
 def slot_efficiency(slot: str, lm: Any) -> float:
     """The compute efficiency of an `efficiency_slot` under a latency model."""
     d = _as_dict(lm)
-    base = float("inf") if slot.endswith(f"_{MASKED}") else efficiencies(d)[slot.split("_")[0]]
+    base = float("inf") if _masked(slot) else efficiencies(d)[slot.split("_")[0]]
     return float((d.get("kind_efficiency") or {}).get(slot, base))
 
 
@@ -154,6 +160,8 @@ def _breakdown(kernels: Sequence[Kernel], t: np.ndarray) -> list[dict]:
         g["_bound"][int(np.argmax([tc, tm, to]))] += max(tc, tm, to)
     rows = []
     for kind, g in groups.items():
+        if kind == MASKED and not g["ms"]:
+            continue  # padding costs nothing on an engine not calibrated with it
         bound = ("compute", "memory", "overhead")[int(np.argmax(g.pop("_bound")))]
         rows.append({"group": kind, **g, "ms": round(g["ms"], 6), "bound": bound})
     return sorted(rows, key=lambda r: -r["ms"])
@@ -182,7 +190,7 @@ def _result(
         "p50_ms": float(f"{ms:.4g}"),
         "flops": float(sum(k.flops for k in kernels)),
         "bytes": float(sum(k.bytes for k in kernels)),
-        "kernels": len(kernels),
+        "kernels": launches(kernels),
     }
     if cost.unknown_shapes:
         out["warnings"] = [
@@ -357,7 +365,7 @@ def fit_latency_model(
     data = []
     for kernels, ms in samples:
         c, m, slots = ideal_times(kernels, profile)
-        keys = [_parameter(s if per_kind else s.split("_")[0]) for s in slots]
+        keys = [_parameter(s if per_kind or _masked(s) else s.split("_")[0]) for s in slots]
         data.append((c, m, keys, launches(kernels), float(ms) * 1e-3))
     used = sorted({k for *_, keys, _, _ in data for k in keys})
     names = ["kernel_overhead_us", *(["call_overhead_us"] * per_kind), "memory_efficiency", *used]

@@ -15,7 +15,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ ENGINES = ("onnxruntime", "tensorrt")
 
 @dataclass(frozen=True)
 class ZooModel:
-    """One model of the set: its architecture and the precision it is built for."""
+    """One model of the set: its architecture, the precision it is built for and the padding
+    it is timed at."""
 
     name: str
     family: str
@@ -362,9 +363,9 @@ def generate(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Export every model to `out_dir/<name>.onnx` (one already there under this `RECIPE` is
-    kept) and write `manifest.json`; returns the manifest rows (name, family, arch, precision,
-    batch, input_shapes, file)."""
+    """Export every model to `out_dir/<graph>.onnx` (one file for the paddings of a model; one
+    already there under this `RECIPE` is kept) and write `manifest.json`; returns the manifest
+    rows (name, family, arch, precision, batch, input_shapes, padding, file)."""
     if engine not in ENGINES:
         raise UserError(
             f"unknown engine '{engine}'", field="engine", fix=f"use {' or '.join(ENGINES)}"
@@ -385,11 +386,12 @@ def generate(
                 if progress:
                     progress(m.name)
                 key = json.dumps(m.arch, sort_keys=True)
+                graph = replace(m, padding=0.0)  # padding is an input, not a graph
                 with _quiet_logs():
                     if key not in exported:
                         raw = Path(scratch) / f"{len(exported)}.onnx"
-                        exported[key] = _export(m, raw, seed)
-                    _finish(m, exported[key], path, engine, seed)
+                        exported[key] = _export(graph, raw, seed)
+                    _finish(graph, exported[key], path, engine, seed)
                 written.add(path)
             rows.append({**asdict(m), "file": path.name})
     write_json(

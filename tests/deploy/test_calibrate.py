@@ -204,3 +204,10 @@ def test_quick_host_calibration_saves_what_host_profile_reads(config_dir):
     assert lm.source.startswith("calibrated on ") and "from 3 models (kdc calibrate)" in lm.source
     assert lm.source == saved["latency_model"]["source"]
     assert lm.kernel_overhead_us == saved["latency_model"]["kernel_overhead_us"]
+    # a host calibration fitted under another assumed bandwidth (older kdc) is refused, not misread
+    assert saved["bandwidth_gbps"] == load_profile("host").memory.bandwidth_gbps
+    del saved["bandwidth_gbps"]
+    calibration_path("host").write_text(yaml.safe_dump(saved))
+    with pytest.raises(UserError, match="assumed bandwidth of 20 GB/s") as e:
+        load_profile("host")
+    assert "kdc calibrate --target host" in e.value.fix
