@@ -239,6 +239,11 @@ def _host_uncalibrated() -> HardwareProfile:
     return HardwareProfile.model_validate(profile)
 
 
+LEGACY_HOST_BANDWIDTH = 20.0
+"""The host bandwidth kdc assumed before calibration files saved theirs (device profiles' figures
+have not changed, so their older files stay valid)."""
+
+
 def with_calibration(profile: HardwareProfile) -> HardwareProfile:
     """`profile` with the latency model `kdc calibrate` saved for it, when there is one."""
     cal = calibration_path(profile.name)
@@ -254,20 +259,16 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
             field="latency_model",
             fix=f"delete it and run `kdc calibrate --target {profile.name}` again",
         ) from None
-    fitted_to = doc.get("bandwidth_gbps", None if profile.measurable else _ANY)
-    if fitted_to is not _ANY and fitted_to != profile.memory.bandwidth_gbps:
+    fitted_to = doc.get("bandwidth_gbps") or (LEGACY_HOST_BANDWIDTH if profile.measurable else None)
+    if fitted_to is not None and fitted_to != profile.memory.bandwidth_gbps:
         raise UserError(
-            f"calibration was fitted to an assumed bandwidth of {fitted_to or 20.0:g} GB/s, the "
+            f"calibration was fitted to an assumed bandwidth of {fitted_to:g} GB/s, the "
             f"profile now assumes {profile.memory.bandwidth_gbps:g} (an older kdc)",
             source=str(cal),
             field="bandwidth_gbps",
             fix=f"run `kdc calibrate --target {profile.name}` again",
         )
     return profile.model_copy(update={"latency_model": lm})
-
-
-_ANY = object()
-"""Device calibrations older than the saved bandwidth: their profile's figure has not changed."""
 
 
 def _mem_gb() -> float:

@@ -176,7 +176,6 @@ def _result(
     padding: float = 0.0,
 ) -> dict:
     kernels = materialize(cost, precision, _float_precision(precision, profile), padding)
-    t = kernel_times_s(kernels, profile)
     ms = predict_kernels_ms(kernels, profile)
     out = {
         "kind": "predicted",
@@ -197,21 +196,10 @@ def _result(
             f"{cost.unknown_shapes} tensors had no inferred shape and were costed as empty"
         ]
     if explain:
-        call = _call_ms(_as_dict(profile.latency_model))
-        out["breakdown"] = _breakdown(kernels, t) + (
-            [
-                {
-                    "group": "call",
-                    "count": 1,
-                    "flops": 0.0,
-                    "bytes": 0.0,
-                    "ms": call,
-                    "bound": "overhead",
-                }
-            ]
-            if call
-            else []
-        )
+        out["breakdown"] = _breakdown(kernels, kernel_times_s(kernels, profile))
+        if call := _call_ms(_as_dict(profile.latency_model)):
+            row = {"group": "call", "count": 1, "flops": 0.0, "bytes": 0.0, "ms": call}
+            out["breakdown"].append({**row, "bound": "overhead"})
     return out
 
 
