@@ -90,6 +90,10 @@ class SearchConfig(Section):
     proxies: list[str] | Literal["all"] = ["params", "flops"]
     init: Literal["teacher", "random"] = "teacher"  # how students are initialised for scoring
     latency_fraction: float = Field(0.5, gt=0, le=1)
+    # share of a latency *constraint* kept free: candidates must be predicted under
+    # (1 - margin) x budget, for the latency model's error (MAPE ~10 % on a calibrated host) and
+    # the p99 that verify judges where the search predicts p50
+    latency_margin: float = Field(0.1, ge=0, lt=1)
     population: int = Field(16, ge=2)
     cycles: int = Field(48, ge=1)
     sample_size: int = Field(4, ge=1)
@@ -189,6 +193,9 @@ class QuantizeConfig(Section):
 class ExportConfig(Section):
     # auto: optimum-onnx for Hugging Face classifiers it supports, the TorchScript exporter else
     exporter: Literal["auto", "optimum", "torch"] = "auto"
+    # the student's last layer computes only the [CLS] position when its head reads nothing else
+    # (BERT-style classifiers; logits unchanged, parity checked): kdc.export.cls_only
+    cls_only_last_layer: bool = True
     opset: int = Field(17, ge=17, le=23)
     atol: float = Field(1e-4, gt=0)
     rtol: float = Field(1e-3, ge=0)

@@ -71,6 +71,8 @@ def test_bert_compress_beats_untrained_student(bert_project, tmp_path):
     _check_report(report)
     assert report["student"]["architecture"]["num_hidden_layers"] == 2
     assert report["student"]["export"]["exporter"] == "optimum"  # a HF classifier: optimum-onnx
+    assert report["student"]["export"]["last_layer"] == "cls-only"  # its pooler reads only [CLS]
+    assert "last layer computes [CLS] only" in (tmp_path / "run" / "report.md").read_text()
     fp32 = next(e for e in report["engines"] if e.get("precision") == "fp32")
     # untrained: same student, zero epochs of distillation and a re-initialised head
     assert fp32["accuracy"]["accuracy"] >= 0.85

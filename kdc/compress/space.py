@@ -95,8 +95,11 @@ class TransformerSpace(Space):
     """Layers (evenly spaced teacher layers), (hidden, heads) with head dim 32/64 or the
     teacher's, FFN size; hidden and FFN on multiples of the divisor."""
 
-    def __init__(self, teacher: ModelAdapter, divisor: int) -> None:
+    def __init__(self, teacher: ModelAdapter, divisor: int, cls_only: bool = False) -> None:
+        from kdc.export.cls_only import supports_cls_only
         from kdc.models.hf import INTERMEDIATE_KEYS
+
+        self.cls_only = cls_only and supports_cls_only(teacher)  # as the export will do
 
         arch = {k: v for k, v in teacher.architecture().items() if k != "params"}
         conf = teacher.config
@@ -139,7 +142,8 @@ class TransformerSpace(Space):
             "layers": evenly_spaced(self.n_layers, n),
             **{k: v for k, v in sizes.items() if k != "num_hidden_layers"},
         }
-        return Candidate(dict(genes), arch, spec, dict(arch), f"L{n} H{hidden} A{heads} I{inter}")
+        cost = {**arch, "cls_only_last_layer": self.cls_only}
+        return Candidate(dict(genes), arch, spec, cost, f"L{n} H{hidden} A{heads} I{inter}")
 
     def input_shapes(self, batch: int) -> dict[str, list[int]]:
         return {"input_ids": [batch, self.max_length], "attention_mask": [batch, self.max_length]}
@@ -296,9 +300,15 @@ def _teacher_out(trace: list[dict[str, Any]], conv: str) -> int:
     return next(r["out"] for r in trace if r["name"] == conv)
 
 
-SPACES = {"transformer": lambda t, ex, d: TransformerSpace(t, d), "cnn": CnnSpace}
+SPACES = {
+    "transformer": lambda t, ex, d, cls_only: TransformerSpace(t, d, cls_only),
+    "cnn": lambda t, ex, d, cls_only: CnnSpace(t, ex, d),
+}
 
 
-def space_for(teacher: ModelAdapter, example: dict[str, np.ndarray], divisor: int) -> Space:
-    """The search space of students of `teacher` on a target with this channel divisor."""
-    return SPACES[teacher.family](teacher, example, divisor)
+def space_for(
+    teacher: ModelAdapter, example: dict[str, np.ndarray], divisor: int, cls_only: bool = False
+) -> Space:
+    """The search space of students of `teacher` on a target with this channel divisor;
+    `cls_only`: latency is predicted for exports whose last layer computes only [CLS]."""
+    return SPACES[teacher.family](teacher, example, divisor, cls_only)

@@ -99,11 +99,15 @@ def _transformer(
     )
     ln = ("LayerNormalization",)
     add("embeddings.ln", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {"emb.ln": 2.0 * h})
-    hs = b * heads * s * s
     for i in range(n_layers):
         p = f"layer{i}"
-        for qkv in "qkv":
-            linear(f"{p}.{qkv}", h, h, bs)
+        # with `cls_only_last_layer` (kdc.export.cls_only) the last layer's query, output and
+        # FFN run on the first position only; keys and values still cover the sequence
+        q = 1 if i == n_layers - 1 and a.get("cls_only_last_layer") else s
+        bq, bqh, hs = b * q, b * q * h, b * heads * q * s
+        linear(f"{p}.q", h, h, bq)
+        for kv in "kv":
+            linear(f"{p}.{kv}", h, h, bs)
         add(
             f"{p}.attention",
             (
@@ -117,18 +121,18 @@ def _transformer(
                 "MatMul",
                 "Transpose",
             ),
-            4.0 * b * s * s * h + 7.0 * hs,
-            4.0 * bsh + bs,
+            4.0 * b * q * s * h + 7.0 * hs,
+            2.0 * bsh + 2.0 * bqh + bs,
             1.0,
             "attention",
             scores=hs,
         )
-        linear(f"{p}.o", h, h, bs, ("Add",), bsh, bsh)
-        add(f"{p}.ln1", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {f"{p}.ln1": 2.0 * h})
-        rows_i = bs * inter
-        linear(f"{p}.ffn1", h, inter, bs, ("Div", "Erf", "Add", "Mul", "Mul"), 8.0 * rows_i)
-        linear(f"{p}.ffn2", inter, h, bs, ("Add",), bsh, bsh)
-        add(f"{p}.ln2", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {f"{p}.ln2": 2.0 * h})
+        linear(f"{p}.o", h, h, bq, ("Add",), bqh, bqh)
+        add(f"{p}.ln1", ln, 8.0 * bqh, 2.0 * bqh, 2.0 * h, "norm", {f"{p}.ln1": 2.0 * h})
+        rows_i = bq * inter
+        linear(f"{p}.ffn1", h, inter, bq, ("Div", "Erf", "Add", "Mul", "Mul"), 8.0 * rows_i)
+        linear(f"{p}.ffn2", inter, h, bq, ("Add",), bqh, bqh)
+        add(f"{p}.ln2", ln, 8.0 * bqh, 2.0 * bqh, 2.0 * h, "norm", {f"{p}.ln2": 2.0 * h})
     labels = int(a.get("num_labels") or 0)
     if a.get("pooling", "cls") == "mean":
         add("pool", ("ReduceMean",), bsh, bsh + b * h, 0.0, "reduce")

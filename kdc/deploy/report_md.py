@@ -261,7 +261,10 @@ def header_lines(report: dict) -> list[str]:
     verdict = {True: "PASSED", False: "FAILED"}.get(report.get("passed"), "not evaluated")
     export = (report.get("student") or {}).get("export") or {}
     exported = (
-        [f"exported with {export['exporter']} (opset {export.get('opset', DASH)})"]
+        [
+            f"exported with {export['exporter']} (opset {export.get('opset', DASH)})"
+            + (", last layer computes [CLS] only" if export.get("last_layer") == "cls-only" else "")
+        ]
         if export.get("exporter")
         else []
     )

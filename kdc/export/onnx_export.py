@@ -12,6 +12,7 @@ import onnx
 import torch
 
 from kdc.errors import UserError
+from kdc.export.cls_only import cls_only_last_layer
 from kdc.export.optimum_export import NotExportable, check_exportable, export_optimum
 from kdc.models.base import ModelAdapter
 from kdc.rundir import atomic_path
@@ -74,11 +75,17 @@ def export_onnx(
     output_name: str = "logits",
     simplify: bool = True,
     exporter: str = "torch",
+    cls_only: bool = False,
 ) -> Path:
     """Export `adapter.module` with named inputs and dynamic axes through `exporter` (a key of
     EXPORTERS), run onnx.checker and shape inference, and simplify with onnxslim when available.
+    `cls_only`: the last layer computes only [CLS] where the model allows it (cls_only.py).
     Written atomically."""
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with (
+        atomic_path(path) as tmp,
+        warnings.catch_warnings(),
+        cls_only_last_layer(adapter, cls_only),
+    ):
         warnings.simplefilter("ignore")
         EXPORTERS[exporter](adapter, example, tmp, opset, output_name)
         model = onnx.load(str(tmp))

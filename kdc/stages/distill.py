@@ -90,6 +90,7 @@ def predicted_latency(ctx: Context) -> Callable[[ModelAdapter], float]:
                 opset=ctx.cfg.export.opset,
                 output_name=output_name(ctx.cfg.task),
                 simplify=False,
+                cls_only=ctx.cfg.export.cls_only_last_layer,
             )
             pred = predict_onnx(
                 path,

@@ -1,10 +1,13 @@
-"""Export stage: student and teacher to ONNX, parity of each against PyTorch on eval inputs."""
+"""Export stage: student and teacher to ONNX, parity of each against PyTorch on eval inputs. The
+student's last layer computes only [CLS] where its head reads nothing else
+(`export.cls_only_last_layer`); the teacher is exported as it is."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from kdc.errors import KdcError
+from kdc.export.cls_only import supports_cls_only
 from kdc.export.onnx_export import choose_exporter, export_onnx, opset_of
 from kdc.export.parity import compare
 from kdc.models import load_student
@@ -45,6 +48,7 @@ def run(ctx: Context) -> StageOutput:
     opset = ctx.cfg.export.opset
     out_name = output_name(ctx.cfg.task)
     simplify = SIMPLIFY.get(ctx.teacher.family, True)
+    cls_only = ctx.cfg.export.cls_only_last_layer and supports_cls_only(student)
     exporters = {}
     paths = []
     for adapter, name in ((student, "model"), (ctx.teacher, "teacher")):
@@ -57,11 +61,14 @@ def run(ctx: Context) -> StageOutput:
             output_name=out_name,
             simplify=simplify,
             exporter=exporter,
+            cls_only=name == "model" and cls_only,
         )
         exporters[name] = {"exporter": exporter, "reason": why, "opset": opset_of(path)}
         paths.append(path)
     s_path, t_path = paths
     ctx.log(f"  exported with {exporters['model']['exporter']}: {exporters['model']['reason']}")
+    if cls_only:
+        ctx.log("  the student's last layer computes only [CLS] (all its head reads)")
     parity = {
         "student": parity_of(ctx, student, s_path),
         "teacher": parity_of(ctx, ctx.teacher, t_path),
@@ -85,5 +92,6 @@ def run(ctx: Context) -> StageOutput:
             "exporter_reason": exporters["model"]["reason"],
             "opset": exporters["model"]["opset"],
             "teacher_exporter": exporters["teacher"]["exporter"],
+            "last_layer": "cls-only" if cls_only else "full",
         },
     )

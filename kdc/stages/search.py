@@ -61,7 +61,12 @@ def _fixed(ctx: Context) -> StageOutput:
 def _space(ctx: Context):
     from kdc.compress.space import space_for
 
-    return space_for(ctx.teacher, ctx.encode("train"), ctx.profile.defaults.channel_divisor)
+    return space_for(
+        ctx.teacher,
+        ctx.encode("train"),
+        ctx.profile.defaults.channel_divisor,
+        cls_only=ctx.cfg.export.cls_only_last_layer,
+    )
 
 
 def _proxy_names(ctx: Context, proxy: str) -> list[str]:
@@ -153,6 +158,10 @@ def _evolution(ctx: Context) -> StageOutput:
 
     teacher_ms = latency(space.decode(space.largest()))
     budget, budget_source = _budget(ctx, latency(space.decode(space.smallest())), teacher_ms)
+    limit, margin_note = budget, ""
+    if not budget_source.startswith("search.latency_fraction") and cfg.latency_margin:
+        limit = budget * (1 - cfg.latency_margin)
+        margin_note = f" ({budget:.4g} ms less search.latency_margin {cfg.latency_margin:g})"
     rows: dict[str, dict[str, Any]] = {}
 
     def score(c) -> float:
@@ -171,7 +180,8 @@ def _evolution(ctx: Context) -> StageOutput:
         return vals[proxy]
 
     ctx.log(
-        f"  space: {space.size:,} students; budget {budget:.4g} ms ({budget_source}); "
+        f"  space: {space.size:,} students; budget {budget:.4g} ms ({budget_source}), "
+        f"searched under {limit:.4g} ms; "
         f"teacher predicted {teacher_ms:.4g} ms on {ctx.profile.name} {precision}"
     )
     if ctx.profile.measurable and ctx.profile.latency_model.source.startswith("defaults"):
@@ -185,14 +195,14 @@ def _evolution(ctx: Context) -> StageOutput:
             space,
             score,
             latency,
-            budget,
+            limit,
             population=cfg.population,
             cycles=cfg.cycles,
             sample_size=cfg.sample_size,
             time_budget_s=cfg.time_budget_s,
             seed=ctx.cfg.seed,
             progress=lambda s: advance(ms=s.latency_ms, proxy=s.score),
-            where=f" on {ctx.profile.name} ({precision}, batch {batch})",
+            where=f"{margin_note} on {ctx.profile.name} ({precision}, batch {batch})",
         )
     flags = pareto_flags([(s.latency_ms, s.score) for s in result.scored])
     table = [
@@ -220,6 +230,7 @@ def _evolution(ctx: Context) -> StageOutput:
             "predicted_latency_ms": result.best.latency_ms,
             "budget_ms": budget,
             "budget_source": budget_source,
+            "search_limit_ms": limit,
             "precision": precision,
             "batch": batch,
         },
@@ -242,6 +253,7 @@ def _evolution(ctx: Context) -> StageOutput:
             "cycles": result.cycles,
             "budget_ms": budget,
             "budget_source": budget_source,
+            "search_limit_ms": limit,
             "predicted_latency_ms": result.best.latency_ms,
             "teacher_predicted_latency_ms": teacher_ms,
             "student_params": best["params"],

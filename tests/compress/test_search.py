@@ -123,7 +123,7 @@ def test_search_command_writes_candidates_plot_and_student(cnn_project, tmp_path
         cnn_project,
         tmp_path,
         "evo",
-        constraints={"latency_budget_ms": 0.0415},
+        constraints={"latency_budget_ms": 0.0461},
         search={"proxies": "all"},
     )
     assert res.exit_code == 0, res.output
@@ -131,20 +131,22 @@ def test_search_command_writes_candidates_plot_and_student(cnn_project, tmp_path
     assert rows and sum(r["chosen"] for r in rows) == 1
     chosen = next(r for r in rows if r["chosen"])
     assert chosen["proxy"] == max(r["proxy"] for r in rows) and chosen["pareto"]
-    for r in rows:
-        assert r["predicted_latency_ms"] <= 0.0415
+    for r in rows:  # under the budget less search.latency_margin (0.1 by default)
+        assert r["predicted_latency_ms"] <= 0.0461 * 0.9
         assert r["proxy"] == r["proxies"]["diswot"]
         assert set(r["proxies"]) == set(PROXIES)
         assert r["params"] == r["architecture"]["params"]
     student = json.loads((out / "search" / "student.json").read_text())
     assert student["strategy"] == "evolution" and student["proxy"] == "diswot"
     assert student["architecture"] == chosen["architecture"]
+    assert student["budget_ms"] == 0.0461
+    assert student["search_limit_ms"] == pytest.approx(0.0461 * 0.9)
     assert (out / "search" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_search_records_the_free_counts_by_default(cnn_project, tmp_path):
     res, out = _search(
-        cnn_project, tmp_path, "evodefault", constraints={"latency_budget_ms": 0.0415}
+        cnn_project, tmp_path, "evodefault", constraints={"latency_budget_ms": 0.0461}
     )
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in (out / "search" / "candidates.jsonl").open()]
@@ -157,6 +159,7 @@ def test_search_command_fails_with_exit_1_when_nothing_fits(cnn_project, tmp_pat
     res, _ = _search(cnn_project, tmp_path, "nofit", constraints={"latency_budget_ms": 1e-6})
     assert res.exit_code == 1
     assert "closest predicted" in res.output and res.output.count(" ms;") >= 2
+    assert "less search.latency_margin 0.1" in res.output
 
 
 def test_unknown_proxy_is_a_user_error(cnn_project, tmp_path):
