@@ -72,10 +72,15 @@ def _bert_style(layer: nn.Module) -> bool:
 def supports_cls_only(adapter: ModelAdapter) -> bool:
     """Whether `adapter`'s last layer can compute only [CLS] without changing its logits."""
     model = getattr(adapter, "model", None)
-    if model is None or type(model).__name__ not in CLS_HEADS:
-        return False
+    cls = type(model)
+    if cls.__name__ not in CLS_HEADS or not cls.__module__.startswith("transformers.models."):
+        return False  # remote code may reuse a name
     config = model.config
-    if getattr(config, "position_embedding_type", "absolute") != "absolute" or config.is_decoder:
+    if (
+        getattr(config, "position_embedding_type", "absolute") != "absolute"
+        or config.is_decoder
+        or config.output_attentions  # the encoder would read the layer's attention probabilities
+    ):
         return False
     from kdc.models.hf import layer_list
 

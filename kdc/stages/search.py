@@ -145,18 +145,24 @@ def _evolution(ctx: Context) -> StageOutput:
     shapes, padding = space.input_shapes(batch), ctx.latency_padding()
     predictions: dict[str, dict] = {}
 
-    def latency(c) -> float:
-        predictions[c.key] = predict_architecture(
-            c.cost,
+    def predict(cost: dict) -> dict:
+        return predict_architecture(
+            cost,
             ctx.profile,
             precision=precision,
             batch=batch,
             input_shapes=shapes,
             padding=padding,
         )
+
+    def latency(c) -> float:
+        predictions[c.key] = predict(c.cost)
         return predictions[c.key]["p50_ms"]
 
-    teacher_ms = latency(space.decode(space.largest()))
+    teacher_cost = space.decode(space.largest()).cost
+    if "cls_only_last_layer" in teacher_cost:  # the teacher is exported with its full last layer
+        teacher_cost = {**teacher_cost, "cls_only_last_layer": False}
+    teacher_ms = predict(teacher_cost)["p50_ms"]
     budget, budget_source = _budget(ctx, latency(space.decode(space.smallest())), teacher_ms)
     limit, margin_note = budget, ""
     if not budget_source.startswith("search.latency_fraction") and cfg.latency_margin:

@@ -219,6 +219,18 @@ def test_transformer_search_on_jetson(bert_project, tmp_path):
     assert chosen["precision"] == "int8" and chosen["budget_ms"] == 10.0  # the Orin Nano default
     arch = chosen["architecture"]
     assert arch["hidden_size"] % 16 == 0 and arch["intermediate_size"] % 16 == 0
+    # students are costed with the [CLS]-only last layer they will be exported with, the teacher
+    # with the full one it is exported with
+    from kdc.deploy.estimate import predict_architecture
+    from kdc.profiles import load_profile
+
+    run = json.loads((tmp_path / "bevo" / "manifest.json").read_text())
+    teacher_ms = run["stages"]["search"]["metrics"]["teacher_predicted_latency_ms"]
+    teacher = api.open_run(cfg, "jetson", tmp_path / "bevo", quiet=True).teacher.architecture()
+    full = predict_architecture(
+        teacher, load_profile("jetson"), precision="int8", input_shapes=None
+    )["p50_ms"]
+    assert teacher_ms == pytest.approx(full)
 
 
 def test_fixed_architecture_with_chosen_teacher_layers(bert_project, tmp_path):

@@ -61,6 +61,8 @@ def test_cls_only_export_has_parity_and_keeps_earlier_layers_fused(tmp_path, exp
 def test_models_whose_head_reads_more_export_unchanged(tmp_path):
     relative = _bert(tmp_path, position_embedding_type="relative_key")
     assert not supports_cls_only(relative)
+    eager = _bert(tmp_path, _attn_implementation="eager", output_attentions=True)
+    assert not supports_cls_only(eager)
     with cls_only_last_layer(relative) as applied:
         assert not applied
     bert = _bert(tmp_path)
