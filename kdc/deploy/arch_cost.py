@@ -158,7 +158,8 @@ def _transformer(
             "gemm",
             {"classifier": h * labels + labels},
         )
-    peak = 3.0 * bsh + b * heads * s * s + bs * inter
+    rows = s if n_layers > 1 or not a.get("cls_only_last_layer") else 1  # of the widest layer
+    peak = 3.0 * bsh + b * heads * rows * s + b * rows * inter
     return GraphCost(ks, {"input_ids": [b, s], "attention_mask": [b, s]}, w, peak)
 
 

@@ -82,6 +82,12 @@ def test_latency_model_costs_the_cls_only_layer(tmp_path):
         assert cls_flops[name] * 100 < flops[name]
     attn = next(k for k in cls.kernels if k.name == "layer0.attention")
     assert attn.scores == 2 * 128  # one query row per head
+    assert cls.peak_act_elems < full.peak_act_elems / 2  # no L×L scores, no L-row FFN
+    two = {**arch, "num_hidden_layers": 2}  # the first layer still computes every position
+    assert (
+        analyze_architecture({**two, "cls_only_last_layer": True}, batch=1).peak_act_elems
+        == analyze_architecture(two, batch=1).peak_act_elems
+    )
 
 
 def test_search_space_predicts_what_the_export_does(tmp_path):
