@@ -92,17 +92,19 @@ def _precision(ctx: Context) -> str:
     return p if p in ctx.profile.runtime.precisions else ctx.profile.default_precision
 
 
-def _budget(ctx: Context, smallest_ms: float, teacher_ms: float) -> tuple[float, str]:
-    """The latency budget and where it came from; without one, `latency_fraction` of the way
-    from the smallest student's predicted latency to the teacher's."""
+def _budget(ctx: Context, smallest_ms: float, teacher_ms: float) -> tuple[float, str, bool]:
+    """The latency budget, where it came from, and whether verify holds the engine to it (a
+    constraint); without one, `latency_fraction` of the way from the smallest student's
+    predicted latency to the teacher's."""
     if ctx.cfg.constraints.latency_budget_ms:
-        return ctx.cfg.constraints.latency_budget_ms, "constraints.latency_budget_ms"
+        return ctx.cfg.constraints.latency_budget_ms, "constraints.latency_budget_ms", True
     if ctx.profile.defaults.latency_budget_ms:
-        return ctx.profile.defaults.latency_budget_ms, f"{ctx.profile.name} default"
+        return ctx.profile.defaults.latency_budget_ms, f"{ctx.profile.name} default", True
     f = ctx.cfg.search.latency_fraction
     return (
         smallest_ms + f * (teacher_ms - smallest_ms),
         f"search.latency_fraction {f:g} of the way from the smallest student to the teacher",
+        False,
     )
 
 
@@ -163,9 +165,10 @@ def _evolution(ctx: Context) -> StageOutput:
     if "cls_only_last_layer" in teacher_cost:  # the teacher is exported with its full last layer
         teacher_cost = {**teacher_cost, "cls_only_last_layer": False}
     teacher_ms = predict(teacher_cost)["p50_ms"]
-    budget, budget_source = _budget(ctx, latency(space.decode(space.smallest())), teacher_ms)
+    smallest_ms = latency(space.decode(space.smallest()))
+    budget, budget_source, constraint = _budget(ctx, smallest_ms, teacher_ms)
     limit, margin_note = budget, ""
-    if not budget_source.startswith("search.latency_fraction") and cfg.latency_margin:
+    if constraint and cfg.latency_margin:
         limit = budget * (1 - cfg.latency_margin)
         margin_note = f" ({budget:.4g} ms less search.latency_margin {cfg.latency_margin:g})"
     rows: dict[str, dict[str, Any]] = {}

@@ -4,35 +4,22 @@ logits (padded rows included), the first layers still fused, fewer FLOPs predict
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
-from tiny import tiny_bert
+from tiny import run_onnx, tiny_text_adapter
 
 from kdc.compress.space import space_for
 from kdc.deploy.arch_cost import analyze_architecture
 from kdc.deploy.onnxruntime import count_ops, optimize
 from kdc.export.cls_only import ClsOnlyLayer, cls_only_last_layer, supports_cls_only
 from kdc.export.onnx_export import export_onnx
-from kdc.models.hf import HFTextAdapter, layer_list
+from kdc.models.hf import layer_list
 
 TEXTS = ["good movie", "the plot was awful and bad and long", "i love this film", "bad"]
 
 
-def _bert(tmp_path, **kw) -> HFTextAdapter:
-    model, tok = tiny_bert(tmp_path, layers=2)
-    for k, v in kw.items():
-        setattr(model.config, k, v)
-    return HFTextAdapter(model.eval(), tok, max_length=16)
-
-
-def _run(path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, inputs)[0]
-
-
 def test_cls_only_layer_keeps_the_logits_and_is_put_back(tmp_path):
-    bert = _bert(tmp_path)
+    bert = tiny_text_adapter(tmp_path)
     x = bert.encode(TEXTS)
     assert (x["attention_mask"] == 0).any()  # padded rows are part of the check
     ref = bert.forward_numpy(x)
@@ -45,27 +32,27 @@ def test_cls_only_layer_keeps_the_logits_and_is_put_back(tmp_path):
 
 @pytest.mark.parametrize("exporter", ["optimum", "torch"])
 def test_cls_only_export_has_parity_and_keeps_earlier_layers_fused(tmp_path, exporter):
-    bert = _bert(tmp_path)
+    bert = tiny_text_adapter(tmp_path)
     x = bert.encode(TEXTS)
     path = export_onnx(
         bert, x, tmp_path / "m.onnx", simplify=False, exporter=exporter, cls_only=True
     )
-    np.testing.assert_allclose(_run(path, x), bert.forward_numpy(x), atol=1e-4)
+    np.testing.assert_allclose(run_onnx(path, x), bert.forward_numpy(x), atol=1e-4)
     short = {k: v[:3, :8] for k, v in x.items()}
-    np.testing.assert_allclose(_run(path, short), bert.forward_numpy(short), atol=1e-4)
+    np.testing.assert_allclose(run_onnx(path, short), bert.forward_numpy(short), atol=1e-4)
     fused = optimize(path, tmp_path / "o.onnx", family="transformer", num_heads=2, hidden_size=32)
     assert count_ops(fused).get("Attention") == 1  # the first layer; the last has 1 query row
-    np.testing.assert_allclose(_run(fused, x), bert.forward_numpy(x), atol=1e-4)
+    np.testing.assert_allclose(run_onnx(fused, x), bert.forward_numpy(x), atol=1e-4)
 
 
 def test_models_whose_head_reads_more_export_unchanged(tmp_path):
-    relative = _bert(tmp_path, position_embedding_type="relative_key")
+    relative = tiny_text_adapter(tmp_path, position_embedding_type="relative_key")
     assert not supports_cls_only(relative)
-    eager = _bert(tmp_path, _attn_implementation="eager", output_attentions=True)
+    eager = tiny_text_adapter(tmp_path, _attn_implementation="eager", output_attentions=True)
     assert not supports_cls_only(eager)
     with cls_only_last_layer(relative) as applied:
         assert not applied
-    bert = _bert(tmp_path)
+    bert = tiny_text_adapter(tmp_path)
     with cls_only_last_layer(bert, enabled=False) as applied:
         assert not applied and not isinstance(layer_list(bert.model)[-1], ClsOnlyLayer)
 
@@ -92,7 +79,7 @@ def test_latency_model_costs_the_cls_only_layer(tmp_path):
 
 def test_search_space_predicts_what_the_export_does(tmp_path):
     torch.manual_seed(0)
-    bert = _bert(tmp_path)
+    bert = tiny_text_adapter(tmp_path)
     x = bert.encode(TEXTS)
     c = space_for(bert, x, 8, cls_only=True)
     assert c.decode(c.largest()).cost["cls_only_last_layer"] is True
@@ -104,7 +91,7 @@ def test_architecture_path_matches_the_exported_cls_only_graph(tmp_path):
     from kdc.deploy.arch_cost import kernels_from_architecture
     from kdc.deploy.graph_cost import kernels_from_onnx
 
-    bert = _bert(tmp_path)
+    bert = tiny_text_adapter(tmp_path)
     x = bert.encode(TEXTS)
     path = export_onnx(bert, x, tmp_path / "m.onnx", simplify=False, cls_only=True)
     shapes = {"input_ids": [2, 16], "attention_mask": [2, 16]}

@@ -5,33 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
-from tiny import tiny_bert
+from tiny import run_onnx, tiny_text_adapter
 
 from kdc.compress.prune import prune_once
 from kdc.config import PruneConfig
 from kdc.deploy.onnxruntime import count_ops, optimize
 from kdc.errors import UserError
 from kdc.export.onnx_export import choose_exporter, export_onnx, opset_of
-from kdc.models.hf import HFTextAdapter
 
 TEXTS = ["good movie", "the plot was awful and bad", "i love this film", "bad"]
 
 
-def _bert(tmp_path) -> HFTextAdapter:
-    model, tok = tiny_bert(tmp_path, layers=2)
-    return HFTextAdapter(model.eval(), tok, max_length=16)
-
-
-def _run(path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, inputs)[0]
-
-
 def test_auto_picks_optimum_for_a_hf_classifier_with_parity_and_dynamic_axes(tmp_path):
-    bert = _bert(tmp_path)
+    bert = tiny_text_adapter(tmp_path)
     assert choose_exporter(bert, "auto", "logits")[0] == "optimum"
     x = bert.encode(TEXTS)
     path = export_onnx(bert, x, tmp_path / "m.onnx", simplify=False, exporter="optimum")
@@ -39,25 +27,25 @@ def test_auto_picks_optimum_for_a_hf_classifier_with_parity_and_dynamic_axes(tmp
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in model.graph.output] == ["logits"]
     assert opset_of(path) >= 17
-    np.testing.assert_allclose(_run(path, x), bert.forward_numpy(x), atol=1e-4)
+    np.testing.assert_allclose(run_onnx(path, x), bert.forward_numpy(x), atol=1e-4)
     short = {k: v[:3, :8] for k, v in x.items()}  # another batch size and sequence length
-    np.testing.assert_allclose(_run(path, short), bert.forward_numpy(short), atol=1e-4)
+    np.testing.assert_allclose(run_onnx(path, short), bert.forward_numpy(short), atol=1e-4)
     fused = optimize(path, tmp_path / "o.onnx", family="transformer", num_heads=2, hidden_size=32)
     assert count_ops(fused).get("Attention") == 2
 
 
 def test_optimum_exports_a_pruned_student(tmp_path):
-    bert = _bert(tmp_path)
+    bert = tiny_text_adapter(tmp_path)
     x = bert.encode(TEXTS)
     torch.set_num_threads(1)
     pruned = prune_once(bert, x, PruneConfig(enabled=True, ratio=0.5), ratio=0.5, round_to=8)
     assert choose_exporter(pruned, "auto", "logits")[0] == "optimum"
     path = export_onnx(pruned, x, tmp_path / "p.onnx", simplify=False, exporter="optimum")
-    np.testing.assert_allclose(_run(path, x), pruned.forward_numpy(x), atol=1e-4)
+    np.testing.assert_allclose(run_onnx(path, x), pruned.forward_numpy(x), atol=1e-4)
 
 
 def test_kdc_graphs_fall_back_to_torch_with_a_reason(tmp_path):
-    bert = _bert(tmp_path)
+    bert = tiny_text_adapter(tmp_path)
     name, why = choose_exporter(bert, "auto", "embedding")
     assert name == "torch" and "not a Hugging Face sequence classifier" in why
     assert choose_exporter(bert, "torch", "logits") == (

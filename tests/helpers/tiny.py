@@ -163,6 +163,23 @@ def tiny_bert(tmp: Path, num_labels: int = 2, layers: int = 4):
     return BertForSequenceClassification(config), tok
 
 
+def tiny_text_adapter(tmp: Path, layers: int = 2, **config):
+    """`tiny_bert` as kdc's HFTextAdapter (max_length 16), with `config` attributes set in order."""
+    from kdc.models.hf import HFTextAdapter
+
+    model, tok = tiny_bert(tmp, layers=layers)
+    for k, v in config.items():
+        setattr(model.config, k, v)
+    return HFTextAdapter(model.eval(), tok, max_length=16)
+
+
+def run_onnx(path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The first output of an ONNX file on the CPU provider."""
+    from kdc.deploy.onnxruntime import make_session, run_session
+
+    return run_session(make_session(path), inputs)
+
+
 def make_bert_project(root: Path) -> Path:
     write_csv(root / "train.csv", sentences(400, 1))
     write_csv(root / "test.csv", sentences(120, 2))
