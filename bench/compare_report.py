@@ -10,7 +10,8 @@ from kdc.rundir import write_text
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 THREADS = 1  # intra-op threads of every latency row
 COLUMNS = (
-    *("accuracy", "macro_f1", "agreement", "p50_ms", "p99_ms", "throughput_b32"),
+    *("accuracy", "accuracy_drop_ci95", "macro_f1", "agreement"),
+    *("p50_ms", "p99_ms", "throughput_b32"),
     *("size_mb", "peak_rss_mb", "wall_s", "how"),
 )
 ROWS = (
@@ -41,6 +42,7 @@ def verdict(rows: dict) -> dict:
         best = min(rivals) if rivals else None
         v = {
             "accuracy_drop_pt": round(100 * drop, 2),
+            "accuracy_drop_ci95_pt": _points(r.get("accuracy_drop_ci95")),
             "speedup_vs_teacher_ort_fp32": round(base["p50_ms"] / r["p50_ms"], 2),
             "best_alternative_as_accurate": best[1] if best else None,
             "speedup_vs_best_alternative": round(best[0] / r["p50_ms"], 2) if best else None,
@@ -54,7 +56,13 @@ def verdict(rows: dict) -> dict:
     return out
 
 
+def _points(ci: list | None) -> list | None:
+    return [round(100 * v, 1) for v in ci] if ci else None
+
+
 def _fmt(v, digits: int = 3) -> str:
+    if isinstance(v, list):  # an interval of fractions, shown in points
+        return "{:.1f} to {:.1f}".format(*_points(v))
     if isinstance(v, float):
         return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:.0f}"
     return "–" if v is None else str(v)
@@ -63,23 +71,24 @@ def _fmt(v, digits: int = 3) -> str:
 def markdown_table(rows: dict) -> str:
     base = (rows.get("teacher_ort_fp32") or {}).get("p50_ms")
     head = (
-        "| row | accuracy | macro-F1 | agreement | p50 ms | p99 ms | ×ORT fp32 | items/s b32 "
-        "| size MB | peak RSS MB | wall s |"
+        "| row | accuracy | drop pt, 95 % CI | macro-F1 | agreement | p50 ms | p99 ms "
+        "| ×ORT fp32 | items/s b32 | size MB | peak RSS MB | wall s |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for name in ROWS:
         r = rows.get(name)
         if not r:
-            lines.append(f"| {name} |" + " not run |" * 10)
+            lines.append(f"| {name} |" + " not run |" * 11)
             continue
         if r.get("accuracy") is None:
-            lines.append(f"| {name} | **failed**{r['how'].split('FAILED')[-1][:150]}… |" + " |" * 9)
+            why = r["how"].split("FAILED")[-1][:150]
+            lines.append(f"| {name} | **failed**{why}… |" + " |" * 10)
             continue
         speed = f"{base / r['p50_ms']:.1f}×" if base and r.get("p50_ms") else "–"
         digits = {"accuracy": 4, "macro_f1": 4, "agreement": 4, "throughput_b32": 0}
         digits.update(size_mb=2, peak_rss_mb=0, wall_s=1)
         cells = [_fmt(r.get(c), digits.get(c, 3)) for c in COLUMNS[:-1]]
-        cells.insert(5, speed)
+        cells.insert(6, speed)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

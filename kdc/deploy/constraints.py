@@ -169,7 +169,14 @@ def _accuracies(report: dict) -> tuple[float, float, str]:
 
 def _accuracy_drop(report: dict) -> Reading:
     teacher, student, label = _accuracies(report)
-    return Reading(round(teacher - student, 6), "measured", label)
+    acc = _shipped(report).get("accuracy") or {}
+    ci = acc.get("accuracy_drop_ci95") if acc.get("metric", "accuracy") == "accuracy" else None
+    note = (
+        f"95 % interval {ci[0]:.3f} to {ci[1]:.3f} (paired over {acc.get('n', '?')} eval rows)"
+        if ci
+        else ""
+    )
+    return Reading(round(teacher - student, 6), "measured", label, note)
 
 
 def _percent_degradation(report: dict) -> Reading:

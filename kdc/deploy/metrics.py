@@ -65,6 +65,20 @@ def agreement(student_logits: np.ndarray, teacher_logits: np.ndarray) -> float:
     return float(np.mean(s.argmax(axis=1) == t.argmax(axis=1)))
 
 
+def accuracy_drop_ci(
+    labels: np.ndarray, reference_logits: np.ndarray, logits: np.ndarray, z: float = 1.96
+) -> list[float]:
+    """Interval for `accuracy(reference) − accuracy(model)` on the same rows (95 % at z 1.96):
+    the paired normal approximation over per-row differences in correctness, so rows both get
+    right or both get wrong add no noise. A few hundred eval rows leave it points wide."""
+    labels, ref = _logits(labels, reference_logits)
+    _, out = _logits(labels, logits)
+    d = (ref.argmax(axis=1) == labels).astype(np.float64) - (out.argmax(axis=1) == labels)
+    half = z * float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    mean = float(d.mean())
+    return [round(mean - half, 6), round(mean + half, 6)]
+
+
 def _normalise(emb: np.ndarray) -> np.ndarray:
     emb = np.asarray(emb, dtype=np.float64)
     if emb.ndim != 2:
@@ -191,7 +205,8 @@ def compute(
     teacher_outputs: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Every metric of the task. Classification: labels vs logits, plus `agreement` with the
-    teacher when its logits are given. Embeddings: student vs teacher (required; labels unused)."""
+    teacher and `accuracy_drop_ci95` (`accuracy_drop_ci`) when its logits are given.
+    Embeddings: student vs teacher (required; labels unused)."""
     if task == "sentence-embedding":
         if teacher_outputs is None:
             raise UserError(
@@ -208,4 +223,5 @@ def compute(
     result = {n: METRICS[n](labels, outputs) for n in metrics_for(task, num_classes)}
     if teacher_outputs is not None:
         result["agreement"] = agreement(outputs, teacher_outputs)
+        result["accuracy_drop_ci95"] = accuracy_drop_ci(labels, teacher_outputs, outputs)
     return result

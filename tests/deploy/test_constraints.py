@@ -69,9 +69,17 @@ def test_accuracy_drop_and_relative_degradation(report):
     assert drop["value"] == pytest.approx(0.8127 - 0.8021)
     assert drop["source"] == "measured" and drop["engine"] == "onnxruntime-int8"
     assert drop["pass"] is False  # 1.06 points > 1 point
+    assert "note" not in drop  # the sample engine has no interval
     pct = rows["percent_max_degradation"]
     assert pct["value"] == pytest.approx((0.8127 - 0.8021) / 0.8127 * 100, abs=1e-3)
     assert pct["pass"] is True
+
+
+def test_accuracy_drop_note_gives_the_interval(report):
+    eng = shipped_engine(report)
+    eng["accuracy"]["accuracy_drop_ci95"] = [-0.012, 0.033]
+    row = evaluate_constraints(report, {"max_accuracy_drop": 0.02}, {})[0]
+    assert row["note"] == "95 % interval -0.012 to 0.033 (paired over 379 eval rows)"
 
 
 def test_only_constraints_with_limits_are_listed(report):

@@ -101,8 +101,21 @@ def test_compute_classification_with_teacher_and_many_classes():
         _onehot([0, 1, 2, 5], 7),
         teacher_outputs=_onehot([0, 1, 2, 6], 7),
     )
-    assert set(out) == {"accuracy", "macro_f1", "top5", "agreement"}
+    assert set(out) == {"accuracy", "macro_f1", "top5", "agreement", "accuracy_drop_ci95"}
     assert out["accuracy"] == 0.75 and out["agreement"] == 0.75
+
+
+def test_accuracy_drop_ci_is_paired():
+    labels = np.array([0, 1] * 50)
+    teacher = _onehot(list(labels), 2)
+    assert M.accuracy_drop_ci(labels, teacher, teacher) == [0.0, 0.0]  # same rows right
+    wrong = labels.copy()
+    wrong[:10] = 1 - wrong[:10]  # the student misses 10 rows the teacher gets
+    d = np.r_[np.ones(10), np.zeros(90)]
+    half = 1.96 * d.std(ddof=1) / 10
+    lo, hi = M.accuracy_drop_ci(labels, teacher, _onehot(list(wrong), 2))
+    assert (lo, hi) == pytest.approx((0.1 - half, 0.1 + half), abs=1e-6)
+    assert lo > 0  # 10 of 100 rows lost, none gained: a real drop
 
 
 def test_compute_embeddings_requires_teacher():
