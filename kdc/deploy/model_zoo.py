@@ -73,18 +73,28 @@ def cnn(channels: Sequence[int], image: int, depth: int = 1) -> dict[str, Any]:
     }
 
 
-def transformer(layers: int, hidden: int, seq: int = SEQ, ffn: int = 4) -> dict[str, Any]:
-    """A BERT encoder with a classification head (64-wide heads, `ffn`× intermediate)."""
-    return {
+def transformer(
+    layers: int,
+    hidden: int,
+    seq: int = SEQ,
+    ffn: int = 4,
+    heads: int | None = None,
+    cls_only: bool = False,
+) -> dict[str, Any]:
+    """A BERT encoder with a classification head (64-wide heads unless `heads`, `ffn`×
+    intermediate); `cls_only`: its last layer computes only [CLS], as kdc exports students
+    (`kdc.export.cls_only`)."""
+    arch = {
         "family": "transformer",
         "num_hidden_layers": int(layers),
         "hidden_size": int(hidden),
-        "num_attention_heads": max(1, hidden // 64),
+        "num_attention_heads": int(heads or max(1, hidden // 64)),
         "intermediate_size": int(ffn * hidden),
         "vocab_size": VOCAB,
         "max_length": int(seq),
         "num_labels": 2,
     }
+    return {**arch, "cls_only_last_layer": True} if cls_only else arch
 
 
 def _shapes(arch: dict[str, Any], batch: int) -> dict[str, list[int]]:
@@ -105,6 +115,9 @@ def _name(arch: dict[str, Any]) -> str:
         a = arch
         ffn = a["intermediate_size"] // a["hidden_size"]
         tail = f"_f{ffn}" if ffn != 4 else ""
+        if a["num_attention_heads"] != max(1, a["hidden_size"] // 64):
+            tail += f"_a{a['num_attention_heads']}"
+        tail += "_cls" if a.get("cls_only_last_layer") else ""
         return f"bert_l{a['num_hidden_layers']}_h{a['hidden_size']}_s{a['max_length']}{tail}"
     if fam == "cnn":
         ch = "-".join(str(c) for c in arch["channels"])
@@ -151,6 +164,10 @@ CALIBRATION_ARCHS = [
     transformer(2, 576),
     transformer(5, 448, seq=96),
     transformer(2, 256, seq=256, ffn=2),
+    # 32-wide heads (MiniLM, kdc's sliced students) and a [CLS]-only last layer, as kdc exports
+    # classifiers: without them INT8 MiniLM graphs were predicted 13-16 % fast
+    transformer(3, 256, seq=192, heads=8),
+    transformer(2, 448, seq=192, heads=14, cls_only=True),
 ]
 QUICK_ARCHS = [mlp([128, 128, 10]), cnn([8, 16], 32), transformer(1, 64, seq=32)]
 EVALUATION_ARCHS = [
@@ -174,6 +191,10 @@ EVALUATION_ARCHS = [
             (4, 768),
             (12, 768),
         ]
+    ],
+    *[
+        transformer(layers, 384, heads=12, cls_only=cls)  # MiniLM-shaped
+        for layers, cls in [(1, True), (2, True), (4, False), (6, True)]
     ],
     *[
         cnn(ch, image, depth)
@@ -263,6 +284,11 @@ def _build_transformer(arch: dict[str, Any]) -> _Exportable:
         num_labels=arch["num_labels"],
     )
     bert = BertForSequenceClassification(cfg).eval()
+    if arch.get("cls_only_last_layer"):
+        from kdc.export.cls_only import ClsOnlyLayer
+
+        layers = bert.bert.encoder.layer
+        layers[-1] = ClsOnlyLayer(layers[-1])
 
     class Logits(nn.Module):
         def __init__(self) -> None:

@@ -15,6 +15,7 @@ from kdc.cli import app
 from kdc.deploy import calibrate as C
 from kdc.deploy import model_zoo as Z
 from kdc.deploy.estimate import onnx_kernels, predict_kernels_ms
+from kdc.deploy.graph_cost import analyze_onnx
 from kdc.errors import UserError
 from kdc.profiles import calibration_path, load_profile
 
@@ -80,6 +81,32 @@ def test_padded_transformers_share_their_graph_and_mask_the_tail(tmp_path):
     assert "bert_l1_h192_s128_int8_pad60" in host and not any(
         "mlp" in n and "pad" in n for n in host
     )
+
+
+def test_cls_only_zoo_transformer_keeps_the_logits(tmp_path):
+    from kdc.deploy.onnxruntime import make_session, run_session
+
+    full, cls = (
+        Z.transformer(2, 64, seq=16, heads=4),
+        Z.transformer(2, 64, seq=16, heads=4, cls_only=True),
+    )
+    zoo = Z.models([full, cls], ["fp32"], paddings=(0.5,))
+    assert [m.name for m in zoo] == [
+        "bert_l2_h64_s16_a4_fp32_pad50",
+        "bert_l2_h64_s16_a4_cls_fp32_pad50",
+    ]
+    rows = Z.generate(zoo, tmp_path)
+    x = Z.inputs_for(zoo[0])
+    out = [run_session(make_session(tmp_path / r["file"]), x) for r in rows]
+    assert abs(out[0] - out[1]).max() < 1e-4  # same weights, only [CLS] read by the head
+    flops = [
+        sum(
+            k.flops
+            for k in analyze_onnx(tmp_path / r["file"], input_shapes=zoo[0].input_shapes).kernels
+        )
+        for r in rows
+    ]
+    assert flops[1] < 0.75 * flops[0]
 
 
 def test_zoo_keeps_models_of_its_recipe_and_remakes_older_ones(tmp_path):
