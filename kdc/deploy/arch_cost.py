@@ -105,6 +105,9 @@ def _transformer(
         # FFN run on the first position only; keys and values still cover the sequence
         q = 1 if i == n_layers - 1 and a.get("cls_only_last_layer") else s
         bq, bqh, hs = b * q, b * q * h, b * heads * q * s
+        if q == 1:  # the export slices out the first position and the mask's first query row
+            add(f"{p}.cls_slice", ("Slice",), 0.0, 2.0 * b * h, 2.0, "memory")
+            add(f"{p}.mask_slice", ("Slice",), 0.0, 2.0 * bs, 3.0, "memory")
         linear(f"{p}.q", h, h, bq)
         for kv in "kv":
             linear(f"{p}.{kv}", h, h, bs)

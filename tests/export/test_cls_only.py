@@ -98,6 +98,8 @@ def test_architecture_path_matches_the_exported_cls_only_graph(tmp_path):
     arch = {**bert.architecture(), "cls_only_last_layer": True}
     onnx_k = kernels_from_onnx(path, batch=2, input_shapes=shapes)
     arch_k = kernels_from_architecture(arch, 2, shapes)
+    assert sorted(k.kind for k in arch_k) == sorted(k.kind for k in onnx_k)  # the Slices too
     assert sum(k.flops for k in arch_k) == pytest.approx(sum(k.flops for k in onnx_k), rel=0.02)
+    assert sum(k.bytes for k in arch_k) == pytest.approx(sum(k.bytes for k in onnx_k), rel=0.02)
     full = kernels_from_architecture(bert.architecture(), 2, shapes)
     assert sum(k.flops for k in arch_k) < 0.7 * sum(k.flops for k in full)
