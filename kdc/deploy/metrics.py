@@ -203,7 +203,7 @@ def compute(
     labels: np.ndarray | None,
     outputs: np.ndarray,
     teacher_outputs: np.ndarray | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | list[float]]:
     """Every metric of the task. Classification: labels vs logits, plus `agreement` with the
     teacher and `accuracy_drop_ci95` (`accuracy_drop_ci`) when its logits are given.
     Embeddings: student vs teacher (required; labels unused)."""
