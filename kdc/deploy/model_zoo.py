@@ -271,6 +271,7 @@ def _build_cnn(arch: dict[str, Any]) -> _Exportable:
 
 
 def _build_transformer(arch: dict[str, Any]) -> _Exportable:
+    import torch
     from torch import nn
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -284,6 +285,12 @@ def _build_transformer(arch: dict[str, Any]) -> _Exportable:
         num_labels=arch["num_labels"],
     )
     bert = BertForSequenceClassification(cfg).eval()
+    # Hugging Face initialises biases to zero; the exporter folds zero biases away, and with them
+    # the bias fusions ORT makes in a trained model's graph (BiasGelu): give them values
+    with torch.no_grad():
+        for name, p in bert.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, cfg.initializer_range)
     if arch.get("cls_only_last_layer"):
         from kdc.export.cls_only import ClsOnlyLayer
 
@@ -376,9 +383,10 @@ def _quiet_logs() -> Iterator[None]:
         root.setLevel(level)
 
 
-RECIPE = 2
+RECIPE = 3
 """How `_finish` makes engine-ready graphs; files of a directory written under another recipe are
-made again (2: INT8 quantizes the build stage's ops per family, `QUANT_OPS`)."""
+made again (2: INT8 quantizes the build stage's ops per family, `QUANT_OPS`; 3: transformers
+have non-zero biases)."""
 
 
 def generate(
