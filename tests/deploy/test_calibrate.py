@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import onnx
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -107,6 +108,13 @@ def test_cls_only_zoo_transformer_keeps_the_logits(tmp_path):
         for r in rows
     ]
     assert flops[1] < 0.75 * flops[0]
+
+
+def test_zoo_transformer_graph_is_fused_like_a_trained_one(tmp_path):
+    """Non-zero biases survive export, so ORT fuses the FFN's bias and GELU as in a real model."""
+    rows = Z.generate(Z.models([Z.transformer(1, 64, seq=16)], ["fp32"]), tmp_path)
+    ops = {n.op_type for n in onnx.load(tmp_path / rows[0]["file"]).graph.node}
+    assert "BiasGelu" in ops
 
 
 def test_zoo_keeps_models_of_its_recipe_and_remakes_older_ones(tmp_path):
