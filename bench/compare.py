@@ -117,7 +117,8 @@ def quality(b: Bench, logits: np.ndarray) -> dict:
     PyTorch teacher (paired over the eval rows)."""
     m = M.compute(b.cfg.task, b.ctx.dataset.eval.labels, logits, b.ref)
     q = {k: round(float(m[k]), 4) for k in ("accuracy", "macro_f1", "agreement")}
-    return {**q, "accuracy_drop_ci95": [round(v, 4) for v in m["accuracy_drop_ci95"]]}
+    ci = m["accuracy_drop_ci95"]
+    return {**q, "accuracy_drop_ci95": [round(v, 4) for v in ci] if ci else None}
 
 
 def size_mb(path: Path) -> float:

@@ -170,7 +170,7 @@ def _accuracies(report: dict) -> tuple[float, float, str]:
 def _accuracy_drop(report: dict) -> Reading:
     teacher, student, label = _accuracies(report)
     acc = _shipped(report).get("accuracy") or {}
-    ci = acc.get("accuracy_drop_ci95") if acc.get("metric", "accuracy") == "accuracy" else None
+    ci = acc.get("accuracy_drop_ci95")  # classification only, where the metric is accuracy
     note = (
         f"95 % interval {ci[0]:.3f} to {ci[1]:.3f} (paired over {acc.get('n', '?')} eval rows)"
         if ci

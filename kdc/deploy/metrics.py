@@ -67,14 +67,17 @@ def agreement(student_logits: np.ndarray, teacher_logits: np.ndarray) -> float:
 
 def accuracy_drop_ci(
     labels: np.ndarray, reference_logits: np.ndarray, logits: np.ndarray, z: float = 1.96
-) -> list[float]:
+) -> list[float] | None:
     """Interval for `accuracy(reference) − accuracy(model)` on the same rows (95 % at z 1.96):
     the paired normal approximation over per-row differences in correctness, so rows both get
-    right or both get wrong add no noise. A few hundred eval rows leave it points wide."""
+    right or both get wrong add no noise. A few hundred eval rows leave it points wide; one row
+    gives none."""
     labels, ref = _logits(labels, reference_logits)
     _, out = _logits(labels, logits)
     d = (ref.argmax(axis=1) == labels).astype(np.float64) - (out.argmax(axis=1) == labels)
-    half = z * float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    if len(d) < 2:
+        return None
+    half = z * float(d.std(ddof=1) / np.sqrt(len(d)))
     mean = float(d.mean())
     return [round(mean - half, 6), round(mean + half, 6)]
 
@@ -203,7 +206,7 @@ def compute(
     labels: np.ndarray | None,
     outputs: np.ndarray,
     teacher_outputs: np.ndarray | None = None,
-) -> dict[str, float | list[float]]:
+) -> dict[str, float | list[float] | None]:
     """Every metric of the task. Classification: labels vs logits, plus `agreement` with the
     teacher and `accuracy_drop_ci95` (`accuracy_drop_ci`) when its logits are given.
     Embeddings: student vs teacher (required; labels unused)."""

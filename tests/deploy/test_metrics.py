@@ -116,6 +116,7 @@ def test_accuracy_drop_ci_is_paired():
     lo, hi = M.accuracy_drop_ci(labels, teacher, _onehot(list(wrong), 2))
     assert (lo, hi) == pytest.approx((0.1 - half, 0.1 + half), abs=1e-6)
     assert lo > 0  # 10 of 100 rows lost, none gained: a real drop
+    assert M.accuracy_drop_ci(labels[:1], teacher[:1], teacher[:1]) is None  # no spread from 1 row
 
 
 def test_compute_embeddings_requires_teacher():
