@@ -2,8 +2,8 @@
 
     python bench/estimate_speed.py [--layers 12 --hidden 768 --seq 128 --repeat 200]
 
-Exports a randomly initialised BertForSequenceClassification once (TorchScript exporter,
-opset 17), then times: the first analysis of the ONNX file (load, shape inference, fusion),
+Exports a randomly initialised BERT classifier of `kdc.deploy.model_zoo` once (as kdc exports
+students), then times: the first analysis of the ONNX file (load, shape inference, fusion),
 cached predictions from the path and from an in-memory ModelProto, and predictions from the
 architecture dict. Prints a table and writes bench/results/estimate_speed.json.
 """
@@ -25,48 +25,10 @@ import onnx  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from kdc.deploy import model_zoo  # noqa: E402
 from kdc.deploy.estimate import predict_architecture, predict_onnx  # noqa: E402
 from kdc.profiles import host_threads, load_profile  # noqa: E402
 from kdc.rundir import write_json  # noqa: E402
-
-
-def export_bert(path: Path, layers: int, hidden: int, seq: int) -> dict:
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(
-        num_hidden_layers=layers,
-        hidden_size=hidden,
-        num_attention_heads=max(1, hidden // 64),
-        intermediate_size=4 * hidden,
-        num_labels=2,
-    )
-    net = BertForSequenceClassification(cfg).eval()
-    ids = torch.ones(1, seq, dtype=torch.long)
-    torch.onnx.export(
-        net,
-        (ids, ids),
-        str(path),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        opset_version=17,
-        dynamo=False,
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"},
-            "logits": {0: "batch"},
-        },
-    )
-    return {
-        "family": "transformer",
-        "num_hidden_layers": layers,
-        "hidden_size": hidden,
-        "num_attention_heads": cfg.num_attention_heads,
-        "intermediate_size": 4 * hidden,
-        "vocab_size": cfg.vocab_size,
-        "num_labels": 2,
-        "max_length": seq,
-    }
 
 
 def rate(fn, repeat: int) -> float:
@@ -87,7 +49,11 @@ def main() -> None:
     shapes = {"input_ids": [1, args.seq], "attention_mask": [1, args.seq]}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bert.onnx"
-        arch = export_bert(path, args.layers, args.hidden, args.seq)
+        zoo = model_zoo.models(
+            [model_zoo.transformer(args.layers, args.hidden, args.seq)], ["fp32"]
+        )
+        arch = zoo[0].arch
+        model_zoo.export(zoo[0], path)
         size_mb = path.stat().st_size / 2**20
         start = time.perf_counter()
         first = predict_onnx(path, profile, precision="int8", input_shapes=shapes)

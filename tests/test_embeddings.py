@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from tiny import FILLER, NEG, POS, write_yaml
+from tiny import FILLER, NEG, POS, tiny_bert, write_yaml
 from typer.testing import CliRunner
 
 from kdc.errors import UserError
@@ -23,22 +23,9 @@ def _encoder_dir(
     root: Path, layers: int = 4, pooling: str = "mean", normalize: bool = True
 ) -> Path:
     """A tiny BertModel saved as a sentence-transformers directory."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     root.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POS, *NEG, *FILLER]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(str(root))
+    model, tok = tiny_bert(root, layers=layers, encoder=True)
+    model.save_pretrained(str(root))
     tok.save_pretrained(str(root))
     kinds = [("", "Transformer"), ("1_Pooling", "Pooling")]
     if normalize:

@@ -336,7 +336,8 @@ def inputs_for(model: ZooModel, rows: int | None = None, seed: int = 0) -> dict[
     return out
 
 
-def _export(model: ZooModel, path: Path, seed: int) -> Path:
+def export(model: ZooModel, path: Path, seed: int = 0) -> Path:
+    """`model` randomly initialised (`seed`) and exported as kdc exports students."""
     import torch
 
     from kdc.export.onnx_export import export_onnx
@@ -424,7 +425,7 @@ def generate(
                 with _quiet_logs():
                     if key not in exported:
                         raw = Path(scratch) / f"{len(exported)}.onnx"
-                        exported[key] = _export(graph, raw, seed)
+                        exported[key] = export(graph, raw, seed)
                     _finish(graph, exported[key], path, engine, seed)
                 written.add(path)
             rows.append({**asdict(m), "file": path.name})

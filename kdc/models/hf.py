@@ -7,8 +7,9 @@ import copy
 import json
 import re
 import weakref
+from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -66,72 +67,73 @@ def sync_attention_heads(model: nn.Module) -> None:
             mod.num_attention_heads = q.out_features // mod.attention_head_size
 
 
-class HFTextAdapter(ModelAdapter):
-    """A sequence classifier with its tokenizer; inputs `input_ids` and `attention_mask`."""
+def load_pretrained(
+    path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_code: bool
+) -> tuple[nn.Module, Any]:
+    """(model in eval mode, tokenizer) from a Hugging Face directory through `auto_class`
+    (AutoModel…); a kdc student (shapes.json) is rebuilt at its saved, possibly pruned, shapes.
+    `kw` goes to from_pretrained / AutoConfig. Errors are one-line UserErrors."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise UserError(
+            "not a Hugging Face model directory (no config.json)",
+            source=str(path),
+            field="teacher.path",
+            fix="point to a directory saved with save_pretrained",
+        )
+    shapes = path / "shapes.json"
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=trust_remote_code
+        )
+        if shapes.is_file():  # a (possibly pruned) kdc student: rebuild shapes, then load
+            from safetensors.torch import load_file
+
+            config = AutoConfig.from_pretrained(str(path), **kw)
+            model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
+            apply_shapes(model, json.loads(shapes.read_text()))
+            sync_attention_heads(model)
+            model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+        else:
+            model = auto_class.from_pretrained(str(path), **kw)
+    except (OSError, ValueError, SafetensorError) as e:
+        if "trust_remote_code" in str(e):
+            raise UserError(
+                "the model needs its own Python code (auto_map in config.json)",
+                source=str(path),
+                field="teacher.trust_remote_code",
+                fix="set it to true only if you trust that code",
+            ) from None
+        raise UserError(
+            f"cannot load model: {str(e).splitlines()[0][:200]}",
+            source=str(path),
+            field="teacher.path",
+            fix="check the directory has weights, config and tokenizer",
+        ) from None
+    return model.eval(), tok
+
+
+class TextTransformerAdapter(ModelAdapter):
+    """What the Hugging Face text adapters share: a transformer `model` with its tokenizer
+    (inputs `input_ids`, `attention_mask`), layer selection, teacher slicing and saving.
+    Subclasses give `_like` (the same adapter around another model) and their extra metadata."""
 
     family = "transformer"
     input_names = ["input_ids", "attention_mask"]
+    output_name = "logits"
+    adapter_name: str
+    model: nn.Module
+    tokenizer: Any
+    max_length: int
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.module = LogitsOnly(model)
+    @abstractmethod
+    def _like(self, model: nn.Module) -> Self:
+        """This adapter (same tokenizer and settings) around `model`."""
 
-    @classmethod
-    def from_dir(
-        cls,
-        path: Path,
-        *,
-        max_length: int,
-        trust_remote_code: bool = False,
-        num_labels: int | None = None,
-    ) -> HFTextAdapter:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        if not (path / "config.json").is_file():
-            raise UserError(
-                "not a Hugging Face model directory (no config.json)",
-                source=str(path),
-                field="teacher.path",
-                fix="point to a directory saved with save_pretrained",
-            )
-        kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-        if num_labels is not None:
-            kw["num_labels"] = num_labels
-        shapes = path / "shapes.json"
-        try:
-            tok = AutoTokenizer.from_pretrained(
-                str(path), local_files_only=True, trust_remote_code=trust_remote_code
-            )
-            if shapes.is_file():  # a (possibly pruned) kdc student: rebuild shapes, then load
-                from safetensors.torch import load_file
-                from transformers import AutoConfig
-
-                config = AutoConfig.from_pretrained(str(path), **kw)
-                model = AutoModelForSequenceClassification.from_config(
-                    config, trust_remote_code=trust_remote_code
-                )
-                apply_shapes(model, json.loads(shapes.read_text()))
-                sync_attention_heads(model)
-                model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
-            else:
-                model = AutoModelForSequenceClassification.from_pretrained(str(path), **kw)
-        except (OSError, ValueError, SafetensorError) as e:
-            if "trust_remote_code" in str(e):
-                raise UserError(
-                    "the model needs its own Python code (auto_map in config.json)",
-                    source=str(path),
-                    field="teacher.trust_remote_code",
-                    fix="set it to true only if you trust that code",
-                ) from None
-            raise UserError(
-                f"cannot load model: {str(e).splitlines()[0][:200]}",
-                source=str(path),
-                field="teacher.path",
-                fix="check the directory has weights, config and tokenizer",
-            ) from None
-        return cls(model.eval(), tok, max_length)
+    def _meta(self) -> dict[str, Any]:
+        """Adapter settings `load_student` needs besides the shapes (kdc_model.json)."""
+        return {}
 
     def encode(self, features: list[str]) -> dict[str, np.ndarray]:
         enc = self.tokenizer(
@@ -147,7 +149,7 @@ class HFTextAdapter(ModelAdapter):
         return {
             "input_ids": {0: "batch", 1: "sequence"},
             "attention_mask": {0: "batch", 1: "sequence"},
-            "logits": {0: "batch"},
+            self.output_name: {0: "batch"},
         }
 
     @property
@@ -166,7 +168,7 @@ class HFTextAdapter(ModelAdapter):
         ]
         ffn = getattr(getattr(layers[0], "intermediate", None), "dense", None)
         return {
-            "adapter": "huggingface",
+            "adapter": self.adapter_name,
             "family": "transformer",
             "model_type": c.model_type,
             "num_hidden_layers": len(layers),
@@ -176,12 +178,12 @@ class HFTextAdapter(ModelAdapter):
             if isinstance(ffn, nn.Linear)
             else getattr(c, "intermediate_size", None),
             "vocab_size": c.vocab_size,
-            "num_labels": c.num_labels,
+            **self._meta(),
             "max_length": self.max_length,
             "params": self.params(),
         }
 
-    def select_layers(self, keep: list[int]) -> HFTextAdapter:
+    def select_layers(self, keep: list[int]) -> Self:
         """A copy keeping only the teacher layers `keep` (in order), weights included."""
         model = copy.deepcopy(self.model)
         blocks = layer_list(model)
@@ -193,9 +195,9 @@ class HFTextAdapter(ModelAdapter):
         for k in LAYER_COUNT_KEYS:
             if hasattr(model.config, k):
                 setattr(model.config, k, len(keep))
-        return HFTextAdapter(model.eval(), self.tokenizer, self.max_length)
+        return self._like(model.eval())
 
-    def sliced(self, spec: dict[str, Any]) -> HFTextAdapter:
+    def sliced(self, spec: dict[str, Any]) -> Self:
         """A smaller model of the same class: teacher layers `spec["layers"]` (in order) with
         `hidden_size`, `num_attention_heads` and `intermediate_size` (each defaulting to the
         teacher's). Weights are teacher slices chosen by L2 magnitude: one set of hidden channels
@@ -223,11 +225,10 @@ class HFTextAdapter(ModelAdapter):
             student = type(self.model)(config)
         state = _slice_state(self.model, student, keep, self.config)
         student.load_state_dict(state, strict=True)
-        return HFTextAdapter(student.eval(), self.tokenizer, self.max_length)
+        return self._like(student.eval())
 
     def feature_modules(self) -> dict[str, nn.Module]:
-        blocks = layer_list(self.model)
-        return {f"layer{i}": b for i, b in enumerate(blocks)}
+        return {f"layer{i}": b for i, b in enumerate(layer_list(self.model))}
 
     def save(self, directory: Path) -> list[Path]:
         with atomic_dir(directory) as tmp:
@@ -237,12 +238,50 @@ class HFTextAdapter(ModelAdapter):
             write_json(
                 tmp / "kdc_model.json",
                 {
-                    "adapter": "huggingface",
+                    "adapter": self.adapter_name,
+                    **self._meta(),
                     "max_length": self.max_length,
                     "architecture": self.architecture(),
                 },
             )
         return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+class HFTextAdapter(TextTransformerAdapter):
+    """A sequence classifier with its tokenizer; output `logits`."""
+
+    adapter_name = "huggingface"
+
+    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.module = LogitsOnly(model)
+
+    @classmethod
+    def from_dir(
+        cls,
+        path: Path,
+        *,
+        max_length: int,
+        trust_remote_code: bool = False,
+        num_labels: int | None = None,
+    ) -> HFTextAdapter:
+        from transformers import AutoModelForSequenceClassification
+
+        kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+        if num_labels is not None:
+            kw["num_labels"] = num_labels
+        model, tok = load_pretrained(
+            path, AutoModelForSequenceClassification, kw, trust_remote_code
+        )
+        return cls(model, tok, max_length)
+
+    def _like(self, model: nn.Module) -> HFTextAdapter:
+        return HFTextAdapter(model, self.tokenizer, self.max_length)
+
+    def architecture(self) -> dict[str, Any]:
+        return {**super().architecture(), "num_labels": self.config.num_labels}
 
 
 # Per teacher module: (tensor name, axis, storage, version) -> squared L2 norm of its slices

@@ -5,21 +5,15 @@ Normalize) or from `teacher.pooling`."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
 from kdc.errors import UserError
-from kdc.models.base import ModelAdapter
-from kdc.models.hf import LAYER_COUNT_KEYS, layer_list, sync_attention_heads
-from kdc.models.shapes import apply_shapes, tensor_shapes
-from kdc.rundir import atomic_dir, write_json
+from kdc.models.hf import TextTransformerAdapter, load_pretrained
 
 POOLING_KEYS = {
     "pooling_mode_mean_tokens": "mean",
@@ -96,12 +90,11 @@ def read_pooling(path: Path, override: str | None = None) -> tuple[str, bool]:
     return override or pooling or "mean", normalize
 
 
-class SentenceAdapter(ModelAdapter):
-    """A sentence encoder with its tokenizer; inputs `input_ids`, `attention_mask`; output the
-    embedding (ONNX output name `embedding`)."""
+class SentenceAdapter(TextTransformerAdapter):
+    """A sentence encoder with its tokenizer; output the embedding (ONNX output name
+    `embedding`)."""
 
-    family = "transformer"
-    input_names = ["input_ids", "attention_mask"]
+    adapter_name = "sentence"
     output_name = "embedding"
 
     def __init__(
@@ -131,40 +124,13 @@ class SentenceAdapter(ModelAdapter):
         trust_remote_code: bool = False,
     ) -> SentenceAdapter:
         """Load an encoder directory (sentence-transformers or plain HF, or a kdc student)."""
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        if not (path / "config.json").is_file():
-            raise UserError(
-                "not a Hugging Face model directory (no config.json)",
-                source=str(path),
-                field="teacher.path",
-                fix="point to a directory saved with save_pretrained",
-            )
-        found_pooling, found_norm = read_pooling(path, pooling)
         kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-        shapes = path / "shapes.json"
-        try:
-            tok = AutoTokenizer.from_pretrained(str(path), **kw)
-            if shapes.is_file():  # a (possibly pruned) kdc student: rebuild shapes, then load
-                from safetensors.torch import load_file
-
-                model = AutoModel.from_config(
-                    AutoConfig.from_pretrained(str(path), **kw), trust_remote_code=trust_remote_code
-                )
-                apply_shapes(model, json.loads(shapes.read_text()))
-                sync_attention_heads(model)
-                model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
-            else:
-                model = AutoModel.from_pretrained(str(path), **kw)
-        except (OSError, ValueError, SafetensorError) as e:
-            raise UserError(
-                f"cannot load model: {str(e).splitlines()[0][:200]}",
-                source=str(path),
-                field="teacher.path",
-                fix="check the directory has weights, config and tokenizer",
-            ) from None
+        model, tok = load_pretrained(path, AutoModel, kw, trust_remote_code)
+        found_pooling, found_norm = read_pooling(path, pooling)
         norm = found_norm if normalize is None else normalize
-        return cls(model.eval(), tok, max_length, found_pooling, norm)
+        return cls(model, tok, max_length, found_pooling, norm)
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> SentenceAdapter:
@@ -176,97 +142,8 @@ class SentenceAdapter(ModelAdapter):
             normalize=meta["normalize"],
         )
 
-    def encode(self, features: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(
-            list(features),
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="np",
-        )
-        return {k: enc[k].astype(np.int64) for k in self.input_names}
-
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {
-            "input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"},
-            self.output_name: {0: "batch"},
-        }
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
-
-    def architecture(self) -> dict[str, Any]:
-        c = self.config
-        layers = layer_list(self.model)
-        heads = [
-            m.num_attention_heads
-            for m in layers[0].modules()
-            if isinstance(getattr(m, "query", None), nn.Linear)
-            and isinstance(getattr(m, "num_attention_heads", None), int)
-        ]
-        ffn = getattr(getattr(layers[0], "intermediate", None), "dense", None)
-        return {
-            "adapter": "sentence",
-            "family": "transformer",
-            "model_type": c.model_type,
-            "num_hidden_layers": len(layers),
-            "hidden_size": self.model.get_input_embeddings().weight.shape[1],
-            "num_attention_heads": heads[0] if heads else c.num_attention_heads,
-            "intermediate_size": ffn.out_features
-            if isinstance(ffn, nn.Linear)
-            else getattr(c, "intermediate_size", None),
-            "vocab_size": c.vocab_size,
-            "pooling": self.pooling,
-            "normalize": self.normalize,
-            "max_length": self.max_length,
-            "params": self.params(),
-        }
-
     def _like(self, model: nn.Module) -> SentenceAdapter:
-        return SentenceAdapter(
-            model.eval(), self.tokenizer, self.max_length, self.pooling, self.normalize
-        )
+        return SentenceAdapter(model, self.tokenizer, self.max_length, self.pooling, self.normalize)
 
-    def select_layers(self, keep: list[int]) -> SentenceAdapter:
-        """A copy keeping only the teacher layers `keep` (in order), weights included."""
-        model = copy.deepcopy(self.model)
-        blocks = layer_list(model)
-        kept = nn.ModuleList([blocks[i] for i in keep])
-        for name, mod in model.named_modules():
-            if mod is blocks:
-                parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-                setattr(parent, name.rpartition(".")[2], kept)
-        for k in LAYER_COUNT_KEYS:
-            if hasattr(model.config, k):
-                setattr(model.config, k, len(keep))
-        return self._like(model)
-
-    def sliced(self, spec: dict[str, Any]) -> SentenceAdapter:
-        """A smaller encoder sliced from the teacher (see `HFTextAdapter.sliced`)."""
-        from kdc.models.hf import HFTextAdapter
-
-        return self._like(
-            HFTextAdapter(self.model, self.tokenizer, self.max_length).sliced(spec).model
-        )
-
-    def feature_modules(self) -> dict[str, nn.Module]:
-        return {f"layer{i}": b for i, b in enumerate(layer_list(self.model))}
-
-    def save(self, directory: Path) -> list[Path]:
-        with atomic_dir(directory) as tmp:
-            self.model.save_pretrained(str(tmp), safe_serialization=True)
-            self.tokenizer.save_pretrained(str(tmp))
-            write_json(tmp / "shapes.json", tensor_shapes(self.model))
-            write_json(
-                tmp / "kdc_model.json",
-                {
-                    "adapter": "sentence",
-                    "pooling": self.pooling,
-                    "normalize": self.normalize,
-                    "max_length": self.max_length,
-                    "architecture": self.architecture(),
-                },
-            )
-        return sorted(p for p in directory.rglob("*") if p.is_file())
+    def _meta(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "normalize": self.normalize}

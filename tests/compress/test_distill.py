@@ -38,15 +38,6 @@ FEATURE_LOSSES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and leave the other cores to other jobs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cnn(channels: tuple[int, ...], seed: int) -> VisionAdapter:
     torch.manual_seed(seed)
     source = {

@@ -26,15 +26,6 @@ from kdc.models import load_student
 from kdc.models.hf import HFTextAdapter
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and leave the other cores to other jobs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _bert(tmp_path, heads: int = 2) -> HFTextAdapter:
     from transformers import BertConfig, BertForSequenceClassification
 

@@ -7,21 +7,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from test_distill import _cfg, cnn, toy_data
 
 from kdc.compress.distill import distill
 from kdc.compress.qat import check_supported, export_qat, non_standard_ops, quantize_for_training
 from kdc.errors import UserError
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and leave the other cores to other jobs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_cnn_qat_exports_standard_qdq_onnx(tmp_path):

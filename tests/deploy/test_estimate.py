@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
+from tiny import exported_bert
 
 from kdc.deploy.estimate import (
     explain_table,
@@ -272,47 +273,16 @@ def test_fit_needs_samples(t4):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(
+    return exported_bert(
+        tmp_path_factory.mktemp("bert") / "bert.onnx",
+        seq=32,
         vocab_size=800,
         hidden_size=48,
         num_hidden_layers=3,
         num_attention_heads=4,
         intermediate_size=96,
-        max_position_embeddings=64,
         num_labels=2,
     )
-    net = BertForSequenceClassification(cfg).eval()
-    ids = torch.ones(1, 32, dtype=torch.long)
-    path = tmp_path_factory.mktemp("bert") / "bert.onnx"
-    torch.onnx.export(
-        net,
-        (ids, ids),
-        str(path),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        opset_version=17,
-        dynamo=False,
-        dynamic_axes={
-            "input_ids": {0: "b", 1: "s"},
-            "attention_mask": {0: "b", 1: "s"},
-            "logits": {0: "b"},
-        },
-    )
-    arch = {
-        "family": "transformer",
-        "model_type": "bert",
-        "num_hidden_layers": 3,
-        "hidden_size": 48,
-        "num_attention_heads": 4,
-        "intermediate_size": 96,
-        "vocab_size": 800,
-        "num_labels": 2,
-        "max_length": 32,
-    }
-    return path, arch
 
 
 @pytest.mark.parametrize(

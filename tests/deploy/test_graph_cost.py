@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tiny import exported_bert
 
 from kdc.deploy.graph_cost import (
     analyze_architecture,
@@ -280,45 +281,16 @@ def test_structure_cache_distinguishes_shapes():
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(
+    return exported_bert(
+        tmp_path_factory.mktemp("bert") / "bert.onnx",
+        seq=16,
         vocab_size=500,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=64,
-        max_position_embeddings=64,
         num_labels=3,
     )
-    net = BertForSequenceClassification(cfg).eval()
-    ids = torch.ones(1, 16, dtype=torch.long)
-    path = tmp_path_factory.mktemp("bert") / "bert.onnx"
-    torch.onnx.export(
-        net,
-        (ids, ids),
-        str(path),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        opset_version=17,
-        dynamo=False,
-        dynamic_axes={
-            "input_ids": {0: "b", 1: "s"},
-            "attention_mask": {0: "b", 1: "s"},
-            "logits": {0: "b"},
-        },
-    )
-    arch = {
-        "family": "transformer",
-        "num_hidden_layers": 2,
-        "hidden_size": 32,
-        "num_attention_heads": 4,
-        "intermediate_size": 64,
-        "vocab_size": 500,
-        "num_labels": 3,
-    }
-    return path, arch
 
 
 def test_exported_bert_fuses_like_the_architecture_path(tiny_bert):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,14 @@ FILLER = [
     "that",
     "very",
 ]
+ARCH_KEYS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "num_labels",
+)
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -141,9 +150,10 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-def tiny_bert(tmp: Path, num_labels: int = 2, layers: int = 4):
-    """An untrained tiny BERT classifier with a word-level vocabulary over the test words."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+def tiny_bert(tmp: Path, num_labels: int = 2, layers: int = 4, encoder: bool = False):
+    """An untrained tiny BERT classifier (`encoder`: a BertModel without head) and its tokenizer,
+    a word-level vocabulary over the test words."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POS, *NEG, *FILLER]
     (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -160,7 +170,7 @@ def tiny_bert(tmp: Path, num_labels: int = 2, layers: int = 4):
         label2id={"negative": 0, "positive": 1},
     )
     torch.manual_seed(0)
-    return BertForSequenceClassification(config), tok
+    return (BertModel if encoder else BertForSequenceClassification)(config), tok
 
 
 def tiny_text_adapter(tmp: Path, layers: int = 2, **config):
@@ -212,3 +222,36 @@ def make_bert_project(root: Path) -> Path:
     model.save_pretrained(str(root / "teacher"))
     tok.save_pretrained(str(root / "teacher"))
     return write_yaml(root / "model.yaml", bert_config())
+
+
+def exported_bert(path: Path, seq: int, **config) -> tuple[Path, dict]:
+    """A random BertForSequenceClassification (BertConfig `config`) exported to `path` by the
+    TorchScript exporter (opset 17, dynamic batch and sequence), and its architecture dict."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(max_position_embeddings=64, **config)
+    net = BertForSequenceClassification(cfg).eval()
+    ids = torch.ones(1, seq, dtype=torch.long)
+    with warnings.catch_warnings():  # the tracer's warnings about HF's mask code
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (ids, ids),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={
+                "input_ids": {0: "b", 1: "s"},
+                "attention_mask": {0: "b", 1: "s"},
+                "logits": {0: "b"},
+            },
+        )
+    arch = {
+        "family": "transformer",
+        "model_type": "bert",
+        "max_length": seq,
+        **{k: getattr(cfg, k) for k in ARCH_KEYS},
+    }
+    return path, arch
