@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from kdc.config import load_config
+from kdc.data.readers import json_objects
 from kdc.errors import UserError
 from kdc.rundir import atomic_path
 
@@ -123,31 +124,11 @@ def _read_csv(path: Path, delimiter: str) -> list[dict]:
         return list(islice(csv.DictReader(f, delimiter=delimiter), MAX_ROWS))
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(islice(f, MAX_ROWS)):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(
-                    f"line {i + 1} is not JSON",
-                    source=str(path),
-                    field="--data",
-                    fix="one JSON object per line",
-                ) from None
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
 READERS: dict[str, Callable[[Path], list[dict]]] = {
     ".csv": lambda p: _read_csv(p, ","),
     ".tsv": lambda p: _read_csv(p, "\t"),
-    ".jsonl": _read_jsonl,
-    ".json": _read_jsonl,
+    ".jsonl": lambda p: json_objects(p, "--data", MAX_ROWS),
+    ".json": lambda p: json_objects(p, "--data", MAX_ROWS),
 }
 
 

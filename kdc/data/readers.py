@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -49,41 +50,42 @@ def read_delimited(path: Path, text_col: str, label_col: str | None, delimiter: 
     return _columns(rows, path, text_col, label_col)
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, field: str = "data.source") -> list[str]:
     try:
         return path.read_text(encoding="utf-8").split("\n")  # not splitlines: JSON may hold U+2028
     except UnicodeDecodeError as e:
         raise UserError(
             f"not UTF-8 (byte {e.start})",
             source=str(path),
-            field="data.source",
+            field=field,
             fix="save the file as UTF-8",
         ) from None
 
 
-def read_jsonl(path: Path, text_col: str, label_col: str | None) -> Rows:
+def json_objects(path: Path, field: str = "data.source", limit: int | None = None) -> list[dict]:
+    """The objects of a JSON Lines file (of its first `limit` lines; blank lines skipped); a
+    line that is not a JSON object is a UserError naming `field`."""
     rows = []
-    for i, line in enumerate(_lines(path), 1):
+    for i, line in enumerate(islice(_lines(path, field), limit), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise UserError(
-                f"line {i} is not JSON",
-                source=str(path),
-                field="data.source",
-                fix="one JSON object per line",
-            ) from None
+            row = None
         if not isinstance(row, dict):
             raise UserError(
                 f"line {i} is not a JSON object",
                 source=str(path),
-                field="data.source",
+                field=field,
                 fix="one JSON object per line",
             )
         rows.append(row)
-    return _columns(rows, path, text_col, label_col)
+    return rows
+
+
+def read_jsonl(path: Path, text_col: str, label_col: str | None) -> Rows:
+    return _columns(json_objects(path), path, text_col, label_col)
 
 
 def read_txt(path: Path) -> Rows:
