@@ -50,37 +50,48 @@ def read_delimited(path: Path, text_col: str, label_col: str | None, delimiter: 
     return _columns(rows, path, text_col, label_col)
 
 
-def _lines(path: Path, field: str = "data.source") -> list[str]:
+def _lines(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").split("\n")  # not splitlines: JSON may hold U+2028
     except UnicodeDecodeError as e:
         raise UserError(
             f"not UTF-8 (byte {e.start})",
             source=str(path),
-            field=field,
+            field="data.source",
             fix="save the file as UTF-8",
         ) from None
 
 
 def json_objects(path: Path, field: str = "data.source", limit: int | None = None) -> list[dict]:
-    """The objects of a JSON Lines file (of its first `limit` lines; blank lines skipped); a
-    line that is not a JSON object is a UserError naming `field`."""
+    """The objects of a JSON Lines file (of its first `limit` lines, read as a stream; blank
+    lines skipped); a line that is not a JSON object is a UserError naming `field`."""
     rows = []
-    for i, line in enumerate(islice(_lines(path, field), limit), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not isinstance(row, dict):
-            raise UserError(
-                f"line {i} is not a JSON object",
-                source=str(path),
-                field=field,
-                fix="one JSON object per line",
-            )
-        rows.append(row)
+    try:
+        with open(path, encoding="utf-8") as f:  # splits on newlines only (JSON may hold U+2028)
+            for i, line in enumerate(islice(f, limit), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    raise UserError(
+                        f"line {i} is not JSON",
+                        source=str(path),
+                        field=field,
+                        fix="one JSON object per line",
+                    ) from None
+                if not isinstance(row, dict):
+                    raise UserError(
+                        f"line {i} is not a JSON object",
+                        source=str(path),
+                        field=field,
+                        fix="one JSON object per line",
+                    )
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"not UTF-8 (byte {e.start})", source=str(path), field=field, fix="save it as UTF-8"
+        ) from None
     return rows
 
 

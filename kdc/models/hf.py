@@ -9,7 +9,7 @@ import re
 import weakref
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
 from kdc.models.shapes import apply_shapes, tensor_shapes
 from kdc.rundir import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
 
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
 INTERMEDIATE_KEYS = ("intermediate_size", "hidden_dim")
