@@ -196,8 +196,9 @@ def _search(report: dict) -> Section | None:
     search = report.get("search")
     if not search:
         return None
+    proxy = search.get("proxy") or f"none ({search.get('strategy', 'fixed')} student)"
     lines = [
-        f"proxy: {search.get('proxy', DASH)}",
+        f"proxy: {proxy}",
         f"candidates scored: {search.get('candidates_scored', DASH)}",
         f"search wall time: {num(search.get('wall_s'), 1)} s",
     ]

@@ -105,6 +105,11 @@ def test_minimal_report_still_renders():
     assert png_size(render_png(minimal))[0] > 0
 
 
+def test_fixed_student_search_says_it_used_no_proxy(report):
+    fixed = {**report, "search": {**report["search"], "strategy": "fixed", "proxy": None}}
+    assert "proxy: none (fixed student)" in render_markdown(fixed)
+
+
 def test_search_rows_with_accuracy_share_the_accuracy_axis(report):
     rows = [
         {**r, "accuracy": 0.7 + r["predicted_latency_ms"] / 10} for r in report["search"]["pareto"]
