@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -33,17 +34,23 @@ Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (ru
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
+def _run_dir_of(kwargs: dict[str, Any]) -> Path | None:
+    """The command's run directory, if it exists: `--out` / RUN_DIR, else the config's default
+    (runs/<name>)."""
+    dirs = [kwargs.get("out_dir"), kwargs.get("run_dir")]
+    if kwargs.get("config") is not None and kwargs.get("out_dir") is None:
+        from kdc.api import default_run_dir
+        from kdc.config import load_config
+
+        with contextlib.suppress(Exception):  # an unreadable config: the temp dir then
+            dirs.append(default_run_dir(load_config(Path(kwargs["config"]))))
+    return next((Path(d) for d in dirs if d is not None and Path(d).is_dir()), None)
+
+
 def _crash_log(exc: BaseException, kwargs: dict[str, Any]) -> Path:
     """Save the traceback in the command's run directory if it has one, else in the temp dir."""
     text = "".join(traceback.format_exception(exc))
-    run = next(
-        (
-            Path(v)
-            for k in ("out_dir", "run_dir")
-            if (v := kwargs.get(k)) is not None and Path(v).is_dir()
-        ),
-        None,
-    )
+    run = _run_dir_of(kwargs)
     if run is not None:
         from kdc.rundir import now_iso, write_text
 

@@ -92,6 +92,19 @@ def test_sigint_swallowed_by_a_library_still_stops_the_run(tmp_path, monkeypatch
     assert stage_status(run) == {"search": "done", "distill": "running"}
 
 
+def test_internal_error_in_the_default_run_dir_keeps_the_traceback_there(tmp_path, monkeypatch):
+    def bug():
+        raise RuntimeError("a bug")
+
+    cfg = write_yaml(tmp_path / "model.yaml", cnn_config())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", bug))
+    res = runner.invoke(app, ["compress", str(cfg), "-q"])
+    assert res.exit_code == 3
+    (log,) = (tmp_path / "runs").glob("*/crash-*.txt")
+    assert log.name in res.output and "RuntimeError: a bug" in log.read_text()
+
+
 def test_internal_error_keeps_the_traceback_in_the_run_dir(tmp_path, monkeypatch):
     def bug():
         raise RuntimeError("a bug")
