@@ -47,15 +47,21 @@ class Typing:
 
     strongly_typed: bool
     precision_flags: dict[str, tuple[str, ...]]
-    dla: bool
+    dla_last_minor: int | None  # last minor release of this major with DLA; None: no release
+
+    def dla(self, minor: int) -> bool:
+        """Whether release <major>.<minor> of this major version can build for DLA."""
+        return self.dla_last_minor is not None and minor <= self.dla_last_minor
 
 
 # 10.x: weak typing; INT8 also enables FP16 so layers left unquantized run in half precision.
-# 11.x: strong typing only; DLA was dropped (10.7 was the last release with DLA).
+# DLA was dropped after 10.7 (the last release with DLA): 10.0-10.7 have it, 10.8+ and 11.x not.
+# 11.x: strong typing only.
 TYPING: dict[int, Typing] = {
-    10: Typing(False, {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}, dla=True),
-    11: Typing(True, {"fp32": (), "fp16": (), "int8": ()}, dla=False),
+    10: Typing(False, {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}, dla_last_minor=7),
+    11: Typing(True, {"fp32": (), "fp16": (), "int8": ()}, dla_last_minor=None),
 }
+LAST_DLA_RELEASE = "10.7"
 
 
 def parse_version(version: str) -> tuple[int, int]:
@@ -81,6 +87,12 @@ def typing_for(version: str) -> Typing:
             fix=f"use TensorRT {' or '.join(f'{m}.x' for m in TYPING)}",
         )
     return TYPING[major]
+
+
+def supports_dla(version: str) -> bool:
+    """Whether a TensorRT version can build for DLA: 10.0 to 10.7 only (not 10.8+, not 11.x)."""
+    major, minor = parse_version(version)
+    return major in TYPING and TYPING[major].dla(minor)
 
 
 @dataclass
@@ -179,11 +191,12 @@ def plan_build(trt_version: str, opts: BuildOptions) -> BuildPlan:
     typing = typing_for(trt_version)
     flags = list(typing.precision_flags[opts.precision])
     if opts.dla_core is not None:
-        if not typing.dla:
+        if not supports_dla(trt_version):
             raise UserError(
-                f"TensorRT {trt_version} has no DLA support",
+                f"TensorRT {trt_version} has no DLA support "
+                f"(TensorRT {LAST_DLA_RELEASE} was the last release with DLA)",
                 field="dla_core",
-                fix="build for the GPU or use TensorRT 10.x (JetPack 6)",
+                fix=f"build for the GPU or use TensorRT 10.0 to {LAST_DLA_RELEASE} (JetPack 6)",
             )
         if opts.precision == "fp32":
             raise UserError(

@@ -11,6 +11,7 @@ import numpy as np
 
 from kdc.deploy.onnxruntime import QUANT_OPS
 from kdc.diskspace import engine_bytes_needed, require_free
+from kdc.errors import UserError
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import atomic_path, read_json, write_json
 
@@ -231,13 +232,43 @@ def _backend_notes(ctx: Context, backend: str) -> dict:
     return {"calibration": ctx.cfg.quantize.calibration, "ops": ops}
 
 
+def tensorrt_precision(ctx: Context, engines: list[dict]) -> str:
+    """The precision a TensorRT engine is built at: that of the last built ONNX Runtime engine
+    (its graph is the engine's source), fp32 raised to fp16; the config's when none was built."""
+    shipped = next((e for e in reversed(engines) if e["status"] == "built"), None)
+    precision = shipped["precision"] if shipped else ctx.cfg.quantize.precision
+    return precision if precision != "fp32" else "fp16"
+
+
+def tensorrt_not_on_target(ctx: Context, engines: list[dict]) -> dict:
+    """The `unavailable` record of a TensorRT engine asked for (`build.engines`) on a target whose
+    profile lists no TensorRT engine; it has no path, source or latency (nothing to build from)."""
+    runs = " and ".join(ctx.profile.runtime.engines) or "no engine"
+    return {
+        "engine": "tensorrt",
+        "precision": tensorrt_precision(ctx, engines),
+        "status": "unavailable",
+        "reason": (
+            f"target {ctx.profile.name} runs {runs} only (its profile lists no tensorrt engine); "
+            "use a TensorRT target such as jetson or t4"
+        ),
+    }
+
+
 def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:
     """A native TensorRT engine, or a device bundle (remote targets), or `unavailable`."""
     from kdc.deploy import tensorrt
 
-    shipped = next(e for e in reversed(engines) if e["status"] == "built")
+    shipped = next((e for e in reversed(engines) if e["status"] == "built"), None)
+    if shipped is None:
+        raise UserError(
+            "the TensorRT engine is built from the ONNX Runtime engine's graph, and none was built",
+            source=ctx.cfg.source_file,
+            field="build.engines",
+            fix="list onnxruntime before tensorrt in build.engines",
+        )
     onnx_path = ctx.run / shipped["path"]
-    precision = shipped["precision"] if shipped["precision"] != "fp32" else "fp16"
+    precision = tensorrt_precision(ctx, engines)
     rec = {"engine": "tensorrt", "precision": precision, "source": shipped["path"]}
     try:
         opts = tensorrt.options_for_profile(
@@ -290,8 +321,11 @@ def run(ctx: Context) -> StageOutput:
     engines: list[dict] = []
     if "onnxruntime" in ctx.cfg.build.engines:
         engines += build_onnxruntime(ctx, src)
-    if "tensorrt" in ctx.cfg.build.engines and "tensorrt" in ctx.profile.runtime.engines:
-        engines.append(build_tensorrt(ctx, engines))
+    if "tensorrt" in ctx.cfg.build.engines:
+        if "tensorrt" in ctx.profile.runtime.engines:
+            engines.append(build_tensorrt(ctx, engines))
+        else:
+            engines.append(tensorrt_not_on_target(ctx, engines))
     out = write_json(ctx.run / "build" / "engines.json", engines)
     files = [
         ctx.run / e["path"] for e in engines if e.get("path") and (ctx.run / e["path"]).is_file()

@@ -193,8 +193,10 @@ def test_dla_table_on_a_profile_with_dla():
     assert "non-channel axis" in warnings["Softmax"].message
     jetson = load_profile("jetson-orin-nano-8gb")
     assert not _by(lint_onnx(model, jetson), "warning")
-    info = _by(lint_onnx(model, _with_trt(agx, "11.0")), "info")
-    assert any(f.op == "DLA" for f in info)
+    for version in ("11.0", "10.8"):  # 10.7 was the last release with DLA
+        info = _by(lint_onnx(model, _with_trt(agx, version)), "info")
+        assert any(f.op == "DLA" and version in f.message for f in info), version
+        assert not _by(lint_onnx(model, _with_trt(agx, version)), "warning")
 
 
 def test_profile_without_tensorrt_and_path_input(tmp_path):

@@ -30,6 +30,7 @@ from kdc.deploy.tensorrt import (
     graph_facts,
     options_for_profile,
     plan_build,
+    supports_dla,
 )
 from kdc.errors import UserError
 from kdc.profiles import load_profile
@@ -245,6 +246,40 @@ def test_dla_only_where_the_profile_and_version_have_it():
         plan_build("11.0", opts)
     with pytest.raises(UserError, match="fp16 or int8"):
         plan_build("10.3", BuildOptions(precision="fp32", dla_core=0))
+
+
+@pytest.mark.parametrize(
+    ("version", "dla"),
+    [
+        ("10.0.1.6", True),
+        ("10.3", True),
+        ("10.7.0.23", True),  # the last release with DLA
+        ("10.8.0.43", False),
+        ("10.10", False),  # minor read as a number, not a string
+        ("10.13.3", False),
+        ("11.0", False),
+        ("11.1.0", False),
+    ],
+)
+def test_dla_is_refused_after_tensorrt_10_7(version, dla):
+    assert supports_dla(version) is dla
+    opts = BuildOptions(precision="int8", dla_core=0)
+    if dla:
+        assert plan_build(version, opts).dla_core == 0
+        assert "GPU_FALLBACK" in plan_build(version, opts).flags
+    else:
+        with pytest.raises(UserError) as e:
+            plan_build(version, opts)
+        assert f"TensorRT {version} has no DLA support" in str(e.value)
+        assert "10.7 was the last release with DLA" in str(e.value)
+    assert plan_build(version, BuildOptions(precision="int8")).dla_core is None  # GPU: any
+
+
+def test_dla_bundle_command_follows_the_version():
+    dla = BuildOptions(precision="fp16", dla_core=0)
+    assert "--useDLACore=0" in trtexec.build_command("m.onnx", "m.plan", dla, "10.7")
+    with pytest.raises(UserError, match="TensorRT 10.8 has no DLA support"):
+        trtexec.build_command("m.onnx", "m.plan", dla, "10.8")
 
 
 def test_profile_shapes_are_set_for_dynamic_inputs():

@@ -1,0 +1,159 @@
+"""Build stage engine records: a TensorRT engine asked for on a target without TensorRT (host)
+is recorded `unavailable` with a reason, and every consumer of engine records tolerates it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from rich.console import Console
+
+from kdc.deploy.check import compare
+from kdc.deploy.constraints import evaluate_constraints, shipped_engine
+from kdc.deploy.report import console_summary, render_markdown
+from kdc.deploy.report_plot import render_png
+from kdc.errors import UserError
+from kdc.profiles import load_profile
+from kdc.rundir import RunDir, read_json
+from kdc.stages import build
+from kdc.stages.report import mark_shipped
+from kdc.tracking import report_metrics
+
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "report_sample.json"
+REASON = (
+    "target host runs onnxruntime only (its profile lists no tensorrt engine); "
+    "use a TensorRT target such as jetson or t4"
+)
+
+
+def _ort(precision: str) -> dict:
+    return {
+        "engine": "onnxruntime",
+        "provider": "CPUExecutionProvider",
+        "precision": precision,
+        "path": f"build/onnxruntime/model_{precision}.onnx",
+        "status": "built",
+    }
+
+
+def _build(tmp_path, monkeypatch, target: str, engines: list[str], precision: str) -> list[dict]:
+    """Run the build stage with the ONNX Runtime engines and the TensorRT builder faked."""
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.onnx").write_bytes(b"x")
+    built = [_ort("fp32"), *([_ort("int8")] if precision == "int8" else [])]
+    monkeypatch.setattr(build, "build_onnxruntime", lambda ctx, src: list(built))
+    monkeypatch.setattr(
+        build,
+        "build_tensorrt",
+        lambda ctx, engines: {
+            "engine": "tensorrt",
+            "precision": build.tensorrt_precision(ctx, engines),
+            "status": "bundle",
+        },
+    )
+    ctx = SimpleNamespace(
+        run=RunDir(tmp_path),
+        cfg=SimpleNamespace(
+            build=SimpleNamespace(engines=engines),
+            quantize=SimpleNamespace(precision=precision),
+        ),
+        profile=load_profile(target),
+        log=lambda msg: None,
+    )
+    out = build.run(ctx)
+    records = read_json(tmp_path / "build" / "engines.json")
+    assert out.metrics == {"engines": len(records)}
+    return records
+
+
+@pytest.mark.parametrize(("precision", "trt_precision"), [("int8", "int8"), ("fp32", "fp16")])
+def test_host_build_asking_for_tensorrt_records_it_unavailable(
+    tmp_path, monkeypatch, precision, trt_precision
+):
+    records = _build(tmp_path, monkeypatch, "host", ["onnxruntime", "tensorrt"], precision)
+    trt = [e for e in records if e["engine"] == "tensorrt"]
+    assert trt == [
+        {
+            "engine": "tensorrt",
+            "precision": trt_precision,
+            "status": "unavailable",
+            "reason": REASON,
+        }
+    ]
+    assert records[-1]["engine"] == "tensorrt"  # after the ONNX Runtime engines
+
+
+def test_tensorrt_only_on_host_takes_the_configured_precision(tmp_path, monkeypatch):
+    records = _build(tmp_path, monkeypatch, "host", ["tensorrt"], "int8")
+    assert records == [
+        {"engine": "tensorrt", "precision": "int8", "status": "unavailable", "reason": REASON}
+    ]
+
+
+def test_no_tensorrt_record_unless_asked(tmp_path, monkeypatch):
+    records = _build(tmp_path, monkeypatch, "host", ["onnxruntime"], "int8")
+    assert {e["engine"] for e in records} == {"onnxruntime"}
+
+
+def test_tensorrt_target_still_goes_to_the_tensorrt_builder(tmp_path, monkeypatch):
+    records = _build(tmp_path, monkeypatch, "jetson", ["onnxruntime", "tensorrt"], "int8")
+    assert records[-1] == {"engine": "tensorrt", "precision": "int8", "status": "bundle"}
+
+
+def test_tensorrt_without_an_onnxruntime_engine_names_the_fix(tmp_path):
+    ctx = SimpleNamespace(run=RunDir(tmp_path), cfg=SimpleNamespace(source_file="model.yaml"))
+    with pytest.raises(UserError) as e:
+        build.build_tensorrt(ctx, [])
+    assert e.value.field == "build.engines" and "onnxruntime" in e.value.fix
+
+
+@pytest.fixture
+def host_report() -> dict:
+    """The sample report as a host run: its ONNX Runtime engines, then TensorRT unavailable."""
+    report = json.loads(SAMPLE.read_text())
+    report["target"] = {"name": "host", "kind": "cpu", "measurable": True}
+    ort = [e for e in report["engines"] if e["engine"] == "onnxruntime"]
+    trt = {"engine": "tensorrt", "precision": "int8", "status": "unavailable", "reason": REASON}
+    report["engines"] = [*ort, trt]
+    return report
+
+
+def test_unavailable_tensorrt_is_never_the_shipped_engine(host_report):
+    engines = mark_shipped(copy.deepcopy(host_report["engines"]), "int8", ["onnxruntime"])
+    assert [e["engine"] for e in engines if e.get("ships")] == ["onnxruntime"]
+    assert "ships" not in engines[-1]
+    host_report["engines"] = engines
+    assert shipped_engine(host_report)["engine"] == "onnxruntime"
+    limits = {
+        "latency_budget_ms": 100.0,
+        "max_accuracy_drop": 0.5,
+        "max_memory_mb": 1e6,
+        "max_size_mb": 1e3,
+    }
+    rows = evaluate_constraints(host_report, limits, {})
+    assert len(rows) == 4
+    assert all(r["pass"] and r["engine"] == "onnxruntime-int8" for r in rows), rows
+
+
+def test_report_shows_the_unavailable_row_and_its_reason(host_report):
+    md = render_markdown(host_report)
+    assert "| tensorrt-int8 | unavailable | int8 | – | – | – | – | – | – | – |" in md
+    assert f"- tensorrt-int8 is unavailable: {REASON}" in md
+    console = Console(width=200, record=True)
+    console.print(console_summary(host_report))
+    text = console.export_text()
+    assert "tensorrt-int8 [unavailable]" in text and "onnxruntime-int8 [built]" in text
+    assert f"tensorrt-int8 is unavailable: {REASON}" in text
+    assert "tensorrt-int8.size_mb" not in report_metrics(host_report)
+    assert render_png(host_report).startswith(b"\x89PNG")  # no latency: not plotted, no crash
+
+
+def test_check_against_a_baseline_without_the_record_compares_nothing_new(host_report):
+    baseline = copy.deepcopy(host_report)
+    baseline["engines"] = baseline["engines"][:-1]
+    results = compare(host_report, baseline)
+    assert results and not any(r.metric.startswith("tensorrt") for r in results)
+    assert not any(r.failed for r in results)
