@@ -21,7 +21,7 @@ from kdc.data.base import Dataset
 from kdc.errors import Interrupted, UserError
 from kdc.models.base import ModelAdapter
 from kdc.profiles import HardwareProfile
-from kdc.rundir import RunDir, sha256_file, sha256_json
+from kdc.rundir import RunDir, library_versions, sha256_file, sha256_json
 
 
 @dataclass
@@ -222,11 +222,15 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
 def run_stages(ctx: Context, *, resume: bool, only: tuple[str, ...] | None = None) -> dict:
     """Run the stages in order (or `only` those), skipping finished ones on resume."""
     started = time.perf_counter()
+    # what this invocation ran with; recorded, not compared: the config sections and the whole
+    # profile are already part of each stage's input hash, which is what resume checks
     ctx.run.update_manifest(
         kdc_version=__version__,
+        libraries=library_versions(),
         config=ctx.cfg.fingerprint(),
         config_sha256=sha256_json(ctx.cfg.fingerprint()),
         target=ctx.profile.name,
+        profile={"name": ctx.profile.name, "sha256": ctx.profile.sha256()},
         seed=ctx.cfg.seed,
     )
     if stale := ctx.run.remove_stale_temp():

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from kdc.errors import UserError
+from kdc.rundir import sha256_json
 
 
 class _Strict(BaseModel):
@@ -88,6 +89,10 @@ class HardwareProfile(_Strict):
     @property
     def default_precision(self) -> str:
         return "int8" if "int8" in self.runtime.precisions else self.runtime.precisions[0]
+
+    def sha256(self) -> str:
+        """Hash of every field: what the manifest and report.json record as the profile's."""
+        return sha256_json(self.model_dump(mode="json"))
 
 
 def profiles_dir() -> Path:

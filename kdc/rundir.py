@@ -6,16 +6,19 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from kdc.errors import UserError
 
 MANIFEST = "manifest.json"
+LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "nncf", "torch-pruning", "optimum")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -98,6 +101,17 @@ def read_json(path: Path | str) -> Any:
         ) from None
 
 
+def library_versions() -> dict[str, str]:
+    """Python's and the installed LIBRARIES' versions, as the manifest and report.json record."""
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -169,15 +183,17 @@ class RunDir:
     def mark_done(
         self, name: str, input_hash: str, outputs: list[Path], metrics: dict, wall_s: float
     ) -> dict:
+        m = self.manifest()
+        started = m.get("stages", {}).get(name, {}).get("started")
         rec = {
             "status": "done",
             "input_hash": input_hash,
+            **({"started": started} if started else {}),
             "finished": now_iso(),
             "wall_s": round(wall_s, 3),
             "outputs": {str(Path(p).relative_to(self.root)): sha256_file(Path(p)) for p in outputs},
             "metrics": metrics,
         }
-        m = self.manifest()
         m.setdefault("stages", {})[name] = rec
         write_json(self.manifest_path, m)
         return rec

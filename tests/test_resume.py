@@ -21,10 +21,33 @@ def test_resume_skips_done_stages(cnn_project, tmp_path):
     path = _cfg(cnn_project, tmp_path)
     run = tmp_path / "run"
     api.compress(path, "host", run, quiet=True)
-    first = json.loads((run / "manifest.json").read_text())["stages"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    first = manifest["stages"]
+
+    # the manifest records the profile and versions report.json has; report.json shows every
+    # stage, its own included, as done (it is written last, before the manifest says so)
+    report = json.loads((run / "report.json").read_text())
+    assert manifest["profile"] == {"name": "host", "sha256": report["target"]["profile_sha256"]}
+    assert manifest["libraries"] == report["run"]["libraries"]
+    assert manifest["kdc_version"] == report["kdc_version"]
+    assert {k: v["status"] for k, v in report["run"]["stages"].items()} == dict.fromkeys(
+        first, "done"
+    )
+    assert 0 <= report["run"]["stages"]["report"]["wall_s"] <= first["report"]["wall_s"]
+    # a finished stage keeps its start time; the run started when its first stage did
+    assert all(v["started"] <= v["finished"] for v in first.values())
+    assert report["run"]["started"] == first["search"]["started"]
+
+    # a manifest written before those keys existed still resumes, and gains them
+    for key in ("profile", "libraries"):
+        del manifest[key]
+    (run / "manifest.json").write_text(json.dumps(manifest))
     api.compress(path, "host", run, resume=True, quiet=True)
-    second = json.loads((run / "manifest.json").read_text())["stages"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    second = manifest["stages"]
     assert all(first[s]["finished"] == second[s]["finished"] for s in first)
+    assert manifest["profile"]["sha256"] == report["target"]["profile_sha256"]
+    assert manifest["libraries"] == report["run"]["libraries"]
 
     # a distill change re-runs distill and everything after it, not search
     path = _cfg(cnn_project, tmp_path, lr=0.001)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Group
@@ -24,21 +25,26 @@ from kdc.rundir import atomic_path, write_json, write_text
 __all__ = ["console_summary", "render_markdown", "write_report"]
 
 
-def write_report(report: dict, run_dir: Path | str) -> list[Path]:
+def write_report(
+    report: dict, run_dir: Path | str, before_json: Callable[[dict], None] | None = None
+) -> list[Path]:
     """Write report.md, report.png, report.html and, last, report.json (each atomically);
-    return them as [json, md, png, html]."""
+    return them as [json, md, png, html]. `before_json(report)` may amend the document after
+    the other three are written (the report stage records its own status and wall time)."""
     run_dir = Path(run_dir)
     png = render_png(report)
     md = write_text(run_dir / "report.md", render_markdown(report))
     with atomic_path(run_dir / "report.png") as tmp:
         tmp.write_bytes(png)
     html = write_text(run_dir / "report.html", render_html(report, png))
+    if before_json is not None:
+        before_json(report)
     return [write_json(run_dir / "report.json", report), md, run_dir / "report.png", html]
 
 
 def _row(table: Table, name: str, part: dict, task: str | None) -> None:
     table.add_row(
-        name,
+        Text(name),  # plain text: "[built]" as markup would be read as a style tag and vanish
         accuracy_text(part.get("accuracy"), task),
         latency_text(by_kind(part, "measured")),
         latency_text(by_kind(part, "predicted")),
@@ -71,7 +77,12 @@ def console_summary(report: dict) -> Group:
     _row(table, "teacher", report.get("teacher") or {}, task)
     for e in report.get("engines") or []:
         _row(table, f"{engine_label(e)} [{e.get('status', DASH)}]", e, task)
-    lines = [_constraint_line(c) for c in report.get("constraints") or []]
+    lines = [
+        Text(f"{engine_label(e)} is {e.get('status')}: {e['reason']}", style="yellow")
+        for e in report.get("engines") or []
+        if e.get("status") != "built" and e.get("reason")
+    ]  # why an engine was not built here (bundle, or unavailable on this target)
+    lines += [_constraint_line(c) for c in report.get("constraints") or []]
     verdict = {True: ("PASSED", "bold green"), False: ("FAILED", "bold red")}.get(
         report.get("passed"), ("not evaluated", "yellow")
     )

@@ -13,13 +13,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator
-from matplotlib.transforms import blended_transform_factory
+from matplotlib.transforms import Bbox, blended_transform_factory
 
 from kdc.deploy.constraints import accuracy_value, engine_label, headline_latency, latencies
 
 SIZE_IN, DPI = (12, 8), 100  # 1200 × 800 px
 LOG_SPAN = 20  # log x axis when the largest latency is this many times the smallest
 STRIP_Y = 0.04  # axes-fraction height of engines that have no accuracy
+NEAR_PX = 4  # points this close (pixels) share one label
+LINE_PT, MAX_SHIFT = 12, 6  # a label overlapping another moves up to MAX_SHIFT lines down or up
+MARKER_PX = 24  # the box a point's marker covers, which other points' labels avoid
+LABEL_STYLE = {"textcoords": "offset points", "fontsize": 9}
 
 
 def _search_rows(report: dict) -> tuple[list[dict], list[dict], str | None]:
@@ -37,8 +41,11 @@ def _search_rows(report: dict) -> tuple[list[dict], list[dict], str | None]:
     return [], [], None
 
 
-def _plot_search(ax: Axes, report: dict, cands: list, front: list, key: str) -> list[float]:
-    """Candidates, the Pareto front and the chosen student; returns their latencies."""
+def _plot_search(
+    ax: Axes, report: dict, cands: list, front: list, key: str
+) -> tuple[list[float], bool]:
+    """Candidates, the Pareto front and the chosen student; returns their latencies and
+    whether the chosen student was among them (and marked)."""
     x = "predicted_latency_ms"
     ax.scatter(
         [r[x] for r in cands],
@@ -61,17 +68,14 @@ def _plot_search(ax: Axes, report: dict, cands: list, front: list, key: str) -> 
         (r for r in front + cands if r.get("chosen") or r.get("architecture") == arch), None
     )
     if chosen:
-        ax.scatter(
-            [chosen[x]],
-            [chosen[key]],
-            s=280,
-            facecolors="none",
-            edgecolors="tab:red",
-            linewidths=2.5,
-            label="chosen student",
-            zorder=5,
-        )
-    return [r[x] for r in cands + front]
+        _ring(ax, chosen[x], chosen[key], "chosen student")
+    return [r[x] for r in cands + front], chosen is not None
+
+
+def _ring(ax: Axes, x: float, y: float, label: str | None, **kw) -> None:
+    """The chosen student's mark: a large red ring around its point."""
+    style = {"s": 280, "facecolors": "none", "edgecolors": "tab:red", "linewidths": 2.5}
+    ax.scatter([x], [y], **style, label=label, zorder=5, **kw)
 
 
 def _style(kind: str, color: str, marker: str, size: int, label: str | None) -> dict:
@@ -82,16 +86,22 @@ def _style(kind: str, color: str, marker: str, size: int, label: str | None) -> 
     return {**style, "color": color, "edgecolors": "black"}
 
 
-def _plot_models(ax: Axes, report: dict) -> list[float]:
+def _plot_models(
+    ax: Axes, report: dict, ring_shipped: bool = False
+) -> tuple[list[float], list[tuple[float, float, str]]]:
     """The teacher (stars) and engines (circles), one point per latency object; engines with
-    no accuracy sit on a labelled strip at the bottom. Returns the latencies drawn."""
+    no accuracy sit on a labelled strip at the bottom. With `ring_shipped`, the engine that
+    ships is ringed as the chosen student. Returns the latencies drawn and the (x, y, name)
+    labels still to place (see `_place_labels`)."""
     task = report.get("task")
     strip = blended_transform_factory(ax.transData, ax.transAxes)
     parts = [("teacher", report.get("teacher") or {}, "*", 420, "goldenrod")]
     parts += [(engine_label(e), e, "o", 130, "tab:green") for e in report.get("engines") or []]
     seen: set[tuple[str, str]] = set()
-    xs, stripped = [], 0
+    xs, stripped, labels = [], 0, []
+    ringed = "chosen student (the engine that ships)"  # legend text, on the first ring only
     for name, part, marker, size, color in parts:
+        ring = ring_shipped and name != "teacher" and part.get("ships")
         acc = accuracy_value(part.get("accuracy"), task)[1]
         for key, lat in latencies(part):
             x, stat = headline_latency(lat)
@@ -114,14 +124,68 @@ def _plot_models(ax: Axes, report: dict) -> list[float]:
                     fontsize=9,
                 )
                 stripped += 1
+                if ring:
+                    _ring(ax, x, STRIP_Y, ringed, transform=strip)
             else:
                 ax.scatter([x], [acc], **style)
-                ax.annotate(text, (x, acc), xytext=(8, 6), textcoords="offset points", fontsize=9)
+                labels.append((x, acc, text))
+                if ring:
+                    _ring(ax, x, acc, ringed)
+            if ring:
+                ringed = None
             xs.append(x)
     if stripped:
         band = Rectangle((0, 0), 1, 2 * STRIP_Y, transform=ax.transAxes, color="0.92", zorder=0)
         ax.add_patch(band)
-    return xs
+    return xs, labels
+
+
+def _place_labels(fig: Figure, ax: Axes, labels: list[tuple[float, float, str]]) -> None:
+    """Name the points beside them, legibly when several nearly coincide: points within NEAR_PX
+    of each other share one label listing their names, and a label that would overlap another
+    label or a point moves a line down or up (then with a thin leader to its point)."""
+    if not labels:
+        return
+    fig.canvas.draw()  # lay out: limits, scale and axes position, then keep them so the
+    fig.set_layout_engine("none")  # pixel positions below are the ones saved
+    renderer = fig.canvas.get_renderer()
+    groups: list[tuple[tuple[float, float], tuple[float, float], list[str]]] = []
+    for x, y, text in labels:
+        px, py = ax.transData.transform((x, y))
+        for (gx, gy), _, names in groups:
+            if abs(gx - px) <= NEAR_PX and abs(gy - py) <= NEAR_PX:
+                names.append(text)
+                break
+        else:
+            groups.append(((px, py), (x, y), [text]))
+    half = MARKER_PX / 2
+    points = [Bbox([[px - half, py - half], [px + half, py + half]]) for (px, py), *_ in groups]
+    placed: list[Bbox] = []
+    # right of the point, else left of it, on the first line that is free (and inside the axes)
+    spots = [
+        (side, line)
+        for k in range(MAX_SHIFT + 1)
+        for line in dict.fromkeys((-k, k))
+        for side in (1, -1)
+    ]
+    for (px, py), xy, names in sorted(groups, key=lambda g: (-g[0][1], g[0][0])):
+        text = ", ".join(dict.fromkeys(names))
+        others = placed + [b for b in points if not b.contains(px, py)]
+        for side, line in [*spots, (1, 0)]:  # (1, 0) when nothing is free
+            style = {
+                **LABEL_STYLE,
+                "xytext": (8 * side, 6 + LINE_PT * line),
+                "ha": "left" if side > 0 else "right",
+            }
+            probe = ax.annotate(text, xy, **style)
+            box = probe.get_window_extent(renderer)  # no arrow yet: the text's box
+            probe.remove()
+            inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1
+            if inside and not any(box.overlaps(b) for b in others):
+                break
+        leader = {"arrowstyle": "-", "color": "0.5", "lw": 0.6} if line else None
+        ax.annotate(text, xy, arrowprops=leader, **style)
+        placed.append(box)
 
 
 def _budget(axes: list[Axes], report: dict) -> list[float]:
@@ -152,8 +216,11 @@ def render_png(report: dict) -> bytes:
     else:
         ax = fig.add_subplot()
         axes = [ax]
-    xs = _plot_search(axes[-1], report, cands, front, key) if key else []
-    xs += _plot_models(ax, report) + _budget(axes, report)
+    xs, chosen_drawn = _plot_search(axes[-1], report, cands, front, key) if key else ([], False)
+    # no search point to mark (a fixed student, or rows without predicted latency): the chosen
+    # student is then shown by the engine that ships it
+    model_xs, labels = _plot_models(ax, report, ring_shipped=not chosen_drawn)
+    xs += model_xs + _budget(axes, report)
     task = report.get("task")
     metric = accuracy_value((report.get("teacher") or {}).get("accuracy"), task)[0] or "accuracy"
     run, target = (report.get("run") or {}).get("name", "run"), report.get("target") or {}
@@ -168,13 +235,14 @@ def render_png(report: dict) -> bytes:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     if not xs:
         ax.text(0.5, 0.5, "no latency figures to plot", ha="center", transform=ax.transAxes)
-    handles, labels = [], []
+    handles, legend = [], []
     for a in axes:
         a.grid(True, which="both", alpha=0.3)
         h, lab = a.get_legend_handles_labels()
-        handles, labels = handles + h, labels + lab
+        handles, legend = handles + h, legend + lab
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=10)
+        fig.legend(handles, legend, loc="outside right upper", fontsize=10)
+    _place_labels(fig, ax, labels)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

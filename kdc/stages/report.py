@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import platform
-from importlib import metadata
+import time
 
 from kdc import __version__
 from kdc.pipeline import Context, StageOutput
-from kdc.rundir import read_json, sha256_json
-
-LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "nncf", "torch-pruning", "optimum")
-
-
-def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+from kdc.rundir import library_versions, read_json
 
 
 def _search_section(ctx: Context) -> dict:
@@ -73,7 +60,7 @@ def assemble(ctx: Context) -> dict:
             "name": ctx.profile.name,
             "kind": ctx.profile.kind,
             "measurable": ctx.profile.measurable,
-            "profile_sha256": sha256_json(ctx.profile.model_dump(mode="json")),
+            "profile_sha256": ctx.profile.sha256(),
             "latency_model": ctx.profile.latency_model.source,
         },
         "teacher": m["teacher"],
@@ -104,17 +91,27 @@ def mark_shipped(engines: list[dict], precision: str, target_engines: list[str])
     return engines
 
 
+def _finish(report: dict, started: float) -> None:
+    """Record the report stage as done in `run.stages` (the manifest still says "running" while
+    this stage writes): report.json is written last and atomically, so by the time anyone can
+    read it, the stage has done its work. (`run.wall_s`, which report.md also shows, stays the
+    sum of the stages before this one.)"""
+    wall_s = round(time.perf_counter() - started, 3)
+    report["run"]["stages"]["report"] = {"wall_s": wall_s, "status": "done"}
+
+
 def run(ctx: Context) -> StageOutput:
     from kdc.deploy.constraints import evaluate_constraints, passed
     from kdc.deploy.report import console_summary, write_report
 
+    started = time.perf_counter()
     report = assemble(ctx)
     rows = evaluate_constraints(
         report, ctx.cfg.constraints.model_dump(), ctx.profile.defaults.model_dump()
     )
     report["constraints"] = rows
     report["passed"] = passed(rows)
-    files = write_report(report, ctx.run.root)
+    files = write_report(report, ctx.run.root, lambda doc: _finish(doc, started))
     if not ctx.quiet:
         ctx.console.print(console_summary(report))
     return StageOutput(files, {"passed": report["passed"]})

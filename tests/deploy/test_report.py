@@ -4,6 +4,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from matplotlib.text import Text
 from rich.console import Console
 
 from kdc.deploy.report import console_summary, render_markdown, write_report
@@ -116,6 +117,70 @@ def test_search_rows_with_accuracy_share_the_accuracy_axis(report):
     ]
     with_acc = {**report, "search": {**report["search"], "candidates": rows, "pareto": rows}}
     assert png_size(render_png(with_acc))[1] > 0
+
+
+def test_plot_marks_the_chosen_student(report, monkeypatch):
+    from kdc.deploy import report_plot
+
+    rings = []
+    ring = report_plot._ring
+    monkeypatch.setattr(
+        report_plot,
+        "_ring",
+        lambda ax, x, y, label, **kw: rings.append(label) or ring(ax, x, y, label, **kw),
+    )
+    render_png(report)  # the search panel has the chosen row
+    assert rings == ["chosen student"]
+
+    # a fixed student has no search point: the engine that ships is ringed instead
+    rings.clear()
+    engines = [
+        {**e, "ships": e["engine"] == "onnxruntime" and e["precision"] == "int8"}
+        for e in report["engines"]
+    ]
+    fixed = {
+        **report,
+        "search": {"strategy": "fixed", "candidates": [{"chosen": True}]},
+        "engines": engines,
+    }
+    render_png(fixed)
+    assert rings[0] == "chosen student (the engine that ships)" and set(rings[1:]) <= {None}
+
+
+def test_plot_labels_of_coinciding_engines_are_merged_and_do_not_overlap(report, monkeypatch):
+    from kdc.deploy import report_plot
+
+    # five engines at the same accuracy and (nearly) the same latency, as on the digits example
+    latency = {"kind": "measured", "p99_ms": 0.034}
+    engines = [
+        {
+            "engine": "onnxruntime",
+            "precision": p,
+            "status": "built",
+            "accuracy": {"metric": "accuracy", "value": 0.997},
+            "latency": {**latency, "p99_ms": 0.034 + 1e-5 * i},
+            "target_latency": {"kind": "predicted", "p50_ms": 0.012 + 0.002 * i},
+        }
+        for i, p in enumerate(("fp32", "int8", "fp16", "int4", "bf16"))
+    ]
+    crowded = {**report, "engines": engines, "search": {}}
+    texts = []
+    place = report_plot._place_labels
+
+    def spy(fig, ax, labels):
+        place(fig, ax, labels)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        # the text's own box (an annotation's extent includes its leader line)
+        texts.extend((t.get_text(), Text.get_window_extent(t, renderer)) for t in ax.texts)
+
+    monkeypatch.setattr(report_plot, "_place_labels", spy)
+    render_png(crowded)
+    names = [t for t, _ in texts]
+    merged = next(t for t in names if t.startswith("onnxruntime-fp32,"))
+    assert all(f"onnxruntime-{p}" in merged for p in ("int8", "fp16", "int4", "bf16"))
+    boxes = [b for _, b in texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
 
 
 def test_console_summary_shows_engines_and_constraints(report):
