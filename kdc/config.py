@@ -203,6 +203,9 @@ class ExportConfig(Section):
 
 
 class BuildConfig(Section):
+    """Engines to build. The default builds each one the target runs; an engine named here that
+    the target does not run is reported `unavailable` with the reason."""
+
     engines: list[Literal["onnxruntime", "tensorrt"]] = Field(
         default_factory=lambda: ["onnxruntime", "tensorrt"]
     )

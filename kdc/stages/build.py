@@ -324,7 +324,7 @@ def run(ctx: Context) -> StageOutput:
     if "tensorrt" in ctx.cfg.build.engines:
         if "tensorrt" in ctx.profile.runtime.engines:
             engines.append(build_tensorrt(ctx, engines))
-        else:
+        elif "engines" in ctx.cfg.build.model_fields_set:  # by name, not the default list
             engines.append(tensorrt_not_on_target(ctx, engines))
     out = write_json(ctx.run / "build" / "engines.json", engines)
     files = [

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
+from kdc.config import BuildConfig
 from kdc.deploy.check import compare
 from kdc.deploy.constraints import evaluate_constraints, shipped_engine
 from kdc.deploy.report import console_summary, render_markdown
@@ -39,9 +40,11 @@ def _ort(precision: str) -> dict:
     }
 
 
-def _build(tmp_path, monkeypatch, target: str, engines: list[str], precision: str) -> list[dict]:
+def _build(
+    tmp_path, monkeypatch, target: str, engines: list[str] | None, precision: str
+) -> list[dict]:
     """Run the build stage with the ONNX Runtime engines and the TensorRT builder faked."""
-    (tmp_path / "export").mkdir()
+    (tmp_path / "export").mkdir(parents=True)
     (tmp_path / "export" / "model.onnx").write_bytes(b"x")
     built = [_ort("fp32"), *([_ort("int8")] if precision == "int8" else [])]
     monkeypatch.setattr(build, "build_onnxruntime", lambda ctx, src: list(built))
@@ -57,7 +60,7 @@ def _build(tmp_path, monkeypatch, target: str, engines: list[str], precision: st
     ctx = SimpleNamespace(
         run=RunDir(tmp_path),
         cfg=SimpleNamespace(
-            build=SimpleNamespace(engines=engines),
+            build=BuildConfig(engines=engines) if engines is not None else BuildConfig(),
             quantize=SimpleNamespace(precision=precision),
         ),
         profile=load_profile(target),
@@ -93,9 +96,14 @@ def test_tensorrt_only_on_host_takes_the_configured_precision(tmp_path, monkeypa
     ]
 
 
-def test_no_tensorrt_record_unless_asked(tmp_path, monkeypatch):
+def test_no_tensorrt_record_unless_asked_by_name(tmp_path, monkeypatch):
     records = _build(tmp_path, monkeypatch, "host", ["onnxruntime"], "int8")
     assert {e["engine"] for e in records} == {"onnxruntime"}
+    # the default list means "each engine the target runs": host builds ONNX Runtime only
+    records = _build(tmp_path / "default", monkeypatch, "host", None, "int8")
+    assert {e["engine"] for e in records} == {"onnxruntime"}
+    records = _build(tmp_path / "jetson", monkeypatch, "jetson", None, "int8")
+    assert [e["engine"] for e in records][-1] == "tensorrt"
 
 
 def test_tensorrt_target_still_goes_to_the_tensorrt_builder(tmp_path, monkeypatch):
