@@ -118,27 +118,6 @@ def test_tensorrt_without_an_onnxruntime_engine_names_the_fix(tmp_path):
     assert e.value.field == "build.engines" and "onnxruntime" in e.value.fix
 
 
-@pytest.mark.parametrize(
-    ("nncf_ms", "cv", "chosen"),
-    [
-        (1.30, 0.01, "onnxruntime"),  # NNCF 1.3x slower, beyond noise: not a candidate
-        (1.30, 0.15, "nncf"),  # the same gap within timing noise (2 sqrt(2) 15 % = 42 %)
-        (1.05, 0.01, "nncf"),  # within 10 %
-    ],
-)
-def test_backend_choice_ignores_a_slowdown_within_timing_noise(monkeypatch, nncf_ms, cv, chosen):
-    from kdc.deploy import latency
-
-    timed = {"onnxruntime": {"p50_ms": 1.0, "cv": cv}, "nncf": {"p50_ms": nncf_ms, "cv": cv}}
-    monkeypatch.setattr(latency, "measure_onnx_rounds", lambda models, rows, **kw: timed)
-    ctx = SimpleNamespace(
-        profile=load_profile("host"), cfg=SimpleNamespace(verify=SimpleNamespace(threads=1))
-    )
-    losses = {"onnxruntime": 0.05, "nncf": 0.01}  # NNCF closer to FP32
-    backend, how = build._choose_backend(ctx, {"onnxruntime": "a", "nncf": "b"}, losses, {})
-    assert backend == chosen and how["p50_ms"] == {"onnxruntime": 1.0, "nncf": nncf_ms}
-
-
 @pytest.fixture
 def host_report() -> dict:
     """The sample report as a host run: its ONNX Runtime engines, then TensorRT unavailable."""
