@@ -163,7 +163,7 @@ def _choose_backend(
             threads=ctx.cfg.verify.threads,
             warmup=5,
             iterations=20,
-            min_duration_s=0.2,
+            min_duration_s=0.1,
         )
         fast = min(timed.values(), key=lambda t: t["p50_ms"])
         ok = [
