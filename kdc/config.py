@@ -203,12 +203,11 @@ class ExportConfig(Section):
 
 
 class BuildConfig(Section):
-    """Engines to build. The default builds each one the target runs; an engine named here that
-    the target does not run is reported `unavailable` with the reason."""
+    """Engines to build. The default (null) builds ONNX Runtime and, where the target runs it,
+    TensorRT; an engine named here that the target does not run is reported `unavailable` with
+    the reason."""
 
-    engines: list[Literal["onnxruntime", "tensorrt"]] = Field(
-        default_factory=lambda: ["onnxruntime", "tensorrt"]
-    )
+    engines: list[Literal["onnxruntime", "tensorrt"]] | None = None
 
 
 class VerifyConfig(Section):

@@ -245,7 +245,7 @@ def write_bundle(
 ) -> Path:
     """Write the device bundle directory atomically and return its path.
 
-    `use_dla` builds for DLA core 0 with GPU fallback (profiles with DLA, TensorRT 10.0 to 10.7)."""
+    `use_dla` builds for DLA core 0 with GPU fallback (profiles with DLA; see tensorrt.DLA_RULE)."""
     trt_version = profile.runtime.tensorrt
     if not trt_version:
         raise UserError(

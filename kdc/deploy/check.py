@@ -29,14 +29,13 @@ __all__ = [
     "format_line",
     "load_report",
     "parse_tolerance",
-    "relative_noise",
     "update_baseline",
     "write_junit",
 ]
 
 STATS = {"measured": ("p50", "p99"), "predicted": ("p50",)}
-NOISE_SIGMAS = 2.0
 UNITS = {"%": 0.01, "pt": 0.01, "pts": 0.01, "pp": 0.01}  # 10% relative, 0.5pt absolute
+NOISE_SIGMAS = 2.0
 
 
 @dataclass
@@ -61,14 +60,10 @@ def _missing(metric: str, base: float | None, cur: float | None, why: str) -> Ch
     return CheckResult(metric, base, cur, None, None, "missing", why)
 
 
-def relative_noise(a: dict, b: dict) -> float:
-    """The relative difference two measured latencies can show by chance: 2·sqrt(cv_a² + cv_b²)
-    (their coefficients of variation)."""
-    return NOISE_SIGMAS * math.hypot(a.get("cv") or 0.0, b.get("cv") or 0.0)
-
-
 def _noise(base: dict, cur: dict) -> float:
-    return relative_noise(base, cur) if base.get("kind") == "measured" else 0.0
+    if base.get("kind") != "measured":
+        return 0.0
+    return NOISE_SIGMAS * math.hypot(base.get("cv") or 0.0, cur.get("cv") or 0.0)
 
 
 def _latency_result(metric: str, b: float, c: float, tol: float, noise: float) -> CheckResult:

@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from kdc.deploy.tensorrt import QDQ_OPS, parse_version, supports_dla
+from kdc.deploy.tensorrt import DLA_RULE, QDQ_OPS, parse_version, supports_dla
 from kdc.profiles import HardwareProfile
 
 SEVERITIES = ("error", "warning", "info")
@@ -352,13 +352,14 @@ def _check_qdq(g: _Graph) -> Iterator[LintFinding]:
 def _check_dla(g: _Graph) -> Iterator[LintFinding]:
     if g.profile.runtime.dla_cores <= 0:
         return
-    if not supports_dla(_v(g.version)):
+    runtime = g.profile.runtime
+    if not supports_dla(runtime.tensorrt or _v(g.version), runtime.jetpack):
         yield LintFinding(
             "info",
             "",
             "DLA",
             f"TensorRT {_v(g.version)} has no DLA support: the engine runs on the GPU",
-            "build with TensorRT 10.0 to 10.7 for DLA",
+            f"build for DLA with {DLA_RULE}",
         )
         return
     for i in g.inputs:

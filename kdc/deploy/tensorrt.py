@@ -47,21 +47,23 @@ class Typing:
 
     strongly_typed: bool
     precision_flags: dict[str, tuple[str, ...]]
-    dla_last_minor: int | None  # last minor release of this major with DLA; None: no release
-
-    def dla(self, minor: int) -> bool:
-        """Whether release <major>.<minor> of this major version can build for DLA."""
-        return self.dla_last_minor is not None and minor <= self.dla_last_minor
 
 
 # 10.x: weak typing; INT8 also enables FP16 so layers left unquantized run in half precision.
-# DLA was dropped after 10.7 (the last release with DLA): 10.0-10.7 have it, 10.8+ and 11.x not.
 # 11.x: strong typing only.
 TYPING: dict[int, Typing] = {
-    10: Typing(False, {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}, dla_last_minor=7),
-    11: Typing(True, {"fp32": (), "fp16": (), "int8": ()}, dla_last_minor=None),
+    10: Typing(False, {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}),
+    11: Typing(True, {"fp32": (), "fp16": (), "int8": ()}),
 }
-LAST_DLA_RELEASE = "10.7"
+# DLA (TensorRT docs, "Working with DLA"): up to 10.7; none from 10.8 to 11.4.0 on Jetson; back
+# in 11.4.1 on Jetson AGX Orin with JetPack 7.2.2 or later (strongly typed).
+DLA_RULE = "TensorRT up to 10.7, or 11.4.1+ with JetPack 7.2.2+"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a version string; missing parts read as 0."""
+    parts = [int(p) for p in str(version).strip().split(".")[:3] if p.isdigit()]
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
 def parse_version(version: str) -> tuple[int, int]:
@@ -89,10 +91,14 @@ def typing_for(version: str) -> Typing:
     return TYPING[major]
 
 
-def supports_dla(version: str) -> bool:
-    """Whether a TensorRT version can build for DLA: 10.0 to 10.7 only (not 10.8+, not 11.x)."""
-    major, minor = parse_version(version)
-    return major in TYPING and TYPING[major].dla(minor)
+def supports_dla(version: str, jetpack: str | None = None) -> bool:
+    """Whether a TensorRT release builds DLA engines on Jetson (`DLA_RULE`)."""
+    release = _release(version)
+    if release < (10, 8, 0):
+        return True
+    if release < (11, 4, 1):
+        return False
+    return jetpack is not None and _release(jetpack) >= (7, 2, 2)
 
 
 @dataclass
@@ -107,6 +113,7 @@ class BuildOptions:
     dla_core: int | None = None
     hardware_compatibility: str = "none"
     cache_dir: Path | None = None
+    jetpack: str | None = None  # the device's JetPack, which decides DLA on TensorRT 11
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -170,6 +177,7 @@ def options_for_profile(
         precision=precision,
         profiles=static_profiles(input_shapes),
         dla_core=0 if use_dla else None,
+        jetpack=profile.runtime.jetpack,
         **kwargs,
     )
 
@@ -191,12 +199,13 @@ def plan_build(trt_version: str, opts: BuildOptions) -> BuildPlan:
     typing = typing_for(trt_version)
     flags = list(typing.precision_flags[opts.precision])
     if opts.dla_core is not None:
-        if not supports_dla(trt_version):
+        if not supports_dla(trt_version, opts.jetpack):
+            on = f" on JetPack {opts.jetpack}" if opts.jetpack else ""
             raise UserError(
-                f"TensorRT {trt_version} has no DLA support "
-                f"(TensorRT {LAST_DLA_RELEASE} was the last release with DLA)",
+                f"TensorRT {trt_version}{on} has no DLA support (DLA: {DLA_RULE})",
                 field="dla_core",
-                fix=f"build for the GPU or use TensorRT 10.0 to {LAST_DLA_RELEASE} (JetPack 6)",
+                fix="build for the GPU, or use TensorRT 10.0-10.7 (JetPack 6) or 11.4.1+ "
+                "(JetPack 7.2.2+)",
             )
         if opts.precision == "fp32":
             raise UserError(

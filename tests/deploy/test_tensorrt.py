@@ -249,29 +249,36 @@ def test_dla_only_where_the_profile_and_version_have_it():
 
 
 @pytest.mark.parametrize(
-    ("version", "dla"),
+    ("version", "jetpack", "dla"),
     [
-        ("10.0.1.6", True),
-        ("10.3", True),
-        ("10.7.0.23", True),  # the last release with DLA
-        ("10.8.0.43", False),
-        ("10.10", False),  # minor read as a number, not a string
-        ("10.13.3", False),
-        ("11.0", False),
-        ("11.1.0", False),
+        ("8.6", "5.1", True),
+        ("10.0.1.6", "6.0", True),
+        ("10.3", "6.2", True),
+        ("10.7.0.23", "6.2", True),  # the last 10.x release with DLA
+        ("10.8.0.43", "6.2", False),
+        ("10.10", "6.2", False),  # minor read as a number, not a string
+        ("10.13.3", None, False),
+        ("11.0", "7.0", False),
+        ("11.4.0", "7.2.2", False),  # DLA on Windows on ARM only
+        ("11.4.1", "7.2.1", False),  # back on AGX Orin, from JetPack 7.2.2
+        ("11.4.1", None, False),
+        ("11.4.1.3", "7.2.2", True),
+        ("11.5", "7.3", True),
     ],
 )
-def test_dla_is_refused_after_tensorrt_10_7(version, dla):
-    assert supports_dla(version) is dla
-    opts = BuildOptions(precision="int8", dla_core=0)
+def test_dla_follows_the_tensorrt_release_and_jetpack(version, jetpack, dla):
+    assert supports_dla(version, jetpack) is dla
+    opts = BuildOptions(precision="int8", dla_core=0, jetpack=jetpack)
+    if version.startswith("8."):
+        return  # kdc builds with TensorRT 10 and 11 only
     if dla:
         assert plan_build(version, opts).dla_core == 0
         assert "GPU_FALLBACK" in plan_build(version, opts).flags
     else:
         with pytest.raises(UserError) as e:
             plan_build(version, opts)
-        assert f"TensorRT {version} has no DLA support" in str(e.value)
-        assert "10.7 was the last release with DLA" in str(e.value)
+        assert f"TensorRT {version}" in str(e.value) and "has no DLA support" in str(e.value)
+        assert "up to 10.7, or 11.4.1+ with JetPack 7.2.2+" in str(e.value)
     assert plan_build(version, BuildOptions(precision="int8")).dla_core is None  # GPU: any
 
 
