@@ -154,10 +154,11 @@ def _choose_backend(
 ) -> tuple[str, dict]:
     """The backend whose INT8 graph is closest to FP32; on a target this machine can time, only
     among those at most 10 % slower than the fastest, or within how far their p50s moved between
-    timing rounds. Which graph is faster depends on the machine: NNCF's QDQ graph of a BERT
-    student ran 1.7-1.9x slower than ONNX Runtime's on an AVX2 EPYC (bench/RESULTS.md), 0.87-0.91x
-    on the sentiment example's student on an AVX-512/VNNI Xeon; a 13 us CNN's two graphs differ
-    by less than a single round's noise, which must not decide."""
+    timing rounds. Which graph is faster depends on the graph and the machine: NNCF's
+    ModelType.TRANSFORMER graph of a BERT student ran 1.7-1.9x slower than ONNX Runtime's
+    (bench/RESULTS.md); kdc's NNCF graph of the sentiment example's student 0.87-0.91x on the VNNI
+    Xeon; a 13 us CNN's two graphs differ by less than a single round's noise, which must not
+    decide."""
     from kdc.deploy.latency import measure_onnx_rounds
 
     choice: dict = {"loss": {b: round(v, 5) for b, v in losses.items()}}
