@@ -33,7 +33,6 @@ def test_resume_skips_done_stages(cnn_project, tmp_path):
     assert {k: v["status"] for k, v in report["run"]["stages"].items()} == dict.fromkeys(
         first, "done"
     )
-    assert 0 <= report["run"]["stages"]["report"]["wall_s"] <= first["report"]["wall_s"]
     # a finished stage keeps its start time; the run started when its first stage did
     assert all(v["started"] <= v["finished"] for v in first.values())
     assert report["run"]["started"] == first["search"]["started"]

@@ -353,7 +353,7 @@ def _check_dla(g: _Graph) -> Iterator[LintFinding]:
     if g.profile.runtime.dla_cores <= 0:
         return
     runtime = g.profile.runtime
-    if not supports_dla(runtime.tensorrt or _v(g.version), runtime.jetpack):
+    if not supports_dla(runtime.tensorrt, runtime.jetpack):
         yield LintFinding(
             "info",
             "",

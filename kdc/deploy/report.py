@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Group
@@ -25,20 +24,15 @@ from kdc.rundir import atomic_path, write_json, write_text
 __all__ = ["console_summary", "render_markdown", "write_report"]
 
 
-def write_report(
-    report: dict, run_dir: Path | str, before_json: Callable[[dict], None] | None = None
-) -> list[Path]:
+def write_report(report: dict, run_dir: Path | str) -> list[Path]:
     """Write report.md, report.png, report.html and, last, report.json (each atomically);
-    return them as [json, md, png, html]. `before_json(report)` may amend the document after
-    the other three are written (the report stage records its own status and wall time)."""
+    return them as [json, md, png, html]."""
     run_dir = Path(run_dir)
     png = render_png(report)
     md = write_text(run_dir / "report.md", render_markdown(report))
     with atomic_path(run_dir / "report.png") as tmp:
         tmp.write_bytes(png)
     html = write_text(run_dir / "report.html", render_html(report, png))
-    if before_json is not None:
-        before_json(report)
     return [write_json(run_dir / "report.json", report), md, run_dir / "report.png", html]
 
 

@@ -60,23 +60,18 @@ TYPING: dict[int, Typing] = {
 DLA_RULE = "TensorRT up to 10.7, or 11.4.1+ with JetPack 7.2.2+"
 
 
-def _release(version: str) -> tuple[int, ...]:
-    """(major, minor, patch) of a version string; missing parts read as 0."""
-    parts = [int(p) for p in str(version).strip().split(".")[:3] if p.isdigit()]
-    return tuple(parts + [0] * (3 - len(parts)))
-
-
-def parse_version(version: str) -> tuple[int, int]:
-    """(major, minor) of a TensorRT version string such as '10.3.0.30'."""
-    parts = str(version).strip().split(".")
+def parse_version(version: str, parts: int = 2) -> tuple[int, ...]:
+    """The first `parts` numbers of a version string such as '10.3.0.30' (missing ones 0)."""
+    fields = str(version).strip().split(".")[:parts]
     try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+        numbers = [int(f) for f in fields]
     except ValueError:
         raise UserError(
             f"cannot read TensorRT version '{version}'",
             field="runtime.tensorrt",
             fix="write it as MAJOR.MINOR, e.g. '10.3'",
         ) from None
+    return tuple(numbers + [0] * (parts - len(numbers)))
 
 
 def typing_for(version: str) -> Typing:
@@ -93,12 +88,12 @@ def typing_for(version: str) -> Typing:
 
 def supports_dla(version: str, jetpack: str | None = None) -> bool:
     """Whether a TensorRT release builds DLA engines on Jetson (`DLA_RULE`)."""
-    release = _release(version)
+    release = parse_version(version, 3)
     if release < (10, 8, 0):
         return True
     if release < (11, 4, 1):
         return False
-    return jetpack is not None and _release(jetpack) >= (7, 2, 2)
+    return jetpack is not None and parse_version(jetpack, 3) >= (7, 2, 2)
 
 
 @dataclass

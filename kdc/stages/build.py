@@ -145,7 +145,7 @@ SLOWER_OK = 1.1  # an INT8 graph this much slower than the fastest one is not a 
 
 def _spread(timed: dict) -> float:
     """How far a p50 moved between timing rounds, relative to the kept (median) one."""
-    rounds = timed.get("rounds_p50_ms") or [timed["p50_ms"]]
+    rounds = timed["rounds_p50_ms"]
     return (max(rounds) - min(rounds)) / timed["p50_ms"]
 
 
@@ -248,10 +248,15 @@ def _backend_notes(ctx: Context, backend: str) -> dict:
     return {"calibration": ctx.cfg.quantize.calibration, "ops": ops}
 
 
+def _source(engines: list[dict]) -> dict | None:
+    """The last built ONNX Runtime engine: its graph is what a TensorRT engine is built from."""
+    return next((e for e in reversed(engines) if e["status"] == "built"), None)
+
+
 def tensorrt_precision(ctx: Context, engines: list[dict]) -> str:
-    """The precision a TensorRT engine is built at: that of the last built ONNX Runtime engine
-    (its graph is the engine's source), fp32 raised to fp16; the config's when none was built."""
-    shipped = next((e for e in reversed(engines) if e["status"] == "built"), None)
+    """The precision a TensorRT engine is built at: that of its source graph (`_source`), fp32
+    raised to fp16; the config's when none was built."""
+    shipped = _source(engines)
     precision = shipped["precision"] if shipped else ctx.cfg.quantize.precision
     return precision if precision != "fp32" else "fp16"
 
@@ -275,7 +280,7 @@ def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:
     """A native TensorRT engine, or a device bundle (remote targets), or `unavailable`."""
     from kdc.deploy import tensorrt
 
-    shipped = next((e for e in reversed(engines) if e["status"] == "built"), None)
+    shipped = _source(engines)
     if shipped is None:
         raise UserError(
             "the TensorRT engine is built from the ONNX Runtime engine's graph, and none was built",
