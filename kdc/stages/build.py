@@ -119,11 +119,27 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
     )
 
 
+def wanted_engines(ctx: Context) -> list[str]:
+    """`build.engines`, by default ONNX Runtime plus TensorRT where the target runs it."""
+    on_target = "tensorrt" in ctx.profile.runtime.engines
+    return ctx.cfg.build.engines or ["onnxruntime", *(["tensorrt"] * on_target)]
+
+
+def int8_runs_here(ctx: Context) -> bool:
+    """Whether the INT8 graph ships as ONNX Runtime on this machine's CPU (a target kdc can time,
+    no TensorRT engine). If not, INT8 graphs are compared with Q/DQ executed in float, the exact
+    int8 arithmetic TensorRT approximates, not through this CPU's int8 kernels, which saturate on
+    S8S8 without VNNI and would rank the graphs by this machine's arithmetic."""
+    trt = "tensorrt" in wanted_engines(ctx) and "tensorrt" in ctx.profile.runtime.engines
+    return ctx.profile.measurable and not trt
+
+
 def _output_loss_fn(
     ctx: Context, src: Path
 ) -> tuple[Callable[[Path], float], str, dict[str, np.ndarray]]:
     """How far a quantized graph's outputs are from `src`'s on held-out training rows (those after
-    the calibration rows, never the eval split), a description of those rows, and the rows."""
+    the calibration rows, never the eval split), a description of those rows, and the rows; run
+    through this CPU's int8 kernels only where the graph will run on them (`int8_runs_here`)."""
     from kdc.compress.int8_fallback import output_loss
     from kdc.deploy.onnxruntime import make_session, run_session
 
@@ -133,9 +149,11 @@ def _output_loss_fn(
     start = q.calibration_size if n - q.calibration_size >= 64 else 0
     rows = {k: v[start : start + FALLBACK_ROWS] for k, v in x.items()}
     ref = run_session(make_session(src, threads=1), rows)
+    optimization = "all" if int8_runs_here(ctx) else "disable"
 
     def loss_of(path: Path) -> float:
-        return output_loss(ctx.cfg.task, ref, run_session(make_session(path, threads=1), rows))
+        out = run_session(make_session(path, threads=1, optimization=optimization), rows)
+        return output_loss(ctx.cfg.task, ref, out)
 
     return loss_of, f"train rows {start}..{start + len(ref) - 1} (never the eval split)", rows
 
@@ -152,18 +170,18 @@ def _spread(timed: dict) -> float:
 def _choose_backend(
     ctx: Context, built: dict[str, Path], losses: dict[str, float], rows: dict
 ) -> tuple[str, dict]:
-    """The backend whose INT8 graph is closest to FP32; on a target this machine can time, only
-    among those at most 10 % slower than the fastest, or within how far their p50s moved between
-    timing rounds. Which graph is faster depends on the graph and the machine: NNCF's
-    ModelType.TRANSFORMER graph of a BERT student ran 1.7-1.9x slower than ONNX Runtime's
-    (bench/RESULTS.md); kdc's NNCF graph of the sentiment example's student 0.87-0.91x on the VNNI
-    Xeon; a 13 us CNN's two graphs differ by less than a single round's noise, which must not
-    decide."""
+    """The backend whose INT8 graph is closest to FP32; where it runs on this CPU
+    (`int8_runs_here`), only among those at most 10 % slower than the fastest, or within how far
+    their p50s moved between timing rounds. Which graph is faster depends on the graph and the
+    machine: NNCF's ModelType.TRANSFORMER graph of a BERT student ran 1.7-1.9x slower than ONNX
+    Runtime's (bench/RESULTS.md); kdc's NNCF graph of the sentiment example's student 0.87-0.91x
+    on the VNNI Xeon; a 13 us CNN's two graphs differ by less than a single round's noise, which
+    must not decide."""
     from kdc.deploy.latency import measure_onnx_rounds
 
     choice: dict = {"loss": {b: round(v, 5) for b, v in losses.items()}}
     ok = list(built)
-    if ctx.profile.measurable:
+    if int8_runs_here(ctx):
         timed = measure_onnx_rounds(
             {b: (path, "int8") for b, path in built.items()},
             rows,
@@ -234,6 +252,10 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
             shutil.copyfile(best, tmp)
     how["loss"] = {
         "rows": described,
+        "run_by": "ONNX Runtime's int8 CPU kernels (this machine is the target)"
+        if int8_runs_here(ctx)
+        else "ONNX Runtime with Q/DQ in float (graph optimisations off), not this CPU's int8 "
+        "kernels: the graph runs elsewhere",
         "measure": "1 - mean cosine to FP32"
         if ctx.cfg.task == "sentence-embedding"
         else "share of rows whose class differs from FP32",
@@ -341,7 +363,7 @@ def run(ctx: Context) -> StageOutput:
     require_free(ctx.run / "build", engine_bytes_needed(src), "building engines")
     engines: list[dict] = []
     on_target = "tensorrt" in ctx.profile.runtime.engines
-    wanted = ctx.cfg.build.engines or ["onnxruntime", *(["tensorrt"] * on_target)]
+    wanted = wanted_engines(ctx)
     if "onnxruntime" in wanted:
         engines += build_onnxruntime(ctx, src)
     if "tensorrt" in wanted:

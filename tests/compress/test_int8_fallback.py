@@ -241,11 +241,35 @@ def test_auto_ptq_skips_an_int8_graph_much_slower_than_the_other(
     }
     monkeypatch.setattr(latency, "measure_onnx_rounds", lambda models, rows, **kw: timed)
     ctx = SimpleNamespace(
-        profile=SimpleNamespace(measurable=measurable),
-        cfg=SimpleNamespace(verify=SimpleNamespace(threads=1)),
+        profile=SimpleNamespace(
+            measurable=measurable, runtime=SimpleNamespace(engines=["onnxruntime"])
+        ),
+        cfg=SimpleNamespace(verify=SimpleNamespace(threads=1), build=SimpleNamespace(engines=None)),
     )
     built = {"onnxruntime": Path("onnxruntime"), "nncf": Path("nncf")}
     losses = {"onnxruntime": 0.059, "nncf": 0.0}
     backend, choice = build._choose_backend(ctx, built, losses, {})
     assert backend == chosen
     assert choice.get("p50_ms") == (p50 if measurable else None)
+
+
+@pytest.mark.parametrize(
+    ("target", "engines", "here"),
+    [
+        ("host", None, True),  # ONNX Runtime on this CPU ships the INT8 graph
+        ("jetson", None, False),  # TensorRT on the device
+        ("jetson", ["onnxruntime"], False),  # ONNX Runtime, but on the device's CPU
+    ],
+)
+def test_int8_graphs_are_compared_by_the_arithmetic_that_runs_them(target, engines, here):
+    """Only the machine that runs the INT8 graph ranks graphs by its int8 kernels: this CPU's
+    (which saturate on S8S8 without VNNI) would mislead a choice for TensorRT or another CPU."""
+    from types import SimpleNamespace
+
+    from kdc.profiles import load_profile
+    from kdc.stages import build
+
+    ctx = SimpleNamespace(
+        profile=load_profile(target), cfg=SimpleNamespace(build=SimpleNamespace(engines=engines))
+    )
+    assert build.int8_runs_here(ctx) is here
