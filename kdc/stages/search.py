@@ -6,6 +6,7 @@ for evolution, search/pareto.png."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +46,88 @@ def _fixed(ctx: Context) -> StageOutput:
     student = build_student(ctx, spec)
     arch = student.architecture()
     row = {"architecture": arch, "spec": spec, "params": student.params(), "chosen": True}
+    metrics: dict[str, Any] = {
+        "strategy": "fixed",
+        "candidates_scored": 1,
+        "student_params": student.params(),
+    }
+    ctx.log(f"  student: {spec} ({student.params():,} params, teacher {ctx.teacher.params():,})")
+    predicted = _fixed_prediction(ctx, arch)
+    if predicted is not None:
+        row["predicted_latency_ms"] = metrics["predicted_latency_ms"] = predicted["student"]
+        metrics["teacher_predicted_latency_ms"] = predicted["teacher"]
+        ctx.log(
+            f"  predicted {predicted['student']:.4g} ms on {ctx.profile.name} ({_precision(ctx)}, "
+            f"batch {ctx.cfg.verify.batch}; teacher {predicted['teacher']:.4g} ms)"
+        )
+        _note_uncalibrated(ctx)
+        budget = ctx.cfg.constraints.latency_budget_ms or ctx.profile.defaults.latency_budget_ms
+        if budget and predicted["student"] > budget:
+            ctx.log(
+                f"  [yellow]warning[/yellow]: the fixed student is predicted over the "
+                f"{budget:g} ms latency budget; a smaller student.architecture or "
+                "search.strategy: evolution finds one that fits"
+            )
     cands = ctx.run / "search" / "candidates.jsonl"
     out = write_json(
         ctx.run / "search" / "student.json",
-        {"spec": spec, "architecture": arch, "strategy": "fixed"},
+        {"spec": spec, "architecture": arch, "strategy": "fixed"}
+        | ({"predicted_latency_ms": predicted["student"]} if predicted else {}),
     )
     write_jsonl(cands, [row])
-    ctx.log(f"  student: {spec} ({student.params():,} params, teacher {ctx.teacher.params():,})")
-    return StageOutput(
-        [out, cands],
-        {"strategy": "fixed", "candidates_scored": 1, "student_params": student.params()},
+    return StageOutput([out, cands], metrics)
+
+
+def _note_uncalibrated(ctx: Context) -> None:
+    if ctx.profile.measurable and ctx.profile.latency_model.source.startswith("defaults"):
+        ctx.log(
+            f"  note: {ctx.profile.name}'s latency model is uncalibrated (assumed peaks can be "
+            "~2x off): run `kdc calibrate --target "
+            f"{ctx.profile.name} --threads N` once, N as verify.threads"
+        )
+
+
+def _fixed_prediction(ctx: Context, arch: dict[str, Any]) -> dict[str, float] | None:
+    """Predicted p50 (ms) on the target of the fixed student and the teacher, by the latency model
+    the search uses, when the student is a point of the search space (the default rule's students
+    are); None otherwise."""
+    space = _space(ctx)
+    try:
+        if ctx.cfg.student.architecture:
+            genes = space.from_architecture(ctx.cfg.student.architecture)
+        elif ctx.teacher.family == "transformer":
+            genes = space.from_architecture({"num_hidden_layers": arch["num_hidden_layers"]})
+        else:
+            genes = space.from_architecture(
+                {"stage_width": [ctx.cfg.student.width] * len(space.stages)}
+            )
+    except UserError:
+        return None
+    cand = space.decode(genes)
+    if any(arch.get(k) != v for k, v in cand.architecture.items()):  # not a point of the space
+        return None
+    predict = _predictor(ctx, space)
+    return {"student": predict(cand.cost)["p50_ms"], "teacher": _teacher_ms(space, predict)}
+
+
+def _predictor(ctx: Context, space) -> Callable[[dict], dict]:
+    """The latency prediction of an architecture cost dict on the target, at the search's
+    precision and verify's batch."""
+    from kdc.deploy.estimate import predict_architecture
+
+    precision, batch = _precision(ctx), ctx.cfg.verify.batch
+    shapes, padding = space.input_shapes(batch), ctx.latency_padding()
+    return lambda cost: predict_architecture(
+        cost, ctx.profile, precision=precision, batch=batch, input_shapes=shapes, padding=padding
     )
+
+
+def _teacher_ms(space, predict: Callable[[dict], dict]) -> float:
+    """The teacher's predicted p50, exported as it is (its full last layer)."""
+    cost = space.decode(space.largest()).cost
+    if "cls_only_last_layer" in cost:
+        cost = {**cost, "cls_only_last_layer": False}
+    return predict(cost)["p50_ms"]
 
 
 def _space(ctx: Context):
@@ -126,7 +198,6 @@ def _evolution(ctx: Context) -> StageOutput:
     from kdc.compress.proxies import PROXIES, resolve_proxy
     from kdc.compress.search import evolve, pareto_flags
     from kdc.compress.student import derive_student, random_init
-    from kdc.deploy.estimate import predict_architecture
 
     cfg, teacher = ctx.cfg.search, ctx.teacher
     if not len(ctx.dataset.train.labels):
@@ -144,27 +215,14 @@ def _evolution(ctx: Context) -> StageOutput:
     divisor = ctx.profile.defaults.channel_divisor
     space = _space(ctx)
     precision, batch = _precision(ctx), ctx.cfg.verify.batch
-    shapes, padding = space.input_shapes(batch), ctx.latency_padding()
+    predict = _predictor(ctx, space)
     predictions: dict[str, dict] = {}
-
-    def predict(cost: dict) -> dict:
-        return predict_architecture(
-            cost,
-            ctx.profile,
-            precision=precision,
-            batch=batch,
-            input_shapes=shapes,
-            padding=padding,
-        )
 
     def latency(c) -> float:
         predictions[c.key] = predict(c.cost)
         return predictions[c.key]["p50_ms"]
 
-    teacher_cost = space.decode(space.largest()).cost
-    if "cls_only_last_layer" in teacher_cost:  # the teacher is exported with its full last layer
-        teacher_cost = {**teacher_cost, "cls_only_last_layer": False}
-    teacher_ms = predict(teacher_cost)["p50_ms"]
+    teacher_ms = _teacher_ms(space, predict)
     smallest_ms = latency(space.decode(space.smallest()))
     budget, budget_source, constraint = _budget(ctx, smallest_ms, teacher_ms)
     limit, margin_note = budget, ""
@@ -193,12 +251,7 @@ def _evolution(ctx: Context) -> StageOutput:
         f"searched under {limit:.4g} ms; "
         f"teacher predicted {teacher_ms:.4g} ms on {ctx.profile.name} {precision}"
     )
-    if ctx.profile.measurable and ctx.profile.latency_model.source.startswith("defaults"):
-        ctx.log(
-            f"  note: {ctx.profile.name}'s latency model is uncalibrated (assumed peaks can be "
-            "~2x off): run `kdc calibrate --target "
-            f"{ctx.profile.name} --threads N` once, N as verify.threads"
-        )
+    _note_uncalibrated(ctx)
     with ctx.progress("searching", cfg.population + cfg.cycles) as advance:
         result = evolve(
             space,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,6 +194,35 @@ def test_fixed_architecture_student(cnn_project, tmp_path):
     chosen = _chosen_student_rebuilds(cfg, tmp_path / "arch")
     assert chosen["strategy"] == "fixed"
     assert chosen["architecture"]["conv_channels"] == [16, 16]
+
+
+def _fixed_search(config: Path, out: Path) -> tuple[dict, dict]:
+    """search/candidates.jsonl's one row and the search stage's metrics of a fixed student."""
+    from kdc import api
+
+    api.search(config, "jetson", out, quiet=True)
+    _chosen_student_rebuilds(config, out, "jetson")
+    (row,) = [json.loads(line) for line in (out / "search" / "candidates.jsonl").open()]
+    return row, json.loads((out / "manifest.json").read_text())["stages"]["search"]["metrics"]
+
+
+@pytest.mark.parametrize("project", ["cnn", "bert"])
+def test_fixed_student_has_a_predicted_latency(cnn_project, bert_project, tmp_path, project):
+    """A fixed student that is a point of the search space (a CNN architecture, a transformer's
+    layer count) is costed on the target like a search candidate, for the report and an early
+    over-budget warning; one that is not (this tiny CNN's default rule also halves its stem,
+    which the space keeps) has no prediction rather than a near one."""
+    if project == "cnn":
+        arch = {"architecture": {"stage_width": [1.0, 0.5]}}
+        cfg = write_yaml(cnn_project.parent / "f.yaml", cnn_config(name="f", student=arch))
+    else:
+        cfg = write_yaml(bert_project.parent / "f.yaml", bert_config(name="f"))
+    row, metrics = _fixed_search(cfg, tmp_path / "f")
+    predicted = metrics["predicted_latency_ms"]
+    assert 0 < row["predicted_latency_ms"] == predicted < metrics["teacher_predicted_latency_ms"]
+    if project == "cnn":
+        row, metrics = _fixed_search(cnn_project, tmp_path / "default")
+        assert "predicted_latency_ms" not in row and "predicted_latency_ms" not in metrics
 
 
 def test_transformer_search_on_jetson(bert_project, tmp_path):
