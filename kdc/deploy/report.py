@@ -76,6 +76,11 @@ def console_summary(report: dict) -> Group:
         for e in report.get("engines") or []
         if e.get("status") != "built" and e.get("reason")
     ]  # why an engine was not built here (bundle, or unavailable on this target)
+    lines += [
+        Text(f"{engine_label(e)}: {w}", style="yellow")
+        for e in report.get("engines") or []
+        for w in e.get("warnings") or []
+    ]  # verify's findings about an engine (INT8 no faster than FP32, int8 kernels losing)
     lines += [_constraint_line(c) for c in report.get("constraints") or []]
     verdict = {True: ("PASSED", "bold green"), False: ("FAILED", "bold red")}.get(
         report.get("passed"), ("not evaluated", "yellow")

@@ -248,11 +248,13 @@ def _conditions(report: dict) -> Section:
 
 
 def warnings(report: dict) -> list[str]:
-    """The report's own warnings, engines not built here, and each timing's warnings."""
+    """The report's own warnings, engines not built here, each engine's and each timing's
+    warnings."""
     out = list(report.get("warnings") or [])
     for e in report.get("engines") or []:
         if e.get("status") != "built" and e.get("reason"):
             out.append(f"{engine_label(e)} is {e.get('status')}: {e['reason']}")
+        out += [f"{engine_label(e)}: {w}" for w in e.get("warnings") or []]
     out += [f"{name}: {w}" for name, lat in _timed(report) for w in lat.get("warnings") or []]
     return out
 

@@ -141,6 +141,25 @@ def _remote_block(ctx: Context, rec: dict, teacher_logits: np.ndarray) -> dict:
     return block
 
 
+def _warn_if_int8_not_faster(engines: list[dict]) -> None:
+    """Flag an INT8 engine timed no faster than the FP32 engine beside it (int8 gains little on
+    CPUs without VNNI): FP32 is then the faster ship, INT8 only the smaller one."""
+    timed = {
+        e["precision"]: e
+        for e in engines
+        if e.get("engine") == "onnxruntime" and (e.get("latency") or {}).get("kind") == "measured"
+    }
+    fp32, int8 = timed.get("fp32"), timed.get("int8")
+    if not (fp32 and int8) or int8["latency"]["p50_ms"] < fp32["latency"]["p50_ms"]:
+        return
+    int8.setdefault("warnings", []).append(
+        f"measured no faster than FP32 on this machine (p50 {int8['latency']['p50_ms']:.4g} ms "
+        f"vs {fp32['latency']['p50_ms']:.4g} ms; int8 kernels gain little without VNNI): "
+        "quantize.precision: fp32 ships the faster engine, INT8 only saves size "
+        f"({int8.get('size_mb')} vs {fp32.get('size_mb')} MB)"
+    )
+
+
 def run(ctx: Context) -> StageOutput:
     from kdc.models import load_student
 
@@ -177,6 +196,7 @@ def run(ctx: Context) -> StageOutput:
             else:
                 engines.append(rec)
             advance()
+    _warn_if_int8_not_faster(engines)
     s_path = ctx.run / "export" / "model.onnx"
     student_rec = {
         "params": student.params(),

@@ -191,3 +191,23 @@ def test_console_summary_shows_engines_and_constraints(report):
         assert label in text
     assert "PASS latency_p99_ms 0.55 (limit 10, predicted, onnxruntime-int8)" in text
     assert "PASSED" in text
+
+
+def test_engine_warnings_are_listed_in_the_markdown(report):
+    """An engine's own warnings (verify's INT8 checks) reach report.md's Warnings section."""
+    from kdc.stages.verify import _warn_if_int8_not_faster
+
+    engines = json.loads(json.dumps(report["engines"]))
+    int8, fp32 = engines[0], engines[1]
+    int8["latency"] = {**int8["latency"], "p50_ms": fp32["latency"]["p50_ms"] * 1.05}
+    _warn_if_int8_not_faster(engines)
+    (warning,) = int8["warnings"]
+    assert "no faster than FP32" in warning and "quantize.precision: fp32" in warning
+    md = render_markdown({**report, "engines": engines})
+    assert f"- onnxruntime-int8: {warning}" in md
+    console = Console(width=400, record=True)
+    console.print(console_summary({**report, "engines": engines}))
+    assert f"onnxruntime-int8: {warning}" in console.export_text()
+    faster = json.loads(json.dumps(report["engines"]))  # the sample's INT8 is the faster one
+    _warn_if_int8_not_faster(faster)
+    assert "warnings" not in faster[0]
