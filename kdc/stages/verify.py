@@ -15,6 +15,7 @@ from kdc.deploy.onnxruntime import make_session, run_session, session_options_re
 from kdc.export.parity import compare
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import read_json, write_json
+from kdc.stages.build import int8_runs_here
 
 INT8_MIN_COSINE = 0.9
 
@@ -202,7 +203,8 @@ def run(ctx: Context) -> StageOutput:
             else:
                 engines.append(rec)
             advance()
-    _warn_if_int8_not_faster(engines)
+    if int8_runs_here(ctx):  # the ONNX Runtime engines are what ships, not a local stand-in
+        _warn_if_int8_not_faster(engines)
     s_path = ctx.run / "export" / "model.onnx"
     student_rec = {
         "params": student.params(),
