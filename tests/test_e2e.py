@@ -61,6 +61,13 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     assert trt["ships"] and trt["accuracy"]["engine"].startswith("onnxruntime-cpu-qdq-simulated")
     assert trt["accuracy"]["value"] > 0.8
     assert report["teacher"]["accuracy"]["accuracy"] > 0.9
+    # the INT8 graph runs on the device, not this CPU: its graphs were compared, and its ONNX
+    # Runtime engine is judged, with Q/DQ in float (this CPU's kernels beside, not gating)
+    int8 = next(e for e in report["engines"] if e.get("precision") == "int8" and e.get("path"))
+    assert "Q/DQ in float" in int8["quantization"]["loss"]["run_by"]
+    assert int8["accuracy"]["engine"] == "onnxruntime-cpu-qdq-simulated"
+    assert int8["accuracy_this_cpu"]["engine"] == "onnxruntime-cpu-int8"
+    assert not int8.get("warnings")  # neither the saturation nor the speed flag: not shipped here
 
 
 @pytest.mark.slow
@@ -79,6 +86,8 @@ def test_bert_compress_beats_untrained_student(bert_project, tmp_path):
     assert fp32["parity"]["max_abs"] < 1e-3
     int8 = next(e for e in report["engines"] if e.get("precision") == "int8")
     assert int8["accuracy"]["accuracy"] >= fp32["accuracy"]["accuracy"] - 0.05
+    # host: the INT8 graph ships on this CPU, so its own int8 kernels judge it
+    assert int8["accuracy"]["engine"] == "onnxruntime-cpu-int8" and "accuracy_qdq_simulated" in int8
     # every timing says the attention-mask padding of the input it timed (the first eval row)
     paddings = {e["latency"]["padding"] for e in (fp32, int8)}
     assert len(paddings) == 1 and 0 <= paddings.pop() < 1

@@ -89,10 +89,11 @@ def _note_uncalibrated(ctx: Context) -> None:
 
 def _fixed_prediction(ctx: Context, arch: dict[str, Any]) -> dict[str, float] | None:
     """Predicted p50 (ms) on the target of the fixed student and the teacher, by the latency model
-    the search uses, when the student is a point of the search space (the default rule's students
-    are); None otherwise."""
-    space = _space(ctx)
+    the search uses, when the student is exactly a point of the search space (a transformer's
+    layer count, any `student.architecture`; a CNN width rule's student rarely is); None
+    otherwise. Advisory: a teacher the space cannot describe gets no prediction, not an error."""
     try:
+        space = _space(ctx)
         if ctx.cfg.student.architecture:
             genes = space.from_architecture(ctx.cfg.student.architecture)
         elif ctx.teacher.family == "transformer":
@@ -101,13 +102,14 @@ def _fixed_prediction(ctx: Context, arch: dict[str, Any]) -> dict[str, float] | 
             genes = space.from_architecture(
                 {"stage_width": [ctx.cfg.student.width] * len(space.stages)}
             )
-    except UserError:
+        cand = space.decode(genes)
+        if any(arch.get(k) != v for k, v in cand.architecture.items()):  # not a point of it
+            return None
+        predict = _predictor(ctx, space)
+        return {"student": predict(cand.cost)["p50_ms"], "teacher": _teacher_ms(space, predict)}
+    except Exception as e:  # noqa: BLE001 - the prediction is optional, the run goes on
+        ctx.log(f"  no latency prediction for the fixed student: {type(e).__name__}: {e}")
         return None
-    cand = space.decode(genes)
-    if any(arch.get(k) != v for k, v in cand.architecture.items()):  # not a point of the space
-        return None
-    predict = _predictor(ctx, space)
-    return {"student": predict(cand.cost)["p50_ms"], "teacher": _teacher_ms(space, predict)}
 
 
 def _predictor(ctx: Context, space) -> Callable[[dict], dict]:

@@ -257,6 +257,7 @@ def test_auto_ptq_skips_an_int8_graph_much_slower_than_the_other(
     ("target", "engines", "here"),
     [
         ("host", None, True),  # ONNX Runtime on this CPU ships the INT8 graph
+        ("host", ["onnxruntime", "tensorrt"], True),  # TensorRT is unavailable on host
         ("jetson", None, False),  # TensorRT on the device
         ("jetson", ["onnxruntime"], False),  # ONNX Runtime, but on the device's CPU
     ],

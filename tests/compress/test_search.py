@@ -223,6 +223,16 @@ def test_fixed_student_has_a_predicted_latency(cnn_project, bert_project, tmp_pa
     if project == "cnn":
         row, metrics = _fixed_search(cnn_project, tmp_path / "default")
         assert "predicted_latency_ms" not in row and "predicted_latency_ms" not in metrics
+    else:  # predicted over a budget: said before distillation spends its time
+        tight = write_yaml(
+            bert_project.parent / "tight.yaml",
+            bert_config(name="tight", constraints={"latency_budget_ms": predicted / 2}),
+        )
+        res = runner.invoke(
+            app, ["search", str(tight), "--target", "jetson", "--out", str(tmp_path / "t")]
+        )
+        assert res.exit_code == 0, res.output
+        assert "predicted over the" in res.output and "search.strategy: evolution" in res.output
 
 
 def test_transformer_search_on_jetson(bert_project, tmp_path):
