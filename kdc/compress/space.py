@@ -184,15 +184,24 @@ class CnnSpace(Space):
 
     def __init__(self, teacher: ModelAdapter, example: dict[str, np.ndarray], divisor: int) -> None:
         self.trace = teacher.layer_trace(example)
-        self.groups = teacher.channel_groups(example)
+        out_res = {r["name"]: _out_res(r) for r in self.trace if r["op"] == "conv"}
+        # a group none of whose convs runs in eval (an auxiliary training head) is not searched:
+        # it is not in the exported graph, and slicing keeps it consistent with what it reads
+        self.groups = [
+            g for g in teacher.channel_groups(example) if any(c in out_res for c in g["convs"])
+        ]
         self.divisor = divisor
         self.input_shape = list(example["pixel_values"].shape[1:])
-        self.conv_order = [n for n, m in teacher.module.named_modules() if isinstance(m, nn.Conv2d)]
+        convs = [(n, m) for n, m in teacher.module.named_modules() if isinstance(m, nn.Conv2d)]
+        self.conv_order = [n for n, _ in convs]
+        self.teacher_out = {n: m.out_channels for n, m in convs}
         self.conv_group = {c: i for i, g in enumerate(self.groups) for c in g["convs"]}
         self.reader_group = {r: i for i, g in enumerate(self.groups) for r in g["readers"]}
-        out_res = {r["name"]: _out_res(r) for r in self.trace if r["op"] == "conv"}
         self.stages = list(dict.fromkeys(out_res.values()))
-        self.group_stage = [self.stages.index(out_res[g["convs"][0]]) for g in self.groups]
+        self.group_stage = [
+            self.stages.index(next(out_res[c] for c in g["convs"] if c in out_res))
+            for g in self.groups
+        ]
         self.units: list[list[list[str]]] = [[] for _ in self.stages]
         for u in teacher.removable_units(example):
             res = tuple(u["out_shape"][1:])
@@ -254,13 +263,11 @@ class CnnSpace(Space):
                 kept.append((rec["out"], out.get(rec["name"], rec["out"]) / rec["out"]))
                 rec["out"] = out.get(rec["name"], rec["out"])
             layers.append(rec)
-        conv_channels = [
-            out.get(c, _teacher_out(self.trace, c)) for c in self.conv_order if not gone(c)
-        ]
+        conv_channels = [out.get(c, self.teacher_out[c]) for c in self.conv_order if not gone(c)]
         arch = {"adapter": "vision", "family": "cnn", "conv_channels": conv_channels}
         spec = {
             "family": "cnn",
-            "channels": {c: n for c, n in out.items() if n < _teacher_out(self.trace, c)},
+            "channels": {c: n for c, n in out.items() if n < self.teacher_out[c]},
             "drop": drop,
         }
         cost = {"family": "cnn", "input_shape": self.input_shape, "layers": layers}
@@ -294,10 +301,6 @@ class CnnSpace(Space):
 def _out_res(rec: dict[str, Any]) -> tuple[int, int]:
     k, s, p = rec["kernel"], rec["stride"], rec["padding"]
     return tuple((x + 2 * p - k) // s + 1 for x in rec["in_shape"][1:])  # type: ignore[return-value]
-
-
-def _teacher_out(trace: list[dict[str, Any]], conv: str) -> int:
-    return next(r["out"] for r in trace if r["name"] == conv)
 
 
 SPACES = {

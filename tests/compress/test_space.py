@@ -90,6 +90,23 @@ class Residual(nn.Module):
         return self.classifier(self.pool(x).flatten(1))
 
 
+class AuxHead(nn.Module):
+    """A conv that runs only in training (like GoogLeNet's and Inception's auxiliary heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.aux = nn.Conv2d(16, 8, 1)
+        self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.classifier = nn.Linear(32, 10)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(pixel_values))
+        if self.training:
+            self.aux(x)
+        return self.classifier(torch.relu(self.down(x)).mean((2, 3)))
+
+
 @pytest.mark.parametrize("divisor", [8, 16, 32])
 def test_transformer_space_respects_divisor_and_heads(wide_bert, divisor):
     space = TransformerSpace(wide_bert, divisor)
@@ -173,6 +190,7 @@ def test_head_slices_keep_whole_teacher_heads(wide_bert):
         lambda: _cnn(),
         lambda: _cnn((16, 32), depth=2),
         lambda: VisionAdapter(Residual().eval(), {"kind": "entrypoint"}),
+        lambda: VisionAdapter(AuxHead().eval(), {"kind": "entrypoint"}),  # aux conv not traced
     ],
 )
 def test_cnn_students_match_predicted_architecture(make):
