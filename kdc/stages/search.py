@@ -25,6 +25,7 @@ def run(ctx: Context) -> StageOutput:
 
 
 def _fixed(ctx: Context) -> StageOutput:
+    space = None
     if ctx.cfg.student.architecture:
         space = _space(ctx)
         spec = space.decode(space.from_architecture(ctx.cfg.student.architecture)).spec
@@ -52,7 +53,7 @@ def _fixed(ctx: Context) -> StageOutput:
         "student_params": student.params(),
     }
     ctx.log(f"  student: {spec} ({student.params():,} params, teacher {ctx.teacher.params():,})")
-    predicted = _fixed_prediction(ctx, arch)
+    predicted = _fixed_prediction(ctx, arch, space)
     if predicted is not None:
         row["predicted_latency_ms"] = metrics["predicted_latency_ms"] = predicted["student"]
         metrics["teacher_predicted_latency_ms"] = predicted["teacher"]
@@ -87,13 +88,14 @@ def _note_uncalibrated(ctx: Context) -> None:
         )
 
 
-def _fixed_prediction(ctx: Context, arch: dict[str, Any]) -> dict[str, float] | None:
+def _fixed_prediction(ctx: Context, arch: dict[str, Any], space=None) -> dict[str, float] | None:
     """Predicted p50 (ms) on the target of the fixed student and the teacher, by the latency model
     the search uses, when the student is exactly a point of the search space (a transformer's
     layer count, any `student.architecture`; a CNN width rule's student rarely is); None
-    otherwise. Advisory: a teacher the space cannot describe gets no prediction, not an error."""
+    otherwise (`space`: the one `_fixed` built, if it did). Advisory: a teacher the space cannot
+    describe gets no prediction, not an error."""
     try:
-        space = _space(ctx)
+        space = space if space is not None else _space(ctx)
         if ctx.cfg.student.architecture:
             genes = space.from_architecture(ctx.cfg.student.architecture)
         elif ctx.teacher.family == "transformer":
