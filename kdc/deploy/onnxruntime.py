@@ -25,6 +25,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from kdc.data.batching import map_by_length
 from kdc.errors import UserError
 from kdc.profiles import host_threads
 from kdc.rundir import atomic_path
@@ -170,15 +171,19 @@ def feed_for(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> di
 def run_session(
     session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_size: int = 64
 ) -> np.ndarray:
-    """The first output over all rows of `inputs`, run `batch_size` rows at a time."""
+    """The first output over all rows of `inputs`, run `batch_size` rows at a time; text rows by
+    length, each batch cut to its longest row, where the graph's sequence axis is dynamic and
+    its output has none (per-row outputs)."""
     feed = feed_for(session, inputs)
-    n = len(next(iter(feed.values()))) if feed else 0
-    first = session.get_outputs()[0].name
-    outs = [
-        session.run([first], {k: v[s : s + batch_size] for k, v in feed.items()})[0]
-        for s in range(0, n, batch_size)
-    ]
-    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+    first = session.get_outputs()[0]
+    mask = next((i for i in session.get_inputs() if i.name == "attention_mask"), None)
+    cut = (
+        mask is not None
+        and len(mask.shape) == 2
+        and not isinstance(mask.shape[1], int)
+        and len(first.shape) <= 2
+    )
+    return map_by_length(lambda b: session.run([first.name], b)[0], feed, batch_size, cut=cut)
 
 
 def count_ops(path: Path | str) -> dict[str, int]:

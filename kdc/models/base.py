@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdc.data.batching import cut_positions, map_by_length
+
 
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Cut the trailing sequence positions that no row of the batch attends to (text inputs are
@@ -21,18 +23,6 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     used = torch.nonzero(mask.any(dim=0))
     length = int(used[-1]) + 1 if len(used) else 1
     return cut_positions(batch, length)
-
-
-def cut_positions(batch: dict, length: int) -> dict:
-    """Text inputs (2-D, as wide as the attention mask; numpy or torch) cut to their first
-    `length` positions; other inputs and batches without a 2-D mask unchanged."""
-    mask = batch.get("attention_mask")
-    if mask is None or mask.ndim != 2 or mask.shape[1] <= length:
-        return batch
-    width = mask.shape[1]
-    return {
-        k: v[:, :length] if v.ndim == 2 and v.shape[1] == width else v for k, v in batch.items()
-    }
 
 
 class ModelAdapter(ABC):
@@ -71,14 +61,12 @@ class ModelAdapter(ABC):
         return sum(p.numel() for p in self.module.parameters())
 
     def forward_numpy(self, inputs: dict[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
-        """Run the PyTorch module in eval mode over all rows of `inputs`."""
+        """Run the PyTorch module in eval mode over all rows of `inputs` (text by length)."""
         self.module.eval()
-        n = len(next(iter(inputs.values())))
-        outs = []
+
+        def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+            feed = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+            return self.module(**feed).float().numpy()
+
         with torch.inference_mode():
-            for s in range(0, n, batch_size):
-                batch = trim_padding(
-                    {k: torch.from_numpy(v[s : s + batch_size]) for k, v in inputs.items()}
-                )
-                outs.append(self.module(**batch).float().numpy())
-        return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+            return map_by_length(run, inputs, batch_size)

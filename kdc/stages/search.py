@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from kdc.compress.student import fixed_student_spec
+from kdc.data.batching import cut_positions
 from kdc.errors import UserError
-from kdc.models.base import cut_positions
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import atomic_path, write_json, write_jsonl
 

@@ -25,8 +25,12 @@ from kdc.errors import UserError
 FUSED = {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"}
 
 
-def _export(module: nn.Module, args: tuple, names: list[str], path: Path) -> Path:
+def _export(
+    module: nn.Module, args: tuple, names: list[str], path: Path, sequence: bool = False
+) -> Path:
     axes = {n: {0: "batch"} for n in [*names, "logits"]}
+    if sequence:  # a dynamic sequence axis on the text inputs
+        axes.update({n: {0: "batch", 1: "sequence"} for n in names})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -69,8 +73,7 @@ def cnn(tmp: Path) -> Path:
     return _export(net, (torch.randn(2, 3, 16, 16),), ["pixel_values"], tmp / "cnn.onnx")
 
 
-@pytest.fixture(scope="module")
-def bert(tmp: Path) -> Path:
+def _tiny_bert() -> nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
@@ -94,12 +97,25 @@ def bert(tmp: Path) -> Path:
         def forward(self, input_ids, attention_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
+    return Logits()
+
+
+def _export_bert(path: Path, sequence: bool = False) -> Path:
     ids = torch.randint(0, 100, (2, 16))
-    path = _export(
-        Logits(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"], tmp / "bert.onnx"
-    )
+    args = (ids, torch.ones_like(ids))
+    path = _export(_tiny_bert(), args, ["input_ids", "attention_mask"], path, sequence)
     onnx.checker.check_model(str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def bert(tmp: Path) -> Path:
+    return _export_bert(tmp / "bert.onnx")
+
+
+@pytest.fixture(scope="module")
+def bert_dynamic(tmp: Path) -> Path:
+    return _export_bert(tmp / "bert_dynamic.onnx", sequence=True)
 
 
 def _x(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -149,6 +165,38 @@ def test_run_session_batches_and_feeds_declared_inputs(mlp: Path) -> None:
     np.testing.assert_allclose(
         run_session(sess, {"x": inputs["x"].astype(np.float64)}), whole, rtol=1e-6, atol=1e-6
     )
+
+
+class _Recording:
+    """A session that records the widths of the batches it is fed."""
+
+    def __init__(self, session) -> None:
+        self.session, self.widths = session, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.session, name)
+
+    def run(self, names, feed):
+        self.widths.append(feed["attention_mask"].shape[1])
+        return self.session.run(names, feed)
+
+
+@pytest.mark.parametrize("dynamic, cut", [(True, True), (False, False)])
+def test_run_session_cuts_text_batches_by_length(
+    bert: Path, bert_dynamic: Path, dynamic: bool, cut: bool
+) -> None:
+    """Rows run longest first, each batch at its longest row's width where the graph's sequence
+    axis is dynamic; outputs come back in input order, equal to the whole padded batch's."""
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 16, 5, 9, 2, 12, 7])
+    mask = (np.arange(16) < lengths[:, None]).astype(np.int64)
+    inputs = {"input_ids": rng.integers(0, 100, (7, 16)), "attention_mask": mask}
+    session = make_session(bert_dynamic if dynamic else bert, threads=1)
+    whole = session.run(None, inputs)[0]
+    recording = _Recording(session)
+    out = run_session(recording, inputs, batch_size=3)
+    np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-5)
+    assert recording.widths == ([16, 7, 2] if cut else [16, 16, 16])
 
 
 def test_run_session_missing_input_is_user_error(mlp: Path) -> None:

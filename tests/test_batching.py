@@ -1,0 +1,34 @@
+"""map_by_length: text batches by length, outputs in input order."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kdc.data.batching import map_by_length
+
+
+def _widths_and_rows(inputs: dict, cut: bool = True) -> tuple[list, np.ndarray]:
+    widths = []
+
+    def fn(batch: dict) -> np.ndarray:
+        widths.append(batch["attention_mask"].shape[1] if "attention_mask" in batch else None)
+        return batch["row"].astype(np.float32)[:, None]
+
+    return widths, map_by_length(fn, inputs, batch_size=2, cut=cut)
+
+
+def test_text_rows_run_by_length_and_come_back_in_order() -> None:
+    mask = np.zeros((5, 8), np.int64)
+    for i, n in enumerate([2, 8, 0, 5, 3]):  # row 2 attends to nothing: width 1
+        mask[i, :n] = 1
+    inputs = {"attention_mask": mask, "row": np.arange(5)}
+    widths, out = _widths_and_rows(inputs)
+    assert widths == [8, 3, 1]
+    assert out[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert _widths_and_rows(inputs, cut=False)[0] == [8, 8, 8]
+
+
+def test_rows_without_a_text_mask_run_in_order() -> None:
+    widths, out = _widths_and_rows({"row": np.arange(3)})
+    assert widths == [None, None] and out[:, 0].tolist() == [0, 1, 2]
+    assert map_by_length(lambda b: b["row"], {"row": np.zeros(0)}, 4).shape == (0,)
