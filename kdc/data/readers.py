@@ -50,16 +50,17 @@ def read_delimited(path: Path, text_col: str, label_col: str | None, delimiter: 
     return _columns(rows, path, text_col, label_col)
 
 
+def _not_utf8(path: Path, e: UnicodeDecodeError, field: str) -> UserError:
+    return UserError(
+        f"not UTF-8 (byte {e.start})", source=str(path), field=field, fix="save the file as UTF-8"
+    )
+
+
 def _lines(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").split("\n")  # not splitlines: JSON may hold U+2028
     except UnicodeDecodeError as e:
-        raise UserError(
-            f"not UTF-8 (byte {e.start})",
-            source=str(path),
-            field="data.source",
-            fix="save the file as UTF-8",
-        ) from None
+        raise _not_utf8(path, e, "data.source") from None
 
 
 def json_objects(path: Path, field: str = "data.source", limit: int | None = None) -> list[dict]:
@@ -89,9 +90,7 @@ def json_objects(path: Path, field: str = "data.source", limit: int | None = Non
                     )
                 rows.append(row)
     except UnicodeDecodeError as e:
-        raise UserError(
-            f"not UTF-8 (byte {e.start})", source=str(path), field=field, fix="save it as UTF-8"
-        ) from None
+        raise _not_utf8(path, e, field) from None
     return rows
 
 
