@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kdc.data.batching import map_by_length
 
@@ -32,3 +33,10 @@ def test_rows_without_a_text_mask_run_in_order() -> None:
     widths, out = _widths_and_rows({"row": np.arange(3)})
     assert widths == [None, None] and out[:, 0].tolist() == [0, 1, 2]
     assert map_by_length(lambda b: b["row"], {"row": np.zeros(0)}, 4).shape == (0,)
+
+
+def test_zero_width_mask_and_ragged_inputs() -> None:
+    widths, out = _widths_and_rows({"attention_mask": np.zeros((3, 0)), "row": np.arange(3)})
+    assert widths == [0, 0] and out[:, 0].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        map_by_length(lambda b: b["row"], {"row": np.arange(3), "x": np.arange(2)}, 2)

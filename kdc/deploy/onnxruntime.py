@@ -173,7 +173,7 @@ def run_session(
 ) -> np.ndarray:
     """The first output over all rows of `inputs`, run `batch_size` rows at a time; text rows by
     length, each batch cut to its longest row, where the graph's sequence axis is dynamic and
-    its output has none (per-row outputs)."""
+    its output is one fixed-size row per input (logits, an embedding)."""
     feed = feed_for(session, inputs)
     first = session.get_outputs()[0]
     mask = next((i for i in session.get_inputs() if i.name == "attention_mask"), None)
@@ -181,7 +181,7 @@ def run_session(
         mask is not None
         and len(mask.shape) == 2
         and not isinstance(mask.shape[1], int)
-        and len(first.shape) <= 2
+        and all(isinstance(d, int) for d in first.shape[1:])
     )
     return map_by_length(lambda b: session.run([first.name], b)[0], feed, batch_size, cut=cut)
 

@@ -199,6 +199,33 @@ def test_run_session_cuts_text_batches_by_length(
     assert recording.widths == ([16, 7, 2] if cut else [16, 16, 16])
 
 
+def test_run_session_keeps_per_token_outputs_whole(tmp: Path) -> None:
+    """An output with a sequence axis (per-token scores) is not cut: rows keep the full width."""
+
+    class PerToken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.lin = nn.Embedding(100, 8), nn.Linear(8, 1)
+
+        def forward(self, input_ids, attention_mask):
+            return self.lin(self.emb(input_ids)).squeeze(-1) * attention_mask
+
+    ids = torch.randint(0, 100, (2, 16))
+    path = _export(
+        PerToken(),
+        (ids, torch.ones_like(ids)),
+        ["input_ids", "attention_mask"],
+        tmp / "per_token.onnx",
+        sequence=True,
+    )
+    mask = (np.arange(16) < np.array([16, 3, 5, 2])[:, None]).astype(np.int64)
+    ids = np.random.default_rng(0).integers(0, 100, (4, 16))
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    session = make_session(path, threads=1)
+    out = run_session(session, inputs, batch_size=2)
+    np.testing.assert_allclose(out, session.run(None, inputs)[0], rtol=1e-6, atol=1e-6)
+
+
 def test_run_session_missing_input_is_user_error(mlp: Path) -> None:
     with pytest.raises(UserError, match="'x'"):
         run_session(make_session(mlp, threads=1), {"pixel_values": np.zeros((2, 16))})
