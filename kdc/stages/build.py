@@ -29,7 +29,7 @@ def _calibration(ctx: Context, rows: int, batch: int = 16) -> list[dict[str, np.
 def symmetric_activations(ctx: Context) -> bool:
     """S8S8 (symmetric) for TensorRT targets; asymmetric U8S8 is more accurate on CPUs."""
     q = ctx.cfg.quantize.symmetric_activations
-    return q if q is not None else "tensorrt" in ctx.profile.runtime.engines
+    return q if q is not None else tensorrt_on_target(ctx)
 
 
 FALLBACK_ROWS = 256  # held-out training rows INT8 graphs are compared with FP32 on
@@ -119,10 +119,13 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
     )
 
 
+def tensorrt_on_target(ctx: Context) -> bool:
+    return "tensorrt" in ctx.profile.runtime.engines
+
+
 def wanted_engines(ctx: Context) -> list[str]:
     """`build.engines`, by default ONNX Runtime plus TensorRT where the target runs it."""
-    on_target = "tensorrt" in ctx.profile.runtime.engines
-    return ctx.cfg.build.engines or ["onnxruntime", *(["tensorrt"] * on_target)]
+    return ctx.cfg.build.engines or ["onnxruntime", *(["tensorrt"] * tensorrt_on_target(ctx))]
 
 
 def int8_runs_here(ctx: Context) -> bool:
@@ -130,7 +133,7 @@ def int8_runs_here(ctx: Context) -> bool:
     no TensorRT engine). If not, INT8 graphs are compared with Q/DQ executed in float, the exact
     int8 arithmetic TensorRT approximates, not through this CPU's int8 kernels, which saturate on
     S8S8 without VNNI and would rank the graphs by this machine's arithmetic."""
-    trt = "tensorrt" in wanted_engines(ctx) and "tensorrt" in ctx.profile.runtime.engines
+    trt = tensorrt_on_target(ctx) and "tensorrt" in wanted_engines(ctx)
     return ctx.profile.measurable and not trt
 
 
@@ -362,12 +365,11 @@ def run(ctx: Context) -> StageOutput:
     src = ctx.run / "export" / "model.onnx"
     require_free(ctx.run / "build", engine_bytes_needed(src), "building engines")
     engines: list[dict] = []
-    on_target = "tensorrt" in ctx.profile.runtime.engines
     wanted = wanted_engines(ctx)
     if "onnxruntime" in wanted:
         engines += build_onnxruntime(ctx, src)
     if "tensorrt" in wanted:
-        if on_target:
+        if tensorrt_on_target(ctx):
             engines.append(build_tensorrt(ctx, engines))
         else:  # named in build.engines
             engines.append(tensorrt_not_on_target(ctx, engines))
