@@ -43,15 +43,16 @@ GROUP_WINDOW = 8
 
 @dataclass
 class DistillData:
-    """Training rows with the teacher's logits on them, and the validation rows. Labels are empty
-    for sentence-embedding (`task`), whose validation score is the mean cosine to the teacher's
+    """Training rows with the teacher's logits on them (None where training runs the teacher on
+    every batch, see `teacher_runs_each_step`), and the validation rows. Labels are empty for
+    sentence-embedding (`task`), whose validation score is the mean cosine to the teacher's
     embeddings `val_teacher_logits`."""
 
     train: dict[str, np.ndarray]
     train_labels: np.ndarray
     val: dict[str, np.ndarray]
     val_labels: np.ndarray
-    teacher_logits: np.ndarray
+    teacher_logits: np.ndarray | None
     val_teacher_logits: np.ndarray | None = None
     task: str | None = None
 
@@ -113,6 +114,20 @@ def resolve_losses(cfg: DistillConfig, family: str, task: str | None = None) -> 
                 fix=f"use one of {', '.join(sorted(LOSSES))}",
             )
     return specs
+
+
+def wanted_taps(specs: list[LossConfig]) -> set[str]:
+    """Prefixes of the feature taps the losses `specs` read (none for losses on outputs)."""
+    return {p for s in specs if s.params.get("on") != "output" for p in LOSS_TAPS[s.name]}
+
+
+def teacher_runs_each_step(
+    cfg: DistillConfig, family: str, task: str | None, train: dict[str, np.ndarray]
+) -> bool:
+    """Whether training runs the teacher on every batch (to label augmented rows, or for the
+    features a loss reads); its logits then come with each batch and need no precomputing."""
+    specs = resolve_losses(cfg, family, task)
+    return resolve_augment(cfg.augment, train) is not None or bool(wanted_taps(specs))
 
 
 def loss_params(spec: LossConfig, cfg: DistillConfig) -> dict:
@@ -189,6 +204,11 @@ SELECTION: dict[str, tuple[str, Callable[[ModelAdapter, DistillData], float]]] =
 }
 
 
+def validation_uses_teacher(task: str | None) -> bool:
+    """Whether `task`'s validation score compares with the teacher's validation outputs."""
+    return task in SELECTION and SELECTION[task][1] is evaluate_cosine
+
+
 def selection_metric(task: str | None) -> str:
     """The name of the validation score `evaluate` computes for `task`."""
     return SELECTION[task][0] if task in SELECTION else "accuracy"
@@ -233,7 +253,7 @@ class _Trainer:
         self.pruning = pruning
         self.acc = make_accelerator()
         specs = resolve_losses(cfg, student.family, data.task)
-        wanted = {p for s in specs if s.params.get("on") != "output" for p in LOSS_TAPS[s.name]}
+        wanted = wanted_taps(specs)
         example = {k: v[:2] for k, v in data.train.items()}
         if wanted and teacher is None:
             raise ValueError(f"losses {[s.name for s in specs]} need the teacher model")
@@ -249,7 +269,10 @@ class _Trainer:
         self.per_rank = n // self.world
         self.steps_per_epoch = math.ceil(self.per_rank / cfg.batch_size)
         self.total = max(1, min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or 1 << 30))
-        self.t_logits = torch.from_numpy(data.teacher_logits.astype(np.float32))
+        if data.teacher_logits is None and teacher is None:
+            raise ValueError("distillation needs the teacher's logits or the teacher model")
+        logits = data.teacher_logits
+        self.t_logits = None if logits is None else torch.from_numpy(logits.astype(np.float32))
         self.labels = torch.from_numpy(data.train_labels) if len(data.train_labels) else None
         mask = data.train.get("attention_mask")
         group = cfg.group_by_length and mask is not None and mask.ndim == 2
@@ -282,8 +305,14 @@ class _Trainer:
             out = self.teacher.module(**batch)  # type: ignore[union-attr]
         return out, self.t_taps.take() if self.t_taps else {}
 
-    def teacher_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.teacher_run(batch)[1] if self.t_taps is not None else {}
+    def teacher_outputs(
+        self, batch: dict[str, torch.Tensor], sel: np.ndarray
+    ) -> tuple[torch.Tensor, dict]:
+        """The teacher's logits and features on rows `sel`: the precomputed logits when no
+        feature is tapped, else one teacher run (whose logits equal them)."""
+        if self.t_logits is not None and self.t_taps is None:
+            return self.t_logits[sel], {}
+        return self.teacher_run(batch)
 
     def targets(
         self, sel: np.ndarray, epoch: int, step: int
@@ -292,7 +321,8 @@ class _Trainer:
         the teacher labels the perturbed batch now (its class is the perturbed rows' label)."""
         batch, labels = self.data.rows(sel), self.labels_of(sel)
         if self.augment is None:
-            return batch, self.t_logits[sel], labels, self.teacher_features(batch)
+            t_logits, feats = self.teacher_outputs(batch, sel)
+            return batch, t_logits, labels, feats
         rng = np.random.default_rng([self.seed, epoch, step, self.rank])
         batch, changed = self.augment(batch, rng, self.cfg.augment_prob)
         t_logits, feats = self.teacher_run(batch)
@@ -311,11 +341,10 @@ class _Trainer:
         batch = self.data.rows(sel)
         was_training = self.objective.training
         self.objective.eval()
+        t_logits, feats = self.teacher_outputs(batch, sel)
         with torch.no_grad():
             self.objective.projections.probe(
-                lambda: self.objective(
-                    batch, self.t_logits[sel], self.labels_of(sel), self.teacher_features(batch)
-                )
+                lambda: self.objective(batch, t_logits, self.labels_of(sel), feats)
             )
         self.objective.train(was_training)
         if proj_state:

@@ -1,5 +1,6 @@
-"""Distill stage: train the chosen student from the teacher (cached logits, live feature taps),
-pruning it gradually and training it quantization-aware when asked; save it with its spec.
+"""Distill stage: train the chosen student from the teacher (cached logits, or a teacher run per
+batch where augmentation or feature losses need one anyway), pruning it gradually and training it
+quantization-aware when asked; save it with its spec.
 
 Outputs: distill/student/ (weights + shapes; reloads with `load_student`), history.jsonl,
 student.json, and with `quantize.method: qat` distill/student_qat.onnx (a QDQ model of standard
@@ -20,6 +21,8 @@ from kdc.compress.distill import (
     DistillResult,
     distill,
     selection_metric,
+    teacher_runs_each_step,
+    validation_uses_teacher,
 )
 from kdc.compress.prune import GradualPruning, ratio_for_latency
 from kdc.models.base import ModelAdapter
@@ -56,17 +59,26 @@ def validation_split(n: int, seed: int, fraction: float = 0.1) -> tuple[np.ndarr
     return order[n_val:], order[:n_val]
 
 
-def distill_data(ctx: Context) -> DistillData:
+def distill_data(ctx: Context, family: str) -> DistillData:
+    """Training and validation rows for a student of `family`, with the teacher's logits where
+    training uses them: on the training rows only if it does not run the teacher on every batch
+    anyway, on the validation rows only if the validation score compares with the teacher."""
     x, y = ctx.encode("train"), ctx.dataset.train.labels
     tr, va = validation_split(len(next(iter(x.values()))), ctx.cfg.seed)
-    t = teacher_logits(ctx)
+    train, val = {k: v[tr] for k, v in x.items()}, {k: v[va] for k, v in x.items()}
+    t = None
+    if not teacher_runs_each_step(ctx.cfg.distill, family, ctx.cfg.task, train):
+        t = teacher_logits(ctx)
+    val_t = None
+    if validation_uses_teacher(ctx.cfg.task):
+        val_t = t[va] if t is not None else ctx.teacher.forward_numpy(val)
     return DistillData(
-        {k: v[tr] for k, v in x.items()},
+        train,
         y[tr] if len(y) else y,
-        {k: v[va] for k, v in x.items()},
+        val,
         y[va] if len(y) else y,
-        t[tr],
-        t[va],
+        None if t is None else t[tr],
+        val_t,
         ctx.cfg.task,
     )
 
@@ -198,7 +210,7 @@ def run(ctx: Context) -> StageOutput:
         from kdc.compress.qat import check_supported
 
         check_supported(student.family)
-    data = distill_data(ctx)
+    data = distill_data(ctx, student.family)
     pruning, prune_info = pruning_for(ctx, student, data)
     cfg = ctx.cfg.distill
     ckpt = (

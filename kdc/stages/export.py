@@ -1,8 +1,12 @@
 """Export stage: student and teacher to ONNX, parity of each against PyTorch on eval inputs. The
 student's last layer computes only [CLS] where its head reads nothing else
-(`export.cls_only_last_layer`); the teacher is exported as it is."""
+(`export.cls_only_last_layer`); the teacher is exported as it is. The PyTorch student's outputs
+on those inputs are kept for verify (`REFERENCE`)."""
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -11,10 +15,12 @@ from kdc.export.cls_only import supports_cls_only
 from kdc.export.onnx_export import choose_exporter, export_onnx, opset_of
 from kdc.export.parity import compare
 from kdc.models import load_student
+from kdc.models.base import ModelAdapter
 from kdc.pipeline import Context, StageOutput
-from kdc.rundir import write_json
+from kdc.rundir import atomic_path, sha256_file, write_json
 
 PARITY_ROWS = 256
+REFERENCE = "student_reference.npz"  # the PyTorch student's outputs on the parity inputs
 # onnxslim rewrites a transformer's attention-mask subgraph so that ONNX Runtime's transformer
 # optimizer no longer fuses Attention (measured: 3 Attention nodes -> 0 on the sentiment student);
 # the build stage's optimizers fold constants themselves, so transformers are exported unslimmed.
@@ -32,14 +38,47 @@ def output_name(task: str) -> str:
     return "embedding" if task == "sentence-embedding" else "logits"
 
 
-def parity_of(ctx: Context, adapter, path) -> dict:
+def parity_inputs(ctx: Context) -> dict[str, np.ndarray]:
+    """The eval rows parity is checked on (export) and engines are compared on (verify)."""
+    return {k: v[:PARITY_ROWS] for k, v in ctx.encode("eval").items()}
+
+
+def reference_key(ctx: Context, inputs: dict[str, np.ndarray]) -> str:
+    """Hash of what the PyTorch student's reference outputs depend on: its weight files and the
+    parity inputs."""
+    h = hashlib.sha256()
+    student = ctx.run / "distill" / "student"
+    for f in sorted(p for p in student.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(student)}:{sha256_file(f)};".encode())
+    for name in sorted(inputs):
+        a = np.ascontiguousarray(inputs[name])
+        h.update(f"{name}:{a.dtype}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def student_reference(ctx: Context, student: ModelAdapter) -> np.ndarray:
+    """The PyTorch student's outputs on the parity inputs: the ones export saved
+    (`REFERENCE`), if it computed them from these weights and inputs, else computed now."""
+    inputs = parity_inputs(ctx)
+    path = ctx.run / "export" / REFERENCE
+    if path.is_file():
+        with np.load(path) as saved:
+            if str(saved["key"]) == reference_key(ctx, inputs):
+                return saved["outputs"]
+    return student.forward_numpy(inputs)
+
+
+def parity_of(ctx: Context, adapter: ModelAdapter, path: Path) -> tuple[dict, np.ndarray]:
+    """Parity of the ONNX model at `path` against `adapter` on the parity inputs, and the
+    adapter's outputs there."""
     from kdc.deploy.onnxruntime import make_session, run_session
 
-    inputs = {k: v[:PARITY_ROWS] for k, v in ctx.encode("eval").items()}
+    inputs = parity_inputs(ctx)
     ref = adapter.forward_numpy(inputs)
     got = run_session(make_session(path), inputs)
     e = ctx.cfg.export
-    return compare(ref, got, atol=e.atol, rtol=e.rtol, min_cosine=e.min_cosine)
+    return compare(ref, got, atol=e.atol, rtol=e.rtol, min_cosine=e.min_cosine), ref
 
 
 def run(ctx: Context) -> StageOutput:
@@ -69,11 +108,12 @@ def run(ctx: Context) -> StageOutput:
     ctx.log(f"  exported with {exporters['model']['exporter']}: {exporters['model']['reason']}")
     if cls_only:
         ctx.log("  the student's last layer computes only [CLS] (all its head reads)")
-    parity = {
-        "student": parity_of(ctx, student, s_path),
-        "teacher": parity_of(ctx, ctx.teacher, t_path),
-    }
+    s_parity, s_ref = parity_of(ctx, student, s_path)
+    parity = {"student": s_parity, "teacher": parity_of(ctx, ctx.teacher, t_path)[0]}
     out = write_json(ctx.run / "export" / "parity.json", parity)
+    ref_path = ctx.run / "export" / REFERENCE
+    with atomic_path(ref_path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, outputs=s_ref, key=reference_key(ctx, parity_inputs(ctx)))
     for who, p in parity.items():
         ctx.log(f"  {who}: max|Δ| {p['max_abs']:.2e}, cosine {p['cosine']:.6f}")
         if not p["passed"]:
@@ -83,7 +123,7 @@ def run(ctx: Context) -> StageOutput:
                 f"rows {p['worst_rows']} (see {out})"
             )
     return StageOutput(
-        [s_path, t_path, out],
+        [s_path, t_path, out, ref_path],
         {
             "parity_max_abs": parity["student"]["max_abs"],
             "parity_cosine": parity["student"]["cosine"],

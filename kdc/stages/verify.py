@@ -16,6 +16,7 @@ from kdc.export.parity import compare
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import read_json, write_json
 from kdc.stages.build import int8_runs_here
+from kdc.stages.export import student_reference
 
 INT8_MIN_COSINE = 0.9
 
@@ -211,7 +212,7 @@ def run(ctx: Context) -> StageOutput:
     if not ctx.profile.measurable:
         teacher["target_latency"] = t_pred
     student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
-    ref = student.forward_numpy({k: v[:256] for k, v in ctx.encode("eval").items()})
+    ref = student_reference(ctx, student)
     engines = []
     with ctx.progress("verifying engines", len(engines_in)) as advance:
         for rec in engines_in:

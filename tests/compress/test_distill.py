@@ -3,6 +3,7 @@ early stopping, two-process DDP agreement, and the stage on the tiny projects.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from kdc.compress.distill import (
     _Trainer,
     distill,
     resolve_losses,
+    teacher_runs_each_step,
 )
 from kdc.compress.hooks import FeatureTaps, find_taps
 from kdc.config import DistillConfig, LossConfig
@@ -122,6 +124,34 @@ def test_distill_improves_the_student_and_records_losses():
     assert res.kept_metric > max(before, 0.5)
     assert set(res.history[-1]["losses"]) == {"logits", "hidden", "attention", "relation"}
     assert [s["name"] for s in res.losses] == ["logits", "hidden", "attention", "relation"]
+
+
+def test_teacher_logits_cached_or_from_its_run_per_batch_train_alike():
+    """Where a loss taps the teacher's features it runs on every batch anyway, so no logits are
+    precomputed: training on that run's logits ends with the weights the cached ones give."""
+    teacher = cnn((8, 16), 0)
+    data = toy_data(teacher)
+    weights = []
+    for logits in (data.teacher_logits, None):
+        student = cnn((4, 8), 1)
+        distill(
+            student, dataclasses.replace(data, teacher_logits=logits), _cfg(), 0, teacher=teacher
+        )
+        weights.append(student.module.state_dict())
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value)
+    logits_only = [{"name": "logits"}]
+    assert teacher_runs_each_step(_cfg(), "cnn", None, data.train)
+    assert not teacher_runs_each_step(_cfg(losses=logits_only), "cnn", None, data.train)
+    shifted = _cfg(losses=logits_only, augment="auto")
+    assert teacher_runs_each_step(shifted, "cnn", None, data.train)
+    with pytest.raises(ValueError, match="teacher's logits or the teacher"):
+        distill(
+            cnn((4, 8), 1),
+            dataclasses.replace(data, teacher_logits=None),
+            _cfg(losses=logits_only),
+            0,
+        )
 
 
 def _train_teacher(teacher: VisionAdapter) -> None:
