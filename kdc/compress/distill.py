@@ -44,7 +44,8 @@ GROUP_WINDOW = 8
 @dataclass
 class DistillData:
     """Training rows with the teacher's logits on them (None where training runs the teacher on
-    every batch, see `teacher_runs_each_step`), and the validation rows. Labels are empty for
+    every batch, see `teacher_runs_each_step`; not read where a loss taps its features), and the
+    validation rows. Labels are empty for
     sentence-embedding (`task`), whose validation score is the mean cosine to the teacher's
     embeddings `val_teacher_logits`."""
 
@@ -309,7 +310,8 @@ class _Trainer:
         self, batch: dict[str, torch.Tensor], sel: np.ndarray
     ) -> tuple[torch.Tensor, dict]:
         """The teacher's logits and features on rows `sel`: the precomputed logits when no
-        feature is tapped, else one teacher run (whose logits equal them)."""
+        feature is tapped, else one teacher run (whose logits equal them up to float rounding;
+        precomputed ones are then not read)."""
         if self.t_logits is not None and self.t_taps is None:
             return self.t_logits[sel], {}
         return self.teacher_run(batch)

@@ -69,6 +69,9 @@ def distill_data(ctx: Context, family: str) -> DistillData:
     t = None
     if not teacher_runs_each_step(ctx.cfg.distill, family, ctx.cfg.task, train):
         t = teacher_logits(ctx)
+    else:  # an earlier config's cache would only take space
+        for old in (ctx.run / "distill").glob("teacher_logits*.npy"):
+            old.unlink()
     val_t = None
     if validation_uses_teacher(ctx.cfg.task):
         val_t = t[va] if t is not None else ctx.teacher.forward_numpy(val)

@@ -127,20 +127,24 @@ def test_distill_improves_the_student_and_records_losses():
 
 
 def test_teacher_logits_cached_or_from_its_run_per_batch_train_alike():
-    """Where a loss taps the teacher's features it runs on every batch anyway, so no logits are
-    precomputed: training on that run's logits ends with the weights the cached ones give."""
+    """Precomputed logits spare the teacher's runs; without them the teacher labels each batch
+    (as it does anyway where a loss taps its features) and training ends with the same weights."""
     teacher = cnn((8, 16), 0)
     data = toy_data(teacher)
-    weights = []
+    logits_only = [{"name": "logits"}]
+    calls = []
+    hook = teacher.module.register_forward_hook(lambda *_: calls.append(1))
+    weights, runs = [], []
     for logits in (data.teacher_logits, None):
         student = cnn((4, 8), 1)
-        distill(
-            student, dataclasses.replace(data, teacher_logits=logits), _cfg(), 0, teacher=teacher
-        )
+        d = dataclasses.replace(data, teacher_logits=logits)
+        distill(student, d, _cfg(losses=logits_only), 0, teacher=teacher)
         weights.append(student.module.state_dict())
+        runs.append(len(calls))
+    hook.remove()
+    assert runs[0] == 0 and runs[1] > 0
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value)
-    logits_only = [{"name": "logits"}]
     assert teacher_runs_each_step(_cfg(), "cnn", None, data.train)
     assert not teacher_runs_each_step(_cfg(losses=logits_only), "cnn", None, data.train)
     shifted = _cfg(losses=logits_only, augment="auto")

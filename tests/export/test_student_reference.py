@@ -1,5 +1,6 @@
 """Export keeps the PyTorch student's outputs on the parity rows; verify reuses them only while
-the student's weights and the eval inputs are the ones they were computed from."""
+the student's weights and the eval inputs are the ones they were computed from, and the file
+reads."""
 
 from __future__ import annotations
 
@@ -34,4 +35,6 @@ def test_verify_reuses_export_reference_only_for_the_same_student(cnn_project, t
     weights = next((run / "distill" / "student").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes() + b" ")  # other weights: the key no longer matches
     assert reference_key(ctx, {k: v[: len(outputs)] for k, v in ctx.encode("eval").items()}) != key
+    np.testing.assert_allclose(student_reference(ctx, student), fresh, atol=1e-5)
+    saved.write_bytes(b"damaged")  # an unreadable file is recomputed, not an error
     np.testing.assert_allclose(student_reference(ctx, student), fresh, atol=1e-5)
