@@ -45,9 +45,8 @@ GROUP_WINDOW = 8
 class DistillData:
     """Training rows with the teacher's logits on them (None where training runs the teacher on
     every batch, see `teacher_runs_each_step`; not read where a loss taps its features), and the
-    validation rows. Labels are empty for
-    sentence-embedding (`task`), whose validation score is the mean cosine to the teacher's
-    embeddings `val_teacher_logits`."""
+    validation rows. Labels are empty for sentence-embedding (`task`), whose validation score is
+    the mean cosine to the teacher's embeddings `val_teacher_logits`."""
 
     train: dict[str, np.ndarray]
     train_labels: np.ndarray
