@@ -40,3 +40,19 @@ def test_zero_width_mask_and_ragged_inputs() -> None:
     assert widths == [0, 0] and out[:, 0].tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="different numbers of rows"):
         map_by_length(lambda b: b["row"], {"row": np.arange(3), "x": np.arange(2)}, 2)
+
+
+def test_trim_padding_cuts_torch_batches_to_the_longest_attended_row():
+    import torch
+
+    from kdc.data.batching import trim_padding
+
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [0, 0, 0, 0, 0]])
+    batch = {"input_ids": torch.arange(15).reshape(3, 5), "attention_mask": mask}
+    out = trim_padding(batch)
+    assert out["attention_mask"].shape == (3, 3) and torch.equal(
+        out["input_ids"][:, :3], batch["input_ids"][:, :3]
+    )
+    assert trim_padding({"attention_mask": torch.zeros((2, 4))})["attention_mask"].shape == (2, 1)
+    pixels = {"pixel_values": torch.zeros((2, 3, 4, 4))}
+    assert trim_padding(pixels) is pixels

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from kdc.data.batching import trim_padding
 from kdc.errors import UserError
-from kdc.models.base import trim_padding
 
 Batch = dict[str, torch.Tensor]
 Augment = Callable[[Batch, np.random.Generator, float], tuple[Batch, np.ndarray]]

@@ -29,8 +29,9 @@ from kdc.compress.losses import (
 )
 from kdc.compress.prune import GradualPruning, sync_after_pruning
 from kdc.config import DistillConfig, LossConfig
+from kdc.data.batching import trim_padding
 from kdc.errors import UserError
-from kdc.models.base import ModelAdapter, trim_padding
+from kdc.models.base import ModelAdapter
 from kdc.models.shapes import apply_shapes
 from kdc.rundir import atomic_path
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from kdc.models.base import ModelAdapter, trim_padding
+from kdc.data.batching import trim_padding
+from kdc.models.base import ModelAdapter
 
 Proxy = Callable[[ModelAdapter, ModelAdapter, dict[str, np.ndarray], np.ndarray], float]
 _TEACHER_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

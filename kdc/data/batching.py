@@ -23,14 +23,23 @@ def cut_positions(batch: dict, length: int) -> dict:
     }
 
 
-def _row_lengths(inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """Each row's last attended position + 1 (at least 1), or None without a 2-D mask."""
+def _row_lengths(inputs: Mapping) -> np.ndarray | None:
+    """Each row's last attended position + 1 (at least 1), or None without a 2-D mask (numpy or
+    CPU torch)."""
     mask = inputs.get("attention_mask")
     if mask is None or mask.ndim != 2 or mask.shape[1] == 0:
         return None
     attended = np.asarray(mask) != 0
     last = mask.shape[1] - np.argmax(attended[:, ::-1], axis=1)
     return np.where(attended.any(axis=1), last, 1)
+
+
+def trim_padding(batch: dict) -> dict:
+    """Cut the trailing sequence positions that no row of the batch attends to (text inputs are
+    padded to `max_length`; a batch only needs its longest row). Masked positions do not change
+    any output, so results equal the padded batch's up to float rounding."""
+    lengths = _row_lengths(batch)
+    return batch if lengths is None else cut_positions(batch, int(lengths.max(initial=1)))
 
 
 def map_by_length(

@@ -10,19 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdc.data.batching import cut_positions, map_by_length
-
-
-def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Cut the trailing sequence positions that no row of the batch attends to (text inputs are
-    padded to `max_length`; a batch only needs its longest row). Masked positions do not change
-    any output, so results equal the padded batch's up to float rounding."""
-    mask = batch.get("attention_mask")
-    if mask is None or mask.dim() != 2:
-        return batch
-    used = torch.nonzero(mask.any(dim=0))
-    length = int(used[-1]) + 1 if len(used) else 1
-    return cut_positions(batch, length)
+from kdc.data.batching import map_by_length
 
 
 class ModelAdapter(ABC):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from kdc.data.batching import cut_positions
 from kdc.errors import UserError
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import atomic_path, write_json, write_jsonl
+
+if TYPE_CHECKING:
+    from kdc.compress.space import Space
 
 
 def run(ctx: Context) -> StageOutput:
@@ -88,7 +91,9 @@ def _note_uncalibrated(ctx: Context) -> None:
         )
 
 
-def _fixed_prediction(ctx: Context, arch: dict[str, Any], space=None) -> dict[str, float] | None:
+def _fixed_prediction(
+    ctx: Context, arch: dict[str, Any], space: Space | None = None
+) -> dict[str, float] | None:
     """Predicted p50 (ms) on the target of the fixed student and the teacher, by the latency model
     the search uses, when the student is exactly a point of the search space (a transformer's
     layer count, any `student.architecture`; a CNN width rule's student rarely is); None
@@ -134,7 +139,7 @@ def _teacher_ms(space, predict: Callable[[dict], dict]) -> float:
     return predict(cost)["p50_ms"]
 
 
-def _space(ctx: Context):
+def _space(ctx: Context) -> Space:
     from kdc.compress.space import space_for
 
     return space_for(

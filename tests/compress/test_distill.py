@@ -27,7 +27,7 @@ from kdc.compress.distill import (
 )
 from kdc.compress.hooks import FeatureTaps, find_taps
 from kdc.config import DistillConfig, LossConfig
-from kdc.models.base import trim_padding
+from kdc.data.batching import trim_padding
 from kdc.models.cnn import small_cnn
 from kdc.models.hf import HFTextAdapter
 from kdc.models.vision import VisionAdapter
