@@ -4,6 +4,7 @@ directory whose earlier stages are done. The CLI is a thin layer over these."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,13 @@ def open_run(
     cfg = _config(config)
     profile = target if isinstance(target, HardwareProfile) else load_profile(target)
     run = RunDir(out or default_run_dir(cfg))
-    run.update_manifest(config_file=cfg.source_file, config_base_dir=cfg.base_dir)
+    run.update_manifest(
+        config_file=cfg.source_file,
+        config_base_dir=cfg.base_dir,
+        config_base_dir_from_run=os.path.relpath(Path(cfg.base_dir).resolve(), run.root.resolve()),
+    )
     width = None if sys.stdout.isatty() else 160
-    return Context(cfg, profile, run, Console(quiet=quiet, width=width), quiet=quiet)
+    return Context(cfg, profile, run, Console(width=width, soft_wrap=True), quiet=quiet)
 
 
 def _run(
@@ -57,11 +62,34 @@ def _run(
 ) -> dict:
     from kdc.pipeline import run_stages
 
-    ctx = open_run(config, target, out, quiet=quiet)
+    cfg = _config(config)
+    root = Path(out or default_run_dir(cfg))
+    existed = root.exists()
+    was_empty = not existed or (root.is_dir() and not any(root.iterdir()))
+    ctx = open_run(cfg, target, root, quiet=quiet)
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
-    run_stages(ctx, resume=resume, only=stages)
+    try:
+        run_stages(ctx, resume=resume, only=stages)
+    except UserError:
+        if was_empty and not _any_stage_done(ctx.run):
+            _clear(ctx.run.root, remove=not existed)  # bad input: leave no half-started run
+        raise
     report = ctx.run / "report.json"
     return read_json(report) if report.is_file() else ctx.run.manifest()
+
+
+def _any_stage_done(run: RunDir) -> bool:
+    return any(r.get("status") == "done" for r in run.manifest().get("stages", {}).values())
+
+
+def _clear(root: Path, *, remove: bool) -> None:
+    """Remove what a run wrote into a directory that was empty before it (and the directory
+    itself with `remove`: the run created it)."""
+    if remove:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for p in root.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def compress(
@@ -110,10 +138,18 @@ def config_of_run(run_dir: str | Path) -> KdcConfig:
             source=str(run),
             fix="pass the directory `kdc compress` wrote (runs/<name>)",
         )
-    m = read_json(run / "manifest.json")
-    return parse_config(
-        m["config"], source=m.get("config_file", str(run)), base_dir=m.get("config_base_dir", ".")
-    )
+    m = RunDir(run).manifest()
+    if not isinstance(m.get("config"), dict):
+        raise UserError(
+            "the manifest holds no config: this run never got past its start",
+            source=str(run / "manifest.json"),
+            fix="run `kdc compress` again into this directory",
+        )
+    base = Path(m.get("config_base_dir", "."))
+    moved = run / m.get("config_base_dir_from_run", "")
+    if not base.is_dir() and "config_base_dir_from_run" in m and moved.is_dir():
+        base = moved  # the checkout moved with the run in it (a CI runner's own work path)
+    return parse_config(m["config"], source=m.get("config_file", str(run)), base_dir=str(base))
 
 
 def verify(
@@ -139,7 +175,7 @@ def verify(
                 field="--device-results",
                 fix="pass the results/ the bundle wrote",
             )
-    run_stages(ctx, resume=True, only=("verify", "report"))
+    run_stages(ctx, resume=True, only=("verify", "report"), trust_upstream=True)
     return read_json(ctx.run / "report.json")
 
 

@@ -27,7 +27,7 @@ app = typer.Typer(
 profiles_app = typer.Typer(no_args_is_help=True, help="Hardware profiles.")
 app.add_typer(profiles_app, name="profiles")
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 Target = Annotated[str, typer.Option("--target", "-t", help="Profile name, alias or YAML path.")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (runs/<name>).")]

@@ -121,7 +121,22 @@ class RunDir:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(
+                "exists and is not a directory",
+                source=str(self.root),
+                field="--out",
+                fix="pass a directory for the run (it is created if missing)",
+            )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(
+                f"cannot create the run directory ({e.strerror})",
+                source=str(self.root),
+                field="--out",
+                fix="pass a directory you can write to",
+            ) from None
 
     def __truediv__(self, rel: str) -> Path:
         return self.root / rel
@@ -133,7 +148,14 @@ class RunDir:
     def manifest(self) -> dict:
         if not self.manifest_path.exists():
             return {"stages": {}}
-        return read_json(self.manifest_path)
+        m = read_json(self.manifest_path)
+        if not isinstance(m, dict) or not isinstance(m.get("stages", {}), dict):
+            raise UserError(
+                "not a kdc manifest (an object with a 'stages' object)",
+                source=str(self.manifest_path),
+                fix="the file is damaged: restore it, or run `kdc compress` into a new directory",
+            )
+        return m
 
     def update_manifest(self, **fields: Any) -> None:
         m = self.manifest()
@@ -178,6 +200,13 @@ class RunDir:
             "input_hash": input_hash,
             "started": now_iso(),
         }
+        write_json(self.manifest_path, m)
+
+    def mark_failed(self, name: str, error: str) -> None:
+        """A stage that stopped on an error: not done, and not left looking as if running."""
+        m = self.manifest()
+        rec = m.setdefault("stages", {}).setdefault(name, {})
+        rec.update(status="failed", error=error, finished=now_iso())
         write_json(self.manifest_path, m)
 
     def mark_done(

@@ -101,6 +101,8 @@ def test_constraint_failure_exits_1(cnn_project, tmp_path):
     path = write_yaml(tmp_path / "model.yaml", cfg)
     res = _compress(path, tmp_path / "run")
     assert res.exit_code == 1, res.output
+    # -q hides progress, not the verdict: a quiet CI log still says what failed
+    assert "FAIL latency_p99_ms" in res.output and res.output.split()[-1] == "FAILED"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["passed"] is False
     assert any(c["name"] == "latency_p99_ms" and not c["pass"] for c in report["constraints"])

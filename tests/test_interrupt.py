@@ -115,4 +115,6 @@ def test_internal_error_keeps_the_traceback_in_the_run_dir(tmp_path, monkeypatch
     assert res.exit_code == 3
     (log,) = run.glob("crash-*.txt")
     assert str(log) in res.output and "RuntimeError: a bug" in log.read_text()
-    assert stage_status(run) == {"search": "done", "distill": "running"}
+    # the stage that raised is marked failed (a killed one stays "running" for --resume)
+    assert stage_status(run) == {"search": "done", "distill": "failed"}
+    assert "RuntimeError: a bug" in read_json(run / "manifest.json")["stages"]["distill"]["error"]

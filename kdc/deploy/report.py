@@ -59,8 +59,10 @@ def _constraint_line(c: dict) -> Text:
     return mark + Text(detail)
 
 
-def console_summary(report: dict) -> Group:
-    """A compact terminal view: teacher and engines, then one line per constraint."""
+def console_summary(report: dict, *, brief: bool = False) -> Group:
+    """A compact terminal view: teacher and engines, then one line per constraint and the
+    verdict. `brief` (-q) keeps only the engines' warnings, the constraint lines and the verdict,
+    so a quiet CI log still says what failed."""
     run, target = report.get("run") or {}, report.get("target") or {}
     table = Table(
         title=f"{run.get('name', 'run')} on {target.get('name', '?')}", title_justify="left"
@@ -74,7 +76,7 @@ def console_summary(report: dict) -> Group:
     lines = [
         Text(f"{engine_label(e)} is {e.get('status')}: {e['reason']}", style="yellow")
         for e in report.get("engines") or []
-        if e.get("status") != "built" and e.get("reason")
+        if e.get("status") != "built" and e.get("reason") and not brief
     ]  # why an engine was not built here (bundle, or unavailable on this target)
     lines += [
         Text(f"{engine_label(e)}: {w}", style="yellow")
@@ -85,4 +87,4 @@ def console_summary(report: dict) -> Group:
     verdict = {True: ("PASSED", "bold green"), False: ("FAILED", "bold red")}.get(
         report.get("passed"), ("not evaluated", "yellow")
     )
-    return Group(table, *lines, Text(verdict[0], style=verdict[1]))
+    return Group(*([] if brief else [table]), *lines, Text(verdict[0], style=verdict[1]))

@@ -106,6 +106,5 @@ def run(ctx: Context) -> StageOutput:
     report["constraints"] = rows
     report["passed"] = passed(rows)
     files = write_report(report, ctx.run.root)
-    if not ctx.quiet:
-        ctx.console.print(console_summary(report))
+    ctx.console.print(console_summary(report, brief=ctx.quiet))
     return StageOutput(files, {"passed": report["passed"]})

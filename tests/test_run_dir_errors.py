@@ -1,0 +1,94 @@
+"""A run directory after bad input or a failed stage: nothing that looks started is left, a
+damaged manifest is a one-line error, and a failed stage says so."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from tiny import write_yaml
+from typer.testing import CliRunner
+
+from kdc import api
+from kdc.cli import app
+from kdc.errors import UserError
+
+runner = CliRunner()
+
+
+def _cfg(cnn_project, root, **data):
+    cfg = yaml.safe_load(cnn_project.read_text())
+    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg["distill"]["epochs"] = 1
+    cfg["data"].update(data)
+    return write_yaml(root / "model.yaml", cfg)
+
+
+def _one_line_error(res) -> str:
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "Traceback" not in res.output, res.output
+    return lines[0]
+
+
+def test_bad_input_leaves_no_run_directory(cnn_project, tmp_path):
+    cfg = _cfg(cnn_project, tmp_path, source="missing.csv")
+    for run in (tmp_path / "new", tmp_path / "empty"):
+        if run.name == "empty":
+            run.mkdir()
+        res = runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"])
+        assert "data.source" in _one_line_error(res)
+        assert not run.exists() if run.name == "new" else not any(run.iterdir())
+
+
+def test_out_that_is_a_file_is_a_user_error(cnn_project, tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("keep me")
+    res = runner.invoke(app, ["compress", str(cnn_project), "--out", str(target), "-q"])
+    assert "--out" in _one_line_error(res) and target.read_text() == "keep me"
+
+
+def test_failed_stage_is_marked_failed_and_finished_ones_kept(cnn_project, tmp_path, monkeypatch):
+    import kdc.stages.distill
+
+    def broken(ctx):
+        raise UserError("no good", field="distill.lr")
+
+    monkeypatch.setattr(kdc.stages.distill, "run", broken)
+    run = tmp_path / "run"
+    with pytest.raises(UserError):
+        api.compress(_cfg(cnn_project, tmp_path), "host", run, quiet=True)
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert stages["search"]["status"] == "done"
+    assert stages["distill"]["status"] == "failed" and "no good" in stages["distill"]["error"]
+
+
+@pytest.mark.parametrize("content", ["[]", '{"stages": []}'])
+def test_damaged_manifest_is_a_user_error(tmp_path, content):
+    (tmp_path / "manifest.json").write_text(content)
+    for cmd in ("inspect", "verify"):
+        line = _one_line_error(runner.invoke(app, [cmd, str(tmp_path)]))
+        assert "manifest.json" in line
+
+
+@pytest.mark.slow
+def test_reverify_for_another_target_after_the_checkout_moved(cnn_project, tmp_path):
+    """`kdc verify RUN --target T` re-verifies the run's engines for T without redoing (or
+    refusing for) the stages built for its own target, also once the folder holding the config
+    and the run has moved (a CI device runner checks out to its own path)."""
+    a = tmp_path / "a"
+    a.mkdir()
+    cfg = _cfg(cnn_project, a)
+    api.compress(cfg, "jetson", a / "runs" / "ci", quiet=True)
+    before = json.loads((a / "runs" / "ci" / "manifest.json").read_text())["stages"]
+    b = tmp_path / "b"
+    shutil.move(a, b)
+    for target, name in (("t4", "nvidia-t4"), ("jetson", "jetson-orin-nano-8gb")):
+        res = runner.invoke(app, ["verify", str(b / "runs" / "ci"), "--target", target, "-q"])
+        assert res.exit_code in (0, 1), res.output
+        report = json.loads((b / "runs" / "ci" / "report.json").read_text())
+        assert report["target"]["name"] == name
+    after = json.loads((b / "runs" / "ci" / "manifest.json").read_text())["stages"]
+    for stage in ("search", "distill", "export", "build"):
+        assert after[stage]["finished"] == before[stage]["finished"]
