@@ -61,8 +61,10 @@ def _run(
     quiet: bool,
 ) -> dict:
     from kdc.pipeline import run_stages
+    from kdc.preflight import check_config
 
     cfg = _config(config)
+    check_config(cfg)
     root = Path(out or default_run_dir(cfg))
     existed = root.exists()
     was_empty = not existed or (root.is_dir() and not any(root.iterdir()))
@@ -70,10 +72,10 @@ def _run(
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
     try:
         run_stages(ctx, resume=resume, only=stages)
-    except UserError:
+    except UserError as e:
         if was_empty and not _any_stage_done(ctx.run):
             _clear(ctx.run.root, remove=not existed)  # bad input: leave no half-started run
-        raise
+        raise e.located(cfg.source_file) from None
     report = ctx.run / "report.json"
     return read_json(report) if report.is_file() else ctx.run.manifest()
 
@@ -183,8 +185,10 @@ def plan(config: ConfigLike, target: str = "host", out: str | Path | None = None
     """The resolved plan `--dry-run` prints: stages, teacher, data sizes, target, constraints."""
     from kdc.data import load_dataset
     from kdc.pipeline import STAGE_NAMES
+    from kdc.preflight import check_config
 
     cfg = _config(config)
+    check_config(cfg)
     profile = load_profile(target)
     ds = load_dataset(cfg)
     c = cfg.constraints.model_dump(exclude_none=True)

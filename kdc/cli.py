@@ -146,10 +146,12 @@ def compress(
 @app.command()
 @handled
 def validate(config: Path) -> None:
-    """Check a model.yaml without running anything."""
+    """Check a model.yaml without running anything: schema, files, loss and proxy names."""
     from kdc.config import load_config
+    from kdc.preflight import check_config
 
     cfg = load_config(config)
+    check_config(cfg)
     out.print(f"{config}: valid ({cfg.task}, teacher {cfg.teacher.kind})")
 
 

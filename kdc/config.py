@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kdc.errors import ConfigError
 
@@ -38,6 +45,16 @@ class TeacherConfig(Section):
         if v is not None and (":" not in v or v.count(":") != 1 or not all(v.split(":"))):
             raise ValueError("must look like 'package.module:function'")
         return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        given = [k for k in ("path", "entrypoint", "name") if getattr(self, k)]
+        if self.kind == "auto" and len(given) != 1:
+            raise ValueError(
+                f"give exactly one of path, entrypoint, name (given: {', '.join(given) or 'none'});"
+                " e.g. 'path: ./teacher' for a Hugging Face directory"
+            )
+        return self
 
 
 class DataConfig(Section):
@@ -305,7 +322,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: str | Path = "."
         err = e.errors()[0]
         loc = tuple(err["loc"])
         field = ".".join(str(p) for p in loc) or "<root>"
-        msg = err["msg"].replace("\n", " ")
+        msg = err["msg"].replace("\n", " ").removeprefix("Value error, ")
         raise ConfigError(msg, source=source, field=field, fix=_fix_for(err, loc)) from None
     cfg.base_dir = str(Path(base_dir).resolve())
     cfg.source_file = source

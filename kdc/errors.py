@@ -22,7 +22,7 @@ class UserError(KdcError):
         field: str | None = None,
         fix: str | None = None,
     ) -> None:
-        self.source, self.field, self.fix = source, field, fix
+        self.message, self.source, self.field, self.fix = message, source, field, fix
         parts = []
         if source:
             parts.append(str(source))
@@ -33,6 +33,12 @@ class UserError(KdcError):
         if fix:
             text += f" (fix: {fix})"
         super().__init__(text)
+
+    def located(self, config_file: str) -> UserError:
+        """This error naming `config_file` when it names a config field but no file."""
+        if self.source or not self.field or self.field.startswith("-"):
+            return self
+        return type(self)(self.message, source=config_file, field=self.field, fix=self.fix)
 
 
 class ConfigError(UserError):

@@ -38,7 +38,7 @@ def _fake_stages(fail_at: str | None, how=lambda: os.kill(os.getpid(), signal.SI
 
 
 def test_sigint_exits_130_and_resume_continues(tmp_path, monkeypatch):
-    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config()), tmp_path / "run"
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
     args = ["compress", str(cfg), "--out", str(run), "-q"]
     monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("export"))
     res = runner.invoke(app, args)
@@ -85,7 +85,7 @@ def test_sigint_swallowed_by_a_library_still_stops_the_run(tmp_path, monkeypatch
         with contextlib.suppress(BaseException):
             os.kill(os.getpid(), signal.SIGINT)
 
-    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config()), tmp_path / "run"
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
     monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", swallowing_library))
     res = runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"])
     assert res.exit_code == 130 and "--resume" in res.output
@@ -96,7 +96,7 @@ def test_internal_error_in_the_default_run_dir_keeps_the_traceback_there(tmp_pat
     def bug():
         raise RuntimeError("a bug")
 
-    cfg = write_yaml(tmp_path / "model.yaml", cnn_config())
+    cfg = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", bug))
     res = runner.invoke(app, ["compress", str(cfg), "-q"])
@@ -109,7 +109,7 @@ def test_internal_error_keeps_the_traceback_in_the_run_dir(tmp_path, monkeypatch
     def bug():
         raise RuntimeError("a bug")
 
-    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config()), tmp_path / "run"
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
     monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", bug))
     res = runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"])
     assert res.exit_code == 3

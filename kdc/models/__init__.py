@@ -19,17 +19,9 @@ def _kind(cfg: KdcConfig) -> str:
     t = cfg.teacher
     if t.kind != "auto":
         return t.kind
-    given = [k for k in ("path", "entrypoint", "name") if getattr(t, k)]
-    if len(given) != 1:
-        raise UserError(
-            "give exactly one of path, entrypoint, name",
-            source=cfg.source_file,
-            field="teacher",
-            fix="e.g. 'path: ./teacher' for a Hugging Face directory",
-        )
-    if given[0] == "path":
+    if t.path:  # exactly one of path, entrypoint, name (TeacherConfig checks)
         return "huggingface"
-    if given[0] == "entrypoint":
+    if t.entrypoint:
         return "entrypoint"
     return "timm" if t.name and t.name.startswith("timm/") else "torchvision"
 

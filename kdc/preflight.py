@@ -1,0 +1,50 @@
+"""Checks of a config that load no model and no data: `kdc validate` runs them, and so does every
+run before it touches its run directory, so a missing file or a misspelt loss fails in a second,
+not after the search."""
+
+from __future__ import annotations
+
+from kdc.config import KdcConfig
+from kdc.errors import UserError
+
+
+def check_config(cfg: KdcConfig) -> None:
+    """Raise a UserError naming the config file and field for the first problem found."""
+    _check_paths(cfg)
+    _check_names(cfg)
+
+
+def _check_paths(cfg: KdcConfig) -> None:
+    t, d = cfg.teacher, cfg.data
+    wanted = [
+        ("teacher.path", t.path, "model directory", "is_dir"),
+        ("teacher.weights", t.weights, "weights file", "is_file"),
+        ("data.source", None if d.source.startswith("sklearn:") else d.source, "data", "exists"),
+        ("data.eval", d.eval, "eval data", "exists"),
+    ]
+    for field, rel, what, test in wanted:
+        if rel is not None and not getattr(cfg.resolve(rel), test)():
+            raise UserError(
+                f"{what} not found",
+                source=cfg.source_file,
+                field=field,
+                fix=f"check that {cfg.resolve(rel)} exists (paths are relative to the config)",
+            )
+
+
+def _check_names(cfg: KdcConfig) -> None:
+    from kdc.compress.losses import LOSSES
+    from kdc.compress.proxies import PROXIES
+
+    s = cfg.search
+    named = [("distill.losses", x.name, LOSSES) for x in cfg.distill.losses or []]
+    named += [("search.proxy", s.proxy, {"auto": None, **PROXIES})]
+    named += [("search.proxies", p, PROXIES) for p in ([] if s.proxies == "all" else s.proxies)]
+    for field, name, registry in named:
+        if name not in registry:
+            raise UserError(
+                f"unknown name '{name}'",
+                source=cfg.source_file,
+                field=field,
+                fix=f"use one of {', '.join(sorted(registry))}",
+            )

@@ -1,0 +1,62 @@
+"""`kdc validate` and the start of every run check what needs no model or data loaded: the
+teacher's source, files the config names, loss and proxy names. One line, exit 2, naming the
+config file and the field; a run that fails them leaves nothing behind."""
+
+from __future__ import annotations
+
+import pytest
+from tiny import cnn_config, write_yaml
+from typer.testing import CliRunner
+
+from kdc.cli import app
+
+runner = CliRunner()
+
+
+def _config(tmp_path, **over):
+    (tmp_path / "teacher.safetensors").write_bytes(b"")
+    return write_yaml(tmp_path / "model.yaml", cnn_config(**over))
+
+
+def _one_line(res) -> str:
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "Traceback" not in res.output, res.output
+    return lines[0]
+
+
+BAD = [
+    ("teacher", {"teacher": {"entrypoint": None, "weights": None}}),
+    ("teacher", {"teacher": {"path": "teacher_dir"}}),  # path and entrypoint
+    ("teacher.weights", {"teacher": {"weights": "missing.safetensors"}}),
+    ("data.source", {"data": {"source": "missing.csv"}}),
+    ("data.eval", {"data": {"eval": "missing_eval.csv"}}),
+    ("distill.losses", {"distill": {"losses": [{"name": "logitz"}]}}),
+    ("search.proxy", {"search": {"proxy": "nosuch"}}),
+    ("search.proxies", {"search": {"proxies": ["params", "nosuch"]}}),
+]
+
+
+@pytest.mark.parametrize(("field", "over"), BAD, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD)])
+def test_validate_rejects_what_compress_would(tmp_path, field, over):
+    cfg = _config(tmp_path, **over)
+    line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
+    assert line.startswith(f"error: {cfg}: field '{field}'"), line
+
+
+def test_compress_fails_before_the_run_dir_is_made(tmp_path):
+    cfg = _config(tmp_path, distill={"losses": [{"name": "logitz"}]})
+    run = tmp_path / "run"
+    line = _one_line(runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"]))
+    assert "distill.losses" in line and "logits" in line and not run.exists()
+
+
+def test_a_field_error_from_a_stage_names_the_config(tmp_path):
+    cfg = _config(tmp_path, teacher={"entrypoint": "nosuchpkg.mod:fn"})
+    res = runner.invoke(app, ["compress", str(cfg), "--out", str(tmp_path / "r"), "-q"])
+    line = _one_line(res)
+    assert line.startswith(f"error: {cfg}: field 'teacher.entrypoint'"), line
+
+
+def test_a_good_config_is_valid(tmp_path):
+    res = runner.invoke(app, ["validate", str(_config(tmp_path))])
+    assert res.exit_code == 0 and "valid" in res.output
