@@ -3,6 +3,7 @@ and `kdc bundle`: each works on one ONNX file, report or run directory."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +48,54 @@ def load_onnx(path: Path | str) -> onnx.ModelProto:
         ) from None
 
 
+def _declared_dims(inp: onnx.ValueInfoProto) -> list[int | str] | None:
+    """An input's dims (an int, or the name of a dynamic dim); None when its rank is unknown."""
+    t = inp.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+
+
+def check_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], source: str) -> None:
+    """Every `--shape` must name a model input and keep its rank and fixed dims."""
+    init = {i.name for i in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input if i.name not in init}
+    for name, shape in shapes.items():
+        if name not in inputs:
+            raise UserError(
+                f"the model has no input '{name}' (its inputs: {', '.join(inputs)})",
+                source=source,
+                field="--shape",
+                fix=f"name one of the model's inputs, e.g. {next(iter(inputs), 'input_ids')}:1x128",
+            )
+        dims = _declared_dims(inputs[name])
+        if dims is None:
+            continue
+        if len(shape) != len(dims) or any(
+            isinstance(d, int) and d > 0 and d != s for d, s in zip(dims, shape, strict=False)
+        ):
+            given = "x".join(map(str, shape))
+            want = "x".join(
+                str(d if isinstance(d, int) and d > 0 else (shape[i] if i < len(shape) else 1))
+                for i, d in enumerate(dims)
+            )
+            raise UserError(
+                f"{name}:{given} does not fit the model's input {name} "
+                f"[{', '.join(map(str, dims))}]",
+                source=source,
+                field="--shape",
+                fix=f"keep its rank and fixed dims, e.g. {name}:{want}",
+            )
+
+
 def synthetic_inputs(
     path: Path | str, batch: int = 1, shapes: dict[str, list[int]] | None = None, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """Inputs matching the model's declared inputs: `shapes` override; dynamic batch dims take
-    `batch`, other dynamic dims 128; ids are small ints, masks ones, floats normal."""
+    """Inputs matching the model's declared inputs: `shapes` override (checked against the
+    declared inputs); dynamic batch dims take `batch`, other dynamic dims 128; ids are small
+    ints, masks ones, floats normal."""
     model = load_onnx(path)
+    check_shapes(model, shapes or {}, str(path))
     init = {i.name for i in model.graph.initializer}
     rng = np.random.default_rng(seed)
     out = {}
@@ -92,20 +135,37 @@ def bench(
     precision: str = "fp32",
 ) -> dict:
     """Measure one ONNX model with ONNX Runtime on this machine (latency object)."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+
     from kdc.deploy.latency import measure_onnx
 
-    load_onnx(path)
     inputs = synthetic_inputs(path, batch, shapes)
-    return measure_onnx(
-        path,
-        inputs,
-        threads=threads,
-        warmup=warmup,
-        iterations=iterations,
-        min_duration_s=min_duration_s,
-        batch=batch,
-        precision=precision,
-    )
+    try:
+        return measure_onnx(
+            path,
+            inputs,
+            threads=threads,
+            warmup=warmup,
+            iterations=iterations,
+            min_duration_s=min_duration_s,
+            batch=batch,
+            precision=precision,
+        )
+    except (InvalidArgument, Fail) as e:
+        text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(e).split()))
+        if isinstance(e, Fail) and "while running" not in text:
+            raise  # the session could not be created: not a matter of the inputs
+        raise UserError(
+            f"ONNX Runtime cannot run the model on {_shapes_text(inputs)}: "
+            f"{text if len(text) <= 240 else text[:100] + ' … ' + text[-120:]}",
+            source=str(path),
+            field="--shape",
+            fix="pass shapes the model accepts with --shape NAME:1x128",
+        ) from None
+
+
+def _shapes_text(inputs: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in inputs.items())
 
 
 def estimate(

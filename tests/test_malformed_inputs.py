@@ -242,6 +242,44 @@ def remote_code(root: Path, assets: Path) -> list[str]:
     )(root, assets)
 
 
+def onnx_model(path: Path, inputs: dict[str, list[int | str]]) -> None:
+    """A float model that adds (or passes through) `inputs` of the given dims."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    names = list(inputs)
+    node = (
+        helper.make_node("Add", names, ["y"])
+        if len(names) == 2
+        else helper.make_node("Relu", names, ["y"])
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, d) for n, d in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+PIXELS = lambda p: onnx_model(p, {"pixel_values": ["batch", 1, 8, 8]})  # noqa: E731
+PAIR = lambda p: onnx_model(p, {"a": ["batch", "seq"], "b": ["batch", "seq"]})  # noqa: E731
+
+
+def sample_report(edit: Callable[[dict], Any]) -> str:
+    """The sample report.json with `edit` applied."""
+    report = json.loads(SAMPLE_REPORT.read_text())
+    edit(report)
+    return json.dumps(report)
+
+
+def check_baseline(content: str) -> Build:
+    """`kdc check` of the sample report against a baseline holding `content`."""
+    return on_file("b.json", content, "check", str(SAMPLE_REPORT), "--baseline", "{p}")
+
+
 @dataclass
 class Case:
     name: str
@@ -311,6 +349,27 @@ CASES = [
     C("eval labels unseen", with_file("ev.csv", "text,label\n" + "good,other\n" * 5,
                                       lambda r, a: compress(text(r, a, data={"eval": "ev.csv"}))),
       ("data.eval", "other")),
+    C("digits with a missing eval file", lambda r, a: compress(cnn(r, data={
+        "eval": "nope_eval.csv"})), ("model.yaml", "data.eval")),
+    C("digits with an eval file", with_file("ev.csv", "text,label\na,1\nb,2\n", lambda r, a:
+                                            compress(cnn(r, data={"eval": "ev.csv"}))),
+      ("model.yaml", "data.eval", "sklearn:digits")),
+    C("image task with a text csv", with_file("ok.csv", "text,label\n" + "foo bar,a\nbaz,b\n" * 5,
+                                              lambda r, a: compress(cnn(r, data={
+                                                  "source": "ok.csv"}))),
+      ("ok.csv", "data.source", "image", "'text'")),
+    C("text task with an image folder", with_file("imgs/a/x.png", b"not a png", lambda r, a:
+                                                  compress(text(r, a, data={"source": "imgs"}))),
+      ("data.source", "needs text")),
+    C("csv unclosed quote", data_file("d.csv", 'text,label\ngood,pos\n"bad film,neg\nok,pos\n'),
+      ("d.csv", "data.source", "line 3", "never closed")),
+    C("csv unclosed quote in the label", data_file("d.csv", 'text,label\ngood,"pos\nbad,neg\n'),
+      ("d.csv", "line 2", "never closed")),
+    C("csv row with an extra field", data_file("d.csv", "text,label\ngood, really,pos\nbad,neg\n"),
+      ("d.csv", "line 2", "3 field(s)")),
+    C("eval csv unclosed quote", with_file("ev.csv", 'text,label\n"good,pos\n', lambda r, a:
+                                           compress(text(r, a, data={"eval": "ev.csv"}))),
+      ("ev.csv", "data.eval", "never closed")),
     C("image folder without images", with_file("imgs/a/x.png", b"not a png", lambda r, a:
                                                compress(cnn(r, data={"source": "imgs"}))),
       ("data.source", "no images")),
@@ -370,6 +429,15 @@ CASES = [
       ("not a valid ONNX",)),
     C("lint garbage ONNX", on_file("m.onnx", b"garbage", "lint", "{p}"), ("not a valid ONNX",)),
     C("bench bad shape", on_file("m.onnx", b"", "bench", "{p}", "--shape", "x:0x"), ("--shape",)),
+    C("bench shape off the model's dims", on_file("m.onnx", PIXELS, "bench", "{p}", "--shape",
+                                                  "pixel_values:1x1x9x9"),
+      ("m.onnx", "--shape", "[batch, 1, 8, 8]")),
+    C("bench shape of the wrong rank", on_file("m.onnx", PIXELS, "bench", "{p}", "--shape",
+                                               "pixel_values:1x8x8"), ("--shape", "1x1x8x8")),
+    C("bench shape of no input", on_file("m.onnx", PIXELS, "bench", "{p}", "--shape",
+                                         "nosuch:1x1x8x8"), ("--shape", "nosuch", "pixel_values")),
+    C("bench shapes the graph rejects", on_file("m.onnx", PAIR, "bench", "{p}", "--shape", "a:1x8",
+                                                "--shape", "b:1x4"), ("--shape", "a:1x8, b:1x4")),
     C("verify not a run dir", with_file("run/x", "", lambda r, a: ["verify", str(r / "run")]),
       ("manifest.json",)),
     C("verify corrupt manifest", on_file("run/manifest.json", "{not json", "verify",
@@ -383,6 +451,23 @@ CASES = [
     C("check bad tolerance", on_file("r.json", SAMPLE_REPORT.read_bytes(), "check", "{p}",
                                      "--baseline", "{p}", "--latency-tolerance", "lots"),
       ("--latency-tolerance",)),
+    C("check baseline engines not objects", check_baseline('{"engines": [1, 2]}'),
+      ("b.json", "'engines[0]'", "object")),
+    C("check accuracy a string", check_baseline(sample_report(
+        lambda r: r["engines"][0].update(accuracy="high"))), ("b.json", "engines[0].accuracy")),
+    C("check p99 a string", check_baseline(sample_report(
+        lambda r: r["engines"][0]["latency"].update(p99_ms="slow"))),
+      ("b.json", "engines[0].latency.p99_ms", "number")),
+    C("check report p99 a string", on_file("r.json", sample_report(
+        lambda r: r["engines"][1]["latency"].update(p99_ms="slow")), "check", "{p}", "--baseline",
+                                           str(SAMPLE_REPORT)), ("r.json", "engines[1].latency")),
+    C("check constraint without a limit", check_baseline(sample_report(
+        lambda r: r["constraints"][0].pop("limit"))), ("b.json", "constraints[0].limit")),
+    C("check unknown task", check_baseline(sample_report(lambda r: r.update(task="x"))),
+      ("b.json", "'task'")),
+    C("check update a baseline that is a directory", on_file(
+        "ci/keep", "", "check", str(SAMPLE_REPORT), "--baseline", "{d}", "--update-baseline"),
+      ("--baseline", "directory")),
     # a budget no student can meet: exit 1, naming the closest candidates
     C("evolution under an impossible budget", lambda r, a: compress(cnn(r, search={
         "strategy": "evolution", "population": 4, "cycles": 2}, constraints={

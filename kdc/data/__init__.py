@@ -20,12 +20,14 @@ from kdc.data.readers import (
 from kdc.errors import UserError
 
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
+IMAGE_FORMATS = ("imagefolder", "sklearn")
+COLUMN_FORMATS = ("csv", "tsv", "jsonl", "datasets")
 
 
-def _format(cfg: KdcConfig, path: Path) -> str:
+def _format(cfg: KdcConfig, path: Path, field: str) -> str:
     if cfg.data.format != "auto":
         return cfg.data.format
-    if cfg.data.source.startswith("sklearn:"):
+    if field == "data.source" and cfg.data.source.startswith("sklearn:"):
         return "sklearn"
     if path.is_dir():
         return (
@@ -44,25 +46,34 @@ def _format(cfg: KdcConfig, path: Path) -> str:
     return fmt
 
 
+def _check_kind(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
+    """The task's kind of input (images, or text) must be what the format holds."""
+    if (fmt in IMAGE_FORMATS) == (cfg.task == "image-classification"):
+        return
+    where = str(path) if fmt != "sklearn" else cfg.data.source
+    if fmt in IMAGE_FORMATS:
+        raise UserError(
+            f"task '{cfg.task}' needs text, but this is image data ({fmt})",
+            source=where,
+            field=field,
+            fix="give a csv/tsv/jsonl/txt file or a datasets directory, "
+            "or set task: image-classification",
+        )
+    column = f" (text column '{cfg.data.text_column}')" if fmt in COLUMN_FORMATS else ""
+    raise UserError(
+        f"task 'image-classification' needs image data, but this is a "
+        f"{'datasets directory' if fmt == 'datasets' else fmt + ' file'} of text{column}",
+        source=where,
+        field=field,
+        fix="give an image folder laid out as <folder>/<class>/<image> or sklearn:digits, "
+        "or set task: text-classification for text",
+    )
+
+
 def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
     d = cfg.data
     label = None if cfg.task == "sentence-embedding" else d.label_column
-    if fmt not in ("sklearn",) and not path.exists():
-        raise UserError(
-            "data not found",
-            source=cfg.source_file,
-            field="data.eval" if split == "eval" else "data.source",
-            fix=f"check that {path} exists (paths are relative to the config)",
-        )
-    readers = {
-        "csv": lambda: read_delimited(path, d.text_column, label, ","),
-        "tsv": lambda: read_delimited(path, d.text_column, label, "\t"),
-        "jsonl": lambda: read_jsonl(path, d.text_column, label),
-        "txt": lambda: read_txt(path),
-        "datasets": lambda: read_datasets(path, d.text_column, label, split),
-        "imagefolder": lambda: read_imagefolder(path, d.image_size or 224),
-        "sklearn": read_digits,
-    }
+    field = "data.eval" if split == "eval" else "data.source"
     if fmt == "sklearn" and d.source != "sklearn:digits":
         raise UserError(
             f"unknown built-in data '{d.source}'",
@@ -70,6 +81,23 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
             field="data.source",
             fix="use 'sklearn:digits' or a path",
         )
+    if fmt != "sklearn" and not path.exists():
+        raise UserError(
+            "data not found",
+            source=cfg.source_file,
+            field=field,
+            fix=f"check that {path} exists (paths are relative to the config)",
+        )
+    _check_kind(cfg, path, fmt, field)
+    readers = {
+        "csv": lambda: read_delimited(path, d.text_column, label, ",", field),
+        "tsv": lambda: read_delimited(path, d.text_column, label, "\t", field),
+        "jsonl": lambda: read_jsonl(path, d.text_column, label, field),
+        "txt": lambda: read_txt(path, field),
+        "datasets": lambda: read_datasets(path, d.text_column, label, split),
+        "imagefolder": lambda: read_imagefolder(path, d.image_size or 224),
+        "sklearn": read_digits,
+    }
     return readers[fmt]()
 
 
@@ -84,13 +112,19 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
     """Read, encode labels (sorted names) and split; raise UserError on unusable data."""
     d = cfg.data
     src_path = cfg.resolve(d.source)
-    fmt = _format(cfg, src_path)
+    fmt = _format(cfg, src_path, "data.source")
     feats, labels = _read(cfg, src_path, fmt, "train")
+    if fmt == "sklearn" and d.eval:
+        raise UserError(
+            f"{d.source} cannot be mixed with an eval file: its eval split is held out from it",
+            source=cfg.source_file,
+            field="data.eval",
+            fix="remove data.eval (data.eval_fraction sets the held-out share)",
+        )
     rng = np.random.default_rng(cfg.split_seed())
     if d.eval:
-        ev_feats, ev_labels = _read(
-            cfg, cfg.resolve(d.eval), _format(cfg, cfg.resolve(d.eval)), "eval"
-        )
+        ev_path = cfg.resolve(d.eval)
+        ev_feats, ev_labels = _read(cfg, ev_path, _format(cfg, ev_path, "data.eval"), "eval")
     elif fmt == "datasets":
         ev_feats, ev_labels = _read(cfg, src_path, fmt, "test")
     else:
@@ -143,8 +177,9 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
             field="data.source",
             fix="provide more rows or lower data.eval_fraction",
         )
-    kind = "image" if fmt in ("imagefolder", "sklearn") else "text"
-    return Dataset(train, evs, names, kind, f"{fmt}:{d.source}")
+    kind = "image" if fmt in IMAGE_FORMATS else "text"
+    source = d.source if fmt == "sklearn" else f"{fmt}:{d.source}"
+    return Dataset(train, evs, names, kind, source)
 
 
 def align_labels(ds: Dataset, teacher_names: list[str] | None, source: str) -> Dataset:

@@ -14,21 +14,23 @@ from kdc.errors import UserError
 Rows = tuple[list, list]
 
 
-def _columns(rows: list[dict], path: Path, text_col: str, label_col: str | None) -> Rows:
+def _columns(
+    rows: list[dict], path: Path, text_col: str, label_col: str | None, field: str
+) -> Rows:
     if not rows:
         raise UserError(
             "no rows",
             source=str(path),
-            field="data.source",
+            field=field,
             fix="give a file with a header and at least one row",
         )
     keys = set(rows[0])
-    for col, field in ((text_col, "data.text_column"), (label_col, "data.label_column")):
+    for col, col_field in ((text_col, "data.text_column"), (label_col, "data.label_column")):
         if col is not None and col not in keys:
             raise UserError(
                 f"column '{col}' not found (columns: {', '.join(sorted(keys))})",
                 source=str(path),
-                field=field,
+                field=col_field,
                 fix="name an existing column",
             )
     texts = [str(r[text_col] or "") for r in rows]
@@ -36,18 +38,68 @@ def _columns(rows: list[dict], path: Path, text_col: str, label_col: str | None)
     return texts, labels
 
 
-def read_delimited(path: Path, text_col: str, label_col: str | None, delimiter: str) -> Rows:
+QUOTING_FIX = (
+    "put a field that holds the delimiter, a quote or a line break in double quotes, "
+    'with each quote inside it doubled ("")'
+)
+
+
+def _records(path: Path, delimiter: str, field: str) -> list[tuple[int, list[str]]]:
+    """(first line number, fields) of each non-blank record; a quote left open at the end of
+    the file, or a record the csv module cannot parse, is a UserError naming its line."""
+    kind = "CSV" if delimiter == "," else "TSV"
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter=delimiter))
-    except (UnicodeDecodeError, csv.Error) as e:
+            lines = f.readlines()
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e, field) from None
+    reader = csv.reader(lines, delimiter=delimiter)
+    records, start = [], 1
+    try:
+        for rec in reader:
+            if rec:
+                records.append((start, rec))
+            start = reader.line_num + 1
+    except csv.Error as e:
         raise UserError(
-            f"cannot parse ({e})",
+            f"malformed {kind}: the row at line {start} cannot be read ({e})",
             source=str(path),
-            field="data.source",
-            fix="save it as UTF-8 CSV with a header row",
+            field=field,
+            fix=f"check that row's quotes; {QUOTING_FIX}",
         ) from None
-    return _columns(rows, path, text_col, label_col)
+    if records:  # lenient parsing reads an unclosed quote to the end of the file: re-read strictly
+        last = records[-1][0]
+        try:
+            next(csv.reader(lines[last - 1 :], delimiter=delimiter, strict=True))
+        except csv.Error as e:
+            if "end of data" in str(e):
+                raise UserError(
+                    f"malformed {kind}: a quote in the row at line {last} is never closed",
+                    source=str(path),
+                    field=field,
+                    fix=f"close it; {QUOTING_FIX}",
+                ) from None
+    return records
+
+
+def read_delimited(
+    path: Path, text_col: str, label_col: str | None, delimiter: str, field: str = "data.source"
+) -> Rows:
+    """Texts and labels of a CSV/TSV with a header row; every row must have the header's
+    number of fields."""
+    records = _records(path, delimiter, field)
+    header = records[0][1] if records else []
+    for line, rec in records[1:]:
+        if len(rec) != len(header):
+            raise UserError(
+                f"malformed {'CSV' if delimiter == ',' else 'TSV'}: line {line} has {len(rec)} "
+                f"field(s), the header has {len(header)}",
+                source=str(path),
+                field=field,
+                fix=f"give every row the header's {len(header)} fields; {QUOTING_FIX}",
+            )
+    rows = [dict(zip(header, rec, strict=True)) for _, rec in records[1:]]
+    return _columns(rows, path, text_col, label_col, field)
 
 
 def _not_utf8(path: Path, e: UnicodeDecodeError, field: str) -> UserError:
@@ -56,11 +108,11 @@ def _not_utf8(path: Path, e: UnicodeDecodeError, field: str) -> UserError:
     )
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, field: str) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").split("\n")  # not splitlines: JSON may hold U+2028
     except UnicodeDecodeError as e:
-        raise _not_utf8(path, e, "data.source") from None
+        raise _not_utf8(path, e, field) from None
 
 
 def json_objects(path: Path, field: str = "data.source", limit: int | None = None) -> list[dict]:
@@ -94,16 +146,16 @@ def json_objects(path: Path, field: str = "data.source", limit: int | None = Non
     return rows
 
 
-def read_jsonl(path: Path, text_col: str, label_col: str | None) -> Rows:
-    return _columns(json_objects(path), path, text_col, label_col)
+def read_jsonl(
+    path: Path, text_col: str, label_col: str | None, field: str = "data.source"
+) -> Rows:
+    return _columns(json_objects(path, field), path, text_col, label_col, field)
 
 
-def read_txt(path: Path) -> Rows:
-    texts = [ln.strip() for ln in _lines(path) if ln.strip()]
+def read_txt(path: Path, field: str = "data.source") -> Rows:
+    texts = [ln.strip() for ln in _lines(path, field) if ln.strip()]
     if not texts:
-        raise UserError(
-            "no text lines", source=str(path), field="data.source", fix="one text per line"
-        )
+        raise UserError("no text lines", source=str(path), field=field, fix="one text per line")
     return texts, []
 
 
@@ -136,7 +188,7 @@ def read_datasets(path: Path, text_col: str, label_col: str | None, split: str) 
         dict(zip(ds.column_names, vals, strict=True))
         for vals in zip(*(ds[c] for c in ds.column_names), strict=True)
     ]
-    texts, labels = _columns(rows, path, text_col, label_col)
+    texts, labels = _columns(rows, path, text_col, label_col, "data.source")
     feat = ds.features.get(label_col) if label_col else None
     if feat is not None and hasattr(feat, "names"):
         labels = [feat.names[i] for i in labels]

@@ -17,6 +17,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from kdc.config import Task
 from kdc.deploy.constraints import LATENCY_KEYS, accuracy_value, engine_label, headline_latency
 from kdc.deploy.junit import write_junit
 from kdc.errors import UserError
@@ -211,8 +214,75 @@ def parse_tolerance(text: str, field: str = "--tolerance") -> float:
     return float(m[1]) * UNITS.get(m[2], 1.0) if m[2] else float(m[1])
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _Latency(_Strict):
+    kind: str | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    cv: float | None = None
+
+
+class _Accuracy(_Strict):
+    metric: str | None = None
+    value: float | None = None
+    accuracy: float | None = None  # the primary metrics (metrics.primary_metric) of the flat form
+    mean_cosine: float | None = None
+
+
+class _Engine(_Strict):
+    engine: str | None = None
+    precision: str | None = None
+    latency: _Latency | None = None
+    target_latency: _Latency | None = None
+    accuracy: _Accuracy | None = None
+
+
+class _Constraint(_Strict):
+    name: str
+    limit: float
+    value: float | None = None
+
+
+class _Report(_Strict):
+    """The parts of a report.json that `kdc check` reads; anything else is passed over."""
+
+    task: Task | None = None
+    engines: list[_Engine]
+    constraints: list[_Constraint] | None = None
+
+
+EXPECTED = {
+    "model_type": "an object",
+    "dict_type": "an object",
+    "list_type": "a list",
+    "float_type": "a number",
+    "string_type": "a string",
+}
+
+
+def _structure_error(e: ValidationError, path: Path, what: str) -> UserError:
+    err = e.errors()[0]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    if err["type"] == "missing":
+        problem = "the field is missing"
+    elif err["type"] in EXPECTED:
+        problem = f"expected {EXPECTED[err['type']]}, got {json.dumps(err['input'])[:40]}"
+    else:
+        problem = err["msg"].replace("Input should be", "expected")
+    return UserError(
+        f"{what} is not a kdc report.json: {problem}",
+        source=str(path),
+        field=where,
+        fix="pass the report.json of a kdc run; regenerate it with kdc compress or kdc verify",
+    )
+
+
 def load_report(path: Path | str, what: str = "report") -> dict:
-    """A report.json as a dict; any problem is a one-line UserError naming the file."""
+    """A report.json as a dict, its structure checked; any problem is a one-line UserError
+    naming the file (and the field)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -221,6 +291,10 @@ def load_report(path: Path | str, what: str = "report") -> dict:
             f"{what} not found",
             source=str(path),
             fix="pass runs/<name>/report.json written by kdc compress",
+        ) from None
+    except IsADirectoryError:
+        raise UserError(
+            f"{what} is a directory", source=str(path), fix="pass the report.json file in it"
         ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(
@@ -235,12 +309,24 @@ def load_report(path: Path | str, what: str = "report") -> dict:
             field="engines",
             fix="pass the report.json of a kdc run",
         )
+    try:
+        _Report.model_validate(data)
+    except ValidationError as e:
+        raise _structure_error(e, path, what) from None
     return data
 
 
 def update_baseline(report_path: Path | str, baseline_path: Path | str) -> Path:
     """Make a report the new baseline: validate it, then copy it atomically."""
     load_report(report_path)
-    with atomic_path(baseline_path) as tmp:
-        shutil.copyfile(report_path, tmp)
+    try:
+        with atomic_path(baseline_path) as tmp:
+            shutil.copyfile(report_path, tmp)
+    except OSError as e:
+        raise UserError(
+            f"cannot write the baseline ({e.strerror or e})",
+            source=str(baseline_path),
+            field="--baseline",
+            fix="pass a file path you can write to, e.g. ci/baseline.json",
+        ) from None
     return Path(baseline_path)

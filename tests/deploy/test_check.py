@@ -209,3 +209,72 @@ def test_constraint_rows_become_results_and_a_missing_value_fails(baseline):
     assert len(results) == len(rows)
     assert [r.metric for r in results if r.failed] == ["constraint.size_mb"]
     assert "no built engine" in results[-1].message
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda r: r.update(engines=[1, 2]), "engines[0]"),
+        (lambda r: r["engines"][0].update(accuracy="high"), "engines[0].accuracy"),
+        (lambda r: r["engines"][0]["accuracy"].update(value="0.8"), "engines[0].accuracy.value"),
+        (lambda r: r["engines"][1]["latency"].update(p99_ms="slow"), "engines[1].latency.p99_ms"),
+        (lambda r: r["engines"][1]["latency"].update(cv=True), "engines[1].latency.cv"),
+        (lambda r: r["engines"][2].update(precision=["int8"]), "engines[2].precision"),
+        (lambda r: r.update(constraints={"a": 1}), "constraints"),
+        (lambda r: r["constraints"][0].pop("limit"), "constraints[0].limit"),
+        (lambda r: r["constraints"][0].update(value="0.5"), "constraints[0].value"),
+        (lambda r: r.update(task="regression"), "task"),
+    ],
+)
+def test_structurally_invalid_report_names_the_file_and_field(baseline, tmp_path, edit, field):
+    edit(baseline)
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(baseline))
+    with pytest.raises(UserError, match="not a kdc report") as e:
+        load_report(path, "baseline")
+    assert e.value.field == field and e.value.source == str(path)
+    assert "\n" not in str(e.value)
+
+
+def test_junit_onto_a_directory_is_a_user_error(baseline, tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(UserError) as e:
+        write_junit(compare(baseline, baseline), target)
+    assert e.value.field == "--junit"
+    assert list(tmp_path.iterdir()) == [target] and not any(target.iterdir())
+
+
+def test_update_baseline_onto_a_directory_is_a_user_error(tmp_path):
+    with pytest.raises(UserError) as e:
+        update_baseline(SAMPLE, tmp_path)
+    assert e.value.field == "--baseline" and list(tmp_path.iterdir()) == []
+
+
+def test_cli_junit_onto_a_directory_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    res = CliRunner().invoke(
+        app, ["check", str(SAMPLE), "--baseline", str(SAMPLE), "--junit", str(tmp_path)]
+    )
+    assert res.exit_code == 2, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error:") and "--junit" in last and "internal" not in res.output
+
+
+def test_cli_prints_one_line_per_metric_when_not_a_terminal(baseline, tmp_path):
+    """CI logs are not a terminal: a long line must not be wrapped onto the next."""
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    current = copy.deepcopy(baseline)
+    engine(current, "onnxruntime-int8")["latency"]["kind"] = "predicted"  # a long MISSING line
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(current))
+    res = CliRunner().invoke(app, ["check", str(report), "--baseline", str(SAMPLE)])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and any(len(line) > 160 for line in lines)
+    assert all(line.split()[0] in {"PASS", "REGRESSION", "IMPROVED", "MISSING"} for line in lines)

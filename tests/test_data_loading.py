@@ -1,0 +1,111 @@
+"""Data loading: which rows are eval, the format each file is read in, the task's kind of data,
+and malformed CSV files named by line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny import bert_config, cnn_config, write_yaml
+
+from kdc.config import load_config
+from kdc.data import load_dataset
+from kdc.data.readers import read_delimited
+from kdc.errors import UserError
+
+
+def cnn_cfg(root: Path, **data):
+    cfg = cnn_config(weights=None)
+    cfg["data"] = {"source": "sklearn:digits", **data}
+    return load_config(write_yaml(root / "model.yaml", cfg))
+
+
+def text_cfg(root: Path, **data):
+    cfg = bert_config()
+    cfg["data"] = data
+    return load_config(write_yaml(root / "model.yaml", cfg))
+
+
+def csv_file(path: Path, content: str) -> Path:
+    path.write_bytes(content.encode())
+    return path
+
+
+ROWS = "".join(f"film {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+
+
+def test_digits_hold_out_their_eval_split(tmp_path):
+    ds = load_dataset(cnn_cfg(tmp_path, eval_fraction=0.2))
+    s = ds.summary()
+    assert (s["train"], s["eval"]) == (1438, 359)
+    assert s["source"] == "sklearn:digits"
+    train = {x.tobytes() for x in ds.train.features}
+    assert not any(x.tobytes() in train for x in ds.eval.features[:50])
+
+
+@pytest.mark.parametrize("eval_file", ["nope_eval.csv", "ev.csv"])
+def test_digits_with_an_eval_file_is_refused(tmp_path, eval_file):
+    csv_file(tmp_path / "ev.csv", "text,label\n" + ROWS)
+    with pytest.raises(UserError) as e:
+        load_dataset(cnn_cfg(tmp_path, eval=eval_file))
+    assert e.value.field == "data.eval" and "sklearn:digits" in str(e.value)
+
+
+def test_an_eval_file_is_read_in_its_own_format(tmp_path):
+    csv_file(tmp_path / "train.csv", "text,label\n" + ROWS)
+    (tmp_path / "ev.jsonl").write_text('{"text": "a film", "label": "pos"}\n' * 3)
+    ds = load_dataset(text_cfg(tmp_path, source="train.csv", eval="ev.jsonl"))
+    assert (len(ds.train), len(ds.eval)) == (20, 3)
+    assert ds.source == "csv:train.csv"
+
+
+def test_a_missing_eval_file_names_data_eval(tmp_path):
+    csv_file(tmp_path / "train.csv", "text,label\n" + ROWS)
+    with pytest.raises(UserError) as e:
+        load_dataset(text_cfg(tmp_path, source="train.csv", eval="nope.csv"))
+    assert e.value.field == "data.eval"
+
+
+def test_an_image_task_refuses_a_text_csv(tmp_path):
+    csv_file(tmp_path / "ok.csv", "text,label\nfoo bar,a\nbaz,b\n")
+    with pytest.raises(UserError) as e:
+        load_dataset(cnn_cfg(tmp_path, source="ok.csv"))
+    assert e.value.field == "data.source" and e.value.source.endswith("ok.csv")
+    assert "image" in str(e.value) and "'text'" in str(e.value)
+
+
+def test_a_malformed_eval_csv_names_data_eval(tmp_path):
+    csv_file(tmp_path / "train.csv", "text,label\n" + ROWS)
+    csv_file(tmp_path / "ev.csv", 'text,label\n"a film,pos\n')
+    with pytest.raises(UserError, match="line 2") as e:
+        load_dataset(text_cfg(tmp_path, source="train.csv", eval="ev.csv"))
+    assert e.value.field == "data.eval"
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "words"),
+    [
+        ('text,label\ngood,pos\n"bad film,neg\nok,pos\n', 3, "never closed"),
+        ('text,label\ngood,"pos\nbad,neg\n', 2, "never closed"),
+        ('"text,label\ngood,pos\n', 1, "never closed"),
+        ("text,label\ngood, really,pos\nbad,neg\n", 2, "3 field(s), the header has 2"),
+        ("text,label\ngood,pos\nbad\n", 3, "1 field(s), the header has 2"),
+        ('text,label\n"' + "x" * 140_000 + ",pos\n", 2, "cannot be read"),
+    ],
+    ids=["unclosed text", "unclosed label", "unclosed header", "extra field", "short row", "huge"],
+)
+def test_malformed_csv_names_the_line(tmp_path, content, line, words):
+    path = csv_file(tmp_path / "d.csv", content)
+    with pytest.raises(UserError) as e:
+        read_delimited(path, "text", "label", ",")
+    assert f"line {line}" in str(e.value) and words in str(e.value)
+    assert e.value.source == str(path) and e.value.field == "data.source"
+
+
+def test_lenient_csv_still_reads(tmp_path):
+    """Quoted line breaks, CRLF, blank lines, a quote inside a field and text after a closing
+    quote are read as before."""
+    content = 'text,label\r\n"two\r\nlines",pos\r\n\r\n5" screen,neg\r\n"good" film,pos\r\nlast,neg'
+    texts, labels = read_delimited(csv_file(tmp_path / "d.csv", content), "text", "label", ",")
+    assert texts == ["two\r\nlines", '5" screen', "good film", "last"]
+    assert labels == ["pos", "neg", "pos", "neg"]
