@@ -3,11 +3,13 @@
 The bundle holds the ONNX graph, `build.sh` (the exact trtexec build for the profile's TensorRT
 version), `bench.sh` (trtexec timing as NVIDIA measures, then `parity.py`), goldens, the profile
 and `bundle.json`. Results come back through `kdc verify RUN_DIR --device-results results/`.
+A bundle is for one target: a directory holding another target's bundle is never overwritten.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import shutil
 from pathlib import Path
@@ -17,6 +19,7 @@ import onnx
 import yaml
 
 from kdc import __version__
+from kdc.deploy.device_results import CV_WARN
 from kdc.deploy.tensorrt import (
     check_graph,
     convert_fp16,
@@ -47,15 +50,34 @@ _BENCH_TAIL = """
 device="$(tr -d '\\0' 2>/dev/null < /proc/device-tree/model \\
   || nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
 trt_banner="$(grep -o -m 1 'TensorRT v[0-9]*' results/bench.log || echo unknown)"
-python3 - "${device:-unknown}" "$trt_banner" <<'EOF'
+python3 - "${{device:-unknown}}" "$trt_banner" <<'EOF'
 import json
+import statistics
 import sys
 
+with open("bundle.json") as f:
+    meta = json.load(f)
+record = {{"device": sys.argv[1], "trtexec": sys.argv[2], "profile": meta["profile"],
+          "onnx_sha256": meta["onnx_sha256"]}}
 with open("results/device.json", "w") as f:
-    json.dump({"device": sys.argv[1], "trtexec": sys.argv[2]}, f, indent=2)
+    json.dump(record, f, indent=2)
+try:
+    with open("results/times.json") as f:
+        times = [row["latencyMs"] for row in json.load(f) if "latencyMs" in row]
+except (OSError, ValueError):
+    times = []  # kdc verify names the problem
+mean = statistics.fmean(times) if times else 0.0
+cv = statistics.pstdev(times) / mean if mean else 0.0
+if cv > {cv_warn}:
+    print(f"warning: latency cv {{cv:.1%}} over {{len(times)}} iterations exceeds {cv_warn:.1%}: "
+          "the timing is noisy; fix the clocks (Jetson: sudo nvpmodel -m <mode> && sudo "
+          "jetson_clocks; GPU: sudo nvidia-smi -lgc <MHz>), stop other GPU work, run again",
+          file=sys.stderr)
 EOF
-python3 parity.py
+status=0
+python3 parity.py || status=$?
 echo "Copy $(pwd)/results back and run: kdc verify RUN_DIR --device-results results/"
+exit "$status"
 """
 
 _README = """# TensorRT bundle for {profile}
@@ -68,13 +90,18 @@ TensorRT version, so the engine is built on the device itself.
 2. On the device: `cd {name} && ./build.sh` (trtexec from PATH or
    /usr/src/tensorrt/bin/trtexec; set `TRTEXEC=/path/to/trtexec` to choose another).
 3. Then `./bench.sh`: trtexec timing with CUDA graphs, spin-wait and no host/device copies
-   ({iterations} iterations, {warmup} ms warm-up), then `parity.py` against `goldens.npz`.
-4. Copy `results/` back and run `kdc verify RUN_DIR --device-results results/`.
+   ({iterations} iterations, {warmup} ms warm-up), then `parity.py` against `goldens.npz`. It
+   warns when the per-iteration latencies' coefficient of variation exceeds {cv_warn:.1%}, and
+   exits 1 when the parity check fails.
+4. Copy `results/` back and run `kdc verify RUN_DIR --device-results results/`: a failed parity
+   check fails verification (exit 1); results from a bundle for another target, or from another
+   device, are refused (exit 2).
 
-`results/` then holds `times.json` (per-iteration times), `parity.json`, `device.json` and the
-trtexec logs. `parity.py` runs the engine through the TensorRT Python API when `tensorrt` and
-`torch` (for CUDA buffers) are installed; otherwise it checks `model.onnx` with ONNX Runtime and
-says so in `parity.json` (`runner`).
+`results/` then holds `times.json` (per-iteration times), `parity.json`, `device.json` (device
+name, trtexec version, this bundle's profile and model hash) and the trtexec logs. `parity.py`
+runs the engine through the TensorRT Python API when `tensorrt` and `torch` (for CUDA buffers)
+are installed; otherwise it checks `model.onnx` with ONNX Runtime and says so in `parity.json`
+(`runner`), and the report warns that the engine that ships was not checked.
 """
 
 _PARITY = '''#!/usr/bin/env python3
@@ -230,6 +257,17 @@ def _check_goldens(
             )
 
 
+def bundle_dir(path: Path | str, profile: str) -> Path:
+    """The directory for `profile`'s bundle: `path`, unless that holds another target's bundle;
+    then `<path>-<profile>` beside it (`build/bundle-nvidia-t4`)."""
+    path = Path(path)
+    try:
+        held = json.loads((path / "bundle.json").read_text(encoding="utf-8")).get("profile")
+    except (OSError, ValueError, AttributeError):
+        held = None  # no bundle there (or a damaged one, which may be replaced)
+    return path if held in (None, profile) else path.with_name(f"{path.name}-{profile}")
+
+
 def write_bundle(
     out_dir: Path | str,
     onnx_path: Path | str,
@@ -243,7 +281,8 @@ def write_bundle(
     iterations: int = 1000,
     use_dla: bool = False,
 ) -> Path:
-    """Write the device bundle directory atomically and return its path.
+    """Write the device bundle directory atomically and return its path: `out_dir`, or
+    `<out_dir>-<profile>` when `out_dir` holds another target's bundle (see `bundle_dir`).
 
     `use_dla` builds for DLA core 0 with GPU fallback (profiles with DLA; see tensorrt.DLA_RULE)."""
     trt_version = profile.runtime.tensorrt
@@ -271,7 +310,7 @@ def write_bundle(
         trtexec=TRTEXEC_VAR,
     )
     header = {"version": __version__, "profile": profile.name, "trt": trt_version}
-    out_dir = Path(out_dir)
+    out_dir = bundle_dir(out_dir, profile.name)
     with atomic_dir(out_dir) as tmp:
         if plan.convert_fp16:
             convert_fp16(onnx_path, tmp / "model.onnx")
@@ -285,7 +324,7 @@ def write_bundle(
             + f'[ -f {ENGINE} ] || {{ echo "{ENGINE} not found: run ./build.sh" >&2; exit 1; }}\n'
             + _shell(bench)
             + " 2>&1 | tee results/bench.log\n"
-            + _BENCH_TAIL,
+            + _BENCH_TAIL.format(cv_warn=CV_WARN),
             "parity.py": _PARITY,
         }
         for name, text in scripts.items():
@@ -325,6 +364,7 @@ def write_bundle(
                 shapes=input_shapes,
                 iterations=iterations,
                 warmup=WARMUP_MS,
+                cv_warn=CV_WARN,
                 typing="strongly typed" if plan.strongly_typed else "weakly typed, precision flags",
                 **header,
             ),

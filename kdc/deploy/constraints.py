@@ -13,6 +13,11 @@ Which engine answers which constraint:
   prediction has no tail, so by its `p50_ms`. Memory: `peak_rss_mb` if measured, `peak_mb` if
   predicted.
 - A constraint with a limit but no value gets `pass: false` and a `reason`; never skipped.
+- `device_parity`: one row per engine whose parity the device checked (`parity.on_target`,
+  from `kdc verify --device-results`), without a configured limit: the value is the cosine of
+  the device's outputs against the bundle's goldens, the limit the bundle's floor, and it passes
+  only when the device's check passed (so at or above the floor). A check the device could not
+  make fails with its reason.
 """
 
 from __future__ import annotations
@@ -221,7 +226,8 @@ def _limits(constraints: dict, profile_defaults: dict) -> dict[str, tuple[float,
 
 
 def evaluate_constraints(report: dict, constraints: dict, profile_defaults: dict) -> list[dict]:
-    """REPORT.md constraint rows for every constraint that has a limit, in CONSTRAINTS order."""
+    """REPORT.md constraint rows for every constraint that has a limit, in CONSTRAINTS order,
+    then the `device_parity` rows."""
     limits = _limits(constraints or {}, profile_defaults or {})
     rows = []
     for name, spec in CONSTRAINTS.items():
@@ -255,6 +261,39 @@ def evaluate_constraints(report: dict, constraints: dict, profile_defaults: dict
         }
         if r.note:
             row["note"] = r.note
+        rows.append(row)
+    return rows + _device_parity_rows(report)
+
+
+def _device_parity_rows(report: dict) -> list[dict]:
+    """A `device_parity` row per engine whose parity the device checked (module docstring)."""
+    rows = []
+    for e in report.get("engines") or []:
+        p = e.get("parity") or {}
+        if not p.get("on_target"):
+            continue
+        row = {
+            "name": "device_parity",
+            "limit": p["cosine_floor"],
+            "value": p.get("cosine"),
+            "source": "measured" if p.get("cosine") is not None else None,
+            "pass": p.get("passed") is True,
+            "engine": engine_label(e),
+            "limit_from": "bundle",
+        }
+        where = f"runner {p.get('runner') or 'none'} on {p.get('device', 'the device')}"
+        if p.get("cosine") is None:
+            why = p.get("error") or "not checked: " + (
+                "; ".join(p.get("notes") or []) or "no runner could run"
+            )
+            row["reason"] = f"{why} ({where})"
+        else:
+            agree = p.get("argmax_agreement")
+            row["note"] = (
+                f"{where}"
+                + (f", argmax agreement {agree:.3f}" if agree is not None else "")
+                + (f" over {p['n']} golden rows" if p.get("n") is not None else "")
+            )
         rows.append(row)
     return rows
 

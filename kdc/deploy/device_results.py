@@ -1,4 +1,5 @@
-"""Read back what `bench.sh` measured on the device: a measured latency object plus parity."""
+"""Read back what `bench.sh` measured on the device: a measured latency object, the parity the
+device checked, and warnings. Results measured for another target than the run's are refused."""
 
 from __future__ import annotations
 
@@ -8,21 +9,25 @@ from pathlib import Path
 
 from kdc.deploy.trtexec import BENCH_PROTOCOL, WARMUP_MS, parse_export_times
 from kdc.errors import UserError
+from kdc.profiles import list_profiles
 
+# bench.sh and the report warn when the per-iteration latencies vary more than this (std / mean)
+CV_WARN = 0.025
 _FIX = "run bench.sh on the device and copy its results/ directory back"
+_NUMBERS = ("n", "max_abs", "mean_abs", "cosine", "cosine_min_row", "argmax_agreement")
 
 
-def _read(path: Path, *, required: bool) -> dict | None:
+def _read(path: Path, *, required: bool, fix: str = _FIX) -> dict | None:
     if not path.is_file():
         if required:
-            raise UserError("file not found", source=str(path), fix=_FIX)
+            raise UserError("file not found", source=str(path), fix=fix)
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise UserError(f"corrupt JSON ({e})", source=str(path), fix=_FIX) from None
+        raise UserError(f"corrupt JSON ({e})", source=str(path), fix=fix) from None
     if not isinstance(data, dict):
-        raise UserError("expected a JSON object", source=str(path), fix=_FIX)
+        raise UserError("expected a JSON object", source=str(path), fix=fix)
     return data
 
 
@@ -36,31 +41,173 @@ def trt_version_from_banner(banner: str) -> str | None:
     return f"{major}.{rest // 100}.{rest % 100}"
 
 
-def read_device_results(results_dir: Path | str, bundle_meta: dict) -> dict:
-    """`{"latency": <measured latency object>, "parity": {...}}` from a bundle's results/.
+def _profile_words(name: str) -> set[str]:
+    """`jetson-orin-nano-8gb` -> {jetson, orin, nano}: the words its device's name holds."""
+    skip = {"nvidia", "sxm", "pcie"}
+    return {w for w in name.split("-") if w not in skip and not re.fullmatch(r"\d+gb", w)}
 
-    `bundle_meta` is the bundle's bundle.json. Latency is trtexec's per-iteration `latencyMs`
-    with --noDataTransfers, so it excludes host<->device copies."""
-    results_dir = Path(results_dir)
+
+def profiles_of_device(device: str) -> list[str]:
+    """Built-in TensorRT profiles whose name words all occur in a device name: `NVIDIA Jetson
+    Orin Nano Developer Kit` -> [jetson-orin-nano-8gb], `Tesla T4` -> [nvidia-t4]."""
+    words = set(re.findall(r"[a-z0-9]+", device.lower()))
+    return [
+        p.name for p in list_profiles() if p.runtime.tensorrt and _profile_words(p.name) <= words
+    ]
+
+
+def _check_target(
+    results_dir: Path, meta_file: Path, meta: dict, device: dict, target: str
+) -> None:
+    """Refuse results whose bundle, recorded profile, model or device is not the run's."""
+    bundle = meta.get("profile")
+    if bundle != target:
+        raise UserError(
+            f"the bundle is for {bundle}, the verification for {target}",
+            source=str(meta_file),
+            field="profile",
+            fix=f"time a bundle for {target} on a {target} (kdc bundle RUN --target {target}), "
+            f"or verify for the bundle's target: kdc verify RUN --target {bundle}",
+        )
+    source = str(results_dir / "device.json")
+    recorded = device.get("profile")  # bench.sh records it; older bundles' results lack it
+    if recorded is not None and recorded != target:
+        raise UserError(
+            f"measured with a bundle for {recorded}, the verification is for {target}",
+            source=source,
+            field="profile",
+            fix=f"pass the results/ of the bundle in {meta_file.parent}, timed on a {target}",
+        )
+    sha = device.get("onnx_sha256")
+    if sha is not None and meta.get("onnx_sha256") and sha != meta["onnx_sha256"]:
+        raise UserError(
+            "measured another model.onnx than the run's bundle holds",
+            source=source,
+            field="onnx_sha256",
+            fix=f"copy {meta_file.parent} to the device again, run build.sh and bench.sh",
+        )
+    name = str(device.get("device") or "")
+    named = profiles_of_device(name)
+    if named and target not in named and target in {p.name for p in list_profiles()}:
+        raise UserError(
+            f"device '{name}' matches {' or '.join(named)}, not {target}",
+            source=source,
+            field="device",
+            fix=f"run the bundle on a {target}",
+        )
+
+
+def _device_parity(raw: dict, floor: float, device: str, source: Path) -> dict:
+    """parity.json in the report's parity terms (`min_cosine` the lowest row cosine,
+    `cosine_floor` the bundle's limit, `passed`), marked `on_target`."""
+    for key in _NUMBERS:
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise UserError(f"'{key}' is not a number", source=str(source), field=key, fix=_FIX)
+    if not isinstance(raw.get("pass", False), bool):
+        raise UserError("'pass' is not true/false", source=str(source), field="pass", fix=_FIX)
+    for key in ("runner", "error"):
+        if not isinstance(raw.get(key) or "", str):
+            raise UserError(f"'{key}' is not text", source=str(source), field=key, fix=_FIX)
+    notes = raw.get("notes") or []
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise UserError(
+            "'notes' is not a list of text", source=str(source), field="notes", fix=_FIX
+        )
+    cosine = raw.get("cosine")
+    parity = {
+        "reference": "goldens.npz",
+        "on_target": True,
+        "device": device,
+        "runner": raw.get("runner"),
+        "n": raw.get("n"),
+        "max_abs": raw.get("max_abs"),
+        "mean_abs": raw.get("mean_abs"),
+        "cosine": cosine,
+        "min_cosine": raw.get("cosine_min_row"),
+        "argmax_agreement": raw.get("argmax_agreement"),
+        "cosine_floor": floor,
+        "passed": raw.get("pass") is True and (cosine is None or cosine >= floor),
+        "error": raw.get("error"),
+        "notes": notes or None,
+        "source": f"device results {source}",
+    }
+    return {k: v for k, v in parity.items() if v is not None}
+
+
+def _parity_warnings(parity: dict) -> list[str]:
+    """A failed check, and a check not made by the TensorRT engine that ships."""
+    runner = parity.get("runner")
+    notes = "; ".join(parity.get("notes") or [])
+    out = []
+    if not parity["passed"]:
+        if parity.get("cosine") is not None:
+            what = f"cosine {parity['cosine']:.4f} against the floor {parity['cosine_floor']:g}"
+        else:
+            what = parity.get("error") or f"not checked ({notes or 'no runner'})"
+        agree = parity.get("argmax_agreement")
+        rows = f" over {parity['n']} golden rows" if parity.get("n") is not None else ""
+        out.append(
+            f"device parity FAILED: {what}"
+            + (f", argmax agreement {agree:.3f}" if agree is not None else "")
+            + f"{rows} (runner {runner or 'none'} on {parity['device']})"
+        )
+    if runner and runner != "tensorrt":
+        out.append(
+            f"device parity was checked by {runner} on model.onnx, not by the TensorRT engine "
+            f"that ships (model.plan){f': {notes}' if notes else ''}; build model.plan with "
+            "build.sh, install the tensorrt and torch Python packages on the device, then run "
+            "bench.sh again"
+        )
+    return out
+
+
+def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target: str) -> dict:
+    """`{"latency", "parity", "warnings"}` from the results/ of the bundle in `bundle_dir`.
+
+    Latency is trtexec's per-iteration `latencyMs` with --noDataTransfers, so it excludes
+    host<->device copies; a cv above `CV_WARN` puts a warning in it. Parity is the device's
+    check against the goldens. Warnings (for the engine) repeat the latency's and flag a failed
+    parity or one not run by the TensorRT engine. Results for another target than `target`
+    (the name of the profile verified for), another model or another device are a UserError."""
+    results_dir, bundle_dir = Path(results_dir), Path(bundle_dir)
+    meta_file = bundle_dir / "bundle.json"
+    rewrite = f"write the bundle again: kdc bundle RUN --target {target}"
+    meta = _read(meta_file, required=True, fix=rewrite)
+    floor = meta.get("parity_min_cosine")
+    if isinstance(floor, bool) or not isinstance(floor, int | float):
+        raise UserError(
+            "no parity floor", source=str(meta_file), field="parity_min_cosine", fix=rewrite
+        )
     stats = parse_export_times(results_dir / "times.json")
-    parity = _read(results_dir / "parity.json", required=True)
+    raw_parity = _read(results_dir / "parity.json", required=True)
     device = _read(results_dir / "device.json", required=False) or {}
-    version = trt_version_from_banner(device.get("trtexec", ""))
-    shapes = bundle_meta.get("input_shapes", {})
+    _check_target(results_dir, meta_file, meta, device, target)
+    version = trt_version_from_banner(str(device.get("trtexec", "")))
+    name = str(device.get("device") or "unknown (results/device.json missing)")
     latency = {
         "kind": "measured",
-        "device": device.get("device") or "unknown (results/device.json missing)",
+        "device": name,
         "engine": "tensorrt",
         "tensorrt": version or "unknown",
-        "precision": bundle_meta.get("precision"),
-        "batch": bundle_meta.get("batch"),
-        "input_shape": shapes,
+        "precision": meta.get("precision"),
+        "batch": meta.get("batch"),
+        "input_shape": meta.get("input_shapes", {}),
         "warmup_ms": WARMUP_MS,
         **stats,
         "protocol": "trtexec " + " ".join(BENCH_PROTOCOL),
         "source": f"device results {results_dir}",
     }
-    expected = bundle_meta.get("tensorrt_expected")
+    expected = meta.get("tensorrt_expected")
     if version and expected and version.split(".")[0] != str(expected).split(".")[0]:
         latency["note"] = f"bundle expected TensorRT {expected}, device ran {version}"
-    return {"latency": latency, "parity": parity}
+    if stats["cv"] > CV_WARN:
+        latency["warnings"] = [
+            f"device latency cv {stats['cv']:.1%} over {stats['iterations']} iterations exceeds "
+            f"{CV_WARN:.1%}: the timing is noisy; fix the clocks (Jetson: sudo nvpmodel -m "
+            "<mode> && sudo jetson_clocks; GPU: sudo nvidia-smi -lgc <MHz>), stop other GPU "
+            "work and run bench.sh again"
+        ]
+    parity = _device_parity(raw_parity, floor, name, results_dir / "parity.json")
+    warnings = [*_parity_warnings(parity), *latency.get("warnings", [])]
+    return {"latency": latency, "parity": parity, "warnings": warnings}

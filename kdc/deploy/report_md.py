@@ -97,6 +97,18 @@ def conditions(lat: dict) -> str:
     )
 
 
+def _parity_text(parity: dict | None) -> str:
+    """`0.00012 / 0.99998`; a device's check adds its verdict and runner:
+    `... (device, tensorrt: PASS)`."""
+    if not parity:
+        return DASH
+    text = f"{num(parity.get('max_abs'), 5)} / {num(parity.get('cosine'), 5)}"
+    if parity.get("on_target"):
+        verdict = "PASS" if parity.get("passed") else "FAIL"
+        text += f" (device, {parity.get('runner') or 'no runner'}: {verdict})"
+    return text
+
+
 def _arch(arch: dict | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in (arch or {}).items()) or DASH
 
@@ -154,7 +166,6 @@ def _models(report: dict) -> Section:
     for name, label, part, status, prec in named:
         if not part:
             continue
-        parity = part.get("parity") or {}
         rows.append(
             [
                 name,
@@ -165,9 +176,7 @@ def _models(report: dict) -> Section:
                 latency_text(by_kind(part, "predicted")),
                 num(part.get("size_mb"), 1),
                 f"{part['params']:,}" if part.get("params") else DASH,
-                f"{num(parity.get('max_abs'), 5)} / {num(parity.get('cosine'), 5)}"
-                if parity
-                else DASH,
+                _parity_text(part.get("parity")),
             ]
         )
     return Section("Teacher, student and engines", table=(head, rows))
@@ -249,14 +258,14 @@ def _conditions(report: dict) -> Section:
 
 def warnings(report: dict) -> list[str]:
     """The report's own warnings, engines not built here, each engine's and each timing's
-    warnings."""
+    warnings, each once (a device timing's warning is also its engine's, for the console)."""
     out = list(report.get("warnings") or [])
     for e in report.get("engines") or []:
         if e.get("status") != "built" and e.get("reason"):
             out.append(f"{engine_label(e)} is {e.get('status')}: {e['reason']}")
         out += [f"{engine_label(e)}: {w}" for w in e.get("warnings") or []]
     out += [f"{name}: {w}" for name, lat in _timed(report) for w in lat.get("warnings") or []]
-    return out
+    return list(dict.fromkeys(out))
 
 
 def header_lines(report: dict) -> list[str]:

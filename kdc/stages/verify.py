@@ -12,6 +12,7 @@ from kdc.deploy.estimate import predict_memory_mb, predict_onnx
 from kdc.deploy.latency import measure_onnx_rounds
 from kdc.deploy.memory import engine_peak_rss_mb
 from kdc.deploy.onnxruntime import make_session, run_session, session_options_record
+from kdc.errors import UserError
 from kdc.export.parity import compare
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import read_json, write_json
@@ -128,10 +129,13 @@ def _engine_block(
     return block
 
 
-def _remote_block(ctx: Context, rec: dict, teacher_logits: np.ndarray) -> dict:
+def _remote_block(
+    ctx: Context, rec: dict, teacher_logits: np.ndarray, device: dict | None = None
+) -> dict:
     """A TensorRT engine not built here: latency on the target is predicted from its ONNX, and
     its accuracy stood in for by running the same Q/DQ graph with Q/DQ executed in float (ONNX
-    Runtime with graph optimisations off: quantisation error without CPU int8 kernels)."""
+    Runtime with graph optimisations off: quantisation error without CPU int8 kernels). With
+    `device` (`_device_figures`), the latency and parity are what the device measured."""
     src = ctx.run / rec["source"]
     acc, _ = evaluate(ctx, src, teacher_logits, optimization="disable")
     acc["engine"] = f"{SIMULATED} ({rec['source']})"
@@ -150,15 +154,37 @@ def _remote_block(ctx: Context, rec: dict, teacher_logits: np.ndarray) -> dict:
             "peak_mb": predict_memory_mb(src, rec["precision"], ctx.cfg.verify.batch, _shapes(ctx)),
         },
     }
-    if ctx.device_results is not None and rec.get("status") == "bundle":
-        from kdc.deploy.device_results import read_device_results
-
-        meta = read_json(ctx.run / rec["path"] / "bundle.json")
-        dev = read_device_results(ctx.device_results, meta)
+    if device is not None:
         block["predicted_latency"] = block["latency"]
-        block["latency"] = {**dev["latency"], "on_target": True}
-        block["device_parity"] = dev["parity"]
+        block.update(device)
     return block
+
+
+def _device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
+    """`ctx.device_results` for the run's bundled TensorRT engine, read and checked before
+    anything is timed: {engine path: {"latency", "parity", "warnings"}}. They are read against
+    the bundle for the verify target (the run's own, or the one `kdc bundle --target` wrote
+    beside it); a failed parity fails the `device_parity` constraint."""
+    from kdc.deploy.bundle import bundle_dir
+    from kdc.deploy.device_results import read_device_results
+
+    rec = next((r for r in engines if r.get("status") == "bundle" and "source" in r), None)
+    if rec is None:
+        raise UserError(
+            "the run has no TensorRT bundle whose results these could be",
+            source=str(ctx.device_results),
+            field="--device-results",
+            fix="compress for a TensorRT target (e.g. --target jetson) and time its bundle on "
+            "the device, or drop --device-results",
+        )
+    own = ctx.run / rec["path"]
+    for_target = bundle_dir(own, ctx.profile.name)
+    found = for_target if (for_target / "bundle.json").is_file() else own
+    dev = read_device_results(ctx.device_results, found, ctx.profile.name)
+    out = {"latency": {**dev["latency"], "on_target": True}, "parity": dev["parity"]}
+    if dev["warnings"]:  # the console lists an engine's warnings, not its latency's
+        out["warnings"] = dev["warnings"]
+    return {rec["path"]: out}
 
 
 INT8_GAIN_MIN = 1.1  # an INT8 engine timed less than this much faster than FP32 is flagged
@@ -191,6 +217,7 @@ def run(ctx: Context) -> StageOutput:
     from kdc.models import load_student
 
     engines_in = read_json(ctx.run / "build" / "engines.json")
+    device = _device_figures(ctx, engines_in) if ctx.device_results is not None else {}
     t_path = ctx.run / "export" / "teacher.onnx"
     t_acc, t_logits = evaluate(ctx, t_path, None)
     t_acc["engine"] = "onnxruntime-cpu-fp32"
@@ -219,7 +246,7 @@ def run(ctx: Context) -> StageOutput:
             if rec["status"] == "built" and rec["engine"] == "onnxruntime":
                 engines.append(_engine_block(ctx, rec, t_logits, ref, latency[rec["path"]]))
             elif rec["status"] in ("bundle", "unavailable") and "source" in rec:
-                engines.append(_remote_block(ctx, rec, t_logits))
+                engines.append(_remote_block(ctx, rec, t_logits, device.get(rec["path"])))
             else:
                 engines.append(rec)
             advance()

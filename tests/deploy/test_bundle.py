@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from kdc.deploy.bundle import write_bundle
+from kdc.deploy.bundle import bundle_dir, write_bundle
 from kdc.deploy.device_results import read_device_results
 from kdc.errors import UserError
 from kdc.profiles import load_profile
@@ -169,24 +169,78 @@ def test_parity_script_falls_back_to_onnxruntime_on_cpu(tmp_path, goldens):
     assert parity["n"] == 5 and "model.plan not found" in parity["notes"][0]
 
 
-@pytest.mark.skipif(
+def test_bundle_for_another_target_is_written_beside_the_existing_one(tmp_path, goldens):
+    """`kdc bundle RUN --target t4` on a Jetson run keeps the run's own bundle."""
+    own = _bundle(tmp_path, goldens)
+    other = _bundle(tmp_path, goldens, profile="nvidia-t4")
+    assert other == tmp_path / "bundle-nvidia-t4"
+    assert json.loads((own / "bundle.json").read_text())["profile"] == "jetson-orin-nano-8gb"
+    assert json.loads((other / "bundle.json").read_text())["profile"] == "nvidia-t4"
+    assert "scp -r bundle-nvidia-t4 " in (other / "README.md").read_text()
+    assert _bundle(tmp_path, goldens) == own  # the same target rewrites its own directory
+    assert bundle_dir(own, "nvidia-t4") == other
+    assert bundle_dir(own, "jetson-orin-nano-8gb") == own
+
+
+needs_stand_in = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt") is not None,
     reason="parity.py would load the stand-in engine with real TensorRT",
 )
-def test_build_and_bench_scripts_run_with_a_stand_in_trtexec(tmp_path, goldens):
-    out = _bundle(tmp_path, goldens, precision="fp32")
+
+
+def _run_on_stand_in_device(tmp_path: Path, bundle: Path) -> subprocess.CompletedProcess:
+    """build.sh then bench.sh with a stand-in trtexec (its latencies vary: cv 19.3 %)."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "trtexec").write_text(FAKE_TRTEXEC)
-    (bin_dir / "trtexec").chmod(0o755)
-    (bin_dir / "python3").symlink_to(sys.executable)
+    if not bin_dir.is_dir():
+        bin_dir.mkdir()
+        (bin_dir / "trtexec").write_text(FAKE_TRTEXEC)
+        (bin_dir / "trtexec").chmod(0o755)
+        (bin_dir / "python3").symlink_to(sys.executable)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     env.pop("TRTEXEC", None)
-    subprocess.run(["bash", str(out / "build.sh")], check=True, env=env, capture_output=True)
-    assert (out / "model.plan").read_bytes() == b"ENGINE"
-    subprocess.run(["bash", str(out / "bench.sh")], check=True, env=env, capture_output=True)
+    subprocess.run(["bash", str(bundle / "build.sh")], check=True, env=env, capture_output=True)
+    assert (bundle / "model.plan").read_bytes() == b"ENGINE"
+    return subprocess.run(
+        ["bash", str(bundle / "bench.sh")], env=env, capture_output=True, text=True
+    )
+
+
+@needs_stand_in
+def test_build_and_bench_scripts_run_with_a_stand_in_trtexec(tmp_path, goldens):
+    out = _bundle(tmp_path, goldens, precision="fp32")
+    bench = _run_on_stand_in_device(tmp_path, out)
+    assert bench.returncode == 0, bench.stderr
+    assert "warning: latency cv 19.3% over 100 iterations exceeds 2.5%" in bench.stderr
     meta = json.loads((out / "bundle.json").read_text())
-    res = read_device_results(out / "results", meta)
+    device = json.loads((out / "results" / "device.json").read_text())
+    assert device["profile"] == meta["profile"] and device["onnx_sha256"] == meta["onnx_sha256"]
+    res = read_device_results(out / "results", out, "jetson-orin-nano-8gb")
     assert res["latency"]["kind"] == "measured" and res["latency"]["iterations"] == 100
-    assert res["latency"]["tensorrt"] == "10.3.0"
-    assert res["parity"]["pass"] and res["parity"]["runner"] == "onnxruntime"
+    assert res["latency"]["tensorrt"] == "10.3.0" and res["latency"]["cv"] == pytest.approx(
+        0.193, abs=1e-3
+    )
+    assert "cv 19.3%" in res["latency"]["warnings"][0]
+    assert res["parity"]["passed"] and res["parity"]["runner"] == "onnxruntime"
+
+
+@needs_stand_in
+def test_results_of_a_bundle_for_another_target_are_refused(tmp_path, goldens):
+    own = _bundle(tmp_path, goldens, precision="fp32")
+    other = _bundle(tmp_path, goldens, profile="nvidia-t4", precision="fp32")
+    assert _run_on_stand_in_device(tmp_path, other).returncode == 0
+    with pytest.raises(UserError, match=r"device.json: field 'profile': .* for nvidia-t4"):
+        read_device_results(other / "results", own, "jetson-orin-nano-8gb")
+    assert read_device_results(other / "results", other, "nvidia-t4")["parity"]["passed"]
+
+
+@needs_stand_in
+def test_bench_exits_1_on_a_failed_parity_check_after_writing_its_results(tmp_path, goldens):
+    out = _bundle(tmp_path, goldens, precision="fp32")
+    with np.load(out / "goldens.npz") as z:
+        saved = {k: z[k] for k in z.files}
+    np.savez(out / "goldens.npz", **{**saved, "logits": -saved["logits"]})
+    bench = _run_on_stand_in_device(tmp_path, out)
+    assert bench.returncode == 1 and "kdc verify RUN_DIR --device-results" in bench.stdout
+    res = read_device_results(out / "results", out, "jetson-orin-nano-8gb")
+    assert not res["parity"]["passed"] and res["parity"]["cosine"] == pytest.approx(-1.0)
+    assert "device parity FAILED" in res["warnings"][0]

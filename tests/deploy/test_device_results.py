@@ -1,66 +1,116 @@
-"""Device results read back as a measured latency object plus parity."""
+"""Device results read back as a measured latency object, the device's parity check and
+warnings; results for another target, model or device are refused."""
 
 from __future__ import annotations
 
+import copy
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from rich.console import Console
 
-from kdc.deploy.device_results import read_device_results, trt_version_from_banner
+from kdc.deploy.constraints import evaluate_constraints, passed
+from kdc.deploy.device_results import (
+    CV_WARN,
+    profiles_of_device,
+    read_device_results,
+    trt_version_from_banner,
+)
+from kdc.deploy.report import console_summary, render_markdown
 from kdc.deploy.trtexec import parse_export_times
 from kdc.errors import UserError
+from kdc.stages.verify import _device_figures
 
+JETSON = "jetson-orin-nano-8gb"
+ORIN_NANO = "NVIDIA Jetson Orin Nano Developer Kit"
 META = {
+    "profile": JETSON,
     "precision": "int8",
     "batch": 1,
     "input_shapes": {"input_ids": [1, 128]},
+    "onnx_sha256": "abc123",
     "tensorrt_expected": "10.3",
+    "parity_min_cosine": 0.99,
 }
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "report_sample.json"
+
+
+def _times(d: Path, values: list[float]) -> None:
+    rows = [
+        {"startComputeMs": i, "computeMs": 0.5 * v, "latencyMs": v} for i, v in enumerate(values)
+    ]
+    (d / "times.json").write_text(json.dumps(rows))
 
 
 @pytest.fixture
-def results(tmp_path):
-    d = tmp_path / "results"
+def bundle(tmp_path):
+    d = tmp_path / "bundle"
     d.mkdir()
-    rows = [
-        {"startComputeMs": i, "computeMs": 0.5 * v, "latencyMs": float(v)}
-        for i, v in enumerate(range(1, 101))
-    ]
-    (d / "times.json").write_text(json.dumps(rows))
-    (d / "parity.json").write_text(
-        json.dumps({"status": "measured", "runner": "tensorrt", "cosine": 0.9995, "pass": True})
-    )
-    (d / "device.json").write_text(
-        json.dumps(
-            {"device": "NVIDIA Jetson Orin Nano Developer Kit", "trtexec": "TensorRT v100300"}
-        )
-    )
+    (d / "bundle.json").write_text(json.dumps(META))
     return d
 
 
-def test_device_results_are_a_measured_latency_object(results):
-    out = read_device_results(results, META)
+@pytest.fixture
+def results(bundle):
+    d = bundle / "results"
+    d.mkdir()
+    _times(d, [float(v) for v in range(1, 101)])
+    (d / "parity.json").write_text(
+        json.dumps(
+            {
+                "status": "measured",
+                "runner": "tensorrt",
+                "n": 8,
+                "max_abs": 0.01,
+                "cosine": 0.9995,
+                "cosine_min_row": 0.998,
+                "argmax_agreement": 1.0,
+                "min_cosine": 0.99,
+                "pass": True,
+            }
+        )
+    )
+    (d / "device.json").write_text(json.dumps({"device": ORIN_NANO, "trtexec": "TensorRT v100300"}))
+    return d
+
+
+def _edit(path: Path, **fields) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def test_device_results_are_a_measured_latency_object(results, bundle):
+    out = read_device_results(results, bundle, JETSON)
     lat = out["latency"]
     assert lat["kind"] == "measured" and lat["engine"] == "tensorrt"
-    assert lat["device"] == "NVIDIA Jetson Orin Nano Developer Kit"
+    assert lat["device"] == ORIN_NANO
     assert lat["tensorrt"] == "10.3.0" and lat["precision"] == "int8" and lat["batch"] == 1
     assert lat["iterations"] == 100 and lat["p50_ms"] == pytest.approx(50.5)
     assert lat["mean_ms"] == pytest.approx(50.5) and lat["p99_ms"] == pytest.approx(99.01)
     assert lat["cv"] == pytest.approx(28.866 / 50.5, rel=1e-3)
     assert str(results) in lat["source"] and "--noDataTransfers" in lat["protocol"]
     assert "note" not in lat
-    assert out["parity"]["runner"] == "tensorrt" and out["parity"]["pass"]
 
 
-def test_export_times_compute_metric_and_missing_device_file(results):
+def test_device_parity_is_in_the_reports_terms(results, bundle):
+    parity = read_device_results(results, bundle, JETSON)["parity"]
+    assert parity["on_target"] and parity["passed"] and parity["runner"] == "tensorrt"
+    assert parity["device"] == ORIN_NANO and parity["n"] == 8
+    assert parity["cosine"] == 0.9995 and parity["min_cosine"] == 0.998  # lowest row
+    assert parity["cosine_floor"] == 0.99 and parity["argmax_agreement"] == 1.0
+
+
+def test_export_times_compute_metric_and_missing_device_file(results, bundle):
     assert parse_export_times(results / "times.json", "computeMs")["p50_ms"] == pytest.approx(25.25)
     (results / "device.json").unlink()
-    lat = read_device_results(results, META)["latency"]
+    lat = read_device_results(results, bundle, JETSON)["latency"]
     assert lat["kind"] == "measured" and lat["device"].startswith("unknown")
 
 
-def test_version_mismatch_is_noted(results):
-    lat = read_device_results(results, {**META, "tensorrt_expected": "11.0"})["latency"]
+def test_version_mismatch_is_noted(results, bundle):
+    _edit(bundle / "bundle.json", tensorrt_expected="11.0")
+    lat = read_device_results(results, bundle, JETSON)["latency"]
     assert "expected TensorRT 11.0" in lat["note"]
 
 
@@ -72,17 +122,27 @@ def test_version_mismatch_is_noted(results):
         ("times.json", json.dumps([{"count": 3}]), "no per-iteration 'latencyMs'"),
         ("parity.json", None, "parity.json: file not found"),
         ("parity.json", "[1, 2", "parity.json: corrupt JSON"),
+        ("parity.json", json.dumps({"pass": "yes"}), "parity.json: field 'pass'"),
+        ("parity.json", json.dumps({"cosine": "high"}), "parity.json: field 'cosine'"),
+        ("parity.json", json.dumps({"notes": "oops"}), "parity.json: field 'notes'"),
+        ("parity.json", json.dumps({"runner": 3}), "parity.json: field 'runner'"),
         ("device.json", "oops", "device.json: corrupt JSON"),
     ],
 )
-def test_missing_or_corrupt_files_name_the_file(results, name, content, match):
+def test_missing_or_corrupt_files_name_the_file(results, bundle, name, content, match):
     path = results / name
     if content is None:
         path.unlink()
     else:
         path.write_text(content)
     with pytest.raises(UserError, match=match):
-        read_device_results(results, META)
+        read_device_results(results, bundle, JETSON)
+
+
+def test_missing_bundle_json_names_it(results, bundle):
+    (bundle / "bundle.json").unlink()
+    with pytest.raises(UserError, match="bundle.json: file not found"):
+        read_device_results(results, bundle, JETSON)
 
 
 @pytest.mark.parametrize(
@@ -96,3 +156,181 @@ def test_missing_or_corrupt_files_name_the_file(results, name, content, match):
 )
 def test_trtexec_banner_versions(banner, version):
     assert trt_version_from_banner(banner) == version
+
+
+# --- a failed device parity check fails verification ---------------------------------------
+
+
+def _report_with(engine_update: dict) -> dict:
+    """The sample report with the tensorrt-int8 engine carrying what the device brought back."""
+    report = copy.deepcopy(json.loads(SAMPLE.read_text()))
+    trt = next(
+        e for e in report["engines"] if e["engine"] == "tensorrt" and e["precision"] == "int8"
+    )
+    trt.update(engine_update)
+    rows = evaluate_constraints(report, {}, {"latency_budget_ms": 10.0})
+    report["constraints"], report["passed"] = rows, passed(rows)
+    return report
+
+
+def test_failed_device_parity_fails_the_constraints_and_shows(results, bundle):
+    _edit(results / "parity.json", cosine=0.5, argmax_agreement=0.3, **{"pass": False})
+    dev = read_device_results(results, bundle, JETSON)
+    assert not dev["parity"]["passed"]
+    assert any("device parity FAILED: cosine 0.5000" in w for w in dev["warnings"])
+    report = _report_with({"parity": dev["parity"], "warnings": dev["warnings"]})
+    row = next(r for r in report["constraints"] if r["name"] == "device_parity")
+    assert row["pass"] is False and row["value"] == 0.5 and row["limit"] == 0.99
+    assert row["engine"] == "tensorrt-int8" and "runner tensorrt" in row["note"]
+    assert "argmax agreement 0.300" in row["note"]
+    assert report["passed"] is False  # exit 1
+    md = render_markdown(report)
+    assert "| device_parity | 0.99 | 0.5 | measured | tensorrt-int8 | FAIL |" in md
+    assert "(device, tensorrt: FAIL)" in md
+    console = Console(record=True, width=300)
+    console.print(console_summary(report))
+    text = console.export_text()
+    assert "FAIL device_parity 0.5 (limit 0.99, measured, tensorrt-int8)" in text
+    assert "argmax agreement 0.300" in text and "FAILED" in text
+
+
+def test_passing_device_parity_passes_and_is_shown(results, bundle):
+    dev = read_device_results(results, bundle, JETSON)
+    assert dev["parity"]["passed"]
+    report = _report_with({"parity": dev["parity"]})
+    row = next(r for r in report["constraints"] if r["name"] == "device_parity")
+    assert row["pass"] is True and report["passed"] is True
+    assert "(device, tensorrt: PASS)" in render_markdown(report)
+
+
+def test_a_pass_flag_below_the_floor_still_fails(results, bundle):
+    _edit(results / "parity.json", cosine=0.95)  # "pass": true, but under the bundle's 0.99
+    assert not read_device_results(results, bundle, JETSON)["parity"]["passed"]
+
+
+def test_parity_the_device_could_not_check_fails_with_its_reason(results, bundle):
+    (results / "parity.json").write_text(
+        json.dumps({"status": "unavailable", "notes": ["onnxruntime: No module named 'x'"]})
+    )
+    dev = read_device_results(results, bundle, JETSON)
+    report = _report_with({"parity": dev["parity"]})
+    row = next(r for r in report["constraints"] if r["name"] == "device_parity")
+    assert row["pass"] is False and row["value"] is None
+    assert "not checked: onnxruntime: No module named 'x'" in row["reason"]
+    assert report["passed"] is False
+
+
+def test_parity_run_by_onnxruntime_is_flagged(results, bundle):
+    notes = ["tensorrt: model.plan not found (run build.sh)"]
+    _edit(results / "parity.json", runner="onnxruntime", notes=notes)
+    dev = read_device_results(results, bundle, JETSON)
+    assert dev["parity"]["passed"] and dev["parity"]["runner"] == "onnxruntime"
+    warning = dev["warnings"][0]
+    assert "checked by onnxruntime on model.onnx, not by the TensorRT engine" in warning
+    assert "model.plan not found" in warning
+    md = render_markdown(_report_with({"parity": dev["parity"], "warnings": dev["warnings"]}))
+    assert "(device, onnxruntime: PASS)" in md and "not by the TensorRT engine" in md
+
+
+def _ctx(run: Path, target: str, results: Path) -> SimpleNamespace:
+    return SimpleNamespace(run=run, profile=SimpleNamespace(name=target), device_results=results)
+
+
+TRT_REC = {"engine": "tensorrt", "precision": "int8", "status": "bundle", "path": "bundle"}
+
+
+def test_verify_puts_device_parity_in_the_engines_parity(tmp_path, results):
+    _edit(results / "parity.json", cosine=0.5, **{"pass": False})
+    rec = {**TRT_REC, "source": "build/onnxruntime/model_int8.onnx"}
+    figures = _device_figures(_ctx(tmp_path, JETSON, results), [rec])["bundle"]
+    assert figures["parity"]["on_target"] and figures["parity"]["passed"] is False
+    assert figures["latency"]["kind"] == "measured" and figures["latency"]["on_target"]
+    assert "device parity FAILED" in figures["warnings"][0]
+
+
+def test_verify_reads_the_bundle_written_for_its_target(tmp_path, results, bundle):
+    t4 = tmp_path / "bundle-nvidia-t4"
+    t4.mkdir()
+    (t4 / "bundle.json").write_text(json.dumps({**META, "profile": "nvidia-t4"}))
+    _edit(results / "device.json", device="Tesla T4")
+    rec = {**TRT_REC, "source": "m.onnx"}
+    figures = _device_figures(_ctx(tmp_path, "nvidia-t4", results), [rec])["bundle"]
+    assert figures["latency"]["device"] == "Tesla T4"
+    with pytest.raises(UserError, match="device 'Tesla T4' matches nvidia-t4"):
+        _device_figures(_ctx(tmp_path, JETSON, results), [rec])
+
+
+def test_device_results_for_a_run_without_a_bundle_are_refused(tmp_path, results):
+    built = {"engine": "onnxruntime", "precision": "int8", "status": "built", "path": "m.onnx"}
+    with pytest.raises(UserError, match="field '--device-results': the run has no TensorRT"):
+        _device_figures(_ctx(tmp_path, "host", results), [built])
+
+
+# --- results for another target are refused ------------------------------------------------
+
+
+def test_bundle_for_another_target_is_refused(results, bundle):
+    _edit(bundle / "bundle.json", profile="nvidia-t4")
+    with pytest.raises(
+        UserError, match=r"bundle.json: field 'profile': the bundle is for nvidia-t4"
+    ):
+        read_device_results(results, bundle, JETSON)
+
+
+def test_results_recording_another_profile_are_refused(results, bundle):
+    _edit(results / "device.json", profile="nvidia-t4", onnx_sha256="abc123")
+    with pytest.raises(UserError, match=r"device.json: field 'profile': .* bundle for nvidia-t4"):
+        read_device_results(results, bundle, JETSON)
+
+
+def test_results_of_another_model_are_refused(results, bundle):
+    _edit(results / "device.json", profile=JETSON, onnx_sha256="fff000")
+    with pytest.raises(UserError, match=r"device.json: field 'onnx_sha256'"):
+        read_device_results(results, bundle, JETSON)
+
+
+def test_results_from_another_device_are_refused(results, bundle):
+    _edit(results / "device.json", device="Tesla T4")
+    with pytest.raises(UserError, match=r"field 'device': device 'Tesla T4' matches nvidia-t4"):
+        read_device_results(results, bundle, JETSON)
+
+
+def test_unrecognised_device_name_is_accepted(results, bundle):
+    _edit(results / "device.json", device="Seeed reComputer J3011")  # a carrier board's name
+    assert read_device_results(results, bundle, JETSON)["latency"]["device"].startswith("Seeed")
+
+
+@pytest.mark.parametrize(
+    "device, profiles",
+    [
+        (ORIN_NANO, [JETSON]),
+        ("NVIDIA Jetson AGX Orin Developer Kit", ["jetson-agx-orin-64gb"]),
+        ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit", ["jetson-orin-nx-16gb"]),
+        ("Tesla T4", ["nvidia-t4"]),
+        ("NVIDIA A10", ["nvidia-a10"]),
+        ("NVIDIA A100-SXM4-80GB", ["nvidia-a100-80gb-sxm"]),
+        ("NVIDIA H100 80GB HBM3", ["nvidia-h100-sxm"]),
+        ("unknown", []),
+    ],
+)
+def test_device_names_map_to_profiles(device, profiles):
+    assert profiles_of_device(device) == profiles
+
+
+# --- the coefficient of variation ----------------------------------------------------------
+
+
+def test_noisy_device_timing_is_warned(results, bundle):
+    dev = read_device_results(results, bundle, JETSON)  # 1..100 ms: cv 57 %
+    (warning,) = dev["latency"]["warnings"]
+    assert "cv 57.2% over 100 iterations exceeds 2.5%" in warning
+    assert warning in dev["warnings"]  # the engine's too, so the console lists it
+    md = render_markdown(_report_with({"latency": dev["latency"], "warnings": dev["warnings"]}))
+    assert md.count("cv 57.2% over 100 iterations") == 1  # listed once under Warnings
+
+
+def test_steady_device_timing_has_no_warning(results, bundle):
+    _times(results, [1.0 + 0.01 * (i % 5) for i in range(200)])  # cv about 1.4 %
+    dev = read_device_results(results, bundle, JETSON)
+    assert dev["latency"]["cv"] < CV_WARN
+    assert "warnings" not in dev["latency"] and dev["warnings"] == []
