@@ -321,6 +321,10 @@ def check(
             field="--latency-kind",
             fix="use measured, predicted or all",
         )
+    if junit and junit.is_dir():  # before any line is printed
+        raise UserError(
+            "is a directory", source=str(junit), field="--junit", fix="pass a file, e.g. junit.xml"
+        )
     cur = C.load_report(report)
     results = [
         *C.compare(
@@ -352,6 +356,8 @@ def inspect(run_dir: Path) -> None:
         out.print(
             f"  {name:8} {st['status']:8} {st['wall_s'] or 0:8.2f} s  input {st['input_hash']}"
         )
+        if st["error"]:
+            out.print(f"      error: {st['error']}", markup=False)
         for art, v in st["artifacts"].items():
             out.print(
                 f"      {'ok     ' if v['ok'] else 'CORRUPT'} {v['sha256']}  {art}", markup=False

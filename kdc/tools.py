@@ -221,6 +221,7 @@ def inspect_run(run_dir: Path | str) -> dict:
             "status": rec.get("status"),
             "wall_s": rec.get("wall_s"),
             "input_hash": (rec.get("input_hash") or "")[:12],
+            "error": rec.get("error"),  # a failed stage's
             "artifacts": {
                 k: {"sha256": v[:12], "ok": k not in bad} for k, v in rec.get("outputs", {}).items()
             },

@@ -62,6 +62,8 @@ def test_failed_stage_is_marked_failed_and_finished_ones_kept(cnn_project, tmp_p
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     assert stages["search"]["status"] == "done"
     assert stages["distill"]["status"] == "failed" and "no good" in stages["distill"]["error"]
+    res = runner.invoke(app, ["inspect", str(run)])
+    assert res.exit_code == 0 and "error: UserError: field 'distill.lr': no good" in res.output
 
 
 @pytest.mark.parametrize("content", ["[]", '{"stages": []}'])

@@ -20,7 +20,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kdc.config import Task
-from kdc.deploy.constraints import LATENCY_KEYS, accuracy_value, engine_label, headline_latency
+from kdc.deploy.constraints import (
+    LATENCY_KEYS,
+    accuracy_value,
+    engine_label,
+    headline_latency,
+    value_kind,
+)
 from kdc.deploy.junit import write_junit
 from kdc.errors import UserError
 from kdc.rundir import atomic_path
@@ -188,7 +194,7 @@ def constraint_results(report: dict) -> list[CheckResult]:
         if value is None:
             msg = f"no value ({c.get('reason', 'unknown')}); limit {c['limit']:g}"
         else:
-            msg = f"{value:g} vs limit {c['limit']:g} ({c.get('source')}, {c.get('engine')})"
+            msg = f"{value:g} vs limit {c['limit']:g} ({value_kind(c)}, {c.get('engine')})"
         status = "pass" if ok else "regression"
         out.append(
             CheckResult(f"constraint.{c['name']}", None, value, c["limit"], None, status, msg)

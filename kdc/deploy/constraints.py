@@ -139,7 +139,13 @@ def _memory(report: dict) -> Reading:
     key = MEMORY_MB[mem["kind"]]
     if mem.get(key) is None:
         raise Undetermined(f"{engine_label(eng)} {mem['kind']} memory has no {key}")
-    return Reading(float(mem[key]), mem["kind"], engine_label(eng), f"{mem['kind']} {key}")
+    note = f"{mem['kind']} {key}"
+    if mem["kind"] == "predicted":
+        note += (
+            ": weights + peak live activations only; the runtime (ONNX Runtime, or TensorRT and "
+            "the CUDA context, hundreds of MB on a Jetson) is not included"
+        )
+    return Reading(float(mem[key]), mem["kind"], engine_label(eng), note)
 
 
 def _size(report: dict) -> Reading:
@@ -301,3 +307,10 @@ def _device_parity_rows(report: dict) -> list[dict]:
 def passed(rows: list[dict]) -> bool:
     """True when every constraint row passed (and vacuously when there are none)."""
     return all(r.get("pass") is True for r in rows)
+
+
+def value_kind(row: dict) -> str | None:
+    """How a constraint row's value was made: `measured`, `predicted`, or `predicted p50` where a
+    p99 limit is judged on a prediction (which has no tail)."""
+    kind = row.get("source")
+    return "predicted p50" if kind == "predicted" and row["name"].endswith("p99_ms") else kind

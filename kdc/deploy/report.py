@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from kdc.deploy.constraints import engine_label
+from kdc.deploy.constraints import engine_label, value_kind
 from kdc.deploy.report_html import render_html
 from kdc.deploy.report_md import (
     DASH,
@@ -53,8 +53,7 @@ def _constraint_line(c: dict) -> Text:
         detail = f"{c['name']}: no value ({c.get('reason', 'unknown')}), limit {c['limit']:g}"
     else:
         detail = (
-            f"{c['name']} {c['value']:g} (limit {c['limit']:g}, {c.get('source')}, "
-            f"{c.get('engine')})"
+            f"{c['name']} {c['value']:g} (limit {c['limit']:g}, {value_kind(c)}, {c.get('engine')})"
         )
     return mark + Text(detail)
 

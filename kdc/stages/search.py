@@ -29,6 +29,13 @@ def run(ctx: Context) -> StageOutput:
 
 def _fixed(ctx: Context) -> StageOutput:
     space = None
+    if ctx.cfg.student.layers is not None and ctx.teacher.family != "transformer":
+        raise UserError(
+            "a CNN student keeps a share of channels, not teacher layers",
+            source=ctx.cfg.source_file,
+            field="student.layers",
+            fix="remove it; set student.width, or student.architecture's stage_depth",
+        )
     if ctx.cfg.student.architecture:
         space = _space(ctx)
         spec = space.decode(space.from_architecture(ctx.cfg.student.architecture)).spec

@@ -172,6 +172,14 @@ def test_unknown_proxy_is_a_user_error(cnn_project, tmp_path):
     assert res.exit_code == 2 and "on its own" in res.output
 
 
+@pytest.mark.parametrize("student", [{"layers": [0, 99]}, {"layers": 2, "width": 0.5}])
+def test_teacher_layers_for_a_cnn_student_are_a_user_error(cnn_project, tmp_path, student):
+    res, _ = _search(
+        cnn_project, tmp_path, "cnnlayers", student=student, search={"strategy": "fixed"}
+    )
+    assert res.exit_code == 2 and "student.layers" in res.output and "student.width" in res.output
+
+
 def _chosen_student_rebuilds(config, out, target="host"):
     """The distill stage's `build_student` on search/student.json's spec gives its architecture."""
     from kdc.api import open_run

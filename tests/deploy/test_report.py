@@ -189,7 +189,7 @@ def test_console_summary_shows_engines_and_constraints(report):
     text = console.export_text()
     for label in ("teacher", *ENGINES):
         assert label in text
-    assert "PASS latency_p99_ms 0.55 (limit 10, predicted, onnxruntime-int8)" in text
+    assert "PASS latency_p99_ms 0.55 (limit 10, predicted p50, onnxruntime-int8)" in text
     assert "PASSED" in text
 
 
