@@ -161,14 +161,18 @@ def verify(
     quiet: bool = False,
     device_results: str | Path | None = None,
 ) -> dict:
-    """Re-run verify and report on a finished run (optionally for another target). With
-    `device_results`, the TensorRT engine's latency is what the device measured with the bundle."""
+    """Re-run verify and report on a finished run, for the target it was built for or another
+    (the manifest keeps the former; `verified_for` says which the report is for). With
+    `device_results`, the TensorRT engine's latency is what the device measured with the bundle;
+    results that do not belong to the run are refused before anything is written."""
     from kdc.pipeline import run_stages
 
     cfg = config_of_run(run_dir)
     target = target or read_json(Path(run_dir) / "manifest.json").get("target", "host")
     ctx = open_run(cfg, target, run_dir, quiet=quiet)
     if device_results is not None:
+        from kdc.stages.verify import device_figures
+
         ctx.device_results = Path(device_results)
         if not ctx.device_results.is_dir():
             raise UserError(
@@ -177,6 +181,7 @@ def verify(
                 field="--device-results",
                 fix="pass the results/ the bundle wrote",
             )
+        device_figures(ctx, read_json(ctx.run / "build" / "engines.json"))  # refused: untouched
     run_stages(ctx, resume=True, only=("verify", "report"), trust_upstream=True)
     return read_json(ctx.run / "report.json")
 

@@ -236,15 +236,20 @@ def run_stages(
     finished and its outputs are intact, whatever the target, teacher files or kdc version now."""
     started = time.perf_counter()
     # what this invocation ran with; recorded, not compared: the config sections and the whole
-    # profile are already part of each stage's input hash, which is what resume checks
+    # profile are already part of each stage's input hash, which is what resume checks. A
+    # re-verification keeps the target the run was built for (`kdc verify`'s default).
+    profile = {"name": ctx.profile.name, "sha256": ctx.profile.sha256()}
     ctx.run.update_manifest(
         kdc_version=__version__,
         libraries=library_versions(),
         config=ctx.cfg.fingerprint(),
         config_sha256=sha256_json(ctx.cfg.fingerprint()),
-        target=ctx.profile.name,
-        profile={"name": ctx.profile.name, "sha256": ctx.profile.sha256()},
         seed=ctx.cfg.seed,
+        **(
+            {"verified_for": profile}
+            if trust_upstream
+            else {"target": ctx.profile.name, "profile": profile, "verified_for": profile}
+        ),
     )
     if stale := ctx.run.remove_stale_temp():
         ctx.log(f"[dim]removed {len(stale)} temporary file(s) an interrupted run left[/dim]")

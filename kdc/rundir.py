@@ -149,9 +149,12 @@ class RunDir:
         if not self.manifest_path.exists():
             return {"stages": {}}
         m = read_json(self.manifest_path)
-        if not isinstance(m, dict) or not isinstance(m.get("stages", {}), dict):
+        stages = m.get("stages", {}) if isinstance(m, dict) else None
+        if not isinstance(stages, dict) or not all(
+            isinstance(r, dict) and isinstance(r.get("outputs", {}), dict) for r in stages.values()
+        ):
             raise UserError(
-                "not a kdc manifest (an object with a 'stages' object)",
+                "not a kdc manifest (an object with a 'stages' object of stage records)",
                 source=str(self.manifest_path),
                 fix="the file is damaged: restore it, or run `kdc compress` into a new directory",
             )

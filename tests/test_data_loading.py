@@ -91,8 +91,17 @@ def test_a_malformed_eval_csv_names_data_eval(tmp_path):
         ("text,label\ngood, really,pos\nbad,neg\n", 2, "3 field(s), the header has 2"),
         ("text,label\ngood,pos\nbad\n", 3, "1 field(s), the header has 2"),
         ('text,label\n"' + "x" * 140_000 + ",pos\n", 2, "cannot be read"),
+        ('text,label\ngood,pos\n"bad film,neg\nok,pos\n"nice",pos\nfine,neg\n', 3, "wrong place"),
     ],
-    ids=["unclosed text", "unclosed label", "unclosed header", "extra field", "short row", "huge"],
+    ids=[
+        "unclosed text",
+        "unclosed label",
+        "unclosed header",
+        "extra field",
+        "short row",
+        "huge",
+        "rows merged by a quote",
+    ],
 )
 def test_malformed_csv_names_the_line(tmp_path, content, line, words):
     path = csv_file(tmp_path / "d.csv", content)
@@ -109,3 +118,11 @@ def test_lenient_csv_still_reads(tmp_path):
     texts, labels = read_delimited(csv_file(tmp_path / "d.csv", content), "text", "label", ",")
     assert texts == ["two\r\nlines", '5" screen', "good film", "last"]
     assert labels == ["pos", "neg", "pos", "neg"]
+
+
+def test_spreadsheet_exports_read(tmp_path):
+    """Excel's "CSV UTF-8" (a byte-order mark), trailing empty fields, and rows that stop after
+    their last non-empty cell (past the text and label columns) read as the header's width."""
+    content = "\ufefftext,label,note,extra\ngood,pos,,\nbad,neg,x\nok,pos\nfine,neg,,,,\n"
+    texts, labels = read_delimited(csv_file(tmp_path / "d.csv", content), "text", "label", ",")
+    assert texts == ["good", "bad", "ok", "fine"] and labels == ["pos", "neg", "pos", "neg"]

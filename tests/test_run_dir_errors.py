@@ -32,13 +32,19 @@ def _one_line_error(res) -> str:
     return lines[0]
 
 
-def test_bad_input_leaves_no_run_directory(cnn_project, tmp_path):
-    cfg = _cfg(cnn_project, tmp_path, source="missing.csv")
+@pytest.mark.parametrize("field", ["data.source", "student.layers"])
+def test_bad_input_leaves_no_run_directory(cnn_project, tmp_path, field):
+    """Found before the run starts (a missing file), or by the first stage (teacher layers for a
+    CNN student): a new --out is removed, an empty one left empty."""
+    cfg = _cfg(cnn_project, tmp_path, **({"source": "missing.csv"} if field[0] == "d" else {}))
+    if field == "student.layers":
+        data = yaml.safe_load(cfg.read_text())
+        cfg = write_yaml(cfg, {**data, "student": {"layers": 2}})
     for run in (tmp_path / "new", tmp_path / "empty"):
         if run.name == "empty":
             run.mkdir()
         res = runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"])
-        assert "data.source" in _one_line_error(res)
+        assert field in _one_line_error(res)
         assert not run.exists() if run.name == "new" else not any(run.iterdir())
 
 
@@ -66,7 +72,15 @@ def test_failed_stage_is_marked_failed_and_finished_ones_kept(cnn_project, tmp_p
     assert res.exit_code == 0 and "error: UserError: field 'distill.lr': no good" in res.output
 
 
-@pytest.mark.parametrize("content", ["[]", '{"stages": []}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[]",
+        '{"stages": []}',
+        '{"stages": {"search": []}}',
+        '{"stages": {"search": {"outputs": []}}}',
+    ],
+)
 def test_damaged_manifest_is_a_user_error(tmp_path, content):
     (tmp_path / "manifest.json").write_text(content)
     for cmd in ("inspect", "verify"):
@@ -82,15 +96,22 @@ def test_reverify_for_another_target_after_the_checkout_moved(cnn_project, tmp_p
     a = tmp_path / "a"
     a.mkdir()
     cfg = _cfg(cnn_project, a)
+    shutil.copy(cnn_project.parent / "teacher.safetensors", a / "weights.safetensors")
+    data = yaml.safe_load(cfg.read_text())  # relative: verify loads the teacher from there
+    data["teacher"]["weights"] = "weights.safetensors"
+    cfg = write_yaml(cfg, data)
     api.compress(cfg, "jetson", a / "runs" / "ci", quiet=True)
     before = json.loads((a / "runs" / "ci" / "manifest.json").read_text())["stages"]
     b = tmp_path / "b"
     shutil.move(a, b)
-    for target, name in (("t4", "nvidia-t4"), ("jetson", "jetson-orin-nano-8gb")):
-        res = runner.invoke(app, ["verify", str(b / "runs" / "ci"), "--target", target, "-q"])
+    jetson = "jetson-orin-nano-8gb"
+    for target, name in ((["--target", "t4"], "nvidia-t4"), ([], jetson)):
+        res = runner.invoke(app, ["verify", str(b / "runs" / "ci"), *target, "-q"])
         assert res.exit_code in (0, 1), res.output
         report = json.loads((b / "runs" / "ci" / "report.json").read_text())
-        assert report["target"]["name"] == name
-    after = json.loads((b / "runs" / "ci" / "manifest.json").read_text())["stages"]
+        manifest = json.loads((b / "runs" / "ci" / "manifest.json").read_text())
+        # the report is for the target asked; the run stays the Jetson's (a plain verify's)
+        assert report["target"]["name"] == manifest["verified_for"]["name"] == name
+        assert manifest["target"] == jetson
     for stage in ("search", "distill", "export", "build"):
-        assert after[stage]["finished"] == before[stage]["finished"]
+        assert manifest["stages"][stage]["finished"] == before[stage]["finished"]

@@ -94,8 +94,8 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
         "tsv": lambda: read_delimited(path, d.text_column, label, "\t", field),
         "jsonl": lambda: read_jsonl(path, d.text_column, label, field),
         "txt": lambda: read_txt(path, field),
-        "datasets": lambda: read_datasets(path, d.text_column, label, split),
-        "imagefolder": lambda: read_imagefolder(path, d.image_size or 224),
+        "datasets": lambda: read_datasets(path, d.text_column, label, split, field),
+        "imagefolder": lambda: read_imagefolder(path, d.image_size or 224, field),
         "sklearn": read_digits,
     }
     return readers[fmt]()

@@ -45,20 +45,23 @@ QUOTING_FIX = (
 
 
 def _records(path: Path, delimiter: str, field: str) -> list[tuple[int, list[str]]]:
-    """(first line number, fields) of each non-blank record; a quote left open at the end of
-    the file, or a record the csv module cannot parse, is a UserError naming its line."""
+    """(first line number, fields) of each non-blank record. Parsed leniently (`"good" film`
+    reads as Excel does), then every record over several lines, and the last one, strictly: a
+    quote left open (read to the end of the file) or closed in the wrong place (rows merged
+    silently) is a UserError naming its line, as is a record the csv module cannot parse."""
     kind = "CSV" if delimiter == "," else "TSV"
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8"
             lines = f.readlines()
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e, field) from None
     reader = csv.reader(lines, delimiter=delimiter)
-    records, start = [], 1
+    records, spans, start = [], [], 1
     try:
         for rec in reader:
             if rec:
                 records.append((start, rec))
+                spans.append(reader.line_num + 1 - start)
             start = reader.line_num + 1
     except csv.Error as e:
         raise UserError(
@@ -67,30 +70,47 @@ def _records(path: Path, delimiter: str, field: str) -> list[tuple[int, list[str
             field=field,
             fix=f"check that row's quotes; {QUOTING_FIX}",
         ) from None
-    if records:  # lenient parsing reads an unclosed quote to the end of the file: re-read strictly
-        last = records[-1][0]
+    for i, ((line, _), span) in enumerate(zip(records, spans, strict=True)):
+        if span == 1 and i < len(records) - 1:
+            continue
         try:
-            next(csv.reader(lines[last - 1 :], delimiter=delimiter, strict=True))
+            next(csv.reader(lines[line - 1 : line - 1 + span], delimiter=delimiter, strict=True))
         except csv.Error as e:
-            if "end of data" in str(e):
-                raise UserError(
-                    f"malformed {kind}: a quote in the row at line {last} is never closed",
-                    source=str(path),
-                    field=field,
-                    fix=f"close it; {QUOTING_FIX}",
-                ) from None
+            problem = (
+                "is never closed"
+                if "end of data" in str(e)
+                else f"closes in the wrong place, {span} lines on ({e})"
+            )
+            raise UserError(
+                f"malformed {kind}: a quote in the row at line {line} {problem}",
+                source=str(path),
+                field=field,
+                fix=f"close it where the field ends; {QUOTING_FIX}",
+            ) from None
     return records
+
+
+def _fit(rec: list[str], width: int, needed: int) -> list[str] | None:
+    """`rec` at the header's `width`: trailing empty fields dropped, missing trailing ones empty
+    (spreadsheets write both); None where that would drop a value or leave a column up to index
+    `needed` (the text and label columns) without one."""
+    if any(x.strip() for x in rec[width:]) or len(rec) <= needed:
+        return None
+    return rec[:width] + [""] * (width - len(rec))
 
 
 def read_delimited(
     path: Path, text_col: str, label_col: str | None, delimiter: str, field: str = "data.source"
 ) -> Rows:
-    """Texts and labels of a CSV/TSV with a header row; every row must have the header's
-    number of fields."""
+    """Texts and labels of a CSV/TSV with a header row; a row may lack trailing fields after the
+    text and label columns, or carry empty ones, but not hold more values than the header."""
     records = _records(path, delimiter, field)
     header = records[0][1] if records else []
+    needed = max((header.index(c) for c in (text_col, label_col) if c in header), default=-1)
+    rows = []
     for line, rec in records[1:]:
-        if len(rec) != len(header):
+        fitted = _fit(rec, len(header), needed)
+        if fitted is None:
             raise UserError(
                 f"malformed {'CSV' if delimiter == ',' else 'TSV'}: line {line} has {len(rec)} "
                 f"field(s), the header has {len(header)}",
@@ -98,7 +118,7 @@ def read_delimited(
                 field=field,
                 fix=f"give every row the header's {len(header)} fields; {QUOTING_FIX}",
             )
-    rows = [dict(zip(header, rec, strict=True)) for _, rec in records[1:]]
+        rows.append(dict(zip(header, fitted, strict=True)))
     return _columns(rows, path, text_col, label_col, field)
 
 
@@ -159,14 +179,16 @@ def read_txt(path: Path, field: str = "data.source") -> Rows:
     return texts, []
 
 
-def read_datasets(path: Path, text_col: str, label_col: str | None, split: str) -> Rows:
+def read_datasets(
+    path: Path, text_col: str, label_col: str | None, split: str, field: str = "data.source"
+) -> Rows:
     try:
         from datasets import DatasetDict, load_from_disk
     except ImportError:
         raise UserError(
             "the 'datasets' package is not installed",
             source=str(path),
-            field="data.source",
+            field=field,
             fix="pip install 'kdc[datasets]'",
         ) from None
     ds = load_from_disk(str(path))
@@ -180,7 +202,7 @@ def read_datasets(path: Path, text_col: str, label_col: str | None, split: str) 
             raise UserError(
                 f"no '{split}' split (splits: {', '.join(ds)})",
                 source=str(path),
-                field="data.source",
+                field=field,
                 fix="save a DatasetDict with train/test splits",
             )
         ds = ds[names[0]]
@@ -188,14 +210,16 @@ def read_datasets(path: Path, text_col: str, label_col: str | None, split: str) 
         dict(zip(ds.column_names, vals, strict=True))
         for vals in zip(*(ds[c] for c in ds.column_names), strict=True)
     ]
-    texts, labels = _columns(rows, path, text_col, label_col, "data.source")
+    texts, labels = _columns(rows, path, text_col, label_col, field)
     feat = ds.features.get(label_col) if label_col else None
     if feat is not None and hasattr(feat, "names"):
         labels = [feat.names[i] for i in labels]
     return texts, labels
 
 
-def read_imagefolder(path: Path, size: int) -> tuple[np.ndarray, list[str]]:
+def read_imagefolder(
+    path: Path, size: int, field: str = "data.source"
+) -> tuple[np.ndarray, list[str]]:
     """`path/<class>/<image>` → float32 N×3×size×size in [0, 1] and class names."""
     from PIL import Image, UnidentifiedImageError
 
@@ -213,7 +237,7 @@ def read_imagefolder(path: Path, size: int) -> tuple[np.ndarray, list[str]]:
         raise UserError(
             "no images found",
             source=str(path),
-            field="data.source",
+            field=field,
             fix="lay images out as <folder>/<class>/<image>",
         )
     return np.stack(images).astype(np.float32), labels

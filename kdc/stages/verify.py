@@ -15,7 +15,7 @@ from kdc.deploy.onnxruntime import make_session, run_session, session_options_re
 from kdc.errors import UserError
 from kdc.export.parity import compare
 from kdc.pipeline import Context, StageOutput
-from kdc.rundir import read_json, write_json
+from kdc.rundir import read_json, sha256_file, write_json
 from kdc.stages.build import int8_runs_here
 from kdc.stages.export import student_reference
 
@@ -135,7 +135,7 @@ def _remote_block(
     """A TensorRT engine not built here: latency on the target is predicted from its ONNX, and
     its accuracy stood in for by running the same Q/DQ graph with Q/DQ executed in float (ONNX
     Runtime with graph optimisations off: quantisation error without CPU int8 kernels). With
-    `device` (`_device_figures`), the latency and parity are what the device measured."""
+    `device` (`device_figures`), the latency and parity are what the device measured."""
     src = ctx.run / rec["source"]
     acc, _ = evaluate(ctx, src, teacher_logits, optimization="disable")
     acc["engine"] = f"{SIMULATED} ({rec['source']})"
@@ -160,7 +160,7 @@ def _remote_block(
     return block
 
 
-def _device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
+def device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
     """`ctx.device_results` for the run's bundled TensorRT engine, read and checked before
     anything is timed: {engine path: {"latency", "parity", "warnings"}}. They are read against
     the bundle for the verify target (the run's own, or the one `kdc bundle --target` wrote
@@ -178,8 +178,19 @@ def _device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
             "the device, or drop --device-results",
         )
     own = ctx.run / rec["path"]
-    for_target = bundle_dir(own, ctx.profile.name)
+    for_target = bundle_dir(ctx.run / "build" / "bundle", ctx.profile.name)
     found = for_target if (for_target / "bundle.json").is_file() else own
+    meta = read_json(found / "bundle.json")
+    made_from = meta.get("source_onnx_sha256")  # None: a bundle from before kdc recorded it
+    if made_from is not None and made_from != sha256_file(ctx.run / rec["source"]):
+        raise UserError(
+            f"the bundle in build/{found.name} was made from another model than the "
+            f"run's {rec['source']} (the run was rebuilt after it)",
+            source=str(found / "bundle.json"),
+            field="source_onnx_sha256",
+            fix=f"write it again (kdc bundle RUN --target {ctx.profile.name}) and time it on "
+            "the device",
+        )
     dev = read_device_results(ctx.device_results, found, ctx.profile.name)
     out = {"latency": {**dev["latency"], "on_target": True}, "parity": dev["parity"]}
     if dev["warnings"]:  # the console lists an engine's warnings, not its latency's
@@ -217,7 +228,7 @@ def run(ctx: Context) -> StageOutput:
     from kdc.models import load_student
 
     engines_in = read_json(ctx.run / "build" / "engines.json")
-    device = _device_figures(ctx, engines_in) if ctx.device_results is not None else {}
+    device = device_figures(ctx, engines_in) if ctx.device_results is not None else {}
     t_path = ctx.run / "export" / "teacher.onnx"
     t_acc, t_logits = evaluate(ctx, t_path, None)
     t_acc["engine"] = "onnxruntime-cpu-fp32"

@@ -21,7 +21,8 @@ from kdc.deploy.device_results import (
 from kdc.deploy.report import console_summary, render_markdown
 from kdc.deploy.trtexec import parse_export_times
 from kdc.errors import UserError
-from kdc.stages.verify import _device_figures
+from kdc.rundir import sha256_file
+from kdc.stages.verify import device_figures
 
 JETSON = "jetson-orin-nano-8gb"
 ORIN_NANO = "NVIDIA Jetson Orin Nano Developer Kit"
@@ -46,8 +47,8 @@ def _times(d: Path, values: list[float]) -> None:
 
 @pytest.fixture
 def bundle(tmp_path):
-    d = tmp_path / "bundle"
-    d.mkdir()
+    d = tmp_path / "build" / "bundle"  # where a run keeps it
+    d.mkdir(parents=True)
     (d / "bundle.json").write_text(json.dumps(META))
     return d
 
@@ -236,34 +237,45 @@ def _ctx(run: Path, target: str, results: Path) -> SimpleNamespace:
     return SimpleNamespace(run=run, profile=SimpleNamespace(name=target), device_results=results)
 
 
-TRT_REC = {"engine": "tensorrt", "precision": "int8", "status": "bundle", "path": "bundle"}
+TRT_REC = {"engine": "tensorrt", "precision": "int8", "status": "bundle", "path": "build/bundle"}
 
 
 def test_verify_puts_device_parity_in_the_engines_parity(tmp_path, results):
     _edit(results / "parity.json", cosine=0.5, **{"pass": False})
     rec = {**TRT_REC, "source": "build/onnxruntime/model_int8.onnx"}
-    figures = _device_figures(_ctx(tmp_path, JETSON, results), [rec])["bundle"]
+    figures = device_figures(_ctx(tmp_path, JETSON, results), [rec])["build/bundle"]
     assert figures["parity"]["on_target"] and figures["parity"]["passed"] is False
     assert figures["latency"]["kind"] == "measured" and figures["latency"]["on_target"]
     assert "device parity FAILED" in figures["warnings"][0]
 
 
 def test_verify_reads_the_bundle_written_for_its_target(tmp_path, results, bundle):
-    t4 = tmp_path / "bundle-nvidia-t4"
+    t4 = tmp_path / "build" / "bundle-nvidia-t4"
     t4.mkdir()
     (t4 / "bundle.json").write_text(json.dumps({**META, "profile": "nvidia-t4"}))
     _edit(results / "device.json", device="Tesla T4")
     rec = {**TRT_REC, "source": "m.onnx"}
-    figures = _device_figures(_ctx(tmp_path, "nvidia-t4", results), [rec])["bundle"]
+    figures = device_figures(_ctx(tmp_path, "nvidia-t4", results), [rec])["build/bundle"]
     assert figures["latency"]["device"] == "Tesla T4"
     with pytest.raises(UserError, match="device 'Tesla T4' matches nvidia-t4"):
-        _device_figures(_ctx(tmp_path, JETSON, results), [rec])
+        device_figures(_ctx(tmp_path, JETSON, results), [rec])
+
+
+def test_a_bundle_of_another_model_than_the_runs_is_refused(tmp_path, results, bundle):
+    """The run was rebuilt after its bundle was written: the device timed another model."""
+    (tmp_path / "m.onnx").write_bytes(b"the rebuilt model")
+    _edit(bundle / "bundle.json", source_onnx_sha256="0" * 64)
+    rec = {**TRT_REC, "source": "m.onnx"}
+    with pytest.raises(UserError, match="field 'source_onnx_sha256': the bundle in build/bundle"):
+        device_figures(_ctx(tmp_path, JETSON, results), [rec])
+    _edit(bundle / "bundle.json", source_onnx_sha256=sha256_file(tmp_path / "m.onnx"))
+    assert device_figures(_ctx(tmp_path, JETSON, results), [rec])["build/bundle"]["latency"]
 
 
 def test_device_results_for_a_run_without_a_bundle_are_refused(tmp_path, results):
     built = {"engine": "onnxruntime", "precision": "int8", "status": "built", "path": "m.onnx"}
     with pytest.raises(UserError, match="field '--device-results': the run has no TensorRT"):
-        _device_figures(_ctx(tmp_path, "host", results), [built])
+        device_figures(_ctx(tmp_path, "host", results), [built])
 
 
 # --- results for another target are refused ------------------------------------------------
