@@ -126,3 +126,43 @@ def test_spreadsheet_exports_read(tmp_path):
     content = "\ufefftext,label,note,extra\ngood,pos,,\nbad,neg,x\nok,pos\nfine,neg,,,,\n"
     texts, labels = read_delimited(csv_file(tmp_path / "d.csv", content), "text", "label", ",")
     assert texts == ["good", "bad", "ok", "fine"] and labels == ["pos", "neg", "pos", "neg"]
+
+
+def test_integer_labels_are_ordered_by_value(tmp_path):
+    """A head with generic names (LABEL_0 …) is read in this order: 2 before 10."""
+    rows = "".join(f"text {i} {'x' * (i % 5)},{i % 12}\n" for i in range(48))
+    csv_file(tmp_path / "d.csv", "text,label\n" + rows)
+    ds = load_dataset(text_cfg(tmp_path, source="d.csv"))
+    assert ds.label_names == [str(i) for i in range(12)]
+
+
+def _save_dataset(path: Path, splits: dict[str, int] | None, names: list[str]) -> Path:
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
+    )
+
+    def part(n: int):
+        rows = {"text": [f"review {i}" for i in range(n)], "label": [i % 2 for i in range(n)]}
+        return datasets.Dataset.from_dict(rows, features=features)
+
+    if splits is None:
+        part(40).save_to_disk(str(path))
+    else:
+        datasets.DatasetDict({k: part(n) for k, n in splits.items()}).save_to_disk(str(path))
+    return path
+
+
+@pytest.mark.parametrize("splits", [None, {"train": 40}, {"train": 40, "test": 10}])
+def test_datasets_directory_eval_split_and_class_order(tmp_path, splits):
+    """A test split is the eval set; without one (a plain Dataset, or train only)
+    data.eval_fraction is held out, never the training rows themselves. Classes keep the
+    ClassLabel's index order, not A→Z."""
+    _save_dataset(tmp_path / "ds", splits, ["not_positive", "is_positive"])
+    ds = load_dataset(text_cfg(tmp_path, source="ds", eval_fraction=0.25))
+    assert ds.label_names == ["not_positive", "is_positive"]
+    if splits and "test" in splits:
+        assert (len(ds.train), len(ds.eval)) == (40, 10)
+    else:
+        assert (len(ds.train), len(ds.eval)) == (30, 10)
+        assert not set(ds.train.features) & set(ds.eval.features)

@@ -3,6 +3,7 @@ scikit-learn digits) into a `Dataset` with train and eval splits."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from kdc.config import KdcConfig
 from kdc.data.base import Dataset, Split
 from kdc.data.readers import (
+    datasets_layout,
     read_datasets,
     read_delimited,
     read_digits,
@@ -109,7 +111,9 @@ def _split_sentences(texts: list[str]) -> list[str]:
 
 
 def load_dataset(cfg: KdcConfig) -> Dataset:
-    """Read, encode labels (sorted names) and split; raise UserError on unusable data."""
+    """Read, encode labels (`class_order`) and split (the eval file, a `datasets` directory's
+    test/validation split, else `data.eval_fraction` held out); raise UserError on unusable
+    data."""
     d = cfg.data
     src_path = cfg.resolve(d.source)
     fmt = _format(cfg, src_path, "data.source")
@@ -122,10 +126,14 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
             fix="remove data.eval (data.eval_fraction sets the held-out share)",
         )
     rng = np.random.default_rng(cfg.split_seed())
+    label_col = None if cfg.task == "sentence-embedding" else d.label_column
+    has_eval, declared = (False, None)
+    if fmt == "datasets":
+        has_eval, declared = datasets_layout(src_path, label_col)
     if d.eval:
         ev_path = cfg.resolve(d.eval)
         ev_feats, ev_labels = _read(cfg, ev_path, _format(cfg, ev_path, "data.eval"), "eval")
-    elif fmt == "datasets":
+    elif has_eval:
         ev_feats, ev_labels = _read(cfg, src_path, fmt, "test")
     else:
         order = rng.permutation(len(feats))
@@ -146,7 +154,7 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
         names: list[str] = []
         y_tr = y_ev = np.zeros((0,), np.int64)
     else:
-        names = sorted({str(x) for x in labels})
+        names = class_order(labels, declared)
         if len(names) < 2:
             raise UserError(
                 f"the training data has {len(names)} class(es)",
@@ -180,6 +188,18 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
     kind = "image" if fmt in IMAGE_FORMATS else "text"
     source = d.source if fmt == "sklearn" else f"{fmt}:{d.source}"
     return Dataset(train, evs, names, kind, source)
+
+
+def class_order(labels: list, declared: list[str] | None = None) -> list[str]:
+    """Class names in index order: the data's declared order (a `datasets` ClassLabel), else
+    integer labels by value (`2` before `10`), else names A→Z. A teacher whose head has generic
+    names (LABEL_0 …) is read in this order."""
+    present = {str(x) for x in labels}
+    if declared and present <= set(declared):
+        return list(declared)
+    if all(re.fullmatch(r"-?\d+", n) for n in present):
+        return sorted(present, key=int)
+    return sorted(present)
 
 
 def align_labels(ds: Dataset, teacher_names: list[str] | None, source: str) -> Dataset:

@@ -217,6 +217,18 @@ def read_datasets(
     return texts, labels
 
 
+def datasets_layout(path: Path, label_col: str | None) -> tuple[bool, list[str] | None]:
+    """Of a `datasets` directory: whether it has an eval split (a DatasetDict with `test` or
+    `validation`), and its label column's declared class names in index order (a ClassLabel)."""
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))  # memory-mapped: cheap to open again
+    has_eval = isinstance(ds, DatasetDict) and bool({"test", "validation"} & set(ds))
+    first = next(iter(ds.values())) if isinstance(ds, DatasetDict) else ds
+    feat = first.features.get(label_col) if label_col else None
+    return has_eval, list(feat.names) if hasattr(feat, "names") else None
+
+
 def read_imagefolder(
     path: Path, size: int, field: str = "data.source"
 ) -> tuple[np.ndarray, list[str]]:
