@@ -135,7 +135,7 @@ def _latency(report: dict) -> Reading:
 
 
 def _memory(report: dict) -> Reading:
-    eng, mem = _target_object(report, ("memory",))
+    eng, mem = _target_object(report, ("memory", "target_memory"))
     key = MEMORY_MB[mem["kind"]]
     if mem.get(key) is None:
         raise Undetermined(f"{engine_label(eng)} {mem['kind']} memory has no {key}")

@@ -126,7 +126,14 @@ def _engine_block(
             ]
     if not ctx.profile.measurable:
         block["target_latency"] = predict(ctx, path, prec)
+        block["target_memory"] = _predicted_memory(ctx, path, prec)
     return block
+
+
+def _predicted_memory(ctx: Context, path: Path, precision: str) -> dict:
+    """Weights at `precision` plus the peak of live activations on the target (MiB)."""
+    peak = predict_memory_mb(path, precision, ctx.cfg.verify.batch, _shapes(ctx))
+    return {"kind": "predicted", "peak_mb": peak}
 
 
 def _remote_block(
@@ -149,10 +156,7 @@ def _remote_block(
         "size_mb": round(src.stat().st_size / 1e6, 4),
         "size_note": "size of the ONNX the engine is built from; the plan is built on the device",
         "latency": predict(ctx, src, rec["precision"]),
-        "memory": {
-            "kind": "predicted",
-            "peak_mb": predict_memory_mb(src, rec["precision"], ctx.cfg.verify.batch, _shapes(ctx)),
-        },
+        "memory": _predicted_memory(ctx, src, rec["precision"]),
     }
     if device is not None:
         block["predicted_latency"] = block["latency"]
@@ -216,11 +220,13 @@ def _warn_if_int8_not_faster(engines: list[dict]) -> None:
     gain = fp32["latency"]["p50_ms"] / int8["latency"]["p50_ms"]
     if gain >= INT8_GAIN_MIN:
         return
+    sizes = f"{int8.get('size_mb')} vs {fp32.get('size_mb')} MB"
+    smaller = (int8.get("size_mb") or 0) < (fp32.get("size_mb") or 0)
     int8.setdefault("warnings", []).append(
         f"only {gain:.2f}x FP32's speed on this machine (p50 {int8['latency']['p50_ms']:.4g} vs "
         f"{fp32['latency']['p50_ms']:.4g} ms; int8 kernels gain little without VNNI): "
-        "quantize.precision: fp32 ships an engine about as fast and closer to the student, INT8 "
-        f"saves size ({int8.get('size_mb')} vs {fp32.get('size_mb')} MB)"
+        "quantize.precision: fp32 ships an engine about as fast and closer to the student"
+        + (f", INT8 saves size ({sizes})" if smaller else f" and no larger ({sizes})")
     )
 
 

@@ -124,3 +124,15 @@ def test_metric_mismatch_is_reported(report):
 def test_unknown_constraint_is_a_user_error(report):
     with pytest.raises(UserError, match="unknown constraint 'max_latency'"):
         evaluate_constraints(report, {"max_latency": 3}, PROFILE)
+
+
+def test_an_engine_built_here_has_its_memory_predicted_for_a_remote_target(report):
+    """`kdc verify RUN --target jetson` on a host run: only ONNX Runtime engines, their memory
+    measured here; the target's memory is their prediction (`target_memory`), not a failure."""
+    report["engines"] = [e for e in report["engines"] if e["engine"] == "onnxruntime"]
+    row = rows_by_name(evaluate_constraints(report, {}, PROFILE))["memory_mb"]
+    assert row["value"] is None and row["pass"] is False  # measured off the target only
+    report["engines"][0]["target_memory"] = {"kind": "predicted", "peak_mb": 3.5}
+    row = rows_by_name(evaluate_constraints(report, {}, PROFILE))["memory_mb"]
+    assert (row["source"], row["value"], row["pass"]) == ("predicted", 3.5, True)
+    assert "runtime" in row["note"]  # weights + activations only, said so

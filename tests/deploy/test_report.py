@@ -203,6 +203,12 @@ def test_engine_warnings_are_listed_in_the_markdown(report):
     _warn_if_int8_not_faster(engines)
     (warning,) = int8["warnings"]
     assert "only 1.05x FP32's speed" in warning and "quantize.precision: fp32" in warning
+    assert ("INT8 saves size" in warning) == (int8["size_mb"] < fp32["size_mb"])
+    bigger = json.loads(json.dumps(engines))  # a tiny model's INT8 file can be the larger one
+    bigger[0].pop("warnings")
+    bigger[0]["size_mb"] = fp32["size_mb"] * 1.1
+    _warn_if_int8_not_faster(bigger)
+    assert "saves size" not in bigger[0]["warnings"][0] and "no larger" in bigger[0]["warnings"][0]
     md = render_markdown({**report, "engines": engines})
     assert f"- onnxruntime-int8: {warning}" in md
     console = Console(width=400, record=True)
