@@ -16,13 +16,15 @@ from kdc.errors import UserError
 from kdc.profiles import HardwareProfile, load_profile
 from kdc.rundir import RunDir, read_json
 
-ConfigLike = KdcConfig | str | Path
+ConfigLike = KdcConfig | dict | str | Path  # a dict: model.yaml's content, paths relative to cwd
 # onnxruntime (1.32) otherwise writes telemetry state to ~/.cache/Microsoft and $TMPDIR/.ses and
 # may try to upload it; it reads this when first imported, and every kdc import passes here first
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def _config(config: ConfigLike) -> KdcConfig:
+    if isinstance(config, dict):
+        return parse_config(config, source="<dict config>")
     return config if isinstance(config, KdcConfig) else load_config(config)
 
 

@@ -173,6 +173,29 @@ def _table_data(path: Path, teacher: TeacherInfo) -> DataInfo:
             field="--data",
             fix="save it as UTF-8 with a header row",
         ) from None
+    return _rows_data(path, rows, teacher)
+
+
+def _datasets_rows(path: Path, limit: int = 5000) -> list[dict]:
+    """The first `limit` rows of a `datasets` directory's train split (or its only one)."""
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError:
+        raise UserError(
+            "the 'datasets' package is not installed",
+            source=str(path),
+            field="--data",
+            fix="pip install 'kdc[datasets]'",
+        ) from None
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    return [dict(r) for r in ds.select(range(min(limit, len(ds))))]
+
+
+def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
+    """The text and label columns of table rows (the label column with the teacher's number of
+    classes, else the one with fewest), and a max_length for the texts."""
     columns = list(rows[0]) if rows else []
     if not rows or len(columns) < 2:
         raise UserError(
@@ -220,12 +243,15 @@ def _image_data(path: Path) -> DataInfo:
 
 
 def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
-    """Columns, labels and a max_length for csv/tsv/jsonl; classes of an image folder."""
+    """Columns, labels and a max_length for csv/tsv/jsonl or a `datasets` directory; classes of
+    an image folder."""
     if data == "sklearn:digits":
         return DataInfo(data, "image", 1797, labels=[str(i) for i in range(10)])
     path = Path(data)
     if not path.exists():
         raise UserError("data not found", source=data, field="--data", fix="check the path")
+    if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+        return _rows_data(path, _datasets_rows(path), teacher)
     return _image_data(path) if path.is_dir() else _table_data(path, teacher)
 
 

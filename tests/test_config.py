@@ -86,3 +86,16 @@ def test_split_seed_holds_the_eval_split_while_the_seed_changes(tmp_path):
     fixed = eval_rows(seed=0)
     assert (eval_rows(seed=1, data={"split_seed": 0}) == fixed).all()
     assert not (eval_rows(seed=1) == fixed).all()  # unset: the run's seed draws the split
+
+
+def test_the_api_takes_a_config_as_a_dict(tmp_path, monkeypatch):
+    """model.yaml's content as a dict (paths relative to the working directory); a bad one is a
+    ConfigError like a bad file."""
+    from tiny import cnn_config
+
+    from kdc import api
+
+    monkeypatch.chdir(tmp_path)
+    assert api.plan(cnn_config(weights=None))["data"]["num_labels"] == 10
+    with pytest.raises(ConfigError, match="<dict config>: field 'task'"):
+        api.plan({"name": "x"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from tiny import write_csv
 from typer.testing import CliRunner
 
@@ -48,6 +49,23 @@ def test_init_guesses_columns_by_content(bert_project, tmp_path):
     assert res.exit_code == 0, res.output
     cfg = load_config(tmp_path / "m.yaml")
     assert (cfg.data.text_column, cfg.data.label_column) == ("review", "stars")
+
+
+def test_init_reads_a_datasets_directory(bert_project, tmp_path):
+    """A `save_to_disk` directory is table data, not an image folder; the config runs."""
+    datasets = pytest.importorskip("datasets")
+    root = bert_project.parent
+    texts, labels = zip(*_rows(root), strict=True)
+    part = datasets.Dataset.from_dict({"text": list(texts), "label": list(labels)})
+    datasets.DatasetDict({"train": part, "test": part.select(range(20))}).save_to_disk(
+        str(tmp_path / "ds")
+    )
+    res = _init(root / "teacher", "--data", tmp_path / "ds", "--out", tmp_path / "m.yaml")
+    assert res.exit_code == 0, res.output
+    cfg = load_config(tmp_path / "m.yaml")
+    assert (cfg.data.text_column, cfg.data.label_column) == ("text", "label")
+    plan = runner.invoke(app, ["compress", str(tmp_path / "m.yaml"), "--dry-run"])
+    assert plan.exit_code == 0, plan.output
 
 
 def _rows(root):
