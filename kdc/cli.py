@@ -241,7 +241,9 @@ def bench(
 def estimate(
     model: Path,
     target: Target = "host",
-    precision: Annotated[str, typer.Option()] = "fp32",
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, fp16 or int8 (default: int8 for a quantized graph)")
+    ] = None,
     batch: int = 1,
     shape: Shapes = None,
     padding: Annotated[

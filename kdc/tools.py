@@ -168,21 +168,34 @@ def _shapes_text(inputs: dict[str, np.ndarray]) -> str:
     return ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in inputs.items())
 
 
+INT8_OPS = {
+    "QuantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "QLinearConv",
+}
+
+
 def estimate(
     path: Path | str,
     target: str,
     *,
-    precision: str = "fp32",
+    precision: str | None = None,
     batch: int = 1,
     shapes: dict[str, list[int]] | None = None,
     explain: bool = False,
     padding: float = 0.0,
 ) -> dict:
-    """Predict one ONNX model's latency on a target (latency object of kind predicted)."""
+    """Predict one ONNX model's latency on a target (latency object of kind predicted);
+    `precision` None: int8 for a quantized graph (Q/DQ or integer ops), else fp32."""
     from kdc.deploy.estimate import predict_onnx
     from kdc.profiles import load_profile
 
     model = load_onnx(path)
+    if precision is None:
+        quantized = {n.op_type for n in model.graph.node} & INT8_OPS
+        precision = "int8" if quantized else "fp32"
     given = shapes or {k: list(v.shape) for k, v in synthetic_inputs(path, batch).items()}
     return predict_onnx(
         model,

@@ -302,3 +302,18 @@ def test_architecture_path_agrees_with_onnx(tiny_bert, target, precision, batch)
     assert a["p50_ms"] == pytest.approx(o["p50_ms"], rel=0.15)
     assert a["kernels"] == o["kernels"]
     assert a["flops"] == pytest.approx(o["flops"], rel=0.02)
+
+
+def test_estimate_takes_a_quantized_graph_as_int8(tmp_path):
+    """`kdc estimate` without --precision: int8 for a quantized graph, fp32 otherwise."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from kdc import tools
+
+    onnx.save(mlp(2, 64), tmp_path / "fp32.onnx")
+    quantize_dynamic(str(tmp_path / "fp32.onnx"), str(tmp_path / "int8.onnx"))
+    assert tools.estimate(tmp_path / "fp32.onnx", "nvidia-t4")["precision"] == "fp32"
+    assert tools.estimate(tmp_path / "int8.onnx", "nvidia-t4")["precision"] == "int8"
+    assert tools.estimate(tmp_path / "int8.onnx", "nvidia-t4", precision="fp16")["precision"] == (
+        "fp16"
+    )
