@@ -71,6 +71,21 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def writable(path: Path | str, what: str, field: str, example: str) -> Iterator[None]:
+    """Turn a failure to write `path` (a directory, no permission, no space) into a UserError
+    naming it and the option it came from."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(
+            f"cannot write the {what} ({e.strerror or e})",
+            source=str(path),
+            field=field,
+            fix=f"pass a file path you can write to, e.g. {example}",
+        ) from None
+
+
 def write_text(path: Path | str, text: str) -> Path:
     """Write text atomically."""
     with atomic_path(path) as tmp:

@@ -1,18 +1,14 @@
-"""Malformed configs and inputs end as one line naming the file or field, exit 2 (1 for a budget
-no student can meet), no traceback, and nothing written outside the run directory.
+"""Malformed configs and inputs, case by case, end as one line naming the file or field, exit 2
+(1 for a budget no student can meet), no traceback, and nothing written outside the run
+directory (the harness: tests/helpers/malformed.py; generated configs: test_malformed_configs.py).
 
 Run in-process through typer's CliRunner: they fail at validation or data/teacher loading, before
-any training. `CASES` (explicit) and `config_mutations()` (hypothesis) are also what
-bench/reliability.py runs to summarise outcomes."""
+any training. `CASES` is also what bench/reliability.py runs to summarise outcomes."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,79 +17,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
-from pydantic import BaseModel, ValidationError
+from malformed import (
+    FAST,
+    assert_clean_failure,
+    compress,
+    private_tmp,
+    run_case,
+    yaml_file,
+)
 from safetensors.torch import save_file
 from tiny import bert_config, cnn_config, sentences, tiny_bert, write_csv
-from typer.testing import CliRunner
 
-from kdc.cli import app
-from kdc.config import KdcConfig
-
-runner = CliRunner()
-FAST = {"distill": {"epochs": 0}, "verify": {"warmup": 0, "iterations": 10, "min_duration_s": 0}}
-JUNK = "qwxzk"  # letters that spell no YAML/pydantic boolean
-
-
-# ---------------------------------------------------------------- running and checking a case
-def snapshot(*roots: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]:
-    """path -> (size, mtime_ns) of every file under `roots`, except under `skip`."""
-    out = {}
-    for root in roots:
-        for p in Path(root).rglob("*"):
-            if p.is_file() and not (skip and p.is_relative_to(skip)):
-                st_ = p.stat()
-                out[str(p)] = (st_.st_size, st_.st_mtime_ns)
-    return out
-
-
-@dataclass
-class Outcome:
-    exit_code: int
-    lines: list[str]
-    outside_writes: list[str]
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-def run_case(args: list[str], root: Path, watched: tuple[Path, ...] = ()) -> Outcome:
-    """Invoke the CLI; report its exit code, output lines and files written outside root/run
-    (root, `watched` and the temp dir are snapshotted before and after)."""
-    roots = (root, *watched, Path(tempfile.gettempdir()))
-    before = snapshot(*roots, skip=root / "run")
-    res = runner.invoke(app, [str(a) for a in args])
-    after = snapshot(*roots, skip=root / "run")
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    return Outcome(res.exit_code, [ln for ln in res.output.splitlines() if ln.strip()], changed)
-
-
-def assert_clean_failure(o: Outcome, code: int, *names: str) -> None:
-    assert o.exit_code == code, o.text
-    assert len(o.lines) == 1 and "Traceback" not in o.text, o.text
-    for n in names:
-        assert n in o.lines[0], (n, o.text)
-    assert not o.outside_writes, o.outside_writes
-
-
-@pytest.fixture(scope="module")
-def private_tmp(tmp_path_factory):
-    """A temp dir of this module's own, so a write to it by kdc shows. (onnxruntime imported
-    before kdc set ORT_DISABLE_TELEMETRY writes a .ses file to TMPDIR: import it first.)"""
-    import onnxruntime  # noqa: F401
-
-    d = tmp_path_factory.mktemp("private-tmp")
-    old, old_env = tempfile.tempdir, os.environ.get("TMPDIR")
-    tempfile.tempdir, os.environ["TMPDIR"] = str(d), str(d)
-    yield d
-    tempfile.tempdir = old
-    if old_env is None:
-        os.environ.pop("TMPDIR")
-    else:
-        os.environ["TMPDIR"] = old_env
+__all__ = ["CASES", "private_tmp"]  # the fixture, imported for pytest to find
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +45,6 @@ def assets(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- explicit cases
 Build = Callable[[Path, Path], list[str]]  # (case dir, assets) -> CLI args
 SAMPLE_REPORT = Path(__file__).parent / "fixtures" / "report_sample.json"
-
-
-def yaml_file(path: Path, data: Any) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -136,10 +66,6 @@ def text(root: Path, assets: Path, **over) -> Path:
         **FAST,
     )
     return yaml_file(root / "model.yaml", _merge(base, over))
-
-
-def compress(cfg: Path, *extra: str) -> list[str]:
-    return ["compress", str(cfg), "--out", str(cfg.parent / "run"), "-q", *extra]
 
 
 def with_file(name: str, content: str | bytes | Callable[[Path], Any], then: Build) -> Build:
@@ -484,126 +410,3 @@ def test_explicit_case(case, tmp_path, assets, private_tmp):
     assert_clean_failure(o, case.code, *case.expect)
     if case.marker:
         assert not (root / "PWNED").exists() and not Path("PWNED").exists()
-
-
-# ---------------------------------------------------------------- generated config mutations
-def _leaves(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
-    """Dotted path -> pydantic FieldInfo of every leaf of the config schema."""
-    out = {}
-    for name, f in model.model_fields.items():
-        if f.exclude:
-            continue
-        sub = next(
-            (
-                a
-                for a in (f.annotation, *typing.get_args(f.annotation))
-                if isinstance(a, type) and issubclass(a, BaseModel)
-            ),
-            None,
-        )
-        if sub is not None:
-            out.update(_leaves(sub, f"{prefix}{name}."))
-        else:
-            out[f"{prefix}{name}"] = f
-    return out
-
-
-LEAVES = _leaves(KdcConfig)
-SECTIONS = ["", *sorted({p.rpartition(".")[0] for p in LEAVES if "." in p})]
-
-
-def _base_types(ann: Any) -> set:
-    args = typing.get_args(ann)
-    if typing.get_origin(ann) in (typing.Union, types.UnionType):
-        return set().union(*(_base_types(a) for a in args)) - {type(None)}
-    return {typing.get_origin(ann) or ann}
-
-
-def bad_values(field: Any) -> st.SearchStrategy:
-    """Values of the wrong type or outside the bounds for a schema leaf."""
-    kinds = _base_types(field.annotation)
-    junk_text = st.text(JUNK, min_size=3, max_size=8)
-    opts = [st.lists(st.integers(), min_size=1, max_size=3).map(lambda v: [v])]  # nested list
-    if dict not in kinds:
-        opts.append(st.dictionaries(junk_text, st.integers(), min_size=1, max_size=2))
-    if kinds & {int, float, bool, typing.Literal}:
-        opts.append(junk_text)
-    if kinds == {str}:
-        opts.append(st.integers() | st.floats(allow_nan=False))
-    if kinds & {dict, list}:
-        opts.append(st.integers())
-    for m in field.metadata:
-        for attr, shift in (("ge", -1), ("gt", 0), ("le", 1), ("lt", 0)):
-            bound = getattr(m, attr, None)
-            if bound is not None:
-                opts.append(st.just(bound + shift))
-    return st.one_of(opts)
-
-
-def _set(cfg: dict, path: str, value: Any) -> None:
-    *parents, last = path.split(".")
-    for p in parents:
-        cfg = cfg.setdefault(p, {})
-    cfg[last] = value
-
-
-def _invalid(cfg: dict) -> bool:
-    try:
-        KdcConfig.model_validate(cfg)
-    except ValidationError:
-        return True
-    return False
-
-
-@st.composite
-def config_mutations(draw) -> tuple[Any, str, str]:
-    """(a broken config document, the field its error must name, the kind of breakage)."""
-    cfg = cnn_config(weights=None, **FAST)
-    kind = draw(st.sampled_from(["wrong value"] * 6 + ["unknown key"] * 2 + ["missing"]))
-    if kind == "wrong value":
-        path = draw(st.sampled_from(sorted(LEAVES)))
-        _set(cfg, path, draw(bad_values(LEAVES[path])))
-    elif kind == "unknown key":
-        section = draw(st.sampled_from(SECTIONS))
-        key = draw(st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True))
-        path = f"{section}.{key}".lstrip(".")
-        assume(path not in LEAVES and path not in SECTIONS)
-        _set(cfg, path, draw(st.integers() | st.text(max_size=5)))
-    else:
-        path = draw(st.sampled_from(["name", "task", "teacher", "data", "data.source"]))
-        *parents, last = path.split(".")
-        target = cfg
-        for p in parents:
-            target = target[p]
-        target.pop(last)
-    assume(_invalid(cfg))
-    return cfg, path, kind
-
-
-@settings(
-    max_examples=120,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(config_mutations())
-def test_generated_bad_configs(tmp_path_factory, private_tmp, mutation):
-    cfg, field, _ = mutation
-    root = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
-    o = run_case(compress(yaml_file(root / "model.yaml", cfg)), root)
-    assert_clean_failure(o, 2, "model.yaml", f"'{field}")
-    assert not (root / "run").exists()  # failed before creating anything
-
-
-@settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
-def test_arbitrary_bytes_as_config(tmp_path_factory, private_tmp, content):
-    root = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
-    (root / "model.yaml").write_bytes(content)
-    o = run_case(compress(root / "model.yaml"), root)
-    assert_clean_failure(o, 2, "model.yaml")

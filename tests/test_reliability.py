@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from test_malformed_inputs import snapshot
+from malformed import snapshot
 from tiny import write_yaml
 
 from kdc import api

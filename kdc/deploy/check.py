@@ -29,7 +29,7 @@ from kdc.deploy.constraints import (
 )
 from kdc.deploy.junit import write_junit
 from kdc.errors import UserError
-from kdc.rundir import atomic_path
+from kdc.rundir import atomic_path, writable
 
 __all__ = [
     "CheckResult",
@@ -325,14 +325,9 @@ def load_report(path: Path | str, what: str = "report") -> dict:
 def update_baseline(report_path: Path | str, baseline_path: Path | str) -> Path:
     """Make a report the new baseline: validate it, then copy it atomically."""
     load_report(report_path)
-    try:
-        with atomic_path(baseline_path) as tmp:
-            shutil.copyfile(report_path, tmp)
-    except OSError as e:
-        raise UserError(
-            f"cannot write the baseline ({e.strerror or e})",
-            source=str(baseline_path),
-            field="--baseline",
-            fix="pass a file path you can write to, e.g. ci/baseline.json",
-        ) from None
+    with (
+        writable(baseline_path, "baseline", "--baseline", "ci/baseline.json"),
+        atomic_path(baseline_path) as tmp,
+    ):
+        shutil.copyfile(report_path, tmp)
     return Path(baseline_path)

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from kdc.errors import UserError
-from kdc.rundir import write_text
+from kdc.rundir import writable, write_text
 
 
 class Result(Protocol):
@@ -51,12 +50,5 @@ def junit_xml(results: Sequence[Result], suite: str = "kdc check") -> str:
 
 def write_junit(results: Sequence[Result], path: Path | str, suite: str = "kdc check") -> Path:
     """Write the JUnit file atomically; a path that cannot be written is a UserError."""
-    try:
+    with writable(path, "JUnit file", "--junit", "junit.xml"):
         return write_text(path, junit_xml(results, suite))
-    except OSError as e:
-        raise UserError(
-            f"cannot write the JUnit file ({e.strerror or e})",
-            source=str(path),
-            field="--junit",
-            fix="pass a file path you can write to, e.g. junit.xml",
-        ) from None
