@@ -201,7 +201,7 @@ def bench(
     threads: Annotated[int | None, typer.Option()] = None,
     shape: Shapes = None,
     iterations: int = 200,
-    warmup: int = 50,
+    warmup: int = 10,
     min_duration: Annotated[float, typer.Option("--min-duration")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:

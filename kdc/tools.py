@@ -130,7 +130,7 @@ def bench(
     threads: int | None = None,
     shapes: dict[str, list[int]] | None = None,
     iterations: int = 200,
-    warmup: int = 50,
+    warmup: int = 10,
     min_duration_s: float = 1.0,
     precision: str = "fp32",
 ) -> dict:

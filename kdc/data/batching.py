@@ -10,6 +10,12 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+# Rows per batch when a split is run for its outputs. Sorted by length and each batch cut to its
+# longest row, 16-row batches carry 4 % padding tokens on the sentiment eval split against 17 % at
+# 64 rows (7 % against 31 % of the attention scores); a 60-row validation split 20 % against 73 %.
+# Measured there (2 threads): validation 2.8 -> 1.45 s, the ONNX teacher's eval about 10 % faster.
+EVAL_BATCH = 16
+
 
 def cut_positions(batch: dict, length: int) -> dict:
     """Text inputs (2-D, as wide as the attention mask; numpy or torch) cut to their first

@@ -48,7 +48,7 @@ def _warnings(
 def measure_callable(
     fn: Callable[[], object],
     *,
-    warmup: int = 50,
+    warmup: int = 10,
     warmup_s: float = 0.2,
     iterations: int = 200,
     min_duration_s: float = 1.0,
@@ -122,7 +122,7 @@ def measure_onnx(
     inputs: dict[str, np.ndarray],
     *,
     threads: int | None = None,
-    warmup: int = 50,
+    warmup: int = 10,
     warmup_s: float = 0.2,
     iterations: int = 200,
     min_duration_s: float = 1.0,

@@ -25,7 +25,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from kdc.data.batching import map_by_length
+from kdc.data.batching import EVAL_BATCH, map_by_length
 from kdc.errors import UserError
 from kdc.profiles import host_threads
 from kdc.rundir import atomic_path
@@ -169,7 +169,7 @@ def feed_for(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> di
 
 
 def run_session(
-    session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_size: int = 64
+    session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_size: int = EVAL_BATCH
 ) -> np.ndarray:
     """The first output over all rows of `inputs`, run `batch_size` rows at a time; text rows by
     length, each batch cut to its longest row, where the graph's sequence axis is dynamic and

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdc.data.batching import map_by_length
+from kdc.data.batching import EVAL_BATCH, map_by_length
 
 
 class ModelAdapter(ABC):
@@ -48,7 +48,9 @@ class ModelAdapter(ABC):
     def params(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
-    def forward_numpy(self, inputs: dict[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
+    def forward_numpy(
+        self, inputs: dict[str, np.ndarray], batch_size: int = EVAL_BATCH
+    ) -> np.ndarray:
         """Run the PyTorch module in eval mode over all rows of `inputs` (text by length)."""
         self.module.eval()
 
