@@ -253,23 +253,24 @@ def inspect_run(run_dir: Path | str) -> dict:
 def bundle(run_dir: Path | str, target: str) -> Path:
     """Write (or rewrite) the device bundle of a finished run for a target."""
     from kdc import api
-    from kdc.stages.build import make_bundle
+    from kdc.stages.build import make_bundle, parse_blocker, tensorrt_precision, tensorrt_source
 
     ctx = api.open_run(api.config_of_run(run_dir), target, run_dir, quiet=True)
     engines = read_json(ctx.run / "build" / "engines.json")
-    shipped = next(
-        (
-            e
-            for e in reversed(engines)
-            if e.get("engine") == "onnxruntime" and e.get("status") == "built"
-        ),
-        None,
-    )
+    shipped = tensorrt_source(ctx, engines)
     if shipped is None:
         raise UserError(
             "the run has no built ONNX Runtime engine",
             source=str(run_dir),
             fix="run `kdc compress` (or `kdc build`) first",
         )
-    precision = shipped["precision"] if shipped["precision"] != "fp32" else "fp16"
+    blocker = parse_blocker(ctx, ctx.run / shipped["path"])
+    if blocker:
+        why, fix = blocker
+        raise UserError(
+            why,
+            source=str(run_dir),
+            fix=f"{fix}; a run compressed for {ctx.profile.name} quantizes for it",
+        )
+    precision = tensorrt_precision(ctx, engines)
     return make_bundle(ctx, ctx.run / shipped["path"], precision)

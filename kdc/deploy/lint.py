@@ -19,6 +19,13 @@ from kdc.deploy.tensorrt import DLA_RULE, QDQ_OPS, parse_version, supports_dla
 from kdc.profiles import HardwareProfile
 
 SEVERITIES = ("error", "warning", "info")
+# DequantizeLinear input types TensorRT's ONNX parser takes (onnx-tensorrt docs/operators.md)
+DEQUANTIZABLE = {
+    TensorProto.INT8,
+    TensorProto.FLOAT8E4M3FN,
+    TensorProto.FLOAT8E5M2,
+    TensorProto.INT4,
+}
 
 
 @dataclass(frozen=True)
@@ -314,6 +321,18 @@ def _check_dynamic(g: _Graph) -> Iterator[LintFinding]:
 
 def _check_qdq(g: _Graph) -> Iterator[LintFinding]:
     for n in g.nodes:
+        x = g.inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if x is not None and x.data_type not in DEQUANTIZABLE:
+            yield LintFinding(
+                "error",
+                n.name,
+                n.op_type,
+                f"DequantizeLinear of {TensorProto.DataType.Name(x.data_type)} (a quantized "
+                'bias): TensorRT dequantizes INT8, FP8 and INT4 only ("only activation types '
+                'allowed as input to this layer")',
+                "keep biases in float (ONNX Runtime quantize_static: "
+                "extra_options QuantizeBias=False)",
+            )
         if n.op_type in QDQ_OPS and len(n.input) > 2 and n.input[2] in g.inits:
             zp = g.inits[n.input[2]]
             if zp.data_type == TensorProto.UINT8 or numpy_helper.to_array(zp).any():

@@ -355,9 +355,11 @@ def _finish(model: ZooModel, src: Path, dst: Path, engine: str, seed: int) -> Pa
 
     if model.precision == "int8":
         calib = [inputs_for(model, seed=seed + 1 + i) for i in range(CALIBRATION_ROWS)]
-        symmetric = engine == "tensorrt"
+        trt = engine == "tensorrt"
         ops = QUANT_OPS.get(model.family)  # mlp: None, ORT's default set, as for CNNs
-        return quantize_int8(src, dst, calib, symmetric_activations=symmetric, op_types=ops)
+        return quantize_int8(
+            src, dst, calib, symmetric_activations=trt, op_types=ops, float_bias=trt
+        )
     if engine == "tensorrt":
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)

@@ -291,11 +291,14 @@ def quantize_int8(
     per_channel: bool = True,
     op_types: list[str] | None = None,
     nodes_to_exclude: list[str] | None = None,
+    float_bias: bool = False,
 ) -> Path:
     """Static INT8 QDQ quantization: int8 weights; int8 symmetric activations (TensorRT) or uint8
     asymmetric ones (often better on CPU), calibrated on `calib_inputs` with `method`.
     `op_types` limits which ops are quantized (None: ONNX Runtime's default set);
-    `nodes_to_exclude` (node names) stay in float."""
+    `nodes_to_exclude` (node names) stay in float. `float_bias` keeps Conv/Gemm biases in float
+    instead of int32 behind a DequantizeLinear, which TensorRT's parser rejects ("only activation
+    types allowed as input to this layer"; it dequantizes INT8/FP8/INT4 only)."""
     if method not in CALIBRATION_METHODS:
         raise UserError(
             f"unknown calibration method '{method}'",
@@ -338,7 +341,11 @@ def quantize_int8(
             calibration_providers=[CPU],
             op_types_to_quantize=op_types,
             nodes_to_exclude=nodes_to_exclude or [],
-            extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
+            extra_options={
+                "ActivationSymmetric": symmetric_activations,
+                "WeightSymmetric": True,
+                "QuantizeBias": not float_bias,
+            },
         )
     return dst
 

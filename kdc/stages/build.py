@@ -116,6 +116,7 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
         method=q.calibration,
         op_types=QUANT_OPS.get(fam),
         nodes_to_exclude=exclude,
+        float_bias=tensorrt_on_target(ctx),
     )
 
 
@@ -276,15 +277,23 @@ def _backend_notes(ctx: Context, backend: str) -> dict:
     return {"calibration": ctx.cfg.quantize.calibration, "ops": ops}
 
 
-def _source(engines: list[dict]) -> dict | None:
-    """The last built ONNX Runtime engine: its graph is what a TensorRT engine is built from."""
-    return next((e for e in reversed(engines) if e["status"] == "built"), None)
+def tensorrt_source(ctx: Context, engines: list[dict]) -> dict | None:
+    """What a TensorRT engine is built from, as {"path", "precision"} (None when no ONNX Runtime
+    engine was built): the INT8 Q/DQ graph when one was built (symmetric, biases in float), else
+    the exported graph. ONNX Runtime's optimised FP32 graph is not a source: it holds
+    com.microsoft fused ops (FusedConv, Attention, SkipLayerNormalization) TensorRT cannot parse."""
+    built = [e for e in engines if e["status"] == "built"]
+    if not built:
+        return None
+    exported = ctx.run / "export" / "model.onnx"
+    fp32 = {"path": str(exported.relative_to(ctx.run.root)), "precision": "fp32"}
+    return next((e for e in built if e["precision"] == "int8"), fp32)
 
 
 def tensorrt_precision(ctx: Context, engines: list[dict]) -> str:
-    """The precision a TensorRT engine is built at: that of its source graph (`_source`), fp32
-    raised to fp16; the config's when none was built."""
-    shipped = _source(engines)
+    """The precision a TensorRT engine is built at: that of its source graph
+    (`tensorrt_source`), fp32 raised to fp16; the config's when none was built."""
+    shipped = tensorrt_source(ctx, engines)
     precision = shipped["precision"] if shipped else ctx.cfg.quantize.precision
     return precision if precision != "fp32" else "fp16"
 
@@ -308,7 +317,7 @@ def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:
     """A native TensorRT engine, or a device bundle (remote targets), or `unavailable`."""
     from kdc.deploy import tensorrt
 
-    shipped = _source(engines)
+    shipped = tensorrt_source(ctx, engines)
     if shipped is None:
         raise UserError(
             "the TensorRT engine is built from the ONNX Runtime engine's graph, and none was built",
@@ -318,6 +327,14 @@ def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:
         )
     onnx_path = ctx.run / shipped["path"]
     precision = tensorrt_precision(ctx, engines)
+    blocker = parse_blocker(ctx, onnx_path)
+    if blocker:
+        return {
+            "engine": "tensorrt",
+            "precision": precision,
+            "status": "unavailable",
+            "reason": f"{blocker[0]} (fix: {blocker[1]})",
+        }
     rec = {"engine": "tensorrt", "precision": precision, "source": shipped["path"]}
     try:
         opts = tensorrt.options_for_profile(
@@ -340,6 +357,23 @@ def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:
         "path": str(bundle.relative_to(ctx.run.root)),
         "reason": reason,
     }
+
+
+def parse_blocker(ctx: Context, onnx_path: Path) -> tuple[str, str] | None:
+    """(why, fix) TensorRT cannot build `onnx_path` (the first error `kdc lint` finds), or None:
+    no engine is built or bundled from a graph that would fail to parse on the device."""
+    from kdc.deploy.lint import lint_onnx
+
+    findings = lint_onnx(onnx_path, ctx.profile, input_shapes=input_shapes(ctx))
+    error = next((f for f in findings if f.severity == "error"), None)
+    if error is None:
+        return None
+    rel = onnx_path.relative_to(ctx.run.root)
+    return (
+        f"TensorRT {ctx.profile.runtime.tensorrt} cannot build {rel}: {error.op} "
+        f"{error.node!r}: {error.message}",
+        f"{error.fix}; every finding: kdc lint RUN_DIR/{rel} --target {ctx.profile.name}",
+    )
 
 
 def input_shapes(ctx: Context) -> dict[str, list[int]]:

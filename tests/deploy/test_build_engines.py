@@ -8,7 +8,10 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
 from kdc.config import BuildConfig
@@ -116,6 +119,41 @@ def test_tensorrt_without_an_onnxruntime_engine_names_the_fix(tmp_path):
     with pytest.raises(UserError) as e:
         build.build_tensorrt(ctx, [])
     assert e.value.field == "build.engines" and "onnxruntime" in e.value.fix
+
+
+def test_tensorrt_source_is_the_int8_graph_or_the_exported_one(tmp_path):
+    """ONNX Runtime's optimised FP32 graph holds com.microsoft fused ops TensorRT cannot parse:
+    an FP16 engine is built from the exported graph, an INT8 one from the Q/DQ graph."""
+    ctx = SimpleNamespace(run=RunDir(tmp_path))
+    fp32 = build.tensorrt_source(ctx, [_ort("fp32")])
+    assert fp32 == {"path": "export/model.onnx", "precision": "fp32"}
+    int8 = build.tensorrt_source(ctx, [_ort("fp32"), _ort("int8")])
+    assert int8["path"].endswith("model_int8.onnx")
+    assert build.tensorrt_source(ctx, []) is None
+
+
+def test_tensorrt_engine_from_a_graph_lint_rejects_is_unavailable(tmp_path):
+    """No bundle is shipped that would fail to parse on the device: the record says why."""
+    (tmp_path / "export").mkdir()
+    graph = helper.make_graph(
+        [helper.make_node("FusedConv", ["x", "W"], ["logits"], domain="com.microsoft")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "W")],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), tmp_path / "export" / "model.onnx")
+    ctx = SimpleNamespace(
+        run=RunDir(tmp_path),
+        profile=load_profile("jetson"),
+        encode=lambda split: {"x": np.zeros((2, 1, 4, 4), np.float32)},
+        cfg=SimpleNamespace(verify=SimpleNamespace(batch=1)),
+    )
+    rec = build.build_tensorrt(ctx, [_ort("fp32")])
+    assert rec["status"] == "unavailable" and "source" not in rec
+    assert "cannot build export/model.onnx: com.microsoft::FusedConv" in rec["reason"]
+    assert "kdc lint RUN_DIR/export/model.onnx --target jetson-orin-nano-8gb" in rec["reason"]
 
 
 @pytest.fixture

@@ -244,3 +244,47 @@ def test_bench_exits_1_on_a_failed_parity_check_after_writing_its_results(tmp_pa
     res = read_device_results(out / "results", out, "jetson-orin-nano-8gb")
     assert not res["parity"]["passed"] and res["parity"]["cosine"] == pytest.approx(-1.0)
     assert "device parity FAILED" in res["warnings"][0]
+
+
+def test_build_sh_stops_with_the_fix_when_trtexec_is_tensorrt_11(tmp_path, goldens):
+    """TensorRT 11's trtexec has no --fp16/--int8: a bundle made for 10.x says so and how to
+    make one for 11 (exit 2) instead of trtexec's "Unknown option"; an 11.x bundle has no guard."""
+    out = _bundle(tmp_path, goldens)
+    trt11 = tmp_path / "trtexec11"
+    trt11.write_text(FAKE_TRTEXEC.replace("v100300", "v110100"))
+    trt11.chmod(0o755)
+    env = {**os.environ, "TRTEXEC": str(trt11)}
+    run = subprocess.run([str(out / "build.sh")], env=env, capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "TensorRT 11.x" in run.stderr and "runtime.tensorrt: '11.0'" in run.stderr
+    assert not (out / "model.plan").exists()
+    trt10 = tmp_path / "trtexec10"
+    trt10.write_text(FAKE_TRTEXEC)
+    trt10.chmod(0o755)
+    run = subprocess.run([str(out / "build.sh")], env={**env, "TRTEXEC": str(trt10)})
+    assert run.returncode == 0 and (out / "model.plan").is_file()
+    profile = load_profile("jetson-orin-nano-8gb")
+    v11 = profile.model_copy(
+        update={"runtime": profile.runtime.model_copy(update={"tensorrt": "11.0"})}
+    )
+    strongly_typed = _bundle(tmp_path / "v11", goldens, profile=v11)
+    assert "110000" not in (strongly_typed / "build.sh").read_text()
+
+
+def test_parity_script_falls_back_when_the_tensorrt_runner_fails(tmp_path, goldens):
+    """tensorrt importable but unusable (CPU-only torch, a plan that does not load): the check
+    still runs on ONNX Runtime and the note says why, instead of a traceback and no parity.json."""
+    out = _bundle(tmp_path, goldens, precision="fp32")
+    (out / "model.plan").write_bytes(b"ENGINE")
+    fake = tmp_path / "fake_site"
+    (fake / "tensorrt").mkdir(parents=True)
+    (fake / "tensorrt" / "__init__.py").write_text(
+        "class Logger:\n    WARNING = 2\n    def __init__(self, level): pass\n"
+        "class Runtime:\n    def __init__(self, logger): pass\n"
+        "    def deserialize_cuda_engine(self, data): return None\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(fake)}
+    subprocess.run([sys.executable, str(out / "parity.py")], check=True, env=env)
+    parity = json.loads((out / "results" / "parity.json").read_text())
+    assert parity["runner"] == "onnxruntime" and parity["pass"]
+    assert "did not deserialize" in parity["notes"][0]

@@ -205,3 +205,24 @@ def test_profile_without_tensorrt_and_path_input(tmp_path):
     onnx.save(model, path)
     assert _by(lint_onnx(path, load_profile("jetson")), "error")
     assert [f.severity for f in lint_onnx(path, load_profile("host"))] == ["info"]
+
+
+def test_quantized_bias_is_an_error(jetson):
+    """ONNX Runtime's default int32 bias behind a DequantizeLinear fails TensorRT's parser."""
+    inits = [
+        _w(),
+        _init("s", np.float32(0.1)),
+        _init("zp", np.int8(0)),
+        _init("b_q", np.array([3, -2, 1], dtype=np.int32)),
+        _init("bs", np.float32(0.01)),
+        _init("bzp", np.int32(0)),
+    ]
+    nodes = [
+        *_qdq("x", "xd"),
+        helper.make_node("DequantizeLinear", ["b_q", "bs", "bzp"], ["bd"], name="bias_dq"),
+        helper.make_node("MatMul", ["xd", "W"], ["h"]),
+        helper.make_node("Add", ["h", "bd"], ["logits"]),
+    ]
+    errors = _by(lint_onnx(_model(nodes, [_vi("x")], [_vi("logits")], inits), jetson), "error")
+    assert [(f.node, f.op) for f in errors] == [("bias_dq", "DequantizeLinear")]
+    assert "INT32" in errors[0].message and "QuantizeBias=False" in errors[0].fix

@@ -357,3 +357,32 @@ def test_kdc_export_keeps_attention_fusable(tmp_path: Path) -> None:
     src = export_onnx(adapter, example, tmp_path / "m.onnx", simplify=simplify)
     dst = optimize(src, tmp_path / "opt.onnx", family="transformer", num_heads=2, hidden_size=32)
     assert count_ops(dst).get("Attention") == 2
+
+
+def _dequantized_types(path: Path) -> set[int]:
+    model = onnx.load(str(path))
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    return {
+        inits[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits
+    }
+
+
+def test_quantize_int8_float_bias_for_tensorrt(cnn: Path, tmp: Path) -> None:
+    """ONNX Runtime's default int32 biases (behind DequantizeLinear) fail TensorRT's parser;
+    `float_bias` keeps them float, so only int8 is dequantized, at the same accuracy."""
+    calib = [
+        {"pixel_values": np.random.default_rng(s).normal(size=(4, 3, 16, 16)).astype(np.float32)}
+        for s in range(4)
+    ]
+    default = quantize_int8(cnn, tmp / "cnn-bias-int32.onnx", calib, symmetric_activations=True)
+    assert onnx.TensorProto.INT32 in _dequantized_types(default)
+    trt = quantize_int8(
+        cnn, tmp / "cnn-bias-float.onnx", calib, symmetric_activations=True, float_bias=True
+    )
+    assert _dequantized_types(trt) == {onnx.TensorProto.INT8}
+    x = calib[0]
+    ref = run_session(make_session(default, threads=1, optimization="disable"), x)
+    got = run_session(make_session(trt, threads=1, optimization="disable"), x)
+    assert _cosine(ref, got) > 0.999
