@@ -1,11 +1,18 @@
 """`kdc check`: compare a report with a baseline report, with stated tolerances and noise.
 
-Engines are matched by (engine, precision). Per engine, each latency object (`latency`, and
-`target_latency`) is compared like with like: measured with measured (p50 and p99), predicted
-with predicted (p50). A change of kind is reported as `missing`, never compared. A slowdown is a
-regression only when it exceeds both the tolerance and the noise, 2·sqrt(cv_base² + cv_now²)
-(relative; 0 for predictions). Accuracy (the task's primary metric) regresses when it drops by
-more than the tolerance in absolute points.
+Reports of different targets are not compared: every metric is `missing`. Engines are matched
+by (engine, precision). Per engine, each latency object (`latency`, and `target_latency`) is
+compared like with like: measured with measured (p50 and p99), predicted with predicted (p50).
+A change of kind, or a measurement taken under other conditions (device, batch, threads,
+input_shape), is reported as `missing`, never compared. A slowdown is a regression only when it
+exceeds both the tolerance and the noise, 2·hypot(u_base, u_now), u the relative uncertainty of
+the statistic: its spread over interleaved rounds, (max - min) / median of `rounds_p50_ms`
+(`rounds_p99_ms` for p99; the p50's where absent) when both were timed in 2 or more rounds,
+else the standard error of the median, 1.2533·cv/sqrt(iterations) (cv itself when iterations is
+not recorded); 0 for predictions. Accuracy (the task's primary metric) regresses when it drops
+by more than the tolerance in absolute points; accuracy figures from different engines are
+`missing`. When the baseline has latency figures of the compared kinds and none was compared, a
+failing `latency` line says so.
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ import json
 import math
 import re
 import shutil
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdc.config import Task
 from kdc.deploy.constraints import (
@@ -28,6 +36,7 @@ from kdc.deploy.constraints import (
     value_kind,
 )
 from kdc.deploy.junit import write_junit
+from kdc.deploy.latency import CV_LIMIT
 from kdc.errors import UserError
 from kdc.rundir import atomic_path, writable
 
@@ -45,6 +54,9 @@ __all__ = [
 STATS = {"measured": ("p50", "p99"), "predicted": ("p50",)}
 UNITS = {"%": 0.01, "pt": 0.01, "pts": 0.01, "pp": 0.01}  # 10% relative, 0.5pt absolute
 NOISE_SIGMAS = 2.0
+SE_MEDIAN = math.sqrt(math.pi / 2)  # 1.2533: s.e. of a median = SE_MEDIAN * std / sqrt(n)
+CONDITIONS = ("device", "batch", "threads", "input_shape")  # what makes two timings comparable
+REBASELINE = "re-baseline with `kdc check --update-baseline`"
 
 
 @dataclass
@@ -69,22 +81,58 @@ def _missing(metric: str, base: float | None, cur: float | None, why: str) -> Ch
     return CheckResult(metric, base, cur, None, None, "missing", why)
 
 
-def _noise(base: dict, cur: dict) -> float:
+def _rounds_spread(lat: dict, stat: str) -> float | None:
+    rounds = lat.get(f"rounds_{stat}_ms") or []
+    if len(rounds) < 2 or statistics.median(rounds) <= 0:
+        return None
+    return (max(rounds) - min(rounds)) / statistics.median(rounds)
+
+
+def _noise(base: dict, cur: dict, stat: str = "p50") -> tuple[float, str]:
+    """(relative noise, how it was estimated) of comparing `stat` of two latency objects of one
+    kind: its own spread over rounds where both recorded it, else the p50's estimate."""
     if base.get("kind") != "measured":
-        return 0.0
-    return NOISE_SIGMAS * math.hypot(base.get("cv") or 0.0, cur.get("cv") or 0.0)
+        return 0.0, ""
+    for s in dict.fromkeys((stat, "p50")):
+        spreads = [_rounds_spread(base, s), _rounds_spread(cur, s)]
+        if None not in spreads:
+            return NOISE_SIGMAS * math.hypot(*spreads), f" ({s} spread over rounds)"
+    if all(o.get("iterations") for o in (base, cur)):
+        se = [SE_MEDIAN * (o.get("cv") or 0.0) / math.sqrt(o["iterations"]) for o in (base, cur)]
+        return NOISE_SIGMAS * math.hypot(*se), " (s.e. of the median)"
+    cvs = (base.get("cv") or 0.0, cur.get("cv") or 0.0)
+    return NOISE_SIGMAS * math.hypot(*cvs), " (per-sample cv: iterations not recorded)"
 
 
-def _latency_result(metric: str, b: float, c: float, tol: float, noise: float) -> CheckResult:
-    margin = max(tol, noise)
+def _noisy(base: dict, cur: dict) -> str:
+    """`; noisy (cv 4.1% baseline, 3.0% now)` for the measurements whose cv exceeds CV_LIMIT."""
+    over = [
+        f"{o['cv']:.1%} {which}"
+        for o, which in ((base, "baseline"), (cur, "now"))
+        if (o.get("cv") or 0.0) > CV_LIMIT
+    ]
+    return f"; noisy (cv {', '.join(over)})" if over else ""
+
+
+def _latency_result(
+    metric: str, b: float, c: float, tol: float, noise: tuple[float, str], note: str
+) -> CheckResult:
+    margin = max(tol, noise[0])
     limit = b * (1 + margin)
     status = "regression" if c > limit else "improved" if c < b * (1 - margin) else "pass"
     rel = (c - b) / b if b else math.inf
     msg = (
         f"{b:.3f} -> {c:.3f} ms ({rel:+.1%}); allowed +{margin:.1%} = max(tolerance "
-        f"{tol:.1%}, noise {noise:.1%})"
+        f"{tol:.1%}, noise {noise[0]:.1%}{noise[1]}){note}"
     )
-    return CheckResult(metric, b, c, limit, noise, status, msg)
+    return CheckResult(metric, b, c, limit, noise[0], status, msg)
+
+
+def _conditions(base: dict, cur: dict) -> str:
+    """`device 'A' vs 'B'; threads 2 vs 4` for the timing conditions that differ, else ''."""
+    return "; ".join(
+        f"{k} {base.get(k)!r} vs {cur.get(k)!r}" for k in CONDITIONS if base.get(k) != cur.get(k)
+    )
 
 
 def _latency(
@@ -112,32 +160,48 @@ def _latency(
                 headline_latency(base)[0],
                 headline_latency(cur)[0],
                 f"latency kind changed: baseline {kind}, now {cur.get('kind')}; "
-                "not compared (re-baseline with `kdc check --update-baseline`)",
+                f"not compared ({REBASELINE})",
             )
         ]
-    noise, out = _noise(base, cur), []
+    differ = _conditions(base, cur) if kind == "measured" else ""
+    if differ:
+        return [
+            _missing(
+                f"{label}.{key}",
+                headline_latency(base)[0],
+                headline_latency(cur)[0],
+                f"not comparable: {differ}; {REBASELINE}",
+            )
+        ]
+    note, out = _noisy(base, cur), []
     for s in STATS.get(kind, ("p50",)):
         metric, b, c = f"{label}.{key}_{s}_ms", base.get(f"{s}_ms"), cur.get(f"{s}_ms")
         out.append(
             _missing(metric, b, c, f"{s}_ms absent")
             if b is None or c is None
-            else _latency_result(metric, float(b), float(c), tol, noise)
+            else _latency_result(metric, float(b), float(c), tol, _noise(base, cur, s), note)
         )
     return out
 
 
-def _accuracy(label: str, base: dict, cur: dict, tol: float, task: str | None) -> list[CheckResult]:
+def _accuracy(
+    label: str, base: dict | None, cur: dict | None, tol: float, task: str | None
+) -> list[CheckResult]:
+    base, cur = base or {}, cur or {}
     (bm, b), (cm, c) = accuracy_value(base, task), accuracy_value(cur, task)
     metric = f"{label}.accuracy"
     if b is None and c is None:
         return []
-    if b is None or c is None or bm != cm:
+    be, ce = base.get("engine"), cur.get("engine")
+    if b is None or c is None or bm != cm or be != ce:
         why = (
             "new in this report: no baseline"
             if b is None
             else "missing from this report"
             if c is None
             else f"metric changed: baseline {bm}, now {cm}; not compared"
+            if bm != cm
+            else f"not comparable: accuracy engine {be!r} vs {ce!r}; {REBASELINE}"
         )
         return [_missing(metric, b, c, why)]
     drop = round(b - c, 9)
@@ -182,7 +246,32 @@ def compare(
         results += _accuracy(
             label, be.get("accuracy"), ce.get("accuracy"), accuracy_tolerance, task
         )
-    return results
+    bt, ct = _target(baseline), _target(report)
+    if bt != ct:
+        why = f"not comparable: target {bt!r} vs {ct!r}; {REBASELINE}"
+        results = [_missing(r.metric, r.baseline, r.current, why) for r in results]
+    return results + _nothing_compared(baseline, results, latency_kinds)
+
+
+def _target(report: dict) -> str | None:
+    return (report.get("target") or {}).get("name")
+
+
+def _nothing_compared(
+    baseline: dict, results: list[CheckResult], kinds: tuple[str, ...]
+) -> list[CheckResult]:
+    """A failing `latency` line when the baseline has latency figures of `kinds` and none of
+    them was compared (its `baseline` is how many figures the baseline has)."""
+    figures = sum(
+        isinstance(e.get(k), dict) and e[k].get("kind") in kinds
+        for e in baseline.get("engines") or []
+        for k in LATENCY_KEYS
+    )
+    compared = any(r.metric.endswith("_ms") and r.status != "missing" for r in results)
+    if not figures or compared:
+        return []
+    msg = f"nothing compared: none of the baseline's {figures} {'/'.join(kinds)} latency figures"
+    return [_missing("latency", float(figures), 0.0, f"{msg} is comparable with this report")]
 
 
 def constraint_results(report: dict) -> list[CheckResult]:
@@ -229,6 +318,9 @@ class _Latency(_Strict):
     p50_ms: float | None = None
     p99_ms: float | None = None
     cv: float | None = None
+    iterations: int | None = None
+    rounds_p50_ms: list[float] | None = None
+    rounds_p99_ms: list[float] | None = None
 
 
 class _Accuracy(_Strict):
@@ -250,6 +342,7 @@ class _Constraint(_Strict):
     name: str
     limit: float
     value: float | None = None
+    passed: bool = Field(alias="pass")
 
 
 class _Report(_Strict):
@@ -265,6 +358,8 @@ EXPECTED = {
     "dict_type": "an object",
     "list_type": "a list",
     "float_type": "a number",
+    "int_type": "a whole number",
+    "bool_type": "true or false",
     "string_type": "a string",
 }
 

@@ -167,7 +167,8 @@ def measure_onnx_rounds(
 ) -> dict[str, dict]:
     """Time several models (name → (path, precision)) in `rounds` interleaved rounds, the order
     reversed every other round, so drift on a shared machine hits every model alike. Each model
-    keeps its median-p50 round, with every round's p50 in `rounds_p50_ms`. `options` go to
+    keeps its median-p50 round, with every round's p50 and p99 in `rounds_p50_ms` and
+    `rounds_p99_ms`. `options` go to
     `measure_onnx`."""
     names = list(models)
     runs: dict[str, list[dict]] = {n: [] for n in names}
@@ -182,6 +183,7 @@ def measure_onnx_rounds(
             **sorted(measured, key=lambda m: m["p50_ms"])[(rounds - 1) // 2],
             "protocol": f"median p50 of {rounds} interleaved rounds",
             "rounds_p50_ms": [round(m["p50_ms"], 4) for m in measured],
+            "rounds_p99_ms": [round(m["p99_ms"], 4) for m in measured],
         }
         for n, measured in runs.items()
     }

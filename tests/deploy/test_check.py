@@ -45,21 +45,27 @@ def test_identical_reports_pass(baseline):
 
 def test_slowdown_beyond_tolerance_and_noise_is_a_regression(baseline):
     current = copy.deepcopy(baseline)
-    lat = engine(current, "onnxruntime-fp32")["latency"]  # cv 2.2% -> noise ~6.2%
+    lat = engine(current, "onnxruntime-fp32")["latency"]  # cv 2.2%, 500 iterations
     lat["p99_ms"] *= 1.20
     r = by_metric(compare(current, baseline))["onnxruntime-fp32.latency_p99_ms"]
     assert r.status == "regression" and r.failed
-    assert r.noise == pytest.approx(2 * (2 * 0.022**2) ** 0.5)
+    se = 1.2533 * 0.022 / 500**0.5  # standard error of the median, relative
+    assert r.noise == pytest.approx(2 * (2 * se**2) ** 0.5, rel=1e-3)
     assert r.limit == pytest.approx(6.3 * 1.10)
+    assert "s.e. of the median" in r.message and "noisy" not in r.message
 
 
 def test_slowdown_within_noise_passes(baseline):
     current = copy.deepcopy(baseline)
-    for report in (current, baseline):
-        engine(report, "onnxruntime-int8")["latency"]["cv"] = 0.10  # noise 28%
+    for report, rounds in ((baseline, [3.0, 3.1, 3.4]), (current, [3.6, 3.72, 4.1])):
+        engine(report, "onnxruntime-int8")["latency"]["rounds_p50_ms"] = rounds  # spread ~13%
     engine(current, "onnxruntime-int8")["latency"]["p99_ms"] *= 1.20  # beyond 10 % tolerance
     r = by_metric(compare(current, baseline))["onnxruntime-int8.latency_p99_ms"]
     assert r.status == "pass" and not r.failed
+    assert r.noise == pytest.approx(2 * ((0.4 / 3.1) ** 2 + (0.5 / 3.72) ** 2) ** 0.5)
+    assert (
+        "p50 spread over rounds" in r.message and "noisy (cv 4.1% baseline, 4.1% now)" in r.message
+    )
 
 
 def test_predicted_latency_has_no_noise(baseline):
@@ -70,6 +76,119 @@ def test_predicted_latency_has_no_noise(baseline):
     assert results["tensorrt-int8.latency_p50_ms"].status == "regression"
     assert results["tensorrt-int8.latency_p50_ms"].noise == 0
     assert results["tensorrt-fp16.latency_p50_ms"].status == "improved"
+
+
+def set_latency(report: dict, label: str, **fields) -> dict:
+    lat = engine(report, label)["latency"]
+    lat.update(fields)
+    return lat
+
+
+def test_five_times_slower_p50_with_outlier_cv_is_a_regression(baseline):
+    """A few slow outliers make the per-sample cv huge; the median's uncertainty stays small."""
+    current = copy.deepcopy(baseline)
+    for report in (baseline, current):
+        set_latency(report, "onnxruntime-int8", cv=3.5)  # 500 iterations
+    lat = engine(current, "onnxruntime-int8")["latency"]
+    lat["p50_ms"] *= 5
+    results = by_metric(compare(current, baseline))
+    r = results["onnxruntime-int8.latency_p50_ms"]
+    assert r.status == "regression" and r.failed
+    assert r.noise == pytest.approx(2 * 2**0.5 * 1.2533 * 3.5 / 500**0.5, rel=1e-3)  # ~55%
+    assert "noisy (cv 350.0% baseline, 350.0% now)" in r.message
+    assert results["onnxruntime-int8.latency_p99_ms"].status == "pass"  # p99 unchanged
+
+
+def test_forty_percent_slower_with_two_percent_rounds_spread_is_a_regression(baseline):
+    current = copy.deepcopy(baseline)
+    set_latency(baseline, "onnxruntime-fp32", cv=0.16, rounds_p50_ms=[5.15, 5.2, 5.25])
+    lat = set_latency(current, "onnxruntime-fp32", cv=0.16, rounds_p50_ms=[7.2, 7.3, 7.35])
+    lat["p50_ms"], lat["p99_ms"] = 5.2 * 1.4, 6.3 * 1.4
+    results = by_metric(compare(current, baseline))
+    for stat in ("p50", "p99"):
+        r = results[f"onnxruntime-fp32.latency_{stat}_ms"]
+        assert r.status == "regression" and r.failed, r.message
+        assert r.noise < 0.06 and "p50 spread over rounds" in r.message
+
+
+def test_noise_without_iterations_falls_back_to_cv_and_says_so(baseline):
+    current = copy.deepcopy(baseline)
+    for report in (baseline, current):
+        set_latency(report, "onnxruntime-fp32", cv=0.10).pop("iterations")
+    engine(current, "onnxruntime-fp32")["latency"]["p99_ms"] *= 1.2
+    r = by_metric(compare(current, baseline))["onnxruntime-fp32.latency_p99_ms"]
+    assert r.status == "pass" and r.noise == pytest.approx(2 * 2**0.5 * 0.10)
+    assert "per-sample cv: iterations not recorded" in r.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"device": "Intel Xeon (2 threads)"}, "device 'AMD EPYC"),
+        ({"threads": 4}, "threads 2 vs 4"),
+        ({"batch": 8}, "batch 1 vs 8"),
+        ({"input_shape": {"input_ids": [1, 64]}}, "input_shape {"),
+    ],
+)
+def test_measurement_under_other_conditions_is_not_comparable(baseline, fields, said):
+    current = copy.deepcopy(baseline)
+    set_latency(current, "onnxruntime-int8", **fields)
+    results = by_metric(compare(current, baseline))
+    r = results["onnxruntime-int8.latency"]
+    assert r.status == "missing" and r.failed and r.limit is None
+    assert r.message.startswith("not comparable: ") and said in r.message
+    assert "--update-baseline" in r.message
+    assert "onnxruntime-int8.latency_p50_ms" not in results  # numbers not compared
+    assert results["onnxruntime-int8.target_latency_p50_ms"].status == "pass"
+
+
+def test_accuracy_from_another_engine_is_not_comparable(baseline):
+    current = copy.deepcopy(baseline)
+    engine(current, "onnxruntime-int8")["accuracy"]["engine"] = "onnxruntime-cpu-qdq-simulated"
+    r = by_metric(compare(current, baseline))["onnxruntime-int8.accuracy"]
+    assert r.status == "missing" and r.failed
+    assert "'onnxruntime-cpu-int8' vs 'onnxruntime-cpu-qdq-simulated'" in r.message
+
+
+def test_another_target_is_not_comparable_and_says_nothing_was_compared(baseline):
+    current = copy.deepcopy(baseline)
+    current["target"]["name"] = "host"
+    results = compare(current, baseline)
+    assert results and all(r.status == "missing" and r.failed for r in results)
+    assert all("target 'jetson-orin-nano-8gb' vs 'host'" in r.message for r in results[:-1])
+    assert results[-1].metric == "latency" and "nothing compared" in results[-1].message
+
+
+def test_cli_different_device_exits_1_naming_it(baseline, tmp_path):
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    current = copy.deepcopy(baseline)
+    set_latency(current, "onnxruntime-fp32", device="Intel Xeon (2 threads)", threads=4)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(current))
+    res = CliRunner().invoke(app, ["check", str(report), "--baseline", str(SAMPLE)])
+    assert res.exit_code == 1, res.output
+    [line] = [ln for ln in res.output.splitlines() if "not comparable" in ln]
+    assert line.startswith("MISSING    onnxruntime-fp32.latency ")
+    assert "device 'AMD EPYC 7B13 64-Core Processor (2 threads)' vs 'Intel Xeon" in line
+    assert "threads 2 vs 4" in line
+
+
+def test_cli_constraint_pass_not_a_boolean_exits_2_on_one_line(baseline, tmp_path):
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    baseline["constraints"][1]["pass"] = "yes"
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(baseline))
+    res = CliRunner().invoke(app, ["check", str(report), "--baseline", str(SAMPLE)])
+    assert res.exit_code == 2, res.output
+    [line] = res.output.strip().splitlines()
+    assert line.startswith("error:") and "constraints[1].pass" in line and str(report) in line
+    assert "true or false" in line
 
 
 @pytest.mark.parametrize(
@@ -219,10 +338,20 @@ def test_constraint_rows_become_results_and_a_missing_value_fails(baseline):
         (lambda r: r["engines"][0]["accuracy"].update(value="0.8"), "engines[0].accuracy.value"),
         (lambda r: r["engines"][1]["latency"].update(p99_ms="slow"), "engines[1].latency.p99_ms"),
         (lambda r: r["engines"][1]["latency"].update(cv=True), "engines[1].latency.cv"),
+        (
+            lambda r: r["engines"][1]["latency"].update(rounds_p50_ms=["5.2"]),
+            "engines[1].latency.rounds_p50_ms[0]",
+        ),
+        (
+            lambda r: r["engines"][1]["latency"].update(iterations=5.5),
+            "engines[1].latency.iterations",
+        ),
         (lambda r: r["engines"][2].update(precision=["int8"]), "engines[2].precision"),
         (lambda r: r.update(constraints={"a": 1}), "constraints"),
         (lambda r: r["constraints"][0].pop("limit"), "constraints[0].limit"),
         (lambda r: r["constraints"][0].update(value="0.5"), "constraints[0].value"),
+        (lambda r: r["constraints"][0].update({"pass": "yes"}), "constraints[0].pass"),
+        (lambda r: r["constraints"][0].pop("pass"), "constraints[0].pass"),
         (lambda r: r.update(task="regression"), "task"),
     ],
 )
@@ -278,3 +407,17 @@ def test_cli_prints_one_line_per_metric_when_not_a_terminal(baseline, tmp_path):
     lines = res.output.strip().splitlines()
     assert res.exit_code == 1 and any(len(line) > 160 for line in lines)
     assert all(line.split()[0] in {"PASS", "REGRESSION", "IMPROVED", "MISSING"} for line in lines)
+
+
+def test_p99_uses_its_own_spread_over_rounds():
+    """A p99 that varies 30 % between rounds is not gated at the p50's 2 % spread."""
+    from kdc.deploy.check import _noise
+
+    base = {"kind": "measured", "rounds_p50_ms": [10.0, 10.1, 10.2], "rounds_p99_ms": [12, 15, 14]}
+    cur = {**base}
+    p50, how50 = _noise(base, cur, "p50")
+    p99, how99 = _noise(base, cur, "p99")
+    assert p50 < 0.06 and "p50 spread" in how50
+    assert p99 > 0.5 and "p99 spread" in how99
+    old = {k: v for k, v in base.items() if k != "rounds_p99_ms"}  # an older report
+    assert _noise(old, cur, "p99") == (p50, how50)

@@ -173,12 +173,14 @@ def test_interleaved_rounds_keep_each_models_median_round(tmp_path, monkeypatch)
 
     def fake(path, inputs, *, precision, **kw):
         calls.append(path)
-        return {"kind": "measured", "p50_ms": next(p50s[path]), "precision": precision}
+        p50 = next(p50s[path])
+        return {"kind": "measured", "p50_ms": p50, "p99_ms": 2 * p50, "precision": precision}
 
     monkeypatch.setattr(L, "measure_onnx", fake)
     out = L.measure_onnx_rounds({"a": ("a", "fp32"), "b": ("b", "int8")}, {}, rounds=3)
     assert calls == ["a", "b", "b", "a", "a", "b"]
     assert out["a"]["p50_ms"] == 2.0 and out["a"]["rounds_p50_ms"] == [3.0, 1.0, 2.0]
+    assert out["a"]["rounds_p99_ms"] == [6.0, 2.0, 4.0]
     assert out["b"]["p50_ms"] == 5.0 and out["b"]["precision"] == "int8"
     assert "3 interleaved rounds" in out["b"]["protocol"]
     p50s["a"] = iter([7.0])
