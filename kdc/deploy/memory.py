@@ -38,7 +38,7 @@ print(json.dumps({"peak_rss_mb": peak / 1024, "runtime_baseline_mb": base / 1024
 
 def engine_peak_rss_mb(path: Path, inputs: dict[str, np.ndarray], threads: int = 1) -> dict:
     """Peak RSS of a process that loads the engine and runs `inputs` three times, and the RSS of
-    the same process before the session (Python + ONNX Runtime import), in MB."""
+    the same process before the session (Python + ONNX Runtime import), in MiB (2^20 bytes)."""
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "inputs.npz"
         np.savez(npz, **inputs)

@@ -14,9 +14,13 @@ from kdc.deploy.report_md import (
     DASH,
     accuracy_text,
     by_kind,
+    constraint_name,
     latency_text,
-    num,
+    measured_cell,
+    measured_on,
+    off_target_devices,
     render_markdown,
+    sig,
 )
 from kdc.deploy.report_plot import render_png
 from kdc.rundir import atomic_path, write_json, write_text
@@ -36,13 +40,13 @@ def write_report(report: dict, run_dir: Path | str) -> list[Path]:
     return [write_json(run_dir / "report.json", report), md, run_dir / "report.png", html]
 
 
-def _row(table: Table, name: str, part: dict, task: str | None) -> None:
+def _row(table: Table, name: str, part: dict, report: dict, elsewhere: bool) -> None:
     table.add_row(
         Text(name),  # plain text: "[built]" as markup would be read as a style tag and vanish
-        accuracy_text(part.get("accuracy"), task),
-        latency_text(by_kind(part, "measured")),
+        accuracy_text(part.get("accuracy"), report.get("task")),
+        measured_cell(report, by_kind(part, "measured"), elsewhere),
         latency_text(by_kind(part, "predicted")),
-        num(part.get("size_mb"), 1),
+        sig(part.get("size_mb")),
     )
 
 
@@ -50,10 +54,13 @@ def _constraint_line(c: dict) -> Text:
     ok = bool(c.get("pass"))
     mark = Text("PASS " if ok else "FAIL ", style="bold green" if ok else "bold red")
     if c.get("value") is None:
-        detail = f"{c['name']}: no value ({c.get('reason', 'unknown')}), limit {c['limit']:g}"
+        detail = (
+            f"{constraint_name(c)}: no value ({c.get('reason', 'unknown')}), limit {c['limit']:g}"
+        )
     else:
         detail = (
-            f"{c['name']} {c['value']:g} (limit {c['limit']:g}, {value_kind(c)}, {c.get('engine')})"
+            f"{constraint_name(c)} {c['value']:g} "
+            f"(limit {c['limit']:g}, {value_kind(c)}, {c.get('engine')})"
         )
     return mark + Text(detail)
 
@@ -66,12 +73,15 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
     table = Table(
         title=f"{run.get('name', 'run')} on {target.get('name', '?')}", title_justify="left"
     )
-    for col in ("model", "accuracy", "measured", "predicted", "size MB"):
+    parts = [("teacher", report.get("teacher") or {})]
+    parts += [
+        (f"{engine_label(e)} [{e.get('status', DASH)}]", e) for e in report.get("engines") or []
+    ]
+    hosts = off_target_devices(report, [by_kind(part, "measured") for _, part in parts])
+    for col in ("model", "accuracy", "measured" + measured_on(hosts), "predicted", "size MB"):
         table.add_column(col, justify="left" if col in ("model", "accuracy") else "right")
-    task = report.get("task")
-    _row(table, "teacher", report.get("teacher") or {}, task)
-    for e in report.get("engines") or []:
-        _row(table, f"{engine_label(e)} [{e.get('status', DASH)}]", e, task)
+    for name, part in parts:
+        _row(table, name, part, report, bool(hosts))
     lines = [
         Text(f"{engine_label(e)} is {e.get('status')}: {e['reason']}", style="yellow")
         for e in report.get("engines") or []

@@ -23,6 +23,14 @@ def num(value: float | None, digits: int = 4) -> str:
     return DASH if value is None else f"{value:.{digits}f}"
 
 
+def sig(value: float | None) -> str:
+    """A size or latency to 3 significant figures (`0.0381`, `4.18`), whole from 100 up, or a
+    dash when absent."""
+    if value is None:
+        return DASH
+    return f"{value:.0f}" if abs(value) >= 99.95 else f"{value:#.3g}"
+
+
 def accuracy_text(acc: dict | None, task: str | None = None) -> str:
     """`0.8021 accuracy (n=379)`, or a dash."""
     metric, value = accuracy_value(acc, task)
@@ -33,11 +41,38 @@ def accuracy_text(acc: dict | None, task: str | None = None) -> str:
 
 
 def latency_text(lat: dict | None) -> str:
-    """`3.90 ms p99` for a measured object, `0.53 ms p50` for a predicted one."""
+    """`3.90 ms p99` for a measured object, `0.530 ms p50` for a predicted one."""
     if not lat:
         return DASH
     value, stat = headline_latency(lat)
-    return DASH if value is None else f"{value:.2f} ms {stat}"
+    return DASH if value is None else f"{sig(value)} ms {stat}"
+
+
+def off_target(report: dict, lat: dict) -> bool:
+    """Whether `lat` was timed on another machine than the report's target (the host, when the
+    target is not this machine and the figure is not a device result)."""
+    return (
+        (report.get("target") or {}).get("measurable") is False
+        and lat.get("kind") == "measured"
+        and not lat.get("on_target")
+    )
+
+
+def off_target_devices(report: dict, lats: list[dict | None]) -> list[str]:
+    """The devices, other than the target, that timed these latency objects."""
+    return sorted(
+        {lat.get("device", "another machine") for lat in lats if lat and off_target(report, lat)}
+    )
+
+
+def measured_on(hosts: list[str]) -> str:
+    """` on <device> (not the target)` for a heading of latencies timed off the target."""
+    return f" on {', '.join(hosts)} (not the target)" if hosts else ""
+
+
+def constraint_name(c: dict) -> str:
+    """A constraint's name with the unit its memory figures are in (MiB; sizes are MB)."""
+    return f"{c['name']} (MiB)" if c["name"] == "memory_mb" else c["name"]
 
 
 def by_kind(part: dict, kind: str) -> dict | None:
@@ -73,7 +108,7 @@ def conditions(lat: dict) -> str:
     extras = [fmt.format(lat[k]) for k, fmt in EXTRAS.items() if lat.get(k)]
     if lat.get("kind") == "measured":
         cv = lat.get("cv")
-        pct = "/".join(num(lat.get(f"p{p}_ms"), 2) for p in (50, 90, 99))
+        pct = "/".join(sig(lat.get(f"p{p}_ms")) for p in (50, 90, 99))
         return ", ".join(
             [
                 f"device {lat.get('device', DASH)}",
@@ -91,7 +126,7 @@ def conditions(lat: dict) -> str:
             f"model {lat.get('model', DASH)}",
             f"calibrated from {lat.get('calibrated_from', DASH)}",
             *common,
-            f"p50 {num(lat.get('p50_ms'), 2)} ms (not timed)",
+            f"p50 {sig(lat.get('p50_ms'))} ms (not timed)",
             *extras,
         ]
     )
@@ -127,19 +162,14 @@ def _accuracy_cells(part: dict, task: str | None, label: str) -> list[str]:
     return [DASH, DASH]
 
 
+def measured_cell(report: dict, lat: dict | None, elsewhere: bool) -> str:
+    """The measured latency; `elsewhere` (the column names another device) marks a device
+    result as timed on the target."""
+    on_target = elsewhere and lat is not None and not off_target(report, lat)
+    return latency_text(lat) + (" (on target)" if on_target else "")
+
+
 def _models(report: dict) -> Section:
-    head = [
-        "model",
-        "status",
-        "precision",
-        "accuracy",
-        "accuracy from",
-        "latency measured",
-        "latency predicted",
-        "size MB",
-        "params",
-        "parity (max_abs / cosine)",
-    ]
     task = report.get("task")
     teacher, student = report.get("teacher") or {}, report.get("student") or {}
     named = [
@@ -162,30 +192,42 @@ def _models(report: dict) -> Section:
         )
         for e in report.get("engines") or []
     ]
-    rows = []
-    for name, label, part, status, prec in named:
-        if not part:
-            continue
-        rows.append(
-            [
-                name,
-                status,
-                prec,
-                *_accuracy_cells(part, task, label),
-                latency_text(by_kind(part, "measured")),
-                latency_text(by_kind(part, "predicted")),
-                num(part.get("size_mb"), 1),
-                f"{part['params']:,}" if part.get("params") else DASH,
-                _parity_text(part.get("parity")),
-            ]
-        )
+    named = [row for row in named if row[2]]
+    measured = {id(part): by_kind(part, "measured") for _, _, part, _, _ in named}
+    hosts = off_target_devices(report, list(measured.values()))
+    head = [
+        "model",
+        "status",
+        "precision",
+        "accuracy",
+        "accuracy from",
+        "latency measured" + measured_on(hosts),
+        "latency predicted",
+        "size MB",
+        "params",
+        "parity (max_abs / cosine)",
+    ]
+    rows = [
+        [
+            name,
+            status,
+            prec,
+            *_accuracy_cells(part, task, label),
+            measured_cell(report, measured[id(part)], bool(hosts)),
+            latency_text(by_kind(part, "predicted")),
+            sig(part.get("size_mb")),
+            f"{part['params']:,}" if part.get("params") else DASH,
+            _parity_text(part.get("parity")),
+        ]
+        for name, label, part, status, prec in named
+    ]
     return Section("Teacher, student and engines", table=(head, rows))
 
 
 def _constraints(report: dict) -> Section:
     rows = [
         [
-            c["name"],
+            constraint_name(c),
             f"{c['limit']:g}",
             DASH if c.get("value") is None else f"{c['value']:g}",
             c.get("source") or DASH,
@@ -212,6 +254,13 @@ def _search(report: dict) -> Section | None:
         f"search wall time: {num(search.get('wall_s'), 1)} s",
     ]
     pareto = search.get("pareto") or []
+    model = _latency_model(report)
+    if pareto:
+        target = report.get("target") or {}
+        lines.append(
+            f"predicted latency: {model} for {target.get('name', DASH)}, calibrated from "
+            f"{target.get('latency_model', DASH)} (not timed)"
+        )
     student_arch = (report.get("student") or {}).get("architecture")
     rows = [
         [
@@ -219,13 +268,19 @@ def _search(report: dict) -> Section | None:
             _arch(p.get("architecture")),
             num(p.get("proxy")),
             num(p.get("accuracy")),
-            num(p.get("predicted_latency_ms"), 3),
+            sig(p.get("predicted_latency_ms")),
             "yes" if p.get("chosen") or p.get("architecture") == student_arch else "",
         ]
         for i, p in enumerate(sorted(pareto, key=lambda p: p.get("predicted_latency_ms", 0)), 1)
     ]
-    head = ["#", "architecture", "proxy", "accuracy", "predicted latency ms", "chosen"]
+    head = ["#", "architecture", "proxy", "accuracy", f"predicted latency ms ({model})", "chosen"]
     return Section("Search: Pareto front", lines=lines, table=(head, rows) if rows else None)
+
+
+def _latency_model(report: dict) -> str:
+    """The latency model of the report's predictions (the search's too: one predictor per run)."""
+    models = (lat.get("model") for _, lat in _timed(report) if lat.get("kind") == "predicted")
+    return next((m for m in models if m), "the target's latency model")
 
 
 def _timed(report: dict) -> list[tuple[str, dict]]:

@@ -16,6 +16,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator
 from matplotlib.transforms import Bbox, blended_transform_factory
 
 from kdc.deploy.constraints import accuracy_value, engine_label, headline_latency, latencies
+from kdc.deploy.report_md import measured_on, off_target_devices
 
 SIZE_IN, DPI = (12, 8), 100  # 1200 × 800 px
 LOG_SPAN = 20  # log x axis when the largest latency is this many times the smallest
@@ -97,7 +98,7 @@ def _plot_models(
     strip = blended_transform_factory(ax.transData, ax.transAxes)
     parts = [("teacher", report.get("teacher") or {}, "*", 420, "goldenrod")]
     parts += [(engine_label(e), e, "o", 130, "tab:green") for e in report.get("engines") or []]
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     xs, stripped, labels = [], 0, []
     ringed = "chosen student (the engine that ships)"  # legend text, on the first ring only
     for name, part, marker, size, color in parts:
@@ -109,9 +110,11 @@ def _plot_models(
                 continue
             kind = lat.get("kind", "?")
             group = "teacher" if name == "teacher" else "engine"
-            legend = None if (group, kind) in seen else f"{group}, {kind} latency ({stat})"
-            seen.add((group, kind))
-            style = _style(kind, color, marker, size, legend)
+            legend = f"{group}, {kind} latency ({stat})"
+            if hosts := off_target_devices(report, [lat]):
+                legend = f"{group}, latency ({stat})\nmeasured{measured_on(hosts)}"
+            style = _style(kind, color, marker, size, None if legend in seen else legend)
+            seen.add(legend)
             text = name + (" (predicted for target)" if key == "target_latency" else "")
             if acc is None:
                 ax.scatter([x], [STRIP_Y], transform=strip, **style)
@@ -189,17 +192,25 @@ def _place_labels(fig: Figure, ax: Axes, labels: list[tuple[float, float, str]])
 
 
 def _budget(axes: list[Axes], report: dict) -> list[float]:
+    """The target's latency budget; when some points were timed on another machine, its legend
+    says it applies to the target's latencies only."""
     rows = [c for c in report.get("constraints") or [] if c.get("name") == "latency_p99_ms"]
     if not rows:
         return []
     limit = rows[0]["limit"]
+    parts = [report.get("teacher") or {}, *(report.get("engines") or [])]
+    lats = [lat for part in parts for _, lat in latencies(part)]
+    target = (report.get("target") or {}).get("name", "the target")
+    label = f"latency budget {limit:g} ms on {target}"
+    if off_target_devices(report, lats):
+        label += "\n(for target latencies, not those\nmeasured on another machine)"
     for i, ax in enumerate(axes):
         ax.axvline(
             limit,
             color="tab:red",
             linestyle="--",
             linewidth=2,
-            label=None if i else f"latency budget {limit:g} ms",
+            label=None if i else label,
         )
     return [limit]
 

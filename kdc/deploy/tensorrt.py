@@ -460,7 +460,8 @@ def _run_builder(trt: Any, source: Path, plan: BuildPlan, opts: BuildOptions) ->
 
 
 def _size_mb(path: Path) -> float:
-    return round(path.stat().st_size / 2**20, 3)
+    """The plan's size in MB (10^6 bytes), as every engine's `size_mb`."""
+    return round(path.stat().st_size / 1e6, 4)
 
 
 # --- fp16 graph conversion (TensorRT 11.x takes precision from the graph) -------------------

@@ -125,7 +125,7 @@ def _engine_block(
                 "(quantize.symmetric_activations: false)"
             ]
     if not ctx.profile.measurable:
-        block["target_latency"] = predict(ctx, path, prec)
+        block["target_latency"] = {**predict(ctx, path, prec), "engine": rec["engine"]}
         block["target_memory"] = _predicted_memory(ctx, path, prec)
     return block
 
@@ -155,7 +155,7 @@ def _remote_block(
         "accuracy": acc,
         "size_mb": round(src.stat().st_size / 1e6, 4),
         "size_note": "size of the ONNX the engine is built from; the plan is built on the device",
-        "latency": predict(ctx, src, rec["precision"]),
+        "latency": {**predict(ctx, src, rec["precision"]), "engine": rec["engine"]},
         "memory": _predicted_memory(ctx, src, rec["precision"]),
     }
     if device is not None:

@@ -1,0 +1,177 @@
+"""Units, precision and provenance of the figures report.md, report.html, report.png and the
+console show: sizes in MB (10^6 bytes) and memory in MiB, three significant figures, latency
+timed off the target named as such, every predicted latency with its engine and model."""
+
+import copy
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from kdc.deploy import report_plot, tensorrt
+from kdc.deploy.report import console_summary, render_markdown
+from kdc.deploy.report_html import render_html
+from kdc.deploy.report_md import sig
+from kdc.deploy.report_plot import render_png
+from kdc.stages import verify
+
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "report_sample.json"
+HOST = "AMD EPYC 7B13 64-Core Processor (2 threads)"
+HOST_HEADER = f"latency measured on {HOST} (not the target)"
+
+
+@pytest.fixture
+def report() -> dict:
+    """The sample Jetson report, marked as a target this machine cannot time."""
+    report = json.loads(SAMPLE.read_text())
+    report["target"]["measurable"] = False
+    return report
+
+
+def _console(report: dict) -> str:
+    console = Console(record=True, width=250)
+    console.print(console_summary(report))
+    return console.export_text()
+
+
+def test_tensorrt_plan_size_is_in_mb_of_a_million_bytes(tmp_path):
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"\0" * 1_500_000)
+    assert tensorrt._size_mb(plan) == 1.5  # as ONNX Runtime engines' size_mb; not 1.431 (MiB)
+
+
+def test_memory_constraint_says_mib(report):
+    assert "| memory_mb (MiB) | 2048 | 41 | predicted | tensorrt-int8 | PASS |" in (
+        render_markdown(report)
+    )
+    assert "PASS memory_mb (MiB) 41 (limit 2048, predicted, tensorrt-int8)" in _console(report)
+
+
+def test_sig_keeps_three_significant_figures():
+    assert [sig(v) for v in (0.0381, 0.01446, 0.01241, 3.1, 22.4, 131.7, 2048.0, None)] == [
+        "0.0381",
+        "0.0145",
+        "0.0124",
+        "3.10",
+        "22.4",
+        "132",
+        "2048",
+        "–",
+    ]
+
+
+def test_small_sizes_and_close_latencies_stay_apart(report):
+    int8, fp32 = report["engines"][0], report["engines"][1]
+    int8["size_mb"], fp32["size_mb"] = 0.0381, 0.0988
+    int8["target_latency"]["p50_ms"], fp32["target_latency"]["p50_ms"] = 0.01241, 0.01446
+    md, console = render_markdown(report), _console(report)
+    html = render_html(report, b"")
+    for text in (md, console, html):
+        assert "0.0381" in text and "0.0988" in text
+        assert "0.0124 ms p50" in text and "0.0145 ms p50" in text
+    assert "| 0.0124 ms p50 | 0.0381 |" in md
+    assert "p50 0.0124 ms (not timed)" in md  # the conditions table too
+
+
+def test_latency_timed_off_the_target_says_where(report):
+    md = render_markdown(report)
+    assert f"| {HOST_HEADER} | latency predicted |" in md
+    assert "| 3.90 ms p99 |" in md  # the cells keep the figure, the header names the device
+    assert f"measured on {HOST} (not the target)" in _console(report)
+    host = copy.deepcopy(report)
+    host["target"]["measurable"] = True  # a run on this machine: its own timings
+    assert "| latency measured | latency predicted |" in render_markdown(host)
+    assert "not the target" not in _console(host)
+
+
+def test_device_timing_is_marked_as_on_the_target(report):
+    trt = report["engines"][2]
+    trt["predicted_latency"] = trt["latency"]
+    trt["latency"] = {
+        "kind": "measured",
+        "device": "jetson-orin-nano-8gb",
+        "engine": "tensorrt",
+        "p99_ms": 0.81,
+        "on_target": True,
+    }
+    md = render_markdown(report)
+    assert HOST_HEADER in md and "jetson-orin-nano-8gb (not the target)" not in md
+    assert "| 0.810 ms p99 (on target) |" in md
+
+
+def _plot_legend(report: dict, monkeypatch) -> list[str]:
+    """The legend entries of report.png (read from the figure before it is saved)."""
+    texts: list[str] = []
+    place = report_plot._place_labels
+
+    def spy(fig, ax, labels):
+        texts.extend(t.get_text() for legend in fig.legends for t in legend.get_texts())
+        place(fig, ax, labels)
+
+    monkeypatch.setattr(report_plot, "_place_labels", spy)
+    render_png(report)
+    return texts
+
+
+def test_plot_names_the_device_of_latency_timed_off_the_target(report, monkeypatch):
+    legend = _plot_legend(report, monkeypatch)
+    elsewhere = f"measured on {HOST} (not the target)"
+    assert f"teacher, latency (p99)\n{elsewhere}" in legend
+    assert f"engine, latency (p99)\n{elsewhere}" in legend
+    assert "engine, predicted latency (p50)" in legend
+    budget = next(t for t in legend if t.startswith("latency budget"))
+    assert budget.startswith("latency budget 10 ms on jetson-orin-nano-8gb")
+    assert "not those\nmeasured on another machine" in budget
+
+    report["target"]["measurable"] = True
+    legend = _plot_legend(report, monkeypatch)
+    assert "engine, measured latency (p99)" in legend
+    assert not any("not the target" in t or "another machine" in t for t in legend)
+
+
+def test_pareto_table_names_its_latency_model(report):
+    md = render_markdown(report)
+    assert "| predicted latency ms (roofline-v1) | chosen |" in md
+    assert "- predicted latency: roofline-v1 for jetson-orin-nano-8gb, calibrated from " in md
+    assert "| 0.276 |" in md  # sample's fastest Pareto point
+
+
+PREDICTED = {"kind": "predicted", "model": "roofline-v1", "calibrated_from": "none", "p50_ms": 0.01}
+
+
+@pytest.fixture
+def stub_verify(monkeypatch, tmp_path) -> SimpleNamespace:
+    """A verify context whose evaluation, parity, memory and prediction are stubs."""
+    acc = {"metric": "accuracy", "value": 0.9, "n": 2}
+    monkeypatch.setattr(verify, "evaluate", lambda *a, **k: (dict(acc), np.zeros((2, 3))))
+    monkeypatch.setattr(verify, "compare", lambda *a, **k: {"max_abs": 0.0, "cosine": 1.0})
+    monkeypatch.setattr(verify, "make_session", lambda *a, **k: None)
+    monkeypatch.setattr(verify, "session_options_record", lambda s: {})
+    monkeypatch.setattr(verify, "engine_peak_rss_mb", lambda *a, **k: {"kind": "measured"})
+    monkeypatch.setattr(verify, "predict_onnx", lambda *a, **k: dict(PREDICTED))
+    monkeypatch.setattr(verify, "predict_memory_mb", lambda *a, **k: 0.1)
+    (tmp_path / "model.onnx").write_bytes(b"\0" * 1000)
+    return SimpleNamespace(
+        run=tmp_path,
+        profile=SimpleNamespace(name="jetson-orin-nano-8gb", measurable=False),
+        cfg=SimpleNamespace(
+            verify=SimpleNamespace(threads=1, batch=1),
+            export=SimpleNamespace(min_cosine=0.99, atol=1e-4, rtol=1e-3),
+        ),
+        latency_inputs=lambda: {"input_ids": np.zeros((1, 8), dtype=np.int64)},
+        latency_padding=lambda: 0.0,
+    )
+
+
+def test_predicted_latency_of_every_engine_names_the_engine(stub_verify):
+    ort = {"engine": "onnxruntime", "precision": "fp32", "status": "built", "path": "model.onnx"}
+    built = verify._engine_block(stub_verify, ort, np.zeros((2, 3)), np.zeros((2, 3)), {})
+    assert built["target_latency"] == {**PREDICTED, "engine": "onnxruntime"}
+    md = render_markdown({"engines": [built]})
+    assert "| predicted | model roofline-v1, calibrated from none, engine onnxruntime," in md
+    trt = {"engine": "tensorrt", "precision": "int8", "status": "bundle", "source": "model.onnx"}
+    remote = verify._remote_block(stub_verify, trt, np.zeros((2, 3)))
+    assert remote["latency"] == {**PREDICTED, "engine": "tensorrt"}
