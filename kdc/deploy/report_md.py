@@ -221,7 +221,25 @@ def _models(report: dict) -> Section:
         ]
         for name, label, part, status, prec in named
     ]
-    return Section("Teacher, student and engines", table=(head, rows))
+    return Section("Teacher, student and engines", lines=_beside(report), table=(head, rows))
+
+
+BESIDE = {
+    "accuracy_this_cpu": "this CPU's int8 kernels (the latency measured here is theirs)",
+    "accuracy_qdq_simulated": "Q/DQ executed in float (the exact int8 arithmetic)",
+}
+
+
+def _beside(report: dict) -> list[str]:
+    """The accuracies kept beside an engine's headline figure, each with its engine."""
+    task = report.get("task")
+    return [
+        f"{engine_label(e)}: {accuracy_text(e[key], task)} from {e[key].get('engine', DASH)}, "
+        f"{why}; the table's figure is from {(e.get('accuracy') or {}).get('engine', DASH)}"
+        for e in report.get("engines") or []
+        for key, why in BESIDE.items()
+        if isinstance(e.get(key), dict)
+    ]
 
 
 def _constraints(report: dict) -> Section:

@@ -87,6 +87,15 @@ def _style(kind: str, color: str, marker: str, size: int, label: str | None) -> 
     return {**style, "color": color, "edgecolors": "black"}
 
 
+def _paired_accuracy(part: dict, key: str) -> dict | None:
+    """The accuracy of the engine a latency object timed: an INT8 engine judged by its Q/DQ
+    stand-in keeps this CPU's own int8 figure (`accuracy_this_cpu`) for the latency timed
+    here."""
+    if key == "latency" and part.get("latency", {}).get("kind") == "measured":
+        return part.get("accuracy_this_cpu") or part.get("accuracy")
+    return part.get("accuracy")
+
+
 def _plot_models(
     ax: Axes, report: dict, ring_shipped: bool = False
 ) -> tuple[list[float], list[tuple[float, float, str]]]:
@@ -103,11 +112,11 @@ def _plot_models(
     ringed = "chosen student (the engine that ships)"  # legend text, on the first ring only
     for name, part, marker, size, color in parts:
         ring = ring_shipped and name != "teacher" and part.get("ships")
-        acc = accuracy_value(part.get("accuracy"), task)[1]
         for key, lat in latencies(part):
             x, stat = headline_latency(lat)
             if x is None:
                 continue
+            acc = accuracy_value(_paired_accuracy(part, key), task)[1]
             kind = lat.get("kind", "?")
             group = "teacher" if name == "teacher" else "engine"
             legend = f"{group}, {kind} latency ({stat})"

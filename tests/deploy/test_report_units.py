@@ -175,3 +175,25 @@ def test_predicted_latency_of_every_engine_names_the_engine(stub_verify):
     trt = {"engine": "tensorrt", "precision": "int8", "status": "bundle", "source": "model.onnx"}
     remote = verify._remote_block(stub_verify, trt, np.zeros((2, 3)))
     assert remote["latency"] == {**PREDICTED, "engine": "tensorrt"}
+
+
+def test_int8_stand_in_keeps_this_cpus_accuracy_beside(report):
+    """An INT8 engine judged by its Q/DQ stand-in: report.md names the figure of this CPU's
+    int8 kernels (whose latency the table shows), and the plot pairs that latency with it."""
+    eng = next(e for e in report["engines"] if e["engine"] == "onnxruntime" and "latency" in e)
+    eng["accuracy"] = {
+        "metric": "accuracy",
+        "value": 0.997,
+        "n": 359,
+        "engine": "onnxruntime-cpu-qdq-simulated",
+    }
+    eng["accuracy_this_cpu"] = {
+        "metric": "accuracy",
+        "value": 0.947,
+        "n": 359,
+        "engine": "onnxruntime-cpu-int8",
+    }
+    md = render_markdown(report)
+    assert "0.9470 accuracy (n=359) from onnxruntime-cpu-int8, this CPU's int8 kernels" in md
+    assert report_plot._paired_accuracy(eng, "latency") is eng["accuracy_this_cpu"]
+    assert report_plot._paired_accuracy(eng, "target_latency") is eng["accuracy"]
