@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import py_compile
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -271,20 +272,121 @@ def test_build_sh_stops_with_the_fix_when_trtexec_is_tensorrt_11(tmp_path, golde
     assert "110000" not in (strongly_typed / "build.sh").read_text()
 
 
-def test_parity_script_falls_back_when_the_tensorrt_runner_fails(tmp_path, goldens):
-    """tensorrt importable but unusable (CPU-only torch, a plan that does not load): the check
-    still runs on ONNX Runtime and the note says why, instead of a traceback and no parity.json."""
+FAKE_CUDART = r"""
+#include <stdlib.h>
+#include <string.h>
+int cudaMalloc(void **p, size_t n) { *p = malloc(n); return *p ? 0 : 2; }
+int cudaMemcpy(void *d, const void *s, size_t n, int kind) { memcpy(d, s, n); return 0; }
+int cudaFree(void *p) { free(p); return 0; }
+int cudaStreamCreate(void **s) { *s = (void *)0x1; return 0; }
+int cudaStreamSynchronize(void *s) { return 0; }
+int cudaStreamDestroy(void *s) { return 0; }
+"""
+
+# The TensorRT API parity.py uses; "device" memory is host memory (see FAKE_CUDART), and the
+# engine computes the bundle model's logits = x @ W from the buffers at the addresses it is given.
+FAKE_TENSORRT = """
+import ctypes
+import numpy as np
+
+W = np.load(__file__.replace("__init__.py", "W.npy"))
+
+
+class Logger:
+    WARNING = 2
+
+    def __init__(self, level):
+        pass
+
+
+class TensorIOMode:
+    INPUT, OUTPUT = 0, 1
+
+
+def nptype(dtype):
+    return np.float32
+
+
+class Context:
+    def __init__(self):
+        self.addr, self.shape = {}, {}
+
+    def set_input_shape(self, name, shape):
+        self.shape[name] = shape
+
+    def get_tensor_shape(self, name):
+        return (self.shape["x"][0], W.shape[1])
+
+    def set_tensor_address(self, name, ptr):
+        self.addr[name] = ptr
+
+    def execute_async_v3(self, stream):
+        rows, cols = self.shape["x"]
+        buf = (ctypes.c_float * (rows * cols)).from_address(self.addr["x"])
+        y = np.ctypeslib.as_array(buf).reshape(rows, cols) @ W
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        ctypes.memmove(self.addr["logits"], y.ctypes.data, y.nbytes)
+        return True
+
+
+class Engine:
+    num_io_tensors = 2
+
+    def get_tensor_name(self, i):
+        return ["x", "logits"][i]
+
+    def get_tensor_mode(self, name):
+        return TensorIOMode.INPUT if name == "x" else TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        return "float32"
+
+    def create_execution_context(self):
+        return Context()
+
+
+class Runtime:
+    def __init__(self, logger):
+        pass
+
+    def deserialize_cuda_engine(self, data):
+        return Engine() if data == b"ENGINE" else None
+"""
+
+
+@pytest.fixture
+def fake_device(tmp_path, goldens) -> dict[str, str]:
+    """An environment where parity.py finds `tensorrt` and `libcudart` (stand-ins)."""
+    if shutil.which("cc") is None:
+        pytest.skip("needs a C compiler for the stand-in libcudart")
+    lib = tmp_path / "lib"
+    (lib / "tensorrt").mkdir(parents=True)
+    (lib / "cudart.c").write_text(FAKE_CUDART)
+    cc = ["cc", "-shared", "-fPIC", "-o", str(lib / "libcudart.so"), str(lib / "cudart.c")]
+    subprocess.run(cc, check=True)
+    (lib / "tensorrt" / "__init__.py").write_text(FAKE_TENSORRT)
+    weights = onnx.load(str(goldens[0])).graph.initializer[0]
+    np.save(lib / "tensorrt" / "W.npy", numpy_helper.to_array(weights))
+    return {**os.environ, "PYTHONPATH": str(lib), "LD_LIBRARY_PATH": str(lib)}
+
+
+def test_parity_script_runs_the_engine_through_libcudart(tmp_path, goldens, fake_device):
+    """JetPack has tensorrt and libcudart, not torch: the engine itself is checked, its buffers
+    allocated and copied through libcudart (batches of the bundle's size, the last padded)."""
     out = _bundle(tmp_path, goldens, precision="fp32")
     (out / "model.plan").write_bytes(b"ENGINE")
-    fake = tmp_path / "fake_site"
-    (fake / "tensorrt").mkdir(parents=True)
-    (fake / "tensorrt" / "__init__.py").write_text(
-        "class Logger:\n    WARNING = 2\n    def __init__(self, level): pass\n"
-        "class Runtime:\n    def __init__(self, logger): pass\n"
-        "    def deserialize_cuda_engine(self, data): return None\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(fake)}
-    subprocess.run([sys.executable, str(out / "parity.py")], check=True, env=env)
+    subprocess.run([sys.executable, str(out / "parity.py")], check=True, env=fake_device)
+    parity = json.loads((out / "results" / "parity.json").read_text())
+    assert parity["runner"] == "tensorrt" and parity["pass"] and parity["n"] == 5
+    assert parity["cosine"] == pytest.approx(1.0, abs=1e-6) and parity["notes"] == []
+
+
+def test_parity_script_falls_back_when_the_tensorrt_runner_fails(tmp_path, goldens, fake_device):
+    """tensorrt importable but the plan does not load: the check still runs on ONNX Runtime and
+    the note says why, instead of a traceback and no parity.json."""
+    out = _bundle(tmp_path, goldens, precision="fp32")
+    (out / "model.plan").write_bytes(b"built by another TensorRT")
+    subprocess.run([sys.executable, str(out / "parity.py")], check=True, env=fake_device)
     parity = json.loads((out / "results" / "parity.json").read_text())
     assert parity["runner"] == "onnxruntime" and parity["pass"]
     assert "did not deserialize" in parity["notes"][0]
