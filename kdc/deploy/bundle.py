@@ -46,7 +46,7 @@ TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)
 mkdir -p results
 """
 
-# build.sh of a weakly typed bundle (precision flags): trtexec 11 has no --fp16/--int8 and stops
+# build.sh of a weakly typed bundle (TensorRT 10.x flags): trtexec 11 has no --fp16/--int8 and stops
 # with "Unknown option"; say so first. Its banner encodes MAJOR*10000 + MINOR*100 + PATCH.
 _FLAGS_NEED_TRT10 = """trt_v="$("$TRTEXEC" --help 2>&1 | grep -o -m 1 'TensorRT v[0-9]*' \\
   | tr -dc '0-9' || true)"
@@ -152,8 +152,9 @@ def cudart():
     import ctypes
     import ctypes.util
 
-    names = ["libcudart.so", ctypes.util.find_library("cudart"), "libcudart.so.12",
-             "/usr/local/cuda/lib64/libcudart.so", "/usr/local/cuda/lib/libcudart.so"]
+    names = ["libcudart.so", ctypes.util.find_library("cudart"), "libcudart.so.13",
+             "libcudart.so.12", "/usr/local/cuda/lib64/libcudart.so",
+             "/usr/local/cuda/lib/libcudart.so"]
     for name in filter(None, names):
         try:
             lib = ctypes.CDLL(name)
@@ -385,7 +386,7 @@ def write_bundle(
             shutil.copyfile(onnx_path, tmp / "model.onnx")
         scripts = {
             "build.sh": _PREAMBLE.format(what="Build the TensorRT engine on the device.", **header)
-            + (_FLAGS_NEED_TRT10.format(**header) if plan.flags else "")
+            + ("" if plan.strongly_typed else _FLAGS_NEED_TRT10.format(**header))
             + _shell(build)
             + " 2>&1 | tee results/build.log\n",
             "bench.sh": _PREAMBLE.format(what="Time the engine and check parity.", **header)
