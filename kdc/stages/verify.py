@@ -192,8 +192,9 @@ def device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
             f"run's {rec['source']} (the run was rebuilt after it)",
             source=str(found / "bundle.json"),
             field="source_onnx_sha256",
-            fix=f"write it again (kdc bundle RUN --target {ctx.profile.name}) and time it on "
-            "the device",
+            fix=f"write it again (kdc bundle RUN --target {ctx.profile.name}; if the run's "
+            "engines were built by an older kdc, delete RUN/build and run kdc build CONFIG --out "
+            "RUN instead) and time it on the device",
         )
     dev = read_device_results(ctx.device_results, found, ctx.profile.name)
     out = {"latency": {**dev["latency"], "on_target": True}, "parity": dev["parity"]}
