@@ -90,10 +90,9 @@ def _style(kind: str, color: str, marker: str, size: int, label: str | None) -> 
 def _paired_accuracy(part: dict, key: str) -> dict | None:
     """The accuracy of the engine a latency object timed: an INT8 engine judged by its Q/DQ
     stand-in keeps this CPU's own int8 figure (`accuracy_this_cpu`) for the latency timed
-    here."""
-    if key == "latency" and part.get("latency", {}).get("kind") == "measured":
-        return part.get("accuracy_this_cpu") or part.get("accuracy")
-    return part.get("accuracy")
+    here (`latency`)."""
+    own = part.get("accuracy_this_cpu") if key == "latency" else None
+    return own or part.get("accuracy")
 
 
 def _plot_models(

@@ -45,16 +45,18 @@ def _shapes(ctx: Context) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in ctx.latency_inputs().items()}
 
 
-def predict(ctx: Context, path: Path, precision: str) -> dict:
-    shapes = _shapes(ctx)
-    return predict_onnx(
+def predict(ctx: Context, path: Path, precision: str, engine: str | None = None) -> dict:
+    """Predicted latency of the ONNX model at `path` on the target, naming the `engine` it is
+    for (an engine's figure; the teacher's has none)."""
+    pred = predict_onnx(
         path,
         ctx.profile,
         precision=precision,
         batch=ctx.cfg.verify.batch,
-        input_shapes=shapes,
+        input_shapes=_shapes(ctx),
         padding=ctx.latency_padding(),
     )
+    return pred if engine is None else {**pred, "engine": engine}
 
 
 def evaluate(
@@ -125,7 +127,7 @@ def _engine_block(
                 "(quantize.symmetric_activations: false)"
             ]
     if not ctx.profile.measurable:
-        block["target_latency"] = {**predict(ctx, path, prec), "engine": rec["engine"]}
+        block["target_latency"] = predict(ctx, path, prec, rec["engine"])
         block["target_memory"] = _predicted_memory(ctx, path, prec)
     return block
 
@@ -155,7 +157,7 @@ def _remote_block(
         "accuracy": acc,
         "size_mb": round(src.stat().st_size / 1e6, 4),
         "size_note": "size of the ONNX the engine is built from; the plan is built on the device",
-        "latency": {**predict(ctx, src, rec["precision"]), "engine": rec["engine"]},
+        "latency": predict(ctx, src, rec["precision"], rec["engine"]),
         "memory": _predicted_memory(ctx, src, rec["precision"]),
     }
     if device is not None:
