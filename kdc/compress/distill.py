@@ -28,6 +28,7 @@ from kdc.compress.losses import (
     Projections,
 )
 from kdc.compress.prune import GradualPruning, sync_after_pruning
+from kdc.compress.teacher_cache import TeacherCache
 from kdc.config import DistillConfig, LossConfig
 from kdc.data.batching import trim_padding
 from kdc.errors import UserError
@@ -261,6 +262,10 @@ class _Trainer:
         self.s_taps = FeatureTaps(find_taps(student, example, wanted)) if wanted else None
         self.t_taps = FeatureTaps(find_taps(teacher, example, wanted)) if wanted else None
         self.teacher = teacher
+        if teacher is not None:
+            teacher.module.eval()  # frozen: its outputs on a row are the same every epoch
+        heads = {n for n, t in self.t_taps.taps.items() if t.heads_of} if self.t_taps else set()
+        self.cache = TeacherCache(heads)
         self.augment = resolve_augment(cfg.augment, data.train)
         if self.augment is not None and teacher is None:
             raise ValueError("distill.augment needs the teacher model to label augmented rows")
@@ -307,14 +312,17 @@ class _Trainer:
         return out, self.t_taps.take() if self.t_taps else {}
 
     def teacher_outputs(
-        self, batch: dict[str, torch.Tensor], sel: np.ndarray
+        self, batch: dict[str, torch.Tensor], sel: np.ndarray, changed: np.ndarray | None = None
     ) -> tuple[torch.Tensor, dict]:
-        """The teacher's logits and features on rows `sel`: the precomputed logits when no
-        feature is tapped, else one teacher run (whose logits equal them up to float rounding;
-        precomputed ones are then not read)."""
-        if self.t_logits is not None and self.t_taps is None:
-            return self.t_logits[sel], {}
-        return self.teacher_run(batch)
+        """The teacher's logits and features on `batch`, rows `sel` (perturbed where `changed`):
+        the precomputed logits when no feature is tapped and no row perturbed, else from the
+        teacher cache, which runs the teacher on the rows it does not hold (its logits equal the
+        precomputed ones up to float rounding; those are then not read)."""
+        if changed is None:
+            if self.t_logits is not None and self.t_taps is None:
+                return self.t_logits[sel], {}
+            changed = np.zeros(len(sel), dtype=bool)
+        return self.cache.outputs(batch, sel, changed, self.teacher_run)
 
     def targets(
         self, sel: np.ndarray, epoch: int, step: int
@@ -327,7 +335,7 @@ class _Trainer:
             return batch, t_logits, labels, feats
         rng = np.random.default_rng([self.seed, epoch, step, self.rank])
         batch, changed = self.augment(batch, rng, self.cfg.augment_prob)
-        t_logits, feats = self.teacher_run(batch)
+        t_logits, feats = self.teacher_outputs(batch, sel, changed)
         if labels is not None and changed.any():
             rows = torch.from_numpy(changed)
             labels = labels.clone()

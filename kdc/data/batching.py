@@ -29,7 +29,7 @@ def cut_positions(batch: dict, length: int) -> dict:
     }
 
 
-def _row_lengths(inputs: Mapping) -> np.ndarray | None:
+def row_lengths(inputs: Mapping) -> np.ndarray | None:
     """Each row's last attended position + 1 (at least 1), or None without a 2-D mask (numpy or
     CPU torch)."""
     mask = inputs.get("attention_mask")
@@ -44,7 +44,7 @@ def trim_padding(batch: dict) -> dict:
     """Cut the trailing sequence positions that no row of the batch attends to (text inputs are
     padded to `max_length`; a batch only needs its longest row). Masked positions do not change
     any output, so results equal the padded batch's up to float rounding."""
-    lengths = _row_lengths(batch)
+    lengths = row_lengths(batch)
     return batch if lengths is None else cut_positions(batch, int(lengths.max(initial=1)))
 
 
@@ -62,7 +62,7 @@ def map_by_length(
     if len(counts) > 1:
         raise ValueError(f"inputs have different numbers of rows {sorted(counts)}")
     n = counts.pop() if counts else 0
-    lengths = _row_lengths(inputs) if cut else None
+    lengths = row_lengths(inputs) if cut else None
     order = np.arange(n) if lengths is None else np.argsort(-lengths, kind="stable")
     outs = []
     for s in range(0, n, batch_size):
