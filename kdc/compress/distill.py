@@ -28,7 +28,7 @@ from kdc.compress.losses import (
     Projections,
 )
 from kdc.compress.prune import GradualPruning, sync_after_pruning
-from kdc.compress.teacher_cache import TeacherCache
+from kdc.compress.teacher_cache import MB, TeacherCache
 from kdc.config import DistillConfig, LossConfig
 from kdc.data.batching import trim_padding
 from kdc.errors import UserError
@@ -72,6 +72,7 @@ class DistillResult:
     kept_metric: float
     losses: list[dict] = field(default_factory=list)
     resumed_from_epoch: int | None = None
+    teacher_rows: dict | None = None  # TeacherCache.stats() where the teacher ran in training
 
 
 class Checkpoint:
@@ -265,7 +266,7 @@ class _Trainer:
         if teacher is not None:
             teacher.module.eval()  # frozen: its outputs on a row are the same every epoch
         heads = {n for n, t in self.t_taps.taps.items() if t.heads_of} if self.t_taps else set()
-        self.cache = TeacherCache(heads)
+        self.cache = TeacherCache(heads, cfg.teacher_cache_mb * MB)
         self.augment = resolve_augment(cfg.augment, data.train)
         if self.augment is not None and teacher is None:
             raise ValueError("distill.augment needs the teacher model to label augmented rows")
@@ -443,6 +444,7 @@ def distill(
         s["kept_metric"],
         [{"name": n, "weight": w, "params": p} for n, w, p in tr.objective.specs],
         resumed,
+        tr.cache.stats() if tr.cache.ran else None,
     )
 
 

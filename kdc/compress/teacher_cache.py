@@ -20,9 +20,7 @@ from kdc.data.batching import row_lengths, trim_padding
 
 Batch = dict[str, torch.Tensor]
 Outputs = tuple[torch.Tensor, dict[str, torch.Tensor]]
-# Memory the cache may hold; rows past it are run each time they come. The sentiment example's
-# teacher (6 taps of 384 wide, 600 rows of mean ~110 tokens) needs about 600 MB.
-CACHE_BYTES = 1 << 30
+MB = 1 << 20
 
 
 def seq_axis(value: torch.Tensor, heads: bool) -> int | None:
@@ -34,14 +32,24 @@ def seq_axis(value: torch.Tensor, heads: bool) -> int | None:
 
 
 class TeacherCache:
-    """Teacher outputs per training row (by its index in the training set), up to `limit` bytes.
-    `heads` names the tapped features split into attention heads (sequence on axis 2)."""
+    """Teacher outputs per training row (by its index in the training set), up to `limit` bytes
+    (0: off). `heads` names the tapped features split into attention heads (sequence on axis 2)."""
 
-    def __init__(self, heads: set[str], limit: int = CACHE_BYTES) -> None:
+    def __init__(self, heads: set[str], limit: int) -> None:
         self.heads = heads
         self.limit = limit
         self.size = 0
         self.rows: dict[int, Outputs] = {}
+        self.ran = self.looked_up = 0
+
+    def stats(self) -> dict:
+        """Rows the teacher ran on and rows looked up instead, and what the cache holds."""
+        return {
+            "rows_run": self.ran,
+            "rows_looked_up": self.looked_up,
+            "rows_kept": len(self.rows),
+            "kept_mb": round(self.size / MB, 1),
+        }
 
     def _axis(self, name: str, value: torch.Tensor, text: bool) -> int | None:
         return seq_axis(value, name in self.heads) if text else None
@@ -69,6 +77,8 @@ class TeacherCache:
         lengths = row_lengths(batch)
         held = np.array([int(r) in self.rows for r in rows], dtype=bool)
         need = changed | ~held
+        self.ran += int(need.sum())
+        self.looked_up += int((~need).sum())
         if need.all():
             out = run(batch)
             self._store(out, np.arange(len(rows)), rows, changed, lengths)

@@ -236,6 +236,11 @@ def run(ctx: Context) -> StageOutput:
         )
     if result.resumed_from_epoch is not None:
         ctx.log(f"  continued from the checkpoint after epoch {result.resumed_from_epoch}")
+    if t := result.teacher_rows:
+        ctx.log(
+            f"  teacher ran on {t['rows_run']} rows, looked up {t['rows_looked_up']} "
+            f"({t['rows_kept']} rows kept, {t['kept_mb']} MB)"
+        )
     files = student.save(ctx.run / "distill" / "student")
     hist = write_jsonl(ctx.run / "distill" / "history.jsonl", result.history)
     if prune_info:
@@ -277,5 +282,6 @@ def _metrics(
         "losses": [s["name"] for s in result.losses],
         "pruning": prune_info or None,
         "resumed_from_epoch": result.resumed_from_epoch,
+        "teacher_rows": result.teacher_rows,
         **{k: v for k, v in qat.items() if k != "qat_history"},
     }

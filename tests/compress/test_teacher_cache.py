@@ -14,7 +14,7 @@ from kdc.compress.teacher_cache import TeacherCache
 from kdc.models.hf import HFTextAdapter
 
 
-def _text_trainer(tmp_path, cache_limit: int | None = None) -> _Trainer:
+def _text_trainer(tmp_path, cache_mb: int = 1024) -> _Trainer:
     model, tok = tiny_bert(tmp_path)
     teacher = HFTextAdapter(model.eval(), tok, 24)
     student = HFTextAdapter(tiny_bert(tmp_path, layers=1)[0], tok, 24)
@@ -23,10 +23,10 @@ def _text_trainer(tmp_path, cache_limit: int | None = None) -> _Trainer:
     y = np.array([1 if r[1] == "positive" else 0 for r in rows])
     data = DistillData(x, y, x, y, None)
     losses = [{"name": "logits"}, {"name": "hidden"}, {"name": "attention"}]
-    cfg = _cfg(batch_size=8, augment="auto", augment_prob=0.5, losses=losses)
+    cfg = _cfg(
+        batch_size=8, augment="auto", augment_prob=0.5, losses=losses, teacher_cache_mb=cache_mb
+    )
     tr = _Trainer(student, data, cfg, 0, teacher, None)
-    if cache_limit is not None:
-        tr.cache.limit = cache_limit
     for taps in (tr.s_taps, tr.t_taps):
         taps.attach()
     tr.prepare()
@@ -47,9 +47,9 @@ def _counting(tr: _Trainer) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("limit", [None, 0])
-def test_cached_teacher_outputs_give_the_losses_of_a_full_run(tmp_path, limit):
-    tr = _text_trainer(tmp_path, limit)
+@pytest.mark.parametrize("cache_mb", [1024, 0])
+def test_cached_teacher_outputs_give_the_losses_of_a_full_run(tmp_path, cache_mb):
+    tr = _text_trainer(tmp_path, cache_mb)
     seen = _counting(tr)
     for epoch in range(3):
         order = tr.shard(epoch)
@@ -72,10 +72,13 @@ def test_cached_teacher_outputs_give_the_losses_of_a_full_run(tmp_path, limit):
                 )
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     later = sum(seen[5:])  # epochs 1 and 2 (5 batches of 8 rows an epoch)
-    if limit == 0:
+    stats = tr.cache.stats()
+    if cache_mb == 0:
         assert not tr.cache.rows and sum(seen) == 120  # nothing kept: every row runs every time
+        assert stats["rows_looked_up"] == 0
     else:
         assert len(tr.cache.rows) > 20 and later < 60  # unchanged rows are looked up
+        assert stats["rows_run"] + stats["rows_looked_up"] == 120 + 8  # + prepare's probe batch
 
 
 def test_images_without_taps_are_cached_whole():
