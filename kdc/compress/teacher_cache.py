@@ -60,8 +60,7 @@ class TeacherCache:
         row = {}
         for name, v in feats.items():
             axis = self._axis(name, v, length is not None)
-            r = v[i] if axis is None else v[i].narrow(axis - 1, 0, length)
-            row[name] = r
+            row[name] = v[i] if axis is None else v[i].narrow(axis - 1, 0, length)
         return logits[i], row
 
     def outputs(

@@ -8,11 +8,12 @@ input_shape), is reported as `missing`, never compared. A slowdown is a regressi
 exceeds both the tolerance and the noise, 2·hypot(u_base, u_now), u the relative uncertainty of
 the statistic: its spread over interleaved rounds, (max - min) / median of `rounds_p50_ms`
 (`rounds_p99_ms` for p99; the p50's where absent) when both were timed in 2 or more rounds,
-else the standard error of the median, 1.2533·cv/sqrt(iterations) (cv itself when iterations is
-not recorded); 0 for predictions. Accuracy (the task's primary metric) regresses when it drops
-by more than the tolerance in absolute points; accuracy figures from different engines are
-`missing`. When the baseline has latency figures of the compared kinds and none was compared, a
-failing `latency` line says so.
+else the statistic's standard error from the per-sample cv under a normal approximation,
+k·cv/sqrt(iterations) with k = sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99
+(cv itself when iterations is not recorded); 0 for predictions. Accuracy (the task's primary
+metric) regresses when it drops by more than the tolerance in absolute points; accuracy figures
+from different engines are `missing`. When the baseline has latency figures of the compared
+kinds and none was compared, a failing `latency` line says so.
 """
 
 from __future__ import annotations
@@ -54,9 +55,18 @@ __all__ = [
 STATS = {"measured": ("p50", "p99"), "predicted": ("p50",)}
 UNITS = {"%": 0.01, "pt": 0.01, "pts": 0.01, "pp": 0.01}  # 10% relative, 0.5pt absolute
 NOISE_SIGMAS = 2.0
-SE_MEDIAN = math.sqrt(math.pi / 2)  # 1.2533: s.e. of a median = SE_MEDIAN * std / sqrt(n)
 CONDITIONS = ("device", "batch", "threads", "input_shape")  # what makes two timings comparable
 REBASELINE = "re-baseline with `kdc check --update-baseline`"
+QUANTILES = {"p50": 0.5, "p99": 0.99}
+_QUANTILE_NAME = {"p50": "median"}
+
+
+def quantile_se_factor(q: float) -> float:
+    """k in s.e.(q-quantile) = k·std/sqrt(n) for normal samples: sqrt(q(1-q))/φ(Φ⁻¹(q)), 1.2533
+    for the median (sqrt(π/2)) and 3.7336 for p99, whose estimate rests on the few slowest
+    samples."""
+    nd = statistics.NormalDist()
+    return math.sqrt(q * (1 - q)) / nd.pdf(nd.inv_cdf(q))
 
 
 @dataclass
@@ -98,8 +108,9 @@ def _noise(base: dict, cur: dict, stat: str = "p50") -> tuple[float, str]:
         if None not in spreads:
             return NOISE_SIGMAS * math.hypot(*spreads), f" ({s} spread over rounds)"
     if all(o.get("iterations") for o in (base, cur)):
-        se = [SE_MEDIAN * (o.get("cv") or 0.0) / math.sqrt(o["iterations"]) for o in (base, cur)]
-        return NOISE_SIGMAS * math.hypot(*se), " (s.e. of the median)"
+        k = quantile_se_factor(QUANTILES[stat])
+        se = [k * (o.get("cv") or 0.0) / math.sqrt(o["iterations"]) for o in (base, cur)]
+        return NOISE_SIGMAS * math.hypot(*se), f" (s.e. of the {_QUANTILE_NAME.get(stat, stat)})"
     cvs = (base.get("cv") or 0.0, cur.get("cv") or 0.0)
     return NOISE_SIGMAS * math.hypot(*cvs), " (per-sample cv: iterations not recorded)"
 
