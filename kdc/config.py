@@ -157,9 +157,9 @@ class DistillConfig(Section):
     augment: Literal["none", "auto", "splice", "shift"] = "none"
     augment_prob: float = Field(0.5, ge=0, le=1)
     group_by_length: bool = True
-    # memory for the teacher's outputs on rows that reach it unperturbed, looked up in later
-    # epochs instead of run again (0: run the teacher on every batch); the sentiment example's
-    # 600 reviews take about 600 MB and save ~100 s (bench/RESULTS.md)
+    # memory (per process) for the teacher's outputs on rows that reach it unperturbed, looked
+    # up in later epochs instead of run again (0: run the teacher on every batch); the sentiment
+    # example kept 540 reviews in 524 MB, distillation 746 -> 645 s (bench/RESULTS.md)
     teacher_cache_mb: int = Field(1024, ge=0)
     early_stopping_patience: int | None = Field(None, ge=1)
     # which epoch ships: the last (the learning rate has decayed to 0), or the best on the

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import yaml
 from tiny import write_yaml
@@ -10,9 +12,9 @@ from tiny import write_yaml
 from kdc import api
 
 
-def _cfg(cnn_project, tmp_path, **distill):
+def _cfg(cnn_project, tmp_path, weights: Path | None = None, **distill):
     cfg = yaml.safe_load(cnn_project.read_text())
-    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg["teacher"]["weights"] = str(weights or cnn_project.parent / "teacher.safetensors")
     cfg["distill"].update({"epochs": 1, **distill})
     return write_yaml(tmp_path / "model.yaml", cfg)
 
@@ -74,11 +76,12 @@ def test_retrained_teacher_gets_fresh_cached_logits(cnn_project, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    path = _cfg(cnn_project, tmp_path)
+    weights = tmp_path / "teacher.safetensors"  # a copy: the session's teacher stays as trained
+    shutil.copyfile(cnn_project.parent / "teacher.safetensors", weights)
+    path = _cfg(cnn_project, tmp_path, weights)
     run = tmp_path / "run"
     api.compress(path, "host", run, quiet=True)
     first = sorted((run / "distill").glob("teacher_logits*.npy"))
-    weights = cnn_project.parent / "teacher.safetensors"
     state = load_file(weights)
     save_file(
         {

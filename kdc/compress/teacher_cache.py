@@ -3,10 +3,12 @@
 During distillation the teacher runs in eval mode without gradients, so its logits and tapped
 features on a row are the same every epoch. Rows that reach it unchanged (not perturbed by
 `distill.augment`) are looked up instead of run again; only perturbed and not yet seen rows go
-through the teacher. Text rows are stored cut to their attended length and re-padded with zeros:
-every loss masks padded positions (losses.py), so the result equals a full teacher run up to float
-rounding. On the sentiment example this removes about half of the teacher's forward passes from
-the second epoch on.
+through the teacher. Text rows' token features (`embeddings`, `hidden{i}`, the attention heads'
+query/key/value) are stored cut to the row's attended length and re-padded with zeros: the losses
+that read them mask padded positions (losses.py), so the result equals a full teacher run up to
+float rounding. A text feature of another layout (a `pooled` tap that is B×L×F, the input of a
+feed-forward layer in models without a pooler, read unmasked) cannot be cut, and the teacher then
+runs on every batch. On the sentiment example the teacher ran on 2,626 rows and looked up 1,710.
 """
 
 from __future__ import annotations
@@ -16,43 +18,53 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from kdc.compress.augment import Batch
 from kdc.data.batching import row_lengths, trim_padding
 
-Batch = dict[str, torch.Tensor]
 Outputs = tuple[torch.Tensor, dict[str, torch.Tensor]]
 MB = 1 << 20
+TOKEN_FEATURES = ("embeddings", "hidden")  # B×L×D per-token taps of text models (hooks.py)
 
 
-def seq_axis(value: torch.Tensor, heads: bool) -> int | None:
-    """The sequence axis of a tapped text feature: B×heads×L×d (attention taps) or B×L×D; none
-    for pooled B×D features."""
+class Uncacheable(ValueError):
+    """A tapped text feature whose padded positions a loss may read."""
+
+
+def seq_axis(name: str, value: torch.Tensor, heads: bool) -> int | None:
+    """The sequence axis of tapped text feature `name` (batch first): 2 for attention heads
+    (B×heads×L×d), 1 for token features (B×L×D), none for one vector per row (B×D)."""
     if heads:
         return 2
-    return 1 if value.dim() == 3 else None
+    if value.dim() == 3 and name.startswith(TOKEN_FEATURES):
+        return 1
+    if value.dim() <= 2:
+        return None
+    raise Uncacheable(f"tapped feature '{name}' of shape {tuple(value.shape)}")
 
 
 class TeacherCache:
     """Teacher outputs per training row (by its index in the training set), up to `limit` bytes
-    (0: off). `heads` names the tapped features split into attention heads (sequence on axis 2)."""
+    in each process (0: off). `heads` names the tapped features split into attention heads."""
 
     def __init__(self, heads: set[str], limit: int) -> None:
         self.heads = heads
         self.limit = limit
         self.size = 0
-        self.rows: dict[int, Outputs] = {}
+        self.kept: dict[int, Outputs] = {}
         self.ran = self.looked_up = 0
 
     def stats(self) -> dict:
-        """Rows the teacher ran on and rows looked up instead, and what the cache holds."""
+        """Rows the teacher ran on and rows looked up instead (the probe batch that sizes the
+        loss projections included), and what the cache holds."""
         return {
             "rows_run": self.ran,
             "rows_looked_up": self.looked_up,
-            "rows_kept": len(self.rows),
+            "rows_kept": len(self.kept),
             "kept_mb": round(self.size / MB, 1),
         }
 
     def _axis(self, name: str, value: torch.Tensor, text: bool) -> int | None:
-        return seq_axis(value, name in self.heads) if text else None
+        return seq_axis(name, value, name in self.heads) if text else None
 
     def _row(self, out: Outputs, i: int, length: int | None) -> Outputs:
         """Row `i` of batch outputs `out`, text features cut to `length` positions."""
@@ -66,52 +78,56 @@ class TeacherCache:
     def outputs(
         self,
         batch: Batch,
-        rows: np.ndarray,
+        index: np.ndarray,
         changed: np.ndarray,
         run: Callable[[Batch], Outputs],
     ) -> Outputs:
-        """The teacher's (logits, features) on `batch`, whose i-th row is training row `rows[i]`,
-        perturbed where `changed[i]`: cached rows are looked up, the others run (as one batch) and
-        the unchanged ones among them stored."""
+        """The teacher's (logits, features) on `batch`, whose i-th row is training row
+        `index[i]`, perturbed where `changed[i]`: kept rows are looked up, the others run (as one
+        batch) and the unchanged ones among them kept."""
         lengths = row_lengths(batch)
-        held = np.array([int(r) in self.rows for r in rows], dtype=bool)
+        held = np.array([int(r) in self.kept for r in index], dtype=bool)
         need = changed | ~held
         self.ran += int(need.sum())
         self.looked_up += int((~need).sum())
         if need.all():
             out = run(batch)
-            self._store(out, np.arange(len(rows)), rows, changed, lengths)
+            self._keep(out, np.arange(len(index)), index, changed, lengths)
             return out
-        parts: list[Outputs | None] = [None] * len(rows)
+        parts: dict[int, Outputs] = {i: self.kept[int(index[i])] for i in np.flatnonzero(~need)}
         idx = np.flatnonzero(need)
         if len(idx):
-            sub = trim_padding({k: v[torch.from_numpy(idx)] for k, v in batch.items()})
-            out = run(sub)
-            self._store(out, idx, rows, changed, lengths)
+            out = run(trim_padding({k: v[torch.from_numpy(idx)] for k, v in batch.items()}))
+            self._keep(out, idx, index, changed, lengths)
             for j, i in enumerate(idx):
                 parts[i] = self._row(out, j, None if lengths is None else int(lengths[i]))
-        for i in np.flatnonzero(~need):
-            parts[i] = self.rows[int(rows[i])]
         width = None if lengths is None else batch["attention_mask"].shape[1]
-        return self._stack(parts, width)  # type: ignore[arg-type]
+        return self._stack([parts[i] for i in range(len(index))], width)
 
-    def _store(
+    def _keep(
         self,
         out: Outputs,
         idx: np.ndarray,
-        rows: np.ndarray,
+        index: np.ndarray,
         changed: np.ndarray,
         lengths: np.ndarray | None,
     ) -> None:
-        """Keep copies of the unchanged rows among batch rows `idx` (row j of `out` is batch row
-        idx[j]) while the cache is under its limit."""
+        """Keep copies of the unchanged rows among batch rows `idx` (row j of `out` is batch
+        row idx[j]) that fit in the limit; off for good at a feature that cannot be cut."""
         for j, i in enumerate(idx):
-            if changed[i] or self.size >= self.limit:
+            if changed[i] or not self.limit:
                 continue
-            logits, feats = self._row(out, j, None if lengths is None else int(lengths[i]))
+            try:
+                logits, feats = self._row(out, j, None if lengths is None else int(lengths[i]))
+            except Uncacheable:
+                self.limit = 0
+                return
             kept = logits.clone(), {k: v.clone() for k, v in feats.items()}
-            self.size += sum(t.numel() * t.element_size() for t in (kept[0], *kept[1].values()))
-            self.rows[int(rows[i])] = kept
+            size = sum(t.numel() * t.element_size() for t in (kept[0], *kept[1].values()))
+            if self.size + size > self.limit:
+                continue
+            self.size += size
+            self.kept[int(index[i])] = kept
 
     def _stack(self, parts: list[Outputs], width: int | None) -> Outputs:
         """Batch outputs from per-row ones, text features zero-padded to `width` positions."""

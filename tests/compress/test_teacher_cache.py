@@ -74,24 +74,48 @@ def test_cached_teacher_outputs_give_the_losses_of_a_full_run(tmp_path, cache_mb
     later = sum(seen[5:])  # epochs 1 and 2 (5 batches of 8 rows an epoch)
     stats = tr.cache.stats()
     if cache_mb == 0:
-        assert not tr.cache.rows and sum(seen) == 120  # nothing kept: every row runs every time
+        assert not tr.cache.kept and sum(seen) == 120  # nothing kept: every row runs every time
         assert stats["rows_looked_up"] == 0
     else:
-        assert len(tr.cache.rows) > 20 and later < 60  # unchanged rows are looked up
+        assert len(tr.cache.kept) > 20 and later < 60  # unchanged rows are looked up
         assert stats["rows_run"] + stats["rows_looked_up"] == 120 + 8  # + prepare's probe batch
 
 
-def test_images_without_taps_are_cached_whole():
+def test_image_rows_and_their_feature_maps_are_cached_whole():
     teacher, student = cnn((8, 16), 0), cnn((4, 8), 1)
     data = toy_data(teacher)
-    tr = _Trainer(student, data, _cfg(augment="auto", augment_prob=0.5), 0, teacher, None)
+    losses = [{"name": "logits"}, {"name": "hidden"}]
+    cfg = _cfg(augment="auto", augment_prob=0.5, losses=losses)
+    tr = _Trainer(student, data, cfg, 0, teacher, None)
+    tr.t_taps.attach()
     sel = np.arange(16)
     tr.targets(sel, 0, 0)
-    assert tr.cache.rows  # unchanged rows kept
+    assert tr.cache.kept  # unchanged rows kept
     batch, t_logits, _, feats = tr.targets(sel, 1, 0)
+    assert tr.cache.looked_up
     with torch.no_grad():
         torch.testing.assert_close(t_logits, teacher.module(**batch), atol=1e-5, rtol=1e-5)
-    assert feats == {}
+    ref = tr.t_taps.take()
+    assert set(feats) == set(ref) and feats["hidden0"].dim() == 4
+    for name, v in feats.items():
+        torch.testing.assert_close(v, ref[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_a_text_feature_that_cannot_be_cut_turns_the_cache_off():
+    """A `pooled` tap that is B×L×F (a feed-forward input, in models without a pooler) is read
+    unmasked by the relation/embedding losses: zero padding would change them."""
+    cache = TeacherCache(set(), limit=1 << 20)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    batch = {"input_ids": mask * 5, "attention_mask": mask}
+
+    def run(b):
+        n, w = b["attention_mask"].shape
+        return torch.ones(n, 2), {"hidden0": torch.ones(n, w, 3), "pooled": torch.ones(n, w, 7)}
+
+    for _ in range(2):
+        logits, feats = cache.outputs(batch, np.arange(2), np.zeros(2, bool), run)
+        assert feats["pooled"].shape == (2, 4, 7)
+    assert not cache.kept and cache.limit == 0 and cache.stats()["rows_looked_up"] == 0
 
 
 def test_cache_stops_storing_at_its_limit():
@@ -102,6 +126,6 @@ def test_cache_stops_storing_at_its_limit():
 
     x = torch.arange(12).reshape(6, 2)
     cache.outputs({"x": x}, np.arange(6), np.zeros(6, bool), run)
-    assert sorted(cache.rows) == [0, 1, 2] and cache.size == 24
+    assert sorted(cache.kept) == [0, 1, 2] and cache.size == 24  # never past the limit
     logits, _ = cache.outputs({"x": x}, np.arange(6), np.zeros(6, bool), run)
     torch.testing.assert_close(logits, x.float() * 2)
