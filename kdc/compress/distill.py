@@ -265,8 +265,9 @@ class _Trainer:
         self.teacher = teacher
         if teacher is not None:
             teacher.module.eval()  # frozen: its outputs on a row are the same every epoch
-        heads = {n for n, t in self.t_taps.taps.items() if t.heads_of} if self.t_taps else set()
-        self.cache = TeacherCache(heads, cfg.teacher_cache_mb * MB)
+        taps = self.t_taps.taps if self.t_taps else {}
+        axes = {n: t.seq_axis for n, t in taps.items() if t.seq_axis is not None}
+        self.cache = TeacherCache(axes, cfg.teacher_cache_mb * MB)
         self.augment = resolve_augment(cfg.augment, data.train)
         if self.augment is not None and teacher is None:
             raise ValueError("distill.augment needs the teacher model to label augmented rows")

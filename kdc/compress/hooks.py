@@ -22,11 +22,19 @@ from kdc.models.base import ModelAdapter
 @dataclass(frozen=True)
 class Tap:
     """Where a feature comes from: a module's output (first element of a tuple) or its first
-    input; `heads_of` is the self-attention whose head count splits B×L×(h·d) into heads."""
+    input; `heads_of` is the self-attention whose head count splits B×L×(h·d) into heads;
+    `tokens`: the feature holds one vector per token of a text input (B×L×D)."""
 
     module: nn.Module
     use_input: bool = False
     heads_of: nn.Module | None = None
+    tokens: bool = False
+
+    @property
+    def seq_axis(self) -> int | None:
+        """The token axis of the feature: 2 for attention heads (B×heads×L×d), 1 for token
+        features, None otherwise (one vector per row, or a feature map)."""
+        return 2 if self.heads_of is not None else 1 if self.tokens else None
 
 
 class FeatureTaps:
@@ -98,9 +106,9 @@ def transformer_taps(adapter: ModelAdapter, example: dict[str, np.ndarray]) -> d
     base = model.base_model
     taps: dict[str, Tap] = {}
     if isinstance(getattr(base, "embeddings", None), nn.Module):
-        taps["embeddings"] = Tap(base.embeddings)
+        taps["embeddings"] = Tap(base.embeddings, tokens=True)
     for i, block in enumerate(layer_list(model)):
-        taps[f"hidden{i}"] = Tap(block)
+        taps[f"hidden{i}"] = Tap(block, tokens=True)
         attn = self_attention(block)
         if attn is not None:
             for k in ("query", "key", "value"):

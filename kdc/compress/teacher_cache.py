@@ -3,12 +3,13 @@
 During distillation the teacher runs in eval mode without gradients, so its logits and tapped
 features on a row are the same every epoch. Rows that reach it unchanged (not perturbed by
 `distill.augment`) are looked up instead of run again; only perturbed and not yet seen rows go
-through the teacher. Text rows' token features (`embeddings`, `hidden{i}`, the attention heads'
-query/key/value) are stored cut to the row's attended length and re-padded with zeros: the losses
-that read them mask padded positions (losses.py), so the result equals a full teacher run up to
-float rounding. A text feature of another layout (a `pooled` tap that is B×L×F, the input of a
-feed-forward layer in models without a pooler, read unmasked) cannot be cut, and the teacher then
-runs on every batch. On the sentiment example the teacher ran on 2,626 rows and looked up 1,710.
+through the teacher. Text rows' token features (`Tap.seq_axis`: `embeddings`, `hidden{i}`, the
+attention heads' query/key/value) are stored cut to the row's attended length and re-padded with
+zeros: the losses that read them mask padded positions (losses.py), so the result equals a full
+teacher run up to float rounding. A text feature of another layout (a `pooled` tap that is B×L×F,
+the input of a feed-forward layer in models without a pooler, read unmasked) cannot be cut, and the
+teacher then runs on every batch. On the sentiment example the teacher ran on 2,626 rows and looked
+up 1,710.
 """
 
 from __future__ import annotations
@@ -23,31 +24,19 @@ from kdc.data.batching import row_lengths, trim_padding
 
 Outputs = tuple[torch.Tensor, dict[str, torch.Tensor]]
 MB = 1 << 20
-TOKEN_FEATURES = ("embeddings", "hidden")  # B×L×D per-token taps of text models (hooks.py)
 
 
 class Uncacheable(ValueError):
     """A tapped text feature whose padded positions a loss may read."""
 
 
-def seq_axis(name: str, value: torch.Tensor, heads: bool) -> int | None:
-    """The sequence axis of tapped text feature `name` (batch first): 2 for attention heads
-    (B×heads×L×d), 1 for token features (B×L×D), none for one vector per row (B×D)."""
-    if heads:
-        return 2
-    if value.dim() == 3 and name.startswith(TOKEN_FEATURES):
-        return 1
-    if value.dim() <= 2:
-        return None
-    raise Uncacheable(f"tapped feature '{name}' of shape {tuple(value.shape)}")
-
-
 class TeacherCache:
     """Teacher outputs per training row (by its index in the training set), up to `limit` bytes
-    in each process (0: off). `heads` names the tapped features split into attention heads."""
+    in each process (0: off). `axes`: the token axis of each tapped token feature
+    (`Tap.seq_axis`)."""
 
-    def __init__(self, heads: set[str], limit: int) -> None:
-        self.heads = heads
+    def __init__(self, axes: dict[str, int], limit: int) -> None:
+        self.axes = axes
         self.limit = limit
         self.size = 0
         self.kept: dict[int, Outputs] = {}
@@ -64,7 +53,14 @@ class TeacherCache:
         }
 
     def _axis(self, name: str, value: torch.Tensor, text: bool) -> int | None:
-        return seq_axis(name, value, name in self.heads) if text else None
+        """Where a text row's feature is cut: its token axis; none for one vector per row."""
+        if not text:
+            return None
+        if name in self.axes:
+            return self.axes[name]
+        if value.dim() <= 2:
+            return None
+        raise Uncacheable(f"tapped feature '{name}' of shape {tuple(value.shape)}")
 
     def _row(self, out: Outputs, i: int, length: int | None) -> Outputs:
         """Row `i` of batch outputs `out`, text features cut to `length` positions."""

@@ -104,7 +104,7 @@ def test_image_rows_and_their_feature_maps_are_cached_whole():
 def test_a_text_feature_that_cannot_be_cut_turns_the_cache_off():
     """A `pooled` tap that is B×L×F (a feed-forward input, in models without a pooler) is read
     unmasked by the relation/embedding losses: zero padding would change them."""
-    cache = TeacherCache(set(), limit=1 << 20)
+    cache = TeacherCache({"hidden0": 1}, limit=1 << 20)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     batch = {"input_ids": mask * 5, "attention_mask": mask}
 
@@ -119,7 +119,7 @@ def test_a_text_feature_that_cannot_be_cut_turns_the_cache_off():
 
 
 def test_cache_stops_storing_at_its_limit():
-    cache = TeacherCache(set(), limit=3 * 2 * 4)  # three rows of two float32 logits
+    cache = TeacherCache({}, limit=3 * 2 * 4)  # three rows of two float32 logits
 
     def run(batch):
         return batch["x"].float() * 2, {}
