@@ -38,6 +38,9 @@ def project_config(cnn_project: Path, root: Path, epochs: int = 2) -> Path:
     cfg = yaml.safe_load(cnn_project.read_text())
     cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
     cfg["distill"]["epochs"] = epochs
+    # one INT8 backend: `auto` picks between two by timing them on this (busy) machine, so two
+    # runs of the same student could ship different graphs
+    cfg["quantize"]["ptq"] = "onnxruntime"
     root.mkdir(parents=True, exist_ok=True)
     return write_yaml(root / "model.yaml", cfg)
 
