@@ -56,3 +56,13 @@ def test_trim_padding_cuts_torch_batches_to_the_longest_attended_row():
     assert trim_padding({"attention_mask": torch.zeros((2, 4))})["attention_mask"].shape == (2, 1)
     pixels = {"pixel_values": torch.zeros((2, 3, 4, 4))}
     assert trim_padding(pixels) is pixels
+
+
+def test_a_left_padding_tokenizer_is_encoded_with_right_padding(tmp_path):
+    """Trimming, augmentation and the teacher cache cut padding at the end of a row."""
+    from tiny import tiny_text_adapter
+
+    adapter = tiny_text_adapter(tmp_path)
+    adapter.tokenizer.padding_side = "left"
+    mask = adapter.encode(["good", "good bad good"])["attention_mask"]
+    assert mask[:, 0].all() and not mask[:, -1].any()

@@ -268,11 +268,20 @@ def attention_transfer(
     return total / len(pairs)
 
 
+def _row_features(f: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """One vector per row: a token feature (B×L×F, as `mask`) averaged over its attended
+    positions, anything else flattened."""
+    if mask is None or f.dim() != 3 or f.shape[:2] != mask.shape:
+        return f.flatten(1)
+    m = mask.to(f.dtype)[:, :, None]
+    return (f * m).sum(1) / m.sum(1).clamp_min(1)
+
+
 def _pooled(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
     s, t = x.student_features.get("pooled"), x.teacher_features.get("pooled")
     if s is None or t is None:
         raise ValueError("no pooled-feature tap")
-    return s.flatten(1), t.flatten(1)
+    return _row_features(s, x.mask), _row_features(t, x.mask)
 
 
 def _distances(f: torch.Tensor) -> torch.Tensor:

@@ -142,6 +142,7 @@ class TextTransformerAdapter(ModelAdapter):
         enc = self.tokenizer(
             list(features),
             padding="max_length",
+            padding_side="right",  # trimming, augmentation and the teacher cache cut at the end
             truncation=True,
             max_length=self.max_length,
             return_tensors="np",

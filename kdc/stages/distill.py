@@ -199,11 +199,22 @@ def quantization_aware(
         opset=ctx.cfg.export.opset,
     )
     ctx.log(f"  QAT val accuracy {res.kept_metric:.4f} → {path.name}")
+    _log_teacher_rows(ctx, res.teacher_rows)
     return [path], {
         "qat_val_accuracy": res.kept_metric,
         "qat_epochs_run": len(res.history),
         "qat_history": res.history,
+        "qat_teacher_rows": res.teacher_rows,
     }
+
+
+def _log_teacher_rows(ctx: Context, rows: dict | None) -> None:
+    """How often training ran the teacher and how often it looked its outputs up."""
+    if rows:
+        ctx.log(
+            f"  teacher ran on {rows['rows_run']} rows, looked up {rows['rows_looked_up']} "
+            f"({rows['rows_kept']} rows kept, {rows['kept_mb']} MB)"
+        )
 
 
 def run(ctx: Context) -> StageOutput:
@@ -236,11 +247,7 @@ def run(ctx: Context) -> StageOutput:
         )
     if result.resumed_from_epoch is not None:
         ctx.log(f"  continued from the checkpoint after epoch {result.resumed_from_epoch}")
-    if t := result.teacher_rows:
-        ctx.log(
-            f"  teacher ran on {t['rows_run']} rows, looked up {t['rows_looked_up']} "
-            f"({t['rows_kept']} rows kept, {t['kept_mb']} MB)"
-        )
+    _log_teacher_rows(ctx, result.teacher_rows)
     files = student.save(ctx.run / "distill" / "student")
     hist = write_jsonl(ctx.run / "distill" / "history.jsonl", result.history)
     if prune_info:

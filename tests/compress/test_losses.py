@@ -156,6 +156,22 @@ def test_padding_does_not_change_hidden_or_attention_losses():
         assert float(a) == pytest.approx(float(b), rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ["relation", "embedding"])
+def test_token_pooled_features_are_averaged_over_attended_positions(name):
+    """A `pooled` tap can catch B×L×F (a head's input in models without a pooler): its padded
+    positions must not change the relation or embedding loss."""
+    g = torch.Generator().manual_seed(4)
+    teacher, student = ({"pooled": torch.randn(B, L, 8, generator=g)} for _ in range(2))
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[::2, -2:] = 0
+    changed = {"pooled": student["pooled"].clone()}
+    changed["pooled"][mask == 0] += 5.0
+    a = LOSSES[name](_inputs(student, teacher, mask))
+    b = LOSSES[name](_inputs(changed, teacher, mask))
+    assert float(a) == pytest.approx(float(b), rel=1e-5)
+    assert float(LOSSES[name](_inputs(teacher, teacher, mask))) == pytest.approx(0, abs=1e-6)
+
+
 def test_layer_mapping_uniform_and_explicit():
     assert uniform_mapping(2, 4) == [1, 3]
     assert uniform_mapping(3, 6) == [1, 3, 5]

@@ -49,7 +49,7 @@ def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_pat
 
     cfg = yaml.safe_load(cnn_project.read_text())
     cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
-    cfg["distill"]["epochs"] = 1
+    cfg["distill"].update(epochs=1, augment="shift")  # the teacher runs in training
     cfg["quantize"].update(method="qat", qat_epochs=1)
     path = write_yaml(tmp_path / "model.yaml", cfg)
     api.search(path, "jetson", tmp_path / "run", quiet=True)
@@ -57,5 +57,6 @@ def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_pat
     rec = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["distill"]
     assert "distill/student_qat.onnx" in rec["outputs"]
     assert rec["metrics"]["qat_val_accuracy"] > 0.5
+    assert rec["metrics"]["qat_teacher_rows"]["rows_run"] > 0
     model = onnx.load(str(tmp_path / "run" / "distill" / "student_qat.onnx"))
     assert non_standard_ops(model) == []
