@@ -1,19 +1,20 @@
 """`kdc check`: compare a report with a baseline report, with stated tolerances and noise.
 
-Reports of different targets are not compared: every metric is `missing`. Engines are matched
-by (engine, precision). Per engine, each latency object (`latency`, and `target_latency`) is
-compared like with like: measured with measured (p50 and p99), predicted with predicted (p50).
-A change of kind, or a measurement taken under other conditions (device, batch, threads,
-input_shape), is reported as `missing`, never compared. A slowdown is a regression only when it
-exceeds both the tolerance and the noise, 2·hypot(u_base, u_now), u the relative uncertainty of
-the statistic: its spread over interleaved rounds, (max - min) / median of `rounds_p50_ms`
-(`rounds_p99_ms` for p99; the p50's where absent) when both were timed in 2 or more rounds,
-else the statistic's standard error from the per-sample cv under a normal approximation,
-k·cv/sqrt(iterations) with k = sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99
-(cv itself when iterations is not recorded); 0 for predictions. Accuracy (the task's primary
-metric) regresses when it drops by more than the tolerance in absolute points; accuracy figures
-from different engines are `missing`. When the baseline has latency figures of the compared
-kinds and none was compared, a failing `latency` line says so.
+Reports of different targets are not compared: every metric is `missing`. Engines are matched by
+(engine, precision). Per engine, each latency object (`latency`, and `target_latency`) is compared
+like with like: measured with measured (p50 and p99), predicted with predicted (p50). A change of
+kind, a measurement taken under other conditions (device, batch, threads, input_shape) or a
+prediction made otherwise (latency model, its calibration, the profile's hash, batch, input shape,
+padding) is reported as `missing`, never compared. A slowdown is a regression only when it exceeds
+both the tolerance and the noise, 2·hypot(u_base, u_now), u the relative uncertainty of the
+statistic: its spread over interleaved rounds, (max - min) / median of `rounds_p50_ms`
+(`rounds_p99_ms` for p99; the p50's where absent) when both were timed in 2 or more rounds, else
+the statistic's standard error from the per-sample cv under a normal approximation,
+k·cv/sqrt(iterations) with k = sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99 (cv
+itself when iterations is not recorded); 0 for predictions. Accuracy (the task's primary metric)
+regresses when it drops by more than the tolerance in absolute points; accuracy figures from
+different engines are `missing`. When the baseline has latency figures of the compared kinds and
+none was compared, a failing `latency` line says so.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ __all__ = [
 STATS = {"measured": ("p50", "p99"), "predicted": ("p50",)}
 UNITS = {"%": 0.01, "pt": 0.01, "pts": 0.01, "pp": 0.01}  # 10% relative, 0.5pt absolute
 NOISE_SIGMAS = 2.0
-CONDITIONS = ("device", "batch", "threads", "input_shape")  # what makes two timings comparable
+CONDITIONS = {  # what makes two latency figures of a kind comparable
+    "measured": ("device", "batch", "threads", "input_shape"),
+    "predicted": ("model", "calibrated_from", "profile_sha256", "batch", "input_shape", "padding"),
+}
 REBASELINE = "re-baseline with `kdc check --update-baseline`"
 QUANTILES = {"p50": 0.5, "p99": 0.99}
 _QUANTILE_NAME = {"p50": "median"}
@@ -139,10 +143,17 @@ def _latency_result(
     return CheckResult(metric, b, c, limit, noise[0], status, msg)
 
 
-def _conditions(base: dict, cur: dict) -> str:
-    """`device 'A' vs 'B'; threads 2 vs 4` for the timing conditions that differ, else ''."""
+def _shown(value: object, width: int = 72) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _conditions(base: dict, cur: dict, kind: str) -> str:
+    """`device 'A' vs 'B'; threads 2 vs 4` for the conditions of `kind` that differ, else ''."""
     return "; ".join(
-        f"{k} {base.get(k)!r} vs {cur.get(k)!r}" for k in CONDITIONS if base.get(k) != cur.get(k)
+        f"{k} {_shown(base.get(k))} vs {_shown(cur.get(k))}"
+        for k in CONDITIONS.get(kind, ())
+        if base.get(k) != cur.get(k)
     )
 
 
@@ -174,7 +185,7 @@ def _latency(
                 f"not compared ({REBASELINE})",
             )
         ]
-    differ = _conditions(base, cur) if kind == "measured" else ""
+    differ = _conditions(base, cur, kind)
     if differ:
         return [
             _missing(
@@ -253,7 +264,8 @@ def compare(
         be, ce = base.get(key, {}), cur.get(key, {})
         label = engine_label(be or ce)
         for lk in LATENCY_KEYS:
-            results += _latency(label, lk, be.get(lk), ce.get(lk), latency_tolerance, latency_kinds)
+            b, c = _with_profile(be.get(lk), baseline), _with_profile(ce.get(lk), report)
+            results += _latency(label, lk, b, c, latency_tolerance, latency_kinds)
         results += _accuracy(
             label, be.get("accuracy"), ce.get("accuracy"), accuracy_tolerance, task
         )
@@ -262,6 +274,13 @@ def compare(
         why = f"not comparable: target {bt!r} vs {ct!r}; {REBASELINE}"
         results = [_missing(r.metric, r.baseline, r.current, why) for r in results]
     return results + _nothing_compared(baseline, results, latency_kinds)
+
+
+def _with_profile(lat: dict | None, report: dict) -> dict | None:
+    """A prediction with the hash of the profile it was made from (the report's target's)."""
+    if not isinstance(lat, dict) or lat.get("kind") != "predicted":
+        return lat
+    return {**lat, "profile_sha256": (report.get("target") or {}).get("profile_sha256")}
 
 
 def _target(report: dict) -> str | None:

@@ -163,6 +163,29 @@ def test_measurement_under_other_conditions_is_not_comparable(baseline, fields, 
     assert results["onnxruntime-int8.target_latency_p50_ms"].status == "pass"
 
 
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda lat, r: lat.update(model="roofline-v2"), "model 'roofline-v1' vs 'roofline-v2'"),
+        (lambda lat, r: lat.update(calibrated_from="x" * 200), "calibrated_from "),
+        (lambda lat, r: r["target"].update(profile_sha256="0" * 64), "profile_sha256 "),
+        (lambda lat, r: lat.update(padding=0.6), "padding "),
+    ],
+)
+def test_prediction_made_otherwise_is_not_comparable(baseline, edit, said):
+    """A recalibrated or edited latency model moves predictions of the same student."""
+    current = copy.deepcopy(baseline)
+    lat = engine(current, "tensorrt-int8")["latency"]
+    assert lat["kind"] == "predicted"
+    edit(lat, current)
+    lat["p50_ms"] *= 0.5
+    results = by_metric(compare(current, baseline))
+    r = results["tensorrt-int8.latency"]
+    assert r.status == "missing" and r.failed and said in r.message and len(r.message) < 300
+    assert "tensorrt-int8.latency_p50_ms" not in results
+    assert results["onnxruntime-int8.latency_p50_ms"].status == "pass"  # measured: compared
+
+
 def test_accuracy_from_another_engine_is_not_comparable(baseline):
     current = copy.deepcopy(baseline)
     engine(current, "onnxruntime-int8")["accuracy"]["engine"] = "onnxruntime-cpu-qdq-simulated"
