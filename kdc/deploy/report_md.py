@@ -137,7 +137,10 @@ def _parity_text(parity: dict | None) -> str:
     `... (device, tensorrt: PASS)`."""
     if not parity:
         return DASH
-    text = f"{num(parity.get('max_abs'), 5)} / {num(parity.get('cosine'), 5)}"
+    text = f"{sig(parity.get('max_abs'))} / {num(parity.get('cosine'), 5)}"
+    if parity.get("within_tolerance") is False and not parity.get("on_target"):
+        verdict = "PASS" if parity.get("passed") else "FAIL"
+        text += f" (beyond atol/rtol; cosine floor {parity.get('cosine_floor')}: {verdict})"
     if parity.get("on_target"):
         verdict = "PASS" if parity.get("passed") else "FAIL"
         text += f" (device, {parity.get('runner') or 'no runner'}: {verdict})"
@@ -149,10 +152,16 @@ def _arch(arch: dict | None) -> str:
 
 
 def _accuracy_cells(part: dict, task: str | None, label: str) -> list[str]:
-    """[accuracy, accuracy from]; an engine not run here may show a labelled proxy."""
+    """[accuracy, accuracy from]; an engine not run here may show a labelled proxy. The accuracy
+    of the kernels whose latency was measured here follows when it is not the headline's."""
     acc = part.get("accuracy")
     if accuracy_value(acc, task)[1] is not None:
-        return [accuracy_text(acc, task), acc.get("engine", label)]
+        cells = [accuracy_text(acc, task), acc.get("engine", label)]
+        cpu = part.get("accuracy_this_cpu")
+        if accuracy_value(cpu, task)[1] is not None:
+            cells[0] += f"; {accuracy_text(cpu, task)} on this CPU's int8 kernels (timed here)"
+            cells[1] += f"; {cpu.get('engine', DASH)}"
+        return cells
     proxy = part.get("accuracy_proxy")
     if accuracy_value(proxy, task)[1] is not None:
         return [
@@ -160,6 +169,25 @@ def _accuracy_cells(part: dict, task: str | None, label: str) -> list[str]:
             f"proxy: {proxy.get('engine', 'another engine')} on the same ONNX",
         ]
     return [DASH, DASH]
+
+
+def memory_cell(part: dict) -> str:
+    """Measured peak RSS of the process running the engine here and/or its predicted peak on the
+    target (MiB), each labelled."""
+    cells = []
+    for mem in (part.get("memory"), part.get("target_memory")):
+        if not isinstance(mem, dict):
+            continue
+        if mem.get("kind") == "measured" and mem.get("peak_rss_mb") is not None:
+            cells.append(f"{sig(mem['peak_rss_mb'])} measured peak RSS")
+        elif mem.get("kind") == "predicted" and mem.get("peak_mb") is not None:
+            cells.append(f"{sig(mem['peak_mb'])} predicted")
+    return "; ".join(cells) or DASH
+
+
+def size_cell(part: dict) -> str:
+    size = sig(part.get("size_mb"))
+    return f"{size} ({part['size_note']})" if part.get("size_note") and size != DASH else size
 
 
 def measured_cell(report: dict, lat: dict | None, elsewhere: bool) -> str:
@@ -204,6 +232,7 @@ def _models(report: dict) -> Section:
         "latency measured" + measured_on(hosts),
         "latency predicted",
         "size MB",
+        "memory MiB",
         "params",
         "parity (max_abs / cosine)",
     ]
@@ -215,7 +244,8 @@ def _models(report: dict) -> Section:
             *_accuracy_cells(part, task, label),
             measured_cell(report, measured[id(part)], bool(hosts)),
             latency_text(by_kind(part, "predicted")),
-            sig(part.get("size_mb")),
+            size_cell(part),
+            memory_cell(part),
             f"{part['params']:,}" if part.get("params") else DASH,
             _parity_text(part.get("parity")),
         ]
@@ -272,12 +302,18 @@ def _search(report: dict) -> Section | None:
         f"search wall time: {num(search.get('wall_s'), 1)} s",
     ]
     pareto = search.get("pareto") or []
-    model = _latency_model(report)
+    basis = search.get("latency_model") or {}
+    model = basis.get("model") or _latency_model(report)
     if pareto:
         target = report.get("target") or {}
+        where = basis.get("target") or target.get("name", DASH)
+        calibration = basis.get("calibrated_from") or target.get("latency_model", DASH)
+        conditions = ", ".join(
+            f"{k} {basis[k]}" for k in ("precision", "batch", "padding") if k in basis
+        )
         lines.append(
-            f"predicted latency: {model} for {target.get('name', DASH)}, calibrated from "
-            f"{target.get('latency_model', DASH)} (not timed)"
+            f"predicted latency: {model} for {where}, calibrated from {calibration}"
+            f"{f' ({conditions})' if conditions else ''} (not timed)"
         )
     student_arch = (report.get("student") or {}).get("architecture")
     rows = [

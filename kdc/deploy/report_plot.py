@@ -115,15 +115,20 @@ def _plot_models(
             x, stat = headline_latency(lat)
             if x is None:
                 continue
-            acc = accuracy_value(_paired_accuracy(part, key), task)[1]
+            paired = _paired_accuracy(part, key)
+            acc = accuracy_value(paired, task)[1]
             kind = lat.get("kind", "?")
             group = "teacher" if name == "teacher" else "engine"
-            legend = f"{group}, {kind} latency ({stat})"
+            legend = f"{group}, {kind} latency ({stat}, {lat.get('model', '?')})"
+            if kind == "measured":
+                legend = f"{group}, latency ({stat})\nmeasured on {lat.get('device', '?')}"
             if hosts := off_target_devices(report, [lat]):
                 legend = f"{group}, latency ({stat})\nmeasured{measured_on(hosts)}"
             style = _style(kind, color, marker, size, None if legend in seen else legend)
             seen.add(legend)
             text = name + (" (predicted for target)" if key == "target_latency" else "")
+            if acc is not None and paired is not part.get("accuracy"):
+                text += f"\n(accuracy of {paired.get('engine', '?')})"
             if acc is None:
                 ax.scatter([x], [STRIP_Y], transform=strip, **style)
                 ax.annotate(

@@ -16,6 +16,7 @@ def _search_section(ctx: Context) -> dict:
         "strategy": chosen.get("strategy", "fixed"),
         "proxy": chosen.get("proxy"),
         "candidates_scored": len(rows),
+        "latency_model": chosen.get("latency_model"),  # how every predicted_latency_ms was made
         "wall_s": rec.get("wall_s"),
         "pareto": [
             {k: r.get(k) for k in ("architecture", "proxy", "predicted_latency_ms")} for r in pareto

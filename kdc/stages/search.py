@@ -83,7 +83,11 @@ def _fixed(ctx: Context) -> StageOutput:
     out = write_json(
         ctx.run / "search" / "student.json",
         {"spec": spec, "architecture": arch, "strategy": "fixed"}
-        | ({"predicted_latency_ms": predicted["student"]} if predicted else {}),
+        | (
+            {"predicted_latency_ms": predicted["student"], "latency_model": predicted["basis"]}
+            if predicted
+            else {}
+        ),
     )
     write_jsonl(cands, [row])
     return StageOutput([out, cands], metrics)
@@ -98,9 +102,19 @@ def _note_uncalibrated(ctx: Context) -> None:
         )
 
 
+BASIS = ("kind", "model", "calibrated_from", "target", "precision", "batch", "input_shape")
+BASIS += ("padding",)
+
+
+def prediction_basis(pred: dict) -> dict:
+    """How a prediction was made (latency model, calibration, conditions), without its figures:
+    the report labels the search's predicted latencies with it."""
+    return {k: pred[k] for k in BASIS if k in pred}
+
+
 def _fixed_prediction(
     ctx: Context, arch: dict[str, Any], space: Space | None = None
-) -> dict[str, float] | None:
+) -> dict[str, Any] | None:
     """Predicted p50 (ms) on the target of the fixed student and the teacher, by the latency model
     the search uses, when the student is exactly a point of the search space (a transformer's
     layer count, any `student.architecture`; a CNN width rule's student rarely is); None
@@ -120,7 +134,12 @@ def _fixed_prediction(
         if any(arch.get(k) != v for k, v in cand.architecture.items()):  # not a point of it
             return None
         predict = _predictor(ctx, space)
-        return {"student": predict(cand.cost)["p50_ms"], "teacher": _teacher_ms(space, predict)}
+        pred = predict(cand.cost)
+        return {
+            "student": pred["p50_ms"],
+            "teacher": _teacher_ms(space, predict),
+            "basis": prediction_basis(pred),
+        }
     except Exception as e:  # noqa: BLE001 - the prediction is optional, the run goes on
         ctx.log(f"  no latency prediction for the fixed student: {type(e).__name__}: {e}")
         return None
@@ -296,6 +315,7 @@ def _evolution(ctx: Context) -> StageOutput:
             "genes": best["genes"],
             "init": cfg.init,
             "predicted_latency_ms": result.best.latency_ms,
+            "latency_model": prediction_basis(predictions[result.best.candidate.key]),
             "budget_ms": budget,
             "budget_source": budget_source,
             "search_limit_ms": limit,

@@ -142,6 +142,7 @@ def test_search_command_writes_candidates_plot_and_student(cnn_project, tmp_path
     assert student["architecture"] == chosen["architecture"]
     assert student["budget_ms"] == 0.0461
     assert student["search_limit_ms"] == pytest.approx(0.0461 * 0.9)
+    assert student["latency_model"]["kind"] == "predicted" and student["latency_model"]["model"]
     assert (out / "search" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -228,6 +229,8 @@ def test_fixed_student_has_a_predicted_latency(cnn_project, bert_project, tmp_pa
     row, metrics = _fixed_search(cfg, tmp_path / "f")
     predicted = metrics["predicted_latency_ms"]
     assert 0 < row["predicted_latency_ms"] == predicted < metrics["teacher_predicted_latency_ms"]
+    basis = json.loads((tmp_path / "f" / "search" / "student.json").read_text())["latency_model"]
+    assert basis["model"] == "roofline-v1" and basis["target"] == "jetson-orin-nano-8gb"
     if project == "cnn":
         row, metrics = _fixed_search(cnn_project, tmp_path / "default")
         assert "predicted_latency_ms" not in row and "predicted_latency_ms" not in metrics

@@ -217,3 +217,38 @@ def test_engine_warnings_are_listed_in_the_markdown(report):
     faster = json.loads(json.dumps(report["engines"]))  # the sample's INT8 is the faster one
     _warn_if_int8_not_faster(faster)
     assert "warnings" not in faster[0]
+
+
+def test_markdown_rows_pair_accuracy_memory_size_and_parity_with_their_sources(report):
+    """Every figure of an engine row says where it comes from: the int8 kernels timed here next to
+    a simulated headline accuracy, measured and predicted memory, a size that is not the engine's,
+    an int8 parity judged by its cosine floor; the search names its latency model."""
+    import copy
+
+    r = copy.deepcopy(report)
+    e = next(e for e in r["engines"] if (e["engine"], e["precision"]) == ("onnxruntime", "int8"))
+    e["accuracy"]["engine"] = "onnxruntime-cpu-qdq-simulated"
+    e["accuracy_this_cpu"] = {**e["accuracy"], "value": 0.5, "engine": "onnxruntime-cpu-int8"}
+    e["memory"] = {"kind": "measured", "peak_rss_mb": 56.03, "engine_mb": 11.45}
+    e["target_memory"] = {"kind": "predicted", "peak_mb": 0.025}
+    e["parity"].update(within_tolerance=False, passed=True, cosine_floor=0.9)
+    trt = next(e for e in r["engines"] if (e["engine"], e["precision"]) == ("tensorrt", "int8"))
+    trt.update(size_mb=0.0361, size_note="size of the ONNX the engine is built from")
+    r["search"]["latency_model"] = {
+        "model": "roofline-v9",
+        "calibrated_from": "a fit",
+        "target": "jetson-orin-nano-8gb",
+        "precision": "int8",
+        "batch": 1,
+    }
+    md = render_markdown(r)
+    [row] = [ln for ln in md.splitlines() if ln.startswith("| onnxruntime-int8 (CPU")]
+    assert "; 0.5000 accuracy" in row and "on this CPU's int8 kernels (timed here)" in row
+    assert "onnxruntime-cpu-qdq-simulated; onnxruntime-cpu-int8" in row
+    assert "56.0 measured peak RSS; 0.0250 predicted" in row
+    assert "(beyond atol/rtol; cosine floor 0.9: PASS)" in row
+    [row] = [ln for ln in md.splitlines() if ln.startswith("| tensorrt-int8 | bundle")]
+    assert "0.0361 (size of the ONNX the engine is built from)" in row
+    assert "predicted latency: roofline-v9 for jetson-orin-nano-8gb, calibrated from a fit " in md
+    assert "(precision int8, batch 1) (not timed)" in md
+    assert "predicted latency ms (roofline-v9)" in md

@@ -121,14 +121,14 @@ def test_plot_names_the_device_of_latency_timed_off_the_target(report, monkeypat
     elsewhere = f"measured on {HOST} (not the target)"
     assert f"teacher, latency (p99)\n{elsewhere}" in legend
     assert f"engine, latency (p99)\n{elsewhere}" in legend
-    assert "engine, predicted latency (p50)" in legend
+    assert "engine, predicted latency (p50, roofline-v1)" in legend
     budget = next(t for t in legend if t.startswith("latency budget"))
     assert budget.startswith("latency budget 10 ms on jetson-orin-nano-8gb")
     assert "not those\nmeasured on another machine" in budget
 
     report["target"]["measurable"] = True
     legend = _plot_legend(report, monkeypatch)
-    assert "engine, measured latency (p99)" in legend
+    assert f"engine, latency (p99)\nmeasured on {HOST}" in legend
     assert not any("not the target" in t or "another machine" in t for t in legend)
 
 
