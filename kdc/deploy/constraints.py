@@ -118,13 +118,16 @@ def _target_object(report: dict, keys: tuple[str, ...]) -> tuple[dict, dict]:
     raise Undetermined(f"no engine of precision {chosen_precision(report)} reports {what}")
 
 
+TAIL_RATIO = 2.0  # a p99 above this multiple of the p50 gets a note
+
+
 def _latency(report: dict) -> Reading:
     eng, lat = _target_object(report, LATENCY_KEYS)
     value, stat = headline_latency(lat)
     if value is None:
         raise Undetermined(f"{engine_label(eng)} latency has no {stat}_ms")
     note = (
-        ""
+        _tail_note(lat)
         if stat == "p99"
         else (
             f"predicted p50 ({lat.get('model', 'model?')}, calibrated from "
@@ -132,6 +135,19 @@ def _latency(report: dict) -> Reading:
         )
     )
     return Reading(float(value), lat["kind"], engine_label(eng), note)
+
+
+def _tail_note(lat: dict) -> str:
+    """For a p99 over TAIL_RATIO × its p50: the ratio and cv, since a busy or throttled machine
+    inflates the tail."""
+    p50, p99, cv = lat.get("p50_ms"), lat.get("p99_ms"), lat.get("cv")
+    if not p50 or p99 is None or p99 <= TAIL_RATIO * p50:
+        return ""
+    spread = f", cv {cv:.0%}" if cv is not None else ""
+    return (
+        f"p99 is {p99 / p50:.1f}× the p50 ({p50:.3g} ms{spread}): a busy or throttled machine "
+        "inflates the tail; re-run verify on an idle machine"
+    )
 
 
 def _memory(report: dict) -> Reading:
@@ -152,7 +168,7 @@ def _size(report: dict) -> Reading:
     eng = _shipped(report)
     if eng.get("size_mb") is None:
         raise Undetermined(f"{engine_label(eng)} has no size_mb")
-    return Reading(float(eng["size_mb"]), "measured", engine_label(eng))
+    return Reading(float(eng["size_mb"]), "measured", engine_label(eng), eng.get("size_note", ""))
 
 
 def _accuracies(report: dict) -> tuple[float, float, str]:

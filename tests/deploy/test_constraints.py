@@ -40,6 +40,16 @@ def test_host_target_uses_measured_p99(report):
     assert (row["source"], row["value"], row["engine"]) == ("measured", 3.9, "onnxruntime-int8")
 
 
+def test_a_long_tail_of_a_measured_p99_is_noted(report):
+    """A p99 over twice the p50 (load inflates the tail) is noted with the ratio and the cv."""
+    report["target"] = {"name": "host"}
+    assert "note" not in rows_by_name(evaluate_constraints(report, {}, PROFILE))["latency_p99_ms"]
+    lat = shipped_engine(report)["latency"]
+    lat.update(p50_ms=0.07, p99_ms=4.2, cv=3.95)
+    row = rows_by_name(evaluate_constraints(report, {}, PROFILE))["latency_p99_ms"]
+    assert row["note"].startswith("p99 is 60.0× the p50 (0.07 ms, cv 395%): a busy or throttled")
+
+
 def test_measured_on_target_beats_prediction(report):
     report["engines"][2]["latency"] = {
         "kind": "measured",
