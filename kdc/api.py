@@ -167,7 +167,7 @@ def verify(
     (the manifest keeps the former; `verified_for` says which the report is for). With
     `device_results`, the TensorRT engine's latency is what the device measured with the bundle;
     results that do not belong to the run are refused before anything is written."""
-    from kdc.pipeline import run_stages
+    from kdc.pipeline import require_stage, run_stages
 
     cfg = config_of_run(run_dir)
     target = target or read_json(Path(run_dir) / "manifest.json").get("target", "host")
@@ -183,6 +183,7 @@ def verify(
                 field="--device-results",
                 fix="pass the results/ the bundle wrote",
             )
+        require_stage(ctx, "build")
         device_figures(ctx, read_json(ctx.run / "build" / "engines.json"))  # refused: untouched
     run_stages(ctx, resume=True, only=("verify", "report"), trust_upstream=True)
     return read_json(ctx.run / "report.json")

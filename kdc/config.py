@@ -72,7 +72,7 @@ class DataConfig(Section):
     text_column: str = "text"
     label_column: str = "label"
     eval_fraction: float = Field(0.2, gt=0, lt=1)
-    split_seed: int | None = None
+    split_seed: int | None = Field(None, ge=0)
     max_length: int = Field(128, ge=8, le=4096)
     image_size: int | None = Field(None, ge=8)
     limit_train: int | None = Field(None, ge=1)
@@ -253,7 +253,7 @@ class ConstraintsConfig(Section):
 class KdcConfig(Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     task: Task
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     teacher: TeacherConfig
     data: DataConfig
     student: StudentConfig = Field(default_factory=StudentConfig)

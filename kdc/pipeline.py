@@ -224,6 +224,19 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
     ctx.run.mark_done(stage.name, input_hash, out.outputs, out.metrics, time.perf_counter() - t0)
 
 
+def require_stage(ctx: Context, name: str) -> None:
+    """A UserError unless stage `name` of the run finished and its outputs are intact."""
+    rec = ctx.run.stage(name) or {}
+    bad = ctx.run.verify_outputs(name) if rec.get("status") == "done" else None
+    if bad is None or bad:
+        what = "has not run" if bad is None else f"outputs are missing or changed: {bad[0]}"
+        raise UserError(
+            f"stage '{name}' {what}",
+            source=str(ctx.run.root),
+            fix=f"run `kdc {name}` first, or `kdc compress --resume`",
+        )
+
+
 def run_stages(
     ctx: Context,
     *,

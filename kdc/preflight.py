@@ -33,7 +33,7 @@ def _check_paths(cfg: KdcConfig) -> None:
 
 
 def _check_names(cfg: KdcConfig) -> None:
-    from kdc.compress.losses import LOSSES
+    from kdc.compress.losses import LOSSES, loss_params
     from kdc.compress.proxies import PROXIES
 
     s = cfg.search
@@ -47,4 +47,13 @@ def _check_names(cfg: KdcConfig) -> None:
                 source=cfg.source_file,
                 field=field,
                 fix=f"use one of {', '.join(sorted(registry))}",
+            )
+    for i, loss in enumerate(cfg.distill.losses or []):
+        takes = loss_params(loss.name)
+        if unknown := sorted(set(loss.params) - set(takes)):
+            raise UserError(
+                f"loss '{loss.name}' takes no parameter {', '.join(map(repr, unknown))}",
+                source=cfg.source_file,
+                field=f"distill.losses[{i}].params",
+                fix=f"use {', '.join(takes)}" if takes else "remove params",
             )

@@ -31,6 +31,10 @@ BAD = [
     ("data.source", {"data": {"source": "missing.csv"}}),
     ("data.eval", {"data": {"eval": "missing_eval.csv"}}),
     ("distill.losses", {"distill": {"losses": [{"name": "logitz"}]}}),
+    (
+        "distill.losses[1].params",
+        {"distill": {"losses": [{"name": "ce"}, {"name": "logits", "params": {"bogus": 1}}]}},
+    ),
     ("search.proxy", {"search": {"proxy": "nosuch"}}),
     ("search.proxies", {"search": {"proxies": ["params", "nosuch"]}}),
 ]
@@ -55,6 +59,12 @@ def test_a_field_error_from_a_stage_names_the_config(tmp_path):
     res = runner.invoke(app, ["compress", str(cfg), "--out", str(tmp_path / "r"), "-q"])
     line = _one_line(res)
     assert line.startswith(f"error: {cfg}: field 'teacher.entrypoint'"), line
+
+
+def test_an_unknown_loss_parameter_names_the_ones_it_takes(tmp_path):
+    cfg = _config(tmp_path, distill={"losses": [{"name": "logits", "params": {"temp": 2}}]})
+    line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
+    assert "loss 'logits' takes no parameter 'temp'" in line and "use temperature, alpha" in line
 
 
 def test_a_good_config_is_valid(tmp_path):

@@ -115,3 +115,19 @@ def test_reverify_for_another_target_after_the_checkout_moved(cnn_project, tmp_p
         assert manifest["target"] == jetson
     for stage in ("search", "distill", "export", "build"):
         assert manifest["stages"][stage]["finished"] == before[stage]["finished"]
+
+
+def test_bundle_and_device_results_before_the_build_name_the_stage(cnn_project, tmp_path):
+    """`kdc bundle` and `kdc verify --device-results` read the build's engines: before the build
+    stage (or after its outputs went) they say which stage to run, exit 2."""
+    cfg, run = _cfg(cnn_project, tmp_path), tmp_path / "run"
+    for stage in (api.search, api.distill, api.export):
+        stage(cfg, "jetson", run, quiet=True)
+    results = tmp_path / "results"
+    results.mkdir()
+    for args in (
+        ["bundle", str(run), "--target", "jetson"],
+        ["verify", str(run), "--device-results", str(results)],
+    ):
+        line = _one_line_error(runner.invoke(app, args))
+        assert "stage 'build' has not run" in line and "kdc build" in line, line

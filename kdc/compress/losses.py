@@ -7,6 +7,7 @@ a scalar. Student features wider or narrower than the teacher's go through learn
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,11 @@ class LossInputs:
 LossFn = Callable[..., torch.Tensor]
 LOSSES: dict[str, LossFn] = {}
 LOSS_TAPS: dict[str, tuple[str, ...]] = {}  # loss name → prefixes of the taps it reads
+
+
+def loss_params(name: str) -> list[str]:
+    """The parameters loss `name` takes in its `params` (all but the loss inputs)."""
+    return list(inspect.signature(LOSSES[name]).parameters)[1:]
 
 
 def register(name: str, taps: tuple[str, ...] = ()) -> Callable[[LossFn], LossFn]:

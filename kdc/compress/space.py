@@ -83,6 +83,14 @@ class Space:
         )
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _whole(v: Any) -> bool:
+    return _number(v) and float(v).is_integer()
+
+
 def round_channels(c: int, mult: float, divisor: int) -> int:
     """`c × mult` rounded half-up to a multiple of `divisor`, at least `divisor`, at most `c`
     (layers narrower than the divisor keep their size)."""
@@ -149,31 +157,28 @@ class TransformerSpace(Space):
         return {"input_ids": [batch, self.max_length], "attention_mask": [batch, self.max_length]}
 
     def from_architecture(self, arch: dict[str, Any]) -> dict[str, Any]:
+        unfit = UserError(
+            f"{arch} is not a student of this {self.n_layers}-layer, {self.hidden}-wide teacher",
+            field="student.architecture",
+            fix=f"use whole numbers: num_hidden_layers <= {self.n_layers}, hidden_size <= "
+            f"{self.hidden} divisible by num_attention_heads, intermediate_size <= {self.inter}",
+        )
+        keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+        given = {k: arch.get(k) for k in keys if k in arch}
+        if set(arch) - set(keys) or not all(_whole(v) for v in given.values()):
+            raise unfit
         n = int(arch.get("num_hidden_layers", self.n_layers))
         hidden = int(arch.get("hidden_size", self.hidden))
         heads = int(arch.get("num_attention_heads", max(1, hidden // (self.hidden // self.heads))))
         inter = int(arch.get("intermediate_size", self.inter))
-        bad = [
-            k
-            for k in arch
-            if k
-            not in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
-        ]
         if (
-            bad
-            or not 1 <= n <= self.n_layers
+            not 1 <= n <= self.n_layers
             or not 1 <= hidden <= self.hidden
+            or heads < 1
             or hidden % heads
             or not 1 <= inter <= self.inter
         ):
-            raise UserError(
-                f"{arch} is not a student of this {self.n_layers}-layer, "
-                f"{self.hidden}-wide teacher",
-                field="student.architecture",
-                fix=f"use num_hidden_layers <= {self.n_layers}, hidden_size <= "
-                f"{self.hidden} divisible by num_attention_heads, intermediate_size "
-                f"<= {self.inter}",
-            )
+            raise unfit
         return {"num_hidden_layers": n, "width": [hidden, heads], "intermediate_size": inter}
 
 
@@ -277,10 +282,14 @@ class CnnSpace(Space):
         return {"pixel_values": [batch, *self.input_shape]}
 
     def from_architecture(self, arch: dict[str, Any]) -> dict[str, Any]:
-        widths = list(arch.get("stage_width", [1.0] * len(self.stages)))
-        depths = list(arch.get("stage_depth", [len(u) for u in self.units]))
+        widths = arch.get("stage_width", [1.0] * len(self.stages))
+        depths = arch.get("stage_depth", [len(u) for u in self.units])
         if (
             set(arch) - {"stage_width", "stage_depth"}
+            or not isinstance(widths, list)
+            or not isinstance(depths, list)
+            or not all(_number(w) for w in widths)
+            or not all(_whole(d) for d in depths)
             or len(widths) != len(self.stages)
             or len(depths) != len(self.stages)
             or not all(0 < w <= 1 for w in widths)

@@ -347,8 +347,8 @@ class _Latency(_Strict):
     kind: str | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
-    cv: float | None = None
-    iterations: int | None = None
+    cv: float | None = Field(None, ge=0)
+    iterations: int | None = Field(None, ge=1)
     rounds_p50_ms: list[float] | None = None
     rounds_p99_ms: list[float] | None = None
 
@@ -375,10 +375,16 @@ class _Constraint(_Strict):
     passed: bool = Field(alias="pass")
 
 
+class _Target(_Strict):
+    name: str | None = None
+    profile_sha256: str | None = None
+
+
 class _Report(_Strict):
     """The parts of a report.json that `kdc check` reads; anything else is passed over."""
 
     task: Task | None = None
+    target: _Target | None = None
     engines: list[_Engine]
     constraints: list[_Constraint] | None = None
 

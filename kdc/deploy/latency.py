@@ -14,7 +14,7 @@ import numpy as np
 
 from kdc.deploy.onnxruntime import feed_for, make_session, session_options_record
 from kdc.errors import UserError
-from kdc.profiles import cpu_info
+from kdc.profiles import cpu_info, host_threads
 
 CV_LIMIT = 0.025  # trtexec warns above 2.5 %
 THROTTLE_RATIO = 1.15  # last 10 % of samples slower than first 10 % by this factor
@@ -145,6 +145,10 @@ def measure_onnx(
         max_duration_s=max_duration_s,
     )
     n = record["intra_op_threads"]
+    if n > (cpus := host_threads()):
+        stats["warnings"].append(
+            f"{n} intra-op threads on {cpus} CPUs: the threads contend, so latency is inflated"
+        )
     return {
         "kind": "measured",
         "device": f"{cpu_info()[0]} ({n} threads)",

@@ -249,3 +249,25 @@ def test_fixed_architecture_is_validated(wide_bert):
     ).architecture["conv_channels"] == [8, 24, 24]
     with pytest.raises(UserError, match="3 stages"):
         cnn_space.from_architecture({"stage_width": [0.5]})
+
+
+@pytest.mark.parametrize(
+    ("family", "arch"),
+    [
+        ("cnn", {"stage_width": 0.5}),  # a number where a list belongs
+        ("cnn", {"stage_width": ["abc", 0.5, 0.5]}),
+        ("cnn", {"stage_depth": [1.5, 1, 1]}),
+        ("transformer", {"num_hidden_layers": "abc"}),
+        ("transformer", {"hidden_size": [64]}),
+        ("transformer", {"num_hidden_layers": 1.5}),
+        ("transformer", {"num_attention_heads": 0}),
+    ],
+)
+def test_fixed_architecture_of_the_wrong_type_is_a_user_error(wide_bert, family, arch):
+    space = (
+        space_for(wide_bert, _text(wide_bert), 16)
+        if family == "transformer"
+        else space_for(_cnn(), IMAGES, 8)
+    )
+    with pytest.raises(UserError, match="student.architecture"):
+        space.from_architecture(arch)

@@ -391,6 +391,13 @@ def test_constraint_rows_become_results_and_a_missing_value_fails(baseline):
             "engines[1].latency.iterations",
         ),
         (lambda r: r["engines"][2].update(precision=["int8"]), "engines[2].precision"),
+        (
+            lambda r: r["engines"][1]["latency"].update(iterations=-5),
+            "engines[1].latency.iterations",
+        ),
+        (lambda r: r["engines"][1]["latency"].update(cv=-0.1), "engines[1].latency.cv"),
+        (lambda r: r.update(target="host"), "target"),
+        (lambda r: r.update(target=["host"]), "target"),
         (lambda r: r.update(constraints={"a": 1}), "constraints"),
         (lambda r: r["constraints"][0].pop("limit"), "constraints[0].limit"),
         (lambda r: r["constraints"][0].update(value="0.5"), "constraints[0].value"),

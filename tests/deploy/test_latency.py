@@ -132,6 +132,17 @@ def test_measure_onnx_returns_measured_latency_object(linear_onnx: str) -> None:
         assert key in lat
 
 
+def test_more_threads_than_cpus_is_warned(linear_onnx: str, monkeypatch) -> None:
+    import kdc.deploy.latency
+
+    x = np.zeros((1, 8), np.float32)
+    monkeypatch.setattr(kdc.deploy.latency, "host_threads", lambda: 1)
+    lat = measure_onnx(linear_onnx, {"x": x}, threads=2, iterations=5, **FAST)
+    assert "2 intra-op threads on 1 CPUs: the threads contend" in " ".join(lat["warnings"])
+    lat = measure_onnx(linear_onnx, {"x": x}, threads=1, iterations=5, **FAST)
+    assert not any("intra-op" in w for w in lat["warnings"])
+
+
 def test_measure_onnx_rejects_empty_inputs(linear_onnx: str) -> None:
     with pytest.raises(UserError, match="no rows"):
         measure_onnx(linear_onnx, {"x": np.zeros((0, 8), np.float32)}, threads=1, **FAST)
