@@ -73,13 +73,13 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as e:
             err.print(f"error: {e}", markup=False)
             raise typer.Exit(2) from None
-        except (KeyboardInterrupt, Interrupted):
+        except (KeyboardInterrupt, Interrupted) as e:
+            why = str(e) if isinstance(e, Interrupted) else "interrupted"
             err.print(
-                "interrupted: finished stages are kept; run the same command with "
-                "--resume to continue",
+                f"{why}: finished stages are kept; run the same command with --resume to continue",
                 markup=False,
             )
-            raise typer.Exit(130) from None
+            raise typer.Exit(e.exit_code if isinstance(e, Interrupted) else 130) from None
         except KdcError as e:
             err.print(f"failed: {e}", markup=False)
             raise typer.Exit(e.exit_code) from None

@@ -184,29 +184,41 @@ def stage_hash(
     )
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; a CI job's timeout or cancel, `kill`
+
+
 @contextlib.contextmanager
 def _sigint_as_interrupt() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C finishes nothing half-way: it raises KeyboardInterrupt (even where SIGINT was
-    ignored, as in a background job), which leaves the pipeline as Interrupted for the CLI to
-    report. Yields `pressed()`: a library's bare `except:` (torch-pruning's tracing has one) may
-    swallow the exception, so a stage that returns after Ctrl-C is not marked done either."""
-    pressed: list[bool] = []
+    """Ctrl-C or SIGTERM finishes nothing half-way: either raises KeyboardInterrupt (even where
+    SIGINT was ignored, as in a background job), which leaves the pipeline as Interrupted for the
+    CLI to report (exit 128 + the signal). Yields `pressed()`: a library's bare `except:`
+    (torch-pruning's tracing has one) may swallow the exception, so a stage that returns after
+    the signal is not marked done either."""
+    pressed: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        pressed.append(True)
+        pressed.append(signum)
         raise KeyboardInterrupt
 
     try:
-        old = signal.signal(signal.SIGINT, handler)
+        old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     except ValueError:  # not the main thread
         yield lambda: False
         return
     try:
         yield lambda: bool(pressed)
     except KeyboardInterrupt:
-        raise Interrupted("interrupted") from None
+        raise _interrupted(pressed) from None
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _interrupted(pressed: list[int]) -> Interrupted:
+    signum = pressed[0] if pressed else signal.SIGINT
+    e = Interrupted(f"interrupted ({signal.Signals(signum).name})")
+    e.exit_code = 128 + int(signum)
+    return e
 
 
 def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], bool]) -> None:
@@ -220,7 +232,7 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
             ctx.run.mark_failed(stage.name, f"{type(e).__name__}: {str(e)[:300]}")
         raise
     if pressed():
-        raise Interrupted("interrupted")
+        raise KeyboardInterrupt  # reported as Interrupted by _sigint_as_interrupt
     ctx.run.mark_done(stage.name, input_hash, out.outputs, out.metrics, time.perf_counter() - t0)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from kdc.errors import UserError
 
 MANIFEST = "manifest.json"
+REPORT_FILES = ("report.json", "report.md", "report.png", "report.html")  # the report stage's
 LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "nncf", "torch-pruning", "optimum")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -212,6 +213,11 @@ class RunDir:
         return bad
 
     def mark_started(self, name: str, input_hash: str) -> None:
+        """Record that stage `name` runs. A report from before no longer describes the run, so
+        it goes (`kdc check` must not read it as this run's)."""
+        if name != "report":
+            for f in REPORT_FILES:
+                (self.root / f).unlink(missing_ok=True)
         m = self.manifest()
         m.setdefault("stages", {})[name] = {
             "status": "running",

@@ -66,6 +66,26 @@ def test_sigint_exits_130_and_resume_continues(tmp_path, monkeypatch):
     assert set(stage_status(run).values()) == {"done"}
 
 
+def test_sigterm_stops_like_ctrl_c_and_a_stale_report_is_gone(tmp_path, monkeypatch):
+    """A CI job's timeout or cancel sends SIGTERM: the run stops as for Ctrl-C (exit 143), and
+    the report of the run's previous config is not left for `kdc check` to read."""
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
+    args = ["compress", str(cfg), "--out", str(run), "-q"]
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages(None))
+    assert runner.invoke(app, args).exit_code == 0
+    (run / "report.json").write_text("{}")  # the previous config's
+    write_yaml(cfg, cnn_config(weights=None, name="changed"))
+    sigterm = lambda: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", sigterm))
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 143, res.output
+    assert res.output.startswith("interrupted (SIGTERM): finished stages are kept")
+    status = stage_status(run)
+    assert status["search"] == "done" and status["distill"] == "running"
+    assert not (run / "report.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+
 @pytest.mark.slow
 def test_ctrl_c_on_a_real_run(cnn_project, tmp_path):
     cfg, run = project_config(cnn_project, tmp_path), tmp_path / "run"
