@@ -187,6 +187,17 @@ def verify(
     _exit_for(api.verify(run_dir, target, quiet=quiet, device_results=device_results))
 
 
+def _threads(threads: int | None) -> int | None:
+    """--threads as given (None: all usable CPUs); below 1 is a UserError, not "all"."""
+    if threads is not None and threads < 1:
+        raise UserError(
+            f"{threads} is not a thread count",
+            field="--threads",
+            fix="pass 1 or more, or leave it out to use all usable CPUs",
+        )
+    return threads
+
+
 Shapes = Annotated[list[str] | None, typer.Option("--shape", help="NAME:1x128 (repeatable).")]
 
 
@@ -198,7 +209,9 @@ def bench(
         str, typer.Option(help="onnxruntime (tensorrt: use bundle/bench.sh on the device)")
     ] = "onnxruntime",
     batch: int = 1,
-    threads: Annotated[int | None, typer.Option()] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Intra-op threads (default: all usable).")
+    ] = None,
     shape: Shapes = None,
     iterations: int = 200,
     warmup: int = 10,
@@ -217,7 +230,7 @@ def bench(
     lat = tools.bench(
         model,
         batch=batch,
-        threads=threads,
+        threads=_threads(threads),
         shapes=tools.parse_shapes(shape or []),
         iterations=iterations,
         warmup=warmup,
@@ -474,7 +487,7 @@ def calibrate(
         quick=quick,
         bundle=bundle,
         from_dir=from_dir,
-        threads=threads,
+        threads=_threads(threads),
         progress=lambda msg: err.print(msg, markup=False),
     )
     if "bundle" in res:

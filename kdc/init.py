@@ -372,6 +372,13 @@ def init_config(
 ) -> tuple[Path, TeacherInfo, DataInfo]:
     """Inspect `model` and `data`, write a validated model.yaml to `out` (atomically)."""
     model, out = Path(model), Path(out)
+    if out.is_dir():
+        raise UserError(
+            "is a directory",
+            source=str(out),
+            field="--out",
+            fix="pass a file path for the config, e.g. DIR/model.yaml",
+        )
     if out.exists() and not force:
         raise UserError(
             "file exists",

@@ -28,19 +28,22 @@ class Compute(_Strict):
     source: str
 
 
+Bandwidth = Annotated[float, Field(gt=0)]
+
+
 class Memory(_Strict):
-    bandwidth_gbps: float = Field(gt=0)
+    bandwidth_gbps: Bandwidth
     capacity_gb: float = Field(gt=0)
     source: str
 
 
 class Runtime(_Strict):
-    engines: list[Literal["tensorrt", "onnxruntime"]]
+    engines: list[Literal["tensorrt", "onnxruntime"]] = Field(min_length=1)
     tensorrt: str | None = None
     jetpack: str | None = None
     compute_capability: str | None = None
     dla_cores: int = 0
-    precisions: list[Literal["fp32", "fp16", "int8"]]
+    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(min_length=1)
     onnxruntime_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
 
 
@@ -65,6 +68,13 @@ class LatencyModel(_Strict):
         None, description="per <precision>_<conv|attention|vector|masked> kernels (kdc calibrate)"
     )
     source: str = "defaults"
+
+
+class CalibrationFile(BaseModel):
+    """What `with_calibration` reads of a calibration file (the rest is a record)."""
+
+    bandwidth_gbps: Bandwidth | None = Field(None, description="what memory_efficiency scales")
+    latency_model: LatencyModel
 
 
 class Defaults(_Strict):
@@ -107,6 +117,10 @@ def _read(path: Path) -> HardwareProfile:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return HardwareProfile.model_validate(data)
+    except UnicodeDecodeError:
+        raise UserError(
+            "cannot read profile: not UTF-8 text", source=str(path), fix="save it as UTF-8"
+        ) from None
     except (yaml.YAMLError, OSError) as e:
         raise UserError(
             f"cannot read profile: {e}".splitlines()[0], source=str(path), fix="check the YAML"
@@ -254,17 +268,8 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
     cal = calibration_path(profile.name)
     if not cal.is_file():
         return profile
-    try:
-        doc = yaml.safe_load(cal.read_text())
-        lm = LatencyModel.model_validate(doc["latency_model"])
-    except (yaml.YAMLError, OSError, KeyError, TypeError, ValidationError):
-        raise UserError(
-            "calibration file is corrupt",
-            source=str(cal),
-            field="latency_model",
-            fix=f"delete it and run `kdc calibrate --target {profile.name}` again",
-        ) from None
-    fitted_to = doc.get("bandwidth_gbps") or (LEGACY_HOST_BANDWIDTH if profile.measurable else None)
+    doc = _read_calibration(cal, profile.name)
+    fitted_to = doc.bandwidth_gbps or (LEGACY_HOST_BANDWIDTH if profile.measurable else None)
     if fitted_to is not None and fitted_to != profile.memory.bandwidth_gbps:
         raise UserError(
             f"calibration was fitted to an assumed bandwidth of {fitted_to:g} GB/s, the "
@@ -273,7 +278,24 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
             field="bandwidth_gbps",
             fix=f"run `kdc calibrate --target {profile.name}` again",
         )
-    return profile.model_copy(update={"latency_model": lm})
+    return profile.model_copy(update={"latency_model": doc.latency_model})
+
+
+def _read_calibration(cal: Path, target: str) -> CalibrationFile:
+    fix = f"run `kdc calibrate --target {target}` again, or delete the file"
+    try:
+        return CalibrationFile.model_validate(yaml.safe_load(cal.read_text(encoding="utf-8")))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e).splitlines()[0]
+        raise UserError(f"calibration file is corrupt: {why}", source=str(cal), fix=fix) from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(
+            f"calibration file is corrupt: {err['msg'] if err['loc'] else 'not a YAML mapping'}",
+            source=str(cal),
+            field=".".join(str(p) for p in err["loc"]) or None,
+            fix=fix,
+        ) from None
 
 
 def _mem_gb() -> float:

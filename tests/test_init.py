@@ -108,6 +108,7 @@ def test_init_errors_are_one_line(bert_project, tmp_path):
     bad = tmp_path / "latin1.csv"
     bad.write_bytes("text,label\ncaf\xe9 bien,positive\n".encode("latin-1"))
     (tmp_path / "exists.yaml").write_text("x: 1\n")
+    (tmp_path / "adir").mkdir()
     (tmp_path / "list.jsonl").write_text('{"text": "good", "label": 1}\n[1, 2]\n')
     cases = [
         ([tmp_path / "missing", "--data", root / "train.csv"], "MODEL_DIR"),
@@ -119,6 +120,10 @@ def test_init_errors_are_one_line(bert_project, tmp_path):
             [root / "teacher", "--data", root / "train.csv", "--out", tmp_path / "exists.yaml"],
             "--out",
         ),
+        (
+            [root / "teacher", "--data", root / "train.csv", "--out", tmp_path / "adir", "--force"],
+            "--out",
+        ),
     ]
     for args, field in cases:
         res = _init(*args, *([] if "--out" in args else ["--out", tmp_path / "new.yaml"]))
@@ -126,3 +131,4 @@ def test_init_errors_are_one_line(bert_project, tmp_path):
         assert res.exit_code == 2 and len(lines) == 1 and field in lines[0], (args, res.output)
     assert not (tmp_path / "new.yaml").exists()
     assert (tmp_path / "exists.yaml").read_text() == "x: 1\n"
+    assert (tmp_path / "adir").is_dir() and not list(tmp_path.glob(".*.tmp"))

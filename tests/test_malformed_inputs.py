@@ -45,6 +45,7 @@ def assets(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- explicit cases
 Build = Callable[[Path, Path], list[str]]  # (case dir, assets) -> CLI args
 SAMPLE_REPORT = Path(__file__).parent / "fixtures" / "report_sample.json"
+T4_PROFILE = (Path(__file__).parents[1] / "profiles" / "nvidia-t4.yaml").read_text()
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -217,6 +218,7 @@ class Case:
 
 THREE_CLASSES = "text,label\n" + "".join(f"w{i} film,c{i % 3}\n" for i in range(30))
 ROWS = "".join(f"{t},{lab}\n" for t, lab in sentences(30, 3))
+NO_PRECISIONS = T4_PROFILE.replace("precisions:\n  - fp32\n  - fp16\n  - int8", "precisions: []")
 TRY_TARGET = lambda r, a: compress(cnn(r), "--target", str(r / "p.yaml"))  # noqa: E731
 C = Case
 # fmt: off
@@ -240,6 +242,12 @@ CASES = [
     C("target profile missing", TRY_TARGET, ("--target", "not found")),
     C("target profile bad YAML", with_file("p.yaml", "a: [\n", TRY_TARGET), ("p.yaml",)),
     C("target profile wrong fields", with_file("p.yaml", "name: x\n", TRY_TARGET), ("p.yaml",)),
+    C("target profile in UTF-16", with_file("p.yaml", "name: x\n".encode("utf-16"), TRY_TARGET),
+      ("p.yaml", "UTF-8")),
+    C("target profile in Latin-1", with_file("p.yaml", "name: caf\xe9\n".encode("latin-1"),
+                                            TRY_TARGET), ("p.yaml", "UTF-8")),
+    C("target profile without precisions", with_file("p.yaml", NO_PRECISIONS, TRY_TARGET),
+      ("p.yaml", "runtime.precisions")),
     # data
     C("data missing", lambda r, a: compress(cnn(r, data={"source": "nope.csv"})),
       ("data.source", "not found")),
@@ -354,6 +362,8 @@ CASES = [
     C("estimate garbage ONNX", on_file("m.onnx", b"\xff" * 50, "estimate", "{p}"),
       ("not a valid ONNX",)),
     C("lint garbage ONNX", on_file("m.onnx", b"garbage", "lint", "{p}"), ("not a valid ONNX",)),
+    C("bench zero threads", on_file("m.onnx", PIXELS, "bench", "{p}", "--threads", "0"),
+      ("--threads",)),
     C("bench bad shape", on_file("m.onnx", b"", "bench", "{p}", "--shape", "x:0x"), ("--shape",)),
     C("bench shape off the model's dims", on_file("m.onnx", PIXELS, "bench", "{p}", "--shape",
                                                   "pixel_values:1x1x9x9"),

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kdc.errors import UserError
 from kdc.profiles import list_profiles, load_profile
@@ -56,6 +57,22 @@ def test_profile_from_path_and_bad_file(tmp_path):
     (tmp_path / "bad.yaml").write_text(src.replace("fp32_tflops: 8.1", "fp32_tflops: -1"))
     with pytest.raises(UserError, match="compute.fp32_tflops"):
         load_profile(str(tmp_path / "bad.yaml"))
+
+
+def test_profile_not_utf8_or_with_empty_lists_is_a_user_error(tmp_path):
+    src = (ROOT / "profiles" / "nvidia-t4.yaml").read_text()
+    for codec in ("utf-16", "latin-1"):
+        path = tmp_path / f"{codec}.yaml"
+        path.write_bytes(src.replace("NVIDIA T4", "NVIDIA T4 \xe9").encode(codec))
+        with pytest.raises(UserError, match="not UTF-8") as e:
+            load_profile(str(path))
+        assert str(path) in str(e.value) and "UTF-8" in e.value.fix
+    for key in ("engines", "precisions"):
+        doc = yaml.safe_load(src)
+        doc["runtime"][key] = []
+        (tmp_path / "empty.yaml").write_text(yaml.safe_dump(doc))
+        with pytest.raises(UserError, match=f"runtime.{key}.*at least 1 item"):
+            load_profile(str(tmp_path / "empty.yaml"))
 
 
 @pytest.mark.slow

@@ -315,9 +315,16 @@ def write_bundle(
             field="--target",
             fix="bundle for a TensorRT target (e.g. jetson); time `host` with plain --target host",
         )
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(
+            "exists and is not a directory",
+            source=str(out),
+            field="--bundle",
+            fix="pass a directory path for the bundle, e.g. jetson-calibration",
+        )
     precisions = [p for p in profile.runtime.precisions if p != "fp32"] or ["fp32"]
     zoo = list(zoo or model_zoo.calibration_set(precisions, quick=quick))
-    out = Path(out_dir)
     header = {"version": __version__, "profile": profile.name, "trt": profile.runtime.tensorrt}
     with atomic_dir(out) as tmp:
         rows = model_zoo.generate(

@@ -210,6 +210,13 @@ def test_unreachable_targets_and_conflicting_options_are_user_errors(tmp_path):
         C.calibrate("host", bundle=tmp_path / "a")
     res = CliRunner().invoke(app, ["calibrate", "--target", "t4"])
     assert res.exit_code == 2 and "--bundle DIR" in res.output
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(UserError, match="--bundle'.*not a directory"):
+        C.calibrate("jetson", bundle=tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+    res = CliRunner().invoke(app, ["calibrate", "--target", "host", "--threads", "0"])
+    assert res.exit_code == 2 and "'--threads'" in res.output, res.output
+    assert not calibration_path("host").exists()
 
 
 def test_every_profile_picks_up_its_calibration_file(config_dir):
@@ -226,6 +233,39 @@ def test_every_profile_picks_up_its_calibration_file(config_dir):
     with pytest.raises(UserError, match="calibration file is corrupt") as e:
         load_profile("t4")
     assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("damage", "field"),
+    [
+        (b"machine: caf\xe9\n", None),
+        (b"- 1\n", None),
+        ({"bandwidth_gbps": "fast"}, "bandwidth_gbps"),
+        ({"bandwidth_gbps": [1]}, "bandwidth_gbps"),
+        (
+            {"latency_model": {**KNOWN, "compute_efficiency": [1]}},
+            "latency_model.compute_efficiency",
+        ),
+        ({"latency_model": {**KNOWN, "kind_efficiency": "x"}}, "latency_model.kind_efficiency"),
+    ],
+)
+def test_a_damaged_calibration_file_names_itself_and_the_field(damage, field):
+    """Bytes replace the file; a dict overrides fields of a valid one."""
+    path = calibration_path("host")
+    path.parent.mkdir(parents=True)
+    if isinstance(damage, bytes):
+        path.write_bytes(damage)
+    else:
+        bandwidth = load_profile("host").memory.bandwidth_gbps
+        path.write_text(
+            yaml.safe_dump({"bandwidth_gbps": bandwidth, "latency_model": KNOWN} | damage)
+        )
+    with pytest.raises(UserError, match="calibration file is corrupt") as e:
+        load_profile("host")
+    assert e.value.source == str(path) and e.value.field == field
+    assert "kdc calibrate --target host" in e.value.fix and "delete" in e.value.fix
+    res = CliRunner().invoke(app, ["profiles", "show", "host"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
 
 
 def test_quick_host_calibration_saves_what_host_profile_reads(config_dir):
