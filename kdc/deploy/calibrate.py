@@ -316,12 +316,15 @@ def write_bundle(
             fix="bundle for a TensorRT target (e.g. jetson); time `host` with plain --target host",
         )
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
+    replaceable = not out.exists() or (
+        out.is_dir() and (not any(out.iterdir()) or (out / "calibration.json").is_file())
+    )
+    if not replaceable:  # the bundle replaces the directory: only an earlier bundle or nothing
         raise UserError(
-            "exists and is not a directory",
+            "exists and is not an earlier calibration bundle, which the new one would replace",
             source=str(out),
             field="--bundle",
-            fix="pass a directory path for the bundle, e.g. jetson-calibration",
+            fix="pass a new directory path for the bundle, e.g. jetson-calibration",
         )
     precisions = [p for p in profile.runtime.precisions if p != "fp32"] or ["fp32"]
     zoo = list(zoo or model_zoo.calibration_set(precisions, quick=quick))

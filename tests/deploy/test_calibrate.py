@@ -211,8 +211,9 @@ def test_unreachable_targets_and_conflicting_options_are_user_errors(tmp_path):
     res = CliRunner().invoke(app, ["calibrate", "--target", "t4"])
     assert res.exit_code == 2 and "--bundle DIR" in res.output
     (tmp_path / "notes.txt").write_text("mine\n")
-    with pytest.raises(UserError, match="--bundle'.*not a directory"):
-        C.calibrate("jetson", bundle=tmp_path / "notes.txt")
+    for path in (tmp_path / "notes.txt", tmp_path):  # a file; a directory of the user's
+        with pytest.raises(UserError, match="--bundle'.*not an earlier calibration bundle"):
+            C.calibrate("jetson", bundle=path)
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
     res = CliRunner().invoke(app, ["calibrate", "--target", "host", "--threads", "0"])
     assert res.exit_code == 2 and "'--threads'" in res.output, res.output
