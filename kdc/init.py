@@ -4,7 +4,6 @@ model.yaml that validates and is ready to run."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import yaml
 from kdc.config import load_config
 from kdc.data.readers import json_objects
 from kdc.errors import UserError
+from kdc.hf_files import check_tokenizer, label_names, read_config
 from kdc.rundir import atomic_path
 
 MAX_ROWS = 20_000  # rows read to guess columns and labels
@@ -54,15 +54,8 @@ class DataInfo:
 
 
 def _hf_teacher(path: Path) -> TeacherInfo:
-    try:
-        conf = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(
-            "config.json is not valid JSON",
-            source=str(path / "config.json"),
-            field="MODEL_DIR",
-            fix="re-save the model with save_pretrained",
-        ) from None
+    conf = read_config(path, "MODEL_DIR")
+    check_tokenizer(path, "MODEL_DIR")  # as the teacher loader does: fail here, not in compress
     archs = conf.get("architectures") or []
     task = next((t for a in archs for suffix, t in HF_TASKS.items() if a.endswith(suffix)), None)
     if task is None:
@@ -73,8 +66,7 @@ def _hf_teacher(path: Path) -> TeacherInfo:
             fix="use a *ForSequenceClassification model, or write model.yaml by hand "
             "(README: Configuration)",
         )
-    id2label = conf.get("id2label") or {}
-    names = [str(id2label[k]) for k in sorted(id2label, key=int)] if id2label else []
+    names = label_names(conf, path)
     n = conf.get("num_labels") or len(names) or None
     return TeacherInfo(
         "huggingface",

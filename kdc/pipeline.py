@@ -104,14 +104,33 @@ class Context:
             self.console.print(msg)
 
 
+def _probe_outputs(ctx: Context, teacher: ModelAdapter) -> int:
+    """The teacher's output count, from a forward pass on the first eval row; a teacher that
+    cannot take the data's input (channels, size) is a UserError."""
+    features = ctx.dataset.eval.take([0]).features
+    try:
+        return teacher.forward_numpy(teacher.encode(features)).shape[-1]
+    except (RuntimeError, ValueError, TypeError) as e:
+        field = "data.eval" if ctx.cfg.data.eval else "data.source"
+        shape = getattr(features, "shape", None)
+        what = f"input of shape {'x'.join(map(str, shape))}" if shape else "input"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(
+            f"the teacher failed on the first row of {field} ({what}): {first}",
+            source=ctx.cfg.source_file,
+            field=field,
+            fix="give the data the teacher was trained on (its channels; data.image_size), "
+            "or the teacher for this data",
+        ) from None
+
+
 def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
     """The teacher's classifier must have as many outputs as the data has classes."""
     if ctx.cfg.task == "sentence-embedding":
         return
     n = getattr(getattr(teacher, "config", None), "num_labels", None)
     if n is None:
-        probe = teacher.encode(ctx.dataset.eval.take([0]).features)
-        n = teacher.forward_numpy(probe).shape[-1]
+        n = _probe_outputs(ctx, teacher)
     if n is not None and n != ctx.dataset.num_labels:
         raise UserError(
             f"the teacher has {n} outputs but the data has "

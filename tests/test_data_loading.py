@@ -166,3 +166,41 @@ def test_datasets_directory_eval_split_and_class_order(tmp_path, splits):
     else:
         assert (len(ds.train), len(ds.eval)) == (30, 10)
         assert not set(ds.train.features) & set(ds.eval.features)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "field", "words"),
+    [
+        ("d.jsonl", '{"text": "a", "label": "pos"}\n{"text": "b"}\n', "label", "line 2 has no"),
+        ("d.jsonl", '{"text": "a", "label": "pos"}\n{"label": "neg"}\n', "text", "line 2 has no"),
+        ("d.jsonl", '{"text": "a", "label": ["pos"]}\n', "label", "line 1 is not a single value"),
+        (
+            "d.jsonl",
+            '{"text": "a", "label": "pos"}\n{"text": "b", "label": null}\n',
+            "label",
+            "line 2 is null",
+        ),
+        ("d.csv", "text,label\na,pos\nb,\nc,neg\n", "label", "line 3 is blank"),
+    ],
+    ids=["jsonl no label", "jsonl no text", "jsonl list label", "jsonl null label", "csv blank"],
+)
+def test_a_row_without_a_usable_text_or_label_names_its_line(tmp_path, name, content, field, words):
+    """Every row is checked, not only the first; a blank or null label is not a class."""
+    path = csv_file(tmp_path / name, content)
+    with pytest.raises(UserError) as e:
+        load_dataset(text_cfg(tmp_path, source=name))
+    assert e.value.field == f"data.{field}_column" and e.value.source == str(path)
+    assert words in str(e.value)
+
+
+def test_a_datasets_row_without_a_class_is_refused(tmp_path):
+    """A ClassLabel of -1 ("no label") is not the last class."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    rows = {"text": [f"review {i}" for i in range(6)], "label": [0, 1, -1, 1, 0, 1]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(UserError, match="row 2") as e:
+        load_dataset(text_cfg(tmp_path, source="ds"))
+    assert e.value.field == "data.label_column"

@@ -132,3 +132,50 @@ def test_init_errors_are_one_line(bert_project, tmp_path):
     assert not (tmp_path / "new.yaml").exists()
     assert (tmp_path / "exists.yaml").read_text() == "x: 1\n"
     assert (tmp_path / "adir").is_dir() and not list(tmp_path.glob(".*.tmp"))
+
+
+HF_CONFIG = {
+    "architectures": ["BertForSequenceClassification"],
+    "num_labels": 2,
+    "id2label": {"0": "negative", "1": "positive"},
+}
+
+
+@pytest.mark.parametrize(
+    ("files", "words"),
+    [
+        ({}, ("MODEL_DIR", "no tokenizer", "save_pretrained")),
+        ({"tokenizer.json": "{oops"}, ("tokenizer.json", "MODEL_DIR", "save_pretrained")),
+        ({"config.json": b"\xff\xfe{\x00}"}, ("config.json", "MODEL_DIR", "UTF-8")),
+        ({"config.json": "[1, 2]"}, ("config.json", "MODEL_DIR", "an array")),
+        (
+            {"config.json": json.dumps({**HF_CONFIG, "id2label": ["negative", "positive"]})},
+            ("config.json", "'id2label'", "an array"),
+        ),
+        (
+            {"config.json": json.dumps({**HF_CONFIG, "id2label": {"neg": "negative"}})},
+            ("config.json", "'id2label'", "'neg'"),
+        ),
+    ],
+    ids=[
+        "no tokenizer",
+        "tokenizer.json corrupt",
+        "config not UTF-8",
+        "config a list",
+        "id2label a list",
+        "id2label keyed by name",
+    ],
+)
+def test_init_refuses_a_teacher_directory_compress_cannot_load(tmp_path, files, words):
+    """kdc init fails as the teacher loader would, instead of writing a config that crashes."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    base = {"config.json": json.dumps(HF_CONFIG)} | ({"vocab.txt": "[UNK]\n"} if files else {})
+    for name, content in (base | files).items():
+        (teacher / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    data = write_csv(tmp_path / "d.csv", [("good movie", "positive"), ("bad plot", "negative")] * 5)
+    res = _init(teacher, "--data", data, "--out", tmp_path / "m.yaml")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert all(w in lines[0] for w in words), res.output
+    assert not (tmp_path / "m.yaml").exists()

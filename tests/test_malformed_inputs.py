@@ -120,6 +120,32 @@ def hf_teacher(**files: str | bytes | Callable[[Path], Any]) -> Build:
     return build
 
 
+def hf_config(**edits: Any) -> Build:
+    """A text config whose teacher is the tiny BERT with `edits` made to its config.json."""
+
+    def build(root: Path, assets: Path) -> list[str]:
+        conf = json.loads((assets / "bert" / "config.json").read_text())
+        return hf_teacher(**{"config.json": json.dumps({**conf, **edits})})(root, assets)
+
+    return build
+
+
+def rgb_images(path: Path) -> None:
+    """RGB PNGs in two classes beside `path` (<folder>/a/0.png): three channels where the digits
+    teacher takes one."""
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (path.parent.parent / cls).mkdir(exist_ok=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (60 * i, 0, 200)).save(path.parent.parent / cls / f"{i}.png")
+
+
+NO_TOKENIZER = dict.fromkeys(
+    ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+)
+
+
 class Evil:
     """Unpickling this creates a file: proof that a loader ran pickle code."""
 
@@ -307,6 +333,32 @@ CASES = [
     C("image folder without images", with_file("imgs/a/x.png", b"not a png", lambda r, a:
                                                compress(cnn(r, data={"source": "imgs"}))),
       ("data.source", "no images")),
+    C("csv format on a directory", with_file("adir/x.csv", "", lambda r, a: compress(text(
+        r, a, data={"source": "adir", "format": "csv"}))),
+      ("model.yaml", "data.format", "data.source", "adir", "is a directory")),
+    C("txt format on a directory", with_file("adir/x.txt", "", lambda r, a: compress(text(
+        r, a, data={"source": "adir", "format": "txt"}))), ("data.format", "is a directory")),
+    C("datasets format on a plain directory", with_file("adir/x.csv", "", lambda r, a: compress(
+        text(r, a, data={"source": "adir", "format": "datasets"}))),
+      ("data.format", "adir", "save_to_disk")),
+    C("imagefolder format on a csv file", with_file("ok.csv", THREE_CLASSES, lambda r, a: compress(
+        cnn(r, data={"source": "ok.csv", "format": "imagefolder"}))),
+      ("data.format", "ok.csv", "is a file", "<folder>/<class>/<image>")),
+    C("imagefolder format on an eval csv file", with_file("ev.csv", THREE_CLASSES, with_file(
+        "imgs/a/0.png", rgb_images, lambda r, a: compress(cnn(r, data={
+            "source": "imgs", "eval": "ev.csv", "format": "imagefolder"})))),
+      ("data.format", "data.eval", "ev.csv")),
+    C("jsonl row without the label", data_file(
+        "d.jsonl", '{"text": "good film", "label": "pos"}\n{"text": "bad film"}\n'),
+      ("d.jsonl", "data.label_column", "line 2", "'label'")),
+    C("jsonl row without the text", data_file(
+        "d.jsonl", '{"text": "good film", "label": "pos"}\n\n{"label": "neg"}\n'),
+      ("d.jsonl", "data.text_column", "line 3", "'text'")),
+    C("jsonl null label", data_file("d.jsonl", '{"text": "a", "label": "pos"}\n'
+                                               '{"text": "b", "label": null}\n'),
+      ("d.jsonl", "data.label_column", "line 2", "null")),
+    C("csv blank label", data_file("d.csv", "text,label\ngood,pos\nbad,  \nok,neg\n"),
+      ("d.csv", "data.label_column", "line 3", "blank")),
     C("too little training data", lambda r, a: compress(text(r, a, data={"eval_fraction": 0.99})),
       ("data.",)),
     # the teacher
@@ -346,6 +398,26 @@ CASES = [
     C("HF dir without config.json", with_file("t/vocab.txt", "x\n", lambda r, a: compress(
         text(r, a, teacher={"path": "t"}))), ("teacher.path", "config.json")),
     C("HF config.json not JSON", hf_teacher(**{"config.json": "{oops"}), ("config.json",)),
+    C("HF config.json not UTF-8", hf_teacher(**{"config.json": b"\xff\xfe{\x00}"}),
+      ("config.json", "teacher.path", "UTF-8")),
+    C("HF config.json a list", hf_teacher(**{"config.json": "[1, 2]"}),
+      ("config.json", "teacher.path", "an array, not an object")),
+    C("HF id2label a list", hf_config(id2label=["negative", "positive"]),
+      ("config.json", "'id2label'", "an array")),
+    C("HF id2label keyed by name", hf_config(id2label={"neg": "neg", "pos": "pos"}),
+      ("config.json", "'id2label'", "'neg'")),
+    C("HF no tokenizer files", hf_teacher(**NO_TOKENIZER),
+      ("teacher", "teacher.path", "no tokenizer", "save_pretrained")),
+    C("HF tokenizer.json corrupt", hf_teacher(**{"tokenizer.json": "{oops"}),
+      ("tokenizer.json", "teacher.path", "save_pretrained")),
+    C("HF vocab.txt unreadable", hf_teacher(**{"tokenizer.json": None, "vocab.txt": b"\xff\xfe"}),
+      ("teacher.path", "cannot load the tokenizer")),
+    C("teacher cannot take the data's channels", with_file("imgs/a/0.png", rgb_images, lambda r, a:
+                                                          compress(cnn(r, data={
+                                                              "source": "imgs", "image_size": 8,
+                                                              "limit_train": None,
+                                                              "limit_eval": None}))),
+      ("model.yaml", "data.source", "first row", "1x3x8x8", "expected input", "channels")),
     C("HF weights corrupt", hf_teacher(**{"model.safetensors": b"\x00" * 64}),
       ("teacher.path",)),
     C("HF pickled weights refused", hf_teacher(**{"model.safetensors": None,

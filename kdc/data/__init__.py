@@ -72,6 +72,31 @@ def _check_kind(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
     )
 
 
+def _check_path(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
+    """The format must fit the path: csv/tsv/jsonl/txt a file, an image folder a directory, and
+    `datasets` a directory `datasets.load_from_disk` reads."""
+    folder = fmt in ("imagefolder", "datasets")
+    saved = (path / "dataset_dict.json").is_file() or all(
+        (path / f).is_file() for f in ("dataset_info.json", "state.json")
+    )
+    if folder == path.is_dir() and (fmt != "datasets" or saved):
+        return
+    if not folder:
+        problem, fix = "a directory", f"point {field} to a {fmt} file, or set data.format: auto"
+    elif fmt == "imagefolder":
+        problem = "a file, not a folder laid out as <folder>/<class>/<image>"
+        fix = f"point {field} to such a folder, or set data.format: auto for this file"
+    else:
+        problem = "not saved by save_to_disk (no dataset_dict.json, nor state.json)"
+        fix = f"point {field} to one, or set data.format: imagefolder for a folder of images"
+    raise UserError(
+        f"format '{fmt}' cannot read {field} ({path}): it is {problem}",
+        source=cfg.source_file,
+        field="data.format",
+        fix=fix,
+    )
+
+
 def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
     d = cfg.data
     label = None if cfg.task == "sentence-embedding" else d.label_column
@@ -90,6 +115,8 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
             field=field,
             fix=f"check that {path} exists (paths are relative to the config)",
         )
+    if fmt != "sklearn":
+        _check_path(cfg, path, fmt, field)
     _check_kind(cfg, path, fmt, field)
     readers = {
         "csv": lambda: read_delimited(path, d.text_column, label, ",", field),

@@ -15,8 +15,15 @@ Rows = tuple[list, list]
 
 
 def _columns(
-    rows: list[dict], path: Path, text_col: str, label_col: str | None, field: str
+    rows: list[tuple[int, dict]],
+    path: Path,
+    text_col: str,
+    label_col: str | None,
+    field: str,
+    unit: str = "line",
 ) -> Rows:
+    """Texts and labels of (line number, row) pairs; a row without the text or label key, or with
+    a blank, null or nested label, is a UserError naming its `unit` ("line", or "row")."""
     if not rows:
         raise UserError(
             "no rows",
@@ -24,8 +31,9 @@ def _columns(
             field=field,
             fix="give a file with a header and at least one row",
         )
-    keys = set(rows[0])
-    for col, col_field in ((text_col, "data.text_column"), (label_col, "data.label_column")):
+    wanted = ((text_col, "data.text_column"), (label_col, "data.label_column"))
+    keys = set(rows[0][1])
+    for col, col_field in wanted:
         if col is not None and col not in keys:
             raise UserError(
                 f"column '{col}' not found (columns: {', '.join(sorted(keys))})",
@@ -33,9 +41,36 @@ def _columns(
                 field=col_field,
                 fix="name an existing column",
             )
-    texts = [str(r[text_col] or "") for r in rows]
-    labels = [r[label_col] for r in rows] if label_col else []
+    texts, labels = [], []
+    for n, row in rows:
+        for col, col_field in wanted:
+            if col is not None and col not in row:
+                raise UserError(
+                    f"{unit} {n} has no '{col}'",
+                    source=str(path),
+                    field=col_field,
+                    fix=f"give every {unit} a '{col}', or drop that {unit}",
+                )
+        texts.append(str(row[text_col] or ""))
+        if label_col:
+            labels.append(_label(row[label_col], path, f"{unit} {n}"))
     return texts, labels
+
+
+def _label(value: object, path: Path, where: str) -> object:
+    """`value` as a class label: one that is blank, null or a list/object is a UserError."""
+    if value is None or isinstance(value, str) and not value.strip():
+        problem = "is blank" if value is not None else "is null"
+    elif isinstance(value, list | dict):
+        problem = f"is not a single value ({json.dumps(value)[:40]})"
+    else:
+        return value
+    raise UserError(
+        f"the label at {where} {problem}",
+        source=str(path),
+        field="data.label_column",
+        fix="fill in that row's label, or drop the row",
+    )
 
 
 QUOTING_FIX = (
@@ -118,7 +153,7 @@ def read_delimited(
                 field=field,
                 fix=f"give every row the header's {len(header)} fields; {QUOTING_FIX}",
             )
-        rows.append(dict(zip(header, fitted, strict=True)))
+        rows.append((line, dict(zip(header, fitted, strict=True))))
     return _columns(rows, path, text_col, label_col, field)
 
 
@@ -138,6 +173,11 @@ def _lines(path: Path, field: str) -> list[str]:
 def json_objects(path: Path, field: str = "data.source", limit: int | None = None) -> list[dict]:
     """The objects of a JSON Lines file (of its first `limit` lines, read as a stream; blank
     lines skipped); a line that is not a JSON object is a UserError naming `field`."""
+    return [row for _, row in _numbered_objects(path, field, limit)]
+
+
+def _numbered_objects(path: Path, field: str, limit: int | None) -> list[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSON Lines file (see json_objects)."""
     rows = []
     try:
         with open(path, encoding="utf-8") as f:  # splits on newlines only (JSON may hold U+2028)
@@ -160,7 +200,7 @@ def json_objects(path: Path, field: str = "data.source", limit: int | None = Non
                         field=field,
                         fix="one JSON object per line",
                     )
-                rows.append(row)
+                rows.append((i, row))
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e, field) from None
     return rows
@@ -169,7 +209,7 @@ def json_objects(path: Path, field: str = "data.source", limit: int | None = Non
 def read_jsonl(
     path: Path, text_col: str, label_col: str | None, field: str = "data.source"
 ) -> Rows:
-    return _columns(json_objects(path, field), path, text_col, label_col, field)
+    return _columns(_numbered_objects(path, field, None), path, text_col, label_col, field)
 
 
 def read_txt(path: Path, field: str = "data.source") -> Rows:
@@ -207,13 +247,14 @@ def read_datasets(
             )
         ds = ds[names[0]]
     rows = [
-        dict(zip(ds.column_names, vals, strict=True))
-        for vals in zip(*(ds[c] for c in ds.column_names), strict=True)
+        (i, dict(zip(ds.column_names, vals, strict=True)))
+        for i, vals in enumerate(zip(*(ds[c] for c in ds.column_names), strict=True))
     ]
-    texts, labels = _columns(rows, path, text_col, label_col, field)
+    texts, labels = _columns(rows, path, text_col, label_col, field, unit="row")
     feat = ds.features.get(label_col) if label_col else None
-    if feat is not None and hasattr(feat, "names"):
-        labels = [feat.names[i] for i in labels]
+    if feat is not None and hasattr(feat, "names"):  # a ClassLabel, where -1 is "no label"
+        names = [None if i < 0 else feat.names[i] for i in labels]
+        labels = [_label(name, path, f"row {n}") for n, name in enumerate(names)]
     return texts, labels
 
 

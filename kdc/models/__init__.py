@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kdc.config import KdcConfig
 from kdc.errors import UserError
+from kdc.hf_files import label_names, read_config
 from kdc.models.base import ModelAdapter
 from kdc.models.hf import HFTextAdapter
 from kdc.models.sentence import SentenceAdapter
@@ -132,16 +133,7 @@ def teacher_label_names(cfg: KdcConfig) -> list[str] | None:
     the weights; None for other teachers."""
     if _kind(cfg) != "huggingface" or not cfg.teacher.path:
         return None
-    conf = cfg.resolve(cfg.teacher.path) / "config.json"
-    if not conf.is_file():
+    path = cfg.resolve(cfg.teacher.path)
+    if not (path / "config.json").is_file():
         return None
-    try:
-        id2label = json.loads(conf.read_text()).get("id2label") or {}
-    except json.JSONDecodeError:
-        raise UserError(
-            "config.json is not valid JSON",
-            source=str(conf),
-            field="teacher.path",
-            fix="re-save the model with save_pretrained",
-        ) from None
-    return [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+    return label_names(read_config(path, "teacher.path"), path) or None

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from kdc.errors import UserError
+from kdc.hf_files import TOKENIZER_FIX, check_tokenizer, read_config
 from kdc.models.base import ModelAdapter
 from kdc.models.shapes import apply_shapes, tensor_shapes
 from kdc.rundir import atomic_dir, write_json
@@ -70,6 +71,20 @@ def sync_attention_heads(model: nn.Module) -> None:
             mod.num_attention_heads = q.out_features // mod.attention_head_size
 
 
+def _load_error(e: Exception, path: Path, what: str, fix: str) -> UserError:
+    """One line for a failed from_pretrained: `what` and the error's first line, or that the
+    model needs trust_remote_code."""
+    if "trust_remote_code" in str(e):
+        return UserError(
+            "the model needs its own Python code (auto_map in config.json)",
+            source=str(path),
+            field="teacher.trust_remote_code",
+            fix="set it to true only if you trust that code",
+        )
+    first = (str(e).splitlines() or [type(e).__name__])[0]
+    return UserError(f"{what}: {first[:200]}", source=str(path), field="teacher.path", fix=fix)
+
+
 def load_pretrained(
     path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_code: bool
 ) -> tuple[nn.Module, Any]:
@@ -85,11 +100,16 @@ def load_pretrained(
             field="teacher.path",
             fix="point to a directory saved with save_pretrained",
         )
-    shapes = path / "shapes.json"
+    read_config(path, "teacher.path")
+    check_tokenizer(path, "teacher.path")
     try:
         tok = AutoTokenizer.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=trust_remote_code
         )
+    except Exception as e:  # a damaged tokenizer file raises several types
+        raise _load_error(e, path, "cannot load the tokenizer", TOKENIZER_FIX) from None
+    shapes = path / "shapes.json"
+    try:
         if shapes.is_file():  # a (possibly pruned) kdc student: rebuild shapes, then load
             from safetensors.torch import load_file
 
@@ -101,18 +121,8 @@ def load_pretrained(
         else:
             model = auto_class.from_pretrained(str(path), **kw)
     except (OSError, ValueError, SafetensorError) as e:
-        if "trust_remote_code" in str(e):
-            raise UserError(
-                "the model needs its own Python code (auto_map in config.json)",
-                source=str(path),
-                field="teacher.trust_remote_code",
-                fix="set it to true only if you trust that code",
-            ) from None
-        raise UserError(
-            f"cannot load model: {str(e).splitlines()[0][:200]}",
-            source=str(path),
-            field="teacher.path",
-            fix="check the directory has weights, config and tokenizer",
+        raise _load_error(
+            e, path, "cannot load model", "check the directory has weights, config and tokenizer"
         ) from None
     return model.eval(), tok
 

@@ -1,0 +1,96 @@
+"""Checks of a Hugging Face model directory's own files (config.json, the tokenizer's), made
+without importing transformers: by the teacher loaders and by `kdc init`."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from kdc.errors import UserError
+
+# any of these makes a directory hold a tokenizer (a byte-level one has only its config)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+TOKENIZER_FIX = "save the tokenizer into the model directory with tokenizer.save_pretrained(dir)"
+CONFIG_FIX = "re-save the model with save_pretrained"
+JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number"}
+
+
+def read_config(path: Path, field: str) -> dict[str, Any]:
+    """The config.json of model directory `path`; not UTF-8 JSON holding an object is a
+    UserError naming it and `field` (the option that named the directory)."""
+    conf = path / "config.json"
+    try:
+        data = json.loads(conf.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"config.json is not UTF-8 (byte {e.start})",
+            source=str(conf),
+            field=field,
+            fix=CONFIG_FIX,
+        ) from None
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"config.json is not valid JSON (line {e.lineno})",
+            source=str(conf),
+            field=field,
+            fix=CONFIG_FIX,
+        ) from None
+    if not isinstance(data, dict):
+        raise UserError(
+            f"config.json holds {JSON_KINDS.get(type(data), 'a JSON value')}, not an object",
+            source=str(conf),
+            field=field,
+            fix=CONFIG_FIX,
+        )
+    return data
+
+
+def label_names(conf: dict[str, Any], path: Path) -> list[str]:
+    """The head's class names in index order, from config.json's id2label ([] without one)."""
+    id2label = conf.get("id2label") or {}
+    fix = 'map each class index to its name, as in {"0": "negative", "1": "positive"}'
+    if not isinstance(id2label, dict):
+        raise UserError(
+            f"id2label is {JSON_KINDS.get(type(id2label), 'a JSON value')}, not an object",
+            source=str(path / "config.json"),
+            field="id2label",
+            fix=fix,
+        )
+    bad = [k for k in id2label if not re.fullmatch(r"\d+", k.strip())]
+    if bad:
+        raise UserError(
+            f"id2label key {bad[0]!r} is not a class index",
+            source=str(path / "config.json"),
+            field="id2label",
+            fix=fix,
+        )
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
+def check_tokenizer(path: Path, field: str) -> None:
+    """Model directory `path` must hold a tokenizer, and its tokenizer.json (if any) be JSON."""
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(
+            f"no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, …)",
+            source=str(path),
+            field=field,
+            fix=TOKENIZER_FIX,
+        )
+    tok = path / "tokenizer.json"
+    try:
+        if tok.is_file():
+            json.loads(tok.read_bytes())
+    except ValueError:  # JSONDecodeError, or UnicodeDecodeError
+        raise UserError(
+            "tokenizer.json is not valid JSON", source=str(tok), field=field, fix=TOKENIZER_FIX
+        ) from None
