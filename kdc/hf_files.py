@@ -10,16 +10,9 @@ from typing import Any
 
 from kdc.errors import UserError
 
-# any of these makes a directory hold a tokenizer (a byte-level one has only its config)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tokenizer.model",
-)
+# a directory saved with tokenizer.save_pretrained holds one of these (tokenizer_config.json
+# always; vocabularies and sentencepiece models under their model's own names)
+TOKENIZER_GLOBS = ("tokenizer*.json", "*vocab*", "merges.txt", "*.model", "*.spm")
 TOKENIZER_FIX = "save the tokenizer into the model directory with tokenizer.save_pretrained(dir)"
 CONFIG_FIX = "re-save the model with save_pretrained"
 JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number"}
@@ -78,10 +71,11 @@ def label_names(conf: dict[str, Any], path: Path) -> list[str]:
 
 
 def check_tokenizer(path: Path, field: str) -> None:
-    """Model directory `path` must hold a tokenizer, and its tokenizer.json (if any) be JSON."""
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+    """Model directory `path` must hold tokenizer files, and its tokenizer.json (if any) be
+    JSON: what a tokenizer needs, checked without loading one."""
+    if not any(next(path.glob(g), None) for g in TOKENIZER_GLOBS):
         raise UserError(
-            f"no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, …)",
+            "no tokenizer files (tokenizer_config.json, tokenizer.json, a vocabulary or model)",
             source=str(path),
             field=field,
             fix=TOKENIZER_FIX,

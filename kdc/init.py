@@ -55,7 +55,6 @@ class DataInfo:
 
 def _hf_teacher(path: Path) -> TeacherInfo:
     conf = read_config(path, "MODEL_DIR")
-    check_tokenizer(path, "MODEL_DIR")  # as the teacher loader does: fail here, not in compress
     archs = conf.get("architectures") or []
     task = next((t for a in archs for suffix, t in HF_TASKS.items() if a.endswith(suffix)), None)
     if task is None:
@@ -66,6 +65,7 @@ def _hf_teacher(path: Path) -> TeacherInfo:
             fix="use a *ForSequenceClassification model, or write model.yaml by hand "
             "(README: Configuration)",
         )
+    check_tokenizer(path, "MODEL_DIR")  # fail here, not in compress (every task reads text)
     names = label_names(conf, path)
     n = conf.get("num_labels") or len(names) or None
     return TeacherInfo(

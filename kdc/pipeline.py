@@ -247,8 +247,9 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
     try:
         out = stage.fn(ctx)
     except Exception as e:
-        if not pressed():  # Ctrl-C (whatever a library made of it) leaves it "running"
-            ctx.run.mark_failed(stage.name, f"{type(e).__name__}: {str(e)[:300]}")
+        if pressed():  # the signal, whatever a library made of it: the stage stays "running"
+            raise KeyboardInterrupt from e
+        ctx.run.mark_failed(stage.name, f"{type(e).__name__}: {str(e)[:300]}")
         raise
     if pressed():
         raise KeyboardInterrupt  # reported as Interrupted by _sigint_as_interrupt

@@ -104,6 +104,18 @@ class HardwareProfile(_Strict):
         """Hash of every field: what the manifest and report.json record as the profile's."""
         return sha256_json(self.model_dump(mode="json"))
 
+    def predictor_sha256(self) -> str:
+        """Hash of what a latency prediction reads: peaks, bandwidth, precisions and the latency
+        model's factors (not descriptions, sources or capacity, which a host's vary with)."""
+        return sha256_json(
+            {
+                "compute": self.compute.model_dump(mode="json", exclude={"source"}),
+                "bandwidth_gbps": self.memory.bandwidth_gbps,
+                "precisions": self.runtime.precisions,
+                "latency_model": self.latency_model.model_dump(mode="json", exclude={"source"}),
+            }
+        )
+
 
 def profiles_dir() -> Path:
     """The directory of built-in profiles: inside the installed wheel, else the source tree."""

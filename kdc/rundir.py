@@ -18,7 +18,6 @@ from typing import Any
 from kdc.errors import UserError
 
 MANIFEST = "manifest.json"
-REPORT_FILES = ("report.json", "report.md", "report.png", "report.html")  # the report stage's
 LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "nncf", "torch-pruning", "optimum")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -213,12 +212,13 @@ class RunDir:
         return bad
 
     def mark_started(self, name: str, input_hash: str) -> None:
-        """Record that stage `name` runs. A report from before no longer describes the run, so
-        it goes (`kdc check` must not read it as this run's)."""
-        if name != "report":
-            for f in REPORT_FILES:
-                (self.root / f).unlink(missing_ok=True)
+        """Record that stage `name` runs. The report the run wrote before (its recorded
+        outputs, no other file) no longer describes it, so it goes (`kdc check` must not read it
+        as this run's)."""
         m = self.manifest()
+        if name != "report":
+            for rel in (m.get("stages", {}).get("report") or {}).get("outputs", {}):
+                (self.root / rel).unlink(missing_ok=True)
         m.setdefault("stages", {})[name] = {
             "status": "running",
             "input_hash": input_hash,

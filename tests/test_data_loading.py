@@ -204,3 +204,26 @@ def test_a_datasets_row_without_a_class_is_refused(tmp_path):
     with pytest.raises(UserError, match="row 2") as e:
         load_dataset(text_cfg(tmp_path, source="ds"))
     assert e.value.field == "data.label_column"
+
+
+def test_an_unlabelled_test_split_is_passed_over_for_validation(tmp_path):
+    """GLUE-style: test is all ClassLabel -1; eval comes from the labelled validation split, and
+    with no labelled eval split the eval rows are held out from train."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+
+    def split(labels):
+        texts = [f"review {i}" for i in range(len(labels))]
+        return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+    train = split([0, 1] * 10)
+    datasets.DatasetDict(
+        train=train, validation=split([1, 0, 1, 1]), test=split([-1] * 5)
+    ).save_to_disk(str(tmp_path / "glue"))
+    ds = load_dataset(text_cfg(tmp_path, source="glue"))
+    assert len(ds.eval) == 4 and len(ds.train) == 20
+    datasets.DatasetDict(train=train, test=split([-1] * 5)).save_to_disk(str(tmp_path / "only"))
+    ds = load_dataset(text_cfg(tmp_path, source="only"))
+    assert len(ds.train) + len(ds.eval) == 20

@@ -179,3 +179,15 @@ def test_init_refuses_a_teacher_directory_compress_cannot_load(tmp_path, files, 
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert all(w in lines[0] for w in words), res.output
     assert not (tmp_path / "m.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["tokenizer_config.json", "spm.model", "sentencepiece.model", "vocab.json", "sp.spm"],
+)
+def test_tokenizer_layouts_of_other_models_are_recognised(tmp_path, name):
+    """DeBERTa's spm.model, RemBERT's sentencepiece.model, a byte-level tokenizer's config."""
+    from kdc.hf_files import check_tokenizer
+
+    (tmp_path / name).write_text("{}")
+    check_tokenizer(tmp_path, "MODEL_DIR")

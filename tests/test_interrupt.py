@@ -73,7 +73,8 @@ def test_sigterm_stops_like_ctrl_c_and_a_stale_report_is_gone(tmp_path, monkeypa
     args = ["compress", str(cfg), "--out", str(run), "-q"]
     monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages(None))
     assert runner.invoke(app, args).exit_code == 0
-    (run / "report.json").write_text("{}")  # the previous config's
+    assert (run / "report" / "out.json").is_file()  # the report stage's output
+    (run / "report.md").write_text("mine")  # not the run's: left alone
     write_yaml(cfg, cnn_config(weights=None, name="changed"))
     sigterm = lambda: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
     monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", sigterm))
@@ -82,8 +83,26 @@ def test_sigterm_stops_like_ctrl_c_and_a_stale_report_is_gone(tmp_path, monkeypa
     assert res.output.startswith("interrupted (SIGTERM): finished stages are kept")
     status = stage_status(run)
     assert status["search"] == "done" and status["distill"] == "running"
-    assert not (run / "report.json").exists()
+    assert not (run / "report" / "out.json").exists()
+    assert (run / "report.md").read_text() == "mine"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_a_library_turned_into_another_error_still_stops_the_run(
+    tmp_path, monkeypatch, sig
+):
+    def converting_library():  # catches the interrupt and raises its own error
+        try:
+            os.kill(os.getpid(), sig)
+        except BaseException as e:
+            raise RuntimeError("trace failed") from e
+
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", converting_library))
+    res = runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"])
+    assert res.exit_code == 128 + sig and "--resume" in res.output, res.output
+    assert stage_status(run) == {"search": "done", "distill": "running"}
 
 
 @pytest.mark.slow

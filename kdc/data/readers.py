@@ -6,6 +6,7 @@ import csv
 import json
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -234,7 +235,7 @@ def read_datasets(
     ds = load_from_disk(str(path))
     if isinstance(ds, DatasetDict):
         names = (
-            [n for n in (split, "validation", "test") if n in ds]
+            [n for n in (split, "validation", "test") if n in ds and _labelled(ds[n], label_col)]
             if split != "train"
             else (["train"] if "train" in ds else [])
         )
@@ -253,9 +254,23 @@ def read_datasets(
     texts, labels = _columns(rows, path, text_col, label_col, field, unit="row")
     feat = ds.features.get(label_col) if label_col else None
     if feat is not None and hasattr(feat, "names"):  # a ClassLabel, where -1 is "no label"
-        names = [None if i < 0 else feat.names[i] for i in labels]
-        labels = [_label(name, path, f"row {n}") for n, name in enumerate(names)]
+        if (n := next((n for n, i in enumerate(labels) if i < 0), None)) is not None:
+            raise UserError(
+                f"row {n} has no label (ClassLabel -1)",
+                source=str(path),
+                field="data.label_column",
+                fix="drop the unlabelled rows, or label them",
+            )
+        labels = [feat.names[i] for i in labels]
     return texts, labels
+
+
+def _labelled(part: Any, label_col: str | None) -> bool:
+    """Whether a split has labels: not a ClassLabel column of -1s only (GLUE's test splits)."""
+    feat = part.features.get(label_col) if label_col else None
+    if feat is None or not hasattr(feat, "names") or not len(part):
+        return True
+    return max(part[label_col]) >= 0
 
 
 def datasets_layout(path: Path, label_col: str | None) -> tuple[bool, list[str] | None]:
@@ -264,7 +279,9 @@ def datasets_layout(path: Path, label_col: str | None) -> tuple[bool, list[str] 
     from datasets import DatasetDict, load_from_disk
 
     ds = load_from_disk(str(path))  # memory-mapped: cheap to open again
-    has_eval = isinstance(ds, DatasetDict) and bool({"test", "validation"} & set(ds))
+    has_eval = isinstance(ds, DatasetDict) and any(
+        _labelled(ds[n], label_col) for n in ("test", "validation") if n in ds
+    )
     first = next(iter(ds.values())) if isinstance(ds, DatasetDict) else ds
     feat = first.features.get(label_col) if label_col else None
     return has_eval, list(feat.names) if hasattr(feat, "names") else None

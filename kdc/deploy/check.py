@@ -4,12 +4,12 @@ Reports of different targets are not compared: every metric is `missing`. Engine
 (engine, precision). Per engine, each latency object (`latency`, and `target_latency`) is compared
 like with like: measured with measured (p50 and p99), predicted with predicted (p50). A change of
 kind, a measurement taken under other conditions (device, batch, threads, input_shape) or a
-prediction made otherwise (latency model, its calibration, the profile's hash, batch, input shape,
-padding) is reported as `missing`, never compared. A slowdown is a regression only when it exceeds
-both the tolerance and the noise, 2·hypot(u_base, u_now), u the relative uncertainty of the
-statistic: its spread over interleaved rounds, (max - min) / median of `rounds_p50_ms`
-(`rounds_p99_ms` for p99; the p50's where absent) when both were timed in 2 or more rounds, else
-the statistic's standard error from the per-sample cv under a normal approximation,
+prediction made otherwise (latency model, its calibration, the hash of the profile fields it reads,
+batch, input shape, padding) is reported as `missing`, never compared. A slowdown is a regression
+only when it exceeds both the tolerance and the noise, 2·hypot(u_base, u_now), u the relative
+uncertainty of the statistic: its spread over interleaved rounds, (max - min) / median of
+`rounds_p50_ms` (`rounds_p99_ms` for p99; the p50's where absent) when both were timed in 2 or more
+rounds, else the statistic's standard error from the per-sample cv under a normal approximation,
 k·cv/sqrt(iterations) with k = sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99 (cv
 itself when iterations is not recorded); 0 for predictions. Accuracy (the task's primary metric)
 regresses when it drops by more than the tolerance in absolute points; accuracy figures from
@@ -58,7 +58,14 @@ UNITS = {"%": 0.01, "pt": 0.01, "pts": 0.01, "pp": 0.01}  # 10% relative, 0.5pt 
 NOISE_SIGMAS = 2.0
 CONDITIONS = {  # what makes two latency figures of a kind comparable
     "measured": ("device", "batch", "threads", "input_shape"),
-    "predicted": ("model", "calibrated_from", "profile_sha256", "batch", "input_shape", "padding"),
+    "predicted": (
+        "model",
+        "calibrated_from",
+        "predictor_sha256",
+        "batch",
+        "input_shape",
+        "padding",
+    ),
 }
 REBASELINE = "re-baseline with `kdc check --update-baseline`"
 QUANTILES = {"p50": 0.5, "p99": 0.99}
@@ -264,8 +271,7 @@ def compare(
         be, ce = base.get(key, {}), cur.get(key, {})
         label = engine_label(be or ce)
         for lk in LATENCY_KEYS:
-            b, c = _with_profile(be.get(lk), baseline), _with_profile(ce.get(lk), report)
-            results += _latency(label, lk, b, c, latency_tolerance, latency_kinds)
+            results += _latency(label, lk, be.get(lk), ce.get(lk), latency_tolerance, latency_kinds)
         results += _accuracy(
             label, be.get("accuracy"), ce.get("accuracy"), accuracy_tolerance, task
         )
@@ -274,13 +280,6 @@ def compare(
         why = f"not comparable: target {bt!r} vs {ct!r}; {REBASELINE}"
         results = [_missing(r.metric, r.baseline, r.current, why) for r in results]
     return results + _nothing_compared(baseline, results, latency_kinds)
-
-
-def _with_profile(lat: dict | None, report: dict) -> dict | None:
-    """A prediction with the hash of the profile it was made from (the report's target's)."""
-    if not isinstance(lat, dict) or lat.get("kind") != "predicted":
-        return lat
-    return {**lat, "profile_sha256": (report.get("target") or {}).get("profile_sha256")}
 
 
 def _target(report: dict) -> str | None:

@@ -181,6 +181,7 @@ def _result(
         "kind": "predicted",
         "model": MODEL,
         "calibrated_from": profile.latency_model.source,
+        "predictor_sha256": profile.predictor_sha256(),
         "target": profile.name,
         "precision": precision,
         "batch": int(batch),

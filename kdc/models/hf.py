@@ -101,12 +101,12 @@ def load_pretrained(
             fix="point to a directory saved with save_pretrained",
         )
     read_config(path, "teacher.path")
-    check_tokenizer(path, "teacher.path")
     try:
         tok = AutoTokenizer.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=trust_remote_code
         )
-    except Exception as e:  # a damaged tokenizer file raises several types
+    except Exception as e:  # missing or damaged tokenizer files raise several types
+        check_tokenizer(path, "teacher.path")  # names what is missing, where it can tell
         raise _load_error(e, path, "cannot load the tokenizer", TOKENIZER_FIX) from None
     shapes = path / "shapes.json"
     try:

@@ -102,8 +102,8 @@ def _note_uncalibrated(ctx: Context) -> None:
         )
 
 
-BASIS = ("kind", "model", "calibrated_from", "target", "precision", "batch", "input_shape")
-BASIS += ("padding",)
+BASIS = ("kind", "model", "calibrated_from", "predictor_sha256", "target", "precision", "batch")
+BASIS += ("input_shape", "padding")
 
 
 def prediction_basis(pred: dict) -> dict:

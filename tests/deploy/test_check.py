@@ -168,7 +168,7 @@ def test_measurement_under_other_conditions_is_not_comparable(baseline, fields, 
     [
         (lambda lat, r: lat.update(model="roofline-v2"), "model 'roofline-v1' vs 'roofline-v2'"),
         (lambda lat, r: lat.update(calibrated_from="x" * 200), "calibrated_from "),
-        (lambda lat, r: r["target"].update(profile_sha256="0" * 64), "profile_sha256 "),
+        (lambda lat, r: lat.update(predictor_sha256="0" * 64), "predictor_sha256 "),
         (lambda lat, r: lat.update(padding=0.6), "padding "),
     ],
 )
