@@ -131,3 +131,7 @@ def test_bundle_and_device_results_before_the_build_name_the_stage(cnn_project, 
     ):
         line = _one_line_error(runner.invoke(app, args))
         assert "stage 'build' has not run" in line and "kdc build" in line, line
+    api.build(cfg, "jetson", run, quiet=True)
+    (run / "build" / "engines.json").unlink()
+    line = _one_line_error(runner.invoke(app, ["bundle", str(run), "--target", "jetson"]))
+    assert "outputs are missing or changed: build/engines.json" in line, line

@@ -8,8 +8,8 @@ attention heads' query/key/value) are stored cut to the row's attended length an
 zeros: the losses that read them mask padded positions (losses.py), so the result equals a full
 teacher run up to float rounding. A text feature of another layout (a `pooled` tap that is B×L×F,
 the input of a head's layer in models without a pooler: its token axis is not declared by its tap)
-is not cut, and the teacher then runs on every batch. On the sentiment example the teacher ran on 2,626 rows and looked
-up 1,710.
+is not cut, and the teacher then runs on every batch. On the sentiment example the teacher ran on
+2,626 rows and looked up 1,710.
 """
 
 from __future__ import annotations
