@@ -140,6 +140,15 @@ class LossConfig(Section):
     weight: float = Field(1.0, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("params", mode="before")
+    @classmethod
+    def _yaml_on_key(cls, v: Any) -> Any:
+        """YAML 1.1 reads an unquoted `on:` key (the relation/embedding losses' parameter) as
+        true: take it back as the name it was."""
+        if isinstance(v, dict) and True in v and "on" not in v:
+            return {("on" if k is True else k): x for k, x in v.items()}
+        return v
+
 
 class DistillConfig(Section):
     """Training of the student. `losses` defaults to the model family's recipe; `augment`

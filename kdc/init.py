@@ -112,7 +112,7 @@ def inspect_teacher(model: Path) -> TeacherInfo:
 
 
 def _read_csv(path: Path, delimiter: str) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8"
         return list(islice(csv.DictReader(f, delimiter=delimiter), MAX_ROWS))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny import bert_config, cnn_config, write_yaml
 
@@ -226,4 +227,38 @@ def test_an_unlabelled_test_split_is_passed_over_for_validation(tmp_path):
     assert len(ds.eval) == 4 and len(ds.train) == 20
     datasets.DatasetDict(train=train, test=split([-1] * 5)).save_to_disk(str(tmp_path / "only"))
     ds = load_dataset(text_cfg(tmp_path, source="only"))
+    assert len(ds.train) + len(ds.eval) == 20
+
+
+def test_labels_are_matched_to_the_teacher_by_name_or_refused():
+    """By name (case and spaces aside), by index for generic names or integer labels; labels
+    named otherwise than the teacher's are refused, not mapped in sorted order."""
+    from kdc.data import align_labels
+    from kdc.data.base import Dataset, Split
+
+    def data(names):
+        labels = np.array([0, 1, 2, 1], np.int64)
+        return Dataset(Split([], labels), Split([], labels), names, "text", "x.csv", [])
+
+    teacher = ["negative", "neutral", "positive"]
+    ds = align_labels(data([" Negative", "neutral", "positive "]), teacher, "x.csv")
+    assert ds.label_names == teacher and list(ds.train.labels) == [0, 1, 2, 1]
+    ds = align_labels(data(["neutral", "negative", "positive"]), teacher, "x.csv")
+    assert list(ds.train.labels) == [1, 0, 2, 0]
+    for generic in (["0", "1", "2"], ["0.0", "1.0", "2.0"]):
+        assert list(align_labels(data(generic), teacher, "x.csv").train.labels) == [0, 1, 2, 1]
+    assert align_labels(
+        data(["mixed", "negative", "positive"]), ["LABEL_0", "LABEL_1", "LABEL_2"], "x.csv"
+    )
+    with pytest.raises(UserError, match="not the teacher's") as e:
+        align_labels(data(["mixed", "negative", "positive"]), teacher, "x.csv")
+    assert e.value.field == "data.label_column"
+
+
+def test_a_utf8_bom_is_skipped_in_jsonl_as_in_csv(tmp_path):
+    rows = "".join(
+        f'{{"text": "film {i}", "label": "{"pos" if i % 2 else "neg"}"}}\n' for i in range(20)
+    )
+    (tmp_path / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + rows.encode())
+    ds = load_dataset(text_cfg(tmp_path, source="d.jsonl"))
     assert len(ds.train) + len(ds.eval) == 20

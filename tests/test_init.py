@@ -191,3 +191,13 @@ def test_tokenizer_layouts_of_other_models_are_recognised(tmp_path, name):
 
     (tmp_path / name).write_text("{}")
     check_tokenizer(tmp_path, "MODEL_DIR")
+
+
+def test_init_reads_past_a_utf8_bom_as_compress_does(bert_project, tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM: the column is `text`, not `\\ufefftext`."""
+    root = bert_project.parent
+    data = tmp_path / "bom.csv"
+    data.write_bytes(b"\xef\xbb\xbf" + (root / "train.csv").read_bytes())
+    out = tmp_path / "model.yaml"
+    assert _init(root / "teacher", "--data", data, "--out", out).exit_code == 0
+    assert load_config(out).data.text_column == "text"

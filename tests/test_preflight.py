@@ -67,6 +67,16 @@ def test_an_unknown_loss_parameter_names_the_ones_it_takes(tmp_path):
     assert "loss 'logits' takes no parameter 'temp'" in line and "use temperature, alpha" in line
 
 
+def test_an_unquoted_on_parameter_is_read_as_on(tmp_path):
+    """YAML 1.1 reads `on:` as true; the relation loss's parameter is named `on`."""
+    cfg = _config(tmp_path, distill={"losses": [{"name": "relation", "params": {"on": "output"}}]})
+    text = cfg.read_text()
+    assert "'on':" in text  # as PyYAML writes it; a user writes it bare
+    cfg.write_text(text.replace("'on':", "on:"))
+    res = runner.invoke(app, ["validate", str(cfg)])
+    assert res.exit_code == 0, res.output
+
+
 def test_a_good_config_is_valid(tmp_path):
     res = runner.invoke(app, ["validate", str(_config(tmp_path))])
     assert res.exit_code == 0 and "valid" in res.output

@@ -229,6 +229,15 @@ def class_order(labels: list, declared: list[str] | None = None) -> list[str]:
     return sorted(present)
 
 
+def _label_key(name: object) -> str:
+    return str(name).strip().casefold()
+
+
+def _by_index(name: object) -> bool:
+    """A class name that stands for its index: `LABEL_3`, `3`."""
+    return re.fullmatch(r"(label_)?\d+(\.0+)?", _label_key(name)) is not None
+
+
 def align_labels(ds: Dataset, teacher_names: list[str] | None, source: str) -> Dataset:
     """Order class indices as the teacher's head does (by name) when the teacher names them."""
     if not teacher_names or not ds.label_names:
@@ -241,9 +250,19 @@ def align_labels(ds: Dataset, teacher_names: list[str] | None, source: str) -> D
             field="data.label_column",
             fix="use the data the teacher was trained on, or its label column",
         )
-    if set(teacher_names) != set(ds.label_names):
-        return ds  # generic names (LABEL_0 …): keep the sorted order
-    remap = np.array([teacher_names.index(n) for n in ds.label_names], np.int64)
+    key = {_label_key(n): i for i, n in enumerate(teacher_names)}
+    if set(key) != {_label_key(n) for n in ds.label_names}:
+        if all(_by_index(n) for n in teacher_names) or all(_by_index(n) for n in ds.label_names):
+            return ds  # generic names (LABEL_0 …) or class indices: the sorted order is the head's
+        raise UserError(
+            f"the data's labels {ds.label_names[:6]} are not the teacher's {teacher_names[:6]} "
+            "(its config.json id2label), so no class can be matched to its output",
+            source=source,
+            field="data.label_column",
+            fix="rename the data's labels to the teacher's, or give the teacher's id2label the "
+            "data's names",
+        )
+    remap = np.array([key[_label_key(n)] for n in ds.label_names], np.int64)
     return Dataset(
         Split(ds.train.features, remap[ds.train.labels]),
         Split(ds.eval.features, remap[ds.eval.labels]),

@@ -166,7 +166,8 @@ def _not_utf8(path: Path, e: UnicodeDecodeError, field: str) -> UserError:
 
 def _lines(path: Path, field: str) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8").split("\n")  # not splitlines: JSON may hold U+2028
+        # -sig: a BOM skipped; not splitlines: JSON may hold U+2028
+        return path.read_text(encoding="utf-8-sig").split("\n")
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e, field) from None
 
@@ -181,7 +182,7 @@ def _numbered_objects(path: Path, field: str, limit: int | None) -> list[tuple[i
     """(line number, object) of each non-blank line of a JSON Lines file (see json_objects)."""
     rows = []
     try:
-        with open(path, encoding="utf-8") as f:  # splits on newlines only (JSON may hold U+2028)
+        with open(path, encoding="utf-8-sig") as f:  # a BOM skipped; splits on newlines only
             for i, line in enumerate(islice(f, limit), 1):
                 if not line.strip():
                     continue
