@@ -135,6 +135,9 @@ def test_integer_labels_are_ordered_by_value(tmp_path):
     csv_file(tmp_path / "d.csv", "text,label\n" + rows)
     ds = load_dataset(text_cfg(tmp_path, source="d.csv"))
     assert ds.label_names == [str(i) for i in range(12)]
+    from kdc.data import class_order
+
+    assert class_order(["10.0", "2.0", "0.0"]) == ["0.0", "2.0", "10.0"]  # pandas after a NaN
 
 
 def _save_dataset(path: Path, splits: dict[str, int] | None, names: list[str]) -> Path:

@@ -219,13 +219,13 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
 
 def class_order(labels: list, declared: list[str] | None = None) -> list[str]:
     """Class names in index order: the data's declared order (a `datasets` ClassLabel), else
-    integer labels by value (`2` before `10`), else names A→Z. A teacher whose head has generic
-    names (LABEL_0 …) is read in this order."""
+    integer labels by value (`2` before `10`, also written `2.0`), else names A→Z. A teacher
+    whose head has generic names (LABEL_0 …) is read in this order."""
     present = {str(x) for x in labels}
     if declared and present <= set(declared):
         return list(declared)
-    if all(re.fullmatch(r"-?\d+", n) for n in present):
-        return sorted(present, key=int)
+    if all(re.fullmatch(r"-?\d+(\.0+)?", n) for n in present):  # 2.0: pandas after a NaN
+        return sorted(present, key=float)
     return sorted(present)
 
 
