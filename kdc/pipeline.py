@@ -56,6 +56,12 @@ class Context:
 
         t = load_teacher(self.cfg, self.dataset.num_labels)
         check_label_count(self, t)
+        tc = self.cfg.teacher
+        if t.family == "cnn" and not tc.weights:
+            self.log(
+                "  [yellow]warning[/yellow]: teacher.weights is not set: the teacher has the "
+                f"weights {tc.entrypoint or tc.name} gives it (random unless it loads trained ones)"
+            )
         return t
 
     def encode(self, split: str) -> dict[str, np.ndarray]:

@@ -313,3 +313,15 @@ def test_proxy_batch_draws_rows_in_order_cuts_text_and_leaves_images():
     assert list(proxy_batch(x, y, 99, 1, None)[1]) == list(y)  # size capped at the rows there are
     images = {"pixel_values": np.zeros((6, 3, 8, 8), np.float32)}
     assert proxy_batch(images, y, 1, 0, 4)[0]["pixel_values"].shape == (1, 3, 8, 8)
+
+
+def test_a_teacher_without_weights_is_warned(cnn_project, tmp_path):
+    """An entrypoint teacher without teacher.weights has whatever weights the function gives."""
+    cfg = write_yaml(tmp_path / "noweights.yaml", cnn_config(name="noweights", weights=None))
+    res = runner.invoke(app, ["search", str(cfg), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "teacher.weights is not set" in res.output and "kdc.models.cnn:small_cnn" in res.output
+    res = runner.invoke(
+        app, ["search", str(cnn_project), "--out", str(tmp_path / "run2"), "--target", "jetson"]
+    )
+    assert res.exit_code == 0 and "teacher.weights is not set" not in res.output
