@@ -74,12 +74,12 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print(f"error: {e}", markup=False)
             raise typer.Exit(2) from None
         except (KeyboardInterrupt, Interrupted) as e:
-            why = str(e) if isinstance(e, Interrupted) else "interrupted"
+            stop = e if isinstance(e, Interrupted) else Interrupted()
             err.print(
-                f"{why}: finished stages are kept; run the same command with --resume to continue",
+                f"{stop}: finished stages are kept; run the same command with --resume to continue",
                 markup=False,
             )
-            raise typer.Exit(e.exit_code if isinstance(e, Interrupted) else 130) from None
+            raise typer.Exit(stop.exit_code) from None
         except KdcError as e:
             err.print(f"failed: {e}", markup=False)
             raise typer.Exit(e.exit_code) from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class KdcError(Exception):
     """Base class of kdc's own errors."""
@@ -52,6 +54,14 @@ class ConstraintFailure(KdcError):
 
 
 class Interrupted(KdcError):
-    """Ctrl-C: the run stopped cleanly and can be resumed."""
+    """Ctrl-C or SIGTERM: the run stopped cleanly and can be resumed; exit 128 + the signal."""
 
-    exit_code = 130
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        self.exit_code = 128 + int(signum)
+        super().__init__(f"interrupted ({signal.Signals(signum).name})")
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first message line (its type name when it has none), for a one-line
+    error."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]

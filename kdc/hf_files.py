@@ -25,26 +25,14 @@ def read_config(path: Path, field: str) -> dict[str, Any]:
     try:
         data = json.loads(conf.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
-        raise UserError(
-            f"config.json is not UTF-8 (byte {e.start})",
-            source=str(conf),
-            field=field,
-            fix=CONFIG_FIX,
-        ) from None
+        problem = f"is not UTF-8 (byte {e.start})"
     except json.JSONDecodeError as e:
-        raise UserError(
-            f"config.json is not valid JSON (line {e.lineno})",
-            source=str(conf),
-            field=field,
-            fix=CONFIG_FIX,
-        ) from None
-    if not isinstance(data, dict):
-        raise UserError(
-            f"config.json holds {JSON_KINDS.get(type(data), 'a JSON value')}, not an object",
-            source=str(conf),
-            field=field,
-            fix=CONFIG_FIX,
-        )
+        problem = f"is not valid JSON (line {e.lineno})"
+    else:
+        kind = JSON_KINDS.get(type(data), "a JSON value")
+        problem = None if isinstance(data, dict) else f"holds {kind}, not an object"
+    if problem:
+        raise UserError(f"config.json {problem}", source=str(conf), field=field, fix=CONFIG_FIX)
     return data
 
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from kdc import __version__
 from kdc.config import KdcConfig
 from kdc.data.base import Dataset
-from kdc.errors import Interrupted, UserError
+from kdc.errors import Interrupted, UserError, first_line
 from kdc.models.base import ModelAdapter
 from kdc.profiles import HardwareProfile
 from kdc.rundir import RunDir, library_versions, sha256_file, sha256_json
@@ -120,9 +120,8 @@ def _probe_outputs(ctx: Context, teacher: ModelAdapter) -> int:
         field = "data.eval" if ctx.cfg.data.eval else "data.source"
         shape = getattr(features, "shape", None)
         what = f"input of shape {'x'.join(map(str, shape))}" if shape else "input"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(
-            f"the teacher failed on the first row of {field} ({what}): {first}",
+            f"the teacher failed on the first row of {field} ({what}): {first_line(e)}",
             source=ctx.cfg.source_file,
             field=field,
             fix="give the data the teacher was trained on (its channels; data.image_size), "
@@ -213,7 +212,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; a CI job's timeout or 
 
 
 @contextlib.contextmanager
-def _sigint_as_interrupt() -> Iterator[Callable[[], bool]]:
+def _signals_as_interrupt() -> Iterator[Callable[[], bool]]:
     """Ctrl-C or SIGTERM finishes nothing half-way: either raises KeyboardInterrupt (even where
     SIGINT was ignored, as in a background job), which leaves the pipeline as Interrupted for the
     CLI to report (exit 128 + the signal). Yields `pressed()`: a library's bare `except:`
@@ -233,17 +232,10 @@ def _sigint_as_interrupt() -> Iterator[Callable[[], bool]]:
     try:
         yield lambda: bool(pressed)
     except KeyboardInterrupt:
-        raise _interrupted(pressed) from None
+        raise Interrupted(pressed[0] if pressed else signal.SIGINT) from None
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def _interrupted(pressed: list[int]) -> Interrupted:
-    signum = pressed[0] if pressed else signal.SIGINT
-    e = Interrupted(f"interrupted ({signal.Signals(signum).name})")
-    e.exit_code = 128 + int(signum)
-    return e
 
 
 def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], bool]) -> None:
@@ -258,7 +250,7 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
         ctx.run.mark_failed(stage.name, f"{type(e).__name__}: {str(e)[:300]}")
         raise
     if pressed():
-        raise KeyboardInterrupt  # reported as Interrupted by _sigint_as_interrupt
+        raise KeyboardInterrupt  # reported as Interrupted by _signals_as_interrupt
     ctx.run.mark_done(stage.name, input_hash, out.outputs, out.metrics, time.perf_counter() - t0)
 
 
@@ -306,7 +298,7 @@ def run_stages(
         ctx.log(f"[dim]removed {len(stale)} temporary file(s) an interrupted run left[/dim]")
     tfp = teacher_fingerprint(ctx.cfg)
     upstream = ""
-    with _sigint_as_interrupt() as pressed:
+    with _signals_as_interrupt() as pressed:
         for stage in _stages():
             if only is not None and not set(only) & set(
                 STAGE_NAMES[STAGE_NAMES.index(stage.name) :]

@@ -250,9 +250,9 @@ def test_labels_are_matched_to_the_teacher_by_name_or_refused():
     assert list(ds.train.labels) == [1, 0, 2, 0]
     for generic in (["0", "1", "2"], ["0.0", "1.0", "2.0"]):
         assert list(align_labels(data(generic), teacher, "x.csv").train.labels) == [0, 1, 2, 1]
-    assert align_labels(
-        data(["mixed", "negative", "positive"]), ["LABEL_0", "LABEL_1", "LABEL_2"], "x.csv"
-    )
+    generic_head = ["LABEL_0", "LABEL_1", "LABEL_2"]
+    ds = align_labels(data(["mixed", "negative", "positive"]), generic_head, "x.csv")
+    assert ds.label_names == ["mixed", "negative", "positive"]
     with pytest.raises(UserError, match="not the teacher's") as e:
         align_labels(data(["mixed", "negative", "positive"]), teacher, "x.csv")
     assert e.value.field == "data.label_column"

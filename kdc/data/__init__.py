@@ -72,14 +72,18 @@ def _check_kind(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
     )
 
 
+def _saved_dataset(path: Path) -> bool:
+    """Whether `datasets`' save_to_disk wrote directory `path` (a DatasetDict or a Dataset)."""
+    return (path / "dataset_dict.json").is_file() or all(
+        (path / f).is_file() for f in ("dataset_info.json", "state.json")
+    )
+
+
 def _check_path(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
     """The format must fit the path: csv/tsv/jsonl/txt a file, an image folder a directory, and
     `datasets` a directory `datasets.load_from_disk` reads."""
     folder = fmt in ("imagefolder", "datasets")
-    saved = (path / "dataset_dict.json").is_file() or all(
-        (path / f).is_file() for f in ("dataset_info.json", "state.json")
-    )
-    if folder == path.is_dir() and (fmt != "datasets" or saved):
+    if folder == path.is_dir() and (fmt != "datasets" or _saved_dataset(path)):
         return
     if not folder:
         problem, fix = "a directory", f"point {field} to a {fmt} file, or set data.format: auto"
@@ -217,6 +221,9 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
     return Dataset(train, evs, names, kind, source)
 
 
+INDEX = r"-?\d+(\.0+)?"  # a class index as data holds it: 3, or 3.0 (pandas after a NaN)
+
+
 def class_order(labels: list, declared: list[str] | None = None) -> list[str]:
     """Class names in index order: the data's declared order (a `datasets` ClassLabel), else
     integer labels by value (`2` before `10`, also written `2.0`), else names A→Z. A teacher
@@ -224,7 +231,7 @@ def class_order(labels: list, declared: list[str] | None = None) -> list[str]:
     present = {str(x) for x in labels}
     if declared and present <= set(declared):
         return list(declared)
-    if all(re.fullmatch(r"-?\d+(\.0+)?", n) for n in present):  # 2.0: pandas after a NaN
+    if all(re.fullmatch(INDEX, n) for n in present):
         return sorted(present, key=float)
     return sorted(present)
 
@@ -235,7 +242,7 @@ def _label_key(name: object) -> str:
 
 def _by_index(name: object) -> bool:
     """A class name that stands for its index: `LABEL_3`, `3`."""
-    return re.fullmatch(r"(label_)?\d+(\.0+)?", _label_key(name)) is not None
+    return re.fullmatch(f"(label_)?{INDEX}", _label_key(name)) is not None
 
 
 def align_labels(ds: Dataset, teacher_names: list[str] | None, source: str) -> Dataset:

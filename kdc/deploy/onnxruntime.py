@@ -26,7 +26,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from kdc.data.batching import EVAL_BATCH, map_by_length
-from kdc.errors import UserError
+from kdc.errors import UserError, first_line
 from kdc.profiles import host_threads
 from kdc.rundir import atomic_path
 
@@ -93,9 +93,8 @@ def _reading(path: Path | str) -> Iterator[None]:
     try:
         yield
     except _MODEL_ERRORS as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(
-            f"not a usable ONNX model: {first}",
+            f"not a usable ONNX model: {first_line(e)}",
             source=str(path),
             fix="re-export the model; the file may be truncated or not ONNX",
         ) from None

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from kdc.errors import UserError
+from kdc.errors import UserError, first_line
 from kdc.hf_files import TOKENIZER_FIX, check_tokenizer, read_config
 from kdc.models.base import ModelAdapter
 from kdc.models.shapes import apply_shapes, tensor_shapes
@@ -81,8 +81,7 @@ def _load_error(e: Exception, path: Path, what: str, fix: str) -> UserError:
             field="teacher.trust_remote_code",
             fix="set it to true only if you trust that code",
         )
-    first = (str(e).splitlines() or [type(e).__name__])[0]
-    return UserError(f"{what}: {first[:200]}", source=str(path), field="teacher.path", fix=fix)
+    return UserError(f"{what}: {first_line(e)}", source=str(path), field="teacher.path", fix=fix)
 
 
 def load_pretrained(

@@ -102,8 +102,17 @@ def _note_uncalibrated(ctx: Context) -> None:
         )
 
 
-BASIS = ("kind", "model", "calibrated_from", "predictor_sha256", "target", "precision", "batch")
-BASIS += ("input_shape", "padding")
+BASIS = (  # the fields of a prediction that say how it was made
+    "kind",
+    "model",
+    "calibrated_from",
+    "predictor_sha256",
+    "target",
+    "precision",
+    "batch",
+    "input_shape",
+    "padding",
+)
 
 
 def prediction_basis(pred: dict) -> dict:
