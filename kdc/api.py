@@ -79,7 +79,14 @@ def _run(
             _clear(ctx.run.root, remove=not existed)  # bad input: leave no half-started run
         raise e.located(cfg.source_file) from None
     report = ctx.run / "report.json"
-    return read_json(report) if report.is_file() else ctx.run.manifest()
+    if not report.is_file():
+        return ctx.run.manifest()
+    result = read_json(report)
+    if stages is None and "report" not in ctx.ran:  # a resume of a finished run: its verdict
+        from kdc.deploy.report import console_summary
+
+        ctx.console.print(console_summary(result, brief=quiet))
+    return result
 
 
 def _any_stage_done(run: RunDir) -> bool:

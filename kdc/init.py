@@ -3,19 +3,17 @@ model.yaml that validates and is ready to run."""
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kdc.config import load_config
-from kdc.data.readers import json_objects
+from kdc.data.readers import datasets_layout, delimited_records, json_objects
 from kdc.errors import UserError
 from kdc.hf_files import check_tokenizer, label_names, read_config
 from kdc.rundir import atomic_path
@@ -51,6 +49,7 @@ class DataInfo:
     label_column: str | None = None
     labels: list[str] = field(default_factory=list)
     max_length: int | None = None
+    eval_split: str | None = None  # a `datasets` directory's split that evaluation reads
 
 
 def _hf_teacher(path: Path) -> TeacherInfo:
@@ -112,8 +111,10 @@ def inspect_teacher(model: Path) -> TeacherInfo:
 
 
 def _read_csv(path: Path, delimiter: str) -> list[dict]:
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8"
-        return list(islice(csv.DictReader(f, delimiter=delimiter), MAX_ROWS))
+    """The first rows as compress's reader parses them (quoting, BOM, malformed rows)."""
+    records = delimited_records(path, delimiter, "--data")[: MAX_ROWS + 1]
+    header = records[0][1] if records else []
+    return [dict(zip(header, rec, strict=False)) for _, rec in records[1:]]
 
 
 READERS: dict[str, Callable[[Path], list[dict]]] = {
@@ -156,16 +157,7 @@ def _table_data(path: Path, teacher: TeacherInfo) -> DataInfo:
             field="--data",
             fix=f"use {', '.join(READERS)}, an image folder or sklearn:digits",
         )
-    try:
-        rows = reader(path)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise UserError(
-            f"cannot parse ({type(e).__name__})",
-            source=str(path),
-            field="--data",
-            fix="save it as UTF-8 with a header row",
-        ) from None
-    return _rows_data(path, rows, teacher)
+    return _rows_data(path, reader(path), teacher)
 
 
 def _datasets_rows(path: Path, limit: int = 5000) -> list[dict]:
@@ -198,7 +190,7 @@ def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
         )
     values = {c: [r.get(c) for r in rows] for c in columns}
     text = max(columns, key=lambda c: _text_len(values[c]))
-    distinct = {c: sorted({str(v) for v in values[c]}) for c in columns if c != text}
+    distinct = {c: sorted({str(v).strip() for v in values[c]}) for c in columns if c != text}
     usable = [c for c, d in distinct.items() if 2 <= len(d) <= MAX_LABELS]
     if _text_len(values[text]) == 0 or not usable:
         raise UserError(
@@ -243,7 +235,9 @@ def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
     if not path.exists():
         raise UserError("data not found", source=data, field="--data", fix="check the path")
     if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
-        return _rows_data(path, _datasets_rows(path), teacher)
+        info = _rows_data(path, _datasets_rows(path), teacher)
+        info.eval_split = datasets_layout(path, info.label_column)[0]
+        return info
     return _image_data(path) if path.is_dir() else _table_data(path, teacher)
 
 
@@ -315,6 +309,8 @@ def _data_lines(d: DataInfo, base: Path) -> list[str]:
         ]
     if d.max_length:
         lines.append(f"  max_length: {d.max_length}   # tokens; covers ~95 % of rows")
+    if d.eval_split:
+        return [*lines, f"  # evaluation reads the directory's '{d.eval_split}' split"]
     return [*lines, "  eval_fraction: 0.2   # held out for evaluation (or set data.eval: FILE)"]
 
 

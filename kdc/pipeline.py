@@ -40,6 +40,7 @@ class Context:
     console: Console
     quiet: bool = False
     device_results: Path | None = None  # results/ brought back from a device bundle
+    ran: list[str] = field(default_factory=list)  # stages this invocation ran (not skipped)
 
     @cached_property
     def dataset(self) -> Dataset:
@@ -252,6 +253,7 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
     if pressed():
         raise KeyboardInterrupt  # reported as Interrupted by _signals_as_interrupt
     ctx.run.mark_done(stage.name, input_hash, out.outputs, out.metrics, time.perf_counter() - t0)
+    ctx.ran.append(stage.name)
 
 
 def require_stage(ctx: Context, name: str) -> None:

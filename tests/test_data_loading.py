@@ -3,6 +3,7 @@ and malformed CSV files named by line."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,24 @@ def test_spreadsheet_exports_read(tmp_path):
     content = "\ufefftext,label,note,extra\ngood,pos,,\nbad,neg,x\nok,pos\nfine,neg,,,,\n"
     texts, labels = read_delimited(csv_file(tmp_path / "d.csv", content), "text", "label", ",")
     assert texts == ["good", "bad", "ok", "fine"] and labels == ["pos", "neg", "pos", "neg"]
+
+
+def test_labels_are_read_without_surrounding_spaces(tmp_path):
+    """`pos ` and ` pos` (a hand-edited row, `a, b` CSV style) are the class `pos`, not more."""
+    content = "text,label\ngood,pos\nbad,neg \nok, pos\nfine,\tneg\n"
+    _, labels = read_delimited(csv_file(tmp_path / "d.csv", content), "text", "label", ",")
+    assert labels == ["pos", "neg", "pos", "neg"]
+
+
+def test_a_json_array_of_objects_reads_as_json_lines_do(tmp_path):
+    """pandas' `to_json(orient="records")`; its rows are named by item."""
+    rows = [{"text": f"film {i}", "label": "pos" if i % 2 else "neg"} for i in range(20)]
+    csv_file(tmp_path / "d.json", json.dumps(rows, indent=1))
+    ds = load_dataset(text_cfg(tmp_path, source="d.json", text_column="text", label_column="label"))
+    assert ds.label_names == ["neg", "pos"] and ds.num_labels == 2
+    csv_file(tmp_path / "d.json", json.dumps([*rows, {"text": "film"}]))
+    with pytest.raises(UserError, match="item 21 has no 'label'"):
+        load_dataset(text_cfg(tmp_path, source="d.json", text_column="text", label_column="label"))
 
 
 def test_integer_labels_are_ordered_by_value(tmp_path):

@@ -106,6 +106,10 @@ def test_constraint_failure_exits_1(cnn_project, tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["passed"] is False
     assert any(c["name"] == "latency_p99_ms" and not c["pass"] for c in report["constraints"])
+    # resuming the finished run runs nothing and still says why it failed
+    res = _compress(path, tmp_path / "run", "host", "--resume")
+    assert res.exit_code == 1 and "up to date" not in res.output  # -q
+    assert "FAIL latency_p99_ms" in res.output and res.output.split()[-1] == "FAILED"
 
 
 def test_bad_config_exits_2_with_one_line(tmp_path):

@@ -64,6 +64,9 @@ def test_init_reads_a_datasets_directory(bert_project, tmp_path):
     assert res.exit_code == 0, res.output
     cfg = load_config(tmp_path / "m.yaml")
     assert (cfg.data.text_column, cfg.data.label_column) == ("text", "label")
+    # its test split is the eval set: nothing is held out, and the comment says so
+    text = (tmp_path / "m.yaml").read_text()
+    assert "reads the directory's 'test' split" in text and "eval_fraction" not in text
     plan = runner.invoke(app, ["compress", str(tmp_path / "m.yaml"), "--dry-run"])
     assert plan.exit_code == 0, plan.output
 
@@ -201,3 +204,15 @@ def test_init_reads_past_a_utf8_bom_as_compress_does(bert_project, tmp_path):
     out = tmp_path / "model.yaml"
     assert _init(root / "teacher", "--data", data, "--out", out).exit_code == 0
     assert load_config(out).data.text_column == "text"
+
+
+def test_init_parses_quotes_as_compress_does(bert_project, tmp_path):
+    """An unquoted TSV text opening a quote it never closes merges rows in a lenient reader:
+    kdc init refuses it with compress's error instead of writing a config compress refuses."""
+    data = tmp_path / "d.tsv"
+    rows = '"Best drug ever\tpositive\nawful side effects\tnegative\n'
+    data.write_text("text\tlabel\n" + rows * 5)
+    res = _init(bert_project.parent / "teacher", "--data", data, "--out", tmp_path / "m.yaml")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "--data" in lines[0] and "quote" in lines[0] and "line 2" in lines[0], res.output

@@ -158,7 +158,7 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
         )
     rng = np.random.default_rng(cfg.split_seed())
     label_col = None if cfg.task == "sentence-embedding" else d.label_column
-    has_eval, declared = (False, None)
+    has_eval, declared = None, None
     if fmt == "datasets":
         has_eval, declared = datasets_layout(src_path, label_col)
     if d.eval:

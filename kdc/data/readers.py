@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,14 @@ def _columns(
 
 
 def _label(value: object, path: Path, where: str) -> object:
-    """`value` as a class label: one that is blank, null or a list/object is a UserError."""
+    """`value` as a class label, a text one without surrounding spaces (`positive ` is the class
+    `positive`): one that is blank, null or a list/object is a UserError."""
     if value is None or isinstance(value, str) and not value.strip():
         problem = "is blank" if value is not None else "is null"
     elif isinstance(value, list | dict):
         problem = f"is not a single value ({json.dumps(value)[:40]})"
     else:
-        return value
+        return value.strip() if isinstance(value, str) else value
     raise UserError(
         f"the label at {where} {problem}",
         source=str(path),
@@ -80,7 +82,7 @@ QUOTING_FIX = (
 )
 
 
-def _records(path: Path, delimiter: str, field: str) -> list[tuple[int, list[str]]]:
+def delimited_records(path: Path, delimiter: str, field: str) -> list[tuple[int, list[str]]]:
     """(first line number, fields) of each non-blank record. Parsed leniently (`"good" film`
     reads as Excel does), then every record over several lines, and the last one, strictly: a
     quote left open (read to the end of the file) or closed in the wrong place (rows merged
@@ -140,7 +142,7 @@ def read_delimited(
 ) -> Rows:
     """Texts and labels of a CSV/TSV with a header row; a row may lack trailing fields after the
     text and label columns, or carry empty ones, but not hold more values than the header."""
-    records = _records(path, delimiter, field)
+    records = delimited_records(path, delimiter, field)
     header = records[0][1] if records else []
     needed = max((header.index(c) for c in (text_col, label_col) if c in header), default=-1)
     rows = []
@@ -172,46 +174,73 @@ def _lines(path: Path, field: str) -> list[str]:
         raise _not_utf8(path, e, field) from None
 
 
+JSON_FIX = "one JSON object per line (JSON Lines), or a JSON array of objects"
+
+
 def json_objects(path: Path, field: str = "data.source", limit: int | None = None) -> list[dict]:
     """The objects of a JSON Lines file (of its first `limit` lines, read as a stream; blank
-    lines skipped); a line that is not a JSON object is a UserError naming `field`."""
-    return [row for _, row in _numbered_objects(path, field, limit)]
+    lines skipped) or of a JSON array (`[{...}, ...]`, pandas' `orient="records"`); a line or
+    item that is not a JSON object is a UserError naming `field`."""
+    return [row for _, row in _numbered_objects(path, field, limit)[0]]
 
 
-def _numbered_objects(path: Path, field: str, limit: int | None) -> list[tuple[int, dict]]:
-    """(line number, object) of each non-blank line of a JSON Lines file (see json_objects)."""
-    rows = []
+def _numbered_objects(
+    path: Path, field: str, limit: int | None
+) -> tuple[list[tuple[int, dict]], str]:
+    """(number, object) pairs of a JSON Lines file or a JSON array (see json_objects), and what
+    the numbers count: "line" or "item"."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # a BOM skipped; splits on newlines only
-            for i, line in enumerate(islice(f, limit), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise UserError(
-                        f"line {i} is not JSON",
-                        source=str(path),
-                        field=field,
-                        fix="one JSON object per line",
-                    ) from None
-                if not isinstance(row, dict):
-                    raise UserError(
-                        f"line {i} is not a JSON object",
-                        source=str(path),
-                        field=field,
-                        fix="one JSON object per line",
-                    )
-                rows.append((i, row))
+            if f.read(256).lstrip().startswith("["):
+                f.seek(0)
+                return _array_objects(path, f.read(), field, limit), "item"
+            f.seek(0)
+            return _line_objects(path, f, field, limit), "line"
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e, field) from None
+
+
+def _line_objects(path: Path, f: Iterable[str], field: str, limit: int | None) -> list:
+    rows = []
+    for i, line in enumerate(islice(f, limit), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(
+                f"line {i} is not JSON", source=str(path), field=field, fix=JSON_FIX
+            ) from None
+        rows.append((i, _object(row, path, field, f"line {i}")))
     return rows
+
+
+def _array_objects(path: Path, text: str, field: str, limit: int | None) -> list:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"not valid JSON ({e.msg} at line {e.lineno})",
+            source=str(path),
+            field=field,
+            fix=JSON_FIX,
+        ) from None
+    return [(i, _object(x, path, field, f"item {i}")) for i, x in enumerate(items[:limit], 1)]
+
+
+def _object(row: object, path: Path, field: str, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise UserError(
+            f"{where} is not a JSON object", source=str(path), field=field, fix=JSON_FIX
+        )
+    return row
 
 
 def read_jsonl(
     path: Path, text_col: str, label_col: str | None, field: str = "data.source"
 ) -> Rows:
-    return _columns(_numbered_objects(path, field, None), path, text_col, label_col, field)
+    rows, unit = _numbered_objects(path, field, None)
+    return _columns(rows, path, text_col, label_col, field, unit)
 
 
 def read_txt(path: Path, field: str = "data.source") -> Rows:
@@ -235,19 +264,15 @@ def read_datasets(
         ) from None
     ds = load_from_disk(str(path))
     if isinstance(ds, DatasetDict):
-        names = (
-            [n for n in (split, "validation", "test") if n in ds and _labelled(ds[n], label_col)]
-            if split != "train"
-            else (["train"] if "train" in ds else [])
-        )
-        if not names:
+        name = eval_split(ds, label_col, split) if split != "train" else "train"
+        if name not in ds:
             raise UserError(
                 f"no '{split}' split (splits: {', '.join(ds)})",
                 source=str(path),
                 field=field,
                 fix="save a DatasetDict with train/test splits",
             )
-        ds = ds[names[0]]
+        ds = ds[name]
     rows = [
         (i, dict(zip(ds.column_names, vals, strict=True)))
         for i, vals in enumerate(zip(*(ds[c] for c in ds.column_names), strict=True))
@@ -274,18 +299,24 @@ def _labelled(part: Any, label_col: str | None) -> bool:
     return max(part[label_col]) >= 0
 
 
-def datasets_layout(path: Path, label_col: str | None) -> tuple[bool, list[str] | None]:
-    """Of a `datasets` directory: whether it has an eval split (a DatasetDict with `test` or
-    `validation`), and its label column's declared class names in index order (a ClassLabel)."""
+def eval_split(ds: Any, label_col: str | None, first: str = "test") -> str | None:
+    """The split of a DatasetDict that evaluation reads: the first labelled one of `first`,
+    `validation` and `test`; None where none is (eval rows are then held out from train)."""
+    names = (first, "validation", "test")
+    return next((n for n in names if n in ds and _labelled(ds[n], label_col)), None)
+
+
+def datasets_layout(path: Path, label_col: str | None) -> tuple[str | None, list[str] | None]:
+    """Of a `datasets` directory: its eval split's name (None: not a DatasetDict or no labelled
+    `test` / `validation` split), and its label column's declared class names in index order (a
+    ClassLabel)."""
     from datasets import DatasetDict, load_from_disk
 
     ds = load_from_disk(str(path))  # memory-mapped: cheap to open again
-    has_eval = isinstance(ds, DatasetDict) and any(
-        _labelled(ds[n], label_col) for n in ("test", "validation") if n in ds
-    )
+    split = eval_split(ds, label_col) if isinstance(ds, DatasetDict) else None
     first = next(iter(ds.values())) if isinstance(ds, DatasetDict) else ds
     feat = first.features.get(label_col) if label_col else None
-    return has_eval, list(feat.names) if hasattr(feat, "names") else None
+    return split, list(feat.names) if hasattr(feat, "names") else None
 
 
 def read_imagefolder(
