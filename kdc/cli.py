@@ -455,8 +455,10 @@ def init(
     from kdc.init import init_config
 
     path, teacher, info = init_config(model_dir, data, out_file, force=force)
-    cols = f"; text '{info.text_column}', labels '{info.label_column}'" if info.text_column else ""
-    out.print(f"wrote {path} ({teacher.task}, {len(info.labels)} classes{cols})", markup=False)
+    parts = [teacher.task, f"{len(info.labels)} classes" if info.labels else f"{info.rows} texts"]
+    parts += [f"text '{info.text_column}'"] if info.text_column else []
+    parts += [f"labels '{info.label_column}'"] if info.label_column else []
+    out.print(f"wrote {path} ({', '.join(parts)})", markup=False)
     if teacher.kind == "safetensors":
         out.print("edit teacher.entrypoint (marked CHANGE) before running", markup=False)
     out.print(f"next: kdc compress {path} --target host", markup=False)

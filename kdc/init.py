@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from kdc.config import load_config
-from kdc.data.readers import datasets_layout, delimited_records, json_objects
+from kdc.data.readers import datasets_layout, delimited_records, json_objects, read_txt
 from kdc.errors import UserError
 from kdc.hf_files import check_tokenizer, label_names, read_config
 from kdc.rundir import atomic_path
@@ -21,7 +21,7 @@ from kdc.rundir import atomic_path
 MAX_ROWS = 20_000  # rows read to guess columns and labels
 MAX_LABELS = 100  # more distinct values than this is not a label column
 # HF architecture suffix -> task kdc runs for it
-HF_TASKS = {"ForSequenceClassification": "text-classification"}
+HF_TASKS = {"ForSequenceClassification": "text-classification", "Model": "sentence-embedding"}
 HEAD_RX = re.compile(r"(^|\.)(classifier|head|fc)(\.\d+)?\.weight$")
 
 
@@ -61,12 +61,14 @@ def _hf_teacher(path: Path) -> TeacherInfo:
             f"architecture {archs or 'unknown'} is not one kdc init can set up",
             source=str(path / "config.json"),
             field="architectures",
-            fix="use a *ForSequenceClassification model, or write model.yaml by hand "
-            "(README: Configuration)",
+            fix="use a *ForSequenceClassification model or a bare encoder (*Model, e.g. a "
+            "sentence-transformers directory), or write model.yaml by hand (README: Configuration)",
         )
     check_tokenizer(path, "MODEL_DIR")  # fail here, not in compress (every task reads text)
-    names = label_names(conf, path)
-    n = conf.get("num_labels") or len(names) or None
+    names, n = [], None  # an encoder has no head, whatever labels its config carries
+    if task == "text-classification":
+        names = label_names(conf, path)
+        n = conf.get("num_labels") or len(names) or None
     return TeacherInfo(
         "huggingface",
         path,
@@ -179,8 +181,14 @@ def _datasets_rows(path: Path, limit: int = 5000) -> list[dict]:
 
 def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
     """The text and label columns of table rows (the label column with the teacher's number of
-    classes, else the one with fewest), and a max_length for the texts."""
+    classes, else the one with fewest; none for an embedding teacher), and a max_length for the
+    texts."""
     columns = list(rows[0]) if rows else []
+    if teacher.task == "sentence-embedding" and rows:
+        text = max(columns, key=lambda c: _text_len([r.get(c) for r in rows]))
+        texts = [str(r.get(text) or "") for r in rows]
+        limit = teacher.max_positions
+        return DataInfo(str(path), "text", len(rows), text, None, [], _max_length(texts, limit))
     if not rows or len(columns) < 2:
         raise UserError(
             f"{len(rows)} rows, columns {columns}",
@@ -238,17 +246,27 @@ def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
         info = _rows_data(path, _datasets_rows(path), teacher)
         info.eval_split = datasets_layout(path, info.label_column)[0]
         return info
+    if path.suffix.lower() == ".txt" and path.is_file():
+        texts = read_txt(path, "--data")[0][:MAX_ROWS]
+        limit = teacher.max_positions
+        return DataInfo(str(path), "text", len(texts), max_length=_max_length(texts, limit))
     return _image_data(path) if path.is_dir() else _table_data(path, teacher)
 
 
 def check_match(teacher: TeacherInfo, data: DataInfo) -> None:
     """The teacher's classes and the data's must agree in kind and number."""
-    want = "text" if teacher.task == "text-classification" else "image"
+    want = "image" if teacher.task == "image-classification" else "text"
     if data.kind != want:
         raise UserError(
             f"the teacher is a {teacher.task} model but {data.source} is {data.kind} data",
             field="--data",
             fix=f"pass {want} data the teacher was trained on",
+        )
+    if teacher.task != "sentence-embedding" and not data.labels:
+        raise UserError(
+            f"{data.source} has texts but no labels",
+            field="--data",
+            fix="pass a csv/tsv/jsonl file or datasets directory with a text and a label column",
         )
     if teacher.num_labels is not None and teacher.num_labels != len(data.labels):
         where = f"column '{data.label_column}' of " if data.label_column else ""
@@ -302,11 +320,12 @@ def _data_lines(d: DataInfo, base: Path) -> list[str]:
     where = "" if d.source.startswith("sklearn:") else "; relative to this file"
     lines = ["data:", f"  source: {_v(source)}   # {d.rows or '?'} rows{where}"]
     if d.text_column:
-        lines += [
-            f"  text_column: {_v(d.text_column)}   # the longest-text column",
+        lines.append(f"  text_column: {_v(d.text_column)}   # the longest-text column")
+    if d.label_column:
+        lines.append(
             f"  label_column: {_v(d.label_column)}   # {len(d.labels)} classes: "
-            f"{', '.join(d.labels[:10])}",
-        ]
+            f"{', '.join(d.labels[:10])}"
+        )
     if d.max_length:
         lines.append(f"  max_length: {d.max_length}   # tokens; covers ~95 % of rows")
     if d.eval_split:
@@ -322,6 +341,16 @@ def _student_lines(t: TeacherInfo) -> list[str]:
             f"  layers: {keep}   # keep {keep} of the teacher's {t.layers} layers, evenly spaced",
         ]
     return ["student:", "  width: 0.5   # keep half of each conv's channels"]
+
+
+def _drop_lines(t: TeacherInfo) -> list[str]:
+    if t.task == "sentence-embedding":
+        return [
+            "  # the shipped engine's mean cosine with the teacher's embeddings on held-out texts",
+            "  # (the teacher's own is 1.0; examples/embeddings: 0.84 at 2 of 6 layers, INT8)",
+            "  max_accuracy_drop: 0.15",
+        ]
+    return ["  max_accuracy_drop: 0.02   # teacher accuracy minus the shipped engine's"]
 
 
 def render(name: str, teacher: TeacherInfo, data: DataInfo, base: Path) -> str:
@@ -343,7 +372,7 @@ def render(name: str, teacher: TeacherInfo, data: DataInfo, base: Path) -> str:
             "quantize:",
             "  precision: int8   # fp32, fp16 or int8",
             "constraints:",
-            "  max_accuracy_drop: 0.02   # teacher accuracy minus the shipped engine's",
+            *_drop_lines(teacher),
             "  # latency_budget_ms: 10   # default: the target profile's",
             "",
         ]

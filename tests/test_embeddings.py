@@ -182,3 +182,26 @@ def test_evolution_search_without_labels_is_a_config_error(tmp_path):
     assert res.exit_code == 2
     assert "search.strategy" in res.output and "strategy fixed" in res.output
     assert "Traceback" not in res.output
+
+
+def test_init_sets_up_a_sentence_embedding_teacher(tmp_path):
+    """A sentence-transformers directory (a bare BertModel) with a text file, or a table whose
+    longest-text column is the text: a sentence-embedding config that plans."""
+    from kdc.cli import app
+    from kdc.config import load_config
+
+    teacher = _encoder_dir(tmp_path / "teacher")
+    (tmp_path / "t.txt").write_text("\n".join(_texts(50, 1)) + "\n")
+    rows = "".join(f"{i},{t}\n" for i, t in enumerate(_texts(50, 2)))
+    (tmp_path / "t.csv").write_text("id,sentence\n" + rows)
+    for data, column in (("t.txt", None), ("t.csv", "sentence")):
+        out = tmp_path / f"{data}.yaml"
+        res = CliRunner().invoke(
+            app, ["init", str(teacher), "--data", str(tmp_path / data), "--out", str(out)]
+        )
+        assert res.exit_code == 0, res.output
+        cfg = load_config(out)
+        assert cfg.task == "sentence-embedding" and cfg.student.layers == 2
+        assert cfg.data.text_column == (column or "text") and "mean cosine" in out.read_text()
+        plan = CliRunner().invoke(app, ["compress", str(out), "--dry-run"])
+        assert plan.exit_code == 0, plan.output

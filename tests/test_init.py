@@ -113,12 +113,14 @@ def test_init_errors_are_one_line(bert_project, tmp_path):
     (tmp_path / "exists.yaml").write_text("x: 1\n")
     (tmp_path / "adir").mkdir()
     (tmp_path / "list.jsonl").write_text('{"text": "good", "label": 1}\n[1, 2]\n')
+    (tmp_path / "texts.txt").write_text("a good film\na bad plot\n")  # no labels
     cases = [
         ([tmp_path / "missing", "--data", root / "train.csv"], "MODEL_DIR"),
         ([root / "teacher", "--data", tmp_path / "nope.csv"], "--data"),
         ([root / "teacher", "--data", bad], "--data"),
         ([root / "teacher", "--data", tmp_path / "list.jsonl"], "--data"),
         ([root / "teacher", "--data", "sklearn:digits"], "--data"),
+        ([root / "teacher", "--data", tmp_path / "texts.txt"], "--data"),
         (
             [root / "teacher", "--data", root / "train.csv", "--out", tmp_path / "exists.yaml"],
             "--out",
