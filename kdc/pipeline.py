@@ -193,10 +193,19 @@ def teacher_fingerprint(cfg: KdcConfig) -> str:
     return sha256_json({p.name: sha256_file(p) for p in files})
 
 
+# Settings that change how fast or in how much memory a stage runs, not what it computes (the
+# teacher cache's outputs equal the teacher's up to float rounding, as another thread count's
+# would): not hashed, so changing one does not redo a finished stage.
+UNHASHED = {"distill": ("teacher_cache_mb",)}
+
+
 def stage_hash(
     stage: Stage, cfg: KdcConfig, profile: HardwareProfile, upstream: str, teacher_fp: str
 ) -> str:
     data = cfg.fingerprint()
+    for section, keys in UNHASHED.items():
+        for key in keys:
+            data.get(section, {}).pop(key, None)
     return sha256_json(
         {
             "kdc": __version__,
