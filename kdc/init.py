@@ -21,7 +21,11 @@ from kdc.rundir import atomic_path
 MAX_ROWS = 20_000  # rows read to guess columns and labels
 MAX_LABELS = 100  # more distinct values than this is not a label column
 # HF architecture suffix -> task kdc runs for it
-HF_TASKS = {"ForSequenceClassification": "text-classification", "Model": "sentence-embedding"}
+HF_TASKS = {
+    "ForSequenceClassification": "text-classification",
+    "ForImageClassification": "image-classification",
+    "Model": "sentence-embedding",
+}
 HEAD_RX = re.compile(r"(^|\.)(classifier|head|fc)(\.\d+)?\.weight$")
 
 
@@ -61,12 +65,14 @@ def _hf_teacher(path: Path) -> TeacherInfo:
             f"architecture {archs or 'unknown'} is not one kdc init can set up",
             source=str(path / "config.json"),
             field="architectures",
-            fix="use a *ForSequenceClassification model or a bare encoder (*Model, e.g. a "
-            "sentence-transformers directory), or write model.yaml by hand (README: Configuration)",
+            fix="use a *ForSequenceClassification or *ForImageClassification model or a bare "
+            "text encoder (*Model, e.g. a sentence-transformers directory), or write model.yaml "
+            "by hand (README: Configuration)",
         )
-    check_tokenizer(path, "MODEL_DIR")  # fail here, not in compress (every task reads text)
+    if task != "image-classification":
+        check_tokenizer(path, "MODEL_DIR")  # fail here, not in compress
     names, n = [], None  # an encoder has no head, whatever labels its config carries
-    if task == "text-classification":
+    if task != "sentence-embedding":
         names = label_names(conf, path)
         n = conf.get("num_labels") or len(names) or None
     return TeacherInfo(

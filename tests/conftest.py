@@ -30,3 +30,9 @@ def _one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def vit_project(tmp_path_factory) -> Path:
+    """A digits project with a trained 4-layer tiny ViT (Hugging Face directory)."""
+    return tiny.make_vit_project(tmp_path_factory.mktemp("vit"))

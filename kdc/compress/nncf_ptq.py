@@ -32,8 +32,9 @@ def quantize_int8_nncf(
 ) -> Path:
     """Quantize `src` to `dst` (atomically) calibrated on `calib_inputs` (batches of named
     inputs). Symmetric activations use NNCF's PERFORMANCE preset with the overflow fix disabled
-    (TensorRT); otherwise the MIXED preset (asymmetric activations, better on CPUs), with each
-    quantized embedding table gathered in INT8 and scaled after (`gather_then_dequantize`).
+    and only signed Q/DQ (`signed_qdq`; TensorRT); otherwise the MIXED preset (asymmetric
+    activations, better on CPUs), with each quantized embedding table gathered in INT8 and
+    scaled after (`gather_then_dequantize`).
     `op_types` limits which ops are quantized (None: NNCF's default set); `nodes_to_exclude`
     (node names) stay in float."""
     nncf = import_nncf()
@@ -58,11 +59,44 @@ def quantize_int8_nncf(
         validate=False,
     )
     q = quantize(model, items, preset=preset, ignored_scope=ignored, advanced_parameters=advanced)
-    if not symmetric_activations:  # ONNX Runtime (CPU) graphs; TensorRT folds DQ of constants
-        q = gather_then_dequantize(q)
+    # TensorRT (symmetric) takes signed Q/DQ and folds DQ of constants; CPU graphs gather rows
+    q = signed_qdq(q) if symmetric_activations else gather_then_dequantize(q)
     with atomic_path(Path(dst)) as tmp:
         onnx.save(q, str(tmp))
     return Path(dst)
+
+
+def signed_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make every UINT8 Q/DQ with zero point 0 (NNCF's choice for a tensor it saw never go
+    negative, such as a Softmax's output, even under the symmetric preset) INT8 with zero point
+    0 and its scale × 255/127: the same range [0, 255 × scale], one bit coarser. TensorRT takes
+    INT8 Q/DQ only."""
+    g = model.graph
+    init = {i.name: i for i in g.initializer}
+    unsigned = {
+        n.input[2]
+        for n in g.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+        and len(n.input) == 3
+        and n.input[2] in init
+        and n.input[1] in init
+        and init[n.input[2]].data_type == TensorProto.UINT8
+        and not numpy_helper.to_array(init[n.input[2]]).any()  # else asymmetric: lint names it
+    }
+    scales = {n.input[1] for n in g.node if len(n.input) == 3 and n.input[2] in unsigned}
+    for name in unsigned:
+        zp = init[name]
+        zp.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(zp).astype(np.int8), name))
+    for name in scales:
+        wide = numpy_helper.to_array(init[name]) * np.float32(255 / 127)
+        init[name].CopyFrom(numpy_helper.from_array(wide.astype(np.float32), name))
+    quantized = {
+        n.output[0] for n in g.node if n.op_type == "QuantizeLinear" and n.input[2] in unsigned
+    }
+    for info in [*g.value_info, *g.output]:
+        if info.name in quantized:
+            info.type.tensor_type.elem_type = TensorProto.INT8
+    return model
 
 
 def gather_then_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -91,12 +91,14 @@ def _grad_cam(
 ) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al.) of each row's label: the activations weighted by the
     position-averaged gradient of the label's logit, summed over channels, ReLU; B×L over tokens
-    (zero on padding) for B×L×C activations with a `mask`, else B×H×W over pixels."""
+    for B×L×C activations (zero on padding where a `mask` is given; a vision transformer has
+    none), else B×H×W over pixels."""
     y = torch.from_numpy(np.asarray(labels)).long()
     (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), acts)
     a = acts.detach()
-    if mask is not None:
-        return F.relu((grad.mean(1, keepdim=True) * a).sum(-1)) * mask
+    if a.dim() == 3:
+        cam = F.relu((grad.mean(1, keepdim=True) * a).sum(-1))
+        return cam if mask is None else cam * mask
     return F.relu((grad.mean((2, 3), keepdim=True) * a).sum(1))
 
 

@@ -53,7 +53,7 @@ def _transformer_args(
     hidden_ratio: float,
     steps: int,
 ) -> dict[str, Any]:
-    from kdc.models.hf import layer_list
+    from kdc.models.hf import hidden_size, layer_list
 
     model = adapter.model  # type: ignore[attr-defined]
     blocks = list(layer_list(model))
@@ -64,7 +64,7 @@ def _transformer_args(
             field="prune.enabled",
             fix="set prune.enabled: false",
         )
-    width = model.get_input_embeddings().weight.shape[1]
+    width = hidden_size(model)
     qkv = {lin: a for a in attns for lin in (a.query, a.key, a.value)}
     residual = [
         m
@@ -85,6 +85,14 @@ def _transformer_args(
         "_head_lists": {
             lin: head_schedule(a.num_attention_heads, head_ratio, steps) for lin, a in qkv.items()
         },
+        # a vision transformer's [CLS] token and position embeddings: bare parameters whose
+        # last axis is the residual stream
+        "unwrapped_parameters": {
+            p: p.dim() - 1
+            for name in ("cls_token", "position_embeddings")
+            if isinstance(p := getattr(model.base_model.embeddings, name, None), nn.Parameter)
+        }
+        or None,
     }
 
 

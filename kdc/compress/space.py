@@ -115,7 +115,7 @@ class TransformerSpace(Space):
         self.n_layers, self.hidden = arch["num_hidden_layers"], arch["hidden_size"]
         self.heads = arch["num_attention_heads"]
         self.inter = next(getattr(conf, k) for k in INTERMEDIATE_KEYS if hasattr(conf, k))
-        self.max_length = arch["max_length"]
+        self.max_length = arch.get("max_length")  # text; a vision transformer has image_size
         head_dims = sorted({*HEAD_DIMS, self.hidden // self.heads})
         widths = {
             (h * n, n)
@@ -154,6 +154,9 @@ class TransformerSpace(Space):
         return Candidate(dict(genes), arch, spec, cost, f"L{n} H{hidden} A{heads} I{inter}")
 
     def input_shapes(self, batch: int) -> dict[str, list[int]]:
+        a = self.teacher_arch
+        if "image_size" in a:
+            return {"pixel_values": [batch, a["num_channels"], a["image_size"], a["image_size"]]}
         return {"input_ids": [batch, self.max_length], "attention_mask": [batch, self.max_length]}
 
     def from_architecture(self, arch: dict[str, Any]) -> dict[str, Any]:

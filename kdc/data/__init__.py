@@ -20,6 +20,7 @@ from kdc.data.readers import (
     read_txt,
 )
 from kdc.errors import UserError
+from kdc.hf_files import read_config
 
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
 IMAGE_FORMATS = ("imagefolder", "sklearn")
@@ -101,6 +102,18 @@ def _check_path(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
     )
 
 
+def _image_size(cfg: KdcConfig) -> int:
+    """`data.image_size`, else a Hugging Face image teacher's own (config.json), else 224."""
+    if cfg.data.image_size:
+        return cfg.data.image_size
+    conf = cfg.resolve(cfg.teacher.path) / "config.json" if cfg.teacher.path else None
+    if cfg.task == "image-classification" and conf is not None and conf.is_file():
+        size = read_config(conf.parent, "teacher.path").get("image_size")
+        if isinstance(size, int) and size > 0:
+            return size
+    return 224
+
+
 def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
     d = cfg.data
     label = None if cfg.task == "sentence-embedding" else d.label_column
@@ -128,7 +141,7 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
         "jsonl": lambda: read_jsonl(path, d.text_column, label, field),
         "txt": lambda: read_txt(path, field),
         "datasets": lambda: read_datasets(path, d.text_column, label, split, field),
-        "imagefolder": lambda: read_imagefolder(path, d.image_size or 224, field),
+        "imagefolder": lambda: read_imagefolder(path, _image_size(cfg), field),
         "sklearn": read_digits,
     }
     return readers[fmt]()

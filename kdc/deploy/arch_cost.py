@@ -25,7 +25,9 @@ def _transformer(
 ) -> GraphCost:
     """A BERT-style encoder as torch.onnx exports it: mask, embeddings + LN, per layer Q/K/V
     GEMMs, one attention kernel, output GEMM(+residual), LN, FFN GEMM(+GELU), GEMM(+residual),
-    LN; then CLS gather, pooler GEMM+tanh and classifier GEMM (or mean pooling)."""
+    LN; then CLS gather, pooler GEMM+tanh and classifier GEMM (or mean pooling). A vision
+    transformer (`patch_size`): patch Conv, [CLS] and position embeddings instead of the mask and
+    token embeddings, attention without a mask, a final LN, no pooler."""
     a = {_ARCH_ALIASES.get(k, k): v for k, v in arch.items()}
     try:
         n_layers, h = int(a["num_hidden_layers"]), int(a["hidden_size"])
@@ -37,8 +39,11 @@ def _transformer(
             field="architecture",
             fix="give num_hidden_layers and hidden_size",
         ) from None
+    image = _image_input(a, input_shapes)  # a vision transformer: (channels, side, patch)
     shape = (input_shapes or {}).get("input_ids")
     seq = int(shape[1]) if shape else int(a.get("max_length") or 0)
+    if image:
+        seq = (image[1] // image[2]) ** 2 + 1  # patches and [CLS]
     if seq <= 0:
         raise UserError(
             "no sequence length",
@@ -83,22 +88,45 @@ def _transformer(
             {f"{name}.w": fin * fout + fout},
         )
 
-    add("mask", ("Cast", "Sub", "Mul"), 3.0 * bs, 2.0 * bs, 2.0, "pointwise")
-    add(
-        "embeddings",
-        ("Gather", "Add", "Add"),
-        2.0 * bsh,
-        bs + bsh,
-        2.0 * bsh + s * h,
-        "memory",
-        {
-            "word_embeddings": a.get("vocab_size", 30522) * h,
-            "position_embeddings": s * h,
-            "token_type_embeddings": bsh,
-        },
-    )
     ln = ("LayerNormalization",)
-    add("embeddings.ln", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {"emb.ln": 2.0 * h})
+    if image:  # patch Conv (stride = patch), [CLS] concatenated, position embeddings added
+        c, side, patch = image
+        n_p, cpp = s - 1, c * patch * patch
+        add(
+            "patch_embed",
+            ("Conv",),
+            2.0 * b * n_p * cpp * h + b * n_p * h,
+            b * c * side * side + b * n_p * h,
+            cpp * h + h,
+            "conv",
+            {"patch_embed": cpp * h + h},
+        )
+        add("patch_embed.t", ("Transpose",), 0.0, 2.0 * b * n_p * h, 0.0, "memory")
+        add(
+            "embeddings",
+            ("Reshape", "Transpose", "Concat", "Add"),
+            bsh,
+            2.0 * bsh,
+            s * h + h,
+            "memory",
+            {"position_embeddings": s * h, "cls_token": h},
+        )
+    else:
+        add("mask", ("Cast", "Sub", "Mul"), 3.0 * bs, 2.0 * bs, 2.0, "pointwise")
+        add(
+            "embeddings",
+            ("Gather", "Add", "Add"),
+            2.0 * bsh,
+            bs + bsh,
+            2.0 * bsh + s * h,
+            "memory",
+            {
+                "word_embeddings": a.get("vocab_size", 30522) * h,
+                "position_embeddings": s * h,
+                "token_type_embeddings": bsh,
+            },
+        )
+        add("embeddings.ln", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {"emb.ln": 2.0 * h})
     for i in range(n_layers):
         p = f"layer{i}"
         # with `cls_only_last_layer` (kdc.export.cls_only) the last layer's query, output and
@@ -119,7 +147,7 @@ def _transformer(
                 "Transpose",
                 "MatMul",
                 "Div",
-                "Add",
+                *(() if image else ("Add",)),  # the mask's Add
                 "Softmax",
                 "MatMul",
                 "Transpose",
@@ -137,11 +165,13 @@ def _transformer(
         linear(f"{p}.ffn2", inter, h, bq, ("Add",), bqh, bqh)
         add(f"{p}.ln2", ln, 8.0 * bqh, 2.0 * bqh, 2.0 * h, "norm", {f"{p}.ln2": 2.0 * h})
     labels = int(a.get("num_labels") or 0)
+    if image:  # the final LayerNorm over every token (it precedes the [CLS] gather)
+        add("final.ln", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {"final.ln": 2.0 * h})
     if a.get("pooling", "cls") == "mean":
         add("pool", ("ReduceMean",), bsh, bsh + b * h, 0.0, "reduce")
     else:
         add("cls", ("Gather",), 0.0, 2.0 * b * h, 1.0, "memory")
-        if a.get("pooler", True):
+        if a.get("pooler", not image):  # BERT's pooler; ViT's classifier reads [CLS] directly
             add(
                 "pooler",
                 ("Gemm", "Tanh"),
@@ -163,7 +193,24 @@ def _transformer(
         )
     rows = s if n_layers > 1 or not a.get("cls_only_last_layer") else 1  # of the widest layer
     peak = 3.0 * bsh + b * heads * rows * s + b * rows * inter
-    return GraphCost(ks, {"input_ids": [b, s], "attention_mask": [b, s]}, w, peak)
+    inputs = (
+        {"pixel_values": [b, image[0], image[1], image[1]]}
+        if image
+        else {"input_ids": [b, s], "attention_mask": [b, s]}
+    )
+    return GraphCost(ks, inputs, w, peak)
+
+
+def _image_input(
+    a: dict[str, Any], input_shapes: dict[str, list[int]] | None
+) -> tuple[int, int, int] | None:
+    """(channels, side, patch size) of a vision transformer (`patch_size` in its architecture;
+    side from `pixel_values` or `image_size`), else None."""
+    if not a.get("patch_size"):
+        return None
+    given = (input_shapes or {}).get("pixel_values")
+    c, side = (int(given[1]), int(given[2])) if given else (a["num_channels"], a["image_size"])
+    return int(c), int(side), int(a["patch_size"])
 
 
 def _cnn(arch: dict[str, Any], batch: int, input_shapes: dict[str, list[int]] | None) -> GraphCost:

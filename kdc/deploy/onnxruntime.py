@@ -193,13 +193,18 @@ def count_ops(path: Path | str) -> dict[str, int]:
 
 
 def _optimize_transformer(src: Path, tmp: Path, num_heads: int, hidden_size: int) -> None:
-    """Fuse Attention/SkipLayerNorm/BiasGelu with ORT's transformer optimizer (CPU, level 2)."""
+    """Fuse Attention/SkipLayerNorm/BiasGelu with ORT's transformer optimizer (CPU, level 2):
+    as "bert", or as "vit" (no attention mask) for a graph that takes `pixel_values`."""
     from onnxruntime.transformers.optimizer import optimize_model
+
+    with _reading(src):
+        inputs = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
+    model_type = "vit" if "pixel_values" in inputs else "bert"
 
     def run(level: int):
         return optimize_model(
             str(src),
-            model_type="bert",
+            model_type=model_type,
             num_heads=num_heads,
             hidden_size=hidden_size,
             opt_level=level,

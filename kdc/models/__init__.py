@@ -12,6 +12,7 @@ from kdc.errors import UserError
 from kdc.hf_files import label_names, read_config
 from kdc.models.base import ModelAdapter
 from kdc.models.hf import HFTextAdapter
+from kdc.models.hf_image import HFImageAdapter
 from kdc.models.sentence import SentenceAdapter
 from kdc.models.vision import VisionAdapter
 
@@ -51,6 +52,12 @@ def _hf(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
         _teacher_dir(cfg),
         max_length=cfg.data.max_length,
         trust_remote_code=cfg.teacher.trust_remote_code,
+    )
+
+
+def _hf_image(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+    return HFImageAdapter.from_dir(
+        _teacher_dir(cfg), trust_remote_code=cfg.teacher.trust_remote_code
     )
 
 
@@ -94,13 +101,17 @@ def _vision(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
 
 LOADERS: dict[str, Callable[[KdcConfig, int], ModelAdapter]] = {
     "huggingface": _hf,
+    "hf-image": _hf_image,
     "sentence": _sentence,
     "entrypoint": _vision,
     "torchvision": _vision,
     "timm": _vision,
 }
 # (teacher kind, task) pairs loaded by another loader than the kind's own
-TASK_LOADERS: dict[tuple[str, str], str] = {("huggingface", "sentence-embedding"): "sentence"}
+TASK_LOADERS: dict[tuple[str, str], str] = {
+    ("huggingface", "sentence-embedding"): "sentence",
+    ("huggingface", "image-classification"): "hf-image",
+}
 
 
 def load_teacher(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
@@ -125,6 +136,8 @@ def load_student(directory: Path, max_length: int = 128) -> ModelAdapter:
         return HFTextAdapter.from_dir(directory, max_length=meta.get("max_length", max_length))
     if meta["adapter"] == "sentence":
         return SentenceAdapter.load(directory, {"max_length": max_length, **meta})
+    if meta["adapter"] == "hf-image":
+        return HFImageAdapter.load(directory)
     return VisionAdapter.load(directory)
 
 

@@ -84,14 +84,8 @@ def _load_error(e: Exception, path: Path, what: str, fix: str) -> UserError:
     return UserError(f"{what}: {first_line(e)}", source=str(path), field="teacher.path", fix=fix)
 
 
-def load_pretrained(
-    path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_code: bool
-) -> tuple[nn.Module, Any]:
-    """(model in eval mode, tokenizer) from a Hugging Face directory through `auto_class`
-    (AutoModel…); a kdc student (shapes.json) is rebuilt at its saved, possibly pruned, shapes.
-    `kw` goes to from_pretrained / AutoConfig. Errors are one-line UserErrors."""
-    from transformers import AutoConfig, AutoTokenizer
-
+def check_model_dir(path: Path) -> None:
+    """A UserError unless `path` holds a readable config.json."""
     if not (path / "config.json").is_file():
         raise UserError(
             "not a Hugging Face model directory (no config.json)",
@@ -100,13 +94,27 @@ def load_pretrained(
             fix="point to a directory saved with save_pretrained",
         )
     read_config(path, "teacher.path")
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
+    """The tokenizer of a Hugging Face directory; errors are one-line UserErrors."""
+    from transformers import AutoTokenizer
+
     try:
-        tok = AutoTokenizer.from_pretrained(
+        return AutoTokenizer.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=trust_remote_code
         )
     except Exception as e:  # missing or damaged tokenizer files raise several types
         check_tokenizer(path, "teacher.path")  # names what is missing, where it can tell
         raise _load_error(e, path, "cannot load the tokenizer", TOKENIZER_FIX) from None
+
+
+def load_model(path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_code: bool) -> Any:
+    """The model of a Hugging Face directory through `auto_class` (AutoModel…) in eval mode; a
+    kdc student (shapes.json) is rebuilt at its saved, possibly pruned, shapes. `kw` goes to
+    from_pretrained / AutoConfig. Errors are one-line UserErrors."""
+    from transformers import AutoConfig
+
     shapes = path / "shapes.json"
     try:
         if shapes.is_file():  # a (possibly pruned) kdc student: rebuild shapes, then load
@@ -121,49 +129,56 @@ def load_pretrained(
             model = auto_class.from_pretrained(str(path), **kw)
     except (OSError, ValueError, SafetensorError) as e:
         raise _load_error(
-            e, path, "cannot load model", "check the directory has weights, config and tokenizer"
+            e, path, "cannot load model", "check the directory has weights and config.json"
         ) from None
-    return model.eval(), tok
+    return model.eval()
 
 
-class TextTransformerAdapter(ModelAdapter):
-    """What the Hugging Face text adapters share: a transformer `model` with its tokenizer
-    (inputs `input_ids`, `attention_mask`), layer selection, teacher slicing and saving.
-    Subclasses give `_like` (the same adapter around another model) and their extra metadata."""
+def load_pretrained(
+    path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_code: bool
+) -> tuple[nn.Module, Any]:
+    """(model in eval mode, tokenizer) of a Hugging Face text model directory (`load_model`)."""
+    check_model_dir(path)
+    tok = load_tokenizer(path, trust_remote_code)
+    return load_model(path, auto_class, kw, trust_remote_code), tok
+
+
+def hidden_size(model: nn.Module) -> int:
+    """The residual stream's live width (pruning changes it; the HF config keeps the original):
+    the token embedding's columns, or a vision transformer's patch projection's channels."""
+    emb = model.get_input_embeddings()
+    weight = getattr(emb, "weight", None)
+    if weight is None:  # ViT, DeiT: patch embeddings, a Conv2d projection
+        return int(emb.projection.weight.shape[0])
+    return int(weight.shape[1])
+
+
+class TransformerAdapter(ModelAdapter):
+    """What the Hugging Face transformer adapters share: a `model` whose blocks are one
+    ModuleList, layer selection, teacher slicing and saving. Subclasses give the inputs
+    (`encode`, `dynamic_axes`), `_like` (the same adapter around another model), what their
+    architecture adds (`_inputs_meta`) and the preprocessing files saved beside the weights."""
 
     family = "transformer"
-    input_names = ["input_ids", "attention_mask"]
     output_name = "logits"
     adapter_name: str
     model: nn.Module
-    tokenizer: Any
-    max_length: int
 
     @abstractmethod
     def _like(self, model: nn.Module) -> Self:
-        """This adapter (same tokenizer and settings) around `model`."""
+        """This adapter (same preprocessing and settings) around `model`."""
+
+    @abstractmethod
+    def _inputs_meta(self) -> dict[str, Any]:
+        """The input geometry `load_student` and the cost model need (max_length, image size)."""
+
+    @abstractmethod
+    def _save_preprocessing(self, directory: Path) -> None:
+        """Write the tokenizer or image processor beside the weights."""
 
     def _meta(self) -> dict[str, Any]:
         """Adapter settings `load_student` needs besides the shapes (kdc_model.json)."""
         return {}
-
-    def encode(self, features: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(
-            list(features),
-            padding="max_length",
-            padding_side="right",  # trimming, augmentation and the teacher cache cut at the end
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="np",
-        )
-        return {k: enc[k].astype(np.int64) for k in self.input_names}
-
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {
-            "input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"},
-            self.output_name: {0: "batch"},
-        }
 
     @property
     def config(self) -> Any:
@@ -185,14 +200,13 @@ class TextTransformerAdapter(ModelAdapter):
             "family": "transformer",
             "model_type": c.model_type,
             "num_hidden_layers": len(layers),
-            "hidden_size": self.model.get_input_embeddings().weight.shape[1],
+            "hidden_size": hidden_size(self.model),
             "num_attention_heads": heads[0] if heads else c.num_attention_heads,
             "intermediate_size": ffn.out_features
             if isinstance(ffn, nn.Linear)
             else getattr(c, "intermediate_size", None),
-            "vocab_size": c.vocab_size,
             **self._meta(),
-            "max_length": self.max_length,
+            **self._inputs_meta(),
             "params": self.params(),
         }
 
@@ -246,18 +260,50 @@ class TextTransformerAdapter(ModelAdapter):
     def save(self, directory: Path) -> list[Path]:
         with atomic_dir(directory) as tmp:
             self.model.save_pretrained(str(tmp), safe_serialization=True)
-            self.tokenizer.save_pretrained(str(tmp))
+            self._save_preprocessing(tmp)
             write_json(tmp / "shapes.json", tensor_shapes(self.model))
             write_json(
                 tmp / "kdc_model.json",
                 {
                     "adapter": self.adapter_name,
                     **self._meta(),
-                    "max_length": self.max_length,
+                    **self._inputs_meta(),
                     "architecture": self.architecture(),
                 },
             )
         return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+class TextTransformerAdapter(TransformerAdapter):
+    """A text transformer with its tokenizer (inputs `input_ids`, `attention_mask`)."""
+
+    input_names = ["input_ids", "attention_mask"]
+    tokenizer: Any
+    max_length: int
+
+    def encode(self, features: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(
+            list(features),
+            padding="max_length",
+            padding_side="right",  # trimming, augmentation and the teacher cache cut at the end
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="np",
+        )
+        return {k: enc[k].astype(np.int64) for k in self.input_names}
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {
+            "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"},
+            self.output_name: {0: "batch"},
+        }
+
+    def _inputs_meta(self) -> dict[str, Any]:
+        return {"vocab_size": self.config.vocab_size, "max_length": self.max_length}
+
+    def _save_preprocessing(self, directory: Path) -> None:
+        self.tokenizer.save_pretrained(str(directory))
 
 
 class HFTextAdapter(TextTransformerAdapter):

@@ -141,6 +141,10 @@ def test_nncf_ptq_writes_standard_qdq_and_excludes_nodes(tmp_path, symmetric, ca
         if n.op_type == "Gather" and n.input[0] in dq_out and dq_out[n.input[0]].input[0] in consts
     ]
     assert bool(table_dq) == symmetric  # CPU graphs gather INT8 rows, then scale them
+    if symmetric:  # TensorRT takes signed INT8 Q/DQ only, also after a Softmax (never < 0)
+        zero_points = {i.name: i.data_type for i in q.graph.initializer}
+        types = {zero_points[n.input[2]] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+        assert types == {onnx.TensorProto.INT8}
     ref = run_session(make_session(src, threads=1), x)
     got = run_session(make_session(dst, threads=1), x)
     assert output_loss("text-classification", ref, got) <= 0.25

@@ -426,3 +426,36 @@ def test_shape_arithmetic_folds_beside_quantize_dequantize():
     cost = analyze_onnx(m, batch=1, input_shapes={"x": [1, 16]})
     assert cost.unknown_shapes == 0
     assert [k.flops for k in cost.kernels] == [16]
+
+
+def test_vit_architecture_matches_exported_vit(tmp_path):
+    """A vision transformer's architecture dict (patch Conv, [CLS] and position embeddings, no
+    mask, final LayerNorm, no pooler) costs what its torch.onnx export does."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from kdc.export.onnx_export import export_onnx
+    from kdc.models.hf_image import HFImageAdapter
+
+    config = ViTConfig(
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=10,
+    )
+    adapter = HFImageAdapter(
+        ViTForImageClassification(config).eval(), {"image_mean": [0.5], "image_std": [0.5]}
+    )
+    x = adapter.encode(np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32))
+    export_onnx(adapter, x, tmp_path / "vit.onnx")
+    shapes = {"pixel_values": [2, 1, 8, 8]}
+    onnx_k = kernels_from_onnx(tmp_path / "vit.onnx", batch=2, input_shapes=shapes)
+    arch_k = kernels_from_architecture(adapter.architecture(), 2, shapes)
+    assert sorted(k.kind for k in onnx_k) == sorted(k.kind for k in arch_k)
+    assert sum(k.kind == "attention" for k in arch_k) == 2
+    assert sum(k.flops for k in arch_k) == pytest.approx(sum(k.flops for k in onnx_k), rel=0.01)
+    assert sum(k.bytes for k in arch_k) == pytest.approx(sum(k.bytes for k in onnx_k), rel=0.02)
+    assert analyze_architecture(adapter.architecture(), batch=2).input_shapes == shapes

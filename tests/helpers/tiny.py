@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 from pathlib import Path
 
@@ -255,3 +256,63 @@ def exported_bert(path: Path, seq: int, **config) -> tuple[Path, dict]:
         **{k: getattr(cfg, k) for k in ARCH_KEYS},
     }
     return path, arch
+
+
+def vit_config(**over) -> dict:
+    cfg = {
+        "name": "tinyvit",
+        "task": "image-classification",
+        "seed": 0,
+        "teacher": {"path": "teacher"},
+        "data": {"source": "sklearn:digits", "limit_train": 600, "limit_eval": 200},
+        "student": {"layers": 2},
+        "distill": {"epochs": 8, "batch_size": 64, "lr": 0.003},
+        "quantize": {"precision": "int8", "calibration_size": 64},
+        "verify": {"warmup": 5, "iterations": 20, "min_duration_s": 0.05, "threads": 1},
+        "constraints": {"max_accuracy_drop": 0.5},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
+def make_vit_project(root: Path) -> Path:
+    """A 4-layer ViT (8×8 one-channel digits, 2×2 patches) trained on digits, saved as a Hugging
+    Face directory with its image processor config."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from kdc.config import parse_config
+    from kdc.data import load_dataset
+
+    torch.manual_seed(0)
+    names = [str(i) for i in range(10)]
+    model = ViTForImageClassification(
+        ViTConfig(
+            image_size=8,
+            patch_size=2,
+            num_channels=1,
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_labels=10,
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
+    )
+    ds = load_dataset(parse_config(vit_config(), base_dir=root))
+    x = (torch.from_numpy(ds.train.features) - 0.5) / 0.5
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixel_values):
+            return self.m(pixel_values=pixel_values).logits
+
+    _train(Wrap(model), {"pixel_values": x}, torch.from_numpy(ds.train.labels), 20, 3e-3)
+    model.save_pretrained(str(root / "teacher"))
+    processor = {"image_mean": [0.5], "image_std": [0.5], "do_normalize": True}
+    (root / "teacher" / "preprocessor_config.json").write_text(json.dumps(processor))
+    return write_yaml(root / "model.yaml", vit_config())

@@ -1,0 +1,153 @@
+"""Hugging Face vision transformers (ViT: `*ForImageClassification` models whose blocks
+are one ModuleList) from a local model directory.
+
+kdc's image data are float N×C×H×W in [0, 1]; `encode` does what the model's image processor
+does after rescaling: resize to the model's image size and normalise with its mean and std
+(preprocessor_config.json, else ViT's 0.5 / 0.5). The engines take those `pixel_values`, and the
+processor config is saved beside every student (and so shipped with its bundle).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdc.errors import UserError
+from kdc.models.hf import TransformerAdapter, check_model_dir, load_model
+from kdc.rundir import write_json
+
+PROCESSOR_FILE = "preprocessor_config.json"
+VIT_MEAN_STD = 0.5  # ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN / _STD)
+
+
+class PixelLogits(nn.Module):
+    """Wraps a HF image classifier so `forward(pixel_values)` returns the logits tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+def _per_channel(values: Any, channels: int, path: Path, key: str) -> list[float]:
+    """`values` (a number or a list) as one float per channel; a list of three for a
+    one-channel model keeps its first."""
+    vals = [float(v) for v in (values if isinstance(values, list) else [values])]
+    if len(vals) == 1:
+        return vals * channels
+    if len(vals) < channels:
+        raise UserError(
+            f"{key} has {len(vals)} values for {channels} channels",
+            source=str(path / PROCESSOR_FILE),
+            field=key,
+            fix="give one value per input channel",
+        )
+    return vals[:channels]
+
+
+def read_processor(path: Path, channels: int) -> dict[str, Any]:
+    """Normalisation of a model directory's image processor: {"image_mean", "image_std"} per
+    channel (identity when `do_normalize` is false)."""
+    conf: dict[str, Any] = {}
+    file = path / PROCESSOR_FILE
+    if file.is_file():
+        try:
+            conf = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(
+                f"cannot read {PROCESSOR_FILE}: {e}",
+                source=str(file),
+                field="teacher.path",
+                fix="save the model's image processor with save_pretrained",
+            ) from None
+    if not conf.get("do_normalize", True):
+        return {"image_mean": [0.0] * channels, "image_std": [1.0] * channels}
+    return {
+        k: _per_channel(conf.get(k, VIT_MEAN_STD), channels, path, k)
+        for k in ("image_mean", "image_std")
+    }
+
+
+class HFImageAdapter(TransformerAdapter):
+    """An image classifier (ViT-like) with its normalisation; input `pixel_values`."""
+
+    adapter_name = "hf-image"
+    input_names = ["pixel_values"]
+
+    def __init__(self, model: nn.Module, processor: dict[str, Any]) -> None:
+        self.model = model
+        self.processor = processor
+        self.module = PixelLogits(model)
+
+    @classmethod
+    def from_dir(
+        cls, path: Path, *, trust_remote_code: bool = False, num_labels: int | None = None
+    ) -> HFImageAdapter:
+        from transformers import AutoModelForImageClassification
+
+        check_model_dir(path)
+        kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+        if num_labels is not None:
+            kw["num_labels"] = num_labels
+        model = load_model(path, AutoModelForImageClassification, kw, trust_remote_code)
+        for key in ("image_size", "patch_size", "num_channels"):
+            if not isinstance(getattr(model.config, key, None), int):
+                raise UserError(
+                    f"{type(model).__name__} has no integer '{key}' in its config",
+                    source=str(path / "config.json"),
+                    field="teacher.path",
+                    fix="use a ViT-like model with square patches",
+                )
+        return cls(model, read_processor(path, model.config.num_channels))
+
+    def _like(self, model: nn.Module) -> HFImageAdapter:
+        return HFImageAdapter(model, self.processor)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config.image_size)
+
+    def encode(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            size = (self.image_size, self.image_size)
+            x = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
+        mean = torch.tensor(self.processor["image_mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(self.processor["image_std"]).view(1, -1, 1, 1)
+        return {"pixel_values": ((x - mean) / std).numpy()}
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {"pixel_values": {0: "batch"}, self.output_name: {0: "batch"}}
+
+    def _inputs_meta(self) -> dict[str, Any]:
+        return {k: getattr(self.config, k) for k in ("image_size", "patch_size", "num_channels")}
+
+    def _save_preprocessing(self, directory: Path) -> None:
+        size = self.image_size
+        write_json(
+            directory / PROCESSOR_FILE,
+            {
+                "image_processor_type": "ViTImageProcessor",
+                "do_resize": True,
+                "size": {"height": size, "width": size},
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                **self.processor,
+            },
+        )
+
+    def architecture(self) -> dict[str, Any]:
+        return {**super().architecture(), "num_labels": self.config.num_labels}
+
+    @classmethod
+    def load(cls, directory: Path) -> HFImageAdapter:
+        """A student saved by `save`."""
+        return cls.from_dir(directory)

@@ -1,0 +1,88 @@
+"""Hugging Face vision transformers (ViTForImageClassification directories): inputs normalised
+as the image processor does, students of teacher layers and slices that save and reload, and
+`kdc compress` end to end (search with image-shaped costs, export, ORT fusion as "vit")."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from kdc import api
+from kdc.compress.student import derive_student
+from kdc.config import load_config
+from kdc.data import load_dataset
+from kdc.models import load_student, load_teacher
+
+PRECISIONS = ("fp32", "int8")
+
+
+def _teacher(vit_project):
+    cfg = load_config(vit_project)
+    return cfg, load_dataset(cfg), load_teacher(cfg, 10)
+
+
+def test_encode_resizes_and_normalises_like_the_image_processor(vit_project):
+    cfg, ds, teacher = _teacher(vit_project)
+    x = ds.eval.features[:4]  # 1×8×8 in [0, 1]
+    assert np.allclose(teacher.encode(x)["pixel_values"], (x - 0.5) / 0.5)
+    big = torch.nn.functional.interpolate(torch.from_numpy(x), size=(16, 16)).numpy()
+    assert teacher.encode(big)["pixel_values"].shape == (4, 1, 8, 8)  # resized to the model's
+
+
+def test_sliced_student_saves_and_reloads(vit_project, tmp_path):
+    """Teacher layers 1 and 3, half the FFN: the patch embedding, [CLS] and position
+    embeddings come from the teacher; the reloaded student gives the same logits."""
+    cfg, ds, teacher = _teacher(vit_project)
+    x = teacher.encode(ds.eval.features[:8])
+    spec = {"family": "transformer", "layers": [1, 3], "intermediate_size": 64}
+    student = derive_student(teacher, spec, x)
+    arch = student.architecture()
+    assert (arch["num_hidden_layers"], arch["intermediate_size"], arch["image_size"]) == (2, 64, 8)
+    files = student.save(tmp_path / "student")
+    assert tmp_path / "student" / "preprocessor_config.json" in files
+    again = load_student(tmp_path / "student")
+    assert np.allclose(again.forward_numpy(x), student.forward_numpy(x), atol=1e-5)
+    assert json.loads((tmp_path / "student" / "preprocessor_config.json").read_text())["size"] == {
+        "height": 8,
+        "width": 8,
+    }
+
+
+@pytest.mark.slow
+def test_vit_compresses_end_to_end(vit_project, tmp_path):
+    report = api.compress(vit_project, "host", tmp_path / "run", quiet=True)
+    arch = report["student"]["architecture"]
+    assert arch["adapter"] == "hf-image" and arch["num_hidden_layers"] == 2
+    # the search predicted the graph the engine runs: pixels in, no attention mask
+    assert report["search"]["latency_model"]["input_shape"] == {"pixel_values": [1, 1, 8, 8]}
+    fp32, int8 = (next(e for e in report["engines"] if e["precision"] == p) for p in PRECISIONS)
+    assert fp32["parity"]["max_abs"] < 1e-4
+    assert report["teacher"]["accuracy"]["accuracy"] >= 0.85
+    assert fp32["accuracy"]["accuracy"] >= 0.6  # 2 of 4 layers, 8 epochs on 540 digits; chance 0.1
+    assert int8["accuracy"]["accuracy"] >= fp32["accuracy"]["accuracy"] - 0.05
+    # ONNX Runtime's transformer optimizer ran as "vit": LayerNorms and GELUs fused
+    graph = onnx.load(str(tmp_path / "run" / "build" / "onnxruntime" / "model_fp32.onnx"))
+    ops = Counter(n.op_type for n in graph.graph.node)
+    assert ops["SkipLayerNormalization"] >= 2 and ops["BiasGelu"] == 2
+
+
+def test_init_sets_up_a_vit_teacher(vit_project, tmp_path):
+    """No tokenizer is asked of an image model; its labels and layers are read."""
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    teacher, out = vit_project.parent / "teacher", tmp_path / "m.yaml"
+    res = CliRunner().invoke(
+        app, ["init", str(teacher), "--data", "sklearn:digits", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    cfg = load_config(out)
+    assert (cfg.task, cfg.student.layers) == ("image-classification", 2)
+    plan = CliRunner().invoke(app, ["compress", str(out), "--dry-run"])
+    assert plan.exit_code == 0, plan.output
