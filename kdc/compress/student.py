@@ -72,7 +72,7 @@ def derive_student(
     teacher: ModelAdapter, spec: dict[str, Any], example: dict[str, np.ndarray], divisor: int = 8
 ) -> ModelAdapter:
     """Build the student of `spec` from the teacher's weights. Transformer specs keep `layers`
-    and, with size keys, slice hidden/heads/FFN (`HFTextAdapter.sliced`); CNN specs give a
+    and, with size keys, slice hidden/heads/FFN (`TransformerAdapter.sliced`); CNN specs give a
     uniform `width`, or per-conv `channels` and `drop`ped blocks (`VisionAdapter.sliced`)."""
     if spec.get("family") not in DERIVE:
         raise UserError(

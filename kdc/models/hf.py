@@ -1,5 +1,6 @@
-"""Hugging Face transformer classifiers (BERT, RoBERTa, DistilBERT, ELECTRA, …) from a local
-model directory."""
+"""Hugging Face transformers from a local model directory: what every transformer adapter shares
+(`TransformerAdapter`: layer selection, teacher slicing, saving), the text ones' tokenizer inputs
+(`TextTransformerAdapter`), and sequence classifiers (BERT, RoBERTa, DistilBERT, ELECTRA, …)."""
 
 from __future__ import annotations
 
