@@ -11,11 +11,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny import run_onnx
 
 from kdc import api
+from kdc.compress.prune import prune_once
 from kdc.compress.student import derive_student
-from kdc.config import load_config
+from kdc.config import PruneConfig, load_config
 from kdc.data import load_dataset
+from kdc.export.onnx_export import export_onnx
 from kdc.models import load_student, load_teacher
 
 PRECISIONS = ("fp32", "int8")
@@ -86,3 +89,27 @@ def test_init_sets_up_a_vit_teacher(vit_project, tmp_path):
     assert (cfg.task, cfg.student.layers) == ("image-classification", 2)
     plan = CliRunner().invoke(app, ["compress", str(out), "--dry-run"])
     assert plan.exit_code == 0, plan.output
+
+
+def test_pruned_vit_keeps_cls_and_positions_in_step_and_round_trips(vit_project, tmp_path):
+    """Heads, FFN neurons and hidden channels pruned: the [CLS] token and position embeddings
+    (bare parameters) lose the same hidden channels; ONNX and the reloaded student agree."""
+    cfg, ds, teacher = _teacher(vit_project)
+    x = teacher.encode(ds.eval.features[:8])
+    student = derive_student(teacher, {"family": "transformer", "layers": [1, 3]}, x)
+    prune = PruneConfig(enabled=True, ratio=0.5, head_ratio=0.5)
+    kept = prune_once(student, x, prune, ratio=0.5, round_to=8).architecture()
+    assert (kept["hidden_size"], kept["num_attention_heads"], kept["intermediate_size"]) == (
+        64,
+        2,
+        64,
+    )
+    prune = prune.model_copy(update={"hidden_ratio": 0.25})
+    pruned = prune_once(student, x, prune, ratio=0.5, round_to=8)
+    emb = pruned.model.base_model.embeddings
+    assert emb.cls_token.shape[-1] == emb.position_embeddings.shape[-1] == 48
+    assert pruned.architecture()["hidden_size"] == 48
+    ref = pruned.forward_numpy(x)
+    assert np.allclose(run_onnx(export_onnx(pruned, x, tmp_path / "m.onnx"), x), ref, atol=1e-4)
+    pruned.save(tmp_path / "student")
+    assert np.allclose(load_student(tmp_path / "student").forward_numpy(x), ref, atol=1e-5)
