@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tiny import run_onnx
+from tiny import run_onnx, vit_config, write_yaml
 
 from kdc import api
 from kdc.compress.prune import prune_once
@@ -113,3 +113,17 @@ def test_pruned_vit_keeps_cls_and_positions_in_step_and_round_trips(vit_project,
     assert np.allclose(run_onnx(export_onnx(pruned, x, tmp_path / "m.onnx"), x), ref, atol=1e-4)
     pruned.save(tmp_path / "student")
     assert np.allclose(load_student(tmp_path / "student").forward_numpy(x), ref, atol=1e-5)
+
+
+def test_qat_is_refused_for_a_vit_before_any_stage(vit_project, tmp_path):
+    """One line, exit 2, naming the field; the search does not run first."""
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    cfg = write_yaml(vit_project.parent / "qat.yaml", vit_config(quantize={"method": "qat"}))
+    res = CliRunner().invoke(app, ["compress", str(cfg), "--out", str(tmp_path / "run")])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "'quantize.method'" in lines[0] and "quantize.method: ptq" in lines[0]
+    assert not (tmp_path / "run").exists()
