@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from kdc.config import KdcConfig
 from kdc.errors import UserError
+from kdc.profiles import HardwareProfile
 
 
 def check_config(cfg: KdcConfig) -> None:
@@ -13,6 +14,20 @@ def check_config(cfg: KdcConfig) -> None:
     _check_paths(cfg)
     _check_names(cfg)
     _check_qat(cfg)
+
+
+def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
+    """Raise a UserError when the target builds no engine at the config's precision: FP16 is a
+    TensorRT precision (ONNX Runtime's engines here are FP32 and INT8)."""
+    engines = profile.runtime.engines
+    if cfg.quantize.precision == "fp16" and "tensorrt" not in engines:
+        raise UserError(
+            f"fp16 engines are TensorRT's, and target {profile.name} runs "
+            f"{', '.join(engines)} only",
+            source=cfg.source_file,
+            field="quantize.precision",
+            fix="use fp32 or int8 here, or a TensorRT target such as jetson or t4",
+        )
 
 
 def _check_paths(cfg: KdcConfig) -> None:
