@@ -127,3 +127,52 @@ def test_qat_is_refused_for_a_vit_before_any_stage(vit_project, tmp_path):
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert "'quantize.method'" in lines[0] and "quantize.method: ptq" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def _rgb_vit(root, image_size: int = 8) -> None:
+    """An untrained 3-channel tiny ViT for classes a, b in `root`/teacher."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    names = ["a", "b"]
+    torch.manual_seed(0)
+    ViTForImageClassification(
+        ViTConfig(
+            image_size=image_size,
+            patch_size=2,
+            num_channels=3,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=2,
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
+    ).save_pretrained(str(root / "teacher"))
+
+
+def test_rgb_images_are_resized_and_channels_must_match(vit_project, tmp_path):
+    """12×12 RGB PNGs in an image folder read at data.image_size (16 here) and resized to the
+    3-channel model's 8; one-channel digits into it (they used to broadcast to three channels
+    and train on) or RGB images into the one-channel digits ViT are a UserError naming the data."""
+    from PIL import Image
+
+    from kdc.errors import UserError
+
+    _rgb_vit(tmp_path)
+    for cls, colour in (("a", (200, 0, 0)), ("b", (0, 0, 200))):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (12, 12), colour).save(tmp_path / "imgs" / cls / f"{i}.png")
+    over = {"data": {"source": "imgs", "image_size": 16, "eval_fraction": 0.5}}
+    cfg = load_config(write_yaml(tmp_path / "m.yaml", vit_config(**over)))
+    ds = load_dataset(cfg)
+    teacher = load_teacher(cfg, ds.num_labels)
+    assert ds.train.features.shape[1:] == (3, 16, 16)
+    assert teacher.encode(ds.train.features)["pixel_values"].shape[1:] == (3, 8, 8)
+    digits = load_dataset(load_config(vit_project)).eval.features[:2]
+    with pytest.raises(UserError, match="3-channel images .* data are 1-channel") as e:
+        teacher.encode(digits)
+    assert e.value.field == "data.source"
+    with pytest.raises(UserError, match="1-channel images .* data are 3-channel"):
+        _teacher(vit_project)[2].encode(ds.train.features)
