@@ -176,3 +176,27 @@ def test_rgb_images_are_resized_and_channels_must_match(vit_project, tmp_path):
     assert e.value.field == "data.source"
     with pytest.raises(UserError, match="1-channel images .* data are 3-channel"):
         _teacher(vit_project)[2].encode(ds.train.features)
+
+
+@pytest.mark.slow
+def test_vit_evolution_search_and_pruning_for_jetson(vit_project, tmp_path):
+    """The proxy search (DisWOT's Grad-CAM over tokens without a mask) and structured pruning of
+    heads, FFN and hidden channels, through compress for a TensorRT target; --resume reloads
+    the pruned student."""
+    over = {
+        "search": {"strategy": "evolution", "population": 4, "cycles": 2, "sample_size": 2},
+        "prune": {"enabled": True, "ratio": 0.5, "head_ratio": 0.5, "hidden_ratio": 0.25},
+        "distill": {"epochs": 4},
+    }
+    cfg = write_yaml(vit_project.parent / "evo_prune.yaml", vit_config(**over))
+    report = api.compress(cfg, "jetson", tmp_path / "run", quiet=True)
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "search" / "candidates.jsonl").open()]
+    assert len(rows) >= 4 and all(np.isfinite(r["proxies"]["diswot"]) for r in rows)
+    chosen = next(r for r in rows if r["chosen"])["architecture"]
+    arch = report["student"]["architecture"]
+    assert arch["hidden_size"] < chosen["hidden_size"]
+    assert arch["intermediate_size"] < chosen["intermediate_size"]
+    trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
+    assert trt["status"] == "bundle" and trt["precision"] == "int8"
+    again = api.compress(cfg, "jetson", tmp_path / "run", resume=True, quiet=True)
+    assert again["student"]["architecture"] == arch
