@@ -63,14 +63,16 @@ def _run(
     quiet: bool,
 ) -> dict:
     from kdc.pipeline import run_stages
-    from kdc.preflight import check_config
+    from kdc.preflight import check_config, check_target
 
     cfg = _config(config)
     check_config(cfg)
+    profile = target if isinstance(target, HardwareProfile) else load_profile(target)
+    check_target(cfg, profile)
     root = Path(out or default_run_dir(cfg))
     existed = root.exists()
     was_empty = not existed or (root.is_dir() and not any(root.iterdir()))
-    ctx = open_run(cfg, target, root, quiet=quiet)
+    ctx = open_run(cfg, profile, root, quiet=quiet)
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
     try:
         run_stages(ctx, resume=resume, only=stages)
@@ -200,11 +202,12 @@ def plan(config: ConfigLike, target: str = "host", out: str | Path | None = None
     """The resolved plan `--dry-run` prints: stages, teacher, data sizes, target, constraints."""
     from kdc.data import load_dataset
     from kdc.pipeline import STAGE_NAMES
-    from kdc.preflight import check_config
+    from kdc.preflight import check_config, check_target
 
     cfg = _config(config)
     check_config(cfg)
     profile = load_profile(target)
+    check_target(cfg, profile)
     ds = load_dataset(cfg)
     c = cfg.constraints.model_dump(exclude_none=True)
     if "latency_budget_ms" not in c and profile.defaults.latency_budget_ms:

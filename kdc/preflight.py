@@ -6,12 +6,28 @@ from __future__ import annotations
 
 from kdc.config import KdcConfig
 from kdc.errors import UserError
+from kdc.profiles import HardwareProfile
 
 
 def check_config(cfg: KdcConfig) -> None:
     """Raise a UserError naming the config file and field for the first problem found."""
     _check_paths(cfg)
     _check_names(cfg)
+    _check_qat(cfg)
+
+
+def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
+    """Raise a UserError when the target builds no engine at the config's precision: FP16 is a
+    TensorRT precision (ONNX Runtime's engines here are FP32 and INT8)."""
+    engines = profile.runtime.engines
+    if cfg.quantize.precision == "fp16" and "tensorrt" not in engines:
+        raise UserError(
+            f"fp16 engines are TensorRT's, and target {profile.name} runs "
+            f"{', '.join(engines)} only",
+            source=cfg.source_file,
+            field="quantize.precision",
+            fix="use fp32 or int8 here, or a TensorRT target such as jetson or t4",
+        )
 
 
 def _check_paths(cfg: KdcConfig) -> None:
@@ -57,3 +73,13 @@ def _check_names(cfg: KdcConfig) -> None:
                 field=f"distill.losses[{i}].params",
                 fix=f"use {', '.join(takes)}" if takes else "remove params",
             )
+
+
+def _check_qat(cfg: KdcConfig) -> None:
+    """QAT is refused for a Hugging Face teacher (every one is a transformer) before the search
+    runs, not at distillation."""
+    t = cfg.teacher
+    if cfg.quantize.method == "qat" and (t.kind == "huggingface" or (t.kind == "auto" and t.path)):
+        from kdc.compress.qat import check_supported
+
+        check_supported("transformer", source=cfg.source_file)

@@ -54,6 +54,19 @@ def test_compress_fails_before_the_run_dir_is_made(tmp_path):
     assert "distill.losses" in line and "logits" in line and not run.exists()
 
 
+def test_fp16_is_refused_for_a_target_without_tensorrt(tmp_path):
+    """ONNX Runtime builds FP32 and INT8 only: on the host, fp16 used to run every stage and
+    then fail its constraints for want of an fp16 engine (exit 1)."""
+    cfg = _config(tmp_path, quantize={"precision": "fp16"})
+    run = tmp_path / "run"
+    for args in (["--out", str(run), "-q"], ["--dry-run"]):
+        line = _one_line(runner.invoke(app, ["compress", str(cfg), "--target", "host", *args]))
+        assert line.startswith(f"error: {cfg}: field 'quantize.precision'") and "jetson" in line
+    assert not run.exists()
+    res = runner.invoke(app, ["compress", str(cfg), "--target", "jetson", "--dry-run"])
+    assert res.exit_code == 0, res.output
+
+
 def test_a_field_error_from_a_stage_names_the_config(tmp_path):
     cfg = _config(tmp_path, teacher={"entrypoint": "nosuchpkg.mod:fn"})
     res = runner.invoke(app, ["compress", str(cfg), "--out", str(tmp_path / "r"), "-q"])

@@ -11,11 +11,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny import run_onnx, vit_config, write_yaml
 
 from kdc import api
+from kdc.compress.prune import prune_once
 from kdc.compress.student import derive_student
-from kdc.config import load_config
+from kdc.config import PruneConfig, load_config
 from kdc.data import load_dataset
+from kdc.export.onnx_export import export_onnx
 from kdc.models import load_student, load_teacher
 
 PRECISIONS = ("fp32", "int8")
@@ -86,3 +89,114 @@ def test_init_sets_up_a_vit_teacher(vit_project, tmp_path):
     assert (cfg.task, cfg.student.layers) == ("image-classification", 2)
     plan = CliRunner().invoke(app, ["compress", str(out), "--dry-run"])
     assert plan.exit_code == 0, plan.output
+
+
+def test_pruned_vit_keeps_cls_and_positions_in_step_and_round_trips(vit_project, tmp_path):
+    """Heads, FFN neurons and hidden channels pruned: the [CLS] token and position embeddings
+    (bare parameters) lose the same hidden channels; ONNX and the reloaded student agree."""
+    cfg, ds, teacher = _teacher(vit_project)
+    x = teacher.encode(ds.eval.features[:8])
+    student = derive_student(teacher, {"family": "transformer", "layers": [1, 3]}, x)
+    prune = PruneConfig(enabled=True, ratio=0.5, head_ratio=0.5)
+    kept = prune_once(student, x, prune, ratio=0.5, round_to=8).architecture()
+    assert (kept["hidden_size"], kept["num_attention_heads"], kept["intermediate_size"]) == (
+        64,
+        2,
+        64,
+    )
+    prune = prune.model_copy(update={"hidden_ratio": 0.25})
+    pruned = prune_once(student, x, prune, ratio=0.5, round_to=8)
+    emb = pruned.model.base_model.embeddings
+    assert emb.cls_token.shape[-1] == emb.position_embeddings.shape[-1] == 48
+    assert pruned.architecture()["hidden_size"] == 48
+    ref = pruned.forward_numpy(x)
+    assert np.allclose(run_onnx(export_onnx(pruned, x, tmp_path / "m.onnx"), x), ref, atol=1e-4)
+    pruned.save(tmp_path / "student")
+    assert np.allclose(load_student(tmp_path / "student").forward_numpy(x), ref, atol=1e-5)
+
+
+def test_qat_is_refused_for_a_vit_before_any_stage(vit_project, tmp_path):
+    """One line, exit 2, naming the field; the search does not run first."""
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    cfg = write_yaml(vit_project.parent / "qat.yaml", vit_config(quantize={"method": "qat"}))
+    res = CliRunner().invoke(app, ["compress", str(cfg), "--out", str(tmp_path / "run")])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "'quantize.method'" in lines[0] and "quantize.method: ptq" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def _rgb_vit(root, image_size: int = 8) -> None:
+    """An untrained 3-channel tiny ViT for classes a, b in `root`/teacher."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    names = ["a", "b"]
+    torch.manual_seed(0)
+    ViTForImageClassification(
+        ViTConfig(
+            image_size=image_size,
+            patch_size=2,
+            num_channels=3,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=2,
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
+    ).save_pretrained(str(root / "teacher"))
+
+
+def test_rgb_images_are_resized_and_channels_must_match(vit_project, tmp_path):
+    """12×12 RGB PNGs in an image folder read at data.image_size (16 here) and resized to the
+    3-channel model's 8; one-channel digits into it (they used to broadcast to three channels
+    and train on) or RGB images into the one-channel digits ViT are a UserError naming the data."""
+    from PIL import Image
+
+    from kdc.errors import UserError
+
+    _rgb_vit(tmp_path)
+    for cls, colour in (("a", (200, 0, 0)), ("b", (0, 0, 200))):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (12, 12), colour).save(tmp_path / "imgs" / cls / f"{i}.png")
+    over = {"data": {"source": "imgs", "image_size": 16, "eval_fraction": 0.5}}
+    cfg = load_config(write_yaml(tmp_path / "m.yaml", vit_config(**over)))
+    ds = load_dataset(cfg)
+    teacher = load_teacher(cfg, ds.num_labels)
+    assert ds.train.features.shape[1:] == (3, 16, 16)
+    assert teacher.encode(ds.train.features)["pixel_values"].shape[1:] == (3, 8, 8)
+    digits = load_dataset(load_config(vit_project)).eval.features[:2]
+    with pytest.raises(UserError, match="3-channel images .* data are 1-channel") as e:
+        teacher.encode(digits)
+    assert e.value.field == "data.source"
+    with pytest.raises(UserError, match="1-channel images .* data are 3-channel"):
+        _teacher(vit_project)[2].encode(ds.train.features)
+
+
+@pytest.mark.slow
+def test_vit_evolution_search_and_pruning_for_jetson(vit_project, tmp_path):
+    """The proxy search (DisWOT's Grad-CAM over tokens without a mask) and structured pruning of
+    heads, FFN and hidden channels, through compress for a TensorRT target; --resume reloads
+    the pruned student."""
+    over = {
+        "search": {"strategy": "evolution", "population": 4, "cycles": 2, "sample_size": 2},
+        "prune": {"enabled": True, "ratio": 0.5, "head_ratio": 0.5, "hidden_ratio": 0.25},
+        "distill": {"epochs": 4},
+    }
+    cfg = write_yaml(vit_project.parent / "evo_prune.yaml", vit_config(**over))
+    report = api.compress(cfg, "jetson", tmp_path / "run", quiet=True)
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "search" / "candidates.jsonl").open()]
+    assert len(rows) >= 4 and all(np.isfinite(r["proxies"]["diswot"]) for r in rows)
+    chosen = next(r for r in rows if r["chosen"])["architecture"]
+    arch = report["student"]["architecture"]
+    assert arch["hidden_size"] < chosen["hidden_size"]
+    assert arch["intermediate_size"] < chosen["intermediate_size"]
+    trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
+    assert trt["status"] == "bundle" and trt["precision"] == "int8"
+    again = api.compress(cfg, "jetson", tmp_path / "run", resume=True, quiet=True)
+    assert again["student"]["architecture"] == arch

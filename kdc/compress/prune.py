@@ -86,12 +86,13 @@ def _transformer_args(
             lin: head_schedule(a.num_attention_heads, head_ratio, steps) for lin, a in qkv.items()
         },
         # a vision transformer's [CLS] token and position embeddings: bare parameters whose
-        # last axis is the residual stream
-        "unwrapped_parameters": {
-            p: p.dim() - 1
+        # last axis is the residual stream (torch-pruning reads (parameter, dim) pairs, not the
+        # dict its docstring names)
+        "unwrapped_parameters": [
+            (p, p.dim() - 1)
             for name in ("cls_token", "position_embeddings")
             if isinstance(p := getattr(model.base_model.embeddings, name, None), nn.Parameter)
-        }
+        ]
         or None,
     }
 

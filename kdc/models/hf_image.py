@@ -4,7 +4,8 @@ are one ModuleList) from a local model directory.
 kdc's image data are float N×C×H×W in [0, 1]; `encode` does what the model's image processor
 does after rescaling: resize to the model's image size and normalise with its mean and std
 (preprocessor_config.json, else ViT's 0.5 / 0.5). The engines take those `pixel_values`, and the
-processor config is saved beside every student (and so shipped with its bundle).
+processor config is saved beside every student (distill/student/; a device bundle holds encoded
+goldens, not this file). Images must have the model's channel count.
 """
 
 from __future__ import annotations
@@ -116,6 +117,16 @@ class HFImageAdapter(TransformerAdapter):
 
     def encode(self, features: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        channels = int(self.config.num_channels)
+        if x.dim() != 4 or x.shape[1] != channels:  # else a one-channel image broadcasts to three
+            got = f"{x.shape[1]}-channel" if x.dim() == 4 else f"{x.dim()}-d"
+            raise UserError(
+                f"the model takes {channels}-channel images (config.json num_channels) but the "
+                f"data are {got}",
+                field="data.source",
+                fix=f"give {channels}-channel images (an image folder is read as RGB), or a "
+                "teacher trained on this data",
+            )
         if x.shape[-2:] != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
             x = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
