@@ -72,6 +72,8 @@ def test_vit_compresses_end_to_end(vit_project, tmp_path):
     graph = onnx.load(str(tmp_path / "run" / "build" / "onnxruntime" / "model_fp32.onnx"))
     ops = Counter(n.op_type for n in graph.graph.node)
     assert ops["SkipLayerNormalization"] >= 2 and ops["BiasGelu"] == 2
+    # and its attention, exported eager with the scores' scale made a Div
+    assert ops["Attention"] == 2 and "Softmax" not in ops
 
 
 def test_init_sets_up_a_vit_teacher(vit_project, tmp_path):

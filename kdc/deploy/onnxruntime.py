@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -199,29 +200,65 @@ def _optimize_transformer(src: Path, tmp: Path, num_heads: int, hidden_size: int
 
     with _reading(src):
         inputs = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
-    model_type = "vit" if "pixel_values" in inputs else "bert"
+        model_type = "vit" if "pixel_values" in inputs else "bert"
+        graph = onnx.load(str(src)) if model_type == "vit" else None
+    with tempfile.TemporaryDirectory(prefix="kdc-fuse-") as scratch:
+        source = src
+        if graph is not None and _scores_divided(graph):
+            source = Path(scratch) / "model.onnx"
+            onnx.save(graph, str(source))
 
-    def run(level: int):
-        return optimize_model(
-            str(src),
-            model_type=model_type,
-            num_heads=num_heads,
-            hidden_size=hidden_size,
-            opt_level=level,
-        )
+        def run(level: int):
+            return optimize_model(
+                str(source),
+                model_type=model_type,
+                num_heads=num_heads,
+                hidden_size=hidden_size,
+                opt_level=level,
+            )
 
-    try:
-        model = run(2)
-    except Exception as e:  # the fusion scripts fail in many ways on unusual graphs
-        log.warning(
-            "%s: transformer fusion at opt_level 2 failed (%s); using opt_level 1",
-            src,
-            str(e).splitlines()[0] if str(e) else type(e).__name__,
-        )
-        model = run(1)
+        try:
+            model = run(2)
+        except Exception as e:  # the fusion scripts fail in many ways on unusual graphs
+            log.warning(
+                "%s: transformer fusion at opt_level 2 failed (%s); using opt_level 1",
+                src,
+                str(e).splitlines()[0] if str(e) else type(e).__name__,
+            )
+            model = run(1)
     fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     log.info("%s: fused operators %s", src, fused or "none")
     model.save_model_to_file(str(tmp))
+
+
+def _scores_divided(model: onnx.ModelProto) -> bool:
+    """Rewrite each `MatMul → Mul(scalar c) → Softmax` (attention scores scaled, no mask: the
+    eager ViT export) as `Div(1/c)`, the form ONNX Runtime's optimizer fuses into Attention
+    (its no-mask pattern); True if any was rewritten. The scores differ by float rounding."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    consts |= {
+        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+        for n in g.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
+    }
+    done = False
+    for soft in [n for n in g.node if n.op_type == "Softmax"]:
+        mul = producer.get(soft.input[0])
+        if (
+            mul is None
+            or mul.op_type != "Mul"
+            or getattr(producer.get(mul.input[0]), "op_type", "") != "MatMul"
+        ):
+            continue
+        scale = consts.get(mul.input[1])
+        if scale is None or scale.size != 1 or not scale.any():
+            continue
+        name = f"{mul.input[1]}_reciprocal"
+        g.initializer.append(numpy_helper.from_array((1 / scale).astype(scale.dtype), name))
+        mul.op_type, mul.input[1], done = "Div", name, True
+    return done
 
 
 def _optimize_cnn(src: Path, tmp: Path, num_heads: int, hidden_size: int) -> None:

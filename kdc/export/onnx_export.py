@@ -85,6 +85,7 @@ def export_onnx(
         atomic_path(path) as tmp,
         warnings.catch_warnings(),
         cls_only_last_layer(adapter, cls_only),
+        adapter.exporting(),
     ):
         warnings.simplefilter("ignore")
         EXPORTERS[exporter](adapter, example, tmp, opset, output_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ class ModelAdapter(ABC):
     @abstractmethod
     def save(self, directory: Path) -> list[Path]:
         """Write weights (safetensors) and the architecture spec; return the files written."""
+
+    def exporting(self) -> contextlib.AbstractContextManager[None]:
+        """Context in which `module` is exported to ONNX (a graph form the runtimes fuse)."""
+        return contextlib.nullcontext()
 
     def feature_modules(self) -> dict[str, nn.Module]:
         """Named submodules whose outputs distillation losses and proxies may tap."""

@@ -10,7 +10,9 @@ goldens, not this file). Images must have the model's channel count.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,17 @@ class HFImageAdapter(TransformerAdapter):
         mean = torch.tensor(self.processor["image_mean"]).view(1, -1, 1, 1)
         std = torch.tensor(self.processor["image_std"]).view(1, -1, 1, 1)
         return {"pixel_values": ((x - mean) / std).numpy()}
+
+    @contextlib.contextmanager
+    def exporting(self) -> Iterator[None]:
+        """Export with the eager attention (scores scaled after Q·Kᵀ; the SDPA form scales Q and
+        K apart), the pattern ONNX Runtime's transformer optimizer fuses into Attention."""
+        config, was = self.config, self.config._attn_implementation
+        config._attn_implementation = "eager"
+        try:
+            yield
+        finally:
+            config._attn_implementation = was
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {"pixel_values": {0: "batch"}, self.output_name: {0: "batch"}}
