@@ -249,6 +249,9 @@ class _Exportable:
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return self.axes
 
+    def exporting(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # exported as built
+
 
 def _build_mlp(arch: dict[str, Any]) -> _Exportable:
     from torch import nn
