@@ -202,3 +202,25 @@ def test_vit_evolution_search_and_pruning_for_jetson(vit_project, tmp_path):
     assert trt["status"] == "bundle" and trt["precision"] == "int8"
     again = api.compress(cfg, "jetson", tmp_path / "run", resume=True, quiet=True)
     assert again["student"]["architecture"] == arch
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("[0.5]", "holds no JSON object"),
+        ('{"image_mean": "0.5"}', 'image_mean is "0.5"'),
+        ('{"image_std": [0.5, 0.5]}', "not a number or 3 numbers"),
+    ],
+)
+def test_a_bad_image_processor_config_is_one_line(tmp_path, content, words):
+    """preprocessor_config.json that is not an object, or mean/std that are not one number per
+    channel: a UserError naming the file (an AttributeError or ValueError before)."""
+    from kdc.errors import UserError
+    from kdc.models.hf_image import PROCESSOR_FILE, read_processor
+
+    (tmp_path / PROCESSOR_FILE).write_text(content)
+    with pytest.raises(UserError, match=words) as e:
+        read_processor(tmp_path, 3)
+    assert e.value.source == str(tmp_path / PROCESSOR_FILE)
+    (tmp_path / PROCESSOR_FILE).write_text('{"image_mean": [0.1, 0.2, 0.3, 0.4], "image_std": 2}')
+    assert read_processor(tmp_path, 3) == {"image_mean": [0.1, 0.2, 0.3], "image_std": [2.0] * 3}
