@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tiny import run_onnx, vit_config, write_yaml
+from tiny import run_onnx, tiny_vit, vit_config, write_yaml
 
 from kdc import api
 from kdc.compress.prune import prune_once
@@ -35,6 +35,9 @@ def test_encode_resizes_and_normalises_like_the_image_processor(vit_project):
     assert np.allclose(teacher.encode(x)["pixel_values"], (x - 0.5) / 0.5)
     big = torch.nn.functional.interpolate(torch.from_numpy(x), size=(16, 16)).numpy()
     assert teacher.encode(big)["pixel_values"].shape == (4, 1, 8, 8)  # resized to the model's
+    wide = np.repeat(x, 3, axis=-1)  # 8×24: stretched to a square, as ViTImageProcessor does
+    got = teacher.encode(wide)["pixel_values"]
+    assert got.shape == (4, 1, 8, 8) and got.dtype == np.float32
 
 
 def test_sliced_student_saves_and_reloads(vit_project, tmp_path):
@@ -133,24 +136,9 @@ def test_qat_is_refused_for_a_vit_before_any_stage(vit_project, tmp_path):
 
 def _rgb_vit(root, image_size: int = 8) -> None:
     """An untrained 3-channel tiny ViT for classes a, b in `root`/teacher."""
-    from transformers import ViTConfig, ViTForImageClassification
-
-    names = ["a", "b"]
     torch.manual_seed(0)
-    ViTForImageClassification(
-        ViTConfig(
-            image_size=image_size,
-            patch_size=2,
-            num_channels=3,
-            hidden_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=32,
-            num_labels=2,
-            id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)},
-        )
-    ).save_pretrained(str(root / "teacher"))
+    model = tiny_vit(["a", "b"], channels=3, hidden=16, layers=2, heads=2, image_size=image_size)
+    model.save_pretrained(str(root / "teacher"))
 
 
 def test_rgb_images_are_resized_and_channels_must_match(vit_project, tmp_path):
