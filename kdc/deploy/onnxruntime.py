@@ -195,7 +195,8 @@ def count_ops(path: Path | str) -> dict[str, int]:
 
 def _optimize_transformer(src: Path, tmp: Path, num_heads: int, hidden_size: int) -> None:
     """Fuse Attention/SkipLayerNorm/BiasGelu with ORT's transformer optimizer (CPU, level 2):
-    as "bert", or as "vit" (no attention mask) for a graph that takes `pixel_values`."""
+    as "bert", or as "vit" (no attention mask) for a graph that takes `pixel_values`, its
+    attention scores' scale made a Div first (`_scores_divided`, on a scratch copy)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     with _reading(src):
