@@ -20,12 +20,14 @@ from kdc.rundir import atomic_path
 
 MAX_ROWS = 20_000  # rows read to guess columns and labels
 MAX_LABELS = 100  # more distinct values than this is not a label column
-# HF architecture suffix -> task kdc runs for it
+# HF architecture suffix -> task kdc runs for it (a bare `*Model` only as a text encoder: see
+# _hf_task)
 HF_TASKS = {
     "ForSequenceClassification": "text-classification",
     "ForImageClassification": "image-classification",
     "Model": "sentence-embedding",
 }
+VIT_KEYS = ("image_size", "patch_size", "num_channels")  # integers HFImageAdapter requires
 HEAD_RX = re.compile(r"(^|\.)(classifier|head|fc)(\.\d+)?\.weight$")
 
 
@@ -56,18 +58,32 @@ class DataInfo:
     eval_split: str | None = None  # a `datasets` directory's split that evaluation reads
 
 
+def _hf_task(arch: str, conf: dict[str, Any]) -> str | None:
+    """The task kdc runs for architecture `arch`: a bare `*Model` is a sentence encoder only if
+    it is a text encoder (a vocabulary, no decoder, no LM head: not ViTModel, T5Model or
+    GPT2LMHeadModel); an image classifier only with a ViT's integer geometry."""
+    task = next((t for suffix, t in HF_TASKS.items() if arch.endswith(suffix)), None)
+    if task == "sentence-embedding" and (
+        arch.endswith("HeadModel") or "vocab_size" not in conf or conf.get("is_encoder_decoder")
+    ):
+        return None
+    if task == "image-classification" and not all(isinstance(conf.get(k), int) for k in VIT_KEYS):
+        return None
+    return task
+
+
 def _hf_teacher(path: Path) -> TeacherInfo:
     conf = read_config(path, "MODEL_DIR")
     archs = conf.get("architectures") or []
-    task = next((t for a in archs for suffix, t in HF_TASKS.items() if a.endswith(suffix)), None)
+    task = next((t for a in archs if (t := _hf_task(a, conf))), None)
     if task is None:
         raise UserError(
             f"architecture {archs or 'unknown'} is not one kdc init can set up",
             source=str(path / "config.json"),
             field="architectures",
-            fix="use a *ForSequenceClassification or *ForImageClassification model or a bare "
-            "text encoder (*Model, e.g. a sentence-transformers directory), or write model.yaml "
-            "by hand (README: Configuration)",
+            fix="use a *ForSequenceClassification model, a ViT-like *ForImageClassification "
+            "model, or a bare text encoder (*Model, e.g. a sentence-transformers directory), or "
+            "write model.yaml by hand (README: Configuration)",
         )
     if task != "image-classification":
         check_tokenizer(path, "MODEL_DIR")  # fail here, not in compress
@@ -190,20 +206,28 @@ def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
     classes, else the one with fewest; none for an embedding teacher), and a max_length for the
     texts."""
     columns = list(rows[0]) if rows else []
-    if teacher.task == "sentence-embedding" and rows:
-        text = max(columns, key=lambda c: _text_len([r.get(c) for r in rows]))
-        texts = [str(r.get(text) or "") for r in rows]
-        limit = teacher.max_positions
-        return DataInfo(str(path), "text", len(rows), text, None, [], _max_length(texts, limit))
-    if not rows or len(columns) < 2:
+    embedding = teacher.task == "sentence-embedding"  # texts only: no label column
+    if not rows or len(columns) < (1 if embedding else 2):
         raise UserError(
             f"{len(rows)} rows, columns {columns}",
             source=str(path),
             field="--data",
-            fix="give a header with a text and a label column, and some rows",
+            fix=f"give a header with a text{'' if embedding else ' and a label'} column, and "
+            "some rows",
         )
     values = {c: [r.get(c) for r in rows] for c in columns}
     text = max(columns, key=lambda c: _text_len(values[c]))
+    if embedding:
+        if _text_len(values[text]) == 0:  # numbers and blanks only
+            raise UserError(
+                f"no text column (columns {columns})",
+                source=str(path),
+                field="--data",
+                fix="give a column of texts",
+            )
+        texts = [str(v or "") for v in values[text]]
+        limit = teacher.max_positions
+        return DataInfo(str(path), "text", len(rows), text, None, [], _max_length(texts, limit))
     distinct = {c: sorted({str(v).strip() for v in values[c]}) for c in columns if c != text}
     usable = [c for c, d in distinct.items() if 2 <= len(d) <= MAX_LABELS]
     if _text_len(values[text]) == 0 or not usable:

@@ -191,6 +191,21 @@ def test_datasets_directory_eval_split_and_class_order(tmp_path, splits):
         assert not set(ds.train.features) & set(ds.eval.features)
 
 
+def test_an_eval_directory_without_a_labelled_split_names_what_is_read(tmp_path):
+    """A data.eval DatasetDict whose test split is GLUE-style unlabelled (ClassLabel -1): the
+    error names the splits evaluation reads, not a 'test' split it has ('no 'eval' split')."""
+    datasets = pytest.importorskip("datasets")
+    _save_dataset(tmp_path / "ds", {"train": 40}, ["neg", "pos"])
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    unlabelled = datasets.Dataset.from_dict({"text": ["a", "b"], "label": [-1, -1]}, features)
+    datasets.DatasetDict({"test": unlabelled}).save_to_disk(str(tmp_path / "ev"))
+    with pytest.raises(UserError, match="no labelled test or validation split") as e:
+        load_dataset(text_cfg(tmp_path, source="ds", eval="ev"))
+    assert e.value.field == "data.eval" and "splits: test" in str(e.value)
+
+
 @pytest.mark.parametrize(
     ("name", "content", "field", "words"),
     [

@@ -218,3 +218,44 @@ def test_init_parses_quotes_as_compress_does(bert_project, tmp_path):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert "--data" in lines[0] and "quote" in lines[0] and "line 2" in lines[0], res.output
+
+
+@pytest.mark.parametrize(
+    ("arch", "extra"),
+    [
+        ("ViTModel", {"image_size": 224, "patch_size": 16, "num_channels": 3}),  # no text
+        ("GPT2LMHeadModel", {"vocab_size": 50257}),  # a language-model head
+        ("T5Model", {"vocab_size": 32128, "is_encoder_decoder": True}),
+        ("ResNetForImageClassification", {"num_channels": 3}),  # not a ViT: no patches
+        ("BertForMaskedLM", {"vocab_size": 30522}),
+    ],
+)
+def test_init_refuses_architectures_compress_cannot_run(tmp_path, arch, extra):
+    """A bare `*Model` is a sentence encoder only as a text encoder (ViTModel was taken for one
+    and refused for want of a tokenizer); an image classifier needs a ViT's patch geometry."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"architectures": [arch], **extra}))
+    (teacher / "vocab.txt").write_text("[UNK]\n")
+    res = _init(teacher, "--data", "sklearn:digits", "--out", tmp_path / "m.yaml")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert f"'{arch}'" in lines[0] and "'architectures'" in lines[0], res.output
+
+
+def test_init_embedding_tables_need_a_text_column(tmp_path):
+    """For an encoder a table needs only a text column: without one (numbers only) or without
+    rows, the fix names a text column and no label column."""
+    from kdc.errors import UserError
+    from kdc.init import TeacherInfo, _read_csv, _rows_data
+
+    teacher = TeacherInfo("huggingface", tmp_path, "sentence-embedding", None)
+    (tmp_path / "n.csv").write_text("id,score\n1,0.5\n2,0.7\n")
+    (tmp_path / "h.csv").write_text("text\n")
+    for name, problem in (("n.csv", "no text column"), ("h.csv", "0 rows")):
+        with pytest.raises(UserError, match=problem) as e:
+            _rows_data(tmp_path / name, _read_csv(tmp_path / name, ","), teacher)
+        assert "label" not in e.value.fix and "text" in e.value.fix
+    (tmp_path / "t.csv").write_text("sentence\na good film\na bad plot\n")
+    info = _rows_data(tmp_path / "t.csv", _read_csv(tmp_path / "t.csv", ","), teacher)
+    assert (info.text_column, info.label_column, info.rows) == ("sentence", None, 2)

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tiny import run_onnx, vit_config, write_yaml
+from tiny import run_onnx, tiny_vit, vit_config, write_yaml
 
 from kdc import api
 from kdc.compress.prune import prune_once
@@ -35,6 +35,9 @@ def test_encode_resizes_and_normalises_like_the_image_processor(vit_project):
     assert np.allclose(teacher.encode(x)["pixel_values"], (x - 0.5) / 0.5)
     big = torch.nn.functional.interpolate(torch.from_numpy(x), size=(16, 16)).numpy()
     assert teacher.encode(big)["pixel_values"].shape == (4, 1, 8, 8)  # resized to the model's
+    wide = np.repeat(x, 3, axis=-1)  # 8×24: stretched to a square, as ViTImageProcessor does
+    got = teacher.encode(wide)["pixel_values"]
+    assert got.shape == (4, 1, 8, 8) and got.dtype == np.float32
 
 
 def test_sliced_student_saves_and_reloads(vit_project, tmp_path):
@@ -133,24 +136,9 @@ def test_qat_is_refused_for_a_vit_before_any_stage(vit_project, tmp_path):
 
 def _rgb_vit(root, image_size: int = 8) -> None:
     """An untrained 3-channel tiny ViT for classes a, b in `root`/teacher."""
-    from transformers import ViTConfig, ViTForImageClassification
-
-    names = ["a", "b"]
     torch.manual_seed(0)
-    ViTForImageClassification(
-        ViTConfig(
-            image_size=image_size,
-            patch_size=2,
-            num_channels=3,
-            hidden_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=32,
-            num_labels=2,
-            id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)},
-        )
-    ).save_pretrained(str(root / "teacher"))
+    model = tiny_vit(["a", "b"], channels=3, hidden=16, layers=2, heads=2, image_size=image_size)
+    model.save_pretrained(str(root / "teacher"))
 
 
 def test_rgb_images_are_resized_and_channels_must_match(vit_project, tmp_path):
@@ -202,3 +190,25 @@ def test_vit_evolution_search_and_pruning_for_jetson(vit_project, tmp_path):
     assert trt["status"] == "bundle" and trt["precision"] == "int8"
     again = api.compress(cfg, "jetson", tmp_path / "run", resume=True, quiet=True)
     assert again["student"]["architecture"] == arch
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("[0.5]", "holds no JSON object"),
+        ('{"image_mean": "0.5"}', 'image_mean is "0.5"'),
+        ('{"image_std": [0.5, 0.5]}', "not a number or 3 numbers"),
+    ],
+)
+def test_a_bad_image_processor_config_is_one_line(tmp_path, content, words):
+    """preprocessor_config.json that is not an object, or mean/std that are not one number per
+    channel: a UserError naming the file (an AttributeError or ValueError before)."""
+    from kdc.errors import UserError
+    from kdc.models.hf_image import PROCESSOR_FILE, read_processor
+
+    (tmp_path / PROCESSOR_FILE).write_text(content)
+    with pytest.raises(UserError, match=words) as e:
+        read_processor(tmp_path, 3)
+    assert e.value.source == str(tmp_path / PROCESSOR_FILE)
+    (tmp_path / PROCESSOR_FILE).write_text('{"image_mean": [0.1, 0.2, 0.3, 0.4], "image_std": 2}')
+    assert read_processor(tmp_path, 3) == {"image_mean": [0.1, 0.2, 0.3], "image_std": [2.0] * 3}

@@ -69,30 +69,51 @@ def quantize_int8_nncf(
 def signed_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     """Make every UINT8 Q/DQ with zero point 0 (NNCF's choice for a tensor it saw never go
     negative, such as a Softmax's output, even under the symmetric preset) INT8 with zero point
-    0 and its scale × 255/127: the same range [0, 255 × scale], one bit coarser. TensorRT takes
-    INT8 Q/DQ only."""
+    0 and its scale × 255/127: the same range [0, 255 × scale], one bit coarser. A scale that
+    other nodes read too (a signed pair sharing it) is copied, not widened in place. TensorRT
+    takes INT8 Q/DQ only."""
     g = model.graph
     init = {i.name: i for i in g.initializer}
-    unsigned = {
-        n.input[2]
+    qdq = [
+        n
         for n in g.node
         if n.op_type in ("QuantizeLinear", "DequantizeLinear")
         and len(n.input) == 3
         and n.input[2] in init
-        and n.input[1] in init
-        and init[n.input[2]].data_type == TensorProto.UINT8
+    ]
+    unsigned = {
+        n.input[2]
+        for n in qdq
+        if init[n.input[2]].data_type == TensorProto.UINT8
         and not numpy_helper.to_array(init[n.input[2]]).any()  # else asymmetric: lint names it
+    } - {  # a computed scale, or UINT8 data stored as such: left as they are
+        n.input[2]
+        for n in qdq
+        if n.input[1] not in init or (n.op_type == "DequantizeLinear" and n.input[0] in init)
     }
-    scales = {n.input[1] for n in g.node if len(n.input) == 3 and n.input[2] in unsigned}
+    flipped = [n for n in qdq if n.input[2] in unsigned]
+    ids = {id(n) for n in flipped}
+    read_elsewhere = {i for n in g.node if id(n) not in ids for i in n.input}
+    names = {*init, *(o for n in g.node for o in n.output), *(i.name for i in g.input)}
+    widened: dict[str, str] = {}
+    for n in flipped:
+        scale = n.input[1]
+        if scale not in widened:
+            wide = (numpy_helper.to_array(init[scale]) * np.float32(255 / 127)).astype(np.float32)
+            name = scale
+            if scale in read_elsewhere:
+                while name in names:
+                    name += "_signed"
+                names.add(name)
+                g.initializer.append(numpy_helper.from_array(wide, name))
+            else:
+                init[scale].CopyFrom(numpy_helper.from_array(wide, name))
+            widened[scale] = name
+        n.input[1] = widened[scale]
     for name in unsigned:
         zp = init[name]
         zp.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(zp).astype(np.int8), name))
-    for name in scales:
-        wide = numpy_helper.to_array(init[name]) * np.float32(255 / 127)
-        init[name].CopyFrom(numpy_helper.from_array(wide.astype(np.float32), name))
-    quantized = {
-        n.output[0] for n in g.node if n.op_type == "QuantizeLinear" and n.input[2] in unsigned
-    }
+    quantized = {n.output[0] for n in flipped if n.op_type == "QuantizeLinear"}
     for info in [*g.value_info, *g.output]:
         if info.name in quantized:
             info.type.tensor_type.elem_type = TensorProto.INT8

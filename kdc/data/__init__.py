@@ -171,13 +171,13 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
         )
     rng = np.random.default_rng(cfg.split_seed())
     label_col = None if cfg.task == "sentence-embedding" else d.label_column
-    has_eval, declared = None, None
+    eval_name, declared = None, None  # a `datasets` directory's labelled eval split
     if fmt == "datasets":
-        has_eval, declared = datasets_layout(src_path, label_col)
+        eval_name, declared = datasets_layout(src_path, label_col)
     if d.eval:
         ev_path = cfg.resolve(d.eval)
         ev_feats, ev_labels = _read(cfg, ev_path, _format(cfg, ev_path, "data.eval"), "eval")
-    elif has_eval:
+    elif eval_name:
         ev_feats, ev_labels = _read(cfg, src_path, fmt, "test")
     else:
         order = rng.permutation(len(feats))

@@ -266,11 +266,12 @@ def read_datasets(
     if isinstance(ds, DatasetDict):
         name = eval_split(ds, label_col, split) if split != "train" else "train"
         if name not in ds:
+            wanted = "train" if split == "train" else "labelled test or validation"
             raise UserError(
-                f"no '{split}' split (splits: {', '.join(ds)})",
+                f"no {wanted} split (splits: {', '.join(ds)})",
                 source=str(path),
                 field=field,
-                fix="save a DatasetDict with train/test splits",
+                fix=f"save a DatasetDict with a {wanted} split",
             )
         ds = ds[name]
     rows = [

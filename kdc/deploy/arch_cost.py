@@ -209,8 +209,17 @@ def _image_input(
     if not a.get("patch_size"):
         return None
     given = (input_shapes or {}).get("pixel_values")
-    c, side = (int(given[1]), int(given[2])) if given else (a["num_channels"], a["image_size"])
-    return int(c), int(side), int(a["patch_size"])
+    try:
+        c, side = (given[1], given[2]) if given else (a["num_channels"], a["image_size"])
+        return int(c), int(side), int(a["patch_size"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise UserError(
+            "vision transformer architecture (patch_size) without integer num_channels and "
+            "image_size",
+            field="architecture",
+            fix="give num_channels and image_size, or input_shapes={'pixel_values': "
+            "[batch, channels, side, side]}",
+        ) from None
 
 
 def _cnn(arch: dict[str, Any], batch: int, input_shapes: dict[str, list[int]] | None) -> GraphCost:

@@ -195,7 +195,8 @@ def count_ops(path: Path | str) -> dict[str, int]:
 
 def _optimize_transformer(src: Path, tmp: Path, num_heads: int, hidden_size: int) -> None:
     """Fuse Attention/SkipLayerNorm/BiasGelu with ORT's transformer optimizer (CPU, level 2):
-    as "bert", or as "vit" (no attention mask) for a graph that takes `pixel_values`."""
+    as "bert", or as "vit" (no attention mask) for a graph that takes `pixel_values`, its
+    attention scores' scale made a Div first (`_scores_divided`, on a scratch copy)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     with _reading(src):
@@ -232,9 +233,11 @@ def _optimize_transformer(src: Path, tmp: Path, num_heads: int, hidden_size: int
 
 
 def _scores_divided(model: onnx.ModelProto) -> bool:
-    """Rewrite each `MatMul → Mul(scalar c) → Softmax` (attention scores scaled, no mask: the
-    eager ViT export) as `Div(1/c)`, the form ONNX Runtime's optimizer fuses into Attention
-    (its no-mask pattern); True if any was rewritten. The scores differ by float rounding."""
+    """Rewrite each `MatMul → Mul(scalar c) → Softmax` over the last axis (attention scores
+    scaled, no mask: the eager ViT export) as `Div(1/c)`, the form ONNX Runtime's optimizer fuses
+    into Attention (its no-mask pattern); True if any was rewritten. The scores differ by float
+    rounding. A scale shared by several layers (torch.onnx shares equal constants) gets one
+    reciprocal."""
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
@@ -243,22 +246,31 @@ def _scores_divided(model: onnx.ModelProto) -> bool:
         for n in g.node
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
     }
-    done = False
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    names = {*producer, *consts, *(i.name for i in g.input)}
+    reciprocals: dict[str, str] = {}
     for soft in [n for n in g.node if n.op_type == "Softmax"]:
+        axis = next((a.i for a in soft.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
         mul = producer.get(soft.input[0])
-        if (
-            mul is None
-            or mul.op_type != "Mul"
-            or getattr(producer.get(mul.input[0]), "op_type", "") != "MatMul"
-        ):
+        if axis not in (-1, 3) or mul is None or mul.op_type != "Mul":  # scores are B×A×L×L
             continue
-        scale = consts.get(mul.input[1])
+        kinds = [getattr(producer.get(i), "op_type", "") for i in mul.input]
+        if "MatMul" not in kinds:
+            continue
+        scores, const = (mul.input[0], mul.input[1]) if kinds[0] == "MatMul" else mul.input[::-1]
+        scale = consts.get(const)
         if scale is None or scale.size != 1 or not scale.any():
             continue
-        name = f"{mul.input[1]}_reciprocal"
-        g.initializer.append(numpy_helper.from_array((1 / scale).astype(scale.dtype), name))
-        mul.op_type, mul.input[1], done = "Div", name, True
-    return done
+        if const not in reciprocals:
+            name = f"{const}_reciprocal"
+            while name in names:
+                name += "_"
+            names.add(name)
+            g.initializer.append(numpy_helper.from_array((1 / scale).astype(scale.dtype), name))
+            reciprocals[const] = name
+        mul.op_type = "Div"
+        mul.input[:] = [scores, reciprocals[const]]
+    return bool(reciprocals)
 
 
 def _optimize_cnn(src: Path, tmp: Path, num_heads: int, hidden_size: int) -> None:

@@ -42,17 +42,17 @@ class PixelLogits(nn.Module):
 def _per_channel(values: Any, channels: int, path: Path, key: str) -> list[float]:
     """`values` (a number or a list) as one float per channel; a list of three for a
     one-channel model keeps its first."""
-    vals = [float(v) for v in (values if isinstance(values, list) else [values])]
-    if len(vals) == 1:
-        return vals * channels
-    if len(vals) < channels:
+    vals = values if isinstance(values, list) else [values]
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals)
+    if not numbers or not vals or 1 < len(vals) < channels:
         raise UserError(
-            f"{key} has {len(vals)} values for {channels} channels",
+            f"{key} is {json.dumps(values)[:40]}, not a number or {channels} numbers",
             source=str(path / PROCESSOR_FILE),
             field=key,
-            fix="give one value per input channel",
+            fix="give one number per input channel",
         )
-    return vals[:channels]
+    vals = [float(v) for v in vals]
+    return vals * channels if len(vals) == 1 else vals[:channels]
 
 
 def read_processor(path: Path, channels: int) -> dict[str, Any]:
@@ -70,6 +70,13 @@ def read_processor(path: Path, channels: int) -> dict[str, Any]:
                 field="teacher.path",
                 fix="save the model's image processor with save_pretrained",
             ) from None
+        if not isinstance(conf, dict):
+            raise UserError(
+                f"{PROCESSOR_FILE} holds no JSON object",
+                source=str(file),
+                field="teacher.path",
+                fix="save the model's image processor with save_pretrained",
+            )
     if not conf.get("do_normalize", True):
         return {"image_mean": [0.0] * channels, "image_std": [1.0] * channels}
     return {

@@ -206,6 +206,51 @@ def test_gather_then_dequantize_keeps_values_and_leaves_other_tables(tmp_path):
     assert [i.name for i in rewritten.graph.initializer].count("rows_rows") == 1  # shared
 
 
+def test_signed_qdq_widens_unsigned_pairs_only(tmp_path):
+    """A UINT8 Q/DQ pair with zero point 0 becomes INT8 at scale × 255/127 (same outputs to one
+    INT8 step); a signed pair sharing its scale keeps the scale as it was (a copy is widened),
+    and a Q/DQ without a zero point is left alone."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kdc.compress.nncf_ptq import signed_qdq
+
+    inits = [
+        numpy_helper.from_array(np.float32(0.01), "s"),
+        numpy_helper.from_array(np.uint8(0), "zu"),
+        numpy_helper.from_array(np.int8(0), "zs"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["p", "s", "zu"], ["pq"]),
+        helper.make_node("DequantizeLinear", ["pq", "s", "zu"], ["a"]),
+        helper.make_node("QuantizeLinear", ["x", "s", "zs"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zs"], ["b"]),
+        helper.make_node("QuantizeLinear", ["p", "s"], ["pq2"]),  # UINT8, no zero point given
+        helper.make_node("DequantizeLinear", ["pq2", "s"], ["c"]),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in "pxabc"]
+    graph = helper.make_graph(nodes, "g", vi[:2], vi[2:], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
+    onnx.save(model, str(before))
+    onnx.save(signed_qdq(onnx.load(str(before))), str(after))
+    q = onnx.load(str(after))
+    onnx.checker.check_model(q, full_check=True)
+    init = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    first, second = q.graph.node[0], q.graph.node[2]
+    assert init["zu"].dtype == np.int8 and init[first.input[1]] == pytest.approx(0.01 * 255 / 127)
+    assert first.input[1] != "s" and second.input[1] == "s" and init["s"] == np.float32(0.01)
+    assert list(q.graph.node[4].input) == ["p", "s"]
+    feed = {
+        "p": np.array([0, 0.3, 1.2, 2.55], np.float32),
+        "x": np.array([-1, -0.3, 0, 1.2], np.float32),
+    }
+    want = make_session(before, threads=1).run(None, feed)
+    got = make_session(after, threads=1).run(None, feed)
+    assert np.allclose(got[0], want[0], atol=0.01 * 255 / 127 / 2 + 1e-6)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[2], want[2])
+
+
 @pytest.mark.slow
 def test_auto_ptq_records_both_backends(bert_project, tmp_path):
     from kdc import api

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tiny import exported_bert
+from tiny import exported_bert, tiny_vit
 
 from kdc.deploy.graph_cost import (
     analyze_architecture,
@@ -431,24 +431,11 @@ def test_shape_arithmetic_folds_beside_quantize_dequantize():
 def test_vit_architecture_matches_exported_vit(tmp_path):
     """A vision transformer's architecture dict (patch Conv, [CLS] and position embeddings, no
     mask, final LayerNorm, no pooler) costs what its torch.onnx export does."""
-    from transformers import ViTConfig, ViTForImageClassification
-
     from kdc.export.onnx_export import export_onnx
     from kdc.models.hf_image import HFImageAdapter
 
-    config = ViTConfig(
-        image_size=8,
-        patch_size=2,
-        num_channels=1,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_labels=10,
-    )
-    adapter = HFImageAdapter(
-        ViTForImageClassification(config).eval(), {"image_mean": [0.5], "image_std": [0.5]}
-    )
+    vit = tiny_vit([str(i) for i in range(10)], channels=1, hidden=64, layers=2, heads=4)
+    adapter = HFImageAdapter(vit.eval(), {"image_mean": [0.5], "image_std": [0.5]})
     x = adapter.encode(np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32))
     export_onnx(adapter, x, tmp_path / "vit.onnx")
     shapes = {"pixel_values": [2, 1, 8, 8]}
@@ -459,3 +446,14 @@ def test_vit_architecture_matches_exported_vit(tmp_path):
     assert sum(k.flops for k in arch_k) == pytest.approx(sum(k.flops for k in onnx_k), rel=0.01)
     assert sum(k.bytes for k in arch_k) == pytest.approx(sum(k.bytes for k in onnx_k), rel=0.02)
     assert analyze_architecture(adapter.architecture(), batch=2).input_shapes == shapes
+
+
+def test_vit_architecture_without_its_geometry_is_a_user_error():
+    """`patch_size` makes a vision transformer: without num_channels and image_size (nor
+    pixel_values shapes), a UserError naming the architecture, not a KeyError."""
+    arch = {"family": "transformer", "num_hidden_layers": 2, "hidden_size": 64, "patch_size": 2}
+    with pytest.raises(UserError, match="num_channels") as e:
+        analyze_architecture(arch, batch=1)
+    assert e.value.field == "architecture"
+    shapes = {"pixel_values": [1, 1, 8, 8]}
+    assert analyze_architecture(arch, batch=1, input_shapes=shapes).input_shapes == shapes

@@ -386,3 +386,58 @@ def test_quantize_int8_float_bias_for_tensorrt(cnn: Path, tmp: Path) -> None:
     ref = run_session(make_session(default, threads=1, optimization="disable"), x)
     got = run_session(make_session(trt, threads=1, optimization="disable"), x)
     assert _cosine(ref, got) > 0.999
+
+
+def _scaled_scores(scale_first: bool, axis: int = -1) -> onnx.ModelProto:
+    """Two attention-score blocks `MatMul → Mul(c) → Softmax(axis)` sharing one scale constant
+    (as torch.onnx shares equal constants between layers), `c` first or second in the Mul."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = []
+    for i in range(2):
+        src = "x" if i == 0 else "p0"
+        scaled = ["c", f"s{i}"] if scale_first else [f"s{i}", "c"]
+        nodes += [
+            helper.make_node("MatMul", [src, "w"], [f"s{i}"]),
+            helper.make_node("Mul", scaled, [f"m{i}"]),
+            helper.make_node("Softmax", [f"m{i}"], [f"p{i}"], axis=axis),
+        ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
+    y = helper.make_tensor_value_info("p1", TensorProto.FLOAT, [1, 2, 4, 4])
+    inits = [
+        numpy_helper.from_array(np.float32(0.25), "c"),
+        numpy_helper.from_array(np.eye(4, dtype=np.float32) * 3, "w"),
+    ]
+    graph = helper.make_graph(nodes, "scores", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run_proto(model: onnx.ModelProto, x: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, x)[0]
+
+
+@pytest.mark.parametrize("scale_first", [False, True])
+def test_scores_divided_once_per_shared_scale(scale_first: bool) -> None:
+    """Each Mul(c) before a Softmax becomes Div(scores, 1/c), whichever side c is on; a scale
+    shared by layers gets one reciprocal (a name repeated per layer made the graph invalid)."""
+    from kdc.deploy.onnxruntime import _scores_divided
+
+    model = _scaled_scores(scale_first)
+    x = {"x": np.random.default_rng(0).random((1, 2, 4, 4), dtype=np.float32)}
+    ref = _run_proto(model, x)
+    assert _scores_divided(model)
+    onnx.checker.check_model(model, full_check=True)
+    divs = [n for n in model.graph.node if n.op_type == "Div"]
+    assert [list(n.input) for n in divs] == [["s0", "c_reciprocal"], ["s1", "c_reciprocal"]]
+    assert np.allclose(_run_proto(model, x), ref, atol=1e-6)
+
+
+def test_scores_divided_leaves_softmax_over_other_axes() -> None:
+    from kdc.deploy.onnxruntime import _scores_divided
+
+    model = _scaled_scores(False, axis=1)
+    assert not _scores_divided(model)
+    assert "Div" not in {n.op_type for n in model.graph.node}

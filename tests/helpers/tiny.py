@@ -42,6 +42,13 @@ ARCH_KEYS = (
 )
 
 
+def _override(cfg: dict, over: dict) -> dict:
+    """`cfg` with the sections of `over` merged in (a dict) or replaced (anything else)."""
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -64,8 +71,7 @@ def cnn_config(weights: str | None = "teacher.safetensors", **over) -> dict:
         "verify": {"warmup": 5, "iterations": 20, "min_duration_s": 0.05, "threads": 1},
         "constraints": {"max_accuracy_drop": 0.5},
     }
-    for k, v in over.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    _override(cfg, over)
     if weights is None:
         cfg["teacher"].pop("weights")
     return cfg
@@ -138,9 +144,7 @@ def bert_config(**over) -> dict:
         "verify": {"warmup": 5, "iterations": 20, "min_duration_s": 0.05, "threads": 1},
         "constraints": {"max_accuracy_drop": 0.5},
     }
-    for k, v in over.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-    return cfg
+    return _override(cfg, over)
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -271,47 +275,44 @@ def vit_config(**over) -> dict:
         "verify": {"warmup": 5, "iterations": 20, "min_duration_s": 0.05, "threads": 1},
         "constraints": {"max_accuracy_drop": 0.5},
     }
-    for k, v in over.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-    return cfg
+    return _override(cfg, over)
+
+
+def tiny_vit(
+    labels: list[str], *, channels: int, hidden: int, layers: int, heads: int, image_size: int = 8
+) -> torch.nn.Module:
+    """An untrained ViTForImageClassification with 2×2 patches and an FFN twice `hidden`."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    return ViTForImageClassification(
+        ViTConfig(
+            image_size=image_size,
+            patch_size=2,
+            num_channels=channels,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=2 * hidden,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+        )
+    )
 
 
 def make_vit_project(root: Path) -> Path:
     """A 4-layer ViT (8×8 one-channel digits, 2×2 patches) trained on digits, saved as a Hugging
     Face directory with its image processor config."""
-    from transformers import ViTConfig, ViTForImageClassification
-
     from kdc.config import parse_config
     from kdc.data import load_dataset
+    from kdc.models.hf_image import PixelLogits
 
     torch.manual_seed(0)
-    names = [str(i) for i in range(10)]
-    model = ViTForImageClassification(
-        ViTConfig(
-            image_size=8,
-            patch_size=2,
-            num_channels=1,
-            hidden_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=128,
-            num_labels=10,
-            id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)},
-        )
-    )
+    model = tiny_vit([str(i) for i in range(10)], channels=1, hidden=64, layers=4, heads=4)
     ds = load_dataset(parse_config(vit_config(), base_dir=root))
     x = (torch.from_numpy(ds.train.features) - 0.5) / 0.5
 
-    class Wrap(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, pixel_values):
-            return self.m(pixel_values=pixel_values).logits
-
-    _train(Wrap(model), {"pixel_values": x}, torch.from_numpy(ds.train.labels), 20, 3e-3)
+    _train(PixelLogits(model), {"pixel_values": x}, torch.from_numpy(ds.train.labels), 20, 3e-3)
     model.save_pretrained(str(root / "teacher"))
     processor = {"image_mean": [0.5], "image_std": [0.5], "do_normalize": True}
     (root / "teacher" / "preprocessor_config.json").write_text(json.dumps(processor))
