@@ -270,6 +270,14 @@ def _scores_divided(model: onnx.ModelProto) -> bool:
             reciprocals[const] = name
         mul.op_type = "Div"
         mul.input[:] = [scores, reciprocals[const]]
+    read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    unread = set(reciprocals) - read  # scales no node reads now: ONNX Runtime warns of each
+    keep = [n for n in g.node if not (n.op_type == "Constant" and n.output[0] in unread)]
+    del g.node[:]
+    g.node.extend(keep)
+    kept_init = [i for i in g.initializer if i.name not in unread]
+    del g.initializer[:]
+    g.initializer.extend(kept_init)
     return bool(reciprocals)
 
 
