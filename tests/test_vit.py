@@ -188,6 +188,12 @@ def test_vit_evolution_search_and_pruning_for_jetson(vit_project, tmp_path):
     assert arch["intermediate_size"] < chosen["intermediate_size"]
     trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
     assert trt["status"] == "bundle" and trt["precision"] == "int8"
+    # the bundle carries what the application on the device needs to make pixel_values
+    bundle = tmp_path / "run" / "build" / "bundle"
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["preprocessing"] == ["config.json", "preprocessor_config.json"]
+    assert (bundle / "preprocessing" / "preprocessor_config.json").is_file()
+    assert "preprocessing/" in (bundle / "README.md").read_text()
     again = api.compress(cfg, "jetson", tmp_path / "run", resume=True, quiet=True)
     assert again["student"]["architecture"] == arch
 

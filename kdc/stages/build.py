@@ -395,6 +395,20 @@ def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
         input_shapes=input_shapes(ctx),
         golden_inputs=goldens,
         golden_outputs=outputs,
+        preprocessing=preprocessing_files(ctx.run / "distill" / "student"),
+    )
+
+
+def preprocessing_files(student: Path) -> list[Path]:
+    """What an application on the device needs besides the engine: a saved student's files but
+    its weights and kdc's own records (tokenizer or image processor config, config.json)."""
+    kdc_own = {"shapes.json", "kdc_model.json"}
+    if not student.is_dir():
+        return []
+    return sorted(
+        p
+        for p in student.iterdir()
+        if p.is_file() and p.suffix != ".safetensors" and p.name not in kdc_own
     )
 
 
