@@ -16,6 +16,8 @@ TOKENIZER_GLOBS = ("tokenizer*.json", "*vocab*", "merges.txt", "*.model", "*.spm
 TOKENIZER_FIX = "save the tokenizer into the model directory with tokenizer.save_pretrained(dir)"
 CONFIG_FIX = "re-save the model with save_pretrained"
 JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number"}
+# config.json integers of a ViT-like image classifier (HFImageAdapter requires them)
+VIT_GEOMETRY = ("image_size", "patch_size", "num_channels")
 
 
 def read_config(path: Path, field: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import yaml
 from kdc.config import load_config
 from kdc.data.readers import datasets_layout, delimited_records, json_objects, read_txt
 from kdc.errors import UserError
-from kdc.hf_files import check_tokenizer, label_names, read_config
+from kdc.hf_files import VIT_GEOMETRY, check_tokenizer, label_names, read_config
 from kdc.rundir import atomic_path
 
 MAX_ROWS = 20_000  # rows read to guess columns and labels
@@ -27,7 +27,6 @@ HF_TASKS = {
     "ForImageClassification": "image-classification",
     "Model": "sentence-embedding",
 }
-VIT_KEYS = ("image_size", "patch_size", "num_channels")  # integers HFImageAdapter requires
 HEAD_RX = re.compile(r"(^|\.)(classifier|head|fc)(\.\d+)?\.weight$")
 
 
@@ -67,7 +66,9 @@ def _hf_task(arch: str, conf: dict[str, Any]) -> str | None:
         arch.endswith("HeadModel") or "vocab_size" not in conf or conf.get("is_encoder_decoder")
     ):
         return None
-    if task == "image-classification" and not all(isinstance(conf.get(k), int) for k in VIT_KEYS):
+    if task == "image-classification" and not all(
+        isinstance(conf.get(k), int) for k in VIT_GEOMETRY
+    ):
         return None
     return task
 
@@ -225,9 +226,7 @@ def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
                 field="--data",
                 fix="give a column of texts",
             )
-        texts = [str(v or "") for v in values[text]]
-        limit = teacher.max_positions
-        return DataInfo(str(path), "text", len(rows), text, None, [], _max_length(texts, limit))
+        return _texts_data(path, [str(v or "") for v in values[text]], teacher, text)
     distinct = {c: sorted({str(v).strip() for v in values[c]}) for c in columns if c != text}
     usable = [c for c, d in distinct.items() if 2 <= len(d) <= MAX_LABELS]
     if _text_len(values[text]) == 0 or not usable:
@@ -249,6 +248,15 @@ def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
         label,
         distinct[label],
         _max_length([str(v) for v in values[text]], teacher.max_positions),
+    )
+
+
+def _texts_data(
+    path: Path, texts: list[str], teacher: TeacherInfo, column: str | None = None
+) -> DataInfo:
+    """Unlabelled texts (an embedding teacher's data) from a table's `column` or a text file."""
+    return DataInfo(
+        str(path), "text", len(texts), column, max_length=_max_length(texts, teacher.max_positions)
     )
 
 
@@ -277,9 +285,7 @@ def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
         info.eval_split = datasets_layout(path, info.label_column)[0]
         return info
     if path.suffix.lower() == ".txt" and path.is_file():
-        texts = read_txt(path, "--data")[0][:MAX_ROWS]
-        limit = teacher.max_positions
-        return DataInfo(str(path), "text", len(texts), max_length=_max_length(texts, limit))
+        return _texts_data(path, read_txt(path, "--data")[0][:MAX_ROWS], teacher)
     return _image_data(path) if path.is_dir() else _table_data(path, teacher)
 
 

@@ -4,8 +4,8 @@ are one ModuleList) from a local model directory.
 kdc's image data are float N×C×H×W in [0, 1]; `encode` does what the model's image processor
 does after rescaling: resize to the model's image size and normalise with its mean and std
 (preprocessor_config.json, else ViT's 0.5 / 0.5). The engines take those `pixel_values`, and the
-processor config is saved beside every student (distill/student/; a device bundle holds encoded
-goldens, not this file). Images must have the model's channel count.
+processor config is saved beside every student (and so in a device bundle's preprocessing/).
+Images must have the model's channel count.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from kdc.errors import UserError
+from kdc.hf_files import VIT_GEOMETRY
 from kdc.models.hf import TransformerAdapter, check_model_dir, load_model
 from kdc.rundir import write_json
 
@@ -97,17 +98,13 @@ class HFImageAdapter(TransformerAdapter):
         self.module = PixelLogits(model)
 
     @classmethod
-    def from_dir(
-        cls, path: Path, *, trust_remote_code: bool = False, num_labels: int | None = None
-    ) -> HFImageAdapter:
+    def from_dir(cls, path: Path, *, trust_remote_code: bool = False) -> HFImageAdapter:
         from transformers import AutoModelForImageClassification
 
         check_model_dir(path)
         kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-        if num_labels is not None:
-            kw["num_labels"] = num_labels
         model = load_model(path, AutoModelForImageClassification, kw, trust_remote_code)
-        for key in ("image_size", "patch_size", "num_channels"):
+        for key in VIT_GEOMETRY:
             if not isinstance(getattr(model.config, key, None), int):
                 raise UserError(
                     f"{type(model).__name__} has no integer '{key}' in its config",
@@ -158,7 +155,7 @@ class HFImageAdapter(TransformerAdapter):
         return {"pixel_values": {0: "batch"}, self.output_name: {0: "batch"}}
 
     def _inputs_meta(self) -> dict[str, Any]:
-        return {k: getattr(self.config, k) for k in ("image_size", "patch_size", "num_channels")}
+        return {k: getattr(self.config, k) for k in VIT_GEOMETRY}
 
     def _save_preprocessing(self, directory: Path) -> None:
         size = self.image_size
