@@ -25,6 +25,7 @@ MAX_LABELS = 100  # more distinct values than this is not a label column
 HF_TASKS = {
     "ForSequenceClassification": "text-classification",
     "ForImageClassification": "image-classification",
+    "ForImageClassificationWithTeacher": "image-classification",  # DeiT's distilled head
     "Model": "sentence-embedding",
 }
 HEAD_RX = re.compile(r"(^|\.)(classifier|head|fc)(\.\d+)?\.weight$")

@@ -36,3 +36,10 @@ def _one_torch_thread():
 def vit_project(tmp_path_factory) -> Path:
     """A digits project with a trained 4-layer tiny ViT (Hugging Face directory)."""
     return tiny.make_vit_project(tmp_path_factory.mktemp("vit"))
+
+
+@pytest.fixture(scope="session")
+def deit_project(tmp_path_factory) -> Path:
+    """A digits project with a trained 4-layer tiny DeiT whose head averages a classifier on the
+    [CLS] token and one on the distillation token (DeiTForImageClassificationWithTeacher)."""
+    return tiny.make_vit_project(tmp_path_factory.mktemp("deit"), kind="deit-teacher")

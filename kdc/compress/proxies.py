@@ -36,12 +36,13 @@ def _tensors(inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
 
 
-def classifier(adapter: ModelAdapter) -> nn.Linear:
-    """The last Linear layer: its input is the pooled feature, its output the logits."""
-    linears = [m for m in adapter.module.modules() if isinstance(m, nn.Linear)]
-    if not linears:
+def classifiers(adapter: ModelAdapter) -> list[nn.Linear]:
+    """The classifier Linear layer(s) (`ModelAdapter.classifiers`): their inputs, side by side,
+    are the pooled feature; their outputs, averaged, the logits."""
+    heads = adapter.classifiers()
+    if not heads:
         raise ValueError(f"{type(adapter.module).__name__} has no Linear classifier")
-    return linears[-1]
+    return heads
 
 
 def _length_chunks(inputs: dict[str, np.ndarray], size: int) -> list[np.ndarray]:
@@ -108,16 +109,15 @@ def features_logits_cams(
     labels: np.ndarray | None,
     chunk: int = CHUNK_ROWS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(pooled features B×C entering the classifier, logits B×K, each row's `_grad_cam` map for
+    """(pooled features B×C entering the classifiers, logits B×K, each row's `_grad_cam` map for
     its label, None without `labels`), float64. Text rows run in length-sorted chunks without
     their padding (masked positions change no output; maps are padded back to full width).
     Gradients flow only from the CAM site on (its activations are detached leaves), and not at
     all without `labels`."""
-    seen: list[torch.Tensor] = []
+    seen: dict[nn.Module, torch.Tensor] = {}
     hooks = [
-        classifier(adapter).register_forward_hook(
-            lambda m, args, out: seen.append(args[0].detach())
-        )
+        head.register_forward_hook(lambda m, args, out: seen.__setitem__(m, args[0].detach()))
+        for head in classifiers(adapter)
     ]
     leaf: list[torch.Tensor] = []
 
@@ -143,7 +143,7 @@ def features_logits_cams(
                 batch = trim_padding(_tensors({k: v[ix] for k, v in inputs.items()}))
                 with torch.inference_mode(labels is None):
                     out = module(**batch)
-                feats.append(seen[-1].flatten(1))
+                feats.append(torch.cat([f.flatten(1) for f in seen.values()], 1))
                 logits.append(out.detach())
                 if labels is not None:
                     cam = _grad_cam(
@@ -200,7 +200,8 @@ def classifier_gradient(
     feats: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
     """∂CE/∂W (K×C) of the classifier for mean cross-entropy: (softmax − onehot)ᵀ F / B. Exact
-    because the logits are that Linear's output."""
+    because the logits are that Linear's output; k averaged classifiers (F their inputs side by
+    side) are one Linear [W₁ … W_k] / k, whose gradient this is k times."""
     p = torch.softmax(logits, dim=1)
     p[torch.arange(len(labels)), labels] -= 1.0
     return p.T @ feats / len(labels)

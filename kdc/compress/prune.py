@@ -72,9 +72,9 @@ def _transformer_args(
         for m in b.modules()
         if isinstance(m, nn.Linear) and m not in qkv and m.out_features == width
     ]
-    heads = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     pooler = getattr(model.base_model, "pooler", None)
-    ignored = [*heads, *([pooler] if isinstance(pooler, nn.Module) else [])]
+    ignored = [*adapter.classifiers(), *([pooler] if isinstance(pooler, nn.Module) else [])]
+    embeddings = getattr(model.base_model, "embeddings", None)
     return {
         "num_heads": {lin: a.num_attention_heads for lin, a in qkv.items()},
         "prune_num_heads": head_ratio > 0,
@@ -85,13 +85,12 @@ def _transformer_args(
         "_head_lists": {
             lin: head_schedule(a.num_attention_heads, head_ratio, steps) for lin, a in qkv.items()
         },
-        # a vision transformer's [CLS] token and position embeddings: bare parameters whose
-        # last axis is the residual stream (torch-pruning reads (parameter, dim) pairs, not the
-        # dict its docstring names)
+        # a vision transformer's [CLS] (and DeiT's distillation) token and position embeddings:
+        # bare parameters whose last axis is the residual stream (torch-pruning reads (parameter,
+        # dim) pairs, not the dict its docstring names)
         "unwrapped_parameters": [
             (p, p.dim() - 1)
-            for name in ("cls_token", "position_embeddings")
-            if isinstance(p := getattr(model.base_model.embeddings, name, None), nn.Parameter)
+            for p in (embeddings.parameters(recurse=False) if embeddings is not None else ())
         ]
         or None,
     }
@@ -105,9 +104,7 @@ def _cnn_args(
     hidden_ratio: float,
     steps: int,
 ) -> dict[str, Any]:
-    return {
-        "ignored_layers": [m for m in adapter.module.modules() if isinstance(m, nn.Linear)][-1:]
-    }
+    return {"ignored_layers": adapter.classifiers()}
 
 
 PRUNER_ARGS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -26,8 +26,10 @@ def _transformer(
     """A BERT-style encoder as torch.onnx exports it: mask, embeddings + LN, per layer Q/K/V
     GEMMs, one attention kernel, output GEMM(+residual), LN, FFN GEMM(+GELU), GEMM(+residual),
     LN; then CLS gather, pooler GEMM+tanh and classifier GEMM (or mean pooling). A vision
-    transformer (`patch_size`): patch Conv, [CLS] and position embeddings instead of the mask and
-    token embeddings, attention without a mask, a final LN, no pooler."""
+    transformer (`patch_size`): patch Conv, `special_tokens` ([CLS]; DeiT's distillation token
+    too) and position embeddings instead of the mask and token embeddings, attention without a
+    mask, a final LN, no pooler; `classifier_tokens` tokens each gathered into a classifier GEMM
+    whose logits are averaged (DeiT's WithTeacher head)."""
     a = {_ARCH_ALIASES.get(k, k): v for k, v in arch.items()}
     try:
         n_layers, h = int(a["num_hidden_layers"]), int(a["hidden_size"])
@@ -42,8 +44,9 @@ def _transformer(
     image = _image_input(a, input_shapes)  # a vision transformer: (channels, side, patch)
     shape = (input_shapes or {}).get("input_ids")
     seq = int(shape[1]) if shape else int(a.get("max_length") or 0)
+    special, n_cls = (int(a.get(k, 1)) for k in ("special_tokens", "classifier_tokens"))
     if image:
-        seq = (image[1] // image[2]) ** 2 + 1  # patches and [CLS]
+        seq = (image[1] // image[2]) ** 2 + special  # patches, [CLS] (and distillation token)
     if seq <= 0:
         raise UserError(
             "no sequence length",
@@ -89,9 +92,9 @@ def _transformer(
         )
 
     ln = ("LayerNormalization",)
-    if image:  # patch Conv (stride = patch), [CLS] concatenated, position embeddings added
+    if image:  # patch Conv (stride = patch), special tokens concatenated, positions added
         c, side, patch = image
-        n_p, cpp = s - 1, c * patch * patch
+        n_p, cpp = s - special, c * patch * patch
         add(
             "patch_embed",
             ("Conv",),
@@ -107,9 +110,9 @@ def _transformer(
             ("Reshape", "Transpose", "Concat", "Add"),
             bsh,
             2.0 * bsh,
-            s * h + h,
+            s * h + special * h,
             "memory",
-            {"position_embeddings": s * h, "cls_token": h},
+            {"position_embeddings": s * h, "special_tokens": special * h},
         )
     else:
         add("mask", ("Cast", "Sub", "Mul"), 3.0 * bs, 2.0 * bs, 2.0, "pointwise")
@@ -170,7 +173,8 @@ def _transformer(
     if a.get("pooling", "cls") == "mean":
         add("pool", ("ReduceMean",), bsh, bsh + b * h, 0.0, "reduce")
     else:
-        add("cls", ("Gather",), 0.0, 2.0 * b * h, 1.0, "memory")
+        for t in range(n_cls):  # each classifier's token
+            add(f"cls{t or ''}", ("Gather",), 0.0, 2.0 * b * h, 1.0, "memory")
         if a.get("pooler", not image):  # BERT's pooler; ViT's classifier reads [CLS] directly
             add(
                 "pooler",
@@ -181,15 +185,17 @@ def _transformer(
                 "gemm",
                 {"pooler": h * h + h},
             )
-    if labels:
+    for t in range(n_cls if labels else 0):
+        # the last classifier's GEMM also averages the logits: an Add per other one, a Div
+        mean = int(n_cls > 1 and t == n_cls - 1)
         add(
-            "classifier",
-            ("Gemm",),
-            2.0 * b * h * labels + b * labels,
-            b * h + b * labels,
-            h * labels + labels,
+            f"classifier{t or ''}",
+            ("Gemm", *("Add",) * (n_cls - 1) * mean, *("Div",) * mean),
+            2.0 * b * h * labels + b * labels + n_cls * b * labels * mean,
+            b * h + b * labels + (n_cls - 1) * b * labels * mean,
+            h * labels + labels + mean,
             "gemm",
-            {"classifier": h * labels + labels},
+            {f"classifier{t or ''}": h * labels + labels},
         )
     rows = s if n_layers > 1 or not a.get("cls_only_last_layer") else 1  # of the widest layer
     peak = 3.0 * bsh + b * heads * rows * s + b * rows * inter

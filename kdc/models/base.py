@@ -50,6 +50,12 @@ class ModelAdapter(ABC):
         """Named submodules whose outputs distillation losses and proxies may tap."""
         return {}
 
+    def classifiers(self) -> list[nn.Linear]:
+        """The Linear layer(s) whose outputs are the logits, averaged when several (one per
+        token read); the last Linear layer unless a model says otherwise."""
+        linears = [m for m in self.module.modules() if isinstance(m, nn.Linear)]
+        return linears[-1:]
+
     def params(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 

@@ -1,4 +1,4 @@
-"""Hugging Face vision transformers (ViT: `*ForImageClassification` models whose blocks
+"""Hugging Face vision transformers (ViT, DeiT: `*ForImageClassification` models whose blocks
 are one ModuleList) from a local model directory.
 
 kdc's image data are float N×C×H×W in [0, 1]; `encode` does what the model's image processor
@@ -27,6 +27,11 @@ from kdc.rundir import write_json
 
 PROCESSOR_FILE = "preprocessor_config.json"
 VIT_MEAN_STD = 0.5  # ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN / _STD)
+# heads that average the logits of one classifier per special token, by class: the classifier
+# attributes in token order. Any other model's classifier is its last Linear layer.
+TOKEN_CLASSIFIERS = {
+    "DeiTForImageClassificationWithTeacher": ("cls_classifier", "distillation_classifier"),
+}
 
 
 class PixelLogits(nn.Module):
@@ -87,7 +92,8 @@ def read_processor(path: Path, channels: int) -> dict[str, Any]:
 
 
 class HFImageAdapter(TransformerAdapter):
-    """An image classifier (ViT-like) with its normalisation; input `pixel_values`."""
+    """An image classifier (ViT-like) with its normalisation; input `pixel_values`. DeiT has a
+    distillation token after [CLS]; its WithTeacher head averages a classifier on each."""
 
     adapter_name = "hf-image"
     input_names = ["pixel_values"]
@@ -172,8 +178,27 @@ class HFImageAdapter(TransformerAdapter):
             },
         )
 
+    @property
+    def special_tokens(self) -> int:
+        """Tokens before the patches ([CLS]; DeiT's distillation token too): the position
+        embeddings' rows beyond one per patch; [CLS] alone without them (BEiT's are relative)."""
+        emb = getattr(self.model.base_model, "embeddings", None)
+        pos = getattr(emb, "position_embeddings", None)
+        if not isinstance(pos, nn.Parameter):
+            return 1
+        return pos.shape[1] - (self.image_size // int(self.config.patch_size)) ** 2
+
+    def classifiers(self) -> list[nn.Linear]:
+        names = TOKEN_CLASSIFIERS.get(type(self.model).__name__)
+        return [getattr(self.model, n) for n in names] if names else super().classifiers()
+
     def architecture(self) -> dict[str, Any]:
-        return {**super().architecture(), "num_labels": self.config.num_labels}
+        return {
+            **super().architecture(),
+            "num_labels": self.config.num_labels,
+            "special_tokens": self.special_tokens,
+            "classifier_tokens": len(self.classifiers()),
+        }
 
     @classmethod
     def load(cls, directory: Path) -> HFImageAdapter:

@@ -10,8 +10,8 @@ from tiny import sentences, tiny_bert
 
 from kdc.compress.proxies import (
     PROXIES,
-    classifier,
     classifier_gradient,
+    classifiers,
     diswot,
     diswot_classgrad,
     features_and_logits,
@@ -155,7 +155,7 @@ def test_grad_cam_maps_match_autograd_and_skip_padding(cnn, bert):
 
 def test_classifier_gradient_equals_autograd(cnn):
     model = cnn.module
-    head = classifier(cnn)
+    (head,) = classifiers(cnn)
     loss = F.cross_entropy(
         model(torch.from_numpy(IMAGES["pixel_values"])), torch.from_numpy(IMAGE_LABELS).long()
     )
@@ -181,7 +181,7 @@ def test_length_chunked_features_equal_one_padded_batch(bert):
     lengths = x["attention_mask"].sum(1)
     assert len(set(lengths)) > 2 and lengths.max() < x["input_ids"].shape[1]  # padding to cut
     hook_feats = []
-    handle = classifier(adapter).register_forward_hook(lambda m, a, o: hook_feats.append(a[0]))
+    handle = classifiers(adapter)[0].register_forward_hook(lambda m, a, o: hook_feats.append(a[0]))
     with torch.inference_mode():
         logits = adapter.module.eval()(**{k: torch.from_numpy(v) for k, v in x.items()})
     handle.remove()

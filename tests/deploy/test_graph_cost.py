@@ -428,24 +428,31 @@ def test_shape_arithmetic_folds_beside_quantize_dequantize():
     assert [k.flops for k in cost.kernels] == [16]
 
 
-def test_vit_architecture_matches_exported_vit(tmp_path):
+@pytest.mark.parametrize(
+    ("kind", "tokens"), [("vit", (1, 1)), ("deit", (2, 1)), ("deit-teacher", (2, 2))]
+)
+def test_vit_architecture_matches_exported_vit(tmp_path, kind, tokens):
     """A vision transformer's architecture dict (patch Conv, [CLS] and position embeddings, no
-    mask, final LayerNorm, no pooler) costs what its torch.onnx export does."""
+    mask, final LayerNorm, no pooler) costs what its torch.onnx export does; DeiT's distillation
+    token lengthens the sequence, and its WithTeacher head gathers it into a second classifier
+    whose logits are averaged with the first's."""
     from kdc.export.onnx_export import export_onnx
     from kdc.models.hf_image import HFImageAdapter
 
-    vit = tiny_vit([str(i) for i in range(10)], channels=1, hidden=64, layers=2, heads=4)
+    vit = tiny_vit([str(i) for i in range(10)], channels=1, hidden=64, layers=2, heads=4, kind=kind)
     adapter = HFImageAdapter(vit.eval(), {"image_mean": [0.5], "image_std": [0.5]})
     x = adapter.encode(np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32))
     export_onnx(adapter, x, tmp_path / "vit.onnx")
     shapes = {"pixel_values": [2, 1, 8, 8]}
     onnx_k = kernels_from_onnx(tmp_path / "vit.onnx", batch=2, input_shapes=shapes)
-    arch_k = kernels_from_architecture(adapter.architecture(), 2, shapes)
+    arch = adapter.architecture()
+    assert (arch["special_tokens"], arch["classifier_tokens"]) == tokens
+    arch_k = kernels_from_architecture(arch, 2, shapes)
     assert sorted(k.kind for k in onnx_k) == sorted(k.kind for k in arch_k)
     assert sum(k.kind == "attention" for k in arch_k) == 2
     assert sum(k.flops for k in arch_k) == pytest.approx(sum(k.flops for k in onnx_k), rel=0.01)
     assert sum(k.bytes for k in arch_k) == pytest.approx(sum(k.bytes for k in onnx_k), rel=0.02)
-    assert analyze_architecture(adapter.architecture(), batch=2).input_shapes == shapes
+    assert analyze_architecture(arch, batch=2).input_shapes == shapes
 
 
 def test_vit_architecture_without_its_geometry_is_a_user_error():

@@ -278,14 +278,31 @@ def vit_config(**over) -> dict:
     return _override(cfg, over)
 
 
-def tiny_vit(
-    labels: list[str], *, channels: int, hidden: int, layers: int, heads: int, image_size: int = 8
-) -> torch.nn.Module:
-    """An untrained ViTForImageClassification with 2×2 patches and an FFN twice `hidden`."""
-    from transformers import ViTConfig, ViTForImageClassification
+# tiny vision transformers by kind: (config, model) class names in transformers
+VIT_KINDS = {
+    "vit": ("ViTConfig", "ViTForImageClassification"),
+    "deit": ("DeiTConfig", "DeiTForImageClassification"),
+    "deit-teacher": ("DeiTConfig", "DeiTForImageClassificationWithTeacher"),
+}
 
-    return ViTForImageClassification(
-        ViTConfig(
+
+def tiny_vit(
+    labels: list[str],
+    *,
+    channels: int,
+    hidden: int,
+    layers: int,
+    heads: int,
+    image_size: int = 8,
+    kind: str = "vit",
+) -> torch.nn.Module:
+    """An untrained image classifier of `kind` (VIT_KINDS) with 2×2 patches and an FFN twice
+    `hidden`."""
+    import transformers
+
+    config_class, model_class = (getattr(transformers, n) for n in VIT_KINDS[kind])
+    model = model_class(
+        config_class(
             image_size=image_size,
             patch_size=2,
             num_channels=channels,
@@ -298,17 +315,26 @@ def tiny_vit(
             label2id={n: i for i, n in enumerate(labels)},
         )
     )
+    # transformers zeroes DeiT's special tokens and position embeddings; draw them as for ViT
+    # (and timm's DeiT), or the two tokens start equal and a tiny teacher learns less
+    with torch.no_grad():
+        for p in model.base_model.embeddings.parameters(recurse=False):
+            if not p.any():
+                torch.nn.init.trunc_normal_(p, std=model.config.initializer_range)
+    return model
 
 
-def make_vit_project(root: Path) -> Path:
-    """A 4-layer ViT (8×8 one-channel digits, 2×2 patches) trained on digits, saved as a Hugging
-    Face directory with its image processor config."""
+def make_vit_project(root: Path, kind: str = "vit") -> Path:
+    """A 4-layer ViT (8×8 one-channel digits, 2×2 patches; `kind` as for tiny_vit) trained on
+    digits, saved as a Hugging Face directory with its image processor config."""
     from kdc.config import parse_config
     from kdc.data import load_dataset
     from kdc.models.hf_image import PixelLogits
 
     torch.manual_seed(0)
-    model = tiny_vit([str(i) for i in range(10)], channels=1, hidden=64, layers=4, heads=4)
+    model = tiny_vit(
+        [str(i) for i in range(10)], channels=1, hidden=64, layers=4, heads=4, kind=kind
+    )
     ds = load_dataset(parse_config(vit_config(), base_dir=root))
     x = (torch.from_numpy(ds.train.features) - 0.5) / 0.5
 
