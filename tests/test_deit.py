@@ -197,3 +197,13 @@ def test_a_vit_like_without_absolute_positions_counts_cls_alone():
     adapter = HFImageAdapter(BeitForImageClassification(config).eval(), {})
     arch = adapter.architecture()
     assert (arch["special_tokens"], arch["classifier_tokens"]) == (1, 1)
+
+
+def test_the_pooled_tap_of_a_deit_with_teacher_is_the_cls_heads_input():
+    """Relational KD's `pooled` feature is [CLS]'s, the first of the averaged heads' inputs (it
+    was the last Linear layer's: the distillation token's)."""
+    from kdc.compress.hooks import find_taps
+
+    adapter, x = _deit("deit-teacher")
+    tap = find_taps(adapter, x, {"pooled"})["pooled"]
+    assert tap.module is adapter.model.cls_classifier and tap.use_input

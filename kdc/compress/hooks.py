@@ -93,9 +93,10 @@ def self_attention(block: nn.Module) -> nn.Module | None:
     return None
 
 
-def _last_linear(model: nn.Module) -> nn.Module | None:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
+def _pooled(adapter: ModelAdapter) -> dict[str, Tap]:
+    """The input of the (first) classifier as `pooled`: [CLS] for DeiT's two averaged heads."""
+    heads = adapter.classifiers()
+    return {"pooled": Tap(heads[0], use_input=True)} if heads else {}
 
 
 def transformer_taps(adapter: ModelAdapter, example: dict[str, np.ndarray]) -> dict[str, Tap]:
@@ -116,14 +117,14 @@ def transformer_taps(adapter: ModelAdapter, example: dict[str, np.ndarray]) -> d
     pooler = getattr(base, "pooler", None)
     if isinstance(pooler, nn.Module):
         taps["pooled"] = Tap(pooler)
-    elif (head := _last_linear(model)) is not None:
-        taps["pooled"] = Tap(head, use_input=True)
+    else:
+        taps.update(_pooled(adapter))
     return taps
 
 
 def cnn_taps(adapter: ModelAdapter, example: dict[str, np.ndarray]) -> dict[str, Tap]:
     """One feature map per spatial resolution (the last module to finish at it: a stage's
-    output), and the input of the last Linear layer as `pooled`."""
+    output), and the classifier's input as `pooled`."""
     module = adapter.module
     order: list[tuple[nn.Module, tuple[int, int]]] = []
 
@@ -146,9 +147,7 @@ def cnn_taps(adapter: ModelAdapter, example: dict[str, np.ndarray]) -> dict[str,
         last.pop(size, None)
         last[size] = mod  # re-insert: dict order is the order stages finish
     taps = {f"hidden{i}": Tap(m) for i, m in enumerate(last.values())}
-    if (head := _last_linear(module)) is not None:
-        taps["pooled"] = Tap(head, use_input=True)
-    return taps
+    return {**taps, **_pooled(adapter)}
 
 
 TAP_FINDERS: dict[str, Callable[[ModelAdapter, dict[str, np.ndarray]], dict[str, Tap]]] = {
