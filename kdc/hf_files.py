@@ -18,6 +18,18 @@ CONFIG_FIX = "re-save the model with save_pretrained"
 JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number"}
 # config.json integers of a ViT-like image classifier (HFImageAdapter requires them)
 VIT_GEOMETRY = ("image_size", "patch_size", "num_channels")
+# text models whose embeddings number positions from padding_idx + 1 (RoBERTa's scheme): their
+# position table holds pad_token_id + 1 rows fewer usable positions than max_position_embeddings
+PADDING_OFFSET_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "mpnet",
+    "longformer",
+    "data2vec-text",
+    "ibert",
+}
 
 
 def read_config(path: Path, field: str) -> dict[str, Any]:
@@ -36,6 +48,18 @@ def read_config(path: Path, field: str) -> dict[str, Any]:
     if problem:
         raise UserError(f"config.json {problem}", source=str(conf), field=field, fix=CONFIG_FIX)
     return data
+
+
+def max_positions(conf: dict[str, Any]) -> int | None:
+    """The most tokens a text model's absolute position table takes (None: no such table, or
+    relative positions only, as DeBERTa's)."""
+    n = conf.get("max_position_embeddings")
+    relative = conf.get("position_embedding_type", "absolute") != "absolute"
+    if not isinstance(n, int) or relative or conf.get("position_biased_input") is False:
+        return None
+    if conf.get("model_type") in PADDING_OFFSET_POSITIONS:
+        n -= int(conf.get("pad_token_id") or 1) + 1
+    return n
 
 
 def label_names(conf: dict[str, Any], path: Path) -> list[str]:

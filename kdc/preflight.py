@@ -14,6 +14,7 @@ def check_config(cfg: KdcConfig) -> None:
     _check_paths(cfg)
     _check_names(cfg)
     _check_qat(cfg)
+    _check_max_length(cfg)
 
 
 def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
@@ -83,3 +84,24 @@ def _check_qat(cfg: KdcConfig) -> None:
         from kdc.compress.qat import check_supported
 
         check_supported("transformer", source=cfg.source_file)
+
+
+def _check_max_length(cfg: KdcConfig) -> None:
+    """`data.max_length` within a text teacher's position table (a longer row fails mid-run)."""
+    from kdc.hf_files import max_positions, read_config
+
+    t = cfg.teacher
+    directory = cfg.resolve(t.path) if t.path else None
+    if cfg.task == "image-classification" or not (
+        directory and (directory / "config.json").is_file()
+    ):
+        return
+    limit = max_positions(read_config(directory, "teacher.path"))
+    if limit is not None and cfg.data.max_length > limit:
+        raise UserError(
+            f"max_length {cfg.data.max_length} is more than the teacher's {limit} positions "
+            f"(max_position_embeddings in {directory / 'config.json'})",
+            source=cfg.source_file,
+            field="data.max_length",
+            fix=f"set data.max_length to {limit} or less",
+        )

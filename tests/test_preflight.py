@@ -93,3 +93,49 @@ def test_an_unquoted_on_parameter_is_read_as_on(tmp_path):
 def test_a_good_config_is_valid(tmp_path):
     res = runner.invoke(app, ["validate", str(_config(tmp_path))])
     assert res.exit_code == 0 and "valid" in res.output
+
+
+def test_a_max_length_beyond_the_teachers_positions_is_refused(tmp_path):
+    """A text teacher of 64 positions and data.max_length 128: refused before any stage (it
+    failed in distillation, on the first batch holding a longer row)."""
+    import json
+
+    from tiny import bert_config, sentences, write_csv
+
+    (tmp_path / "teacher").mkdir()
+    conf = {"model_type": "bert", "max_position_embeddings": 64}
+    (tmp_path / "teacher" / "config.json").write_text(json.dumps(conf))
+    write_csv(tmp_path / "train.csv", sentences(8, 1))
+    write_csv(tmp_path / "test.csv", sentences(8, 2))
+    cfg = write_yaml(tmp_path / "model.yaml", bert_config(data={"max_length": 128}))
+    line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
+    assert "data.max_length" in line and "64 positions" in line and "to 64 or less" in line
+
+
+@pytest.mark.parametrize(
+    "conf, limit",
+    [
+        ({"model_type": "bert", "max_position_embeddings": 512}, 512),
+        ({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}, 512),
+        (
+            {
+                "model_type": "deberta-v2",
+                "max_position_embeddings": 512,
+                "position_biased_input": False,
+            },
+            None,
+        ),
+        (
+            {
+                "model_type": "bert",
+                "max_position_embeddings": 512,
+                "position_embedding_type": "relative_key",
+            },
+            None,
+        ),
+    ],
+)
+def test_max_positions_of_text_configs(conf, limit):
+    from kdc.hf_files import max_positions
+
+    assert max_positions(conf) == limit
