@@ -311,16 +311,29 @@ def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(cur, "model_fields", {}))
 
 
-def _fix_for(err: dict, loc: tuple) -> str:
+def _fix_for(err: dict, loc: tuple, model: type[BaseModel], default: str) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        close = difflib.get_close_matches(str(loc[-1]), _fields_of(KdcConfig, loc), n=1)
+        close = difflib.get_close_matches(str(loc[-1]), _fields_of(model, loc), n=1)
         return f"did you mean '{close[0]}'?" if close else "remove this key"
     if kind == "missing":
         return "add this key"
     if kind == "literal_error":
         return f"use one of {err.get('ctx', {}).get('expected', '')}"
-    return "see the configuration reference in README.md"
+    return default
+
+
+def describe_error(
+    e: ValidationError, model: type[BaseModel], default_fix: str
+) -> tuple[str, str, str]:
+    """(message, field, fix) of a validation error: an unknown key first (a misspelt key also
+    leaves its real name missing; the typo is the one to name), else the first error."""
+    errors = e.errors()
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(err["loc"])
+    field = ".".join(str(p) for p in loc) or "<root>"
+    msg = err["msg"].replace("\n", " ").removeprefix("Value error, ")
+    return msg, field, _fix_for(err, loc, model, default_fix)
 
 
 def parse_config(data: Any, source: str = "<config>", base_dir: str | Path = ".") -> KdcConfig:
@@ -334,11 +347,10 @@ def parse_config(data: Any, source: str = "<config>", base_dir: str | Path = "."
     try:
         cfg = KdcConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(err["loc"])
-        field = ".".join(str(p) for p in loc) or "<root>"
-        msg = err["msg"].replace("\n", " ").removeprefix("Value error, ")
-        raise ConfigError(msg, source=source, field=field, fix=_fix_for(err, loc)) from None
+        msg, field, fix = describe_error(
+            e, KdcConfig, "see the configuration reference in README.md"
+        )
+        raise ConfigError(msg, source=source, field=field, fix=fix) from None
     cfg.base_dir = str(Path(base_dir).resolve())
     cfg.source_file = source
     return cfg

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from kdc.config import describe_error
 from kdc.errors import UserError
 from kdc.rundir import sha256_json
 
@@ -138,14 +139,10 @@ def _read(path: Path) -> HardwareProfile:
             f"cannot read profile: {e}".splitlines()[0], source=str(path), fix="check the YAML"
         ) from None
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise UserError(
-            err["msg"],
-            source=str(path),
-            field=field,
-            fix="compare with profiles/jetson-orin-nano-8gb.yaml",
-        ) from None
+        msg, field, fix = describe_error(
+            e, HardwareProfile, "compare with profiles/jetson-orin-nano-8gb.yaml"
+        )
+        raise UserError(msg, source=str(path), field=field, fix=fix) from None
 
 
 @lru_cache(maxsize=1)

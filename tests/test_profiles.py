@@ -57,6 +57,10 @@ def test_profile_from_path_and_bad_file(tmp_path):
     (tmp_path / "bad.yaml").write_text(src.replace("fp32_tflops: 8.1", "fp32_tflops: -1"))
     with pytest.raises(UserError, match="compute.fp32_tflops"):
         load_profile(str(tmp_path / "bad.yaml"))
+    (tmp_path / "typo.yaml").write_text(src.replace("bandwidth_gbps:", "bandwith_gbps:"))
+    with pytest.raises(UserError, match="bandwith_gbps") as e:  # not 'bandwidth_gbps missing'
+        load_profile(str(tmp_path / "typo.yaml"))
+    assert e.value.fix == "did you mean 'bandwidth_gbps'?"
 
 
 def test_profile_not_utf8_or_with_empty_lists_is_a_user_error(tmp_path):
