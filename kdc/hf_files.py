@@ -102,3 +102,15 @@ def check_tokenizer(path: Path, field: str) -> None:
         raise UserError(
             "tokenizer.json is not valid JSON", source=str(tok), field=field, fix=TOKENIZER_FIX
         ) from None
+
+
+def check_model_dir(path: Path, field: str) -> None:
+    """A UserError unless `path` holds a readable config.json."""
+    if not (path / "config.json").is_file():
+        raise UserError(
+            "not a Hugging Face model directory (no config.json)",
+            source=str(path),
+            field=field,
+            fix="point to a directory saved with save_pretrained",
+        )
+    read_config(path, field)

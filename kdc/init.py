@@ -13,9 +13,28 @@ from typing import Any
 import yaml
 
 from kdc.config import load_config
-from kdc.data.readers import datasets_layout, delimited_records, json_objects, read_txt
+from kdc.data import class_order, teacher_order, unlabelled_txt
+from kdc.data.readers import (
+    Rows,
+    check_images,
+    datasets_layout,
+    delimited_records,
+    image_files,
+    json_objects,
+    read_datasets,
+    read_delimited,
+    read_jsonl,
+    read_txt,
+)
 from kdc.errors import UserError
-from kdc.hf_files import VIT_GEOMETRY, check_tokenizer, label_names, read_config
+from kdc.hf_files import (
+    TOKENIZER_GLOBS,
+    VIT_GEOMETRY,
+    check_model_dir,
+    check_tokenizer,
+    label_names,
+    read_config,
+)
 from kdc.rundir import atomic_path
 
 MAX_ROWS = 20_000  # rows read to guess columns and labels
@@ -29,6 +48,8 @@ HF_TASKS = {
     "Model": "sentence-embedding",
 }
 HEAD_RX = re.compile(r"(^|\.)(classifier|head|fc)(\.\d+)?\.weight$")
+# files save_pretrained writes beside config.json (tokenizer files: TOKENIZER_GLOBS)
+HF_SIDE_FILES = ("preprocessor_config.json", "generation_config.json", "*.safetensors.index.json")
 
 
 @dataclass
@@ -121,9 +142,27 @@ def _safetensors_teacher(path: Path) -> TeacherInfo:
     return TeacherInfo("safetensors", path, "image-classification", heads[-1][0] if heads else None)
 
 
+def _saved_pretrained(model: Path) -> bool:
+    """Whether directory `model` holds what save_pretrained writes besides config.json: its
+    side files, or safetensors weights it tagged ({"format": "pt"})."""
+    from safetensors import safe_open
+
+    if any(next(model.glob(g), None) for g in (*TOKENIZER_GLOBS, *HF_SIDE_FILES)):
+        return True
+    for weights in model.glob("*.safetensors"):
+        try:
+            with safe_open(str(weights), "pt") as f:
+                if (f.metadata() or {}).get("format") == "pt":
+                    return True
+        except Exception:  # a damaged file raises several types; _safetensors_teacher says so
+            continue
+    return False
+
+
 def inspect_teacher(model: Path) -> TeacherInfo:
     """A Hugging Face directory (config.json), or safetensors weights (file or directory)."""
-    if model.is_dir() and (model / "config.json").is_file():
+    if model.is_dir() and ((model / "config.json").is_file() or _saved_pretrained(model)):
+        check_model_dir(model, "MODEL_DIR")  # compress's error where config.json is missing
         return _hf_teacher(model)
     weights = [model] if model.is_file() else sorted(model.glob("*.safetensors"))
     if len(weights) == 1 and weights[0].suffix == ".safetensors":
@@ -183,7 +222,7 @@ def _table_data(path: Path, teacher: TeacherInfo) -> DataInfo:
             field="--data",
             fix=f"use {', '.join(READERS)}, an image folder or sklearn:digits",
         )
-    return _rows_data(path, reader(path), teacher)
+    return _read_all(path, _rows_data(path, reader(path), teacher))
 
 
 def _datasets_rows(path: Path, limit: int = 5000) -> list[dict]:
@@ -252,6 +291,24 @@ def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
     )
 
 
+def _read_all(path: Path, info: DataInfo, declared: list[str] | None = None) -> DataInfo:
+    """`info` with the row count and classes of every row of its columns, read by compress's
+    reader (a blank text or label, or a row without one, is its error naming the line); classes
+    in compress's order (`declared`: a ClassLabel's names)."""
+    text, label = info.text_column or "", info.label_column
+    suffix = path.suffix.lower()
+    rows: Rows
+    if path.is_dir():
+        rows = read_datasets(path, text, label, "train", "--data")
+    elif suffix in (".csv", ".tsv"):
+        rows = read_delimited(path, text, label, "," if suffix == ".csv" else "\t", "--data")
+    else:
+        rows = read_jsonl(path, text, label, "--data")
+    info.rows = len(rows[0])
+    info.labels = class_order(rows[1], declared) if label else []
+    return info
+
+
 def _texts_data(
     path: Path, texts: list[str], teacher: TeacherInfo, column: str | None = None
 ) -> DataInfo:
@@ -262,7 +319,11 @@ def _texts_data(
 
 
 def _image_data(path: Path) -> DataInfo:
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    """The classes of an image folder as compress reads it (hidden folders skipped; an empty
+    one, or a file that is not an image, refused)."""
+    files = image_files(path, "--data")
+    check_images(files, "--data")
+    classes = class_order(list(files))
     if len(classes) < 2:
         raise UserError(
             f"{len(classes)} class folder(s)",
@@ -270,7 +331,7 @@ def _image_data(path: Path) -> DataInfo:
             field="--data",
             fix="lay images out as <folder>/<class>/<image>, two classes or more",
         )
-    return DataInfo(str(path), "image", labels=classes)
+    return DataInfo(str(path), "image", sum(map(len, files.values())), labels=classes)
 
 
 def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
@@ -283,27 +344,25 @@ def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
         raise UserError("data not found", source=data, field="--data", fix="check the path")
     if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
         info = _rows_data(path, _datasets_rows(path), teacher)
-        info.eval_split = datasets_layout(path, info.label_column)[0]
-        return info
+        info.eval_split, declared = datasets_layout(path, info.label_column)
+        return _read_all(path, info, declared)
     if path.suffix.lower() == ".txt" and path.is_file():
+        if teacher.task != "sentence-embedding":
+            raise unlabelled_txt(str(path), "--data")
         return _texts_data(path, read_txt(path, "--data")[0][:MAX_ROWS], teacher)
     return _image_data(path) if path.is_dir() else _table_data(path, teacher)
 
 
 def check_match(teacher: TeacherInfo, data: DataInfo) -> None:
-    """The teacher's classes and the data's must agree in kind and number."""
+    """The teacher's classes and the data's must agree in kind, number and (where the teacher
+    names them) name, as compress checks them."""
     want = "image" if teacher.task == "image-classification" else "text"
     if data.kind != want:
+        article = "an" if teacher.task[0] in "aeiou" else "a"
         raise UserError(
-            f"the teacher is a {teacher.task} model but {data.source} is {data.kind} data",
+            f"the teacher is {article} {teacher.task} model but {data.source} is {data.kind} data",
             field="--data",
             fix=f"pass {want} data the teacher was trained on",
-        )
-    if teacher.task != "sentence-embedding" and not data.labels:
-        raise UserError(
-            f"{data.source} has texts but no labels",
-            field="--data",
-            fix="pass a csv/tsv/jsonl file or datasets directory with a text and a label column",
         )
     if teacher.num_labels is not None and teacher.num_labels != len(data.labels):
         where = f"column '{data.label_column}' of " if data.label_column else ""
@@ -313,6 +372,8 @@ def check_match(teacher: TeacherInfo, data: DataInfo) -> None:
             field="--data",
             fix="pass the data the teacher was trained on",
         )
+    if teacher.label_names and data.labels:
+        teacher_order(data.labels, teacher.label_names, data.source, "--data")
 
 
 def _v(value: Any) -> str:
@@ -327,20 +388,25 @@ def _v(value: Any) -> str:
 
 
 def _rel(path: str | Path, base: Path) -> str:
-    return os.path.relpath(Path(path).resolve(), base.resolve())
+    """`path` relative to `base` when inside it, else absolute (a model in a cache or a virtual
+    environment is not moved with the config)."""
+    target, base = Path(path).resolve(), base.resolve()
+    return os.path.relpath(target, base) if target.is_relative_to(base) else str(target)
+
+
+def _relative_note(path: str) -> str:
+    return "" if Path(path).is_absolute() else "; path relative to this file"
 
 
 def _teacher_lines(t: TeacherInfo, base: Path) -> list[str]:
     if t.kind == "huggingface":
-        lines = [
-            "teacher:",
-            f"  path: {_v(_rel(t.path, base))}"
-            "                # Hugging Face directory, relative to this file",
-        ]
+        path = _rel(t.path, base)
+        lines = ["teacher:", f"  path: {_v(path)}   # Hugging Face directory{_relative_note(path)}"]
         if t.label_names:
             lines.append(f"  # labels (id2label): {', '.join(t.label_names)}")
         return lines
     n = t.num_labels if t.num_labels is not None else "N  # CHANGE: number of classes"
+    weights = _rel(t.path, base)
     return [
         "teacher:",
         "  # CHANGE: the function that builds the network these weights belong to",
@@ -348,14 +414,16 @@ def _teacher_lines(t: TeacherInfo, base: Path) -> list[str]:
         "  # nn.Module that takes pixel_values and returns logits)",
         "  entrypoint: my_models:build_teacher",
         f"  kwargs: {{num_classes: {n}}}",
-        f"  weights: {_v(_rel(t.path, base))}   # loaded with safetensors, never pickle",
+        f"  weights: {_v(weights)}   # loaded with safetensors, never pickle"
+        + _relative_note(weights),
     ]
 
 
 def _data_lines(d: DataInfo, base: Path) -> list[str]:
     source = d.source if d.source.startswith("sklearn:") else _rel(d.source, base)
-    where = "" if d.source.startswith("sklearn:") else "; relative to this file"
-    lines = ["data:", f"  source: {_v(source)}   # {d.rows or '?'} rows{where}"]
+    where = "" if d.source.startswith("sklearn:") else _relative_note(source)
+    unit = "images" if d.kind == "image" else "rows"
+    lines = ["data:", f"  source: {_v(source)}   # {d.rows or '?'} {unit}{where}"]
     if d.text_column:
         lines.append(f"  text_column: {_v(d.text_column)}   # the longest-text column")
     if d.label_column:
@@ -391,15 +459,18 @@ def _drop_lines(t: TeacherInfo) -> list[str]:
 
 
 def render(name: str, teacher: TeacherInfo, data: DataInfo, base: Path) -> str:
-    """The commented model.yaml text (paths relative to `base`, the file's directory)."""
+    """The commented model.yaml text (paths relative to `base`, the file's directory, where
+    inside it)."""
+    teacher_lines = _teacher_lines(teacher, base)
+    check = ": check the CHANGE lines," if any("CHANGE" in ln for ln in teacher_lines) else ";"
     return "\n".join(
         [
-            f"# kdc config written by `kdc init` for {teacher.path.name}: check the CHANGE lines,",
+            f"# kdc config written by `kdc init` for {teacher.path.name}{check}",
             "# then run `kdc compress THIS_FILE --target host` (or --target jetson, ...).",
             f"name: {_v(name)}   # run directory: runs/<name>",
             f"task: {teacher.task}",
             "seed: 0",
-            *_teacher_lines(teacher, base),
+            *teacher_lines,
             *_data_lines(data, base),
             *_student_lines(teacher),
             "search:",

@@ -132,6 +132,8 @@ def _probe_outputs(ctx: Context, teacher: ModelAdapter) -> int:
 
 def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
     """The teacher's classifier must have as many outputs as the data has classes."""
+    from kdc.data import label_field
+
     if ctx.cfg.task == "sentence-embedding":
         return
     n = getattr(getattr(teacher, "config", None), "num_labels", None)
@@ -142,8 +144,8 @@ def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
             f"the teacher has {n} outputs but the data has "
             f"{ctx.dataset.num_labels} classes {ctx.dataset.label_names[:6]}",
             source=ctx.cfg.source_file,
-            field="data.label_column",
-            fix="use the data the teacher was trained on, or a matching label column",
+            field=label_field(ctx.dataset.kind),
+            fix="use the data the teacher was trained on, or the teacher for these classes",
         )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import bert_config, cnn_config, write_yaml
+from tiny import bert_config, cnn_config, image_folder, write_yaml
 
 from kdc.config import load_config
 from kdc.data import load_dataset
@@ -219,8 +219,18 @@ def test_an_eval_directory_without_a_labelled_split_names_what_is_read(tmp_path)
             "line 2 is null",
         ),
         ("d.csv", "text,label\na,pos\nb,\nc,neg\n", "label", "line 3 is blank"),
+        ("d.csv", "text,label\na,pos\n ,neg\nc,neg\n", "text", "line 3 is blank"),
+        ("d.jsonl", '{"text": null, "label": "pos"}\n', "text", "line 1 is null"),
     ],
-    ids=["jsonl no label", "jsonl no text", "jsonl list label", "jsonl null label", "csv blank"],
+    ids=[
+        "jsonl no label",
+        "jsonl no text",
+        "jsonl list label",
+        "jsonl null label",
+        "csv blank",
+        "csv blank text",
+        "jsonl null text",
+    ],
 )
 def test_a_row_without_a_usable_text_or_label_names_its_line(tmp_path, name, content, field, words):
     """Every row is checked, not only the first; a blank or null label is not a class."""
@@ -299,3 +309,61 @@ def test_a_utf8_bom_is_skipped_in_jsonl_as_in_csv(tmp_path):
     (tmp_path / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + rows.encode())
     ds = load_dataset(text_cfg(tmp_path, source="d.jsonl"))
     assert len(ds.train) + len(ds.eval) == 20
+
+
+def test_a_txt_file_for_a_classifier_says_it_has_no_labels(tmp_path):
+    (tmp_path / "d.txt").write_text("a good film\na bad plot\n")
+    with pytest.raises(UserError, match="a .txt file holds texts .* but no labels") as e:
+        load_dataset(text_cfg(tmp_path, source="d.txt"))
+    assert e.value.field == "data.source" and "label column" in e.value.fix
+
+
+def test_an_image_folder_skips_hidden_entries_and_other_files(tmp_path):
+    """.ipynb_checkpoints is not a class (nor __MACOSX, nor .DS_Store an image); notes.txt is not
+    an image file and is passed over."""
+    imgs = image_folder(tmp_path, {"cat": 3, "dog": 3, ".ipynb_checkpoints": 1, "__MACOSX": 1})
+    (imgs / "cat" / "notes.txt").write_text("taken in 2021")
+    (imgs / "cat" / ".DS_Store").write_bytes(b"\0\0")
+    (imgs / "cat" / ".hidden.png").write_bytes(b"not a png")
+    ds = load_dataset(cnn_cfg(tmp_path, source="imgs", image_size=8, eval_fraction=0.5))
+    assert ds.label_names == ["cat", "dog"] and len(ds.train) + len(ds.eval) == 6
+
+
+@pytest.mark.parametrize(
+    ("make", "source", "words"),
+    [
+        (lambda d: (d / "cat" / "broken.jpg").write_text("not an image"), "broken.jpg", "not an"),
+        (lambda d: (d / "bird").mkdir(), "bird", "class folder 'bird' holds no images"),
+        (lambda d: (d / "bird").mkdir() or (d / "bird" / "a.txt").write_text("x"), "bird", "no"),
+    ],
+    ids=["unreadable image", "empty class", "class without image files"],
+)
+def test_an_image_folder_refuses_a_broken_image_or_an_empty_class(tmp_path, make, source, words):
+    """Neither is dropped silently: an empty class would shift the classes after it."""
+    imgs = image_folder(tmp_path, {"cat": 2, "dog": 2})
+    make(imgs)
+    with pytest.raises(UserError) as e:
+        load_dataset(cnn_cfg(tmp_path, source="imgs", image_size=8))
+    assert e.value.source.endswith(source) and e.value.field == "data.source"
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_class_mismatch_of_image_data_names_data_source():
+    """Image folders have no label column: their classes are the folders of data.source."""
+    from types import SimpleNamespace
+
+    from kdc.data import align_labels
+    from kdc.data.base import Dataset, Split
+    from kdc.pipeline import check_label_count
+
+    labels = np.array([0, 1, 2], np.int64)
+    ds = Dataset(Split([], labels), Split([], labels), ["bird", "cat", "dog"], "image", "x", [])
+    with pytest.raises(UserError, match="3 classes") as e:
+        ctx = SimpleNamespace(cfg=SimpleNamespace(task="image-classification", source_file="m"))
+        ctx.dataset = ds
+        check_label_count(ctx, SimpleNamespace(config=SimpleNamespace(num_labels=2)))
+    assert e.value.field == "data.source"
+    for teacher in (["cat", "dog"], ["bird", "cat", "fish"]):
+        with pytest.raises(UserError) as e:
+            align_labels(ds, teacher, "m")
+        assert e.value.field == "data.source"

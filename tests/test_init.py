@@ -4,9 +4,11 @@ and runs; mismatches and unreadable inputs are one-line errors (exit 2)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
-from tiny import write_csv
+import torch
+from tiny import image_folder, write_csv
 from typer.testing import CliRunner
 
 from kdc.cli import app
@@ -259,3 +261,109 @@ def test_init_embedding_tables_need_a_text_column(tmp_path):
     (tmp_path / "t.csv").write_text("sentence\na good film\na bad plot\n")
     info = _rows_data(tmp_path / "t.csv", _read_csv(tmp_path / "t.csv", ","), teacher)
     assert (info.text_column, info.label_column, info.rows) == ("sentence", None, 2)
+
+
+def _hf_dir(path, conf: dict, **files: str):
+    """A Hugging Face directory as kdc init reads it: config.json (None: none) and `files`."""
+    path.mkdir()
+    if conf is not None:
+        (path / "config.json").write_text(json.dumps(conf))
+    for name, content in files.items():
+        (path / name).write_text(content)
+    return path
+
+
+def test_init_refuses_labels_the_teacher_does_not_name(tmp_path):
+    """compress's check: data labels negative/positive cannot be matched to id2label neg/pos."""
+    conf = {**HF_CONFIG, "id2label": {"0": "neg", "1": "pos"}}
+    teacher = _hf_dir(tmp_path / "teacher", conf, **{"vocab.txt": "[UNK]\n"})
+    data = write_csv(tmp_path / "d.csv", [("good movie", "positive"), ("bad plot", "negative")])
+    res = _init(teacher, "--data", data, "--out", tmp_path / "m.yaml")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "are not the teacher's ['neg', 'pos']" in lines[0] and "d.csv" in lines[0]
+    assert not (tmp_path / "m.yaml").exists()
+    # names matching but for case and spaces, or generic ones, are accepted as compress does
+    write_csv(data, [("good movie", "Pos "), ("bad plot", "NEG")])
+    assert _init(teacher, "--data", data, "--out", tmp_path / "m.yaml").exit_code == 0
+
+
+def test_init_on_a_model_directory_without_config_json_says_so(tmp_path):
+    """A save_pretrained directory that lost config.json is not a CNN's weights."""
+    from safetensors.torch import save_file
+
+    files = {"vocab.txt": "[UNK]\n"}, {}
+    data = write_csv(tmp_path / "d.csv", [("good movie", "positive"), ("bad plot", "negative")])
+    for i, side in enumerate(files):
+        teacher = _hf_dir(tmp_path / f"t{i}", None, **side)
+        weights = {"classifier.weight": torch.zeros(2, 4)}
+        save_file(weights, str(teacher / "model.safetensors"), metadata={"format": "pt"})
+        res = _init(teacher, "--data", data, "--out", tmp_path / "m.yaml")
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 2 and len(lines) == 1, res.output
+        assert "no config.json" in lines[0] and "MODEL_DIR" in lines[0], res.output
+
+
+VIT = {
+    "architectures": ["ViTForImageClassification"],
+    "image_size": 8,
+    "patch_size": 2,
+    "num_channels": 3,
+    "id2label": {"0": "cat", "1": "dog"},
+}
+
+
+def test_init_reads_an_image_folder_as_compress_does(tmp_path):
+    """Hidden folders are not classes; an empty class folder or a broken image is refused with
+    the reader's error naming it."""
+    teacher = _hf_dir(tmp_path / "vit", VIT)
+    imgs = image_folder(tmp_path, {"cat": 2, "dog": 3, ".ipynb_checkpoints": 1})
+    out = tmp_path / "m.yaml"
+    res = _init(teacher, "--data", imgs, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "2 classes" in res.output and "5 images" in out.read_text()
+    (imgs / "bird").mkdir()
+    res = _init(teacher, "--data", imgs, "--out", out, "--force")
+    (imgs / "bird").rmdir()
+    (imgs / "cat" / "broken.jpg").write_text("not an image")
+    res2 = _init(teacher, "--data", imgs, "--out", out, "--force")
+    for r, problem, source in ((res, "holds no images", "bird"), (res2, "not an image", "broken")):
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1, r.output
+        assert problem in lines[0] and source in lines[0] and "--data" in lines[0], r.output
+
+
+def test_init_names_the_line_of_a_blank_text_or_label(bert_project, tmp_path):
+    teacher = bert_project.parent / "teacher"
+    good, bad = "a good film, well acted", "a bad plot and worse acting"
+    for rows, words in (
+        ([(good, "positive"), (bad, ""), (good, "positive")], "label at line 3"),
+        ([(good, "positive"), ("", "negative"), (bad, "negative")], "text at line 3"),
+    ):
+        write_csv(tmp_path / "d.csv", rows)
+        res = _init(teacher, "--data", tmp_path / "d.csv", "--out", tmp_path / "m.yaml")
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 2 and len(lines) == 1, res.output
+        assert words in lines[0] and "blank" in lines[0] and "d.csv" in lines[0], res.output
+
+
+def test_init_messages_and_comments(bert_project, tmp_path):
+    """A .txt file for a classifier says it has no labels; an image teacher is "an"
+    image-classification model; no CHANGE lines, no "check the CHANGE lines"; a path outside
+    the config's folder is absolute, one inside it relative."""
+    root = bert_project.parent
+    (tmp_path / "t.txt").write_text("a good film\n")
+    res = _init(root / "teacher", "--data", tmp_path / "t.txt", "--out", tmp_path / "m.yaml")
+    assert res.exit_code == 2 and "a .txt file holds texts" in res.output
+    assert "label column" in res.output
+    vit = _hf_dir(tmp_path / "vit", VIT)
+    res = _init(vit, "--data", root / "train.csv", "--out", tmp_path / "m.yaml")
+    assert res.exit_code == 2 and "is an image-classification model" in res.output
+    (tmp_path / "cfg").mkdir()
+    data = shutil.copy(root / "train.csv", tmp_path / "cfg" / "train.csv")
+    out = tmp_path / "cfg" / "model.yaml"
+    assert _init(root / "teacher", "--data", data, "--out", out).exit_code == 0
+    text = out.read_text()
+    assert "CHANGE" not in text
+    cfg = load_config(out)
+    assert cfg.teacher.path == str((root / "teacher").resolve()) and cfg.data.source == "train.csv"

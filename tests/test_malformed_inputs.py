@@ -308,8 +308,12 @@ CASES = [
     C("jsonl not UTF-8", data_file("d.jsonl", b'{"text": "caf\xe9", "label": "a"}\n'),
       ("data.source", "UTF-8")),
     C("jsonl empty", data_file("d.jsonl", "\n\n"), ("data.source", "no rows")),
-    C("txt not UTF-8", data_file("d.txt", b"\xff\xfe"), ("data.source", "UTF-8")),
-    C("txt for a classifier", data_file("d.txt", "one line\n"), ("data.label_column",)),
+    C("txt not UTF-8", with_file("d.txt", b"\xff\xfe", lambda r, a: compress(text(
+        r, a, task="sentence-embedding", data={"source": "d.txt"}))), ("data.source", "UTF-8")),
+    C("txt for a classifier", data_file("d.txt", "one line\n"),
+      ("d.txt", "data.source", "no labels", "label column")),
+    C("csv blank text", data_file("d.csv", "text,label\ngood,pos\n  ,neg\nbad,neg\n"),
+      ("d.csv", "data.text_column", "line 3", "blank")),
     C("eval labels unseen", with_file("ev.csv", "text,label\n" + "good,other\n" * 5,
                                       lambda r, a: compress(text(r, a, data={"eval": "ev.csv"}))),
       ("data.eval", "other")),
@@ -334,9 +338,12 @@ CASES = [
     C("eval csv unclosed quote", with_file("ev.csv", 'text,label\n"good,pos\n', lambda r, a:
                                            compress(text(r, a, data={"eval": "ev.csv"}))),
       ("ev.csv", "data.eval", "never closed")),
-    C("image folder without images", with_file("imgs/a/x.png", b"not a png", lambda r, a:
+    C("image folder without images", with_file("imgs/a/notes.txt", "x", lambda r, a:
                                                compress(cnn(r, data={"source": "imgs"}))),
-      ("data.source", "no images")),
+      ("imgs/a", "data.source", "no images")),
+    C("image folder with a broken image", with_file("imgs/a/x.png", b"not a png", lambda r, a:
+                                                    compress(cnn(r, data={"source": "imgs"}))),
+      ("x.png", "data.source", "not an image")),
     C("csv format on a directory", with_file("adir/x.csv", "", lambda r, a: compress(text(
         r, a, data={"source": "adir", "format": "csv"}))),
       ("model.yaml", "data.format", "data.source", "adir", "is a directory")),
@@ -392,7 +399,7 @@ CASES = [
     C("entrypoint bad kwargs", lambda r, a: compress(cnn(r, teacher={
         "kwargs": {"num_classes": 10, "bogus": 1}})), ("teacher.kwargs", "bogus")),
     C("teacher outputs differ from classes", lambda r, a: compress(cnn(r, teacher={
-        "kwargs": {"num_classes": 3, "channels": [8]}})), ("data.label_column", "3 outputs")),
+        "kwargs": {"num_classes": 3, "channels": [8]}})), ("data.source", "3 outputs")),
     C("teacher two sources", lambda r, a: compress(cnn(r, teacher={"path": "x"})),
       ("teacher", "exactly one")),
     C("teacher no source", lambda r, a: compress(yaml_file(r / "model.yaml", {

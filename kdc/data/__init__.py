@@ -102,6 +102,17 @@ def _check_path(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
     )
 
 
+def unlabelled_txt(source: str, field: str) -> UserError:
+    """The error for a .txt file given to a classifier: it holds texts, one a line, no labels."""
+    return UserError(
+        "a .txt file holds texts (one a line) but no labels",
+        source=source,
+        field=field,
+        fix="give a csv/tsv/jsonl file or a datasets directory with a text and a label column; "
+        "a .txt file suits a sentence-embedding teacher",
+    )
+
+
 def _image_size(cfg: KdcConfig) -> int:
     """`data.image_size`, else a Hugging Face image teacher's own (config.json), else 224."""
     if cfg.data.image_size:
@@ -135,6 +146,8 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
     if fmt != "sklearn":
         _check_path(cfg, path, fmt, field)
     _check_kind(cfg, path, fmt, field)
+    if fmt == "txt" and label is not None:
+        raise unlabelled_txt(str(path), field)
     readers = {
         "csv": lambda: read_delimited(path, d.text_column, label, ",", field),
         "tsv": lambda: read_delimited(path, d.text_column, label, "\t", field),
@@ -203,7 +216,7 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
             raise UserError(
                 f"the training data has {len(names)} class(es)",
                 source=str(src_path),
-                field=f"data.{'label_column'}",
+                field=label_field("image" if fmt in IMAGE_FORMATS else "text"),
                 fix="a classifier needs at least two classes in the labels",
             )
         unknown = sorted({str(x) for x in ev_labels} - set(names))
@@ -258,31 +271,49 @@ def _by_index(name: object) -> bool:
     return re.fullmatch(f"(label_)?{INDEX}", _label_key(name)) is not None
 
 
+def label_field(kind: str) -> str:
+    """The config field that gives data of `kind` ("text" or "image") its classes."""
+    return "data.source" if kind == "image" else "data.label_column"
+
+
+def teacher_order(
+    names: list[str], teacher_names: list[str], source: str, field: str
+) -> list[int] | None:
+    """Each of the data's class `names`' index in the teacher's head, matched by name (case and
+    spaces aside); None where either side's names are generic (LABEL_0 …) or class indices (the
+    data's sorted order is then the head's). A different count, or names that do not match, is
+    a UserError naming `field`."""
+    if len(teacher_names) != len(names):
+        raise UserError(
+            f"the teacher has {len(teacher_names)} labels {teacher_names[:6]} but the "
+            f"data has {len(names)} {names[:6]}",
+            source=source,
+            field=field,
+            fix="use the data the teacher was trained on, or its label column",
+        )
+    key = {_label_key(n): i for i, n in enumerate(teacher_names)}
+    if set(key) == {_label_key(n) for n in names}:
+        return [key[_label_key(n)] for n in names]
+    if all(_by_index(n) for n in teacher_names) or all(_by_index(n) for n in names):
+        return None
+    raise UserError(
+        f"the data's labels {names[:6]} are not the teacher's {teacher_names[:6]} "
+        "(its config.json id2label), so no class can be matched to its output",
+        source=source,
+        field=field,
+        fix="rename the data's labels to the teacher's, or give the teacher's id2label the "
+        "data's names",
+    )
+
+
 def align_labels(ds: Dataset, teacher_names: list[str] | None, source: str) -> Dataset:
     """Order class indices as the teacher's head does (by name) when the teacher names them."""
     if not teacher_names or not ds.label_names:
         return ds
-    if len(teacher_names) != ds.num_labels:
-        raise UserError(
-            f"the teacher has {len(teacher_names)} labels {teacher_names[:6]} but the "
-            f"data has {ds.num_labels} {ds.label_names[:6]}",
-            source=source,
-            field="data.label_column",
-            fix="use the data the teacher was trained on, or its label column",
-        )
-    key = {_label_key(n): i for i, n in enumerate(teacher_names)}
-    if set(key) != {_label_key(n) for n in ds.label_names}:
-        if all(_by_index(n) for n in teacher_names) or all(_by_index(n) for n in ds.label_names):
-            return ds  # generic names (LABEL_0 …) or class indices: the sorted order is the head's
-        raise UserError(
-            f"the data's labels {ds.label_names[:6]} are not the teacher's {teacher_names[:6]} "
-            "(its config.json id2label), so no class can be matched to its output",
-            source=source,
-            field="data.label_column",
-            fix="rename the data's labels to the teacher's, or give the teacher's id2label the "
-            "data's names",
-        )
-    remap = np.array([key[_label_key(n)] for n in ds.label_names], np.int64)
+    order = teacher_order(ds.label_names, teacher_names, source, label_field(ds.kind))
+    if order is None:
+        return ds
+    remap = np.array(order, np.int64)
     return Dataset(
         Split(ds.train.features, remap[ds.train.labels]),
         Split(ds.eval.features, remap[ds.eval.labels]),

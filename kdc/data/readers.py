@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kdc.errors import UserError
+from kdc.errors import UserError, first_line
 
 Rows = tuple[list, list]
 
@@ -25,7 +26,7 @@ def _columns(
     unit: str = "line",
 ) -> Rows:
     """Texts and labels of (line number, row) pairs; a row without the text or label key, or with
-    a blank, null or nested label, is a UserError naming its `unit` ("line", or "row")."""
+    a blank, null or nested text or label, is a UserError naming its `unit` ("line", or "row")."""
     if not rows:
         raise UserError(
             "no rows",
@@ -53,26 +54,27 @@ def _columns(
                     field=col_field,
                     fix=f"give every {unit} a '{col}', or drop that {unit}",
                 )
-        texts.append(str(row[text_col] or ""))
+        texts.append(str(_cell(row[text_col], path, f"{unit} {n}", "text")))
         if label_col:
-            labels.append(_label(row[label_col], path, f"{unit} {n}"))
+            label = _cell(row[label_col], path, f"{unit} {n}", "label")
+            labels.append(label.strip() if isinstance(label, str) else label)
     return texts, labels
 
 
-def _label(value: object, path: Path, where: str) -> object:
-    """`value` as a class label, a text one without surrounding spaces (`positive ` is the class
-    `positive`): one that is blank, null or a list/object is a UserError."""
+def _cell(value: object, path: Path, where: str, kind: str) -> object:
+    """A row's text or label (`kind`): one that is blank, null or a list/object is a UserError
+    naming data.<kind>_column."""
     if value is None or isinstance(value, str) and not value.strip():
         problem = "is blank" if value is not None else "is null"
     elif isinstance(value, list | dict):
         problem = f"is not a single value ({json.dumps(value)[:40]})"
     else:
-        return value.strip() if isinstance(value, str) else value
+        return value
     raise UserError(
-        f"the label at {where} {problem}",
+        f"the {kind} at {where} {problem}",
         source=str(path),
-        field="data.label_column",
-        fix="fill in that row's label, or drop the row",
+        field=f"data.{kind}_column",
+        fix=f"fill in that row's {kind}, or drop the row",
     )
 
 
@@ -320,29 +322,80 @@ def datasets_layout(path: Path, label_col: str | None) -> tuple[str | None, list
     return split, list(feat.names) if hasattr(feat, "names") else None
 
 
+# files an image folder's classes hold (torchvision's ImageFolder reads these, and .gif); others,
+# such as notes.txt, are passed over
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+LAYOUT_FIX = "lay images out as <folder>/<class>/<image>"
+
+
+def _visible(p: Path) -> bool:
+    """Not hidden (.ipynb_checkpoints, .DS_Store) nor private (__MACOSX), as Hugging Face's
+    imagefolder skips them."""
+    return not p.name.startswith((".", "__"))
+
+
+def image_files(path: Path, field: str = "data.source") -> dict[str, list[Path]]:
+    """The image files of folder `path/<class>/<image>` by class name, classes A→Z; a class
+    folder without images is a UserError (leaving it out would shift the later classes'
+    indices)."""
+    classes = {
+        d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and _visible(f))
+        for d in sorted(path.iterdir())
+        if d.is_dir() and _visible(d)
+    }
+    empty = [name for name, files in classes.items() if not files]
+    if empty:
+        raise UserError(
+            f"class folder '{empty[0]}' holds no images ({', '.join(IMAGE_SUFFIXES)})",
+            source=str(path / empty[0]),
+            field=field,
+            fix="add its images, or remove the folder",
+        )
+    if not classes:
+        raise UserError("no class folders", source=str(path), field=field, fix=LAYOUT_FIX)
+    return classes
+
+
+@contextmanager
+def _image_errors(img: Path, field: str) -> Iterator[None]:
+    """A file that PIL cannot identify or decode as an image is a UserError naming it."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        yield
+    except (OSError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        unknown = isinstance(e, UnidentifiedImageError)
+        raise UserError(
+            "not an image" if unknown else f"a damaged image ({first_line(e, 80)})",
+            source=str(img),
+            field=field,
+            fix="replace or remove the file",
+        ) from None
+
+
+def check_images(files: dict[str, list[Path]], field: str) -> None:
+    """Every file of `image_files` opens as an image (its header is read, not its pixels)."""
+    from PIL import Image
+
+    for img in (f for fs in files.values() for f in fs):
+        with _image_errors(img, field), Image.open(img):
+            pass
+
+
 def read_imagefolder(
     path: Path, size: int, field: str = "data.source"
 ) -> tuple[np.ndarray, list[str]]:
-    """`path/<class>/<image>` → float32 N×3×size×size in [0, 1] and class names."""
-    from PIL import Image, UnidentifiedImageError
+    """`path/<class>/<image>` → float32 N×3×size×size in [0, 1] and class names; an image file
+    that does not decode is a UserError naming it."""
+    from PIL import Image
 
     images, labels = [], []
-    for cls_dir in sorted(p for p in path.iterdir() if p.is_dir()):
-        for img in sorted(cls_dir.iterdir()):
-            try:
-                with Image.open(img) as im:
-                    arr = np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32)
-            except (UnidentifiedImageError, OSError):
-                continue
+    for cls, files in image_files(path, field).items():
+        for img in files:
+            with _image_errors(img, field), Image.open(img) as im:
+                arr = np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32)
             images.append(arr.transpose(2, 0, 1) / 255.0)
-            labels.append(cls_dir.name)
-    if not images:
-        raise UserError(
-            "no images found",
-            source=str(path),
-            field=field,
-            fix="lay images out as <folder>/<class>/<image>",
-        )
+            labels.append(cls)
     return np.stack(images).astype(np.float32), labels
 
 

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from kdc.errors import UserError, first_line
-from kdc.hf_files import TOKENIZER_FIX, check_tokenizer, read_config
+from kdc.hf_files import TOKENIZER_FIX, check_model_dir, check_tokenizer
 from kdc.models.base import ModelAdapter
 from kdc.models.shapes import apply_shapes, tensor_shapes
 from kdc.rundir import atomic_dir, write_json
@@ -85,18 +85,6 @@ def _load_error(e: Exception, path: Path, what: str, fix: str) -> UserError:
     return UserError(f"{what}: {first_line(e)}", source=str(path), field="teacher.path", fix=fix)
 
 
-def check_model_dir(path: Path) -> None:
-    """A UserError unless `path` holds a readable config.json."""
-    if not (path / "config.json").is_file():
-        raise UserError(
-            "not a Hugging Face model directory (no config.json)",
-            source=str(path),
-            field="teacher.path",
-            fix="point to a directory saved with save_pretrained",
-        )
-    read_config(path, "teacher.path")
-
-
 def load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
     """The tokenizer of a Hugging Face directory; errors are one-line UserErrors."""
     from transformers import AutoTokenizer
@@ -139,7 +127,7 @@ def load_pretrained(
     path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_code: bool
 ) -> tuple[nn.Module, Any]:
     """(model in eval mode, tokenizer) of a Hugging Face text model directory (`load_model`)."""
-    check_model_dir(path)
+    check_model_dir(path, "teacher.path")
     tok = load_tokenizer(path, trust_remote_code)
     return load_model(path, auto_class, kw, trust_remote_code), tok
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from kdc.errors import UserError
-from kdc.hf_files import VIT_GEOMETRY
-from kdc.models.hf import TransformerAdapter, check_model_dir, load_model
+from kdc.hf_files import VIT_GEOMETRY, check_model_dir
+from kdc.models.hf import TransformerAdapter, load_model
 from kdc.rundir import write_json
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -107,7 +107,7 @@ class HFImageAdapter(TransformerAdapter):
     def from_dir(cls, path: Path, *, trust_remote_code: bool = False) -> HFImageAdapter:
         from transformers import AutoModelForImageClassification
 
-        check_model_dir(path)
+        check_model_dir(path, "teacher.path")
         kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
         model = load_model(path, AutoModelForImageClassification, kw, trust_remote_code)
         for key in VIT_GEOMETRY:

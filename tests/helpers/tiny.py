@@ -155,6 +155,17 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
+def image_folder(root: Path, classes: dict[str, int]) -> Path:
+    """root/imgs/<class>/<i>.png: `classes` maps a class to its number of 8×8 RGB images."""
+    from PIL import Image
+
+    for cls, n in classes.items():
+        (root / "imgs" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (40 * i, 0, 100)).save(root / "imgs" / cls / f"{i}.png")
+    return root / "imgs"
+
+
 def tiny_bert(tmp: Path, num_labels: int = 2, layers: int = 4, encoder: bool = False):
     """An untrained tiny BERT classifier (`encoder`: a BertModel without head) and its tokenizer,
     a word-level vocabulary over the test words."""
