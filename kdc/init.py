@@ -33,6 +33,7 @@ from kdc.hf_files import (
     check_model_dir,
     check_tokenizer,
     label_names,
+    max_positions,
     read_config,
 )
 from kdc.rundir import atomic_path
@@ -121,7 +122,7 @@ def _hf_teacher(path: Path) -> TeacherInfo:
         n,
         names,
         layers=conf.get("num_hidden_layers") or conf.get("n_layers"),
-        max_positions=conf.get("max_position_embeddings"),
+        max_positions=max_positions(conf),
     )
 
 
