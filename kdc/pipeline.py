@@ -150,28 +150,53 @@ def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
 StageFn = Callable[[Context], StageOutput]
 
 
+ConfigReads = Callable[[KdcConfig], tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
     fn: StageFn
-    sections: tuple[str, ...]  # config sections whose change re-runs this stage
+    # the config a stage reads, as sections ("teacher") or fields ("quantize.precision"): a
+    # change to any re-runs the stage, a change to anything else does not
+    reads: ConfigReads
+
+
+COMMON = ("name", "task", "seed", "teacher", "data")
+# what a predicted latency depends on (search ranks by it; prune.target_latency_ms prunes to it)
+LATENCY = ("quantize.precision", "verify.batch", "export.cls_only_last_layer")
+# what quantization-aware training (quantize.method: qat, in distill) reads besides its method
+QAT = (
+    "quantize.qat_epochs",
+    "quantize.qat_lr",
+    "quantize.calibration_size",
+    "quantize.symmetric_activations",
+    "export.opset",
+)
+
+
+def _distill_reads(cfg: KdcConfig) -> tuple[str, ...]:
+    """Distillation's config: pruning to a latency reads how latency is predicted (on the exported
+    graph), QAT its settings; neither is read otherwise."""
+    latency = (*LATENCY, "export.opset") if cfg.prune.target_latency_ms is not None else ()
+    qat = QAT if cfg.quantize.method == "qat" else ()
+    return (*COMMON, "distill", "prune", "quantize.method", *latency, *qat)
 
 
 def _stages() -> list[Stage]:
     from kdc.stages import build, distill, export, report, search, verify
 
-    common = ("name", "task", "seed", "teacher", "data")
     return [
         Stage(
             "search",
             search.run,
-            (*common, "student", "search", "constraints", "quantize", "verify"),
+            lambda cfg: (*COMMON, "student", "search", "constraints.latency_budget_ms", *LATENCY),
         ),
-        Stage("distill", distill.run, (*common, "distill", "prune", "quantize")),
-        Stage("export", export.run, ("export",)),
-        Stage("build", build.run, ("build", "quantize")),
-        Stage("verify", verify.run, ("verify", "data")),
-        Stage("report", report.run, ("constraints",)),
+        Stage("distill", distill.run, _distill_reads),
+        Stage("export", export.run, lambda cfg: ("export",)),
+        Stage("build", build.run, lambda cfg: ("build", "quantize", "verify.batch")),
+        Stage("verify", verify.run, lambda cfg: ("verify", "data")),
+        Stage("report", report.run, lambda cfg: ("constraints",)),
     ]
 
 
@@ -196,22 +221,31 @@ def teacher_fingerprint(cfg: KdcConfig) -> str:
 # Settings that change how fast or in how much memory a stage runs, not what it computes (the
 # teacher cache's outputs equal the teacher's up to float rounding, as another thread count's
 # would): not hashed, so changing one does not redo a finished stage.
-UNHASHED = {"distill": ("teacher_cache_mb",)}
+UNHASHED = ("distill.teacher_cache_mb",)
+
+
+def config_reads(cfg: KdcConfig, reads: tuple[str, ...]) -> dict[str, Any]:
+    """The values of `reads` (sections or "section.field"s) in `cfg`, but the UNHASHED ones."""
+    data = cfg.fingerprint()
+    for path in UNHASHED:
+        section, key = path.split(".")
+        data.get(section, {}).pop(key, None)
+    out: dict[str, Any] = {}
+    for path in reads:
+        section, _, key = path.partition(".")
+        out[path] = data.get(section, {}).get(key) if key else data.get(section)
+    return out
 
 
 def stage_hash(
     stage: Stage, cfg: KdcConfig, profile: HardwareProfile, upstream: str, teacher_fp: str
 ) -> str:
-    data = cfg.fingerprint()
-    for section, keys in UNHASHED.items():
-        for key in keys:
-            data.get(section, {}).pop(key, None)
     return sha256_json(
         {
             "kdc": __version__,
             "stage": stage.name,
             "upstream": upstream,
-            "config": {k: data.get(k) for k in stage.sections},
+            "config": config_reads(cfg, stage.reads(cfg)),
             "profile": profile.model_dump(mode="json"),
             "teacher": teacher_fp,
         }
