@@ -299,17 +299,33 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
     ctx.ran.append(stage.name)
 
 
+def stage_not_ready(ctx: Context, name: str, input_hash: str | None = None) -> UserError:
+    """Why stage `name` cannot be taken as done: it has not finished, an output it recorded is
+    missing or was changed after it ran, or (`input_hash` given) it ran with other inputs."""
+    rec = ctx.run.stage(name) or {}
+    bad = ctx.run.verify_outputs(name) if rec.get("status") == "done" else []
+    if rec.get("status") != "done":
+        what = "has not run" if not rec else f"has not finished (it is {rec.get('status')})"
+    elif bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        what = f"output {bad[0]}{more} is missing or was changed after the stage ran"
+    elif input_hash is not None and rec.get("input_hash") != input_hash:
+        what = "ran with other inputs (config, target, teacher or an earlier stage changed)"
+    else:
+        what = "is not done"
+    return UserError(
+        f"stage '{name}' {what}",
+        source=str(ctx.run.root),
+        fix=f"re-run it: `kdc {name} CONFIG --out {ctx.run.root}`, or `kdc compress CONFIG "
+        f"--out {ctx.run.root} --resume`",
+    )
+
+
 def require_stage(ctx: Context, name: str) -> None:
     """A UserError unless stage `name` of the run finished and its outputs are intact."""
     rec = ctx.run.stage(name) or {}
-    bad = ctx.run.verify_outputs(name) if rec.get("status") == "done" else None
-    if bad is None or bad:
-        what = "has not run" if bad is None else f"outputs are missing or changed: {bad[0]}"
-        raise UserError(
-            f"stage '{name}' {what}",
-            source=str(ctx.run.root),
-            fix=f"run `kdc {name}` first, or `kdc compress --resume`",
-        )
+    if rec.get("status") != "done" or ctx.run.verify_outputs(name):
+        raise stage_not_ready(ctx, name)
 
 
 def run_stages(
@@ -357,11 +373,7 @@ def run_stages(
             if may_skip and ctx.run.is_done(stage.name, h):
                 ctx.log(f"[dim]✓ {stage.name}: up to date, skipped[/dim]")
             elif not wanted:
-                raise UserError(
-                    f"stage '{stage.name}' has not run (or its inputs changed)",
-                    source=str(ctx.run.root),
-                    fix=f"run `kdc {stage.name}` first, or `kdc compress --resume`",
-                )
+                raise stage_not_ready(ctx, stage.name, h)
             else:
                 _run_one(ctx, stage, h, pressed)
             upstream = ctx.run.output_hash(stage.name)
