@@ -14,7 +14,7 @@ from rich.console import Console
 from kdc.config import KdcConfig, load_config, parse_config
 from kdc.errors import UserError
 from kdc.profiles import HardwareProfile, load_profile
-from kdc.rundir import RunDir, read_json
+from kdc.rundir import RunDir, check_run_root, read_json
 
 ConfigLike = KdcConfig | dict | str | Path  # a dict: model.yaml's content, paths relative to cwd
 # onnxruntime (1.32) otherwise writes telemetry state to ~/.cache/Microsoft and $TMPDIR/.ses and
@@ -208,6 +208,7 @@ def plan(config: ConfigLike, target: str = "host", out: str | Path | None = None
     check_config(cfg)
     profile = load_profile(target)
     check_target(cfg, profile)
+    run_dir = check_run_root(out or default_run_dir(cfg))
     ds = load_dataset(cfg)
     c = cfg.constraints.model_dump(exclude_none=True)
     if "latency_budget_ms" not in c and profile.defaults.latency_budget_ms:
@@ -222,5 +223,5 @@ def plan(config: ConfigLike, target: str = "host", out: str | Path | None = None
         "student": cfg.student.model_dump(exclude_none=True),
         "quantize": cfg.quantize.precision,
         "constraints": c,
-        "run_dir": str(out or default_run_dir(cfg)),
+        "run_dir": str(run_dir),
     }

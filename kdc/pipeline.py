@@ -152,28 +152,53 @@ def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
 StageFn = Callable[[Context], StageOutput]
 
 
+ConfigReads = Callable[[KdcConfig], tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
     fn: StageFn
-    sections: tuple[str, ...]  # config sections whose change re-runs this stage
+    # the config a stage reads, as sections ("teacher") or fields ("quantize.precision"): a
+    # change to any re-runs the stage, a change to anything else does not
+    reads: ConfigReads
+
+
+COMMON = ("name", "task", "seed", "teacher", "data")
+# what a predicted latency depends on (search ranks by it; prune.target_latency_ms prunes to it)
+LATENCY = ("quantize.precision", "verify.batch", "export.cls_only_last_layer")
+# what quantization-aware training (quantize.method: qat, in distill) reads besides its method
+QAT = (
+    "quantize.qat_epochs",
+    "quantize.qat_lr",
+    "quantize.calibration_size",
+    "quantize.symmetric_activations",
+    "export.opset",
+)
+
+
+def _distill_reads(cfg: KdcConfig) -> tuple[str, ...]:
+    """Distillation's config: pruning to a latency reads how latency is predicted (on the exported
+    graph), QAT its settings; neither is read otherwise."""
+    latency = (*LATENCY, "export.opset") if cfg.prune.target_latency_ms is not None else ()
+    qat = QAT if cfg.quantize.method == "qat" else ()
+    return (*COMMON, "distill", "prune", "quantize.method", *latency, *qat)
 
 
 def _stages() -> list[Stage]:
     from kdc.stages import build, distill, export, report, search, verify
 
-    common = ("name", "task", "seed", "teacher", "data")
     return [
         Stage(
             "search",
             search.run,
-            (*common, "student", "search", "constraints", "quantize", "verify"),
+            lambda cfg: (*COMMON, "student", "search", "constraints.latency_budget_ms", *LATENCY),
         ),
-        Stage("distill", distill.run, (*common, "distill", "prune", "quantize")),
-        Stage("export", export.run, ("export",)),
-        Stage("build", build.run, ("build", "quantize")),
-        Stage("verify", verify.run, ("verify", "data")),
-        Stage("report", report.run, ("constraints",)),
+        Stage("distill", distill.run, _distill_reads),
+        Stage("export", export.run, lambda cfg: ("export",)),
+        Stage("build", build.run, lambda cfg: ("build", "quantize", "verify.batch")),
+        Stage("verify", verify.run, lambda cfg: ("verify", "data")),
+        Stage("report", report.run, lambda cfg: ("constraints",)),
     ]
 
 
@@ -198,22 +223,31 @@ def teacher_fingerprint(cfg: KdcConfig) -> str:
 # Settings that change how fast or in how much memory a stage runs, not what it computes (the
 # teacher cache's outputs equal the teacher's up to float rounding, as another thread count's
 # would): not hashed, so changing one does not redo a finished stage.
-UNHASHED = {"distill": ("teacher_cache_mb",)}
+UNHASHED = ("distill.teacher_cache_mb",)
+
+
+def config_reads(cfg: KdcConfig, reads: tuple[str, ...]) -> dict[str, Any]:
+    """The values of `reads` (sections or "section.field"s) in `cfg`, but the UNHASHED ones."""
+    data = cfg.fingerprint()
+    for path in UNHASHED:
+        section, key = path.split(".")
+        data.get(section, {}).pop(key, None)
+    out: dict[str, Any] = {}
+    for path in reads:
+        section, _, key = path.partition(".")
+        out[path] = data.get(section, {}).get(key) if key else data.get(section)
+    return out
 
 
 def stage_hash(
     stage: Stage, cfg: KdcConfig, profile: HardwareProfile, upstream: str, teacher_fp: str
 ) -> str:
-    data = cfg.fingerprint()
-    for section, keys in UNHASHED.items():
-        for key in keys:
-            data.get(section, {}).pop(key, None)
     return sha256_json(
         {
             "kdc": __version__,
             "stage": stage.name,
             "upstream": upstream,
-            "config": {k: data.get(k) for k in stage.sections},
+            "config": config_reads(cfg, stage.reads(cfg)),
             "profile": profile.model_dump(mode="json"),
             "teacher": teacher_fp,
         }
@@ -267,17 +301,33 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
     ctx.ran.append(stage.name)
 
 
+def stage_not_ready(ctx: Context, name: str, input_hash: str | None = None) -> UserError:
+    """Why stage `name` cannot be taken as done: it has not finished, an output it recorded is
+    missing or was changed after it ran, or (`input_hash` given) it ran with other inputs."""
+    rec = ctx.run.stage(name) or {}
+    bad = ctx.run.verify_outputs(name) if rec.get("status") == "done" else []
+    if rec.get("status") != "done":
+        what = "has not run" if not rec else f"has not finished (it is {rec.get('status')})"
+    elif bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        what = f"output {bad[0]}{more} is missing or was changed after the stage ran"
+    elif input_hash is not None and rec.get("input_hash") != input_hash:
+        what = "ran with other inputs (config, target, teacher or an earlier stage changed)"
+    else:
+        what = "is not done"
+    return UserError(
+        f"stage '{name}' {what}",
+        source=str(ctx.run.root),
+        fix=f"re-run it: `kdc {name} CONFIG --out {ctx.run.root}`, or `kdc compress CONFIG "
+        f"--out {ctx.run.root} --resume`",
+    )
+
+
 def require_stage(ctx: Context, name: str) -> None:
     """A UserError unless stage `name` of the run finished and its outputs are intact."""
     rec = ctx.run.stage(name) or {}
-    bad = ctx.run.verify_outputs(name) if rec.get("status") == "done" else None
-    if bad is None or bad:
-        what = "has not run" if bad is None else f"outputs are missing or changed: {bad[0]}"
-        raise UserError(
-            f"stage '{name}' {what}",
-            source=str(ctx.run.root),
-            fix=f"run `kdc {name}` first, or `kdc compress --resume`",
-        )
+    if rec.get("status") != "done" or ctx.run.verify_outputs(name):
+        raise stage_not_ready(ctx, name)
 
 
 def run_stages(
@@ -325,11 +375,7 @@ def run_stages(
             if may_skip and ctx.run.is_done(stage.name, h):
                 ctx.log(f"[dim]✓ {stage.name}: up to date, skipped[/dim]")
             elif not wanted:
-                raise UserError(
-                    f"stage '{stage.name}' has not run (or its inputs changed)",
-                    source=str(ctx.run.root),
-                    fix=f"run `kdc {stage.name}` first, or `kdc compress --resume`",
-                )
+                raise stage_not_ready(ctx, stage.name, h)
             else:
                 _run_one(ctx, stage, h, pressed)
             upstream = ctx.run.output_hash(stage.name)

@@ -131,18 +131,24 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def check_run_root(root: Path | str) -> Path:
+    """`root` as a Path; a UserError if it exists and is not a directory (what `--out` names)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(
+            "exists and is not a directory",
+            source=str(root),
+            field="--out",
+            fix="pass a directory for the run (it is created if missing)",
+        )
+    return root
+
+
 class RunDir:
     """A run directory with a manifest recording, per stage, its input hash, outputs and metrics."""
 
     def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
-        if self.root.exists() and not self.root.is_dir():
-            raise UserError(
-                "exists and is not a directory",
-                source=str(self.root),
-                field="--out",
-                fix="pass a directory for the run (it is created if missing)",
-            )
+        self.root = check_run_root(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:

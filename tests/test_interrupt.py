@@ -34,7 +34,7 @@ def _fake_stages(fail_at: str | None, how=lambda: os.kill(os.getpid(), signal.SI
 
         return fn
 
-    return [pipeline.Stage(n, make(n), ("name",)) for n in pipeline.STAGE_NAMES]
+    return [pipeline.Stage(n, make(n), lambda cfg: ("name",)) for n in pipeline.STAGE_NAMES]
 
 
 def test_sigint_exits_130_and_resume_continues(tmp_path, monkeypatch):

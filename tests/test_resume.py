@@ -64,6 +64,76 @@ def test_resume_skips_done_stages(cnn_project, tmp_path):
     assert all(fourth[s]["finished"] == third[s]["finished"] for s in third)
 
 
+def _hashes(cfg: dict) -> dict[str, str]:
+    from kdc.config import parse_config
+    from kdc.pipeline import _stages, stage_hash
+    from kdc.profiles import load_profile
+
+    c, profile = parse_config(cfg, source="<test>"), load_profile("host")
+    return {s.name: stage_hash(s, c, profile, "", "") for s in _stages()}
+
+
+def _with(cfg: dict, dotted: str, value) -> dict:
+    section, key = dotted.split(".")
+    return {**cfg, section: {**cfg.get(section, {}), key: value}}
+
+
+def test_stages_hash_only_the_config_they_read(cnn_project):
+    """A stage's input hash changes with the config fields it reads and with no others."""
+    cfg = yaml.safe_load(cnn_project.read_text())
+    base = _hashes(cfg)
+    for dotted, value, changed in [
+        ("constraints.max_accuracy_drop", 0.01, {"report"}),
+        ("quantize.calibration_size", 32, {"build"}),
+        ("quantize.calibration", "entropy", {"build"}),
+        ("verify.iterations", 50, {"verify"}),
+        ("constraints.latency_budget_ms", 5.0, {"search", "report"}),
+        ("quantize.precision", "fp16", {"search", "build"}),
+        ("verify.batch", 4, {"search", "build", "verify"}),
+        ("quantize.method", "qat", {"distill", "build"}),
+        ("export.cls_only_last_layer", False, {"search", "export"}),
+        ("distill.teacher_cache_mb", 0, set()),
+    ]:
+        new = _hashes(_with(cfg, dotted, value))
+        assert {s for s in base if new[s] != base[s]} == changed, dotted
+    # QAT (in distill) reads the calibration rows, and pruning to a latency how it is predicted
+    qat = _with(cfg, "quantize.method", "qat")
+    assert (
+        _hashes(_with(qat, "quantize.calibration_size", 32))["distill"] != _hashes(qat)["distill"]
+    )
+    pruned = {**cfg, "prune": {"enabled": True, "target_latency_ms": 1.0}}
+    assert _hashes(_with(pruned, "verify.batch", 4))["distill"] != _hashes(pruned)["distill"]
+
+
+def test_resume_after_an_edit_redoes_only_the_stages_reading_it(cnn_project, tmp_path, capsys):
+    """Changing the accuracy bound or the calibration rows re-runs neither search nor distill;
+    changing the latency budget re-runs search."""
+    path = _cfg(cnn_project, tmp_path)
+    run = tmp_path / "run"
+    api.compress(path, "host", run, quiet=True)
+    first = json.loads((run / "manifest.json").read_text())["stages"]
+    cfg = yaml.safe_load(path.read_text())
+    cfg["constraints"]["max_accuracy_drop"] = 0.3
+    cfg["quantize"]["calibration_size"] = 32
+    write_yaml(path, cfg)
+    capsys.readouterr()
+    api.compress(path, "host", run, resume=True)
+    out = capsys.readouterr().out
+    assert "search: up to date, skipped" in out and "distill: up to date, skipped" in out, out
+    second = json.loads((run / "manifest.json").read_text())["stages"]
+    for stage in ("search", "distill", "export"):
+        assert second[stage]["finished"] == first[stage]["finished"], stage
+    assert (
+        second["build"]["metrics"] and second["build"]["input_hash"] != first["build"]["input_hash"]
+    )
+
+    cfg["constraints"]["latency_budget_ms"] = 50.0
+    write_yaml(path, cfg)
+    api.compress(path, "host", run, resume=True, quiet=True)
+    third = json.loads((run / "manifest.json").read_text())["stages"]
+    assert third["search"]["input_hash"] != second["search"]["input_hash"]
+
+
 def test_corrupt_artifact_is_redone(cnn_project, tmp_path):
     path = _cfg(cnn_project, tmp_path)
     run = tmp_path / "run"

@@ -49,10 +49,27 @@ def test_bad_input_leaves_no_run_directory(cnn_project, tmp_path, field):
 
 
 def test_out_that_is_a_file_is_a_user_error(cnn_project, tmp_path):
+    """The real run and its --dry-run give the same one-line error (exit 2)."""
     target = tmp_path / "afile"
     target.write_text("keep me")
-    res = runner.invoke(app, ["compress", str(cnn_project), "--out", str(target), "-q"])
-    assert "--out" in _one_line_error(res) and target.read_text() == "keep me"
+    for extra in (["-q"], ["--dry-run"]):
+        res = runner.invoke(app, ["compress", str(cnn_project), "--out", str(target), *extra])
+        line = _one_line_error(res)
+        assert "--out" in line and "exists and is not a directory" in line, line
+        assert target.read_text() == "keep me"
+
+
+def test_verify_after_an_engine_was_edited_names_the_file(cnn_project, tmp_path):
+    """`kdc verify RUN` with a built graph changed after the build says which file changed and
+    how to rebuild, not that the build never ran."""
+    cfg, run = _cfg(cnn_project, tmp_path), tmp_path / "run"
+    api.compress(cfg, "host", run, quiet=True)
+    with open(run / "build" / "onnxruntime" / "model_fp32.onnx", "ab") as f:
+        f.write(b"edited")
+    line = _one_line_error(runner.invoke(app, ["verify", str(run), "-q"]))
+    assert "has not run" not in line, line
+    assert "output build/onnxruntime/model_fp32.onnx is missing or was changed" in line, line
+    assert "kdc build" in line and "--resume" in line, line
 
 
 def test_failed_stage_is_marked_failed_and_finished_ones_kept(cnn_project, tmp_path, monkeypatch):
@@ -134,4 +151,4 @@ def test_bundle_and_device_results_before_the_build_name_the_stage(cnn_project, 
     api.build(cfg, "jetson", run, quiet=True)
     (run / "build" / "engines.json").unlink()
     line = _one_line_error(runner.invoke(app, ["bundle", str(run), "--target", "jetson"]))
-    assert "outputs are missing or changed: build/engines.json" in line, line
+    assert "output build/engines.json is missing or was changed" in line, line

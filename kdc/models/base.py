@@ -40,7 +40,9 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def save(self, directory: Path) -> list[Path]:
-        """Write weights (safetensors) and the architecture spec; return the files written."""
+        """Write weights (safetensors) and the architecture spec into `directory` (created if
+        missing; a run's student directory is a fresh one, `kdc.stages.distill.save_student`);
+        return the files written."""
 
     def exporting(self) -> contextlib.AbstractContextManager[None]:
         """Context in which `module` is exported to ONNX (a graph form the runtimes fuse)."""

@@ -21,7 +21,7 @@ from kdc.errors import UserError, first_line
 from kdc.hf_files import TOKENIZER_FIX, check_model_dir, check_tokenizer
 from kdc.models.base import ModelAdapter
 from kdc.models.shapes import apply_shapes, tensor_shapes
-from kdc.rundir import atomic_dir, write_json
+from kdc.rundir import write_json
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+
@@ -247,19 +247,19 @@ class TransformerAdapter(ModelAdapter):
         return {f"layer{i}": b for i, b in enumerate(layer_list(self.model))}
 
     def save(self, directory: Path) -> list[Path]:
-        with atomic_dir(directory) as tmp:
-            self.model.save_pretrained(str(tmp), safe_serialization=True)
-            self._save_preprocessing(tmp)
-            write_json(tmp / "shapes.json", tensor_shapes(self.model))
-            write_json(
-                tmp / "kdc_model.json",
-                {
-                    "adapter": self.adapter_name,
-                    **self._meta(),
-                    **self._inputs_meta(),
-                    "architecture": self.architecture(),
-                },
-            )
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(directory), safe_serialization=True)
+        self._save_preprocessing(directory)
+        write_json(directory / "shapes.json", tensor_shapes(self.model))
+        write_json(
+            directory / "kdc_model.json",
+            {
+                "adapter": self.adapter_name,
+                **self._meta(),
+                **self._inputs_meta(),
+                "architecture": self.architecture(),
+            },
+        )
         return sorted(p for p in directory.rglob("*") if p.is_file())
 
 

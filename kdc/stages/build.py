@@ -13,7 +13,7 @@ from kdc.deploy.onnxruntime import QUANT_OPS
 from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.errors import UserError
 from kdc.pipeline import Context, StageOutput
-from kdc.rundir import atomic_path, read_json, write_json
+from kdc.rundir import atomic_dir, atomic_path, read_json, write_json
 
 
 def _size_mb(path: Path) -> float:
@@ -37,9 +37,18 @@ PTQ_BACKENDS: dict[str, str] = {"onnxruntime": "ort-static-qdq", "nncf": "nncf-p
 
 
 def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
+    """The ONNX Runtime engines, written as the whole of build/onnxruntime (no graph an earlier
+    build wrote, an INT8 one of another precision setting, stays)."""
+    out_dir = ctx.run / "build" / "onnxruntime"
+    with atomic_dir(out_dir) as tmp:
+        engines = _onnxruntime_engines(ctx, src, tmp)
+    return [{**e, "path": str((out_dir / e["path"]).relative_to(ctx.run.root))} for e in engines]
+
+
+def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
+    """The engine records of the graphs written into `out_dir`, paths relative to it."""
     from kdc.deploy.onnxruntime import optimize
 
-    out_dir = ctx.run / "build" / "onnxruntime"
     arch = read_json(ctx.run / "distill" / "student.json")["architecture"]  # pruning changes it
     fam = ctx.teacher.family
     fp32 = optimize(
@@ -54,7 +63,7 @@ def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
             "engine": "onnxruntime",
             "provider": "CPUExecutionProvider",
             "precision": "fp32",
-            "path": str(fp32.relative_to(ctx.run.root)),
+            "path": fp32.name,
             "size_mb": _size_mb(fp32),
             "status": "built",
             "optimization": "ORT_ENABLE_ALL + transformer fusion"
@@ -82,7 +91,7 @@ def build_onnxruntime(ctx: Context, src: Path) -> list[dict]:
             "engine": "onnxruntime",
             "provider": "CPUExecutionProvider",
             "precision": "int8",
-            "path": str(dst.relative_to(ctx.run.root)),
+            "path": dst.name,
             "size_mb": _size_mb(dst),
             "status": "built",
             "quantization": how,

@@ -27,7 +27,14 @@ from kdc.compress.distill import (
 from kdc.compress.prune import GradualPruning, ratio_for_latency
 from kdc.models.base import ModelAdapter
 from kdc.pipeline import Context, StageOutput, teacher_fingerprint
-from kdc.rundir import atomic_path, read_json, sha256_json, write_json, write_jsonl
+from kdc.rundir import (
+    atomic_dir,
+    atomic_path,
+    read_json,
+    sha256_json,
+    write_json,
+    write_jsonl,
+)
 from kdc.stages.search import build_student
 
 
@@ -217,6 +224,14 @@ def _log_teacher_rows(ctx: Context, rows: dict | None) -> None:
         )
 
 
+def save_student(student: ModelAdapter, directory: Path) -> list[Path]:
+    """Save `student` as the whole of `directory`: nothing an earlier model saved there (another
+    family's tokenizer or config) stays beside it. Returns the files."""
+    with atomic_dir(directory) as tmp:
+        written = student.save(tmp)
+    return [directory / p.relative_to(tmp) for p in written]
+
+
 def run(ctx: Context) -> StageOutput:
     spec = read_json(ctx.run / "search" / "student.json")["spec"]
     student = build_student(ctx, spec)
@@ -248,7 +263,7 @@ def run(ctx: Context) -> StageOutput:
     if result.resumed_from_epoch is not None:
         ctx.log(f"  continued from the checkpoint after epoch {result.resumed_from_epoch}")
     _log_teacher_rows(ctx, result.teacher_rows)
-    files = student.save(ctx.run / "distill" / "student")
+    files = save_student(student, ctx.run / "distill" / "student")
     hist = write_jsonl(ctx.run / "distill" / "history.jsonl", result.history)
     if prune_info:
         prune_info["params_after"] = student.params()

@@ -1,0 +1,46 @@
+"""Running again into a run directory another model used: each whole-directory output is replaced
+as a whole, so nothing of the earlier model reaches the new one's student or device bundle, while
+a resume's state and the user's own files stay."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from tiny import write_yaml
+
+from kdc import api
+
+STALE = ("config.json", "tokenizer.json", "vocab.txt", "shapes.json")  # an earlier BERT's
+
+
+def test_rerun_replaces_student_and_engine_directories(cnn_project, tmp_path):
+    cfg = yaml.safe_load(cnn_project.read_text())
+    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg["distill"]["epochs"] = 1
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    run = tmp_path / "run"
+    api.compress(path, "jetson", run, quiet=True)
+    student = run / "distill" / "student"
+    for name in STALE:
+        (student / name).write_text("{}")
+    (run / "build" / "onnxruntime" / "old_model.onnx").write_bytes(b"stale")
+    (run / "build" / "bundle" / "preprocessing").mkdir()
+    (run / "build" / "bundle" / "preprocessing" / "vocab.txt").write_text("stale")
+    (run / "notes.txt").write_text("mine")
+    logits = sorted((run / "distill").glob("teacher_logits*.npy"))
+    assert logits
+
+    api.compress(path, "jetson", run, quiet=True)  # not --resume: every stage runs again
+
+    assert sorted(p.name for p in student.iterdir()) == ["kdc_model.json", "model.safetensors"]
+    assert not (run / "build" / "onnxruntime" / "old_model.onnx").exists()
+    bundle = run / "build" / "bundle"
+    assert (bundle / "bundle.json").is_file() and not (bundle / "preprocessing").exists()
+    assert json.loads((bundle / "bundle.json").read_text())["preprocessing"] == []
+    assert (run / "notes.txt").read_text() == "mine"
+    assert sorted((run / "distill").glob("teacher_logits*.npy")) == logits
+    assert not list(run.rglob(".*.tmp"))  # no temporary directory left beside them
+    manifest = json.loads((run / "manifest.json").read_text())
+    recorded = {rel for s in manifest["stages"].values() for rel in s.get("outputs", {})}
+    assert all((run / rel).is_file() for rel in recorded)
