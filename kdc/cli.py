@@ -198,7 +198,14 @@ def _threads(threads: int | None) -> int | None:
     return threads
 
 
-Shapes = Annotated[list[str] | None, typer.Option("--shape", help="NAME:1x128 (repeatable).")]
+Shapes = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--shape",
+        help="NAME:1x128 (repeatable); attention_mask, token_type_ids and position_ids follow "
+        "input_ids unless given.",
+    ),
+]
 
 
 @app.command()
@@ -243,7 +250,8 @@ def bench(
         f"{model}: p50 {lat['p50_ms']:.4f} ms, p90 {lat['p90_ms']:.4f} ms, p99 "
         f"{lat['p99_ms']:.4f} ms, mean {lat['mean_ms']:.4f} ms, cv {lat['cv']:.1%} "
         f"({lat['iterations']} iterations after {lat['warmup']} warm-up; batch "
-        f"{lat['batch']}; {lat['device']}; measured)"
+        f"{lat['batch']}; inputs {tools.shapes_text(lat['input_shape'])}; {lat['device']}; "
+        "measured)"
     )
     for w in lat.get("warnings", []):
         err.print(f"warning: {w}", markup=False)
