@@ -298,9 +298,12 @@ def tensorrt_precision(ctx: Context, engines: list[dict]) -> str:
     return precision if precision != "fp32" else "fp16"
 
 
-def tensorrt_not_on_target(ctx: Context, engines: list[dict]) -> dict:
-    """The `unavailable` record of a TensorRT engine asked for (`build.engines`) on a target whose
-    profile lists no TensorRT engine; it has no path, source or latency (nothing to build from)."""
+def tensorrt_not_on_target(
+    ctx: Context, engines: list[dict], fix: str = "use a TensorRT target such as jetson or t4"
+) -> dict:
+    """The `unavailable` record of a TensorRT engine on a target whose profile lists no TensorRT
+    engine (asked for in `build.engines`, or built for another target); it has no path, source
+    or latency (nothing to build from), and its reason ends with `fix`."""
     runs = " and ".join(ctx.profile.runtime.engines) or "no engine"
     return {
         "engine": "tensorrt",
@@ -308,7 +311,7 @@ def tensorrt_not_on_target(ctx: Context, engines: list[dict]) -> dict:
         "status": "unavailable",
         "reason": (
             f"target {ctx.profile.name} runs {runs} only (its profile lists no tensorrt engine); "
-            "use a TensorRT target such as jetson or t4"
+            + fix
         ),
     }
 
