@@ -118,7 +118,15 @@ def main_callback(
 @handled
 def compress(
     config: Path,
-    target: Target = "host",
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Profile name, alias or YAML path (default host: this machine; kdc bundle "
+            "defaults to jetson).",
+        ),
+    ] = "host",
     out_dir: Out = None,
     resume: Annotated[bool, typer.Option(help="Skip finished stages.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan.")] = False,
@@ -174,7 +182,16 @@ for _name in ("search", "distill", "export", "build"):
 @handled
 def verify(
     run_dir: Path,
-    target: Annotated[str | None, typer.Option("--target", "-t")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Profile name, alias or YAML path to verify the run's engines for (default: the "
+            "target it was compressed for); on one without TensorRT the run's TensorRT engine "
+            "is reported unavailable.",
+        ),
+    ] = None,
     device_results: Annotated[
         Path | None,
         typer.Option(help="results/ from a device bundle: report its latency as measured."),
@@ -396,7 +413,18 @@ def inspect(run_dir: Path) -> None:
 
 @app.command()
 @handled
-def bundle(run_dir: Path, target: Target = "jetson") -> None:
+def bundle(
+    run_dir: Path,
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Profile name, alias or YAML path of a TensorRT target (default jetson: a bundle "
+            "is for a TensorRT device, while compress defaults to host).",
+        ),
+    ] = "jetson",
+) -> None:
     """Write a device bundle (ONNX, build.sh, bench.sh, goldens, parity.py) for a finished run."""
     from kdc import tools
 
