@@ -118,7 +118,15 @@ def main_callback(
 @handled
 def compress(
     config: Path,
-    target: Target = "host",
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Profile name, alias or YAML path (default host: this machine; kdc bundle "
+            "defaults to jetson).",
+        ),
+    ] = "host",
     out_dir: Out = None,
     resume: Annotated[bool, typer.Option(help="Skip finished stages.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan.")] = False,
@@ -174,7 +182,16 @@ for _name in ("search", "distill", "export", "build"):
 @handled
 def verify(
     run_dir: Path,
-    target: Annotated[str | None, typer.Option("--target", "-t")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Profile name, alias or YAML path to verify the run's engines for (default: the "
+            "target it was compressed for); on one without TensorRT the run's TensorRT engine "
+            "is reported unavailable.",
+        ),
+    ] = None,
     device_results: Annotated[
         Path | None,
         typer.Option(help="results/ from a device bundle: report its latency as measured."),
@@ -198,7 +215,14 @@ def _threads(threads: int | None) -> int | None:
     return threads
 
 
-Shapes = Annotated[list[str] | None, typer.Option("--shape", help="NAME:1x128 (repeatable).")]
+Shapes = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--shape",
+        help="NAME:1x128 (repeatable); attention_mask, token_type_ids and position_ids follow "
+        "input_ids unless given.",
+    ),
+]
 
 
 @app.command()
@@ -243,7 +267,8 @@ def bench(
         f"{model}: p50 {lat['p50_ms']:.4f} ms, p90 {lat['p90_ms']:.4f} ms, p99 "
         f"{lat['p99_ms']:.4f} ms, mean {lat['mean_ms']:.4f} ms, cv {lat['cv']:.1%} "
         f"({lat['iterations']} iterations after {lat['warmup']} warm-up; batch "
-        f"{lat['batch']}; {lat['device']}; measured)"
+        f"{lat['batch']}; inputs {tools.shapes_text(lat['input_shape'])}; {lat['device']}; "
+        "measured)"
     )
     for w in lat.get("warnings", []):
         err.print(f"warning: {w}", markup=False)
@@ -388,7 +413,18 @@ def inspect(run_dir: Path) -> None:
 
 @app.command()
 @handled
-def bundle(run_dir: Path, target: Target = "jetson") -> None:
+def bundle(
+    run_dir: Path,
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Profile name, alias or YAML path of a TensorRT target (default jetson: a bundle "
+            "is for a TensorRT device, while compress defaults to host).",
+        ),
+    ] = "jetson",
+) -> None:
     """Write a device bundle (ONNX, build.sh, bench.sh, goldens, parity.py) for a finished run."""
     from kdc import tools
 

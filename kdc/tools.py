@@ -20,6 +20,8 @@ ONNX_DTYPES = {
     onnx.TensorProto.BOOL: np.bool_,
 }
 DEFAULT_SEQUENCE = 128
+# a text model's per-token inputs: one not given a --shape takes input_ids' (or a sibling's)
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
 def parse_shapes(specs: list[str]) -> dict[str, list[int]]:
@@ -88,14 +90,31 @@ def check_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], source: s
             )
 
 
+def follow_token_shapes(
+    model: onnx.ModelProto, shapes: dict[str, list[int]]
+) -> dict[str, list[int]]:
+    """`shapes` plus, for each per-token input (`TOKEN_INPUTS`) of the model not given one, the
+    shape given to input_ids (else to the first per-token input given) when the ranks match."""
+    given = [shapes[n] for n in TOKEN_INPUTS if n in shapes]
+    if not given:
+        return shapes
+    out = dict(shapes)
+    for inp in model.graph.input:
+        dims = _declared_dims(inp)
+        if inp.name in TOKEN_INPUTS and inp.name not in out and dims and len(dims) == len(given[0]):
+            out[inp.name] = list(given[0])
+    return out
+
+
 def synthetic_inputs(
     path: Path | str, batch: int = 1, shapes: dict[str, list[int]] | None = None, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Inputs matching the model's declared inputs: `shapes` override (checked against the
-    declared inputs); dynamic batch dims take `batch`, other dynamic dims 128; ids are small
-    ints, masks ones, floats normal."""
+    declared inputs; per-token inputs follow input_ids', `follow_token_shapes`); dynamic batch
+    dims take `batch`, other dynamic dims 128; ids are small ints, masks ones, floats normal."""
     model = load_onnx(path)
     check_shapes(model, shapes or {}, str(path))
+    shapes = follow_token_shapes(model, shapes or {})
     init = {i.name for i in model.graph.initializer}
     rng = np.random.default_rng(seed)
     out = {}
@@ -103,7 +122,7 @@ def synthetic_inputs(
         if inp.name in init:
             continue
         t = inp.type.tensor_type
-        if inp.name in (shapes or {}):
+        if inp.name in shapes:
             shape = shapes[inp.name]
         else:
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
@@ -155,8 +174,9 @@ def bench(
         text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(e).split()))
         if isinstance(e, Fail) and "while running" not in text:
             raise  # the session could not be created: not a matter of the inputs
+        given = shapes_text({k: list(v.shape) for k, v in inputs.items()})
         raise UserError(
-            f"ONNX Runtime cannot run the model on {_shapes_text(inputs)}: "
+            f"ONNX Runtime cannot run the model on {given}: "
             f"{text if len(text) <= 240 else text[:100] + ' … ' + text[-120:]}",
             source=str(path),
             field="--shape",
@@ -164,8 +184,9 @@ def bench(
         ) from None
 
 
-def _shapes_text(inputs: dict[str, np.ndarray]) -> str:
-    return ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in inputs.items())
+def shapes_text(shapes: dict[str, list[int]]) -> str:
+    """`input_ids:1x16, attention_mask:1x16`."""
+    return ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in shapes.items())
 
 
 INT8_OPS = {
@@ -196,7 +217,7 @@ def estimate(
     if precision is None:
         quantized = {n.op_type for n in model.graph.node} & INT8_OPS
         precision = "int8" if quantized else "fp32"
-    given = shapes or {k: list(v.shape) for k, v in synthetic_inputs(path, batch).items()}
+    given = {k: list(v.shape) for k, v in synthetic_inputs(path, batch, shapes).items()}
     return predict_onnx(
         model,
         load_profile(target),

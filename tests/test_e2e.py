@@ -47,6 +47,10 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
     assert trt["status"] == "bundle" and trt["latency"]["kind"] == "predicted"
     assert (run / trt["path"] / "build.sh").is_file()
+    # a CNN has no preprocessing files: the bundle carries its input contract instead
+    contract = json.loads((run / trt["path"] / "preprocessing" / "input.json").read_text())
+    assert contract["input"]["shape"][1:] == [1, 8, 8] and contract["input"]["scale"] == "x / 16.0"
+    assert contract["output"]["classes"] == report["data"]["labels"]
     for e in report["engines"]:
         if e["status"] == "built":
             assert e["target_latency"]["kind"] == "predicted"

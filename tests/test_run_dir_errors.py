@@ -122,7 +122,7 @@ def test_reverify_for_another_target_after_the_checkout_moved(cnn_project, tmp_p
     b = tmp_path / "b"
     shutil.move(a, b)
     jetson = "jetson-orin-nano-8gb"
-    for target, name in ((["--target", "t4"], "nvidia-t4"), ([], jetson)):
+    for target, name in ((["--target", "t4"], "nvidia-t4"), (["-t", "host"], "host"), ([], jetson)):
         res = runner.invoke(app, ["verify", str(b / "runs" / "ci"), *target, "-q"])
         assert res.exit_code in (0, 1), res.output
         report = json.loads((b / "runs" / "ci" / "report.json").read_text())
@@ -130,6 +130,10 @@ def test_reverify_for_another_target_after_the_checkout_moved(cnn_project, tmp_p
         # the report is for the target asked; the run stays the Jetson's (a plain verify's)
         assert report["target"]["name"] == manifest["verified_for"]["name"] == name
         assert manifest["target"] == jetson
+        # the host runs no TensorRT: the Jetson's bundle is reported unavailable there, untimed
+        trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
+        assert (trt["status"] == "unavailable") == (name == "host")
+        assert ("latency" in trt) == (name != "host")
     for stage in ("search", "distill", "export", "build"):
         assert manifest["stages"][stage]["finished"] == before[stage]["finished"]
 

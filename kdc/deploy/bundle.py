@@ -21,6 +21,7 @@ import yaml
 
 from kdc import __version__
 from kdc.deploy.device_results import CV_WARN
+from kdc.deploy.input_contract import INPUT_CONTRACT
 from kdc.deploy.tensorrt import (
     check_graph,
     convert_fp16,
@@ -326,6 +327,26 @@ def _check_goldens(
             )
 
 
+def _preprocessing_text(files: Sequence[Path], contract: dict | None) -> str:
+    """The README's paragraph on `preprocessing/`, or nothing when the bundle has none."""
+    if files:
+        return (
+            "\n`preprocessing/` holds what turns raw inputs into the engine's (the student's "
+            f"{', '.join(sorted(f.name for f in files))}): load it with the Hugging Face "
+            "tokenizer or image processor classes; config.json names the classes (`id2label`).\n"
+        )
+    if contract is None:
+        return ""
+    inp = contract["input"]
+    return (
+        f"\n`preprocessing/{INPUT_CONTRACT}` is the engine's input contract, as kdc prepared "
+        f"every image it trained and verified on: `{inp['name']}` {inp['layout']} {inp['dtype']} "
+        f"{'x'.join(map(str, inp['shape']))}, {inp['color']}, {inp['scale']} (values in "
+        f"[0, 1], no mean/std); its `preprocessing.steps` say how, and `output.classes` names "
+        "each logit in order.\n"
+    )
+
+
 def bundle_dir(path: Path | str, profile: str) -> Path:
     """The directory for `profile`'s bundle: `path`, unless that holds another target's bundle;
     then `<path>-<profile>` beside it (`build/bundle-nvidia-t4`)."""
@@ -350,11 +371,14 @@ def write_bundle(
     iterations: int = 1000,
     use_dla: bool = False,
     preprocessing: Sequence[Path] = (),
+    input_contract: dict | None = None,
 ) -> Path:
     """Write the device bundle directory atomically and return its path: `out_dir`, or
     `<out_dir>-<profile>` when `out_dir` holds another target's bundle (see `bundle_dir`).
     `preprocessing` files (the student's tokenizer or image processor config, its config.json
-    with the class names) are copied into `preprocessing/` for the application on the device.
+    with the class names) are copied into `preprocessing/` for the application on the device;
+    `input_contract` (a model without such files: `kdc.deploy.input_contract`) is written there
+    as input.json.
 
     `use_dla` builds for DLA core 0 with GPU fallback (profiles with DLA; see tensorrt.DLA_RULE)."""
     trt_version = profile.runtime.tensorrt
@@ -405,6 +429,11 @@ def write_bundle(
         for f in preprocessing:
             (tmp / "preprocessing").mkdir(exist_ok=True)
             shutil.copyfile(f, tmp / "preprocessing" / f.name)
+        if input_contract is not None:
+            write_json(tmp / "preprocessing" / INPUT_CONTRACT, input_contract)
+        carried = sorted(
+            [f.name for f in preprocessing] + [INPUT_CONTRACT] * (input_contract is not None)
+        )
         np.savez(tmp / "goldens.npz", **golden_inputs, **{output_name: golden_outputs})
         write_text(
             tmp / "profile.yaml", yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
@@ -420,7 +449,7 @@ def write_bundle(
                 "inputs": list(input_shapes),
                 "input_shapes": input_shapes,
                 "output_name": output_name,
-                "preprocessing": sorted(f.name for f in preprocessing),
+                "preprocessing": carried,
                 "onnx_sha256": sha256_file(tmp / "model.onnx"),
                 "source_onnx_sha256": sha256_file(onnx_path),
                 "fp16_converted": plan.convert_fp16,
@@ -443,14 +472,7 @@ def write_bundle(
                 warmup=WARMUP_MS,
                 cv_warn=CV_WARN,
                 typing="strongly typed" if plan.strongly_typed else "weakly typed, precision flags",
-                preprocessing=(
-                    "\n`preprocessing/` holds what turns raw inputs into the engine's (the "
-                    f"student's {', '.join(sorted(f.name for f in preprocessing))}): load it with "
-                    "the Hugging Face tokenizer or image processor classes; config.json names the "
-                    "classes (`id2label`).\n"
-                    if preprocessing
-                    else ""
-                ),
+                preprocessing=_preprocessing_text(preprocessing, input_contract),
                 **header,
             ),
         )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from kdc.deploy.onnxruntime import feed_for, make_session, session_options_record
 from kdc.errors import UserError
@@ -136,8 +137,10 @@ def measure_onnx(
     session = make_session(path, threads=threads, providers=providers)
     record = session_options_record(session)
     feed = feed_for(session, _take_rows(inputs, batch))
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a failed run raises; kdc reports it, ONNX Runtime need not log
     stats = measure_callable(
-        lambda: session.run(None, feed),
+        lambda: session.run(None, feed, quiet),
         warmup=warmup,
         warmup_s=warmup_s,
         iterations=iterations,

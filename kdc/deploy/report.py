@@ -8,19 +8,21 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from kdc.deploy.constraints import engine_label, value_kind
+from kdc.deploy.constraints import accuracy_value, engine_label, value_kind
 from kdc.deploy.report_html import render_html
 from kdc.deploy.report_md import (
     DASH,
     accuracy_text,
     by_kind,
     constraint_name,
+    latency_model,
     latency_text,
     measured_cell,
     measured_on,
     off_target_devices,
     render_markdown,
     sig,
+    stand_in,
 )
 from kdc.deploy.report_plot import render_png
 from kdc.rundir import atomic_path, write_json, write_text
@@ -40,14 +42,34 @@ def write_report(report: dict, run_dir: Path | str) -> list[Path]:
     return [write_json(run_dir / "report.json", report), md, run_dir / "report.png", html]
 
 
+def _accuracy_cell(part: dict, task: str | None) -> str:
+    """The headline accuracy, marked when a stand-in's (`*`), then that of this CPU's int8
+    kernels when they are what the measured latency timed (report.md's `accuracy_this_cpu`)."""
+    text = accuracy_text(part.get("accuracy"), task)
+    if stand_in(part.get("accuracy")) and text != DASH:
+        text += " *"
+    _, cpu = accuracy_value(part.get("accuracy_this_cpu"), task)
+    return text if cpu is None else f"{text}; {cpu:.4f} on this CPU's int8 kernels (timed here)"
+
+
 def _row(table: Table, name: str, part: dict, report: dict, elsewhere: bool) -> None:
     table.add_row(
         Text(name),  # plain text: "[built]" as markup would be read as a style tag and vanish
-        accuracy_text(part.get("accuracy"), report.get("task")),
+        _accuracy_cell(part, report.get("task")),
         measured_cell(report, by_kind(part, "measured"), elsewhere),
         latency_text(by_kind(part, "predicted")),
         sig(part.get("size_mb")),
     )
+
+
+LEGEND = (
+    "measured: timed by kdc (p50 / p99 over the stated iterations); predicted: the latency "
+    "model's p50, never timed. report.md gives every figure's conditions."
+)
+STAND_IN = (
+    "* stand-in: the INT8 graph run with Q/DQ in float (the arithmetic the target's engine "
+    "approximates), not the engine itself"
+)
 
 
 def _constraint_line(c: dict) -> Text:
@@ -78,10 +100,16 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
         (f"{engine_label(e)} [{e.get('status', DASH)}]", e) for e in report.get("engines") or []
     ]
     hosts = off_target_devices(report, [by_kind(part, "measured") for _, part in parts])
-    for col in ("model", "accuracy", "measured" + measured_on(hosts), "predicted", "size MB"):
+    predicted = any(by_kind(part, "predicted") for _, part in parts)
+    heads = ["model", "accuracy", "latency measured" + measured_on(hosts)]
+    heads += ["latency predicted" + (f" ({latency_model(report)})" if predicted else ""), "size MB"]
+    for col in heads:
         table.add_column(col, justify="left" if col in ("model", "accuracy") else "right")
     for name, part in parts:
         _row(table, name, part, report, bool(hosts))
+    legend = [Text(LEGEND, style="dim")]
+    if any(stand_in(part.get("accuracy")) for _, part in parts):
+        legend.append(Text(STAND_IN, style="dim"))
     lines = [
         Text(f"{engine_label(e)} is {e.get('status')}: {e['reason']}", style="yellow")
         for e in report.get("engines") or []
@@ -96,4 +124,5 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
     verdict = {True: ("PASSED", "bold green"), False: ("FAILED", "bold red")}.get(
         report.get("passed"), ("not evaluated", "yellow")
     )
-    return Group(*([] if brief else [table]), *lines, Text(verdict[0], style=verdict[1]))
+    shown = [] if brief else [table, *legend]
+    return Group(*shown, *lines, Text(verdict[0], style=verdict[1]))

@@ -24,6 +24,7 @@ STRIP_Y = 0.04  # axes-fraction height of engines that have no accuracy
 NEAR_PX = 4  # points this close (pixels) share one label
 LINE_PT, MAX_SHIFT = 12, 6  # a label overlapping another moves up to MAX_SHIFT lines down or up
 MARKER_PX = 24  # the box a point's marker covers, which other points' labels avoid
+GAP_PX = 6  # the least room between two labels, so two never read as one
 LABEL_STYLE = {"textcoords": "offset points", "fontsize": 9}
 
 
@@ -158,8 +159,9 @@ def _plot_models(
 
 def _place_labels(fig: Figure, ax: Axes, labels: list[tuple[float, float, str]]) -> None:
     """Name the points beside them, legibly when several nearly coincide: points within NEAR_PX
-    of each other share one label listing their names, and a label that would overlap another
-    label or a point moves a line down or up (then with a thin leader to its point)."""
+    of each other share one label listing their names, and a label that would come within
+    GAP_PX of another label or overlap a point moves a line down or up, or to the point's
+    left; one not right beside its point (right, same line) has a thin leader to it."""
     if not labels:
         return
     fig.canvas.draw()  # lay out: limits, scale and axes position, then keep them so the
@@ -199,9 +201,10 @@ def _place_labels(fig: Figure, ax: Axes, labels: list[tuple[float, float, str]])
             inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1
             if inside and not any(box.overlaps(b) for b in others):
                 break
-        leader = {"arrowstyle": "-", "color": "0.5", "lw": 0.6} if line else None
+        beside = (side, line) == (1, 0)
+        leader = None if beside else {"arrowstyle": "-", "color": "0.5", "lw": 0.6}
         ax.annotate(text, xy, arrowprops=leader, **style)
-        placed.append(box)
+        placed.append(box.padded(GAP_PX))
 
 
 def _budget(axes: list[Axes], report: dict) -> list[float]:

@@ -51,9 +51,9 @@ def check_exportable(adapter: ModelAdapter, output_name: str) -> None:
     from kdc.models.hf import HFTextAdapter
 
     if not isinstance(adapter, HFTextAdapter) or output_name != "logits":
-        raise NotExportable(
-            f"{type(adapter.module).__name__} is not a Hugging Face sequence classifier"
-        )
+        user_model = getattr(adapter, "model", adapter.module)  # not kdc's forward wrapper
+        name = type(user_model).__name__
+        raise NotExportable(f"{name} is not a Hugging Face sequence classifier")
     config = _onnx_config(adapter.model)
     if list(config.inputs) != list(adapter.input_names):
         raise NotExportable(f"optimum's inputs {list(config.inputs)} differ from kdc's")

@@ -307,9 +307,12 @@ def tensorrt_precision(ctx: Context, engines: list[dict]) -> str:
     return precision if precision != "fp32" else "fp16"
 
 
-def tensorrt_not_on_target(ctx: Context, engines: list[dict]) -> dict:
-    """The `unavailable` record of a TensorRT engine asked for (`build.engines`) on a target whose
-    profile lists no TensorRT engine; it has no path, source or latency (nothing to build from)."""
+def tensorrt_not_on_target(
+    ctx: Context, engines: list[dict], fix: str = "use a TensorRT target such as jetson or t4"
+) -> dict:
+    """The `unavailable` record of a TensorRT engine on a target whose profile lists no TensorRT
+    engine (asked for in `build.engines`, or built for another target); it has no path, source
+    or latency (nothing to build from), and its reason ends with `fix`."""
     runs = " and ".join(ctx.profile.runtime.engines) or "no engine"
     return {
         "engine": "tensorrt",
@@ -317,7 +320,7 @@ def tensorrt_not_on_target(ctx: Context, engines: list[dict]) -> dict:
         "status": "unavailable",
         "reason": (
             f"target {ctx.profile.name} runs {runs} only (its profile lists no tensorrt engine); "
-            "use a TensorRT target such as jetson or t4"
+            + fix
         ),
     }
 
@@ -396,16 +399,29 @@ def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
 
     goldens = {k: v[:8] for k, v in ctx.encode("eval").items()}
     outputs = run_session(make_session(onnx_path), goldens)
+    files = preprocessing_files(ctx.run / "distill" / "student")
+    shapes = input_shapes(ctx)
     return write_bundle(
         ctx.run / "build" / "bundle",
         onnx_path,
         ctx.profile,
         precision=precision,
-        input_shapes=input_shapes(ctx),
+        input_shapes=shapes,
         golden_inputs=goldens,
         golden_outputs=outputs,
-        preprocessing=preprocessing_files(ctx.run / "distill" / "student"),
+        preprocessing=files,
+        input_contract=None if files else cnn_input_contract(ctx, shapes),
     )
+
+
+def cnn_input_contract(ctx: Context, shapes: dict[str, list[int]]) -> dict | None:
+    """A CNN's input contract (it has no preprocessing files of its own), else None."""
+    from kdc.deploy.input_contract import image_input_contract
+
+    if ctx.dataset.kind != "image" or ctx.teacher.family != "cnn":
+        return None
+    ((name, shape),) = shapes.items()
+    return image_input_contract(ctx.dataset.source, name, shape, ctx.dataset.label_names)
 
 
 def preprocessing_files(student: Path) -> list[Path]:

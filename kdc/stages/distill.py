@@ -283,7 +283,10 @@ def run(ctx: Context) -> StageOutput:
         ckpt.clear()
     metric = selection_metric(data.task).replace("_", " ")
     kept = ctx.cfg.distill.select
-    ctx.log(f"  kept the {kept} epoch ({result.kept_epoch}): val {metric} {result.kept_metric:.4f}")
+    ctx.log(
+        f"  kept the {kept} epoch ({result.kept_epoch + 1} of {len(result.history)}): "
+        f"val {metric} {result.kept_metric:.4f}"
+    )  # one-based for people; kept_epoch in the metrics stays the history's zero-based index
     return StageOutput(
         [*files, hist, spec_file, *qat_files],
         {**_metrics(result, student, data, prune_info, qat_metrics), "select": kept},

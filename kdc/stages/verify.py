@@ -16,7 +16,7 @@ from kdc.errors import UserError
 from kdc.export.parity import compare
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import read_json, sha256_file, write_json
-from kdc.stages.build import int8_runs_here
+from kdc.stages.build import int8_runs_here, tensorrt_not_on_target, tensorrt_on_target
 from kdc.stages.export import student_reference
 
 INT8_MIN_COSINE = 0.9
@@ -166,6 +166,17 @@ def _remote_block(
     return block
 
 
+def _tensorrt_elsewhere(ctx: Context, rec: dict, engines: list[dict]) -> dict:
+    """The run's TensorRT engine (built or bundled for the target the run was compressed for)
+    when verifying for a target that runs no TensorRT: `unavailable`, no accuracy or latency."""
+    made_for = ctx.run.manifest().get("target", "its own target")
+    fix = (
+        f"the run's TensorRT {rec['status']} ({rec.get('path')}) is for {made_for}: "
+        f"kdc verify RUN --target {made_for} reports it"
+    )
+    return {**tensorrt_not_on_target(ctx, engines, fix), "precision": rec["precision"]}
+
+
 def device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
     """`ctx.device_results` for the run's bundled TensorRT engine, read and checked before
     anything is timed: {engine path: {"latency", "parity", "warnings"}}. They are read against
@@ -265,6 +276,8 @@ def run(ctx: Context) -> StageOutput:
         for rec in engines_in:
             if rec["status"] == "built" and rec["engine"] == "onnxruntime":
                 engines.append(_engine_block(ctx, rec, t_logits, ref, latency[rec["path"]]))
+            elif rec["engine"] == "tensorrt" and "source" in rec and not tensorrt_on_target(ctx):
+                engines.append(_tensorrt_elsewhere(ctx, rec, engines_in))
             elif rec["status"] in ("bundle", "unavailable") and "source" in rec:
                 engines.append(_remote_block(ctx, rec, t_logits, device.get(rec["path"])))
             else:

@@ -269,7 +269,7 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     assert any(not torch.equal(start[k], v) for k, v in a["params"].items())
 
 
-def test_stage_prunes_and_saves_a_reloadable_student(cnn_project, tmp_path):
+def test_stage_prunes_and_saves_a_reloadable_student(cnn_project, tmp_path, capsys):
     from kdc import api
     from kdc.models import load_student
 
@@ -279,7 +279,8 @@ def test_stage_prunes_and_saves_a_reloadable_student(cnn_project, tmp_path):
     cfg["prune"] = {"enabled": True, "ratio": 0.5, "steps": 2, "epochs": 1}
     path = write_yaml(tmp_path / "model.yaml", cfg)
     api.search(path, "host", tmp_path / "run", quiet=True)
-    api.distill(path, "host", tmp_path / "run", quiet=True)
+    api.distill(path, "host", tmp_path / "run")
+    assert "kept the last epoch (2 of 2)" in capsys.readouterr().out  # one-based for people
     run = tmp_path / "run"
     spec = json.loads((run / "distill" / "student.json").read_text())
     assert [s["name"] for s in spec["losses"]] == ["logits", "relation"]

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kdc.deploy.bundle import bundle_dir, write_bundle
 from kdc.deploy.device_results import read_device_results
+from kdc.deploy.input_contract import image_input_contract
 from kdc.errors import UserError
 from kdc.profiles import load_profile
 
@@ -390,3 +391,23 @@ def test_parity_script_falls_back_when_the_tensorrt_runner_fails(tmp_path, golde
     parity = json.loads((out / "results" / "parity.json").read_text())
     assert parity["runner"] == "onnxruntime" and parity["pass"]
     assert "did not deserialize" in parity["notes"][0]
+
+
+def test_an_input_contract_is_carried_in_preprocessing_and_named(tmp_path, goldens):
+    """A model without preprocessing files of its own (a CNN) carries its input contract."""
+    model, inputs, outputs = goldens
+    contract = image_input_contract("sklearn:digits", "x", [2, 1, 8, 8], ["a", "b", "c"])
+    out = write_bundle(
+        tmp_path / "bundle",
+        model,
+        load_profile("jetson"),
+        precision="fp16",
+        input_shapes={"x": [2, 8]},
+        golden_inputs=inputs,
+        golden_outputs=outputs,
+        input_contract=contract,
+    )
+    assert json.loads((out / "preprocessing" / "input.json").read_text()) == contract
+    assert json.loads((out / "bundle.json").read_text())["preprocessing"] == ["input.json"]
+    readme = (out / "README.md").read_text()
+    assert "preprocessing/input.json" in readme and "x / 16.0" in readme

@@ -252,3 +252,45 @@ def test_markdown_rows_pair_accuracy_memory_size_and_parity_with_their_sources(r
     assert "predicted latency: roofline-v9 for jetson-orin-nano-8gb, calibrated from a fit " in md
     assert "(precision int8, batch 1) (not timed)" in md
     assert "predicted latency ms (roofline-v9)" in md
+
+
+def test_plot_gives_every_point_its_own_label_apart_from_the_others(report, monkeypatch):
+    """As on the vit example: an engine's measured (filled) and predicted (hollow) points at one
+    accuracy, another engine's measured point beside: each point gets its own label, labels keep
+    a gap so two never read as one, and a label not right beside its point has a leader."""
+    from kdc.deploy import report_plot
+
+    acc = {"metric": "accuracy", "value": 0.9777}
+    engines = [
+        {
+            "engine": "onnxruntime",
+            "precision": p,
+            "status": "built",
+            "accuracy": acc,
+            "latency": {"kind": "measured", "p99_ms": ms},
+            "target_latency": {"kind": "predicted", "p50_ms": ms / 10},
+        }
+        for p, ms in (("fp32", 0.815), ("int8", 2.18))
+    ]
+    labels = []  # (text, point in pixels, the text's box, whether it has a leader)
+    place = report_plot._place_labels
+
+    def spy(fig, ax, points):
+        place(fig, ax, points)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for t in ax.texts:
+            box = Text.get_window_extent(t, renderer)
+            labels.append((t.get_text(), tuple(ax.transData.transform(t.xy)), box, t.arrow_patch))
+
+    monkeypatch.setattr(report_plot, "_place_labels", spy)
+    render_png({**report, "engines": engines, "search": {}})
+    texts = [text for text, *_ in labels]
+    for name in ("onnxruntime-fp32", "onnxruntime-int8"):
+        assert texts.count(name) == 1 and texts.count(f"{name} (predicted for target)") == 1
+    assert len({xy for _, xy, _, _ in labels}) == len(labels)  # each at its own point
+    boxes = [box.padded(report_plot.GAP_PX / 2 - 0.5) for _, _, box, _ in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    for _, (px, py), box, leader in labels:
+        if leader is None:  # right beside its point: starts just right of it, on its line
+            assert 0 < box.x0 - px < 20 and box.y0 - 12 < py < box.y1

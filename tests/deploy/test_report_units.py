@@ -79,7 +79,7 @@ def test_small_sizes_and_close_latencies_stay_apart(report):
 def test_latency_timed_off_the_target_says_where(report):
     md = render_markdown(report)
     assert f"| {HOST_HEADER} | latency predicted |" in md
-    assert "| 3.90 ms p99 |" in md  # the cells keep the figure, the header names the device
+    assert "| 3.10 ms p50 / 3.90 ms p99 |" in md  # the cells: figures; the header: device
     assert f"measured on {HOST} (not the target)" in _console(report)
     host = copy.deepcopy(report)
     host["target"]["measurable"] = True  # a run on this machine: its own timings
@@ -197,3 +197,18 @@ def test_int8_stand_in_keeps_this_cpus_accuracy_beside(report):
     assert "0.9470 accuracy (n=359) from onnxruntime-cpu-int8, this CPU's int8 kernels" in md
     assert report_plot._paired_accuracy(eng, "latency") is eng["accuracy_this_cpu"]
     assert report_plot._paired_accuracy(eng, "target_latency") is eng["accuracy"]
+
+
+def test_console_says_each_latencys_kind_and_each_accuracys_engine(report):
+    """Measured and predicted latencies sit under their own headings, a measured one with the
+    p50 a prediction compares with; an INT8 engine judged by a Q/DQ stand-in is marked so and
+    shows the accuracy of this CPU's int8 kernels, whose latency it shows."""
+    int8 = report["engines"][0]
+    int8["accuracy_this_cpu"] = int8["accuracy"]
+    int8["accuracy"] = {**int8["accuracy"], "value": 0.85, "engine": verify.SIMULATED}
+    text = _console(report)
+    assert HOST_HEADER in text and "latency predicted (roofline-v1)" in text
+    assert "3.10 ms p50 / 3.90 ms p99" in text and "0.530 ms p50" in text
+    assert "0.8500 accuracy (n=379) *; 0.8021 on this CPU's int8 kernels (timed here)" in text
+    assert "* stand-in: the INT8 graph run with Q/DQ in float" in text
+    assert "predicted: the latency model's p50, never timed" in text

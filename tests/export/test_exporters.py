@@ -7,13 +7,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tiny import run_onnx, tiny_text_adapter
+from tiny import run_onnx, tiny_text_adapter, tiny_vit
 
 from kdc.compress.prune import prune_once
 from kdc.config import PruneConfig
 from kdc.deploy.onnxruntime import count_ops, optimize
 from kdc.errors import UserError
 from kdc.export.onnx_export import choose_exporter, export_onnx, opset_of
+from kdc.models.hf_image import HFImageAdapter
 
 TEXTS = ["good movie", "the plot was awful and bad", "i love this film", "bad"]
 
@@ -54,3 +55,10 @@ def test_kdc_graphs_fall_back_to_torch_with_a_reason(tmp_path):
     )
     with pytest.raises(UserError, match="export.exporter"):
         choose_exporter(bert, "optimum", "embedding")
+
+
+def test_the_fallback_reason_names_the_users_model_not_kdcs_wrapper():
+    vit = tiny_vit(["a", "b"], channels=1, hidden=8, layers=1, heads=2)
+    name, why = choose_exporter(HFImageAdapter(vit, {}), "auto", "logits")
+    assert name == "torch" and "ViTForImageClassification is not" in why
+    assert "PixelLogits" not in why

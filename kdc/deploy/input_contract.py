@@ -1,0 +1,73 @@
+"""The input contract of an image classifier that has no preprocessing files of its own (a CNN
+student): how kdc's image readers (kdc.data.readers) turned images into the engine's input, and
+which class each output is, for the person deploying the engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INPUT_CONTRACT = "input.json"  # its name in a device bundle's preprocessing/
+
+# What kdc.data.readers does per data format (read_digits, read_imagefolder), step by step.
+_DIGITS = {
+    "source": "scikit-learn's 8x8 digits (sklearn.datasets.load_digits().images)",
+    "steps": [
+        "8x8 grayscale intensities 0..16 (scikit-learn's digits), no resize",
+        "divide by 16.0: float32 in [0, 1]",
+        "add the channel axis: 1x8x8, stack into N x 1 x 8 x 8",
+    ],
+    "color": "grayscale (1 channel)",
+    "scale": "x / 16.0",
+}
+_FOLDER = {
+    "source": "an image folder (<folder>/<class>/<image>), read with Pillow",
+    "steps": [
+        "Image.convert('RGB') (grayscale replicated to 3 channels, alpha dropped)",
+        "Image.resize(({width}, {height})) with Pillow's default bicubic filter: aspect ratio "
+        "not kept, no crop",
+        "float32, HWC to CHW, divide by 255.0: values in [0, 1]",
+    ],
+    "color": "RGB (3 channels, R first)",
+    "scale": "x / 255.0",
+}
+
+
+def image_input_contract(
+    data_source: str,
+    input_name: str,
+    input_shape: list[int],
+    class_names: list[str],
+    output_name: str = "logits",
+) -> dict[str, Any]:
+    """The contract of an engine taking `input_name` of `input_shape` (N x C x H x W) read from
+    `data_source` (a Dataset's `source`: `sklearn:digits` or `imagefolder:<path>`)."""
+    how = _DIGITS if data_source == "sklearn:digits" else _FOLDER
+    _, channels, height, width = input_shape
+    return {
+        "input": {
+            "name": input_name,
+            "shape": input_shape,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channels": channels,
+            "height": height,
+            "width": width,
+            "color": how["color"],
+            "value_range": [0.0, 1.0],
+            "scale": how["scale"],
+            "mean": None,
+            "std": None,
+            "normalization": "none beyond the scaling (no mean/std subtracted)",
+        },
+        "preprocessing": {
+            "source": how["source"],
+            "steps": [step.format(width=width, height=height) for step in how["steps"]],
+        },
+        "output": {
+            "name": output_name,
+            "shape": [input_shape[0], len(class_names)],
+            "meaning": "one score per class, in `classes` order (the model's own outputs, as kdc "
+            "verified them); the highest is the predicted class",
+            "classes": class_names,
+        },
+    }

@@ -1,0 +1,32 @@
+"""A CNN bundle's input contract says what kdc's image readers do to an image."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from kdc.data.readers import read_digits, read_imagefolder
+from kdc.deploy.input_contract import image_input_contract
+
+
+def test_an_image_folder_contract_matches_the_reader(tmp_path):
+    for cls, mode, color in (("cat", "L", 200), ("dog", "RGBA", (200, 200, 200, 9))):
+        (tmp_path / cls).mkdir()
+        Image.new(mode, (12, 6), color).save(tmp_path / cls / "0.png")
+    images, labels = read_imagefolder(tmp_path, 4)
+    c = image_input_contract("imagefolder:imgs", "pixel_values", [1, 3, 4, 4], ["cat", "dog"])
+    inp = c["input"]
+    assert list(images.shape[1:]) == [inp["channels"], inp["height"], inp["width"]] == [3, 4, 4]
+    assert images.dtype == np.dtype(inp["dtype"]) and inp["layout"] == "NCHW"
+    assert np.allclose(images, 200 / 255) and inp["scale"] == "x / 255.0"  # alpha dropped
+    assert inp["mean"] is None and inp["std"] is None and inp["color"].startswith("RGB")
+    assert any("Image.resize((4, 4))" in step for step in c["preprocessing"]["steps"])
+    assert c["output"]["classes"] == labels and c["output"]["shape"] == [1, 2]
+
+
+def test_the_digits_contract_is_one_channel_scaled_by_16():
+    images, _ = read_digits()
+    c = image_input_contract("sklearn:digits", "pixel_values", [1, 1, 8, 8], list("0123456789"))
+    assert list(images.shape[1:]) == [c["input"]["channels"], 8, 8] == [1, 8, 8]
+    assert images.max() == 1.0 and c["input"]["scale"] == "x / 16.0"
+    assert c["input"]["value_range"] == [0.0, 1.0]

@@ -1,0 +1,55 @@
+"""`kdc bench --shape`: a text model's per-token inputs follow input_ids' shape unless given,
+and the result line names the input shapes it timed."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+from typer.testing import CliRunner
+
+from kdc.cli import app
+from kdc.tools import synthetic_inputs
+
+runner = CliRunner()
+
+
+def _text_model(path, names=("input_ids", "attention_mask", "token_type_ids")):
+    """Adds its int64 [batch, seq] inputs: ONNX Runtime fails unless their shapes agree."""
+    nodes = [helper.make_node("Add", [names[0], names[1]], ["s0"])]
+    for i, name in enumerate(names[2:], 1):
+        nodes.append(helper.make_node("Add", [f"s{i - 1}", name], [f"s{i}"]))
+    graph = helper.make_graph(
+        nodes,
+        "text",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in names],
+        [helper.make_tensor_value_info(f"s{len(names) - 2}", TensorProto.INT64, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_token_inputs_follow_input_ids_unless_given(tmp_path):
+    path = _text_model(tmp_path / "m.onnx")
+    x = synthetic_inputs(path, shapes={"input_ids": [1, 16]})
+    assert {k: v.shape for k, v in x.items()} == {
+        "input_ids": (1, 16),
+        "attention_mask": (1, 16),
+        "token_type_ids": (1, 16),
+    }
+    x = synthetic_inputs(path, shapes={"attention_mask": [2, 8]})  # a sibling alone leads too
+    assert {v.shape for v in x.values()} == {(2, 8)}
+    x = synthetic_inputs(path, shapes={"input_ids": [1, 16], "token_type_ids": [1, 4]})
+    assert x["attention_mask"].shape == (1, 16) and x["token_type_ids"].shape == (1, 4)
+
+
+def test_bench_times_the_followed_shapes_and_says_so(tmp_path, capfd):
+    path = _text_model(tmp_path / "m.onnx")
+    args = ["bench", str(path), "--shape", "input_ids:1x16", "--iterations", "3"]
+    res = runner.invoke(app, [*args, "--warmup", "1", "--min-duration", "0"])
+    assert res.exit_code == 0, res.output
+    assert "inputs input_ids:1x16, attention_mask:1x16, token_type_ids:1x16" in res.output
+    bad = runner.invoke(app, [*args, "--shape", "attention_mask:1x8", "--min-duration", "0"])
+    assert bad.exit_code == 2 and "input_ids:1x16, attention_mask:1x8" in bad.output
+    assert "onnxruntime" not in capfd.readouterr().err  # kdc's one line, not ONNX Runtime's log
