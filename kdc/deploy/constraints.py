@@ -320,6 +320,17 @@ def _device_parity_rows(report: dict) -> list[dict]:
     return rows
 
 
+NO_CONSTRAINTS = "PASSED (no constraints set: nothing was checked)"
+
+
+def verdict(report: dict) -> str:
+    """PASSED, FAILED or 'not evaluated'; a pass with no constraint row says it checked nothing
+    (a CI gate on it passes any student)."""
+    if report.get("passed") is True and not report.get("constraints"):
+        return NO_CONSTRAINTS
+    return {True: "PASSED", False: "FAILED"}.get(report.get("passed"), "not evaluated")
+
+
 def passed(rows: list[dict]) -> bool:
     """True when every constraint row passed (and vacuously when there are none)."""
     return all(r.get("pass") is True for r in rows)

@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from kdc.deploy.constraints import accuracy_value, engine_label, value_kind
+from kdc.deploy.constraints import accuracy_value, engine_label, value_kind, verdict
 from kdc.deploy.report_html import render_html
 from kdc.deploy.report_md import (
     DASH,
@@ -87,6 +87,12 @@ def _constraint_line(c: dict) -> Text:
     return mark + Text(detail)
 
 
+CONSTRAINTS_HINT = (
+    "no constraints set: add constraints.max_accuracy_drop, latency_budget_ms, max_memory_mb "
+    "or max_size_mb to the config for a verdict that gates"
+)
+
+
 def console_summary(report: dict, *, brief: bool = False) -> Group:
     """A compact terminal view: teacher and engines, then one line per constraint and the
     verdict. `brief` (-q) keeps only the engines' warnings, the constraint lines and the verdict,
@@ -121,8 +127,9 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
         for w in e.get("warnings") or []
     ]  # verify's findings about an engine (INT8 no faster than FP32, int8 kernels losing)
     lines += [_constraint_line(c) for c in report.get("constraints") or []]
-    verdict = {True: ("PASSED", "bold green"), False: ("FAILED", "bold red")}.get(
-        report.get("passed"), ("not evaluated", "yellow")
-    )
+    style = {True: "bold green", False: "bold red"}.get(report.get("passed"), "yellow")
+    if report.get("passed") is True and not report.get("constraints"):
+        lines.append(Text(CONSTRAINTS_HINT, style="yellow"))
+        style = "bold yellow"
     shown = [] if brief else [table, *legend]
-    return Group(*shown, *lines, Text(verdict[0], style=verdict[1]))
+    return Group(*shown, *lines, Text(verdict(report), style=style))

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kdc.deploy.constraints import accuracy_value, engine_label, headline_latency, latencies
+from kdc.deploy.constraints import (
+    accuracy_value,
+    engine_label,
+    headline_latency,
+    latencies,
+    verdict,
+)
 
 DASH = "–"
 
@@ -143,11 +149,11 @@ def _parity_text(parity: dict | None) -> str:
         return DASH
     text = f"{sig(parity.get('max_abs'))} / {num(parity.get('cosine'), 5)}"
     if parity.get("within_tolerance") is False and not parity.get("on_target"):
-        verdict = "PASS" if parity.get("passed") else "FAIL"
-        text += f" (beyond atol/rtol; cosine floor {parity.get('cosine_floor')}: {verdict})"
+        ok = "PASS" if parity.get("passed") else "FAIL"
+        text += f" (beyond atol/rtol; cosine floor {parity.get('cosine_floor')}: {ok})"
     if parity.get("on_target"):
-        verdict = "PASS" if parity.get("passed") else "FAIL"
-        text += f" (device, {parity.get('runner') or 'no runner'}: {verdict})"
+        ok = "PASS" if parity.get("passed") else "FAIL"
+        text += f" (device, {parity.get('runner') or 'no runner'}: {ok})"
     return text
 
 
@@ -388,7 +394,6 @@ def warnings(report: dict) -> list[str]:
 
 def header_lines(report: dict) -> list[str]:
     run, target = report.get("run") or {}, report.get("target") or {}
-    verdict = {True: "PASSED", False: "FAILED"}.get(report.get("passed"), "not evaluated")
     export = (report.get("student") or {}).get("export") or {}
     exported = (
         [
@@ -401,7 +406,7 @@ def header_lines(report: dict) -> list[str]:
     return [
         f"run: {run.get('name', DASH)}",
         f"target: {target.get('name', DASH)}",
-        f"result: {verdict}",
+        f"result: {verdict(report)}",
         f"task: {report.get('task', DASH)}",
         f"kdc {report.get('kdc_version', DASH)}, started {run.get('started', DASH)}, "
         f"wall time {num(run.get('wall_s'), 1)} s",

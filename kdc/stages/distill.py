@@ -283,10 +283,12 @@ def run(ctx: Context) -> StageOutput:
         ckpt.clear()
     metric = selection_metric(data.task).replace("_", " ")
     kept = ctx.cfg.distill.select
-    ctx.log(
-        f"  kept the {kept} epoch ({result.kept_epoch + 1} of {len(result.history)}): "
-        f"val {metric} {result.kept_metric:.4f}"
-    )  # one-based for people; kept_epoch in the metrics stays the history's zero-based index
+    if result.kept_epoch >= 0:  # one-based for people; kept_epoch stays the history's index
+        which = f"the {kept} epoch ({result.kept_epoch + 1} of {len(result.history)})"
+    else:
+        why = "distill.epochs is 0" if not result.history else "no epoch beat it"
+        which = f"the untrained student ({why})"
+    ctx.log(f"  kept {which}: val {metric} {result.kept_metric:.4f}")
     return StageOutput(
         [*files, hist, spec_file, *qat_files],
         {**_metrics(result, student, data, prune_info, qat_metrics), "select": kept},

@@ -349,3 +349,17 @@ def test_select_ships_the_last_or_the_best_validation_epoch(select):
     assert res.kept_epoch == kept and res.kept_metric == scores[kept]
     shipped = float((student.forward_numpy(data.val).argmax(-1) == data.val_labels).mean())
     assert shipped == pytest.approx(scores[kept])
+
+
+def test_no_epochs_keeps_the_untrained_student_and_says_so(cnn_project, tmp_path, capsys):
+    """distill.epochs 0 ships the sliced student untrained (a baseline); the log said 'kept the
+    last epoch (-1)'."""
+    from kdc import api
+
+    cfg = yaml.safe_load(cnn_project.read_text())
+    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg["distill"]["epochs"] = 0
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    api.search(path, "host", tmp_path / "run", quiet=True)
+    api.distill(path, "host", tmp_path / "run")
+    assert "kept the untrained student (distill.epochs is 0)" in capsys.readouterr().out

@@ -212,3 +212,13 @@ def test_console_says_each_latencys_kind_and_each_accuracys_engine(report):
     assert "0.8500 accuracy (n=379) *; 0.8021 on this CPU's int8 kernels (timed here)" in text
     assert "* stand-in: the INT8 graph run with Q/DQ in float" in text
     assert "predicted: the latency model's p50, never timed" in text
+
+
+def test_a_pass_with_no_constraints_says_it_checked_nothing(report):
+    """No constraint rows (none set, no profile default): the verdict passes vacuously, and says
+    so in the console and report.md (a CI gate on it passes any student)."""
+    report = {**copy.deepcopy(report), "constraints": [], "passed": True}
+    console = _console(report)
+    assert "PASSED (no constraints set: nothing was checked)" in console
+    assert "add constraints.max_accuracy_drop" in console
+    assert "result: PASSED (no constraints set" in render_markdown(report)
