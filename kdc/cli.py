@@ -223,6 +223,10 @@ Shapes = Annotated[
         "input_ids unless given.",
     ),
 ]
+Batch = Annotated[
+    int | None,
+    typer.Option(min=1, help="Batch size (default: the --shape values' first dimension, else 1)."),
+]
 
 
 @app.command()
@@ -232,7 +236,7 @@ def bench(
     engine: Annotated[
         str, typer.Option(help="onnxruntime (tensorrt: use bundle/bench.sh on the device)")
     ] = "onnxruntime",
-    batch: int = 1,
+    batch: Batch = None,
     threads: Annotated[
         int | None, typer.Option(help="Intra-op threads (default: all usable).")
     ] = None,
@@ -282,7 +286,7 @@ def estimate(
     precision: Annotated[
         str | None, typer.Option(help="fp32, fp16 or int8 (default: int8 for a quantized graph)")
     ] = None,
-    batch: int = 1,
+    batch: Batch = None,
     shape: Shapes = None,
     padding: Annotated[
         float,

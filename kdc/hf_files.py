@@ -58,7 +58,8 @@ def max_positions(conf: dict[str, Any]) -> int | None:
     if not isinstance(n, int) or relative or conf.get("position_biased_input") is False:
         return None
     if conf.get("model_type") in PADDING_OFFSET_POSITIONS:
-        n -= int(conf.get("pad_token_id") or 1) + 1
+        pad = conf.get("pad_token_id")
+        n -= (1 if pad is None else int(pad)) + 1
     return n
 
 

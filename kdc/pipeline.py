@@ -165,6 +165,8 @@ class Stage:
 
 
 COMMON = ("name", "task", "seed", "teacher", "data")
+# the tolerances export checks parity with, and verify checks each engine's
+PARITY = ("export.atol", "export.rtol", "export.min_cosine")
 # what a predicted latency depends on (search ranks by it; prune.target_latency_ms prunes to it)
 LATENCY = ("quantize.precision", "verify.batch", "export.cls_only_last_layer")
 # what quantization-aware training (quantize.method: qat, in distill) reads besides its method
@@ -195,9 +197,15 @@ def _stages() -> list[Stage]:
             lambda cfg: (*COMMON, "student", "search", "constraints.latency_budget_ms", *LATENCY),
         ),
         Stage("distill", distill.run, _distill_reads),
-        Stage("export", export.run, lambda cfg: ("export",)),
-        Stage("build", build.run, lambda cfg: ("build", "quantize", "verify.batch")),
-        Stage("verify", verify.run, lambda cfg: ("verify", "data")),
+        # parity inputs are eval rows (data), the output name the task's
+        Stage("export", export.run, lambda cfg: ("task", "data", "export")),
+        # calibration rows (data); verify.threads times the PTQ backends `ptq: auto` picks from
+        Stage(
+            "build",
+            build.run,
+            lambda cfg: ("task", "data", "build", "quantize", "verify.batch", "verify.threads"),
+        ),
+        Stage("verify", verify.run, lambda cfg: ("task", "data", "verify", *PARITY)),
         Stage("report", report.run, lambda cfg: ("constraints",)),
     ]
 

@@ -57,18 +57,24 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds
+    (the old one is moved aside first, so an interruption leaves one of the two)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    aside = tmp.with_name(f"{tmp.name[: -len('.tmp')]}.old.tmp")
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; artifacts are shared files
+        if path.exists() or path.is_symlink():
+            os.replace(path, aside)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for left in (tmp, aside):
+            if left.is_symlink():
+                left.unlink()
+            elif left.exists():
+                shutil.rmtree(left, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,21 @@ def parse_shapes(specs: list[str]) -> dict[str, list[int]]:
     return out
 
 
+def batch_of(batch: int | None, shapes: dict[str, list[int]] | None) -> int:
+    """The batch to time or predict: `batch` when given, else the first dimension the given
+    shapes agree on, else 1."""
+    firsts = {dims[0] for dims in (shapes or {}).values() if dims}
+    if batch is not None:
+        return batch
+    if len(firsts) > 1:
+        raise UserError(
+            f"the --shape values start with different batch sizes {sorted(firsts)}",
+            field="--shape",
+            fix="give every input the same first dimension, or pass --batch",
+        )
+    return firsts.pop() if firsts else 1
+
+
 def load_onnx(path: Path | str) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
@@ -145,7 +160,7 @@ def synthetic_inputs(
 def bench(
     path: Path | str,
     *,
-    batch: int = 1,
+    batch: int | None = None,
     threads: int | None = None,
     shapes: dict[str, list[int]] | None = None,
     iterations: int = 200,
@@ -153,11 +168,13 @@ def bench(
     min_duration_s: float = 1.0,
     precision: str = "fp32",
 ) -> dict:
-    """Measure one ONNX model with ONNX Runtime on this machine (latency object)."""
+    """Measure one ONNX model with ONNX Runtime on this machine (latency object); `batch`
+    None: `batch_of` the shapes."""
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
     from kdc.deploy.latency import measure_onnx
 
+    batch = batch_of(batch, shapes)
     inputs = synthetic_inputs(path, batch, shapes)
     try:
         return measure_onnx(
@@ -203,16 +220,18 @@ def estimate(
     target: str,
     *,
     precision: str | None = None,
-    batch: int = 1,
+    batch: int | None = None,
     shapes: dict[str, list[int]] | None = None,
     explain: bool = False,
     padding: float = 0.0,
 ) -> dict:
     """Predict one ONNX model's latency on a target (latency object of kind predicted);
-    `precision` None: int8 for a quantized graph (Q/DQ or integer ops), else fp32."""
+    `precision` None: int8 for a quantized graph (Q/DQ or integer ops), else fp32; `batch` None:
+    `batch_of` the shapes."""
     from kdc.deploy.estimate import predict_onnx
     from kdc.profiles import load_profile
 
+    batch = batch_of(batch, shapes)
     model = load_onnx(path)
     if precision is None:
         quantized = {n.op_type for n in model.graph.node} & INT8_OPS

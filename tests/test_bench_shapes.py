@@ -53,3 +53,18 @@ def test_bench_times_the_followed_shapes_and_says_so(tmp_path, capfd):
     bad = runner.invoke(app, [*args, "--shape", "attention_mask:1x8", "--min-duration", "0"])
     assert bad.exit_code == 2 and "input_ids:1x16, attention_mask:1x8" in bad.output
     assert "onnxruntime" not in capfd.readouterr().err  # kdc's one line, not ONNX Runtime's log
+
+
+def test_bench_batch_follows_the_shapes_unless_given(tmp_path):
+    """`--shape input_ids:4x16` timed batch 4 (it timed 1×16: --batch defaulted to 1)."""
+    path = _text_model(tmp_path / "m.onnx")
+    args = ["bench", str(path), "--iterations", "3", "--warmup", "1", "--min-duration", "0"]
+    res = runner.invoke(app, [*args, "--shape", "input_ids:4x16"])
+    assert res.exit_code == 0, res.output
+    assert "batch 4" in res.output and "input_ids:4x16, attention_mask:4x16" in res.output
+    mixed = runner.invoke(
+        app, [*args, "--shape", "input_ids:4x16", "--shape", "attention_mask:2x16"]
+    )
+    assert mixed.exit_code == 2 and "different batch sizes [2, 4]" in mixed.output
+    given = runner.invoke(app, [*args, "--shape", "input_ids:4x16", "--batch", "2"])
+    assert given.exit_code == 0 and "batch 2" in given.output, given.output

@@ -117,6 +117,7 @@ def test_a_max_length_beyond_the_teachers_positions_is_refused(tmp_path):
     [
         ({"model_type": "bert", "max_position_embeddings": 512}, 512),
         ({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}, 512),
+        ({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 0}, 513),
         (
             {
                 "model_type": "deberta-v2",

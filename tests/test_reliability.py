@@ -290,3 +290,26 @@ def test_require_free_passes_when_there_is_room(tmp_path):
     require_free(tmp_path / "not" / "yet", 1, "a test")  # nearest existing parent is measured
     with pytest.raises(UserError, match=r"needs \d+ MB free in .*, has \d+ MB"):
         require_free(tmp_path, free_bytes(tmp_path) + (1 << 40), "a test")
+
+
+def test_atomic_dir_replaces_whole_with_shared_permissions(tmp_path):
+    """The new directory replaces the old one whole, readable as the umask allows (mkdtemp's
+    0700 was kept); a failed block leaves the old one and no temporaries."""
+    import stat
+
+    from kdc.rundir import atomic_dir
+
+    target = tmp_path / "student"
+    target.mkdir()
+    (target / "stale.json").write_text("{}")
+    with atomic_dir(target) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"new")
+    assert [p.name for p in target.iterdir()] == ["model.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "half.bin").write_bytes(b"x")
+        raise RuntimeError("interrupted")
+    assert [p.name for p in target.iterdir()] == ["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]

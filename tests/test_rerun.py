@@ -25,7 +25,7 @@ def test_rerun_replaces_student_and_engine_directories(cnn_project, tmp_path):
     for name in STALE:
         (student / name).write_text("{}")
     (run / "build" / "onnxruntime" / "old_model.onnx").write_bytes(b"stale")
-    (run / "build" / "bundle" / "preprocessing").mkdir()
+    (run / "build" / "bundle" / "preprocessing").mkdir(exist_ok=True)
     (run / "build" / "bundle" / "preprocessing" / "vocab.txt").write_text("stale")
     (run / "notes.txt").write_text("mine")
     logits = sorted((run / "distill").glob("teacher_logits*.npy"))
@@ -36,8 +36,9 @@ def test_rerun_replaces_student_and_engine_directories(cnn_project, tmp_path):
     assert sorted(p.name for p in student.iterdir()) == ["kdc_model.json", "model.safetensors"]
     assert not (run / "build" / "onnxruntime" / "old_model.onnx").exists()
     bundle = run / "build" / "bundle"
-    assert (bundle / "bundle.json").is_file() and not (bundle / "preprocessing").exists()
-    assert json.loads((bundle / "bundle.json").read_text())["preprocessing"] == []
+    assert (bundle / "bundle.json").is_file()  # a CNN's only preprocessing: its input contract
+    assert sorted(p.name for p in (bundle / "preprocessing").iterdir()) == ["input.json"]
+    assert json.loads((bundle / "bundle.json").read_text())["preprocessing"] == ["input.json"]
     assert (run / "notes.txt").read_text() == "mine"
     assert sorted((run / "distill").glob("teacher_logits*.npy")) == logits
     assert not list(run.rglob(".*.tmp"))  # no temporary directory left beside them

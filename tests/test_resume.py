@@ -93,6 +93,10 @@ def test_stages_hash_only_the_config_they_read(cnn_project):
         ("quantize.method", "qat", {"distill", "build"}),
         ("export.cls_only_last_layer", False, {"search", "export"}),
         ("distill.teacher_cache_mb", 0, set()),
+        ("export.atol", 0.5, {"export", "verify"}),  # verify judges each engine's parity by it
+        ("export.min_cosine", 0.5, {"export", "verify"}),
+        ("verify.threads", 2, {"build", "verify"}),  # build times the PTQ backends with it
+        ("data.max_length", 32, {"search", "distill", "export", "build", "verify"}),
     ]:
         new = _hashes(_with(cfg, dotted, value))
         assert {s for s in base if new[s] != base[s]} == changed, dotted

@@ -170,9 +170,11 @@ def _tensorrt_elsewhere(ctx: Context, rec: dict, engines: list[dict]) -> dict:
     """The run's TensorRT engine (built or bundled for the target the run was compressed for)
     when verifying for a target that runs no TensorRT: `unavailable`, no accuracy or latency."""
     made_for = ctx.run.manifest().get("target", "its own target")
+    what = {"built": "engine", "bundle": "bundle"}.get(rec["status"], "engine (not built)")
+    where = f" ({rec['path']})" if rec.get("path") else ""
     fix = (
-        f"the run's TensorRT {rec['status']} ({rec.get('path')}) is for {made_for}: "
-        f"kdc verify RUN --target {made_for} reports it"
+        f"the run's TensorRT {what}{where} is for {made_for}: "
+        f"`kdc verify {ctx.run.root} --target {made_for}` reports it"
     )
     return {**tensorrt_not_on_target(ctx, engines, fix), "precision": rec["precision"]}
 

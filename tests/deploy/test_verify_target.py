@@ -29,4 +29,8 @@ def test_a_jetson_runs_tensorrt_bundle_is_unavailable_on_the_host(tmp_path):
     assert (rec["engine"], rec["precision"], rec["status"]) == ("tensorrt", "int8", "unavailable")
     assert not {"latency", "accuracy", "source", "path", "memory"} & set(rec)
     assert "target host runs onnxruntime only" in rec["reason"]
-    assert "kdc verify RUN --target jetson-orin-nano-8gb" in rec["reason"]
+    assert "TensorRT bundle (build/bundle) is for jetson-orin-nano-8gb" in rec["reason"]
+    assert f"`kdc verify {tmp_path} --target jetson-orin-nano-8gb`" in rec["reason"]
+    unbuilt = {**ENGINES[1], "status": "unavailable", "path": None}  # no TensorRT where it ran
+    reason = _tensorrt_elsewhere(ctx, unbuilt, ENGINES)["reason"]
+    assert "TensorRT engine (not built) is for" in reason and "None" not in reason
