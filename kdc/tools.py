@@ -41,9 +41,9 @@ def parse_shapes(specs: list[str]) -> dict[str, list[int]]:
 def batch_of(batch: int | None, shapes: dict[str, list[int]] | None) -> int:
     """The batch to time or predict: `batch` when given, else the first dimension the given
     shapes agree on, else 1."""
-    firsts = {dims[0] for dims in (shapes or {}).values() if dims}
     if batch is not None:
         return batch
+    firsts = {dims[0] for dims in (shapes or {}).values() if dims}
     if len(firsts) > 1:
         raise UserError(
             f"the --shape values start with different batch sizes {sorted(firsts)}",
