@@ -20,7 +20,7 @@ from kdc import api
 from kdc.compress.proxies import classifier_gradient, diswot, features_logits_cams
 from kdc.compress.prune import prune_once
 from kdc.compress.student import derive_student
-from kdc.config import PruneConfig, load_config
+from kdc.config import PruneConfig
 from kdc.export.onnx_export import export_onnx
 from kdc.models import load_student
 from kdc.models.hf_image import HFImageAdapter
@@ -114,26 +114,6 @@ def test_proxies_read_both_heads_of_a_deit_with_teacher():
     student = derive_student(adapter, {"family": "transformer", "layers": [1, 3]}, x)
     assert np.isfinite(diswot(adapter, student, x, y))
     assert diswot(adapter, adapter, x, y) == pytest.approx(0, abs=1e-9)
-
-
-def test_init_sets_up_a_deit_with_teacher(deit_project, tmp_path):
-    """`DeiTForImageClassificationWithTeacher` does not end in ForImageClassification: kdc init
-    refused it."""
-    from typer.testing import CliRunner
-
-    from kdc.cli import app
-
-    teacher, out = deit_project.parent / "teacher", tmp_path / "m.yaml"
-    archs = json.loads((teacher / "config.json").read_text())["architectures"]
-    assert archs == ["DeiTForImageClassificationWithTeacher"]
-    res = CliRunner().invoke(
-        app, ["init", str(teacher), "--data", "sklearn:digits", "--out", str(out)]
-    )
-    assert res.exit_code == 0, res.output
-    cfg = load_config(out)
-    assert (cfg.task, cfg.student.layers) == ("image-classification", 2)
-    plan = CliRunner().invoke(app, ["compress", str(out), "--dry-run"])
-    assert plan.exit_code == 0, plan.output
 
 
 @pytest.mark.slow

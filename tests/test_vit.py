@@ -79,13 +79,22 @@ def test_vit_compresses_end_to_end(vit_project, tmp_path):
     assert ops["Attention"] == 2 and "Softmax" not in ops
 
 
-def test_init_sets_up_a_vit_teacher(vit_project, tmp_path):
+@pytest.mark.parametrize(
+    "project, arch",
+    [
+        ("vit_project", "ViTForImageClassification"),
+        # does not end in ForImageClassification: kdc init refused it
+        ("deit_project", "DeiTForImageClassificationWithTeacher"),
+    ],
+)
+def test_init_sets_up_a_vit_teacher(project, arch, request, tmp_path):
     """No tokenizer is asked of an image model; its labels and layers are read."""
     from typer.testing import CliRunner
 
     from kdc.cli import app
 
-    teacher, out = vit_project.parent / "teacher", tmp_path / "m.yaml"
+    teacher, out = request.getfixturevalue(project).parent / "teacher", tmp_path / "m.yaml"
+    assert json.loads((teacher / "config.json").read_text())["architectures"] == [arch]
     res = CliRunner().invoke(
         app, ["init", str(teacher), "--data", "sklearn:digits", "--out", str(out)]
     )

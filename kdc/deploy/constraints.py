@@ -320,14 +320,15 @@ def _device_parity_rows(report: dict) -> list[dict]:
     return rows
 
 
-NO_CONSTRAINTS = "PASSED (no constraints set: nothing was checked)"
+def checked_nothing(report: dict) -> bool:
+    """A pass with no constraint row: vacuous (a CI gate on it passes any student)."""
+    return report.get("passed") is True and not report.get("constraints")
 
 
 def verdict(report: dict) -> str:
-    """PASSED, FAILED or 'not evaluated'; a pass with no constraint row says it checked nothing
-    (a CI gate on it passes any student)."""
-    if report.get("passed") is True and not report.get("constraints"):
-        return NO_CONSTRAINTS
+    """PASSED, FAILED or 'not evaluated'; a vacuous pass (`checked_nothing`) says so."""
+    if checked_nothing(report):
+        return "PASSED (no constraints set: nothing was checked)"
     return {True: "PASSED", False: "FAILED"}.get(report.get("passed"), "not evaluated")
 
 

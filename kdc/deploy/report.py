@@ -8,7 +8,13 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from kdc.deploy.constraints import accuracy_value, engine_label, value_kind, verdict
+from kdc.deploy.constraints import (
+    accuracy_value,
+    checked_nothing,
+    engine_label,
+    value_kind,
+    verdict,
+)
 from kdc.deploy.report_html import render_html
 from kdc.deploy.report_md import (
     DASH,
@@ -128,7 +134,7 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
     ]  # verify's findings about an engine (INT8 no faster than FP32, int8 kernels losing)
     lines += [_constraint_line(c) for c in report.get("constraints") or []]
     style = {True: "bold green", False: "bold red"}.get(report.get("passed"), "yellow")
-    if report.get("passed") is True and not report.get("constraints"):
+    if checked_nothing(report):
         lines.append(Text(CONSTRAINTS_HINT, style="yellow"))
         style = "bold yellow"
     shown = [] if brief else [table, *legend]
