@@ -199,7 +199,8 @@ class PruneConfig(Section):
 
 class QuantizeConfig(Section):
     """INT8 by post-training quantization (build stage) or quantization-aware training (`qat`:
-    NNCF, `qat_epochs` of distillation with fake quantization, CNNs)."""
+    `qat_epochs` of distillation with fake quantization; NNCF for CNNs, fake-quantized Linear
+    layers for transformers; kdc.compress.qat)."""
 
     precision: Literal["fp32", "fp16", "int8"] = "int8"
     method: Literal["ptq", "qat"] = "ptq"

@@ -176,6 +176,7 @@ QAT = (
     "quantize.calibration_size",
     "quantize.symmetric_activations",
     "export.opset",
+    "export.cls_only_last_layer",
 )
 
 

@@ -13,7 +13,6 @@ def check_config(cfg: KdcConfig) -> None:
     """Raise a UserError naming the config file and field for the first problem found."""
     _check_paths(cfg)
     _check_names(cfg)
-    _check_qat(cfg)
     _check_max_length(cfg)
 
 
@@ -74,16 +73,6 @@ def _check_names(cfg: KdcConfig) -> None:
                 field=f"distill.losses[{i}].params",
                 fix=f"use {', '.join(takes)}" if takes else "remove params",
             )
-
-
-def _check_qat(cfg: KdcConfig) -> None:
-    """QAT is refused for a Hugging Face teacher (every one is a transformer) before the search
-    runs, not at distillation."""
-    t = cfg.teacher
-    if cfg.quantize.method == "qat" and (t.kind == "huggingface" or (t.kind == "auto" and t.path)):
-        from kdc.compress.qat import check_supported
-
-        check_supported("transformer", source=cfg.source_file)
 
 
 def _check_max_length(cfg: KdcConfig) -> None:

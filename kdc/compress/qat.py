@@ -1,29 +1,28 @@
-"""Quantization-aware training with NNCF: insert fake quantizers (`nncf.quantize`), train with the
-distillation losses, then `nncf.strip` them into torch fake-quantize modules that export to ONNX
-as standard QuantizeLinear/DequantizeLinear pairs (what TensorRT and ONNX Runtime read)."""
+"""Quantization-aware training: insert fake quantizers, train with the distillation losses, export
+to ONNX as standard QuantizeLinear/DequantizeLinear pairs (what TensorRT and ONNX Runtime read).
+One scheme per model family (SCHEMES): CNNs through NNCF (`nncf.quantize`, then `nncf.strip` into
+torch fake-quantize modules), transformers through fake-quantized Linear layers
+(`kdc.compress.fake_quant`: NNCF's quantized copy of a Hugging Face model does not export)."""
 
 from __future__ import annotations
 
 import copy
 import sys
 import types
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
+from kdc.compress.fake_quant import quantize_linears
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
-UNSUPPORTED = {
-    # a ViT strips and exports, but its distillation fails first: the losses tap the Hugging
-    # Face model's layers, which NNCF's quantized copy does not run
-    "transformer": "NNCF's quantized copy of a Hugging Face model runs none of the layers the "
-    "distillation losses tap (and NNCF 3.4 cannot strip a quantized text encoder)",
-}
 
 
 def _use_eager_kernels() -> None:
@@ -62,21 +61,70 @@ def _import_strip() -> None:
             sys.modules.pop(n, None)
 
 
-def check_supported(family: str, source: str | None = None) -> None:
-    """Fail early, before any training, for model families QAT cannot handle."""
-    if family in UNSUPPORTED:
-        raise UserError(
-            f"quantization-aware training is not available for {family}s: {UNSUPPORTED[family]}",
-            source=source,
-            field="quantize.method",
-            fix="use quantize.method: ptq",
-        )
-
-
 def _with_module(adapter: ModelAdapter, module: torch.nn.Module) -> ModelAdapter:
+    """`adapter` running `module`; a Hugging Face adapter's `model` (what its feature taps, slicing
+    and config read) becomes the one `module` wraps."""
     out = copy.copy(adapter)
     out.module = module
+    if hasattr(adapter, "model") and isinstance(getattr(module, "model", None), torch.nn.Module):
+        out.model = module.model
     return out
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How one model family is fake-quantized for training and freed of training-only modules
+    before export; `how` describes it for the report."""
+
+    quantize: Callable[[torch.nn.Module, ModelAdapter, list[tuple], bool, bool], torch.nn.Module]
+    strip: Callable[[torch.nn.Module, tuple], torch.nn.Module]
+    how: str
+
+
+def _nncf_quantize(
+    model: torch.nn.Module, adapter: ModelAdapter, batches: list[tuple], sym: bool, trt: bool
+) -> torch.nn.Module:
+    """NNCF's fake quantizers (symmetric weights; activations symmetric when asked; no overflow
+    fix for TensorRT targets), ranges calibrated on `batches`."""
+    nncf = import_nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    _use_eager_kernels()
+    preset = nncf.QuantizationPreset.PERFORMANCE if sym else nncf.QuantizationPreset.MIXED
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix.DISABLE if trt else OverflowFix.FIRST_LAYER
+    )
+    return quantize(
+        model, batches, preset=preset, fast_bias_correction=True, advanced_parameters=advanced
+    )
+
+
+def _nncf_strip(model: torch.nn.Module, args: tuple) -> torch.nn.Module:
+    nncf = import_nncf()
+    _import_strip()
+    return nncf.strip(model, example_input=args if len(args) > 1 else args[0])
+
+
+def _linear_quantize(
+    model: torch.nn.Module, adapter: ModelAdapter, batches: list[tuple], sym: bool, trt: bool
+) -> torch.nn.Module:
+    """Every Linear but the classifier heads fake-quantized (fake_quant.py). `model` is a copy of
+    the adapter's module: its heads are found by name."""
+    heads = {id(m) for m in adapter.classifiers()}
+    names = {n for n, m in adapter.module.named_modules() if id(m) in heads}
+    skip = [m for n, m in model.named_modules() if n in names]
+    quantize_linears(model, batches, symmetric_activations=sym, skip=skip)
+    return model
+
+
+SCHEMES: dict[str, Scheme] = {
+    "cnn": Scheme(_nncf_quantize, _nncf_strip, "NNCF fake quantizers"),
+    "transformer": Scheme(
+        _linear_quantize,
+        lambda model, args: model,  # PyTorch's fake-quantize ops export as Q/DQ as they are
+        "fake-quantized Linear layers (weights per channel, inputs per tensor; heads float)",
+    ),
+}
 
 
 def quantize_for_training(
@@ -87,33 +135,20 @@ def quantize_for_training(
     tensorrt: bool,
     batch_size: int = 16,
 ) -> ModelAdapter:
-    """A copy of `adapter` whose module carries NNCF fake quantizers (INT8, symmetric weights;
-    activations symmetric when asked; no overflow fix for TensorRT targets), ranges calibrated
-    on `calibration`. Train it like any student, then `export_qat`."""
-    check_supported(adapter.family)
-    nncf = import_nncf()
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
-
-    _use_eager_kernels()
+    """A copy of `adapter` whose module carries INT8 fake quantizers (its family's scheme: symmetric
+    weights; activations symmetric when asked), ranges calibrated on `calibration`. Train it like
+    any student, then `export_qat`."""
     names = adapter.input_names
     n = len(calibration[names[0]])
-    items = [
+    batches = [
         tuple(torch.from_numpy(calibration[k][s : s + batch_size]) for k in names)
         for s in range(0, n, batch_size)
     ]
     model = copy.deepcopy(adapter.module).eval()
-    preset = (
-        nncf.QuantizationPreset.PERFORMANCE
-        if symmetric_activations
-        else nncf.QuantizationPreset.MIXED
+    scheme = SCHEMES[adapter.family]
+    return _with_module(
+        adapter, scheme.quantize(model, adapter, batches, symmetric_activations, tensorrt)
     )
-    advanced = AdvancedQuantizationParameters(
-        overflow_fix=OverflowFix.DISABLE if tensorrt else OverflowFix.FIRST_LAYER
-    )
-    quantized = quantize(
-        model, items, preset=preset, fast_bias_correction=True, advanced_parameters=advanced
-    )
-    return _with_module(adapter, quantized)
 
 
 def non_standard_ops(model: onnx.ModelProto) -> list[str]:
@@ -124,18 +159,27 @@ def non_standard_ops(model: onnx.ModelProto) -> list[str]:
 
 
 def export_qat(
-    adapter: ModelAdapter, example: dict[str, np.ndarray], path: Path, *, opset: int = 17
+    adapter: ModelAdapter,
+    example: dict[str, np.ndarray],
+    path: Path,
+    *,
+    opset: int = 17,
+    cls_only: bool = False,
 ) -> Path:
-    """Strip the trained quantizers (`nncf.strip`) and export a QDQ ONNX model of standard ops."""
-    nncf = import_nncf()
-
+    """Strip the trained model of training-only modules (its scheme's `strip`) and export a QDQ
+    ONNX model of standard ops (`cls_only`: as export.cls_only_last_layer)."""
     from kdc.export.onnx_export import export_onnx
 
     adapter.module.eval()
     args = tuple(torch.from_numpy(example[k][:2]) for k in adapter.input_names)
-    _import_strip()
-    stripped = nncf.strip(adapter.module, example_input=args if len(args) > 1 else args[0])
-    out = export_onnx(_with_module(adapter, stripped.eval()), example, path, opset=max(opset, 13))
+    stripped = SCHEMES[adapter.family].strip(adapter.module, args)
+    out = export_onnx(
+        _with_module(adapter, stripped.eval()),
+        example,
+        path,
+        opset=max(opset, 13),
+        cls_only=cls_only,
+    )
     bad = non_standard_ops(onnx.load(str(out)))
     if bad:
         out.unlink()

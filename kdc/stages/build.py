@@ -79,11 +79,7 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
     if q.method == "qat" and qat.is_file():
         with atomic_path(dst) as tmp:
             shutil.copyfile(qat, tmp)
-        how = {
-            "method": "nncf-qat",
-            "epochs": q.qat_epochs,
-            "activations": "int8 symmetric (overflow fix disabled)",
-        }
+        how = _qat_how(ctx)
     else:
         how = _ptq(ctx, src, dst)
     engines.append(
@@ -98,6 +94,19 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
         }
     )
     return engines
+
+
+def _qat_how(ctx: Context) -> dict:
+    """How distillation's quantization-aware training made the INT8 graph."""
+    from kdc.compress.qat import SCHEMES
+
+    sym = symmetric_activations(ctx)
+    return {
+        "method": "qat",
+        "scheme": SCHEMES[ctx.teacher.family].how,
+        "epochs": ctx.cfg.quantize.qat_epochs,
+        "activations": "int8 symmetric" if sym else "uint8 asymmetric",
+    }
 
 
 def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Path], Path]:

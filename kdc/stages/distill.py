@@ -177,6 +177,7 @@ def quantization_aware(
     """Fake-quantize the distilled student, train it `quantize.qat_epochs` more with the same
     losses, and export its QDQ ONNX to distill/student_qat.onnx."""
     from kdc.compress.qat import export_qat, quantize_for_training
+    from kdc.export.cls_only import supports_cls_only
     from kdc.stages.build import symmetric_activations
 
     q, d = ctx.cfg.quantize, ctx.cfg.distill
@@ -204,6 +205,7 @@ def quantization_aware(
         {k: v[:2] for k, v in data.train.items()},
         ctx.run / "distill" / "student_qat.onnx",
         opset=ctx.cfg.export.opset,
+        cls_only=ctx.cfg.export.cls_only_last_layer and supports_cls_only(qstudent),
     )
     ctx.log(f"  QAT val accuracy {res.kept_metric:.4f} → {path.name}")
     _log_teacher_rows(ctx, res.teacher_rows)
@@ -235,10 +237,6 @@ def save_student(student: ModelAdapter, directory: Path) -> list[Path]:
 def run(ctx: Context) -> StageOutput:
     spec = read_json(ctx.run / "search" / "student.json")["spec"]
     student = build_student(ctx, spec)
-    if ctx.cfg.quantize.method == "qat":
-        from kdc.compress.qat import check_supported
-
-        check_supported(student.family)
     data = distill_data(ctx, student.family)
     pruning, prune_info = pruning_for(ctx, student, data)
     cfg = ctx.cfg.distill

@@ -1,5 +1,6 @@
-"""Quantization-aware training (NNCF) on a CNN: trains with the KD losses, exports a QDQ ONNX
-model of standard ops that ONNX Runtime runs; transformers are refused with a clear error."""
+"""Quantization-aware training: a CNN through NNCF, a transformer through fake-quantized Linear
+layers; each trains with the KD losses (feature taps included) and exports a QDQ ONNX model of
+standard ops that ONNX Runtime runs as the fake-quantized PyTorch model computed."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from test_distill import _cfg, cnn, toy_data
+import torch
+from test_distill import FEATURE_LOSSES, _cfg, cnn, toy_data
+from tiny import tiny_text_adapter
 
 from kdc.compress.distill import distill
-from kdc.compress.qat import check_supported, export_qat, non_standard_ops, quantize_for_training
-from kdc.errors import UserError
+from kdc.compress.fake_quant import QuantLinear
+from kdc.compress.qat import export_qat, non_standard_ops, quantize_for_training
 
 
 def test_cnn_qat_exports_standard_qdq_onnx(tmp_path):
@@ -33,10 +36,48 @@ def test_cnn_qat_exports_standard_qdq_onnx(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
-def test_transformer_qat_is_a_user_error():
-    with pytest.raises(UserError, match="quantize.method"):
-        check_supported("transformer")
-    check_supported("cnn")
+def _text_data(adapter, n: int = 64, seed: int = 0):
+    """Two learnable classes of tokenised sentences (the tiny BERT's test words)."""
+    from test_distill import DistillData
+    from tiny import sentences
+
+    def encode(rows):
+        enc = adapter.tokenizer(
+            [r[0] for r in rows], padding="max_length", max_length=16, truncation=True
+        )
+        x = {k: np.asarray(enc[k], dtype=np.int64) for k in adapter.input_names}
+        return x, np.array([r[1] == "positive" for r in rows], dtype=np.int64)
+
+    (xt, yt), (xv, yv) = encode(sentences(n, seed)), encode(sentences(32, seed + 1))
+    return DistillData(train=xt, train_labels=yt, val=xv, val_labels=yv, teacher_logits=None)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_transformer_qat_trains_feature_losses_and_exports_qdq(tmp_path, symmetric):
+    """Every Linear but the head fake-quantized (weights per channel, inputs per tensor at the
+    calibrated range); the hidden/attention/relation taps still fire on the quantized copy; the
+    export is standard Q/DQ and ONNX Runtime computes what the fake-quantized model does."""
+    teacher = tiny_text_adapter(tmp_path, layers=2)
+    student = tiny_text_adapter(tmp_path, layers=2)
+    data = _text_data(teacher)
+    q = quantize_for_training(
+        student, data.train, symmetric_activations=symmetric, tensorrt=symmetric
+    )
+    linears = [m for m in q.module.modules() if isinstance(m, torch.nn.Linear)]
+    quantized = [m for m in linears if isinstance(m, QuantLinear)]
+    assert len(quantized) == len(linears) - 1  # the classifier stays float
+    assert not any(isinstance(m, QuantLinear) for m in student.module.modules())
+    zero = {int(m.input_zero_point) for m in quantized}
+    assert zero == {0} if symmetric else zero != {0}
+    res = distill(q, data, _cfg(epochs=1, losses=FEATURE_LOSSES), 0, teacher=teacher)
+    assert {"hidden", "attention", "relation"} <= set(res.history[0]["losses"])
+    path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") >= len(quantized) and "DequantizeLinear" in ops
+    assert non_standard_ops(model) == []
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, data.val)[0], q.forward_numpy(data.val), atol=1e-4)
 
 
 def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_path):
@@ -60,3 +101,29 @@ def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_pat
     assert rec["metrics"]["qat_teacher_rows"]["rows_run"] > 0
     model = onnx.load(str(tmp_path / "run" / "distill" / "student_qat.onnx"))
     assert non_standard_ops(model) == []
+
+
+def test_text_transformer_qat_end_to_end(bert_project, tmp_path):
+    """A BERT student distilled, then trained fake-quantized (it was refused before any stage):
+    its Q/DQ graph ships as the INT8 engine and keeps the FP32 student's accuracy."""
+    import yaml
+    from tiny import write_yaml
+
+    from kdc import api
+
+    cfg = yaml.safe_load(bert_project.read_text())
+    cfg["teacher"]["path"] = str(bert_project.parent / "teacher")
+    for key in ("source", "eval"):
+        cfg["data"][key] = str(bert_project.parent / cfg["data"][key])
+    cfg["quantize"].update(method="qat", qat_epochs=1)
+    report = api.compress(
+        write_yaml(tmp_path / "model.yaml", cfg), "host", tmp_path / "run", quiet=True
+    )
+    fp32, int8 = (
+        next(e for e in report["engines"] if e["precision"] == p) for p in ("fp32", "int8")
+    )
+    assert int8["quantization"]["method"] == "qat"
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "run" / int8["path"])).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert report["teacher"]["accuracy"]["accuracy"] >= 0.9
+    assert int8["accuracy"]["accuracy"] >= fp32["accuracy"]["accuracy"] - 0.05
