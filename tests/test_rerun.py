@@ -25,6 +25,9 @@ def test_rerun_replaces_student_and_engine_directories(cnn_project, tmp_path):
     for name in STALE:
         (student / name).write_text("{}")
     (run / "build" / "onnxruntime" / "old_model.onnx").write_bytes(b"stale")
+    (run / "build" / "tensorrt" / "cache").mkdir(parents=True)  # as a machine with TensorRT
+    (run / "build" / "tensorrt" / "model.plan").write_bytes(b"an engine of the earlier graph")
+    (run / "build" / "tensorrt" / "cache" / "abc.plan").write_bytes(b"cached by key")
     (run / "build" / "bundle" / "preprocessing").mkdir(exist_ok=True)
     (run / "build" / "bundle" / "preprocessing" / "vocab.txt").write_text("stale")
     (run / "notes.txt").write_text("mine")
@@ -35,6 +38,8 @@ def test_rerun_replaces_student_and_engine_directories(cnn_project, tmp_path):
 
     assert sorted(p.name for p in student.iterdir()) == ["kdc_model.json", "model.safetensors"]
     assert not (run / "build" / "onnxruntime" / "old_model.onnx").exists()
+    assert not (run / "build" / "tensorrt" / "model.plan").exists()  # built here: none now
+    assert (run / "build" / "tensorrt" / "cache" / "abc.plan").is_file()  # keyed by graph hash
     bundle = run / "build" / "bundle"
     assert (bundle / "bundle.json").is_file()  # a CNN's only preprocessing: its input contract
     assert sorted(p.name for p in (bundle / "preprocessing").iterdir()) == ["input.json"]

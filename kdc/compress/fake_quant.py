@@ -2,9 +2,11 @@
 scheme NVIDIA ModelOpt and pytorch-quantization use for BERT-class models on TensorRT: each Linear
 quantizes its weight per output channel (symmetric) and its input per tensor (symmetric INT8, or
 asymmetric UINT8 where asked), input ranges calibrated by their maximum on training rows and then
-fixed, gradients through the straight-through estimator. PyTorch's own fake-quantize ops export
-with the TorchScript exporter as standard QuantizeLinear/DequantizeLinear pairs, the explicit
-quantization TensorRT 10 and 11 build INT8 from and ONNX Runtime runs with int8 kernels.
+fixed, gradients through the straight-through estimator; embedding tables are quantized per row
+(weights only, as kdc's PTQ does). PyTorch's own fake-quantize ops export with the TorchScript
+exporter as standard QuantizeLinear/DequantizeLinear pairs, the explicit quantization TensorRT 10
+and 11 build INT8 from and ONNX Runtime runs with int8 kernels; `fold_weight_quantizers` then
+stores the weights as int8.
 
 NNCF is not used for transformers: its quantizers are keyed by the n-th call of an op type, and a
 Hugging Face model computes sizes with extra ops while it is traced for export, so a quantizer
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,9 +25,32 @@ from torch import nn
 WEIGHT_RANGE = (-128, 127)  # symmetric: scales from amax / 127, so -128 is never produced
 
 
+def fake_quant_rows(w: torch.Tensor) -> torch.Tensor:
+    """`w` fake-quantized to symmetric INT8 with one scale per row (its largest magnitude)."""
+    scale = w.detach().abs().amax(dim=1).clamp_min(1e-8) / WEIGHT_RANGE[1]
+    zero = torch.zeros(len(scale), dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, *WEIGHT_RANGE)
+
+
+class QuantEmbedding(nn.Embedding):
+    """An nn.Embedding whose table is fake-quantized per row (made in place by quantize_layers)."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        w = fake_quant_rows(self.weight)
+        return F.embedding(
+            ids,
+            w,
+            self.padding_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
+
+
 class QuantLinear(nn.Linear):
     """An nn.Linear (same parameters, hooks and isinstance) whose input and weight are
-    fake-quantized to INT8; made from a Linear in place by `quantize_linears`."""
+    fake-quantized to INT8; made from a Linear in place by `quantize_layers`."""
 
     input_scale: torch.Tensor
     input_zero_point: torch.Tensor
@@ -34,11 +61,7 @@ class QuantLinear(nn.Linear):
         x = torch.fake_quantize_per_tensor_affine(
             x, self.input_scale, self.input_zero_point, lo, hi
         )
-        w = self.weight
-        scale = w.detach().abs().amax(dim=1).clamp_min(1e-8) / WEIGHT_RANGE[1]
-        zero = torch.zeros(len(scale), dtype=torch.int32, device=w.device)
-        w = torch.fake_quantize_per_channel_affine(w, scale, zero, 0, *WEIGHT_RANGE)
-        return F.linear(x, w, self.bias)
+        return F.linear(x, fake_quant_rows(self.weight), self.bias)
 
 
 def _input_ranges(
@@ -64,7 +87,7 @@ def _input_ranges(
     return seen
 
 
-def quantize_linears(
+def quantize_layers(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, ...]],
     *,
@@ -72,7 +95,8 @@ def quantize_linears(
     skip: Iterable[nn.Module] = (),
 ) -> int:
     """Turn every nn.Linear of `model` but `skip` (the classifier heads) into a QuantLinear, its
-    input range calibrated on `batches` (the model's positional inputs). Returns how many."""
+    input range calibrated on `batches` (the model's positional inputs), and every nn.Embedding
+    into a QuantEmbedding. Returns how many Linear layers."""
     skipped = {id(m) for m in skip}
     linears = [
         m
@@ -96,4 +120,43 @@ def quantize_linears(
         m.register_buffer("input_scale", torch.tensor([scale], dtype=torch.float32))
         m.register_buffer("input_zero_point", torch.tensor([zero], dtype=torch.int32))
         m.input_range = qrange
+    for m in model.modules():
+        if type(m) is nn.Embedding:
+            m.__class__ = QuantEmbedding
     return len(linears)
+
+
+def fold_weight_quantizers(model: onnx.ModelProto) -> int:
+    """Replace each QuantizeLinear of an initializer (a weight) by its int8 result, as ONNX
+    Runtime's quantizer writes weights: DequantizeLinear reads 1 byte per weight instead of the
+    float weight being quantized at load. Returns how many were folded."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    kept, folded = [], 0
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or not all(i in inits for i in node.input):
+            kept.append(node)
+            continue
+        w, scale, zero = (numpy_helper.to_array(inits[i]) for i in node.input)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.size > 1:  # per axis: broadcast along `axis`
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        info = np.iinfo(zero.dtype)
+        q = np.rint(w.astype(np.float32) / scale.astype(np.float32)) + zero  # half to even
+        graph.initializer.append(
+            numpy_helper.from_array(
+                np.clip(q, info.min, info.max).astype(zero.dtype), node.output[0]
+            )
+        )
+        folded += 1
+    del graph.node[:]
+    graph.node.extend(kept)
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    unread = [t for t in graph.initializer if t.name not in read]
+    for t in unread:
+        graph.initializer.remove(t)
+    return folded

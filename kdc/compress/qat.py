@@ -17,10 +17,11 @@ import numpy as np
 import onnx
 import torch
 
-from kdc.compress.fake_quant import quantize_linears
+from kdc.compress.fake_quant import fold_weight_quantizers, quantize_layers
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
+from kdc.rundir import atomic_path
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
@@ -113,7 +114,7 @@ def _linear_quantize(
     heads = {id(m) for m in adapter.classifiers()}
     names = {n for n, m in adapter.module.named_modules() if id(m) in heads}
     skip = [m for n, m in model.named_modules() if n in names]
-    quantize_linears(model, batches, symmetric_activations=sym, skip=skip)
+    quantize_layers(model, batches, symmetric_activations=sym, skip=skip)
     return model
 
 
@@ -167,7 +168,8 @@ def export_qat(
     cls_only: bool = False,
 ) -> Path:
     """Strip the trained model of training-only modules (its scheme's `strip`) and export a QDQ
-    ONNX model of standard ops (`cls_only`: as export.cls_only_last_layer)."""
+    ONNX model of standard ops, weights stored as int8 (`cls_only`: as
+    export.cls_only_last_layer)."""
     from kdc.export.onnx_export import export_onnx
 
     adapter.module.eval()
@@ -180,7 +182,8 @@ def export_qat(
         opset=max(opset, 13),
         cls_only=cls_only,
     )
-    bad = non_standard_ops(onnx.load(str(out)))
+    model = onnx.load(str(out))
+    bad = non_standard_ops(model)
     if bad:
         out.unlink()
         raise UserError(
@@ -188,4 +191,7 @@ def export_qat(
             field="quantize.method",
             fix="use quantize.method: ptq",
         )
+    if fold_weight_quantizers(model):
+        with atomic_path(out) as tmp:
+            onnx.save(model, str(tmp))
     return out

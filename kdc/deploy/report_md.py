@@ -143,14 +143,18 @@ def conditions(lat: dict) -> str:
 
 
 def _parity_text(parity: dict | None) -> str:
-    """`0.00012 / 0.99998`; a device's check adds its verdict and runner:
+    """`0.00012 / 0.99998` (max-abs / mean row cosine); beyond atol/rtol, the lowest row cosine
+    the floor judges; a device's check adds its verdict and runner:
     `... (device, tensorrt: PASS)`."""
     if not parity:
         return DASH
     text = f"{sig(parity.get('max_abs'))} / {num(parity.get('cosine'), 5)}"
     if parity.get("within_tolerance") is False and not parity.get("on_target"):
         ok = "PASS" if parity.get("passed") else "FAIL"
-        text += f" (beyond atol/rtol; cosine floor {parity.get('cosine_floor')}: {ok})"
+        text += (
+            f" (beyond atol/rtol; lowest row cosine {num(parity.get('min_cosine'), 5)}, "
+            f"floor {parity.get('cosine_floor')}: {ok})"
+        )
     if parity.get("on_target"):
         ok = "PASS" if parity.get("passed") else "FAIL"
         text += f" (device, {parity.get('runner') or 'no runner'}: {ok})"
@@ -249,7 +253,7 @@ def _models(report: dict) -> Section:
         "size MB",
         "memory MiB",
         "params",
-        "parity (max_abs / cosine)",
+        "parity (max_abs / mean row cosine)",
     ]
     rows = [
         [

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kdc.deploy.onnxruntime import QUANT_OPS
-from kdc.diskspace import engine_bytes_needed, require_free
+from kdc.diskspace import engine_bytes_needed, require_free, tree_bytes
 from kdc.errors import UserError
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import atomic_dir, atomic_path, read_json, write_json
@@ -334,6 +334,9 @@ def tensorrt_not_on_target(
     }
 
 
+TENSORRT_OUTPUTS = ("model.plan", "model.fp16.onnx")
+
+
 def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:
     """A native TensorRT engine, or a device bundle (remote targets), or `unavailable`."""
     from kdc.deploy import tensorrt
@@ -448,7 +451,11 @@ def preprocessing_files(student: Path) -> list[Path]:
 
 def run(ctx: Context) -> StageOutput:
     src = ctx.run / "export" / "model.onnx"
-    require_free(ctx.run / "build", engine_bytes_needed(src), "building engines")
+    # the old ONNX Runtime engines stay until the new directory is swapped in (atomic_dir)
+    old = tree_bytes(ctx.run / "build" / "onnxruntime")
+    require_free(ctx.run / "build", engine_bytes_needed(src) + old, "building engines")
+    for stale in TENSORRT_OUTPUTS:  # an earlier build's engine is not this graph's (cache stays)
+        (ctx.run / "build" / "tensorrt" / stale).unlink(missing_ok=True)
     engines: list[dict] = []
     wanted = wanted_engines(ctx)
     if "onnxruntime" in wanted:

@@ -277,6 +277,8 @@ def run(ctx: Context) -> StageOutput:
     qat_files, qat_metrics = (
         quantization_aware(ctx, student, data) if ctx.cfg.quantize.method == "qat" else ([], {})
     )
+    if not qat_files:  # an earlier QAT run's graph is not this student's
+        (ctx.run / "distill" / "student_qat.onnx").unlink(missing_ok=True)
     if ckpt is not None:
         ckpt.clear()
     metric = selection_metric(data.task).replace("_", " ")

@@ -13,7 +13,7 @@ from test_distill import FEATURE_LOSSES, _cfg, cnn, toy_data
 from tiny import tiny_text_adapter
 
 from kdc.compress.distill import distill
-from kdc.compress.fake_quant import QuantLinear
+from kdc.compress.fake_quant import QuantEmbedding, QuantLinear
 from kdc.compress.qat import export_qat, non_standard_ops, quantize_for_training
 
 
@@ -67,6 +67,7 @@ def test_transformer_qat_trains_feature_losses_and_exports_qdq(tmp_path, symmetr
     quantized = [m for m in linears if isinstance(m, QuantLinear)]
     assert len(quantized) == len(linears) - 1  # the classifier stays float
     assert not any(isinstance(m, QuantLinear) for m in student.module.modules())
+    assert any(isinstance(m, QuantEmbedding) for m in q.module.modules())
     zero = {int(m.input_zero_point) for m in quantized}
     assert zero == {0} if symmetric else zero != {0}
     res = distill(q, data, _cfg(epochs=1, losses=FEATURE_LOSSES), 0, teacher=teacher)
@@ -74,8 +75,13 @@ def test_transformer_qat_trains_feature_losses_and_exports_qdq(tmp_path, symmetr
     path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
     model = onnx.load(str(path))
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") >= len(quantized) and "DequantizeLinear" in ops
     assert non_standard_ops(model) == []
+    # weights (Linear and embedding tables) are int8 initializers; Q runs on activations only
+    int8 = [t for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8,)]
+    assert len(int8) >= len(quantized) + 1 and ops.count("DequantizeLinear") >= len(int8)
+    assert ops.count("QuantizeLinear") >= len({float(m.input_scale) for m in quantized})
+    floats = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    assert max(np.prod(t.dims) for t in floats) < 32 * 32  # biases, scales, the float head
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, data.val)[0], q.forward_numpy(data.val), atol=1e-4)
 
@@ -101,6 +107,10 @@ def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_pat
     assert rec["metrics"]["qat_teacher_rows"]["rows_run"] > 0
     model = onnx.load(str(tmp_path / "run" / "distill" / "student_qat.onnx"))
     assert non_standard_ops(model) == []
+    # distilled again for PTQ: the QAT graph of the earlier student does not stay beside it
+    cfg["quantize"]["method"] = "ptq"
+    api.distill(write_yaml(path, cfg), "jetson", tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "distill" / "student_qat.onnx").exists()
 
 
 def test_text_transformer_qat_end_to_end(bert_project, tmp_path):
