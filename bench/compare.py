@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from compare_report import (  # noqa: E402
     COLUMNS,
+    OPTIONAL,
     ROWS,
     THREADS,
     markdown_table,
@@ -423,7 +424,7 @@ def calibrate_host() -> dict:
     return _CALIBRATION
 
 
-def _budget(b: Bench, factor: int, rows: dict) -> dict:
+def _budget(b: Bench, factor: int, rows: dict, qat: bool = False) -> dict:
     base = rows.get("teacher_ort_fp32") or row_teacher_ort_fp32(b)
     cal = calibrate_host()
     fresh = measure_onnx(base["path"], b.one(), threads=THREADS, **protocol(b.quick)["latency"])
@@ -432,10 +433,13 @@ def _budget(b: Bench, factor: int, rows: dict) -> dict:
         "search": {"strategy": "evolution"},
         "constraints": {"latency_budget_ms": budget},
     }
-    run = kdc_run(b, f"budget{factor}x", changes)
+    if qat:
+        changes["quantize"] = {"method": "qat"}
+    run = kdc_run(b, f"budget{factor}x" + "_qat" * qat, changes)
     how = (
-        f"kdc compress --target host with search.strategy evolution and "
-        f"constraints.latency_budget_ms {budget} (teacher_ort_fp32 p50 / {factor}), example "
+        "kdc compress --target host with search.strategy evolution"
+        + (", quantize.method qat" if qat else "")
+        + f" and constraints.latency_budget_ms {budget} (teacher_ort_fp32 p50 / {factor}), example "
         f"config otherwise ({epochs_text(b)}, default loss recipe, augment "
         f"{b.cfg.distill.augment}, {b.cfg.distill.select} epoch kept, torch threads "
         f"{TRAIN_THREADS}, verify.threads {THREADS}); host latency model calibrated first "
@@ -472,6 +476,8 @@ BUILDERS = {
     "distilbert_style_int8": lambda b, rows: _distilbert(b, "int8"),
     "kdc_budget_5x": lambda b, rows: _budget(b, 5, rows),
     "kdc_budget_10x": lambda b, rows: _budget(b, 10, rows),
+    "kdc_budget_5x_qat": lambda b, rows: _budget(b, 5, rows, qat=True),
+    "kdc_budget_10x_qat": lambda b, rows: _budget(b, 10, rows, qat=True),
 }
 
 
@@ -511,8 +517,8 @@ def run_example(example: str, quick: bool, only: list[str] | None, rounds: int, 
     result.update(protocol={**old.get("protocol", {}), **protocol(quick)}, rows=dict(old["rows"]))
     result["measured_at"] = old.get("measured_at", now) if only == [] else now
     for name in ROWS:
-        if only is not None and name not in only:
-            continue
+        if (name not in only) if only is not None else (name in OPTIONAL):
+            continue  # the QAT rows (OPTIONAL) are built only when named in --only
         print(f"== {example}: {name}", flush=True)
         t0 = time.perf_counter()
         try:

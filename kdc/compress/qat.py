@@ -18,6 +18,7 @@ import onnx
 import torch
 
 from kdc.compress.fake_quant import fold_weight_quantizers, quantize_layers
+from kdc.compress.nncf_ptq import gather_then_dequantize
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
@@ -192,6 +193,7 @@ def export_qat(
             fix="use quantize.method: ptq",
         )
     if fold_weight_quantizers(model):
+        # only the gathered rows of an embedding table are dequantized at each call
         with atomic_path(out) as tmp:
-            onnx.save(model, str(tmp))
+            onnx.save(gather_then_dequantize(model), str(tmp))
     return out

@@ -80,6 +80,10 @@ def test_transformer_qat_trains_feature_losses_and_exports_qdq(tmp_path, symmetr
     int8 = [t for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8,)]
     assert len(int8) >= len(quantized) + 1 and ops.count("DequantizeLinear") >= len(int8)
     assert ops.count("QuantizeLinear") >= len({float(m.input_scale) for m in quantized})
+    # an embedding table is gathered as int8, then its rows dequantized (not the whole table)
+    made_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    gathers = [n for n in model.graph.node if n.op_type == "Gather"]
+    assert "DequantizeLinear" not in {made_by.get(n.input[0]) for n in gathers}
     floats = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
     assert max(np.prod(t.dims) for t in floats) < 32 * 32  # biases, scales, the float head
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
