@@ -1,8 +1,9 @@
 """Quantization-aware training: insert fake quantizers, train with the distillation losses, export
 to ONNX as standard QuantizeLinear/DequantizeLinear pairs (what TensorRT and ONNX Runtime read).
 One scheme per model family (SCHEMES): CNNs through NNCF (`nncf.quantize`, then `nncf.strip` into
-torch fake-quantize modules), transformers through fake-quantized Linear layers
-(`kdc.compress.fake_quant`: NNCF's quantized copy of a Hugging Face model does not export)."""
+torch fake-quantize modules), transformers through fake-quantized Linear layers and embedding
+tables (`kdc.compress.fake_quant`: NNCF's quantized copy of a Hugging Face model does not export).
+The exported graph stores weights as int8 and gathers embedding rows before dequantizing them."""
 
 from __future__ import annotations
 
@@ -110,8 +111,8 @@ def _nncf_strip(model: torch.nn.Module, args: tuple) -> torch.nn.Module:
 def _linear_quantize(
     model: torch.nn.Module, adapter: ModelAdapter, batches: list[tuple], sym: bool, trt: bool
 ) -> torch.nn.Module:
-    """Every Linear but the classifier heads fake-quantized (fake_quant.py). `model` is a copy of
-    the adapter's module: its heads are found by name."""
+    """Every Linear but the classifier heads, and every embedding table, fake-quantized
+    (fake_quant.py). `model` is a copy of the adapter's module: its heads are found by name."""
     heads = {id(m) for m in adapter.classifiers()}
     names = {n for n, m in adapter.module.named_modules() if id(m) in heads}
     skip = [m for n, m in model.named_modules() if n in names]
@@ -124,7 +125,8 @@ SCHEMES: dict[str, Scheme] = {
     "transformer": Scheme(
         _linear_quantize,
         lambda model, args: model,  # PyTorch's fake-quantize ops export as Q/DQ as they are
-        "fake-quantized Linear layers (weights per channel, inputs per tensor; heads float)",
+        "fake-quantized Linear layers (weights per channel, inputs per tensor; heads float) "
+        "and embedding tables (per row)",
     ),
 }
 

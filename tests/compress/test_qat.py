@@ -117,9 +117,11 @@ def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_pat
     assert not (tmp_path / "run" / "distill" / "student_qat.onnx").exists()
 
 
-def test_text_transformer_qat_end_to_end(bert_project, tmp_path):
+@pytest.mark.parametrize("target", ["host", "jetson"])
+def test_text_transformer_qat_end_to_end(bert_project, tmp_path, target):
     """A BERT student distilled, then trained fake-quantized (it was refused before any stage):
-    its Q/DQ graph ships as the INT8 engine and keeps the FP32 student's accuracy."""
+    its Q/DQ graph ships as the INT8 engine and keeps the FP32 student's accuracy; for a
+    TensorRT target it is symmetric and bundled (kdc lint finds nothing TensorRT cannot parse)."""
     import yaml
     from tiny import write_yaml
 
@@ -131,13 +133,21 @@ def test_text_transformer_qat_end_to_end(bert_project, tmp_path):
         cfg["data"][key] = str(bert_project.parent / cfg["data"][key])
     cfg["quantize"].update(method="qat", qat_epochs=1)
     report = api.compress(
-        write_yaml(tmp_path / "model.yaml", cfg), "host", tmp_path / "run", quiet=True
+        write_yaml(tmp_path / "model.yaml", cfg), target, tmp_path / "run", quiet=True
     )
     fp32, int8 = (
-        next(e for e in report["engines"] if e["precision"] == p) for p in ("fp32", "int8")
+        next(e for e in report["engines"] if (e["engine"], e["precision"]) == ("onnxruntime", p))
+        for p in ("fp32", "int8")
     )
     assert int8["quantization"]["method"] == "qat"
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "run" / int8["path"])).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    graph = onnx.load(str(tmp_path / "run" / int8["path"])).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
     assert report["teacher"]["accuracy"]["accuracy"] >= 0.9
     assert int8["accuracy"]["accuracy"] >= fp32["accuracy"]["accuracy"] - 0.05
+    if target == "jetson":
+        assert int8["quantization"]["activations"] == "int8 symmetric"
+        inits = {t.name: t for t in graph.initializer}
+        zero = {inits[n.input[2]].data_type for n in graph.node if n.op_type == "QuantizeLinear"}
+        assert zero == {onnx.TensorProto.INT8}  # signed activations, as TensorRT takes them
+        trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
+        assert trt["status"] == "bundle", trt.get("reason")
