@@ -28,7 +28,7 @@ WEIGHT_RANGE = (-128, 127)  # symmetric: scales from amax / 127, so -128 is neve
 def fake_quant_rows(w: torch.Tensor) -> torch.Tensor:
     """`w` fake-quantized to symmetric INT8 with one scale per row (its largest magnitude)."""
     scale = w.detach().abs().amax(dim=1).clamp_min(1e-8) / WEIGHT_RANGE[1]
-    zero = torch.zeros(len(scale), dtype=torch.int32, device=w.device)
+    zero = torch.zeros(scale.shape[0], dtype=torch.int32, device=w.device)
     return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, *WEIGHT_RANGE)
 
 
@@ -95,8 +95,9 @@ def quantize_layers(
     skip: Iterable[nn.Module] = (),
 ) -> int:
     """Turn every nn.Linear of `model` but `skip` (the classifier heads) into a QuantLinear, its
-    input range calibrated on `batches` (the model's positional inputs), and every nn.Embedding
-    into a QuantEmbedding. Returns how many Linear layers."""
+    input range calibrated on `batches` (the model's positional inputs; a Linear they never
+    reach stays float), and every nn.Embedding into a QuantEmbedding. Returns how many Linear
+    layers were quantized."""
     skipped = {id(m) for m in skip}
     linears = [
         m
@@ -108,8 +109,9 @@ def quantize_layers(
     ranges = _input_ranges(model, linears, batches)
     model.train(was_training)
     for m in linears:
-        lo, hi = ranges.get(m, (0.0, 0.0))  # a Linear the forward never reached stays exact
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        if m not in ranges:  # the forward never reached it: no range to quantize its input to
+            continue
+        lo, hi = min(ranges[m][0], 0.0), max(ranges[m][1], 0.0)
         if symmetric_activations:
             scale = max(-lo, hi, 1e-8) / 127
             zero, qrange = 0, (-128, 127)
@@ -123,7 +125,7 @@ def quantize_layers(
     for m in model.modules():
         if type(m) is nn.Embedding:
             m.__class__ = QuantEmbedding
-    return len(linears)
+    return sum(m in ranges for m in linears)
 
 
 def fold_weight_quantizers(model: onnx.ModelProto) -> int:

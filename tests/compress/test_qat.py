@@ -151,3 +151,37 @@ def test_text_transformer_qat_end_to_end(bert_project, tmp_path, target):
         assert zero == {onnx.TensorProto.INT8}  # signed activations, as TensorRT takes them
         trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
         assert trt["status"] == "bundle", trt.get("reason")
+
+
+def test_fake_quant_layers_keep_unreached_linears_float_and_fold_to_int8():
+    """A Linear the calibration never reaches has no input range and stays float; quantized
+    weights fold to int8 initializers that ONNX Runtime dequantizes to what PyTorch computed."""
+    from kdc.compress.fake_quant import fold_weight_quantizers, quantize_layers
+    from kdc.export.onnx_export import _slim
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 8)
+            self.fc = torch.nn.Linear(8, 4)
+            self.unused = torch.nn.Linear(8, 4)
+
+        def forward(self, ids):
+            return self.fc(self.emb(ids)).sum(1)
+
+    torch.manual_seed(0)
+    net, ids = Net().eval(), torch.randint(0, 10, (4, 5))
+    assert quantize_layers(net, [(ids,)], symmetric_activations=False) == 1
+    assert isinstance(net.fc, QuantLinear) and isinstance(net.emb, QuantEmbedding)
+    assert type(net.unused) is torch.nn.Linear
+    buf = __import__("io").BytesIO()
+    torch.onnx.export(net, (ids,), buf, input_names=["ids"], opset_version=17, dynamo=False)
+    model = _slim(onnx.load_from_string(buf.getvalue()))  # as export_onnx: scales constant
+    assert fold_weight_quantizers(model) == 2  # the Linear's and the table's weights
+    assert {t.data_type for t in model.graph.initializer if len(t.dims) == 2} == {
+        onnx.TensorProto.INT8
+    }
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = net(ids).numpy()
+    np.testing.assert_allclose(sess.run(None, {"ids": ids.numpy()})[0], ref, atol=1e-5)
