@@ -29,7 +29,8 @@ def _transformer(
     transformer (`patch_size`): patch Conv, `special_tokens` ([CLS]; DeiT's distillation token
     too) and position embeddings instead of the mask and token embeddings, attention without a
     mask, a final LN, no pooler; `classifier_tokens` tokens each gathered into a classifier GEMM
-    whose logits are averaged (DeiT's WithTeacher head)."""
+    whose logits are averaged (DeiT's WithTeacher head), or with `pooling: mean` (BEiT) the mean
+    of the patch tokens and its LN instead of the final LN and the gather."""
     a = {_ARCH_ALIASES.get(k, k): v for k, v in arch.items()}
     try:
         n_layers, h = int(a["num_hidden_layers"]), int(a["hidden_size"])
@@ -168,9 +169,15 @@ def _transformer(
         linear(f"{p}.ffn2", inter, h, bq, ("Add",), bqh, bqh)
         add(f"{p}.ln2", ln, 8.0 * bqh, 2.0 * bqh, 2.0 * h, "norm", {f"{p}.ln2": 2.0 * h})
     labels = int(a.get("num_labels") or 0)
-    if image:  # the final LayerNorm over every token (it precedes the [CLS] gather)
+    mean = a.get("pooling", "cls") == "mean"
+    if image and not mean:  # the final LayerNorm over every token (it precedes the [CLS] gather)
         add("final.ln", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {"final.ln": 2.0 * h})
-    if a.get("pooling", "cls") == "mean":
+    if mean and image:  # BEiT: the mean of the patch tokens, then the pooler's LayerNorm
+        bph = b * (s - special) * h
+        add("patches", ("Slice",), 0.0, bsh + bph, 4.0, "memory")  # tokens after [CLS]
+        add("pool", ("ReduceMean",), bph, bph + b * h, 0.0, "reduce")
+        add("pool.ln", ln, 8.0 * b * h, 2.0 * b * h, 2.0 * h, "norm", {"pool.ln": 2.0 * h})
+    elif mean:
         add("pool", ("ReduceMean",), bsh, bsh + b * h, 0.0, "reduce")
     else:
         for t in range(n_cls):  # each classifier's token

@@ -198,6 +198,8 @@ class HFImageAdapter(TransformerAdapter):
             "num_labels": self.config.num_labels,
             "special_tokens": self.special_tokens,
             "classifier_tokens": len(self.classifiers()),
+            # BEiT-style heads read the mean of the patch tokens, not [CLS]
+            "pooling": "mean" if getattr(self.config, "use_mean_pooling", False) else "cls",
         }
 
     @classmethod

@@ -455,6 +455,44 @@ def test_vit_architecture_matches_exported_vit(tmp_path, kind, tokens):
     assert analyze_architecture(arch, batch=2).input_shapes == shapes
 
 
+@pytest.mark.parametrize("relative", [False, True])
+def test_beit_architecture_matches_exported_beit(tmp_path, relative):
+    """BEiT (absolute or relative positions, layer scale) reads the mean of its patch tokens
+    through a LayerNorm instead of a final LayerNorm and [CLS]: the architecture costs that
+    graph (it counted a final LN over every token and no mean)."""
+    import torch
+    from transformers import BeitConfig, BeitForImageClassification
+
+    from kdc.export.onnx_export import export_onnx
+    from kdc.models.hf_image import HFImageAdapter
+
+    config = BeitConfig(
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=10,
+        use_relative_position_bias=relative,
+        use_absolute_position_embeddings=not relative,
+    )
+    torch.manual_seed(0)
+    model = BeitForImageClassification(config).eval()
+    adapter = HFImageAdapter(model, {"image_mean": [0.5], "image_std": [0.5]})
+    x = adapter.encode(np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32))
+    export_onnx(adapter, x, tmp_path / "beit.onnx")
+    shapes = {"pixel_values": [2, 1, 8, 8]}
+    onnx_k = kernels_from_onnx(tmp_path / "beit.onnx", batch=2, input_shapes=shapes)
+    arch = adapter.architecture()
+    assert arch["pooling"] == "mean" and arch["special_tokens"] == 1
+    arch_k = kernels_from_architecture(arch, 2, shapes)
+    assert sorted(k.kind for k in onnx_k) == sorted(k.kind for k in arch_k)
+    assert sum(k.flops for k in arch_k) == pytest.approx(sum(k.flops for k in onnx_k), rel=0.01)
+    assert sum(k.bytes for k in arch_k) == pytest.approx(sum(k.bytes for k in onnx_k), rel=0.02)
+
+
 def test_vit_architecture_without_its_geometry_is_a_user_error():
     """`patch_size` makes a vision transformer: without num_channels and image_size (nor
     pixel_values shapes), a UserError naming the architecture, not a KeyError."""
