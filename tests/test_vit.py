@@ -202,9 +202,13 @@ def test_vit_evolution_search_and_pruning_for_jetson(vit_project, tmp_path):
     # the bundle carries what the application on the device needs to make pixel_values
     bundle = tmp_path / "run" / "build" / "bundle"
     meta = json.loads((bundle / "bundle.json").read_text())
-    assert meta["preprocessing"] == ["config.json", "preprocessor_config.json"]
+    assert meta["preprocessing"] == ["config.json", "input.json", "preprocessor_config.json"]
     assert (bundle / "preprocessing" / "preprocessor_config.json").is_file()
     assert "preprocessing/" in (bundle / "README.md").read_text()
+    # and what kdc's reader did before the processor's normalisation (digits: / 16, not / 255)
+    contract = json.loads((bundle / "preprocessing" / "input.json").read_text())
+    assert contract["input"]["scale"] == "x / 16.0" and contract["input"]["mean"] == [0.5]
+    assert contract["preprocessing"]["steps"][-1].startswith("per channel: (x - mean) / std")
     again = api.compress(cfg, "jetson", tmp_path / "run", resume=True, quiet=True)
     assert again["student"]["architecture"] == arch
 

@@ -113,7 +113,7 @@ def unlabelled_txt(source: str, field: str) -> UserError:
     )
 
 
-def _image_size(cfg: KdcConfig) -> int:
+def image_read_size(cfg: KdcConfig) -> int:
     """`data.image_size`, else a Hugging Face image teacher's own (config.json), else 224."""
     if cfg.data.image_size:
         return cfg.data.image_size
@@ -154,7 +154,7 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
         "jsonl": lambda: read_jsonl(path, d.text_column, label, field),
         "txt": lambda: read_txt(path, field),
         "datasets": lambda: read_datasets(path, d.text_column, label, split, field),
-        "imagefolder": lambda: read_imagefolder(path, _image_size(cfg), field),
+        "imagefolder": lambda: read_imagefolder(path, image_read_size(cfg), field),
         "sklearn": read_digits,
     }
     return readers[fmt]()

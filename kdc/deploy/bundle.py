@@ -329,21 +329,22 @@ def _check_goldens(
 
 def _preprocessing_text(files: Sequence[Path], contract: dict | None) -> str:
     """The README's paragraph on `preprocessing/`, or nothing when the bundle has none."""
+    text = ""
     if files:
-        return (
+        text = (
             "\n`preprocessing/` holds what turns raw inputs into the engine's (the student's "
             f"{', '.join(sorted(f.name for f in files))}): load it with the Hugging Face "
             "tokenizer or image processor classes; config.json names the classes (`id2label`).\n"
         )
     if contract is None:
-        return ""
+        return text
     inp = contract["input"]
-    return (
+    norm = "values in [0, 1], no mean/std" if inp["mean"] is None else "then (x - mean) / std"
+    return text + (
         f"\n`preprocessing/{INPUT_CONTRACT}` is the engine's input contract, as kdc prepared "
         f"every image it trained and verified on: `{inp['name']}` {inp['layout']} {inp['dtype']} "
-        f"{'x'.join(map(str, inp['shape']))}, {inp['color']}, {inp['scale']} (values in "
-        f"[0, 1], no mean/std); its `preprocessing.steps` say how, and `output.classes` names "
-        "each logit in order.\n"
+        f"{'x'.join(map(str, inp['shape']))}, {inp['color']}, {inp['scale']} ({norm}); its "
+        "`preprocessing.steps` say how, and `output.classes` names each logit in order.\n"
     )
 
 

@@ -1,6 +1,8 @@
-"""The input contract of an image classifier that has no preprocessing files of its own (a CNN
-student): how kdc's image readers (kdc.data.readers) turned images into the engine's input, and
-which class each output is, for the person deploying the engine."""
+"""The input contract of an image classifier: how kdc's image readers (kdc.data.readers) and,
+for a vision transformer, its adapter (kdc.models.hf_image: resize to the model's size, the image
+processor's mean/std) turned images into the engine's input, and which class each output is, for
+the person deploying the engine. A CNN student has no other preprocessing file; a vision
+transformer's bundle also carries its image processor config, which starts from raw images."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ _DIGITS = {
     ],
     "color": "grayscale (1 channel)",
     "scale": "x / 16.0",
+    "size": 8,  # read as it is, whatever the model's size
 }
 _FOLDER = {
     "source": "an image folder (<folder>/<class>/<image>), read with Pillow",
@@ -38,11 +41,27 @@ def image_input_contract(
     input_shape: list[int],
     class_names: list[str],
     output_name: str = "logits",
+    *,
+    read_size: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> dict[str, Any]:
     """The contract of an engine taking `input_name` of `input_shape` (N x C x H x W) read from
-    `data_source` (a Dataset's `source`: `sklearn:digits` or `imagefolder:<path>`)."""
+    `data_source` (a Dataset's `source`: `sklearn:digits` or `imagefolder:<path>`) at
+    `read_size` (default: the input's), then resized to the input's size where that differs and
+    normalised by `mean`/`std` per channel where given (a vision transformer's adapter)."""
     how = _DIGITS if data_source == "sklearn:digits" else _FOLDER
     _, channels, height, width = input_shape
+    size = how.get("size") or read_size  # as the reader read it
+    read = (size or height, size or width)
+    steps = [step.format(width=read[1], height=read[0]) for step in how["steps"]]
+    if read != (height, width):
+        steps.append(
+            f"resize to {width}x{height}: bilinear with antialiasing "
+            "(torch.nn.functional.interpolate(..., mode='bilinear', antialias=True))"
+        )
+    if mean is not None and std is not None:
+        steps.append(f"per channel: (x - mean) / std, mean {mean}, std {std}")
     return {
         "input": {
             "name": input_name,
@@ -53,16 +72,15 @@ def image_input_contract(
             "height": height,
             "width": width,
             "color": how["color"],
-            "value_range": [0.0, 1.0],
+            "value_range": [0.0, 1.0] if mean is None else None,
             "scale": how["scale"],
-            "mean": None,
-            "std": None,
-            "normalization": "none beyond the scaling (no mean/std subtracted)",
+            "mean": mean,
+            "std": std,
+            "normalization": "none beyond the scaling (no mean/std subtracted)"
+            if mean is None
+            else "(x - mean) / std per channel, after the scaling",
         },
-        "preprocessing": {
-            "source": how["source"],
-            "steps": [step.format(width=width, height=height) for step in how["steps"]],
-        },
+        "preprocessing": {"source": how["source"], "steps": steps},
         "output": {
             "name": output_name,
             "shape": [input_shape[0], len(class_names)],

@@ -422,18 +422,30 @@ def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
         golden_inputs=goldens,
         golden_outputs=outputs,
         preprocessing=files,
-        input_contract=None if files else cnn_input_contract(ctx, shapes),
+        input_contract=image_contract(ctx, shapes),
     )
 
 
-def cnn_input_contract(ctx: Context, shapes: dict[str, list[int]]) -> dict | None:
-    """A CNN's input contract (it has no preprocessing files of its own), else None."""
+def image_contract(ctx: Context, shapes: dict[str, list[int]]) -> dict | None:
+    """An image classifier's input contract (what kdc's readers and the student's adapter did to
+    the images), else None. A vision transformer's also names its image processor's mean/std and
+    the resize from the size its images were read at (its processor config ships beside it)."""
+    from kdc.data import image_read_size
     from kdc.deploy.input_contract import image_input_contract
 
-    if ctx.dataset.kind != "image" or ctx.teacher.family != "cnn":
+    if ctx.dataset.kind != "image":
         return None
     ((name, shape),) = shapes.items()
-    return image_input_contract(ctx.dataset.source, name, shape, ctx.dataset.label_names)
+    processor = getattr(ctx.teacher, "processor", None) or {}
+    return image_input_contract(
+        ctx.dataset.source,
+        name,
+        shape,
+        ctx.dataset.label_names,
+        read_size=image_read_size(ctx.cfg) if ctx.teacher.family != "cnn" else None,
+        mean=processor.get("image_mean"),
+        std=processor.get("image_std"),
+    )
 
 
 def preprocessing_files(student: Path) -> list[Path]:

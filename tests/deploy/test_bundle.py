@@ -411,3 +411,26 @@ def test_an_input_contract_is_carried_in_preprocessing_and_named(tmp_path, golde
     assert json.loads((out / "bundle.json").read_text())["preprocessing"] == ["input.json"]
     readme = (out / "README.md").read_text()
     assert "preprocessing/input.json" in readme and "x / 16.0" in readme
+
+
+def test_a_vision_transformer_contract_adds_its_resize_and_normalisation():
+    """Images read at 16 (data.image_size) for an 8-pixel ViT: the contract says the reader's
+    steps, then the adapter's resize to 8 and the processor's mean/std (the bundle's
+    preprocessor_config.json starts from raw images and rescales by 1/255 itself)."""
+    c = image_input_contract(
+        "imagefolder:imgs",
+        "pixel_values",
+        [1, 3, 8, 8],
+        ["a", "b"],
+        read_size=16,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+    )
+    steps = c["preprocessing"]["steps"]
+    assert "Image.resize((16, 16))" in steps[1] and steps[-2].startswith("resize to 8x8: bilinear")
+    assert (
+        steps[-1] == "per channel: (x - mean) / std, mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25]"
+    )
+    assert c["input"]["mean"] == [0.5] * 3 and c["input"]["value_range"] is None
+    same = image_input_contract("sklearn:digits", "pixel_values", [1, 1, 8, 8], ["0"], read_size=8)
+    assert not any(s.startswith("resize to") for s in same["preprocessing"]["steps"])
