@@ -15,6 +15,7 @@ from kdc.deploy.onnxruntime import make_session, run_session, session_options_re
 from kdc.errors import UserError
 from kdc.export.parity import compare
 from kdc.pipeline import Context, StageOutput
+from kdc.profiles import cpu_info, has_int8_dot
 from kdc.rundir import read_json, sha256_file, write_json
 from kdc.stages.build import int8_runs_here, tensorrt_not_on_target, tensorrt_on_target
 from kdc.stages.export import student_reference
@@ -223,8 +224,8 @@ INT8_GAIN_MIN = 1.1  # an INT8 engine timed less than this much faster than FP32
 
 def _warn_if_int8_not_faster(engines: list[dict]) -> None:
     """Flag an INT8 engine timed less than `INT8_GAIN_MIN`x faster than the FP32 engine beside it
-    (int8 gains little on CPUs without VNNI): FP32 is then about as fast and closer to the
-    student."""
+    (int8 gains little on CPUs without VNNI, or on tiny graphs): FP32 is then about as fast and
+    closer to the student."""
     timed = {
         e["precision"]: e
         for e in engines
@@ -238,9 +239,14 @@ def _warn_if_int8_not_faster(engines: list[dict]) -> None:
         return
     sizes = f"{int8.get('size_mb')} vs {fp32.get('size_mb')} MB"
     smaller = (int8.get("size_mb") or 0) < (fp32.get("size_mb") or 0)
+    why = (
+        "this graph's int8 kernels gain little here (per-call and quantize/dequantize overheads)"
+        if has_int8_dot(cpu_info()[1])
+        else "int8 kernels gain little without VNNI"
+    )
     int8.setdefault("warnings", []).append(
         f"only {gain:.2f}x FP32's speed on this machine (p50 {int8['latency']['p50_ms']:.4g} vs "
-        f"{fp32['latency']['p50_ms']:.4g} ms; int8 kernels gain little without VNNI): "
+        f"{fp32['latency']['p50_ms']:.4g} ms; {why}): "
         "quantize.precision: fp32 ships an engine about as fast and closer to the student"
         + (f", INT8 saves size ({sizes})" if smaller else f" and no larger ({sizes})")
     )

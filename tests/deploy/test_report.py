@@ -219,6 +219,21 @@ def test_engine_warnings_are_listed_in_the_markdown(report):
     assert "warnings" not in faster[0]
 
 
+@pytest.mark.parametrize("flags", [{"avx2"}, {"avx2", "avx512_vnni"}])
+def test_a_slow_int8_engine_is_blamed_on_vnni_only_where_the_cpu_lacks_it(
+    report, monkeypatch, flags
+):
+    """'without VNNI' was said on the VNNI/AMX Xeon too (a tiny embedding model's INT8 graph)."""
+    import kdc.stages.verify as V
+
+    monkeypatch.setattr(V, "cpu_info", lambda: ("a CPU", flags))
+    engines = json.loads(json.dumps(report["engines"]))
+    engines[0]["latency"] = {**engines[0]["latency"], "p50_ms": engines[1]["latency"]["p50_ms"]}
+    V._warn_if_int8_not_faster(engines)
+    (warning,) = engines[0]["warnings"]
+    assert ("without VNNI" in warning) == ("avx512_vnni" not in flags)
+
+
 def test_markdown_rows_pair_accuracy_memory_size_and_parity_with_their_sources(report):
     """Every figure of an engine row says where it comes from: the int8 kernels timed here next to
     a simulated headline accuracy, measured and predicted memory, a size that is not the engine's,
