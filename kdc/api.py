@@ -221,7 +221,8 @@ def plan(config: ConfigLike, target: str = "host", out: str | Path | None = None
         "data": ds.summary(),
         "target": {"name": profile.name, "kind": profile.kind, "engines": profile.runtime.engines},
         "student": cfg.student.model_dump(exclude_none=True),
-        "quantize": cfg.quantize.precision,
+        "quantize": cfg.quantize.precision
+        + (f" ({cfg.quantize.method})" if cfg.quantize.precision == "int8" else ""),
         "constraints": c,
         "run_dir": str(run_dir),
     }

@@ -138,6 +138,7 @@ def test_dry_run_prints_plan(bert_project, tmp_path):
     assert plan["data"]["train"] == 400 and plan["data"]["eval"] == 120
     assert plan["target"]["name"] == "jetson-orin-nano-8gb"
     assert plan["stages"][0] == "search" and plan["stages"][-1] == "report"
+    assert plan["quantize"] == "int8 (ptq)"
 
 
 def test_validate_and_profiles_commands(cnn_project):
