@@ -2,7 +2,8 @@
 
     python bench/compare.py [--example digits|sentiment] [--quick] [--only ROW ...]
 
-Per example (default: both) builds every row (ROWS) from its teacher and data and measures all
+Per example (default: both) builds every row (ROWS; the optional QAT rows only when named in
+--only) from its teacher and data and measures all
 with one protocol: accuracy / macro-F1 / agreement with the PyTorch FP32 teacher of the engine
 itself on the eval split; batch-1 p50/p99 and batch-32 throughput at 1 intra-op thread
 (kdc.deploy.latency; at the end all rows are re-timed in interleaved rounds); size on disk; peak
@@ -427,8 +428,12 @@ def calibrate_host() -> dict:
 def _budget(b: Bench, factor: int, rows: dict, qat: bool = False) -> dict:
     base = rows.get("teacher_ort_fp32") or row_teacher_ort_fp32(b)
     cal = calibrate_host()
-    fresh = measure_onnx(base["path"], b.one(), threads=THREADS, **protocol(b.quick)["latency"])
-    budget = round(min(base["p50_ms"], fresh["p50_ms"]) / factor, 4)  # the quieter of two timings
+    ptq = rows.get(f"kdc_budget_{factor}x") or {}
+    if qat and ptq.get("budget_ms"):  # the PTQ row's budget: the pair differs only in method
+        budget = ptq["budget_ms"]
+    else:
+        fresh = measure_onnx(base["path"], b.one(), threads=THREADS, **protocol(b.quick)["latency"])
+        budget = round(min(base["p50_ms"], fresh["p50_ms"]) / factor, 4)  # the quieter of two
     changes = {
         "search": {"strategy": "evolution"},
         "constraints": {"latency_budget_ms": budget},

@@ -26,11 +26,6 @@ def engine_bytes_needed(onnx_path: Path | str) -> int:
     return ENGINE_SIZE_FACTOR * Path(onnx_path).stat().st_size + ENGINE_OVERHEAD_BYTES
 
 
-def tree_bytes(path: Path | str) -> int:
-    """Bytes of the files under `path` (0 when it does not exist)."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
 def require_free(path: Path | str, bytes_needed: int, what: str) -> None:
     """Raise UserError "needs N MB free in DIR, has M MB" when `path` lacks `bytes_needed`."""
     have = free_bytes(path)

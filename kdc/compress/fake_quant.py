@@ -25,9 +25,15 @@ from torch import nn
 WEIGHT_RANGE = (-128, 127)  # symmetric: scales from amax / 127, so -128 is never produced
 
 
-def fake_quant_rows(w: torch.Tensor) -> torch.Tensor:
-    """`w` fake-quantized to symmetric INT8 with one scale per row (its largest magnitude)."""
-    scale = w.detach().abs().amax(dim=1).clamp_min(1e-8) / WEIGHT_RANGE[1]
+def row_scales(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric INT8 scales of `w`, one per row (its largest magnitude / 127)."""
+    return w.detach().abs().amax(dim=1).clamp_min(1e-8) / WEIGHT_RANGE[1]
+
+
+def fake_quant_rows(w: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """`w` fake-quantized to symmetric INT8 with one scale per row: `scale` (frozen for export)
+    or the rows' current largest magnitudes (in training)."""
+    scale = row_scales(w) if scale is None else scale
     zero = torch.zeros(scale.shape[0], dtype=torch.int32, device=w.device)
     return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, *WEIGHT_RANGE)
 
@@ -35,8 +41,10 @@ def fake_quant_rows(w: torch.Tensor) -> torch.Tensor:
 class QuantEmbedding(nn.Embedding):
     """An nn.Embedding whose table is fake-quantized per row (made in place by quantize_layers)."""
 
+    weight_scale: torch.Tensor | None  # a buffer, None until frozen
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        w = fake_quant_rows(self.weight)
+        w = fake_quant_rows(self.weight, self.weight_scale)
         return F.embedding(
             ids,
             w,
@@ -55,13 +63,24 @@ class QuantLinear(nn.Linear):
     input_scale: torch.Tensor
     input_zero_point: torch.Tensor
     input_range: tuple[int, int]
+    weight_scale: torch.Tensor | None  # a buffer, None until frozen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.input_range
         x = torch.fake_quantize_per_tensor_affine(
             x, self.input_scale, self.input_zero_point, lo, hi
         )
-        return F.linear(x, fake_quant_rows(self.weight), self.bias)
+        return F.linear(x, fake_quant_rows(self.weight, self.weight_scale), self.bias)
+
+
+def freeze_weight_scales(model: nn.Module) -> nn.Module:
+    """Fix each fake-quantized layer's weight scales at their current values (buffers), so that
+    the export carries them as constants and `fold_weight_quantizers` can store int8 weights
+    (computed from the weights, they were graph ops only onnxslim folded). Returns `model`."""
+    for m in model.modules():
+        if isinstance(m, (QuantLinear, QuantEmbedding)):
+            m.weight_scale = row_scales(m.weight)
+    return model
 
 
 def _input_ranges(
@@ -119,29 +138,39 @@ def quantize_layers(
             scale = max(hi - lo, 1e-8) / 255
             zero, qrange = int(round(-lo / scale)), (0, 255)
         m.__class__ = QuantLinear
+        m.register_buffer("weight_scale", None)
         m.register_buffer("input_scale", torch.tensor([scale], dtype=torch.float32))
         m.register_buffer("input_zero_point", torch.tensor([zero], dtype=torch.int32))
         m.input_range = qrange
     for m in model.modules():
         if type(m) is nn.Embedding:
             m.__class__ = QuantEmbedding
+            m.register_buffer("weight_scale", None)
     return sum(m in ranges for m in linears)
 
 
 def fold_weight_quantizers(model: onnx.ModelProto) -> int:
-    """Replace each QuantizeLinear of an initializer (a weight) by its int8 result, as ONNX
-    Runtime's quantizer writes weights: DequantizeLinear reads 1 byte per weight instead of the
-    float weight being quantized at load. Returns how many were folded."""
+    """Replace each QuantizeLinear of constants (a weight, its scales and zero points, held in
+    initializers or Constant nodes) by its int8 result, as ONNX Runtime's quantizer writes
+    weights: DequantizeLinear reads 1 byte per weight instead of the float weight being quantized
+    at load. Returns how many were folded."""
     from onnx import numpy_helper
 
+    from kdc.compress.nncf_ptq import node_inputs
+
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
+    fed = {i.name for i in graph.input}  # an initializer that is also an input may be overridden
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in fed}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     kept, folded = [], 0
     for node in graph.node:
-        if node.op_type != "QuantizeLinear" or not all(i in inits for i in node.input):
+        ins = list(node.input)
+        if node.op_type != "QuantizeLinear" or len(ins) != 3 or not all(i in consts for i in ins):
             kept.append(node)
             continue
-        w, scale, zero = (numpy_helper.to_array(inits[i]) for i in node.input)
+        w, scale, zero = (consts[i] for i in ins)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         if scale.size > 1:  # per axis: broadcast along `axis`
             shape = [1] * w.ndim
@@ -149,16 +178,15 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
             scale, zero = scale.reshape(shape), zero.reshape(shape)
         info = np.iinfo(zero.dtype)
         q = np.rint(w.astype(np.float32) / scale.astype(np.float32)) + zero  # half to even
-        graph.initializer.append(
-            numpy_helper.from_array(
-                np.clip(q, info.min, info.max).astype(zero.dtype), node.output[0]
-            )
-        )
+        q = np.clip(q, info.min, info.max).astype(zero.dtype)
+        graph.initializer.append(numpy_helper.from_array(q, node.output[0]))
         folded += 1
     del graph.node[:]
     graph.node.extend(kept)
-    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    unread = [t for t in graph.initializer if t.name not in read]
-    for t in unread:
+    read = set(node_inputs(graph)) | {o.name for o in graph.output} | fed
+    unread = [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in read]
+    for n in unread:  # the folded scales and zero points
+        graph.node.remove(n)
+    for t in [t for t in graph.initializer if t.name not in read]:
         graph.initializer.remove(t)
     return folded

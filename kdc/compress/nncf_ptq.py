@@ -130,7 +130,7 @@ def gather_then_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
     fed = {i.name for i in g.input}  # an initializer that is also an input may be overridden
     producer = {o: n for n in g.node for o in n.output}
     readers: dict[str, int] = {}
-    for name in [*_node_inputs(g), *(o.name for o in g.output)]:
+    for name in [*node_inputs(g), *(o.name for o in g.output)]:
         readers[name] = readers.get(name, 0) + 1
     taken = {*readers, *init, *producer, *(n.name for n in g.node)}
 
@@ -169,21 +169,21 @@ def gather_then_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
     keep = [n for n in nodes if id(n) not in gone]
     del g.node[:]
     g.node.extend(keep)
-    read = set(_node_inputs(g)) | {o.name for o in g.output}
+    read = set(node_inputs(g)) | {o.name for o in g.output}
     stale = {i for dq in dropped for i in dq.input[1:] if i and i not in read}
     for i in [i for i in g.initializer if i.name in stale]:
         g.initializer.remove(i)
     return model
 
 
-def _node_inputs(graph: onnx.GraphProto) -> list[str]:
+def node_inputs(graph: onnx.GraphProto) -> list[str]:
     """Every input name read by a node of `graph` or of its subgraphs."""
     names = []
     for n in graph.node:
         names += list(n.input)
         for a in n.attribute:
             for sub in [a.g] if a.HasField("g") else list(a.graphs):
-                names += _node_inputs(sub)
+                names += node_inputs(sub)
     return names
 
 

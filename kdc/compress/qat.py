@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import torch
 
-from kdc.compress.fake_quant import fold_weight_quantizers, quantize_layers
+from kdc.compress.fake_quant import fold_weight_quantizers, freeze_weight_scales, quantize_layers
 from kdc.compress.nncf_ptq import gather_then_dequantize
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.errors import UserError
@@ -111,9 +111,11 @@ def _nncf_strip(model: torch.nn.Module, args: tuple) -> torch.nn.Module:
 def _linear_quantize(
     model: torch.nn.Module, adapter: ModelAdapter, batches: list[tuple], sym: bool, trt: bool
 ) -> torch.nn.Module:
-    """Every Linear but the classifier heads, and every embedding table, fake-quantized
-    (fake_quant.py). `model` is a copy of the adapter's module: its heads are found by name."""
-    heads = {id(m) for m in adapter.classifiers()}
+    """Every Linear but the classifier heads (a sentence encoder has none), and every embedding
+    table, fake-quantized (fake_quant.py). `model` is a copy of the adapter's module: its heads
+    are found by name."""
+    logits = getattr(adapter, "output_name", "logits") == "logits"
+    heads = {id(m) for m in adapter.classifiers()} if logits else set()
     names = {n for n, m in adapter.module.named_modules() if id(m) in heads}
     skip = [m for n, m in model.named_modules() if n in names]
     quantize_layers(model, batches, symmetric_activations=sym, skip=skip)
@@ -124,7 +126,7 @@ SCHEMES: dict[str, Scheme] = {
     "cnn": Scheme(_nncf_quantize, _nncf_strip, "NNCF fake quantizers"),
     "transformer": Scheme(
         _linear_quantize,
-        lambda model, args: model,  # PyTorch's fake-quantize ops export as Q/DQ as they are
+        lambda model, args: freeze_weight_scales(model),  # export as Q/DQ with constant scales
         "fake-quantized Linear layers (weights per channel, inputs per tensor; heads float) "
         "and embedding tables (per row)",
     ),
@@ -169,6 +171,7 @@ def export_qat(
     *,
     opset: int = 17,
     cls_only: bool = False,
+    output_name: str = "logits",
 ) -> Path:
     """Strip the trained model of training-only modules (its scheme's `strip`) and export a QDQ
     ONNX model of standard ops, weights stored as int8 (`cls_only`: as
@@ -184,6 +187,7 @@ def export_qat(
         path,
         opset=max(opset, 13),
         cls_only=cls_only,
+        output_name=output_name,
     )
     model = onnx.load(str(out))
     bad = non_standard_ops(model)

@@ -169,15 +169,15 @@ def _transformer(
         linear(f"{p}.ffn2", inter, h, bq, ("Add",), bqh, bqh)
         add(f"{p}.ln2", ln, 8.0 * bqh, 2.0 * bqh, 2.0 * h, "norm", {f"{p}.ln2": 2.0 * h})
     labels = int(a.get("num_labels") or 0)
-    mean = a.get("pooling", "cls") == "mean"
-    if image and not mean:  # the final LayerNorm over every token (it precedes the [CLS] gather)
+    mean_pool = a.get("pooling", "cls") == "mean"
+    if image and not mean_pool:  # the final LayerNorm over every token, before the [CLS] gather
         add("final.ln", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {"final.ln": 2.0 * h})
-    if mean and image:  # BEiT: the mean of the patch tokens, then the pooler's LayerNorm
+    if mean_pool and image:  # BEiT: the mean of the patch tokens, then the pooler's LayerNorm
         bph = b * (s - special) * h
         add("patches", ("Slice",), 0.0, bsh + bph, 4.0, "memory")  # tokens after [CLS]
         add("pool", ("ReduceMean",), bph, bph + b * h, 0.0, "reduce")
         add("pool.ln", ln, 8.0 * b * h, 2.0 * b * h, 2.0 * h, "norm", {"pool.ln": 2.0 * h})
-    elif mean:
+    elif mean_pool:
         add("pool", ("ReduceMean",), bsh, bsh + b * h, 0.0, "reduce")
     else:
         for t in range(n_cls):  # each classifier's token

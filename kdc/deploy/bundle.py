@@ -340,10 +340,17 @@ def _preprocessing_text(files: Sequence[Path], contract: dict | None) -> str:
         return text
     inp = contract["input"]
     norm = "values in [0, 1], no mean/std" if inp["mean"] is None else "then (x - mean) / std"
+    first = (
+        " (where it and the image processor config differ, e.g. in the scaling, it is what the "
+        "engine expects)"
+        if files
+        else ""
+    )
     return text + (
-        f"\n`preprocessing/{INPUT_CONTRACT}` is the engine's input contract, as kdc prepared "
-        f"every image it trained and verified on: `{inp['name']}` {inp['layout']} {inp['dtype']} "
-        f"{'x'.join(map(str, inp['shape']))}, {inp['color']}, {inp['scale']} ({norm}); its "
+        f"\n`preprocessing/{INPUT_CONTRACT}` is the engine's input contract{first}, as kdc "
+        f"prepared every image it trained and verified on: `{inp['name']}` {inp['layout']} "
+        f"{inp['dtype']} {'x'.join(map(str, inp['shape']))}, {inp['color']}, {inp['scale']} "
+        f"({norm}); its "
         "`preprocessing.steps` say how, and `output.classes` names each logit in order.\n"
     )
 
@@ -378,8 +385,8 @@ def write_bundle(
     `<out_dir>-<profile>` when `out_dir` holds another target's bundle (see `bundle_dir`).
     `preprocessing` files (the student's tokenizer or image processor config, its config.json
     with the class names) are copied into `preprocessing/` for the application on the device;
-    `input_contract` (a model without such files: `kdc.deploy.input_contract`) is written there
-    as input.json.
+    `input_contract` (an image model's: `kdc.deploy.input_contract`) is written there as
+    input.json; where both exist, it is what kdc trained and verified on.
 
     `use_dla` builds for DLA core 0 with GPU fallback (profiles with DLA; see tensorrt.DLA_RULE)."""
     trt_version = profile.runtime.tensorrt

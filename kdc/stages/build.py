@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kdc.deploy.onnxruntime import QUANT_OPS
-from kdc.diskspace import engine_bytes_needed, require_free, tree_bytes
+from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.errors import UserError
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import atomic_dir, atomic_path, read_json, write_json
@@ -410,7 +410,8 @@ def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
     from kdc.deploy.onnxruntime import make_session, run_session
 
     goldens = {k: v[:8] for k, v in ctx.encode("eval").items()}
-    outputs = run_session(make_session(onnx_path), goldens)
+    session = make_session(onnx_path)
+    outputs = run_session(session, goldens)
     files = preprocessing_files(ctx.run / "distill" / "student")
     shapes = input_shapes(ctx)
     return write_bundle(
@@ -423,6 +424,7 @@ def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
         golden_outputs=outputs,
         preprocessing=files,
         input_contract=image_contract(ctx, shapes),
+        output_name=session.get_outputs()[0].name,  # `embedding` for sentence embeddings
     )
 
 
@@ -463,9 +465,7 @@ def preprocessing_files(student: Path) -> list[Path]:
 
 def run(ctx: Context) -> StageOutput:
     src = ctx.run / "export" / "model.onnx"
-    # the old ONNX Runtime engines stay until the new directory is swapped in (atomic_dir)
-    old = tree_bytes(ctx.run / "build" / "onnxruntime")
-    require_free(ctx.run / "build", engine_bytes_needed(src) + old, "building engines")
+    require_free(ctx.run / "build", engine_bytes_needed(src), "building engines")
     for stale in TENSORRT_OUTPUTS:  # an earlier build's engine is not this graph's (cache stays)
         (ctx.run / "build" / "tensorrt" / stale).unlink(missing_ok=True)
     engines: list[dict] = []

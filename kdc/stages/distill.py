@@ -177,8 +177,8 @@ def quantization_aware(
     """Fake-quantize the distilled student, train it `quantize.qat_epochs` more with the same
     losses, and export its QDQ ONNX to distill/student_qat.onnx."""
     from kdc.compress.qat import export_qat, quantize_for_training
-    from kdc.export.cls_only import supports_cls_only
     from kdc.stages.build import symmetric_activations
+    from kdc.stages.export import PARITY_ROWS, output_name
 
     q, d = ctx.cfg.quantize, ctx.cfg.distill
     calib = {k: v[: q.calibration_size] for k, v in data.train.items()}
@@ -205,16 +205,35 @@ def quantization_aware(
         {k: v[:2] for k, v in data.train.items()},
         ctx.run / "distill" / "student_qat.onnx",
         opset=ctx.cfg.export.opset,
-        cls_only=ctx.cfg.export.cls_only_last_layer and supports_cls_only(qstudent),
+        cls_only=ctx.cfg.export.cls_only_last_layer,
+        output_name=output_name(ctx.cfg.task),
     )
-    ctx.log(f"  QAT val accuracy {res.kept_metric:.4f} → {path.name}")
+    parity = _qat_parity(qstudent, path, {k: v[:PARITY_ROWS] for k, v in data.val.items()})
+    ctx.log(
+        f"  QAT val accuracy {res.kept_metric:.4f} → {path.name} (against the fake-quantized "
+        f"PyTorch model: max|Δ| {parity['max_abs']:.3g}, argmax agreement "
+        f"{parity['argmax_agreement']:.4f} on {parity['n']} validation rows)"
+    )
     _log_teacher_rows(ctx, res.teacher_rows)
     return [path], {
         "qat_val_accuracy": res.kept_metric,
+        "qat_export_parity": parity,
         "qat_epochs_run": len(res.history),
         "qat_history": res.history,
         "qat_teacher_rows": res.teacher_rows,
     }
+
+
+def _qat_parity(qstudent: ModelAdapter, path: Path, rows: dict[str, np.ndarray]) -> dict:
+    """The exported QAT graph (ONNX Runtime) against the fake-quantized PyTorch model it came
+    from: an input a step from a rounding boundary may land on the other side, so this is a
+    record, not a gate (INT8 engines are judged by their accuracy)."""
+    from kdc.deploy.onnxruntime import make_session, run_session
+    from kdc.export.parity import compare
+
+    got = run_session(make_session(path), rows)
+    p = compare(qstudent.forward_numpy(rows), got, atol=1e-4, rtol=1e-3, min_cosine=0.999)
+    return {k: p[k] for k in ("n", "max_abs", "p99_abs", "cosine", "argmax_agreement")}
 
 
 def _log_teacher_rows(ctx: Context, rows: dict | None) -> None:

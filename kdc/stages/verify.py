@@ -124,8 +124,12 @@ def _engine_block(
             block["warnings"] = [
                 f"ONNX Runtime's int8 CPU kernels lose {gap:.3f} {acc['metric']} against the same "
                 "Q/DQ graph run in float: the quantisation is fine, this CPU's int8 kernels are "
-                "not (S8S8 without VNNI saturates); for CPU targets use asymmetric activations "
-                "(quantize.symmetric_activations: false)"
+                + (
+                    "not; for CPU targets"
+                    if has_int8_dot(cpu_info()[1])
+                    else "not (S8S8 without VNNI saturates); for CPU targets"
+                )
+                + " use asymmetric activations (quantize.symmetric_activations: false)"
             ]
     if not ctx.profile.measurable:
         block["target_latency"] = predict(ctx, path, prec, rec["engine"])

@@ -4,6 +4,8 @@ standard ops that ONNX Runtime runs as the fake-quantized PyTorch model computed
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -77,7 +79,7 @@ def test_transformer_qat_trains_feature_losses_and_exports_qdq(tmp_path, symmetr
     ops = [n.op_type for n in model.graph.node]
     assert non_standard_ops(model) == []
     # weights (Linear and embedding tables) are int8 initializers; Q runs on activations only
-    int8 = [t for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8,)]
+    int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8) >= len(quantized) + 1 and ops.count("DequantizeLinear") >= len(int8)
     assert ops.count("QuantizeLinear") >= len({float(m.input_scale) for m in quantized})
     # an embedding table is gathered as int8, then its rows dequantized (not the whole table)
@@ -156,8 +158,11 @@ def test_text_transformer_qat_end_to_end(bert_project, tmp_path, target):
 def test_fake_quant_layers_keep_unreached_linears_float_and_fold_to_int8():
     """A Linear the calibration never reaches has no input range and stays float; quantized
     weights fold to int8 initializers that ONNX Runtime dequantizes to what PyTorch computed."""
-    from kdc.compress.fake_quant import fold_weight_quantizers, quantize_layers
-    from kdc.export.onnx_export import _slim
+    from kdc.compress.fake_quant import (
+        fold_weight_quantizers,
+        freeze_weight_scales,
+        quantize_layers,
+    )
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -175,8 +180,9 @@ def test_fake_quant_layers_keep_unreached_linears_float_and_fold_to_int8():
     assert isinstance(net.fc, QuantLinear) and isinstance(net.emb, QuantEmbedding)
     assert type(net.unused) is torch.nn.Linear
     buf = __import__("io").BytesIO()
+    freeze_weight_scales(net)  # constant scales: folding does not wait for onnxslim
     torch.onnx.export(net, (ids,), buf, input_names=["ids"], opset_version=17, dynamo=False)
-    model = _slim(onnx.load_from_string(buf.getvalue()))  # as export_onnx: scales constant
+    model = onnx.load_from_string(buf.getvalue())
     assert fold_weight_quantizers(model) == 2  # the Linear's and the table's weights
     assert {t.data_type for t in model.graph.initializer if len(t.dims) == 2} == {
         onnx.TensorProto.INT8
@@ -185,3 +191,44 @@ def test_fake_quant_layers_keep_unreached_linears_float_and_fold_to_int8():
     with torch.no_grad():
         ref = net(ids).numpy()
     np.testing.assert_allclose(sess.run(None, {"ids": ids.numpy()})[0], ref, atol=1e-5)
+
+
+def test_sentence_embedding_qat_keeps_its_output_name_and_quantizes_every_linear(tmp_path):
+    """A sentence encoder has no head: every Linear is quantized, and the QAT graph's output is
+    `embedding` like its FP32 graph's (it was exported as `logits`)."""
+    from test_embeddings import _encoder_dir, _texts
+    from tiny import write_yaml
+
+    from kdc import api
+
+    _encoder_dir(tmp_path / "teacher")
+    (tmp_path / "train.txt").write_text("\n".join(_texts(120, 3)) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(_texts(40, 4)) + "\n")
+    cfg = {
+        "name": "tinyemb",
+        "task": "sentence-embedding",
+        "teacher": {"path": "teacher"},
+        "data": {"source": "train.txt", "eval": "test.txt", "max_length": 16},
+        "student": {"layers": 2},
+        "distill": {"epochs": 1, "batch_size": 32, "lr": 0.001},
+        "quantize": {"calibration_size": 32, "method": "qat", "qat_epochs": 1},
+        "verify": {"warmup": 2, "iterations": 10, "min_duration_s": 0.01, "threads": 1},
+    }
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    report = api.compress(path, "host", tmp_path / "run", quiet=True)
+    int8 = next(e for e in report["engines"] if e["precision"] == "int8")
+    graph = onnx.load(str(tmp_path / "run" / int8["path"])).graph
+    assert [o.name for o in graph.output] == ["embedding"]
+    assert int8["accuracy"]["mean_cosine"] > 0.5
+    rec = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["distill"]
+    parity = rec["metrics"]["qat_export_parity"]  # the graph against its fake-quantized model
+    assert parity["cosine"] > 0.99
+    weights = [
+        t for t in graph.initializer if len(t.dims) == 2 and t.data_type == onnx.TensorProto.INT8
+    ]
+    floats = [  # a float matrix (not a column of row scales) would be an unquantized weight
+        t
+        for t in graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and min(t.dims) > 1
+    ]
+    assert weights and not floats  # the last Linear too: there is no head to keep float
