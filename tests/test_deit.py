@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from tiny import run_onnx, tiny_vit, vit_config, write_yaml
+from tiny import run_onnx, tiny_beit, tiny_vit, vit_config, write_yaml
 
 from kdc import api
 from kdc.compress.proxies import classifier_gradient, diswot, features_logits_cams
@@ -163,19 +163,7 @@ def test_deit_prunes_and_bundles_for_jetson(deit_project, tmp_path):
 
 def test_a_vit_like_without_absolute_positions_counts_cls_alone():
     """BEiT's positions are relative (no position-embedding table to count rows of): [CLS]."""
-    from transformers import BeitConfig, BeitForImageClassification
-
-    config = BeitConfig(
-        image_size=8,
-        patch_size=2,
-        num_channels=1,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=3,
-    )
-    adapter = HFImageAdapter(BeitForImageClassification(config).eval(), {})
+    adapter = HFImageAdapter(tiny_beit(relative=True), {})
     arch = adapter.architecture()
     assert (arch["special_tokens"], arch["classifier_tokens"]) == (1, 1)
 

@@ -270,7 +270,8 @@ def _models(report: dict) -> Section:
         ]
         for name, label, part, status, prec in named
     ]
-    return Section("Teacher, student and engines", lines=_beside(report), table=(head, rows))
+    lines = _beside(report) + _quantized_how(report)
+    return Section("Teacher, student and engines", lines=lines, table=(head, rows))
 
 
 BESIDE = {
@@ -289,6 +290,39 @@ def _beside(report: dict) -> list[str]:
         for key, why in BESIDE.items()
         if isinstance(e.get(key), dict)
     ]
+
+
+def _quantized_how(report: dict) -> list[str]:
+    """How each INT8 graph was made: quantization-aware training (its scheme and epochs) or PTQ
+    (its method, calibration and, under `ptq: auto`, each backend's loss and p50)."""
+    lines = []
+    for e in report.get("engines") or []:
+        q = e.get("quantization")
+        if not isinstance(q, dict) or not q.get("method"):
+            continue
+        if q["method"] == "qat":
+            how = (
+                f"quantization-aware training, {q.get('epochs', DASH)} epochs of distillation with "
+                f"{q.get('scheme', DASH)}"
+            )
+        else:
+            how = f"post-training quantization, {q['method']}"
+            if q.get("calibration_rows"):
+                how += f" calibrated on {q['calibration_rows']} training rows"
+            if q.get("weights"):
+                how += f", weights {q['weights']}"
+        how += f", activations {q['activations']}" if q.get("activations") else ""
+        choice = q.get("backend_choice") or {}
+        if choice.get("loss"):
+            p50 = choice.get("p50_ms") or {}
+            tried = " and ".join(
+                f"{b} (loss {loss:g}" + (f", p50 {sig(p50[b])} ms)" if b in p50 else ")")
+                for b, loss in choice["loss"].items()
+            )
+            measure = (q.get("loss") or {}).get("measure")
+            how += f"; ptq: auto compared {tried}" + (f", loss: {measure}" if measure else "")
+        lines.append(f"{engine_label(e)}: made by {how}")
+    return lines
 
 
 def _constraints(report: dict) -> Section:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tiny import exported_bert, tiny_vit
+from tiny import exported_bert, tiny_beit, tiny_vit
 
 from kdc.deploy.graph_cost import (
     analyze_architecture,
@@ -460,26 +460,10 @@ def test_beit_architecture_matches_exported_beit(tmp_path, relative):
     """BEiT (absolute or relative positions, layer scale) reads the mean of its patch tokens
     through a LayerNorm instead of a final LayerNorm and [CLS]: the architecture costs that
     graph (it counted a final LN over every token and no mean)."""
-    import torch
-    from transformers import BeitConfig, BeitForImageClassification
-
     from kdc.export.onnx_export import export_onnx
     from kdc.models.hf_image import HFImageAdapter
 
-    config = BeitConfig(
-        image_size=8,
-        patch_size=2,
-        num_channels=1,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_labels=10,
-        use_relative_position_bias=relative,
-        use_absolute_position_embeddings=not relative,
-    )
-    torch.manual_seed(0)
-    model = BeitForImageClassification(config).eval()
+    model = tiny_beit(hidden=64, heads=4, labels=10, relative=relative)
     adapter = HFImageAdapter(model, {"image_mean": [0.5], "image_std": [0.5]})
     x = adapter.encode(np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32))
     export_onnx(adapter, x, tmp_path / "beit.onnx")

@@ -313,3 +313,32 @@ def test_plot_gives_every_point_its_own_label_apart_from_the_others(report, monk
     for _, (px, py), box, leader in labels:
         if leader is None:  # right beside its point: starts just right of it, on its line
             assert 0 < box.x0 - px < 20 and box.y0 - 12 < py < box.y1
+
+
+def test_markdown_says_how_each_int8_graph_was_made(report):
+    """An INT8 engine's quantization record (PTQ method, calibration, ptq: auto's comparison; or
+    QAT's scheme and epochs) reaches report.md; it was only in report.json."""
+    import copy
+
+    r = copy.deepcopy(report)
+    e = next(e for e in r["engines"] if (e["engine"], e["precision"]) == ("onnxruntime", "int8"))
+    e["quantization"] = {
+        "method": "ort-static-qdq",
+        "calibration_rows": 128,
+        "weights": "int8 per-channel",
+        "activations": "uint8 asymmetric",
+        "backend_choice": {"loss": {"onnxruntime": 0.004, "nncf": 0.008}, "p50_ms": {"nncf": 8.7}},
+        "loss": {"measure": "share of rows whose class differs from FP32"},
+    }
+    md = render_markdown(r)
+    assert (
+        "- onnxruntime-int8: made by post-training quantization, ort-static-qdq calibrated on 128 "
+        "training rows, weights int8 per-channel, activations uint8 asymmetric; ptq: auto "
+        "compared onnxruntime (loss 0.004) and nncf (loss 0.008, p50 8.70 ms), loss: share of "
+        "rows whose class differs from FP32"
+    ) in md
+    e["quantization"] = {"method": "qat", "scheme": "NNCF fake quantizers", "epochs": 2}
+    assert (
+        "- onnxruntime-int8: made by quantization-aware training, 2 epochs of distillation "
+        "with NNCF fake quantizers" in render_markdown(r)
+    )

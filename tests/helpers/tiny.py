@@ -335,6 +335,27 @@ def tiny_vit(
     return model
 
 
+def tiny_beit(hidden: int = 32, heads: int = 2, labels: int = 3, relative: bool = False):
+    """An untrained one-channel 8x8 BEiT classifier (2 layers, patch 2, mean pooling): absolute
+    position embeddings, or with `relative` relative position biases and no position table."""
+    from transformers import BeitConfig, BeitForImageClassification
+
+    config = BeitConfig(
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        num_labels=labels,
+        use_relative_position_bias=relative,
+        use_absolute_position_embeddings=not relative,
+    )
+    torch.manual_seed(0)
+    return BeitForImageClassification(config).eval()
+
+
 def make_vit_project(root: Path, kind: str = "vit") -> Path:
     """A 4-layer ViT (8×8 one-channel digits, 2×2 patches; `kind` as for tiny_vit) trained on
     digits, saved as a Hugging Face directory with its image processor config."""
