@@ -32,6 +32,8 @@ def test_cnn_qat_exports_standard_qdq_onnx(tmp_path):
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     assert non_standard_ops(model) == [] and "FakeQuantize" not in ops
+    weights = [t for t in model.graph.initializer if len(t.dims) >= 2]  # conv kernels, the Gemm's
+    assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)  # folded
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, data.val)[0]
     ref = q.forward_numpy(data.val)  # the fake-quantized PyTorch model it was exported from
