@@ -220,6 +220,11 @@ def has_int8_dot(flags: set[str]) -> bool:
     return bool(INT8_DOT & flags)
 
 
+def host_has_int8_dot() -> bool:
+    """`has_int8_dot` for this machine's CPU."""
+    return has_int8_dot(cpu_info()[1])
+
+
 def host_threads() -> int:
     """CPUs this process may use."""
     try:

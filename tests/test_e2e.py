@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from tiny import bert_config, cnn_config, write_yaml
+from tiny import bert_config, cnn_config, config_of, write_yaml
 from typer.testing import CliRunner
 
 from kdc.cli import app
@@ -98,10 +98,9 @@ def test_bert_compress_beats_untrained_student(bert_project, tmp_path):
 
 
 def test_constraint_failure_exits_1(cnn_project, tmp_path):
-    cfg = json.loads(json.dumps(__import__("yaml").safe_load(cnn_project.read_text())))
+    cfg = config_of(cnn_project)
     cfg["constraints"] = {"latency_budget_ms": 1e-6}
     cfg["distill"]["epochs"] = 1
-    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
     path = write_yaml(tmp_path / "model.yaml", cfg)
     res = _compress(path, tmp_path / "run")
     assert res.exit_code == 1, res.output

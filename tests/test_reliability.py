@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from malformed import snapshot
-from tiny import write_yaml
+from tiny import config_of, write_yaml
 
 from kdc import api
 from kdc.errors import UserError
@@ -35,8 +35,7 @@ MPL_CACHE = re.compile(r"/home/\.cache/matplotlib/fontlist-[^/]*\.json$")
 # ---------------------------------------------------------------- helpers (bench uses them too)
 def project_config(cnn_project: Path, root: Path, epochs: int = 2) -> Path:
     """The tiny CNN project's config in `root` (teacher weights by absolute path)."""
-    cfg = yaml.safe_load(cnn_project.read_text())
-    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg = config_of(cnn_project)
     cfg["distill"]["epochs"] = epochs
     # one INT8 backend: `auto` picks between two by timing them on this (busy) machine, so two
     # runs of the same student could ship different graphs

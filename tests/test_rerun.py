@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 
-import yaml
-from tiny import write_yaml
+from tiny import config_of, write_yaml
 
 from kdc import api
 
@@ -15,8 +14,7 @@ STALE = ("config.json", "tokenizer.json", "vocab.txt", "shapes.json")  # an earl
 
 
 def test_rerun_replaces_student_and_engine_directories(cnn_project, tmp_path):
-    cfg = yaml.safe_load(cnn_project.read_text())
-    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg = config_of(cnn_project)
     cfg["distill"]["epochs"] = 1
     path = write_yaml(tmp_path / "model.yaml", cfg)
     run = tmp_path / "run"

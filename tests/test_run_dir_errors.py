@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import yaml
-from tiny import write_yaml
+from tiny import config_of, write_yaml
 from typer.testing import CliRunner
 
 from kdc import api
@@ -19,8 +19,7 @@ runner = CliRunner()
 
 
 def _cfg(cnn_project, root, **data):
-    cfg = yaml.safe_load(cnn_project.read_text())
-    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg = config_of(cnn_project)
     cfg["distill"]["epochs"] = 1
     cfg["data"].update(data)
     return write_yaml(root / "model.yaml", cfg)

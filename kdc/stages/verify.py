@@ -15,7 +15,7 @@ from kdc.deploy.onnxruntime import make_session, run_session, session_options_re
 from kdc.errors import UserError
 from kdc.export.parity import compare
 from kdc.pipeline import Context, StageOutput
-from kdc.profiles import cpu_info, has_int8_dot
+from kdc.profiles import host_has_int8_dot
 from kdc.rundir import read_json, sha256_file, write_json
 from kdc.stages.build import int8_runs_here, tensorrt_not_on_target, tensorrt_on_target
 from kdc.stages.export import student_reference
@@ -126,7 +126,7 @@ def _engine_block(
                 "Q/DQ graph run in float: the quantisation is fine, this CPU's int8 kernels are "
                 + (
                     "not; for CPU targets"
-                    if has_int8_dot(cpu_info()[1])
+                    if host_has_int8_dot()
                     else "not (S8S8 without VNNI saturates); for CPU targets"
                 )
                 + " use asymmetric activations (quantize.symmetric_activations: false)"
@@ -245,7 +245,7 @@ def _warn_if_int8_not_faster(engines: list[dict]) -> None:
     smaller = (int8.get("size_mb") or 0) < (fp32.get("size_mb") or 0)
     why = (
         "this graph's int8 kernels gain little here (per-call and quantize/dequantize overheads)"
-        if has_int8_dot(cpu_info()[1])
+        if host_has_int8_dot()
         else "int8 kernels gain little without VNNI"
     )
     int8.setdefault("warnings", []).append(

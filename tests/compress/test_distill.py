@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
-from tiny import tiny_bert, write_yaml
+from tiny import config_of, tiny_bert, write_yaml
 
 from kdc.compress.distill import (
     Checkpoint,
@@ -273,8 +272,7 @@ def test_stage_prunes_and_saves_a_reloadable_student(cnn_project, tmp_path, caps
     from kdc import api
     from kdc.models import load_student
 
-    cfg = yaml.safe_load(cnn_project.read_text())
-    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg = config_of(cnn_project)
     cfg["distill"].update(epochs=2, losses=[{"name": "logits"}, {"name": "relation"}])
     cfg["prune"] = {"enabled": True, "ratio": 0.5, "steps": 2, "epochs": 1}
     path = write_yaml(tmp_path / "model.yaml", cfg)
@@ -356,8 +354,7 @@ def test_no_epochs_keeps_the_untrained_student_and_says_so(cnn_project, tmp_path
     last epoch (-1)'."""
     from kdc import api
 
-    cfg = yaml.safe_load(cnn_project.read_text())
-    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg = config_of(cnn_project)
     cfg["distill"]["epochs"] = 0
     path = write_yaml(tmp_path / "model.yaml", cfg)
     api.search(path, "host", tmp_path / "run", quiet=True)

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from test_distill import FEATURE_LOSSES, _cfg, cnn, toy_data
-from tiny import tiny_text_adapter
+from tiny import config_of, tiny_text_adapter
 
 from kdc.compress.distill import distill
 from kdc.compress.fake_quant import QuantEmbedding, QuantLinear
@@ -97,13 +97,11 @@ def test_transformer_qat_trains_feature_losses_and_exports_qdq(tmp_path, symmetr
 def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_path):
     import json
 
-    import yaml
     from tiny import write_yaml
 
     from kdc import api
 
-    cfg = yaml.safe_load(cnn_project.read_text())
-    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg = config_of(cnn_project)
     cfg["distill"].update(epochs=1, augment="shift")  # the teacher runs in training
     cfg["quantize"].update(method="qat", qat_epochs=1)
     path = write_yaml(tmp_path / "model.yaml", cfg)
@@ -126,15 +124,11 @@ def test_text_transformer_qat_end_to_end(bert_project, tmp_path, target):
     """A BERT student distilled, then trained fake-quantized (it was refused before any stage):
     its Q/DQ graph ships as the INT8 engine and keeps the FP32 student's accuracy; for a
     TensorRT target it is symmetric and bundled (kdc lint finds nothing TensorRT cannot parse)."""
-    import yaml
     from tiny import write_yaml
 
     from kdc import api
 
-    cfg = yaml.safe_load(bert_project.read_text())
-    cfg["teacher"]["path"] = str(bert_project.parent / "teacher")
-    for key in ("source", "eval"):
-        cfg["data"][key] = str(bert_project.parent / cfg["data"][key])
+    cfg = config_of(bert_project)
     cfg["quantize"].update(method="qat", qat_epochs=1)
     report = api.compress(
         write_yaml(tmp_path / "model.yaml", cfg), target, tmp_path / "run", quiet=True

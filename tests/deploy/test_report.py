@@ -224,9 +224,10 @@ def test_a_slow_int8_engine_is_blamed_on_vnni_only_where_the_cpu_lacks_it(
     report, monkeypatch, flags
 ):
     """'without VNNI' was said on the VNNI/AMX Xeon too (a tiny embedding model's INT8 graph)."""
+    import kdc.profiles as P
     import kdc.stages.verify as V
 
-    monkeypatch.setattr(V, "cpu_info", lambda: ("a CPU", flags))
+    monkeypatch.setattr(P, "cpu_info", lambda: ("a CPU", flags))
     engines = json.loads(json.dumps(report["engines"]))
     engines[0]["latency"] = {**engines[0]["latency"], "p50_ms": engines[1]["latency"]["p50_ms"]}
     V._warn_if_int8_not_faster(engines)

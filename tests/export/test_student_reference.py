@@ -5,8 +5,7 @@ reads."""
 from __future__ import annotations
 
 import numpy as np
-import yaml
-from tiny import write_yaml
+from tiny import config_of, write_yaml
 
 from kdc import api
 from kdc.models import load_student
@@ -14,8 +13,7 @@ from kdc.stages.export import REFERENCE, reference_key, student_reference
 
 
 def test_verify_reuses_export_reference_only_for_the_same_student(cnn_project, tmp_path):
-    cfg = yaml.safe_load(cnn_project.read_text())
-    cfg["teacher"]["weights"] = str(cnn_project.parent / "teacher.safetensors")
+    cfg = config_of(cnn_project)
     cfg["distill"]["epochs"] = 1
     path = write_yaml(tmp_path / "model.yaml", cfg)
     run = tmp_path / "run"

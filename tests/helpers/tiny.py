@@ -77,6 +77,22 @@ def cnn_config(weights: str | None = "teacher.safetensors", **over) -> dict:
     return cfg
 
 
+def config_of(project: Path) -> dict:
+    """A tiny project's model.yaml (`project`) as a dict whose file paths (teacher, data) are
+    absolute, for a variant written elsewhere (tmp_path)."""
+    cfg = yaml.safe_load(project.read_text())
+    for section, key in (
+        ("teacher", "path"),
+        ("teacher", "weights"),
+        ("data", "source"),
+        ("data", "eval"),
+    ):
+        value = cfg.get(section, {}).get(key)
+        if value and not str(value).startswith("sklearn:"):
+            cfg[section][key] = str(project.parent / value)
+    return cfg
+
+
 def make_cnn_project(root: Path) -> Path:
     from kdc.config import parse_config
     from kdc.data import load_dataset
