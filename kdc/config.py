@@ -163,7 +163,7 @@ class DistillConfig(Section):
     temperature: float = Field(2.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
     losses: list[LossConfig] | None = None
-    augment: Literal["none", "auto", "splice", "shift"] = "none"
+    augment: Literal["none", "auto", "splice", "swap", "mix", "shift"] = "none"
     augment_prob: float = Field(0.5, ge=0, le=1)
     group_by_length: bool = True
     # memory (per process) for the teacher's outputs on rows that reach it unperturbed, looked

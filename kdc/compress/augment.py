@@ -4,8 +4,9 @@ than the training set holds (TinyBERT's data augmentation, MixKD's mixing; Jiao 
 Liang et al. 2021). Perturbed rows take the teacher's class as their hard label: a spliced review
 has no label of its own.
 
-`AUGMENTS[name](batch, rng, prob) -> (batch, changed)`: `changed` is a boolean mask of the rows
-that were perturbed. `auto` picks by input kind (AUTO_AUGMENT).
+An augmentation is `(batch, rng, prob) -> (batch, changed)`: `changed` is a boolean mask of the
+rows that were perturbed. `AUGMENTS[name](inputs, teacher)` makes one for the training inputs and
+the teacher module; `auto` picks by input kind (AUTO_AUGMENT).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from kdc.errors import UserError
 Batch = dict[str, torch.Tensor]
 Augment = Callable[[Batch, np.random.Generator, float], tuple[Batch, np.ndarray]]
 DELETE_PROB = 0.1  # share of a row's tokens dropped by token deletion
+SWAP_PROB = 0.3  # share of a row's tokens replaced by token substitution
+NEIGHBOURS = 10  # candidates per token: its nearest tokens in the teacher's embedding table
 MAX_SHIFT = 0.1  # largest image translation, as a share of its side
 
 
@@ -45,12 +48,19 @@ def splice_text(batch: Batch, rng: np.random.Generator, prob: float) -> tuple[Ba
     """Text: each row, with probability `prob`, becomes the head of itself followed by the tail
     of another row of the batch (both cut at random), or itself with 10 % of its tokens deleted.
     Every sequence input (ids, type ids, mask) is rearranged alike; rows keep the batch width."""
+    return splice_rows(batch, rng, rng.random(len(batch["input_ids"])) < prob)
+
+
+def splice_rows(
+    batch: Batch, rng: np.random.Generator, chosen: np.ndarray
+) -> tuple[Batch, np.ndarray]:
+    """`splice_text` on the `chosen` rows."""
     mask = batch.get("attention_mask")
     if mask is None or mask.dim() != 2:
         raise ValueError("text augmentation needs an attention_mask input")
     b, width = mask.shape
     length = mask.sum(1).tolist()
-    changed = rng.random(b) < prob
+    changed = chosen
     same = [[(i, p) for p in range(length[i])] for i in range(b)]
     orders = [_token_order(length, rng, i, width) if changed[i] else same[i] for i in range(b)]
     changed = np.array([o != s for o, s in zip(orders, same, strict=True)])  # really perturbed
@@ -90,8 +100,90 @@ def shift_image(batch: Batch, rng: np.random.Generator, prob: float) -> tuple[Ba
     return {**batch, name: out}, changed
 
 
-AUGMENTS: dict[str, Augment] = {"splice": splice_text, "shift": shift_image}
+class TokenSwap:
+    """Text: each row, with probability `prob`, has `SWAP_PROB` of its tokens (not the first and
+    last) replaced by one of their `NEIGHBOURS` nearest tokens by cosine in the teacher's input
+    embedding table, among the tokens the training rows use (TinyBERT's word replacement, with the
+    teacher's own embeddings for GloVe's)."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], table: torch.Tensor) -> None:
+        ids, mask = inputs["input_ids"], inputs["attention_mask"].astype(bool)
+        inner = mask.copy()
+        inner[:, 0] = False
+        inner[np.arange(len(mask)), np.maximum(mask.sum(1) - 1, 0)] = False  # last real token
+        self.vocab = np.unique(ids[inner])
+        emb = F.normalize(table.detach().float()[torch.from_numpy(self.vocab)], dim=1)
+        k = min(NEIGHBOURS, len(self.vocab) - 1)
+        sim = emb @ emb.T
+        sim.fill_diagonal_(-2.0)  # never the token itself
+        self.near = self.vocab[sim.topk(max(k, 0), dim=1).indices.numpy()]
+
+    def __call__(
+        self, batch: Batch, rng: np.random.Generator, prob: float
+    ) -> tuple[Batch, np.ndarray]:
+        return self.rows(batch, rng, rng.random(len(batch["input_ids"])) < prob)
+
+    def rows(
+        self, batch: Batch, rng: np.random.Generator, chosen: np.ndarray
+    ) -> tuple[Batch, np.ndarray]:
+        """Substitution on the `chosen` rows."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        out = ids.clone()
+        changed = chosen.copy()
+        length = mask.sum(1).tolist()
+        for i in np.flatnonzero(changed):
+            pos = np.arange(1, length[i] - 1)
+            pos = pos[rng.random(len(pos)) < SWAP_PROB]
+            row = ids[i, pos].numpy()
+            at = np.searchsorted(self.vocab, row).clip(0, len(self.vocab) - 1)
+            known = (self.vocab[at] == row) & (self.near.shape[1] > 0)
+            pick = rng.integers(max(self.near.shape[1], 1), size=len(pos))
+            if known.any():
+                out[i, pos[known]] = torch.from_numpy(self.near[at[known], pick[known]])
+            changed[i] = not torch.equal(out[i], ids[i])
+        return {**batch, "input_ids": out}, changed
+
+
+def input_embeddings(teacher: torch.nn.Module | None) -> torch.Tensor:
+    """The teacher's token embedding table (Hugging Face `get_input_embeddings`, else its first
+    nn.Embedding)."""
+    if teacher is not None:
+        get = getattr(teacher, "get_input_embeddings", None)
+        emb = get() if callable(get) else None
+        if emb is None:
+            emb = next((m for m in teacher.modules() if isinstance(m, torch.nn.Embedding)), None)
+        if emb is not None:
+            return emb.weight
+    raise UserError(
+        "token substitution needs the teacher's token embedding table; none was found",
+        field="distill.augment",
+        fix="use splice",
+    )
+
+
+def mix_text(inputs: dict[str, np.ndarray], teacher: torch.nn.Module | None) -> Augment:
+    """Text: each perturbed row is spliced or cut (`splice`) or has tokens substituted (`swap`),
+    equally often."""
+    swap = TokenSwap(inputs, input_embeddings(teacher))
+
+    def mix(batch: Batch, rng: np.random.Generator, prob: float) -> tuple[Batch, np.ndarray]:
+        pick = rng.random(len(batch["input_ids"]))
+        batch, swapped = swap.rows(batch, rng, pick < prob / 2)
+        batch, spliced = splice_rows(batch, rng, (pick >= prob / 2) & (pick < prob))
+        return batch, swapped | spliced
+
+    return mix
+
+
+AugmentFactory = Callable[[dict[str, np.ndarray], torch.nn.Module | None], Augment]
+AUGMENTS: dict[str, AugmentFactory] = {
+    "splice": lambda inputs, teacher: splice_text,
+    "swap": lambda inputs, teacher: TokenSwap(inputs, input_embeddings(teacher)),
+    "mix": mix_text,
+    "shift": lambda inputs, teacher: shift_image,
+}
 AUTO_AUGMENT = {"text": "splice", "image": "shift"}  # by input kind
+KIND = {"splice": "text", "swap": "text", "mix": "text", "shift": "image"}
 
 
 def input_kind(inputs: dict[str, np.ndarray]) -> str:
@@ -101,16 +193,25 @@ def input_kind(inputs: dict[str, np.ndarray]) -> str:
     return "image" if any(v.ndim == 4 for v in inputs.values()) else "other"
 
 
-def resolve_augment(name: str | None, inputs: dict[str, np.ndarray]) -> Augment | None:
+def augment_name(name: str | None, inputs: dict[str, np.ndarray]) -> str | None:
     """The augmentation `distill.augment` names for these inputs (`auto`: by input kind), None
-    when off."""
+    when off; a name that does not fit the inputs is a UserError."""
     if name in (None, "none"):
         return None
     kind = input_kind(inputs)
-    if kind not in AUTO_AUGMENT or name not in ("auto", AUTO_AUGMENT[kind]):
+    fits = [n for n, k in KIND.items() if k == kind]
+    if kind not in AUTO_AUGMENT or name not in ("auto", *fits):
         raise UserError(
             f"augmentation '{name}' does not apply to {kind} inputs",
             field="distill.augment",
-            fix=f"use {'auto or ' + AUTO_AUGMENT[kind] if kind in AUTO_AUGMENT else 'none'}",
+            fix=f"use {' or '.join(['auto', *fits]) if fits else 'none'}",
         )
-    return AUGMENTS[AUTO_AUGMENT[kind]]
+    return AUTO_AUGMENT[kind] if name == "auto" else name
+
+
+def resolve_augment(
+    name: str | None, inputs: dict[str, np.ndarray], teacher: torch.nn.Module | None = None
+) -> Augment | None:
+    """The augmentation `distill.augment` names, made for these training inputs and teacher."""
+    key = augment_name(name, inputs)
+    return None if key is None else AUGMENTS[key](inputs, teacher)

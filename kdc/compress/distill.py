@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdc.compress.augment import resolve_augment
+from kdc.compress.augment import augment_name, resolve_augment
 from kdc.compress.hooks import FeatureTaps, find_taps
 from kdc.compress.losses import (
     DEFAULT_LOSSES,
@@ -130,7 +130,7 @@ def teacher_runs_each_step(
     """Whether training runs the teacher on every batch (to label augmented rows, or for the
     features a loss reads); its logits then come with each batch and need no precomputing."""
     specs = resolve_losses(cfg, family, task)
-    return resolve_augment(cfg.augment, train) is not None or bool(wanted_taps(specs))
+    return augment_name(cfg.augment, train) is not None or bool(wanted_taps(specs))
 
 
 def loss_params(spec: LossConfig, cfg: DistillConfig) -> dict:
@@ -268,9 +268,11 @@ class _Trainer:
         taps = self.t_taps.taps if self.t_taps else {}
         axes = {n: t.seq_axis for n, t in taps.items() if t.seq_axis is not None}
         self.cache = TeacherCache(axes, cfg.teacher_cache_mb * MB)
-        self.augment = resolve_augment(cfg.augment, data.train)
-        if self.augment is not None and teacher is None:
+        if augment_name(cfg.augment, data.train) is not None and teacher is None:
             raise ValueError("distill.augment needs the teacher model to label augmented rows")
+        self.augment = resolve_augment(
+            cfg.augment, data.train, None if teacher is None else teacher.module
+        )
         self.objective = Objective(student.module, specs, cfg, self.s_taps)
         n = self.n = len(data)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index

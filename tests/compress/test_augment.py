@@ -10,7 +10,7 @@ import torch
 from test_distill import _cfg, _train_teacher, cnn, toy_data
 from tiny import sentences, tiny_bert
 
-from kdc.compress.augment import resolve_augment, shift_image, splice_text
+from kdc.compress.augment import TokenSwap, resolve_augment, shift_image, splice_text
 from kdc.compress.distill import DistillData, _Trainer, distill
 from kdc.errors import UserError
 from kdc.models.hf import HFTextAdapter
@@ -66,10 +66,50 @@ def test_augment_names_are_checked_against_the_inputs():
     assert resolve_augment("none", text) is None
     assert resolve_augment("auto", text) is splice_text
     assert resolve_augment("auto", image) is shift_image
-    with pytest.raises(UserError, match=r"distill\.augment.*'shift'.*text.*auto or splice"):
+    with pytest.raises(UserError, match=r"distill\.augment.*'shift'.*text.*auto or splice or swap"):
         resolve_augment("shift", text)
     with pytest.raises(UserError, match="use none"):
         resolve_augment("auto", {"features": np.zeros((2, 3))})
+
+
+def swap_table() -> tuple[dict[str, np.ndarray], torch.Tensor]:
+    """The text batch's inputs and an embedding table where token t's nearest tokens are t ± 1."""
+    inputs = {k: v.numpy() for k, v in text_batch().items()}
+    angle = torch.arange(32, dtype=torch.float32) * 0.05
+    return inputs, torch.stack([angle.cos(), angle.sin()], dim=1)
+
+
+def test_swap_replaces_tokens_by_embedding_neighbours_the_training_rows_use():
+    inputs, table = swap_table()
+    swap = TokenSwap(inputs, table)
+    assert swap.vocab.tolist() == [3, *range(5, 17)]  # inner tokens only: no [CLS], [SEP], pad
+    assert swap.near[swap.vocab.tolist().index(8)][:2].tolist() in ([7, 9], [9, 7])
+    batch = text_batch()
+    seen = set()
+    for seed in range(30):
+        out, changed = swap(batch, np.random.default_rng(seed), 1.0)
+        ids = out["input_ids"]
+        assert torch.equal(ids[:, 0], batch["input_ids"][:, 0]) and set(out) == set(batch)
+        assert torch.equal(out["attention_mask"], batch["attention_mask"])
+        for i, flag in enumerate(changed):
+            assert flag == (not torch.equal(ids[i], batch["input_ids"][i]))
+            n = int(batch["attention_mask"][i].sum())
+            assert ids[i, n - 1] == SEP and (ids[i, n:] == 0).all()
+            seen |= set(ids[i, 1 : n - 1].tolist()) - set(batch["input_ids"][i].tolist())
+    assert seen and seen <= set(swap.vocab.tolist())
+
+
+def test_mix_splices_or_swaps_and_needs_an_embedding_table():
+    inputs, table = swap_table()
+    teacher = torch.nn.Sequential(torch.nn.Embedding.from_pretrained(table))
+    mix = resolve_augment("mix", inputs, teacher)
+    batch = text_batch()
+    out, changed = mix(batch, np.random.default_rng(0), 0.0)
+    assert not changed.any() and torch.equal(out["input_ids"], batch["input_ids"][:, :8])
+    hits = [mix(batch, np.random.default_rng(s), 1.0)[1].sum() for s in range(10)]
+    assert sum(hits) >= 15  # of 30 rows that can change (a swap may leave a short row as it was)
+    with pytest.raises(UserError, match=r"distill\.augment.*embedding table.*use splice"):
+        resolve_augment("swap", inputs, torch.nn.Linear(2, 2))
 
 
 def test_augmented_rows_take_the_teachers_logits_and_class():
@@ -107,6 +147,9 @@ def test_distill_with_augmentation_learns_images_and_runs_on_text(tmp_path):
         y[40:],
         bert.forward_numpy({k: v[:40] for k, v in x.items()}),
     )
-    cfg = _cfg(epochs=1, lr=1e-3, augment="auto", losses=[{"name": "logits"}, {"name": "hidden"}])
-    res = distill(small, text, cfg, 0, teacher=bert)
-    assert np.isfinite(res.history[0]["loss"])
+    for augment in ("auto", "mix"):
+        losses = [{"name": "logits"}, {"name": "hidden"}]
+        res = distill(
+            small, text, _cfg(epochs=1, lr=1e-3, augment=augment, losses=losses), 0, teacher=bert
+        )
+        assert np.isfinite(res.history[0]["loss"])
