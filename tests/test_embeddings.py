@@ -121,6 +121,33 @@ def test_sliced_student_and_width_agnostic_selection(tmp_path):
     assert -1.0 <= evaluate(student, data) <= 1.0  # Spearman: widths differ
 
 
+def test_an_encoder_has_no_classifier_head_to_read_features_from(tmp_path):
+    """The BERT pooler (its last Linear) is no head: the relation loss reads the output (the
+    task's default), and asking for the pooled feature is a config error."""
+    from kdc.compress.distill import DistillData, distill
+    from kdc.config import DistillConfig
+
+    teacher = SentenceAdapter.from_dir(_encoder_dir(tmp_path / "enc"), max_length=16)
+    assert teacher.classifiers() == []
+    student = teacher.select_layers([1, 3])
+    x = teacher.encode(_texts(16, 5))
+    t = teacher.forward_numpy(x)
+    data = DistillData(
+        x, np.zeros(0, np.int64), x, np.zeros(0, np.int64), t, t, "sentence-embedding"
+    )
+    cfg = {
+        "epochs": 1,
+        "batch_size": 8,
+        "losses": [{"name": "relation", "params": {"on": "pooled"}}],
+    }
+    with pytest.raises(UserError, match=r"distill\.losses.*on: output"):
+        distill(student, data, DistillConfig(**cfg), 0, teacher=teacher)
+    cfg["losses"] = [{"name": "relation"}]
+    assert np.isfinite(
+        distill(student, data, DistillConfig(**cfg), 0, teacher=teacher).history[0]["loss"]
+    )
+
+
 @pytest.mark.slow
 def test_compress_sentence_embedding_end_to_end(tmp_path):
     from kdc.cli import app

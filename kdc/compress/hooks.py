@@ -115,7 +115,7 @@ def transformer_taps(adapter: ModelAdapter, example: dict[str, np.ndarray]) -> d
             for k in ("query", "key", "value"):
                 taps[f"{k}{i}"] = Tap(getattr(attn, k), heads_of=attn)
     pooler = getattr(base, "pooler", None)
-    if isinstance(pooler, nn.Module):
+    if isinstance(pooler, nn.Module) and adapter.classifiers():  # a sentence encoder has no head
         taps["pooled"] = Tap(pooler)
     else:
         taps.update(_pooled(adapter))

@@ -286,7 +286,11 @@ def _row_features(f: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def _pooled(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
     s, t = x.student_features.get("pooled"), x.teacher_features.get("pooled")
     if s is None or t is None:
-        raise ValueError("no pooled-feature tap")
+        raise UserError(
+            "a loss reads the features entering the classifier head, and this model has none",
+            field="distill.losses",
+            fix="give the relation and embedding losses params: {on: output}",
+        )
     return _row_features(s, x.mask), _row_features(t, x.mask)
 
 

@@ -142,6 +142,10 @@ class SentenceAdapter(TextTransformerAdapter):
             normalize=meta["normalize"],
         )
 
+    def classifiers(self) -> list[nn.Linear]:
+        """None: the output is the pooled encoder state (a BERT's unused pooler is no head)."""
+        return []
+
     def _like(self, model: nn.Module) -> SentenceAdapter:
         return SentenceAdapter(model, self.tokenizer, self.max_length, self.pooling, self.normalize)
 
