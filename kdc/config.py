@@ -153,7 +153,7 @@ class LossConfig(Section):
 class DistillConfig(Section):
     """Training of the student. `losses` defaults to the model family's recipe; `augment`
     perturbs `augment_prob` of each batch's rows and has the teacher label them (`auto`: text
-    splicing, image shifts; kdc.compress.augment). `group_by_length` batches text rows of similar
+    splicing, image shifts; `swap`/`mix`: token substitution; kdc.compress.augment). `group_by_length` batches text rows of similar
     length together (less padding, same rows per epoch)."""
 
     epochs: int = Field(3, ge=0)
