@@ -153,8 +153,9 @@ class LossConfig(Section):
 class DistillConfig(Section):
     """Training of the student. `losses` defaults to the model family's recipe; `augment`
     perturbs `augment_prob` of each batch's rows and has the teacher label them (`auto`: text
-    splicing, image shifts; `swap`/`mix`: token substitution; kdc.compress.augment). `group_by_length` batches text rows of similar
-    length together (less padding, same rows per epoch)."""
+    splicing, image shifts; `swap`/`mix`: token substitution; kdc.compress.augment).
+    `group_by_length` batches text rows of similar length together (less padding, same rows per
+    epoch)."""
 
     epochs: int = Field(3, ge=0)
     batch_size: int = Field(32, ge=1)

@@ -13,6 +13,7 @@ def check_config(cfg: KdcConfig) -> None:
     """Raise a UserError naming the config file and field for the first problem found."""
     _check_paths(cfg)
     _check_names(cfg)
+    _check_augment(cfg)
     _check_max_length(cfg)
 
 
@@ -73,6 +74,21 @@ def _check_names(cfg: KdcConfig) -> None:
                 field=f"distill.losses[{i}].params",
                 fix=f"use {', '.join(takes)}" if takes else "remove params",
             )
+
+
+def _check_augment(cfg: KdcConfig) -> None:
+    """`distill.augment` made for the task's inputs (a text augmentation on an image model)."""
+    from kdc.compress.augment import KIND, TASK_KIND
+
+    name, kind = cfg.distill.augment, TASK_KIND.get(cfg.task)
+    if kind and KIND.get(name, kind) != kind:
+        fits = [n for n, k in KIND.items() if k == kind]
+        raise UserError(
+            f"augmentation '{name}' perturbs {KIND[name]}; task {cfg.task} takes {kind} inputs",
+            source=cfg.source_file,
+            field="distill.augment",
+            fix=f"use {' or '.join(['none', 'auto', *fits])}",
+        )
 
 
 def _check_max_length(cfg: KdcConfig) -> None:

@@ -36,6 +36,7 @@ BAD = [
         {"distill": {"losses": [{"name": "ce"}, {"name": "logits", "params": {"bogus": 1}}]}},
     ),
     ("search.proxy", {"search": {"proxy": "nosuch"}}),
+    ("distill.augment", {"distill": {"augment": "swap"}}),  # a text augmentation, a CNN
     ("search.proxies", {"search": {"proxies": ["params", "nosuch"]}}),
 ]
 

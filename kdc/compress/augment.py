@@ -183,7 +183,12 @@ AUGMENTS: dict[str, AugmentFactory] = {
     "shift": lambda inputs, teacher: shift_image,
 }
 AUTO_AUGMENT = {"text": "splice", "image": "shift"}  # by input kind
-KIND = {"splice": "text", "swap": "text", "mix": "text", "shift": "image"}
+KIND = {"splice": "text", "swap": "text", "mix": "text", "shift": "image"}  # inputs each fits
+TASK_KIND = {
+    "text-classification": "text",
+    "sentence-embedding": "text",
+    "image-classification": "image",
+}
 
 
 def input_kind(inputs: dict[str, np.ndarray]) -> str:
