@@ -128,6 +128,8 @@ class TokenSwap:
     ) -> tuple[Batch, np.ndarray]:
         """Substitution on the `chosen` rows."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.near.shape[1] == 0:  # the training rows use fewer than two inner tokens
+            return batch, np.zeros(len(ids), dtype=bool)
         out = ids.clone()
         changed = chosen.copy()
         length = mask.sum(1).tolist()
@@ -136,8 +138,8 @@ class TokenSwap:
             pos = pos[rng.random(len(pos)) < SWAP_PROB]
             row = ids[i, pos].numpy()
             at = np.searchsorted(self.vocab, row).clip(0, len(self.vocab) - 1)
-            known = (self.vocab[at] == row) & (self.near.shape[1] > 0)
-            pick = rng.integers(max(self.near.shape[1], 1), size=len(pos))
+            known = self.vocab[at] == row
+            pick = rng.integers(self.near.shape[1], size=len(pos))
             if known.any():
                 out[i, pos[known]] = torch.from_numpy(self.near[at[known], pick[known]])
             changed[i] = not torch.equal(out[i], ids[i])

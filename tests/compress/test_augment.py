@@ -97,6 +97,8 @@ def test_swap_replaces_tokens_by_embedding_neighbours_the_training_rows_use():
             assert ids[i, n - 1] == SEP and (ids[i, n:] == 0).all()
             seen |= set(ids[i, 1 : n - 1].tolist()) - set(batch["input_ids"][i].tolist())
     assert seen and seen <= set(swap.vocab.tolist())
+    short = {k: v[3:] for k, v in inputs.items()}  # [CLS] x [SEP]: one inner token, no neighbour
+    assert not TokenSwap(short, table)(batch, np.random.default_rng(0), 1.0)[1].any()
 
 
 def test_mix_splices_or_swaps_and_needs_an_embedding_table():
