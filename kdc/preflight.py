@@ -74,6 +74,14 @@ def _check_names(cfg: KdcConfig) -> None:
                 field=f"distill.losses[{i}].params",
                 fix=f"use {', '.join(takes)}" if takes else "remove params",
             )
+        if cfg.task == "sentence-embedding" and loss.params.get("on", "output") != "output":
+            raise UserError(
+                f"loss '{loss.name}' reads the features entering a classifier head, and a "
+                "sentence encoder has none",
+                source=cfg.source_file,
+                field=f"distill.losses[{i}].params.on",
+                fix="use on: output (the embedding), or remove it",
+            )
 
 
 def _check_augment(cfg: KdcConfig) -> None:

@@ -37,6 +37,13 @@ BAD = [
     ),
     ("search.proxy", {"search": {"proxy": "nosuch"}}),
     ("distill.augment", {"distill": {"augment": "swap"}}),  # a text augmentation, a CNN
+    (  # a sentence encoder has no classifier head whose input a loss could read
+        "distill.losses[0].params.on",
+        {
+            "task": "sentence-embedding",
+            "distill": {"losses": [{"name": "relation", "params": {"on": "pooled"}}]},
+        },
+    ),
     ("search.proxies", {"search": {"proxies": ["params", "nosuch"]}}),
 ]
 

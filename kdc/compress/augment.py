@@ -6,25 +6,31 @@ has no label of its own.
 
 An augmentation is `(batch, rng, prob) -> (batch, changed)`: `changed` is a boolean mask of the
 rows that were perturbed. `AUGMENTS[name](inputs, teacher)` makes one for the training inputs and
-the teacher module; `auto` picks by input kind (AUTO_AUGMENT).
+the teacher (a ModelAdapter); `auto` picks by input kind (AUTO_AUGMENT).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+from torch import nn
 
 from kdc.data.batching import trim_padding
 from kdc.errors import UserError
+
+if TYPE_CHECKING:
+    from kdc.models.base import ModelAdapter
 
 Batch = dict[str, torch.Tensor]
 Augment = Callable[[Batch, np.random.Generator, float], tuple[Batch, np.ndarray]]
 DELETE_PROB = 0.1  # share of a row's tokens dropped by token deletion
 SWAP_PROB = 0.3  # share of a row's tokens replaced by token substitution
 NEIGHBOURS = 10  # candidates per token: its nearest tokens in the teacher's embedding table
+SIM_ROWS = 2048  # rows of the token-similarity matrix computed at once
 MAX_SHIFT = 0.1  # largest image translation, as a share of its side
 
 
@@ -106,17 +112,31 @@ class TokenSwap:
     embedding table, among the tokens the training rows use (TinyBERT's word replacement, with the
     teacher's own embeddings for GloVe's)."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], table: torch.Tensor) -> None:
+    def __init__(
+        self, inputs: dict[str, np.ndarray], table: torch.Tensor, special: tuple[int, ...] = ()
+    ) -> None:
         ids, mask = inputs["input_ids"], inputs["attention_mask"].astype(bool)
         inner = mask.copy()
         inner[:, 0] = False
         inner[np.arange(len(mask)), np.maximum(mask.sum(1) - 1, 0)] = False  # last real token
-        self.vocab = np.unique(ids[inner])
+        vocab = np.unique(ids[inner]).astype(np.int64)
+        self.vocab = vocab[~np.isin(vocab, special)]  # never [UNK], [SEP], [MASK] in or out
+        if len(self.vocab) and self.vocab[-1] >= len(table):
+            raise UserError(
+                f"token id {self.vocab[-1]} is beyond the teacher's {len(table)}-row embedding "
+                "table",
+                field="distill.augment",
+                fix="use splice",
+            )
         emb = F.normalize(table.detach().float()[torch.from_numpy(self.vocab)], dim=1)
-        k = min(NEIGHBOURS, len(self.vocab) - 1)
-        sim = emb @ emb.T
-        sim.fill_diagonal_(-2.0)  # never the token itself
-        self.near = self.vocab[sim.topk(max(k, 0), dim=1).indices.numpy()]
+        k = max(min(NEIGHBOURS, len(self.vocab) - 1), 0)
+        near = []
+        for start in range(0, len(emb), SIM_ROWS):  # a block of rows at a time: V x V is GBs
+            sim = emb[start : start + SIM_ROWS] @ emb.T
+            rows = torch.arange(len(sim))
+            sim[rows, rows + start] = -2.0  # never the token itself
+            near.append(sim.topk(k, dim=1).indices)
+        self.near = self.vocab[torch.cat(near).numpy()] if near else np.zeros((0, 0), np.int64)
 
     def __call__(
         self, batch: Batch, rng: np.random.Generator, prob: float
@@ -141,19 +161,22 @@ class TokenSwap:
             known = self.vocab[at] == row
             pick = rng.integers(self.near.shape[1], size=len(pos))
             if known.any():
-                out[i, pos[known]] = torch.from_numpy(self.near[at[known], pick[known]])
+                out[i, pos[known]] = torch.from_numpy(self.near[at[known], pick[known]]).to(
+                    out.dtype
+                )
             changed[i] = not torch.equal(out[i], ids[i])
         return {**batch, "input_ids": out}, changed
 
 
-def input_embeddings(teacher: torch.nn.Module | None) -> torch.Tensor:
-    """The teacher's token embedding table (Hugging Face `get_input_embeddings`, else its first
-    nn.Embedding)."""
+def input_embeddings(teacher: ModelAdapter | None) -> torch.Tensor:
+    """The teacher's token embedding table: Hugging Face `get_input_embeddings` of the wrapped
+    model (or of the module), else the module's first nn.Embedding."""
     if teacher is not None:
-        get = getattr(teacher, "get_input_embeddings", None)
-        emb = get() if callable(get) else None
-        if emb is None:
-            emb = next((m for m in teacher.modules() if isinstance(m, torch.nn.Embedding)), None)
+        for m in (getattr(teacher, "model", None), teacher.module):
+            get = getattr(m, "get_input_embeddings", None)
+            if callable(get) and isinstance(emb := get(), nn.Embedding):
+                return emb.weight
+        emb = next((m for m in teacher.module.modules() if isinstance(m, nn.Embedding)), None)
         if emb is not None:
             return emb.weight
     raise UserError(
@@ -163,10 +186,16 @@ def input_embeddings(teacher: torch.nn.Module | None) -> torch.Tensor:
     )
 
 
-def mix_text(inputs: dict[str, np.ndarray], teacher: torch.nn.Module | None) -> Augment:
+def token_swap(inputs: dict[str, np.ndarray], teacher: ModelAdapter | None) -> TokenSwap:
+    """`TokenSwap` over the teacher's embedding table, its tokenizer's special tokens excluded."""
+    special = getattr(getattr(teacher, "tokenizer", None), "all_special_ids", None) or ()
+    return TokenSwap(inputs, input_embeddings(teacher), tuple(special))
+
+
+def mix_text(inputs: dict[str, np.ndarray], teacher: ModelAdapter | None) -> Augment:
     """Text: each perturbed row is spliced or cut (`splice`) or has tokens substituted (`swap`),
     equally often."""
-    swap = TokenSwap(inputs, input_embeddings(teacher))
+    swap = token_swap(inputs, teacher)
 
     def mix(batch: Batch, rng: np.random.Generator, prob: float) -> tuple[Batch, np.ndarray]:
         pick = rng.random(len(batch["input_ids"]))
@@ -177,10 +206,10 @@ def mix_text(inputs: dict[str, np.ndarray], teacher: torch.nn.Module | None) -> 
     return mix
 
 
-AugmentFactory = Callable[[dict[str, np.ndarray], torch.nn.Module | None], Augment]
+AugmentFactory = Callable[[dict[str, np.ndarray], "ModelAdapter | None"], Augment]
 AUGMENTS: dict[str, AugmentFactory] = {
     "splice": lambda inputs, teacher: splice_text,
-    "swap": lambda inputs, teacher: TokenSwap(inputs, input_embeddings(teacher)),
+    "swap": token_swap,
     "mix": mix_text,
     "shift": lambda inputs, teacher: shift_image,
 }
@@ -217,7 +246,7 @@ def augment_name(name: str | None, inputs: dict[str, np.ndarray]) -> str | None:
 
 
 def resolve_augment(
-    name: str | None, inputs: dict[str, np.ndarray], teacher: torch.nn.Module | None = None
+    name: str | None, inputs: dict[str, np.ndarray], teacher: ModelAdapter | None = None
 ) -> Augment | None:
     """The augmentation `distill.augment` names, made for these training inputs and teacher."""
     key = augment_name(name, inputs)

@@ -270,9 +270,7 @@ class _Trainer:
         self.cache = TeacherCache(axes, cfg.teacher_cache_mb * MB)
         if augment_name(cfg.augment, data.train) is not None and teacher is None:
             raise ValueError("distill.augment needs the teacher model to label augmented rows")
-        self.augment = resolve_augment(
-            cfg.augment, data.train, None if teacher is None else teacher.module
-        )
+        self.augment = resolve_augment(cfg.augment, data.train, teacher)
         self.objective = Objective(student.module, specs, cfg, self.s_taps)
         n = self.n = len(data)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index

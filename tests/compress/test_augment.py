@@ -4,6 +4,8 @@ on teacher-labelled perturbed rows."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -103,7 +105,10 @@ def test_swap_replaces_tokens_by_embedding_neighbours_the_training_rows_use():
 
 def test_mix_splices_or_swaps_and_needs_an_embedding_table():
     inputs, table = swap_table()
-    teacher = torch.nn.Sequential(torch.nn.Embedding.from_pretrained(table))
+    positions = torch.nn.Embedding(8, 2)  # first, as in XLM: the token table is found by name
+    model = torch.nn.Sequential(positions, torch.nn.Embedding.from_pretrained(table))
+    model.get_input_embeddings = lambda: model[1]
+    teacher = SimpleNamespace(module=torch.nn.Sequential(model), model=model, tokenizer=None)
     mix = resolve_augment("mix", inputs, teacher)
     batch = text_batch()
     out, changed = mix(batch, np.random.default_rng(0), 0.0)
@@ -111,7 +116,30 @@ def test_mix_splices_or_swaps_and_needs_an_embedding_table():
     hits = [mix(batch, np.random.default_rng(s), 1.0)[1].sum() for s in range(10)]
     assert sum(hits) >= 15  # of 30 rows that can change (a swap may leave a short row as it was)
     with pytest.raises(UserError, match=r"distill\.augment.*embedding table.*use splice"):
-        resolve_augment("swap", inputs, torch.nn.Linear(2, 2))
+        resolve_augment("swap", inputs, SimpleNamespace(module=torch.nn.Linear(2, 2)))
+
+
+def test_swap_leaves_special_tokens_alone_and_checks_the_table():
+    inputs, table = swap_table()
+    inputs["input_ids"][0, 2] = 1  # an [UNK] (special id 1) inside a row
+    tokenizer = SimpleNamespace(all_special_ids=[0, 1, CLS, SEP])
+    swap = resolve_augment(
+        "swap",
+        inputs,
+        SimpleNamespace(
+            module=None,
+            tokenizer=tokenizer,
+            model=SimpleNamespace(
+                get_input_embeddings=lambda: torch.nn.Embedding.from_pretrained(table)
+            ),
+        ),
+    )
+    assert 1 not in swap.vocab and 1 not in swap.near
+    batch = {k: v.int() if k == "input_ids" else v for k, v in text_batch().items()}  # int32 ids
+    out, changed = swap(batch, np.random.default_rng(0), 1.0)
+    assert out["input_ids"].dtype == torch.int32 and changed.any()
+    with pytest.raises(UserError, match=r"token id 16 is beyond the teacher's 12-row"):
+        TokenSwap(inputs, table[:12])
 
 
 def test_augmented_rows_take_the_teachers_logits_and_class():
