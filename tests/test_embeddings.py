@@ -164,7 +164,7 @@ def test_compress_sentence_embedding_end_to_end(tmp_path):
             "teacher": {"path": "teacher"},
             "data": {"source": "train.txt", "eval": "test.txt", "max_length": 16},
             "student": {"layers": 2},
-            "distill": {"epochs": 2, "batch_size": 32, "lr": 0.001},
+            "distill": {"epochs": 2, "batch_size": 32, "lr": 0.001, "augment": "mix"},
             "quantize": {"precision": "int8", "calibration_size": 64},
             "verify": {"warmup": 5, "iterations": 20, "min_duration_s": 0.05, "threads": 1},
         },
