@@ -50,7 +50,7 @@ def _check_paths(cfg: KdcConfig) -> None:
 
 
 def _check_names(cfg: KdcConfig) -> None:
-    from kdc.compress.losses import LOSSES, loss_params
+    from kdc.compress.losses import LOSSES, NO_HEAD, NO_HEAD_FIX, loss_params
     from kdc.compress.proxies import PROXIES
 
     s = cfg.search
@@ -76,27 +76,20 @@ def _check_names(cfg: KdcConfig) -> None:
             )
         if cfg.task == "sentence-embedding" and loss.params.get("on", "output") != "output":
             raise UserError(
-                f"loss '{loss.name}' reads the features entering a classifier head, and a "
-                "sentence encoder has none",
+                f"{NO_HEAD} (a sentence encoder)",
                 source=cfg.source_file,
                 field=f"distill.losses[{i}].params.on",
-                fix="use on: output (the embedding), or remove it",
+                fix=NO_HEAD_FIX,
             )
 
 
 def _check_augment(cfg: KdcConfig) -> None:
     """`distill.augment` made for the task's inputs (a text augmentation on an image model)."""
-    from kdc.compress.augment import KIND, TASK_KIND
+    from kdc.compress.augment import KIND, TASK_KIND, misfit
 
     name, kind = cfg.distill.augment, TASK_KIND.get(cfg.task)
     if kind and KIND.get(name, kind) != kind:
-        fits = [n for n, k in KIND.items() if k == kind]
-        raise UserError(
-            f"augmentation '{name}' perturbs {KIND[name]}; task {cfg.task} takes {kind} inputs",
-            source=cfg.source_file,
-            field="distill.augment",
-            fix=f"use {' or '.join(['none', 'auto', *fits])}",
-        )
+        raise misfit(name, kind).located(str(cfg.source_file))
 
 
 def _check_max_length(cfg: KdcConfig) -> None:

@@ -66,9 +66,8 @@ def splice_rows(
         raise ValueError("text augmentation needs an attention_mask input")
     b, width = mask.shape
     length = mask.sum(1).tolist()
-    changed = chosen
     same = [[(i, p) for p in range(length[i])] for i in range(b)]
-    orders = [_token_order(length, rng, i, width) if changed[i] else same[i] for i in range(b)]
+    orders = [_token_order(length, rng, i, width) if chosen[i] else same[i] for i in range(b)]
     changed = np.array([o != s for o, s in zip(orders, same, strict=True)])  # really perturbed
     rows = torch.zeros(b, width, dtype=torch.long)
     cols = torch.zeros(b, width, dtype=torch.long)
@@ -128,7 +127,7 @@ class TokenSwap:
                 field="distill.augment",
                 fix="use splice",
             )
-        emb = F.normalize(table.detach().float()[torch.from_numpy(self.vocab)], dim=1)
+        emb = F.normalize(table.detach()[torch.from_numpy(self.vocab)].float(), dim=1)
         k = max(min(NEIGHBOURS, len(self.vocab) - 1), 0)
         near = []
         for start in range(0, len(emb), SIM_ROWS):  # a block of rows at a time: V x V is GBs
@@ -229,19 +228,24 @@ def input_kind(inputs: dict[str, np.ndarray]) -> str:
     return "image" if any(v.ndim == 4 for v in inputs.values()) else "other"
 
 
+def misfit(name: str, kind: str) -> UserError:
+    """The error for augmentation `name` on `kind` inputs, naming the ones that fit."""
+    fits = [n for n, k in KIND.items() if k == kind]
+    return UserError(
+        f"augmentation '{name}' does not apply to {kind} inputs",
+        field="distill.augment",
+        fix=f"use {' or '.join(['none', 'auto', *fits]) if fits else 'none'}",
+    )
+
+
 def augment_name(name: str | None, inputs: dict[str, np.ndarray]) -> str | None:
     """The augmentation `distill.augment` names for these inputs (`auto`: by input kind), None
     when off; a name that does not fit the inputs is a UserError."""
     if name in (None, "none"):
         return None
     kind = input_kind(inputs)
-    fits = [n for n, k in KIND.items() if k == kind]
-    if kind not in AUTO_AUGMENT or name not in ("auto", *fits):
-        raise UserError(
-            f"augmentation '{name}' does not apply to {kind} inputs",
-            field="distill.augment",
-            fix=f"use {' or '.join(['auto', *fits]) if fits else 'none'}",
-        )
+    if kind not in AUTO_AUGMENT or (name != "auto" and KIND[name] != kind):
+        raise misfit(name, kind)
     return AUTO_AUGMENT[kind] if name == "auto" else name
 
 

@@ -44,10 +44,16 @@ class QuantEmbedding(nn.Embedding):
     weight_scale: torch.Tensor | None  # a buffer, None until frozen
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        w = fake_quant_rows(self.weight, self.weight_scale)
+        if self.weight_scale is None:  # training: the gathered rows only (scales are per row)
+            rows = self._lookup(ids, self.weight)
+            return fake_quant_rows(rows.reshape(-1, rows.shape[-1])).reshape(rows.shape)
+        # frozen for export: Q/DQ of the constant table, folded to int8 and gathered first later
+        return self._lookup(ids, fake_quant_rows(self.weight, self.weight_scale))
+
+    def _lookup(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return F.embedding(
             ids,
-            w,
+            table,
             self.padding_idx,
             self.max_norm,
             self.norm_type,
@@ -160,17 +166,17 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
 
     graph = model.graph
     fed = {i.name for i in graph.input}  # an initializer that is also an input may be overridden
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in fed}
+    consts = {t.name: t for t in graph.initializer if t.name not in fed}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    kept, folded = [], 0
+            consts[node.output[0]] = node.attribute[0].t
+    kept, folded = [], []
     for node in graph.node:
         ins = list(node.input)
         if node.op_type != "QuantizeLinear" or len(ins) != 3 or not all(i in consts for i in ins):
             kept.append(node)
             continue
-        w, scale, zero = (consts[i] for i in ins)
+        w, scale, zero = (numpy_helper.to_array(consts[i]) for i in ins)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         if scale.size > 1:  # per axis: broadcast along `axis`
             shape = [1] * w.ndim
@@ -179,14 +185,13 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
         info = np.iinfo(zero.dtype)
         q = np.rint(w.astype(np.float32) / scale.astype(np.float32)) + zero  # half to even
         q = np.clip(q, info.min, info.max).astype(zero.dtype)
-        graph.initializer.append(numpy_helper.from_array(q, node.output[0]))
-        folded += 1
+        folded.append(numpy_helper.from_array(q, node.output[0]))
     del graph.node[:]
     graph.node.extend(kept)
     read = set(node_inputs(graph)) | {o.name for o in graph.output} | fed
-    unread = [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in read]
-    for n in unread:  # the folded scales and zero points
-        graph.node.remove(n)
-    for t in [t for t in graph.initializer if t.name not in read]:
-        graph.initializer.remove(t)
-    return folded
+    kept = [n for n in kept if n.op_type != "Constant" or n.output[0] in read]  # folded scales
+    inits = [t for t in [*graph.initializer, *folded] if t.name in read]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(inits)
+    return len(folded)

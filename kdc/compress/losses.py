@@ -283,14 +283,14 @@ def _row_features(f: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (f * m).sum(1) / m.sum(1).clamp_min(1)
 
 
+NO_HEAD = "the loss reads the features entering a classifier head, and this model has none"
+NO_HEAD_FIX = "give the relation and embedding losses params: {on: output}"
+
+
 def _pooled(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
     s, t = x.student_features.get("pooled"), x.teacher_features.get("pooled")
     if s is None or t is None:
-        raise UserError(
-            "a loss reads the features entering the classifier head, and this model has none",
-            field="distill.losses",
-            fix="give the relation and embedding losses params: {on: output}",
-        )
+        raise UserError(NO_HEAD, field="distill.losses", fix=NO_HEAD_FIX)
     return _row_features(s, x.mask), _row_features(t, x.mask)
 
 

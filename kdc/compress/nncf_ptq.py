@@ -59,11 +59,15 @@ def quantize_int8_nncf(
         validate=False,
     )
     q = quantize(model, items, preset=preset, ignored_scope=ignored, advanced_parameters=advanced)
-    # TensorRT (symmetric) takes signed Q/DQ and folds DQ of constants; CPU graphs gather rows
-    q = signed_qdq(q) if symmetric_activations else gather_then_dequantize(q)
     with atomic_path(Path(dst)) as tmp:
-        onnx.save(q, str(tmp))
+        onnx.save(finish_qdq(q, symmetric_activations), str(tmp))
     return Path(dst)
+
+
+def finish_qdq(model: onnx.ModelProto, symmetric: bool) -> onnx.ModelProto:
+    """A Q/DQ graph made ready for its runtime: TensorRT (symmetric) takes signed Q/DQ and folds
+    DQ of constants itself; CPU graphs gather embedding rows before dequantizing them."""
+    return signed_qdq(model) if symmetric else gather_then_dequantize(model)
 
 
 def signed_qdq(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -19,7 +19,7 @@ import onnx
 import torch
 
 from kdc.compress.fake_quant import fold_weight_quantizers, freeze_weight_scales, quantize_layers
-from kdc.compress.nncf_ptq import gather_then_dequantize
+from kdc.compress.nncf_ptq import finish_qdq
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
@@ -114,8 +114,7 @@ def _linear_quantize(
     """Every Linear but the classifier heads (a sentence encoder has none), and every embedding
     table, fake-quantized (fake_quant.py). `model` is a copy of the adapter's module: its heads
     are found by name."""
-    logits = getattr(adapter, "output_name", "logits") == "logits"
-    heads = {id(m) for m in adapter.classifiers()} if logits else set()
+    heads = {id(m) for m in adapter.classifiers()}
     names = {n for n, m in adapter.module.named_modules() if id(m) in heads}
     skip = [m for n, m in model.named_modules() if n in names]
     quantize_layers(model, batches, symmetric_activations=sym, skip=skip)
@@ -172,10 +171,11 @@ def export_qat(
     opset: int = 17,
     cls_only: bool = False,
     output_name: str = "logits",
+    symmetric: bool = False,
 ) -> Path:
     """Strip the trained model of training-only modules (its scheme's `strip`) and export a QDQ
-    ONNX model of standard ops, weights stored as int8 (`cls_only`: as
-    export.cls_only_last_layer)."""
+    ONNX model of standard ops, weights stored as int8, finished for its runtime as PTQ graphs
+    are (`symmetric`: TensorRT's; `cls_only`: as export.cls_only_last_layer)."""
     from kdc.export.onnx_export import export_onnx
 
     adapter.module.eval()
@@ -199,7 +199,6 @@ def export_qat(
             fix="use quantize.method: ptq",
         )
     if fold_weight_quantizers(model):
-        # only the gathered rows of an embedding table are dequantized at each call
         with atomic_path(out) as tmp:
-            onnx.save(gather_then_dequantize(model), str(tmp))
+            onnx.save(finish_qdq(model, symmetric), str(tmp))
     return out

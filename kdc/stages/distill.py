@@ -178,14 +178,15 @@ def quantization_aware(
     losses, and export its QDQ ONNX to distill/student_qat.onnx."""
     from kdc.compress.qat import export_qat, quantize_for_training
     from kdc.stages.build import symmetric_activations
-    from kdc.stages.export import PARITY_ROWS, output_name
+    from kdc.stages.export import PARITY_ROWS, onnx_parity, output_name
 
     q, d = ctx.cfg.quantize, ctx.cfg.distill
+    sym = symmetric_activations(ctx)
     calib = {k: v[: q.calibration_size] for k, v in data.train.items()}
     qstudent = quantize_for_training(
         student,
         calib,
-        symmetric_activations=symmetric_activations(ctx),
+        symmetric_activations=sym,
         tensorrt="tensorrt" in ctx.profile.runtime.engines,
     )
     qcfg = d.model_copy(
@@ -207,8 +208,14 @@ def quantization_aware(
         opset=ctx.cfg.export.opset,
         cls_only=ctx.cfg.export.cls_only_last_layer,
         output_name=output_name(ctx.cfg.task),
+        symmetric=sym,
     )
-    parity = _qat_parity(qstudent, path, {k: v[:PARITY_ROWS] for k, v in data.val.items()})
+    # a record, not a gate: an input a step from a rounding boundary may round the other way
+    # in ONNX Runtime, and INT8 engines are judged by their accuracy
+    parity, _ = onnx_parity(
+        qstudent, path, {k: v[:PARITY_ROWS] for k, v in data.val.items()}, ctx.cfg.export
+    )
+    parity = {k: parity[k] for k in ("n", "max_abs", "p99_abs", "cosine", "argmax_agreement")}
     ctx.log(
         f"  QAT val accuracy {res.kept_metric:.4f} → {path.name} (against the fake-quantized "
         f"PyTorch model: max|Δ| {parity['max_abs']:.3g}, argmax agreement "
@@ -222,18 +229,6 @@ def quantization_aware(
         "qat_history": res.history,
         "qat_teacher_rows": res.teacher_rows,
     }
-
-
-def _qat_parity(qstudent: ModelAdapter, path: Path, rows: dict[str, np.ndarray]) -> dict:
-    """The exported QAT graph (ONNX Runtime) against the fake-quantized PyTorch model it came
-    from: an input a step from a rounding boundary may land on the other side, so this is a
-    record, not a gate (INT8 engines are judged by their accuracy)."""
-    from kdc.deploy.onnxruntime import make_session, run_session
-    from kdc.export.parity import compare
-
-    got = run_session(make_session(path), rows)
-    p = compare(qstudent.forward_numpy(rows), got, atol=1e-4, rtol=1e-3, min_cosine=0.999)
-    return {k: p[k] for k in ("n", "max_abs", "p99_abs", "cosine", "argmax_agreement")}
 
 
 def _log_teacher_rows(ctx: Context, rows: dict | None) -> None:

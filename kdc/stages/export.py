@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdc.config import ExportConfig
 from kdc.errors import KdcError
 from kdc.export.cls_only import supports_cls_only
 from kdc.export.onnx_export import choose_exporter, export_onnx, opset_of
@@ -75,13 +76,19 @@ def student_reference(ctx: Context, student: ModelAdapter) -> np.ndarray:
 def parity_of(ctx: Context, adapter: ModelAdapter, path: Path) -> tuple[dict, np.ndarray]:
     """Parity of the ONNX model at `path` against `adapter` on the parity inputs, and the
     adapter's outputs there."""
+    return onnx_parity(adapter, path, parity_inputs(ctx), ctx.cfg.export)
+
+
+def onnx_parity(
+    adapter: ModelAdapter, path: Path, inputs: dict[str, np.ndarray], tol: ExportConfig
+) -> tuple[dict, np.ndarray]:
+    """Parity of the ONNX model at `path` (ONNX Runtime) against `adapter` on `inputs`, judged
+    by export's tolerances, and the adapter's outputs there."""
     from kdc.deploy.onnxruntime import make_session, run_session
 
-    inputs = parity_inputs(ctx)
     ref = adapter.forward_numpy(inputs)
     got = run_session(make_session(path), inputs)
-    e = ctx.cfg.export
-    return compare(ref, got, atol=e.atol, rtol=e.rtol, min_cosine=e.min_cosine), ref
+    return compare(ref, got, atol=tol.atol, rtol=tol.rtol, min_cosine=tol.min_cosine), ref
 
 
 def run(ctx: Context) -> StageOutput:

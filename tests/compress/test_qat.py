@@ -228,3 +228,17 @@ def test_sentence_embedding_qat_keeps_its_output_name_and_quantizes_every_linear
         if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and min(t.dims) > 1
     ]
     assert weights and not floats  # the last Linear too: there is no head to keep float
+
+
+def test_an_embedding_quantizes_the_rows_it_gathers_as_the_frozen_table_does():
+    """Training fake-quantizes only the gathered rows; export, the whole table with frozen
+    scales: per-row scales make the two equal."""
+    from kdc.compress.fake_quant import QuantEmbedding, freeze_weight_scales, quantize_layers
+
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 8))
+    quantize_layers(model, [], symmetric_activations=True)
+    ids = torch.randint(0, 50, (3, 5), generator=torch.Generator().manual_seed(0))
+    assert isinstance(model[0], QuantEmbedding)
+    trained = model(ids)
+    assert not torch.equal(trained, torch.nn.functional.embedding(ids, model[0].weight))
+    assert torch.equal(trained, freeze_weight_scales(model)(ids))
