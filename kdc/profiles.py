@@ -181,7 +181,9 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     )
 
 
+@lru_cache(maxsize=1)
 def cpu_info() -> tuple[str, set[str]]:
+    """This machine's CPU model name and feature flags (read once)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -144,8 +144,8 @@ def conditions(lat: dict) -> str:
 
 def _parity_text(parity: dict | None) -> str:
     """`0.00012 / 0.99998` (max-abs / mean row cosine); beyond atol/rtol, the lowest row cosine
-    the floor judges; a device's check adds its verdict and runner:
-    `... (device, tensorrt: PASS)`."""
+    the floor judges; a device's check (one cosine over all outputs) adds its verdict and runner:
+    `... (device, tensorrt: PASS; cosine of all outputs)`."""
     if not parity:
         return DASH
     text = f"{sig(parity.get('max_abs'))} / {num(parity.get('cosine'), 5)}"
@@ -157,7 +157,7 @@ def _parity_text(parity: dict | None) -> str:
         )
     if parity.get("on_target"):
         ok = "PASS" if parity.get("passed") else "FAIL"
-        text += f" (device, {parity.get('runner') or 'no runner'}: {ok})"
+        text += f" (device, {parity.get('runner') or 'no runner'}: {ok}; cosine of all outputs)"
     return text
 
 
@@ -253,7 +253,7 @@ def _models(report: dict) -> Section:
         "size MB",
         "memory MiB",
         "params",
-        "parity (max_abs / mean row cosine)",
+        "parity (max_abs / cosine)",
     ]
     rows = [
         [
@@ -321,6 +321,10 @@ def _quantized_how(report: dict) -> list[str]:
             )
             measure = (q.get("loss") or {}).get("measure")
             how += f"; ptq: auto compared {tried}" + (f", loss: {measure}" if measure else "")
+            if p50:
+                n = choice.get("threads")
+                threads = f"{n} thread{'s' * (n != 1)}" if n else "default threads"
+                how += f"; p50 measured here at {threads}, 3 interleaved rounds"
         lines.append(f"{engine_label(e)}: made by {how}")
     return lines
 

@@ -224,6 +224,7 @@ def _choose_backend(
         ]
         choice.update(
             p50_ms={b: round(t["p50_ms"], 4) for b, t in timed.items()},
+            threads=ctx.cfg.verify.threads,
             rule=f"closest to FP32 among the INT8 graphs at most {SLOWER_OK:g}x the fastest here "
             "(or within the spread of its p50 over 3 interleaved rounds)",
         )

@@ -187,7 +187,7 @@ def test_failed_device_parity_fails_the_constraints_and_shows(results, bundle):
     assert report["passed"] is False  # exit 1
     md = render_markdown(report)
     assert "| device_parity | 0.99 | 0.5 | measured | tensorrt-int8 | FAIL |" in md
-    assert "(device, tensorrt: FAIL)" in md
+    assert "(device, tensorrt: FAIL; cosine of all outputs)" in md
     console = Console(record=True, width=300)
     console.print(console_summary(report))
     text = console.export_text()
@@ -201,7 +201,7 @@ def test_passing_device_parity_passes_and_is_shown(results, bundle):
     report = _report_with({"parity": dev["parity"]})
     row = next(r for r in report["constraints"] if r["name"] == "device_parity")
     assert row["pass"] is True and report["passed"] is True
-    assert "(device, tensorrt: PASS)" in render_markdown(report)
+    assert "(device, tensorrt: PASS; cosine of all outputs)" in render_markdown(report)
 
 
 def test_a_pass_flag_below_the_floor_still_fails(results, bundle):
@@ -230,7 +230,10 @@ def test_parity_run_by_onnxruntime_is_flagged(results, bundle):
     assert "checked by onnxruntime on model.onnx, not by the TensorRT engine" in warning
     assert "model.plan not found" in warning
     md = render_markdown(_report_with({"parity": dev["parity"], "warnings": dev["warnings"]}))
-    assert "(device, onnxruntime: PASS)" in md and "not by the TensorRT engine" in md
+    assert (
+        "(device, onnxruntime: PASS; cosine of all outputs)" in md
+        and "not by the TensorRT engine" in md
+    )
 
 
 def _ctx(run: Path, target: str, results: Path) -> SimpleNamespace:
