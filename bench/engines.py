@@ -101,16 +101,10 @@ def runtime_ops(path: Path, optimization: str, scratch: Path) -> dict | str:
 
 
 def cpu_flags() -> dict:
-    """The int8-relevant instruction-set flags of this CPU (from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    """The int8-relevant instruction-set flags of this CPU (`kdc.profiles.cpu_info`)."""
+    flags = cpu_info()[1]
+    if not flags:
         return {"source": "unavailable"}
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
     wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", *VNNI_FLAGS)
     return {
         "source": "/proc/cpuinfo",
