@@ -226,11 +226,13 @@ class RunDir:
     def mark_started(self, name: str, input_hash: str) -> None:
         """Record that stage `name` runs. The report the run wrote before (its recorded
         outputs, no other file) no longer describes it, so it goes (`kdc check` must not read it
-        as this run's)."""
+        as this run's) and its record says `stale`."""
         m = self.manifest()
-        if name != "report":
-            for rel in (m.get("stages", {}).get("report") or {}).get("outputs", {}):
+        report = m.get("stages", {}).get("report")
+        if name != "report" and report:
+            for rel in report.get("outputs", {}):
                 (self.root / rel).unlink(missing_ok=True)
+            m["stages"]["report"] = {"status": "stale", "reason": f"stage '{name}' ran after it"}
         m.setdefault("stages", {})[name] = {
             "status": "running",
             "input_hash": input_hash,

@@ -72,6 +72,12 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     assert int8["accuracy"]["engine"] == "onnxruntime-cpu-qdq-simulated"
     assert int8["accuracy_this_cpu"]["engine"] == "onnxruntime-cpu-int8"
     assert not int8.get("warnings")  # neither the saturation nor the speed flag: not shipped here
+    # every file of the bundle is recorded: an edited build.sh is seen as an edited engine is
+    recorded = json.loads((run / "manifest.json").read_text())["stages"]["build"]["outputs"]
+    assert f"{trt['path']}/build.sh" in recorded and f"{trt['path']}/model.onnx" in recorded
+    (run / trt["path"] / "build.sh").write_text("#!/bin/sh\nrm -rf /\n")
+    res = runner.invoke(app, ["inspect", str(run)])
+    assert res.exit_code == 1 and "CORRUPT" in res.output and "build.sh" in res.output
 
 
 @pytest.mark.slow

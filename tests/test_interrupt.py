@@ -157,3 +157,18 @@ def test_internal_error_keeps_the_traceback_in_the_run_dir(tmp_path, monkeypatch
     # the stage that raised is marked failed (a killed one stays "running" for --resume)
     assert stage_status(run) == {"search": "done", "distill": "failed"}
     assert "RuntimeError: a bug" in read_json(run / "manifest.json")["stages"]["distill"]["error"]
+
+
+def test_a_stage_run_alone_leaves_the_report_stale_not_corrupt(tmp_path, monkeypatch):
+    """Re-running one stage removes the report it outdates and says so in the manifest:
+    `kdc inspect` shows the report stale (exit 0), not its deleted files as corrupt."""
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages(None))
+    assert runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"]).exit_code == 0
+    res = runner.invoke(app, ["export", str(cfg), "--out", str(run), "-q"])
+    assert res.exit_code == 0, res.output
+    report = read_json(run / "manifest.json")["stages"]["report"]
+    assert report == {"status": "stale", "reason": "stage 'export' ran after it"}
+    assert not (run / "report" / "out.json").exists()
+    res = runner.invoke(app, ["inspect", str(run)])
+    assert res.exit_code == 0 and "CORRUPT" not in res.output, res.output

@@ -479,8 +479,11 @@ def run(ctx: Context) -> StageOutput:
         else:  # named in build.engines
             engines.append(tensorrt_not_on_target(ctx, engines))
     out = write_json(ctx.run / "build" / "engines.json", engines)
+    paths = [ctx.run / e["path"] for e in engines if e.get("path")]
+    # a bundle is a directory: each of its files is recorded, so resume and `kdc inspect` see
+    # an edited build.sh or model as they see an edited engine
     files = [
-        ctx.run / e["path"] for e in engines if e.get("path") and (ctx.run / e["path"]).is_file()
+        f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*"))) if f.is_file()
     ]
     for e in engines:
         ctx.log(
