@@ -28,6 +28,7 @@ from kdc.rundir import RunDir, library_versions, sha256_file, sha256_json
 class StageOutput:
     outputs: list[Path]
     metrics: dict[str, Any] = field(default_factory=dict)
+    earlier_s: float = 0.0  # time an interrupted earlier run spent on work this one continued
 
 
 @dataclass
@@ -306,7 +307,8 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
         raise
     if pressed():
         raise KeyboardInterrupt  # reported as Interrupted by _signals_as_interrupt
-    ctx.run.mark_done(stage.name, input_hash, out.outputs, out.metrics, time.perf_counter() - t0)
+    wall_s = time.perf_counter() - t0 + out.earlier_s
+    ctx.run.mark_done(stage.name, input_hash, out.outputs, out.metrics, wall_s)
     ctx.ran.append(stage.name)
 
 

@@ -7,6 +7,7 @@ structured pruning runs gradually during the first epochs when asked."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ class DistillResult:
     losses: list[dict] = field(default_factory=list)
     resumed_from_epoch: int | None = None
     teacher_rows: dict | None = None  # TeacherCache.stats() where the teacher ran in training
+    earlier_s: float = 0.0  # training time of the checkpointed epochs an earlier run did
 
 
 class Checkpoint:
@@ -413,6 +415,7 @@ def distill(
         "top": -1.0,
         "stale": 0,
         "prune_done": 0,
+        "elapsed_s": 0.0,
     }
     if state is None:  # epochs must beat the starting point to count as improvements
         s["kept_metric"] = s["top"] = evaluate(student, data)
@@ -425,13 +428,14 @@ def distill(
     if pruning is not None:  # over the first `prune.epochs` epochs (default: half)
         epochs = pruning.cfg.epochs or max(1, cfg.epochs // 2)
         pruning.start(min(tr.total, epochs * tr.steps_per_epoch), s["prune_done"])
-    resumed = s["epoch"] if state else None
+    resumed, earlier_s = (s["epoch"], s["elapsed_s"]) if state else (None, 0.0)
+    started = time.perf_counter() - earlier_s  # the checkpoint's clock continues
     for taps in (tr.s_taps, tr.t_taps):
         if taps:
             taps.attach()
     try:
         model, opt = tr.prepare(state and state["optimizer"], state and state["projections"])
-        _epochs(tr, s, model, opt, checkpoint, progress)
+        _epochs(tr, s, model, opt, checkpoint, progress, started)
     finally:
         for taps in (tr.s_taps, tr.t_taps):
             if taps:
@@ -446,6 +450,7 @@ def distill(
         [{"name": n, "weight": w, "params": p} for n, w, p in tr.objective.specs],
         resumed,
         tr.cache.stats() if tr.cache.ran else None,
+        earlier_s,
     )
 
 
@@ -456,6 +461,7 @@ def _epochs(
     opt: Any,
     checkpoint: Checkpoint | None,
     progress: Progress | None,
+    started: float,
 ) -> None:
     cfg, pruning = tr.cfg, tr.pruning
     for epoch in range(s["epoch"], cfg.epochs):
@@ -512,7 +518,7 @@ def _epochs(
                     kept_metric=acc, kept_epoch=epoch, kept_model=_tensor_state(tr.student.module)
                 )
             stop = bool(cfg.early_stopping_patience and s["stale"] >= cfg.early_stopping_patience)
-        s["epoch"] = epoch + 1
+        s["epoch"], s["elapsed_s"] = epoch + 1, time.perf_counter() - started
         if checkpoint is not None and tr.acc.is_main_process:
             checkpoint.save(
                 {

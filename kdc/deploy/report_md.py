@@ -204,6 +204,15 @@ def memory_cell(part: dict) -> str:
     return "; ".join(cells) or DASH
 
 
+def _size_of_model(part: dict) -> str:
+    """`params; FLOPs` of a teacher or student (what report.json records), else a dash."""
+    cells = [f"{part['params']:,}"] if part.get("params") else []
+    if flops := part.get("flops"):
+        scale, unit = (1e9, "G") if flops >= 1e9 else (1e6, "M")
+        cells.append(f"{sig(flops / scale)} {unit}FLOPs")
+    return "; ".join(cells) or DASH
+
+
 def size_cell(part: dict) -> str:
     size = sig(part.get("size_mb"))
     return f"{size} ({part['size_note']})" if part.get("size_note") and size != DASH else size
@@ -252,7 +261,7 @@ def _models(report: dict) -> Section:
         "latency predicted",
         "size MB",
         "memory MiB",
-        "params",
+        "params; FLOPs (batch 1)",
         "parity (max_abs / cosine)",
     ]
     rows = [
@@ -265,7 +274,7 @@ def _models(report: dict) -> Section:
             latency_text(by_kind(part, "predicted")),
             size_cell(part),
             memory_cell(part),
-            f"{part['params']:,}" if part.get("params") else DASH,
+            _size_of_model(part),
             _parity_text(part.get("parity")),
         ]
         for name, label, part, status, prec in named
@@ -451,7 +460,9 @@ def header_lines(report: dict) -> list[str]:
         f"result: {verdict(report)}",
         f"task: {report.get('task', DASH)}",
         f"kdc {report.get('kdc_version', DASH)}, started {run.get('started', DASH)}, "
-        f"wall time {num(run.get('wall_s'), 1)} s",
+        f"wall time {num(run.get('wall_s'), 1)} s (sum of its stages)",
+        f"config sha256 {str(run.get('config_sha256') or DASH)[:12]}, profile sha256 "
+        f"{str(target.get('profile_sha256') or DASH)[:12]}",
         *exported,
     ]
 

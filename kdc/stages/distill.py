@@ -306,6 +306,7 @@ def run(ctx: Context) -> StageOutput:
     return StageOutput(
         [*files, hist, spec_file, *qat_files],
         {**_metrics(result, student, data, prune_info, qat_metrics), "select": kept},
+        earlier_s=result.earlier_s,
     )
 
 

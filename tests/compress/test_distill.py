@@ -190,10 +190,12 @@ def test_checkpoint_resume_continues_from_the_saved_epoch(tmp_path):
         distill(
             resumed, data, _cfg(), 0, teacher=teacher, checkpoint=ckpt, progress=crash_after_second
         )
-    assert torch.load(ckpt.path, weights_only=True)["epoch"] == 1
+    saved = torch.load(ckpt.path, weights_only=True)
+    assert saved["epoch"] == 1 and saved["elapsed_s"] > 0
     restarted = cnn((4, 8), 1)
     res = distill(restarted, data, _cfg(), 0, teacher=teacher, checkpoint=ckpt)
     assert res.resumed_from_epoch == 1 and [h["epoch"] for h in res.history] == [0, 1, 2]
+    assert res.earlier_s == saved["elapsed_s"]  # the stage's wall time counts the first run's
     for k, v in straight.module.state_dict().items():  # same result as without the crash
         torch.testing.assert_close(restarted.module.state_dict()[k], v)
     other = distill(
@@ -204,7 +206,7 @@ def test_checkpoint_resume_continues_from_the_saved_epoch(tmp_path):
         teacher=teacher,
         checkpoint=Checkpoint(tmp_path / "ckpt", "inputs-2"),
     )
-    assert other.resumed_from_epoch is None  # another run's checkpoint is ignored
+    assert other.resumed_from_epoch is None and other.earlier_s == 0  # another run's is ignored
 
 
 def test_early_stopping_and_unknown_loss():
