@@ -470,13 +470,32 @@ def profiles_show(name: str) -> None:
     )
 
 
+def _click_error(name: str) -> type[Exception]:
+    """click's exception class `name`, from typer's vendored click or click itself (the public
+    `typer.BadParameter` derives from both UsageError and ClickException)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A usage error (unknown command or option, missing argument)
+    is one line and exit 2, as every other bad input; no arguments prints the help (exit 2)."""
+    usage_error, click_error = _click_error("UsageError"), _click_error("ClickException")
     try:
-        app()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-        sys.exit(code)
+        code = app(prog_name="kdc", standalone_mode=False)
+    except usage_error as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            e.show()  # the help
+        else:
+            where = f"; see `{e.ctx.command_path} --help`" if e.ctx else ""
+            err.print(f"error: {e.format_message().rstrip('.')}{where}", markup=False)
+        sys.exit(2)
+    except click_error as e:
+        err.print(f"error: {e.format_message()}", markup=False)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.command()

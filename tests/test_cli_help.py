@@ -3,9 +3,12 @@ default to different targets)."""
 
 from __future__ import annotations
 
+import sys
+
+import pytest
 from typer.testing import CliRunner
 
-from kdc.cli import app
+from kdc.cli import app, main
 
 runner = CliRunner()
 
@@ -20,3 +23,33 @@ def test_target_options_say_their_defaults():
     assert "default: the target it was compressed for" in _help("verify")
     assert "compress defaults to host" in _help("bundle")
     assert "kdc bundle defaults to jetson" in _help("compress")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compress", "--bogus", "m.yaml"], "error: No such option: --bogus"),
+        (["compres", "m.yaml"], "error: No such command 'compres'. Did you mean 'compress'?"),
+        (["compress"], "error: Missing argument 'config'; see `kdc compress --help`"),
+        (["verify", "--target"], "error: Option '--target' requires an argument"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(sys, "argv", ["kdc", *argv])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    captured = capsys.readouterr()
+    assert stop.value.code == 2 and captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), captured.err
+
+
+def test_the_entry_point_keeps_each_command_s_exit_code(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["kdc", "--version"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 0 and "kdc " in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["kdc", "compress", "missing.yaml"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 2 and "missing.yaml: file not found" in capsys.readouterr().err
