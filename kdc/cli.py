@@ -83,15 +83,26 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KdcError as e:
             err.print(f"failed: {e}", markup=False)
             raise typer.Exit(e.exit_code) from None
-        except Exception as e:  # an internal error: keep the traceback, print where
-            log = _crash_log(e, kwargs)
-            err.print(
-                f"internal error: {type(e).__name__}: {str(e)[:300]} (traceback: {log})",
-                markup=False,
-            )
-            raise typer.Exit(3) from None
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] != "onnxruntime":
+                raise _internal(e, kwargs) from None
+            from kdc.deploy.ort_install import missing_error
+
+            err.print(f"error: {missing_error()}", markup=False)
+            raise typer.Exit(2) from None
+        except Exception as e:
+            raise _internal(e, kwargs) from None
 
     return wrapper
+
+
+def _internal(e: Exception, kwargs: dict[str, Any]) -> typer.Exit:
+    """An internal error: keep the traceback in the run directory, print where; exit 3."""
+    log = _crash_log(e, kwargs)
+    err.print(
+        f"internal error: {type(e).__name__}: {str(e)[:300]} (traceback: {log})", markup=False
+    )
+    return typer.Exit(3)
 
 
 def _exit_for(report: dict) -> None:

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from kdc import __version__
 from kdc.config import KdcConfig
 from kdc.data.base import Dataset
+from kdc.deploy.ort_install import conflict_warning
 from kdc.errors import Interrupted, UserError, first_line
 from kdc.models.base import ModelAdapter
 from kdc.profiles import HardwareProfile
@@ -368,6 +369,8 @@ def run_stages(
             else {"target": ctx.profile.name, "profile": profile, "verified_for": profile}
         ),
     )
+    if clash := conflict_warning():  # shown also with --quiet
+        ctx.console.print(f"warning: {clash}", markup=False)
     if stale := ctx.run.remove_stale_temp():
         ctx.log(f"[dim]removed {len(stale)} temporary file(s) an interrupted run left[/dim]")
     tfp = teacher_fingerprint(ctx.cfg)

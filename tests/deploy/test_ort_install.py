@@ -1,0 +1,78 @@
+"""Exactly one ONNX Runtime package: none is a one-line error naming the extras, two a warning
+saying how to keep one."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from tiny import cnn_config, write_yaml
+from typer.testing import CliRunner
+
+from kdc import api
+from kdc.cli import app
+from kdc.deploy import ort_install
+
+runner = CliRunner()
+
+
+def _only(monkeypatch, present: set[str]) -> None:
+    def version(name: str) -> str:
+        if name in present:
+            return "1.20.0"
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(ort_install.metadata, "version", version)
+
+
+def test_one_package_is_fine_two_are_a_warning(monkeypatch):
+    _only(monkeypatch, {"onnxruntime"})
+    assert ort_install.installed() == ["onnxruntime"] and ort_install.conflict_warning() is None
+    _only(monkeypatch, {"onnxruntime", "onnxruntime-gpu"})
+    warning = ort_install.conflict_warning()
+    assert "onnxruntime and onnxruntime-gpu are both installed" in warning
+    assert warning.endswith(
+        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+    )
+
+
+def test_a_command_without_onnxruntime_is_a_one_line_error(monkeypatch, tmp_path):
+    def no_runtime(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+
+    monkeypatch.setattr(api, "compress", no_runtime)
+    cfg = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None))
+    res = runner.invoke(app, ["compress", str(cfg), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2
+    assert res.output.strip() == (
+        "error: ONNX Runtime is not installed (fix: pip install 'kdc[cpu]' (or 'kdc[gpu]' on "
+        "a CUDA machine; one of the two))"
+    )
+
+
+def test_another_missing_module_stays_an_internal_error(monkeypatch, tmp_path):
+    def no_module(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'timm'", name="timm")
+
+    monkeypatch.setattr(api, "compress", no_module)
+    cfg = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None))
+    res = runner.invoke(app, ["compress", str(cfg), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 3 and "internal error: ModuleNotFoundError" in res.output
+
+
+def test_a_run_warns_when_two_runtimes_are_installed(monkeypatch, tmp_path):
+    from kdc import pipeline
+    from kdc.rundir import write_json
+
+    def stage(name):
+        return pipeline.Stage(
+            name,
+            lambda ctx: pipeline.StageOutput([write_json(ctx.run / name / "out.json", {})]),
+            lambda cfg: ("name",),
+        )
+
+    monkeypatch.setattr(pipeline, "_stages", lambda: [stage(n) for n in pipeline.STAGE_NAMES])
+    _only(monkeypatch, {"onnxruntime", "onnxruntime-gpu"})
+    cfg = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None))
+    res = runner.invoke(app, ["compress", str(cfg), "--out", str(tmp_path / "run"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "warning: onnxruntime and onnxruntime-gpu are both installed" in res.output
