@@ -353,6 +353,12 @@ def check(
     accuracy_tolerance: Annotated[str, typer.Option(help="e.g. 0.5pt")] = "0.5pt",
     latency_kind: Annotated[str, typer.Option(help="measured | predicted | all")] = "all",
     junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML file.")] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Allow a slowdown of the latency tolerance alone, however noisy."
+        ),
+    ] = False,
     update_baseline: Annotated[
         bool, typer.Option("--update-baseline", help="Copy REPORT over BASELINE deliberately.")
     ] = False,
@@ -388,6 +394,7 @@ def check(
             latency_tolerance=C.parse_tolerance(latency_tolerance, "--latency-tolerance"),
             accuracy_tolerance=C.parse_tolerance(accuracy_tolerance, "--accuracy-tolerance"),
             latency_kinds=kinds[latency_kind],
+            strict=strict,
         ),
         *C.constraint_results(cur),
     ]

@@ -6,10 +6,10 @@ like with like: measured with measured (p50 and p99), predicted with predicted (
 kind, a measurement taken under other conditions (device, batch, threads, input_shape) or a
 prediction made otherwise (latency model, its calibration, the hash of the profile fields it reads,
 batch, input shape, padding) is reported as `missing`, never compared. A slowdown is a regression
-only when it exceeds both the tolerance and the noise, 2·hypot(u_base, u_now), u the relative
-uncertainty of the statistic: its spread over interleaved rounds, (max - min) / median of
-`rounds_p50_ms` (`rounds_p99_ms` for p99; the p50's where absent) when both were timed in 2 or more
-rounds, else the statistic's standard error from the per-sample cv under a normal approximation,
+only when it exceeds both the tolerance and the noise (with `--strict`, the tolerance alone),
+2·hypot(u_base, u_now), u the relative uncertainty of the statistic: its spread over
+interleaved rounds, (max - min) / median of `rounds_p50_ms` (`rounds_p99_ms` for p99; the p50's
+where absent) when both were timed in 2 or more rounds, else the statistic's standard error from the per-sample cv under a normal approximation,
 k·cv/sqrt(iterations) with k = sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99 (cv
 itself when iterations is not recorded); 0 for predictions. Accuracy (the task's primary metric)
 regresses when it drops by more than the tolerance in absolute points; accuracy figures from
@@ -137,17 +137,20 @@ def _noisy(base: dict, cur: dict) -> str:
 
 
 def _latency_result(
-    metric: str, b: float, c: float, tol: float, noise: tuple[float, str], note: str
+    metric: str, b: float, c: float, tol: float, noise: tuple[float, str] | None, note: str
 ) -> CheckResult:
-    margin = max(tol, noise[0])
+    """`noise` None (`kdc check --strict`): the tolerance alone is allowed."""
+    margin = tol if noise is None else max(tol, noise[0])
     limit = b * (1 + margin)
     status = "regression" if c > limit else "improved" if c < b * (1 - margin) else "pass"
     rel = (c - b) / b if b else math.inf
-    msg = (
-        f"{b:.3f} -> {c:.3f} ms ({rel:+.1%}); allowed +{margin:.1%} = max(tolerance "
-        f"{tol:.1%}, noise {noise[0]:.1%}{noise[1]}){note}"
+    allowed = (
+        "the tolerance (--strict: no noise allowance)"
+        if noise is None
+        else f"max(tolerance {tol:.1%}, noise {noise[0]:.1%}{noise[1]})"
     )
-    return CheckResult(metric, b, c, limit, noise[0], status, msg)
+    msg = f"{b:.3f} -> {c:.3f} ms ({rel:+.1%}); allowed +{margin:.1%} = {allowed}{note}"
+    return CheckResult(metric, b, c, limit, None if noise is None else noise[0], status, msg)
 
 
 def _shown(value: object, width: int = 72) -> str:
@@ -165,7 +168,13 @@ def _conditions(base: dict, cur: dict, kind: str) -> str:
 
 
 def _latency(
-    label: str, key: str, base: dict | None, cur: dict | None, tol: float, kinds: tuple[str, ...]
+    label: str,
+    key: str,
+    base: dict | None,
+    cur: dict | None,
+    tol: float,
+    kinds: tuple[str, ...],
+    strict: bool = False,
 ) -> list[CheckResult]:
     present = [o for o in (base, cur) if o is not None]
     if not {o.get("kind") for o in present} & set(kinds):
@@ -208,7 +217,9 @@ def _latency(
         out.append(
             _missing(metric, b, c, f"{s}_ms absent")
             if b is None or c is None
-            else _latency_result(metric, float(b), float(c), tol, _noise(base, cur, s), note)
+            else _latency_result(
+                metric, float(b), float(c), tol, None if strict else _noise(base, cur, s), note
+            )
         )
     return out
 
@@ -261,9 +272,11 @@ def compare(
     latency_tolerance: float = 0.10,
     accuracy_tolerance: float = 0.005,
     latency_kinds: tuple[str, ...] = ("measured", "predicted"),
+    strict: bool = False,
 ) -> list[CheckResult]:
     """One result per compared metric of every engine in either report (baseline order first).
-    `latency_kinds` limits latency comparisons, e.g. to ("predicted",) on shared CI runners."""
+    `latency_kinds` limits latency comparisons, e.g. to ("predicted",) on shared CI runners;
+    `strict` allows a slowdown of the tolerance alone, however noisy the timings."""
     base, cur = _engines(baseline, "baseline"), _engines(report, "report")
     task = report.get("task") or baseline.get("task")
     results: list[CheckResult] = []
@@ -271,7 +284,9 @@ def compare(
         be, ce = base.get(key, {}), cur.get(key, {})
         label = engine_label(be or ce)
         for lk in LATENCY_KEYS:
-            results += _latency(label, lk, be.get(lk), ce.get(lk), latency_tolerance, latency_kinds)
+            results += _latency(
+                label, lk, be.get(lk), ce.get(lk), latency_tolerance, latency_kinds, strict
+            )
         results += _accuracy(
             label, be.get("accuracy"), ce.get("accuracy"), accuracy_tolerance, task
         )
