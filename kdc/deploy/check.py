@@ -9,9 +9,10 @@ batch, input shape, padding) is reported as `missing`, never compared. A slowdow
 only when it exceeds both the tolerance and the noise (with `--strict`, the tolerance alone),
 2·hypot(u_base, u_now), u the relative uncertainty of the statistic: its spread over
 interleaved rounds, (max - min) / median of `rounds_p50_ms` (`rounds_p99_ms` for p99; the p50's
-where absent) when both were timed in 2 or more rounds, else the statistic's standard error from the per-sample cv under a normal approximation,
-k·cv/sqrt(iterations) with k = sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99 (cv
-itself when iterations is not recorded); 0 for predictions. Accuracy (the task's primary metric)
+where absent) when both were timed in 2 or more rounds, else the statistic's standard error
+from the per-sample cv under a normal approximation, k·cv/sqrt(iterations) with
+k = sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99 (cv itself when iterations is
+not recorded); 0 for predictions. Accuracy (the task's primary metric)
 regresses when it drops by more than the tolerance in absolute points; accuracy figures from
 different engines are `missing`. When the baseline has latency figures of the compared kinds and
 none was compared, a failing `latency` line says so.
