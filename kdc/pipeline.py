@@ -216,8 +216,7 @@ def _stages() -> list[Stage]:
 STAGE_NAMES = ("search", "distill", "export", "build", "verify", "report")
 
 
-def teacher_fingerprint(cfg: KdcConfig) -> str:
-    """Hash of the teacher's files (weights, config) so a retrained teacher re-runs stages."""
+def _teacher_files(cfg: KdcConfig) -> list[Path]:
     t = cfg.teacher
     files: list[Path] = []
     if t.path and cfg.resolve(t.path).is_dir():
@@ -228,7 +227,35 @@ def teacher_fingerprint(cfg: KdcConfig) -> str:
         )
     if t.weights and cfg.resolve(t.weights).is_file():
         files.append(cfg.resolve(t.weights))
-    return sha256_json({p.name: sha256_file(p) for p in files})
+    return files
+
+
+def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
+    """A data file's sha256; a folder's (image folder, saved `datasets`) file names, sizes and
+    modification times; None for what is not a local path (sklearn:digits, a hub name)."""
+    if not value or value.startswith("sklearn:"):
+        return None
+    path = cfg.resolve(value)
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():
+        return sorted(
+            (str(f.relative_to(path)), st.st_size, st.st_mtime_ns)
+            for f in path.rglob("*")
+            if f.is_file() and (st := f.stat())
+        )
+    return None
+
+
+def inputs_fingerprint(cfg: KdcConfig) -> str:
+    """Hash of the teacher's files (weights, config) and of the data (`_data_fingerprint`), so a
+    retrained teacher or edited data re-runs stages on --resume."""
+    return sha256_json(
+        {
+            "teacher": {p.name: sha256_file(p) for p in _teacher_files(cfg)},
+            "data": [_data_fingerprint(cfg, v) for v in (cfg.data.source, cfg.data.eval)],
+        }
+    )
 
 
 # Settings that change how fast or in how much memory a stage runs, not what it computes (the
@@ -251,7 +278,7 @@ def config_reads(cfg: KdcConfig, reads: tuple[str, ...]) -> dict[str, Any]:
 
 
 def stage_hash(
-    stage: Stage, cfg: KdcConfig, profile: HardwareProfile, upstream: str, teacher_fp: str
+    stage: Stage, cfg: KdcConfig, profile: HardwareProfile, upstream: str, inputs_fp: str
 ) -> str:
     return sha256_json(
         {
@@ -260,7 +287,7 @@ def stage_hash(
             "upstream": upstream,
             "config": config_reads(cfg, stage.reads(cfg)),
             "profile": profile.model_dump(mode="json"),
-            "teacher": teacher_fp,
+            "inputs": inputs_fp,
         }
     )
 
@@ -373,7 +400,7 @@ def run_stages(
         ctx.console.print(f"warning: {clash}", markup=False)
     if stale := ctx.run.remove_stale_temp():
         ctx.log(f"[dim]removed {len(stale)} temporary file(s) an interrupted run left[/dim]")
-    tfp = teacher_fingerprint(ctx.cfg)
+    inputs = inputs_fingerprint(ctx.cfg)
     upstream = ""
     with _signals_as_interrupt() as pressed:
         for stage in _stages():
@@ -381,7 +408,7 @@ def run_stages(
                 STAGE_NAMES[STAGE_NAMES.index(stage.name) :]
             ):
                 break  # nothing asked for comes after this stage
-            h = stage_hash(stage, ctx.cfg, ctx.profile, upstream, tfp)
+            h = stage_hash(stage, ctx.cfg, ctx.profile, upstream, inputs)
             wanted = only is None or stage.name in only
             may_skip = not wanted or (resume and only is None)
             if not wanted and trust_upstream:

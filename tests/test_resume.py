@@ -173,3 +173,26 @@ def test_retrained_teacher_gets_fresh_cached_logits(cnn_project, tmp_path):
     api.compress(path, "host", run, resume=True, quiet=True)
     second = sorted((run / "distill").glob("teacher_logits*.npy"))
     assert len(first) == len(second) == 1 and first != second
+
+
+def test_edited_data_changes_every_stage_s_input_hash(tmp_path):
+    """--resume redoes the stages when the data changed: a data file by its sha256, a folder
+    (image folder, saved `datasets`) by its files' names, sizes and modification times."""
+    from tiny import cnn_config
+
+    from kdc.config import parse_config
+    from kdc.pipeline import inputs_fingerprint
+
+    (tmp_path / "train.csv").write_text("text,label\na,x\nb,y\n")
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    (tmp_path / "images" / "cat" / "1.png").write_bytes(b"png")
+    raw = cnn_config(weights=None)
+    raw["data"] = {"source": "train.csv", "eval": "images"}
+    cfg = parse_config(raw, base_dir=tmp_path)
+    first = inputs_fingerprint(cfg)
+    assert inputs_fingerprint(cfg) == first
+    (tmp_path / "train.csv").write_text("text,label\na,y\nb,x\n")  # labels flipped, same size
+    second = inputs_fingerprint(cfg)
+    assert second != first
+    (tmp_path / "images" / "cat" / "2.png").write_bytes(b"png")
+    assert inputs_fingerprint(cfg) != second

@@ -26,7 +26,7 @@ from kdc.compress.distill import (
 )
 from kdc.compress.prune import GradualPruning, ratio_for_latency
 from kdc.models.base import ModelAdapter
-from kdc.pipeline import Context, StageOutput, teacher_fingerprint
+from kdc.pipeline import Context, StageOutput, inputs_fingerprint
 from kdc.rundir import (
     atomic_dir,
     atomic_path,
@@ -43,7 +43,7 @@ def teacher_logits(ctx: Context) -> np.ndarray:
     keyed by the teacher's files and the data section (a retrained teacher or new data never
     reuses stale logits)."""
     key = sha256_json(
-        {"teacher": teacher_fingerprint(ctx.cfg), "data": ctx.cfg.data.model_dump(mode="json")}
+        {"inputs": inputs_fingerprint(ctx.cfg), "data": ctx.cfg.data.model_dump(mode="json")}
     )[:16]
     path = ctx.run / "distill" / f"teacher_logits-{key}.npy"
     n = len(ctx.dataset.train)
