@@ -54,7 +54,8 @@ def _crash_log(exc: BaseException, kwargs: dict[str, Any]) -> Path:
     if run is not None:
         from kdc.rundir import now_iso, write_text
 
-        return write_text(run / f"crash-{now_iso().replace(':', '')}.txt", text)
+        with contextlib.suppress(OSError):  # else the temp dir
+            return write_text(run / f"crash-{now_iso().replace(':', '')}.txt", text)
     fd, name = tempfile.mkstemp(prefix="kdc-crash-", suffix=".txt")
     with open(fd, "w") as f:
         f.write(text)

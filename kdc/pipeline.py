@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -292,6 +293,8 @@ def stage_hash(
     )
 
 
+# a write refused by the file system: the user's environment, not a bug in kdc
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; a CI job's timeout or cancel, `kill`
 
 
@@ -331,7 +334,14 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
     except Exception as e:
         if pressed():  # the signal, whatever a library made of it: the stage stays "running"
             raise KeyboardInterrupt from e
-        ctx.run.mark_failed(stage.name, f"{type(e).__name__}: {str(e)[:300]}")
+        with contextlib.suppress(OSError):  # the manifest may be as unwritable as the artifact
+            ctx.run.mark_failed(stage.name, f"{type(e).__name__}: {str(e)[:300]}")
+        if isinstance(e, OSError) and e.errno in UNWRITABLE:
+            raise UserError(
+                f"stage '{stage.name}' cannot write {e.filename or ctx.run.root} ({e.strerror})",
+                source=str(ctx.run.root),
+                fix="make the run directory writable (or free space), or pass another --out",
+            ) from None
         raise
     if pressed():
         raise KeyboardInterrupt  # reported as Interrupted by _signals_as_interrupt

@@ -165,6 +165,20 @@ class RunDir:
                 fix="pass a directory you can write to",
             ) from None
 
+    def require_writable(self) -> None:
+        """A UserError naming --out unless a file can be created in the run directory."""
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise UserError(
+                f"cannot write in the run directory ({e.strerror})",
+                source=str(self.root),
+                field="--out",
+                fix="make it writable, or pass another directory",
+            ) from None
+
     def __truediv__(self, rel: str) -> Path:
         return self.root / rel
 

@@ -155,3 +155,41 @@ def test_bundle_and_device_results_before_the_build_name_the_stage(cnn_project, 
     (run / "build" / "engines.json").unlink()
     line = _one_line_error(runner.invoke(app, ["bundle", str(run), "--target", "jetson"]))
     assert "output build/engines.json is missing or was changed" in line, line
+
+
+def test_an_unwritable_run_directory_is_a_one_line_error(cnn_project, tmp_path, monkeypatch):
+    """--out that exists but cannot be written in: refused before the run starts (exit 2)."""
+    import kdc.rundir
+
+    def refused(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(kdc.rundir.tempfile, "mkstemp", refused)
+    cfg = _cfg(cnn_project, tmp_path)
+    line = _one_line_error(runner.invoke(app, ["compress", str(cfg), "--out", str(run)]))
+    assert line == (
+        f"error: {run}: field '--out': cannot write in the run directory (Operation not "
+        "permitted) (fix: make it writable, or pass another directory)"
+    )
+
+
+def test_a_write_refused_during_a_stage_is_a_one_line_error(cnn_project, tmp_path, monkeypatch):
+    """A run directory made read-only (or full) during a run: exit 2 naming the file, not an
+    internal error; the stage is marked failed."""
+    import kdc.stages.distill
+
+    def unwritable(ctx):
+        raise PermissionError(13, "Permission denied", str(ctx.run / "distill" / "student"))
+
+    monkeypatch.setattr(kdc.stages.distill, "run", unwritable)
+    run = tmp_path / "run"
+    line = _one_line_error(
+        runner.invoke(app, ["compress", str(_cfg(cnn_project, tmp_path)), "--out", str(run), "-q"])
+    )
+    assert line.startswith(f"error: {run}: stage 'distill' cannot write {run}/distill/student")
+    assert "(Permission denied)" in line and "pass another --out" in line
+    assert (
+        json.loads((run / "manifest.json").read_text())["stages"]["distill"]["status"] == "failed"
+    )
