@@ -78,6 +78,9 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     (run / trt["path"] / "build.sh").write_text("#!/bin/sh\nrm -rf /\n")
     res = runner.invoke(app, ["inspect", str(run)])
     assert res.exit_code == 1 and "CORRUPT" in res.output and "build.sh" in res.output
+    # the same run for another target: the Jetson bundle is not left beside the new build
+    assert _compress(cnn_project, run, "host", "--resume").exit_code == 0
+    assert not list((run / "build").glob("bundle*"))
 
 
 @pytest.mark.slow

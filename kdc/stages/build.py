@@ -469,6 +469,11 @@ def run(ctx: Context) -> StageOutput:
     require_free(ctx.run / "build", engine_bytes_needed(src), "building engines")
     for stale in TENSORRT_OUTPUTS:  # an earlier build's engine is not this graph's (cache stays)
         (ctx.run / "build" / "tensorrt" / stale).unlink(missing_ok=True)
+    # nor are its device bundles (this stage's, or `kdc bundle`'s for other targets)
+    for old in sorted((ctx.run / "build").glob("bundle*")):
+        if old.is_dir():
+            shutil.rmtree(old)
+            ctx.log(f"  removed {old.relative_to(ctx.run.root)}: a bundle of the previous build")
     engines: list[dict] = []
     wanted = wanted_engines(ctx)
     if "onnxruntime" in wanted:
