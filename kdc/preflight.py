@@ -18,9 +18,18 @@ def check_config(cfg: KdcConfig) -> None:
 
 
 def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
-    """Raise a UserError when the target builds no engine at the config's precision: FP16 is a
-    TensorRT precision (ONNX Runtime's engines here are FP32 and INT8)."""
+    """Raise a UserError when the target builds no engine the config asks for (`build.engines`)
+    or none at the config's precision: FP16 is a TensorRT precision (ONNX Runtime's engines here
+    are FP32 and INT8)."""
     engines = profile.runtime.engines
+    if cfg.build.engines and not set(cfg.build.engines) & set(engines):
+        raise UserError(
+            f"target {profile.name} runs {', '.join(engines)} only: no engine of "
+            f"{', '.join(cfg.build.engines)} would be built or verified",
+            source=cfg.source_file,
+            field="build.engines",
+            fix=f"add {engines[0]}, or pick a target that runs {cfg.build.engines[0]}",
+        )
     if cfg.quantize.precision == "fp16" and "tensorrt" not in engines:
         raise UserError(
             f"fp16 engines are TensorRT's, and target {profile.name} runs "

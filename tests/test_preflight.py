@@ -75,6 +75,20 @@ def test_fp16_is_refused_for_a_target_without_tensorrt(tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_engines_the_target_does_not_run_are_refused(tmp_path):
+    """Only TensorRT asked for on the host: nothing would be built or verified, yet the run
+    passed (its one engine `unavailable`)."""
+    cfg = _config(tmp_path, build={"engines": ["tensorrt"]})
+    line = _one_line(runner.invoke(app, ["compress", str(cfg), "--target", "host", "--dry-run"]))
+    assert line == (
+        f"error: {cfg}: field 'build.engines': target host runs onnxruntime only: no engine of "
+        "tensorrt would be built or verified (fix: add onnxruntime, or pick a target that runs "
+        "tensorrt)"
+    )
+    res = runner.invoke(app, ["compress", str(cfg), "--target", "jetson", "--dry-run"])
+    assert res.exit_code == 0, res.output
+
+
 def test_a_field_error_from_a_stage_names_the_config(tmp_path):
     cfg = _config(tmp_path, teacher={"entrypoint": "nosuchpkg.mod:fn"})
     res = runner.invoke(app, ["compress", str(cfg), "--out", str(tmp_path / "r"), "-q"])
