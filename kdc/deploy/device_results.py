@@ -17,11 +17,9 @@ _FIX = "run bench.sh on the device and copy its results/ directory back"
 _NUMBERS = ("n", "max_abs", "mean_abs", "cosine", "cosine_min_row", "argmax_agreement")
 
 
-def _read(path: Path, *, required: bool, fix: str = _FIX) -> dict | None:
+def _read(path: Path, fix: str = _FIX) -> dict:
     if not path.is_file():
-        if required:
-            raise UserError("file not found", source=str(path), fix=fix)
-        return None
+        raise UserError("file not found", source=str(path), fix=fix)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -156,8 +154,8 @@ def _parity_warnings(parity: dict) -> list[str]:
         out.append(
             f"device parity was checked by {runner} on model.onnx, not by the TensorRT engine "
             f"that ships (model.plan){f': {notes}' if notes else ''}; build model.plan with "
-            "build.sh, install the tensorrt and torch Python packages on the device, then run "
-            "bench.sh again"
+            "build.sh, make the tensorrt Python package and libcudart (both in JetPack) "
+            "loadable on the device, then run bench.sh again"
         )
     return out
 
@@ -173,18 +171,18 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
     results_dir, bundle_dir = Path(results_dir), Path(bundle_dir)
     meta_file = bundle_dir / "bundle.json"
     rewrite = f"write the bundle again: kdc bundle RUN --target {target}"
-    meta = _read(meta_file, required=True, fix=rewrite)
+    meta = _read(meta_file, fix=rewrite)
     floor = meta.get("parity_min_cosine")
     if isinstance(floor, bool) or not isinstance(floor, int | float):
         raise UserError(
             "no parity floor", source=str(meta_file), field="parity_min_cosine", fix=rewrite
         )
     stats = parse_export_times(results_dir / "times.json")
-    raw_parity = _read(results_dir / "parity.json", required=True)
-    device = _read(results_dir / "device.json", required=False) or {}
+    raw_parity = _read(results_dir / "parity.json")
+    device = _read(results_dir / "device.json")
     _check_target(results_dir, meta_file, meta, device, target)
     version = trt_version_from_banner(str(device.get("trtexec", "")))
-    name = str(device.get("device") or "unknown (results/device.json missing)")
+    name = str(device.get("device") or "unknown (results/device.json names no device)")
     latency = {
         "kind": "measured",
         "device": name,
