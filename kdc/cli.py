@@ -155,7 +155,7 @@ def compress(
         out.print_json(json.dumps(api.plan(config, target, out_dir)))
         return
     if mlflow:
-        tracking.require_mlflow()  # before the run, not after it
+        tracking.check_uri(mlflow)  # before the run, not after it
     report = api.compress(config, target, out_dir, resume=resume, quiet=quiet)
     if mlflow:
         run_id = tracking.log_run(mlflow, out_dir or api.default_run_dir(load_config(config)))

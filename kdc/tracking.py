@@ -29,6 +29,24 @@ def require_mlflow() -> ModuleType:
     return mlflow
 
 
+def check_uri(uri: str) -> None:
+    """Before a run: a UserError when mlflow is missing or has no tracking store for the URI's
+    scheme (else a typo in --mlflow surfaces only after the whole pipeline)."""
+    require_mlflow()
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry as stores
+    except ImportError:  # another MLflow layout: the URI is checked when the run is logged
+        return
+    try:
+        stores.get_store_builder(uri)
+    except Exception:
+        raise UserError(
+            f"MLflow has no tracking store for the URI '{uri}'",
+            field="--mlflow",
+            fix="use an http(s)://host:port server, a file:/path store or databricks",
+        ) from None
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     """Nested mappings as dotted keys; lists and scalars as JSON text (MLflow params)."""
     if isinstance(obj, dict):

@@ -78,6 +78,18 @@ def test_missing_mlflow_fails_before_the_run(tmp_path, monkeypatch):
     assert not ran
 
 
+def test_an_unknown_uri_scheme_fails_before_the_run(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    ran = []
+    monkeypatch.setattr(api, "compress", lambda *a, **kw: ran.append(1))
+    cfg = write_yaml(tmp_path / "model.yaml", cnn_config())
+    res = runner.invoke(app, ["compress", str(cfg), "--mlflow", "bogus://x"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith("error: field '--mlflow': MLflow has no tracking store for")
+    assert not ran
+
+
 def test_metrics_name_measured_and_predicted_latency():
     m = report_metrics(json.loads(SAMPLE.read_text()))
     assert m["teacher.accuracy"] == pytest.approx(0.8127)
