@@ -485,7 +485,8 @@ def profiles_show(name: str) -> None:
     from kdc.profiles import load_profile
 
     out.print(
-        yaml.safe_dump(load_profile(name).model_dump(mode="json"), sort_keys=False), markup=False
+        yaml.safe_dump(load_profile(name, "NAME").model_dump(mode="json"), sort_keys=False),
+        markup=False,
     )
 
 

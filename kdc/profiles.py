@@ -134,9 +134,17 @@ def _read(path: Path) -> HardwareProfile:
         raise UserError(
             "cannot read profile: not UTF-8 text", source=str(path), fix="save it as UTF-8"
         ) from None
-    except (yaml.YAMLError, OSError) as e:
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
         raise UserError(
-            f"cannot read profile: {e}".splitlines()[0], source=str(path), fix="check the YAML"
+            f"cannot read profile: not valid YAML{where}",
+            source=str(path),
+            fix="check indentation and quoting",
+        ) from None
+    except OSError as e:
+        raise UserError(
+            f"cannot read profile ({e.strerror or e})", source=str(path), fix="check the path"
         ) from None
     except ValidationError as e:
         msg, field, fix = describe_error(
@@ -155,8 +163,9 @@ def list_profiles() -> list[HardwareProfile]:
     return [*(with_calibration(p) for p in _builtin().values()), host_profile()]
 
 
-def load_profile(name_or_path: str) -> HardwareProfile:
-    """A profile by name, alias (`jetson`), `host`/`cpu`, or a path to a YAML file."""
+def load_profile(name_or_path: str, field: str = "--target") -> HardwareProfile:
+    """A profile by name, alias (`jetson`), `host`/`cpu`, or a path to a YAML file; `field`:
+    the argument it came from, for errors."""
     key = name_or_path.strip()
     if key in ("host", "cpu"):
         return host_profile()
@@ -166,7 +175,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
             raise UserError(
                 "profile file not found",
                 source=key,
-                field="--target",
+                field=field,
                 fix="pass an existing YAML or a name from `kdc profiles list`",
             )
         return with_calibration(_read(p))
@@ -176,7 +185,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     names = sorted([*_builtin(), "host"])
     raise UserError(
         f"unknown target '{key}'",
-        field="--target",
+        field=field,
         fix=f"use one of {', '.join(names)} or a path to a profile YAML",
     )
 
