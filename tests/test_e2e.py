@@ -122,6 +122,13 @@ def test_constraint_failure_exits_1(cnn_project, tmp_path):
     res = _compress(path, tmp_path / "run", "host", "--resume")
     assert res.exit_code == 1 and "up to date" not in res.output  # -q
     assert "FAIL latency_p99_ms" in res.output and res.output.split()[-1] == "FAILED"
+    # kdc check reads the report (its structure, task and classes) and fails on the budget alone
+    assert report["task"] and report["data"]["labels"]
+    rp = str(tmp_path / "run" / "report.json")
+    res = runner.invoke(app, ["check", rp, "--baseline", rp])
+    assert res.exit_code == 1, res.output
+    failed = [ln.split()[1] for ln in res.output.splitlines() if not ln.startswith("PASS")]
+    assert failed == ["constraint.latency_p99_ms"], res.output
 
 
 def test_bad_config_exits_2_with_one_line(tmp_path):

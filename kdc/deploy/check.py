@@ -1,21 +1,27 @@
 """`kdc check`: compare a report with a baseline report, with stated tolerances and noise.
 
-Reports of different targets are not compared: every metric is `missing`. Engines are matched by
-(engine, precision). Per engine, each latency object (`latency`, and `target_latency`) is compared
-like with like: measured with measured (p50 and p99), predicted with predicted (p50). A change of
-kind, a measurement taken under other conditions (device, batch, threads, input_shape) or a
-prediction made otherwise (latency model, its calibration, the hash of the profile fields it reads,
-batch, input shape, padding) is reported as `missing`, never compared. A slowdown is a regression
-only when it exceeds both the tolerance and the noise (with `--strict`, the tolerance alone),
-2·hypot(u_base, u_now), u the relative uncertainty of the statistic: its spread over
-interleaved rounds, (max - min) / median of `rounds_p50_ms` (`rounds_p99_ms` for p99; the p50's
-where absent) when both were timed in 2 or more rounds, else the statistic's standard error
-from the per-sample cv under a normal approximation, k·cv/sqrt(iterations) with
-k = sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99 (cv itself when iterations is
-not recorded); 0 for predictions. Accuracy (the task's primary metric)
-regresses when it drops by more than the tolerance in absolute points; accuracy figures from
-different engines are `missing`. When the baseline has latency figures of the compared kinds and
-none was compared, a failing `latency` line says so.
+A file that is not a kdc report.json (no `task`, `target.name`, or an engine without `engine`,
+`precision` or `status`) is a one-line error naming it and the field (exit 2). A baseline of
+another target or another model's task is not compared: every metric is `missing` (each one the
+baseline has fails: exit 1) and says to re-baseline. Two reports are of one task when their `task`
+is the same and, where both record `data.labels`, the same set of class labels (in any order: a
+teacher can order them otherwise); `run.name` and the config hash are not compared, as a new run
+of the same task legitimately changes them (a renamed run still compares).
+Engines are matched by (engine, precision). Per engine, each latency object (`latency`, and
+`target_latency`) is compared like with like: measured with measured (p50 and p99), predicted with
+predicted (p50). A change of kind, a measurement taken under other conditions (device, batch,
+threads, input_shape) or a prediction made otherwise (latency model, its calibration, the hash of
+the profile fields it reads, batch, input shape, padding) is reported as `missing`, never compared.
+A slowdown is a regression only when it exceeds both the tolerance and the noise (with `--strict`,
+the tolerance alone), 2·hypot(u_base, u_now), u the relative uncertainty of the statistic: its
+spread over interleaved rounds, (max - min) / median of `rounds_p50_ms` (`rounds_p99_ms` for p99;
+the p50's where absent) when both were timed in 2 or more rounds, else the statistic's standard
+error from the per-sample cv under a normal approximation, k·cv/sqrt(iterations) with k =
+sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99 (cv itself when iterations is not
+recorded); 0 for predictions. Accuracy (the task's primary metric) regresses when it drops by more
+than the tolerance in absolute points; accuracy figures from different engines are `missing`. When
+the baseline has latency figures of the compared kinds and none was compared, a failing `latency`
+line says so.
 """
 
 from __future__ import annotations
@@ -291,15 +297,24 @@ def compare(
         results += _accuracy(
             label, be.get("accuracy"), ce.get("accuracy"), accuracy_tolerance, task
         )
-    bt, ct = _target(baseline), _target(report)
-    if bt != ct:
-        why = f"not comparable: target {bt!r} vs {ct!r}; {REBASELINE}"
+    differ = _other_model(baseline, report)
+    if differ:
+        why = f"not comparable: {differ}; {REBASELINE}"
         results = [_missing(r.metric, r.baseline, r.current, why) for r in results]
     return results + _nothing_compared(baseline, results, latency_kinds)
 
 
-def _target(report: dict) -> str | None:
-    return (report.get("target") or {}).get("name")
+def _other_model(baseline: dict, report: dict) -> str:
+    """`target 'a' vs 'b'; task ...` for what makes the two reports results of another target or
+    task (class labels: where both record them), else ''."""
+    target = ((r.get("target") or {}).get("name") for r in (baseline, report))
+    task = (r.get("task") for r in (baseline, report))
+    differ = [f"{k} {b!r} vs {c!r}" for k, (b, c) in (("target", target), ("task", task)) if b != c]
+    bl, cl = ((r.get("data") or {}).get("labels") for r in (baseline, report))
+    if bl is not None and cl is not None and set(bl) != set(cl):
+        only = (_shown(sorted(set(x) - set(y)), 40) for x, y in ((bl, cl), (cl, bl)))
+        differ.append(f"data.labels {len(bl)} vs {len(cl)} classes ({' vs '.join(only)})")
+    return "; ".join(differ)
 
 
 def _nothing_compared(
@@ -376,8 +391,9 @@ class _Accuracy(_Strict):
 
 
 class _Engine(_Strict):
-    engine: str | None = None
-    precision: str | None = None
+    engine: str
+    precision: str
+    status: str
     latency: _Latency | None = None
     target_latency: _Latency | None = None
     accuracy: _Accuracy | None = None
@@ -391,16 +407,21 @@ class _Constraint(_Strict):
 
 
 class _Target(_Strict):
-    name: str | None = None
+    name: str
     profile_sha256: str | None = None
+
+
+class _Data(_Strict):
+    labels: list[str] | None = None
 
 
 class _Report(_Strict):
     """The parts of a report.json that `kdc check` reads; anything else is passed over."""
 
-    task: Task | None = None
-    target: _Target | None = None
     engines: list[_Engine]
+    task: Task
+    target: _Target
+    data: _Data | None = None
     constraints: list[_Constraint] | None = None
 
 

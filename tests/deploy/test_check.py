@@ -207,6 +207,81 @@ def test_another_target_is_not_comparable_and_says_nothing_was_compared(baseline
     assert results[-1].metric == "latency" and "nothing compared" in results[-1].message
 
 
+DIGITS = [str(i) for i in range(10)]
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (
+            lambda r: r.update(data={"labels": ["cat", "dog", "fish"]}),
+            "data.labels 10 vs 3 classes (['0', '1', ",
+        ),
+        (lambda r: r["data"]["labels"].__setitem__(9, "nine"), "(['9'] vs ['nine'])"),
+        (lambda r: r.update(task="image-classification"), "task 'text-classification' vs 'image"),
+    ],
+)
+def test_another_models_report_is_not_comparable(baseline, edit, said):
+    """A baseline of another task or other classes fails every metric as `missing`, like a
+    baseline of another target: a 0.99 -> 0.11 accuracy is not a regression of this model."""
+    baseline["data"] = {"labels": DIGITS}
+    current = copy.deepcopy(baseline)
+    edit(current)
+    engine(current, "onnxruntime-fp32")["accuracy"]["value"] = 0.1111
+    results = compare(current, baseline)
+    assert results and all(r.status == "missing" and r.failed for r in results)
+    assert all(said in r.message and "--update-baseline" in r.message for r in results[:-1])
+    assert results[-1].metric == "latency" and "nothing compared" in results[-1].message
+
+
+def test_renamed_run_with_reordered_labels_and_another_config_still_compares(baseline):
+    baseline["data"] = {"labels": DIGITS}
+    current = copy.deepcopy(baseline)
+    current["run"].update(name="digits-v2", config_sha256="0" * 64)
+    current["data"]["labels"] = DIGITS[::-1]  # another teacher's class order
+    engine(current, "onnxruntime-fp32")["accuracy"]["value"] -= 0.02
+    results = by_metric(compare(current, baseline))
+    assert results["onnxruntime-fp32.accuracy"].status == "regression"
+    assert results["onnxruntime-int8.accuracy"].status == "pass"
+    current["data"] = None  # labels recorded by one report only: compared
+    assert by_metric(compare(current, baseline))["onnxruntime-int8.accuracy"].status == "pass"
+
+
+def test_cli_baseline_of_another_model_exits_1_without_a_regression(baseline, tmp_path):
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    paths = {}
+    for name, labels, acc in (("img", ["cat", "dog", "fish"], 0.1111), ("digits", DIGITS, 0.9972)):
+        report = copy.deepcopy(baseline)
+        report.update(task="image-classification", data={"labels": labels})
+        engine(report, "onnxruntime-fp32")["accuracy"]["value"] = acc
+        paths[name] = tmp_path / name / "report.json"
+        paths[name].parent.mkdir()
+        paths[name].write_text(json.dumps(report))
+    args = ["check", str(paths["img"]), "--baseline", str(paths["digits"])]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert "REGRESSION" not in res.output
+    [line] = [ln for ln in res.output.splitlines() if "fp32.accuracy" in ln]
+    assert line.startswith("MISSING") and "data.labels 10 vs 3 classes" in line
+
+
+def test_cli_baseline_that_is_not_a_report_exits_2_naming_file_and_field(baseline, tmp_path):
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    bad = tmp_path / "baseline.json"
+    bad.write_text(json.dumps({**baseline, "engines": [{"engine": "x"}]}))
+    res = CliRunner().invoke(app, ["check", str(SAMPLE), "--baseline", str(bad)])
+    assert res.exit_code == 2, res.output
+    [line] = res.output.strip().splitlines()
+    assert line.startswith("error:") and str(bad) in line and "engines[0].precision" in line
+    assert "not a kdc report.json" in line and "Traceback" not in res.output
+
+
 def test_cli_different_device_exits_1_naming_it(baseline, tmp_path):
     from typer.testing import CliRunner
 
@@ -408,6 +483,15 @@ def test_constraint_rows_become_results_and_a_missing_value_fails(baseline):
         (lambda r: r["constraints"][0].update({"pass": "yes"}), "constraints[0].pass"),
         (lambda r: r["constraints"][0].pop("pass"), "constraints[0].pass"),
         (lambda r: r.update(task="regression"), "task"),
+        (lambda r: r.pop("task"), "task"),
+        (lambda r: r.pop("target"), "target"),
+        (lambda r: r["target"].pop("name"), "target.name"),
+        (lambda r: r["engines"][0].pop("engine"), "engines[0].engine"),
+        (lambda r: r["engines"][1].pop("precision"), "engines[1].precision"),
+        (lambda r: r["engines"][3].pop("status"), "engines[3].status"),
+        (lambda r: r.update(engines=[{"engine": "x"}]), "engines[0].precision"),
+        (lambda r: r.update(data={"labels": "cat,dog"}), "data.labels"),
+        (lambda r: r.update(data={"labels": [0, 1]}), "data.labels[0]"),
     ],
 )
 def test_structurally_invalid_report_names_the_file_and_field(baseline, tmp_path, edit, field):
