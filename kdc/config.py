@@ -75,6 +75,7 @@ class DataConfig(Section):
     split_seed: int | None = Field(None, ge=0)
     max_length: int = Field(128, ge=8, le=4096)
     image_size: int | None = Field(None, ge=8)
+    channels: Literal[1, 3] = 3  # an image folder's images as grayscale (1) or RGB (3)
     limit_train: int | None = Field(None, ge=1)
     limit_eval: int | None = Field(None, ge=1)
     split_sentences: bool = False

@@ -128,8 +128,8 @@ def _probe_outputs(ctx: Context, teacher: ModelAdapter) -> int:
             f"the teacher failed on the first row of {field} ({what}): {first_line(e)}",
             source=ctx.cfg.source_file,
             field=field,
-            fix="give the data the teacher was trained on (its channels; data.image_size), "
-            "or the teacher for this data",
+            fix="give the data the teacher was trained on (its channels: data.channels 1 or 3; "
+            "data.image_size), or the teacher for this data",
         ) from None
 
 

@@ -154,7 +154,7 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
         "jsonl": lambda: read_jsonl(path, d.text_column, label, field),
         "txt": lambda: read_txt(path, field),
         "datasets": lambda: read_datasets(path, d.text_column, label, split, field),
-        "imagefolder": lambda: read_imagefolder(path, image_read_size(cfg), field),
+        "imagefolder": lambda: read_imagefolder(path, image_read_size(cfg), field, d.channels),
         "sklearn": read_digits,
     }
     return readers[fmt]()

@@ -383,17 +383,19 @@ def check_images(files: dict[str, list[Path]], field: str) -> None:
 
 
 def read_imagefolder(
-    path: Path, size: int, field: str = "data.source"
+    path: Path, size: int, field: str = "data.source", channels: int = 3
 ) -> tuple[np.ndarray, list[str]]:
-    """`path/<class>/<image>` → float32 N×3×size×size in [0, 1] and class names; an image file
-    that does not decode is a UserError naming it."""
+    """`path/<class>/<image>` → float32 N×channels×size×size in [0, 1] (1: grayscale, Pillow's
+    mode L; 3: RGB) and class names; an image file that does not decode is a UserError naming
+    it."""
     from PIL import Image
 
     images, labels = [], []
     for cls, files in image_files(path, field).items():
         for img in files:
             with _image_errors(img, field), Image.open(img) as im:
-                arr = np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32)
+                im = im.convert("L" if channels == 1 else "RGB").resize((size, size))
+                arr = np.asarray(im, dtype=np.float32).reshape(size, size, channels)
             images.append(arr.transpose(2, 0, 1) / 255.0)
             labels.append(cls)
     return np.stack(images).astype(np.float32), labels

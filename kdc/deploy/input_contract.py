@@ -33,6 +33,14 @@ _FOLDER = {
     "color": "RGB (3 channels, R first)",
     "scale": "x / 255.0",
 }
+_FOLDER_GRAY = {  # data.channels: 1
+    **_FOLDER,
+    "steps": [
+        "Image.convert('L') (grayscale: ITU-R 601-2 luma of RGB, alpha dropped)",
+        *_FOLDER["steps"][1:],
+    ],
+    "color": "grayscale (1 channel)",
+}
 
 
 def image_input_contract(
@@ -50,8 +58,8 @@ def image_input_contract(
     `data_source` (a Dataset's `source`: `sklearn:digits` or `imagefolder:<path>`) at
     `read_size` (default: the input's), then resized to the input's size where that differs and
     normalised by `mean`/`std` per channel where given (a vision transformer's adapter)."""
-    how = _DIGITS if data_source == "sklearn:digits" else _FOLDER
     _, channels, height, width = input_shape
+    how = _DIGITS if data_source == "sklearn:digits" else _FOLDER_GRAY if channels == 1 else _FOLDER
     size = how.get("size") or read_size  # as the reader read it
     read = (size or height, size or width)
     steps = [step.format(width=read[1], height=read[0]) for step in how["steps"]]

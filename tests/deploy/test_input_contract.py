@@ -30,3 +30,15 @@ def test_the_digits_contract_is_one_channel_scaled_by_16():
     assert list(images.shape[1:]) == [c["input"]["channels"], 8, 8] == [1, 8, 8]
     assert images.max() == 1.0 and c["input"]["scale"] == "x / 16.0"
     assert c["input"]["value_range"] == [0.0, 1.0]
+
+
+def test_a_grayscale_folder_contract_matches_the_reader(tmp_path):
+    """data.channels: 1 reads an image folder as Pillow's mode L, for a one-channel teacher."""
+    for cls, mode, color in (("cat", "L", 200), ("dog", "RGB", (200, 200, 200))):
+        (tmp_path / cls).mkdir()
+        Image.new(mode, (12, 6), color).save(tmp_path / cls / "0.png")
+    images, _ = read_imagefolder(tmp_path, 4, channels=1)
+    c = image_input_contract("imagefolder:imgs", "x", [1, 1, 4, 4], ["cat", "dog"])
+    assert images.shape == (2, 1, 4, 4) and np.allclose(images, 200 / 255)
+    assert c["input"]["color"] == "grayscale (1 channel)"
+    assert c["preprocessing"]["steps"][0].startswith("Image.convert('L')")
