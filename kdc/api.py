@@ -180,8 +180,14 @@ def verify(
     from kdc.pipeline import require_stage, run_stages
 
     cfg = config_of_run(run_dir)
-    target = target or read_json(Path(run_dir) / "manifest.json").get("target", "host")
-    ctx = open_run(cfg, target, run_dir, quiet=quiet)
+    built_for = read_json(Path(run_dir) / "manifest.json").get("target", "host")
+    ctx = open_run(cfg, target or built_for, run_dir, quiet=quiet)
+    if ctx.profile.name != built_for:  # said even with --quiet: the report changes meaning
+        ctx.console.print(
+            f"report.* now describe the run's engines verified for {ctx.profile.name} (built for "
+            f"{built_for}; `kdc verify {run_dir}` verifies them for it again)",
+            markup=False,
+        )
     if device_results is not None:
         from kdc.stages.verify import device_figures
 

@@ -124,6 +124,8 @@ def test_reverify_for_another_target_after_the_checkout_moved(cnn_project, tmp_p
     for target, name in ((["--target", "t4"], "nvidia-t4"), (["-t", "host"], "host"), ([], jetson)):
         res = runner.invoke(app, ["verify", str(b / "runs" / "ci"), *target, "-q"])
         assert res.exit_code in (0, 1), res.output
+        said = f"report.* now describe the run's engines verified for {name} (built for {jetson}"
+        assert (said in res.output) == (name != jetson), res.output
         report = json.loads((b / "runs" / "ci" / "report.json").read_text())
         manifest = json.loads((b / "runs" / "ci" / "manifest.json").read_text())
         # the report is for the target asked; the run stays the Jetson's (a plain verify's)
