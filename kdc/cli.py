@@ -72,7 +72,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except UserError as e:
-            err.print(f"error: {e}", markup=False)
+            err.print(f"error: {e.as_option(set(kwargs))}", markup=False)
             raise typer.Exit(2) from None
         except (KeyboardInterrupt, Interrupted) as e:
             stop = e if isinstance(e, Interrupted) else Interrupted()

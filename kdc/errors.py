@@ -36,6 +36,14 @@ class UserError(KdcError):
             text += f" (fix: {fix})"
         super().__init__(text)
 
+    def as_option(self, options: set[str]) -> UserError:
+        """This error naming `--name` when its field is a command's option `name` (the Python
+        API names the parameter, the command line the flag)."""
+        if self.field not in options:
+            return self
+        flag = "--" + self.field.replace("_", "-")
+        return type(self)(self.message, source=self.source, field=flag, fix=self.fix)
+
     def located(self, config_file: str) -> UserError:
         """This error naming `config_file` when it names a config field but no file."""
         if self.source or not self.field or self.field.startswith("-"):
