@@ -135,11 +135,18 @@ class SearchConfig(Section):
 
 class LossConfig(Section):
     """One distillation loss (`logits`, `ce`, `hidden`, `attention`, `relation`, `embedding`),
-    its weight and its own parameters (see kdc/compress/losses.py)."""
+    its weight and its own parameters (see kdc/compress/losses.py); a bare name stands for
+    `{name: <name>}`."""
 
     name: str
     weight: float = Field(1.0, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, v: Any) -> Any:
+        """A bare name (`losses: [logits, hidden]`) is `{name: <name>}`."""
+        return {"name": v} if isinstance(v, str) else v
 
     @field_validator("params", mode="before")
     @classmethod

@@ -73,6 +73,15 @@ def test_bad_entrypoint_form(tmp_path):
     assert "teacher.entrypoint" in _err(tmp_path, data)
 
 
+def test_a_loss_may_be_given_by_its_name_alone(tmp_path):
+    """`losses: [logits, hidden]`, as README.md writes the default recipes: a bare name is
+    `{name: <name>}`, beside full entries."""
+    data = cnn_config()
+    data["distill"]["losses"] = ["logits", {"name": "ce", "weight": 0.5}]
+    cfg = load_config(write_yaml(tmp_path / "model.yaml", data))
+    assert [(x.name, x.weight) for x in cfg.distill.losses] == [("logits", 1.0), ("ce", 0.5)]
+
+
 def test_split_seed_holds_the_eval_split_while_the_seed_changes(tmp_path):
     from kdc.config import parse_config
     from kdc.data import load_dataset

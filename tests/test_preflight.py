@@ -31,6 +31,7 @@ BAD = [
     ("data.source", {"data": {"source": "missing.csv"}}),
     ("data.eval", {"data": {"eval": "missing_eval.csv"}}),
     ("distill.losses", {"distill": {"losses": [{"name": "logitz"}]}}),
+    ("distill.losses", {"distill": {"losses": ["logits", "logitz"]}}),  # bare names
     (
         "distill.losses[1].params",
         {"distill": {"losses": [{"name": "ce"}, {"name": "logits", "params": {"bogus": 1}}]}},
