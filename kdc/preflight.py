@@ -12,6 +12,7 @@ from kdc.profiles import HardwareProfile
 def check_config(cfg: KdcConfig) -> None:
     """Raise a UserError naming the config file and field for the first problem found."""
     _check_paths(cfg)
+    _check_columns(cfg)
     _check_names(cfg)
     _check_augment(cfg)
     _check_max_length(cfg)
@@ -56,6 +57,18 @@ def _check_paths(cfg: KdcConfig) -> None:
                 field=field,
                 fix=f"check that {cfg.resolve(rel)} exists (paths are relative to the config)",
             )
+
+
+def _check_columns(cfg: KdcConfig) -> None:
+    """A classifier's text column is not its label column (it would learn from the labels)."""
+    d = cfg.data
+    if cfg.task == "text-classification" and d.text_column == d.label_column:
+        raise UserError(
+            f"the text column is the label column ('{d.text_column}')",
+            source=cfg.source_file,
+            field="data.text_column",
+            fix="name the column holding the texts; data.label_column names the labels",
+        )
 
 
 def _check_names(cfg: KdcConfig) -> None:

@@ -46,6 +46,10 @@ BAD = [
         },
     ),
     ("search.proxies", {"search": {"proxies": ["params", "nosuch"]}}),
+    (  # a classifier that would read its labels as its input
+        "data.text_column",
+        {"task": "text-classification", "data": {"text_column": "label"}},
+    ),
 ]
 
 
