@@ -372,6 +372,11 @@ CASES = [
       ("d.csv", "data.label_column", "line 3", "blank")),
     C("too little training data", lambda r, a: compress(text(r, a, data={"eval_fraction": 0.99})),
       ("data.",)),
+    # the student
+    C("student keeps no layers", lambda r, a: compress(text(r, a, student={"layers": 0})),
+      ("model.yaml", "student.layers", "0 of 4", "from 1 to 4")),
+    C("student keeps an empty list of layers", lambda r, a: compress(text(r, a, student={
+        "layers": []})), ("model.yaml", "student.layers", "0..3")),
     # the teacher
     C("weights missing", lambda r, a: compress(cnn(r, teacher={"weights": "nope.pt"})),
       ("teacher.weights", "not found")),

@@ -33,7 +33,7 @@ def fixed_student_spec(teacher: ModelAdapter, cfg: StudentConfig) -> dict[str, A
         n = teacher.architecture()["num_hidden_layers"]
         if isinstance(cfg.layers, list):
             bad = [i for i in cfg.layers if not 0 <= i < n]
-            if bad or len(set(cfg.layers)) != len(cfg.layers):
+            if bad or not cfg.layers or len(set(cfg.layers)) != len(cfg.layers):
                 raise UserError(
                     f"layer indices {cfg.layers} invalid for {n} layers",
                     field="student.layers",
@@ -41,7 +41,7 @@ def fixed_student_spec(teacher: ModelAdapter, cfg: StudentConfig) -> dict[str, A
                 )
             keep = sorted(cfg.layers)
         else:
-            keep = evenly_spaced(n, cfg.layers or max(1, n // 2))
+            keep = evenly_spaced(n, max(1, n // 2) if cfg.layers is None else cfg.layers)
         return {"family": "transformer", "layers": keep}
     return {"family": "cnn", "width": cfg.width}
 
