@@ -371,7 +371,9 @@ CASES = [
     C("csv blank label", data_file("d.csv", "text,label\ngood,pos\nbad,  \nok,neg\n"),
       ("d.csv", "data.label_column", "line 3", "blank")),
     C("too little training data", lambda r, a: compress(text(r, a, data={"eval_fraction": 0.99})),
-      ("data.",)),
+      ("model.yaml", "data.eval_fraction", "1 row(s) of 1 of the data's 2 classes")),
+    C("no training data", lambda r, a: compress(text(r, a, data={"eval_fraction": 0.999})),
+      ("model.yaml", "data.eval_fraction", "training split is empty", "all 60 row(s)")),
     # the student
     C("student keeps no layers", lambda r, a: compress(text(r, a, student={"layers": 0})),
       ("model.yaml", "student.layers", "0 of 4", "from 1 to 4")),

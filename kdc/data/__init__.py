@@ -203,8 +203,9 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
         )
         ev_feats, tr = pick(feats, ev_idx), pick(feats, tr_idx)
         ev_labels = [labels[i] for i in ev_idx] if labels else []
-        labels = [labels[i] for i in tr_idx] if labels else []
-        feats = tr
+        tr_labels = [labels[i] for i in tr_idx] if labels else []
+        _check_train_left(cfg, len(feats), len(tr_idx), labels, tr_labels)
+        feats, labels = tr, tr_labels
     if cfg.task == "sentence-embedding":
         if d.split_sentences:
             feats, ev_feats = _split_sentences(feats), _split_sentences(ev_feats)
@@ -245,6 +246,27 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
     kind = "image" if fmt in IMAGE_FORMATS else "text"
     source = d.source if fmt == "sklearn" else f"{fmt}:{d.source}"
     return Dataset(train, evs, names, kind, source)
+
+
+def _check_train_left(
+    cfg: KdcConfig, n_rows: int, n_train: int, labels: list, train_labels: list
+) -> None:
+    """What `data.eval_fraction` leaves of `n_rows` to train on must be some rows, and (for a
+    classifier) two classes where the data has two or more."""
+    classes, kept = {str(x) for x in labels}, {str(x) for x in train_labels}
+    if n_train and len(kept) >= min(2, len(classes)):
+        return
+    f = cfg.data.eval_fraction
+    raise UserError(
+        f"the training split is empty: data.eval_fraction {f:g} holds out all {n_rows} row(s)"
+        if not n_train
+        else f"the training split has {n_train} row(s) of {len(kept)} of the data's "
+        f"{len(classes)} classes: data.eval_fraction {f:g} holds out {n_rows - n_train} of "
+        f"the {n_rows} rows",
+        source=cfg.source_file,
+        field="data.eval_fraction",
+        fix="lower data.eval_fraction, give more rows, or give an eval file as data.eval",
+    )
 
 
 INDEX = r"-?\d+(\.0+)?"  # a class index as data holds it: 3, or 3.0 (pandas after a NaN)
