@@ -203,6 +203,8 @@ def _numbered_objects(
 
 
 def _line_objects(path: Path, f: Iterable[str], field: str, limit: int | None) -> list:
+    """JSON Lines; a file that is one JSON object (over several lines, or on one line holding a
+    list of objects: `{"rows": [{...}, ...]}`) is a UserError saying what is expected."""
     rows = []
     for i, line in enumerate(islice(f, limit), 1):
         if not line.strip():
@@ -210,11 +212,39 @@ def _line_objects(path: Path, f: Iterable[str], field: str, limit: int | None) -
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
+            whole = None if rows else _whole_json(path)
+            if isinstance(whole, dict):
+                raise _one_object(path, field, whole) from None
             raise UserError(
                 f"line {i} is not JSON", source=str(path), field=field, fix=JSON_FIX
             ) from None
         rows.append((i, _object(row, path, field, f"line {i}")))
+    if len(rows) == 1 and any(_holds_objects(v) for v in rows[0][1].values()):
+        raise _one_object(path, field, rows[0][1])
     return rows
+
+
+def _holds_objects(value: object) -> bool:
+    """Whether `value` is a list of JSON objects (rows nested under a key)."""
+    return isinstance(value, list) and bool(value) and all(isinstance(x, dict) for x in value)
+
+
+def _whole_json(path: Path) -> object:
+    """The file read as one JSON document; None where it is not one."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError:
+        return None
+
+
+def _one_object(path: Path, field: str, obj: dict) -> UserError:
+    return UserError(
+        "expected a JSON array of objects (or JSON Lines), not one JSON object "
+        f"(keys: {', '.join(list(obj)[:5])})",
+        source=str(path),
+        field=field,
+        fix="give the rows themselves: [{...}, ...], or one object per line",
+    )
 
 
 def _array_objects(path: Path, text: str, field: str, limit: int | None) -> list:
