@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kdc import __version__
@@ -62,9 +63,9 @@ class Context:
         check_label_count(self, t)
         tc = self.cfg.teacher
         if t.family == "cnn" and not tc.weights:
-            self.log(
-                "  [yellow]warning[/yellow]: teacher.weights is not set: the teacher has the "
-                f"weights {tc.entrypoint or tc.name} gives it (random unless it loads trained ones)"
+            self.warn(
+                "teacher.weights is not set: the teacher has the weights "
+                f"{tc.entrypoint or tc.name} gives it (random unless it loads trained ones)"
             )
         return t
 
@@ -112,6 +113,10 @@ class Context:
     def log(self, msg: str) -> None:
         if not self.quiet:
             self.console.print(msg)
+
+    def warn(self, msg: str) -> None:
+        """Print a warning (plain text, not markup): unlike `log`, also with -q."""
+        self.console.print(f"  [yellow]warning[/yellow]: {escape(msg)}")
 
 
 def _probe_outputs(ctx: Context, teacher: ModelAdapter) -> int:

@@ -74,10 +74,9 @@ def _fixed(ctx: Context) -> StageOutput:
         _note_uncalibrated(ctx)
         budget = ctx.cfg.constraints.latency_budget_ms or ctx.profile.defaults.latency_budget_ms
         if budget and predicted["student"] > budget:
-            ctx.log(
-                f"  [yellow]warning[/yellow]: the fixed student is predicted over the "
-                f"{budget:g} ms latency budget; a smaller student.architecture or "
-                "search.strategy: evolution finds one that fits"
+            ctx.warn(
+                f"the fixed student is predicted over the {budget:g} ms latency budget; a "
+                "smaller student.architecture or search.strategy: evolution finds one that fits"
             )
     cands = ctx.run / "search" / "candidates.jsonl"
     out = write_json(

@@ -316,9 +316,10 @@ def test_proxy_batch_draws_rows_in_order_cuts_text_and_leaves_images():
 
 
 def test_a_teacher_without_weights_is_warned(cnn_project, tmp_path):
-    """An entrypoint teacher without teacher.weights has whatever weights the function gives."""
+    """An entrypoint teacher without teacher.weights has whatever weights the function gives:
+    a warning, shown also with -q."""
     cfg = write_yaml(tmp_path / "noweights.yaml", cnn_config(name="noweights", weights=None))
-    res = runner.invoke(app, ["search", str(cfg), "--out", str(tmp_path / "run")])
+    res = runner.invoke(app, ["search", str(cfg), "--out", str(tmp_path / "run"), "-q"])
     assert res.exit_code == 0, res.output
     assert "teacher.weights is not set" in res.output and "kdc.models.cnn:small_cnn" in res.output
     res = runner.invoke(
