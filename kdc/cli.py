@@ -166,13 +166,21 @@ def compress(
 @app.command()
 @handled
 def validate(config: Path) -> None:
-    """Check a model.yaml without running anything: schema, files, loss and proxy names."""
+    """Check a model.yaml without loading a model: schema, files, names, the teacher's
+    entrypoint import, and the data (read and split as --dry-run does)."""
     from kdc.config import load_config
+    from kdc.data import load_dataset
     from kdc.preflight import check_config
 
     cfg = load_config(config)
     check_config(cfg)
-    out.print(f"{config}: valid ({cfg.task}, teacher {cfg.teacher.kind})")
+    ds = load_dataset(cfg)
+    classes = f", {ds.num_labels} classes" if ds.num_labels else ""
+    out.print(
+        f"{config}: valid ({cfg.task}, teacher {cfg.teacher.kind}; data {len(ds.train)} train / "
+        f"{len(ds.eval)} eval rows{classes})",
+        markup=False,
+    )
 
 
 def _stage_command(name: str) -> None:

@@ -1,6 +1,7 @@
-"""Checks of a config that load no model and no data: `kdc validate` runs them, and so does every
-run before it touches its run directory, so a missing file or a misspelt loss fails in a second,
-not after the search."""
+"""Checks of a config that load no model and no data: `kdc validate` runs them (and then reads
+the data, as `--dry-run` does), and so does every run before it touches its run directory, so a
+missing file, a misspelt loss or an entrypoint that does not import fails in seconds, not after
+the search."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def check_config(cfg: KdcConfig) -> None:
     _check_names(cfg)
     _check_augment(cfg)
     _check_max_length(cfg)
+    _check_entrypoint(cfg)
 
 
 def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
@@ -133,3 +135,11 @@ def _check_max_length(cfg: KdcConfig) -> None:
             field="data.max_length",
             fix=f"set data.max_length to {limit} or less",
         )
+
+
+def _check_entrypoint(cfg: KdcConfig) -> None:
+    """`teacher.entrypoint` imports (its module is imported; the function is not called)."""
+    if cfg.teacher.entrypoint:
+        from kdc.models import check_entrypoint
+
+        check_entrypoint(cfg)

@@ -1,6 +1,7 @@
 """`kdc validate` and the start of every run check what needs no model or data loaded: the
-teacher's source, files the config names, loss and proxy names. One line, exit 2, naming the
-config file and the field; a run that fails them leaves nothing behind."""
+teacher's source and entrypoint import, files the config names, loss and proxy names (validate
+then reads the data, as --dry-run does). One line, exit 2, naming the config file (or the data
+file) and the field; a run that fails them leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ BAD = [
         },
     ),
     ("search.proxies", {"search": {"proxies": ["params", "nosuch"]}}),
+    ("teacher.entrypoint", {"teacher": {"entrypoint": "nosuchpkg.mod:fn"}}),  # not importable
+    ("teacher.entrypoint", {"teacher": {"entrypoint": "kdc.models.cnn:nosuchfn"}}),
     (  # a classifier that would read its labels as its input
         "data.text_column",
         {"task": "text-classification", "data": {"text_column": "label"}},
@@ -120,6 +123,27 @@ def test_an_unquoted_on_parameter_is_read_as_on(tmp_path):
 def test_a_good_config_is_valid(tmp_path):
     res = runner.invoke(app, ["validate", str(_config(tmp_path))])
     assert res.exit_code == 0 and "valid" in res.output
+    assert "data 600 train / 200 eval rows, 10 classes" in res.output
+
+
+@pytest.mark.parametrize(
+    ("content", "field", "words"),
+    [
+        ("text,stars\nok,1\nno,2\n", "data.label_column", "'label' not found"),
+        ("", "data.source", "no rows"),
+        ("text,label\n" + "good film,pos\n" * 20, "data.label_column", "1 class"),
+    ],
+    ids=["no label column", "empty", "one class"],
+)
+def test_validate_reads_the_data_as_dry_run_does(tmp_path, content, field, words):
+    """Data that `kdc compress` refuses at once is refused by `kdc validate` too."""
+    from tiny import bert_config
+
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "d.csv").write_text(content)
+    cfg = write_yaml(tmp_path / "model.yaml", bert_config(data={"source": "d.csv", "eval": None}))
+    line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
+    assert line.startswith(f"error: {tmp_path / 'd.csv'}: field '{field}'") and words in line
 
 
 def test_a_max_length_beyond_the_teachers_positions_is_refused(tmp_path):

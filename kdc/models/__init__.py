@@ -14,7 +14,7 @@ from kdc.models.base import ModelAdapter
 from kdc.models.hf import HFTextAdapter
 from kdc.models.hf_image import HFImageAdapter
 from kdc.models.sentence import SentenceAdapter
-from kdc.models.vision import VisionAdapter
+from kdc.models.vision import VisionAdapter, entrypoint_function
 
 
 def _kind(cfg: KdcConfig) -> str:
@@ -70,10 +70,28 @@ def _sentence(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
     )
 
 
+def _entrypoint_path(cfg: KdcConfig) -> None:
+    """Entrypoints may live beside the config: its folder goes on sys.path."""
+    if cfg.base_dir not in sys.path:
+        sys.path.insert(0, cfg.base_dir)
+
+
+def check_entrypoint(cfg: KdcConfig) -> None:
+    """A teacher built by `teacher.entrypoint` must be importable (the function is not called);
+    a UserError naming the config file and teacher.entrypoint otherwise."""
+    if _kind(cfg) != "entrypoint" or not cfg.teacher.entrypoint:
+        return
+    _entrypoint_path(cfg)
+    try:
+        entrypoint_function(cfg.teacher.entrypoint)
+    except UserError as e:
+        raise e.located(cfg.source_file) from None
+
+
 def _vision(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
     kind = _kind(cfg)
-    if kind == "entrypoint" and cfg.base_dir not in sys.path:
-        sys.path.insert(0, cfg.base_dir)  # entrypoints may live beside the config
+    if kind == "entrypoint":
+        _entrypoint_path(cfg)
     source = {
         "kind": kind,
         "entrypoint": cfg.teacher.entrypoint,

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import importlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +22,21 @@ from kdc.models.weights import load_into, load_state_dict
 from kdc.rundir import atomic_path, write_json
 
 
-def _entrypoint(source: dict) -> nn.Module:
-    mod_name, fn_name = source["entrypoint"].split(":")
+def entrypoint_function(entrypoint: str) -> Callable[..., Any]:
+    """The function `package.module:function` names (its module imported, it not called)."""
+    mod_name, fn_name = entrypoint.split(":")
     try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
+        return getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
         raise UserError(
-            f"cannot import '{source['entrypoint']}' ({e})",
+            f"cannot import '{entrypoint}' ({e})",
             field="teacher.entrypoint",
             fix="use 'package.module:function' importable from the config's folder",
         ) from None
-    model = fn(**source.get("kwargs", {}))
+
+
+def _entrypoint(source: dict) -> nn.Module:
+    model = entrypoint_function(source["entrypoint"])(**source.get("kwargs", {}))
     if not isinstance(model, nn.Module):
         raise UserError(
             f"'{source['entrypoint']}' returned {type(model).__name__}, not a Module",
