@@ -54,7 +54,19 @@ class TeacherConfig(Section):
                 f"give exactly one of path, entrypoint, name (given: {', '.join(given) or 'none'});"
                 " e.g. 'path: ./teacher' for a Hugging Face directory"
             )
+        need = KIND_SOURCE.get(self.kind)
+        if need and not getattr(self, need):
+            raise ValueError(f"kind '{self.kind}' needs '{need}'")
         return self
+
+
+# the field that says where a teacher of each kind but auto comes from
+KIND_SOURCE = {
+    "huggingface": "path",
+    "entrypoint": "entrypoint",
+    "torchvision": "name",
+    "timm": "name",
+}
 
 
 class DataConfig(Section):

@@ -82,6 +82,14 @@ def test_a_loss_may_be_given_by_its_name_alone(tmp_path):
     assert [(x.name, x.weight) for x in cfg.distill.losses] == [("logits", 1.0), ("ce", 0.5)]
 
 
+def test_a_teacher_kind_needs_its_source(tmp_path):
+    """`kind: entrypoint` without `entrypoint` (it crashed when the teacher was built)."""
+    data = cnn_config()
+    data["teacher"] = {"kind": "entrypoint", "name": "resnet18"}
+    msg = _err(tmp_path, data)
+    assert "field 'teacher'" in msg and "kind 'entrypoint' needs 'entrypoint'" in msg
+
+
 def test_split_seed_holds_the_eval_split_while_the_seed_changes(tmp_path):
     from kdc.config import parse_config
     from kdc.data import load_dataset
