@@ -1,6 +1,7 @@
-"""Running a malformed-input case through the CLI and checking it failed cleanly: one line, the
-exit code, no traceback, nothing written outside the case's run directory. Shared by
-tests/test_malformed_inputs.py, tests/test_malformed_configs.py and bench/reliability.py."""
+"""Running a malformed-input case through the CLI and checking it failed cleanly: one line (beside
+any warnings, which -q shows), the exit code, no traceback, nothing written outside the case's run
+directory. Shared by tests/test_malformed_inputs.py, tests/test_malformed_configs.py and
+bench/reliability.py."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def snapshot(*roots: Path, skip: Path | None = None) -> dict[str, tuple[int, int
 @dataclass
 class Outcome:
     exit_code: int
-    lines: list[str]
+    lines: list[str]  # the output's lines but its warnings (shown also with -q), kept apart
+    warnings: list[str]
     outside_writes: list[str]
 
     @property
@@ -50,7 +52,9 @@ def run_case(args: list[str], root: Path, watched: tuple[Path, ...] = ()) -> Out
     res = runner.invoke(app, [str(a) for a in args])
     after = snapshot(*roots, skip=root / "run")
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    return Outcome(res.exit_code, [ln for ln in res.output.splitlines() if ln.strip()], changed)
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    warned = [ln for ln in lines if ln.strip().startswith("warning:")]
+    return Outcome(res.exit_code, [ln for ln in lines if ln not in warned], warned, changed)
 
 
 def assert_clean_failure(o: Outcome, code: int, *names: str) -> None:
