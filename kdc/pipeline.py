@@ -411,8 +411,8 @@ def run_stages(
             else {"target": ctx.profile.name, "profile": profile, "verified_for": profile}
         ),
     )
-    if clash := conflict_warning():  # shown also with --quiet
-        ctx.console.print(f"warning: {clash}", markup=False)
+    if clash := conflict_warning():
+        ctx.warn(clash)
     if stale := ctx.run.remove_stale_temp():
         ctx.log(f"[dim]removed {len(stale)} temporary file(s) an interrupted run left[/dim]")
     inputs = inputs_fingerprint(ctx.cfg)
