@@ -279,6 +279,22 @@ class RunDir:
         write_json(self.manifest_path, m)
         return rec
 
+    def rerecord(self, name: str, directory: Path) -> None:
+        """Replace stage `name`'s recorded outputs under `directory` (rewritten since, as
+        `kdc bundle` rewrites the build's own bundle) by the files there now."""
+        m = self.manifest()
+        rec = m.get("stages", {}).get(name)
+        rel = directory.relative_to(self.root).as_posix() + "/"
+        if not rec or not any(k.startswith(rel) for k in rec.get("outputs", {})):
+            return
+        kept = {k: v for k, v in rec["outputs"].items() if not k.startswith(rel)}
+        files = sorted(f for f in directory.rglob("*") if f.is_file())
+        rec["outputs"] = {
+            **kept,
+            **{f.relative_to(self.root).as_posix(): sha256_file(f) for f in files},
+        }
+        write_json(self.manifest_path, m)
+
     def output_hash(self, name: str) -> str:
         """Hash of a finished stage's outputs: the input hash of the stages after it."""
         rec = self.stage(name) or {}

@@ -315,4 +315,6 @@ def bundle(run_dir: Path | str, target: str) -> Path:
             fix=f"{fix}; a run compressed for {ctx.profile.name} quantizes for it",
         )
     precision = tensorrt_precision(ctx, engines)
-    return make_bundle(ctx, ctx.run / shipped["path"], precision)
+    out = make_bundle(ctx, ctx.run / shipped["path"], precision)
+    ctx.run.rerecord("build", out)  # the build's own bundle, rewritten: still the run's
+    return out

@@ -72,15 +72,27 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     assert int8["accuracy"]["engine"] == "onnxruntime-cpu-qdq-simulated"
     assert int8["accuracy_this_cpu"]["engine"] == "onnxruntime-cpu-int8"
     assert not int8.get("warnings")  # neither the saturation nor the speed flag: not shipped here
-    # every file of the bundle is recorded: an edited build.sh is seen as an edited engine is
+    # every file of the bundle is recorded: an edited build.sh is seen as an edited engine is;
+    # `kdc bundle` rewriting the run's own bundle records it again
     recorded = json.loads((run / "manifest.json").read_text())["stages"]["build"]["outputs"]
     assert f"{trt['path']}/build.sh" in recorded and f"{trt['path']}/model.onnx" in recorded
-    (run / trt["path"] / "build.sh").write_text("#!/bin/sh\nrm -rf /\n")
+    assert runner.invoke(app, ["bundle", str(run), "--target", "jetson"]).exit_code == 0
+    res = runner.invoke(app, ["inspect", str(run)])
+    assert res.exit_code == 0 and "CORRUPT" not in res.output, res.output
+    (run / trt["path"] / "build.sh").write_text("#!/bin/sh\necho edited\n")
     res = runner.invoke(app, ["inspect", str(run)])
     assert res.exit_code == 1 and "CORRUPT" in res.output and "build.sh" in res.output
-    # the same run for another target: the Jetson bundle is not left beside the new build
-    assert _compress(cnn_project, run, "host", "--resume").exit_code == 0
-    assert not list((run / "build").glob("bundle*"))
+    # the same run for another target: the Jetson bundle is not left beside the new build,
+    # and one holding device results is moved aside (with a warning), not deleted
+    (run / "build" / "bundle-nvidia-t4" / "results").mkdir(parents=True)
+    (run / "build" / "bundle-nvidia-t4" / "bundle.json").write_text("{}")
+    (run / "build" / "bundle_notes").mkdir()  # not a bundle
+    res = _compress(cnn_project, run, "host", "--resume")
+    assert res.exit_code == 0, res.output
+    assert "build/bundle-nvidia-t4 holds device results" in res.output
+    assert "moved to build/previous-bundle-nvidia-t4" in res.output
+    assert (run / "build" / "previous-bundle-nvidia-t4" / "results").is_dir()
+    assert sorted(p.name for p in (run / "build").glob("bundle*")) == ["bundle_notes"]
 
 
 @pytest.mark.slow

@@ -338,6 +338,15 @@ def tensorrt_not_on_target(
 TENSORRT_OUTPUTS = ("model.plan", "model.fp16.onnx")
 
 
+def _bundles(build: Path) -> list[Path]:
+    """The device bundles in `build`: `bundle` and `bundle-<profile>` directories kdc wrote."""
+    return sorted(
+        d
+        for d in build.glob("bundle*")
+        if (d.name == "bundle" or d.name.startswith("bundle-")) and (d / "bundle.json").is_file()
+    )
+
+
 def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:
     """A native TensorRT engine, or a device bundle (remote targets), or `unavailable`."""
     from kdc.deploy import tensorrt
@@ -469,11 +478,21 @@ def run(ctx: Context) -> StageOutput:
     require_free(ctx.run / "build", engine_bytes_needed(src), "building engines")
     for stale in TENSORRT_OUTPUTS:  # an earlier build's engine is not this graph's (cache stays)
         (ctx.run / "build" / "tensorrt" / stale).unlink(missing_ok=True)
-    # nor are its device bundles (this stage's, or `kdc bundle`'s for other targets)
-    for old in sorted((ctx.run / "build").glob("bundle*")):
-        if old.is_dir():
+    # nor are its device bundles (this stage's, or `kdc bundle`'s for other targets); device
+    # results are the user's: a bundle holding them is moved aside, not deleted
+    for old in _bundles(ctx.run / "build"):
+        rel = old.relative_to(ctx.run.root)
+        if (old / "results").exists():
+            aside = old.with_name(f"previous-{old.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            old.rename(aside)
+            ctx.warn(
+                f"{rel} holds device results of the previous build's graph: moved to "
+                f"{aside.relative_to(ctx.run.root)}"
+            )
+        else:
             shutil.rmtree(old)
-            ctx.log(f"  removed {old.relative_to(ctx.run.root)}: a bundle of the previous build")
+            ctx.warn(f"removed {rel}: a device bundle of the previous build's graph")
     engines: list[dict] = []
     wanted = wanted_engines(ctx)
     if "onnxruntime" in wanted:
