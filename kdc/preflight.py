@@ -21,9 +21,12 @@ def check_config(cfg: KdcConfig) -> None:
 
 
 def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
-    """Raise a UserError when the target builds no engine the config asks for (`build.engines`)
-    or none at the config's precision: FP16 is a TensorRT precision (ONNX Runtime's engines here
-    are FP32 and INT8)."""
+    """Raise a UserError when ONNX Runtime is not installed (every run uses it), or the target
+    builds no engine the config asks for (`build.engines`) or none at the config's precision:
+    FP16 is a TensorRT precision (ONNX Runtime's engines here are FP32 and INT8)."""
+    from kdc.deploy import ort_install
+
+    ort_install.require()
     engines = profile.runtime.engines
     if cfg.build.engines and not set(cfg.build.engines) & set(engines):
         raise UserError(

@@ -20,7 +20,6 @@ import onnx
 import yaml
 
 from kdc import __version__
-from kdc.deploy.device_results import CV_WARN
 from kdc.deploy.input_contract import INPUT_CONTRACT
 from kdc.deploy.tensorrt import (
     check_graph,
@@ -29,7 +28,7 @@ from kdc.deploy.tensorrt import (
     options_for_profile,
     plan_build,
 )
-from kdc.deploy.trtexec import WARMUP_MS, bench_command, build_command
+from kdc.deploy.trtexec import CV_LIMIT, WARMUP_MS, bench_command, build_command
 from kdc.errors import UserError
 from kdc.profiles import HardwareProfile
 from kdc.rundir import atomic_dir, now_iso, sha256_file, write_json, write_text
@@ -429,7 +428,7 @@ def write_bundle(
             + f'[ -f {ENGINE} ] || {{ echo "{ENGINE} not found: run ./build.sh" >&2; exit 1; }}\n'
             + _shell(bench)
             + " 2>&1 | tee results/bench.log\n"
-            + _BENCH_TAIL.format(cv_warn=CV_WARN),
+            + _BENCH_TAIL.format(cv_warn=CV_LIMIT),
             "parity.py": _PARITY,
         }
         for name, text in scripts.items():
@@ -478,7 +477,7 @@ def write_bundle(
                 shapes=input_shapes,
                 iterations=iterations,
                 warmup=WARMUP_MS,
-                cv_warn=CV_WARN,
+                cv_warn=CV_LIMIT,
                 typing="strongly typed" if plan.strongly_typed else "weakly typed, precision flags",
                 preprocessing=_preprocessing_text(preprocessing, input_contract),
                 **header,

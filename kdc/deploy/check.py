@@ -45,7 +45,7 @@ from kdc.deploy.constraints import (
     value_kind,
 )
 from kdc.deploy.junit import write_junit
-from kdc.deploy.latency import CV_LIMIT
+from kdc.deploy.trtexec import CV_LIMIT
 from kdc.errors import UserError
 from kdc.rundir import atomic_path, writable
 

@@ -7,12 +7,10 @@ import json
 import re
 from pathlib import Path
 
-from kdc.deploy.trtexec import BENCH_PROTOCOL, WARMUP_MS, parse_export_times
+from kdc.deploy.trtexec import BENCH_PROTOCOL, CV_LIMIT, WARMUP_MS, parse_export_times
 from kdc.errors import UserError
 from kdc.profiles import list_profiles
 
-# bench.sh and the report warn when the per-iteration latencies vary more than this (std / mean)
-CV_WARN = 0.025
 _FIX = "run bench.sh on the device and copy its results/ directory back"
 _NUMBERS = ("n", "max_abs", "mean_abs", "cosine", "cosine_min_row", "argmax_agreement")
 
@@ -164,7 +162,7 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
     """`{"latency", "parity", "warnings"}` from the results/ of the bundle in `bundle_dir`.
 
     Latency is trtexec's per-iteration `latencyMs` with --noDataTransfers, so it excludes
-    host<->device copies; a cv above `CV_WARN` puts a warning in it. Parity is the device's
+    host<->device copies; a cv above `CV_LIMIT` puts a warning in it. Parity is the device's
     check against the goldens. Warnings (for the engine) repeat the latency's and flag a failed
     parity or one not run by the TensorRT engine. Results for another target than `target`
     (the name of the profile verified for), another model or another device are a UserError."""
@@ -199,10 +197,10 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
     expected = meta.get("tensorrt_expected")
     if version and expected and version.split(".")[0] != str(expected).split(".")[0]:
         latency["note"] = f"bundle expected TensorRT {expected}, device ran {version}"
-    if stats["cv"] > CV_WARN:
+    if stats["cv"] > CV_LIMIT:
         latency["warnings"] = [
             f"device latency cv {stats['cv']:.1%} over {stats['iterations']} iterations exceeds "
-            f"{CV_WARN:.1%}: the timing is noisy; fix the clocks (Jetson: sudo nvpmodel -m "
+            f"{CV_LIMIT:.1%}: the timing is noisy; fix the clocks (Jetson: sudo nvpmodel -m "
             "<mode> && sudo jetson_clocks; GPU: sudo nvidia-smi -lgc <MHz>), stop other GPU "
             "work and run bench.sh again"
         ]

@@ -14,10 +14,10 @@ import numpy as np
 import onnxruntime as ort
 
 from kdc.deploy.onnxruntime import feed_for, make_session, session_options_record
+from kdc.deploy.trtexec import CV_LIMIT
 from kdc.errors import UserError
 from kdc.profiles import cpu_info, host_threads
 
-CV_LIMIT = 0.025  # trtexec warns above 2.5 %
 THROTTLE_RATIO = 1.15  # last 10 % of samples slower than first 10 % by this factor
 MIN_SAMPLES_FOR_TREND = 20
 

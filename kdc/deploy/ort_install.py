@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from importlib import metadata
+from importlib import metadata, util
 
 from kdc.errors import UserError
 
@@ -33,6 +33,13 @@ def installed() -> list[str]:
 def missing_error() -> UserError:
     """The error for a command that needs ONNX Runtime where none is installed."""
     return UserError("ONNX Runtime is not installed", fix=INSTALL)
+
+
+def require() -> None:
+    """Before a run (every run builds or verifies an ONNX Runtime engine): `missing_error`
+    unless the `onnxruntime` module can be imported."""
+    if util.find_spec("onnxruntime") is None:
+        raise missing_error()
 
 
 def conflict_warning(found: list[str] | None = None) -> str | None:

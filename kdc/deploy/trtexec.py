@@ -16,6 +16,8 @@ JETPACK_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
 FLAG_SWITCHES = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback"}
 # NVIDIA's timing protocol: CUDA graphs, spin-wait sync, no host<->device copies in the timing.
 WARMUP_MS = 500
+# a timing whose per-iteration cv (std / mean) exceeds this is noisy: trtexec warns above 2.5 %
+CV_LIMIT = 0.025
 BENCH_PROTOCOL = (
     "--useCudaGraph",
     "--useSpinWait",

@@ -13,13 +13,12 @@ from rich.console import Console
 
 from kdc.deploy.constraints import evaluate_constraints, passed
 from kdc.deploy.device_results import (
-    CV_WARN,
     profiles_of_device,
     read_device_results,
     trt_version_from_banner,
 )
 from kdc.deploy.report import console_summary, render_markdown
-from kdc.deploy.trtexec import parse_export_times
+from kdc.deploy.trtexec import CV_LIMIT, parse_export_times
 from kdc.errors import UserError
 from kdc.rundir import sha256_file
 from kdc.stages.verify import device_figures
@@ -346,5 +345,5 @@ def test_noisy_device_timing_is_warned(results, bundle):
 def test_steady_device_timing_has_no_warning(results, bundle):
     _times(results, [1.0 + 0.01 * (i % 5) for i in range(200)])  # cv about 1.4 %
     dev = read_device_results(results, bundle, JETSON)
-    assert dev["latency"]["cv"] < CV_WARN
+    assert dev["latency"]["cv"] < CV_LIMIT
     assert "warnings" not in dev["latency"] and dev["warnings"] == []

@@ -4,6 +4,7 @@ saying how to keep one."""
 from __future__ import annotations
 
 from importlib import metadata
+from pathlib import Path
 
 from tiny import cnn_config, write_yaml
 from typer.testing import CliRunner
@@ -47,6 +48,50 @@ def test_a_command_without_onnxruntime_is_a_one_line_error(monkeypatch, tmp_path
         "error: ONNX Runtime is not installed (fix: pip install 'kdc[cpu]' (or 'kdc[gpu]' on "
         "a CUDA machine; one of the two))"
     )
+
+
+def test_a_run_checks_for_onnxruntime_before_it_starts(monkeypatch, tmp_path):
+    """The real check, not a faked command: the module cannot be found, compress and --dry-run
+    stop in preflight (no run directory); `kdc check` reads JSON and needs no ONNX Runtime."""
+    import importlib.util
+
+    from kdc.cli import app as cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        ort_install.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real(name, *a),
+    )
+    cfg = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None))
+    for extra in (["--out", str(tmp_path / "run")], ["--dry-run"]):
+        res = runner.invoke(cli, ["compress", str(cfg), *extra])
+        assert res.exit_code == 2 and "ONNX Runtime is not installed" in res.output, res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_kdc_check_needs_no_onnxruntime():
+    """`kdc check` compares JSON: it runs where ONNX Runtime cannot be imported."""
+    import subprocess
+    import sys
+
+    blocked = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'onnxruntime':\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from kdc.cli import main\n"
+        "main()\n"
+    )
+    sample = str(Path(__file__).parents[1] / "fixtures" / "report_sample.json")
+    res = subprocess.run(
+        [sys.executable, "-c", blocked, "check", sample, "--baseline", sample],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0 and "PASS" in res.stdout, res.stderr
 
 
 def test_another_missing_module_stays_an_internal_error(monkeypatch, tmp_path):
