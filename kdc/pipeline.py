@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +55,11 @@ class Context:
         return align_labels(
             load_dataset(self.cfg), teacher_label_names(self.cfg), self.cfg.source_file
         )
+
+    @cached_property
+    def inputs_hash(self) -> str:
+        """`inputs_fingerprint` of the config, computed once per run."""
+        return inputs_fingerprint(self.cfg)
 
     @cached_property
     def teacher(self) -> ModelAdapter:
@@ -244,12 +250,16 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
     path = cfg.resolve(value)
     if path.is_file():
         return sha256_file(path)
-    if path.is_dir():
-        return sorted(
-            (str(f.relative_to(path)), st.st_size, st.st_mtime_ns)
-            for f in path.rglob("*")
-            if f.is_file() and (st := f.stat())
-        )
+    if path.is_dir():  # as the readers list it: symlinked folders followed, hidden files not
+        found = []
+        for top, dirs, files in os.walk(path, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(f for f in files if not f.startswith(".")):
+                st = (Path(top) / name).stat()
+                found.append(
+                    (str((Path(top) / name).relative_to(path)), st.st_size, st.st_mtime_ns)
+                )
+        return found
     return None
 
 
@@ -415,7 +425,6 @@ def run_stages(
         ctx.warn(clash)
     if stale := ctx.run.remove_stale_temp():
         ctx.log(f"[dim]removed {len(stale)} temporary file(s) an interrupted run left[/dim]")
-    inputs = inputs_fingerprint(ctx.cfg)
     upstream = ""
     with _signals_as_interrupt() as pressed:
         for stage in _stages():
@@ -423,7 +432,7 @@ def run_stages(
                 STAGE_NAMES[STAGE_NAMES.index(stage.name) :]
             ):
                 break  # nothing asked for comes after this stage
-            h = stage_hash(stage, ctx.cfg, ctx.profile, upstream, inputs)
+            h = stage_hash(stage, ctx.cfg, ctx.profile, upstream, ctx.inputs_hash)
             wanted = only is None or stage.name in only
             may_skip = not wanted or (resume and only is None)
             if not wanted and trust_upstream:

@@ -175,9 +175,10 @@ def test_retrained_teacher_gets_fresh_cached_logits(cnn_project, tmp_path):
     assert len(first) == len(second) == 1 and first != second
 
 
-def test_edited_data_changes_every_stage_s_input_hash(tmp_path):
-    """--resume redoes the stages when the data changed: a data file by its sha256, a folder
-    (image folder, saved `datasets`) by its files' names, sizes and modification times."""
+def test_the_inputs_fingerprint_follows_the_data(tmp_path):
+    """What every stage's input hash holds of the data (so --resume redoes edited data): a file
+    by its sha256, a folder (image folder, saved `datasets`) by its files' names, sizes and
+    modification times, hidden files left out and linked folders followed."""
     from tiny import cnn_config
 
     from kdc.config import parse_config
@@ -195,4 +196,14 @@ def test_edited_data_changes_every_stage_s_input_hash(tmp_path):
     second = inputs_fingerprint(cfg)
     assert second != first
     (tmp_path / "images" / "cat" / "2.png").write_bytes(b"png")
-    assert inputs_fingerprint(cfg) != second
+    third = inputs_fingerprint(cfg)
+    assert third != second
+    (tmp_path / "images" / ".DS_Store").write_bytes(b"x")  # hidden: the readers skip it
+    assert inputs_fingerprint(cfg) == third
+    (tmp_path / "dogs").mkdir()  # a class folder linked in: followed, as the reader does
+    (tmp_path / "images" / "dog").symlink_to(tmp_path / "dogs", target_is_directory=True)
+    (tmp_path / "dogs" / "1.png").write_bytes(b"png")
+    fourth = inputs_fingerprint(cfg)
+    assert fourth != third
+    (tmp_path / "dogs" / "1.png").write_bytes(b"png, edited")
+    assert inputs_fingerprint(cfg) != fourth

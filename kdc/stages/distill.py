@@ -26,7 +26,7 @@ from kdc.compress.distill import (
 )
 from kdc.compress.prune import GradualPruning, ratio_for_latency
 from kdc.models.base import ModelAdapter
-from kdc.pipeline import Context, StageOutput, inputs_fingerprint
+from kdc.pipeline import Context, StageOutput
 from kdc.rundir import (
     atomic_dir,
     atomic_path,
@@ -42,9 +42,9 @@ def teacher_logits(ctx: Context) -> np.ndarray:
     """Teacher logits on the training inputs, computed once and cached in the run directory,
     keyed by the teacher's files and the data section (a retrained teacher or new data never
     reuses stale logits)."""
-    key = sha256_json(
-        {"inputs": inputs_fingerprint(ctx.cfg), "data": ctx.cfg.data.model_dump(mode="json")}
-    )[:16]
+    key = sha256_json({"inputs": ctx.inputs_hash, "data": ctx.cfg.data.model_dump(mode="json")})[
+        :16
+    ]
     path = ctx.run / "distill" / f"teacher_logits-{key}.npy"
     n = len(ctx.dataset.train)
     if path.is_file():
