@@ -340,6 +340,22 @@ def _signals_as_interrupt() -> Iterator[Callable[[], bool]]:
             signal.signal(s, h)
 
 
+def _refused(ctx: Context, stage: str, e: OSError) -> UserError:
+    """A file-system refusal (permissions, read-only, full) as the user's to fix: in the run
+    directory its writability, elsewhere (data, a cache, /tmp) the file named."""
+    path = Path(e.filename or ctx.run.root).absolute()
+    if path.is_relative_to(ctx.run.root.absolute()):
+        return UserError(
+            f"stage '{stage}' cannot write {path} ({e.strerror})",
+            source=str(ctx.run.root),
+            fix="make the run directory writable (or free space), or pass another --out",
+        )
+    return UserError(
+        f"stage '{stage}' was refused {path} ({e.strerror})",
+        fix="check that file's permissions and the free space of its file system",
+    )
+
+
 def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], bool]) -> None:
     ctx.log(f"[bold]▶ {stage.name}[/bold]")
     ctx.run.mark_started(stage.name, input_hash)
@@ -352,11 +368,7 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
         with contextlib.suppress(OSError):  # the manifest may be as unwritable as the artifact
             ctx.run.mark_failed(stage.name, f"{type(e).__name__}: {str(e)[:300]}")
         if isinstance(e, OSError) and e.errno in UNWRITABLE:
-            raise UserError(
-                f"stage '{stage.name}' cannot write {e.filename or ctx.run.root} ({e.strerror})",
-                source=str(ctx.run.root),
-                fix="make the run directory writable (or free space), or pass another --out",
-            ) from None
+            raise _refused(ctx, stage.name, e) from None
         raise
     if pressed():
         raise KeyboardInterrupt  # reported as Interrupted by _signals_as_interrupt

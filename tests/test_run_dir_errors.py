@@ -195,3 +195,14 @@ def test_a_write_refused_during_a_stage_is_a_one_line_error(cnn_project, tmp_pat
     assert (
         json.loads((run / "manifest.json").read_text())["stages"]["distill"]["status"] == "failed"
     )
+
+    def unreadable(ctx):  # outside the run directory: not blamed on it
+        raise PermissionError(13, "Permission denied", "/data/private.csv")
+
+    monkeypatch.setattr(kdc.stages.distill, "run", unreadable)
+    args = ["compress", str(_cfg(cnn_project, tmp_path)), "--out", str(run), "-q", "--resume"]
+    line = _one_line_error(runner.invoke(app, args))
+    assert line == (
+        "error: stage 'distill' was refused /data/private.csv (Permission denied) (fix: check "
+        "that file's permissions and the free space of its file system)"
+    )
