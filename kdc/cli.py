@@ -8,7 +8,9 @@ import json
 import sys
 import tempfile
 import traceback
+import typing
 from collections.abc import Callable
+from inspect import Parameter, signature
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,8 +64,24 @@ def _crash_log(exc: BaseException, kwargs: dict[str, Any]) -> Path:
     return Path(name)
 
 
+def _flags(fn: Callable[..., Any]) -> dict[str, str]:
+    """A command's options: parameter name → its long flag (`out_dir` → `--out`)."""
+    flags = {}
+    hints = typing.get_type_hints(fn, include_extras=True)
+    for name, param in signature(fn).parameters.items():
+        info = next(iter(getattr(hints.get(name), "__metadata__", ())), None)
+        if isinstance(info, typer.models.OptionInfo):  # in Annotated, its first flag is `default`
+            decls = [info.default, *(info.param_decls or ())]
+            long = [d for d in decls if isinstance(d, str) and d.startswith("--")]
+            flags[name] = long[0] if long else "--" + name.replace("_", "-")
+        elif info is None and param.default is not Parameter.empty:
+            flags[name] = "--" + name.replace("_", "-")  # typer: a default makes an option
+    return flags
+
+
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map kdc's errors to exit codes: 2 bad input (one line), 1 failed check, 3 internal."""
+    flags = _flags(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -72,7 +90,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except UserError as e:
-            err.print(f"error: {e.as_option(set(kwargs))}", markup=False)
+            err.print(f"error: {e.as_option(flags)}", markup=False)
             raise typer.Exit(2) from None
         except (KeyboardInterrupt, Interrupted) as e:
             stop = e if isinstance(e, Interrupted) else Interrupted()

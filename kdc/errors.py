@@ -36,13 +36,12 @@ class UserError(KdcError):
             text += f" (fix: {fix})"
         super().__init__(text)
 
-    def as_option(self, options: set[str]) -> UserError:
-        """This error naming `--name` when its field is a command's option `name` (the Python
-        API names the parameter, the command line the flag)."""
-        if self.field not in options:
+    def as_option(self, flags: dict[str, str]) -> UserError:
+        """This error naming a command's flag (`flags`: parameter → flag) where its field is
+        that parameter (the Python API names the parameter); a field of a file stays."""
+        if self.source or self.field not in flags:
             return self
-        flag = "--" + self.field.replace("_", "-")
-        return type(self)(self.message, source=self.source, field=flag, fix=self.fix)
+        return type(self)(self.message, field=flags[self.field], fix=self.fix)
 
     def located(self, config_file: str) -> UserError:
         """This error naming `config_file` when it names a config field but no file."""
