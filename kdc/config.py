@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -101,7 +102,7 @@ class StudentConfig(Section):
     layers); CNNs `stage_width` (one multiplier per stage) and `stage_depth` (removable blocks
     kept per stage); omitted keys keep the teacher's value."""
 
-    layers: int | list[int] | None = None
+    layers: StrictInt | list[StrictInt] | None = None
     width: float = Field(0.5, gt=0, le=1)
     architecture: dict[str, Any] | None = None
 
@@ -183,7 +184,7 @@ class DistillConfig(Section):
     weight_decay: float = Field(0.01, ge=0)
     temperature: float = Field(2.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
-    losses: list[LossConfig] | None = None
+    losses: list[LossConfig] | None = Field(None, min_length=1)  # None: the task's default
     augment: Literal["none", "auto", "splice", "swap", "mix", "shift"] = "none"
     augment_prob: float = Field(0.5, ge=0, le=1)
     group_by_length: bool = True
@@ -345,6 +346,12 @@ def _fix_for(err: dict, loc: tuple, model: type[BaseModel], default: str) -> str
     return default
 
 
+def _union_tag(part: Any) -> bool:
+    """Whether a location part names the member of a union pydantic tried (`int`,
+    `list[int]`), not a field: `student.layers.int` is `student.layers`."""
+    return isinstance(part, str) and ("[" in part or part in ("int", "str", "float", "bool"))
+
+
 def describe_error(
     e: ValidationError, model: type[BaseModel], default_fix: str
 ) -> tuple[str, str, str]:
@@ -352,7 +359,7 @@ def describe_error(
     leaves its real name missing; the typo is the one to name), else the first error."""
     errors = e.errors()
     err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(err["loc"])
+    loc = tuple(p for p in err["loc"] if not _union_tag(p))
     field = ".".join(str(p) for p in loc) or "<root>"
     msg = err["msg"].replace("\n", " ").removeprefix("Value error, ")
     return msg, field, _fix_for(err, loc, model, default_fix)

@@ -391,8 +391,14 @@ def stage_not_ready(ctx: Context, name: str, input_hash: str | None = None) -> U
         what = "ran with other inputs (config, target, teacher or an earlier stage changed)"
     else:
         what = "is not done"
+    built_for = ctx.run.manifest().get("target")
+    other = (
+        f" (the run is for {built_for}: pass --target {built_for})"
+        if (built_for and built_for != ctx.profile.name)
+        else ""
+    )
     return UserError(
-        f"stage '{name}' {what}",
+        f"stage '{name}' {what}{other}",
         source=str(ctx.run.root),
         fix=f"re-run it: `kdc {name} CONFIG --out {ctx.run.root}`, or `kdc compress CONFIG "
         f"--out {ctx.run.root} --resume`",
@@ -420,19 +426,28 @@ def run_stages(
     # what this invocation ran with; recorded, not compared: the config sections and the whole
     # profile are already part of each stage's input hash, which is what resume checks. A
     # re-verification keeps the target the run was built for (`kdc verify`'s default).
+    # Recorded before the first stage runs (stages read it), not before the earlier stages are
+    # found ready: a command refused for an unready stage leaves the manifest as it was.
     profile = {"name": ctx.profile.name, "sha256": ctx.profile.sha256()}
-    ctx.run.update_manifest(
-        kdc_version=__version__,
-        libraries=library_versions(),
-        config=ctx.cfg.fingerprint(),
-        config_sha256=sha256_json(ctx.cfg.fingerprint()),
-        seed=ctx.cfg.seed,
-        **(
-            {"verified_for": profile}
-            if trust_upstream
-            else {"target": ctx.profile.name, "profile": profile, "verified_for": profile}
-        ),
-    )
+    recorded = False
+
+    def record() -> None:
+        nonlocal recorded
+        if not recorded:
+            ctx.run.update_manifest(
+                kdc_version=__version__,
+                libraries=library_versions(),
+                config=ctx.cfg.fingerprint(),
+                config_sha256=sha256_json(ctx.cfg.fingerprint()),
+                seed=ctx.cfg.seed,
+                **(
+                    {"verified_for": profile}
+                    if trust_upstream
+                    else {"target": ctx.profile.name, "profile": profile, "verified_for": profile}
+                ),
+            )
+            recorded = True
+
     if clash := conflict_warning():
         ctx.warn(clash)
     if stale := ctx.run.remove_stale_temp():
@@ -454,7 +469,9 @@ def run_stages(
             elif not wanted:
                 raise stage_not_ready(ctx, stage.name, h)
             else:
+                record()
                 _run_one(ctx, stage, h, pressed)
             upstream = ctx.run.output_hash(stage.name)
+    record()
     ctx.run.update_manifest(wall_s=round(time.perf_counter() - started, 2))
     return ctx.run.manifest()

@@ -166,7 +166,7 @@ class RunDir:
             ) from None
 
     def require_writable(self) -> None:
-        """A UserError naming --out unless a file can be created in the run directory."""
+        """A UserError unless a file can be created in the run directory."""
         try:
             fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=self.root)
             os.close(fd)
@@ -175,8 +175,7 @@ class RunDir:
             raise UserError(
                 f"cannot write in the run directory ({e.strerror})",
                 source=str(self.root),
-                field="--out",
-                fix="make it writable, or pass another directory",
+                fix="make it writable (kdc compress: or pass another --out)",
             ) from None
 
     def __truediv__(self, rel: str) -> Path:

@@ -116,3 +116,18 @@ def test_the_api_takes_a_config_as_a_dict(tmp_path, monkeypatch):
     assert api.plan(cnn_config(weights=None))["data"]["num_labels"] == 10
     with pytest.raises(ConfigError, match="<dict config>: field 'task'"):
         api.plan({"name": "x"})
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"distill": {"losses": []}}, "distill.losses"),  # no loss: training crashed (exit 3)
+        ({"student": {"layers": True}}, "student.layers"),  # was read as 1 layer
+        ({"student": {"layers": 1.5}}, "student.layers"),  # not 'student.layers.int'
+    ],
+)
+def test_values_of_the_right_shape_but_no_meaning_are_refused(tmp_path, over, field):
+    data = cnn_config()
+    for section, values in over.items():
+        data[section] = {**data.get(section, {}), **values}
+    assert f"field '{field}':" in _err(tmp_path, data)

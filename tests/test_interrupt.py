@@ -172,3 +172,19 @@ def test_a_stage_run_alone_leaves_the_report_stale_not_corrupt(tmp_path, monkeyp
     assert not (run / "report" / "out.json").exists()
     res = runner.invoke(app, ["inspect", str(run)])
     assert res.exit_code == 0 and "CORRUPT" not in res.output, res.output
+
+
+def test_a_stage_refused_for_an_unready_one_leaves_the_manifest_as_it_was(tmp_path, monkeypatch):
+    """`kdc export` for another target than the run's fails on the earlier stages (built for
+    the run's): the run still says its own target, so a later `kdc verify` is for it."""
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages(None))
+    args = ["--out", str(run), "-q"]
+    assert runner.invoke(app, ["compress", str(cfg), "--target", "jetson", *args]).exit_code == 0
+    before = read_json(run / "manifest.json")
+    res = runner.invoke(app, ["export", str(cfg), "--target", "host", *args])
+    assert res.exit_code == 2 and "stage 'search' ran with other inputs" in res.output
+    assert "(the run is for jetson-orin-nano-8gb: pass --target jetson-orin-nano-8gb)" in res.output
+    after = read_json(run / "manifest.json")
+    for key in ("target", "profile", "verified_for"):
+        assert after[key] == before[key], key

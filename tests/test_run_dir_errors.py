@@ -160,7 +160,7 @@ def test_bundle_and_device_results_before_the_build_name_the_stage(cnn_project, 
 
 
 def test_an_unwritable_run_directory_is_a_one_line_error(cnn_project, tmp_path, monkeypatch):
-    """--out that exists but cannot be written in: refused before the run starts (exit 2)."""
+    """A run directory that exists but cannot be written in: refused before the run starts."""
     import kdc.rundir
 
     def refused(*args, **kwargs):
@@ -172,8 +172,8 @@ def test_an_unwritable_run_directory_is_a_one_line_error(cnn_project, tmp_path, 
     cfg = _cfg(cnn_project, tmp_path)
     line = _one_line_error(runner.invoke(app, ["compress", str(cfg), "--out", str(run)]))
     assert line == (
-        f"error: {run}: field '--out': cannot write in the run directory (Operation not "
-        "permitted) (fix: make it writable, or pass another directory)"
+        f"error: {run}: cannot write in the run directory (Operation not permitted) (fix: make "
+        "it writable (kdc compress: or pass another --out))"
     )
 
 

@@ -484,7 +484,10 @@ def run(ctx: Context) -> StageOutput:
         rel = old.relative_to(ctx.run.root)
         if (old / "results").exists():
             aside = old.with_name(f"previous-{old.name}")
-            shutil.rmtree(aside, ignore_errors=True)
+            n = 1
+            while aside.exists():  # an earlier build's, moved aside before: kept too
+                n += 1
+                aside = old.with_name(f"previous-{old.name}-{n}")
             old.rename(aside)
             ctx.warn(
                 f"{rel} holds device results of the previous build's graph: moved to "
