@@ -18,6 +18,7 @@ def check_config(cfg: KdcConfig) -> None:
     _check_augment(cfg)
     _check_max_length(cfg)
     _check_entrypoint(cfg)
+    _check_student_layers(cfg)
 
 
 def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
@@ -146,3 +147,24 @@ def _check_entrypoint(cfg: KdcConfig) -> None:
         from kdc.models import check_entrypoint
 
         check_entrypoint(cfg)
+
+
+def _check_student_layers(cfg: KdcConfig) -> None:
+    """`student.layers` against the layer count a Hugging Face teacher's config.json states
+    (read, no model loaded); other teachers are checked when the student is built."""
+    import json
+
+    from kdc.compress.student import kept_layers
+
+    if cfg.student.layers is None or not cfg.teacher.path:
+        return
+    try:
+        conf = json.loads((cfg.resolve(cfg.teacher.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # no readable config.json: the teacher's loading says so
+    n = conf.get("num_hidden_layers") if isinstance(conf, dict) else None
+    if isinstance(n, int) and n > 0:
+        try:
+            kept_layers(n, cfg.student.layers)
+        except UserError as e:
+            raise e.located(cfg.source_file) from None

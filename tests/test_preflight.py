@@ -191,3 +191,19 @@ def test_max_positions_of_text_configs(conf, limit):
     from kdc.hf_files import max_positions
 
     assert max_positions(conf) == limit
+
+
+@pytest.mark.parametrize(("layers", "message"), [(0, "cannot keep 0 of 4"), ([1, 9], "[1, 9]")])
+def test_student_layers_beyond_a_hugging_face_teacher_are_refused_by_validate(
+    tmp_path, layers, message
+):
+    """The layer count is in the teacher's config.json: read there, no model loaded."""
+    from tiny import bert_config
+
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "config.json").write_text('{"num_hidden_layers": 4}')
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / name).write_text("text,label\na,x\nb,y\n")
+    cfg = write_yaml(tmp_path / "model.yaml", bert_config(student={"layers": layers}))
+    line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
+    assert "field 'student.layers': " in line and message in line

@@ -27,22 +27,26 @@ def evenly_spaced(n_teacher: int, n_student: int) -> list[int]:
     return sorted({min(n_teacher - 1, int(round((i + 1) * step)) - 1) for i in range(n_student)})
 
 
+def kept_layers(n: int, layers: int | list[int] | None) -> list[int]:
+    """The teacher layers (of `n`) a fixed student keeps for `student.layers`: its indices, or
+    that many evenly spaced (default half); a UserError naming the field when out of range."""
+    if isinstance(layers, list):
+        bad = [i for i in layers if not 0 <= i < n]
+        if bad or not layers or len(set(layers)) != len(layers):
+            raise UserError(
+                f"layer indices {layers} invalid for {n} layers",
+                field="student.layers",
+                fix=f"use distinct indices 0..{n - 1}",
+            )
+        return sorted(layers)
+    return evenly_spaced(n, max(1, n // 2) if layers is None else layers)
+
+
 def fixed_student_spec(teacher: ModelAdapter, cfg: StudentConfig) -> dict[str, Any]:
     """The skeleton's rule, overridable by `student.layers` / `student.width`."""
     if teacher.family == "transformer":
         n = teacher.architecture()["num_hidden_layers"]
-        if isinstance(cfg.layers, list):
-            bad = [i for i in cfg.layers if not 0 <= i < n]
-            if bad or not cfg.layers or len(set(cfg.layers)) != len(cfg.layers):
-                raise UserError(
-                    f"layer indices {cfg.layers} invalid for {n} layers",
-                    field="student.layers",
-                    fix=f"use distinct indices 0..{n - 1}",
-                )
-            keep = sorted(cfg.layers)
-        else:
-            keep = evenly_spaced(n, max(1, n // 2) if cfg.layers is None else cfg.layers)
-        return {"family": "transformer", "layers": keep}
+        return {"family": "transformer", "layers": kept_layers(n, cfg.layers)}
     return {"family": "cnn", "width": cfg.width}
 
 
