@@ -59,11 +59,12 @@ def test_an_api_error_names_the_command_s_own_flag():
     """The Python API names a parameter (out_dir, as_json); the command line its flag. A field
     of a file (a profile YAML's `name`) is not a flag."""
     from kdc import cli
+    from kdc.cli_errors import command_flags
     from kdc.errors import UserError
 
-    assert cli._flags(cli.compress.__wrapped__)["out_dir"] == "--out"
-    assert cli._flags(cli.bench.__wrapped__)["as_json"] == "--json"
-    assert "name" not in cli._flags(cli.profiles_show.__wrapped__)  # an argument
+    assert command_flags(cli.compress.__wrapped__)["out_dir"] == "--out"
+    assert command_flags(cli.bench.__wrapped__)["as_json"] == "--json"
+    assert "name" not in command_flags(cli.profiles_show.__wrapped__)  # an argument
     err = UserError("must be at least 1", field="iterations", fix="pass >= 1")
     assert str(err.as_option({"iterations": "--iterations"})).startswith("field '--iterations'")
     in_file = UserError("missing", source="p.yaml", field="name")
