@@ -229,6 +229,7 @@ STAGE_NAMES = ("search", "distill", "export", "build", "verify", "report")
 
 
 def _teacher_files(cfg: KdcConfig) -> list[Path]:
+    """The teacher's weights and config files, whose contents a stage's input hash covers."""
     t = cfg.teacher
     files: list[Path] = []
     if t.path and cfg.resolve(t.path).is_dir():
@@ -254,11 +255,9 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
         found = []
         for top, dirs, files in os.walk(path, followlinks=True):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(f for f in files if not f.startswith(".")):
-                st = (Path(top) / name).stat()
-                found.append(
-                    (str((Path(top) / name).relative_to(path)), st.st_size, st.st_mtime_ns)
-                )
+            for f in (Path(top) / n for n in sorted(files) if not n.startswith(".")):
+                st = f.stat()
+                found.append((str(f.relative_to(path)), st.st_size, st.st_mtime_ns))
         return found
     return None
 

@@ -66,28 +66,25 @@ def test_compress_logs_params_metrics_and_artifacts(store, tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns", "model.yaml", "run"]
 
 
-def test_missing_mlflow_fails_before_the_run(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow -> ImportError
+@pytest.mark.parametrize(
+    ("uri", "said"),
+    [
+        ("file:///x", "pip install mlflow"),  # mlflow not installed
+        ("bogus://x", "error: field '--mlflow': MLflow has no tracking store for"),
+    ],
+)
+def test_mlflow_problems_fail_before_the_run(tmp_path, monkeypatch, uri, said):
+    if uri.startswith("file:"):
+        monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow -> ImportError
+    else:
+        pytest.importorskip("mlflow")
     ran = []
     monkeypatch.setattr(api, "compress", lambda *a, **kw: ran.append(1))
     cfg = write_yaml(tmp_path / "model.yaml", cnn_config())
-    res = runner.invoke(app, ["compress", str(cfg), "--mlflow", "file:///x"])
+    res = runner.invoke(app, ["compress", str(cfg), "--mlflow", uri])
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1, res.output
-    assert "pip install mlflow" in lines[0] and "--mlflow" in lines[0]
-    assert not ran
-
-
-def test_an_unknown_uri_scheme_fails_before_the_run(tmp_path, monkeypatch):
-    pytest.importorskip("mlflow")
-    ran = []
-    monkeypatch.setattr(api, "compress", lambda *a, **kw: ran.append(1))
-    cfg = write_yaml(tmp_path / "model.yaml", cnn_config())
-    res = runner.invoke(app, ["compress", str(cfg), "--mlflow", "bogus://x"])
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == 2 and len(lines) == 1, res.output
-    assert lines[0].startswith("error: field '--mlflow': MLflow has no tracking store for")
-    assert not ran
+    assert said in lines[0] and "--mlflow" in lines[0] and not ran
 
 
 def test_metrics_name_measured_and_predicted_latency():
