@@ -45,7 +45,6 @@ def open_run(
     cfg = _config(config)
     profile = target if isinstance(target, HardwareProfile) else load_profile(target)
     run = RunDir(out or default_run_dir(cfg))
-    run.require_writable()
     run.update_manifest(
         config_file=cfg.source_file,
         config_base_dir=cfg.base_dir,

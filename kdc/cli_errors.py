@@ -68,7 +68,6 @@ def command_flags(fn: Callable[..., Any]) -> dict[str, str]:
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map kdc's errors to exit codes: 2 bad input (one line), 1 failed check, 3 internal."""
-    flags = command_flags(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -77,7 +76,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except UserError as e:
-            err.print(f"error: {e.as_option(flags)}", markup=False)
+            err.print(f"error: {e.as_option(command_flags(fn))}", markup=False)
             raise typer.Exit(2) from None
         except (KeyboardInterrupt, Interrupted) as e:
             stop = e if isinstance(e, Interrupted) else Interrupted()

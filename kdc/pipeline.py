@@ -251,11 +251,13 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
     path = cfg.resolve(value)
     if path.is_file():
         return sha256_file(path)
-    if path.is_dir():  # as the readers list it: symlinked folders followed, hidden files not
+    if path.is_dir():  # as the readers list it: linked folders followed, hidden ones not
+        from kdc.data.readers import visible
+
         found = []
         for top, dirs, files in os.walk(path, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for f in (Path(top) / n for n in sorted(files) if not n.startswith(".")):
+            dirs[:] = sorted(d for d in dirs if visible(Path(d)))
+            for f in (Path(top) / n for n in sorted(files) if visible(Path(n))):
                 st = f.stat()
                 found.append((str(f.relative_to(path)), st.st_size, st.st_mtime_ns))
         return found
@@ -428,24 +430,20 @@ def run_stages(
     # Recorded before the first stage runs (stages read it), not before the earlier stages are
     # found ready: a command refused for an unready stage leaves the manifest as it was.
     profile = {"name": ctx.profile.name, "sha256": ctx.profile.sha256()}
-    recorded = False
 
     def record() -> None:
-        nonlocal recorded
-        if not recorded:
-            ctx.run.update_manifest(
-                kdc_version=__version__,
-                libraries=library_versions(),
-                config=ctx.cfg.fingerprint(),
-                config_sha256=sha256_json(ctx.cfg.fingerprint()),
-                seed=ctx.cfg.seed,
-                **(
-                    {"verified_for": profile}
-                    if trust_upstream
-                    else {"target": ctx.profile.name, "profile": profile, "verified_for": profile}
-                ),
-            )
-            recorded = True
+        ctx.run.update_manifest(
+            kdc_version=__version__,
+            libraries=library_versions(),
+            config=ctx.cfg.fingerprint(),
+            config_sha256=sha256_json(ctx.cfg.fingerprint()),
+            seed=ctx.cfg.seed,
+            **(
+                {"verified_for": profile}
+                if trust_upstream
+                else {"target": ctx.profile.name, "profile": profile, "verified_for": profile}
+            ),
+        )
 
     if clash := conflict_warning():
         ctx.warn(clash)
@@ -468,9 +466,11 @@ def run_stages(
             elif not wanted:
                 raise stage_not_ready(ctx, stage.name, h)
             else:
-                record()
+                if not ctx.ran:  # this invocation's first stage
+                    record()
                 _run_one(ctx, stage, h, pressed)
             upstream = ctx.run.output_hash(stage.name)
-    record()
+    if not ctx.ran:  # every stage skipped
+        record()
     ctx.run.update_manifest(wall_s=round(time.perf_counter() - started, 2))
     return ctx.run.manifest()

@@ -16,9 +16,10 @@ def check_config(cfg: KdcConfig) -> None:
     _check_columns(cfg)
     _check_names(cfg)
     _check_augment(cfg)
-    _check_max_length(cfg)
+    hf = _teacher_config(cfg)
+    _check_max_length(cfg, hf)
     _check_entrypoint(cfg)
-    _check_student_layers(cfg)
+    _check_student_layers(cfg, hf)
 
 
 def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
@@ -120,21 +121,27 @@ def _check_augment(cfg: KdcConfig) -> None:
         raise misfit(name, kind).located(str(cfg.source_file))
 
 
-def _check_max_length(cfg: KdcConfig) -> None:
-    """`data.max_length` within a text teacher's position table (a longer row fails mid-run)."""
-    from kdc.hf_files import max_positions, read_config
+def _teacher_config(cfg: KdcConfig) -> dict | None:
+    """A Hugging Face teacher's config.json (read, no model loaded), else None."""
+    from kdc.hf_files import read_config
 
-    t = cfg.teacher
-    directory = cfg.resolve(t.path) if t.path else None
-    if cfg.task == "image-classification" or not (
-        directory and (directory / "config.json").is_file()
-    ):
+    directory = cfg.resolve(cfg.teacher.path) if cfg.teacher.path else None
+    if not (directory and (directory / "config.json").is_file()):
+        return None
+    return read_config(directory, "teacher.path")
+
+
+def _check_max_length(cfg: KdcConfig, hf: dict | None) -> None:
+    """`data.max_length` within a text teacher's position table (a longer row fails mid-run)."""
+    from kdc.hf_files import max_positions
+
+    if cfg.task == "image-classification" or hf is None:
         return
-    limit = max_positions(read_config(directory, "teacher.path"))
+    limit = max_positions(hf)
     if limit is not None and cfg.data.max_length > limit:
         raise UserError(
             f"max_length {cfg.data.max_length} is more than the teacher's {limit} positions "
-            f"(max_position_embeddings in {directory / 'config.json'})",
+            f"(max_position_embeddings in {cfg.resolve(cfg.teacher.path) / 'config.json'})",
             source=cfg.source_file,
             field="data.max_length",
             fix=f"set data.max_length to {limit} or less",
@@ -149,21 +156,13 @@ def _check_entrypoint(cfg: KdcConfig) -> None:
         check_entrypoint(cfg)
 
 
-def _check_student_layers(cfg: KdcConfig) -> None:
-    """`student.layers` against the layer count a Hugging Face teacher's config.json states
-    (read, no model loaded); other teachers are checked when the student is built."""
-    import json
-
+def _check_student_layers(cfg: KdcConfig, hf: dict | None) -> None:
+    """`student.layers` against the layer count a Hugging Face teacher's config.json states;
+    other teachers' are checked when the student is built."""
     from kdc.compress.student import kept_layers
 
-    if cfg.student.layers is None or not cfg.teacher.path:
-        return
-    try:
-        conf = json.loads((cfg.resolve(cfg.teacher.path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return  # no readable config.json: the teacher's loading says so
-    n = conf.get("num_hidden_layers") if isinstance(conf, dict) else None
-    if isinstance(n, int) and n > 0:
+    n = (hf or {}).get("num_hidden_layers")
+    if cfg.student.layers is not None and isinstance(n, int) and n > 0:
         try:
             kept_layers(n, cfg.student.layers)
         except UserError as e:

@@ -92,6 +92,11 @@ def writable(path: Path | str, what: str, field: str, example: str) -> Iterator[
         ) from None
 
 
+def files_of(path: Path) -> list[Path]:
+    """An output's files: `path` itself, or every file under a directory (a device bundle)."""
+    return [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+
+
 def write_text(path: Path | str, text: str) -> Path:
     """Write text atomically."""
     with atomic_path(path) as tmp:
@@ -165,19 +170,6 @@ class RunDir:
                 fix="pass a directory you can write to",
             ) from None
 
-    def require_writable(self) -> None:
-        """A UserError unless a file can be created in the run directory."""
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=self.root)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as e:
-            raise UserError(
-                f"cannot write in the run directory ({e.strerror})",
-                source=str(self.root),
-                fix="make it writable (kdc compress: or pass another --out)",
-            ) from None
-
     def __truediv__(self, rel: str) -> Path:
         return self.root / rel
 
@@ -203,7 +195,14 @@ class RunDir:
     def update_manifest(self, **fields: Any) -> None:
         m = self.manifest()
         m.update(fields)
-        write_json(self.manifest_path, m)
+        try:
+            write_json(self.manifest_path, m)
+        except OSError as e:  # the first write of a run: a directory it cannot write in
+            raise UserError(
+                f"cannot write in the run directory ({e.strerror})",
+                source=str(self.root),
+                fix="make it writable (kdc compress: or pass another --out)",
+            ) from None
 
     def remove_stale_temp(self) -> list[Path]:
         """Delete the temporaries (`.<name>.*.tmp`) a killed run left beside its artifacts; they
@@ -287,11 +286,8 @@ class RunDir:
         if not rec or not any(k.startswith(rel) for k in rec.get("outputs", {})):
             return
         kept = {k: v for k, v in rec["outputs"].items() if not k.startswith(rel)}
-        files = sorted(f for f in directory.rglob("*") if f.is_file())
-        rec["outputs"] = {
-            **kept,
-            **{f.relative_to(self.root).as_posix(): sha256_file(f) for f in files},
-        }
+        files = files_of(directory)
+        rec["outputs"] = {**kept, **{str(f.relative_to(self.root)): sha256_file(f) for f in files}}
         write_json(self.manifest_path, m)
 
     def output_hash(self, name: str) -> str:

@@ -358,7 +358,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 LAYOUT_FIX = "lay images out as <folder>/<class>/<image>"
 
 
-def _visible(p: Path) -> bool:
+def visible(p: Path) -> bool:
     """Not hidden (.ipynb_checkpoints, .DS_Store) nor private (__MACOSX), as Hugging Face's
     imagefolder skips them."""
     return not p.name.startswith((".", "__"))
@@ -369,9 +369,9 @@ def image_files(path: Path, field: str = "data.source") -> dict[str, list[Path]]
     folder without images is a UserError (leaving it out would shift the later classes'
     indices)."""
     classes = {
-        d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and _visible(f))
+        d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and visible(f))
         for d in sorted(path.iterdir())
-        if d.is_dir() and _visible(d)
+        if d.is_dir() and visible(d)
     }
     empty = [name for name, files in classes.items() if not files]
     if empty:

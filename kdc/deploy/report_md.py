@@ -333,7 +333,7 @@ def _quantized_how(report: dict) -> list[str]:
             if p50:
                 n = choice.get("threads")
                 threads = f"{n} thread{'s' * (n != 1)}" if n else "default threads"
-                how += f"; p50 measured here at {threads}, 3 interleaved rounds"
+                how += f"; p50 measured here at {threads}, {choice.get('protocol', DASH)}"
         lines.append(f"{engine_label(e)}: made by {how}")
     return lines
 

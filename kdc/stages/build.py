@@ -13,7 +13,7 @@ from kdc.deploy.onnxruntime import QUANT_OPS
 from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.errors import UserError
 from kdc.pipeline import Context, StageOutput
-from kdc.rundir import atomic_dir, atomic_path, read_json, write_json
+from kdc.rundir import atomic_dir, atomic_path, files_of, read_json, write_json
 
 
 def _size_mb(path: Path) -> float:
@@ -184,6 +184,7 @@ def _output_loss_fn(
 
 
 SLOWER_OK = 1.1  # an INT8 graph this much slower than the fastest one is not a candidate
+PTQ_ROUNDS = 3  # interleaved timing rounds of `ptq: auto`'s INT8 graphs
 
 
 def _spread(timed: dict) -> float:
@@ -210,7 +211,7 @@ def _choose_backend(
         timed = measure_onnx_rounds(
             {b: (path, "int8") for b, path in built.items()},
             rows,
-            rounds=3,
+            rounds=PTQ_ROUNDS,
             threads=ctx.cfg.verify.threads,
             warmup=5,
             iterations=20,
@@ -224,9 +225,10 @@ def _choose_backend(
         ]
         choice.update(
             p50_ms={b: round(t["p50_ms"], 4) for b, t in timed.items()},
-            threads=ctx.cfg.verify.threads,
+            threads=fast["threads"],  # as timed (the config may leave it to all CPUs)
+            protocol=fast["protocol"],
             rule=f"closest to FP32 among the INT8 graphs at most {SLOWER_OK:g}x the fastest here "
-            "(or within the spread of its p50 over 3 interleaved rounds)",
+            f"(or within the spread of its p50 over {PTQ_ROUNDS} interleaved rounds)",
         )
     return min(ok, key=losses.get), choice
 
@@ -506,12 +508,9 @@ def run(ctx: Context) -> StageOutput:
         else:  # named in build.engines
             engines.append(tensorrt_not_on_target(ctx, engines))
     out = write_json(ctx.run / "build" / "engines.json", engines)
-    paths = [ctx.run / e["path"] for e in engines if e.get("path")]
     # a bundle is a directory: each of its files is recorded, so resume and `kdc inspect` see
     # an edited build.sh or model as they see an edited engine
-    files = [
-        f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*"))) if f.is_file()
-    ]
+    files = [f for e in engines if e.get("path") for f in files_of(ctx.run / e["path"])]
     for e in engines:
         ctx.log(
             f"  {e['engine']} {e['precision']}: {e['status']}"

@@ -335,6 +335,7 @@ def test_markdown_says_how_each_int8_graph_was_made(report):
             "loss": {"onnxruntime": 0.004, "nncf": 0.008},
             "p50_ms": {"nncf": 8.7},
             "threads": 1,
+            "protocol": "median p50 of 3 interleaved rounds",
         },
         "loss": {"measure": "share of rows whose class differs from FP32"},
     }
@@ -343,7 +344,8 @@ def test_markdown_says_how_each_int8_graph_was_made(report):
         "- onnxruntime-int8: made by post-training quantization, ort-static-qdq calibrated on 128 "
         "training rows, weights int8 per-channel, activations uint8 asymmetric; ptq: auto "
         "compared onnxruntime (loss 0.004) and nncf (loss 0.008, p50 8.70 ms), loss: share of "
-        "rows whose class differs from FP32; p50 measured here at 1 thread, 3 interleaved rounds"
+        "rows whose class differs from FP32; p50 measured here at 1 thread, median p50 of 3 "
+        "interleaved rounds"
     ) in md
     e["quantization"] = {"method": "qat", "scheme": "NNCF fake quantizers", "epochs": 2}
     assert (
