@@ -284,8 +284,14 @@ def test_auto_ptq_skips_an_int8_graph_much_slower_than_the_other(
     from kdc.deploy import latency
     from kdc.stages import build
 
-    timed = {  # three rounds, the kept (median) p50 in the middle
-        b: {"p50_ms": ms, "rounds_p50_ms": [ms * (1 - spread / 2), ms, ms * (1 + spread / 2)]}
+    protocol = "median p50 of 3 interleaved rounds"
+    timed = {  # three rounds, the kept (median) p50 in the middle, as measure_onnx_rounds gives
+        b: {
+            "p50_ms": ms,
+            "rounds_p50_ms": [ms * (1 - spread / 2), ms, ms * (1 + spread / 2)],
+            "threads": 2,  # what was timed, whatever verify.threads says
+            "protocol": protocol,
+        }
         for b, ms in p50.items()
     }
     monkeypatch.setattr(latency, "measure_onnx_rounds", lambda models, rows, **kw: timed)
@@ -300,6 +306,8 @@ def test_auto_ptq_skips_an_int8_graph_much_slower_than_the_other(
     backend, choice = build._choose_backend(ctx, built, losses, {})
     assert backend == chosen
     assert choice.get("p50_ms") == (p50 if measurable else None)
+    if measurable:  # the report's label says how they were timed
+        assert (choice["threads"], choice["protocol"]) == (2, protocol)
 
 
 @pytest.mark.parametrize(
