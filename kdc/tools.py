@@ -166,10 +166,9 @@ def bench(
     iterations: int = 200,
     warmup: int = 10,
     min_duration_s: float = 1.0,
-    precision: str = "fp32",
 ) -> dict:
-    """Measure one ONNX model with ONNX Runtime on this machine (latency object); `batch`
-    None: `batch_of` the shapes."""
+    """Measure one ONNX model with ONNX Runtime on this machine (latency object, its precision
+    `graph_precision`); `batch` None: `batch_of` the shapes."""
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
     from kdc.deploy.latency import measure_onnx
@@ -185,7 +184,7 @@ def bench(
             iterations=iterations,
             min_duration_s=min_duration_s,
             batch=batch,
-            precision=precision,
+            precision=graph_precision(load_onnx(path)),
         )
     except (InvalidArgument, Fail) as e:
         text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(e).split()))
@@ -215,6 +214,11 @@ INT8_OPS = {
 }
 
 
+def graph_precision(model: onnx.ModelProto) -> str:
+    """int8 for a quantized graph (Q/DQ or integer ops), else fp32."""
+    return "int8" if {n.op_type for n in model.graph.node} & INT8_OPS else "fp32"
+
+
 def estimate(
     path: Path | str,
     target: str,
@@ -226,16 +230,13 @@ def estimate(
     padding: float = 0.0,
 ) -> dict:
     """Predict one ONNX model's latency on a target (latency object of kind predicted);
-    `precision` None: int8 for a quantized graph (Q/DQ or integer ops), else fp32; `batch` None:
-    `batch_of` the shapes."""
+    `precision` None: `graph_precision`; `batch` None: `batch_of` the shapes."""
     from kdc.deploy.estimate import predict_onnx
     from kdc.profiles import load_profile
 
     batch = batch_of(batch, shapes)
     model = load_onnx(path)
-    if precision is None:
-        quantized = {n.op_type for n in model.graph.node} & INT8_OPS
-        precision = "int8" if quantized else "fp32"
+    precision = precision or graph_precision(model)
     given = {k: list(v.shape) for k, v in synthetic_inputs(path, batch, shapes).items()}
     return predict_onnx(
         model,
@@ -258,14 +259,7 @@ def lint(path: Path | str, target: str) -> list:
 
 def inspect_run(run_dir: Path | str) -> dict:
     """Stages with status, wall time and artifacts, flagging any whose sha256 no longer matches."""
-    root = Path(run_dir)
-    if not (root / "manifest.json").is_file():
-        raise UserError(
-            "not a kdc run directory (no manifest.json)",
-            source=str(root),
-            fix="pass the directory `kdc compress` wrote",
-        )
-    run = RunDir(root)
+    run = RunDir.existing(run_dir)
     m = run.manifest()
     stages = {}
     for name, rec in m.get("stages", {}).items():
@@ -280,7 +274,7 @@ def inspect_run(run_dir: Path | str) -> dict:
             },
         }
     return {
-        "run": str(root),
+        "run": str(run.root),
         "target": m.get("target"),
         "kdc_version": m.get("kdc_version"),
         "stages": stages,

@@ -3,6 +3,8 @@ and the result line names the input shapes it timed."""
 
 from __future__ import annotations
 
+import json
+
 import onnx
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
@@ -68,3 +70,24 @@ def test_bench_batch_follows_the_shapes_unless_given(tmp_path):
     assert mixed.exit_code == 2 and "different batch sizes [2, 4]" in mixed.output
     given = runner.invoke(app, [*args, "--shape", "input_ids:4x16", "--batch", "2"])
     assert given.exit_code == 0 and "batch 2" in given.output, given.output
+
+
+def test_bench_says_the_precision_of_the_graph(tmp_path):
+    """A quantized graph is timed and labelled int8, as `kdc estimate` labels it (it said fp32)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    zero = helper.make_tensor("z", TensorProto.INT8, [], [0])
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "qdq", [x], [y], initializer=[scale, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "q.onnx"))
+    for path, want in ((tmp_path / "q.onnx", "int8"), (_text_model(tmp_path / "f.onnx"), "fp32")):
+        args = ["bench", str(path), "--iterations", "3", "--warmup", "1", "--min-duration", "0"]
+        res = runner.invoke(app, [*args, "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["precision"] == want
