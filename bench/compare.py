@@ -165,10 +165,10 @@ _TORCH_PROBE = r"""
 import json, sys
 import numpy as np, torch
 torch.set_num_threads(1)
-sys.path.insert(0, sys.argv[4])
+sys.path.insert(0, sys.argv[3])
 from kdc.config import load_config
 from kdc.models import load_teacher
-t = load_teacher(load_config(sys.argv[1]), int(sys.argv[3]))
+t = load_teacher(load_config(sys.argv[1]))
 x = dict(np.load(sys.argv[2]))
 with torch.no_grad():
     for _ in range(3):
@@ -203,8 +203,7 @@ def row_teacher_torch_fp32(b: Bench) -> dict:
         npz = Path(tmp) / "x.npz"
         np.savez(npz, **b.one())
         out = subprocess.run(
-            [sys.executable, "-c", _TORCH_PROBE, str(EXAMPLES[b.example]), str(npz)]
-            + [str(b.ctx.dataset.num_labels), str(ROOT)],
+            [sys.executable, "-c", _TORCH_PROBE, str(EXAMPLES[b.example]), str(npz)] + [str(ROOT)],
             capture_output=True,
             text=True,
             check=True,

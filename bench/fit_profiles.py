@@ -24,13 +24,13 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kdc.deploy.arch_cost import analyze_architecture  # noqa: E402
 from kdc.deploy.estimate import (  # noqa: E402
     EFFICIENCY_FIELD,
     fit_latency_model,
     predict_kernels_ms,
 )
-from kdc.deploy.graph_cost import analyze_architecture, materialize  # noqa: E402
-from kdc.deploy.kernels import launches  # noqa: E402
+from kdc.deploy.kernels import launches, materialize  # noqa: E402
 from kdc.profiles import HardwareProfile, load_profile  # noqa: E402
 from kdc.rundir import write_json, write_text  # noqa: E402
 

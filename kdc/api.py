@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -15,6 +15,9 @@ from kdc.config import KdcConfig, load_config, parse_config
 from kdc.errors import UserError
 from kdc.profiles import HardwareProfile, load_profile
 from kdc.rundir import RunDir, check_run_root, read_json
+
+if TYPE_CHECKING:
+    from kdc.pipeline import Context
 
 ConfigLike = KdcConfig | dict | str | Path  # a dict: model.yaml's content, paths relative to cwd
 # onnxruntime (1.32) otherwise writes telemetry state to ~/.cache/Microsoft and $TMPDIR/.ses and
@@ -38,7 +41,7 @@ def open_run(
     out: str | Path | None = None,
     *,
     quiet: bool = False,
-):
+) -> Context:
     """A pipeline Context for a config, target and run directory."""
     from kdc.pipeline import Context
 
@@ -56,8 +59,8 @@ def open_run(
 
 def _run(
     config: ConfigLike,
-    target: Any,
-    out: Any,
+    target: str | HardwareProfile,
+    out: str | Path | None,
     stages: tuple[str, ...] | None,
     resume: bool,
     quiet: bool,
@@ -118,40 +121,53 @@ def compress(
 
 
 def search(
-    config: ConfigLike, target: str = "host", out: str | Path | None = None, *, quiet: bool = False
+    config: ConfigLike,
+    target: str | HardwareProfile = "host",
+    out: str | Path | None = None,
+    *,
+    quiet: bool = False,
 ) -> dict:
     """Run the search stage alone; returns the manifest."""
     return _run(config, target, out, ("search",), True, quiet)
 
 
 def distill(
-    config: ConfigLike, target: str = "host", out: str | Path | None = None, *, quiet: bool = False
+    config: ConfigLike,
+    target: str | HardwareProfile = "host",
+    out: str | Path | None = None,
+    *,
+    quiet: bool = False,
 ) -> dict:
+    """Run the distill stage alone (search done); returns the manifest."""
     return _run(config, target, out, ("distill",), True, quiet)
 
 
 def export(
-    config: ConfigLike, target: str = "host", out: str | Path | None = None, *, quiet: bool = False
+    config: ConfigLike,
+    target: str | HardwareProfile = "host",
+    out: str | Path | None = None,
+    *,
+    quiet: bool = False,
 ) -> dict:
+    """Run the export stage alone (distill done); returns the manifest."""
     return _run(config, target, out, ("export",), True, quiet)
 
 
 def build(
-    config: ConfigLike, target: str = "host", out: str | Path | None = None, *, quiet: bool = False
+    config: ConfigLike,
+    target: str | HardwareProfile = "host",
+    out: str | Path | None = None,
+    *,
+    quiet: bool = False,
 ) -> dict:
+    """Run the build stage alone (export done); returns the manifest."""
     return _run(config, target, out, ("build",), True, quiet)
 
 
 def config_of_run(run_dir: str | Path) -> KdcConfig:
     """The config a run directory was made with (from its manifest)."""
     run = Path(run_dir)
-    if not (run / "manifest.json").is_file():
-        raise UserError(
-            "not a kdc run directory (no manifest.json)",
-            source=str(run),
-            fix="pass the directory `kdc compress` wrote (runs/<name>)",
-        )
-    m = RunDir(run).manifest()
+    m = RunDir.existing(run).manifest()
     if not isinstance(m.get("config"), dict):
         raise UserError(
             "the manifest holds no config: this run never got past its start",

@@ -65,7 +65,8 @@ class Context:
     def teacher(self) -> ModelAdapter:
         from kdc.models import load_teacher
 
-        t = load_teacher(self.cfg, self.dataset.num_labels)
+        _ = self.dataset  # first: reading it checks config.json's id2label, naming the fix
+        t = load_teacher(self.cfg)
         check_label_count(self, t)
         tc = self.cfg.teacher
         if t.family == "cnn" and not tc.weights:

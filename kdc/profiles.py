@@ -45,7 +45,6 @@ class Runtime(_Strict):
     compute_capability: str | None = None
     dla_cores: int = 0
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(min_length=1)
-    onnxruntime_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
 
 
 KindSlot = Annotated[

@@ -114,6 +114,12 @@ def write_jsonl(path: Path | str, rows: list[dict]) -> Path:
     return write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
+def read_jsonl(path: Path | str) -> list[dict]:
+    """The rows of a JSON Lines file kdc wrote (blank lines skipped)."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def read_json(path: Path | str) -> Any:
     """A JSON file's content; a damaged file is a UserError naming it."""
     try:
@@ -169,6 +175,17 @@ class RunDir:
                 field="--out",
                 fix="pass a directory you can write to",
             ) from None
+
+    @classmethod
+    def existing(cls, root: Path | str) -> RunDir:
+        """A run directory kdc wrote (it has a manifest); a UserError naming `root` otherwise."""
+        if not (Path(root) / MANIFEST).is_file():
+            raise UserError(
+                f"not a kdc run directory (no {MANIFEST})",
+                source=str(root),
+                fix="pass the directory `kdc compress` wrote (runs/<name>)",
+            )
+        return cls(root)
 
     def __truediv__(self, rel: str) -> Path:
         return self.root / rel
@@ -294,3 +311,8 @@ class RunDir:
         """Hash of a finished stage's outputs: the input hash of the stages after it."""
         rec = self.stage(name) or {}
         return sha256_json(rec.get("outputs", {}))
+
+
+def size_mb(path: Path) -> float:
+    """A file's size in MB (10^6 bytes), to 4 decimals: what reports give as size_mb."""
+    return round(path.stat().st_size / 1e6, 4)

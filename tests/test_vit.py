@@ -26,7 +26,7 @@ PRECISIONS = ("fp32", "int8")
 
 def _teacher(vit_project):
     cfg = load_config(vit_project)
-    return cfg, load_dataset(cfg), load_teacher(cfg, 10)
+    return cfg, load_dataset(cfg), load_teacher(cfg)
 
 
 def test_encode_resizes_and_normalises_like_the_image_processor(vit_project):
@@ -168,7 +168,7 @@ def test_rgb_images_are_resized_and_channels_must_match(vit_project, tmp_path):
     over = {"data": {"source": "imgs", "image_size": 16, "eval_fraction": 0.5}}
     cfg = load_config(write_yaml(tmp_path / "m.yaml", vit_config(**over)))
     ds = load_dataset(cfg)
-    teacher = load_teacher(cfg, ds.num_labels)
+    teacher = load_teacher(cfg)
     assert ds.train.features.shape[1:] == (3, 16, 16)
     assert teacher.encode(ds.train.features)["pixel_values"].shape[1:] == (3, 8, 8)
     digits = load_dataset(load_config(vit_project)).eval.features[:2]

@@ -25,7 +25,7 @@ def train(config: Path, epochs: int, seed: int = 0) -> dict:
     cfg.teacher.weights = None  # build the architecture untrained
     ds = load_dataset(cfg)
     torch.manual_seed(seed)
-    teacher = load_teacher(cfg, ds.num_labels)
+    teacher = load_teacher(cfg)
     model = teacher.module
     x = torch.from_numpy(ds.train.features)
     y = torch.from_numpy(ds.train.labels)

@@ -50,7 +50,7 @@ def train(config: Path, epochs: int, seed: int = 0) -> dict:
     ds = load_dataset(cfg)
     teacher_dir = cfg.resolve(cfg.teacher.path)
     untrained(teacher_dir, [str(i) for i in range(10)], seed)
-    teacher = load_teacher(cfg, ds.num_labels)
+    teacher = load_teacher(cfg)
     model = teacher.module
     x = torch.from_numpy(teacher.encode(ds.train.features)["pixel_values"])
     y = torch.from_numpy(ds.train.labels)

@@ -135,7 +135,7 @@ def teacher_runs_each_step(
     return augment_name(cfg.augment, train) is not None or bool(wanted_taps(specs))
 
 
-def loss_params(spec: LossConfig, cfg: DistillConfig) -> dict:
+def resolved_loss_params(spec: LossConfig, cfg: DistillConfig) -> dict:
     """Loss parameters: the loss's own, with the section-wide T and α as defaults for `logits`."""
     base = {"temperature": cfg.temperature, "alpha": cfg.alpha} if spec.name == "logits" else {}
     return {**base, **spec.params}
@@ -155,7 +155,7 @@ class Objective(nn.Module):
         super().__init__()
         self.student = student
         self.projections = Projections()
-        self.specs = [(s.name, s.weight, loss_params(s, cfg)) for s in specs]
+        self.specs = [(s.name, s.weight, resolved_loss_params(s, cfg)) for s in specs]
         self.taps = taps
         self.parts: dict[str, float] = {}
 

@@ -46,12 +46,7 @@ def head_schedule(heads: int, ratio: float, steps: int) -> list[float]:
 
 
 def _transformer_args(
-    adapter: ModelAdapter,
-    cfg: PruneConfig,
-    ratio: float,
-    head_ratio: float,
-    hidden_ratio: float,
-    steps: int,
+    adapter: ModelAdapter, head_ratio: float, hidden_ratio: float, steps: int
 ) -> dict[str, Any]:
     from kdc.models.hf import hidden_size, layer_list
 
@@ -97,12 +92,7 @@ def _transformer_args(
 
 
 def _cnn_args(
-    adapter: ModelAdapter,
-    cfg: PruneConfig,
-    ratio: float,
-    head_ratio: float,
-    hidden_ratio: float,
-    steps: int,
+    adapter: ModelAdapter, head_ratio: float, hidden_ratio: float, steps: int
 ) -> dict[str, Any]:
     return {"ignored_layers": adapter.classifiers()}
 
@@ -145,7 +135,7 @@ def make_pruner(
             ("hidden", cfg.hidden_ratio),
         )
     }
-    args = PRUNER_ARGS[adapter.family](adapter, cfg, rel["ratio"], rel["head"], rel["hidden"], rest)
+    args = PRUNER_ARGS[adapter.family](adapter, rel["head"], rel["hidden"], rest)
     head_lists = args.pop("_head_lists", {})
     example_t = {k: torch.from_numpy(v[:2]) for k, v in example.items()}
     pruner = tp.pruner.MetaPruner(

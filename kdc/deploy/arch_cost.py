@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kdc.deploy.kernels import TENSOR_KINDS, GraphCost, Kernel, KernelShape, materialize
+from kdc.deploy.kernels import TENSOR_KINDS, GraphCost, KernelShape
 from kdc.errors import UserError
 
 _ARCH_ALIASES = {
@@ -347,21 +347,3 @@ def analyze_architecture(
             fix=f"use one of {', '.join(FAMILIES)}",
         )
     return FAMILIES[family](arch, batch, input_shapes)
-
-
-def kernels_from_architecture(
-    arch: dict[str, Any],
-    batch: int = 1,
-    input_shapes: dict[str, list[int]] | None = None,
-    *,
-    precision: str = "fp32",
-    float_precision: str | None = None,
-    padding: float = 0.0,
-) -> list[Kernel]:
-    """The kernel list `kernels_from_onnx` gives for the exported model, computed directly."""
-    return materialize(
-        analyze_architecture(arch, batch=batch, input_shapes=input_shapes),
-        precision,
-        float_precision,
-        padding,
-    )

@@ -23,9 +23,9 @@ from kdc.deploy.graph_cost import analyze_onnx
 from kdc.deploy.kernels import (
     MASKED,
     TENSOR_KINDS,
-    WIDTH,
     GraphCost,
     Kernel,
+    check_precision,
     launches,
     materialize,
     memory_bytes,
@@ -133,10 +133,7 @@ def _float_precision(precision: str, profile: HardwareProfile) -> str:
 
 
 def _check(precision: str, batch: int, profile: HardwareProfile) -> None:
-    if precision not in WIDTH:
-        raise UserError(
-            f"unknown precision '{precision}'", field="precision", fix="use fp32, fp16 or int8"
-        )
+    check_precision(precision)
     if precision not in profile.runtime.precisions:
         raise UserError(
             f"target {profile.name} does not run {precision}",
@@ -262,10 +259,7 @@ def predict_memory_mb(
 ) -> float:
     """Predicted engine memory: weights at their run precision plus the peak of live
     activations (MiB)."""
-    if precision not in WIDTH:
-        raise UserError(
-            f"unknown precision '{precision}'", field="precision", fix="use fp32, fp16 or int8"
-        )
+    check_precision(precision)
     cost = analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes)
     return round(memory_bytes(cost, precision) / 2**20, 3)
 

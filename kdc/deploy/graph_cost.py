@@ -1,6 +1,6 @@
 """Per-kernel cost of an inference graph: FLOPs, bytes moved and the fusion a deployment engine
 (TensorRT, ONNX Runtime) applies, from an ONNX model (`analyze_onnx`) or straight from an
-architecture dict (`analyze_architecture`, the fast path the search uses).
+architecture dict (`kdc.deploy.arch_cost.analyze_architecture`, the fast path the search uses).
 
 Fusion rules: shape arithmetic and anything computable from constants folds away; views
 (Reshape, Squeeze, Unsqueeze, Flatten, Identity, Dropout) and Q/DQ pairs cost nothing, and an op
@@ -11,8 +11,7 @@ the kernel that produced its latest input. Bytes = activations read and written 
 boundary plus the constants it reads, at the kernel's precision width.
 
 The kernel types and op tables live in `kdc.deploy.kernels`, shape inference in
-`kdc.deploy.onnx_shapes`, the architecture fast path in `kdc.deploy.arch_cost`; their public names
-are re-exported here.
+`kdc.deploy.onnx_shapes`, the architecture fast path in `kdc.deploy.arch_cost`.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import onnx
 
-from kdc.deploy.arch_cost import analyze_architecture, kernels_from_architecture
 from kdc.deploy.kernels import (
     INTEGER_OPS,
     LN_OPS,
@@ -37,35 +35,14 @@ from kdc.deploy.kernels import (
     QUANTIZABLE,
     TENSOR_KINDS,
     VIEW_OPS,
-    WIDTH,
     GraphCost,
-    Kernel,
     KernelShape,
-    materialize,
-    memory_bytes,
     node_flops,
     node_scores,
     numel,
 )
 from kdc.deploy.onnx_shapes import concrete_inputs, inferred_shapes, stripped
 from kdc.errors import UserError
-
-__all__ = [
-    "TENSOR_KINDS",
-    "WIDTH",
-    "GraphCost",
-    "Kernel",
-    "KernelShape",
-    "analyze_architecture",
-    "analyze_onnx",
-    "kernels_from_architecture",
-    "kernels_from_onnx",
-    "load_model",
-    "materialize",
-    "memory_bytes",
-    "structure_hash",
-]
-
 
 # ---------------------------------------------------------------------------------------------
 # ONNX: fusion into kernels
@@ -408,21 +385,3 @@ def analyze_onnx(
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return cost
-
-
-def kernels_from_onnx(
-    model_or_path: onnx.ModelProto | str | Path,
-    *,
-    batch: int = 1,
-    input_shapes: dict[str, list[int]] | None = None,
-    precision: str = "fp32",
-    float_precision: str | None = None,
-    padding: float = 0.0,
-) -> list[Kernel]:
-    """The fused kernel list of an ONNX graph at `precision` (`padding`: see `materialize`)."""
-    return materialize(
-        analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes),
-        precision,
-        float_precision,
-        padding,
-    )

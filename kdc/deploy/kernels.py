@@ -138,6 +138,14 @@ def kernel_precision(k: KernelShape, precision: str, float_precision: str | None
     return float_precision or float_default(precision)
 
 
+def check_precision(precision: str) -> None:
+    """A UserError unless `precision` is one the cost model knows (fp32, fp16, int8)."""
+    if precision not in WIDTH:
+        raise UserError(
+            f"unknown precision '{precision}'", field="precision", fix="use fp32, fp16 or int8"
+        )
+
+
 def materialize(
     cost: GraphCost,
     precision: str = "fp32",
@@ -147,10 +155,7 @@ def materialize(
     """Kernels with bytes at the widths of `precision` (int8 only where an op can run at int8);
     with `padding` (the fraction of attention-mask positions that are 0), each attention kernel
     is followed by a `MASKED` pseudo-kernel for its masked scores."""
-    if precision not in WIDTH:
-        raise UserError(
-            f"unknown precision '{precision}'", field="precision", fix="use fp32, fp16 or int8"
-        )
+    check_precision(precision)
     if not 0.0 <= padding < 1.0:
         raise UserError(
             f"padding must be in [0, 1), got {padding}",

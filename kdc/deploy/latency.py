@@ -1,11 +1,9 @@
 """The measurement protocol (as trtexec does it): warm-up by count and time, timed iterations until
 a minimum count and duration, percentiles, coefficient of variation, and warnings when the numbers
-cannot be trusted. Also process memory figures, each labelled for what it is."""
+cannot be trusted."""
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +18,6 @@ from kdc.profiles import cpu_info, host_threads
 
 THROTTLE_RATIO = 1.15  # last 10 % of samples slower than first 10 % by this factor
 MIN_SAMPLES_FOR_TREND = 20
-
-# ru_maxrss is in kilobytes on Linux, bytes on macOS.
-_MAXRSS_BYTES: dict[str, int] = {"darwin": 1}
-_KB = 1024
 
 
 def _warnings(
@@ -131,10 +125,9 @@ def measure_onnx(
     batch: int = 1,
     precision: str = "fp32",
     engine: str = "onnxruntime",
-    providers: list[str] | None = None,
 ) -> dict:
     """Time `session.run` on `batch` rows of `inputs`: a REPORT.md latency object, kind measured."""
-    session = make_session(path, threads=threads, providers=providers)
+    session = make_session(path, threads=threads)
     record = session_options_record(session)
     feed = feed_for(session, _take_rows(inputs, batch))
     quiet = ort.RunOptions()
@@ -218,35 +211,3 @@ def throughput(
         precision=precision,
     )
     return {**lat, "items_per_s": batch / (lat["mean_ms"] / 1e3)}
-
-
-def peak_rss_mb() -> float:
-    """This process's resident-set high-water mark (ru_maxrss) in MiB, since it started."""
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss * _MAXRSS_BYTES.get(sys.platform, _KB) / 2**20
-
-
-def rss_now_mb() -> float | None:
-    """Current resident set in MiB from /proc/self/statm; None where /proc does not exist."""
-    try:
-        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except OSError:
-        return None
-    return resident_pages * resource.getpagesize() / 2**20
-
-
-def measure_peak_rss_of(fn: Callable[[], object]) -> dict:
-    """Run `fn` in this process and report memory around it, each figure named for its scope:
-    `rss_before_mb`/`rss_after_mb` (current resident set), `peak_rss_mb` (the process high-water
-    mark, which includes everything run before), `peak_rss_increase_mb` (how far `fn` raised that
-    mark; 0 when it stayed below an earlier peak, so a lower bound of its need)."""
-    before, peak_before = rss_now_mb(), peak_rss_mb()
-    fn()
-    after, peak_after = rss_now_mb(), peak_rss_mb()
-    return {
-        "scope": "process",
-        "rss_before_mb": before,
-        "rss_after_mb": after,
-        "peak_rss_mb": peak_after,
-        "peak_rss_increase_mb": peak_after - peak_before,
-    }

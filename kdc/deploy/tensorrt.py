@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kdc.errors import KdcError, UserError
 from kdc.profiles import HardwareProfile
-from kdc.rundir import atomic_path, sha256_file, sha256_json
+from kdc.rundir import atomic_path, sha256_file, sha256_json, size_mb
 
 REASON_UNAVAILABLE = (
     "TensorRT is not installed on this machine; build on the device with bundle/build.sh"
@@ -425,7 +425,7 @@ def build_engine(
     if cached and cached.is_file():
         with atomic_path(engine_path) as tmp:
             shutil.copyfile(cached, tmp)
-        return {**record, "cached": True, "size_mb": _size_mb(engine_path)}
+        return {**record, "cached": True, "size_mb": size_mb(engine_path)}
     source = onnx_path
     if plan.convert_fp16:
         source = convert_fp16(onnx_path, engine_path.with_suffix(".fp16.onnx"))
@@ -435,7 +435,7 @@ def build_engine(
     if cached:
         with atomic_path(cached) as tmp:
             shutil.copyfile(engine_path, tmp)
-    return {**record, "cached": False, "size_mb": _size_mb(engine_path)}
+    return {**record, "cached": False, "size_mb": size_mb(engine_path)}
 
 
 def _run_builder(trt: Any, source: Path, plan: BuildPlan, opts: BuildOptions) -> bytes:
@@ -457,11 +457,6 @@ def _run_builder(trt: Any, source: Path, plan: BuildPlan, opts: BuildOptions) ->
         raise KdcError(f"TensorRT {plan.version} failed to build {source.name}; see its log")
     save_timing_cache(config, opts.timing_cache)
     return bytes(serialized)
-
-
-def _size_mb(path: Path) -> float:
-    """The plan's size in MB (10^6 bytes), as every engine's `size_mb`."""
-    return round(path.stat().st_size / 1e6, 4)
 
 
 # --- fp16 graph conversion (TensorRT 11.x takes precision from the graph) -------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,10 @@ import numpy as np
 from kdc.deploy.tensorrt import BuildOptions, plan_build
 from kdc.errors import UserError
 
-JETPACK_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
+JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
+# device scripts run trtexec as "$TRTEXEC": from the environment, else PATH, else JetPack's
+TRTEXEC_VAR = "$TRTEXEC"
+TRTEXEC_LOOKUP = f'TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo {JETPACK_TRTEXEC})}}"'
 # BuilderFlag name -> trtexec switch.
 FLAG_SWITCHES = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback"}
 # NVIDIA's timing protocol: CUDA graphs, spin-wait sync, no host<->device copies in the timing.
@@ -27,12 +30,9 @@ BENCH_PROTOCOL = (
 )
 
 
-def find_trtexec() -> Path | None:
-    """trtexec on PATH, else JetPack's /usr/src/tensorrt/bin/trtexec, else None."""
-    found = shutil.which("trtexec")
-    if found:
-        return Path(found)
-    return JETPACK_TRTEXEC if JETPACK_TRTEXEC.is_file() else None
+def shell_text(cmd: list[str], sep: str = " ") -> str:
+    """A command as shell text: `$TRTEXEC` stays expandable, every other word is quoted."""
+    return sep.join(f'"{w}"' if w == TRTEXEC_VAR else shlex.quote(w) for w in cmd)
 
 
 def shape_spec(shapes: dict[str, list[int]]) -> str:

@@ -47,7 +47,7 @@ def _teacher_dir(cfg: KdcConfig) -> Path:
     return path
 
 
-def _hf(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+def _hf(cfg: KdcConfig) -> ModelAdapter:
     return HFTextAdapter.from_dir(
         _teacher_dir(cfg),
         max_length=cfg.data.max_length,
@@ -55,13 +55,13 @@ def _hf(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
     )
 
 
-def _hf_image(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+def _hf_image(cfg: KdcConfig) -> ModelAdapter:
     return HFImageAdapter.from_dir(
         _teacher_dir(cfg), trust_remote_code=cfg.teacher.trust_remote_code
     )
 
 
-def _sentence(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+def _sentence(cfg: KdcConfig) -> ModelAdapter:
     return SentenceAdapter.from_dir(
         _teacher_dir(cfg),
         max_length=cfg.data.max_length,
@@ -88,7 +88,7 @@ def check_entrypoint(cfg: KdcConfig) -> None:
         raise e.located(cfg.source_file) from None
 
 
-def _vision(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+def _vision(cfg: KdcConfig) -> ModelAdapter:
     kind = _kind(cfg)
     if kind == "entrypoint":
         _entrypoint_path(cfg)
@@ -117,7 +117,7 @@ def _vision(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
         ) from None
 
 
-LOADERS: dict[str, Callable[[KdcConfig, int], ModelAdapter]] = {
+LOADERS: dict[str, Callable[[KdcConfig], ModelAdapter]] = {
     "huggingface": _hf,
     "hf-image": _hf_image,
     "sentence": _sentence,
@@ -132,10 +132,10 @@ TASK_LOADERS: dict[tuple[str, str], str] = {
 }
 
 
-def load_teacher(cfg: KdcConfig, num_labels: int) -> ModelAdapter:
+def load_teacher(cfg: KdcConfig) -> ModelAdapter:
     """The teacher named by the config, in eval mode."""
     kind = _kind(cfg)
-    adapter = LOADERS[TASK_LOADERS.get((kind, cfg.task), kind)](cfg, num_labels)
+    adapter = LOADERS[TASK_LOADERS.get((kind, cfg.task), kind)](cfg)
     adapter.module.eval()
     return adapter
 
@@ -149,14 +149,24 @@ def load_student(directory: Path, max_length: int = 128) -> ModelAdapter:
             source=str(directory),
             fix="run the distill stage again",
         )
-    meta = json.loads(meta_path.read_text())
-    if meta["adapter"] == "huggingface":
-        return HFTextAdapter.from_dir(directory, max_length=meta.get("max_length", max_length))
-    if meta["adapter"] == "sentence":
-        return SentenceAdapter.load(directory, {"max_length": max_length, **meta})
-    if meta["adapter"] == "hf-image":
-        return HFImageAdapter.load(directory)
-    return VisionAdapter.load(directory)
+    meta = {"max_length": max_length, **json.loads(meta_path.read_text())}
+    loader = STUDENT_LOADERS.get(meta.get("adapter"))
+    if loader is None:
+        raise UserError(
+            f"kdc_model.json names an unknown model kind {meta.get('adapter')!r}",
+            source=str(meta_path),
+            fix="run the distill stage again",
+        )
+    return loader(directory, meta)
+
+
+# a saved model's kdc_model.json "adapter" → how to load it (directory, its metadata)
+STUDENT_LOADERS: dict[str, Callable[[Path, dict], ModelAdapter]] = {
+    "huggingface": lambda d, meta: HFTextAdapter.from_dir(d, max_length=meta["max_length"]),
+    "sentence": SentenceAdapter.load,
+    "hf-image": lambda d, meta: HFImageAdapter.load(d),
+    "vision": lambda d, meta: VisionAdapter.load(d),
+}
 
 
 def teacher_label_names(cfg: KdcConfig) -> list[str] | None:

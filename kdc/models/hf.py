@@ -313,13 +313,10 @@ class HFTextAdapter(TextTransformerAdapter):
         *,
         max_length: int,
         trust_remote_code: bool = False,
-        num_labels: int | None = None,
     ) -> HFTextAdapter:
         from transformers import AutoModelForSequenceClassification
 
         kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-        if num_labels is not None:
-            kw["num_labels"] = num_labels
         model, tok = load_pretrained(
             path, AutoModelForSequenceClassification, kw, trust_remote_code
         )

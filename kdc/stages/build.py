@@ -13,11 +13,7 @@ from kdc.deploy.onnxruntime import QUANT_OPS
 from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.errors import UserError
 from kdc.pipeline import Context, StageOutput
-from kdc.rundir import atomic_dir, atomic_path, files_of, read_json, write_json
-
-
-def _size_mb(path: Path) -> float:
-    return round(path.stat().st_size / 1e6, 4)
+from kdc.rundir import atomic_dir, atomic_path, files_of, read_json, size_mb, write_json
 
 
 def _calibration(ctx: Context, rows: int, batch: int = 16) -> list[dict[str, np.ndarray]]:
@@ -64,7 +60,7 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
             "provider": "CPUExecutionProvider",
             "precision": "fp32",
             "path": fp32.name,
-            "size_mb": _size_mb(fp32),
+            "size_mb": size_mb(fp32),
             "status": "built",
             "optimization": "ORT_ENABLE_ALL + transformer fusion"
             if fam == "transformer"
@@ -88,7 +84,7 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
             "provider": "CPUExecutionProvider",
             "precision": "int8",
             "path": dst.name,
-            "size_mb": _size_mb(dst),
+            "size_mb": size_mb(dst),
             "status": "built",
             "quantization": how,
         }

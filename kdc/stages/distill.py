@@ -4,7 +4,8 @@ quantization-aware when asked; save it with its spec.
 
 Outputs: distill/student/ (weights + shapes; reloads with `load_student`), history.jsonl,
 student.json, and with `quantize.method: qat` distill/student_qat.onnx (a QDQ model of standard
-ops). A restarted stage with unchanged inputs continues from distill/checkpoint/last.pt.
+ops) and qat_history.jsonl. A restarted stage with unchanged inputs continues from
+distill/checkpoint/last.pt.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def quantization_aware(
     ctx: Context, student: ModelAdapter, data: DistillData
 ) -> tuple[list[Path], dict]:
     """Fake-quantize the distilled student, train it `quantize.qat_epochs` more with the same
-    losses, and export its QDQ ONNX to distill/student_qat.onnx."""
+    losses, and export its QDQ ONNX to distill/student_qat.onnx (its epochs: qat_history.jsonl)."""
     from kdc.compress.qat import export_qat, quantize_for_training
     from kdc.stages.build import symmetric_activations
     from kdc.stages.export import PARITY_ROWS, onnx_parity, output_name
@@ -222,11 +223,11 @@ def quantization_aware(
         f"{parity['argmax_agreement']:.4f} on {parity['n']} validation rows)"
     )
     _log_teacher_rows(ctx, res.teacher_rows)
-    return [path], {
+    hist = write_jsonl(ctx.run / "distill" / "qat_history.jsonl", res.history)
+    return [path, hist], {
         "qat_val_accuracy": res.kept_metric,
         "qat_export_parity": parity,
         "qat_epochs_run": len(res.history),
-        "qat_history": res.history,
         "qat_teacher_rows": res.teacher_rows,
     }
 
@@ -292,7 +293,8 @@ def run(ctx: Context) -> StageOutput:
         quantization_aware(ctx, student, data) if ctx.cfg.quantize.method == "qat" else ([], {})
     )
     if not qat_files:  # an earlier QAT run's graph is not this student's
-        (ctx.run / "distill" / "student_qat.onnx").unlink(missing_ok=True)
+        for name in ("student_qat.onnx", "qat_history.jsonl"):
+            (ctx.run / "distill" / name).unlink(missing_ok=True)
     if ckpt is not None:
         ckpt.clear()
     metric = selection_metric(data.task).replace("_", " ")
@@ -325,5 +327,5 @@ def _metrics(
         "pruning": prune_info or None,
         "resumed_from_epoch": result.resumed_from_epoch,
         "teacher_rows": result.teacher_rows,
-        **{k: v for k, v in qat.items() if k != "qat_history"},
+        **qat,
     }

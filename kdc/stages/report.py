@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from kdc import __version__
 from kdc.pipeline import Context, StageOutput
-from kdc.rundir import library_versions, read_json
+from kdc.rundir import library_versions, read_json, read_jsonl
 
 
 def _search_section(ctx: Context) -> dict:
-    rows = [r for r in _read_jsonl(ctx.run / "search" / "candidates.jsonl")]
+    rows = read_jsonl(ctx.run / "search" / "candidates.jsonl")
     rec = ctx.run.stage("search") or {}
     chosen = read_json(ctx.run / "search" / "student.json")
     pareto = [r for r in rows if r.get("pareto")] or [r for r in rows if r.get("chosen")]
@@ -23,12 +23,6 @@ def _search_section(ctx: Context) -> dict:
         ],
         "candidates": rows,
     }
-
-
-def _read_jsonl(path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def assemble(ctx: Context) -> dict:

@@ -21,6 +21,7 @@ from kdc.rundir import atomic_path, write_json, write_jsonl
 
 if TYPE_CHECKING:
     from kdc.compress.space import Space
+    from kdc.models.base import ModelAdapter
 
 
 def run(ctx: Context) -> StageOutput:
@@ -408,7 +409,7 @@ def plot_search(rows: list[dict], budget_ms: float, proxy: str, path: Path) -> P
     return path
 
 
-def build_student(ctx: Context, spec: dict):
+def build_student(ctx: Context, spec: dict) -> ModelAdapter:
     """The student adapter for `spec`, initialised from the teacher."""
     from kdc.compress.student import derive_student
 

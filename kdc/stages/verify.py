@@ -16,7 +16,7 @@ from kdc.errors import UserError
 from kdc.export.parity import compare
 from kdc.pipeline import Context, StageOutput
 from kdc.profiles import host_has_int8_dot
-from kdc.rundir import read_json, sha256_file, write_json
+from kdc.rundir import read_json, sha256_file, size_mb, write_json
 from kdc.stages.build import int8_runs_here, tensorrt_not_on_target, tensorrt_on_target
 from kdc.stages.export import student_reference
 
@@ -160,7 +160,7 @@ def _remote_block(
     block = {
         **rec,
         "accuracy": acc,
-        "size_mb": round(src.stat().st_size / 1e6, 4),
+        "size_mb": size_mb(src),
         "size_note": "size of the ONNX the engine is built from; the plan is built on the device",
         "latency": predict(ctx, src, rec["precision"], rec["engine"]),
         "memory": _predicted_memory(ctx, src, rec["precision"]),

@@ -108,7 +108,9 @@ def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_pat
     api.search(path, "jetson", tmp_path / "run", quiet=True)
     api.distill(path, "jetson", tmp_path / "run", quiet=True)
     rec = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["distill"]
-    assert "distill/student_qat.onnx" in rec["outputs"]
+    assert {"distill/student_qat.onnx", "distill/qat_history.jsonl"} <= set(rec["outputs"])
+    history = (tmp_path / "run" / "distill" / "qat_history.jsonl").read_text().splitlines()
+    assert len(history) == rec["metrics"]["qat_epochs_run"] == 1
     assert rec["metrics"]["qat_val_accuracy"] > 0.5
     assert rec["metrics"]["qat_teacher_rows"]["rows_run"] > 0
     model = onnx.load(str(tmp_path / "run" / "distill" / "student_qat.onnx"))
@@ -117,6 +119,7 @@ def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_pat
     cfg["quantize"]["method"] = "ptq"
     api.distill(write_yaml(path, cfg), "jetson", tmp_path / "run", quiet=True)
     assert not (tmp_path / "run" / "distill" / "student_qat.onnx").exists()
+    assert not (tmp_path / "run" / "distill" / "qat_history.jsonl").exists()
 
 
 @pytest.mark.parametrize("target", ["host", "jetson"])

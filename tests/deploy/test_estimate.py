@@ -17,8 +17,7 @@ from kdc.deploy.estimate import (
     predict_memory_mb,
     predict_onnx,
 )
-from kdc.deploy.graph_cost import Kernel
-from kdc.deploy.kernels import MASKED
+from kdc.deploy.kernels import MASKED, Kernel
 from kdc.errors import UserError
 from kdc.profiles import HardwareProfile, load_profile
 

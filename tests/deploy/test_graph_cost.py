@@ -5,17 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from kernel_lists import kernels_from_architecture, kernels_from_onnx
 from onnx import TensorProto, helper, numpy_helper
 from tiny import exported_bert, tiny_beit, tiny_vit
 
-from kdc.deploy.graph_cost import (
-    analyze_architecture,
-    analyze_onnx,
-    kernels_from_architecture,
-    kernels_from_onnx,
-    memory_bytes,
-)
-from kdc.deploy.kernels import MASKED, MASKED_FLOPS
+from kdc.deploy.arch_cost import analyze_architecture
+from kdc.deploy.graph_cost import analyze_onnx
+from kdc.deploy.kernels import MASKED, MASKED_FLOPS, memory_bytes
 from kdc.errors import UserError
 
 F = TensorProto.FLOAT

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from kdc.deploy import report_plot, tensorrt
+from kdc.deploy import report_plot
 from kdc.deploy.report import console_summary, render_markdown
 from kdc.deploy.report_html import render_html
 from kdc.deploy.report_md import sig
 from kdc.deploy.report_plot import render_png
+from kdc.rundir import size_mb
 from kdc.stages import verify
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "report_sample.json"
@@ -37,10 +38,11 @@ def _console(report: dict) -> str:
     return console.export_text()
 
 
-def test_tensorrt_plan_size_is_in_mb_of_a_million_bytes(tmp_path):
+def test_engine_size_is_in_mb_of_a_million_bytes(tmp_path):
+    """Every engine's size_mb (ONNX Runtime's, TensorRT's plan) comes from one rundir.size_mb."""
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"\0" * 1_500_000)
-    assert tensorrt._size_mb(plan) == 1.5  # as ONNX Runtime engines' size_mb; not 1.431 (MiB)
+    assert size_mb(plan) == 1.5  # not 1.431 (MiB)
 
 
 def test_memory_constraint_says_mib(report):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -478,15 +477,3 @@ def test_trtexec_bench_command_follows_nvidia_protocol():
         "--iterations=200",
         "--exportTimes=results/times.json",
     } <= set(cmd)
-
-
-def test_find_trtexec_path_then_jetpack_location(tmp_path, monkeypatch):
-    monkeypatch.setattr(trtexec, "JETPACK_TRTEXEC", tmp_path / "jetpack" / "trtexec")
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert trtexec.find_trtexec() is None
-    exe = tmp_path / "bin" / "trtexec"
-    exe.parent.mkdir()
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{exe.parent}{os.pathsep}{tmp_path / 'empty'}")
-    assert trtexec.find_trtexec() == exe

@@ -88,8 +88,7 @@ def test_search_space_predicts_what_the_export_does(tmp_path):
 
 
 def test_architecture_path_matches_the_exported_cls_only_graph(tmp_path):
-    from kdc.deploy.arch_cost import kernels_from_architecture
-    from kdc.deploy.graph_cost import kernels_from_onnx
+    from kernel_lists import kernels_from_architecture, kernels_from_onnx
 
     bert = tiny_text_adapter(tmp_path)
     x = bert.encode(TEXTS)

@@ -101,7 +101,7 @@ def make_cnn_project(root: Path) -> Path:
     cfg = parse_config(cnn_config(weights=None), base_dir=root)
     ds = load_dataset(cfg)
     torch.manual_seed(0)
-    teacher = load_teacher(cfg, ds.num_labels)
+    teacher = load_teacher(cfg)
     _train(
         teacher.module,
         {"pixel_values": torch.from_numpy(ds.train.features)},
