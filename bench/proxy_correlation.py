@@ -45,7 +45,8 @@ from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
 from kdc import api  # noqa: E402
 from kdc.api import open_run  # noqa: E402
-from kdc.compress.distill import DistillData, distill, evaluate_accuracy  # noqa: E402
+from kdc.compress.distill import DistillData, distill  # noqa: E402
+from kdc.compress.evaluate import evaluate_accuracy  # noqa: E402
 from kdc.compress.proxies import PROXIES  # noqa: E402
 from kdc.compress.space import space_for  # noqa: E402
 from kdc.compress.student import derive_student, random_init  # noqa: E402

@@ -288,7 +288,12 @@ def bundle(run_dir: Path | str, target: str) -> Path:
     """Write (or rewrite) the device bundle of a finished run for a target."""
     from kdc import api
     from kdc.pipeline import require_stage
-    from kdc.stages.build import make_bundle, parse_blocker, tensorrt_precision, tensorrt_source
+    from kdc.stages.build_tensorrt import (
+        make_bundle,
+        parse_blocker,
+        tensorrt_precision,
+        tensorrt_source,
+    )
 
     ctx = api.open_run(api.config_of_run(run_dir), target, run_dir, quiet=True)
     require_stage(ctx, "build")

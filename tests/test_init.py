@@ -249,7 +249,8 @@ def test_init_embedding_tables_need_a_text_column(tmp_path):
     """For an encoder a table needs only a text column: without one (numbers only) or without
     rows, the fix names a text column and no label column."""
     from kdc.errors import UserError
-    from kdc.init import TeacherInfo, _read_csv, _rows_data
+    from kdc.init import TeacherInfo
+    from kdc.init_data import _read_csv, _rows_data
 
     teacher = TeacherInfo("huggingface", tmp_path, "sentence-embedding", None)
     (tmp_path / "n.csv").write_text("id,score\n1,0.5\n2,0.7\n")

@@ -10,7 +10,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,8 @@ import torch
 from torch import nn
 
 from kdc.compress.augment import augment_name, resolve_augment
+from kdc.compress.checkpoint import Checkpoint
+from kdc.compress.evaluate import evaluate
 from kdc.compress.hooks import FeatureTaps, find_taps
 from kdc.compress.losses import (
     DEFAULT_LOSSES,
@@ -35,7 +36,6 @@ from kdc.data.batching import trim_padding
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
 from kdc.models.shapes import apply_shapes
-from kdc.rundir import atomic_path
 
 Progress = Callable[[int, int, dict], None]
 # Batches per length-sorted window when `distill.group_by_length` (Hugging Face Trainer uses 50;
@@ -75,31 +75,6 @@ class DistillResult:
     resumed_from_epoch: int | None = None
     teacher_rows: dict | None = None  # TeacherCache.stats() where the teacher ran in training
     earlier_s: float = 0.0  # training time of the checkpointed epochs an earlier run did
-
-
-class Checkpoint:
-    """`<dir>/last.pt`: the training state after each finished epoch (tensors and plain values
-    only, read with weights_only=True), valid only for the run inputs it was saved with (`key`)."""
-
-    def __init__(self, directory: Path, key: str) -> None:
-        self.path = Path(directory) / "last.pt"
-        self.key = key
-
-    def load(self) -> dict | None:
-        if not self.path.is_file():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged checkpoint is only a lost shortcut
-            return None
-        return state if isinstance(state, dict) and state.get("key") == self.key else None
-
-    def save(self, state: dict) -> None:
-        with atomic_path(self.path) as tmp:
-            torch.save({**state, "key": self.key}, tmp)
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def resolve_losses(cfg: DistillConfig, family: str, task: str | None = None) -> list[LossConfig]:
@@ -182,48 +157,6 @@ class Objective(nn.Module):
             self.parts[name] = float(value.detach())
             total = total + weight * value
         return total
-
-
-def evaluate_accuracy(
-    adapter: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
-) -> float:
-    logits = adapter.forward_numpy(inputs)
-    return float((logits.argmax(-1) == labels).mean())
-
-
-def evaluate_cosine(adapter: ModelAdapter, data: DistillData) -> float:
-    """Mean cosine of the student's validation embeddings to the teacher's (Spearman of pairwise
-    similarities when the widths differ)."""
-    from kdc.deploy.metrics import mean_cosine, spearman
-
-    out, ref = adapter.forward_numpy(data.val), data.val_teacher_logits
-    if ref is None:
-        raise ValueError("embedding validation needs the teacher's validation embeddings")
-    return (mean_cosine if out.shape[1] == ref.shape[1] else spearman)(out, ref)
-
-
-# The validation score (name, function) recorded per epoch, by task (else accuracy): it picks the
-# epoch under `select: best` and drives early stopping.
-SELECTION: dict[str, tuple[str, Callable[[ModelAdapter, DistillData], float]]] = {
-    "sentence-embedding": ("mean_cosine", evaluate_cosine),
-}
-
-
-def validation_uses_teacher(task: str | None) -> bool:
-    """Whether `task`'s validation score compares with the teacher's validation outputs."""
-    return task in SELECTION and SELECTION[task][1] is evaluate_cosine
-
-
-def selection_metric(task: str | None) -> str:
-    """The name of the validation score `evaluate` computes for `task`."""
-    return SELECTION[task][0] if task in SELECTION else "accuracy"
-
-
-def evaluate(adapter: ModelAdapter, data: DistillData) -> float:
-    """The validation score of `adapter`: the task's SELECTION function, else accuracy."""
-    if data.task in SELECTION:
-        return SELECTION[data.task][1](adapter, data)
-    return evaluate_accuracy(adapter, data.val, data.val_labels)
 
 
 def make_accelerator() -> Any:

@@ -19,10 +19,10 @@ import onnx
 import yaml
 
 from kdc import __version__
+from kdc.deploy.fp16 import convert_fp16
 from kdc.deploy.input_contract import INPUT_CONTRACT
 from kdc.deploy.tensorrt import (
     check_graph,
-    convert_fp16,
     graph_facts,
     options_for_profile,
     plan_build,

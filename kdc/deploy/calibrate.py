@@ -262,9 +262,9 @@ def _trt_commands(
 
     import onnx
 
+    from kdc.deploy.fp16 import convert_fp16
     from kdc.deploy.tensorrt import (
         check_graph,
-        convert_fp16,
         graph_facts,
         options_for_profile,
         plan_build,

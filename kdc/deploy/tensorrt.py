@@ -2,7 +2,7 @@
 
 TensorRT 10.x builds weakly typed networks with precision flags (FP16; INT8 only from Q/DQ in the
 graph, never a calibrator). TensorRT 11.x removed those flags: every network is strongly typed,
-INT8 comes only from Q/DQ and FP16 from a graph converted beforehand (`convert_fp16`). The
+INT8 comes only from Q/DQ and FP16 from a graph converted beforehand (`kdc.deploy.fp16`). The
 decisions live in pure functions (`plan_build`, `check_graph`, `create_network`, `configure`,
 `engine_cache_key`, `format_parser_errors`) that tests drive with a fake `trt` module.
 """
@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from kdc.errors import KdcError, UserError
 from kdc.profiles import HardwareProfile
@@ -428,6 +427,8 @@ def build_engine(
         return {**record, "cached": True, "size_mb": size_mb(engine_path)}
     source = onnx_path
     if plan.convert_fp16:
+        from kdc.deploy.fp16 import convert_fp16  # fp16.py reads this module's QDQ_OPS
+
         source = convert_fp16(onnx_path, engine_path.with_suffix(".fp16.onnx"))
     blob = _run_builder(trt, source, plan, opts)
     with atomic_path(engine_path) as tmp:
@@ -457,94 +458,3 @@ def _run_builder(trt: Any, source: Path, plan: BuildPlan, opts: BuildOptions) ->
         raise KdcError(f"TensorRT {plan.version} failed to build {source.name}; see its log")
     save_timing_cache(config, opts.timing_cache)
     return bytes(serialized)
-
-
-# --- fp16 graph conversion (TensorRT 11.x takes precision from the graph) -------------------
-
-# Inputs that the ONNX spec keeps float32 whatever the data type (Resize roi/scales).
-_KEEP_FP32 = {"Resize": {1, 2}, "Upsample": {1}}
-_FP16_MAX = float(np.finfo(np.float16).max)
-
-
-def convert_fp16(onnx_in: Path | str, onnx_out: Path | str) -> Path:
-    """Write an fp16 copy of a float32 graph with float32 inputs and outputs.
-
-    Uses onnxconverter-common when installed; else a minimal converter (initializers, Constant,
-    ConstantOfShape and Cast-to-float turned fp16, casts at the graph edges) that refuses
-    Q/DQ graphs and checks the result with strict shape inference."""
-    model = onnx.load(str(onnx_in))
-    try:
-        from onnxconverter_common import float16
-    except ImportError:
-        converted = _to_fp16(model, source=str(onnx_in))
-    else:
-        converted = float16.convert_float_to_float16(model, keep_io_types=True)
-    with atomic_path(onnx_out) as tmp:
-        onnx.save(converted, str(tmp))
-    return Path(onnx_out)
-
-
-def _to_fp16(model: onnx.ModelProto, *, source: str) -> onnx.ModelProto:
-    g = model.graph
-    if any(n.op_type in QDQ_OPS for n in g.node):
-        raise UserError(
-            "the built-in fp16 converter does not handle Q/DQ graphs",
-            source=source,
-            fix="pip install onnxconverter-common, or build int8 without fp16",
-        )
-    keep = {n.input[i] for n in g.node for i in _KEEP_FP32.get(n.op_type, ()) if i < len(n.input)}
-    for init in g.initializer:
-        if init.data_type == TensorProto.FLOAT and init.name not in keep:
-            init.CopyFrom(_half(init))
-    for node in g.node:
-        for attr in node.attribute:
-            if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                attr.t.CopyFrom(_half(attr.t))
-            elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
-                attr.i = TensorProto.FLOAT16
-    renames = {}
-    head = []
-    for inp in g.input:
-        if inp.type.tensor_type.elem_type == TensorProto.FLOAT:
-            renames[inp.name] = f"{inp.name}__fp16"
-            head.append(
-                helper.make_node(
-                    "Cast",
-                    [inp.name],
-                    [renames[inp.name]],
-                    to=TensorProto.FLOAT16,
-                    name=f"{inp.name}__cast_in",
-                )
-            )
-    tail = []
-    for out in g.output:
-        if out.type.tensor_type.elem_type == TensorProto.FLOAT:
-            inner = f"{out.name}__fp16"
-            renames[out.name] = inner
-            tail.append(
-                helper.make_node(
-                    "Cast", [inner], [out.name], to=TensorProto.FLOAT, name=f"{out.name}__cast_out"
-                )
-            )
-    outputs = {o.name for o in g.output}
-    for node in g.node:
-        node.input[:] = [renames.get(x, x) for x in node.input]
-        node.output[:] = [renames[x] if x in outputs and x in renames else x for x in node.output]
-    nodes = [*head, *g.node, *tail]
-    del g.node[:]
-    g.node.extend(nodes)
-    del g.value_info[:]
-    try:
-        onnx.checker.check_model(model)
-        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise UserError(
-            f"fp16 conversion produced an invalid graph: {str(e).splitlines()[0]}",
-            source=source,
-            fix="pip install onnxconverter-common",
-        ) from None
-
-
-def _half(t: TensorProto) -> TensorProto:
-    arr = np.clip(numpy_helper.to_array(t), -_FP16_MAX, _FP16_MAX).astype(np.float16)
-    return numpy_helper.from_array(arr, t.name)

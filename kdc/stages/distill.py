@@ -16,15 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kdc.compress.distill import (
-    Checkpoint,
-    DistillData,
-    DistillResult,
-    distill,
-    selection_metric,
-    teacher_runs_each_step,
-    validation_uses_teacher,
-)
+from kdc.compress.checkpoint import Checkpoint
+from kdc.compress.distill import DistillData, DistillResult, distill, teacher_runs_each_step
+from kdc.compress.evaluate import selection_metric, validation_uses_teacher
 from kdc.compress.prune import GradualPruning, ratio_for_latency
 from kdc.models.base import ModelAdapter
 from kdc.pipeline import Context, StageOutput

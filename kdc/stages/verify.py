@@ -17,7 +17,8 @@ from kdc.export.parity import compare
 from kdc.pipeline import Context, StageOutput
 from kdc.profiles import host_has_int8_dot
 from kdc.rundir import read_json, sha256_file, size_mb, write_json
-from kdc.stages.build import int8_runs_here, tensorrt_not_on_target, tensorrt_on_target
+from kdc.stages.build import int8_runs_here, tensorrt_on_target
+from kdc.stages.build_tensorrt import tensorrt_not_on_target
 from kdc.stages.export import student_reference
 
 INT8_MIN_COSINE = 0.9

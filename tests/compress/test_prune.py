@@ -117,7 +117,7 @@ def test_gradual_schedule_reaches_the_target(tmp_path):
 
 
 def test_pruning_during_distillation_then_resume_keeps_shapes(tmp_path):
-    from kdc.compress.distill import Checkpoint
+    from kdc.compress.checkpoint import Checkpoint
 
     teacher, student = cnn((8, 16), 0), cnn((8, 16), 0)
     data = toy_data(teacher)

@@ -22,7 +22,7 @@ from kdc.deploy.report_plot import render_png
 from kdc.errors import UserError
 from kdc.profiles import load_profile
 from kdc.rundir import RunDir, read_json
-from kdc.stages import build
+from kdc.stages import build, build_tensorrt
 from kdc.stages.report import mark_shipped
 from kdc.tracking import report_metrics
 
@@ -56,7 +56,7 @@ def _build(
         "build_tensorrt",
         lambda ctx, engines: {
             "engine": "tensorrt",
-            "precision": build.tensorrt_precision(ctx, engines),
+            "precision": build_tensorrt.tensorrt_precision(ctx, engines),
             "status": "bundle",
         },
     )
@@ -117,7 +117,7 @@ def test_tensorrt_target_still_goes_to_the_tensorrt_builder(tmp_path, monkeypatc
 def test_tensorrt_without_an_onnxruntime_engine_names_the_fix(tmp_path):
     ctx = SimpleNamespace(run=RunDir(tmp_path), cfg=SimpleNamespace(source_file="model.yaml"))
     with pytest.raises(UserError) as e:
-        build.build_tensorrt(ctx, [])
+        build_tensorrt.build_tensorrt(ctx, [])
     assert e.value.field == "build.engines" and "onnxruntime" in e.value.fix
 
 
@@ -125,11 +125,11 @@ def test_tensorrt_source_is_the_int8_graph_or_the_exported_one(tmp_path):
     """ONNX Runtime's optimised FP32 graph holds com.microsoft fused ops TensorRT cannot parse:
     an FP16 engine is built from the exported graph, an INT8 one from the Q/DQ graph."""
     ctx = SimpleNamespace(run=RunDir(tmp_path))
-    fp32 = build.tensorrt_source(ctx, [_ort("fp32")])
+    fp32 = build_tensorrt.tensorrt_source(ctx, [_ort("fp32")])
     assert fp32 == {"path": "export/model.onnx", "precision": "fp32"}
-    int8 = build.tensorrt_source(ctx, [_ort("fp32"), _ort("int8")])
+    int8 = build_tensorrt.tensorrt_source(ctx, [_ort("fp32"), _ort("int8")])
     assert int8["path"].endswith("model_int8.onnx")
-    assert build.tensorrt_source(ctx, []) is None
+    assert build_tensorrt.tensorrt_source(ctx, []) is None
 
 
 def test_tensorrt_engine_from_a_graph_lint_rejects_is_unavailable(tmp_path):
@@ -150,7 +150,7 @@ def test_tensorrt_engine_from_a_graph_lint_rejects_is_unavailable(tmp_path):
         encode=lambda split: {"x": np.zeros((2, 1, 4, 4), np.float32)},
         cfg=SimpleNamespace(verify=SimpleNamespace(batch=1)),
     )
-    rec = build.build_tensorrt(ctx, [_ort("fp32")])
+    rec = build_tensorrt.build_tensorrt(ctx, [_ort("fp32")])
     assert rec["status"] == "unavailable" and "source" not in rec
     assert "cannot build export/model.onnx: com.microsoft::FusedConv" in rec["reason"]
     assert "kdc lint RUN_DIR/export/model.onnx --target jetson-orin-nano-8gb" in rec["reason"]

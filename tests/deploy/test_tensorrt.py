@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kdc.deploy import tensorrt as trtmod
 from kdc.deploy import trtexec
+from kdc.deploy.fp16 import convert_fp16
 from kdc.deploy.tensorrt import (
     REASON_UNAVAILABLE,
     BuildOptions,
@@ -22,7 +23,6 @@ from kdc.deploy.tensorrt import (
     build_engine,
     check_graph,
     configure,
-    convert_fp16,
     create_network,
     engine_cache_key,
     format_parser_errors,

@@ -1,0 +1,222 @@
+"""`kdc init`'s look at the data: its kind, text and label columns, classes and a max_length
+for the config it writes (`kdc/init.py` looks at the teacher and writes the config)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdc.data import class_order, unlabelled_txt
+from kdc.data.readers import (
+    Rows,
+    check_images,
+    datasets_layout,
+    delimited_records,
+    image_files,
+    json_objects,
+    read_datasets,
+    read_delimited,
+    read_jsonl,
+    read_txt,
+)
+from kdc.errors import UserError
+
+if TYPE_CHECKING:
+    from kdc.init import TeacherInfo
+
+MAX_ROWS = 20_000  # rows read to guess columns and labels
+MAX_LABELS = 100  # more distinct values than this is not a label column
+
+
+@dataclass
+class DataInfo:
+    """What `kdc init` learnt about the data."""
+
+    source: str  # as given: a path, or sklearn:digits
+    kind: str  # text | image
+    rows: int | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    labels: list[str] = field(default_factory=list)
+    max_length: int | None = None
+    eval_split: str | None = None  # a `datasets` directory's split that evaluation reads
+
+
+def _read_csv(path: Path, delimiter: str) -> list[dict]:
+    """The first rows as compress's reader parses them (quoting, BOM, malformed rows)."""
+    records = delimited_records(path, delimiter, "--data")[: MAX_ROWS + 1]
+    header = records[0][1] if records else []
+    return [dict(zip(header, rec, strict=False)) for _, rec in records[1:]]
+
+
+READERS: dict[str, Callable[[Path], list[dict]]] = {
+    ".csv": lambda p: _read_csv(p, ","),
+    ".tsv": lambda p: _read_csv(p, "\t"),
+    ".jsonl": lambda p: json_objects(p, "--data", MAX_ROWS),
+    ".json": lambda p: json_objects(p, "--data", MAX_ROWS),
+}
+
+
+def _text_len(values: list[Any]) -> float:
+    texts = [v for v in values if isinstance(v, str) and not _numeric(v)]
+    return sum(map(len, texts)) / len(values) if texts else 0.0
+
+
+def _numeric(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _max_length(texts: list[str], limit: int | None) -> int:
+    """A token budget covering ~95 % of rows (words × 1.5), a power of two in [16, 512]."""
+    counts = sorted(len(t.split()) for t in texts)
+    p95 = counts[int(0.95 * (len(counts) - 1))] if counts else 0
+    n = 16
+    while n < 512 and n < 1.5 * p95 + 2:
+        n *= 2
+    return min(n, limit or 512)
+
+
+def _table_data(path: Path, teacher: TeacherInfo) -> DataInfo:
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise UserError(
+            f"cannot read '{path.suffix}' files",
+            source=str(path),
+            field="--data",
+            fix=f"use {', '.join(READERS)}, an image folder or sklearn:digits",
+        )
+    return _read_all(path, _rows_data(path, reader(path), teacher))
+
+
+def _datasets_rows(path: Path, limit: int = 5000) -> list[dict]:
+    """The first `limit` rows of a `datasets` directory's train split (or its only one)."""
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError:
+        raise UserError(
+            "the 'datasets' package is not installed",
+            source=str(path),
+            field="--data",
+            fix="pip install 'kdc[datasets]'",
+        ) from None
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    return [dict(r) for r in ds.select(range(min(limit, len(ds))))]
+
+
+def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
+    """The text and label columns of table rows (the label column with the teacher's number of
+    classes, else the one with fewest; none for an embedding teacher), and a max_length for the
+    texts."""
+    columns = list(rows[0]) if rows else []
+    embedding = teacher.task == "sentence-embedding"  # texts only: no label column
+    if not rows or len(columns) < (1 if embedding else 2):
+        raise UserError(
+            f"{len(rows)} rows, columns {columns}",
+            source=str(path),
+            field="--data",
+            fix=f"give a header with a text{'' if embedding else ' and a label'} column, and "
+            "some rows",
+        )
+    values = {c: [r.get(c) for r in rows] for c in columns}
+    text = max(columns, key=lambda c: _text_len(values[c]))
+    if embedding:
+        if _text_len(values[text]) == 0:  # numbers and blanks only
+            raise UserError(
+                f"no text column (columns {columns})",
+                source=str(path),
+                field="--data",
+                fix="give a column of texts",
+            )
+        return _texts_data(path, [str(v or "") for v in values[text]], teacher, text)
+    distinct = {c: sorted({str(v).strip() for v in values[c]}) for c in columns if c != text}
+    usable = [c for c, d in distinct.items() if 2 <= len(d) <= MAX_LABELS]
+    if _text_len(values[text]) == 0 or not usable:
+        raise UserError(
+            f"no text column with a label column beside it (columns {columns})",
+            source=str(path),
+            field="--data",
+            fix="give a column of texts and one of class labels (2 or more values)",
+        )
+    label = next(
+        (c for c in usable if len(distinct[c]) == teacher.num_labels),
+        min(usable, key=lambda c: len(distinct[c])),
+    )
+    return DataInfo(
+        str(path),
+        "text",
+        len(rows),
+        text,
+        label,
+        distinct[label],
+        _max_length([str(v) for v in values[text]], teacher.max_positions),
+    )
+
+
+def _read_all(path: Path, info: DataInfo, declared: list[str] | None = None) -> DataInfo:
+    """`info` with the row count and classes of every row of its columns, read by compress's
+    reader (a blank text or label, or a row without one, is its error naming the line); classes
+    in compress's order (`declared`: a ClassLabel's names)."""
+    text, label = info.text_column or "", info.label_column
+    suffix = path.suffix.lower()
+    rows: Rows
+    if path.is_dir():
+        rows = read_datasets(path, text, label, "train", "--data")
+    elif suffix in (".csv", ".tsv"):
+        rows = read_delimited(path, text, label, "," if suffix == ".csv" else "\t", "--data")
+    else:
+        rows = read_jsonl(path, text, label, "--data")
+    info.rows = len(rows[0])
+    info.labels = class_order(rows[1], declared) if label else []
+    return info
+
+
+def _texts_data(
+    path: Path, texts: list[str], teacher: TeacherInfo, column: str | None = None
+) -> DataInfo:
+    """Unlabelled texts (an embedding teacher's data) from a table's `column` or a text file."""
+    return DataInfo(
+        str(path), "text", len(texts), column, max_length=_max_length(texts, teacher.max_positions)
+    )
+
+
+def _image_data(path: Path) -> DataInfo:
+    """The classes of an image folder as compress reads it (hidden folders skipped; an empty
+    one, or a file that is not an image, refused)."""
+    files = image_files(path, "--data")
+    check_images(files, "--data")
+    classes = class_order(list(files))
+    if len(classes) < 2:
+        raise UserError(
+            f"{len(classes)} class folder(s)",
+            source=str(path),
+            field="--data",
+            fix="lay images out as <folder>/<class>/<image>, two classes or more",
+        )
+    return DataInfo(str(path), "image", sum(map(len, files.values())), labels=classes)
+
+
+def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
+    """Columns, labels and a max_length for csv/tsv/jsonl or a `datasets` directory; classes of
+    an image folder."""
+    if data == "sklearn:digits":
+        return DataInfo(data, "image", 1797, labels=[str(i) for i in range(10)])
+    path = Path(data)
+    if not path.exists():
+        raise UserError("data not found", source=data, field="--data", fix="check the path")
+    if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+        info = _rows_data(path, _datasets_rows(path), teacher)
+        info.eval_split, declared = datasets_layout(path, info.label_column)
+        return _read_all(path, info, declared)
+    if path.suffix.lower() == ".txt" and path.is_file():
+        if teacher.task != "sentence-embedding":
+            raise unlabelled_txt(str(path), "--data")
+        return _texts_data(path, read_txt(path, "--data")[0][:MAX_ROWS], teacher)
+    return _image_data(path) if path.is_dir() else _table_data(path, teacher)
