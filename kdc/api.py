@@ -31,6 +31,10 @@ def _config(config: ConfigLike) -> KdcConfig:
     return config if isinstance(config, KdcConfig) else load_config(config)
 
 
+def _profile(target: str | HardwareProfile) -> HardwareProfile:
+    return target if isinstance(target, HardwareProfile) else load_profile(target)
+
+
 def default_run_dir(cfg: KdcConfig) -> Path:
     return Path("runs") / cfg.name
 
@@ -46,7 +50,7 @@ def open_run(
     from kdc.pipeline import Context
 
     cfg = _config(config)
-    profile = target if isinstance(target, HardwareProfile) else load_profile(target)
+    profile = _profile(target)
     run = RunDir(out or default_run_dir(cfg))
     run.update_manifest(
         config_file=cfg.source_file,
@@ -70,11 +74,19 @@ def _run(
 
     cfg = _config(config)
     check_config(cfg)
-    profile = target if isinstance(target, HardwareProfile) else load_profile(target)
+    profile = _profile(target)
     check_target(cfg, profile)
-    root = Path(out or default_run_dir(cfg))
+    root = check_run_root(out or default_run_dir(cfg))
     existed = root.exists()
-    was_empty = not existed or (root.is_dir() and not any(root.iterdir()))
+    was_empty = not existed or not any(root.iterdir())
+    if not was_empty and not (root / "manifest.json").is_file():
+        raise UserError(
+            "is not empty and not a kdc run directory (no manifest.json): kdc replaces the "
+            "stage folders it writes (build/, export/ …) and report files",
+            source=str(root),
+            field="--out",
+            fix="pass a new or empty directory, or one `kdc compress` wrote",
+        )
     ctx = open_run(cfg, profile, root, quiet=quiet)
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
     try:
@@ -197,12 +209,6 @@ def verify(
     cfg = config_of_run(run_dir)
     built_for = read_json(Path(run_dir) / "manifest.json").get("target", "host")
     ctx = open_run(cfg, target or built_for, run_dir, quiet=quiet)
-    if ctx.profile.name != built_for:  # said even with --quiet: the report changes meaning
-        ctx.console.print(
-            f"report.* now describe the run's engines verified for {ctx.profile.name} (built for "
-            f"{built_for}; `kdc verify {run_dir}` verifies them for it again)",
-            markup=False,
-        )
     if device_results is not None:
         from kdc.stages.verify import device_figures
 
@@ -217,10 +223,18 @@ def verify(
         require_stage(ctx, "build")
         device_figures(ctx, read_json(ctx.run / "build" / "engines.json"))  # refused: untouched
     run_stages(ctx, resume=True, only=("verify", "report"), trust_upstream=True)
+    if ctx.profile.name != built_for:  # said even with --quiet: the report changed meaning
+        ctx.console.print(
+            f"report.* now describe the run's engines verified for {ctx.profile.name} (built for "
+            f"{built_for}; `kdc verify {run_dir}` verifies them for it again)",
+            markup=False,
+        )
     return read_json(ctx.run / "report.json")
 
 
-def plan(config: ConfigLike, target: str = "host", out: str | Path | None = None) -> dict:
+def plan(
+    config: ConfigLike, target: str | HardwareProfile = "host", out: str | Path | None = None
+) -> dict:
     """The resolved plan `--dry-run` prints: stages, teacher, data sizes, target, constraints."""
     from kdc.data import load_dataset
     from kdc.pipeline import STAGE_NAMES
@@ -228,7 +242,7 @@ def plan(config: ConfigLike, target: str = "host", out: str | Path | None = None
 
     cfg = _config(config)
     check_config(cfg)
-    profile = load_profile(target)
+    profile = _profile(target)
     check_target(cfg, profile)
     run_dir = check_run_root(out or default_run_dir(cfg))
     ds = load_dataset(cfg)

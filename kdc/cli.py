@@ -341,7 +341,8 @@ def check(
 @app.command()
 @handled
 def inspect(run_dir: Path) -> None:
-    """Stages, status, hashes; flags any artifact whose sha256 no longer matches (exit 1)."""
+    """Stages, status, hashes; flags any artifact whose sha256 no longer matches, and any stage
+    built from an earlier stage's older outputs (exit 1)."""
     from kdc import tools
 
     info = tools.inspect_run(run_dir)
@@ -360,6 +361,13 @@ def inspect(run_dir: Path) -> None:
         err.print(
             f"{len(info['corrupt'])} artifact(s) changed since written: "
             f"{', '.join(info['corrupt'][:5])}; `kdc compress --resume` redoes them",
+            markup=False,
+        )
+        raise typer.Exit(1)
+    if info["outdated"]:
+        err.print(
+            f"stage(s) {', '.join(info['outdated'])} were built from earlier outputs of the "
+            "stage before them; `kdc compress --resume` redoes them",
             markup=False,
         )
         raise typer.Exit(1)

@@ -80,8 +80,9 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
         except (KeyboardInterrupt, Interrupted) as e:
             stop = e if isinstance(e, Interrupted) else Interrupted()
+            again = "with --resume " if "resume" in signature(fn).parameters else ""
             err.print(
-                f"{stop}: finished stages are kept; run the same command with --resume to continue",
+                f"{stop}: finished stages are kept; run the same command {again}to continue",
                 markup=False,
             )
             raise typer.Exit(stop.exit_code) from None

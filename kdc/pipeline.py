@@ -266,14 +266,19 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
 
 
 def inputs_fingerprint(cfg: KdcConfig) -> str:
-    """Hash of the teacher's files (weights, config) and of the data (`_data_fingerprint`), so a
-    retrained teacher or edited data re-runs stages on --resume."""
-    return sha256_json(
-        {
-            "teacher": {p.name: sha256_file(p) for p in _teacher_files(cfg)},
-            "data": [_data_fingerprint(cfg, v) for v in (cfg.data.source, cfg.data.eval)],
-        }
-    )
+    """Hash of the teacher's files (weights, config; an entrypoint's source beside the config)
+    and of the data (`_data_fingerprint`), so a retrained teacher, edited model code or edited
+    data re-runs stages on --resume."""
+    from kdc.models import entrypoint_files
+
+    found = {
+        "teacher": {p.name: sha256_file(p) for p in _teacher_files(cfg)},
+        "data": [_data_fingerprint(cfg, v) for v in (cfg.data.source, cfg.data.eval)],
+    }
+    if code := entrypoint_files(cfg):
+        base = Path(cfg.base_dir)
+        found["entrypoint"] = {str(p.relative_to(base)): sha256_file(p) for p in code}
+    return sha256_json(found)
 
 
 # Settings that change how fast or in how much memory a stage runs, not what it computes (the
@@ -358,9 +363,11 @@ def _refused(ctx: Context, stage: str, e: OSError) -> UserError:
     )
 
 
-def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], bool]) -> None:
+def _run_one(
+    ctx: Context, stage: Stage, input_hash: str, upstream: str, pressed: Callable[[], bool]
+) -> None:
     ctx.log(f"[bold]▶ {stage.name}[/bold]")
-    ctx.run.mark_started(stage.name, input_hash)
+    ctx.run.mark_started(stage.name, input_hash, upstream, ctx.inputs_hash)
     t0 = time.perf_counter()
     try:
         out = stage.fn(ctx)
@@ -379,12 +386,21 @@ def _run_one(ctx: Context, stage: Stage, input_hash: str, pressed: Callable[[], 
     ctx.ran.append(stage.name)
 
 
-def stage_not_ready(ctx: Context, name: str, input_hash: str | None = None) -> UserError:
+def stage_not_ready(
+    ctx: Context, name: str, input_hash: str | None = None, *, outdated: bool = False
+) -> UserError:
     """Why stage `name` cannot be taken as done: it has not finished, an output it recorded is
-    missing or was changed after it ran, or (`input_hash` given) it ran with other inputs."""
+    missing or was changed after it ran, (`outdated`) an earlier stage ran again after it, or
+    (`input_hash` given) it ran with other inputs."""
     rec = ctx.run.stage(name) or {}
     bad = ctx.run.verify_outputs(name) if rec.get("status") == "done" else []
-    if rec.get("status") != "done":
+    if outdated:
+        earlier = STAGE_NAMES[STAGE_NAMES.index(name) - 1]
+        what = (
+            f"was built from earlier outputs of '{earlier}' (it ran again after, or `kdc bundle` "
+            "rewrote its bundle)"
+        )
+    elif rec.get("status") != "done":
         what = "has not run" if not rec else f"has not finished (it is {rec.get('status')})"
     elif bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -405,6 +421,19 @@ def stage_not_ready(ctx: Context, name: str, input_hash: str | None = None) -> U
         fix=f"re-run it: `kdc {name} CONFIG --out {ctx.run.root}`, or `kdc compress CONFIG "
         f"--out {ctx.run.root} --resume`",
     )
+
+
+def outdated(run: RunDir) -> list[str]:
+    """Finished stages built from other outputs of the stage before them than those it has now
+    (it ran again after them, e.g. `kdc search` alone in a finished run, or `kdc bundle` rewrote
+    the build's bundle), and the finished stages after them."""
+    found: list[str] = []
+    for prev, name in zip(STAGE_NAMES, STAGE_NAMES[1:], strict=False):
+        rec = run.stage(name) or {}
+        now = run.output_hash(prev)
+        if rec.get("status") == "done" and (found or rec.get("upstream", now) != now):
+            found.append(name)  # and every finished stage after it, built from its outputs
+    return found
 
 
 def require_stage(ctx: Context, name: str) -> None:
@@ -450,7 +479,7 @@ def run_stages(
         ctx.warn(clash)
     if stale := ctx.run.remove_stale_temp():
         ctx.log(f"[dim]removed {len(stale)} temporary file(s) an interrupted run left[/dim]")
-    upstream = ""
+    upstream, warned = "", False
     with _signals_as_interrupt() as pressed:
         for stage in _stages():
             if only is not None and not set(only) & set(
@@ -461,7 +490,18 @@ def run_stages(
             wanted = only is None or stage.name in only
             may_skip = not wanted or (resume and only is None)
             if not wanted and trust_upstream:
-                h = (ctx.run.stage(stage.name) or {}).get("input_hash", h)
+                rec = ctx.run.stage(stage.name) or {}
+                h = rec.get("input_hash", h)
+                if stage.name in outdated(ctx.run):
+                    raise stage_not_ready(ctx, stage.name, outdated=True)
+                if rec.get("inputs", ctx.inputs_hash) != ctx.inputs_hash and not warned:
+                    warned = True
+                    ctx.warn(
+                        f"the teacher or data files changed since stage '{stage.name}' ran: "
+                        "figures are of the engines it built, evaluated on the data as it is "
+                        "now (a changed eval split may hold training rows); `kdc compress "
+                        "--resume` redoes the stages"
+                    )
             if may_skip and ctx.run.is_done(stage.name, h):
                 ctx.log(f"[dim]✓ {stage.name}: up to date, skipped[/dim]")
             elif not wanted:
@@ -469,7 +509,7 @@ def run_stages(
             else:
                 if not ctx.ran:  # this invocation's first stage
                     record()
-                _run_one(ctx, stage, h, pressed)
+                _run_one(ctx, stage, h, upstream, pressed)
             upstream = ctx.run.output_hash(stage.name)
     if not ctx.ran:  # every stage skipped
         record()

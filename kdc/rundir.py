@@ -252,10 +252,14 @@ class RunDir:
                 bad.append(rel)
         return bad
 
-    def mark_started(self, name: str, input_hash: str) -> None:
-        """Record that stage `name` runs. The report the run wrote before (its recorded
-        outputs, no other file) no longer describes it, so it goes (`kdc check` must not read it
-        as this run's) and its record says `stale`."""
+    def mark_started(
+        self, name: str, input_hash: str, upstream: str = "", inputs: str = ""
+    ) -> None:
+        """Record that stage `name` runs, from the earlier stage's outputs of hash `upstream` and
+        the teacher and data files of fingerprint `inputs`.
+        The report the run wrote before (its recorded outputs, no other file) no longer
+        describes it, so it goes (`kdc check` must not read it as this run's) and its record
+        says `stale`."""
         m = self.manifest()
         report = m.get("stages", {}).get("report")
         if name != "report" and report:
@@ -265,6 +269,8 @@ class RunDir:
         m.setdefault("stages", {})[name] = {
             "status": "running",
             "input_hash": input_hash,
+            "upstream": upstream,
+            "inputs": inputs,
             "started": now_iso(),
         }
         write_json(self.manifest_path, m)
@@ -280,11 +286,11 @@ class RunDir:
         self, name: str, input_hash: str, outputs: list[Path], metrics: dict, wall_s: float
     ) -> dict:
         m = self.manifest()
-        started = m.get("stages", {}).get(name, {}).get("started")
+        running = m.get("stages", {}).get(name, {})
         rec = {
             "status": "done",
             "input_hash": input_hash,
-            **({"started": started} if started else {}),
+            **{k: running[k] for k in ("upstream", "inputs", "started") if k in running},
             "finished": now_iso(),
             "wall_s": round(wall_s, 3),
             "outputs": {str(Path(p).relative_to(self.root)): sha256_file(Path(p)) for p in outputs},

@@ -258,14 +258,18 @@ def lint(path: Path | str, target: str) -> list:
 
 
 def inspect_run(run_dir: Path | str) -> dict:
-    """Stages with status, wall time and artifacts, flagging any whose sha256 no longer matches."""
+    """Stages with status, wall time and artifacts, flagging any whose sha256 no longer matches
+    and any built from an earlier stage's older outputs (status `outdated`)."""
+    from kdc.pipeline import outdated
+
     run = RunDir.existing(run_dir)
     m = run.manifest()
+    old = outdated(run)
     stages = {}
     for name, rec in m.get("stages", {}).items():
         bad = set(run.verify_outputs(name))
         stages[name] = {
-            "status": rec.get("status"),
+            "status": "outdated" if name in old else rec.get("status"),
             "wall_s": rec.get("wall_s"),
             "input_hash": (rec.get("input_hash") or "")[:12],
             "error": rec.get("error"),  # a failed stage's
@@ -281,6 +285,7 @@ def inspect_run(run_dir: Path | str) -> dict:
         "corrupt": [
             f"{s}:{a}" for s, r in stages.items() for a, v in r["artifacts"].items() if not v["ok"]
         ],
+        "outdated": old,
     }
 
 

@@ -77,6 +77,10 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     recorded = json.loads((run / "manifest.json").read_text())["stages"]["build"]["outputs"]
     assert f"{trt['path']}/build.sh" in recorded and f"{trt['path']}/model.onnx" in recorded
     assert runner.invoke(app, ["bundle", str(run), "--target", "jetson"]).exit_code == 0
+    res = runner.invoke(app, ["inspect", str(run)])  # verify judged the bundle written before
+    assert res.exit_code == 1 and "CORRUPT" not in res.output, res.output
+    assert "stage(s) verify, report were built from earlier outputs" in res.output
+    assert runner.invoke(app, ["verify", str(run), "-q"]).exit_code == 0
     res = runner.invoke(app, ["inspect", str(run)])
     assert res.exit_code == 0 and "CORRUPT" not in res.output, res.output
     (run / trt["path"] / "build.sh").write_text("#!/bin/sh\necho edited\n")

@@ -66,6 +66,16 @@ def test_sigint_exits_130_and_resume_continues(tmp_path, monkeypatch):
     assert set(stage_status(run).values()) == {"done"}
 
 
+def test_an_interrupted_stage_command_says_to_run_it_again(tmp_path, monkeypatch):
+    """`kdc distill` has no --resume (it continues from its checkpoint by itself): the line
+    must not send the user to an option the command refuses."""
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill"))
+    assert runner.invoke(app, ["search", str(cfg), "--out", str(run), "-q"]).exit_code == 0
+    res = runner.invoke(app, ["distill", str(cfg), "--out", str(run), "-q"])
+    assert res.exit_code == 130 and "run the same command to continue" in res.output, res.output
+
+
 def test_sigterm_stops_like_ctrl_c_and_a_stale_report_is_gone(tmp_path, monkeypatch):
     """A CI job's timeout or cancel sends SIGTERM: the run stops as for Ctrl-C (exit 143), and
     the report of the run's previous config is not left for `kdc check` to read."""
@@ -172,6 +182,62 @@ def test_a_stage_run_alone_leaves_the_report_stale_not_corrupt(tmp_path, monkeyp
     assert not (run / "report" / "out.json").exists()
     res = runner.invoke(app, ["inspect", str(run)])
     assert res.exit_code == 0 and "CORRUPT" not in res.output, res.output
+
+
+def test_stages_built_before_an_earlier_stage_ran_again_are_outdated(tmp_path, monkeypatch):
+    """`kdc search` alone with another config after a finished run: the later stages were built
+    from the old search. `kdc verify` refuses them (it reported the old engines under the new
+    config) and `kdc inspect` flags them (exit 1); `--resume` redoes them."""
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
+
+    def stages():
+        def make(name: str):
+            def fn(ctx) -> StageOutput:
+                return StageOutput([write_json(ctx.run / name / "out.json", ctx.cfg.seed)])
+
+            return fn
+
+        return [pipeline.Stage(n, make(n), lambda cfg: ("seed",)) for n in pipeline.STAGE_NAMES]
+
+    monkeypatch.setattr(pipeline, "_stages", stages)
+    assert runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"]).exit_code == 0
+    other = write_yaml(tmp_path / "other.yaml", {**cnn_config(weights=None), "seed": 1})
+    assert runner.invoke(app, ["search", str(other), "--out", str(run), "-q"]).exit_code == 0
+    res = runner.invoke(app, ["verify", str(run), "-q"])
+    assert res.exit_code == 2, res.output
+    assert "stage 'distill' was built from earlier outputs of 'search'" in res.output
+    res = runner.invoke(app, ["inspect", str(run)])
+    assert res.exit_code == 1 and "distill, export, build, verify were built from" in res.output
+    res = runner.invoke(app, ["compress", str(other), "--out", str(run), "-q", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert runner.invoke(app, ["inspect", str(run)]).exit_code == 0
+
+
+def test_verify_after_the_data_changed_says_so(tmp_path, monkeypatch):
+    """`kdc verify` takes the finished stages as built; when the teacher or data files changed
+    since (images added to a folder re-split train/eval), it says so instead of passing off the
+    new eval split's figures silently."""
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
+
+    def stages():
+        def make(name: str):
+            def fn(ctx) -> StageOutput:
+                rel = "report.json" if name == "report" else f"{name}/out.json"
+                return StageOutput([write_json(ctx.run / rel, {"stage": name})])
+
+            return fn
+
+        return [pipeline.Stage(n, make(n), lambda cfg: ("name",)) for n in pipeline.STAGE_NAMES]
+
+    monkeypatch.setattr(pipeline, "_stages", stages)
+    monkeypatch.setattr(pipeline, "inputs_fingerprint", lambda cfg: "before")
+    assert runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"]).exit_code == 0
+    res = runner.invoke(app, ["verify", str(run), "-q"])
+    assert res.exit_code == 0 and "changed since" not in res.output, res.output
+    monkeypatch.setattr(pipeline, "inputs_fingerprint", lambda cfg: "after")
+    res = runner.invoke(app, ["verify", str(run), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "the teacher or data files changed since stage 'search' ran" in res.output
 
 
 def test_a_stage_refused_for_an_unready_one_leaves_the_manifest_as_it_was(tmp_path, monkeypatch):

@@ -206,3 +206,16 @@ def test_a_write_refused_during_a_stage_is_a_one_line_error(cnn_project, tmp_pat
         "error: stage 'distill' was refused /data/private.csv (Permission denied) (fix: check "
         "that file's permissions and the free space of its file system)"
     )
+
+
+def test_a_non_empty_directory_kdc_did_not_write_is_refused(cnn_project, tmp_path):
+    """--out naming the user's own folder: kdc would replace its build/ and report files, so it
+    refuses it (one line naming --out) and touches nothing."""
+    own = tmp_path / "mine"
+    (own / "build" / "onnxruntime").mkdir(parents=True)
+    (own / "build" / "onnxruntime" / "my_model.onnx").write_text("x")
+    cfg = _cfg(cnn_project, tmp_path)
+    line = _one_line_error(runner.invoke(app, ["search", str(cfg), "--out", str(own), "-q"]))
+    assert "'--out'" in line and "not a kdc run directory" in line
+    assert (own / "build" / "onnxruntime" / "my_model.onnx").read_text() == "x"
+    assert sorted(p.name for p in own.iterdir()) == ["build"]

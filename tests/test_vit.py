@@ -185,7 +185,14 @@ def test_vit_evolution_search_and_pruning_for_jetson(vit_project, tmp_path):
     heads, FFN and hidden channels, through compress for a TensorRT target; --resume reloads
     the pruned student."""
     over = {
-        "search": {"strategy": "evolution", "population": 4, "cycles": 2, "sample_size": 2},
+        # students up to the teacher's size (the Orin Nano's budget fits it): pruning has room
+        "search": {
+            "strategy": "evolution",
+            "population": 4,
+            "cycles": 2,
+            "sample_size": 2,
+            "latency_fraction": 1.0,
+        },
         "prune": {"enabled": True, "ratio": 0.5, "head_ratio": 0.5, "hidden_ratio": 0.25},
         "distill": {"epochs": 4},
     }

@@ -334,7 +334,8 @@ def distill(
     progress: Progress | None = None,
 ) -> DistillResult:
     """Train `student` in place. `cfg.select`: keep the last epoch, or restore the epoch with the
-    best validation score (after pruning finished; the untrained student if no epoch beats it)."""
+    best validation score (after pruning finished; a tie goes to the later epoch, and the
+    untrained student is kept only if every epoch scores below it)."""
     torch.manual_seed(seed)
     tr = _Trainer(student, data, cfg, seed, teacher, pruning)
     state = checkpoint.load() if checkpoint else None
@@ -446,7 +447,7 @@ def _epochs(
             s.update(top=max(acc, s["top"]), stale=0 if improved else s["stale"] + 1)
             if cfg.select == "last":
                 s.update(kept_metric=acc, kept_epoch=epoch)
-            elif improved:
+            elif acc >= s["kept_metric"]:  # a tie goes to the later, more trained epoch
                 s.update(
                     kept_metric=acc, kept_epoch=epoch, kept_model=_tensor_state(tr.student.module)
                 )

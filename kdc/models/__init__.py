@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -70,10 +71,29 @@ def _sentence(cfg: KdcConfig) -> ModelAdapter:
     )
 
 
+def entrypoint_files(cfg: KdcConfig) -> list[Path]:
+    """The source files of a `teacher.entrypoint` that lives beside the config (its top-level
+    module `top.py`, or every .py file of a package folder `top/`); [] otherwise."""
+    if _kind(cfg) != "entrypoint" or not cfg.teacher.entrypoint:
+        return []
+    top = Path(cfg.base_dir) / cfg.teacher.entrypoint.split(":")[0].split(".")[0]
+    if top.is_dir():
+        return sorted(top.rglob("*.py"))
+    return [top.with_suffix(".py")] if top.with_suffix(".py").is_file() else []
+
+
 def _entrypoint_path(cfg: KdcConfig) -> None:
-    """Entrypoints may live beside the config: its folder goes on sys.path."""
-    if cfg.base_dir not in sys.path:
-        sys.path.insert(0, cfg.base_dir)
+    """Entrypoints may live beside the config: its folder goes first on sys.path, and a module
+    of its own is imported afresh (not another project's of the same name, nor the version
+    imported before an edit, which Python's import cache would give)."""
+    if cfg.base_dir in sys.path:
+        sys.path.remove(cfg.base_dir)
+    sys.path.insert(0, cfg.base_dir)
+    if entrypoint_files(cfg):
+        top = cfg.teacher.entrypoint.split(":")[0].split(".")[0]
+        for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
 
 
 def check_entrypoint(cfg: KdcConfig) -> None:

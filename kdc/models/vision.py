@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import inspect
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +37,17 @@ def entrypoint_function(entrypoint: str) -> Callable[..., Any]:
 
 
 def _entrypoint(source: dict) -> nn.Module:
-    model = entrypoint_function(source["entrypoint"])(**source.get("kwargs", {}))
+    fn = entrypoint_function(source["entrypoint"])
+    try:
+        model = fn(**source.get("kwargs", {}))
+    except TypeError:
+        raise  # its signature does not take teacher.kwargs: said by the loader
+    except Exception as e:  # the user's own code failed
+        raise UserError(
+            f"'{source['entrypoint']}' raised {type(e).__name__}: {e}",
+            field="teacher.entrypoint",
+            fix="fix the function (it is called with teacher.kwargs)",
+        ) from None
     if not isinstance(model, nn.Module):
         raise UserError(
             f"'{source['entrypoint']}' returned {type(model).__name__}, not a Module",
@@ -71,6 +82,43 @@ def _timm(source: dict) -> nn.Module:
 BUILDERS = {"entrypoint": _entrypoint, "torchvision": _torchvision, "timm": _timm}
 
 
+def as_kdc_calls(module: nn.Module) -> nn.Module:
+    """`module`, called as kdc calls image models (`module(pixel_values=x)` → a logits tensor):
+    the image passed positionally where forward does not name it `pixel_values` (torchvision,
+    timm: `forward(x)`), and the logits taken from a tuple, dict or ModelOutput. Hooks, so the
+    module's parameter names (and weights files) stay its own."""
+    params = inspect.signature(module.forward).parameters.values()
+    if not any(p.name == "pixel_values" or p.kind is p.VAR_KEYWORD for p in params):
+        module.register_forward_pre_hook(_image_positional, with_kwargs=True)
+    module.register_forward_hook(_logits_only)
+    return module
+
+
+def _image_positional(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if "pixel_values" in kwargs:
+        kwargs = dict(kwargs)
+        args = (*args, kwargs.pop("pixel_values"))
+    return args, kwargs
+
+
+def _logits_only(module: nn.Module, args: tuple, out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    found = getattr(out, "logits", None)
+    if found is None and isinstance(out, dict):
+        found = out.get("logits")
+    if found is None and isinstance(out, tuple | list) and out:
+        found = out[0]
+    if not isinstance(found, torch.Tensor):
+        raise UserError(
+            f"the model returned {type(out).__name__}, not a logits tensor",
+            field="teacher",
+            fix="return the logits (B×classes), or a tuple/dict/ModelOutput holding them first "
+            "or as 'logits'",
+        )
+    return found
+
+
 class VisionAdapter(ModelAdapter):
     """An nn.Module taking `pixel_values` (B×C×H×W float32) and returning logits."""
 
@@ -86,7 +134,7 @@ class VisionAdapter(ModelAdapter):
         module = BUILDERS[source["kind"]](source)
         if weights is not None:
             load_into(module, load_state_dict(weights), str(weights))
-        return cls(module, source)
+        return cls(as_kdc_calls(module), source)
 
     def encode(self, features: np.ndarray) -> dict[str, np.ndarray]:
         return {"pixel_values": np.ascontiguousarray(features, dtype=np.float32)}
@@ -249,7 +297,7 @@ class VisionAdapter(ModelAdapter):
     @classmethod
     def load(cls, directory: Path) -> VisionAdapter:
         meta = json.loads((directory / "kdc_model.json").read_text())
-        module = BUILDERS[meta["source"]["kind"]](meta["source"])
+        module = as_kdc_calls(BUILDERS[meta["source"]["kind"]](meta["source"]))
         _drop_modules(module, meta["source"].get("drop", []))
         apply_shapes(module, meta["shapes"])
         load_into(

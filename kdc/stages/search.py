@@ -263,6 +263,20 @@ def _evolution(ctx: Context) -> StageOutput:
     if constraint and cfg.latency_margin:
         limit = budget * (1 - cfg.latency_margin)
         margin_note = f" ({budget:.4g} ms less search.latency_margin {cfg.latency_margin:g})"
+    if teacher_ms <= limit:  # no latency pressure: the best-scoring student is the teacher's size
+        if ctx.cfg.constraints.latency_budget_ms:
+            ctx.warn(
+                f"the teacher (predicted {teacher_ms:.4g} ms) already fits "
+                f"constraints.latency_budget_ms {budget:.4g} ms on {ctx.profile.name}: the search "
+                "may choose a student as large as the teacher; set a lower budget to compress"
+            )
+        else:  # the target's default budget: search as without one (it stays verify's limit)
+            f = cfg.latency_fraction
+            limit = smallest_ms + f * (teacher_ms - smallest_ms)
+            margin_note = (
+                f" (the teacher, predicted {teacher_ms:.4g} ms, fits the {budget:.4g} ms budget: "
+                f"search.latency_fraction {f:g} of the way from the smallest student to it)"
+            )
     rows: dict[str, dict[str, Any]] = {}
 
     def score(c) -> float:
@@ -282,7 +296,7 @@ def _evolution(ctx: Context) -> StageOutput:
 
     ctx.log(
         f"  space: {space.size:,} students; budget {budget:.4g} ms ({budget_source}), "
-        f"searched under {limit:.4g} ms; "
+        f"searched under {limit:.4g} ms{margin_note}; "
         f"teacher predicted {teacher_ms:.4g} ms on {ctx.profile.name} {precision}"
     )
     _note_uncalibrated(ctx)

@@ -345,10 +345,22 @@ def test_select_ships_the_last_or_the_best_validation_epoch(select):
     data = toy_data(teacher)
     res = distill(student, data, _cfg(epochs=4, lr=0.05, select=select), 0, teacher=teacher)
     scores = [h["val_accuracy"] for h in res.history]
-    kept = len(scores) - 1 if select == "last" else int(np.argmax(scores))
+    best = len(scores) - 1 - int(np.argmax(scores[::-1]))  # a tie goes to the later epoch
+    kept = len(scores) - 1 if select == "last" else best
     assert res.kept_epoch == kept and res.kept_metric == scores[kept]
     shipped = float((student.forward_numpy(data.val).argmax(-1) == data.val_labels).mean())
     assert shipped == pytest.approx(scores[kept])
+
+
+def test_select_best_keeps_a_trained_epoch_that_ties_the_untrained_student(monkeypatch):
+    """Every epoch at the untrained student's validation score (an easy task, 1.0 throughout):
+    `select: best` kept the untrained student and threw the distillation away."""
+    from kdc.compress import distill as distill_mod
+
+    monkeypatch.setattr(distill_mod, "evaluate", lambda adapter, data: 1.0)
+    teacher, student = cnn((8, 16), 0), cnn((4, 8), 1)
+    res = distill(student, toy_data(teacher), _cfg(epochs=3, select="best"), 0, teacher=teacher)
+    assert res.kept_epoch == 2 and res.kept_metric == 1.0
 
 
 def test_no_epochs_keeps_the_untrained_student_and_says_so(cnn_project, tmp_path, capsys):

@@ -282,6 +282,11 @@ def test_transformer_search_on_jetson(bert_project, tmp_path):
         teacher, load_profile("jetson"), precision="int8", input_shapes=None
     )["p50_ms"]
     assert teacher_ms == pytest.approx(full)
+    # the teacher fits the Orin Nano's 10 ms default: searched as without a budget (half-way
+    # from the smallest student to the teacher), not choosing a student of the teacher's size
+    assert chosen["search_limit_ms"] < teacher_ms
+    assert chosen["predicted_latency_ms"] <= chosen["search_limit_ms"]
+    assert chosen["architecture"]["params"] < teacher["params"]
 
 
 def test_fixed_architecture_with_chosen_teacher_layers(bert_project, tmp_path):

@@ -1,0 +1,108 @@
+"""Image teachers as users bring them: torchvision/timm's `forward(x)` and models returning
+(logits, features) run as kdc calls image models; errors in the user's code are one line; an
+entrypoint beside the config is imported afresh and hashed, so an edit re-runs stages."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+from tiny import cnn_config, write_yaml
+from typer.testing import CliRunner
+
+from kdc import api
+from kdc.cli import app
+from kdc.config import load_config
+from kdc.data import load_dataset
+from kdc.models import load_teacher
+from kdc.pipeline import inputs_fingerprint
+
+runner = CliRunner()
+
+NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):  # torchvision's convention: forward(x)
+    def __init__(self, num_classes=10, width=WIDTH):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+        )
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        f = self.features(x).flatten(1)
+        return self.fc(f), f  # (logits, features), as some models return
+
+
+def build(num_classes=10):
+    return Net(num_classes)
+
+
+def boom():
+    raise ValueError("no checkpoint here")
+
+
+class Unlabelled(nn.Module):
+    def forward(self, x):
+        return {"image": x}  # no logits in what it returns
+
+
+def unlabelled():
+    return Unlabelled()
+"""
+
+
+def _project(tmp_path, module: str, width: int = 8, entry: str = "build"):
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(NET.replace("WIDTH", str(width))))
+    cfg = cnn_config(weights=None, distill={"epochs": 1})
+    cfg["teacher"] = {"entrypoint": f"{module}:{entry}", "kwargs": {}}
+    return write_yaml(tmp_path / "model.yaml", cfg)
+
+
+def test_a_positional_forward_returning_a_tuple_runs_as_kdc_calls_it(tmp_path):
+    cfg = load_config(_project(tmp_path, "tvnet_a"))
+    teacher = load_teacher(cfg)
+    ds = load_dataset(cfg)
+    logits = teacher.forward_numpy(teacher.encode(ds.eval.features[:4]))
+    assert logits.shape == (4, 10) and np.isfinite(logits).all()
+    # the module keeps its own parameter names (a torchvision weights file loads as is)
+    assert "fc.weight" in teacher.module.state_dict()
+
+
+def test_a_positional_forward_student_searches_distills_and_exports(tmp_path):
+    path = _project(tmp_path, "tvnet_b", width=16)
+    run = tmp_path / "run"
+    for stage in (api.search, api.distill, api.export):
+        stage(path, "host", run, quiet=True)
+    assert (run / "export" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("boom", "'tvnet_c:boom' raised ValueError: no checkpoint here"),
+        ("unlabelled", "the model returned dict, not a logits tensor"),
+    ],
+)
+def test_errors_in_the_users_model_code_are_one_line(tmp_path, entry, says):
+    """The entrypoint raising, or a model returning no logits: exit 2 naming the teacher, not
+    an internal error (exit 3)."""
+    path = _project(tmp_path, "tvnet_c", entry=entry)
+    res = runner.invoke(app, ["search", str(path), "--out", str(tmp_path / "run"), "-q"])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and says in lines[0] and "teacher" in lines[0], res.output
+
+
+def test_an_edited_entrypoint_is_imported_afresh_and_changes_the_inputs_hash(tmp_path):
+    path = _project(tmp_path, "tvnet_d", width=8)
+    cfg = load_config(path)
+    before = inputs_fingerprint(cfg)
+    assert load_teacher(cfg).module.fc.in_features == 8
+    _project(tmp_path, "tvnet_d", width=12)  # the user edits the model file
+    assert inputs_fingerprint(cfg) != before
+    assert load_teacher(cfg).module.fc.in_features == 12  # not the cached module
