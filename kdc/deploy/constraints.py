@@ -17,7 +17,8 @@ Which engine answers which constraint:
   from `kdc verify --device-results`), without a configured limit: the value is the cosine of
   the device's outputs against the bundle's goldens, the limit the bundle's floor, and it passes
   only when the device's check passed (so at or above the floor). A check the device could not
-  make fails with its reason.
+  make fails with its reason, and so does one made by another runner than the TensorRT engine
+  (parity.py's ONNX Runtime fallback: `not_the_engine`), with no value.
 """
 
 from __future__ import annotations
@@ -287,6 +288,17 @@ def evaluate_constraints(report: dict, constraints: dict, profile_defaults: dict
     return rows + _device_parity_rows(report)
 
 
+def not_the_engine(runner: str, why: str = "") -> str:
+    """Why a device parity check made by `runner` (parity.py's fallback when tensorrt does not
+    import) says nothing of the TensorRT engine, and the fix."""
+    return (
+        f"parity was checked with {runner} on model.onnx, not the TensorRT engine (model.plan)"
+        + (f" ({why})" if why else "")
+        + ": run bench.sh with a Python that imports tensorrt (PYTHON=/usr/bin/python3 "
+        "./bench.sh: JetPack's, or a venv made with --system-site-packages)"
+    )
+
+
 def _device_parity_rows(report: dict) -> list[dict]:
     """A `device_parity` row per engine whose parity the device checked (module docstring)."""
     rows = []
@@ -294,17 +306,22 @@ def _device_parity_rows(report: dict) -> list[dict]:
         p = e.get("parity") or {}
         if not p.get("on_target"):
             continue
+        runner = p.get("runner")
+        of_engine = runner in (None, "tensorrt")  # None: nothing ran; another: not the engine
+        cosine = p.get("cosine") if of_engine else None
         row = {
             "name": "device_parity",
             "limit": p["cosine_floor"],
-            "value": p.get("cosine"),
-            "source": "measured" if p.get("cosine") is not None else None,
-            "pass": p.get("passed") is True,
+            "value": cosine,
+            "source": "measured" if cosine is not None else None,
+            "pass": p.get("passed") is True and of_engine,
             "engine": engine_label(e),
             "limit_from": "bundle",
         }
-        where = f"runner {p.get('runner') or 'none'} on {p.get('device', 'the device')}"
-        if p.get("cosine") is None:
+        where = f"runner {runner or 'none'} on {p.get('device', 'the device')}"
+        if not of_engine:
+            row["reason"] = f"{not_the_engine(runner, '; '.join(p.get('notes') or []))} ({where})"
+        elif p.get("cosine") is None:
             why = p.get("error") or "not checked: " + (
                 "; ".join(p.get("notes") or []) or "no runner could run"
             )
