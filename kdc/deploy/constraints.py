@@ -172,6 +172,15 @@ def _size(report: dict) -> Reading:
     return Reading(float(eng["size_mb"]), "measured", engine_label(eng), eng.get("size_note", ""))
 
 
+def stand_in(acc: dict | None) -> str | None:
+    """How an accuracy that is not its engine's own was made (its `stand_in`: `qdq-in-float`,
+    the INT8 graph run with Q/DQ in float; `fp32-graph`, the FP32 graph an FP16 engine is built
+    from), else None. Reports from before the field name only the Q/DQ one, by its engine."""
+    acc = acc or {}
+    legacy = "qdq-in-float" if "qdq-simulated" in str(acc.get("engine", "")) else None
+    return acc.get("stand_in") or legacy
+
+
 def _accuracies(report: dict) -> tuple[float, float, str]:
     """(teacher value, shipped engine value, engine label) of the same metric."""
     task = report.get("task")
@@ -186,11 +195,11 @@ def _accuracies(report: dict) -> tuple[float, float, str]:
         raise Undetermined(
             f"teacher metric {t_metric} differs from {engine_label(eng)} metric {metric}"
         )
-    by = (eng.get("accuracy") or {}).get("engine")
+    acc = eng.get("accuracy") or {}
     label = (
-        f"{engine_label(eng)}, measured on {by}"
-        if by and "simulated" in by
-        else (engine_label(eng))
+        f"{engine_label(eng)}, measured on {acc.get('engine')}"
+        if stand_in(acc)
+        else engine_label(eng)
     )  # a stand-in engine is named; the engine itself is not repeated
     return float(teacher), float(value), label
 
