@@ -290,12 +290,15 @@ def inspect_run(run_dir: Path | str) -> dict:
 
 
 def bundle(run_dir: Path | str, target: str) -> Path:
-    """Write (or rewrite) the device bundle of a finished run for a target."""
+    """Write (or rewrite) the device bundle of a finished run for a target; a bundle it
+    replaces that holds device results is moved aside to build/previous-<name>, not deleted."""
     from kdc import api
+    from kdc.deploy.bundle import bundle_dir
     from kdc.pipeline import require_stage
     from kdc.stages.build_tensorrt import (
         make_bundle,
         parse_blocker,
+        set_aside_results,
         tensorrt_precision,
         tensorrt_source,
     )
@@ -319,6 +322,8 @@ def bundle(run_dir: Path | str, target: str) -> Path:
             fix=f"{fix}; a run compressed for {ctx.profile.name} quantizes for it",
         )
     precision = tensorrt_precision(ctx, engines)
+    replaced = bundle_dir(ctx.run / "build" / "bundle", ctx.profile.name)
+    set_aside_results(ctx, replaced, "(kdc bundle writes a new bundle there)")
     out = make_bundle(ctx, ctx.run / shipped["path"], precision)
     ctx.run.rerecord("build", out)  # the build's own bundle, rewritten: still the run's
     return out

@@ -69,7 +69,9 @@ _BENCH_TAIL = """
 device="$(tr -d '\\0' 2>/dev/null < /proc/device-tree/model \\
   || nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
 trt_banner="$(grep -o -m 1 'TensorRT v[0-9]*' results/bench.log || echo unknown)"
-python3 - "${{device:-unknown}}" "$trt_banner" <<'EOF'
+# parity.py checks the engine only with a Python that imports tensorrt (JetPack's python3)
+PYTHON="${{PYTHON:-python3}}"
+"$PYTHON" - "${{device:-unknown}}" "$trt_banner" <<'EOF'
 import json
 import statistics
 import sys
@@ -94,7 +96,7 @@ if cv > {cv_warn}:
           file=sys.stderr)
 EOF
 status=0
-python3 parity.py || status=$?
+"$PYTHON" parity.py || status=$?
 echo "Copy $(pwd)/results back and run: kdc verify RUN_DIR --device-results results/"
 exit "$status"
 """
@@ -110,9 +112,11 @@ TensorRT version, so the engine is built on the device itself.
    /usr/src/tensorrt/bin/trtexec; set `TRTEXEC=/path/to/trtexec` to choose another).
 3. Then `./bench.sh`: trtexec timing with CUDA graphs, spin-wait and no host/device copies
    (at least {iterations} iterations and trtexec's default 3 s, after {warmup} ms of warm-up;
-   every iteration is in `times.json`), then `parity.py` against `goldens.npz`. It
-   warns when the per-iteration latencies' coefficient of variation exceeds {cv_warn:.1%}, and
-   exits 1 when the parity check fails.
+   every iteration is in `times.json`), then `parity.py` against `goldens.npz` with `python3`,
+   or the Python named by `PYTHON` (it must import `tensorrt`: JetPack's system Python, or a venv
+   made with `--system-site-packages`). It warns when the per-iteration latencies' coefficient
+   of variation exceeds {cv_warn:.1%}, and exits 1 when the parity check fails or was not made
+   by the engine.
 4. Copy `results/` back and run `kdc verify RUN_DIR --device-results results/`: a failed parity
    check fails verification (exit 1); results from a bundle for another target, or from another
    device, are refused (exit 2).
@@ -121,8 +125,8 @@ TensorRT version, so the engine is built on the device itself.
 name, trtexec version, this bundle's profile and model hash) and the trtexec logs. `parity.py`
 runs the engine through the TensorRT Python API when `tensorrt` imports (CUDA buffers through
 libcudart by ctypes, as JetPack ships it; no torch needed); otherwise it checks `model.onnx`
-with ONNX Runtime and says so in `parity.json` (`runner`), and the report warns that the
-engine that ships was not checked.
+with ONNX Runtime and says so in `parity.json` (`runner`), and verification fails: the engine
+that ships was not checked.
 {preprocessing}"""
 
 _PARITY = '''#!/usr/bin/env python3
@@ -131,7 +135,8 @@ _PARITY = '''#!/usr/bin/env python3
 Runs model.plan with the TensorRT Python API (CUDA buffers through the CUDA runtime library,
 libcudart, by ctypes: nothing beyond JetPack's tensorrt and numpy) when that works; otherwise
 (tensorrt or libcudart missing, a plan that does not load) runs model.onnx with ONNX Runtime on
-the CPU, records runner "onnxruntime" and why in "notes"."""
+the CPU, records runner "onnxruntime" and why in "notes", and exits 1: the engine was not
+checked."""
 
 import json
 import sys
@@ -283,6 +288,11 @@ def main():
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\\n")
     print(json.dumps(result))
+    if result.get("runner") != "tensorrt":
+        print("parity was not checked on the TensorRT engine (" + "; ".join(notes) + "): run "
+              "bench.sh with a Python that imports tensorrt (PYTHON=/usr/bin/python3 ./bench.sh)",
+              file=sys.stderr)
+        return 1
     return 0 if result.get("pass") else 1
 
 

@@ -10,7 +10,8 @@ of the same task legitimately changes them (a renamed run still compares).
 Engines are matched by (engine, precision). Per engine, each latency object (`latency`, and
 `target_latency`) is compared like with like: measured with measured (p50 and p99), predicted with
 predicted (p50). A change of kind, a measurement taken under other conditions (device, batch,
-threads, input_shape) or a prediction made otherwise (latency model, its calibration, the hash of
+threads, input_shape; the TensorRT version of a device timing, where both record it) or a
+prediction made otherwise (latency model, its calibration, the hash of
 the profile fields it reads, batch, input shape, padding) is reported as `missing`, never compared.
 A slowdown is a regression only when it exceeds both the tolerance and the noise (with `--strict`,
 the tolerance alone), 2·hypot(u_base, u_now), u the relative uncertainty of the statistic: its
@@ -74,6 +75,9 @@ CONDITIONS = {  # what makes two latency figures of a kind comparable
         "padding",
     ),
 }
+# compared only where both figures record them: a device timing's TensorRT version (an engine
+# is built for one; "unknown" when trtexec's banner was not read)
+RECORDED_CONDITIONS = {"measured": ("tensorrt",)}
 REBASELINE = "re-baseline with `kdc check --update-baseline`"
 QUANTILES = {"p50": 0.5, "p99": 0.99}
 _QUANTILE_NAME = {"p50": "median"}
@@ -166,10 +170,16 @@ def _shown(value: object, width: int = 72) -> str:
 
 
 def _conditions(base: dict, cur: dict, kind: str) -> str:
-    """`device 'A' vs 'B'; threads 2 vs 4` for the conditions of `kind` that differ, else ''."""
+    """`device 'A' vs 'B'; threads 2 vs 4` for the conditions of `kind` that differ, else ''
+    (`RECORDED_CONDITIONS` only where both record them)."""
+    recorded = [
+        k
+        for k in RECORDED_CONDITIONS.get(kind, ())
+        if all(o.get(k) not in (None, "unknown") for o in (base, cur))
+    ]
     return "; ".join(
         f"{k} {_shown(base.get(k))} vs {_shown(cur.get(k))}"
-        for k in CONDITIONS.get(kind, ())
+        for k in (*CONDITIONS.get(kind, ()), *recorded)
         if base.get(k) != cur.get(k)
     )
 

@@ -17,7 +17,8 @@ Which engine answers which constraint:
   from `kdc verify --device-results`), without a configured limit: the value is the cosine of
   the device's outputs against the bundle's goldens, the limit the bundle's floor, and it passes
   only when the device's check passed (so at or above the floor). A check the device could not
-  make fails with its reason.
+  make fails with its reason, and so does one made by another runner than the TensorRT engine
+  (parity.py's ONNX Runtime fallback: `not_the_engine`), with no value.
 """
 
 from __future__ import annotations
@@ -171,6 +172,15 @@ def _size(report: dict) -> Reading:
     return Reading(float(eng["size_mb"]), "measured", engine_label(eng), eng.get("size_note", ""))
 
 
+def stand_in(acc: dict | None) -> str | None:
+    """How an accuracy that is not its engine's own was made (its `stand_in`: `qdq-in-float`,
+    the INT8 graph run with Q/DQ in float; `fp32-graph`, the FP32 graph an FP16 engine is built
+    from), else None. Reports from before the field name only the Q/DQ one, by its engine."""
+    acc = acc or {}
+    legacy = "qdq-in-float" if "qdq-simulated" in str(acc.get("engine", "")) else None
+    return acc.get("stand_in") or legacy
+
+
 def _accuracies(report: dict) -> tuple[float, float, str]:
     """(teacher value, shipped engine value, engine label) of the same metric."""
     task = report.get("task")
@@ -185,11 +195,11 @@ def _accuracies(report: dict) -> tuple[float, float, str]:
         raise Undetermined(
             f"teacher metric {t_metric} differs from {engine_label(eng)} metric {metric}"
         )
-    by = (eng.get("accuracy") or {}).get("engine")
+    acc = eng.get("accuracy") or {}
     label = (
-        f"{engine_label(eng)}, measured on {by}"
-        if by and "simulated" in by
-        else (engine_label(eng))
+        f"{engine_label(eng)}, measured on {acc.get('engine')}"
+        if stand_in(acc)
+        else engine_label(eng)
     )  # a stand-in engine is named; the engine itself is not repeated
     return float(teacher), float(value), label
 
@@ -287,6 +297,17 @@ def evaluate_constraints(report: dict, constraints: dict, profile_defaults: dict
     return rows + _device_parity_rows(report)
 
 
+def not_the_engine(runner: str, why: str = "") -> str:
+    """Why a device parity check made by `runner` (parity.py's fallback when tensorrt does not
+    import) says nothing of the TensorRT engine, and the fix."""
+    return (
+        f"parity was checked with {runner} on model.onnx, not the TensorRT engine (model.plan)"
+        + (f" ({why})" if why else "")
+        + ": run bench.sh with a Python that imports tensorrt (PYTHON=/usr/bin/python3 "
+        "./bench.sh: JetPack's, or a venv made with --system-site-packages)"
+    )
+
+
 def _device_parity_rows(report: dict) -> list[dict]:
     """A `device_parity` row per engine whose parity the device checked (module docstring)."""
     rows = []
@@ -294,17 +315,22 @@ def _device_parity_rows(report: dict) -> list[dict]:
         p = e.get("parity") or {}
         if not p.get("on_target"):
             continue
+        runner = p.get("runner")
+        of_engine = runner in (None, "tensorrt")  # None: nothing ran; another: not the engine
+        cosine = p.get("cosine") if of_engine else None
         row = {
             "name": "device_parity",
             "limit": p["cosine_floor"],
-            "value": p.get("cosine"),
-            "source": "measured" if p.get("cosine") is not None else None,
-            "pass": p.get("passed") is True,
+            "value": cosine,
+            "source": "measured" if cosine is not None else None,
+            "pass": p.get("passed") is True and of_engine,
             "engine": engine_label(e),
             "limit_from": "bundle",
         }
-        where = f"runner {p.get('runner') or 'none'} on {p.get('device', 'the device')}"
-        if p.get("cosine") is None:
+        where = f"runner {runner or 'none'} on {p.get('device', 'the device')}"
+        if not of_engine:
+            row["reason"] = f"{not_the_engine(runner, '; '.join(p.get('notes') or []))} ({where})"
+        elif p.get("cosine") is None:
             why = p.get("error") or "not checked: " + (
                 "; ".join(p.get("notes") or []) or "no runner could run"
             )

@@ -4,9 +4,11 @@ device checked, and warnings. Results measured for another target than the run's
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
+from kdc.deploy.constraints import not_the_engine
 from kdc.deploy.trtexec import BENCH_PROTOCOL, CV_LIMIT, WARMUP_MS, parse_export_times
 from kdc.errors import UserError
 from kdc.profiles import list_profiles
@@ -95,27 +97,42 @@ def _check_target(
 
 def _device_parity(raw: dict, floor: float, device: str, source: Path) -> dict:
     """parity.json in the report's parity terms (`min_cosine` the lowest row cosine,
-    `cosine_floor` the bundle's limit, `passed`), marked `on_target`."""
+    `cosine_floor` the bundle's limit, `passed`: at or above it, by the TensorRT engine), marked
+    `on_target`. A pass without the figures parity.py writes with one is refused."""
     for key in _NUMBERS:
         value = raw.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise UserError(f"'{key}' is not a number", source=str(source), field=key, fix=_FIX)
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise UserError(
+                f"'{key}' is not a finite number", source=str(source), field=key, fix=_FIX
+            )
     if not isinstance(raw.get("pass", False), bool):
         raise UserError("'pass' is not true/false", source=str(source), field="pass", fix=_FIX)
     for key in ("runner", "error"):
         if not isinstance(raw.get(key) or "", str):
             raise UserError(f"'{key}' is not text", source=str(source), field=key, fix=_FIX)
+    missing = [k for k in ("runner", *_NUMBERS) if raw.get("pass") is True and raw.get(k) is None]
+    if missing:
+        raise UserError(
+            f"a pass without its figures: {', '.join(missing)} missing",
+            source=str(source),
+            field=missing[0],
+            fix=_FIX,
+        )
     notes = raw.get("notes") or []
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise UserError(
             "'notes' is not a list of text", source=str(source), field="notes", fix=_FIX
         )
-    cosine = raw.get("cosine")
+    cosine, runner = raw.get("cosine"), raw.get("runner")
     parity = {
         "reference": "goldens.npz",
         "on_target": True,
         "device": device,
-        "runner": raw.get("runner"),
+        "runner": runner,
         "n": raw.get("n"),
         "max_abs": raw.get("max_abs"),
         "mean_abs": raw.get("mean_abs"),
@@ -123,7 +140,7 @@ def _device_parity(raw: dict, floor: float, device: str, source: Path) -> dict:
         "min_cosine": raw.get("cosine_min_row"),
         "argmax_agreement": raw.get("argmax_agreement"),
         "cosine_floor": floor,
-        "passed": raw.get("pass") is True and (cosine is None or cosine >= floor),
+        "passed": raw.get("pass") is True and cosine >= floor and runner == "tensorrt",
         "error": raw.get("error"),
         "notes": notes or None,
         "source": f"device results {source}",
@@ -132,30 +149,24 @@ def _device_parity(raw: dict, floor: float, device: str, source: Path) -> dict:
 
 
 def _parity_warnings(parity: dict) -> list[str]:
-    """A failed check, and a check not made by the TensorRT engine that ships."""
+    """A failed check: below the floor, not made, or not made by the TensorRT engine."""
+    if parity["passed"]:
+        return []
     runner = parity.get("runner")
     notes = "; ".join(parity.get("notes") or [])
-    out = []
-    if not parity["passed"]:
-        if parity.get("cosine") is not None:
-            what = f"cosine {parity['cosine']:.4f} against the floor {parity['cosine_floor']:g}"
-        else:
-            what = parity.get("error") or f"not checked ({notes or 'no runner'})"
-        agree = parity.get("argmax_agreement")
-        rows = f" over {parity['n']} golden rows" if parity.get("n") is not None else ""
-        out.append(
-            f"device parity FAILED: {what}"
-            + (f", argmax agreement {agree:.3f}" if agree is not None else "")
-            + f"{rows} (runner {runner or 'none'} on {parity['device']})"
-        )
     if runner and runner != "tensorrt":
-        out.append(
-            f"device parity was checked by {runner} on model.onnx, not by the TensorRT engine "
-            f"that ships (model.plan){f': {notes}' if notes else ''}; build model.plan with "
-            "build.sh, make the tensorrt Python package and libcudart (both in JetPack) "
-            "loadable on the device, then run bench.sh again"
-        )
-    return out
+        return [f"device parity FAILED: {not_the_engine(runner, notes)}"]
+    if parity.get("cosine") is not None:
+        what = f"cosine {parity['cosine']:.4f} against the floor {parity['cosine_floor']:g}"
+    else:
+        what = parity.get("error") or f"not checked ({notes or 'no runner'})"
+    agree = parity.get("argmax_agreement")
+    rows = f" over {parity['n']} golden rows" if parity.get("n") is not None else ""
+    return [
+        f"device parity FAILED: {what}"
+        + (f", argmax agreement {agree:.3f}" if agree is not None else "")
+        + f"{rows} (runner {runner or 'none'} on {parity['device']})"
+    ]
 
 
 def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target: str) -> dict:
@@ -163,8 +174,8 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
 
     Latency is trtexec's per-iteration `latencyMs` with --noDataTransfers, so it excludes
     host<->device copies; a cv above `CV_LIMIT` puts a warning in it. Parity is the device's
-    check against the goldens. Warnings (for the engine) repeat the latency's and flag a failed
-    parity or one not run by the TensorRT engine. Results for another target than `target`
+    check against the goldens (failed when not run by the TensorRT engine). Warnings (for the
+    engine) repeat the latency's and flag a failed parity. Results for another target than `target`
     (the name of the profile verified for), another model or another device are a UserError."""
     results_dir, bundle_dir = Path(results_dir), Path(bundle_dir)
     meta_file = bundle_dir / "bundle.json"

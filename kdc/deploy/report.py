@@ -12,6 +12,7 @@ from kdc.deploy.constraints import (
     accuracy_value,
     checked_nothing,
     engine_label,
+    stand_in,
     value_kind,
     verdict,
 )
@@ -28,7 +29,6 @@ from kdc.deploy.report_md import (
     off_target_devices,
     render_markdown,
     sig,
-    stand_in,
 )
 from kdc.deploy.report_plot import render_png
 from kdc.rundir import atomic_path, write_json, write_text
@@ -72,10 +72,12 @@ LEGEND = (
     "measured: timed by kdc (p50 / p99 over the stated iterations); predicted: the latency "
     "model's p50, never timed. report.md gives every figure's conditions."
 )
-STAND_IN = (
-    "* stand-in: the INT8 graph run with Q/DQ in float (the arithmetic the target's engine "
-    "approximates), not the engine itself"
-)
+STAND_INS = {  # constraints.stand_in → what the accuracy marked * was run on
+    "qdq-in-float": "the INT8 graph run with Q/DQ in float (the arithmetic the target's engine "
+    "approximates)",
+    "fp32-graph": "the FP32 graph run by ONNX Runtime on this CPU (the target's engine runs it in "
+    "FP16)",
+}
 
 
 def _constraint_line(c: dict) -> Text:
@@ -120,8 +122,12 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
     for name, part in parts:
         _row(table, name, part, report, bool(hosts))
     legend = [Text(LEGEND, style="dim")]
-    if any(stand_in(part.get("accuracy")) for _, part in parts):
-        legend.append(Text(STAND_IN, style="dim"))
+    kinds = dict.fromkeys(stand_in(part.get("accuracy")) for _, part in parts)
+    legend += [
+        Text(f"* stand-in: {STAND_INS.get(kind, kind)}, not the engine itself", style="dim")
+        for kind in kinds
+        if kind
+    ]
     lines = [
         Text(f"{engine_label(e)} is {e.get('status')}: {e['reason']}", style="yellow")
         for e in report.get("engines") or []

@@ -165,11 +165,6 @@ def _arch(arch: dict | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in (arch or {}).items()) or DASH
 
 
-def stand_in(acc: dict | None) -> bool:
-    """Whether an accuracy was not the engine's own: its INT8 graph run with Q/DQ in float."""
-    return "qdq-simulated" in str((acc or {}).get("engine", ""))
-
-
 def _accuracy_cells(part: dict, task: str | None, label: str) -> list[str]:
     """[accuracy, accuracy from]; an engine not run here may show a labelled proxy. The accuracy
     of the kernels whose latency was measured here follows when it is not the headline's."""

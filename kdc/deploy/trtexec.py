@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -128,10 +129,23 @@ def parse_export_times(path: Path | str, metric: str = "latencyMs") -> dict:
         if isinstance(rows, list)
         else []
     )
-    if not values or not all(isinstance(v, int | float) and v >= 0 for v in values):
+    if not values:
         raise UserError(
             f"no per-iteration '{metric}' values",
             source=str(path),
             fix="produce it with trtexec --exportTimes",
+        )
+    bad = [
+        v
+        for v in values
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf
+    ]
+    if bad:
+        raise UserError(
+            f"{len(bad)} of {len(values)} '{metric}' values are not positive finite times "
+            f"(first: {json.dumps(bad[0])})",
+            source=str(path),
+            field=metric,
+            fix="run bench.sh again; do not edit the file",
         )
     return latency_stats(values)

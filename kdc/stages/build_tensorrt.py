@@ -131,11 +131,14 @@ def input_shapes(ctx: Context) -> dict[str, list[int]]:
 
 
 def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
+    """Write the target's device bundle (`build/bundle`, or `bundle-<profile>` beside another
+    target's). Its goldens are the outputs of `onnx_path` as verify's stand-in runs it: an INT8
+    graph with Q/DQ executed in float, not this CPU's int8 kernels (which saturate without VNNI)."""
     from kdc.deploy.bundle import write_bundle
     from kdc.deploy.onnxruntime import make_session, run_session
 
     goldens = {k: v[:8] for k, v in ctx.encode("eval").items()}
-    session = make_session(onnx_path)
+    session = make_session(onnx_path, optimization="disable" if precision == "int8" else "all")
     outputs = run_session(session, goldens)
     files = preprocessing_files(ctx.run / "distill" / "student")
     shapes = input_shapes(ctx)
@@ -188,25 +191,35 @@ def preprocessing_files(student: Path) -> list[Path]:
     )
 
 
+def set_aside_results(ctx: Context, bundle: Path, whose: str) -> bool:
+    """Move a bundle holding device results (`results/`, with model.plan beside it) aside to
+    previous-<name>[-n], never over an earlier one, and warn; False when it holds none. Device
+    results are the user's: nothing kdc writes deletes them."""
+    if not (bundle / "results").exists():
+        return False
+    aside = bundle.with_name(f"previous-{bundle.name}")
+    n = 1
+    while aside.exists():  # one moved aside before: kept too
+        n += 1
+        aside = bundle.with_name(f"previous-{bundle.name}-{n}")
+    bundle.rename(aside)
+    ctx.warn(
+        f"{bundle.relative_to(ctx.run.root)} holds device results {whose}: moved to "
+        f"{aside.relative_to(ctx.run.root)}"
+    )
+    return True
+
+
 def clear_previous_build(ctx: Context) -> None:
     """Remove an earlier build's TensorRT engine (its cache stays) and device bundles (this
-    stage's, or `kdc bundle`'s for other targets): they are not this graph's. Device results are
-    the user's: a bundle holding them is moved aside to previous-<name>, never deleted."""
+    stage's, or `kdc bundle`'s for other targets): they are not this graph's. A bundle holding
+    device results is moved aside (`set_aside_results`), never deleted."""
     for stale in TENSORRT_OUTPUTS:
         (ctx.run / "build" / "tensorrt" / stale).unlink(missing_ok=True)
     for old in _bundles(ctx.run / "build"):
-        rel = old.relative_to(ctx.run.root)
-        if (old / "results").exists():
-            aside = old.with_name(f"previous-{old.name}")
-            n = 1
-            while aside.exists():  # an earlier build's, moved aside before: kept too
-                n += 1
-                aside = old.with_name(f"previous-{old.name}-{n}")
-            old.rename(aside)
-            ctx.warn(
-                f"{rel} holds device results of the previous build's graph: moved to "
-                f"{aside.relative_to(ctx.run.root)}"
-            )
-        else:
+        if not set_aside_results(ctx, old, "of the previous build's graph"):
             shutil.rmtree(old)
-            ctx.warn(f"removed {rel}: a device bundle of the previous build's graph")
+            ctx.warn(
+                f"removed {old.relative_to(ctx.run.root)}: a device bundle of the previous "
+                "build's graph"
+            )

@@ -94,6 +94,7 @@ def _engine_block(
         if int8_runs_here(ctx):
             beside = {"accuracy_qdq_simulated": sim}
         else:
+            sim["stand_in"] = "qdq-in-float"
             sim["note"] = (
                 f"stand-in for this engine on {ctx.profile.name}: Q/DQ executed in float (the "
                 "exact int8 arithmetic), not this CPU's int8 kernels (accuracy_this_cpu)"
@@ -144,20 +145,32 @@ def _predicted_memory(ctx: Context, path: Path, precision: str) -> dict:
     return {"kind": "predicted", "peak_mb": peak}
 
 
+def _stand_in(ctx: Context, rec: dict, teacher_logits: np.ndarray) -> dict:
+    """The accuracy standing in for a TensorRT engine not run here, from the graph it is built
+    from: an INT8 engine's Q/DQ graph with Q/DQ executed in float (ONNX Runtime with graph
+    optimisations off: quantisation error without CPU int8 kernels); an FP16 engine's FP32 graph
+    as ONNX Runtime runs it on this CPU (without FP16's rounding)."""
+    src, prec = ctx.run / rec["source"], rec["precision"]
+    if prec == "int8":
+        acc, _ = evaluate(ctx, src, teacher_logits, optimization="disable")
+        engine, kind = SIMULATED, "qdq-in-float"
+        what = "Q/DQ executed in float approximates TensorRT's int8 arithmetic"
+    else:
+        acc, _ = evaluate(ctx, src, teacher_logits)
+        engine, kind = "onnxruntime-cpu-fp32", "fp32-graph"
+        what = f"the FP32 graph it is built from, run on this CPU; the engine runs {prec.upper()}"
+    note = f"stand-in for the TensorRT engine, which was not run here: {what}"
+    return {**acc, "engine": f"{engine} ({rec['source']})", "stand_in": kind, "note": note}
+
+
 def _remote_block(
     ctx: Context, rec: dict, teacher_logits: np.ndarray, device: dict | None = None
 ) -> dict:
     """A TensorRT engine not built here: latency on the target is predicted from its ONNX, and
-    its accuracy stood in for by running the same Q/DQ graph with Q/DQ executed in float (ONNX
-    Runtime with graph optimisations off: quantisation error without CPU int8 kernels). With
-    `device` (`device_figures`), the latency and parity are what the device measured."""
+    its accuracy stood in for (`_stand_in`). With `device` (`device_figures`), the latency and
+    parity are what the device measured."""
     src = ctx.run / rec["source"]
-    acc, _ = evaluate(ctx, src, teacher_logits, optimization="disable")
-    acc["engine"] = f"{SIMULATED} ({rec['source']})"
-    acc["note"] = (
-        "stand-in for the TensorRT engine, which was not run here: Q/DQ executed in "
-        "float approximates TensorRT's int8 arithmetic"
-    )
+    acc = _stand_in(ctx, rec, teacher_logits)
     block = {
         **rec,
         "accuracy": acc,

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import py_compile
+import shlex
 import shutil
 import subprocess
 import sys
@@ -162,9 +163,12 @@ def test_bundle_refuses_bad_input(tmp_path, goldens):
         )
 
 
-def test_parity_script_falls_back_to_onnxruntime_on_cpu(tmp_path, goldens):
+def test_parity_script_falls_back_to_onnxruntime_on_cpu_and_exits_1(tmp_path, goldens):
+    """ONNX Runtime on the CPU compares model.onnx, not the engine: recorded, and a failure."""
     out = _bundle(tmp_path, goldens, precision="fp32")
-    subprocess.run([sys.executable, str(out / "parity.py")], check=True, capture_output=True)
+    run = subprocess.run([sys.executable, str(out / "parity.py")], capture_output=True, text=True)
+    assert run.returncode == 1 and "not checked on the TensorRT engine" in run.stderr
+    assert "PYTHON=/usr/bin/python3 ./bench.sh" in run.stderr
     parity = json.loads((out / "results" / "parity.json").read_text())
     assert parity["status"] == "measured" and parity["runner"] == "onnxruntime"
     assert parity["cosine"] == pytest.approx(1.0, abs=1e-6) and parity["pass"]
@@ -190,8 +194,11 @@ needs_stand_in = pytest.mark.skipif(
 )
 
 
-def _run_on_stand_in_device(tmp_path: Path, bundle: Path) -> subprocess.CompletedProcess:
-    """build.sh then bench.sh with a stand-in trtexec (its latencies vary: cv 19.3 %)."""
+def _run_on_stand_in_device(
+    tmp_path: Path, bundle: Path, python: Path | None = None
+) -> subprocess.CompletedProcess:
+    """build.sh then bench.sh with a stand-in trtexec (its latencies vary: cv 19.3 %), and
+    `python` as PYTHON (unset: python3 on PATH, which cannot import tensorrt)."""
     bin_dir = tmp_path / "bin"
     if not bin_dir.is_dir():
         bin_dir.mkdir()
@@ -199,7 +206,10 @@ def _run_on_stand_in_device(tmp_path: Path, bundle: Path) -> subprocess.Complete
         (bin_dir / "trtexec").chmod(0o755)
         (bin_dir / "python3").symlink_to(sys.executable)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("TRTEXEC", None)
+    for var in ("TRTEXEC", "PYTHON", "PYTHONPATH"):
+        env.pop(var, None)
+    if python is not None:
+        env["PYTHON"] = str(python)
     subprocess.run(["bash", str(bundle / "build.sh")], check=True, env=env, capture_output=True)
     assert (bundle / "model.plan").read_bytes() == b"ENGINE"
     return subprocess.run(
@@ -208,9 +218,9 @@ def _run_on_stand_in_device(tmp_path: Path, bundle: Path) -> subprocess.Complete
 
 
 @needs_stand_in
-def test_build_and_bench_scripts_run_with_a_stand_in_trtexec(tmp_path, goldens):
+def test_build_and_bench_scripts_run_with_a_stand_in_trtexec(tmp_path, goldens, trt_python):
     out = _bundle(tmp_path, goldens, precision="fp32")
-    bench = _run_on_stand_in_device(tmp_path, out)
+    bench = _run_on_stand_in_device(tmp_path, out, trt_python)
     assert bench.returncode == 0, bench.stderr
     assert "warning: latency cv 19.3% over 100 iterations exceeds 2.5%" in bench.stderr
     meta = json.loads((out / "bundle.json").read_text())
@@ -222,30 +232,48 @@ def test_build_and_bench_scripts_run_with_a_stand_in_trtexec(tmp_path, goldens):
         0.193, abs=1e-3
     )
     assert "cv 19.3%" in res["latency"]["warnings"][0]
-    assert res["parity"]["passed"] and res["parity"]["runner"] == "onnxruntime"
+    assert res["parity"]["passed"] and res["parity"]["runner"] == "tensorrt"
+
+
+@needs_stand_in
+def test_bench_with_a_python_that_cannot_import_tensorrt_fails_parity(tmp_path, goldens):
+    """A venv's python3 first on PATH: parity.py falls back to ONNX Runtime on the CPU, which
+    checks model.onnx, not the engine; bench.sh exits 1 and verification fails, saying why."""
+    out = _bundle(tmp_path, goldens, precision="fp32")
+    bench = _run_on_stand_in_device(tmp_path, out)
+    assert bench.returncode == 1 and "not checked on the TensorRT engine" in bench.stderr
+    res = read_device_results(out / "results", out, "jetson-orin-nano-8gb")
+    assert res["latency"]["iterations"] == 100  # the timing itself stands
+    assert not res["parity"]["passed"] and res["parity"]["runner"] == "onnxruntime"
+    (warning,) = (w for w in res["warnings"] if "parity" in w)
+    assert "parity was checked with onnxruntime on model.onnx, not the TensorRT engine" in warning
+    assert "No module named 'tensorrt'" in warning and "PYTHON=/usr/bin/python3" in warning
 
 
 @needs_stand_in
 def test_results_of_a_bundle_for_another_target_are_refused(tmp_path, goldens):
     own = _bundle(tmp_path, goldens, precision="fp32")
     other = _bundle(tmp_path, goldens, profile="nvidia-t4", precision="fp32")
-    assert _run_on_stand_in_device(tmp_path, other).returncode == 0
+    _run_on_stand_in_device(tmp_path, other)
     with pytest.raises(UserError, match=r"device.json: field 'profile': .* for nvidia-t4"):
         read_device_results(other / "results", own, "jetson-orin-nano-8gb")
-    assert read_device_results(other / "results", other, "nvidia-t4")["parity"]["passed"]
+    assert read_device_results(other / "results", other, "nvidia-t4")["latency"]["iterations"]
 
 
 @needs_stand_in
-def test_bench_exits_1_on_a_failed_parity_check_after_writing_its_results(tmp_path, goldens):
+def test_bench_exits_1_on_a_failed_parity_check_after_writing_its_results(
+    tmp_path, goldens, trt_python
+):
     out = _bundle(tmp_path, goldens, precision="fp32")
     with np.load(out / "goldens.npz") as z:
         saved = {k: z[k] for k in z.files}
     np.savez(out / "goldens.npz", **{**saved, "logits": -saved["logits"]})
-    bench = _run_on_stand_in_device(tmp_path, out)
+    bench = _run_on_stand_in_device(tmp_path, out, trt_python)
     assert bench.returncode == 1 and "kdc verify RUN_DIR --device-results" in bench.stdout
     res = read_device_results(out / "results", out, "jetson-orin-nano-8gb")
     assert not res["parity"]["passed"] and res["parity"]["cosine"] == pytest.approx(-1.0)
-    assert "device parity FAILED" in res["warnings"][0]
+    assert res["parity"]["runner"] == "tensorrt"
+    assert "device parity FAILED: cosine -1.0000" in res["warnings"][0]
 
 
 def test_build_sh_stops_with_the_fix_when_trtexec_is_tensorrt_11(tmp_path, goldens):
@@ -371,6 +399,21 @@ def fake_device(tmp_path, goldens) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(lib), "LD_LIBRARY_PATH": str(lib)}
 
 
+@pytest.fixture
+def trt_python(tmp_path, fake_device) -> Path:
+    """A Python that imports the stand-in tensorrt and libcudart, as JetPack's system python3
+    does (bench.sh's PYTHON); python3 on PATH stays one that cannot."""
+    script = tmp_path / "trt-python"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"PYTHONPATH={shlex.quote(fake_device['PYTHONPATH'])} "
+        f"LD_LIBRARY_PATH={shlex.quote(fake_device['LD_LIBRARY_PATH'])} "
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
 def test_parity_script_runs_the_engine_through_libcudart(tmp_path, goldens, fake_device):
     """JetPack has tensorrt and libcudart, not torch: the engine itself is checked, its buffers
     allocated and copied through libcudart (batches of the bundle's size, the last padded)."""
@@ -387,7 +430,8 @@ def test_parity_script_falls_back_when_the_tensorrt_runner_fails(tmp_path, golde
     the note says why, instead of a traceback and no parity.json."""
     out = _bundle(tmp_path, goldens, precision="fp32")
     (out / "model.plan").write_bytes(b"built by another TensorRT")
-    subprocess.run([sys.executable, str(out / "parity.py")], check=True, env=fake_device)
+    run = subprocess.run([sys.executable, str(out / "parity.py")], env=fake_device)
+    assert run.returncode == 1  # the engine was not checked
     parity = json.loads((out / "results" / "parity.json").read_text())
     assert parity["runner"] == "onnxruntime" and parity["pass"]
     assert "did not deserialize" in parity["notes"][0]

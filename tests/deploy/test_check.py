@@ -167,6 +167,51 @@ def test_measurement_under_other_conditions_is_not_comparable(baseline, fields, 
     assert results["onnxruntime-int8.target_latency_p50_ms"].status == "pass"
 
 
+DEVICE_TIMING = {
+    "kind": "measured",
+    "device": "NVIDIA Jetson Orin Nano Developer Kit",
+    "engine": "tensorrt",
+    "batch": 1,
+    "input_shape": {"input_ids": [1, 128]},
+    "p50_ms": 0.53,
+    "p99_ms": 0.61,
+    "cv": 0.01,
+    "iterations": 2000,
+    "on_target": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("versions", "compared"),
+    [
+        (("10.3.0", "10.7.0"), False),
+        (("10.3.0", "10.3.0"), True),
+        ((None, "10.7.0"), True),  # a baseline from before kdc recorded it
+        (("unknown", "10.7.0"), True),  # trtexec's banner was not read
+    ],
+)
+def test_device_timings_of_other_tensorrt_versions_are_not_comparable(baseline, versions, compared):
+    """An engine is built for one TensorRT version: its timings under another are not compared
+    (where both reports record the version), as those of another target are not."""
+    current = copy.deepcopy(baseline)
+    for report, version in zip((baseline, current), versions, strict=True):
+        lat = {**DEVICE_TIMING, **({"tensorrt": version} if version else {})}
+        engine(report, "tensorrt-int8")["latency"] = lat
+    results = by_metric(compare(current, baseline))
+    if compared:
+        assert results["tensorrt-int8.latency_p50_ms"].status == "pass"
+        assert "tensorrt-int8.latency" not in results
+        return
+    r = results["tensorrt-int8.latency"]
+    assert r.status == "missing" and r.failed
+    assert r.message == (
+        "not comparable: tensorrt '10.3.0' vs '10.7.0'; re-baseline with `kdc check "
+        "--update-baseline`"
+    )
+    assert "tensorrt-int8.latency_p50_ms" not in results  # numbers not compared
+    assert results["onnxruntime-int8.latency_p50_ms"].status == "pass"  # timed here: compared
+
+
 @pytest.mark.parametrize(
     ("edit", "said"),
     [

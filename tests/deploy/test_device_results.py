@@ -64,6 +64,7 @@ def results(bundle):
                 "runner": "tensorrt",
                 "n": 8,
                 "max_abs": 0.01,
+                "mean_abs": 0.002,
                 "cosine": 0.9995,
                 "cosine_min_row": 0.998,
                 "argmax_agreement": 1.0,
@@ -117,12 +118,29 @@ def test_version_mismatch_is_noted(results, bundle):
         ("times.json", None, "times.json: file not found"),
         ("times.json", "{not json", "times.json: not a trtexec"),
         ("times.json", json.dumps([{"count": 3}]), "no per-iteration 'latencyMs'"),
+        (
+            "times.json",
+            '[{"latencyMs": 1.0}, {"latencyMs": Infinity}]',
+            r"times.json: field 'latencyMs': 1 of 2 'latencyMs' values are not positive finite "
+            r"times \(first: Infinity\)",
+        ),
+        ("times.json", '[{"latencyMs": NaN}]', "times.json: field 'latencyMs': 1 of 1"),
+        ("times.json", json.dumps([{"latencyMs": 0.0}] * 3), "3 of 3 'latencyMs' values"),
+        ("times.json", json.dumps([{"latencyMs": -1}, {"latencyMs": 2}]), r"\(first: -1\)"),
+        ("times.json", json.dumps([{"latencyMs": True}]), r"\(first: true\)"),
         ("parity.json", None, "parity.json: file not found"),
         ("parity.json", "[1, 2", "parity.json: corrupt JSON"),
         ("parity.json", json.dumps({"pass": "yes"}), "parity.json: field 'pass'"),
         ("parity.json", json.dumps({"cosine": "high"}), "parity.json: field 'cosine'"),
         ("parity.json", json.dumps({"notes": "oops"}), "parity.json: field 'notes'"),
         ("parity.json", json.dumps({"runner": 3}), "parity.json: field 'runner'"),
+        ("parity.json", '{"cosine": NaN}', "parity.json: field 'cosine': .* not a finite"),
+        (
+            "parity.json",
+            json.dumps({"pass": True, "runner": "tensorrt"}),
+            "parity.json: field 'n': a pass without its figures: n, max_abs, mean_abs, cosine, "
+            "cosine_min_row, argmax_agreement missing",
+        ),
         ("device.json", "oops", "device.json: corrupt JSON"),
         # without it neither the device nor the model timed can be checked against the run
         ("device.json", None, "device.json: file not found"),
@@ -219,19 +237,39 @@ def test_parity_the_device_could_not_check_fails_with_its_reason(results, bundle
     assert report["passed"] is False
 
 
-def test_parity_run_by_onnxruntime_is_flagged(results, bundle):
-    notes = ["tensorrt: model.plan not found (run build.sh)"]
+def test_parity_run_by_onnxruntime_fails_device_parity(results, bundle):
+    """A Python without tensorrt (a venv first on the runner's PATH): parity.py checked
+    model.onnx with ONNX Runtime on the CPU, not the engine; that is no pass (exit 1)."""
+    notes = ["tensorrt: ModuleNotFoundError: No module named 'tensorrt'"]
     _edit(results / "parity.json", runner="onnxruntime", notes=notes)
     dev = read_device_results(results, bundle, JETSON)
-    assert dev["parity"]["passed"] and dev["parity"]["runner"] == "onnxruntime"
-    warning = dev["warnings"][0]
-    assert "checked by onnxruntime on model.onnx, not by the TensorRT engine" in warning
-    assert "model.plan not found" in warning
-    md = render_markdown(_report_with({"parity": dev["parity"], "warnings": dev["warnings"]}))
-    assert (
-        "(device, onnxruntime: PASS; cosine of all outputs)" in md
-        and "not by the TensorRT engine" in md
+    assert dev["parity"]["passed"] is False and dev["parity"]["runner"] == "onnxruntime"
+    warning = dev["warnings"][0]  # then the latency's cv
+    assert warning.startswith(
+        "device parity FAILED: parity was checked with onnxruntime on model.onnx, not the "
+        "TensorRT engine (model.plan) (tensorrt: ModuleNotFoundError: No module named 'tensorrt')"
     )
+    assert "run bench.sh with a Python that imports tensorrt (PYTHON=/usr/bin/python3" in warning
+    report = _report_with({"parity": dev["parity"], "warnings": dev["warnings"]})
+    row = next(r for r in report["constraints"] if r["name"] == "device_parity")
+    assert row["pass"] is False and row["value"] is None  # its cosine is not the engine's
+    assert "checked with onnxruntime on model.onnx, not the TensorRT engine" in row["reason"]
+    assert report["passed"] is False
+    md = render_markdown(report)
+    assert "(device, onnxruntime: FAIL; cosine of all outputs)" in md
+    console = Console(record=True, width=400)
+    console.print(console_summary(report, brief=True))
+    text = console.export_text()
+    assert "FAIL device_parity: no value (parity was checked with onnxruntime" in text
+    assert "PASS device_parity" not in text and "FAILED" in text
+
+
+def test_a_passing_onnxruntime_check_in_an_older_report_fails(results, bundle):
+    """A report whose device parity was recorded as passed by ONNX Runtime is judged again."""
+    parity = {**read_device_results(results, bundle, JETSON)["parity"], "runner": "onnxruntime"}
+    report = _report_with({"parity": {**parity, "passed": True}})
+    row = next(r for r in report["constraints"] if r["name"] == "device_parity")
+    assert row["pass"] is False and "not the TensorRT engine" in row["reason"]
 
 
 def _ctx(run: Path, target: str, results: Path) -> SimpleNamespace:

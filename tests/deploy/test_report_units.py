@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from kdc.deploy import report_plot
+from kdc.deploy.constraints import evaluate_constraints
 from kdc.deploy.report import console_summary, render_markdown
 from kdc.deploy.report_html import render_html
 from kdc.deploy.report_md import sig
@@ -177,6 +178,33 @@ def test_predicted_latency_of_every_engine_names_the_engine(stub_verify):
     trt = {"engine": "tensorrt", "precision": "int8", "status": "bundle", "source": "model.onnx"}
     remote = verify._remote_block(stub_verify, trt, np.zeros((2, 3)))
     assert remote["latency"] == {**PREDICTED, "engine": "tensorrt"}
+
+
+def test_an_fp16_engines_stand_in_is_labelled_as_the_fp32_graph(stub_verify, report):
+    """quantize.precision fp16 for a Jetson: the TensorRT engine's stand-in is the plain FP32
+    graph on this CPU, not an INT8 graph with Q/DQ in float; its label, note, constraint line
+    and console footnote say so."""
+    trt = {"engine": "tensorrt", "precision": "fp16", "status": "bundle", "source": "model.onnx"}
+    acc = verify._remote_block(stub_verify, trt, np.zeros((2, 3)))["accuracy"]
+    assert acc["engine"] == "onnxruntime-cpu-fp32 (model.onnx)"
+    assert "FP32 graph" in acc["note"] and "runs FP16" in acc["note"]
+    assert "Q/DQ" not in acc["note"] and "int8" not in acc["note"]
+    int8 = verify._remote_block(stub_verify, {**trt, "precision": "int8"}, np.zeros((2, 3)))
+    assert int8["accuracy"]["engine"] == f"{verify.SIMULATED} (model.onnx)"
+    assert "Q/DQ executed in float" in int8["accuracy"]["note"]
+    report["engines"] = [e for e in report["engines"] if e["precision"] != "int8"]
+    report["student"]["precision"] = "fp16"
+    engine = next(e for e in report["engines"] if e["engine"] == "tensorrt")
+    engine.update(accuracy={**acc, "value": 0.8}, ships=True)
+    report["teacher"]["accuracy"]["value"] = 0.81
+    rows = evaluate_constraints(report, {"max_accuracy_drop": 0.02}, {})
+    (drop,) = (r for r in rows if r["name"] == "accuracy_drop")
+    assert drop["engine"] == "tensorrt-fp16, measured on onnxruntime-cpu-fp32 (model.onnx)"
+    report["constraints"] = rows
+    text = _console(report)
+    assert "0.8000 accuracy (n=2) *" in text
+    assert "* stand-in: the FP32 graph run by ONNX Runtime on this CPU (the target's" in text
+    assert "Q/DQ" not in text
 
 
 def test_int8_stand_in_keeps_this_cpus_accuracy_beside(report):
