@@ -70,7 +70,7 @@ def _run(
     quiet: bool,
 ) -> dict:
     from kdc.pipeline import run_stages
-    from kdc.preflight import check_config, check_target
+    from kdc.preflight import check_config, check_target, config_warnings
 
     cfg = _config(config)
     check_config(cfg)
@@ -89,6 +89,8 @@ def _run(
         )
     ctx = open_run(cfg, profile, root, quiet=quiet)
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
+    for note in config_warnings(cfg):
+        ctx.warn(note)
     try:
         run_stages(ctx, resume=resume, only=stages)
     except UserError as e:
@@ -235,30 +237,39 @@ def verify(
 def plan(
     config: ConfigLike, target: str | HardwareProfile = "host", out: str | Path | None = None
 ) -> dict:
-    """The resolved plan `--dry-run` prints: stages, teacher, data sizes, target, constraints."""
-    from kdc.data import load_dataset
+    """The resolved plan `--dry-run` prints: stages, teacher, data sizes, target, the student
+    settings that apply to the teacher, constraints, and what the run would warn of."""
     from kdc.pipeline import STAGE_NAMES
-    from kdc.preflight import check_config, check_target
+    from kdc.preflight import (
+        check_config,
+        check_data,
+        check_target,
+        config_warnings,
+        planned_student,
+    )
 
     cfg = _config(config)
     check_config(cfg)
     profile = _profile(target)
     check_target(cfg, profile)
     run_dir = check_run_root(out or default_run_dir(cfg))
-    ds = load_dataset(cfg)
+    ds = check_data(cfg)
     c = cfg.constraints.model_dump(exclude_none=True)
     if "latency_budget_ms" not in c and profile.defaults.latency_budget_ms:
         c["latency_budget_ms"] = profile.defaults.latency_budget_ms
-    return {
+    resolved = {
         "name": cfg.name,
         "task": cfg.task,
         "stages": list(STAGE_NAMES),
         "teacher": cfg.teacher.model_dump(exclude_none=True, exclude_defaults=True),
         "data": ds.summary(),
         "target": {"name": profile.name, "kind": profile.kind, "engines": profile.runtime.engines},
-        "student": cfg.student.model_dump(exclude_none=True),
+        "student": planned_student(cfg),
         "quantize": cfg.quantize.precision
         + (f" ({cfg.quantize.method})" if cfg.quantize.precision == "int8" else ""),
         "constraints": c,
         "run_dir": str(run_dir),
     }
+    if notes := config_warnings(cfg):
+        resolved["warnings"] = notes
+    return resolved

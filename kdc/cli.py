@@ -90,14 +90,16 @@ def compress(
 @handled
 def validate(config: Path) -> None:
     """Check a model.yaml without loading a model: schema, files, names, the teacher's
-    entrypoint import, and the data (read and split as --dry-run does)."""
+    entrypoint import, and the data (read and split as --dry-run does, and matched to a Hugging
+    Face teacher's config.json: class names, image channels)."""
     from kdc.config import load_config
-    from kdc.data import load_dataset
-    from kdc.preflight import check_config
+    from kdc.preflight import check_config, check_data, config_warnings
 
     cfg = load_config(config)
     check_config(cfg)
-    ds = load_dataset(cfg)
+    ds = check_data(cfg)
+    for note in config_warnings(cfg):
+        err.print(f"warning: {note}", markup=False)
     classes = f", {ds.num_labels} classes" if ds.num_labels else ""
     out.print(
         f"{config}: valid ({cfg.task}, teacher {cfg.teacher.kind}; data {len(ds.train)} train / "

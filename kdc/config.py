@@ -61,6 +61,7 @@ class TeacherConfig(Section):
         return self
 
 
+MIN_IMAGE_SIZE = 8  # the least data.image_size
 # the field that says where a teacher of each kind but auto comes from
 KIND_SOURCE = {
     "huggingface": "path",
@@ -87,7 +88,7 @@ class DataConfig(Section):
     eval_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int | None = Field(None, ge=0)
     max_length: int = Field(128, ge=8, le=4096)
-    image_size: int | None = Field(None, ge=8)
+    image_size: int | None = Field(None, ge=MIN_IMAGE_SIZE)
     channels: Literal[1, 3] = 3  # an image folder's images as grayscale (1) or RGB (3)
     limit_train: int | None = Field(None, ge=1)
     limit_eval: int | None = Field(None, ge=1)

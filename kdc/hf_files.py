@@ -18,6 +18,17 @@ CONFIG_FIX = "re-save the model with save_pretrained"
 JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number"}
 # config.json integers of a ViT-like image classifier (HFImageAdapter requires them)
 VIT_GEOMETRY = ("image_size", "patch_size", "num_channels")
+# an image classifier's normalisation, and what is assumed without it (ViTImageProcessor's
+# defaults, IMAGENET_STANDARD_MEAN / _STD)
+PROCESSOR_FILE = "preprocessor_config.json"
+VIT_MEAN_STD = 0.5
+# config.json's names for a transformer's sizes in models that name them otherwise (DistilBERT)
+SIZE_ALIASES = {
+    "num_hidden_layers": "n_layers",
+    "hidden_size": "dim",
+    "num_attention_heads": "n_heads",
+    "intermediate_size": "hidden_dim",
+}
 # text models whose embeddings number positions from padding_idx + 1 (RoBERTa's scheme): their
 # position table holds pad_token_id + 1 rows fewer usable positions than max_position_embeddings
 PADDING_OFFSET_POSITIONS = {
@@ -61,6 +72,26 @@ def max_positions(conf: dict[str, Any]) -> int | None:
         pad = conf.get("pad_token_id")
         n -= (1 if pad is None else int(pad)) + 1
     return n
+
+
+def config_size(conf: dict[str, Any], key: str) -> int | None:
+    """A transformer size of config.json (`key` as BERT names it: num_hidden_layers,
+    hidden_size, num_attention_heads, intermediate_size), None where it states no positive
+    integer."""
+    n = conf.get(key, conf.get(SIZE_ALIASES.get(key, key)))
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def assumed_processor(path: Path) -> str | None:
+    """What an image classifier in directory `path` without preprocessor_config.json is
+    normalised with, as a warning naming the file to add; None where it has the file."""
+    if (path / PROCESSOR_FILE).is_file():
+        return None
+    return (
+        f"{path} has no {PROCESSOR_FILE}: images are normalised with mean {VIT_MEAN_STD} and std "
+        f"{VIT_MEAN_STD} per channel (ViTImageProcessor's defaults); if the teacher was trained "
+        "otherwise, save its image processor there (image_processor.save_pretrained)"
+    )
 
 
 def label_names(conf: dict[str, Any], path: Path) -> list[str]:

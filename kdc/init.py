@@ -19,6 +19,7 @@ from kdc.hf_files import (
     VIT_GEOMETRY,
     check_model_dir,
     check_tokenizer,
+    config_size,
     label_names,
     max_positions,
     read_config,
@@ -50,6 +51,7 @@ class TeacherInfo:
     label_names: list[str] = field(default_factory=list)
     layers: int | None = None
     max_positions: int | None = None
+    channels: int | None = None  # an image classifier's input channels
 
 
 def _hf_task(arch: str, conf: dict[str, Any]) -> str | None:
@@ -93,8 +95,9 @@ def _hf_teacher(path: Path) -> TeacherInfo:
         task,
         n,
         names,
-        layers=conf.get("num_hidden_layers") or conf.get("n_layers"),
+        layers=config_size(conf, "num_hidden_layers"),
         max_positions=max_positions(conf),
+        channels=conf["num_channels"] if task == "image-classification" else None,
     )
 
 
@@ -112,7 +115,26 @@ def _safetensors_teacher(path: Path) -> TeacherInfo:
             fix="re-save the weights with safetensors",
         ) from None
     heads = [s for k, s in shapes.items() if HEAD_RX.search(k) and len(s) == 2]
-    return TeacherInfo("safetensors", path, "image-classification", heads[-1][0] if heads else None)
+    n = heads[-1][0] if heads else None
+    return TeacherInfo(
+        "safetensors", path, "image-classification", n, channels=_input_channels(shapes)
+    )
+
+
+def _layer_order(name: str) -> list[tuple[int, int | str]]:
+    """A weight's name as a sort key that orders numbered layers by number (2 before 10)."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in name.split(".")]
+
+
+def _input_channels(shapes: dict[str, list[int]]) -> int | None:
+    """The channels a CNN's weights take: 3 where a conv reads 3 (an RGB stem), else the
+    in_channels of its first conv in layer order (None without convs). Reading 1 is not enough
+    to be the stem: a depthwise conv reads 1 channel per group, and a model's names need not
+    order the stem first (timm's `blocks` before `conv_stem`)."""
+    convs = [shapes[k] for k in sorted(shapes, key=_layer_order) if len(shapes[k]) == 4]
+    if not convs:
+        return None
+    return 3 if any(c[1] == 3 for c in convs) else convs[0][1]
 
 
 def _saved_pretrained(model: Path) -> bool:
@@ -214,11 +236,27 @@ def _teacher_lines(t: TeacherInfo, base: Path) -> list[str]:
     ]
 
 
-def _data_lines(d: DataInfo, base: Path) -> list[str]:
+def _image_lines(t: TeacherInfo, d: DataInfo) -> list[str]:
+    """An image folder's read size for a CNN (a vision transformer's is its config.json's), and
+    its channels for a one-channel teacher (an image folder is read as RGB otherwise)."""
+    if d.kind != "image" or d.source.startswith("sklearn:"):
+        return []
+    lines = []
+    if t.kind == "safetensors" and d.image_size:
+        size = d.image_size
+        lines.append(f"  image_size: {size}   # every image is {size}x{size} (unset: read at 224)")
+    if t.channels == 1:
+        basis = "config.json num_channels" if t.kind == "huggingface" else "its first conv"
+        lines.append(f"  channels: 1   # grayscale: the teacher takes 1-channel images ({basis})")
+    return lines
+
+
+def _data_lines(d: DataInfo, t: TeacherInfo, base: Path) -> list[str]:
     source = d.source if d.source.startswith("sklearn:") else _rel(d.source, base)
     where = "" if d.source.startswith("sklearn:") else _relative_note(source)
     unit = "images" if d.kind == "image" else "rows"
     lines = ["data:", f"  source: {_v(source)}   # {d.rows or '?'} {unit}{where}"]
+    lines += _image_lines(t, d)
     if d.text_column:
         lines.append(f"  text_column: {_v(d.text_column)}   # the longest-text column")
     if d.label_column:
@@ -266,7 +304,7 @@ def render(name: str, teacher: TeacherInfo, data: DataInfo, base: Path) -> str:
             f"task: {teacher.task}",
             "seed: 0",
             *teacher_lines,
-            *_data_lines(data, base),
+            *_data_lines(data, teacher, base),
             *_student_lines(teacher),
             "search:",
             "  strategy: fixed   # or evolution: proxy search under the latency budget",

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdc.config import MIN_IMAGE_SIZE
 from kdc.data import class_order, unlabelled_txt
 from kdc.data.readers import (
     Rows,
-    check_images,
     datasets_layout,
     delimited_records,
     image_files,
+    image_sizes,
     json_objects,
     read_datasets,
     read_delimited,
@@ -42,6 +43,7 @@ class DataInfo:
     labels: list[str] = field(default_factory=list)
     max_length: int | None = None
     eval_split: str | None = None  # a `datasets` directory's split that evaluation reads
+    image_size: int | None = None  # an image folder's images' one size (square, at least 8)
 
 
 def _read_csv(path: Path, delimiter: str) -> list[dict]:
@@ -189,9 +191,10 @@ def _texts_data(
 
 def _image_data(path: Path) -> DataInfo:
     """The classes of an image folder as compress reads it (hidden folders skipped; an empty
-    one, or a file that is not an image, refused)."""
+    one, or a file that is not an image, refused), and its images' size where all are one
+    square size that data.image_size can take."""
     files = image_files(path, "--data")
-    check_images(files, "--data")
+    sizes = image_sizes(files, "--data")
     classes = class_order(list(files))
     if len(classes) < 2:
         raise UserError(
@@ -200,7 +203,11 @@ def _image_data(path: Path) -> DataInfo:
             field="--data",
             fix="lay images out as <folder>/<class>/<image>, two classes or more",
         )
-    return DataInfo(str(path), "image", sum(map(len, files.values())), labels=classes)
+    (width, height), *others = sizes
+    one = width if not others and width == height and width >= MIN_IMAGE_SIZE else None
+    return DataInfo(
+        str(path), "image", sum(map(len, files.values())), labels=classes, image_size=one
+    )
 
 
 def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:

@@ -128,13 +128,24 @@ class Context:
 
 def _probe_outputs(ctx: Context, teacher: ModelAdapter) -> int:
     """The teacher's output count, from a forward pass on the first eval row; a teacher that
-    cannot take the data's input (channels, size) is a UserError."""
+    cannot take the data's input (channels, size) is a UserError: naming data.channels where
+    the data's channels are not those its first conv reads."""
+    from torch import nn
+
+    from kdc.data import channel_mismatch
+
     features = ctx.dataset.eval.take([0]).features
     try:
         return teacher.forward_numpy(teacher.encode(features)).shape[-1]
     except (RuntimeError, ValueError, TypeError) as e:
         field = "data.eval" if ctx.cfg.data.eval else "data.source"
         shape = getattr(features, "shape", None)
+        conv = next((m for m in teacher.module.modules() if isinstance(m, nn.Conv2d)), None)
+        want = conv.in_channels if conv is not None else None
+        if want is not None and shape is not None and len(shape) == 4 and want != shape[1]:
+            raise channel_mismatch(want, shape[1], "its first conv's in_channels").located(
+                ctx.cfg.source_file
+            ) from None
         what = f"input of shape {'x'.join(map(str, shape))}" if shape else "input"
         raise UserError(
             f"the teacher failed on the first row of {field} ({what}): {first_line(e)}",

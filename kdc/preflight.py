@@ -1,13 +1,20 @@
-"""Checks of a config that load no model and no data: `kdc validate` runs them (and then reads
-the data, as `--dry-run` does), and so does every run before it touches its run directory, so a
-missing file, a misspelt loss or an entrypoint that does not import fails in seconds, not after
-the search."""
+"""Checks of a config that load no model: `check_config` reads no data either, and every run
+makes it before it touches its run directory, so a missing file, a misspelt loss or an
+entrypoint that does not import fails in seconds, not after the search; `kdc validate` and
+`--dry-run` then read the data with `check_data`, as the run would, and refuse what it would
+refuse of them at once (by the teacher's config.json)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from kdc.config import KdcConfig
 from kdc.errors import UserError
+from kdc.hf_files import config_size
 from kdc.profiles import HardwareProfile
+
+if TYPE_CHECKING:
+    from kdc.data.base import Dataset
 
 
 def check_config(cfg: KdcConfig) -> None:
@@ -20,6 +27,56 @@ def check_config(cfg: KdcConfig) -> None:
     _check_max_length(cfg, hf)
     _check_entrypoint(cfg)
     _check_student_layers(cfg, hf)
+    _check_student_architecture(cfg, hf)
+
+
+def check_data(cfg: KdcConfig) -> Dataset:
+    """The data, read and split as a run reads it, with the checks a run makes of it against the
+    teacher's config.json before loading the model: the classes matched by name to its
+    id2label (a run's order), and the channels of its images against its num_channels."""
+    from kdc.data import align_labels, channel_mismatch, load_dataset
+    from kdc.models import teacher_label_names
+
+    ds = align_labels(load_dataset(cfg), teacher_label_names(cfg), cfg.source_file)
+    want = (_teacher_config(cfg) or {}).get("num_channels")
+    if cfg.task == "image-classification" and ds.kind == "image" and isinstance(want, int):
+        got = ds.train.features.shape[1]
+        if got != want:
+            raise channel_mismatch(want, got, "config.json num_channels").located(cfg.source_file)
+    return ds
+
+
+def config_warnings(cfg: KdcConfig) -> list[str]:
+    """What a run assumes for want of a teacher file: a Hugging Face image teacher's mean/std
+    without preprocessor_config.json."""
+    from kdc.hf_files import assumed_processor
+
+    if cfg.task != "image-classification" or _teacher_config(cfg) is None:
+        return []
+    note = assumed_processor(cfg.resolve(cfg.teacher.path))
+    return [note] if note else []
+
+
+def planned_student(cfg: KdcConfig) -> dict[str, Any]:
+    """The student settings that apply to the teacher's family, as the search stage reads them:
+    a transformer's kept layers (of config.json's count), a CNN's `width`, or either's
+    `student.architecture`; with `search.strategy: evolution`, none (the search picks it)."""
+    from kdc.compress.student import evenly_spaced, kept_layers
+
+    s = cfg.student
+    if cfg.search.strategy == "evolution":
+        return {"search": "evolution"}
+    plan: dict[str, Any] = {"architecture": s.architecture} if s.architecture else {}
+    if not cfg.teacher.path:  # a CNN (torchvision, timm, entrypoint)
+        return plan or {"width": s.width}
+    n = config_size(_teacher_config(cfg) or {}, "num_hidden_layers")
+    if n is None:
+        return {**plan, "layers": s.layers if s.layers is not None else "half, evenly spaced"}
+    if isinstance(s.layers, list) or not s.architecture:
+        keep = kept_layers(n, s.layers)
+    else:
+        keep = evenly_spaced(n, int(s.architecture.get("num_hidden_layers", n)))
+    return {**plan, "layers": keep, "teacher_layers": n}
 
 
 def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
@@ -161,9 +218,26 @@ def _check_student_layers(cfg: KdcConfig, hf: dict | None) -> None:
     other teachers' are checked when the student is built."""
     from kdc.compress.student import kept_layers
 
-    n = (hf or {}).get("num_hidden_layers")
-    if cfg.student.layers is not None and isinstance(n, int) and n > 0:
+    n = config_size(hf or {}, "num_hidden_layers")
+    if cfg.student.layers is not None and n is not None:
         try:
             kept_layers(n, cfg.student.layers)
         except UserError as e:
             raise e.located(cfg.source_file) from None
+
+
+def _check_student_architecture(cfg: KdcConfig, hf: dict | None) -> None:
+    """`student.architecture` against the sizes a Hugging Face teacher's config.json states (the
+    search space's rule: sizes within the teacher's, hidden size divisible by the heads)."""
+    from kdc.compress.space import TRANSFORMER_KEYS, transformer_genes
+
+    sizes = [config_size(hf or {}, k) for k in TRANSFORMER_KEYS]
+    if not cfg.student.architecture or None in sizes:
+        return
+    n, hidden, heads, inter = sizes
+    if hidden % heads:  # not a teacher the search could describe either
+        return
+    try:
+        transformer_genes(cfg.student.architecture, n, hidden, heads, inter)
+    except UserError as e:
+        raise e.located(cfg.source_file) from None

@@ -368,3 +368,79 @@ def test_init_messages_and_comments(bert_project, tmp_path):
     assert "CHANGE" not in text
     cfg = load_config(out)
     assert cfg.teacher.path == str((root / "teacher").resolve()) and cfg.data.source == "train.csv"
+
+
+def _images(root, sizes: dict[str, list[int]]):
+    """root/imgs/<class>/<i>.png: RGB squares of the given side lengths per class."""
+    from PIL import Image
+
+    for cls, sides in sizes.items():
+        (root / "imgs" / cls).mkdir(parents=True, exist_ok=True)
+        for i, side in enumerate(sides):
+            Image.new("RGB", (side, side), (60 * i, 0, 100)).save(root / "imgs" / cls / f"{i}.png")
+    return root / "imgs"
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_init_sets_a_cnns_image_size_and_channels_from_the_images_and_weights(
+    tmp_path, in_channels
+):
+    """32×32 images were read at 224 px, and a grayscale CNN's as RGB (compress then failed):
+    the config reads them at their own size, with the channels the first conv takes."""
+    from safetensors.torch import save_file
+
+    from kdc.data import load_dataset
+    from kdc.models.cnn import small_cnn
+
+    weights = tmp_path / "teacher" / "model.safetensors"
+    weights.parent.mkdir()
+    model = small_cnn(in_channels=in_channels, num_classes=2, channels=[8, 16])
+    save_file(model.state_dict(), str(weights))
+    imgs = _images(tmp_path, {"a": [32] * 3, "b": [32] * 3})
+    out = tmp_path / "m.yaml"
+    assert _init(weights, "--data", imgs, "--out", out).exit_code == 0
+    cfg = load_config(out)
+    assert (cfg.data.image_size, cfg.data.channels) == (32, in_channels)
+    assert load_dataset(cfg).train.features.shape[1:] == (in_channels, 32, 32)
+    # images of several sizes: no one size to read them at
+    _images(tmp_path, {"b": [32, 32, 32, 16]})
+    assert _init(weights, "--data", imgs, "--out", out, "--force").exit_code == 0
+    assert load_config(out).data.image_size is None
+
+
+@pytest.mark.parametrize(("stem", "channels"), [(3, 3), (1, 1)])
+def test_init_reads_a_cnns_channels_from_its_stem_not_a_depthwise_conv(tmp_path, stem, channels):
+    """timm names its depthwise blocks before its stem (`blocks` < `conv_stem`); a depthwise conv
+    reads one channel per group, which is no grayscale input."""
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "model.safetensors"
+    shapes = {
+        "blocks.0.0.conv_dw.weight": (8, 1, 3, 3),
+        "conv_stem.weight": (8, stem, 3, 3),
+        "classifier.weight": (2, 8),
+    }
+    save_file({k: torch.zeros(s) for k, s in shapes.items()}, str(weights))
+    imgs = _images(tmp_path, {"a": [8], "b": [8]})
+    assert _init(weights, "--data", imgs, "--out", tmp_path / "m.yaml").exit_code == 0
+    assert load_config(tmp_path / "m.yaml").data.channels == channels
+
+
+def test_init_reads_an_image_folder_with_a_vits_channels_at_its_size(tmp_path):
+    """A one-channel ViT: the config reads the folder as grayscale (validate, which checks the
+    channels against config.json, passes) and leaves the size to the ViT's config (8 px)."""
+    from kdc.data import load_dataset
+
+    teacher = _hf_dir(tmp_path / "vit", {**VIT, "num_channels": 1})
+    imgs = _images(tmp_path, {"cat": [32] * 3, "dog": [32] * 3})
+    out = tmp_path / "m.yaml"
+    assert _init(teacher, "--data", imgs, "--out", out).exit_code == 0
+    cfg = load_config(out)
+    assert (cfg.data.image_size, cfg.data.channels) == (None, 1)
+    assert load_dataset(cfg).train.features.shape[1:] == (1, 8, 8)
+    res = runner.invoke(app, ["validate", str(out)])
+    assert res.exit_code == 0, res.output
+    # a three-channel one: RGB, as an image folder is read by default
+    teacher = _hf_dir(tmp_path / "vit3", VIT)
+    assert _init(teacher, "--data", imgs, "--out", out, "--force").exit_code == 0
+    assert load_config(out).data.channels == 3 and "  channels:" not in out.read_text()

@@ -1,7 +1,8 @@
 """`kdc validate` and the start of every run check what needs no model or data loaded: the
 teacher's source and entrypoint import, files the config names, loss and proxy names (validate
-then reads the data, as --dry-run does). One line, exit 2, naming the config file (or the data
-file) and the field; a run that fails them leaves nothing behind."""
+then reads the data, as --dry-run does, and checks it against the teacher's config.json as the
+run would). One line, exit 2, naming the config file (or the data file) and the field; a run
+that fails them leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -207,3 +208,153 @@ def test_student_layers_beyond_a_hugging_face_teacher_are_refused_by_validate(
     cfg = write_yaml(tmp_path / "model.yaml", bert_config(student={"layers": layers}))
     line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
     assert "field 'student.layers': " in line and message in line
+
+
+def _dry_run(cfg) -> object:
+    return runner.invoke(app, ["compress", str(cfg), "--dry-run"])
+
+
+def _text_project(tmp_path, conf: dict, rows: list[tuple[str, str]], **over):
+    """A text config whose teacher directory holds only `conf` as config.json (validate loads
+    no model) and whose data are `rows`, a fifth held out."""
+    import json
+
+    from tiny import bert_config, write_csv
+
+    (tmp_path / "teacher").mkdir(parents=True)
+    (tmp_path / "teacher" / "config.json").write_text(json.dumps(conf))
+    write_csv(tmp_path / "d.csv", rows)
+    data = {"source": "d.csv", "eval": None}
+    return write_yaml(tmp_path / "model.yaml", bert_config(data=data, **over))
+
+
+def _image_project(tmp_path, classes: list[str], processor: bool = True, **over):
+    """A config for a tiny 3-channel ViT (classes cat, dog; saved: `kdc search` can load it)
+    on an image folder of 8×8 RGB images of `classes`; without preprocessor_config.json
+    unless `processor`."""
+    from tiny import image_folder, tiny_vit, vit_config
+
+    tiny_vit(["cat", "dog"], channels=3, hidden=16, layers=2, heads=2).save_pretrained(
+        str(tmp_path / "teacher")
+    )
+    if processor:
+        (tmp_path / "teacher" / "preprocessor_config.json").write_text('{"image_mean": 0.5}')
+    image_folder(tmp_path, dict.fromkeys(classes, 5))
+    data = {"source": "imgs", "eval_fraction": 0.4, "limit_train": None, "limit_eval": None}
+    data |= over.pop("data", {})
+    return write_yaml(tmp_path / "model.yaml", vit_config(data=data, **over))
+
+
+def test_data_labels_the_teacher_does_not_name_are_refused_before_the_run(tmp_path):
+    """compress refuses data labels that are not the teacher's id2label names at once: validate
+    and --dry-run said "valid" for them (text labels, and an image folder's class folders)."""
+    conf = {"num_hidden_layers": 4, "id2label": {"0": "negative", "1": "positive"}}
+    text = _text_project(tmp_path / "t", conf, [("good film", "pos"), ("bad plot", "neg")] * 5)
+    images = _image_project(tmp_path / "i", ["zero", "one"])
+    for cfg, field, names in (
+        (text, "data.label_column", "['negative', 'positive']"),
+        (images, "data.source", "['cat', 'dog']"),
+    ):
+        for res in (runner.invoke(app, ["validate", str(cfg)]), _dry_run(cfg)):
+            line = _one_line(res)
+            assert line.startswith(f"error: {cfg}: field '{field}'"), line
+            assert f"are not the teacher's {names}" in line
+
+
+@pytest.mark.parametrize(
+    ("model_channels", "data", "fix"),
+    [
+        (3, {"channels": 1}, "set data.channels: 3"),
+        (1, {}, "set data.channels: 1"),
+        (3, {"source": "sklearn:digits"}, "use a teacher trained on this data"),
+    ],
+    ids=["grayscale images, RGB teacher", "RGB images, grayscale teacher", "digits, RGB teacher"],
+)
+def test_image_channels_other_than_the_teachers_are_refused_before_the_run(
+    tmp_path, model_channels, data, fix
+):
+    """A Hugging Face image teacher's config.json num_channels against the channels the data
+    are read with: compress refused them at its first batch, validate said "valid"."""
+    import json
+
+    cfg = _image_project(tmp_path, ["cat", "dog"], data=data)
+    conf_file = tmp_path / "teacher" / "config.json"
+    conf = {**json.loads(conf_file.read_text()), "num_channels": model_channels}
+    if "source" in data:  # digits' classes
+        conf["id2label"] = {str(i): str(i) for i in range(10)}
+    conf_file.write_text(json.dumps(conf))  # validate reads it; no model is loaded
+    got = 4 - model_channels  # the other of 1 and 3
+    for res in (runner.invoke(app, ["validate", str(cfg)]), _dry_run(cfg)):
+        line = _one_line(res)
+        assert line.startswith(f"error: {cfg}: field 'data.channels'"), line
+        assert f"takes {model_channels}-channel images (config.json num_channels)" in line
+        assert f"data are {got}-channel" in line and fix in line
+
+
+def test_a_student_architecture_the_heads_do_not_divide_is_refused_by_validate(tmp_path):
+    """hidden_size 24 in 5 heads: compress refused it when the search stage built the space;
+    validate read config.json's sizes and said "valid"."""
+    conf = {
+        "num_hidden_layers": 4,
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    }
+    rows = [("good film", "pos"), ("bad plot", "neg")] * 5
+    bad = {"hidden_size": 24, "num_attention_heads": 5}
+    cfg = _text_project(tmp_path / "bad", conf, rows, student={"architecture": bad})
+    for res in (runner.invoke(app, ["validate", str(cfg)]), _dry_run(cfg)):
+        line = _one_line(res)
+        assert line.startswith(f"error: {cfg}: field 'student.architecture'"), line
+        assert "hidden_size <= 32 divisible by num_attention_heads" in line
+    good = {"hidden_size": 16, "num_attention_heads": 1}
+    cfg = _text_project(tmp_path / "good", conf, rows, student={"architecture": good})
+    assert runner.invoke(app, ["validate", str(cfg)]).exit_code == 0
+
+
+def test_the_dry_run_shows_the_student_settings_of_the_teachers_family(tmp_path):
+    """A transformer teacher keeps layers (width is a CNN's); a CNN keeps a share of channels;
+    an evolution search reads neither."""
+    import json
+
+    rows = [("good film", "pos"), ("bad plot", "neg")] * 5
+    for name, student, want in (
+        ("default", {}, {"layers": [1, 3], "teacher_layers": 4}),
+        ("indices", {"layers": [0, 2]}, {"layers": [0, 2], "teacher_layers": 4}),
+        (
+            "architecture",
+            {"architecture": {"num_hidden_layers": 1}},
+            {"architecture": {"num_hidden_layers": 1}, "layers": [3], "teacher_layers": 4},
+        ),
+    ):
+        cfg = _text_project(tmp_path / name, {"num_hidden_layers": 4}, rows, student=student)
+        res = _dry_run(cfg)
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["student"] == want
+    res = _dry_run(_config(tmp_path))
+    assert res.exit_code == 0 and json.loads(res.output)["student"] == {"width": 0.5}
+    res = _dry_run(_config(tmp_path, search={"strategy": "evolution"}))
+    assert res.exit_code == 0 and json.loads(res.output)["student"] == {"search": "evolution"}
+
+
+def test_a_vit_without_its_image_processor_config_is_warned_of(tmp_path):
+    """Without preprocessor_config.json a ViT's inputs are normalised with mean and std 0.5:
+    validate, the dry run and a run say so once, naming the values and the file to add."""
+    import json
+
+    cfg = _image_project(tmp_path, ["cat", "dog"], processor=False)
+    words = ("has no preprocessor_config.json", "mean 0.5 and std 0.5", "save_pretrained")
+    res = runner.invoke(app, ["validate", str(cfg)])
+    assert res.exit_code == 0 and "valid" in res.output
+    assert res.output.count("warning: ") == 1 and all(w in res.output for w in words)
+    res = _dry_run(cfg)
+    assert res.exit_code == 0, res.output
+    (note,) = json.loads(res.output)["warnings"]
+    assert all(w in note for w in words)
+    res = runner.invoke(app, ["search", str(cfg), "--out", str(tmp_path / "run"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("preprocessor_config.json") == 1, res.output
+    (tmp_path / "teacher" / "preprocessor_config.json").write_text('{"image_mean": 0.5}')
+    res = runner.invoke(app, ["validate", str(cfg)])
+    assert res.exit_code == 0 and "warning" not in res.output
+    assert "warnings" not in json.loads(_dry_run(cfg).output)

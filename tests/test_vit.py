@@ -155,7 +155,8 @@ def _rgb_vit(root, image_size: int = 8) -> None:
 def test_rgb_images_are_resized_and_channels_must_match(vit_project, tmp_path):
     """12×12 RGB PNGs in an image folder read at data.image_size (16 here) and resized to the
     3-channel model's 8; one-channel digits into it (they used to broadcast to three channels
-    and train on) or RGB images into the one-channel digits ViT are a UserError naming the data."""
+    and train on) or RGB images into the one-channel digits ViT are a UserError naming
+    data.channels."""
     from PIL import Image
 
     from kdc.errors import UserError
@@ -174,7 +175,7 @@ def test_rgb_images_are_resized_and_channels_must_match(vit_project, tmp_path):
     digits = load_dataset(load_config(vit_project)).eval.features[:2]
     with pytest.raises(UserError, match="3-channel images .* data are 1-channel") as e:
         teacher.encode(digits)
-    assert e.value.field == "data.source"
+    assert e.value.field == "data.channels" and "set data.channels: 3" in e.value.fix
     with pytest.raises(UserError, match="1-channel images .* data are 3-channel"):
         _teacher(vit_project)[2].encode(ds.train.features)
 

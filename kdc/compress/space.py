@@ -26,6 +26,8 @@ from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
 
 HEAD_DIMS = (32, 64)  # attention head sizes that map well onto tensor cores / SIMD
+# a transformer student's sizes (`student.architecture`'s keys), as config.json names them
+TRANSFORMER_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
 WIDTH_STEPS = 8  # CNN width multipliers k/8 and FFN sizes k/8 of the teacher's
 
 
@@ -160,29 +162,38 @@ class TransformerSpace(Space):
         return {"input_ids": [batch, self.max_length], "attention_mask": [batch, self.max_length]}
 
     def from_architecture(self, arch: dict[str, Any]) -> dict[str, Any]:
-        unfit = UserError(
-            f"{arch} is not a student of this {self.n_layers}-layer, {self.hidden}-wide teacher",
-            field="student.architecture",
-            fix=f"use whole numbers: num_hidden_layers <= {self.n_layers}, hidden_size <= "
-            f"{self.hidden} divisible by num_attention_heads, intermediate_size <= {self.inter}",
-        )
-        keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
-        given = {k: arch.get(k) for k in keys if k in arch}
-        if set(arch) - set(keys) or not all(_whole(v) for v in given.values()):
-            raise unfit
-        n = int(arch.get("num_hidden_layers", self.n_layers))
-        hidden = int(arch.get("hidden_size", self.hidden))
-        heads = int(arch.get("num_attention_heads", max(1, hidden // (self.hidden // self.heads))))
-        inter = int(arch.get("intermediate_size", self.inter))
-        if (
-            not 1 <= n <= self.n_layers
-            or not 1 <= hidden <= self.hidden
-            or heads < 1
-            or hidden % heads
-            or not 1 <= inter <= self.inter
-        ):
-            raise unfit
-        return {"num_hidden_layers": n, "width": [hidden, heads], "intermediate_size": inter}
+        return transformer_genes(arch, self.n_layers, self.hidden, self.heads, self.inter)
+
+
+def transformer_genes(
+    arch: dict[str, Any], n_layers: int, hidden: int, heads: int, inter: int
+) -> dict[str, Any]:
+    """The genes of `student.architecture` `arch` for a teacher of these sizes (omitted keys keep
+    the teacher's; heads default to the teacher's head size); a UserError naming the field for
+    unknown keys, sizes that are not whole numbers, beyond the teacher's, or a hidden size that
+    the heads do not divide."""
+    unfit = UserError(
+        f"{arch} is not a student of this {n_layers}-layer, {hidden}-wide teacher",
+        field="student.architecture",
+        fix=f"use whole numbers: num_hidden_layers <= {n_layers}, hidden_size <= "
+        f"{hidden} divisible by num_attention_heads, intermediate_size <= {inter}",
+    )
+    given = {k: arch.get(k) for k in TRANSFORMER_KEYS if k in arch}
+    if set(arch) - set(TRANSFORMER_KEYS) or not all(_whole(v) for v in given.values()):
+        raise unfit
+    n = int(arch.get("num_hidden_layers", n_layers))
+    width = int(arch.get("hidden_size", hidden))
+    n_heads = int(arch.get("num_attention_heads", max(1, width // (hidden // heads))))
+    ffn = int(arch.get("intermediate_size", inter))
+    if (
+        not 1 <= n <= n_layers
+        or not 1 <= width <= hidden
+        or n_heads < 1
+        or width % n_heads
+        or not 1 <= ffn <= inter
+    ):
+        raise unfit
+    return {"num_hidden_layers": n, "width": [width, n_heads], "intermediate_size": ffn}
 
 
 class CnnSpace(Space):

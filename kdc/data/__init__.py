@@ -113,6 +113,20 @@ def unlabelled_txt(source: str, field: str) -> UserError:
     )
 
 
+def channel_mismatch(want: int, got: int | str, basis: str) -> UserError:
+    """The error for image data of `got` channels (or of shape `got`, e.g. "2-d") given to a
+    teacher that takes `want`-channel images (as its `basis` says, e.g. config.json's
+    num_channels)."""
+    got = f"{got}-channel" if isinstance(got, int) else got
+    settable = want in (1, 3)  # what data.channels reads an image folder as
+    return UserError(
+        f"the teacher takes {want}-channel images ({basis}) but the data are {got}",
+        field="data.channels",
+        fix=(f"set data.channels: {want} for an image folder, or " if settable else "")
+        + "use a teacher trained on this data",
+    )
+
+
 def image_read_size(cfg: KdcConfig) -> int:
     """`data.image_size`, else a Hugging Face image teacher's own (config.json), else 224."""
     if cfg.data.image_size:

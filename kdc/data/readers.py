@@ -403,13 +403,16 @@ def _image_errors(img: Path, field: str) -> Iterator[None]:
         ) from None
 
 
-def check_images(files: dict[str, list[Path]], field: str) -> None:
-    """Every file of `image_files` opens as an image (its header is read, not its pixels)."""
+def image_sizes(files: dict[str, list[Path]], field: str) -> set[tuple[int, int]]:
+    """The (width, height) sizes of the files of `image_files`, from their headers (pixels are
+    not decoded); a file that does not open as an image is a UserError naming it."""
     from PIL import Image
 
+    sizes = set()
     for img in (f for fs in files.values() for f in fs):
-        with _image_errors(img, field), Image.open(img):
-            pass
+        with _image_errors(img, field), Image.open(img) as im:
+            sizes.add(im.size)
+    return sizes
 
 
 def read_imagefolder(

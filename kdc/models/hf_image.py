@@ -3,9 +3,9 @@ are one ModuleList) from a local model directory.
 
 kdc's image data are float N×C×H×W in [0, 1]; `encode` does what the model's image processor
 does after rescaling: resize to the model's image size and normalise with its mean and std
-(preprocessor_config.json, else ViT's 0.5 / 0.5). The engines take those `pixel_values`, and the
-processor config is saved beside every student (and so in a device bundle's preprocessing/).
-Images must have the model's channel count.
+(preprocessor_config.json, else ViT's 0.5 / 0.5, which a run warns of: kdc.preflight). The
+engines take those `pixel_values`, and the processor config is saved beside every student (and
+so in a device bundle's preprocessing/). Images must have the model's channel count.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdc.data import channel_mismatch
 from kdc.errors import UserError
-from kdc.hf_files import VIT_GEOMETRY, check_model_dir
+from kdc.hf_files import PROCESSOR_FILE, VIT_GEOMETRY, VIT_MEAN_STD, check_model_dir
 from kdc.models.hf import TransformerAdapter, load_model
 from kdc.rundir import write_json
 
-PROCESSOR_FILE = "preprocessor_config.json"
-VIT_MEAN_STD = 0.5  # ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN / _STD)
 # heads that average the logits of one classifier per special token, by class: the classifier
 # attributes in token order. Any other model's classifier is its last Linear layer.
 TOKEN_CLASSIFIERS = {
@@ -131,14 +130,8 @@ class HFImageAdapter(TransformerAdapter):
         x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         channels = int(self.config.num_channels)
         if x.dim() != 4 or x.shape[1] != channels:  # else a one-channel image broadcasts to three
-            got = f"{x.shape[1]}-channel" if x.dim() == 4 else f"{x.dim()}-d"
-            raise UserError(
-                f"the model takes {channels}-channel images (config.json num_channels) but the "
-                f"data are {got}",
-                field="data.source",
-                fix=f"give {channels}-channel images (an image folder is read as RGB), or a "
-                "teacher trained on this data",
-            )
+            got = x.shape[1] if x.dim() == 4 else f"{x.dim()}-d"
+            raise channel_mismatch(channels, got, "config.json num_channels")
         if x.shape[-2:] != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
             x = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
