@@ -182,7 +182,7 @@ def test_the_inputs_fingerprint_follows_the_data(tmp_path):
     from tiny import cnn_config
 
     from kdc.config import parse_config
-    from kdc.pipeline import inputs_fingerprint
+    from kdc.fingerprint import inputs_fingerprint
 
     (tmp_path / "train.csv").write_text("text,label\na,x\nb,y\n")
     (tmp_path / "images" / "cat").mkdir(parents=True)

@@ -15,8 +15,8 @@ from kdc import api
 from kdc.cli import app
 from kdc.config import load_config
 from kdc.data import load_dataset
+from kdc.fingerprint import inputs_fingerprint
 from kdc.models import load_teacher
-from kdc.pipeline import inputs_fingerprint
 
 runner = CliRunner()
 
