@@ -192,15 +192,28 @@ def load_profile(name_or_path: str, field: str = "--target") -> HardwareProfile:
 @lru_cache(maxsize=1)
 def cpu_info() -> tuple[str, set[str]]:
     """This machine's CPU model name and feature flags (read once)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    return parse_cpuinfo(_text_of("/proc/cpuinfo"), _text_of("/proc/device-tree/model"))
+
+
+def _text_of(path: str) -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and ":" in line:
-                flags = set(line.split(":", 1)[1].split())
+        return Path(path).read_text(errors="replace")
     except OSError:
-        pass
+        return ""
+
+
+def parse_cpuinfo(cpuinfo: str, board: str = "") -> tuple[str, set[str]]:
+    """The model name and flags of /proc/cpuinfo. ARM boards list no model name there: the
+    board's device-tree model (a Jetson's name) and the architecture instead."""
+    model, flags = "", set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name") and ":" in line:
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith(("flags", "Features")) and ":" in line:
+            flags = set(line.split(":", 1)[1].split())
+    if not model:
+        arch, board = platform.processor() or platform.machine(), board.strip("\0 \n")
+        model = f"{board} ({arch})" if board else arch
     return model, flags
 
 

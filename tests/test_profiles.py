@@ -116,3 +116,14 @@ def test_profiles_found_from_installed_wheel(tmp_path):
     ).stdout.split()
     assert "site-packages" in out[0] and out[0].endswith("_profiles")
     assert out[1] == "jetson-orin-nano-8gb"
+
+
+def test_an_arm_board_is_named_by_its_device_tree_model():
+    """A Jetson's /proc/cpuinfo has no model name: timings done there were labelled 'aarch64'."""
+    from kdc.profiles import parse_cpuinfo
+
+    model, flags = parse_cpuinfo(
+        "processor\t: 0\nFeatures\t: fp asimd asimddp\n", "NVIDIA Jetson Orin Nano Developer Kit\0"
+    )
+    assert model.startswith("NVIDIA Jetson Orin Nano Developer Kit (") and "asimddp" in flags
+    assert parse_cpuinfo("model name\t: Intel(R) Xeon(R)\nflags\t: avx2\n")[0] == "Intel(R) Xeon(R)"

@@ -215,9 +215,11 @@ def size_cell(part: dict) -> str:
 
 def measured_cell(report: dict, lat: dict | None, elsewhere: bool) -> str:
     """The measured latency; `elsewhere` (the column names another device) marks a device
-    result as timed on the target."""
+    result as timed on the target, naming the device that timed it."""
     on_target = elsewhere and lat is not None and not off_target(report, lat)
-    return latency_text(lat) + (" (on target)" if on_target else "")
+    return latency_text(lat) + (
+        f" (on the target: {lat.get('device', 'the device')})" if on_target else ""
+    )
 
 
 def _models(report: dict) -> Section:

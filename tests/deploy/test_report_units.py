@@ -102,7 +102,7 @@ def test_device_timing_is_marked_as_on_the_target(report):
     }
     md = render_markdown(report)
     assert HOST_HEADER in md and "jetson-orin-nano-8gb (not the target)" not in md
-    assert "| 0.810 ms p99 (on target) |" in md
+    assert "| 0.810 ms p99 (on the target: jetson-orin-nano-8gb) |" in md
 
 
 def _plot_legend(report: dict, monkeypatch) -> list[str]:
