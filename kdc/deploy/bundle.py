@@ -347,6 +347,13 @@ def _preprocessing_text(files: Sequence[Path], contract: dict | None) -> str:
         )
     if contract is None:
         return text
+    if "tokenizer" in contract:  # a text model's
+        tok = contract["tokenizer"]
+        return text + (
+            f"\n`preprocessing/{INPUT_CONTRACT}` is the engine's input contract: the engine "
+            f"takes exactly the shapes it names, so tokenize as kdc did, `{tok['call']}` (the "
+            "tokenizer's default pads nothing), and cast each input to its dtype.\n"
+        )
     inp = contract["input"]
     norm = "values in [0, 1], no mean/std" if inp["mean"] is None else "then (x - mean) / std"
     first = (

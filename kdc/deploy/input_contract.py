@@ -1,8 +1,9 @@
-"""The input contract of an image classifier: how kdc's image readers (kdc.data.readers) and,
-for a vision transformer, its adapter (kdc.models.hf_image: resize to the model's size, the image
-processor's mean/std) turned images into the engine's input, and which class each output is, for
-the person deploying the engine. A CNN student has no other preprocessing file; a vision
-transformer's bundle also carries its image processor config, which starts from raw images."""
+"""The input contract of an engine, for the person deploying it. An image classifier's: how
+kdc's image readers (kdc.data.readers) and, for a vision transformer, its adapter
+(kdc.models.hf_image: resize to the model's size, the image processor's mean/std) turned images
+into the engine's input, and which class each output is; a CNN student has no other
+preprocessing file, a vision transformer's bundle also carries its image processor config. A
+text model's: the token inputs' shapes and dtypes and the tokenizer call that makes them."""
 
 from __future__ import annotations
 
@@ -96,4 +97,40 @@ def image_input_contract(
             "verified them); the highest is the predicted class",
             "classes": class_names,
         },
+    }
+
+
+def text_input_contract(
+    inputs: dict[str, tuple[list[int], str]],
+    max_length: int,
+    class_names: list[str],
+    output_name: str = "logits",
+) -> dict[str, Any]:
+    """The contract of a text engine taking `inputs` (name → (shape, dtype)): every row padded
+    and truncated to `max_length` tokens, as kdc encoded the rows it trained and verified on;
+    the engine is built for exactly these shapes, so a tokenizer left at its defaults (no
+    padding, its own model_max_length) gives inputs it rejects."""
+    batch = next(iter(inputs.values()))[0][0]
+    out = {"name": output_name}
+    if class_names:
+        out.update(
+            shape=[batch, len(class_names)],
+            meaning="one score per class, in `classes` order; the highest is the predicted class",
+            classes=class_names,
+        )
+    else:
+        out["meaning"] = "the text's embedding (one vector per row)"
+    return {
+        "inputs": {k: {"shape": shape, "dtype": dtype} for k, (shape, dtype) in inputs.items()},
+        "tokenizer": {
+            "files": "preprocessing/ (load with transformers.AutoTokenizer.from_pretrained)",
+            "padding": "max_length",
+            "truncation": True,
+            "max_length": max_length,
+            "call": f"tokenizer(texts, padding='max_length', truncation=True, "
+            f"max_length={max_length}, return_tensors='np')",
+            "note": "the engine takes exactly these shapes: pad every row to max_length (the "
+            "tokenizer's default pads nothing), then cast to each input's dtype",
+        },
+        "output": out,
     }

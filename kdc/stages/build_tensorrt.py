@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from kdc.errors import UserError
 from kdc.pipeline import Context
 
@@ -140,6 +142,7 @@ def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
     goldens = {k: v[:8] for k, v in ctx.encode("eval").items()}
     session = make_session(onnx_path, optimization="disable" if precision == "int8" else "all")
     outputs = run_session(session, goldens)
+    output = session.get_outputs()[0].name  # `embedding` for sentence embeddings
     files = preprocessing_files(ctx.run / "distill" / "student")
     shapes = input_shapes(ctx)
     return write_bundle(
@@ -151,20 +154,24 @@ def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
         golden_inputs=goldens,
         golden_outputs=outputs,
         preprocessing=files,
-        input_contract=image_contract(ctx, shapes),
-        output_name=session.get_outputs()[0].name,  # `embedding` for sentence embeddings
+        input_contract=input_contract(ctx, shapes, goldens, output),
+        output_name=output,
     )
 
 
-def image_contract(ctx: Context, shapes: dict[str, list[int]]) -> dict | None:
-    """An image classifier's input contract (what kdc's readers and the student's adapter did to
-    the images), else None. A vision transformer's also names its image processor's mean/std and
-    the resize from the size its images were read at (its processor config ships beside it)."""
+def input_contract(
+    ctx: Context, shapes: dict[str, list[int]], goldens: dict[str, np.ndarray], output: str
+) -> dict:
+    """The engine's input contract. An image classifier's: what kdc's readers and the student's
+    adapter did to the images (a vision transformer's also names its image processor's mean/std
+    and the resize from the size its images were read at). A text model's: the token inputs
+    padded to data.max_length, and the tokenizer call that makes them."""
     from kdc.data import image_read_size
-    from kdc.deploy.input_contract import image_input_contract
+    from kdc.deploy.input_contract import image_input_contract, text_input_contract
 
     if ctx.dataset.kind != "image":
-        return None
+        inputs = {k: (shapes[k], str(goldens[k].dtype)) for k in shapes}
+        return text_input_contract(inputs, ctx.cfg.data.max_length, ctx.dataset.label_names, output)
     ((name, shape),) = shapes.items()
     processor = getattr(ctx.teacher, "processor", None) or {}
     return image_input_contract(

@@ -42,3 +42,24 @@ def test_a_grayscale_folder_contract_matches_the_reader(tmp_path):
     assert images.shape == (2, 1, 4, 4) and np.allclose(images, 200 / 255)
     assert c["input"]["color"] == "grayscale (1 channel)"
     assert c["preprocessing"]["steps"][0].startswith("Image.convert('L')")
+
+
+def test_a_text_contract_is_the_tokenizer_call_that_gives_kdcs_inputs(tmp_path):
+    """The engine is built for exactly the shapes kdc encoded (padded to data.max_length); the
+    contract's tokenizer call reproduces those inputs (a tokenizer at its defaults pads
+    nothing, and the engine rejects its shapes)."""
+    from tiny import tiny_bert
+
+    from kdc.deploy.input_contract import text_input_contract
+    from kdc.models.hf import HFTextAdapter
+
+    model, tok = tiny_bert(tmp_path)
+    texts = ["good", "bad and awful and poor"]
+    ours = HFTextAdapter(model.eval(), tok, max_length=16).encode(texts)
+    inputs = {k: ([1, *v.shape[1:]], str(v.dtype)) for k, v in ours.items()}
+    c = text_input_contract(inputs, 16, ["neg", "pos"])
+    assert c["tokenizer"]["max_length"] == 16 and c["output"]["classes"] == ["neg", "pos"]
+    assert c["inputs"]["input_ids"] == {"shape": [1, 16], "dtype": "int64"}
+    theirs = eval(c["tokenizer"]["call"], {"tokenizer": tok, "texts": texts})  # noqa: S307
+    for name, spec in c["inputs"].items():
+        np.testing.assert_array_equal(theirs[name].astype(spec["dtype"]), ours[name])
