@@ -220,7 +220,9 @@ def set_aside_results(ctx: Context, bundle: Path, whose: str) -> bool:
 def clear_previous_build(ctx: Context) -> None:
     """Remove an earlier build's TensorRT engine (its cache stays) and device bundles (this
     stage's, or `kdc bundle`'s for other targets): they are not this graph's. A bundle holding
-    device results is moved aside (`set_aside_results`), never deleted."""
+    device results is moved aside (`set_aside_results`), never deleted, and verify stops reading
+    the results it was last given."""
+    ctx.run.update_manifest(device_results=None)
     for stale in TENSORRT_OUTPUTS:
         (ctx.run / "build" / "tensorrt" / stale).unlink(missing_ok=True)
     for old in _bundles(ctx.run / "build"):

@@ -237,6 +237,26 @@ def device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
     return {rec["path"]: out}
 
 
+def _earlier_device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
+    """The device results the run's last `kdc verify --device-results` read, again, when verify
+    runs without them (a --resume after a verify setting changed): they still describe the
+    engine if they still belong to its bundle; else said and left out."""
+    earlier = ctx.run.manifest().get("device_results")
+    if not earlier:
+        return {}
+    ctx.device_results = Path(earlier)
+    try:
+        if not ctx.device_results.is_dir():
+            raise UserError("is gone", source=earlier)
+        figures = device_figures(ctx, engines)
+    except UserError as e:
+        ctx.warn(f"the device results read before no longer apply ({e}): reported without them")
+        ctx.device_results = None
+        return {}
+    ctx.log(f"  device results read again from {earlier} (the last kdc verify --device-results)")
+    return figures
+
+
 INT8_GAIN_MIN = 1.1  # an INT8 engine timed less than this much faster than FP32 is flagged
 
 
@@ -274,7 +294,11 @@ def run(ctx: Context) -> StageOutput:
     from kdc.models import load_student
 
     engines_in = read_json(ctx.run / "build" / "engines.json")
-    device = device_figures(ctx, engines_in) if ctx.device_results is not None else {}
+    device = (
+        device_figures(ctx, engines_in)
+        if ctx.device_results is not None
+        else _earlier_device_figures(ctx, engines_in)
+    )
     t_path = ctx.run / "export" / "teacher.onnx"
     t_acc, t_logits = evaluate(ctx, t_path, None)
     t_acc["engine"] = "onnxruntime-cpu-fp32"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -385,3 +386,29 @@ def test_steady_device_timing_has_no_warning(results, bundle):
     dev = read_device_results(results, bundle, JETSON)
     assert dev["latency"]["cv"] < CV_LIMIT
     assert "warnings" not in dev["latency"] and dev["warnings"] == []
+
+
+def test_a_verify_without_device_results_reads_the_last_ones_again(tmp_path, results):
+    """`kdc compress --resume` after a verify setting changed re-runs verify without
+    --device-results: the ones `kdc verify` read last are read again (they dropped out of the
+    report), or, where they no longer apply, said so."""
+    from kdc.rundir import RunDir
+    from kdc.stages.verify import _earlier_device_figures
+
+    run, warned, logged = RunDir(tmp_path), [], []
+    ctx = SimpleNamespace(
+        run=run,
+        profile=SimpleNamespace(name=JETSON),
+        device_results=None,
+        warn=warned.append,
+        log=logged.append,
+    )
+    rec = {**TRT_REC, "source": "build/onnxruntime/model_int8.onnx"}
+    assert _earlier_device_figures(ctx, [rec]) == {}  # none given before
+    run.update_manifest(device_results=str(results))
+    figures = _earlier_device_figures(ctx, [rec])
+    assert figures["build/bundle"]["latency"]["on_target"] and "read again" in logged[0]
+    shutil.rmtree(results)
+    ctx.device_results = None
+    assert _earlier_device_figures(ctx, [rec]) == {} and ctx.device_results is None
+    assert "the device results read before no longer apply" in warned[0]
