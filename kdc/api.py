@@ -226,7 +226,8 @@ def verify(
         device_figures(ctx, read_json(ctx.run / "build" / "engines.json"))  # refused: untouched
     run_stages(ctx, resume=True, only=("verify", "report"), trust_upstream=True)
     if ctx.device_results is not None:  # a later verify stage (a --resume) reads them again
-        ctx.run.update_manifest(device_results=str(ctx.device_results.resolve()))
+        given = {"path": str(ctx.device_results.resolve()), "target": ctx.profile.name}
+        ctx.run.update_manifest(device_results=given)
     if ctx.profile.name != built_for:  # said even with --quiet: the report changed meaning
         ctx.console.print(
             f"report.* now describe the run's engines verified for {ctx.profile.name} (built for "

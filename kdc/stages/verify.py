@@ -241,9 +241,10 @@ def _earlier_device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict
     """The device results the run's last `kdc verify --device-results` read, again, when verify
     runs without them (a --resume after a verify setting changed): they still describe the
     engine if they still belong to its bundle; else said and left out."""
-    earlier = ctx.run.manifest().get("device_results")
-    if not earlier:
+    given = ctx.run.manifest().get("device_results") or {}
+    if given.get("target") != ctx.profile.name:  # none, or another target's
         return {}
+    earlier = given["path"]
     ctx.device_results = Path(earlier)
     try:
         if not ctx.device_results.is_dir():

@@ -405,7 +405,9 @@ def test_a_verify_without_device_results_reads_the_last_ones_again(tmp_path, res
     )
     rec = {**TRT_REC, "source": "build/onnxruntime/model_int8.onnx"}
     assert _earlier_device_figures(ctx, [rec]) == {}  # none given before
-    run.update_manifest(device_results=str(results))
+    run.update_manifest(device_results={"path": str(results), "target": "nvidia-t4"})
+    assert _earlier_device_figures(ctx, [rec]) == {}  # given for another target's verify
+    run.update_manifest(device_results={"path": str(results), "target": JETSON})
     figures = _earlier_device_figures(ctx, [rec])
     assert figures["build/bundle"]["latency"]["on_target"] and "read again" in logged[0]
     shutil.rmtree(results)
