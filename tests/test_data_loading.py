@@ -329,6 +329,17 @@ def test_an_image_folder_skips_hidden_entries_and_other_files(tmp_path):
     assert ds.label_names == ["cat", "dog"] and len(ds.train) + len(ds.eval) == 6
 
 
+def test_an_image_folder_reads_a_class_folders_subfolders(tmp_path):
+    """As torchvision's ImageFolder: images in cat/indoor/ are cats (they were passed over, and
+    a class holding only subfolders was refused as empty); hidden subfolders stay out."""
+    imgs = image_folder(tmp_path, {"cat": 2, "dog": 2})
+    nested = image_folder(tmp_path / "more", {"indoor": 2, ".thumbs": 1})
+    (nested / "indoor").rename(imgs / "cat" / "indoor")
+    (nested / ".thumbs").rename(imgs / "cat" / ".thumbs")
+    ds = load_dataset(cnn_cfg(tmp_path, source="imgs", image_size=8, eval_fraction=0.5))
+    assert ds.label_names == ["cat", "dog"] and len(ds.train) + len(ds.eval) == 6
+
+
 @pytest.mark.parametrize(
     ("make", "source", "words"),
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
@@ -365,13 +366,11 @@ def visible(p: Path) -> bool:
 
 
 def image_files(path: Path, field: str = "data.source") -> dict[str, list[Path]]:
-    """The image files of folder `path/<class>/<image>` by class name, classes A→Z; a class
-    folder without images is a UserError (leaving it out would shift the later classes'
-    indices)."""
+    """The image files of folder `path/<class>/<image>` by class name, classes A→Z, a class
+    folder's subfolders read too (as torchvision's ImageFolder does); a class folder without
+    images is a UserError (leaving it out would shift the later classes' indices)."""
     classes = {
-        d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and visible(f))
-        for d in sorted(path.iterdir())
-        if d.is_dir() and visible(d)
+        d.name: _class_images(d) for d in sorted(path.iterdir()) if d.is_dir() and visible(d)
     }
     empty = [name for name, files in classes.items() if not files]
     if empty:
@@ -384,6 +383,20 @@ def image_files(path: Path, field: str = "data.source") -> dict[str, list[Path]]
     if not classes:
         raise UserError("no class folders", source=str(path), field=field, fix=LAYOUT_FIX)
     return classes
+
+
+def _class_images(folder: Path) -> list[Path]:
+    """The images under a class folder, subfolders (linked ones too) included, hidden entries
+    left out, in path order."""
+    found = []
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if visible(Path(d))]
+        found += [
+            Path(top) / f
+            for f in files
+            if Path(f).suffix.lower() in IMAGE_SUFFIXES and visible(Path(f))
+        ]
+    return sorted(found)
 
 
 @contextmanager
