@@ -76,17 +76,9 @@ def _run(
     check_config(cfg)
     profile = _profile(target)
     check_target(cfg, profile)
-    root = check_run_root(out or default_run_dir(cfg))
+    root = _run_root(out or default_run_dir(cfg))
     existed = root.exists()
     was_empty = not existed or not any(root.iterdir())
-    if not was_empty and not (root / "manifest.json").is_file():
-        raise UserError(
-            "is not empty and not a kdc run directory (no manifest.json): kdc replaces the "
-            "stage folders it writes (build/, export/ …) and report files",
-            source=str(root),
-            field="--out",
-            fix="pass a new or empty directory, or one `kdc compress` wrote",
-        )
     ctx = open_run(cfg, profile, root, quiet=quiet)
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
     for note in config_warnings(cfg):
@@ -106,6 +98,24 @@ def _run(
 
         ctx.console.print(console_summary(result, brief=quiet))
     return result
+
+
+def _run_root(out: str | Path) -> Path:
+    """`--out` as a Path, refused when it is a file, or a folder with contents kdc did not write
+    (no manifest.json; hidden files and lost+found aside): kdc replaces the stage folders it
+    writes (build/, export/ …) and its report files."""
+    root = check_run_root(out)
+    if root.is_dir() and not (root / "manifest.json").is_file():
+        theirs = [p.name for p in root.iterdir() if not p.name.startswith(".")]
+        if [n for n in theirs if n != "lost+found"]:
+            raise UserError(
+                "is not empty and not a kdc run directory (no manifest.json): kdc replaces the "
+                "stage folders it writes (build/, export/ …) and report files",
+                source=str(root),
+                field="--out",
+                fix="pass a new or empty directory, or one `kdc compress` wrote",
+            )
+    return root
 
 
 def _any_stage_done(run: RunDir) -> bool:
@@ -255,7 +265,7 @@ def plan(
     check_config(cfg)
     profile = _profile(target)
     check_target(cfg, profile)
-    run_dir = check_run_root(out or default_run_dir(cfg))
+    run_dir = _run_root(out or default_run_dir(cfg))
     ds = check_data(cfg)
     c = cfg.constraints.model_dump(exclude_none=True)
     if "latency_budget_ms" not in c and profile.defaults.latency_budget_ms:

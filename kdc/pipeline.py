@@ -346,19 +346,22 @@ def _run_one(
 
 
 def stage_not_ready(
-    ctx: Context, name: str, input_hash: str | None = None, *, outdated: bool = False
+    ctx: Context, name: str, input_hash: str | None = None, *, stale_upstream: bool = False
 ) -> UserError:
     """Why stage `name` cannot be taken as done: it has not finished, an output it recorded is
-    missing or was changed after it ran, (`outdated`) an earlier stage ran again after it, or
+    missing or was changed after it ran, (`stale_upstream`) an earlier stage ran again after it, or
     (`input_hash` given) it ran with other inputs."""
     rec = ctx.run.stage(name) or {}
     bad = ctx.run.verify_outputs(name) if rec.get("status") == "done" else []
-    if outdated:
-        earlier = STAGE_NAMES[STAGE_NAMES.index(name) - 1]
-        what = (
-            f"was built from earlier outputs of '{earlier}' (it ran again after, or `kdc bundle` "
-            "rewrote its bundle)"
+    if stale_upstream:  # from the first stage of the chain an earlier one's new outputs broke
+        first = (outdated(ctx.run) or [name])[0]
+        earlier = STAGE_NAMES[STAGE_NAMES.index(first) - 1]
+        how = (
+            "it ran again, or `kdc bundle` rewrote its bundle,"
+            if earlier == "build"
+            else ("it ran again")
         )
+        what = f"was built from earlier outputs of '{earlier}' ({how} since)"
     elif rec.get("status") != "done":
         what = "has not run" if not rec else f"has not finished (it is {rec.get('status')})"
     elif bad:
@@ -371,7 +374,7 @@ def stage_not_ready(
     built_for = ctx.run.manifest().get("target")
     other = (
         f" (the run is for {built_for}: pass --target {built_for})"
-        if (built_for and built_for != ctx.profile.name)
+        if (built_for and built_for != ctx.profile.name and not stale_upstream)
         else ""
     )
     return UserError(
@@ -452,7 +455,7 @@ def run_stages(
                 rec = ctx.run.stage(stage.name) or {}
                 h = rec.get("input_hash", h)
                 if stage.name in outdated(ctx.run):
-                    raise stage_not_ready(ctx, stage.name, outdated=True)
+                    raise stage_not_ready(ctx, stage.name, stale_upstream=True)
                 if rec.get("inputs", ctx.inputs_hash) != ctx.inputs_hash and not warned:
                     warned = True
                     ctx.warn(

@@ -8,10 +8,17 @@ import platform
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from kdc.config import describe_error
 from kdc.errors import UserError
@@ -38,7 +45,18 @@ class Memory(_Strict):
     source: str
 
 
+# runtime fields kdc no longer reads, still in profiles copied from earlier versions: ignored
+RETIRED_RUNTIME = ("onnxruntime_providers",)
+
+
 class Runtime(_Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in RETIRED_RUNTIME}
+        return data
+
     engines: list[Literal["tensorrt", "onnxruntime"]] = Field(min_length=1)
     tensorrt: str | None = None
     jetpack: str | None = None

@@ -294,7 +294,7 @@ def bundle(run_dir: Path | str, target: str) -> Path:
     replaces that holds device results is moved aside to build/previous-<name>, not deleted."""
     from kdc import api
     from kdc.deploy.bundle import bundle_dir
-    from kdc.pipeline import require_stage
+    from kdc.pipeline import outdated, require_stage, stage_not_ready
     from kdc.stages.build_tensorrt import (
         make_bundle,
         parse_blocker,
@@ -305,6 +305,8 @@ def bundle(run_dir: Path | str, target: str) -> Path:
 
     ctx = api.open_run(api.config_of_run(run_dir), target, run_dir, quiet=True)
     require_stage(ctx, "build")
+    if "build" in outdated(ctx.run):  # its engines are of an earlier student
+        raise stage_not_ready(ctx, "build", stale_upstream=True)
     engines = read_json(ctx.run / "build" / "engines.json")
     shipped = tensorrt_source(ctx, engines)
     if shipped is None:

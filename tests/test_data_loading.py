@@ -378,3 +378,15 @@ def test_a_class_mismatch_of_image_data_names_data_source():
         with pytest.raises(UserError) as e:
             align_labels(ds, teacher, "m")
         assert e.value.field == "data.source"
+
+
+def test_an_image_folder_of_split_folders_is_refused(tmp_path):
+    """`data/train/<class>`, `data/val/<class>` given as data.source: read as classes 'train'
+    and 'val' (subfolders are read), it would train a 2-class model on the splits."""
+    image_folder(tmp_path / "data", {"cat": 2})
+    (tmp_path / "data" / "imgs").rename(tmp_path / "data" / "train")
+    image_folder(tmp_path / "data2", {"cat": 2})
+    (tmp_path / "data2" / "imgs").rename(tmp_path / "data" / "val")
+    with pytest.raises(UserError, match=r"its folders \(train, val\) look like splits") as e:
+        load_dataset(cnn_cfg(tmp_path, source="data", image_size=8, eval_fraction=0.5))
+    assert e.value.field == "data.source" and "data/train" in e.value.fix

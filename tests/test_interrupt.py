@@ -206,6 +206,12 @@ def test_stages_built_before_an_earlier_stage_ran_again_are_outdated(tmp_path, m
     res = runner.invoke(app, ["verify", str(run), "-q"])
     assert res.exit_code == 2, res.output
     assert "stage 'distill' was built from earlier outputs of 'search'" in res.output
+    res = runner.invoke(app, ["bundle", str(run), "--target", "jetson"])  # of the old engines
+    assert (
+        res.exit_code == 2
+        and "stage 'build' was built from earlier outputs of 'search' (it ran again since)"
+        in res.output
+    ), res.output
     res = runner.invoke(app, ["inspect", str(run)])
     assert res.exit_code == 1 and "distill, export, build, verify were built from" in res.output
     res = runner.invoke(app, ["compress", str(other), "--out", str(run), "-q", "--resume"])

@@ -127,3 +127,16 @@ def test_an_arm_board_is_named_by_its_device_tree_model():
     )
     assert model.startswith("NVIDIA Jetson Orin Nano Developer Kit (") and "asimddp" in flags
     assert parse_cpuinfo("model name\t: Intel(R) Xeon(R)\nflags\t: avx2\n")[0] == "Intel(R) Xeon(R)"
+
+
+def test_a_profile_copied_from_an_earlier_kdc_still_loads(tmp_path):
+    """Shipped profiles listed runtime.onnxruntime_providers until kdc stopped reading it; a
+    user's copy of one (README: 'copy one') is not refused for it."""
+    import yaml
+
+    from kdc.profiles import load_profile, profiles_dir
+
+    raw = yaml.safe_load((profiles_dir() / "nvidia-t4.yaml").read_text())
+    raw["runtime"]["onnxruntime_providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
+    assert load_profile(str(tmp_path / "mine.yaml")).runtime.engines == raw["runtime"]["engines"]

@@ -219,3 +219,10 @@ def test_a_non_empty_directory_kdc_did_not_write_is_refused(cnn_project, tmp_pat
     assert "'--out'" in line and "not a kdc run directory" in line
     assert (own / "build" / "onnxruntime" / "my_model.onnx").read_text() == "x"
     assert sorted(p.name for p in own.iterdir()) == ["build"]
+    dry = runner.invoke(app, ["compress", str(cfg), "--out", str(own), "--dry-run"])
+    assert "not a kdc run directory" in _one_line_error(dry)  # refused as the run would be
+    kept = tmp_path / "kept"  # a folder kept in git: only hidden files in it
+    kept.mkdir()
+    (kept / ".gitkeep").write_text("")
+    res = runner.invoke(app, ["search", str(cfg), "--out", str(kept), "-q"])
+    assert res.exit_code == 0, res.output

@@ -4,7 +4,9 @@ entrypoint beside the config is imported afresh and hashed, so an edit re-runs s
 
 from __future__ import annotations
 
+import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +35,7 @@ class Net(nn.Module):  # torchvision's convention: forward(x)
         )
         self.fc = nn.Linear(width, num_classes)
 
-    def forward(self, x):
+    def forward(self, x, **kwargs):  # **kwargs: still takes the image positionally
         f = self.features(x).flatten(1)
         return self.fc(f), f  # (logits, features), as some models return
 
@@ -106,3 +108,21 @@ def test_an_edited_entrypoint_is_imported_afresh_and_changes_the_inputs_hash(tmp
     _project(tmp_path, "tvnet_d", width=12)  # the user edits the model file
     assert inputs_fingerprint(cfg) != before
     assert load_teacher(cfg).module.fc.in_features == 12  # not the cached module
+
+
+def test_only_the_users_own_module_is_hashed_and_reimported(tmp_path):
+    """A config folder holding kdc itself (a checkout, a link) with kdc's own CNN entrypoint:
+    kdc's modules are not evicted and re-imported mid-run, nor hashed as the user's code; a
+    weights folder named like the module beside `teacher.py` does not hide the module file."""
+    import kdc
+    from kdc.models import entrypoint_files
+
+    (tmp_path / "kdc").symlink_to(Path(kdc.__file__).parent, target_is_directory=True)
+    cfg = load_config(write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)))
+    assert entrypoint_files(cfg) == []
+    loaded = sys.modules["kdc.errors"]
+    load_teacher(cfg)
+    assert sys.modules["kdc.errors"] is loaded
+    path = _project(tmp_path, "teacher")
+    (tmp_path / "teacher").mkdir()  # its weights folder, no .py files in it
+    assert entrypoint_files(load_config(path)) == [(tmp_path / "teacher.py").resolve()]

@@ -369,9 +369,17 @@ def image_files(path: Path, field: str = "data.source") -> dict[str, list[Path]]
     """The image files of folder `path/<class>/<image>` by class name, classes A→Z, a class
     folder's subfolders read too (as torchvision's ImageFolder does); a class folder without
     images is a UserError (leaving it out would shift the later classes' indices)."""
-    classes = {
-        d.name: _class_images(d) for d in sorted(path.iterdir()) if d.is_dir() and visible(d)
-    }
+    folders = [d for d in sorted(path.iterdir()) if d.is_dir() and visible(d)]
+    if folders and all(d.name.lower() in SPLIT_NAMES for d in folders):
+        raise UserError(
+            f"its folders ({', '.join(d.name for d in folders)}) look like splits of a dataset, "
+            "not classes (class folders' subfolders are read as their images)",
+            source=str(path),
+            field=field,
+            fix=f"give the split's folder: data.source: {path / folders[0].name}, and "
+            "data.eval for another split",
+        )
+    classes = {d.name: _class_images(d) for d in folders}
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise UserError(
@@ -383,6 +391,10 @@ def image_files(path: Path, field: str = "data.source") -> dict[str, list[Path]]
     if not classes:
         raise UserError("no class folders", source=str(path), field=field, fix=LAYOUT_FIX)
     return classes
+
+
+# folder names that are a dataset's splits, never classes (`data/train/<class>/…`)
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval"}
 
 
 def _class_images(folder: Path) -> list[Path]:

@@ -98,17 +98,27 @@ def _check_target(
 def _device_parity(raw: dict, floor: float, device: str, source: Path) -> dict:
     """parity.json in the report's parity terms (`min_cosine` the lowest row cosine,
     `cosine_floor` the bundle's limit, `passed`: at or above it, by the TensorRT engine), marked
-    `on_target`. A pass without the figures parity.py writes with one is refused."""
+    `on_target`. A pass without the figures parity.py writes with one is refused; NaN or Inf
+    figures of a failed check (an engine whose outputs overflowed) fail it, saying so."""
+    broken = []
     for key in _NUMBERS:
         value = raw.get(key)
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise UserError(
-                f"'{key}' is not a finite number", source=str(source), field=key, fix=_FIX
-            )
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"'{key}' is not a number", source=str(source), field=key, fix=_FIX)
+        if not math.isfinite(value):
+            if raw.get("pass") is True:
+                raise UserError(
+                    f"'{key}' is not a finite number", source=str(source), field=key, fix=_FIX
+                )
+            broken.append(key)
+    if broken:
+        raw = {**raw, **dict.fromkeys(broken)}
+        raw["error"] = raw.get("error") or (
+            f"the engine's outputs are not finite ({', '.join(broken)} NaN or Inf; e.g. an FP16 "
+            "overflow)"
+        )
     if not isinstance(raw.get("pass", False), bool):
         raise UserError("'pass' is not true/false", source=str(source), field="pass", fix=_FIX)
     for key in ("runner", "error"):

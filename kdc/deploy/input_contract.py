@@ -127,10 +127,12 @@ def text_input_contract(
             "padding": "max_length",
             "truncation": True,
             "max_length": max_length,
+            "padding_side": "right",
             "call": f"tokenizer(texts, padding='max_length', truncation=True, "
-            f"max_length={max_length}, return_tensors='np')",
-            "note": "the engine takes exactly these shapes: pad every row to max_length (the "
-            "tokenizer's default pads nothing), then cast to each input's dtype",
+            f"max_length={max_length}, padding_side='right', return_tensors='np')",
+            "note": "the engine takes exactly these shapes: pad every row to max_length on the "
+            "right (the tokenizer's default pads nothing), then feed the inputs named here, "
+            "each cast to its dtype",
         },
         "output": out,
     }

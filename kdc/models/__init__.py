@@ -6,6 +6,7 @@ import importlib
 import json
 import sys
 from collections.abc import Callable
+from importlib.machinery import PathFinder
 from pathlib import Path
 
 from kdc.config import KdcConfig
@@ -71,29 +72,47 @@ def _sentence(cfg: KdcConfig) -> ModelAdapter:
     )
 
 
-def entrypoint_files(cfg: KdcConfig) -> list[Path]:
-    """The source files of a `teacher.entrypoint` that lives beside the config (its top-level
-    module `top.py`, or every .py file of a package folder `top/`); [] otherwise."""
+def _top_module(cfg: KdcConfig) -> str | None:
     if _kind(cfg) != "entrypoint" or not cfg.teacher.entrypoint:
+        return None
+    return cfg.teacher.entrypoint.split(":")[0].split(".")[0]
+
+
+def entrypoint_files(cfg: KdcConfig) -> list[Path]:
+    """The source files of a `teacher.entrypoint` whose top-level module Python finds in the
+    config's folder (`top.py`, or every .py file of a package `top/`), kdc's own excepted;
+    [] otherwise."""
+    top = _top_module(cfg)
+    spec = PathFinder.find_spec(top, [cfg.base_dir]) if top else None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
         return []
-    top = Path(cfg.base_dir) / cfg.teacher.entrypoint.split(":")[0].split(".")[0]
-    if top.is_dir():
-        return sorted(top.rglob("*.py"))
-    return [top.with_suffix(".py")] if top.with_suffix(".py").is_file() else []
+    origin = Path(spec.origin).resolve()
+    if origin.is_relative_to(Path(__file__).resolve().parents[1]):  # kdc itself, linked in
+        return []
+    return sorted(origin.parent.rglob("*.py")) if spec.submodule_search_locations else [origin]
+
+
+# top-level entrypoint module → (its files, their modification times) when kdc imported it
+_IMPORTED: dict[str, list[tuple[str, int]]] = {}
 
 
 def _entrypoint_path(cfg: KdcConfig) -> None:
-    """Entrypoints may live beside the config: its folder goes first on sys.path, and a module
-    of its own is imported afresh (not another project's of the same name, nor the version
-    imported before an edit, which Python's import cache would give)."""
+    """Entrypoints may live beside the config: its folder goes first on sys.path. A module of
+    its own that Python's import cache holds from another file (another project's of the same
+    name) or from before an edit is imported afresh; an unchanged one is not imported twice."""
     if cfg.base_dir in sys.path:
         sys.path.remove(cfg.base_dir)
     sys.path.insert(0, cfg.base_dir)
-    if entrypoint_files(cfg):
-        top = cfg.teacher.entrypoint.split(":")[0].split(".")[0]
+    files = entrypoint_files(cfg)
+    if not files:
+        return
+    top = _top_module(cfg)
+    now = [(str(p), p.stat().st_mtime_ns) for p in files]
+    if top in sys.modules and _IMPORTED.get(top) != now:
         for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
             del sys.modules[name]
         importlib.invalidate_caches()
+    _IMPORTED[top] = now
 
 
 def check_entrypoint(cfg: KdcConfig) -> None:

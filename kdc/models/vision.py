@@ -82,13 +82,20 @@ def _timm(source: dict) -> nn.Module:
 BUILDERS = {"entrypoint": _entrypoint, "torchvision": _torchvision, "timm": _timm}
 
 
+_POSITIONAL = (
+    inspect.Parameter.POSITIONAL_ONLY,
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    inspect.Parameter.VAR_POSITIONAL,
+)
+
+
 def as_kdc_calls(module: nn.Module) -> nn.Module:
     """`module`, called as kdc calls image models (`module(pixel_values=x)` → a logits tensor):
     the image passed positionally where forward does not name it `pixel_values` (torchvision,
     timm: `forward(x)`), and the logits taken from a tuple, dict or ModelOutput. Hooks, so the
     module's parameter names (and weights files) stay its own."""
-    params = inspect.signature(module.forward).parameters.values()
-    if not any(p.name == "pixel_values" or p.kind is p.VAR_KEYWORD for p in params):
+    params = inspect.signature(module.forward).parameters
+    if "pixel_values" not in params and any(p.kind in _POSITIONAL for p in params.values()):
         module.register_forward_pre_hook(_image_positional, with_kwargs=True)
     module.register_forward_hook(_logits_only)
     return module

@@ -135,7 +135,7 @@ def test_version_mismatch_is_noted(results, bundle):
         ("parity.json", json.dumps({"cosine": "high"}), "parity.json: field 'cosine'"),
         ("parity.json", json.dumps({"notes": "oops"}), "parity.json: field 'notes'"),
         ("parity.json", json.dumps({"runner": 3}), "parity.json: field 'runner'"),
-        ("parity.json", '{"cosine": NaN}', "parity.json: field 'cosine': .* not a finite"),
+        ("parity.json", '{"pass": true, "cosine": NaN}', "field 'cosine': .* not a finite"),
         (
             "parity.json",
             json.dumps({"pass": True, "runner": "tensorrt"}),
@@ -414,3 +414,12 @@ def test_a_verify_without_device_results_reads_the_last_ones_again(tmp_path, res
     ctx.device_results = None
     assert _earlier_device_figures(ctx, [rec]) == {} and ctx.device_results is None
     assert "the device results read before no longer apply" in warned[0]
+
+
+def test_an_engine_whose_outputs_are_not_finite_fails_device_parity(results, bundle):
+    """parity.py writes NaN figures for an engine whose outputs overflowed (FP16): that is the
+    failure the check exists for (exit 1), not a damaged file (exit 2)."""
+    _edit(results / "parity.json", cosine=float("nan"), max_abs=float("inf"), **{"pass": False})
+    parity = read_device_results(results, bundle, JETSON)["parity"]
+    assert parity["passed"] is False and "cosine" not in parity
+    assert "the engine's outputs are not finite (max_abs, cosine NaN or Inf" in parity["error"]
