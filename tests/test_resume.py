@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -177,8 +178,9 @@ def test_retrained_teacher_gets_fresh_cached_logits(cnn_project, tmp_path):
 
 def test_the_inputs_fingerprint_follows_the_data(tmp_path):
     """What every stage's input hash holds of the data (so --resume redoes edited data): a file
-    by its sha256, a folder (image folder, saved `datasets`) by its files' names, sizes and
-    modification times, hidden files left out and linked folders followed."""
+    by its sha256, a folder (image folder, saved `datasets`) by its files' names and sizes,
+    hidden files left out and linked folders followed; a fresh copy of the same folder (new
+    modification times, as a CI checkout makes) is the same data."""
     from tiny import cnn_config
 
     from kdc.config import parse_config
@@ -206,4 +208,7 @@ def test_the_inputs_fingerprint_follows_the_data(tmp_path):
     fourth = inputs_fingerprint(cfg)
     assert fourth != third
     (tmp_path / "dogs" / "1.png").write_bytes(b"png, edited")
-    assert inputs_fingerprint(cfg) != fourth
+    fifth = inputs_fingerprint(cfg)
+    assert fifth != fourth
+    os.utime(tmp_path / "images" / "cat" / "1.png", (1, 1))  # touched, as a checkout does
+    assert inputs_fingerprint(cfg) == fifth
