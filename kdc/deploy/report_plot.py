@@ -99,7 +99,8 @@ def _paired_accuracy(part: dict, key: str) -> dict | None:
 def _plot_models(
     ax: Axes, report: dict, ring_shipped: bool = False
 ) -> tuple[list[float], list[tuple[float, float, str]]]:
-    """The teacher (stars) and engines (circles), one point per latency object; engines with
+    """The teacher (stars) and engines (circles; diamonds for a latency the target device timed),
+    one point per latency object; engines with
     no accuracy sit on a labelled strip at the bottom. With `ring_shipped`, the engine that
     ships is ringed as the chosen student. Returns the latencies drawn and the (x, y, name)
     labels still to place (see `_place_labels`)."""
@@ -125,7 +126,8 @@ def _plot_models(
                 legend = f"{group}, latency ({stat})\nmeasured on {lat.get('device', '?')}"
             if hosts := off_target_devices(report, [lat]):
                 legend = f"{group}, latency ({stat})\nmeasured{measured_on(hosts)}"
-            style = _style(kind, color, marker, size, None if legend in seen else legend)
+            shape = "D" if lat.get("on_target") else marker  # timed on the device itself
+            style = _style(kind, color, shape, size, None if legend in seen else legend)
             seen.add(legend)
             text = name + (" (predicted for target)" if key == "target_latency" else "")
             if acc is not None and paired is not part.get("accuracy"):
