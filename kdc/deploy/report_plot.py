@@ -100,10 +100,9 @@ def _plot_models(
     ax: Axes, report: dict, ring_shipped: bool = False
 ) -> tuple[list[float], list[tuple[float, float, str]]]:
     """The teacher (stars) and engines (circles; diamonds for a latency the target device timed),
-    one point per latency object; engines with
-    no accuracy sit on a labelled strip at the bottom. With `ring_shipped`, the engine that
-    ships is ringed as the chosen student. Returns the latencies drawn and the (x, y, name)
-    labels still to place (see `_place_labels`)."""
+    one point per latency object; engines with no accuracy sit on a labelled strip at the
+    bottom. With `ring_shipped`, the engine that ships is ringed as the chosen student. Returns
+    the latencies drawn and the (x, y, name) labels still to place (see `_place_labels`)."""
     task = report.get("task")
     strip = blended_transform_factory(ax.transData, ax.transAxes)
     parts = [("teacher", report.get("teacher") or {}, "*", 420, "goldenrod")]
