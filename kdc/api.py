@@ -105,16 +105,15 @@ def _run_root(out: str | Path) -> Path:
     (no manifest.json; hidden files and lost+found aside): kdc replaces the stage folders it
     writes (build/, export/ …) and its report files."""
     root = check_run_root(out)
-    if root.is_dir() and not (root / "manifest.json").is_file():
-        theirs = [p.name for p in root.iterdir() if not p.name.startswith(".")]
-        if [n for n in theirs if n != "lost+found"]:
-            raise UserError(
-                "is not empty and not a kdc run directory (no manifest.json): kdc replaces the "
-                "stage folders it writes (build/, export/ …) and report files",
-                source=str(root),
-                field="--out",
-                fix="pass a new or empty directory, or one `kdc compress` wrote",
-            )
+    foreign = root.is_dir() and not (root / "manifest.json").is_file()
+    if foreign and any(p.name[0] != "." and p.name != "lost+found" for p in root.iterdir()):
+        raise UserError(
+            "is not empty and not a kdc run directory (no manifest.json): kdc replaces the "
+            "stage folders it writes (build/, export/ …) and report files",
+            source=str(root),
+            field="--out",
+            fix="pass a new or empty directory, or one `kdc compress` wrote",
+        )
     return root
 
 

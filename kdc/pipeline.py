@@ -442,6 +442,8 @@ def run_stages(
     if stale := ctx.run.remove_stale_temp():
         ctx.log(f"[dim]removed {len(stale)} temporary file(s) an interrupted run left[/dim]")
     upstream, warned = "", False
+    # read once: the stages taken as built come before any this invocation runs
+    behind = outdated(ctx.run) if trust_upstream else []
     with _signals_as_interrupt() as pressed:
         for stage in _stages():
             if only is not None and not set(only) & set(
@@ -454,7 +456,7 @@ def run_stages(
             if not wanted and trust_upstream:
                 rec = ctx.run.stage(stage.name) or {}
                 h = rec.get("input_hash", h)
-                if stage.name in outdated(ctx.run):
+                if stage.name in behind:
                     raise stage_not_ready(ctx, stage.name, stale_upstream=True)
                 if rec.get("inputs", ctx.inputs_hash) != ctx.inputs_hash and not warned:
                     warned = True

@@ -244,11 +244,12 @@ def _earlier_device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict
     given = ctx.run.manifest().get("device_results") or {}
     if given.get("target") != ctx.profile.name:  # none, or another target's
         return {}
-    earlier = given["path"]
-    ctx.device_results = Path(earlier)
+    earlier = Path(given["path"])
+    if not earlier.is_dir():
+        ctx.warn(f"the device results read before no longer apply ({earlier} is gone)")
+        return {}
+    ctx.device_results = earlier
     try:
-        if not ctx.device_results.is_dir():
-            raise UserError("is gone", source=earlier)
         figures = device_figures(ctx, engines)
     except UserError as e:
         ctx.warn(f"the device results read before no longer apply ({e}): reported without them")
