@@ -11,6 +11,7 @@ from tiny import bert_config, cnn_config, config_of, write_yaml
 from typer.testing import CliRunner
 
 from kdc.cli import app
+from kdc.deploy.softmax_floor import floors
 
 runner = CliRunner()
 
@@ -120,6 +121,9 @@ def test_bert_compress_beats_untrained_student(bert_project, tmp_path):
     # every timing says the attention-mask padding of the input it timed (the first eval row)
     paddings = {e["latency"]["padding"] for e in (fp32, int8)}
     assert len(paddings) == 1 and 0 <= paddings.pop() < 1
+    # ONNX Runtime's INT8 graph has its masked softmaxes floored
+    assert "masked-softmax floor on 2" in int8["optimization"]
+    assert floors(tmp_path / "run" / int8["path"]) == 2
 
 
 def test_constraint_failure_exits_1(cnn_project, tmp_path):

@@ -21,6 +21,7 @@ import yaml
 from kdc import __version__
 from kdc.deploy.fp16 import convert_fp16
 from kdc.deploy.input_contract import INPUT_CONTRACT
+from kdc.deploy.softmax_floor import remove_floor_file
 from kdc.deploy.tensorrt import (
     check_graph,
     graph_facts,
@@ -441,6 +442,7 @@ def write_bundle(
             convert_fp16(onnx_path, tmp / "model.onnx")
         else:
             shutil.copyfile(onnx_path, tmp / "model.onnx")
+        remove_floor_file(tmp / "model.onnx")  # a host run's ONNX Runtime graph: TensorRT fuses
         scripts = {
             "build.sh": _PREAMBLE.format(what="Build the TensorRT engine on the device.", **header)
             + ("" if plan.strongly_typed else _FLAGS_NEED_TRT10.format(**header))

@@ -355,14 +355,16 @@ def _finish(model: ZooModel, src: Path, dst: Path, engine: str, seed: int) -> Pa
     symmetric for TensorRT; the build stage's ops per family), as the build stage makes them;
     TensorRT floats stay as exported."""
     from kdc.deploy.onnxruntime import QUANT_OPS, optimize, quantize_int8
+    from kdc.deploy.softmax_floor import floor_file
 
     if model.precision == "int8":
         calib = [inputs_for(model, seed=seed + 1 + i) for i in range(CALIBRATION_ROWS)]
         trt = engine == "tensorrt"
         ops = QUANT_OPS.get(model.family)  # mlp: None, ORT's default set, as for CNNs
-        return quantize_int8(
-            src, dst, calib, symmetric_activations=trt, op_types=ops, float_bias=trt
-        )
+        quantize_int8(src, dst, calib, symmetric_activations=trt, op_types=ops, float_bias=trt)
+        if not trt:  # as the build stage's ONNX Runtime INT8 graphs
+            floor_file(dst)
+        return dst
     if engine == "tensorrt":
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
@@ -389,10 +391,10 @@ def _quiet_logs() -> Iterator[None]:
         root.setLevel(level)
 
 
-RECIPE = 3
+RECIPE = 4
 """How `_finish` makes engine-ready graphs; files of a directory written under another recipe are
 made again (2: INT8 quantizes the build stage's ops per family, `QUANT_OPS`; 3: transformers
-have non-zero biases)."""
+have non-zero biases; 4: ONNX Runtime graphs have their masked softmaxes floored)."""
 
 
 def generate(

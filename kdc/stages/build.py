@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kdc.deploy.onnxruntime import QUANT_OPS
+from kdc.deploy.softmax_floor import floor_file, floors
 from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import atomic_dir, atomic_path, files_of, read_json, size_mb, write_json
@@ -63,6 +64,7 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
             "size_mb": size_mb(fp32),
             "status": "built",
             "optimization": "ORT_ENABLE_ALL + transformer fusion"
+            + (f" + {_floor_note(n)}" if (n := floors(fp32)) else "")
             if fam == "transformer"
             else "ORT_ENABLE_EXTENDED (offline)",
         }
@@ -78,6 +80,8 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
         how = _qat_how(ctx)
     else:
         how = _ptq(ctx, src, dst)
+    # a TensorRT engine is built from this graph and fuses its attention itself
+    floored = 0 if "tensorrt" in wanted_engines(ctx) else floor_file(dst)
     engines.append(
         {
             "engine": "onnxruntime",
@@ -87,9 +91,14 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
             "size_mb": size_mb(dst),
             "status": "built",
             "quantization": how,
+            **({"optimization": _floor_note(floored)} if floored else {}),
         }
     )
     return engines
+
+
+def _floor_note(count: int) -> str:
+    return f"masked-softmax floor on {count} attention softmax{'es' if count > 1 else ''}"
 
 
 def _qat_how(ctx: Context) -> dict:
