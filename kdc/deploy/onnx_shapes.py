@@ -113,10 +113,29 @@ def stripped(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.Model
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     if any(n.domain == "com.microsoft" for n in model.graph.node):
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+        return _symbolic(model)
     return shape_inference.infer_shapes(model, data_prop=True)
+
+
+def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX Runtime's symbolic shape inference (graphs with its contrib ops), as its
+    `infer_shapes` runs it, except: ReduceMax/ReduceMin take their axes as an input from opset
+    18 on, like ReduceSum from 13, which it infers alone (a floored softmax's ReduceMax,
+    kdc.deploy.softmax_floor); and nothing is saved to the working directory when it stops."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+
+    infer = SymbolicShapeInference(2**31 - 1, True, True, 0)
+    if (get_opset(model) or 0) >= 18:
+        for op in ("ReduceMax", "ReduceMin"):
+            infer.dispatcher_.setdefault(op, infer._infer_ReduceSum)
+    infer._preprocess(model)
+    complete = False
+    while infer.run_:
+        complete = infer._infer_impl()
+    infer._update_output_from_vi()
+    if not complete:
+        raise ValueError("incomplete symbolic shape inference")
+    return infer.out_mp_
 
 
 FOLD_MAX_ELEMS = 4096
