@@ -297,10 +297,16 @@ OPTIMIZERS: dict[str, Callable[[Path, Path, int, int], None]] = {
 
 
 def optimize(
-    src: Path | str, dst: Path | str, *, family: str, num_heads: int = 0, hidden_size: int = 0
+    src: Path | str,
+    dst: Path | str,
+    *,
+    family: str,
+    num_heads: int = 0,
+    hidden_size: int = 0,
+    floor: bool = True,
 ) -> Path:
     """Write an ORT-optimized copy of `src` to `dst` (atomically), its masked softmaxes floored
-    (`kdc.deploy.softmax_floor`); heads/hidden 0 = detect."""
+    unless not `floor` (`kdc.deploy.softmax_floor`); heads/hidden 0 = detect."""
     if family not in OPTIMIZERS:
         raise UserError(
             f"unknown model family '{family}'",
@@ -310,7 +316,8 @@ def optimize(
     src, dst = Path(src), Path(dst)
     with _reading(src), atomic_path(dst) as tmp:
         OPTIMIZERS[family](src, tmp, num_heads, hidden_size)
-        floor_file(tmp)
+        if floor:
+            floor_file(tmp)
     return dst
 
 

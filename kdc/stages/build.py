@@ -54,6 +54,7 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
         family=fam,
         num_heads=arch.get("num_attention_heads") or 0,
         hidden_size=arch.get("hidden_size") or 0,
+        floor=ctx.cfg.build.softmax_floor,
     )
     engines = [
         {
@@ -80,8 +81,9 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
         how = _qat_how(ctx)
     else:
         how = _ptq(ctx, src, dst)
-    # a TensorRT engine is built from this graph and fuses its attention itself
-    floored = 0 if "tensorrt" in wanted_engines(ctx) else floor_file(dst)
+    # unless a TensorRT engine is built from this graph (it fuses its attention itself)
+    floor = ctx.cfg.build.softmax_floor and "tensorrt" not in wanted_engines(ctx)
+    floored = floor_file(dst) if floor else 0
     engines.append(
         {
             "engine": "onnxruntime",

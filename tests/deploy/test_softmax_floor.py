@@ -3,11 +3,14 @@ undone for TensorRT bundles, applied to the build stage's ONNX Runtime graphs.""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from kdc.config import BuildConfig, QuantizeConfig
 from kdc.deploy.bundle import write_bundle
 from kdc.deploy.onnxruntime import optimize, quantize_int8
 from kdc.deploy.softmax_floor import (
@@ -20,6 +23,8 @@ from kdc.deploy.softmax_floor import (
 )
 from kdc.export.onnx_export import export_onnx
 from kdc.profiles import load_profile
+from kdc.rundir import RunDir, write_json
+from kdc.stages import build
 from tests.helpers.tiny import run_onnx, tiny_text_adapter
 
 
@@ -145,3 +150,27 @@ def test_a_tensorrt_bundle_gets_the_graph_without_the_floor(tmp_path):
     assert floors(out / "model.onnx") == 0 and floors(tmp_path / "floored.onnx") == 1
     assert remove_floor_file(tmp_path / "floored.onnx") == 1
     assert remove_floor_file(tmp_path / "floored.onnx") == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "setting", "floored"), [("host", True, 2), ("host", False, 0), ("jetson", True, 0)]
+)
+def test_the_build_stage_floors_its_onnxruntime_int8_graph(
+    bert_onnx, tmp_path, target, setting, floored
+):
+    """Unless `build.softmax_floor` is off or a TensorRT engine is built from the graph."""
+    (tmp_path / "distill").mkdir()
+    (tmp_path / "distill" / "student_qat.onnx").write_bytes(bert_onnx.read_bytes())
+    write_json(tmp_path / "distill" / "student.json", {"architecture": {"hidden_size": 32, "num_attention_heads": 2}})
+    quantize = QuantizeConfig(precision="int8", method="qat")
+    ctx = SimpleNamespace(
+        run=RunDir(tmp_path),
+        cfg=SimpleNamespace(build=BuildConfig(softmax_floor=setting), quantize=quantize),
+        teacher=SimpleNamespace(family="transformer"),
+        profile=load_profile(target),
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    int8 = build._onnxruntime_engines(ctx, bert_onnx, out)[1]
+    assert floors(out / int8["path"]) == floored
+    assert ("masked-softmax floor on 2" in int8.get("optimization", "")) == bool(floored)
