@@ -458,6 +458,8 @@ def _budget(b: Bench, factor: int, rows: dict, qat: bool = False) -> dict:
     precision = shipped.get("precision", "int8")
     if (report.get("student") or {}).get("export", {}).get("last_layer") == "cls-only":
         how += "; the student's last layer computes only [CLS] (export.cls_only_last_layer)"
+    if shipped.get("optimization"):  # e.g. the masked-softmax floor (build.softmax_floor)
+        how += f"; ONNX Runtime graph: {shipped['optimization']}"
     row = engine_row(b, engine, precision, how, run["wall_s"])
     student = read_json(Path(run["run_dir"]) / "search" / "student.json")
     return {
