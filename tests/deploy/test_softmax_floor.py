@@ -161,7 +161,10 @@ def test_the_build_stage_floors_its_onnxruntime_int8_graph(
     """Unless `build.softmax_floor` is off or a TensorRT engine is built from the graph."""
     (tmp_path / "distill").mkdir()
     (tmp_path / "distill" / "student_qat.onnx").write_bytes(bert_onnx.read_bytes())
-    write_json(tmp_path / "distill" / "student.json", {"architecture": {"hidden_size": 32, "num_attention_heads": 2}})
+    write_json(
+        tmp_path / "distill" / "student.json",
+        {"architecture": {"hidden_size": 32, "num_attention_heads": 2}},
+    )
     quantize = QuantizeConfig(precision="int8", method="qat")
     ctx = SimpleNamespace(
         run=RunDir(tmp_path),
