@@ -442,7 +442,7 @@ def write_bundle(
             convert_fp16(onnx_path, tmp / "model.onnx")
         else:
             shutil.copyfile(onnx_path, tmp / "model.onnx")
-        remove_floor_file(tmp / "model.onnx")  # a host run's ONNX Runtime graph: TensorRT fuses
+        remove_floor_file(tmp / "model.onnx")  # TensorRT fuses attention itself
         scripts = {
             "build.sh": _PREAMBLE.format(what="Build the TensorRT engine on the device.", **header)
             + ("" if plan.strongly_typed else _FLAGS_NEED_TRT10.format(**header))

@@ -125,6 +125,8 @@ def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
 
     infer = SymbolicShapeInference(2**31 - 1, True, True, 0)
+    if not hasattr(infer, "dispatcher_"):  # another onnxruntime's internals: its public entry
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
     if (get_opset(model) or 0) >= 18:
         for op in ("ReduceMax", "ReduceMin"):
             infer.dispatcher_.setdefault(op, infer._infer_ReduceSum)

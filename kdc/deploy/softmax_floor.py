@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from kdc.deploy.kernels import INTEGER_OPS, MATMULS, QUANTIZABLE
 from kdc.rundir import atomic_path
 
 PREFIX = "kdc_softmax_floor"
@@ -36,10 +37,7 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-MATRIX_OPS = frozenset(
-    {"MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum", "MatMulInteger", "QLinearMatMul"}
-    | {"ConvInteger", "QLinearConv"}
-)
+MATRIX_OPS = MATMULS | QUANTIZABLE | INTEGER_OPS | {"Einsum"}
 
 
 def _mask_like(model: onnx.ModelProto) -> tuple[set[str], set[str]]:
@@ -65,12 +63,13 @@ def _last_axis(node: onnx.NodeProto, opset: int, rank: int | None) -> bool:
     return axis == -1 or (rank is not None and axis == rank - 1)
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+def _tensor_types(model: onnx.ModelProto) -> dict[str, tuple[int | None, int]]:
+    """Per tensor with a recorded type: its rank (None when unknown) and element type."""
     vis = [*model.graph.value_info, *model.graph.input, *model.graph.output]
     return {
-        v.name: len(v.type.tensor_type.shape.dim)
+        v.name: (len(t.shape.dim) if t.HasField("shape") else None, t.elem_type)
         for v in vis
-        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+        if v.type.HasField("tensor_type") and (t := v.type.tensor_type)
     }
 
 
@@ -81,16 +80,18 @@ def floor_masked_softmax(model: onnx.ModelProto) -> int:
     if any(n.name.startswith(PREFIX) for n in g.node):
         return 0  # already floored
     producer = {o: n for n in g.node for o in n.output}
-    (light, heavy), ranks, opset = _mask_like(model), _ranks(model), _opset(model)
+    (light, heavy), types, opset = _mask_like(model), _tensor_types(model), _opset(model)
     out: list[onnx.NodeProto] = []
     count = 0
     for n in g.node:
         add = producer.get(n.input[0]) if n.op_type == "Softmax" else None
+        rank, dtype = types.get(n.input[0], (None, onnx.TensorProto.FLOAT))
         if (
             add is not None
             and add.op_type == "Add"
             and n.domain in ("", "ai.onnx")
-            and _last_axis(n, opset, ranks.get(n.input[0]))
+            and dtype == onnx.TensorProto.FLOAT  # the floor's constant is float32
+            and _last_axis(n, opset, rank)
             and _is_mask_add(add, light, heavy)
         ):
             out += _floor_nodes(n.input[0], f"{PREFIX}/{count}", opset)

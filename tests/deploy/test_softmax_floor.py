@@ -123,11 +123,14 @@ def test_reduce_max_takes_its_axes_as_each_opset_wants(opset, tmp_path):
     assert (plain[..., 3:] == 0).all() and (floored[..., 3:] < 1e-34).all()  # exp(-80) at most
 
 
-def test_a_constant_bias_or_no_mask_is_left_alone(tmp_path):
+def test_a_constant_bias_another_axis_or_half_precision_is_left_alone(tmp_path):
     assert floor_masked_softmax(_attention_graph(17, "constant")) == 0
     model = _attention_graph(17, "mask")
     model.graph.node[2].attribute[0].i = 2  # a Softmax over another axis
     assert floor_masked_softmax(model) == 0
+    model = _attention_graph(17, "mask")
+    model.graph.value_info.append(helper.make_tensor_value_info("sm", TensorProto.FLOAT16, None))
+    assert floor_masked_softmax(model) == 0  # the floor's constant is float32
 
 
 def test_a_tensorrt_bundle_gets_the_graph_without_the_floor(tmp_path):
