@@ -84,7 +84,10 @@ def floor_masked_softmax(model: onnx.ModelProto) -> int:
     out: list[onnx.NodeProto] = []
     count = 0
     for n in g.node:
-        add = producer.get(n.input[0]) if n.op_type == "Softmax" else None
+        if n.op_type != "Softmax":
+            out.append(n)
+            continue
+        add = producer.get(n.input[0])
         rank, dtype = types.get(n.input[0], (None, onnx.TensorProto.FLOAT))
         if (
             add is not None

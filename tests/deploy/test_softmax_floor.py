@@ -84,18 +84,19 @@ def _attention_graph(opset: int, bias: str) -> onnx.ModelProto:
         helper.make_tensor_value_info("q", f, [1, 2, 8, 4]),
         helper.make_tensor_value_info("kt", f, [1, 2, 4, 8]),
     ]
-    inits = []
+    nodes = []
     if bias == "mask":
         inputs.append(helper.make_tensor_value_info("mask", f, [1, 1, 1, 8]))
-    else:
-        inits.append(numpy_helper.from_array(np.full((1, 1, 1, 8), -3.0, np.float32), "mask"))
-    nodes = [
+    else:  # a Constant node (no inputs at all)
+        bias_value = numpy_helper.from_array(np.full((1, 1, 1, 8), -3.0, np.float32))
+        nodes.append(helper.make_node("Constant", [], ["mask"], value=bias_value))
+    nodes += [
         helper.make_node("MatMul", ["q", "kt"], ["s"]),
         helper.make_node("Add", ["s", "mask"], ["sm"]),
         helper.make_node("Softmax", ["sm"], ["p"], axis=-1),
     ]
     graph = helper.make_graph(
-        nodes, "g", inputs, [helper.make_tensor_value_info("p", f, [1, 2, 8, 8])], initializer=inits
+        nodes, "g", inputs, [helper.make_tensor_value_info("p", f, [1, 2, 8, 8])]
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -126,7 +127,7 @@ def test_reduce_max_takes_its_axes_as_each_opset_wants(opset, tmp_path):
 def test_a_constant_bias_another_axis_or_half_precision_is_left_alone(tmp_path):
     assert floor_masked_softmax(_attention_graph(17, "constant")) == 0
     model = _attention_graph(17, "mask")
-    model.graph.node[2].attribute[0].i = 2  # a Softmax over another axis
+    model.graph.node[-1].attribute[0].i = 2  # a Softmax over another axis
     assert floor_masked_softmax(model) == 0
     model = _attention_graph(17, "mask")
     model.graph.value_info.append(helper.make_tensor_value_info("sm", TensorProto.FLOAT16, None))
