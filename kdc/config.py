@@ -263,7 +263,7 @@ class BuildConfig(Section):
 
     engines: list[Literal["onnxruntime", "tensorrt"]] | None = None
     # ONNX Runtime graphs' attention softmaxes read Max(S, ReduceMax(S) - 80) (same outputs;
-    # kdc.deploy.softmax_floor): padded inputs run up to ~1.5x faster, unpadded ones ~5-12 %
+    # kdc.deploy.softmax_floor): padded inputs run up to ~1.5x faster, unpadded ones ~2-12 %
     # slower. Off for an application that never pads (batch 1 at each input's own length).
     softmax_floor: bool = True
 

@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from tiny import bert_config, cnn_config, config_of, write_yaml
+from tiny import bert_config, cnn_config, config_of, floors, write_yaml
 from typer.testing import CliRunner
 
 from kdc.cli import app
-from kdc.deploy.softmax_floor import floors
 
 runner = CliRunner()
 

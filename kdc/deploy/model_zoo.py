@@ -352,31 +352,31 @@ def export(model: ZooModel, path: Path, seed: int = 0) -> Path:
 
 def _finish(model: ZooModel, src: Path, dst: Path, engine: str, seed: int) -> Path:
     """The engine-ready graph: ORT-optimized float or QDQ INT8 (uint8 activations on CPU, int8
-    symmetric for TensorRT; the build stage's ops per family), as the build stage makes them;
-    TensorRT floats stay as exported."""
+    symmetric for TensorRT; the build stage's ops per family; ONNX Runtime's with their masked
+    softmaxes floored), as the build stage makes them; TensorRT floats stay as exported."""
     from kdc.deploy.onnxruntime import QUANT_OPS, optimize, quantize_int8
     from kdc.deploy.softmax_floor import floor_file
 
+    trt = engine == "tensorrt"
     if model.precision == "int8":
         calib = [inputs_for(model, seed=seed + 1 + i) for i in range(CALIBRATION_ROWS)]
-        trt = engine == "tensorrt"
         ops = QUANT_OPS.get(model.family)  # mlp: None, ORT's default set, as for CNNs
         quantize_int8(src, dst, calib, symmetric_activations=trt, op_types=ops, float_bias=trt)
-        if not trt:  # as the build stage's ONNX Runtime INT8 graphs
-            floor_file(dst)
-        return dst
-    if engine == "tensorrt":
+    elif trt:
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
-        return dst
-    a = model.arch
-    return optimize(
-        src,
-        dst,
-        family=ORT_OPTIMIZER[model.family],
-        num_heads=a.get("num_attention_heads", 0),
-        hidden_size=a.get("hidden_size", 0),
-    )
+    else:
+        a = model.arch
+        optimize(
+            src,
+            dst,
+            family=ORT_OPTIMIZER[model.family],
+            num_heads=a.get("num_attention_heads", 0),
+            hidden_size=a.get("hidden_size", 0),
+        )
+    if not trt:  # as the build stage floors its ONNX Runtime graphs
+        floor_file(dst)
+    return dst
 
 
 @contextlib.contextmanager

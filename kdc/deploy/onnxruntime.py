@@ -27,7 +27,6 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from kdc.data.batching import EVAL_BATCH, map_by_length
-from kdc.deploy.softmax_floor import floor_file
 from kdc.errors import UserError, first_line
 from kdc.profiles import host_threads
 from kdc.rundir import atomic_path
@@ -297,16 +296,9 @@ OPTIMIZERS: dict[str, Callable[[Path, Path, int, int], None]] = {
 
 
 def optimize(
-    src: Path | str,
-    dst: Path | str,
-    *,
-    family: str,
-    num_heads: int = 0,
-    hidden_size: int = 0,
-    floor: bool = True,
+    src: Path | str, dst: Path | str, *, family: str, num_heads: int = 0, hidden_size: int = 0
 ) -> Path:
-    """Write an ORT-optimized copy of `src` to `dst` (atomically), its masked softmaxes floored
-    unless not `floor` (`kdc.deploy.softmax_floor`); heads/hidden 0 = detect."""
+    """Write an ORT-optimized copy of `src` to `dst` (atomically); heads/hidden 0 = detect."""
     if family not in OPTIMIZERS:
         raise UserError(
             f"unknown model family '{family}'",
@@ -316,8 +308,6 @@ def optimize(
     src, dst = Path(src), Path(dst)
     with _reading(src), atomic_path(dst) as tmp:
         OPTIMIZERS[family](src, tmp, num_heads, hidden_size)
-        if floor:
-            floor_file(tmp)
     return dst
 
 

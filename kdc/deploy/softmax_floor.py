@@ -161,12 +161,6 @@ def remove_floor(model: onnx.ModelProto) -> int:
     return len(floored)
 
 
-def floors(path: Path | str) -> int:
-    """How many floored softmaxes the ONNX file at `path` has."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return sum(n.name.startswith(PREFIX) and n.op_type == "Max" for n in graph.node)
-
-
 def floor_file(path: Path | str) -> int:
     """`floor_masked_softmax` on an ONNX file, rewritten atomically when anything changed."""
     return _rewrite(Path(path), floor_masked_softmax)

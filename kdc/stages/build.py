@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kdc.deploy.onnxruntime import QUANT_OPS
-from kdc.deploy.softmax_floor import floor_file, floors
+from kdc.deploy.softmax_floor import floor_file
 from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import atomic_dir, atomic_path, files_of, read_json, size_mb, write_json
@@ -54,8 +54,9 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
         family=fam,
         num_heads=arch.get("num_attention_heads") or 0,
         hidden_size=arch.get("hidden_size") or 0,
-        floor=ctx.cfg.build.softmax_floor,
     )
+    floor = ctx.cfg.build.softmax_floor
+    floored = floor_file(fp32) if floor else 0
     engines = [
         {
             "engine": "onnxruntime",
@@ -65,7 +66,7 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
             "size_mb": size_mb(fp32),
             "status": "built",
             "optimization": "ORT_ENABLE_ALL + transformer fusion"
-            + (f" + {_floor_note(n)}" if (n := floors(fp32)) else "")
+            + (f" + {_floor_note(floored)}" if floored else "")
             if fam == "transformer"
             else "ORT_ENABLE_EXTENDED (offline)",
         }
@@ -82,8 +83,7 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
     else:
         how = _ptq(ctx, src, dst)
     # unless a TensorRT engine is built from this graph (it fuses its attention itself)
-    floor = ctx.cfg.build.softmax_floor and "tensorrt" not in wanted_engines(ctx)
-    floored = floor_file(dst) if floor else 0
+    floored = floor_file(dst) if floor and "tensorrt" not in wanted_engines(ctx) else 0
     engines.append(
         {
             "engine": "onnxruntime",

@@ -391,3 +391,13 @@ def make_vit_project(root: Path, kind: str = "vit") -> Path:
     processor = {"image_mean": [0.5], "image_std": [0.5], "do_normalize": True}
     (root / "teacher" / "preprocessor_config.json").write_text(json.dumps(processor))
     return write_yaml(root / "model.yaml", vit_config())
+
+
+def floors(path) -> int:
+    """How many masked-softmax floors (kdc.deploy.softmax_floor) the ONNX file at `path` has."""
+    import onnx
+
+    from kdc.deploy.softmax_floor import PREFIX
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(n.name.startswith(PREFIX) and n.op_type == "Max" for n in graph.node)
