@@ -307,6 +307,12 @@ def test_a_student_architecture_the_heads_do_not_divide_is_refused_by_validate(t
         line = _one_line(res)
         assert line.startswith(f"error: {cfg}: field 'student.architecture'"), line
         assert "hidden_size <= 32 divisible by num_attention_heads" in line
+    misplaced = {"num_hidden_layers": 2, "layers": [1, 3]}  # `layers` is student.layers
+    cfg = _text_project(tmp_path / "keys", conf, rows, student={"architecture": misplaced})
+    for res in (runner.invoke(app, ["validate", str(cfg)]), _dry_run(cfg)):
+        line = _one_line(res)
+        assert line.startswith(f"error: {cfg}: field 'student.architecture'"), line
+        assert "unknown key(s) 'layers'" in line and "goes in student.layers" in line, line
     good = {"hidden_size": 16, "num_attention_heads": 1}
     cfg = _text_project(tmp_path / "good", conf, rows, student={"architecture": good})
     assert runner.invoke(app, ["validate", str(cfg)]).exit_code == 0

@@ -178,8 +178,18 @@ def transformer_genes(
         fix=f"use whole numbers: num_hidden_layers <= {n_layers}, hidden_size <= "
         f"{hidden} divisible by num_attention_heads, intermediate_size <= {inter}",
     )
-    given = {k: arch.get(k) for k in TRANSFORMER_KEYS if k in arch}
-    if set(arch) - set(TRANSFORMER_KEYS) or not all(_whole(v) for v in given.values()):
+    unknown = [k for k in arch if k not in TRANSFORMER_KEYS]
+    if unknown:
+        where = (
+            " (which teacher layers to keep goes in student.layers)" if "layers" in unknown else ""
+        )
+        raise UserError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in a transformer's "
+            f"student.architecture{where}",
+            field="student.architecture",
+            fix=f"use only {', '.join(TRANSFORMER_KEYS)}",
+        )
+    if not all(_whole(arch[k]) for k in TRANSFORMER_KEYS if k in arch):
         raise unfit
     n = int(arch.get("num_hidden_layers", n_layers))
     width = int(arch.get("hidden_size", hidden))
