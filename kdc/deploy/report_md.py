@@ -143,18 +143,23 @@ def conditions(lat: dict) -> str:
 
 
 def _parity_text(parity: dict | None) -> str:
-    """`0.00012 / 0.99998` (max-abs / mean row cosine); beyond atol/rtol, the lowest row cosine
-    the floor judges; a device's check (one cosine over all outputs) adds its verdict and runner:
+    """`0.00012 / 0.99998` (max-abs / mean row cosine); beyond atol/rtol, the row cosine the
+    floor judges (the lowest, or for an INT8 engine the mean, then the lowest); a device's
+    check (one cosine over all outputs) adds its verdict and runner:
     `... (device, tensorrt: PASS; cosine of all outputs)`."""
     if not parity:
         return DASH
     text = f"{sig(parity.get('max_abs'))} / {num(parity.get('cosine'), 5)}"
     if parity.get("within_tolerance") is False and not parity.get("on_target"):
         ok = "PASS" if parity.get("passed") else "FAIL"
-        text += (
-            f" (beyond atol/rtol; lowest row cosine {num(parity.get('min_cosine'), 5)}, "
-            f"floor {parity.get('cosine_floor')}: {ok})"
-        )
+        lowest = f"lowest row cosine {num(parity.get('min_cosine'), 5)}"
+        if parity.get("cosine_judged") == "mean":
+            judged = f"mean row cosine {num(parity.get('cosine'), 5)}"
+            text += (
+                f" (beyond atol/rtol; {judged}, floor {parity.get('cosine_floor')}: {ok}; {lowest})"
+            )
+        else:
+            text += f" (beyond atol/rtol; {lowest}, floor {parity.get('cosine_floor')}: {ok})"
     if parity.get("on_target"):
         ok = "PASS" if parity.get("passed") else "FAIL"
         text += f" (device, {parity.get('runner') or 'no runner'}: {ok}; cosine of all outputs)"

@@ -108,6 +108,7 @@ def _engine_block(
         atol=ctx.cfg.export.atol,
         rtol=ctx.cfg.export.rtol,
         min_cosine=floor,
+        judge="lowest" if prec == "fp32" else "mean",
     )
     block = {
         **rec,

@@ -1,0 +1,22 @@
+"""The parity verdict: element tolerance, else a cosine floor on the lowest or the mean row."""
+
+import numpy as np
+
+from kdc.export.parity import compare
+
+
+def test_an_int8_engine_is_judged_on_its_mean_row_cosine_an_export_on_every_row():
+    """A near-uniform logit row flips direction at a quantisation step's error while its class
+    agrees: the lowest row cosine fails it, the mean over rows does not."""
+    ref = np.array([[4.0, -1.0, -3.0], [0.02, -0.01, -0.01], [-2.0, 3.0, -1.0]] * 10)
+    cand = ref.copy()
+    cand[1::3] = [0.03, -0.02, 0.01]  # same class, cosine about 0.8
+    cand[::3] += 0.05
+    every_row = compare(ref, cand, atol=1e-4, rtol=1e-3, min_cosine=0.9)
+    mean_row = compare(ref, cand, atol=1e-4, rtol=1e-3, min_cosine=0.9, judge="mean")
+    assert every_row["min_cosine"] < 0.9 < every_row["cosine"]
+    assert not every_row["passed"] and every_row["cosine_judged"] == "lowest"
+    assert mean_row["passed"] and mean_row["cosine_judged"] == "mean"
+    assert mean_row["argmax_agreement"] == 1.0
+    broken = compare(ref, -ref, atol=1e-4, rtol=1e-3, min_cosine=0.9, judge="mean")
+    assert not broken["passed"]
