@@ -373,6 +373,7 @@ def _finish(model: ZooModel, src: Path, dst: Path, engine: str, seed: int) -> Pa
             family=ORT_OPTIMIZER[model.family],
             num_heads=a.get("num_attention_heads", 0),
             hidden_size=a.get("hidden_size", 0),
+            fuse_masked_attention=False,  # as the build stage leaves it for the floor
         )
     if not trt:  # as the build stage floors its ONNX Runtime graphs
         floor_file(dst)
@@ -391,10 +392,11 @@ def _quiet_logs() -> Iterator[None]:
         root.setLevel(level)
 
 
-RECIPE = 4
+RECIPE = 5
 """How `_finish` makes engine-ready graphs; files of a directory written under another recipe are
 made again (2: INT8 quantizes the build stage's ops per family, `QUANT_OPS`; 3: transformers
-have non-zero biases; 4: ONNX Runtime graphs have their masked softmaxes floored)."""
+have non-zero biases; 4: ONNX Runtime graphs have their masked softmaxes floored; 5: and a
+text transformer's FP32 attention is left unfused for it, as the build stage leaves it)."""
 
 
 def generate(

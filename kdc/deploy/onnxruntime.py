@@ -193,10 +193,15 @@ def count_ops(path: Path | str) -> dict[str, int]:
     return dict(Counter(n.op_type for n in model.graph.node).most_common())
 
 
-def _optimize_transformer(src: Path, tmp: Path, num_heads: int, hidden_size: int) -> None:
+def _optimize_transformer(
+    src: Path, tmp: Path, num_heads: int, hidden_size: int, fuse_masked_attention: bool
+) -> None:
     """Fuse Attention/SkipLayerNorm/BiasGelu with ORT's transformer optimizer (CPU, level 2):
     as "bert", or as "vit" (no attention mask) for a graph that takes `pixel_values`, its
-    attention scores' scale made a Div first (`_scores_divided`, on a scratch copy)."""
+    attention scores' scale made a Div first (`_scores_divided`, on a scratch copy). Without
+    `fuse_masked_attention` a "bert" graph keeps its attention as MatMul/Softmax for the
+    masked-softmax floor (kdc.deploy.softmax_floor), which ORT's fused Attention hides."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     with _reading(src):
@@ -209,6 +214,9 @@ def _optimize_transformer(src: Path, tmp: Path, num_heads: int, hidden_size: int
             source = Path(scratch) / "model.onnx"
             onnx.save(graph, str(source))
 
+        fusion = FusionOptions(model_type)
+        fusion.enable_attention = fuse_masked_attention or model_type == "vit"
+
         def run(level: int):
             return optimize_model(
                 str(source),
@@ -216,6 +224,7 @@ def _optimize_transformer(src: Path, tmp: Path, num_heads: int, hidden_size: int
                 num_heads=num_heads,
                 hidden_size=hidden_size,
                 opt_level=level,
+                optimization_options=fusion,
             )
 
         try:
@@ -281,7 +290,9 @@ def _scores_divided(model: onnx.ModelProto) -> bool:
     return bool(reciprocals)
 
 
-def _optimize_cnn(src: Path, tmp: Path, num_heads: int, hidden_size: int) -> None:
+def _optimize_cnn(
+    src: Path, tmp: Path, num_heads: int, hidden_size: int, fuse_masked_attention: bool
+) -> None:
     """Save the ORT_ENABLE_EXTENDED-optimized graph (offline optimization, CPU provider)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -289,16 +300,24 @@ def _optimize_cnn(src: Path, tmp: Path, num_heads: int, hidden_size: int) -> Non
     ort.InferenceSession(str(src), opts, providers=[CPU])
 
 
-OPTIMIZERS: dict[str, Callable[[Path, Path, int, int], None]] = {
+OPTIMIZERS: dict[str, Callable[[Path, Path, int, int, bool], None]] = {
     "transformer": _optimize_transformer,
     "cnn": _optimize_cnn,
 }
 
 
 def optimize(
-    src: Path | str, dst: Path | str, *, family: str, num_heads: int = 0, hidden_size: int = 0
+    src: Path | str,
+    dst: Path | str,
+    *,
+    family: str,
+    num_heads: int = 0,
+    hidden_size: int = 0,
+    fuse_masked_attention: bool = True,
 ) -> Path:
-    """Write an ORT-optimized copy of `src` to `dst` (atomically); heads/hidden 0 = detect."""
+    """Write an ORT-optimized copy of `src` to `dst` (atomically); heads/hidden 0 = detect;
+    `fuse_masked_attention` False leaves a text transformer's attention unfused, for the
+    masked-softmax floor."""
     if family not in OPTIMIZERS:
         raise UserError(
             f"unknown model family '{family}'",
@@ -307,7 +326,7 @@ def optimize(
         )
     src, dst = Path(src), Path(dst)
     with _reading(src), atomic_path(dst) as tmp:
-        OPTIMIZERS[family](src, tmp, num_heads, hidden_size)
+        OPTIMIZERS[family](src, tmp, num_heads, hidden_size, fuse_masked_attention)
     return dst
 
 

@@ -48,14 +48,17 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
 
     arch = read_json(ctx.run / "distill" / "student.json")["architecture"]  # pruning changes it
     fam = ctx.teacher.family
+    floor = ctx.cfg.build.softmax_floor
     fp32 = optimize(
         src,
         out_dir / "model_fp32.onnx",
         family=fam,
         num_heads=arch.get("num_attention_heads") or 0,
         hidden_size=arch.get("hidden_size") or 0,
+        # ORT's fused Attention pays the padding cost the floor removes (an FP32 student, 91
+        # tokens + 165 padding: fused 26.3 ms, unfused and floored 23.4; unpadded 22.9 / 23.7)
+        fuse_masked_attention=not floor,
     )
-    floor = ctx.cfg.build.softmax_floor
     floored = floor_file(fp32) if floor else 0
     engines = [
         {
@@ -66,7 +69,7 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
             "size_mb": size_mb(fp32),
             "status": "built",
             "optimization": "ORT_ENABLE_ALL + transformer fusion"
-            + (f" + {_floor_note(floored)}" if floored else "")
+            + (f" (attention unfused) + {_floor_note(floored)}" if floored else "")
             if fam == "transformer"
             else "ORT_ENABLE_EXTENDED (offline)",
         }

@@ -344,8 +344,9 @@ def test_corrupt_or_missing_file_is_user_error(tmp: Path) -> None:
 def test_kdc_export_keeps_attention_fusable(tmp_path: Path) -> None:
     """The export stage's transformer export (unslimmed) lets ORT's optimizer fuse Attention;
     onnxslim's rewrite of the mask path would prevent it."""
-    from tiny import tiny_bert
+    from tiny import run_onnx, tiny_bert
 
+    from kdc.deploy.softmax_floor import floor_file
     from kdc.export.onnx_export import export_onnx
     from kdc.models.hf import HFTextAdapter
     from kdc.stages.export import SIMPLIFY
@@ -357,6 +358,14 @@ def test_kdc_export_keeps_attention_fusable(tmp_path: Path) -> None:
     src = export_onnx(adapter, example, tmp_path / "m.onnx", simplify=simplify)
     dst = optimize(src, tmp_path / "opt.onnx", family="transformer", num_heads=2, hidden_size=32)
     assert count_ops(dst).get("Attention") == 2
+    # left unfused for the masked-softmax floor (build.softmax_floor), the rest still fused
+    kept = optimize(src, tmp_path / "u.onnx", family="transformer", fuse_masked_attention=False)
+    assert "Attention" not in count_ops(kept) and count_ops(kept).get("SkipLayerNormalization")
+    assert floor_file(kept) == 2
+    feed = {
+        k: v for k, v in example.items() if k in {i.name for i in onnx.load(str(src)).graph.input}
+    }
+    np.testing.assert_allclose(run_onnx(kept, feed), run_onnx(dst, feed), atol=1e-5)
 
 
 def _dequantized_types(path: Path) -> set[int]:

@@ -175,6 +175,11 @@ def test_the_build_stage_floors_its_onnxruntime_int8_graph(
     )
     out = tmp_path / "out"
     out.mkdir()
-    int8 = build._onnxruntime_engines(ctx, bert_onnx, out)[1]
+    fp32, int8 = build._onnxruntime_engines(ctx, bert_onnx, out)
     assert floors(out / int8["path"]) == floored
     assert ("masked-softmax floor on 2" in int8.get("optimization", "")) == bool(floored)
+    # the FP32 graph: no ORT fused Attention (which the floor cannot reach) under the floor
+    ops = {n.op_type for n in onnx.load(str(out / fp32["path"])).graph.node}
+    assert "Attention" not in ops or not setting
+    assert floors(out / fp32["path"]) == (2 if setting else 0)
+    assert ("(attention unfused) + masked-softmax floor on 2" in fp32["optimization"]) == setting
