@@ -288,7 +288,10 @@ def _host_uncalibrated() -> HardwareProfile:
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     ghz = 2.5
     fp32 = cores * lanes * 2 * 2 * ghz / 1000  # TFLOPS: lanes x FMA(2) x 2 units
-    int8_mult = 4 if has_int8_dot(flags) else 2
+    # ONNX Runtime's QDQ int8 engines ran 1.6-2x their FP32 graphs with VNNI/AMX and 1.0-1.6x
+    # without (bench/HISTORY.md): 2x / 1x keep an uncalibrated int8 prediction on the safe side
+    # (4x / 2x under-predicted the sentiment example's INT8 student 1.3x at 2 threads)
+    int8_mult = 2 if has_int8_dot(flags) else 1
     src = (
         f"estimated from /proc/cpuinfo: {cores} cores, {'/'.join(isa) or 'no SIMD flags'}, "
         f"assumed {ghz} GHz; not a datasheet figure"
