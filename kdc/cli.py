@@ -326,7 +326,9 @@ def check(
             cur,
             C.load_report(baseline, "baseline"),
             latency_tolerance=C.parse_tolerance(latency_tolerance, "--latency-tolerance"),
-            accuracy_tolerance=C.parse_tolerance(accuracy_tolerance, "--accuracy-tolerance"),
+            accuracy_tolerance=C.parse_tolerance(
+                accuracy_tolerance, "--accuracy-tolerance", kind="points"
+            ),
             latency_kinds=kinds[latency_kind],
             strict=strict,
         ),

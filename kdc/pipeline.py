@@ -472,6 +472,9 @@ def run_stages(
                 raise stage_not_ready(ctx, stage.name, h)
             else:
                 if not ctx.ran:  # this invocation's first stage
+                    # bad data (a label column, an eval label) is refused before a stage starts
+                    # and the report of a finished run goes stale
+                    _ = ctx.dataset
                     record()
                 _run_one(ctx, stage, h, upstream, pressed)
             upstream = ctx.run.output_hash(stage.name)

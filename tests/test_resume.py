@@ -212,3 +212,27 @@ def test_the_inputs_fingerprint_follows_the_data(tmp_path):
     assert fifth != fourth
     os.utime(tmp_path / "images" / "cat" / "1.png", (1, 1))  # touched, as a checkout does
     assert inputs_fingerprint(cfg) == fifth
+
+
+def test_bad_data_on_resume_leaves_the_finished_run_as_it_was(cnn_project, tmp_path, monkeypatch):
+    """Data a stage would refuse (a label column, an eval label) is refused before any stage
+    starts: the finished run keeps its report and its stages stay done."""
+    import pytest
+
+    from kdc.errors import UserError
+    from kdc.pipeline import Context
+
+    run = tmp_path / "run"
+    api.compress(_cfg(cnn_project, tmp_path), "host", run, quiet=True)
+    before = json.loads((run / "manifest.json").read_text())["stages"]
+    report = (run / "report.json").read_bytes()
+
+    def refused(ctx):
+        raise UserError("eval labels not seen in training: ['mixed']", field="data.eval")
+
+    monkeypatch.setattr(Context, "dataset", property(refused))
+    path = _cfg(cnn_project, tmp_path, lr=0.001)  # distill and what follows would run again
+    with pytest.raises(UserError, match="eval labels not seen in training"):
+        api.compress(path, "host", run, resume=True, quiet=True)
+    assert (run / "report.json").read_bytes() == report
+    assert json.loads((run / "manifest.json").read_text())["stages"] == before

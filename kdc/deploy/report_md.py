@@ -155,6 +155,11 @@ def _parity_text(parity: dict | None) -> str:
         lowest = f"lowest row cosine {num(parity.get('min_cosine'), 5)}"
         if parity.get("cosine_judged") == "mean":
             judged = f"mean row cosine {num(parity.get('cosine'), 5)}"
+            if "agreement_floor" in parity:
+                judged += (
+                    f", class agreement {100 * parity.get('argmax_agreement', 0):.1f} % "
+                    f"(floor {100 * parity['agreement_floor']:.0f} %)"
+                )
             text += (
                 f" (beyond atol/rtol; {judged}, floor {parity.get('cosine_floor')}: {ok}; {lowest})"
             )

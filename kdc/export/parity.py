@@ -7,7 +7,8 @@ import numpy as np
 JUDGED = {"lowest": np.min, "mean": np.mean}
 """How the cosine floor reads the row cosines: every row (`lowest`; an FP32 export must match
 row by row) or their mean (`mean`; an INT8 engine, whose near-uniform logit rows can point
-anywhere at a quantisation step's error while its class agrees)."""
+anywhere at a quantisation step's error while its class agrees; a classifier's is then also
+held to an argmax-agreement floor, since three logits at cosine 0.99 can still flip classes)."""
 
 
 def compare(
@@ -18,10 +19,11 @@ def compare(
     rtol: float,
     min_cosine: float,
     judge: str = "lowest",
+    min_agreement: float | None = None,
 ) -> dict:
     """max-abs, 99th-percentile abs error, mean row cosine and argmax agreement; `passed` when
     all elements are within atol + rtol·|ref| or the `judge` row cosine (JUDGED) holds the
-    floor."""
+    floor and, with `min_agreement` (classifiers), the argmax agrees on that share of rows."""
     ref = reference.astype(np.float64).reshape(len(reference), -1)
     cand = candidate.astype(np.float64).reshape(len(candidate), -1)
     err = np.abs(ref - cand)
@@ -29,6 +31,7 @@ def compare(
     cos = np.where(denom > 0, (ref * cand).sum(1) / np.maximum(denom, 1e-30), 1.0)
     within = bool(np.all(err <= atol + rtol * np.abs(ref)))
     worst = np.argsort(-err.max(1))[:3]
+    agreement = float((ref.argmax(1) == cand.argmax(1)).mean()) if ref.size else 1.0
     return {
         "reference": "pytorch",
         "n": int(len(ref)),
@@ -36,12 +39,17 @@ def compare(
         "p99_abs": float(np.quantile(err, 0.99)) if err.size else 0.0,
         "cosine": float(cos.mean()) if cos.size else 1.0,
         "min_cosine": float(cos.min()) if cos.size else 1.0,
-        "argmax_agreement": float((ref.argmax(1) == cand.argmax(1)).mean()) if ref.size else 1.0,
+        "argmax_agreement": agreement,
         "atol": atol,
         "rtol": rtol,
         "cosine_floor": min_cosine,
         "within_tolerance": within,
         "cosine_judged": judge,
-        "passed": within or float(JUDGED[judge](cos) if cos.size else 1.0) >= min_cosine,
+        **({"agreement_floor": min_agreement} if min_agreement is not None else {}),
+        "passed": within
+        or (
+            float(JUDGED[judge](cos) if cos.size else 1.0) >= min_cosine
+            and (min_agreement is None or agreement >= min_agreement)
+        ),
         "worst_rows": [int(i) for i in worst],
     }

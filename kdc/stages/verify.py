@@ -22,6 +22,7 @@ from kdc.stages.build_tensorrt import tensorrt_not_on_target
 from kdc.stages.export import student_reference
 
 INT8_MIN_COSINE = 0.9
+INT8_MIN_AGREEMENT = 0.9  # a classifier's INT8 engine: share of rows whose class is FP32's
 
 
 def measure_all(ctx: Context, models: dict[str, tuple[Path, str]]) -> dict[str, dict]:
@@ -102,6 +103,7 @@ def _engine_block(
             beside = {"accuracy_this_cpu": acc}
             acc, out = sim, sim_out
     floor = ctx.cfg.export.min_cosine if prec == "fp32" else INT8_MIN_COSINE
+    classifier = M.primary_metric(ctx.cfg.task) == "accuracy"
     parity = compare(
         student_ref,
         out[: len(student_ref)],
@@ -109,6 +111,7 @@ def _engine_block(
         rtol=ctx.cfg.export.rtol,
         min_cosine=floor,
         judge="lowest" if prec == "fp32" else "mean",
+        min_agreement=INT8_MIN_AGREEMENT if prec != "fp32" and classifier else None,
     )
     block = {
         **rec,

@@ -92,24 +92,32 @@ def test_junit_is_valid_and_counts_failures(baseline, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("text", "value"),
+    ("text", "kind", "value"),
     [
-        ("10%", 0.10),
-        ("0.5pt", 0.005),
-        ("2.5 %", 0.025),
-        ("1pp", 0.01),
-        ("0.05", 0.05),
-        (".5pts", 0.005),
+        ("10%", "relative", 0.10),
+        ("2.5 %", "relative", 0.025),
+        ("0.05", "relative", 0.05),
+        ("0.5pt", "points", 0.005),
+        ("1pp", "points", 0.01),
+        (".5pts", "points", 0.005),
     ],
 )
-def test_parse_tolerance(text, value):
-    assert parse_tolerance(text) == pytest.approx(value)
+def test_parse_tolerance(text, kind, value):
+    assert parse_tolerance(text, kind=kind) == pytest.approx(value)
 
 
-@pytest.mark.parametrize("text", ["", "ten", "10", "-5%", "5ms", "1e-3"])
+@pytest.mark.parametrize("text", ["", "ten", "10", "-5%", "5ms", "1e-3", "0.5pt"])
 def test_parse_tolerance_rejects_junk(text):
     with pytest.raises(UserError, match="tolerance"):
         parse_tolerance(text, field="--latency-tolerance")
+
+
+@pytest.mark.parametrize("text", ["0.5", "5%", "1"])
+def test_an_accuracy_tolerance_needs_points(text):
+    """A bare 0.5 allowed a 50-point drop; '5%' read as points while '%' is relative for
+    latency: both are refused, naming the unit."""
+    with pytest.raises(UserError, match=r"write it as e.g. 0.5pt \(points\)"):
+        parse_tolerance(text, field="--accuracy-tolerance", kind="points")
 
 
 def test_update_baseline_copies_a_valid_report(tmp_path):

@@ -271,11 +271,20 @@ def test_markdown_rows_pair_accuracy_memory_size_and_parity_with_their_sources(r
     # the floor judges the lowest row cosine, not the mean beside max-abs
     assert "(beyond atol/rtol; lowest row cosine 0.95000, floor 0.9: PASS)" in row
     # an INT8 engine's floor judges the mean row cosine, and the lowest is still shown
-    e["parity"].update(cosine_judged="mean", cosine=0.97771, min_cosine=-0.15225)
+    e["parity"].update(
+        cosine_judged="mean",
+        cosine=0.97771,
+        min_cosine=-0.15225,
+        argmax_agreement=0.96875,
+        agreement_floor=0.9,
+    )
     [row] = [
         ln for ln in render_markdown(r).splitlines() if ln.startswith("| onnxruntime-int8 (CPU")
     ]
-    want = "mean row cosine 0.97771, floor 0.9: PASS; lowest row cosine -0.15225)"
+    want = (
+        "mean row cosine 0.97771, class agreement 96.9 % (floor 90 %), floor 0.9: PASS; "
+        "lowest row cosine -0.15225)"
+    )
     assert want in row, row
     [row] = [ln for ln in md.splitlines() if ln.startswith("| tensorrt-int8 | bundle")]
     assert "0.0361 (size of the ONNX the engine is built from)" in row

@@ -20,3 +20,20 @@ def test_an_int8_engine_is_judged_on_its_mean_row_cosine_an_export_on_every_row(
     assert mean_row["argmax_agreement"] == 1.0
     broken = compare(ref, -ref, atol=1e-4, rtol=1e-3, min_cosine=0.9, judge="mean")
     assert not broken["passed"]
+
+
+def test_a_classifier_int8_engine_also_needs_its_classes_to_agree():
+    """Three close logits keep a cosine of 0.99 while the class flips: a classifier's INT8
+    parity also holds the argmax to an agreement floor."""
+    ref = np.array([[1.00, 0.98, 0.96], [0.50, 0.49, 0.47]] * 10)
+    cand = ref[:, [1, 0, 2]]  # classes 0 and 1 swapped, cosine > 0.999
+    loose = compare(ref, cand, atol=1e-4, rtol=1e-3, min_cosine=0.9, judge="mean")
+    strict = compare(
+        ref, cand, atol=1e-4, rtol=1e-3, min_cosine=0.9, judge="mean", min_agreement=0.9
+    )
+    assert loose["cosine"] > 0.999 and strict["argmax_agreement"] == 0.0
+    assert loose["passed"] and not strict["passed"] and strict["agreement_floor"] == 0.9
+    same = compare(
+        ref, ref + 0.2, atol=1e-4, rtol=1e-3, min_cosine=0.9, judge="mean", min_agreement=0.9
+    )
+    assert same["passed"]
