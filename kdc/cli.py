@@ -256,10 +256,13 @@ def estimate(
     if as_json:
         out.print_json(json.dumps(pred))
         return
+    shapes = ", ".join(
+        f"{k} {'x'.join(map(str, v))}" for k, v in (pred.get("input_shape") or {}).items()
+    )
     out.print(
         f"{model} on {pred['target']}: {pred['p50_ms']:.4f} ms predicted ({pred['model']}"
-        f", {pred['precision']}, batch {pred['batch']}, padding {pred['padding']:.0%}, "
-        f"calibrated from {pred['calibrated_from']})"
+        f", {pred['precision']}, batch {pred['batch']}, {shapes or 'shapes as declared'}, "
+        f"padding {pred['padding']:.0%}, calibrated from {pred['calibrated_from']})"
     )
     if explain:
         out.print(explain_table(pred))

@@ -114,6 +114,13 @@ def _check_paths(cfg: KdcConfig) -> None:
         ("data.eval", d.eval, "eval data", "exists"),
     ]
     for field, rel, what, test in wanted:
+        if rel is not None and test == "is_dir" and cfg.resolve(rel).is_file():
+            raise UserError(
+                f"is a file; the {what} is wanted",
+                source=cfg.source_file,
+                field=field,
+                fix=f"give its directory: {cfg.resolve(rel).parent}",
+            )
         if rel is not None and not getattr(cfg.resolve(rel), test)():
             raise UserError(
                 f"{what} not found",

@@ -417,6 +417,9 @@ CASES = [
         **cnn_config(weights=None), "teacher": {}})), ("teacher", "exactly one")),
     C("HF dir missing", lambda r, a: compress(text(r, a, teacher={"path": "nope"})),
       ("teacher.path", "not found")),
+    C("HF dir given as its config.json", with_file("t/config.json", "{}", lambda r, a: compress(
+        text(r, a, teacher={"path": "t/config.json"}))),
+      ("teacher.path", "is a file", "give its directory")),
     C("HF dir without config.json", with_file("t/vocab.txt", "x\n", lambda r, a: compress(
         text(r, a, teacher={"path": "t"}))), ("teacher.path", "config.json")),
     C("HF config.json not JSON", hf_teacher(**{"config.json": "{oops"}), ("config.json",)),
