@@ -323,14 +323,18 @@ def _check_qdq(g: _Graph) -> Iterator[LintFinding]:
     for n in g.nodes:
         x = g.inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
         if x is not None and x.data_type not in DEQUANTIZABLE:
+            unsigned = x.data_type == TensorProto.UINT8
             yield LintFinding(
                 "error",
                 n.name,
                 n.op_type,
-                f"DequantizeLinear of {TensorProto.DataType.Name(x.data_type)} (a quantized "
-                'bias): TensorRT dequantizes INT8, FP8 and INT4 only ("only activation types '
+                f"DequantizeLinear of {TensorProto.DataType.Name(x.data_type)} "
+                f"({'an asymmetric CPU-scheme weight' if unsigned else 'a quantized bias'}): "
+                'TensorRT dequantizes INT8, FP8 and INT4 only ("only activation types '
                 'allowed as input to this layer")',
-                "keep biases in float (ONNX Runtime quantize_static: "
+                "quantize for the TensorRT target (kdc compress --target <it>: symmetric INT8)"
+                if unsigned
+                else "keep biases in float (ONNX Runtime quantize_static: "
                 "extra_options QuantizeBias=False)",
             )
         if n.op_type in QDQ_OPS and len(n.input) > 2 and n.input[2] in g.inits:

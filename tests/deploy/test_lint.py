@@ -226,3 +226,20 @@ def test_quantized_bias_is_an_error(jetson):
     errors = _by(lint_onnx(_model(nodes, [_vi("x")], [_vi("logits")], inits), jetson), "error")
     assert [(f.node, f.op) for f in errors] == [("bias_dq", "DequantizeLinear")]
     assert "INT32" in errors[0].message and "QuantizeBias=False" in errors[0].fix
+
+
+def test_a_uint8_weight_names_the_cpu_scheme_not_a_bias(jetson):
+    """A host run's INT8 graph (uint8, asymmetric) bundled for TensorRT: the fix is to quantize
+    for the TensorRT target, not a bias option kdc does not expose."""
+    inits = [
+        _init("w_q", np.array([[3, 200], [1, 7]], dtype=np.uint8)),
+        _init("ws", np.float32(0.1)),
+        _init("wzp", np.uint8(128)),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "ws", "wzp"], ["W"], name="w_dq"),
+        helper.make_node("MatMul", ["x", "W"], ["logits"]),
+    ]
+    errors = _by(lint_onnx(_model(nodes, [_vi("x")], [_vi("logits")], inits), jetson), "error")
+    bad = next(f for f in errors if "UINT8" in f.message)
+    assert "asymmetric CPU-scheme weight" in bad.message and "--target" in bad.fix
