@@ -24,6 +24,7 @@ def check_config(cfg: KdcConfig) -> None:
     _check_names(cfg)
     _check_augment(cfg)
     hf = _teacher_config(cfg)
+    _check_head(cfg, hf)
     _check_max_length(cfg, hf)
     _check_entrypoint(cfg)
     _check_student_layers(cfg, hf)
@@ -193,6 +194,23 @@ def _teacher_config(cfg: KdcConfig) -> dict | None:
     if not (directory and (directory / "config.json").is_file()):
         return None
     return read_config(directory, "teacher.path")
+
+
+def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
+    """A classification task's Hugging Face teacher is not a bare encoder (config.json
+    `architectures` all `...Model`, as BertModel): it would get a random head when loaded."""
+    names = (hf or {}).get("architectures") or []
+    if cfg.task == "sentence-embedding" or not names or "auto_map" in (hf or {}):
+        return  # custom code (auto_map) names its classes as it likes
+    if all(str(n).endswith("Model") for n in names):  # BertModel, ViTModel: a bare encoder
+        raise UserError(
+            f"the teacher is {', '.join(map(str, names))} (config.json architectures), which has "
+            f"no classification head: kdc distils a trained {cfg.task.replace('-', ' ')} model",
+            source=cfg.source_file,
+            field="teacher.path",
+            fix="point it to the fine-tuned classifier's directory, or set task: "
+            "sentence-embedding to compress the encoder",
+        )
 
 
 def _check_max_length(cfg: KdcConfig, hf: dict | None) -> None:

@@ -364,3 +364,22 @@ def test_a_vit_without_its_image_processor_config_is_warned_of(tmp_path):
     res = runner.invoke(app, ["validate", str(cfg)])
     assert res.exit_code == 0 and "warning" not in res.output
     assert "warnings" not in json.loads(_dry_run(cfg).output)
+
+
+def test_a_classification_task_with_a_bare_encoder_teacher_is_refused_by_validate(tmp_path):
+    """all-MiniLM-L6-v2 (BertModel) as a classifier's teacher: validate said "valid" and compress
+    failed later, loading it with a random head, on a class count."""
+    conf = {
+        "architectures": ["BertModel"],
+        "num_hidden_layers": 2,
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    }
+    rows = [("good film", "pos"), ("bad plot", "neg")] * 5
+    cfg = _text_project(tmp_path, conf, rows)
+    for res in (runner.invoke(app, ["validate", str(cfg)]), _dry_run(cfg)):
+        line = _one_line(res)
+        assert line.startswith(f"error: {cfg}: field 'teacher.path'"), line
+        assert "BertModel" in line and "no classification head" in line
+        assert "task: sentence-embedding" in line

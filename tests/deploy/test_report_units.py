@@ -161,6 +161,7 @@ def stub_verify(monkeypatch, tmp_path) -> SimpleNamespace:
         run=tmp_path,
         profile=SimpleNamespace(name="jetson-orin-nano-8gb", measurable=False),
         cfg=SimpleNamespace(
+            task="text-classification",
             verify=SimpleNamespace(threads=1, batch=1),
             export=SimpleNamespace(min_cosine=0.99, atol=1e-4, rtol=1e-3),
         ),
