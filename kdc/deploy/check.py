@@ -241,6 +241,29 @@ def _latency(
     return out
 
 
+def _comparable(
+    base: dict, cur: dict, key: str, kinds: tuple[str, ...]
+) -> tuple[dict | None, dict | None]:
+    """The two engines' `key` latencies to compare. A TensorRT engine timed on the device
+    (`latency` measured) keeps the search's prediction as `predicted_latency`: where the other
+    report has only a prediction, or only predictions are wanted, the predictions are compared."""
+    b, c = base.get(key), cur.get(key)
+    if key != "latency" or "predicted" not in kinds:
+        return b, c
+
+    def predicted(engine: dict, lat: dict | None) -> dict | None:
+        if lat is not None and lat.get("kind") == "predicted":
+            return lat
+        return engine.get("predicted_latency")
+
+    kind_b, kind_c = (b or {}).get("kind"), (c or {}).get("kind")
+    if kind_b != kind_c or "measured" not in kinds:
+        pb, pc = predicted(base, b), predicted(cur, c)
+        if pb is not None and pc is not None:
+            return pb, pc
+    return b, c
+
+
 def _accuracy(
     label: str, base: dict | None, cur: dict | None, tol: float, task: str | None
 ) -> list[CheckResult]:
@@ -301,9 +324,8 @@ def compare(
         be, ce = base.get(key, {}), cur.get(key, {})
         label = engine_label(be or ce)
         for lk in LATENCY_KEYS:
-            results += _latency(
-                label, lk, be.get(lk), ce.get(lk), latency_tolerance, latency_kinds, strict
-            )
+            bl, cl = _comparable(be, ce, lk, latency_kinds)
+            results += _latency(label, lk, bl, cl, latency_tolerance, latency_kinds, strict)
         results += _accuracy(
             label, be.get("accuracy"), ce.get("accuracy"), accuracy_tolerance, task
         )

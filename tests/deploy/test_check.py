@@ -306,6 +306,21 @@ def test_kind_mismatch_is_reported_not_compared(baseline):
     assert "kind changed" in r.message and r.limit is None
 
 
+def test_a_device_timed_engine_is_compared_on_the_prediction_it_keeps(baseline):
+    """With the device's results a TensorRT engine's `latency` is measured and the search's
+    prediction stays as `predicted_latency`: against a report with only the prediction (CI's
+    CPU runner), and with --latency-kind predicted, the predictions are compared."""
+    device = copy.deepcopy(baseline)
+    trt = engine(device, "tensorrt-int8")
+    trt["predicted_latency"] = copy.deepcopy(trt["latency"])
+    trt["latency"] = {"kind": "measured", "device": "Orin Nano", "p50_ms": 5.0, "p99_ms": 9.0}
+    for current, base in ((baseline, device), (device, baseline)):
+        for kinds in (("predicted",), ("measured", "predicted")):
+            results = by_metric(compare(current, base, latency_kinds=kinds))
+            r = results["tensorrt-int8.latency_p50_ms"]
+            assert r.status == "pass" and r.baseline == r.current, r
+
+
 def test_engine_removed_fails_and_engine_added_does_not(baseline):
     current = copy.deepcopy(baseline)
     removed = current["engines"].pop(1)  # onnxruntime-fp32
