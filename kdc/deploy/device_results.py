@@ -68,8 +68,17 @@ def _check_target(
             f"or verify for the bundle's target: kdc verify RUN --target {bundle}",
         )
     source = str(results_dir / "device.json")
-    recorded = device.get("profile")  # bench.sh records it; older bundles' results lack it
-    if recorded is not None and recorded != target:
+    for key in ("profile", "onnx_sha256"):  # bench.sh records both from bundle.json
+        if not device.get(key):
+            raise UserError(
+                f"names no {key}: these results were not written by the bundle's bench.sh, so "
+                "kdc cannot tell which target and model they measured",
+                source=source,
+                field=key,
+                fix=f"run {meta_file.parent.name}/bench.sh on the device and pass its results/",
+            )
+    recorded = device.get("profile")
+    if recorded != target:
         raise UserError(
             f"measured with a bundle for {recorded}, the verification is for {target}",
             source=source,
@@ -77,7 +86,7 @@ def _check_target(
             fix=f"pass the results/ of the bundle in {meta_file.parent}, timed on a {target}",
         )
     sha = device.get("onnx_sha256")
-    if sha is not None and meta.get("onnx_sha256") and sha != meta["onnx_sha256"]:
+    if meta.get("onnx_sha256") and sha != meta["onnx_sha256"]:
         raise UserError(
             "measured another model.onnx than the run's bundle holds",
             source=source,

@@ -74,7 +74,8 @@ def results(bundle):
             }
         )
     )
-    (d / "device.json").write_text(json.dumps({"device": ORIN_NANO, "trtexec": "TensorRT v100300"}))
+    device = {"device": ORIN_NANO, "trtexec": "TensorRT v100300", "profile": JETSON}
+    (d / "device.json").write_text(json.dumps({**device, "onnx_sha256": META["onnx_sha256"]}))
     return d
 
 
@@ -293,10 +294,11 @@ def test_verify_reads_the_bundle_written_for_its_target(tmp_path, results, bundl
     t4 = tmp_path / "build" / "bundle-nvidia-t4"
     t4.mkdir()
     (t4 / "bundle.json").write_text(json.dumps({**META, "profile": "nvidia-t4"}))
-    _edit(results / "device.json", device="Tesla T4")
+    _edit(results / "device.json", device="Tesla T4", profile="nvidia-t4")  # its bench.sh's
     rec = {**TRT_REC, "source": "m.onnx"}
     figures = device_figures(_ctx(tmp_path, "nvidia-t4", results), [rec])["build/bundle"]
     assert figures["latency"]["device"] == "Tesla T4"
+    _edit(results / "device.json", profile=JETSON)
     with pytest.raises(UserError, match="device 'Tesla T4' matches nvidia-t4"):
         device_figures(_ctx(tmp_path, JETSON, results), [rec])
 
@@ -423,3 +425,13 @@ def test_an_engine_whose_outputs_are_not_finite_fails_device_parity(results, bun
     parity = read_device_results(results, bundle, JETSON)["parity"]
     assert parity["passed"] is False and "cosine" not in parity
     assert "the engine's outputs are not finite (max_abs, cosine NaN or Inf" in parity["error"]
+
+
+@pytest.mark.parametrize("key", ["profile", "onnx_sha256"])
+def test_results_that_name_no_profile_or_model_are_refused(bundle, results, key):
+    """bench.sh records the bundle's profile and model hash: results without them (hand-made, or
+    another tool's) cannot be checked against the run, so they are refused, not trusted."""
+    device = json.loads((results / "device.json").read_text())
+    (results / "device.json").write_text(json.dumps({**device, key: None}))
+    with pytest.raises(UserError, match=rf"device.json: field '{key}': names no {key}"):
+        read_device_results(results, bundle, JETSON)
