@@ -64,6 +64,17 @@ class Runtime(_Strict):
     dla_cores: int = 0
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _tensorrt_version(self) -> Runtime:
+        """A TensorRT target names its version: bundles, lint and the TensorRT 10/11 split read
+        it (without it a run stopped at build, after distillation)."""
+        if "tensorrt" in self.engines and not self.tensorrt:
+            raise ValueError(
+                "engines lists tensorrt but no TensorRT version is given: add e.g. "
+                "tensorrt: '10.3' (the device's), or drop tensorrt from engines"
+            )
+        return self
+
 
 KindSlot = Annotated[
     str, StringConstraints(pattern=r"^(fp32|fp16|int8)_(conv|attention|vector|masked)$")

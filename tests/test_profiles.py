@@ -140,3 +140,15 @@ def test_a_profile_copied_from_an_earlier_kdc_still_loads(tmp_path):
     raw["runtime"]["onnxruntime_providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
     assert load_profile(str(tmp_path / "mine.yaml")).runtime.engines == raw["runtime"]["engines"]
+
+
+def test_a_tensorrt_profile_without_its_version_is_refused_when_loaded(tmp_path):
+    """Without runtime.tensorrt a run stopped at build, after distillation, on a message that
+    named --target and told to bundle for a TensorRT target."""
+    doc = yaml.safe_load((ROOT / "profiles" / "nvidia-t4.yaml").read_text())
+    doc["name"] = "t4-custom"
+    del doc["runtime"]["tensorrt"]
+    path = tmp_path / "t4-custom.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match=r"field 'runtime': engines lists tensorrt but no TensorRT"):
+        load_profile(str(path))
