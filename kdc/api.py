@@ -80,6 +80,9 @@ def _run(
     existed = root.exists()
     was_empty = not existed or not any(root.iterdir())
     ctx = open_run(cfg, profile, root, quiet=quiet)
+    is_file = isinstance(target, str | Path) and Path(target).suffix in (".yaml", ".yml")
+    # a profile YAML's path, for `kdc verify RUN` (which otherwise knows the target by name)
+    ctx.run.update_manifest(target_file=str(Path(target).resolve()) if is_file else None)
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
     for note in config_warnings(cfg):
         ctx.warn(note)
@@ -218,8 +221,13 @@ def verify(
     from kdc.pipeline import require_stage, run_stages
 
     cfg = config_of_run(run_dir)
-    built_for = read_json(Path(run_dir) / "manifest.json").get("target", "host")
-    ctx = open_run(cfg, target or built_for, run_dir, quiet=quiet)
+    manifest = read_json(Path(run_dir) / "manifest.json")
+    built_for = manifest.get("target", "host")
+    # a run built for a profile YAML is verified with that file again, while it is there
+    own = manifest.get("target_file")
+    ctx = open_run(
+        cfg, target or (own if own and Path(own).is_file() else built_for), run_dir, quiet=quiet
+    )
     if device_results is not None:
         from kdc.stages.verify import device_figures
 

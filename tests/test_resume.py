@@ -236,3 +236,18 @@ def test_bad_data_on_resume_leaves_the_finished_run_as_it_was(cnn_project, tmp_p
         api.compress(path, "host", run, resume=True, quiet=True)
     assert (run / "report.json").read_bytes() == report
     assert json.loads((run / "manifest.json").read_text())["stages"] == before
+
+
+def test_a_run_for_a_profile_yaml_is_verified_for_it_again(cnn_project, tmp_path):
+    """`kdc verify RUN` takes the run's target from its manifest: a profile YAML's name alone
+    is not a target kdc knows, so the manifest keeps the file."""
+    from kdc.profiles import profiles_dir
+
+    doc = yaml.safe_load((profiles_dir() / "jetson-orin-nano-8gb.yaml").read_text())
+    doc.update(name="my-orin", aliases=[])
+    profile = write_yaml(tmp_path / "my-orin.yaml", doc)
+    run = tmp_path / "run"
+    api.compress(_cfg(cnn_project, tmp_path), str(profile), run, quiet=True)
+    assert json.loads((run / "manifest.json").read_text())["target_file"] == str(profile)
+    report = api.verify(run, quiet=True)
+    assert report["target"]["name"] == "my-orin"
