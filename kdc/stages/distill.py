@@ -160,6 +160,23 @@ def pruning_for(
     return GradualPruning(student, example, cfg, ratio=ratio, round_to=round_to), info
 
 
+def _pruned(ctx: Context, info: dict, params_after: int) -> None:
+    """Record and say what pruning removed; warn where rounding channels to `round_to` took far
+    more than `ratio` would (ratio r of channels in and out removes about 1-(1-r)² of weights)."""
+    before, ratio = info["params_before"], info["ratio"]
+    removed = 1 - params_after / before if before else 0.0
+    info.update(params_after=params_after, params_removed=round(removed, 4))
+    ctx.log(f"  pruned {before:,} → {params_after:,} parameters ({removed:.0%} removed)")
+    expected = 1 - (1 - ratio) ** 2
+    if removed > expected + 0.1:
+        ctx.warn(
+            f"pruning removed {removed:.0%} of the parameters, where prune.ratio {ratio:g} "
+            f"would remove about {expected:.0%}: channels are rounded to multiples of "
+            f"{info['round_to']} (the target's channel divisor); set prune.round_to lower "
+            "(1: exact ratio) for narrow layers"
+        )
+
+
 def checkpoint_key(ctx: Context) -> str:
     """The input hash the pipeline recorded for this stage (its config, teacher, upstream)."""
     rec = ctx.run.stage("distill") or {}
@@ -273,7 +290,7 @@ def run(ctx: Context) -> StageOutput:
     files = save_student(student, ctx.run / "distill" / "student")
     hist = write_jsonl(ctx.run / "distill" / "history.jsonl", result.history)
     if prune_info:
-        prune_info["params_after"] = student.params()
+        _pruned(ctx, prune_info, student.params())
     spec_file = write_json(
         ctx.run / "distill" / "student.json",
         {

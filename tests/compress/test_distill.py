@@ -280,7 +280,9 @@ def test_stage_prunes_and_saves_a_reloadable_student(cnn_project, tmp_path, caps
     path = write_yaml(tmp_path / "model.yaml", cfg)
     api.search(path, "host", tmp_path / "run", quiet=True)
     api.distill(path, "host", tmp_path / "run")
-    assert "kept the last epoch (2 of 2)" in capsys.readouterr().out  # one-based for people
+    said = capsys.readouterr().out
+    assert "kept the last epoch (2 of 2)" in said  # one-based for people
+    assert "pruned " in said and "parameters (" in said and "% removed)" in said
     run = tmp_path / "run"
     spec = json.loads((run / "distill" / "student.json").read_text())
     assert [s["name"] for s in spec["losses"]] == ["logits", "relation"]
@@ -291,6 +293,26 @@ def test_stage_prunes_and_saves_a_reloadable_student(cnn_project, tmp_path, caps
     assert not (run / "distill" / "checkpoint" / "last.pt").exists()
     student = load_student(run / "distill" / "student")
     assert student.params() == pruning["params_after"]
+    assert pruning["params_removed"] == round(
+        1 - pruning["params_after"] / pruning["params_before"], 4
+    )
+
+
+def test_pruning_that_rounding_took_far_beyond_its_ratio_is_warned_of():
+    """ratio 0.3 on 16-channel layers rounded to multiples of 8 kept 8: 69 % of the weights
+    went, where 0.3 of channels in and out removes about 51 %."""
+    from types import SimpleNamespace
+
+    from kdc.stages.distill import _pruned
+
+    said: list[str] = []
+    ctx = SimpleNamespace(log=said.append, warn=lambda m: said.append("warning: " + m))
+    info = {"params_before": 24058, "ratio": 0.3, "round_to": 8}
+    _pruned(ctx, info, 7522)
+    assert info["params_removed"] == 0.6873 and any("multiples of 8" in s for s in said)
+    said.clear()
+    _pruned(ctx, {"params_before": 24058, "ratio": 0.3, "round_to": 8}, 12000)
+    assert not any(s.startswith("warning") for s in said)
 
 
 def test_trimmed_padding_gives_the_padded_outputs(tmp_path):
