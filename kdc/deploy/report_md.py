@@ -86,8 +86,11 @@ def constraint_name(c: dict) -> str:
 
 
 def by_kind(part: dict, kind: str) -> dict | None:
-    """The first latency object of `kind` ("measured"/"predicted") of a model part."""
-    return next((lat for _, lat in latencies(part) if lat.get("kind") == kind), None)
+    """The first latency object of `kind` ("measured"/"predicted") of a model part; a TensorRT
+    engine timed on the device shows the prediction it keeps beside (`predicted_latency`)."""
+    found = next((lat for _, lat in latencies(part) if lat.get("kind") == kind), None)
+    kept = part.get("predicted_latency") if kind == "predicted" else None
+    return found or (kept if isinstance(kept, dict) else None)
 
 
 # Optional facts some latency objects carry (device results, ONNX Runtime), shown when present.

@@ -368,3 +368,16 @@ def test_markdown_says_how_each_int8_graph_was_made(report):
         "- onnxruntime-int8: made by quantization-aware training, 2 epochs of distillation "
         "with NNCF fake quantizers" in render_markdown(r)
     )
+
+
+def test_a_device_timed_engine_still_shows_its_prediction(report):
+    """After `kdc verify --device-results` the TensorRT row's measured latency stands beside the
+    search's prediction, so the latency model's error stays in view."""
+    import copy
+
+    r = copy.deepcopy(report)
+    trt = next(e for e in r["engines"] if e["engine"] == "tensorrt")
+    trt["predicted_latency"] = trt["latency"]
+    trt["latency"] = {"kind": "measured", "device": "Orin Nano", "p50_ms": 8.48, "p99_ms": 9.1}
+    row = next(ln for ln in render_markdown(r).splitlines() if ln.startswith("| tensorrt-int8 |"))
+    assert "8.48 ms p50 / 9.10 ms p99 | 0.530 ms p50 |" in row, row
