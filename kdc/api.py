@@ -234,7 +234,9 @@ def verify(
         ctx.device_results = Path(device_results)
         if not ctx.device_results.is_dir():
             raise UserError(
-                "directory not found",
+                "is a file, not the results directory"
+                if ctx.device_results.is_file()
+                else "directory not found",
                 source=str(device_results),
                 field="--device-results",
                 fix="pass the results/ the bundle wrote",

@@ -168,11 +168,17 @@ def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
     if n is not None and n != ctx.dataset.num_labels:
         raise UserError(
             f"the teacher has {n} outputs but the data has "
-            f"{ctx.dataset.num_labels} classes {ctx.dataset.label_names[:6]}",
+            f"{ctx.dataset.num_labels} classes: {_listed(ctx.dataset.label_names)}",
             source=ctx.cfg.source_file,
             field=label_field(ctx.dataset.kind),
             fix="use the data the teacher was trained on, or the teacher for these classes",
         )
+
+
+def _listed(names: list[str], most: int = 20) -> str:
+    """Names for a one-line message: all of them, or the first `most` and how many more."""
+    more = f" … and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(map(str, names[:most])) + more
 
 
 StageFn = Callable[[Context], StageOutput]

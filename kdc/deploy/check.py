@@ -501,7 +501,10 @@ def load_report(path: Path | str, what: str = "report") -> dict:
         raise UserError(
             f"{what} not found",
             source=str(path),
-            fix="pass runs/<name>/report.json written by kdc compress",
+            fix="store one first: kdc check REPORT --baseline "
+            f"{path} --update-baseline (a kdc run's report.json)"
+            if what == "baseline"
+            else "pass runs/<name>/report.json written by kdc compress",
         ) from None
     except IsADirectoryError:
         raise UserError(
