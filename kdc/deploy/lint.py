@@ -121,6 +121,11 @@ OPS: dict[str, OpRule] = {
 OPSET_MAX = (((8, 5), 17), ((9, 2), 19), ((10, 0), 20), ((10, 15), 24))
 OPSET_MIN = 9
 
+DQ_COMMUTING = frozenset(
+    {"MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"}
+    | {"Identity"}
+)
+"""Ops TensorRT's Q/DQ propagation moves a DequantizeLinear past (they commute with scaling)."""
 # Ops TensorRT computes in float: a DequantizeLinear feeding them buys no INT8 math.
 FLOAT_ONLY = frozenset(
     {
@@ -177,6 +182,14 @@ class _Graph:
 
     def from_dq(self, name: str) -> bool:
         src = self.producer.get(name)
+        return src is not None and src.op_type == "DequantizeLinear"
+
+    def reaches_dq(self, name: str) -> bool:
+        """`from_dq` through ops TensorRT moves a DequantizeLinear past (DQ_COMMUTING): a Q/DQ
+        pair before a MaxPool or Flatten still feeds the next Conv/Gemm INT8."""
+        src = self.producer.get(name)
+        while src is not None and src.op_type in DQ_COMMUTING and src.input:
+            src = self.producer.get(src.input[0])
         return src is not None and src.op_type == "DequantizeLinear"
 
 
@@ -361,7 +374,7 @@ def _check_qdq(g: _Graph) -> Iterator[LintFinding]:
             and len(n.input) > 1
             and g.from_dq(n.input[1])
             and g.is_constant(n.input[1])
-            and not g.from_dq(n.input[0])
+            and not g.reaches_dq(n.input[0])
         ):
             yield LintFinding(
                 "warning",

@@ -243,3 +243,27 @@ def test_a_uint8_weight_names_the_cpu_scheme_not_a_bias(jetson):
     errors = _by(lint_onnx(_model(nodes, [_vi("x")], [_vi("logits")], inits), jetson), "error")
     bad = next(f for f in errors if "UINT8" in f.message)
     assert "asymmetric CPU-scheme weight" in bad.message and "--target" in bad.fix
+
+
+def test_an_activation_quantized_before_a_maxpool_still_feeds_int8(jetson):
+    """TensorRT moves a DequantizeLinear past MaxPool/Flatten: Q/DQ → MaxPool → Flatten → Gemm
+    with quantized weights is INT8 math, not 'weights quantized but not the activation'."""
+    inits = [
+        _init("w_q", np.ones((8, 8), np.int8)),
+        _init("s", np.float32(0.1)),
+        _init("zp", np.int8(0)),
+    ]
+    weights = helper.make_node("DequantizeLinear", ["w_q", "s", "zp"], ["W"], name="w_dq")
+
+    def warned(pooled: bool) -> bool:
+        head = [
+            helper.make_node("MaxPool", ["xd"], ["p"], kernel_shape=[1]),
+            helper.make_node("Flatten", ["p"], ["f"]),
+        ]
+        nodes = [*_qdq("x", "xd"), weights, *(head if pooled else [])]
+        nodes.append(helper.make_node("MatMul", ["f" if pooled else "x", "W"], ["logits"]))
+        found = lint_onnx(_model(nodes, [_vi("x")], [_vi("logits")], inits), jetson)
+        return any("not the activation" in f.message for f in found)
+
+    assert not warned(pooled=True)
+    assert warned(pooled=False)  # the activation really is float there
