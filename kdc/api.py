@@ -3,6 +3,7 @@ directory whose earlier stages are done. The CLI is a thin layer over these."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -78,6 +79,7 @@ def _run(
     check_target(cfg, profile)
     root = _run_root(out or default_run_dir(cfg))
     existed = root.exists()
+    created = [d for d in root.absolute().parents if not d.exists()]  # e.g. runs/, made for it
     was_empty = not existed or not any(root.iterdir())
     ctx = open_run(cfg, profile, root, quiet=quiet)
     is_file = isinstance(target, str | Path) and Path(target).suffix in (".yaml", ".yml")
@@ -91,6 +93,9 @@ def _run(
     except UserError as e:
         if was_empty and not _any_stage_done(ctx.run):
             _clear(ctx.run.root, remove=not existed)  # bad input: leave no half-started run
+            for d in created:  # innermost first
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only while empty
         raise e.located(cfg.source_file) from None
     report = ctx.run / "report.json"
     if not report.is_file():

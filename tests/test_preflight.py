@@ -383,3 +383,22 @@ def test_a_classification_task_with_a_bare_encoder_teacher_is_refused_by_validat
         assert line.startswith(f"error: {cfg}: field 'teacher.path'"), line
         assert "BertModel" in line and "no classification head" in line
         assert "task: sentence-embedding" in line
+
+
+def test_a_first_run_refused_on_its_data_leaves_no_directory(tmp_path):
+    """Data refused when the run starts (an eval label the training data lacks): neither the run
+    directory nor the runs/ folder made for it stays behind."""
+    import yaml
+    from tiny import write_csv
+
+    conf = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2}
+    rows = [("good film", "pos"), ("bad plot", "neg")] * 5
+    cfg = _text_project(tmp_path, conf, rows)
+    write_csv(tmp_path / "eval.csv", [("so so", "mixed"), ("fine", "pos")])
+    doc = yaml.safe_load(cfg.read_text())
+    doc["data"]["eval"] = "eval.csv"
+    cfg.write_text(yaml.safe_dump(doc))
+    run = tmp_path / "runs" / "first"
+    line = _one_line(runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"]))
+    assert "eval labels not seen in training" in line, line
+    assert not (tmp_path / "runs").exists()
