@@ -230,12 +230,29 @@ def _check_max_length(cfg: KdcConfig, hf: dict | None) -> None:
         )
 
 
-def _check_entrypoint(cfg: KdcConfig) -> None:
-    """`teacher.entrypoint` imports (its module is imported; the function is not called)."""
-    if cfg.teacher.entrypoint:
-        from kdc.models import check_entrypoint
+LIBRARY_TEACHERS = {
+    "torchvision": "pip install torchvision matching your torch",
+    "timm": "pip install timm",
+}
 
+
+def _check_entrypoint(cfg: KdcConfig) -> None:
+    """`teacher.entrypoint` imports (its module is imported; the function is not called); a
+    `teacher.name`'s library (torchvision, timm) is installed."""
+    import importlib.util
+
+    from kdc.models import check_entrypoint, teacher_kind
+
+    if cfg.teacher.entrypoint:
         check_entrypoint(cfg)
+    kind = teacher_kind(cfg) if cfg.teacher.name else None
+    if kind in LIBRARY_TEACHERS and importlib.util.find_spec(kind) is None:
+        raise UserError(
+            f"{kind} is not installed",
+            source=cfg.source_file,
+            field="teacher.name",
+            fix=LIBRARY_TEACHERS[kind],
+        )
 
 
 def _check_student_layers(cfg: KdcConfig, hf: dict | None) -> None:

@@ -402,3 +402,20 @@ def test_a_first_run_refused_on_its_data_leaves_no_directory(tmp_path):
     line = _one_line(runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"]))
     assert "eval labels not seen in training" in line, line
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_library_teacher_needs_its_library_installed(tmp_path, monkeypatch):
+    """teacher.name: resnet18 without torchvision: validate said "valid" and compress failed."""
+    import importlib.util
+
+    from tiny import cnn_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "torchvision" else real(n, *a)
+    )
+    doc = cnn_config(weights=None)
+    doc["teacher"] = {"name": "resnet18", "kwargs": {"num_classes": 10}}
+    cfg = write_yaml(tmp_path / "model.yaml", doc)
+    line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
+    assert line.startswith(f"error: {cfg}: field 'teacher.name': torchvision is not installed")

@@ -19,7 +19,8 @@ from kdc.models.sentence import SentenceAdapter
 from kdc.models.vision import VisionAdapter, entrypoint_function
 
 
-def _kind(cfg: KdcConfig) -> str:
+def teacher_kind(cfg: KdcConfig) -> str:
+    """How the teacher is given: huggingface, entrypoint, torchvision or timm."""
     t = cfg.teacher
     if t.kind != "auto":
         return t.kind
@@ -77,7 +78,7 @@ def _sentence(cfg: KdcConfig) -> ModelAdapter:
 
 
 def _top_module(cfg: KdcConfig) -> str | None:
-    if _kind(cfg) != "entrypoint" or not cfg.teacher.entrypoint:
+    if teacher_kind(cfg) != "entrypoint" or not cfg.teacher.entrypoint:
         return None
     return cfg.teacher.entrypoint.split(":")[0].split(".")[0]
 
@@ -122,7 +123,7 @@ def _entrypoint_path(cfg: KdcConfig) -> None:
 def check_entrypoint(cfg: KdcConfig) -> None:
     """A teacher built by `teacher.entrypoint` must be importable (the function is not called);
     a UserError naming the config file and teacher.entrypoint otherwise."""
-    if _kind(cfg) != "entrypoint" or not cfg.teacher.entrypoint:
+    if teacher_kind(cfg) != "entrypoint" or not cfg.teacher.entrypoint:
         return
     _entrypoint_path(cfg)
     try:
@@ -132,7 +133,7 @@ def check_entrypoint(cfg: KdcConfig) -> None:
 
 
 def _vision(cfg: KdcConfig) -> ModelAdapter:
-    kind = _kind(cfg)
+    kind = teacher_kind(cfg)
     if kind == "entrypoint":
         _entrypoint_path(cfg)
     source = {
@@ -177,7 +178,7 @@ TASK_LOADERS: dict[tuple[str, str], str] = {
 
 def load_teacher(cfg: KdcConfig) -> ModelAdapter:
     """The teacher named by the config, in eval mode."""
-    kind = _kind(cfg)
+    kind = teacher_kind(cfg)
     adapter = LOADERS[TASK_LOADERS.get((kind, cfg.task), kind)](cfg)
     adapter.module.eval()
     return adapter
@@ -215,7 +216,7 @@ STUDENT_LOADERS: dict[str, Callable[[Path, dict], ModelAdapter]] = {
 def teacher_label_names(cfg: KdcConfig) -> list[str] | None:
     """Class names of a Hugging Face teacher's head (config.json id2label), read without loading
     the weights; None for other teachers."""
-    if _kind(cfg) != "huggingface" or not cfg.teacher.path:
+    if teacher_kind(cfg) != "huggingface" or not cfg.teacher.path:
         return None
     path = cfg.resolve(cfg.teacher.path)
     if not (path / "config.json").is_file():
