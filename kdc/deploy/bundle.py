@@ -54,17 +54,20 @@ cd "$(dirname "$0")"
 mkdir -p results
 """
 
-# build.sh of a weakly typed bundle (TensorRT 10.x flags): trtexec 11 has no --fp16/--int8 and stops
-# with "Unknown option"; say so first. Its banner encodes MAJOR*10000 + MINOR*100 + PATCH.
-_FLAGS_NEED_TRT10 = """trt_v="$("$TRTEXEC" --help 2>&1 | grep -o -m 1 'TensorRT v[0-9]*' \\
+# build.sh (and a calibration bundle's run_all.sh) of a weakly typed bundle (TensorRT 10.x
+# flags): trtexec 11 has no --fp16/--int8 and stops with "Unknown option"; say so first. Its
+# banner encodes MAJOR*10000 + MINOR*100 + PATCH. `remake`: the command that makes another.
+FLAGS_NEED_TRT10 = """trt_v="$("$TRTEXEC" --help 2>&1 | grep -o -m 1 'TensorRT v[0-9]*' \\
   | tr -dc '0-9' || true)"
 if [ -n "$trt_v" ] && [ "$trt_v" -ge 110000 ]; then
   echo "trtexec is TensorRT $((trt_v / 10000)).x, which has no --fp16/--int8; this bundle is for \
-TensorRT {trt}. Make one for TensorRT 11: a copy of profile.yaml with runtime.tensorrt: '11.0', \
-then kdc bundle RUN_DIR --target that.yaml" >&2
+TensorRT {trt}. Make one for TensorRT 11: a copy of the profile YAML with runtime.tensorrt: \
+'11.0', then {remake}" >&2
   exit 2
 fi
 """
+
+REMAKE = "kdc bundle RUN_DIR --target that.yaml"
 
 _BENCH_TAIL = """
 device="$(tr -d '\\0' 2>/dev/null < /proc/device-tree/model \\
@@ -445,7 +448,7 @@ def write_bundle(
         remove_floor_file(tmp / "model.onnx")  # TensorRT fuses attention itself
         scripts = {
             "build.sh": _PREAMBLE.format(what="Build the TensorRT engine on the device.", **header)
-            + ("" if plan.strongly_typed else _FLAGS_NEED_TRT10.format(**header))
+            + ("" if plan.strongly_typed else FLAGS_NEED_TRT10.format(remake=REMAKE, **header))
             + shell_text(build, " \\\n  ")
             + " 2>&1 | tee results/build.log\n",
             "bench.sh": _PREAMBLE.format(what="Time the engine and check parity.", **header)

@@ -320,6 +320,8 @@ def write_bundle(
             field="--bundle",
             fix="pass a new directory path for the bundle, e.g. jetson-calibration",
         )
+    from kdc.deploy.bundle import FLAGS_NEED_TRT10
+    from kdc.deploy.tensorrt import typing_for
     from kdc.deploy.trtexec import TRTEXEC_LOOKUP, shell_text
 
     precisions = [p for p in profile.runtime.precisions if p != "fp32"] or ["fp32"]
@@ -330,6 +332,9 @@ def write_bundle(
             zoo, tmp / MODELS_DIR, engine="tensorrt", progress=_exporting(progress)
         )
         script = _RUN_ALL.format(n=len(rows), lookup=TRTEXEC_LOOKUP, **header)
+        if not typing_for(str(profile.runtime.tensorrt)).strongly_typed:  # as build.sh does
+            remake = f"kdc calibrate --target that.yaml --bundle {out.name}"
+            script += FLAGS_NEED_TRT10.format(remake=remake, **header)
         for i, row in enumerate(rows, 1):
             build, bench = _trt_commands(tmp / MODELS_DIR / row["file"], row, profile, iterations)
             log = f"{RESULTS_DIR}/{row['name']}"
