@@ -4,6 +4,7 @@ params, accuracy and latency per engine as metrics, report.* as artifacts."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from types import ModuleType
@@ -100,6 +101,9 @@ def log_run(uri: str, run_dir: Path | str) -> str:
     report, manifest = read_json(run_dir / "report.json"), read_json(run_dir / "manifest.json")
     if uri.startswith("file:"):  # asked for explicitly: MLflow 3 refuses file stores by default
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    quiet = logging.getLogger("mlflow")  # its INFO lines ("Creating a new experiment"): kdc
+    level = quiet.level  # says what it logged itself, once
+    quiet.setLevel(logging.WARNING)
     try:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(report.get("run", {}).get("name") or "kdc")
@@ -123,3 +127,5 @@ def log_run(uri: str, run_dir: Path | str) -> str:
             field="--mlflow",
             fix=f"check the tracking URI '{uri}'; the report is in {run_dir}",
         ) from None
+    finally:
+        quiet.setLevel(level)

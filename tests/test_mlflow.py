@@ -66,6 +66,22 @@ def test_compress_logs_params_metrics_and_artifacts(store, tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns", "model.yaml", "run"]
 
 
+def test_logging_prints_no_mlflow_info_lines(store, tmp_path, capfd):
+    """MLflow's own INFO line ("Experiment ... does not exist. Creating a new experiment.") came
+    out even with -q; kdc says what it logged itself."""
+    import logging
+
+    import mlflow  # noqa: F401  (it sets its logger's level when imported)
+
+    from kdc.tracking import log_run
+
+    before = logging.getLogger("mlflow").level
+    _fake_run(tmp_path / "run")
+    log_run(store, tmp_path / "run")
+    assert "Creating a new experiment" not in capfd.readouterr().err
+    assert logging.getLogger("mlflow").level == before  # put back as it was
+
+
 @pytest.mark.parametrize(
     ("uri", "said"),
     [
