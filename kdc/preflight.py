@@ -48,14 +48,26 @@ def check_data(cfg: KdcConfig) -> Dataset:
 
 
 def config_warnings(cfg: KdcConfig) -> list[str]:
-    """What a run assumes for want of a teacher file: a Hugging Face image teacher's mean/std
-    without preprocessor_config.json."""
+    """What a run assumes or leaves unused: a Hugging Face image teacher's mean/std without
+    preprocessor_config.json; settings given that this config does not read."""
     from kdc.hf_files import assumed_processor
 
-    if cfg.task != "image-classification" or _teacher_config(cfg) is None:
-        return []
-    note = assumed_processor(cfg.resolve(cfg.teacher.path))
-    return [note] if note else []
+    notes = []
+    if cfg.task == "image-classification" and _teacher_config(cfg) is not None:
+        notes.append(assumed_processor(cfg.resolve(cfg.teacher.path)))
+    given = cfg.data.model_fields_set & {"image_size", "channels"}
+    if cfg.data.source.startswith("sklearn:") and given:
+        notes.append(
+            f"data.{' and data.'.join(sorted(given))} not used: {cfg.data.source} images are "
+            "8x8 grayscale as scikit-learn ships them"
+        )
+    chosen = cfg.student.model_fields_set & {"layers", "width", "architecture"}
+    if cfg.search.strategy == "evolution" and chosen:
+        notes.append(
+            f"student.{' and student.'.join(sorted(chosen))} not used: search.strategy "
+            "evolution picks the student (search.strategy: fixed uses them)"
+        )
+    return [n for n in notes if n]
 
 
 def planned_student(cfg: KdcConfig) -> dict[str, Any]:

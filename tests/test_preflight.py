@@ -419,3 +419,21 @@ def test_a_library_teacher_needs_its_library_installed(tmp_path, monkeypatch):
     cfg = write_yaml(tmp_path / "model.yaml", doc)
     line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
     assert line.startswith(f"error: {cfg}: field 'teacher.name': torchvision is not installed")
+
+
+def test_settings_the_config_does_not_read_are_noted(tmp_path):
+    """sklearn:digits is 8x8 grayscale whatever data.image_size/channels say; an evolution search
+    picks the student whatever student.layers says: both were dropped without a word."""
+    from tiny import cnn_config
+
+    from kdc.config import load_config
+    from kdc.preflight import config_warnings
+
+    doc = cnn_config(weights=None)
+    doc["data"].update(image_size=16, channels=3)
+    doc["search"] = {"strategy": "evolution"}
+    notes = config_warnings(load_config(write_yaml(tmp_path / "model.yaml", doc)))
+    assert any("data.channels and data.image_size not used" in n for n in notes), notes
+    assert any("student.width not used: search.strategy evolution" in n for n in notes), notes
+    plain = config_warnings(load_config(write_yaml(tmp_path / "plain.yaml", cnn_config())))
+    assert plain == []
