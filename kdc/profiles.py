@@ -210,11 +210,16 @@ def load_profile(name_or_path: str, field: str = "--target") -> HardwareProfile:
     for prof in _builtin().values():
         if key == prof.name or key in prof.aliases:
             return with_calibration(prof)
+    import difflib
+
     names = sorted([*_builtin(), "host"])
+    aliases = sorted({a for prof in _builtin().values() for a in prof.aliases} | {"cpu"})
+    near = difflib.get_close_matches(key, [*names, *aliases], n=1, cutoff=0.6)
     raise UserError(
-        f"unknown target '{key}'",
+        f"unknown target '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""),
         field=field,
-        fix=f"use one of {', '.join(names)} or a path to a profile YAML",
+        fix=f"use one of {', '.join(names)} (aliases {', '.join(aliases)}) or a path to a "
+        "profile YAML",
     )
 
 

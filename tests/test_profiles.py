@@ -46,7 +46,8 @@ def test_host_is_measurable_and_read_from_machine():
 
 
 def test_unknown_target_lists_names():
-    with pytest.raises(UserError, match="unknown target 'jetsn'.*jetson-orin-nano-8gb"):
+    said = r"unknown target 'jetsn' \(did you mean 'jetson'\?\).*jetson-orin-nano-8gb"
+    with pytest.raises(UserError, match=said):
         load_profile("jetsn")
 
 
