@@ -26,7 +26,7 @@ def check_config(cfg: KdcConfig) -> None:
     hf = _teacher_config(cfg)
     _check_head(cfg, hf)
     _check_max_length(cfg, hf)
-    _check_entrypoint(cfg)
+    _check_teacher_code(cfg)
     _check_student_layers(cfg, hf)
     _check_student_architecture(cfg, hf)
 
@@ -248,7 +248,7 @@ LIBRARY_TEACHERS = {
 }
 
 
-def _check_entrypoint(cfg: KdcConfig) -> None:
+def _check_teacher_code(cfg: KdcConfig) -> None:
     """`teacher.entrypoint` imports (its module is imported; the function is not called); a
     `teacher.name`'s library (torchvision, timm) is installed."""
     import importlib.util

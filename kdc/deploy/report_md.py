@@ -155,19 +155,15 @@ def _parity_text(parity: dict | None) -> str:
     text = f"{sig(parity.get('max_abs'))} / {num(parity.get('cosine'), 5)}"
     if parity.get("within_tolerance") is False and not parity.get("on_target"):
         ok = "PASS" if parity.get("passed") else "FAIL"
-        lowest = f"lowest row cosine {num(parity.get('min_cosine'), 5)}"
-        if parity.get("cosine_judged") == "mean":
-            judged = f"mean row cosine {num(parity.get('cosine'), 5)}"
-            if "agreement_floor" in parity:
-                judged += (
-                    f", class agreement {100 * parity.get('argmax_agreement', 0):.1f} % "
-                    f"(floor {100 * parity['agreement_floor']:.0f} %)"
-                )
-            text += (
-                f" (beyond atol/rtol; {judged}, floor {parity.get('cosine_floor')}: {ok}; {lowest})"
+        judged, tail = f"lowest row cosine {num(parity.get('min_cosine'), 5)}", ""
+        if parity.get("cosine_judged") == "mean":  # the lowest then follows the verdict
+            judged, tail = f"mean row cosine {num(parity.get('cosine'), 5)}", f"; {judged}"
+        if "agreement_floor" in parity:
+            judged += (
+                f", class agreement {100 * parity.get('argmax_agreement', 0):.1f} % "
+                f"(floor {100 * parity['agreement_floor']:.0f} %)"
             )
-        else:
-            text += f" (beyond atol/rtol; {lowest}, floor {parity.get('cosine_floor')}: {ok})"
+        text += f" (beyond atol/rtol; {judged}, floor {parity.get('cosine_floor')}: {ok}{tail})"
     if parity.get("on_target"):
         ok = "PASS" if parity.get("passed") else "FAIL"
         text += f" (device, {parity.get('runner') or 'no runner'}: {ok}; cosine of all outputs)"

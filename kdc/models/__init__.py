@@ -42,14 +42,10 @@ def _teacher_dir(cfg: KdcConfig) -> Path:
     path = cfg.resolve(cfg.teacher.path)
     if not path.is_dir():
         raise UserError(
-            "is a file; the model directory is wanted"
-            if path.is_file()
-            else "model directory not found",
+            "model directory not found",
             source=cfg.source_file,
             field="teacher.path",
-            fix=f"give its directory: {path.parent}"
-            if path.is_file()
-            else f"check that {path} exists",
+            fix=f"check that {path} exists",
         )
     return path
 
