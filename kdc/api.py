@@ -297,6 +297,6 @@ def plan(
         "constraints": c,
         "run_dir": str(run_dir),
     }
-    if notes := config_warnings(cfg):
+    if notes := [*config_warnings(cfg), *ds.notes]:
         resolved["warnings"] = notes
     return resolved

@@ -98,7 +98,7 @@ def validate(config: Path) -> None:
     cfg = load_config(config)
     check_config(cfg)
     ds = check_data(cfg)
-    for note in config_warnings(cfg):
+    for note in [*config_warnings(cfg), *ds.notes]:
         err.print(f"warning: {note}", markup=False)
     classes = f", {ds.num_labels} classes" if ds.num_labels else ""
     out.print(

@@ -72,3 +72,9 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's first message line (its type name when it has none), for a one-line
     error."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
+def listed(names: list, most: int = 20) -> str:
+    """Names for a one-line message: all of them, or the first `most` and how many more."""
+    more = f" … and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(map(str, names[:most])) + more

@@ -21,7 +21,7 @@ from kdc import __version__
 from kdc.config import KdcConfig
 from kdc.data.base import Dataset
 from kdc.deploy.ort_install import conflict_warning
-from kdc.errors import Interrupted, UserError, first_line
+from kdc.errors import Interrupted, UserError, first_line, listed
 from kdc.fingerprint import inputs_fingerprint
 from kdc.models.base import ModelAdapter
 from kdc.profiles import HardwareProfile
@@ -49,12 +49,13 @@ class Context:
 
     @cached_property
     def dataset(self) -> Dataset:
-        from kdc.data import align_labels, load_dataset
+        from kdc.data import load_dataset
         from kdc.models import teacher_label_names
 
-        return align_labels(
-            load_dataset(self.cfg), teacher_label_names(self.cfg), self.cfg.source_file
-        )
+        ds = load_dataset(self.cfg, teacher_label_names(self.cfg))
+        for note in ds.notes:
+            self.warn(note)
+        return ds
 
     @cached_property
     def inputs_hash(self) -> str:
@@ -168,17 +169,11 @@ def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
     if n is not None and n != ctx.dataset.num_labels:
         raise UserError(
             f"the teacher has {n} outputs but the data has "
-            f"{ctx.dataset.num_labels} classes: {_listed(ctx.dataset.label_names)}",
+            f"{ctx.dataset.num_labels} classes: {listed(ctx.dataset.label_names)}",
             source=ctx.cfg.source_file,
             field=label_field(ctx.dataset.kind),
             fix="use the data the teacher was trained on, or the teacher for these classes",
         )
-
-
-def _listed(names: list[str], most: int = 20) -> str:
-    """Names for a one-line message: all of them, or the first `most` and how many more."""
-    more = f" … and {len(names) - most} more" if len(names) > most else ""
-    return ", ".join(map(str, names[:most])) + more
 
 
 StageFn = Callable[[Context], StageOutput]

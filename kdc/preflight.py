@@ -35,10 +35,10 @@ def check_data(cfg: KdcConfig) -> Dataset:
     """The data, read and split as a run reads it, with the checks a run makes of it against the
     teacher's config.json before loading the model: the classes matched by name to its
     id2label (a run's order), and the channels of its images against its num_channels."""
-    from kdc.data import align_labels, channel_mismatch, load_dataset
+    from kdc.data import channel_mismatch, load_dataset
     from kdc.models import teacher_label_names
 
-    ds = align_labels(load_dataset(cfg), teacher_label_names(cfg), cfg.source_file)
+    ds = load_dataset(cfg, teacher_label_names(cfg))
     want = (_teacher_config(cfg) or {}).get("num_channels")
     if cfg.task == "image-classification" and ds.kind == "image" and isinstance(want, int):
         got = ds.train.features.shape[1]

@@ -390,3 +390,28 @@ def test_an_image_folder_of_split_folders_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"its folders \(train, val\) look like splits") as e:
         load_dataset(cnn_cfg(tmp_path, source="data", image_size=8, eval_fraction=0.5))
     assert e.value.field == "data.source" and "data/train" in e.value.fix
+
+
+def test_labels_spelled_two_ways_are_refused_naming_both(tmp_path):
+    csv_file(tmp_path / "train.csv", "text,label\n" + ROWS + "film x,Pos\n")
+    with pytest.raises(UserError, match="labels Pos, pos differ only in case") as e:
+        load_dataset(text_cfg(tmp_path, source="train.csv"))
+    assert e.value.field == "data.label_column"
+
+
+def test_a_class_only_the_teacher_and_eval_know_is_kept_in_the_teachers_order(tmp_path):
+    """With a teacher that names its classes, the training split may lack one (noted); without
+    names to go by, an eval label training lacks is still refused."""
+    csv_file(tmp_path / "train.csv", "text,label\n" + ROWS)
+    csv_file(tmp_path / "ev.csv", "text,label\nok film,neutral\nbad film,neg\n")
+    cfg = text_cfg(tmp_path, source="train.csv", eval="ev.csv")
+    ds = load_dataset(cfg, ["Neg", "Neutral", "Pos"])
+    assert ds.label_names == ["Neg", "Neutral", "Pos"]
+    assert list(ds.eval.labels) == [1, 0] and set(ds.train.labels.tolist()) == {0, 2}
+    assert ds.notes == [
+        "the training split has no rows of class(es) Neutral: the student learns them from "
+        "the teacher's outputs alone"
+    ]
+    for generic in (None, ["LABEL_0", "LABEL_1", "LABEL_2"]):
+        with pytest.raises(UserError, match=r"eval labels not seen in training: \['neutral'\]"):
+            load_dataset(cfg, generic)

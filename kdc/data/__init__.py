@@ -19,7 +19,7 @@ from kdc.data.readers import (
     read_jsonl,
     read_txt,
 )
-from kdc.errors import UserError
+from kdc.errors import UserError, listed
 from kdc.hf_files import read_config
 
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
@@ -181,10 +181,11 @@ def _split_sentences(texts: list[str]) -> list[str]:
     return [s for s in out if len(s.split()) >= 3]
 
 
-def load_dataset(cfg: KdcConfig) -> Dataset:
-    """Read, encode labels (`class_order`) and split (the eval file, a `datasets` directory's
-    test/validation split, else `data.eval_fraction` held out); raise UserError on unusable
-    data."""
+def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Dataset:
+    """Read, encode labels and split (the eval file, a `datasets` directory's test/validation
+    split, else `data.eval_fraction` held out); raise UserError on unusable data. Classes are
+    in the order of the teacher's head when it names them (`teacher_names`, its id2label; a
+    class the training split lacks is then allowed and noted), else `class_order`'s."""
     d = cfg.data
     src_path = cfg.resolve(d.source)
     fmt = _format(cfg, src_path, "data.source")
@@ -220,21 +221,26 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
         tr_labels = [labels[i] for i in tr_idx] if labels else []
         _check_train_left(cfg, len(feats), len(tr_idx), labels, tr_labels)
         feats, labels = tr, tr_labels
+    notes: list[str] = []
     if cfg.task == "sentence-embedding":
         if d.split_sentences:
             feats, ev_feats = _split_sentences(feats), _split_sentences(ev_feats)
         names: list[str] = []
         y_tr = y_ev = np.zeros((0,), np.int64)
     else:
-        names = class_order(labels, declared)
+        field = label_field("image" if fmt in IMAGE_FORMATS else "text")
+        _check_spellings(labels, ev_labels, str(cfg.resolve(d.eval or d.source)), field)
+        names = _teacher_classes({*map(str, labels), *map(str, ev_labels)}, teacher_names)
+        names = names or class_order(labels, declared)
         if len(names) < 2:
             raise UserError(
                 f"the training data has {len(names)} class(es)",
                 source=str(src_path),
-                field=label_field("image" if fmt in IMAGE_FORMATS else "text"),
+                field=field,
                 fix="a classifier needs at least two classes in the labels",
             )
-        unknown = sorted({str(x) for x in ev_labels} - set(names))
+        index = {_label_key(n): i for i, n in enumerate(names)}
+        unknown = sorted({str(x) for x in ev_labels if _label_key(x) not in index})
         if unknown:
             raise UserError(
                 f"eval labels not seen in training: {unknown[:5]}",
@@ -242,9 +248,13 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
                 field="data.eval",
                 fix="use the same label names in both files",
             )
-        index = {n: i for i, n in enumerate(names)}
-        y_tr = np.array([index[str(x)] for x in labels], np.int64)
-        y_ev = np.array([index[str(x)] for x in ev_labels], np.int64)
+        y_tr = np.array([index[_label_key(x)] for x in labels], np.int64)
+        y_ev = np.array([index[_label_key(x)] for x in ev_labels], np.int64)
+        if missing := [n for i, n in enumerate(names) if i not in set(y_tr.tolist())]:
+            notes.append(
+                f"the training split has no rows of class(es) {listed(missing)}: the student "
+                "learns them from the teacher's outputs alone"
+            )
     train, evs = Split(feats, y_tr), Split(ev_feats, y_ev)
     if d.limit_train and len(train) > d.limit_train:
         train = train.take(rng.permutation(len(train))[: d.limit_train])
@@ -259,7 +269,36 @@ def load_dataset(cfg: KdcConfig) -> Dataset:
         )
     kind = "image" if fmt in IMAGE_FORMATS else "text"
     source = d.source if fmt == "sklearn" else f"{fmt}:{d.source}"
-    return Dataset(train, evs, names, kind, source)
+    ds = Dataset(train, evs, names, kind, source, notes)
+    return align_labels(ds, teacher_names, cfg.source_file)
+
+
+def _teacher_classes(present: set[str], teacher_names: list[str] | None) -> list[str] | None:
+    """The teacher's class names, when they are names (not LABEL_0 …) and every label of the
+    data is one of them (case and spaces aside); else None."""
+    if not teacher_names or all(_by_index(n) for n in teacher_names):
+        return None
+    keys = {_label_key(n) for n in teacher_names}
+    if len(keys) < len(teacher_names) or not {_label_key(p) for p in present} <= keys:
+        return None
+    return list(teacher_names)
+
+
+def _check_spellings(labels: list, ev_labels: list, source: str, field: str) -> None:
+    """Labels that differ only in case or surrounding spaces (`Positive`, `positive`) would be
+    two classes: refused, naming them."""
+    spellings: dict[str, set[str]] = {}
+    for x in (*labels, *ev_labels):
+        spellings.setdefault(_label_key(x), set()).add(str(x))
+    clash = next((sorted(v) for v in spellings.values() if len(v) > 1), None)
+    if clash:
+        raise UserError(
+            f"labels {listed(clash)} differ only in case or spaces, so they would count as "
+            "different classes",
+            source=source,
+            field=field,
+            fix="write each class one way throughout the data (train and eval)",
+        )
 
 
 def _check_train_left(
