@@ -234,6 +234,13 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
             "<mode> && sudo jetson_clocks; GPU: sudo nvidia-smi -lgc <MHz>), stop other GPU "
             "work and run bench.sh again"
         ]
+    asked = meta.get("iterations")
+    if isinstance(asked, int) and stats["iterations"] < asked:
+        latency.setdefault("warnings", []).append(
+            f"times.json has {stats['iterations']} iterations, the bundle asked for at least "
+            f"{asked}: its p99 rests on fewer samples than planned; run bench.sh as written "
+            "(trtexec stopped early or its flags were changed)"
+        )
     parity = _device_parity(raw_parity, floor, name, results_dir / "parity.json")
     warnings = [*_parity_warnings(parity), *latency.get("warnings", [])]
     return {"latency": latency, "parity": parity, "warnings": warnings}

@@ -390,6 +390,16 @@ def test_steady_device_timing_has_no_warning(results, bundle):
     assert "warnings" not in dev["latency"] and dev["warnings"] == []
 
 
+def test_fewer_iterations_than_the_bundle_asked_for_are_warned(results, bundle):
+    _times(results, [1.0 + 0.01 * (i % 5) for i in range(200)])  # steady: no cv warning
+    _edit(bundle / "bundle.json", iterations=1000)
+    dev = read_device_results(results, bundle, JETSON)
+    (warning,) = dev["warnings"]
+    assert warning.startswith("times.json has 200 iterations, the bundle asked for at least 1000")
+    _edit(bundle / "bundle.json", iterations=200)
+    assert read_device_results(results, bundle, JETSON)["warnings"] == []
+
+
 def test_a_verify_without_device_results_reads_the_last_ones_again(tmp_path, results):
     """`kdc compress --resume` after a verify setting changed re-runs verify without
     --device-results: the ones `kdc verify` read last are read again (they dropped out of the
