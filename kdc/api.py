@@ -116,10 +116,9 @@ def _run_root(out: str | Path) -> Path:
     foreign = root.is_dir() and not (root / "manifest.json").is_file()
     if foreign and any(p.name[0] != "." and p.name != "lost+found" for p in root.iterdir()):
         raise UserError(
-            "is not empty and not a kdc run directory (no manifest.json): kdc replaces the "
-            "stage folders it writes (build/, export/ …) and report files",
-            source=str(root),
-            field="--out",
+            f"{root} is not empty and not a kdc run directory (no manifest.json): kdc replaces "
+            "the stage folders it writes (build/, export/ …) and report files",
+            field="out",
             fix="pass a new or empty directory, or one `kdc compress` wrote",
         )
     return root
@@ -239,11 +238,10 @@ def verify(
         ctx.device_results = Path(device_results)
         if not ctx.device_results.is_dir():
             raise UserError(
-                "is a file, not the results directory"
+                f"{device_results} is a file, not the results directory"
                 if ctx.device_results.is_file()
-                else "directory not found",
-                source=str(device_results),
-                field="--device-results",
+                else f"{device_results}: directory not found",
+                field="device_results",
                 fix="pass the results/ the bundle wrote",
             )
         require_stage(ctx, "build")

@@ -52,7 +52,8 @@ def _crash_log(exc: BaseException, kwargs: dict[str, Any]) -> Path:
 
 
 def command_flags(fn: Callable[..., Any]) -> dict[str, str]:
-    """A command's options: parameter name → its long flag (`out_dir` → `--out`)."""
+    """A command's options: parameter name → its long flag (`out_dir` → `--out`), and the
+    flag's own name (`out`, as the Python API calls it) → the flag."""
     flags = {}
     hints = typing.get_type_hints(fn, include_extras=True)
     for name, param in signature(fn).parameters.items():
@@ -61,6 +62,7 @@ def command_flags(fn: Callable[..., Any]) -> dict[str, str]:
             decls = [info.default, *(info.param_decls or ())]
             long = [d for d in decls if isinstance(d, str) and d.startswith("--")]
             flags[name] = long[0] if long else "--" + name.replace("_", "-")
+            flags.setdefault(flags[name][2:].replace("-", "_"), flags[name])  # the API's name
         elif info is None and param.default is not Parameter.empty:
             flags[name] = "--" + name.replace("_", "-")  # typer: a default makes an option
     return flags

@@ -153,9 +153,8 @@ def check_run_root(root: Path | str) -> Path:
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(
-            "exists and is not a directory",
-            source=str(root),
-            field="--out",
+            f"{root} exists and is not a directory",
+            field="out",
             fix="pass a directory for the run (it is created if missing)",
         )
     return root
@@ -170,9 +169,8 @@ class RunDir:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(
-                f"cannot create the run directory ({e.strerror})",
-                source=str(self.root),
-                field="--out",
+                f"cannot create the run directory {self.root} ({e.strerror})",
+                field="out",
                 fix="pass a directory you can write to",
             ) from None
 

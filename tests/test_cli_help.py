@@ -63,9 +63,26 @@ def test_an_api_error_names_the_command_s_own_flag():
     from kdc.errors import UserError
 
     assert command_flags(cli.compress.__wrapped__)["out_dir"] == "--out"
+    assert command_flags(cli.compress.__wrapped__)["out"] == "--out"  # api.compress(out=...)
     assert command_flags(cli.bench.__wrapped__)["as_json"] == "--json"
     assert "name" not in command_flags(cli.profiles_show.__wrapped__)  # an argument
     err = UserError("must be at least 1", field="iterations", fix="pass >= 1")
     assert str(err.as_option({"iterations": "--iterations"})).startswith("field '--iterations'")
     in_file = UserError("missing", source="p.yaml", field="name")
     assert in_file.as_option({"name": "--name"}) is in_file
+
+
+def test_the_api_names_its_parameter_and_the_cli_its_flag(tmp_path, capsys):
+    import typer
+
+    from kdc import api, cli
+    from kdc.errors import UserError
+    from tests.helpers.tiny import cnn_config, write_yaml
+
+    config = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="^field 'out': .*a_file exists and is not a directory"):
+        api.compress(config, out=tmp_path / "a_file")
+    with pytest.raises(typer.Exit):
+        cli.compress(config, out_dir=tmp_path / "a_file")
+    assert "error: field '--out': " in capsys.readouterr().err

@@ -213,9 +213,8 @@ def device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
     rec = next((r for r in engines if r.get("status") == "bundle" and "source" in r), None)
     if rec is None:
         raise UserError(
-            "the run has no TensorRT bundle whose results these could be",
-            source=str(ctx.device_results),
-            field="--device-results",
+            f"the run has no TensorRT bundle whose results {ctx.device_results} could be",
+            field="device_results",
             fix="compress for a TensorRT target (e.g. --target jetson) and time its bundle on "
             "the device, or drop --device-results",
         )

@@ -316,7 +316,7 @@ def test_a_bundle_of_another_model_than_the_runs_is_refused(tmp_path, results, b
 
 def test_device_results_for_a_run_without_a_bundle_are_refused(tmp_path, results):
     built = {"engine": "onnxruntime", "precision": "int8", "status": "built", "path": "m.onnx"}
-    with pytest.raises(UserError, match="field '--device-results': the run has no TensorRT"):
+    with pytest.raises(UserError, match="field 'device_results': the run has no TensorRT"):
         device_figures(_ctx(tmp_path, "host", results), [built])
 
 
