@@ -1,5 +1,6 @@
 """docs/ci.md's Jetson workflow (a): the device job also runs after `kdc compress` failed a
-constraint (exit 1), the gate still fails, and the runner's kdc venv sees JetPack's tensorrt."""
+constraint (exit 1), when a bundle was written; the gate still fails; and the runner's kdc venv
+sees JetPack's tensorrt."""
 
 from __future__ import annotations
 
@@ -34,8 +35,15 @@ def test_device_job_runs_after_a_failed_constraint_and_the_gate_fails(tmp_path):
     output = tmp_path / "github_output"
     step = _step(compress, "Compress for the Jetson")
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "GITHUB_OUTPUT": str(output)}
-    ran = subprocess.run(["bash", "-eo", "pipefail", "-c", step["run"]], env=env)
-    assert ran.returncode == 0 and output.read_text() == "exit=1\n"
+    ran = subprocess.run(["bash", "-eo", "pipefail", "-c", step["run"]], env=env, cwd=tmp_path)
+    assert ran.returncode == 0 and output.read_text() == "exit=1\n"  # no bundle: no student fit
+    bundle = tmp_path / "runs" / "ci" / "build" / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "build.sh").write_text("")
+    output.unlink()
+    ran = subprocess.run(["bash", "-eo", "pipefail", "-c", step["run"]], env=env, cwd=tmp_path)
+    assert ran.returncode == 0 and output.read_text() == "exit=1\nbundle=1\n"
+    assert compress["outputs"]["bundle"] == "${{ steps.compress.outputs.bundle }}"
     names = [s.get("name") or s.get("uses") for s in compress["steps"]]
     fail = _step(compress, "Fail as kdc compress did")
     assert names.index("Fail as kdc compress did") > names.index("actions/upload-artifact@v4")
@@ -44,7 +52,7 @@ def test_device_job_runs_after_a_failed_constraint_and_the_gate_fails(tmp_path):
     assert device["needs"] == "compress"
     assert device["if"] == (
         "${{ !cancelled() && (needs.compress.outputs.exit == '0' || "
-        "needs.compress.outputs.exit == '1') }}"
+        "needs.compress.outputs.exit == '1') && needs.compress.outputs.bundle == '1' }}"
     )
 
 
