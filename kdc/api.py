@@ -53,13 +53,16 @@ def open_run(
     cfg = _config(config)
     profile = _profile(target)
     run = RunDir(out or default_run_dir(cfg))
-    run.update_manifest(
-        config_file=cfg.source_file,
-        config_base_dir=cfg.base_dir,
-        config_base_dir_from_run=os.path.relpath(Path(cfg.base_dir).resolve(), run.root.resolve()),
-    )
     width = None if sys.stdout.isatty() else 160
-    return Context(cfg, profile, run, Console(width=width, soft_wrap=True), quiet=quiet)
+    is_file = isinstance(target, str | Path) and Path(target).suffix in (".yaml", ".yml")
+    return Context(
+        cfg,
+        profile,
+        run,
+        Console(width=width, soft_wrap=True),
+        quiet=quiet,
+        target_file=str(Path(target).resolve()) if is_file else None,
+    )
 
 
 def _run(
@@ -81,10 +84,7 @@ def _run(
     existed = root.exists()
     created = [d for d in root.absolute().parents if not d.exists()]  # e.g. runs/, made for it
     was_empty = not existed or not any(root.iterdir())
-    ctx = open_run(cfg, profile, root, quiet=quiet)
-    is_file = isinstance(target, str | Path) and Path(target).suffix in (".yaml", ".yml")
-    # a profile YAML's path, for `kdc verify RUN` (which otherwise knows the target by name)
-    ctx.run.update_manifest(target_file=str(Path(target).resolve()) if is_file else None)
+    ctx = open_run(cfg, target, root, quiet=quiet)
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
     for note in config_warnings(cfg):
         ctx.warn(note)

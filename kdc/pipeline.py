@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ class Context:
     console: Console
     quiet: bool = False
     device_results: Path | None = None  # results/ brought back from a device bundle
+    target_file: str | None = None  # the profile YAML a run is compressed for, if not a name
     ran: list[str] = field(default_factory=list)  # stages this invocation ran (not skipped)
 
     @cached_property
@@ -425,7 +427,11 @@ def run_stages(
     profile = {"name": ctx.profile.name, "sha256": ctx.profile.sha256()}
 
     def record() -> None:
+        base = Path(ctx.cfg.base_dir).resolve()
         ctx.run.update_manifest(
+            config_file=ctx.cfg.source_file,
+            config_base_dir=ctx.cfg.base_dir,
+            config_base_dir_from_run=os.path.relpath(base, ctx.run.root.resolve()),
             kdc_version=__version__,
             libraries=library_versions(),
             config=ctx.cfg.fingerprint(),
@@ -434,7 +440,12 @@ def run_stages(
             **(
                 {"verified_for": profile}
                 if trust_upstream
-                else {"target": ctx.profile.name, "profile": profile, "verified_for": profile}
+                else {
+                    "target": ctx.profile.name,
+                    "target_file": ctx.target_file,  # for `kdc verify RUN` to load it again
+                    "profile": profile,
+                    "verified_for": profile,
+                }
             ),
         )
 

@@ -5,6 +5,7 @@ traceback in the run directory."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 
@@ -259,4 +260,25 @@ def test_a_stage_refused_for_an_unready_one_leaves_the_manifest_as_it_was(tmp_pa
     assert "(the run is for jetson-orin-nano-8gb: pass --target jetson-orin-nano-8gb)" in res.output
     after = read_json(run / "manifest.json")
     for key in ("target", "profile", "verified_for"):
+        assert after[key] == before[key], key
+
+
+def test_a_resume_refused_for_its_data_leaves_the_manifest_as_it_was(tmp_path, monkeypatch):
+    """A config from another folder whose data is refused does not move the run's config base
+    directory (a later `kdc verify` would read the data from there)."""
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
+    reading_data = lambda: [  # noqa: E731
+        dataclasses.replace(s, reads=lambda cfg: ("name", "data")) for s in _fake_stages(None)
+    ]
+    monkeypatch.setattr(pipeline, "_stages", reading_data)
+    assert runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"]).exit_code == 0
+    before = read_json(run / "manifest.json")
+    bad = cnn_config(weights=None)
+    bad["data"]["eval_fraction"] = 0.9995  # leaves 1 training row: refused when data are read
+    (tmp_path / "elsewhere").mkdir()
+    other = write_yaml(tmp_path / "elsewhere" / "model.yaml", bad)
+    res = runner.invoke(app, ["compress", str(other), "--out", str(run), "--resume", "-q"])
+    assert res.exit_code == 2 and "data.eval_fraction" in res.output, res.output
+    after = read_json(run / "manifest.json")
+    for key in ("config_file", "config_base_dir", "config_base_dir_from_run", "config"):
         assert after[key] == before[key], key
