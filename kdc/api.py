@@ -53,6 +53,7 @@ def open_run(
     cfg = _config(config)
     profile = _profile(target)
     run = RunDir(out or default_run_dir(cfg))
+    run.check_writable()
     width = None if sys.stdout.isatty() else 160
     is_file = isinstance(target, str | Path) and Path(target).suffix in (".yaml", ".yml")
     return Context(
@@ -81,11 +82,21 @@ def _run(
     profile = _profile(target)
     check_target(cfg, profile)
     root = _run_root(out or default_run_dir(cfg))
+    other = _other_run(root, cfg)
+    if other and (resume or stages is not None):
+        raise UserError(
+            f"{root} holds the run '{other}', not '{cfg.name}': no stage of it is this "
+            "config's to resume from",
+            field="out",
+            fix="pass another output directory, or compress without resuming to replace that run",
+        )
     existed = root.exists()
     created = [d for d in root.absolute().parents if not d.exists()]  # e.g. runs/, made for it
     was_empty = not existed or not any(root.iterdir())
     ctx = open_run(cfg, target, root, quiet=quiet)
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
+    if other:
+        ctx.warn(f"{root} held the run '{other}': this run of '{cfg.name}' replaces it")
     for note in config_warnings(cfg):
         ctx.warn(note)
     try:
@@ -122,6 +133,15 @@ def _run_root(out: str | Path) -> Path:
             fix="pass a new or empty directory, or one `kdc compress` wrote",
         )
     return root
+
+
+def _other_run(root: Path, cfg: KdcConfig) -> str | None:
+    """The name of the run `root` holds when it is another config's (by `name`), else None."""
+    if not (root / "manifest.json").is_file():
+        return None
+    held = RunDir(root).manifest().get("config")
+    name = held.get("name") if isinstance(held, dict) else None
+    return str(name) if name and name != cfg.name else None
 
 
 def _any_stage_done(run: RunDir) -> bool:
@@ -295,6 +315,8 @@ def plan(
         "constraints": c,
         "run_dir": str(run_dir),
     }
-    if notes := [*config_warnings(cfg), *ds.notes]:
+    other = _other_run(run_dir, cfg)
+    replaces = [f"{run_dir} holds the run '{other}': compressing replaces it"] if other else []
+    if notes := [*config_warnings(cfg), *ds.notes, *replaces]:
         resolved["warnings"] = notes
     return resolved

@@ -213,11 +213,24 @@ class RunDir:
         try:
             write_json(self.manifest_path, m)
         except OSError as e:  # the first write of a run: a directory it cannot write in
-            raise UserError(
-                f"cannot write in the run directory ({e.strerror})",
-                source=str(self.root),
-                fix="make it writable (kdc compress: or pass another --out)",
-            ) from None
+            raise self._unwritable(e) from None
+
+    def check_writable(self) -> None:
+        """A UserError now, before a command starts, if files cannot be made in the run
+        directory (its permissions, a read-only or full file system)."""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".kdc-probe.", suffix=".tmp", dir=self.root)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            raise self._unwritable(e) from None
+
+    def _unwritable(self, e: OSError) -> UserError:
+        return UserError(
+            f"cannot write in the run directory ({e.strerror})",
+            source=str(self.root),
+            fix="make it writable (kdc compress: or pass another --out)",
+        )
 
     def remove_stale_temp(self) -> list[Path]:
         """Delete the temporaries (`.<name>.*.tmp`) a killed run left beside its artifacts; they

@@ -282,3 +282,23 @@ def test_a_resume_refused_for_its_data_leaves_the_manifest_as_it_was(tmp_path, m
     after = read_json(run / "manifest.json")
     for key in ("config_file", "config_base_dir", "config_base_dir_from_run", "config"):
         assert after[key] == before[key], key
+
+
+def test_an_out_directory_holding_another_run_is_replaced_only_on_purpose(tmp_path, monkeypatch):
+    """--resume (or one stage) into another config's run is refused; a fresh compress says it
+    replaces that run, as --dry-run does."""
+    run = tmp_path / "run"
+    first = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None))
+    second = write_yaml(tmp_path / "other.yaml", cnn_config(weights=None, name="other"))
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages(None))
+    args = ["--out", str(run), "-q"]
+    assert runner.invoke(app, ["compress", str(first), *args]).exit_code == 0
+    for cmd in (["compress", str(second), "--resume"], ["export", str(second)]):
+        res = runner.invoke(app, [*cmd, *args])
+        assert res.exit_code == 2, res.output
+        assert f"field '--out': {run} holds the run 'tinycnn', not 'other'" in res.output
+    res = runner.invoke(app, ["compress", str(second), "--out", str(run), "--dry-run"])
+    assert f"{run} holds the run 'tinycnn': compressing replaces it" in res.output
+    res = runner.invoke(app, ["compress", str(second), *args])
+    assert res.exit_code == 0 and f"{run} held the run 'tinycnn'" in res.output, res.output
+    assert read_json(run / "manifest.json")["config"]["name"] == "other"
