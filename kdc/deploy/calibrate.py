@@ -32,6 +32,8 @@ Progress = Callable[[str], None] | None
 MODELS_DIR = "models"
 RESULTS_DIR = "results"
 PER_KIND_MIN_MODELS = 12
+# a median |error| of the fit on its own timings above this is warned (measured here: 9-14 %)
+POOR_FIT = 0.25
 """Fewer timed models fit only overhead, memory and per-precision efficiencies."""
 
 
@@ -139,11 +141,24 @@ def fit_rows(
     `predicted_ms` under it."""
     samples = _samples(Path(directory), rows, profile, measured)
     lm = fit_latency_model(samples, profile, per_kind=len(samples) >= PER_KIND_MIN_MODELS)
-    out = [
-        {**row, "predicted_ms": round(predict_kernels_ms(k, profile, lm), 4)}
-        for row, (k, _) in zip(rows, samples, strict=True)
-    ]
+    out = []
+    for row, (k, ms) in zip(rows, samples, strict=True):
+        predicted = predict_kernels_ms(k, profile, lm)
+        out.append({**row, "predicted_ms": round(predicted, 4), "error": abs(predicted / ms - 1)})
     return lm, out
+
+
+def fit_warnings(result: dict[str, Any]) -> list[str]:
+    """A warning when the saved fit predicts its own timings poorly (median |error| above
+    POOR_FIT): every later prediction for the target uses it."""
+    errors = [r["error"] for r in result.get("samples", []) if "error" in r]
+    if not errors or float(np.median(errors)) <= POOR_FIT:
+        return []
+    return [
+        f"the fit predicts its own timings with a median |error| of {np.median(errors):.0%}: "
+        "predictions for this target now use it; time the set again on an idle device with "
+        f"fixed clocks, or delete {result['path']} to go back to the profile's model"
+    ]
 
 
 def save_calibration(
@@ -359,13 +374,58 @@ def write_bundle(
     return out
 
 
+def _check_bundle_target(root: Path, profile: HardwareProfile) -> None:
+    """Refuse a bundle written for another target than `profile`, or timed on a device that
+    is another built-in target's."""
+    from kdc.deploy.device_results import profiles_of_device
+
+    if not root.is_dir():
+        raise UserError(
+            f"{root}: directory not found",
+            field="from_dir",
+            fix="pass the bundle directory `kdc calibrate --bundle` wrote, with the device's "
+            "results/ copied into it",
+        )
+    meta_file = root / "calibration.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"cannot read it ({getattr(e, 'strerror', None) or e})",
+            source=str(meta_file),
+            fix="pass the directory `kdc calibrate --bundle` wrote (calibration.json beside "
+            "run_all.sh)",
+        ) from None
+    made_for = meta.get("target") if isinstance(meta, dict) else None
+    if made_for != profile.name:
+        raise UserError(
+            f"the bundle was written for {made_for}, not {profile.name}: its timings would "
+            f"become {profile.name}'s latency model",
+            source=str(meta_file),
+            field="target",
+            fix=f"pass --target {made_for}, or write a bundle for {profile.name} and time it "
+            "on that device",
+        )
+    device = _device_name(root / RESULTS_DIR / "device.json") or ""
+    named = profiles_of_device(device)
+    if named and profile.name not in named:
+        raise UserError(
+            f"timed on '{device}', which is {' or '.join(named)}, not {profile.name}",
+            source=str(root / RESULTS_DIR / "device.json"),
+            field="device",
+            fix=f"run run_all.sh on a {profile.name}",
+        )
+
+
 def ingest_bundle(target: str, bundle_dir: Path | str) -> dict[str, Any]:
     """Fit `target`'s latency model to the exportTimes files in `bundle_dir/results/` and save
-    it. Returns {path, latency_model, samples, missing}."""
+    it. Returns {path, latency_model, samples, missing}. A bundle written for another target,
+    or timed on another target's device, is refused."""
     from kdc.deploy.trtexec import parse_export_times
 
     profile = load_profile(target)
     root = Path(bundle_dir)
+    _check_bundle_target(root, profile)
     models_dir = root / MODELS_DIR
     rows, missing = [], []
     for row in model_zoo.load_manifest(models_dir):

@@ -197,13 +197,34 @@ def test_from_bundle_recovers_known_factors_and_load_profile_uses_them(bundle, c
 def test_from_needs_two_timed_models(tmp_path, bundle):
     empty = tmp_path / "b"
     (empty / "models").mkdir(parents=True)
-    (empty / "models" / "manifest.json").write_text(
-        (bundle / "models" / "manifest.json").read_text()
-    )
+    for name in ("models/manifest.json", "calibration.json"):
+        (empty / name).write_text((bundle / name).read_text())
     with pytest.raises(UserError, match="0 timed models"):
         C.calibrate("jetson", from_dir=empty)
-    with pytest.raises(UserError, match="no manifest.json"):
+    with pytest.raises(UserError, match="nothing: directory not found"):
         C.calibrate("jetson", from_dir=tmp_path / "nothing")
+
+
+def test_a_bundle_of_another_target_or_device_is_refused(bundle, config_dir):
+    """A Jetson bundle's timings never become the T4's model; a fit far off its own timings
+    is saved with a warning naming how to go back."""
+    _export_times(bundle, KNOWN)
+    with pytest.raises(UserError, match="written for jetson-orin-nano-8gb, not nvidia-t4") as e:
+        C.calibrate("t4", from_dir=bundle)
+    assert e.value.field == "target" and "pass --target jetson-orin-nano-8gb" in e.value.fix
+    (bundle / "results" / "device.json").write_text('{"device": "Tesla T4"}')
+    with pytest.raises(UserError, match="timed on 'Tesla T4', which is nvidia-t4, not jetson"):
+        C.calibrate("jetson", from_dir=bundle)
+    assert not calibration_path("nvidia-t4").exists()
+    assert not calibration_path("jetson-orin-nano-8gb").exists()
+    for times in (bundle / "results").glob("*.json"):  # every model at one latency: no fit
+        if times.name != "device.json":
+            times.write_text(json.dumps([{"latencyMs": 0.11, "computeMs": 0.1}] * 20))
+    (bundle / "results" / "device.json").write_text('{"device": "Jetson Orin Nano (test)"}')
+    res = CliRunner().invoke(app, ["calibrate", "--target", "jetson", "--from", str(bundle)])
+    assert res.exit_code == 0, res.output
+    assert "warning: the fit predicts its own timings with a median |error| of" in res.output
+    assert f"delete {calibration_path('jetson-orin-nano-8gb')}" in " ".join(res.output.split())
 
 
 def test_unreachable_targets_and_conflicting_options_are_user_errors(tmp_path):
