@@ -323,11 +323,11 @@ def check(
         raise UserError(
             "is a directory", source=str(junit), field="--junit", fix="pass a file, e.g. junit.xml"
         )
-    cur = C.load_report(report)
+    cur, base = C.load_report(report), C.load_report(baseline, "baseline")
     results = [
         *C.compare(
             cur,
-            C.load_report(baseline, "baseline"),
+            base,
             latency_tolerance=C.parse_tolerance(latency_tolerance, "--latency-tolerance"),
             accuracy_tolerance=C.parse_tolerance(
                 accuracy_tolerance, "--accuracy-tolerance", kind="points"
@@ -335,7 +335,7 @@ def check(
             latency_kinds=kinds[latency_kind],
             strict=strict,
         ),
-        *C.constraint_results(cur),
+        *C.constraint_results(cur, base),
     ]
     for r in results:
         out.print(C.format_line(r), markup=False)

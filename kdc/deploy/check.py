@@ -148,7 +148,13 @@ def _noisy(base: dict, cur: dict) -> str:
 
 
 def _latency_result(
-    metric: str, b: float, c: float, tol: float, noise: tuple[float, str] | None, note: str
+    metric: str,
+    b: float,
+    c: float,
+    tol: float,
+    noise: tuple[float, str] | None,
+    note: str,
+    kind: str = "measured",
 ) -> CheckResult:
     """`noise` None (`kdc check --strict`): the tolerance alone is allowed."""
     margin = tol if noise is None else max(tol, noise[0])
@@ -160,7 +166,7 @@ def _latency_result(
         if noise is None
         else f"max(tolerance {tol:.1%}, noise {noise[0]:.1%}{noise[1]})"
     )
-    msg = f"{b:.3f} -> {c:.3f} ms ({rel:+.1%}); allowed +{margin:.1%} = {allowed}{note}"
+    msg = f"{b:.4g} -> {c:.4g} ms {kind} ({rel:+.1%}); allowed +{margin:.1%} = {allowed}{note}"
     return CheckResult(metric, b, c, limit, None if noise is None else noise[0], status, msg)
 
 
@@ -235,7 +241,13 @@ def _latency(
             _missing(metric, b, c, f"{s}_ms absent")
             if b is None or c is None
             else _latency_result(
-                metric, float(b), float(c), tol, None if strict else _noise(base, cur, s), note
+                metric,
+                float(b),
+                float(c),
+                tol,
+                None if strict else _noise(base, cur, s),
+                note,
+                kind,
             )
         )
     return out
@@ -245,8 +257,9 @@ def _comparable(
     base: dict, cur: dict, key: str, kinds: tuple[str, ...]
 ) -> tuple[dict | None, dict | None]:
     """The two engines' `key` latencies to compare. A TensorRT engine timed on the device
-    (`latency` measured) keeps the search's prediction as `predicted_latency`: where the other
-    report has only a prediction, or only predictions are wanted, the predictions are compared."""
+    (`latency` measured) keeps the search's prediction as `predicted_latency`: where only
+    predictions are wanted (`--latency-kind predicted`), the predictions are compared. Else a
+    measurement on one side only is a changed kind: a device timing that went missing fails."""
     b, c = base.get(key), cur.get(key)
     if key != "latency" or "predicted" not in kinds:
         return b, c
@@ -256,8 +269,7 @@ def _comparable(
             return lat
         return engine.get("predicted_latency")
 
-    kind_b, kind_c = (b or {}).get("kind"), (c or {}).get("kind")
-    if kind_b != kind_c or "measured" not in kinds:
+    if "measured" not in kinds:
         pb, pc = predicted(base, b), predicted(cur, c)
         if pb is not None and pc is not None:
             return pb, pc
@@ -366,10 +378,22 @@ def _nothing_compared(
     return [_missing("latency", float(figures), 0.0, f"{msg} is comparable with this report")]
 
 
-def constraint_results(report: dict) -> list[CheckResult]:
+def constraint_results(report: dict, baseline: dict | None = None) -> list[CheckResult]:
     """The report's own constraint rows as results (metric `constraint.<name>`), so that a
-    budget failure shows in the same lines and JUnit file; no value counts as a failure."""
-    out = []
+    budget failure shows in the same lines and JUnit file; no value counts as a failure. A
+    constraint of the `baseline` the report lacks (the device's parity once its results are
+    gone) is MISSING and fails."""
+    names = {c.get("name") for c in report.get("constraints") or []}
+    out = [
+        _missing(  # a baseline figure (its limit where it had none) makes it fail
+            f"constraint.{c['name']}",
+            c["value"] if c.get("value") is not None else c.get("limit", 0.0),
+            None,
+            "missing from this report",
+        )
+        for c in (baseline or {}).get("constraints") or []
+        if c.get("name") not in names
+    ]
     for c in report.get("constraints") or []:
         value, ok = c.get("value"), c.get("pass") is True
         if value is None:

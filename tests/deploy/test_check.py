@@ -308,17 +308,21 @@ def test_kind_mismatch_is_reported_not_compared(baseline):
 
 def test_a_device_timed_engine_is_compared_on_the_prediction_it_keeps(baseline):
     """With the device's results a TensorRT engine's `latency` is measured and the search's
-    prediction stays as `predicted_latency`: against a report with only the prediction (CI's
-    CPU runner), and with --latency-kind predicted, the predictions are compared."""
+    prediction stays as `predicted_latency`: with --latency-kind predicted (CI's CPU runner)
+    the predictions are compared; by default a device timing on one side only fails (it went
+    missing, or the baseline has none), it is not passed on the predictions."""
     device = copy.deepcopy(baseline)
     trt = engine(device, "tensorrt-int8")
     trt["predicted_latency"] = copy.deepcopy(trt["latency"])
     trt["latency"] = {"kind": "measured", "device": "Orin Nano", "p50_ms": 5.0, "p99_ms": 9.0}
+    for current, base in ((baseline, device), (device, baseline), (device, device)):
+        results = by_metric(compare(current, base, latency_kinds=("predicted",)))
+        r = results["tensorrt-int8.latency_p50_ms"]
+        assert r.status == "pass" and r.baseline == r.current, r
+        assert "ms predicted (+0.0%)" in r.message
     for current, base in ((baseline, device), (device, baseline)):
-        for kinds in (("predicted",), ("measured", "predicted")):
-            results = by_metric(compare(current, base, latency_kinds=kinds))
-            r = results["tensorrt-int8.latency_p50_ms"]
-            assert r.status == "pass" and r.baseline == r.current, r
+        r = by_metric(compare(current, base))["tensorrt-int8.latency"]
+        assert r.status == "missing" and r.failed and "latency kind changed" in r.message
 
 
 def test_engine_removed_fails_and_engine_added_does_not(baseline):
@@ -388,3 +392,17 @@ def test_p99_uses_its_own_spread_over_rounds():
     assert p99 > 0.5 and "p99 spread" in how99
     old = {k: v for k, v in base.items() if k != "rounds_p99_ms"}  # an older report
     assert _noise(old, cur, "p99") == (p50, how50)
+
+
+def test_a_baseline_constraint_the_report_lacks_fails(baseline):
+    """The device's parity, say, once the device results are gone: MISSING, not silence."""
+    from kdc.deploy.check import constraint_results
+
+    base = copy.deepcopy(baseline)
+    base["constraints"] = [
+        *(base.get("constraints") or []),
+        {"name": "device_parity", "limit": 0.99, "value": 0.9999, "pass": True},
+    ]
+    (r,) = [x for x in constraint_results(baseline, base) if x.metric == "constraint.device_parity"]
+    assert r.status == "missing" and r.failed and r.message == "missing from this report"
+    assert not any(x.status == "missing" for x in constraint_results(base, base))
