@@ -69,6 +69,16 @@ fi
 
 REMAKE = "kdc bundle RUN_DIR --target that.yaml"
 
+# the sha256 of the model.onnx the engine was built from (build.sh writes it after a build)
+BUILT_FROM = "model.plan.onnx_sha256"
+_BENCH_HEAD = """[ -f {engine} ] || {{ echo "{engine} not found: run ./build.sh" >&2; exit 1; }}
+if [ "$(cat {built_from} 2>/dev/null)" != "$(sha256sum model.onnx | cut -d ' ' -f 1)" ]; then
+  echo "{engine} was not built from this bundle's model.onnx: run ./build.sh" >&2
+  exit 1
+fi
+rm -f results/times.json results/parity.json results/device.json  # no earlier run's results
+"""
+
 _BENCH_TAIL = """
 device="$(tr -d '\\0' 2>/dev/null < /proc/device-tree/model \\
   || nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
@@ -449,10 +459,12 @@ def write_bundle(
         scripts = {
             "build.sh": _PREAMBLE.format(what="Build the TensorRT engine on the device.", **header)
             + ("" if plan.strongly_typed else FLAGS_NEED_TRT10.format(remake=REMAKE, **header))
+            + f"rm -f {ENGINE} {BUILT_FROM}  # a failed build leaves no earlier engine behind\n"
             + shell_text(build, " \\\n  ")
-            + " 2>&1 | tee results/build.log\n",
+            + " 2>&1 | tee results/build.log\n"
+            + f"sha256sum model.onnx | cut -d ' ' -f 1 > {BUILT_FROM}\n",
             "bench.sh": _PREAMBLE.format(what="Time the engine and check parity.", **header)
-            + f'[ -f {ENGINE} ] || {{ echo "{ENGINE} not found: run ./build.sh" >&2; exit 1; }}\n'
+            + _BENCH_HEAD.format(engine=ENGINE, built_from=BUILT_FROM)
             + shell_text(bench, " \\\n  ")
             + " 2>&1 | tee results/bench.log\n"
             + _BENCH_TAIL.format(cv_warn=CV_LIMIT),

@@ -15,7 +15,12 @@ from kdc.errors import UserError
 JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
 # device scripts run trtexec as "$TRTEXEC": from the environment, else PATH, else JetPack's
 TRTEXEC_VAR = "$TRTEXEC"
-TRTEXEC_LOOKUP = f'TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo {JETPACK_TRTEXEC})}}"'
+TRTEXEC_LOOKUP = (
+    f'TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo {JETPACK_TRTEXEC})}}"\n'
+    'command -v "$TRTEXEC" > /dev/null || { echo "trtexec not found (not on PATH, not at '
+    f'{JETPACK_TRTEXEC}): install TensorRT (JetPack) or run with TRTEXEC=/path/to/trtexec" >&2; '
+    "exit 127; }"
+)
 # BuilderFlag name -> trtexec switch.
 FLAG_SWITCHES = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback"}
 # NVIDIA's timing protocol: CUDA graphs, spin-wait sync, no host<->device copies in the timing.

@@ -479,3 +479,39 @@ def test_a_vision_transformer_contract_adds_its_resize_and_normalisation():
     # digits are read at their own 8x8 whatever data.image_size says: no resize for an 8 model
     same = image_input_contract("sklearn:digits", "pixel_values", [1, 1, 8, 8], ["0"], read_size=16)
     assert not any(s.startswith("resize to") for s in same["preprocessing"]["steps"])
+
+
+@needs_stand_in
+def test_an_engine_of_an_earlier_model_is_not_timed_and_old_results_go(tmp_path, goldens):
+    """A bundle copied over an older one: a failed build leaves no engine, an engine built from
+    another model.onnx is refused by bench.sh, and its results/ of the earlier run are
+    removed before timing; no trtexec names TRTEXEC."""
+    out = _bundle(tmp_path, goldens, precision="fp32")
+    _run_on_stand_in_device(tmp_path, out)
+    assert (out / "results" / "times.json").is_file()
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("TRTEXEC", None)
+    (out / "model.onnx").write_bytes((out / "model.onnx").read_bytes() + b" ")  # a new model
+    bench = subprocess.run(["bash", str(out / "bench.sh")], env=env, capture_output=True, text=True)
+    assert bench.returncode == 1
+    assert "model.plan was not built from this bundle's model.onnx: run ./build.sh" in bench.stderr
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    (failing / "trtexec").write_text("#!/usr/bin/env bash\nexit 1\n")
+    (failing / "trtexec").chmod(0o755)
+    build = subprocess.run(
+        ["bash", str(out / "build.sh")], env={**env, "TRTEXEC": str(failing / "trtexec")}
+    )
+    assert build.returncode == 1 and not (out / "model.plan").exists()
+    missing = subprocess.run(
+        ["bash", str(out / "build.sh")],
+        env={**env, "TRTEXEC": str(tmp_path / "nowhere" / "trtexec")},
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 127 and "run with TRTEXEC=/path/to/trtexec" in missing.stderr
+    subprocess.run(["bash", str(out / "build.sh")], env=env, check=True, capture_output=True)
+    (out / "results" / "parity.json").write_text("{}")  # an earlier run's
+    (out / "parity.py").write_text("raise SystemExit(1)\n")  # this run's parity cannot run
+    bench = subprocess.run(["bash", str(out / "bench.sh")], env=env, capture_output=True, text=True)
+    assert bench.returncode == 1 and not (out / "results" / "parity.json").exists()
