@@ -95,7 +95,8 @@ def planned_student(cfg: KdcConfig) -> dict[str, Any]:
 def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
     """Raise a UserError when ONNX Runtime is not installed (every run uses it), or the target
     builds no engine the config asks for (`build.engines`) or none at the config's precision:
-    FP16 is a TensorRT precision (ONNX Runtime's engines here are FP32 and INT8)."""
+    FP16 is a TensorRT precision (ONNX Runtime's engines here are FP32 and INT8), and a
+    profile's runtime.precisions lists what its device runs."""
     from kdc.deploy import ort_install
 
     ort_install.require()
@@ -115,6 +116,16 @@ def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
             source=cfg.source_file,
             field="quantize.precision",
             fix="use fp32 or int8 here, or a TensorRT target such as jetson or t4",
+        )
+    offered = profile.runtime.precisions
+    if cfg.quantize.precision not in offered:
+        raise UserError(
+            f"target {profile.name} offers {', '.join(offered)}, not "
+            f"{cfg.quantize.precision}",
+            source=cfg.source_file,
+            field="quantize.precision",
+            fix=f"use {' or '.join(offered)}, or add {cfg.quantize.precision} to the profile's "
+            "runtime.precisions if the device runs it",
         )
 
 

@@ -437,3 +437,26 @@ def test_settings_the_config_does_not_read_are_noted(tmp_path):
     assert any("student.width not used: search.strategy evolution" in n for n in notes), notes
     plain = config_warnings(load_config(write_yaml(tmp_path / "plain.yaml", cnn_config())))
     assert plain == []
+
+
+def test_a_precision_the_target_profile_does_not_offer_is_refused(tmp_path):
+    """A custom profile without int8: refused before search (it failed at build, after
+    distillation), naming quantize.precision."""
+    import yaml
+
+    from kdc.profiles import profiles_dir
+
+    profile = yaml.safe_load((profiles_dir() / "jetson-orin-nano-8gb.yaml").read_text())
+    profile["name"] = "orin-no-int8"
+    profile["runtime"]["precisions"] = ["fp32", "fp16"]
+    target = tmp_path / "orin.yaml"
+    target.write_text(yaml.safe_dump(profile))
+    cfg = _config(tmp_path, quantize={"precision": "int8"})
+    line = _one_line(
+        runner.invoke(app, ["compress", str(cfg), "--target", str(target), "--dry-run"])
+    )
+    assert line == (
+        f"error: {cfg}: field 'quantize.precision': target orin-no-int8 offers fp32, fp16, not "
+        "int8 (fix: use fp32 or fp16, or add int8 to the profile's runtime.precisions if the "
+        "device runs it)"
+    )
