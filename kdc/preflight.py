@@ -120,8 +120,7 @@ def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
     offered = profile.runtime.precisions
     if cfg.quantize.precision not in offered:
         raise UserError(
-            f"target {profile.name} offers {', '.join(offered)}, not "
-            f"{cfg.quantize.precision}",
+            f"target {profile.name} offers {', '.join(offered)}, not {cfg.quantize.precision}",
             source=cfg.source_file,
             field="quantize.precision",
             fix=f"use {' or '.join(offered)}, or add {cfg.quantize.precision} to the profile's "

@@ -5,7 +5,6 @@ traceback in the run directory."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 
@@ -22,9 +21,13 @@ from kdc.rundir import read_json, write_json
 runner = CliRunner()
 
 
-def _fake_stages(fail_at: str | None, how=lambda: os.kill(os.getpid(), signal.SIGINT)):
-    """Stages that each write one file; the one named `fail_at` calls `how` (default: presses
-    Ctrl-C) half-way."""
+def _fake_stages(
+    fail_at: str | None,
+    how=lambda: os.kill(os.getpid(), signal.SIGINT),
+    reads: tuple[str, ...] = ("name",),
+):
+    """Stages that each write one file and read the config's `reads`; the one named `fail_at`
+    calls `how` (default: presses Ctrl-C) half-way."""
 
     def make(name: str):
         def fn(ctx) -> StageOutput:
@@ -35,7 +38,7 @@ def _fake_stages(fail_at: str | None, how=lambda: os.kill(os.getpid(), signal.SI
 
         return fn
 
-    return [pipeline.Stage(n, make(n), lambda cfg: ("name",)) for n in pipeline.STAGE_NAMES]
+    return [pipeline.Stage(n, make(n), lambda cfg: reads) for n in pipeline.STAGE_NAMES]
 
 
 def test_sigint_exits_130_and_resume_continues(tmp_path, monkeypatch):
@@ -82,13 +85,14 @@ def test_sigterm_stops_like_ctrl_c_and_a_stale_report_is_gone(tmp_path, monkeypa
     the report of the run's previous config is not left for `kdc check` to read."""
     cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
     args = ["compress", str(cfg), "--out", str(run), "-q"]
-    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages(None))
+    seeded = ("name", "seed")
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages(None, reads=seeded))
     assert runner.invoke(app, args).exit_code == 0
     assert (run / "report" / "out.json").is_file()  # the report stage's output
     (run / "report.md").write_text("mine")  # not the run's: left alone
-    write_yaml(cfg, cnn_config(weights=None, name="changed"))
+    write_yaml(cfg, cnn_config(weights=None, seed=1))
     sigterm = lambda: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
-    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", sigterm))
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", sigterm, seeded))
     res = runner.invoke(app, [*args, "--resume"])
     assert res.exit_code == 143, res.output
     assert res.output.startswith("interrupted (SIGTERM): finished stages are kept")
@@ -267,10 +271,7 @@ def test_a_resume_refused_for_its_data_leaves_the_manifest_as_it_was(tmp_path, m
     """A config from another folder whose data is refused does not move the run's config base
     directory (a later `kdc verify` would read the data from there)."""
     cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
-    reading_data = lambda: [  # noqa: E731
-        dataclasses.replace(s, reads=lambda cfg: ("name", "data")) for s in _fake_stages(None)
-    ]
-    monkeypatch.setattr(pipeline, "_stages", reading_data)
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages(None, reads=("name", "data")))
     assert runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"]).exit_code == 0
     before = read_json(run / "manifest.json")
     bad = cnn_config(weights=None)

@@ -138,7 +138,10 @@ def _engine_block(
                 + " use asymmetric activations (quantize.symmetric_activations: false)"
             ]
     if not ctx.profile.measurable:
-        block["target_latency"] = predict(ctx, path, prec, rec["engine"])
+        # a TensorRT target's latency model is TensorRT's (trtexec-calibrated): it says nothing
+        # of ONNX Runtime's kernels there, so this engine gets no prediction rather than that one
+        if not ctx.profile.runtime.tensorrt:
+            block["target_latency"] = predict(ctx, path, prec, rec["engine"])
         block["target_memory"] = _predicted_memory(ctx, path, prec)
     return block
 

@@ -159,7 +159,11 @@ def stub_verify(monkeypatch, tmp_path) -> SimpleNamespace:
     (tmp_path / "model.onnx").write_bytes(b"\0" * 1000)
     return SimpleNamespace(
         run=tmp_path,
-        profile=SimpleNamespace(name="jetson-orin-nano-8gb", measurable=False),
+        profile=SimpleNamespace(
+            name="jetson-orin-nano-8gb",
+            measurable=False,
+            runtime=SimpleNamespace(tensorrt="10.3"),
+        ),
         cfg=SimpleNamespace(
             task="text-classification",
             verify=SimpleNamespace(threads=1, batch=1),
@@ -171,7 +175,12 @@ def stub_verify(monkeypatch, tmp_path) -> SimpleNamespace:
 
 
 def test_predicted_latency_of_every_engine_names_the_engine(stub_verify):
+    """On a TensorRT target (its latency model TensorRT's) only the TensorRT engine is
+    predicted; on a CPU device kdc cannot time, the ONNX Runtime engine is."""
     ort = {"engine": "onnxruntime", "precision": "fp32", "status": "built", "path": "model.onnx"}
+    built = verify._engine_block(stub_verify, ort, np.zeros((2, 3)), np.zeros((2, 3)), {})
+    assert "target_latency" not in built and "target_memory" in built
+    stub_verify.profile.runtime.tensorrt = None  # an ARM board's CPU, say
     built = verify._engine_block(stub_verify, ort, np.zeros((2, 3)), np.zeros((2, 3)), {})
     assert built["target_latency"] == {**PREDICTED, "engine": "onnxruntime"}
     md = render_markdown({"engines": [built]})
