@@ -234,6 +234,11 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
             "<mode> && sudo jetson_clocks; GPU: sudo nvidia-smi -lgc <MHz>), stop other GPU "
             "work and run bench.sh again"
         ]
+    if not device.get("device") or device.get("device") == "unknown":
+        latency.setdefault("warnings", []).append(
+            "device.json names no device (bench.sh read neither /proc/device-tree/model nor "
+            "nvidia-smi): the timing is the bundle's target's only by what you ran it on"
+        )
     asked = meta.get("iterations")
     if isinstance(asked, int) and stats["iterations"] < asked:
         latency.setdefault("warnings", []).append(

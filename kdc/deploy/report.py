@@ -26,6 +26,7 @@ from kdc.deploy.report_md import (
     latency_text,
     measured_cell,
     measured_on,
+    off_target,
     off_target_devices,
     render_markdown,
     sig,
@@ -68,10 +69,20 @@ def _row(table: Table, name: str, part: dict, report: dict, elsewhere: bool) -> 
     )
 
 
+BY_KDC = "timed by kdc"
+BY_DEVICE = "timed by kdc here, or by trtexec on the device (marked 'on the target')"
 LEGEND = (
-    "measured: timed by kdc (p50 / p99 over the stated iterations); predicted: the latency "
+    f"measured: {BY_KDC} (p50 / p99 over the stated iterations); predicted: the latency "
     "model's p50, never timed. report.md gives every figure's conditions."
 )
+
+
+def timed_on_device(engine: dict) -> bool:
+    """Whether an engine's latency is the device's own measurement (bundle results read back)."""
+    lat = engine.get("latency") or {}
+    return lat.get("kind") == "measured" and bool(lat.get("on_target"))
+
+
 STAND_INS = {  # constraints.stand_in → what the accuracy marked * was run on
     "qdq-in-float": "the INT8 graph run with Q/DQ in float (the arithmetic the target's engine "
     "approximates)",
@@ -113,15 +124,21 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
     parts += [
         (f"{engine_label(e)} [{e.get('status', DASH)}]", e) for e in report.get("engines") or []
     ]
-    hosts = off_target_devices(report, [by_kind(part, "measured") for _, part in parts])
+    measured = [by_kind(part, "measured") for _, part in parts]
+    hosts = off_target_devices(report, measured)
+    on_device = bool(hosts) and any(m and not off_target(report, m) for m in measured)
     predicted = any(by_kind(part, "predicted") for _, part in parts)
-    heads = ["model", "accuracy", "latency measured" + measured_on(hosts)]
+    heads = [
+        "model",
+        "accuracy",
+        "latency measured" + measured_on(hosts) + (" or on the target where marked" * on_device),
+    ]
     heads += ["latency predicted" + (f" ({latency_model(report)})" if predicted else ""), "size MB"]
     for col in heads:
         table.add_column(col, justify="left" if col in ("model", "accuracy") else "right")
     for name, part in parts:
         _row(table, name, part, report, bool(hosts))
-    legend = [Text(LEGEND, style="dim")]
+    legend = [Text(LEGEND if not on_device else LEGEND.replace(BY_KDC, BY_DEVICE), style="dim")]
     kinds = dict.fromkeys(stand_in(part.get("accuracy")) for _, part in parts)
     legend += [
         Text(f"* stand-in: {STAND_INS.get(kind, kind)}, not the engine itself", style="dim")
@@ -131,7 +148,7 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
     lines = [
         Text(f"{engine_label(e)} is {e.get('status')}: {e['reason']}", style="yellow")
         for e in report.get("engines") or []
-        if e.get("status") != "built" and e.get("reason") and not brief
+        if e.get("status") != "built" and e.get("reason") and not brief and not timed_on_device(e)
     ]  # why an engine was not built here (bundle, or unavailable on this target)
     lines += [
         Text(f"{engine_label(e)}: {w}", style="yellow")

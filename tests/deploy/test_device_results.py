@@ -445,3 +445,10 @@ def test_results_that_name_no_profile_or_model_are_refused(bundle, results, key)
     (results / "device.json").write_text(json.dumps({**device, key: None}))
     with pytest.raises(UserError, match=rf"device.json: field '{key}': names no {key}"):
         read_device_results(results, bundle, JETSON)
+
+
+def test_results_that_name_no_device_are_warned(results, bundle):
+    _times(results, [1.0 + 0.01 * (i % 5) for i in range(200)])
+    _edit(results / "device.json", device="unknown")
+    (warning,) = read_device_results(results, bundle, JETSON)["warnings"]
+    assert warning.startswith("device.json names no device")

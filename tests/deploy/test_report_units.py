@@ -103,6 +103,13 @@ def test_device_timing_is_marked_as_on_the_target(report):
     md = render_markdown(report)
     assert HOST_HEADER in md and "jetson-orin-nano-8gb (not the target)" not in md
     assert "| 0.810 ms p99 (on the target: jetson-orin-nano-8gb) |" in md
+    trt["status"], trt["reason"] = "bundle", "TensorRT is not installed on this machine"
+    text = " ".join(_console(report).split())
+    assert "(not the target) or on the target where marked" in text
+    assert "or by trtexec on the device (marked 'on the target')" in text
+    from kdc.deploy.constraints import engine_label
+
+    assert f"{engine_label(trt)} is bundle" not in text  # the device built and timed it
 
 
 def _plot_legend(report: dict, monkeypatch) -> list[str]:
