@@ -47,6 +47,8 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
     assert trt["status"] == "bundle" and trt["latency"]["kind"] == "predicted"
     assert (run / trt["path"] / "build.sh").is_file()
+    meta = json.loads((run / trt["path"] / "bundle.json").read_text())
+    assert meta["parity_min_agreement"] == 0.75  # a classifier's classes are checked on device
     # a CNN has no preprocessing files: the bundle carries its input contract instead
     contract = json.loads((run / trt["path"] / "preprocessing" / "input.json").read_text())
     assert contract["input"]["shape"][1:] == [1, 8, 8] and contract["input"]["scale"] == "x / 16.0"

@@ -44,6 +44,10 @@ from kdc.rundir import atomic_dir, now_iso, sha256_file, write_json, write_text
 ENGINE = "model.plan"
 # Minimum cosine similarity (all outputs flattened) between engine outputs and the goldens.
 PARITY_MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
+# A classifier's engine must also give the goldens' class on this share of the rows: a global
+# cosine hides a few flipped rows among confident ones (6 of 8 goldens; the reference is the
+# graph the engine builds from, so only rows at a class boundary may flip)
+PARITY_MIN_AGREEMENT = 0.75
 
 _PREAMBLE = """#!/usr/bin/env bash
 # {what}
@@ -263,7 +267,7 @@ def run_onnxruntime(meta, inputs):
                            for chunk, keep in batches(inputs, meta["batch"])])
 
 
-def compare(got, expected, min_cosine):
+def compare(got, expected, min_cosine, min_agreement=None):
     if got.shape != expected.shape:
         return {"pass": False, "error": f"output shape {got.shape} != golden {expected.shape}"}
     a = got.astype(np.float64).reshape(len(got), -1)
@@ -271,11 +275,13 @@ def compare(got, expected, min_cosine):
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     rows = (a * b).sum(axis=1) / np.maximum(norms, 1e-30)
     cosine = float((a * b).sum() / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    agreement = float((a.argmax(axis=1) == b.argmax(axis=1)).mean())
+    agrees = min_agreement is None or agreement >= min_agreement  # a classifier's classes
     return {"reference": "goldens.npz", "n": len(a), "max_abs": float(np.abs(a - b).max()),
             "mean_abs": float(np.abs(a - b).mean()), "cosine": cosine,
-            "cosine_min_row": float(rows.min()),
-            "argmax_agreement": float((a.argmax(axis=1) == b.argmax(axis=1)).mean()),
-            "min_cosine": min_cosine, "pass": cosine >= min_cosine}
+            "cosine_min_row": float(rows.min()), "argmax_agreement": agreement,
+            "min_cosine": min_cosine, "min_agreement": min_agreement,
+            "pass": cosine >= min_cosine and agrees}
 
 
 def main():
@@ -295,7 +301,8 @@ def main():
             notes.append(f"{runner}: {type(e).__name__}: {e}")
             continue
         result = {"status": "measured", "runner": runner,
-                  **compare(got, expected, meta["parity_min_cosine"])}
+                  **compare(got, expected, meta["parity_min_cosine"],
+                            meta.get("parity_min_agreement"))}
         break
     result["notes"] = notes
     out = HERE / "results" / "parity.json"
@@ -410,6 +417,7 @@ def write_bundle(
     use_dla: bool = False,
     preprocessing: Sequence[Path] = (),
     input_contract: dict | None = None,
+    min_agreement: float | None = None,
 ) -> Path:
     """Write the device bundle directory atomically and return its path: `out_dir`, or
     `<out_dir>-<profile>` when `out_dir` holds another target's bundle (see `bundle_dir`).
@@ -418,7 +426,9 @@ def write_bundle(
     `input_contract` (an image model's: `kdc.deploy.input_contract`) is written there as
     input.json; where both exist, it is what kdc trained and verified on.
 
-    `use_dla` builds for DLA core 0 with GPU fallback (profiles with DLA; see tensorrt.DLA_RULE)."""
+    `use_dla` builds for DLA core 0 with GPU fallback (profiles with DLA; see tensorrt.DLA_RULE).
+    `min_agreement` (a classifier's): the share of golden rows whose class the engine must
+    reproduce, beside the cosine floor."""
     trt_version = profile.runtime.tensorrt
     if not trt_version:
         raise UserError(
@@ -506,6 +516,7 @@ def write_bundle(
                 "bench_command": bench,
                 "iterations": iterations,
                 "parity_min_cosine": PARITY_MIN_COSINE[precision],
+                "parity_min_agreement": min_agreement,
             },
         )
         write_text(

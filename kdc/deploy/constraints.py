@@ -16,9 +16,10 @@ Which engine answers which constraint:
 - `device_parity`: one row per engine whose parity the device checked (`parity.on_target`,
   from `kdc verify --device-results`), without a configured limit: the value is the cosine of
   the device's outputs against the bundle's goldens, the limit the bundle's floor, and it passes
-  only when the device's check passed (so at or above the floor). A check the device could not
-  make fails with its reason, and so does one made by another runner than the TensorRT engine
-  (parity.py's ONNX Runtime fallback: `not_the_engine`), with no value.
+  only when the device's check passed (so at or above the floor, and for a classifier with the
+  goldens' class on at least the bundle's `parity_min_agreement` share of the rows). A check the
+  device could not make fails with its reason, and so does one made by another runner than the
+  TensorRT engine (parity.py's ONNX Runtime fallback: `not_the_engine`), with no value.
 """
 
 from __future__ import annotations
@@ -336,12 +337,18 @@ def _device_parity_rows(report: dict) -> list[dict]:
             )
             row["reason"] = f"{why} ({where})"
         else:
-            agree = p.get("argmax_agreement")
+            agree, floor = p.get("argmax_agreement"), p.get("agreement_floor")
             row["note"] = (
                 f"{where}"
                 + (f", argmax agreement {agree:.3f}" if agree is not None else "")
+                + (f" (floor {floor:g})" if floor is not None else "")
                 + (f" over {p['n']} golden rows" if p.get("n") is not None else "")
             )
+            if floor is not None and agree is not None and agree < floor:
+                row["reason"] = (
+                    f"the engine gives another class than the goldens on {1 - agree:.0%} of "
+                    f"the rows (argmax agreement {agree:.3f}, floor {floor:g})"
+                )
         rows.append(row)
     return rows
 

@@ -104,7 +104,9 @@ def _check_target(
         )
 
 
-def _device_parity(raw: dict, floor: float, device: str, source: Path) -> dict:
+def _device_parity(
+    raw: dict, floor: float, device: str, source: Path, min_agreement: float | None = None
+) -> dict:
     """parity.json in the report's parity terms (`min_cosine` the lowest row cosine,
     `cosine_floor` the bundle's limit, `passed`: at or above it, by the TensorRT engine), marked
     `on_target`. A pass without the figures parity.py writes with one is refused; NaN or Inf
@@ -159,7 +161,11 @@ def _device_parity(raw: dict, floor: float, device: str, source: Path) -> dict:
         "min_cosine": raw.get("cosine_min_row"),
         "argmax_agreement": raw.get("argmax_agreement"),
         "cosine_floor": floor,
-        "passed": raw.get("pass") is True and cosine >= floor and runner == "tensorrt",
+        "agreement_floor": min_agreement,
+        "passed": raw.get("pass") is True
+        and cosine >= floor
+        and (min_agreement is None or raw["argmax_agreement"] >= min_agreement)
+        and runner == "tensorrt",
         "error": raw.get("error"),
         "notes": notes or None,
         "source": f"device results {source}",
@@ -177,6 +183,8 @@ def _parity_warnings(parity: dict) -> list[str]:
         return [f"device parity FAILED: {not_the_engine(runner, notes)}"]
     if parity.get("cosine") is not None:
         what = f"cosine {parity['cosine']:.4f} against the floor {parity['cosine_floor']:g}"
+        if parity.get("agreement_floor") is not None:
+            what += f" (argmax agreement floor {parity['agreement_floor']:g})"
     else:
         what = parity.get("error") or f"not checked ({notes or 'no runner'})"
     agree = parity.get("argmax_agreement")
@@ -246,6 +254,8 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
             f"{asked}: its p99 rests on fewer samples than planned; run bench.sh as written "
             "(trtexec stopped early or its flags were changed)"
         )
-    parity = _device_parity(raw_parity, floor, name, results_dir / "parity.json")
+    agree = meta.get("parity_min_agreement")
+    agree = agree if isinstance(agree, int | float) and not isinstance(agree, bool) else None
+    parity = _device_parity(raw_parity, floor, name, results_dir / "parity.json", agree)
     warnings = [*_parity_warnings(parity), *latency.get("warnings", [])]
     return {"latency": latency, "parity": parity, "warnings": warnings}
