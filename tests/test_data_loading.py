@@ -275,6 +275,15 @@ def test_an_unlabelled_test_split_is_passed_over_for_validation(tmp_path):
     datasets.DatasetDict(train=train, test=split([-1] * 5)).save_to_disk(str(tmp_path / "only"))
     ds = load_dataset(text_cfg(tmp_path, source="only"))
     assert len(ds.train) + len(ds.eval) == 20
+    bare = datasets.Dataset.from_dict({"text": ["a", "b"]})  # a test split with no label column
+    datasets.DatasetDict(train=train, test=bare, validation=split([1, 0, 1])).save_to_disk(
+        str(tmp_path / "nolabel")
+    )
+    assert len(load_dataset(text_cfg(tmp_path, source="nolabel")).eval) == 3
+    blank = datasets.DatasetDict(train=train, validation=split([1, 0, -1]))
+    blank.save_to_disk(str(tmp_path / "blank"))
+    with pytest.raises(UserError, match=r"blank \(split 'validation'\): field 'data.label_co"):
+        load_dataset(text_cfg(tmp_path, source="blank"))
 
 
 def test_labels_are_matched_to_the_teacher_by_name_or_refused():

@@ -295,7 +295,7 @@ def read_datasets(
             field=field,
             fix="pip install 'kdc[datasets]'",
         ) from None
-    ds = load_from_disk(str(path))
+    ds, name = load_from_disk(str(path)), None
     if isinstance(ds, DatasetDict):
         name = eval_split(ds, label_col, split) if split != "train" else "train"
         if name not in ds:
@@ -304,20 +304,25 @@ def read_datasets(
                 f"no {wanted} split (splits: {', '.join(ds)})",
                 source=str(path),
                 field=field,
-                fix=f"save a DatasetDict with a {wanted} split",
+                fix=f"save a DatasetDict with a {wanted} split, or point data.source (and "
+                f"data.eval) at split folders, e.g. {path / next(iter(ds))}",
             )
         ds = ds[name]
     rows = [
         (i, dict(zip(ds.column_names, vals, strict=True)))
         for i, vals in enumerate(zip(*(ds[c] for c in ds.column_names), strict=True))
     ]
-    texts, labels = _columns(rows, path, text_col, label_col, field, unit="row")
+    where = f"{path} (split '{name}')" if name else str(path)  # which split of a DatasetDict
+    try:
+        texts, labels = _columns(rows, path, text_col, label_col, field, unit="row")
+    except UserError as e:
+        raise UserError(e.message, source=where, field=e.field, fix=e.fix) from None
     feat = ds.features.get(label_col) if label_col else None
     if feat is not None and hasattr(feat, "names"):  # a ClassLabel, where -1 is "no label"
         if (n := next((n for n, i in enumerate(labels) if i < 0), None)) is not None:
             raise UserError(
                 f"row {n} has no label (ClassLabel -1)",
-                source=str(path),
+                source=where,
                 field="data.label_column",
                 fix="drop the unlabelled rows, or label them",
             )
@@ -326,7 +331,10 @@ def read_datasets(
 
 
 def _labelled(part: Any, label_col: str | None) -> bool:
-    """Whether a split has labels: not a ClassLabel column of -1s only (GLUE's test splits)."""
+    """Whether a split has labels: the label column, and not a ClassLabel column of -1s only
+    (GLUE's test splits)."""
+    if label_col and label_col not in part.column_names:
+        return False
     feat = part.features.get(label_col) if label_col else None
     if feat is None or not hasattr(feat, "names") or not len(part):
         return True
