@@ -29,11 +29,23 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 def _config(config: ConfigLike) -> KdcConfig:
     if isinstance(config, dict):
         return parse_config(config, source="<dict config>")
-    return config if isinstance(config, KdcConfig) else load_config(config)
+    if isinstance(config, KdcConfig):
+        return config
+    return load_config(_path_arg(config, "config", "a path to model.yaml, a dict or a KdcConfig"))
 
 
-def _profile(target: str | HardwareProfile) -> HardwareProfile:
-    return target if isinstance(target, HardwareProfile) else load_profile(target)
+def _profile(target: str | Path | HardwareProfile | None) -> HardwareProfile:
+    if isinstance(target, HardwareProfile):
+        return target
+    what = "a profile name, alias or YAML path, or a HardwareProfile"
+    return load_profile(str(_path_arg("host" if target is None else target, "target", what)))
+
+
+def _path_arg(value: object, name: str, what: str) -> str | Path:
+    """A str or Path argument of the API as given; anything else is a UserError naming it."""
+    if isinstance(value, str | os.PathLike):
+        return value if isinstance(value, str) else Path(value)
+    raise UserError(f"is {type(value).__name__} {value!r:.60}", field=name, fix=f"pass {what}")
 
 
 def default_run_dir(cfg: KdcConfig) -> Path:
@@ -123,7 +135,7 @@ def _run_root(out: str | Path) -> Path:
     """`--out` as a Path, refused when it is a file, or a folder with contents kdc did not write
     (no manifest.json; hidden files and lost+found aside): kdc replaces the stage folders it
     writes (build/, export/ …) and its report files."""
-    root = check_run_root(out)
+    root = check_run_root(_path_arg(out, "out", "a directory path"))
     foreign = root.is_dir() and not (root / "manifest.json").is_file()
     if foreign and any(p.name[0] != "." and p.name != "lost+found" for p in root.iterdir()):
         raise UserError(
@@ -216,7 +228,7 @@ def build(
 
 def config_of_run(run_dir: str | Path) -> KdcConfig:
     """The config a run directory was made with (from its manifest)."""
-    run = Path(run_dir)
+    run = Path(_path_arg(run_dir, "run_dir", "the run directory `kdc compress` wrote"))
     m = RunDir.existing(run).manifest()
     if not isinstance(m.get("config"), dict):
         raise UserError(

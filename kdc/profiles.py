@@ -191,7 +191,7 @@ def list_profiles() -> list[HardwareProfile]:
     return [*(with_calibration(p) for p in _builtin().values()), host_profile()]
 
 
-def load_profile(name_or_path: str, field: str = "--target") -> HardwareProfile:
+def load_profile(name_or_path: str, field: str = "target") -> HardwareProfile:
     """A profile by name, alias (`jetson`), `host`/`cpu`, or a path to a YAML file; `field`:
     the argument it came from, for errors."""
     key = name_or_path.strip()
@@ -201,8 +201,7 @@ def load_profile(name_or_path: str, field: str = "--target") -> HardwareProfile:
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise UserError(
-                "profile file not found",
-                source=key,
+                f"profile file {key} not found",
                 field=field,
                 fix="pass an existing YAML or a name from `kdc profiles list`",
             )

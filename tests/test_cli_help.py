@@ -86,3 +86,21 @@ def test_the_api_names_its_parameter_and_the_cli_its_flag(tmp_path, capsys):
     with pytest.raises(typer.Exit):
         cli.compress(config, out_dir=tmp_path / "a_file")
     assert "error: field '--out': " in capsys.readouterr().err
+
+
+def test_api_arguments_of_the_wrong_type_are_user_errors(tmp_path):
+    from kdc import api
+    from kdc.errors import UserError
+    from tests.helpers.tiny import cnn_config, write_yaml
+
+    config = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None))
+    for call, field in (
+        (lambda: api.compress(["model.yaml"]), "config"),
+        (lambda: api.compress(config, out=5), "out"),
+        (lambda: api.compress(config, target=5), "target"),
+        (lambda: api.verify(3), "run_dir"),
+    ):
+        with pytest.raises(UserError) as e:
+            call()
+        assert e.value.field == field and str(e.value).startswith(f"field '{field}': is ")
+    assert api.plan(config, target=None)["target"]["name"] == "host"  # None: the default

@@ -433,7 +433,7 @@ def write_bundle(
     if not trt_version:
         raise UserError(
             f"profile {profile.name} has no TensorRT version",
-            field="--target",
+            field="target",
             fix="bundle for a TensorRT target, e.g. jetson",
         )
     _check_goldens(input_shapes, golden_inputs, golden_outputs, output_name)

@@ -321,7 +321,7 @@ def write_bundle(
     if not profile.runtime.tensorrt:
         raise UserError(
             f"profile {profile.name} has no TensorRT version",
-            field="--target",
+            field="target",
             fix="bundle for a TensorRT target (e.g. jetson); time `host` with plain --target host",
         )
     out = Path(out_dir)
@@ -480,7 +480,7 @@ def calibrate(
     if not profile.measurable:
         raise UserError(
             f"kdc cannot time {profile.name} from this machine",
-            field="--target",
+            field="target",
             fix=f"run `kdc calibrate --target {profile.name} --bundle DIR`, time it on the "
             f"device, then `--from DIR`",
         )
