@@ -243,6 +243,22 @@ def config_of_run(run_dir: str | Path) -> KdcConfig:
     return parse_config(m["config"], source=m.get("config_file", str(run)), base_dir=str(base))
 
 
+def _own_target(run_dir: Path, manifest: dict) -> str:
+    """The target a run was compressed for: its name, or the profile YAML it was given (where
+    that file is gone, the copy in the run's device bundle)."""
+    own = manifest.get("target_file")
+    if not own or Path(own).is_file():
+        return own or manifest.get("target", "host")
+    copy = run_dir / "build" / "bundle" / "profile.yaml"
+    if copy.is_file():
+        return str(copy)
+    raise UserError(
+        f"the run was compressed for the profile YAML {own}, which is gone",
+        field="target",
+        fix="pass that profile's YAML (or a copy of it) as the target",
+    )
+
+
 def verify(
     run_dir: str | Path,
     target: str | None = None,
@@ -259,11 +275,7 @@ def verify(
     cfg = config_of_run(run_dir)
     manifest = read_json(Path(run_dir) / "manifest.json")
     built_for = manifest.get("target", "host")
-    # a run built for a profile YAML is verified with that file again, while it is there
-    own = manifest.get("target_file")
-    ctx = open_run(
-        cfg, target or (own if own and Path(own).is_file() else built_for), run_dir, quiet=quiet
-    )
+    ctx = open_run(cfg, target or _own_target(Path(run_dir), manifest), run_dir, quiet=quiet)
     if device_results is not None:
         from kdc.stages.verify import device_figures
 

@@ -500,5 +500,7 @@ def calibrate(
     out.print(f"calibration saved: {res['path']}\n{C.fit_summary(res)}", markup=False)
     for name in res.get("missing", []):
         err.print(f"warning: no timing for {name}: skipped", markup=False)
+    for why in res.get("unreadable", []):
+        err.print(f"warning: results/{why}: skipped", markup=False)
     for warning in C.fit_warnings(res):
         err.print(f"warning: {warning}", markup=False)

@@ -7,10 +7,12 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 from tiny import write_yaml
 
 from kdc import api
+from kdc.errors import UserError
 
 
 def _cfg(cnn_project, tmp_path, weights: Path | None = None, **distill):
@@ -251,3 +253,8 @@ def test_a_run_for_a_profile_yaml_is_verified_for_it_again(cnn_project, tmp_path
     assert json.loads((run / "manifest.json").read_text())["target_file"] == str(profile)
     report = api.verify(run, quiet=True)
     assert report["target"]["name"] == "my-orin"
+    profile.rename(tmp_path / "moved.yaml")  # another runner: the bundle's copy stands in
+    assert api.verify(run, quiet=True)["target"]["name"] == "my-orin"
+    (run / "build" / "bundle" / "profile.yaml").unlink()
+    with pytest.raises(UserError, match=f"for the profile YAML {profile}, which is gone"):
+        api.verify(run, quiet=True)

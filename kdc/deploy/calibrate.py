@@ -419,7 +419,8 @@ def _check_bundle_target(root: Path, profile: HardwareProfile) -> None:
 
 def ingest_bundle(target: str, bundle_dir: Path | str) -> dict[str, Any]:
     """Fit `target`'s latency model to the exportTimes files in `bundle_dir/results/` and save
-    it. Returns {path, latency_model, samples, missing}. A bundle written for another target,
+    it. Returns {path, latency_model, samples, missing, unreadable}; a results file that is not
+    a timing (a model that failed part-way) is skipped. A bundle written for another target,
     or timed on another target's device, is refused."""
     from kdc.deploy.trtexec import parse_export_times
 
@@ -427,13 +428,17 @@ def ingest_bundle(target: str, bundle_dir: Path | str) -> dict[str, Any]:
     root = Path(bundle_dir)
     _check_bundle_target(root, profile)
     models_dir = root / MODELS_DIR
-    rows, missing = [], []
+    rows, missing, unreadable = [], [], []
     for row in model_zoo.load_manifest(models_dir):
         times = root / RESULTS_DIR / f"{row['name']}.json"
         if not times.is_file():
             missing.append(row["name"])
             continue
-        stats = parse_export_times(times)
+        try:
+            stats = parse_export_times(times)
+        except UserError as e:  # a model that failed part-way, as README.md says: skipped
+            unreadable.append(f"{times.name}: {e.message}")
+            continue
         rows.append({**row, "measured_ms": stats["p50_ms"], "cv": stats["cv"]})
     if len(rows) < 2:
         raise UserError(
@@ -445,7 +450,13 @@ def ingest_bundle(target: str, bundle_dir: Path | str) -> dict[str, Any]:
     device = _device_name(root / RESULTS_DIR / "device.json") or profile.name
     meta = {"engine": "tensorrt", "bundle": str(root.resolve()), "missing": missing}
     path, lm = save_calibration(profile, lm, fitted, where=f"{device} (trtexec)", meta=meta)
-    return {"path": path, "latency_model": lm, "samples": fitted, "missing": missing}
+    return {
+        "path": path,
+        "latency_model": lm,
+        "samples": fitted,
+        "missing": missing,
+        "unreadable": unreadable,
+    }
 
 
 def _device_name(path: Path) -> str | None:

@@ -343,7 +343,13 @@ def compare(
         )
     differ = _other_model(baseline, report)
     if differ:
-        why = f"not comparable: {differ}; {REBASELINE}"
+        target = (report.get("target") or {}).get("name")
+        fix = (  # a baseline per target: overwriting the other target's is not the fix
+            f"compare with a baseline made for {target}"
+            if differ.startswith("target ")
+            else REBASELINE
+        )
+        why = f"not comparable: {differ}; {fix}"
         results = [_missing(r.metric, r.baseline, r.current, why) for r in results]
     return results + _nothing_compared(baseline, results, latency_kinds)
 

@@ -64,8 +64,9 @@ def _check_target(
             f"the bundle is for {bundle}, the verification for {target}",
             source=str(meta_file),
             field="profile",
-            fix=f"time a bundle for {target} on a {target} (kdc bundle RUN --target {target}), "
-            f"or verify for the bundle's target: kdc verify RUN --target {bundle}",
+            fix=f"verify for the bundle's target (kdc verify RUN --target {bundle}), or, if "
+            f"{target} runs TensorRT, time a bundle written for it (kdc bundle RUN --target "
+            f"{target}) on a {target}",
         )
     source = str(results_dir / "device.json")
     for key in ("profile", "onnx_sha256"):  # bench.sh records both from bundle.json

@@ -221,8 +221,11 @@ def test_a_bundle_of_another_target_or_device_is_refused(bundle, config_dir):
         if times.name != "device.json":
             times.write_text(json.dumps([{"latencyMs": 0.11, "computeMs": 0.1}] * 20))
     (bundle / "results" / "device.json").write_text('{"device": "Jetson Orin Nano (test)"}')
+    cut = sorted((bundle / "results").glob("*.json"))[0]
+    cut.write_text('[{"latencyMs": 0.1')  # a model whose run was cut short: skipped
     res = CliRunner().invoke(app, ["calibrate", "--target", "jetson", "--from", str(bundle)])
     assert res.exit_code == 0, res.output
+    assert f"warning: results/{cut.name}: not a trtexec exportTimes JSON" in res.output
     assert "warning: the fit predicts its own timings with a median |error| of" in res.output
     assert f"delete {calibration_path('jetson-orin-nano-8gb')}" in " ".join(res.output.split())
 

@@ -238,6 +238,7 @@ def test_another_target_is_not_comparable_and_says_nothing_was_compared(baseline
     results = compare(current, baseline)
     assert results and all(r.status == "missing" and r.failed for r in results)
     assert all("target 'jetson-orin-nano-8gb' vs 'host'" in r.message for r in results[:-1])
+    assert results[0].message.endswith("; compare with a baseline made for host")  # not re-base
     assert results[-1].metric == "latency" and "nothing compared" in results[-1].message
 
 
