@@ -115,6 +115,11 @@ if cv > {cv_warn}:
 EOF
 status=0
 "$PYTHON" parity.py || status=$?
+if [ ! -f results/parity.json ]; then  # parity.py stopped before its result (numpy missing, ...)
+  printf '{{"status": "unavailable", "pass": false, "notes": [], "error": "%s"}}\n' \
+    "parity.py failed before writing its result (exit $status; its error is above)" \
+    > results/parity.json
+fi
 echo "Copy $(pwd)/results back and run: kdc verify RUN_DIR --device-results results/"
 exit "$status"
 """

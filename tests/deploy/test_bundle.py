@@ -514,4 +514,7 @@ def test_an_engine_of_an_earlier_model_is_not_timed_and_old_results_go(tmp_path,
     (out / "results" / "parity.json").write_text("{}")  # an earlier run's
     (out / "parity.py").write_text("raise SystemExit(1)\n")  # this run's parity cannot run
     bench = subprocess.run(["bash", str(out / "bench.sh")], env=env, capture_output=True, text=True)
-    assert bench.returncode == 1 and not (out / "results" / "parity.json").exists()
+    assert bench.returncode == 1  # its parity.json says parity.py failed, not an earlier pass
+    res = read_device_results(out / "results", out, "jetson-orin-nano-8gb")
+    assert not res["parity"]["passed"]
+    assert "parity.py failed before writing its result (exit 1" in res["parity"]["error"]
