@@ -214,25 +214,22 @@ def _latency(
             )
             for s in STATS.get(kind, ("p50",))
         ]
-    if cur.get("kind") != kind:
+    why = (
+        f"latency kind changed: baseline {kind}, now {cur.get('kind')}; not compared ({REBASELINE})"
+        if cur.get("kind") != kind
+        else f"not comparable: {differ}; {REBASELINE}"
+        if (differ := _conditions(base, cur, kind))
+        else ""
+    )
+    if why:  # one line per figure the baseline has, named as when compared (stable in JUnit)
         return [
             _missing(
-                f"{label}.{key}",
-                headline_latency(base)[0],
-                headline_latency(cur)[0],
-                f"latency kind changed: baseline {kind}, now {cur.get('kind')}; "
-                f"not compared ({REBASELINE})",
+                f"{label}.{key}_{s}_ms",
+                base.get(f"{s}_ms", headline_latency(base)[0]),
+                cur.get(f"{s}_ms"),
+                why,
             )
-        ]
-    differ = _conditions(base, cur, kind)
-    if differ:
-        return [
-            _missing(
-                f"{label}.{key}",
-                headline_latency(base)[0],
-                headline_latency(cur)[0],
-                f"not comparable: {differ}; {REBASELINE}",
-            )
+            for s in STATS.get(kind, ("p50",))
         ]
     note, out = _noisy(base, cur), []
     for s in STATS.get(kind, ("p50",)):
