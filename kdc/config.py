@@ -393,6 +393,15 @@ def parse_config(data: Any, source: str = "<config>", base_dir: str | Path = "."
 def load_config(path: str | Path) -> KdcConfig:
     """Read and validate model.yaml; every failure is a one-line ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        model = (path / "config.json").is_file()
+        raise ConfigError(
+            f"is {'a model directory' if model else 'a directory'}, not a kdc config",
+            source=str(path),
+            fix=f"pass the path of a model.yaml (`kdc init {path} --data DATA` writes one)"
+            if model
+            else "pass the path of a model.yaml",
+        )
     if not path.is_file():
         raise ConfigError("file not found", source=str(path), fix="pass the path of a model.yaml")
     try:
@@ -403,4 +412,12 @@ def load_config(path: str | Path) -> KdcConfig:
         raise ConfigError(
             f"not valid YAML{where}", source=str(path), fix="check indentation and quoting"
         ) from None
+    hf_keys = {"architectures", "model_type"}
+    if isinstance(data, dict) and hf_keys & set(data) and "name" not in data:
+        raise ConfigError(
+            "is a Hugging Face model config (config.json), not a kdc config",
+            source=str(path),
+            fix=f"give its directory as teacher.path in a model.yaml (`kdc init {path.parent} "
+            "--data DATA` writes one)",
+        )
     return parse_config(data, source=str(path), base_dir=path.parent)

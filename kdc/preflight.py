@@ -6,6 +6,7 @@ refuse of them at once (by the teacher's config.json)."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from kdc.config import KdcConfig
@@ -145,11 +146,16 @@ def _check_paths(cfg: KdcConfig) -> None:
                 fix=f"give its directory: {cfg.resolve(rel).parent}",
             )
         if rel is not None and not getattr(cfg.resolve(rel), test)():
+            base = "the working directory" if cfg.source_file.startswith("<") else "the config"
+            hub = field == "teacher.path" and re.fullmatch(r"[\w.-]+/[\w.-]+", str(rel))
             raise UserError(
                 f"{what} not found",
                 source=cfg.source_file,
                 field=field,
-                fix=f"check that {cfg.resolve(rel)} exists (paths are relative to the config)",
+                fix=f"kdc reads a local directory and downloads nothing: save the Hub model "
+                f"'{rel}' with save_pretrained and give that directory"
+                if hub
+                else f"check that {cfg.resolve(rel)} exists (paths are relative to {base})",
             )
 
 

@@ -6,6 +6,8 @@ that fails them leaves nothing behind."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from tiny import cnn_config, write_yaml
 from typer.testing import CliRunner
@@ -460,3 +462,27 @@ def test_a_precision_the_target_profile_does_not_offer_is_refused(tmp_path):
         "int8 (fix: use fp32 or fp16, or add int8 to the profile's runtime.precisions if the "
         "device runs it)"
     )
+
+
+def test_a_model_directory_its_config_json_or_a_hub_id_are_named_for_what_they_are(tmp_path):
+    import yaml
+
+    from kdc.config import load_config
+    from kdc.errors import UserError
+
+    model = tmp_path / "teacher"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": ["BertModel"], "model_type": "bert"}')
+    for given, said in (
+        (model, "is a model directory, not a kdc config"),
+        (model / "config.json", "is a Hugging Face model config (config.json), not a kdc config"),
+    ):
+        with pytest.raises(UserError, match=re.escape(said)) as e:
+            load_config(given)
+        assert f"kdc init {model} --data DATA" in e.value.fix
+    cfg = _config(tmp_path)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["teacher"] = {"path": "prajjwal1/bert-tiny"}
+    write_yaml(cfg, doc)
+    line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
+    assert "save the Hub model 'prajjwal1/bert-tiny' with save_pretrained" in line
