@@ -62,6 +62,13 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
             f"data.{' and data.'.join(sorted(given))} not used: {cfg.data.source} images are "
             "8x8 grayscale as scikit-learn ships them"
         )
+    own = (_teacher_config(cfg) or {}).get("image_size")
+    asked = cfg.data.image_size
+    if cfg.task == "image-classification" and isinstance(own, int) and asked and asked != own:
+        notes.append(
+            f"data.image_size {asked} is only the size images are read at: the teacher takes "
+            f"{own}x{own} (config.json image_size), so its image processor resizes them to that"
+        )
     chosen = cfg.student.model_fields_set & {"layers", "width", "architecture"}
     if cfg.search.strategy == "evolution" and chosen:
         notes.append(
@@ -230,6 +237,18 @@ def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
     names = (hf or {}).get("architectures") or []
     if cfg.task == "sentence-embedding" or not names or "auto_map" in (hf or {}):
         return  # custom code (auto_map) names its classes as it likes
+    image = all("ForImageClassification" in str(n) for n in names)
+    text = all("ForSequenceClassification" in str(n) for n in names)
+    task_of_head = "image-classification" if image else "text-classification" if text else None
+    if task_of_head and cfg.task != task_of_head:
+        raise UserError(
+            f"the teacher is {', '.join(map(str, names))} (config.json architectures), "
+            f"{'an image' if image else 'a text'} classifier, but the task is {cfg.task}",
+            source=cfg.source_file,
+            field="task",
+            fix=f"set task: {'image' if image else 'text'}-classification, or point teacher.path "
+            f"at a {cfg.task.split('-')[0]} model",
+        )
     if all(str(n).endswith("Model") for n in names):  # BertModel, ViTModel: a bare encoder
         raise UserError(
             f"the teacher is {', '.join(map(str, names))} (config.json architectures), which has "

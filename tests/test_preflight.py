@@ -486,3 +486,27 @@ def test_a_model_directory_its_config_json_or_a_hub_id_are_named_for_what_they_a
     write_yaml(cfg, doc)
     line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
     assert "save the Hub model 'prajjwal1/bert-tiny' with save_pretrained" in line
+
+
+def test_an_image_teacher_for_a_text_task_is_refused_and_an_unused_image_size_noted(tmp_path):
+    from kdc.config import parse_config
+    from kdc.errors import UserError
+    from kdc.preflight import check_config, config_warnings
+    from tests.helpers.tiny import bert_config
+
+    model = tmp_path / "vit"
+    model.mkdir()
+    (model / "config.json").write_text(
+        '{"architectures": ["ViTForImageClassification"], "model_type": "vit", "image_size": 16}'
+    )
+    doc = bert_config()
+    doc["teacher"] = {"path": str(model)}
+    for key in ("source", "eval"):
+        if doc["data"].get(key):
+            (tmp_path / doc["data"][key]).write_text("text,label\na,b\n")
+    cfg = parse_config(doc, source="m.yaml", base_dir=str(tmp_path))
+    with pytest.raises(UserError, match="an image classifier, but the task is text-classif"):
+        check_config(cfg)
+    doc.update(task="image-classification", data={"source": str(tmp_path), "image_size": 32})
+    cfg = parse_config(doc, source="m.yaml", base_dir=str(tmp_path))
+    assert any("data.image_size 32 is only the size" in n for n in config_warnings(cfg))
