@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from kdc.api import build, compress, distill, export, search, verify  # noqa: E402
+from kdc.api import build, compress, distill, export, plan, search, verify  # noqa: E402
 
-__all__ = ["__version__", "build", "compress", "distill", "export", "search", "verify"]
+__all__ = ["__version__", "build", "compress", "distill", "export", "plan", "search", "verify"]

@@ -267,7 +267,8 @@ def verify(
     device_results: str | Path | None = None,
 ) -> dict:
     """Re-run verify and report on a finished run, for the target it was built for or another
-    (the manifest keeps the former; `verified_for` says which the report is for). With
+    (the manifest keeps the former, and `verified_for` the latter; the report's `target` is
+    the one verified for). With
     `device_results`, the TensorRT engine's latency is what the device measured with the bundle;
     results that do not belong to the run are refused before anything is written."""
     from kdc.pipeline import require_stage, run_stages
