@@ -307,6 +307,14 @@ def check(
     if update_baseline:
         C.update_baseline(report, baseline)
         out.print(f"baseline updated: {baseline}")
+        doc = C.load_report(report)
+        if doc.get("passed") is False:
+            failed = [c["name"] for c in doc.get("constraints") or [] if not c.get("pass")]
+            err.print(
+                f"warning: the new baseline is a FAILED report ({', '.join(failed)}): later "
+                "checks compare with its figures",
+                markup=False,
+            )
         return
     kinds = {
         "all": ("measured", "predicted"),

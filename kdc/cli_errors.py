@@ -82,9 +82,13 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
         except (KeyboardInterrupt, Interrupted) as e:
             stop = e if isinstance(e, Interrupted) else Interrupted()
-            again = "with --resume " if "resume" in signature(fn).parameters else ""
+            params = signature(fn).parameters
+            again = "with --resume " if "resume" in params else ""
+            staged = {"resume", "run_dir", "out_dir"} & set(params)  # a command with a run
             err.print(
-                f"{stop}: finished stages are kept; run the same command {again}to continue",
+                f"{stop}: finished stages are kept; run the same command {again}to continue"
+                if staged
+                else f"{stop}: nothing was saved; run the command again",
                 markup=False,
             )
             raise typer.Exit(stop.exit_code) from None

@@ -104,3 +104,20 @@ def test_api_arguments_of_the_wrong_type_are_user_errors(tmp_path):
             call()
         assert e.value.field == field and str(e.value).startswith(f"field '{field}': is ")
     assert api.plan(config, target=None)["target"]["name"] == "host"  # None: the default
+
+
+def test_an_interrupted_command_without_a_run_does_not_speak_of_stages(capsys):
+    import typer
+
+    from kdc.cli_errors import handled
+
+    @handled
+    def calibrate(target: str = "host") -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as stop:
+        calibrate()
+    assert stop.value.exit_code == 130
+    assert capsys.readouterr().err.strip() == (
+        "interrupted (SIGINT): nothing was saved; run the command again"
+    )

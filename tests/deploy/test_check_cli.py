@@ -233,3 +233,16 @@ def test_cli_prints_one_line_per_metric_when_not_a_terminal(baseline, tmp_path):
     lines = res.output.strip().splitlines()
     assert res.exit_code == 1 and any(len(line) > 160 for line in lines)
     assert all(line.split()[0] in {"PASS", "REGRESSION", "IMPROVED", "MISSING"} for line in lines)
+
+
+def test_a_failed_report_made_the_baseline_is_warned(tmp_path):
+    failed = json.loads(SAMPLE.read_text())
+    failed["passed"] = False
+    failed["constraints"][0]["pass"] = False
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(failed))
+    args = ["check", str(report), "--baseline", str(tmp_path / "b.json"), "--update-baseline"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    name = failed["constraints"][0]["name"]
+    assert f"warning: the new baseline is a FAILED report ({name})" in res.output
