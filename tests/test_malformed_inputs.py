@@ -251,7 +251,7 @@ C = Case
 CASES = [
     # the config file and the target
     C("config missing", lambda r, a: compress(r / "nope.yaml"), ("nope.yaml", "not found")),
-    C("config is a directory", lambda r, a: ["compress", str(r)], ("is a directory, not a kdc config",)),
+    C("config is a directory", lambda r, a: ["compress", str(r)], ("is a directory, not a kdc",)),
     C("config empty", config_text(""), ("model.yaml", "mapping")),
     C("config a list", config_text("- a\n- b\n"), ("mapping",)),
     C("config a scalar", config_text("42\n"), ("mapping",)),
