@@ -374,9 +374,11 @@ def stage_not_ready(
         what = "ran with other inputs (config, target, teacher or an earlier stage changed)"
     else:
         what = "is not done"
-    built_for = ctx.run.manifest().get("target")
+    manifest = ctx.run.manifest()
+    built_for = manifest.get("target")
+    given = manifest.get("target_file") or built_for  # a profile YAML is passed as its path
     other = (
-        f" (the run is for {built_for}: pass --target {built_for})"
+        f" (the run is for {built_for}: pass --target {given})"
         if (built_for and built_for != ctx.profile.name and not stale_upstream)
         else ""
     )

@@ -424,3 +424,12 @@ def test_a_class_only_the_teacher_and_eval_know_is_kept_in_the_teachers_order(tm
     for generic in (None, ["LABEL_0", "LABEL_1", "LABEL_2"]):
         with pytest.raises(UserError, match=r"eval labels not seen in training: \['neutral'\]"):
             load_dataset(cfg, generic)
+
+
+def test_one_image_as_the_data_source_says_a_folder_is_wanted(tmp_path):
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG")
+    cfg = cnn_cfg(tmp_path)
+    cfg.data.source = "cat.png"
+    with pytest.raises(UserError, match="'cat.png' is one image; image data is a folder") as e:
+        load_dataset(cfg)
+    assert e.value.field == "data.source"

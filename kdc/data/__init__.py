@@ -11,6 +11,7 @@ import numpy as np
 from kdc.config import KdcConfig
 from kdc.data.base import Dataset, Split
 from kdc.data.readers import (
+    IMAGE_SUFFIXES,
     datasets_layout,
     read_datasets,
     read_delimited,
@@ -39,12 +40,20 @@ def _format(cfg: KdcConfig, path: Path, field: str) -> str:
             else "imagefolder"
         )
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None and path.suffix.lower() in IMAGE_SUFFIXES:
+        raise UserError(
+            f"'{path.name}' is one image; image data is a folder laid out as "
+            "<folder>/<class>/<image>",
+            source=cfg.source_file,
+            field=field,
+            fix=f"point {field} to the folder holding the class folders",
+        )
     if fmt is None:
         raise UserError(
             f"cannot tell the format of '{path.name}'",
             source=cfg.source_file,
             field="data.format",
-            fix="set data.format (csv, tsv, jsonl, txt, ...)",
+            fix="set data.format (csv, tsv, jsonl, txt, datasets, imagefolder)",
         )
     return fmt
 
