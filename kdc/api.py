@@ -94,14 +94,7 @@ def _run(
     profile = _profile(target)
     check_target(cfg, profile)
     root = _run_root(out or default_run_dir(cfg))
-    other = _other_run(root, cfg)
-    if other and (resume or stages is not None):
-        raise UserError(
-            f"{root} holds the run '{other}', not '{cfg.name}': no stage of it is this "
-            "config's to resume from",
-            field="out",
-            fix="pass another output directory, or compress without resuming to replace that run",
-        )
+    other = _other_run(root, cfg, resume=resume or stages is not None)
     existed = root.exists()
     created = [d for d in root.absolute().parents if not d.exists()]  # e.g. runs/, made for it
     was_empty = not existed or not any(root.iterdir())
@@ -147,13 +140,23 @@ def _run_root(out: str | Path) -> Path:
     return root
 
 
-def _other_run(root: Path, cfg: KdcConfig) -> str | None:
-    """The name of the run `root` holds when it is another config's (by `name`), else None."""
+def _other_run(root: Path, cfg: KdcConfig, *, resume: bool) -> str | None:
+    """The name of the run `root` holds when it is another config's (by `name`), else None; a
+    UserError when it is and the command would `resume` it (or run one stage of it)."""
     if not (root / "manifest.json").is_file():
         return None
     held = RunDir(root).manifest().get("config")
     name = held.get("name") if isinstance(held, dict) else None
-    return str(name) if name and name != cfg.name else None
+    if not name or name == cfg.name:
+        return None
+    if resume:
+        raise UserError(
+            f"{root} holds the run '{name}', not '{cfg.name}': no stage of it is this "
+            "config's to resume from",
+            field="out",
+            fix="pass another output directory, or compress without resuming to replace that run",
+        )
+    return str(name)
 
 
 def _any_stage_done(run: RunDir) -> bool:
@@ -280,7 +283,7 @@ def verify(
     if device_results is not None:
         from kdc.stages.verify import device_figures
 
-        ctx.device_results = Path(device_results)
+        ctx.device_results = Path(_path_arg(device_results, "device_results", "a directory"))
         if not ctx.device_results.is_dir():
             raise UserError(
                 f"{device_results} is a file, not the results directory"
@@ -305,10 +308,15 @@ def verify(
 
 
 def plan(
-    config: ConfigLike, target: str | HardwareProfile = "host", out: str | Path | None = None
+    config: ConfigLike,
+    target: str | HardwareProfile = "host",
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
 ) -> dict:
     """The resolved plan `--dry-run` prints: stages, teacher, data sizes, target, the student
-    settings that apply to the teacher, constraints, and what the run would warn of."""
+    settings that apply to the teacher, constraints, and what the run would warn of; what the
+    run would refuse (with `resume`: another config's run in `out`) is refused."""
     from kdc.pipeline import STAGE_NAMES
     from kdc.preflight import (
         check_config,
@@ -340,7 +348,7 @@ def plan(
         "constraints": c,
         "run_dir": str(run_dir),
     }
-    other = _other_run(run_dir, cfg)
+    other = _other_run(run_dir, cfg, resume=resume)
     replaces = [f"{run_dir} holds the run '{other}': compressing replaces it"] if other else []
     if notes := [*config_warnings(cfg), *ds.notes, *replaces]:
         resolved["warnings"] = notes

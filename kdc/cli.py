@@ -75,7 +75,7 @@ def compress(
     from kdc.config import load_config
 
     if dry_run:
-        out.print_json(json.dumps(api.plan(config, target, out_dir)))
+        out.print_json(json.dumps(api.plan(config, target, out_dir, resume=resume)))
         return
     if mlflow:
         tracking.check_uri(mlflow)  # before the run, not after it
@@ -343,7 +343,7 @@ def check(
             latency_kinds=kinds[latency_kind],
             strict=strict,
         ),
-        *C.constraint_results(cur, base),
+        *C.constraint_results(cur, base, kinds[latency_kind]),
     ]
     for r in results:
         out.print(C.format_line(r), markup=False)

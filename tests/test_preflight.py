@@ -510,3 +510,25 @@ def test_an_image_teacher_for_a_text_task_is_refused_and_an_unused_image_size_no
     doc.update(task="image-classification", data={"source": str(tmp_path), "image_size": 32})
     cfg = parse_config(doc, source="m.yaml", base_dir=str(tmp_path))
     assert any("data.image_size 32 is only the size" in n for n in config_warnings(cfg))
+
+
+def test_a_config_json_edited_after_saving_is_a_user_error(tmp_path):
+    """A classifier saved with 2 labels whose config.json now says 3: bad input (exit 2), not
+    an internal error from loading the state dict."""
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    from kdc.errors import UserError
+    from kdc.models.hf import load_model
+    from tests.helpers.tiny import tiny_bert
+
+    model, _ = tiny_bert(tmp_path)
+    model.save_pretrained(str(tmp_path / "teacher"))
+    conf = json.loads((tmp_path / "teacher" / "config.json").read_text())
+    conf["id2label"] = {"0": "a", "1": "b", "2": "c"}
+    conf["label2id"] = {"a": 0, "b": 1, "c": 2}
+    (tmp_path / "teacher" / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(UserError, match="config.json does not match the weights") as e:
+        load_model(tmp_path / "teacher", AutoModelForSequenceClassification, {}, False)
+    assert e.value.field == "teacher.path" and "save_pretrained" in e.value.fix

@@ -215,7 +215,8 @@ def _latency(
             for s in STATS.get(kind, ("p50",))
         ]
     why = (
-        f"latency kind changed: baseline {kind}, now {cur.get('kind')}; not compared ({REBASELINE})"
+        f"latency kind changed: baseline {kind}, now {cur.get('kind')}; not compared "
+        f"(--latency-kind predicted compares the predictions both keep; or {REBASELINE})"
         if cur.get("kind") != kind
         else f"not comparable: {differ}; {REBASELINE}"
         if (differ := _conditions(base, cur, kind))
@@ -369,10 +370,11 @@ def _nothing_compared(
 ) -> list[CheckResult]:
     """A failing `latency` line when the baseline has latency figures of `kinds` and none of
     them was compared (its `baseline` is how many figures the baseline has)."""
-    figures = sum(
-        isinstance(e.get(k), dict) and e[k].get("kind") in kinds
+    figures = sum(  # p50 and p99 of a measurement, p50 of a prediction
+        len(STATS.get(e[k]["kind"], ("p50",)))
         for e in baseline.get("engines") or []
         for k in LATENCY_KEYS
+        if isinstance(e.get(k), dict) and e[k].get("kind") in kinds
     )
     compared = any(r.metric.endswith("_ms") and r.status != "missing" for r in results)
     if not figures or compared:
@@ -381,12 +383,18 @@ def _nothing_compared(
     return [_missing("latency", float(figures), 0.0, f"{msg} is comparable with this report")]
 
 
-def constraint_results(report: dict, baseline: dict | None = None) -> list[CheckResult]:
+def constraint_results(
+    report: dict,
+    baseline: dict | None = None,
+    kinds: tuple[str, ...] = ("measured", "predicted"),
+) -> list[CheckResult]:
     """The report's own constraint rows as results (metric `constraint.<name>`), so that a
     budget failure shows in the same lines and JUnit file; no value counts as a failure. A
     constraint of the `baseline` the report lacks (the device's parity once its results are
-    gone) is MISSING and fails."""
+    gone) is MISSING and fails, but for the device's own checks when `kinds` leave out what
+    was measured (a CPU runner comparing predictions with a device-verified baseline)."""
     names = {c.get("name") for c in report.get("constraints") or []}
+    device_checks = "measured" not in kinds
     out = [
         _missing(  # a baseline figure (its limit where it had none) makes it fail
             f"constraint.{c['name']}",
@@ -395,7 +403,7 @@ def constraint_results(report: dict, baseline: dict | None = None) -> list[Check
             "missing from this report",
         )
         for c in (baseline or {}).get("constraints") or []
-        if c.get("name") not in names
+        if c.get("name") not in names and not (device_checks and c.get("limit_from") == "bundle")
     ]
     for c in report.get("constraints") or []:
         value, ok = c.get("value"), c.get("pass") is True

@@ -102,6 +102,7 @@ def _constraint_line(c: dict) -> Text:
         detail = (
             f"{constraint_name(c)} {c['value']:g} "
             f"(limit {c['limit']:g}, {value_kind(c)}, {c.get('engine')})"
+            + (f": {c['reason']}" if not ok and c.get("reason") else "")
         )
     return mark + Text(detail)
 

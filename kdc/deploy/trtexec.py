@@ -16,10 +16,14 @@ JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
 # device scripts run trtexec as "$TRTEXEC": from the environment, else PATH, else JetPack's
 TRTEXEC_VAR = "$TRTEXEC"
 TRTEXEC_LOOKUP = (
+    'given="${TRTEXEC:-}"\n'
     f'TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo {JETPACK_TRTEXEC})}}"\n'
-    'command -v "$TRTEXEC" > /dev/null || { echo "trtexec not found (not on PATH, not at '
-    f'{JETPACK_TRTEXEC}): install TensorRT (JetPack) or run with TRTEXEC=/path/to/trtexec" >&2; '
-    "exit 127; }"
+    'if ! command -v "$TRTEXEC" > /dev/null; then\n'
+    '  if [ -n "$given" ]; then echo "TRTEXEC=$given: no such program" >&2\n'
+    f'  else echo "trtexec not found (not on PATH, not at {JETPACK_TRTEXEC}): install '
+    'TensorRT (JetPack) or run with TRTEXEC=/path/to/trtexec" >&2; fi\n'
+    "  exit 127\n"
+    "fi"
 )
 # BuilderFlag name -> trtexec switch.
 FLAG_SWITCHES = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback"}

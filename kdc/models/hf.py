@@ -120,6 +120,16 @@ def load_model(path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_cod
         raise _load_error(
             e, path, "cannot load model", "check the directory has weights and config.json"
         ) from None
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        raise _load_error(  # config.json edited after saving (num_labels, hidden_size ...)
+            e,
+            path,
+            "config.json does not match the weights",
+            "save the model and its config together (save_pretrained), or undo the edit of "
+            "config.json (num_labels/id2label, sizes)",
+        ) from None
     return model.eval()
 
 

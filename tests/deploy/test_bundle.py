@@ -509,6 +509,11 @@ def test_an_engine_of_an_earlier_model_is_not_timed_and_old_results_go(tmp_path,
         capture_output=True,
         text=True,
     )
+    assert missing.returncode == 127 and "nowhere/trtexec: no such program" in missing.stderr
+    env_bare = {k: v for k, v in env.items() if k != "TRTEXEC"} | {"PATH": "/usr/bin:/bin"}
+    missing = subprocess.run(
+        ["bash", str(out / "build.sh")], env=env_bare, capture_output=True, text=True
+    )
     assert missing.returncode == 127 and "run with TRTEXEC=/path/to/trtexec" in missing.stderr
     subprocess.run(["bash", str(out / "build.sh")], env=env, check=True, capture_output=True)
     (out / "results" / "parity.json").write_text("{}")  # an earlier run's
