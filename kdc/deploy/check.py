@@ -377,8 +377,16 @@ def _nothing_compared(
         if isinstance(e.get(k), dict) and e[k].get("kind") in kinds
     )
     compared = any(r.metric.endswith("_ms") and r.status != "missing" for r in results)
-    if not figures or compared:
+    if compared:
         return []
+    if not figures:  # e.g. --latency-kind predicted against a host run, which measures only
+        has = sorted(
+            {e[k]["kind"] for e in baseline.get("engines") or [] for k in LATENCY_KEYS if e.get(k)}
+        )
+        msg = f"nothing compared: the baseline has no {'/'.join(kinds)} latency figures" + (
+            f" (it has {'/'.join(has)} ones: --latency-kind {has[0]} or all)" if has else ""
+        )
+        return [_missing("latency", 0.0, None, msg)]  # a baseline value: fails
     msg = f"nothing compared: none of the baseline's {figures} {'/'.join(kinds)} latency figures"
     return [_missing("latency", float(figures), 0.0, f"{msg} is comparable with this report")]
 

@@ -412,3 +412,18 @@ def test_a_baseline_constraint_the_report_lacks_fails(baseline):
     predicted_only = constraint_results(baseline, base, ("predicted",))  # a CPU runner's check
     assert not any(x.metric == "constraint.device_parity" for x in predicted_only)
     assert not any(x.status == "missing" for x in constraint_results(base, base))
+
+
+def test_a_kind_the_baseline_has_none_of_fails_instead_of_passing_unchecked(baseline):
+    """--latency-kind predicted against a host run's baseline (measured only): nothing would
+    be compared and the gate would pass; it fails, naming the kind the baseline has."""
+    host = copy.deepcopy(baseline)
+    for e in host["engines"]:
+        for key in ("latency", "target_latency"):
+            if (e.get(key) or {}).get("kind") == "predicted":
+                del e[key]
+    r = by_metric(compare(host, host, latency_kinds=("predicted",)))["latency"]
+    assert r.failed and r.message == (
+        "nothing compared: the baseline has no predicted latency figures (it has measured "
+        "ones: --latency-kind measured or all)"
+    )
