@@ -82,6 +82,9 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     res = runner.invoke(app, ["inspect", str(run)])  # verify judged the bundle written before
     assert res.exit_code == 1 and "CORRUPT" not in res.output, res.output
     assert "stage(s) verify, report were built from earlier outputs" in res.output
+    res = runner.invoke(app, ["verify", str(run), "--target", "t4"])  # no T4 bundle yet
+    assert "no device bundle for nvidia-t4 yet" in res.output
+    assert f"`kdc bundle {run} --target nvidia-t4` writes one" in " ".join(res.output.split())
     assert runner.invoke(app, ["verify", str(run), "-q"]).exit_code == 0
     res = runner.invoke(app, ["inspect", str(run)])
     assert res.exit_code == 0 and "CORRUPT" not in res.output, res.output

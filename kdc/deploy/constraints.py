@@ -113,9 +113,12 @@ def _target_object(report: dict, keys: tuple[str, ...]) -> tuple[dict, dict]:
                 return eng, obj
     what = keys[0]
     if found:
+        target = (report.get("target") or {}).get("name", "the target")
         raise Undetermined(
             f"{what} was measured only off the target "
-            f"({found[0][1].get('device', 'on the build machine')}) and not predicted"
+            f"({found[0][1].get('device', 'on the build machine')}) and not predicted; "
+            f"compress for {target} (kdc compress CONFIG --target {target}) for an engine of "
+            "its own"
         )
     raise Undetermined(f"no engine of precision {chosen_precision(report)} reports {what}")
 

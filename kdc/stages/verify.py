@@ -189,6 +189,17 @@ def _remote_block(
     if device is not None:
         block["predicted_latency"] = block["latency"]
         block.update(device)
+    elif rec["status"] == "bundle":
+        from kdc.deploy.bundle import bundle_dir
+
+        build = ctx.run / "build"
+        own = bundle_dir(build / "bundle", ctx.profile.name)
+        if not (own / "bundle.json").is_file():  # the run's bundle is another target's
+            block["reason"] = (
+                f"no device bundle for {ctx.profile.name} yet (the run's is for the target it "
+                f"was compressed for): `kdc bundle {build.parent} --target {ctx.profile.name}` "
+                "writes one to build on the device"
+            )
     return block
 
 
