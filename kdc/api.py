@@ -102,6 +102,8 @@ def _run(
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
     if other:
         ctx.warn(f"{root} held the run '{other}': this run of '{cfg.name}' replaces it")
+    elif note := _other_target(root, ctx.profile):
+        ctx.warn(note)
     for note in config_warnings(cfg):
         ctx.warn(note)
     try:
@@ -157,6 +159,19 @@ def _other_run(root: Path, cfg: KdcConfig, *, resume: bool) -> str | None:
             fix="pass another output directory, or compress without resuming to replace that run",
         )
     return str(name)
+
+
+def _other_target(root: Path, profile: HardwareProfile) -> str | None:
+    """A note when `root` holds a finished run for another target, which this one replaces."""
+    if not (root / "report.json").is_file():
+        return None
+    held = RunDir(root).manifest().get("target")
+    if not held or held == profile.name:
+        return None
+    return (
+        f"{root} holds the run for {held}: this run for {profile.name} replaces its report "
+        "(pass another --out to keep a run per target)"
+    )
 
 
 def _any_stage_done(run: RunDir) -> bool:
@@ -350,6 +365,7 @@ def plan(
     }
     other = _other_run(run_dir, cfg, resume=resume)
     replaces = [f"{run_dir} holds the run '{other}': compressing replaces it"] if other else []
+    replaces += [n for n in [_other_target(run_dir, profile)] if n and not other]
     if notes := [*config_warnings(cfg), *ds.notes, *replaces]:
         resolved["warnings"] = notes
     return resolved

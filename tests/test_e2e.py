@@ -98,6 +98,8 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     (run / "build" / "bundle_notes").mkdir()  # not a bundle
     res = _compress(cnn_project, run, "host", "--resume")
     assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "holds the run for jetson-orin-nano-8gb: this run for host replaces its report" in said
     assert "build/bundle-nvidia-t4 holds device results" in res.output
     assert "moved to build/previous-bundle-nvidia-t4" in res.output
     assert (run / "build" / "previous-bundle-nvidia-t4" / "results").is_dir()
