@@ -303,6 +303,9 @@ def test_labels_are_matched_to_the_teacher_by_name_or_refused():
     assert list(ds.train.labels) == [1, 0, 2, 0]
     for generic in (["0", "1", "2"], ["0.0", "1.0", "2.0"]):
         assert list(align_labels(data(generic), teacher, "x.csv").train.labels) == [0, 1, 2, 1]
+        assert align_labels(data(generic), teacher, "x.csv").notes == []  # the indices
+    (note,) = align_labels(data(["1", "2", "3"]), teacher, "x.csv").notes  # not the indices
+    assert note.endswith("in index order: 1 → negative, 2 → neutral, 3 → positive")
     generic_head = ["LABEL_0", "LABEL_1", "LABEL_2"]
     ds = align_labels(data(["mixed", "negative", "positive"]), generic_head, "x.csv")
     assert ds.label_names == ["mixed", "negative", "positive"]
