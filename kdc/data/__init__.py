@@ -396,9 +396,9 @@ def align_labels(ds: Dataset, teacher_names: list[str] | None, source: str) -> D
         return ds
     order = teacher_order(ds.label_names, teacher_names, source, label_field(ds.kind))
     if order is None:
-        named = not all(_by_index(n) for n in teacher_names)
-        given = [float(re.sub("^label_", "", _label_key(n))) for n in ds.label_names]
-        if named and given != list(range(len(teacher_names))):
+        named = not all(_by_index(n) for n in teacher_names)  # so the data's are indices
+        given = named and [float(re.sub("^label_", "", _label_key(n))) for n in ds.label_names]
+        if given and given != list(range(len(teacher_names))):
             pairs = [f"{d} → {t}" for d, t in zip(ds.label_names, teacher_names, strict=True)]
             ds.notes.append(
                 f"the data's labels {listed(ds.label_names)} are taken as the teacher's classes "
