@@ -77,6 +77,16 @@ LEGEND = (
 )
 
 
+ACCURACY_LEGEND = (
+    "accuracy: on the eval split, by the row's own engine run on this CPU (the teacher's: "
+    "{teacher}); report.md names each"
+)
+
+
+def _engine_of(part: dict | None) -> str:
+    return ((part or {}).get("accuracy") or {}).get("engine") or "its exported graph"
+
+
 def timed_on_device(engine: dict) -> bool:
     """Whether an engine's latency is the device's own measurement (bundle results read back)."""
     lat = engine.get("latency") or {}
@@ -139,7 +149,10 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
         table.add_column(col, justify="left" if col in ("model", "accuracy") else "right")
     for name, part in parts:
         _row(table, name, part, report, bool(hosts))
-    legend = [Text(LEGEND if not on_device else LEGEND.replace(BY_KDC, BY_DEVICE), style="dim")]
+    legend = [
+        Text(LEGEND if not on_device else LEGEND.replace(BY_KDC, BY_DEVICE), style="dim"),
+        Text(ACCURACY_LEGEND.format(teacher=_engine_of(report.get("teacher"))), style="dim"),
+    ]
     kinds = dict.fromkeys(stand_in(part.get("accuracy")) for _, part in parts)
     legend += [
         Text(f"* stand-in: {STAND_INS.get(kind, kind)}, not the engine itself", style="dim")

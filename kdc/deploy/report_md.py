@@ -291,7 +291,8 @@ def _models(report: dict) -> Section:
 
 BESIDE = {
     "accuracy_this_cpu": "this CPU's int8 kernels (the latency measured here is theirs)",
-    "accuracy_qdq_simulated": "Q/DQ executed in float (the exact int8 arithmetic)",
+    "accuracy_qdq_simulated": "Q/DQ executed in float (the quantized model's arithmetic, "
+    "without this CPU's int8 kernels)",
 }
 
 
