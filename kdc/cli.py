@@ -93,6 +93,7 @@ def validate(config: Path) -> None:
     entrypoint import, and the data (read and split as --dry-run does, and matched to a Hugging
     Face teacher's config.json: class names, image channels)."""
     from kdc.config import load_config
+    from kdc.models import teacher_kind
     from kdc.preflight import check_config, check_data, config_warnings
 
     cfg = load_config(config)
@@ -102,7 +103,7 @@ def validate(config: Path) -> None:
         err.print(f"warning: {note}", markup=False)
     classes = f", {ds.num_labels} classes" if ds.num_labels else ""
     out.print(
-        f"{config}: valid ({cfg.task}, teacher {cfg.teacher.kind}; data {len(ds.train)} train / "
+        f"{config}: valid ({cfg.task}, teacher {teacher_kind(cfg)}; data {len(ds.train)} train / "
         f"{len(ds.eval)} eval rows{classes})",
         markup=False,
     )

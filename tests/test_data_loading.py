@@ -436,3 +436,11 @@ def test_one_image_as_the_data_source_says_a_folder_is_wanted(tmp_path):
     with pytest.raises(UserError, match="'cat.png' is one image; image data is a folder") as e:
         load_dataset(cfg)
     assert e.value.field == "data.source"
+
+
+def test_a_semicolon_separated_csv_says_so(tmp_path):
+    from kdc.data.readers import read_delimited
+
+    path = csv_file(tmp_path / "d.csv", "text;label\na b;pos\nc d;neg\n")
+    with pytest.raises(UserError, match="looks ';'-separated: save the file comma-separated"):
+        read_delimited(path, "text", "label", ",")

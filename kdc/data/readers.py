@@ -39,11 +39,15 @@ def _columns(
     keys = set(rows[0][1])
     for col, col_field in wanted:
         if col is not None and col not in keys:
+            other = next((d for d in (";", "|", "\t") if any(d in k for k in keys)), None)
             raise UserError(
                 f"column '{col}' not found (columns: {', '.join(sorted(keys))})",
                 source=str(path),
                 field=col_field,
-                fix="name an existing column",
+                fix=f"the header looks {other!r}-separated: save the file comma-separated (CSV) "
+                "or tab-separated (.tsv)"
+                if other and len(keys) == 1
+                else "name an existing column",
             )
     texts, labels = [], []
     for n, row in rows:

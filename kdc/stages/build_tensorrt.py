@@ -123,7 +123,7 @@ def parse_blocker(ctx: Context, onnx_path: Path) -> tuple[str, str] | None:
     return (
         f"TensorRT {ctx.profile.runtime.tensorrt} cannot build {rel}: {error.op} "
         f"{error.node!r}: {error.message}",
-        f"{error.fix}; every finding: kdc lint RUN_DIR/{rel} --target {ctx.profile.name}",
+        f"{error.fix}; every finding: kdc lint {ctx.run.root / rel} --target {ctx.profile.name}",
     )
 
 
