@@ -265,7 +265,7 @@ def _data_lines(d: DataInfo, t: TeacherInfo, base: Path) -> list[str]:
             f"{', '.join(d.labels[:10])}"
         )
     if d.max_length:
-        lines.append(f"  max_length: {d.max_length}   # tokens; covers ~95 % of rows")
+        lines.append(f"  max_length: {d.max_length}   # {d.max_length_note}")
     if d.eval_split:
         return [*lines, f"  # evaluation reads the directory's '{d.eval_split}' split"]
     return [*lines, "  eval_fraction: 0.2   # held out for evaluation (or set data.eval: FILE)"]

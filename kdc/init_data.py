@@ -44,6 +44,7 @@ class DataInfo:
     max_length: int | None = None
     eval_split: str | None = None  # a `datasets` directory's split that evaluation reads
     image_size: int | None = None  # an image folder's images' one size (square, at least 8)
+    max_length_note: str = ""  # what share of rows max_length covers, for the config comment
 
 
 def _read_csv(path: Path, delimiter: str) -> list[dict]:
@@ -74,14 +75,18 @@ def _numeric(v: str) -> bool:
     return True
 
 
-def _max_length(texts: list[str], limit: int | None) -> int:
-    """A token budget covering ~95 % of rows (words × 1.5), a power of two in [16, 512]."""
+def _max_length(texts: list[str], limit: int | None) -> tuple[int, str]:
+    """A token budget covering ~95 % of rows (words × 1.5), a power of two in [16, 512] within
+    the teacher's positions (`limit`), and the config comment saying what share of rows fit."""
     counts = sorted(len(t.split()) for t in texts)
     p95 = counts[int(0.95 * (len(counts) - 1))] if counts else 0
     n = 16
     while n < 512 and n < 1.5 * p95 + 2:
         n *= 2
-    return min(n, limit or 512)
+    n = min(n, limit or 512)
+    fits = sum(1.5 * c + 2 <= n for c in counts) / len(counts) if counts else 1.0
+    capped = " (the teacher's max_position_embeddings)" if limit == n and fits < 0.95 else ""
+    return n, f"tokens{capped}; ~{fits:.0%} of rows fit (at ~1.5 tokens a word), longer are cut"
 
 
 def _table_data(path: Path, teacher: TeacherInfo) -> DataInfo:
@@ -151,14 +156,9 @@ def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
         (c for c in usable if len(distinct[c]) == teacher.num_labels),
         min(usable, key=lambda c: len(distinct[c])),
     )
+    n, note = _max_length([str(v) for v in values[text]], teacher.max_positions)
     return DataInfo(
-        str(path),
-        "text",
-        len(rows),
-        text,
-        label,
-        distinct[label],
-        _max_length([str(v) for v in values[text]], teacher.max_positions),
+        str(path), "text", len(rows), text, label, distinct[label], n, max_length_note=note
     )
 
 
@@ -184,9 +184,8 @@ def _texts_data(
     path: Path, texts: list[str], teacher: TeacherInfo, column: str | None = None
 ) -> DataInfo:
     """Unlabelled texts (an embedding teacher's data) from a table's `column` or a text file."""
-    return DataInfo(
-        str(path), "text", len(texts), column, max_length=_max_length(texts, teacher.max_positions)
-    )
+    n, note = _max_length(texts, teacher.max_positions)
+    return DataInfo(str(path), "text", len(texts), column, max_length=n, max_length_note=note)
 
 
 def _image_data(path: Path) -> DataInfo:
