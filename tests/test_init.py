@@ -37,14 +37,6 @@ def test_init_on_tiny_bert_writes_a_config_that_runs(bert_project, tmp_path):
     assert 16 <= cfg.data.max_length <= 64  # the tiny BERT has 64 positions
     assert "of rows fit (at ~1.5 tokens a word), longer are cut" in text
 
-
-def test_init_says_when_max_length_is_capped_by_the_teachers_positions():
-    from kdc.init_data import _max_length
-
-    n, note = _max_length(["word " * 300] * 10 + ["short one"] * 5, 128)
-    assert n == 128 and note.startswith("tokens (the teacher's max_position_embeddings); ~33%")
-    n, note = _max_length(["a few words here"] * 20, 512)
-    assert n == 16 and "~100% of rows fit" in note
     assert "2 classes" in res.output and "negative, positive" in text
     # ready to run: the plan resolves teacher, data and target
     plan = runner.invoke(app, ["compress", str(out), "--dry-run"])
@@ -454,3 +446,12 @@ def test_init_reads_an_image_folder_with_a_vits_channels_at_its_size(tmp_path):
     teacher = _hf_dir(tmp_path / "vit3", VIT)
     assert _init(teacher, "--data", imgs, "--out", out, "--force").exit_code == 0
     assert load_config(out).data.channels == 3 and "  channels:" not in out.read_text()
+
+
+def test_init_says_when_max_length_is_capped_by_the_teachers_positions():
+    from kdc.init_data import _max_length
+
+    n, note = _max_length(["word " * 300] * 10 + ["short one"] * 5, 128)
+    assert n == 128 and note.startswith("tokens (the teacher's max_position_embeddings); ~33%")
+    n, note = _max_length(["a few words here"] * 20, 512)
+    assert n == 16 and "~100% of rows fit" in note
