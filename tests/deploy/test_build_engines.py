@@ -153,7 +153,7 @@ def test_tensorrt_engine_from_a_graph_lint_rejects_is_unavailable(tmp_path):
     rec = build_tensorrt.build_tensorrt(ctx, [_ort("fp32")])
     assert rec["status"] == "unavailable" and "source" not in rec
     assert "cannot build export/model.onnx: com.microsoft::FusedConv" in rec["reason"]
-    assert "kdc lint RUN_DIR/export/model.onnx --target jetson-orin-nano-8gb" in rec["reason"]
+    assert f"kdc lint {tmp_path}/export/model.onnx --target jetson-orin-nano-8gb" in rec["reason"]
 
 
 @pytest.fixture
