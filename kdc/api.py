@@ -89,6 +89,11 @@ def _run(
     from kdc.pipeline import run_stages
     from kdc.preflight import check_config, check_target, config_warnings
 
+    for name, flag in (("resume", resume), ("quiet", quiet)):
+        if not isinstance(flag, bool):  # "no" would count as true
+            raise UserError(
+                f"is {type(flag).__name__} {flag!r:.40}", field=name, fix="pass True or False"
+            )
     cfg = _config(config)
     check_config(cfg)
     profile = _profile(target)

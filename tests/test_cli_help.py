@@ -99,6 +99,7 @@ def test_api_arguments_of_the_wrong_type_are_user_errors(tmp_path):
         (lambda: api.compress(config, out=5), "out"),
         (lambda: api.compress(config, target=5), "target"),
         (lambda: api.verify(3), "run_dir"),
+        (lambda: api.compress(config, resume="no"), "resume"),
     ):
         with pytest.raises(UserError) as e:
             call()
