@@ -405,8 +405,8 @@ def test_an_image_folder_of_split_folders_is_refused(tmp_path):
 
 
 def test_labels_spelled_two_ways_are_refused_naming_both(tmp_path):
-    csv_file(tmp_path / "train.csv", "text,label\n" + ROWS + "film x,Pos\n")
-    with pytest.raises(UserError, match="labels Pos, pos differ only in case") as e:
+    csv_file(tmp_path / "train.csv", "text,label\n" + ROWS + "film x,Pos\nfilm y,NEG\n")
+    with pytest.raises(UserError, match="labels NEG / neg, Pos / pos differ only in case") as e:
         load_dataset(text_cfg(tmp_path, source="train.csv"))
     assert e.value.field == "data.label_column"
 

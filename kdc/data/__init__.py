@@ -299,10 +299,10 @@ def _check_spellings(labels: list, ev_labels: list, source: str, field: str) -> 
     spellings: dict[str, set[str]] = {}
     for x in (*labels, *ev_labels):
         spellings.setdefault(_label_key(x), set()).add(str(x))
-    clash = next((sorted(v) for v in spellings.values() if len(v) > 1), None)
-    if clash:
+    clashes = [" / ".join(sorted(v)) for v in spellings.values() if len(v) > 1]
+    if clashes:
         raise UserError(
-            f"labels {listed(clash)} differ only in case or spaces, so they would count as "
+            f"labels {listed(clashes, 5)} differ only in case or spaces, so they would count as "
             "different classes",
             source=source,
             field=field,
