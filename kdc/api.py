@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from kdc.pipeline import Context
 
 ConfigLike = KdcConfig | dict | str | Path  # a dict: model.yaml's content, paths relative to cwd
+TargetLike = HardwareProfile | str | Path | None  # a name, alias or YAML path; None: host
 # onnxruntime (1.32) otherwise writes telemetry state to ~/.cache/Microsoft and $TMPDIR/.ses and
 # may try to upload it; it reads this when first imported, and every kdc import passes here first
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -34,7 +35,7 @@ def _config(config: ConfigLike) -> KdcConfig:
     return load_config(_path_arg(config, "config", "a path to model.yaml, a dict or a KdcConfig"))
 
 
-def _profile(target: str | Path | HardwareProfile | None) -> HardwareProfile:
+def _profile(target: TargetLike) -> HardwareProfile:
     if isinstance(target, HardwareProfile):
         return target
     what = "a profile name, alias or YAML path, or a HardwareProfile"
@@ -54,7 +55,7 @@ def default_run_dir(cfg: KdcConfig) -> Path:
 
 def open_run(
     config: ConfigLike,
-    target: str | HardwareProfile = "host",
+    target: TargetLike = "host",
     out: str | Path | None = None,
     *,
     quiet: bool = False,
@@ -80,7 +81,7 @@ def open_run(
 
 def _run(
     config: ConfigLike,
-    target: str | HardwareProfile,
+    target: TargetLike,
     out: str | Path | None,
     stages: tuple[str, ...] | None,
     resume: bool,
@@ -195,7 +196,7 @@ def _clear(root: Path, *, remove: bool) -> None:
 
 def compress(
     config: ConfigLike,
-    target: str | HardwareProfile = "host",
+    target: TargetLike = "host",
     out: str | Path | None = None,
     *,
     resume: bool = False,
@@ -207,7 +208,7 @@ def compress(
 
 def search(
     config: ConfigLike,
-    target: str | HardwareProfile = "host",
+    target: TargetLike = "host",
     out: str | Path | None = None,
     *,
     quiet: bool = False,
@@ -218,7 +219,7 @@ def search(
 
 def distill(
     config: ConfigLike,
-    target: str | HardwareProfile = "host",
+    target: TargetLike = "host",
     out: str | Path | None = None,
     *,
     quiet: bool = False,
@@ -229,7 +230,7 @@ def distill(
 
 def export(
     config: ConfigLike,
-    target: str | HardwareProfile = "host",
+    target: TargetLike = "host",
     out: str | Path | None = None,
     *,
     quiet: bool = False,
@@ -240,7 +241,7 @@ def export(
 
 def build(
     config: ConfigLike,
-    target: str | HardwareProfile = "host",
+    target: TargetLike = "host",
     out: str | Path | None = None,
     *,
     quiet: bool = False,
@@ -329,7 +330,7 @@ def verify(
 
 def plan(
     config: ConfigLike,
-    target: str | HardwareProfile = "host",
+    target: TargetLike = "host",
     out: str | Path | None = None,
     *,
     resume: bool = False,

@@ -312,8 +312,9 @@ def check(
         if doc.get("passed") is False:
             failed = [c["name"] for c in doc.get("constraints") or [] if not c.get("pass")]
             err.print(
-                f"warning: the new baseline is a FAILED report ({', '.join(failed)}): later "
-                "checks compare with its figures",
+                "warning: the new baseline is a FAILED report"
+                + (f" ({', '.join(failed)})" if failed else "")
+                + ": later checks compare with its figures",
                 markup=False,
             )
         return

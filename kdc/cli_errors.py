@@ -84,7 +84,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             stop = e if isinstance(e, Interrupted) else Interrupted()
             params = signature(fn).parameters
             again = "with --resume " if "resume" in params else ""
-            staged = {"resume", "run_dir", "out_dir"} & set(params)  # a command with a run
+            staged = {"resume", "out_dir", "device_results"} & set(params)  # runs stages
             err.print(
                 f"{stop}: finished stages are kept; run the same command {again}to continue"
                 if staged

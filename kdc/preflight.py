@@ -154,15 +154,20 @@ def _check_paths(cfg: KdcConfig) -> None:
             )
         if rel is not None and not getattr(cfg.resolve(rel), test)():
             base = "the working directory" if cfg.source_file.startswith("<") else "the config"
-            hub = field == "teacher.path" and re.fullmatch(r"[\w.-]+/[\w.-]+", str(rel))
+            hub = (  # org/name, and no folder org/ here: a Hub id rather than a typo
+                field == "teacher.path"
+                and re.fullmatch(r"[\w.-]+/[\w.-]+", str(rel))
+                and not cfg.resolve(str(rel).split("/")[0]).exists()
+            )
+            fix = f"check that {cfg.resolve(rel)} exists (paths are relative to {base})"
             raise UserError(
                 f"{what} not found",
                 source=cfg.source_file,
                 field=field,
-                fix=f"kdc reads a local directory and downloads nothing: save the Hub model "
-                f"'{rel}' with save_pretrained and give that directory"
+                fix=f"{fix}; kdc reads a local directory and downloads nothing: for the Hub "
+                f"model '{rel}', save it with save_pretrained and give that directory"
                 if hub
-                else f"check that {cfg.resolve(rel)} exists (paths are relative to {base})",
+                else fix,
             )
 
 

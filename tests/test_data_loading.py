@@ -444,3 +444,10 @@ def test_a_semicolon_separated_csv_says_so(tmp_path):
     path = csv_file(tmp_path / "d.csv", "text;label\na b;pos\nc d;neg\n")
     with pytest.raises(UserError, match="looks ';'-separated: save the file comma-separated"):
         read_delimited(path, "text", "label", ",")
+
+
+def test_labels_spelled_two_ways_in_training_name_the_training_file(tmp_path):
+    csv_file(tmp_path / "train.csv", "text,label\n" + ROWS + "film x,Pos\n")
+    csv_file(tmp_path / "ev.csv", "text,label\na film,pos\n")
+    with pytest.raises(UserError, match=r"train\.csv: field 'data.label_column': labels Pos / pos"):
+        load_dataset(text_cfg(tmp_path, source="train.csv", eval="ev.csv"))

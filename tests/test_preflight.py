@@ -485,7 +485,10 @@ def test_a_model_directory_its_config_json_or_a_hub_id_are_named_for_what_they_a
     doc["teacher"] = {"path": "prajjwal1/bert-tiny"}
     write_yaml(cfg, doc)
     line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
-    assert "save the Hub model 'prajjwal1/bert-tiny' with save_pretrained" in line
+    assert "for the Hub model 'prajjwal1/bert-tiny', save it with save_pretrained" in line
+    (tmp_path / "prajjwal1").mkdir()  # a local folder: a typo in a path, not a Hub id
+    line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
+    assert "Hub" not in line and "prajjwal1/bert-tiny exists" in line
 
 
 def test_an_image_teacher_for_a_text_task_is_refused_and_an_unused_image_size_noted(tmp_path):

@@ -238,6 +238,7 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
         y_tr = y_ev = np.zeros((0,), np.int64)
     else:
         field = label_field("image" if fmt in IMAGE_FORMATS else "text")
+        _check_spellings(labels, [], str(src_path), field)  # the file a clash is in
         _check_spellings(labels, ev_labels, str(cfg.resolve(d.eval or d.source)), field)
         names = _teacher_classes({*map(str, labels), *map(str, ev_labels)}, teacher_names)
         names = names or class_order(labels, declared)

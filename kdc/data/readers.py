@@ -309,7 +309,7 @@ def read_datasets(
                 source=str(path),
                 field=field,
                 fix=f"save a DatasetDict with a {wanted} split, or point data.source (and "
-                f"data.eval) at split folders, e.g. {path / next(iter(ds))}",
+                f"data.eval) at split folders, e.g. {path / next(iter(ds), 'train')}",
             )
         ds = ds[name]
     rows = [

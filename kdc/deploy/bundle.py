@@ -56,6 +56,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 {lookup}
 mkdir -p results
+command -v sha256sum > /dev/null || {{ echo "sha256sum not found (coreutils)" >&2; exit 127; }}
 """
 
 # build.sh (and a calibration bundle's run_all.sh) of a weakly typed bundle (TensorRT 10.x
@@ -76,7 +77,8 @@ REMAKE = "kdc bundle RUN_DIR --target that.yaml"
 # the sha256 of the model.onnx the engine was built from (build.sh writes it after a build)
 BUILT_FROM = "model.plan.onnx_sha256"
 _BENCH_HEAD = """[ -f {engine} ] || {{ echo "{engine} not found: run ./build.sh" >&2; exit 1; }}
-if [ "$(cat {built_from} 2>/dev/null)" != "$(sha256sum model.onnx | cut -d ' ' -f 1)" ]; then
+built_from="$(cat {built_from} 2>/dev/null || true)"
+if [ -z "$built_from" ] || [ "$built_from" != "$(sha256sum model.onnx | cut -d ' ' -f 1)" ]; then
   echo "{engine} was not built from this bundle's model.onnx: run ./build.sh" >&2
   exit 1
 fi

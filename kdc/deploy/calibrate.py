@@ -25,16 +25,23 @@ from kdc import __version__
 from kdc.deploy import model_zoo
 from kdc.deploy.estimate import fit_latency_model, onnx_kernels, predict_kernels_ms
 from kdc.errors import UserError
-from kdc.profiles import HardwareProfile, calibration_path, cpu_info, host_threads, load_profile
+from kdc.profiles import (
+    HardwareProfile,
+    calibration_path,
+    cpu_info,
+    host_threads,
+    list_profiles,
+    load_profile,
+)
 from kdc.rundir import atomic_dir, now_iso, write_json, write_text
 
 Progress = Callable[[str], None] | None
 MODELS_DIR = "models"
 RESULTS_DIR = "results"
 PER_KIND_MIN_MODELS = 12
+"""Fewer timed models fit only overhead, memory and per-precision efficiencies."""
 # a median |error| of the fit on its own timings above this is warned (measured here: 9-14 %)
 POOR_FIT = 0.25
-"""Fewer timed models fit only overhead, memory and per-precision efficiencies."""
 
 
 def load_average() -> float | None:
@@ -408,7 +415,8 @@ def _check_bundle_target(root: Path, profile: HardwareProfile) -> None:
         )
     device = _device_name(root / RESULTS_DIR / "device.json") or ""
     named = profiles_of_device(device)
-    if named and profile.name not in named:
+    builtin = profile.name in {p.name for p in list_profiles()}  # a copy may be any device's
+    if named and profile.name not in named and builtin:
         raise UserError(
             f"timed on '{device}', which is {' or '.join(named)}, not {profile.name}",
             source=str(root / RESULTS_DIR / "device.json"),

@@ -371,7 +371,7 @@ def _nothing_compared(
     """A failing `latency` line when the baseline has latency figures of `kinds` and none of
     them was compared (its `baseline` is how many figures the baseline has)."""
     figures = sum(  # p50 and p99 of a measurement, p50 of a prediction
-        len(STATS.get(e[k]["kind"], ("p50",)))
+        len(STATS.get(str(e[k].get("kind")), ("p50",)))
         for e in baseline.get("engines") or []
         for k in LATENCY_KEYS
         if isinstance(e.get(k), dict) and e[k].get("kind") in kinds
@@ -381,10 +381,18 @@ def _nothing_compared(
         return []
     if not figures:  # e.g. --latency-kind predicted against a host run, which measures only
         has = sorted(
-            {e[k]["kind"] for e in baseline.get("engines") or [] for k in LATENCY_KEYS if e.get(k)}
+            {
+                str(e[k].get("kind"))
+                for e in baseline.get("engines") or []
+                for k in LATENCY_KEYS
+                if isinstance(e.get(k), dict)
+            }
         )
-        msg = f"nothing compared: the baseline has no {'/'.join(kinds)} latency figures" + (
-            f" (it has {'/'.join(has)} ones: --latency-kind {has[0]} or all)" if has else ""
+        if not has:
+            return []  # a baseline without latency: nothing to gate on
+        msg = (
+            f"nothing compared: the baseline has no {'/'.join(kinds)} latency figures (it has "
+            f"{'/'.join(has)} ones: --latency-kind {has[0]} or all)"
         )
         return [_missing("latency", 0.0, None, msg)]  # a baseline value: fails
     msg = f"nothing compared: none of the baseline's {figures} {'/'.join(kinds)} latency figures"

@@ -197,7 +197,8 @@ def _remote_block(
         if not (own / "bundle.json").is_file():  # the run's bundle is another target's
             block["reason"] = (
                 f"no device bundle for {ctx.profile.name} yet (the run's is for the target it "
-                f"was compressed for): `kdc bundle {build.parent} --target {ctx.profile.name}` "
+                f"was compressed for): `kdc bundle {build.parent} --target "
+                f"{ctx.target_file or ctx.profile.name}` "
                 "writes one to build on the device"
             )
     return block

@@ -495,6 +495,9 @@ def test_an_engine_of_an_earlier_model_is_not_timed_and_old_results_go(tmp_path,
     bench = subprocess.run(["bash", str(out / "bench.sh")], env=env, capture_output=True, text=True)
     assert bench.returncode == 1
     assert "model.plan was not built from this bundle's model.onnx: run ./build.sh" in bench.stderr
+    (out / "model.plan.onnx_sha256").write_text("")  # an empty record is no record
+    bench = subprocess.run(["bash", str(out / "bench.sh")], env=env, capture_output=True, text=True)
+    assert bench.returncode == 1 and "was not built from this bundle's model.onnx" in bench.stderr
     failing = tmp_path / "failing"
     failing.mkdir()
     (failing / "trtexec").write_text("#!/usr/bin/env bash\nexit 1\n")

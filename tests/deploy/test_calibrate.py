@@ -18,7 +18,7 @@ from kdc.deploy import model_zoo as Z
 from kdc.deploy.estimate import onnx_kernels, predict_kernels_ms
 from kdc.deploy.graph_cost import analyze_onnx
 from kdc.errors import UserError
-from kdc.profiles import calibration_path, load_profile
+from kdc.profiles import calibration_path, load_profile, profiles_dir
 
 KNOWN = {
     "kernel_overhead_us": 3.0,
@@ -316,3 +316,19 @@ def test_quick_host_calibration_saves_what_host_profile_reads(config_dir):
     with pytest.raises(UserError, match="assumed bandwidth of 20 GB/s") as e:
         load_profile("host")
     assert "kdc calibrate --target host" in e.value.fix
+
+
+def test_a_profile_copy_may_be_calibrated_on_its_builtins_device(bundle, config_dir, tmp_path):
+    """A copy of the Jetson profile (another power mode, say) timed on an Orin Nano: the device
+    name matches the built-in profile, which is no reason to refuse the copy."""
+    doc = yaml.safe_load((profiles_dir() / "jetson-orin-nano-8gb.yaml").read_text())
+    doc.update(name="my-orin-15w", aliases=[])
+    own = tmp_path / "my-orin.yaml"
+    own.write_text(yaml.safe_dump(doc))
+    _export_times(bundle, KNOWN)
+    meta = json.loads((bundle / "calibration.json").read_text())
+    (bundle / "calibration.json").write_text(json.dumps({**meta, "target": "my-orin-15w"}))
+    (bundle / "results" / "device.json").write_text(
+        '{"device": "NVIDIA Jetson Orin Nano Developer Kit"}'
+    )
+    assert C.calibrate(str(own), from_dir=bundle)["path"] == calibration_path("my-orin-15w")

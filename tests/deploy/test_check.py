@@ -427,3 +427,6 @@ def test_a_kind_the_baseline_has_none_of_fails_instead_of_passing_unchecked(base
         "nothing compared: the baseline has no predicted latency figures (it has measured "
         "ones: --latency-kind measured or all)"
     )
+
+    empty = {**host, "engines": []}  # no latency at all: nothing to gate on, nothing failed
+    assert not any(r.metric == "latency" for r in compare(empty, empty))

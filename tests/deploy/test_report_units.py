@@ -166,6 +166,7 @@ def stub_verify(monkeypatch, tmp_path) -> SimpleNamespace:
     (tmp_path / "model.onnx").write_bytes(b"\0" * 1000)
     return SimpleNamespace(
         run=tmp_path,
+        target_file=None,
         profile=SimpleNamespace(
             name="jetson-orin-nano-8gb",
             measurable=False,
