@@ -88,7 +88,7 @@ def _run(
     quiet: bool,
 ) -> dict:
     from kdc.pipeline import run_stages
-    from kdc.preflight import check_config, check_target, config_warnings
+    from kdc.preflight import check_config, check_target, config_warnings, target_warnings
 
     for name, flag in (("resume", resume), ("quiet", quiet)):
         if not isinstance(flag, bool):  # "no" would count as true
@@ -110,7 +110,7 @@ def _run(
         ctx.warn(f"{root} held the run '{other}': this run of '{cfg.name}' replaces it")
     elif note := _other_target(root, ctx.profile):
         ctx.warn(note)
-    for note in config_warnings(cfg):
+    for note in [*config_warnings(cfg), *target_warnings(cfg, ctx.profile)]:
         ctx.warn(note)
     try:
         run_stages(ctx, resume=resume, only=stages)
@@ -345,6 +345,7 @@ def plan(
         check_target,
         config_warnings,
         planned_student,
+        target_warnings,
     )
 
     cfg = _config(config)
@@ -372,6 +373,6 @@ def plan(
     other = _other_run(run_dir, cfg, resume=resume)
     replaces = [f"{run_dir} holds the run '{other}': compressing replaces it"] if other else []
     replaces += [n for n in [_other_target(run_dir, profile)] if n and not other]
-    if notes := [*config_warnings(cfg), *ds.notes, *replaces]:
+    if notes := [*config_warnings(cfg), *target_warnings(cfg, profile), *ds.notes, *replaces]:
         resolved["warnings"] = notes
     return resolved

@@ -136,6 +136,18 @@ def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
         )
 
 
+def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
+    """What a run for `profile` cannot judge: no engine with a latency model for a TensorRT
+    target when build.engines leaves TensorRT out (its profile's model is TensorRT's)."""
+    engines = cfg.build.engines
+    if profile.measurable or not profile.runtime.tensorrt or not engines or "tensorrt" in engines:
+        return []
+    return [
+        f"build.engines leaves out tensorrt: {profile.name}'s latency model is TensorRT's, so no "
+        "engine of this run gets a predicted latency there and a latency budget cannot pass"
+    ]
+
+
 def _check_paths(cfg: KdcConfig) -> None:
     t, d = cfg.teacher, cfg.data
     wanted = [

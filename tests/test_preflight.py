@@ -535,3 +535,13 @@ def test_a_config_json_edited_after_saving_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="config.json does not match the weights") as e:
         load_model(tmp_path / "teacher", AutoModelForSequenceClassification, {}, False)
     assert e.value.field == "teacher.path" and "save_pretrained" in e.value.fix
+
+
+def test_an_onnxruntime_only_run_on_a_tensorrt_target_is_warned(tmp_path):
+    cfg = _config(tmp_path, build={"engines": ["onnxruntime"]})
+    res = runner.invoke(app, ["compress", str(cfg), "--target", "jetson", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "build.engines leaves out tensorrt: jetson-orin-nano-8gb's latency model is" in said
+    res = runner.invoke(app, ["compress", str(cfg), "--target", "host", "--dry-run"])
+    assert "leaves out tensorrt" not in res.output
