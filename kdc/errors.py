@@ -60,6 +60,15 @@ class ConstraintFailure(KdcError):
     exit_code = 1
 
 
+class NoStudentFits(ConstraintFailure):
+    """No candidate of a search is predicted under the latency budget; `rejected` holds
+    (architecture, predicted ms) of every candidate tried, fastest first."""
+
+    def __init__(self, message: str, rejected: list[tuple[dict, float]]) -> None:
+        super().__init__(message)
+        self.rejected = rejected
+
+
 class Interrupted(KdcError):
     """Ctrl-C or SIGTERM: the run stopped cleanly and can be resumed; exit 128 + the signal."""
 

@@ -509,7 +509,7 @@ CASES = [
     # a budget no student can meet: exit 1, naming the closest candidates
     C("evolution under an impossible budget", lambda r, a: compress(cnn(r, search={
         "strategy": "evolution", "population": 4, "cycles": 2}, constraints={
-        "latency_budget_ms": 1e-9})), ("latency budget", "closest"), code=1),
+        "latency_budget_ms": 1e-9})), ("latency budget", "closest", "rejected.jsonl"), code=1),
 ]
 # fmt: on
 

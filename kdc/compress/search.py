@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kdc.compress.space import Candidate, Space
-from kdc.errors import ConstraintFailure
+from kdc.errors import NoStudentFits
 
 MAX_TRIES = 20  # draws per wanted feasible candidate before giving up on it
 
@@ -46,7 +46,7 @@ def _rank(s: Scored) -> float:
 def no_fit_message(
     rejected: list[tuple[Candidate, float]], budget_ms: float, where: str = ""
 ) -> str:
-    """The ConstraintFailure text: budget and the 3 candidates predicted closest to it."""
+    """The NoStudentFits text: budget and the 3 candidates predicted closest to it."""
     closest = sorted(rejected, key=lambda r: r[1])[:3]
     listed = "; ".join(f"{c.label} {ms:.4g} ms" for c, ms in closest)
     return (
@@ -71,7 +71,7 @@ def evolve(
     where: str = "",
 ) -> SearchResult:
     """Maximise `score` over `space` among candidates with `latency` <= `budget_ms` (None: no
-    limit). Raises ConstraintFailure listing the closest candidates when none fits."""
+    limit). Raises NoStudentFits listing the closest candidates when none fits."""
     rng = random.Random(seed)
     start = time.perf_counter()
     scored: dict[str, Scored] = {}
@@ -107,7 +107,11 @@ def evolve(
         if s := feasible(space.sample(rng)):
             pop.append(s)
     if not pop:
-        raise ConstraintFailure(no_fit_message(list(rejected.values()), budget_ms or 0.0, where))
+        tried = sorted(rejected.values(), key=lambda r: r[1])
+        raise NoStudentFits(
+            no_fit_message(tried, budget_ms or 0.0, where),
+            [(c.architecture, ms) for c, ms in tried],
+        )
     done = 0
     for _ in range(cycles):
         if out_of_time():

@@ -15,7 +15,7 @@ import torch
 
 from kdc.compress.student import fixed_student_spec
 from kdc.data.batching import cut_positions
-from kdc.errors import UserError
+from kdc.errors import NoStudentFits, UserError
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import atomic_path, write_json, write_jsonl
 
@@ -301,19 +301,25 @@ def _evolution(ctx: Context) -> StageOutput:
     )
     _note_uncalibrated(ctx)
     with ctx.progress("searching", cfg.population + cfg.cycles) as advance:
-        result = evolve(
-            space,
-            score,
-            latency,
-            limit,
-            population=cfg.population,
-            cycles=cfg.cycles,
-            sample_size=cfg.sample_size,
-            time_budget_s=cfg.time_budget_s,
-            seed=ctx.cfg.seed,
-            progress=lambda s: advance(ms=s.latency_ms, proxy=s.score),
-            where=f"{margin_note} on {ctx.profile.name} ({precision}, batch {batch})",
-        )
+        try:
+            result = evolve(
+                space,
+                score,
+                latency,
+                limit,
+                population=cfg.population,
+                cycles=cfg.cycles,
+                sample_size=cfg.sample_size,
+                time_budget_s=cfg.time_budget_s,
+                seed=ctx.cfg.seed,
+                progress=lambda s: advance(ms=s.latency_ms, proxy=s.score),
+                where=f"{margin_note} on {ctx.profile.name} ({precision}, batch {batch})",
+            )
+        except NoStudentFits as e:  # what was tried, for the run directory a CI job uploads
+            tried = ctx.run / "search" / "rejected.jsonl"
+            rows_tried = [{"architecture": a, "predicted_latency_ms": ms} for a, ms in e.rejected]
+            write_jsonl(tried, rows_tried)
+            raise NoStudentFits(f"{e} (every candidate tried: {tried})", e.rejected) from None
     flags = pareto_flags([(s.latency_ms, s.score) for s in result.scored])
     table = [
         {

@@ -88,6 +88,8 @@ def test_impossible_budget_lists_the_three_closest():
     assert "budget of -1 ms on toy" in msg and e.value.exit_code == 1
     listed = [float(ms) for ms in re.findall(r"\} ([\d.]+) ms", msg)]
     assert len(listed) == 3 and listed == sorted(listed) and listed[0] == 0.0
+    tried = [ms for _, ms in e.value.rejected]  # every candidate tried, for rejected.jsonl
+    assert len(tried) >= 3 and tried == sorted(tried)
 
 
 def test_time_budget_stops_the_cycles():
