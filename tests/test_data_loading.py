@@ -422,7 +422,8 @@ def test_a_class_only_the_teacher_and_eval_know_is_kept_in_the_teachers_order(tm
     assert list(ds.eval.labels) == [1, 0] and set(ds.train.labels.tolist()) == {0, 2}
     assert ds.notes == [
         "the training split has no rows of class(es) Neutral: the student learns them from "
-        "the teacher's outputs alone"
+        "the teacher's outputs alone",
+        "the eval split has no rows of class(es) Pos: accuracy and macro-F1 say nothing of them",
     ]
     for generic in (None, ["LABEL_0", "LABEL_1", "LABEL_2"]):
         with pytest.raises(UserError, match=r"eval labels not seen in training: \['neutral'\]"):

@@ -265,6 +265,11 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
                 f"the training split has no rows of class(es) {listed(missing)}: the student "
                 "learns them from the teacher's outputs alone"
             )
+        if unseen := [n for i, n in enumerate(names) if i not in set(y_ev.tolist())]:
+            notes.append(
+                f"the eval split has no rows of class(es) {listed(unseen)}: accuracy and "
+                "macro-F1 say nothing of them"
+            )
     train, evs = Split(feats, y_tr), Split(ev_feats, y_ev)
     if d.limit_train and len(train) > d.limit_train:
         train = train.take(rng.permutation(len(train))[: d.limit_train])
