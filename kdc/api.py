@@ -100,16 +100,14 @@ def _run(
     profile = _profile(target)
     check_target(cfg, profile)
     root = _run_root(out or default_run_dir(cfg))
-    other = _other_run(root, cfg, resume=resume or stages is not None)
+    replaced = _replaced_run(root, cfg, profile, resume=resume or stages is not None)
     existed = root.exists()
     created = [d for d in root.absolute().parents if not d.exists()]  # e.g. runs/, made for it
     was_empty = not existed or not any(root.iterdir())
     ctx = open_run(cfg, target, root, quiet=quiet)
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
-    if other:
-        ctx.warn(f"{root} held the run '{other}': this run of '{cfg.name}' replaces it")
-    elif note := _other_target(root, ctx.profile):
-        ctx.warn(note)
+    if replaced:
+        ctx.warn(replaced)
     for note in [*config_warnings(cfg), *target_warnings(cfg, ctx.profile)]:
         ctx.warn(note)
     try:
@@ -148,36 +146,34 @@ def _run_root(out: str | Path) -> Path:
     return root
 
 
-def _other_run(root: Path, cfg: KdcConfig, *, resume: bool) -> str | None:
-    """The name of the run `root` holds when it is another config's (by `name`), else None; a
-    UserError when it is and the command would `resume` it (or run one stage of it)."""
+def _replaced_run(
+    root: Path, cfg: KdcConfig, profile: HardwareProfile, *, resume: bool
+) -> str | None:
+    """A note when `root` holds another config's run (by `name`), or a finished run for another
+    target, which this run replaces; a UserError when it is another config's and the command
+    would `resume` it (or run one stage of it)."""
     if not (root / "manifest.json").is_file():
         return None
-    held = RunDir(root).manifest().get("config")
+    m = RunDir(root).manifest()
+    held = m.get("config")
     name = held.get("name") if isinstance(held, dict) else None
-    if not name or name == cfg.name:
-        return None
-    if resume:
-        raise UserError(
-            f"{root} holds the run '{name}', not '{cfg.name}': no stage of it is this "
-            "config's to resume from",
-            field="out",
-            fix="pass another output directory, or compress without resuming to replace that run",
+    if name and name != cfg.name:
+        if resume:
+            raise UserError(
+                f"{root} holds the run '{name}', not '{cfg.name}': no stage of it is this "
+                "config's to resume from",
+                field="out",
+                fix="pass another output directory, or compress without resuming to replace "
+                "that run",
+            )
+        return f"{root} holds the run '{name}': this run of '{cfg.name}' replaces it"
+    target = m.get("target")
+    if target and target != profile.name and (root / "report.json").is_file():
+        return (
+            f"{root} holds the run for {target}: this run for {profile.name} replaces its "
+            "report (pass another --out to keep a run per target)"
         )
-    return str(name)
-
-
-def _other_target(root: Path, profile: HardwareProfile) -> str | None:
-    """A note when `root` holds a finished run for another target, which this one replaces."""
-    if not (root / "report.json").is_file():
-        return None
-    held = RunDir(root).manifest().get("target")
-    if not held or held == profile.name:
-        return None
-    return (
-        f"{root} holds the run for {held}: this run for {profile.name} replaces its report "
-        "(pass another --out to keep a run per target)"
-    )
+    return None
 
 
 def _any_stage_done(run: RunDir) -> bool:
@@ -370,9 +366,8 @@ def plan(
         "constraints": c,
         "run_dir": str(run_dir),
     }
-    other = _other_run(run_dir, cfg, resume=resume)
-    replaces = [f"{run_dir} holds the run '{other}': compressing replaces it"] if other else []
-    replaces += [n for n in [_other_target(run_dir, profile)] if n and not other]
-    if notes := [*config_warnings(cfg), *target_warnings(cfg, profile), *ds.notes, *replaces]:
+    replaced = _replaced_run(run_dir, cfg, profile, resume=resume)
+    notes = [*config_warnings(cfg), *target_warnings(cfg, profile), *ds.notes, replaced]
+    if notes := [n for n in notes if n]:
         resolved["warnings"] = notes
     return resolved

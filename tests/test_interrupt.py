@@ -299,9 +299,9 @@ def test_an_out_directory_holding_another_run_is_replaced_only_on_purpose(tmp_pa
         assert res.exit_code == 2, res.output
         assert f"field '--out': {run} holds the run 'tinycnn', not 'other'" in res.output
     res = runner.invoke(app, ["compress", str(second), "--out", str(run), "--dry-run"])
-    assert f"{run} holds the run 'tinycnn': compressing replaces it" in res.output
+    assert f"{run} holds the run 'tinycnn': this run of 'other' replaces it" in res.output
     res = runner.invoke(app, ["compress", str(second), *args, "--resume", "--dry-run"])
     assert res.exit_code == 2 and "holds the run 'tinycnn', not 'other'" in res.output
     res = runner.invoke(app, ["compress", str(second), *args])
-    assert res.exit_code == 0 and f"{run} held the run 'tinycnn'" in res.output, res.output
+    assert res.exit_code == 0 and f"{run} holds the run 'tinycnn'" in res.output, res.output
     assert read_json(run / "manifest.json")["config"]["name"] == "other"
