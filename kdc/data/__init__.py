@@ -260,12 +260,13 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
             )
         y_tr = np.array([index[_label_key(x)] for x in labels], np.int64)
         y_ev = np.array([index[_label_key(x)] for x in ev_labels], np.int64)
-        if missing := [n for i, n in enumerate(names) if i not in set(y_tr.tolist())]:
+        in_train, in_eval = set(y_tr.tolist()), set(y_ev.tolist())
+        if missing := [n for i, n in enumerate(names) if i not in in_train]:
             notes.append(
                 f"the training split has no rows of class(es) {listed(missing)}: the student "
                 "learns them from the teacher's outputs alone"
             )
-        if unseen := [n for i, n in enumerate(names) if i not in set(y_ev.tolist())]:
+        if unseen := [n for i, n in enumerate(names) if i not in in_eval]:
             notes.append(
                 f"the eval split has no rows of class(es) {listed(unseen)}: accuracy and "
                 "macro-F1 say nothing of them"

@@ -206,31 +206,24 @@ def _latency(
     if not {o.get("kind") for o in present} & set(kinds):
         return []
     kind = present[0].get("kind")
-    if base is None or cur is None:
-        why = "new in this report: no baseline" if base is None else "missing from this report"
-        return [
-            _missing(
-                f"{label}.{key}_{s}_ms",
-                None if base is None else base.get(f"{s}_ms"),
-                None if cur is None else cur.get(f"{s}_ms"),
-                why,
-            )
-            for s in STATS.get(kind, ("p50",))
-        ]
     why = (
-        f"latency kind changed: baseline {kind}, now {cur.get('kind')}; not compared "
+        "new in this report: no baseline"
+        if base is None
+        else "missing from this report"
+        if cur is None
+        else f"latency kind changed: baseline {kind}, now {cur.get('kind')}; not compared "
         f"(--latency-kind predicted compares the predictions both keep; or {REBASELINE})"
         if cur.get("kind") != kind
         else f"not comparable: {differ}; {REBASELINE}"
         if (differ := _conditions(base, cur, kind))
         else ""
     )
-    if why:  # one line per figure the baseline has, named as when compared (stable in JUnit)
+    if why:  # one line per figure of the kind, named as when compared (stable in JUnit)
         return [
             _missing(
                 f"{label}.{key}_{s}_ms",
-                base.get(f"{s}_ms", headline_latency(base)[0]),
-                cur.get(f"{s}_ms"),
+                None if base is None else base.get(f"{s}_ms", headline_latency(base)[0]),
+                None if cur is None else cur.get(f"{s}_ms"),
                 why,
             )
             for s in STATS.get(kind, ("p50",))
@@ -371,28 +364,22 @@ def _other_model(baseline: dict, report: dict) -> str:
 def _nothing_compared(
     baseline: dict, results: list[CheckResult], kinds: tuple[str, ...]
 ) -> list[CheckResult]:
-    """A failing `latency` line when the baseline has latency figures of `kinds` and none of
-    them was compared (its `baseline` is how many figures the baseline has)."""
-    figures = sum(  # p50 and p99 of a measurement, p50 of a prediction
-        len(STATS.get(str(e[k].get("kind")), ("p50",)))
+    """A failing `latency` line when the baseline has latency figures and none of those of
+    `kinds` was compared, or it has none of `kinds` (its `baseline`: how many it has)."""
+    lats = [
+        e[k]
         for e in baseline.get("engines") or []
         for k in LATENCY_KEYS
-        if isinstance(e.get(k), dict) and e[k].get("kind") in kinds
+        if isinstance(e.get(k), dict)
+    ]
+    has = sorted({str(lat.get("kind")) for lat in lats})
+    figures = sum(  # p50 and p99 of a measurement, p50 of a prediction
+        len(STATS.get(str(lat.get("kind")), ("p50",))) for lat in lats if lat.get("kind") in kinds
     )
     compared = any(r.metric.endswith("_ms") and r.status != "missing" for r in results)
-    if compared:
+    if compared or not has:  # (no latency in the baseline: nothing to gate on)
         return []
     if not figures:  # e.g. --latency-kind predicted against a host run, which measures only
-        has = sorted(
-            {
-                str(e[k].get("kind"))
-                for e in baseline.get("engines") or []
-                for k in LATENCY_KEYS
-                if isinstance(e.get(k), dict)
-            }
-        )
-        if not has:
-            return []  # a baseline without latency: nothing to gate on
         msg = (
             f"nothing compared: the baseline has no {'/'.join(kinds)} latency figures (it has "
             f"{'/'.join(has)} ones: --latency-kind {has[0]} or all)"

@@ -114,13 +114,11 @@ def _target_object(report: dict, keys: tuple[str, ...]) -> tuple[dict, dict]:
     what = keys[0]
     if found:
         target = (report.get("target") or {}).get("name", "the target")
-        raise Undetermined(
+        raise Undetermined(  # (a measurable target's own timing returned above)
             f"{what} was measured only off the target "
             f"({found[0][1].get('device', 'on the build machine')}) and not predicted: on "
             f"{target} only the TensorRT engine of a run compressed for it is (its profile's "
             "latency model is TensorRT's)"
-            if (report.get("target") or {}).get("measurable") is False
-            else f"{what} was measured only off the target and not predicted"
         )
     raise Undetermined(f"no engine of precision {chosen_precision(report)} reports {what}")
 

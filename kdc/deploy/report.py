@@ -69,11 +69,10 @@ def _row(table: Table, name: str, part: dict, report: dict, elsewhere: bool) -> 
     )
 
 
-BY_KDC = "timed by kdc"
-BY_DEVICE = "timed by kdc here, or by trtexec on the device (marked 'on the target')"
+BY_DEVICE = ", or by trtexec on the device (marked 'on the target')"
 LEGEND = (
-    f"measured: {BY_KDC} (p50 / p99 over the stated iterations); predicted: the latency "
-    "model's p50, never timed. report.md gives every figure's conditions."
+    "measured: timed by kdc{device} (p50 / p99 over the stated iterations); predicted: the "
+    "latency model's p50, never timed. report.md gives every figure's conditions."
 )
 
 
@@ -150,7 +149,7 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
     for name, part in parts:
         _row(table, name, part, report, bool(hosts))
     legend = [
-        Text(LEGEND if not on_device else LEGEND.replace(BY_KDC, BY_DEVICE), style="dim"),
+        Text(LEGEND.format(device=BY_DEVICE * on_device), style="dim"),
         Text(ACCURACY_LEGEND.format(teacher=_engine_of(report.get("teacher"))), style="dim"),
     ]
     kinds = dict.fromkeys(stand_in(part.get("accuracy")) for _, part in parts)

@@ -106,7 +106,7 @@ def test_device_timing_is_marked_as_on_the_target(report):
     trt["status"], trt["reason"] = "bundle", "TensorRT is not installed on this machine"
     text = " ".join(_console(report).split())
     assert "(not the target) or on the target where marked" in text
-    assert "or by trtexec on the device (marked 'on the target')" in text
+    assert "timed by kdc, or by trtexec on the device (marked 'on the target')" in text
     from kdc.deploy.constraints import engine_label
 
     assert f"{engine_label(trt)} is bundle" not in text  # the device built and timed it
