@@ -30,7 +30,6 @@ from kdc.profiles import (
     calibration_path,
     cpu_info,
     host_threads,
-    list_profiles,
     load_profile,
 )
 from kdc.rundir import atomic_dir, now_iso, write_json, write_text
@@ -384,7 +383,7 @@ def write_bundle(
 def _check_bundle_target(root: Path, profile: HardwareProfile) -> None:
     """Refuse a bundle written for another target than `profile`, or timed on a device that
     is another built-in target's."""
-    from kdc.deploy.device_results import profiles_of_device
+    from kdc.deploy.device_results import check_device, read_object
 
     if not root.is_dir():
         raise UserError(
@@ -394,16 +393,8 @@ def _check_bundle_target(root: Path, profile: HardwareProfile) -> None:
             "results/ copied into it",
         )
     meta_file = root / "calibration.json"
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(
-            f"cannot read it ({getattr(e, 'strerror', None) or e})",
-            source=str(meta_file),
-            fix="pass the directory `kdc calibrate --bundle` wrote (calibration.json beside "
-            "run_all.sh)",
-        ) from None
-    made_for = meta.get("target") if isinstance(meta, dict) else None
+    fix = "pass the directory `kdc calibrate --bundle` wrote (calibration.json beside run_all.sh)"
+    made_for = read_object(meta_file, fix=fix).get("target")
     if made_for != profile.name:
         raise UserError(
             f"the bundle was written for {made_for}, not {profile.name}: its timings would "
@@ -413,16 +404,10 @@ def _check_bundle_target(root: Path, profile: HardwareProfile) -> None:
             fix=f"pass --target {made_for}, or write a bundle for {profile.name} and time it "
             "on that device",
         )
-    device = _device_name(root / RESULTS_DIR / "device.json") or ""
-    named = profiles_of_device(device)
-    builtin = profile.name in {p.name for p in list_profiles()}  # a copy may be any device's
-    if named and profile.name not in named and builtin:
-        raise UserError(
-            f"timed on '{device}', which is {' or '.join(named)}, not {profile.name}",
-            source=str(root / RESULTS_DIR / "device.json"),
-            field="device",
-            fix=f"run run_all.sh on a {profile.name}",
-        )
+    device = root / RESULTS_DIR / "device.json"
+    check_device(
+        _device_name(device) or "", profile.name, str(device), f"run run_all.sh on a {profile.name}"
+    )
 
 
 def ingest_bundle(target: str, bundle_dir: Path | str) -> dict[str, Any]:

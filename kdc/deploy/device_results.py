@@ -17,7 +17,8 @@ _FIX = "run bench.sh on the device and copy its results/ directory back"
 _NUMBERS = ("n", "max_abs", "mean_abs", "cosine", "cosine_min_row", "argmax_agreement")
 
 
-def _read(path: Path, fix: str = _FIX) -> dict:
+def read_object(path: Path, fix: str = _FIX) -> dict:
+    """A JSON object file of a device's results or a bundle; a UserError naming `fix` else."""
     if not path.is_file():
         raise UserError("file not found", source=str(path), fix=fix)
     try:
@@ -94,14 +95,19 @@ def _check_target(
             field="onnx_sha256",
             fix=f"copy {meta_file.parent} to the device again, run build.sh and bench.sh",
         )
-    name = str(device.get("device") or "")
-    named = profiles_of_device(name)
+    check_device(str(device.get("device") or ""), target, source, f"run the bundle on a {target}")
+
+
+def check_device(device: str, target: str, source: str, fix: str) -> None:
+    """Refuse timings made on a `device` that is another built-in target's than `target` (a
+    copy of a built-in profile, another power mode say, may be timed on its device)."""
+    named = profiles_of_device(device)
     if named and target not in named and target in {p.name for p in list_profiles()}:
         raise UserError(
-            f"device '{name}' matches {' or '.join(named)}, not {target}",
+            f"device '{device}' matches {' or '.join(named)}, not {target}",
             source=source,
             field="device",
-            fix=f"run the bundle on a {target}",
+            fix=fix,
         )
 
 
@@ -208,15 +214,15 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
     results_dir, bundle_dir = Path(results_dir), Path(bundle_dir)
     meta_file = bundle_dir / "bundle.json"
     rewrite = f"write the bundle again: kdc bundle RUN --target {target}"
-    meta = _read(meta_file, fix=rewrite)
+    meta = read_object(meta_file, fix=rewrite)
     floor = meta.get("parity_min_cosine")
     if isinstance(floor, bool) or not isinstance(floor, int | float):
         raise UserError(
             "no parity floor", source=str(meta_file), field="parity_min_cosine", fix=rewrite
         )
     stats = parse_export_times(results_dir / "times.json")
-    raw_parity = _read(results_dir / "parity.json")
-    device = _read(results_dir / "device.json")
+    raw_parity = read_object(results_dir / "parity.json")
+    device = read_object(results_dir / "device.json")
     _check_target(results_dir, meta_file, meta, device, target)
     version = trt_version_from_banner(str(device.get("trtexec", "")))
     name = str(device.get("device") or "unknown (results/device.json names no device)")
