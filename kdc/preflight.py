@@ -53,8 +53,8 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
     preprocessor_config.json; settings given that this config does not read."""
     from kdc.hf_files import assumed_processor
 
-    notes = []
-    if cfg.task == "image-classification" and _teacher_config(cfg) is not None:
+    notes, hf = [], _teacher_config(cfg)
+    if cfg.task == "image-classification" and hf is not None:
         notes.append(assumed_processor(cfg.resolve(cfg.teacher.path)))
     given = cfg.data.model_fields_set & {"image_size", "channels"}
     if cfg.data.source.startswith("sklearn:") and given:
@@ -62,7 +62,7 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
             f"data.{' and data.'.join(sorted(given))} not used: {cfg.data.source} images are "
             "8x8 grayscale as scikit-learn ships them"
         )
-    own = (_teacher_config(cfg) or {}).get("image_size")
+    own = (hf or {}).get("image_size")
     asked = cfg.data.image_size
     if cfg.task == "image-classification" and isinstance(own, int) and asked and asked != own:
         notes.append(
