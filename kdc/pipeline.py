@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import time
@@ -182,6 +183,7 @@ StageFn = Callable[[Context], StageOutput]
 
 
 ConfigReads = Callable[[KdcConfig], tuple[str, ...]]
+ProfileReads = Callable[[KdcConfig, HardwareProfile], Any]
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,9 @@ class Stage:
     # the config a stage reads, as sections ("teacher") or fields ("quantize.precision"): a
     # change to any re-runs the stage, a change to anything else does not
     reads: ConfigReads
+    # what of the target profile it reads (by default all of it): another target that agrees
+    # on these keeps the stage's outputs on `--resume`
+    profile_reads: ProfileReads = lambda cfg, profile: profile.model_dump(mode="json")
 
 
 COMMON = ("name", "task", "seed", "teacher", "data")
@@ -217,6 +222,18 @@ def _distill_reads(cfg: KdcConfig) -> tuple[str, ...]:
     return (*COMMON, "distill", "prune", "quantize.method", *latency, *qat)
 
 
+def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
+    """What distillation reads of the target: the channel multiple students are derived (and
+    pruned) to and, for QAT, whether TensorRT runs it (symmetric fake-quantizers); pruning to a
+    latency reads the whole latency model."""
+    if cfg.prune.enabled and cfg.prune.target_latency_ms is not None:
+        return profile.model_dump(mode="json")
+    facets: dict[str, Any] = {"channel_divisor": profile.defaults.channel_divisor}
+    if cfg.quantize.method == "qat":
+        facets["tensorrt"] = "tensorrt" in profile.runtime.engines
+    return facets
+
+
 def _stages() -> list[Stage]:
     from kdc.stages import build, distill, export, report, search, verify
 
@@ -226,9 +243,9 @@ def _stages() -> list[Stage]:
             search.run,
             lambda cfg: (*COMMON, "student", "search", "constraints.latency_budget_ms", *LATENCY),
         ),
-        Stage("distill", distill.run, _distill_reads),
-        # parity inputs are eval rows (data), the output name the task's
-        Stage("export", export.run, lambda cfg: ("task", "data", "export")),
+        Stage("distill", distill.run, _distill_reads, _distill_profile),
+        # parity inputs are eval rows (data), the output name the task's; no target facet
+        Stage("export", export.run, lambda cfg: ("task", "data", "export"), lambda c, p: None),
         # calibration rows (data); verify.threads times the PTQ backends `ptq: auto` picks from
         Stage(
             "build",
@@ -271,7 +288,7 @@ def stage_hash(
             "stage": stage.name,
             "upstream": upstream,
             "config": config_reads(cfg, stage.reads(cfg)),
-            "profile": profile.model_dump(mode="json"),
+            "profile": stage.profile_reads(cfg, profile),
             "inputs": inputs_fp,
         }
     )
@@ -390,6 +407,29 @@ def stage_not_ready(
     )
 
 
+def _chosen_student(run: RunDir) -> str:
+    """Distillation reads the spec of the student search chose, not the predictions beside it
+    (another target's): a search for another target that chooses the same student keeps it."""
+    try:
+        spec = json.loads((run / "search" / "student.json").read_text())["spec"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return run.output_hash("search")
+    return sha256_json({"search_student_spec": spec})
+
+
+# what a stage reads of the stage before it, hashed (by default: all its recorded outputs)
+UPSTREAM_READS: dict[str, Callable[[RunDir], str]] = {"distill": _chosen_student}
+
+
+def upstream_hash(run: RunDir, name: str) -> str:
+    """The hash of what stage `name` reads of the finished stage before it ("" for the first)."""
+    i = STAGE_NAMES.index(name)
+    if i == 0:
+        return ""
+    reads = UPSTREAM_READS.get(name)
+    return reads(run) if reads else run.output_hash(STAGE_NAMES[i - 1])
+
+
 def outdated(run: RunDir) -> list[str]:
     """Finished stages built from other outputs of the stage before them than those it has now
     (it ran again after them, e.g. `kdc search` alone in a finished run, or `kdc bundle` rewrote
@@ -397,8 +437,9 @@ def outdated(run: RunDir) -> list[str]:
     found: list[str] = []
     for prev, name in zip(STAGE_NAMES, STAGE_NAMES[1:], strict=False):
         rec = run.stage(name) or {}
-        now = run.output_hash(prev)
-        if rec.get("status") == "done" and (found or rec.get("upstream", now) != now):
+        # a run recorded before UPSTREAM_READS hashed all of the earlier stage's outputs
+        now = {upstream_hash(run, name), run.output_hash(prev)}
+        if rec.get("status") == "done" and (found or rec.get("upstream", "") not in now | {""}):
             found.append(name)  # and every finished stage after it, built from its outputs
     return found
 
@@ -421,8 +462,8 @@ def run_stages(
     `trust_upstream` (re-verifying a finished run): a stage not asked for counts as done when it
     finished and its outputs are intact, whatever the target, teacher files or kdc version now."""
     started = time.perf_counter()
-    # what this invocation ran with; recorded, not compared: the config sections and the whole
-    # profile are already part of each stage's input hash, which is what resume checks. A
+    # what this invocation ran with; recorded, not compared: the config sections and the parts
+    # of the profile each stage reads are already part of its input hash, which resume checks. A
     # re-verification keeps the target the run was built for (`kdc verify`'s default).
     # Recorded before the first stage runs (stages read it), not before the earlier stages are
     # found ready: a command refused for an unready stage leaves the manifest as it was.
@@ -455,7 +496,7 @@ def run_stages(
         ctx.warn(clash)
     if stale := ctx.run.remove_stale_temp():
         ctx.log(f"[dim]removed {len(stale)} temporary file(s) an interrupted run left[/dim]")
-    upstream, warned = "", False
+    warned = False
     # read once: the stages taken as built come before any this invocation runs
     behind = outdated(ctx.run) if trust_upstream else []
     with _signals_as_interrupt() as pressed:
@@ -464,6 +505,7 @@ def run_stages(
                 STAGE_NAMES[STAGE_NAMES.index(stage.name) :]
             ):
                 break  # nothing asked for comes after this stage
+            upstream = upstream_hash(ctx.run, stage.name)
             h = stage_hash(stage, ctx.cfg, ctx.profile, upstream, ctx.inputs_hash)
             wanted = only is None or stage.name in only
             may_skip = not wanted or (resume and only is None)
@@ -491,7 +533,6 @@ def run_stages(
                     _ = ctx.dataset
                     record()
                 _run_one(ctx, stage, h, upstream, pressed)
-            upstream = ctx.run.output_hash(stage.name)
     if not ctx.ran:  # every stage skipped
         record()
     ctx.run.update_manifest(wall_s=round(time.perf_counter() - started, 2))

@@ -258,3 +258,28 @@ def test_a_run_for_a_profile_yaml_is_verified_for_it_again(cnn_project, tmp_path
     (run / "build" / "bundle" / "profile.yaml").unlink()
     with pytest.raises(UserError, match=f"for the profile YAML {profile}, which is gone"):
         api.verify(run, quiet=True)
+
+
+def test_resume_for_another_target_keeps_the_same_students_distillation(cnn_project, tmp_path):
+    """Another target whose search chooses the same student, at the same channel multiple, keeps
+    the distilled student and its export (the costly stages): only what reads the rest of the
+    target runs again. A target of another channel multiple distills again."""
+    path = _cfg(cnn_project, tmp_path)
+    run = tmp_path / "run"
+    api.compress(path, "jetson-orin-nano-8gb", run, quiet=True)
+    first = json.loads((run / "manifest.json").read_text())["stages"]
+    api.compress(path, "jetson-orin-nx-16gb", run, resume=True, quiet=True)  # divisor 16 too
+    second = json.loads((run / "manifest.json").read_text())["stages"]
+    assert {s for s in first if first[s]["finished"] == second[s]["finished"]} == {
+        "distill",
+        "export",
+    }
+    report = json.loads((run / "report.json").read_text())
+    assert report["target"]["name"] == "jetson-orin-nx-16gb"
+    api.compress(path, "nvidia-t4", run, resume=True, quiet=True)  # divisor 32
+    third = json.loads((run / "manifest.json").read_text())["stages"]
+    # distilled again; deterministic training may give the same weights, whose graph is kept
+    assert [s for s in third if third[s]["finished"] == second[s]["finished"]] in ([], ["export"])
+    from kdc.tools import inspect_run
+
+    assert inspect_run(run)["outdated"] == []
