@@ -266,6 +266,9 @@ class BuildConfig(Section):
     # kdc.deploy.softmax_floor): padded inputs run up to ~1.5x faster, unpadded ones ~2-12 %
     # slower. Off for an application that never pads (batch 1 at each input's own length).
     softmax_floor: bool = True
+    # TensorRT engines take batches 1 to max_batch, tuned for (and timed and predicted at)
+    # verify.batch; their predicted memory is max_batch's. Default: verify.batch rows only.
+    max_batch: int | None = Field(None, ge=1)
 
 
 class VerifyConfig(Section):

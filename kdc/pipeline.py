@@ -252,7 +252,12 @@ def _stages() -> list[Stage]:
             build.run,
             lambda cfg: ("task", "data", "build", "quantize", "verify.batch", "verify.threads"),
         ),
-        Stage("verify", verify.run, lambda cfg: ("task", "data", "verify", *PARITY)),
+        # build.max_batch: the batch a TensorRT engine's memory is predicted at
+        Stage(
+            "verify",
+            verify.run,
+            lambda cfg: ("task", "data", "verify", "build.max_batch", *PARITY),
+        ),
         Stage("report", report.run, lambda cfg: ("constraints",)),
     ]
 

@@ -24,6 +24,7 @@ def check_config(cfg: KdcConfig) -> None:
     _check_columns(cfg)
     _check_names(cfg)
     _check_augment(cfg)
+    _check_max_batch(cfg)
     hf = _teacher_config(cfg)
     _check_head(cfg, hf)
     _check_max_length(cfg, hf)
@@ -236,6 +237,18 @@ def _check_augment(cfg: KdcConfig) -> None:
     name, kind = cfg.distill.augment, TASK_KIND.get(cfg.task)
     if kind and KIND.get(name, kind) != kind:
         raise misfit(name, kind).located(str(cfg.source_file))
+
+
+def _check_max_batch(cfg: KdcConfig) -> None:
+    m, b = cfg.build.max_batch, cfg.verify.batch
+    if m is not None and m < b:
+        raise UserError(
+            f"build.max_batch {m} is below verify.batch {b}, the batch engines are tuned and "
+            "timed at",
+            source=cfg.source_file,
+            field="build.max_batch",
+            fix=f"set it to {b} or more, or lower verify.batch",
+        )
 
 
 def _teacher_config(cfg: KdcConfig) -> dict | None:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from tiny import bert_config, cnn_config, config_of, floors, write_yaml
 from typer.testing import CliRunner
 
@@ -104,6 +105,18 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     assert "moved to build/previous-bundle-nvidia-t4" in res.output
     assert (run / "build" / "previous-bundle-nvidia-t4" / "results").is_dir()
     assert sorted(p.name for p in (run / "build").glob("bundle*")) == ["bundle_notes"]
+
+    # a GPU server's engine for a range of batches, on resume for another target: the bundle
+    # builds batches 1 to 8 and the engine's memory is predicted at 8, the time at verify's 1
+    cfg = yaml.safe_load(cnn_project.read_text())
+    cfg["teacher"]["weights"] = str(cnn_project.parent / cfg["teacher"]["weights"])
+    cfg["build"] = {"max_batch": 8}
+    res = _compress(write_yaml(tmp_path / "batches.yaml", cfg), run, "t4", "--resume")
+    assert res.exit_code == 0, res.output
+    report = json.loads((run / "report.json").read_text())
+    trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
+    assert trt["memory"]["batch"] == 8 and trt["latency"]["batch"] == 1
+    assert "--maxShapes=pixel_values:8x1x8x8" in (run / trt["path"] / "build.sh").read_text()
 
 
 @pytest.mark.slow

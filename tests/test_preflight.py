@@ -52,6 +52,7 @@ BAD = [
     ("search.proxies", {"search": {"proxies": ["params", "nosuch"]}}),
     ("teacher.entrypoint", {"teacher": {"entrypoint": "nosuchpkg.mod:fn"}}),  # not importable
     ("teacher.entrypoint", {"teacher": {"entrypoint": "kdc.models.cnn:nosuchfn"}}),
+    ("build.max_batch", {"build": {"max_batch": 2}, "verify": {"batch": 4}}),  # below verify's
     (  # a classifier that would read its labels as its input
         "data.text_column",
         {"task": "text-classification", "data": {"text_column": "label"}},

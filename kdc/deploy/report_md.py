@@ -204,7 +204,8 @@ def memory_cell(part: dict) -> str:
         if mem.get("kind") == "measured" and mem.get("peak_rss_mb") is not None:
             cells.append(f"{sig(mem['peak_rss_mb'])} measured peak RSS")
         elif mem.get("kind") == "predicted" and mem.get("peak_mb") is not None:
-            cells.append(f"{sig(mem['peak_mb'])} predicted")
+            at = f" at batch {mem['batch']}" if mem.get("batch", 1) > 1 else ""
+            cells.append(f"{sig(mem['peak_mb'])} predicted{at}")
     return "; ".join(cells) or DASH
 
 

@@ -141,9 +141,12 @@ class BuildOptions:
                 )
 
 
-def static_profiles(input_shapes: dict[str, list[int]]) -> Shapes:
-    """An optimization profile with min = opt = max for every input."""
-    return {k: (list(v), list(v), list(v)) for k, v in input_shapes.items()}
+def batch_profiles(input_shapes: dict[str, list[int]], max_batch: int | None = None) -> Shapes:
+    """One optimization profile: min = opt = max = `input_shapes` for every input, or with
+    `max_batch`, batches 1 to `max_batch` tuned for `input_shapes`' batch."""
+    if max_batch is None:
+        return {k: (list(v), list(v), list(v)) for k, v in input_shapes.items()}
+    return {k: ([1, *v[1:]], list(v), [max_batch, *v[1:]]) for k, v in input_shapes.items()}
 
 
 def options_for_profile(
@@ -152,9 +155,11 @@ def options_for_profile(
     input_shapes: dict[str, list[int]],
     *,
     use_dla: bool = False,
+    max_batch: int | None = None,
     **kwargs: Any,
 ) -> BuildOptions:
-    """BuildOptions for a hardware profile; DLA core 0 only when asked and the profile has DLA."""
+    """BuildOptions for a hardware profile; DLA core 0 only when asked and the profile has DLA;
+    batches 1 to `max_batch` (tuned for `input_shapes`) when given, else those shapes alone."""
     if precision not in profile.runtime.precisions:
         raise UserError(
             f"precision {precision} is not offered by {profile.name}",
@@ -167,9 +172,15 @@ def options_for_profile(
             field="runtime.dla_cores",
             fix="build for the GPU (drop the DLA option)",
         )
+    if use_dla and max_batch is not None:
+        raise UserError(
+            "a DLA engine takes one input shape, not a range of batches",
+            field="build.max_batch",
+            fix="drop build.max_batch to build for DLA, or build for the GPU",
+        )
     return BuildOptions(
         precision=precision,
-        profiles=static_profiles(input_shapes),
+        profiles=batch_profiles(input_shapes, max_batch),
         dla_core=0 if use_dla else None,
         jetpack=profile.runtime.jetpack,
         **kwargs,

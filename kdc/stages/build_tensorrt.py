@@ -92,6 +92,7 @@ def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:
             ctx.profile,
             precision,
             input_shapes(ctx),
+            max_batch=ctx.cfg.build.max_batch,
             cache_dir=ctx.run / "build" / "tensorrt" / "cache",
         )
         plan = ctx.run / "build" / "tensorrt" / "model.plan"
@@ -156,6 +157,7 @@ def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
         preprocessing=files,
         input_contract=input_contract(ctx, shapes, goldens, output),
         output_name=output,
+        max_batch=ctx.cfg.build.max_batch,
         min_agreement=None if ctx.cfg.task == "sentence-embedding" else PARITY_MIN_AGREEMENT,
     )
 

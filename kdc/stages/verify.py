@@ -146,10 +146,13 @@ def _engine_block(
     return block
 
 
-def _predicted_memory(ctx: Context, path: Path, precision: str) -> dict:
-    """Weights at `precision` plus the peak of live activations on the target (MiB)."""
-    peak = predict_memory_mb(path, precision, ctx.cfg.verify.batch, _shapes(ctx))
-    return {"kind": "predicted", "peak_mb": peak}
+def _predicted_memory(ctx: Context, path: Path, precision: str, batch: int | None = None) -> dict:
+    """Weights at `precision` plus the peak of live activations on the target (MiB), at `batch`
+    rows (default verify.batch)."""
+    batch = batch or ctx.cfg.verify.batch
+    shapes = {k: [batch, *v[1:]] for k, v in _shapes(ctx).items()}
+    peak = predict_memory_mb(path, precision, batch, shapes)
+    return {"kind": "predicted", "peak_mb": peak, "batch": batch}
 
 
 def _stand_in(ctx: Context, rec: dict, teacher_logits: np.ndarray) -> dict:
@@ -184,7 +187,8 @@ def _remote_block(
         "size_mb": size_mb(src),
         "size_note": "size of the ONNX the engine is built from; the plan is built on the device",
         "latency": predict(ctx, src, rec["precision"], rec["engine"]),
-        "memory": _predicted_memory(ctx, src, rec["precision"]),
+        # TensorRT allocates activations for the largest batch its profile takes
+        "memory": _predicted_memory(ctx, src, rec["precision"], ctx.cfg.build.max_batch),
     }
     if device is not None:
         block["predicted_latency"] = block["latency"]

@@ -526,3 +526,40 @@ def test_an_engine_of_an_earlier_model_is_not_timed_and_old_results_go(tmp_path,
     res = read_device_results(out / "results", out, "jetson-orin-nano-8gb")
     assert not res["parity"]["passed"]
     assert "parity.py failed before writing its result (exit 1" in res["parity"]["error"]
+
+
+def test_a_bundle_with_max_batch_builds_an_engine_for_a_range_of_batches(tmp_path, goldens):
+    """build.max_batch: trtexec gets batches 1 to max_batch tuned for the verify batch, timing
+    and parity stay at that batch, and the input contract and README say which batches run."""
+    model, inputs, outputs = goldens
+    contract = image_input_contract("sklearn:digits", "x", [2, 1, 8, 8], ["a", "b", "c"])
+    common = {
+        "precision": "fp16",
+        "input_shapes": {"x": [2, 8]},
+        "golden_inputs": inputs,
+        "golden_outputs": outputs,
+        "input_contract": contract,
+        "max_batch": 16,
+    }
+    out = write_bundle(tmp_path / "bundle", model, load_profile("nvidia-t4"), **common)
+    build, bench = ((out / f).read_text() for f in ("build.sh", "bench.sh"))
+    assert all(f in build for f in ("--minShapes=x:1x8", "--optShapes=x:2x8", "--maxShapes=x:16x8"))
+    assert "--shapes=x:2x8" in bench
+    meta = json.loads((out / "bundle.json").read_text())
+    assert (meta["batch"], meta["max_batch"]) == (2, 16)
+    batch = json.loads((out / "preprocessing" / "input.json").read_text())["batch"]
+    assert (batch["min"], batch["opt"], batch["max"]) == (1, 2, 16)
+    assert "batches 1 to 16, tuned and timed at 2" in (out / "README.md").read_text()
+    with pytest.raises(UserError, match="DLA engine takes one input shape") as e:
+        write_bundle(
+            tmp_path / "dla", model, load_profile("jetson-agx-orin-64gb"), use_dla=True, **common
+        )
+    assert e.value.field == "build.max_batch"
+    fixed = tmp_path / "fixed.onnx"  # a graph whose batch is fixed: its engine takes one
+    m = onnx.load(str(model))
+    for t in [*m.graph.input, *m.graph.output]:
+        t.type.tensor_type.shape.dim[0].dim_value = 2
+    onnx.save(m, fixed)
+    with pytest.raises(UserError, match="fixed shape") as e:
+        write_bundle(tmp_path / "fixed", fixed, load_profile("nvidia-t4"), **common)
+    assert e.value.field == "build.max_batch"

@@ -175,6 +175,7 @@ def stub_verify(monkeypatch, tmp_path) -> SimpleNamespace:
         cfg=SimpleNamespace(
             task="text-classification",
             verify=SimpleNamespace(threads=1, batch=1),
+            build=SimpleNamespace(max_batch=None),
             export=SimpleNamespace(min_cosine=0.99, atol=1e-4, rtol=1e-3),
         ),
         latency_inputs=lambda: {"input_ids": np.zeros((1, 8), dtype=np.int64)},

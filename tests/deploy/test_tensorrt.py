@@ -477,3 +477,15 @@ def test_trtexec_bench_command_follows_nvidia_protocol():
         "--iterations=200",
         "--exportTimes=results/times.json",
     } <= set(cmd)
+
+
+def test_max_batch_gives_one_profile_over_a_range_of_batches():
+    """build.max_batch: min batch 1, opt the verify shape, max max_batch; the other dims fixed."""
+    t4 = load_profile("nvidia-t4")
+    shapes = {"input_ids": [4, 128], "attention_mask": [4, 128]}
+    opts = trtmod.options_for_profile(t4, "fp16", shapes, max_batch=32)
+    assert opts.profiles["input_ids"] == ([1, 128], [4, 128], [32, 128])
+    fixed = trtmod.options_for_profile(t4, "fp16", shapes)
+    assert fixed.profiles["attention_mask"] == ([4, 128], [4, 128], [4, 128])
+    with pytest.raises(UserError, match="max"):  # below the opt batch: min <= opt <= max fails
+        trtmod.options_for_profile(t4, "fp16", shapes, max_batch=2)
