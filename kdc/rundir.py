@@ -9,7 +9,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -286,11 +286,16 @@ class RunDir:
         }
         write_json(self.manifest_path, m)
 
-    def mark_failed(self, name: str, error: str) -> None:
-        """A stage that stopped on an error: not done, and not left looking as if running."""
+    def mark_failed(self, name: str, error: str, outputs: Sequence[Path] = ()) -> None:
+        """A stage that stopped on an error: not done, and not left looking as if running;
+        `outputs`: what it wrote nonetheless (a failed search's report)."""
         m = self.manifest()
         rec = m.setdefault("stages", {}).setdefault(name, {})
         rec.update(status="failed", error=error, finished=now_iso())
+        if outputs:
+            rec["outputs"] = {
+                str(Path(p).relative_to(self.root)): sha256_file(Path(p)) for p in outputs
+            }
         write_json(self.manifest_path, m)
 
     def mark_done(

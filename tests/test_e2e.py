@@ -12,6 +12,7 @@ from tiny import bert_config, cnn_config, config_of, floors, write_yaml
 from typer.testing import CliRunner
 
 from kdc.cli import app
+from kdc.rundir import RunDir
 
 runner = CliRunner()
 
@@ -168,6 +169,48 @@ def test_constraint_failure_exits_1(cnn_project, tmp_path):
     assert res.exit_code == 1, res.output
     failed = [ln.split()[1] for ln in res.output.splitlines() if not ln.startswith("PASS")]
     assert failed == ["constraint.latency_p99_ms"], res.output
+
+
+def test_a_search_with_no_student_under_the_budget_leaves_a_failed_report(cnn_project, tmp_path):
+    """What a CI job uploads when the evolution search finds nothing to distill: report.json
+    FAILED on the latency budget with the closest candidates, and no engine; `kdc check` against
+    a baseline of a passing run fails; the next stage to run removes it."""
+    cfg = config_of(cnn_project)
+    cfg["search"] = {"strategy": "evolution", "population": 4, "cycles": 2}
+    cfg["constraints"] = {"latency_budget_ms": 1e-9}
+    run = tmp_path / "run"
+    res = _compress(write_yaml(tmp_path / "model.yaml", cfg), run, "jetson")
+    assert res.exit_code == 1 and "report: " in res.output, res.output
+    report = json.loads((run / "report.json").read_text())
+    assert report["passed"] is False and report["engines"] == [] and report["student"] is None
+    (budget,) = report["constraints"]
+    assert budget["name"] == "latency_p99_ms" and not budget["pass"]
+    assert budget["source"] == "predicted" and budget["value"] > budget["limit"]
+    search = report["search"]
+    assert search["candidates_scored"] == 0 and 1 <= len(search["closest"]) <= 3
+    assert search["rejected"] == "search/rejected.jsonl" and (run / search["rejected"]).is_file()
+    assert report["failure"]["stage"] == "search"
+    assert "closest predicted" in (run / "report.md").read_text()
+    baseline = tmp_path / "baseline.json"  # a passing run's: its engines are missing here
+    baseline.write_text(
+        json.dumps(
+            {
+                **report,
+                "engines": [
+                    {
+                        "engine": "tensorrt",
+                        "precision": "int8",
+                        "status": "bundle",
+                        "latency": {"kind": "predicted", "p50_ms": 0.01},
+                    }
+                ],
+            }
+        )
+    )
+    res = runner.invoke(app, ["check", str(run / "report.json"), "--baseline", str(baseline)])
+    assert res.exit_code == 1 and "MISSING" in res.output, res.output
+    RunDir.existing(run).mark_started("search", "h")  # a new search: the failed one's report goes
+    assert not (run / "report.json").exists() and not (run / "report.md").exists()
 
 
 def test_bad_config_exits_2_with_one_line(tmp_path):

@@ -375,6 +375,19 @@ def _search(report: dict) -> Section | None:
         f"candidates scored: {search.get('candidates_scored', DASH)}",
         f"search wall time: {num(search.get('wall_s'), 1)} s",
     ]
+    if search.get("closest"):  # a search that found no student under the budget
+        closest = "; ".join(
+            f"{_arch(c.get('architecture'))} {sig(c.get('predicted_latency_ms'))} ms"
+            for c in search["closest"]
+        )
+        lines += [
+            f"no student under the search limit of {sig(search.get('search_limit_ms'))} ms "
+            f"(budget {sig(search.get('budget_ms'))} ms, {search.get('budget_source', DASH)}; "
+            f"teacher predicted {sig(search.get('teacher_predicted_latency_ms'))} ms)",
+            f"closest predicted: {closest}",
+            f"every candidate tried ({search.get('candidates_rejected', DASH)}), with its "
+            f"predicted latency: {search.get('rejected', DASH)}",
+        ]
     pareto = search.get("pareto") or []
     basis = search.get("latency_model") or {}
     model = basis.get("model") or latency_model(report)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kdc import __version__
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import library_versions, read_json, read_jsonl
@@ -73,6 +75,55 @@ def assemble(ctx: Context) -> dict:
         "search": _search_section(ctx),
         "engines": mark_shipped(m["engines"], precision, ctx.profile.runtime.engines),
     }
+
+
+def write_no_fit_report(ctx: Context, search: dict, closest_ms: float, why: str) -> list[Path]:
+    """report.json (and .md/.png/.html) of a run whose search found no student under the latency
+    budget: FAILED on its latency constraint (the fastest candidate's prediction), no engine,
+    the search's figures in `search`. Recorded as the report stage's failed outputs, so the next
+    stage to run removes it as it removes any earlier report."""
+    from kdc.deploy.report import write_report
+
+    manifest = ctx.run.manifest()
+    report = {
+        "kdc_version": __version__,
+        "run": {
+            "name": ctx.cfg.name,
+            "config_sha256": manifest.get("config_sha256"),
+            "started": (manifest.get("stages", {}).get("search") or {}).get("started"),
+            "seed": ctx.cfg.seed,
+            "libraries": library_versions(),
+            "stages": {"search": {"status": "failed"}},
+        },
+        "task": ctx.cfg.task,
+        "data": ctx.dataset.summary(),
+        "target": {
+            "name": ctx.profile.name,
+            "kind": ctx.profile.kind,
+            "measurable": ctx.profile.measurable,
+            "profile_sha256": ctx.profile.sha256(),
+            "latency_model": ctx.profile.latency_model.source,
+        },
+        "teacher": {"params": ctx.teacher.params()},
+        "student": None,
+        "search": {**search, "candidates_scored": 0, "pareto": []},
+        "engines": [],
+        "constraints": [
+            {
+                "name": "latency_p99_ms",
+                "limit": search["budget_ms"],
+                "value": closest_ms,
+                "source": "predicted",
+                "pass": False,
+                "reason": f"no student fits: {why}",
+            }
+        ],
+        "passed": False,
+        "failure": {"stage": "search", "error": why},
+    }
+    files = write_report(report, ctx.run.root)
+    ctx.run.mark_failed("report", "the search found no student under the budget", files)
+    return files
 
 
 def mark_shipped(engines: list[dict], precision: str, target_engines: list[str]) -> list[dict]:

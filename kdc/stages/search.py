@@ -316,10 +316,26 @@ def _evolution(ctx: Context) -> StageOutput:
                 where=f"{margin_note} on {ctx.profile.name} ({precision}, batch {batch})",
             )
         except NoStudentFits as e:  # what was tried, for the run directory a CI job uploads
+            from kdc.stages.report import write_no_fit_report
+
             tried = ctx.run / "search" / "rejected.jsonl"
             rows_tried = [{"architecture": a, "predicted_latency_ms": ms} for a, ms in e.rejected]
             write_jsonl(tried, rows_tried)
-            raise NoStudentFits(f"{e} (every candidate tried: {tried})", e.rejected) from None
+            search = {
+                "strategy": "evolution",
+                "proxy": proxy,
+                "budget_ms": budget,
+                "budget_source": budget_source,
+                "search_limit_ms": limit,
+                "teacher_predicted_latency_ms": teacher_ms,
+                "candidates_rejected": len(rows_tried),
+                "closest": rows_tried[:3],
+                "rejected": str(tried.relative_to(ctx.run.root)),
+            }
+            files = write_no_fit_report(ctx, search, e.rejected[0][1], str(e))
+            raise NoStudentFits(
+                f"{e} (every candidate tried: {tried}; report: {files[0]})", e.rejected
+            ) from None
     flags = pareto_flags([(s.latency_ms, s.score) for s in result.scored])
     table = [
         {
