@@ -14,7 +14,8 @@ threads, input_shape; the TensorRT version of a device timing, where both record
 prediction made otherwise (latency model, its calibration, the hash of
 the profile fields it reads, batch, input shape, padding) is reported as `missing`, never compared.
 A slowdown is a regression only when it exceeds both the tolerance and the noise (with `--strict`,
-the tolerance alone), 2·hypot(u_base, u_now), u the relative uncertainty of the statistic: its
+the tolerance alone; one past the tolerance within the noise passes as `warn`),
+2·hypot(u_base, u_now), u the relative uncertainty of the statistic: its
 spread over interleaved rounds, (max - min) / median of `rounds_p50_ms` (`rounds_p99_ms` for p99;
 the p50's where absent) when both were timed in 2 or more rounds, else the statistic's standard
 error from the per-sample cv under a normal approximation, k·cv/sqrt(iterations) with k =
@@ -98,7 +99,9 @@ class CheckResult:
     current: float | None
     limit: float | None
     noise: float | None  # relative noise of a latency comparison
-    status: str  # "pass" | "regression" | "improved" | "missing"
+    # "pass" | "warn" (a slowdown past the tolerance passed on the noise allowance alone) |
+    # "regression" | "improved" | "missing"
+    status: str
     message: str
 
     @property
@@ -167,6 +170,7 @@ def _latency_result(
         else f"max(tolerance {tol:.1%}, noise {noise[0]:.1%}{noise[1]})"
     )
     if status == "pass" and c > b * (1 + tol):  # passed on the noise allowance alone
+        status = "warn"
         note += "; slower than the tolerance, passed on the noise: time it on a quieter machine"
         note += " (more verify.rounds) or gate with --strict"
     msg = f"{b:.4g} -> {c:.4g} ms {kind} ({rel:+.1%}); allowed +{margin:.1%} = {allowed}{note}"

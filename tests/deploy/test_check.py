@@ -60,7 +60,7 @@ def test_single_round_p99_allows_for_its_own_uncertainty(baseline):
     results = by_metric(compare(current, baseline))
     p50, p99 = (results[f"onnxruntime-fp32.latency_{s}_ms"] for s in ("p50", "p99"))
     assert p50.status == "regression" and "s.e. of the median" in p50.message
-    assert p99.status == "pass" and p99.noise == pytest.approx(
+    assert p99.status == "warn" and p99.noise == pytest.approx(
         2 * 2**0.5 * 3.7336 * 0.2 / 200**0.5, rel=1e-3
     )
 
@@ -71,7 +71,8 @@ def test_slowdown_within_noise_passes(baseline):
         engine(report, "onnxruntime-int8")["latency"]["rounds_p50_ms"] = rounds  # spread ~13%
     engine(current, "onnxruntime-int8")["latency"]["p99_ms"] *= 1.20  # beyond 10 % tolerance
     r = by_metric(compare(current, baseline))["onnxruntime-int8.latency_p99_ms"]
-    assert r.status == "pass" and not r.failed
+    assert r.status == "warn" and not r.failed  # passes, flagged in the log and the JUnit file
+    assert format_line(r).startswith("WARN ")
     assert r.noise == pytest.approx(2 * ((0.4 / 3.1) ** 2 + (0.5 / 3.72) ** 2) ** 0.5)
     assert (
         "p50 spread over rounds" in r.message and "noisy (cv 4.1% baseline, 4.1% now)" in r.message
@@ -132,7 +133,7 @@ def test_noise_without_iterations_falls_back_to_cv_and_says_so(baseline):
         set_latency(report, "onnxruntime-fp32", cv=0.10).pop("iterations")
     engine(current, "onnxruntime-fp32")["latency"]["p99_ms"] *= 1.2
     r = by_metric(compare(current, baseline))["onnxruntime-fp32.latency_p99_ms"]
-    assert r.status == "pass" and r.noise == pytest.approx(2 * 2**0.5 * 0.10)
+    assert r.status == "warn" and r.noise == pytest.approx(2 * 2**0.5 * 0.10)
     assert "per-sample cv: iterations not recorded" in r.message
 
 
