@@ -138,15 +138,23 @@ def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
 
 
 def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
-    """What a run for `profile` cannot judge: no engine with a latency model for a TensorRT
-    target when build.engines leaves TensorRT out (its profile's model is TensorRT's)."""
+    """What a run for `profile` cannot judge or does not use: no engine with a latency model for
+    a TensorRT target when build.engines leaves TensorRT out (its profile's model is
+    TensorRT's); build.max_batch where no TensorRT engine is built."""
     engines = cfg.build.engines
-    if profile.measurable or not profile.runtime.tensorrt or not engines or "tensorrt" in engines:
-        return []
-    return [
-        f"build.engines leaves out tensorrt: {profile.name}'s latency model is TensorRT's, so no "
-        "engine of this run gets a predicted latency there and a latency budget cannot pass"
-    ]
+    left_out = bool(engines) and "tensorrt" not in engines
+    out = []
+    if not profile.measurable and profile.runtime.tensorrt and left_out:
+        out.append(
+            f"build.engines leaves out tensorrt: {profile.name}'s latency model is TensorRT's, so "
+            "no engine of this run gets a predicted latency there and a latency budget cannot pass"
+        )
+    if cfg.build.max_batch is not None and ("tensorrt" not in profile.runtime.engines or left_out):
+        out.append(
+            f"build.max_batch not used: it sizes TensorRT engines, and this run builds none for "
+            f"{profile.name} (ONNX Runtime's graphs take any batch)"
+        )
+    return out
 
 
 def _check_paths(cfg: KdcConfig) -> None:

@@ -546,3 +546,8 @@ def test_an_onnxruntime_only_run_on_a_tensorrt_target_is_warned(tmp_path):
     assert "build.engines leaves out tensorrt: jetson-orin-nano-8gb's latency model is" in said
     res = runner.invoke(app, ["compress", str(cfg), "--target", "host", "--dry-run"])
     assert "leaves out tensorrt" not in res.output
+    cfg = _config(tmp_path, build={"max_batch": 8})  # TensorRT's alone: said where none is built
+    res = runner.invoke(app, ["compress", str(cfg), "--target", "host", "--dry-run"])
+    assert "build.max_batch not used" in " ".join(res.output.split())
+    res = runner.invoke(app, ["compress", str(cfg), "--target", "t4", "--dry-run"])
+    assert res.exit_code == 0 and "max_batch not used" not in res.output

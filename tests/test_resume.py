@@ -283,3 +283,50 @@ def test_resume_for_another_target_keeps_the_same_students_distillation(cnn_proj
     from kdc.tools import inspect_run
 
     assert inspect_run(run)["outdated"] == []
+
+
+def test_the_distill_hash_reads_only_the_target_facets_distillation_uses():
+    """Targets of one channel multiple share distill's input hash, unless QAT (TensorRT or not
+    decides its fake-quantizers) or pruning to a latency (the whole latency model) reads more."""
+    from tiny import cnn_config
+
+    from kdc.config import parse_config
+    from kdc.pipeline import _stages, stage_hash
+    from kdc.profiles import load_profile
+
+    nano, nx = load_profile("jetson-orin-nano-8gb"), load_profile("jetson-orin-nx-16gb")
+    host = load_profile("host")
+    cpu16 = host.model_copy(
+        update={"defaults": host.defaults.model_copy(update={"channel_divisor": 16})}
+    )
+    distill = next(s for s in _stages() if s.name == "distill")
+
+    def h(profile, **over):
+        cfg = parse_config({**cnn_config(), **over}, base_dir=".")
+        return stage_hash(distill, cfg, profile, "up", "in")
+
+    assert h(nano) == h(nx) == h(cpu16) != h(host)  # host's channel multiple differs
+    qat = {"quantize": {"method": "qat"}}
+    assert h(nano, **qat) == h(nx, **qat) != h(cpu16, **qat)  # TensorRT or not
+    pruned = {"prune": {"enabled": True, "target_latency_ms": 1.0}}
+    assert h(nano, **pruned) != h(nx, **pruned)
+
+
+def test_a_run_recorded_with_the_whole_search_outputs_as_upstream_is_not_outdated(
+    cnn_project, tmp_path
+):
+    """Runs recorded before distill hashed the chosen spec alone kept the hash of all of search's
+    outputs: still current while search's outputs are those; outdated once they change."""
+    from kdc.pipeline import outdated
+    from kdc.rundir import RunDir
+
+    run = tmp_path / "run"
+    api.compress(_cfg(cnn_project, tmp_path), "host", run, quiet=True)
+    rd = RunDir.existing(run)
+    m = json.loads((run / "manifest.json").read_text())
+    m["stages"]["distill"]["upstream"] = rd.output_hash("search")
+    (run / "manifest.json").write_text(json.dumps(m))
+    assert outdated(rd) == []
+    m["stages"]["distill"]["upstream"] = "an earlier search's"
+    (run / "manifest.json").write_text(json.dumps(m))
+    assert outdated(rd) == ["distill", "export", "build", "verify", "report"]

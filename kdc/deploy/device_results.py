@@ -156,6 +156,8 @@ def _device_parity(
             "'notes' is not a list of text", source=str(source), field="notes", fix=_FIX
         )
     cosine, runner = raw.get("cosine"), raw.get("runner")
+    batches = raw.get("batches") if isinstance(raw.get("batches"), dict) else {}
+    failed_batches = [k for k, c in batches.items() if not (isinstance(c, dict) and c.get("pass"))]
     parity = {
         "reference": "goldens.npz",
         "on_target": True,
@@ -169,7 +171,11 @@ def _device_parity(
         "argmax_agreement": raw.get("argmax_agreement"),
         "cosine_floor": floor,
         "agreement_floor": min_agreement,
+        # an engine for a range of batches is checked at its smallest and largest batch too
+        "batches_checked": [int(k) for k in batches if str(k).isdigit()] or None,
+        "failed_batches": failed_batches or None,
         "passed": raw.get("pass") is True
+        and not failed_batches
         and cosine >= floor
         and (min_agreement is None or raw["argmax_agreement"] >= min_agreement)
         and runner == "tensorrt",
@@ -188,6 +194,11 @@ def _parity_warnings(parity: dict) -> list[str]:
     notes = "; ".join(parity.get("notes") or [])
     if runner and runner != "tensorrt":
         return [f"device parity FAILED: {not_the_engine(runner, notes)}"]
+    if parity.get("failed_batches"):
+        return [
+            f"device parity FAILED at batch {', '.join(parity['failed_batches'])} (the engine "
+            f"takes a range of batches; each checked against the goldens on {parity['device']})"
+        ]
     if parity.get("cosine") is not None:
         what = f"cosine {parity['cosine']:.4f} against the floor {parity['cosine_floor']:g}"
         if parity.get("agreement_floor") is not None:

@@ -44,6 +44,19 @@ _FOLDER_GRAY = {  # data.channels: 1
 }
 
 
+def batch_range(batch: int, max_batch: int | None) -> dict[str, Any]:
+    """The contract's `batch` entry: the rows an engine takes per call."""
+    if max_batch is None:
+        return {"min": batch, "opt": batch, "max": batch, "note": f"exactly {batch} row(s) a call"}
+    return {
+        "min": 1,
+        "opt": batch,
+        "max": max_batch,
+        "note": f"1 to {max_batch} rows a call (the first dimension of every input and of the "
+        f"output; the engine is tuned for {batch}); the other dimensions are as given",
+    }
+
+
 def image_input_contract(
     data_source: str,
     input_name: str,
@@ -54,11 +67,13 @@ def image_input_contract(
     read_size: int | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    max_batch: int | None = None,
 ) -> dict[str, Any]:
     """The contract of an engine taking `input_name` of `input_shape` (N x C x H x W) read from
     `data_source` (a Dataset's `source`: `sklearn:digits` or `imagefolder:<path>`) at
     `read_size` (default: the input's), then resized to the input's size where that differs and
-    normalised by `mean`/`std` per channel where given (a vision transformer's adapter)."""
+    normalised by `mean`/`std` per channel where given (a vision transformer's adapter); the
+    engine takes batches of N rows, or 1 to `max_batch` where given."""
     _, channels, height, width = input_shape
     how = _DIGITS if data_source == "sklearn:digits" else _FOLDER_GRAY if channels == 1 else _FOLDER
     size = how.get("size") or read_size  # as the reader read it
@@ -89,6 +104,7 @@ def image_input_contract(
             if mean is None
             else "(x - mean) / std per channel, after the scaling",
         },
+        "batch": batch_range(input_shape[0], max_batch),
         "preprocessing": {"source": how["source"], "steps": steps},
         "output": {
             "name": output_name,
@@ -105,11 +121,13 @@ def text_input_contract(
     max_length: int,
     class_names: list[str],
     output_name: str = "logits",
+    max_batch: int | None = None,
 ) -> dict[str, Any]:
     """The contract of a text engine taking `inputs` (name → (shape, dtype)): every row padded
     and truncated to `max_length` tokens, as kdc encoded the rows it trained and verified on;
-    the engine is built for exactly these shapes, so a tokenizer left at its defaults (no
-    padding, its own model_max_length) gives inputs it rejects."""
+    the engine is built for exactly these shapes (batches 1 to `max_batch` where given), so a
+    tokenizer left at its defaults (no padding, its own model_max_length) gives inputs it
+    rejects."""
     batch = next(iter(inputs.values()))[0][0]
     out = {"name": output_name}
     if class_names:
@@ -122,6 +140,7 @@ def text_input_contract(
         out["meaning"] = "the text's embedding (one vector per row)"
     return {
         "inputs": {k: {"shape": shape, "dtype": dtype} for k, (shape, dtype) in inputs.items()},
+        "batch": batch_range(batch, max_batch),
         "tokenizer": {
             "files": "preprocessing/ (load with transformers.AutoTokenizer.from_pretrained)",
             "padding": "max_length",
@@ -130,9 +149,13 @@ def text_input_contract(
             "padding_side": "right",
             "call": f"tokenizer(texts, padding='max_length', truncation=True, "
             f"max_length={max_length}, padding_side='right', return_tensors='np')",
-            "note": "the engine takes exactly these shapes: pad every row to max_length on the "
-            "right (the tokenizer's default pads nothing), then feed the inputs named here, "
-            "each cast to its dtype",
+            "note": (
+                "the engine takes exactly these shapes"
+                if max_batch is None
+                else f"the engine takes these shapes with 1 to {max_batch} rows (see batch)"
+            )
+            + ": pad every row to max_length on the right (the tokenizer's default pads "
+            "nothing), then feed the inputs named here, each cast to its dtype",
         },
         "output": out,
     }

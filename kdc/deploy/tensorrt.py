@@ -235,22 +235,44 @@ class GraphFacts:
     has_qdq: bool
     is_fp16: bool
     dynamic_inputs: frozenset[str]
+    fixed_batch_inputs: frozenset[str] = frozenset()  # first dim a number
 
 
 def graph_facts(model: onnx.ModelProto) -> GraphFacts:
-    """Q/DQ present, fp16 weights present, and graph inputs with a symbolic or unknown dim."""
+    """Q/DQ present, fp16 weights present, graph inputs with a symbolic or unknown dim, and
+    graph inputs whose first (batch) dim is a fixed number."""
     inits = {i.name for i in model.graph.initializer}
-    dynamic = frozenset(
-        i.name
-        for i in model.graph.input
-        if i.name not in inits
-        and any(d.dim_param or d.dim_value <= 0 for d in i.type.tensor_type.shape.dim)
-    )
+    inputs = [i for i in model.graph.input if i.name not in inits]
+
+    def symbolic(d: Any) -> bool:
+        return bool(d.dim_param) or d.dim_value <= 0
+
+    dims = {i.name: list(i.type.tensor_type.shape.dim) for i in inputs}
     return GraphFacts(
         has_qdq=any(n.op_type in QDQ_OPS for n in model.graph.node),
         is_fp16=any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer),
-        dynamic_inputs=dynamic,
+        dynamic_inputs=frozenset(k for k, ds in dims.items() if any(map(symbolic, ds))),
+        fixed_batch_inputs=frozenset(k for k, ds in dims.items() if ds and not symbolic(ds[0])),
     )
+
+
+def check_batch_range(opts: BuildOptions, facts: GraphFacts, source: str | None = None) -> None:
+    """Refuse a range of batches (build.max_batch) for a graph with an input of fixed batch."""
+    ranged = {k for k, (lo, _, hi) in opts.profiles.items() if lo[:1] != hi[:1]}
+    fixed = sorted(ranged & facts.fixed_batch_inputs)
+    if fixed:
+        raise UserError(
+            f"input {', '.join(fixed)} of the graph has a fixed batch: its engine takes one "
+            "batch size",
+            source=source,
+            field="build.max_batch",
+            fix="export with a dynamic batch axis, or drop build.max_batch",
+        )
+
+
+def _batch_range(profiles: Shapes) -> list[int] | None:
+    shapes = next(iter(profiles.values()), None)
+    return [s[0] for s in shapes] if shapes and all(shapes) else None
 
 
 def check_graph(plan: BuildPlan, precision: str, facts: GraphFacts) -> BuildPlan:
@@ -405,6 +427,7 @@ def build_engine(
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     version = str(trt.__version__)
     facts = graph_facts(onnx.load(str(onnx_path), load_external_data=False))
+    check_batch_range(opts, facts, str(onnx_path))
     plan = check_graph(plan_build(version, opts), opts.precision, facts)
     gpu, cc = device_identity(profile)
     key = engine_cache_key(
@@ -431,6 +454,8 @@ def build_engine(
         "cache_key": key,
         "strongly_typed": plan.strongly_typed,
         "flags": list(plan.flags),
+        # min / opt / max batch of the optimization profile (one batch: all three equal)
+        "batch_range": _batch_range(opts.profiles),
     }
     if cached and cached.is_file():
         with atomic_path(engine_path) as tmp:

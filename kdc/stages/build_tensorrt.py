@@ -174,7 +174,13 @@ def input_contract(
 
     if ctx.dataset.kind != "image":
         inputs = {k: (shapes[k], str(goldens[k].dtype)) for k in shapes}
-        return text_input_contract(inputs, ctx.cfg.data.max_length, ctx.dataset.label_names, output)
+        return text_input_contract(
+            inputs,
+            ctx.cfg.data.max_length,
+            ctx.dataset.label_names,
+            output,
+            max_batch=ctx.cfg.build.max_batch,
+        )
     ((name, shape),) = shapes.items()
     processor = getattr(ctx.teacher, "processor", None) or {}
     return image_input_contract(
@@ -185,6 +191,7 @@ def input_contract(
         read_size=image_read_size(ctx.cfg) if ctx.teacher.family != "cnn" else None,
         mean=processor.get("image_mean"),
         std=processor.get("image_std"),
+        max_batch=ctx.cfg.build.max_batch,
     )
 
 

@@ -532,7 +532,9 @@ def test_a_bundle_with_max_batch_builds_an_engine_for_a_range_of_batches(tmp_pat
     """build.max_batch: trtexec gets batches 1 to max_batch tuned for the verify batch, timing
     and parity stay at that batch, and the input contract and README say which batches run."""
     model, inputs, outputs = goldens
-    contract = image_input_contract("sklearn:digits", "x", [2, 1, 8, 8], ["a", "b", "c"])
+    contract = image_input_contract(
+        "sklearn:digits", "x", [2, 1, 8, 8], ["a", "b", "c"], max_batch=16
+    )
     common = {
         "precision": "fp16",
         "input_shapes": {"x": [2, 8]},
@@ -549,7 +551,8 @@ def test_a_bundle_with_max_batch_builds_an_engine_for_a_range_of_batches(tmp_pat
     assert (meta["batch"], meta["max_batch"]) == (2, 16)
     batch = json.loads((out / "preprocessing" / "input.json").read_text())["batch"]
     assert (batch["min"], batch["opt"], batch["max"]) == (1, 2, 16)
-    assert "batches 1 to 16, tuned and timed at 2" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "batches 1 to 16, tuned and timed at 2" in readme and "1 to 16 rows" in batch["note"]
     with pytest.raises(UserError, match="DLA engine takes one input shape") as e:
         write_bundle(
             tmp_path / "dla", model, load_profile("jetson-agx-orin-64gb"), use_dla=True, **common
@@ -557,9 +560,46 @@ def test_a_bundle_with_max_batch_builds_an_engine_for_a_range_of_batches(tmp_pat
     assert e.value.field == "build.max_batch"
     fixed = tmp_path / "fixed.onnx"  # a graph whose batch is fixed: its engine takes one
     m = onnx.load(str(model))
-    for t in [*m.graph.input, *m.graph.output]:
-        t.type.tensor_type.shape.dim[0].dim_value = 2
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
     onnx.save(m, fixed)
-    with pytest.raises(UserError, match="fixed shape") as e:
+    with pytest.raises(UserError, match="input x of the graph has a fixed batch") as e:
         write_bundle(tmp_path / "fixed", fixed, load_profile("nvidia-t4"), **common)
     assert e.value.field == "build.max_batch"
+
+
+def test_parity_of_an_engine_for_a_range_of_batches_runs_its_smallest_and_largest_batch_too(
+    tmp_path, goldens, fake_device
+):
+    """build.max_batch: parity.py runs the goldens at the tuned batch, at 1 and at max_batch (the
+    last chunk padded), and each must pass; a failure at one batch fails the check and says so."""
+    from kdc.deploy.device_results import _device_parity, _parity_warnings
+
+    model, inputs, outputs = goldens
+    out = write_bundle(
+        tmp_path / "bundle",
+        model,
+        load_profile("nvidia-t4"),
+        precision="fp32",
+        input_shapes={"x": [2, 8]},
+        golden_inputs=inputs,
+        golden_outputs=outputs,
+        max_batch=4,
+    )
+    (out / "model.plan").write_bytes(b"ENGINE")
+    subprocess.run([sys.executable, str(out / "parity.py")], check=True, env=fake_device)
+    parity = json.loads((out / "results" / "parity.json").read_text())
+    assert (
+        parity["runner"] == "tensorrt"
+        and parity["pass"]
+        and sorted(parity["batches"])
+        == [
+            "1",
+            "2",
+            "4",
+        ]
+    )
+    assert all(c["pass"] and c["n"] == 5 for c in parity["batches"].values())
+    parity["batches"]["4"]["pass"] = False  # as if the largest batch's kernels were wrong
+    checked = _device_parity(parity, 0.99, "Tesla T4", out / "results" / "parity.json")
+    assert not checked["passed"] and checked["failed_batches"] == ["4"]
+    assert "device parity FAILED at batch 4" in _parity_warnings(checked)[0]

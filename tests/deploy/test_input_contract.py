@@ -63,3 +63,8 @@ def test_a_text_contract_is_the_tokenizer_call_that_gives_kdcs_inputs(tmp_path):
     theirs = eval(c["tokenizer"]["call"], {"tokenizer": tok, "texts": texts})  # noqa: S307
     for name, spec in c["inputs"].items():
         np.testing.assert_array_equal(theirs[name].astype(spec["dtype"]), ours[name])
+    assert c["batch"] == {"min": 1, "opt": 1, "max": 1, "note": "exactly 1 row(s) a call"}
+    assert "exactly these shapes" in c["tokenizer"]["note"]
+    ranged = text_input_contract(inputs, 16, ["neg", "pos"], max_batch=8)  # build.max_batch
+    assert (ranged["batch"]["min"], ranged["batch"]["max"]) == (1, 8)
+    assert "with 1 to 8 rows (see batch)" in ranged["tokenizer"]["note"]

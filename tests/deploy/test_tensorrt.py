@@ -489,3 +489,24 @@ def test_max_batch_gives_one_profile_over_a_range_of_batches():
     assert fixed.profiles["attention_mask"] == ([4, 128], [4, 128], [4, 128])
     with pytest.raises(UserError, match="max"):  # below the opt batch: min <= opt <= max fails
         trtmod.options_for_profile(t4, "fp16", shapes, max_batch=2)
+
+
+def test_a_native_build_for_a_range_of_batches_needs_a_graph_of_dynamic_batch(
+    tmp_path, no_gpu_probe
+):
+    """build.max_batch on a machine with TensorRT: the optimization profile spans the batches and
+    the engine record says so; a graph whose batch is a fixed number is refused (TensorRT would
+    build one batch size and say nothing)."""
+    model = _tiny_onnx(tmp_path / "m.onnx")
+    t4 = load_profile("nvidia-t4")
+    opts = trtmod.options_for_profile(t4, "fp16", {"x": [2, 8]}, max_batch=16)
+    trt = fake_trt(inputs=(("x", (-1, 8)),))
+    rec = build_engine(model, tmp_path / "m.plan", t4, opts, trt_module=trt)
+    assert ("add_profile", {"x": ([1, 8], [2, 8], [16, 8])}) in trt.log
+    assert rec["batch_range"] == [1, 2, 16]
+    m = onnx.load(str(model))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    onnx.save(m, tmp_path / "fixed.onnx")
+    with pytest.raises(UserError, match="fixed batch") as e:
+        build_engine(tmp_path / "fixed.onnx", tmp_path / "f.plan", t4, opts, trt_module=fake_trt())
+    assert e.value.field == "build.max_batch"
