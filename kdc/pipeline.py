@@ -351,7 +351,9 @@ def _run_one(
     ctx: Context, stage: Stage, input_hash: str, upstream: str, pressed: Callable[[], bool]
 ) -> None:
     ctx.log(f"[bold]▶ {stage.name}[/bold]")
-    ctx.run.mark_started(stage.name, input_hash, upstream, ctx.inputs_hash)
+    ctx.run.mark_started(
+        stage.name, input_hash, upstream, ctx.inputs_hash, _all_upstream(ctx.run, stage.name)
+    )
     t0 = time.perf_counter()
     try:
         out = stage.fn(ctx)
@@ -427,24 +429,29 @@ UPSTREAM_READS: dict[str, Callable[[RunDir], str]] = {"distill": _chosen_student
 
 
 def upstream_hash(run: RunDir, name: str) -> str:
-    """The hash of what stage `name` reads of the finished stage before it ("" for the first)."""
-    i = STAGE_NAMES.index(name)
-    if i == 0:
-        return ""
+    """The hash of what stage `name` reads of the finished stage before it ("" for the first):
+    part of its input hash."""
     reads = UPSTREAM_READS.get(name)
-    return reads(run) if reads else run.output_hash(STAGE_NAMES[i - 1])
+    return reads(run) if reads else _all_upstream(run, name)
+
+
+def _all_upstream(run: RunDir, name: str) -> str:
+    """The hash of all the outputs of the stage before `name` ("" for the first)."""
+    i = STAGE_NAMES.index(name)
+    return run.output_hash(STAGE_NAMES[i - 1]) if i else ""
 
 
 def outdated(run: RunDir) -> list[str]:
     """Finished stages built from other outputs of the stage before them than those it has now
     (it ran again after them, e.g. `kdc search` alone in a finished run, or `kdc bundle` rewrote
-    the build's bundle), and the finished stages after them."""
+    the build's bundle), and the finished stages after them. A stage a resume found up to date
+    for the earlier stage's new outputs (the same student chosen for another target) is not."""
     found: list[str] = []
     for prev, name in zip(STAGE_NAMES, STAGE_NAMES[1:], strict=False):
         rec = run.stage(name) or {}
-        # a run recorded before UPSTREAM_READS hashed all of the earlier stage's outputs
-        now = {upstream_hash(run, name), run.output_hash(prev)}
-        if rec.get("status") == "done" and (found or rec.get("upstream", "") not in now | {""}):
+        # runs recorded before `upstream_outputs` hashed all the earlier outputs as `upstream`
+        built_from = rec.get("upstream_outputs", rec.get("upstream")) or ""
+        if rec.get("status") == "done" and (found or built_from not in ("", run.output_hash(prev))):
             found.append(name)  # and every finished stage after it, built from its outputs
     return found
 
@@ -529,6 +536,8 @@ def run_stages(
                     )
             if may_skip and ctx.run.is_done(stage.name, h):
                 ctx.log(f"[dim]✓ {stage.name}: up to date, skipped[/dim]")
+                if not (trust_upstream and not wanted):  # h is this invocation's, not recorded
+                    ctx.run.confirm_upstream(stage.name, _all_upstream(ctx.run, stage.name))
             elif not wanted:
                 raise stage_not_ready(ctx, stage.name, h)
             else:

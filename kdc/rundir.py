@@ -264,10 +264,16 @@ class RunDir:
         return bad
 
     def mark_started(
-        self, name: str, input_hash: str, upstream: str = "", inputs: str = ""
+        self,
+        name: str,
+        input_hash: str,
+        upstream: str = "",
+        inputs: str = "",
+        upstream_outputs: str = "",
     ) -> None:
-        """Record that stage `name` runs, from the earlier stage's outputs of hash `upstream` and
-        the teacher and data files of fingerprint `inputs`.
+        """Record that stage `name` runs, from what it reads of the earlier stage's outputs (hash
+        `upstream`; `upstream_outputs`: of all of them) and the teacher and data files of
+        fingerprint `inputs`.
         The report the run wrote before (its recorded outputs, no other file) no longer
         describes it, so it goes (`kdc check` must not read it as this run's) and its record
         says `stale`."""
@@ -281,10 +287,21 @@ class RunDir:
             "status": "running",
             "input_hash": input_hash,
             "upstream": upstream,
+            "upstream_outputs": upstream_outputs,
             "inputs": inputs,
             "started": now_iso(),
         }
         write_json(self.manifest_path, m)
+
+    def confirm_upstream(self, name: str, upstream_outputs: str) -> None:
+        """A finished stage found up to date for the earlier stage's outputs now (of hash
+        `upstream_outputs`, e.g. a search for another target that chose the same student):
+        recorded, so `outdated` does not take it for one built from older outputs."""
+        m = self.manifest()
+        rec = m.get("stages", {}).get(name)
+        if rec is not None and rec.get("upstream_outputs") != upstream_outputs:
+            rec["upstream_outputs"] = upstream_outputs
+            write_json(self.manifest_path, m)
 
     def mark_failed(self, name: str, error: str, outputs: Sequence[Path] = ()) -> None:
         """A stage that stopped on an error: not done, and not left looking as if running;
@@ -306,7 +323,11 @@ class RunDir:
         rec = {
             "status": "done",
             "input_hash": input_hash,
-            **{k: running[k] for k in ("upstream", "inputs", "started") if k in running},
+            **{
+                k: running[k]
+                for k in ("upstream", "upstream_outputs", "inputs", "started")
+                if k in running
+            },
             "finished": now_iso(),
             "wall_s": round(wall_s, 3),
             "outputs": {str(Path(p).relative_to(self.root)): sha256_file(Path(p)) for p in outputs},

@@ -112,11 +112,13 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     cfg = yaml.safe_load(cnn_project.read_text())
     cfg["teacher"]["weights"] = str(cnn_project.parent / cfg["teacher"]["weights"])
     cfg["build"] = {"max_batch": 8}
+    cfg["constraints"]["max_memory_mb"] = 100.0
     res = _compress(write_yaml(tmp_path / "batches.yaml", cfg), run, "t4", "--resume")
     assert res.exit_code == 0, res.output
     report = json.loads((run / "report.json").read_text())
     trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
     assert trt["memory"]["batch"] == 8 and trt["latency"]["batch"] == 1
+    assert "memory_mb (MiB)" in res.output and "predicted at batch 8, tensorrt-int8" in res.output
     assert "--maxShapes=pixel_values:8x1x8x8" in (run / trt["path"] / "build.sh").read_text()
 
 

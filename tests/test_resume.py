@@ -264,6 +264,8 @@ def test_resume_for_another_target_keeps_the_same_students_distillation(cnn_proj
     """Another target whose search chooses the same student, at the same channel multiple, keeps
     the distilled student and its export (the costly stages): only what reads the rest of the
     target runs again. A target of another channel multiple distills again."""
+    from kdc.tools import inspect_run
+
     path = _cfg(cnn_project, tmp_path)
     run = tmp_path / "run"
     api.compress(path, "jetson-orin-nano-8gb", run, quiet=True)
@@ -274,14 +276,13 @@ def test_resume_for_another_target_keeps_the_same_students_distillation(cnn_proj
         "distill",
         "export",
     }
+    assert inspect_run(run)["outdated"] == []  # confirmed for the new search's outputs
     report = json.loads((run / "report.json").read_text())
     assert report["target"]["name"] == "jetson-orin-nx-16gb"
     api.compress(path, "nvidia-t4", run, resume=True, quiet=True)  # divisor 32
     third = json.loads((run / "manifest.json").read_text())["stages"]
     # distilled again; deterministic training may give the same weights, whose graph is kept
     assert [s for s in third if third[s]["finished"] == second[s]["finished"]] in ([], ["export"])
-    from kdc.tools import inspect_run
-
     assert inspect_run(run)["outdated"] == []
 
 
@@ -324,9 +325,37 @@ def test_a_run_recorded_with_the_whole_search_outputs_as_upstream_is_not_outdate
     api.compress(_cfg(cnn_project, tmp_path), "host", run, quiet=True)
     rd = RunDir.existing(run)
     m = json.loads((run / "manifest.json").read_text())
+    del m["stages"]["distill"]["upstream_outputs"]
     m["stages"]["distill"]["upstream"] = rd.output_hash("search")
     (run / "manifest.json").write_text(json.dumps(m))
     assert outdated(rd) == []
     m["stages"]["distill"]["upstream"] = "an earlier search's"
     (run / "manifest.json").write_text(json.dumps(m))
     assert outdated(rd) == ["distill", "export", "build", "verify", "report"]
+
+
+def test_stages_after_a_search_run_alone_are_outdated_until_a_resume_confirms_them(
+    cnn_project, tmp_path
+):
+    """A search run again alone (here: its candidates rewritten, as another target's predictions
+    rewrite them) leaves distill and what follows built from its older outputs, even when the
+    student it chose is the same: `kdc inspect` flags them and `kdc verify` refuses. A resume
+    that finds distill up to date for the new outputs confirms it, and them."""
+    from kdc.rundir import RunDir
+    from kdc.tools import inspect_run
+
+    path = _cfg(cnn_project, tmp_path)
+    run = tmp_path / "run"
+    api.compress(path, "host", run, quiet=True)
+    cands = run / "search" / "candidates.jsonl"
+    cands.write_text(cands.read_text().replace('"chosen": true', '"chosen": true, "note": 1'))
+    RunDir.existing(run).rerecord("search", run / "search")
+    assert inspect_run(run)["outdated"] == ["distill", "export", "build", "verify", "report"]
+    with pytest.raises(UserError, match="built from earlier outputs of 'search'"):
+        api.verify(run, quiet=True)
+    before = json.loads((run / "manifest.json").read_text())["stages"]
+    api.compress(path, "host", run, resume=True, quiet=True)
+    after = json.loads((run / "manifest.json").read_text())["stages"]
+    assert all(after[s]["finished"] == before[s]["finished"] for s in before)  # nothing re-ran
+    assert inspect_run(run)["outdated"] == []
+    api.verify(run, quiet=True)

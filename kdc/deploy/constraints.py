@@ -44,6 +44,7 @@ class Reading:
     source: str  # "measured" | "predicted"
     engine: str
     note: str = ""
+    batch: int | None = None  # rows the figure is for, where not verify's batch
 
 
 def engine_label(engine: dict) -> str:
@@ -166,7 +167,8 @@ def _memory(report: dict) -> Reading:
             ": weights + peak live activations only; the runtime (ONNX Runtime, or TensorRT and "
             "the CUDA context, hundreds of MB on a Jetson) is not included"
         )
-    return Reading(float(mem[key]), mem["kind"], engine_label(eng), note)
+    # a TensorRT engine taking a range of batches: its memory at the largest
+    return Reading(float(mem[key]), mem["kind"], engine_label(eng), note, mem.get("batch"))
 
 
 def _size(report: dict) -> Reading:
@@ -297,6 +299,8 @@ def evaluate_constraints(report: dict, constraints: dict, profile_defaults: dict
         }
         if r.note:
             row["note"] = r.note
+        if r.batch is not None:
+            row["batch"] = r.batch
         rows.append(row)
     return rows + _device_parity_rows(report)
 
@@ -377,4 +381,5 @@ def value_kind(row: dict) -> str | None:
     """How a constraint row's value was made: `measured`, `predicted`, or `predicted p50` where a
     p99 limit is judged on a prediction (which has no tail)."""
     kind = row.get("source")
-    return "predicted p50" if kind == "predicted" and row["name"].endswith("p99_ms") else kind
+    kind = "predicted p50" if kind == "predicted" and row["name"].endswith("p99_ms") else kind
+    return f"{kind} at batch {row['batch']}" if kind and row.get("batch", 1) > 1 else kind

@@ -236,9 +236,9 @@ def clear_previous_build(ctx: Context) -> None:
     for stale in TENSORRT_OUTPUTS:
         (ctx.run / "build" / "tensorrt" / stale).unlink(missing_ok=True)
     for old in _bundles(ctx.run / "build"):
-        if not set_aside_results(ctx, old, "of the previous build's graph"):
+        if not set_aside_results(ctx, old, "of the previous build"):
             shutil.rmtree(old)
             ctx.warn(
-                f"removed {old.relative_to(ctx.run.root)}: a device bundle of the previous "
-                "build's graph"
+                f"removed {old.relative_to(ctx.run.root)}: a device bundle of the previous build "
+                "(this build writes its own)"
             )
