@@ -141,6 +141,10 @@ def _fixed_prediction(
             )
         cand = space.decode(genes)
         if any(arch.get(k) != v for k, v in cand.architecture.items()):  # not a point of it
+            ctx.log(
+                "  no latency prediction here for the fixed student (not a point of the search "
+                f"space on {ctx.profile.name}); verify predicts its exported graph"
+            )
             return None
         predict = _predictor(ctx, space)
         pred = predict(cand.cost)
