@@ -406,11 +406,13 @@ def stage_not_ready(
         if (built_for and built_for != ctx.profile.name and not stale_upstream)
         else ""
     )
+    # the commands for the target the run is for now (the default, host, would switch it)
+    tgt = f" --target {given}" if given and given != "host" else ""
     return UserError(
         f"stage '{name}' {what}{other}",
         source=str(ctx.run.root),
-        fix=f"re-run it: `kdc {name} CONFIG --out {ctx.run.root}`, or `kdc compress CONFIG "
-        f"--out {ctx.run.root} --resume`",
+        fix=f"re-run it: `kdc {name} CONFIG{tgt} --out {ctx.run.root}`, or `kdc compress "
+        f"CONFIG{tgt} --out {ctx.run.root} --resume`",
     )
 
 

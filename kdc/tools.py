@@ -257,6 +257,12 @@ def lint(path: Path | str, target: str) -> list:
     return lint_onnx(load_onnx(path), load_profile(target))
 
 
+def _pipeline_order(stage: str) -> int:
+    from kdc.pipeline import STAGE_NAMES
+
+    return STAGE_NAMES.index(stage) if stage in STAGE_NAMES else len(STAGE_NAMES)
+
+
 def inspect_run(run_dir: Path | str) -> dict:
     """Stages with status, wall time and artifacts, flagging any whose sha256 no longer matches
     and any built from an earlier stage's older outputs (status `outdated`)."""
@@ -266,7 +272,8 @@ def inspect_run(run_dir: Path | str) -> dict:
     m = run.manifest()
     old = outdated(run)
     stages = {}
-    for name, rec in m.get("stages", {}).items():
+    recs = m.get("stages", {})
+    for name, rec in sorted(recs.items(), key=lambda kv: _pipeline_order(kv[0])):
         bad = set(run.verify_outputs(name))
         stages[name] = {
             "status": "outdated" if name in old else rec.get("status"),

@@ -12,7 +12,6 @@ from tiny import bert_config, cnn_config, config_of, floors, write_yaml
 from typer.testing import CliRunner
 
 from kdc.cli import app
-from kdc.rundir import RunDir
 
 runner = CliRunner()
 
@@ -211,8 +210,12 @@ def test_a_search_with_no_student_under_the_budget_leaves_a_failed_report(cnn_pr
     )
     res = runner.invoke(app, ["check", str(run / "report.json"), "--baseline", str(baseline)])
     assert res.exit_code == 1 and "MISSING" in res.output, res.output
-    RunDir.existing(run).mark_started("search", "h")  # a new search: the failed one's report goes
+    cfg["constraints"] = {"latency_budget_ms": 10.0}  # a new search: the failed one's files go
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    res = runner.invoke(app, ["search", str(path), "--target", "jetson", "--out", str(run)])
+    assert res.exit_code == 0, res.output
     assert not (run / "report.json").exists() and not (run / "report.md").exists()
+    assert not (run / "search" / "rejected.jsonl").exists()
 
 
 def test_bad_config_exits_2_with_one_line(tmp_path):

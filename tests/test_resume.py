@@ -346,15 +346,17 @@ def test_stages_after_a_search_run_alone_are_outdated_until_a_resume_confirms_th
 
     path = _cfg(cnn_project, tmp_path)
     run = tmp_path / "run"
-    api.compress(path, "host", run, quiet=True)
+    target = "jetson-orin-nano-8gb"
+    api.compress(path, target, run, quiet=True)
     cands = run / "search" / "candidates.jsonl"
     cands.write_text(cands.read_text().replace('"chosen": true', '"chosen": true, "note": 1'))
     RunDir.existing(run).rerecord("search", run / "search")
     assert inspect_run(run)["outdated"] == ["distill", "export", "build", "verify", "report"]
-    with pytest.raises(UserError, match="built from earlier outputs of 'search'"):
+    with pytest.raises(UserError, match="built from earlier outputs of 'search'") as e:
         api.verify(run, quiet=True)
+    assert f"kdc compress CONFIG --target {target} --out" in e.value.fix  # not host's default
     before = json.loads((run / "manifest.json").read_text())["stages"]
-    api.compress(path, "host", run, resume=True, quiet=True)
+    api.compress(path, target, run, resume=True, quiet=True)
     after = json.loads((run / "manifest.json").read_text())["stages"]
     assert all(after[s]["finished"] == before[s]["finished"] for s in before)  # nothing re-ran
     assert inspect_run(run)["outdated"] == []

@@ -44,7 +44,7 @@ from kdc.deploy.constraints import (
     accuracy_value,
     engine_label,
     headline_latency,
-    value_kind,
+    value_and_engine,
 )
 from kdc.deploy.junit import write_junit
 from kdc.deploy.trtexec import CV_LIMIT
@@ -420,7 +420,7 @@ def constraint_results(
         if value is None:
             msg = f"no value ({c.get('reason', 'unknown')}); limit {c['limit']:g}"
         else:
-            msg = f"{value:g} vs limit {c['limit']:g} ({value_kind(c)}, {c.get('engine')})"
+            msg = f"{value:g} vs limit {c['limit']:g} ({value_and_engine(c)})"
         status = "pass" if ok else "regression"
         out.append(
             CheckResult(f"constraint.{c['name']}", None, value, c["limit"], None, status, msg)

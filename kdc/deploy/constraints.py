@@ -377,6 +377,12 @@ def passed(rows: list[dict]) -> bool:
     return all(r.get("pass") is True for r in rows)
 
 
+def value_and_engine(row: dict) -> str:
+    """`predicted p50, tensorrt-int8`: how a constraint row's value was made and by which engine
+    (none named: a search that found no student)."""
+    return ", ".join(str(x) for x in (value_kind(row), row.get("engine")) if x)
+
+
 def value_kind(row: dict) -> str | None:
     """How a constraint row's value was made: `measured`, `predicted`, or `predicted p50` where a
     p99 limit is judged on a prediction (which has no tail)."""

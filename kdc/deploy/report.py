@@ -13,7 +13,7 @@ from kdc.deploy.constraints import (
     checked_nothing,
     engine_label,
     stand_in,
-    value_kind,
+    value_and_engine,
     verdict,
 )
 from kdc.deploy.report_html import render_html
@@ -110,7 +110,7 @@ def _constraint_line(c: dict) -> Text:
     else:
         detail = (
             f"{constraint_name(c)} {c['value']:g} "
-            f"(limit {c['limit']:g}, {value_kind(c)}, {c.get('engine')})"
+            f"(limit {c['limit']:g}, {value_and_engine(c)})"
             + (f": {c['reason']}" if not ok and c.get("reason") else "")
         )
     return mark + Text(detail)

@@ -9,6 +9,7 @@ from kdc.deploy.constraints import (
     engine_label,
     headline_latency,
     latencies,
+    value_kind,
     verdict,
 )
 
@@ -352,7 +353,7 @@ def _constraints(report: dict) -> Section:
             constraint_name(c),
             f"{c['limit']:g}",
             DASH if c.get("value") is None else f"{c['value']:g}",
-            c.get("source") or DASH,
+            value_kind(c) or DASH,
             c.get("engine") or DASH,
             "PASS" if c.get("pass") else "FAIL",
             c.get("reason") or c.get("note") or "",

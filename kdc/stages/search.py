@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 
 def run(ctx: Context) -> StageOutput:
+    # an earlier search's list of candidates over its budget is not this one's
+    (ctx.run / "search" / "rejected.jsonl").unlink(missing_ok=True)
     return STRATEGIES[ctx.cfg.search.strategy](ctx)
 
 

@@ -75,7 +75,7 @@ def test_markdown_lists_every_engine_kind_and_conditions(written, report):
     # report.json's facts: the hashes a run is identified by, each model's FLOPs
     assert "config sha256 9f2c1d7e4b0a, profile sha256 4e1f0c9b8a7d" in md
     assert "2.90 GFLOPs" in md and "340 MFLOPs" in md
-    assert "| latency_p99_ms | 10 | 0.55 | predicted | onnxruntime-int8 | PASS |" in md
+    assert "| latency_p99_ms | 10 | 0.55 | predicted p50 | onnxruntime-int8 | PASS |" in md
     assert "## Search: Pareto front" in md and "| yes |" in md
     assert "tensorrt-int8 is bundle: TensorRT is not installed" in md
     assert "onnxruntime-int8: coefficient of variation 4.1%" in md
