@@ -9,6 +9,17 @@ from kdc.pipeline import Context, StageOutput
 from kdc.rundir import library_versions, read_json, read_jsonl
 
 
+def _target(ctx: Context) -> dict:
+    p = ctx.profile
+    return {
+        "name": p.name,
+        "kind": p.kind,
+        "measurable": p.measurable,
+        "profile_sha256": p.sha256(),
+        "latency_model": p.latency_model.source,
+    }
+
+
 def _search_section(ctx: Context) -> dict:
     rows = read_jsonl(ctx.run / "search" / "candidates.jsonl")
     rec = ctx.run.stage("search") or {}
@@ -57,13 +68,7 @@ def assemble(ctx: Context) -> dict:
         },
         "task": cfg.task,
         "data": m.get("data"),
-        "target": {
-            "name": ctx.profile.name,
-            "kind": ctx.profile.kind,
-            "measurable": ctx.profile.measurable,
-            "profile_sha256": ctx.profile.sha256(),
-            "latency_model": ctx.profile.latency_model.source,
-        },
+        "target": _target(ctx),
         "teacher": m["teacher"],
         "student": {
             **m["student"],
@@ -97,13 +102,7 @@ def write_no_fit_report(ctx: Context, search: dict, closest_ms: float, why: str)
         },
         "task": ctx.cfg.task,
         "data": ctx.dataset.summary(),
-        "target": {
-            "name": ctx.profile.name,
-            "kind": ctx.profile.kind,
-            "measurable": ctx.profile.measurable,
-            "profile_sha256": ctx.profile.sha256(),
-            "latency_model": ctx.profile.latency_model.source,
-        },
+        "target": _target(ctx),
         "teacher": {"params": ctx.teacher.params()},
         "student": None,
         "search": {**search, "candidates_scored": 0, "pareto": []},
