@@ -314,7 +314,12 @@ def check(
             err.print(
                 "warning: the new baseline is a FAILED report"
                 + (f" ({', '.join(failed)})" if failed else "")
-                + ": later checks compare with its figures",
+                + (
+                    ": later checks compare with its figures"
+                    if doc.get("engines")
+                    else ", with no engine (its search found no student): later checks have "
+                    "nothing to compare with"
+                ),
                 markup=False,
             )
         return
@@ -355,6 +360,12 @@ def check(
         raise typer.Exit(1)
 
 
+def target_flag(info: dict) -> str:
+    """` --target T` for the target a run is for (its profile YAML, if one), or '' for host."""
+    given = info.get("target_file") or info.get("target")
+    return f" --target {given}" if given and given != "host" else ""
+
+
 @app.command()
 @handled
 def inspect(run_dir: Path) -> None:
@@ -384,7 +395,8 @@ def inspect(run_dir: Path) -> None:
     if info["outdated"]:
         err.print(
             f"stage(s) {', '.join(info['outdated'])} were built from earlier outputs of the "
-            "stage before them; `kdc compress --resume` redoes them",
+            f"stage before them; `kdc compress CONFIG{target_flag(info)} --out {info['run']} "
+            "--resume` redoes (or confirms) them",
             markup=False,
         )
         raise typer.Exit(1)

@@ -451,9 +451,12 @@ def outdated(run: RunDir) -> list[str]:
     found: list[str] = []
     for prev, name in zip(STAGE_NAMES, STAGE_NAMES[1:], strict=False):
         rec = run.stage(name) or {}
-        # runs recorded before `upstream_outputs` hashed all the earlier outputs as `upstream`
-        built_from = rec.get("upstream_outputs", rec.get("upstream")) or ""
-        if rec.get("status") == "done" and (found or built_from not in ("", run.output_hash(prev))):
+        now = {"", run.output_hash(prev)}
+        if "upstream_outputs" in rec:
+            built_from = rec["upstream_outputs"] or ""
+        else:  # recorded before: `upstream` hashed what it read of the earlier outputs, or all
+            built_from, now = rec.get("upstream") or "", now | {upstream_hash(run, name)}
+        if rec.get("status") == "done" and (found or built_from not in now):
             found.append(name)  # and every finished stage after it, built from its outputs
     return found
 

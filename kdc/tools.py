@@ -287,6 +287,7 @@ def inspect_run(run_dir: Path | str) -> dict:
     return {
         "run": str(run.root),
         "target": m.get("target"),
+        "target_file": m.get("target_file"),
         "kdc_version": m.get("kdc_version"),
         "stages": stages,
         "corrupt": [

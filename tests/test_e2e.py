@@ -210,6 +210,13 @@ def test_a_search_with_no_student_under_the_budget_leaves_a_failed_report(cnn_pr
     )
     res = runner.invoke(app, ["check", str(run / "report.json"), "--baseline", str(baseline)])
     assert res.exit_code == 1 and "MISSING" in res.output, res.output
+    assert "tensorrt-int8" not in res.output.split("constraint.latency_p99_ms")[1]  # no engine
+    assert "no student fits" in res.output  # the failed constraint's reason
+    saved = tmp_path / "saved.json"
+    res = runner.invoke(
+        app, ["check", str(run / "report.json"), "--baseline", str(saved), "--update-baseline"]
+    )
+    assert "with no engine" in " ".join(res.output.split()), res.output
     cfg["constraints"] = {"latency_budget_ms": 10.0}  # a new search: the failed one's files go
     path = write_yaml(tmp_path / "model.yaml", cfg)
     res = runner.invoke(app, ["search", str(path), "--target", "jetson", "--out", str(run)])

@@ -318,7 +318,7 @@ def test_a_run_recorded_with_the_whole_search_outputs_as_upstream_is_not_outdate
 ):
     """Runs recorded before distill hashed the chosen spec alone kept the hash of all of search's
     outputs: still current while search's outputs are those; outdated once they change."""
-    from kdc.pipeline import outdated
+    from kdc.pipeline import outdated, upstream_hash
     from kdc.rundir import RunDir
 
     run = tmp_path / "run"
@@ -329,6 +329,8 @@ def test_a_run_recorded_with_the_whole_search_outputs_as_upstream_is_not_outdate
     m["stages"]["distill"]["upstream"] = rd.output_hash("search")
     (run / "manifest.json").write_text(json.dumps(m))
     assert outdated(rd) == []
+    m["stages"]["distill"]["upstream"] = upstream_hash(rd, "distill")  # the spec alone, as
+    assert outdated(rd) == []  # runs recorded by the first version of the narrower hash
     m["stages"]["distill"]["upstream"] = "an earlier search's"
     (run / "manifest.json").write_text(json.dumps(m))
     assert outdated(rd) == ["distill", "export", "build", "verify", "report"]

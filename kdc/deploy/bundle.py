@@ -279,8 +279,19 @@ def run_onnxruntime(meta, inputs, size):
 def sizes(meta):
     """The batch the engine is tuned for, then, for an engine taking a range of batches, its
     smallest and largest."""
-    batch, most = meta["batch"], meta.get("max_batch") or meta["batch"]
-    return list(dict.fromkeys([batch, 1, most])) if most > batch else [batch]
+    batch = meta["batch"]
+    return list(dict.fromkeys([batch, meta.get("min_batch", batch), meta.get("max_batch", batch)]))
+
+
+def run_all(fn, meta, inputs):
+    """{batch size: outputs} at every size; an error names the size it came at."""
+    out = {}
+    for size in sizes(meta):
+        try:
+            out[size] = fn(meta, inputs, size)
+        except Exception as e:
+            raise RuntimeError(f"at batch {size}: {type(e).__name__}: {e}") from e
+    return out
 
 
 def compare(got, expected, min_cosine, min_agreement=None):
@@ -312,7 +323,7 @@ def main():
             notes.append("tensorrt: model.plan not found (run build.sh)")
             continue
         try:
-            got = {size: fn(meta, inputs, size) for size in sizes(meta)}
+            got = run_all(fn, meta, inputs)
         except Exception as e:  # missing package or library, bad plan: try the next runner
             notes.append(f"{runner}: {type(e).__name__}: {e}")
             continue
@@ -379,7 +390,7 @@ def _check_goldens(
 def _taken(contract: dict) -> str:
     """`exactly the shapes it names`, or with a range of batches, which batches."""
     rng = contract.get("batch")
-    if not rng:
+    if not rng or rng.get("min") == rng.get("max"):
         return "exactly the shapes it names"
     return f"the shapes it names with any batch (first dimension) from 1 to {rng['max']}"
 
@@ -535,6 +546,7 @@ def write_bundle(
                 "profile": profile.name,
                 "precision": precision,
                 "batch": batch,
+                "min_batch": 1 if max_batch is not None else batch,
                 "max_batch": max_batch or batch,
                 "inputs": list(input_shapes),
                 "input_shapes": input_shapes,

@@ -421,6 +421,8 @@ def constraint_results(
             msg = f"no value ({c.get('reason', 'unknown')}); limit {c['limit']:g}"
         else:
             msg = f"{value:g} vs limit {c['limit']:g} ({value_and_engine(c)})"
+            if not ok and c.get("reason"):
+                msg += f": {c['reason']}"
         status = "pass" if ok else "regression"
         out.append(
             CheckResult(f"constraint.{c['name']}", None, value, c["limit"], None, status, msg)

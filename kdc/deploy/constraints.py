@@ -44,7 +44,7 @@ class Reading:
     source: str  # "measured" | "predicted"
     engine: str
     note: str = ""
-    batch: int | None = None  # rows the figure is for, where not verify's batch
+    batch: int | None = None  # rows the figure is for (memory: the largest an engine takes)
 
 
 def engine_label(engine: dict) -> str:
@@ -351,7 +351,12 @@ def _device_parity_rows(report: dict) -> list[dict]:
                 + (f" (floor {floor:g})" if floor is not None else "")
                 + (f" over {p['n']} golden rows" if p.get("n") is not None else "")
             )
-            if floor is not None and agree is not None and agree < floor:
+            if p.get("failed_batches"):
+                row["reason"] = (
+                    f"the engine's outputs at batch {', '.join(map(str, p['failed_batches']))} "
+                    "differ from the goldens (this value is the tuned batch's)"
+                )
+            elif floor is not None and agree is not None and agree < floor:
                 row["reason"] = (
                     f"the engine gives another class than the goldens on {1 - agree:.0%} of "
                     f"the rows (argmax agreement {agree:.3f}, floor {floor:g})"
@@ -388,4 +393,5 @@ def value_kind(row: dict) -> str | None:
     p99 limit is judged on a prediction (which has no tail)."""
     kind = row.get("source")
     kind = "predicted p50" if kind == "predicted" and row["name"].endswith("p99_ms") else kind
-    return f"{kind} at batch {row['batch']}" if kind and row.get("batch", 1) > 1 else kind
+    batch = row.get("batch")
+    return f"{kind} at batch {batch}" if kind and isinstance(batch, int) and batch > 1 else kind

@@ -156,7 +156,14 @@ def _device_parity(
             "'notes' is not a list of text", source=str(source), field="notes", fix=_FIX
         )
     cosine, runner = raw.get("cosine"), raw.get("runner")
-    batches = raw.get("batches") if isinstance(raw.get("batches"), dict) else {}
+    batches = raw.get("batches", {})
+    if not isinstance(batches, dict) or not all(str(k).isdecimal() for k in batches):
+        raise UserError(
+            "'batches' is not an object keyed by batch size",
+            source=str(source),
+            field="batches",
+            fix=_FIX,
+        )
     failed_batches = [k for k, c in batches.items() if not (isinstance(c, dict) and c.get("pass"))]
     parity = {
         "reference": "goldens.npz",
@@ -172,7 +179,7 @@ def _device_parity(
         "cosine_floor": floor,
         "agreement_floor": min_agreement,
         # an engine for a range of batches is checked at its smallest and largest batch too
-        "batches_checked": [int(k) for k in batches if str(k).isdigit()] or None,
+        "batches_checked": [int(k) for k in batches] or None,
         "failed_batches": failed_batches or None,
         "passed": raw.get("pass") is True
         and not failed_batches

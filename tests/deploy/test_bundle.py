@@ -572,6 +572,7 @@ def test_parity_of_an_engine_for_a_range_of_batches_runs_its_smallest_and_larges
 ):
     """build.max_batch: parity.py runs the goldens at the tuned batch, at 1 and at max_batch (the
     last chunk padded), and each must pass; a failure at one batch fails the check and says so."""
+    from kdc.deploy.constraints import _device_parity_rows
     from kdc.deploy.device_results import _device_parity, _parity_warnings
 
     model, inputs, outputs = goldens
@@ -603,3 +604,47 @@ def test_parity_of_an_engine_for_a_range_of_batches_runs_its_smallest_and_larges
     checked = _device_parity(parity, 0.99, "Tesla T4", out / "results" / "parity.json")
     assert not checked["passed"] and checked["failed_batches"] == ["4"]
     assert "device parity FAILED at batch 4" in _parity_warnings(checked)[0]
+    row = _device_parity_rows(
+        {"engines": [{"engine": "tensorrt", "precision": "fp32", "parity": checked}]}
+    )[0]
+    assert not row["pass"] and "outputs at batch 4 differ" in row["reason"]
+    for bad in ({"1": {"pass": True}, "x": {}}, ["1"]):
+        with pytest.raises(UserError, match="'batches' is not an object keyed by batch size"):
+            _device_parity({**parity, "batches": bad}, 0.99, "Tesla T4", out / "parity.json")
+    # max_batch equal to the tuned batch: the profile still takes 1 row, so 1 is checked too
+    same = write_bundle(
+        tmp_path / "same",
+        model,
+        load_profile("nvidia-t4"),
+        precision="fp32",
+        input_shapes={"x": [2, 8]},
+        golden_inputs=inputs,
+        golden_outputs=outputs,
+        max_batch=2,
+    )
+    (same / "model.plan").write_bytes(b"ENGINE")
+    subprocess.run([sys.executable, str(same / "parity.py")], check=True, env=fake_device)
+    parity = json.loads((same / "results" / "parity.json").read_text())
+    assert sorted(parity["batches"]) == ["1", "2"] and parity["pass"]
+
+
+def test_a_text_bundles_readme_says_which_batches_its_engine_takes(tmp_path, goldens):
+    from kdc.deploy.input_contract import text_input_contract
+
+    model, inputs, outputs = goldens
+    for max_batch, words in ((None, "takes exactly the shapes it names"), (16, "from 1 to 16")):
+        contract = text_input_contract(
+            {"x": ([2, 8], "float32")}, 8, ["a", "b", "c"], "logits", max_batch=max_batch
+        )
+        out = write_bundle(
+            tmp_path / f"b{max_batch}",
+            model,
+            load_profile("nvidia-t4"),
+            precision="fp32",
+            input_shapes={"x": [2, 8]},
+            golden_inputs=inputs,
+            golden_outputs=outputs,
+            input_contract=contract,
+            max_batch=max_batch,
+        )
+        assert words in " ".join((out / "README.md").read_text().split())
