@@ -366,6 +366,8 @@ def plan(
         "constraints": c,
         "run_dir": str(run_dir),
     }
+    if build := cfg.build.model_dump(exclude_none=True, exclude_defaults=True):
+        resolved["build"] = build  # what the config sets (engines, max_batch, softmax floor)
     replaced = _replaced_run(run_dir, cfg, profile, resume=resume)
     notes = [*config_warnings(cfg), *target_warnings(cfg, profile), *ds.notes, replaced]
     if notes := [n for n in notes if n]:

@@ -551,3 +551,4 @@ def test_an_onnxruntime_only_run_on_a_tensorrt_target_is_warned(tmp_path):
     assert "build.max_batch not used" in " ".join(res.output.split())
     res = runner.invoke(app, ["compress", str(cfg), "--target", "t4", "--dry-run"])
     assert res.exit_code == 0 and "max_batch not used" not in res.output
+    assert '"max_batch": 8' in res.output  # the plan shows the build settings the config sets
