@@ -1,4 +1,4 @@
-"""Device bundle: contents, script syntax, parity on CPU, a run with a stand-in trtexec."""
+"""Device bundle: contents, script syntax, input contracts, a run with a stand-in trtexec."""
 
 from __future__ import annotations
 
@@ -6,19 +6,17 @@ import importlib.util
 import json
 import os
 import py_compile
-import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
+from stand_in_device import make_bundle
 
-from kdc.deploy.bundle import bundle_dir, write_bundle
+from kdc.deploy.bundle import bundle_dir
 from kdc.deploy.device_results import read_device_results
 from kdc.deploy.input_contract import image_input_contract
 from kdc.errors import UserError
@@ -35,6 +33,7 @@ FILES = {
     "README.md",
 }
 
+
 FAKE_TRTEXEC = """#!/usr/bin/env bash
 echo "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec $*"
 for arg in "$@"; do
@@ -49,44 +48,8 @@ done
 """
 
 
-def _model(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(size=(8, 3)).astype(np.float32), "W")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-        [w],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
-
-
-@pytest.fixture
-def goldens(tmp_path):
-    model = _model(tmp_path / "m.onnx")
-    x = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
-    y = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
-    return model, {"x": x}, y
-
-
-def _bundle(tmp_path, goldens, profile="jetson-orin-nano-8gb", precision="fp16"):
-    model, inputs, outputs = goldens
-    prof = profile if not isinstance(profile, str) else load_profile(profile)
-    return write_bundle(
-        tmp_path / "bundle",
-        model,
-        prof,
-        precision=precision,
-        input_shapes={"x": [2, 8]},
-        golden_inputs=inputs,
-        golden_outputs=outputs,
-    )
-
-
 def test_bundle_has_every_file_and_valid_scripts(tmp_path, goldens):
-    out = _bundle(tmp_path, goldens)
+    out = make_bundle(tmp_path, goldens)
     assert {p.name for p in out.iterdir()} == FILES
     for script in ("build.sh", "bench.sh", "parity.py"):
         assert os.access(out / script, os.X_OK)
@@ -99,7 +62,7 @@ def test_bundle_has_every_file_and_valid_scripts(tmp_path, goldens):
 
 
 def test_bundle_for_tensorrt_10_uses_precision_flags(tmp_path, goldens):
-    out = _bundle(tmp_path, goldens)
+    out = make_bundle(tmp_path, goldens)
     build = (out / "build.sh").read_text()
     assert '"$TRTEXEC"' in build and "--fp16" in build and "--stronglyTyped" not in build
     assert "--minShapes=x:2x8" in build and "--saveEngine=model.plan" in build
@@ -118,17 +81,7 @@ def test_bundle_for_tensorrt_10_uses_precision_flags(tmp_path, goldens):
     assert meta["tensorrt_expected"] == "10.3" and meta["batch"] == 2
     assert meta["precision"] == "fp16" and not meta["fp16_converted"]
     assert "jetson-orin-nano-8gb" in (out / "README.md").read_text()
-    model, inputs, outputs = goldens
-    dla = write_bundle(
-        tmp_path / "dla",
-        model,
-        load_profile("jetson-agx-orin-64gb"),
-        precision="fp16",
-        input_shapes={"x": [2, 8]},
-        golden_inputs=inputs,
-        golden_outputs=outputs,
-        use_dla=True,
-    )
+    dla = make_bundle(tmp_path, goldens, "jetson-agx-orin-64gb", name="dla", use_dla=True)
     assert all(
         f in (dla / "build.sh").read_text() for f in ("--useDLACore=0", "--allowGPUFallback")
     )
@@ -137,7 +90,7 @@ def test_bundle_for_tensorrt_10_uses_precision_flags(tmp_path, goldens):
 def test_bundle_for_tensorrt_11_is_strongly_typed_with_fp16_graph(tmp_path, goldens):
     base = load_profile("jetson-orin-nano-8gb")
     prof = base.model_copy(update={"runtime": base.runtime.model_copy(update={"tensorrt": "11.1"})})
-    out = _bundle(tmp_path, goldens, profile=prof)
+    out = make_bundle(tmp_path, goldens, profile=prof)
     build = (out / "build.sh").read_text()
     assert "--stronglyTyped" in build and "--fp16" not in build
     assert json.loads((out / "bundle.json").read_text())["fp16_converted"]
@@ -147,43 +100,22 @@ def test_bundle_for_tensorrt_11_is_strongly_typed_with_fp16_graph(tmp_path, gold
 
 def test_bundle_refuses_bad_input(tmp_path, goldens):
     with pytest.raises(UserError, match="Q/DQ"):
-        _bundle(tmp_path, goldens, precision="int8")
+        make_bundle(tmp_path, goldens, precision="int8")
     with pytest.raises(UserError, match="no TensorRT"):
-        _bundle(tmp_path, goldens, profile="host", precision="fp32")
-    model, inputs, outputs = goldens
+        make_bundle(tmp_path, goldens, profile="host", precision="fp32")
     with pytest.raises(UserError, match="golden 'x'"):
-        write_bundle(
-            tmp_path / "b",
-            model,
-            load_profile("jetson"),
-            precision="fp16",
-            input_shapes={"x": [2, 4]},
-            golden_inputs=inputs,
-            golden_outputs=outputs,
-        )
-
-
-def test_parity_script_falls_back_to_onnxruntime_on_cpu_and_exits_1(tmp_path, goldens):
-    """ONNX Runtime on the CPU compares model.onnx, not the engine: recorded, and a failure."""
-    out = _bundle(tmp_path, goldens, precision="fp32")
-    run = subprocess.run([sys.executable, str(out / "parity.py")], capture_output=True, text=True)
-    assert run.returncode == 1 and "not checked on the TensorRT engine" in run.stderr
-    assert "PYTHON=/usr/bin/python3 ./bench.sh" in run.stderr
-    parity = json.loads((out / "results" / "parity.json").read_text())
-    assert parity["status"] == "measured" and parity["runner"] == "onnxruntime"
-    assert parity["cosine"] == pytest.approx(1.0, abs=1e-6) and parity["pass"]
-    assert parity["n"] == 5 and "model.plan not found" in parity["notes"][0]
+        make_bundle(tmp_path, goldens, "jetson", name="b", input_shapes={"x": [2, 4]})
 
 
 def test_bundle_for_another_target_is_written_beside_the_existing_one(tmp_path, goldens):
     """`kdc bundle RUN --target t4` on a Jetson run keeps the run's own bundle."""
-    own = _bundle(tmp_path, goldens)
-    other = _bundle(tmp_path, goldens, profile="nvidia-t4")
+    own = make_bundle(tmp_path, goldens)
+    other = make_bundle(tmp_path, goldens, profile="nvidia-t4")
     assert other == tmp_path / "bundle-nvidia-t4"
     assert json.loads((own / "bundle.json").read_text())["profile"] == "jetson-orin-nano-8gb"
     assert json.loads((other / "bundle.json").read_text())["profile"] == "nvidia-t4"
     assert "scp -r bundle-nvidia-t4 " in (other / "README.md").read_text()
-    assert _bundle(tmp_path, goldens) == own  # the same target rewrites its own directory
+    assert make_bundle(tmp_path, goldens) == own  # the same target rewrites its own directory
     assert bundle_dir(own, "nvidia-t4") == other
     assert bundle_dir(own, "jetson-orin-nano-8gb") == own
 
@@ -219,7 +151,7 @@ def _run_on_stand_in_device(
 
 @needs_stand_in
 def test_build_and_bench_scripts_run_with_a_stand_in_trtexec(tmp_path, goldens, trt_python):
-    out = _bundle(tmp_path, goldens, precision="fp32")
+    out = make_bundle(tmp_path, goldens, precision="fp32")
     bench = _run_on_stand_in_device(tmp_path, out, trt_python)
     assert bench.returncode == 0, bench.stderr
     assert "warning: latency cv 19.3% over 100 iterations exceeds 2.5%" in bench.stderr
@@ -239,7 +171,7 @@ def test_build_and_bench_scripts_run_with_a_stand_in_trtexec(tmp_path, goldens, 
 def test_bench_with_a_python_that_cannot_import_tensorrt_fails_parity(tmp_path, goldens):
     """A venv's python3 first on PATH: parity.py falls back to ONNX Runtime on the CPU, which
     checks model.onnx, not the engine; bench.sh exits 1 and verification fails, saying why."""
-    out = _bundle(tmp_path, goldens, precision="fp32")
+    out = make_bundle(tmp_path, goldens, precision="fp32")
     bench = _run_on_stand_in_device(tmp_path, out)
     assert bench.returncode == 1 and "not checked on the TensorRT engine" in bench.stderr
     res = read_device_results(out / "results", out, "jetson-orin-nano-8gb")
@@ -252,8 +184,8 @@ def test_bench_with_a_python_that_cannot_import_tensorrt_fails_parity(tmp_path, 
 
 @needs_stand_in
 def test_results_of_a_bundle_for_another_target_are_refused(tmp_path, goldens):
-    own = _bundle(tmp_path, goldens, precision="fp32")
-    other = _bundle(tmp_path, goldens, profile="nvidia-t4", precision="fp32")
+    own = make_bundle(tmp_path, goldens, precision="fp32")
+    other = make_bundle(tmp_path, goldens, profile="nvidia-t4", precision="fp32")
     _run_on_stand_in_device(tmp_path, other)
     with pytest.raises(UserError, match=r"device.json: field 'profile': .* for nvidia-t4"):
         read_device_results(other / "results", own, "jetson-orin-nano-8gb")
@@ -264,7 +196,7 @@ def test_results_of_a_bundle_for_another_target_are_refused(tmp_path, goldens):
 def test_bench_exits_1_on_a_failed_parity_check_after_writing_its_results(
     tmp_path, goldens, trt_python
 ):
-    out = _bundle(tmp_path, goldens, precision="fp32")
+    out = make_bundle(tmp_path, goldens, precision="fp32")
     with np.load(out / "goldens.npz") as z:
         saved = {k: z[k] for k in z.files}
     np.savez(out / "goldens.npz", **{**saved, "logits": -saved["logits"]})
@@ -279,7 +211,7 @@ def test_bench_exits_1_on_a_failed_parity_check_after_writing_its_results(
 def test_build_sh_stops_with_the_fix_when_trtexec_is_tensorrt_11(tmp_path, goldens):
     """TensorRT 11's trtexec has no --fp16/--int8: a bundle made for 10.x says so and how to
     make one for 11 (exit 2) instead of trtexec's "Unknown option"; an 11.x bundle has no guard."""
-    out = _bundle(tmp_path, goldens)
+    out = make_bundle(tmp_path, goldens)
     trt11 = tmp_path / "trtexec11"
     trt11.write_text(FAKE_TRTEXEC.replace("v100300", "v110100"))
     trt11.chmod(0o755)
@@ -297,160 +229,14 @@ def test_build_sh_stops_with_the_fix_when_trtexec_is_tensorrt_11(tmp_path, golde
     v11 = profile.model_copy(
         update={"runtime": profile.runtime.model_copy(update={"tensorrt": "11.0"})}
     )
-    strongly_typed = _bundle(tmp_path / "v11", goldens, profile=v11)
+    strongly_typed = make_bundle(tmp_path / "v11", goldens, profile=v11)
     assert "110000" not in (strongly_typed / "build.sh").read_text()
-
-
-FAKE_CUDART = r"""
-#include <stdlib.h>
-#include <string.h>
-int cudaMalloc(void **p, size_t n) { *p = malloc(n); return *p ? 0 : 2; }
-int cudaMemcpy(void *d, const void *s, size_t n, int kind) { memcpy(d, s, n); return 0; }
-int cudaFree(void *p) { free(p); return 0; }
-int cudaStreamCreate(void **s) { *s = (void *)0x1; return 0; }
-int cudaStreamSynchronize(void *s) { return 0; }
-int cudaStreamDestroy(void *s) { return 0; }
-"""
-
-# The TensorRT API parity.py uses; "device" memory is host memory (see FAKE_CUDART), and the
-# engine computes the bundle model's logits = x @ W from the buffers at the addresses it is given.
-FAKE_TENSORRT = """
-import ctypes
-import numpy as np
-
-W = np.load(__file__.replace("__init__.py", "W.npy"))
-
-
-class Logger:
-    WARNING = 2
-
-    def __init__(self, level):
-        pass
-
-
-class TensorIOMode:
-    INPUT, OUTPUT = 0, 1
-
-
-def nptype(dtype):
-    return np.float32
-
-
-class Context:
-    def __init__(self):
-        self.addr, self.shape = {}, {}
-
-    def set_input_shape(self, name, shape):
-        self.shape[name] = shape
-
-    def get_tensor_shape(self, name):
-        return (self.shape["x"][0], W.shape[1])
-
-    def set_tensor_address(self, name, ptr):
-        self.addr[name] = ptr
-
-    def execute_async_v3(self, stream):
-        rows, cols = self.shape["x"]
-        buf = (ctypes.c_float * (rows * cols)).from_address(self.addr["x"])
-        y = np.ctypeslib.as_array(buf).reshape(rows, cols) @ W
-        y = np.ascontiguousarray(y, dtype=np.float32)
-        ctypes.memmove(self.addr["logits"], y.ctypes.data, y.nbytes)
-        return True
-
-
-class Engine:
-    num_io_tensors = 2
-
-    def get_tensor_name(self, i):
-        return ["x", "logits"][i]
-
-    def get_tensor_mode(self, name):
-        return TensorIOMode.INPUT if name == "x" else TensorIOMode.OUTPUT
-
-    def get_tensor_dtype(self, name):
-        return "float32"
-
-    def create_execution_context(self):
-        return Context()
-
-
-class Runtime:
-    def __init__(self, logger):
-        pass
-
-    def deserialize_cuda_engine(self, data):
-        return Engine() if data == b"ENGINE" else None
-"""
-
-
-@pytest.fixture
-def fake_device(tmp_path, goldens) -> dict[str, str]:
-    """An environment where parity.py finds `tensorrt` and `libcudart` (stand-ins)."""
-    if shutil.which("cc") is None:
-        pytest.skip("needs a C compiler for the stand-in libcudart")
-    lib = tmp_path / "lib"
-    (lib / "tensorrt").mkdir(parents=True)
-    (lib / "cudart.c").write_text(FAKE_CUDART)
-    cc = ["cc", "-shared", "-fPIC", "-o", str(lib / "libcudart.so"), str(lib / "cudart.c")]
-    subprocess.run(cc, check=True)
-    (lib / "tensorrt" / "__init__.py").write_text(FAKE_TENSORRT)
-    weights = onnx.load(str(goldens[0])).graph.initializer[0]
-    np.save(lib / "tensorrt" / "W.npy", numpy_helper.to_array(weights))
-    return {**os.environ, "PYTHONPATH": str(lib), "LD_LIBRARY_PATH": str(lib)}
-
-
-@pytest.fixture
-def trt_python(tmp_path, fake_device) -> Path:
-    """A Python that imports the stand-in tensorrt and libcudart, as JetPack's system python3
-    does (bench.sh's PYTHON); python3 on PATH stays one that cannot."""
-    script = tmp_path / "trt-python"
-    script.write_text(
-        "#!/bin/sh\n"
-        f"PYTHONPATH={shlex.quote(fake_device['PYTHONPATH'])} "
-        f"LD_LIBRARY_PATH={shlex.quote(fake_device['LD_LIBRARY_PATH'])} "
-        f'exec {shlex.quote(sys.executable)} "$@"\n'
-    )
-    script.chmod(0o755)
-    return script
-
-
-def test_parity_script_runs_the_engine_through_libcudart(tmp_path, goldens, fake_device):
-    """JetPack has tensorrt and libcudart, not torch: the engine itself is checked, its buffers
-    allocated and copied through libcudart (batches of the bundle's size, the last padded)."""
-    out = _bundle(tmp_path, goldens, precision="fp32")
-    (out / "model.plan").write_bytes(b"ENGINE")
-    subprocess.run([sys.executable, str(out / "parity.py")], check=True, env=fake_device)
-    parity = json.loads((out / "results" / "parity.json").read_text())
-    assert parity["runner"] == "tensorrt" and parity["pass"] and parity["n"] == 5
-    assert parity["cosine"] == pytest.approx(1.0, abs=1e-6) and parity["notes"] == []
-
-
-def test_parity_script_falls_back_when_the_tensorrt_runner_fails(tmp_path, goldens, fake_device):
-    """tensorrt importable but the plan does not load: the check still runs on ONNX Runtime and
-    the note says why, instead of a traceback and no parity.json."""
-    out = _bundle(tmp_path, goldens, precision="fp32")
-    (out / "model.plan").write_bytes(b"built by another TensorRT")
-    run = subprocess.run([sys.executable, str(out / "parity.py")], env=fake_device)
-    assert run.returncode == 1  # the engine was not checked
-    parity = json.loads((out / "results" / "parity.json").read_text())
-    assert parity["runner"] == "onnxruntime" and parity["pass"]
-    assert "did not deserialize" in parity["notes"][0]
 
 
 def test_an_input_contract_is_carried_in_preprocessing_and_named(tmp_path, goldens):
     """A model without preprocessing files of its own (a CNN) carries its input contract."""
-    model, inputs, outputs = goldens
     contract = image_input_contract("sklearn:digits", "x", [2, 1, 8, 8], ["a", "b", "c"])
-    out = write_bundle(
-        tmp_path / "bundle",
-        model,
-        load_profile("jetson"),
-        precision="fp16",
-        input_shapes={"x": [2, 8]},
-        golden_inputs=inputs,
-        golden_outputs=outputs,
-        input_contract=contract,
-    )
+    out = make_bundle(tmp_path, goldens, "jetson", input_contract=contract)
     assert json.loads((out / "preprocessing" / "input.json").read_text()) == contract
     assert json.loads((out / "bundle.json").read_text())["preprocessing"] == ["input.json"]
     readme = (out / "README.md").read_text()
@@ -486,7 +272,7 @@ def test_an_engine_of_an_earlier_model_is_not_timed_and_old_results_go(tmp_path,
     """A bundle copied over an older one: a failed build leaves no engine, an engine built from
     another model.onnx is refused by bench.sh, and its results/ of the earlier run are
     removed before timing; no trtexec names TRTEXEC."""
-    out = _bundle(tmp_path, goldens, precision="fp32")
+    out = make_bundle(tmp_path, goldens, precision="fp32")
     _run_on_stand_in_device(tmp_path, out)
     assert (out / "results" / "times.json").is_file()
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
@@ -526,125 +312,3 @@ def test_an_engine_of_an_earlier_model_is_not_timed_and_old_results_go(tmp_path,
     res = read_device_results(out / "results", out, "jetson-orin-nano-8gb")
     assert not res["parity"]["passed"]
     assert "parity.py failed before writing its result (exit 1" in res["parity"]["error"]
-
-
-def test_a_bundle_with_max_batch_builds_an_engine_for_a_range_of_batches(tmp_path, goldens):
-    """build.max_batch: trtexec gets batches 1 to max_batch tuned for the verify batch, timing
-    and parity stay at that batch, and the input contract and README say which batches run."""
-    model, inputs, outputs = goldens
-    contract = image_input_contract(
-        "sklearn:digits", "x", [2, 1, 8, 8], ["a", "b", "c"], max_batch=16
-    )
-    common = {
-        "precision": "fp16",
-        "input_shapes": {"x": [2, 8]},
-        "golden_inputs": inputs,
-        "golden_outputs": outputs,
-        "input_contract": contract,
-        "max_batch": 16,
-    }
-    out = write_bundle(tmp_path / "bundle", model, load_profile("nvidia-t4"), **common)
-    build, bench = ((out / f).read_text() for f in ("build.sh", "bench.sh"))
-    assert all(f in build for f in ("--minShapes=x:1x8", "--optShapes=x:2x8", "--maxShapes=x:16x8"))
-    assert "--shapes=x:2x8" in bench
-    meta = json.loads((out / "bundle.json").read_text())
-    assert (meta["batch"], meta["max_batch"]) == (2, 16)
-    batch = json.loads((out / "preprocessing" / "input.json").read_text())["batch"]
-    assert (batch["min"], batch["opt"], batch["max"]) == (1, 2, 16)
-    readme = (out / "README.md").read_text()
-    assert "batches 1 to 16, tuned and timed at 2" in readme and "1 to 16 rows" in batch["note"]
-    with pytest.raises(UserError, match="DLA engine takes one input shape") as e:
-        write_bundle(
-            tmp_path / "dla", model, load_profile("jetson-agx-orin-64gb"), use_dla=True, **common
-        )
-    assert e.value.field == "build.max_batch"
-    fixed = tmp_path / "fixed.onnx"  # a graph whose batch is fixed: its engine takes one
-    m = onnx.load(str(model))
-    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
-    onnx.save(m, fixed)
-    with pytest.raises(UserError, match="input x of the graph has a fixed batch") as e:
-        write_bundle(tmp_path / "fixed", fixed, load_profile("nvidia-t4"), **common)
-    assert e.value.field == "build.max_batch"
-
-
-def test_parity_of_an_engine_for_a_range_of_batches_runs_its_smallest_and_largest_batch_too(
-    tmp_path, goldens, fake_device
-):
-    """build.max_batch: parity.py runs the goldens at the tuned batch, at 1 and at max_batch (the
-    last chunk padded), and each must pass; a failure at one batch fails the check and says so."""
-    from kdc.deploy.constraints import _device_parity_rows
-    from kdc.deploy.device_results import _device_parity, _parity_warnings
-
-    model, inputs, outputs = goldens
-    out = write_bundle(
-        tmp_path / "bundle",
-        model,
-        load_profile("nvidia-t4"),
-        precision="fp32",
-        input_shapes={"x": [2, 8]},
-        golden_inputs=inputs,
-        golden_outputs=outputs,
-        max_batch=4,
-    )
-    (out / "model.plan").write_bytes(b"ENGINE")
-    subprocess.run([sys.executable, str(out / "parity.py")], check=True, env=fake_device)
-    parity = json.loads((out / "results" / "parity.json").read_text())
-    assert (
-        parity["runner"] == "tensorrt"
-        and parity["pass"]
-        and sorted(parity["batches"])
-        == [
-            "1",
-            "2",
-            "4",
-        ]
-    )
-    assert all(c["pass"] and c["n"] == 5 for c in parity["batches"].values())
-    parity["batches"]["4"]["pass"] = False  # as if the largest batch's kernels were wrong
-    checked = _device_parity(parity, 0.99, "Tesla T4", out / "results" / "parity.json")
-    assert not checked["passed"] and checked["failed_batches"] == ["4"]
-    assert "device parity FAILED at batch 4" in _parity_warnings(checked)[0]
-    row = _device_parity_rows(
-        {"engines": [{"engine": "tensorrt", "precision": "fp32", "parity": checked}]}
-    )[0]
-    assert not row["pass"] and "outputs at batch 4 differ" in row["reason"]
-    for bad in ({"1": {"pass": True}, "x": {}}, ["1"]):
-        with pytest.raises(UserError, match="'batches' is not an object keyed by batch size"):
-            _device_parity({**parity, "batches": bad}, 0.99, "Tesla T4", out / "parity.json")
-    # max_batch equal to the tuned batch: the profile still takes 1 row, so 1 is checked too
-    same = write_bundle(
-        tmp_path / "same",
-        model,
-        load_profile("nvidia-t4"),
-        precision="fp32",
-        input_shapes={"x": [2, 8]},
-        golden_inputs=inputs,
-        golden_outputs=outputs,
-        max_batch=2,
-    )
-    (same / "model.plan").write_bytes(b"ENGINE")
-    subprocess.run([sys.executable, str(same / "parity.py")], check=True, env=fake_device)
-    parity = json.loads((same / "results" / "parity.json").read_text())
-    assert sorted(parity["batches"]) == ["1", "2"] and parity["pass"]
-
-
-def test_a_text_bundles_readme_says_which_batches_its_engine_takes(tmp_path, goldens):
-    from kdc.deploy.input_contract import text_input_contract
-
-    model, inputs, outputs = goldens
-    for max_batch, words in ((None, "takes exactly the shapes it names"), (16, "from 1 to 16")):
-        contract = text_input_contract(
-            {"x": ([2, 8], "float32")}, 8, ["a", "b", "c"], "logits", max_batch=max_batch
-        )
-        out = write_bundle(
-            tmp_path / f"b{max_batch}",
-            model,
-            load_profile("nvidia-t4"),
-            precision="fp32",
-            input_shapes={"x": [2, 8]},
-            golden_inputs=inputs,
-            golden_outputs=outputs,
-            input_contract=contract,
-            max_batch=max_batch,
-        )
-        assert words in " ".join((out / "README.md").read_text().split())
