@@ -360,18 +360,13 @@ def check(
         raise typer.Exit(1)
 
 
-def target_flag(info: dict) -> str:
-    """` --target T` for the target a run is for (its profile YAML, if one), or '' for host."""
-    given = info.get("target_file") or info.get("target")
-    return f" --target {given}" if given and given != "host" else ""
-
-
 @app.command()
 @handled
 def inspect(run_dir: Path) -> None:
     """Stages, status, hashes; flags any artifact whose sha256 no longer matches, and any stage
     built from an earlier stage's older outputs (exit 1)."""
     from kdc import tools
+    from kdc.rundir import target_flag
 
     info = tools.inspect_run(run_dir)
     out.print(f"{info['run']} (target {info['target']}, kdc {info['kdc_version']})")

@@ -27,7 +27,7 @@ from kdc.errors import Interrupted, UserError, first_line, listed
 from kdc.fingerprint import inputs_fingerprint
 from kdc.models.base import ModelAdapter
 from kdc.profiles import HardwareProfile
-from kdc.rundir import RunDir, library_versions, sha256_json
+from kdc.rundir import RunDir, library_versions, sha256_json, target_flag
 
 
 @dataclass
@@ -406,8 +406,7 @@ def stage_not_ready(
         if (built_for and built_for != ctx.profile.name and not stale_upstream)
         else ""
     )
-    # the commands for the target the run is for now (the default, host, would switch it)
-    tgt = f" --target {given}" if given and given != "host" else ""
+    tgt = target_flag(manifest)
     return UserError(
         f"stage '{name}' {what}{other}",
         source=str(ctx.run.root),

@@ -293,6 +293,10 @@ class RunDir:
         }
         write_json(self.manifest_path, m)
 
+    def _digests(self, outputs: Sequence[Path]) -> dict[str, str]:
+        """{path relative to the run: sha256} of a stage's output files (its record)."""
+        return {str(Path(p).relative_to(self.root)): sha256_file(Path(p)) for p in outputs}
+
     def confirm_upstream(self, name: str, upstream_outputs: str) -> None:
         """A finished stage found up to date for the earlier stage's outputs now (of hash
         `upstream_outputs`, e.g. a search for another target that chose the same student):
@@ -310,9 +314,7 @@ class RunDir:
         rec = m.setdefault("stages", {}).setdefault(name, {})
         rec.update(status="failed", error=error, finished=now_iso())
         if outputs:
-            rec["outputs"] = {
-                str(Path(p).relative_to(self.root)): sha256_file(Path(p)) for p in outputs
-            }
+            rec["outputs"] = self._digests(outputs)
         write_json(self.manifest_path, m)
 
     def mark_done(
@@ -330,7 +332,7 @@ class RunDir:
             },
             "finished": now_iso(),
             "wall_s": round(wall_s, 3),
-            "outputs": {str(Path(p).relative_to(self.root)): sha256_file(Path(p)) for p in outputs},
+            "outputs": self._digests(outputs),
             "metrics": metrics,
         }
         m.setdefault("stages", {})[name] = rec
@@ -347,13 +349,20 @@ class RunDir:
             return
         kept = {k: v for k, v in rec["outputs"].items() if not k.startswith(rel)}
         files = files_of(directory)
-        rec["outputs"] = {**kept, **{str(f.relative_to(self.root)): sha256_file(f) for f in files}}
+        rec["outputs"] = {**kept, **self._digests(files)}
         write_json(self.manifest_path, m)
 
     def output_hash(self, name: str) -> str:
         """Hash of a finished stage's outputs: the input hash of the stages after it."""
         rec = self.stage(name) or {}
         return sha256_json(rec.get("outputs", {}))
+
+
+def target_flag(manifest: dict) -> str:
+    """` --target T` for the target a run is for (its profile YAML, if one), or '' for host,
+    the commands' default: what a command the run suggests must pass to keep its target."""
+    given = manifest.get("target_file") or manifest.get("target")
+    return f" --target {given}" if given and given != "host" else ""
 
 
 def size_mb(path: Path) -> float:

@@ -23,6 +23,7 @@ from kdc.deploy.fp16 import convert_fp16
 from kdc.deploy.input_contract import INPUT_CONTRACT
 from kdc.deploy.softmax_floor import remove_floor_file
 from kdc.deploy.tensorrt import (
+    batch_range,
     check_batch_range,
     check_graph,
     graph_facts,
@@ -358,6 +359,8 @@ def _check_goldens(
     golden_outputs: np.ndarray,
     output_name: str,
 ) -> None:
+    if not input_shapes:
+        raise UserError("no model inputs", field="input_shapes", fix="name the model's inputs")
     if set(input_shapes) != set(golden_inputs):
         raise UserError(
             f"golden inputs {sorted(golden_inputs)} differ from model inputs "
@@ -485,7 +488,7 @@ def write_bundle(
     plan = check_graph(plan_build(trt_version, opts), precision, facts)
     check_batch_range(opts, facts, str(onnx_path))
     dynamic = {k: v for k, v in input_shapes.items() if k in facts.dynamic_inputs}
-    batch = next(iter(input_shapes.values()))[0]
+    lowest, batch, most = batch_range(opts.profiles)  # of the inputs _check_goldens checked
     build_opts = dataclasses.replace(
         opts, timing_cache=Path("timing.cache"), profiles={k: opts.profiles[k] for k in dynamic}
     )
@@ -546,8 +549,8 @@ def write_bundle(
                 "profile": profile.name,
                 "precision": precision,
                 "batch": batch,
-                "min_batch": 1 if max_batch is not None else batch,
-                "max_batch": max_batch or batch,
+                "min_batch": lowest,
+                "max_batch": most,
                 "inputs": list(input_shapes),
                 "input_shapes": input_shapes,
                 "output_name": output_name,
@@ -572,8 +575,8 @@ def write_bundle(
                 precision=precision,
                 shapes=input_shapes,
                 batches=""
-                if max_batch is None
-                else f" (batches 1 to {max_batch}, tuned and timed at {batch})",
+                if lowest == most
+                else f" (batches {lowest} to {most}, tuned and timed at {batch})",
                 iterations=iterations,
                 warmup=WARMUP_MS,
                 cv_warn=CV_LIMIT,

@@ -393,5 +393,10 @@ def value_kind(row: dict) -> str | None:
     p99 limit is judged on a prediction (which has no tail)."""
     kind = row.get("source")
     kind = "predicted p50" if kind == "predicted" and row["name"].endswith("p99_ms") else kind
-    batch = row.get("batch")
-    return f"{kind} at batch {batch}" if kind and isinstance(batch, int) and batch > 1 else kind
+    return kind and kind + at_batch(row.get("batch"))
+
+
+def at_batch(batch: object) -> str:
+    """` at batch N` for a figure of more than one row (a TensorRT engine's memory at the
+    largest batch it takes), else ''."""
+    return f" at batch {batch}" if isinstance(batch, int) and batch > 1 else ""

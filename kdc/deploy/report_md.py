@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from kdc.deploy.constraints import (
     accuracy_value,
+    at_batch,
     engine_label,
     headline_latency,
     latencies,
@@ -205,8 +206,7 @@ def memory_cell(part: dict) -> str:
         if mem.get("kind") == "measured" and mem.get("peak_rss_mb") is not None:
             cells.append(f"{sig(mem['peak_rss_mb'])} measured peak RSS")
         elif mem.get("kind") == "predicted" and mem.get("peak_mb") is not None:
-            at = f" at batch {mem['batch']}" if mem.get("batch", 1) > 1 else ""
-            cells.append(f"{sig(mem['peak_mb'])} predicted{at}")
+            cells.append(f"{sig(mem['peak_mb'])} predicted{at_batch(mem.get('batch'))}")
     return "; ".join(cells) or DASH
 
 

@@ -270,7 +270,8 @@ def check_batch_range(opts: BuildOptions, facts: GraphFacts, source: str | None 
         )
 
 
-def _batch_range(profiles: Shapes) -> list[int] | None:
+def batch_range(profiles: Shapes) -> list[int] | None:
+    """[min, opt, max] batch of an optimization profile (None without inputs)."""
     shapes = next(iter(profiles.values()), None)
     return [s[0] for s in shapes] if shapes and all(shapes) else None
 
@@ -455,7 +456,7 @@ def build_engine(
         "strongly_typed": plan.strongly_typed,
         "flags": list(plan.flags),
         # min / opt / max batch of the optimization profile (one batch: all three equal)
-        "batch_range": _batch_range(opts.profiles),
+        "batch_range": batch_range(opts.profiles),
     }
     if cached and cached.is_file():
         with atomic_path(engine_path) as tmp:
