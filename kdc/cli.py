@@ -289,6 +289,9 @@ def check(
     baseline: Annotated[Path, typer.Option(help="Baseline report.json.")],
     latency_tolerance: Annotated[str, typer.Option(help="e.g. 10%")] = "10%",
     accuracy_tolerance: Annotated[str, typer.Option(help="e.g. 0.5pt")] = "0.5pt",
+    memory_tolerance: Annotated[
+        str, typer.Option(help="Growth allowed in memory and model size, e.g. 10%")
+    ] = "10%",
     latency_kind: Annotated[str, typer.Option(help="measured | predicted | all")] = "all",
     junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML file.")] = None,
     strict: Annotated[
@@ -304,11 +307,13 @@ def check(
     """Compare a report with a baseline (noise-aware); exit 1 on a regression."""
     from kdc.deploy import check as C
     from kdc.deploy.junit import write_junit
+    from kdc.deploy.report_file import load_report
+    from kdc.deploy.report_file import update_baseline as copy_to_baseline
 
     if update_baseline:
-        C.update_baseline(report, baseline)
+        copy_to_baseline(report, baseline)
         out.print(f"baseline updated: {baseline}")
-        doc = C.load_report(report)
+        doc = load_report(report)
         if doc.get("passed") is False:
             failed = [c["name"] for c in doc.get("constraints") or [] if not c.get("pass")]
             err.print(
@@ -338,7 +343,7 @@ def check(
         raise UserError(
             "is a directory", source=str(junit), field="--junit", fix="pass a file, e.g. junit.xml"
         )
-    cur, base = C.load_report(report), C.load_report(baseline, "baseline")
+    cur, base = load_report(report), load_report(baseline, "baseline")
     results = [
         *C.compare(
             cur,
@@ -349,6 +354,7 @@ def check(
             ),
             latency_kinds=kinds[latency_kind],
             strict=strict,
+            memory_tolerance=C.parse_tolerance(memory_tolerance, "--memory-tolerance"),
         ),
         *C.constraint_results(cur, base, kinds[latency_kind]),
     ]

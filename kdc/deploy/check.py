@@ -1,7 +1,7 @@
 """`kdc check`: compare a report with a baseline report, with stated tolerances and noise.
 
-A file that is not a kdc report.json (no `task`, `target.name`, or an engine without `engine`,
-`precision` or `status`) is a one-line error naming it and the field (exit 2). A baseline of
+Reports are read by `kdc.deploy.report_file.load_report` (a file that is not a kdc report.json is
+a one-line error naming it and the field, exit 2). A baseline of
 another target or another model's task is not compared: every metric is `missing` (each one the
 baseline has fails: exit 1) and says to re-baseline. Two reports are of one task when their `task`
 is the same and, where both record `data.labels`, the same set of class labels (in any order: a
@@ -21,26 +21,25 @@ the p50's where absent) when both were timed in 2 or more rounds, else the stati
 error from the per-sample cv under a normal approximation, k·cv/sqrt(iterations) with k =
 sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99 (cv itself when iterations is not
 recorded); 0 for predictions. Accuracy (the task's primary metric) regresses when it drops by more
-than the tolerance in absolute points; accuracy figures from different engines are `missing`. When
+than the tolerance in absolute points; accuracy figures from different engines are `missing`.
+Memory (`memory` and `target_memory`: a measured peak RSS or a predicted peak) and the model's
+`size_mb` regress when they grow by more than the memory tolerance (relative; no noise allowance:
+one reading each), memory like with like (kind, and the batch of a prediction or how a measurement
+was made). When
 the baseline has latency figures of the compared kinds and none was compared, a failing `latency`
 line says so.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import shutil
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from kdc.config import Task
 from kdc.deploy.constraints import (
     LATENCY_KEYS,
+    MEMORY_MB,
     accuracy_value,
     engine_label,
     headline_latency,
@@ -49,16 +48,13 @@ from kdc.deploy.constraints import (
 from kdc.deploy.junit import write_junit
 from kdc.deploy.trtexec import CV_LIMIT
 from kdc.errors import UserError
-from kdc.rundir import atomic_path, writable
 
 __all__ = [
     "CheckResult",
     "compare",
     "constraint_results",
     "format_line",
-    "load_report",
     "parse_tolerance",
-    "update_baseline",
     "write_junit",
 ]
 
@@ -182,8 +178,8 @@ def _shown(value: object, width: int = 72) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _conditions(base: dict, cur: dict, kind: str) -> str:
-    """`device 'A' vs 'B'; threads 2 vs 4` for the conditions of `kind` that differ, else ''
+def _conditions(base: dict, cur: dict, kind: str, conditions: dict = CONDITIONS) -> str:
+    """`device 'A' vs 'B'; threads 2 vs 4` for the `conditions` of `kind` that differ, else ''
     (`RECORDED_CONDITIONS` only where both record them)."""
     recorded = [
         k
@@ -192,7 +188,7 @@ def _conditions(base: dict, cur: dict, kind: str) -> str:
     ]
     return "; ".join(
         f"{k} {_shown(base.get(k))} vs {_shown(cur.get(k))}"
-        for k in (*CONDITIONS.get(kind, ()), *recorded)
+        for k in (*conditions.get(kind, ()), *recorded)
         if base.get(k) != cur.get(k)
     )
 
@@ -300,6 +296,60 @@ def _accuracy(
     return [CheckResult(metric, b, c, b - tol, None, status, msg)]
 
 
+MEMORY_KEYS = ("memory", "target_memory")
+MEMORY_CONDITIONS = {"measured": ("how",), "predicted": ("batch",)}
+
+
+def _growth(metric: str, b: float, c: float, tol: float, what: str) -> CheckResult:
+    """A figure where more is worse and a reading is exact (memory, size): `tol` relative;
+    `what` starts with the unit."""
+    limit = b * (1 + tol)
+    status = "regression" if c > limit else "improved" if c < b * (1 - tol) else "pass"
+    rel = f" ({(c - b) / b:+.1%})" if b else ""
+    msg = f"{b:.4g} -> {c:.4g} {what}{rel}; allowed +{tol:.1%}"
+    return CheckResult(metric, b, c, limit, None, status, msg)
+
+
+def _memory(label: str, key: str, base: dict | None, cur: dict | None, tol: float) -> list:
+    """The engine's `key` memory object compared like with like (MEMORY_CONDITIONS)."""
+    if base is None and cur is None:
+        return []
+    metric = f"{label}.{key}_mb"
+
+    def value(mem: dict | None) -> float | None:
+        v = (mem or {}).get(MEMORY_MB.get(str((mem or {}).get("kind")), ""))
+        return None if v is None else float(v)
+
+    b, c = value(base), value(cur)
+    kind = (base or cur or {}).get("kind")
+    differ = _conditions(base, cur, kind, MEMORY_CONDITIONS) if base and cur else ""
+    why = (
+        "new in this report: no baseline"
+        if b is None
+        else "missing from this report"
+        if c is None
+        else f"memory kind changed: baseline {kind}, now {cur.get('kind')}; not compared"
+        if cur.get("kind") != kind
+        else f"not comparable: {differ}; {REBASELINE}"
+        if differ
+        else ""
+    )
+    if why:
+        return [_missing(metric, b, c, why)]
+    return [_growth(metric, b, c, tol, f"MiB {kind} {MEMORY_MB[kind]}")]
+
+
+def _size(label: str, base: dict, cur: dict, tol: float) -> list[CheckResult]:
+    b, c = base.get("size_mb"), cur.get("size_mb")
+    if b is None and c is None:
+        return []
+    metric = f"{label}.size_mb"
+    if b is None or c is None:
+        why = "new in this report: no baseline" if b is None else "missing from this report"
+        return [_missing(metric, b, c, why)]
+    return [_growth(metric, float(b), float(c), tol, "MB model file")]
+
+
 def _engines(report: dict, which: str) -> dict[tuple, dict]:
     out: dict[tuple, dict] = {}
     for e in report.get("engines") or []:
@@ -323,10 +373,12 @@ def compare(
     accuracy_tolerance: float = 0.005,
     latency_kinds: tuple[str, ...] = ("measured", "predicted"),
     strict: bool = False,
+    memory_tolerance: float = 0.10,
 ) -> list[CheckResult]:
     """One result per compared metric of every engine in either report (baseline order first).
     `latency_kinds` limits latency comparisons, e.g. to ("predicted",) on shared CI runners;
-    `strict` allows a slowdown of the tolerance alone, however noisy the timings."""
+    `strict` allows a slowdown of the tolerance alone, however noisy the timings;
+    `memory_tolerance` is the growth allowed in memory and model size."""
     base, cur = _engines(baseline, "baseline"), _engines(report, "report")
     task = report.get("task") or baseline.get("task")
     results: list[CheckResult] = []
@@ -339,6 +391,9 @@ def compare(
         results += _accuracy(
             label, be.get("accuracy"), ce.get("accuracy"), accuracy_tolerance, task
         )
+        for mk in MEMORY_KEYS:
+            results += _memory(label, mk, be.get(mk), ce.get(mk), memory_tolerance)
+        results += _size(label, be, ce, memory_tolerance)
     differ = _other_model(baseline, report)
     if differ:
         target = (report.get("target") or {}).get("name")
@@ -452,137 +507,3 @@ def parse_tolerance(text: str, field: str = "--tolerance", kind: str = "relative
             f"cannot read tolerance '{text}'", field=field, fix=f"write it as e.g. {example}"
         )
     return float(m[1]) * UNITS[m[2]] if m[2] else float(m[1])
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-class _Latency(_Strict):
-    kind: str | None = None
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    cv: float | None = Field(None, ge=0)
-    iterations: int | None = Field(None, ge=1)
-    rounds_p50_ms: list[float] | None = None
-    rounds_p99_ms: list[float] | None = None
-
-
-class _Accuracy(_Strict):
-    metric: str | None = None
-    value: float | None = None
-    accuracy: float | None = None  # the primary metrics (metrics.primary_metric) of the flat form
-    mean_cosine: float | None = None
-
-
-class _Engine(_Strict):
-    engine: str
-    precision: str
-    status: str
-    latency: _Latency | None = None
-    target_latency: _Latency | None = None
-    accuracy: _Accuracy | None = None
-
-
-class _Constraint(_Strict):
-    name: str
-    limit: float
-    value: float | None = None
-    passed: bool = Field(alias="pass")
-
-
-class _Target(_Strict):
-    name: str
-    profile_sha256: str | None = None
-
-
-class _Data(_Strict):
-    labels: list[str] | None = None
-
-
-class _Report(_Strict):
-    """The parts of a report.json that `kdc check` reads; anything else is passed over."""
-
-    engines: list[_Engine]
-    task: Task
-    target: _Target
-    data: _Data | None = None
-    constraints: list[_Constraint] | None = None
-
-
-EXPECTED = {
-    "model_type": "an object",
-    "dict_type": "an object",
-    "list_type": "a list",
-    "float_type": "a number",
-    "int_type": "a whole number",
-    "bool_type": "true or false",
-    "string_type": "a string",
-}
-
-
-def _structure_error(e: ValidationError, path: Path, what: str) -> UserError:
-    err = e.errors()[0]
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-    if err["type"] == "missing":
-        problem = "the field is missing"
-    elif err["type"] in EXPECTED:
-        problem = f"expected {EXPECTED[err['type']]}, got {json.dumps(err['input'])[:40]}"
-    else:
-        problem = err["msg"].replace("Input should be", "expected")
-    return UserError(
-        f"{what} is not a kdc report.json: {problem}",
-        source=str(path),
-        field=where,
-        fix="pass the report.json of a kdc run; regenerate it with kdc compress or kdc verify",
-    )
-
-
-def load_report(path: Path | str, what: str = "report") -> dict:
-    """A report.json as a dict, its structure checked; any problem is a one-line UserError
-    naming the file (and the field)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(
-            f"{what} not found",
-            source=str(path),
-            fix="store one first: kdc check REPORT --baseline "
-            f"{path} --update-baseline (a kdc run's report.json)"
-            if what == "baseline"
-            else "pass runs/<name>/report.json written by kdc compress",
-        ) from None
-    except IsADirectoryError:
-        raise UserError(
-            f"{what} is a directory", source=str(path), fix="pass the report.json file in it"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(
-            f"{what} is not valid JSON ({str(e).splitlines()[0]})",
-            source=str(path),
-            fix="regenerate it with kdc compress or kdc verify",
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("engines"), list):
-        raise UserError(
-            f"{what} has no 'engines' list: not a kdc report.json",
-            source=str(path),
-            field="engines",
-            fix="pass the report.json of a kdc run",
-        )
-    try:
-        _Report.model_validate(data)
-    except ValidationError as e:
-        raise _structure_error(e, path, what) from None
-    return data
-
-
-def update_baseline(report_path: Path | str, baseline_path: Path | str) -> Path:
-    """Make a report the new baseline: validate it, then copy it atomically."""
-    load_report(report_path)
-    with (
-        writable(baseline_path, "baseline", "--baseline", "ci/baseline.json"),
-        atomic_path(baseline_path) as tmp,
-    ):
-        shutil.copyfile(report_path, tmp)
-    return Path(baseline_path)

@@ -432,3 +432,44 @@ def test_a_kind_the_baseline_has_none_of_fails_instead_of_passing_unchecked(base
 
     empty = {**host, "engines": []}  # no latency at all: nothing to gate on, nothing failed
     assert not any(r.metric == "latency" for r in compare(empty, empty))
+
+
+def test_memory_and_size_growth_past_the_tolerance_are_regressions(baseline):
+    """Two reports that differ only in memory or model size (e.g. a larger build.max_batch)
+    used to pass every line."""
+    current = copy.deepcopy(baseline)
+    engine(current, "onnxruntime-int8")["memory"]["peak_rss_mb"] = 96.4 * 1.15
+    engine(current, "onnxruntime-fp32")["size_mb"] = 22.4 * 1.05
+    engine(current, "tensorrt-fp16")["memory"]["peak_mb"] = 52.5 * 0.5
+    results = by_metric(compare(current, baseline))
+    grown = results["onnxruntime-int8.memory_mb"]
+    assert grown.status == "regression" and grown.failed
+    assert grown.message.startswith("96.4 -> 110.9 MiB measured peak_rss_mb (+15.0%)")
+    assert results["onnxruntime-fp32.size_mb"].status == "pass"  # +5 %, within 10 %
+    assert results["tensorrt-fp16.memory_mb"].status == "improved"
+    assert results["tensorrt-int8.memory_mb"].status == "pass"
+    tight = by_metric(compare(current, baseline, memory_tolerance=0.02))
+    assert tight["onnxruntime-fp32.size_mb"].status == "regression"
+    assert "MB model file" in tight["onnxruntime-fp32.size_mb"].message
+
+
+@pytest.mark.parametrize(
+    "edit, said",
+    [
+        (lambda m: m.update(batch=8), "not comparable: batch None vs 8"),
+        (lambda m: m.update(kind="measured", peak_rss_mb=900.0), "memory kind changed"),
+    ],
+)
+def test_memory_of_another_batch_or_kind_is_not_compared(baseline, edit, said):
+    current = copy.deepcopy(baseline)
+    edit(engine(current, "tensorrt-int8")["memory"])
+    r = by_metric(compare(current, baseline))["tensorrt-int8.memory_mb"]
+    assert r.status == "missing" and r.failed and said in r.message
+
+
+def test_memory_new_in_a_report_passes_and_memory_gone_fails(baseline):
+    old = copy.deepcopy(baseline)
+    del engine(old, "tensorrt-int8")["memory"]  # a baseline from before it was recorded
+    assert not by_metric(compare(baseline, old))["tensorrt-int8.memory_mb"].failed
+    gone = by_metric(compare(old, baseline))["tensorrt-int8.memory_mb"]
+    assert gone.failed and "missing from this report" in gone.message

@@ -14,7 +14,8 @@ from test_check import DIGITS, engine, set_latency
 from typer.testing import CliRunner
 
 from kdc.cli import app
-from kdc.deploy.check import compare, load_report, parse_tolerance, update_baseline, write_junit
+from kdc.deploy.check import compare, parse_tolerance, write_junit
+from kdc.deploy.report_file import load_report, update_baseline
 from kdc.errors import UserError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "report_sample.json"  # the baseline
@@ -65,6 +66,19 @@ def test_cli_different_device_exits_1_naming_it(baseline, tmp_path):
     line = lines[0]
     assert "device 'AMD EPYC 7B13 64-Core Processor (2 threads)' vs 'Intel Xeon" in line
     assert "threads 2 vs 4" in line
+
+
+def test_cli_memory_growth_fails_and_its_tolerance_is_an_option(baseline, tmp_path):
+    current = copy.deepcopy(baseline)
+    current["engines"][0]["memory"]["peak_rss_mb"] *= 1.15
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(current))
+    args = ["check", str(report), "--baseline", str(SAMPLE)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "REGRESSION onnxruntime-int8.memory_mb" in res.output
+    assert CliRunner().invoke(app, [*args, "--memory-tolerance", "20%"]).exit_code == 0
+    bad = CliRunner().invoke(app, [*args, "--memory-tolerance", "big"])
+    assert bad.exit_code == 2 and "--memory-tolerance" in bad.output
 
 
 def test_cli_constraint_pass_not_a_boolean_exits_2_on_one_line(baseline, tmp_path):
@@ -185,6 +199,11 @@ def test_update_baseline_refuses_junk_and_keeps_old_baseline(tmp_path):
         (lambda r: r.update(engines=[{"engine": "x"}]), "engines[0].precision"),
         (lambda r: r.update(data={"labels": "cat,dog"}), "data.labels"),
         (lambda r: r.update(data={"labels": [0, 1]}), "data.labels[0]"),
+        (
+            lambda r: r["engines"][0]["memory"].update(peak_rss_mb="96"),
+            "engines[0].memory.peak_rss_mb",
+        ),
+        (lambda r: r["engines"][1].update(size_mb=[22.4]), "engines[1].size_mb"),
     ],
 )
 def test_structurally_invalid_report_names_the_file_and_field(baseline, tmp_path, edit, field):
