@@ -369,8 +369,8 @@ def check(
 @app.command()
 @handled
 def inspect(run_dir: Path) -> None:
-    """Stages, status, hashes; flags any artifact whose sha256 no longer matches, and any stage
-    built from an earlier stage's older outputs (exit 1)."""
+    """Stages, status, hashes; flags any artifact whose sha256 no longer matches, any stage
+    built from an earlier stage's older outputs, and any that failed or was cut short (exit 1)."""
     from kdc import tools
     from kdc.rundir import target_flag
 
@@ -386,20 +386,27 @@ def inspect(run_dir: Path) -> None:
             out.print(
                 f"      {'ok     ' if v['ok'] else 'CORRUPT'} {v['sha256']}  {art}", markup=False
             )
+    resume = f"`kdc compress CONFIG{target_flag(info)} --out {info['run']} --resume`"
+    problems = []
     if info["corrupt"]:
-        err.print(
+        problems.append(
             f"{len(info['corrupt'])} artifact(s) changed since written: "
-            f"{', '.join(info['corrupt'][:5])}; `kdc compress --resume` redoes them",
-            markup=False,
+            f"{', '.join(info['corrupt'][:5])}; {resume} redoes them"
         )
-        raise typer.Exit(1)
     if info["outdated"]:
-        err.print(
+        problems.append(
             f"stage(s) {', '.join(info['outdated'])} were built from earlier outputs of the "
-            f"stage before them; `kdc compress CONFIG{target_flag(info)} --out {info['run']} "
-            "--resume` redoes (or confirms) them",
-            markup=False,
+            f"stage before them; {resume} redoes (or confirms) them"
         )
+    if info["unfinished"]:
+        which = ", ".join(f"{n} ({st})" for n, st in info["unfinished"].items())
+        problems.append(
+            f"stage(s) {which} did not finish: see the error above (a stage still `running` "
+            f"was cut short, unless a run is going on); fix it, then {resume}"
+        )
+    for line in problems:
+        err.print(line, markup=False)
+    if problems:
         raise typer.Exit(1)
 
 

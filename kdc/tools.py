@@ -263,9 +263,13 @@ def _pipeline_order(stage: str) -> int:
     return STAGE_NAMES.index(stage) if stage in STAGE_NAMES else len(STAGE_NAMES)
 
 
+UNFINISHED = ("failed", "running")
+
+
 def inspect_run(run_dir: Path | str) -> dict:
-    """Stages with status, wall time and artifacts, flagging any whose sha256 no longer matches
-    and any built from an earlier stage's older outputs (status `outdated`)."""
+    """Stages with status, wall time and artifacts, flagging any whose sha256 no longer matches,
+    any built from an earlier stage's older outputs (status `outdated`) and any that failed or
+    was cut short (`unfinished`)."""
     from kdc.pipeline import outdated
 
     run = RunDir.existing(run_dir)
@@ -294,6 +298,8 @@ def inspect_run(run_dir: Path | str) -> dict:
             f"{s}:{a}" for s, r in stages.items() for a, v in r["artifacts"].items() if not v["ok"]
         ],
         "outdated": old,
+        # a stage that failed, or was cut short (still `running` in the manifest)
+        "unfinished": {n: st["status"] for n, st in stages.items() if st["status"] in UNFINISHED},
     }
 
 

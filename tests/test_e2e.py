@@ -191,7 +191,18 @@ def test_a_search_with_no_student_under_the_budget_leaves_a_failed_report(cnn_pr
     assert search["candidates_scored"] == 0 and 1 <= len(search["closest"]) <= 3
     assert search["rejected"] == "search/rejected.jsonl" and (run / search["rejected"]).is_file()
     assert report["failure"]["stage"] == "search"
-    assert "closest predicted" in (run / "report.md").read_text()
+    teacher = report["teacher"]["target_latency"]  # the search's prediction, labelled
+    assert (
+        teacher["kind"] == "predicted"
+        and teacher["p50_ms"] == search["teacher_predicted_latency_ms"]
+    )
+    assert teacher["model"] and teacher["precision"] == "int8"
+    md = (run / "report.md").read_text()
+    assert "closest predicted" in md
+    assert "| teacher | – | int8 |" in md and f"{teacher['p50_ms']:.3g}"[:4] in md
+    res = runner.invoke(app, ["inspect", str(run)])  # a failed run is not a healthy one
+    assert res.exit_code == 1 and "search (failed)" in res.output, res.output
+    assert "--target jetson" in res.output
     baseline = tmp_path / "baseline.json"  # a passing run's: its engines are missing here
     baseline.write_text(
         json.dumps(

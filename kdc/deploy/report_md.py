@@ -242,7 +242,7 @@ def _models(report: dict) -> Section:
             "teacher",
             teacher,
             DASH,
-            (teacher.get("latency") or {}).get("precision", DASH),
+            (teacher.get("latency") or teacher.get("target_latency") or {}).get("precision", DASH),
         ),
         ("student (pytorch)", "pytorch", student, DASH, f"ships {student.get('precision', DASH)}"),
     ]

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter, LogLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import Bbox, blended_transform_factory
 
 from kdc.deploy.constraints import accuracy_value, engine_label, headline_latency, latencies
@@ -108,7 +108,7 @@ def _plot_models(
     parts = [("teacher", report.get("teacher") or {}, "*", 420, "goldenrod")]
     parts += [(engine_label(e), e, "o", 130, "tab:green") for e in report.get("engines") or []]
     seen: set[str] = set()
-    xs, stripped, labels = [], 0, []
+    xs, stripped, labels, strip_labels = [], 0, [], []
     ringed = "chosen student (the engine that ships)"  # legend text, on the first ring only
     for name, part, marker, size, color in parts:
         ring = ring_shipped and name != "teacher" and part.get("ships")
@@ -133,14 +133,9 @@ def _plot_models(
                 text += f"\n(accuracy of {paired.get('engine', '?')})"
             if acc is None:
                 ax.scatter([x], [STRIP_Y], transform=strip, **style)
-                ax.annotate(
-                    f"{text}: no accuracy ({part.get('status', '?')})",
-                    (x, STRIP_Y),
-                    xycoords=strip,
-                    xytext=(8, 4 + 13 * stripped),
-                    textcoords="offset points",
-                    fontsize=9,
-                )
+                ax.update_datalim([(x, 0.0)], updatey=False)  # a strip point widens the x axis
+                status = part.get("status") or ("not evaluated" if name == "teacher" else "?")
+                strip_labels.append((x, f"{text}: no accuracy ({status})", stripped))
                 stripped += 1
                 if ring:
                     _ring(ax, x, STRIP_Y, ringed, transform=strip)
@@ -155,7 +150,25 @@ def _plot_models(
     if stripped:
         band = Rectangle((0, 0), 1, 2 * STRIP_Y, transform=ax.transAxes, color="0.92", zorder=0)
         ax.add_patch(band)
-    return xs, labels
+    return xs, labels, strip_labels
+
+
+def _annotate_strip(ax: Axes, strip_labels: list[tuple[float, str, int]]) -> None:
+    """Label the no-accuracy strip's points once the x axis is final: text to the right of a
+    point in the left half, to its left in the right half, so that it stays inside the axes."""
+    strip = blended_transform_factory(ax.transData, ax.transAxes)
+    to_axes = ax.transAxes.inverted()
+    for x, text, i in strip_labels:
+        right_half = to_axes.transform(strip.transform((x, STRIP_Y)))[0] > 0.5
+        ax.annotate(
+            text,
+            (x, STRIP_Y),
+            xycoords=strip,
+            xytext=(-8 if right_half else 8, 4 + 13 * i),
+            textcoords="offset points",
+            ha="right" if right_half else "left",
+            fontsize=9,
+        )
 
 
 def _place_labels(fig: Figure, ax: Axes, labels: list[tuple[float, float, str]]) -> None:
@@ -247,7 +260,7 @@ def render_png(report: dict) -> bytes:
     xs, chosen_drawn = _plot_search(axes[-1], report, cands, front, key) if key else ([], False)
     # no search point to mark (a fixed student, or rows without predicted latency): the chosen
     # student is then shown by the engine that ships it
-    model_xs, labels = _plot_models(ax, report, ring_shipped=not chosen_drawn)
+    model_xs, labels, strip_labels = _plot_models(ax, report, ring_shipped=not chosen_drawn)
     xs += model_xs + _budget(axes, report)
     task = report.get("task")
     metric = accuracy_value((report.get("teacher") or {}).get("accuracy"), task)[0] or "accuracy"
@@ -261,8 +274,11 @@ def render_png(report: dict) -> bytes:
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a short span labels minor ticks
     if not xs:
         ax.text(0.5, 0.5, "no latency figures to plot", ha="center", transform=ax.transAxes)
+    if not labels and not cands:  # no accuracy anywhere (a search that found no student)
+        ax.set_yticks([])
     handles, legend = [], []
     for a in axes:
         a.grid(True, which="both", alpha=0.3)
@@ -270,6 +286,7 @@ def render_png(report: dict) -> bytes:
         handles, legend = handles + h, legend + lab
     if handles:
         fig.legend(handles, legend, loc="outside right upper", fontsize=10)
+    _annotate_strip(ax, strip_labels)
     _place_labels(fig, ax, labels)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -82,11 +82,15 @@ def assemble(ctx: Context) -> dict:
     }
 
 
-def write_no_fit_report(ctx: Context, search: dict, closest_ms: float, why: str) -> list[Path]:
+def write_no_fit_report(
+    ctx: Context, search: dict, closest_ms: float, why: str, teacher_latency: dict
+) -> list[Path]:
     """report.json (and .md/.png/.html) of a run whose search found no student under the latency
     budget: FAILED on its latency constraint (the fastest candidate's prediction), no engine,
-    the search's figures in `search`. Recorded as the report stage's failed outputs, so the next
-    stage to run removes it as it removes any earlier report."""
+    the search's figures in `search`, the teacher's prediction by the search's latency model
+    (`teacher_latency`, at the searched precision) as its `target_latency`. Recorded as the
+    report stage's failed outputs, so the next stage to run removes it as it removes any
+    earlier report."""
     from kdc.deploy.report import write_report
 
     manifest = ctx.run.manifest()
@@ -103,7 +107,7 @@ def write_no_fit_report(ctx: Context, search: dict, closest_ms: float, why: str)
         "task": ctx.cfg.task,
         "data": ctx.dataset.summary(),
         "target": _target(ctx),
-        "teacher": {"params": ctx.teacher.params()},
+        "teacher": {"params": ctx.teacher.params(), "target_latency": teacher_latency},
         "student": None,
         "search": {**search, "candidates_scored": 0, "pareto": []},
         "engines": [],

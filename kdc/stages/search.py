@@ -152,7 +152,7 @@ def _fixed_prediction(
         pred = predict(cand.cost)
         return {
             "student": pred["p50_ms"],
-            "teacher": _teacher_ms(space, predict),
+            "teacher": _teacher_prediction(space, predict)["p50_ms"],
             "basis": prediction_basis(pred),
         }
     except Exception as e:  # noqa: BLE001 - the prediction is optional, the run goes on
@@ -172,12 +172,13 @@ def _predictor(ctx: Context, space) -> Callable[[dict], dict]:
     )
 
 
-def _teacher_ms(space, predict: Callable[[dict], dict]) -> float:
-    """The teacher's predicted p50, exported as it is (its full last layer)."""
+def _teacher_prediction(space, predict: Callable[[dict], dict]) -> dict:
+    """The teacher's prediction (p50_ms and how it was made), exported as it is (its full last
+    layer)."""
     cost = space.decode(space.largest()).cost
     if "cls_only_last_layer" in cost:
         cost = {**cost, "cls_only_last_layer": False}
-    return predict(cost)["p50_ms"]
+    return predict(cost)
 
 
 def _space(ctx: Context) -> Space:
@@ -262,7 +263,8 @@ def _evolution(ctx: Context) -> StageOutput:
         predictions[c.key] = predict(c.cost)
         return predictions[c.key]["p50_ms"]
 
-    teacher_ms = _teacher_ms(space, predict)
+    teacher_pred = _teacher_prediction(space, predict)
+    teacher_ms = teacher_pred["p50_ms"]
     smallest_ms = latency(space.decode(space.smallest()))
     budget, budget_source, constraint = _budget(ctx, smallest_ms, teacher_ms)
     limit, margin_note = budget, ""
@@ -338,7 +340,7 @@ def _evolution(ctx: Context) -> StageOutput:
                 "closest": rows_tried[:3],
                 "rejected": str(tried.relative_to(ctx.run.root)),
             }
-            files = write_no_fit_report(ctx, search, e.rejected[0][1], str(e))
+            files = write_no_fit_report(ctx, search, e.rejected[0][1], str(e), teacher_pred)
             raise NoStudentFits(
                 f"{e} (every candidate tried: {tried}; report: {files[0]})", e.rejected
             ) from None
