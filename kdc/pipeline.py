@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kdc import __version__
-from kdc.config import KdcConfig
+from kdc.config import BuildConfig, KdcConfig
 from kdc.data.base import Dataset
 from kdc.deploy.ort_install import conflict_warning
 from kdc.errors import Interrupted, UserError, first_line, listed
@@ -234,6 +234,21 @@ def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     return facets
 
 
+def _with_max_batch(cfg: KdcConfig, profile: HardwareProfile) -> dict[str, Any]:
+    """The whole profile, and build.max_batch where a TensorRT engine is built (it sizes only
+    those): another max_batch on a target without TensorRT keeps build's and verify's outputs."""
+    from kdc.preflight import builds_tensorrt
+
+    tensorrt = builds_tensorrt(cfg, profile)
+    return {
+        "profile": profile.model_dump(mode="json"),
+        "max_batch": cfg.build.max_batch if tensorrt else None,
+    }
+
+
+BUILD = tuple(f"build.{k}" for k in BuildConfig.model_fields if k != "max_batch")
+
+
 def _stages() -> list[Stage]:
     from kdc.stages import build, distill, export, report, search, verify
 
@@ -250,13 +265,15 @@ def _stages() -> list[Stage]:
         Stage(
             "build",
             build.run,
-            lambda cfg: ("task", "data", "build", "quantize", "verify.batch", "verify.threads"),
+            lambda cfg: ("task", "data", *BUILD, "quantize", "verify.batch", "verify.threads"),
+            _with_max_batch,
         ),
         # build.max_batch: the batch a TensorRT engine's memory is predicted at
         Stage(
             "verify",
             verify.run,
-            lambda cfg: ("task", "data", "verify", "build.max_batch", *PARITY),
+            lambda cfg: ("task", "data", "verify", *PARITY),
+            _with_max_batch,
         ),
         Stage("report", report.run, lambda cfg: ("constraints",)),
     ]

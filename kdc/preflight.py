@@ -137,6 +137,13 @@ def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
         )
 
 
+def builds_tensorrt(cfg: KdcConfig, profile: HardwareProfile) -> bool:
+    """Whether the run builds (or bundles) a TensorRT engine for `profile`: the target runs
+    TensorRT and build.engines does not leave it out."""
+    engines = cfg.build.engines
+    return "tensorrt" in profile.runtime.engines and (not engines or "tensorrt" in engines)
+
+
 def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
     """What a run for `profile` cannot judge or does not use: no engine with a latency model for
     a TensorRT target when build.engines leaves TensorRT out (its profile's model is
@@ -149,7 +156,7 @@ def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
             f"build.engines leaves out tensorrt: {profile.name}'s latency model is TensorRT's, so "
             "no engine of this run gets a predicted latency there and a latency budget cannot pass"
         )
-    if cfg.build.max_batch is not None and ("tensorrt" not in profile.runtime.engines or left_out):
+    if cfg.build.max_batch is not None and not builds_tensorrt(cfg, profile):
         out.append(
             f"build.max_batch not used: it sizes TensorRT engines, and this run builds none for "
             f"{profile.name} (ONNX Runtime's graphs take any batch)"

@@ -67,12 +67,12 @@ def test_resume_skips_done_stages(cnn_project, tmp_path):
     assert all(fourth[s]["finished"] == third[s]["finished"] for s in third)
 
 
-def _hashes(cfg: dict) -> dict[str, str]:
+def _hashes(cfg: dict, target: str = "host") -> dict[str, str]:
     from kdc.config import parse_config
     from kdc.pipeline import _stages, stage_hash
     from kdc.profiles import load_profile
 
-    c, profile = parse_config(cfg, source="<test>"), load_profile("host")
+    c, profile = parse_config(cfg, source="<test>"), load_profile(target)
     return {s.name: stage_hash(s, c, profile, "", "") for s in _stages()}
 
 
@@ -100,9 +100,15 @@ def test_stages_hash_only_the_config_they_read(cnn_project):
         ("export.min_cosine", 0.5, {"export", "verify"}),
         ("verify.threads", 2, {"build", "verify"}),  # build times the PTQ backends with it
         ("data.max_length", 32, {"search", "distill", "export", "build", "verify"}),
+        ("build.softmax_floor", False, {"build"}),
+        ("build.max_batch", 8, set()),  # it sizes TensorRT engines, which host does not build
     ]:
         new = _hashes(_with(cfg, dotted, value))
         assert {s for s in base if new[s] != base[s]} == changed, dotted
+    jetson, batch8 = _hashes(cfg, "jetson"), _hashes(_with(cfg, "build.max_batch", 8), "jetson")
+    assert {s for s in jetson if batch8[s] != jetson[s]} == {"build", "verify"}
+    no_trt = _with(cfg, "build.engines", ["onnxruntime"])  # a TensorRT target, TensorRT left out
+    assert _hashes(_with(no_trt, "build.max_batch", 8), "jetson") == _hashes(no_trt, "jetson")
     # QAT (in distill) reads the calibration rows, and pruning to a latency how it is predicted
     qat = _with(cfg, "quantize.method", "qat")
     assert (
