@@ -238,6 +238,10 @@ def estimate(
         float,
         typer.Option(help="Fraction of attention-mask positions that are 0 (transformers)."),
     ] = 0.0,
+    dla_core: Annotated[
+        int | None,
+        typer.Option(help="A TensorRT engine built for this DLA core (Jetson AGX Orin, Orin NX)."),
+    ] = None,
     explain: bool = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -253,6 +257,7 @@ def estimate(
         shapes=tools.parse_shapes(shape or []) or None,
         explain=explain,
         padding=padding,
+        dla_core=dla_core,
     )
     if as_json:
         out.print_json(json.dumps(pred))
@@ -265,6 +270,12 @@ def estimate(
         f", {pred['precision']}, batch {pred['batch']}, {shapes or 'shapes as declared'}, "
         f"padding {pred['padding']:.0%}, calibrated from {pred['calibrated_from']})"
     )
+    if pred.get("dla_core") is not None:
+        out.print(
+            f"  DLA core {pred['dla_core']}: {pred['dla_kernels']} kernels on the DLA, "
+            f"{pred['gpu_fallback_kernels']} on the GPU by GPU fallback, "
+            f"{pred['transitions']} switches"
+        )
     if explain:
         out.print(explain_table(pred))
 

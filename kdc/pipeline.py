@@ -97,6 +97,15 @@ class Context:
         mask = self.latency_inputs().get("attention_mask")
         return 0.0 if mask is None or not mask.size else float(1.0 - np.mean(mask != 0))
 
+    @property
+    def dla_core(self) -> int | None:
+        """The DLA core the run's TensorRT engine is built for (build.dla_core), where it builds
+        one: its latency is predicted on that core (kdc.deploy.dla)."""
+        from kdc.preflight import builds_tensorrt
+
+        core = self.cfg.build.dla_core
+        return core if core is not None and builds_tensorrt(self.cfg, self.profile) else None
+
     @contextlib.contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
         """A progress bar (silent with -q); yields `advance(n=1, **fields)`."""
@@ -202,7 +211,7 @@ COMMON = ("name", "task", "seed", "teacher", "data")
 # the tolerances export checks parity with, and verify checks each engine's
 PARITY = ("export.atol", "export.rtol", "export.min_cosine")
 # what a predicted latency depends on (search ranks by it; prune.target_latency_ms prunes to it)
-LATENCY = ("quantize.precision", "verify.batch", "export.cls_only_last_layer")
+LATENCY = ("quantize.precision", "verify.batch", "export.cls_only_last_layer", "build.dla_core")
 # what quantization-aware training (quantize.method: qat, in distill) reads besides its method
 QAT = (
     "quantize.qat_epochs",
@@ -272,7 +281,7 @@ def _stages() -> list[Stage]:
         Stage(
             "verify",
             verify.run,
-            lambda cfg: ("task", "data", "verify", *PARITY),
+            lambda cfg: ("task", "data", "verify", "build.dla_core", *PARITY),
             _with_max_batch,
         ),
         Stage("report", report.run, lambda cfg: ("constraints",)),

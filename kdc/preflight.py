@@ -25,6 +25,7 @@ def check_config(cfg: KdcConfig) -> None:
     _check_names(cfg)
     _check_augment(cfg)
     _check_max_batch(cfg)
+    _check_dla_config(cfg)
     hf = _teacher_config(cfg)
     _check_head(cfg, hf)
     _check_max_length(cfg, hf)
@@ -126,6 +127,7 @@ def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
             field="quantize.precision",
             fix="use fp32 or int8 here, or a TensorRT target such as jetson or t4",
         )
+    _check_dla_target(cfg, profile)
     offered = profile.runtime.precisions
     if cfg.quantize.precision not in offered:
         raise UserError(
@@ -134,6 +136,29 @@ def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
             field="quantize.precision",
             fix=f"use {' or '.join(offered)}, or add {cfg.quantize.precision} to the profile's "
             "runtime.precisions if the device runs it",
+        )
+
+
+def _check_dla_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
+    """build.dla_core on a target that builds TensorRT: the core exists, the profile predicts
+    DLA latency, and the device's TensorRT builds for DLA."""
+    from kdc.deploy.dla import check_dla
+    from kdc.deploy.tensorrt import DLA_RULE, supports_dla
+
+    core, rt = cfg.build.dla_core, profile.runtime
+    if core is None or not builds_tensorrt(cfg, profile):
+        return
+    try:
+        check_dla(profile, core)
+    except UserError as e:
+        raise e.located(cfg.source_file) from None
+    if not supports_dla(rt.tensorrt or "", rt.jetpack):
+        raise UserError(
+            f"{profile.name}'s TensorRT {rt.tensorrt} builds no DLA engine (DLA: {DLA_RULE})",
+            source=cfg.source_file,
+            field="build.dla_core",
+            fix="drop it to build for the GPU, or set the profile's runtime.tensorrt to the "
+            "device's (TensorRT up to 10.7 on JetPack 6)",
         )
 
 
@@ -155,6 +180,11 @@ def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
         out.append(
             f"build.engines leaves out tensorrt: {profile.name}'s latency model is TensorRT's, so "
             "no engine of this run gets a predicted latency there and a latency budget cannot pass"
+        )
+    if cfg.build.dla_core is not None and not builds_tensorrt(cfg, profile):
+        out.append(
+            f"build.dla_core not used: it places a TensorRT engine on a DLA core, and this run "
+            f"builds none for {profile.name}"
         )
     if cfg.build.max_batch is not None and not builds_tensorrt(cfg, profile):
         out.append(
@@ -263,6 +293,25 @@ def _check_max_batch(cfg: KdcConfig) -> None:
             source=cfg.source_file,
             field="build.max_batch",
             fix=f"set it to {b} or more, or lower verify.batch",
+        )
+
+
+def _check_dla_config(cfg: KdcConfig) -> None:
+    if cfg.build.dla_core is None:
+        return
+    if cfg.quantize.precision == "fp32":
+        raise UserError(
+            "DLA runs fp16 or int8 only",
+            source=cfg.source_file,
+            field="quantize.precision",
+            fix="use int8 or fp16 with build.dla_core, or drop build.dla_core",
+        )
+    if cfg.build.max_batch is not None:
+        raise UserError(
+            "a DLA engine takes one input shape, not a range of batches",
+            source=cfg.source_file,
+            field="build.max_batch",
+            fix="drop build.max_batch to build for DLA, or drop build.dla_core",
         )
 
 

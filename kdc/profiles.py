@@ -99,6 +99,17 @@ class LatencyModel(_Strict):
     source: str = "defaults"
 
 
+class Dla(_Strict):
+    """One DLA core's dense peaks and the factors of its latency model (kdc.deploy.dla)."""
+
+    int8_tops: float = Field(gt=0)
+    fp16_tflops: float = Field(gt=0)
+    compute_efficiency: float = Field(gt=0, le=1)
+    layer_overhead_us: float = Field(ge=0, description="per layer (kernel) run on the DLA")
+    transition_us: float = Field(ge=0, description="per switch between DLA and GPU (reformat)")
+    source: str
+
+
 class CalibrationFile(BaseModel):
     """What `with_calibration` reads of a calibration file (the rest is a record)."""
 
@@ -122,6 +133,7 @@ class HardwareProfile(_Strict):
     memory: Memory
     runtime: Runtime
     latency_model: LatencyModel
+    dla: Dla | None = None  # per DLA core, for engines built with build.dla_core
     defaults: Defaults = Field(default_factory=Defaults)
     measurable: bool = Field(False, description="True only for the machine kdc runs on")
 

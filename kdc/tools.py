@@ -228,24 +228,39 @@ def estimate(
     shapes: dict[str, list[int]] | None = None,
     explain: bool = False,
     padding: float = 0.0,
+    dla_core: int | None = None,
 ) -> dict:
     """Predict one ONNX model's latency on a target (latency object of kind predicted);
-    `precision` None: `graph_precision`; `batch` None: `batch_of` the shapes."""
+    `precision` None: `graph_precision`; `batch` None: `batch_of` the shapes; `dla_core`: a
+    TensorRT engine built for that DLA core."""
     from kdc.deploy.estimate import predict_onnx
     from kdc.profiles import load_profile
 
+    if explain and dla_core is not None:
+        raise UserError(
+            "--explain breaks down the GPU model's kernels; a DLA prediction has no breakdown",
+            field="--explain",
+            fix="drop --explain (the prediction names its DLA and GPU kernels) or --dla-core",
+        )
+
+    profile = load_profile(target)
+    if dla_core is not None:
+        from kdc.deploy.dla import check_dla
+
+        check_dla(profile, dla_core, field="--dla-core")
     batch = batch_of(batch, shapes)
     model = load_onnx(path)
     precision = precision or graph_precision(model)
     given = {k: list(v.shape) for k, v in synthetic_inputs(path, batch, shapes).items()}
     return predict_onnx(
         model,
-        load_profile(target),
+        profile,
         precision=precision,
         batch=batch,
         input_shapes=given,
         explain=explain,
         padding=padding,
+        dla_core=dla_core,
     )
 
 

@@ -107,6 +107,8 @@ def test_stages_hash_only_the_config_they_read(cnn_project):
         assert {s for s in base if new[s] != base[s]} == changed, dotted
     jetson, batch8 = _hashes(cfg, "jetson"), _hashes(_with(cfg, "build.max_batch", 8), "jetson")
     assert {s for s in jetson if batch8[s] != jetson[s]} == {"build", "verify"}
+    agx, dla = _hashes(cfg, "agx-orin"), _hashes(_with(cfg, "build.dla_core", 0), "agx-orin")
+    assert {s for s in agx if dla[s] != agx[s]} == {"search", "build", "verify"}  # its latency
     no_trt = _with(cfg, "build.engines", ["onnxruntime"])  # a TensorRT target, TensorRT left out
     assert _hashes(_with(no_trt, "build.max_batch", 8), "jetson") == _hashes(no_trt, "jetson")
     # QAT (in distill) reads the calibration rows, and pruning to a latency how it is predicted

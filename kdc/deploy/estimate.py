@@ -171,8 +171,11 @@ def _result(
     batch: int,
     explain: bool,
     padding: float = 0.0,
+    dla_core: int | None = None,
 ) -> dict:
     kernels = materialize(cost, precision, _float_precision(precision, profile), padding)
+    if dla_core is not None:  # a TensorRT engine built for a DLA core, GPU fallback
+        return _dla_result(kernels, cost, profile, precision, batch, padding, dla_core)
     ms = predict_kernels_ms(kernels, profile)
     out = {
         "kind": "predicted",
@@ -201,6 +204,46 @@ def _result(
     return out
 
 
+def _dla_result(
+    kernels: list[Kernel],
+    cost: GraphCost,
+    profile: HardwareProfile,
+    precision: str,
+    batch: int,
+    padding: float,
+    dla_core: int,
+) -> dict:
+    """`_result` for an engine built for DLA core `dla_core` (kdc.deploy.dla)."""
+    from kdc.deploy import dla
+
+    dla.check_dla(profile, dla_core)
+    if precision == "fp32":
+        raise UserError(
+            "DLA runs fp16 or int8 only", field="quantize.precision", fix="use int8 or fp16"
+        )
+    placed = dla.predict_dla_ms(kernels, profile)
+    assert profile.dla is not None
+    return {
+        "kind": "predicted",
+        "model": dla.MODEL,
+        "calibrated_from": profile.dla.source,
+        "predictor_sha256": dla.dla_predictor_sha256(profile),
+        "target": profile.name,
+        "precision": precision,
+        "batch": int(batch),
+        "input_shape": cost.input_shapes,
+        "padding": round(float(padding), 4),
+        "p50_ms": float(f"{placed['p50_ms']:.4g}"),
+        "flops": float(sum(k.flops for k in kernels)),
+        "bytes": float(sum(k.bytes for k in kernels)),
+        "kernels": launches(kernels),
+        "dla_core": dla_core,
+        "dla_kernels": placed["dla_kernels"],
+        "gpu_fallback_kernels": placed["gpu_kernels"],
+        "transitions": placed["transitions"],
+    }
+
+
 def onnx_kernels(
     model_or_path: onnx.ModelProto | str | Path,
     profile: HardwareProfile,
@@ -226,13 +269,15 @@ def predict_onnx(
     input_shapes: dict[str, list[int]] | None = None,
     explain: bool = False,
     padding: float = 0.0,
+    dla_core: int | None = None,
 ) -> dict:
     """Predicted latency of an ONNX model on `profile` (a REPORT.md latency object of kind
     `predicted`, with a per kernel-group `breakdown` when `explain`); `padding` is the fraction
-    of attention-mask positions that are 0 in the input it is predicted for."""
+    of attention-mask positions that are 0 in the input it is predicted for; `dla_core`: a
+    TensorRT engine built for that DLA core (model roofline-v1+dla, kdc.deploy.dla)."""
     _check(precision, batch, profile)
     cost = analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes)
-    return _result(cost, profile, precision, batch, explain, padding)
+    return _result(cost, profile, precision, batch, explain, padding, dla_core)
 
 
 def predict_architecture(
@@ -244,11 +289,12 @@ def predict_architecture(
     input_shapes: dict[str, list[int]] | None = None,
     explain: bool = False,
     padding: float = 0.0,
+    dla_core: int | None = None,
 ) -> dict:
     """Like `predict_onnx`, from an architecture dict, without exporting (for the search)."""
     _check(precision, batch, profile)
     cost = analyze_architecture(arch, batch=batch, input_shapes=input_shapes)
-    return _result(cost, profile, precision, batch, explain, padding)
+    return _result(cost, profile, precision, batch, explain, padding, dla_core)
 
 
 def predict_memory_mb(

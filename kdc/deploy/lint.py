@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from kdc.deploy.dla import DLA_OPS
 from kdc.deploy.tensorrt import DLA_RULE, QDQ_OPS, parse_version, supports_dla
 from kdc.profiles import HardwareProfile
 
@@ -143,17 +144,6 @@ FLOAT_ONLY = frozenset(
 )
 WEIGHTED = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
 
-# Approximate DLA layer table (ONNX ops that map to DLA-capable layers).
-# fmt: off
-DLA_OPS = frozenset([
-    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu",
-    "PRelu", "Add", "Sub", "Mul", "Max", "Min", "Div", "Pow", "Equal", "Greater", "Less",
-    "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-    "BatchNormalization", "LRN", "Resize", "Upsample", "Softmax", "Slice", "Reshape", "Transpose",
-    "Flatten", "Squeeze", "Unsqueeze", "ReduceMax", "Abs", "Sin", "Cos", "Atan", "Identity",
-    "Constant", "QuantizeLinear", "DequantizeLinear"
-])
-# fmt: on
 
 _SEQUENCE_NAME = re.compile(r"batch|seq|length|token", re.IGNORECASE)
 

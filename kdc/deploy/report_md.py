@@ -136,11 +136,21 @@ def conditions(lat: dict) -> str:
                 *extras,
             ]
         )
+    dla = (
+        [
+            f"DLA core {lat['dla_core']} ({lat.get('dla_kernels', DASH)} kernels on the DLA, "
+            f"{lat.get('gpu_fallback_kernels', DASH)} on the GPU by GPU fallback, "
+            f"{lat.get('transitions', DASH)} switches)"
+        ]
+        if lat.get("dla_core") is not None
+        else []
+    )
     return ", ".join(
         [
             f"model {lat.get('model', DASH)}",
             f"calibrated from {lat.get('calibrated_from', DASH)}",
             *common,
+            *dla,
             f"p50 {sig(lat.get('p50_ms'))} ms (not timed)",
             *extras,
         ]

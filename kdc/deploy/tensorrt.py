@@ -154,25 +154,30 @@ def options_for_profile(
     precision: str,
     input_shapes: dict[str, list[int]],
     *,
-    use_dla: bool = False,
+    dla_core: int | None = None,
     max_batch: int | None = None,
     **kwargs: Any,
 ) -> BuildOptions:
-    """BuildOptions for a hardware profile; DLA core 0 only when asked and the profile has DLA;
-    batches 1 to `max_batch` (tuned for `input_shapes`) when given, else those shapes alone."""
+    """BuildOptions for a hardware profile; DLA core `dla_core` (GPU fallback) only where the
+    profile has it; batches 1 to `max_batch` (tuned for `input_shapes`) when given, else those
+    shapes alone."""
     if precision not in profile.runtime.precisions:
         raise UserError(
             f"precision {precision} is not offered by {profile.name}",
             field="precision",
             fix=f"use one of {', '.join(profile.runtime.precisions)}",
         )
-    if use_dla and profile.runtime.dla_cores <= 0:
+    cores = profile.runtime.dla_cores
+    if dla_core is not None and not 0 <= dla_core < cores:
         raise UserError(
-            f"{profile.name} has no DLA core",
-            field="runtime.dla_cores",
-            fix="build for the GPU (drop the DLA option)",
+            f"{profile.name} has no DLA core {dla_core}"
+            + (f" (cores 0 to {cores - 1})" if cores else ""),
+            field="build.dla_core",
+            fix="build for the GPU (drop build.dla_core)"
+            if not cores
+            else f"use a core from 0 to {cores - 1}",
         )
-    if use_dla and max_batch is not None:
+    if dla_core is not None and max_batch is not None:
         raise UserError(
             "a DLA engine takes one input shape, not a range of batches",
             field="build.max_batch",
@@ -181,7 +186,7 @@ def options_for_profile(
     return BuildOptions(
         precision=precision,
         profiles=batch_profiles(input_shapes, max_batch),
-        dla_core=0 if use_dla else None,
+        dla_core=dla_core,
         jetpack=profile.runtime.jetpack,
         **kwargs,
     )

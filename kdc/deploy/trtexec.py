@@ -93,11 +93,15 @@ def bench_command(
     iterations: int = 1000,
     export_times: Path | str = "times.json",
     trtexec: str = "trtexec",
+    dla_core: int | None = None,
 ) -> list[str]:
-    """trtexec arguments that time a built engine and export per-iteration times."""
+    """trtexec arguments that time a built engine and export per-iteration times (on the DLA
+    core it was built for, `dla_core`)."""
     cmd = [trtexec, f"--loadEngine={engine}"]
     if shapes:
         cmd.append(f"--shapes={shape_spec(shapes)}")
+    if dla_core is not None:
+        cmd.append(f"--useDLACore={dla_core}")
     return [*cmd, *BENCH_PROTOCOL, f"--iterations={iterations}", f"--exportTimes={export_times}"]
 
 

@@ -93,6 +93,7 @@ def build_tensorrt(ctx: Context, engines: list[dict]) -> dict:
             precision,
             input_shapes(ctx),
             max_batch=ctx.cfg.build.max_batch,
+            dla_core=ctx.cfg.build.dla_core,
             cache_dir=ctx.run / "build" / "tensorrt" / "cache",
         )
         plan = ctx.run / "build" / "tensorrt" / "model.plan"
@@ -158,6 +159,7 @@ def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
         input_contract=input_contract(ctx, shapes, goldens, output),
         output_name=output,
         max_batch=ctx.cfg.build.max_batch,
+        dla_core=ctx.cfg.build.dla_core,
         min_agreement=None if ctx.cfg.task == "sentence-embedding" else PARITY_MIN_AGREEMENT,
     )
 

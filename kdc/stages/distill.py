@@ -115,6 +115,7 @@ def predicted_latency(ctx: Context) -> Callable[[ModelAdapter], float]:
                 precision=precision,
                 batch=ctx.cfg.verify.batch,
                 padding=ctx.latency_padding(),
+                dla_core=ctx.dla_core,
             )
             return float(pred["p50_ms"])
 

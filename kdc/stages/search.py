@@ -162,13 +162,19 @@ def _fixed_prediction(
 
 def _predictor(ctx: Context, space) -> Callable[[dict], dict]:
     """The latency prediction of an architecture cost dict on the target, at the search's
-    precision and verify's batch."""
+    precision and verify's batch (on the DLA core of build.dla_core where one is built)."""
     from kdc.deploy.estimate import predict_architecture
 
     precision, batch = _precision(ctx), ctx.cfg.verify.batch
     shapes, padding = space.input_shapes(batch), ctx.latency_padding()
     return lambda cost: predict_architecture(
-        cost, ctx.profile, precision=precision, batch=batch, input_shapes=shapes, padding=padding
+        cost,
+        ctx.profile,
+        precision=precision,
+        batch=batch,
+        input_shapes=shapes,
+        padding=padding,
+        dla_core=ctx.dla_core,
     )
 
 

@@ -50,7 +50,8 @@ def _shapes(ctx: Context) -> dict[str, list[int]]:
 
 def predict(ctx: Context, path: Path, precision: str, engine: str | None = None) -> dict:
     """Predicted latency of the ONNX model at `path` on the target, naming the `engine` it is
-    for (an engine's figure; the teacher's has none)."""
+    for (an engine's figure; the teacher's has none); a TensorRT engine's on its DLA core where
+    it is built for one."""
     pred = predict_onnx(
         path,
         ctx.profile,
@@ -58,6 +59,7 @@ def predict(ctx: Context, path: Path, precision: str, engine: str | None = None)
         batch=ctx.cfg.verify.batch,
         input_shapes=_shapes(ctx),
         padding=ctx.latency_padding(),
+        dla_core=ctx.dla_core if engine == "tensorrt" else None,
     )
     return pred if engine is None else {**pred, "engine": engine}
 

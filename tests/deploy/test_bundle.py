@@ -81,7 +81,7 @@ def test_bundle_for_tensorrt_10_uses_precision_flags(tmp_path, goldens):
     assert meta["tensorrt_expected"] == "10.3" and meta["batch"] == 2
     assert meta["precision"] == "fp16" and not meta["fp16_converted"]
     assert "jetson-orin-nano-8gb" in (out / "README.md").read_text()
-    dla = make_bundle(tmp_path, goldens, "jetson-agx-orin-64gb", name="dla", use_dla=True)
+    dla = make_bundle(tmp_path, goldens, "jetson-agx-orin-64gb", name="dla", dla_core=0)
     assert all(
         f in (dla / "build.sh").read_text() for f in ("--useDLACore=0", "--allowGPUFallback")
     )

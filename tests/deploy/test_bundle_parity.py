@@ -73,7 +73,7 @@ def test_a_bundle_with_max_batch_builds_an_engine_for_a_range_of_batches(tmp_pat
     readme = (out / "README.md").read_text()
     assert "batches 1 to 16, tuned and timed at 2" in readme and "1 to 16 rows" in batch["note"]
     with pytest.raises(UserError, match="DLA engine takes one input shape") as e:
-        make_bundle(tmp_path, goldens, "jetson-agx-orin-64gb", name="dla", use_dla=True, **ranged)
+        make_bundle(tmp_path, goldens, "jetson-agx-orin-64gb", name="dla", dla_core=0, **ranged)
     assert e.value.field == "build.max_batch"
     model, inputs, outputs = goldens
     fixed = tmp_path / "fixed.onnx"  # a graph whose batch is fixed: its engine takes one

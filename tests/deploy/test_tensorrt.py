@@ -231,8 +231,8 @@ def test_unsupported_version_and_bad_options_are_user_errors():
 
 def test_dla_only_where_the_profile_and_version_have_it():
     with pytest.raises(UserError, match="no DLA"):
-        options_for_profile(load_profile("jetson-orin-nano-8gb"), "fp16", SHAPES, use_dla=True)
-    opts = options_for_profile(load_profile("jetson-agx-orin-64gb"), "fp16", SHAPES, use_dla=True)
+        options_for_profile(load_profile("jetson-orin-nano-8gb"), "fp16", SHAPES, dla_core=0)
+    opts = options_for_profile(load_profile("jetson-agx-orin-64gb"), "fp16", SHAPES, dla_core=0)
     assert opts.dla_core == 0
     log = _configure(
         fake_trt("10.3.0", inputs=(("input_ids", (1, 128)),)),

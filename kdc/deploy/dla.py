@@ -1,0 +1,106 @@
+"""Latency of a TensorRT engine built for a Jetson DLA core (`build.dla_core`), "roofline-v1+dla".
+
+TensorRT runs each layer DLA supports on the core and the rest on the GPU (GPU_FALLBACK), with a
+reformat at every switch. The model places each fused kernel by its ops (`DLA_OPS`, an
+approximate table; attention's MatMul of two activations and its Softmax run on the GPU), times
+DLA kernels as max(FLOPs / (DLA peak × efficiency), bytes / (bandwidth × the GPU model's memory
+efficiency)) at the core's int8 or fp16 peak (DLA has no fp32) plus a per-layer overhead, GPU
+kernels by the profile's roofline-v1 model, and adds `transition_us` per switch and the call
+overhead. The peaks and factors are the profile's `dla` block, with their sources (fitted by
+bench/fit_profiles.py to published DLA timings). Every number here is a prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kdc.deploy.kernels import MASKED, Kernel
+from kdc.errors import UserError
+from kdc.profiles import HardwareProfile
+from kdc.rundir import sha256_json
+
+MODEL = "roofline-v1+dla"
+
+# Approximate DLA layer table (ONNX ops that map to DLA-capable layers; TensorRT docs,
+# "DLA Supported Layers and Restrictions", summarised).
+# fmt: off
+DLA_OPS = frozenset([
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu",
+    "PRelu", "Add", "Sub", "Mul", "Max", "Min", "Div", "Pow", "Equal", "Greater", "Less",
+    "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+    "BatchNormalization", "LRN", "Resize", "Upsample", "Softmax", "Slice", "Reshape", "Transpose",
+    "Flatten", "Squeeze", "Unsqueeze", "ReduceMax", "Abs", "Sin", "Cos", "Atan", "Identity",
+    "Constant", "QuantizeLinear", "DequantizeLinear"
+])
+# fmt: on
+GPU_KINDS = frozenset({"attention", MASKED})  # MatMul of two activations; its masked scores
+
+
+def on_dla(k: Kernel) -> bool:
+    """Whether TensorRT would place the kernel on the DLA (every op in `DLA_OPS`)."""
+    return k.kind not in GPU_KINDS and bool(k.ops) and all(op in DLA_OPS for op in k.ops)
+
+
+def check_dla(profile: HardwareProfile, dla_core: int, field: str = "build.dla_core") -> None:
+    """A UserError unless `profile` has DLA core `dla_core` and a `dla` latency block."""
+    cores = profile.runtime.dla_cores
+    if cores <= 0:
+        raise UserError(
+            f"{profile.name} has no DLA core",
+            field=field,
+            fix="drop it to build for the GPU, or target a Jetson with DLA (AGX Orin, Orin NX)",
+        )
+    if not 0 <= dla_core < cores:
+        raise UserError(
+            f"{profile.name} has DLA cores 0 to {cores - 1}, not {dla_core}",
+            field=field,
+            fix=f"use a core from 0 to {cores - 1}",
+        )
+    if profile.dla is None:
+        raise UserError(
+            f"{profile.name} has DLA cores but no `dla` latency block, so a DLA engine's latency "
+            "cannot be predicted",
+            source=profile.name,
+            field="dla",
+            fix="add dla: {int8_tops, fp16_tflops, compute_efficiency, layer_overhead_us, "
+            "transition_us, source} (per core, dense) to the profile",
+        )
+
+
+def predict_dla_ms(kernels: Sequence[Kernel], profile: HardwareProfile) -> dict:
+    """{p50_ms, dla_kernels, gpu_kernels, transitions} of one call on a DLA core with GPU
+    fallback. Needs `profile.dla` (see `check_dla`)."""
+    from kdc.deploy.estimate import kernel_times_s
+
+    dla, lm = profile.dla, profile.latency_model
+    assert dla is not None
+    placed = [on_dla(k) for k in kernels]
+    gpu = [k for k, d in zip(kernels, placed, strict=True) if not d]
+    t = kernel_times_s(gpu, profile) if gpu else None
+    gpu_s = float((t[0].clip(min=t[1]) + t[2]).sum()) if t is not None else 0.0
+    bw = profile.memory.bandwidth_gbps * 1e9 * lm.memory_efficiency
+    dla_s = 0.0
+    for k, d in zip(kernels, placed, strict=True):
+        if d:
+            peak = (dla.int8_tops if k.precision == "int8" else dla.fp16_tflops) * 1e12
+            dla_s += max(k.flops / (peak * dla.compute_efficiency), k.bytes / bw)
+            dla_s += dla.layer_overhead_us * 1e-6
+    switches = sum(a != b for a, b in zip(placed, placed[1:], strict=False))
+    ms = (gpu_s + dla_s) * 1e3 + switches * dla.transition_us / 1e3 + lm.call_overhead_us / 1e3
+    return {
+        "p50_ms": ms,
+        "dla_kernels": sum(placed),
+        "gpu_kernels": len(gpu),
+        "transitions": switches,
+    }
+
+
+def dla_predictor_sha256(profile: HardwareProfile) -> str:
+    """What a DLA prediction reads: the GPU model's inputs and the `dla` block's factors."""
+    assert profile.dla is not None
+    return sha256_json(
+        {
+            "gpu": profile.predictor_sha256(),
+            "dla": profile.dla.model_dump(mode="json", exclude={"source"}),
+        }
+    )
