@@ -85,7 +85,8 @@ def test_failed_stage_is_marked_failed_and_finished_ones_kept(cnn_project, tmp_p
     assert stages["search"]["status"] == "done"
     assert stages["distill"]["status"] == "failed" and "no good" in stages["distill"]["error"]
     res = runner.invoke(app, ["inspect", str(run)])
-    assert res.exit_code == 0 and "error: UserError: field 'distill.lr': no good" in res.output
+    assert res.exit_code == 1 and "error: UserError: field 'distill.lr': no good" in res.output
+    assert "distill (failed) did not finish" in res.output
 
 
 @pytest.mark.parametrize(

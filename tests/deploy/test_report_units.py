@@ -180,6 +180,7 @@ def stub_verify(monkeypatch, tmp_path) -> SimpleNamespace:
         ),
         latency_inputs=lambda: {"input_ids": np.zeros((1, 8), dtype=np.int64)},
         latency_padding=lambda: 0.0,
+        dla_core=None,
     )
 
 
