@@ -292,11 +292,13 @@ def verify(
     `device_results`, the TensorRT engine's latency is what the device measured with the bundle;
     results that do not belong to the run are refused before anything is written."""
     from kdc.pipeline import require_stage, run_stages
+    from kdc.preflight import check_dla_target
 
     cfg = config_of_run(run_dir)
     manifest = read_json(Path(run_dir) / "manifest.json")
     built_for = manifest.get("target", "host")
     ctx = open_run(cfg, target or _own_target(Path(run_dir), manifest), run_dir, quiet=quiet)
+    check_dla_target(cfg, ctx.profile)  # another target may have no such DLA core
     if device_results is not None:
         from kdc.stages.verify import device_figures
 

@@ -211,7 +211,7 @@ COMMON = ("name", "task", "seed", "teacher", "data")
 # the tolerances export checks parity with, and verify checks each engine's
 PARITY = ("export.atol", "export.rtol", "export.min_cosine")
 # what a predicted latency depends on (search ranks by it; prune.target_latency_ms prunes to it)
-LATENCY = ("quantize.precision", "verify.batch", "export.cls_only_last_layer", "build.dla_core")
+LATENCY = ("quantize.precision", "verify.batch", "export.cls_only_last_layer")
 # what quantization-aware training (quantize.method: qat, in distill) reads besides its method
 QAT = (
     "quantize.qat_epochs",
@@ -231,41 +231,56 @@ def _distill_reads(cfg: KdcConfig) -> tuple[str, ...]:
     return (*COMMON, "distill", "prune", "quantize.method", *latency, *qat)
 
 
+TENSORRT_ONLY = ("max_batch", "dla_core")  # build settings only a TensorRT engine reads
+
+
+def _tensorrt_facets(cfg: KdcConfig, profile: HardwareProfile, *fields: str) -> dict[str, Any]:
+    """The build `fields` (of TENSORRT_ONLY) that are set, where a TensorRT engine is built:
+    set on a target without TensorRT (warned unused) they keep a stage's outputs."""
+    from kdc.preflight import builds_tensorrt
+
+    if not builds_tensorrt(cfg, profile):
+        return {}
+    return {f: v for f in fields if (v := getattr(cfg.build, f)) is not None}
+
+
+def _whole_profile(*fields: str) -> ProfileReads:
+    """The whole profile, with the `_tensorrt_facets` of `fields` beside it when any is set (a
+    run without them hashes as before they existed)."""
+
+    def reads(cfg: KdcConfig, profile: HardwareProfile) -> Any:
+        dump = profile.model_dump(mode="json")
+        facets = _tensorrt_facets(cfg, profile, *fields)
+        return {"profile": dump, **facets} if facets else dump
+
+    return reads
+
+
 def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     """What distillation reads of the target: the channel multiple students are derived (and
     pruned) to and, for QAT, whether TensorRT runs it (symmetric fake-quantizers); pruning to a
-    latency reads the whole latency model."""
+    latency reads the whole latency model (and the DLA core it predicts on)."""
     if cfg.prune.enabled and cfg.prune.target_latency_ms is not None:
-        return profile.model_dump(mode="json")
+        return _whole_profile("dla_core")(cfg, profile)
     facets: dict[str, Any] = {"channel_divisor": profile.defaults.channel_divisor}
     if cfg.quantize.method == "qat":
         facets["tensorrt"] = "tensorrt" in profile.runtime.engines
     return facets
 
 
-def _with_max_batch(cfg: KdcConfig, profile: HardwareProfile) -> dict[str, Any]:
-    """The whole profile, and build.max_batch where a TensorRT engine is built (it sizes only
-    those): another max_batch on a target without TensorRT keeps build's and verify's outputs."""
-    from kdc.preflight import builds_tensorrt
-
-    tensorrt = builds_tensorrt(cfg, profile)
-    return {
-        "profile": profile.model_dump(mode="json"),
-        "max_batch": cfg.build.max_batch if tensorrt else None,
-    }
-
-
-BUILD = tuple(f"build.{k}" for k in BuildConfig.model_fields if k != "max_batch")
+BUILD = tuple(f"build.{k}" for k in BuildConfig.model_fields if k not in TENSORRT_ONLY)
 
 
 def _stages() -> list[Stage]:
     from kdc.stages import build, distill, export, report, search, verify
 
     return [
+        # build.dla_core: the core a TensorRT engine's latency is predicted on
         Stage(
             "search",
             search.run,
             lambda cfg: (*COMMON, "student", "search", "constraints.latency_budget_ms", *LATENCY),
+            _whole_profile("dla_core"),
         ),
         Stage("distill", distill.run, _distill_reads, _distill_profile),
         # parity inputs are eval rows (data), the output name the task's; no target facet
@@ -275,14 +290,14 @@ def _stages() -> list[Stage]:
             "build",
             build.run,
             lambda cfg: ("task", "data", *BUILD, "quantize", "verify.batch", "verify.threads"),
-            _with_max_batch,
+            _whole_profile(*TENSORRT_ONLY),
         ),
         # build.max_batch: the batch a TensorRT engine's memory is predicted at
         Stage(
             "verify",
             verify.run,
-            lambda cfg: ("task", "data", "verify", "build.dla_core", *PARITY),
-            _with_max_batch,
+            lambda cfg: ("task", "data", "verify", *PARITY),
+            _whole_profile(*TENSORRT_ONLY),
         ),
         Stage("report", report.run, lambda cfg: ("constraints",)),
     ]

@@ -25,7 +25,6 @@ def check_config(cfg: KdcConfig) -> None:
     _check_names(cfg)
     _check_augment(cfg)
     _check_max_batch(cfg)
-    _check_dla_config(cfg)
     hf = _teacher_config(cfg)
     _check_head(cfg, hf)
     _check_max_length(cfg, hf)
@@ -127,7 +126,7 @@ def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
             field="quantize.precision",
             fix="use fp32 or int8 here, or a TensorRT target such as jetson or t4",
         )
-    _check_dla_target(cfg, profile)
+    check_dla_target(cfg, profile)
     offered = profile.runtime.precisions
     if cfg.quantize.precision not in offered:
         raise UserError(
@@ -139,9 +138,10 @@ def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
         )
 
 
-def _check_dla_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
-    """build.dla_core on a target that builds TensorRT: the core exists, the profile predicts
-    DLA latency, and the device's TensorRT builds for DLA."""
+def check_dla_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
+    """build.dla_core on a target that builds TensorRT: the core exists, runs the precision and
+    one input shape, the profile predicts DLA latency, and the device's TensorRT builds for
+    DLA."""
     from kdc.deploy.dla import check_dla
     from kdc.deploy.tensorrt import DLA_RULE, supports_dla
 
@@ -149,9 +149,16 @@ def _check_dla_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
     if core is None or not builds_tensorrt(cfg, profile):
         return
     try:
-        check_dla(profile, core)
+        check_dla(profile, core, cfg.quantize.precision)
     except UserError as e:
         raise e.located(cfg.source_file) from None
+    if cfg.build.max_batch is not None:
+        raise UserError(
+            "a DLA engine takes one input shape, not a range of batches",
+            source=cfg.source_file,
+            field="build.max_batch",
+            fix="drop build.max_batch to build for DLA, or drop build.dla_core",
+        )
     if not supports_dla(rt.tensorrt or "", rt.jetpack):
         raise UserError(
             f"{profile.name}'s TensorRT {rt.tensorrt} builds no DLA engine (DLA: {DLA_RULE})",
@@ -293,25 +300,6 @@ def _check_max_batch(cfg: KdcConfig) -> None:
             source=cfg.source_file,
             field="build.max_batch",
             fix=f"set it to {b} or more, or lower verify.batch",
-        )
-
-
-def _check_dla_config(cfg: KdcConfig) -> None:
-    if cfg.build.dla_core is None:
-        return
-    if cfg.quantize.precision == "fp32":
-        raise UserError(
-            "DLA runs fp16 or int8 only",
-            source=cfg.source_file,
-            field="quantize.precision",
-            fix="use int8 or fp16 with build.dla_core, or drop build.dla_core",
-        )
-    if cfg.build.max_batch is not None:
-        raise UserError(
-            "a DLA engine takes one input shape, not a range of batches",
-            source=cfg.source_file,
-            field="build.max_batch",
-            fix="drop build.max_batch to build for DLA, or drop build.dla_core",
         )
 
 

@@ -244,13 +244,13 @@ def estimate(
         )
 
     profile = load_profile(target)
-    if dla_core is not None:
-        from kdc.deploy.dla import check_dla
-
-        check_dla(profile, dla_core, field="--dla-core")
     batch = batch_of(batch, shapes)
     model = load_onnx(path)
     precision = precision or graph_precision(model)
+    if dla_core is not None:
+        from kdc.deploy.dla import check_dla
+
+        check_dla(profile, dla_core, precision, field="--dla-core", precision_field="--precision")
     given = {k: list(v.shape) for k, v in synthetic_inputs(path, batch, shapes).items()}
     return predict_onnx(
         model,
@@ -324,6 +324,7 @@ def bundle(run_dir: Path | str, target: str) -> Path:
     from kdc import api
     from kdc.deploy.bundle import bundle_dir
     from kdc.pipeline import outdated, require_stage, stage_not_ready
+    from kdc.preflight import check_dla_target
     from kdc.stages.build_tensorrt import (
         make_bundle,
         parse_blocker,
@@ -333,6 +334,7 @@ def bundle(run_dir: Path | str, target: str) -> Path:
     )
 
     ctx = api.open_run(api.config_of_run(run_dir), target, run_dir, quiet=True)
+    check_dla_target(ctx.cfg, ctx.profile)  # build.dla_core on a target without that core
     require_stage(ctx, "build")
     if "build" in outdated(ctx.run):  # its engines are of an earlier student
         raise stage_not_ready(ctx, "build", stale_upstream=True)

@@ -102,6 +102,7 @@ def test_stages_hash_only_the_config_they_read(cnn_project):
         ("data.max_length", 32, {"search", "distill", "export", "build", "verify"}),
         ("build.softmax_floor", False, {"build"}),
         ("build.max_batch", 8, set()),  # it sizes TensorRT engines, which host does not build
+        ("build.dla_core", 0, set()),  # as does the DLA core they are built for
     ]:
         new = _hashes(_with(cfg, dotted, value))
         assert {s for s in base if new[s] != base[s]} == changed, dotted
@@ -109,6 +110,11 @@ def test_stages_hash_only_the_config_they_read(cnn_project):
     assert {s for s in jetson if batch8[s] != jetson[s]} == {"build", "verify"}
     agx, dla = _hashes(cfg, "agx-orin"), _hashes(_with(cfg, "build.dla_core", 0), "agx-orin")
     assert {s for s in agx if dla[s] != agx[s]} == {"search", "build", "verify"}  # its latency
+    pruned_agx = {**cfg, "prune": {"enabled": True, "target_latency_ms": 1.0}}
+    assert (
+        _hashes(_with(pruned_agx, "build.dla_core", 1), "agx-orin")["distill"]
+        != _hashes(pruned_agx, "agx-orin")["distill"]
+    )  # pruning to a latency predicts it on the core
     no_trt = _with(cfg, "build.engines", ["onnxruntime"])  # a TensorRT target, TensorRT left out
     assert _hashes(_with(no_trt, "build.max_batch", 8), "jetson") == _hashes(no_trt, "jetson")
     # QAT (in distill) reads the calibration rows, and pruning to a latency how it is predicted

@@ -87,6 +87,11 @@ def test_failed_stage_is_marked_failed_and_finished_ones_kept(cnn_project, tmp_p
     res = runner.invoke(app, ["inspect", str(run)])
     assert res.exit_code == 1 and "error: UserError: field 'distill.lr': no good" in res.output
     assert "distill (failed) did not finish" in res.output
+    manifest = json.loads((run / "manifest.json").read_text())  # a run cut short (kill -9)
+    manifest["stages"]["distill"] = {"status": "running", "started": "2026-01-01T00:00:00Z"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    res = runner.invoke(app, ["inspect", str(run)])
+    assert res.exit_code == 1 and "distill (running) did not finish" in res.output, res.output
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,7 @@ STATS = {"measured": ("p50", "p99"), "predicted": ("p50",)}
 UNITS = {"%": 0.01, "pt": 0.01, "pts": 0.01, "pp": 0.01}  # 10% relative, 0.5pt absolute
 NOISE_SIGMAS = 2.0
 CONDITIONS = {  # what makes two latency figures of a kind comparable
-    "measured": ("device", "batch", "threads", "input_shape"),
+    "measured": ("device", "batch", "threads", "input_shape", "dla_core"),
     "predicted": (
         "model",
         "calibrated_from",
@@ -178,12 +178,18 @@ def _shown(value: object, width: int = 72) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _conditions(base: dict, cur: dict, kind: str, conditions: dict = CONDITIONS) -> str:
+def _conditions(
+    base: dict,
+    cur: dict,
+    kind: str,
+    conditions: dict = CONDITIONS,
+    recorded_conditions: dict = RECORDED_CONDITIONS,
+) -> str:
     """`device 'A' vs 'B'; threads 2 vs 4` for the `conditions` of `kind` that differ, else ''
-    (`RECORDED_CONDITIONS` only where both record them)."""
+    (`recorded_conditions` only where both record them)."""
     recorded = [
         k
-        for k in RECORDED_CONDITIONS.get(kind, ())
+        for k in recorded_conditions.get(kind, ())
         if all(o.get(k) not in (None, "unknown") for o in (base, cur))
     ]
     return "; ".join(
@@ -297,7 +303,9 @@ def _accuracy(
 
 
 MEMORY_KEYS = ("memory", "target_memory")
-MEMORY_CONDITIONS = {"measured": ("how",), "predicted": ("batch",)}
+MEMORY_CONDITIONS = {"predicted": ("batch",)}
+# compared where both figures record them (earlier reports' measurements record none)
+MEMORY_RECORDED = {"measured": ("device", "batch", "threads")}
 
 
 def _growth(metric: str, b: float, c: float, tol: float, what: str) -> CheckResult:
@@ -322,9 +330,13 @@ def _memory(label: str, key: str, base: dict | None, cur: dict | None, tol: floa
 
     b, c = value(base), value(cur)
     kind = (base or cur or {}).get("kind")
-    differ = _conditions(base, cur, kind, MEMORY_CONDITIONS) if base and cur else ""
+    differ = (
+        _conditions(base, cur, kind, MEMORY_CONDITIONS, MEMORY_RECORDED) if base and cur else ""
+    )
     why = (
         "new in this report: no baseline"
+        if base is None
+        else f"the baseline's {kind} memory has no {MEMORY_MB.get(str(kind), 'figure')}"
         if b is None
         else "missing from this report"
         if c is None

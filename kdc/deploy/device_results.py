@@ -252,6 +252,7 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
         "precision": meta.get("precision"),
         "batch": meta.get("batch"),
         "input_shape": meta.get("input_shapes", {}),
+        **({"dla_core": meta["dla_core"]} if meta.get("dla_core") is not None else {}),
         "warmup_ms": WARMUP_MS,
         **stats,
         "protocol": "trtexec " + " ".join(BENCH_PROTOCOL),

@@ -7,14 +7,14 @@ DLA kernels as max(FLOPs / (DLA peak × efficiency), bytes / (bandwidth × the G
 efficiency)) at the core's int8 or fp16 peak (DLA has no fp32) plus a per-layer overhead, GPU
 kernels by the profile's roofline-v1 model, and adds `transition_us` per switch and the call
 overhead. The peaks and factors are the profile's `dla` block, with their sources (fitted by
-bench/fit_profiles.py to published DLA timings). Every number here is a prediction.
+bench/fit_dla.py to published DLA timings). Every number here is a prediction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kdc.deploy.kernels import MASKED, Kernel
+from kdc.deploy.kernels import MASKED, Kernel, launches
 from kdc.errors import UserError
 from kdc.profiles import HardwareProfile
 from kdc.rundir import sha256_json
@@ -41,8 +41,8 @@ def on_dla(k: Kernel) -> bool:
     return k.kind not in GPU_KINDS and bool(k.ops) and all(op in DLA_OPS for op in k.ops)
 
 
-def check_dla(profile: HardwareProfile, dla_core: int, field: str = "build.dla_core") -> None:
-    """A UserError unless `profile` has DLA core `dla_core` and a `dla` latency block."""
+def check_dla_core(profile: HardwareProfile, dla_core: int, field: str = "build.dla_core") -> None:
+    """A UserError unless `profile` has DLA core `dla_core`."""
     cores = profile.runtime.dla_cores
     if cores <= 0:
         raise UserError(
@@ -55,6 +55,25 @@ def check_dla(profile: HardwareProfile, dla_core: int, field: str = "build.dla_c
             f"{profile.name} has DLA cores 0 to {cores - 1}, not {dla_core}",
             field=field,
             fix=f"use a core from 0 to {cores - 1}",
+        )
+
+
+def check_dla(
+    profile: HardwareProfile,
+    dla_core: int,
+    precision: str,
+    *,
+    field: str = "build.dla_core",
+    precision_field: str = "quantize.precision",
+) -> None:
+    """A UserError unless a `precision` engine on DLA core `dla_core` of `profile` can be
+    predicted: the core exists, DLA runs the precision, the profile has a `dla` block."""
+    check_dla_core(profile, dla_core, field)
+    if precision == "fp32":
+        raise UserError(
+            "DLA runs fp16 or int8 only",
+            field=precision_field,
+            fix="use int8 or fp16 on a DLA core, or build for the GPU",
         )
     if profile.dla is None:
         raise UserError(
@@ -69,28 +88,25 @@ def check_dla(profile: HardwareProfile, dla_core: int, field: str = "build.dla_c
 
 def predict_dla_ms(kernels: Sequence[Kernel], profile: HardwareProfile) -> dict:
     """{p50_ms, dla_kernels, gpu_kernels, transitions} of one call on a DLA core with GPU
-    fallback. Needs `profile.dla` (see `check_dla`)."""
-    from kdc.deploy.estimate import kernel_times_s
+    fallback (kernel counts: launched kernels). Needs `profile.dla` (see `check_dla`)."""
+    from kdc.deploy.estimate import predict_kernels_ms
 
     dla, lm = profile.dla, profile.latency_model
     assert dla is not None
     placed = [on_dla(k) for k in kernels]
     gpu = [k for k, d in zip(kernels, placed, strict=True) if not d]
-    t = kernel_times_s(gpu, profile) if gpu else None
-    gpu_s = float((t[0].clip(min=t[1]) + t[2]).sum()) if t is not None else 0.0
+    # the GPU's share by its own model, which adds the call overhead once (when it runs any)
+    ms = predict_kernels_ms(gpu, profile) if gpu else lm.call_overhead_us / 1e3
     bw = profile.memory.bandwidth_gbps * 1e9 * lm.memory_efficiency
-    dla_s = 0.0
-    for k, d in zip(kernels, placed, strict=True):
-        if d:
-            peak = (dla.int8_tops if k.precision == "int8" else dla.fp16_tflops) * 1e12
-            dla_s += max(k.flops / (peak * dla.compute_efficiency), k.bytes / bw)
-            dla_s += dla.layer_overhead_us * 1e-6
+    for k in (k for k, d in zip(kernels, placed, strict=True) if d):
+        peak = (dla.int8_tops if k.precision == "int8" else dla.fp16_tflops) * 1e12
+        seconds = max(k.flops / (peak * dla.compute_efficiency), k.bytes / bw)
+        ms += (seconds + dla.layer_overhead_us * 1e-6) * 1e3
     switches = sum(a != b for a, b in zip(placed, placed[1:], strict=False))
-    ms = (gpu_s + dla_s) * 1e3 + switches * dla.transition_us / 1e3 + lm.call_overhead_us / 1e3
     return {
-        "p50_ms": ms,
+        "p50_ms": ms + switches * dla.transition_us / 1e3,
         "dla_kernels": sum(placed),
-        "gpu_kernels": len(gpu),
+        "gpu_kernels": launches(gpu),
         "transitions": switches,
     }
 

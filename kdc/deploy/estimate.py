@@ -216,11 +216,7 @@ def _dla_result(
     """`_result` for an engine built for DLA core `dla_core` (kdc.deploy.dla)."""
     from kdc.deploy import dla
 
-    dla.check_dla(profile, dla_core)
-    if precision == "fp32":
-        raise UserError(
-            "DLA runs fp16 or int8 only", field="quantize.precision", fix="use int8 or fp16"
-        )
+    dla.check_dla(profile, dla_core, precision, precision_field="precision")
     placed = dla.predict_dla_ms(kernels, profile)
     assert profile.dla is not None
     return {

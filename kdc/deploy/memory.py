@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kdc.profiles import cpu_info
+
 # The high-water mark is read from /proc/self/status (VmHWM, this process's own memory map):
 # Linux carries ru_maxrss across fork + exec, so a probe started by a large parent (verify, with
 # torch and the teacher loaded) would report the parent's peak instead of its own.
@@ -53,4 +55,7 @@ def engine_peak_rss_mb(path: Path, inputs: dict[str, np.ndarray], threads: int =
     rec["engine_mb"] = round(rec["peak_rss_mb"] - rec["runtime_baseline_mb"], 2)
     rec["kind"] = "measured"
     rec["how"] = "VmHWM of a fresh process: session load + 3 runs at the verify batch"
+    rec["device"] = cpu_info()[0]
+    rec["batch"] = int(len(next(iter(inputs.values())))) if inputs else None
+    rec["threads"] = threads
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in rec.items()}

@@ -117,6 +117,7 @@ def conditions(lat: dict) -> str:
     """The conditions a latency figure holds under, as one line."""
     common = [
         f"engine {lat.get('engine', DASH)}",
+        *_dla(lat),
         f"precision {lat.get('precision', DASH)}",
         f"batch {lat.get('batch', DASH)}",
     ]
@@ -136,25 +137,28 @@ def conditions(lat: dict) -> str:
                 *extras,
             ]
         )
-    dla = (
-        [
-            f"DLA core {lat['dla_core']} ({lat.get('dla_kernels', DASH)} kernels on the DLA, "
-            f"{lat.get('gpu_fallback_kernels', DASH)} on the GPU by GPU fallback, "
-            f"{lat.get('transitions', DASH)} switches)"
-        ]
-        if lat.get("dla_core") is not None
-        else []
-    )
     return ", ".join(
         [
             f"model {lat.get('model', DASH)}",
             f"calibrated from {lat.get('calibrated_from', DASH)}",
             *common,
-            *dla,
             f"p50 {sig(lat.get('p50_ms'))} ms (not timed)",
             *extras,
         ]
     )
+
+
+def _dla(lat: dict) -> list[str]:
+    """`DLA core N` for an engine built for one, with a prediction's kernel placement."""
+    if lat.get("dla_core") is None:
+        return []
+    placed = (
+        f" ({lat['dla_kernels']} kernels on the DLA, {lat.get('gpu_fallback_kernels', DASH)} "
+        f"on the GPU by GPU fallback, {lat.get('transitions', DASH)} switches)"
+        if "dla_kernels" in lat
+        else ""
+    )
+    return [f"DLA core {lat['dla_core']}{placed}"]
 
 
 def _parity_text(parity: dict | None) -> str:
@@ -400,9 +404,9 @@ def _search(report: dict) -> Section | None:
             f"predicted latency: {search.get('rejected', DASH)}",
         ]
     pareto = search.get("pareto") or []
-    basis = search.get("latency_model") or {}
-    model = basis.get("model") or latency_model(report)
-    if pareto:
+    basis = search.get("latency_model") or {}  # none: the search predicted nothing
+    model = basis.get("model")
+    if pareto and model:
         target = report.get("target") or {}
         where = basis.get("target") or target.get("name", DASH)
         calibration = basis.get("calibrated_from") or target.get("latency_model", DASH)
@@ -425,14 +429,15 @@ def _search(report: dict) -> Section | None:
         ]
         for i, p in enumerate(sorted(pareto, key=lambda p: p.get("predicted_latency_ms", 0)), 1)
     ]
-    head = ["#", "architecture", "proxy", "accuracy", f"predicted latency ms ({model})", "chosen"]
+    latency = "predicted latency ms" + (f" ({model})" if model else "")
+    head = ["#", "architecture", "proxy", "accuracy", latency, "chosen"]
     return Section("Search: Pareto front", lines=lines, table=(head, rows) if rows else None)
 
 
 def latency_model(report: dict) -> str:
-    """The latency model of the report's predictions (the search's too: one predictor per run)."""
-    models = (lat.get("model") for _, lat in _timed(report) if lat.get("kind") == "predicted")
-    return next((m for m in models if m), "the target's latency model")
+    """The latency models of the report's predictions (a DLA engine's differs from the GPU's)."""
+    models = [lat.get("model") for _, lat in _timed(report) if lat.get("kind") == "predicted"]
+    return ", ".join(dict.fromkeys(m for m in models if m)) or "the target's latency model"
 
 
 def _timed(report: dict) -> list[tuple[str, dict]]:

@@ -167,16 +167,10 @@ def options_for_profile(
             field="precision",
             fix=f"use one of {', '.join(profile.runtime.precisions)}",
         )
-    cores = profile.runtime.dla_cores
-    if dla_core is not None and not 0 <= dla_core < cores:
-        raise UserError(
-            f"{profile.name} has no DLA core {dla_core}"
-            + (f" (cores 0 to {cores - 1})" if cores else ""),
-            field="build.dla_core",
-            fix="build for the GPU (drop build.dla_core)"
-            if not cores
-            else f"use a core from 0 to {cores - 1}",
-        )
+    if dla_core is not None:
+        from kdc.deploy.dla import check_dla_core
+
+        check_dla_core(profile, dla_core)
     if dla_core is not None and max_batch is not None:
         raise UserError(
             "a DLA engine takes one input shape, not a range of batches",

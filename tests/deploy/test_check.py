@@ -473,3 +473,19 @@ def test_memory_new_in_a_report_passes_and_memory_gone_fails(baseline):
     assert not by_metric(compare(baseline, old))["tensorrt-int8.memory_mb"].failed
     gone = by_metric(compare(old, baseline))["tensorrt-int8.memory_mb"]
     assert gone.failed and "missing from this report" in gone.message
+
+
+def test_measured_memory_under_other_conditions_is_not_compared(baseline):
+    """A peak RSS taken at another batch or thread count is not a regression; conditions are
+    compared where both reports record them (earlier reports record none)."""
+    base, current = copy.deepcopy(baseline), copy.deepcopy(baseline)
+    engine(base, "onnxruntime-int8")["memory"].update(batch=1, threads=2, device="Xeon")
+    mem = engine(current, "onnxruntime-int8")["memory"]
+    mem.update(batch=32, threads=2, device="Xeon", peak_rss_mb=mem["peak_rss_mb"] * 1.5)
+    r = by_metric(compare(current, base))["onnxruntime-int8.memory_mb"]
+    assert r.status == "missing" and r.failed and "batch 1 vs 32" in r.message
+    old = by_metric(compare(current, baseline))["onnxruntime-int8.memory_mb"]  # none recorded
+    assert old.status == "regression"
+    del engine(base, "onnxruntime-int8")["memory"]["peak_rss_mb"]
+    gone = by_metric(compare(current, base))["onnxruntime-int8.memory_mb"]
+    assert "the baseline's measured memory has no peak_rss_mb" in gone.message

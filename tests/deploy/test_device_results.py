@@ -96,6 +96,27 @@ def test_device_results_are_a_measured_latency_object(results, bundle):
     assert "note" not in lat
 
 
+def test_a_dla_bundles_timing_names_its_core(results, bundle):
+    """A DLA engine's device timing is not comparable with the GPU engine's (kdc check)."""
+    assert "dla_core" not in read_device_results(results, bundle, JETSON)["latency"]
+    _edit(bundle / "bundle.json", dla_core=0)
+    lat = read_device_results(results, bundle, JETSON)["latency"]
+    assert lat["dla_core"] == 0
+    from kdc.deploy.check import compare
+
+    def report(latency: dict) -> dict:
+        engine = {"engine": "tensorrt", "precision": "int8", "status": "built"}
+        return {
+            "task": "text-classification",
+            "target": {"name": JETSON},
+            "engines": [{**engine, "latency": latency}],
+        }
+
+    gpu = {k: v for k, v in lat.items() if k != "dla_core"}
+    (r, *_) = compare(report(lat), report(gpu))
+    assert r.status == "missing" and "dla_core None vs 0" in r.message
+
+
 def test_device_parity_is_in_the_reports_terms(results, bundle):
     parity = read_device_results(results, bundle, JETSON)["parity"]
     assert parity["on_target"] and parity["passed"] and parity["runner"] == "tensorrt"

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from kdc.cli import app
 from kdc.deploy import trtexec
-from kdc.deploy.dla import check_dla
+from kdc.deploy.dla import check_dla_core
 from kdc.deploy.estimate import predict_architecture
 from kdc.deploy.tensorrt import BuildOptions
 from kdc.errors import UserError
@@ -74,7 +74,7 @@ def test_a_transformer_falls_back_to_the_gpu_and_pays_for_the_switches():
 )
 def test_a_missing_dla_core_is_refused(target, core, said):
     with pytest.raises(UserError, match=said) as e:
-        check_dla(load_profile(target), core)
+        check_dla_core(load_profile(target), core)
     assert e.value.field == "build.dla_core"
 
 
@@ -129,6 +129,14 @@ def test_bad_dla_settings_exit_2_naming_the_field(cnn_project, tmp_path, build, 
     assert "Traceback" not in res.output
 
 
+def test_dla_with_fp32_or_max_batch_on_host_is_only_warned(cnn_project, tmp_path):
+    cfg = yaml.safe_load(_config(tmp_path, cnn_project, dla_core=0, max_batch=4).read_text())
+    cfg["quantize"] = {**cfg.get("quantize", {}), "precision": "fp32"}
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    res = runner.invoke(app, ["compress", str(path), "--target", "host", "--dry-run"])
+    assert res.exit_code == 0 and "build.dla_core not used" in " ".join(res.output.split())
+
+
 def test_dla_with_fp32_exits_2(cnn_project, tmp_path):
     cfg = yaml.safe_load(_config(tmp_path, cnn_project, dla_core=0).read_text())
     cfg["quantize"] = {**cfg.get("quantize", {}), "precision": "fp32"}
@@ -147,17 +155,22 @@ def test_dla_on_a_target_without_tensorrt_is_warned_unused(cnn_project, tmp_path
 @pytest.mark.slow
 def test_compress_for_a_dla_core_bundles_and_predicts_for_it(tmp_path):
     cfg = cnn_config(weights=None)
-    cfg["build"] = {"dla_core": 1}
+    cfg["build"] = {"dla_core": 0}  # (core 0: a setting that is falsy)
     path, run = write_yaml(tmp_path / "model.yaml", cfg), tmp_path / "run"
     res = runner.invoke(app, ["compress", str(path), "--target", "agx-orin", "--out", str(run)])
     assert res.exit_code in (0, 1), res.output  # (accuracy of an untrained teacher aside)
     report = json.loads((run / "report.json").read_text())
     (trt,) = [e for e in report["engines"] if e["engine"] == "tensorrt"]
     assert trt["status"] == "bundle" and trt["latency"]["model"] == "roofline-v1+dla"
-    assert trt["latency"]["dla_core"] == 1 and trt["latency"]["kind"] == "predicted"
+    assert trt["latency"]["dla_core"] == 0 and trt["latency"]["kind"] == "predicted"
     bundle = run / trt["path"]
-    assert json.loads((bundle / "bundle.json").read_text())["dla_core"] == 1
-    assert "--useDLACore=1" in (bundle / "build.sh").read_text()
-    assert "--useDLACore=1" in (bundle / "bench.sh").read_text()
-    assert "Built for DLA core 1" in (bundle / "README.md").read_text()
-    assert "DLA core 1 (" in (run / "report.md").read_text()
+    assert json.loads((bundle / "bundle.json").read_text())["dla_core"] == 0
+    assert "--useDLACore=0" in (bundle / "build.sh").read_text()
+    assert "--useDLACore=0" in (bundle / "bench.sh").read_text()
+    assert "Built for DLA core 0" in (bundle / "README.md").read_text()
+    md = (run / "report.md").read_text()
+    assert "DLA core 0 (" in md and "roofline-v1+dla" in md
+    for other in (["verify", str(run)], ["bundle", str(run)]):  # a target without the core
+        res = runner.invoke(app, [*other, "--target", "jetson"])
+        assert res.exit_code == 2 and "build.dla_core" in res.output, res.output
+        assert "no DLA core" in res.output
