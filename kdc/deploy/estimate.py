@@ -174,14 +174,13 @@ def _result(
     dla_core: int | None = None,
 ) -> dict:
     kernels = materialize(cost, precision, _float_precision(precision, profile), padding)
-    if dla_core is not None:  # a TensorRT engine built for a DLA core, GPU fallback
-        return _dla_result(kernels, cost, profile, precision, batch, padding, dla_core)
-    ms = predict_kernels_ms(kernels, profile)
+    if dla_core is None:
+        ms, how = predict_kernels_ms(kernels, profile), _how(profile)
+    else:  # a TensorRT engine built for a DLA core, GPU fallback
+        ms, how = _dla_prediction(kernels, profile, precision, dla_core)
     out = {
         "kind": "predicted",
-        "model": MODEL,
-        "calibrated_from": profile.latency_model.source,
-        "predictor_sha256": profile.predictor_sha256(),
+        **how,
         "target": profile.name,
         "precision": precision,
         "batch": int(batch),
@@ -196,7 +195,7 @@ def _result(
         out["warnings"] = [
             f"{cost.unknown_shapes} tensors had no inferred shape and were costed as empty"
         ]
-    if explain:
+    if explain and dla_core is None:
         out["breakdown"] = _breakdown(kernels, kernel_times_s(kernels, profile))
         if call := _call_ms(_as_dict(profile.latency_model)):
             row = {"group": "call", "count": 1, "flops": 0.0, "bytes": 0.0, "ms": call}
@@ -204,35 +203,29 @@ def _result(
     return out
 
 
-def _dla_result(
-    kernels: list[Kernel],
-    cost: GraphCost,
-    profile: HardwareProfile,
-    precision: str,
-    batch: int,
-    padding: float,
-    dla_core: int,
-) -> dict:
-    """`_result` for an engine built for DLA core `dla_core` (kdc.deploy.dla)."""
+def _how(profile: HardwareProfile) -> dict:
+    """How a roofline-v1 prediction is made: model, calibration, predictor hash."""
+    return {
+        "model": MODEL,
+        "calibrated_from": profile.latency_model.source,
+        "predictor_sha256": profile.predictor_sha256(),
+    }
+
+
+def _dla_prediction(
+    kernels: list[Kernel], profile: HardwareProfile, precision: str, dla_core: int
+) -> tuple[float, dict]:
+    """(ms, how it was made and where the kernels ran) on DLA core `dla_core`
+    (kdc.deploy.dla)."""
     from kdc.deploy import dla
 
     dla.check_dla(profile, dla_core, precision, precision_field="precision")
     placed = dla.predict_dla_ms(kernels, profile)
     assert profile.dla is not None
-    return {
-        "kind": "predicted",
+    return placed["p50_ms"], {
         "model": dla.MODEL,
         "calibrated_from": profile.dla.source,
         "predictor_sha256": dla.dla_predictor_sha256(profile),
-        "target": profile.name,
-        "precision": precision,
-        "batch": int(batch),
-        "input_shape": cost.input_shapes,
-        "padding": round(float(padding), 4),
-        "p50_ms": float(f"{placed['p50_ms']:.4g}"),
-        "flops": float(sum(k.flops for k in kernels)),
-        "bytes": float(sum(k.bytes for k in kernels)),
-        "kernels": launches(kernels),
         "dla_core": dla_core,
         "dla_kernels": placed["dla_kernels"],
         "gpu_fallback_kernels": placed["gpu_kernels"],

@@ -404,8 +404,10 @@ def _search(report: dict) -> Section | None:
             f"predicted latency: {search.get('rejected', DASH)}",
         ]
     pareto = search.get("pareto") or []
-    basis = search.get("latency_model") or {}  # none: the search predicted nothing
-    model = basis.get("model")
+    basis = search.get("latency_model") or {}
+    predicted = any(p.get("predicted_latency_ms") is not None for p in pareto)
+    # reports from before the search recorded its basis: the run's (one) latency model
+    model = basis.get("model") or (latency_model(report) if predicted else None)
     if pareto and model:
         target = report.get("target") or {}
         where = basis.get("target") or target.get("name", DASH)
