@@ -268,10 +268,10 @@ class BuildConfig(Section):
     softmax_floor: bool = True
     # TensorRT engines take batches 1 to max_batch, tuned for (and timed and predicted at)
     # verify.batch; their predicted memory is max_batch's. Default: verify.batch rows only.
-    max_batch: int | None = Field(None, ge=1)
+    max_batch: StrictInt | None = Field(None, ge=1)
     # build the TensorRT engine for this DLA core of a Jetson with DLA (AGX Orin, Orin NX); the
     # layers DLA cannot run fall back to the GPU. Predicted by roofline-v1+dla (kdc.deploy.dla).
-    dla_core: int | None = Field(None, ge=0)
+    dla_core: StrictInt | None = Field(None, ge=0)
 
 
 class VerifyConfig(Section):

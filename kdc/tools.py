@@ -231,8 +231,8 @@ def estimate(
     dla_core: int | None = None,
 ) -> dict:
     """Predict one ONNX model's latency on a target (latency object of kind predicted);
-    `precision` None: `graph_precision`; `batch` None: `batch_of` the shapes; `dla_core`: a
-    TensorRT engine built for that DLA core."""
+    `precision` None: `graph_precision` (fp16 for a float graph on a DLA core); `batch` None:
+    `batch_of` the shapes; `dla_core`: a TensorRT engine built for that DLA core."""
     from kdc.deploy.estimate import predict_onnx
     from kdc.profiles import load_profile
 
@@ -240,13 +240,16 @@ def estimate(
         raise UserError(
             "--explain breaks down the GPU model's kernels; a DLA prediction has no breakdown",
             field="--explain",
-            fix="drop --explain (the prediction names its DLA and GPU kernels) or --dla-core",
+            fix="drop --explain (the prediction counts the kernels on each); `kdc lint MODEL "
+            "--target T` names the layers that fall back to the GPU",
         )
 
     profile = load_profile(target)
     batch = batch_of(batch, shapes)
     model = load_onnx(path)
-    precision = precision or graph_precision(model)
+    # a float graph on a DLA core: fp16, as TensorRT builds it there (DLA has no fp32)
+    default = graph_precision(model)
+    precision = precision or ("fp16" if dla_core is not None and default == "fp32" else default)
     if dla_core is not None:
         from kdc.deploy.dla import check_dla
 

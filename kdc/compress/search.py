@@ -44,15 +44,19 @@ def _rank(s: Scored) -> float:
 
 
 def no_fit_message(
-    rejected: list[tuple[Candidate, float]], budget_ms: float, where: str = ""
+    rejected: list[tuple[Candidate, float]],
+    budget_ms: float,
+    where: str = "",
+    other_fix: str = "",
 ) -> str:
-    """The NoStudentFits text: budget and the 3 candidates predicted closest to it."""
+    """The NoStudentFits text: budget and the 3 candidates predicted closest to it; `other_fix`
+    is one more way out (`, or ...`)."""
     closest = sorted(rejected, key=lambda r: r[1])[:3]
     listed = "; ".join(f"{c.label} {ms:.4g} ms" for c, ms in closest)
     return (
         f"no student in the search space fits the latency budget of {budget_ms:g} ms{where}; "
         f"closest predicted: {listed} (raise constraints.latency_budget_ms, pick a faster "
-        f"target or a smaller teacher)"
+        f"target or a smaller teacher{other_fix})"
     )
 
 
@@ -69,9 +73,11 @@ def evolve(
     seed: int,
     progress: Callable[[Scored], None] | None = None,
     where: str = "",
+    other_fix: str = "",
 ) -> SearchResult:
     """Maximise `score` over `space` among candidates with `latency` <= `budget_ms` (None: no
-    limit). Raises NoStudentFits listing the closest candidates when none fits."""
+    limit). Raises NoStudentFits listing the closest candidates when none fits (`where` and
+    `other_fix`: see `no_fit_message`)."""
     rng = random.Random(seed)
     start = time.perf_counter()
     scored: dict[str, Scored] = {}
@@ -109,7 +115,7 @@ def evolve(
     if not pop:
         tried = sorted(rejected.values(), key=lambda r: r[1])
         raise NoStudentFits(
-            no_fit_message(tried, budget_ms or 0.0, where),
+            no_fit_message(tried, budget_ms or 0.0, where, other_fix),
             [(c.architecture, ms) for c, ms in tried],
         )
     done = 0

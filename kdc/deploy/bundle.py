@@ -137,7 +137,7 @@ TensorRT version, so the engine is built on the device itself.
 1. Copy this directory to the device: `scp -r {name} user@device:~/`
 2. On the device: `cd {name} && ./build.sh` (trtexec from PATH or
    /usr/src/tensorrt/bin/trtexec; set `TRTEXEC=/path/to/trtexec` to choose another).
-3. Then `./bench.sh`: trtexec timing with CUDA graphs, spin-wait and no host/device copies
+3. Then `./bench.sh`: trtexec timing with {graphs}spin-wait and no host/device copies
    (at least {iterations} iterations and trtexec's default 3 s, after {warmup} ms of warm-up;
    every iteration is in `times.json`), then `parity.py` against `goldens.npz` with `python3`,
    or the Python named by `PYTHON` (it must import `tensorrt`: JetPack's system Python, or a venv
@@ -585,6 +585,9 @@ def write_bundle(
                 if plan.dla_core is None
                 else f"\nBuilt for DLA core {plan.dla_core}, with GPU fallback for the layers DLA "
                 "cannot run (`results/build.log` says which).",
+                graphs="CUDA graphs, "
+                if plan.dla_core is None
+                else "no CUDA graphs (their capture fails on DLA), ",
                 iterations=iterations,
                 warmup=WARMUP_MS,
                 cv_warn=CV_LIMIT,

@@ -140,7 +140,8 @@ def _latency(report: dict) -> Reading:
             f"{lat.get('calibrated_from', 'unknown')}); a prediction has no p99"
         )
     )
-    return Reading(float(value), lat["kind"], engine_label(eng), note)
+    on = f" on DLA core {lat['dla_core']}" if lat.get("dla_core") is not None else ""
+    return Reading(float(value), lat["kind"], engine_label(eng) + on, note)
 
 
 def _tail_note(lat: dict) -> str:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from kdc.deploy.constraints import not_the_engine
-from kdc.deploy.trtexec import BENCH_PROTOCOL, CV_LIMIT, WARMUP_MS, parse_export_times
+from kdc.deploy.trtexec import CV_LIMIT, WARMUP_MS, bench_protocol, parse_export_times
 from kdc.errors import UserError
 from kdc.profiles import list_profiles
 
@@ -255,7 +255,7 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
         **({"dla_core": meta["dla_core"]} if meta.get("dla_core") is not None else {}),
         "warmup_ms": WARMUP_MS,
         **stats,
-        "protocol": "trtexec " + " ".join(BENCH_PROTOCOL),
+        "protocol": "trtexec " + " ".join(bench_protocol(meta.get("dla_core"))),
         "source": f"device results {results_dir}",
     }
     expected = meta.get("tensorrt_expected")

@@ -52,7 +52,7 @@ def check_dla_core(profile: HardwareProfile, dla_core: int, field: str = "build.
         )
     if not 0 <= dla_core < cores:
         raise UserError(
-            f"{profile.name} has DLA cores 0 to {cores - 1}, not {dla_core}",
+            f"{profile.name} has {cores} DLA cores, numbered from 0: no core {dla_core}",
             field=field,
             fix=f"use a core from 0 to {cores - 1}",
         )

@@ -57,7 +57,8 @@ def latency_text(lat: dict | None) -> str:
     if value is None:
         return DASH
     p50 = lat.get("p50_ms") if stat != "p50" else None
-    return (f"{sig(p50)} ms p50 / " if p50 is not None else "") + f"{sig(value)} ms {stat}"
+    on = f" on DLA core {lat['dla_core']}" if lat.get("dla_core") is not None else ""
+    return (f"{sig(p50)} ms p50 / " if p50 is not None else "") + f"{sig(value)} ms {stat}{on}"
 
 
 def off_target(report: dict, lat: dict) -> bool:

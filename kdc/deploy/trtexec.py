@@ -96,13 +96,20 @@ def bench_command(
     dla_core: int | None = None,
 ) -> list[str]:
     """trtexec arguments that time a built engine and export per-iteration times (on the DLA
-    core it was built for, `dla_core`)."""
+    core it was built for, `dla_core`, without CUDA graphs)."""
     cmd = [trtexec, f"--loadEngine={engine}"]
     if shapes:
         cmd.append(f"--shapes={shape_spec(shapes)}")
     if dla_core is not None:
         cmd.append(f"--useDLACore={dla_core}")
-    return [*cmd, *BENCH_PROTOCOL, f"--iterations={iterations}", f"--exportTimes={export_times}"]
+    protocol = bench_protocol(dla_core)
+    return [*cmd, *protocol, f"--iterations={iterations}", f"--exportTimes={export_times}"]
+
+
+def bench_protocol(dla_core: int | None = None) -> tuple[str, ...]:
+    """BENCH_PROTOCOL, without CUDA graphs for an engine on a DLA core (their capture fails
+    there: NVIDIA/TensorRT#3524)."""
+    return tuple(f for f in BENCH_PROTOCOL if dla_core is None or f != "--useCudaGraph")
 
 
 def latency_stats(times_ms: list[float] | np.ndarray) -> dict:

@@ -269,6 +269,7 @@ def _evolution(ctx: Context) -> StageOutput:
         predictions[c.key] = predict(c.cost)
         return predictions[c.key]["p50_ms"]
 
+    dla = "" if ctx.dla_core is None else f", DLA core {ctx.dla_core}"  # where it predicts
     teacher_pred = _teacher_prediction(space, predict)
     teacher_ms = teacher_pred["p50_ms"]
     smallest_ms = latency(space.decode(space.smallest()))
@@ -327,7 +328,8 @@ def _evolution(ctx: Context) -> StageOutput:
                 time_budget_s=cfg.time_budget_s,
                 seed=ctx.cfg.seed,
                 progress=lambda s: advance(ms=s.latency_ms, proxy=s.score),
-                where=f"{margin_note} on {ctx.profile.name} ({precision}, batch {batch})",
+                where=f"{margin_note} on {ctx.profile.name} ({precision}, batch {batch}{dla})",
+                other_fix="" if ctx.dla_core is None else ", or drop build.dla_core for the GPU",
             )
         except NoStudentFits as e:  # what was tried, for the run directory a CI job uploads
             from kdc.stages.report import write_no_fit_report

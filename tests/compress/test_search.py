@@ -83,9 +83,11 @@ def test_impossible_budget_lists_the_three_closest():
             time_budget_s=600,
             seed=0,
             where=" on toy",
+            other_fix=", or drop build.dla_core for the GPU",
         )
     msg = str(e.value)
     assert "budget of -1 ms on toy" in msg and e.value.exit_code == 1
+    assert msg.endswith("a smaller teacher, or drop build.dla_core for the GPU)")
     listed = [float(ms) for ms in re.findall(r"\} ([\d.]+) ms", msg)]
     assert len(listed) == 3 and listed == sorted(listed) and listed[0] == 0.0
     tried = [ms for _, ms in e.value.rejected]  # every candidate tried, for rejected.jsonl

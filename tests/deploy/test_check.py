@@ -438,19 +438,26 @@ def test_memory_and_size_growth_past_the_tolerance_are_regressions(baseline):
     """Two reports that differ only in memory or model size (e.g. a larger build.max_batch)
     used to pass every line."""
     current = copy.deepcopy(baseline)
-    engine(current, "onnxruntime-int8")["memory"]["peak_rss_mb"] = 96.4 * 1.15
+    mem = engine(current, "onnxruntime-int8")["memory"]  # engine_mb 35.2 of peak_rss_mb 96.4
+    mem.update(engine_mb=35.2 * 1.15, peak_rss_mb=96.4 + 35.2 * 0.15)
     engine(current, "onnxruntime-fp32")["size_mb"] = 22.4 * 1.05
     engine(current, "tensorrt-fp16")["memory"]["peak_mb"] = 52.5 * 0.5
     results = by_metric(compare(current, baseline))
-    grown = results["onnxruntime-int8.memory_mb"]
+    grown = results["onnxruntime-int8.memory_mb"]  # the engine's own growth, not diluted
     assert grown.status == "regression" and grown.failed
-    assert grown.message.startswith("96.4 -> 110.9 MiB measured peak_rss_mb (+15.0%)")
+    assert grown.message.startswith("35.2 -> 40.48 MiB measured engine_mb")
+    assert "(+15.0%)" in grown.message
     assert results["onnxruntime-fp32.size_mb"].status == "pass"  # +5 %, within 10 %
     assert results["tensorrt-fp16.memory_mb"].status == "improved"
     assert results["tensorrt-int8.memory_mb"].status == "pass"
     tight = by_metric(compare(current, baseline, memory_tolerance=0.02))
     assert tight["onnxruntime-fp32.size_mb"].status == "regression"
     assert "MB model file" in tight["onnxruntime-fp32.size_mb"].message
+    tiny, tinier = copy.deepcopy(baseline), copy.deepcopy(baseline)  # +3 KB of a 25 KB peak
+    engine(tiny, "tensorrt-int8")["memory"]["peak_mb"] = 0.025
+    engine(tinier, "tensorrt-int8")["memory"]["peak_mb"] = 0.028
+    small = by_metric(compare(tinier, tiny))["tensorrt-int8.memory_mb"]
+    assert small.status == "pass" and "or +1, whichever is more" in small.message
 
 
 @pytest.mark.parametrize(
@@ -481,11 +488,12 @@ def test_measured_memory_under_other_conditions_is_not_compared(baseline):
     base, current = copy.deepcopy(baseline), copy.deepcopy(baseline)
     engine(base, "onnxruntime-int8")["memory"].update(batch=1, threads=2, device="Xeon")
     mem = engine(current, "onnxruntime-int8")["memory"]
-    mem.update(batch=32, threads=2, device="Xeon", peak_rss_mb=mem["peak_rss_mb"] * 1.5)
+    mem.update(batch=32, threads=2, device="Xeon", engine_mb=mem["engine_mb"] * 1.5)
     r = by_metric(compare(current, base))["onnxruntime-int8.memory_mb"]
     assert r.status == "missing" and r.failed and "batch 1 vs 32" in r.message
     old = by_metric(compare(current, baseline))["onnxruntime-int8.memory_mb"]  # none recorded
     assert old.status == "regression"
-    del engine(base, "onnxruntime-int8")["memory"]["peak_rss_mb"]
+    for key in ("peak_rss_mb", "engine_mb"):
+        del engine(base, "onnxruntime-int8")["memory"][key]
     gone = by_metric(compare(current, base))["onnxruntime-int8.memory_mb"]
     assert "the baseline's measured memory has no peak_rss_mb" in gone.message

@@ -70,7 +70,7 @@ def test_cli_different_device_exits_1_naming_it(baseline, tmp_path):
 
 def test_cli_memory_growth_fails_and_its_tolerance_is_an_option(baseline, tmp_path):
     current = copy.deepcopy(baseline)
-    current["engines"][0]["memory"]["peak_rss_mb"] *= 1.15
+    current["engines"][0]["memory"]["engine_mb"] *= 1.15
     report = tmp_path / "report.json"
     report.write_text(json.dumps(current))
     args = ["check", str(report), "--baseline", str(SAMPLE)]

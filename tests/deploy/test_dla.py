@@ -69,7 +69,7 @@ def test_a_transformer_falls_back_to_the_gpu_and_pays_for_the_switches():
     "target, core, said",
     [
         ("jetson-orin-nano-8gb", 0, "has no DLA core"),
-        ("jetson-agx-orin-64gb", 2, "has DLA cores 0 to 1, not 2"),
+        ("jetson-agx-orin-64gb", 2, "has 2 DLA cores, numbered from 0: no core 2"),
     ],
 )
 def test_a_missing_dla_core_is_refused(target, core, said):
@@ -93,6 +93,8 @@ def test_trtexec_builds_and_times_on_the_dla_core():
     assert {"--useDLACore=1", "--allowGPUFallback"} <= set(build)
     bench = trtexec.bench_command("m.plan", {}, dla_core=1)
     assert "--useDLACore=1" in bench  # a DLA engine runs on the core it names
+    assert "--useCudaGraph" not in bench  # its capture fails there (NVIDIA/TensorRT#3524)
+    assert "--useCudaGraph" in trtexec.bench_command("m.plan", {})
     assert not any("DLA" in a for a in trtexec.bench_command("m.plan", {}))
 
 
@@ -104,6 +106,8 @@ def test_kdc_estimate_predicts_on_a_dla_core(tmp_path):
     res = runner.invoke(app, [*args, "--target", "agx-orin", "--dla-core", "1"])
     assert res.exit_code == 0 and "roofline-v1+dla" in res.output, res.output
     assert "DLA core 1:" in res.output
+    plain = runner.invoke(app, ["estimate", str(model), "--target", "agx-orin", "--dla-core", "0"])
+    assert plain.exit_code == 0 and "fp16" in plain.output, plain.output  # a float graph's
     res = runner.invoke(app, [*args, "--target", "jetson", "--dla-core", "0"])
     assert res.exit_code == 2 and "--dla-core" in res.output and "no DLA core" in res.output
 
@@ -145,6 +149,12 @@ def test_dla_with_fp32_exits_2(cnn_project, tmp_path):
     assert res.exit_code == 2 and "quantize.precision" in res.output, res.output
 
 
+def test_a_boolean_dla_core_is_refused(cnn_project, tmp_path):
+    path = _config(tmp_path, cnn_project, dla_core=True)
+    res = runner.invoke(app, ["compress", str(path), "--target", "agx-orin", "--dry-run"])
+    assert res.exit_code == 2 and "build.dla_core" in res.output, res.output
+
+
 def test_dla_on_a_target_without_tensorrt_is_warned_unused(cnn_project, tmp_path):
     path = _config(tmp_path, cnn_project, dla_core=0)
     res = runner.invoke(app, ["compress", str(path), "--target", "host", "--dry-run"])
@@ -170,6 +180,9 @@ def test_compress_for_a_dla_core_bundles_and_predicts_for_it(tmp_path):
     assert "Built for DLA core 0" in (bundle / "README.md").read_text()
     md = (run / "report.md").read_text()
     assert "DLA core 0 (" in md and "roofline-v1+dla" in md
+    assert "ms p50 on DLA core 0" in md  # in the engines table, beside the figure
+    budget = next(c for c in report["constraints"] if c["name"] == "latency_p99_ms")
+    assert budget["engine"] == "tensorrt-int8 on DLA core 0"
     for other in (["verify", str(run)], ["bundle", str(run)]):  # a target without the core
         res = runner.invoke(app, [*other, "--target", "jetson"])
         assert res.exit_code == 2 and "build.dla_core" in res.output, res.output
