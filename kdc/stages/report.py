@@ -40,6 +40,8 @@ def _search_section(ctx: Context) -> dict:
 
 def assemble(ctx: Context) -> dict:
     """The report.json document (without constraints)."""
+    from kdc.preflight import config_warnings, target_warnings
+
     m = read_json(ctx.run / "verify" / "metrics.json")
     manifest = ctx.run.manifest()
     stages = manifest.get("stages", {})
@@ -79,6 +81,8 @@ def assemble(ctx: Context) -> dict:
         },
         "search": _search_section(ctx),
         "engines": mark_shipped(m["engines"], precision, ctx.profile.runtime.engines),
+        # what the run assumed or left unused (printed when it started)
+        "warnings": [*config_warnings(cfg), *target_warnings(cfg, ctx.profile)],
     }
 
 

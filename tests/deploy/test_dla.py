@@ -163,6 +163,18 @@ def test_dla_on_a_target_without_tensorrt_is_warned_unused(cnn_project, tmp_path
 
 
 @pytest.mark.slow
+def test_the_report_keeps_the_warning_that_dla_core_went_unused(tmp_path):
+    cfg = cnn_config(weights=None)
+    cfg["build"] = {"dla_core": 0}
+    path, run = write_yaml(tmp_path / "model.yaml", cfg), tmp_path / "run"
+    res = runner.invoke(app, ["compress", str(path), "--target", "host", "--out", str(run), "-q"])
+    assert res.exit_code in (0, 1), res.output
+    report = json.loads((run / "report.json").read_text())
+    assert any(w.startswith("build.dla_core not used") for w in report["warnings"])
+    assert "build.dla_core not used" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_compress_for_a_dla_core_bundles_and_predicts_for_it(tmp_path):
     cfg = cnn_config(weights=None)
     cfg["build"] = {"dla_core": 0}  # (core 0: a setting that is falsy)
