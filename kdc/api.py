@@ -260,7 +260,10 @@ def config_of_run(run_dir: str | Path) -> KdcConfig:
     moved = run / m.get("config_base_dir_from_run", "")
     if not base.is_dir() and "config_base_dir_from_run" in m and moved.is_dir():
         base = moved  # the checkout moved with the run in it (a CI runner's own work path)
-    return parse_config(m["config"], source=m.get("config_file", str(run)), base_dir=str(base))
+    source = m.get("config_file", str(run))
+    if "config_file" in m and not Path(source).is_absolute():  # as given, from another cwd
+        source = str(base / Path(source).name)
+    return parse_config(m["config"], source=source, base_dir=str(base))
 
 
 def _own_target(run_dir: Path, manifest: dict) -> str:

@@ -230,7 +230,11 @@ def estimate(
     model: Path,
     target: Target = "host",
     precision: Annotated[
-        str | None, typer.Option(help="fp32, fp16 or int8 (default: int8 for a quantized graph)")
+        str | None,
+        typer.Option(
+            help="fp32, fp16 or int8 (default: int8 for a quantized graph, else fp32; fp16 on a "
+            "DLA core)"
+        ),
     ] = None,
     batch: Batch = None,
     shape: Shapes = None,

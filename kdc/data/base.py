@@ -52,4 +52,5 @@ class Dataset:
             "eval": len(self.eval),
             "num_labels": self.num_labels,
             "labels": self.label_names,
+            **({"notes": list(self.notes)} if self.notes else {}),  # what reading it assumed
         }

@@ -156,10 +156,10 @@ with ONNX Runtime and says so in `parity.json` (`runner`), and verification fail
 that ships was not checked.
 {preprocessing}"""
 
-# parity.py of the bundle: kdc/deploy/device_parity.py, copied as it is (it runs on the device,
-# with numpy and JetPack's tensorrt only)
+# parity.py of the bundle: kdc/deploy/device_parity.py, copied as it is. It runs on the device,
+# where kdc is not installed: it imports the standard library, numpy, tensorrt and (as the
+# fallback) onnxruntime only (tests/deploy/test_bundle_parity.py checks)
 PARITY_SCRIPT = Path(__file__).with_name("device_parity.py")
-
 
 
 def _check_goldens(

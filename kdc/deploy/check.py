@@ -321,7 +321,8 @@ def _growth(
     limit = b + margin
     status = "regression" if c > limit else "improved" if c < b - margin else "pass"
     rel = f" ({(c - b) / b:+.1%})" if b else ""
-    allowed = f"+{tol:.1%}" + (f" or +{floor:g}, whichever is more" if floor else "")
+    unit = what.split()[0]
+    allowed = f"+{tol:.1%}" + (f" or +{floor:g} {unit}, whichever is more" if floor else "")
     msg = f"{b:.4g} -> {c:.4g} {what}{rel}; allowed {allowed}"
     return CheckResult(metric, b, c, limit, None, status, msg)
 
@@ -336,10 +337,12 @@ def _memory(label: str, key: str, base: dict | None, cur: dict | None, tol: floa
     # runtime's ~45 MiB would dilute the engine's growth
     engine_only = all("engine_mb" in (m or {}) for m in (base, cur))
 
-    def value(mem: dict | None) -> float | None:
+    def figure(mem: dict | None) -> str:
         kind = str((mem or {}).get("kind"))
-        key = "engine_mb" if engine_only and kind == "measured" else MEMORY_MB.get(kind, "")
-        v = (mem or {}).get(key)
+        return "engine_mb" if engine_only and kind == "measured" else MEMORY_MB.get(kind, "")
+
+    def value(mem: dict | None) -> float | None:
+        v = (mem or {}).get(figure(mem))
         return None if v is None else float(v)
 
     b, c = value(base), value(cur)
@@ -350,7 +353,7 @@ def _memory(label: str, key: str, base: dict | None, cur: dict | None, tol: floa
     why = (
         "new in this report: no baseline"
         if base is None
-        else f"the baseline's {kind} memory has no {MEMORY_MB.get(str(kind), 'figure')}"
+        else f"the baseline's {kind} memory has no {figure(base) or 'figure'}"
         if b is None
         else "missing from this report"
         if c is None
@@ -362,8 +365,8 @@ def _memory(label: str, key: str, base: dict | None, cur: dict | None, tol: floa
     )
     if why:
         return [_missing(metric, b, c, why)]
-    key = "engine_mb (peak RSS less the runtime's)" if engine_only else MEMORY_MB[kind]
-    return [_growth(metric, b, c, tol, f"MiB {kind} {key}", MEMORY_FLOOR_MB)]
+    what = "engine_mb (peak RSS less the runtime's)" if engine_only else MEMORY_MB[kind]
+    return [_growth(metric, b, c, tol, f"MiB {kind} {what}", MEMORY_FLOOR_MB)]
 
 
 def _size(label: str, base: dict, cur: dict, tol: float) -> list[CheckResult]:

@@ -47,6 +47,11 @@ class Reading:
     batch: int | None = None  # rows the figure is for (memory: the largest an engine takes)
 
 
+def on_dla_core(lat: dict) -> str:
+    """` on DLA core N` for a latency of an engine built for a DLA core, else ''."""
+    return f" on DLA core {lat['dla_core']}" if lat.get("dla_core") is not None else ""
+
+
 def engine_label(engine: dict) -> str:
     """`onnxruntime-int8`: how reports, checks and plots name an engine."""
     return f"{engine.get('engine', '?')}-{engine.get('precision', '?')}"
@@ -140,8 +145,7 @@ def _latency(report: dict) -> Reading:
             f"{lat.get('calibrated_from', 'unknown')}); a prediction has no p99"
         )
     )
-    on = f" on DLA core {lat['dla_core']}" if lat.get("dla_core") is not None else ""
-    return Reading(float(value), lat["kind"], engine_label(eng) + on, note)
+    return Reading(float(value), lat["kind"], engine_label(eng) + on_dla_core(lat), note)
 
 
 def _tail_note(lat: dict) -> str:

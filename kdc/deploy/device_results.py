@@ -221,6 +221,15 @@ def _parity_warnings(parity: dict) -> list[str]:
     ]
 
 
+def _protocol(meta: dict) -> list[str]:
+    """The timing flags the bundle's bench.sh ran (its recorded bench_command), else today's."""
+    ran = meta.get("bench_command")
+    known = bench_protocol()
+    if isinstance(ran, list):
+        return [f for f in known if f in ran]
+    return list(bench_protocol(meta.get("dla_core")))
+
+
 def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target: str) -> dict:
     """`{"latency", "parity", "warnings"}` from the results/ of the bundle in `bundle_dir`.
 
@@ -255,7 +264,7 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
         **({"dla_core": meta["dla_core"]} if meta.get("dla_core") is not None else {}),
         "warmup_ms": WARMUP_MS,
         **stats,
-        "protocol": "trtexec " + " ".join(bench_protocol(meta.get("dla_core"))),
+        "protocol": "trtexec " + " ".join(_protocol(meta)),
         "source": f"device results {results_dir}",
     }
     expected = meta.get("tensorrt_expected")

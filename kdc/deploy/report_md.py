@@ -10,6 +10,7 @@ from kdc.deploy.constraints import (
     engine_label,
     headline_latency,
     latencies,
+    on_dla_core,
     value_kind,
     verdict,
 )
@@ -57,8 +58,8 @@ def latency_text(lat: dict | None) -> str:
     if value is None:
         return DASH
     p50 = lat.get("p50_ms") if stat != "p50" else None
-    on = f" on DLA core {lat['dla_core']}" if lat.get("dla_core") is not None else ""
-    return (f"{sig(p50)} ms p50 / " if p50 is not None else "") + f"{sig(value)} ms {stat}{on}"
+    head = f"{sig(p50)} ms p50 / " if p50 is not None else ""
+    return head + f"{sig(value)} ms {stat}{on_dla_core(lat)}"
 
 
 def off_target(report: dict, lat: dict) -> bool:

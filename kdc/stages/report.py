@@ -40,8 +40,6 @@ def _search_section(ctx: Context) -> dict:
 
 def assemble(ctx: Context) -> dict:
     """The report.json document (without constraints)."""
-    from kdc.preflight import config_warnings, target_warnings
-
     m = read_json(ctx.run / "verify" / "metrics.json")
     manifest = ctx.run.manifest()
     stages = manifest.get("stages", {})
@@ -81,9 +79,17 @@ def assemble(ctx: Context) -> dict:
         },
         "search": _search_section(ctx),
         "engines": mark_shipped(m["engines"], precision, ctx.profile.runtime.engines),
-        # what the run assumed or left unused (printed when it started)
-        "warnings": [*config_warnings(cfg), *target_warnings(cfg, ctx.profile)],
+        "warnings": run_warnings(ctx, m.get("data")),
     }
+
+
+def run_warnings(ctx: Context, data: dict | None) -> list[str]:
+    """What the run assumed or left unused, as printed when it started: the config's and the
+    target's notes, and what reading the data assumed (its summary's `notes`)."""
+    from kdc.preflight import config_warnings, target_warnings
+
+    notes = [*config_warnings(ctx.cfg), *target_warnings(ctx.cfg, ctx.profile)]
+    return list(dict.fromkeys([*notes, *((data or {}).get("notes") or [])]))
 
 
 def write_no_fit_report(
@@ -109,7 +115,7 @@ def write_no_fit_report(
             "stages": {"search": {"status": "failed"}},
         },
         "task": ctx.cfg.task,
-        "data": ctx.dataset.summary(),
+        "data": (data := ctx.dataset.summary()),
         "target": _target(ctx),
         "teacher": {"params": ctx.teacher.params(), "target_latency": teacher_latency},
         "student": None,
@@ -127,6 +133,7 @@ def write_no_fit_report(
         ],
         "passed": False,
         "failure": {"stage": "search", "error": why},
+        "warnings": run_warnings(ctx, data),
     }
     files = write_report(report, ctx.run.root)
     ctx.run.mark_failed("report", "the search found no student under the budget", files)

@@ -134,3 +134,23 @@ def test_a_text_bundles_readme_says_which_batches_its_engine_takes(tmp_path, gol
             max_batch=max_batch,
         )
         assert words in " ".join((out / "README.md").read_text().split())
+
+
+def test_the_parity_script_imports_nothing_the_device_lacks():
+    """parity.py runs on the device, where kdc is not installed: a `kdc` import (or any other
+    third-party one) would pass every test here and fail there."""
+    import ast
+
+    from kdc.deploy.bundle import PARITY_SCRIPT
+
+    tree = ast.parse(PARITY_SCRIPT.read_text(encoding="utf-8"))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (
+            node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
+        )
+    }
+    third_party = imported - set(sys.stdlib_module_names)
+    assert third_party <= {"numpy", "tensorrt", "onnxruntime"}, third_party

@@ -457,7 +457,7 @@ def test_memory_and_size_growth_past_the_tolerance_are_regressions(baseline):
     engine(tiny, "tensorrt-int8")["memory"]["peak_mb"] = 0.025
     engine(tinier, "tensorrt-int8")["memory"]["peak_mb"] = 0.028
     small = by_metric(compare(tinier, tiny))["tensorrt-int8.memory_mb"]
-    assert small.status == "pass" and "or +1, whichever is more" in small.message
+    assert small.status == "pass" and "or +1 MiB, whichever is more" in small.message
 
 
 @pytest.mark.parametrize(

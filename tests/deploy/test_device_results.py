@@ -473,3 +473,13 @@ def test_results_that_name_no_device_are_warned(results, bundle):
     _edit(results / "device.json", device="unknown")
     (warning,) = read_device_results(results, bundle, JETSON)["warnings"]
     assert warning.startswith("device.json names no device")
+
+
+def test_the_timing_protocol_is_what_the_bundle_ran(results, bundle):
+    """A DLA bundle times without CUDA graphs; one written before that rule ran with them."""
+    _edit(bundle / "bundle.json", dla_core=0, bench_command=["trtexec", "--useSpinWait"])
+    lat = read_device_results(results, bundle, JETSON)["latency"]
+    assert lat["protocol"] == "trtexec --useSpinWait"
+    _edit(bundle / "bundle.json", bench_command=None)  # no record: the rule for its core
+    protocol = read_device_results(results, bundle, JETSON)["latency"]["protocol"]
+    assert "--useCudaGraph" not in protocol and "--noDataTransfers" in protocol

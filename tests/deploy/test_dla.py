@@ -175,11 +175,14 @@ def test_the_report_keeps_the_warning_that_dla_core_went_unused(tmp_path):
 
 
 @pytest.mark.slow
-def test_compress_for_a_dla_core_bundles_and_predicts_for_it(tmp_path):
+def test_compress_for_a_dla_core_bundles_and_predicts_for_it(tmp_path, monkeypatch):
     cfg = cnn_config(weights=None)
     cfg["build"] = {"dla_core": 0}  # (core 0: a setting that is falsy)
     path, run = write_yaml(tmp_path / "model.yaml", cfg), tmp_path / "run"
-    res = runner.invoke(app, ["compress", str(path), "--target", "agx-orin", "--out", str(run)])
+    monkeypatch.chdir(tmp_path)  # the config named relative to where compress ran
+    args = ["compress", "model.yaml", "--target", "agx-orin", "--out", str(run)]
+    res = runner.invoke(app, args)
+    monkeypatch.chdir(tmp_path.parent)
     assert res.exit_code in (0, 1), res.output  # (accuracy of an untrained teacher aside)
     report = json.loads((run / "report.json").read_text())
     (trt,) = [e for e in report["engines"] if e["engine"] == "tensorrt"]
@@ -199,3 +202,4 @@ def test_compress_for_a_dla_core_bundles_and_predicts_for_it(tmp_path):
         res = runner.invoke(app, [*other, "--target", "jetson"])
         assert res.exit_code == 2 and "build.dla_core" in res.output, res.output
         assert "no DLA core" in res.output
+        assert str(path) in " ".join(res.output.split())  # the config, wherever kdc runs
