@@ -236,14 +236,6 @@ def estimate(
     from kdc.deploy.estimate import predict_onnx
     from kdc.profiles import load_profile
 
-    if explain and dla_core is not None:
-        raise UserError(
-            "--explain breaks down the GPU model's kernels; a DLA prediction has no breakdown",
-            field="--explain",
-            fix="drop --explain (the prediction counts the kernels on each); `kdc lint MODEL "
-            "--target T` names the layers that fall back to the GPU",
-        )
-
     profile = load_profile(target)
     batch = batch_of(batch, shapes)
     model = load_onnx(path)

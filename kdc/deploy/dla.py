@@ -87,27 +87,34 @@ def check_dla(
 
 
 def predict_dla_ms(kernels: Sequence[Kernel], profile: HardwareProfile) -> dict:
-    """{p50_ms, dla_kernels, gpu_kernels, transitions} of one call on a DLA core with GPU
-    fallback (kernel counts: launched kernels). Needs `profile.dla` (see `check_dla`)."""
-    from kdc.deploy.estimate import predict_kernels_ms
+    """{p50_ms, dla_kernels, gpu_kernels, transitions, transitions_ms, times_s, on_dla} of one
+    call on a DLA core with GPU fallback (kernel counts: launched kernels; `times_s`: the
+    `kernel_times_s` rows, the DLA's for the kernels on it). Needs `profile.dla`."""
+    from kdc.deploy.estimate import kernel_ms, kernel_times_s
 
     dla, lm = profile.dla, profile.latency_model
     assert dla is not None
-    placed = [on_dla(k) for k in kernels]
-    gpu = [k for k, d in zip(kernels, placed, strict=True) if not d]
-    # the GPU's share by its own model, which adds the call overhead once (when it runs any)
-    ms = predict_kernels_ms(gpu, profile) if gpu else lm.call_overhead_us / 1e3
+    on = [on_dla(k) for k in kernels]
+    t = kernel_times_s(kernels, profile)  # the GPU's, then the DLA's where a kernel runs there
     bw = profile.memory.bandwidth_gbps * 1e9 * lm.memory_efficiency
-    for k in (k for k, d in zip(kernels, placed, strict=True) if d):
-        peak = (dla.int8_tops if k.precision == "int8" else dla.fp16_tflops) * 1e12
-        seconds = max(k.flops / (peak * dla.compute_efficiency), k.bytes / bw)
-        ms += (seconds + dla.layer_overhead_us * 1e-6) * 1e3
-    switches = sum(a != b for a, b in zip(placed, placed[1:], strict=False))
+    for i, k in enumerate(kernels):
+        if on[i]:
+            peak = (dla.int8_tops if k.precision == "int8" else dla.fp16_tflops) * 1e12
+            t[:, i] = (
+                k.flops / (peak * dla.compute_efficiency),
+                k.bytes / bw,
+                dla.layer_overhead_us * 1e-6,
+            )
+    switches = sum(a != b for a, b in zip(on, on[1:], strict=False))
+    switch_ms = switches * dla.transition_us / 1e3
     return {
-        "p50_ms": ms + switches * dla.transition_us / 1e3,
-        "dla_kernels": sum(placed),
-        "gpu_kernels": launches(gpu),
+        "p50_ms": float(kernel_ms(t).sum()) + switch_ms + lm.call_overhead_us / 1e3,
+        "dla_kernels": sum(on),
+        "gpu_kernels": launches([k for k, d in zip(kernels, on, strict=True) if not d]),
         "transitions": switches,
+        "transitions_ms": switch_ms,
+        "times_s": t,
+        "on_dla": on,
     }
 
 

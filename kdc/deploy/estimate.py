@@ -120,8 +120,12 @@ def predict_kernels_ms(
     if not len(kernels):
         return 0.0
     lm = _as_dict(latency_model if latency_model is not None else profile.latency_model)
-    t = kernel_times_s(kernels, profile, lm)
-    return float((np.maximum(t[0], t[1]) + t[2]).sum() * 1e3 + _call_ms(lm))
+    return float(kernel_ms(kernel_times_s(kernels, profile, lm)).sum() + _call_ms(lm))
+
+
+def kernel_ms(t: np.ndarray) -> np.ndarray:
+    """Per kernel milliseconds from `kernel_times_s` rows: max(compute, memory) + overhead."""
+    return (np.maximum(t[0], t[1]) + t[2]) * 1e3
 
 
 def _call_ms(lm: dict[str, Any]) -> float:
@@ -144,12 +148,16 @@ def _check(precision: str, batch: int, profile: HardwareProfile) -> None:
         raise UserError(f"batch must be >= 1, got {batch}", field="batch", fix="use 1 or more")
 
 
-def _breakdown(kernels: Sequence[Kernel], t: np.ndarray) -> list[dict]:
+def _breakdown(
+    kernels: Sequence[Kernel], t: np.ndarray, names: Sequence[str] | None = None
+) -> list[dict]:
+    """Kernel groups (by kind, or by `names`, one per kernel) with their time and bound."""
     groups: dict[str, dict] = defaultdict(
         lambda: {"count": 0, "flops": 0.0, "bytes": 0.0, "ms": 0.0, "_bound": np.zeros(3)}
     )
-    for k, (tc, tm, to) in zip(kernels, t.T, strict=True):
-        g = groups[k.kind]
+    names = names or [k.kind for k in kernels]
+    for k, name, (tc, tm, to) in zip(kernels, names, t.T, strict=True):
+        g = groups[name]
         g["count"] += 1
         g["flops"] += k.flops
         g["bytes"] += k.bytes
@@ -157,7 +165,7 @@ def _breakdown(kernels: Sequence[Kernel], t: np.ndarray) -> list[dict]:
         g["_bound"][int(np.argmax([tc, tm, to]))] += max(tc, tm, to)
     rows = []
     for kind, g in groups.items():
-        if kind == MASKED and not g["ms"]:
+        if kind.startswith(MASKED) and not g["ms"]:
             continue  # padding costs nothing on an engine not calibrated with it
         bound = ("compute", "memory", "overhead")[int(np.argmax(g.pop("_bound")))]
         rows.append({"group": kind, **g, "ms": round(g["ms"], 6), "bound": bound})
@@ -177,7 +185,7 @@ def _result(
     if dla_core is None:
         ms, how = predict_kernels_ms(kernels, profile), _how(profile)
     else:  # a TensorRT engine built for a DLA core, GPU fallback
-        ms, how = _dla_prediction(kernels, profile, precision, dla_core)
+        ms, how = _dla_prediction(kernels, profile, precision, dla_core, explain)
     out = {
         "kind": "predicted",
         **how,
@@ -195,7 +203,7 @@ def _result(
         out["warnings"] = [
             f"{cost.unknown_shapes} tensors had no inferred shape and were costed as empty"
         ]
-    if explain and dla_core is None:
+    if explain and dla_core is None:  # (a DLA prediction brings its own)
         out["breakdown"] = _breakdown(kernels, kernel_times_s(kernels, profile))
         if call := _call_ms(_as_dict(profile.latency_model)):
             row = {"group": "call", "count": 1, "flops": 0.0, "bytes": 0.0, "ms": call}
@@ -213,16 +221,18 @@ def _how(profile: HardwareProfile) -> dict:
 
 
 def _dla_prediction(
-    kernels: list[Kernel], profile: HardwareProfile, precision: str, dla_core: int
+    kernels: list[Kernel], profile: HardwareProfile, precision: str, dla_core: int, explain: bool
 ) -> tuple[float, dict]:
     """(ms, how it was made and where the kernels ran) on DLA core `dla_core`
-    (kdc.deploy.dla)."""
+    (kdc.deploy.dla); with `explain`, a `breakdown` by kernel kind and unit (DLA or GPU)."""
     from kdc.deploy import dla
 
     dla.check_dla(profile, dla_core, precision, precision_field="precision")
     placed = dla.predict_dla_ms(kernels, profile)
     assert profile.dla is not None
+    breakdown = {"breakdown": dla_breakdown(kernels, profile, placed)} if explain else {}
     return placed["p50_ms"], {
+        **breakdown,
         "model": dla.MODEL,
         "calibrated_from": profile.dla.source,
         "predictor_sha256": dla.dla_predictor_sha256(profile),
@@ -231,6 +241,22 @@ def _dla_prediction(
         "gpu_fallback_kernels": placed["gpu_kernels"],
         "transitions": placed["transitions"],
     }
+
+
+def dla_breakdown(kernels: list[Kernel], profile: HardwareProfile, placed: dict) -> list[dict]:
+    """`_breakdown` of a DLA prediction: kernel kinds on the DLA and on the GPU, the switches
+    between them and the call."""
+    t, on = placed["times_s"], placed["on_dla"]
+    names = [f"{k.kind} ({'DLA' if d else 'GPU'})" for k, d in zip(kernels, on, strict=True)]
+    rows = _breakdown(kernels, t, names)
+    if placed["transitions"]:
+        ms = placed["transitions_ms"]
+        row = {"group": "DLA<->GPU switches", "count": placed["transitions"], "ms": ms}
+        rows.append({**row, "flops": 0.0, "bytes": 0.0, "bound": "overhead"})
+    if call := _call_ms(_as_dict(profile.latency_model)):
+        row = {"group": "call", "count": 1, "flops": 0.0, "bytes": 0.0, "ms": call}
+        rows.append({**row, "bound": "overhead"})
+    return rows
 
 
 def onnx_kernels(

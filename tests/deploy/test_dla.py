@@ -65,6 +65,18 @@ def test_a_transformer_falls_back_to_the_gpu_and_pays_for_the_switches():
     assert dla["predictor_sha256"] != gpu["predictor_sha256"]
 
 
+def test_explain_says_which_kernels_fall_back_and_what_the_switches_cost():
+    agx = load_profile("agx-orin")
+    pred = predict_architecture(
+        BERT, agx, precision="int8", input_shapes={"input_ids": [1, 64]}, dla_core=0, explain=True
+    )
+    rows = {r["group"]: r for r in pred["breakdown"]}
+    assert "attention (GPU)" in rows and "gemm (DLA)" in rows
+    assert rows["DLA<->GPU switches"]["count"] == pred["transitions"]
+    total = sum(r["ms"] for r in pred["breakdown"])
+    assert total == pytest.approx(pred["p50_ms"], rel=1e-3)  # the parts add up to the whole
+
+
 @pytest.mark.parametrize(
     "target, core, said",
     [
