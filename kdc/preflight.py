@@ -142,7 +142,7 @@ def check_dla_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
     """build.dla_core on a target that builds TensorRT: the core exists, runs the precision and
     one input shape, the profile predicts DLA latency, and the device's TensorRT builds for
     DLA."""
-    from kdc.deploy.dla import check_dla
+    from kdc.deploy.dla import check_dla, check_one_shape
     from kdc.deploy.tensorrt import DLA_RULE, supports_dla
 
     core, rt = cfg.build.dla_core, profile.runtime
@@ -152,13 +152,7 @@ def check_dla_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
         check_dla(profile, core, cfg.quantize.precision)
     except UserError as e:
         raise e.located(cfg.source_file) from None
-    if cfg.build.max_batch is not None:
-        raise UserError(
-            "a DLA engine takes one input shape, not a range of batches",
-            source=cfg.source_file,
-            field="build.max_batch",
-            fix="drop build.max_batch to build for DLA, or drop build.dla_core",
-        )
+    check_one_shape(cfg.build.max_batch, cfg.source_file)
     if not supports_dla(rt.tensorrt or "", rt.jetpack):
         raise UserError(
             f"{profile.name}'s TensorRT {rt.tensorrt} builds no DLA engine (DLA: {DLA_RULE})",

@@ -22,10 +22,11 @@ error from the per-sample cv under a normal approximation, k·cv/sqrt(iterations
 sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99 (cv itself when iterations is not
 recorded); 0 for predictions. Accuracy (the task's primary metric) regresses when it drops by more
 than the tolerance in absolute points; accuracy figures from different engines are `missing`.
-Memory (`memory` and `target_memory`: a measured peak RSS or a predicted peak) and the model's
-`size_mb` regress when they grow by more than the memory tolerance (relative; no noise allowance:
-one reading each), memory like with like (kind, and the batch of a prediction or how a measurement
-was made). When
+Memory (`memory` and `target_memory`: a measurement's `engine_mb`, peak RSS less the runtime's,
+where both record it, else its peak RSS; a prediction's peak) and the model's `size_mb` regress
+when they grow by more than the memory tolerance (relative; memory may always grow by
+MEMORY_FLOOR_MB), memory like with like (kind; a prediction's batch; a measurement's device,
+batch and threads where both record them). When
 the baseline has latency figures of the compared kinds and none was compared, a failing `latency`
 line says so.
 """
@@ -327,7 +328,9 @@ def _growth(
     return CheckResult(metric, b, c, limit, None, status, msg)
 
 
-def _memory(label: str, key: str, base: dict | None, cur: dict | None, tol: float) -> list:
+def _memory(
+    label: str, key: str, base: dict | None, cur: dict | None, tol: float
+) -> list[CheckResult]:
     """The engine's `key` memory object compared like with like (MEMORY_CONDITIONS)."""
     if base is None and cur is None:
         return []

@@ -58,6 +58,17 @@ def check_dla_core(profile: HardwareProfile, dla_core: int, field: str = "build.
         )
 
 
+def check_one_shape(max_batch: int | None, source: str | None = None) -> None:
+    """A UserError when a DLA engine is asked for a range of batches (build.max_batch)."""
+    if max_batch is not None:
+        raise UserError(
+            "a DLA engine takes one input shape, not a range of batches",
+            source=source,
+            field="build.max_batch",
+            fix="drop build.max_batch to build for DLA, or drop build.dla_core",
+        )
+
+
 def check_dla(
     profile: HardwareProfile,
     dla_core: int,

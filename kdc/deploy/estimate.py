@@ -204,11 +204,16 @@ def _result(
             f"{cost.unknown_shapes} tensors had no inferred shape and were costed as empty"
         ]
     if explain and dla_core is None:  # (a DLA prediction brings its own)
-        out["breakdown"] = _breakdown(kernels, kernel_times_s(kernels, profile))
-        if call := _call_ms(_as_dict(profile.latency_model)):
-            row = {"group": "call", "count": 1, "flops": 0.0, "bytes": 0.0, "ms": call}
-            out["breakdown"].append({**row, "bound": "overhead"})
+        rows = _breakdown(kernels, kernel_times_s(kernels, profile))
+        out["breakdown"] = rows + _call_row(profile)
     return out
+
+
+def _call_row(profile: HardwareProfile) -> list[dict]:
+    """The breakdown's row for the per-call overhead, where the latency model has one."""
+    call = _call_ms(_as_dict(profile.latency_model))
+    row = {"group": "call", "count": 1, "flops": 0.0, "bytes": 0.0, "ms": call}
+    return [{**row, "bound": "overhead"}] if call else []
 
 
 def _how(profile: HardwareProfile) -> dict:
@@ -230,7 +235,7 @@ def _dla_prediction(
     dla.check_dla(profile, dla_core, precision, precision_field="precision")
     placed = dla.predict_dla_ms(kernels, profile)
     assert profile.dla is not None
-    breakdown = {"breakdown": dla_breakdown(kernels, profile, placed)} if explain else {}
+    breakdown = {"breakdown": _dla_breakdown(kernels, profile, placed)} if explain else {}
     return placed["p50_ms"], {
         **breakdown,
         "model": dla.MODEL,
@@ -243,7 +248,7 @@ def _dla_prediction(
     }
 
 
-def dla_breakdown(kernels: list[Kernel], profile: HardwareProfile, placed: dict) -> list[dict]:
+def _dla_breakdown(kernels: list[Kernel], profile: HardwareProfile, placed: dict) -> list[dict]:
     """`_breakdown` of a DLA prediction: kernel kinds on the DLA and on the GPU, the switches
     between them and the call."""
     t, on = placed["times_s"], placed["on_dla"]
@@ -253,10 +258,7 @@ def dla_breakdown(kernels: list[Kernel], profile: HardwareProfile, placed: dict)
         ms = placed["transitions_ms"]
         row = {"group": "DLA<->GPU switches", "count": placed["transitions"], "ms": ms}
         rows.append({**row, "flops": 0.0, "bytes": 0.0, "bound": "overhead"})
-    if call := _call_ms(_as_dict(profile.latency_model)):
-        row = {"group": "call", "count": 1, "flops": 0.0, "bytes": 0.0, "ms": call}
-        rows.append({**row, "bound": "overhead"})
-    return rows
+    return rows + _call_row(profile)
 
 
 def onnx_kernels(

@@ -168,15 +168,10 @@ def options_for_profile(
             fix=f"use one of {', '.join(profile.runtime.precisions)}",
         )
     if dla_core is not None:
-        from kdc.deploy.dla import check_dla_core
+        from kdc.deploy.dla import check_dla_core, check_one_shape
 
         check_dla_core(profile, dla_core)
-    if dla_core is not None and max_batch is not None:
-        raise UserError(
-            "a DLA engine takes one input shape, not a range of batches",
-            field="build.max_batch",
-            fix="drop build.max_batch to build for DLA, or build for the GPU",
-        )
+        check_one_shape(max_batch)
     return BuildOptions(
         precision=precision,
         profiles=batch_profiles(input_shapes, max_batch),

@@ -315,6 +315,14 @@ def _evolution(ctx: Context) -> StageOutput:
         f"teacher predicted {teacher_ms:.4g} ms on {ctx.profile.name} {precision}"
     )
     _note_uncalibrated(ctx)
+    facts = {  # the search's settings, in its metrics and in a failed search's report
+        "strategy": "evolution",
+        "proxy": proxy,
+        "budget_ms": budget,
+        "budget_source": budget_source,
+        "search_limit_ms": limit,
+        "teacher_predicted_latency_ms": teacher_ms,
+    }
     with ctx.progress("searching", cfg.population + cfg.cycles) as advance:
         try:
             result = evolve(
@@ -338,12 +346,7 @@ def _evolution(ctx: Context) -> StageOutput:
             rows_tried = [{"architecture": a, "predicted_latency_ms": ms} for a, ms in e.rejected]
             write_jsonl(tried, rows_tried)
             search = {
-                "strategy": "evolution",
-                "proxy": proxy,
-                "budget_ms": budget,
-                "budget_source": budget_source,
-                "search_limit_ms": limit,
-                "teacher_predicted_latency_ms": teacher_ms,
+                **facts,
                 "candidates_rejected": len(rows_tried),
                 "closest": rows_tried[:3],
                 "rejected": str(tried.relative_to(ctx.run.root)),
@@ -395,16 +398,11 @@ def _evolution(ctx: Context) -> StageOutput:
     return StageOutput(
         [out, cands, plot],
         {
-            "strategy": "evolution",
-            "proxy": proxy,
+            **facts,
             "candidates_scored": len(table),
             "candidates_rejected": len(result.rejected),
             "cycles": result.cycles,
-            "budget_ms": budget,
-            "budget_source": budget_source,
-            "search_limit_ms": limit,
             "predicted_latency_ms": result.best.latency_ms,
-            "teacher_predicted_latency_ms": teacher_ms,
             "student_params": best["params"],
             "search_wall_s": round(result.wall_s, 2),
             "candidates_per_s": round(rate, 2),
