@@ -527,6 +527,13 @@ def calibrate(
     threads: Annotated[
         int | None, typer.Option(help="Intra-op threads when timing here (default: all usable).")
     ] = None,
+    dla_core: Annotated[
+        int | None,
+        typer.Option(
+            help="With --bundle: build and time every engine on this DLA core (fits the "
+            "profile's dla block).",
+        ),
+    ] = None,
 ) -> None:
     """Fit a target's latency model to timings of a generated model set and save it."""
     from kdc.deploy import calibrate as C
@@ -537,6 +544,7 @@ def calibrate(
         bundle=bundle,
         from_dir=from_dir,
         threads=_threads(threads),
+        dla_core=dla_core,
         progress=lambda msg: err.print(msg, markup=False),
     )
     if "bundle" in res:

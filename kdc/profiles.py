@@ -114,7 +114,8 @@ class CalibrationFile(BaseModel):
     """What `with_calibration` reads of a calibration file (the rest is a record)."""
 
     bandwidth_gbps: Bandwidth | None = Field(None, description="what memory_efficiency scales")
-    latency_model: LatencyModel
+    latency_model: LatencyModel | None = None  # None: a DLA fit alone
+    dla: Dla | None = None  # kdc calibrate --dla-core
 
 
 class Defaults(_Strict):
@@ -372,7 +373,8 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
             field="bandwidth_gbps",
             fix=f"run `kdc calibrate --target {profile.name}` again",
         )
-    return profile.model_copy(update={"latency_model": doc.latency_model})
+    fitted = {"latency_model": doc.latency_model, "dla": doc.dla}
+    return profile.model_copy(update={k: v for k, v in fitted.items() if v is not None})
 
 
 def _read_calibration(cal: Path, target: str) -> CalibrationFile:

@@ -1,15 +1,13 @@
 """`kdc calibrate`: fit a profile's latency model to timings of the generated model set.
 
-On this machine (`host`) the set is timed with ONNX Runtime (`kdc.deploy.latency`); for a device
-kdc cannot reach, `write_bundle` writes the set with a `run_all.sh` that times every model with
-trtexec, and `ingest_bundle` fits the `--exportTimes` files it brings back. Either way the fitted
-`latency_model` and the raw samples go to `kdc.profiles.calibration_path(name)`, which
-`load_profile` reads from then on.
+On this machine (`host`) the set is timed with ONNX Runtime (`kdc.deploy.latency`); a device kdc
+cannot reach gets a trtexec bundle (`kdc.deploy.calibrate_bundle`). Either way the fitted
+`latency_model` (or a DLA core's `dla` block) and the raw samples go to
+`kdc.profiles.calibration_path(name)`, which `load_profile` reads from then on.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import tempfile
@@ -32,7 +30,7 @@ from kdc.profiles import (
     host_threads,
     load_profile,
 )
-from kdc.rundir import atomic_dir, now_iso, write_json, write_text
+from kdc.rundir import now_iso, write_text
 
 Progress = Callable[[str], None] | None
 MODELS_DIR = "models"
@@ -117,9 +115,10 @@ def time_models(
     return [{**row, **best[row["name"]]} for row in rows]
 
 
-def _samples(
+def timed_samples(
     directory: Path, rows: Sequence[dict[str, Any]], profile: HardwareProfile, measured: str
 ) -> list[tuple[list, float]]:
+    """(kernels, milliseconds) of each timed manifest row (its `measured` field)."""
     return [
         (
             onnx_kernels(
@@ -145,7 +144,7 @@ def fit_rows(
     """Fit `profile`'s latency model to timed manifest rows (the `measured` field; per-kind
     efficiencies from PER_KIND_MIN_MODELS rows on); returns the model and the rows with
     `predicted_ms` under it."""
-    samples = _samples(Path(directory), rows, profile, measured)
+    samples = timed_samples(Path(directory), rows, profile, measured)
     lm = fit_latency_model(samples, profile, per_kind=len(samples) >= PER_KIND_MIN_MODELS)
     out = []
     for row, (k, ms) in zip(rows, samples, strict=True):
@@ -155,16 +154,24 @@ def fit_rows(
 
 
 def fit_warnings(result: dict[str, Any]) -> list[str]:
-    """A warning when the saved fit predicts its own timings poorly (median |error| above
-    POOR_FIT): every later prediction for the target uses it."""
+    """Warnings when the saved fit predicts its own timings poorly (median |error| above
+    POOR_FIT: every later prediction for the target uses it), or has no more timings than the
+    factors it fitted (`fitted`, a DLA fit's)."""
     errors = [r["error"] for r in result.get("samples", []) if "error" in r]
-    if not errors or float(np.median(errors)) <= POOR_FIT:
-        return []
-    return [
-        f"the fit predicts its own timings with a median |error| of {np.median(errors):.0%}: "
-        "predictions for this target now use it; time the set again on an idle device with "
-        f"fixed clocks, or delete {result['path']} to go back to the profile's model"
-    ]
+    factors = result.get("fitted") or []
+    out = []
+    if factors and len(errors) <= len(factors):
+        out.append(
+            f"{len(errors)} timed models fit {len(factors)} factors ({', '.join(factors)}), "
+            "which the fit reproduces whatever they measured: time the full set (no --quick)"
+        )
+    if errors and float(np.median(errors)) > POOR_FIT:
+        out.append(
+            f"the fit predicts its own timings with a median |error| of {np.median(errors):.0%}: "
+            "predictions for this target now use it; time the set again on an idle device with "
+            f"fixed clocks, or delete {result['path']} to go back to the profile's model"
+        )
+    return out
 
 
 def save_calibration(
@@ -190,9 +197,24 @@ def save_calibration(
     doc = {"profile": profile.name, "kdc_version": __version__, **meta}
     doc["bandwidth_gbps"] = profile.memory.bandwidth_gbps  # what memory_efficiency scales
     doc |= {"latency_model": lm, "samples": samples}
+    kept = {k: v for k, v in saved_calibration(profile).items() if k in DLA_KEYS}  # a DLA fit stays
     path = calibration_path(profile.name)
-    write_text(path, yaml.safe_dump(doc, sort_keys=False))
+    write_text(path, yaml.safe_dump(doc | kept, sort_keys=False))
     return path, lm
+
+
+DLA_KEYS = ("dla", "dla_calibration")
+"""What a DLA calibration adds to its profile's calibration file, beside the GPU's fit."""
+
+
+def saved_calibration(profile: HardwareProfile) -> dict[str, Any]:
+    """The profile's calibration file as saved (empty when there is none or it is unreadable:
+    the new fit replaces it)."""
+    try:
+        doc = yaml.safe_load(calibration_path(profile.name).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def calibrate_host(
@@ -211,7 +233,7 @@ def calibrate_host(
     )
     with tempfile.TemporaryDirectory(prefix="kdc-calibrate-") as scratch:
         directory = Path(work_dir or scratch)
-        rows = model_zoo.generate(zoo, directory, progress=_exporting(progress))
+        rows = model_zoo.generate(zoo, directory, progress=exporting_progress(progress))
         load = load_average()
         timed = time_models(
             directory, rows, threads=threads, rounds=1 if quick else 2, progress=progress
@@ -237,227 +259,9 @@ def calibrate_host(
     return {"path": path, "latency_model": lm, "samples": fitted}
 
 
-def _exporting(progress: Progress) -> Progress:
+def exporting_progress(progress: Progress) -> Progress:
+    """`progress` reporting each model the zoo exports."""
     return (lambda name: progress(f"exporting {name}")) if progress else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices: a trtexec bundle out, exportTimes files back
-
-_RUN_ALL = """#!/usr/bin/env bash
-# Build and time every model of the kdc calibration set with trtexec ({n} models).
-# Generated by kdc {version} for {profile} (TensorRT {trt} expected).
-set -uo pipefail
-cd "$(dirname "$0")"
-{lookup}
-mkdir -p engines results
-failed=0
-"""
-_RUN_TAIL = """device="$(tr -d '\\0' 2>/dev/null < /proc/device-tree/model \\
-  || nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
-printf '{{"device": "%s"}}\\n' "${{device:-unknown}}" > results/device.json
-echo "$failed model(s) failed. Copy $(pwd)/results back into the bundle on the host and run:"
-echo "  kdc calibrate --target {profile} --from <this bundle>"
-"""
-_README = """# Latency calibration bundle for {profile}
-
-Generated by kdc {version}: {n} models ({precisions}) in `models/` (see `models/manifest.json`),
-TensorRT {trt} expected on the device.
-
-1. Copy this directory to the device: `scp -r {name} user@device:~/`
-2. On the device: `cd {name} && ./run_all.sh` (trtexec from PATH or
-   /usr/src/tensorrt/bin/trtexec; `TRTEXEC=/path/to/trtexec ./run_all.sh` to choose another).
-   Each model is built (`engines/`) and timed with CUDA graphs, spin-wait and no host/device
-   copies ({iterations} iterations); per-iteration times go to `results/<model>.json`.
-3. Copy `results/` back into this directory on the host and run
-   `kdc calibrate --target {profile} --from {name}`. A model that failed is skipped.
-"""
-
-
-def _trt_commands(
-    path: Path, row: dict[str, Any], profile: HardwareProfile, iterations: int
-) -> tuple[list[str], list[str]]:
-    """trtexec build and bench commands of one model (fp16 graphs converted where TensorRT is
-    strongly typed), relative to the bundle directory."""
-    import dataclasses
-
-    import onnx
-
-    from kdc.deploy.fp16 import convert_fp16
-    from kdc.deploy.tensorrt import (
-        check_graph,
-        graph_facts,
-        options_for_profile,
-        plan_build,
-    )
-    from kdc.deploy.trtexec import TRTEXEC_VAR, bench_command, build_command
-
-    trt = str(profile.runtime.tensorrt)
-    name, shapes = row["name"], row["input_shapes"]
-    facts = graph_facts(onnx.load(str(path), load_external_data=False))
-    opts = options_for_profile(profile, row["precision"], shapes)
-    plan = check_graph(plan_build(trt, opts), row["precision"], facts)
-    if plan.convert_fp16:
-        convert_fp16(path, path)
-    dynamic = {k: v for k, v in shapes.items() if k in facts.dynamic_inputs}
-    opts = dataclasses.replace(opts, profiles={k: opts.profiles[k] for k in dynamic})
-    engine = f"engines/{name}.plan"
-    build = build_command(f"{MODELS_DIR}/{path.name}", engine, opts, trt, trtexec=TRTEXEC_VAR)
-    bench = bench_command(
-        engine,
-        dynamic,
-        iterations=iterations,
-        export_times=f"{RESULTS_DIR}/{name}.json",
-        trtexec=TRTEXEC_VAR,
-    )
-    return build, bench
-
-
-def write_bundle(
-    target: str,
-    out_dir: Path | str,
-    *,
-    zoo: Sequence[model_zoo.ZooModel] | None = None,
-    quick: bool = False,
-    iterations: int = 500,
-    progress: Progress = None,
-) -> Path:
-    """Write the calibration set for a TensorRT target with `run_all.sh` and a README."""
-    profile = load_profile(target)
-    if not profile.runtime.tensorrt:
-        raise UserError(
-            f"profile {profile.name} has no TensorRT version",
-            field="target",
-            fix="bundle for a TensorRT target (e.g. jetson); time `host` with plain --target host",
-        )
-    out = Path(out_dir)
-    replaceable = not out.exists() or (
-        out.is_dir() and (not any(out.iterdir()) or (out / "calibration.json").is_file())
-    )
-    if not replaceable:  # the bundle replaces the directory: only an earlier bundle or nothing
-        raise UserError(
-            "exists and is not an earlier calibration bundle, which the new one would replace",
-            source=str(out),
-            field="--bundle",
-            fix="pass a new directory path for the bundle, e.g. jetson-calibration",
-        )
-    from kdc.deploy.bundle import FLAGS_NEED_TRT10
-    from kdc.deploy.tensorrt import typing_for
-    from kdc.deploy.trtexec import TRTEXEC_LOOKUP, shell_text
-
-    precisions = [p for p in profile.runtime.precisions if p != "fp32"] or ["fp32"]
-    zoo = list(zoo or model_zoo.calibration_set(precisions, quick=quick))
-    header = {"version": __version__, "profile": profile.name, "trt": profile.runtime.tensorrt}
-    with atomic_dir(out) as tmp:
-        rows = model_zoo.generate(
-            zoo, tmp / MODELS_DIR, engine="tensorrt", progress=_exporting(progress)
-        )
-        script = _RUN_ALL.format(n=len(rows), lookup=TRTEXEC_LOOKUP, **header)
-        if not typing_for(str(profile.runtime.tensorrt)).strongly_typed:  # as build.sh does
-            remake = f"kdc calibrate --target that.yaml --bundle {out.name}"
-            script += FLAGS_NEED_TRT10.format(remake=remake, **header)
-        for i, row in enumerate(rows, 1):
-            build, bench = _trt_commands(tmp / MODELS_DIR / row["file"], row, profile, iterations)
-            log = f"{RESULTS_DIR}/{row['name']}"
-            script += (
-                f'echo "[{i}/{len(rows)}] {row["name"]}"\n'
-                f"if ! {{ {shell_text(build)} > {log}.build.log 2>&1 &&\n"
-                f"  {shell_text(bench)} > {log}.bench.log 2>&1; }}; then\n"
-                f'  echo "  failed (see {log}.*.log)" >&2; failed=$((failed + 1))\nfi\n'
-            )
-        write_text(tmp / "run_all.sh", script + _RUN_TAIL.format(**header))
-        (tmp / "run_all.sh").chmod(0o755)
-        readme = _README.format(
-            name=out.name,
-            n=len(rows),
-            precisions=", ".join(precisions),
-            iterations=iterations,
-            **header,
-        )
-        write_text(tmp / "README.md", readme)
-        meta = {"target": profile.name, "iterations": iterations, "created": now_iso()}
-        write_json(tmp / "calibration.json", {**meta, "kdc_version": __version__})
-    return out
-
-
-def _check_bundle_target(root: Path, profile: HardwareProfile) -> None:
-    """Refuse a bundle written for another target than `profile`, or timed on a device that
-    is another built-in target's."""
-    from kdc.deploy.device_results import check_device, read_object
-
-    if not root.is_dir():
-        raise UserError(
-            f"{root}: directory not found",
-            field="from_dir",
-            fix="pass the bundle directory `kdc calibrate --bundle` wrote, with the device's "
-            "results/ copied into it",
-        )
-    meta_file = root / "calibration.json"
-    fix = "pass the directory `kdc calibrate --bundle` wrote (calibration.json beside run_all.sh)"
-    made_for = read_object(meta_file, fix=fix).get("target")
-    if made_for != profile.name:
-        raise UserError(
-            f"the bundle was written for {made_for}, not {profile.name}: its timings would "
-            f"become {profile.name}'s latency model",
-            source=str(meta_file),
-            field="target",
-            fix=f"pass --target {made_for}, or write a bundle for {profile.name} and time it "
-            "on that device",
-        )
-    device = root / RESULTS_DIR / "device.json"
-    check_device(
-        _device_name(device) or "", profile.name, str(device), f"run run_all.sh on a {profile.name}"
-    )
-
-
-def ingest_bundle(target: str, bundle_dir: Path | str) -> dict[str, Any]:
-    """Fit `target`'s latency model to the exportTimes files in `bundle_dir/results/` and save
-    it. Returns {path, latency_model, samples, missing, unreadable}; a results file that is not
-    a timing (a model that failed part-way) is skipped. A bundle written for another target,
-    or timed on another target's device, is refused."""
-    from kdc.deploy.trtexec import parse_export_times
-
-    profile = load_profile(target)
-    root = Path(bundle_dir)
-    _check_bundle_target(root, profile)
-    models_dir = root / MODELS_DIR
-    rows, missing, unreadable = [], [], []
-    for row in model_zoo.load_manifest(models_dir):
-        times = root / RESULTS_DIR / f"{row['name']}.json"
-        if not times.is_file():
-            missing.append(row["name"])
-            continue
-        try:
-            stats = parse_export_times(times)
-        except UserError as e:  # a model that failed part-way, as README.md says: skipped
-            unreadable.append(f"{times.name}: {e.message}")
-            continue
-        rows.append({**row, "measured_ms": stats["p50_ms"], "cv": stats["cv"]})
-    if len(rows) < 2:
-        raise UserError(
-            f"{len(rows)} timed models in {RESULTS_DIR}/",
-            source=str(root),
-            fix="run run_all.sh on the device and copy its results/ into the bundle",
-        )
-    lm, fitted = fit_rows(models_dir, rows, profile)
-    device = _device_name(root / RESULTS_DIR / "device.json") or profile.name
-    meta = {"engine": "tensorrt", "bundle": str(root.resolve()), "missing": missing}
-    path, lm = save_calibration(profile, lm, fitted, where=f"{device} (trtexec)", meta=meta)
-    return {
-        "path": path,
-        "latency_model": lm,
-        "samples": fitted,
-        "missing": missing,
-        "unreadable": unreadable,
-    }
-
-
-def _device_name(path: Path) -> str | None:
-    try:
-        name = json.loads(path.read_text(encoding="utf-8")).get("device")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return name if isinstance(name, str) and name and name != "unknown" else None
 
 
 def calibrate(
@@ -467,19 +271,31 @@ def calibrate(
     bundle: Path | str | None = None,
     from_dir: Path | str | None = None,
     threads: int | None = None,
+    dla_core: int | None = None,
     progress: Progress = None,
 ) -> dict[str, Any]:
-    """What `kdc calibrate` does: time here (host), write a device bundle, or ingest one."""
+    """What `kdc calibrate` does: time here (host), write a device bundle (for a DLA core
+    with `dla_core`), or ingest one."""
     if bundle and from_dir:
         raise UserError(
             "--bundle and --from exclude each other",
             field="--from",
             fix="write the bundle first, then ingest its results",
         )
+    if dla_core is not None and not bundle:
+        raise UserError(
+            "--dla-core goes with --bundle: the bundle times its engines on that core, and "
+            "--from reads the core from the bundle",
+            field="--dla-core",
+            fix="pass --bundle DIR with it, or drop it",
+        )
+    if bundle or from_dir:
+        from kdc.deploy import calibrate_bundle as B
     if bundle:
-        return {"bundle": write_bundle(target, bundle, quick=quick, progress=progress)}
+        written = B.write_bundle(target, bundle, quick=quick, dla_core=dla_core, progress=progress)
+        return {"bundle": written}
     if from_dir:
-        return ingest_bundle(target, from_dir)
+        return B.ingest_bundle(target, from_dir)
     profile = load_profile(target)
     if not profile.measurable:
         raise UserError(
@@ -493,7 +309,7 @@ def calibrate(
 
 def fit_summary(result: dict[str, Any]) -> str:
     """One line on a calibration: the fitted factors and the error of the refit."""
-    lm = result["latency_model"]
+    lm = result.get("latency_model") or result["dla"]
     factors = {k: v for k, v in lm.items() if isinstance(v, int | float)}
     factors |= lm.get("kind_efficiency") or {}
     text = ", ".join(f"{k} {v:g}" for k, v in factors.items())

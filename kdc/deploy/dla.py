@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kdc.deploy.kernels import MASKED, Kernel, launches
+import numpy as np
+
+from kdc.deploy.kernels import MASKED, TENSOR_KINDS, Kernel, launches
 from kdc.errors import UserError
-from kdc.profiles import HardwareProfile
+from kdc.profiles import Dla, HardwareProfile
 from kdc.rundir import sha256_json
 
 MODEL = "roofline-v1+dla"
@@ -127,6 +129,92 @@ def predict_dla_ms(kernels: Sequence[Kernel], profile: HardwareProfile) -> dict:
         "times_s": t,
         "on_dla": on,
     }
+
+
+def fit_dla(
+    samples: Sequence[tuple[Sequence[Kernel], float]], profile: HardwareProfile, source: str
+) -> tuple[Dla, list[float], list[str]]:
+    """Fit the `dla` block's compute efficiency and per-layer overhead to engines timed on a
+    DLA core (kernel lists with measured milliseconds), by least squares on relative error;
+    `transition_us` too where a sample switches between DLA and GPU, and the FP16 peak where
+    samples run matrix kernels at both precisions on the DLA; the rest stays the profile's.
+    GPU fallback kernels are costed by the profile's GPU model, as `predict_dla_ms` does.
+    A factor the samples turn out not to constrain (every DLA kernel memory-bound, say) keeps
+    the profile's value. Returns the block (its `source`: `source`, the factors fitted and the
+    fit's error), each sample's prediction under it and the names of the factors fitted."""
+    from scipy.optimize import least_squares
+
+    base = profile.dla
+    assert base is not None
+    parts = [_fit_parts(kernels, profile) for kernels, _ in samples]
+    measured = np.array([ms for _, ms in samples], dtype=float)
+    int8 = any((p["int8"] & p["tensor"]).any() for p in parts)  # what a peak bounds
+    fp16 = any((~p["int8"] & p["tensor"]).any() for p in parts)
+    bounds = {
+        "compute_efficiency": (1e-3, 1.0),
+        "layer_overhead_us": (0.0, 1e4),
+        "transition_us": (0.0, 1e4),
+        "fp16_tflops": (0.05 * base.int8_tops, base.int8_tops),  # never faster than INT8
+    }
+    free = ["compute_efficiency", "layer_overhead_us"]
+    free += ["transition_us"] * any(p["switches"] for p in parts)
+    free += ["fp16_tflops"] * (int8 and fp16)
+    fixed = base.model_dump(exclude={"source"})
+
+    def predicted(x: Sequence[float]) -> np.ndarray:
+        b = {**fixed, **dict(zip(free, (float(v) for v in x), strict=True))}
+        return np.array([_fit_ms(p, b) for p in parts])
+
+    lower, upper = zip(*(bounds[n] for n in free), strict=True)
+    best = None
+    for eff, over in ((0.2, 2.0), (0.6, 20.0)):
+        start = {"compute_efficiency": eff, "fp16_tflops": base.int8_tops / 2}
+        x0 = [start.get(n, over) for n in free]
+        r = least_squares(
+            lambda x: predicted(x) / measured - 1.0, x0, bounds=(lower, upper), x_scale="jac"
+        )
+        best = r if best is None or r.cost < best.cost else best
+    jac = np.abs(best.jac).sum(axis=0)
+    kept = [n for n, j in zip(free, jac, strict=True) if j <= 1e-6 * jac.max()]
+    x = [fixed[n] if n in kept else float(v) for n, v in zip(free, best.x, strict=True)]
+    pred = predicted(x)
+    err = np.abs(pred / measured - 1.0)
+    fitted = [n for n in free if n not in kept]
+    note = f"; kept from the profile (no sample constrains them): {', '.join(kept)}" * bool(kept)
+    block_source = (
+        f"{source}; fitted {', '.join(fitted)}: median |error| {np.median(err):.1%}, max "
+        f"{err.max():.1%}{note}"
+    )
+    values = {**fixed, **{n: round(v, 6) for n, v in zip(free, x, strict=True)}}
+    return Dla(**values, source=block_source), [float(v) for v in pred], fitted
+
+
+def _fit_parts(kernels: Sequence[Kernel], profile: HardwareProfile) -> dict:
+    """What a DLA fit keeps fixed of one sample: the GPU kernels' and the call's milliseconds,
+    and the DLA kernels' FLOPs, memory seconds and precision."""
+    from kdc.deploy.estimate import kernel_ms, kernel_times_s
+
+    lm = profile.latency_model
+    on = np.array([on_dla(k) for k in kernels], dtype=bool)
+    t = kernel_times_s(kernels, profile)
+    bw = profile.memory.bandwidth_gbps * 1e9 * lm.memory_efficiency
+    dla = [k for k, d in zip(kernels, on, strict=True) if d]
+    return {
+        "fixed_ms": float(kernel_ms(t)[~on].sum()) + lm.call_overhead_us / 1e3,
+        "flops": np.array([k.flops for k in dla], dtype=float),
+        "memory_s": np.array([k.bytes / bw for k in dla], dtype=float),
+        "int8": np.array([k.precision == "int8" for k in dla], dtype=bool),
+        "tensor": np.array([k.kind in TENSOR_KINDS for k in dla], dtype=bool),
+        "switches": int((on[1:] != on[:-1]).sum()),
+    }
+
+
+def _fit_ms(parts: dict, b: dict[str, float]) -> float:
+    peak = np.where(parts["int8"], b["int8_tops"], b["fp16_tflops"]) * 1e12
+    compute = parts["flops"] / (peak * b["compute_efficiency"])
+    dla_s = np.maximum(compute, parts["memory_s"]).sum()
+    dla_s += len(parts["flops"]) * b["layer_overhead_us"] * 1e-6
+    return parts["fixed_ms"] + dla_s * 1e3 + parts["switches"] * b["transition_us"] / 1e3
 
 
 def dla_predictor_sha256(profile: HardwareProfile) -> str:

@@ -1,5 +1,6 @@
-"""Fixtures shared by the `kdc check` tests (test_check.py, test_check_cli.py) and the device
-bundle tests (test_bundle.py, test_bundle_parity.py)."""
+"""Fixtures shared by the `kdc check` tests (test_check.py, test_check_cli.py), the device
+bundle tests (test_bundle.py, test_bundle_parity.py) and the calibration tests
+(test_calibrate.py, test_calibrate_dla.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ from onnx import numpy_helper
 from stand_in_device import FAKE_CUDART, FAKE_TENSORRT, tiny_model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "report_sample.json"
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch) -> Path:
+    """KDC_CONFIG_DIR in tmp_path: calibration files are written there."""
+    monkeypatch.setenv("KDC_CONFIG_DIR", str(tmp_path / "config"))
+    return tmp_path / "config"
 
 
 @pytest.fixture

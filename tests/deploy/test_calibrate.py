@@ -14,12 +14,14 @@ from typer.testing import CliRunner
 
 from kdc.cli import app
 from kdc.deploy import calibrate as C
+from kdc.deploy import calibrate_bundle as B
 from kdc.deploy import model_zoo as Z
 from kdc.deploy.estimate import onnx_kernels, predict_kernels_ms
 from kdc.deploy.graph_cost import analyze_onnx
 from kdc.errors import UserError
 from kdc.profiles import calibration_path, load_profile, profiles_dir
 
+pytestmark = pytest.mark.usefixtures("config_dir")
 KNOWN = {
     "kernel_overhead_us": 3.0,
     "compute_efficiency": 0.5,
@@ -36,17 +38,11 @@ SMALL = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def config_dir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("KDC_CONFIG_DIR", str(tmp_path / "config"))
-    return tmp_path / "config"
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """A calibration bundle for the Jetson Orin Nano with 10 small float/INT8 models."""
     out = tmp_path_factory.mktemp("cal") / "jetson-calibration"
-    return C.write_bundle("jetson", out, zoo=Z.models(SMALL, ["fp16", "int8"]), iterations=50)
+    return B.write_bundle("jetson", out, zoo=Z.models(SMALL, ["fp16", "int8"]), iterations=50)
 
 
 def test_sets_are_disjoint_and_span_the_ranges():
