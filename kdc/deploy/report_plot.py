@@ -245,6 +245,14 @@ def _budget(axes: list[Axes], report: dict) -> list[float]:
     return [limit]
 
 
+def _no_ticks_past_one(ax: Axes) -> None:
+    """Every metric plotted is at most 1: the margin kept above it for labels has no ticks."""
+    lo, hi = ax.get_ylim()
+    if hi > 1.0:
+        ax.set_yticks([t for t in ax.get_yticks() if lo <= t <= 1.0 + 1e-9])
+        ax.set_ylim(lo, hi)
+
+
 def render_png(report: dict) -> bytes:
     """The latency/accuracy plot as PNG bytes (1200 × 800 px)."""
     fig = Figure(figsize=SIZE_IN, dpi=DPI, layout="constrained")
@@ -265,7 +273,7 @@ def render_png(report: dict) -> bytes:
     task = report.get("task")
     metric = accuracy_value((report.get("teacher") or {}).get("accuracy"), task)[0] or "accuracy"
     run, target = (report.get("run") or {}).get("name", "run"), report.get("target") or {}
-    ax.set_title(f"{run} on {target.get('name', '?')}: latency vs {metric}", fontsize=15)
+    ax.set_title(f"{run} on {target.get('name', '?')}\nlatency vs {metric}", fontsize=15)
     ax.set_ylabel(f"{metric} on held-out data", fontsize=12)
     ax.margins(y=0.35)  # room for the no-accuracy strip
     axes[-1].set_xlabel("latency, ms (measured: p99; predicted: p50)", fontsize=12)
@@ -286,6 +294,7 @@ def render_png(report: dict) -> bytes:
         handles, legend = handles + h, legend + lab
     if handles:
         fig.legend(handles, legend, loc="outside right upper", fontsize=10)
+    _no_ticks_past_one(ax)
     _annotate_strip(ax, strip_labels)
     _place_labels(fig, ax, labels)
     buf = io.BytesIO()

@@ -272,3 +272,20 @@ def test_a_pass_with_no_constraints_says_it_checked_nothing(report):
     assert "PASSED (no constraints set: nothing was checked)" in console
     assert "add constraints.max_accuracy_drop" in console
     assert "result: PASSED (no constraints set" in render_markdown(report)
+
+
+def test_the_accuracy_axis_has_no_tick_past_one(report, monkeypatch):
+    """The axis keeps room above an accuracy near 1 for the labels, but no tick there."""
+    seen: dict = {}
+    place = report_plot._place_labels
+
+    def spy(fig, ax, labels):
+        seen["ylim"], seen["ticks"] = ax.get_ylim(), list(ax.get_yticks())
+        place(fig, ax, labels)
+
+    monkeypatch.setattr(report_plot, "_place_labels", spy)
+    for part in [report["teacher"], *report["engines"]]:
+        if part.get("accuracy"):
+            part["accuracy"]["value"] = 0.997
+    render_png(report)
+    assert seen["ylim"][1] > 1.0 and seen["ticks"] and max(seen["ticks"]) <= 1.0
