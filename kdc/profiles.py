@@ -378,9 +378,9 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
 
 
 def _read_calibration(cal: Path, target: str) -> CalibrationFile:
-    fix = f"run `kdc calibrate --target {target}` again, or delete the file"
+    fix = f"delete the file, then run `kdc calibrate --target {target}` again if you want a fit"
     try:
-        return CalibrationFile.model_validate(yaml.safe_load(cal.read_text(encoding="utf-8")))
+        doc = CalibrationFile.model_validate(yaml.safe_load(cal.read_text(encoding="utf-8")))
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
         why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e).splitlines()[0]
         raise UserError(f"calibration file is corrupt: {why}", source=str(cal), fix=fix) from None
@@ -392,6 +392,14 @@ def _read_calibration(cal: Path, target: str) -> CalibrationFile:
             field=".".join(str(p) for p in err["loc"]) or None,
             fix=fix,
         ) from None
+    if doc.latency_model is None and doc.dla is None:
+        raise UserError(
+            "calibration file is corrupt: it holds no fit (no latency_model, no dla)",
+            source=str(cal),
+            field="latency_model",
+            fix=fix,
+        )
+    return doc
 
 
 def _mem_gb() -> float:

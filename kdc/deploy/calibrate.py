@@ -25,6 +25,7 @@ from kdc.deploy.estimate import fit_latency_model, onnx_kernels, predict_kernels
 from kdc.errors import UserError
 from kdc.profiles import (
     HardwareProfile,
+    LatencyModel,
     calibration_path,
     cpu_info,
     host_threads,
@@ -39,6 +40,12 @@ PER_KIND_MIN_MODELS = 12
 """Fewer timed models fit only overhead, memory and per-precision efficiencies."""
 # a median |error| of the fit on its own timings above this is warned (measured here: 9-14 %)
 POOR_FIT = 0.25
+DLA_KEYS = ("dla", "dla_calibration")
+"""What a DLA calibration adds to its profile's calibration file, beside the GPU's fit."""
+SAMPLE_KEYS = (
+    *("name", "family", "precision", "batch", "input_shapes", "padding"),
+    *("measured_ms", "cpu_ms", "cv", "predicted_ms"),
+)
 
 
 def load_average() -> float | None:
@@ -156,20 +163,22 @@ def fit_rows(
 def fit_warnings(result: dict[str, Any]) -> list[str]:
     """Warnings when the saved fit predicts its own timings poorly (median |error| above
     POOR_FIT: every later prediction for the target uses it), or has no more timings than the
-    factors it fitted (`fitted`, a DLA fit's)."""
+    factors it fitted (`fitted`, a DLA fit's); and the result's own `notes`."""
     errors = [r["error"] for r in result.get("samples", []) if "error" in r]
     factors = result.get("fitted") or []
-    out = []
+    out = list(result.get("notes") or [])
     if factors and len(errors) <= len(factors):
         out.append(
             f"{len(errors)} timed models fit {len(factors)} factors ({', '.join(factors)}), "
-            "which the fit reproduces whatever they measured: time the full set (no --quick)"
+            "which the fit reproduces whatever they measured: time the full set (no --quick) "
+            "and bring back the results of the models that failed"
         )
     if errors and float(np.median(errors)) > POOR_FIT:
+        key = "dla" if "dla" in result else "latency_model"
         out.append(
             f"the fit predicts its own timings with a median |error| of {np.median(errors):.0%}: "
             "predictions for this target now use it; time the set again on an idle device with "
-            f"fixed clocks, or delete {result['path']} to go back to the profile's model"
+            f"fixed clocks, or remove `{key}` from {result['path']} to go back to the profile's"
         )
     return out
 
@@ -183,38 +192,44 @@ def save_calibration(
     meta: dict[str, Any],
 ) -> tuple[Path, dict[str, Any]]:
     """Write the calibration file of `profile`: the latency model, its `source` now saying
-    where and when it was calibrated, how it was measured, and the raw samples. Returns the
-    path and the saved latency model."""
+    where and when it was calibrated, how it was measured, and the raw samples (a DLA fit
+    already there is kept). Returns the path, the saved latency model and warnings (a kept DLA
+    fit made against another GPU model)."""
     fit_note = latency_model["source"].split(": ", 1)[-1]
     lm = {
         **latency_model,
         "source": f"calibrated on {where} at {now_iso()} from {len(rows)} models "
         f"(kdc calibrate); {fit_note}",
     }
-    keep = ("name", "family", "precision", "batch", "input_shapes", "padding", "measured_ms")
-    keep += ("cpu_ms", "cv")
-    samples = [{k: r[k] for k in (*keep, "predicted_ms") if k in r} for r in rows]
     doc = {"profile": profile.name, "kdc_version": __version__, **meta}
     doc["bandwidth_gbps"] = profile.memory.bandwidth_gbps  # what memory_efficiency scales
-    doc |= {"latency_model": lm, "samples": samples}
-    kept = {k: v for k, v in saved_calibration(profile).items() if k in DLA_KEYS}  # a DLA fit stays
+    doc |= {"latency_model": lm, "samples": sample_records(rows)}
+    kept = {k: v for k, v in saved_calibration(profile).items() if k in DLA_KEYS}
     path = calibration_path(profile.name)
     write_text(path, yaml.safe_dump(doc | kept, sort_keys=False))
-    return path, lm
+    now = profile.model_copy(update={"latency_model": LatencyModel.model_validate(lm)})
+    made_with = (kept.get("dla_calibration") or {}).get("gpu_model_sha256")
+    notes = []
+    if "dla" in kept and made_with != now.predictor_sha256():
+        bundle = kept["dla_calibration"].get("bundle", "its bundle")
+        notes.append(
+            f"the DLA fit in {path} was made with the GPU model this fit replaces (it costs the "
+            f"kernels that fall back to the GPU): refit it with `kdc calibrate --target "
+            f"{profile.name} --from {bundle}`"
+        )
+    return path, lm, notes
 
 
-DLA_KEYS = ("dla", "dla_calibration")
-"""What a DLA calibration adds to its profile's calibration file, beside the GPU's fit."""
+def sample_records(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a calibration file keeps of each timed row."""
+    return [{k: r[k] for k in SAMPLE_KEYS if k in r} for r in rows]
 
 
 def saved_calibration(profile: HardwareProfile) -> dict[str, Any]:
-    """The profile's calibration file as saved (empty when there is none or it is unreadable:
-    the new fit replaces it)."""
-    try:
-        doc = yaml.safe_load(calibration_path(profile.name).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
+    """The profile's calibration file as saved (empty when there is none; `load_profile` has
+    refused a damaged one)."""
+    path = calibration_path(profile.name)
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def calibrate_host(
@@ -255,8 +270,8 @@ def calibrate_host(
         "machine": platform.node() or "unknown",
         "quick": quick,
     }
-    path, lm = save_calibration(profile, lm, fitted, where=where, meta=meta)
-    return {"path": path, "latency_model": lm, "samples": fitted}
+    path, lm, notes = save_calibration(profile, lm, fitted, where=where, meta=meta)
+    return {"path": path, "latency_model": lm, "samples": fitted, "notes": notes}
 
 
 def exporting_progress(progress: Progress) -> Progress:
@@ -311,6 +326,8 @@ def fit_summary(result: dict[str, Any]) -> str:
     """One line on a calibration: the fitted factors and the error of the refit."""
     lm = result.get("latency_model") or result["dla"]
     factors = {k: v for k, v in lm.items() if isinstance(v, int | float)}
+    if "fitted" in result:  # a DLA fit: its peaks and kept factors are the profile's
+        factors = {k: v for k, v in factors.items() if k in result["fitted"]}
     factors |= lm.get("kind_efficiency") or {}
     text = ", ".join(f"{k} {v:g}" for k, v in factors.items())
     return f"{text}; {lm['source']}"

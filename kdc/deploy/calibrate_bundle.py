@@ -22,6 +22,7 @@ from kdc.deploy.calibrate import (
     Progress,
     exporting_progress,
     fit_rows,
+    sample_records,
     save_calibration,
     saved_calibration,
     timed_samples,
@@ -190,8 +191,8 @@ def _timing_words(dla_core: int | None) -> str:
     if dla_core is None:
         return "with CUDA graphs, spin-wait and no host/device copies"
     return (
-        f"on DLA core {dla_core} (GPU fallback for what DLA cannot run) without CUDA graphs, "
-        "whose capture fails on DLA engines, with spin-wait and no host/device copies"
+        f"on DLA core {dla_core} (GPU fallback for what DLA cannot run)\n   without CUDA "
+        "graphs, whose capture fails on DLA engines, with spin-wait and no host/device copies"
     )
 
 
@@ -225,15 +226,20 @@ def _check_bundle_target(root: Path, profile: HardwareProfile) -> dict[str, Any]
         _device_name(device) or "", profile.name, str(device), f"run run_all.sh on a {profile.name}"
     )
     core = bundle_meta.get("dla_core")
-    if core is not None:
-        if not isinstance(core, int) or isinstance(core, bool):
-            raise UserError(
-                f"dla_core is {core!r}, not a core number",
-                source=str(meta_file),
-                field="dla_core",
-                fix="write the bundle again with `kdc calibrate --bundle DIR --dla-core N`",
-            )
+    if core is None:
+        return bundle_meta
+    rewrite = "write the bundle again with `kdc calibrate --bundle DIR --dla-core N`"
+    if not isinstance(core, int) or isinstance(core, bool):
+        raise UserError(
+            f"dla_core is {core!r}, not a core number",
+            source=str(meta_file),
+            field="dla_core",
+            fix=rewrite,
+        )
+    try:
         check_dla(profile, core, "int8", field="dla_core")
+    except UserError as e:  # the bundle's core, not a command-line option
+        raise UserError(e.message, source=str(meta_file), field="dla_core", fix=rewrite) from None
     return bundle_meta
 
 
@@ -273,8 +279,8 @@ def ingest_bundle(target: str, bundle_dir: Path | str) -> dict[str, Any]:
     if core is not None:
         return out | _fit_dla_rows(profile, models_dir, rows, core, device, meta)
     lm, fitted = fit_rows(models_dir, rows, profile)
-    path, lm = save_calibration(profile, lm, fitted, where=f"{device} (trtexec)", meta=meta)
-    return out | {"path": path, "latency_model": lm, "samples": fitted}
+    path, lm, notes = save_calibration(profile, lm, fitted, where=f"{device} (trtexec)", meta=meta)
+    return out | {"path": path, "latency_model": lm, "samples": fitted, "notes": notes}
 
 
 def _fit_dla_rows(
@@ -315,13 +321,13 @@ def save_dla_calibration(
 ) -> Path:
     """Put a fitted `dla` block, how it was measured and its samples into the profile's
     calibration file, keeping the GPU's fit there (or the profile's GPU model where none is)."""
-    keep = ("name", "family", "precision", "batch", "input_shapes", "measured_ms", "cv")
-    samples = [{k: r[k] for k in (*keep, "predicted_ms") if k in r} for r in rows]
     doc = {k: v for k, v in saved_calibration(profile).items() if k not in DLA_KEYS}
     doc.setdefault("profile", profile.name)
     doc.setdefault("bandwidth_gbps", profile.memory.bandwidth_gbps)
     doc["dla"] = block.model_dump(mode="json")
-    doc["dla_calibration"] = {"kdc_version": __version__, **meta, "samples": samples}
+    made_with = {"gpu_model_sha256": profile.predictor_sha256()}  # what costed the fallbacks
+    doc["dla_calibration"] = {"kdc_version": __version__, **meta, **made_with}
+    doc["dla_calibration"]["samples"] = sample_records(rows)
     path = calibration_path(profile.name)
     write_text(path, yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -7,7 +7,8 @@ DLA kernels as max(FLOPs / (DLA peak × efficiency), bytes / (bandwidth × the G
 efficiency)) at the core's int8 or fp16 peak (DLA has no fp32) plus a per-layer overhead, GPU
 kernels by the profile's roofline-v1 model, and adds `transition_us` per switch and the call
 overhead. The peaks and factors are the profile's `dla` block, with their sources (fitted by
-bench/fit_dla.py to published DLA timings). Every number here is a prediction.
+bench/fit_dla.py to published DLA timings, or by `fit_dla` to a device's timings: `kdc calibrate
+--bundle DIR --dla-core N`, then `--from DIR`). Every number here is a prediction.
 """
 
 from __future__ import annotations
@@ -139,54 +140,114 @@ def fit_dla(
     `transition_us` too where a sample switches between DLA and GPU, and the FP16 peak where
     samples run matrix kernels at both precisions on the DLA; the rest stays the profile's.
     GPU fallback kernels are costed by the profile's GPU model, as `predict_dla_ms` does.
-    A factor the samples turn out not to constrain (every DLA kernel memory-bound, say) keeps
-    the profile's value. Returns the block (its `source`: `source`, the factors fitted and the
-    fit's error), each sample's prediction under it and the names of the factors fitted."""
-    from scipy.optimize import least_squares
-
+    The compute efficiency is fitted only from INT8 matrix kernels (at the published INT8
+    peak; FP16 timings alone fit the FP16 peak), and a factor the timings do not pin (every
+    DLA kernel memory-bound, say) keeps the profile's value. Returns the block (its `source`:
+    `source`, the factors fitted and the fit's error), each sample's prediction under it and
+    the names of the factors fitted. A UserError when no sample has a DLA layer."""
     base = profile.dla
     assert base is not None
     parts = [_fit_parts(kernels, profile) for kernels, _ in samples]
+    if not any(len(p["flops"]) for p in parts):
+        raise UserError(
+            "no timed model has a layer the DLA runs: nothing to fit",
+            field="dla_core",
+            fix="time the calibration set kdc wrote (`kdc calibrate --bundle DIR --dla-core N`)",
+        )
     measured = np.array([ms for _, ms in samples], dtype=float)
     int8 = any((p["int8"] & p["tensor"]).any() for p in parts)  # what a peak bounds
     fp16 = any((~p["int8"] & p["tensor"]).any() for p in parts)
+    # efficiency is fitted at the published INT8 peak; FP16 timings alone fit the FP16 peak
+    free = ["compute_efficiency"] * int8 + ["layer_overhead_us"]
+    free += ["transition_us"] * any(p["switches"] for p in parts)
+    free += ["fp16_tflops"] * fp16
+    fixed = base.model_dump(exclude={"source"})
+    kept: list[str] = []
+    while True:
+        x = _fit_free(parts, measured, fixed, free, base.int8_tops)
+        weak = _weakest(parts, measured, fixed, free, x)
+        if weak is None:
+            break
+        kept.append(free.pop(weak))
+    values = {**fixed, **{n: round(v, 6) for n, v in zip(free, x, strict=True)}}
+    pred = np.array([_fit_ms(p, values) for p in parts])
+    err = np.abs(pred / measured - 1.0)
+    note = f"; kept from the profile (the timings do not pin them): {', '.join(kept)}" * bool(kept)
+    block_source = (
+        f"{source}; fitted {', '.join(free) or 'nothing'}: median |error| {np.median(err):.1%}, "
+        f"max {err.max():.1%}{note}"
+    )
+    return Dla(**values, source=block_source), [float(v) for v in pred], free
+
+
+WEAK_REL_SE = 0.5
+"""A fitted factor whose standard error exceeds this share of its value (or of the profile's,
+when larger) is not pinned by the timings: the profile's value is kept."""
+
+
+def _fit_free(
+    parts: list[dict], measured: np.ndarray, fixed: dict, free: list[str], int8_tops: float
+) -> list[float]:
+    """Least squares on relative error over the `free` factors, from two starts."""
+    from scipy.optimize import least_squares
+
+    if not free:
+        return []
     bounds = {
         "compute_efficiency": (1e-3, 1.0),
         "layer_overhead_us": (0.0, 1e4),
         "transition_us": (0.0, 1e4),
-        "fp16_tflops": (0.05 * base.int8_tops, base.int8_tops),  # never faster than INT8
+        "fp16_tflops": (0.05 * int8_tops, int8_tops),  # never faster than INT8
     }
-    free = ["compute_efficiency", "layer_overhead_us"]
-    free += ["transition_us"] * any(p["switches"] for p in parts)
-    free += ["fp16_tflops"] * (int8 and fp16)
-    fixed = base.model_dump(exclude={"source"})
-
-    def predicted(x: Sequence[float]) -> np.ndarray:
-        b = {**fixed, **dict(zip(free, (float(v) for v in x), strict=True))}
-        return np.array([_fit_ms(p, b) for p in parts])
-
     lower, upper = zip(*(bounds[n] for n in free), strict=True)
     best = None
     for eff, over in ((0.2, 2.0), (0.6, 20.0)):
-        start = {"compute_efficiency": eff, "fp16_tflops": base.int8_tops / 2}
-        x0 = [start.get(n, over) for n in free]
+        start = {"compute_efficiency": eff, "fp16_tflops": int8_tops / 2}
         r = least_squares(
-            lambda x: predicted(x) / measured - 1.0, x0, bounds=(lower, upper), x_scale="jac"
+            lambda x: _relative_errors(parts, measured, fixed, free, x),
+            [start.get(n, over) for n in free],
+            bounds=(lower, upper),
+            x_scale="jac",
         )
         best = r if best is None or r.cost < best.cost else best
-    jac = np.abs(best.jac).sum(axis=0)
-    kept = [n for n, j in zip(free, jac, strict=True) if j <= 1e-6 * jac.max()]
-    x = [fixed[n] if n in kept else float(v) for n, v in zip(free, best.x, strict=True)]
-    pred = predicted(x)
-    err = np.abs(pred / measured - 1.0)
-    fitted = [n for n in free if n not in kept]
-    note = f"; kept from the profile (no sample constrains them): {', '.join(kept)}" * bool(kept)
-    block_source = (
-        f"{source}; fitted {', '.join(fitted)}: median |error| {np.median(err):.1%}, max "
-        f"{err.max():.1%}{note}"
-    )
-    values = {**fixed, **{n: round(v, 6) for n, v in zip(free, x, strict=True)}}
-    return Dla(**values, source=block_source), [float(v) for v in pred], fitted
+    return [float(v) for v in best.x]
+
+
+def _relative_errors(
+    parts: list[dict], measured: np.ndarray, fixed: dict, free: list[str], x: Sequence[float]
+) -> np.ndarray:
+    b = {**fixed, **dict(zip(free, (float(v) for v in x), strict=True))}
+    return np.array([_fit_ms(p, b) for p in parts]) / measured - 1.0
+
+
+def _weakest(
+    parts: list[dict], measured: np.ndarray, fixed: dict, free: list[str], x: list[float]
+) -> int | None:
+    """Index of the free factor the timings pin least, if one is not pinned (it moves no
+    prediction, or its standard error is over WEAK_REL_SE of its scale); None when every one
+    is, or there are no more timings than factors to judge the error by (`fit_warnings` says
+    so)."""
+    n, k = len(measured), len(free)
+    if k == 0:
+        return None
+    r0 = _relative_errors(parts, measured, fixed, free, x)
+    jac = np.empty((n, k))
+    for i in range(k):
+        step = 1e-6 * max(abs(x[i]), abs(fixed[free[i]]), 1e-3)
+        moved = list(x)
+        moved[i] += step
+        jac[:, i] = (_relative_errors(parts, measured, fixed, free, moved) - r0) / step
+    scale = np.array([max(abs(v), abs(fixed[f])) for f, v in zip(free, x, strict=True)])
+    influence = np.abs(jac).sum(axis=0) * scale
+    if influence.min() <= 1e-6 * influence.max():  # moves no prediction at all
+        return int(np.argmin(influence))
+    if n <= k:
+        return None
+    sigma2 = float(r0 @ r0) / (n - k)
+    se = np.sqrt(np.clip(np.diag(np.linalg.pinv(jac.T @ jac)) * sigma2, 0.0, None))
+    rel = se / scale
+    worst = int(np.argmax(rel))
+    return worst if rel[worst] > WEAK_REL_SE else None
 
 
 def _fit_parts(kernels: Sequence[Kernel], profile: HardwareProfile) -> dict:

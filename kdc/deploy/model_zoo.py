@@ -223,7 +223,7 @@ def calibration_set(
     quick: bool = False,
     paddings: Sequence[float] = (0.0,),
 ) -> list[ZooModel]:
-    """The models `kdc calibrate` times (`quick`: three tiny float models)."""
+    """The models `kdc calibrate` times (`quick`: three tiny models at the first precision)."""
     if quick:
         return models(QUICK_ARCHS, precisions[:1])
     return models(CALIBRATION_ARCHS, precisions, paddings)

@@ -225,7 +225,8 @@ def test_a_bundle_of_another_target_or_device_is_refused(bundle, config_dir):
     assert res.exit_code == 0, res.output
     assert f"warning: results/{cut.name}: not a trtexec exportTimes JSON" in res.output
     assert "warning: the fit predicts its own timings with a median |error| of" in res.output
-    assert f"delete {calibration_path('jetson-orin-nano-8gb')}" in " ".join(res.output.split())
+    path = calibration_path("jetson-orin-nano-8gb")
+    assert f"remove `latency_model` from {path}" in " ".join(res.output.split())
 
 
 def test_unreachable_targets_and_conflicting_options_are_user_errors(tmp_path):
@@ -275,6 +276,8 @@ def test_every_profile_picks_up_its_calibration_file(config_dir):
             "latency_model.compute_efficiency",
         ),
         ({"latency_model": {**KNOWN, "kind_efficiency": "x"}}, "latency_model.kind_efficiency"),
+        ({"latency_model": None}, "latency_model"),  # a DLA fit alone has `dla`
+        ({"dla": {"int8_tops": 1.0}}, "dla.fp16_tflops"),
     ],
 )
 def test_a_damaged_calibration_file_names_itself_and_the_field(damage, field):

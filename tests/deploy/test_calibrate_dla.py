@@ -15,7 +15,7 @@ from kdc.cli import app
 from kdc.deploy import calibrate as C
 from kdc.deploy import calibrate_bundle as B
 from kdc.deploy import model_zoo as Z
-from kdc.deploy.dla import fit_dla, predict_dla_ms
+from kdc.deploy.dla import fit_dla, on_dla, predict_dla_ms
 from kdc.deploy.estimate import onnx_kernels, predict_onnx
 from kdc.errors import UserError
 from kdc.profiles import calibration_path, load_profile
@@ -89,6 +89,8 @@ def test_the_fit_recovers_a_known_dla_and_predictions_use_it(bundle, config_dir)
     gpu_before = load_profile(TARGET).latency_model
     res = CliRunner().invoke(app, ["calibrate", "--target", "agx-orin", "--from", str(bundle)])
     assert res.exit_code == 0, res.output
+    summary = res.output.splitlines()[1]  # the factors fitted, not the peaks
+    assert "compute_efficiency 0.40" in summary and "int8_tops" not in summary
     saved = yaml.safe_load(calibration_path(TARGET).read_text())
     assert "latency_model" not in saved  # the GPU's model stays the profile's
     assert saved["dla_calibration"]["dla_core"] == 1
@@ -116,7 +118,12 @@ def test_a_gpu_calibration_keeps_the_dla_fit_and_back(bundle, config_dir):
     _export_times(bundle, KNOWN)
     B.ingest_bundle("agx-orin", bundle)
     lm = load_profile(TARGET).latency_model.model_dump()
-    C.save_calibration(load_profile(TARGET), {**lm, "source": "x: y"}, [], where="t", meta={})
+    same = {**lm, "source": "x: y"}
+    assert C.save_calibration(load_profile(TARGET), same, [], where="t", meta={})[2] == []
+    faster = {**same, "kernel_overhead_us": lm["kernel_overhead_us"] / 2}
+    *_, notes = C.save_calibration(load_profile(TARGET), faster, [], where="t", meta={})
+    assert len(notes) == 1 and "the DLA fit in" in notes[0]  # it costed the GPU's kernels
+    assert f"kdc calibrate --target {TARGET} --from {bundle.resolve()}" in notes[0]
     profile = load_profile(TARGET)
     assert profile.latency_model.source.startswith("calibrated on t at")
     assert profile.dla.compute_efficiency == pytest.approx(0.4, rel=0.02)
@@ -124,21 +131,58 @@ def test_a_gpu_calibration_keeps_the_dla_fit_and_back(bundle, config_dir):
     assert load_profile(TARGET).latency_model.source.startswith("calibrated on t at")
 
 
-def test_fit_dla_frees_only_what_the_samples_constrain(bundle):
-    """CNNs and MLPs alone never switch to the GPU, and INT8 alone says nothing of FP16: those
-    factors stay the profile's."""
+def _samples(bundle: Path, keep, block: dict | None = None, noise: float = 0.0) -> list:
+    """(kernels, ms) of the bundle's models that `keep` keeps, timed as the DLA `block`
+    predicts (times off by up to `noise`, alternately up and down)."""
     profile = load_profile(TARGET)
-    rows = [
-        r
-        for r in Z.load_manifest(bundle / "models")
-        if r["family"] != "transformer" and r["precision"] == "int8"
-    ]
-    samples = [(_kernels(bundle, r), 1.0 + i) for i, r in enumerate(rows)]
-    block, _, fitted = fit_dla(samples, profile, "test")
+    known = profile.model_copy(update={"dla": profile.dla.model_copy(update=block or KNOWN)})
+    rows = [r for r in Z.load_manifest(bundle / "models") if keep(r)]
+    out = []
+    for i, r in enumerate(rows):
+        kernels = _kernels(bundle, r)
+        ms = predict_dla_ms(kernels, known)["p50_ms"] * (1 + noise * (-1) ** i)
+        out.append((kernels, ms))
+    return out
+
+
+def test_fit_dla_frees_only_what_the_samples_constrain(bundle):
+    """CNNs and MLPs never switch to the GPU, and INT8 timings say nothing of FP16: those
+    factors stay the profile's; FP16 timings alone fit the FP16 peak, not the efficiency
+    measured at the published INT8 peak."""
+    profile = load_profile(TARGET)
+    int8 = _samples(bundle, lambda r: r["family"] != "transformer" and r["precision"] == "int8")
+    block, _, fitted = fit_dla(int8, profile, "test")
     assert fitted == ["compute_efficiency", "layer_overhead_us"]
+    assert block.compute_efficiency == pytest.approx(KNOWN["compute_efficiency"], rel=0.01)
     assert block.transition_us == profile.dla.transition_us
     assert block.fp16_tflops == profile.dla.fp16_tflops
     assert block.source.startswith("test; fitted compute_efficiency, layer_overhead_us: median")
+    fp16 = _samples(bundle, lambda r: r["family"] != "transformer" and r["precision"] == "fp16")
+    block, _, fitted = fit_dla(fp16, profile, "test")
+    assert fitted == ["layer_overhead_us", "fp16_tflops"]
+    assert block.compute_efficiency == profile.dla.compute_efficiency
+    effective = KNOWN["fp16_tflops"] * KNOWN["compute_efficiency"]
+    assert block.fp16_tflops * block.compute_efficiency == pytest.approx(effective, rel=0.01)
+
+
+def test_a_factor_the_timings_do_not_pin_keeps_the_profiles_value(bundle):
+    """Three small INT8 models 30 % off the model either way: the switch cost cannot be told
+    from the noise, so it is not saved as fitted."""
+    profile = load_profile(TARGET)
+    small = {"mlp_w256-256-10_b1_int8", "cnn_c16-32_d1_i32_int8", "bert_l1_h64_s32_int8"}
+    small |= {"mlp_w512-2048-512-10_b32_int8", "bert_l2_h128_s64_int8"}
+    samples = _samples(bundle, lambda r: r["name"] in small, noise=0.3)
+    block, _, fitted = fit_dla(samples, profile, "test")
+    assert "transition_us" not in fitted
+    assert block.transition_us == profile.dla.transition_us
+    assert "kept from the profile (the timings do not pin them): transition_us" in block.source
+
+
+def test_timings_without_a_dla_layer_fit_nothing(bundle):
+    profile = load_profile(TARGET)
+    samples = [([k for k in ks if not on_dla(k)], ms) for ks, ms in _samples(bundle, bool)]
+    with pytest.raises(UserError, match="no timed model has a layer the DLA runs"):
+        fit_dla(samples, profile, "test")
 
 
 def test_dla_core_needs_a_bundle_and_a_target_with_that_core(tmp_path):
@@ -162,6 +206,10 @@ def test_a_bundle_with_a_damaged_core_number_is_refused(bundle, tmp_path):
     with pytest.raises(UserError, match="dla_core is 'one', not a core number") as e:
         B.ingest_bundle("agx-orin", copy)
     assert e.value.field == "dla_core"
+    (copy / "calibration.json").write_text(json.dumps({**meta, "dla_core": 5}))
+    res = CliRunner().invoke(app, ["calibrate", "--target", "agx-orin", "--from", str(copy)])
+    assert res.exit_code == 2 and "field '--dla-core'" not in res.output  # the bundle's
+    assert f"{copy / 'calibration.json'}: field 'dla_core'" in " ".join(res.output.split())
 
 
 def test_a_fit_with_no_more_timings_than_factors_is_warned(bundle, tmp_path):
