@@ -77,7 +77,35 @@ def resnet50() -> dict:
     return {"family": "cnn", "input_shape": [3, 224, 224], "layers": layers}
 
 
-BUILDERS = {"resnet50": resnet50}
+def resnet34_backbone() -> dict:
+    """torchvision ResNet-34 without its pooling and classifier (a detector's backbone), at
+    1280×768 as NVIDIA's DLA README times it."""
+    layers: list[dict] = [
+        {"op": "conv", "out": 64, "kernel": 7, "stride": 2},
+        {"op": "maxpool", "kernel": 3, "stride": 2},
+    ]
+    for out, blocks, stride in [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]:
+        for b in range(blocks):
+            s = stride if b == 0 else 1
+            if s != 1:
+                layers.append(
+                    {
+                        "op": "conv",
+                        "out": out,
+                        "kernel": 1,
+                        "stride": s,
+                        "padding": 0,
+                        "branch": True,
+                    }
+                )
+            layers += [
+                {"op": "conv", "out": out, "kernel": 3, "stride": s},
+                {"op": "conv", "out": out, "kernel": 3, "residual": True},
+            ]
+    return {"family": "cnn", "input_shape": [3, 768, 1280], "layers": layers}
+
+
+BUILDERS = {"resnet50": resnet50, "resnet34_backbone": resnet34_backbone}
 
 
 def device_profile(name: str, devices: dict) -> HardwareProfile:
