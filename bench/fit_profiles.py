@@ -244,6 +244,58 @@ def report(fits: dict, rows: dict) -> list[dict]:
     return out
 
 
+HELD_OUT_MIN = 5
+"""Fewest figures a held-out fit is made from."""
+
+
+def held_out(data: dict) -> list[dict]:
+    """For each fully fitted profile and each of its models: the factors fitted without that
+    model's figures, and their errors on them (figures the fit never saw)."""
+    devices, out = data.get("devices", {}), []
+    by_target: dict[str, list[dict]] = {}
+    for t in data["timings"]:
+        by_target.setdefault(devices.get(t["device"], {}).get("profile", t["device"]), []).append(t)
+    for target, timings in by_target.items():
+        if len(timings) < data["min_sweep"]:
+            continue
+        prof = device_profile(timings[0]["device"], devices)
+        samples = samples_for(timings, data)
+        for model in sorted({t["model"] for t in timings}):
+            seen = [(k, ms) for k, ms, t in samples if t["model"] != model]
+            if len(seen) < HELD_OUT_MIN:
+                continue
+            fit = fit_latency_model(seen, prof, fixed=data.get("fixed"))
+            errs = [
+                predict_kernels_ms(k, prof, fit) / ms - 1
+                for k, ms, t in samples
+                if t["model"] == model
+            ]
+            out.append(
+                {
+                    "profile": target,
+                    "held_out": model,
+                    "fitted_to": len(seen),
+                    "figures": len(errs),
+                    "median_abs_error": round(statistics.median(abs(e) for e in errs), 4),
+                    "errors": [round(e, 4) for e in errs],
+                }
+            )
+    table = Table(title="held out: fitted without a model's figures, errors on them")
+    for col in ("profile", "held-out model", "fitted to", "figures", "median |error|", "range"):
+        table.add_column(col)
+    for r in out:
+        table.add_row(
+            r["profile"],
+            r["held_out"],
+            str(r["fitted_to"]),
+            str(r["figures"]),
+            f"{r['median_abs_error']:.0%}",
+            f"{min(r['errors']):+.0%} to {max(r['errors']):+.0%}",
+        )
+    Console(width=120).print(table)
+    return out
+
+
 def write_profiles(fits: dict) -> None:
     for target, fit in fits.items():
         path = ROOT / "profiles" / f"{target}.yaml"
@@ -271,7 +323,9 @@ def main() -> None:
     data = yaml.safe_load(PUBLISHED.read_text(encoding="utf-8"))
     fits, rows = fit_all(data)
     table = report(fits, rows)
-    write_json(ROOT / "profiles" / "fitting" / "fitted.json", {"fits": fits, "timings": table})
+    checks = held_out(data)
+    fitted = {"fits": fits, "timings": table, "held_out": checks}
+    write_json(ROOT / "profiles" / "fitting" / "fitted.json", fitted)
     if args.write:
         write_profiles(fits)
 
