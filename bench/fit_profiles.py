@@ -145,7 +145,9 @@ def fit_all(data: dict) -> tuple[dict[str, dict], dict[str, tuple]]:
     for target, timings in swept.items():
         prof = device_profile(timings[0]["device"], devices)
         s = samples_for(timings, data)
-        fits[target] = fit_latency_model([(k, ms) for k, ms, _ in s], prof, fixed=data.get("fixed"))
+        fits[target] = fit_latency_model(
+            [(k, ms) for k, ms, _ in s], prof, fixed=data.get("fixed")
+        )[0]
         rows[target] = (prof, s)
     pinned = {f: agg([fits[t][f] for t in swept]) for f, agg in PINNED.items()}
     for target, timings in by_target.items():
@@ -169,7 +171,7 @@ def fit_all(data: dict) -> tuple[dict[str, dict], dict[str, tuple]]:
                 "kernel_overhead_us": round(float(max(ms - base, 0.0)) * 1e3 / launches(k), 3),
             }
         else:
-            fit = fit_latency_model([(k, ms) for k, ms, _ in s], prof, fixed=fixed)
+            fit = fit_latency_model([(k, ms) for k, ms, _ in s], prof, fixed=fixed)[0]
         fits[target] = fit
         rows[target] = (prof, s)
         fits[target]["source"] = (
@@ -264,7 +266,7 @@ def held_out(data: dict) -> list[dict]:
             seen = [(k, ms) for k, ms, t in samples if t["model"] != model]
             if len(seen) < HELD_OUT_MIN:
                 continue
-            fit = fit_latency_model(seen, prof, fixed=data.get("fixed"))
+            fit = fit_latency_model(seen, prof, fixed=data.get("fixed"))[0]
             errs = [
                 predict_kernels_ms(k, prof, fit) / ms - 1
                 for k, ms, t in samples

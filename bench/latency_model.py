@@ -62,7 +62,7 @@ def scores(measured: np.ndarray, predicted: np.ndarray) -> dict:
 def evaluate(cache: Path, cal: list[dict], evals: list[dict], host, clock: str) -> dict:
     """Fit the host latency model to the calibration timings of `clock` (measured_ms or
     cpu_ms), predict every evaluation model from its graph and its architecture dict."""
-    lm, fitted = fit_rows(cache, cal, host, clock)
+    lm, fitted, _ = fit_rows(cache, cal, host, clock)
     prof = host.model_copy(update={"latency_model": LatencyModel.model_validate(lm)})
     rows = []
     for r in evals:

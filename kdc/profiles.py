@@ -328,7 +328,7 @@ def _host_uncalibrated() -> HardwareProfile:
         "name": "host",
         "aliases": ["cpu"],
         "kind": "cpu",
-        "description": f"{model} ({cores} threads), the machine kdc runs on",
+        "description": f"{model} ({cores} thread{'s' * (cores != 1)}), the machine kdc runs on",
         "compute": {
             "fp32_tflops": fp32,
             "fp16_tflops": fp32,
@@ -363,7 +363,7 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
     cal = calibration_path(profile.name)
     if not cal.is_file():
         return profile
-    doc = _read_calibration(cal, profile.name)
+    doc = _read_calibration(cal, _recalibrate(profile))
     fitted_to = doc.bandwidth_gbps or (LEGACY_HOST_BANDWIDTH if profile.measurable else None)
     if fitted_to is not None and fitted_to != profile.memory.bandwidth_gbps:
         raise UserError(
@@ -371,14 +371,24 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
             f"profile now assumes {profile.memory.bandwidth_gbps:g} (an older kdc)",
             source=str(cal),
             field="bandwidth_gbps",
-            fix=f"run `kdc calibrate --target {profile.name}` again",
+            fix=f"delete the file and fit again: {_recalibrate(profile)}",
         )
     fitted = {"latency_model": doc.latency_model, "dla": doc.dla}
     return profile.model_copy(update={k: v for k, v in fitted.items() if v is not None})
 
 
-def _read_calibration(cal: Path, target: str) -> CalibrationFile:
-    fix = f"delete the file, then run `kdc calibrate --target {target}` again if you want a fit"
+def _recalibrate(profile: HardwareProfile) -> str:
+    """The commands that fit `profile` again."""
+    if profile.measurable:
+        return f"`kdc calibrate --target {profile.name}`"
+    return (
+        f"`kdc calibrate --target {profile.name} --bundle DIR` (with `--dla-core N` for the DLA), "
+        "run_all.sh on the device, then `--from DIR`"
+    )
+
+
+def _read_calibration(cal: Path, recalibrate: str) -> CalibrationFile:
+    fix = f"delete the file (to fit again: {recalibrate})"
     try:
         doc = CalibrationFile.model_validate(yaml.safe_load(cal.read_text(encoding="utf-8")))
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:

@@ -147,31 +147,32 @@ def fit_rows(
     rows: Sequence[dict[str, Any]],
     profile: HardwareProfile,
     measured: str = "measured_ms",
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """Fit `profile`'s latency model to timed manifest rows (the `measured` field; per-kind
-    efficiencies from PER_KIND_MIN_MODELS rows on); returns the model and the rows with
-    `predicted_ms` under it."""
+    efficiencies from PER_KIND_MIN_MODELS rows on); returns the model, the rows with
+    `predicted_ms` under it and the names of the factors fitted."""
     samples = timed_samples(Path(directory), rows, profile, measured)
-    lm = fit_latency_model(samples, profile, per_kind=len(samples) >= PER_KIND_MIN_MODELS)
+    lm, factors = fit_latency_model(samples, profile, per_kind=len(samples) >= PER_KIND_MIN_MODELS)
     out = []
     for row, (k, ms) in zip(rows, samples, strict=True):
         predicted = predict_kernels_ms(k, profile, lm)
         out.append({**row, "predicted_ms": round(predicted, 4), "error": abs(predicted / ms - 1)})
-    return lm, out
+    return lm, out, factors
 
 
 def fit_warnings(result: dict[str, Any]) -> list[str]:
     """Warnings when the saved fit predicts its own timings poorly (median |error| above
     POOR_FIT: every later prediction for the target uses it), or has no more timings than the
-    factors it fitted (`fitted`, a DLA fit's); and the result's own `notes`."""
+    factors it fitted (`fitted`); and the result's own `notes`."""
     errors = [r["error"] for r in result.get("samples", []) if "error" in r]
     factors = result.get("fitted") or []
     out = list(result.get("notes") or [])
     if factors and len(errors) <= len(factors):
+        lost = len(result.get("missing") or []) + len(result.get("unreadable") or [])
         out.append(
             f"{len(errors)} timed models fit {len(factors)} factors ({', '.join(factors)}), "
-            "which the fit reproduces whatever they measured: time the full set (no --quick) "
-            "and bring back the results of the models that failed"
+            "which the fit reproduces whatever they measured: time the full set (no --quick)"
+            + (f"; {lost} models of the set have no usable timing" if lost else "")
         )
     if errors and float(np.median(errors)) > POOR_FIT:
         key = "dla" if "dla" in result else "latency_model"
@@ -198,8 +199,7 @@ def save_calibration(
     fit_note = latency_model["source"].split(": ", 1)[-1]
     lm = {
         **latency_model,
-        "source": f"calibrated on {where} at {now_iso()} from {len(rows)} models "
-        f"(kdc calibrate); {fit_note}",
+        "source": f"kdc calibrate on {where} at {now_iso()}, {len(rows)} models; {fit_note}",
     }
     doc = {"profile": profile.name, "kdc_version": __version__, **meta}
     doc["bandwidth_gbps"] = profile.memory.bandwidth_gbps  # what memory_efficiency scales
@@ -254,7 +254,7 @@ def calibrate_host(
             directory, rows, threads=threads, rounds=1 if quick else 2, progress=progress
         )
         statistic = "cpu_ms" if threads == 1 else "measured_ms"
-        lm, fitted = fit_rows(directory, timed, profile, statistic)
+        lm, fitted, factors = fit_rows(directory, timed, profile, statistic)
     import onnxruntime
 
     clock = "thread CPU time" if statistic == "cpu_ms" else "wall-clock p50"
@@ -271,7 +271,9 @@ def calibrate_host(
         "quick": quick,
     }
     path, lm, notes = save_calibration(profile, lm, fitted, where=where, meta=meta)
-    return {"path": path, "latency_model": lm, "samples": fitted, "notes": notes}
+    return {"path": path, "latency_model": lm, "samples": fitted, "notes": notes} | {
+        "fitted": factors
+    }
 
 
 def exporting_progress(progress: Progress) -> Progress:
@@ -326,8 +328,8 @@ def fit_summary(result: dict[str, Any]) -> str:
     """One line on a calibration: the fitted factors and the error of the refit."""
     lm = result.get("latency_model") or result["dla"]
     factors = {k: v for k, v in lm.items() if isinstance(v, int | float)}
-    if "fitted" in result:  # a DLA fit: its peaks and kept factors are the profile's
+    factors |= {f"kind_efficiency.{k}": v for k, v in (lm.get("kind_efficiency") or {}).items()}
+    if "fitted" in result:  # what was kept (or, on a DLA, the peaks) is the profile's
         factors = {k: v for k, v in factors.items() if k in result["fitted"]}
-    factors |= lm.get("kind_efficiency") or {}
     text = ", ".join(f"{k} {v:g}" for k, v in factors.items())
     return f"{text}; {lm['source']}"

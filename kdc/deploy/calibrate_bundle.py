@@ -140,6 +140,16 @@ def write_bundle(
             field="--bundle",
             fix="pass a new directory path for the bundle, e.g. jetson-calibration",
         )
+    timed = out / RESULTS_DIR
+    if timed.is_dir() and any(timed.glob("*.json")):  # a device's timings are never thrown away
+        raise UserError(
+            f"holds a device's timings ({RESULTS_DIR}/), which writing a new bundle there would "
+            "delete",
+            source=str(out),
+            field="--bundle",
+            fix=f"read them first (`kdc calibrate --target {profile.name} --from {out}`), then "
+            "pass a new directory path for the bundle",
+        )
     from kdc.deploy.bundle import FLAGS_NEED_TRT10
     from kdc.deploy.tensorrt import typing_for
     from kdc.deploy.trtexec import TRTEXEC_LOOKUP, shell_text
@@ -273,14 +283,20 @@ def ingest_bundle(target: str, bundle_dir: Path | str) -> dict[str, Any]:
             source=str(root),
             fix="run run_all.sh on the device and copy its results/ into the bundle",
         )
-    device = _device_name(root / RESULTS_DIR / "device.json") or profile.name
+    device = _device_name(root / RESULTS_DIR / "device.json") or (
+        f"an unnamed device (no name in {RESULTS_DIR}/device.json)"
+    )
     meta = {"engine": "tensorrt", "bundle": str(root.resolve()), "missing": missing}
     out = {"missing": missing, "unreadable": unreadable}
     if core is not None:
         return out | _fit_dla_rows(profile, models_dir, rows, core, device, meta)
-    lm, fitted = fit_rows(models_dir, rows, profile)
+    lm, fitted, factors = fit_rows(models_dir, rows, profile)
     path, lm, notes = save_calibration(profile, lm, fitted, where=f"{device} (trtexec)", meta=meta)
-    return out | {"path": path, "latency_model": lm, "samples": fitted, "notes": notes}
+    return (
+        out
+        | {"path": path, "latency_model": lm, "samples": fitted, "notes": notes}
+        | {"fitted": factors}
+    )
 
 
 def _fit_dla_rows(
@@ -294,9 +310,8 @@ def _fit_dla_rows(
     """Fit and save the profile's `dla` block to rows timed on DLA core `core`."""
     samples = timed_samples(models_dir, rows, profile, "measured_ms")
     source = (
-        f"calibrated on {device} (trtexec, DLA core {core}) at {now_iso()} from {len(rows)} "
-        f"models (kdc calibrate --dla-core); GPU fallback kernels costed by the GPU model "
-        f"({profile.latency_model.source.split(';')[0]})"
+        f"kdc calibrate on {device} (trtexec, DLA core {core}) at {now_iso()}, {len(rows)} "
+        "models; GPU fallback kernels costed by the profile's GPU model"
     )
     block, predicted, factors = fit_dla(samples, profile, source)
     fitted = [

@@ -51,7 +51,8 @@ def check_dla_core(profile: HardwareProfile, dla_core: int, field: str = "build.
         raise UserError(
             f"{profile.name} has no DLA core",
             field=field,
-            fix="drop it to build for the GPU, or target a Jetson with DLA (AGX Orin, Orin NX)",
+            fix=("drop it to build for the GPU, or" if profile.runtime.tensorrt else "drop it, or")
+            + " target a Jetson with DLA (AGX Orin, Orin NX)",
         )
     if not 0 <= dla_core < cores:
         raise UserError(
@@ -193,13 +194,7 @@ def _fit_free(
 
     if not free:
         return []
-    bounds = {
-        "compute_efficiency": (1e-3, 1.0),
-        "layer_overhead_us": (0.0, 1e4),
-        "transition_us": (0.0, 1e4),
-        "fp16_tflops": (0.05 * int8_tops, int8_tops),  # never faster than INT8
-    }
-    lower, upper = zip(*(bounds[n] for n in free), strict=True)
+    lower, upper = zip(*(_bounds(n, int8_tops) for n in free), strict=True)
     best = None
     for eff, over in ((0.2, 2.0), (0.6, 20.0)):
         start = {"compute_efficiency": eff, "fp16_tflops": int8_tops / 2}
@@ -213,6 +208,15 @@ def _fit_free(
     return [float(v) for v in best.x]
 
 
+def _bounds(name: str, int8_tops: float) -> tuple[float, float]:
+    return {
+        "compute_efficiency": (1e-3, 1.0),
+        "layer_overhead_us": (0.0, 1e4),
+        "transition_us": (0.0, 1e4),
+        "fp16_tflops": (0.05 * int8_tops, int8_tops),  # never faster than INT8
+    }[name]
+
+
 def _relative_errors(
     parts: list[dict], measured: np.ndarray, fixed: dict, free: list[str], x: Sequence[float]
 ) -> np.ndarray:
@@ -223,13 +227,17 @@ def _relative_errors(
 def _weakest(
     parts: list[dict], measured: np.ndarray, fixed: dict, free: list[str], x: list[float]
 ) -> int | None:
-    """Index of the free factor the timings pin least, if one is not pinned (it moves no
-    prediction, or its standard error is over WEAK_REL_SE of its scale); None when every one
-    is, or there are no more timings than factors to judge the error by (`fit_warnings` says
-    so)."""
+    """Index of the free factor the timings pin least, if one is not pinned (the fit ran it
+    into a bound, it moves no prediction, or its standard error is over WEAK_REL_SE of its
+    scale); None when every one is, or there are no more timings than factors to judge the
+    error by (`fit_warnings` says so)."""
     n, k = len(measured), len(free)
     if k == 0:
         return None
+    for i, name in enumerate(free):  # the fit ran into a bound: no credible value
+        lo, hi = _bounds(name, fixed["int8_tops"])
+        if not lo + 1e-6 * (hi - lo) < x[i] < hi - 1e-6 * (hi - lo):
+            return i
     r0 = _relative_errors(parts, measured, fixed, free, x)
     jac = np.empty((n, k))
     for i in range(k):

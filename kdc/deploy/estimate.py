@@ -328,7 +328,8 @@ def predict_memory_mb(
 
 
 def explain_table(pred: dict) -> Table:
-    """The breakdown of a prediction made with explain=True, as a rich table."""
+    """The breakdown of a prediction made with explain=True, as a rich table (what the model
+    was calibrated from is in the line `kdc estimate` prints above it)."""
     table = Table(
         title=f"{pred['target']} {pred['precision']} batch {pred['batch']}: "
         f"{pred['p50_ms']:.4g} ms predicted ({pred['model']}, "
@@ -355,7 +356,6 @@ def explain_table(pred: dict) -> Table:
             f"{r['ms'] / total:.0%}",
             r["bound"],
         )
-    table.caption = f"calibrated from: {pred['calibrated_from']}"
     return table
 
 
@@ -391,13 +391,13 @@ def fit_latency_model(
     *,
     fixed: dict[str, float] | None = None,
     per_kind: bool = False,
-) -> dict:
+) -> tuple[dict, list[str]]:
     """Fit kernel_overhead_us, memory_efficiency and a compute efficiency per precision that
     appears in `samples` (kernel lists with measured milliseconds) by least squares on relative
     error; with `per_kind`, conv, attention, masked and vector kernels get their own efficiency
     per precision too (`kind_efficiency`) and a per-call overhead is fitted (`call_overhead_us`).
     A factor no sample constrains keeps the profile's value; `fixed` pins factors. Returns a
-    `latency_model` mapping."""
+    `latency_model` mapping and the names of the factors fitted."""
     from scipy.optimize import least_squares
 
     if len(samples) < 2:
@@ -477,4 +477,4 @@ def fit_latency_model(
         f"fitted ({MODEL}) to {len(samples)} timings: median |error| "
         f"{np.median(err):.1%}, max {err.max():.1%}{note}"
     )
-    return out
+    return out, [n for n in free if n not in unconstrained]

@@ -178,8 +178,8 @@ def test_from_bundle_recovers_known_factors_and_load_profile_uses_them(bundle, c
     saved = yaml.safe_load(path.read_text())
     assert len(saved["samples"]) == 9 and saved["missing"] == [skipped]
     lm = load_profile("jetson").latency_model
-    assert lm.source.startswith("calibrated on Jetson Orin Nano (test) (trtexec) at ")
-    assert "from 9 models (kdc calibrate)" in lm.source
+    assert lm.source.startswith("kdc calibrate on Jetson Orin Nano (test) (trtexec) at ")
+    assert ", 9 models; " in lm.source
     kept = lm.source.split("kept from profile:")[-1] if "kept" in lm.source else ""
     for k, v in KNOWN.items():
         if k not in kept:
@@ -307,7 +307,7 @@ def test_quick_host_calibration_saves_what_host_profile_reads(config_dir):
     assert saved["statistic"] == "cpu_ms"
     assert all(s["measured_ms"] > 0 and s["cpu_ms"] > 0 for s in saved["samples"])
     lm = load_profile("host").latency_model
-    assert lm.source.startswith("calibrated on ") and "from 3 models (kdc calibrate)" in lm.source
+    assert lm.source.startswith("kdc calibrate on ") and ", 3 models; " in lm.source
     assert lm.source == saved["latency_model"]["source"]
     assert lm.kernel_overhead_us == saved["latency_model"]["kernel_overhead_us"]
     # a host calibration fitted under another assumed bandwidth (older kdc) is refused, not misread

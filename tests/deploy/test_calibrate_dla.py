@@ -15,7 +15,7 @@ from kdc.cli import app
 from kdc.deploy import calibrate as C
 from kdc.deploy import calibrate_bundle as B
 from kdc.deploy import model_zoo as Z
-from kdc.deploy.dla import fit_dla, on_dla, predict_dla_ms
+from kdc.deploy.dla import check_dla_core, fit_dla, on_dla, predict_dla_ms
 from kdc.deploy.estimate import onnx_kernels, predict_onnx
 from kdc.errors import UserError
 from kdc.profiles import calibration_path, load_profile
@@ -100,7 +100,7 @@ def test_the_fit_recovers_a_known_dla_and_predictions_use_it(bundle, config_dir)
     for k, v in KNOWN.items():
         assert getattr(profile.dla, k) == pytest.approx(v, rel=0.02), k
     assert profile.dla.int8_tops == 26.25  # a peak is never fitted
-    where = "calibrated on Jetson AGX Orin (test) (trtexec, DLA core 1)"
+    where = "kdc calibrate on Jetson AGX Orin (test) (trtexec, DLA core 1)"
     assert profile.dla.source.startswith(where)
     assert "fitted compute_efficiency, layer_overhead_us, transition_us, fp16_tflops" in (
         profile.dla.source
@@ -125,10 +125,10 @@ def test_a_gpu_calibration_keeps_the_dla_fit_and_back(bundle, config_dir):
     assert len(notes) == 1 and "the DLA fit in" in notes[0]  # it costed the GPU's kernels
     assert f"kdc calibrate --target {TARGET} --from {bundle.resolve()}" in notes[0]
     profile = load_profile(TARGET)
-    assert profile.latency_model.source.startswith("calibrated on t at")
+    assert profile.latency_model.source.startswith("kdc calibrate on t at")
     assert profile.dla.compute_efficiency == pytest.approx(0.4, rel=0.02)
     B.ingest_bundle("agx-orin", bundle)  # a DLA refit keeps the GPU's
-    assert load_profile(TARGET).latency_model.source.startswith("calibrated on t at")
+    assert load_profile(TARGET).latency_model.source.startswith("kdc calibrate on t at")
 
 
 def _samples(bundle: Path, keep, block: dict | None = None, noise: float = 0.0) -> list:
@@ -226,3 +226,50 @@ def test_a_fit_with_no_more_timings_than_factors_is_warned(bundle, tmp_path):
     assert "warning: 2 timed models fit 2 factors (compute_efficiency, layer_overhead_us)" in (
         res.output
     )
+
+
+def test_a_factor_run_into_its_bound_keeps_the_profiles_value(bundle):
+    """Timings 4x faster than any efficiency up to 1 explains: not a credible efficiency."""
+    profile = load_profile(TARGET)
+    big = lambda r: r["family"] == "cnn" and r["precision"] == "int8"  # noqa: E731
+    samples = [(k, ms / 4) for k, ms in _samples(bundle, big)]
+    block, _, fitted = fit_dla(samples, profile, "test")
+    assert "compute_efficiency" not in fitted
+    assert block.compute_efficiency == profile.dla.compute_efficiency
+
+
+def test_a_bundle_holding_device_timings_is_not_overwritten(bundle, tmp_path):
+    copy = tmp_path / "timed"
+    shutil.copytree(bundle, copy)
+    _export_times(copy, KNOWN)
+    with pytest.raises(UserError, match="holds a device's timings") as e:
+        B.write_bundle("agx-orin", copy, zoo=[Z.models(ZOO, ["int8"])[0]], dla_core=0)
+    assert "--from" in e.value.fix and any((copy / "results").glob("*.json"))
+
+
+def test_timings_from_an_unnamed_device_say_so(bundle, tmp_path):
+    copy = tmp_path / "unnamed"
+    shutil.copytree(bundle, copy)
+    _export_times(copy, KNOWN)
+    (copy / "results" / "device.json").unlink()
+    B.ingest_bundle("agx-orin", copy)
+    source = load_profile(TARGET).dla.source
+    assert source.startswith("kdc calibrate on an unnamed device (no name in results/device.json)")
+
+
+def test_a_damaged_device_calibration_says_how_to_fit_it_again(config_dir):
+    path = calibration_path(TARGET)
+    path.parent.mkdir(parents=True)
+    path.write_text("dla: [1]\n")
+    with pytest.raises(UserError, match="calibration file is corrupt") as e:
+        load_profile(TARGET)
+    assert e.value.fix.startswith("delete the file")
+    assert (
+        f"kdc calibrate --target {TARGET} --bundle DIR" in e.value.fix and "--from" in e.value.fix
+    )
+
+
+def test_no_dla_core_on_a_target_without_tensorrt_says_drop_it(tmp_path):
+    with pytest.raises(UserError, match="has no DLA core") as e:
+        check_dla_core(load_profile("host"), 0)
+    assert e.value.fix.startswith("drop it, or target a Jetson") and "GPU" not in e.value.fix

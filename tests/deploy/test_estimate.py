@@ -152,7 +152,7 @@ def test_fit_recovers_known_factors(t4):
     for _ in range(40):
         ks = _synthetic_kernels(rng, int(rng.integers(3, 60)))
         samples.append((ks, predict_kernels_ms(ks, t4, truth)))
-    fit = fit_latency_model(samples, t4)
+    fit, _ = fit_latency_model(samples, t4)
     for name, value in truth.items():
         assert fit[name] == pytest.approx(value, rel=0.05), name
     assert "fitted" in fit["source"]
@@ -183,14 +183,14 @@ def test_per_kind_fit_recovers_kind_efficiencies(t4):
             for i in range(int(rng.integers(2, 12)))
         ]
         samples.append((ks, predict_kernels_ms(ks, t4, truth)))
-    fit = fit_latency_model(samples, t4, per_kind=True)
+    fit, _ = fit_latency_model(samples, t4, per_kind=True)
     assert fit["kind_efficiency"]["fp32_conv"] == pytest.approx(0.6, rel=0.02)
     assert fit["kind_efficiency"]["int8_conv"] == pytest.approx(0.2, rel=0.02)
     assert fit["kind_efficiency"]["int8_attention"] == pytest.approx(0.05, rel=0.02)
     assert fit["kind_efficiency"]["fp32_attention"] == pytest.approx(0.45, rel=0.02)
     assert fit["int8_compute_efficiency"] == pytest.approx(0.3, rel=0.02)
     t4.latency_model.model_validate(fit)
-    assert "kind_efficiency" not in fit_latency_model(samples, t4)  # off by default
+    assert "kind_efficiency" not in fit_latency_model(samples, t4)[0]  # off by default
 
 
 def test_kind_efficiency_falls_back_to_the_class_efficiency(t4):
@@ -237,10 +237,10 @@ def test_per_kind_fit_recovers_masked_efficiency_and_call_overhead(t4):
                 Kernel("m", ("Softmax",), float(10 ** rng.uniform(6, 9)), 0.0, "fp32", MASKED)
             )
         samples.append((ks, predict_kernels_ms(ks, t4, truth)))
-    fit = fit_latency_model(samples, t4, per_kind=True)
+    fit, _ = fit_latency_model(samples, t4, per_kind=True)
     assert fit["call_overhead_us"] == pytest.approx(30.0, rel=0.02)
     # without per-kind efficiencies the masked slot is still its own (it is free unfitted)
-    plain = fit_latency_model([(k, ms - 0.03) for k, ms in samples], t4)
+    plain, _ = fit_latency_model([(k, ms - 0.03) for k, ms in samples], t4)
     assert plain["kind_efficiency"]["fp32_masked"] == pytest.approx(0.05, rel=0.02)
     assert fit["kernel_overhead_us"] == pytest.approx(2.0, rel=0.05)
     assert fit["kind_efficiency"]["fp32_masked"] == pytest.approx(0.05, rel=0.02)
