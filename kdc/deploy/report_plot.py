@@ -7,6 +7,7 @@ a proxy score is not an accuracy and is never drawn on the accuracy scale.
 from __future__ import annotations
 
 import io
+import math
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -120,7 +121,8 @@ def _plot_models(
             acc = accuracy_value(paired, task)[1]
             kind = lat.get("kind", "?")
             group = "teacher" if name == "teacher" else "engine"
-            legend = f"{group}, {kind} latency ({stat}, {lat.get('model', '?')})"
+            core = f", DLA core {lat['dla_core']}" if lat.get("dla_core") is not None else ""
+            legend = f"{group}, {kind} latency ({stat}, {lat.get('model', '?')}{core})"
             if kind == "measured":
                 legend = f"{group}, latency ({stat})\nmeasured on {lat.get('device', '?')}"
             if hosts := off_target_devices(report, [lat]):
@@ -280,7 +282,9 @@ def render_png(report: dict) -> bytes:
     positive = [x for x in xs if x > 0]
     if positive and max(positive) / min(positive) > LOG_SPAN:
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        decades = math.log10(max(positive) / min(positive))
+        subs = (1, 2, 3, 5) if decades < 2 else (1, 2, 5) if decades < 4 else (1,)
+        ax.xaxis.set_major_locator(LogLocator(subs=subs))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())  # a short span labels minor ticks
     if not xs:

@@ -289,3 +289,10 @@ def test_the_accuracy_axis_has_no_tick_past_one(report, monkeypatch):
             part["accuracy"]["value"] = 0.997
     render_png(report)
     assert seen["ylim"][1] > 1.0 and seen["ticks"] and max(seen["ticks"]) <= 1.0
+
+
+def test_the_plot_legend_names_the_dla_core_a_prediction_is_for(report, monkeypatch):
+    trt = report["engines"][2]
+    trt["latency"] = {**trt["latency"], "model": "roofline-v1+dla", "dla_core": 1}
+    legend = _plot_legend(report, monkeypatch)
+    assert "engine, predicted latency (p50, roofline-v1+dla, DLA core 1)" in legend
