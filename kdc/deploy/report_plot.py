@@ -278,7 +278,13 @@ def render_png(report: dict) -> bytes:
     ax.set_title(f"{run} on {target.get('name', '?')}\nlatency vs {metric}", fontsize=15)
     ax.set_ylabel(f"{metric} on held-out data", fontsize=12)
     ax.margins(y=0.35)  # room for the no-accuracy strip
-    axes[-1].set_xlabel("latency, ms (measured: p99; predicted: p50)", fontsize=12)
+    parts = [report.get("teacher") or {}, *(report.get("engines") or [])]
+    kinds = {lat.get("kind") for part in parts for _, lat in latencies(part)}
+    kinds |= {"predicted"} if cands else set()
+    stats = "; ".join(
+        f"{k}: {s}" for k, s in (("measured", "p99"), ("predicted", "p50")) if k in kinds
+    )
+    axes[-1].set_xlabel(f"latency, ms ({stats})" if stats else "latency, ms", fontsize=12)
     positive = [x for x in xs if x > 0]
     if positive and max(positive) / min(positive) > LOG_SPAN:
         ax.set_xscale("log")

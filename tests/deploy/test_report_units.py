@@ -296,3 +296,22 @@ def test_the_plot_legend_names_the_dla_core_a_prediction_is_for(report, monkeypa
     trt["latency"] = {**trt["latency"], "model": "roofline-v1+dla", "dla_core": 1}
     legend = _plot_legend(report, monkeypatch)
     assert "engine, predicted latency (p50, roofline-v1+dla, DLA core 1)" in legend
+
+
+def test_the_latency_axis_names_only_the_kinds_it_plots(report, monkeypatch):
+    labels: list[str] = []
+    place = report_plot._place_labels
+
+    def spy(fig, ax, texts):
+        labels.append(fig.axes[-1].get_xlabel())
+        place(fig, ax, texts)
+
+    monkeypatch.setattr(report_plot, "_place_labels", spy)
+    render_png(report)
+    for part in [report["teacher"], *report["engines"]]:  # a host run with a fixed student
+        part.pop("target_latency", None)
+        if (part.get("latency") or {}).get("kind") == "predicted":
+            part.pop("latency")
+    report["search"] = {}
+    render_png(report)
+    assert labels == ["latency, ms (measured: p99; predicted: p50)", "latency, ms (measured: p99)"]
