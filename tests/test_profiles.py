@@ -41,7 +41,7 @@ def test_aliases():
 
 def test_host_is_measurable_and_read_from_machine():
     host = load_profile("host")
-    assert host.measurable and host.kind == "cpu" and "threads" in host.description
+    assert host.measurable and host.kind == "cpu" and "thread" in host.description
     assert not load_profile("jetson").measurable
 
 
