@@ -43,12 +43,20 @@ PINNED = {  # how a device without a sweep borrows each factor from the swept fi
 }
 
 
+STEM = [
+    {"op": "conv", "out": 64, "kernel": 7, "stride": 2},
+    {"op": "maxpool", "kernel": 3, "stride": 2},
+]
+
+
+def _projection(out: int, stride: int) -> dict:
+    """A residual stage's 1×1 shortcut convolution (beside the block, `branch`)."""
+    return {"op": "conv", "out": out, "kernel": 1, "stride": stride, "padding": 0, "branch": True}
+
+
 def resnet50() -> dict:
     """torchvision ResNet-50 (v1.5: stride on the 3×3) as a kdc cnn architecture."""
-    layers: list[dict] = [
-        {"op": "conv", "out": 64, "kernel": 7, "stride": 2},
-        {"op": "maxpool", "kernel": 3, "stride": 2},
-    ]
+    layers = list(STEM)
     for mid, out, blocks, stride in [
         (64, 256, 3, 1),
         (128, 512, 4, 2),
@@ -58,16 +66,7 @@ def resnet50() -> dict:
         for b in range(blocks):
             s = stride if b == 0 else 1
             if b == 0:
-                layers.append(
-                    {
-                        "op": "conv",
-                        "out": out,
-                        "kernel": 1,
-                        "stride": s,
-                        "padding": 0,
-                        "branch": True,
-                    }
-                )
+                layers.append(_projection(out, s))
             layers += [
                 {"op": "conv", "out": mid, "kernel": 1, "padding": 0},
                 {"op": "conv", "out": mid, "kernel": 3, "stride": s},
@@ -80,24 +79,12 @@ def resnet50() -> dict:
 def resnet34_backbone() -> dict:
     """torchvision ResNet-34 without its pooling and classifier (a detector's backbone), at
     1280×768 as NVIDIA's DLA README times it."""
-    layers: list[dict] = [
-        {"op": "conv", "out": 64, "kernel": 7, "stride": 2},
-        {"op": "maxpool", "kernel": 3, "stride": 2},
-    ]
+    layers = list(STEM)
     for out, blocks, stride in [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]:
         for b in range(blocks):
             s = stride if b == 0 else 1
             if s != 1:
-                layers.append(
-                    {
-                        "op": "conv",
-                        "out": out,
-                        "kernel": 1,
-                        "stride": s,
-                        "padding": 0,
-                        "branch": True,
-                    }
-                )
+                layers.append(_projection(out, s))
             layers += [
                 {"op": "conv", "out": out, "kernel": 3, "stride": s},
                 {"op": "conv", "out": out, "kernel": 3, "residual": True},
