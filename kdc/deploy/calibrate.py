@@ -191,7 +191,7 @@ def save_calibration(
     *,
     where: str,
     meta: dict[str, Any],
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, dict[str, Any], list[str]]:
     """Write the calibration file of `profile`: the latency model, its `source` now saying
     where and when it was calibrated, how it was measured, and the raw samples (a DLA fit
     already there is kept). Returns the path, the saved latency model and warnings (a kept DLA

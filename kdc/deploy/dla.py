@@ -105,31 +105,20 @@ def predict_dla_ms(kernels: Sequence[Kernel], profile: HardwareProfile) -> dict:
     """{p50_ms, dla_kernels, gpu_kernels, transitions, transitions_ms, times_s, on_dla} of one
     call on a DLA core with GPU fallback (kernel counts: launched kernels; `times_s`: the
     `kernel_times_s` rows, the DLA's for the kernels on it). Needs `profile.dla`."""
-    from kdc.deploy.estimate import kernel_ms, kernel_times_s
-
-    dla, lm = profile.dla, profile.latency_model
-    assert dla is not None
-    on = [on_dla(k) for k in kernels]
-    t = kernel_times_s(kernels, profile)  # the GPU's, then the DLA's where a kernel runs there
-    bw = profile.memory.bandwidth_gbps * 1e9 * lm.memory_efficiency
-    for i, k in enumerate(kernels):
-        if on[i]:
-            peak = (dla.int8_tops if k.precision == "int8" else dla.fp16_tflops) * 1e12
-            t[:, i] = (
-                k.flops / (peak * dla.compute_efficiency),
-                k.bytes / bw,
-                dla.layer_overhead_us * 1e-6,
-            )
-    switches = sum(a != b for a, b in zip(on, on[1:], strict=False))
-    switch_ms = switches * dla.transition_us / 1e3
+    assert profile.dla is not None
+    block = profile.dla.model_dump(exclude={"source"})
+    placed = _placement(kernels, profile)
+    on = placed["on"]
+    t = placed["times_s"].copy()
+    t[:, on] = _dla_times_s(placed, block)
     return {
-        "p50_ms": float(kernel_ms(t).sum()) + switch_ms + lm.call_overhead_us / 1e3,
-        "dla_kernels": sum(on),
+        "p50_ms": _call_ms(placed, block),
+        "dla_kernels": int(on.sum()),
         "gpu_kernels": launches([k for k, d in zip(kernels, on, strict=True) if not d]),
-        "transitions": switches,
-        "transitions_ms": switch_ms,
+        "transitions": placed["switches"],
+        "transitions_ms": placed["switches"] * block["transition_us"] / 1e3,
         "times_s": t,
-        "on_dla": on,
+        "on_dla": on.tolist(),
     }
 
 
@@ -148,7 +137,7 @@ def fit_dla(
     the names of the factors fitted. A UserError when no sample has a DLA layer."""
     base = profile.dla
     assert base is not None
-    parts = [_fit_parts(kernels, profile) for kernels, _ in samples]
+    parts = [_placement(kernels, profile) for kernels, _ in samples]
     if not any(len(p["flops"]) for p in parts):
         raise UserError(
             "no timed model has a layer the DLA runs: nothing to fit",
@@ -171,7 +160,7 @@ def fit_dla(
             break
         kept.append(free.pop(weak))
     values = {**fixed, **{n: round(v, 6) for n, v in zip(free, x, strict=True)}}
-    pred = np.array([_fit_ms(p, values) for p in parts])
+    pred = np.array([_call_ms(p, values) for p in parts])
     err = np.abs(pred / measured - 1.0)
     note = f"; kept from the profile (the timings do not pin them): {', '.join(kept)}" * bool(kept)
     block_source = (
@@ -221,7 +210,7 @@ def _relative_errors(
     parts: list[dict], measured: np.ndarray, fixed: dict, free: list[str], x: Sequence[float]
 ) -> np.ndarray:
     b = {**fixed, **dict(zip(free, (float(v) for v in x), strict=True))}
-    return np.array([_fit_ms(p, b) for p in parts]) / measured - 1.0
+    return np.array([_call_ms(p, b) for p in parts]) / measured - 1.0
 
 
 def _weakest(
@@ -258,9 +247,10 @@ def _weakest(
     return worst if rel[worst] > WEAK_REL_SE else None
 
 
-def _fit_parts(kernels: Sequence[Kernel], profile: HardwareProfile) -> dict:
-    """What a DLA fit keeps fixed of one sample: the GPU kernels' and the call's milliseconds,
-    and the DLA kernels' FLOPs, memory seconds and precision."""
+def _placement(kernels: Sequence[Kernel], profile: HardwareProfile) -> dict:
+    """What a DLA prediction keeps fixed of a kernel list: where each kernel runs (`on`), the
+    GPU model's `kernel_times_s` of every kernel, the GPU kernels' and the call's milliseconds,
+    the DLA kernels' FLOPs, memory seconds, precision and kind, and the DLA<->GPU switches."""
     from kdc.deploy.estimate import kernel_ms, kernel_times_s
 
     lm = profile.latency_model
@@ -269,6 +259,8 @@ def _fit_parts(kernels: Sequence[Kernel], profile: HardwareProfile) -> dict:
     bw = profile.memory.bandwidth_gbps * 1e9 * lm.memory_efficiency
     dla = [k for k, d in zip(kernels, on, strict=True) if d]
     return {
+        "on": on,
+        "times_s": t,
         "fixed_ms": float(kernel_ms(t)[~on].sum()) + lm.call_overhead_us / 1e3,
         "flops": np.array([k.flops for k in dla], dtype=float),
         "memory_s": np.array([k.bytes / bw for k in dla], dtype=float),
@@ -278,12 +270,21 @@ def _fit_parts(kernels: Sequence[Kernel], profile: HardwareProfile) -> dict:
     }
 
 
-def _fit_ms(parts: dict, b: dict[str, float]) -> float:
-    peak = np.where(parts["int8"], b["int8_tops"], b["fp16_tflops"]) * 1e12
-    compute = parts["flops"] / (peak * b["compute_efficiency"])
-    dla_s = np.maximum(compute, parts["memory_s"]).sum()
-    dla_s += len(parts["flops"]) * b["layer_overhead_us"] * 1e-6
-    return parts["fixed_ms"] + dla_s * 1e3 + parts["switches"] * b["transition_us"] / 1e3
+def _dla_times_s(placed: dict, b: dict[str, float]) -> np.ndarray:
+    """`kernel_times_s` rows (compute, memory, overhead) of the DLA kernels under block `b`:
+    the core's int8 or fp16 peak (DLA has no fp32) and the per-layer overhead."""
+    peak = np.where(placed["int8"], b["int8_tops"], b["fp16_tflops"]) * 1e12
+    compute = placed["flops"] / (peak * b["compute_efficiency"])
+    overhead = np.full(len(compute), b["layer_overhead_us"] * 1e-6)
+    return np.vstack([compute, placed["memory_s"], overhead])
+
+
+def _call_ms(placed: dict, b: dict[str, float]) -> float:
+    """One call's milliseconds under block `b`: GPU kernels and call, DLA kernels, switches."""
+    from kdc.deploy.estimate import kernel_ms
+
+    dla_ms = float(kernel_ms(_dla_times_s(placed, b)).sum())
+    return placed["fixed_ms"] + dla_ms + placed["switches"] * b["transition_us"] / 1e3
 
 
 def dla_predictor_sha256(profile: HardwareProfile) -> str:
