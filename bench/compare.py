@@ -77,6 +77,9 @@ class Bench:
     walls: dict[str, float] = field(default_factory=dict)
     runs: dict[str, dict] = field(default_factory=dict)
     epochs: int | None = None  # distill epochs of the kdc rows (None: the example's)
+    seed: int | None = None  # the kdc rows' seed (None: the example's)
+    space: dict = field(default_factory=dict)  # search.space of the budget rows
+    budgets: dict[int, float] = field(default_factory=dict)  # factor → ms, once per process
 
     cfg = property(lambda self: self.ctx.cfg)
 
@@ -346,6 +349,8 @@ def kdc_run(b: Bench, name: str, changes: dict) -> dict:
     """A kdc compress of the example with `changes`, in scratch; the run record."""
     changes = {**changes, "name": f"bench-{b.example}-{name}"}
     changes.setdefault("distill", {})["epochs"] = epochs_for(b)
+    if b.seed is not None:
+        changes["seed"] = b.seed
     changes.setdefault("verify", {})["threads"] = THREADS
     if b.quick:
         changes.setdefault("search", {})["time_budget_s"] = 20
@@ -427,14 +432,12 @@ def calibrate_host() -> dict:
 def _budget(b: Bench, factor: int, rows: dict, qat: bool = False) -> dict:
     base = rows.get("teacher_ort_fp32") or row_teacher_ort_fp32(b)
     cal = calibrate_host()
-    ptq = rows.get(f"kdc_budget_{factor}x") or {}
-    if qat and ptq.get("budget_ms"):  # the PTQ row's budget: the pair differs only in method
-        budget = ptq["budget_ms"]
-    else:
+    if factor not in b.budgets:  # PTQ and QAT rows of one process share it
         fresh = measure_onnx(base["path"], b.one(), threads=THREADS, **protocol(b.quick)["latency"])
-        budget = round(min(base["p50_ms"], fresh["p50_ms"]) / factor, 4)  # the quieter of two
+        b.budgets[factor] = round(min(base["p50_ms"], fresh["p50_ms"]) / factor, 4)  # the quieter
+    budget = b.budgets[factor]
     changes = {
-        "search": {"strategy": "evolution"},
+        "search": {"strategy": "evolution", **({"space": b.space} if b.space else {})},
         "constraints": {"latency_budget_ms": budget},
     }
     if qat:
@@ -443,6 +446,8 @@ def _budget(b: Bench, factor: int, rows: dict, qat: bool = False) -> dict:
     how = (
         "kdc compress --target host with search.strategy evolution"
         + (", quantize.method qat" if qat else "")
+        + (f", search.space {json.dumps(b.space)}" if b.space else "")
+        + (f", seed {b.seed}" if b.seed is not None else "")
         + f" and constraints.latency_budget_ms {budget} (teacher_ort_fp32 p50 / {factor}), example "
         f"config otherwise ({epochs_text(b)}, default loss recipe, augment "
         f"{b.cfg.distill.augment}, {b.cfg.distill.select} epoch kept, torch threads "
@@ -513,11 +518,21 @@ def retime(b: Bench, rows: dict, rounds: int) -> None:
         )
 
 
-def run_example(example: str, quick: bool, only: list[str] | None, rounds: int, epochs=None):
+def run_example(
+    example: str,
+    quick: bool,
+    only: list[str] | None,
+    rounds: int,
+    epochs: int | None = None,
+    seed: int | None = None,
+    min_layers: int | None = None,
+) -> dict:
     out = RESULTS / f"compare_{example}.json"
     old = read_json(out) if out.is_file() and only is not None else {"rows": {}}
     b = setup(example, quick)
-    b.epochs = epochs
+    b.epochs, b.seed = epochs, seed
+    if min_layers:
+        b.space = {"num_hidden_layers": {"min": min_layers}}
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result = {**old, "example": example, "quick": quick, "machine": machine()}
     result.update(protocol={**old.get("protocol", {}), **protocol(quick)}, rows=dict(old["rows"]))
@@ -560,13 +575,17 @@ def main() -> None:
     ap.add_argument(
         "--epochs", type=int, help="distill epochs of the trained rows (default: the example's)"
     )
+    ap.add_argument("--seed", type=int, help="seed of the trained rows (default: the example's)")
+    ap.add_argument(
+        "--min-layers", type=int, help="search.space num_hidden_layers min of the budget rows"
+    )
     args = ap.parse_args()
     rounds = args.rounds if args.rounds is not None else (0 if args.quick else 3)
     # a previous bench process's calibration (maybe from an older kdc, which the profile loader
     # refuses): this process calibrates afresh before its first budget row
     (SCRATCH / "kdc-config" / "calibration" / "host.yaml").unlink(missing_ok=True)
     for example in args.example or ["digits", "sentiment"]:
-        run_example(example, args.quick, args.only, rounds, args.epochs)
+        run_example(example, args.quick, args.only, rounds, args.epochs, args.seed, args.min_layers)
 
 
 if __name__ == "__main__":

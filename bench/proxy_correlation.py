@@ -91,7 +91,7 @@ EXAMPLES = {"digits": digits_config, "text": text_config}
 def sample_students(space, n: int, seed: int) -> list:
     """`n` distinct candidates, the teacher itself excluded."""
     rng = random.Random(seed)
-    teacher_key = space.decode(space.largest()).key
+    teacher_key = space.decode(space.teacher_genes).key
     seen: dict[str, object] = {}
     for _ in range(n * 200):
         c = space.decode(space.sample(rng))

@@ -108,12 +108,29 @@ class StudentConfig(Section):
     architecture: dict[str, Any] | None = None
 
 
+class SpaceRange(Section):
+    """An inclusive range of one student size in `search.space` (either end may be left open)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _an_end(self) -> SpaceRange:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both (e.g. {min: 3})")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+
 class SearchConfig(Section):
     """`evolution`: aging evolution over students derived from the teacher, ranked by a
     training-free `proxy` on one batch of `batch_size` training rows, among those whose predicted
     latency fits the budget (constraints.latency_budget_ms, else the target's default, else
     `latency_fraction` of the way from the smallest student's predicted latency to the
-    teacher's)."""
+    teacher's). `space` narrows what evolution searches: `student.architecture`'s keys, each a
+    list of allowed values or a `{min, max}` range (a CNN's `stage_width`/`stage_depth` apply to
+    every stage), e.g. `{num_hidden_layers: {min: 3}}`."""
 
     strategy: Literal["fixed", "evolution"] = "fixed"
     proxy: str = "auto"  # auto: proxies.AUTO_PROXY (diswot)
@@ -136,6 +153,7 @@ class SearchConfig(Section):
     # text rows cut to this many tokens for scoring (null: data.max_length); 128 ranks the 24
     # distilled sentiment students as well as 256 (tau +0.76 vs +0.73) at less cost
     proxy_max_tokens: int | None = Field(128, ge=8)
+    space: dict[str, list[float] | SpaceRange] = Field(default_factory=dict)
 
     @field_validator("proxies", mode="before")
     @classmethod

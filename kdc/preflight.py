@@ -76,6 +76,11 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
             f"student.{' and student.'.join(sorted(chosen))} not used: search.strategy "
             "evolution picks the student (search.strategy: fixed uses them)"
         )
+    if cfg.search.strategy == "fixed" and cfg.search.space:
+        notes.append(
+            "search.space not used: it narrows search.strategy evolution, and this config's "
+            "student is fixed"
+        )
     return [n for n in notes if n]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any
@@ -49,6 +50,36 @@ class Space:
 
     def __init__(self, dims: dict[str, list[Any]]) -> None:
         self.dims = {k: list(v) for k, v in dims.items() if v}
+        self.teacher_genes = self.largest()  # the teacher's own, kept when `restrict` narrows
+
+    def size_genes(self) -> dict[str, list[tuple[str, Callable[[Any], float]]]]:
+        """`student.architecture` key → the genes it sizes, each with how to read that size off
+        a gene value (what `search.space` can narrow)."""
+        return {}
+
+    def restrict(self, limits: dict[str, Any]) -> None:
+        """Keep only the gene values whose sizes `limits` (`search.space`: key → list of allowed
+        values or a range with `min`/`max`) admit; a UserError naming the key when a key is
+        unknown or leaves no choice."""
+        keys = self.size_genes()
+        for key, allowed in limits.items():
+            if key not in keys:
+                raise UserError(
+                    f"search.space has {key!r}, which is not a size of this teacher's students",
+                    field=f"search.space.{key}",
+                    fix=f"use {', '.join(keys) or 'nothing (this space takes no limits)'}",
+                )
+            for gene, size in keys[key]:
+                kept = [v for v in self.dims[gene] if _admits(allowed, size(v))]
+                if not kept:
+                    sizes = sorted({size(v) for v in self.dims[gene]})
+                    raise UserError(
+                        f"search.space.{key} {_shown(allowed)} admits none of the sizes "
+                        f"{', '.join(f'{x:g}' for x in sizes)}",
+                        field=f"search.space.{key}",
+                        fix="admit at least one of those sizes",
+                    )
+                self.dims[gene] = kept
 
     def decode(self, genes: dict[str, Any]) -> Candidate:
         return Candidate(dict(genes), dict(genes), {}, {}, json.dumps(genes))
@@ -83,6 +114,21 @@ class Space:
             field="student.architecture",
             fix="remove student.architecture",
         )
+
+
+def _admits(allowed: Any, size: float) -> bool:
+    """Whether a `search.space` entry (a list of values or a range with min/max) admits `size`."""
+    if isinstance(allowed, list):
+        return any(math.isclose(size, a) for a in allowed)
+    lo, hi = allowed.min, allowed.max
+    return (lo is None or size >= lo - 1e-9) and (hi is None or size <= hi + 1e-9)
+
+
+def _shown(allowed: Any) -> str:
+    if isinstance(allowed, list):
+        return str(allowed)
+    ends = {"min": allowed.min, "max": allowed.max}
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in ends.items() if v is not None) + "}"
 
 
 def _number(v: Any) -> bool:
@@ -135,6 +181,14 @@ class TransformerSpace(Space):
                 "intermediate_size": sorted(inters),
             }
         )
+
+    def size_genes(self) -> dict[str, list[tuple[str, Callable[[Any], float]]]]:
+        return {
+            "num_hidden_layers": [("num_hidden_layers", float)],
+            "hidden_size": [("width", lambda w: float(w[0]))],
+            "num_attention_heads": [("width", lambda w: float(w[1]))],
+            "intermediate_size": [("intermediate_size", float)],
+        }
 
     def decode(self, genes: dict[str, Any]) -> Candidate:
         n = int(genes["num_hidden_layers"])
@@ -249,6 +303,13 @@ class CnnSpace(Space):
             if self.units[s]:
                 dims[f"stage{s}_depth"] = list(range(len(self.units[s]) + 1))
         super().__init__(dims)
+
+    def size_genes(self) -> dict[str, list[tuple[str, Callable[[Any], float]]]]:
+        keys = {
+            kind: [(g, float) for g in self.dims if g.endswith(f"_{kind[6:]}")]
+            for kind in ("stage_width", "stage_depth")
+        }
+        return {k: genes for k, genes in keys.items() if genes}
 
     def _stage_channels(self, stage: int, mult: float) -> tuple[int, ...]:
         return tuple(

@@ -181,7 +181,7 @@ def _predictor(ctx: Context, space) -> Callable[[dict], dict]:
 def _teacher_prediction(space, predict: Callable[[dict], dict]) -> dict:
     """The teacher's prediction (p50_ms and how it was made), exported as it is (its full last
     layer)."""
-    cost = space.decode(space.largest()).cost
+    cost = space.decode(space.teacher_genes).cost
     if "cls_only_last_layer" in cost:
         cost = {**cost, "cls_only_last_layer": False}
     return predict(cost)
@@ -261,6 +261,7 @@ def _evolution(ctx: Context) -> StageOutput:
     bx, by = proxy_batch(x, y, cfg.batch_size, ctx.cfg.seed, cfg.proxy_max_tokens)
     divisor = ctx.profile.defaults.channel_divisor
     space = _space(ctx)
+    space.restrict(cfg.space)
     precision, batch = _precision(ctx), ctx.cfg.verify.batch
     predict = _predictor(ctx, space)
     predictions: dict[str, dict] = {}

@@ -335,3 +335,16 @@ def test_a_teacher_without_weights_is_warned(cnn_project, tmp_path):
         app, ["search", str(cnn_project), "--out", str(tmp_path / "run2"), "--target", "jetson"]
     )
     assert res.exit_code == 0 and "teacher.weights is not set" not in res.output
+
+
+def test_search_space_narrows_what_evolution_tries(cnn_project, tmp_path):
+    res, out = _search(
+        cnn_project, tmp_path, "narrow", search={"space": {"stage_width": {"min": 0.5}}}
+    )
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "search" / "candidates.jsonl").open()]
+    assert rows and all(r["genes"][g] >= 0.5 for r in rows for g in r["genes"] if "width" in g)
+    res, out = _search(cnn_project, tmp_path, "badspace", search={"space": {"layers": [2]}})
+    assert res.exit_code == 2 and "badspace.yaml" in res.output
+    assert "field 'search.space.layers'" in res.output and "use stage_width" in res.output
+    assert "Traceback" not in res.output and not out.exists()

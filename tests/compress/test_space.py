@@ -271,3 +271,62 @@ def test_fixed_architecture_of_the_wrong_type_is_a_user_error(wide_bert, family,
     )
     with pytest.raises(UserError, match="student.architecture"):
         space.from_architecture(arch)
+
+
+def _limits(space: dict):
+    from kdc.config import SearchConfig
+
+    return SearchConfig(space=space).space
+
+
+def test_search_space_narrows_the_genes_and_keeps_the_teacher(wide_bert):
+    space = space_for(wide_bert, _text(wide_bert), 16)
+    teacher = space.decode(space.teacher_genes).key
+    space.restrict(
+        _limits(
+            {
+                "num_hidden_layers": {"min": 2},
+                "hidden_size": [64, 96],
+                "intermediate_size": {"max": 256},
+            }
+        )
+    )
+    assert space.dims["num_hidden_layers"] == [2, 3]
+    assert {h for h, _ in space.dims["width"]} == {64, 96}
+    assert max(space.dims["intermediate_size"]) <= 256
+    assert space.decode(space.teacher_genes).key == teacher  # the teacher is still the reference
+    rng = random.Random(0)
+    for _ in range(10):
+        arch = space.decode(space.sample(rng)).architecture
+        assert arch["num_hidden_layers"] >= 2 and arch["hidden_size"] in (64, 96)
+
+
+def test_cnn_search_space_narrows_every_stage():
+    space = CnnSpace(_cnn(), IMAGES, 8)
+    space.restrict(_limits({"stage_width": {"min": 0.5}}))
+    assert all(min(space.dims[f"stage{s}_width"]) >= 0.5 for s in range(3))
+    with pytest.raises(UserError, match="search.space.stage_depth.*use stage_width"):
+        space.restrict(_limits({"stage_depth": [1]}))  # this CNN has no removable blocks
+
+
+@pytest.mark.parametrize(
+    ("limits", "match"),
+    [
+        ({"layers": [2]}, "search.space.layers.*use num_hidden_layers, hidden_size"),
+        ({"num_hidden_layers": {"min": 4}}, r"\{min: 4\} admits none of the sizes 1, 2, 3"),
+        ({"hidden_size": [100]}, r"\[100.0\] admits none"),
+    ],
+)
+def test_search_space_that_admits_nothing_is_a_user_error(wide_bert, limits, match):
+    space = space_for(wide_bert, _text(wide_bert), 16)
+    with pytest.raises(UserError, match=match):
+        space.restrict(_limits(limits))
+
+
+def test_search_space_range_needs_an_end():
+    from kdc.config import SearchConfig
+
+    with pytest.raises(ValueError, match="give min, max or both"):
+        SearchConfig(space={"num_hidden_layers": {}})
+    with pytest.raises(ValueError, match="min 3 is above max 2"):
+        SearchConfig(space={"num_hidden_layers": {"min": 3, "max": 2}})
