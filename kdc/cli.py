@@ -90,14 +90,16 @@ def compress(
 @handled
 def validate(config: Path) -> None:
     """Check a model.yaml without loading a model: schema, files, names, the teacher's
-    entrypoint import, and the data (read and split as --dry-run does, and matched to a Hugging
-    Face teacher's config.json: class names, image channels)."""
+    entrypoint import, a CNN teacher's weight shapes against what it builds, and the data (read
+    and split as --dry-run does, and matched to a Hugging Face teacher's config.json: class
+    names, image channels)."""
     from kdc.config import load_config
     from kdc.models import teacher_kind
-    from kdc.preflight import check_config, check_data, config_warnings
+    from kdc.preflight import check_config, check_data, check_teacher_weights, config_warnings
 
     cfg = load_config(config)
     check_config(cfg)
+    check_teacher_weights(cfg)
     ds = check_data(cfg)
     for note in [*config_warnings(cfg), *ds.notes]:
         err.print(f"warning: {note}", markup=False)

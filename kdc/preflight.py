@@ -411,3 +411,38 @@ def _check_student_architecture(cfg: KdcConfig, hf: dict | None) -> None:
         transformer_genes(cfg.student.architecture, n, hidden, heads, inter)
     except UserError as e:
         raise e.located(cfg.source_file) from None
+
+
+def check_teacher_weights(cfg: KdcConfig) -> None:
+    """A CNN teacher's `teacher.weights` against the model its entrypoint or library builds (on
+    PyTorch's meta device: no memory, no weights loaded; safetensors read from the header). A
+    builder that cannot run there is left to the run's own check when it loads the teacher."""
+    import torch
+
+    from kdc.models import teacher_kind, vision_source
+    from kdc.models.vision import BUILDERS
+    from kdc.models.weights import shape_mismatch, weight_shapes
+
+    if teacher_kind(cfg) not in BUILDERS or not cfg.teacher.weights:
+        return
+    source = vision_source(cfg)
+    try:
+        with torch.device("meta"):
+            model = BUILDERS[source["kind"]](source)
+        shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    except Exception:  # noqa: BLE001 - e.g. a builder that reads files of its own
+        return
+    path = cfg.resolve(cfg.teacher.weights)
+    try:
+        differ = shape_mismatch(shapes, weight_shapes(path))
+    except UserError as e:
+        raise e.located(cfg.source_file) from None
+    if differ:
+        built = f"{cfg.teacher.entrypoint or cfg.teacher.name}"
+        raise UserError(
+            f"weights do not match the model {built} builds: {differ}",
+            source=cfg.source_file,
+            field="teacher.weights",
+            fix="use the weights saved from this architecture, or the teacher.kwargs it was "
+            "built with",
+        )

@@ -17,8 +17,17 @@ from kdc.cli import app
 runner = CliRunner()
 
 
+def _weights(path, channels=(16, 32)):
+    """Untrained weights of the tiny configs' teacher (kdc.models.cnn:small_cnn)."""
+    from safetensors.torch import save_file
+
+    from kdc.models.cnn import small_cnn
+
+    save_file(small_cnn(num_classes=10, channels=list(channels)).state_dict(), str(path))
+
+
 def _config(tmp_path, **over):
-    (tmp_path / "teacher.safetensors").write_bytes(b"")
+    _weights(tmp_path / "teacher.safetensors")
     return write_yaml(tmp_path / "model.yaml", cnn_config(**over))
 
 
@@ -552,3 +561,15 @@ def test_an_onnxruntime_only_run_on_a_tensorrt_target_is_warned(tmp_path):
     res = runner.invoke(app, ["compress", str(cfg), "--target", "t4", "--dry-run"])
     assert res.exit_code == 0 and "max_batch not used" not in res.output
     assert '"max_batch": 8' in res.output  # the plan shows the build settings the config sets
+
+
+def test_weights_of_another_architecture_are_refused_by_validate_and_dry_run(tmp_path):
+    """Without loading them: the entrypoint's model is built on the meta device and the file's
+    shapes read from its safetensors header."""
+    cfg = _config(tmp_path)
+    assert runner.invoke(app, ["validate", str(cfg)]).exit_code == 0
+    _weights(tmp_path / "teacher.safetensors", channels=(8, 32))
+    for args in (["validate", str(cfg)], ["compress", str(cfg), "--dry-run"]):
+        line = _one_line(runner.invoke(app, args))
+        assert line.startswith(f"error: {cfg}: field 'teacher.weights'"), line
+        assert "size mismatch for 'features.0.weight'" in line and "teacher.kwargs" in line, line

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from importlib.machinery import PathFinder
 from pathlib import Path
+from typing import Any
 
 from kdc.config import KdcConfig
 from kdc.errors import UserError
@@ -128,16 +129,21 @@ def check_entrypoint(cfg: KdcConfig) -> None:
         raise e.located(cfg.source_file) from None
 
 
-def _vision(cfg: KdcConfig) -> ModelAdapter:
+def vision_source(cfg: KdcConfig) -> dict[str, Any]:
+    """What builds a CNN teacher (VisionAdapter.build's `source`); its entrypoint importable."""
     kind = teacher_kind(cfg)
     if kind == "entrypoint":
         _entrypoint_path(cfg)
-    source = {
+    return {
         "kind": kind,
         "entrypoint": cfg.teacher.entrypoint,
         "name": (cfg.teacher.name or "").removeprefix("timm/"),
         "kwargs": cfg.teacher.kwargs,
     }
+
+
+def _vision(cfg: KdcConfig) -> ModelAdapter:
+    source = vision_source(cfg)
     weights = cfg.resolve(cfg.teacher.weights) if cfg.teacher.weights else None
     if weights is not None and not weights.is_file():
         raise UserError(

@@ -60,3 +60,28 @@ def load_into(
             field=field,
             fix="use the weights saved from this architecture",
         ) from None
+
+
+def weight_shapes(path: Path, field: str = "teacher.weights") -> dict[str, list[int]]:
+    """Tensor name → shape of a weights file; safetensors from its header alone."""
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+        except Exception:  # a damaged file: load_state_dict says so in the same words
+            pass
+    return {k: list(v.shape) for k, v in load_state_dict(path, field).items()}
+
+
+def shape_mismatch(model: dict[str, list[int]], weights: dict[str, list[int]]) -> str:
+    """The first difference between a model's state-dict shapes and a file's (missing,
+    unexpected or differently sized tensor), or ''."""
+    for name, shape in model.items():
+        if name not in weights:
+            return f"missing {name!r} ({len(model)} tensors in the model, {len(weights)} in file)"
+        if weights[name] != shape:
+            return f"size mismatch for {name!r}: {weights[name]} in the file, {shape} in the model"
+    extra = [k for k in weights if k not in model]
+    return f"unexpected {extra[0]!r} in the file ({len(extra)} the model lacks)" if extra else ""
