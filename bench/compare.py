@@ -419,6 +419,9 @@ _CALIBRATION: dict = {}
 def calibrate_host() -> dict:
     """`kdc calibrate --target host --threads THREADS` once per bench process, before the first
     kdc budget row, as the search log advises before searching under a latency budget."""
+    saved = SCRATCH / "kdc-config" / "calibration" / "host.yaml"
+    if not _CALIBRATION and saved.is_file():  # kept by --reuse-calibration
+        _CALIBRATION.update(reused=str(saved), config_dir=os.environ["KDC_CONFIG_DIR"])
     if not _CALIBRATION:
         log = SCRATCH / "calibrate.log"
         cmd = ["calibrate", "--target", "host", "--threads", str(THREADS)]
@@ -452,7 +455,12 @@ def _budget(b: Bench, factor: int, rows: dict, qat: bool = False) -> dict:
         f"config otherwise ({epochs_text(b)}, default loss recipe, augment "
         f"{b.cfg.distill.augment}, {b.cfg.distill.select} epoch kept, torch threads "
         f"{TRAIN_THREADS}, verify.threads {THREADS}); host latency model calibrated first "
-        f"(kdc calibrate --threads {THREADS}, {cal['wall_s']:.0f} s, not in wall); the engine kdc "
+        + (
+            f"(kdc calibrate --threads {THREADS}, {cal['wall_s']:.0f} s, not in wall)"
+            if "wall_s" in cal
+            else f"(kdc calibrate --threads {THREADS} of an earlier bench process, reused)"
+        )
+        + "; the engine kdc "
         "ships; wall = the whole run"
     )
     if run["failed"]:
@@ -579,11 +587,18 @@ def main() -> None:
     ap.add_argument(
         "--min-layers", type=int, help="search.space num_hidden_layers min of the budget rows"
     )
+    ap.add_argument(
+        "--reuse-calibration",
+        action="store_true",
+        help="keep the scratch's host calibration from an earlier bench process (e.g. one taken "
+        "on a quiet machine, for rows built while others train)",
+    )
     args = ap.parse_args()
     rounds = args.rounds if args.rounds is not None else (0 if args.quick else 3)
     # a previous bench process's calibration (maybe from an older kdc, which the profile loader
     # refuses): this process calibrates afresh before its first budget row
-    (SCRATCH / "kdc-config" / "calibration" / "host.yaml").unlink(missing_ok=True)
+    if not args.reuse_calibration:
+        (SCRATCH / "kdc-config" / "calibration" / "host.yaml").unlink(missing_ok=True)
     for example in args.example or ["digits", "sentiment"]:
         run_example(example, args.quick, args.only, rounds, args.epochs, args.seed, args.min_layers)
 
