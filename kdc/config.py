@@ -28,10 +28,11 @@ class Section(BaseModel):
 
 
 class TeacherConfig(Section):
-    """Where the teacher comes from: exactly one of `path` (HF dir), `name` (torchvision/timm or
-    hub id) or `entrypoint` (`package.module:function` returning an nn.Module)."""
+    """Where the teacher comes from: exactly one of `path` (HF dir, or a CNN student kdc saved:
+    a directory with kdc_model.json), `name` (torchvision/timm or hub id) or `entrypoint`
+    (`package.module:function` returning an nn.Module)."""
 
-    kind: Literal["auto", "huggingface", "torchvision", "timm", "entrypoint"] = "auto"
+    kind: Literal["auto", "huggingface", "torchvision", "timm", "entrypoint", "kdc"] = "auto"
     path: str | None = None
     name: str | None = None
     entrypoint: str | None = None
@@ -68,6 +69,7 @@ KIND_SOURCE = {
     "entrypoint": "entrypoint",
     "torchvision": "name",
     "timm": "name",
+    "kdc": "path",
 }
 
 

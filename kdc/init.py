@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ HF_SIDE_FILES = ("preprocessor_config.json", "generation_config.json", "*.safete
 class TeacherInfo:
     """What `kdc init` learnt about the teacher."""
 
-    kind: str  # huggingface | safetensors
+    kind: str  # huggingface | safetensors | kdc (a CNN student kdc saved)
     path: Path
     task: str
     num_labels: int | None
@@ -101,7 +101,9 @@ def _hf_teacher(path: Path) -> TeacherInfo:
     )
 
 
-def _safetensors_teacher(path: Path) -> TeacherInfo:
+def _safetensors_teacher(path: Path, kind: str = "safetensors") -> TeacherInfo:
+    """What the weights file at `path` says of a CNN: classes, input channels (`kind`: kdc for
+    a kdc-saved student's model.safetensors)."""
     from safetensors import safe_open
 
     try:
@@ -116,9 +118,7 @@ def _safetensors_teacher(path: Path) -> TeacherInfo:
         ) from None
     heads = [s for k, s in shapes.items() if HEAD_RX.search(k) and len(s) == 2]
     n = heads[-1][0] if heads else None
-    return TeacherInfo(
-        "safetensors", path, "image-classification", n, channels=_input_channels(shapes)
-    )
+    return TeacherInfo(kind, path, "image-classification", n, channels=_input_channels(shapes))
 
 
 def _layer_order(name: str) -> list[tuple[int, int | str]]:
@@ -155,7 +155,12 @@ def _saved_pretrained(model: Path) -> bool:
 
 
 def inspect_teacher(model: Path) -> TeacherInfo:
-    """A Hugging Face directory (config.json), or safetensors weights (file or directory)."""
+    """A Hugging Face directory (config.json), a CNN student kdc saved, or safetensors weights
+    (file or directory)."""
+    from kdc.models import is_kdc_cnn
+
+    if model.is_dir() and is_kdc_cnn(model) and (model / "model.safetensors").is_file():
+        return replace(_safetensors_teacher(model / "model.safetensors", "kdc"), path=model)
     if model.is_dir() and ((model / "config.json").is_file() or _saved_pretrained(model)):
         check_model_dir(model, "MODEL_DIR")  # compress's error where config.json is missing
         return _hf_teacher(model)
@@ -216,6 +221,9 @@ def _relative_note(path: str) -> str:
 
 
 def _teacher_lines(t: TeacherInfo, base: Path) -> list[str]:
+    if t.kind == "kdc":
+        path = _rel(t.path, base)
+        return ["teacher:", f"  path: {_v(path)}   # a CNN student kdc saved{_relative_note(path)}"]
     if t.kind == "huggingface":
         path = _rel(t.path, base)
         lines = ["teacher:", f"  path: {_v(path)}   # Hugging Face directory{_relative_note(path)}"]

@@ -21,12 +21,13 @@ from kdc.models.vision import VisionAdapter, entrypoint_function
 
 
 def teacher_kind(cfg: KdcConfig) -> str:
-    """How the teacher is given: huggingface, entrypoint, torchvision or timm."""
+    """How the teacher is given: huggingface, kdc (a CNN student kdc saved), entrypoint,
+    torchvision or timm."""
     t = cfg.teacher
     if t.kind != "auto":
         return t.kind
     if t.path:  # exactly one of path, entrypoint, name (TeacherConfig checks)
-        return "huggingface"
+        return "kdc" if is_kdc_cnn(cfg.resolve(t.path)) else "huggingface"
     if t.entrypoint:
         return "entrypoint"
     return "timm" if t.name and t.name.startswith("timm/") else "torchvision"
@@ -142,6 +143,33 @@ def vision_source(cfg: KdcConfig) -> dict[str, Any]:
     }
 
 
+def is_kdc_cnn(directory: Path) -> bool:
+    """Whether `directory` holds a CNN student kdc saved (kdc_model.json, no config.json: a
+    transformer student is a Hugging Face directory and loads as one)."""
+    return (directory / "kdc_model.json").is_file() and not (directory / "config.json").is_file()
+
+
+def _kdc_cnn(cfg: KdcConfig) -> ModelAdapter:
+    """A CNN student of an earlier kdc run as the teacher (its entrypoint, if it was built by
+    one, imported from this config's folder)."""
+    directory = cfg.resolve(cfg.teacher.path or "")
+    _entrypoint_path(cfg)
+    try:
+        adapter = load_student(directory)
+    except UserError as e:
+        raise UserError(
+            e.message, source=cfg.source_file, field="teacher.path", fix=e.fix
+        ) from None
+    if not isinstance(adapter, VisionAdapter):
+        raise UserError(
+            f"{directory} holds a kdc {type(adapter).__name__}, not a CNN",
+            source=cfg.source_file,
+            field="teacher.path",
+            fix="give the student's Hugging Face directory as a Hugging Face teacher",
+        )
+    return adapter
+
+
 def _vision(cfg: KdcConfig) -> ModelAdapter:
     source = vision_source(cfg)
     weights = cfg.resolve(cfg.teacher.weights) if cfg.teacher.weights else None
@@ -170,6 +198,7 @@ LOADERS: dict[str, Callable[[KdcConfig], ModelAdapter]] = {
     "entrypoint": _vision,
     "torchvision": _vision,
     "timm": _vision,
+    "kdc": _kdc_cnn,
 }
 # (teacher kind, task) pairs loaded by another loader than the kind's own
 TASK_LOADERS: dict[tuple[str, str], str] = {

@@ -287,7 +287,9 @@ class VisionAdapter(ModelAdapter):
                 dg.get_pruning_group(
                     conv, tp.prune_conv_out_channels, sorted(order[: have - n].tolist())
                 ).prune()
-        return VisionAdapter(student, {**self.source, "drop": drop} if drop else self.source)
+        # a teacher that is itself a kdc student has dropped blocks of its own
+        drops = [*self.source.get("drop", []), *drop]
+        return VisionAdapter(student, {**self.source, "drop": drops} if drops else self.source)
 
     def save(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
