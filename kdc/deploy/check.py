@@ -37,6 +37,7 @@ import math
 import re
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 from kdc.deploy.constraints import (
     LATENCY_KEYS,
@@ -197,8 +198,16 @@ def _conditions(
     return "; ".join(
         f"{k} {_shown(base.get(k))} vs {_shown(cur.get(k))}"
         for k in (*conditions.get(kind, ()), *recorded)
-        if base.get(k) != cur.get(k)
+        if _condition(k, base.get(k)) != _condition(k, cur.get(k))
     )
+
+
+def _condition(key: str, value: Any) -> Any:
+    """A condition as compared: a host device's "(1 threads)" of reports before kdc wrote
+    "(1 thread)" is the same device."""
+    if key == "device" and isinstance(value, str):
+        return re.sub(r"\((\d+) threads?\)", r"(\1 threads)", value)
+    return value
 
 
 def _latency(

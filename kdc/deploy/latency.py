@@ -147,7 +147,7 @@ def measure_onnx(
         )
     return {
         "kind": "measured",
-        "device": f"{cpu_info()[0]} ({n} threads)",
+        "device": f"{cpu_info()[0]} ({n} thread{'s' * (n != 1)})",
         "engine": engine,
         "provider": record["providers"][0],
         "precision": precision,

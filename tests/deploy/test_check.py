@@ -497,3 +497,14 @@ def test_measured_memory_under_other_conditions_is_not_compared(baseline):
         del engine(base, "onnxruntime-int8")["memory"][key]
     gone = by_metric(compare(current, base))["onnxruntime-int8.memory_mb"]
     assert "the baseline's measured memory has no peak_rss_mb" in gone.message
+
+
+def test_a_host_device_of_one_thread_compares_with_its_older_spelling(baseline):
+    """kdc once wrote "(1 threads)"; a baseline of that spelling is the same device."""
+    current = copy.deepcopy(baseline)
+    set_latency(baseline, "onnxruntime-int8", device="Intel Xeon (1 threads)", threads=1)
+    set_latency(current, "onnxruntime-int8", device="Intel Xeon (1 thread)", threads=1)
+    assert by_metric(compare(current, baseline))["onnxruntime-int8.latency_p50_ms"].status == "pass"
+    set_latency(current, "onnxruntime-int8", device="AMD EPYC (1 thread)")
+    r = by_metric(compare(current, baseline))["onnxruntime-int8.latency_p50_ms"]
+    assert r.status == "missing" and "device 'Intel Xeon (1 threads)' vs 'AMD EPYC" in r.message

@@ -119,7 +119,7 @@ def test_measure_onnx_returns_measured_latency_object(linear_onnx: str) -> None:
     assert lat["engine"] == "onnxruntime"
     assert lat["provider"] == "CPUExecutionProvider"
     assert lat["threads"] == 1
-    assert lat["device"].endswith("(1 threads)")
+    assert lat["device"].endswith("(1 thread)")
     assert lat["batch"] == 5
     assert lat["input_shape"] == {"x": [5, 8]}  # rows repeated up to the batch; extras not fed
     assert lat["iterations"] == 25 and lat["warmup"] == 3
