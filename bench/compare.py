@@ -1,6 +1,7 @@
 """kdc against what a user would do instead, measured side by side (issue #9).
 
     python bench/compare.py [--example digits|sentiment] [--quick] [--only ROW ...]
+        [--epochs N] [--seed N] [--min-layers N] [--rounds N] [--reuse-calibration]
 
 Per example (default: both) builds every row (ROWS; the optional QAT rows only when named in
 --only) from its teacher and data and measures all
@@ -43,10 +44,9 @@ from compare_report import (  # noqa: E402
 from pipeline import (  # noqa: E402
     EXAMPLES,
     SCRATCH,
+    calibrate_host,
     machine,
     run_kdc,
-    run_process,
-    stage_env,
     write_config,
 )
 
@@ -413,28 +413,11 @@ def _distilbert(b: Bench, precision: str) -> dict:
 
 # Every kdc process of the bench reads its calibration from here (stage_env copies os.environ).
 os.environ["KDC_CONFIG_DIR"] = str(SCRATCH / "kdc-config")
-_CALIBRATION: dict = {}
-
-
-def calibrate_host() -> dict:
-    """`kdc calibrate --target host --threads THREADS` once per bench process, before the first
-    kdc budget row, as the search log advises before searching under a latency budget."""
-    saved = SCRATCH / "kdc-config" / "calibration" / "host.yaml"
-    if not _CALIBRATION and saved.is_file():  # kept by --reuse-calibration
-        _CALIBRATION.update(reused=str(saved), config_dir=os.environ["KDC_CONFIG_DIR"])
-    if not _CALIBRATION:
-        log = SCRATCH / "calibrate.log"
-        cmd = ["calibrate", "--target", "host", "--threads", str(THREADS)]
-        rec = run_process(cmd, stage_env(TRAIN_THREADS), log)
-        if rec["exit_code"] != 0:
-            raise RuntimeError(f"kdc calibrate failed, see {log}")
-        _CALIBRATION.update(rec, config_dir=os.environ["KDC_CONFIG_DIR"])
-    return _CALIBRATION
 
 
 def _budget(b: Bench, factor: int, rows: dict, qat: bool = False) -> dict:
     base = rows.get("teacher_ort_fp32") or row_teacher_ort_fp32(b)
-    cal = calibrate_host()
+    cal = calibrate_host(THREADS, TRAIN_THREADS)
     if factor not in b.budgets:  # PTQ and QAT rows of one process share it
         fresh = measure_onnx(base["path"], b.one(), threads=THREADS, **protocol(b.quick)["latency"])
         b.budgets[factor] = round(min(base["p50_ms"], fresh["p50_ms"]) / factor, 4)  # the quieter
@@ -539,7 +522,7 @@ def run_example(
     old = read_json(out) if out.is_file() and only is not None else {"rows": {}}
     b = setup(example, quick)
     b.epochs, b.seed = epochs, seed
-    if min_layers:
+    if min_layers and b.ctx.teacher.family == "transformer":  # a CNN example has no layers
         b.space = {"num_hidden_layers": {"min": min_layers}}
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result = {**old, "example": example, "quick": quick, "machine": machine()}

@@ -90,9 +90,10 @@ def compress(
 @handled
 def validate(config: Path) -> None:
     """Check a model.yaml without loading a model: schema, files, names, the teacher's
-    entrypoint import, a CNN teacher's weight shapes against what it builds, and the data (read
-    and split as --dry-run does, and matched to a Hugging Face teacher's config.json: class
-    names, image channels)."""
+    entrypoint import, a CNN teacher's weight shapes against the network its entrypoint builds
+    (called on PyTorch's meta device: no memory, no weights), and the data (read and split as
+    --dry-run does, and matched to a Hugging Face teacher's config.json: class names, image
+    channels)."""
     from kdc.config import load_config
     from kdc.models import teacher_kind
     from kdc.preflight import check_config, check_data, check_teacher_weights, config_warnings

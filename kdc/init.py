@@ -104,18 +104,16 @@ def _hf_teacher(path: Path) -> TeacherInfo:
 def _safetensors_teacher(path: Path, kind: str = "safetensors") -> TeacherInfo:
     """What the weights file at `path` says of a CNN: classes, input channels (`kind`: kdc for
     a kdc-saved student's model.safetensors)."""
-    from safetensors import safe_open
+    from kdc.models.weights import safetensors_shapes
 
-    try:
-        with safe_open(str(path), "pt") as f:
-            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
-    except Exception:  # a damaged file raises several types
+    shapes = safetensors_shapes(path)
+    if shapes is None:
         raise UserError(
             "not a readable safetensors file",
             source=str(path),
             field="MODEL_DIR",
             fix="re-save the weights with safetensors",
-        ) from None
+        )
     heads = [s for k, s in shapes.items() if HEAD_RX.search(k) and len(s) == 2]
     n = heads[-1][0] if heads else None
     return TeacherInfo(kind, path, "image-classification", n, channels=_input_channels(shapes))

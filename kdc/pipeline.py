@@ -73,7 +73,7 @@ class Context:
         t = load_teacher(self.cfg)
         check_label_count(self, t)
         tc = self.cfg.teacher
-        if t.family == "cnn" and not tc.weights:
+        if t.family == "cnn" and not tc.weights and (tc.entrypoint or tc.name):
             self.warn(
                 "teacher.weights is not set: the teacher has the weights "
                 f"{tc.entrypoint or tc.name} gives it (random unless it loads trained ones)"

@@ -31,6 +31,7 @@ def check_config(cfg: KdcConfig) -> None:
     _check_teacher_code(cfg)
     _check_student_layers(cfg, hf)
     _check_student_architecture(cfg, hf)
+    _check_search_space(cfg)
 
 
 def check_data(cfg: KdcConfig) -> Dataset:
@@ -365,14 +366,21 @@ LIBRARY_TEACHERS = {
 
 
 def _check_teacher_code(cfg: KdcConfig) -> None:
-    """`teacher.entrypoint` imports (its module is imported; the function is not called); a
-    `teacher.name`'s library (torchvision, timm) is installed."""
+    """`teacher.entrypoint` (or a kdc student teacher's) imports (its module is imported; the
+    function is not called); a `teacher.name`'s library (torchvision, timm) is installed; a kdc
+    student teacher has no `teacher.weights` besides its own."""
     import importlib.util
 
     from kdc.models import check_entrypoint, teacher_kind
 
-    if cfg.teacher.entrypoint:
-        check_entrypoint(cfg)
+    if teacher_kind(cfg) == "kdc" and cfg.teacher.weights:
+        raise UserError(
+            "not read for a kdc student teacher, whose weights are its model.safetensors",
+            source=cfg.source_file,
+            field="teacher.weights",
+            fix="remove teacher.weights",
+        )
+    check_entrypoint(cfg)
     kind = teacher_kind(cfg) if cfg.teacher.name else None
     if kind in LIBRARY_TEACHERS and importlib.util.find_spec(kind) is None:
         raise UserError(
@@ -413,6 +421,18 @@ def _check_student_architecture(cfg: KdcConfig, hf: dict | None) -> None:
         raise e.located(cfg.source_file) from None
 
 
+def _check_search_space(cfg: KdcConfig) -> None:
+    """`search.space` names sizes of the teacher's family (a Hugging Face teacher's students are
+    transformers, the others' CNNs); whether a size admits any student is the search's check."""
+    from kdc.compress.space import SPACE_KEYS, unknown_space_key
+    from kdc.models import teacher_kind
+
+    keys = list(SPACE_KEYS["transformer" if teacher_kind(cfg) == "huggingface" else "cnn"])
+    for key in cfg.search.space:
+        if key not in keys:
+            raise unknown_space_key(key, keys).located(cfg.source_file)
+
+
 def check_teacher_weights(cfg: KdcConfig) -> None:
     """A CNN teacher's `teacher.weights` against the model its entrypoint or library builds (on
     PyTorch's meta device: no memory, no weights loaded; safetensors read from the header). A
@@ -438,9 +458,9 @@ def check_teacher_weights(cfg: KdcConfig) -> None:
     except UserError as e:
         raise e.located(cfg.source_file) from None
     if differ:
-        built = f"{cfg.teacher.entrypoint or cfg.teacher.name}"
         raise UserError(
-            f"weights do not match the model {built} builds: {differ}",
+            f"weights do not match the model {cfg.teacher.entrypoint or cfg.teacher.name} "
+            f"builds: {differ}",
             source=cfg.source_file,
             field="teacher.weights",
             fix="use the weights saved from this architecture, or the teacher.kwargs it was "

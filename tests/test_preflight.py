@@ -59,6 +59,7 @@ BAD = [
         },
     ),
     ("search.proxies", {"search": {"proxies": ["params", "nosuch"]}}),
+    ("search.space.layers", {"search": {"space": {"layers": [2]}}}),  # a CNN's sizes
     ("teacher.entrypoint", {"teacher": {"entrypoint": "nosuchpkg.mod:fn"}}),  # not importable
     ("teacher.entrypoint", {"teacher": {"entrypoint": "kdc.models.cnn:nosuchfn"}}),
     ("build.max_batch", {"build": {"max_batch": 2}, "verify": {"batch": 4}}),  # below verify's
@@ -573,3 +574,11 @@ def test_weights_of_another_architecture_are_refused_by_validate_and_dry_run(tmp
         line = _one_line(runner.invoke(app, args))
         assert line.startswith(f"error: {cfg}: field 'teacher.weights'"), line
         assert "size mismatch for 'features.0.weight'" in line and "teacher.kwargs" in line, line
+
+
+def test_a_search_space_for_a_fixed_student_is_warned(tmp_path):
+    from kdc.config import load_config
+    from kdc.preflight import config_warnings
+
+    cfg = load_config(_config(tmp_path, search={"space": {"stage_width": {"min": 0.5}}}))
+    assert any(n.startswith("search.space not used") for n in config_warnings(cfg))

@@ -63,11 +63,45 @@ def test_kdc_init_and_the_run_take_a_kdc_cnn_student_as_the_teacher(tmp_path):
 def test_a_kdc_teacher_directory_with_damaged_weights_is_one_line(tmp_path):
     _first_student(tmp_path)
     (tmp_path / "student" / "model.safetensors").write_bytes(b"\0" * 16)
-    cfg = write_yaml(
-        tmp_path / "m.yaml",
-        cnn_config(weights=None, teacher={"path": "student", "entrypoint": None, "kwargs": {}}),
-    )
+    cfg = _kdc_config(tmp_path)
     res = runner.invoke(app, ["compress", str(cfg), "--out", str(tmp_path / "run"), "-q"])
+    assert f"{cfg}: field 'teacher.path'" in _one_line(res)
+
+
+def _kdc_config(tmp_path, teacher=None, **over):
+    teacher = {"path": "student", "entrypoint": None, "kwargs": {}, **(teacher or {})}
+    weights = teacher.pop("weights", None)  # cnn_config drops a teacher.weights of None
+    return write_yaml(tmp_path / "m.yaml", cnn_config(weights=weights, teacher=teacher, **over))
+
+
+def test_a_search_from_a_kdc_teacher_runs_without_the_untrained_teacher_warning(tmp_path):
+    _first_student(tmp_path)
+    search = {"strategy": "evolution", "population": 4, "cycles": 2, "batch_size": 32}
+    cfg = _kdc_config(tmp_path, search=search, student={})
+    res = runner.invoke(app, ["search", str(cfg), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "teacher.weights is not set" not in res.output
+
+
+def test_a_kdc_teacher_is_checked_by_validate(tmp_path):
+    import json
+
+    _first_student(tmp_path)
+    line = _one_line(
+        runner.invoke(
+            app, ["validate", str(_kdc_config(tmp_path, {"weights": "student/model.safetensors"}))]
+        )
+    )
+    assert "field 'teacher.weights'" in line and "remove teacher.weights" in line
+    meta_file = tmp_path / "student" / "kdc_model.json"
+    meta = json.loads(meta_file.read_text())
+    meta["source"]["entrypoint"] = "nosuchmodule:build"
+    meta_file.write_text(json.dumps(meta))
+    line = _one_line(runner.invoke(app, ["validate", str(_kdc_config(tmp_path))]))
+    assert "field 'teacher.path'" in line and "built by 'nosuchmodule:build'" in line, line
+
+
+def _one_line(res) -> str:
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == 2 and len(lines) == 1, res.output
-    assert f"{cfg}: field 'teacher.path'" in lines[0]
+    assert res.exit_code == 2 and len(lines) == 1 and "Traceback" not in res.output, res.output
+    return lines[0]

@@ -64,18 +64,15 @@ class Space:
         keys = self.size_genes()
         for key, allowed in limits.items():
             if key not in keys:
-                raise UserError(
-                    f"search.space has {key!r}, which is not a size of this teacher's students",
-                    field=f"search.space.{key}",
-                    fix=f"use {', '.join(keys) or 'nothing (this space takes no limits)'}",
-                )
+                raise unknown_space_key(key, list(keys))
             for gene, size in keys[key]:
                 kept = [v for v in self.dims[gene] if _admits(allowed, size(v))]
                 if not kept:
                     sizes = sorted({size(v) for v in self.dims[gene]})
+                    which = f" of {gene}" if gene.startswith("stage") else ""
                     raise UserError(
-                        f"search.space.{key} {_shown(allowed)} admits none of the sizes "
-                        f"{', '.join(f'{x:g}' for x in sizes)}",
+                        f"search.space.{key} {_shown(allowed)} admits none of the sizes{which} "
+                        f"{', '.join(f'{x:.4g}' for x in sizes)}",
                         field=f"search.space.{key}",
                         fix="admit at least one of those sizes",
                     )
@@ -116,17 +113,31 @@ class Space:
         )
 
 
+# the sizes `search.space` can narrow, per teacher family (a CNN's stage_depth only where a stage
+# has removable blocks)
+SPACE_KEYS = {"transformer": TRANSFORMER_KEYS, "cnn": ("stage_width", "stage_depth")}
+
+
+def unknown_space_key(key: str, keys: list[str]) -> UserError:
+    """The error for a `search.space` key that is none of `keys`."""
+    return UserError(
+        f"search.space has {key!r}, which is not a size of this teacher's students",
+        field=f"search.space.{key}",
+        fix=f"use {', '.join(keys) or 'nothing (this space takes no limits)'}",
+    )
+
+
 def _admits(allowed: Any, size: float) -> bool:
     """Whether a `search.space` entry (a list of values or a range with min/max) admits `size`."""
-    if isinstance(allowed, list):
-        return any(math.isclose(size, a) for a in allowed)
+    if isinstance(allowed, list):  # as the error shows sizes: 4 significant digits
+        return any(math.isclose(size, a, rel_tol=5e-4) for a in allowed)
     lo, hi = allowed.min, allowed.max
-    return (lo is None or size >= lo - 1e-9) and (hi is None or size <= hi + 1e-9)
+    return (lo is None or size >= lo * (1 - 5e-4)) and (hi is None or size <= hi * (1 + 5e-4))
 
 
 def _shown(allowed: Any) -> str:
     if isinstance(allowed, list):
-        return str(allowed)
+        return "[" + ", ".join(f"{a:g}" for a in allowed) + "]"
     ends = {"min": allowed.min, "max": allowed.max}
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in ends.items() if v is not None) + "}"
 
@@ -181,6 +192,12 @@ class TransformerSpace(Space):
                 "intermediate_size": sorted(inters),
             }
         )
+        # not largest(): a hidden size splits into heads of 32 and of 64, the teacher's one way
+        self.teacher_genes = {
+            "num_hidden_layers": self.n_layers,
+            "width": [self.hidden, self.heads],
+            "intermediate_size": self.inter,
+        }
 
     def size_genes(self) -> dict[str, list[tuple[str, Callable[[Any], float]]]]:
         return {

@@ -75,10 +75,25 @@ def _sentence(cfg: KdcConfig) -> ModelAdapter:
     )
 
 
-def _top_module(cfg: KdcConfig) -> str | None:
-    if teacher_kind(cfg) != "entrypoint" or not cfg.teacher.entrypoint:
+def teacher_entrypoint(cfg: KdcConfig) -> str | None:
+    """The function that builds the teacher's network: `teacher.entrypoint`, or the one a kdc
+    CNN student given as the teacher was built by (its kdc_model.json); None for the others."""
+    kind = teacher_kind(cfg)
+    if kind == "entrypoint":
+        return cfg.teacher.entrypoint
+    if kind != "kdc":
         return None
-    return cfg.teacher.entrypoint.split(":")[0].split(".")[0]
+    try:
+        meta = json.loads((cfg.resolve(cfg.teacher.path or "") / "kdc_model.json").read_text())
+        source = meta["source"]
+        return source["entrypoint"] if source["kind"] == "entrypoint" else None
+    except (OSError, ValueError, KeyError, TypeError):  # the loader says what is wrong with it
+        return None
+
+
+def _top_module(cfg: KdcConfig) -> str | None:
+    entrypoint = teacher_entrypoint(cfg)
+    return entrypoint.split(":")[0].split(".")[0] if entrypoint else None
 
 
 def entrypoint_files(cfg: KdcConfig) -> list[Path]:
@@ -119,15 +134,31 @@ def _entrypoint_path(cfg: KdcConfig) -> None:
 
 
 def check_entrypoint(cfg: KdcConfig) -> None:
-    """A teacher built by `teacher.entrypoint` must be importable (the function is not called);
-    a UserError naming the config file and teacher.entrypoint otherwise."""
-    if teacher_kind(cfg) != "entrypoint" or not cfg.teacher.entrypoint:
+    """A teacher built by an entrypoint (`teacher.entrypoint`, or a kdc CNN student's) must be
+    importable (the function is not called); a UserError naming the config file and the field
+    otherwise."""
+    entrypoint = teacher_entrypoint(cfg)
+    if not entrypoint:
         return
     _entrypoint_path(cfg)
     try:
-        entrypoint_function(cfg.teacher.entrypoint)
+        entrypoint_function(entrypoint)
     except UserError as e:
-        raise e.located(cfg.source_file) from None
+        raise _as_kdc_teacher(cfg, e) from None
+
+
+def _as_kdc_teacher(cfg: KdcConfig, e: UserError) -> UserError:
+    """An error of building a kdc CNN student given as the teacher, naming teacher.path (the
+    config names no entrypoint to fix); other teachers' errors as they are."""
+    if teacher_kind(cfg) != "kdc":
+        return e.located(cfg.source_file)
+    fix = e.fix
+    if e.field == "teacher.entrypoint":
+        fix = (
+            f"the student was built by '{teacher_entrypoint(cfg)}': put its module beside "
+            "this config (or on PYTHONPATH)"
+        )
+    return UserError(e.message, source=cfg.source_file, field="teacher.path", fix=fix)
 
 
 def vision_source(cfg: KdcConfig) -> dict[str, Any]:
@@ -157,8 +188,13 @@ def _kdc_cnn(cfg: KdcConfig) -> ModelAdapter:
     try:
         adapter = load_student(directory)
     except UserError as e:
+        raise _as_kdc_teacher(cfg, e) from None
+    except TypeError as e:  # the entrypoint no longer takes the kwargs it was saved with
         raise UserError(
-            e.message, source=cfg.source_file, field="teacher.path", fix=e.fix
+            f"cannot build the student's network again: {e}",
+            source=cfg.source_file,
+            field="teacher.path",
+            fix=f"restore the signature of '{teacher_entrypoint(cfg)}' it was saved with",
         ) from None
     if not isinstance(adapter, VisionAdapter):
         raise UserError(

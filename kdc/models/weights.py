@@ -62,16 +62,24 @@ def load_into(
         ) from None
 
 
-def weight_shapes(path: Path, field: str = "teacher.weights") -> dict[str, list[int]]:
-    """Tensor name → shape of a weights file; safetensors from its header alone."""
-    if path.suffix == ".safetensors" and path.is_file():
-        from safetensors import safe_open
+def safetensors_shapes(path: Path) -> dict[str, list[int]] | None:
+    """Tensor name → shape from a safetensors file's header (no tensor read); None if the file
+    cannot be read as one."""
+    from safetensors import safe_open
 
-        try:
-            with safe_open(str(path), "pt") as f:
-                return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-        except Exception:  # a damaged file: load_state_dict says so in the same words
-            pass
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception:  # a damaged file raises several types
+        return None
+
+
+def weight_shapes(path: Path, field: str = "teacher.weights") -> dict[str, list[int]]:
+    """Tensor name → shape of a weights file; safetensors from its header alone (a file that is
+    not readable is `load_state_dict`'s error)."""
+    shapes = safetensors_shapes(path) if path.suffix == ".safetensors" else None
+    if shapes is not None:
+        return shapes
     return {k: list(v.shape) for k, v in load_state_dict(path, field).items()}
 
 

@@ -338,7 +338,8 @@ def _evolution(ctx: Context) -> StageOutput:
                 seed=ctx.cfg.seed,
                 progress=lambda s: advance(ms=s.latency_ms, proxy=s.score),
                 where=f"{margin_note} on {ctx.profile.name} ({precision}, batch {batch}{dla})",
-                other_fix="" if ctx.dla_core is None else ", or drop build.dla_core for the GPU",
+                other_fix=("" if ctx.dla_core is None else ", or drop build.dla_core for the GPU")
+                + (", or loosen search.space" if cfg.space else ""),
             )
         except NoStudentFits as e:  # what was tried, for the run directory a CI job uploads
             from kdc.stages.report import write_no_fit_report

@@ -314,7 +314,7 @@ def test_cnn_search_space_narrows_every_stage():
     [
         ({"layers": [2]}, "search.space.layers.*use num_hidden_layers, hidden_size"),
         ({"num_hidden_layers": {"min": 4}}, r"\{min: 4\} admits none of the sizes 1, 2, 3"),
-        ({"hidden_size": [100]}, r"\[100.0\] admits none"),
+        ({"hidden_size": [100]}, r"\[100\] admits none"),
     ],
 )
 def test_search_space_that_admits_nothing_is_a_user_error(wide_bert, limits, match):
@@ -330,3 +330,36 @@ def test_search_space_range_needs_an_end():
         SearchConfig(space={"num_hidden_layers": {}})
     with pytest.raises(ValueError, match="min 3 is above max 2"):
         SearchConfig(space={"num_hidden_layers": {"min": 3, "max": 2}})
+
+
+def test_the_teacher_genes_keep_its_own_heads(bert):
+    """A hidden size splits into heads of 32 and of 64: the teacher's genes are its own split,
+    not the space's largest (the latency prediction of the teacher reads them)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    conf = BertConfig(
+        vocab_size=31,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=256,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    teacher = HFTextAdapter(BertForSequenceClassification(conf).eval(), bert.tokenizer, 16)
+    space = space_for(teacher, _text(teacher), 16)
+    assert [128, 4] in space.dims["width"] and space.teacher_genes["width"] == [128, 2]
+    arch = space.decode(space.teacher_genes).architecture
+    assert arch == {k: v for k, v in teacher.architecture().items() if k != "params"}
+
+
+def test_search_space_sizes_match_as_the_error_shows_them():
+    space = CnnSpace(_cnn(), IMAGES, 8)
+    shown = sorted(space.dims["stage2_width"])[2]  # 40/96 = 0.41666..., shown as 0.4167
+    space.restrict(_limits({"stage_width": {"min": 0.25}}))
+    with pytest.raises(UserError, match=r"of stage0_width"):
+        space.restrict(_limits({"stage_width": [float(f"{shown:.4g}")]}))  # stage 0 has no 40/96
+    space = CnnSpace(_cnn(), IMAGES, 8)
+    space.dims = {k: v for k, v in space.dims.items() if k == "stage2_width"}
+    space.restrict(_limits({"stage_width": [float(f"{shown:.4g}")]}))
+    assert space.dims["stage2_width"] == [shown]
