@@ -424,6 +424,7 @@ def _budget(b: Bench, factor: int, rows: dict, qat: bool = False) -> dict:
     budget = b.budgets[factor]
     changes = {
         "search": {"strategy": "evolution", **({"space": b.space} if b.space else {})},
+        "student": None,  # the example's fixed student: the search picks one
         "constraints": {"latency_budget_ms": budget},
     }
     if qat:

@@ -115,11 +115,14 @@ def calibrate_host(threads: int, train_threads: int) -> dict:
 
 
 def write_config(base: Path, changes: dict, path: Path) -> Path:
-    """A copy of the config at `base` with `changes` merged in (one level deep per section) and
-    its relative paths made absolute, so it can live in a scratch directory."""
+    """A copy of the config at `base` with `changes` merged in (one level deep per section; None
+    removes a section) and its relative paths made absolute, so it can live in a scratch
+    directory."""
     data = yaml.safe_load(base.read_text())
     for section, value in changes.items():
-        if isinstance(value, dict) and isinstance(data.get(section), dict):
+        if value is None:
+            data.pop(section, None)
+        elif isinstance(value, dict) and isinstance(data.get(section), dict):
             data[section] = {**data[section], **value}
         else:
             data[section] = value
