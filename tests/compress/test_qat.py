@@ -91,7 +91,10 @@ def test_transformer_qat_trains_feature_losses_and_exports_qdq(tmp_path, symmetr
     floats = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
     assert max(np.prod(t.dims) for t in floats) < 32 * 32  # biases, scales, the float head
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(sess.run(None, data.val)[0], q.forward_numpy(data.val), atol=1e-4)
+    # ONNX Runtime's int8 kernels round a few activations one step differently from PyTorch's
+    # fake quantization, by CPU: within 1e-4 on an AVX-512 VNNI Xeon, up to 6.4e-4 on an AVX2 EPYC
+    # (logits ~0.15); a wrong scale or a missing Q/DQ pair is off by 1e-2 and more
+    np.testing.assert_allclose(sess.run(None, data.val)[0], q.forward_numpy(data.val), atol=2e-3)
 
 
 def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_path):
