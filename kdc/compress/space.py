@@ -193,11 +193,7 @@ class TransformerSpace(Space):
             }
         )
         # not largest(): a hidden size splits into heads of 32 and of 64, the teacher's one way
-        self.teacher_genes = {
-            "num_hidden_layers": self.n_layers,
-            "width": [self.hidden, self.heads],
-            "intermediate_size": self.inter,
-        }
+        self.teacher_genes = self.from_architecture({})
 
     def size_genes(self) -> dict[str, list[tuple[str, Callable[[Any], float]]]]:
         return {
@@ -324,7 +320,7 @@ class CnnSpace(Space):
     def size_genes(self) -> dict[str, list[tuple[str, Callable[[Any], float]]]]:
         keys = {
             kind: [(g, float) for g in self.dims if g.endswith(f"_{kind[6:]}")]
-            for kind in ("stage_width", "stage_depth")
+            for kind in SPACE_KEYS["cnn"]
         }
         return {k: genes for k, genes in keys.items() if genes}
 
