@@ -21,6 +21,7 @@ from kdc.compress.distill import DistillData, DistillResult, distill, teacher_ru
 from kdc.compress.evaluate import selection_metric, validation_uses_teacher
 from kdc.compress.prune import GradualPruning, ratio_for_latency
 from kdc.models.base import ModelAdapter
+from kdc.models.hf import set_attention_dropout
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import (
     atomic_dir,
@@ -264,6 +265,10 @@ def save_student(student: ModelAdapter, directory: Path) -> list[Path]:
 def run(ctx: Context) -> StageOutput:
     spec = read_json(ctx.run / "search" / "student.json")["spec"]
     student = build_student(ctx, spec)
+    p_attn = ctx.cfg.distill.attention_dropout
+    if p_attn is not None:
+        n = set_attention_dropout(student.module, p_attn)
+        ctx.log(f"  attention dropout {p_attn:g} in {n} attention modules")
     data = distill_data(ctx, student.family)
     pruning, prune_info = pruning_for(ctx, student, data)
     cfg = ctx.cfg.distill

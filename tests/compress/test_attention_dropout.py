@@ -1,0 +1,79 @@
+"""`distill.attention_dropout`: the student's attention-probability dropout while training, set
+on every attention module (HF sdpa and eager paths) and in the saved config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import BertForSequenceClassification
+
+from kdc.models.hf import set_attention_dropout
+from tests.helpers.tiny import config_of, tiny_bert, tiny_vit, write_yaml
+
+
+def _train_mode_outputs(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    model.train()
+    with torch.no_grad():
+        return model(**inputs).logits, model(**inputs).logits
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_bert_attention_dropout_set_to_zero_leaves_only_hidden_dropout(tmp_path, attn):
+    config = tiny_bert(tmp_path, layers=3)[0].config
+    config._attn_implementation = attn
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    for m in model.modules():  # no dropout anywhere but where the tested call puts it
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    assert set_attention_dropout(model, 0.5) == 3  # one self-attention per layer
+    inputs = {"input_ids": torch.randint(5, 20, (4, 12)), "attention_mask": torch.ones(4, 12)}
+    a, b = _train_mode_outputs(model, inputs)
+    assert not torch.allclose(a, b)  # the attention dropout at 0.5 is live in training
+
+    assert set_attention_dropout(model, 0.0) == 3
+    assert model.config.attention_probs_dropout_prob == 0.0
+    a, b = _train_mode_outputs(model, inputs)
+    torch.testing.assert_close(a, b)
+    model.eval()
+    with torch.no_grad():  # inference never applied it: unchanged
+        torch.testing.assert_close(model(**inputs).logits, a)
+
+
+def test_hidden_dropout_is_left_alone(tmp_path):
+    model, _ = tiny_bert(tmp_path, layers=2)
+    set_attention_dropout(model, 0.0)
+    assert model.config.hidden_dropout_prob == 0.1
+    kept = [m.p for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)]
+    assert kept.count(0.1) >= 2 * 2 + 1  # each layer's two outputs + the embeddings
+
+
+def test_distilbert_and_vit_attention_modules_are_found():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    bert = DistilBertForSequenceClassification(
+        DistilBertConfig(vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=32)
+    )
+    assert set_attention_dropout(bert, 0.0) == 2
+    assert bert.config.attention_dropout == 0.0
+    vit = tiny_vit(["a", "b"], channels=1, hidden=16, layers=2, heads=2)
+    assert set_attention_dropout(vit, 0.0) == 2
+    assert vit.config.attention_probs_dropout_prob == 0.0
+
+
+def test_stage_trains_and_saves_the_student_without_attention_dropout(
+    bert_project, tmp_path, capsys
+):
+    from kdc import api
+
+    cfg = config_of(bert_project)
+    cfg["distill"].update(epochs=1, attention_dropout=0.0)
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    api.search(path, "host", tmp_path / "run", quiet=True)
+    api.distill(path, "host", tmp_path / "run")
+    assert "attention dropout 0 in 2 attention modules" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "run" / "distill" / "student" / "config.json").read_text())
+    assert saved["attention_probs_dropout_prob"] == 0.0
+    assert saved["hidden_dropout_prob"] == 0.1
