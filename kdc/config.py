@@ -130,11 +130,13 @@ class SearchConfig(Section):
     training-free `proxy` on one batch of `batch_size` training rows, among those whose predicted
     latency fits the budget (constraints.latency_budget_ms, else the target's default, else
     `latency_fraction` of the way from the smallest student's predicted latency to the
-    teacher's). `space` narrows what evolution searches: `student.architecture`'s keys, each a
-    list of allowed values or a `{min, max}` range (a CNN's `stage_width`/`stage_depth` apply to
-    every stage), e.g. `{num_hidden_layers: {min: 3}}`."""
+    teacher's); `exhaustive`: the same ranking over every student that fits (until
+    `time_budget_s`), so the seed changes only the proxy's batch. `space` narrows what is
+    searched: `student.architecture`'s keys, each a list of allowed values or a `{min, max}`
+    range (a CNN's `stage_width`/`stage_depth` apply to every stage), e.g.
+    `{num_hidden_layers: {min: 3}}`."""
 
-    strategy: Literal["fixed", "evolution"] = "fixed"
+    strategy: Literal["fixed", "evolution", "exhaustive"] = "fixed"
     proxy: str = "auto"  # auto: proxies.AUTO_PROXY (diswot)
     # also recorded per candidate: the free counts by default, `all` for every proxy (the search
     # then runs ~4x slower: grad_norm and naswot are full passes over the batch)

@@ -313,7 +313,7 @@ def render(name: str, teacher: TeacherInfo, data: DataInfo, base: Path) -> str:
             *_data_lines(data, teacher, base),
             *_student_lines(teacher),
             "search:",
-            "  strategy: fixed   # or evolution: proxy search under the latency budget",
+            "  strategy: fixed   # or evolution / exhaustive: proxy search under the budget",
             "distill:",
             "  epochs: 3",
             "quantize:",

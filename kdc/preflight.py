@@ -72,15 +72,15 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
             f"{own}x{own} (config.json image_size), so its image processor resizes them to that"
         )
     chosen = cfg.student.model_fields_set & {"layers", "width", "architecture"}
-    if cfg.search.strategy == "evolution" and chosen:
+    if cfg.search.strategy != "fixed" and chosen:
         notes.append(
             f"student.{' and student.'.join(sorted(chosen))} not used: search.strategy "
-            "evolution picks the student (search.strategy: fixed uses them)"
+            f"{cfg.search.strategy} picks the student (search.strategy: fixed uses them)"
         )
     if cfg.search.strategy == "fixed" and cfg.search.space:
         notes.append(
-            "search.space not used: it narrows search.strategy evolution, and this config's "
-            "student is fixed"
+            "search.space not used: it narrows search.strategy evolution or exhaustive, and this "
+            "config's student is fixed"
         )
     return [n for n in notes if n]
 
@@ -88,12 +88,12 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
 def planned_student(cfg: KdcConfig) -> dict[str, Any]:
     """The student settings that apply to the teacher's family, as the search stage reads them:
     a transformer's kept layers (of config.json's count), a CNN's `width`, or either's
-    `student.architecture`; with `search.strategy: evolution`, none (the search picks it)."""
+    `student.architecture`; with a searching `search.strategy`, none (the search picks it)."""
     from kdc.compress.student import evenly_spaced, kept_layers
 
     s = cfg.student
-    if cfg.search.strategy == "evolution":
-        return {"search": "evolution"}
+    if cfg.search.strategy != "fixed":
+        return {"search": cfg.search.strategy}
     plan: dict[str, Any] = {"architecture": s.architecture} if s.architecture else {}
     if not cfg.teacher.path:  # a CNN (torchvision, timm, entrypoint)
         return plan or {"width": s.width}

@@ -1,14 +1,17 @@
-"""Aging (regularised) evolution (Real et al., AAAI 2019) over a search space under a latency
-budget: a candidate whose predicted latency exceeds the budget is rejected before it is scored.
+"""Search over a space under a latency budget (`SEARCHERS`): a candidate whose predicted latency
+exceeds the budget is rejected before it is scored.
 
-The population starts with the smallest candidate plus random feasible ones (when none of those
-fits, the search fails listing the candidates predicted closest to the budget); each cycle
-mutates the best of `sample_size` random members and retires the oldest. Scores and predictions
-are cached by gene key, so revisits are free.
+`evolution`: aging (regularised) evolution (Real et al., AAAI 2019). The population starts with
+the smallest candidate plus random feasible ones (when none of those fits, the search fails
+listing the candidates predicted closest to the budget); each cycle mutates the best of
+`sample_size` random members and retires the oldest. Scores and predictions are cached by gene
+key, so revisits are free. `exhaustive`: every candidate, smallest genes first, until the time
+budget; the choice then depends on the seed only through what `score` reads.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -37,6 +40,7 @@ class SearchResult:
     cycles: int
     wall_s: float
     history: list[float] = field(default_factory=list)  # best score after each scoring
+    left: int = 0  # candidates an exhaustive search left unexamined when its time ran out
 
 
 def _rank(s: Scored) -> float:
@@ -57,6 +61,16 @@ def no_fit_message(
         f"no student in the search space fits the latency budget of {budget_ms:g} ms{where}; "
         f"closest predicted: {listed} (raise constraints.latency_budget_ms, pick a faster "
         f"target or a smaller teacher{other_fix})"
+    )
+
+
+def _no_fit(
+    rejected: dict[str, tuple[Candidate, float]], budget_ms: float | None, where: str, fix: str
+) -> None:
+    tried = sorted(rejected.values(), key=lambda r: r[1])
+    raise NoStudentFits(
+        no_fit_message(tried, budget_ms or 0.0, where, fix),
+        [(c.architecture, ms) for c, ms in tried],
     )
 
 
@@ -113,11 +127,7 @@ def evolve(
         if s := feasible(space.sample(rng)):
             pop.append(s)
     if not pop:
-        tried = sorted(rejected.values(), key=lambda r: r[1])
-        raise NoStudentFits(
-            no_fit_message(tried, budget_ms or 0.0, where, other_fix),
-            [(c.architecture, ms) for c, ms in tried],
-        )
+        _no_fit(rejected, budget_ms, where, other_fix)
     done = 0
     for _ in range(cycles):
         if out_of_time():
@@ -138,6 +148,59 @@ def evolve(
         time.perf_counter() - start,
         history,
     )
+
+
+def exhaustive(
+    space: Space,
+    score: Callable[[Candidate], float],
+    latency: Callable[[Candidate], float],
+    budget_ms: float | None,
+    *,
+    time_budget_s: float,
+    progress: Callable[[Scored], None] | None = None,
+    where: str = "",
+    other_fix: str = "",
+    **_evolution: object,  # population, cycles, sample_size, seed: evolution's settings
+) -> SearchResult:
+    """Score every candidate of `space` predicted within `budget_ms` (None: no limit), in the
+    order of its genes' choices (smallest first), until `time_budget_s` has passed (`left` of the
+    result counts the candidates not examined); the best scored wins."""
+    start = time.perf_counter()
+    scored: list[Scored] = []
+    rejected: dict[str, tuple[Candidate, float]] = {}
+    history: list[float] = []
+    names = list(space.dims)
+    everything = itertools.product(*(space.dims[k] for k in names))
+    for i, values in enumerate(everything):
+        if scored and time.perf_counter() - start > time_budget_s:
+            return _result(scored, rejected, space.size - i, start, history)
+        c = space.decode(dict(zip(names, values, strict=True)))
+        ms = float(latency(c))
+        if budget_ms is not None and ms > budget_ms:
+            rejected[c.key] = (c, ms)
+            continue
+        scored.append(s := Scored(c, ms, float(score(c))))
+        history.append(max(history[-1], _rank(s)) if history else _rank(s))
+        if progress:
+            progress(s)
+    if not scored:
+        _no_fit(rejected, budget_ms, where, other_fix)
+    return _result(scored, rejected, 0, start, history)
+
+
+def _result(
+    scored: list[Scored],
+    rejected: dict[str, tuple[Candidate, float]],
+    left: int,
+    start: float,
+    history: list[float],
+) -> SearchResult:
+    best = max(scored, key=_rank)
+    wall = time.perf_counter() - start
+    return SearchResult(scored, list(rejected.values()), best, 0, wall, history, left)
+
+
+SEARCHERS = {"evolution": evolve, "exhaustive": exhaustive}
 
 
 def pareto_flags(points: list[tuple[float, float]]) -> list[bool]:

@@ -1,7 +1,7 @@
 """Search stage: choose the student architecture, by a fixed rule (`search.strategy: fixed`) or
-by aging evolution ranked with a training-free proxy among students whose predicted latency on the
-target fits the budget (`evolution`). Writes search/candidates.jsonl, search/student.json and,
-for evolution, search/pareto.png."""
+ranked with a training-free proxy among students whose predicted latency on the target fits the
+budget, found by aging evolution (`evolution`) or by scoring them all (`exhaustive`). Writes
+search/candidates.jsonl, search/student.json and, when searched, search/pareto.png."""
 
 from __future__ import annotations
 
@@ -241,16 +241,16 @@ def proxy_batch(
     return (rows if max_tokens is None else cut_positions(rows, max_tokens)), y[idx]
 
 
-def _evolution(ctx: Context) -> StageOutput:
+def _searched(ctx: Context) -> StageOutput:
     from kdc.compress.proxies import PROXIES, resolve_proxy
-    from kdc.compress.search import evolve, pareto_flags
+    from kdc.compress.search import SEARCHERS, pareto_flags
     from kdc.compress.student import derive_student, random_init
 
     cfg, teacher = ctx.cfg.search, ctx.teacher
     if not len(ctx.dataset.train.labels):
         raise UserError(
-            f"search.strategy evolution scores students on labelled rows; task {ctx.cfg.task} "
-            "has no labels",
+            f"search.strategy {cfg.strategy} scores students on labelled rows; task "
+            f"{ctx.cfg.task} has no labels",
             source=ctx.cfg.source_file,
             field="search.strategy",
             fix="use strategy fixed with student.architecture (or student.layers)",
@@ -317,7 +317,7 @@ def _evolution(ctx: Context) -> StageOutput:
     )
     _note_uncalibrated(ctx)
     facts = {  # the search's settings, in its metrics and in a failed search's report
-        "strategy": "evolution",
+        "strategy": cfg.strategy,
         "proxy": proxy,
         "budget_ms": budget,
         "budget_source": budget_source,
@@ -326,7 +326,7 @@ def _evolution(ctx: Context) -> StageOutput:
     }
     with ctx.progress("searching", cfg.population + cfg.cycles) as advance:
         try:
-            result = evolve(
+            result = SEARCHERS[cfg.strategy](
                 space,
                 score,
                 latency,
@@ -376,7 +376,7 @@ def _evolution(ctx: Context) -> StageOutput:
         {
             "spec": best["spec"],
             "architecture": best["architecture"],
-            "strategy": "evolution",
+            "strategy": cfg.strategy,
             "proxy": proxy,
             "genes": best["genes"],
             "init": cfg.init,
@@ -390,6 +390,11 @@ def _evolution(ctx: Context) -> StageOutput:
         },
     )
     rate = len(table) / max(result.wall_s, 1e-9)
+    if result.left:
+        ctx.warn(
+            f"search.time_budget_s {cfg.time_budget_s:g} ran out with {result.left:,} of the "
+            f"space's {space.size:,} students not examined; raise it or narrow search.space"
+        )
     ctx.log(
         f"  scored {len(table)} students ({len(result.rejected)} over budget rejected) in "
         f"{result.wall_s:.1f} s ({rate:.2f}/s); "
@@ -404,6 +409,7 @@ def _evolution(ctx: Context) -> StageOutput:
             "candidates_scored": len(table),
             "candidates_rejected": len(result.rejected),
             "cycles": result.cycles,
+            "candidates_left": result.left,
             "predicted_latency_ms": result.best.latency_ms,
             "student_params": best["params"],
             "search_wall_s": round(result.wall_s, 2),
@@ -470,4 +476,4 @@ def build_student(ctx: Context, spec: dict) -> ModelAdapter:
     )
 
 
-STRATEGIES = {"fixed": _fixed, "evolution": _evolution}
+STRATEGIES = {"fixed": _fixed, "evolution": _searched, "exhaustive": _searched}

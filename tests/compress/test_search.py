@@ -1,4 +1,5 @@
-"""Aging evolution under a latency budget, and the search stage / `kdc search` command."""
+"""Aging evolution and exhaustive search under a latency budget, and the search stage / `kdc
+search` command."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from kdc.cli import app
 from kdc.compress.proxies import PROXIES
-from kdc.compress.search import evolve, pareto_flags
+from kdc.compress.search import evolve, exhaustive, pareto_flags
 from kdc.compress.space import Space
 from kdc.errors import ConstraintFailure, UserError
 from kdc.stages.search import proxy_batch
@@ -97,6 +98,28 @@ def test_impossible_budget_lists_the_three_closest():
 def test_time_budget_stops_the_cycles():
     result = _evolve(None, time_budget_s=1e-9)
     assert result.cycles == 0 and len(result.scored) >= 1
+
+
+def test_exhaustive_scores_every_fitting_candidate_and_finds_the_optimum():
+    result = exhaustive(TOY, toy_score, toy_latency, 12.0, time_budget_s=600, seed=5)
+    fitting = sum(1 for a in range(10) for b in range(10) for c in range(10) if a + b + c <= 12)
+    assert len(result.scored) == fitting and len(result.rejected) == 1000 - fitting
+    assert result.best.score == max(s.score for s in result.scored) and result.left == 0
+    assert result.best.score == -17.0  # (4, 1, 7) and (5, 1, 6) tie; the first in gene order
+    # the optimum (7, 3, 9) is over the budget: the best within it, the same on any seed
+    again = exhaustive(TOY, toy_score, toy_latency, 12.0, time_budget_s=600, seed=0)
+    assert again.best.candidate.key == result.best.candidate.key
+
+
+def test_exhaustive_stops_at_its_time_budget_and_counts_what_it_left():
+    result = exhaustive(TOY, toy_score, toy_latency, None, time_budget_s=1e-9)
+    assert len(result.scored) == 1 and result.left == 999
+
+
+def test_exhaustive_with_nothing_fitting_lists_the_closest():
+    with pytest.raises(ConstraintFailure) as e:
+        exhaustive(TOY, toy_score, toy_latency, -1.0, time_budget_s=600, where=" on toy")
+    assert "budget of -1 ms on toy" in str(e.value) and len(e.value.rejected) == 1000
 
 
 def test_pareto_flags():
@@ -348,3 +371,20 @@ def test_search_space_narrows_what_evolution_tries(cnn_project, tmp_path):
     assert res.exit_code == 2 and "badspace.yaml" in res.output
     assert "field 'search.space.layers'" in res.output and "use stage_width" in res.output
     assert "Traceback" not in res.output and not out.exists()
+
+
+def test_exhaustive_strategy_scores_the_whole_narrowed_space(cnn_project, tmp_path):
+    res, out = _search(
+        cnn_project,
+        tmp_path,
+        "exhaustive",
+        search={"strategy": "exhaustive", "space": {"stage_width": [0.5, 1.0]}},
+    )
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "search" / "candidates.jsonl").open()]
+    chosen = json.loads((out / "search" / "student.json").read_text())
+    metrics = json.loads((out / "manifest.json").read_text())["stages"]["search"]["metrics"]
+    assert chosen["strategy"] == metrics["strategy"] == "exhaustive"
+    assert len(rows) == metrics["candidates_scored"] and metrics["candidates_left"] == 0
+    assert len({json.dumps(r["genes"], sort_keys=True) for r in rows}) == len(rows) > 1
+    assert chosen["genes"] == max(rows, key=lambda r: r["proxy"])["genes"]
