@@ -324,7 +324,8 @@ def _searched(ctx: Context) -> StageOutput:
         "search_limit_ms": limit,
         "teacher_predicted_latency_ms": teacher_ms,
     }
-    with ctx.progress("searching", cfg.population + cfg.cycles) as advance:
+    steps = space.size if cfg.strategy == "exhaustive" else cfg.population + cfg.cycles
+    with ctx.progress("searching", steps) as advance:
         try:
             result = SEARCHERS[cfg.strategy](
                 space,
