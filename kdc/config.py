@@ -131,9 +131,9 @@ class SearchConfig(Section):
     latency fits the budget (constraints.latency_budget_ms, else the target's default, else
     `latency_fraction` of the way from the smallest student's predicted latency to the
     teacher's); `exhaustive`: the same ranking over every student that fits (until
-    `time_budget_s`), so the seed changes only the proxy's batch. `space` narrows what is
-    searched: `student.architecture`'s keys, each a list of allowed values or a `{min, max}`
-    range (a CNN's `stage_width`/`stage_depth` apply to every stage), e.g.
+    `time_budget_s`), so with `init: teacher` the seed changes only the proxy's batch. `space`
+    narrows what is searched: `student.architecture`'s keys, each a list of allowed values or a
+    `{min, max}` range (a CNN's `stage_width`/`stage_depth` apply to every stage), e.g.
     `{num_hidden_layers: {min: 3}}`."""
 
     strategy: Literal["fixed", "evolution", "exhaustive"] = "fixed"

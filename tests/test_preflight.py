@@ -352,8 +352,9 @@ def test_the_dry_run_shows_the_student_settings_of_the_teachers_family(tmp_path)
         assert json.loads(res.output)["student"] == want
     res = _dry_run(_config(tmp_path))
     assert res.exit_code == 0 and json.loads(res.output)["student"] == {"width": 0.5}
-    res = _dry_run(_config(tmp_path, search={"strategy": "evolution"}))
-    assert res.exit_code == 0 and json.loads(res.output)["student"] == {"search": "evolution"}
+    for strategy in ("evolution", "exhaustive"):
+        res = _dry_run(_config(tmp_path, search={"strategy": strategy}))
+        assert res.exit_code == 0 and json.loads(res.output)["student"] == {"search": strategy}
 
 
 def test_a_vit_without_its_image_processor_config_is_warned_of(tmp_path):

@@ -157,14 +157,15 @@ def exhaustive(
     budget_ms: float | None,
     *,
     time_budget_s: float,
-    progress: Callable[[Scored], None] | None = None,
+    progress: Callable[[Scored | None], None] | None = None,
     where: str = "",
     other_fix: str = "",
     **_evolution: object,  # population, cycles, sample_size, seed: evolution's settings
 ) -> SearchResult:
     """Score every candidate of `space` predicted within `budget_ms` (None: no limit), in the
-    order of its genes' choices (smallest first), until `time_budget_s` has passed (`left` of the
-    result counts the candidates not examined); the best scored wins."""
+    order of its genes' choices (the first gene outermost, smallest first), until
+    `time_budget_s` has passed (`left` of the result counts the candidates not examined); the
+    best scored wins. `progress` hears of every candidate examined (None: rejected)."""
     start = time.perf_counter()
     scored: list[Scored] = []
     rejected: dict[str, tuple[Candidate, float]] = {}
@@ -172,12 +173,17 @@ def exhaustive(
     names = list(space.dims)
     everything = itertools.product(*(space.dims[k] for k in names))
     for i, values in enumerate(everything):
-        if scored and time.perf_counter() - start > time_budget_s:
+        if i and time.perf_counter() - start > time_budget_s:
+            if not scored:
+                ran_out = f" (search.time_budget_s ran out after {i:,} of {space.size:,})"
+                _no_fit(rejected, budget_ms, where + ran_out, other_fix)
             return _result(scored, rejected, space.size - i, start, history)
         c = space.decode(dict(zip(names, values, strict=True)))
         ms = float(latency(c))
         if budget_ms is not None and ms > budget_ms:
             rejected[c.key] = (c, ms)
+            if progress:
+                progress(None)
             continue
         scored.append(s := Scored(c, ms, float(score(c))))
         history.append(max(history[-1], _rank(s)) if history else _rank(s))

@@ -85,13 +85,15 @@ def set_attention_dropout(model: nn.Module, p: float) -> int:
         for key in ATTENTION_DROPOUT_KEYS:  # the configs of the model and of any wrapped one
             if hasattr(getattr(mod, "config", None), key):
                 setattr(mod.config, key, p)
-        if "Attention" not in type(mod).__name__:
-            continue
+        inner = (c for c in mod.children() if "Attention" in type(c).__name__)
+        if "Attention" not in type(mod).__name__ or next(inner, None) is not None:
+            continue  # a wrapper's own dropout (MPNetAttention's) is on hidden states
         touched = False
-        if isinstance(getattr(mod, "dropout_prob", None), float):  # HF sdpa/eager wrappers
+        prob = getattr(mod, "dropout_prob", None)
+        if isinstance(prob, (int, float)) and not isinstance(prob, bool):  # HF sdpa/eager
             mod.dropout_prob = p
             touched = True
-        for name in ("dropout", "attn_drop"):  # HF BERT/DistilBERT eager, timm
+        for name in ("dropout", "attn_drop", "attention_dropout"):  # HF eager, timm, ALBERT
             child = getattr(mod, name, None)
             if isinstance(child, nn.Dropout):
                 child.p = p

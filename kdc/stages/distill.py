@@ -268,7 +268,13 @@ def run(ctx: Context) -> StageOutput:
     p_attn = ctx.cfg.distill.attention_dropout
     if p_attn is not None:
         n = set_attention_dropout(student.module, p_attn)
-        ctx.log(f"  attention dropout {p_attn:g} in {n} attention modules")
+        if n:
+            ctx.log(f"  attention dropout {p_attn:g} in {n} attention modules")
+        else:
+            ctx.warn(
+                "distill.attention_dropout not applied: no attention module of a known kind "
+                f"(Hugging Face, timm) in the {student.family} student"
+            )
     data = distill_data(ctx, student.family)
     pruning, prune_info = pruning_for(ctx, student, data)
     cfg = ctx.cfg.distill

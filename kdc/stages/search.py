@@ -337,7 +337,7 @@ def _searched(ctx: Context) -> StageOutput:
                 sample_size=cfg.sample_size,
                 time_budget_s=cfg.time_budget_s,
                 seed=ctx.cfg.seed,
-                progress=lambda s: advance(ms=s.latency_ms, proxy=s.score),
+                progress=lambda s: advance(**({"ms": s.latency_ms, "proxy": s.score} if s else {})),
                 where=f"{margin_note} on {ctx.profile.name} ({precision}, batch {batch}{dla})",
                 other_fix=("" if ctx.dla_core is None else ", or drop build.dla_core for the GPU")
                 + (", or loosen search.space" if cfg.space else ""),
@@ -394,7 +394,8 @@ def _searched(ctx: Context) -> StageOutput:
     if result.left:
         ctx.warn(
             f"search.time_budget_s {cfg.time_budget_s:g} ran out with {result.left:,} of the "
-            f"space's {space.size:,} students not examined; raise it or narrow search.space"
+            f"space's {space.size:,} students not examined (the last of its first gene, "
+            f"{next(iter(space.dims))}, among them); raise it or narrow search.space"
         )
     ctx.log(
         f"  scored {len(table)} students ({len(result.rejected)} over budget rejected) in "

@@ -50,6 +50,31 @@ def test_hidden_dropout_is_left_alone(tmp_path):
     assert kept.count(0.1) >= 2 * 2 + 1  # each layer's two outputs + the embeddings
 
 
+def test_a_wrappers_hidden_dropout_and_an_integer_probability():
+    from transformers import MPNetConfig, MPNetForSequenceClassification, ViTConfig
+    from transformers import ViTForImageClassification as ViT
+
+    mpnet = MPNetForSequenceClassification(
+        MPNetConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
+    )
+    assert set_attention_dropout(mpnet, 0.0) == 2  # MPNetSelfAttention, not its wrapper
+    wrappers = [m for m in mpnet.modules() if type(m).__name__ == "MPNetAttention"]
+    assert wrappers and all(w.dropout.p == 0.1 and w.attn.dropout.p == 0.0 for w in wrappers)
+    vit = ViT(
+        ViTConfig(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=8,
+            patch_size=4,
+            attention_probs_dropout_prob=0,
+        )
+    )  # an int, as a YAML/JSON 0 reads
+    assert set_attention_dropout(vit, 0.3) == 1
+    assert vit.config.attention_probs_dropout_prob == 0.3
+
+
 def test_distilbert_and_vit_attention_modules_are_found():
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 

@@ -116,6 +116,14 @@ def test_exhaustive_stops_at_its_time_budget_and_counts_what_it_left():
     assert len(result.scored) == 1 and result.left == 999
 
 
+def test_exhaustive_running_out_of_time_before_anything_fits_says_so():
+    heard = []
+    with pytest.raises(ConstraintFailure) as e:
+        exhaustive(TOY, toy_score, toy_latency, -1.0, time_budget_s=1e-9, progress=heard.append)
+    assert "search.time_budget_s ran out after " in str(e.value) and "of 1,000)" in str(e.value)
+    assert len(heard) == len(e.value.rejected) < 1000 and set(heard) == {None}
+
+
 def test_exhaustive_with_nothing_fitting_lists_the_closest():
     with pytest.raises(ConstraintFailure) as e:
         exhaustive(TOY, toy_score, toy_latency, -1.0, time_budget_s=600, where=" on toy")
@@ -388,3 +396,13 @@ def test_exhaustive_strategy_scores_the_whole_narrowed_space(cnn_project, tmp_pa
     assert len(rows) == metrics["candidates_scored"] and metrics["candidates_left"] == 0
     assert len({json.dumps(r["genes"], sort_keys=True) for r in rows}) == len(rows) > 1
     assert chosen["genes"] == max(rows, key=lambda r: r["proxy"])["genes"]
+
+
+def test_exhaustive_strategy_cut_short_says_how_much_it_left(cnn_project, tmp_path):
+    res, out = _search(
+        cnn_project, tmp_path, "cut", search={"strategy": "exhaustive", "time_budget_s": 1e-6}
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "manifest.json").read_text())["stages"]["search"]["metrics"]
+    assert metrics["candidates_left"] > 0
+    assert "search.time_budget_s 1e-06 ran out with " in " ".join(res.output.split())
