@@ -65,9 +65,9 @@ def no_fit_message(
 
 
 def _no_fit(
-    rejected: dict[str, tuple[Candidate, float]], budget_ms: float | None, where: str, fix: str
+    rejected: list[tuple[Candidate, float]], budget_ms: float | None, where: str, fix: str
 ) -> None:
-    tried = sorted(rejected.values(), key=lambda r: r[1])
+    tried = sorted(rejected, key=lambda r: r[1])
     raise NoStudentFits(
         no_fit_message(tried, budget_ms or 0.0, where, fix),
         [(c.architecture, ms) for c, ms in tried],
@@ -127,7 +127,7 @@ def evolve(
         if s := feasible(space.sample(rng)):
             pop.append(s)
     if not pop:
-        _no_fit(rejected, budget_ms, where, other_fix)
+        _no_fit(list(rejected.values()), budget_ms, where, other_fix)
     done = 0
     for _ in range(cycles):
         if out_of_time():
@@ -168,7 +168,7 @@ def exhaustive(
     best scored wins. `progress` hears of every candidate examined (None: rejected)."""
     start = time.perf_counter()
     scored: list[Scored] = []
-    rejected: dict[str, tuple[Candidate, float]] = {}
+    rejected: list[tuple[Candidate, float]] = []  # each candidate once: no cache needed
     history: list[float] = []
     names = list(space.dims)
     everything = itertools.product(*(space.dims[k] for k in names))
@@ -181,7 +181,7 @@ def exhaustive(
         c = space.decode(dict(zip(names, values, strict=True)))
         ms = float(latency(c))
         if budget_ms is not None and ms > budget_ms:
-            rejected[c.key] = (c, ms)
+            rejected.append((c, ms))
             if progress:
                 progress(None)
             continue
@@ -196,14 +196,14 @@ def exhaustive(
 
 def _result(
     scored: list[Scored],
-    rejected: dict[str, tuple[Candidate, float]],
+    rejected: list[tuple[Candidate, float]],
     left: int,
     start: float,
     history: list[float],
 ) -> SearchResult:
     best = max(scored, key=_rank)
     wall = time.perf_counter() - start
-    return SearchResult(scored, list(rejected.values()), best, 0, wall, history, left)
+    return SearchResult(scored, rejected, best, 0, wall, history, left)
 
 
 SEARCHERS = {"evolution": evolve, "exhaustive": exhaustive}
