@@ -88,6 +88,38 @@ def test_distilbert_and_vit_attention_modules_are_found():
     assert vit.config.attention_probs_dropout_prob == 0.0
 
 
+class Attention(torch.nn.Module):
+    """timm's `vision_transformer.Attention` as timm 1.x writes it (timm is not installed here):
+    dropout on the attention probabilities is `attn_drop`, passed to SDPA as `dropout_p`."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.fused_attn = heads, True
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.attn_drop = torch.nn.Dropout(0.1)
+        self.proj = torch.nn.Linear(dim, dim)
+        self.proj_drop = torch.nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        p = self.attn_drop.p if self.training else 0.0
+        x = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
+
+
+def test_timm_attention_drops_attn_drop_and_keeps_proj_drop():
+    model = torch.nn.Sequential(Attention(), Attention())
+    assert set_attention_dropout(model, 0.0) == 2
+    assert [(m.attn_drop.p, m.proj_drop.p) for m in model] == [(0.0, 0.1)] * 2
+    for m in model:
+        m.proj_drop.p = 0.0
+    model.train()
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))  # no dropout left in training
+
+
 def test_stage_trains_and_saves_the_student_without_attention_dropout(
     bert_project, tmp_path, capsys
 ):
