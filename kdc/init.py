@@ -320,7 +320,7 @@ def render(name: str, teacher: TeacherInfo, data: DataInfo, base: Path) -> str:
             "  precision: int8   # fp32, fp16 or int8",
             "constraints:",
             *_drop_lines(teacher),
-            "  # latency_budget_ms: 10   # default: the target profile's",
+            "  # latency_budget_ms: 10   # default: the target profile's (host: none, not gated)",
             "",
         ]
     )

@@ -14,7 +14,8 @@ threads, input_shape; the TensorRT version of a device timing, where both record
 prediction made otherwise (latency model, its calibration, the hash of
 the profile fields it reads, batch, input shape, padding) is reported as `missing`, never compared.
 A slowdown is a regression only when it exceeds both the tolerance and the noise (with `--strict`,
-the tolerance alone; one past the tolerance within the noise passes as `warn`),
+the tolerance alone; one past the tolerance within the noise passes as `warn`; the noise
+allowance is capped at NOISE_CAP, 50 %, however noisy the timings),
 2·hypot(u_base, u_now), u the relative uncertainty of the statistic: its
 spread over interleaved rounds, (max - min) / median of `rounds_p50_ms` (`rounds_p99_ms` for p99;
 the p50's where absent) when both were timed in 2 or more rounds, else the statistic's standard
@@ -63,6 +64,9 @@ __all__ = [
 STATS = {"measured": ("p50", "p99"), "predicted": ("p50",)}
 UNITS = {"%": 0.01, "pt": 0.01, "pts": 0.01, "pp": 0.01}  # 10% relative, 0.5pt absolute
 NOISE_SIGMAS = 2.0
+# the most a noise allowance may excuse: timings noisier than this (one disturbed round) cannot
+# clear a larger slowdown, or a shared CI runner would pass a 3x one
+NOISE_CAP = 0.5
 CONDITIONS = {  # what makes two latency figures of a kind comparable
     "measured": ("device", "batch", "threads", "input_shape", "dla_core"),
     "predicted": (
@@ -159,15 +163,15 @@ def _latency_result(
     kind: str = "measured",
 ) -> CheckResult:
     """`noise` None (`kdc check --strict`): the tolerance alone is allowed."""
-    margin = tol if noise is None else max(tol, noise[0])
+    margin = tol if noise is None else max(tol, min(noise[0], NOISE_CAP))
     limit = b * (1 + margin)
     status = "regression" if c > limit else "improved" if c < b * (1 - margin) else "pass"
     rel = (c - b) / b if b else math.inf
-    allowed = (
-        "the tolerance (--strict: no noise allowance)"
-        if noise is None
-        else f"max(tolerance {tol:.1%}, noise {noise[0]:.1%}{noise[1]})"
-    )
+    if noise is None:
+        allowed = "the tolerance (--strict: no noise allowance)"
+    else:
+        capped = f" capped at {NOISE_CAP:.0%}" if noise[0] > NOISE_CAP else ""
+        allowed = f"max(tolerance {tol:.1%}, noise {noise[0]:.1%}{noise[1]}{capped})"
     if status == "pass" and c > b * (1 + tol):  # passed on the noise allowance alone
         status = "warn"
         note += "; slower than the tolerance, passed on the noise: time it on a quieter machine"

@@ -375,6 +375,19 @@ def checked_nothing(report: dict) -> bool:
     return report.get("passed") is True and not report.get("constraints")
 
 
+def latency_ungated(report: dict) -> str | None:
+    """Why latency was not gated, for a report with constraints but no latency budget (the host
+    profile has none); None where a latency row exists or nothing at all was checked."""
+    rows = report.get("constraints") or []
+    if not rows or any(c.get("name") == "latency_p99_ms" for c in rows):
+        return None
+    target = (report.get("target") or {}).get("name", "the target")
+    return (
+        f"latency not gated: no constraints.latency_budget_ms, and {target}'s profile sets no "
+        "default budget (set one to gate it)"
+    )
+
+
 def verdict(report: dict) -> str:
     """PASSED, FAILED or 'not evaluated'; a vacuous pass (`checked_nothing`) says so."""
     if checked_nothing(report):

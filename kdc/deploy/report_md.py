@@ -10,6 +10,7 @@ from kdc.deploy.constraints import (
     engine_label,
     headline_latency,
     latencies,
+    latency_ungated,
     on_dla_core,
     value_kind,
     verdict,
@@ -379,7 +380,8 @@ def _constraints(report: dict) -> Section:
     if not rows:
         return Section("Constraints", lines=["No constraints were set."])
     head = ["constraint", "limit", "value", "source", "engine", "result", "reason / note"]
-    return Section("Constraints", table=(head, rows))
+    why = latency_ungated(report)
+    return Section("Constraints", lines=[why] if why else [], table=(head, rows))
 
 
 def _search(report: dict) -> Section | None:

@@ -127,6 +127,19 @@ def test_forty_percent_slower_with_two_percent_rounds_spread_is_a_regression(bas
         assert r.noise < 0.06 and "p50 spread over rounds" in r.message
 
 
+def test_noise_allowance_is_capped_so_one_disturbed_round_cannot_pass_a_3x_slowdown(baseline):
+    current = copy.deepcopy(baseline)
+    set_latency(baseline, "onnxruntime-fp32", rounds_p50_ms=[5.2, 5.3, 5.25])
+    lat = set_latency(current, "onnxruntime-fp32", rounds_p50_ms=[15.6, 15.5, 80.0])
+    lat["p50_ms"] = 5.2 * 3
+    r = by_metric(compare(current, baseline))["onnxruntime-fp32.latency_p50_ms"]
+    assert r.noise > 5 and r.status == "regression" and r.failed, r.message
+    assert "capped at 50%" in r.message and "allowed +50.0%" in r.message
+    lat["p50_ms"] = 5.2 * 1.4  # within the capped allowance: passes, flagged
+    r = by_metric(compare(current, baseline))["onnxruntime-fp32.latency_p50_ms"]
+    assert r.status == "warn" and not r.failed
+
+
 def test_noise_without_iterations_falls_back_to_cv_and_says_so(baseline):
     current = copy.deepcopy(baseline)
     for report in (baseline, current):

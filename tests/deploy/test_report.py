@@ -195,6 +195,18 @@ def test_console_summary_shows_engines_and_constraints(report):
     assert "PASS latency_p99_ms 0.55 (limit 10, predicted p50, onnxruntime-int8)" in text
     assert "PASSED" in text
 
+    assert "latency not gated" not in text and "latency not gated" not in render_markdown(report)
+
+
+def test_constraints_without_a_latency_budget_say_latency_was_not_gated(report):
+    rows = [c for c in report["constraints"] if c["name"] != "latency_p99_ms"]
+    assert rows
+    ungated = {**report, "target": {**report["target"], "name": "host"}, "constraints": rows}
+    console = Console(record=True, width=200)
+    console.print(console_summary(ungated, brief=True))
+    why = "latency not gated: no constraints.latency_budget_ms, and host's profile sets no default"
+    assert why in console.export_text() and why in render_markdown(ungated)
+
 
 def test_engine_warnings_are_listed_in_the_markdown(report):
     """An engine's own warnings (verify's INT8 checks) reach report.md's Warnings section."""
