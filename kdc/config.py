@@ -339,6 +339,16 @@ class KdcConfig(Section):
     base_dir: str = Field(default=".", exclude=True)
     source_file: str = Field(default="<config>", exclude=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """An optional section whose keys are all commented out reads as null in YAML: its
+        defaults, as if it were left out."""
+        if not isinstance(data, dict):
+            return data
+        optional = {k for k, f in cls.model_fields.items() if f.default_factory is not None}
+        return {k: {} if v is None and k in optional else v for k, v in data.items()}
+
     def resolve(self, rel: str) -> Path:
         """A path from the config, relative to the config file's directory."""
         p = Path(rel).expanduser()

@@ -72,12 +72,6 @@ class Context:
         _ = self.dataset  # first: reading it checks config.json's id2label, naming the fix
         t = load_teacher(self.cfg)
         check_label_count(self, t)
-        tc = self.cfg.teacher
-        if t.family == "cnn" and not tc.weights and (tc.entrypoint or tc.name):
-            self.warn(
-                "teacher.weights is not set: the teacher has the weights "
-                f"{tc.entrypoint or tc.name} gives it (random unless it loads trained ones)"
-            )
         return t
 
     def encode(self, split: str) -> dict[str, np.ndarray]:
@@ -430,6 +424,8 @@ def stage_not_ready(
             else ("it ran again")
         )
         what = f"was built from earlier outputs of '{earlier}' ({how} since)"
+    elif rec.get("status") == "failed":  # its error names the cause (and its fix)
+        what = f"failed: {(rec.get('error') or 'no error recorded').splitlines()[0]}"
     elif rec.get("status") != "done":
         what = "has not run" if not rec else f"has not finished (it is {rec.get('status')})"
     elif bad:
@@ -451,7 +447,8 @@ def stage_not_ready(
     return UserError(
         f"stage '{name}' {what}{other}",
         source=str(ctx.run.root),
-        fix=f"re-run it: `kdc {name} CONFIG{tgt} --out {ctx.run.root}`, or `kdc compress "
+        fix=("mend what it names, then " if rec.get("status") == "failed" else "")
+        + f"re-run it: `kdc {name} CONFIG{tgt} --out {ctx.run.root}`, or `kdc compress "
         f"CONFIG{tgt} --out {ctx.run.root} --resume`",
     )
 

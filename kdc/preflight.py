@@ -51,11 +51,18 @@ def check_data(cfg: KdcConfig) -> Dataset:
 
 
 def config_warnings(cfg: KdcConfig) -> list[str]:
-    """What a run assumes or leaves unused: a Hugging Face image teacher's mean/std without
-    preprocessor_config.json; settings given that this config does not read."""
+    """What a run assumes or leaves unused: a teacher built by code without teacher.weights; a
+    Hugging Face image teacher's mean/std without preprocessor_config.json; settings given that
+    this config does not read."""
     from kdc.hf_files import assumed_processor
+    from kdc.models import teacher_kind
 
-    notes, hf = [], _teacher_config(cfg)
+    notes, hf, tc = [], _teacher_config(cfg), cfg.teacher
+    if not tc.weights and teacher_kind(cfg) in ("entrypoint", "torchvision", "timm"):
+        notes.append(
+            "teacher.weights is not set: the teacher has the weights "
+            f"{tc.entrypoint or tc.name} gives it (random unless it loads trained ones)"
+        )
     if cfg.task == "image-classification" and hf is not None:
         notes.append(assumed_processor(cfg.resolve(cfg.teacher.path)))
     given = cfg.data.model_fields_set & {"image_size", "channels"}

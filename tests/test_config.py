@@ -40,6 +40,16 @@ def test_nested_unknown_key(tmp_path):
     assert "did you mean 'limit_train'" in _err(tmp_path, data)
 
 
+def test_a_section_with_every_key_commented_out_takes_its_defaults(tmp_path):
+    data = cnn_config(student={"width": 0.25})
+    del data["student"], data["constraints"]
+    path = write_yaml(tmp_path / "model.yaml", data)
+    path.write_text(path.read_text() + "student:\n  # width: 0.25\nconstraints:\n")  # nulls
+    cfg = load_config(path)
+    assert cfg.student.width == 0.5 and cfg.constraints.max_accuracy_drop is None  # defaults
+    assert "field 'teacher'" in _err(tmp_path, {**cnn_config(), "teacher": None})  # required
+
+
 def test_wrong_type_names_the_field(tmp_path):
     data = cnn_config()
     data["distill"]["epochs"] = "many"

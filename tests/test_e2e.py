@@ -179,8 +179,8 @@ def test_a_search_with_no_student_under_the_budget_leaves_a_failed_report(cnn_pr
     cfg = config_of(cnn_project)
     cfg["search"] = {"strategy": "evolution", "population": 4, "cycles": 2}
     cfg["constraints"] = {"latency_budget_ms": 1e-9}
-    run = tmp_path / "run"
-    res = _compress(write_yaml(tmp_path / "model.yaml", cfg), run, "jetson")
+    run, path = tmp_path / "run", write_yaml(tmp_path / "model.yaml", cfg)
+    res = _compress(path, run, "jetson")
     assert res.exit_code == 1 and "report: " in res.output, res.output
     report = json.loads((run / "report.json").read_text())
     assert report["passed"] is False and report["engines"] == [] and report["student"] is None
@@ -230,6 +230,10 @@ def test_a_search_with_no_student_under_the_budget_leaves_a_failed_report(cnn_pr
         app, ["check", str(run / "report.json"), "--baseline", str(saved), "--update-baseline"]
     )
     assert "with no engine" in " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["distill", str(path), "--target", "jetson", "--out", str(run)])
+    line = " ".join(res.output.split())  # the next stage names why the search failed, not "re-run"
+    assert res.exit_code == 2 and "stage 'search' failed: NoStudentFits: no student" in line
+    assert "raise constraints.latency_budget_ms" in line and "mend what it names, then" in line
     cfg["constraints"] = {"latency_budget_ms": 10.0}  # a new search: the failed one's files go
     path = write_yaml(tmp_path / "model.yaml", cfg)
     res = runner.invoke(app, ["search", str(path), "--target", "jetson", "--out", str(run)])

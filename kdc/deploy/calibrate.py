@@ -242,6 +242,14 @@ def calibrate_host(
     """Generate the calibration set (three tiny models when `quick`), time it here, fit the
     host profile and save it. Returns {path, latency_model, samples}."""
     profile = load_profile("host")
+    saved = saved_calibration(profile)
+    if quick and saved.get("latency_model") and not saved.get("quick"):
+        raise UserError(
+            f"a full calibration of host is saved in {calibration_path(profile.name)}, and "
+            "--quick (three tiny models, a smoke test) would replace it",
+            field="--quick",
+            fix="drop --quick to refit with the full set, or delete that file first",
+        )
     threads = threads or host_threads()
     zoo = model_zoo.calibration_set(
         profile.runtime.precisions, quick=quick, paddings=model_zoo.HOST_PADDINGS

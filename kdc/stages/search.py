@@ -96,10 +96,18 @@ def _fixed(ctx: Context) -> StageOutput:
 
 
 def _note_uncalibrated(ctx: Context) -> None:
-    if ctx.profile.measurable and ctx.profile.latency_model.source.startswith("defaults"):
+    from kdc.deploy.calibrate import saved_calibration
+
+    if ctx.profile.measurable and saved_calibration(ctx.profile).get("quick"):
         ctx.log(
-            f"  note: {ctx.profile.name}'s latency model is uncalibrated (assumed peaks can be "
-            "~2x off): run `kdc calibrate --target "
+            f"  note: {ctx.profile.name}'s latency model is a --quick calibration (three tiny "
+            f"models, a smoke test): run `kdc calibrate --target {ctx.profile.name} --threads N` "
+            "without --quick for predictions to rely on"
+        )
+    elif ctx.profile.measurable and ctx.profile.latency_model.source.startswith("defaults"):
+        ctx.log(
+            f"  note: {ctx.profile.name}'s latency model is uncalibrated (its assumed peaks put "
+            "predictions up to ~3x off, mostly too slow): run `kdc calibrate --target "
             f"{ctx.profile.name} --threads N` once, N as verify.threads"
         )
 

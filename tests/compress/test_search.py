@@ -357,11 +357,14 @@ def test_proxy_batch_draws_rows_in_order_cuts_text_and_leaves_images():
 
 def test_a_teacher_without_weights_is_warned(cnn_project, tmp_path):
     """An entrypoint teacher without teacher.weights has whatever weights the function gives:
-    a warning, shown also with -q."""
+    a warning, shown also with -q, and by validate."""
     cfg = write_yaml(tmp_path / "noweights.yaml", cnn_config(name="noweights", weights=None))
     res = runner.invoke(app, ["search", str(cfg), "--out", str(tmp_path / "run"), "-q"])
     assert res.exit_code == 0, res.output
     assert "teacher.weights is not set" in res.output and "kdc.models.cnn:small_cnn" in res.output
+    assert res.output.count("teacher.weights is not set") == 1
+    res = runner.invoke(app, ["validate", str(cfg)])  # the check before a run says so too
+    assert res.exit_code == 0 and "warning: teacher.weights is not set" in res.output
     res = runner.invoke(
         app, ["search", str(cnn_project), "--out", str(tmp_path / "run2"), "--target", "jetson"]
     )
@@ -406,3 +409,21 @@ def test_exhaustive_strategy_cut_short_says_how_much_it_left(cnn_project, tmp_pa
     metrics = json.loads((out / "manifest.json").read_text())["stages"]["search"]["metrics"]
     assert metrics["candidates_left"] > 0
     assert "search.time_budget_s 1e-06 ran out with " in " ".join(res.output.split())
+
+
+def test_a_quick_calibration_is_named_as_a_smoke_test(monkeypatch):
+    from types import SimpleNamespace
+
+    import kdc.deploy.calibrate as C
+    from kdc.profiles import load_profile
+    from kdc.stages.search import _note_uncalibrated
+
+    said: list[str] = []
+    ctx = SimpleNamespace(profile=load_profile("host"), log=said.append)
+    monkeypatch.setattr(C, "saved_calibration", lambda profile: {"quick": True})
+    _note_uncalibrated(ctx)
+    assert len(said) == 1 and "is a --quick calibration (three tiny models" in said[0]
+    monkeypatch.setattr(C, "saved_calibration", lambda profile: {"quick": False})
+    said.clear()
+    _note_uncalibrated(ctx)
+    assert not any("--quick" in s for s in said)

@@ -310,6 +310,14 @@ def test_quick_host_calibration_saves_what_host_profile_reads(config_dir):
     assert lm.source.startswith("kdc calibrate on ") and ", 3 models; " in lm.source
     assert lm.source == saved["latency_model"]["source"]
     assert lm.kernel_overhead_us == saved["latency_model"]["kernel_overhead_us"]
+    # a smoke test may replace a smoke test, never a full fit
+    res = CliRunner().invoke(app, ["calibrate", "--target", "host", "--quick", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    calibration_path("host").write_text(yaml.safe_dump({**saved, "quick": False}))
+    res = CliRunner().invoke(app, ["calibrate", "--target", "host", "--quick", "--threads", "1"])
+    assert res.exit_code == 2 and "a full calibration of host is saved in" in res.output
+    assert "drop --quick" in res.output and yaml.safe_load(calibration_path("host").read_text())
+    calibration_path("host").write_text(yaml.safe_dump(saved))
     # a host calibration fitted under another assumed bandwidth (older kdc) is refused, not misread
     assert saved["bandwidth_gbps"] == load_profile("host").memory.bandwidth_gbps
     del saved["bandwidth_gbps"]
