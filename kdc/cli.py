@@ -26,7 +26,14 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 
 Target = Annotated[str, typer.Option("--target", "-t", help="Profile name, alias or YAML path.")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (runs/<name>).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress bars or result table: warnings, constraint lines and the verdict.",
+    ),
+]
 
 
 def _exit_for(report: dict) -> None:

@@ -142,6 +142,12 @@ class HardwareProfile(_Strict):
     def default_precision(self) -> str:
         return "int8" if "int8" in self.runtime.precisions else self.runtime.precisions[0]
 
+    @property
+    def modelled_engine(self) -> str:
+        """The engine whose latency the latency model predicts: TensorRT's on a TensorRT target,
+        else ONNX Runtime's."""
+        return "tensorrt" if self.runtime.tensorrt else "onnxruntime"
+
     def sha256(self) -> str:
         """Hash of every field: what the manifest and report.json record as the profile's."""
         return sha256_json(self.model_dump(mode="json"))

@@ -198,7 +198,7 @@ def test_a_search_with_no_student_under_the_budget_leaves_a_failed_report(cnn_pr
         teacher["kind"] == "predicted"
         and teacher["p50_ms"] == search["teacher_predicted_latency_ms"]
     )
-    assert teacher["model"] and teacher["precision"] == "int8"
+    assert teacher["model"] and teacher["precision"] == "int8" and teacher["engine"] == "tensorrt"
     md = (run / "report.md").read_text()
     assert "closest predicted" in md
     assert "| teacher | – | int8 |" in md and f"{teacher['p50_ms']:.3g}"[:4] in md

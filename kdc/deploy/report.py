@@ -31,6 +31,7 @@ from kdc.deploy.report_md import (
     off_target_devices,
     render_markdown,
     sig,
+    timed_on_device,
 )
 from kdc.deploy.report_plot import render_png
 from kdc.rundir import atomic_path, write_json, write_text
@@ -85,12 +86,6 @@ ACCURACY_LEGEND = (
 
 def _engine_of(part: dict | None) -> str:
     return ((part or {}).get("accuracy") or {}).get("engine") or "its exported graph"
-
-
-def timed_on_device(engine: dict) -> bool:
-    """Whether an engine's latency is the device's own measurement (bundle results read back)."""
-    lat = engine.get("latency") or {}
-    return lat.get("kind") == "measured" and bool(lat.get("on_target"))
 
 
 STAND_INS = {  # constraints.stand_in → what the accuracy marked * was run on

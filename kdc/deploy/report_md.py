@@ -116,6 +116,17 @@ def _warmup(lat: dict) -> str:
     )
 
 
+def _input_shape(lat: dict) -> list[str]:
+    """`input input_ids/attention_mask 1×16` (inputs of one shape named together), or none."""
+    shapes = lat.get("input_shape")
+    if not isinstance(shapes, dict) or not shapes:
+        return []
+    by_shape: dict[str, list[str]] = {}
+    for name, dims in shapes.items():
+        by_shape.setdefault("×".join(map(str, dims)), []).append(name)
+    return ["input " + "; ".join(f"{'/'.join(n)} {s}" for s, n in by_shape.items())]
+
+
 def conditions(lat: dict) -> str:
     """The conditions a latency figure holds under, as one line."""
     common = [
@@ -123,6 +134,7 @@ def conditions(lat: dict) -> str:
         *_dla(lat),
         f"precision {lat.get('precision', DASH)}",
         f"batch {lat.get('batch', DASH)}",
+        *_input_shape(lat),
     ]
     extras = [fmt.format(lat[k]) for k, fmt in EXTRAS.items() if lat.get(k)]
     if lat.get("kind") == "measured":
@@ -474,12 +486,19 @@ def _conditions(report: dict) -> Section:
     )
 
 
+def timed_on_device(engine: dict) -> bool:
+    """Whether an engine's latency is the device's own measurement (bundle results read back)."""
+    lat = engine.get("latency") or {}
+    return lat.get("kind") == "measured" and bool(lat.get("on_target"))
+
+
 def warnings(report: dict) -> list[str]:
-    """The report's own warnings, engines not built here, each engine's and each timing's
-    warnings, each once (a device timing's warning is also its engine's, for the console)."""
+    """The report's own warnings, engines not built here (unless the device's results for them
+    were read back), each engine's and each timing's warnings, each once (a device timing's
+    warning is also its engine's, for the console)."""
     out = list(report.get("warnings") or [])
     for e in report.get("engines") or []:
-        if e.get("status") != "built" and e.get("reason"):
+        if e.get("status") != "built" and e.get("reason") and not timed_on_device(e):
             out.append(f"{engine_label(e)} is {e.get('status')}: {e['reason']}")
         out += [f"{engine_label(e)}: {w}" for w in e.get("warnings") or []]
     out += [f"{name}: {w}" for name, lat in _timed(report) for w in lat.get("warnings") or []]

@@ -16,7 +16,13 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import Bbox, blended_transform_factory
 
-from kdc.deploy.constraints import accuracy_value, engine_label, headline_latency, latencies
+from kdc.deploy.constraints import (
+    accuracy_value,
+    engine_label,
+    headline_latency,
+    latencies,
+    stand_in,
+)
 from kdc.deploy.report_md import measured_on, off_target_devices
 
 SIZE_IN, DPI = (12, 8), 100  # 1200 × 800 px
@@ -131,8 +137,9 @@ def _plot_models(
             style = _style(kind, color, shape, size, None if legend in seen else legend)
             seen.add(legend)
             text = name + (" (predicted for target)" if key == "target_latency" else "")
-            if acc is not None and paired is not part.get("accuracy"):
-                text += f"\n(accuracy of {paired.get('engine', '?')})"
+            if acc is not None and (paired is not part.get("accuracy") or stand_in(paired)):
+                text += f"\n(accuracy of {paired.get('engine', '?')}"
+                text += ", a stand-in)" if stand_in(paired) else ")"
             if acc is None:
                 ax.scatter([x], [STRIP_Y], transform=strip, **style)
                 ax.update_datalim([(x, 0.0)], updatey=False)  # a strip point widens the x axis

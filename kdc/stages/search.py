@@ -362,6 +362,7 @@ def _searched(ctx: Context) -> StageOutput:
                 "closest": rows_tried[:3],
                 "rejected": str(tried.relative_to(ctx.run.root)),
             }
+            teacher_pred = {**teacher_pred, "engine": ctx.profile.modelled_engine}
             files = write_no_fit_report(ctx, search, e.rejected[0][1], str(e), teacher_pred)
             raise NoStudentFits(
                 f"{e} (every candidate tried: {tried}; report: {files[0]})", e.rejected

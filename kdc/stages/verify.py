@@ -50,8 +50,7 @@ def _shapes(ctx: Context) -> dict[str, list[int]]:
 
 def predict(ctx: Context, path: Path, precision: str, engine: str | None = None) -> dict:
     """Predicted latency of the ONNX model at `path` on the target, naming the `engine` it is
-    for (an engine's figure; the teacher's has none); a TensorRT engine's on its DLA core where
-    it is built for one."""
+    for; a TensorRT engine's on its DLA core where it is built for one."""
     pred = predict_onnx(
         path,
         ctx.profile,
@@ -345,7 +344,7 @@ def run(ctx: Context) -> StageOutput:
         "flops": t_pred.get("flops"),
     }
     if not ctx.profile.measurable:
-        teacher["target_latency"] = t_pred
+        teacher["target_latency"] = {**t_pred, "engine": ctx.profile.modelled_engine}
     student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
     ref = student_reference(ctx, student)
     engines = []

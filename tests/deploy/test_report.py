@@ -67,6 +67,7 @@ def test_markdown_lists_every_engine_kind_and_conditions(written, report):
         "batch 1",
         "p50/p90/p99 3.10/3.30/3.90 ms",
         "cv 4.1%",
+        "input input_ids/attention_mask 1×128",  # a text model's sequence length
     ):
         assert fact in md
     assert "| tensorrt-int8 | predicted | model roofline-v1, calibrated from none" in md
@@ -184,6 +185,29 @@ def test_plot_labels_of_coinciding_engines_are_merged_and_do_not_overlap(report,
     assert all(f"onnxruntime-{p}" in merged for p in ("int8", "fp16", "int4", "bf16"))
     boxes = [b for _, b in texts]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_plot_says_an_engines_accuracy_is_a_stand_in(report, monkeypatch):
+    from kdc.deploy import report_plot
+
+    acc = {"metric": "accuracy", "value": 0.8, "engine": "onnxruntime-cpu-qdq-simulated"}
+    trt = {
+        "engine": "tensorrt",
+        "precision": "int8",
+        "status": "bundle",
+        "accuracy": {**acc, "stand_in": "qdq-in-float"},
+        "target_latency": {"kind": "predicted", "p50_ms": 0.5},
+    }
+    texts: list[str] = []
+    place = report_plot._place_labels
+    monkeypatch.setattr(
+        report_plot,
+        "_place_labels",
+        lambda fig, ax, labels: texts.extend(t for *_, t in labels) or place(fig, ax, labels),
+    )
+    render_png({**report, "engines": [trt], "search": {}})
+    (label,) = [t for t in texts if t.startswith("tensorrt-int8")]
+    assert "(accuracy of onnxruntime-cpu-qdq-simulated, a stand-in)" in label
 
 
 def test_console_summary_shows_engines_and_constraints(report):

@@ -110,6 +110,7 @@ def test_device_timing_is_marked_as_on_the_target(report):
     from kdc.deploy.constraints import engine_label
 
     assert f"{engine_label(trt)} is bundle" not in text  # the device built and timed it
+    assert f"{engine_label(trt)} is bundle" not in render_markdown(report)  # nor report.md
 
 
 def _plot_legend(report: dict, monkeypatch) -> list[str]:
