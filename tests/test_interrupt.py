@@ -48,7 +48,8 @@ def test_sigint_exits_130_and_resume_continues(tmp_path, monkeypatch):
     before = signal.getsignal(signal.SIGINT)
     res = runner.invoke(app, args)
     assert res.exit_code == 130
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    said = [ln.strip() for ln in res.output.splitlines() if ln.strip()]
+    lines = [ln for ln in said if not ln.startswith("warning: teacher.weights is not set")]
     assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in res.output
     status = stage_status(run)
     assert status == {"search": "done", "distill": "done", "export": "running"}
@@ -97,7 +98,8 @@ def test_sigterm_stops_like_ctrl_c_and_a_stale_report_is_gone(tmp_path, monkeypa
     monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages("distill", sigterm, seeded))
     res = runner.invoke(app, [*args, "--resume"])
     assert res.exit_code == 143, res.output
-    assert res.output.startswith("interrupted (SIGTERM): finished stages are kept")
+    last = res.output.strip().splitlines()[-1]  # after the weightless teacher's warning
+    assert last.startswith("interrupted (SIGTERM): finished stages are kept")
     status = stage_status(run)
     assert status["search"] == "done" and status["distill"] == "running"
     assert not (run / "report" / "out.json").exists()
