@@ -97,6 +97,7 @@ def test_errors_in_the_users_model_code_are_one_line(tmp_path, entry, says):
     res = runner.invoke(app, ["search", str(path), "--out", str(tmp_path / "run"), "-q"])
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert "teacher.weights is not set" in lines.pop(0)  # the run's warning, before it starts
     assert len(lines) == 1 and says in lines[0] and "teacher" in lines[0], res.output
 
 
