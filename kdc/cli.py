@@ -26,7 +26,9 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 
 Target = Annotated[str, typer.Option("--target", "-t", help="Profile name, alias or YAML path.")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (runs/<name>).")]
-Quiet = Annotated[
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+# compress and verify end with the summary, which -q cuts down too
+QuietSummary = Annotated[
     bool,
     typer.Option(
         "--quiet",
@@ -72,7 +74,7 @@ def compress(
     out_dir: Out = None,
     resume: Annotated[bool, typer.Option(help="Skip finished stages.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan.")] = False,
-    quiet: Quiet = False,
+    quiet: QuietSummary = False,
     mlflow: Annotated[
         str | None, typer.Option(help="MLflow tracking URI: log config, metrics and report.*")
     ] = None,
@@ -152,7 +154,7 @@ def verify(
         Path | None,
         typer.Option(help="results/ from a device bundle: report its latency as measured."),
     ] = None,
-    quiet: Quiet = False,
+    quiet: QuietSummary = False,
 ) -> None:
     """Re-verify a finished run: engine accuracy, latency, memory, constraints."""
     from kdc import api

@@ -58,10 +58,16 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
     from kdc.models import teacher_kind
 
     notes, hf, tc = [], _teacher_config(cfg), cfg.teacher
-    if not tc.weights and teacher_kind(cfg) in ("entrypoint", "torchvision", "timm"):
+    kind = teacher_kind(cfg)
+    if not tc.weights and kind == "entrypoint":
         notes.append(
-            "teacher.weights is not set: the teacher has the weights "
-            f"{tc.entrypoint or tc.name} gives it (random unless it loads trained ones)"
+            f"teacher.weights is not set: the teacher has the weights {tc.entrypoint} gives it "
+            "(random unless it loads trained ones)"
+        )
+    elif not tc.weights and kind in ("torchvision", "timm"):
+        notes.append(
+            f"teacher.weights is not set: kdc builds {kind}'s {tc.name} without pretrained "
+            "weights, so the teacher is random"
         )
     if cfg.task == "image-classification" and hf is not None:
         notes.append(assumed_processor(cfg.resolve(cfg.teacher.path)))

@@ -47,6 +47,7 @@ def test_cnn_compress_for_jetson(cnn_project, tmp_path):
     assert report["target"]["name"] == "jetson-orin-nano-8gb"
     trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
     assert trt["status"] == "bundle" and trt["latency"]["kind"] == "predicted"
+    assert report["teacher"]["target_latency"]["engine"] == "tensorrt"  # what the model is of
     assert (run / trt["path"] / "build.sh").is_file()
     meta = json.loads((run / trt["path"] / "bundle.json").read_text())
     assert meta["parity_min_agreement"] == 0.75  # a classifier's classes are checked on device

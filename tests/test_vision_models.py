@@ -127,3 +127,16 @@ def test_only_the_users_own_module_is_hashed_and_reimported(tmp_path):
     path = _project(tmp_path, "teacher")
     (tmp_path / "teacher").mkdir()  # its weights folder, no .py files in it
     assert entrypoint_files(load_config(path)) == [(tmp_path / "teacher.py").resolve()]
+
+
+def test_a_torchvision_teacher_without_weights_is_named_random(tmp_path):
+    from kdc.preflight import config_warnings
+
+    data = cnn_config(weights=None)
+    data["teacher"] = {"name": "resnet18", "kwargs": {"num_classes": 10}}
+    (note,) = [
+        n
+        for n in config_warnings(load_config(write_yaml(tmp_path / "m.yaml", data)))
+        if "weights" in n
+    ]
+    assert "kdc builds torchvision's resnet18 without pretrained weights" in note

@@ -226,10 +226,15 @@ def sample_records(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def saved_calibration(profile: HardwareProfile) -> dict[str, Any]:
-    """The profile's calibration file as saved (empty when there is none; `load_profile` has
-    refused a damaged one)."""
+    """The profile's calibration file as saved: empty when there is none or it is not a YAML
+    mapping (`load_profile` refuses a damaged one with its fix; a profile given as an object
+    skips that)."""
     path = calibration_path(profile.name)
-    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def calibrate_host(

@@ -49,8 +49,8 @@ def _shapes(ctx: Context) -> dict[str, list[int]]:
 
 
 def predict(ctx: Context, path: Path, precision: str, engine: str | None = None) -> dict:
-    """Predicted latency of the ONNX model at `path` on the target, naming the `engine` it is
-    for; a TensorRT engine's on its DLA core where it is built for one."""
+    """Predicted latency of the ONNX model at `path` on the target, naming `engine` when given;
+    a TensorRT engine's on its DLA core where it is built for one."""
     pred = predict_onnx(
         path,
         ctx.profile,

@@ -411,19 +411,22 @@ def test_exhaustive_strategy_cut_short_says_how_much_it_left(cnn_project, tmp_pa
     assert "search.time_budget_s 1e-06 ran out with " in " ".join(res.output.split())
 
 
-def test_a_quick_calibration_is_named_as_a_smoke_test(monkeypatch):
+def test_a_quick_calibration_is_named_as_a_smoke_test(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     import kdc.deploy.calibrate as C
     from kdc.profiles import load_profile
     from kdc.stages.search import _note_uncalibrated
 
+    monkeypatch.setenv("KDC_CONFIG_DIR", str(tmp_path / "config"))  # no saved calibration
     said: list[str] = []
     ctx = SimpleNamespace(profile=load_profile("host"), log=said.append)
-    monkeypatch.setattr(C, "saved_calibration", lambda profile: {"quick": True})
     _note_uncalibrated(ctx)
-    assert len(said) == 1 and "is a --quick calibration (three tiny models" in said[0]
-    monkeypatch.setattr(C, "saved_calibration", lambda profile: {"quick": False})
+    assert (
+        len(said) == 1
+        and "is uncalibrated (its assumed peaks put predictions up to ~3x off" in said[0]
+    )
+    monkeypatch.setattr(C, "saved_calibration", lambda profile: {"quick": True})
     said.clear()
     _note_uncalibrated(ctx)
-    assert not any("--quick" in s for s in said)
+    assert len(said) == 1 and "is a --quick calibration (three tiny models" in said[0]

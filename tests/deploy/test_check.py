@@ -138,6 +138,9 @@ def test_noise_allowance_is_capped_so_one_disturbed_round_cannot_pass_a_3x_slowd
     lat["p50_ms"] = 5.2 * 1.4  # within the capped allowance: passes, flagged
     r = by_metric(compare(current, baseline))["onnxruntime-fp32.latency_p50_ms"]
     assert r.status == "warn" and not r.failed
+    lat["p50_ms"] = 5.2 * 0.45  # a speed-up within the (uncapped) noise is no improvement
+    r = by_metric(compare(current, baseline))["onnxruntime-fp32.latency_p50_ms"]
+    assert r.status == "pass"
 
 
 def test_noise_without_iterations_falls_back_to_cv_and_says_so(baseline):
