@@ -192,6 +192,7 @@ def write_bundle(
         )
         write_text(tmp / "README.md", readme)
         meta = {"target": profile.name, "iterations": iterations, "created": now_iso()}
+        meta |= {"quick": True} if quick else {}
         meta |= {"dla_core": dla_core} if dla_core is not None else {}
         write_json(tmp / "calibration.json", {**meta, "kdc_version": __version__})
     return out
@@ -263,7 +264,16 @@ def ingest_bundle(target: str, bundle_dir: Path | str) -> dict[str, Any]:
 
     profile = load_profile(target)
     root = Path(bundle_dir)
-    core = _check_bundle_target(root, profile).get("dla_core")
+    bundle_meta = _check_bundle_target(root, profile)
+    core, quick = bundle_meta.get("dla_core"), bool(bundle_meta.get("quick"))
+    saved = saved_calibration(profile)
+    if quick and core is None and saved.get("latency_model") and not saved.get("quick"):
+        raise UserError(
+            f"a full calibration of {profile.name} is saved in {calibration_path(profile.name)}, "
+            "and this bundle's --quick set (three tiny models, a smoke test) would replace it",
+            source=str(root),
+            fix="time a bundle written without --quick, or delete that file first",
+        )
     models_dir = root / MODELS_DIR
     rows, missing, unreadable = [], [], []
     for row in model_zoo.load_manifest(models_dir):
@@ -287,6 +297,7 @@ def ingest_bundle(target: str, bundle_dir: Path | str) -> dict[str, Any]:
         f"an unnamed device (no name in {RESULTS_DIR}/device.json)"
     )
     meta = {"engine": "tensorrt", "bundle": str(root.resolve()), "missing": missing}
+    meta |= {"quick": quick}
     out = {"missing": missing, "unreadable": unreadable}
     if core is not None:
         return out | _fit_dla_rows(profile, models_dir, rows, core, device, meta)

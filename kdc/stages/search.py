@@ -98,11 +98,10 @@ def _fixed(ctx: Context) -> StageOutput:
 def _note_uncalibrated(ctx: Context) -> None:
     from kdc.deploy.calibrate import saved_calibration
 
-    if ctx.profile.measurable and saved_calibration(ctx.profile).get("quick"):
+    if saved_calibration(ctx.profile).get("quick"):
         ctx.log(
             f"  note: {ctx.profile.name}'s latency model is a --quick calibration (three tiny "
-            f"models, a smoke test): run `kdc calibrate --target {ctx.profile.name} --threads N` "
-            "without --quick for predictions to rely on"
+            "models, a smoke test): calibrate it again without --quick for predictions to rely on"
         )
     elif ctx.profile.measurable and ctx.profile.latency_model.source.startswith("defaults"):
         ctx.log(

@@ -190,6 +190,24 @@ def test_from_bundle_recovers_known_factors_and_load_profile_uses_them(bundle, c
         assert s["predicted_ms"] == pytest.approx(s["measured_ms"], rel=0.01)
 
 
+def test_a_quick_device_bundle_never_replaces_a_full_fit(bundle, config_dir, tmp_path):
+    import shutil
+
+    _export_times(bundle, KNOWN)
+    assert C.calibrate("jetson", from_dir=bundle)["path"].is_file()  # a full fit saved
+    full = calibration_path("jetson-orin-nano-8gb").read_text()
+    quick = shutil.copytree(bundle, tmp_path / "quick")
+    meta = json.loads((quick / "calibration.json").read_text())
+    (quick / "calibration.json").write_text(json.dumps({**meta, "quick": True}))
+    with pytest.raises(UserError, match="would replace it") as e:
+        C.calibrate("jetson", from_dir=quick)
+    assert "without --quick" in e.value.fix
+    assert calibration_path("jetson-orin-nano-8gb").read_text() == full
+    calibration_path("jetson-orin-nano-8gb").unlink()  # with no full fit, a smoke test may save
+    C.calibrate("jetson", from_dir=quick)
+    assert yaml.safe_load(calibration_path("jetson-orin-nano-8gb").read_text())["quick"] is True
+
+
 def test_from_needs_two_timed_models(tmp_path, bundle):
     empty = tmp_path / "b"
     (empty / "models").mkdir(parents=True)
