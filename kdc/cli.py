@@ -518,6 +518,8 @@ def init(
     parts += [f"text '{info.text_column}'"] if info.text_column else []
     parts += [f"labels '{info.label_column}'"] if info.label_column else []
     out.print(f"wrote {path} ({', '.join(parts)})", markup=False)
+    for note in info.notes:
+        err.print(f"warning: {note}", markup=False)
     if teacher.kind == "safetensors":
         out.print("edit teacher.entrypoint (marked CHANGE) before running", markup=False)
     out.print(f"next: kdc compress {path} --target host", markup=False)

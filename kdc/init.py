@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 from kdc.config import load_config
-from kdc.data import teacher_order
-from kdc.errors import UserError
+from kdc.data import label_key, teacher_classes, teacher_order
+from kdc.errors import UserError, listed
 from kdc.hf_files import (
     TOKENIZER_GLOBS,
     VIT_GEOMETRY,
@@ -175,7 +175,8 @@ def inspect_teacher(model: Path) -> TeacherInfo:
 
 def check_match(teacher: TeacherInfo, data: DataInfo) -> None:
     """The teacher's classes and the data's must agree in kind, number and (where the teacher
-    names them) name, as compress checks them."""
+    names them) name, as compress checks them; data lacking some of a named teacher's classes
+    is allowed and noted in `data.notes`."""
     want = "image" if teacher.task == "image-classification" else "text"
     if data.kind != want:
         article = "an" if teacher.task[0] in "aeiou" else "a"
@@ -184,6 +185,15 @@ def check_match(teacher: TeacherInfo, data: DataInfo) -> None:
             field="--data",
             fix=f"pass {want} data the teacher was trained on",
         )
+    named = teacher_classes(set(data.labels), teacher.label_names)  # the data's ⊆ the teacher's
+    if named and len(data.labels) < len(named):  # as compress: allowed, and noted
+        have = {label_key(x) for x in data.labels}
+        missing = [n for n in named if label_key(n) not in have]
+        data.notes.append(
+            f"{data.source} has no rows of class(es) {listed(missing)}: the student learns them "
+            "from the teacher's outputs alone"
+        )
+        return
     if teacher.num_labels is not None and teacher.num_labels != len(data.labels):
         where = f"column '{data.label_column}' of " if data.label_column else ""
         raise UserError(

@@ -45,6 +45,7 @@ class DataInfo:
     eval_split: str | None = None  # a `datasets` directory's split that evaluation reads
     image_size: int | None = None  # an image folder's images' one size (square, at least 8)
     max_length_note: str = ""  # what share of rows max_length covers, for the config comment
+    notes: list[str] = field(default_factory=list)  # what matching it to the teacher assumed
 
 
 def _read_csv(path: Path, delimiter: str) -> list[dict]:

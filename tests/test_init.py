@@ -291,6 +291,18 @@ def test_init_refuses_labels_the_teacher_does_not_name(tmp_path):
     assert _init(teacher, "--data", data, "--out", tmp_path / "m.yaml").exit_code == 0
 
 
+def test_init_takes_data_lacking_one_of_the_teachers_named_classes_and_notes_it(tmp_path):
+    """As compress: a class the training data lacks is allowed (the teacher's outputs teach it)."""
+    conf = {**HF_CONFIG, "id2label": {"0": "neg", "1": "neutral", "2": "pos"}}
+    teacher = _hf_dir(tmp_path / "teacher", conf, **{"vocab.txt": "[UNK]\n"})
+    data = write_csv(tmp_path / "d.csv", [("good movie", "pos"), ("bad plot", "neg")] * 3)
+    res = _init(teacher, "--data", data, "--out", tmp_path / "m.yaml")
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "warning: " in said and "d.csv has no rows of class(es) neutral" in said
+    assert (tmp_path / "m.yaml").is_file()
+
+
 def test_init_on_a_model_directory_without_config_json_says_so(tmp_path):
     """A save_pretrained directory that lost config.json is not a CNN's weights."""
     from safetensors.torch import save_file

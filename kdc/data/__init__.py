@@ -240,7 +240,7 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
         field = label_field("image" if fmt in IMAGE_FORMATS else "text")
         _check_spellings(labels, [], str(src_path), field)  # the file a clash is in
         _check_spellings(labels, ev_labels, str(cfg.resolve(d.eval or d.source)), field)
-        names = _teacher_classes({*map(str, labels), *map(str, ev_labels)}, teacher_names)
+        names = teacher_classes({*map(str, labels), *map(str, ev_labels)}, teacher_names)
         names = names or class_order(labels, declared)
         if len(names) < 2:
             raise UserError(
@@ -249,8 +249,8 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
                 field=field,
                 fix="a classifier needs at least two classes in the labels",
             )
-        index = {_label_key(n): i for i, n in enumerate(names)}
-        unknown = sorted({str(x) for x in ev_labels if _label_key(x) not in index})
+        index = {label_key(n): i for i, n in enumerate(names)}
+        unknown = sorted({str(x) for x in ev_labels if label_key(x) not in index})
         if unknown:
             raise UserError(
                 f"eval labels not seen in training: {unknown[:5]}",
@@ -258,8 +258,8 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
                 field="data.eval",
                 fix="use the same label names in both files",
             )
-        y_tr = np.array([index[_label_key(x)] for x in labels], np.int64)
-        y_ev = np.array([index[_label_key(x)] for x in ev_labels], np.int64)
+        y_tr = np.array([index[label_key(x)] for x in labels], np.int64)
+        y_ev = np.array([index[label_key(x)] for x in ev_labels], np.int64)
         in_train, in_eval = set(y_tr.tolist()), set(y_ev.tolist())
         if missing := [n for i, n in enumerate(names) if i not in in_train]:
             notes.append(
@@ -289,13 +289,13 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     return align_labels(ds, teacher_names, cfg.source_file)
 
 
-def _teacher_classes(present: set[str], teacher_names: list[str] | None) -> list[str] | None:
+def teacher_classes(present: set[str], teacher_names: list[str] | None) -> list[str] | None:
     """The teacher's class names, when they are names (not LABEL_0 …) and every label of the
     data is one of them (case and spaces aside); else None."""
     if not teacher_names or all(_by_index(n) for n in teacher_names):
         return None
-    keys = {_label_key(n) for n in teacher_names}
-    if len(keys) < len(teacher_names) or not {_label_key(p) for p in present} <= keys:
+    keys = {label_key(n) for n in teacher_names}
+    if len(keys) < len(teacher_names) or not {label_key(p) for p in present} <= keys:
         return None
     return list(teacher_names)
 
@@ -305,7 +305,7 @@ def _check_spellings(labels: list, ev_labels: list, source: str, field: str) -> 
     two classes: refused, naming them."""
     spellings: dict[str, set[str]] = {}
     for x in (*labels, *ev_labels):
-        spellings.setdefault(_label_key(x), set()).add(str(x))
+        spellings.setdefault(label_key(x), set()).add(str(x))
     clashes = [" / ".join(sorted(v)) for v in spellings.values() if len(v) > 1]
     if clashes:
         raise UserError(
@@ -353,13 +353,13 @@ def class_order(labels: list, declared: list[str] | None = None) -> list[str]:
     return sorted(present)
 
 
-def _label_key(name: object) -> str:
+def label_key(name: object) -> str:
     return str(name).strip().casefold()
 
 
 def _by_index(name: object) -> bool:
     """A class name that stands for its index: `LABEL_3`, `3`."""
-    return re.fullmatch(f"(label_)?{INDEX}", _label_key(name)) is not None
+    return re.fullmatch(f"(label_)?{INDEX}", label_key(name)) is not None
 
 
 def label_field(kind: str) -> str:
@@ -382,9 +382,9 @@ def teacher_order(
             field=field,
             fix="use the data the teacher was trained on, or its label column",
         )
-    key = {_label_key(n): i for i, n in enumerate(teacher_names)}
-    if set(key) == {_label_key(n) for n in names}:
-        return [key[_label_key(n)] for n in names]
+    key = {label_key(n): i for i, n in enumerate(teacher_names)}
+    if set(key) == {label_key(n) for n in names}:
+        return [key[label_key(n)] for n in names]
     if all(_by_index(n) for n in teacher_names) or all(_by_index(n) for n in names):
         return None
     raise UserError(
@@ -404,7 +404,7 @@ def align_labels(ds: Dataset, teacher_names: list[str] | None, source: str) -> D
     order = teacher_order(ds.label_names, teacher_names, source, label_field(ds.kind))
     if order is None:
         named = not all(_by_index(n) for n in teacher_names)  # so the data's are indices
-        given = named and [float(re.sub("^label_", "", _label_key(n))) for n in ds.label_names]
+        given = named and [float(re.sub("^label_", "", label_key(n))) for n in ds.label_names]
         if given and given != list(range(len(teacher_names))):
             pairs = [f"{d} → {t}" for d, t in zip(ds.label_names, teacher_names, strict=True)]
             ds.notes.append(

@@ -190,7 +190,9 @@ def _output_loss_fn(
         out = run_session(make_session(path, optimization=optimization), rows)
         return output_loss(ctx.cfg.task, ref, out)
 
-    return loss_of, f"train rows {start}..{start + len(ref) - 1} (never the eval split)", rows
+    overlap = "; the calibration rows too: too few to hold any out" if start == 0 else ""
+    where = f"train rows {start}..{start + len(ref) - 1} (never the eval split{overlap})"
+    return loss_of, where, rows
 
 
 SLOWER_OK = 1.1  # an INT8 graph this much slower than the fastest one is not a candidate
@@ -255,7 +257,7 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
     sym = symmetric_activations(ctx)
     backends = list(PTQ_BACKENDS) if q.ptq == "auto" else [q.ptq]
     how: dict = {
-        "calibration_rows": q.calibration_size,
+        "calibration_rows": min(q.calibration_size, len(ctx.dataset.train)),
         "activations": "int8 symmetric" if sym else "uint8 asymmetric",
         "weights": "int8 per-channel" if "onnxruntime" in backends else "int8",
     }

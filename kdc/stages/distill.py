@@ -327,7 +327,9 @@ def run(ctx: Context) -> StageOutput:
     else:
         why = "distill.epochs is 0" if not result.history else "no epoch beat it"
         which = f"the untrained student ({why})"
-    ctx.log(f"  kept {which}: val {metric} {result.kept_metric:.4f}")
+    n_val = len(next(iter(data.val.values()), []))
+    held = f"{n_val} of {n_val + len(data)} training rows held out"
+    ctx.log(f"  kept {which}: val {metric} {result.kept_metric:.4f} ({held} for it)")
     return StageOutput(
         [*files, hist, spec_file, *qat_files],
         {**_metrics(result, student, data, prune_info, qat_metrics), "select": kept},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -282,6 +283,8 @@ def test_stage_prunes_and_saves_a_reloadable_student(cnn_project, tmp_path, caps
     api.distill(path, "host", tmp_path / "run")
     said = capsys.readouterr().out
     assert "kept the last epoch (2 of 2)" in said  # one-based for people
+    held = re.search(r"\((\d+) of (\d+) training rows held out for it\)", said)
+    assert held and 0 < int(held[1]) <= int(held[2]) // 2  # the validation carve-out, said
     assert "pruned " in said and "parameters (" in said and "% removed)" in said
     run = tmp_path / "run"
     spec = json.loads((run / "distill" / "student.json").read_text())

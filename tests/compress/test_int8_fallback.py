@@ -10,6 +10,7 @@ import pytest
 from tiny import bert_config, tiny_bert, write_yaml
 
 from kdc.compress.int8_fallback import keep_sensitive_layers, layer_groups, layer_of, output_loss
+from kdc.config import load_config
 from kdc.deploy.onnxruntime import count_ops, make_session, quantize_int8, run_session
 from kdc.export.onnx_export import export_onnx
 from kdc.models.hf import HFTextAdapter
@@ -265,6 +266,10 @@ def test_auto_ptq_records_both_backends(bert_project, tmp_path):
     assert set(choice["loss"]) == set(choice["p50_ms"]) == {"onnxruntime", "nncf"}  # host: timed
     assert how["method"] in ("ort-static-qdq", "nncf-ptq-qdq")
     assert "train rows" in how["loss"]["rows"]
+    rows = read_json(tmp_path / "run" / "report.json")["data"]["train"]
+    size = load_config(cfg).quantize.calibration_size
+    assert how["calibration_rows"] == min(size, rows)  # calibration_size caps, the data bounds
+    assert ("the calibration rows too" in how["loss"]["rows"]) == (rows - size < 64)
 
 
 @pytest.mark.parametrize(
