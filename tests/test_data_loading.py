@@ -445,6 +445,9 @@ def test_a_semicolon_separated_csv_says_so(tmp_path):
     path = csv_file(tmp_path / "d.csv", "text;label\na b;pos\nc d;neg\n")
     with pytest.raises(UserError, match="looks ';'-separated: save the file comma-separated"):
         read_delimited(path, "text", "label", ",")
+    path = csv_file(tmp_path / "d.csv", "text;label\na, b;pos\nc d;neg\n")  # a comma in a text
+    with pytest.raises(UserError, match="line 2 has 2 field.*looks ';'-separated"):
+        read_delimited(path, "text", "label", ",")
 
 
 def test_labels_spelled_two_ways_in_training_name_the_training_file(tmp_path):

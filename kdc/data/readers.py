@@ -156,12 +156,16 @@ def read_delimited(
     for line, rec in records[1:]:
         fitted = _fit(rec, len(header), needed)
         if fitted is None:
+            other = len(header) == 1 and next((d for d in (";", "|", "\t") if d in header[0]), None)
             raise UserError(
                 f"malformed {'CSV' if delimiter == ',' else 'TSV'}: line {line} has {len(rec)} "
                 f"field(s), the header has {len(header)}",
                 source=str(path),
                 field=field,
-                fix=f"give every row the header's {len(header)} fields; {QUOTING_FIX}",
+                fix=f"the header looks {other!r}-separated: save the file comma-separated (CSV) "
+                "or tab-separated (.tsv)"
+                if other
+                else f"give every row the header's {len(header)} fields; {QUOTING_FIX}",
             )
         rows.append((line, dict(zip(header, fitted, strict=True))))
     return _columns(rows, path, text_col, label_col, field)
