@@ -194,8 +194,17 @@ def save_calibration(
 ) -> tuple[Path, dict[str, Any], list[str]]:
     """Write the calibration file of `profile`: the latency model, its `source` now saying
     where and when it was calibrated, how it was measured, and the raw samples (a DLA fit
-    already there is kept). Returns the path, the saved latency model and warnings (a kept DLA
-    fit made against another GPU model)."""
+    already there is kept). A `--quick` fit (`meta["quick"]`, a smoke test) never replaces a
+    full one. Returns the path, the saved latency model and warnings (a kept DLA fit made
+    against another GPU model)."""
+    saved, path = saved_calibration(profile), calibration_path(profile.name)
+    if meta.get("quick") and saved.get("latency_model") and not saved.get("quick"):
+        raise UserError(
+            f"a full calibration of {profile.name} is saved in {path}, and a --quick fit (three "
+            "tiny models, a smoke test) would replace it",
+            field="--quick",
+            fix="calibrate again without --quick (drop --quick), or delete that file first",
+        )
     fit_note = latency_model["source"].split(": ", 1)[-1]
     lm = {
         **latency_model,
@@ -204,8 +213,7 @@ def save_calibration(
     doc = {"profile": profile.name, "kdc_version": __version__, **meta}
     doc["bandwidth_gbps"] = profile.memory.bandwidth_gbps  # what memory_efficiency scales
     doc |= {"latency_model": lm, "samples": sample_records(rows)}
-    kept = {k: v for k, v in saved_calibration(profile).items() if k in DLA_KEYS}
-    path = calibration_path(profile.name)
+    kept = {k: v for k, v in saved.items() if k in DLA_KEYS}
     write_text(path, yaml.safe_dump(doc | kept, sort_keys=False))
     now = profile.model_copy(update={"latency_model": LatencyModel.model_validate(lm)})
     made_with = (kept.get("dla_calibration") or {}).get("gpu_model_sha256")
@@ -247,14 +255,6 @@ def calibrate_host(
     """Generate the calibration set (three tiny models when `quick`), time it here, fit the
     host profile and save it. Returns {path, latency_model, samples}."""
     profile = load_profile("host")
-    saved = saved_calibration(profile)
-    if quick and saved.get("latency_model") and not saved.get("quick"):
-        raise UserError(
-            f"a full calibration of host is saved in {calibration_path(profile.name)}, and "
-            "--quick (three tiny models, a smoke test) would replace it",
-            field="--quick",
-            fix="drop --quick to refit with the full set, or delete that file first",
-        )
     threads = threads or host_threads()
     zoo = model_zoo.calibration_set(
         profile.runtime.precisions, quick=quick, paddings=model_zoo.HOST_PADDINGS

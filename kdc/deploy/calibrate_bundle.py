@@ -266,14 +266,6 @@ def ingest_bundle(target: str, bundle_dir: Path | str) -> dict[str, Any]:
     root = Path(bundle_dir)
     bundle_meta = _check_bundle_target(root, profile)
     core, quick = bundle_meta.get("dla_core"), bool(bundle_meta.get("quick"))
-    saved = saved_calibration(profile)
-    if quick and core is None and saved.get("latency_model") and not saved.get("quick"):
-        raise UserError(
-            f"a full calibration of {profile.name} is saved in {calibration_path(profile.name)}, "
-            "and this bundle's --quick set (three tiny models, a smoke test) would replace it",
-            source=str(root),
-            fix="time a bundle written without --quick, or delete that file first",
-        )
     models_dir = root / MODELS_DIR
     rows, missing, unreadable = [], [], []
     for row in model_zoo.load_manifest(models_dir):
