@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from kdc.config import load_config
-from kdc.data import label_key, teacher_classes, teacher_order
+from kdc.data import index_note, label_key, teacher_classes, teacher_order
 from kdc.errors import UserError, listed
 from kdc.hf_files import (
     TOKENIZER_GLOBS,
@@ -202,8 +202,9 @@ def check_match(teacher: TeacherInfo, data: DataInfo) -> None:
             field="--data",
             fix="pass the data the teacher was trained on",
         )
-    if teacher.label_names and data.labels:
-        teacher_order(data.labels, teacher.label_names, data.source, "--data")
+    named = teacher.label_names and data.labels
+    if named and teacher_order(data.labels, teacher.label_names, data.source, "--data") is None:
+        data.notes += index_note(data.labels, teacher.label_names)
 
 
 def _v(value: Any) -> str:
@@ -284,6 +285,8 @@ def _data_lines(d: DataInfo, t: TeacherInfo, base: Path) -> list[str]:
         lines.append(f"  max_length: {d.max_length}   # {d.max_length_note}")
     if d.eval_split:
         return [*lines, f"  # evaluation reads the directory's '{d.eval_split}' split"]
+    if d.eval_source:
+        return [*lines, f"  eval: {_v(_rel(d.eval_source, base))}   # the test split's folder"]
     return [*lines, "  eval_fraction: 0.2   # held out for evaluation (or set data.eval: FILE)"]
 
 

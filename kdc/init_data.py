@@ -21,6 +21,7 @@ from kdc.data.readers import (
     read_delimited,
     read_jsonl,
     read_txt,
+    split_folders,
 )
 from kdc.errors import UserError
 
@@ -43,6 +44,7 @@ class DataInfo:
     labels: list[str] = field(default_factory=list)
     max_length: int | None = None
     eval_split: str | None = None  # a `datasets` directory's split that evaluation reads
+    eval_source: str | None = None  # an image folder's test split folder (`data/test`)
     image_size: int | None = None  # an image folder's images' one size (square, at least 8)
     max_length_note: str = ""  # what share of rows max_length covers, for the config comment
     notes: list[str] = field(default_factory=list)  # what matching it to the teacher assumed
@@ -226,4 +228,11 @@ def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
         if teacher.task != "sentence-embedding":
             raise unlabelled_txt(str(path), "--data")
         return _texts_data(path, read_txt(path, "--data")[0][:MAX_ROWS], teacher)
-    return _image_data(path) if path.is_dir() else _table_data(path, teacher)
+    if not path.is_dir():
+        return _table_data(path, teacher)
+    splits = split_folders(path)
+    if not splits:
+        return _image_data(path)
+    info = _image_data(path / splits[0])  # `data/train/<class>`, `data/test/<class>`
+    info.eval_source = str(path / splits[1]) if splits[1] else None
+    return info

@@ -402,6 +402,20 @@ def test_an_image_folder_of_split_folders_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"its folders \(train, val\) look like splits") as e:
         load_dataset(cnn_cfg(tmp_path, source="data", image_size=8, eval_fraction=0.5))
     assert e.value.field == "data.source" and "data/train" in e.value.fix
+    assert "data.eval: " + str(tmp_path / "data" / "val") in e.value.fix
+
+
+def test_split_folders_fix_names_train_as_source_even_when_test_sorts_first(tmp_path):
+    image_folder(tmp_path / "data", {"cat": 2})
+    (tmp_path / "data" / "imgs").rename(tmp_path / "data" / "train")
+    image_folder(tmp_path / "d2", {"cat": 2})
+    (tmp_path / "d2" / "imgs").rename(tmp_path / "data" / "test")
+    image_folder(tmp_path / "d3", {"cat": 2})
+    (tmp_path / "d3" / "imgs").rename(tmp_path / "data" / "dev")
+    with pytest.raises(UserError) as e:
+        load_dataset(cnn_cfg(tmp_path, source="data", image_size=8, eval_fraction=0.5))
+    data = tmp_path / "data"
+    assert f"data.source: {data / 'train'}, data.eval: {data / 'test'}" in e.value.fix
 
 
 def test_labels_spelled_two_ways_are_refused_naming_both(tmp_path):

@@ -291,6 +291,17 @@ def test_init_refuses_labels_the_teacher_does_not_name(tmp_path):
     assert _init(teacher, "--data", data, "--out", tmp_path / "m.yaml").exit_code == 0
 
 
+def test_init_notes_1_based_labels_taken_as_a_named_teachers_classes(tmp_path):
+    """As validate and compress: labels 1/2 against id2label neg/pos are matched in order."""
+    conf = {**HF_CONFIG, "id2label": {"0": "neg", "1": "pos"}}
+    teacher = _hf_dir(tmp_path / "teacher", conf, **{"vocab.txt": "[UNK]\n"})
+    data = write_csv(tmp_path / "d.csv", [("good movie", "2"), ("bad plot", "1")] * 3)
+    res = _init(teacher, "--data", data, "--out", tmp_path / "m.yaml")
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "labels 1, 2 are taken as the teacher's classes in index order: 1 → neg" in said
+
+
 def test_init_takes_data_lacking_one_of_the_teachers_named_classes_and_notes_it(tmp_path):
     """As compress: a class the training data lacks is allowed (the teacher's outputs teach it)."""
     conf = {**HF_CONFIG, "id2label": {"0": "neg", "1": "neutral", "2": "pos"}}
@@ -346,6 +357,21 @@ def test_init_reads_an_image_folder_as_compress_does(tmp_path):
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
         assert r.exit_code == 2 and len(lines) == 1, r.output
         assert problem in lines[0] and source in lines[0] and "--data" in lines[0], r.output
+
+
+def test_init_reads_a_folder_of_split_folders_as_source_and_eval(tmp_path):
+    """`data/train/<class>`, `data/test/<class>`: train is data.source, test data.eval."""
+    teacher = _hf_dir(tmp_path / "vit", VIT)
+    for split, n in (("train", 3), ("test", 2)):
+        image_folder(tmp_path / split, {"cat": n, "dog": n}).rename(tmp_path / split / split)
+        (tmp_path / "data").mkdir(exist_ok=True)
+        (tmp_path / split / split).rename(tmp_path / "data" / split)
+    out = tmp_path / "m.yaml"
+    res = _init(teacher, "--data", tmp_path / "data", "--out", out)
+    assert res.exit_code == 0, res.output
+    cfg = load_config(out)
+    assert cfg.data.source == "data/train" and cfg.data.eval == "data/test"
+    assert "6 images" in out.read_text() and "eval_fraction" not in out.read_text()
 
 
 def test_init_names_the_line_of_a_blank_text_or_label(bert_project, tmp_path):

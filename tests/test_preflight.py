@@ -264,14 +264,14 @@ def test_data_labels_the_teacher_does_not_name_are_refused_before_the_run(tmp_pa
     conf = {"num_hidden_layers": 4, "id2label": {"0": "negative", "1": "positive"}}
     text = _text_project(tmp_path / "t", conf, [("good film", "pos"), ("bad plot", "neg")] * 5)
     images = _image_project(tmp_path / "i", ["zero", "one"])
-    for cfg, field, names in (
-        (text, "data.label_column", "['negative', 'positive']"),
-        (images, "data.source", "['cat', 'dog']"),
+    for cfg, field, names, data in (
+        (text, "data.label_column", "['negative', 'positive']", "(in d.csv)"),
+        (images, "data.source", "['cat', 'dog']", "(in imgs)"),
     ):
         for res in (runner.invoke(app, ["validate", str(cfg)]), _dry_run(cfg)):
             line = _one_line(res)
             assert line.startswith(f"error: {cfg}: field '{field}'"), line
-            assert f"are not the teacher's {names}" in line
+            assert f"{data} are not the teacher's {names}" in line
 
 
 @pytest.mark.parametrize(

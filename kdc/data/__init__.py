@@ -368,16 +368,17 @@ def label_field(kind: str) -> str:
 
 
 def teacher_order(
-    names: list[str], teacher_names: list[str], source: str, field: str
+    names: list[str], teacher_names: list[str], source: str, field: str, data: str = ""
 ) -> list[int] | None:
     """Each of the data's class `names`' index in the teacher's head, matched by name (case and
     spaces aside); None where either side's names are generic (LABEL_0 …) or class indices (the
     data's sorted order is then the head's). A different count, or names that do not match, is
-    a UserError naming `field`."""
+    a UserError naming `field` (and the `data` file, where `source` is the config)."""
+    data = f" (in {data})" if data else ""
     if len(teacher_names) != len(names):
         raise UserError(
             f"the teacher has {len(teacher_names)} labels {teacher_names[:6]} but the "
-            f"data has {len(names)} {names[:6]}",
+            f"data has {len(names)} {names[:6]}{data}",
             source=source,
             field=field,
             fix="use the data the teacher was trained on, or its label column",
@@ -388,7 +389,7 @@ def teacher_order(
     if all(_by_index(n) for n in teacher_names) or all(_by_index(n) for n in names):
         return None
     raise UserError(
-        f"the data's labels {names[:6]} are not the teacher's {teacher_names[:6]} "
+        f"the data's labels {names[:6]}{data} are not the teacher's {teacher_names[:6]} "
         "(its config.json id2label), so no class can be matched to its output",
         source=source,
         field=field,
@@ -397,20 +398,28 @@ def teacher_order(
     )
 
 
+def index_note(names: list[str], teacher_names: list[str]) -> list[str]:
+    """A note where the data's class indices (`1`, `2`, `3`) are taken as a named teacher's
+    classes in order, unless they are its indices `0 … n-1` (no note needed)."""
+    named = not all(_by_index(n) for n in teacher_names)  # so the data's are indices
+    given = named and [float(re.sub("^label_", "", label_key(n))) for n in names]
+    if not given or given == list(range(len(teacher_names))):
+        return []
+    pairs = [f"{d} → {t}" for d, t in zip(names, teacher_names, strict=True)]
+    return [
+        f"the data's labels {listed(names)} are taken as the teacher's classes "
+        f"in index order: {listed(pairs)}"
+    ]
+
+
 def align_labels(ds: Dataset, teacher_names: list[str] | None, source: str) -> Dataset:
     """Order class indices as the teacher's head does (by name) when the teacher names them."""
     if not teacher_names or not ds.label_names:
         return ds
-    order = teacher_order(ds.label_names, teacher_names, source, label_field(ds.kind))
+    data = ds.source.partition(":")[2] or ds.source  # `csv:data/train.csv` → the file
+    order = teacher_order(ds.label_names, teacher_names, source, label_field(ds.kind), data)
     if order is None:
-        named = not all(_by_index(n) for n in teacher_names)  # so the data's are indices
-        given = named and [float(re.sub("^label_", "", label_key(n))) for n in ds.label_names]
-        if given and given != list(range(len(teacher_names))):
-            pairs = [f"{d} → {t}" for d, t in zip(ds.label_names, teacher_names, strict=True)]
-            ds.notes.append(
-                f"the data's labels {listed(ds.label_names)} are taken as the teacher's classes "
-                f"in index order: {listed(pairs)}"
-            )
+        ds.notes += index_note(ds.label_names, teacher_names)
         return ds
     remap = np.array(order, np.int64)
     return Dataset(

@@ -386,14 +386,16 @@ def image_files(path: Path, field: str = "data.source") -> dict[str, list[Path]]
     folder's subfolders read too (as torchvision's ImageFolder does); a class folder without
     images is a UserError (leaving it out would shift the later classes' indices)."""
     folders = [d for d in sorted(path.iterdir()) if d.is_dir() and visible(d)]
-    if folders and all(d.name.lower() in SPLIT_NAMES for d in folders):
+    splits = split_folders(path)
+    if splits:
+        train, held = splits
+        fix = f"give the split's folder: data.source: {path / train}"
         raise UserError(
             f"its folders ({', '.join(d.name for d in folders)}) look like splits of a dataset, "
             "not classes (class folders' subfolders are read as their images)",
             source=str(path),
             field=field,
-            fix=f"give the split's folder: data.source: {path / folders[0].name}, and "
-            "data.eval for another split",
+            fix=fix + (f", data.eval: {path / held}" if held else ""),
         )
     classes = {d.name: _class_images(d) for d in folders}
     empty = [name for name, files in classes.items() if not files]
@@ -411,6 +413,19 @@ def image_files(path: Path, field: str = "data.source") -> dict[str, list[Path]]
 
 # folder names that are a dataset's splits, never classes (`data/train/<class>/…`)
 SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval"}
+
+
+def split_folders(path: Path) -> tuple[str, str | None] | None:
+    """Of a folder whose folders are all a dataset's splits (`train/`, `test/`, …): its training
+    split's name and its test (else validation) split's name; None for any other folder."""
+    names = [d.name for d in sorted(path.iterdir()) if d.is_dir() and visible(d)]
+    if not names or any(n.lower() not in SPLIT_NAMES for n in names):
+        return None
+    train = next((n for n in names if n.lower() in ("train", "training")), names[0])
+    order = ("test", "testing", "eval", "validation", "val", "valid", "dev")
+    held = [n for n in names if n.lower() in order and n != train]
+    held.sort(key=lambda n: order.index(n.lower()))
+    return train, held[0] if held else None
 
 
 def _class_images(folder: Path) -> list[Path]:
