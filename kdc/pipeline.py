@@ -443,7 +443,9 @@ def stage_not_ready(
         if (built_for and built_for != ctx.profile.name and not stale_upstream)
         else ""
     )
-    tgt = target_flag(manifest)
+    # the run's target; before any stage recorded one, the target this command was given
+    asked = {"target": ctx.profile.name, "target_file": ctx.target_file}
+    tgt = target_flag(manifest if built_for else asked)
     return UserError(
         f"stage '{name}' {what}{other}",
         source=str(ctx.run.root),

@@ -232,3 +232,14 @@ def test_a_non_empty_directory_kdc_did_not_write_is_refused(cnn_project, tmp_pat
     (kept / ".gitkeep").write_text("")
     res = runner.invoke(app, ["search", str(cfg), "--out", str(kept), "-q"])
     assert res.exit_code == 0, res.output
+
+
+def test_a_stage_alone_on_a_new_run_suggests_the_target_it_was_given(cnn_project, tmp_path):
+    """`kdc distill --target jetson` before any search: the fix keeps `--target jetson` (it
+    suggested the host default, which the next step then refused as another target)."""
+    cfg, run = _cfg(cnn_project, tmp_path), tmp_path / "run"
+    args = ["distill", str(cfg), "--target", "jetson", "--out", str(run)]
+    res = runner.invoke(app, args)
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and "stage 'search' has not run" in line, line
+    assert f"kdc search CONFIG --target jetson-orin-nano-8gb --out {run}" in line, line
