@@ -229,7 +229,7 @@ def _relative_note(path: str) -> str:
     return "" if Path(path).is_absolute() else "; path relative to this file"
 
 
-def _teacher_lines(t: TeacherInfo, base: Path) -> list[str]:
+def _teacher_lines(t: TeacherInfo, base: Path, classes: int) -> list[str]:
     if t.kind == "kdc":
         path = _rel(t.path, base)
         return ["teacher:", f"  path: {_v(path)}   # a CNN student kdc saved{_relative_note(path)}"]
@@ -239,7 +239,9 @@ def _teacher_lines(t: TeacherInfo, base: Path) -> list[str]:
         if t.label_names:
             lines.append(f"  # labels (id2label): {', '.join(t.label_names)}")
         return lines
-    n = t.num_labels if t.num_labels is not None else "N  # CHANGE: number of classes"
+    kwargs = f"  kwargs: {{num_classes: {t.num_labels or classes}}}"
+    if t.num_labels is None:  # no classifier/head/fc weight: the data's classes
+        kwargs += "   # CHANGE if not: the data's classes (no classifier/head/fc weight)"
     weights = _rel(t.path, base)
     return [
         "teacher:",
@@ -247,7 +249,7 @@ def _teacher_lines(t: TeacherInfo, base: Path) -> list[str]:
         "  # (package.module:function importable from this file's folder, returning an",
         "  # nn.Module that takes pixel_values and returns logits)",
         "  entrypoint: my_models:build_teacher",
-        f"  kwargs: {{num_classes: {n}}}",
+        kwargs,
         f"  weights: {_v(weights)}   # loaded with safetensors, never pickle"
         + _relative_note(weights),
     ]
@@ -313,7 +315,7 @@ def _drop_lines(t: TeacherInfo) -> list[str]:
 def render(name: str, teacher: TeacherInfo, data: DataInfo, base: Path) -> str:
     """The commented model.yaml text (paths relative to `base`, the file's directory, where
     inside it)."""
-    teacher_lines = _teacher_lines(teacher, base)
+    teacher_lines = _teacher_lines(teacher, base, len(data.labels))
     check = ": check the CHANGE lines," if any("CHANGE" in ln for ln in teacher_lines) else ";"
     return "\n".join(
         [

@@ -230,9 +230,12 @@ def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
         return _texts_data(path, read_txt(path, "--data")[0][:MAX_ROWS], teacher)
     if not path.is_dir():
         return _table_data(path, teacher)
-    splits = split_folders(path)
-    if not splits:
-        return _image_data(path)
-    info = _image_data(path / splits[0])  # `data/train/<class>`, `data/test/<class>`
-    info.eval_source = str(path / splits[1]) if splits[1] else None
+    if splits := split_folders(path):  # `data/`: `data/train/<class>`, `data/test/<class>`
+        path = path / splits[0]
+    else:  # `data/train` beside `data/test`
+        splits = split_folders(path.parent)
+        splits = splits if splits and splits[0] == path.name else None
+    info = _image_data(path)
+    if splits and splits[1]:
+        info.eval_source = str(path.parent / splits[1])
     return info

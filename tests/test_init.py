@@ -110,6 +110,25 @@ def test_init_safetensors_asks_for_the_entrypoint(tmp_path):
     assert "entrypoint" in res.output
 
 
+def test_init_weights_without_a_named_head_take_the_datas_classes(tmp_path):
+    """An nn.Sequential's weights (`3.weight`, no classifier/head/fc): the config still parses,
+    num_classes is the data's class count, marked to check (a comment inside the flow mapping
+    made the YAML invalid)."""
+    from safetensors.torch import save_file
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(8), torch.nn.Linear(8, 10)
+    )
+    net(torch.zeros(1, 1, 8, 8))
+    weights = tmp_path / "seq.safetensors"
+    save_file(net.state_dict(), str(weights))
+    res = _init(weights, "--data", "sklearn:digits", "--out", tmp_path / "m.yaml")
+    assert res.exit_code == 0, res.output
+    cfg = load_config(tmp_path / "m.yaml")
+    assert cfg.teacher.kwargs == {"num_classes": 10}
+    assert "CHANGE if not: the data's classes" in (tmp_path / "m.yaml").read_text()
+
+
 def test_init_errors_are_one_line(bert_project, tmp_path):
     root = bert_project.parent
     bad = tmp_path / "latin1.csv"
@@ -372,6 +391,9 @@ def test_init_reads_a_folder_of_split_folders_as_source_and_eval(tmp_path):
     cfg = load_config(out)
     assert cfg.data.source == "data/train" and cfg.data.eval == "data/test"
     assert "6 images" in out.read_text() and "eval_fraction" not in out.read_text()
+    res = _init(teacher, "--data", tmp_path / "data" / "train", "--out", out, "--force")
+    assert res.exit_code == 0, res.output
+    assert load_config(out).data.eval == "data/test"  # the training split's sibling
 
 
 def test_init_names_the_line_of_a_blank_text_or_label(bert_project, tmp_path):
