@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -29,8 +30,8 @@ class Section(BaseModel):
 
 class TeacherConfig(Section):
     """Where the teacher comes from: exactly one of `path` (HF dir, or a CNN student kdc saved:
-    a directory with kdc_model.json), `name` (torchvision/timm or hub id) or `entrypoint`
-    (`package.module:function` returning an nn.Module)."""
+    a directory with kdc_model.json), `name` (a torchvision model name, or `timm/<name>`) or
+    `entrypoint` (`package.module:function` returning an nn.Module)."""
 
     kind: Literal["auto", "huggingface", "torchvision", "timm", "entrypoint", "kdc"] = "auto"
     path: str | None = None
@@ -46,6 +47,17 @@ class TeacherConfig(Section):
     def _entrypoint_form(cls, v: str | None) -> str | None:
         if v is not None and (":" not in v or v.count(":") != 1 or not all(v.split(":"))):
             raise ValueError("must look like 'package.module:function'")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_hub_id(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v and "/" in v and not v.startswith("timm/") and info.data.get("kind") != "timm":
+            raise ValueError(
+                f"'{v}' looks like a Hugging Face hub id, and kdc downloads nothing: save the "
+                "model locally (save_pretrained, or `hf download`) and give that directory as "
+                "teacher.path (name takes a torchvision model, or timm/<name>)"
+            )
         return v
 
     @model_validator(mode="after")

@@ -83,6 +83,16 @@ def test_bad_entrypoint_form(tmp_path):
     assert "teacher.entrypoint" in _err(tmp_path, data)
 
 
+def test_a_hub_id_as_teacher_name_says_to_use_a_local_path(tmp_path):
+    """`name: prajjwal1/bert-tiny` was read as a torchvision name ("pip install torchvision")."""
+    data = cnn_config()
+    data["teacher"] = {"name": "prajjwal1/bert-tiny"}
+    msg = _err(tmp_path, data)
+    assert "teacher.name" in msg and "hub id" in msg and "teacher.path" in msg
+    data["teacher"] = {"name": "timm/resnet18"}
+    load_config(write_yaml(tmp_path / "ok.yaml", data))
+
+
 def test_a_loss_may_be_given_by_its_name_alone(tmp_path):
     """`losses: [logits, hidden]`, as README.md writes the default recipes: a bare name is
     `{name: <name>}`, beside full entries."""
