@@ -206,10 +206,31 @@ def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
             f"build.dla_core not used: it places a TensorRT engine on a DLA core, and this run "
             f"builds none for {profile.name}"
         )
+    out += _loosened_limits(cfg, profile)
     if cfg.build.max_batch is not None and not builds_tensorrt(cfg, profile):
         out.append(
             f"build.max_batch not used: it sizes TensorRT engines, and this run builds none for "
             f"{profile.name} (ONNX Runtime's graphs take any batch)"
+        )
+    return out
+
+
+def _loosened_limits(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
+    """A config's latency budget or memory limit looser than the profile's default (a profile's
+    limits are for a config to tighten), or a memory limit beyond the device's memory."""
+    out = []
+    for key, unit in (("latency_budget_ms", "ms"), ("max_memory_mb", "MiB")):
+        mine, its = getattr(cfg.constraints, key), getattr(profile.defaults, key)
+        if mine is not None and its is not None and mine > its:
+            out.append(
+                f"constraints.{key} {mine:g} {unit} loosens {profile.name}'s limit of {its:g} "
+                f"{unit}: the run is judged by the config's"
+            )
+    capacity = profile.memory.capacity_gb * 1024
+    if (cfg.constraints.max_memory_mb or 0) > capacity:
+        out.append(
+            f"constraints.max_memory_mb {cfg.constraints.max_memory_mb:g} MiB is more than "
+            f"{profile.name}'s {profile.memory.capacity_gb:g} GB of memory"
         )
     return out
 

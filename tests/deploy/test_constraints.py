@@ -146,3 +146,24 @@ def test_an_engine_built_here_has_its_memory_predicted_for_a_remote_target(repor
     row = rows_by_name(evaluate_constraints(report, {}, PROFILE))["memory_mb"]
     assert (row["source"], row["value"], row["pass"]) == ("predicted", 3.5, True)
     assert "runtime" in row["note"]  # weights + activations only, said so
+
+
+def test_a_config_loosening_the_profiles_limits_is_warned(tmp_path):
+    """PROFILES.md: a profile's defaults are constraints a config may tighten. A looser budget
+    or memory limit is judged by the config's, and said; one beyond the board's memory too."""
+    from tiny import cnn_config, write_yaml
+
+    from kdc.config import load_config
+    from kdc.preflight import target_warnings
+    from kdc.profiles import load_profile
+
+    nano = load_profile("jetson")
+
+    def warned(**limits) -> str:
+        cfg = load_config(write_yaml(tmp_path / "m.yaml", cnn_config(constraints=limits)))
+        return " ".join(target_warnings(cfg, nano))
+
+    said = warned(latency_budget_ms=20.0, max_memory_mb=99999)
+    assert "constraints.latency_budget_ms 20 ms loosens jetson-orin-nano-8gb's limit of 10" in said
+    assert "constraints.max_memory_mb 99999 MiB loosens" in said and "than jetson" in said
+    assert warned(latency_budget_ms=5.0, max_memory_mb=1024) == ""
