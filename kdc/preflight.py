@@ -15,6 +15,8 @@ from kdc.hf_files import config_size
 from kdc.profiles import HardwareProfile
 
 if TYPE_CHECKING:
+    import torch
+
     from kdc.data.base import Dataset
 
 
@@ -42,12 +44,36 @@ def check_data(cfg: KdcConfig) -> Dataset:
     from kdc.models import teacher_label_names
 
     ds = load_dataset(cfg, teacher_label_names(cfg))
-    want = (_teacher_config(cfg) or {}).get("num_channels")
+    want, basis = (_teacher_config(cfg) or {}).get("num_channels"), "config.json num_channels"
+    if want is None and (model := _meta_teacher(cfg)) is not None:
+        import torch
+
+        conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        want, basis = (conv.in_channels if conv else None), "its first conv's in_channels"
     if cfg.task == "image-classification" and ds.kind == "image" and isinstance(want, int):
         got = ds.train.features.shape[1]
         if got != want:
-            raise channel_mismatch(want, got, "config.json num_channels").located(cfg.source_file)
+            raise channel_mismatch(want, got, basis).located(cfg.source_file)
     return ds
+
+
+def _meta_teacher(cfg: KdcConfig) -> torch.nn.Module | None:
+    """A code-built teacher (entrypoint, torchvision, timm) built on PyTorch's meta device (no
+    memory, no weights); None for other teachers or a builder that cannot run there (e.g. one
+    that reads files of its own: the run's own checks catch what it gets wrong)."""
+    from kdc.models import teacher_kind, vision_source
+    from kdc.models.vision import BUILDERS
+
+    if teacher_kind(cfg) not in BUILDERS:
+        return None
+    import torch
+
+    source = vision_source(cfg)
+    try:
+        with torch.device("meta"):
+            return BUILDERS[source["kind"]](source)
+    except Exception:  # noqa: BLE001 - any failure of user code leaves the check to the run
+        return None
 
 
 def config_warnings(cfg: KdcConfig) -> list[str]:
@@ -471,21 +497,12 @@ def check_teacher_weights(cfg: KdcConfig) -> None:
     """A CNN teacher's `teacher.weights` against the model its entrypoint or library builds (on
     PyTorch's meta device: no memory, no weights loaded; safetensors read from the header). A
     builder that cannot run there is left to the run's own check when it loads the teacher."""
-    import torch
-
-    from kdc.models import teacher_kind, vision_source
-    from kdc.models.vision import BUILDERS
     from kdc.models.weights import shape_mismatch, weight_shapes
 
-    if teacher_kind(cfg) not in BUILDERS or not cfg.teacher.weights:
+    model = _meta_teacher(cfg) if cfg.teacher.weights else None
+    if model is None:
         return
-    source = vision_source(cfg)
-    try:
-        with torch.device("meta"):
-            model = BUILDERS[source["kind"]](source)
-        shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    except Exception:  # noqa: BLE001 - e.g. a builder that reads files of its own
-        return
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     path = cfg.resolve(cfg.teacher.weights)
     try:
         differ = shape_mismatch(shapes, weight_shapes(path))

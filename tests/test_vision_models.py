@@ -140,3 +140,23 @@ def test_a_torchvision_teacher_without_weights_is_named_random(tmp_path):
         if "weights" in n
     ]
     assert "kdc builds torchvision's resnet18 without pretrained weights" in note
+
+
+@pytest.mark.parametrize("data_channels", [None, 3])
+def test_validate_refuses_images_of_other_channels_than_an_entrypoints_first_conv(
+    tmp_path, data_channels
+):
+    """A 1-channel entrypoint CNN (`small_cnn`) on an image folder read as RGB: validate and
+    --dry-run said "valid", compress refused it at once (its conv built on the meta device)."""
+    from tiny import image_folder
+
+    image_folder(tmp_path, {"cat": 3, "dog": 3})
+    data = {"source": "imgs", "eval_fraction": 0.5, "limit_train": None, "limit_eval": None}
+    if data_channels:
+        data["channels"] = data_channels
+    cfg = write_yaml(tmp_path / "m.yaml", cnn_config(weights=None, data=data))
+    for args in (["validate", str(cfg)], ["compress", str(cfg), "--dry-run"]):
+        res = runner.invoke(app, args)
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert "field 'data.channels'" in said and "takes 1-channel images (its first conv" in said
