@@ -160,3 +160,21 @@ def test_validate_refuses_images_of_other_channels_than_an_entrypoints_first_con
         said = " ".join(res.output.split())
         assert res.exit_code == 2 and "Traceback" not in res.output, res.output
         assert "field 'data.channels'" in said and "takes 1-channel images (its first conv" in said
+
+
+def test_an_image_folder_of_one_small_size_read_at_224_is_noted(tmp_path):
+    """16x16 images and no data.image_size: read at the 224 default (a CNN trained at 16
+    scored chance and still PASSED on its relative drop); validate says so."""
+    from tiny import image_folder
+
+    image_folder(tmp_path, {"cat": 3, "dog": 3})
+    data = {"source": "imgs", "eval_fraction": 0.5, "limit_train": None, "limit_eval": None}
+    teacher = {"kwargs": {"num_classes": 2, "channels": [4], "in_channels": 3}}
+    cfg = write_yaml(tmp_path / "m.yaml", cnn_config(weights=None, data=data, teacher=teacher))
+    said = " ".join(runner.invoke(app, ["validate", str(cfg)]).output.split())
+    assert "the images are 8x8, read at 224x224 as data.image_size is unset" in said, said
+    cfg = write_yaml(
+        tmp_path / "m.yaml",
+        cnn_config(weights=None, data={**data, "image_size": 8}, teacher=teacher),
+    )
+    assert "read at" not in runner.invoke(app, ["validate", str(cfg)]).output

@@ -13,6 +13,8 @@ from kdc.data.base import Dataset, Split
 from kdc.data.readers import (
     IMAGE_SUFFIXES,
     datasets_layout,
+    image_files,
+    image_sizes,
     read_datasets,
     read_delimited,
     read_digits,
@@ -190,6 +192,23 @@ def _split_sentences(texts: list[str]) -> list[str]:
     return [s for s in out if len(s.split()) >= 3]
 
 
+def _upscale_note(cfg: KdcConfig, path: Path) -> list[str]:
+    """A note where an image folder of one size is read at the 224 default (no data.image_size,
+    no teacher config.json image_size): a CNN trained on 16x16 images scores chance at 224."""
+    conf = cfg.resolve(cfg.teacher.path) / "config.json" if cfg.teacher.path else None
+    if cfg.data.image_size or (conf is not None and conf.is_file()):
+        return []
+    size = image_read_size(cfg)
+    sizes = image_sizes(image_files(path), "data.source")
+    if len(sizes) != 1 or next(iter(sizes)) == (size, size):
+        return []
+    (w, h), *_ = sizes
+    return [
+        f"the images are {w}x{h}, read at {size}x{size} as data.image_size is unset: set "
+        f"data.image_size: {max(w, h)} if the teacher was trained at their size"
+    ]
+
+
 def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Dataset:
     """Read, encode labels and split (the eval file, a `datasets` directory's test/validation
     split, else `data.eval_fraction` held out); raise UserError on unusable data. Classes are
@@ -230,7 +249,7 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
         tr_labels = [labels[i] for i in tr_idx] if labels else []
         _check_train_left(cfg, len(feats), len(tr_idx), labels, tr_labels)
         feats, labels = tr, tr_labels
-    notes: list[str] = []
+    notes = _upscale_note(cfg, src_path) if fmt == "imagefolder" else []
     if cfg.task == "sentence-embedding":
         if d.split_sentences:
             feats, ev_feats = _split_sentences(feats), _split_sentences(ev_feats)

@@ -79,17 +79,18 @@ def assemble(ctx: Context) -> dict:
         },
         "search": _search_section(ctx),
         "engines": mark_shipped(m["engines"], precision, ctx.profile.runtime.engines),
-        "warnings": run_warnings(ctx, m.get("data")),
+        "warnings": run_warnings(ctx, m.get("data"), m["teacher"].get("warnings")),
     }
 
 
-def run_warnings(ctx: Context, data: dict | None) -> list[str]:
+def run_warnings(ctx: Context, data: dict | None, teacher: list[str] | None = None) -> list[str]:
     """What the run assumed or left unused, as printed when it started: the config's and the
-    target's notes, and what reading the data assumed (its summary's `notes`)."""
+    target's notes, what reading the data assumed (its summary's `notes`), and verify's notes
+    on the teacher's accuracy (`teacher`)."""
     from kdc.preflight import config_warnings, target_warnings
 
     notes = [*config_warnings(ctx.cfg), *target_warnings(ctx.cfg, ctx.profile)]
-    return list(dict.fromkeys([*notes, *((data or {}).get("notes") or [])]))
+    return list(dict.fromkeys([*notes, *((data or {}).get("notes") or []), *(teacher or [])]))
 
 
 def write_no_fit_report(

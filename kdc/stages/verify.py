@@ -316,6 +316,22 @@ def _warn_if_int8_not_faster(engines: list[dict]) -> None:
     )
 
 
+def _no_better_than_majority(accuracy: float | None, labels: np.ndarray) -> str | None:
+    """A note where the teacher's engine scores no better than always answering the eval
+    split's most common class: a drop measured from it says nothing (wrong image size or
+    channels, labels not the teacher's, an untrained teacher)."""
+    if accuracy is None or len(labels) == 0:
+        return None
+    majority = np.bincount(labels).max() / len(labels)
+    if accuracy > majority + 0.01:
+        return None
+    return (
+        f"the teacher scores {accuracy:.4f} on the eval split, no better than always answering "
+        f"its most common class ({majority:.4f}): check the data is read as it was trained on "
+        "(data.image_size, data.channels, labels) and that teacher.weights are its trained ones"
+    )
+
+
 def run(ctx: Context) -> StageOutput:
     from kdc.models import load_student
 
@@ -345,6 +361,9 @@ def run(ctx: Context) -> StageOutput:
     }
     if not ctx.profile.measurable:
         teacher["target_latency"] = {**t_pred, "engine": ctx.profile.modelled_engine}
+    if note := _no_better_than_majority(t_acc.get("accuracy"), ctx.dataset.eval.labels):
+        ctx.warn(note)
+        teacher["warnings"] = [note]
     student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
     ref = student_reference(ctx, student)
     engines = []

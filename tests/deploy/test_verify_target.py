@@ -34,3 +34,18 @@ def test_a_jetson_runs_tensorrt_bundle_is_unavailable_on_the_host(tmp_path):
     unbuilt = {**ENGINES[1], "status": "unavailable", "path": None}  # no TensorRT where it ran
     reason = _tensorrt_elsewhere(ctx, unbuilt, ENGINES)["reason"]
     assert "TensorRT engine (not built) is for" in reason and "None" not in reason
+
+
+def test_a_teacher_no_better_than_the_majority_class_is_noted():
+    """A CNN teacher fed images at the wrong size scored chance (0.094) and the run PASSED on
+    its relative drop: verify says the teacher is no better than the most common class."""
+    import numpy as np
+
+    from kdc.stages.verify import _no_better_than_majority
+
+    labels = np.array([0] * 70 + [1] * 20 + [2] * 10)
+    note = _no_better_than_majority(0.705, labels)
+    assert note and "scores 0.7050" in note and "most common class (0.7000)" in note
+    assert "data.image_size" in note
+    assert _no_better_than_majority(0.72, labels) is None
+    assert _no_better_than_majority(None, labels) is None
