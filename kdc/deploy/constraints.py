@@ -2,9 +2,10 @@
 
 Which engine answers which constraint:
 - The *shipped engine* is the engine flagged `"ships": true`, else the first engine in
-  `report["engines"]` with status `built` whose
-  precision is the student's chosen precision (`report["student"]["precision"]`). Accuracy
-  (`accuracy_drop`, `percent_max_degradation`) and `size_mb` are read from it.
+  `report["engines"]` with status `built` (or `built-on-device`: a bundle's engine the device
+  built and timed, its results read back) whose precision is the student's chosen precision
+  (`report["student"]["precision"]`). Accuracy (`accuracy_drop`, `percent_max_degradation`) and
+  `size_mb` are read from it.
 - Latency and memory are target quantities, read from an engine's `latency`/`target_latency`
   and `memory` objects. Among engines of the chosen precision (report order), a *measured*
   figure counts when it was taken on the target: the target is the host (`target.measurable`,
@@ -78,6 +79,11 @@ def accuracy_value(acc: dict | None, task: str | None = None) -> tuple[str | Non
     return (metric, acc[metric]) if acc.get(metric) is not None else (None, None)
 
 
+# an engine's status once `kdc verify --device-results` read back the device's build and timing
+BUILT_ON_DEVICE = "built-on-device"
+BUILT = ("built", BUILT_ON_DEVICE)
+
+
 def chosen_precision(report: dict) -> str | None:
     return (report.get("student") or {}).get("precision")
 
@@ -91,7 +97,7 @@ def shipped_engine(report: dict) -> dict | None:
     """The engine flagged `ships` (the target's engine, which may be a device bundle), else the
     first built engine of the chosen precision (see the module docstring)."""
     flagged = next((e for e in report.get("engines") or [] if e.get("ships")), None)
-    return flagged or next((e for e in _of_precision(report) if e.get("status") == "built"), None)
+    return flagged or next((e for e in _of_precision(report) if e.get("status") in BUILT), None)
 
 
 def _target_measurable(report: dict) -> bool:

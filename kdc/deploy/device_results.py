@@ -1,5 +1,7 @@
-"""Read back what `bench.sh` measured on the device: a measured latency object, the parity the
-device checked, and warnings. Results measured for another target than the run's are refused."""
+"""Read back what `bench.sh` measured on the device: a measured latency object (the keys of a
+host-measured one: `threads` null for an engine no CPU threads run, `warmup` the count trtexec
+logged beside the `warmup_ms` it warmed up for), the parity the device checked, and warnings.
+Results measured for another target than the run's are refused."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from kdc.profiles import list_profiles
 
 _FIX = "run bench.sh on the device and copy its results/ directory back"
 _NUMBERS = ("n", "max_abs", "mean_abs", "cosine", "cosine_min_row", "argmax_agreement")
+# what trtexec logs after its warm-up (its samples/common/sampleReporting.cpp, printProlog)
+_WARMUP_LOGGED = re.compile(r"Warmup completed (\d+) queries over (\d+(?:\.\d+)?) ms")
 
 
 def read_object(path: Path, fix: str = _FIX) -> dict:
@@ -230,6 +234,32 @@ def _protocol(meta: dict) -> list[str]:
     return list(bench_protocol(meta.get("dla_core")))
 
 
+def _warmup(results_dir: Path) -> dict:
+    """trtexec warms up for a duration, not a count: `warmup_ms` that duration and `warmup` the
+    queries it ran in it, as bench.sh's log of trtexec (results/bench.log) says; without that
+    line, the duration bench.sh asks for and no count (None: not recorded, never guessed)."""
+    try:
+        log = (results_dir / "bench.log").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        log = ""
+    m = _WARMUP_LOGGED.search(log)
+    if m is None:
+        return {"warmup": None, "warmup_ms": WARMUP_MS}
+    ms = float(m.group(2))
+    return {"warmup": int(m.group(1)), "warmup_ms": int(ms) if ms.is_integer() else ms}
+
+
+def _threads(dla_core: int | None) -> dict:
+    """`threads` of a host timing has no counterpart: the engine runs on the GPU (or a DLA core),
+    trtexec without --threads; so null, and why."""
+    where = "the GPU" if dla_core is None else f"DLA core {dla_core}"
+    return {
+        "threads": None,
+        "threads_note": f"no CPU thread count: the TensorRT engine runs on {where} "
+        "(trtexec without --threads)",
+    }
+
+
 def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target: str) -> dict:
     """`{"latency", "parity", "warnings"}` from the results/ of the bundle in `bundle_dir`.
 
@@ -262,7 +292,8 @@ def read_device_results(results_dir: Path | str, bundle_dir: Path | str, target:
         "batch": meta.get("batch"),
         "input_shape": meta.get("input_shapes", {}),
         **({"dla_core": meta["dla_core"]} if meta.get("dla_core") is not None else {}),
-        "warmup_ms": WARMUP_MS,
+        **_threads(meta.get("dla_core")),
+        **_warmup(results_dir),
         **stats,
         "protocol": "trtexec " + " ".join(_protocol(meta)),
         "source": f"device results {results_dir}",

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kdc.deploy.constraints import (
+    BUILT,
     accuracy_value,
     checked_nothing,
     engine_label,
@@ -157,7 +158,7 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
     lines = [
         Text(f"{engine_label(e)} is {e.get('status')}: {e['reason']}", style="yellow")
         for e in report.get("engines") or []
-        if e.get("status") != "built" and e.get("reason") and not brief and not timed_on_device(e)
+        if e.get("status") not in BUILT and e.get("reason") and not brief and not timed_on_device(e)
     ]  # why an engine was not built here (bundle, or unavailable on this target)
     lines += [
         Text(f"{engine_label(e)}: {w}", style="yellow")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kdc.deploy.constraints import (
+    BUILT,
     accuracy_value,
     at_batch,
     engine_label,
@@ -109,11 +110,18 @@ EXTRAS = {
 
 
 def _warmup(lat: dict) -> str:
-    if lat.get("warmup") is not None:
-        return f"warm-up {lat['warmup']}"
-    return (
-        f"warm-up {lat['warmup_ms']} ms" if lat.get("warmup_ms") is not None else f"warm-up {DASH}"
-    )
+    """`warm-up 50` (calls), or a duration's with the calls it held where recorded (trtexec)."""
+    count, ms = lat.get("warmup"), lat.get("warmup_ms")
+    if ms is None:
+        return f"warm-up {DASH if count is None else count}"
+    return f"warm-up {ms} ms" + ("" if count is None else f" ({count} runs)")
+
+
+def _threads(lat: dict) -> str:
+    """`threads 2`, or why a timing has no CPU thread count (a GPU engine's)."""
+    if lat.get("threads") is not None:
+        return f"threads {lat['threads']}"
+    return f"threads {DASH}" + (f" ({lat['threads_note']})" if lat.get("threads_note") else "")
 
 
 def _input_shape(lat: dict) -> list[str]:
@@ -144,7 +152,7 @@ def conditions(lat: dict) -> str:
             [
                 f"device {lat.get('device', DASH)}",
                 *common,
-                f"threads {lat.get('threads', DASH)}",
+                _threads(lat),
                 _warmup(lat),
                 f"iterations {lat.get('iterations', DASH)}",
                 f"p50/p90/p99 {pct} ms",
@@ -498,7 +506,7 @@ def warnings(report: dict) -> list[str]:
     warning is also its engine's, for the console)."""
     out = list(report.get("warnings") or [])
     for e in report.get("engines") or []:
-        if e.get("status") != "built" and e.get("reason") and not timed_on_device(e):
+        if e.get("status") not in BUILT and e.get("reason") and not timed_on_device(e):
             out.append(f"{engine_label(e)} is {e.get('status')}: {e['reason']}")
         out += [f"{engine_label(e)}: {w}" for w in e.get("warnings") or []]
     out += [f"{name}: {w}" for name, lat in _timed(report) for w in lat.get("warnings") or []]

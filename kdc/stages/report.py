@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdc import __version__
+from kdc.deploy.constraints import BUILT
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import library_versions, read_json, read_jsonl
 
@@ -143,13 +144,13 @@ def write_no_fit_report(
 
 def mark_shipped(engines: list[dict], precision: str, target_engines: list[str]) -> list[dict]:
     """Flag the engine that ships: the target's preferred engine kind (profile order) at the
-    chosen precision, if it was built or bundled."""
+    chosen precision, if it was built (here or on the device) or bundled."""
     for kind in target_engines:
         for e in engines:
             if (
                 e.get("engine") == kind
                 and e.get("precision") == precision
-                and e.get("status") in ("built", "bundle")
+                and e.get("status") in (*BUILT, "bundle")
             ):
                 e["ships"] = True
                 return engines

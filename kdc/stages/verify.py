@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from kdc.deploy import metrics as M
+from kdc.deploy.constraints import BUILT_ON_DEVICE
 from kdc.deploy.estimate import predict_memory_mb, predict_onnx
 from kdc.deploy.latency import measure_onnx_rounds
 from kdc.deploy.memory import engine_peak_rss_mb
@@ -180,7 +181,8 @@ def _remote_block(
 ) -> dict:
     """A TensorRT engine not built here: latency on the target is predicted from its ONNX, and
     its accuracy stood in for (`_stand_in`). With `device` (`device_figures`), the latency and
-    parity are what the device measured."""
+    parity are what the device measured, and the engine is `built-on-device` (the build stage's
+    reason it was not built here no longer stands)."""
     src = ctx.run / rec["source"]
     acc = _stand_in(ctx, rec, teacher_logits)
     block = {
@@ -194,6 +196,7 @@ def _remote_block(
     }
     if device is not None:
         block["predicted_latency"] = block["latency"]
+        block.pop("reason", None)
         block.update(device)
     elif rec["status"] == "bundle":
         from kdc.deploy.bundle import bundle_dir
@@ -225,9 +228,10 @@ def _tensorrt_elsewhere(ctx: Context, rec: dict, engines: list[dict]) -> dict:
 
 def device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
     """`ctx.device_results` for the run's bundled TensorRT engine, read and checked before
-    anything is timed: {engine path: {"latency", "parity", "warnings"}}. They are read against
-    the bundle for the verify target (the run's own, or the one `kdc bundle --target` wrote
-    beside it); a failed parity fails the `device_parity` constraint."""
+    anything is timed: {engine path: {"status" (`built-on-device`), "note", "latency", "parity",
+    "warnings"}}. They are read against the bundle for the verify target (the run's own, or the
+    one `kdc bundle --target` wrote beside it); a failed parity fails the `device_parity`
+    constraint."""
     from kdc.deploy.bundle import bundle_dir
     from kdc.deploy.device_results import read_device_results
 
@@ -255,7 +259,13 @@ def device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
             "RUN instead) and time it on the device",
         )
     dev = read_device_results(ctx.device_results, found, ctx.profile.name)
-    out = {"latency": {**dev["latency"], "on_target": True}, "parity": dev["parity"]}
+    out = {
+        "status": BUILT_ON_DEVICE,
+        "note": f"built by build/{found.name}/build.sh and timed by its bench.sh on "
+        f"{dev['latency']['device']} (results: {ctx.device_results})",
+        "latency": {**dev["latency"], "on_target": True},
+        "parity": dev["parity"],
+    }
     if dev["warnings"]:  # the console lists an engine's warnings, not its latency's
         out["warnings"] = dev["warnings"]
     return {rec["path"]: out}

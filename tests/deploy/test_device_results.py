@@ -483,3 +483,74 @@ def test_the_timing_protocol_is_what_the_bundle_ran(results, bundle):
     _edit(bundle / "bundle.json", bench_command=None)  # no record: the rule for its core
     protocol = read_device_results(results, bundle, JETSON)["latency"]["protocol"]
     assert "--useCudaGraph" not in protocol and "--noDataTransfers" in protocol
+
+
+# --- a device timing is a latency object like a host one; its engine was built on the device ---
+
+# REPORT.md: a measured latency object has these (warm-up as `warmup`, a count)
+MEASURED_KEYS = {"device", "engine", "precision", "batch", "threads", "warmup", "iterations"}
+MEASURED_KEYS |= {"p50_ms", "p90_ms", "p99_ms", "cv"}
+BENCH_LOG = "[12/07/2025-10:00:01] [I] Warmup completed 412 queries over 500 ms\n"
+
+
+def test_device_latency_has_the_keys_of_a_host_timing(results, bundle):
+    """`threads` null (a GPU engine; no CPU thread count), and `warmup` the count trtexec logged
+    beside the duration it warmed up for; no count is guessed where its log does not say."""
+    from kdc.deploy.latency import measure_callable
+
+    host = measure_callable(lambda: None, warmup=2, warmup_s=0, iterations=2, min_duration_s=0)
+    lat = read_device_results(results, bundle, JETSON)["latency"]
+    assert set(lat) >= MEASURED_KEYS
+    assert lat["threads"] is None and "runs on the GPU" in lat["threads_note"]
+    assert lat["warmup"] is None and lat["warmup_ms"] == 500  # no bench.log
+    (results / "bench.log").write_text("[I] TensorRT v100300\n" + BENCH_LOG)
+    lat = read_device_results(results, bundle, JETSON)["latency"]
+    assert lat["warmup"] == 412 and lat["warmup_ms"] == 500
+    assert type(lat["warmup"]) is type(host["warmup"]) is int  # a count of runs, as a host's
+    _edit(bundle / "bundle.json", dla_core=1)
+    assert "DLA core 1" in read_device_results(results, bundle, JETSON)["latency"]["threads_note"]
+
+
+def test_an_engine_the_device_built_and_timed_says_so(tmp_path, results, monkeypatch):
+    """verify with --device-results: the bundle's engine is `built-on-device`, without the build
+    stage's "TensorRT is not installed" reason; it still ships, and report.md, the console and
+    kdc check (against a baseline from before threads/warmup were recorded) read it."""
+    from kdc.deploy.check import compare
+    from kdc.deploy.junit import junit_xml
+    from kdc.stages import verify
+    from kdc.stages.report import mark_shipped
+
+    (results / "bench.log").write_text(BENCH_LOG)
+    (tmp_path / "m.onnx").write_bytes(b"model")
+    predicted = {"kind": "predicted", "model": "roofline-v1", "p50_ms": 0.5}
+    monkeypatch.setattr(verify, "_stand_in", lambda *a: {"metric": "accuracy", "value": 0.9})
+    monkeypatch.setattr(verify, "predict", lambda *a, **k: dict(predicted))
+    monkeypatch.setattr(verify, "_predicted_memory", lambda *a: {"kind": "predicted"})
+    ctx = _ctx(tmp_path, JETSON, results)
+    ctx.cfg = SimpleNamespace(build=SimpleNamespace(max_batch=None))
+    reason = "TensorRT is not installed on this machine; build on the device with bundle/build.sh"
+    rec = {**TRT_REC, "source": "m.onnx", "reason": reason}
+    block = verify._remote_block(ctx, rec, None, device_figures(ctx, [rec])["build/bundle"])
+    assert block["status"] == "built-on-device" and "reason" not in block
+    assert block["note"].startswith("built by build/bundle/build.sh and timed by its bench.sh on")
+    assert block["predicted_latency"] == predicted and block["latency"]["on_target"]
+    assert mark_shipped([block], "int8", ["tensorrt"])[0]["ships"]
+
+    baseline = _report_with({"latency": {**block["latency"], "warmup_ms": 500}})
+    for key in ("threads", "threads_note", "warmup"):  # as verify wrote it before
+        del next(e for e in baseline["engines"] if "on_target" in e["latency"])["latency"][key]
+    keep = ("status", "note", "latency", "parity", "predicted_latency")
+    report = _report_with({k: block[k] for k in keep})
+    del next(e for e in report["engines"] if e["status"] == "built-on-device")["reason"]
+    md = render_markdown(report)
+    assert any(ln.startswith("| tensorrt-int8 | built-on-device |") for ln in md.splitlines())
+    assert "threads – (no CPU thread count: the TensorRT engine runs on the GPU" in md
+    assert "warm-up 500 ms (412 runs)" in md
+    assert "tensorrt-int8 is" not in md and "tensorrt-fp16 is bundle" in md
+    console = Console(record=True, width=300)
+    console.print(console_summary(report))
+    text = console.export_text()
+    assert "tensorrt-int8 [built-on-device]" in text and "tensorrt-int8 is" not in text
+    rows = [r for r in compare(report, baseline) if r.metric.startswith("tensorrt-int8.latency")]
+    assert rows and all(r.status == "pass" for r in rows), [r.message for r in rows]
+    assert 'failures="0" errors="0" skipped="0"' in junit_xml(rows)
