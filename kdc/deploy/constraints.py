@@ -2,8 +2,8 @@
 
 Which engine answers which constraint:
 - The *shipped engine* is the engine flagged `"ships": true`, else the first engine in
-  `report["engines"]` with status `built` (or `built-on-device`: a bundle's engine the device
-  built and timed, its results read back) whose precision is the student's chosen precision
+  `report["engines"]` with status `built` (here, or `built_on: device`: a bundle's engine the
+  device built and timed, its results read back) whose precision is the student's chosen precision
   (`report["student"]["precision"]`). Accuracy (`accuracy_drop`, `percent_max_degradation`) and
   `size_mb` are read from it.
 - Latency and memory are target quantities, read from an engine's `latency`/`target_latency`
@@ -58,6 +58,12 @@ def engine_label(engine: dict) -> str:
     return f"{engine.get('engine', '?')}-{engine.get('precision', '?')}"
 
 
+def engine_status(engine: dict) -> str:
+    """`built`, `built on device` (a bundle's engine the device built and timed), `bundle`, …"""
+    status = engine.get("status", "–")
+    return f"{status} on {engine['built_on']}" if engine.get("built_on") else status
+
+
 def headline_latency(latency: dict) -> tuple[float | None, str]:
     """The statistic a latency object is judged by: (p99_ms, "p99") if measured, else p50."""
     stat = "p99" if latency.get("kind") == "measured" else "p50"
@@ -79,11 +85,6 @@ def accuracy_value(acc: dict | None, task: str | None = None) -> tuple[str | Non
     return (metric, acc[metric]) if acc.get(metric) is not None else (None, None)
 
 
-# an engine's status once `kdc verify --device-results` read back the device's build and timing
-BUILT_ON_DEVICE = "built-on-device"
-BUILT = ("built", BUILT_ON_DEVICE)
-
-
 def chosen_precision(report: dict) -> str | None:
     return (report.get("student") or {}).get("precision")
 
@@ -97,7 +98,7 @@ def shipped_engine(report: dict) -> dict | None:
     """The engine flagged `ships` (the target's engine, which may be a device bundle), else the
     first built engine of the chosen precision (see the module docstring)."""
     flagged = next((e for e in report.get("engines") or [] if e.get("ships")), None)
-    return flagged or next((e for e in _of_precision(report) if e.get("status") in BUILT), None)
+    return flagged or next((e for e in _of_precision(report) if e.get("status") == "built"), None)
 
 
 def _target_measurable(report: dict) -> bool:

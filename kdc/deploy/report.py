@@ -9,10 +9,10 @@ from rich.table import Table
 from rich.text import Text
 
 from kdc.deploy.constraints import (
-    BUILT,
     accuracy_value,
     checked_nothing,
     engine_label,
+    engine_status,
     latency_ungated,
     stand_in,
     value_and_engine,
@@ -128,9 +128,7 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
         title=f"{run.get('name', 'run')} on {target.get('name', '?')}", title_justify="left"
     )
     parts = [("teacher", report.get("teacher") or {})]
-    parts += [
-        (f"{engine_label(e)} [{e.get('status', DASH)}]", e) for e in report.get("engines") or []
-    ]
+    parts += [(f"{engine_label(e)} [{engine_status(e)}]", e) for e in report.get("engines") or []]
     measured = [by_kind(part, "measured") for _, part in parts]
     hosts = off_target_devices(report, measured)
     on_device = bool(hosts) and any(m and not off_target(report, m) for m in measured)
@@ -158,7 +156,7 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
     lines = [
         Text(f"{engine_label(e)} is {e.get('status')}: {e['reason']}", style="yellow")
         for e in report.get("engines") or []
-        if e.get("status") not in BUILT and e.get("reason") and not brief and not timed_on_device(e)
+        if e.get("status") != "built" and e.get("reason") and not brief and not timed_on_device(e)
     ]  # why an engine was not built here (bundle, or unavailable on this target)
     lines += [
         Text(f"{engine_label(e)}: {w}", style="yellow")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kdc.deploy.constraints import (
-    BUILT,
     accuracy_value,
     at_batch,
     engine_label,
+    engine_status,
     headline_latency,
     latencies,
     latency_ungated,
@@ -288,7 +288,7 @@ def _models(report: dict) -> Section:
             engine_label(e) + (f" ({e['provider']})" if e.get("provider") else ""),
             engine_label(e),
             e,
-            e.get("status", DASH),
+            engine_status(e),
             e.get("precision", DASH),
         )
         for e in report.get("engines") or []
@@ -506,7 +506,7 @@ def warnings(report: dict) -> list[str]:
     warning is also its engine's, for the console)."""
     out = list(report.get("warnings") or [])
     for e in report.get("engines") or []:
-        if e.get("status") not in BUILT and e.get("reason") and not timed_on_device(e):
+        if e.get("status") != "built" and e.get("reason") and not timed_on_device(e):
             out.append(f"{engine_label(e)} is {e.get('status')}: {e['reason']}")
         out += [f"{engine_label(e)}: {w}" for w in e.get("warnings") or []]
     out += [f"{name}: {w}" for name, lat in _timed(report) for w in lat.get("warnings") or []]

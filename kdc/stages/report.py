@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdc import __version__
-from kdc.deploy.constraints import BUILT
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import library_versions, read_json, read_jsonl
 
@@ -150,7 +149,7 @@ def mark_shipped(engines: list[dict], precision: str, target_engines: list[str])
             if (
                 e.get("engine") == kind
                 and e.get("precision") == precision
-                and e.get("status") in (*BUILT, "bundle")
+                and e.get("status") in ("built", "bundle")
             ):
                 e["ships"] = True
                 return engines

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from kdc.deploy import metrics as M
-from kdc.deploy.constraints import BUILT_ON_DEVICE
 from kdc.deploy.estimate import predict_memory_mb, predict_onnx
 from kdc.deploy.latency import measure_onnx_rounds
 from kdc.deploy.memory import engine_peak_rss_mb
@@ -181,8 +180,8 @@ def _remote_block(
 ) -> dict:
     """A TensorRT engine not built here: latency on the target is predicted from its ONNX, and
     its accuracy stood in for (`_stand_in`). With `device` (`device_figures`), the latency and
-    parity are what the device measured, and the engine is `built-on-device` (the build stage's
-    reason it was not built here no longer stands)."""
+    parity are what the device measured, and the engine is `built` there (`built_on: device`;
+    the build stage's reason it was not built here no longer stands)."""
     src = ctx.run / rec["source"]
     acc = _stand_in(ctx, rec, teacher_logits)
     block = {
@@ -228,10 +227,10 @@ def _tensorrt_elsewhere(ctx: Context, rec: dict, engines: list[dict]) -> dict:
 
 def device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
     """`ctx.device_results` for the run's bundled TensorRT engine, read and checked before
-    anything is timed: {engine path: {"status" (`built-on-device`), "note", "latency", "parity",
-    "warnings"}}. They are read against the bundle for the verify target (the run's own, or the
-    one `kdc bundle --target` wrote beside it); a failed parity fails the `device_parity`
-    constraint."""
+    anything is timed: {engine path: {"status" (`built`), "built_on" (`device`), "note",
+    "latency", "parity", "warnings"}}. They are read against the bundle for the verify target
+    (the run's own, or the one `kdc bundle --target` wrote beside it); a failed parity fails the
+    `device_parity` constraint."""
     from kdc.deploy.bundle import bundle_dir
     from kdc.deploy.device_results import read_device_results
 
@@ -260,7 +259,8 @@ def device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
         )
     dev = read_device_results(ctx.device_results, found, ctx.profile.name)
     out = {
-        "status": BUILT_ON_DEVICE,
+        "status": "built",
+        "built_on": "device",
         "note": f"built by build/{found.name}/build.sh and timed by its bench.sh on "
         f"{dev['latency']['device']} (results: {ctx.device_results})",
         "latency": {**dev["latency"], "on_target": True},

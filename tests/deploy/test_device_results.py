@@ -512,7 +512,7 @@ def test_device_latency_has_the_keys_of_a_host_timing(results, bundle):
 
 
 def test_an_engine_the_device_built_and_timed_says_so(tmp_path, results, monkeypatch):
-    """verify with --device-results: the bundle's engine is `built-on-device`, without the build
+    """verify with --device-results: the bundle's engine is `built` on the device, without the build
     stage's "TensorRT is not installed" reason; it still ships, and report.md, the console and
     kdc check (against a baseline from before threads/warmup were recorded) read it."""
     from kdc.deploy.check import compare
@@ -531,7 +531,7 @@ def test_an_engine_the_device_built_and_timed_says_so(tmp_path, results, monkeyp
     reason = "TensorRT is not installed on this machine; build on the device with bundle/build.sh"
     rec = {**TRT_REC, "source": "m.onnx", "reason": reason}
     block = verify._remote_block(ctx, rec, None, device_figures(ctx, [rec])["build/bundle"])
-    assert block["status"] == "built-on-device" and "reason" not in block
+    assert block["status"] == "built" and block["built_on"] == "device" and "reason" not in block
     assert block["note"].startswith("built by build/bundle/build.sh and timed by its bench.sh on")
     assert block["predicted_latency"] == predicted and block["latency"]["on_target"]
     assert mark_shipped([block], "int8", ["tensorrt"])[0]["ships"]
@@ -539,18 +539,18 @@ def test_an_engine_the_device_built_and_timed_says_so(tmp_path, results, monkeyp
     baseline = _report_with({"latency": {**block["latency"], "warmup_ms": 500}})
     for key in ("threads", "threads_note", "warmup"):  # as verify wrote it before
         del next(e for e in baseline["engines"] if "on_target" in e["latency"])["latency"][key]
-    keep = ("status", "note", "latency", "parity", "predicted_latency")
+    keep = ("status", "built_on", "note", "latency", "parity", "predicted_latency")
     report = _report_with({k: block[k] for k in keep})
-    del next(e for e in report["engines"] if e["status"] == "built-on-device")["reason"]
+    del next(e for e in report["engines"] if e.get("built_on"))["reason"]
     md = render_markdown(report)
-    assert any(ln.startswith("| tensorrt-int8 | built-on-device |") for ln in md.splitlines())
+    assert any(ln.startswith("| tensorrt-int8 | built on device |") for ln in md.splitlines())
     assert "threads – (no CPU thread count: the TensorRT engine runs on the GPU" in md
     assert "warm-up 500 ms (412 runs)" in md
     assert "tensorrt-int8 is" not in md and "tensorrt-fp16 is bundle" in md
     console = Console(record=True, width=300)
     console.print(console_summary(report))
     text = console.export_text()
-    assert "tensorrt-int8 [built-on-device]" in text and "tensorrt-int8 is" not in text
+    assert "tensorrt-int8 [built on device]" in text and "tensorrt-int8 is" not in text
     rows = [r for r in compare(report, baseline) if r.metric.startswith("tensorrt-int8.latency")]
     assert rows and all(r.status == "pass" for r in rows), [r.message for r in rows]
     assert 'failures="0" errors="0" skipped="0"' in junit_xml(rows)
