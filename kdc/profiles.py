@@ -295,6 +295,13 @@ def has_int8_dot(flags: set[str]) -> bool:
     return bool(INT8_DOT & flags)
 
 
+def int8_saturates(flags: set[str]) -> bool:
+    """Whether ONNX Runtime's x86 int8 kernels on a CPU with these flags multiply through 16-bit
+    pair sums (pmaddubsw: SSE4.1/AVX2/AVX-512 without VNNI), which saturate with 8-bit weights;
+    its quantizer's `reduce_range` (7-bit weights) is the fix it documents."""
+    return bool({"sse4_1", "avx2", "avx512bw"} & flags) and not has_int8_dot(flags)
+
+
 def host_has_int8_dot() -> bool:
     """`has_int8_dot` for this machine's CPU."""
     return has_int8_dot(cpu_info()[1])

@@ -29,6 +29,7 @@ def quantize_int8_nncf(
     symmetric_activations: bool,
     op_types: list[str] | None = None,
     nodes_to_exclude: list[str] | None = None,
+    reduce_range: bool = False,
 ) -> Path:
     """Quantize `src` to `dst` (atomically) calibrated on `calib_inputs` (batches of named
     inputs). Symmetric activations use NNCF's PERFORMANCE preset with the overflow fix disabled
@@ -36,7 +37,8 @@ def quantize_int8_nncf(
     activations, better on CPUs), with each quantized embedding table gathered in INT8 and
     scaled after (`gather_then_dequantize`).
     `op_types` limits which ops are quantized (None: NNCF's default set); `nodes_to_exclude`
-    (node names) stay in float."""
+    (node names) stay in float. `reduce_range`: 7-bit weights in every layer (NNCF's overflow fix;
+    its default applies it to the first layer only), for x86 int8 kernels without VNNI."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
@@ -47,9 +49,10 @@ def quantize_int8_nncf(
     names = {i.name for i in model.graph.input}
     items = [{k: v for k, v in x.items() if k in names} for x in calib_inputs]
     preset = nncf.QuantizationPreset.PERFORMANCE if symmetric_activations else None
+    fix = OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE
     advanced = (
-        AdvancedQuantizationParameters(overflow_fix=OverflowFix.DISABLE)
-        if symmetric_activations
+        AdvancedQuantizationParameters(overflow_fix=fix)
+        if symmetric_activations or reduce_range
         else None
     )
     other_types = sorted({n.op_type for n in model.graph.node} - set(op_types or ()))

@@ -372,13 +372,15 @@ def quantize_int8(
     op_types: list[str] | None = None,
     nodes_to_exclude: list[str] | None = None,
     float_bias: bool = False,
+    reduce_range: bool = False,
 ) -> Path:
     """Static INT8 QDQ quantization: int8 weights; int8 symmetric activations (TensorRT) or uint8
     asymmetric ones (often better on CPU), calibrated on `calib_inputs` with `method`.
     `op_types` limits which ops are quantized (None: ONNX Runtime's default set);
     `nodes_to_exclude` (node names) stay in float. `float_bias` keeps Conv/Gemm biases in float
     instead of int32 behind a DequantizeLinear, which TensorRT's parser rejects ("only activation
-    types allowed as input to this layer"; it dequantizes INT8/FP8/INT4 only)."""
+    types allowed as input to this layer"; it dequantizes INT8/FP8/INT4 only). `reduce_range`
+    quantizes weights to 7 bits, for x86 int8 kernels without VNNI (their 16-bit sums saturate)."""
     if method not in CALIBRATION_METHODS:
         raise UserError(
             f"unknown calibration method '{method}'",
@@ -417,6 +419,7 @@ def quantize_int8(
             per_channel=per_channel,
             activation_type=activations,
             weight_type=QuantType.QInt8,
+            reduce_range=reduce_range,
             calibrate_method=CALIBRATION_METHODS[method],
             calibration_providers=[CPU],
             op_types_to_quantize=op_types,

@@ -23,6 +23,15 @@ def _calibration(ctx: Context, rows: int, batch: int = 16) -> list[dict[str, np.
     return [{k: v[s : s + batch] for k, v in x.items()} for s in range(0, n, batch)]
 
 
+def reduce_range(ctx: Context) -> bool:
+    """7-bit weights where the INT8 graph runs on this CPU's saturating int8 kernels (x86 without
+    VNNI), unless quantize.reduce_range says otherwise."""
+    from kdc.profiles import cpu_info, int8_saturates
+
+    q = ctx.cfg.quantize.reduce_range
+    return q if q is not None else int8_runs_here(ctx) and int8_saturates(cpu_info()[1])
+
+
 def symmetric_activations(ctx: Context) -> bool:
     """S8S8 (symmetric) for TensorRT targets; asymmetric U8S8 is more accurate on CPUs."""
     q = ctx.cfg.quantize.symmetric_activations
@@ -125,7 +134,7 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
     from kdc.deploy.onnxruntime import quantize_int8
 
     q, fam = ctx.cfg.quantize, ctx.teacher.family
-    sym = symmetric_activations(ctx)
+    sym, seven_bit = symmetric_activations(ctx), reduce_range(ctx)
     calibration = _calibration(ctx, q.calibration_size)
     if backend == "nncf":
         return lambda exclude, path: quantize_int8_nncf(
@@ -135,6 +144,7 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
             symmetric_activations=sym,
             op_types=QUANT_OPS.get(fam),
             nodes_to_exclude=exclude,
+            reduce_range=seven_bit,
         )
     return lambda exclude, path: quantize_int8(
         src,
@@ -145,6 +155,7 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
         op_types=QUANT_OPS.get(fam),
         nodes_to_exclude=exclude,
         float_bias=tensorrt_on_target(ctx),
+        reduce_range=seven_bit,
     )
 
 
@@ -259,7 +270,8 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
     how: dict = {
         "calibration_rows": min(q.calibration_size, len(ctx.dataset.train)),
         "activations": "int8 symmetric" if sym else "uint8 asymmetric",
-        "weights": "int8 per-channel" if "onnxruntime" in backends else "int8",
+        "weights": ("int8 per-channel" if "onnxruntime" in backends else "int8")
+        + (" in a 7-bit range (reduce_range: x86 int8 kernels without VNNI)" * reduce_range(ctx)),
     }
     if len(backends) == 1 and q.max_int8_loss is None:
         _quantizer(ctx, src, backends[0])([], dst)

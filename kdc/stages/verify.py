@@ -132,12 +132,7 @@ def _engine_block(
             block["warnings"] = [
                 f"ONNX Runtime's int8 CPU kernels lose {gap:.3f} {acc['metric']} against the same "
                 "Q/DQ graph run in float: the quantisation is fine, this CPU's int8 kernels are "
-                + (
-                    "not; for CPU targets"
-                    if host_has_int8_dot()
-                    else "not (S8S8 without VNNI saturates); for CPU targets"
-                )
-                + " use asymmetric activations (quantize.symmetric_activations: false)"
+                f"not{_int8_kernel_advice(rec.get('quantization') or {})}"
             ]
     if not ctx.profile.measurable:
         # a TensorRT target's latency model is TensorRT's (trtexec-calibrated): it says nothing
@@ -146,6 +141,19 @@ def _engine_block(
             block["target_latency"] = predict(ctx, path, prec, rec["engine"])
         block["target_memory"] = _predicted_memory(ctx, path, prec)
     return block
+
+
+def _int8_kernel_advice(how: dict) -> str:
+    """What to change where this CPU's int8 kernels lose accuracy the Q/DQ graph has (`how`: the
+    engine's `quantization` record)."""
+    if how.get("activations") == "int8 symmetric":
+        return "; on CPUs use asymmetric activations (quantize.symmetric_activations: false)"
+    if not host_has_int8_dot() and "7-bit" not in str(how.get("weights")):
+        return (
+            " (without VNNI their 16-bit sums saturate): quantize 7-bit weights "
+            "(quantize.reduce_range: true)"
+        )
+    return ": ship FP32 (quantize.precision: fp32), or run it on a CPU with VNNI"
 
 
 def _predicted_memory(ctx: Context, path: Path, precision: str, batch: int | None = None) -> dict:

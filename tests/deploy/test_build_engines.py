@@ -203,3 +203,26 @@ def test_check_against_a_baseline_without_the_record_compares_nothing_new(host_r
     results = compare(host_report, baseline)
     assert results and not any(r.metric.startswith("tensorrt") for r in results)
     assert not any(r.failed for r in results)
+
+
+@pytest.mark.parametrize(
+    ("target", "flags", "asked", "seven_bit"),
+    [
+        ("host", {"avx2"}, None, True),  # this CPU's int8 kernels saturate: 7-bit weights
+        ("host", {"avx2", "avx512_vnni"}, None, False),
+        ("jetson", {"avx2"}, None, False),  # TensorRT runs the graph, not this CPU
+        ("host", {"avx2"}, False, False),
+        ("jetson", {"avx2"}, True, True),
+    ],
+)
+def test_reduce_range_is_on_where_this_cpus_int8_kernels_run_the_graph_and_saturate(
+    monkeypatch, target, flags, asked, seven_bit
+):
+    import kdc.profiles
+
+    monkeypatch.setattr(kdc.profiles, "cpu_info", lambda: ("cpu", flags))
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(build=BuildConfig(), quantize=SimpleNamespace(reduce_range=asked)),
+        profile=load_profile(target),
+    )
+    assert build.reduce_range(ctx) is seven_bit

@@ -249,6 +249,44 @@ def test_quantize_int8_static_qdq(mlp: Path, tmp: Path, symmetric: bool, zp_type
     assert _cosine(ref, got) > 0.98
 
 
+def test_reduce_range_quantizes_weights_to_7_bits(mlp: Path, tmp: Path) -> None:
+    """ONNX Runtime's fix for x86 int8 kernels without VNNI: weights within ±64, not ±127."""
+    from onnx import numpy_helper
+
+    calib = [_x(32, seed) for seed in range(8)]
+    for reduce, top in ((False, 127), (True, 64)):
+        dst = quantize_int8(
+            mlp, tmp / f"rr{reduce}.onnx", calib, symmetric_activations=False, reduce_range=reduce
+        )
+        weights = [
+            numpy_helper.to_array(t)
+            for t in onnx.load(str(dst)).graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2
+        ]
+        assert weights and max(int(abs(w.astype(int)).max()) for w in weights) == top
+
+
+def test_int8_saturates_on_x86_without_vnni_only() -> None:
+    from kdc.profiles import int8_saturates
+
+    assert int8_saturates({"sse4_1", "avx2", "fma"})  # this project's AMD EPYC
+    assert not int8_saturates({"avx2", "avx512bw", "avx512_vnni"})
+    assert not int8_saturates({"asimd"}) and not int8_saturates({"asimd", "asimddp"})
+
+
+def test_the_int8_kernel_advice_fits_how_the_graph_was_quantized(monkeypatch) -> None:
+    from kdc.stages import verify
+
+    monkeypatch.setattr(verify, "host_has_int8_dot", lambda: False)
+    advice = verify._int8_kernel_advice
+    sym = {"activations": "int8 symmetric", "weights": "int8 per-channel"}
+    asym = {"activations": "uint8 asymmetric", "weights": "int8 per-channel"}
+    seven = {**asym, "weights": "int8 per-channel in a 7-bit range (reduce_range: …)"}
+    assert "quantize.symmetric_activations: false" in advice(sym)
+    assert "quantize.reduce_range: true" in advice(asym)  # it said "use asymmetric" here
+    assert "quantize.precision: fp32" in advice(seven)
+
+
 def test_quantize_int8_relative_paths(
     mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
