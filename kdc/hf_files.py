@@ -83,14 +83,15 @@ def config_size(conf: dict[str, Any], key: str) -> int | None:
 
 
 def assumed_processor(path: Path) -> str | None:
-    """What an image classifier in directory `path` without preprocessor_config.json is
-    normalised with, as a warning naming the file to add; None where it has the file."""
+    """How images are read for an image classifier in directory `path` without
+    preprocessor_config.json, as a warning naming the file to add; None where it has the file."""
     if (path / PROCESSOR_FILE).is_file():
         return None
     return (
-        f"{path} has no {PROCESSOR_FILE}: images are normalised with mean {VIT_MEAN_STD} and std "
-        f"{VIT_MEAN_STD} per channel (ViTImageProcessor's defaults); if the teacher was trained "
-        "otherwise, save its image processor there (image_processor.save_pretrained)"
+        f"{path} has no {PROCESSOR_FILE}: images are resized to config.json's image_size with "
+        f"Pillow's bilinear filter and normalised with mean {VIT_MEAN_STD} and std {VIT_MEAN_STD} "
+        "per channel (ViTImageProcessor's defaults); if the teacher was trained otherwise, save "
+        "its image processor there (image_processor.save_pretrained)"
     )
 
 

@@ -103,12 +103,12 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
             f"data.{' and data.'.join(sorted(given))} not used: {cfg.data.source} images are "
             "8x8 grayscale as scikit-learn ships them"
         )
-    own = (hf or {}).get("image_size")
     asked = cfg.data.image_size
-    if cfg.task == "image-classification" and isinstance(own, int) and asked and asked != own:
+    folder = not cfg.data.source.startswith("sklearn:")
+    if cfg.task == "image-classification" and hf is not None and asked and folder:
         notes.append(
-            f"data.image_size {asked} is only the size images are read at: the teacher takes "
-            f"{own}x{own} (config.json image_size), so its image processor resizes them to that"
+            f"data.image_size {asked} not used: images are read as the teacher's image processor "
+            "reads them (its preprocessor_config.json resize and crop, to config.json image_size)"
         )
     chosen = cfg.student.model_fields_set & {"layers", "width", "architecture"}
     if cfg.search.strategy != "fixed" and chosen:

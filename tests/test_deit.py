@@ -35,7 +35,7 @@ def _deit(kind: str) -> tuple[HFImageAdapter, dict[str, np.ndarray]]:
     model = tiny_vit(
         [str(i) for i in range(10)], channels=1, hidden=64, layers=4, heads=4, kind=kind
     )
-    adapter = HFImageAdapter(model.eval(), {"image_mean": [0.5], "image_std": [0.5]})
+    adapter = HFImageAdapter(model.eval())
     return adapter, adapter.encode(np.random.default_rng(0).random((8, 1, 8, 8), np.float32))
 
 
@@ -163,7 +163,7 @@ def test_deit_prunes_and_bundles_for_jetson(deit_project, tmp_path):
 
 def test_a_vit_like_without_absolute_positions_counts_cls_alone():
     """BEiT's positions are relative (no position-embedding table to count rows of): [CLS]."""
-    adapter = HFImageAdapter(tiny_beit(relative=True), {})
+    adapter = HFImageAdapter(tiny_beit(relative=True))
     arch = adapter.architecture()
     assert (arch["special_tokens"], arch["classifier_tokens"]) == (1, 1)
 

@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from kdc.cli import app
 
 runner = CliRunner()
+# the image processor of _image_project's 8x8 ViT (ViTImageProcessor's default size is 224)
+PROCESSOR_8 = '{"image_processor_type": "ViTImageProcessor", "size": 8, "image_mean": 0.5}'
 
 
 def _weights(path, channels=(16, 32)):
@@ -251,7 +253,7 @@ def _image_project(tmp_path, classes: list[str], processor: bool = True, **over)
         str(tmp_path / "teacher")
     )
     if processor:
-        (tmp_path / "teacher" / "preprocessor_config.json").write_text('{"image_mean": 0.5}')
+        (tmp_path / "teacher" / "preprocessor_config.json").write_text(PROCESSOR_8)
     image_folder(tmp_path, dict.fromkeys(classes, 5))
     data = {"source": "imgs", "eval_fraction": 0.4, "limit_train": None, "limit_eval": None}
     data |= over.pop("data", {})
@@ -374,7 +376,7 @@ def test_a_vit_without_its_image_processor_config_is_warned_of(tmp_path):
     res = runner.invoke(app, ["search", str(cfg), "--out", str(tmp_path / "run"), "-q"])
     assert res.exit_code == 0, res.output
     assert res.output.count("preprocessor_config.json") == 1, res.output
-    (tmp_path / "teacher" / "preprocessor_config.json").write_text('{"image_mean": 0.5}')
+    (tmp_path / "teacher" / "preprocessor_config.json").write_text(PROCESSOR_8)
     res = runner.invoke(app, ["validate", str(cfg)])
     assert res.exit_code == 0 and "warning" not in res.output
     assert "warnings" not in json.loads(_dry_run(cfg).output)
@@ -524,7 +526,7 @@ def test_an_image_teacher_for_a_text_task_is_refused_and_an_unused_image_size_no
         check_config(cfg)
     doc.update(task="image-classification", data={"source": str(tmp_path), "image_size": 32})
     cfg = parse_config(doc, source="m.yaml", base_dir=str(tmp_path))
-    assert any("data.image_size 32 is only the size" in n for n in config_warnings(cfg))
+    assert any("data.image_size 32 not used" in n for n in config_warnings(cfg))
 
 
 def test_a_config_json_edited_after_saving_is_a_user_error(tmp_path):

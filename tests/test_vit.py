@@ -153,10 +153,10 @@ def _rgb_vit(root, image_size: int = 8) -> None:
 
 
 def test_rgb_images_are_resized_and_channels_must_match(vit_project, tmp_path):
-    """12×12 RGB PNGs in an image folder read at data.image_size (16 here) and resized to the
-    3-channel model's 8; one-channel digits into it (they used to broadcast to three channels
-    and train on) or RGB images into the one-channel digits ViT are a UserError naming
-    data.channels."""
+    """12×12 RGB PNGs in an image folder read at the 3-channel model's 8 (as ViTImageProcessor
+    reads them without preprocessor_config.json; data.image_size 16 is not used); one-channel
+    digits into it (they used to broadcast to three channels and train on) or RGB images into
+    the one-channel digits ViT are a UserError naming data.channels."""
     from PIL import Image
 
     from kdc.errors import UserError
@@ -170,7 +170,7 @@ def test_rgb_images_are_resized_and_channels_must_match(vit_project, tmp_path):
     cfg = load_config(write_yaml(tmp_path / "m.yaml", vit_config(**over)))
     ds = load_dataset(cfg)
     teacher = load_teacher(cfg)
-    assert ds.train.features.shape[1:] == (3, 16, 16)
+    assert ds.train.features.shape[1:] == (3, 8, 8)
     assert teacher.encode(ds.train.features)["pixel_values"].shape[1:] == (3, 8, 8)
     digits = load_dataset(load_config(vit_project)).eval.features[:2]
     with pytest.raises(UserError, match="3-channel images .* data are 1-channel") as e:
@@ -233,11 +233,12 @@ def test_a_bad_image_processor_config_is_one_line(tmp_path, content, words):
     """preprocessor_config.json that is not an object, or mean/std that are not one number per
     channel: a UserError naming the file (an AttributeError or ValueError before)."""
     from kdc.errors import UserError
-    from kdc.models.hf_image import PROCESSOR_FILE, read_processor
+    from kdc.image_processor import PROCESSOR_FILE, read_processor
 
     (tmp_path / PROCESSOR_FILE).write_text(content)
     with pytest.raises(UserError, match=words) as e:
-        read_processor(tmp_path, 3)
+        read_processor(tmp_path, 224, 3, "vit")
     assert e.value.source == str(tmp_path / PROCESSOR_FILE)
     (tmp_path / PROCESSOR_FILE).write_text('{"image_mean": [0.1, 0.2, 0.3, 0.4], "image_std": 2}')
-    assert read_processor(tmp_path, 3) == {"image_mean": [0.1, 0.2, 0.3], "image_std": [2.0] * 3}
+    got = read_processor(tmp_path, 224, 3, "vit")
+    assert (got["image_mean"], got["image_std"]) == ([0.1, 0.2, 0.3], [2.0] * 3)

@@ -19,8 +19,14 @@ from kdc.data import load_dataset  # noqa: E402
 from kdc.models import load_teacher  # noqa: E402
 from kdc.rundir import atomic_dir, write_json  # noqa: E402
 
-# what a ViTImageProcessor normalises with (kdc's pixels are in [0, 1])
-PROCESSOR = {"image_processor_type": "ViTImageProcessor", "image_mean": [0.5], "image_std": [0.5]}
+# the teacher's image processor: 8x8 images (ViTImageProcessor's default size is 224), mean and
+# std 0.5 (kdc's pixels are in [0, 1])
+PROCESSOR = {
+    "image_processor_type": "ViTImageProcessor",
+    "size": {"height": 8, "width": 8},
+    "image_mean": [0.5],
+    "image_std": [0.5],
+}
 
 
 def untrained(directory: Path, labels: list[str], seed: int) -> None:

@@ -24,6 +24,7 @@ from kdc.data.readers import (
 )
 from kdc.errors import UserError, listed
 from kdc.hf_files import read_config
+from kdc.image_processor import ImageReading, processor_reading, read_processor
 
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
 IMAGE_FORMATS = ("imagefolder", "sklearn")
@@ -138,16 +139,18 @@ def channel_mismatch(want: int, got: int | str, basis: str) -> UserError:
     )
 
 
-def image_read_size(cfg: KdcConfig) -> int:
-    """`data.image_size`, else a Hugging Face image teacher's own (config.json), else 224."""
-    if cfg.data.image_size:
-        return cfg.data.image_size
+def image_reading(cfg: KdcConfig) -> ImageReading:
+    """How an image folder is read: as a Hugging Face image teacher's image processor reads
+    images (kdc.image_processor; config.json's size, else ViTConfig's 224), else squares of
+    `data.image_size` (224 unset) resized with Pillow's default bicubic filter."""
     conf = cfg.resolve(cfg.teacher.path) / "config.json" if cfg.teacher.path else None
     if cfg.task == "image-classification" and conf is not None and conf.is_file():
-        size = read_config(conf.parent, "teacher.path").get("image_size")
-        if isinstance(size, int) and size > 0:
-            return size
-    return 224
+        hf = read_config(conf.parent, "teacher.path")
+        size, channels = hf.get("image_size", 224), hf.get("num_channels", 3)
+        processor = read_processor(conf.parent, size, channels, hf.get("model_type"))
+        return processor_reading(processor, size)
+    side = cfg.data.image_size or 224
+    return ImageReading((side, side), (side, side))
 
 
 def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
@@ -179,7 +182,7 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
         "jsonl": lambda: read_jsonl(path, d.text_column, label, field),
         "txt": lambda: read_txt(path, field),
         "datasets": lambda: read_datasets(path, d.text_column, label, split, field),
-        "imagefolder": lambda: read_imagefolder(path, image_read_size(cfg), field, d.channels),
+        "imagefolder": lambda: read_imagefolder(path, image_reading(cfg), field, d.channels),
         "sklearn": read_digits,
     }
     return readers[fmt]()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from kdc.errors import UserError, first_line
+from kdc.image_processor import ImageReading
 
 Rows = tuple[list, list]
 
@@ -471,20 +472,44 @@ def image_sizes(files: dict[str, list[Path]], field: str) -> set[tuple[int, int]
     return sizes
 
 
+def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The centre `height` x `width` of an H×W×C `image`, zero-padded where it is smaller, as
+    transformers' image_transforms.center_crop takes it."""
+    h, w = image.shape[:2]
+    canvas = np.zeros((max(h, height), max(w, width), *image.shape[2:]), image.dtype)
+    top, left = -(-(canvas.shape[0] - h) // 2), -(-(canvas.shape[1] - w) // 2)
+    canvas[top : top + h, left : left + w] = image
+    top, left = top + (h - height) // 2, left + (w - width) // 2
+    return canvas[top : top + height, left : left + width]
+
+
 def read_imagefolder(
-    path: Path, size: int, field: str = "data.source", channels: int = 3
+    path: Path, reading: ImageReading, field: str = "data.source", channels: int = 3
 ) -> tuple[np.ndarray, list[str]]:
-    """`path/<class>/<image>` → float32 N×channels×size×size in [0, 1] (1: grayscale, Pillow's
-    mode L; 3: RGB) and class names; an image file that does not decode is a UserError naming
-    it."""
+    """`path/<class>/<image>` → float32 N×channels×H×W in [0, 1] (1: grayscale, Pillow's mode
+    L; 3: RGB), resized and cropped as `reading` says, and class names; an image file that does
+    not decode, or that ends at another size than `reading.size`, is a UserError naming it."""
     from PIL import Image
 
     images, labels = [], []
+    height, width = reading.size
     for cls, files in image_files(path, field).items():
         for img in files:
             with _image_errors(img, field), Image.open(img) as im:
-                im = im.convert("L" if channels == 1 else "RGB").resize((size, size))
-                arr = np.asarray(im, dtype=np.float32).reshape(size, size, channels)
+                im = im.convert("L" if channels == 1 else "RGB")
+                if reading.resize:
+                    im = im.resize(reading.resize[::-1], reading.resample)
+                arr = np.asarray(im, dtype=np.float32).reshape(im.height, im.width, channels)
+            if reading.crop:
+                arr = center_crop(arr, height, width)
+            if arr.shape[:2] != (height, width):
+                raise UserError(
+                    f"the image is {arr.shape[1]}x{arr.shape[0]}, not the {width}x{height} the "
+                    "teacher takes, and its image processor neither resizes nor crops",
+                    source=str(img),
+                    field=field,
+                    fix="resize the images, or set do_resize: true in preprocessor_config.json",
+                )
             images.append(arr.transpose(2, 0, 1) / 255.0)
             labels.append(cls)
     return np.stack(images).astype(np.float32), labels

@@ -1,17 +1,20 @@
 """The input contract of an engine, for the person deploying it. An image classifier's: how
-kdc's image readers (kdc.data.readers) and, for a vision transformer, its adapter
-(kdc.models.hf_image: resize to the model's size, the image processor's mean/std) turned images
-into the engine's input, and which class each output is; a CNN student has no other
-preprocessing file, a vision transformer's bundle also carries its image processor config. A
-text model's: the token inputs' shapes and dtypes and the tokenizer call that makes them."""
+kdc's image readers (kdc.data.readers: for a vision transformer its image processor's resize
+filter, size and centre crop) and, for a vision transformer, its adapter (kdc.models.hf_image:
+the processor's rescaling and mean/std) turned images into the engine's input, and which class
+each output is; a CNN student has no other preprocessing file, a vision transformer's bundle
+also carries its image processor config, which describes the same steps. A text model's: the
+token inputs' shapes and dtypes and the tokenizer call that makes them."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from kdc.image_processor import RESAMPLE_NAMES, ImageReading, pixel_scale, processor_reading
+
 INPUT_CONTRACT = "input.json"  # its name in a device bundle's preprocessing/
 
-# What kdc.data.readers does per data format (read_digits, read_imagefolder), step by step.
+# What kdc.data.readers does per data format (read_digits, read_imagefolder).
 _DIGITS = {
     "source": "scikit-learn's 8x8 digits (sklearn.datasets.load_digits().images)",
     "steps": [
@@ -21,27 +24,43 @@ _DIGITS = {
     ],
     "color": "grayscale (1 channel)",
     "scale": "x / 16.0",
-    "size": 8,  # read as it is, whatever the model's size
 }
 _FOLDER = {
     "source": "an image folder (<folder>/<class>/<image>), read with Pillow",
-    "steps": [
-        "Image.convert('RGB') (grayscale replicated to 3 channels, alpha dropped)",
-        "Image.resize(({width}, {height})) with Pillow's default bicubic filter: aspect ratio "
-        "not kept, no crop",
-        "float32, HWC to CHW, divide by 255.0: values in [0, 1]",
-    ],
+    "steps": ["Image.convert('RGB') (grayscale replicated to 3 channels, alpha dropped)"],
     "color": "RGB (3 channels, R first)",
     "scale": "x / 255.0",
 }
 _FOLDER_GRAY = {  # data.channels: 1
     **_FOLDER,
-    "steps": [
-        "Image.convert('L') (grayscale: ITU-R 601-2 luma of RGB, alpha dropped)",
-        *_FOLDER["steps"][1:],
-    ],
+    "steps": ["Image.convert('L') (grayscale: ITU-R 601-2 luma of RGB, alpha dropped)"],
     "color": "grayscale (1 channel)",
 }
+
+
+def _reading_steps(reading: ImageReading, processor: bool) -> list[str]:
+    """read_imagefolder's resize, crop and scaling as `reading` says (`processor`: as an image
+    processor's preprocessor_config.json gives them, else Pillow's default filter)."""
+    height, width = reading.size
+    crop = "" if reading.crop else ", no crop"
+    if reading.resize:
+        h, w = reading.resize
+        name = RESAMPLE_NAMES[reading.resample]
+        why = (
+            f"preprocessor_config.json resample {reading.resample}" if processor else "its default"
+        )
+        steps = [
+            f"Image.resize(({w}, {h}), Image.Resampling.{name.upper()}) (Pillow's {name} filter, "
+            f"{why}): aspect ratio not kept{crop}"
+        ]
+    else:
+        steps = [f"no resize (preprocessor_config.json do_resize false){crop}"]
+    if reading.crop:
+        steps.append(
+            f"centre crop to {width}x{height}: top (height - {height}) // 2, left "
+            f"(width - {width}) // 2, zero-padded where smaller (transformers' center_crop)"
+        )
+    return [*steps, "float32, HWC to CHW, divide by 255.0: values in [0, 1]"]
 
 
 def batch_range(batch: int, max_batch: int | None) -> dict[str, Any]:
@@ -64,28 +83,45 @@ def image_input_contract(
     class_names: list[str],
     output_name: str = "logits",
     *,
-    read_size: int | None = None,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
+    processor: dict[str, Any] | None = None,
     max_batch: int | None = None,
 ) -> dict[str, Any]:
     """The contract of an engine taking `input_name` of `input_shape` (N x C x H x W) read from
-    `data_source` (a Dataset's `source`: `sklearn:digits` or `imagefolder:<path>`) at
-    `read_size` (default: the input's), then resized to the input's size where that differs and
-    normalised by `mean`/`std` per channel where given (a vision transformer's adapter); the
-    engine takes batches of N rows, or 1 to `max_batch` where given."""
+    `data_source` (a Dataset's `source`: `sklearn:digits` or `imagefolder:<path>`): a vision
+    transformer's image folder read as its `processor` (kdc.image_processor.read_processor's)
+    resizes and crops, then rescaled and normalised by it, a CNN's read at the input's size;
+    the engine takes batches of N rows, or 1 to `max_batch` where given."""
     _, channels, height, width = input_shape
-    how = _DIGITS if data_source == "sklearn:digits" else _FOLDER_GRAY if channels == 1 else _FOLDER
-    size = how.get("size") or read_size  # as the reader read it
-    read = (size or height, size or width)
-    steps = [step.format(width=read[1], height=read[0]) for step in how["steps"]]
+    digits = data_source == "sklearn:digits"
+    how = _DIGITS if digits else _FOLDER_GRAY if channels == 1 else _FOLDER
+    reading = None
+    if not digits:
+        reading = (
+            processor_reading(processor, height)
+            if processor
+            else ImageReading((height, width), (height, width))
+        )
+    steps = list(how["steps"]) + (_reading_steps(reading, bool(processor)) if reading else [])
+    read = (8, 8) if digits else (height, width)
     if read != (height, width):
         steps.append(
             f"resize to {width}x{height}: bilinear with antialiasing "
             "(torch.nn.functional.interpolate(..., mode='bilinear', antialias=True))"
         )
-    if mean is not None and std is not None:
-        steps.append(f"per channel: (x - mean) / std, mean {mean}, std {std}")
+    scale, mean, std = 1.0, None, None
+    if processor:
+        scale = pixel_scale(processor)
+        if not processor["do_rescale"]:
+            steps.append("multiply by 255 (preprocessor_config.json do_rescale false)")
+        elif scale != 1.0:
+            steps.append(
+                f"multiply by {scale:g} (preprocessor_config.json rescale_factor "
+                f"{processor['rescale_factor']:g} x 255)"
+            )
+        if processor["do_normalize"]:
+            mean, std = processor["image_mean"], processor["image_std"]
+            steps.append(f"per channel: (x - mean) / std, mean {mean}, std {std}")
+    resize = reading.resize if reading else None
     return {
         "input": {
             "name": input_name,
@@ -96,8 +132,8 @@ def image_input_contract(
             "height": height,
             "width": width,
             "color": how["color"],
-            "value_range": [0.0, 1.0] if mean is None else None,
-            "scale": how["scale"],
+            "value_range": [0.0, scale] if mean is None else None,
+            "scale": how["scale"] + (f", then x {scale:g}" if scale != 1.0 else ""),
             "mean": mean,
             "std": std,
             "normalization": "none beyond the scaling (no mean/std subtracted)"
@@ -105,7 +141,19 @@ def image_input_contract(
             else "(x - mean) / std per channel, after the scaling",
         },
         "batch": batch_range(input_shape[0], max_batch),
-        "preprocessing": {"source": how["source"], "steps": steps},
+        "preprocessing": {
+            "source": how["source"],
+            "resize": {
+                "height": resize[0],
+                "width": resize[1],
+                "resample": RESAMPLE_NAMES[reading.resample],
+                "pil_resample": reading.resample,
+            }
+            if reading and resize
+            else None,
+            "center_crop": {"height": height, "width": width} if reading and reading.crop else None,
+            "steps": steps,
+        },
         "output": {
             "name": output_name,
             "shape": [input_shape[0], len(class_names)],

@@ -1,17 +1,19 @@
 """Hugging Face vision transformers (ViT, DeiT: `*ForImageClassification` models whose blocks
 are one ModuleList) from a local model directory.
 
-kdc's image data are float N×C×H×W in [0, 1]; `encode` does what the model's image processor
-does after rescaling: resize to the model's image size and normalise with its mean and std
-(preprocessor_config.json, else ViT's 0.5 / 0.5, which a run warns of: kdc.preflight). The
-engines take those `pixel_values`, and the processor config is saved beside every student (and
-so in a device bundle's preprocessing/). Images must have the model's channel count.
+kdc's image data are float N×C×H×W in [0, 1] (x / 255), an image folder read as the model's
+image processor reads images (kdc.image_processor: its resize filter, size and centre crop);
+`encode` does the rest of what the processor does: rescale and normalise with its mean and std
+(preprocessor_config.json, else ViTImageProcessor's defaults, which a run warns of:
+kdc.preflight), after resizing data of another size (scikit-learn's digits) to the model's.
+The engines take those `pixel_values`, and the processor config, every setting explicit, is
+saved beside every student (and so in a device bundle's preprocessing/). Images must have the
+model's channel count.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from torch import nn
 
 from kdc.data import channel_mismatch
 from kdc.errors import UserError
-from kdc.hf_files import PROCESSOR_FILE, VIT_GEOMETRY, VIT_MEAN_STD, check_model_dir
+from kdc.hf_files import PROCESSOR_FILE, VIT_GEOMETRY, check_model_dir
+from kdc.image_processor import pixel_scale, read_processor, vit_defaults
 from kdc.models.hf import TransformerAdapter, load_model
 from kdc.rundir import write_json
 
@@ -44,62 +47,19 @@ class PixelLogits(nn.Module):
         return self.model(pixel_values=pixel_values).logits
 
 
-def _per_channel(values: Any, channels: int, path: Path, key: str) -> list[float]:
-    """`values` (a number or a list) as one float per channel; a list of three for a
-    one-channel model keeps its first."""
-    vals = values if isinstance(values, list) else [values]
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals)
-    if not numbers or not vals or 1 < len(vals) < channels:
-        raise UserError(
-            f"{key} is {json.dumps(values)[:40]}, not a number or {channels} numbers",
-            source=str(path / PROCESSOR_FILE),
-            field=key,
-            fix="give one number per input channel",
-        )
-    vals = [float(v) for v in vals]
-    return vals * channels if len(vals) == 1 else vals[:channels]
-
-
-def read_processor(path: Path, channels: int) -> dict[str, Any]:
-    """Normalisation of a model directory's image processor: {"image_mean", "image_std"} per
-    channel (identity when `do_normalize` is false)."""
-    conf: dict[str, Any] = {}
-    file = path / PROCESSOR_FILE
-    if file.is_file():
-        try:
-            conf = json.loads(file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(
-                f"cannot read {PROCESSOR_FILE}: {e}",
-                source=str(file),
-                field="teacher.path",
-                fix="save the model's image processor with save_pretrained",
-            ) from None
-        if not isinstance(conf, dict):
-            raise UserError(
-                f"{PROCESSOR_FILE} holds no JSON object",
-                source=str(file),
-                field="teacher.path",
-                fix="save the model's image processor with save_pretrained",
-            )
-    if not conf.get("do_normalize", True):
-        return {"image_mean": [0.0] * channels, "image_std": [1.0] * channels}
-    return {
-        k: _per_channel(conf.get(k, VIT_MEAN_STD), channels, path, k)
-        for k in ("image_mean", "image_std")
-    }
-
-
 class HFImageAdapter(TransformerAdapter):
     """An image classifier (ViT-like) with its normalisation; input `pixel_values`. DeiT has a
-    distillation token after [CLS]; its WithTeacher head averages a classifier on each."""
+    distillation token after [CLS]; its WithTeacher head averages a classifier on each.
+    `processor` is kdc.image_processor.read_processor's; without it ViTImageProcessor's
+    defaults at the model's size."""
 
     adapter_name = "hf-image"
     input_names = ["pixel_values"]
 
-    def __init__(self, model: nn.Module, processor: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, processor: dict[str, Any] | None = None) -> None:
         self.model = model
-        self.processor = processor
+        c = model.config
+        self.processor = processor or vit_defaults(c.image_size, c.num_channels)
         self.module = PixelLogits(model)
 
     @classmethod
@@ -117,7 +77,8 @@ class HFImageAdapter(TransformerAdapter):
                     field="teacher.path",
                     fix="use a ViT-like model with square patches",
                 )
-        return cls(model, read_processor(path, model.config.num_channels))
+        c = model.config
+        return cls(model, read_processor(path, c.image_size, c.num_channels, c.model_type))
 
     def _like(self, model: nn.Module) -> HFImageAdapter:
         return HFImageAdapter(model, self.processor)
@@ -135,9 +96,12 @@ class HFImageAdapter(TransformerAdapter):
         if x.shape[-2:] != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
             x = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
-        mean = torch.tensor(self.processor["image_mean"]).view(1, -1, 1, 1)
-        std = torch.tensor(self.processor["image_std"]).view(1, -1, 1, 1)
-        return {"pixel_values": ((x - mean) / std).numpy()}
+        x = x * pixel_scale(self.processor)
+        if self.processor["do_normalize"]:
+            mean = torch.tensor(self.processor["image_mean"]).view(1, -1, 1, 1)
+            std = torch.tensor(self.processor["image_std"]).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return {"pixel_values": x.numpy()}
 
     @contextlib.contextmanager
     def exporting(self) -> Iterator[None]:
@@ -157,19 +121,7 @@ class HFImageAdapter(TransformerAdapter):
         return {k: getattr(self.config, k) for k in VIT_GEOMETRY}
 
     def _save_preprocessing(self, directory: Path) -> None:
-        size = self.image_size
-        write_json(
-            directory / PROCESSOR_FILE,
-            {
-                "image_processor_type": "ViTImageProcessor",
-                "do_resize": True,
-                "size": {"height": size, "width": size},
-                "do_rescale": True,
-                "rescale_factor": 1 / 255,
-                "do_normalize": True,
-                **self.processor,
-            },
-        )
+        write_json(directory / PROCESSOR_FILE, self.processor)
 
     @property
     def special_tokens(self) -> int:

@@ -168,10 +168,9 @@ def input_contract(
     ctx: Context, shapes: dict[str, list[int]], goldens: dict[str, np.ndarray], output: str
 ) -> dict:
     """The engine's input contract. An image classifier's: what kdc's readers and the student's
-    adapter did to the images (a vision transformer's also names its image processor's mean/std
-    and the resize from the size its images were read at). A text model's: the token inputs
-    padded to data.max_length, and the tokenizer call that makes them."""
-    from kdc.data import image_read_size
+    adapter did to the images (a vision transformer's as its image processor does: resize
+    filter, size, centre crop, rescaling, mean/std). A text model's: the token inputs padded to
+    data.max_length, and the tokenizer call that makes them."""
     from kdc.deploy.input_contract import image_input_contract, text_input_contract
 
     if ctx.dataset.kind != "image":
@@ -184,15 +183,12 @@ def input_contract(
             max_batch=ctx.cfg.build.max_batch,
         )
     ((name, shape),) = shapes.items()
-    processor = getattr(ctx.teacher, "processor", None) or {}
     return image_input_contract(
         ctx.dataset.source,
         name,
         shape,
         ctx.dataset.label_names,
-        read_size=image_read_size(ctx.cfg) if ctx.teacher.family != "cnn" else None,
-        mean=processor.get("image_mean"),
-        std=processor.get("image_std"),
+        processor=getattr(ctx.teacher, "processor", None),
         max_batch=ctx.cfg.build.max_batch,
     )
 

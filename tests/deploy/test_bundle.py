@@ -244,27 +244,28 @@ def test_an_input_contract_is_carried_in_preprocessing_and_named(tmp_path, golde
 
 
 def test_a_vision_transformer_contract_adds_its_resize_and_normalisation():
-    """Images read at 16 (data.image_size) for an 8-pixel ViT: the contract says the reader's
-    steps, then the adapter's resize to 8 and the processor's mean/std (the bundle's
-    preprocessor_config.json starts from raw images and rescales by 1/255 itself)."""
+    """An 8-pixel ViT's image folder: the contract says the reader's steps as its image
+    processor gives them (bilinear, ViTImageProcessor's default), then the processor's mean/std
+    (the bundle's preprocessor_config.json starts from raw images and rescales by 1/255
+    itself); digits (8x8) into a 16-pixel ViT are resized by the adapter."""
+    from kdc.image_processor import vit_defaults
+
+    processor = {**vit_defaults(8, 3), "image_std": [0.25] * 3}
     c = image_input_contract(
-        "imagefolder:imgs",
-        "pixel_values",
-        [1, 3, 8, 8],
-        ["a", "b"],
-        read_size=16,
-        mean=[0.5, 0.5, 0.5],
-        std=[0.25, 0.25, 0.25],
+        "imagefolder:imgs", "pixel_values", [1, 3, 8, 8], ["a", "b"], processor=processor
     )
     steps = c["preprocessing"]["steps"]
-    assert "Image.resize((16, 16))" in steps[1] and steps[-2].startswith("resize to 8x8: bilinear")
+    assert "Image.resize((8, 8), Image.Resampling.BILINEAR)" in steps[1]
+    assert not any(s.startswith("resize to") for s in steps)
     assert (
         steps[-1] == "per channel: (x - mean) / std, mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25]"
     )
     assert c["input"]["mean"] == [0.5] * 3 and c["input"]["value_range"] is None
-    # digits are read at their own 8x8 whatever data.image_size says: no resize for an 8 model
-    same = image_input_contract("sklearn:digits", "pixel_values", [1, 1, 8, 8], ["0"], read_size=16)
-    assert not any(s.startswith("resize to") for s in same["preprocessing"]["steps"])
+    digits = image_input_contract(
+        "sklearn:digits", "pixel_values", [1, 1, 16, 16], ["0"], processor=vit_defaults(16, 1)
+    )
+    assert digits["preprocessing"]["steps"][-2].startswith("resize to 16x16: bilinear")
+    assert digits["preprocessing"]["resize"] is None  # no Pillow resize: digits are arrays
 
 
 @needs_stand_in

@@ -436,7 +436,7 @@ def test_vit_architecture_matches_exported_vit(tmp_path, kind, tokens):
     from kdc.models.hf_image import HFImageAdapter
 
     vit = tiny_vit([str(i) for i in range(10)], channels=1, hidden=64, layers=2, heads=4, kind=kind)
-    adapter = HFImageAdapter(vit.eval(), {"image_mean": [0.5], "image_std": [0.5]})
+    adapter = HFImageAdapter(vit.eval())
     x = adapter.encode(np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32))
     export_onnx(adapter, x, tmp_path / "vit.onnx")
     shapes = {"pixel_values": [2, 1, 8, 8]}
@@ -460,7 +460,7 @@ def test_beit_architecture_matches_exported_beit(tmp_path, relative):
     from kdc.models.hf_image import HFImageAdapter
 
     model = tiny_beit(hidden=64, heads=4, labels=10, relative=relative)
-    adapter = HFImageAdapter(model, {"image_mean": [0.5], "image_std": [0.5]})
+    adapter = HFImageAdapter(model)
     x = adapter.encode(np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32))
     export_onnx(adapter, x, tmp_path / "beit.onnx")
     shapes = {"pixel_values": [2, 1, 8, 8]}

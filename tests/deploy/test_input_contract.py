@@ -7,20 +7,25 @@ from PIL import Image
 
 from kdc.data.readers import read_digits, read_imagefolder
 from kdc.deploy.input_contract import image_input_contract
+from kdc.image_processor import ImageReading
 
 
 def test_an_image_folder_contract_matches_the_reader(tmp_path):
     for cls, mode, color in (("cat", "L", 200), ("dog", "RGBA", (200, 200, 200, 9))):
         (tmp_path / cls).mkdir()
         Image.new(mode, (12, 6), color).save(tmp_path / cls / "0.png")
-    images, labels = read_imagefolder(tmp_path, 4)
+    images, labels = read_imagefolder(tmp_path, ImageReading((4, 4), (4, 4)))
     c = image_input_contract("imagefolder:imgs", "pixel_values", [1, 3, 4, 4], ["cat", "dog"])
     inp = c["input"]
     assert list(images.shape[1:]) == [inp["channels"], inp["height"], inp["width"]] == [3, 4, 4]
     assert images.dtype == np.dtype(inp["dtype"]) and inp["layout"] == "NCHW"
     assert np.allclose(images, 200 / 255) and inp["scale"] == "x / 255.0"  # alpha dropped
     assert inp["mean"] is None and inp["std"] is None and inp["color"].startswith("RGB")
-    assert any("Image.resize((4, 4))" in step for step in c["preprocessing"]["steps"])
+    assert any(
+        "Image.resize((4, 4), Image.Resampling.BICUBIC)" in s for s in c["preprocessing"]["steps"]
+    )
+    assert c["preprocessing"]["resize"]["resample"] == "bicubic"  # Pillow's default, as read
+    assert c["preprocessing"]["center_crop"] is None
     assert c["output"]["classes"] == labels and c["output"]["shape"] == [1, 2]
 
 
@@ -37,7 +42,7 @@ def test_a_grayscale_folder_contract_matches_the_reader(tmp_path):
     for cls, mode, color in (("cat", "L", 200), ("dog", "RGB", (200, 200, 200))):
         (tmp_path / cls).mkdir()
         Image.new(mode, (12, 6), color).save(tmp_path / cls / "0.png")
-    images, _ = read_imagefolder(tmp_path, 4, channels=1)
+    images, _ = read_imagefolder(tmp_path, ImageReading((4, 4), (4, 4)), channels=1)
     c = image_input_contract("imagefolder:imgs", "x", [1, 1, 4, 4], ["cat", "dog"])
     assert images.shape == (2, 1, 4, 4) and np.allclose(images, 200 / 255)
     assert c["input"]["color"] == "grayscale (1 channel)"

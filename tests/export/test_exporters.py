@@ -59,6 +59,6 @@ def test_kdc_graphs_fall_back_to_torch_with_a_reason(tmp_path):
 
 def test_the_fallback_reason_names_the_users_model_not_kdcs_wrapper():
     vit = tiny_vit(["a", "b"], channels=1, hidden=8, layers=1, heads=2)
-    name, why = choose_exporter(HFImageAdapter(vit, {}), "auto", "logits")
+    name, why = choose_exporter(HFImageAdapter(vit), "auto", "logits")
     assert name == "torch" and "ViTForImageClassification is not" in why
     assert "PixelLogits" not in why

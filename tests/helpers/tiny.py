@@ -388,7 +388,12 @@ def make_vit_project(root: Path, kind: str = "vit") -> Path:
 
     _train(PixelLogits(model), {"pixel_values": x}, torch.from_numpy(ds.train.labels), 20, 3e-3)
     model.save_pretrained(str(root / "teacher"))
-    processor = {"image_mean": [0.5], "image_std": [0.5], "do_normalize": True}
+    processor = {
+        "image_processor_type": "ViTImageProcessor",
+        "size": {"height": 8, "width": 8},
+        "image_mean": [0.5],
+        "image_std": [0.5],
+    }
     (root / "teacher" / "preprocessor_config.json").write_text(json.dumps(processor))
     return write_yaml(root / "model.yaml", vit_config())
 
