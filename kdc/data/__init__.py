@@ -28,6 +28,7 @@ from kdc.image_processor import ImageReading, processor_reading, read_processor
 
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
 IMAGE_FORMATS = ("imagefolder", "sklearn")
+DEFAULT_IMAGE_SIZE = 224  # an image folder's read side without data.image_size or a processor
 COLUMN_FORMATS = ("csv", "tsv", "jsonl", "datasets")
 
 
@@ -149,7 +150,7 @@ def image_reading(cfg: KdcConfig) -> ImageReading:
         size, channels = hf.get("image_size", 224), hf.get("num_channels", 3)
         processor = read_processor(conf.parent, size, channels, hf.get("model_type"))
         return processor_reading(processor, size)
-    side = cfg.data.image_size or 224
+    side = cfg.data.image_size or DEFAULT_IMAGE_SIZE
     return ImageReading((side, side), (side, side))
 
 
@@ -197,11 +198,12 @@ def _split_sentences(texts: list[str]) -> list[str]:
 
 def _upscale_note(cfg: KdcConfig, path: Path) -> list[str]:
     """A note where an image folder of one size is read at the 224 default (no data.image_size,
-    no teacher config.json image_size): a CNN trained on 16x16 images scores chance at 224."""
+    no Hugging Face teacher's image processor): a CNN trained on 16x16 images scores chance at
+    224."""
     conf = cfg.resolve(cfg.teacher.path) / "config.json" if cfg.teacher.path else None
     if cfg.data.image_size or (conf is not None and conf.is_file()):
         return []
-    size = image_read_size(cfg)
+    size = DEFAULT_IMAGE_SIZE
     sizes = image_sizes(image_files(path), "data.source")
     if len(sizes) != 1 or next(iter(sizes)) == (size, size):
         return []
