@@ -251,12 +251,17 @@ def _whole_profile(*fields: str) -> ProfileReads:
 
 
 def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
-    """What distillation reads of the target: the channel multiple students are derived (and
-    pruned) to and, for QAT, whether TensorRT runs it (symmetric fake-quantizers); pruning to a
-    latency reads the whole latency model (and the DLA core it predicts on)."""
+    """What distillation reads of the target: the channel multiple a CNN student is narrowed
+    (or any student pruned) to, not read for a transformer's; for QAT, whether TensorRT runs it
+    (symmetric fake-quantizers); pruning to a latency reads the whole latency model."""
+    from kdc.models import teacher_kind
+
     if cfg.prune.enabled and cfg.prune.target_latency_ms is not None:
         return _whole_profile("dla_core")(cfg, profile)
-    facets: dict[str, Any] = {"channel_divisor": profile.defaults.channel_divisor}
+    facets: dict[str, Any] = {}
+    cnn = cfg.task == "image-classification" and teacher_kind(cfg) != "huggingface"
+    if cnn or (cfg.prune.enabled and not cfg.prune.round_to):
+        facets["channel_divisor"] = profile.defaults.channel_divisor
     if cfg.quantize.method == "qat":
         facets["tensorrt"] = "tensorrt" in profile.runtime.engines
     return facets
@@ -418,11 +423,7 @@ def stage_not_ready(
     if stale_upstream:  # from the first stage of the chain an earlier one's new outputs broke
         first = (outdated(ctx.run) or [name])[0]
         earlier = STAGE_NAMES[STAGE_NAMES.index(first) - 1]
-        how = (
-            "it ran again, or `kdc bundle` rewrote its bundle,"
-            if earlier == "build"
-            else ("it ran again")
-        )
+        how = "it ran again" + (", or `kdc bundle` rewrote its bundle," * (earlier == "build"))
         what = f"was built from earlier outputs of '{earlier}' ({how} since)"
     elif rec.get("status") == "failed":  # its error names the cause (and its fix)
         what = f"failed: {(rec.get('error') or 'no error recorded').splitlines()[0]}"

@@ -325,6 +325,11 @@ def test_the_distill_hash_reads_only_the_target_facets_distillation_uses():
     assert h(nano, **qat) == h(nx, **qat) != h(cpu16, **qat)  # TensorRT or not
     pruned = {"prune": {"enabled": True, "target_latency_ms": 1.0}}
     assert h(nano, **pruned) != h(nx, **pruned)
+    # a Hugging Face teacher's student is never narrowed by the multiple (a ViT re-distilled on
+    # a --resume from host to a Jetson, same weights); pruning without round_to reads it
+    vit = {"task": "image-classification", "teacher": {"path": "vit"}}
+    assert h(host, **vit) == h(nano, **vit)
+    assert h(host, **vit, prune={"enabled": True}) != h(nano, **vit, prune={"enabled": True})
 
 
 def test_a_run_recorded_with_the_whole_search_outputs_as_upstream_is_not_outdated(
