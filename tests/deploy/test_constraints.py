@@ -167,3 +167,22 @@ def test_a_config_loosening_the_profiles_limits_is_warned(tmp_path):
     assert "constraints.latency_budget_ms 20 ms loosens jetson-orin-nano-8gb's limit of 10" in said
     assert "constraints.max_memory_mb 99999 MiB loosens" in said and "than jetson" in said
     assert warned(latency_budget_ms=5.0, max_memory_mb=1024) == ""
+
+
+def test_a_pass_resting_on_predicted_figures_says_so():
+    """A Jetson run's PASS of latency and memory is the latency model's, not a board's timing."""
+    from kdc.deploy.constraints import verdict
+
+    rows = [
+        {"name": "accuracy_drop", "pass": True, "source": "measured"},
+        {"name": "latency_p99_ms", "pass": True, "source": "predicted"},
+        {"name": "memory_mb", "pass": True, "source": "predicted"},
+    ]
+    report = {"passed": True, "constraints": rows, "target": {"name": "jetson-orin-nano-8gb"}}
+    assert verdict(report) == (
+        "PASSED (latency_p99_ms, memory_mb predicted for jetson-orin-nano-8gb, not measured there)"
+    )
+    rows[1]["source"] = rows[2]["source"] = "measured"
+    assert verdict(report) == "PASSED"
+    report["passed"] = False
+    assert verdict(report) == "FAILED"
