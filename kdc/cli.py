@@ -371,6 +371,13 @@ def check(
             "is a directory", source=str(junit), field="--junit", fix="pass a file, e.g. junit.xml"
         )
     cur, base = load_report(report), load_report(baseline, "baseline")
+    if not base["engines"]:  # every line would be "new in this report": a gate that never fails
+        raise UserError(
+            "the baseline has no engines (its run's search found no student): nothing to gate on",
+            source=str(baseline),
+            field="engines",
+            fix="store a baseline from a run that built engines (--update-baseline)",
+        )
     results = [
         *C.compare(
             cur,

@@ -254,7 +254,9 @@ def _latency(
     for s in STATS.get(kind, ("p50",)):
         metric, b, c = f"{label}.{key}_{s}_ms", base.get(f"{s}_ms"), cur.get(f"{s}_ms")
         out.append(
-            _missing(metric, b, c, f"{s}_ms absent")
+            CheckResult(metric, b, c, None, None, "regression", f"the baseline has no {s}_ms")
+            if b is None and c is not None  # a damaged baseline gates nothing on this figure
+            else _missing(metric, b, c, f"{s}_ms absent")
             if b is None or c is None
             else _latency_result(
                 metric,
@@ -423,7 +425,8 @@ def compare(
     memory_tolerance: float = 0.10,
 ) -> list[CheckResult]:
     """One result per compared metric of every engine in either report (baseline order first).
-    `latency_kinds` limits latency comparisons, e.g. to ("predicted",) on shared CI runners;
+    `latency_kinds` limits latency comparisons, e.g. to ("predicted",) on shared CI runners
+    (without "measured", measured memory is not compared either: it is the runner's);
     `strict` allows a slowdown of the tolerance alone, however noisy the timings;
     `memory_tolerance` is the growth allowed in memory and model size."""
     base, cur = _engines(baseline, "baseline"), _engines(report, "report")
@@ -439,7 +442,11 @@ def compare(
             label, be.get("accuracy"), ce.get("accuracy"), accuracy_tolerance, task
         )
         for mk in MEMORY_KEYS:
-            results += _memory(label, mk, be.get(mk), ce.get(mk), memory_tolerance)
+            bm, cm = be.get(mk), ce.get(mk)
+            measured = any((m or {}).get("kind") == "measured" for m in (bm, cm))
+            if measured and "measured" not in latency_kinds:
+                continue  # --latency-kind predicted: a runner's own peak RSS is not gated
+            results += _memory(label, mk, bm, cm, memory_tolerance)
         results += _size(label, be, ce, memory_tolerance)
     differ = _other_model(baseline, report)
     if differ:

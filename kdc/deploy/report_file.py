@@ -18,7 +18,8 @@ __all__ = ["load_report", "update_baseline"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    # a NaN or infinite figure compares false with any limit, so it would pass: refused
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
 
 class _Latency(_Strict):
@@ -42,6 +43,7 @@ class _Memory(_Strict):
     kind: str | None = None
     peak_rss_mb: float | None = None
     peak_mb: float | None = None
+    engine_mb: float | None = None
     batch: int | None = Field(None, ge=1)
 
 
@@ -61,6 +63,7 @@ class _Constraint(_Strict):
     name: str
     limit: float
     value: float | None = None
+    source: str | None = None
     passed: bool = Field(alias="pass")
 
 
@@ -88,6 +91,7 @@ EXPECTED = {
     "dict_type": "an object",
     "list_type": "a list",
     "float_type": "a number",
+    "finite_number": "a finite number",
     "int_type": "a whole number",
     "bool_type": "true or false",
     "string_type": "a string",

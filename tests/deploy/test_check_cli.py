@@ -204,6 +204,17 @@ def test_update_baseline_refuses_junk_and_keeps_old_baseline(tmp_path):
             "engines[0].memory.peak_rss_mb",
         ),
         (lambda r: r["engines"][1].update(size_mb=[22.4]), "engines[1].size_mb"),
+        # NaN compares false with every limit: it passed `kdc check` (and a list crashed it)
+        (
+            lambda r: r["engines"][1]["accuracy"].update(value=float("nan")),
+            "engines[1].accuracy.value",
+        ),
+        (
+            lambda r: r["engines"][0]["latency"].update(p50_ms=float("inf")),
+            "engines[0].latency.p50_ms",
+        ),
+        (lambda r: r["engines"][0]["memory"].update(engine_mb=[1]), "engines[0].memory.engine_mb"),
+        (lambda r: r["constraints"][0].update(source=3), "constraints[0].source"),
     ],
 )
 def test_structurally_invalid_report_names_the_file_and_field(baseline, tmp_path, edit, field):
@@ -266,3 +277,38 @@ def test_a_failed_report_made_the_baseline_is_warned(tmp_path):
     assert res.exit_code == 0, res.output
     name = failed["constraints"][0]["name"]
     assert f"warning: the new baseline is a FAILED report ({name})" in res.output
+
+
+def test_a_baseline_without_engines_is_refused_as_gating_nothing(baseline, tmp_path):
+    """A failed search's report made the baseline: every later line was "new in this report"
+    and any report passed."""
+    empty = tmp_path / "b.json"
+    empty.write_text(json.dumps({**baseline, "engines": [], "passed": False}))
+    res = CliRunner().invoke(app, ["check", str(SAMPLE), "--baseline", str(empty)])
+    assert res.exit_code == 2 and "the baseline has no engines" in res.output, res.output
+
+
+def test_predicted_latency_kind_leaves_the_runners_measured_memory_alone(baseline, tmp_path):
+    """ci.md's CPU-runner gate (--latency-kind predicted) failed on a runner of another CPU
+    model through its measured peak RSS, tied to the device."""
+    current = copy.deepcopy(baseline)
+    for e in current["engines"]:
+        if (e.get("memory") or {}).get("kind") == "measured":
+            e["memory"]["device"] = "Intel Xeon Platinum 8370C"
+            e["memory"]["engine_mb"] *= 3
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(current))
+    args = ["check", str(report), "--baseline", str(SAMPLE)]
+    res = CliRunner().invoke(app, [*args, "--latency-kind", "predicted"])
+    assert res.exit_code == 0 and "onnxruntime-int8.memory_mb" not in res.output, res.output
+    assert "tensorrt-int8.memory_mb" in res.output  # the predictions are still compared
+    assert "onnxruntime-int8.memory_mb" in CliRunner().invoke(app, args).output
+
+
+def test_a_baseline_latency_missing_its_figure_fails(baseline, tmp_path):
+    broken = copy.deepcopy(baseline)
+    engine(broken, "onnxruntime-fp32")["latency"]["p50_ms"] = None
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(broken))
+    res = CliRunner().invoke(app, ["check", str(SAMPLE), "--baseline", str(path)])
+    assert res.exit_code == 1 and "the baseline has no p50_ms" in res.output, res.output
