@@ -349,8 +349,8 @@ def check(
                 + (
                     ": later checks compare with its figures"
                     if doc.get("engines")
-                    else ", with no engine (its search found no student): later checks have "
-                    "nothing to compare with"
+                    else ", with no engine (its search found no student): later checks refuse "
+                    "it (exit 2) until a run that built engines replaces it"
                 ),
                 markup=False,
             )

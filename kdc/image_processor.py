@@ -169,8 +169,11 @@ def read_processor(
     raw = _load(file)
     cls = _class_name(raw, model_type, file)
     defaults = CLASS_DEFAULTS[cls]
-    conf = {**defaults, **{k: v for k, v in raw.items() if k in defaults}}
-    out: dict[str, Any] = {"image_processor_type": raw.get("image_processor_type") or cls}
+    # a null setting is the class default, as transformers reads it
+    conf = {**defaults, **{k: v for k, v in raw.items() if k in defaults and v is not None}}
+    # the Pillow class, also for a Fast one's file: with torchvision installed, the Fast class
+    # resizes with torchvision and its pixels would differ from those kdc trained on
+    out: dict[str, Any] = {"image_processor_type": cls}
     for key in defaults:
         if key.startswith("do_"):
             out[key] = _flag(conf, key, file)

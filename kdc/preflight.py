@@ -121,6 +121,10 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
             "search.space not used: it narrows search.strategy evolution or exhaustive, and this "
             "config's student is fixed"
         )
+    q = cfg.quantize
+    if q.reduce_range is not None and (q.precision != "int8" or q.method == "qat"):
+        why = "QAT trains its weights at 8 bits" if q.precision == "int8" else "no INT8 graph"
+        notes.append(f"quantize.reduce_range not used: it applies to PTQ, and this run has {why}")
     return [n for n in notes if n]
 
 

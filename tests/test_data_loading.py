@@ -4,6 +4,7 @@ and malformed CSV files named by line."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -416,6 +417,10 @@ def test_split_folders_fix_names_train_as_source_even_when_test_sorts_first(tmp_
         load_dataset(cnn_cfg(tmp_path, source="data", image_size=8, eval_fraction=0.5))
     data = tmp_path / "data"
     assert f"data.source: {data / 'train'}, data.eval: {data / 'test'}" in e.value.fix
+    shutil.rmtree(data / "train")  # test/ and dev/: neither is suggested for training
+    with pytest.raises(UserError, match="look like splits") as e:
+        load_dataset(cnn_cfg(tmp_path, source="data", image_size=8, eval_fraction=0.5))
+    assert "the training split's folder as data.source" in e.value.fix
 
 
 def test_labels_spelled_two_ways_are_refused_naming_both(tmp_path):

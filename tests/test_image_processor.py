@@ -183,3 +183,17 @@ def test_input_json_and_the_shipped_processor_config_say_the_same(case, resize, 
     shipped = AutoImageProcessor.from_pretrained(tmp_path / "student", use_fast=False)
     ours, theirs = _ours_and_theirs(cfg, shipped)
     assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_a_fast_class_and_null_settings_are_read_as_the_pillow_class_reads_them(tmp_path):
+    """`ViTImageProcessorFast` is shipped as `ViTImageProcessor` (the Fast one resizes with
+    torchvision where it is installed); a null setting is its class default, not refused."""
+    import json
+
+    from kdc.image_processor import read_processor
+
+    conf = {"image_processor_type": "ViTImageProcessorFast", "resample": None, "size": None}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(conf))
+    out = read_processor(tmp_path, 224, 3, "vit")
+    assert out["image_processor_type"] == "ViTImageProcessor"
+    assert out["resample"] == 2 and out["size"] == {"height": 224, "width": 224}

@@ -387,16 +387,20 @@ def image_files(path: Path, field: str = "data.source") -> dict[str, list[Path]]
     folder's subfolders read too (as torchvision's ImageFolder does); a class folder without
     images is a UserError (leaving it out would shift the later classes' indices)."""
     folders = [d for d in sorted(path.iterdir()) if d.is_dir() and visible(d)]
-    splits = split_folders(path)
-    if splits:
-        train, held = splits
-        fix = f"give the split's folder: data.source: {path / train}"
+    if folders and all(d.name.lower() in SPLIT_NAMES for d in folders):
+        train, held = split_folders(path) or (None, None)
+        fix = (
+            f"give the split's folder: data.source: {path / train}"
+            + (f", data.eval: {path / held}" if held else "")
+            if train
+            else "give the training split's folder as data.source, another as data.eval"
+        )
         raise UserError(
             f"its folders ({', '.join(d.name for d in folders)}) look like splits of a dataset, "
             "not classes (class folders' subfolders are read as their images)",
             source=str(path),
             field=field,
-            fix=fix + (f", data.eval: {path / held}" if held else ""),
+            fix=fix,
         )
     classes = {d.name: _class_images(d) for d in folders}
     empty = [name for name, files in classes.items() if not files]
@@ -417,12 +421,14 @@ SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "dev", "test",
 
 
 def split_folders(path: Path) -> tuple[str, str | None] | None:
-    """Of a folder whose folders are all a dataset's splits (`train/`, `test/`, …): its training
-    split's name and its test (else validation) split's name; None for any other folder."""
+    """Of a folder whose folders are all a dataset's splits (`train/`, `test/`, …), one of them
+    `train/`: its name and its test (else validation) split's name; None for any other folder."""
     names = [d.name for d in sorted(path.iterdir()) if d.is_dir() and visible(d)]
     if not names or any(n.lower() not in SPLIT_NAMES for n in names):
         return None
-    train = next((n for n in names if n.lower() in ("train", "training")), names[0])
+    train = next((n for n in names if n.lower() in ("train", "training")), None)
+    if train is None:  # test/ and validation/ only: neither is for training
+        return None
     order = ("test", "testing", "eval", "validation", "val", "valid", "dev")
     held = [n for n in names if n.lower() in order and n != train]
     held.sort(key=lambda n: order.index(n.lower()))

@@ -53,6 +53,7 @@ class _Engine(_Strict):
     status: str
     latency: _Latency | None = None
     target_latency: _Latency | None = None
+    predicted_latency: _Latency | None = None  # a device-timed engine's prediction, compared too
     accuracy: _Accuracy | None = None
     memory: _Memory | None = None
     target_memory: _Memory | None = None

@@ -146,14 +146,27 @@ def _engine_block(
 def _int8_kernel_advice(how: dict) -> str:
     """What to change where this CPU's int8 kernels lose accuracy the Q/DQ graph has (`how`: the
     engine's `quantization` record)."""
+    from kdc.profiles import cpu_info, int8_saturates
+
+    saturates = int8_saturates(cpu_info()[1])
     if how.get("activations") == "int8 symmetric":
         return "; on CPUs use asymmetric activations (quantize.symmetric_activations: false)"
-    if not host_has_int8_dot() and "7-bit" not in str(how.get("weights")):
+    if saturates and how.get("method") == "qat":  # its 8-bit weights were trained in
+        return (
+            " (without VNNI their 16-bit sums saturate on 8-bit weights): post-training "
+            "quantization quantizes 7-bit weights here (quantize.method: ptq), or ship FP32"
+        )
+    if saturates and "7-bit" not in str(how.get("weights")):
         return (
             " (without VNNI their 16-bit sums saturate): quantize 7-bit weights "
             "(quantize.reduce_range: true)"
         )
-    return ": ship FP32 (quantize.precision: fp32), or run it on a CPU with VNNI"
+    if saturates:
+        return ": ship FP32 (quantize.precision: fp32), or run it on a CPU with VNNI"
+    return (
+        ": keep the layers that lose most in float (quantize.max_int8_loss), or ship FP32 "
+        "(quantize.precision: fp32)"
+    )
 
 
 def _predicted_memory(ctx: Context, path: Path, precision: str, batch: int | None = None) -> dict:
@@ -334,19 +347,22 @@ def _warn_if_int8_not_faster(engines: list[dict]) -> None:
     )
 
 
-def _no_better_than_majority(accuracy: float | None, labels: np.ndarray) -> str | None:
+def _no_better_than_majority(
+    accuracy: float | None, labels: np.ndarray, kind: str = "image"
+) -> str | None:
     """A note where the teacher's engine scores no better than always answering the eval
     split's most common class: a drop measured from it says nothing (wrong image size or
-    channels, labels not the teacher's, an untrained teacher)."""
+    channels, wrong text column, labels not the teacher's, an untrained teacher)."""
     if accuracy is None or len(labels) == 0:
         return None
     majority = np.bincount(labels).max() / len(labels)
-    if accuracy > majority + 0.01:
+    if accuracy > majority:
         return None
+    read = "data.image_size, data.channels" if kind == "image" else "data.text_column"
     return (
         f"the teacher scores {accuracy:.4f} on the eval split, no better than always answering "
         f"its most common class ({majority:.4f}): check the data is read as it was trained on "
-        "(data.image_size, data.channels, labels) and that teacher.weights are its trained ones"
+        f"({read}, labels) and that the teacher's weights are its trained ones"
     )
 
 
@@ -379,7 +395,8 @@ def run(ctx: Context) -> StageOutput:
     }
     if not ctx.profile.measurable:
         teacher["target_latency"] = {**t_pred, "engine": ctx.profile.modelled_engine}
-    if note := _no_better_than_majority(t_acc.get("accuracy"), ctx.dataset.eval.labels):
+    ds = ctx.dataset
+    if note := _no_better_than_majority(t_acc.get("accuracy"), ds.eval.labels, ds.kind):
         ctx.warn(note)
         teacher["warnings"] = [note]
     student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)

@@ -226,3 +226,44 @@ def test_reduce_range_is_on_where_this_cpus_int8_kernels_run_the_graph_and_satur
         profile=load_profile(target),
     )
     assert build.reduce_range(ctx) is seven_bit
+
+
+def test_reduce_range_set_where_no_ptq_graph_is_made_is_noted(tmp_path):
+    from tiny import cnn_config, write_yaml
+
+    from kdc.config import load_config
+    from kdc.preflight import config_warnings
+
+    def notes(**quantize) -> str:
+        cfg = cnn_config(weights=None, quantize={"reduce_range": True, **quantize})
+        return " ".join(config_warnings(load_config(write_yaml(tmp_path / "m.yaml", cfg))))
+
+    assert "quantize.reduce_range not used" in notes(method="qat")
+    assert "no INT8 graph" in notes(precision="fp32")
+    assert "reduce_range" not in notes()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "nncf"])
+def test_both_ptq_backends_get_reduce_range(monkeypatch, tmp_path, backend):
+    import kdc.compress.nncf_ptq
+    import kdc.deploy.onnxruntime
+    import kdc.profiles
+
+    seen = {}
+    for module, name in (
+        (kdc.deploy.onnxruntime, "quantize_int8"),
+        (kdc.compress.nncf_ptq, "quantize_int8_nncf"),
+    ):
+        monkeypatch.setattr(module, name, lambda *a, **k: seen.update(k))
+    monkeypatch.setattr(kdc.profiles, "cpu_info", lambda: ("AMD EPYC", {"avx2"}))
+    q = SimpleNamespace(
+        reduce_range=None, symmetric_activations=None, calibration_size=4, calibration="minmax"
+    )
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(build=BuildConfig(), quantize=q),
+        profile=load_profile("host"),
+        teacher=SimpleNamespace(family="cnn"),
+        encode=lambda split: {"x": np.zeros((8, 2), np.float32)},
+    )
+    build._quantizer(ctx, tmp_path / "m.onnx", backend)([], tmp_path / "q.onnx")
+    assert seen["reduce_range"] is True

@@ -275,16 +275,21 @@ def test_int8_saturates_on_x86_without_vnni_only() -> None:
 
 
 def test_the_int8_kernel_advice_fits_how_the_graph_was_quantized(monkeypatch) -> None:
+    import kdc.profiles
     from kdc.stages import verify
 
-    monkeypatch.setattr(verify, "host_has_int8_dot", lambda: False)
+    monkeypatch.setattr(kdc.profiles, "cpu_info", lambda: ("AMD EPYC", {"avx2"}))
     advice = verify._int8_kernel_advice
     sym = {"activations": "int8 symmetric", "weights": "int8 per-channel"}
     asym = {"activations": "uint8 asymmetric", "weights": "int8 per-channel"}
     seven = {**asym, "weights": "int8 per-channel in a 7-bit range (reduce_range: …)"}
+    qat = {"method": "qat", "activations": "uint8 asymmetric"}
     assert "quantize.symmetric_activations: false" in advice(sym)
     assert "quantize.reduce_range: true" in advice(asym)  # it said "use asymmetric" here
-    assert "quantize.precision: fp32" in advice(seven)
+    assert "quantize.precision: fp32" in advice(seven) and "VNNI" in advice(seven)
+    assert "quantize.method: ptq" in advice(qat)  # reduce_range does not reach a QAT graph
+    monkeypatch.setattr(kdc.profiles, "cpu_info", lambda: ("Xeon", {"avx2", "avx512_vnni"}))
+    assert "VNNI" not in advice(asym) and "quantize.max_int8_loss" in advice(asym)
 
 
 def test_quantize_int8_relative_paths(

@@ -44,8 +44,22 @@ def test_a_teacher_no_better_than_the_majority_class_is_noted():
     from kdc.stages.verify import _no_better_than_majority
 
     labels = np.array([0] * 70 + [1] * 20 + [2] * 10)
-    note = _no_better_than_majority(0.705, labels)
-    assert note and "scores 0.7050" in note and "most common class (0.7000)" in note
+    note = _no_better_than_majority(0.69, labels)
+    assert note and "scores 0.6900" in note and "most common class (0.7000)" in note
     assert "data.image_size" in note
-    assert _no_better_than_majority(0.72, labels) is None
+    assert "data.text_column" in _no_better_than_majority(0.7, labels, "text")
+    assert _no_better_than_majority(0.705, labels) is None
     assert _no_better_than_majority(None, labels) is None
+    # a perfect teacher on data nearly all of one class is not flagged
+    assert _no_better_than_majority(1.0, np.array([0] * 995 + [1] * 5)) is None
+
+
+def test_verifys_teacher_warnings_reach_the_reports_warnings(monkeypatch):
+    import kdc.preflight
+    from kdc.stages.report import run_warnings
+
+    monkeypatch.setattr(kdc.preflight, "config_warnings", lambda cfg: [])
+    monkeypatch.setattr(kdc.preflight, "target_warnings", lambda cfg, profile: [])
+    ctx = SimpleNamespace(cfg=None, profile=None)
+    note = "the teacher scores 0.1"
+    assert run_warnings(ctx, {"notes": ["a"]}, [note]) == ["a", note]
