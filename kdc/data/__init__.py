@@ -140,12 +140,18 @@ def channel_mismatch(want: int, got: int | str, basis: str) -> UserError:
     )
 
 
+def _hf_teacher_config(cfg: KdcConfig) -> Path | None:
+    """The config.json of a teacher given as a Hugging Face directory, None for any other."""
+    conf = cfg.resolve(cfg.teacher.path) / "config.json" if cfg.teacher.path else None
+    return conf if conf is not None and conf.is_file() else None
+
+
 def image_reading(cfg: KdcConfig) -> ImageReading:
     """How an image folder is read: as a Hugging Face image teacher's image processor reads
     images (kdc.image_processor; config.json's size, else ViTConfig's 224), else squares of
     `data.image_size` (224 unset) resized with Pillow's default bicubic filter."""
-    conf = cfg.resolve(cfg.teacher.path) / "config.json" if cfg.teacher.path else None
-    if cfg.task == "image-classification" and conf is not None and conf.is_file():
+    conf = _hf_teacher_config(cfg)
+    if cfg.task == "image-classification" and conf is not None:
         hf = read_config(conf.parent, "teacher.path")
         size, channels = hf.get("image_size", 224), hf.get("num_channels", 3)
         processor = read_processor(conf.parent, size, channels, hf.get("model_type"))
@@ -200,8 +206,7 @@ def _upscale_note(cfg: KdcConfig, path: Path) -> list[str]:
     """A note where an image folder of one size is read at the 224 default (no data.image_size,
     no Hugging Face teacher's image processor): a CNN trained on 16x16 images scores chance at
     224."""
-    conf = cfg.resolve(cfg.teacher.path) / "config.json" if cfg.teacher.path else None
-    if cfg.data.image_size or (conf is not None and conf.is_file()):
+    if cfg.data.image_size or _hf_teacher_config(cfg) is not None:
         return []
     size = DEFAULT_IMAGE_SIZE
     sizes = image_sizes(image_files(path), "data.source")
