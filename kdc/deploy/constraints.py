@@ -401,15 +401,15 @@ def verdict(report: dict) -> str:
     if checked_nothing(report):
         return "PASSED (no constraints set: nothing was checked)"
     said = {True: "PASSED", False: "FAILED"}.get(report.get("passed"), "not evaluated")
-    guessed = [c["name"] for c in report.get("constraints") or [] if _predicted(c)]
-    if said == "PASSED" and guessed:
+    rows = [c for c in report.get("constraints") or [] if c.get("pass") is True]
+    guessed = [c["name"] for c in rows if c.get("source") == "predicted"]
+    stood = [c["name"] for c in rows if ", measured on " in str(c.get("engine"))]
+    if said == "PASSED" and (guessed or stood):
         target = (report.get("target") or {}).get("name", "the target")
-        said += f" ({', '.join(guessed)} predicted for {target}, not measured there)"
+        parts = [f"{', '.join(guessed)} predicted"] * bool(guessed)
+        parts += [f"{', '.join(stood)} from a stand-in run here"] * bool(stood)
+        said += f" (not measured on {target}: {'; '.join(parts)})"
     return said
-
-
-def _predicted(row: dict) -> bool:
-    return row.get("source") == "predicted" and row.get("pass") is True
 
 
 def passed(rows: list[dict]) -> bool:
