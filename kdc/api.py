@@ -79,6 +79,15 @@ def open_run(
     )
 
 
+def _flags(**flags: object) -> None:
+    """Refuse a flag that is not a bool ("no" would count as true)."""
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise UserError(
+                f"is {type(flag).__name__} {flag!r:.40}", field=name, fix="pass True or False"
+            )
+
+
 def _run(
     config: ConfigLike,
     target: TargetLike,
@@ -90,11 +99,7 @@ def _run(
     from kdc.pipeline import run_stages
     from kdc.preflight import check_config, check_target, config_warnings, target_warnings
 
-    for name, flag in (("resume", resume), ("quiet", quiet)):
-        if not isinstance(flag, bool):  # "no" would count as true
-            raise UserError(
-                f"is {type(flag).__name__} {flag!r:.40}", field=name, fix="pass True or False"
-            )
+    _flags(resume=resume, quiet=quiet)
     cfg = _config(config)
     check_config(cfg)
     profile = _profile(target)
@@ -284,7 +289,7 @@ def _own_target(run_dir: Path, manifest: dict) -> str:
 
 def verify(
     run_dir: str | Path,
-    target: str | None = None,
+    target: TargetLike = None,
     *,
     quiet: bool = False,
     device_results: str | Path | None = None,
@@ -297,6 +302,7 @@ def verify(
     from kdc.pipeline import require_stage, run_stages
     from kdc.preflight import check_dla_target
 
+    _flags(quiet=quiet)
     cfg = config_of_run(run_dir)
     manifest = read_json(Path(run_dir) / "manifest.json")
     built_for = manifest.get("target", "host")
@@ -358,8 +364,9 @@ def plan(
     run_dir = _run_root(out or default_run_dir(cfg))
     ds = check_data(cfg)
     c = cfg.constraints.model_dump(exclude_none=True)
-    if "latency_budget_ms" not in c and profile.defaults.latency_budget_ms:
-        c["latency_budget_ms"] = profile.defaults.latency_budget_ms
+    for key in ("latency_budget_ms", "max_memory_mb"):  # the profile's defaults fill the gaps
+        if key not in c and getattr(profile.defaults, key):
+            c[key] = getattr(profile.defaults, key)
     resolved = {
         "name": cfg.name,
         "task": cfg.task,

@@ -100,6 +100,7 @@ def test_api_arguments_of_the_wrong_type_are_user_errors(tmp_path):
         (lambda: api.compress(config, target=5), "target"),
         (lambda: api.verify(3), "run_dir"),
         (lambda: api.compress(config, resume="no"), "resume"),
+        (lambda: api.verify(tmp_path, quiet="no"), "quiet"),  # it was taken as quiet
     ):
         with pytest.raises(UserError) as e:
             call()

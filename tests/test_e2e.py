@@ -266,6 +266,9 @@ def test_dry_run_prints_plan(bert_project, tmp_path):
     assert plan["target"]["name"] == "jetson-orin-nano-8gb"
     assert plan["stages"][0] == "search" and plan["stages"][-1] == "report"
     assert plan["quantize"] == "int8 (ptq)"
+    # the profile's defaults the run will judge by (the memory limit was left out)
+    assert plan["constraints"]["max_memory_mb"] == 2048
+    assert plan["constraints"]["latency_budget_ms"] == 10.0
 
 
 def test_validate_and_profiles_commands(cnn_project):

@@ -102,6 +102,10 @@ def test_student_saves_and_reloads(tmp_path):
     assert isinstance(back, SentenceAdapter) and back.normalize
     x = teacher.encode(_texts(4, 2))
     np.testing.assert_allclose(back.forward_numpy(x), student.forward_numpy(x), atol=1e-5)
+    # the student given as a teacher (compressed again) keeps its normalisation: it has no
+    # modules.json, and read as a plain encoder it dropped the L2 norm
+    assert read_pooling(tmp_path / "student") == ("mean", True)
+    assert SentenceAdapter.from_dir(tmp_path / "student", max_length=16).normalize
 
 
 def test_sliced_student_and_width_agnostic_selection(tmp_path):

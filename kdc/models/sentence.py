@@ -54,12 +54,27 @@ class PooledEncoder(nn.Module):
         return nn.functional.normalize(emb, dim=-1) if self.normalize else emb
 
 
+def _saved_settings(path: Path) -> tuple[str, bool] | None:
+    """(pooling, normalize) from a kdc sentence student's kdc_model.json, None for any other."""
+    try:
+        meta = json.loads((path / "kdc_model.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("pooling") not in POOLING_KEYS.values():
+        return None
+    return meta["pooling"], bool(meta.get("normalize"))
+
+
 def read_pooling(path: Path, override: str | None = None) -> tuple[str, bool]:
     """(pooling, normalize) of a model directory: `override` wins; else a sentence-transformers
-    modules.json (Pooling module config, Normalize module); else mean pooling, no normalisation."""
+    modules.json (Pooling module config, Normalize module), or the kdc_model.json of a sentence
+    student kdc saved; else mean pooling, no normalisation."""
     modules_file = path / "modules.json"
     pooling, normalize = None, False
-    if modules_file.is_file():
+    saved = _saved_settings(path)
+    if saved:  # a kdc student compressed again: its own pooling and normalisation
+        pooling, normalize = saved
+    elif modules_file.is_file():
         try:
             modules = json.loads(modules_file.read_text())
             types = {m["type"].rsplit(".", 1)[-1]: m.get("path", "") for m in modules}
