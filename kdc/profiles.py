@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -74,6 +75,29 @@ class Runtime(_Strict):
                 "tensorrt: '10.3' (the device's), or drop tensorrt from engines"
             )
         return self
+
+    @field_validator("tensorrt", mode="before")
+    @classmethod
+    def _quoted(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            raise ValueError(
+                f"write it quoted, tensorrt: '{v}' (YAML reads {v} as a number: '10.10' would be "
+                "10.1)"
+            )
+        return v
+
+    @field_validator("tensorrt")
+    @classmethod
+    def _supported_tensorrt(cls, v: str | None) -> str | None:
+        """Refused here, not at the build stage after distillation."""
+        from kdc.deploy.tensorrt import typing_for
+
+        if v is not None:
+            try:
+                typing_for(v)
+            except UserError as e:
+                raise ValueError(f"{e.message}; {e.fix} (JetPack 6 or later on a Jetson)") from None
+        return v
 
 
 KindSlot = Annotated[

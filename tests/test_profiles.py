@@ -153,3 +153,23 @@ def test_a_tensorrt_profile_without_its_version_is_refused_when_loaded(tmp_path)
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(UserError, match=r"field 'runtime': engines lists tensorrt but no TensorRT"):
         load_profile(str(path))
+
+
+@pytest.mark.parametrize(
+    ("version", "words"),
+    [
+        ("8.6", "TensorRT 8.6 is not supported; use TensorRT 10.x or 11.x"),
+        (10.3, "write it quoted"),
+    ],
+)
+def test_a_tensorrt_version_kdc_cannot_build_is_refused_when_loaded(tmp_path, version, words):
+    """A JetPack 5 board's TensorRT 8.6 was refused at the build stage, after distillation,
+    naming the config; an unquoted 10.3 said only "Input should be a valid string"."""
+    doc = yaml.safe_load((ROOT / "profiles" / "nvidia-t4.yaml").read_text())
+    doc["name"], doc["aliases"] = "t4-old", []
+    doc["runtime"]["tensorrt"] = version
+    path = tmp_path / "t4-old.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match=words) as e:
+        load_profile(str(path))
+    assert e.value.field == "runtime.tensorrt" and e.value.source == str(path)
