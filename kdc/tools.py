@@ -351,7 +351,13 @@ def bundle(run_dir: Path | str, target: str) -> Path:
         )
     precision = tensorrt_precision(ctx, engines)
     replaced = bundle_dir(ctx.run / "build" / "bundle", ctx.profile.name)
-    set_aside_results(ctx, replaced, "(kdc bundle writes a new bundle there)")
-    out = make_bundle(ctx, ctx.run / shipped["path"], precision)
+    aside = set_aside_results(ctx, replaced, "(kdc bundle writes a new bundle there)")
+    try:
+        out = make_bundle(ctx, ctx.run / shipped["path"], precision)
+    except BaseException:  # nothing written: the run keeps the bundle it had
+        if aside is not None and not replaced.exists():
+            aside.rename(replaced)
+            ctx.warn(f"moved {aside.name} back to {replaced.name}: no new bundle was written")
+        raise
     ctx.run.rerecord("build", out)  # the build's own bundle, rewritten: still the run's
     return out

@@ -4,6 +4,7 @@ aside, never deleted, and an INT8 bundle's goldens are its graph run with Q/DQ i
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,22 @@ def test_int8_goldens_are_the_graph_run_with_qdq_in_float(run):
         goldens = z[meta["output_name"]]
     qdq_in_float = run_session(make_session(run / trt["source"], optimization="disable"), inputs)
     np.testing.assert_array_equal(goldens, qdq_in_float)
+
+
+def test_a_failed_kdc_bundle_keeps_the_bundle_it_would_have_replaced(run, monkeypatch):
+    """A bundle with device results was moved aside, then the new one failed: the run lost its
+    bundle (verify and inspect then refused it)."""
+    import kdc.stages.build_tensorrt
+    from kdc.errors import UserError
+
+    bundle = run / "build" / "bundle"
+    (bundle / "results").mkdir(exist_ok=True)
+
+    def fails(*args, **kwargs):
+        raise UserError("cannot write the bundle", field="target", fix="-")
+
+    monkeypatch.setattr(kdc.stages.build_tensorrt, "make_bundle", fails)
+    res = runner.invoke(app, ["bundle", str(run), "--target", "jetson"])
+    assert res.exit_code == 2 and "moved previous-bundle" in " ".join(res.output.split())
+    assert (bundle / "results").is_dir() and (bundle / "bundle.json").is_file()
+    shutil.rmtree(bundle / "results")

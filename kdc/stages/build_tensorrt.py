@@ -206,12 +206,12 @@ def preprocessing_files(student: Path) -> list[Path]:
     )
 
 
-def set_aside_results(ctx: Context, bundle: Path, whose: str) -> bool:
+def set_aside_results(ctx: Context, bundle: Path, whose: str) -> Path | None:
     """Move a bundle holding device results (`results/`, with model.plan beside it) aside to
-    previous-<name>[-n], never over an earlier one, and warn; False when it holds none. Device
-    results are the user's: nothing kdc writes deletes them."""
+    previous-<name>[-n], never over an earlier one, and warn; its new path, None when it holds
+    none. Device results are the user's: nothing kdc writes deletes them."""
     if not (bundle / "results").exists():
-        return False
+        return None
     aside = bundle.with_name(f"previous-{bundle.name}")
     n = 1
     while aside.exists():  # one moved aside before: kept too
@@ -222,7 +222,7 @@ def set_aside_results(ctx: Context, bundle: Path, whose: str) -> bool:
         f"{bundle.relative_to(ctx.run.root)} holds device results {whose}: moved to "
         f"{aside.relative_to(ctx.run.root)}"
     )
-    return True
+    return aside
 
 
 def clear_previous_build(ctx: Context) -> None:
