@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -161,6 +162,12 @@ class HardwareProfile(_Strict):
     dla: Dla | None = None  # per DLA core, for engines built with build.dla_core
     defaults: Defaults = Field(default_factory=Defaults)
     measurable: bool = Field(False, description="True only for the machine kdc runs on")
+    _file: str | None = PrivateAttr(None)  # the YAML it was loaded from, if not a shipped one
+
+    @property
+    def target_arg(self) -> str:
+        """What `--target` takes to load this profile again: its YAML's path, or its name."""
+        return self._file or self.name
 
     @property
     def default_precision(self) -> str:
@@ -248,7 +255,9 @@ def load_profile(name_or_path: str, field: str = "target") -> HardwareProfile:
                 field=field,
                 fix="pass an existing YAML or a name from `kdc profiles list`",
             )
-        return with_calibration(_read(p))
+        prof = _read(p)
+        prof._file = key
+        return with_calibration(prof)
     for prof in _builtin().values():
         if key == prof.name or key in prof.aliases:
             return with_calibration(prof)
@@ -405,7 +414,8 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
     if fitted_to is not None and fitted_to != profile.memory.bandwidth_gbps:
         raise UserError(
             f"calibration was fitted to an assumed bandwidth of {fitted_to:g} GB/s, the "
-            f"profile now assumes {profile.memory.bandwidth_gbps:g} (an older kdc)",
+            f"profile now assumes {profile.memory.bandwidth_gbps:g} (the profile was edited, "
+            "or an older kdc)",
             source=str(cal),
             field="bandwidth_gbps",
             fix=f"delete the file and fit again: {_recalibrate(profile)}",
@@ -419,7 +429,8 @@ def _recalibrate(profile: HardwareProfile) -> str:
     if profile.measurable:
         return f"`kdc calibrate --target {profile.name}`"
     return (
-        f"`kdc calibrate --target {profile.name} --bundle DIR` (with `--dla-core N` for the DLA), "
+        f"`kdc calibrate --target {profile.target_arg} --bundle DIR` (with `--dla-core N` for the "
+        "DLA), "
         "run_all.sh on the device, then `--from DIR`"
     )
 

@@ -223,7 +223,7 @@ def save_calibration(
         notes.append(
             f"the DLA fit in {path} was made with the GPU model this fit replaces (it costs the "
             f"kernels that fall back to the GPU): refit it with `kdc calibrate --target "
-            f"{profile.name} --from {bundle}`"
+            f"{profile.target_arg} --from {bundle}`"
         )
     return path, lm, notes
 
@@ -331,7 +331,7 @@ def calibrate(
         raise UserError(
             f"kdc cannot time {profile.name} from this machine",
             field="target",
-            fix=f"run `kdc calibrate --target {profile.name} --bundle DIR`, time it on the "
+            fix=f"run `kdc calibrate --target {profile.target_arg} --bundle DIR`, time it on the "
             f"device, then `--from DIR`",
         )
     return calibrate_host(quick=quick, threads=threads, progress=progress)

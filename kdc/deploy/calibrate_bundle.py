@@ -45,7 +45,7 @@ _RUN_TAIL = """device="$(tr -d '\\0' 2>/dev/null < /proc/device-tree/model \\
   || nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
 printf '{{"device": "%s"}}\\n' "${{device:-unknown}}" > results/device.json
 echo "$failed model(s) failed. Copy $(pwd)/results back into the bundle on the host and run:"
-echo "  kdc calibrate --target {profile} --from <this bundle>"
+echo "  kdc calibrate --target {target} --from <this bundle>"
 """
 _README = """# Latency calibration bundle for {profile}{on_core}
 
@@ -58,7 +58,7 @@ TensorRT {trt} expected on the device.
    Each model is built (`engines/`) and timed {timing} ({iterations} iterations);
    per-iteration times go to `results/<model>.json`.
 3. Copy `results/` back into this directory on the host and run
-   `kdc calibrate --target {profile} --from {name}`. A model that failed is skipped.
+   `kdc calibrate --target {target} --from {name}`. A model that failed is skipped.
 """
 
 
@@ -147,7 +147,8 @@ def write_bundle(
             "delete",
             source=str(out),
             field="--bundle",
-            fix=f"read them first (`kdc calibrate --target {profile.name} --from {out}`), then "
+            fix=f"read them first (`kdc calibrate --target {profile.target_arg} --from {out}`), "
+            "then "
             "pass a new directory path for the bundle",
         )
     from kdc.deploy.bundle import FLAGS_NEED_TRT10
@@ -158,7 +159,12 @@ def write_bundle(
     if dla_core is not None:  # DLA runs no fp32
         precisions = [p for p in ("int8", "fp16") if p in profile.runtime.precisions]
     zoo = list(zoo or model_zoo.calibration_set(precisions, quick=quick))
-    header = {"version": __version__, "profile": profile.name, "trt": profile.runtime.tensorrt}
+    header = {
+        "version": __version__,
+        "profile": profile.name,
+        "target": profile.target_arg,  # a custom profile's YAML: --target takes its path
+        "trt": profile.runtime.tensorrt,
+    }
     with atomic_dir(out) as tmp:
         rows = model_zoo.generate(
             zoo, tmp / MODELS_DIR, engine="tensorrt", progress=exporting_progress(progress)

@@ -360,3 +360,17 @@ def test_a_profile_copy_may_be_calibrated_on_its_builtins_device(bundle, config_
         '{"device": "NVIDIA Jetson Orin Nano Developer Kit"}'
     )
     assert C.calibrate(str(own), from_dir=bundle)["path"] == calibration_path("my-orin-15w")
+
+
+def test_a_custom_profiles_commands_name_its_yaml(config_dir, tmp_path):
+    """A custom profile is loaded by path only: the bundle's next step and the refit advice
+    named it (`--target my-agx`), which `kdc calibrate` then called an unknown target."""
+    doc = yaml.safe_load((profiles_dir() / "jetson-orin-nano-8gb.yaml").read_text())
+    doc.update(name="my-agx", aliases=[])
+    own = tmp_path / "my-agx.yaml"
+    own.write_text(yaml.safe_dump(doc))
+    assert load_profile(str(own)).target_arg == str(own)
+    assert load_profile("jetson").target_arg == "jetson-orin-nano-8gb"
+    out = B.write_bundle(str(own), tmp_path / "cal", zoo=Z.models(SMALL[:2], ["fp16"]))
+    for name in ("README.md", "run_all.sh"):
+        assert f"kdc calibrate --target {own} --from" in (out / name).read_text()
