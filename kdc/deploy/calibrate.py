@@ -327,6 +327,14 @@ def calibrate(
     if from_dir:
         return B.ingest_bundle(target, from_dir)
     profile = load_profile(target)
+    if not profile.measurable and not profile.runtime.tensorrt:  # no bundle to time it with
+        raise UserError(
+            f"{profile.name} is a CPU kdc cannot time from here, and device bundles are for "
+            "TensorRT targets: its predictions use the latency_model its YAML gives",
+            field="target",
+            fix="to fit a CPU, run kdc on that machine with --target host (read from the "
+            "machine), or edit the profile's latency_model",
+        )
     if not profile.measurable:
         raise UserError(
             f"kdc cannot time {profile.name} from this machine",

@@ -264,6 +264,14 @@ def test_unreachable_targets_and_conflicting_options_are_user_errors(tmp_path):
     res = CliRunner().invoke(app, ["calibrate", "--target", "host", "--threads", "0"])
     assert res.exit_code == 2 and "'--threads'" in res.output, res.output
     assert not calibration_path("host").exists()
+    # a CPU server's own profile (no TensorRT): --bundle and plain --target pointed at each other
+    doc = yaml.safe_load((profiles_dir() / "nvidia-t4.yaml").read_text())
+    doc.update(name="xeon-box", aliases=[], kind="cpu")
+    doc["runtime"].update(engines=["onnxruntime"], tensorrt=None, precisions=["fp32", "int8"])
+    own = tmp_path / "xeon.yaml"
+    own.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match="run kdc on that machine with --target host"):
+        C.calibrate(str(own))
 
 
 def test_every_profile_picks_up_its_calibration_file(config_dir):
