@@ -139,6 +139,7 @@ class CalibrationFile(BaseModel):
     """What `with_calibration` reads of a calibration file (the rest is a record)."""
 
     bandwidth_gbps: Bandwidth | None = Field(None, description="what memory_efficiency scales")
+    peaks: dict[str, float] | None = None  # the compute peaks the efficiencies are fractions of
     latency_model: LatencyModel | None = None  # None: a DLA fit alone
     dla: Dla | None = None  # kdc calibrate --dla-core
 
@@ -163,6 +164,10 @@ class HardwareProfile(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     measurable: bool = Field(False, description="True only for the machine kdc runs on")
     _file: str | None = PrivateAttr(None)  # the YAML it was loaded from, if not a shipped one
+
+    def compute_peaks(self) -> dict[str, float]:
+        """The compute peaks a calibration's efficiencies are fractions of."""
+        return self.compute.model_dump(exclude={"source"})
 
     @property
     def target_arg(self) -> str:
@@ -418,6 +423,16 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
             "or an older kdc)",
             source=str(cal),
             field="bandwidth_gbps",
+            fix=f"delete the file and fit again: {_recalibrate(profile)}",
+        )
+    now = profile.compute_peaks()
+    if not profile.measurable and doc.peaks is not None and doc.peaks != now:
+        differ = ", ".join(f"{k} {doc.peaks.get(k)} -> {v}" for k, v in now.items())
+        raise UserError(
+            f"calibration was fitted to other compute peaks than the profile's ({differ}): its "
+            "efficiencies are fractions of those",
+            source=str(cal),
+            field="compute",
             fix=f"delete the file and fit again: {_recalibrate(profile)}",
         )
     fitted = {"latency_model": doc.latency_model, "dla": doc.dla}

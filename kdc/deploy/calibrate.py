@@ -212,6 +212,7 @@ def save_calibration(
     }
     doc = {"profile": profile.name, "kdc_version": __version__, **meta}
     doc["bandwidth_gbps"] = profile.memory.bandwidth_gbps  # what memory_efficiency scales
+    doc["peaks"] = profile.compute_peaks()  # what the compute efficiencies scale
     doc |= {"latency_model": lm, "samples": sample_records(rows)}
     kept = {k: v for k, v in saved.items() if k in DLA_KEYS}
     write_text(path, yaml.safe_dump(doc | kept, sort_keys=False))

@@ -348,6 +348,7 @@ def save_dla_calibration(
     doc = {k: v for k, v in saved_calibration(profile).items() if k not in DLA_KEYS}
     doc.setdefault("profile", profile.name)
     doc.setdefault("bandwidth_gbps", profile.memory.bandwidth_gbps)
+    doc.setdefault("peaks", profile.compute_peaks())
     doc["dla"] = block.model_dump(mode="json")
     made_with = {"gpu_model_sha256": profile.predictor_sha256()}  # what costed the fallbacks
     doc["dla_calibration"] = {"kdc_version": __version__, **meta, **made_with}

@@ -368,6 +368,12 @@ def test_a_profile_copy_may_be_calibrated_on_its_builtins_device(bundle, config_
         '{"device": "NVIDIA Jetson Orin Nano Developer Kit"}'
     )
     assert C.calibrate(str(own), from_dir=bundle)["path"] == calibration_path("my-orin-15w")
+    # its peaks edited after the fit: the fitted efficiencies no longer mean what they did
+    doc["compute"]["int8_tops"] *= 2
+    own.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match="other compute peaks than the profile's") as e:
+        load_profile(str(own))
+    assert e.value.field == "compute" and f"--target {own} --bundle DIR" in e.value.fix
 
 
 def test_a_custom_profiles_commands_name_its_yaml(config_dir, tmp_path):
