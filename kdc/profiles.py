@@ -31,19 +31,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# bounds no device reaches, to catch a figure written in other units (54e12 for 54 TOPS, a
+# bandwidth in B/s, a capacity in MB): the largest GPUs are ~10^4 TOPS, ~10^4 GB/s, ~10^3 GB
+Peak = Annotated[float, Field(gt=0, lt=1e5, description="in TFLOPS / TOPS")]
+Bandwidth = Annotated[float, Field(gt=0, lt=1e5, description="in GB/s")]
+
+
 class Compute(_Strict):
-    fp32_tflops: float = Field(gt=0)
-    fp16_tflops: float = Field(gt=0)
-    int8_tops: float = Field(gt=0)
+    fp32_tflops: Peak
+    fp16_tflops: Peak
+    int8_tops: Peak
     source: str
-
-
-Bandwidth = Annotated[float, Field(gt=0)]
 
 
 class Memory(_Strict):
     bandwidth_gbps: Bandwidth
-    capacity_gb: float = Field(gt=0)
+    capacity_gb: float = Field(gt=0, lt=1e4)
     source: str
 
 
@@ -261,6 +264,15 @@ def load_profile(name_or_path: str, field: str = "target") -> HardwareProfile:
                 fix="pass an existing YAML or a name from `kdc profiles list`",
             )
         prof = _read(p)
+        shipped = {n for b in _builtin().values() for n in (b.name, *b.aliases)} | {"host", "cpu"}
+        if prof.name in shipped and p.resolve() != profiles_dir().resolve() / f"{prof.name}.yaml":
+            raise UserError(
+                f"name '{prof.name}' is a shipped profile's (it would share that profile's "
+                "calibration file)",
+                source=key,
+                field="name",
+                fix="give the profile a name of its own",
+            )
         prof._file = key
         return with_calibration(prof)
     for prof in _builtin().values():

@@ -140,7 +140,18 @@ def test_a_profile_copied_from_an_earlier_kdc_still_loads(tmp_path):
     raw = yaml.safe_load((profiles_dir() / "nvidia-t4.yaml").read_text())
     raw["runtime"]["onnxruntime_providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
+    # under the shipped name it would share nvidia-t4's calibration file: refused, then renamed
+    with pytest.raises(UserError, match="name 'nvidia-t4' is a shipped profile's") as e:
+        load_profile(str(tmp_path / "mine.yaml"))
+    assert e.value.field == "name" and e.value.source == str(tmp_path / "mine.yaml")
+    raw["name"] = "my-t4"
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
     assert load_profile(str(tmp_path / "mine.yaml")).runtime.engines == raw["runtime"]["engines"]
+    raw["memory"]["bandwidth_gbps"] = 3.2e11  # written in B/s: refused, not 10^9 times too fast
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as e:
+        load_profile(str(tmp_path / "mine.yaml"))
+    assert e.value.field == "memory.bandwidth_gbps"
 
 
 def test_a_tensorrt_profile_without_its_version_is_refused_when_loaded(tmp_path):
