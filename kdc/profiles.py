@@ -168,6 +168,16 @@ class HardwareProfile(_Strict):
     measurable: bool = Field(False, description="True only for the machine kdc runs on")
     _file: str | None = PrivateAttr(None)  # the YAML it was loaded from, if not a shipped one
 
+    @model_validator(mode="after")
+    def _limit_within_memory(self) -> HardwareProfile:
+        limit, capacity = self.defaults.max_memory_mb, self.memory.capacity_gb * 1024
+        if limit is not None and limit > capacity:
+            raise ValueError(
+                f"defaults.max_memory_mb {limit:g} is more than the device's memory "
+                f"({self.memory.capacity_gb:g} GB = {capacity:g} MiB)"
+            )
+        return self
+
     def compute_peaks(self) -> dict[str, float]:
         """The compute peaks a calibration's efficiencies are fractions of."""
         return self.compute.model_dump(exclude={"source"})

@@ -152,6 +152,10 @@ def test_a_profile_copied_from_an_earlier_kdc_still_loads(tmp_path):
     with pytest.raises(UserError) as e:
         load_profile(str(tmp_path / "mine.yaml"))
     assert e.value.field == "memory.bandwidth_gbps"
+    raw["memory"]["bandwidth_gbps"], raw["defaults"]["max_memory_mb"] = 320.0, 99999
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="max_memory_mb 99999 is more than the device's memory"):
+        load_profile(str(tmp_path / "mine.yaml"))
 
 
 def test_a_tensorrt_profile_without_its_version_is_refused_when_loaded(tmp_path):
