@@ -356,6 +356,7 @@ def plan(
         target_warnings,
     )
 
+    _flags(resume=resume)
     cfg = _config(config)
     check_config(cfg)
     profile = _profile(target)

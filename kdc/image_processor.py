@@ -169,8 +169,13 @@ def read_processor(
     raw = _load(file)
     cls = _class_name(raw, model_type, file)
     defaults = CLASS_DEFAULTS[cls]
-    # a null setting is the class default, as transformers reads it
-    conf = {**defaults, **{k: v for k, v in raw.items() if k in defaults and v is not None}}
+    # a null size or mean/std is the class default, as transformers reads it (a null do_* flag
+    # skips that step there, a null resample is refused by some classes: refused here)
+    nullable = ("size", "crop_size", "image_mean", "image_std")
+    conf = {
+        **defaults,
+        **{k: v for k, v in raw.items() if k in defaults and (v is not None or k not in nullable)},
+    }
     # the Pillow class, also for a Fast one's file: with torchvision installed, the Fast class
     # resizes with torchvision and its pixels would differ from those kdc trained on
     out: dict[str, Any] = {"image_processor_type": cls}

@@ -46,7 +46,7 @@ class Compute(_Strict):
 
 class Memory(_Strict):
     bandwidth_gbps: Bandwidth
-    capacity_gb: float = Field(gt=0, lt=1e4)
+    capacity_gb: float = Field(gt=0, lt=1e6)
     source: str
 
 
@@ -100,7 +100,7 @@ class Runtime(_Strict):
             try:
                 typing_for(v)
             except UserError as e:
-                raise ValueError(f"{e.message}; {e.fix} (JetPack 6 or later on a Jetson)") from None
+                raise ValueError(f"{e.message}; {e.fix} (a Jetson: JetPack 6 or later)") from None
         return v
 
 
@@ -254,6 +254,16 @@ def _builtin() -> dict[str, HardwareProfile]:
     return {p.stem: _read(p) for p in sorted(profiles_dir().glob("*.yaml"))}
 
 
+def _takes_a_shipped_name(prof: HardwareProfile) -> bool:
+    """A profile YAML named as a shipped profile (or its alias, or host) whose device figures
+    differ from it; a copy of it (a run's bundle keeps one, calibrated or not) is that profile."""
+    if prof.name in ("host", "cpu"):
+        return True
+    same = next((b for b in _builtin().values() if prof.name in (b.name, *b.aliases)), None)
+    fitted = {"latency_model", "dla"}
+    return same is not None and prof.model_dump(exclude=fitted) != same.model_dump(exclude=fitted)
+
+
 def list_profiles() -> list[HardwareProfile]:
     """Built-in profiles (with their calibrations) plus `host`."""
     return [*(with_calibration(p) for p in _builtin().values()), host_profile()]
@@ -274,16 +284,15 @@ def load_profile(name_or_path: str, field: str = "target") -> HardwareProfile:
                 fix="pass an existing YAML or a name from `kdc profiles list`",
             )
         prof = _read(p)
-        shipped = {n for b in _builtin().values() for n in (b.name, *b.aliases)} | {"host", "cpu"}
-        if prof.name in shipped and p.resolve() != profiles_dir().resolve() / f"{prof.name}.yaml":
+        if _takes_a_shipped_name(prof):
             raise UserError(
-                f"name '{prof.name}' is a shipped profile's (it would share that profile's "
-                "calibration file)",
+                f"name '{prof.name}' is a shipped profile's, and the profile differs from it (it "
+                "would share that profile's calibration file)",
                 source=key,
                 field="name",
                 fix="give the profile a name of its own",
             )
-        prof._file = key
+        prof._file = str(p.resolve())  # commands printed for it work from any directory
         return with_calibration(prof)
     for prof in _builtin().values():
         if key == prof.name or key in prof.aliases:
@@ -449,7 +458,9 @@ def with_calibration(profile: HardwareProfile) -> HardwareProfile:
         )
     now = profile.compute_peaks()
     if not profile.measurable and doc.peaks is not None and doc.peaks != now:
-        differ = ", ".join(f"{k} {doc.peaks.get(k)} -> {v}" for k, v in now.items())
+        differ = ", ".join(
+            f"{k} {doc.peaks.get(k)} -> {v}" for k, v in now.items() if doc.peaks.get(k) != v
+        )
         raise UserError(
             f"calibration was fitted to other compute peaks than the profile's ({differ}): its "
             "efficiencies are fractions of those",

@@ -101,6 +101,7 @@ def test_api_arguments_of_the_wrong_type_are_user_errors(tmp_path):
         (lambda: api.verify(3), "run_dir"),
         (lambda: api.compress(config, resume="no"), "resume"),
         (lambda: api.verify(tmp_path, quiet="no"), "quiet"),  # it was taken as quiet
+        (lambda: api.plan(config, resume="no"), "resume"),
     ):
         with pytest.raises(UserError) as e:
             call()

@@ -187,13 +187,19 @@ def test_input_json_and_the_shipped_processor_config_say_the_same(case, resize, 
 
 def test_a_fast_class_and_null_settings_are_read_as_the_pillow_class_reads_them(tmp_path):
     """`ViTImageProcessorFast` is shipped as `ViTImageProcessor` (the Fast one resizes with
-    torchvision where it is installed); a null setting is its class default, not refused."""
+    torchvision where it is installed); a null size or mean/std is its class default."""
     import json
 
+    from kdc.errors import UserError
     from kdc.image_processor import read_processor
 
-    conf = {"image_processor_type": "ViTImageProcessorFast", "resample": None, "size": None}
+    conf = {"image_processor_type": "ViTImageProcessorFast", "image_mean": None, "size": None}
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(conf))
     out = read_processor(tmp_path, 224, 3, "vit")
     assert out["image_processor_type"] == "ViTImageProcessor"
-    assert out["resample"] == 2 and out["size"] == {"height": 224, "width": 224}
+    assert out["image_mean"] == [0.5] * 3 and out["size"] == {"height": 224, "width": 224}
+    # transformers skips a step whose flag is null: not taken as the default (True) here
+    conf["do_normalize"] = None
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(conf))
+    with pytest.raises(UserError, match="do_normalize is null"):
+        read_processor(tmp_path, 224, 3, "vit")

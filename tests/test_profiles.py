@@ -140,7 +140,9 @@ def test_a_profile_copied_from_an_earlier_kdc_still_loads(tmp_path):
     raw = yaml.safe_load((profiles_dir() / "nvidia-t4.yaml").read_text())
     raw["runtime"]["onnxruntime_providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
-    # under the shipped name it would share nvidia-t4's calibration file: refused, then renamed
+    assert load_profile(str(tmp_path / "mine.yaml")).name == "nvidia-t4"  # a copy: that profile
+    raw["memory"]["bandwidth_gbps"] = 300.0  # changed under the shipped name: it would share
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))  # nvidia-t4's calibration file
     with pytest.raises(UserError, match="name 'nvidia-t4' is a shipped profile's") as e:
         load_profile(str(tmp_path / "mine.yaml"))
     assert e.value.field == "name" and e.value.source == str(tmp_path / "mine.yaml")

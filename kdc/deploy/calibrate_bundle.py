@@ -197,7 +197,12 @@ def write_bundle(
             **header,
         )
         write_text(tmp / "README.md", readme)
-        meta = {"target": profile.name, "iterations": iterations, "created": now_iso()}
+        meta = {
+            "target": profile.name,
+            "target_arg": profile.target_arg,  # what --target takes: a custom profile's YAML
+            "iterations": iterations,
+            "created": now_iso(),
+        }
         meta |= {"quick": True} if quick else {}
         meta |= {"dla_core": dla_core} if dla_core is not None else {}
         write_json(tmp / "calibration.json", {**meta, "kdc_version": __version__})
@@ -235,7 +240,8 @@ def _check_bundle_target(root: Path, profile: HardwareProfile) -> dict[str, Any]
             f"become {profile.name}'s latency model",
             source=str(meta_file),
             field="target",
-            fix=f"pass --target {made_for}, or write a bundle for {profile.name} and time it "
+            fix=f"pass --target {bundle_meta.get('target_arg') or made_for}, or write a bundle for "
+            f"{profile.name} and time it "
             "on that device",
         )
     device = root / RESULTS_DIR / "device.json"

@@ -72,9 +72,22 @@ def evaluate(
     out = run_session(session, ctx.encode("eval"))
     embedding_teacher = teacher_logits is None and ctx.cfg.task == "sentence-embedding"
     ref = out if embedding_teacher else teacher_logits  # the teacher is its own reference
-    res = M.compute(ctx.cfg.task, ctx.dataset.eval.labels, out, ref)
+    res = finite_metrics(M.compute(ctx.cfg.task, ctx.dataset.eval.labels, out, ref))
     primary = M.primary_metric(ctx.cfg.task)
     return {"metric": primary, "value": res[primary], **res, "n": int(len(out))}, out
+
+
+def finite_metrics(res: dict) -> dict:
+    """Metrics with NaN/inf (an engine whose outputs overflowed, e.g. in FP16) as None and an
+    `error` saying so: no figure, which fails its constraint and `kdc check`, where a NaN in
+    report.json would pass every comparison."""
+    broken = [k for k, v in res.items() if isinstance(v, float) and not np.isfinite(v)]
+    if not broken:
+        return res
+    return {
+        **{k: None if k in broken else v for k, v in res.items()},
+        "error": f"not a number: {', '.join(broken)} (the engine's outputs hold NaN or inf)",
+    }
 
 
 SIMULATED = "onnxruntime-cpu-qdq-simulated"  # an INT8 graph with Q/DQ executed in float

@@ -376,7 +376,7 @@ def test_a_profile_copy_may_be_calibrated_on_its_builtins_device(bundle, config_
     assert e.value.field == "compute" and f"--target {own} --bundle DIR" in e.value.fix
 
 
-def test_a_custom_profiles_commands_name_its_yaml(config_dir, tmp_path):
+def test_a_custom_profiles_commands_name_its_yaml(config_dir, tmp_path, monkeypatch):
     """A custom profile is loaded by path only: the bundle's next step and the refit advice
     named it (`--target my-agx`), which `kdc calibrate` then called an unknown target."""
     doc = yaml.safe_load((profiles_dir() / "jetson-orin-nano-8gb.yaml").read_text())
@@ -384,6 +384,8 @@ def test_a_custom_profiles_commands_name_its_yaml(config_dir, tmp_path):
     own = tmp_path / "my-agx.yaml"
     own.write_text(yaml.safe_dump(doc))
     assert load_profile(str(own)).target_arg == str(own)
+    monkeypatch.chdir(tmp_path)  # given relative, printed absolute: followed from anywhere
+    assert load_profile("my-agx.yaml").target_arg == str(own.resolve())
     assert load_profile("jetson").target_arg == "jetson-orin-nano-8gb"
     out = B.write_bundle(str(own), tmp_path / "cal", zoo=Z.models(SMALL[:2], ["fp16"]))
     for name in ("README.md", "run_all.sh"):

@@ -63,3 +63,13 @@ def test_verifys_teacher_warnings_reach_the_reports_warnings(monkeypatch):
     ctx = SimpleNamespace(cfg=None, profile=None)
     note = "the teacher scores 0.1"
     assert run_warnings(ctx, {"notes": ["a"]}, [note]) == ["a", note]
+
+
+def test_a_nan_metric_is_recorded_as_no_figure():
+    """An embedding engine whose outputs overflow gave mean_cosine NaN, written as NaN into
+    report.json, which `kdc check` then refused as not a kdc report."""
+    from kdc.stages.verify import finite_metrics
+
+    res = finite_metrics({"mean_cosine": float("nan"), "spearman": 0.5})
+    assert res["mean_cosine"] is None and res["spearman"] == 0.5 and "NaN" in res["error"]
+    assert finite_metrics({"accuracy": 0.9}) == {"accuracy": 0.9}
