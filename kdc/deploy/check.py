@@ -295,11 +295,16 @@ def _comparable(
 
 
 def _accuracy(
-    label: str, base: dict | None, cur: dict | None, tol: float, task: str | None
+    label: str,
+    base: dict | None,
+    cur: dict | None,
+    tol: float,
+    task: str | None,
+    key: str = "accuracy",
 ) -> list[CheckResult]:
     base, cur = base or {}, cur or {}
     (bm, b), (cm, c) = accuracy_value(base, task), accuracy_value(cur, task)
-    metric = f"{label}.accuracy"
+    metric = f"{label}.{key}"
     if b is None and c is None:
         return []
     be, ce = base.get("engine"), cur.get("engine")
@@ -318,6 +323,17 @@ def _accuracy(
     status = "regression" if drop > tol else "improved" if -drop > tol else "pass"
     msg = f"{b:.4f} -> {c:.4f} {cm} ({(c - b) * 100:+.2f} pt); allowed drop {tol * 100:.2f} pt"
     return [CheckResult(metric, b, c, b - tol, None, status, msg)]
+
+
+def _same_cpu(base: dict, cur: dict) -> bool:
+    """Both engines record the accuracy of this CPU's int8 kernels (beside a stand-in accuracy)
+    on the same CPU: another CPU's kernels (VNNI or not) would be another engine."""
+    if not all(isinstance(e.get("accuracy_this_cpu"), dict) for e in (base, cur)):
+        return False
+    devices = [(e.get("latency") or {}).get("device") for e in (base, cur)]
+    return devices[0] is not None and _condition("device", devices[0]) == _condition(
+        "device", devices[1]
+    )
 
 
 MEMORY_KEYS = ("memory", "target_memory")
@@ -441,6 +457,15 @@ def compare(
         results += _accuracy(
             label, be.get("accuracy"), ce.get("accuracy"), accuracy_tolerance, task
         )
+        if _same_cpu(be, ce):  # a stand-in's engine as this CPU's int8 kernels run it
+            results += _accuracy(
+                label,
+                be["accuracy_this_cpu"],
+                ce["accuracy_this_cpu"],
+                accuracy_tolerance,
+                task,
+                "accuracy_this_cpu",
+            )
         for mk in MEMORY_KEYS:
             bm, cm = be.get(mk), ce.get(mk)
             measured = any((m or {}).get("kind") == "measured" for m in (bm, cm))

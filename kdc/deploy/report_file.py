@@ -55,6 +55,7 @@ class _Engine(_Strict):
     target_latency: _Latency | None = None
     predicted_latency: _Latency | None = None  # a device-timed engine's prediction, compared too
     accuracy: _Accuracy | None = None
+    accuracy_this_cpu: _Accuracy | None = None  # beside a stand-in accuracy: compared too
     memory: _Memory | None = None
     target_memory: _Memory | None = None
     size_mb: float | None = None

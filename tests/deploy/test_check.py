@@ -524,3 +524,17 @@ def test_a_host_device_of_one_thread_compares_with_its_older_spelling(baseline):
     set_latency(current, "onnxruntime-int8", device="AMD EPYC (1 thread)")
     r = by_metric(compare(current, baseline))["onnxruntime-int8.latency_p50_ms"]
     assert r.status == "missing" and "device 'Intel Xeon (1 threads)' vs 'AMD EPYC" in r.message
+
+
+def test_this_cpus_int8_accuracy_is_compared_on_the_same_cpu_only(baseline):
+    """A non-host run's INT8 engine records its real int8-kernel accuracy beside the stand-in;
+    a drop in it was not gated. Another CPU's kernels (VNNI or not) are not compared."""
+    base = copy.deepcopy(baseline)
+    acc = {"metric": "accuracy", "value": 0.95, "engine": "onnxruntime-cpu-int8"}
+    engine(base, "onnxruntime-int8")["accuracy_this_cpu"] = acc
+    current = copy.deepcopy(base)
+    engine(current, "onnxruntime-int8")["accuracy_this_cpu"]["value"] = 0.90
+    r = by_metric(compare(current, base))["onnxruntime-int8.accuracy_this_cpu"]
+    assert r.status == "regression" and r.failed
+    engine(current, "onnxruntime-int8")["latency"]["device"] = "Intel Xeon (2 threads)"
+    assert "onnxruntime-int8.accuracy_this_cpu" not in by_metric(compare(current, base))
