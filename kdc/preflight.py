@@ -256,8 +256,7 @@ def _loosened_limits(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
                 f"constraints.{key} {mine:g} {unit} loosens {profile.name}'s limit of {its:g} "
                 f"{unit}: the run is judged by the config's"
             )
-    capacity = profile.memory.capacity_gb * 1024
-    if (cfg.constraints.max_memory_mb or 0) > capacity:
+    if (cfg.constraints.max_memory_mb or 0) > profile.capacity_mib:
         out.append(
             f"constraints.max_memory_mb {cfg.constraints.max_memory_mb:g} MiB is more than "
             f"{profile.name}'s {profile.memory.capacity_gb:g} GB of memory"

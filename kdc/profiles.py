@@ -170,13 +170,18 @@ class HardwareProfile(_Strict):
 
     @model_validator(mode="after")
     def _limit_within_memory(self) -> HardwareProfile:
-        limit, capacity = self.defaults.max_memory_mb, self.memory.capacity_gb * 1024
-        if limit is not None and limit > capacity:
+        limit = self.defaults.max_memory_mb
+        if limit is not None and limit > self.capacity_mib:
             raise ValueError(
                 f"defaults.max_memory_mb {limit:g} is more than the device's memory "
-                f"({self.memory.capacity_gb:g} GB = {capacity:g} MiB)"
+                f"({self.memory.capacity_gb:g} GB = {self.capacity_mib:g} MiB)"
             )
         return self
+
+    @property
+    def capacity_mib(self) -> float:
+        """The device's memory in MiB, the unit memory limits are in."""
+        return self.memory.capacity_gb * 1024
 
     def compute_peaks(self) -> dict[str, float]:
         """The compute peaks a calibration's efficiencies are fractions of."""

@@ -270,9 +270,10 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
     how: dict = {
         "calibration_rows": min(q.calibration_size, len(ctx.dataset.train)),
         "activations": "int8 symmetric" if sym else "uint8 asymmetric",
-        "weights": ("int8 per-channel" if "onnxruntime" in backends else "int8")
-        + (" in a 7-bit range (reduce_range: x86 int8 kernels without VNNI)" * reduce_range(ctx)),
+        "weights": "int8 per-channel" if "onnxruntime" in backends else "int8",
     }
+    if reduce_range(ctx):  # 7-bit weights: x86 int8 kernels without VNNI saturate on 8
+        how["reduce_range"] = True
     if len(backends) == 1 and q.max_int8_loss is None:
         _quantizer(ctx, src, backends[0])([], dst)
         return {"method": PTQ_BACKENDS[backends[0]], **how, **_backend_notes(ctx, backends[0])}

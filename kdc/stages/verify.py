@@ -169,7 +169,7 @@ def _int8_kernel_advice(how: dict) -> str:
             " (without VNNI their 16-bit sums saturate on 8-bit weights): post-training "
             "quantization quantizes 7-bit weights here (quantize.method: ptq), or ship FP32"
         )
-    if saturates and "7-bit" not in str(how.get("weights")):
+    if saturates and not how.get("reduce_range"):
         return (
             " (without VNNI their 16-bit sums saturate): quantize 7-bit weights "
             "(quantize.reduce_range: true)"

@@ -173,19 +173,21 @@ def test_a_pass_resting_on_predicted_figures_says_so():
     """A Jetson run's PASS of latency and memory is the latency model's, not a board's timing."""
     from kdc.deploy.constraints import verdict
 
-    stand_in = "tensorrt-int8, measured on onnxruntime-cpu-qdq-simulated (m.onnx)"
     rows = [
-        {"name": "accuracy_drop", "pass": True, "source": "measured", "engine": stand_in},
+        {"name": "accuracy_drop", "pass": True, "source": "measured"},
         {"name": "latency_p99_ms", "pass": True, "source": "predicted"},
         {"name": "memory_mb", "pass": True, "source": "predicted"},
     ]
+    trt = {"engine": "tensorrt", "precision": "int8", "status": "bundle", "ships": True}
+    trt["accuracy"] = {"value": 0.9, "stand_in": "qdq-in-float"}
     report = {"passed": True, "constraints": rows, "target": {"name": "jetson-orin-nano-8gb"}}
+    report["engines"] = [trt]
     assert verdict(report) == (
         "PASSED (not measured on jetson-orin-nano-8gb: latency_p99_ms, memory_mb predicted; "
         "accuracy_drop from a stand-in run here)"
     )
     rows[1]["source"] = rows[2]["source"] = "measured"
-    rows[0]["engine"] = "tensorrt-int8"  # the device's results read back
+    del trt["accuracy"]["stand_in"]  # the device's results read back
     assert verdict(report) == "PASSED"
     report["passed"] = False
     assert verdict(report) == "FAILED"

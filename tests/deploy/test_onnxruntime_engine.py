@@ -282,7 +282,7 @@ def test_the_int8_kernel_advice_fits_how_the_graph_was_quantized(monkeypatch) ->
     advice = verify._int8_kernel_advice
     sym = {"activations": "int8 symmetric", "weights": "int8 per-channel"}
     asym = {"activations": "uint8 asymmetric", "weights": "int8 per-channel"}
-    seven = {**asym, "weights": "int8 per-channel in a 7-bit range (reduce_range: …)"}
+    seven = {**asym, "reduce_range": True}
     qat = {"method": "qat", "activations": "uint8 asymmetric"}
     assert "quantize.symmetric_activations: false" in advice(sym)
     assert "quantize.reduce_range: true" in advice(asym)  # it said "use asymmetric" here
