@@ -522,7 +522,8 @@ def init(
 
     path, teacher, info = init_config(model_dir, data, out_file, force=force)
     parts = [teacher.task, f"{len(info.labels)} classes" if info.labels else f"{info.rows} texts"]
-    parts += [f"text '{info.text_column}'"] if info.text_column else []
+    cols = [info.text_column] if isinstance(info.text_column, str) else info.text_column or []
+    parts += [f"text {' and '.join(repr(c) for c in cols)}"] if cols else []
     parts += [f"labels '{info.label_column}'"] if info.label_column else []
     out.print(f"wrote {path} ({', '.join(parts)})", markup=False)
     for note in info.notes:

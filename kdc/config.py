@@ -97,7 +97,9 @@ class DataConfig(Section):
     format: Literal["auto", "csv", "tsv", "jsonl", "txt", "datasets", "imagefolder", "sklearn"] = (
         "auto"
     )
-    text_column: str = "text"
+    # one column, or two for text pairs (sentence1/sentence2, premise/hypothesis, question/answer):
+    # tokenized together as the tokenizer's text and text_pair, as GLUE's scripts do
+    text_column: str | list[str] = "text"
     label_column: str = "label"
     eval_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int | None = Field(None, ge=0)
@@ -107,6 +109,32 @@ class DataConfig(Section):
     limit_train: int | None = Field(None, ge=1)
     limit_eval: int | None = Field(None, ge=1)
     split_sentences: bool = False
+
+    @field_validator("text_column")
+    @classmethod
+    def _one_or_two_columns(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, str):
+            return v
+        if not 1 <= len(v) <= 2 or len(set(v)) != len(v) or not all(v):
+            raise ValueError(
+                "must name one column, or two different ones for text pairs "
+                "(e.g. [premise, hypothesis])"
+            )
+        return v[0] if len(v) == 1 else v
+
+    @property
+    def text_columns(self) -> list[str]:
+        """The text column(s): two where rows are text pairs."""
+        return [self.text_column] if isinstance(self.text_column, str) else list(self.text_column)
+
+    @property
+    def text_pairs(self) -> bool:
+        """Whether each row is a pair of texts (two text columns)."""
+        return len(self.text_columns) == 2
+
+    def text_column_names(self) -> str:
+        """The text column(s) quoted for a message: `'review'`, `'premise' and 'hypothesis'`."""
+        return " and ".join(f"'{c}'" for c in self.text_columns)
 
 
 class StudentConfig(Section):

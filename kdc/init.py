@@ -277,7 +277,12 @@ def _data_lines(d: DataInfo, t: TeacherInfo, base: Path) -> list[str]:
     lines = ["data:", f"  source: {_v(source)}   # {d.rows or '?'} {unit}{where}"]
     lines += _image_lines(t, d)
     if d.text_column:
-        lines.append(f"  text_column: {_v(d.text_column)}   # the longest-text column")
+        why = (
+            "a text pair: tokenized as (text, text_pair)"
+            if isinstance(d.text_column, list)
+            else "the longest-text column"
+        )
+        lines.append(f"  text_column: {_v(d.text_column)}   # {why}")
     if d.label_column:
         lines.append(
             f"  label_column: {_v(d.label_column)}   # {len(d.labels)} classes: "

@@ -39,7 +39,7 @@ class DataInfo:
     source: str  # as given: a path, or sklearn:digits
     kind: str  # text | image
     rows: int | None = None
-    text_column: str | None = None
+    text_column: str | list[str] | None = None  # two for text pairs
     label_column: str | None = None
     labels: list[str] = field(default_factory=list)
     max_length: int | None = None
@@ -121,10 +121,34 @@ def _datasets_rows(path: Path, limit: int = 5000) -> list[dict]:
     return [dict(r) for r in ds.select(range(min(limit, len(ds))))]
 
 
+# Column pairs a classifier reads as text pairs (GLUE, SNLI/MNLI, QQP, BoolQ, reranking data).
+PAIR_COLUMNS = [
+    ("sentence1", "sentence2"),
+    ("premise", "hypothesis"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+    ("question", "passage"),
+    ("question", "answer"),
+    ("query", "passage"),
+    ("query", "document"),
+    ("text_a", "text_b"),
+    ("text1", "text2"),
+]
+
+
+def _pair_columns(values: dict[str, list[Any]]) -> list[str] | None:
+    """A known pair of text columns of the table (PAIR_COLUMNS), both holding text."""
+    return next(
+        ([a, b] for a, b in PAIR_COLUMNS if all(_text_len(values.get(c, [])) for c in (a, b))),
+        None,
+    )
+
+
 def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
-    """The text and label columns of table rows (the label column with the teacher's number of
-    classes, else the one with fewest; none for an embedding teacher), and a max_length for the
-    texts."""
+    """The text and label columns of table rows (a classifier's text pair where the table has a
+    known pair of text columns, else the longest-text column; the label column with the
+    teacher's number of classes, else the one with fewest; none for an embedding teacher), and
+    a max_length for the texts."""
     columns = list(rows[0]) if rows else []
     embedding = teacher.task == "sentence-embedding"  # texts only: no label column
     if not rows or len(columns) < (1 if embedding else 2):
@@ -146,7 +170,11 @@ def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
                 fix="give a column of texts",
             )
         return _texts_data(path, [str(v or "") for v in values[text]], teacher, text)
-    distinct = {c: sorted({str(v).strip() for v in values[c]}) for c in columns if c != text}
+    pair = _pair_columns(values)
+    text_cols = pair or [text]
+    distinct = {
+        c: sorted({str(v).strip() for v in values[c]}) for c in columns if c not in text_cols
+    }
     usable = [c for c, d in distinct.items() if 2 <= len(d) <= MAX_LABELS]
     if _text_len(values[text]) == 0 or not usable:
         raise UserError(
@@ -159,9 +187,10 @@ def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
         (c for c in usable if len(distinct[c]) == teacher.num_labels),
         min(usable, key=lambda c: len(distinct[c])),
     )
-    n, note = _max_length([str(v) for v in values[text]], teacher.max_positions)
+    texts = [" ".join(str(r.get(c) or "") for c in text_cols) for r in rows]
+    n, note = _max_length(texts, teacher.max_positions)
     return DataInfo(
-        str(path), "text", len(rows), text, label, distinct[label], n, max_length_note=note
+        str(path), "text", len(rows), pair or text, label, distinct[label], n, max_length_note=note
     )
 
 

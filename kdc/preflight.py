@@ -300,14 +300,23 @@ def _check_paths(cfg: KdcConfig) -> None:
 
 
 def _check_columns(cfg: KdcConfig) -> None:
-    """A classifier's text column is not its label column (it would learn from the labels)."""
+    """A classifier's text column is not its label column (it would learn from the labels);
+    text pairs are a classifier's (an embedding teacher embeds one text)."""
     d = cfg.data
-    if cfg.task == "text-classification" and d.text_column == d.label_column:
+    if cfg.task == "text-classification" and d.label_column in d.text_columns:
         raise UserError(
-            f"the text column is the label column ('{d.text_column}')",
+            f"the text column is the label column ('{d.label_column}')",
             source=cfg.source_file,
             field="data.text_column",
             fix="name the column holding the texts; data.label_column names the labels",
+        )
+    if d.text_pairs and cfg.task == "sentence-embedding":
+        raise UserError(
+            "text pairs (two text columns) are a classifier's input; a sentence-embedding "
+            "teacher embeds one text a row",
+            source=cfg.source_file,
+            field="data.text_column",
+            fix="name one text column, or set task: text-classification for a cross-encoder",
         )
 
 

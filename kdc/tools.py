@@ -126,7 +126,8 @@ def synthetic_inputs(
 ) -> dict[str, np.ndarray]:
     """Inputs matching the model's declared inputs: `shapes` override (checked against the
     declared inputs; per-token inputs follow input_ids', `follow_token_shapes`); dynamic batch
-    dims take `batch`, other dynamic dims 128; ids are small ints, masks ones, floats normal."""
+    dims take `batch`, other dynamic dims 128; ids are small ints, masks ones, token types
+    zeros, floats normal."""
     model = load_onnx(path)
     check_shapes(model, shapes or {}, str(path))
     shapes = follow_token_shapes(model, shapes or {})
@@ -149,6 +150,8 @@ def synthetic_inputs(
             arr = (
                 np.ones(shape, dtype)
                 if "mask" in inp.name
+                else np.zeros(shape, dtype)  # a type embedding may have 2 rows (BERT's)
+                if "type" in inp.name
                 else rng.integers(0, 100, size=shape).astype(dtype)
             )
         else:

@@ -75,7 +75,7 @@ def _check_kind(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
             fix="give a csv/tsv/jsonl/txt file or a datasets directory, "
             "or set task: image-classification",
         )
-    column = f" (text column '{cfg.data.text_column}')" if fmt in COLUMN_FORMATS else ""
+    column = f" (text column {cfg.data.text_column_names()})" if fmt in COLUMN_FORMATS else ""
     raise UserError(
         f"task 'image-classification' needs image data, but this is a "
         f"{'datasets directory' if fmt == 'datasets' else fmt + ' file'} of text{column}",

@@ -10,9 +10,10 @@ import numpy as np
 
 @dataclass
 class Split:
-    """Features (texts, or float32 arrays N×C×H×W) and integer labels (empty for embeddings)."""
+    """Features (texts, text pairs as 2-tuples, or float32 arrays N×C×H×W) and integer labels
+    (empty for embeddings)."""
 
-    features: list[str] | np.ndarray
+    features: list[str] | list[tuple[str, str]] | np.ndarray
     labels: np.ndarray
 
     def __len__(self) -> int:

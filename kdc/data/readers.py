@@ -17,18 +17,20 @@ from kdc.errors import UserError, first_line
 from kdc.image_processor import ImageReading
 
 Rows = tuple[list, list]
+TextColumns = str | list[str]  # one text column, or two whose rows are text pairs
 
 
 def _columns(
     rows: list[tuple[int, dict]],
     path: Path,
-    text_col: str,
+    text_col: TextColumns,
     label_col: str | None,
     field: str,
     unit: str = "line",
 ) -> Rows:
-    """Texts and labels of (line number, row) pairs; a row without the text or label key, or with
-    a blank, null or nested text or label, is a UserError naming its `unit` ("line", or "row")."""
+    """Texts (pairs of texts, as tuples, for two text columns) and labels of (line number, row)
+    pairs; a row without a text or label key, or with a blank, null or nested text or label, is
+    a UserError naming its `unit` ("line", or "row")."""
     if not rows:
         raise UserError(
             "no rows",
@@ -36,7 +38,8 @@ def _columns(
             field=field,
             fix="give a file with a header and at least one row",
         )
-    wanted = ((text_col, "data.text_column"), (label_col, "data.label_column"))
+    text_cols = [text_col] if isinstance(text_col, str) else list(text_col)
+    wanted = [*((c, "data.text_column") for c in text_cols), (label_col, "data.label_column")]
     keys = set(rows[0][1])
     for col, col_field in wanted:
         if col is not None and col not in keys:
@@ -60,7 +63,8 @@ def _columns(
                     field=col_field,
                     fix=f"give every {unit} a '{col}', or drop that {unit}",
                 )
-        texts.append(str(_cell(row[text_col], path, f"{unit} {n}", "text")))
+        pair = tuple(str(_cell(row[c], path, f"{unit} {n}", "text")) for c in text_cols)
+        texts.append(pair[0] if len(pair) == 1 else pair)
         if label_col:
             label = _cell(row[label_col], path, f"{unit} {n}", "label")
             labels.append(label.strip() if isinstance(label, str) else label)
@@ -146,13 +150,18 @@ def _fit(rec: list[str], width: int, needed: int) -> list[str] | None:
 
 
 def read_delimited(
-    path: Path, text_col: str, label_col: str | None, delimiter: str, field: str = "data.source"
+    path: Path,
+    text_col: TextColumns,
+    label_col: str | None,
+    delimiter: str,
+    field: str = "data.source",
 ) -> Rows:
     """Texts and labels of a CSV/TSV with a header row; a row may lack trailing fields after the
     text and label columns, or carry empty ones, but not hold more values than the header."""
     records = delimited_records(path, delimiter, field)
     header = records[0][1] if records else []
-    needed = max((header.index(c) for c in (text_col, label_col) if c in header), default=-1)
+    cols = [text_col] if isinstance(text_col, str) else list(text_col)
+    needed = max((header.index(c) for c in (*cols, label_col) if c in header), default=-1)
     rows = []
     for line, rec in records[1:]:
         fitted = _fit(rec, len(header), needed)
@@ -279,7 +288,7 @@ def _object(row: object, path: Path, field: str, where: str) -> dict:
 
 
 def read_jsonl(
-    path: Path, text_col: str, label_col: str | None, field: str = "data.source"
+    path: Path, text_col: TextColumns, label_col: str | None, field: str = "data.source"
 ) -> Rows:
     rows, unit = _numbered_objects(path, field, None)
     return _columns(rows, path, text_col, label_col, field, unit)
@@ -293,7 +302,11 @@ def read_txt(path: Path, field: str = "data.source") -> Rows:
 
 
 def read_datasets(
-    path: Path, text_col: str, label_col: str | None, split: str, field: str = "data.source"
+    path: Path,
+    text_col: TextColumns,
+    label_col: str | None,
+    split: str,
+    field: str = "data.source",
 ) -> Rows:
     try:
         from datasets import DatasetDict, load_from_disk

@@ -170,12 +170,13 @@ def text_input_contract(
     class_names: list[str],
     output_name: str = "logits",
     max_batch: int | None = None,
+    pair_columns: list[str] | None = None,
 ) -> dict[str, Any]:
     """The contract of a text engine taking `inputs` (name → (shape, dtype)): every row padded
     and truncated to `max_length` tokens, as kdc encoded the rows it trained and verified on;
     the engine is built for exactly these shapes (batches 1 to `max_batch` where given), so a
     tokenizer left at its defaults (no padding, its own model_max_length) gives inputs it
-    rejects."""
+    rejects. With `pair_columns` each row is a pair of texts (those data columns, in order)."""
     batch = next(iter(inputs.values()))[0][0]
     out = {"name": output_name}
     if class_names:
@@ -195,8 +196,18 @@ def text_input_contract(
             "truncation": True,
             "max_length": max_length,
             "padding_side": "right",
-            "call": f"tokenizer(texts, padding='max_length', truncation=True, "
-            f"max_length={max_length}, padding_side='right', return_tensors='np')",
+            "call": f"tokenizer(texts, {'text_pairs, ' if pair_columns else ''}"
+            f"padding='max_length', truncation=True, max_length={max_length}, "
+            "padding_side='right', return_tensors='np')",
+            **(
+                {
+                    "text_pair": f"each row is a pair of texts: `texts` the first (data column "
+                    f"'{pair_columns[0]}'), `text_pairs` the second ('{pair_columns[1]}'); "
+                    "truncation cuts the longer one first"
+                }
+                if pair_columns
+                else {}
+            ),
             "note": (
                 "the engine takes exactly these shapes"
                 if max_batch is None

@@ -19,9 +19,9 @@ class NotExportable(Exception):
     """optimum-onnx cannot export this model; the message says why."""
 
 
-def _onnx_config(model: Any) -> Any:
-    """optimum's OnnxConfig for `model`'s architecture, limited to the inputs kdc feeds
-    (`input_ids`, `attention_mask`: BERT's `token_type_ids` are all zero in kdc's encoding)."""
+def _onnx_config(model: Any, inputs: list[str]) -> Any:
+    """optimum's OnnxConfig for `model`'s architecture, limited to the `inputs` kdc feeds
+    (`token_type_ids` only for text pairs: for one text BERT's are all zero)."""
     try:
         import optimum.exporters.onnx.model_configs  # noqa: F401 - registers the architectures
         from optimum.exporters.tasks import TasksManager
@@ -39,7 +39,8 @@ def _onnx_config(model: Any) -> Any:
         @property
         def inputs(self):  # noqa: ANN202 - optimum's own signature
             d = super().inputs
-            d.pop("token_type_ids", None)
+            for k in [k for k in d if k not in inputs]:
+                d.pop(k)
             return d
 
     return KdcInputs(model.config, task=TASK)
@@ -54,7 +55,7 @@ def check_exportable(adapter: ModelAdapter, output_name: str) -> None:
         user_model = getattr(adapter, "model", adapter.module)  # not kdc's forward wrapper
         name = type(user_model).__name__
         raise NotExportable(f"{name} is not a Hugging Face sequence classifier")
-    config = _onnx_config(adapter.model)
+    config = _onnx_config(adapter.model, adapter.input_names)
     if list(config.inputs) != list(adapter.input_names):
         raise NotExportable(f"optimum's inputs {list(config.inputs)} differ from kdc's")
 
@@ -65,7 +66,7 @@ def export_optimum(adapter: ModelAdapter, opset: int) -> onnx.ModelProto:
     from optimum.exporters.onnx import onnx_export_from_model
 
     model = adapter.model.eval()
-    config = _onnx_config(model)
+    config = _onnx_config(model, adapter.input_names)
     opset = max(opset, int(getattr(config, "DEFAULT_ONNX_OPSET", opset)))
     quiet = logging.getLogger("optimum")
     level = quiet.level

@@ -57,6 +57,7 @@ def _hf(cfg: KdcConfig) -> ModelAdapter:
         _teacher_dir(cfg),
         max_length=cfg.data.max_length,
         trust_remote_code=cfg.teacher.trust_remote_code,
+        text_pair=cfg.data.text_pairs,
     )
 
 
@@ -273,7 +274,9 @@ def load_student(directory: Path, max_length: int = 128) -> ModelAdapter:
 
 # a saved model's kdc_model.json "adapter" → how to load it (directory, its metadata)
 STUDENT_LOADERS: dict[str, Callable[[Path, dict], ModelAdapter]] = {
-    "huggingface": lambda d, meta: HFTextAdapter.from_dir(d, max_length=meta["max_length"]),
+    "huggingface": lambda d, meta: HFTextAdapter.from_dir(
+        d, max_length=meta["max_length"], text_pair=meta.get("text_pair", False)
+    ),
     "sentence": SentenceAdapter.load,
     "hf-image": lambda d, meta: HFImageAdapter.load(d),
     "vision": lambda d, meta: VisionAdapter.load(d),

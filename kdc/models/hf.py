@@ -39,14 +39,21 @@ AXIS_KINDS = [
 
 
 class LogitsOnly(nn.Module):
-    """Wraps a HF model so `forward(input_ids, attention_mask)` returns the logits tensor."""
+    """Wraps a HF model so `forward(input_ids, attention_mask[, token_type_ids])` returns the
+    logits tensor."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **types).logits
 
 
 def layer_list(model: nn.Module) -> nn.ModuleList:
@@ -304,15 +311,21 @@ class TransformerAdapter(ModelAdapter):
 
 
 class TextTransformerAdapter(TransformerAdapter):
-    """A text transformer with its tokenizer (inputs `input_ids`, `attention_mask`)."""
+    """A text transformer with its tokenizer (inputs `input_ids`, `attention_mask`, and
+    `token_type_ids` where text pairs are told apart by them)."""
 
     input_names = ["input_ids", "attention_mask"]
     tokenizer: Any
     max_length: int
 
-    def encode(self, features: list[str]) -> dict[str, np.ndarray]:
+    def encode(self, features: list[str] | list[tuple[str, str]]) -> dict[str, np.ndarray]:
+        """Token inputs padded to max_length; text pairs (2-tuples) as the tokenizer's text and
+        text_pair, truncated longest first."""
+        pairs = bool(len(features)) and isinstance(features[0], tuple)
+        texts = [f[0] for f in features] if pairs else list(features)
         enc = self.tokenizer(
-            list(features),
+            texts,
+            [f[1] for f in features] if pairs else None,
             padding="max_length",
             padding_side="right",  # trimming, augmentation and the teacher cache cut at the end
             truncation=True,
@@ -322,11 +335,8 @@ class TextTransformerAdapter(TransformerAdapter):
         return {k: enc[k].astype(np.int64) for k in self.input_names}
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {
-            "input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"},
-            self.output_name: {0: "batch"},
-        }
+        seq = {0: "batch", 1: "sequence"}
+        return {**{k: seq for k in self.input_names}, self.output_name: {0: "batch"}}
 
     def _inputs_meta(self) -> dict[str, Any]:
         return {"vocab_size": self.config.vocab_size, "max_length": self.max_length}
@@ -335,16 +345,30 @@ class TextTransformerAdapter(TransformerAdapter):
         self.tokenizer.save_pretrained(str(directory))
 
 
+def uses_token_types(model: nn.Module, tokenizer: Any) -> bool:
+    """Whether the model tells a pair's two texts apart by token type ids (BERT, ALBERT,
+    ELECTRA, MiniLM: a type embedding of 2+ rows, and a tokenizer that makes them); RoBERTa,
+    DistilBERT and DeBERTa-v2 (no such table, or one row) read the separator tokens alone."""
+    types = getattr(model.config, "type_vocab_size", 0) or 0
+    return types > 1 and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+
+
 class HFTextAdapter(TextTransformerAdapter):
-    """A sequence classifier with its tokenizer; output `logits`."""
+    """A sequence classifier with its tokenizer; output `logits`. With `text_pair` it reads
+    pairs of texts, and takes `token_type_ids` too where the model uses them."""
 
     adapter_name = "huggingface"
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, max_length: int, text_pair: bool = False
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.text_pair = text_pair
         self.module = LogitsOnly(model)
+        types = ["token_type_ids"] if text_pair and uses_token_types(model, tokenizer) else []
+        self.input_names = ["input_ids", "attention_mask", *types]
 
     @classmethod
     def from_dir(
@@ -353,6 +377,7 @@ class HFTextAdapter(TextTransformerAdapter):
         *,
         max_length: int,
         trust_remote_code: bool = False,
+        text_pair: bool = False,
     ) -> HFTextAdapter:
         from transformers import AutoModelForSequenceClassification
 
@@ -360,10 +385,13 @@ class HFTextAdapter(TextTransformerAdapter):
         model, tok = load_pretrained(
             path, AutoModelForSequenceClassification, kw, trust_remote_code
         )
-        return cls(model, tok, max_length)
+        return cls(model, tok, max_length, text_pair)
 
     def _like(self, model: nn.Module) -> HFTextAdapter:
-        return HFTextAdapter(model, self.tokenizer, self.max_length)
+        return HFTextAdapter(model, self.tokenizer, self.max_length, self.text_pair)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"text_pair": True} if self.text_pair else {}
 
     def architecture(self) -> dict[str, Any]:
         return {**super().architecture(), "num_labels": self.config.num_labels}

@@ -181,6 +181,7 @@ def input_contract(
             ctx.dataset.label_names,
             output,
             max_batch=ctx.cfg.build.max_batch,
+            pair_columns=ctx.cfg.data.text_columns if ctx.cfg.data.text_pairs else None,
         )
     ((name, shape),) = shapes.items()
     return image_input_contract(

@@ -256,6 +256,44 @@ def make_bert_project(root: Path) -> Path:
     return write_yaml(root / "model.yaml", bert_config())
 
 
+def sentence_pairs(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """Learnable text pairs: (premise, hypothesis, label), the label the hypothesis's sentiment
+    (the premise's own keywords are a distraction, so the model must tell the texts apart)."""
+    rng = np.random.default_rng(seed)
+    a, b = sentences(n, int(rng.integers(1 << 30))), sentences(n, int(rng.integers(1 << 30)))
+    return [(x[0], y[0], y[1]) for x, y in zip(a, b, strict=True)]
+
+
+def make_pair_project(root: Path) -> Path:
+    """A text-pair project (train.csv/test.csv with premise, hypothesis, label) with a tiny BERT
+    teacher trained on pairs (token type ids told apart): returns the model.yaml path."""
+    for name, n, seed in (("train.csv", 400, 1), ("test.csv", 120, 2)):
+        with open(root / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["premise", "hypothesis", "label"])
+            w.writerows(sentence_pairs(n, seed))
+    model, tok = tiny_bert(root)
+    rows = sentence_pairs(400, 1)
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    enc = tok([r[0] for r in rows], [r[1] for r in rows], padding="max_length", max_length=24)
+    x = {k: torch.tensor(enc[k]) for k in keys}
+    y = torch.tensor([1 if r[2] == "positive" else 0 for r in rows])
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, **kw):
+            return self.m(**kw).logits
+
+    _train(Wrap(model), x, y, epochs=10, lr=2e-3)
+    model.save_pretrained(str(root / "teacher"))
+    tok.save_pretrained(str(root / "teacher"))
+    data = {"text_column": ["premise", "hypothesis"], "max_length": 24}
+    return write_yaml(root / "model.yaml", bert_config(data=data))
+
+
 def exported_bert(path: Path, seq: int, **config) -> tuple[Path, dict]:
     """A random BertForSequenceClassification (BertConfig `config`) exported to `path` by the
     TorchScript exporter (opset 17, dynamic batch and sequence), and its architecture dict."""
