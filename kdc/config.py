@@ -86,17 +86,18 @@ KIND_SOURCE = {
 
 
 class DataConfig(Section):
-    """Training and evaluation data. `source` is a path (csv, jsonl, tsv, txt, a `datasets`
-    directory, an image folder) or `sklearn:digits`; `eval` an optional separate eval file.
+    """Training and evaluation data. `source` is a path (csv, jsonl, tsv, parquet, txt, a
+    `datasets` directory, an image folder) or `sklearn:digits`; `eval` an optional separate eval
+    file.
     `split_seed` draws the held-out eval split (and `limit_train`'s subsample) when there is no
     eval file; unset, the run's `seed` does, so a run with another training seed and a fixed
     split sets it (as Hugging Face Trainer's `data_seed`)."""
 
     source: str
     eval: str | None = None
-    format: Literal["auto", "csv", "tsv", "jsonl", "txt", "datasets", "imagefolder", "sklearn"] = (
-        "auto"
-    )
+    format: Literal[
+        "auto", "csv", "tsv", "jsonl", "parquet", "txt", "datasets", "imagefolder", "sklearn"
+    ] = "auto"
     # one column, or two for text pairs (sentence1/sentence2, premise/hypothesis, question/answer):
     # tokenized together as the tokenizer's text and text_pair, as GLUE's scripts do
     text_column: str | list[str] = "text"

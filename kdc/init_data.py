@@ -17,9 +17,12 @@ from kdc.data.readers import (
     image_files,
     image_sizes,
     json_objects,
+    parquet_classes,
+    parquet_table,
     read_datasets,
     read_delimited,
     read_jsonl,
+    read_parquet,
     read_txt,
     split_folders,
 )
@@ -62,6 +65,7 @@ READERS: dict[str, Callable[[Path], list[dict]]] = {
     ".tsv": lambda p: _read_csv(p, "\t"),
     ".jsonl": lambda p: json_objects(p, "--data", MAX_ROWS),
     ".json": lambda p: json_objects(p, "--data", MAX_ROWS),
+    ".parquet": lambda p: parquet_table(p, "--data").slice(0, MAX_ROWS).to_pylist(),
 }
 
 
@@ -205,6 +209,9 @@ def _read_all(path: Path, info: DataInfo, declared: list[str] | None = None) -> 
         rows = read_datasets(path, text, label, "train", "--data")
     elif suffix in (".csv", ".tsv"):
         rows = read_delimited(path, text, label, "," if suffix == ".csv" else "\t", "--data")
+    elif suffix == ".parquet":
+        rows = read_parquet(path, text, label, "--data")
+        declared = declared or parquet_classes(path, label)
     else:
         rows = read_jsonl(path, text, label, "--data")
     info.rows = len(rows[0])

@@ -15,21 +15,30 @@ from kdc.data.readers import (
     datasets_layout,
     image_files,
     image_sizes,
+    parquet_classes,
     read_datasets,
     read_delimited,
     read_digits,
     read_imagefolder,
     read_jsonl,
+    read_parquet,
     read_txt,
 )
 from kdc.errors import UserError, listed
 from kdc.hf_files import read_config
 from kdc.image_processor import ImageReading, processor_reading, read_processor
 
-SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
+SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".txt": "txt",
+}
 IMAGE_FORMATS = ("imagefolder", "sklearn")
 DEFAULT_IMAGE_SIZE = 224  # an image folder's read side without data.image_size or a processor
-COLUMN_FORMATS = ("csv", "tsv", "jsonl", "datasets")
+COLUMN_FORMATS = ("csv", "tsv", "jsonl", "parquet", "datasets")
 
 
 def _format(cfg: KdcConfig, path: Path, field: str) -> str:
@@ -57,7 +66,7 @@ def _format(cfg: KdcConfig, path: Path, field: str) -> str:
             f"cannot tell the format of '{path.name}'",
             source=cfg.source_file,
             field="data.format",
-            fix="set data.format (csv, tsv, jsonl, txt, datasets, imagefolder)",
+            fix="set data.format (csv, tsv, jsonl, parquet, txt, datasets, imagefolder)",
         )
     return fmt
 
@@ -94,8 +103,8 @@ def _saved_dataset(path: Path) -> bool:
 
 
 def _check_path(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
-    """The format must fit the path: csv/tsv/jsonl/txt a file, an image folder a directory, and
-    `datasets` a directory `datasets.load_from_disk` reads."""
+    """The format must fit the path: csv/tsv/jsonl/parquet/txt a file, an image folder a
+    directory, and `datasets` a directory `datasets.load_from_disk` reads."""
     folder = fmt in ("imagefolder", "datasets")
     if folder == path.is_dir() and (fmt != "datasets" or _saved_dataset(path)):
         return
@@ -187,6 +196,7 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
         "csv": lambda: read_delimited(path, d.text_column, label, ",", field),
         "tsv": lambda: read_delimited(path, d.text_column, label, "\t", field),
         "jsonl": lambda: read_jsonl(path, d.text_column, label, field),
+        "parquet": lambda: read_parquet(path, d.text_column, label, field),
         "txt": lambda: read_txt(path, field),
         "datasets": lambda: read_datasets(path, d.text_column, label, split, field),
         "imagefolder": lambda: read_imagefolder(path, image_reading(cfg), field, d.channels),
@@ -242,6 +252,8 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     eval_name, declared = None, None  # a `datasets` directory's labelled eval split
     if fmt == "datasets":
         eval_name, declared = datasets_layout(src_path, label_col)
+    elif fmt == "parquet":
+        declared = parquet_classes(src_path, label_col)
     if d.eval:
         ev_path = cfg.resolve(d.eval)
         ev_feats, ev_labels = _read(cfg, ev_path, _format(cfg, ev_path, "data.eval"), "eval")
