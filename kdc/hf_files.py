@@ -117,6 +117,30 @@ def label_names(conf: dict[str, Any], path: Path) -> list[str]:
     return [str(id2label[k]) for k in sorted(id2label, key=int)]
 
 
+def check_single_label(conf: dict[str, Any], path: Path, field: str) -> None:
+    """A classifier's head must be single-label (softmax over 2+ classes): a regression head (one
+    output, or config.json problem_type regression) or a multi-label one (a sigmoid per class)
+    would be distilled, scored and verified as a softmax classifier, wrongly; refused."""
+    kind = conf.get("problem_type")
+    labels = conf.get("id2label") or {}
+    outputs = conf.get("num_labels") or (len(labels) if isinstance(labels, dict) else 0)
+    if kind == "multi_label_classification":
+        what = "a multi-label classifier (config.json problem_type multi_label_classification)"
+    elif kind == "regression" or outputs == 1:
+        why = "problem_type regression" if kind == "regression" else "one output (num_labels 1)"
+        what = f"a regression model (config.json {why})"
+    else:
+        return
+    raise UserError(
+        f"the teacher is {what}; kdc distils single-label classifiers (a softmax over 2 or more "
+        "classes, scored by accuracy) and sentence encoders",
+        source=str(path / "config.json"),
+        field=field,
+        fix="give a single-label classifier; for a regression or multi-label head kdc cannot "
+        "measure the accuracy it gates on",
+    )
+
+
 def check_tokenizer(path: Path, field: str) -> None:
     """Model directory `path` must hold tokenizer files, and its tokenizer.json (if any) be
     JSON: what a tokenizer needs, checked without loading one."""

@@ -18,6 +18,7 @@ from kdc.hf_files import (
     TOKENIZER_GLOBS,
     VIT_GEOMETRY,
     check_model_dir,
+    check_single_label,
     check_tokenizer,
     config_size,
     label_names,
@@ -87,6 +88,7 @@ def _hf_teacher(path: Path) -> TeacherInfo:
         check_tokenizer(path, "MODEL_DIR")  # fail here, not in compress
     names, n = [], None  # an encoder has no head, whatever labels its config carries
     if task != "sentence-embedding":
+        check_single_label(conf, path, "MODEL_DIR")
         names = label_names(conf, path)
         n = conf.get("num_labels") or len(names) or None
     return TeacherInfo(

@@ -403,6 +403,10 @@ def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
             fix=f"set task: {'image' if image else 'text'}-classification, or point teacher.path "
             f"at a {cfg.task.split('-')[0]} model",
         )
+    if task_of_head:
+        from kdc.hf_files import check_single_label
+
+        check_single_label(hf or {}, cfg.resolve(cfg.teacher.path or ""), "teacher.path")
     if all(str(n).endswith("Model") for n in names):  # BertModel, ViTModel: a bare encoder
         raise UserError(
             f"the teacher is {', '.join(map(str, names))} (config.json architectures), which has "
