@@ -379,6 +379,26 @@ def _no_better_than_majority(
     )
 
 
+CUT_SHARE = 0.05  # share of eval rows cut at data.max_length worth a note
+
+
+def _truncation_note(ctx: Context) -> str | None:
+    """A note where a share of the eval rows fill data.max_length (their last position is
+    attended: cut there, or exactly that long): every accuracy here is at that length."""
+    mask = ctx.encode("eval").get("attention_mask")
+    if mask is None or mask.ndim != 2 or not len(mask):
+        return None
+    full = int(np.count_nonzero(mask[:, -1]))
+    if full < CUT_SHARE * len(mask):
+        return None
+    n = ctx.cfg.data.max_length
+    return (
+        f"{full} of the {len(mask)} eval rows ({full / len(mask):.0%}) reach data.max_length "
+        f"({n} tokens) and are cut there: every accuracy here is at {n} tokens; raise it if the "
+        "teacher read longer inputs (latency grows with it)"
+    )
+
+
 def run(ctx: Context) -> StageOutput:
     from kdc.models import load_student
 
@@ -409,9 +429,11 @@ def run(ctx: Context) -> StageOutput:
     if not ctx.profile.measurable:
         teacher["target_latency"] = {**t_pred, "engine": ctx.profile.modelled_engine}
     ds = ctx.dataset
-    if note := _no_better_than_majority(t_acc.get("accuracy"), ds.eval.labels, ds.kind):
-        ctx.warn(note)
-        teacher["warnings"] = [note]
+    notes = [_no_better_than_majority(t_acc.get("accuracy"), ds.eval.labels, ds.kind)]
+    if notes := [n for n in [*notes, _truncation_note(ctx)] if n]:
+        for note in notes:
+            ctx.warn(note)
+        teacher["warnings"] = notes
     student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
     ref = student_reference(ctx, student)
     engines = []

@@ -73,3 +73,22 @@ def test_a_nan_metric_is_recorded_as_no_figure():
     res = finite_metrics({"mean_cosine": float("nan"), "spearman": 0.5})
     assert res["mean_cosine"] is None and res["spearman"] == 0.5 and "NaN" in res["error"]
     assert finite_metrics({"accuracy": 0.9}) == {"accuracy": 0.9}
+
+
+def test_rows_cut_at_max_length_are_noted():
+    import numpy as np
+
+    from kdc.stages.verify import _truncation_note
+
+    def ctx(full: int, rows: int = 40):
+        mask = np.ones((rows, 16), np.int64)
+        mask[full:, 10:] = 0  # the rest end before max_length
+        cfg = SimpleNamespace(data=SimpleNamespace(max_length=16))
+        return SimpleNamespace(cfg=cfg, encode=lambda split: {"attention_mask": mask})
+
+    note = _truncation_note(ctx(10))
+    assert note.startswith("10 of the 40 eval rows (25%) reach data.max_length (16 tokens)")
+    assert "every accuracy here is at 16 tokens" in note
+    assert _truncation_note(ctx(1)) is None  # under 5 %
+    images = SimpleNamespace(encode=lambda split: {"pixel_values": np.zeros((2, 3, 8, 8))})
+    assert _truncation_note(images) is None
