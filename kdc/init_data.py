@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdc.config import MIN_IMAGE_SIZE
 from kdc.data import class_order, unlabelled_txt
+from kdc.data.parquet import parquet_classes, parquet_table, read_parquet
 from kdc.data.readers import (
     Rows,
     datasets_layout,
@@ -17,12 +18,9 @@ from kdc.data.readers import (
     image_files,
     image_sizes,
     json_objects,
-    parquet_classes,
-    parquet_table,
     read_datasets,
     read_delimited,
     read_jsonl,
-    read_parquet,
     read_txt,
     split_folders,
 )

@@ -10,18 +10,17 @@ import numpy as np
 
 from kdc.config import KdcConfig
 from kdc.data.base import Dataset, Split
+from kdc.data.parquet import parquet_classes, read_parquet
 from kdc.data.readers import (
     IMAGE_SUFFIXES,
     datasets_layout,
     image_files,
     image_sizes,
-    parquet_classes,
     read_datasets,
     read_delimited,
     read_digits,
     read_imagefolder,
     read_jsonl,
-    read_parquet,
     read_txt,
 )
 from kdc.errors import UserError, listed

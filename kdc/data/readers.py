@@ -20,7 +20,7 @@ Rows = tuple[list, list]
 TextColumns = str | list[str]  # one text column, or two whose rows are text pairs
 
 
-def _columns(
+def table_columns(
     rows: list[tuple[int, dict]],
     path: Path,
     text_col: TextColumns,
@@ -178,7 +178,7 @@ def read_delimited(
                 else f"give every row the header's {len(header)} fields; {QUOTING_FIX}",
             )
         rows.append((line, dict(zip(header, fitted, strict=True))))
-    return _columns(rows, path, text_col, label_col, field)
+    return table_columns(rows, path, text_col, label_col, field)
 
 
 def _not_utf8(path: Path, e: UnicodeDecodeError, field: str) -> UserError:
@@ -291,71 +291,7 @@ def read_jsonl(
     path: Path, text_col: TextColumns, label_col: str | None, field: str = "data.source"
 ) -> Rows:
     rows, unit = _numbered_objects(path, field, None)
-    return _columns(rows, path, text_col, label_col, field, unit)
-
-
-def parquet_classes(path: Path, label_col: str | None) -> list[str] | None:
-    """The label column's class names in index order where the file says them: a Hugging Face
-    `datasets` parquet file (what the Hub serves) keeps its features, a ClassLabel's names among
-    them, in the schema's `huggingface` metadata."""
-    import pyarrow.parquet as pq  # read_parquet read the file first, so both are there
-
-    return _class_names(pq.read_schema(path), label_col)
-
-
-def _class_names(schema: Any, label_col: str | None) -> list[str] | None:
-    meta = (schema.metadata or {}).get(b"huggingface")
-    try:
-        feature = json.loads(meta)["info"]["features"][label_col] if meta and label_col else {}
-    except (ValueError, KeyError, TypeError):
-        return None
-    names = feature.get("names") if isinstance(feature, dict) else None
-    return list(names) if isinstance(names, list) else None
-
-
-def parquet_table(path: Path, field: str = "data.source") -> Any:
-    """The pyarrow Table of a parquet file; a missing pyarrow or an unreadable file is a
-    UserError naming `field`."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UserError(
-            "reading parquet needs pyarrow, which is not installed",
-            source=str(path),
-            field=field,
-            fix="pip install 'kdc[datasets]'",
-        ) from None
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise UserError(
-            f"cannot read parquet: {first_line(e)}",
-            source=str(path),
-            field=field,
-            fix="give a parquet file (pandas' or datasets' to_parquet), or set data.format",
-        ) from None
-    return table
-
-
-def read_parquet(
-    path: Path, text_col: TextColumns, label_col: str | None, field: str = "data.source"
-) -> Rows:
-    """Texts and labels of a parquet file (a Hugging Face dataset's split as the Hub stores it:
-    integer labels of a ClassLabel read as its names, -1 refused as no label)."""
-    table = parquet_table(path, field)
-    rows = list(enumerate(table.to_pylist(), start=1))
-    texts, labels = _columns(rows, path, text_col, label_col, field, unit="row")
-    names = _class_names(table.schema, label_col)
-    if names:
-        if n := next((n for n, i in enumerate(labels, 1) if not 0 <= i < len(names)), None):
-            raise UserError(
-                f"row {n} has label {labels[n - 1]}, not one of the {len(names)} classes",
-                source=str(path),
-                field="data.label_column",
-                fix="drop the unlabelled rows (ClassLabel -1), or label them",
-            )
-        labels = [names[i] for i in labels]
-    return texts, labels
+    return table_columns(rows, path, text_col, label_col, field, unit)
 
 
 def read_txt(path: Path, field: str = "data.source") -> Rows:
@@ -400,7 +336,7 @@ def read_datasets(
     ]
     where = f"{path} (split '{name}')" if name else str(path)  # which split of a DatasetDict
     try:
-        texts, labels = _columns(rows, path, text_col, label_col, field, unit="row")
+        texts, labels = table_columns(rows, path, text_col, label_col, field, unit="row")
     except UserError as e:
         raise UserError(e.message, source=where, field=e.field, fix=e.fix) from None
     feat = ds.features.get(label_col) if label_col else None
