@@ -98,3 +98,19 @@ def test_init_reads_parquet(bert_project, tmp_path):
     assert "text 'review'" in res.output and "labels 'stars'" in res.output
     plan = CliRunner().invoke(app, ["compress", str(out), "--dry-run"])
     assert plan.exit_code == 0, plan.output
+
+
+def test_labels_rewritten_as_names_keep_their_classlabel_order(tmp_path):
+    """A Hub split whose label column was rewritten with the class names by pyarrow (the
+    schema's ClassLabel kept): the names are read as written, in the ClassLabel's order (it
+    crashed comparing them with integers)."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(_hub_split(tmp_path / "hub.parquet", 9))
+    names = ["entailment", "neutral", "contradiction"]
+    relabelled = table.set_column(2, "label", pa.array([names[i % 3] for i in range(9)]))
+    pq.write_table(relabelled, tmp_path / "names.parquet")
+    cfg = text_cfg(tmp_path, source="names.parquet", text_column=["premise", "hypothesis"])
+    ds = load_dataset(cfg)
+    assert ds.label_names == names

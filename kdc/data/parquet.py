@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdc.data.readers import Rows, TextColumns, table_columns
+from kdc.data.readers import Rows, TextColumns, class_label_names, table_columns
 from kdc.errors import UserError, first_line
 
 
@@ -58,18 +58,10 @@ def read_parquet(
     path: Path, text_col: TextColumns, label_col: str | None, field: str = "data.source"
 ) -> Rows:
     """Texts and labels of a parquet file (a Hugging Face dataset's split as the Hub stores it:
-    integer labels of a ClassLabel read as its names, -1 refused as no label)."""
+    integer labels of a ClassLabel read as its names, -1 refused as no label; labels written
+    as the names themselves are kept)."""
     table = parquet_table(path, field)
     rows = list(enumerate(table.to_pylist(), start=1))
     texts, labels = table_columns(rows, path, text_col, label_col, field, unit="row")
     names = _class_names(table.schema, label_col)
-    if names:
-        if n := next((n for n, i in enumerate(labels, 1) if not 0 <= i < len(names)), None):
-            raise UserError(
-                f"row {n} has label {labels[n - 1]}, not one of the {len(names)} classes",
-                source=str(path),
-                field="data.label_column",
-                fix="drop the unlabelled rows (ClassLabel -1), or label them",
-            )
-        labels = [names[i] for i in labels]
-    return texts, labels
+    return texts, class_label_names(labels, names, str(path)) if names else labels

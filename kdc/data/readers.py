@@ -340,16 +340,27 @@ def read_datasets(
     except UserError as e:
         raise UserError(e.message, source=where, field=e.field, fix=e.fix) from None
     feat = ds.features.get(label_col) if label_col else None
-    if feat is not None and hasattr(feat, "names"):  # a ClassLabel, where -1 is "no label"
-        if (n := next((n for n, i in enumerate(labels) if i < 0), None)) is not None:
-            raise UserError(
-                f"row {n} has no label (ClassLabel -1)",
-                source=where,
-                field="data.label_column",
-                fix="drop the unlabelled rows, or label them",
-            )
-        labels = [feat.names[i] for i in labels]
+    if feat is not None and hasattr(feat, "names"):  # a ClassLabel
+        labels = class_label_names(labels, list(feat.names), where, first=0)
     return texts, labels
+
+
+def class_label_names(labels: list, names: list[str], where: str, first: int = 1) -> list:
+    """A ClassLabel column's integers as its `names` (rows numbered from `first`); -1 (no
+    label) or another integer out of range is a UserError naming the row. Labels that are not
+    integers (the column rewritten with the names, the schema's ClassLabel kept) stay as read."""
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in labels):
+        return labels
+    bad = next((n for n, i in enumerate(labels) if not 0 <= i < len(names)), None)
+    if bad is not None:
+        raise UserError(
+            f"row {bad + first} has label {labels[bad]}, not one of the {len(names)} classes"
+            + (" (ClassLabel -1: no label)" if labels[bad] == -1 else ""),
+            source=where,
+            field="data.label_column",
+            fix="drop the unlabelled rows, or label them",
+        )
+    return [names[i] for i in labels]
 
 
 def _labelled(part: Any, label_col: str | None) -> bool:
