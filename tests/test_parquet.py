@@ -114,3 +114,26 @@ def test_labels_rewritten_as_names_keep_their_classlabel_order(tmp_path):
     cfg = text_cfg(tmp_path, source="names.parquet", text_column=["premise", "hypothesis"])
     ds = load_dataset(cfg)
     assert ds.label_names == names
+
+
+def test_binary_and_nested_parquet_cells(tmp_path):
+    """Binary strings (parquet without the UTF8 annotation) are read as text, not as "b'...'";
+    a nested cell holding bytes or dates (an image struct) is a one-line error, not a crash."""
+    pa = pytest.importorskip("pyarrow")
+    import datetime
+
+    import pyarrow.parquet as pq
+
+    rows = [f"film {i}".encode() for i in range(20)]
+    pq.write_table(pa.table({"text": rows, "label": [b"neg", b"pos"] * 10}), tmp_path / "b.parquet")
+    ds = load_dataset(text_cfg(tmp_path, source="b.parquet", eval_fraction=0.25))
+    assert ds.label_names == ["neg", "pos"] and "film 1" in [*ds.train.features, *ds.eval.features]
+    for name, text in (
+        ("img.parquet", [{"bytes": b"\x89PNG", "path": None}] * 4),
+        ("dates.parquet", [[datetime.date(2020, 1, 1)]] * 4),
+        ("raw.parquet", [b"\xff\xfe"] * 4),
+    ):
+        pq.write_table(pa.table({"text": text, "label": ["a", "b"] * 2}), tmp_path / name)
+        with pytest.raises(UserError, match="the text at row 1 is") as e:
+            load_dataset(text_cfg(tmp_path, source=name))
+        assert e.value.field == "data.text_column"

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -72,14 +72,23 @@ def table_columns(
 
 
 def _cell(value: object, path: Path, where: str, kind: str) -> object:
-    """A row's text or label (`kind`): one that is blank, null or a list/object is a UserError
-    naming data.<kind>_column."""
+    """A row's text or label (`kind`), bytes read as UTF-8 (parquet's binary strings): one that
+    is blank, null, a list/object or bytes of no text is a UserError naming data.<kind>_column."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            _bad_cell(f"is binary, not UTF-8 text ({value[:20]!r})", path, where, kind)
     if value is None or isinstance(value, str) and not value.strip():
         problem = "is blank" if value is not None else "is null"
-    elif isinstance(value, list | dict):
-        problem = f"is not a single value ({json.dumps(value)[:40]})"
+    elif isinstance(value, list | dict):  # nested parquet values may hold bytes or datetimes
+        problem = f"is not a single value ({json.dumps(value, default=str)[:40]})"
     else:
         return value
+    _bad_cell(problem, path, where, kind)
+
+
+def _bad_cell(problem: str, path: Path, where: str, kind: str) -> NoReturn:
     raise UserError(
         f"the {kind} at {where} {problem}",
         source=str(path),
