@@ -387,14 +387,16 @@ def _teacher_config(cfg: KdcConfig) -> dict | None:
 
 def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
     """A classification task's Hugging Face teacher is not a bare encoder (config.json
-    `architectures` all `...Model`, as BertModel): it would get a random head when loaded."""
-    names = (hf or {}).get("architectures") or []
-    if cfg.task == "sentence-embedding" or not names or "auto_map" in (hf or {}):
-        return  # custom code (auto_map) names its classes as it likes
+    `architectures` all `...Model`, as BertModel): it would get a random head when loaded; nor
+    a regression or multi-label head, whatever its classes are named."""
+    if cfg.task == "sentence-embedding" or hf is None:
+        return
+    names = hf.get("architectures") or []
+    custom = not names or "auto_map" in hf  # custom code names its classes as it likes
     image = all("ForImageClassification" in str(n) for n in names)
     text = all("ForSequenceClassification" in str(n) for n in names)
     task_of_head = "image-classification" if image else "text-classification" if text else None
-    if task_of_head and cfg.task != task_of_head:
+    if not custom and task_of_head and cfg.task != task_of_head:
         raise UserError(
             f"the teacher is {', '.join(map(str, names))} (config.json architectures), "
             f"{'an image' if image else 'a text'} classifier, but the task is {cfg.task}",
@@ -403,11 +405,7 @@ def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
             fix=f"set task: {'image' if image else 'text'}-classification, or point teacher.path "
             f"at a {cfg.task.split('-')[0]} model",
         )
-    if task_of_head:
-        from kdc.hf_files import check_single_label
-
-        check_single_label(hf or {}, cfg.resolve(cfg.teacher.path or ""), "teacher.path")
-    if all(str(n).endswith("Model") for n in names):  # BertModel, ViTModel: a bare encoder
+    if not custom and all(str(n).endswith("Model") for n in names):  # BertModel: bare encoder
         raise UserError(
             f"the teacher is {', '.join(map(str, names))} (config.json architectures), which has "
             f"no classification head: kdc distils a trained {cfg.task.replace('-', ' ')} model",
@@ -416,6 +414,9 @@ def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
             fix="point it to the fine-tuned classifier's directory, or set task: "
             "sentence-embedding to compress the encoder",
         )
+    from kdc.hf_files import check_single_label
+
+    check_single_label(hf, cfg.resolve(cfg.teacher.path or ""), "teacher.path")
 
 
 def _check_max_length(cfg: KdcConfig, hf: dict | None) -> None:

@@ -41,3 +41,32 @@ def test_heads_other_than_single_label_are_refused(tmp_path, labels, problem, sa
         out = " ".join(res.output.split())
         assert f"field '{field}': the teacher is {said}" in out
         assert "config.json" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c.pop("architectures"),  # a config saved without them
+        lambda c: c.update(auto_map={"AutoModelForSequenceClassification": "m.Cls"}),  # custom
+    ],
+)
+def test_a_multi_label_head_is_refused_without_known_class_names(tmp_path, edit):
+    """The head check reads problem_type and the label count, not the class names: a config
+    without `architectures`, or custom code (`auto_map`), is checked too."""
+    import json
+
+    model, tok = tiny_bert(tmp_path)
+    model.config.problem_type = "multi_label_classification"
+    model.save_pretrained(str(tmp_path / "teacher"))
+    tok.save_pretrained(str(tmp_path / "teacher"))
+    conf_file = tmp_path / "teacher" / "config.json"
+    conf = json.loads(conf_file.read_text())
+    edit(conf)
+    conf_file.write_text(json.dumps(conf))
+    write_csv(tmp_path / "train.csv", sentences(40, 0))
+    write_csv(tmp_path / "test.csv", sentences(20, 1))
+    cfg = bert_config(data={"source": "train.csv"})
+    cfg["teacher"]["trust_remote_code"] = True
+    res = runner.invoke(app, ["validate", str(write_yaml(tmp_path / "model.yaml", cfg))])
+    assert res.exit_code == 2, res.output
+    assert "the teacher is a multi-label classifier" in " ".join(res.output.split())
