@@ -510,7 +510,7 @@ def main() -> None:
 def init(
     model_dir: Path,
     data: Annotated[
-        str, typer.Option(help="Data file (csv/tsv/jsonl), image folder or sklearn:digits.")
+        str, typer.Option(help="Data file (csv/tsv/jsonl/parquet), image folder or sklearn:digits.")
     ],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Config to write.")] = Path(
         "model.yaml"

@@ -247,8 +247,8 @@ def _image_data(path: Path) -> DataInfo:
 
 
 def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
-    """Columns, labels and a max_length for csv/tsv/jsonl or a `datasets` directory; classes of
-    an image folder."""
+    """Columns, labels and a max_length for csv/tsv/jsonl/parquet or a `datasets` directory;
+    classes of an image folder."""
     if data == "sklearn:digits":
         return DataInfo(data, "image", 1797, labels=[str(i) for i in range(10)])
     path = Path(data)

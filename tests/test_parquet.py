@@ -137,3 +137,13 @@ def test_binary_and_nested_parquet_cells(tmp_path):
         with pytest.raises(UserError, match="the text at row 1 is") as e:
             load_dataset(text_cfg(tmp_path, source=name))
         assert e.value.field == "data.text_column"
+
+
+def test_messages_listing_text_formats_name_parquet(tmp_path):
+    from kdc.data import unlabelled_txt
+
+    assert "parquet" in unlabelled_txt("d.txt", "data.source").fix
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    with pytest.raises(UserError, match="needs text") as e:
+        load_dataset(text_cfg(tmp_path, source="imgs"))
+    assert "parquet" in e.value.fix

@@ -1,4 +1,4 @@
-"""Load a task's data (csv/tsv/jsonl/txt, a `datasets` directory, an image folder or
+"""Load a task's data (csv/tsv/jsonl/parquet/txt, a `datasets` directory, an image folder or
 scikit-learn digits) into a `Dataset` with train and eval splits."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _check_kind(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
             f"task '{cfg.task}' needs text, but this is image data ({fmt})",
             source=where,
             field=field,
-            fix="give a csv/tsv/jsonl/txt file or a datasets directory, "
+            fix="give a csv/tsv/jsonl/parquet/txt file or a datasets directory, "
             "or set task: image-classification",
         )
     column = f" (text column {cfg.data.text_column_names()})" if fmt in COLUMN_FORMATS else ""
@@ -129,7 +129,8 @@ def unlabelled_txt(source: str, field: str) -> UserError:
         "a .txt file holds texts (one a line) but no labels",
         source=source,
         field=field,
-        fix="give a csv/tsv/jsonl file or a datasets directory with a text and a label column; "
+        fix="give a csv/tsv/jsonl/parquet file or a datasets directory with a text and a label "
+        "column; "
         "a .txt file suits a sentence-embedding teacher",
     )
 
