@@ -172,12 +172,13 @@ def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
                 fix="give a column of texts",
             )
         return _texts_data(path, [str(v or "") for v in values[text]], teacher, text)
-    pair = _pair_columns(values)
-    text_cols = pair or [text]
-    distinct = {
-        c: sorted({str(v).strip() for v in values[c]}) for c in columns if c not in text_cols
-    }
+    distinct = {c: sorted({str(v).strip() for v in values[c]}) for c in columns if c != text}
     usable = [c for c, d in distinct.items() if 2 <= len(d) <= MAX_LABELS]
+    pair = _pair_columns(values)
+    if pair and all(c in pair for c in usable):  # its second column is the labels (yes/no)
+        pair = None
+    text_cols = pair or [text]
+    usable = [c for c in usable if c not in text_cols]
     if _text_len(values[text]) == 0 or not usable:
         raise UserError(
             f"no text column with a label column beside it (columns {columns})",

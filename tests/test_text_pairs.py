@@ -154,3 +154,21 @@ def test_compress_a_pair_classifier(pair_project, tmp_path):
         assert e["accuracy"]["accuracy"] >= teacher - 0.1
     meta = json.loads((run / "distill" / "student" / "kdc_model.json").read_text())
     assert meta["text_pair"] is True
+
+
+def test_init_keeps_a_known_pair_column_that_holds_the_labels(pair_project, tmp_path):
+    """`question`/`answer` where the answers are the classes: one text column and its labels,
+    not a pair with no label column left (init failed on such a table)."""
+    import csv
+
+    data = tmp_path / "qa.csv"
+    with open(pair_project.parent / "train.csv") as f, open(data, "w", newline="") as out:
+        w = csv.writer(out)
+        w.writerow(["question", "answer"])
+        w.writerows([r["premise"] + " " + r["hypothesis"], r["label"]] for r in csv.DictReader(f))
+    out = tmp_path / "m.yaml"
+    args = ["init", str(pair_project.parent / "teacher"), "--data", str(data), "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    written = yaml.safe_load(out.read_text())["data"]
+    assert (written["text_column"], written["label_column"]) == ("question", "answer")
