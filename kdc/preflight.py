@@ -316,7 +316,8 @@ def _check_columns(cfg: KdcConfig) -> None:
             "teacher embeds one text a row",
             source=cfg.source_file,
             field="data.text_column",
-            fix="name one text column, or set task: text-classification for a cross-encoder",
+            fix="name one text column, or set task: text-classification for a cross-encoder "
+            "classifier (2 or more classes)",
         )
 
 

@@ -57,6 +57,7 @@ def test_pair_checks_name_text_column(pair_project):
     out = _validate(pair_project, "emb.yaml", task="sentence-embedding")
     assert "field 'data.text_column'" in out
     assert "a sentence-embedding teacher embeds one text" in out
+    assert "cross-encoder classifier (2 or more classes)" in " ".join(out.split())
     out = _validate(pair_project, "lab.yaml", data={"text_column": ["premise", "label"]})
     assert "field 'data.text_column'" in out and "the text column is the label column" in out
 
