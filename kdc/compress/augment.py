@@ -34,26 +34,56 @@ SIM_ROWS = 2048  # rows of the token-similarity matrix computed at once
 MAX_SHIFT = 0.1  # largest image translation, as a share of its side
 
 
-def _token_order(length: list[int], rng: np.random.Generator, i: int, width: int) -> list:
+def _token_order(
+    length: list[int], rng: np.random.Generator, i: int, width: int, second: list[int] | None
+) -> list:
     """(row, position) pairs of row `i` after splicing with another row or deleting tokens, at
-    most `width` long. The start and end special tokens (first and last position) are kept."""
+    most `width` long. The start and end special tokens (first and last position) are kept. Text
+    pairs (`second`: where each row's second text starts, by its token types) splice whole texts,
+    row i's first with row j's second, and keep the separator between them."""
     n = length[i]
     if n <= 3:
         return [(i, p) for p in range(n)]
     j = int(rng.integers(len(length)))
     if rng.random() < 0.5 and j != i and length[j] > 3:
-        head = int(rng.integers(2, n - 1))  # keep [CLS] and at least one token of row i
-        tail = int(rng.integers(1, length[j] - 1))
-        order = [(i, p) for p in range(head)] + [(j, p) for p in range(tail, length[j])]
+        if second:  # [CLS] first text [SEP] of row i, second text [SEP] of row j
+            order = [(i, p) for p in range(second[i])]
+            order += [(j, p) for p in range(second[j], length[j])]
+        else:
+            head = int(rng.integers(2, n - 1))  # keep [CLS] and at least one token of row i
+            tail = int(rng.integers(1, length[j] - 1))
+            order = [(i, p) for p in range(head)] + [(j, p) for p in range(tail, length[j])]
         return order if len(order) <= width else order[: width - 1] + [(i, n - 1)]
-    keep = [p for p in range(1, n - 1) if rng.random() >= DELETE_PROB] or [1]
-    return [(i, 0)] + [(i, p) for p in keep] + [(i, n - 1)]
+    if not second:
+        keep = [p for p in range(1, n - 1) if rng.random() >= DELETE_PROB] or [1]
+        return [(i, 0)] + [(i, p) for p in keep] + [(i, n - 1)]
+    sep = second[i] - 1  # the separator ending a pair's first text: kept, and a token of each text
+    first = [p for p in range(1, sep) if rng.random() >= DELETE_PROB] or [1]
+    rest = [p for p in range(sep + 1, n - 1) if rng.random() >= DELETE_PROB] or [sep + 1]
+    return [(i, p) for p in (0, *first, sep, *rest, n - 1)]
+
+
+def _second_texts(batch: Batch, length: list[int]) -> list[int] | None:
+    """Where each row's second text starts (its first token of type 1), where every row is a
+    text pair told apart by `token_type_ids`; None otherwise (one text a row, or a model that
+    reads a pair's separators alone)."""
+    types = batch.get("token_type_ids")
+    if types is None or types.dim() != 2:
+        return None
+    starts = []
+    for row, n in zip(types.tolist(), length, strict=True):
+        start = next((p for p, t in enumerate(row[:n]) if t), None)
+        if start is None or start < 2 or start >= n - 1:
+            return None
+        starts.append(start)
+    return starts
 
 
 def splice_text(batch: Batch, rng: np.random.Generator, prob: float) -> tuple[Batch, np.ndarray]:
     """Text: each row, with probability `prob`, becomes the head of itself followed by the tail
-    of another row of the batch (both cut at random), or itself with 10 % of its tokens deleted.
-    Every sequence input (ids, type ids, mask) is rearranged alike; rows keep the batch width."""
+    of another row of the batch (both cut at random; text pairs: its first text and the other
+    row's second), or itself with 10 % of its tokens deleted (never a pair's separator). Every
+    sequence input (ids, type ids, mask) is rearranged alike; rows keep the batch width."""
     return splice_rows(batch, rng, rng.random(len(batch["input_ids"])) < prob)
 
 
@@ -67,7 +97,10 @@ def splice_rows(
     b, width = mask.shape
     length = mask.sum(1).tolist()
     same = [[(i, p) for p in range(length[i])] for i in range(b)]
-    orders = [_token_order(length, rng, i, width) if chosen[i] else same[i] for i in range(b)]
+    second = _second_texts(batch, length)
+    orders = [
+        _token_order(length, rng, i, width, second) if chosen[i] else same[i] for i in range(b)
+    ]
     changed = np.array([o != s for o, s in zip(orders, same, strict=True)])  # really perturbed
     rows = torch.zeros(b, width, dtype=torch.long)
     cols = torch.zeros(b, width, dtype=torch.long)

@@ -394,8 +394,8 @@ def _truncation_note(ctx: Context) -> str | None:
     n = ctx.cfg.data.max_length
     return (
         f"{full} of the {len(mask)} eval rows ({full / len(mask):.0%}) reach data.max_length "
-        f"({n} tokens) and are cut there: every accuracy here is at {n} tokens; raise it if the "
-        "teacher read longer inputs (latency grows with it)"
+        f"({n} tokens), longer ones cut there: every accuracy here is at {n} tokens; raise it, "
+        "within the teacher's positions, if the teacher read longer inputs (latency grows with it)"
     )
 
 

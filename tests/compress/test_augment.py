@@ -54,6 +54,35 @@ def test_splice_mixes_rows_and_leaves_unchosen_rows_alone():
     assert not changed.any() and torch.equal(same["input_ids"], batch["input_ids"][:, :8])
 
 
+def pair_batch() -> dict[str, torch.Tensor]:
+    """Text pairs [CLS] a [SEP] b [SEP], token types 0 then 1."""
+    pairs = [([5, 6, 7], [8, 9]), ([10, 11], [12, 13, 14]), ([15], [16, 17]), ([18, 19], [20])]
+    width = 9
+    rows = [[CLS, *a, SEP, *b, SEP] for a, b in pairs]
+    types = [[0] * (len(a) + 2) + [1] * (len(b) + 1) for a, b in pairs]
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    tt = torch.tensor([t + [0] * (width - len(t)) for t in types])
+    return {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": tt}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_splice_keeps_text_pairs_well_formed(seed):
+    """A pair row stays [CLS] first [SEP] second [SEP] with types 0…0 1…1: spliced as whole
+    texts (one row's first, another's second), its separator never deleted."""
+    batch = pair_batch()
+    out, _ = splice_text(batch, np.random.default_rng(seed), 1.0)
+    firsts = {tuple(range(5, 8)), (10, 11), (15,), (18, 19)}
+    for row, m, t in zip(*(out[k].tolist() for k in batch), strict=True):
+        n = sum(m)
+        assert row[0] == CLS and row[n - 1] == SEP and row[1 : n - 1].count(SEP) == 1
+        mid = row.index(SEP, 1)
+        assert t[:n] == [0] * (mid + 1) + [1] * (n - mid - 1)
+        first = tuple(row[1:mid])
+        assert set(first) <= set(range(5, 8)) | {10, 11, 15, 18, 19} and first
+        if len(first) == len(next(f for f in firsts if set(first) <= set(f))):
+            assert first in firsts  # whole texts, or a deletion within one
+
+
 def test_shift_moves_images_within_bounds():
     x = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16)
     out, changed = shift_image({"pixel_values": x}, np.random.default_rng(1), 1.0)

@@ -87,7 +87,7 @@ def test_rows_cut_at_max_length_are_noted():
         return SimpleNamespace(cfg=cfg, encode=lambda split: {"attention_mask": mask})
 
     note = _truncation_note(ctx(10))
-    assert note.startswith("10 of the 40 eval rows (25%) reach data.max_length (16 tokens)")
+    assert note.startswith("10 of the 40 eval rows (25%) reach data.max_length (16 tokens), ")
     assert "every accuracy here is at 16 tokens" in note
     assert _truncation_note(ctx(1)) is None  # under 5 %
     images = SimpleNamespace(encode=lambda split: {"pixel_values": np.zeros((2, 3, 8, 8))})
