@@ -15,7 +15,7 @@ from rich.console import Console
 from kdc.config import KdcConfig, load_config, parse_config
 from kdc.errors import UserError
 from kdc.profiles import HardwareProfile, load_profile
-from kdc.rundir import RunDir, check_run_root, read_json
+from kdc.rundir import RunBusy, RunDir, check_run_root, read_json
 
 if TYPE_CHECKING:
     from kdc.pipeline import Context
@@ -116,7 +116,10 @@ def _run(
     for note in [*config_warnings(cfg), *target_warnings(cfg, ctx.profile)]:
         ctx.warn(note)
     try:
-        run_stages(ctx, resume=resume, only=stages)
+        with ctx.run.lock():  # another kdc process on this run directory is refused
+            run_stages(ctx, resume=resume, only=stages)
+    except RunBusy:  # what is in the directory is the other process's
+        raise
     except UserError as e:
         if was_empty and not _any_stage_done(ctx.run):
             _clear(ctx.run.root, remove=not existed)  # bad input: leave no half-started run
@@ -299,14 +302,22 @@ def verify(
     the one verified for). With
     `device_results`, the TensorRT engine's latency is what the device measured with the bundle;
     results that do not belong to the run are refused before anything is written."""
-    from kdc.pipeline import require_stage, run_stages
-    from kdc.preflight import check_dla_target
-
     _flags(quiet=quiet)
     cfg = config_of_run(run_dir)
     manifest = read_json(Path(run_dir) / "manifest.json")
     built_for = manifest.get("target", "host")
     ctx = open_run(cfg, target or _own_target(Path(run_dir), manifest), run_dir, quiet=quiet)
+    with ctx.run.lock():  # device results are read and recorded with the run held
+        return _verify(ctx, run_dir, built_for, device_results)
+
+
+def _verify(
+    ctx: Context, run_dir: str | Path, built_for: str, device_results: str | Path | None
+) -> dict:
+    from kdc.pipeline import require_stage, run_stages
+    from kdc.preflight import check_dla_target
+
+    cfg = ctx.cfg
     check_dla_target(cfg, ctx.profile)  # another target may have no such DLA core
     if device_results is not None:
         from kdc.stages.verify import device_figures

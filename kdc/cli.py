@@ -432,11 +432,14 @@ def inspect(run_dir: Path) -> None:
             f"stage(s) {', '.join(info['outdated'])} were built from earlier outputs of the "
             f"stage before them; {resume} redoes (or confirms) them"
         )
-    if info["unfinished"]:
+    if info["unfinished"] and info.get("writer"):
+        which = ", ".join(f"{n} ({st})" for n, st in info["unfinished"].items())
+        problems.append(f"stage(s) {which}: kdc process {info['writer']} is writing the run now")
+    elif info["unfinished"]:
         which = ", ".join(f"{n} ({st})" for n, st in info["unfinished"].items())
         problems.append(
             f"stage(s) {which} did not finish: see the error above (a stage still `running` "
-            f"was cut short, unless a run is going on); fix it, then {resume}"
+            f"was cut short); fix it, then {resume}"
         )
     for line in problems:
         err.print(line, markup=False)

@@ -17,10 +17,20 @@ from typing import Any
 
 from kdc.errors import UserError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, a run directory is not guarded
+    fcntl = None  # type: ignore[assignment]
+
 MANIFEST = "manifest.json"
+LOCK = ".kdc.lock"  # held (flock) by the process writing a run; hidden, not a `.*.tmp`
 LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "nncf", "torch-pruning", "optimum")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+class RunBusy(UserError):
+    """Another process holds the run directory's lock (RunDir.lock)."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -243,6 +253,66 @@ class RunDir:
                 p.unlink(missing_ok=True)
         return stale
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for this process while it writes it: a second kdc process on
+        the same run (another compress, a stage alone, verify, bundle) is refused instead of
+        deleting this one's temporaries and interleaving its manifest writes. Re-entrant within
+        a process; the kernel releases it when the process dies (SIGKILL included)."""
+        key = str(self.root.resolve())
+        if fcntl is None or key in _HELD:
+            _HELD[key] = _HELD.get(key, 0) + 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+                if not _HELD[key]:
+                    del _HELD[key]
+            return
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as e:
+            raise self._unwritable(e) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._busy(fd) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            _HELD[key] = 1
+            try:
+                yield
+            finally:
+                del _HELD[key]
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _busy(self, fd: int) -> RunBusy:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return RunBusy(
+            f"another kdc process{f' (pid {pid})' if pid else ''} is writing this run directory",
+            source=str(self.root),
+            fix="wait for it to finish (or stop it), or pass another --out",
+        )
+
+    def writer(self) -> str | None:
+        """The pid (as written) of a process holding the run's lock, or None when none does."""
+        path = self.root / LOCK
+        if fcntl is None or not path.is_file() or str(self.root.resolve()) in _HELD:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+        return None
+
     def stage(self, name: str) -> dict | None:
         return self.manifest().get("stages", {}).get(name)
 
@@ -356,6 +426,9 @@ class RunDir:
         """Hash of a finished stage's outputs: the input hash of the stages after it."""
         rec = self.stage(name) or {}
         return sha256_json(rec.get("outputs", {}))
+
+
+_HELD: dict[str, int] = {}  # run directories this process holds the lock of (depth)
 
 
 def target_flag(manifest: dict) -> str:

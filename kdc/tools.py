@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from kdc.errors import UserError
 from kdc.rundir import RunDir, read_json
+
+if TYPE_CHECKING:
+    from kdc.pipeline import Context
 
 ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: np.float32,
@@ -313,6 +317,7 @@ def inspect_run(run_dir: Path | str) -> dict:
         "outdated": old,
         # a stage that failed, or was cut short (still `running` in the manifest)
         "unfinished": {n: st["status"] for n, st in stages.items() if st["status"] in UNFINISHED},
+        "writer": run.writer(),  # the pid of a kdc process writing the run now, if any
     }
 
 
@@ -320,6 +325,13 @@ def bundle(run_dir: Path | str, target: str) -> Path:
     """Write (or rewrite) the device bundle of a finished run for a target; a bundle it
     replaces that holds device results is moved aside to build/previous-<name>, not deleted."""
     from kdc import api
+
+    ctx = api.open_run(api.config_of_run(run_dir), target, run_dir, quiet=True)
+    with ctx.run.lock():  # no compress or verify rewrites the build meanwhile
+        return _bundle(ctx, run_dir)
+
+
+def _bundle(ctx: Context, run_dir: Path | str) -> Path:
     from kdc.deploy.bundle import bundle_dir
     from kdc.pipeline import outdated, require_stage, stage_not_ready
     from kdc.preflight import check_dla_target
@@ -331,7 +343,6 @@ def bundle(run_dir: Path | str, target: str) -> Path:
         tensorrt_source,
     )
 
-    ctx = api.open_run(api.config_of_run(run_dir), target, run_dir, quiet=True)
     check_dla_target(ctx.cfg, ctx.profile)  # build.dla_core on a target without that core
     require_stage(ctx, "build")
     if "build" in outdated(ctx.run):  # its engines are of an earlier student
