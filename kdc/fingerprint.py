@@ -3,6 +3,7 @@ the data, hashed into every stage's input hash so --resume redoes what they feed
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,16 +11,33 @@ from typing import Any
 from kdc.config import KdcConfig
 from kdc.rundir import sha256_file, sha256_json
 
+# what a teacher directory's files that kdc reads end in: weights, configs, tokenizer
+# vocabularies (a SentencePiece `.model`) and `trust_remote_code`'s modelling code
+TEACHER_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".py")
+
+
+def _module_dirs(directory: Path) -> list[Path]:
+    """A sentence-transformers directory's module folders that modules.json names
+    (1_Pooling/, 2_Normalize/): their config sets the teacher's pooling."""
+    try:
+        modules = json.loads((directory / "modules.json").read_text())
+        paths = [m.get("path") for m in modules if isinstance(m, dict)]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+    return [directory / p for p in paths if isinstance(p, str) and p and (directory / p).is_dir()]
+
 
 def _teacher_files(cfg: KdcConfig) -> list[Path]:
     """The teacher's weights and config files, whose contents a stage's input hash covers."""
     t = cfg.teacher
     files: list[Path] = []
     if t.path and cfg.resolve(t.path).is_dir():
+        top = cfg.resolve(t.path)
         files = sorted(
             p
-            for p in cfg.resolve(t.path).iterdir()
-            if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".txt")
+            for d in (top, *_module_dirs(top))
+            for p in d.iterdir()
+            if p.is_file() and p.suffix in TEACHER_SUFFIXES
         )
     if t.weights and cfg.resolve(t.weights).is_file():
         files.append(cfg.resolve(t.weights))
@@ -48,14 +66,24 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
     return None
 
 
+def _teacher_key(path: Path, top: Path | None) -> str:
+    """A teacher file's key in the fingerprint: its name at the directory's top (as recorded
+    before module folders were hashed: an unchanged teacher keeps its runs' hashes), else its
+    path below the directory."""
+    if top is None or path.parent == top or not path.is_relative_to(top):
+        return path.name
+    return path.relative_to(top).as_posix()
+
+
 def inputs_fingerprint(cfg: KdcConfig) -> str:
     """Hash of the teacher's files (weights, config; an entrypoint's source beside the config)
     and of the data (`_data_fingerprint`), so a retrained teacher, edited model code or edited
     data re-runs stages on --resume."""
     from kdc.models import entrypoint_files
 
+    top = cfg.resolve(cfg.teacher.path) if cfg.teacher.path else None
     found = {
-        "teacher": {p.name: sha256_file(p) for p in _teacher_files(cfg)},
+        "teacher": {_teacher_key(p, top): sha256_file(p) for p in _teacher_files(cfg)},
         "data": [_data_fingerprint(cfg, v) for v in (cfg.data.source, cfg.data.eval)],
     }
     if code := entrypoint_files(cfg):

@@ -382,3 +382,40 @@ def test_stages_after_a_search_run_alone_are_outdated_until_a_resume_confirms_th
     assert all(after[s]["finished"] == before[s]["finished"] for s in before)  # nothing re-ran
     assert inspect_run(run)["outdated"] == []
     api.verify(run, quiet=True)
+
+
+def test_the_inputs_fingerprint_follows_the_teacher_files_kdc_reads(tmp_path):
+    """A sentence-transformers teacher's pooling is in 1_Pooling/config.json (modules.json names
+    the folder): a --resume after it changed (mean to CLS) reused every stage; a SentencePiece
+    vocabulary (.model) and remote modelling code (.py) are read too. A README is not."""
+    from kdc.config import parse_config
+    from kdc.fingerprint import inputs_fingerprint
+
+    teacher = tmp_path / "teacher"
+    (teacher / "1_Pooling").mkdir(parents=True)
+    (teacher / "config.json").write_text('{"model_type": "bert"}')
+    modules = [{"path": ""}, {"path": "1_Pooling"}, {"path": "2_Normalize"}]
+    (teacher / "modules.json").write_text(json.dumps(modules))
+    (teacher / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (tmp_path / "train.csv").write_text("text\na\nb\n")
+    raw = {
+        "name": "emb",
+        "task": "sentence-embedding",
+        "teacher": {"path": "teacher"},
+        "data": {"source": "train.csv", "text_column": "text"},
+    }
+    cfg = parse_config(raw, base_dir=tmp_path)
+    seen = {inputs_fingerprint(cfg)}
+    (teacher / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    seen.add(inputs_fingerprint(cfg))
+    assert len(seen) == 2
+    for name in ("spiece.model", "modeling_custom.py"):
+        (teacher / name).write_text("v1")
+        seen.add(inputs_fingerprint(cfg))
+        (teacher / name).write_text("v2")
+        seen.add(inputs_fingerprint(cfg))
+    assert len(seen) == 6
+    (teacher / "README.md").write_text("notes")
+    (teacher / "onnx").mkdir()  # a folder modules.json does not name
+    (teacher / "onnx" / "config.json").write_text("{}")
+    assert inputs_fingerprint(cfg) in seen
