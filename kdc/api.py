@@ -15,7 +15,7 @@ from rich.console import Console
 from kdc.config import KdcConfig, load_config, parse_config
 from kdc.errors import UserError
 from kdc.profiles import HardwareProfile, load_profile
-from kdc.rundir import RunBusy, RunDir, check_run_root, read_json
+from kdc.rundir import LOCK, RunBusy, RunDir, check_run_root, read_json
 
 if TYPE_CHECKING:
     from kdc.pipeline import Context
@@ -108,7 +108,7 @@ def _run(
     replaced = _replaced_run(root, cfg, profile, resume=resume or stages is not None)
     existed = root.exists()
     created = [d for d in root.absolute().parents if not d.exists()]  # e.g. runs/, made for it
-    was_empty = not existed or not any(root.iterdir())
+    was_empty = not existed or not any(p.name != LOCK for p in root.iterdir())
     ctx = open_run(cfg, target, root, quiet=quiet)
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
     if replaced:

@@ -84,3 +84,17 @@ def test_the_lock_is_reentrant_and_released(tmp_path):
     with run.lock():  # released: taken again
         pass
     assert isinstance(RunBusy("x"), UserError)  # exit 2, one line
+
+
+def test_a_directory_holding_only_the_lock_counts_as_empty(cnn_project, tmp_path):
+    """A run interrupted before its first stage leaves its directory with only the lock file: a
+    later run refused for bad input (found by the first stage) still leaves it as it found it."""
+    cfg = config_of(cnn_project)
+    cfg["student"] = {"layers": 2}  # a CNN teacher has no layers to keep: search refuses it
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK).write_text("")
+    with pytest.raises(UserError, match="student.layers"):
+        api.compress(path, "host", run, quiet=True)
+    assert [p.name for p in run.iterdir()] in ([], [LOCK])
