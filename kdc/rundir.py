@@ -278,8 +278,11 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise self._busy(fd) from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:  # a file system without locks (some network mounts): unguarded
+                pass
+            with contextlib.suppress(OSError):  # the pid only names the writer
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
             _HELD[key] = 1
             try:
                 yield
@@ -309,6 +312,8 @@ class RunDir:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        except OSError:  # no locks on this file system
+            return None
         finally:
             os.close(fd)
         return None

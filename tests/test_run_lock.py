@@ -98,3 +98,18 @@ def test_a_directory_holding_only_the_lock_counts_as_empty(cnn_project, tmp_path
     with pytest.raises(UserError, match="student.layers"):
         api.compress(path, "host", run, quiet=True)
     assert [p.name for p in run.iterdir()] in ([], [LOCK])
+
+
+def test_a_file_system_without_locks_runs_unguarded(tmp_path, monkeypatch):
+    """flock refused (ENOLCK on some network mounts): the run goes on, as before the lock."""
+    import errno
+
+    import kdc.rundir as rundir
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(rundir.fcntl, "flock", no_locks)
+    run = RunDir(tmp_path / "run")
+    with run.lock():
+        assert run.writer() is None
