@@ -26,6 +26,13 @@ def engine_bytes_needed(onnx_path: Path | str) -> int:
     return ENGINE_SIZE_FACTOR * Path(onnx_path).stat().st_size + ENGINE_OVERHEAD_BYTES
 
 
+def distill_bytes_needed(params: int) -> int:
+    """What distilling a student of `params` float32 parameters may write: its checkpoint (weights,
+    AdamW's two moments, and the previous checkpoint until the new one replaces it) and the saved
+    student, plus 50 MB."""
+    return 7 * 4 * params + ENGINE_OVERHEAD_BYTES
+
+
 def require_free(path: Path | str, bytes_needed: int, what: str) -> None:
     """Raise UserError "needs N MB free in DIR, has M MB" when `path` lacks `bytes_needed`."""
     have = free_bytes(path)

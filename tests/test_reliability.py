@@ -283,6 +283,18 @@ def test_build_checks_free_space_first(tmp_path, monkeypatch):
     assert not (tmp_path / "build").exists()
 
 
+def test_distill_checks_free_space_first(cnn_project, tmp_path, monkeypatch):
+    """A disk too full for the checkpoint and the student is a one-line error before training
+    (torch.save and safetensors fail on a full disk with errors that are not OSError)."""
+    import kdc.diskspace as D
+
+    monkeypatch.setattr(D, "free_bytes", lambda path: 1 << 20)
+    with pytest.raises(UserError) as e:
+        api.compress(cnn_project, out=tmp_path / "run", quiet=True)
+    assert re.search(r"distillation needs \d+ MB free in .*distill, has 1 MB", str(e.value))
+    assert not list((tmp_path / "run" / "distill").glob("*"))
+
+
 def test_require_free_passes_when_there_is_room(tmp_path):
     from kdc.diskspace import free_bytes, require_free
 

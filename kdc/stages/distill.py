@@ -20,6 +20,7 @@ from kdc.compress.checkpoint import Checkpoint
 from kdc.compress.distill import DistillData, DistillResult, distill, teacher_runs_each_step
 from kdc.compress.evaluate import selection_metric, validation_uses_teacher
 from kdc.compress.prune import GradualPruning, ratio_for_latency
+from kdc.diskspace import distill_bytes_needed, require_free
 from kdc.models.base import ModelAdapter
 from kdc.models.hf import set_attention_dropout
 from kdc.pipeline import Context, StageOutput
@@ -275,14 +276,12 @@ def run(ctx: Context) -> StageOutput:
                 "distill.attention_dropout not applied: no attention module of a known kind "
                 f"(Hugging Face, timm) in the {student.family} student"
             )
+    out = ctx.run / "distill"
+    require_free(out, distill_bytes_needed(student.params()), "distillation")
     data = distill_data(ctx, student.family)
     pruning, prune_info = pruning_for(ctx, student, data)
     cfg = ctx.cfg.distill
-    ckpt = (
-        Checkpoint(ctx.run / "distill" / "checkpoint", checkpoint_key(ctx))
-        if (cfg.checkpoint)
-        else None
-    )
+    ckpt = Checkpoint(out / "checkpoint", checkpoint_key(ctx)) if (cfg.checkpoint) else None
     with ctx.progress("distilling", cfg.epochs) as advance:
         result = distill(
             student,
