@@ -26,6 +26,7 @@ from kdc.deploy.ort_install import conflict_warning
 from kdc.errors import Interrupted, UserError, first_line, listed
 from kdc.fingerprint import inputs_fingerprint
 from kdc.models.base import ModelAdapter
+from kdc.preflight import builds_tensorrt, qat_reduce_range
 from kdc.profiles import HardwareProfile
 from kdc.rundir import RunDir, library_versions, sha256_json, target_flag
 
@@ -95,8 +96,6 @@ class Context:
     def dla_core(self) -> int | None:
         """The DLA core the run's TensorRT engine is built for (build.dla_core), where it builds
         one: its latency is predicted on that core (kdc.deploy.dla)."""
-        from kdc.preflight import builds_tensorrt
-
         core = self.cfg.build.dla_core
         return core if core is not None and builds_tensorrt(self.cfg, self.profile) else None
 
@@ -231,8 +230,6 @@ TENSORRT_ONLY = ("max_batch", "dla_core")  # build settings only a TensorRT engi
 def _tensorrt_facets(cfg: KdcConfig, profile: HardwareProfile, *fields: str) -> dict[str, Any]:
     """The build `fields` (of TENSORRT_ONLY) that are set, where a TensorRT engine is built:
     set on a target without TensorRT (warned unused) they keep a stage's outputs."""
-    from kdc.preflight import builds_tensorrt
-
     if not builds_tensorrt(cfg, profile):
         return {}
     return {f: v for f in fields if (v := getattr(cfg.build, f)) is not None}
@@ -253,12 +250,16 @@ def _whole_profile(*fields: str) -> ProfileReads:
 def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     """What distillation reads of the target: the channel multiple a CNN student is narrowed
     (or any student pruned) to, not read for a transformer's; for QAT, whether TensorRT runs it
-    (symmetric fake-quantizers); pruning to a latency reads the whole latency model."""
+    (symmetric fake-quantizers) and whether it trains 7-bit weights (`qat_reduce_range`, by
+    default this CPU's; only when it does: a run without them hashes as before); pruning to a
+    latency reads the whole latency model."""
     from kdc.models import teacher_kind
 
+    seven_bit = {"reduce_range": True} if qat_reduce_range(cfg, profile) else {}
     if cfg.prune.enabled and cfg.prune.target_latency_ms is not None:
-        return _whole_profile("dla_core")(cfg, profile)
-    facets: dict[str, Any] = {}
+        whole = _whole_profile("dla_core")(cfg, profile)
+        return {"profile": whole, **seven_bit} if seven_bit else whole
+    facets: dict[str, Any] = {**seven_bit}
     cnn = cfg.task == "image-classification" and teacher_kind(cfg) != "huggingface"
     if cnn or (cfg.prune.enabled and not cfg.prune.round_to):
         facets["channel_divisor"] = profile.defaults.channel_divisor

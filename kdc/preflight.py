@@ -122,9 +122,8 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
             "config's student is fixed"
         )
     q = cfg.quantize
-    if q.reduce_range is not None and (q.precision != "int8" or q.method == "qat"):
-        why = "QAT trains its weights at 8 bits" if q.precision == "int8" else "no INT8 graph"
-        notes.append(f"quantize.reduce_range not used: it applies to PTQ, and this run has {why}")
+    if q.reduce_range is not None and q.precision != "int8":
+        notes.append("quantize.reduce_range not used: this run has no INT8 graph")
     return [n for n in notes if n]
 
 
@@ -219,10 +218,34 @@ def builds_tensorrt(cfg: KdcConfig, profile: HardwareProfile) -> bool:
     return "tensorrt" in profile.runtime.engines and (not engines or "tensorrt" in engines)
 
 
+def reduce_range_applies(cfg: KdcConfig, profile: HardwareProfile) -> bool:
+    """Whether INT8 weights are quantized to 7 bits: quantize.reduce_range, by default where the
+    INT8 graph runs on this CPU (the target, no TensorRT engine built) and its int8 kernels
+    saturate (x86 without VNNI)."""
+    from kdc.profiles import cpu_info, int8_saturates
+
+    asked = cfg.quantize.reduce_range
+    if asked is not None:
+        return asked
+    return (
+        profile.measurable and not builds_tensorrt(cfg, profile) and int8_saturates(cpu_info()[1])
+    )
+
+
+def qat_reduce_range(cfg: KdcConfig, profile: HardwareProfile) -> bool:
+    """Whether quantization-aware training trains 7-bit weights (`reduce_range_applies` to an INT8
+    QAT run); never for a TensorRT target, whose fake quantizers are symmetric S8S8 without an
+    overflow fix."""
+    q = cfg.quantize
+    qat = q.precision == "int8" and q.method == "qat"
+    return qat and "tensorrt" not in profile.runtime.engines and reduce_range_applies(cfg, profile)
+
+
 def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
     """What a run for `profile` cannot judge or does not use: no engine with a latency model for
     a TensorRT target when build.engines leaves TensorRT out (its profile's model is
-    TensorRT's); build.max_batch where no TensorRT engine is built."""
+    TensorRT's); build.max_batch where no TensorRT engine is built; quantize.reduce_range where
+    QAT trains for TensorRT."""
     engines = cfg.build.engines
     left_out = bool(engines) and "tensorrt" not in engines
     out = []
@@ -241,6 +264,13 @@ def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
         out.append(
             f"build.max_batch not used: it sizes TensorRT engines, and this run builds none for "
             f"{profile.name} (ONNX Runtime's graphs take any batch)"
+        )
+    q = cfg.quantize
+    qat = q.precision == "int8" and q.method == "qat"
+    if q.reduce_range and qat and "tensorrt" in profile.runtime.engines:
+        out.append(
+            f"quantize.reduce_range not used: QAT for {profile.name} trains TensorRT's symmetric "
+            "8-bit weights (its int8 kernels do not saturate)"
         )
     return out
 

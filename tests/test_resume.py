@@ -126,6 +126,31 @@ def test_stages_hash_only_the_config_they_read(cnn_project):
     assert _hashes(_with(pruned, "verify.batch", 4))["distill"] != _hashes(pruned)["distill"]
 
 
+def test_qat_retrains_where_its_7_bit_decision_changes(cnn_project, monkeypatch):
+    """Whether QAT trains 7-bit weights (quantize.reduce_range; by default where this CPU's int8
+    kernels saturate) is in distill's input hash: a resume with another decision re-trains, one
+    with the same decision (auto or said) does not; PTQ's and TensorRT targets' distill do not
+    read it."""
+    import kdc.profiles
+    from kdc.profiles import load_profile
+
+    load_profile("host")  # the host profile is read once, of this machine's CPU
+    cfg = yaml.safe_load(cnn_project.read_text())
+    qat = _with(cfg, "quantize.method", "qat")
+    pruned = {**qat, "prune": {"enabled": True, "target_latency_ms": 1.0}}
+
+    def h(c: dict, reduce_range: bool | None = None, target: str = "host") -> str:
+        return _hashes(_with(c, "quantize.reduce_range", reduce_range), target)["distill"]
+
+    monkeypatch.setattr(kdc.profiles, "cpu_info", lambda: ("AMD EPYC", {"avx2"}))
+    assert h(qat) == h(qat, True) != h(qat, False)
+    assert h(pruned) == h(pruned, True) != h(pruned, False)
+    assert h(cfg) == h(cfg, True) == h(cfg, False)  # PTQ: build's setting
+    assert h(qat, target="jetson") == h(qat, True, "jetson")
+    monkeypatch.setattr(kdc.profiles, "cpu_info", lambda: ("Xeon", {"avx2", "avx512_vnni"}))
+    assert h(qat) == h(qat, False) != h(qat, True)
+
+
 def test_resume_after_an_edit_redoes_only_the_stages_reading_it(cnn_project, tmp_path, capsys):
     """Changing the accuracy bound or the calibration rows re-runs neither search nor distill;
     changing the latency budget re-runs search."""

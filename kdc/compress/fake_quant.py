@@ -6,7 +6,9 @@ fixed, gradients through the straight-through estimator; embedding tables are qu
 (weights only, as kdc's PTQ does). PyTorch's own fake-quantize ops export with the TorchScript
 exporter as standard QuantizeLinear/DequantizeLinear pairs, the explicit quantization TensorRT 10
 and 11 build INT8 from and ONNX Runtime runs with int8 kernels; `fold_weight_quantizers` then
-stores the weights as int8.
+stores the weights as int8. With `reduce_range` the Linear weights are 7-bit (scale amax / 63:
+values in [-63, 63], as ONNX Runtime's reduce_range makes them), for x86 int8 kernels without
+VNNI, whose 16-bit pair sums of u8 x s8 products saturate on 8-bit weights.
 
 NNCF is not used for transformers: its quantizers are keyed by the n-th call of an op type, and a
 Hugging Face model computes sizes with extra ops while it is traced for export, so a quantizer
@@ -22,26 +24,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# the int8 range weights are stored in; torch exports only full 8-bit ranges (or 0..127) as
+# Q/DQ, so 7-bit weights keep it and take a scale that maps their largest magnitude to 63
 WEIGHT_RANGE = (-128, 127)  # symmetric: scales from amax / 127, so -128 is never produced
+SEVEN_BIT = 63  # reduce_range: weights in [-63, 63], within ONNX Runtime's 7-bit [-64, 64]
 
 
-def row_scales(w: torch.Tensor) -> torch.Tensor:
-    """Symmetric INT8 scales of `w`, one per row (its largest magnitude / 127)."""
-    return w.detach().abs().amax(dim=1).clamp_min(1e-8) / WEIGHT_RANGE[1]
+def row_scales(w: torch.Tensor, levels: int = WEIGHT_RANGE[1]) -> torch.Tensor:
+    """Symmetric INT8 scales of `w`, one per row (its largest magnitude / `levels`)."""
+    return w.detach().abs().amax(dim=1).clamp_min(1e-8) / levels
 
 
-def fake_quant_rows(w: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+def fake_quant_rows(
+    w: torch.Tensor, scale: torch.Tensor | None = None, levels: int = WEIGHT_RANGE[1]
+) -> torch.Tensor:
     """`w` fake-quantized to symmetric INT8 with one scale per row: `scale` (frozen for export)
-    or the rows' current largest magnitudes (in training)."""
-    scale = row_scales(w) if scale is None else scale
+    or the rows' current largest magnitudes over `levels` (in training)."""
+    scale = row_scales(w, levels) if scale is None else scale
     zero = torch.zeros(scale.shape[0], dtype=torch.int32, device=w.device)
     return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, *WEIGHT_RANGE)
 
 
 class QuantEmbedding(nn.Embedding):
-    """An nn.Embedding whose table is fake-quantized per row (made in place by quantize_layers)."""
+    """An nn.Embedding whose table is fake-quantized per row (made in place by quantize_layers).
+    Always 8-bit, reduce_range or not: a table is gathered, its int8 rows dequantized, never
+    multiplied in an int8 kernel, so nothing sums its products in 16 bits."""
 
     weight_scale: torch.Tensor | None  # a buffer, None until frozen
+    weight_levels = WEIGHT_RANGE[1]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.weight_scale is None:  # training: the gathered rows only (scales are per row)
@@ -70,13 +80,15 @@ class QuantLinear(nn.Linear):
     input_zero_point: torch.Tensor
     input_range: tuple[int, int]
     weight_scale: torch.Tensor | None  # a buffer, None until frozen
+    weight_levels: int  # the largest weight magnitude's int8 value: 127, or SEVEN_BIT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.input_range
         x = torch.fake_quantize_per_tensor_affine(
             x, self.input_scale, self.input_zero_point, lo, hi
         )
-        return F.linear(x, fake_quant_rows(self.weight, self.weight_scale), self.bias)
+        w = fake_quant_rows(self.weight, self.weight_scale, self.weight_levels)
+        return F.linear(x, w, self.bias)
 
 
 def freeze_weight_scales(model: nn.Module) -> nn.Module:
@@ -85,7 +97,7 @@ def freeze_weight_scales(model: nn.Module) -> nn.Module:
     (computed from the weights, they were graph ops only onnxslim folded). Returns `model`."""
     for m in model.modules():
         if isinstance(m, (QuantLinear, QuantEmbedding)):
-            m.weight_scale = row_scales(m.weight)
+            m.weight_scale = row_scales(m.weight, m.weight_levels)
     return model
 
 
@@ -118,11 +130,12 @@ def quantize_layers(
     *,
     symmetric_activations: bool,
     skip: Iterable[nn.Module] = (),
+    reduce_range: bool = False,
 ) -> int:
     """Turn every nn.Linear of `model` but `skip` (the classifier heads) into a QuantLinear, its
     input range calibrated on `batches` (the model's positional inputs; a Linear they never
-    reach stays float), and every nn.Embedding into a QuantEmbedding. Returns how many Linear
-    layers were quantized."""
+    reach stays float), its weights 7-bit with `reduce_range`, and every nn.Embedding into a
+    QuantEmbedding. Returns how many Linear layers were quantized."""
     skipped = {id(m) for m in skip}
     linears = [
         m
@@ -148,6 +161,7 @@ def quantize_layers(
         m.register_buffer("input_scale", torch.tensor([scale], dtype=torch.float32))
         m.register_buffer("input_zero_point", torch.tensor([zero], dtype=torch.int32))
         m.input_range = qrange
+        m.weight_levels = SEVEN_BIT if reduce_range else WEIGHT_RANGE[1]
     for m in model.modules():
         if type(m) is nn.Embedding:
             m.__class__ = QuantEmbedding

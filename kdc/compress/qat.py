@@ -3,7 +3,9 @@ to ONNX as standard QuantizeLinear/DequantizeLinear pairs (what TensorRT and ONN
 One scheme per model family (SCHEMES): CNNs through NNCF (`nncf.quantize`, then `nncf.strip` into
 torch fake-quantize modules), transformers through fake-quantized Linear layers and embedding
 tables (`kdc.compress.fake_quant`: NNCF's quantized copy of a Hugging Face model does not export).
-The exported graph stores weights as int8 and gathers embedding rows before dequantizing them."""
+The exported graph stores weights as int8 and gathers embedding rows before dequantizing them.
+With `reduce_range` (x86 int8 kernels without VNNI, whose 16-bit pair sums saturate on 8-bit
+weights) both schemes train and export 7-bit weights, as PTQ quantizes them there."""
 
 from __future__ import annotations
 
@@ -76,30 +78,68 @@ def _with_module(adapter: ModelAdapter, module: torch.nn.Module) -> ModelAdapter
 
 @dataclass(frozen=True)
 class Scheme:
-    """How one model family is fake-quantized for training and freed of training-only modules
-    before export; `how` describes it for the report."""
+    """How one model family is fake-quantized for training (`quantize(model, adapter, batches,
+    symmetric_activations, tensorrt, reduce_range)`) and freed of training-only modules before
+    export; `how` describes it for the report."""
 
-    quantize: Callable[[torch.nn.Module, ModelAdapter, list[tuple], bool, bool], torch.nn.Module]
+    quantize: Callable[
+        [torch.nn.Module, ModelAdapter, list[tuple], bool, bool, bool], torch.nn.Module
+    ]
     strip: Callable[[torch.nn.Module, tuple], torch.nn.Module]
     how: str
 
 
 def _nncf_quantize(
-    model: torch.nn.Module, adapter: ModelAdapter, batches: list[tuple], sym: bool, trt: bool
+    model: torch.nn.Module,
+    adapter: ModelAdapter,
+    batches: list[tuple],
+    sym: bool,
+    trt: bool,
+    seven_bit: bool,
 ) -> torch.nn.Module:
-    """NNCF's fake quantizers (symmetric weights; activations symmetric when asked; no overflow
-    fix for TensorRT targets), ranges calibrated on `batches`."""
+    """NNCF's fake quantizers (symmetric weights; activations symmetric when asked), ranges
+    calibrated on `batches`; 7-bit weights with `seven_bit` (`_seven_bit_weights`), else NNCF's
+    overflow fix on the first layer (its default for CPUs); neither for TensorRT targets."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     _use_eager_kernels()
     preset = nncf.QuantizationPreset.PERFORMANCE if sym else nncf.QuantizationPreset.MIXED
-    advanced = AdvancedQuantizationParameters(
-        overflow_fix=OverflowFix.DISABLE if trt else OverflowFix.FIRST_LAYER
-    )
-    return quantize(
+    fix = OverflowFix.DISABLE if trt or seven_bit else OverflowFix.FIRST_LAYER
+    advanced = AdvancedQuantizationParameters(overflow_fix=fix)
+    model = quantize(
         model, batches, preset=preset, fast_bias_correction=True, advanced_parameters=advanced
     )
+    if seven_bit:
+        _seven_bit_weights(model, batches[0])
+    return model
+
+
+def _seven_bit_weights(model: torch.nn.Module, args: tuple) -> int:
+    """Make every weight quantizer of NNCF's `model` 7-bit (NNCF's half range: levels -63..63 of
+    the calibrated scale, so a channel's largest weight is 63 at first), trained and exported so:
+    nncf.strip clamps the weights to it and exports an 8-bit Q/DQ of the same step (int8 values
+    within [-64, 63]). NNCF's OverflowFix.ENABLE is not it: in PyTorch it only widens the initial
+    scale of 8-bit quantizers, which QAT then learns back (a toy CNN's exported weights reached
+    ±88 after one epoch). Returns how many quantizers were changed."""
+    from nncf.torch.function_hook.hook_storage import decode_hook_name
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.model_graph_manager import get_const_node
+    from nncf.torch.quantization.layers import SymmetricQuantizer
+
+    graph = build_nncf_graph(model, args if len(args) > 1 else args[0])
+    changed = 0
+    for name, quantizer in get_hook_storage(model).named_hooks():
+        hook, op, port = decode_hook_name(name)
+        if hook != "pre_hooks" or not isinstance(quantizer, SymmetricQuantizer):
+            continue
+        if get_const_node(graph.get_node_by_name(op), port, graph) is None:  # an activation
+            continue
+        quantizer._half_range = True  # what NNCF's own half-range quantizers set (no setter)
+        quantizer.set_levels()
+        changed += 1
+    return changed
 
 
 def _nncf_strip(model: torch.nn.Module, args: tuple) -> torch.nn.Module:
@@ -109,15 +149,20 @@ def _nncf_strip(model: torch.nn.Module, args: tuple) -> torch.nn.Module:
 
 
 def _linear_quantize(
-    model: torch.nn.Module, adapter: ModelAdapter, batches: list[tuple], sym: bool, trt: bool
+    model: torch.nn.Module,
+    adapter: ModelAdapter,
+    batches: list[tuple],
+    sym: bool,
+    trt: bool,
+    seven_bit: bool,
 ) -> torch.nn.Module:
-    """Every Linear but the classifier heads (a sentence encoder has none), and every embedding
-    table, fake-quantized (fake_quant.py). `model` is a copy of the adapter's module: its heads
-    are found by name."""
+    """Every Linear but the classifier heads (a sentence encoder has none; 7-bit weights with
+    `seven_bit`), and every embedding table, fake-quantized (fake_quant.py). `model` is a copy of
+    the adapter's module: its heads are found by name."""
     heads = {id(m) for m in adapter.classifiers()}
     names = {n for n, m in adapter.module.named_modules() if id(m) in heads}
     skip = [m for n, m in model.named_modules() if n in names]
-    quantize_layers(model, batches, symmetric_activations=sym, skip=skip)
+    quantize_layers(model, batches, symmetric_activations=sym, skip=skip, reduce_range=seven_bit)
     return model
 
 
@@ -138,11 +183,12 @@ def quantize_for_training(
     *,
     symmetric_activations: bool,
     tensorrt: bool,
+    reduce_range: bool = False,
     batch_size: int = 16,
 ) -> ModelAdapter:
     """A copy of `adapter` whose module carries INT8 fake quantizers (its family's scheme: symmetric
-    weights; activations symmetric when asked), ranges calibrated on `calibration`. Train it like
-    any student, then `export_qat`."""
+    weights, 7-bit with `reduce_range` unless for `tensorrt`; activations symmetric when asked),
+    ranges calibrated on `calibration`. Train it like any student, then `export_qat`."""
     names = adapter.input_names
     n = len(calibration[names[0]])
     batches = [
@@ -151,8 +197,10 @@ def quantize_for_training(
     ]
     model = copy.deepcopy(adapter.module).eval()
     scheme = SCHEMES[adapter.family]
+    seven_bit = reduce_range and not tensorrt  # TensorRT: S8S8, no overflow to avoid
     return _with_module(
-        adapter, scheme.quantize(model, adapter, batches, symmetric_activations, tensorrt)
+        adapter,
+        scheme.quantize(model, adapter, batches, symmetric_activations, tensorrt, seven_bit),
     )
 
 

@@ -25,11 +25,10 @@ def _calibration(ctx: Context, rows: int, batch: int = 16) -> list[dict[str, np.
 
 def reduce_range(ctx: Context) -> bool:
     """7-bit weights where the INT8 graph runs on this CPU's saturating int8 kernels (x86 without
-    VNNI), unless quantize.reduce_range says otherwise."""
-    from kdc.profiles import cpu_info, int8_saturates
+    VNNI), unless quantize.reduce_range says otherwise (`reduce_range_applies`)."""
+    from kdc.preflight import reduce_range_applies
 
-    q = ctx.cfg.quantize.reduce_range
-    return q if q is not None else int8_runs_here(ctx) and int8_saturates(cpu_info()[1])
+    return reduce_range_applies(ctx.cfg, ctx.profile)
 
 
 def symmetric_activations(ctx: Context) -> bool:
@@ -118,14 +117,18 @@ def _floor_note(count: int) -> str:
 def _qat_how(ctx: Context) -> dict:
     """How distillation's quantization-aware training made the INT8 graph."""
     from kdc.compress.qat import SCHEMES
+    from kdc.preflight import qat_reduce_range
 
     sym = symmetric_activations(ctx)
-    return {
+    how = {
         "method": "qat",
         "scheme": SCHEMES[ctx.teacher.family].how,
         "epochs": ctx.cfg.quantize.qat_epochs,
         "activations": "int8 symmetric" if sym else "uint8 asymmetric",
     }
+    if qat_reduce_range(ctx.cfg, ctx.profile):  # trained at 7 bits, as distill decided it
+        how["reduce_range"] = True
+    return how
 
 
 def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Path], Path]:

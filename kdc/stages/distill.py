@@ -190,8 +190,10 @@ def quantization_aware(
     ctx: Context, student: ModelAdapter, data: DistillData
 ) -> tuple[list[Path], dict]:
     """Fake-quantize the distilled student, train it `quantize.qat_epochs` more with the same
-    losses, and export its QDQ ONNX to distill/student_qat.onnx (its epochs: qat_history.jsonl)."""
+    losses, and export its QDQ ONNX to distill/student_qat.onnx (its epochs: qat_history.jsonl).
+    Its weights are 7-bit where `qat_reduce_range` (x86 int8 kernels without VNNI run it)."""
     from kdc.compress.qat import export_qat, quantize_for_training
+    from kdc.preflight import qat_reduce_range
     from kdc.stages.build import symmetric_activations
     from kdc.stages.export import PARITY_ROWS, onnx_parity, output_name
 
@@ -203,6 +205,7 @@ def quantization_aware(
         calib,
         symmetric_activations=sym,
         tensorrt="tensorrt" in ctx.profile.runtime.engines,
+        reduce_range=qat_reduce_range(ctx.cfg, ctx.profile),
     )
     qcfg = d.model_copy(
         update={"epochs": q.qat_epochs, "lr": q.qat_lr or d.lr / 10, "max_steps": None}

@@ -164,12 +164,7 @@ def _int8_kernel_advice(how: dict) -> str:
     saturates = int8_saturates(cpu_info()[1])
     if how.get("activations") == "int8 symmetric":
         return "; on CPUs use asymmetric activations (quantize.symmetric_activations: false)"
-    if saturates and how.get("method") == "qat":  # its 8-bit weights were trained in
-        return (
-            " (without VNNI their 16-bit sums saturate on 8-bit weights): post-training "
-            "quantization quantizes 7-bit weights here (quantize.method: ptq), or ship FP32"
-        )
-    if saturates and not how.get("reduce_range"):
+    if saturates and not how.get("reduce_range"):  # PTQ and QAT alike make 7-bit weights
         return (
             " (without VNNI their 16-bit sums saturate): quantize 7-bit weights "
             "(quantize.reduce_range: true)"

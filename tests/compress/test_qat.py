@@ -15,8 +15,23 @@ from test_distill import FEATURE_LOSSES, _cfg, cnn, toy_data
 from tiny import config_of, tiny_text_adapter
 
 from kdc.compress.distill import distill
-from kdc.compress.fake_quant import QuantEmbedding, QuantLinear
+from kdc.compress.fake_quant import (
+    QuantEmbedding,
+    QuantLinear,
+    fold_weight_quantizers,
+    freeze_weight_scales,
+    quantize_layers,
+)
 from kdc.compress.qat import export_qat, non_standard_ops, quantize_for_training
+
+
+def _int8_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The int8 initializers of `model` with two or more axes (its folded weights)."""
+    return {
+        t.name: onnx.numpy_helper.to_array(t).astype(int)
+        for t in model.graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2
+    }
 
 
 def test_cnn_qat_exports_standard_qdq_onnx(tmp_path):
@@ -38,6 +53,36 @@ def test_cnn_qat_exports_standard_qdq_onnx(tmp_path):
     got = sess.run(None, data.val)[0]
     ref = q.forward_numpy(data.val)  # the fake-quantized PyTorch model it was exported from
     np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("reduce_range", "tensorrt", "seven_bit"),
+    [(True, False, True), (False, False, False), (True, True, False)],  # TensorRT: never
+)
+def test_cnn_qat_trains_and_exports_7_bit_weights_where_asked(
+    tmp_path, reduce_range, tensorrt, seven_bit
+):
+    """With reduce_range every conv and linear weight of the exported graph is within ±63 after
+    training (NNCF's OverflowFix.ENABLE alone only widened the initial scales, which training
+    learnt back: ±88 after one epoch), and ONNX Runtime computes what the fake-quantized model
+    does; without it, or for TensorRT, the weights use the 8-bit range."""
+    teacher = cnn((8, 16), 0)
+    data = toy_data(teacher)
+    q = quantize_for_training(
+        cnn((8, 16), 0),
+        data.train,
+        symmetric_activations=False,  # ONNX Runtime's U8S8, as on CPUs
+        tensorrt=tensorrt,
+        reduce_range=reduce_range,
+    )
+    distill(q, data, _cfg(epochs=1, losses=[{"name": "logits"}]), 0, teacher=teacher)
+    path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
+    weights = _int8_weights(onnx.load(str(path)))
+    assert len(weights) == 3  # two convs and the classifier
+    top = max(int(abs(w).max()) for w in weights.values())
+    assert top <= 63 if seven_bit else top > 64
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, data.val)[0], q.forward_numpy(data.val), atol=1e-4)
 
 
 def _text_data(adapter, n: int = 64, seed: int = 0):
@@ -128,14 +173,16 @@ def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_pat
 @pytest.mark.parametrize("target", ["host", "jetson"])
 def test_text_transformer_qat_end_to_end(bert_project, tmp_path, target):
     """A BERT student distilled, then trained fake-quantized (it was refused before any stage):
-    its Q/DQ graph ships as the INT8 engine and keeps the FP32 student's accuracy; for a
-    TensorRT target it is symmetric and bundled (kdc lint finds nothing TensorRT cannot parse)."""
+    its Q/DQ graph ships as the INT8 engine and keeps the FP32 student's accuracy; asked for
+    reduce_range, its Linear weights are 7-bit, recorded so, where ONNX Runtime runs it; for a
+    TensorRT target it is symmetric 8-bit and bundled (kdc lint finds nothing TensorRT cannot
+    parse)."""
     from tiny import write_yaml
 
     from kdc import api
 
     cfg = config_of(bert_project)
-    cfg["quantize"].update(method="qat", qat_epochs=1)
+    cfg["quantize"].update(method="qat", qat_epochs=1, reduce_range=True)
     report = api.compress(
         write_yaml(tmp_path / "model.yaml", cfg), target, tmp_path / "run", quiet=True
     )
@@ -148,6 +195,16 @@ def test_text_transformer_qat_end_to_end(bert_project, tmp_path, target):
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
     assert report["teacher"]["accuracy"]["accuracy"] >= 0.9
     assert int8["accuracy"]["accuracy"] >= fp32["accuracy"]["accuracy"] - 0.05
+    tables = {n.input[0] for n in graph.node if n.op_type == "Gather"}
+    top = max(
+        int(abs(w).max())
+        for k, w in _int8_weights(onnx.ModelProto(graph=graph)).items()
+        if k not in tables
+    )
+    assert bool(int8["quantization"].get("reduce_range")) is (target == "host")
+    assert top <= 63 if target == "host" else top > 64
+    noted = [w for w in report["warnings"] if w.startswith("quantize.reduce_range not used")]
+    assert bool(noted) is (target == "jetson")
     if target == "jetson":
         assert int8["quantization"]["activations"] == "int8 symmetric"
         inits = {t.name: t for t in graph.initializer}
@@ -157,28 +214,30 @@ def test_text_transformer_qat_end_to_end(bert_project, tmp_path, target):
         assert trt["status"] == "bundle", trt.get("reason")
 
 
-def test_fake_quant_layers_keep_unreached_linears_float_and_fold_to_int8():
+class _EmbedLinear(torch.nn.Module):
+    """An embedding table, a Linear on its rows, and a Linear the forward never reaches."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 8)
+        self.fc = torch.nn.Linear(8, 4)
+        self.unused = torch.nn.Linear(8, 4)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids)).sum(1)
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_fake_quant_layers_keep_unreached_linears_float_and_fold_to_int8(reduce_range):
     """A Linear the calibration never reaches has no input range and stays float; quantized
-    weights fold to int8 initializers that ONNX Runtime dequantizes to what PyTorch computed."""
-    from kdc.compress.fake_quant import (
-        fold_weight_quantizers,
-        freeze_weight_scales,
-        quantize_layers,
-    )
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = torch.nn.Embedding(10, 8)
-            self.fc = torch.nn.Linear(8, 4)
-            self.unused = torch.nn.Linear(8, 4)
-
-        def forward(self, ids):
-            return self.fc(self.emb(ids)).sum(1)
-
+    weights fold to int8 initializers that ONNX Runtime dequantizes to what PyTorch computed:
+    a Linear's within ±63 with reduce_range (7-bit), the gathered table's at 8 bits anyway."""
     torch.manual_seed(0)
-    net, ids = Net().eval(), torch.randint(0, 10, (4, 5))
-    assert quantize_layers(net, [(ids,)], symmetric_activations=False) == 1
+    net, ids = _EmbedLinear().eval(), torch.randint(0, 10, (4, 5))
+    quantized = quantize_layers(
+        net, [(ids,)], symmetric_activations=False, reduce_range=reduce_range
+    )
+    assert quantized == 1
     assert isinstance(net.fc, QuantLinear) and isinstance(net.emb, QuantEmbedding)
     assert type(net.unused) is torch.nn.Linear
     buf = __import__("io").BytesIO()
@@ -189,6 +248,8 @@ def test_fake_quant_layers_keep_unreached_linears_float_and_fold_to_int8():
     assert {t.data_type for t in model.graph.initializer if len(t.dims) == 2} == {
         onnx.TensorProto.INT8
     }
+    top = {w.shape: int(abs(w).max()) for w in _int8_weights(model).values()}
+    assert top == {(4, 8): 63 if reduce_range else 127, (10, 8): 127}  # the Linear, the table
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         ref = net(ids).numpy()
@@ -239,8 +300,6 @@ def test_sentence_embedding_qat_keeps_its_output_name_and_quantizes_every_linear
 def test_an_embedding_quantizes_the_rows_it_gathers_as_the_frozen_table_does():
     """Training fake-quantizes only the gathered rows; export, the whole table with frozen
     scales: per-row scales make the two equal."""
-    from kdc.compress.fake_quant import QuantEmbedding, freeze_weight_scales, quantize_layers
-
     model = torch.nn.Sequential(torch.nn.Embedding(50, 8))
     quantize_layers(model, [], symmetric_activations=True)
     ids = torch.randint(0, 50, (3, 5), generator=torch.Generator().manual_seed(0))

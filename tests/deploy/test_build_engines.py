@@ -238,9 +238,37 @@ def test_reduce_range_set_where_no_ptq_graph_is_made_is_noted(tmp_path):
         cfg = cnn_config(weights=None, quantize={"reduce_range": True, **quantize})
         return " ".join(config_warnings(load_config(write_yaml(tmp_path / "m.yaml", cfg))))
 
-    assert "quantize.reduce_range not used" in notes(method="qat")
     assert "no INT8 graph" in notes(precision="fp32")
-    assert "reduce_range" not in notes()
+    assert "reduce_range" not in notes() and "reduce_range" not in notes(method="qat")
+
+
+@pytest.mark.parametrize(
+    ("target", "flags", "asked", "seven_bit"),
+    [
+        ("host", {"avx2"}, None, True),  # QAT trains 7-bit weights where PTQ would make them
+        ("host", {"avx2", "avx512_vnni"}, None, False),
+        ("host", {"avx2"}, False, False),
+        ("jetson", {"avx2"}, True, False),  # TensorRT: symmetric 8-bit, never 7
+    ],
+)
+def test_a_qat_engine_records_its_7_bit_weights(
+    monkeypatch, tmp_path, target, flags, asked, seven_bit
+):
+    from tiny import cnn_config, write_yaml
+
+    import kdc.profiles
+    from kdc.config import load_config
+    from kdc.preflight import target_warnings
+
+    monkeypatch.setattr(kdc.profiles, "cpu_info", lambda: ("cpu", flags))
+    quantize = {"method": "qat", "reduce_range": asked}
+    cfg = load_config(write_yaml(tmp_path / "m.yaml", cnn_config(weights=None, quantize=quantize)))
+    ctx = SimpleNamespace(
+        cfg=cfg, profile=load_profile(target), teacher=SimpleNamespace(family="cnn")
+    )
+    assert bool(build._qat_how(ctx).get("reduce_range")) is seven_bit
+    noted = any("reduce_range not used" in n for n in target_warnings(cfg, ctx.profile))
+    assert noted is (asked is True and target == "jetson")
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "nncf"])
