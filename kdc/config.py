@@ -297,9 +297,10 @@ class QuantizeConfig(Section):
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_size: int = Field(128, ge=1)
     symmetric_activations: bool | None = None
-    # 7-bit weights (ONNX Runtime's reduce_range; NNCF's overflow fix on every layer): the fix for
-    # x86 int8 kernels without VNNI, whose 16-bit pair sums saturate. None: on where the INT8 graph
-    # runs on this CPU and it lacks VNNI (a CNN's INT8 engine there: 0.674 -> 0.819 accuracy).
+    # 7-bit weights (ONNX Runtime's reduce_range; NNCF's overflow fix on every layer; QAT trains
+    # them, but never for TensorRT): the fix for x86 int8 kernels without VNNI, whose 16-bit pair
+    # sums saturate. None: on where the INT8 graph runs on this CPU and it lacks VNNI (a CNN's
+    # INT8 engine there: 0.674 -> 0.819 accuracy).
     reduce_range: bool | None = None
     qat_epochs: int = Field(2, ge=1)
     qat_lr: float | None = Field(None, gt=0)

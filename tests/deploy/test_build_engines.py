@@ -260,12 +260,11 @@ def test_a_qat_engine_records_its_7_bit_weights(
     from kdc.config import load_config
     from kdc.preflight import target_warnings
 
+    profile = load_profile(target)  # host's is read once, of this machine's CPU
     monkeypatch.setattr(kdc.profiles, "cpu_info", lambda: ("cpu", flags))
     quantize = {"method": "qat", "reduce_range": asked}
     cfg = load_config(write_yaml(tmp_path / "m.yaml", cnn_config(weights=None, quantize=quantize)))
-    ctx = SimpleNamespace(
-        cfg=cfg, profile=load_profile(target), teacher=SimpleNamespace(family="cnn")
-    )
+    ctx = SimpleNamespace(cfg=cfg, profile=profile, teacher=SimpleNamespace(family="cnn"))
     assert bool(build._qat_how(ctx).get("reduce_range")) is seven_bit
     noted = any("reduce_range not used" in n for n in target_warnings(cfg, ctx.profile))
     assert noted is (asked is True and target == "jetson")
