@@ -161,6 +161,41 @@ def check_tokenizer(path: Path, field: str) -> None:
         ) from None
 
 
+# config.json lists of a hierarchical model's stages (Swin, ConvNeXt, ResNet, PVT, ...)
+STAGE_KEYS = ("depths", "hidden_sizes")
+HF_FAMILIES_FIX = (
+    "use a BERT-like text classifier or a ViT-like image classifier (ViT, DeiT, BEiT); a CNN "
+    "can be given by teacher.entrypoint, a function returning it as an nn.Module"
+)
+
+
+def unsupported_teacher(conf: dict[str, Any], image: bool) -> str | None:
+    """Why config.json `conf` is a Hugging Face model kdc cannot compress, None if it can: an
+    image classifier (`image`) must be ViT-like (integer image_size, patch_size and
+    num_channels, one stack of equal transformer layers); a text model's layers must each have
+    their own weights (not ALBERT's, shared by groups of layers)."""
+    arch = ", ".join(repr(str(a)) for a in conf.get("architectures") or []) or "the teacher"
+    if image:
+        for key in VIT_GEOMETRY:
+            value = conf.get(key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                return (
+                    f"{arch} is not a ViT-like image classifier: config.json has no integer {key!r}"
+                )
+        stages = next((k for k in STAGE_KEYS if isinstance(conf.get(k), list)), None)
+        if stages:
+            return (
+                f"{arch} is a hierarchical model (config.json {stages!r}: stages of different "
+                "widths), not one stack of equal transformer layers kdc can keep a subset of"
+            )
+    elif isinstance(conf.get("num_hidden_groups"), int):
+        return (
+            f"{arch} shares its layers' weights (ALBERT-style, config.json num_hidden_groups): "
+            "kdc keeps a subset of distinct layers"
+        )
+    return None
+
+
 def check_model_dir(path: Path, field: str) -> None:
     """A UserError unless `path` holds a readable config.json."""
     if not (path / "config.json").is_file():

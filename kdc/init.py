@@ -15,8 +15,8 @@ from kdc.config import load_config
 from kdc.data import index_note, label_key, teacher_classes, teacher_order
 from kdc.errors import UserError, listed
 from kdc.hf_files import (
+    HF_FAMILIES_FIX,
     TOKENIZER_GLOBS,
-    VIT_GEOMETRY,
     check_model_dir,
     check_single_label,
     check_tokenizer,
@@ -24,6 +24,7 @@ from kdc.hf_files import (
     label_names,
     max_positions,
     read_config,
+    unsupported_teacher,
 )
 from kdc.init_data import DataInfo, inspect_data
 from kdc.rundir import atomic_path
@@ -64,9 +65,7 @@ def _hf_task(arch: str, conf: dict[str, Any]) -> str | None:
         arch.endswith("HeadModel") or "vocab_size" not in conf or conf.get("is_encoder_decoder")
     ):
         return None
-    if task == "image-classification" and not all(
-        isinstance(conf.get(k), int) for k in VIT_GEOMETRY
-    ):
+    if task and unsupported_teacher(conf, task == "image-classification"):
         return None
     return task
 
@@ -76,11 +75,15 @@ def _hf_teacher(path: Path) -> TeacherInfo:
     archs = conf.get("architectures") or []
     task = next((t for a in archs if (t := _hf_task(a, conf))), None)
     if task is None:
+        image = any(str(a).endswith(("ForImageClassification", "WithTeacher")) for a in archs)
+        problem = unsupported_teacher(conf, image) if archs else None
         raise UserError(
-            f"architecture {archs or 'unknown'} is not one kdc init can set up",
+            problem or f"architecture {archs or 'unknown'} is not one kdc init can set up",
             source=str(path / "config.json"),
             field="architectures",
-            fix="use a *ForSequenceClassification model, a ViT-like *ForImageClassification "
+            fix=HF_FAMILIES_FIX
+            if problem
+            else "use a *ForSequenceClassification model, a ViT-like *ForImageClassification "
             "model, or a bare text encoder (*Model, e.g. a sentence-transformers directory), or "
             "write model.yaml by hand (README: Configuration)",
         )

@@ -29,6 +29,7 @@ def check_config(cfg: KdcConfig) -> None:
     _check_max_batch(cfg)
     hf = _teacher_config(cfg)
     _check_head(cfg, hf)
+    _check_family(cfg, hf)
     _check_max_length(cfg, hf)
     _check_teacher_code(cfg)
     _check_student_layers(cfg, hf)
@@ -448,6 +449,18 @@ def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
     from kdc.hf_files import check_single_label
 
     check_single_label(hf, cfg.resolve(cfg.teacher.path or ""), "teacher.path")
+
+
+def _check_family(cfg: KdcConfig, hf: dict | None) -> None:
+    """A Hugging Face teacher of a family kdc can compress (kdc.hf_files.unsupported_teacher),
+    refused here rather than when its layers are sliced or its student runs."""
+    from kdc.hf_files import HF_FAMILIES_FIX, unsupported_teacher
+
+    if hf is None or "auto_map" in hf:  # custom code: its loader finds out
+        return
+    problem = unsupported_teacher(hf, cfg.task == "image-classification")
+    if problem:
+        raise UserError(problem, source=cfg.source_file, field="teacher.path", fix=HF_FAMILIES_FIX)
 
 
 def _check_max_length(cfg: KdcConfig, hf: dict | None) -> None:

@@ -58,12 +58,12 @@ class LogitsOnly(nn.Module):
 
 def layer_list(model: nn.Module) -> nn.ModuleList:
     """The ModuleList of transformer blocks (the one whose length is the config's layer count)."""
-    n = next(getattr(model.config, k) for k in LAYER_COUNT_KEYS if hasattr(model.config, k))
+    n = next((getattr(model.config, k) for k in LAYER_COUNT_KEYS if hasattr(model.config, k)), None)
     for _, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n:
+        if n is not None and isinstance(mod, nn.ModuleList) and len(mod) == n:
             return mod
     raise UserError(
-        f"cannot find the {n} transformer layers of {type(model).__name__}",
+        f"cannot find the {n or 'stacked'} transformer layers of {type(model).__name__}",
         field="teacher",
         fix="use a BERT-like encoder",
     )
