@@ -20,6 +20,9 @@ def _set_attrs(mod: nn.Module) -> None:
     """Make a layer's size attributes agree with its (already resized) weight."""
     w = getattr(mod, "weight", None)
     if isinstance(mod, nn.modules.conv._ConvNd) and w is not None:
+        if mod.groups > 1 and mod.groups == mod.out_channels:
+            # depthwise (torch-pruning's test): pruning keeps one group per channel
+            mod.groups = w.shape[0]
         mod.out_channels = w.shape[0]
         mod.in_channels = w.shape[1] * mod.groups
     elif isinstance(mod, nn.Linear) and w is not None:
