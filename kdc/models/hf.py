@@ -69,6 +69,20 @@ def layer_list(model: nn.Module) -> nn.ModuleList:
     )
 
 
+def set_layer_count(config: Any, n: int) -> None:
+    """Make a Hugging Face config say `n` layers: its layer count, and a backbone config's
+    stages (BEiT's: `stem` and one per layer), whose `out_features` naming a stage beyond the
+    last (the teacher's `stage12`) would stop the student's config from loading; they follow
+    the last stage, as a new config's do."""
+    for k in LAYER_COUNT_KEYS:
+        if hasattr(config, k):
+            setattr(config, k, n)
+    names = getattr(config, "stage_names", None)
+    if isinstance(names, list) and names[:1] == ["stem"] and len(names) != n + 1:
+        config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, n + 1)]
+        config.out_features = None  # BackboneConfigMixin's setter: the last stage
+
+
 def sync_attention_heads(model: nn.Module) -> None:
     """Make each self-attention's head count agree with its query layer after structured pruning
     (or when reloading a pruned model): whole heads are pruned, the head size never is."""
@@ -255,9 +269,7 @@ class TransformerAdapter(ModelAdapter):
             if mod is blocks:
                 parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
                 setattr(parent, name.rpartition(".")[2], kept)
-        for k in LAYER_COUNT_KEYS:
-            if hasattr(model.config, k):
-                setattr(model.config, k, len(keep))
+        set_layer_count(model.config, len(keep))
         return self._like(model.eval())
 
     def sliced(self, spec: dict[str, Any]) -> Self:
@@ -272,9 +284,7 @@ class TransformerAdapter(ModelAdapter):
             for k in ("hidden_size", "num_attention_heads")
         }
         config = copy.deepcopy(self.config)
-        for k in LAYER_COUNT_KEYS:
-            if hasattr(config, k):
-                setattr(config, k, len(keep))
+        set_layer_count(config, len(keep))
         if getattr(config, "embedding_size", None) == config.hidden_size:
             config.embedding_size = sizes["hidden_size"]  # ELECTRA: no projection to add
         for k, v in sizes.items():
