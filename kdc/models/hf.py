@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
 INTERMEDIATE_KEYS = ("intermediate_size", "hidden_dim")
+HIDDEN_WIDTH_KEYS = ("embedding_size", "pooler_hidden_size")
 # Which axes of a block's tensors index attention dims ("heads") or FFN units ("ffn"); every
 # other axis that changes size indexes the residual stream ("hidden").
 AXIS_KINDS = [
@@ -285,8 +286,11 @@ class TransformerAdapter(ModelAdapter):
         }
         config = copy.deepcopy(self.config)
         set_layer_count(config, len(keep))
-        if getattr(config, "embedding_size", None) == config.hidden_size:
-            config.embedding_size = sizes["hidden_size"]  # ELECTRA: no projection to add
+        # widths a config sets to the hidden size unless told otherwise: ELECTRA's and DeBERTa's
+        # embeddings (no projection to add), DeBERTa's pooler (a 32-wide one fed 16 crashed)
+        for k in HIDDEN_WIDTH_KEYS:
+            if getattr(config, k, None) == config.hidden_size:
+                setattr(config, k, sizes["hidden_size"])
         for k, v in sizes.items():
             setattr(config, k, v)
         inter_key = next((k for k in INTERMEDIATE_KEYS if hasattr(config, k)), None)
