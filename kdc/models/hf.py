@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
 INTERMEDIATE_KEYS = ("intermediate_size", "hidden_dim")
 HIDDEN_WIDTH_KEYS = ("embedding_size", "pooler_hidden_size")
+SHARED_KINDS = ("hidden", "head_bias")  # axes sliced alike in every layer
 # Which axes of a block's tensors index attention dims ("heads") or FFN units ("ffn"); every
 # other axis that changes size indexes the residual stream ("hidden").
 AXIS_KINDS = [
@@ -36,6 +37,9 @@ AXIS_KINDS = [
     (re.compile(r"\.(attention\.output\.dense|out_lin)\.weight$"), 1, "heads"),
     (re.compile(r"\.(intermediate\.dense|ffn\.lin1)\.(weight|bias)$"), 0, "ffn"),
     (re.compile(r"(?<!attention)\.(output\.dense|ffn\.lin2)\.weight$"), 1, "ffn"),
+    # MPNet's relative position bias, one column per head, shared by every layer: the student's
+    # heads take its strongest columns
+    (re.compile(r"relative_attention_bias\.weight$"), 1, "head_bias"),
 ]
 
 
@@ -464,12 +468,13 @@ def _slice_state(
             )
         axes = [(a, _axis_kind(src, a)) for a in range(t.dim()) if t.shape[a] != target.shape[a]]
         for a, kind in axes:
-            key = (kind, None if kind == "hidden" else layer)
+            key = (kind, None if kind in SHARED_KINDS else layer)
             imp[key] = imp.get(key, 0) + _slice_norms(teacher, src, t, a)
         plan.append((name, src, layer, axes))
     head_dim = tconf.hidden_size // tconf.num_attention_heads
     new_head_dim = student.config.hidden_size // student.config.num_attention_heads
     wanted = {
+        "head_bias": student.config.num_attention_heads,
         "hidden": student.config.hidden_size,
         "heads": student.config.hidden_size,
         "ffn": next(
@@ -488,7 +493,7 @@ def _slice_state(
     for name, src, layer, axes in plan:
         t = tstate[src]
         for a, kind in axes:
-            t = t.index_select(a, index[(kind, None if kind == "hidden" else layer)])
+            t = t.index_select(a, index[(kind, None if kind in SHARED_KINDS else layer)])
         if t.shape != sstate[name].shape:
             raise UserError(
                 f"cannot slice {src} {list(tstate[src].shape)} to {list(sstate[name].shape)}",
