@@ -150,6 +150,23 @@ class StudentConfig(Section):
     width: float = Field(0.5, gt=0, le=1)
     architecture: dict[str, Any] | None = None
 
+    @model_validator(mode="after")
+    def _layer_count(self) -> StudentConfig:
+        """A `layers` count is the architecture's num_hidden_layers where that gives none (the
+        count was ignored, and the student kept every teacher layer)."""
+        n, arch = self.layers, self.architecture
+        if isinstance(n, int) and isinstance(arch, dict) and "num_hidden_layers" not in arch:
+            self.architecture = {**arch, "num_hidden_layers": n}
+        return self
+        if "num_hidden_layers" not in arch:
+            self.architecture = {**arch, "num_hidden_layers": n}
+        elif arch["num_hidden_layers"] != n:
+            raise ValueError(
+                f"layers {n} and architecture's num_hidden_layers {arch['num_hidden_layers']} "
+                "disagree: give the count in one of them"
+            )
+        return self
+
 
 class SpaceRange(Section):
     """An inclusive range of one student size in `search.space` (either end may be left open)."""

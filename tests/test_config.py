@@ -151,3 +151,19 @@ def test_values_of_the_right_shape_but_no_meaning_are_refused(tmp_path, over, fi
     for section, values in over.items():
         data[section] = {**data.get(section, {}), **values}
     assert f"field '{field}':" in _err(tmp_path, data)
+
+
+def test_a_student_layer_count_is_the_architectures_layer_count(tmp_path):
+    """`student.layers: 2` (as kdc init writes it) beside a `student.architecture` of widths
+    only was ignored: the student kept every teacher layer. It is now the architecture's
+    num_hidden_layers where that gives none."""
+    from tiny import bert_config
+
+    arch = {"hidden_size": 16, "num_attention_heads": 1}
+    cfg = load_config(
+        write_yaml(tmp_path / "a.yaml", bert_config(student={"layers": 2, "architecture": arch}))
+    )
+    assert cfg.student.architecture == {**arch, "num_hidden_layers": 2}
+    given = {"layers": 2, "architecture": {**arch, "num_hidden_layers": 1}}
+    cfg = load_config(write_yaml(tmp_path / "b.yaml", bert_config(student=given)))
+    assert cfg.student.architecture["num_hidden_layers"] == 1
