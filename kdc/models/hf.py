@@ -250,6 +250,8 @@ class TransformerAdapter(ModelAdapter):
             and isinstance(getattr(m, "num_attention_heads", None), int)
         ]
         ffn = getattr(getattr(layers[0], "intermediate", None), "dense", None)
+        if ffn is None:  # DistilBERT's
+            ffn = getattr(getattr(layers[0], "ffn", None), "lin1", None)
         return {
             "adapter": self.adapter_name,
             "family": "transformer",
@@ -259,7 +261,7 @@ class TransformerAdapter(ModelAdapter):
             "num_attention_heads": heads[0] if heads else c.num_attention_heads,
             "intermediate_size": ffn.out_features
             if isinstance(ffn, nn.Linear)
-            else getattr(c, "intermediate_size", None),
+            else next((getattr(c, k) for k in INTERMEDIATE_KEYS if hasattr(c, k)), None),
             **self._meta(),
             **self._inputs_meta(),
             "params": self.params(),
