@@ -243,3 +243,25 @@ def test_a_stage_alone_on_a_new_run_suggests_the_target_it_was_given(cnn_project
     line = " ".join(res.output.split())
     assert res.exit_code == 2 and "stage 'search' has not run" in line, line
     assert f"kdc search CONFIG --target jetson-orin-nano-8gb --out {run}" in line, line
+
+
+def test_a_student_that_does_not_load_names_the_run_not_the_teacher(
+    cnn_project, tmp_path, monkeypatch
+):
+    """The run's distill/student not loading (a library upgraded between stages): export's
+    error names that directory and the distill stage, not the config's teacher.path its
+    loaders name for a teacher."""
+    import kdc.models
+
+    cfg = _cfg(cnn_project, tmp_path)
+    run = tmp_path / "run"
+    for stage in ("search", "distill"):
+        assert runner.invoke(app, [stage, str(cfg), "--out", str(run), "-q"]).exit_code == 0
+
+    def fails(directory, max_length=128):
+        raise UserError("cannot load model: config.json", field="teacher.path", fix="check it")
+
+    monkeypatch.setattr(kdc.models, "load_student", fails)
+    line = _one_line_error(runner.invoke(app, ["export", str(cfg), "--out", str(run), "-q"]))
+    assert line.startswith(f"error: {run / 'distill' / 'student'}: the run's distilled student")
+    assert "teacher.path" not in line and "run the distill stage again" in line

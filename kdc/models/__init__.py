@@ -272,6 +272,19 @@ def load_student(directory: Path, max_length: int = 128) -> ModelAdapter:
     return loader(directory, meta)
 
 
+def load_run_student(directory: Path, max_length: int) -> ModelAdapter:
+    """The run's distilled student (`distill/student`); a failure to load it names that directory
+    and the distill stage, not the teacher.path fields its loaders name for a teacher."""
+    try:
+        return load_student(directory, max_length)
+    except UserError as e:
+        raise UserError(
+            f"the run's distilled student does not load: {e.message}",
+            source=str(directory),
+            fix="run the distill stage again (kdc compress CONFIG without --resume)",
+        ) from None
+
+
 # a saved model's kdc_model.json "adapter" → how to load it (directory, its metadata)
 STUDENT_LOADERS: dict[str, Callable[[Path, dict], ModelAdapter]] = {
     "huggingface": lambda d, meta: HFTextAdapter.from_dir(

@@ -16,7 +16,7 @@ from kdc.errors import KdcError
 from kdc.export.cls_only import supports_cls_only
 from kdc.export.onnx_export import choose_exporter, export_onnx, opset_of
 from kdc.export.parity import compare
-from kdc.models import load_student
+from kdc.models import load_run_student
 from kdc.models.base import ModelAdapter
 from kdc.pipeline import Context, StageOutput
 from kdc.rundir import atomic_path, sha256_file, write_json
@@ -92,7 +92,7 @@ def onnx_parity(
 
 
 def run(ctx: Context) -> StageOutput:
-    student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
+    student = load_run_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
     example = {k: np.asarray(v[:2]) for k, v in ctx.encode("train").items()}
     opset = ctx.cfg.export.opset
     out_name = output_name(ctx.cfg.task)

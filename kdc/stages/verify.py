@@ -395,7 +395,7 @@ def _truncation_note(ctx: Context) -> str | None:
 
 
 def run(ctx: Context) -> StageOutput:
-    from kdc.models import load_student
+    from kdc.models import load_run_student
 
     engines_in = read_json(ctx.run / "build" / "engines.json")
     device = (
@@ -429,7 +429,7 @@ def run(ctx: Context) -> StageOutput:
         for note in notes:
             ctx.warn(note)
         teacher["warnings"] = notes
-    student = load_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
+    student = load_run_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
     ref = student_reference(ctx, student)
     engines = []
     with ctx.progress("verifying engines", len(engines_in)) as advance:
