@@ -107,9 +107,24 @@ class DataConfig(Section):
     max_length: int = Field(128, ge=8, le=4096)
     image_size: int | None = Field(None, ge=MIN_IMAGE_SIZE)
     channels: Literal[1, 3] = 3  # an image folder's images as grayscale (1) or RGB (3)
+    # a CNN teacher's input normalization, per channel after scaling to [0, 1] (torchvision's
+    # Normalize: ImageNet's mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225])
+    mean: list[float] | None = None
+    std: list[float] | None = None
     limit_train: int | None = Field(None, ge=1)
     limit_eval: int | None = Field(None, ge=1)
     split_sentences: bool = False
+
+    @model_validator(mode="after")
+    def _mean_with_std(self) -> DataConfig:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give mean and std together (one value per image channel each)")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+                raise ValueError("mean and std need one value per image channel (1 or 3) each")
+            if min(self.std) <= 0:
+                raise ValueError("std values must be positive")
+        return self
 
     @field_validator("text_column")
     @classmethod

@@ -85,12 +85,14 @@ def image_input_contract(
     *,
     processor: dict[str, Any] | None = None,
     max_batch: int | None = None,
+    normalize: tuple[list[float], list[float]] | None = None,
 ) -> dict[str, Any]:
     """The contract of an engine taking `input_name` of `input_shape` (N x C x H x W) read from
     `data_source` (a Dataset's `source`: `sklearn:digits` or `imagefolder:<path>`): a vision
     transformer's image folder read as its `processor` (kdc.image_processor.read_processor's)
     resizes and crops, then rescaled and normalised by it, a CNN's read at the input's size;
-    the engine takes batches of N rows, or 1 to `max_batch` where given."""
+    the engine takes batches of N rows, or 1 to `max_batch` where given; `normalize`: a CNN's
+    (data.mean, data.std)."""
     _, channels, height, width = input_shape
     digits = data_source == "sklearn:digits"
     how = _DIGITS if digits else _FOLDER_GRAY if channels == 1 else _FOLDER
@@ -121,6 +123,9 @@ def image_input_contract(
         if processor["do_normalize"]:
             mean, std = processor["image_mean"], processor["image_std"]
             steps.append(f"per channel: (x - mean) / std, mean {mean}, std {std}")
+    elif normalize:  # a CNN's data.mean and data.std
+        mean, std = normalize
+        steps.append(f"per channel: (x - mean) / std, mean {mean}, std {std} (data.mean, data.std)")
     resize = reading.resize if reading else None
     return {
         "input": {

@@ -184,6 +184,7 @@ def input_contract(
             pair_columns=ctx.cfg.data.text_columns if ctx.cfg.data.text_pairs else None,
         )
     ((name, shape),) = shapes.items()
+    data = ctx.cfg.data
     return image_input_contract(
         ctx.dataset.source,
         name,
@@ -191,6 +192,7 @@ def input_contract(
         ctx.dataset.label_names,
         processor=getattr(ctx.teacher, "processor", None),
         max_batch=ctx.cfg.build.max_batch,
+        normalize=None if data.mean is None else (data.mean, data.std or []),
     )
 
 
