@@ -272,6 +272,12 @@ def _image_lines(t: TeacherInfo, d: DataInfo) -> list[str]:
     if t.channels == 1:
         basis = "config.json num_channels" if t.kind == "huggingface" else "its first conv"
         lines.append(f"  channels: 1   # grayscale: the teacher takes 1-channel images ({basis})")
+    if t.kind != "huggingface" and t.channels != 1:  # a CNN: its training's Normalize, if any
+        lines.append(
+            "  # mean: [0.485, 0.456, 0.406]   # with std: the teacher's Normalize, if it was "
+            "trained with one (ImageNet's here)"
+        )
+        lines.append("  # std: [0.229, 0.224, 0.225]")
     return lines
 
 

@@ -486,6 +486,8 @@ def test_init_reads_a_cnns_channels_from_its_stem_not_a_depthwise_conv(tmp_path,
     imgs = _images(tmp_path, {"a": [8], "b": [8]})
     assert _init(weights, "--data", imgs, "--out", tmp_path / "m.yaml").exit_code == 0
     assert load_config(tmp_path / "m.yaml").data.channels == channels
+    hint = "# mean: [0.485, 0.456, 0.406]"  # an RGB CNN's Normalize, commented out
+    assert (hint in (tmp_path / "m.yaml").read_text()) == (channels == 3)
 
 
 def test_init_reads_an_image_folder_with_a_vits_channels_at_its_size(tmp_path):
