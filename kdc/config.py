@@ -173,14 +173,6 @@ class StudentConfig(Section):
         if isinstance(n, int) and isinstance(arch, dict) and "num_hidden_layers" not in arch:
             self.architecture = {**arch, "num_hidden_layers": n}
         return self
-        if "num_hidden_layers" not in arch:
-            self.architecture = {**arch, "num_hidden_layers": n}
-        elif arch["num_hidden_layers"] != n:
-            raise ValueError(
-                f"layers {n} and architecture's num_hidden_layers {arch['num_hidden_layers']} "
-                "disagree: give the count in one of them"
-            )
-        return self
 
 
 class SpaceRange(Section):
