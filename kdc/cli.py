@@ -521,11 +521,12 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite --out.")] = False,
 ) -> None:
     """Inspect a teacher and a data file; write a commented model.yaml ready to run."""
+    from kdc.config import as_columns
     from kdc.init import init_config
 
     path, teacher, info = init_config(model_dir, data, out_file, force=force)
     parts = [teacher.task, f"{len(info.labels)} classes" if info.labels else f"{info.rows} texts"]
-    cols = [info.text_column] if isinstance(info.text_column, str) else info.text_column or []
+    cols = as_columns(info.text_column) if info.text_column else []
     parts += [f"text {' and '.join(repr(c) for c in cols)}"] if cols else []
     parts += [f"labels '{info.label_column}'"] if info.label_column else []
     out.print(f"wrote {path} ({', '.join(parts)})", markup=False)

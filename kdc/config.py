@@ -85,6 +85,11 @@ KIND_SOURCE = {
 }
 
 
+def as_columns(text_column: str | list[str]) -> list[str]:
+    """A text column setting as a list: two names where rows are text pairs."""
+    return [text_column] if isinstance(text_column, str) else list(text_column)
+
+
 class DataConfig(Section):
     """Training and evaluation data. `source` is a path (csv, jsonl, tsv, parquet, txt, a
     `datasets` directory, an image folder) or `sklearn:digits`; `eval` an optional separate eval
@@ -119,7 +124,7 @@ class DataConfig(Section):
     def _mean_with_std(self) -> DataConfig:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give mean and std together (one value per image channel each)")
-        if self.mean is not None and self.std is not None:
+        if self.mean is not None and self.std is not None:  # both or neither, as just checked
             if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
                 raise ValueError("mean and std need one value per image channel (1 or 3) each")
             if min(self.std) <= 0:
@@ -141,7 +146,7 @@ class DataConfig(Section):
     @property
     def text_columns(self) -> list[str]:
         """The text column(s): two where rows are text pairs."""
-        return [self.text_column] if isinstance(self.text_column, str) else list(self.text_column)
+        return as_columns(self.text_column)
 
     @property
     def text_pairs(self) -> bool:

@@ -219,27 +219,34 @@ def builds_tensorrt(cfg: KdcConfig, profile: HardwareProfile) -> bool:
     return "tensorrt" in profile.runtime.engines and (not engines or "tensorrt" in engines)
 
 
+def int8_runs_here(cfg: KdcConfig, profile: HardwareProfile) -> bool:
+    """Whether the INT8 graph ships as ONNX Runtime on this machine's CPU: a target kdc can time,
+    no TensorRT engine built for it."""
+    return profile.measurable and not builds_tensorrt(cfg, profile)
+
+
 def reduce_range_applies(cfg: KdcConfig, profile: HardwareProfile) -> bool:
     """Whether INT8 weights are quantized to 7 bits: quantize.reduce_range, by default where the
-    INT8 graph runs on this CPU (the target, no TensorRT engine built) and its int8 kernels
-    saturate (x86 without VNNI)."""
+    INT8 graph runs on this CPU (`int8_runs_here`) and its int8 kernels saturate (x86 without
+    VNNI)."""
     from kdc.profiles import cpu_info, int8_saturates
 
     asked = cfg.quantize.reduce_range
     if asked is not None:
         return asked
-    return (
-        profile.measurable and not builds_tensorrt(cfg, profile) and int8_saturates(cpu_info()[1])
-    )
+    return int8_runs_here(cfg, profile) and int8_saturates(cpu_info()[1])
+
+
+def _int8_qat(cfg: KdcConfig) -> bool:
+    return cfg.quantize.precision == "int8" and cfg.quantize.method == "qat"
 
 
 def qat_reduce_range(cfg: KdcConfig, profile: HardwareProfile) -> bool:
     """Whether quantization-aware training trains 7-bit weights (`reduce_range_applies` to an INT8
     QAT run); never for a TensorRT target, whose fake quantizers are symmetric S8S8 without an
     overflow fix."""
-    q = cfg.quantize
-    qat = q.precision == "int8" and q.method == "qat"
-    return qat and "tensorrt" not in profile.runtime.engines and reduce_range_applies(cfg, profile)
+    tensorrt = "tensorrt" in profile.runtime.engines
+    return _int8_qat(cfg) and not tensorrt and reduce_range_applies(cfg, profile)
 
 
 def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
@@ -266,9 +273,7 @@ def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
             f"build.max_batch not used: it sizes TensorRT engines, and this run builds none for "
             f"{profile.name} (ONNX Runtime's graphs take any batch)"
         )
-    q = cfg.quantize
-    qat = q.precision == "int8" and q.method == "qat"
-    if q.reduce_range and qat and "tensorrt" in profile.runtime.engines:
+    if cfg.quantize.reduce_range and _int8_qat(cfg) and "tensorrt" in profile.runtime.engines:
         out.append(
             f"quantize.reduce_range not used: QAT for {profile.name} trains TensorRT's symmetric "
             "8-bit weights (its int8 kernels do not saturate)"

@@ -130,8 +130,7 @@ def unlabelled_txt(source: str, field: str) -> UserError:
         source=source,
         field=field,
         fix="give a csv/tsv/jsonl/parquet file or a datasets directory with a text and a label "
-        "column; "
-        "a .txt file suits a sentence-embedding teacher",
+        "column; a .txt file suits a sentence-embedding teacher",
     )
 
 
@@ -328,16 +327,16 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
         )
     kind = "image" if fmt in IMAGE_FORMATS else "text"
     if kind == "image" and d.mean is not None:
-        train, evs = normalized(cfg, train), normalized(cfg, evs)
+        train, evs = normalized(cfg, train, evs)
     source = d.source if fmt == "sklearn" else f"{fmt}:{d.source}"
     ds = Dataset(train, evs, names, kind, source, notes)
     return align_labels(ds, teacher_names, cfg.source_file)
 
 
-def normalized(cfg: KdcConfig, split: Split) -> Split:
-    """Images (N×C×H×W in [0, 1]) normalized per channel by data.mean and data.std, as a CNN
-    teacher trained with torchvision's Normalize reads them; a Hugging Face image teacher's
-    processor normalizes instead, so the fields are refused there."""
+def normalized(cfg: KdcConfig, *splits: Split) -> list[Split]:
+    """Image `splits` (N×C×H×W in [0, 1]) normalized per channel by data.mean and data.std, as
+    a CNN teacher trained with torchvision's Normalize reads them; a Hugging Face image
+    teacher's processor normalizes instead, so the fields are refused there."""
     d = cfg.data
     if _hf_teacher_config(cfg) is not None:
         raise UserError(
@@ -347,18 +346,18 @@ def normalized(cfg: KdcConfig, split: Split) -> Split:
             field="data.mean",
             fix="remove data.mean and data.std",
         )
-    x = np.asarray(split.features)
-    if x.shape[1] != len(d.mean or ()):
+    mean = np.asarray(d.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(d.std, np.float32).reshape(1, -1, 1, 1)
+    channels = splits[0].features.shape[1]
+    if channels != mean.shape[1]:
         raise UserError(
-            f"data.mean and data.std have {len(d.mean or ())} value(s), the images "
-            f"{x.shape[1]} channel(s)",
+            f"data.mean and data.std have {mean.shape[1]} value(s), the images {channels} "
+            "channel(s)",
             source=cfg.source_file,
             field="data.mean",
             fix="give one value per channel (data.channels)",
         )
-    mean = np.asarray(d.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(d.std, np.float32).reshape(1, -1, 1, 1)
-    return Split(((x - mean) / std).astype(np.float32), split.labels)
+    return [Split(((s.features - mean) / std).astype(np.float32), s.labels) for s in splits]
 
 
 def teacher_classes(present: set[str], teacher_names: list[str] | None) -> list[str] | None:

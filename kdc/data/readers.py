@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from kdc.config import as_columns
 from kdc.errors import UserError, first_line
 from kdc.image_processor import ImageReading
 
@@ -38,7 +39,7 @@ def table_columns(
             field=field,
             fix="give a file with a header and at least one row",
         )
-    text_cols = [text_col] if isinstance(text_col, str) else list(text_col)
+    text_cols = as_columns(text_col)
     wanted = [*((c, "data.text_column") for c in text_cols), (label_col, "data.label_column")]
     keys = set(rows[0][1])
     for col, col_field in wanted:
@@ -169,8 +170,9 @@ def read_delimited(
     text and label columns, or carry empty ones, but not hold more values than the header."""
     records = delimited_records(path, delimiter, field)
     header = records[0][1] if records else []
-    cols = [text_col] if isinstance(text_col, str) else list(text_col)
-    needed = max((header.index(c) for c in (*cols, label_col) if c in header), default=-1)
+    needed = max(
+        (header.index(c) for c in (*as_columns(text_col), label_col) if c in header), default=-1
+    )
     rows = []
     for line, rec in records[1:]:
         fitted = _fit(rec, len(header), needed)

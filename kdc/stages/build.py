@@ -176,8 +176,9 @@ def int8_runs_here(ctx: Context) -> bool:
     no TensorRT engine). If not, INT8 graphs are compared with Q/DQ executed in float, the exact
     int8 arithmetic TensorRT approximates, not through this CPU's int8 kernels, which saturate on
     S8S8 without VNNI and would rank the graphs by this machine's arithmetic."""
-    trt = tensorrt_on_target(ctx) and "tensorrt" in wanted_engines(ctx)
-    return ctx.profile.measurable and not trt
+    from kdc.preflight import int8_runs_here as runs_here
+
+    return runs_here(ctx.cfg, ctx.profile)
 
 
 def _output_loss_fn(
