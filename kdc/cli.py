@@ -79,7 +79,9 @@ def compress(
         str | None, typer.Option(help="MLflow tracking URI: log config, metrics and report.*")
     ] = None,
 ) -> None:
-    """Run the whole pipeline: search, distill, export, build, verify, report."""
+    """Run every stage, search to report, for a target.
+
+    Search, distill, export, build, verify, report; --resume skips those already up to date."""
     from kdc import api, tracking
     from kdc.config import load_config
 
@@ -98,11 +100,12 @@ def compress(
 @app.command()
 @handled
 def validate(config: Path) -> None:
-    """Check a model.yaml without loading a model: schema, files, names, the teacher's
-    entrypoint import, a CNN teacher's weight shapes against the network its entrypoint builds
-    (called on PyTorch's meta device: no memory, no weights), and the data (read and split as
-    --dry-run does, and matched to a Hugging Face teacher's config.json: class names, image
-    channels)."""
+    """Check a model.yaml without loading a model.
+
+    Checks the schema, files, names, the teacher's entrypoint import, a CNN teacher's weight
+    shapes against the network its entrypoint builds (called on PyTorch's meta device: no
+    memory, no weights), and the data (read and split as --dry-run does, and matched to a
+    Hugging Face teacher's config.json: class names, image channels)."""
     from kdc.config import load_config
     from kdc.models import teacher_kind
     from kdc.preflight import check_config, check_data, check_teacher_weights, config_warnings
@@ -156,7 +159,9 @@ def verify(
     ] = None,
     quiet: QuietSummary = False,
 ) -> None:
-    """Re-verify a finished run: engine accuracy, latency, memory, constraints."""
+    """Re-verify a finished run's engines.
+
+    Engine accuracy, latency, memory and constraints, for the run's own target or another."""
     from kdc import api
 
     _exit_for(api.verify(run_dir, target, quiet=quiet, device_results=device_results))
@@ -204,7 +209,9 @@ def bench(
     min_duration: Annotated[float, typer.Option("--min-duration")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Measure one ONNX model on this machine: warm-up, then iterations until count and time."""
+    """Measure one ONNX model's latency on this machine.
+
+    Warm-up, then iterations until both their count and the minimum duration are reached."""
     from kdc import tools
 
     if engine != "onnxruntime":
@@ -261,7 +268,9 @@ def estimate(
     explain: bool = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Predict one ONNX model's latency on a target from its graph (roofline + overhead)."""
+    """Predict one ONNX model's latency on a target.
+
+    From its graph: a roofline model plus per-kernel overhead, with the target's calibration."""
     from kdc import tools
     from kdc.deploy.estimate import explain_table
 
@@ -299,7 +308,9 @@ def estimate(
 @app.command()
 @handled
 def lint(model: Path, target: Target = "jetson") -> None:
-    """TensorRT compatibility lint (no GPU needed); exit 1 when there are errors."""
+    """Check an ONNX model for TensorRT compatibility.
+
+    No GPU needed; exit 1 when there are errors."""
     from kdc import tools
     from kdc.deploy.lint import format_findings
 
@@ -331,29 +342,20 @@ def check(
         bool, typer.Option("--update-baseline", help="Copy REPORT over BASELINE deliberately.")
     ] = False,
 ) -> None:
-    """Compare a report with a baseline (noise-aware); exit 1 on a regression."""
+    """Compare a report with a baseline; exit 1 on a regression.
+
+    A slowdown fails beyond the tolerance and the timings' noise (the tolerance alone with
+    --strict); accuracy, memory and model size are compared too."""
     from kdc.deploy import check as C
     from kdc.deploy.junit import write_junit
-    from kdc.deploy.report_file import load_report
+    from kdc.deploy.report_file import failed_baseline, load_report
     from kdc.deploy.report_file import update_baseline as copy_to_baseline
 
     if update_baseline:
         copy_to_baseline(report, baseline)
         out.print(f"baseline updated: {baseline}")
-        doc = load_report(report)
-        if doc.get("passed") is False:
-            failed = [c["name"] for c in doc.get("constraints") or [] if not c.get("pass")]
-            err.print(
-                "warning: the new baseline is a FAILED report"
-                + (f" ({', '.join(failed)})" if failed else "")
-                + (
-                    ": later checks compare with its figures"
-                    if doc.get("engines")
-                    else ", with no engine (its search found no student): later checks refuse "
-                    "it (exit 2) until a run that built engines replaces it"
-                ),
-                markup=False,
-            )
+        if warning := failed_baseline(load_report(report)):
+            err.print(f"warning: {warning}", markup=False)
         return
     kinds = {
         "all": ("measured", "predicted"),
@@ -403,8 +405,10 @@ def check(
 @app.command()
 @handled
 def inspect(run_dir: Path) -> None:
-    """Stages, status, hashes; flags any artifact whose sha256 no longer matches, any stage
-    built from an earlier stage's older outputs, and any that failed or was cut short (exit 1)."""
+    """Show a run's stages, status and hashes.
+
+    Flags any artifact whose sha256 no longer matches, any stage built from an earlier stage's
+    older outputs, and any that failed or was cut short (exit 1)."""
     from kdc import tools
     from kdc.rundir import target_flag
 
@@ -461,7 +465,9 @@ def bundle(
         ),
     ] = "jetson",
 ) -> None:
-    """Write a device bundle (ONNX, build.sh, bench.sh, goldens, parity.py) for a finished run."""
+    """Write a device bundle for a finished run.
+
+    The ONNX model, build.sh, bench.sh, goldens and parity.py, to build the engine on the device."""
     from kdc import tools
 
     out.print(f"bundle written: {tools.bundle(run_dir, target)}")
@@ -520,7 +526,9 @@ def init(
     ),
     force: Annotated[bool, typer.Option(help="Overwrite --out.")] = False,
 ) -> None:
-    """Inspect a teacher and a data file; write a commented model.yaml ready to run."""
+    """Write a commented model.yaml for a teacher and its data.
+
+    From the teacher and the data as inspected: columns, labels, classes, image size."""
     from kdc.config import as_columns
     from kdc.init import init_config
 
@@ -561,7 +569,9 @@ def calibrate(
         ),
     ] = None,
 ) -> None:
-    """Fit a target's latency model to timings of a generated model set and save it."""
+    """Fit a target's latency model and save it.
+
+    Times a generated model set here, or on the device (--bundle, then --from)."""
     from kdc.deploy import calibrate as C
 
     res = C.calibrate(

@@ -11,7 +11,7 @@ import tempfile
 import traceback
 import typing
 from collections.abc import Callable
-from inspect import Parameter, signature
+from inspect import Parameter, cleandoc, signature
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,8 @@ def command_flags(fn: Callable[..., Any]) -> dict[str, str]:
 
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map kdc's errors to exit codes: 2 bad input (one line), 1 failed check, 3 internal."""
+    """Map kdc's errors to exit codes: 2 bad input (one line), 1 failed check, 3 internal. The
+    command's docstring, its help, is kept with each paragraph on one line (`reflowed`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -105,7 +106,15 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as e:
             raise _internal(e, kwargs) from None
 
+    wrapper.__doc__ = reflowed(fn.__doc__ or "")
     return wrapper
+
+
+def reflowed(doc: str) -> str:
+    """A docstring with the line breaks inside its paragraphs joined: rich prints hard breaks as
+    they are, mid-sentence in `kdc --help`'s summaries (each command's first paragraph) and in a
+    command's own --help, which wraps the paragraphs to the terminal once joined."""
+    return "\n\n".join(" ".join(p.split()) for p in cleandoc(doc).split("\n\n"))
 
 
 def _internal(e: Exception, kwargs: dict[str, Any]) -> typer.Exit:

@@ -124,3 +124,20 @@ def test_an_interrupted_command_without_a_run_does_not_speak_of_stages(capsys):
     assert capsys.readouterr().err.strip() == (
         "interrupted (SIGINT): nothing was saved; run the command again"
     )
+
+
+@pytest.mark.parametrize("group", [[], ["profiles"]])
+def test_every_command_summary_is_one_line_and_its_help_keeps_the_detail(group):
+    """`kdc --help` lists each command on one row at 80 columns (a docstring's first paragraph
+    hard-wrapped over lines printed its breaks mid-sentence); the detail is in its own --help."""
+    res = runner.invoke(app, [*group, "--help"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    panel = res.output.split("Commands")[1].splitlines()[1:]
+    rows = [ln.strip("│ ") for ln in panel if ln.startswith("│")]
+    names = [r.split()[0] for r in rows]
+    assert rows and all(not ln.startswith("│  ") for ln in panel), res.output  # no continuation
+    assert len(names) == len(set(names))
+    detail = {"validate": "PyTorch's meta device", "inspect": "sha256 no longer matches"}
+    for name in [n for n in names if n in detail]:
+        text = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80"}).output
+        assert detail[name] in " ".join(text.replace("│", " ").split()), text

@@ -165,3 +165,20 @@ def update_baseline(report_path: Path | str, baseline_path: Path | str) -> Path:
     ):
         shutil.copyfile(report_path, tmp)
     return Path(baseline_path)
+
+
+def failed_baseline(doc: dict) -> str | None:
+    """What to warn of a report made the baseline when it FAILED (None when it passed)."""
+    if doc.get("passed") is not False:
+        return None
+    failed = [c["name"] for c in doc.get("constraints") or [] if not c.get("pass")]
+    return (
+        "the new baseline is a FAILED report"
+        + (f" ({', '.join(failed)})" if failed else "")
+        + (
+            ": later checks compare with its figures"
+            if doc.get("engines")
+            else ", with no engine (its search found no student): later checks refuse it (exit 2) "
+            "until a run that built engines replaces it"
+        )
+    )
