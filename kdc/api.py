@@ -111,13 +111,11 @@ def _run(
     was_empty = not existed or not any(p.name != LOCK for p in root.iterdir())
     ctx = open_run(cfg, target, root, quiet=quiet)
     ctx.log(f"kdc: [bold]{ctx.cfg.name}[/bold] → {ctx.profile.name}, run dir {ctx.run.root}")
-    if replaced:
-        ctx.warn(replaced)
     for note in [*config_warnings(cfg), *target_warnings(cfg, ctx.profile)]:
         ctx.warn(note)
     try:
         with ctx.run.lock():  # another kdc process on this run directory is refused
-            run_stages(ctx, resume=resume, only=stages)
+            run_stages(ctx, resume=resume, only=stages, replacing=replaced)
     except RunBusy:  # what is in the directory is the other process's
         raise
     except UserError as e:

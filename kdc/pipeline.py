@@ -6,7 +6,6 @@ import contextlib
 import errno
 import json
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,8 +22,9 @@ from kdc import __version__
 from kdc.config import BuildConfig, KdcConfig
 from kdc.data.base import Dataset
 from kdc.deploy.ort_install import conflict_warning
-from kdc.errors import Interrupted, UserError, first_line, listed
+from kdc.errors import UserError, first_line, listed
 from kdc.fingerprint import inputs_fingerprint
+from kdc.interrupts import signals_as_interrupt
 from kdc.models.base import ModelAdapter
 from kdc.preflight import builds_tensorrt, qat_reduce_range
 from kdc.profiles import HardwareProfile
@@ -342,34 +342,6 @@ def stage_hash(
 
 # a write refused by the file system: the user's environment, not a bug in kdc
 UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; a CI job's timeout or cancel, `kill`
-
-
-@contextlib.contextmanager
-def _signals_as_interrupt() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C or SIGTERM finishes nothing half-way: either raises KeyboardInterrupt (even where
-    SIGINT was ignored, as in a background job), which leaves the pipeline as Interrupted for the
-    CLI to report (exit 128 + the signal). Yields `pressed()`: a library's bare `except:`
-    (torch-pruning's tracing has one) may swallow the exception, so a stage that returns after
-    the signal is not marked done either."""
-    pressed: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        pressed.append(signum)
-        raise KeyboardInterrupt
-
-    try:
-        old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-    except ValueError:  # not the main thread
-        yield lambda: False
-        return
-    try:
-        yield lambda: bool(pressed)
-    except KeyboardInterrupt:
-        raise Interrupted(pressed[0] if pressed else signal.SIGINT) from None
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _refused(ctx: Context, stage: str, e: OSError) -> UserError:
@@ -407,7 +379,7 @@ def _run_one(
             raise _refused(ctx, stage.name, e) from None
         raise
     if pressed():
-        raise KeyboardInterrupt  # reported as Interrupted by _signals_as_interrupt
+        raise KeyboardInterrupt  # reported as Interrupted by signals_as_interrupt
     wall_s = time.perf_counter() - t0 + out.earlier_s
     ctx.run.mark_done(stage.name, input_hash, out.outputs, out.metrics, wall_s)
     ctx.ran.append(stage.name)
@@ -439,21 +411,24 @@ def stage_not_ready(
         what = "is not done"
     manifest = ctx.run.manifest()
     built_for = manifest.get("target")
-    given = manifest.get("target_file") or built_for  # a profile YAML is passed as its path
-    other = (
-        f" (the run is for {built_for}: pass --target {given})"
-        if (built_for and built_for != ctx.profile.name and not stale_upstream)
-        else ""
-    )
     # the run's target; before any stage recorded one, the target this command was given
     asked = {"target": ctx.profile.name, "target_file": ctx.target_file}
     tgt = target_flag(manifest if built_for else asked)
+    again = f"`kdc compress CONFIG{{}} --out {ctx.run.root} --resume`"
+    fix = f"re-run it: `kdc {name} CONFIG{tgt} --out {ctx.run.root}`, or {again.format(tgt)}"
+    if built_for and built_for != ctx.profile.name and not stale_upstream:
+        # the earlier stages are the run's target's: this one cannot run alone for another
+        what = f"{what} (the run is for {built_for}, not {ctx.profile.name})"
+        if rec.get("status") == "done" and not bad:  # done: for the run's target
+            fix = (
+                f"pass{tgt or ' --target host'} (the run's target), or redo the run for "
+                f"{ctx.profile.name}, replacing its report: {again.format(target_flag(asked))}; "
+                "or pass another --out for a run of its own"
+            )
     return UserError(
-        f"stage '{name}' {what}{other}",
+        f"stage '{name}' {what}",
         source=str(ctx.run.root),
-        fix=("mend what it names, then " if rec.get("status") == "failed" else "")
-        + f"re-run it: `kdc {name} CONFIG{tgt} --out {ctx.run.root}`, or `kdc compress "
-        f"CONFIG{tgt} --out {ctx.run.root} --resume`",
+        fix=("mend what it names, then " if rec.get("status") == "failed" else "") + fix,
     )
 
 
@@ -515,10 +490,13 @@ def run_stages(
     resume: bool,
     only: tuple[str, ...] | None = None,
     trust_upstream: bool = False,
+    replacing: str | None = None,
 ) -> dict:
     """Run the stages in order (or `only` those), skipping finished ones on resume.
     `trust_upstream` (re-verifying a finished run): a stage not asked for counts as done when it
-    finished and its outputs are intact, whatever the target, teacher files or kdc version now."""
+    finished and its outputs are intact, whatever the target, teacher files or kdc version now.
+    `replacing`: a warning that this run replaces another's report, printed as the first stage
+    starts, not when an earlier stage that is not ready refuses the command."""
     started = time.perf_counter()
     # what this invocation ran with; recorded, not compared: the config sections and the parts
     # of the profile each stage reads are already part of its input hash, which resume checks. A
@@ -557,7 +535,7 @@ def run_stages(
     warned = False
     # read once: the stages taken as built come before any this invocation runs
     behind = outdated(ctx.run) if trust_upstream else []
-    with _signals_as_interrupt() as pressed:
+    with signals_as_interrupt() as pressed:
         for stage in _stages():
             if only is not None and not set(only) & set(
                 STAGE_NAMES[STAGE_NAMES.index(stage.name) :]
@@ -591,6 +569,8 @@ def run_stages(
                     # bad data (a label column, an eval label) is refused before a stage starts
                     # and the report of a finished run goes stale
                     _ = ctx.dataset
+                    if replacing:
+                        ctx.warn(replacing)
                     record()
                 _run_one(ctx, stage, h, upstream, pressed)
     if not ctx.ran:  # every stage skipped

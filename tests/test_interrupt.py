@@ -264,11 +264,39 @@ def test_a_stage_refused_for_an_unready_one_leaves_the_manifest_as_it_was(tmp_pa
     assert runner.invoke(app, ["compress", str(cfg), "--target", "jetson", *args]).exit_code == 0
     before = read_json(run / "manifest.json")
     res = runner.invoke(app, ["export", str(cfg), "--target", "host", *args])
-    assert res.exit_code == 2 and "stage 'search' ran with other inputs" in res.output
-    assert "(the run is for jetson-orin-nano-8gb: pass --target jetson-orin-nano-8gb)" in res.output
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "stage 'search' ran with other inputs" in said
+    assert "(the run is for jetson-orin-nano-8gb, not host)" in said
+    assert "pass --target jetson-orin-nano-8gb (the run's target)" in said
     after = read_json(run / "manifest.json")
     for key in ("target", "profile", "verified_for"):
         assert after[key] == before[key], key
+
+
+def test_a_stage_alone_for_another_target_is_refused_before_any_note(tmp_path, monkeypatch):
+    """`kdc build` for another target than a finished run's is refused on its earlier stages
+    (the run's target's), and says nothing before that of replacing the run's report; the fix
+    names the run's target and how to redo the run for this one, which then says it."""
+    cfg, run = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None)), tmp_path / "run"
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages(None))
+    assert runner.invoke(app, ["compress", str(cfg), "--out", str(run)]).exit_code == 0
+    write_json(run / "report.json", {"passed": True})  # the fake report stage writes none
+    res = runner.invoke(app, ["build", str(cfg), "--target", "jetson", "--out", str(run)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "replaces" not in said, res.output
+    assert (
+        f"error: {run}: stage 'search' ran with other inputs (config, target, teacher or an "
+        "earlier stage changed) (the run is for host, not jetson-orin-nano-8gb)" in said
+    )
+    assert (
+        "pass --target host (the run's target), or redo the run for jetson-orin-nano-8gb, "
+        "replacing its report: `kdc compress CONFIG --target jetson-orin-nano-8gb --out "
+        f"{run} --resume`; or pass another --out" in said
+    )
+    assert read_json(run / "manifest.json")["target"] == "host"
+    res = runner.invoke(app, ["compress", str(cfg), "-t", "jetson", "--out", str(run), "--resume"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "this run for jetson-orin-nano-8gb replaces its report" in said
 
 
 def test_a_resume_refused_for_its_data_leaves_the_manifest_as_it_was(tmp_path, monkeypatch):
