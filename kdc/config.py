@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from kdc.errors import ConfigError
+from kdc.rundir import sha256_json
 
 Task = Literal["text-classification", "image-classification", "sentence-embedding"]
 
@@ -436,6 +437,10 @@ class KdcConfig(Section):
     def fingerprint(self) -> dict:
         """The config as data, for hashing: excludes where it was read from."""
         return self.model_dump(mode="json")
+
+    def sha256(self) -> str:
+        """Hash of the whole config: what the manifest and report.json record as the run's."""
+        return sha256_json(self.fingerprint())
 
 
 def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:

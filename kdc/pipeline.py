@@ -299,7 +299,7 @@ def _stages() -> list[Stage]:
             lambda cfg: ("task", "data", "verify", *PARITY),
             _whole_profile(*TENSORRT_ONLY),
         ),
-        Stage("report", report.run, lambda cfg: ("constraints",)),
+        Stage("report", report.run, lambda cfg: ("constraints", WHOLE_CONFIG)),
     ]
 
 
@@ -310,10 +310,14 @@ STAGE_NAMES = ("search", "distill", "export", "build", "verify", "report")
 # teacher cache's outputs equal the teacher's up to float rounding, as another thread count's
 # would): not hashed, so changing one does not redo a finished stage.
 UNHASHED = ("distill.teacher_cache_mb",)
+# read as the hash of the whole config, unhashed fields too: the report records it (and the
+# config's warnings), so a change no other stage reads still rewrites the report
+WHOLE_CONFIG = "*"
 
 
 def config_reads(cfg: KdcConfig, reads: tuple[str, ...]) -> dict[str, Any]:
-    """The values of `reads` (sections or "section.field"s) in `cfg`, but the UNHASHED ones."""
+    """The values of `reads` (sections, "section.field"s or WHOLE_CONFIG) in `cfg`, but the
+    UNHASHED ones."""
     data = cfg.fingerprint()
     for path in UNHASHED:
         section, key = path.split(".")
@@ -321,7 +325,8 @@ def config_reads(cfg: KdcConfig, reads: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for path in reads:
         section, _, key = path.partition(".")
-        out[path] = data.get(section, {}).get(key) if key else data.get(section)
+        part = data.get(section, {}).get(key) if key else data.get(section)
+        out[path] = cfg.sha256() if path == WHOLE_CONFIG else part
     return out
 
 
@@ -514,7 +519,7 @@ def run_stages(
             kdc_version=__version__,
             libraries=library_versions(),
             config=ctx.cfg.fingerprint(),
-            config_sha256=sha256_json(ctx.cfg.fingerprint()),
+            config_sha256=ctx.cfg.sha256(),
             seed=ctx.cfg.seed,
             **(
                 {"verified_for": profile}

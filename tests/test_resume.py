@@ -11,8 +11,10 @@ import pytest
 import yaml
 from tiny import write_yaml
 
-from kdc import api
+from kdc import api, pipeline
+from kdc.config import load_config
 from kdc.errors import UserError
+from kdc.rundir import RunDir
 
 
 def _cfg(cnn_project, tmp_path, weights: Path | None = None, **distill):
@@ -82,15 +84,16 @@ def _with(cfg: dict, dotted: str, value) -> dict:
 
 
 def test_stages_hash_only_the_config_they_read(cnn_project):
-    """A stage's input hash changes with the config fields it reads and with no others."""
+    """A stage's input hash changes with the config fields it reads and with no others; the
+    report's with any (it records the whole config's hash, and its warnings)."""
     cfg = yaml.safe_load(cnn_project.read_text())
     base = _hashes(cfg)
     for dotted, value, changed in [
-        ("constraints.max_accuracy_drop", 0.01, {"report"}),
+        ("constraints.max_accuracy_drop", 0.01, set()),
         ("quantize.calibration_size", 32, {"build"}),
         ("quantize.calibration", "entropy", {"build"}),
         ("verify.iterations", 50, {"verify"}),
-        ("constraints.latency_budget_ms", 5.0, {"search", "report"}),
+        ("constraints.latency_budget_ms", 5.0, {"search"}),
         ("quantize.precision", "fp16", {"search", "build"}),
         ("verify.batch", 4, {"search", "build", "verify"}),
         ("quantize.method", "qat", {"distill", "build"}),
@@ -105,18 +108,19 @@ def test_stages_hash_only_the_config_they_read(cnn_project):
         ("build.dla_core", 0, set()),  # as does the DLA core they are built for
     ]:
         new = _hashes(_with(cfg, dotted, value))
-        assert {s for s in base if new[s] != base[s]} == changed, dotted
+        assert {s for s in base if new[s] != base[s]} == changed | {"report"}, dotted
     jetson, batch8 = _hashes(cfg, "jetson"), _hashes(_with(cfg, "build.max_batch", 8), "jetson")
-    assert {s for s in jetson if batch8[s] != jetson[s]} == {"build", "verify"}
+    assert {s for s in jetson if batch8[s] != jetson[s]} == {"build", "verify", "report"}
     agx, dla = _hashes(cfg, "agx-orin"), _hashes(_with(cfg, "build.dla_core", 0), "agx-orin")
-    assert {s for s in agx if dla[s] != agx[s]} == {"search", "build", "verify"}  # its latency
+    assert {s for s in agx if dla[s] != agx[s]} == {"search", "build", "verify", "report"}
     pruned_agx = {**cfg, "prune": {"enabled": True, "target_latency_ms": 1.0}}
     assert (
         _hashes(_with(pruned_agx, "build.dla_core", 1), "agx-orin")["distill"]
         != _hashes(pruned_agx, "agx-orin")["distill"]
     )  # pruning to a latency predicts it on the core
     no_trt = _with(cfg, "build.engines", ["onnxruntime"])  # a TensorRT target, TensorRT left out
-    assert _hashes(_with(no_trt, "build.max_batch", 8), "jetson") == _hashes(no_trt, "jetson")
+    batch8 = _hashes(_with(no_trt, "build.max_batch", 8), "jetson")
+    assert {s for s, h in _hashes(no_trt, "jetson").items() if batch8[s] != h} == {"report"}
     # QAT (in distill) reads the calibration rows, and pruning to a latency how it is predicted
     qat = _with(cfg, "quantize.method", "qat")
     assert (
@@ -178,6 +182,28 @@ def test_resume_after_an_edit_redoes_only_the_stages_reading_it(cnn_project, tmp
     api.compress(path, "host", run, resume=True, quiet=True)
     third = json.loads((run / "manifest.json").read_text())["stages"]
     assert third["search"]["input_hash"] != second["search"]["input_hash"]
+
+
+def test_a_resume_changing_an_unhashed_field_rewrites_the_report_alone(cnn_project, tmp_path):
+    """distill.teacher_cache_mb changes no stage's result, so none that computes one runs again;
+    the report does, carrying the hash of the config this resume used, as the manifest does."""
+    path = _cfg(cnn_project, tmp_path)
+    run = tmp_path / "run"
+    api.compress(path, "host", run, quiet=True)
+    first = json.loads((run / "manifest.json").read_text())
+    cfg = yaml.safe_load(path.read_text())
+    cfg["distill"]["teacher_cache_mb"] = 0
+    write_yaml(path, cfg)
+    api.compress(path, "host", run, resume=True, quiet=True)
+    second = json.loads((run / "manifest.json").read_text())
+    for stage in ("search", "distill", "export", "build", "verify"):
+        assert second["stages"][stage]["finished"] == first["stages"][stage]["finished"], stage
+    assert second["stages"]["report"]["input_hash"] != first["stages"]["report"]["input_hash"]
+    now = load_config(path).sha256()
+    assert now != first["config_sha256"] and second["config_sha256"] == now
+    assert json.loads((run / "report.json").read_text())["run"]["config_sha256"] == now
+    assert f"config sha256 {now[:12]}" in (run / "report.md").read_text()
+    assert not pipeline.outdated(RunDir(run))
 
 
 def test_corrupt_artifact_is_redone(cnn_project, tmp_path):

@@ -50,7 +50,7 @@ def assemble(ctx: Context) -> dict:
         "kdc_version": __version__,
         "run": {
             "name": cfg.name,
-            "config_sha256": manifest.get("config_sha256"),
+            "config_sha256": cfg.sha256(),  # this invocation's config, as the manifest's
             "started": started,
             "wall_s": round(sum(s.get("wall_s", 0) for s in stages.values()), 2),
             "seed": cfg.seed,
@@ -109,7 +109,7 @@ def write_no_fit_report(
         "kdc_version": __version__,
         "run": {
             "name": ctx.cfg.name,
-            "config_sha256": manifest.get("config_sha256"),
+            "config_sha256": ctx.cfg.sha256(),
             "started": (manifest.get("stages", {}).get("search") or {}).get("started"),
             "seed": ctx.cfg.seed,
             "libraries": library_versions(),
