@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,6 +32,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _sourced(text: str) -> str:
+    if not text.strip():
+        raise ValueError("is blank")
+    return text
+
+
+# where a block's figures come from (PROFILES.md: every figure carries its source; one nobody
+# could source says so): required, not blank
+Source = Annotated[str, AfterValidator(_sourced)]
+SOURCE_FIX = (
+    "add {field}: where these figures come from (a datasheet or page, a fit such as `kdc "
+    "calibrate`'s, the profile they are copied from), or 'unsourced: <why>'"
+)
+
+
 # bounds no device reaches, to catch a figure written in other units (54e12 for 54 TOPS, a
 # bandwidth in B/s, a capacity in MB): the largest GPUs are ~10^4 TOPS, ~10^4 GB/s, ~10^3 GB
 Peak = Annotated[float, Field(gt=0, lt=1e5, description="in TFLOPS / TOPS")]
@@ -41,13 +57,13 @@ class Compute(_Strict):
     fp32_tflops: Peak
     fp16_tflops: Peak
     int8_tops: Peak
-    source: str
+    source: Source
 
 
 class Memory(_Strict):
     bandwidth_gbps: Bandwidth
     capacity_gb: float = Field(gt=0, lt=1e6)
-    source: str
+    source: Source
 
 
 # runtime fields kdc no longer reads, still in profiles copied from earlier versions: ignored
@@ -124,7 +140,7 @@ class LatencyModel(_Strict):
     kind_efficiency: dict[KindSlot, Efficiency] | None = Field(
         None, description="per <precision>_<conv|attention|vector|masked> kernels (kdc calibrate)"
     )
-    source: str = "defaults"
+    source: Source  # how the factors were obtained: a fit, another profile's, or defaults
 
 
 class Dla(_Strict):
@@ -135,7 +151,7 @@ class Dla(_Strict):
     compute_efficiency: float = Field(gt=0, le=1)
     layer_overhead_us: float = Field(ge=0, description="per layer (kernel) run on the DLA")
     transition_us: float = Field(ge=0, description="per switch between DLA and GPU (reformat)")
-    source: str
+    source: Source
 
 
 class CalibrationFile(BaseModel):
@@ -251,6 +267,9 @@ def _read(path: Path) -> HardwareProfile:
         msg, field, fix = describe_error(
             e, HardwareProfile, "compare with profiles/jetson-orin-nano-8gb.yaml"
         )
+        if field.endswith(".source") and fix != "remove this key":  # missing or blank
+            msg = "missing or blank: a profile says where each block of its figures comes from"
+            fix = SOURCE_FIX.format(field=field)
         raise UserError(msg, source=str(path), field=field, fix=fix) from None
 
 

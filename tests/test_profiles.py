@@ -190,3 +190,33 @@ def test_a_tensorrt_version_kdc_cannot_build_is_refused_when_loaded(tmp_path, ve
     with pytest.raises(UserError, match=words) as e:
         load_profile(str(path))
     assert e.value.field == "runtime.tensorrt" and e.value.source == str(path)
+
+
+@pytest.mark.parametrize("block", ["latency_model", "compute", "memory"])
+@pytest.mark.parametrize("value", [None, "  "])
+def test_a_profile_without_a_source_is_refused_naming_file_field_and_fix(tmp_path, block, value):
+    """PROFILES.md: every figure carries its source. latency_model.source defaulted to
+    "defaults", so a custom profile with fitted-looking factors passed as sourced."""
+    doc = yaml.safe_load((ROOT / "profiles" / "nvidia-t4.yaml").read_text())
+    doc["name"], doc["aliases"] = "my-t4", []
+    if value is None:
+        del doc[block]["source"]
+    else:
+        doc[block]["source"] = value
+    path = tmp_path / "my-t4.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match="missing or blank") as e:
+        load_profile(str(path))
+    assert e.value.source == str(path) and e.value.field == f"{block}.source"
+    assert e.value.fix.startswith(f"add {block}.source: where these figures come from")
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_every_shipped_profile_names_its_sources():
+    from kdc.profiles import HardwareProfile, profiles_dir
+
+    for path in sorted(profiles_dir().glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        HardwareProfile.model_validate(doc)  # what load_profile checks, sources required
+        blocks = ["compute", "memory", "latency_model", *(["dla"] if doc.get("dla") else [])]
+        assert all(doc[b]["source"].strip() for b in blocks), path.name

@@ -315,7 +315,10 @@ def test_a_damaged_calibration_file_names_itself_and_the_field(damage, field):
     else:
         bandwidth = load_profile("host").memory.bandwidth_gbps
         path.write_text(
-            yaml.safe_dump({"bandwidth_gbps": bandwidth, "latency_model": KNOWN} | damage)
+            yaml.safe_dump(
+                {"bandwidth_gbps": bandwidth, "latency_model": {**KNOWN, "source": "a fit"}}
+                | damage
+            )
         )
     with pytest.raises(UserError, match="calibration file is corrupt") as e:
         load_profile("host")
