@@ -519,7 +519,11 @@ def main() -> None:
 def init(
     model_dir: Path,
     data: Annotated[
-        str, typer.Option(help="Data file (csv/tsv/jsonl/parquet), image folder or sklearn:digits.")
+        str,
+        typer.Option(
+            help="Data file (csv/tsv/jsonl/parquet) or a glob of them, a folder of parquet shards "
+            "(a Hub download), image folder or sklearn:digits."
+        ),
     ],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Config to write.")] = Path(
         "model.yaml"

@@ -45,12 +45,17 @@ def _teacher_files(cfg: KdcConfig) -> list[Path]:
 
 
 def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
-    """A data file's sha256; a folder's (image folder, saved `datasets`) file names and sizes
-    (not modification times: a fresh checkout of the same data, as a CI job makes, is the same
-    data; reading every image's bytes would cost a pass over the folder per run); None for what
-    is not a local path (sklearn:digits, a hub name)."""
+    """A data file's sha256; several files' (a glob's, a folder's parquet shards) names and
+    sha256s, in the order they are read; a folder's (image folder, saved `datasets`) file names
+    and sizes (not modification times: a fresh checkout of the same data, as a CI job makes, is
+    the same data; reading every image's bytes would cost a pass over the folder per run); None
+    for what is not a local path (sklearn:digits, a hub name)."""
+    from kdc.data.shards import shard_paths
+
     if not value or value.startswith("sklearn:"):
         return None
+    if (shards := shard_paths(value, cfg.base_dir)) is not None:
+        return [(os.path.relpath(p, cfg.base_dir), sha256_file(p)) for p in shards]
     path = cfg.resolve(value)
     if path.is_file():
         return sha256_file(path)

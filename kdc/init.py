@@ -285,7 +285,8 @@ def _data_lines(d: DataInfo, t: TeacherInfo, base: Path) -> list[str]:
     source = d.source if d.source.startswith("sklearn:") else _rel(d.source, base)
     where = "" if d.source.startswith("sklearn:") else _relative_note(source)
     unit = "images" if d.kind == "image" else "rows"
-    lines = ["data:", f"  source: {_v(source)}   # {d.rows or '?'} {unit}{where}"]
+    files = f" in {d.files} files, read in name order" if d.files > 1 else ""
+    lines = ["data:", f"  source: {_v(source)}   # {d.rows or '?'} {unit}{files}{where}"]
     lines += _image_lines(t, d)
     if d.text_column:
         why = (
@@ -304,7 +305,10 @@ def _data_lines(d: DataInfo, t: TeacherInfo, base: Path) -> list[str]:
     if d.eval_split:
         return [*lines, f"  # evaluation reads the directory's '{d.eval_split}' split"]
     if d.eval_source:
-        return [*lines, f"  eval: {_v(_rel(d.eval_source, base))}   # the test split's folder"]
+        what = (
+            "test split's folder" if d.kind == "image" else "test (else validation) split's files"
+        )
+        return [*lines, f"  eval: {_v(_rel(d.eval_source, base))}   # the {what}"]
     return [*lines, "  eval_fraction: 0.2   # held out for evaluation (or set data.eval: FILE)"]
 
 

@@ -9,21 +9,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdc.config import MIN_IMAGE_SIZE
-from kdc.data import class_order, unlabelled_txt
-from kdc.data.parquet import parquet_classes, parquet_table, read_parquet
+from kdc.data import SUFFIX_FORMATS, class_order, unlabelled_txt
+from kdc.data.parquet import parquet_table
 from kdc.data.readers import (
-    Rows,
+    datasets_dir,
     datasets_layout,
     delimited_records,
     image_files,
     image_sizes,
     json_objects,
     read_datasets,
-    read_delimited,
-    read_jsonl,
-    read_txt,
     split_folders,
 )
+from kdc.data.shards import data_files, is_glob, read_files, shard_paths, split_patterns
 from kdc.errors import UserError
 
 if TYPE_CHECKING:
@@ -47,6 +45,7 @@ class DataInfo:
     eval_split: str | None = None  # a `datasets` directory's split that evaluation reads
     eval_source: str | None = None  # an image folder's test split folder (`data/test`)
     image_size: int | None = None  # an image folder's images' one size (square, at least 8)
+    files: int = 1  # the files `source` names (a glob, a folder of parquet shards)
     max_length_note: str = ""  # what share of rows max_length covers, for the config comment
     notes: list[str] = field(default_factory=list)  # what matching it to the teacher assumed
 
@@ -94,16 +93,26 @@ def _max_length(texts: list[str], limit: int | None) -> tuple[int, str]:
     return n, f"tokens{capped}; ~{fits:.0%} of rows fit (at ~1.5 tokens a word), longer are cut"
 
 
-def _table_data(path: Path, teacher: TeacherInfo) -> DataInfo:
-    reader = READERS.get(path.suffix.lower())
+def _table_data(files: list[Path], source: str, teacher: TeacherInfo) -> DataInfo:
+    """The columns, labels and rows of a table file, or of several (`source` a glob or a folder
+    of parquet shards), read in order."""
+    suffixes = sorted({f.suffix.lower() for f in files})
+    reader = READERS.get(suffixes[0]) if len(suffixes) == 1 else None
     if reader is None:
         raise UserError(
-            f"cannot read '{path.suffix}' files",
-            source=str(path),
+            f"cannot read '{'/'.join(suffixes)}' files" + " together" * (len(suffixes) > 1),
+            source=source,
             field="--data",
-            fix=f"use {', '.join(READERS)}, an image folder or sklearn:digits",
+            fix=f"use {', '.join(READERS)} (one of them), an image folder or sklearn:digits",
         )
-    return _read_all(path, _rows_data(path, reader(path), teacher))
+    rows: list[dict] = []
+    for f in files:  # the first MAX_ROWS rows, to guess columns and labels from
+        rows += reader(f)[: MAX_ROWS - len(rows)]
+        if len(rows) >= MAX_ROWS:
+            break
+    info = _read_all(files, _rows_data(source, rows, teacher))
+    info.files = len(files)
+    return info
 
 
 def _datasets_rows(path: Path, limit: int = 5000) -> list[dict]:
@@ -146,7 +155,7 @@ def _pair_columns(values: dict[str, list[Any]]) -> list[str] | None:
     )
 
 
-def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
+def _rows_data(path: Path | str, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
     """The text and label columns of table rows (a classifier's text pair where the table has a
     known pair of text columns, else the longest-text column; the label column with the
     teacher's number of classes, else the one with fewest; none for an embedding teacher), and
@@ -197,24 +206,20 @@ def _rows_data(path: Path, rows: list[dict], teacher: TeacherInfo) -> DataInfo:
     )
 
 
-def _read_all(path: Path, info: DataInfo, declared: list[str] | None = None) -> DataInfo:
-    """`info` with the row count and classes of every row of its columns, read by compress's
-    reader (a blank text or label, or a row without one, is its error naming the line); classes
-    in compress's order (`declared`: a ClassLabel's names)."""
+def _read_all(files: list[Path], info: DataInfo, declared: list[str] | None = None) -> DataInfo:
+    """`info` with the row count and classes of every row of its columns in `files` (a
+    `datasets` directory, or table files), read by compress's readers (a blank text or label,
+    or a row without one, is its error naming the line); classes in compress's order
+    (`declared`: a ClassLabel's names)."""
     text, label = info.text_column or "", info.label_column
-    suffix = path.suffix.lower()
-    rows: Rows
-    if path.is_dir():
-        rows = read_datasets(path, text, label, "train", "--data")
-    elif suffix in (".csv", ".tsv"):
-        rows = read_delimited(path, text, label, "," if suffix == ".csv" else "\t", "--data")
-    elif suffix == ".parquet":
-        rows = read_parquet(path, text, label, "--data")
-        declared = declared or parquet_classes(path, label)
+    if files[0].is_dir():
+        texts, labels = read_datasets(files[0], text, label, "train", "--data")
     else:
-        rows = read_jsonl(path, text, label, "--data")
-    info.rows = len(rows[0])
-    info.labels = class_order(rows[1], declared) if label else []
+        fmt = SUFFIX_FORMATS[files[0].suffix.lower()]
+        texts, labels, names = read_files(files, fmt, text, label, "--data")
+        declared = declared or names
+    info.rows = len(texts)
+    info.labels = class_order(labels, declared) if label else []
     return info
 
 
@@ -224,6 +229,28 @@ def _texts_data(
     """Unlabelled texts (an embedding teacher's data) from a table's `column` or a text file."""
     n, note = _max_length(texts, teacher.max_positions)
     return DataInfo(str(path), "text", len(texts), column, max_length=n, max_length_note=note)
+
+
+def _file_data(files: list[Path], source: str, teacher: TeacherInfo) -> DataInfo:
+    """A data file, or several alike: texts one a line (.txt, an embedding teacher's), else a
+    table."""
+    if files[0].suffix.lower() != ".txt":
+        return _table_data(files, source, teacher)
+    if teacher.task != "sentence-embedding":
+        raise unlabelled_txt(source, "--data")
+    texts = read_files(files, "txt", "", None, "--data")[0]
+    return _texts_data(Path(source), texts[:MAX_ROWS], teacher)
+
+
+def _shards_data(data: str, shards: list[Path], teacher: TeacherInfo) -> DataInfo:
+    """A split given as several files (a glob, a folder of parquet shards); of a folder of
+    several splits' Hub shards, the training split's, its test (else validation) split's shards
+    then being the eval data, as compress reads them."""
+    picked = None if is_glob(data) else split_patterns(data, shards)
+    source = picked[0] if picked else data
+    info = _file_data(data_files(source, ".", "--data", None), source, teacher)
+    info.eval_source = picked[1] if picked else None
+    return info
 
 
 def _image_data(path: Path) -> DataInfo:
@@ -252,19 +279,17 @@ def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
     classes of an image folder."""
     if data == "sklearn:digits":
         return DataInfo(data, "image", 1797, labels=[str(i) for i in range(10)])
+    if (shards := shard_paths(data)) is not None:
+        return _shards_data(data, shards, teacher)
     path = Path(data)
     if not path.exists():
         raise UserError("data not found", source=data, field="--data", fix="check the path")
-    if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+    if datasets_dir(path):
         info = _rows_data(path, _datasets_rows(path), teacher)
         info.eval_split, declared = datasets_layout(path, info.label_column)
-        return _read_all(path, info, declared)
-    if path.suffix.lower() == ".txt" and path.is_file():
-        if teacher.task != "sentence-embedding":
-            raise unlabelled_txt(str(path), "--data")
-        return _texts_data(path, read_txt(path, "--data")[0][:MAX_ROWS], teacher)
+        return _read_all([path], info, declared)
     if not path.is_dir():
-        return _table_data(path, teacher)
+        return _file_data([path], data, teacher)
     if splits := split_folders(path):  # `data/`: `data/train/<class>`, `data/test/<class>`
         path = path / splits[0]
     else:  # `data/train` beside `data/test`

@@ -301,6 +301,8 @@ def _loosened_limits(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
 
 
 def _check_paths(cfg: KdcConfig) -> None:
+    from kdc.data.shards import data_files, is_glob
+
     t, d = cfg.teacher, cfg.data
     wanted = [
         ("teacher.path", t.path, "model directory", "is_dir"),
@@ -309,6 +311,9 @@ def _check_paths(cfg: KdcConfig) -> None:
         ("data.eval", d.eval, "eval data", "exists"),
     ]
     for field, rel, what, test in wanted:
+        if field.startswith("data.") and rel is not None and is_glob(rel):
+            data_files(rel, cfg.base_dir, field, cfg.source_file)  # it matches a file
+            continue
         if rel is not None and test == "is_dir" and cfg.resolve(rel).is_file():
             raise UserError(
                 f"is a file; the {what} is wanted",

@@ -16,22 +16,42 @@ from kdc.errors import UserError
 datasets = pytest.importorskip("datasets")
 
 
-def _hub_split(path: Path, n: int, labels: list[int] | None = None) -> Path:
-    """A split as the Hub stores it: a parquet file whose schema keeps the ClassLabel."""
+NLI = ["entailment", "neutral", "contradiction"]
+
+
+def _hub_split(
+    path: Path, n: int, labels: list[int] | None = None, start: int = 0, names: list = NLI
+) -> Path:
+    """A split as the Hub stores it: a parquet file whose schema keeps the ClassLabel (rows
+    numbered from `start`)."""
     features = datasets.Features(
         {
             "premise": datasets.Value("string"),
             "hypothesis": datasets.Value("string"),
-            "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"]),
+            "label": datasets.ClassLabel(names=names),
         }
     )
     rows = {
-        "premise": [f"a man plays {i}" for i in range(n)],
-        "hypothesis": [f"someone plays {i}" for i in range(n)],
+        "premise": [f"a man plays {i}" for i in range(start, start + n)],
+        "hypothesis": [f"someone plays {i}" for i in range(start, start + n)],
         "label": labels or [i % 3 for i in range(n)],
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
     return path
+
+
+def _hub_download(root: Path) -> Path:
+    """A dataset as `huggingface-cli download` leaves it: data/<split>-0000i-of-0000n.parquet."""
+    data = root / "data"
+    _hub_split(data / "train-00001-of-00002.parquet", 12, start=20)  # sorted: read second
+    _hub_split(data / "train-00000-of-00002.parquet", 20)
+    _hub_split(data / "test-00000-of-00001.parquet", 9, start=100)
+    return data
+
+
+def _pairs(root: Path, **data):
+    return text_cfg(root, text_column=["premise", "hypothesis"], **data)
 
 
 def test_hub_parquet_pairs_with_class_names(tmp_path):
@@ -147,3 +167,119 @@ def test_messages_listing_text_formats_name_parquet(tmp_path):
     with pytest.raises(UserError, match="needs text") as e:
         load_dataset(text_cfg(tmp_path, source="imgs"))
     assert "parquet" in e.value.fix
+
+
+def test_a_split_in_several_parquet_shards_by_glob_or_folder(tmp_path):
+    """A Hub download's shards, given as a glob or (one split's) as their folder, are read in
+    name order and concatenated, their ClassLabel kept; a folder of several splits' shards is
+    refused naming the globs to give."""
+    _hub_download(tmp_path)
+    ds = load_dataset(_pairs(tmp_path, source="data/train-*.parquet", eval="data/test-*.parquet"))
+    assert ds.label_names == NLI and (len(ds.train), len(ds.eval)) == (32, 9)
+    assert ds.train.features[0][0] == "a man plays 0" and ds.train.features[20][0] == (
+        "a man plays 20"
+    )
+    assert ds.source == "parquet:data/train-*.parquet"
+    with pytest.raises(UserError, match=r"data holds the parquet shards of several splits") as e:
+        load_dataset(_pairs(tmp_path, source="data"))
+    assert e.value.field == "data.source"
+    assert e.value.fix.endswith(
+        f"e.g. {Path('data') / 'train-*.parquet'}, and data.eval: {Path('data') / 'test-*.parquet'}"
+    )
+    with pytest.raises(UserError, match="several splits") as e:
+        load_dataset(_pairs(tmp_path, source="data/train-*.parquet", eval="data"))
+    assert e.value.field == "data.eval" and e.value.fix.endswith(str(Path("data/test-*.parquet")))
+    one = tmp_path / "plain_text" / "train"  # the Hub's parquet conversion: <config>/<split>/
+    for i, name in enumerate(["0000.parquet", "0001.parquet"]):
+        _hub_split(one / name, 10, start=10 * i)
+    ds = load_dataset(_pairs(tmp_path, source="plain_text/train", eval_fraction=0.25))
+    assert len(ds.train) + len(ds.eval) == 20 and ds.label_names == NLI
+
+
+def test_shards_must_agree_and_a_glob_must_match(tmp_path):
+    _hub_split(tmp_path / "d" / "train-00000-of-00002.parquet", 9)
+    odd = _hub_split(tmp_path / "d" / "train-00001-of-00002.parquet", 9, names=NLI[::-1])
+    with pytest.raises(UserError, match="its ClassLabel names for 'label'") as e:
+        load_dataset(_pairs(tmp_path, source="d/train-*.parquet"))
+    assert e.value.source == str(odd) and e.value.field == "data.source"
+    assert len(str(e.value).splitlines()) == 1
+    cfg = _pairs(tmp_path, source="d/valid-*.parquet")
+    (tmp_path / "teacher").mkdir()  # checked first
+    res = CliRunner().invoke(app, ["validate", cfg.source_file])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (
+        f"error: {cfg.source_file}: field 'data.source': no file matches 'd/valid-*.parquet' "
+        "(fix: check the pattern (relative to the config; `**` matches across folders))"
+    )
+
+
+def test_csv_and_jsonl_globs_read_alike(tmp_path):
+    (tmp_path / "parts").mkdir()
+    for i in range(3):
+        rows = "".join(f"film {10 * i + j},{'pos' if j % 2 else 'neg'}\n" for j in range(10))
+        (tmp_path / "parts" / f"part-{i}.csv").write_text("text,label\n" + rows)
+    ds = load_dataset(text_cfg(tmp_path, source="parts/*.csv", eval_fraction=0.2))
+    assert (len(ds.train), len(ds.eval)) == (24, 6) and ds.label_names == ["neg", "pos"]
+    (tmp_path / "parts" / "part-3.jsonl").write_text('{"text": "film 30", "label": "pos"}\n')
+    with pytest.raises(UserError, match=r"'parts/part-\*' matches files of several formats"):
+        load_dataset(text_cfg(tmp_path, source="parts/part-*"))
+    (tmp_path / "parts" / "part-1.csv").write_text("text,label\nfilm 10,\n")
+    with pytest.raises(UserError, match="the label at line 2 is blank") as e:
+        load_dataset(text_cfg(tmp_path, source="parts/*.csv"))
+    assert e.value.source == str(tmp_path / "parts" / "part-1.csv")  # the shard, its own line
+
+
+def test_every_shard_is_in_the_inputs_fingerprint(tmp_path):
+    """--resume redoes the stages that read data when any shard changes (even at the same
+    size), or one is added to the glob; not when nothing did."""
+    from kdc.fingerprint import inputs_fingerprint
+
+    data = _hub_download(tmp_path)
+    globbed = _pairs(tmp_path, source="data/train-*.parquet")
+    folder = tmp_path / "one"
+    folder.mkdir()
+    for f in data.glob("train-*"):
+        (folder / f.name).write_bytes(f.read_bytes())
+    in_folder = _pairs(tmp_path, source="one")
+    before = [inputs_fingerprint(c) for c in (globbed, in_folder)]
+    assert [inputs_fingerprint(c) for c in (globbed, in_folder)] == before
+    for shard in (data / "train-00001-of-00002.parquet", folder / "train-00001-of-00002.parquet"):
+        raw = bytearray(shard.read_bytes())
+        raw[len(raw) // 2] ^= 1  # same size, other bytes
+        shard.write_bytes(bytes(raw))
+    after = [inputs_fingerprint(c) for c in (globbed, in_folder)]
+    assert all(a != b for a, b in zip(after, before, strict=True))
+    _hub_split(data / "train-00002-of-00002.parquet", 3)
+    assert inputs_fingerprint(globbed) != after[0]
+
+
+def test_init_reads_a_hub_download_folder(bert_project, tmp_path):
+    """`kdc init --data data/` on a Hub download: the train shards as data.source and the test
+    shards as data.eval, as globs; compress reads them as init did."""
+    pd = pytest.importorskip("pandas")
+    import csv
+
+    with open(bert_project.parent / "train.csv") as f:
+        rows = list(csv.DictReader(f))
+    data = tmp_path / "hub" / "data"
+    data.mkdir(parents=True)
+    cut = [0, len(rows) // 3, 2 * len(rows) // 3, len(rows)]
+    for name, (a, b) in zip(
+        ["train-00000-of-00002", "train-00001-of-00002", "test-00000-of-00001"],
+        zip(cut, cut[1:], strict=False),
+        strict=True,
+    ):
+        part = rows[a:b]
+        frame = {"review": [r["text"] for r in part], "stars": [r["label"] for r in part]}
+        pd.DataFrame(frame).to_parquet(data / f"{name}.parquet")
+    out = tmp_path / "m.yaml"
+    teacher = str(bert_project.parent / "teacher")
+    res = CliRunner().invoke(app, ["init", teacher, "--data", str(data), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    assert "source: hub/data/train-*.parquet" in text and "in 2 files" in text
+    assert "eval: hub/data/test-*.parquet" in text
+    res = CliRunner().invoke(app, ["validate", str(out)])
+    assert res.exit_code == 0, res.output
+    n_train, n_eval = cut[2], len(rows) - cut[2]
+    assert f"data {n_train} train / {n_eval} eval rows" in res.output

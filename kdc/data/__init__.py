@@ -10,19 +10,17 @@ import numpy as np
 
 from kdc.config import KdcConfig
 from kdc.data.base import Dataset, Split
-from kdc.data.parquet import parquet_classes, read_parquet
 from kdc.data.readers import (
     IMAGE_SUFFIXES,
+    datasets_dir,
     datasets_layout,
     image_files,
     image_sizes,
     read_datasets,
-    read_delimited,
     read_digits,
     read_imagefolder,
-    read_jsonl,
-    read_txt,
 )
+from kdc.data.shards import FILE_READERS, data_files, is_glob, read_files, shard_paths
 from kdc.errors import UserError, listed
 from kdc.hf_files import read_config
 from kdc.image_processor import ImageReading, processor_reading, read_processor
@@ -40,17 +38,31 @@ DEFAULT_IMAGE_SIZE = 224  # an image folder's read side without data.image_size 
 COLUMN_FORMATS = ("csv", "tsv", "jsonl", "parquet", "datasets")
 
 
-def _format(cfg: KdcConfig, path: Path, field: str) -> str:
+def _format(cfg: KdcConfig, value: str, field: str) -> str:
+    """The format of data path `value` (`field`'s): data.format, else told by the path: a
+    folder's kind, a file's suffix, or the suffix every file a glob matches has."""
     if cfg.data.format != "auto":
         return cfg.data.format
-    if field == "data.source" and cfg.data.source.startswith("sklearn:"):
+    if field == "data.source" and value.startswith("sklearn:"):
         return "sklearn"
-    if path.is_dir():
-        return (
-            "datasets"
-            if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()
-            else "imagefolder"
-        )
+    path = cfg.resolve(value)
+    if is_glob(value):
+        files = data_files(value, cfg.base_dir, field, cfg.source_file)
+        suffixes = sorted({f.suffix.lower() for f in files})
+        if len(suffixes) > 1:
+            raise UserError(
+                f"'{value}' matches files of several formats ({', '.join(suffixes)})",
+                source=cfg.source_file,
+                field=field,
+                fix=f"narrow the pattern to one, e.g. {value}{suffixes[0]}"
+                if not Path(value).suffix
+                else "narrow the pattern to one format",
+            )
+        path = files[0]
+    elif path.is_dir():
+        if datasets_dir(path):
+            return "datasets"
+        return "parquet" if shard_paths(value, cfg.base_dir) else "imagefolder"
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None and path.suffix.lower() in IMAGE_SUFFIXES:
         raise UserError(
@@ -108,7 +120,9 @@ def _check_path(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
     if folder == path.is_dir() and (fmt != "datasets" or _saved_dataset(path)):
         return
     if not folder:
-        problem, fix = "a directory", f"point {field} to a {fmt} file, or set data.format: auto"
+        shards = " (or a directory of parquet shards)" if fmt == "parquet" else ""
+        problem = "a directory"
+        fix = f"point {field} to a {fmt} file{shards} or a glob of them, or set data.format: auto"
     elif fmt == "imagefolder":
         problem = "a file, not a folder laid out as <folder>/<class>/<image>"
         fix = f"point {field} to such a folder, or set data.format: auto for this file"
@@ -168,10 +182,13 @@ def image_reading(cfg: KdcConfig) -> ImageReading:
     return ImageReading((side, side), (side, side))
 
 
-def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
+def _read(cfg: KdcConfig, value: str, fmt: str, split: str) -> tuple:
+    """(features, labels, the label column's declared class names or None) of data path
+    `value` in format `fmt`; several files (a glob, parquet shards) are read in sorted order."""
     d = cfg.data
     label = None if cfg.task == "sentence-embedding" else d.label_column
     field = "data.eval" if split == "eval" else "data.source"
+    path = cfg.resolve(value)
     if fmt == "sklearn" and d.source != "sklearn:digits":
         raise UserError(
             f"unknown built-in data '{d.source}'",
@@ -179,29 +196,36 @@ def _read(cfg: KdcConfig, path: Path, fmt: str, split: str) -> tuple:
             field="data.source",
             fix="use 'sklearn:digits' or a path",
         )
-    if fmt != "sklearn" and not path.exists():
+    if fmt not in FILE_READERS and is_glob(value):
+        raise UserError(
+            f"format '{fmt}' reads one directory, not a pattern ('{value}')",
+            source=cfg.source_file,
+            field=field,
+            fix="give the directory itself",
+        )
+    files = [] if fmt == "sklearn" else [path]
+    if fmt in FILE_READERS:
+        files = data_files(value, cfg.base_dir, field, cfg.source_file)
+    if files and not files[0].exists():
         raise UserError(
             "data not found",
             source=cfg.source_file,
             field=field,
             fix=f"check that {path} exists (paths are relative to the config)",
         )
-    if fmt != "sklearn":
-        _check_path(cfg, path, fmt, field)
+    for f in files:
+        _check_path(cfg, f, fmt, field)
     _check_kind(cfg, path, fmt, field)
     if fmt == "txt" and label is not None:
         raise unlabelled_txt(str(path), field)
+    if fmt in FILE_READERS:
+        return read_files(files, fmt, d.text_column, label, field)
     readers = {
-        "csv": lambda: read_delimited(path, d.text_column, label, ",", field),
-        "tsv": lambda: read_delimited(path, d.text_column, label, "\t", field),
-        "jsonl": lambda: read_jsonl(path, d.text_column, label, field),
-        "parquet": lambda: read_parquet(path, d.text_column, label, field),
-        "txt": lambda: read_txt(path, field),
         "datasets": lambda: read_datasets(path, d.text_column, label, split, field),
         "imagefolder": lambda: read_imagefolder(path, image_reading(cfg), field, d.channels),
         "sklearn": read_digits,
     }
-    return readers[fmt]()
+    return (*readers[fmt](), None)
 
 
 def _split_sentences(texts: list[str]) -> list[str]:
@@ -237,8 +261,8 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     class the training split lacks is then allowed and noted), else `class_order`'s."""
     d = cfg.data
     src_path = cfg.resolve(d.source)
-    fmt = _format(cfg, src_path, "data.source")
-    feats, labels = _read(cfg, src_path, fmt, "train")
+    fmt = _format(cfg, d.source, "data.source")
+    feats, labels, declared = _read(cfg, d.source, fmt, "train")  # declared: a ClassLabel's
     if fmt == "sklearn" and d.eval:
         raise UserError(
             f"{d.source} cannot be mixed with an eval file: its eval split is held out from it",
@@ -248,16 +272,13 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
         )
     rng = np.random.default_rng(cfg.split_seed())
     label_col = None if cfg.task == "sentence-embedding" else d.label_column
-    eval_name, declared = None, None  # a `datasets` directory's labelled eval split
+    eval_name = None  # a `datasets` directory's labelled eval split
     if fmt == "datasets":
         eval_name, declared = datasets_layout(src_path, label_col)
-    elif fmt == "parquet":
-        declared = parquet_classes(src_path, label_col)
     if d.eval:
-        ev_path = cfg.resolve(d.eval)
-        ev_feats, ev_labels = _read(cfg, ev_path, _format(cfg, ev_path, "data.eval"), "eval")
+        ev_feats, ev_labels, _ = _read(cfg, d.eval, _format(cfg, d.eval, "data.eval"), "eval")
     elif eval_name:
-        ev_feats, ev_labels = _read(cfg, src_path, fmt, "test")
+        ev_feats, ev_labels, _ = _read(cfg, d.source, fmt, "test")
     else:
         order = rng.permutation(len(feats))
         n_eval = max(1, int(round(len(feats) * d.eval_fraction)))

@@ -392,6 +392,11 @@ def eval_split(ds: Any, label_col: str | None, first: str = "test") -> str | Non
     return next((n for n in names if n in ds and _labelled(ds[n], label_col)), None)
 
 
+def datasets_dir(path: Path) -> bool:
+    """Whether `path` is a directory `datasets` saved (a DatasetDict or a Dataset)."""
+    return (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()
+
+
 def datasets_layout(path: Path, label_col: str | None) -> tuple[str | None, list[str] | None]:
     """Of a `datasets` directory: its eval split's name (None: not a DatasetDict or no labelled
     `test` / `validation` split), and its label column's declared class names in index order (a
@@ -461,8 +466,14 @@ def split_folders(path: Path) -> tuple[str, str | None] | None:
     names = [d.name for d in sorted(path.iterdir()) if d.is_dir() and visible(d)]
     if not names or any(n.lower() not in SPLIT_NAMES for n in names):
         return None
+    return train_and_held(names)
+
+
+def train_and_held(names: list[str]) -> tuple[str, str | None] | None:
+    """Of a dataset's split names, the training split's and its test (else validation) split's;
+    None without a training split (test and validation only: neither is for training)."""
     train = next((n for n in names if n.lower() in ("train", "training")), None)
-    if train is None:  # test/ and validation/ only: neither is for training
+    if train is None:
         return None
     order = ("test", "testing", "eval", "validation", "val", "valid", "dev")
     held = [n for n in names if n.lower() in order and n != train]
