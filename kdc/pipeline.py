@@ -26,7 +26,7 @@ from kdc.errors import UserError, first_line, listed
 from kdc.fingerprint import inputs_fingerprint
 from kdc.interrupts import signals_as_interrupt
 from kdc.models.base import ModelAdapter
-from kdc.preflight import builds_tensorrt, qat_reduce_range
+from kdc.preflight import builds_tensorrt, qat_reduce_range, qat_scheme_facet
 from kdc.profiles import HardwareProfile
 from kdc.rundir import RunDir, library_versions, sha256_json, target_flag
 
@@ -250,17 +250,18 @@ def _whole_profile(*fields: str) -> ProfileReads:
 def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     """What distillation reads of the target: the channel multiple a CNN student is narrowed
     (or any student pruned) to, not read for a transformer's; for QAT, whether TensorRT runs it
-    (symmetric fake-quantizers) and whether it trains 7-bit weights (`qat_reduce_range`, by
-    default this CPU's; only when it does: a run without them hashes as before); pruning to a
-    latency reads the whole latency model."""
+    (symmetric fake-quantizers), whether it trains 7-bit weights (`qat_reduce_range`, by default
+    this CPU's) and its scheme's version (`qat_scheme_facet`), these two only where they apply (a
+    run without them hashes as before); pruning to a latency reads the whole latency model."""
     from kdc.models import teacher_kind
 
-    seven_bit = {"reduce_range": True} if qat_reduce_range(cfg, profile) else {}
+    cnn = cfg.task == "image-classification" and teacher_kind(cfg) != "huggingface"
+    qat = qat_scheme_facet(cfg, cnn)
+    recipe = {"reduce_range": True, **qat} if qat_reduce_range(cfg, profile) else qat
     if cfg.prune.enabled and cfg.prune.target_latency_ms is not None:
         whole = _whole_profile("dla_core")(cfg, profile)
-        return {"profile": whole, **seven_bit} if seven_bit else whole
-    facets: dict[str, Any] = {**seven_bit}
-    cnn = cfg.task == "image-classification" and teacher_kind(cfg) != "huggingface"
+        return {"profile": whole, **recipe} if recipe else whole
+    facets: dict[str, Any] = {**recipe}
     if cnn or (cfg.prune.enabled and not cfg.prune.round_to):
         facets["channel_divisor"] = profile.defaults.channel_divisor
     if cfg.quantize.method == "qat":

@@ -249,6 +249,16 @@ def qat_reduce_range(cfg: KdcConfig, profile: HardwareProfile) -> bool:
     return _int8_qat(cfg) and not tensorrt and reduce_range_applies(cfg, profile)
 
 
+def qat_scheme_facet(cfg: KdcConfig, cnn: bool) -> dict[str, int]:
+    """What distill's input hash holds of a QAT run's scheme (a CNN's with `cnn`): its version
+    (`qat.Scheme.version`) from 2 on, so a run trained by another version trains again (one of
+    version 1 hashes as before versions existed)."""
+    from kdc.compress.qat import SCHEMES
+
+    version = SCHEMES["cnn" if cnn else "transformer"].version
+    return {"qat_scheme": version} if cfg.quantize.method == "qat" and version > 1 else {}
+
+
 def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
     """What a run for `profile` cannot judge or does not use: no engine with a latency model for
     a TensorRT target when build.engines leaves TensorRT out (its profile's model is

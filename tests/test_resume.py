@@ -155,6 +155,25 @@ def test_qat_retrains_where_its_7_bit_decision_changes(cnn_project, monkeypatch)
     assert h(qat) == h(qat, False) != h(qat, True)
 
 
+def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
+    """distill's input hash holds the QAT scheme's version from 2 on (the CNN scheme's 2: each
+    BatchNorm folded into its conv): a run QAT-trained by version 1, which hashed without it,
+    trains again, pruned to a latency or not; PTQ's distill does not read it."""
+    import dataclasses
+
+    from kdc.compress import qat
+
+    cfg = yaml.safe_load(cnn_project.read_text())
+    qat_cfg = _with(cfg, "quantize.method", "qat")
+    pruned = {**qat_cfg, "prune": {"enabled": True, "target_latency_ms": 1.0}}
+    configs = {"ptq": cfg, "qat": qat_cfg, "qat pruned to a latency": pruned}
+    now = {k: _hashes(c)["distill"] for k, c in configs.items()}
+    assert qat.SCHEMES["cnn"].version == 2
+    monkeypatch.setitem(qat.SCHEMES, "cnn", dataclasses.replace(qat.SCHEMES["cnn"], version=1))
+    before = {k: _hashes(c)["distill"] for k, c in configs.items()}
+    assert {k for k in configs if now[k] != before[k]} == {"qat", "qat pruned to a latency"}
+
+
 def test_resume_after_an_edit_redoes_only_the_stages_reading_it(cnn_project, tmp_path, capsys):
     """Changing the accuracy bound or the calibration rows re-runs neither search nor distill;
     changing the latency budget re-runs search."""

@@ -1,8 +1,9 @@
 """Quantization-aware training: insert fake quantizers, train with the distillation losses, export
 to ONNX as standard QuantizeLinear/DequantizeLinear pairs (what TensorRT and ONNX Runtime read).
-One scheme per model family (SCHEMES): CNNs through NNCF (`nncf.quantize`, then `nncf.strip` into
-torch fake-quantize modules), transformers through fake-quantized Linear layers and embedding
-tables (`kdc.compress.fake_quant`: NNCF's quantized copy of a Hugging Face model does not export).
+One scheme per model family (SCHEMES): CNNs through NNCF (each BatchNorm first folded into the
+conv before it, `fold_bn`; `nncf.quantize`, then `nncf.strip` into torch fake-quantize modules),
+transformers through fake-quantized Linear layers and embedding tables (`kdc.compress.fake_quant`:
+NNCF's quantized copy of a Hugging Face model does not export).
 The exported graph stores weights as int8 and gathers embedding rows before dequantizing them.
 With `reduce_range` (x86 int8 kernels without VNNI, whose 16-bit pair sums saturate on 8-bit
 weights) both schemes train and export 7-bit weights, as PTQ quantizes them there."""
@@ -21,6 +22,7 @@ import onnx
 import torch
 
 from kdc.compress.fake_quant import fold_weight_quantizers, freeze_weight_scales, quantize_layers
+from kdc.compress.fold_bn import fold_batchnorm
 from kdc.compress.nncf_ptq import finish_qdq
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.errors import UserError
@@ -80,13 +82,16 @@ def _with_module(adapter: ModelAdapter, module: torch.nn.Module) -> ModelAdapter
 class Scheme:
     """How one model family is fake-quantized for training (`quantize(model, adapter, batches,
     symmetric_activations, tensorrt, reduce_range)`) and freed of training-only modules before
-    export; `how` describes it for the report."""
+    export; `how` describes it for the report. `version` goes up whenever the scheme trains or
+    exports differently: distill's input hash holds it from 2 on (a run of version 1 hashes as
+    before it existed), so a resumed run of another version trains again."""
 
     quantize: Callable[
         [torch.nn.Module, ModelAdapter, list[tuple], bool, bool, bool], torch.nn.Module
     ]
     strip: Callable[[torch.nn.Module, tuple], torch.nn.Module]
     how: str
+    version: int = 1
 
 
 def _nncf_quantize(
@@ -97,9 +102,12 @@ def _nncf_quantize(
     trt: bool,
     seven_bit: bool,
 ) -> torch.nn.Module:
-    """NNCF's fake quantizers (symmetric weights; activations symmetric when asked), ranges
-    calibrated on `batches`; 7-bit weights with `seven_bit` (`_seven_bit_weights`), else NNCF's
-    overflow fix on the first layer (its default for CPUs); neither for TensorRT targets."""
+    """NNCF's fake quantizers (symmetric weights; activations symmetric when asked) on `model`
+    with its BatchNorms folded into their convs
+    (`fold_batchnorm`: NNCF would quantize a conv's output before its BatchNorm, which then
+    keeps ONNX Runtime's conv in float), ranges calibrated on `batches`; 7-bit weights with
+    `seven_bit` (`_seven_bit_weights`), else NNCF's overflow fix on the first layer (its
+    default for CPUs); neither for TensorRT targets."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
@@ -107,6 +115,7 @@ def _nncf_quantize(
     preset = nncf.QuantizationPreset.PERFORMANCE if sym else nncf.QuantizationPreset.MIXED
     fix = OverflowFix.DISABLE if trt or seven_bit else OverflowFix.FIRST_LAYER
     advanced = AdvancedQuantizationParameters(overflow_fix=fix)
+    fold_batchnorm(model)
     model = quantize(
         model, batches, preset=preset, fast_bias_correction=True, advanced_parameters=advanced
     )
@@ -167,7 +176,13 @@ def _linear_quantize(
 
 
 SCHEMES: dict[str, Scheme] = {
-    "cnn": Scheme(_nncf_quantize, _nncf_strip, "NNCF fake quantizers"),
+    # 2: BatchNorm folded into the convs
+    "cnn": Scheme(
+        _nncf_quantize,
+        _nncf_strip,
+        "NNCF fake quantizers (BatchNorm folded into the convs)",
+        version=2,
+    ),
     "transformer": Scheme(
         _linear_quantize,
         lambda model, args: freeze_weight_scales(model),  # export as Q/DQ with constant scales

@@ -266,7 +266,7 @@ class VisionAdapter(ModelAdapter):
 
         student = copy.deepcopy(self.module).eval()
         drop = list(spec.get("drop", []))
-        _drop_modules(student, drop)
+        drop_modules(student, drop)
         mods = dict(student.named_modules())
         wanted = {
             n: int(c)
@@ -307,7 +307,7 @@ class VisionAdapter(ModelAdapter):
     def load(cls, directory: Path) -> VisionAdapter:
         meta = json.loads((directory / "kdc_model.json").read_text())
         module = as_kdc_calls(BUILDERS[meta["source"]["kind"]](meta["source"]))
-        _drop_modules(module, meta["source"].get("drop", []))
+        drop_modules(module, meta["source"].get("drop", []))
         apply_shapes(module, meta["shapes"])
         load_into(
             module,
@@ -396,7 +396,7 @@ def _runs(seq: nn.Sequential) -> list[list[tuple[str, nn.Module]]]:
     return runs
 
 
-def _drop_modules(module: nn.Module, paths: list[str]) -> None:
+def drop_modules(module: nn.Module, paths: list[str]) -> None:
     """Replace the submodules at `paths` with identities."""
     for path in paths:
         parent, _, leaf = path.rpartition(".")

@@ -192,6 +192,9 @@ def quantization_aware(
     """Fake-quantize the distilled student, train it `quantize.qat_epochs` more with the same
     losses, and export its QDQ ONNX to distill/student_qat.onnx (its epochs: qat_history.jsonl).
     Its weights are 7-bit where `qat_reduce_range` (x86 int8 kernels without VNNI run it)."""
+    import onnx
+
+    from kdc.compress.fold_bn import unfolded_batchnorms
     from kdc.compress.qat import export_qat, quantize_for_training
     from kdc.preflight import qat_reduce_range
     from kdc.stages.build import symmetric_activations
@@ -228,6 +231,13 @@ def quantization_aware(
         output_name=output_name(ctx.cfg.task),
         symmetric=sym,
     )
+    unfolded = unfolded_batchnorms(onnx.load(str(path)))
+    if unfolded:
+        ctx.warn(
+            f"{len(unfolded)} BatchNorm layer(s) not folded into the conv before them "
+            f"({', '.join(unfolded[:3])}): ONNX Runtime runs those convs in float. kdc folds "
+            "where torch.fx traces the student and a BatchNorm alone reads a conv's output"
+        )
     # a record, not a gate: an input a step from a rounding boundary may round the other way
     # in ONNX Runtime, and INT8 engines are judged by their accuracy
     parity, _ = onnx_parity(

@@ -222,6 +222,19 @@ def run_onnx(path, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return run_session(make_session(path), inputs)
 
 
+def optimized_ops(path: Path, out: Path) -> list[str]:
+    """The op types of ONNX Runtime's ORT_ENABLE_ALL graph of `path` on the CPU provider (as the
+    INT8 engine runs on a CPU; saved to `out`): QLinearConv where it fused a Q/DQ conv."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(out)).graph.node]
+
+
 def make_bert_project(root: Path) -> Path:
     write_csv(root / "train.csv", sentences(400, 1))
     write_csv(root / "test.csv", sentences(120, 2))

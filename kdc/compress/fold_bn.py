@@ -1,0 +1,78 @@
+"""BatchNorm folded into the conv before it, for a CNN's quantization-aware training: NNCF then
+fake-quantizes the folded weights and the exported graph reads Q/DQ → Conv → (Relu) → Q, which
+ONNX Runtime fuses into int8 convs (QLinearConv). A BatchNormalization between a conv and its
+output quantizer keeps that conv in float: the digits student's QAT engine ran at 0.4× its FP32
+engine's speed. A pair is folded only where torch.fx traces the model and the BatchNorm's input
+is exactly that conv's output, read by nothing else, so the folded model computes what the
+model did in eval mode."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from kdc.models.vision import drop_modules
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """The (conv, BatchNorm) module names of `model` where the BatchNorm (with running
+    statistics) reads only the conv's output and nothing else reads it, each module called once
+    and neither's parameters read elsewhere; none where torch.fx cannot trace `model`."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # e.g. control flow on tensor values: nothing is known safe to fold
+        return []
+    mods = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    read = {str(n.target).rpartition(".")[0] for n in graph.nodes if n.op == "get_attr"}
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        src = node.args[0]
+        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
+            continue
+        conv, bn = mods[src.target], mods[node.target]
+        if (
+            type(conv) in CONVS
+            and type(bn) in NORMS
+            and bn.running_mean is not None
+            and calls[src.target] == calls[node.target] == 1
+            and not {src.target, node.target} & read
+        ):
+            pairs.append((str(src.target), str(node.target)))
+    return pairs
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold each of `conv_bn_pairs(model)` in place: the conv takes the BatchNorm's running
+    statistics, scale and shift into its weight and bias, and the BatchNorm becomes an Identity
+    (its name, and a feature tap on it, stay). Returns the pairs folded."""
+    pairs = conv_bn_pairs(model)
+    for conv_name, bn_name in pairs:
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        conv.weight, conv.bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+        )
+        conv.bias.requires_grad_(conv.weight.requires_grad)  # a new bias trains as the weight
+    drop_modules(model, [bn for _, bn in pairs])
+    return pairs
+
+
+def unfolded_batchnorms(model: onnx.ModelProto) -> list[str]:
+    """The BatchNormalization nodes of an exported graph that read a Conv's output: each keeps
+    that conv out of ONNX Runtime's int8 fusion."""
+    made_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    return [
+        n.name or n.output[0]
+        for n in model.graph.node
+        if n.op_type == "BatchNormalization" and made_by.get(n.input[0]) == "Conv"
+    ]
