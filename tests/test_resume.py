@@ -157,8 +157,9 @@ def test_qat_retrains_where_its_7_bit_decision_changes(cnn_project, monkeypatch)
 
 def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
     """distill's input hash holds the QAT scheme's version from 2 on (the CNN scheme's 2: each
-    BatchNorm folded into its conv): a run QAT-trained by version 1, which hashed without it,
-    trains again, pruned to a latency or not; PTQ's distill does not read it."""
+    BatchNorm folded into its conv, activations per tensor): a run QAT-trained by version 1,
+    which hashed without it, trains again, pruned to a latency or not; PTQ's distill does not
+    read it."""
     import dataclasses
 
     from kdc.compress import qat

@@ -12,6 +12,7 @@ the FP32 model's predictions than it but 2-4x fewer than ONNX Runtime's quantize
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -19,6 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.rundir import atomic_path
+
+if TYPE_CHECKING:
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
 
 def quantize_int8_nncf(
@@ -40,21 +44,15 @@ def quantize_int8_nncf(
     (node names) stay in float. `reduce_range`: 7-bit weights in every layer (NNCF's overflow fix;
     its default applies it to the first layer only), for x86 int8 kernels without VNNI."""
     nncf = import_nncf()
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        OverflowFix,
-    )
+    from nncf.quantization.advanced_parameters import OverflowFix
 
     model = onnx.load(str(src))
     names = {i.name for i in model.graph.input}
     items = [{k: v for k, v in x.items() if k in names} for x in calib_inputs]
     preset = nncf.QuantizationPreset.PERFORMANCE if symmetric_activations else None
     fix = OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE
-    advanced = (
-        AdvancedQuantizationParameters(overflow_fix=fix)
-        if symmetric_activations or reduce_range
-        else None
-    )
+    # None: NNCF's default, where neither a TensorRT nor a 7-bit graph is made
+    advanced = advanced_parameters(fix if symmetric_activations or reduce_range else None)
     other_types = sorted({n.op_type for n in model.graph.node} - set(op_types or ()))
     ignored = nncf.IgnoredScope(
         names=list(nodes_to_exclude or []),
@@ -65,6 +63,22 @@ def quantize_int8_nncf(
     with atomic_path(Path(dst)) as tmp:
         onnx.save(finish_qdq(q, symmetric_activations), str(tmp))
     return Path(dst)
+
+
+def advanced_parameters(overflow_fix: OverflowFix | None) -> AdvancedQuantizationParameters:
+    """NNCF's advanced parameters with `overflow_fix` and every activation quantized per tensor:
+    NNCF's CPU setup quantizes a depthwise conv's input per channel, which ONNX Runtime's int8
+    conv (QLinearConv: one input scale) does not take, so that conv and the one before it ran
+    in float (TensorRT takes activations per tensor only)."""
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        QuantizationParameters,
+    )
+
+    return AdvancedQuantizationParameters(
+        overflow_fix=overflow_fix,
+        activations_quantization_params=QuantizationParameters(per_channel=False),
+    )
 
 
 def finish_qdq(model: onnx.ModelProto, symmetric: bool) -> onnx.ModelProto:

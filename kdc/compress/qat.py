@@ -23,7 +23,7 @@ import torch
 
 from kdc.compress.fake_quant import fold_weight_quantizers, freeze_weight_scales, quantize_layers
 from kdc.compress.fold_bn import fold_batchnorm
-from kdc.compress.nncf_ptq import finish_qdq
+from kdc.compress.nncf_ptq import advanced_parameters, finish_qdq
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
@@ -102,19 +102,19 @@ def _nncf_quantize(
     trt: bool,
     seven_bit: bool,
 ) -> torch.nn.Module:
-    """NNCF's fake quantizers (symmetric weights; activations symmetric when asked) on `model`
-    with its BatchNorms folded into their convs
+    """NNCF's fake quantizers (symmetric weights; activations symmetric when asked, and per
+    tensor: `advanced_parameters`) on `model` with its BatchNorms folded into their convs
     (`fold_batchnorm`: NNCF would quantize a conv's output before its BatchNorm, which then
     keeps ONNX Runtime's conv in float), ranges calibrated on `batches`; 7-bit weights with
     `seven_bit` (`_seven_bit_weights`), else NNCF's overflow fix on the first layer (its
     default for CPUs); neither for TensorRT targets."""
     nncf = import_nncf()
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.advanced_parameters import OverflowFix
 
     _use_eager_kernels()
     preset = nncf.QuantizationPreset.PERFORMANCE if sym else nncf.QuantizationPreset.MIXED
     fix = OverflowFix.DISABLE if trt or seven_bit else OverflowFix.FIRST_LAYER
-    advanced = AdvancedQuantizationParameters(overflow_fix=fix)
+    advanced = advanced_parameters(fix)
     fold_batchnorm(model)
     model = quantize(
         model, batches, preset=preset, fast_bias_correction=True, advanced_parameters=advanced
@@ -176,11 +176,11 @@ def _linear_quantize(
 
 
 SCHEMES: dict[str, Scheme] = {
-    # 2: BatchNorm folded into the convs
+    # 2: BatchNorm folded into the convs, activations per tensor (a depthwise conv's input too)
     "cnn": Scheme(
         _nncf_quantize,
         _nncf_strip,
-        "NNCF fake quantizers (BatchNorm folded into the convs)",
+        "NNCF fake quantizers (BatchNorm folded into the convs; activations per tensor)",
         version=2,
     ),
     "transformer": Scheme(

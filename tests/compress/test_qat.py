@@ -59,7 +59,7 @@ def test_cnn_qat_exports_standard_qdq_onnx(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("student", ["small-cnn"])
+@pytest.mark.parametrize("student", ["small-cnn", "pruned-depthwise"])
 def test_cnn_qat_graph_runs_every_conv_as_an_int8_conv_in_onnx_runtime(tmp_path, student):
     """Each BatchNorm is folded into its conv before fake quantization: the QAT graph has no
     BatchNormalization, and ONNX Runtime's optimised graph (ORT_ENABLE_ALL, as the INT8 engine
