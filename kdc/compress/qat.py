@@ -78,6 +78,20 @@ def _with_module(adapter: ModelAdapter, module: torch.nn.Module) -> ModelAdapter
     return out
 
 
+class _Root(torch.nn.Module):
+    """A CNN under a plain root module for NNCF, which adds its hook storage as a child of the
+    model it quantizes: a bare nn.Sequential root would then call that storage as its last
+    layer. Its forward names the input (NNCF quantizes only named model inputs) and calls the
+    CNN as kdc does (`as_kdc_calls`)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=pixel_values)
+
+
 @dataclass(frozen=True)
 class Scheme:
     """How one model family is fake-quantized for training (`quantize(model, adapter, batches,
@@ -107,7 +121,8 @@ def _nncf_quantize(
     (`fold_batchnorm`: NNCF would quantize a conv's output before its BatchNorm, which then
     keeps ONNX Runtime's conv in float), ranges calibrated on `batches`; 7-bit weights with
     `seven_bit` (`_seven_bit_weights`), else NNCF's overflow fix on the first layer (its
-    default for CPUs); neither for TensorRT targets."""
+    default for CPUs); neither for TensorRT targets. Quantized under a plain root (`_Root`),
+    which holds NNCF's hooks, so any module's forward (a bare nn.Sequential's) runs as it did."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import OverflowFix
 
@@ -117,7 +132,11 @@ def _nncf_quantize(
     advanced = advanced_parameters(fix)
     fold_batchnorm(model)
     model = quantize(
-        model, batches, preset=preset, fast_bias_correction=True, advanced_parameters=advanced
+        _Root(model),
+        batches,
+        preset=preset,
+        fast_bias_correction=True,
+        advanced_parameters=advanced,
     )
     if seven_bit:
         _seven_bit_weights(model, batches[0])
