@@ -269,6 +269,17 @@ def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     return facets
 
 
+def _build_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
+    """What build reads of the target (`_whole_profile`) and, where NNCF PTQ may make the INT8
+    graph, its recipe's version from 2 on (`nncf_ptq.RECIPE_VERSION`; a run without it hashes as
+    before), so a resumed run of another version quantizes again."""
+    from kdc.compress.nncf_ptq import RECIPE_VERSION
+
+    whole, q = _whole_profile(*TENSORRT_ONLY)(cfg, profile), cfg.quantize
+    nncf = q.precision == "int8" and q.method == "ptq" and q.ptq != "onnxruntime"
+    return {"profile": whole, "nncf_ptq": RECIPE_VERSION} if nncf and RECIPE_VERSION > 1 else whole
+
+
 BUILD = tuple(f"build.{k}" for k in BuildConfig.model_fields if k not in TENSORRT_ONLY)
 
 
@@ -291,7 +302,7 @@ def _stages() -> list[Stage]:
             "build",
             build.run,
             lambda cfg: ("task", "data", *BUILD, "quantize", "verify.batch", "verify.threads"),
-            _whole_profile(*TENSORRT_ONLY),
+            _build_profile,
         ),
         # build.max_batch: the batch a TensorRT engine's memory is predicted at
         Stage(

@@ -175,6 +175,30 @@ def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
     assert {k for k in configs if now[k] != before[k]} == {"qat", "qat pruned to a latency"}
 
 
+def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypatch):
+    """build's input hash holds the NNCF PTQ recipe's version from 2 on (2: every activation per
+    tensor, a depthwise conv's input too): a run whose INT8 graph NNCF may have made (ptq auto or
+    nncf, for a CPU or a TensorRT target) by version 1, which hashed without it, builds again;
+    an FP32-only run, ONNX Runtime's PTQ and a QAT run's build do not read it."""
+    from kdc.compress import nncf_ptq
+
+    cfg = yaml.safe_load(cnn_project.read_text())
+    configs = {
+        "auto": cfg,
+        "nncf": _with(cfg, "quantize.ptq", "nncf"),
+        "onnxruntime": _with(cfg, "quantize.ptq", "onnxruntime"),
+        "fp32": _with(cfg, "quantize.precision", "fp32"),
+        "qat": _with(cfg, "quantize.method", "qat"),
+    }
+    targets = ("host", "jetson")
+    now = {(k, t): _hashes(c, t) for k, c in configs.items() for t in targets}
+    assert nncf_ptq.RECIPE_VERSION == 2
+    monkeypatch.setattr(nncf_ptq, "RECIPE_VERSION", 1)
+    before = {(k, t): _hashes(c, t) for k, c in configs.items() for t in targets}
+    changed = {(*run, s) for run, h in now.items() for s in h if h[s] != before[run][s]}
+    assert changed == {(k, t, "build") for k in ("auto", "nncf") for t in targets}
+
+
 def test_resume_after_an_edit_redoes_only_the_stages_reading_it(cnn_project, tmp_path, capsys):
     """Changing the accuracy bound or the calibration rows re-runs neither search nor distill;
     changing the latency budget re-runs search."""

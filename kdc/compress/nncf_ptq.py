@@ -24,6 +24,11 @@ from kdc.rundir import atomic_path
 if TYPE_CHECKING:
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
+# Goes up whenever NNCF PTQ quantizes a graph differently: build's input hash holds it from 2 on
+# (a run of version 1 hashes as before it existed), so a resumed run quantizes again.
+# 2: every activation per tensor (`advanced_parameters`; a depthwise conv's input too)
+RECIPE_VERSION = 2
+
 
 def quantize_int8_nncf(
     src: Path | str,
