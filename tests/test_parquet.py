@@ -213,6 +213,34 @@ def test_shards_must_agree_and_a_glob_must_match(tmp_path):
     )
 
 
+@pytest.mark.parametrize(("fmt", "source"), [("csv", "d"), ("jsonl", "d"), ("txt", "d/*.parquet")])
+def test_a_text_format_set_for_parquet_shards_is_a_data_format_error(tmp_path, fmt, source):
+    """A folder of parquet shards or a glob of them given with a text data.format is refused
+    naming data.format and the format to set (they were read as text: "not UTF-8 (fix: save
+    the file as UTF-8)"); parquet set for CSV files too. Text files may be read as one another
+    (a .txt file of CSV rows)."""
+    for i in range(2):
+        _hub_split(tmp_path / "d" / f"train-0000{i}-of-00002.parquet", 9, start=9 * i)
+    cfg = _pairs(tmp_path, source=source, format=fmt)
+    (tmp_path / "teacher").mkdir()  # checked first
+    res = CliRunner().invoke(app, ["validate", cfg.source_file])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (
+        f"error: {cfg.source_file}: field 'data.format': format '{fmt}' cannot read data.source "
+        f"('{source}'): train-00000-of-00002.parquet is a parquet file "
+        "(fix: set data.format: parquet or auto)"
+    )
+    assert len(load_dataset(_pairs(tmp_path, source=source, format="parquet")).train) == 14
+    (tmp_path / "parts").mkdir()
+    for i in range(2):
+        rows = "".join(f"a man {i}{j},someone {j},{NLI[j % 3]}\n" for j in range(6))
+        (tmp_path / "parts" / f"{i}.txt").write_text("premise,hypothesis,label\n" + rows)
+    with pytest.raises(UserError, match=r"0.txt is a txt file") as e:
+        load_dataset(_pairs(tmp_path, source="parts/*.txt", format="parquet"))
+    assert e.value.field == "data.format" and e.value.fix == "set data.format: txt or auto"
+    assert len(load_dataset(_pairs(tmp_path, source="parts/*.txt", format="csv")).eval) == 2
+
+
 def test_csv_and_jsonl_globs_read_alike(tmp_path):
     (tmp_path / "parts").mkdir()
     for i in range(3):

@@ -137,6 +137,21 @@ def _check_path(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
     )
 
 
+def _check_parquet(cfg: KdcConfig, files: list[Path], fmt: str, value: str, field: str) -> None:
+    """A set data.format and the files a data path names (a folder's parquet shards, a glob's
+    matches) must agree on parquet or text: a text format (csv, tsv, jsonl, txt) read parquet
+    files as text; text files may be read as one another (a .txt file of CSV rows)."""
+    for f in files:
+        told = SUFFIX_FORMATS.get(f.suffix.lower())
+        if told is not None and (told == "parquet") != (fmt == "parquet"):
+            raise UserError(
+                f"format '{fmt}' cannot read {field} ('{value}'): {f.name} is a {told} file",
+                source=cfg.source_file,
+                field="data.format",
+                fix=f"set data.format: {told} or auto",
+            )
+
+
 def unlabelled_txt(source: str, field: str) -> UserError:
     """The error for a .txt file given to a classifier: it holds texts, one a line, no labels."""
     return UserError(
@@ -213,6 +228,8 @@ def _read(cfg: KdcConfig, value: str, fmt: str, split: str) -> tuple:
             field=field,
             fix=f"check that {path} exists (paths are relative to the config)",
         )
+    if fmt in FILE_READERS:
+        _check_parquet(cfg, files, fmt, value, field)
     for f in files:
         _check_path(cfg, f, fmt, field)
     _check_kind(cfg, path, fmt, field)
