@@ -54,6 +54,14 @@ def _pairs(root: Path, **data):
     return text_cfg(root, text_column=["premise", "hypothesis"], **data)
 
 
+def _validate_error(cfg) -> str:
+    """`kdc validate`'s one line for a config whose data it refuses (exit 2)."""
+    (Path(cfg.source_file).parent / "teacher").mkdir(exist_ok=True)  # checked first
+    res = CliRunner().invoke(app, ["validate", cfg.source_file])
+    assert res.exit_code == 2, res.output
+    return res.output.strip()
+
+
 def test_hub_parquet_pairs_with_class_names(tmp_path):
     _hub_split(tmp_path / "train.parquet", 30)
     _hub_split(tmp_path / "test.parquet", 9)
@@ -204,10 +212,7 @@ def test_shards_must_agree_and_a_glob_must_match(tmp_path):
     assert e.value.source == str(odd) and e.value.field == "data.source"
     assert len(str(e.value).splitlines()) == 1
     cfg = _pairs(tmp_path, source="d/valid-*.parquet")
-    (tmp_path / "teacher").mkdir()  # checked first
-    res = CliRunner().invoke(app, ["validate", cfg.source_file])
-    assert res.exit_code == 2, res.output
-    assert res.output.strip() == (
+    assert _validate_error(cfg) == (
         f"error: {cfg.source_file}: field 'data.source': no file matches 'd/valid-*.parquet' "
         "(fix: check the pattern (relative to the config; `**` matches across folders))"
     )
@@ -222,10 +227,7 @@ def test_a_text_format_set_for_parquet_shards_is_a_data_format_error(tmp_path, f
     for i in range(2):
         _hub_split(tmp_path / "d" / f"train-0000{i}-of-00002.parquet", 9, start=9 * i)
     cfg = _pairs(tmp_path, source=source, format=fmt)
-    (tmp_path / "teacher").mkdir()  # checked first
-    res = CliRunner().invoke(app, ["validate", cfg.source_file])
-    assert res.exit_code == 2, res.output
-    assert res.output.strip() == (
+    assert _validate_error(cfg) == (
         f"error: {cfg.source_file}: field 'data.format': format '{fmt}' cannot read data.source "
         f"('{source}'): train-00000-of-00002.parquet is a parquet file "
         "(fix: set data.format: parquet or auto)"
@@ -239,6 +241,24 @@ def test_a_text_format_set_for_parquet_shards_is_a_data_format_error(tmp_path, f
         load_dataset(_pairs(tmp_path, source="parts/*.txt", format="parquet"))
     assert e.value.field == "data.format" and e.value.fix == "set data.format: txt or auto"
     assert len(load_dataset(_pairs(tmp_path, source="parts/*.txt", format="csv")).eval) == 2
+
+
+def test_train_and_eval_classlabels_must_name_the_same_classes(tmp_path):
+    """Train and eval parquet files whose ClassLabel names differ are one line naming both files
+    and the names (it was "eval labels not seen in training"); the same names in another order
+    read each file's integer labels as its own names."""
+    _hub_split(tmp_path / "train.parquet", 30)
+    ev = _hub_split(tmp_path / "test.parquet", 9, names=["entailment", "neutral", "contra"])
+    cfg = _pairs(tmp_path, source="train.parquet", eval="test.parquet")
+    assert _validate_error(cfg) == (
+        f"error: {ev}: field 'data.eval': its ClassLabel names for 'label' differ from those of "
+        f"{tmp_path / 'train.parquet'}: only test.parquet names contra; only train.parquet names "
+        "contradiction (fix: give the eval split of the training data's dataset, whose classes "
+        "are the same)"
+    )
+    _hub_split(ev, 9, labels=[0, 1, 2] * 3, names=NLI[::-1])
+    ds = load_dataset(cfg)
+    assert ds.label_names == NLI and ds.eval.labels.tolist() == [2, 1, 0] * 3
 
 
 def test_csv_and_jsonl_globs_read_alike(tmp_path):

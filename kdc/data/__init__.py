@@ -293,7 +293,10 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     if fmt == "datasets":
         eval_name, declared = datasets_layout(src_path, label_col)
     if d.eval:
-        ev_feats, ev_labels, _ = _read(cfg, d.eval, _format(cfg, d.eval, "data.eval"), "eval")
+        ev_feats, ev_labels, ev_declared = _read(
+            cfg, d.eval, _format(cfg, d.eval, "data.eval"), "eval"
+        )
+        _check_eval_classes(cfg, declared, ev_declared)
     elif eval_name:
         ev_feats, ev_labels, _ = _read(cfg, d.source, fmt, "test")
     else:
@@ -424,6 +427,35 @@ def _check_spellings(labels: list, ev_labels: list, source: str, field: str) -> 
             field=field,
             fix="write each class one way throughout the data (train and eval)",
         )
+
+
+def _check_eval_classes(
+    cfg: KdcConfig, declared: list[str] | None, ev_declared: list[str] | None
+) -> None:
+    """Training and eval files that both declare their label column's class names (a `datasets`
+    ClassLabel, each file's integer labels read as its own names) must name the same classes
+    (case and spaces aside; in any order): a UserError naming both files and the names that
+    differ."""
+    if declared is None or ev_declared is None:
+        return
+    keys, ev_keys = {label_key(n) for n in declared}, {label_key(n) for n in ev_declared}
+    only_eval = [n for n in ev_declared if label_key(n) not in keys]
+    only_train = [n for n in declared if label_key(n) not in ev_keys]
+    if not only_eval and not only_train:
+        return
+    d = cfg.data
+    differ = [
+        f"only {f} names {listed(n, 6)}"
+        for f, n in ((d.eval, only_eval), (d.source, only_train))
+        if n
+    ]
+    raise UserError(
+        f"its ClassLabel names for '{d.label_column}' differ from those of "
+        f"{cfg.resolve(d.source)}: " + "; ".join(differ),
+        source=str(cfg.resolve(d.eval or "")),
+        field="data.eval",
+        fix="give the eval split of the training data's dataset, whose classes are the same",
+    )
 
 
 def _check_train_left(
