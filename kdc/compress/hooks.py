@@ -122,9 +122,25 @@ def transformer_taps(adapter: ModelAdapter, example: dict[str, np.ndarray]) -> d
     return taps
 
 
+class NetworkRoot(nn.Module):
+    """A plain root holding the user's network as `net`, for a tool that adds modules of its own
+    to the model it is given (QAT's root for NNCF, which adds its hook storage of quantizers)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+
+def network_modules(module: nn.Module) -> list[nn.Module]:
+    """The modules of the user's network that `module` runs, its root excepted: under a
+    `NetworkRoot`, those of its `net` only (not NNCF's quantizers beside it)."""
+    root = module.net if isinstance(module, NetworkRoot) else module
+    return [m for n, m in root.named_modules() if n]
+
+
 def cnn_taps(adapter: ModelAdapter, example: dict[str, np.ndarray]) -> dict[str, Tap]:
-    """One feature map per spatial resolution (the last module to finish at it: a stage's
-    output), and the classifier's input as `pooled`."""
+    """One feature map per spatial resolution (the last module of the user's network to finish
+    at it: a stage's output), and the classifier's input as `pooled`."""
     module = adapter.module
     order: list[tuple[nn.Module, tuple[int, int]]] = []
 
@@ -132,7 +148,7 @@ def cnn_taps(adapter: ModelAdapter, example: dict[str, np.ndarray]) -> dict[str,
         if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
             order.append((mod, tuple(out.shape[-2:])))
 
-    handles = [m.register_forward_hook(record) for n, m in module.named_modules() if n]
+    handles = [m.register_forward_hook(record) for m in network_modules(module)]
     was_training = module.training
     try:
         module.eval()

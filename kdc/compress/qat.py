@@ -23,6 +23,7 @@ import torch
 
 from kdc.compress.fake_quant import fold_weight_quantizers, freeze_weight_scales, quantize_layers
 from kdc.compress.fold_bn import fold_batchnorm
+from kdc.compress.hooks import NetworkRoot
 from kdc.compress.nncf_ptq import advanced_parameters, finish_qdq
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.errors import UserError
@@ -78,15 +79,12 @@ def _with_module(adapter: ModelAdapter, module: torch.nn.Module) -> ModelAdapter
     return out
 
 
-class _Root(torch.nn.Module):
+class _Root(NetworkRoot):
     """A CNN under a plain root module for NNCF, which adds its hook storage as a child of the
     model it quantizes: a bare nn.Sequential root would then call that storage as its last
-    layer. Its forward names the input (NNCF quantizes only named model inputs) and calls the
-    CNN as kdc does (`as_kdc_calls`)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
+    layer, and the feature taps would take its weight quantizers for feature maps. Its forward
+    names the input (NNCF quantizes only named model inputs) and calls the CNN as kdc does
+    (`as_kdc_calls`)."""
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.net(pixel_values=pixel_values)

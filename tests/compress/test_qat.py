@@ -23,6 +23,7 @@ from kdc.compress.fake_quant import (
     freeze_weight_scales,
     quantize_layers,
 )
+from kdc.compress.hooks import find_taps
 from kdc.compress.qat import export_qat, non_standard_ops, quantize_for_training
 from kdc.deploy.onnxruntime import make_session
 
@@ -86,6 +87,46 @@ def test_cnn_qat_graph_runs_every_conv_as_an_int8_conv_in_onnx_runtime(tmp_path,
     assert not {"Conv", "FusedConv"} & set(optimized)  # no float conv left
     # int8 kernels against the fake-quantized model: a rounding step apart at most
     np.testing.assert_allclose(run_onnx(path, data.val), q.forward_numpy(data.val), atol=2e-2)
+
+
+def _tapped_layers(adapter, network: torch.nn.Module, example) -> dict[str, str | None]:
+    """Each hidden/pooled tap of `adapter` by the name of its layer in `network`."""
+    names = {m: n for n, m in network.named_modules()}
+    taps = find_taps(adapter, example, ("hidden", "pooled"))
+    return {tap: names.get(t.module) for tap, t in taps.items()}
+
+
+def test_cnn_qat_taps_the_layers_the_float_student_taps():
+    """NNCF keeps its quantizers in a hook storage beside the network, under QAT's root: the
+    feature taps stay the float student's stage outputs. A conv's weight quantizer (its output a
+    4-D weight, 3x3 'spatial') had been tapped as one more feature map: size mismatch."""
+    teacher = cnn((8, 16), 0)
+    data = toy_data(teacher)
+    student = cnn((8, 16), 0)
+    q = quantize_for_training(student, data.train, symmetric_activations=False, tensorrt=False)
+    example = {k: v[:2] for k, v in data.train.items()}
+    float_taps = _tapped_layers(student, student.module, example)
+    assert float_taps == {"hidden0": "features.2", "hidden1": "features", "pooled": "classifier"}
+    assert _tapped_layers(q, q.module.net, example) == float_taps
+
+
+def test_cnn_qat_with_a_feature_loss_compresses_end_to_end(cnn_project, tmp_path):
+    """A CNN distilled and trained fake-quantized with the hidden (feature map) loss: QAT trains
+    it (it failed on a size mismatch) and its Q/DQ graph ships as the INT8 engine."""
+    from tiny import write_yaml
+
+    from kdc import api
+
+    cfg = config_of(cnn_project)
+    cfg["distill"].update(epochs=2, losses=["logits", "hidden"])
+    cfg["quantize"].update(method="qat", qat_epochs=1)
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    report = api.compress(path, "host", tmp_path / "run", quiet=True)
+    history = (tmp_path / "run" / "distill" / "qat_history.jsonl").read_text().splitlines()
+    assert set(json.loads(history[-1])["losses"]) == {"logits", "hidden"}
+    int8 = next(e for e in report["engines"] if e["precision"] == "int8")
+    assert int8["quantization"]["method"] == "qat" and int8["status"] == "built"
+    assert int8["accuracy"]["accuracy"] > 0.5
 
 
 @pytest.mark.parametrize(
