@@ -117,7 +117,8 @@ def _nncf_quantize(
     """NNCF's fake quantizers (symmetric weights; activations symmetric when asked, and per
     tensor: `advanced_parameters`) on `model` with its BatchNorms folded into their convs
     (`fold_batchnorm`: NNCF would quantize a conv's output before its BatchNorm, which then
-    keeps ONNX Runtime's conv in float), ranges calibrated on `batches`; 7-bit weights with
+    keeps ONNX Runtime's conv in float), ranges calibrated on `batches`, an activation never
+    negative there kept unsigned (`_unsigned_where_never_negative`); 7-bit weights with
     `seven_bit` (`_seven_bit_weights`), else NNCF's overflow fix on the first layer (its
     default for CPUs); neither for TensorRT targets. Quantized under a plain root (`_Root`),
     which holds NNCF's hooks, so any module's forward (a bare nn.Sequential's) runs as it did."""
@@ -136,9 +137,24 @@ def _nncf_quantize(
         fast_bias_correction=True,
         advanced_parameters=advanced,
     )
+    _unsigned_where_never_negative(model)
     if seven_bit:
         _seven_bit_weights(model, batches[0])
     return model
+
+
+def _unsigned_where_never_negative(model: torch.nn.Module) -> None:
+    """Fix at 0 the lower bound of each asymmetric (activation) quantizer of NNCF's `model` whose
+    calibration saw no negative value (a ReLU's output): it stays unsigned with zero point 0, as
+    NNCF's symmetric quantizers stay unsigned where calibration saw none. Trained free, the bound
+    of a ReLU's output drifted below 0 (zero point 2-3 after QAT at lr 0.01), so ONNX Runtime
+    could not drop the Relu before its QuantizeLinear and ran that conv as a float FusedConv."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import AsymmetricQuantizer
+
+    for _, quantizer in get_hook_storage(model).named_hooks():
+        if isinstance(quantizer, AsymmetricQuantizer) and bool((quantizer.input_low >= 0).all()):
+            quantizer.input_low.requires_grad_(False).zero_()
 
 
 def _seven_bit_weights(model: torch.nn.Module, args: tuple) -> int:
@@ -194,11 +210,13 @@ def _linear_quantize(
 
 SCHEMES: dict[str, Scheme] = {
     # 2: BatchNorm folded into the convs, activations per tensor (a depthwise conv's input too)
+    # 3: an activation calibration saw no negative value of stays unsigned (zero point 0)
     "cnn": Scheme(
         _nncf_quantize,
         _nncf_strip,
-        "NNCF fake quantizers (BatchNorm folded into the convs; activations per tensor)",
-        version=2,
+        "NNCF fake quantizers (BatchNorm folded into the convs; activations per tensor, "
+        "unsigned where never negative)",
+        version=3,
     ),
     "transformer": Scheme(
         _linear_quantize,

@@ -89,6 +89,34 @@ def test_cnn_qat_graph_runs_every_conv_as_an_int8_conv_in_onnx_runtime(tmp_path,
     np.testing.assert_allclose(run_onnx(path, data.val), q.forward_numpy(data.val), atol=2e-2)
 
 
+def test_cnn_qat_keeps_relu_outputs_unsigned_so_onnx_runtime_fuses_every_conv(tmp_path):
+    """An activation whose calibration saw no negative value (a ReLU's output) keeps zero point 0
+    through QAT: trained free (lr 0.01, a feature loss), its lower bound drifted below 0 (zero
+    point 2), so ONNX Runtime kept the Relu before its QuantizeLinear and ran that conv as a
+    float FusedConv. The image input, signed, keeps its asymmetric range."""
+    teacher = cnn((8, 16), 0)
+    data = toy_data(teacher)
+    q = quantize_for_training(
+        cnn((8, 16), 0), data.train, symmetric_activations=False, tensorrt=False
+    )
+    cfg = _cfg(epochs=5, lr=0.01, losses=[{"name": "logits"}, {"name": "hidden"}])
+    distill(q, data, cfg, 0, teacher=teacher)
+    path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
+    graph = onnx.load(str(path)).graph
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    zero_points = [
+        (made_by.get(n.input[0], "input"), int(init[n.input[2]]))
+        for n in graph.node
+        if n.op_type == "QuantizeLinear"
+    ]
+    assert [op for op, _ in zero_points] == ["input", "Relu", "Relu", "GlobalAveragePool"]
+    assert zero_points[0][1] > 0 and {zp for _, zp in zero_points[1:]} == {0}, zero_points
+    optimized = optimized_ops(path, tmp_path / "optimized.onnx")
+    assert optimized.count("QLinearConv") == 2 and not {"Conv", "FusedConv"} & set(optimized)
+    np.testing.assert_allclose(run_onnx(path, data.val), q.forward_numpy(data.val), atol=2e-2)
+
+
 def _tapped_layers(adapter, network: torch.nn.Module, example) -> dict[str, str | None]:
     """Each hidden/pooled tap of `adapter` by the name of its layer in `network`."""
     names = {m: n for n, m in network.named_modules()}
