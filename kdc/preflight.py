@@ -321,7 +321,7 @@ def _check_paths(cfg: KdcConfig) -> None:
         ("data.eval", d.eval, "eval data", "exists"),
     ]
     for field, rel, what, test in wanted:
-        if field.startswith("data.") and rel is not None and is_glob(rel):
+        if field.startswith("data.") and rel is not None and is_glob(rel, cfg.base_dir):
             data_files(rel, cfg.base_dir, field, cfg.source_file)  # it matches a file
             continue
         if rel is not None and test == "is_dir" and cfg.resolve(rel).is_file():

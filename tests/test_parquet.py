@@ -331,3 +331,32 @@ def test_init_reads_a_hub_download_folder(bert_project, tmp_path):
     assert res.exit_code == 0, res.output
     n_train, n_eval = cut[2], len(rows) - cut[2]
     assert f"data {n_train} train / {n_eval} eval rows" in res.output
+
+
+def test_a_folder_or_file_named_with_glob_characters_is_itself(tmp_path):
+    """A data path with `[`, `*` or `?` that exists is that file or folder, as before globs: an
+    image folder `imgs [v2]` and a saved `datasets` directory `ds[1]` (auto format, and set) were
+    refused ("cannot tell the format", "reads one directory, not a pattern"); a folder of several
+    splits' Hub shards named so is refused as any such folder (it was read as one split), and
+    the globs named for its splits match it."""
+    from test_data_loading import cnn_cfg
+    from tiny import image_folder
+
+    from kdc.data.shards import data_files
+
+    image_folder(tmp_path, {"cat": 3, "dog": 3}).rename(tmp_path / "imgs [v2]")
+    for fmt in ("auto", "imagefolder"):
+        cfg = cnn_cfg(tmp_path, source="imgs [v2]", format=fmt, eval_fraction=0.34)
+        assert load_dataset(cfg).label_names == ["cat", "dog"]
+    rows = {"text": [f"film {i}" for i in range(10)], "label": ["neg", "pos"] * 5}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds[1]"))
+    for fmt in ("auto", "datasets"):
+        assert len(load_dataset(text_cfg(tmp_path, source="ds[1]", format=fmt)).train) == 8
+    _hub_download(tmp_path)
+    (tmp_path / "data").rename(tmp_path / "hub[1]")
+    with pytest.raises(UserError, match="several splits") as e:
+        load_dataset(_pairs(tmp_path, source="hub[1]"))
+    train, test = e.value.fix.split("e.g. ")[1].split(", and data.eval: ")
+    assert [len(data_files(p, tmp_path, "data.source", None)) for p in (train, test)] == [2, 1]
+    ds = load_dataset(_pairs(tmp_path, source=train, eval=test))
+    assert (len(ds.train), len(ds.eval)) == (32, 9)

@@ -46,7 +46,7 @@ def _format(cfg: KdcConfig, value: str, field: str) -> str:
     if field == "data.source" and value.startswith("sklearn:"):
         return "sklearn"
     path = cfg.resolve(value)
-    if is_glob(value):
+    if is_glob(value, cfg.base_dir):
         files = data_files(value, cfg.base_dir, field, cfg.source_file)
         suffixes = sorted({f.suffix.lower() for f in files})
         if len(suffixes) > 1:
@@ -211,7 +211,7 @@ def _read(cfg: KdcConfig, value: str, fmt: str, split: str) -> tuple:
             field="data.source",
             fix="use 'sklearn:digits' or a path",
         )
-    if fmt not in FILE_READERS and is_glob(value):
+    if fmt not in FILE_READERS and is_glob(value, cfg.base_dir):
         raise UserError(
             f"format '{fmt}' reads one directory, not a pattern ('{value}')",
             source=cfg.source_file,

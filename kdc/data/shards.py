@@ -36,18 +36,24 @@ FILE_READERS: dict[str, Callable[[Path, TextColumns, str | None, str], Rows]] = 
 }
 
 
-def is_glob(value: str) -> bool:
-    """Whether a data path is a pattern (`*`, `?` or `[...]`) rather than one path."""
-    return any(c in value for c in "*?[")
+def _resolved(value: str, base: str | Path) -> Path:
+    given = Path(value).expanduser()
+    return given if given.is_absolute() else Path(base) / given
+
+
+def is_glob(value: str, base: str | Path = ".") -> bool:
+    """Whether a data path (relative to `base`) is a pattern (`*`, `?` or `[...]`) rather than
+    one path: a file or folder that exists under that name (`data[1].csv`, `images [v2]/`) is
+    itself."""
+    return any(c in value for c in "*?[") and not _resolved(value, base).exists()
 
 
 def shard_paths(value: str, base: str | Path = ".") -> list[Path] | None:
     """The files a data path (relative to `base`) names when it names several, in sorted order:
     a glob's matching files, or a directory's parquet files (not a saved `datasets` directory);
     None where it names one path (a file, or a folder another reader takes)."""
-    given = Path(value).expanduser()
-    path = given if given.is_absolute() else Path(base) / given
-    if is_glob(value) and not path.exists():  # `data[1].csv` that exists is that file
+    given, path = Path(value).expanduser(), _resolved(value, base)
+    if is_glob(value, base):
         pattern = str(given) if given.is_absolute() else os.path.join(glob.escape(str(base)), given)
         return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     if not path.is_dir() or datasets_dir(path):
@@ -74,10 +80,12 @@ def split_patterns(directory: str, files: list[Path]) -> tuple[str, str | None] 
     if picked is None:
         return None
     train, held = picked
-    pattern = "{}-*.parquet"
-    return str(Path(directory) / pattern.format(train)), held and str(
-        Path(directory) / pattern.format(held)
-    )
+    folder = glob.escape(directory)  # `hub[1]/data` matched as itself
+
+    def pattern(split: str) -> str:
+        return str(Path(folder) / f"{glob.escape(split)}-*.parquet")
+
+    return pattern(train), held and pattern(held)
 
 
 def data_files(value: str, base: str | Path, field: str, source: str | None) -> list[Path]:
@@ -97,7 +105,7 @@ def data_files(value: str, base: str | Path, field: str, source: str | None) -> 
             fix=f"check the pattern (relative to {base_is}; `**` matches across folders)",
         )
     splits = list(hub_splits(found))
-    if not is_glob(value) and len(splits) > 1:
+    if not is_glob(value, base) and len(splits) > 1:
         train, held = split_patterns(value, found) or (str(Path(value) / "<split>-*.parquet"), None)
         example = held if held and field == "data.eval" else train
         also = f", and data.eval: {held}" if held and field == "data.source" else ""
