@@ -360,3 +360,28 @@ def test_a_folder_or_file_named_with_glob_characters_is_itself(tmp_path):
     assert [len(data_files(p, tmp_path, "data.source", None)) for p in (train, test)] == [2, 1]
     ds = load_dataset(_pairs(tmp_path, source=train, eval=test))
     assert (len(ds.train), len(ds.eval)) == (32, 9)
+
+
+@pytest.mark.parametrize(
+    ("source", "evals", "shared"),
+    [
+        ("data/*.parquet", "data/test-*.parquet", "test-00000-of-00001.parquet"),
+        ("data/train-*.parquet", "data/train-00001-of-00002.parquet", "train-00001-of-00002"),
+    ],
+)
+def test_eval_files_that_data_source_reads_too_are_refused(tmp_path, source, evals, shared):
+    """A glob over a Hub download's every split (`data/*.parquet`) with its test shards as
+    data.eval trained on the eval rows, then scored them as held out (41 training rows, 9 of
+    them the eval's): one line naming the shared file, data.eval and the fix."""
+    _hub_download(tmp_path)
+    cfg = _pairs(tmp_path, source=source, eval=evals)
+    said = _validate_error(cfg)
+    assert said.startswith(f"error: {cfg.source_file}: field 'data.eval': {shared}")
+    assert f"is read by data.source ('{source}') too" in said and "narrow data.source" in said
+    ds = load_dataset(_pairs(tmp_path, source="data/train-*.parquet", eval="data/test-*.parquet"))
+    assert (len(ds.train), len(ds.eval)) == (32, 9)
+    csv = tmp_path / "rows.csv"
+    csv.write_text("premise,hypothesis,label\n" + "a,b,neutral\n" * 6)
+    with pytest.raises(UserError, match="rows.csv is read by data.source") as e:
+        load_dataset(_pairs(tmp_path, source="rows.csv", eval=str(csv)))  # one file, two names
+    assert e.value.field == "data.eval"

@@ -20,7 +20,14 @@ from kdc.data.readers import (
     read_digits,
     read_imagefolder,
 )
-from kdc.data.shards import FILE_READERS, data_files, is_glob, read_files, shard_paths
+from kdc.data.shards import (
+    FILE_READERS,
+    check_disjoint,
+    data_files,
+    is_glob,
+    read_files,
+    shard_paths,
+)
 from kdc.errors import UserError, listed
 from kdc.hf_files import read_config
 from kdc.image_processor import ImageReading, processor_reading, read_processor
@@ -293,9 +300,10 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     if fmt == "datasets":
         eval_name, declared = datasets_layout(src_path, label_col)
     if d.eval:
-        ev_feats, ev_labels, ev_declared = _read(
-            cfg, d.eval, _format(cfg, d.eval, "data.eval"), "eval"
-        )
+        ev_fmt = _format(cfg, d.eval, "data.eval")
+        ev_feats, ev_labels, ev_declared = _read(cfg, d.eval, ev_fmt, "eval")
+        if {fmt, ev_fmt} <= set(FILE_READERS):  # files: none of data.eval's trained on
+            check_disjoint(d.source, d.eval, cfg.base_dir, cfg.source_file)
         _check_eval_classes(cfg, declared, ev_declared)
     elif eval_name:
         ev_feats, ev_labels, _ = _read(cfg, d.source, fmt, "test")

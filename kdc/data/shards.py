@@ -118,6 +118,23 @@ def data_files(value: str, base: str | Path, field: str, source: str | None) -> 
     return found
 
 
+def check_disjoint(source: str, evals: str, base: str | Path, config: str | None) -> None:
+    """A file that data.eval names and data.source names too (a glob `data/*.parquet` over a Hub
+    download's test shards beside its train ones; one file given as both) is a UserError: its
+    rows would be trained on, then scored as held out."""
+    train = {p.resolve() for p in data_files(source, base, "data.source", config)}
+    shared = [p for p in data_files(evals, base, "data.eval", config) if p.resolve() in train]
+    if shared:
+        raise UserError(
+            f"{shared[0].name} is read by data.source ('{source}') too: its rows would be "
+            "trained on, then evaluated as held out",
+            source=config,
+            field="data.eval",
+            fix="narrow data.source to the training files (a Hub download's: "
+            "<folder>/train-*.parquet), or remove data.eval to hold out data.eval_fraction",
+        )
+
+
 def read_files(
     files: list[Path], fmt: str, text_col: TextColumns, label_col: str | None, field: str
 ) -> tuple[list, list, list[str] | None]:
