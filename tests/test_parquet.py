@@ -385,3 +385,20 @@ def test_eval_files_that_data_source_reads_too_are_refused(tmp_path, source, eva
     with pytest.raises(UserError, match="rows.csv is read by data.source") as e:
         load_dataset(_pairs(tmp_path, source="rows.csv", eval=str(csv)))  # one file, two names
     assert e.value.field == "data.eval"
+
+
+def test_a_glob_over_files_of_several_formats_names_one_kdc_reads(tmp_path):
+    """`hub/*` over a Hub download's README.md and its parquet shard suggested `hub/*.md`, and
+    a file without a suffix was listed as ''."""
+    _hub_split(tmp_path / "hub" / "train-00000-of-00001.parquet", 6)
+    (tmp_path / "hub" / "README.md").write_text("# a dataset card\n")
+    with pytest.raises(UserError, match=r"several formats \(\.md, \.parquet\)") as e:
+        load_dataset(_pairs(tmp_path, source="hub/*"))
+    assert e.value.fix == "narrow the pattern to one, e.g. hub/*.parquet"
+    (tmp_path / "hub" / "LICENSE").write_text("MIT\n")
+    with pytest.raises(UserError, match=r"\(no suffix, \.md, \.parquet\)"):
+        load_dataset(_pairs(tmp_path, source="hub/*"))
+    (tmp_path / "hub" / "train-00000-of-00001.parquet").unlink()
+    with pytest.raises(UserError, match=r"\(no suffix, \.md\)") as e:
+        load_dataset(_pairs(tmp_path, source="hub/*"))
+    assert e.value.fix == "narrow the pattern to one format"

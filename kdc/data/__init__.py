@@ -57,12 +57,14 @@ def _format(cfg: KdcConfig, value: str, field: str) -> str:
         files = data_files(value, cfg.base_dir, field, cfg.source_file)
         suffixes = sorted({f.suffix.lower() for f in files})
         if len(suffixes) > 1:
+            read = next((s for s in suffixes if s in SUFFIX_FORMATS), "")  # not README.md's
             raise UserError(
-                f"'{value}' matches files of several formats ({', '.join(suffixes)})",
+                f"'{value}' matches files of several formats "
+                f"({', '.join(s or 'no suffix' for s in suffixes)})",
                 source=cfg.source_file,
                 field=field,
-                fix=f"narrow the pattern to one, e.g. {value}{suffixes[0]}"
-                if not Path(value).suffix
+                fix=f"narrow the pattern to one, e.g. {value}{read}"
+                if read and not Path(value).suffix
                 else "narrow the pattern to one format",
             )
         path = files[0]
