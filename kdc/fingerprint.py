@@ -55,7 +55,7 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
     if not value or value.startswith("sklearn:"):
         return None
     if (shards := shard_paths(value, cfg.base_dir)) is not None:
-        return [(os.path.relpath(p, cfg.base_dir), sha256_file(p)) for p in shards]
+        return [(_shard_key(p, cfg.base_dir), sha256_file(p)) for p in shards]
     path = cfg.resolve(value)
     if path.is_file():
         return sha256_file(path)
@@ -69,6 +69,16 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
                 found.append((str(f.relative_to(path)), f.stat().st_size))
         return found
     return None
+
+
+def _shard_key(path: Path, base: str) -> str:
+    """A data file's key among several: its path from the config's folder, `/`-separated (one
+    key on every OS); its absolute path on another drive than the config's (Windows), where
+    there is no relative path."""
+    try:
+        return Path(os.path.relpath(path, base)).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
 
 
 def _teacher_key(path: Path, top: Path | None) -> str:

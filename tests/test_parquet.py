@@ -402,3 +402,25 @@ def test_a_glob_over_files_of_several_formats_names_one_kdc_reads(tmp_path):
     with pytest.raises(UserError, match=r"\(no suffix, \.md\)") as e:
         load_dataset(_pairs(tmp_path, source="hub/*"))
     assert e.value.fix == "narrow the pattern to one format"
+
+
+def test_shards_on_another_drive_than_the_config_are_fingerprinted(tmp_path, monkeypatch):
+    """On Windows a shard on another drive than the config has no path relative to it:
+    os.path.relpath raised ValueError, an internal error (exit 3) on every compress; its key
+    is then its absolute path. Keys are `/`-separated, the same on every OS."""
+    import os
+
+    from kdc.fingerprint import inputs_fingerprint
+
+    _hub_download(tmp_path)
+    cfg = _pairs(tmp_path, source="data/train-*.parquet")
+    here = inputs_fingerprint(cfg)
+
+    def other_drive(path, start=None):
+        raise ValueError("path is on mount 'D:', start on mount 'C:'")
+
+    monkeypatch.setattr(os.path, "relpath", other_drive)
+    elsewhere = inputs_fingerprint(cfg)
+    assert elsewhere != here  # keyed by the absolute paths
+    monkeypatch.undo()
+    assert inputs_fingerprint(cfg) == here
