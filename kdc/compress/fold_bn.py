@@ -23,8 +23,9 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """The (conv, BatchNorm) module names of `model` where the BatchNorm (with running
-    statistics) reads only the conv's output and nothing else reads it, each module called once
-    and neither's parameters read elsewhere; none where torch.fx cannot trace `model`."""
+    statistics) reads only the conv's output and nothing else reads it, each module called once,
+    neither's parameters read elsewhere and neither running hooks (`_hooked`); none where
+    torch.fx cannot trace `model`."""
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception:  # e.g. control flow on tensor values: nothing is known safe to fold
@@ -46,9 +47,17 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
             and bn.running_mean is not None
             and calls[src.target] == calls[node.target] == 1
             and not {src.target, node.target} & read
+            and not any(_hooked(m) for m in (conv, bn))
         ):
             pairs.append((str(src.target), str(node.target)))
     return pairs
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether `module` runs hooks of its own, which torch.fx does not trace: weight_norm's
+    pre-hook recomputes the weight from its parts (it would overwrite a folded one), a forward
+    hook may change the output the BatchNorm reads."""
+    return bool(module._forward_pre_hooks or module._forward_hooks)
 
 
 @torch.no_grad()

@@ -4,6 +4,8 @@ folding it could change the outputs."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -153,6 +155,21 @@ class Branching(nn.Module):
         return self.bn(self.conv(x)) if x.sum() > 0 else x
 
 
+def _weight_normed() -> nn.Module:
+    """A conv whose weight_norm pre-hook recomputes its weight from weight_g and weight_v on
+    every call (it raised TypeError on the folded weight: an internal error in QAT)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # weight_norm: deprecated, still in use
+        return nn.Sequential(nn.utils.weight_norm(nn.Conv2d(4, 4, 1)), nn.BatchNorm2d(4))
+
+
+def _output_hooked() -> nn.Module:
+    """A conv whose forward hook changes the output the BatchNorm reads; torch.fx sees no hook."""
+    model = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    model[0].register_forward_hook(lambda m, args, out: out * 2)
+    return model
+
+
 @pytest.mark.parametrize(
     "model",
     [
@@ -161,8 +178,18 @@ class Branching(nn.Module):
         Branching(),
         nn.Sequential(nn.MaxPool2d(1), nn.BatchNorm2d(4)),  # no conv before it
         nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, track_running_stats=False)),
+        _weight_normed(),
+        _output_hooked(),
     ],
-    ids=["read-elsewhere", "shared-conv", "untraceable", "no-conv", "batch-statistics"],
+    ids=[
+        "read-elsewhere",
+        "shared-conv",
+        "untraceable",
+        "no-conv",
+        "batch-statistics",
+        "weight-norm",
+        "output-hook",
+    ],
 )
 def test_a_batchnorm_folding_could_change_is_left(model):
     model = trained_statistics(model)
