@@ -233,13 +233,15 @@ def _texts_data(
 
 def _file_data(files: list[Path], source: str, teacher: TeacherInfo) -> DataInfo:
     """A data file, or several alike: texts one a line (.txt, an embedding teacher's), else a
-    table."""
-    if files[0].suffix.lower() != ".txt":
+    table (`_table_data` refuses files of several formats, a .txt among them)."""
+    if {f.suffix.lower() for f in files} != {".txt"}:
         return _table_data(files, source, teacher)
     if teacher.task != "sentence-embedding":
         raise unlabelled_txt(source, "--data")
     texts = read_files(files, "txt", "", None, "--data")[0]
-    return _texts_data(Path(source), texts[:MAX_ROWS], teacher)
+    info = _texts_data(Path(source), texts[:MAX_ROWS], teacher)
+    info.files = len(files)
+    return info
 
 
 def _shards_data(data: str, shards: list[Path], teacher: TeacherInfo) -> DataInfo:

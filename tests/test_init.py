@@ -517,3 +517,24 @@ def test_init_says_when_max_length_is_capped_by_the_teachers_positions():
     assert n == 128 and note.startswith("tokens (the teacher's max_position_embeddings); ~33%")
     n, note = _max_length(["a few words here"] * 20, 512)
     assert n == 16 and "~100% of rows fit" in note
+
+
+def test_init_reads_a_glob_of_text_files_alone(tmp_path, monkeypatch):
+    """An embedding teacher's `--data 'd/*'`: .txt files are read as texts, counted as files;
+    a .csv among them was read as text lines too (its header a text), where compress refuses
+    the glob (several formats)."""
+    from kdc.errors import UserError
+    from kdc.init import TeacherInfo
+    from kdc.init_data import inspect_data
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("one review here\nanother review there\n")
+    (tmp_path / "d" / "b.txt").write_text("a third review\n")
+    teacher = TeacherInfo("huggingface", tmp_path, "sentence-embedding", None)
+    info = inspect_data("d/*", teacher)
+    assert (info.rows, info.files) == (3, 2)
+    (tmp_path / "d" / "c.csv").write_text("text,label\nfilm one,pos\n")
+    with pytest.raises(UserError, match=r"cannot read '\.csv/\.txt' files together") as e:
+        inspect_data("d/*", teacher)
+    assert e.value.field == "--data" and e.value.source == "d/*"
