@@ -267,8 +267,9 @@ def _read(path: Path) -> HardwareProfile:
         msg, field, fix = describe_error(
             e, HardwareProfile, "compare with profiles/jetson-orin-nano-8gb.yaml"
         )
-        if field.endswith(".source") and fix != "remove this key":  # missing or blank
-            msg = "missing or blank: a profile says where each block of its figures comes from"
+        if field.endswith(".source") and fix != "remove this key":  # missing, blank, not text
+            if msg in ("Field required", "is blank"):  # not `source: 2023`, a number
+                msg = "missing or blank: a profile says where each block of its figures comes from"
             fix = SOURCE_FIX.format(field=field)
         raise UserError(msg, source=str(path), field=field, fix=fix) from None
 

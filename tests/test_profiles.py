@@ -220,3 +220,15 @@ def test_every_shipped_profile_names_its_sources():
         HardwareProfile.model_validate(doc)  # what load_profile checks, sources required
         blocks = ["compute", "memory", "latency_model", *(["dla"] if doc.get("dla") else [])]
         assert all(doc[b]["source"].strip() for b in blocks), path.name
+
+
+def test_a_source_that_is_not_text_is_not_called_missing(tmp_path):
+    """`source: 2023` (a year, read by YAML as a number) was "missing or blank"."""
+    doc = yaml.safe_load((ROOT / "profiles" / "nvidia-t4.yaml").read_text())
+    doc["name"], doc["aliases"], doc["memory"]["source"] = "my-t4", [], 2023
+    path = tmp_path / "my-t4.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match="valid string") as e:
+        load_profile(str(path))
+    assert "missing" not in e.value.message and e.value.field == "memory.source"
+    assert e.value.fix.startswith("add memory.source: where these figures come from")
