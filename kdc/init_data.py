@@ -21,7 +21,14 @@ from kdc.data.readers import (
     read_datasets,
     split_folders,
 )
-from kdc.data.shards import data_files, is_glob, read_files, shard_paths, split_patterns
+from kdc.data.shards import (
+    data_files,
+    is_glob,
+    read_files,
+    refuse_nested,
+    shard_paths,
+    split_patterns,
+)
 from kdc.errors import UserError
 
 if TYPE_CHECKING:
@@ -292,6 +299,7 @@ def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
         return _read_all([path], info, declared)
     if not path.is_dir():
         return _file_data([path], data, teacher)
+    refuse_nested(data, ".", "--data", data, splits_ok=True)  # a Hub download's root
     if splits := split_folders(path):  # `data/`: `data/train/<class>`, `data/test/<class>`
         path = path / splits[0]
     else:  # `data/train` beside `data/test`

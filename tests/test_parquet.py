@@ -424,3 +424,35 @@ def test_shards_on_another_drive_than_the_config_are_fingerprinted(tmp_path, mon
     assert elsewhere != here  # keyed by the absolute paths
     monkeypatch.undo()
     assert inputs_fingerprint(cfg) == here
+
+
+def test_a_hub_downloads_root_names_the_subfolder_of_its_shards(tmp_path, monkeypatch):
+    """`huggingface-cli download` leaves a dataset's shards in `<config>/` or `data/` beside its
+    README.md (the Hub's parquet conversion: `<config>/<split>/`): its root given as the data
+    was taken for an image folder ("needs text, but this is image data"; kdc init: "class folder
+    'plain_text' holds no images"). It names the folder or the globs to give instead."""
+    from kdc.init import TeacherInfo
+    from kdc.init_data import inspect_data
+
+    for split, n in (("train", 12), ("test", 6)):
+        _hub_split(tmp_path / "imdb" / "plain_text" / f"{split}-00000-of-00001.parquet", n)
+        _hub_split(tmp_path / "conv" / "plain_text" / split / "0000.parquet", n)
+    (tmp_path / "imdb" / "README.md").write_text("# imdb\n")
+    with pytest.raises(UserError, match="imdb/plain_text holds the parquet shards of sev") as e:
+        load_dataset(_pairs(tmp_path, source="imdb"))
+    assert e.value.fix.endswith(
+        "e.g. imdb/plain_text/train-*.parquet, and data.eval: imdb/plain_text/test-*.parquet"
+    )
+    with pytest.raises(UserError, match="conv holds no parquet file itself") as e:
+        load_dataset(_pairs(tmp_path, source="conv"))
+    assert e.value.field == "data.source" and e.value.fix == (
+        "give data.source as conv/plain_text/train, and data.eval: conv/plain_text/test"
+    )
+    ds = load_dataset(_pairs(tmp_path, source="conv/plain_text/train", eval="conv/plain_text/test"))
+    assert (len(ds.train), len(ds.eval)) == (12, 6)
+    monkeypatch.chdir(tmp_path)
+    teacher = TeacherInfo("huggingface", tmp_path, "text-classification", 3)
+    with pytest.raises(UserError, match="imdb holds no parquet file itself") as e:
+        inspect_data("imdb", teacher)
+    assert e.value.fix == "give --data as imdb/plain_text"  # which init splits into two globs
+    assert inspect_data("imdb/plain_text", teacher).eval_source == "imdb/plain_text/test-*.parquet"

@@ -26,6 +26,7 @@ from kdc.data.shards import (
     data_files,
     is_glob,
     read_files,
+    refuse_nested,
     shard_paths,
 )
 from kdc.errors import UserError, listed
@@ -71,7 +72,10 @@ def _format(cfg: KdcConfig, value: str, field: str) -> str:
     elif path.is_dir():
         if datasets_dir(path):
             return "datasets"
-        return "parquet" if shard_paths(value, cfg.base_dir) else "imagefolder"
+        if shard_paths(value, cfg.base_dir):
+            return "parquet"
+        refuse_nested(value, cfg.base_dir, field, cfg.source_file)  # a Hub download's root
+        return "imagefolder"
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None and path.suffix.lower() in IMAGE_SUFFIXES:
         raise UserError(

@@ -118,6 +118,50 @@ def data_files(value: str, base: str | Path, field: str, source: str | None) -> 
     return found
 
 
+def _subfolders(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and visible(p))
+
+
+def shard_folders(path: Path) -> list[Path]:
+    """The folders one or two levels below folder `path` that hold parquet files (hidden ones
+    passed over), in name order: a Hub download's `data/`, `<config>/` or `<config>/<split>/`."""
+    return [
+        d
+        for sub in _subfolders(path)
+        for d in (sub, *_subfolders(sub))
+        if any(f.suffix.lower() == ".parquet" and f.is_file() for f in d.iterdir())
+    ]
+
+
+def refuse_nested(
+    value: str, base: str | Path, field: str, source: str | None, *, splits_ok: bool = False
+) -> None:
+    """A folder that holds no parquet file itself but parquet shards in subfolders (a Hub
+    download's root, which was taken for an image folder) is a UserError naming the folder (or
+    the training split's, and the test split's as data.eval) to give, or, unless the caller
+    reads a folder of several splits' Hub shards (`splits_ok`: kdc init), each split's glob;
+    nothing where no subfolder holds parquet files."""
+    path = _resolved(value, base)
+    found = {d.name: Path(value) / d.relative_to(path) for d in shard_folders(path)}
+    if not found:
+        return
+    picked = train_and_held(list(found)) if len(found) > 1 else None
+    if picked is None:  # one folder (or none named as a split), maybe of several splits' shards
+        first = next(iter(found.values()))
+        if not splits_ok:
+            data_files(str(first), base, field, source)  # names each split's glob
+        picked = (first.name, None)
+    train, held = found[picked[0]], picked[1] and found[picked[1]]
+    also = f", and data.eval: {held}" if held and field == "data.source" else ""
+    raise UserError(
+        f"{value} holds no parquet file itself, but its subfolders do "
+        f"({listed(list(found.values()), 4)})",
+        source=source,
+        field=field,
+        fix=f"give {field} as {train}{also}",
+    )
+
+
 def check_disjoint(source: str, evals: str, base: str | Path, config: str | None) -> None:
     """A file that data.eval names and data.source names too (a glob `data/*.parquet` over a Hub
     download's test shards beside its train ones; one file given as both) is a UserError: its
