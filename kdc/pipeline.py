@@ -253,9 +253,9 @@ def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     (symmetric fake-quantizers), whether it trains 7-bit weights (`qat_reduce_range`, by default
     this CPU's) and its scheme's version (`qat_scheme_facet`), these two only where they apply (a
     run without them hashes as before); pruning to a latency reads the whole latency model."""
-    from kdc.models import teacher_kind
+    from kdc.models import student_family
 
-    cnn = cfg.task == "image-classification" and teacher_kind(cfg) != "huggingface"
+    cnn = student_family(cfg) == "cnn"
     qat = qat_scheme_facet(cfg, cnn)
     recipe = {"reduce_range": True, **qat} if qat_reduce_range(cfg, profile) else qat
     if cfg.prune.enabled and cfg.prune.target_latency_ms is not None:
@@ -271,13 +271,15 @@ def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
 
 def _build_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     """What build reads of the target (`_whole_profile`) and, where NNCF PTQ may make the INT8
-    graph, its recipe's version from 2 on (`nncf_ptq.RECIPE_VERSION`; a run without it hashes as
-    before), so a resumed run of another version quantizes again."""
-    from kdc.compress.nncf_ptq import RECIPE_VERSION
+    graph, its recipe's version for the student's family from 2 on (`nncf_ptq.RECIPE_VERSIONS`;
+    a run without it hashes as before), so a resumed run of another version quantizes again."""
+    from kdc.compress.nncf_ptq import RECIPE_VERSIONS
+    from kdc.models import student_family
 
     whole, q = _whole_profile(*TENSORRT_ONLY)(cfg, profile), cfg.quantize
     nncf = q.precision == "int8" and q.method == "ptq" and q.ptq != "onnxruntime"
-    return {"profile": whole, "nncf_ptq": RECIPE_VERSION} if nncf and RECIPE_VERSION > 1 else whole
+    version = RECIPE_VERSIONS[student_family(cfg)]
+    return {"profile": whole, "nncf_ptq": version} if nncf and version > 1 else whole
 
 
 BUILD = tuple(f"build.{k}" for k in BuildConfig.model_fields if k not in TENSORRT_ONLY)

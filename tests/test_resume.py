@@ -178,12 +178,24 @@ def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
 
 
 def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypatch):
-    """build's input hash holds the NNCF PTQ recipe's version from 2 on (2: every activation per
-    tensor, a depthwise conv's input too): a run whose INT8 graph NNCF may have made (ptq auto or
-    nncf, for a CPU or a TensorRT target) by version 1, which hashed without it, builds again;
-    an FP32-only run, ONNX Runtime's PTQ and a QAT run's build do not read it."""
+    """build's input hash holds the NNCF PTQ recipe's version for the student's family from 2 on
+    (CNNs' 2: every activation per tensor, a depthwise conv's input too): a run whose INT8 graph
+    NNCF may have made (ptq auto or nncf, for a CPU or a TensorRT target) by version 1, which
+    hashed without it, builds again; an FP32-only run, ONNX Runtime's PTQ and a QAT run's build
+    do not read it, nor a transformer's run, whose graphs version 2 quantizes as 1 did (they
+    built again for nothing)."""
+    from tiny import bert_config
+
     from kdc.compress import nncf_ptq
 
+    text = bert_config()
+    text_now = {t: _hashes(text, t)["build"] for t in ("host", "jetson")}
+    monkeypatch.setitem(nncf_ptq.RECIPE_VERSIONS, "transformer", 2)
+    assert all(_hashes(text, t)["build"] != h for t, h in text_now.items())
+    monkeypatch.setitem(nncf_ptq.RECIPE_VERSIONS, "transformer", 1)
+    monkeypatch.setitem(nncf_ptq.RECIPE_VERSIONS, "cnn", 1)
+    assert {t: _hashes(text, t)["build"] for t in text_now} == text_now
+    monkeypatch.undo()
     cfg = yaml.safe_load(cnn_project.read_text())
     configs = {
         "auto": cfg,
@@ -194,8 +206,8 @@ def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypat
     }
     targets = ("host", "jetson")
     now = {(k, t): _hashes(c, t) for k, c in configs.items() for t in targets}
-    assert nncf_ptq.RECIPE_VERSION == 2
-    monkeypatch.setattr(nncf_ptq, "RECIPE_VERSION", 1)
+    assert nncf_ptq.RECIPE_VERSIONS == {"cnn": 2, "transformer": 1}
+    monkeypatch.setitem(nncf_ptq.RECIPE_VERSIONS, "cnn", 1)
     before = {(k, t): _hashes(c, t) for k, c in configs.items() for t in targets}
     changed = {(*run, s) for run, h in now.items() for s in h if h[s] != before[run][s]}
     assert changed == {(k, t, "build") for k in ("auto", "nncf") for t in targets}

@@ -24,10 +24,12 @@ from kdc.rundir import atomic_path
 if TYPE_CHECKING:
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-# Goes up whenever NNCF PTQ quantizes a graph differently: build's input hash holds it from 2 on
-# (a run of version 1 hashes as before it existed), so a resumed run quantizes again.
-# 2: every activation per tensor (`advanced_parameters`; a depthwise conv's input too)
-RECIPE_VERSION = 2
+# NNCF PTQ's recipe version by model family (`ModelAdapter.family`), up whenever PTQ quantizes
+# that family's graphs differently: build's input hash holds it from 2 on (a run of version 1
+# hashes as before it existed), so a resumed run quantizes again, and another family's does not.
+# cnn 2: every activation per tensor (`advanced_parameters`): a depthwise conv's input, the only
+# one NNCF's CPU setup took per channel (a transformer's graphs quantize as they did)
+RECIPE_VERSIONS = {"cnn": 2, "transformer": 1}
 
 
 def quantize_int8_nncf(

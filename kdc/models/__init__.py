@@ -20,6 +20,13 @@ from kdc.models.sentence import SentenceAdapter
 from kdc.models.vision import VisionAdapter, entrypoint_function
 
 
+def student_family(cfg: KdcConfig) -> str:
+    """The student's `ModelAdapter.family` as the config tells it, before any model is loaded: a
+    CNN for an image classifier whose teacher is not a Hugging Face model, else a transformer."""
+    cnn = cfg.task == "image-classification" and teacher_kind(cfg) != "huggingface"
+    return "cnn" if cnn else "transformer"
+
+
 def teacher_kind(cfg: KdcConfig) -> str:
     """How the teacher is given: huggingface, kdc (a CNN student kdc saved), entrypoint,
     torchvision or timm."""
