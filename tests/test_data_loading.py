@@ -93,7 +93,7 @@ def test_a_malformed_eval_csv_names_data_eval(tmp_path):
         ('"text,label\ngood,pos\n', 1, "never closed"),
         ("text,label\ngood, really,pos\nbad,neg\n", 2, "3 field(s), the header has 2"),
         ("text,label\ngood,pos\nbad\n", 3, "1 field(s), the header has 2"),
-        ('text,label\n"' + "x" * 140_000 + ",pos\n", 2, "cannot be read"),
+        ('text,label\n"' + "x" * 140_000 + ",pos\n", 2, "never closed"),
         ('text,label\ngood,pos\n"bad film,neg\nok,pos\n"nice",pos\nfine,neg\n', 3, "wrong place"),
     ],
     ids=[
@@ -121,6 +121,19 @@ def test_lenient_csv_still_reads(tmp_path):
     texts, labels = read_delimited(csv_file(tmp_path / "d.csv", content), "text", "label", ",")
     assert texts == ["two\r\nlines", '5" screen', "good film", "last"]
     assert labels == ["pos", "neg", "pos", "neg"]
+
+
+def test_a_text_past_the_csv_modules_field_limit_reads(tmp_path):
+    """A 200,000-character document (past the csv module's 128 KiB default) is a text, not a
+    quoting error; the module's limit is left as it was."""
+    import csv
+
+    long = "word " * 40_000
+    content = f'text,label\n"{long}",pos\nshort,neg\n'
+    before = csv.field_size_limit()
+    texts, labels = read_delimited(csv_file(tmp_path / "d.csv", content), "text", "label", ",")
+    assert texts == [long, "short"] and labels == ["pos", "neg"]
+    assert csv.field_size_limit() == before
 
 
 def test_spreadsheet_exports_read(tmp_path):

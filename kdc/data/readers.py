@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
@@ -104,6 +105,18 @@ QUOTING_FIX = (
 )
 
 
+@contextmanager
+def _any_field_size() -> Iterator[None]:
+    """The csv module without its 128 KiB field limit (a long document is a text, not a quoting
+    error), restored after."""
+    before = csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
+@_any_field_size()
 def delimited_records(path: Path, delimiter: str, field: str) -> list[tuple[int, list[str]]]:
     """(first line number, fields) of each non-blank record. Parsed leniently (`"good" film`
     reads as Excel does), then every record over several lines, and the last one, strictly: a
