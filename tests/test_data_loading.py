@@ -366,6 +366,25 @@ def test_an_image_folder_reads_a_class_folders_subfolders(tmp_path):
     assert ds.label_names == ["cat", "dog"] and len(ds.train) + len(ds.eval) == 6
 
 
+def test_an_image_folder_is_read_into_one_array_without_copies(tmp_path):
+    """The images land in the float32 array returned, in [0, 1] and class order, and reading
+    allocates little beyond it (a list of images, stacked, then cast, held three copies)."""
+    import tracemalloc
+
+    from kdc.data.readers import read_imagefolder
+    from kdc.image_processor import ImageReading
+
+    imgs = image_folder(tmp_path, {"cat": 60, "dog": 60})
+    tracemalloc.start()
+    x, labels = read_imagefolder(imgs, ImageReading((32, 32), (32, 32)))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert x.dtype == np.float32 and x.shape == (120, 3, 32, 32)
+    assert labels == ["cat"] * 60 + ["dog"] * 60
+    assert np.allclose(x[:, 2], 100 / 255) and np.isclose(x[1, 0, 0, 0], 40 / 255)
+    assert peak < 1.5 * x.nbytes
+
+
 @pytest.mark.parametrize(
     ("make", "source", "words"),
     [

@@ -553,12 +553,15 @@ def read_imagefolder(
 ) -> tuple[np.ndarray, list[str]]:
     """`path/<class>/<image>` → float32 N×channels×H×W in [0, 1] (1: grayscale, Pillow's mode
     L; 3: RGB), resized and cropped as `reading` says, and class names; an image file that does
-    not decode, or that ends at another size than `reading.size`, is a UserError naming it."""
+    not decode, or that ends at another size than `reading.size`, is a UserError naming it.
+    Written into one array as they are read: memory is the result's, not a multiple of it."""
     from PIL import Image
 
-    images, labels = [], []
+    labels: list[str] = []
     height, width = reading.size
-    for cls, files in image_files(path, field).items():
+    classes = image_files(path, field)
+    images = np.empty((sum(map(len, classes.values())), channels, height, width), np.float32)
+    for cls, files in classes.items():
         for img in files:
             with _image_errors(img, field), Image.open(img) as im:
                 im = im.convert("L" if channels == 1 else "RGB")
@@ -575,9 +578,9 @@ def read_imagefolder(
                     field=field,
                     fix="resize the images, or set do_resize: true in preprocessor_config.json",
                 )
-            images.append(arr.transpose(2, 0, 1) / 255.0)
+            images[len(labels)] = arr.transpose(2, 0, 1) / 255.0
             labels.append(cls)
-    return np.stack(images).astype(np.float32), labels
+    return images, labels
 
 
 def read_digits() -> tuple[np.ndarray, list[str]]:
