@@ -66,3 +66,32 @@ def test_a_left_padding_tokenizer_is_encoded_with_right_padding(tmp_path):
     adapter.tokenizer.padding_side = "left"
     mask = adapter.encode(["good", "good bad good"])["attention_mask"]
     assert mask[:, 0].all() and not mask[:, -1].any()
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["texts", "text pairs"])
+def test_texts_are_tokenized_in_chunks_into_the_arrays_returned(tmp_path, monkeypatch, pairs):
+    """Chunk by chunk, the inputs are the tokenizer's for all rows at once (int64, padded to
+    max_length), and what tokenizing allocates beside them stays a chunk's worth (all rows at
+    once held several times the arrays in per-token Python objects)."""
+    import tracemalloc
+
+    import tiny
+
+    import kdc.models.hf as hf
+
+    model, tok = tiny.tiny_bert(tmp_path)
+    texts = [t for t, _ in tiny.sentences(3000, 0)]
+    rows = list(zip(texts, texts[::-1], strict=True)) if pairs else texts
+    adapter = hf.HFTextAdapter(model.eval(), tok, max_length=32, text_pair=pairs)
+    monkeypatch.setattr(hf, "ENCODE_ROWS", 128)
+    tracemalloc.start()
+    enc = adapter.encode(rows)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    second = texts[::-1] if pairs else None
+    want = tok(texts, second, padding="max_length", truncation=True, max_length=32)
+    assert set(enc) == set(adapter.input_names)
+    for k, v in enc.items():
+        assert v.dtype == np.int64 and np.array_equal(v, np.array(want[k]))
+    assert peak < 1.5 * sum(v.nbytes for v in enc.values())
+    assert adapter.encode([])["input_ids"].shape == (0, 32)

@@ -330,6 +330,9 @@ class TransformerAdapter(ModelAdapter):
         return sorted(p for p in directory.rglob("*") if p.is_file())
 
 
+ENCODE_ROWS = 1024  # texts tokenized at a time
+
+
 class TextTransformerAdapter(TransformerAdapter):
     """A text transformer with its tokenizer (inputs `input_ids`, `attention_mask`, and
     `token_type_ids` where text pairs are told apart by them)."""
@@ -340,19 +343,26 @@ class TextTransformerAdapter(TransformerAdapter):
 
     def encode(self, features: list[str] | list[tuple[str, str]]) -> dict[str, np.ndarray]:
         """Token inputs padded to max_length; text pairs (2-tuples) as the tokenizer's text and
-        text_pair, truncated longest first."""
-        pairs = bool(len(features)) and isinstance(features[0], tuple)
-        texts = [f[0] for f in features] if pairs else list(features)
-        enc = self.tokenizer(
-            texts,
-            [f[1] for f in features] if pairs else None,
-            padding="max_length",
-            padding_side="right",  # trimming, augmentation and the teacher cache cut at the end
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="np",
-        )
-        return {k: enc[k].astype(np.int64) for k in self.input_names}
+        text_pair, truncated longest first. Tokenized `ENCODE_ROWS` texts at a time into the
+        arrays returned: the tokenizer's output for all of a 30,000-row split at once held 1.2 GB
+        beside its 0.12 GB of arrays."""
+        n = len(features)
+        out = {k: np.zeros((n, self.max_length), np.int64) for k in self.input_names}
+        for start in range(0, n, ENCODE_ROWS):
+            chunk = features[start : start + ENCODE_ROWS]
+            pairs = isinstance(chunk[0], tuple)
+            enc = self.tokenizer(
+                [f[0] for f in chunk] if pairs else list(chunk),
+                [f[1] for f in chunk] if pairs else None,
+                padding="max_length",
+                padding_side="right",  # trimming, augmentation and the teacher cache cut at the end
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="np",
+            )
+            for k, v in out.items():
+                v[start : start + len(chunk)] = enc[k]
+        return out
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         seq = {0: "batch", 1: "sequence"}
