@@ -410,7 +410,7 @@ def test_a_class_mismatch_of_image_data_names_data_source():
 
     from kdc.data import align_labels
     from kdc.data.base import Dataset, Split
-    from kdc.pipeline import check_label_count
+    from kdc.teacher_fit import check_label_count
 
     labels = np.array([0, 1, 2], np.int64)
     ds = Dataset(Split([], labels), Split([], labels), ["bird", "cat", "dog"], "image", "x", [])

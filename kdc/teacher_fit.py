@@ -1,0 +1,61 @@
+"""Whether a teacher fits the data: as many outputs as the data has classes, and an input it
+can take."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kdc.errors import UserError, first_line, listed
+from kdc.models.base import ModelAdapter
+
+if TYPE_CHECKING:
+    from kdc.pipeline import Context
+
+
+def _probe_outputs(ctx: Context, teacher: ModelAdapter) -> int:
+    """The teacher's output count, from a forward pass on the first eval row; a teacher that
+    cannot take the data's input (channels, size) is a UserError: naming data.channels where
+    the data's channels are not those its first conv reads."""
+    from torch import nn
+
+    from kdc.data import channel_mismatch
+
+    features = ctx.dataset.eval.take([0]).features
+    try:
+        return teacher.forward_numpy(teacher.encode(features)).shape[-1]
+    except (RuntimeError, ValueError, TypeError) as e:
+        field = "data.eval" if ctx.cfg.data.eval else "data.source"
+        shape = getattr(features, "shape", None)
+        conv = next((m for m in teacher.module.modules() if isinstance(m, nn.Conv2d)), None)
+        want = conv.in_channels if conv is not None else None
+        if want is not None and shape is not None and len(shape) == 4 and want != shape[1]:
+            raise channel_mismatch(want, shape[1], "its first conv's in_channels").located(
+                ctx.cfg.source_file
+            ) from None
+        what = f"input of shape {'x'.join(map(str, shape))}" if shape else "input"
+        raise UserError(
+            f"the teacher failed on the first row of {field} ({what}): {first_line(e)}",
+            source=ctx.cfg.source_file,
+            field=field,
+            fix="give the data the teacher was trained on (its channels: data.channels 1 or 3; "
+            "data.image_size), or the teacher for this data",
+        ) from None
+
+
+def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
+    """The teacher's classifier must have as many outputs as the data has classes."""
+    from kdc.data import label_field
+
+    if ctx.cfg.task == "sentence-embedding":
+        return
+    n = getattr(getattr(teacher, "config", None), "num_labels", None)
+    if n is None:
+        n = _probe_outputs(ctx, teacher)
+    if n is not None and n != ctx.dataset.num_labels:
+        raise UserError(
+            f"the teacher has {n} outputs but the data has "
+            f"{ctx.dataset.num_labels} classes: {listed(ctx.dataset.label_names)}",
+            source=ctx.cfg.source_file,
+            field=label_field(ctx.dataset.kind),
+            fix="use the data the teacher was trained on, or the teacher for these classes",
+        )
