@@ -30,6 +30,8 @@ from kdc.preflight import builds_tensorrt, qat_reduce_range, qat_scheme_facet
 from kdc.profiles import HardwareProfile
 from kdc.rundir import RunDir, library_versions, sha256_json, target_flag
 
+EXAMPLE_ROWS = 2  # the rows a model is traced (export: a dynamic batch) or probed on
+
 
 @dataclass
 class StageOutput:
@@ -76,16 +78,23 @@ class Context:
         check_label_count(self, t)
         return t
 
-    def encode(self, split: str) -> dict[str, np.ndarray]:
-        """Model inputs of a split, encoded once per run by the teacher's encoder."""
+    def encode(self, split: str, rows: int | None = None) -> dict[str, np.ndarray]:
+        """Model inputs of a split, encoded once per run by the teacher's encoder; with `rows`,
+        of its first `rows` rows only (those alone encoded unless the whole split is: a stage
+        that needs an example or calibration rows does not tokenize every training row)."""
         cache = self.__dict__.setdefault("_encoded", {})
+        if rows is not None:
+            if split in cache:
+                return {k: v[:rows] for k, v in cache[split].items()}
+            part = getattr(self.dataset, split)
+            return self.teacher.encode(part.take(np.arange(min(rows, len(part)))).features)
         if split not in cache:
             cache[split] = self.teacher.encode(getattr(self.dataset, split).features)
         return cache[split]
 
     def latency_inputs(self) -> dict[str, np.ndarray]:
         """What latency is measured and predicted on: the first `verify.batch` eval rows."""
-        return {k: v[: self.cfg.verify.batch] for k, v in self.encode("eval").items()}
+        return self.encode("eval", self.cfg.verify.batch)
 
     def latency_padding(self) -> float:
         """The fraction of `latency_inputs`' attention-mask positions that are 0 (what the

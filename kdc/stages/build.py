@@ -18,8 +18,8 @@ from kdc.stages.build_tensorrt import build_tensorrt, clear_previous_build, tens
 
 
 def _calibration(ctx: Context, rows: int, batch: int = 16) -> list[dict[str, np.ndarray]]:
-    x = ctx.encode("train")
-    n = min(rows, len(next(iter(x.values()))))
+    x = ctx.encode("train", rows)
+    n = len(next(iter(x.values())))
     return [{k: v[s : s + batch] for k, v in x.items()} for s in range(0, n, batch)]
 
 
@@ -191,10 +191,9 @@ def _output_loss_fn(
     from kdc.deploy.onnxruntime import make_session, run_session
 
     q = ctx.cfg.quantize
-    x = ctx.encode("train")
-    n = len(next(iter(x.values())))
+    n = len(ctx.dataset.train)
     start = q.calibration_size if n - q.calibration_size >= 64 else 0
-    rows = {k: v[start : start + FALLBACK_ROWS] for k, v in x.items()}
+    rows = {k: v[start:] for k, v in ctx.encode("train", start + FALLBACK_ROWS).items()}
     # all cores, twice as fast on two as one thread; the outputs were bitwise those of one
     # thread on the sentiment student (FP32 and INT8: ONNX Runtime's CPU kernels split rows and
     # columns across threads, not sums), so the choice should not depend on the core count

@@ -130,7 +130,7 @@ def parse_blocker(ctx: Context, onnx_path: Path) -> tuple[str, str] | None:
 
 
 def input_shapes(ctx: Context) -> dict[str, list[int]]:
-    x = ctx.encode("eval")
+    x = ctx.encode("eval", 1)
     return {k: [ctx.cfg.verify.batch, *v.shape[1:]] for k, v in x.items()}
 
 
@@ -141,7 +141,7 @@ def make_bundle(ctx: Context, onnx_path: Path, precision: str) -> Path:
     from kdc.deploy.bundle import PARITY_MIN_AGREEMENT, write_bundle
     from kdc.deploy.onnxruntime import make_session, run_session
 
-    goldens = {k: v[:8] for k, v in ctx.encode("eval").items()}
+    goldens = ctx.encode("eval", 8)
     session = make_session(onnx_path, optimization="disable" if precision == "int8" else "all")
     outputs = run_session(session, goldens)
     output = session.get_outputs()[0].name  # `embedding` for sentence embeddings

@@ -23,7 +23,7 @@ from kdc.compress.prune import GradualPruning, ratio_for_latency
 from kdc.diskspace import distill_bytes_needed, require_free
 from kdc.models.base import ModelAdapter
 from kdc.models.hf import set_attention_dropout
-from kdc.pipeline import Context, StageOutput
+from kdc.pipeline import EXAMPLE_ROWS, Context, StageOutput
 from kdc.rundir import (
     atomic_dir,
     atomic_path,
@@ -96,7 +96,7 @@ def predicted_latency(ctx: Context) -> Callable[[ModelAdapter], float]:
     from kdc.export.onnx_export import export_onnx
     from kdc.stages.export import output_name
 
-    example = {k: v[:2] for k, v in ctx.encode("train").items()}
+    example = ctx.encode("train", EXAMPLE_ROWS)
     p = ctx.cfg.quantize.precision
     precision = p if p in ctx.profile.runtime.precisions else ctx.profile.default_precision
 

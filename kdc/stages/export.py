@@ -18,7 +18,7 @@ from kdc.export.onnx_export import choose_exporter, export_onnx, opset_of
 from kdc.export.parity import compare
 from kdc.models import load_run_student
 from kdc.models.base import ModelAdapter
-from kdc.pipeline import Context, StageOutput
+from kdc.pipeline import EXAMPLE_ROWS, Context, StageOutput
 from kdc.rundir import atomic_path, sha256_file, write_json
 
 PARITY_ROWS = 256
@@ -42,7 +42,7 @@ def output_name(task: str) -> str:
 
 def parity_inputs(ctx: Context) -> dict[str, np.ndarray]:
     """The eval rows parity is checked on (export) and engines are compared on (verify)."""
-    return {k: v[:PARITY_ROWS] for k, v in ctx.encode("eval").items()}
+    return ctx.encode("eval", PARITY_ROWS)
 
 
 def reference_key(ctx: Context, inputs: dict[str, np.ndarray]) -> str:
@@ -93,7 +93,7 @@ def onnx_parity(
 
 def run(ctx: Context) -> StageOutput:
     student = load_run_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
-    example = {k: np.asarray(v[:2]) for k, v in ctx.encode("train").items()}
+    example = ctx.encode("train", EXAMPLE_ROWS)
     opset = ctx.cfg.export.opset
     out_name = output_name(ctx.cfg.task)
     simplify = SIMPLIFY.get(ctx.teacher.family, True)

@@ -16,7 +16,7 @@ import torch
 from kdc.compress.student import fixed_student_spec
 from kdc.data.batching import cut_positions
 from kdc.errors import NoStudentFits, UserError
-from kdc.pipeline import Context, StageOutput
+from kdc.pipeline import EXAMPLE_ROWS, Context, StageOutput
 from kdc.rundir import atomic_path, write_json, write_jsonl
 
 if TYPE_CHECKING:
@@ -199,7 +199,7 @@ def _space(ctx: Context) -> Space:
 
     return space_for(
         ctx.teacher,
-        ctx.encode("train"),
+        ctx.encode("train", EXAMPLE_ROWS),
         ctx.profile.defaults.channel_divisor,
         cls_only=ctx.cfg.export.cls_only_last_layer,
     )
@@ -482,7 +482,7 @@ def build_student(ctx: Context, spec: dict) -> ModelAdapter:
     from kdc.compress.student import derive_student
 
     return derive_student(
-        ctx.teacher, spec, ctx.encode("train"), ctx.profile.defaults.channel_divisor
+        ctx.teacher, spec, ctx.encode("train", EXAMPLE_ROWS), ctx.profile.defaults.channel_divisor
     )
 
 

@@ -147,7 +147,7 @@ def test_tensorrt_engine_from_a_graph_lint_rejects_is_unavailable(tmp_path):
     ctx = SimpleNamespace(
         run=RunDir(tmp_path),
         profile=load_profile("jetson"),
-        encode=lambda split: {"x": np.zeros((2, 1, 4, 4), np.float32)},
+        encode=lambda split, rows=None: {"x": np.zeros((2, 1, 4, 4), np.float32)},
         cfg=SimpleNamespace(verify=SimpleNamespace(batch=1)),
     )
     rec = build_tensorrt.build_tensorrt(ctx, [_ort("fp32")])
@@ -290,7 +290,7 @@ def test_both_ptq_backends_get_reduce_range(monkeypatch, tmp_path, backend):
         cfg=SimpleNamespace(build=BuildConfig(), quantize=q),
         profile=load_profile("host"),
         teacher=SimpleNamespace(family="cnn"),
-        encode=lambda split: {"x": np.zeros((8, 2), np.float32)},
+        encode=lambda split, rows=None: {"x": np.zeros((8, 2), np.float32)},
     )
     build._quantizer(ctx, tmp_path / "m.onnx", backend)([], tmp_path / "q.onnx")
     assert seen["reduce_range"] is True
