@@ -506,3 +506,30 @@ def test_labels_spelled_two_ways_in_training_name_the_training_file(tmp_path):
     csv_file(tmp_path / "ev.csv", "text,label\na film,pos\n")
     with pytest.raises(UserError, match=r"train\.csv: field 'data.label_column': labels Pos / pos"):
         load_dataset(text_cfg(tmp_path, source="train.csv", eval="ev.csv"))
+
+
+def test_eval_rows_that_repeat_training_rows_are_noted(tmp_path):
+    """An eval file sharing rows with the training file (spaces aside) is noted with the count;
+    one share under 1 % is not, nor are distinct rows."""
+    csv_file(tmp_path / "train.csv", "text,label\n" + ROWS)
+    repeats = "film  1,pos\n film 2 ,neg\n" + "".join(f"new {i},pos\n" for i in range(8))
+    csv_file(tmp_path / "ev.csv", "text,label\n" + repeats)
+    ds = load_dataset(text_cfg(tmp_path, source="train.csv", eval="ev.csv"))
+    assert [n for n in ds.notes if "training row" in n] == [
+        "2 of the 10 eval rows (20%) have the text of a training row: the models were trained "
+        "on them, so the accuracies are not wholly held out; drop them from the eval data for "
+        "a held-out figure"
+    ]
+    fresh = "".join(f"new {i},{'pos' if i % 2 else 'neg'}\n" for i in range(200))
+    csv_file(tmp_path / "ev.csv", "text,label\nfilm 1,pos\n" + fresh)
+    ds = load_dataset(text_cfg(tmp_path, source="train.csv", eval="ev.csv"))
+    assert not [n for n in ds.notes if "training row" in n]
+    # images: the same pixels in the training and eval folders
+    train, held = (
+        image_folder(tmp_path, {"cat": 4, "dog": 4}),
+        image_folder(tmp_path / "ev", {"cat": 2, "dog": 2}),
+    )
+    ds = load_dataset(cnn_cfg(tmp_path, source=str(train), eval=str(held), image_size=8))
+    assert [n for n in ds.notes if "training row" in n][0].startswith(
+        "4 of the 4 eval rows (100%) have the image of a training row"
+    )

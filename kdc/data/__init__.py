@@ -3,6 +3,7 @@ scikit-learn digits) into a `Dataset` with train and eval splits."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -381,11 +382,40 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
             fix="provide more rows or lower data.eval_fraction",
         )
     kind = "image" if fmt in IMAGE_FORMATS else "text"
+    notes += _repeated_rows_note(train, evs, kind)
     if kind == "image" and d.mean is not None:
         train, evs = normalized(cfg, train, evs)
     source = d.source if fmt == "sklearn" else f"{fmt}:{d.source}"
     ds = Dataset(train, evs, names, kind, source, notes)
     return align_labels(ds, teacher_names, cfg.source_file)
+
+
+REPEAT_SHARE = 0.01  # share of eval rows repeating a training row worth a note
+
+
+def _row_key(row: str | tuple[str, str] | np.ndarray) -> object:
+    """What makes two rows the same input: a text (or pair) up to runs of whitespace, an
+    image's pixels (by digest: an image folder's pixels are not held twice)."""
+    if isinstance(row, np.ndarray):
+        return hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+    return (
+        tuple(" ".join(t.split()) for t in row) if isinstance(row, tuple) else " ".join(row.split())
+    )
+
+
+def _repeated_rows_note(train: Split, evs: Split, kind: str) -> list[str]:
+    """A note where `REPEAT_SHARE` or more of the eval rows repeat a training row (a file
+    exported twice, duplicates across a split): accuracy on them is not held out."""
+    seen = {_row_key(x) for x in train.features}
+    n = sum(_row_key(x) in seen for x in evs.features)
+    if not n or n < REPEAT_SHARE * len(evs):
+        return []
+    what = "image" if kind == "image" else "text"
+    return [
+        f"{n} of the {len(evs)} eval rows ({n / len(evs):.0%}) have the {what} of a training "
+        "row: the models were trained on them, so the accuracies are not wholly held out; "
+        "drop them from the eval data for a held-out figure"
+    ]
 
 
 def normalized(cfg: KdcConfig, *splits: Split) -> list[Split]:

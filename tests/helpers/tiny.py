@@ -172,13 +172,15 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def image_folder(root: Path, classes: dict[str, int]) -> Path:
-    """root/imgs/<class>/<i>.png: `classes` maps a class to its number of 8×8 RGB images."""
+    """root/imgs/<class>/<i>.png: `classes` maps a class to its number of 8×8 RGB images, each
+    of one colour: red 40 × i, green 60 × the class's place in `classes` (classes hold no
+    image of another's), blue 100."""
     from PIL import Image
 
-    for cls, n in classes.items():
+    for k, (cls, n) in enumerate(classes.items()):
         (root / "imgs" / cls).mkdir(parents=True)
         for i in range(n):
-            Image.new("RGB", (8, 8), (40 * i, 0, 100)).save(root / "imgs" / cls / f"{i}.png")
+            Image.new("RGB", (8, 8), (40 * i, 60 * k, 100)).save(root / "imgs" / cls / f"{i}.png")
     return root / "imgs"
 
 
