@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kdc import __version__
 from kdc.config import BuildConfig, KdcConfig
@@ -28,6 +27,7 @@ from kdc.interrupts import signals_as_interrupt
 from kdc.models.base import ModelAdapter
 from kdc.preflight import builds_tensorrt, qat_reduce_range, qat_scheme_facet
 from kdc.profiles import HardwareProfile
+from kdc.progress import Advance, progress
 from kdc.rundir import RunDir, library_versions, sha256_json, target_flag
 
 EXAMPLE_ROWS = 2  # the rows a model is traced (export: a dynamic batch) or probed on
@@ -110,27 +110,13 @@ class Context:
         return core if core is not None and builds_tensorrt(self.cfg, self.profile) else None
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
-        """A progress bar (silent with -q); yields `advance(n=1, **fields)`."""
+    def progress(self, description: str, total: int | None) -> Iterator[Advance]:
+        """Progress of a long step (kdc.progress; silent with -q); yields `advance(n=1,
+        total=None, **fields)`."""
         if self.quiet:
-            yield lambda n=1, **kw: None
+            yield lambda n=1, total=None, **kw: None
             return
-        cols = (
-            TextColumn("  {task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-        )
-        with Progress(*cols, console=self.console, transient=True) as bar:
-            task = bar.add_task(description, total=total, info="")
-
-            def advance(n: int = 1, **kw: Any) -> None:
-                info = " ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items()
-                )
-                bar.update(task, advance=n, info=info)
-
+        with progress(self.console, description, total) as advance:
             yield advance
 
     def log(self, msg: str) -> None:

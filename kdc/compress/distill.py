@@ -37,7 +37,8 @@ from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
 from kdc.models.shapes import apply_shapes
 
-Progress = Callable[[int, int, dict], None]
+Progress = Callable[[int, int, dict], None]  # (epochs done, epochs, the epoch's record)
+Steps = Callable[[int, int], None]  # (training steps done, steps in all)
 # Batches per length-sorted window when `distill.group_by_length` (Hugging Face Trainer uses 50;
 # 8 keeps batches random enough on a few hundred rows and cuts padding on drugsCom from 1.77× the
 # real tokens to 1.15×).
@@ -332,10 +333,12 @@ def distill(
     pruning: GradualPruning | None = None,
     checkpoint: Checkpoint | None = None,
     progress: Progress | None = None,
+    on_step: Steps | None = None,
 ) -> DistillResult:
-    """Train `student` in place. `cfg.select`: keep the last epoch, or restore the epoch with the
-    best validation score (after pruning finished; a tie goes to the later epoch, and the
-    untrained student is kept only if every epoch scores below it)."""
+    """Train `student` in place, telling `progress` of each epoch and `on_step` of each step.
+    `cfg.select`: keep the last epoch, or restore the epoch with the best validation score
+    (after pruning finished; a tie goes to the later epoch, and the untrained student is kept
+    only if every epoch scores below it)."""
     torch.manual_seed(seed)
     tr = _Trainer(student, data, cfg, seed, teacher, pruning)
     state = checkpoint.load() if checkpoint else None
@@ -369,7 +372,7 @@ def distill(
             taps.attach()
     try:
         model, opt = tr.prepare(state and state["optimizer"], state and state["projections"])
-        _epochs(tr, s, model, opt, checkpoint, progress, started)
+        _epochs(tr, s, model, opt, checkpoint, progress, on_step, started)
     finally:
         for taps in (tr.s_taps, tr.t_taps):
             if taps:
@@ -395,6 +398,7 @@ def _epochs(
     opt: Any,
     checkpoint: Checkpoint | None,
     progress: Progress | None,
+    on_step: Steps | None,
     started: float,
 ) -> None:
     cfg, pruning = tr.cfg, tr.pruning
@@ -410,6 +414,8 @@ def _epochs(
             opt.zero_grad()
             tr.acc.backward(loss)
             s["step"] += 1
+            if on_step:
+                on_step(s["step"], tr.total)
             if pruning is not None and pruning.due(s["step"] - 1):
                 pruning.step()  # gradients of this batch feed Taylor importance
                 s.update(

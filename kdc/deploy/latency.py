@@ -163,19 +163,21 @@ def measure_onnx_rounds(
     inputs: dict[str, np.ndarray],
     *,
     rounds: int = 1,
+    progress: Callable[[int], None] | None = None,
     **options,
 ) -> dict[str, dict]:
     """Time several models (name → (path, precision)) in `rounds` interleaved rounds, the order
     reversed every other round, so drift on a shared machine hits every model alike. Each model
     keeps its median-p50 round, with every round's p50 and p99 in `rounds_p50_ms` and
-    `rounds_p99_ms`. `options` go to
-    `measure_onnx`."""
+    `rounds_p99_ms`. `progress` is told of each timing done; `options` go to `measure_onnx`."""
     names = list(models)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(rounds):
         for n in names if r % 2 == 0 else names[::-1]:
             path, precision = models[n]
             runs[n].append(measure_onnx(path, inputs, precision=precision, **options))
+            if progress is not None:
+                progress(1)
     if rounds == 1:
         return {n: measured[0] for n, measured in runs.items()}
     return {

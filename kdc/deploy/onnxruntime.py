@@ -169,11 +169,15 @@ def feed_for(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> di
 
 
 def run_session(
-    session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_size: int = EVAL_BATCH
+    session: ort.InferenceSession,
+    inputs: dict[str, np.ndarray],
+    batch_size: int = EVAL_BATCH,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """The first output over all rows of `inputs`, run `batch_size` rows at a time; text rows by
-    length, each batch cut to its longest row, where the graph's sequence axis is dynamic and
-    its output is one fixed-size row per input (logits, an embedding)."""
+    """The first output over all rows of `inputs`, run `batch_size` rows at a time (`progress`
+    told each batch's rows); text rows by length, each batch cut to its longest row, where the
+    graph's sequence axis is dynamic and its output is one fixed-size row per input (logits, an
+    embedding)."""
     feed = feed_for(session, inputs)
     first = session.get_outputs()[0]
     mask = next((i for i in session.get_inputs() if i.name == "attention_mask"), None)
@@ -183,7 +187,9 @@ def run_session(
         and not isinstance(mask.shape[1], int)
         and all(isinstance(d, int) for d in first.shape[1:])
     )
-    return map_by_length(lambda b: session.run([first.name], b)[0], feed, batch_size, cut=cut)
+    return map_by_length(
+        lambda b: session.run([first.name], b)[0], feed, batch_size, cut=cut, progress=progress
+    )
 
 
 def count_ops(path: Path | str) -> dict[str, int]:

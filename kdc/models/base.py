@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,13 @@ class ModelAdapter(ABC):
         return sum(p.numel() for p in self.module.parameters())
 
     def forward_numpy(
-        self, inputs: dict[str, np.ndarray], batch_size: int = EVAL_BATCH
+        self,
+        inputs: dict[str, np.ndarray],
+        batch_size: int = EVAL_BATCH,
+        progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Run the PyTorch module in eval mode over all rows of `inputs` (text by length)."""
+        """Run the PyTorch module in eval mode over all rows of `inputs` (text by length;
+        `progress` told each batch's rows)."""
         self.module.eval()
 
         def run(batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -72,4 +77,4 @@ class ModelAdapter(ABC):
             return self.module(**feed).float().numpy()
 
         with torch.inference_mode():
-            return map_by_length(run, inputs, batch_size)
+            return map_by_length(run, inputs, batch_size, progress=progress)

@@ -17,13 +17,20 @@ from pathlib import Path
 import numpy as np
 
 from kdc.compress.checkpoint import Checkpoint
-from kdc.compress.distill import DistillData, DistillResult, distill, teacher_runs_each_step
+from kdc.compress.distill import (
+    DistillData,
+    DistillResult,
+    Steps,
+    distill,
+    teacher_runs_each_step,
+)
 from kdc.compress.evaluate import selection_metric, validation_uses_teacher
 from kdc.compress.prune import GradualPruning, ratio_for_latency
 from kdc.diskspace import distill_bytes_needed, require_free
 from kdc.models.base import ModelAdapter
 from kdc.models.hf import set_attention_dropout
 from kdc.pipeline import EXAMPLE_ROWS, Context, StageOutput
+from kdc.progress import Advance
 from kdc.rundir import (
     atomic_dir,
     atomic_path,
@@ -50,7 +57,9 @@ def teacher_logits(ctx: Context) -> np.ndarray:
             return cached
     for old in path.parent.glob("teacher_logits*.npy"):
         old.unlink()
-    logits = ctx.teacher.forward_numpy(ctx.encode("train"))
+    x = ctx.encode("train")
+    with ctx.progress("teacher on the training rows", n) as advance:
+        logits = ctx.teacher.forward_numpy(x, progress=advance)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, logits)
     return logits
@@ -213,14 +222,15 @@ def quantization_aware(
     qcfg = d.model_copy(
         update={"epochs": q.qat_epochs, "lr": q.qat_lr or d.lr / 10, "max_steps": None}
     )
-    with ctx.progress("quantization-aware training", q.qat_epochs) as advance:
+    with ctx.progress("quantization-aware training", None) as advance:
         res = distill(
             qstudent,
             data,
             qcfg,
             ctx.cfg.seed,
             teacher=ctx.teacher,
-            progress=lambda e, n, rec: advance(val_acc=rec["val_accuracy"]),
+            progress=lambda e, n, rec: advance(0, epoch=f"{e}/{n}", val_acc=rec["val_accuracy"]),
+            on_step=_steps(advance),
         )
     path = export_qat(
         qstudent,
@@ -259,6 +269,19 @@ def quantization_aware(
     }
 
 
+def _steps(advance: Advance) -> Steps:
+    """Training steps (done, in all) as a bar's progress: an epoch of many rows is not one
+    silent tick, and a run continued from a checkpoint counts from its step."""
+    shown = 0
+
+    def step(done: int, total: int) -> None:
+        nonlocal shown
+        advance(done - shown, total=total)
+        shown = done
+
+    return step
+
+
 def _log_teacher_rows(ctx: Context, rows: dict | None) -> None:
     """How often training ran the teacher and how often it looked its outputs up."""
     if rows:
@@ -295,7 +318,7 @@ def run(ctx: Context) -> StageOutput:
     pruning, prune_info = pruning_for(ctx, student, data)
     cfg = ctx.cfg.distill
     ckpt = Checkpoint(out / "checkpoint", checkpoint_key(ctx)) if (cfg.checkpoint) else None
-    with ctx.progress("distilling", cfg.epochs) as advance:
+    with ctx.progress("distilling", None) as advance:
         result = distill(
             student,
             data,
@@ -305,8 +328,9 @@ def run(ctx: Context) -> StageOutput:
             pruning=pruning,
             checkpoint=ckpt,
             progress=lambda e, n, rec: advance(
-                loss=rec["loss"] or 0.0, val_acc=rec["val_accuracy"]
+                0, epoch=f"{e}/{n}", loss=rec["loss"] or 0.0, val_acc=rec["val_accuracy"]
             ),
+            on_step=_steps(advance),
         )
     if result.resumed_from_epoch is not None:
         ctx.log(f"  continued from the checkpoint after epoch {result.resumed_from_epoch}")

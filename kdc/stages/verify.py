@@ -30,16 +30,18 @@ def measure_all(ctx: Context, models: dict[str, tuple[Path, str]]) -> dict[str, 
     rounds, so they are compared under the same machine conditions; each says the attention-mask
     padding of the input it timed."""
     v = ctx.cfg.verify
-    timed = measure_onnx_rounds(
-        models,
-        ctx.latency_inputs(),
-        rounds=v.rounds,
-        threads=v.threads,
-        warmup=v.warmup,
-        iterations=v.iterations,
-        min_duration_s=v.min_duration_s,
-        batch=v.batch,
-    )
+    with ctx.progress("timing latency", v.rounds * len(models)) as advance:
+        timed = measure_onnx_rounds(
+            models,
+            ctx.latency_inputs(),
+            rounds=v.rounds,
+            progress=advance,
+            threads=v.threads,
+            warmup=v.warmup,
+            iterations=v.iterations,
+            min_duration_s=v.min_duration_s,
+            batch=v.batch,
+        )
     padding = round(ctx.latency_padding(), 4)
     return {name: {**lat, "padding": padding} for name, lat in timed.items()}
 
@@ -69,7 +71,10 @@ def evaluate(
     """Metrics of an ONNX model's outputs on the eval split (engine named by the caller), run
     on all cores: `verify.threads` is the latency protocol's, accuracy is not timed."""
     session = make_session(path, threads=None, optimization=optimization)
-    out = run_session(session, ctx.encode("eval"))
+    x = ctx.encode("eval")
+    what = path.name + (" (Q/DQ in float)" if optimization == "disable" else "")
+    with ctx.progress(f"evaluating {what}", len(ctx.dataset.eval)) as advance:
+        out = run_session(session, x, progress=advance)
     embedding_teacher = teacher_logits is None and ctx.cfg.task == "sentence-embedding"
     ref = out if embedding_teacher else teacher_logits  # the teacher is its own reference
     res = finite_metrics(M.compute(ctx.cfg.task, ctx.dataset.eval.labels, out, ref))
@@ -432,17 +437,15 @@ def run(ctx: Context) -> StageOutput:
     student = load_run_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
     ref = student_reference(ctx, student)
     engines = []
-    with ctx.progress("verifying engines", len(engines_in)) as advance:
-        for rec in engines_in:
-            if rec["status"] == "built" and rec["engine"] == "onnxruntime":
-                engines.append(_engine_block(ctx, rec, t_logits, ref, latency[rec["path"]]))
-            elif rec["engine"] == "tensorrt" and "source" in rec and not tensorrt_on_target(ctx):
-                engines.append(_tensorrt_elsewhere(ctx, rec, engines_in))
-            elif rec["status"] in ("bundle", "unavailable") and "source" in rec:
-                engines.append(_remote_block(ctx, rec, t_logits, device.get(rec["path"])))
-            else:
-                engines.append(rec)
-            advance()
+    for rec in engines_in:  # each evaluation shows its progress
+        if rec["status"] == "built" and rec["engine"] == "onnxruntime":
+            engines.append(_engine_block(ctx, rec, t_logits, ref, latency[rec["path"]]))
+        elif rec["engine"] == "tensorrt" and "source" in rec and not tensorrt_on_target(ctx):
+            engines.append(_tensorrt_elsewhere(ctx, rec, engines_in))
+        elif rec["status"] in ("bundle", "unavailable") and "source" in rec:
+            engines.append(_remote_block(ctx, rec, t_logits, device.get(rec["path"])))
+        else:
+            engines.append(rec)
     if int8_runs_here(ctx):  # the ONNX Runtime engines are what ships, not a local stand-in
         _warn_if_int8_not_faster(engines)
     s_path = ctx.run / "export" / "model.onnx"
