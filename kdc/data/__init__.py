@@ -348,13 +348,18 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
                 fix="a classifier needs at least two classes in the labels",
             )
         index = {label_key(n): i for i, n in enumerate(names)}
-        unknown = sorted({str(x) for x in ev_labels if label_key(x) not in index})
-        if unknown:
+        if unknown := _unseen(ev_labels, index, teacher_names):
+            held = not d.eval and not eval_name  # eval rows held out of data.source
+            why = (
+                f" (data.eval_fraction {d.eval_fraction:g} held out all their rows)" if held else ""
+            )
             raise UserError(
-                f"eval labels not seen in training: {unknown[:5]}",
+                f"eval labels not seen in training: {unknown[:5]}{why}",
                 source=str(cfg.resolve(d.eval or d.source)),
-                field="data.eval",
-                fix="use the same label names in both files",
+                field="data.eval_fraction" if held else "data.eval",
+                fix="give those classes more rows, or drop them"
+                if held
+                else "use the same label names in both files",
             )
         y_tr = np.array([index[label_key(x)] for x in labels], np.int64)
         y_ev = np.array([index[label_key(x)] for x in ev_labels], np.int64)
@@ -454,6 +459,14 @@ def teacher_classes(present: set[str], teacher_names: list[str] | None) -> list[
     if len(keys) < len(teacher_names) or not {label_key(p) for p in present} <= keys:
         return None
     return list(teacher_names)
+
+
+def _unseen(ev_labels: list, index: dict[str, int], teacher_names: list[str] | None) -> list[str]:
+    """Eval labels without a class index: those the teacher does not name either, where there
+    are any (a class it names needs no training rows, once the others are its names too)."""
+    unseen = sorted({str(x) for x in ev_labels if label_key(x) not in index})
+    named = {label_key(n) for n in teacher_names or []}
+    return [x for x in unseen if label_key(x) not in named] or unseen
 
 
 def _check_spellings(labels: list, ev_labels: list, source: str, field: str) -> None:
