@@ -552,3 +552,21 @@ def test_an_eval_label_training_lacks_is_named_with_what_to_change(tmp_path):
             text_cfg(tmp_path, source="train.csv", eval="ev.csv"), ["neg", "neutral", "pos"]
         )
     assert e.value.field == "data.eval"
+
+
+@pytest.mark.parametrize(("name", "row"), [("d.csv", b"film %d,pos\n"), ("d.jsonl", None)])
+def test_a_byte_that_is_not_utf8_is_named_by_its_line_and_offset_in_the_file(tmp_path, name, row):
+    """Past the text stream's first chunk its error counted bytes from that chunk: a Latin-1
+    byte at byte 100,000 was reported at byte 1,700 or so."""
+    lines = [b"text,label\n" if row else b""]
+    lines += [row % i if row else b'{"text": "film %d", "label": "pos"}\n' % i for i in range(5000)]
+    data = b"".join(lines)
+    at = data.index(b"film 4000") + 4
+    path = tmp_path / name
+    path.write_bytes(data[:at] + b"\xe9" + data[at + 1 :])
+    cfg = text_cfg(tmp_path, source=name)
+    with pytest.raises(UserError) as e:
+        load_dataset(cfg)
+    line = data.count(b"\n", 0, at) + 1
+    assert e.value.message == f"not UTF-8 at line {line} (byte {at}: b'\\xe9')"
+    assert e.value.field == "data.source" and e.value.source == str(path)

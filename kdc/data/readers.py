@@ -126,8 +126,8 @@ def delimited_records(path: Path, delimiter: str, field: str) -> list[tuple[int,
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8"
             lines = f.readlines()
-    except UnicodeDecodeError as e:
-        raise _not_utf8(path, e, field) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path, field) from None
     reader = csv.reader(lines, delimiter=delimiter)
     records, spans, start = [], [], 1
     try:
@@ -205,9 +205,18 @@ def read_delimited(
     return table_columns(rows, path, text_col, label_col, field)
 
 
-def _not_utf8(path: Path, e: UnicodeDecodeError, field: str) -> UserError:
+def _not_utf8(path: Path, field: str) -> UserError:
+    """The error for a file that is not UTF-8, naming its first bad bytes by line and offset in
+    the file (a text stream's UnicodeDecodeError counts from the chunk it was decoding)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        where = ""  # it changed since it failed to read
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        where = f" at line {line} (byte {e.start}: {raw[e.start : e.end]!r})"
     return UserError(
-        f"not UTF-8 (byte {e.start})", source=str(path), field=field, fix="save the file as UTF-8"
+        f"not UTF-8{where}", source=str(path), field=field, fix="save the file as UTF-8"
     )
 
 
@@ -215,8 +224,8 @@ def _lines(path: Path, field: str) -> list[str]:
     try:
         # -sig: a BOM skipped; not splitlines: JSON may hold U+2028
         return path.read_text(encoding="utf-8-sig").split("\n")
-    except UnicodeDecodeError as e:
-        raise _not_utf8(path, e, field) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path, field) from None
 
 
 JSON_FIX = "one JSON object per line (JSON Lines), or a JSON array of objects"
@@ -241,8 +250,8 @@ def _numbered_objects(
                 return _array_objects(path, f.read(), field, limit), "item"
             f.seek(0)
             return _line_objects(path, f, field, limit), "line"
-    except UnicodeDecodeError as e:
-        raise _not_utf8(path, e, field) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path, field) from None
 
 
 def _line_objects(path: Path, f: Iterable[str], field: str, limit: int | None) -> list:
