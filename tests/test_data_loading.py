@@ -570,3 +570,22 @@ def test_a_byte_that_is_not_utf8_is_named_by_its_line_and_offset_in_the_file(tmp
     line = data.count(b"\n", 0, at) + 1
     assert e.value.message == f"not UTF-8 at line {line} (byte {at}: b'\\xe9')"
     assert e.value.field == "data.source" and e.value.source == str(path)
+
+
+def test_every_row_without_a_usable_text_or_label_is_counted_in_one_error(tmp_path):
+    """Blank cells over a file are named at once (the first, how many more and where), not one
+    run at a time."""
+    rows = [f"film {i},{'pos' if i % 2 else 'neg'}" for i in range(40)]
+    for i in (3, 9, 20, 31, 33, 35, 37):
+        rows[i] = f",{'pos' if i % 2 else 'neg'}"
+    rows[25] = "film 25,"
+    path = csv_file(tmp_path / "d.csv", "text,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UserError) as e:
+        read_delimited(path, "text", "label", ",")
+    assert e.value.message == (
+        "the text at line 5 is blank; 7 more line(s) lack a usable text or label too: "
+        "11, 22, 27, 33, 35 … and 2 more"
+    )
+    assert (
+        e.value.field == "data.text_column" and e.value.fix == "fill in or drop each of those lines"
+    )

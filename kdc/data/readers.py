@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from kdc.config import as_columns
-from kdc.errors import UserError, first_line
+from kdc.errors import UserError, first_line, listed
 from kdc.image_processor import ImageReading
 
 Rows = tuple[list, list]
@@ -32,7 +32,7 @@ def table_columns(
 ) -> Rows:
     """Texts (pairs of texts, as tuples, for two text columns) and labels of (line number, row)
     pairs; a row without a text or label key, or with a blank, null or nested text or label, is
-    a UserError naming its `unit` ("line", or "row")."""
+    a UserError naming its `unit` ("line", or "row"), and how many more there are."""
     if not rows:
         raise UserError(
             "no rows",
@@ -55,22 +55,43 @@ def table_columns(
                 if other and len(keys) == 1
                 else "name an existing column",
             )
-    texts, labels = [], []
+    texts, labels, bad = [], [], []
     for n, row in rows:
-        for col, col_field in wanted:
-            if col is not None and col not in row:
-                raise UserError(
-                    f"{unit} {n} has no '{col}'",
-                    source=str(path),
-                    field=col_field,
-                    fix=f"give every {unit} a '{col}', or drop that {unit}",
-                )
-        pair = tuple(str(_cell(row[c], path, f"{unit} {n}", "text")) for c in text_cols)
+        try:
+            for col, col_field in wanted:
+                if col is not None and col not in row:
+                    raise UserError(
+                        f"{unit} {n} has no '{col}'",
+                        source=str(path),
+                        field=col_field,
+                        fix=f"give every {unit} a '{col}', or drop that {unit}",
+                    )
+            pair = tuple(str(_cell(row[c], path, f"{unit} {n}", "text")) for c in text_cols)
+            label = _cell(row[label_col], path, f"{unit} {n}", "label") if label_col else None
+        except UserError as e:
+            bad.append((n, e))
+            continue
         texts.append(pair[0] if len(pair) == 1 else pair)
         if label_col:
-            label = _cell(row[label_col], path, f"{unit} {n}", "label")
             labels.append(label.strip() if isinstance(label, str) else label)
+    if bad:
+        raise _unusable(bad, unit)
     return texts, labels
+
+
+def _unusable(bad: list[tuple[int, UserError]], unit: str) -> UserError:
+    """The first unusable row's error, saying how many more there are and where (a file with
+    many blank cells is mended at once, not a row a run)."""
+    (_, first), more = bad[0], [n for n, _ in bad[1:]]
+    if not more:
+        return first
+    return UserError(
+        f"{first.message}; {len(more)} more {unit}(s) lack a usable text or label too: "
+        f"{listed(more, 5)}",
+        source=first.source,
+        field=first.field,
+        fix=f"fill in or drop each of those {unit}s",
+    )
 
 
 def _cell(value: object, path: Path, where: str, kind: str) -> object:
