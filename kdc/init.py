@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from kdc.config import load_config
-from kdc.data import index_note, label_key, teacher_classes, teacher_order
+from kdc.data.labels import index_note, label_key, teacher_classes, teacher_order
 from kdc.errors import UserError, listed
 from kdc.hf_files import (
     HF_FAMILIES_FIX,

@@ -9,17 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdc.config import MIN_IMAGE_SIZE
-from kdc.data import SUFFIX_FORMATS, class_order, unlabelled_txt
+from kdc.data import SUFFIX_FORMATS, unlabelled_txt
+from kdc.data.images import image_files, image_sizes, split_folders
+from kdc.data.labels import class_order
 from kdc.data.parquet import parquet_table
 from kdc.data.readers import (
     datasets_dir,
     datasets_layout,
     delimited_records,
-    image_files,
-    image_sizes,
     json_objects,
     read_datasets,
-    split_folders,
 )
 from kdc.data.shards import (
     data_files,

@@ -44,7 +44,7 @@ def _probe_outputs(ctx: Context, teacher: ModelAdapter) -> int:
 
 def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
     """The teacher's classifier must have as many outputs as the data has classes."""
-    from kdc.data import label_field
+    from kdc.data.labels import label_field
 
     if ctx.cfg.task == "sentence-embedding":
         return

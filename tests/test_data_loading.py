@@ -168,7 +168,7 @@ def test_integer_labels_are_ordered_by_value(tmp_path):
     csv_file(tmp_path / "d.csv", "text,label\n" + rows)
     ds = load_dataset(text_cfg(tmp_path, source="d.csv"))
     assert ds.label_names == [str(i) for i in range(12)]
-    from kdc.data import class_order
+    from kdc.data.labels import class_order
 
     assert class_order(["10.0", "2.0", "0.0"]) == ["0.0", "2.0", "10.0"]  # pandas after a NaN
 
@@ -303,8 +303,8 @@ def test_an_unlabelled_test_split_is_passed_over_for_validation(tmp_path):
 def test_labels_are_matched_to_the_teacher_by_name_or_refused():
     """By name (case and spaces aside), by index for generic names or integer labels; labels
     named otherwise than the teacher's are refused, not mapped in sorted order."""
-    from kdc.data import align_labels
     from kdc.data.base import Dataset, Split
+    from kdc.data.labels import align_labels
 
     def data(names):
         labels = np.array([0, 1, 2, 1], np.int64)
@@ -371,7 +371,7 @@ def test_an_image_folder_is_read_into_one_array_without_copies(tmp_path):
     allocates little beyond it (a list of images, stacked, then cast, held three copies)."""
     import tracemalloc
 
-    from kdc.data.readers import read_imagefolder
+    from kdc.data.images import read_imagefolder
     from kdc.image_processor import ImageReading
 
     imgs = image_folder(tmp_path, {"cat": 60, "dog": 60})
@@ -408,8 +408,8 @@ def test_a_class_mismatch_of_image_data_names_data_source():
     """Image folders have no label column: their classes are the folders of data.source."""
     from types import SimpleNamespace
 
-    from kdc.data import align_labels
     from kdc.data.base import Dataset, Split
+    from kdc.data.labels import align_labels
     from kdc.teacher_fit import check_label_count
 
     labels = np.array([0, 1, 2], np.int64)

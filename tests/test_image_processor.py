@@ -23,7 +23,7 @@ from transformers import (
 
 from kdc.config import load_config
 from kdc.data import image_reading
-from kdc.data.readers import read_imagefolder
+from kdc.data.images import read_imagefolder
 from kdc.deploy.input_contract import image_input_contract
 from kdc.errors import UserError
 from kdc.hf_files import PROCESSOR_FILE

@@ -14,7 +14,7 @@ from kdc.image_processor import RESAMPLE_NAMES, ImageReading, pixel_scale, proce
 
 INPUT_CONTRACT = "input.json"  # its name in a device bundle's preprocessing/
 
-# What kdc.data.readers does per data format (read_digits, read_imagefolder).
+# What kdc.data.images does per data format (read_digits, read_imagefolder).
 _DIGITS = {
     "source": "scikit-learn's 8x8 digits (sklearn.datasets.load_digits().images)",
     "steps": [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from kdc.data.readers import read_digits, read_imagefolder
+from kdc.data.images import read_digits, read_imagefolder
 from kdc.deploy.input_contract import image_input_contract
 from kdc.image_processor import ImageReading
 
