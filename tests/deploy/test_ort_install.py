@@ -3,6 +3,7 @@ saying how to keep one."""
 
 from __future__ import annotations
 
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -49,9 +50,11 @@ def test_a_missing_module_met_by_a_command(monkeypatch, tmp_path, module, code, 
         raise ModuleNotFoundError(f"No module named '{module}'", name=module)
 
     monkeypatch.setattr(api, "compress", missing)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the crash log, without a run dir
     cfg = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None))
     res = runner.invoke(app, ["compress", str(cfg), "--out", str(tmp_path / "run")])
     assert res.exit_code == code and res.output.startswith(said), res.output
+    assert len(list(tmp_path.glob("kdc-crash-*.txt"))) == (code == 3)
     assert len(res.output.strip().splitlines()) == 1
 
 
