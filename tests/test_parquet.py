@@ -456,3 +456,17 @@ def test_a_hub_downloads_root_names_the_subfolder_of_its_shards(tmp_path, monkey
         inspect_data("imdb", teacher)
     assert e.value.fix == "give --data as imdb/plain_text"  # which init splits into two globs
     assert inspect_data("imdb/plain_text", teacher).eval_source == "imdb/plain_text/test-*.parquet"
+
+
+def test_a_glob_over_several_hub_splits_without_data_eval_is_noted(tmp_path):
+    """`data/*.parquet` over train and test shards, no data.eval: read as one training set (a
+    merge may be meant) with a note naming the splits and the globs to give instead; one split's
+    glob, or an eval split given, gets no note."""
+    _hub_download(tmp_path)
+    ds = load_dataset(_pairs(tmp_path, source="data/*.parquet", eval_fraction=0.2))
+    assert len(ds.train) + len(ds.eval) == 41
+    (note,) = [n for n in ds.notes if "splits" in n]
+    assert "'data/*.parquet' reads the shards of the splits test, train as one" in note
+    for data in ({"eval_fraction": 0.2}, {"eval": "data/test-*.parquet"}):
+        ds = load_dataset(_pairs(tmp_path, source="data/train-*.parquet", **data))
+        assert not [n for n in ds.notes if "splits" in n]

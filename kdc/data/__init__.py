@@ -29,6 +29,7 @@ from kdc.data.shards import (
     check_disjoint,
     data_files,
     is_glob,
+    mixed_splits_note,
     read_files,
     refuse_nested,
     shard_paths,
@@ -331,6 +332,8 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
         check_train_left(cfg, len(feats), len(tr_idx), labels, tr_labels)
         feats, labels = tr, tr_labels
     notes = _upscale_note(cfg, src_path) if fmt == "imagefolder" else []
+    if fmt in FILE_READERS and not d.eval:
+        notes += mixed_splits_note(d.source, cfg.base_dir)
     if cfg.task == "sentence-embedding":
         if d.split_sentences:
             feats, ev_feats = _split_sentences(feats), _split_sentences(ev_feats)

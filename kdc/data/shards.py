@@ -179,6 +179,21 @@ def check_disjoint(source: str, evals: str, base: str | Path, config: str | None
         )
 
 
+def mixed_splits_note(value: str, base: str | Path) -> list[str]:
+    """A note where a data.source glob reads the Hub shards of several splits (`data/*.parquet`
+    over train and test) and no data.eval is given: they are trained on as one, and the eval
+    rows are held out of that mixture."""
+    files = shard_paths(value, base) if is_glob(value, base) else None
+    splits = sorted(hub_splits(files or []))
+    if len(splits) < 2:
+        return []
+    return [
+        f"data.source '{value}' reads the shards of the splits {listed(splits)} as one training "
+        "set, with data.eval_fraction of it held out; to train on one split and score another, "
+        "give each split's glob as data.source and data.eval"
+    ]
+
+
 def read_files(
     files: list[Path], fmt: str, text_col: TextColumns, label_col: str | None, field: str
 ) -> tuple[list, list, list[str] | None]:
