@@ -62,11 +62,12 @@ def test_resume_skips_done_stages(cnn_project, tmp_path):
     assert third["search"]["finished"] == first["search"]["finished"]
     assert third["distill"]["input_hash"] != first["distill"]["input_hash"]
 
-    # the teacher cache's size changes speed and memory, not the student: nothing is redone
+    # the teacher cache's size changes speed and memory, not the student: no computing stage is
+    # redone (the report is rewritten with the config's hash: the test below)
     path = _cfg(cnn_project, tmp_path, lr=0.001, teacher_cache_mb=0)
     api.compress(path, "host", run, resume=True, quiet=True)
     fourth = json.loads((run / "manifest.json").read_text())["stages"]
-    assert all(fourth[s]["finished"] == third[s]["finished"] for s in third)
+    assert [s for s in third if fourth[s]["finished"] != third[s]["finished"]] in ([], ["report"])
 
 
 def _hashes(cfg: dict, target: str = "host") -> dict[str, str]:
