@@ -25,6 +25,12 @@ from kdc.rundir import sha256_json
 Task = Literal["text-classification", "image-classification", "sentence-embedding"]
 
 
+def resolve_path(rel: str, base: str | Path) -> Path:
+    """`rel` (`~` expanded) relative to `base` unless absolute."""
+    p = Path(rel).expanduser()
+    return p if p.is_absolute() else Path(base) / p
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -427,8 +433,7 @@ class KdcConfig(Section):
 
     def resolve(self, rel: str) -> Path:
         """A path from the config, relative to the config file's directory."""
-        p = Path(rel).expanduser()
-        return p if p.is_absolute() else (Path(self.base_dir) / p)
+        return resolve_path(rel, self.base_dir)
 
     def split_seed(self) -> int:
         """The seed of the held-out eval split: `data.split_seed`, else `seed`."""

@@ -25,7 +25,7 @@ from kdc.errors import UserError
 from kdc.fingerprint import inputs_fingerprint
 from kdc.interrupts import signals_as_interrupt
 from kdc.models.base import ModelAdapter
-from kdc.preflight import builds_tensorrt, qat_reduce_range, qat_scheme_facet
+from kdc.preflight import builds_tensorrt, int8_qat, qat_reduce_range
 from kdc.profiles import HardwareProfile
 from kdc.progress import Advance, progress
 from kdc.rundir import RunDir, library_versions, sha256_json, target_flag
@@ -80,17 +80,21 @@ class Context:
 
     def encode(self, split: str, rows: int | None = None) -> dict[str, np.ndarray]:
         """Model inputs of a split, encoded once per run by the teacher's encoder; with `rows`,
-        of its first `rows` rows only (those alone encoded unless the whole split is: a stage
-        that needs an example or calibration rows does not tokenize every training row)."""
+        of its first `rows` rows only, sliced from the whole split or the longest head encoded
+        so far, else that head encoded alone (inputs are padded to a fixed length, so a head
+        encodes as the split's first rows do): a stage that needs an example or calibration
+        rows does not tokenize every training row, nor the same rows twice."""
         cache = self.__dict__.setdefault("_encoded", {})
-        if rows is not None:
-            if split in cache:
-                return {k: v[:rows] for k, v in cache[split].items()}
-            part = getattr(self.dataset, split)
-            return self.teacher.encode(part.take(np.arange(min(rows, len(part)))).features)
-        if split not in cache:
-            cache[split] = self.teacher.encode(getattr(self.dataset, split).features)
-        return cache[split]
+        part = getattr(self.dataset, split)
+        if rows is None:
+            if split not in cache:
+                cache[split] = self.teacher.encode(part.features)
+            return cache[split]
+        rows = min(rows, len(part))
+        head = cache.get(split) or cache.get((split, "head"))
+        if head is None or len(next(iter(head.values()))) < rows:
+            head = cache[(split, "head")] = self.teacher.encode(part.take(np.arange(rows)).features)
+        return {k: v[:rows] for k, v in head.items()}
 
     def latency_inputs(self) -> dict[str, np.ndarray]:
         """What latency is measured and predicted on: the first `verify.batch` eval rows."""
@@ -145,6 +149,10 @@ class Stage:
     # what of the target profile it reads (by default all of it): another target that agrees
     # on these keeps the stage's outputs on `--resume`
     profile_reads: ProfileReads = lambda cfg, profile: profile.model_dump(mode="json")
+    # the versions of kdc's own recipes it runs for `cfg` (QAT's scheme, NNCF PTQ's), hashed
+    # from 2 on: a run of version 1 hashes as before versions existed, one of another version
+    # runs the stage again
+    versions: Callable[[KdcConfig], dict[str, int]] = lambda cfg: {}
 
 
 COMMON = ("name", "task", "seed", "teacher", "data")
@@ -198,13 +206,12 @@ def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     """What distillation reads of the target: the channel multiple a CNN student is narrowed
     (or any student pruned) to, not read for a transformer's; for QAT, whether TensorRT runs it
     (symmetric fake-quantizers), whether it trains 7-bit weights (`qat_reduce_range`, by default
-    this CPU's) and its scheme's version (`qat_scheme_facet`), these two only where they apply (a
-    run without them hashes as before); pruning to a latency reads the whole latency model."""
+    this CPU's), only where it applies (a run without it hashes as before); pruning to a latency
+    reads the whole latency model. QAT's scheme version is `_distill_versions`'."""
     from kdc.models import student_family
 
     cnn = student_family(cfg) == "cnn"
-    qat = qat_scheme_facet(cfg, cnn)
-    recipe = {"reduce_range": True, **qat} if qat_reduce_range(cfg, profile) else qat
+    recipe = {"reduce_range": True} if qat_reduce_range(cfg, profile) else {}
     if cfg.prune.enabled and cfg.prune.target_latency_ms is not None:
         whole = _whole_profile("dla_core")(cfg, profile)
         return {"profile": whole, **recipe} if recipe else whole
@@ -216,17 +223,23 @@ def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     return facets
 
 
-def _build_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
-    """What build reads of the target (`_whole_profile`) and, where NNCF PTQ may make the INT8
-    graph, its recipe's version for the student's family from 2 on (`nncf_ptq.RECIPE_VERSIONS`;
-    a run without it hashes as before), so a resumed run of another version quantizes again."""
+def _distill_versions(cfg: KdcConfig) -> dict[str, int]:
+    """An INT8 QAT run's scheme version (`qat.SCHEMES`, by the student's family)."""
+    from kdc.compress.qat import SCHEMES
+    from kdc.models import student_family
+
+    return {"qat_scheme": SCHEMES[student_family(cfg)].version} if int8_qat(cfg) else {}
+
+
+def _build_versions(cfg: KdcConfig) -> dict[str, int]:
+    """NNCF PTQ's recipe version (`nncf_ptq.RECIPE_VERSIONS`, by the student's family) where
+    it may make the INT8 graph."""
     from kdc.compress.nncf_ptq import RECIPE_VERSIONS
     from kdc.models import student_family
 
-    whole, q = _whole_profile(*TENSORRT_ONLY)(cfg, profile), cfg.quantize
+    q = cfg.quantize
     nncf = q.precision == "int8" and q.method == "ptq" and q.ptq != "onnxruntime"
-    version = RECIPE_VERSIONS[student_family(cfg)]
-    return {"profile": whole, "nncf_ptq": version} if nncf and version > 1 else whole
+    return {"nncf_ptq": RECIPE_VERSIONS[student_family(cfg)]} if nncf else {}
 
 
 BUILD = tuple(f"build.{k}" for k in BuildConfig.model_fields if k not in TENSORRT_ONLY)
@@ -243,7 +256,7 @@ def _stages() -> list[Stage]:
             lambda cfg: (*COMMON, "student", "search", "constraints.latency_budget_ms", *LATENCY),
             _whole_profile("dla_core"),
         ),
-        Stage("distill", distill.run, _distill_reads, _distill_profile),
+        Stage("distill", distill.run, _distill_reads, _distill_profile, _distill_versions),
         # parity inputs are eval rows (data), the output name the task's; no target facet
         Stage("export", export.run, lambda cfg: ("task", "data", "export"), lambda c, p: None),
         # calibration rows (data); verify.threads times the PTQ backends `ptq: auto` picks from
@@ -251,7 +264,8 @@ def _stages() -> list[Stage]:
             "build",
             build.run,
             lambda cfg: ("task", "data", *BUILD, "quantize", "verify.batch", "verify.threads"),
-            _build_profile,
+            _whole_profile(*TENSORRT_ONLY),
+            _build_versions,
         ),
         # build.max_batch: the batch a TensorRT engine's memory is predicted at
         Stage(
@@ -294,6 +308,7 @@ def config_reads(cfg: KdcConfig, reads: tuple[str, ...]) -> dict[str, Any]:
 def stage_hash(
     stage: Stage, cfg: KdcConfig, profile: HardwareProfile, upstream: str, inputs_fp: str
 ) -> str:
+    versions = {k: v for k, v in stage.versions(cfg).items() if v > 1}
     return sha256_json(
         {
             "kdc": __version__,
@@ -302,6 +317,7 @@ def stage_hash(
             "config": config_reads(cfg, stage.reads(cfg)),
             "profile": stage.profile_reads(cfg, profile),
             "inputs": inputs_fp,
+            **({"versions": versions} if versions else {}),
         }
     )
 

@@ -237,7 +237,7 @@ def reduce_range_applies(cfg: KdcConfig, profile: HardwareProfile) -> bool:
     return int8_runs_here(cfg, profile) and int8_saturates(cpu_info()[1])
 
 
-def _int8_qat(cfg: KdcConfig) -> bool:
+def int8_qat(cfg: KdcConfig) -> bool:
     return cfg.quantize.precision == "int8" and cfg.quantize.method == "qat"
 
 
@@ -246,17 +246,7 @@ def qat_reduce_range(cfg: KdcConfig, profile: HardwareProfile) -> bool:
     QAT run); never for a TensorRT target, whose fake quantizers are symmetric S8S8 without an
     overflow fix."""
     tensorrt = "tensorrt" in profile.runtime.engines
-    return _int8_qat(cfg) and not tensorrt and reduce_range_applies(cfg, profile)
-
-
-def qat_scheme_facet(cfg: KdcConfig, cnn: bool) -> dict[str, int]:
-    """What distill's input hash holds of a QAT run's scheme (a CNN's with `cnn`): its version
-    (`qat.Scheme.version`) from 2 on, so a run trained by another version trains again (one of
-    version 1 hashes as before versions existed)."""
-    from kdc.compress.qat import SCHEMES
-
-    version = SCHEMES["cnn" if cnn else "transformer"].version
-    return {"qat_scheme": version} if cfg.quantize.method == "qat" and version > 1 else {}
+    return int8_qat(cfg) and not tensorrt and reduce_range_applies(cfg, profile)
 
 
 def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
@@ -283,7 +273,7 @@ def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
             f"build.max_batch not used: it sizes TensorRT engines, and this run builds none for "
             f"{profile.name} (ONNX Runtime's graphs take any batch)"
         )
-    if cfg.quantize.reduce_range and _int8_qat(cfg) and "tensorrt" in profile.runtime.engines:
+    if cfg.quantize.reduce_range and int8_qat(cfg) and "tensorrt" in profile.runtime.engines:
         out.append(
             f"quantize.reduce_range not used: QAT for {profile.name} trains TensorRT's symmetric "
             "8-bit weights (its int8 kernels do not saturate)"
@@ -566,9 +556,9 @@ def _check_search_space(cfg: KdcConfig) -> None:
     """`search.space` names sizes of the teacher's family (a Hugging Face teacher's students are
     transformers, the others' CNNs); whether a size admits any student is the search's check."""
     from kdc.compress.space import SPACE_KEYS, unknown_space_key
-    from kdc.models import teacher_kind
+    from kdc.models import student_family
 
-    keys = list(SPACE_KEYS["transformer" if teacher_kind(cfg) == "huggingface" else "cnn"])
+    keys = list(SPACE_KEYS[student_family(cfg)])
     for key in cfg.search.space:
         if key not in keys:
             raise unknown_space_key(key, keys).located(cfg.source_file)

@@ -33,7 +33,9 @@ def test_a_log_gets_a_line_now_and_then_and_a_terminal_a_bar(monkeypatch):
     terminal = Console(file=io.StringIO(), force_terminal=True, width=100)
     with progress(terminal, "working", 4) as advance:
         advance(4)
-    assert "working" in terminal.file.getvalue()  # drawn, then cleared (transient)
+    drawn = terminal.file.getvalue()
+    assert "working" in drawn and "\x1b[" in drawn  # a bar, drawn then cleared (transient)
+    assert "working: 4/4" not in drawn  # not the log's lines
 
 
 def test_distillation_and_verification_report_their_rows_and_batches(

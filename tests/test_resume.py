@@ -67,7 +67,8 @@ def test_resume_skips_done_stages(cnn_project, tmp_path):
     path = _cfg(cnn_project, tmp_path, lr=0.001, teacher_cache_mb=0)
     api.compress(path, "host", run, resume=True, quiet=True)
     fourth = json.loads((run / "manifest.json").read_text())["stages"]
-    assert [s for s in third if fourth[s]["finished"] != third[s]["finished"]] in ([], ["report"])
+    redone = [s for s in third if fourth[s]["finished"] != third[s]["finished"]]
+    assert redone in ([], ["report"])  # within the same second the report's time is the same
 
 
 def _hashes(cfg: dict, target: str = "host") -> dict[str, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +81,7 @@ def _format(cfg: KdcConfig, value: str, field: str) -> str:
             return "datasets"
         if shard_paths(value, cfg.base_dir):
             return "parquet"
-        refuse_nested(value, cfg.base_dir, field, cfg.source_file)  # a Hub download's root
-        return "imagefolder"
+        return "imagefolder"  # unless a Hub download's root: `_hub_root_named`
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None and path.suffix.lower() in IMAGE_SUFFIXES:
         raise UserError(
@@ -250,17 +251,36 @@ def _read(cfg: KdcConfig, value: str, fmt: str, split: str) -> tuple:
         _check_parquet(cfg, files, fmt, value, field)
     for f in files:
         _check_path(cfg, f, fmt, field)
-    _check_kind(cfg, path, fmt, field)
+    with _hub_root_named(cfg, value, field, fmt):
+        _check_kind(cfg, path, fmt, field)
     if fmt == "txt" and label is not None:
         raise unlabelled_txt(str(path), field)
     if fmt in FILE_READERS:
         return read_files(files, fmt, d.text_column, label, field)
     readers = {
         "datasets": lambda: read_datasets(path, d.text_column, label, split, field),
-        "imagefolder": lambda: read_imagefolder(path, image_reading(cfg), field, d.channels),
+        "imagefolder": lambda: _images(cfg, path, value, field),
         "sklearn": read_digits,
     }
     return (*readers[fmt](), None)
+
+
+@contextmanager
+def _hub_root_named(cfg: KdcConfig, value: str, field: str, fmt: str) -> Iterator[None]:
+    """An image folder refused (not images, or the wrong kind of data) that is a Hub download's
+    root, parquet shards in its subfolders, is refused as that, naming the folder to give
+    (`refuse_nested`): looked for only then, as it lists every class folder."""
+    try:
+        yield
+    except UserError:
+        if fmt == "imagefolder" and cfg.data.format == "auto":
+            refuse_nested(value, cfg.base_dir, field, cfg.source_file)
+        raise
+
+
+def _images(cfg: KdcConfig, path: Path, value: str, field: str) -> tuple:
+    with _hub_root_named(cfg, value, field, "imagefolder"):
+        return read_imagefolder(path, image_reading(cfg), field, cfg.data.channels)
 
 
 def _split_sentences(texts: list[str]) -> list[str]:

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from kdc.config import resolve_path
 from kdc.data.parquet import parquet_classes, read_parquet
 from kdc.data.readers import (
     Rows,
@@ -36,23 +37,18 @@ FILE_READERS: dict[str, Callable[[Path, TextColumns, str | None, str], Rows]] = 
 }
 
 
-def _resolved(value: str, base: str | Path) -> Path:
-    given = Path(value).expanduser()
-    return given if given.is_absolute() else Path(base) / given
-
-
 def is_glob(value: str, base: str | Path = ".") -> bool:
     """Whether a data path (relative to `base`) is a pattern (`*`, `?` or `[...]`) rather than
     one path: a file or folder that exists under that name (`data[1].csv`, `images [v2]/`) is
     itself."""
-    return any(c in value for c in "*?[") and not _resolved(value, base).exists()
+    return any(c in value for c in "*?[") and not resolve_path(value, base).exists()
 
 
 def shard_paths(value: str, base: str | Path = ".") -> list[Path] | None:
     """The files a data path (relative to `base`) names when it names several, in sorted order:
     a glob's matching files, or a directory's parquet files (not a saved `datasets` directory);
     None where it names one path (a file, or a folder another reader takes)."""
-    given, path = Path(value).expanduser(), _resolved(value, base)
+    given, path = Path(value).expanduser(), resolve_path(value, base)
     if is_glob(value, base):
         pattern = str(given) if given.is_absolute() else os.path.join(glob.escape(str(base)), given)
         return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
@@ -94,8 +90,7 @@ def data_files(value: str, base: str | Path, field: str, source: str | None) -> 
     `source`)."""
     found = shard_paths(value, base)
     if found is None:
-        path = Path(value).expanduser()
-        return [path if path.is_absolute() else Path(base) / path]
+        return [resolve_path(value, base)]
     if not found:
         base_is = "the working directory" if (source or "<").startswith("<") else "the config"
         raise UserError(
@@ -141,7 +136,7 @@ def refuse_nested(
     the training split's, and the test split's as data.eval) to give, or, unless the caller
     reads a folder of several splits' Hub shards (`splits_ok`: kdc init), each split's glob;
     nothing where no subfolder holds parquet files."""
-    path = _resolved(value, base)
+    path = resolve_path(value, base)
     found = {d.name: Path(value) / d.relative_to(path) for d in shard_folders(path)}
     if not found:
         return

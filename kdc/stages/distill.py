@@ -140,7 +140,7 @@ def pruning_for(
     cfg = ctx.cfg.prune
     if not cfg.enabled:
         return None, {}
-    example = {k: v[:2] for k, v in data.train.items()}
+    example = {k: v[:EXAMPLE_ROWS] for k, v in data.train.items()}
     round_to = cfg.round_to or ctx.profile.defaults.channel_divisor
     info: dict = {
         "method": "torch-pruning",
@@ -234,14 +234,14 @@ def quantization_aware(
         )
     path = export_qat(
         qstudent,
-        {k: v[:2] for k, v in data.train.items()},
+        {k: v[:EXAMPLE_ROWS] for k, v in data.train.items()},
         ctx.run / "distill" / "student_qat.onnx",
         opset=ctx.cfg.export.opset,
         cls_only=ctx.cfg.export.cls_only_last_layer,
         output_name=output_name(ctx.cfg.task),
         symmetric=sym,
     )
-    unfolded = unfolded_batchnorms(onnx.load(str(path)))
+    unfolded = unfolded_batchnorms(onnx.load(str(path))) if student.family == "cnn" else []
     if unfolded:
         ctx.warn(
             f"{len(unfolded)} BatchNorm layer(s) not folded into the conv before them "
