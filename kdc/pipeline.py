@@ -274,7 +274,7 @@ def _stages() -> list[Stage]:
             lambda cfg: ("task", "data", "verify", *PARITY),
             _whole_profile(*TENSORRT_ONLY),
         ),
-        Stage("report", report.run, lambda cfg: ("constraints", WHOLE_CONFIG)),
+        Stage("report", report.run, lambda cfg: (WHOLE_CONFIG,)),
     ]
 
 
@@ -299,9 +299,11 @@ def config_reads(cfg: KdcConfig, reads: tuple[str, ...]) -> dict[str, Any]:
         data.get(section, {}).pop(key, None)
     out: dict[str, Any] = {}
     for path in reads:
+        if path == WHOLE_CONFIG:
+            out[path] = cfg.sha256()
+            continue
         section, _, key = path.partition(".")
-        part = data.get(section, {}).get(key) if key else data.get(section)
-        out[path] = cfg.sha256() if path == WHOLE_CONFIG else part
+        out[path] = data.get(section, {}).get(key) if key else data.get(section)
     return out
 
 
