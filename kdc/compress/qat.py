@@ -11,11 +11,13 @@ weights) both schemes train and export 7-bit weights, as PTQ quantizes them ther
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -29,6 +31,9 @@ from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
 from kdc.rundir import atomic_path
+
+if TYPE_CHECKING:
+    from nncf.common.graph import NNCFGraph, NNCFNode
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
@@ -138,9 +143,18 @@ def _nncf_quantize(
         advanced_parameters=advanced,
     )
     _unsigned_where_never_negative(model)
+    graph = _nncf_graph(model, batches[0])
+    _cap_after_clips(model, graph)
     if seven_bit:
-        _seven_bit_weights(model, batches[0])
+        _seven_bit_weights(model, graph)
     return model
+
+
+def _nncf_graph(model: torch.nn.Module, args: tuple) -> NNCFGraph:
+    """NNCF's graph of its quantized `model` run on `args` (one batch of its inputs)."""
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+
+    return build_nncf_graph(model, args if len(args) > 1 else args[0])
 
 
 def _unsigned_where_never_negative(model: torch.nn.Module) -> None:
@@ -157,7 +171,57 @@ def _unsigned_where_never_negative(model: torch.nn.Module) -> None:
             quantizer.input_low.requires_grad_(False).zero_()
 
 
-def _seven_bit_weights(model: torch.nn.Module, args: tuple) -> int:
+def _clip_bounds(node: NNCFNode) -> tuple[float, float] | None:
+    """The (min, max) a ReLU6 or Hardtanh node clips to (exported as Clip); None for another op."""
+    if node.node_type == "relu6":
+        return 0.0, 6.0
+    attrs = node.layer_attributes
+    if node.node_type != "hardtanh" or not hasattr(attrs, "func"):
+        return None
+    bound = inspect.signature(attrs.func).bind(*attrs.op_args, **attrs.op_kwargs)
+    bound.apply_defaults()
+    return float(bound.arguments["min_val"]), float(bound.arguments["max_val"])
+
+
+def _cap_after_clips(model: torch.nn.Module, graph: NNCFGraph) -> int:
+    """Keep the range of each unsigned activation quantizer of NNCF's `model` that reads a Clip
+    to 0..max (ReLU6, Hardtanh(0, max)) within that max, for training and export (`_cap_range`,
+    a forward pre-hook). ONNX Runtime drops a Clip before a QuantizeLinear, and then fuses the
+    conv before it into an int8 QLinearConv, only where the quantizer's range lies within the
+    Clip's: trained free, a ReLU6's range reached 6.01 and that conv ran as a float FusedConv.
+    The range ends a hair below max (1e-6 of it), as ONNX Runtime compares scale * 255 in
+    float32. Returns how many quantizers were capped."""
+    from nncf.torch.function_hook.hook_storage import decode_hook_name
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import AsymmetricQuantizer, SymmetricQuantizer
+
+    capped = 0
+    for name, quantizer in get_hook_storage(model).named_hooks():
+        hook, op, _ = decode_hook_name(name)
+        bounds = _clip_bounds(graph.get_node_by_name(op)) if hook == "post_hooks" else None
+        if bounds is None or bounds[0] != 0:
+            continue
+        if isinstance(quantizer, AsymmetricQuantizer) and not quantizer.input_low.any():
+            quantizer.capped_param = "input_range"  # from input_low 0 on
+        elif isinstance(quantizer, SymmetricQuantizer) and not quantizer.signed:
+            quantizer.capped_param = "scale"
+        else:
+            continue
+        quantizer.range_cap = bounds[1] * (1 - 1e-6)
+        quantizer.register_forward_pre_hook(_cap_range)
+        _cap_range(quantizer)
+        capped += 1
+    return capped
+
+
+@torch.no_grad()
+def _cap_range(quantizer: torch.nn.Module, args: tuple = ()) -> None:
+    """Clamp the range of a quantizer `_cap_after_clips` marked to its `range_cap` (NNCF reads
+    the range's magnitude)."""
+    getattr(quantizer, quantizer.capped_param).clamp_(-quantizer.range_cap, quantizer.range_cap)
+
+
+def _seven_bit_weights(model: torch.nn.Module, graph: NNCFGraph) -> int:
     """Make every weight quantizer of NNCF's `model` 7-bit (NNCF's half range: levels -63..63 of
     the calibrated scale, so a channel's largest weight is 63 at first), trained and exported so:
     nncf.strip clamps the weights to it and exports an 8-bit Q/DQ of the same step (int8 values
@@ -165,12 +229,10 @@ def _seven_bit_weights(model: torch.nn.Module, args: tuple) -> int:
     scale of 8-bit quantizers, which QAT then learns back (a toy CNN's exported weights reached
     ±88 after one epoch). Returns how many quantizers were changed."""
     from nncf.torch.function_hook.hook_storage import decode_hook_name
-    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
     from nncf.torch.function_hook.wrapper import get_hook_storage
     from nncf.torch.model_graph_manager import get_const_node
     from nncf.torch.quantization.layers import SymmetricQuantizer
 
-    graph = build_nncf_graph(model, args if len(args) > 1 else args[0])
     changed = 0
     for name, quantizer in get_hook_storage(model).named_hooks():
         hook, op, port = decode_hook_name(name)
@@ -185,6 +247,11 @@ def _seven_bit_weights(model: torch.nn.Module, args: tuple) -> int:
 
 
 def _nncf_strip(model: torch.nn.Module, args: tuple) -> torch.nn.Module:
+    """NNCF's quantizers of `model` as PyTorch fake-quantize modules, each range capped after a
+    Clip clamped first (an optimizer step after the last forward may have moved it)."""
+    for m in model.modules():
+        if hasattr(m, "range_cap"):
+            _cap_range(m)
     nncf = import_nncf()
     _import_strip()
     return nncf.strip(model, example_input=args if len(args) > 1 else args[0])
@@ -211,12 +278,13 @@ def _linear_quantize(
 SCHEMES: dict[str, Scheme] = {
     # 2: BatchNorm folded into the convs, activations per tensor (a depthwise conv's input too)
     # 3: an activation calibration saw no negative value of stays unsigned (zero point 0)
+    # 4: a ReLU6's (a Clip to 0..max's) output quantizer kept within max
     "cnn": Scheme(
         _nncf_quantize,
         _nncf_strip,
         "NNCF fake quantizers (BatchNorm folded into the convs; activations per tensor, "
-        "unsigned where never negative)",
-        version=3,
+        "unsigned where never negative, within 6 after a ReLU6)",
+        version=4,
     ),
     "transformer": Scheme(
         _linear_quantize,
