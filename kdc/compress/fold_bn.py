@@ -4,11 +4,12 @@ ONNX Runtime fuses into int8 convs (QLinearConv). A BatchNormalization between a
 output quantizer keeps that conv in float: the digits student's QAT engine ran at 0.4× its FP32
 engine's speed. A pair is folded only where torch.fx traces the model and the BatchNorm's input
 is exactly that conv's output, read by nothing else, so the folded model computes what the
-model did in eval mode."""
+model did in eval mode (with statistics re-estimated on calibration rows first, where given)."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 import onnx
 import torch
@@ -61,11 +62,40 @@ def _hooked(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+def recalibrate(model: nn.Module, norms: list[nn.Module], batches: Iterable[tuple]) -> None:
+    """Re-estimate the running statistics of `norms` (BatchNorms of `model`) on `batches` (the
+    model's positional inputs; one of a single row is skipped): reset, then the average of their
+    statistics over the batches (momentum None), `model` run in eval mode but for `norms`. All
+    are left in eval mode, `norms` with their momentum."""
+    batches = [b for b in batches if len(b[0]) > 1]  # BatchNorm refuses one value a channel
+    if not batches:
+        return
+    saved = {m: m.momentum for m in norms}
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for batch in batches:
+            model(*batch)
+    finally:
+        for m, momentum in saved.items():
+            m.momentum = momentum
+            m.eval()
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, batches: Iterable[tuple] = ()) -> list[tuple[str, str]]:
     """Fold each of `conv_bn_pairs(model)` in place: the conv takes the BatchNorm's running
     statistics, scale and shift into its weight and bias, and the BatchNorm becomes an Identity
-    (its name, and a feature tap on it, stay). Returns the pairs folded."""
+    (its name, and a feature tap on it, stay). Given `batches` (the model's positional inputs),
+    the statistics of those BatchNorms are first re-estimated on them (`recalibrate`): a student
+    distilled briefly (one epoch, momentum 0.1) still holds statistics of its earlier weights,
+    which folding would bake into the convs. Returns the pairs folded."""
     pairs = conv_bn_pairs(model)
+    if pairs:
+        recalibrate(model, [model.get_submodule(bn) for _, bn in pairs], batches)
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         conv.weight, conv.bias = fuse_conv_bn_weights(

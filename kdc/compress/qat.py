@@ -122,7 +122,9 @@ def _nncf_quantize(
     """NNCF's fake quantizers (symmetric weights; activations symmetric when asked, and per
     tensor: `advanced_parameters`) on `model` with its BatchNorms folded into their convs
     (`fold_batchnorm`: NNCF would quantize a conv's output before its BatchNorm, which then
-    keeps ONNX Runtime's conv in float), ranges calibrated on `batches`, an activation never
+    keeps ONNX Runtime's conv in float), their statistics first re-estimated on `batches` (a
+    student distilled one epoch held stale ones: QAT val accuracy 0.23 against 0.78 on the
+    digits test project), ranges calibrated on `batches`, an activation never
     negative there kept unsigned (`_unsigned_where_never_negative`); 7-bit weights with
     `seven_bit` (`_seven_bit_weights`), else NNCF's overflow fix on the first layer (its
     default for CPUs); neither for TensorRT targets. Quantized under a plain root (`_Root`),
@@ -134,7 +136,7 @@ def _nncf_quantize(
     preset = nncf.QuantizationPreset.PERFORMANCE if sym else nncf.QuantizationPreset.MIXED
     fix = OverflowFix.DISABLE if trt or seven_bit else OverflowFix.FIRST_LAYER
     advanced = advanced_parameters(fix)
-    fold_batchnorm(model)
+    fold_batchnorm(model, batches)
     model = quantize(
         _Root(model),
         batches,
@@ -279,12 +281,13 @@ SCHEMES: dict[str, Scheme] = {
     # 2: BatchNorm folded into the convs, activations per tensor (a depthwise conv's input too)
     # 3: an activation calibration saw no negative value of stays unsigned (zero point 0)
     # 4: a ReLU6's (a Clip to 0..max's) output quantizer kept within max
+    # 5: BatchNorm statistics re-estimated on the calibration rows before folding
     "cnn": Scheme(
         _nncf_quantize,
         _nncf_strip,
-        "NNCF fake quantizers (BatchNorm folded into the convs; activations per tensor, "
-        "unsigned where never negative, within 6 after a ReLU6)",
-        version=4,
+        "NNCF fake quantizers (BatchNorm statistics re-estimated, then folded into the convs; "
+        "activations per tensor, unsigned where never negative, within 6 after a ReLU6)",
+        version=5,
     ),
     "transformer": Scheme(
         _linear_quantize,

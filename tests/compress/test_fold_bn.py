@@ -13,7 +13,7 @@ import torch
 from onnx import helper
 from torch import nn
 
-from kdc.compress.fold_bn import conv_bn_pairs, fold_batchnorm, unfolded_batchnorms
+from kdc.compress.fold_bn import conv_bn_pairs, fold_batchnorm, recalibrate, unfolded_batchnorms
 from kdc.models.cnn import small_cnn
 from kdc.models.vision import VisionAdapter
 
@@ -119,6 +119,49 @@ def test_folding_keeps_a_depthwise_students_outputs_pruned_or_not(pruned):
             4,
         ]
     _assert_folds_exactly(student.module, torch.from_numpy(x), pairs=2)
+
+
+def test_folding_with_batches_re_estimates_stale_statistics_first():
+    """Given calibration batches, a folded BatchNorm's statistics are those of the conv output on
+    their rows (the average of the batches' statistics; a one-row batch is skipped), not the
+    stale ones it held: the folded conv's output has the BatchNorm's shift as its mean. The
+    BatchNorms are left in eval mode with their momentum, a Dropout between them off while
+    they were re-estimated (the same statistics twice), a BatchNorm not folded untouched."""
+    torch.manual_seed(0)
+    model = trained_statistics(
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Conv2d(4, 4, 3),
+            nn.BatchNorm2d(4),
+            nn.MaxPool2d(1),
+            nn.BatchNorm2d(4),  # reads no conv: not folded
+        )
+    )
+    x = torch.randn(32, 1, 8, 8)
+    batches = [(x[i : i + 8],) for i in range(0, 32, 8)] + [(x[:1],)]
+    with torch.no_grad():
+        conv_out = model[0](x)
+    stale = model[7].running_mean.clone()
+    recalibrate(model, [model[1], model[5]], batches)
+    first = (model[1].running_mean.clone(), model[5].running_mean.clone())
+    torch.testing.assert_close(first[0], conv_out.mean((0, 2, 3)))
+    variances = [conv_out[i : i + 8].var((0, 2, 3)) for i in range(0, 32, 8)]
+    torch.testing.assert_close(model[1].running_var, torch.stack(variances).mean(0))
+    recalibrate(model, [model[1], model[5]], batches)
+    torch.testing.assert_close(model[5].running_mean, first[1], rtol=0, atol=0)
+    assert not model.training and not any(m.training for m in model.modules())
+    assert model[1].momentum == model[5].momentum == 0.1
+    assert torch.equal(model[7].running_mean, stale)
+
+    model = trained_statistics(model)  # stale again
+    beta = model[1].bias.clone()
+    assert len(fold_batchnorm(model, batches)) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(model[0](x).mean((0, 2, 3)), beta, rtol=0, atol=1e-5)
+    assert isinstance(model[7], nn.BatchNorm2d)
 
 
 class Residual(nn.Module):

@@ -249,6 +249,10 @@ def test_transformer_qat_trains_feature_losses_and_exports_qdq(tmp_path, symmetr
 
 
 def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_path):
+    """After one distillation epoch (the teacher run in training) the student's BatchNorm
+    statistics are stale (its FP32 val accuracy 0.35): QAT re-estimates them on the calibration
+    rows before folding them into the convs, and reaches 0.78 (0.67-0.83 over seeds 0-3); folded
+    as they stood, 0.23 (at most 0.43 over those seeds)."""
     import json
 
     from tiny import write_yaml
@@ -256,9 +260,7 @@ def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_pat
     from kdc import api
 
     cfg = config_of(cnn_project)
-    # the teacher runs in training; two epochs: QAT trains the student with its BatchNorms
-    # folded, as their running statistics stand (after one epoch they are stale: 0.35 val)
-    cfg["distill"].update(epochs=2, augment="shift")
+    cfg["distill"].update(epochs=1, augment="shift")
     cfg["quantize"].update(method="qat", qat_epochs=1)
     path = write_yaml(tmp_path / "model.yaml", cfg)
     api.search(path, "jetson", tmp_path / "run", quiet=True)
@@ -267,7 +269,7 @@ def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_pat
     assert {"distill/student_qat.onnx", "distill/qat_history.jsonl"} <= set(rec["outputs"])
     history = (tmp_path / "run" / "distill" / "qat_history.jsonl").read_text().splitlines()
     assert len(history) == rec["metrics"]["qat_epochs_run"] == 1
-    assert rec["metrics"]["qat_val_accuracy"] > 0.5
+    assert rec["metrics"]["qat_val_accuracy"] > 0.6
     assert rec["metrics"]["qat_teacher_rows"]["rows_run"] > 0
     model = onnx.load(str(tmp_path / "run" / "distill" / "student_qat.onnx"))
     assert non_standard_ops(model) == []
