@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from tiny import config_of, write_yaml
+import numpy as np
+import pytest
+from tiny import cnn_config, config_of, write_yaml
 
 from kdc import api
+from kdc.config import load_config
+from kdc.data import load_dataset
+from kdc.data.base import permuted
 from kdc.models.hf import HFTextAdapter
 
 
@@ -28,3 +33,33 @@ def test_stages_run_alone_encode_only_the_training_rows_they_read(
         calls.clear()
         stage(path, "host", run, quiet=True)
         assert (n_train in calls) == (stage is api.distill), stage.__name__
+
+
+def test_permuted_reorders_an_array_in_place_and_a_list_anew():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 100):
+        rows = rng.random((n, 3, 2, 2)).astype(np.float32)
+        for order in (rng.permutation(n), np.arange(n), np.roll(np.arange(n), 1)):
+            want, got = rows[order], rows.copy()
+            assert permuted(got, order) is got
+            np.testing.assert_array_equal(got, want)
+    assert permuted(["a", "b", "c"], np.array([2, 0, 1])) == ["c", "a", "b"]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_a_held_out_eval_split_does_not_copy_the_images(tmp_path, normalize):
+    """An eval split held out of the images read (data.eval_fraction) and the training split are
+    views of the one array read (normalized in place), not copies beside it; with limit_train
+    the eval split is an array of its own, so the rows left out are not kept."""
+    data = {"source": "sklearn:digits", "eval_fraction": 0.25}
+    if normalize:
+        data |= {"mean": [0.3], "std": [0.2]}
+    cfg = cnn_config(weights=None)
+    cfg["data"] = data
+    ds = load_dataset(load_config(write_yaml(tmp_path / "model.yaml", cfg)))
+    assert (len(ds.train), len(ds.eval)) == (1348, 449)
+    assert ds.train.features.base is ds.eval.features.base is not None
+    cfg["data"] = {**data, "limit_train": 100}
+    ds = load_dataset(load_config(write_yaml(tmp_path / "model.yaml", cfg)))
+    assert (len(ds.train), len(ds.eval)) == (100, 449)
+    assert ds.eval.features.base is None and ds.train.features.base is None

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from kdc.config import KdcConfig
-from kdc.data.base import Dataset, Split
+from kdc.data.base import Dataset, Split, permuted
 from kdc.data.images import IMAGE_SUFFIXES, image_files, image_sizes, read_digits, read_imagefolder
 from kdc.data.labels import (
     align_labels,
@@ -340,17 +340,12 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     else:
         order = rng.permutation(len(feats))
         n_eval = max(1, int(round(len(feats) * d.eval_fraction)))
-        ev_idx, tr_idx = order[:n_eval], order[n_eval:]
-        pick = (
-            (lambda xs, ix: [xs[i] for i in ix])
-            if isinstance(feats, list)
-            else (lambda xs, ix: xs[ix])
-        )
-        ev_feats, tr = pick(feats, ev_idx), pick(feats, tr_idx)
-        ev_labels = [labels[i] for i in ev_idx] if labels else []
-        tr_labels = [labels[i] for i in tr_idx] if labels else []
-        check_train_left(cfg, len(feats), len(tr_idx), labels, tr_labels)
-        feats, labels = tr, tr_labels
+        # the eval rows first, then the training rows: both splits are slices (an image
+        # array's views) of the features, reordered without a second copy
+        feats, shuffled = permuted(feats, order), permuted(labels, order) if labels else []
+        ev_feats, ev_labels = feats[:n_eval], shuffled[:n_eval]
+        check_train_left(cfg, len(feats), len(feats) - n_eval, labels, shuffled[n_eval:])
+        feats, labels = feats[n_eval:], shuffled[n_eval:]
     notes = _upscale_note(cfg, src_path) if fmt == "imagefolder" else []
     if fmt in FILE_READERS and not d.eval:
         notes += mixed_splits_note(d.source, cfg.base_dir)
@@ -402,6 +397,7 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     train, evs = Split(feats, y_tr), Split(ev_feats, y_ev)
     if d.limit_train and len(train) > d.limit_train:
         train = train.take(rng.permutation(len(train))[: d.limit_train])
+        evs = evs.take(np.arange(len(evs)))  # a held-out view would keep every row read
     if d.limit_eval and len(evs) > d.limit_eval:
         evs = evs.take(np.arange(d.limit_eval))
     if len(train) == 0 or len(evs) == 0:
@@ -414,7 +410,7 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     kind = "image" if fmt in IMAGE_FORMATS else "text"
     notes += _repeated_rows_note(train, evs, kind)
     if kind == "image" and d.mean is not None:
-        train, evs = normalized(cfg, train, evs)
+        normalize(cfg, train, evs)
     source = d.source if fmt == "sklearn" else f"{fmt}:{d.source}"
     ds = Dataset(train, evs, names, kind, source, notes)
     return align_labels(ds, teacher_names, cfg.source_file)
@@ -448,10 +444,10 @@ def _repeated_rows_note(train: Split, evs: Split, kind: str) -> list[str]:
     ]
 
 
-def normalized(cfg: KdcConfig, *splits: Split) -> list[Split]:
-    """Image `splits` (N×C×H×W in [0, 1]) normalized per channel by data.mean and data.std, as
-    a CNN teacher trained with torchvision's Normalize reads them; a Hugging Face image
-    teacher's processor normalizes instead, so the fields are refused there."""
+def normalize(cfg: KdcConfig, *splits: Split) -> None:
+    """Normalize image `splits` (N×C×H×W in [0, 1]) in place per channel by data.mean and
+    data.std, as a CNN teacher trained with torchvision's Normalize reads them; a Hugging Face
+    image teacher's processor normalizes instead, so the fields are refused there."""
     d = cfg.data
     if _hf_teacher_config(cfg) is not None:
         raise UserError(
@@ -472,4 +468,6 @@ def normalized(cfg: KdcConfig, *splits: Split) -> list[Split]:
             field="data.mean",
             fix="give one value per channel (data.channels)",
         )
-    return [Split(((s.features - mean) / std).astype(np.float32), s.labels) for s in splits]
+    for s in splits:  # the reader's arrays (or views of one), not held twice
+        s.features -= mean
+        s.features /= std

@@ -30,6 +30,26 @@ class Split:
         return Split(feats, labels)
 
 
+def permuted(features: list | np.ndarray, order: np.ndarray) -> list | np.ndarray:
+    """`features` in the order `order` gives (row i is row order[i]): a list as a new list, an
+    array reordered in place, one row held aside per cycle of the permutation, so that the rows
+    are not held twice (5,000 96-px images are 0.55 GB)."""
+    if isinstance(features, list):
+        return [features[i] for i in order]
+    placed = np.zeros(len(order), bool)
+    for start in range(len(order)):
+        if placed[start]:
+            continue
+        held, i = features[start].copy(), start
+        while order[i] != start:
+            features[i] = features[order[i]]
+            placed[i] = True
+            i = order[i]
+        features[i] = held
+        placed[i] = True
+    return features
+
+
 @dataclass
 class Dataset:
     """Train and eval splits of one task; `kind` says how a model adapter encodes features."""
