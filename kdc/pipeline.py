@@ -79,16 +79,18 @@ class Context:
         return t
 
     def encode(self, split: str, rows: int | None = None) -> dict[str, np.ndarray]:
-        """Model inputs of a split, encoded once per run by the teacher's encoder; with `rows`,
-        of its first `rows` rows only, sliced from the whole split or the longest head encoded
-        so far, else that head encoded alone (inputs are padded to a fixed length, so a head
-        encodes as the split's first rows do): a stage that needs an example or calibration
-        rows does not tokenize every training row, nor the same rows twice."""
+        """Model inputs of a split, encoded once per run by the teacher's encoder (a progress
+        bar as it goes); with `rows`, of its first `rows` rows only, sliced from the whole split
+        or the longest head encoded so far, else that head encoded alone (inputs are padded to a
+        fixed length, so a head encodes as the split's first rows do): a stage that needs an
+        example or calibration rows does not tokenize every training row, nor the same rows
+        twice."""
         cache = self.__dict__.setdefault("_encoded", {})
         part = getattr(self.dataset, split)
         if rows is None:
             if split not in cache:
-                cache[split] = self.teacher.encode(part.features)
+                with self.progress(f"encoding the {split} rows", len(part)) as advance:
+                    cache[split] = self.teacher.encode(part.features, progress=advance)
             return cache[split]
         rows = min(rows, len(part))
         head = cache.get(split) or cache.get((split, "head"))

@@ -26,7 +26,9 @@ def test_stages_run_alone_encode_only_the_training_rows_they_read(
     calls: list[int] = []
     encode = HFTextAdapter.encode
     monkeypatch.setattr(
-        HFTextAdapter, "encode", lambda self, rows: calls.append(len(rows)) or encode(self, rows)
+        HFTextAdapter,
+        "encode",
+        lambda self, rows, **kw: calls.append(len(rows)) or encode(self, rows, **kw),
     )
     n_train = 400  # tiny.make_bert_project's train.csv
     for stage in (api.search, api.distill, api.export, api.build):

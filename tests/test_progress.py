@@ -7,8 +7,9 @@ import re
 
 import yaml
 from rich.console import Console
-from tiny import write_yaml
+from tiny import config_of, write_yaml
 
+import kdc.models.hf
 import kdc.progress
 from kdc import api
 from kdc.progress import progress
@@ -58,3 +59,17 @@ def test_distillation_and_verification_report_their_rows_and_batches(
     for graph in ("teacher.onnx", "model_fp32.onnx", "model_int8.onnx"):
         assert f"evaluating {graph}: 200/200" in lines  # limit_eval 200
     assert "timing latency: 9/9" in lines  # 3 models, 3 rounds
+
+
+def test_encoding_a_whole_split_reports_its_rows(bert_project, tmp_path, monkeypatch, capsys):
+    """Tokenizing every row of a split (30,000 rows took ~13 s) is a long step like the
+    others: each chunk of rows tokenized advances its progress report; a few rows are not."""
+    monkeypatch.setattr(kdc.models.hf, "ENCODE_ROWS", 128)
+    monkeypatch.setattr(kdc.progress, "LINE_EVERY_S", 0.0)
+    path = write_yaml(tmp_path / "model.yaml", config_of(bert_project))
+    ctx = api.open_run(path, "host", tmp_path / "run")
+    ctx.encode("train", 2)
+    assert "encoding" not in capsys.readouterr().out  # a head of rows: no report
+    ctx.encode("train")
+    lines = [s.split(" (")[0].strip() for s in capsys.readouterr().out.splitlines()]
+    assert lines == [f"encoding the train rows: {n}/400" for n in (128, 256, 384, 400)]

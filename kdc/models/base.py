@@ -28,8 +28,11 @@ class ModelAdapter(ABC):
     input_names: list[str]
 
     @abstractmethod
-    def encode(self, features: Any) -> dict[str, np.ndarray]:
-        """Model inputs (numpy, batch first) for a list of texts or an image array."""
+    def encode(
+        self, features: Any, progress: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Model inputs (numpy, batch first) for a list of texts or an image array (`progress`
+        told how many rows are encoded as they are)."""
 
     @abstractmethod
     def dynamic_axes(self) -> dict[str, dict[int, str]]:

@@ -14,7 +14,7 @@ model's channel count.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,11 @@ class HFImageAdapter(TransformerAdapter):
     def image_size(self) -> int:
         return int(self.config.image_size)
 
-    def encode(self, features: np.ndarray) -> dict[str, np.ndarray]:
+    def encode(
+        self, features: np.ndarray, progress: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Pixel values resized and normalized as the image processor says, all rows at once
+        (`progress` told them when done)."""
         x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         channels = int(self.config.num_channels)
         if x.dim() != 4 or x.shape[1] != channels:  # else a one-channel image broadcasts to three
@@ -101,6 +105,8 @@ class HFImageAdapter(TransformerAdapter):
             mean = torch.tensor(self.processor["image_mean"]).view(1, -1, 1, 1)
             std = torch.tensor(self.processor["image_std"]).view(1, -1, 1, 1)
             x = (x - mean) / std
+        if progress is not None:
+            progress(len(x))
         return {"pixel_values": x.numpy()}
 
     @contextlib.contextmanager

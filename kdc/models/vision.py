@@ -143,7 +143,11 @@ class VisionAdapter(ModelAdapter):
             load_into(module, load_state_dict(weights), str(weights))
         return cls(as_kdc_calls(module), source)
 
-    def encode(self, features: np.ndarray) -> dict[str, np.ndarray]:
+    def encode(
+        self, features: np.ndarray, progress: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
+        if progress is not None:
+            progress(len(features))
         return {"pixel_values": np.ascontiguousarray(features, dtype=np.float32)}
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
