@@ -78,13 +78,14 @@ class Context:
         check_label_count(self, t)
         return t
 
-    def encode(self, split: str, rows: int | None = None) -> dict[str, np.ndarray]:
+    def encode(self, split: str, rows: int | np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Model inputs of a split, encoded once per run by the teacher's encoder (a progress
         bar as it goes); with `rows`, of its first `rows` rows only, sliced from the whole split
         or the longest head encoded so far, else that head encoded alone (inputs are padded to a
         fixed length, so a head encodes as the split's first rows do): a stage that needs an
         example or calibration rows does not tokenize every training row, nor the same rows
-        twice."""
+        twice. `rows` an array of row indices: those rows, sliced from the whole split where it
+        was encoded, else encoded alone (search's scoring batch)."""
         cache = self.__dict__.setdefault("_encoded", {})
         part = getattr(self.dataset, split)
         if rows is None:
@@ -92,6 +93,11 @@ class Context:
                 with self.progress(f"encoding the {split} rows", len(part)) as advance:
                     cache[split] = self.teacher.encode(part.features, progress=advance)
             return cache[split]
+        if isinstance(rows, np.ndarray):
+            whole = cache.get(split)
+            if whole is None:
+                return self.teacher.encode(part.take(rows).features)
+            return {k: v[rows] for k, v in whole.items()}
         rows = min(rows, len(part))
         head = cache.get(split) or cache.get((split, "head"))
         if head is None or len(next(iter(head.values()))) < rows:

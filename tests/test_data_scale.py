@@ -37,6 +37,34 @@ def test_stages_run_alone_encode_only_the_training_rows_they_read(
         assert (n_train in calls) == (stage is api.distill), stage.__name__
 
 
+def test_an_evolution_search_run_alone_encodes_only_the_rows_it_scores_on(
+    bert_project, tmp_path, monkeypatch
+):
+    """Search scores students on one batch of training rows (and derives them from an example
+    row): run alone, it tokenizes those rows, not the whole split; the batch is the rows the
+    whole split's encoding holds."""
+    cfg = config_of(bert_project)
+    cfg["search"] = {"strategy": "evolution", "population": 2, "cycles": 1, "batch_size": 8}
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    calls: list[int] = []
+    encode = HFTextAdapter.encode
+    monkeypatch.setattr(
+        HFTextAdapter,
+        "encode",
+        lambda self, rows, **kw: calls.append(len(rows)) or encode(self, rows, **kw),
+    )
+    api.search(path, "host", tmp_path / "run", quiet=True)
+    assert calls and max(calls) <= 8, calls  # the scoring batch, the example rows
+    ctx = api.open_run(path, "host", tmp_path / "run", quiet=True)
+    rows = np.array([3, 7, 200])
+    alone = ctx.encode("train", rows)  # nothing encoded yet: those rows alone
+    whole = ctx.encode("train")
+    for got in (alone, ctx.encode("train", rows)):  # the second sliced from the whole split
+        assert {k: v.tolist() for k, v in got.items()} == {
+            k: v[rows].tolist() for k, v in whole.items()
+        }
+
+
 def test_permuted_reorders_an_array_in_place_and_a_list_anew():
     rng = np.random.default_rng(0)
     for n in (1, 2, 7, 100):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,12 +240,17 @@ def _finite(x: float) -> float | None:
 
 
 def proxy_batch(
-    x: dict[str, np.ndarray], y: np.ndarray, size: int, seed: int, max_tokens: int | None
+    encode: Callable[[np.ndarray], dict[str, np.ndarray]],
+    y: np.ndarray,
+    size: int,
+    seed: int,
+    max_tokens: int | None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The scoring batch (inputs, labels): `size` training rows drawn under `seed`, in row order,
-    text inputs cut to their first `max_tokens` positions."""
+    encoded by `encode` (of their indices: not every training row is tokenized), text inputs
+    cut to their first `max_tokens` positions."""
     idx = np.sort(np.random.default_rng(seed).choice(len(y), min(size, len(y)), replace=False))
-    rows = {k: v[idx] for k, v in x.items()}
+    rows = encode(idx)
     return (rows if max_tokens is None else cut_positions(rows, max_tokens)), y[idx]
 
 
@@ -264,8 +270,11 @@ def _searched(ctx: Context) -> StageOutput:
         )
     proxy = resolve_proxy(cfg.proxy)
     names = _proxy_names(ctx, proxy)
-    x, y = ctx.encode("train"), ctx.dataset.train.labels
-    bx, by = proxy_batch(x, y, cfg.batch_size, ctx.cfg.seed, cfg.proxy_max_tokens)
+    y = ctx.dataset.train.labels
+    bx, by = proxy_batch(
+        partial(ctx.encode, "train"), y, cfg.batch_size, ctx.cfg.seed, cfg.proxy_max_tokens
+    )
+    example = ctx.encode("train", EXAMPLE_ROWS)  # what a student is derived (traced) on
     divisor = ctx.profile.defaults.channel_divisor
     space = _space(ctx)
     space.restrict(cfg.space)
@@ -303,7 +312,7 @@ def _searched(ctx: Context) -> StageOutput:
     rows: dict[str, dict[str, Any]] = {}
 
     def score(c) -> float:
-        student = derive_student(teacher, c.spec, x, divisor)
+        student = derive_student(teacher, c.spec, example, divisor)
         if cfg.init == "random":
             random_init(student, ctx.cfg.seed)
         vals = {n: float(PROXIES[n](teacher, student, bx, by)) for n in names}

@@ -345,14 +345,19 @@ def test_proxy_batch_draws_rows_in_order_cuts_text_and_leaves_images():
     x = {"input_ids": np.arange(6)[:, None] * np.ones((6, 256), np.int64)}
     x["attention_mask"] = np.ones((6, 256), np.int64)
     y = np.arange(6)
-    bx, by = proxy_batch(x, y, 4, 0, 128)
+
+    def rows_of(inputs):  # the encoder of the batch's rows alone
+        return lambda idx: {k: v[idx] for k, v in inputs.items()}
+
+    bx, by = proxy_batch(rows_of(x), y, 4, 0, 128)
     assert {k: v.shape for k, v in bx.items()} == {k: (4, 128) for k in x}
     assert list(by) == sorted(by) and list(bx["input_ids"][:, 0]) == list(by)
-    again, _ = proxy_batch(x, y, 4, 0, None)
+    again, _ = proxy_batch(rows_of(x), y, 4, 0, None)
     assert again["input_ids"].shape == (4, 256)
-    assert list(proxy_batch(x, y, 99, 1, None)[1]) == list(y)  # size capped at the rows there are
+    # size capped at the rows there are
+    assert list(proxy_batch(rows_of(x), y, 99, 1, None)[1]) == list(y)
     images = {"pixel_values": np.zeros((6, 3, 8, 8), np.float32)}
-    assert proxy_batch(images, y, 1, 0, 4)[0]["pixel_values"].shape == (1, 3, 8, 8)
+    assert proxy_batch(rows_of(images), y, 1, 0, 4)[0]["pixel_values"].shape == (1, 3, 8, 8)
 
 
 def test_a_teacher_without_weights_is_warned(cnn_project, tmp_path):
