@@ -13,6 +13,18 @@ from kdc.data.base import permuted
 from kdc.models.hf import HFTextAdapter
 
 
+def _encoded_rows(monkeypatch) -> list[int]:
+    """The number of rows of each call of the text teacher's encode, as they come."""
+    calls: list[int] = []
+    encode = HFTextAdapter.encode
+    monkeypatch.setattr(
+        HFTextAdapter,
+        "encode",
+        lambda self, rows, **kw: calls.append(len(rows)) or encode(self, rows, **kw),
+    )
+    return calls
+
+
 def test_stages_run_alone_encode_only_the_training_rows_they_read(
     bert_project, tmp_path, monkeypatch
 ):
@@ -23,13 +35,7 @@ def test_stages_run_alone_encode_only_the_training_rows_they_read(
     cfg["distill"]["epochs"] = 1
     path = write_yaml(tmp_path / "model.yaml", cfg)
     run = tmp_path / "run"
-    calls: list[int] = []
-    encode = HFTextAdapter.encode
-    monkeypatch.setattr(
-        HFTextAdapter,
-        "encode",
-        lambda self, rows, **kw: calls.append(len(rows)) or encode(self, rows, **kw),
-    )
+    calls = _encoded_rows(monkeypatch)
     n_train = 400  # tiny.make_bert_project's train.csv
     for stage in (api.search, api.distill, api.export, api.build):
         calls.clear()
@@ -46,13 +52,7 @@ def test_an_evolution_search_run_alone_encodes_only_the_rows_it_scores_on(
     cfg = config_of(bert_project)
     cfg["search"] = {"strategy": "evolution", "population": 2, "cycles": 1, "batch_size": 8}
     path = write_yaml(tmp_path / "model.yaml", cfg)
-    calls: list[int] = []
-    encode = HFTextAdapter.encode
-    monkeypatch.setattr(
-        HFTextAdapter,
-        "encode",
-        lambda self, rows, **kw: calls.append(len(rows)) or encode(self, rows, **kw),
-    )
+    calls = _encoded_rows(monkeypatch)
     api.search(path, "host", tmp_path / "run", quiet=True)
     assert calls and max(calls) <= 8, calls  # the scoring batch, the example rows
     ctx = api.open_run(path, "host", tmp_path / "run", quiet=True)
