@@ -27,8 +27,11 @@ def compare(
     ref = reference.astype(np.float64).reshape(len(reference), -1)
     cand = candidate.astype(np.float64).reshape(len(candidate), -1)
     err = np.abs(ref - cand)
-    denom = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-    cos = np.where(denom > 0, (ref * cand).sum(1) / np.maximum(denom, 1e-30), 1.0)
+    norms = np.linalg.norm(ref, axis=1), np.linalg.norm(cand, axis=1)
+    denom = norms[0] * norms[1]
+    # a zero row has no direction: it matches only another zero row
+    both_zero = (norms[0] == 0) & (norms[1] == 0)
+    cos = np.where(both_zero, 1.0, (ref * cand).sum(1) / np.maximum(denom, 1e-30))
     within = bool(np.all(err <= atol + rtol * np.abs(ref)))
     worst = np.argsort(-err.max(1))[:3]
     agreement = float((ref.argmax(1) == cand.argmax(1)).mean()) if ref.size else 1.0

@@ -37,3 +37,14 @@ def test_a_classifier_int8_engine_also_needs_its_classes_to_agree():
         ref, ref + 0.2, atol=1e-4, rtol=1e-3, min_cosine=0.9, judge="mean", min_agreement=0.9
     )
     assert same["passed"]
+
+
+def test_an_all_zero_output_row_is_not_parity_with_a_non_zero_one():
+    """A row of zeros has no direction: against a non-zero reference row its cosine is 0 (a
+    broken engine that outputs zeros fails), and only two zero rows agree (cosine 1)."""
+    ref = np.array([[3.0, -1.0, 2.0], [0.0, 0.0, 0.0]])
+    zeros = np.zeros_like(ref)
+    got = compare(ref, zeros, atol=1e-4, rtol=1e-3, min_cosine=0.9, judge="mean")
+    assert got["min_cosine"] == 0.0 and got["cosine"] == 0.5
+    assert not got["passed"]
+    assert compare(zeros, zeros, atol=1e-4, rtol=1e-3, min_cosine=0.9)["cosine"] == 1.0
