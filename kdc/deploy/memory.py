@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdc.deploy.onnxruntime import feed_for_file
 from kdc.profiles import cpu_info
 
 # The high-water mark is read from /proc/self/status (VmHWM, this process's own memory map):
@@ -41,9 +42,10 @@ print(json.dumps({"peak_rss_mb": peak / 1024, "runtime_baseline_mb": base / 1024
 def engine_peak_rss_mb(path: Path, inputs: dict[str, np.ndarray], threads: int = 1) -> dict:
     """Peak RSS of a process that loads the engine and runs `inputs` three times, and the RSS of
     the same process before the session (Python + ONNX Runtime import), in MiB (2^20 bytes)."""
+    feed = feed_for_file(path, inputs)  # int64 token ids to a model's int32, as a session
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "inputs.npz"
-        np.savez(npz, **inputs)
+        np.savez(npz, **feed)
         out = subprocess.run(
             [sys.executable, "-c", _PROBE, str(path), str(npz), str(threads)],
             capture_output=True,
@@ -56,6 +58,6 @@ def engine_peak_rss_mb(path: Path, inputs: dict[str, np.ndarray], threads: int =
     rec["kind"] = "measured"
     rec["how"] = "VmHWM of a fresh process: session load + 3 runs at the verify batch"
     rec["device"] = cpu_info()[0]
-    rec["batch"] = int(len(next(iter(inputs.values())))) if inputs else None
+    rec["batch"] = int(len(next(iter(feed.values())))) if feed else None
     rec["threads"] = threads
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in rec.items()}

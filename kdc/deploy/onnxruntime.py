@@ -356,6 +356,13 @@ def _graph_inputs(model: onnx.ModelProto) -> dict[str, type | None]:
     }
 
 
+def feed_for_file(path: Path | str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The subset of `inputs` the ONNX file at `path` declares, cast to the declared dtypes."""
+    with _reading(path):
+        model = onnx.load(str(path), load_external_data=False)
+    return _feed(_graph_inputs(model), inputs, str(path))
+
+
 @contextlib.contextmanager
 def _working_dir(path: Path) -> Iterator[None]:
     """Run the block in `path` (contextlib.chdir is Python 3.11+)."""
