@@ -212,17 +212,20 @@ def _stand_in(ctx: Context, rec: dict, teacher_logits: np.ndarray) -> dict:
 def _remote_block(
     ctx: Context, rec: dict, teacher_logits: np.ndarray, device: dict | None = None
 ) -> dict:
-    """A TensorRT engine not built here: latency on the target is predicted from its ONNX, and
-    its accuracy stood in for (`_stand_in`). With `device` (`device_figures`), the latency and
-    parity are what the device measured, and the engine is `built` there (`built_on: device`;
-    the build stage's reason it was not built here no longer stands)."""
+    """A TensorRT engine, which kdc does not run (built here, bundled or unavailable): latency on
+    the target is predicted from its ONNX, and its accuracy stood in for (`_stand_in`). With
+    `device` (`device_figures`), the latency and parity are what the device measured, and the
+    engine is `built` there (`built_on: device`; the build stage's reason it was not built here
+    no longer stands)."""
     src = ctx.run / rec["source"]
     acc = _stand_in(ctx, rec, teacher_logits)
-    block = {
-        **rec,
-        "accuracy": acc,
-        "size_mb": size_mb(src),
-        "size_note": "size of the ONNX the engine is built from; the plan is built on the device",
+    block = {**rec, "accuracy": acc}
+    if rec.get("size_mb") is None:  # not built here (an engine built here keeps its plan's size)
+        block["size_mb"] = size_mb(src)
+        block["size_note"] = (
+            "size of the ONNX the engine is built from; the plan is built on the device"
+        )
+    block |= {
         "latency": predict(ctx, src, rec["precision"], rec["engine"]),
         # TensorRT allocates activations for the largest batch its profile takes
         "memory": _predicted_memory(ctx, src, rec["precision"], ctx.cfg.build.max_batch),
@@ -399,6 +402,27 @@ def _truncation_note(ctx: Context) -> str | None:
     )
 
 
+def _verified(
+    ctx: Context,
+    rec: dict,
+    engines: list[dict],
+    teacher_logits: np.ndarray,
+    student_ref: np.ndarray,
+    latency: dict[str, dict],
+    device: dict[str, dict],
+) -> dict:
+    """The report's record of one engine of build/engines.json: an ONNX Runtime engine run and
+    timed here; a TensorRT engine (built here, bundled or unavailable) stood in for and
+    predicted, with the device's figures where given; any other as the build wrote it."""
+    if rec["status"] == "built" and rec["engine"] == "onnxruntime":
+        return _engine_block(ctx, rec, teacher_logits, student_ref, latency[rec["path"]])
+    if rec["engine"] == "tensorrt" and "source" in rec and not tensorrt_on_target(ctx):
+        return _tensorrt_elsewhere(ctx, rec, engines)
+    if "source" in rec:  # kdc runs no TensorRT engine itself, one built here neither
+        return _remote_block(ctx, rec, teacher_logits, device.get(rec["path"]))
+    return rec
+
+
 def run(ctx: Context) -> StageOutput:
     from kdc.models import load_run_student
 
@@ -436,16 +460,9 @@ def run(ctx: Context) -> StageOutput:
         teacher["warnings"] = notes
     student = load_run_student(ctx.run / "distill" / "student", ctx.cfg.data.max_length)
     ref = student_reference(ctx, student)
-    engines = []
-    for rec in engines_in:  # each evaluation shows its progress
-        if rec["status"] == "built" and rec["engine"] == "onnxruntime":
-            engines.append(_engine_block(ctx, rec, t_logits, ref, latency[rec["path"]]))
-        elif rec["engine"] == "tensorrt" and "source" in rec and not tensorrt_on_target(ctx):
-            engines.append(_tensorrt_elsewhere(ctx, rec, engines_in))
-        elif rec["status"] in ("bundle", "unavailable") and "source" in rec:
-            engines.append(_remote_block(ctx, rec, t_logits, device.get(rec["path"])))
-        else:
-            engines.append(rec)
+    engines = [  # each evaluation shows its progress
+        _verified(ctx, rec, engines_in, t_logits, ref, latency, device) for rec in engines_in
+    ]
     if int8_runs_here(ctx):  # the ONNX Runtime engines are what ships, not a local stand-in
         _warn_if_int8_not_faster(engines)
     s_path = ctx.run / "export" / "model.onnx"

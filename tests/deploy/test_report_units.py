@@ -316,3 +316,37 @@ def test_the_latency_axis_names_only_the_kinds_it_plots(report, monkeypatch):
     report["search"] = {}
     render_png(report)
     assert labels == ["latency, ms (measured: p99; predicted: p50)", "latency, ms (measured: p99)"]
+
+
+def test_a_tensorrt_engine_built_here_is_stood_in_for_and_predicted(stub_verify, monkeypatch):
+    """Where TensorRT is installed (the device itself) the build stage builds the plan; verify,
+    which runs no TensorRT engine, passed its record on bare: the engine that ships had no
+    accuracy and no latency, and every constraint read from it failed. It gets the stand-in
+    accuracy and the prediction a bundled one gets, keeping its plan's own size."""
+    monkeypatch.setattr(verify, "tensorrt_on_target", lambda ctx: True)
+    built = {
+        "engine": "tensorrt",
+        "precision": "int8",
+        "status": "built",
+        "path": "build/tensorrt/model.plan",
+        "source": "model.onnx",
+        "size_mb": 0.5,
+    }
+    rec = verify._verified(stub_verify, built, [built], np.zeros((2, 3)), None, {}, {})
+    assert rec["status"] == "built" and rec["size_mb"] == 0.5 and "size_note" not in rec
+    assert rec["accuracy"]["stand_in"] == "qdq-in-float"
+    assert rec["latency"] == {**PREDICTED, "engine": "tensorrt"}
+    report = {
+        "target": {"name": "jetson-orin-nano-8gb", "measurable": False},
+        "teacher": {"accuracy": {"metric": "accuracy", "value": 0.9}},
+        "student": {"precision": "int8"},
+        "engines": [{**rec, "ships": True}],
+    }
+    rows = evaluate_constraints(report, {"max_accuracy_drop": 0.01, "latency_budget_ms": 1}, {})
+    assert [(r["name"], r["pass"], r["source"]) for r in rows] == [
+        ("latency_p99_ms", True, "predicted"),
+        ("accuracy_drop", True, "measured"),
+    ]
+    bundled = {k: v for k, v in built.items() if k != "size_mb"} | {"status": "bundle"}
+    rec = verify._verified(stub_verify, bundled, [bundled], np.zeros((2, 3)), None, {}, {})
+    assert rec["size_mb"] == 0.001 and "built on the device" in rec["size_note"]
