@@ -7,9 +7,10 @@ Which engine answers which constraint:
   (`report["student"]["precision"]`). Accuracy (`accuracy_drop`, `percent_max_degradation`) and
   `size_mb` are read from it.
 - Latency and memory are target quantities, read from an engine's `latency`/`target_latency`
-  and `memory` objects. Among engines of the chosen precision (report order), a *measured*
-  figure counts when it was taken on the target: the target is the host (`target.measurable`,
-  or target name `host`) or the object says `"on_target": true`. Failing that, the first
+  and `memory` objects. Among the shipped engine and those of the chosen precision (the shipped
+  one first, then report order), a *measured* figure counts when it was taken on the target:
+  the target is the host (`target.measurable`, or target name `host`) or the object says
+  `"on_target": true`. Failing that, the first
   *predicted* figure is used, and the row says so. Measured latency is judged by `p99_ms`; a
   prediction has no tail, so by its `p50_ms`. Memory: `peak_rss_mb` if measured, `peak_mb` if
   predicted.
@@ -90,8 +91,14 @@ def chosen_precision(report: dict) -> str | None:
 
 
 def _of_precision(report: dict) -> list[dict]:
+    """The engines of the chosen precision, and the one that ships (a TensorRT engine of an FP32
+    student is built FP16)."""
     prec = chosen_precision(report)
-    return [e for e in report.get("engines") or [] if prec is None or e.get("precision") == prec]
+    return [
+        e
+        for e in report.get("engines") or []
+        if prec is None or e.get("precision") == prec or e.get("ships")
+    ]
 
 
 def shipped_engine(report: dict) -> dict | None:

@@ -30,7 +30,12 @@ def tensorrt_precision(ctx: Context, engines: list[dict]) -> str:
     """The precision a TensorRT engine is built at: that of its source graph
     (`tensorrt_source`), fp32 raised to fp16; the config's when none was built."""
     shipped = tensorrt_source(ctx, engines)
-    precision = shipped["precision"] if shipped else ctx.cfg.quantize.precision
+    return built_at(shipped["precision"] if shipped else ctx.cfg.quantize.precision)
+
+
+def built_at(precision: str) -> str:
+    """The precision a TensorRT engine of a graph at `precision` is built at: fp32 raised to
+    fp16."""
     return precision if precision != "fp32" else "fp16"
 
 

@@ -143,12 +143,16 @@ def write_no_fit_report(
 
 def mark_shipped(engines: list[dict], precision: str, target_engines: list[str]) -> list[dict]:
     """Flag the engine that ships: the target's preferred engine kind (profile order) at the
-    chosen precision, if it was built (here or on the device) or bundled."""
+    chosen precision (TensorRT's: FP16 for FP32, `built_at`), if it was built (here or on the
+    device) or bundled."""
+    from kdc.stages.build_tensorrt import built_at
+
     for kind in target_engines:
+        at = built_at(precision) if kind == "tensorrt" else precision
         for e in engines:
             if (
                 e.get("engine") == kind
-                and e.get("precision") == precision
+                and e.get("precision") == at
                 and e.get("status") in ("built", "bundle")
             ):
                 e["ships"] = True

@@ -294,3 +294,48 @@ def test_both_ptq_backends_get_reduce_range(monkeypatch, tmp_path, backend):
     )
     build._quantizer(ctx, tmp_path / "m.onnx", backend)([], tmp_path / "q.onnx")
     assert seen["reduce_range"] is True
+
+
+def test_an_fp32_student_on_a_tensorrt_target_ships_its_fp16_engine():
+    """quantize.precision fp32 for a Jetson builds the TensorRT engine in FP16
+    (`tensorrt_precision`); the ONNX Runtime FP32 engine, timed only on the build machine and
+    predicted for no target, was marked as shipping instead, so the latency budget could never
+    be judged (FAIL: measured only off the target). The FP16 TensorRT engine ships, and its
+    prediction and stand-in accuracy answer the constraints."""
+    ort = {
+        "engine": "onnxruntime",
+        "precision": "fp32",
+        "status": "built",
+        "accuracy": {"metric": "accuracy", "value": 0.9},
+        "latency": {"kind": "measured", "device": "Xeon (2 threads)", "p50_ms": 9, "p99_ms": 12},
+    }
+    trt = {
+        "engine": "tensorrt",
+        "precision": "fp16",
+        "status": "bundle",
+        "accuracy": {
+            "metric": "accuracy",
+            "value": 0.9,
+            "engine": "onnxruntime-cpu-fp32 (export/model.onnx)",
+            "stand_in": "fp32-graph",
+        },
+        "latency": {"kind": "predicted", "model": "roofline-v1", "p50_ms": 2.0},
+    }
+    engines = mark_shipped([ort, trt], "fp32", ["tensorrt", "onnxruntime"])
+    assert [e["engine"] for e in engines if e.get("ships")] == ["tensorrt"]
+    report = {
+        "target": {"name": "jetson-orin-nano-8gb", "measurable": False},
+        "teacher": {"accuracy": {"metric": "accuracy", "value": 0.9}},
+        "student": {"precision": "fp32"},
+        "engines": engines,
+    }
+    rows = evaluate_constraints(report, {"max_accuracy_drop": 0.01}, {"latency_budget_ms": 10})
+    assert [(r["name"], r["pass"], r["engine"], r["value"]) for r in rows] == [
+        ("latency_p99_ms", True, "tensorrt-fp16", 2.0),
+        (
+            "accuracy_drop",
+            True,
+            "tensorrt-fp16, measured on onnxruntime-cpu-fp32 (export/model.onnx)",
+            0.0,
+        ),
+    ]
