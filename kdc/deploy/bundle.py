@@ -101,7 +101,8 @@ import sys
 with open("bundle.json") as f:
     meta = json.load(f)
 record = {{"device": sys.argv[1], "trtexec": sys.argv[2], "profile": meta["profile"],
-          "onnx_sha256": meta["onnx_sha256"]}}
+          "onnx_sha256": meta["onnx_sha256"], "build_command": meta["build_command"],
+          "bench_command": meta["bench_command"]}}
 with open("results/device.json", "w") as f:
     json.dump(record, f, indent=2)
 try:
@@ -149,7 +150,8 @@ TensorRT version, so the engine is built on the device itself.
    device, are refused (exit 2).
 
 `results/` then holds `times.json` (per-iteration times), `parity.json`, `device.json` (device
-name, trtexec version, this bundle's profile and model hash) and the trtexec logs. `parity.py`
+name, trtexec version, this bundle's profile, model hash and trtexec commands) and the trtexec
+logs. `parity.py`
 runs the engine through the TensorRT Python API when `tensorrt` imports (CUDA buffers through
 libcudart by ctypes, as JetPack ships it; no torch needed); otherwise it checks `model.onnx`
 with ONNX Runtime and says so in `parity.json` (`runner`), and verification fails: the engine

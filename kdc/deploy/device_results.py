@@ -99,6 +99,17 @@ def _check_target(
             field="onnx_sha256",
             fix=f"copy {meta_file.parent} to the device again, run build.sh and bench.sh",
         )
+    for key in ("build_command", "bench_command"):  # an earlier bench.sh recorded neither
+        ran = device.get(key)
+        if ran is not None and ran != meta.get(key):
+            raise UserError(
+                f"timed an engine built or run otherwise than this bundle says (its {key} was "
+                f"{' '.join(map(str, ran))}): the bundle was written again since, e.g. for another "
+                "batch, DLA core or build.max_batch",
+                source=source,
+                field=key,
+                fix=f"copy {meta_file.parent} to the device again, run build.sh and bench.sh",
+            )
     check_device(str(device.get("device") or ""), target, source, f"run the bundle on a {target}")
 
 

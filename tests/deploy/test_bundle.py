@@ -158,6 +158,8 @@ def test_build_and_bench_scripts_run_with_a_stand_in_trtexec(tmp_path, goldens, 
     meta = json.loads((out / "bundle.json").read_text())
     device = json.loads((out / "results" / "device.json").read_text())
     assert device["profile"] == meta["profile"] and device["onnx_sha256"] == meta["onnx_sha256"]
+    assert device["bench_command"] == meta["bench_command"]
+    assert device["build_command"] == meta["build_command"]
     res = read_device_results(out / "results", out, "jetson-orin-nano-8gb")
     assert res["latency"]["kind"] == "measured" and res["latency"]["iterations"] == 100
     assert res["latency"]["tensorrt"] == "10.3.0" and res["latency"]["cv"] == pytest.approx(

@@ -554,3 +554,22 @@ def test_an_engine_the_device_built_and_timed_says_so(tmp_path, results, monkeyp
     rows = [r for r in compare(report, baseline) if r.metric.startswith("tensorrt-int8.latency")]
     assert rows and all(r.status == "pass" for r in rows), [r.message for r in rows]
     assert 'failures="0" errors="0" skipped="0"' in junit_xml(rows)
+
+
+def test_results_of_another_build_of_the_same_model_are_refused(results, bundle):
+    """The bundle rewritten for another batch (verify.batch), DLA core or build.max_batch holds
+    the same model.onnx: results its earlier build.sh/bench.sh made would be labelled with the
+    new bundle's batch and shapes. bench.sh records the commands it ran; other ones refuse."""
+    commands = {
+        "build_command": ["$TRTEXEC", "--onnx=model.onnx", "--saveEngine=model.plan"],
+        "bench_command": ["$TRTEXEC", "--loadEngine=model.plan", "--shapes=input_ids:1x128"],
+    }
+    _edit(bundle / "bundle.json", **commands)
+    _edit(results / "device.json", **commands)
+    assert read_device_results(results, bundle, JETSON)["latency"]["batch"] == 1
+    rebatched = ["$TRTEXEC", "--loadEngine=model.plan", "--shapes=input_ids:8x128"]
+    _edit(bundle / "bundle.json", batch=8, bench_command=rebatched)
+    with pytest.raises(UserError, match=r"device.json: field 'bench_command': .*--shapes="):
+        read_device_results(results, bundle, JETSON)
+    _edit(results / "device.json", build_command=None, bench_command=None)  # an older bench.sh
+    assert read_device_results(results, bundle, JETSON)["latency"]["batch"] == 8
