@@ -105,8 +105,12 @@ class Context:
         return {k: v[:rows] for k, v in head.items()}
 
     def latency_inputs(self) -> dict[str, np.ndarray]:
-        """What latency is measured and predicted on: the first `verify.batch` eval rows."""
-        return self.encode("eval", self.cfg.verify.batch)
+        """What latency and memory are measured and predicted on: the first `verify.batch` eval
+        rows, repeated in order where the split has fewer."""
+        from kdc.deploy.latency import take_rows
+
+        batch = self.cfg.verify.batch
+        return take_rows(self.encode("eval", batch), batch)
 
     def latency_padding(self) -> float:
         """The fraction of `latency_inputs`' attention-mask positions that are 0 (what the

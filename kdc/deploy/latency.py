@@ -96,7 +96,7 @@ def measure_callable(
     }
 
 
-def _take_rows(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+def take_rows(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
     """`batch` rows of every input, repeating rows cyclically when there are fewer."""
     if batch < 1:
         raise UserError("batch must be at least 1", field="batch", fix="pass --batch 1 or more")
@@ -129,7 +129,7 @@ def measure_onnx(
     """Time `session.run` on `batch` rows of `inputs`: a REPORT.md latency object, kind measured."""
     session = make_session(path, threads=threads)
     record = session_options_record(session)
-    feed = feed_for(session, _take_rows(inputs, batch))
+    feed = feed_for(session, take_rows(inputs, batch))
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # a failed run raises; kdc reports it, ONNX Runtime need not log
     stats = measure_callable(

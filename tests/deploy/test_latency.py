@@ -173,3 +173,22 @@ def test_interleaved_rounds_keep_each_models_median_round(tmp_path, monkeypatch)
     p50s["a"] = iter([7.0])
     single = L.measure_onnx_rounds({"a": ("a", "fp32")}, {}, rounds=1)
     assert "rounds_p50_ms" not in single["a"]
+
+
+def test_latency_inputs_are_verify_batch_rows_even_from_a_short_eval_split():
+    """An eval split of 3 rows and verify.batch 5: latency was timed on 5 rows (repeated), but
+    the memory probe ran the 3 rows as they were and recorded batch 3 ("at the verify batch"),
+    and the padding was of those 3. Every figure now reads the same 5 rows."""
+    from types import SimpleNamespace
+
+    from kdc.pipeline import Context
+
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    ctx = Context(
+        cfg=SimpleNamespace(verify=SimpleNamespace(batch=5)), profile=None, run=None, console=None
+    )
+    ctx.encode = lambda split, rows=None: {"input_ids": mask * 7, "attention_mask": mask}
+    x = ctx.latency_inputs()
+    assert {k: v.shape for k, v in x.items()} == {"input_ids": (5, 4), "attention_mask": (5, 4)}
+    assert x["attention_mask"][3:].tolist() == mask[:2].tolist()  # rows repeated in order
+    assert ctx.latency_padding() == pytest.approx(1 - 13 / 20)
