@@ -39,7 +39,7 @@ from kdc.rundir import (
     write_json,
     write_jsonl,
 )
-from kdc.stages.search import build_student
+from kdc.stages.search import build_student, latency_precision
 
 
 def teacher_logits(ctx: Context) -> np.ndarray:
@@ -106,8 +106,7 @@ def predicted_latency(ctx: Context) -> Callable[[ModelAdapter], float]:
     from kdc.stages.export import output_name
 
     example = ctx.encode("train", EXAMPLE_ROWS)
-    p = ctx.cfg.quantize.precision
-    precision = p if p in ctx.profile.runtime.precisions else ctx.profile.default_precision
+    precision = latency_precision(ctx)
 
     def latency_ms(adapter: ModelAdapter) -> float:
         with tempfile.TemporaryDirectory() as d:

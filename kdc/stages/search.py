@@ -72,8 +72,9 @@ def _fixed(ctx: Context) -> StageOutput:
         row["predicted_latency_ms"] = metrics["predicted_latency_ms"] = predicted["student"]
         metrics["teacher_predicted_latency_ms"] = predicted["teacher"]
         ctx.log(
-            f"  predicted {predicted['student']:.4g} ms on {ctx.profile.name} ({_precision(ctx)}, "
-            f"batch {ctx.cfg.verify.batch}; teacher {predicted['teacher']:.4g} ms)"
+            f"  predicted {predicted['student']:.4g} ms on {ctx.profile.name} "
+            f"({latency_precision(ctx)}, batch {ctx.cfg.verify.batch}; teacher "
+            f"{predicted['teacher']:.4g} ms)"
         )
         _note_uncalibrated(ctx)
         budget = ctx.cfg.constraints.latency_budget_ms or ctx.profile.defaults.latency_budget_ms
@@ -173,7 +174,7 @@ def _predictor(ctx: Context, space) -> Callable[[dict], dict]:
     precision and verify's batch (on the DLA core of build.dla_core where one is built)."""
     from kdc.deploy.estimate import predict_architecture
 
-    precision, batch = _precision(ctx), ctx.cfg.verify.batch
+    precision, batch = latency_precision(ctx), ctx.cfg.verify.batch
     shapes, padding = space.input_shapes(batch), ctx.latency_padding()
     return lambda cost: predict_architecture(
         cost,
@@ -213,10 +214,14 @@ def _proxy_names(ctx: Context, proxy: str) -> list[str]:
     return list(dict.fromkeys([proxy, *(PROXIES if cfg.proxies == "all" else cfg.proxies)]))
 
 
-def _precision(ctx: Context) -> str:
-    """The engine precision latency is predicted at (the target's default if it lacks it)."""
+def latency_precision(ctx: Context) -> str:
+    """The engine precision latency is predicted at: the config's (the target's default if it
+    lacks it), as a TensorRT target's engine is built (FP32 as FP16, `built_at`)."""
+    from kdc.stages.build_tensorrt import built_at
+
     p = ctx.cfg.quantize.precision
-    return p if p in ctx.profile.runtime.precisions else ctx.profile.default_precision
+    p = p if p in ctx.profile.runtime.precisions else ctx.profile.default_precision
+    return built_at(p) if "tensorrt" in ctx.profile.runtime.engines else p
 
 
 def _budget(ctx: Context, smallest_ms: float, teacher_ms: float) -> tuple[float, str, bool]:
@@ -278,7 +283,7 @@ def _searched(ctx: Context) -> StageOutput:
     divisor = ctx.profile.defaults.channel_divisor
     space = _space(ctx)
     space.restrict(cfg.space)
-    precision, batch = _precision(ctx), ctx.cfg.verify.batch
+    precision, batch = latency_precision(ctx), ctx.cfg.verify.batch
     predict = _predictor(ctx, space)
     predictions: dict[str, dict] = {}
 

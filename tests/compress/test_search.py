@@ -435,3 +435,24 @@ def test_a_quick_calibration_is_named_as_a_smoke_test(monkeypatch, tmp_path):
     said.clear()
     _note_uncalibrated(ctx)
     assert len(said) == 1 and "is a --quick calibration (three tiny models" in said[0]
+
+
+@pytest.mark.parametrize(
+    ("target", "asked", "predicted_at"),
+    [("jetson", "fp32", "fp16"), ("jetson", "int8", "int8"), ("host", "fp32", "fp32")],
+)
+def test_latency_is_predicted_at_the_precision_the_shipped_engine_runs(target, asked, predicted_at):
+    """quantize.precision fp32 on a TensorRT target ships an FP16 TensorRT engine
+    (build_tensorrt.built_at), which verify predicts at FP16: search and latency-targeted
+    pruning predicted every student at FP32, so a student whose FP16 engine fits the budget
+    could be rejected (or no student fit at all)."""
+    from types import SimpleNamespace
+
+    from kdc.profiles import load_profile
+    from kdc.stages.search import latency_precision
+
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(quantize=SimpleNamespace(precision=asked)),
+        profile=load_profile(target),
+    )
+    assert latency_precision(ctx) == predicted_at
