@@ -197,7 +197,7 @@ def bench(
         text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(e).split()))
         if isinstance(e, Fail) and "while running" not in text:
             raise  # the session could not be created: not a matter of the inputs
-        given = shapes_text({k: list(v.shape) for k, v in inputs.items()})
+        given = shapes_text({k: [batch, *v.shape[1:]] for k, v in inputs.items()})  # as fed
         raise UserError(
             f"ONNX Runtime cannot run the model on {given}: "
             f"{text if len(text) <= 240 else text[:100] + ' … ' + text[-120:]}",

@@ -91,3 +91,17 @@ def test_bench_says_the_precision_of_the_graph(tmp_path):
         res = runner.invoke(app, [*args, "--json"])
         assert res.exit_code == 0, res.output
         assert json.loads(res.output)["precision"] == want
+
+
+def test_a_batch_the_model_refuses_is_named_as_fed(tmp_path):
+    """--batch 4 on a graph whose batch is fixed at 1: ONNX Runtime refused the 4 rows kdc fed,
+    but the error named the declared shapes (x:1x64), which the model accepts."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "fixed", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    result = runner.invoke(app, ["bench", str(tmp_path / "m.onnx"), "--batch", "4"])
+    assert result.exit_code == 2
+    assert "cannot run the model on x:4x64" in " ".join(result.output.split())
