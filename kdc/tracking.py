@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from kdc.deploy.constraints import stand_in
 from kdc.errors import UserError
 from kdc.rundir import read_json
 
@@ -76,8 +77,9 @@ def report_metrics(report: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, part in parts:
         acc = part.get("accuracy") or {}
-        if isinstance(acc.get("value"), int | float):
-            out[f"{name}.{acc.get('metric', 'accuracy')}"] = float(acc["value"])
+        if isinstance(acc.get("value"), int | float):  # a stand-in's (not the engine's) says so
+            kind = "_stand_in" if stand_in(acc) else ""
+            out[f"{name}.{acc.get('metric', 'accuracy')}{kind}"] = float(acc["value"])
         if isinstance(part.get("size_mb"), int | float):
             out[f"{name}.size_mb"] = float(part["size_mb"])
         out.update(_latency_metrics(name, part))

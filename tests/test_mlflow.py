@@ -118,3 +118,14 @@ def test_flatten():
         "d": "x",
         "e": "null",
     }
+
+
+def test_a_stand_in_accuracy_is_logged_as_one():
+    """A TensorRT engine's accuracy here is its graph's run by ONNX Runtime (a stand-in):
+    logged as `tensorrt-int8.accuracy` it read as the engine's own; the name says stand-in."""
+    report = json.loads(SAMPLE.read_text())
+    trt = next(e for e in report["engines"] if e["engine"] == "tensorrt")
+    trt["accuracy"] = {"metric": "accuracy", "value": 0.79, "stand_in": "qdq-in-float"}
+    m = report_metrics(report)
+    assert "tensorrt-int8.accuracy" not in m
+    assert m["tensorrt-int8.accuracy_stand_in"] == pytest.approx(0.79)
