@@ -151,11 +151,10 @@ TensorRT version, so the engine is built on the device itself.
 
 `results/` then holds `times.json` (per-iteration times), `parity.json`, `device.json` (device
 name, trtexec version, this bundle's profile, model hash and trtexec commands) and the trtexec
-logs. `parity.py`
-runs the engine through the TensorRT Python API when `tensorrt` imports (CUDA buffers through
-libcudart by ctypes, as JetPack ships it; no torch needed); otherwise it checks `model.onnx`
-with ONNX Runtime and says so in `parity.json` (`runner`), and verification fails: the engine
-that ships was not checked.
+logs. `parity.py` runs the engine through the TensorRT Python API when `tensorrt` imports (CUDA
+buffers through libcudart by ctypes, as JetPack ships it; no torch needed); otherwise it checks
+`model.onnx` with ONNX Runtime and says so in `parity.json` (`runner`), and verification fails:
+the engine that ships was not checked.
 {preprocessing}"""
 
 # parity.py of the bundle: kdc/deploy/device_parity.py, copied as it is. It runs on the device,

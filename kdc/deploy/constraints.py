@@ -10,10 +10,9 @@ Which engine answers which constraint:
   and `memory` objects. Among the shipped engine and those of the chosen precision (the shipped
   one first, then report order), a *measured* figure counts when it was taken on the target:
   the target is the host (`target.measurable`, or target name `host`) or the object says
-  `"on_target": true`. Failing that, the first
-  *predicted* figure is used, and the row says so. Measured latency is judged by `p99_ms`; a
-  prediction has no tail, so by its `p50_ms`. Memory: `peak_rss_mb` if measured, `peak_mb` if
-  predicted.
+  `"on_target": true`. Failing that, the first *predicted* figure is used, and the row says
+  so. Measured latency is judged by `p99_ms`; a prediction has no tail, so by its `p50_ms`.
+  Memory: `peak_rss_mb` if measured, `peak_mb` if predicted.
 - A constraint with a limit but no value gets `pass: false` and a `reason`; never skipped.
 - `device_parity`: one row per engine whose parity the device checked (`parity.on_target`,
   from `kdc verify --device-results`), without a configured limit: the value is the cosine of
