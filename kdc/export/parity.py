@@ -38,10 +38,10 @@ def compare(
     return {
         "reference": "pytorch",
         "n": int(len(ref)),
-        "max_abs": float(err.max()) if err.size else 0.0,
-        "p99_abs": float(np.quantile(err, 0.99)) if err.size else 0.0,
-        "cosine": float(cos.mean()) if cos.size else 1.0,
-        "min_cosine": float(cos.min()) if cos.size else 1.0,
+        "max_abs": _finite(err.max() if err.size else 0.0),
+        "p99_abs": _finite(np.quantile(err, 0.99) if err.size else 0.0),
+        "cosine": _finite(cos.mean() if cos.size else 1.0),
+        "min_cosine": _finite(cos.min() if cos.size else 1.0),
         "argmax_agreement": agreement,
         "atol": atol,
         "rtol": rtol,
@@ -56,3 +56,14 @@ def compare(
         ),
         "worst_rows": [int(i) for i in worst],
     }
+
+
+def _finite(value: float) -> float | None:
+    """A figure of the record, None where outputs holding NaN or inf made it NaN (written as a
+    bare NaN token, which strict JSON readers refuse); such a check does not pass."""
+    return float(value) if np.isfinite(value) else None
+
+
+def shown(value: float | None, spec: str) -> str:
+    """A parity figure formatted with `spec`, or `NaN` where `_finite` left none."""
+    return "NaN" if value is None else format(value, spec)

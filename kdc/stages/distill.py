@@ -204,6 +204,7 @@ def quantization_aware(
 
     from kdc.compress.fold_bn import unfolded_batchnorms
     from kdc.compress.qat import export_qat, quantize_for_training
+    from kdc.export.parity import shown
     from kdc.preflight import qat_reduce_range
     from kdc.stages.build import symmetric_activations
     from kdc.stages.export import PARITY_ROWS, onnx_parity, output_name
@@ -255,7 +256,7 @@ def quantization_aware(
     parity = {k: parity[k] for k in ("n", "max_abs", "p99_abs", "cosine", "argmax_agreement")}
     ctx.log(
         f"  QAT val accuracy {res.kept_metric:.4f} → {path.name} (against the fake-quantized "
-        f"PyTorch model: max|Δ| {parity['max_abs']:.3g}, argmax agreement "
+        f"PyTorch model: max|Δ| {shown(parity['max_abs'], '.3g')}, argmax agreement "
         f"{parity['argmax_agreement']:.4f} on {parity['n']} validation rows)"
     )
     _log_teacher_rows(ctx, res.teacher_rows)

@@ -15,7 +15,7 @@ from kdc.config import ExportConfig
 from kdc.errors import KdcError
 from kdc.export.cls_only import supports_cls_only
 from kdc.export.onnx_export import choose_exporter, export_onnx, opset_of
-from kdc.export.parity import compare
+from kdc.export.parity import compare, shown
 from kdc.models import load_run_student
 from kdc.models.base import ModelAdapter
 from kdc.pipeline import EXAMPLE_ROWS, Context, StageOutput
@@ -125,11 +125,11 @@ def run(ctx: Context) -> StageOutput:
     with atomic_path(ref_path) as tmp, open(tmp, "wb") as f:
         np.savez(f, outputs=s_ref, key=reference_key(ctx, parity_inputs(ctx)))
     for who, p in parity.items():
-        ctx.log(f"  {who}: max|Δ| {p['max_abs']:.2e}, cosine {p['cosine']:.6f}")
+        ctx.log(f"  {who}: max|Δ| {shown(p['max_abs'], '.2e')}, cosine {shown(p['cosine'], '.6f')}")
         if not p["passed"]:
             raise ParityError(
-                f"{who} ONNX differs from PyTorch: max_abs {p['max_abs']:.3g} "
-                f"(atol {p['atol']}), min cosine {p['min_cosine']:.5f}; worst eval "
+                f"{who} ONNX differs from PyTorch: max_abs {shown(p['max_abs'], '.3g')} "
+                f"(atol {p['atol']}), min cosine {shown(p['min_cosine'], '.5f')}; worst eval "
                 f"rows {p['worst_rows']} (see {out})"
             )
     return StageOutput(

@@ -48,3 +48,15 @@ def test_an_all_zero_output_row_is_not_parity_with_a_non_zero_one():
     assert got["min_cosine"] == 0.0 and got["cosine"] == 0.5
     assert not got["passed"]
     assert compare(zeros, zeros, atol=1e-4, rtol=1e-3, min_cosine=0.9)["cosine"] == 1.0
+
+
+def test_outputs_holding_nan_fail_and_leave_no_nan_in_the_record():
+    """An engine whose outputs overflow (NaN): its parity fails, and the record keeps no NaN,
+    which json.dumps writes as a bare NaN token that strict JSON readers (jq, CI) refuse."""
+    import json
+
+    ref = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    got = compare(ref, np.full_like(ref, np.nan), atol=1e-4, rtol=1e-3, min_cosine=0.9)
+    assert not got["passed"]
+    assert got["max_abs"] is None and got["cosine"] is None and got["min_cosine"] is None
+    json.dumps(got, allow_nan=False)
