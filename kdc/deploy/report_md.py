@@ -13,6 +13,7 @@ from kdc.deploy.constraints import (
     latencies,
     latency_ungated,
     on_dla_core,
+    shipped_engine,
     value_kind,
     verdict,
 )
@@ -270,6 +271,14 @@ def measured_cell(report: dict, lat: dict | None, elsewhere: bool) -> str:
     )
 
 
+def _ships(report: dict) -> str:
+    """`ships tensorrt-int8`: the engine that ships (a TensorRT target's engine of an FP32
+    student is FP16), else the student's precision."""
+    shipped = shipped_engine(report)
+    what = engine_label(shipped) if shipped else (report.get("student") or {}).get("precision")
+    return f"ships {what or DASH}"
+
+
 def _models(report: dict) -> Section:
     task = report.get("task")
     teacher, student = report.get("teacher") or {}, report.get("student") or {}
@@ -281,7 +290,7 @@ def _models(report: dict) -> Section:
             DASH,
             (teacher.get("latency") or teacher.get("target_latency") or {}).get("precision", DASH),
         ),
-        ("student (pytorch)", "pytorch", student, DASH, f"ships {student.get('precision', DASH)}"),
+        ("student (pytorch)", "pytorch", student, DASH, _ships(report)),
     ]
     named += [
         (

@@ -350,3 +350,18 @@ def test_a_tensorrt_engine_built_here_is_stood_in_for_and_predicted(stub_verify,
     bundled = {k: v for k, v in built.items() if k != "size_mb"} | {"status": "bundle"}
     rec = verify._verified(stub_verify, bundled, [bundled], np.zeros((2, 3)), None, {}, {})
     assert rec["size_mb"] == 0.001 and "built on the device" in rec["size_note"]
+
+
+def test_the_students_row_names_the_engine_that_ships(report):
+    """An FP32 student on a TensorRT target ships the engine TensorRT builds in FP16: its row
+    said "ships fp32"; it names the shipped engine."""
+    report["student"]["precision"] = "fp32"
+    for e in report["engines"]:
+        e.pop("ships", None)
+    trt = next(
+        e for e in report["engines"] if e["engine"] == "tensorrt" and e["precision"] == "fp16"
+    )
+    trt["ships"] = True
+    md = render_markdown(report)
+    (row,) = (line for line in md.splitlines() if line.startswith("| student (pytorch)"))
+    assert "| ships tensorrt-fp16 |" in row
