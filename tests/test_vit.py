@@ -19,7 +19,8 @@ from kdc.compress.student import derive_student
 from kdc.config import PruneConfig, load_config
 from kdc.data import load_dataset
 from kdc.export.onnx_export import export_onnx
-from kdc.models import load_student, load_teacher
+from kdc.image_processor import pixel_scale, vit_defaults
+from kdc.models import hf_image, load_student, load_teacher
 
 PRECISIONS = ("fp32", "int8")
 
@@ -38,6 +39,27 @@ def test_encode_resizes_and_normalises_like_the_image_processor(vit_project):
     wide = np.repeat(x, 3, axis=-1)  # 8×24: stretched to a square, as ViTImageProcessor does
     got = teacher.encode(wide)["pixel_values"]
     assert got.shape == (4, 1, 8, 8) and got.dtype == np.float32
+
+
+@pytest.mark.parametrize("side", [8, 13])  # the model's size, and another resized to it
+def test_encode_in_chunks_gives_the_whole_split_encoded_at_once(monkeypatch, side):
+    """Images are resized and normalized ENCODE_IMAGES rows at a time into one array, each
+    chunk told to `progress`: byte for byte the whole split resized, then normalized, at once."""
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    processor = {**vit_defaults(8, 3), "image_mean": mean, "image_std": std}
+    model = tiny_vit(["a", "b"], channels=3, hidden=8, layers=1, heads=2)
+    x = np.random.default_rng(0).random((10, 3, side, side), dtype=np.float32)
+    whole = torch.from_numpy(x)
+    if side != 8:
+        whole = torch.nn.functional.interpolate(whole, (8, 8), mode="bilinear", antialias=True)
+    mean_t, std_t = (torch.tensor(v).view(1, -1, 1, 1) for v in (mean, std))
+    expected = ((whole * pixel_scale(processor) - mean_t) / std_t).numpy()
+    monkeypatch.setattr(hf_image, "ENCODE_IMAGES", 3)
+    told = []
+    got = hf_image.HFImageAdapter(model, processor).encode(x, progress=told.append)
+    assert told == [3, 3, 3, 1]
+    assert got["pixel_values"].dtype == np.float32
+    assert got["pixel_values"].tobytes() == expected.tobytes()
 
 
 def test_sliced_student_saves_and_reloads(vit_project, tmp_path):

@@ -29,6 +29,8 @@ from kdc.image_processor import pixel_scale, read_processor, vit_defaults
 from kdc.models.hf import TransformerAdapter, load_model
 from kdc.rundir import write_json
 
+ENCODE_IMAGES = 128  # images resized and normalized at a time (77 MB each step at 3x224x224)
+
 # heads that average the logits of one classifier per special token, by class: the classifier
 # attributes in token order. Any other model's classifier is its last Linear layer.
 TOKEN_CLASSIFIERS = {
@@ -90,24 +92,29 @@ class HFImageAdapter(TransformerAdapter):
     def encode(
         self, features: np.ndarray, progress: Callable[[int], None] | None = None
     ) -> dict[str, np.ndarray]:
-        """Pixel values resized and normalized as the image processor says, all rows at once
-        (`progress` told them when done)."""
-        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        channels = int(self.config.num_channels)
-        if x.dim() != 4 or x.shape[1] != channels:  # else a one-channel image broadcasts to three
-            got = x.shape[1] if x.dim() == 4 else f"{x.dim()}-d"
+        """Pixel values resized and normalized as the image processor says, `ENCODE_IMAGES` rows
+        at a time into the array returned (`progress` told each chunk's rows): 2,000 images
+        resized to 224 px all at once took 3.6 GB at peak for the 1.2 GB returned."""
+        features = np.asarray(features)
+        channels, side = int(self.config.num_channels), self.image_size
+        if features.ndim != 4 or features.shape[1] != channels:  # else one channel broadcasts
+            got = features.shape[1] if features.ndim == 4 else f"{features.ndim}-d"
             raise channel_mismatch(channels, got, "config.json num_channels")
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            size = (self.image_size, self.image_size)
-            x = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
-        x = x * pixel_scale(self.processor)
-        if self.processor["do_normalize"]:
-            mean = torch.tensor(self.processor["image_mean"]).view(1, -1, 1, 1)
-            std = torch.tensor(self.processor["image_std"]).view(1, -1, 1, 1)
-            x = (x - mean) / std
-        if progress is not None:
-            progress(len(x))
-        return {"pixel_values": x.numpy()}
+        out = np.empty((len(features), channels, side, side), np.float32)
+        scale = pixel_scale(self.processor)
+        mean = torch.tensor(self.processor["image_mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(self.processor["image_std"]).view(1, -1, 1, 1)
+        for start in range(0, len(features), ENCODE_IMAGES):
+            chunk = features[start : start + ENCODE_IMAGES]
+            x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
+            if x.shape[-2:] != (side, side):
+                x = nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
+            y = torch.mul(x, scale, out=torch.from_numpy(out[start : start + len(chunk)]))
+            if self.processor["do_normalize"]:
+                y.sub_(mean).div_(std)
+            if progress is not None:
+                progress(len(chunk))
+        return {"pixel_values": out}
 
     @contextlib.contextmanager
     def exporting(self) -> Iterator[None]:
