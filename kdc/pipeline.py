@@ -161,9 +161,9 @@ class Stage:
     # what of the target profile it reads (by default all of it): another target that agrees
     # on these keeps the stage's outputs on `--resume`
     profile_reads: ProfileReads = lambda cfg, profile: profile.model_dump(mode="json")
-    # the versions of kdc's own recipes it runs for `cfg` (QAT's scheme, NNCF PTQ's), hashed
-    # from 2 on: a run of version 1 hashes as before versions existed, one of another version
-    # runs the stage again
+    # the versions of kdc's own recipes it runs for `cfg` (QAT's scheme, NNCF PTQ's, a CNN's
+    # BatchNorm re-estimation), hashed from 2 on: a run of version 1 hashes as before versions
+    # existed, one of another version runs the stage again
     versions: Callable[[KdcConfig], dict[str, int]] = lambda cfg: {}
 
 
@@ -219,7 +219,7 @@ def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     (or any student pruned) to, not read for a transformer's; for QAT, whether TensorRT runs it
     (symmetric fake-quantizers), whether it trains 7-bit weights (`qat_reduce_range`, by default
     this CPU's), only where it applies (a run without it hashes as before); pruning to a latency
-    reads the whole latency model. QAT's scheme version is `_distill_versions`'."""
+    reads the whole latency model. Recipe versions are `_distill_versions`'."""
     from kdc.models import student_family
 
     cnn = student_family(cfg) == "cnn"
@@ -236,11 +236,15 @@ def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
 
 
 def _distill_versions(cfg: KdcConfig) -> dict[str, int]:
-    """An INT8 QAT run's scheme version (`qat.SCHEMES`, by the student's family)."""
+    """A CNN student's BatchNorm re-estimation version (`precise_bn.VERSION`), an INT8 QAT run's
+    scheme version (`qat.SCHEMES`, by the student's family)."""
+    from kdc.compress import precise_bn
     from kdc.compress.qat import SCHEMES
     from kdc.models import student_family
 
-    return {"qat_scheme": SCHEMES[student_family(cfg)].version} if int8_qat(cfg) else {}
+    family = student_family(cfg)
+    bn = {"precise_bn": precise_bn.VERSION} if family == "cnn" else {}
+    return {**bn, "qat_scheme": SCHEMES[family].version} if int8_qat(cfg) else bn
 
 
 def _build_versions(cfg: KdcConfig) -> dict[str, int]:

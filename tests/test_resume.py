@@ -180,6 +180,23 @@ def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
         assert {k for k in configs if now[k] != before[k]} == {"qat", "qat pruned to a latency"}
 
 
+def test_a_cnn_distills_again_when_its_batchnorm_re_estimation_changes(cnn_project, monkeypatch):
+    """distill's input hash holds `precise_bn.VERSION` for a CNN student (2: BatchNorm statistics
+    re-estimated after each epoch): a CNN run distilled before (1, hashed without it) distills
+    again, PTQ or QAT; a transformer's run does not read it."""
+    from tiny import bert_config
+
+    from kdc.compress import precise_bn
+
+    cfg = yaml.safe_load(cnn_project.read_text())
+    configs = {"ptq": cfg, "qat": _with(cfg, "quantize.method", "qat"), "text": bert_config()}
+    now = {k: _hashes(c)["distill"] for k, c in configs.items()}
+    assert precise_bn.VERSION == 2
+    monkeypatch.setattr(precise_bn, "VERSION", 1)
+    before = {k: _hashes(c)["distill"] for k, c in configs.items()}
+    assert {k for k in configs if now[k] != before[k]} == {"ptq", "qat"}
+
+
 def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypatch):
     """build's input hash holds the NNCF PTQ recipe's version for the student's family from 2 on
     (CNNs' 2: every activation per tensor, a depthwise conv's input too): a run whose INT8 graph

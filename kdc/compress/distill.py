@@ -2,7 +2,8 @@
 (`accelerate launch` gives DDP, one CPU process otherwise). Each epoch is checkpointed and a
 restarted run continues from it; the last epoch is kept, or (`select: best`) the best on a
 validation split carved from train (never the eval split), which also drives early stopping;
-structured pruning runs gradually during the first epochs when asked."""
+structured pruning runs gradually during the first epochs when asked. A CNN student's BatchNorm
+statistics are re-estimated after each epoch, before it is evaluated (`precise_bn`)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from kdc.compress.losses import (
     LossInputs,
     Projections,
 )
+from kdc.compress.precise_bn import precise_bn
 from kdc.compress.prune import GradualPruning, sync_after_pruning
 from kdc.compress.teacher_cache import MB, TeacherCache
 from kdc.config import DistillConfig, LossConfig
@@ -76,6 +78,7 @@ class DistillResult:
     resumed_from_epoch: int | None = None
     teacher_rows: dict | None = None  # TeacherCache.stats() where the teacher ran in training
     earlier_s: float = 0.0  # training time of the checkpointed epochs an earlier run did
+    precise_bn: dict | None = None  # the kept model's BatchNorm re-estimation (`precise_bn`)
 
 
 def resolve_losses(cfg: DistillConfig, family: str, task: str | None = None) -> list[LossConfig]:
@@ -240,6 +243,10 @@ class _Trainer:
             batches += [chunk[i : i + b] for i in range(0, len(chunk), b)]
         return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
 
+    def precise_bn(self, score: float) -> tuple[float, dict | None]:
+        """`precise_bn` on the student, whose validation score is `score`."""
+        return precise_bn(self.student, self.data, self.cfg.batch_size, self.seed, score)
+
     def labels_of(self, sel: np.ndarray) -> torch.Tensor | None:
         return None if self.labels is None else self.labels[sel]
 
@@ -349,6 +356,7 @@ def distill(
         "kept_metric": -1.0,
         "kept_epoch": -1,
         "kept_model": {},
+        "kept_bn": None,
         "top": -1.0,
         "stale": 0,
         "prune_done": 0,
@@ -388,6 +396,7 @@ def distill(
         resumed,
         tr.cache.stats() if tr.cache.ran else None,
         earlier_s,
+        s["kept_bn"],
     )
 
 
@@ -423,6 +432,7 @@ def _epochs(
                     kept_metric=-1.0,
                     kept_epoch=-1,
                     kept_model={},
+                    kept_bn=None,
                     top=-1.0,
                     stale=0,
                 )
@@ -435,7 +445,7 @@ def _epochs(
             opt.step()
             losses.append(loss.item())
             parts.append(dict(tr.objective.parts))
-        acc = evaluate(tr.student, tr.data)
+        acc, bn = tr.precise_bn(evaluate(tr.student, tr.data))
         rec = {
             "epoch": epoch,
             "loss": float(np.mean(losses)) if losses else None,
@@ -443,6 +453,7 @@ def _epochs(
             "val_accuracy": acc,
             "steps": s["step"],
             "params": tr.student.params(),
+            **({"precise_bn": bn} if bn else {}),
         }
         s["history"].append(rec)
         if progress:
@@ -452,10 +463,13 @@ def _epochs(
             improved = acc > s["top"]
             s.update(top=max(acc, s["top"]), stale=0 if improved else s["stale"] + 1)
             if cfg.select == "last":
-                s.update(kept_metric=acc, kept_epoch=epoch)
+                s.update(kept_metric=acc, kept_epoch=epoch, kept_bn=bn)
             elif acc >= s["kept_metric"]:  # a tie goes to the later, more trained epoch
                 s.update(
-                    kept_metric=acc, kept_epoch=epoch, kept_model=_tensor_state(tr.student.module)
+                    kept_metric=acc,
+                    kept_epoch=epoch,
+                    kept_model=_tensor_state(tr.student.module),
+                    kept_bn=bn,
                 )
             stop = bool(cfg.early_stopping_patience and s["stale"] >= cfg.early_stopping_patience)
         s["epoch"], s["elapsed_s"] = epoch + 1, time.perf_counter() - started
@@ -475,8 +489,10 @@ def _epochs(
     if pruning is not None and not pruning.finished:  # too few steps to spread the schedule
         while not pruning.finished:
             pruning.step()
+        acc, bn = tr.precise_bn(evaluate(tr.student, tr.data))
         s.update(
-            kept_metric=evaluate(tr.student, tr.data),
+            kept_metric=acc,
+            kept_bn=bn,
             kept_epoch=s["epoch"] - 1,
             kept_model=_tensor_state(tr.student.module),
         )

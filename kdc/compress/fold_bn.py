@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from itertools import chain
 
 import onnx
 import torch
@@ -66,9 +67,10 @@ def recalibrate(model: nn.Module, norms: list[nn.Module], batches: Iterable[tupl
     """Re-estimate the running statistics of `norms` (BatchNorms of `model`) on `batches` (the
     model's positional inputs; one of a single row is skipped): reset, then the average of their
     statistics over the batches (momentum None), `model` run in eval mode but for `norms`. All
-    are left in eval mode, `norms` with their momentum."""
-    batches = [b for b in batches if len(b[0]) > 1]  # BatchNorm refuses one value a channel
-    if not batches:
+    are left in eval mode, `norms` with their momentum. `batches` is read once, lazily."""
+    batches = (b for b in batches if len(b[0]) > 1)  # BatchNorm refuses one value a channel
+    first = next(batches, None)
+    if first is None:
         return
     saved = {m: m.momentum for m in norms}
     model.eval()
@@ -77,7 +79,7 @@ def recalibrate(model: nn.Module, norms: list[nn.Module], batches: Iterable[tupl
         m.momentum = None
         m.train()
     try:
-        for batch in batches:
+        for batch in chain([first], batches):
             model(*batch)
     finally:
         for m, momentum in saved.items():
