@@ -64,12 +64,12 @@ def build_command(
 ) -> list[str]:
     """trtexec arguments that build `engine` from `onnx` as `build_engine` would.
 
-    Shapes in `opts.profiles` are passed as given: leave out inputs whose dims are static."""
+    No `--stronglyTyped`: kdc builds weakly typed on 10.x, and trtexec 11.x builds strongly typed
+    always (the flag is a deprecated no-op there). Shapes in `opts.profiles` are passed as given:
+    leave out inputs whose dims are static."""
     plan = plan_build(trt_version, opts)
     cmd = [trtexec, f"--onnx={onnx}", f"--saveEngine={engine}"]
     cmd += [FLAG_SWITCHES[f] for f in plan.flags]
-    if plan.strongly_typed:
-        cmd.append("--stronglyTyped")
     if opts.profiles:
         for i, key in enumerate(("--minShapes", "--optShapes", "--maxShapes")):
             cmd.append(f"{key}={shape_spec({k: v[i] for k, v in opts.profiles.items()})}")

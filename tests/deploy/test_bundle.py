@@ -92,8 +92,9 @@ def test_bundle_for_tensorrt_11_is_strongly_typed_with_fp16_graph(tmp_path, gold
     prof = base.model_copy(update={"runtime": base.runtime.model_copy(update={"tensorrt": "11.1"})})
     out = make_bundle(tmp_path, goldens, profile=prof)
     build = (out / "build.sh").read_text()
-    assert "--stronglyTyped" in build and "--fp16" not in build
-    assert json.loads((out / "bundle.json").read_text())["fp16_converted"]
+    assert "--stronglyTyped" not in build and "--fp16" not in build  # (a deprecated no-op)
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["fp16_converted"] and meta["strongly_typed"]
     model = onnx.load(out / "model.onnx")
     assert any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
 
