@@ -175,6 +175,24 @@ def test_interleaved_rounds_keep_each_models_median_round(tmp_path, monkeypatch)
     assert "rounds_p50_ms" not in single["a"]
 
 
+def test_an_even_number_of_rounds_keeps_and_names_the_lower_middle_round(monkeypatch):
+    """Of 4 rounds no one round's p50 is the median: the faster middle one is kept (its p99 and
+    cv belong to it) and the protocol says so instead of "median"."""
+    from kdc.deploy import latency as L
+
+    p50s = iter([4.0, 1.0, 3.0, 2.0])
+    monkeypatch.setattr(
+        L,
+        "measure_onnx",
+        lambda path, inputs, *, precision, **kw: (
+            {"p50_ms": next(p50s)} | {"p99_ms": 1.0, "precision": precision}
+        ),
+    )
+    out = L.measure_onnx_rounds({"a": ("a", "fp32")}, {}, rounds=4)["a"]
+    assert out["p50_ms"] == 2.0
+    assert out["protocol"] == "lower-middle p50 of 4 interleaved rounds"
+
+
 def test_latency_inputs_are_verify_batch_rows_even_from_a_short_eval_split():
     """An eval split of 3 rows and verify.batch 5: latency was timed on 5 rows (repeated), but
     the memory probe ran the 3 rows as they were and recorded batch 3 ("at the verify batch"),
