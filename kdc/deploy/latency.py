@@ -77,7 +77,7 @@ def measure_callable(
 
     ms = np.asarray(samples, dtype=np.float64) / 1e6
     mean = float(ms.mean())
-    std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
+    std = float(ms.std())  # population std, as trtexec.latency_stats and bench.sh
     cv = std / mean if mean > 0 else 0.0
     p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
     return {

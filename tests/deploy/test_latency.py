@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -210,3 +211,16 @@ def test_latency_inputs_are_verify_batch_rows_even_from_a_short_eval_split():
     assert {k: v.shape for k, v in x.items()} == {"input_ids": (5, 4), "attention_mask": (5, 4)}
     assert x["attention_mask"][3:].tolist() == mask[:2].tolist()  # rows repeated in order
     assert ctx.latency_padding() == pytest.approx(1 - 13 / 20)
+
+
+def test_host_and_device_timings_share_one_cv(monkeypatch):
+    """A host timing's cv is population std / mean, as trtexec's and bench.sh's (it was the
+    sample std, so the same times gave a larger cv here than on the device)."""
+    from kdc.deploy.trtexec import latency_stats
+
+    ticks = iter([0, 1_000_000, 0, 3_000_000])  # two calls: 1 ms and 3 ms
+    clock = SimpleNamespace(perf_counter=time.perf_counter, perf_counter_ns=lambda: next(ticks))
+    monkeypatch.setattr(latency, "time", clock)
+    res = measure_callable(lambda: None, warmup=0, warmup_s=0, iterations=2, min_duration_s=0)
+    assert res["std_ms"] == pytest.approx(1.0) and res["cv"] == pytest.approx(0.5)
+    assert latency_stats([1.0, 3.0])["cv"] == pytest.approx(res["cv"])
