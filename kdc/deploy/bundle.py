@@ -19,6 +19,7 @@ import onnx
 import yaml
 
 from kdc import __version__
+from kdc.deploy.external_data import copy_onnx
 from kdc.deploy.fp16 import convert_fp16
 from kdc.deploy.input_contract import INPUT_CONTRACT
 from kdc.deploy.softmax_floor import remove_floor_file
@@ -322,7 +323,7 @@ def write_bundle(
         if plan.convert_fp16:
             convert_fp16(onnx_path, tmp / "model.onnx")
         else:
-            shutil.copyfile(onnx_path, tmp / "model.onnx")
+            copy_onnx(onnx_path, tmp / "model.onnx")
         remove_floor_file(tmp / "model.onnx")  # TensorRT fuses attention itself
         scripts = {
             "build.sh": _PREAMBLE.format(what="Build the TensorRT engine on the device.", **header)

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from kdc.deploy.external_data import external_data_files
 from kdc.deploy.tensorrt import QDQ_OPS
 from kdc.errors import UserError
 from kdc.rundir import atomic_path
@@ -23,7 +24,9 @@ def convert_fp16(onnx_in: Path | str, onnx_out: Path | str) -> Path:
 
     Uses onnxconverter-common when installed; else a minimal converter (initializers, Constant,
     ConstantOfShape and Cast-to-float turned fp16, casts at the graph edges) that refuses
-    Q/DQ graphs and checks the result with strict shape inference."""
+    Q/DQ graphs and checks the result with strict shape inference. A graph with external data
+    (over 2 GB) is written with its data beside it, in `<onnx_out name>.data`."""
+    external = bool(external_data_files(onnx_in))
     model = onnx.load(str(onnx_in))
     try:
         from onnxconverter_common import float16
@@ -31,8 +34,16 @@ def convert_fp16(onnx_in: Path | str, onnx_out: Path | str) -> Path:
         converted = _to_fp16(model, source=str(onnx_in))
     else:
         converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    data = Path(onnx_out).with_name(f"{Path(onnx_out).name}.data")
+    data.unlink(missing_ok=True)  # onnx.save appends to an existing data file
     with atomic_path(onnx_out) as tmp:
-        onnx.save(converted, str(tmp))
+        onnx.save(
+            converted,
+            str(tmp),
+            save_as_external_data=external,
+            location=data.name,
+            size_threshold=0,  # every initializer in the data file
+        )
     return Path(onnx_out)
 
 

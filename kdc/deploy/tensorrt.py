@@ -18,9 +18,10 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
+from kdc.deploy.external_data import onnx_sha256
 from kdc.errors import KdcError, UserError
 from kdc.profiles import HardwareProfile
-from kdc.rundir import atomic_path, sha256_file, sha256_json, size_mb
+from kdc.rundir import atomic_path, sha256_json, size_mb
 
 REASON_UNAVAILABLE = (
     "TensorRT is not installed on this machine; build on the device with bundle/build.sh"
@@ -431,11 +432,12 @@ def build_engine(
         trt_version=version,
         precision=opts.precision,
         shapes=opts.profiles,
-        onnx_sha256=sha256_file(onnx_path),
+        onnx_sha256=onnx_sha256(onnx_path),  # with its external data files, if any
         build_options={
             "level": opts.optimization_level,
             "dla": opts.dla_core,
             "hw": opts.hardware_compatibility,
+            "workspace_mb": opts.workspace_mb,  # bounds the tactics the builder may choose
         },
     )
     cached = opts.cache_dir / f"{key}.plan" if opts.cache_dir else None

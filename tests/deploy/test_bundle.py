@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 from stand_in_device import make_bundle
 
 from kdc.deploy.bundle import bundle_dir
 from kdc.deploy.device_results import read_device_results
+from kdc.deploy.external_data import external_data_files
 from kdc.deploy.input_contract import image_input_contract
 from kdc.errors import UserError
 from kdc.profiles import load_profile
@@ -316,3 +318,20 @@ def test_an_engine_of_an_earlier_model_is_not_timed_and_old_results_go(tmp_path,
     res = read_device_results(out / "results", out, "jetson-orin-nano-8gb")
     assert not res["parity"]["passed"]
     assert "parity.py failed before writing its result (exit 1" in res["parity"]["error"]
+
+
+@pytest.mark.parametrize("trt", ["10.3", "11.1"])  # the graph copied / converted to fp16
+def test_a_model_with_external_data_is_bundled_with_its_weights(tmp_path, goldens, trt):
+    """A model over 2 GB keeps its weights in files beside it: the bundle carries them, so
+    model.onnx loads (and TensorRT parses it) on the device."""
+    model, inputs, outputs = goldens
+    ext = tmp_path / "ext" / "m.onnx"
+    ext.parent.mkdir()
+    onnx.save(onnx.load(model), ext, save_as_external_data=True, size_threshold=0)
+    base = load_profile("jetson-orin-nano-8gb")
+    prof = base.model_copy(update={"runtime": base.runtime.model_copy(update={"tensorrt": trt})})
+    out = make_bundle(tmp_path, (ext, inputs, outputs), profile=prof)
+    assert external_data_files(out / "model.onnx")  # (an fp16 copy too: it may be over 2 GB)
+    (tmp_path / "ext").rename(tmp_path / "gone")  # nothing read from the source any more
+    got = ort.InferenceSession(str(out / "model.onnx")).run(None, {"x": inputs["x"]})[0]
+    assert np.allclose(got, outputs, atol=1e-2)

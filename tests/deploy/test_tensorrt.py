@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
@@ -367,6 +368,36 @@ def test_build_engine_writes_engine_timing_cache_and_reuses_cache(tmp_path, no_g
     rec2 = build_engine(model, tmp_path / "m2.plan", profile, opts, trt_module=again)
     assert rec2["cached"] and rec2["cache_key"] == rec["cache_key"]
     assert not again.log and (tmp_path / "m2.plan").read_bytes() == b"ENGINE"
+
+
+def test_the_engine_cache_is_not_reused_across_workspace_or_external_weights(
+    tmp_path, no_gpu_probe
+):
+    """The cache key covers the workspace (it bounds the tactics TensorRT may pick) and the
+    weights a model keeps in external data files (its .onnx file alone does not change)."""
+    model = tmp_path / "ext" / "m.onnx"
+    model.parent.mkdir()
+    onnx.save(
+        onnx.load(_tiny_onnx(tmp_path / "m.onnx")),
+        model,
+        save_as_external_data=True,
+        size_threshold=0,
+        location="m.data",
+    )
+    jetson = load_profile("jetson-orin-nano-8gb")
+    opts = BuildOptions(profiles={"x": ([1, 8], [1, 8], [1, 8])}, cache_dir=tmp_path / "cache")
+
+    def build(opts: BuildOptions) -> dict:
+        trt = fake_trt(inputs=(("x", (-1, 8)),))
+        return build_engine(model, tmp_path / "m.plan", jetson, opts, trt_module=trt)
+
+    first = build(opts)
+    assert build(opts)["cached"]
+    assert not build(dataclasses.replace(opts, workspace_mb=2048))["cached"]
+    data = model.with_name("m.data")
+    data.write_bytes(bytes(reversed(data.read_bytes())))  # new weights, same graph file
+    rebuilt = build(opts)
+    assert not rebuilt["cached"] and rebuilt["cache_key"] != first["cache_key"]
 
 
 def test_build_engine_on_11_parses_an_fp16_graph(tmp_path, no_gpu_probe):
