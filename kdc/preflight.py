@@ -188,17 +188,18 @@ def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
 
 
 def check_dla_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
-    """build.dla_core on a target that builds TensorRT: the core exists, runs the precision and
-    one input shape, the profile predicts DLA latency, and the device's TensorRT builds for
-    DLA."""
+    """build.dla_core on a target that builds TensorRT: the core exists, runs the engine's
+    precision (fp32 is built fp16, `built_at`) and one input shape, the profile predicts DLA
+    latency, and the device's TensorRT builds for DLA."""
     from kdc.deploy.dla import check_dla, check_one_shape
     from kdc.deploy.tensorrt import DLA_RULE, supports_dla
+    from kdc.stages.build_tensorrt import built_at
 
     core, rt = cfg.build.dla_core, profile.runtime
     if core is None or not builds_tensorrt(cfg, profile):
         return
     try:
-        check_dla(profile, core, cfg.quantize.precision)
+        check_dla(profile, core, built_at(cfg.quantize.precision))
     except UserError as e:
         raise e.located(cfg.source_file) from None
     check_one_shape(cfg.build.max_batch, cfg.source_file)
