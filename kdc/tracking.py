@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 from kdc.deploy.constraints import stand_in
+from kdc.deploy.report_md import off_target
 from kdc.errors import UserError
 from kdc.rundir import read_json
 
@@ -59,19 +60,22 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): obj if isinstance(obj, str) else json.dumps(obj)}
 
 
-def _latency_metrics(name: str, part: dict) -> dict[str, float]:
+def _latency_metrics(report: dict, name: str, part: dict) -> dict[str, float]:
     out = {}
     for block in (part.get("latency"), part.get("target_latency")):
         if isinstance(block, dict) and block.get("kind") in ("measured", "predicted"):
+            kind = "measured_here" if off_target(report, block) else block["kind"]
             for stat in LATENCY_STATS:
                 if isinstance(block.get(stat), int | float):
-                    out[f"{name}.{block['kind']}_{stat}"] = float(block[stat])
+                    out[f"{name}.{kind}_{stat}"] = float(block[stat])
     return out
 
 
 def report_metrics(report: dict) -> dict[str, float]:
     """Accuracy and latency (measured and predicted, named so) of the teacher and each engine,
-    size, and whether every constraint passed."""
+    size, and whether every constraint passed. A timing of the build machine for another target
+    is `measured_here_*` (report.md: "measured here", "not the target"); `measured_*` is the
+    target's own (this machine, or the device's results read back)."""
     parts = [("teacher", report.get("teacher") or {})]
     parts += [(f"{e.get('engine')}-{e.get('precision')}", e) for e in report.get("engines", [])]
     out: dict[str, float] = {}
@@ -82,7 +86,7 @@ def report_metrics(report: dict) -> dict[str, float]:
             out[f"{name}.{acc.get('metric', 'accuracy')}{kind}"] = float(acc["value"])
         if isinstance(part.get("size_mb"), int | float):
             out[f"{name}.size_mb"] = float(part["size_mb"])
-        out.update(_latency_metrics(name, part))
+        out.update(_latency_metrics(report, name, part))
     if isinstance(report.get("passed"), bool):
         out["passed"] = float(report["passed"])
     return out

@@ -111,6 +111,24 @@ def test_metrics_name_measured_and_predicted_latency():
     assert "tensorrt-int8.measured_p50_ms" not in m  # never timed: only predicted
 
 
+def test_a_timing_of_the_build_machine_for_another_target_is_named_so():
+    """On a target kdc cannot time, a figure timed on this machine is not the target's: it is
+    `measured_here_*` (as report.md says "measured here ... (not the target)"); the device's
+    own timing, read back from its results, and any timing on a host target stay `measured_*`."""
+    here = {"kind": "measured", "device": "Xeon (2 threads)", "p50_ms": 5.0, "p99_ms": 6.0}
+    device = {"kind": "measured", "on_target": True, "p50_ms": 1.0, "p99_ms": 1.5}
+    report = {
+        "target": {"name": "jetson", "measurable": False},
+        "teacher": {"latency": here},
+        "engines": [{"engine": "tensorrt", "precision": "fp16", "latency": device}],
+    }
+    m = report_metrics(report)
+    assert m["teacher.measured_here_p50_ms"] == 5.0 and "teacher.measured_p50_ms" not in m
+    assert m["tensorrt-fp16.measured_p99_ms"] == 1.5
+    host = report_metrics({**report, "target": {"name": "host", "measurable": True}})
+    assert host["teacher.measured_p50_ms"] == 5.0
+
+
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": None}) == {
         "a.b": "1",
