@@ -476,17 +476,23 @@ def latency_model(report: dict) -> str:
 
 
 def _timed(report: dict) -> list[tuple[str, dict]]:
-    """(name, latency object) of the teacher, the student and every engine, each object."""
+    """(name, latency object) of the teacher, the student and every engine, each object: with
+    the prediction a device-timed engine keeps (`predicted_latency`), as the tables show it."""
     parts = [
         ("teacher", report.get("teacher") or {}),
         ("student (pytorch)", report.get("student") or {}),
     ]
     parts += [(engine_label(e), e) for e in report.get("engines") or []]
     return [
-        (name + (" (for target)" if key == "target_latency" else ""), lat)
+        (name + (" (for target)" if key != "latency" else ""), lat)
         for name, part in parts
-        for key, lat in latencies(part)
+        for key, lat in latencies(part) + _kept_prediction(part)
     ]
+
+
+def _kept_prediction(part: dict) -> list[tuple[str, dict]]:
+    kept = part.get("predicted_latency")
+    return [("predicted_latency", kept)] if isinstance(kept, dict) else []
 
 
 def _conditions(report: dict) -> Section:

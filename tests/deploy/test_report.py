@@ -417,3 +417,8 @@ def test_a_device_timed_engine_still_shows_its_prediction(report):
     trt["latency"] = {"kind": "measured", "device": "Orin Nano", "p50_ms": 8.48, "p99_ms": 9.1}
     row = next(ln for ln in render_markdown(r).splitlines() if ln.startswith("| tensorrt-int8 |"))
     assert "8.48 ms p50 / 9.10 ms p99 | 0.530 ms p50 |" in row, row
+    # the prediction's conditions (latency model, calibration) are listed as the timing's are
+    cond = [ln for ln in render_markdown(r).splitlines() if ln.startswith("| tensorrt-int8 ")]
+    assert any(
+        ln.startswith("| tensorrt-int8 (for target) | predicted | model roofline") for ln in cond
+    )
