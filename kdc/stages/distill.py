@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdc.allocator import tune_for_training
 from kdc.compress.checkpoint import Checkpoint
 from kdc.compress.distill import (
     DistillData,
@@ -305,6 +306,7 @@ def save_student(student: ModelAdapter, directory: Path) -> list[Path]:
 
 
 def run(ctx: Context) -> StageOutput:
+    tune_for_training()  # every step's freed buffers stay mapped: no page faults to get them back
     spec = read_json(ctx.run / "search" / "student.json")["spec"]
     student = build_student(ctx, spec)
     p_attn = ctx.cfg.distill.attention_dropout
