@@ -196,6 +196,15 @@ def unsupported_teacher(conf: dict[str, Any], image: bool) -> str | None:
     return None
 
 
+# the PyTorch weights from_pretrained reads (one file, or a sharded checkpoint's index)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
 def check_model_dir(path: Path, field: str) -> None:
     """A UserError unless `path` holds a readable config.json."""
     if not (path / "config.json").is_file():
@@ -206,3 +215,19 @@ def check_model_dir(path: Path, field: str) -> None:
             fix="point to a directory saved with save_pretrained",
         )
     read_config(path, field)
+
+
+def check_loadable(path: Path, field: str, text: bool) -> None:
+    """A UserError unless model directory `path` holds what loading it reads, checked without
+    loading it: config.json, weights from_pretrained reads, and for a text model tokenizer
+    files."""
+    check_model_dir(path, field)
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(
+            f"no PyTorch weights ({', '.join(WEIGHT_FILES)})",
+            source=str(path),
+            field=field,
+            fix="save the model into the directory with model.save_pretrained(dir)",
+        )
+    if text:
+        check_tokenizer(path, field)

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 def check_config(cfg: KdcConfig) -> None:
     """Raise a UserError naming the config file and field for the first problem found."""
+    from kdc.hf_files import check_loadable
+    from kdc.models import teacher_kind
+
     _check_paths(cfg)
     _check_columns(cfg)
     _check_names(cfg)
@@ -35,6 +38,9 @@ def check_config(cfg: KdcConfig) -> None:
     _check_student_layers(cfg, hf)
     _check_student_architecture(cfg, hf)
     _check_search_space(cfg)
+    if cfg.teacher.path and teacher_kind(cfg) == "huggingface":  # files, last: what it is first
+        text = cfg.task != "image-classification"
+        check_loadable(cfg.resolve(cfg.teacher.path), "teacher.path", text)
 
 
 def check_data(cfg: KdcConfig) -> Dataset:

@@ -502,6 +502,7 @@ def test_init_reads_an_image_folder_with_a_vits_channels_at_its_size(tmp_path):
     cfg = load_config(out)
     assert (cfg.data.image_size, cfg.data.channels) == (None, 1)
     assert load_dataset(cfg).train.features.shape[1:] == (1, 8, 8)
+    (teacher / "model.safetensors").write_bytes(b"")  # validate checks it is there
     res = runner.invoke(app, ["validate", str(out)])
     assert res.exit_code == 0, res.output
     # a three-channel one: RGB, as an image folder is read by default

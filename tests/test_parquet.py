@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from test_data_loading import text_cfg
+from tiny import hf_stub
 from typer.testing import CliRunner
 
 from kdc.cli import app
@@ -56,7 +57,7 @@ def _pairs(root: Path, **data):
 
 def _validate_error(cfg) -> str:
     """`kdc validate`'s one line for a config whose data it refuses (exit 2)."""
-    (Path(cfg.source_file).parent / "teacher").mkdir(exist_ok=True)  # checked first
+    hf_stub(Path(cfg.source_file).parent / "teacher", {})  # checked first
     res = CliRunner().invoke(app, ["validate", cfg.source_file])
     assert res.exit_code == 2, res.output
     return res.output.strip()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from tiny import cnn_config, write_yaml
+from tiny import cnn_config, hf_stub, write_yaml
 from typer.testing import CliRunner
 
 from kdc.cli import app
@@ -155,7 +155,7 @@ def test_validate_reads_the_data_as_dry_run_does(tmp_path, content, field, words
     """Data that `kdc compress` refuses at once is refused by `kdc validate` too."""
     from tiny import bert_config
 
-    (tmp_path / "teacher").mkdir()
+    hf_stub(tmp_path / "teacher", {})
     (tmp_path / "d.csv").write_text(content)
     cfg = write_yaml(tmp_path / "model.yaml", bert_config(data={"source": "d.csv", "eval": None}))
     line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
@@ -165,13 +165,10 @@ def test_validate_reads_the_data_as_dry_run_does(tmp_path, content, field, words
 def test_a_max_length_beyond_the_teachers_positions_is_refused(tmp_path):
     """A text teacher of 64 positions and data.max_length 128: refused before any stage (it
     failed in distillation, on the first batch holding a longer row)."""
-    import json
 
     from tiny import bert_config, sentences, write_csv
 
-    (tmp_path / "teacher").mkdir()
-    conf = {"model_type": "bert", "max_position_embeddings": 64}
-    (tmp_path / "teacher" / "config.json").write_text(json.dumps(conf))
+    hf_stub(tmp_path / "teacher", {"model_type": "bert", "max_position_embeddings": 64})
     write_csv(tmp_path / "train.csv", sentences(8, 1))
     write_csv(tmp_path / "test.csv", sentences(8, 2))
     cfg = write_yaml(tmp_path / "model.yaml", bert_config(data={"max_length": 128}))
@@ -216,8 +213,7 @@ def test_student_layers_beyond_a_hugging_face_teacher_are_refused_by_validate(
     """The layer count is in the teacher's config.json: read there, no model loaded."""
     from tiny import bert_config
 
-    (tmp_path / "teacher").mkdir()
-    (tmp_path / "teacher" / "config.json").write_text('{"num_hidden_layers": 4}')
+    hf_stub(tmp_path / "teacher", {"num_hidden_layers": 4})
     for name in ("train.csv", "test.csv"):
         (tmp_path / name).write_text("text,label\na,x\nb,y\n")
     cfg = write_yaml(tmp_path / "model.yaml", bert_config(student={"layers": layers}))
@@ -232,12 +228,10 @@ def _dry_run(cfg) -> object:
 def _text_project(tmp_path, conf: dict, rows: list[tuple[str, str]], **over):
     """A text config whose teacher directory holds only `conf` as config.json (validate loads
     no model) and whose data are `rows`, a fifth held out."""
-    import json
 
     from tiny import bert_config, write_csv
 
-    (tmp_path / "teacher").mkdir(parents=True)
-    (tmp_path / "teacher" / "config.json").write_text(json.dumps(conf))
+    hf_stub(tmp_path / "teacher", conf)
     write_csv(tmp_path / "d.csv", rows)
     data = {"source": "d.csv", "eval": None}
     return write_yaml(tmp_path / "model.yaml", bert_config(data=data, **over))
@@ -585,3 +579,31 @@ def test_a_search_space_for_a_fixed_student_is_warned(tmp_path):
 
     cfg = load_config(_config(tmp_path, search={"space": {"stage_width": {"min": 0.5}}}))
     assert any(n.startswith("search.space not used") for n in config_warnings(cfg))
+
+
+@pytest.mark.parametrize(
+    ("missing", "words"),
+    [
+        ("config.json", "no config.json"),
+        ("model.safetensors", "no PyTorch weights"),
+        ("vocab.txt", "no tokenizer files"),
+    ],
+)
+def test_validate_refuses_a_teacher_directory_the_run_cannot_load(tmp_path, missing, words):
+    """A save_pretrained directory that lost its config.json, weights or tokenizer: `kdc
+    validate` and `--dry-run` said "valid" and the run failed in its search stage; now both
+    refuse it (exit 2, one line naming the directory and teacher.path) and a run leaves no
+    directory behind."""
+    from tiny import bert_config, sentences, write_csv
+
+    teacher = hf_stub(tmp_path / "teacher", {"model_type": "bert", "num_hidden_layers": 4})
+    (teacher / missing).unlink()
+    write_csv(tmp_path / "train.csv", sentences(8, 1))
+    write_csv(tmp_path / "test.csv", sentences(8, 2))
+    cfg = write_yaml(tmp_path / "model.yaml", bert_config())
+    for args in (["validate", str(cfg)], ["compress", str(cfg), "--dry-run"]):
+        line = _one_line(runner.invoke(app, args))
+        assert line.startswith(f"error: {teacher}: field 'teacher.path': ") and words in line
+    out = tmp_path / "run"
+    _one_line(runner.invoke(app, ["compress", str(cfg), "--out", str(out)]))
+    assert not out.exists()

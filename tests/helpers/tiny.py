@@ -49,6 +49,16 @@ def _override(cfg: dict, over: dict) -> dict:
     return cfg
 
 
+def hf_stub(path: Path, conf: dict) -> Path:
+    """A Hugging Face text model directory with the files `kdc validate` checks are there
+    (`conf` as config.json, a vocabulary, an empty weights file): it loads no model."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(conf))
+    (path / "vocab.txt").write_text("[UNK]\n")
+    (path / "model.safetensors").write_bytes(b"")
+    return path
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
