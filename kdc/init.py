@@ -27,7 +27,7 @@ from kdc.hf_files import (
     unsupported_teacher,
 )
 from kdc.init_data import DataInfo, inspect_data
-from kdc.rundir import atomic_path
+from kdc.rundir import atomic_path, writable
 
 # HF architecture suffix -> task kdc runs for it (a bare `*Model` only as a text encoder: see
 # _hf_task)
@@ -391,7 +391,7 @@ def init_config(
     info = inspect_data(data, teacher)
     check_match(teacher, info)
     text = render(_name(model), teacher, info, out.parent)
-    with atomic_path(out) as tmp:
+    with writable(out, "config", "--out", "model.yaml"), atomic_path(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
         load_config(tmp)  # what we write must validate
     return out, teacher, info

@@ -539,3 +539,15 @@ def test_init_reads_a_glob_of_text_files_alone(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"cannot read '\.csv/\.txt' files together") as e:
         inspect_data("d/*", teacher)
     assert e.value.field == "--data" and e.value.source == "d/*"
+
+
+def test_init_into_a_place_it_cannot_write_is_a_user_error(tmp_path):
+    """--out under a file (or a read-only folder): one line naming --out (exit 2), not an
+    internal error with a traceback."""
+    teacher = _hf_dir(tmp_path / "t", HF_CONFIG, **{"vocab.txt": "[UNK]\n"})
+    data = write_csv(tmp_path / "d.csv", [("good movie", "positive"), ("bad plot", "negative")])
+    (tmp_path / "afile").write_text("")
+    res = _init(teacher, "--data", data, "--out", tmp_path / "afile" / "m.yaml")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "field '--out': cannot write the config" in lines[0], res.output
