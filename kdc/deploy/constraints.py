@@ -388,17 +388,27 @@ def checked_nothing(report: dict) -> bool:
     return report.get("passed") is True and not report.get("constraints")
 
 
-def latency_ungated(report: dict) -> str | None:
-    """Why latency was not gated, for a report with constraints but no latency budget (the host
-    profile has none); None where a latency row exists or nothing at all was checked."""
-    rows = report.get("constraints") or []
-    if not rows or any(c.get("name") == "latency_p99_ms" for c in rows):
-        return None
+ACCURACY_ROWS = {"accuracy_drop", "percent_max_degradation"}  # read from the shipped engine
+
+
+def ungated(report: dict) -> list[str]:
+    """What a report with constraints did not gate: latency without a budget (the host profile
+    has none), accuracy without `max_accuracy_drop` or `percent_max_degradation` (no profile
+    sets one) where an engine shipped; none where nothing at all was checked."""
+    names = {c.get("name") for c in report.get("constraints") or []}
+    if not names:
+        return []
     target = (report.get("target") or {}).get("name", "the target")
-    return (
+    notes = [
         f"latency not gated: no constraints.latency_budget_ms, and {target}'s profile sets no "
         "default budget (set one to gate it)"
-    )
+    ] * ("latency_p99_ms" not in names)
+    if not names & ACCURACY_ROWS and shipped_engine(report):
+        notes.append(
+            "accuracy not gated: no constraints.max_accuracy_drop or percent_max_degradation "
+            "(set one to gate the shipped engine's accuracy against the teacher's)"
+        )
+    return notes
 
 
 def verdict(report: dict) -> str:
@@ -410,8 +420,7 @@ def verdict(report: dict) -> str:
     rows = [c for c in report.get("constraints") or [] if c.get("pass") is True]
     guessed = [c["name"] for c in rows if c.get("source") == "predicted"]
     shipped = shipped_engine(report) or {}
-    accuracy_rows = {"accuracy_drop", "percent_max_degradation"}  # read from the shipped engine
-    stood = [c["name"] for c in rows if c["name"] in accuracy_rows]
+    stood = [c["name"] for c in rows if c["name"] in ACCURACY_ROWS]
     stood = stood if stand_in(shipped.get("accuracy")) else []
     if said == "PASSED" and (guessed or stood):
         target = (report.get("target") or {}).get("name", "the target")

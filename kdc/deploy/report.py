@@ -13,8 +13,8 @@ from kdc.deploy.constraints import (
     checked_nothing,
     engine_label,
     engine_status,
-    latency_ungated,
     stand_in,
+    ungated,
     value_and_engine,
     verdict,
 )
@@ -164,8 +164,7 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
         for w in e.get("warnings") or []
     ]  # verify's findings about an engine (INT8 no faster than FP32, int8 kernels losing)
     lines += [_constraint_line(c) for c in report.get("constraints") or []]
-    if why := latency_ungated(report):
-        lines.append(Text(why, style="yellow"))
+    lines += [Text(why, style="yellow") for why in ungated(report)]
     style = {True: "bold green", False: "bold red"}.get(report.get("passed"), "yellow")
     if checked_nothing(report):
         lines.append(Text(CONSTRAINTS_HINT, style="yellow"))

@@ -11,9 +11,9 @@ from kdc.deploy.constraints import (
     engine_status,
     headline_latency,
     latencies,
-    latency_ungated,
     on_dla_core,
     shipped_engine,
+    ungated,
     value_kind,
     verdict,
 )
@@ -409,8 +409,7 @@ def _constraints(report: dict) -> Section:
     if not rows:
         return Section("Constraints", lines=["No constraints were set."])
     head = ["constraint", "limit", "value", "source", "engine", "result", "reason / note"]
-    why = latency_ungated(report)
-    return Section("Constraints", lines=[why] if why else [], table=(head, rows))
+    return Section("Constraints", lines=ungated(report), table=(head, rows))
 
 
 def _search(report: dict) -> Section | None:

@@ -232,6 +232,19 @@ def test_constraints_without_a_latency_budget_say_latency_was_not_gated(report):
     assert why in console.export_text() and why in render_markdown(ungated)
 
 
+def test_constraints_without_an_accuracy_limit_say_accuracy_was_not_gated(report):
+    """A Jetson config with no max_accuracy_drop (no profile sets one) passed on latency and
+    memory alone, and nothing said the shipped engine's accuracy was never checked."""
+    accuracy = {"accuracy_drop", "percent_max_degradation"}
+    assert accuracy & {c["name"] for c in report["constraints"]}
+    why = "accuracy not gated: no constraints.max_accuracy_drop or percent_max_degradation"
+    rows = [c for c in report["constraints"] if c["name"] not in accuracy]
+    for case, shown in ((report, False), ({**report, "constraints": rows}, True)):
+        console = Console(record=True, width=200)
+        console.print(console_summary(case, brief=True))
+        assert (why in console.export_text()) is shown and (why in render_markdown(case)) is shown
+
+
 def test_engine_warnings_are_listed_in_the_markdown(report):
     """An engine's own warnings (verify's INT8 checks) reach report.md's Warnings section."""
     from kdc.stages.verify import _warn_if_int8_not_faster
