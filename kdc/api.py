@@ -354,7 +354,7 @@ def plan(
     """The resolved plan `--dry-run` prints: stages, teacher, data sizes, target, the student
     settings that apply to the teacher, constraints, and what the run would warn of; what the
     run would refuse (with `resume`: another config's run in `out`) is refused."""
-    from kdc.pipeline import STAGE_NAMES
+    from kdc.pipeline import STAGE_NAMES, resume_plan
     from kdc.preflight import (
         check_config,
         check_data,
@@ -393,6 +393,8 @@ def plan(
     if build := cfg.build.model_dump(exclude_none=True, exclude_defaults=True):
         resolved["build"] = build  # what the config sets (engines, max_batch, softmax floor)
     replaced = _replaced_run(run_dir, cfg, profile, resume=resume)
+    if resume and (run_dir / "manifest.json").is_file():  # what --resume would redo
+        resolved["resume"] = resume_plan(cfg, profile, RunDir(run_dir))
     notes = [*config_warnings(cfg), *target_warnings(cfg, profile), *ds.notes, replaced]
     if notes := [n for n in notes if n]:
         resolved["warnings"] = notes

@@ -477,6 +477,22 @@ def outdated(run: RunDir) -> list[str]:
     return found
 
 
+def resume_plan(cfg: KdcConfig, profile: HardwareProfile, run: RunDir) -> dict[str, str]:
+    """What a `--resume` of `run` would do with each stage, as `run_stages` decides it: skip
+    those up to date until the first whose inputs changed, which runs, then each stage after it
+    unless that one's new outputs are the ones it was built from."""
+    plan: dict[str, str] = {}
+    inputs, first = inputs_fingerprint(cfg), None
+    for stage in _stages():
+        if first:
+            plan[stage.name] = f"runs, unless {first} makes the same outputs as before"
+            continue
+        h = stage_hash(stage, cfg, profile, upstream_hash(run, stage.name), inputs)
+        first = None if run.is_done(stage.name, h) else stage.name
+        plan[stage.name] = "runs" if first else "up to date, skipped"
+    return plan
+
+
 def require_stage(ctx: Context, name: str) -> None:
     """A UserError unless stage `name` of the run finished and its outputs are intact."""
     rec = ctx.run.stage(name) or {}

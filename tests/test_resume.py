@@ -244,6 +244,10 @@ def test_resume_after_an_edit_redoes_only_the_stages_reading_it(cnn_project, tmp
     cfg["constraints"]["max_accuracy_drop"] = 0.3
     cfg["quantize"]["calibration_size"] = 32
     write_yaml(path, cfg)
+    plan = api.plan(path, "host", run, resume=True)["resume"]  # --dry-run --resume says so first
+    skipped = {"search", "distill", "export"}
+    assert {k for k, v in plan.items() if v == "up to date, skipped"} == skipped, plan
+    assert plan["build"] == "runs" and "unless build makes the same" in plan["verify"], plan
     capsys.readouterr()
     api.compress(path, "host", run, resume=True)
     out = capsys.readouterr().out
@@ -257,6 +261,8 @@ def test_resume_after_an_edit_redoes_only_the_stages_reading_it(cnn_project, tmp
 
     cfg["constraints"]["latency_budget_ms"] = 50.0
     write_yaml(path, cfg)
+    assert api.plan(path, "host", run, resume=True)["resume"]["search"] == "runs"
+    assert "resume" not in api.plan(path, "host", run)  # a run without --resume redoes them all
     api.compress(path, "host", run, resume=True, quiet=True)
     third = json.loads((run / "manifest.json").read_text())["stages"]
     assert third["search"]["input_hash"] != second["search"]["input_hash"]
