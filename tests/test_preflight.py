@@ -579,31 +579,3 @@ def test_a_search_space_for_a_fixed_student_is_warned(tmp_path):
 
     cfg = load_config(_config(tmp_path, search={"space": {"stage_width": {"min": 0.5}}}))
     assert any(n.startswith("search.space not used") for n in config_warnings(cfg))
-
-
-@pytest.mark.parametrize(
-    ("missing", "words"),
-    [
-        ("config.json", "no config.json"),
-        ("model.safetensors", "no PyTorch weights"),
-        ("vocab.txt", "no tokenizer files"),
-    ],
-)
-def test_validate_refuses_a_teacher_directory_the_run_cannot_load(tmp_path, missing, words):
-    """A save_pretrained directory that lost its config.json, weights or tokenizer: `kdc
-    validate` and `--dry-run` said "valid" and the run failed in its search stage; now both
-    refuse it (exit 2, one line naming the directory and teacher.path) and a run leaves no
-    directory behind."""
-    from tiny import bert_config, sentences, write_csv
-
-    teacher = hf_stub(tmp_path / "teacher", {"model_type": "bert", "num_hidden_layers": 4})
-    (teacher / missing).unlink()
-    write_csv(tmp_path / "train.csv", sentences(8, 1))
-    write_csv(tmp_path / "test.csv", sentences(8, 2))
-    cfg = write_yaml(tmp_path / "model.yaml", bert_config())
-    for args in (["validate", str(cfg)], ["compress", str(cfg), "--dry-run"]):
-        line = _one_line(runner.invoke(app, args))
-        assert line.startswith(f"error: {teacher}: field 'teacher.path': ") and words in line
-    out = tmp_path / "run"
-    _one_line(runner.invoke(app, ["compress", str(cfg), "--out", str(out)]))
-    assert not out.exists()
