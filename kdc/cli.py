@@ -439,12 +439,10 @@ def inspect(run_dir: Path) -> None:
     if info["unfinished"] and info.get("writer"):
         which = ", ".join(f"{n} ({st})" for n, st in info["unfinished"].items())
         problems.append(f"stage(s) {which}: kdc process {info['writer']} is writing the run now")
-    elif info["unfinished"]:
-        which = ", ".join(f"{n} ({st})" for n, st in info["unfinished"].items())
-        problems.append(
-            f"stage(s) {which} did not finish: see the error above (a stage still `running` "
-            f"was cut short); fix it, then {resume}"
-        )
+    unfinished = {} if info.get("writer") else info["unfinished"]  # a failed or cut-short stage
+    for n, st in unfinished.items():
+        why = "see its error above; fix it" if st == "failed" else "cut short (interrupted, killed)"
+        problems.append(f"stage {n} ({st}) did not finish: {why}, then {resume}")
     for line in problems:
         err.print(line, markup=False)
     if problems:

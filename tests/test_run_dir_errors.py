@@ -92,6 +92,7 @@ def test_failed_stage_is_marked_failed_and_finished_ones_kept(cnn_project, tmp_p
     (run / "manifest.json").write_text(json.dumps(manifest))
     res = runner.invoke(app, ["inspect", str(run)])
     assert res.exit_code == 1 and "distill (running) did not finish" in res.output, res.output
+    assert "cut short" in res.output and "error above" not in res.output, res.output  # none shown
 
 
 @pytest.mark.parametrize(
