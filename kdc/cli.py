@@ -303,6 +303,8 @@ def estimate(
         )
     if explain:
         out.print(explain_table(pred))
+    for w in pred.get("warnings", []):  # e.g. shapes the graph could not infer: costed as empty
+        err.print(f"warning: {w}", markup=False)
 
 
 @app.command()

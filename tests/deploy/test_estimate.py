@@ -316,3 +316,21 @@ def test_estimate_takes_a_quantized_graph_as_int8(tmp_path):
     assert tools.estimate(tmp_path / "int8.onnx", "nvidia-t4", precision="fp16")["precision"] == (
         "fp16"
     )
+
+
+def test_the_estimate_command_prints_the_predictions_warnings(tiny_bert):
+    """Inputs longer than the model's 64 positions (the default 1x128): shapes go uninferred
+    and are costed as empty, a prediction too low; `kdc estimate` printed it without the
+    warning the prediction carries."""
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    path, _ = tiny_bert
+    res = CliRunner().invoke(app, ["estimate", str(path), "--target", "t4"])
+    assert res.exit_code == 0 and "ms predicted" in res.output, res.output
+    assert "warning: " in res.output and "no inferred shape" in res.output, res.output
+    res = CliRunner().invoke(
+        app, ["estimate", str(path), "--target", "t4", "--shape", "input_ids:1x32"]
+    )
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
