@@ -1,5 +1,5 @@
 """`kdc validate`, `--dry-run` and a run refuse a Hugging Face teacher directory they could not
-load, before any stage, without loading it."""
+load, before any stage, without loading it; weights saved in a form kdc does not read."""
 
 from __future__ import annotations
 
@@ -34,3 +34,20 @@ def test_validate_refuses_a_teacher_directory_the_run_cannot_load(tmp_path, miss
     out = tmp_path / "run"
     _one_line(runner.invoke(app, ["compress", str(cfg), "--out", str(out)]))
     assert not out.exists()
+
+
+def test_a_model_saved_whole_is_named_as_such(tmp_path):
+    """torch.save(model), not its state dict: "cannot read weights (UnpicklingError)" left the
+    user to guess; the line now says what the file holds and how to save the weights alone."""
+    import torch
+
+    from kdc.errors import UserError
+    from kdc.models.weights import load_state_dict
+
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")
+    with pytest.raises(UserError, match=r"pickled Python objects \(a model saved whole") as e:
+        load_state_dict(tmp_path / "whole.pt")
+    assert e.value.field == "teacher.weights" and "model.state_dict()" in e.value.fix
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(UserError, match=r"cannot read weights \("):
+        load_state_dict(tmp_path / "junk.pt")

@@ -25,11 +25,17 @@ def load_state_dict(path: Path, field: str = "teacher.weights") -> dict[str, tor
             return load_file(str(path))
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt files raise many different types
+        pickled = "Unsupported global" in str(e)  # weights_only refused an object: a whole model?
         raise UserError(
-            f"cannot read weights ({type(e).__name__})",
+            "holds pickled Python objects (a model saved whole, torch.save(model)?), which kdc "
+            "does not unpickle"
+            if pickled
+            else f"cannot read weights ({type(e).__name__})",
             source=str(path),
             field=field,
-            fix="re-save the weights with safetensors",
+            fix="save the weights alone: safetensors.torch.save_file(model.state_dict(), PATH)"
+            if pickled
+            else "re-save the weights with safetensors",
         ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
