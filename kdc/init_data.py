@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdc.config import MIN_IMAGE_SIZE
-from kdc.data import SUFFIX_FORMATS, unlabelled_txt
+from kdc.data import SUFFIX_FORMATS, refuse_text_folder, unlabelled_txt
 from kdc.data.images import image_files, image_sizes, split_folders
 from kdc.data.labels import class_order
 from kdc.data.parquet import parquet_table
@@ -299,6 +299,7 @@ def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
     if not path.is_dir():
         return _file_data([path], data, teacher)
     refuse_nested(data, ".", "--data", data, splits_ok=True)  # a Hub download's root
+    refuse_text_folder(path, data, "--data")
     if splits := split_folders(path):  # `data/`: `data/train/<class>`, `data/test/<class>`
         path = path / splits[0]
     else:  # `data/train` beside `data/test`

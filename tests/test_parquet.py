@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_data_loading import text_cfg
+from test_data_loading import ROWS, csv_file, text_cfg
 from tiny import hf_stub
 from typer.testing import CliRunner
 
@@ -471,3 +471,24 @@ def test_a_glob_over_several_hub_splits_without_data_eval_is_noted(tmp_path):
     for data in ({"eval_fraction": 0.2}, {"eval": "data/test-*.parquet"}):
         ds = load_dataset(_pairs(tmp_path, source="data/train-*.parquet", **data))
         assert not [n for n in ds.notes if "splits" in n]
+
+
+def test_a_folder_of_csv_files_names_the_glob_that_reads_them(tmp_path):
+    """A folder of csv files was taken for an image folder ("needs text, but this is image
+    data (imagefolder)"; `kdc init`: "no class folders"): both now say what it holds and give
+    the glob, which reads its files as one split."""
+    from kdc.init import TeacherInfo
+    from kdc.init_data import inspect_data
+
+    (tmp_path / "parts").mkdir()
+    for name in ("a.csv", "b.csv"):
+        csv_file(tmp_path / "parts" / name, "text,label\n" + ROWS)
+    with pytest.raises(UserError, match=r"is a folder of \.csv files, not an image folder") as e:
+        load_dataset(text_cfg(tmp_path, source="parts"))
+    assert e.value.field == "data.source" and "data.source: 'parts/*.csv'" in e.value.fix
+    teacher = TeacherInfo("huggingface", tmp_path, "text-classification", 2)
+    with pytest.raises(UserError, match="is a folder of .csv files") as e:
+        inspect_data(str(tmp_path / "parts"), teacher)
+    assert e.value.field == "--data" and "--data '" in e.value.fix
+    ds = load_dataset(text_cfg(tmp_path, source="parts/*.csv", eval_fraction=0.25))
+    assert len(ds.train) + len(ds.eval) == 40

@@ -81,6 +81,7 @@ def _format(cfg: KdcConfig, value: str, field: str) -> str:
             return "datasets"
         if shard_paths(value, cfg.base_dir):
             return "parquet"
+        refuse_text_folder(path, value, field)
         return "imagefolder"  # unless a Hub download's root: `_hub_root_named`
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None and path.suffix.lower() in IMAGE_SUFFIXES:
@@ -99,6 +100,25 @@ def _format(cfg: KdcConfig, value: str, field: str) -> str:
             fix="set data.format (csv, tsv, jsonl, parquet, txt, datasets, imagefolder)",
         )
     return fmt
+
+
+def refuse_text_folder(path: Path, value: str, field: str) -> None:
+    """A folder of csv/jsonl/... files and no class folders is not an image folder: name the
+    glob that reads its files (a folder is read as one split only of parquet shards)."""
+    entries = [e for e in path.iterdir() if not e.name.startswith(".")]
+    found = sorted({e.suffix.lower() for e in entries if e.suffix.lower() in SUFFIX_FORMATS})
+    if not found or any(e.is_dir() or e.suffix.lower() in IMAGE_SUFFIXES for e in entries):
+        return  # class folders, or images (a class folder given for the whole: images.py says)
+    globs = " or ".join(f"{value.rstrip('/')}/*{suffix}" for suffix in found)
+    raise UserError(
+        f"is a folder of {'/'.join(found)} files, not an image folder (<folder>/<class>/<image>)",
+        source=str(path),
+        field=field,
+        fix=f"name its files by a glob, read in name order as one split: {field}"
+        f"{' ' if field.startswith('--') else ': '}'{globs}'"
+        if len(found) == 1
+        else f"name one format's files by a glob: {globs}",
+    )
 
 
 def _check_kind(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
