@@ -19,6 +19,7 @@ from kdc.data.readers import (
     delimited_records,
     json_objects,
     read_datasets,
+    separator_fix,
 )
 from kdc.data.shards import (
     data_files,
@@ -173,8 +174,9 @@ def _rows_data(path: Path | str, rows: list[dict], teacher: TeacherInfo) -> Data
             f"{len(rows)} rows, columns {columns}",
             source=str(path),
             field="--data",
-            fix=f"give a header with a text{'' if embedding else ' and a label'} column, and "
-            "some rows",
+            fix=separator_fix(columns)
+            or f"give a header with a text{'' if embedding else ' and a label'} column, and some "
+            "rows",
         )
     values = {c: [r.get(c) for r in rows] for c in columns}
     text = max(columns, key=lambda c: _text_len(values[c]))

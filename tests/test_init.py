@@ -551,3 +551,15 @@ def test_init_into_a_place_it_cannot_write_is_a_user_error(tmp_path):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert "field '--out': cannot write the config" in lines[0], res.output
+
+
+def test_init_on_a_semicolon_separated_csv_says_so_as_compress_does(tmp_path):
+    """An Excel export with ';': init said only "columns ['text;label']" and to give a header
+    with a text and a label column, which it has; compress named the delimiter."""
+    teacher = _hf_dir(tmp_path / "t", HF_CONFIG, **{"vocab.txt": "[UNK]\n"})
+    data = tmp_path / "d.csv"
+    data.write_text("text;label\ngood movie;positive\nbad plot;negative\n")
+    res = _init(teacher, "--data", data, "--out", tmp_path / "m.yaml")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "field '--data'" in lines[0] and "looks ';'-separated" in lines[0], res.output

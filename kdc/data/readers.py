@@ -18,6 +18,17 @@ Rows = tuple[list, list]
 TextColumns = str | list[str]  # one text column, or two whose rows are text pairs
 
 
+def separator_fix(header: list[str]) -> str | None:
+    """The fix for a one-column header that holds another delimiter (a ';'-separated file read
+    as CSV), else None."""
+    if len(header) != 1 or not (other := next((d for d in ";|\t" if d in header[0]), None)):
+        return None
+    return (
+        f"the header looks {other!r}-separated: save the file comma-separated (CSV) or "
+        "tab-separated (.tsv)"
+    )
+
+
 def table_columns(
     rows: list[tuple[int, dict]],
     path: Path,
@@ -41,15 +52,11 @@ def table_columns(
     keys = set(rows[0][1])
     for col, col_field in wanted:
         if col is not None and col not in keys:
-            other = next((d for d in (";", "|", "\t") if any(d in k for k in keys)), None)
             raise UserError(
                 f"column '{col}' not found (columns: {', '.join(sorted(keys))})",
                 source=str(path),
                 field=col_field,
-                fix=f"the header looks {other!r}-separated: save the file comma-separated (CSV) "
-                "or tab-separated (.tsv)"
-                if other and len(keys) == 1
-                else "name an existing column",
+                fix=separator_fix(list(keys)) or "name an existing column",
             )
     texts, labels, bad = [], [], []
     for n, row in rows:
@@ -207,16 +214,13 @@ def read_delimited(
     for line, rec in records[1:]:
         fitted = _fit(rec, len(header), needed)
         if fitted is None:
-            other = len(header) == 1 and next((d for d in (";", "|", "\t") if d in header[0]), None)
             raise UserError(
                 f"malformed {'CSV' if delimiter == ',' else 'TSV'}: line {line} has {len(rec)} "
                 f"field(s), the header has {len(header)}",
                 source=str(path),
                 field=field,
-                fix=f"the header looks {other!r}-separated: save the file comma-separated (CSV) "
-                "or tab-separated (.tsv)"
-                if other
-                else f"give every row the header's {len(header)} fields; {QUOTING_FIX}",
+                fix=separator_fix(header)
+                or f"give every row the header's {len(header)} fields; {QUOTING_FIX}",
             )
         rows.append((line, dict(zip(header, fitted, strict=True))))
     return table_columns(rows, path, text_col, label_col, field)
