@@ -24,6 +24,7 @@ from kdc.deploy.report_md import (
     accuracy_text,
     by_kind,
     constraint_name,
+    heading_conditions,
     latency_model,
     latency_text,
     measured_cell,
@@ -132,13 +133,17 @@ def console_summary(report: dict, *, brief: bool = False) -> Group:
     measured = [by_kind(part, "measured") for _, part in parts]
     hosts = off_target_devices(report, measured)
     on_device = bool(hosts) and any(m and not off_target(report, m) for m in measured)
-    predicted = any(by_kind(part, "predicted") for _, part in parts)
+    predicted = [by_kind(part, "predicted") for _, part in parts]
     heads = [
         "model",
         "accuracy",
-        "latency measured" + measured_on(hosts) + (" or on the target where marked" * on_device),
+        "latency measured"
+        + measured_on(hosts)
+        + heading_conditions(measured, hosts)
+        + (" or on the target where marked" * on_device),
     ]
-    heads += ["latency predicted" + (f" ({latency_model(report)})" if predicted else ""), "size MB"]
+    model = f" ({latency_model(report)})" if any(predicted) else ""
+    heads += ["latency predicted" + model + heading_conditions(predicted, []), "size MB"]
     for col in heads:
         table.add_column(col, justify="left" if col in ("model", "accuracy") else "right")
     for name, part in parts:

@@ -87,6 +87,17 @@ def measured_on(hosts: list[str]) -> str:
     return f" on {', '.join(hosts)} (not the target)" if hosts else ""
 
 
+def heading_conditions(lats: list[dict | None], hosts: list[str]) -> str:
+    """What a table's latency heading adds for its timings or predictions: the device that
+    timed them where it is the target (this machine; `measured_on` names another), and their
+    batch where it is not 1."""
+    got = [lat for lat in lats if lat]
+    devices = sorted({lat["device"] for lat in got if lat.get("device")})  # measured ones
+    batches = {lat.get("batch") for lat in got}
+    where = f" on {', '.join(devices)}" if devices and not hosts else ""
+    return where + (at_batch(batches.pop()) if len(batches) == 1 else "")
+
+
 def constraint_name(c: dict) -> str:
     """A constraint's name with the unit its memory figures are in (MiB; sizes are MB)."""
     return f"{c['name']} (MiB)" if c["name"] == "memory_mb" else c["name"]
@@ -311,8 +322,8 @@ def _models(report: dict) -> Section:
         "precision",
         "accuracy",
         "accuracy from",
-        "latency measured" + measured_on(hosts),
-        "latency predicted",
+        "latency measured" + measured_on(hosts) + heading_conditions([*measured.values()], hosts),
+        "latency predicted" + heading_conditions([by_kind(r[2], "predicted") for r in named], []),
         "size MB",
         "memory MiB",
         "params; FLOPs (batch 1)",

@@ -86,8 +86,22 @@ def test_latency_timed_off_the_target_says_where(report):
     assert f"measured on {HOST} (not the target)" in _console(report)
     host = copy.deepcopy(report)
     host["target"]["measurable"] = True  # a run on this machine: its own timings
-    assert "| latency measured | latency predicted |" in render_markdown(host)
-    assert "not the target" not in _console(host)
+    # this machine is the target: the heading still names it (device and threads)
+    assert f"| latency measured on {HOST} | latency predicted |" in render_markdown(host)
+    text = _console(host)
+    assert "not the target" not in text and f"latency measured on {HOST}" in text
+
+
+def test_a_batch_other_than_1_is_in_the_latency_headings(report):
+    """verify.batch 4: the cells' figures are per batch of 4 rows; the console and report.md
+    headings said nothing of it (only report.md's conditions table did)."""
+    for part in [report["teacher"], *report["engines"]]:
+        for key in ("latency", "target_latency", "predicted_latency"):
+            if isinstance(part.get(key), dict):
+                part[key]["batch"] = 4
+    md, console = render_markdown(report), _console(report)
+    assert f"| {HOST_HEADER} at batch 4 | latency predicted at batch 4 |" in md
+    assert f"{HOST_HEADER} at batch 4" in console and "at batch 4" in console.split(HOST)[1]
 
 
 def test_device_timing_is_marked_as_on_the_target(report):
