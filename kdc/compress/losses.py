@@ -295,8 +295,11 @@ def _pooled(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _distances(f: torch.Tensor) -> torch.Tensor:
+    """Pairwise distances over their mean positive one (as they are when none is positive: one
+    row, or rows all alike, whose empty mean would make the loss NaN)."""
     d = torch.cdist(f, f)
-    return d / d[d > 0].mean().clamp_min(1e-8)
+    positive = d[d > 0]
+    return d / positive.mean().clamp_min(1e-8) if positive.numel() else d
 
 
 def _angles(f: torch.Tensor) -> torch.Tensor:

@@ -187,3 +187,16 @@ def test_registry_names_taps_and_default_recipes():
     assert LOSS_TAPS["logits"] == () and "pooled" in LOSS_TAPS["relation"]
     for recipe in DEFAULT_LOSSES.values():
         assert recipe[0]["name"] == "logits" and all(r["name"] in LOSSES for r in recipe)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_relation_is_finite_without_distinct_rows(rows):
+    """A last batch of one row (or rows all alike) has no positive pairwise distance to
+    normalise by: the relation loss must stay finite, not NaN (which would poison the student's
+    weights through the optimizer step)."""
+    s = torch.ones(rows, 8, requires_grad=True)
+    t = torch.randn(rows, 8, generator=torch.Generator().manual_seed(0))
+    x = LossInputs(s, t.clone(), None, {"pooled": s}, {"pooled": t})
+    loss = LOSSES["relation"](x)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
