@@ -369,7 +369,6 @@ def distill(
     else:
         s.update({k: state[k] for k in s if k in state})
         _restore(student, state)
-        torch.set_rng_state(state["torch_rng"])
     if pruning is not None:  # over the first `prune.epochs` epochs (default: half)
         epochs = pruning.cfg.epochs or max(1, cfg.epochs // 2)
         pruning.start(min(tr.total, epochs * tr.steps_per_epoch), s["prune_done"])
@@ -380,6 +379,8 @@ def distill(
             taps.attach()
     try:
         model, opt = tr.prepare(state and state["optimizer"], state and state["projections"])
+        if state is not None:  # after the projections drew their (overwritten) initial weights
+            torch.set_rng_state(state["torch_rng"])
         _epochs(tr, s, model, opt, checkpoint, progress, on_step, started)
     finally:
         for taps in (tr.s_taps, tr.t_taps):

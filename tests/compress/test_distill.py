@@ -175,10 +175,22 @@ class Crash(Exception):
     pass
 
 
-def test_checkpoint_resume_continues_from_the_saved_epoch(tmp_path):
+def _student(dropout: bool) -> VisionAdapter:
+    """The (4, 8) CNN student, with dropout before its classifier if asked (training then draws
+    from the global RNG, which a resumed run must continue as the uninterrupted one did)."""
+    student = cnn((4, 8), 1)
+    if dropout:
+        student.module.pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Dropout())
+    return student
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_checkpoint_resume_continues_from_the_saved_epoch(tmp_path, dropout):
+    """A resumed run ends with the uninterrupted run's weights, also where training draws random
+    numbers (dropout) and the loss projections, made anew on resume, draw their initial ones."""
     teacher = cnn((8, 16), 0)
     data = toy_data(teacher)
-    straight = cnn((4, 8), 1)
+    straight = _student(dropout)
     distill(straight, data, _cfg(), 0, teacher=teacher)
 
     def crash_after_second(epoch, total, rec):
@@ -186,14 +198,14 @@ def test_checkpoint_resume_continues_from_the_saved_epoch(tmp_path):
             raise Crash
 
     ckpt = Checkpoint(tmp_path / "ckpt", "inputs-1")
-    resumed = cnn((4, 8), 1)
+    resumed = _student(dropout)
     with pytest.raises(Crash):
         distill(
             resumed, data, _cfg(), 0, teacher=teacher, checkpoint=ckpt, progress=crash_after_second
         )
     saved = torch.load(ckpt.path, weights_only=True)
     assert saved["epoch"] == 1 and saved["elapsed_s"] > 0
-    restarted = cnn((4, 8), 1)
+    restarted = _student(dropout)
     res = distill(restarted, data, _cfg(), 0, teacher=teacher, checkpoint=ckpt)
     assert res.resumed_from_epoch == 1 and [h["epoch"] for h in res.history] == [0, 1, 2]
     assert res.earlier_s == saved["elapsed_s"]  # the stage's wall time counts the first run's
