@@ -413,6 +413,9 @@ def _epochs(
 ) -> None:
     cfg, pruning = tr.cfg, tr.pruning
     for epoch in range(s["epoch"], cfg.epochs):
+        # stopped early: checked before each epoch, so a run resumed after that one stays stopped
+        if cfg.early_stopping_patience and s["stale"] >= cfg.early_stopping_patience:
+            break
         model.train()
         losses, parts = [], []
         order = tr.shard(epoch)
@@ -459,7 +462,6 @@ def _epochs(
         s["history"].append(rec)
         if progress:
             progress(epoch + 1, cfg.epochs, rec)
-        stop = False
         if pruning is None or pruning.finished:
             improved = acc > s["top"]
             s.update(top=max(acc, s["top"]), stale=0 if improved else s["stale"] + 1)
@@ -472,7 +474,6 @@ def _epochs(
                     kept_model=_tensor_state(tr.student.module),
                     kept_bn=bn,
                 )
-            stop = bool(cfg.early_stopping_patience and s["stale"] >= cfg.early_stopping_patience)
         s["epoch"], s["elapsed_s"] = epoch + 1, time.perf_counter() - started
         if checkpoint is not None and tr.acc.is_main_process:
             checkpoint.save(
@@ -485,8 +486,6 @@ def _epochs(
                 }
             )
         tr.acc.wait_for_everyone()
-        if stop:
-            break
     if pruning is not None and not pruning.finished:  # too few steps to spread the schedule
         while not pruning.finished:
             pruning.step()

@@ -222,6 +222,28 @@ def test_checkpoint_resume_continues_from_the_saved_epoch(tmp_path, dropout):
     assert other.resumed_from_epoch is None and other.earlier_s == 0  # another run's is ignored
 
 
+class CrashAfterSave(Checkpoint):
+    def save(self, state: dict) -> None:
+        super().save(state)
+        raise Crash
+
+
+def test_a_run_stopped_early_stays_stopped_when_resumed(tmp_path):
+    """A run killed after checkpointing the epoch that stopped it early trains no further epoch
+    when resumed: it ends as the uninterrupted run did."""
+    teacher = cnn((8, 16), 0)
+    data = toy_data(teacher)
+    cfg = _cfg(lr=1e-12, epochs=5, early_stopping_patience=1)
+    with pytest.raises(Crash):
+        distill(
+            cnn((4, 8), 1), data, cfg, 0, teacher=teacher, checkpoint=CrashAfterSave(tmp_path, "k")
+        )
+    res = distill(
+        cnn((4, 8), 1), data, cfg, 0, teacher=teacher, checkpoint=Checkpoint(tmp_path, "k")
+    )
+    assert res.resumed_from_epoch == 1 and len(res.history) == 1
+
+
 def test_early_stopping_and_unknown_loss():
     teacher = cnn((8, 16), 0)
     data = toy_data(teacher)
