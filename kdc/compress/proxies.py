@@ -303,14 +303,21 @@ def naswot(
     teacher: ModelAdapter, student: ModelAdapter, inputs: dict[str, np.ndarray], labels: np.ndarray
 ) -> float:
     """NASWOT (Mellor et al., 2021): log|det K|, K[i, j] = number of activation units on which
-    examples i and j agree (both active or both inactive). A singular K (duplicate examples) gets
-    a ridge of 1e-3 × its mean diagonal."""
+    examples i and j agree (both active or both inactive); a text row's units are those of the
+    positions it attends to, so padding counts for nothing. A singular K (duplicate examples)
+    gets a ridge of 1e-3 × its mean diagonal."""
     n = len(next(iter(inputs.values())))
     kernel = torch.zeros(n, n, dtype=torch.float64)
+    batch = trim_padding(_tensors(inputs))
+    mask = batch.get("attention_mask")
 
     def hook(mod: nn.Module, args: Any, out: torch.Tensor) -> None:
-        c = (out.detach().flatten(1) > 0).double()
-        kernel.add_(c @ c.T + (1 - c) @ (1 - c).T)
+        on = (out.detach() > 0).double()
+        real = torch.ones_like(on)
+        if mask is not None and mask.dim() == 2 and on.dim() == 3 and on.shape[:2] == mask.shape:
+            real = real * mask[:, :, None].to(real.dtype)
+        on, off = (on * real).flatten(1), ((1 - on) * real).flatten(1)
+        kernel.add_(on @ on.T + off @ off.T)
 
     acts = [
         m
@@ -320,7 +327,7 @@ def naswot(
     handles = [m.register_forward_hook(hook) for m in acts]
     try:
         with torch.inference_mode():
-            student.module.eval()(**_tensors(inputs))
+            student.module.eval()(**batch)
     finally:
         for h in handles:
             h.remove()

@@ -215,3 +215,13 @@ def test_diswot_on_a_cnn_with_an_inplace_activation_after_its_last_conv():
     student = VisionAdapter(Net(4).eval(), {"kind": "entrypoint"})
     assert diswot(teacher, teacher, IMAGES, IMAGE_LABELS) == pytest.approx(0.0, abs=1e-12)
     assert np.isfinite(diswot(teacher, student, IMAGES, IMAGE_LABELS))
+
+
+def test_naswot_counts_no_padding(bert):
+    """The same rows padded wider (their outputs unchanged) get the same NASWOT score: padded
+    positions are no activation units of a row."""
+    adapter, x, y = bert
+    wide = {k: np.pad(v, ((0, 0), (0, 16))) for k, v in x.items()}
+    assert PROXIES["naswot"](adapter, adapter, wide, y) == pytest.approx(
+        PROXIES["naswot"](adapter, adapter, x, y), rel=1e-9
+    )
