@@ -187,7 +187,11 @@ def hidden_mse(
     if embeddings and "embeddings" in x.student_features and "embeddings" in x.teacher_features:
         pairs.insert(0, ("embeddings", "embeddings"))
     if not pairs:
-        raise ValueError("the hidden loss found no hidden-state taps")
+        raise UserError(
+            "the hidden loss found no hidden-state taps in this model",
+            field="distill.losses",
+            fix="remove the hidden loss",
+        )
     total = x.student_logits.new_zeros(())
     for s_name, t_name in pairs:
         s, t = x.student_features[s_name], x.teacher_features[t_name]
@@ -263,7 +267,12 @@ def attention_transfer(
         return _transformer_attention(x, pairs, maps, values, relation_heads)
     pairs = layer_pairs(x, "hidden", mapping)
     if not pairs or x.student_features["hidden0"].dim() != 4:
-        raise ValueError("the attention loss found neither attention nor feature-map taps")
+        raise UserError(
+            "the attention loss reads BERT-style query/key/value layers or a CNN's feature maps, "
+            "and this model has neither",
+            field="distill.losses",
+            fix="remove the attention loss (hidden matches the layers' outputs)",
+        )
     total = x.student_logits.new_zeros(())
     for i, j in pairs:
         s, t = x.student_features[f"hidden{i}"], x.teacher_features[f"hidden{j}"]

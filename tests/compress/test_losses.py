@@ -200,3 +200,13 @@ def test_relation_is_finite_without_distinct_rows(rows):
     loss = LOSSES["relation"](x)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+def test_feature_losses_without_their_taps_are_user_errors():
+    """A model without what a configured loss reads (a DistilBERT's attention has no query/key/
+    value layers) is a config error naming distill.losses, not an internal error."""
+    tokens = {"hidden0": torch.randn(B, L, 8), "hidden1": torch.randn(B, L, 8)}
+    with pytest.raises(UserError, match="distill.losses.*attention loss"):
+        LOSSES["attention"](_inputs(tokens, dict(tokens)))
+    with pytest.raises(UserError, match="distill.losses.*hidden loss"):
+        LOSSES["hidden"](_inputs({"pooled": torch.randn(B, 8)}, {"pooled": torch.randn(B, 8)}))
