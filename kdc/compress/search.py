@@ -211,8 +211,10 @@ SEARCHERS = {"evolution": evolve, "exhaustive": exhaustive}
 
 def pareto_flags(points: list[tuple[float, float]]) -> list[bool]:
     """For (latency, score) points: True where no other point is at least as fast and at least
-    as good, and strictly better in one of the two."""
+    as good, and strictly better in one of the two; never where the score is NaN (a failed
+    score, which dominates nothing either)."""
     return [
-        not any(l2 <= l1 and s2 >= s1 and (l2 < l1 or s2 > s1) for l2, s2 in points)
+        not math.isnan(s1)
+        and not any(l2 <= l1 and s2 >= s1 and (l2 < l1 or s2 > s1) for l2, s2 in points)
         for l1, s1 in points
     ]

@@ -133,6 +133,8 @@ def test_exhaustive_with_nothing_fitting_lists_the_closest():
 def test_pareto_flags():
     pts = [(1.0, 0.1), (2.0, 0.5), (2.0, 0.4), (3.0, 0.5), (0.5, 0.0)]
     assert pareto_flags(pts) == [True, True, False, False, True]
+    # a failed (NaN) score is never on the front and keeps no other point off it
+    assert pareto_flags([(1.0, float("nan")), (2.0, 0.5)]) == [False, True]
 
 
 def _search(project, tmp_path, name, **over):
