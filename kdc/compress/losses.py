@@ -231,6 +231,15 @@ def _transformer_attention(
         sq, sk, sv = (x.student_features[f"{k}{i}"] for k in ("query", "key", "value"))
         tq, tk, tv = (x.teacher_features[f"{k}{j}"] for k in ("query", "key", "value"))
         r = relation_heads or math.gcd(sq.shape[1], tq.shape[1])
+        widths = (sq.shape[1] * sq.shape[-1], tq.shape[1] * tq.shape[-1])
+        if any(w % r for w in widths):
+            raise UserError(
+                f"relation_heads {r} does not divide the attention widths {widths[0]} (student) "
+                f"and {widths[1]} (teacher)",
+                field="distill.losses.params.relation_heads",
+                fix="use a divisor of both, or leave it out (then "
+                f"{math.gcd(sq.shape[1], tq.shape[1])}: the heads both have)",
+            )
         s = {k: _relation_heads(v, r) for k, v in (("q", sq), ("k", sk), ("v", sv))}
         t = {k: _relation_heads(v, r) for k, v in (("q", tq), ("k", tk), ("v", tv))}
         if maps:  # TinyBERT: MSE between attention distributions

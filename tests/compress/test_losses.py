@@ -210,3 +210,9 @@ def test_feature_losses_without_their_taps_are_user_errors():
         LOSSES["attention"](_inputs(tokens, dict(tokens)))
     with pytest.raises(UserError, match="distill.losses.*hidden loss"):
         LOSSES["hidden"](_inputs({"pooled": torch.randn(B, 8)}, {"pooled": torch.randn(B, 8)}))
+
+
+def test_relation_heads_that_do_not_divide_the_attention_width_are_a_user_error():
+    student, teacher = _text_features(8, 2, 2, 0), _text_features(8, 2, 2, 1)
+    with pytest.raises(UserError, match="relation_heads 3 does not divide.*then 2"):
+        LOSSES["attention"](_inputs(student, teacher), relation_heads=3)
