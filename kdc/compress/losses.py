@@ -174,6 +174,12 @@ def logit_kd(x: LossInputs, temperature: float = 2.0, alpha: float = 0.5) -> tor
 @register("ce")
 def cross_entropy(x: LossInputs) -> torch.Tensor:
     """Task loss alone (fine-tuning without a teacher)."""
+    if x.labels is None:
+        raise UserError(
+            "the ce loss trains on labels, and this task's rows have none",
+            field="distill.losses",
+            fix="remove the ce loss",
+        )
     return F.cross_entropy(x.student_logits, x.labels)
 
 

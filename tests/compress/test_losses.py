@@ -216,3 +216,10 @@ def test_relation_heads_that_do_not_divide_the_attention_width_are_a_user_error(
     student, teacher = _text_features(8, 2, 2, 0), _text_features(8, 2, 2, 1)
     with pytest.raises(UserError, match="relation_heads 3 does not divide.*then 2"):
         LOSSES["attention"](_inputs(student, teacher), relation_heads=3)
+
+
+def test_ce_without_labels_is_a_user_error():
+    """A sentence-embedding task has no labels: `ce` there is a config error, not a crash."""
+    logits = torch.randn(B, 8)
+    with pytest.raises(UserError, match="distill.losses.*ce loss"):
+        LOSSES["ce"](LossInputs(logits, logits.clone(), None))
