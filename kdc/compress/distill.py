@@ -413,8 +413,11 @@ def _epochs(
 ) -> None:
     cfg, pruning = tr.cfg, tr.pruning
     for epoch in range(s["epoch"], cfg.epochs):
-        # stopped early: checked before each epoch, so a run resumed after that one stays stopped
-        if cfg.early_stopping_patience and s["stale"] >= cfg.early_stopping_patience:
+        # stopped early (checked before each epoch, so a run resumed after that one stays
+        # stopped), or max_steps reached: no epoch that trains nothing is run
+        if s["step"] >= tr.total or (
+            cfg.early_stopping_patience and s["stale"] >= cfg.early_stopping_patience
+        ):
             break
         model.train()
         losses, parts = [], []

@@ -244,6 +244,15 @@ def test_a_run_stopped_early_stays_stopped_when_resumed(tmp_path):
     assert res.resumed_from_epoch == 1 and len(res.history) == 1
 
 
+def test_training_ends_at_max_steps():
+    """Epochs after `max_steps` would train nothing: none is run, evaluated or recorded."""
+    teacher = cnn((8, 16), 0)
+    res = distill(
+        cnn((4, 8), 1), toy_data(teacher), _cfg(epochs=4, max_steps=2), 0, teacher=teacher
+    )
+    assert [h["steps"] for h in res.history] == [2] and res.kept_epoch == 0
+
+
 def test_early_stopping_and_unknown_loss():
     teacher = cnn((8, 16), 0)
     data = toy_data(teacher)
