@@ -173,6 +173,11 @@ def _replaced_run(
                 "that run",
             )
         return f"{root} holds the run '{name}': this run of '{cfg.name}' replaces it"
+    if (made_by := _run_config_file(root, m)) and made_by != _config_file(cfg) and not resume:
+        return (
+            f"{root} holds the run of {made_by}: this run of {cfg.source_file} replaces it "
+            "(pass another --out to keep both)"
+        )
     target = m.get("target")
     if target and target != profile.name and (root / "report.json").is_file():
         return (
@@ -180,6 +185,20 @@ def _replaced_run(
             "report (pass another --out to keep a run per target)"
         )
     return None
+
+
+def _config_file(cfg: KdcConfig) -> Path | None:
+    """The config's file, resolved; None for one given as a dict."""
+    return None if cfg.source_file.startswith("<") else Path(cfg.source_file).resolve()
+
+
+def _run_config_file(root: Path, manifest: dict) -> Path | None:
+    """The config file a run was made from (found from the run directory, as the manifest
+    records its folder relative to it), resolved; None when not recorded, or a dict's."""
+    file, folder = manifest.get("config_file"), manifest.get("config_base_dir_from_run")
+    if not isinstance(file, str) or not isinstance(folder, str) or file.startswith("<"):
+        return None
+    return (root / folder / Path(file).name).resolve()
 
 
 def _any_stage_done(run: RunDir) -> bool:

@@ -23,11 +23,11 @@ from kdc.data.readers import (
 )
 from kdc.data.shards import (
     data_files,
-    is_glob,
+    mixed_splits_note,
     read_files,
     refuse_nested,
     shard_paths,
-    split_patterns,
+    split_sources,
 )
 from kdc.errors import UserError
 
@@ -253,13 +253,15 @@ def _file_data(files: list[Path], source: str, teacher: TeacherInfo) -> DataInfo
 
 
 def _shards_data(data: str, shards: list[Path], teacher: TeacherInfo) -> DataInfo:
-    """A split given as several files (a glob, a folder of parquet shards); of a folder of
-    several splits' Hub shards, the training split's, its test (else validation) split's shards
-    then being the eval data, as compress reads them."""
-    picked = None if is_glob(data) else split_patterns(data, shards)
+    """A split given as several files (a glob, a folder of parquet shards); of files named as
+    several splits (a folder of Hub shards, a glob over `train.csv` and `eval.csv`), the
+    training split's, its test (else validation) split's then being the eval data; a glob
+    that mixes splits otherwise is noted, as compress notes it."""
+    picked = split_sources(shards)
     source = picked[0] if picked else data
     info = _file_data(data_files(source, ".", "--data", None), source, teacher)
     info.eval_source = picked[1] if picked else None
+    info.notes += [] if picked else mixed_splits_note(data, ".")
     return info
 
 

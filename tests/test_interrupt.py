@@ -337,3 +337,25 @@ def test_an_out_directory_holding_another_run_is_replaced_only_on_purpose(tmp_pa
     res = runner.invoke(app, ["compress", str(second), *args])
     assert res.exit_code == 0 and f"{run} holds the run 'tinycnn'" in res.output, res.output
     assert read_json(run / "manifest.json")["config"]["name"] == "other"
+
+
+def test_a_run_of_another_config_file_of_the_same_name_is_replaced_with_a_warning(
+    tmp_path, monkeypatch
+):
+    """Two config files naming one run (`kdc init` names it for the model folder): the second's
+    compress replaced the first's run without a word; it now says whose run it replaces, while
+    the same file run again (or resumed) replaces nothing of another config."""
+    run = tmp_path / "run"
+    first = write_yaml(tmp_path / "model.yaml", cnn_config(weights=None))
+    (tmp_path / "b").mkdir()
+    second = write_yaml(tmp_path / "b" / "model.yaml", cnn_config(weights=None))
+    monkeypatch.setattr(pipeline, "_stages", lambda: _fake_stages(None))
+    args = ["--out", str(run)]
+    assert runner.invoke(app, ["compress", str(first), *args]).exit_code == 0
+    res = runner.invoke(app, ["compress", str(first), *args])
+    assert res.exit_code == 0 and "replaces it" not in res.output, res.output
+    res = runner.invoke(app, ["compress", str(second), *args])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"{run} holds the run of {first}: this run of {second}" in said
+    res = runner.invoke(app, ["compress", str(first), *args, "--resume"])
+    assert res.exit_code == 0 and "replaces it" not in res.output, res.output

@@ -467,7 +467,7 @@ def test_a_glob_over_several_hub_splits_without_data_eval_is_noted(tmp_path):
     ds = load_dataset(_pairs(tmp_path, source="data/*.parquet", eval_fraction=0.2))
     assert len(ds.train) + len(ds.eval) == 41
     (note,) = [n for n in ds.notes if "splits" in n]
-    assert "'data/*.parquet' reads the shards of the splits test, train as one" in note
+    assert "'data/*.parquet' reads the files of the splits test, train as one" in note
     for data in ({"eval_fraction": 0.2}, {"eval": "data/test-*.parquet"}):
         ds = load_dataset(_pairs(tmp_path, source="data/train-*.parquet", **data))
         assert not [n for n in ds.notes if "splits" in n]

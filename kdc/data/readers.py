@@ -459,13 +459,16 @@ def visible(p: Path) -> bool:
     return not p.name.startswith((".", "__"))
 
 
+TRAIN_SPLITS = ("train", "training")
+HELD_SPLITS = ("test", "testing", "eval", "validation", "val", "valid", "dev")  # preferred first
+
+
 def train_and_held(names: list[str]) -> tuple[str, str | None] | None:
     """Of a dataset's split names, the training split's and its test (else validation) split's;
     None without a training split (test and validation only: neither is for training)."""
-    train = next((n for n in names if n.lower() in ("train", "training")), None)
+    train = next((n for n in names if n.lower() in TRAIN_SPLITS), None)
     if train is None:
         return None
-    order = ("test", "testing", "eval", "validation", "val", "valid", "dev")
-    held = [n for n in names if n.lower() in order and n != train]
-    held.sort(key=lambda n: order.index(n.lower()))
+    held = [n for n in names if n.lower() in HELD_SPLITS and n != train]
+    held.sort(key=lambda n: HELD_SPLITS.index(n.lower()))
     return train, held[0] if held else None

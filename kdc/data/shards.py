@@ -13,6 +13,8 @@ from pathlib import Path
 from kdc.config import resolve_path
 from kdc.data.parquet import parquet_classes, read_parquet
 from kdc.data.readers import (
+    HELD_SPLITS,
+    TRAIN_SPLITS,
     Rows,
     TextColumns,
     datasets_dir,
@@ -58,30 +60,43 @@ def shard_paths(value: str, base: str | Path = ".") -> list[Path] | None:
     return sorted(p for p in shards if p.is_file()) or None
 
 
-def hub_splits(files: list[Path]) -> dict[str, list[Path]]:
-    """Hub shards (`train-00000-of-00002.parquet`) by split; {} unless every file is one."""
+def split_name(path: Path) -> str | None:
+    """The split a file's name gives: a Hub shard's (`train-00000-of-00002.parquet`), or a
+    split's own name (`train.csv`, `eval.jsonl`, `validation.parquet`); None for another name."""
+    if m := HUB_SHARD.fullmatch(path.name):
+        return m["split"]
+    return path.stem if path.stem.lower() in TRAIN_SPLITS + HELD_SPLITS else None
+
+
+def file_splits(files: list[Path]) -> dict[str, list[Path]]:
+    """Files by the split their names give (`split_name`); {} unless every file gives one."""
     found: dict[str, list[Path]] = {}
     for f in files:
-        if not (m := HUB_SHARD.fullmatch(f.name)):
+        if (split := split_name(f)) is None:
             return {}
-        found.setdefault(m["split"], []).append(f)
+        found.setdefault(split, []).append(f)
     return found
 
 
-def split_patterns(directory: str, files: list[Path]) -> tuple[str, str | None] | None:
-    """Of a directory of several splits' Hub shards, the globs of its training split and of its
-    test (else validation) split; None when it holds one split's, or no training split."""
-    splits = list(hub_splits(files))
-    picked = train_and_held(splits) if len(splits) > 1 else None
+def _split_value(files: list[Path]) -> str | None:
+    """One split's files as a data path: its Hub shards' glob (of one folder), else the one
+    file; None for several files otherwise."""
+    if (m := HUB_SHARD.fullmatch(files[0].name)) and len({f.parent for f in files}) == 1:
+        return str(Path(glob.escape(str(files[0].parent))) / f"{glob.escape(m['split'])}-*.parquet")
+    return str(files[0]) if len(files) == 1 else None
+
+
+def split_sources(files: list[Path]) -> tuple[str, str | None] | None:
+    """Of files named as several splits (a folder of Hub shards; a glob over `train.csv` and
+    `eval.csv`), the data paths of the training split and of its test (else validation) split;
+    None when they are one split's, hold no training split, or a split's files are not one
+    path or glob."""
+    splits = file_splits(files)
+    picked = train_and_held(list(splits)) if len(splits) > 1 else None
     if picked is None:
         return None
-    train, held = picked
-    folder = glob.escape(directory)  # `hub[1]/data` matched as itself
-
-    def pattern(split: str) -> str:
-        return str(Path(folder) / f"{glob.escape(split)}-*.parquet")
-
-    return pattern(train), held and pattern(held)
+    train, held = _split_value(splits[picked[0]]), picked[1] and _split_value(splits[picked[1]])
+    return (train, held) if train and (held or not picked[1]) else None
 
 
 def data_files(value: str, base: str | Path, field: str, source: str | None) -> list[Path]:
@@ -99,9 +114,10 @@ def data_files(value: str, base: str | Path, field: str, source: str | None) -> 
             field=field,
             fix=f"check the pattern (relative to {base_is}; `**` matches across folders)",
         )
-    splits = list(hub_splits(found))
+    splits = list(file_splits(found))
     if not is_glob(value, base) and len(splits) > 1:
-        train, held = split_patterns(value, found) or (str(Path(value) / "<split>-*.parquet"), None)
+        as_given = [Path(value) / f.name for f in found]  # a folder's files
+        train, held = split_sources(as_given) or (str(Path(value) / "<split>-*.parquet"), None)
         example = held if held and field == "data.eval" else train
         also = f", and data.eval: {held}" if held and field == "data.source" else ""
         raise UserError(
@@ -175,17 +191,21 @@ def check_disjoint(source: str, evals: str, base: str | Path, config: str | None
 
 
 def mixed_splits_note(value: str, base: str | Path) -> list[str]:
-    """A note where a data.source glob reads the Hub shards of several splits (`data/*.parquet`
-    over train and test) and no data.eval is given: they are trained on as one, and the eval
-    rows are held out of that mixture."""
-    files = shard_paths(value, base) if is_glob(value, base) else None
-    splits = sorted(hub_splits(files or []))
-    if len(splits) < 2:
+    """A note where a data.source glob reads several splits' files (`data/*.parquet` over the Hub
+    shards of train and test; `data/*.csv` over train.csv and eval.csv) or a held-out split's
+    beside others, and no data.eval is given: they are trained on as one, and the eval rows are
+    held out of that mixture."""
+    files = (shard_paths(value, base) or []) if is_glob(value, base) else []
+    names = {split_name(f) for f in files}
+    named = sorted(n for n in names if n)
+    held = [n for n in named if n.lower() in HELD_SPLITS]
+    if len(named) < 2 and not (held and None in names):
         return []
+    others = " and other files" if None in names else ""
     return [
-        f"data.source '{value}' reads the shards of the splits {listed(splits)} as one training "
-        "set, with data.eval_fraction of it held out; to train on one split and score another, "
-        "give each split's glob as data.source and data.eval"
+        f"data.source '{value}' reads the files of the splits {listed(named)}{others} as one "
+        "training set, with data.eval_fraction of it held out; to train on one split and score "
+        "another, give each split's files as data.source and data.eval"
     ]
 
 
