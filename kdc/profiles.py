@@ -289,6 +289,24 @@ def _takes_a_shipped_name(prof: HardwareProfile) -> bool:
     return same is not None and prof.model_dump(exclude=fitted) != same.model_dump(exclude=fitted)
 
 
+def _refuse_model_config(path: Path, field: str) -> None:
+    """A kdc model config (teacher and data sections) given where a profile belongs is a
+    UserError saying so, not the first key a profile does not take."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # _read says what is wrong with it
+    if isinstance(data, dict) and {"teacher", "data"} <= data.keys():
+        raise UserError(
+            "is a kdc model config (teacher, data), not a hardware profile",
+            source=str(path),
+            field=field,
+            fix="pass a profile name from `kdc profiles list` or a profile YAML (as "
+            "profiles/jetson-orin-nano-8gb.yaml); run the config with `kdc compress "
+            f"{path} --target NAME`",
+        )
+
+
 def list_profiles() -> list[HardwareProfile]:
     """Built-in profiles (with their calibrations) plus `host`."""
     return [*(with_calibration(p) for p in _builtin().values()), host_profile()]
@@ -308,6 +326,7 @@ def load_profile(name_or_path: str, field: str = "target") -> HardwareProfile:
                 field=field,
                 fix="pass an existing YAML or a name from `kdc profiles list`",
             )
+        _refuse_model_config(p, field)
         prof = _read(p)
         if _takes_a_shipped_name(prof):
             raise UserError(

@@ -232,3 +232,24 @@ def test_a_source_that_is_not_text_is_not_called_missing(tmp_path):
         load_profile(str(path))
     assert "missing" not in e.value.message and e.value.field == "memory.source"
     assert e.value.fix.startswith("add memory.source: where these figures come from")
+
+
+def test_a_model_config_given_as_a_profile_says_so(tmp_path):
+    """`kdc profiles show model.yaml` (or `--target model.yaml`) said only "field
+    'constraints': Extra inputs are not permitted"; it now says it is a model config."""
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    cfg = tmp_path / "model.yaml"
+    cfg.write_text(
+        "name: m\ntask: image-classification\nteacher: {name: resnet18}\n"
+        "data: {source: sklearn:digits}\nconstraints: {max_accuracy_drop: 0.02}\n"
+    )
+    with pytest.raises(UserError, match="is a kdc model config") as e:
+        load_profile(str(cfg))
+    assert e.value.field == "target" and f"kdc compress {cfg} --target NAME" in e.value.fix
+    res = CliRunner().invoke(app, ["profiles", "show", str(cfg)])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "field 'NAME': is a kdc model config (teacher, data), not a hardware" in lines[0]
