@@ -217,11 +217,8 @@ def check_model_dir(path: Path, field: str) -> None:
     read_config(path, field)
 
 
-def check_loadable(path: Path, field: str, text: bool) -> None:
-    """A UserError unless model directory `path` holds what loading it reads, checked without
-    loading it: config.json, weights from_pretrained reads, and for a text model tokenizer
-    files."""
-    check_model_dir(path, field)
+def check_weights(path: Path, field: str) -> None:
+    """A UserError unless model directory `path` holds weights from_pretrained reads."""
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise UserError(
             f"no PyTorch weights ({', '.join(WEIGHT_FILES)})",
@@ -229,5 +226,13 @@ def check_loadable(path: Path, field: str, text: bool) -> None:
             field=field,
             fix="save the model into the directory with model.save_pretrained(dir)",
         )
+
+
+def check_loadable(path: Path, field: str, text: bool) -> None:
+    """A UserError unless model directory `path` holds what loading it reads, checked without
+    loading it: config.json, weights from_pretrained reads, and for a text model tokenizer
+    files."""
+    check_model_dir(path, field)
+    check_weights(path, field)
     if text:
         check_tokenizer(path, field)

@@ -20,6 +20,7 @@ from kdc.hf_files import (
     check_model_dir,
     check_single_label,
     check_tokenizer,
+    check_weights,
     config_size,
     label_names,
     max_positions,
@@ -94,6 +95,7 @@ def _hf_teacher(path: Path) -> TeacherInfo:
         check_single_label(conf, path, "MODEL_DIR")
         names = label_names(conf, path)
         n = conf.get("num_labels") or len(names) or None
+    check_weights(path, "MODEL_DIR")  # as validate and compress check them
     return TeacherInfo(
         "huggingface",
         path,

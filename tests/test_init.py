@@ -198,7 +198,8 @@ def test_init_refuses_a_teacher_directory_compress_cannot_load(tmp_path, files, 
     """kdc init fails as the teacher loader would, instead of writing a config that crashes."""
     teacher = tmp_path / "teacher"
     teacher.mkdir()
-    base = {"config.json": json.dumps(HF_CONFIG)} | ({"vocab.txt": "[UNK]\n"} if files else {})
+    base = {"config.json": json.dumps(HF_CONFIG), "model.safetensors": ""}
+    base |= {"vocab.txt": "[UNK]\n"} if files else {}
     for name, content in (base | files).items():
         (teacher / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     data = write_csv(tmp_path / "d.csv", [("good movie", "positive"), ("bad plot", "negative")] * 5)
@@ -290,7 +291,7 @@ def _hf_dir(path, conf: dict, **files: str):
     path.mkdir()
     if conf is not None:
         (path / "config.json").write_text(json.dumps(conf))
-    for name, content in files.items():
+    for name, content in {"model.safetensors": "", **files}.items():
         (path / name).write_text(content)
     return path
 

@@ -51,3 +51,18 @@ def test_a_model_saved_whole_is_named_as_such(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(UserError, match=r"cannot read weights \("):
         load_state_dict(tmp_path / "junk.pt")
+
+
+def test_init_refuses_a_teacher_directory_without_weights(tmp_path):
+    """`kdc init` wrote a config for a directory holding no weights, which validate then
+    refused; it now refuses it as validate does (exit 2, one line naming MODEL_DIR)."""
+    conf = {"architectures": ["BertForSequenceClassification"], "num_labels": 2}
+    teacher = hf_stub(tmp_path / "teacher", {"model_type": "bert", **conf})
+    (teacher / "model.safetensors").unlink()
+    data = write_csv(tmp_path / "train.csv", sentences(8, 1))
+    out = tmp_path / "model.yaml"
+    line = _one_line(
+        runner.invoke(app, ["init", str(teacher), "--data", str(data), "--out", str(out)])
+    )
+    assert line.startswith(f"error: {teacher}: field 'MODEL_DIR': no PyTorch weights"), line
+    assert not out.exists()
