@@ -103,6 +103,16 @@ def _paired_accuracy(part: dict, key: str) -> dict | None:
     return own or part.get("accuracy")
 
 
+def _timed_as(lat: dict) -> str:
+    """A measured latency's engine, precision, batch and threads (where its device does not
+    name them): `onnxruntime fp32, batch 1, 2 threads`."""
+    threads = lat.get("threads")
+    named = threads is None or "thread" in str(lat.get("device", ""))
+    return f"{lat.get('engine', '?')} {lat.get('precision', '?')}, batch {lat.get('batch', 1)}" + (
+        "" if named else f", {threads} threads"
+    )
+
+
 def _plot_models(
     ax: Axes, report: dict, ring_shipped: bool = False
 ) -> tuple[list[float], list[tuple[float, float, str]]]:
@@ -130,9 +140,9 @@ def _plot_models(
             core = f", DLA core {lat['dla_core']}" if lat.get("dla_core") is not None else ""
             legend = f"{group}, {kind} latency ({stat}, {lat.get('model', '?')}{core})"
             if kind == "measured":
-                legend = f"{group}, latency ({stat})\nmeasured on {lat.get('device', '?')}"
-            if hosts := off_target_devices(report, [lat]):
-                legend = f"{group}, latency ({stat})\nmeasured{measured_on(hosts)}"
+                hosts = off_target_devices(report, [lat])
+                where = measured_on(hosts) or f" on {lat.get('device', '?')}"
+                legend = f"{group}, latency ({stat})\nmeasured{where}\n{_timed_as(lat)}"
             shape = "D" if lat.get("on_target") else marker  # timed on the device itself
             style = _style(kind, color, shape, size, None if legend in seen else legend)
             seen.add(legend)

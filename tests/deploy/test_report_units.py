@@ -144,8 +144,8 @@ def _plot_legend(report: dict, monkeypatch) -> list[str]:
 def test_plot_names_the_device_of_latency_timed_off_the_target(report, monkeypatch):
     legend = _plot_legend(report, monkeypatch)
     elsewhere = f"measured on {HOST} (not the target)"
-    assert f"teacher, latency (p99)\n{elsewhere}" in legend
-    assert f"engine, latency (p99)\n{elsewhere}" in legend
+    assert f"teacher, latency (p99)\n{elsewhere}\nonnxruntime fp32, batch 1" in legend
+    assert f"engine, latency (p99)\n{elsewhere}\nonnxruntime int8, batch 1" in legend
     assert "engine, predicted latency (p50, roofline-v1)" in legend
     budget = next(t for t in legend if t.startswith("latency budget"))
     assert budget.startswith("latency budget 10 ms on jetson-orin-nano-8gb")
@@ -153,7 +153,14 @@ def test_plot_names_the_device_of_latency_timed_off_the_target(report, monkeypat
 
     report["target"]["measurable"] = True
     legend = _plot_legend(report, monkeypatch)
-    assert f"engine, latency (p99)\nmeasured on {HOST}" in legend
+    assert f"engine, latency (p99)\nmeasured on {HOST}\nonnxruntime int8, batch 1" in legend
+    for lat in (report["teacher"]["latency"], *(e["latency"] for e in report["engines"])):
+        lat["device"] = "Intel Xeon"  # a device that does not name its threads
+    legend = _plot_legend(report, monkeypatch)
+    assert (
+        "teacher, latency (p99)\nmeasured on Intel Xeon\nonnxruntime fp32, batch 1, 2 threads"
+        in (legend)
+    )
     assert not any("not the target" in t or "another machine" in t for t in legend)
 
 
