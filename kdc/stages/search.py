@@ -69,12 +69,13 @@ def _fixed(ctx: Context) -> StageOutput:
     ctx.log(f"  student: {spec} ({student.params():,} params, teacher {ctx.teacher.params():,})")
     predicted = _fixed_prediction(ctx, arch, space)
     if predicted is not None:
+        precision = latency_precision(ctx)
         row["predicted_latency_ms"] = metrics["predicted_latency_ms"] = predicted["student"]
         metrics["teacher_predicted_latency_ms"] = predicted["teacher"]
         ctx.log(
             f"  predicted {predicted['student']:.4g} ms on {ctx.profile.name} "
-            f"({latency_precision(ctx)}, batch {ctx.cfg.verify.batch}; teacher "
-            f"{predicted['teacher']:.4g} ms)"
+            f"({precision}, batch {ctx.cfg.verify.batch}; teacher at {precision}: "
+            f"{predicted['teacher']:.4g} ms{_teacher_note(precision)})"
         )
         _note_uncalibrated(ctx)
         budget = ctx.cfg.constraints.latency_budget_ms or ctx.profile.defaults.latency_budget_ms
@@ -185,6 +186,12 @@ def _predictor(ctx: Context, space) -> Callable[[dict], dict]:
         padding=padding,
         dla_core=ctx.dla_core,
     )
+
+
+def _teacher_note(precision: str) -> str:
+    """What a teacher prediction at the students' `precision` is, where the report times the
+    teacher at another (its FP32 engine)."""
+    return "" if precision == "fp32" else "; the report's teacher row is its fp32 engine"
 
 
 def _teacher_prediction(space, predict: Callable[[dict], dict]) -> dict:
@@ -334,7 +341,8 @@ def _searched(ctx: Context) -> StageOutput:
     ctx.log(
         f"  space: {space.size:,} students; budget {budget:.4g} ms ({budget_source}), "
         f"searched under {limit:.4g} ms{margin_note}; "
-        f"teacher predicted {teacher_ms:.4g} ms on {ctx.profile.name} {precision}"
+        f"teacher predicted {teacher_ms:.4g} ms on {ctx.profile.name} at {precision}, batch "
+        f"{batch}{_teacher_note(precision)}"
     )
     _note_uncalibrated(ctx)
     facts = {  # the search's settings, in its metrics and in a failed search's report

@@ -137,7 +137,7 @@ def test_pareto_flags():
     assert pareto_flags([(1.0, float("nan")), (2.0, 0.5)]) == [False, True]
 
 
-def _search(project, tmp_path, name, **over):
+def _search(project, tmp_path, name, quiet: bool = True, **over):
     cfg = write_yaml(
         project.parent / f"{name}.yaml",
         cnn_config(
@@ -153,7 +153,7 @@ def _search(project, tmp_path, name, **over):
         ),
     )
     out = tmp_path / name
-    return runner.invoke(app, ["search", str(cfg), "--out", str(out), "-q"]), out
+    return runner.invoke(app, ["search", str(cfg), "--out", str(out), *["-q"] * quiet]), out
 
 
 def test_search_command_writes_candidates_plot_and_student(cnn_project, tmp_path):
@@ -185,11 +185,13 @@ def test_search_command_writes_candidates_plot_and_student(cnn_project, tmp_path
 
 def test_search_records_the_free_counts_by_default(cnn_project, tmp_path):
     res, out = _search(
-        cnn_project, tmp_path, "evodefault", constraints={"latency_budget_ms": 0.0461}
+        cnn_project, tmp_path, "evodefault", False, constraints={"latency_budget_ms": 0.0461}
     )
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in (out / "search" / "candidates.jsonl").open()]
     assert all(set(r["proxies"]) == {"diswot", "params", "flops"} for r in rows)
+    said = " ".join(res.output.split())  # the teacher's figure is at the students' precision
+    assert re.search(r"teacher predicted [\d.e-]+ ms on \S+ at int8, batch 1; the report's", said)
     metrics = json.loads((out / "manifest.json").read_text())["stages"]["search"]["metrics"]
     assert metrics["candidates_per_s"] > 0 and metrics["torch_threads"] >= 1
 
