@@ -446,13 +446,14 @@ def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
     text = all("ForSequenceClassification" in str(n) for n in names)
     task_of_head = "image-classification" if image else "text-classification" if text else None
     if not custom and task_of_head and cfg.task != task_of_head:
+        kind = cfg.task.split("-")[0]
         raise UserError(
             f"the teacher is {', '.join(map(str, names))} (config.json architectures), "
             f"{'an image' if image else 'a text'} classifier, but the task is {cfg.task}",
             source=cfg.source_file,
             field="task",
             fix=f"set task: {'image' if image else 'text'}-classification, or point teacher.path "
-            f"at a {cfg.task.split('-')[0]} model",
+            f"at {'an' if kind[0] in 'aeiou' else 'a'} {kind} model",
         )
     if not custom and all(str(n).endswith("Model") for n in names):  # BertModel: bare encoder
         raise UserError(

@@ -523,6 +523,23 @@ def test_an_image_teacher_for_a_text_task_is_refused_and_an_unused_image_size_no
     assert any("data.image_size 32 not used" in n for n in config_warnings(cfg))
 
 
+def test_a_text_teacher_for_an_image_task_names_an_image_model(tmp_path):
+    """The fix said "point teacher.path at a image model"."""
+    from kdc.config import parse_config
+    from kdc.errors import UserError
+    from kdc.preflight import check_config
+    from tests.helpers.tiny import bert_config, hf_stub
+
+    conf = {"architectures": ["BertForSequenceClassification"], "model_type": "bert"}
+    doc = bert_config()
+    doc.update(task="image-classification", data={"source": "sklearn:digits"})
+    doc["teacher"] = {"path": str(hf_stub(tmp_path / "bert", conf))}
+    cfg = parse_config(doc, source="m.yaml", base_dir=str(tmp_path))
+    with pytest.raises(UserError, match="a text classifier, but the task is image-classif") as e:
+        check_config(cfg)
+    assert e.value.fix.endswith("or point teacher.path at an image model")
+
+
 def test_a_config_json_edited_after_saving_is_a_user_error(tmp_path):
     """A classifier saved with 2 labels whose config.json now says 3: bad input (exit 2), not
     an internal error from loading the state dict."""
