@@ -236,3 +236,14 @@ def test_init_sets_up_a_sentence_embedding_teacher(tmp_path):
         assert cfg.data.text_column == (column or "text") and "mean cosine" in out.read_text()
         plan = CliRunner().invoke(app, ["compress", str(out), "--dry-run"])
         assert plan.exit_code == 0, plan.output
+
+
+def test_a_dense_module_after_pooling_is_a_user_error(tmp_path):
+    """A Dense projection after the pooling (LaBSE's, distiluse's) was skipped without a word:
+    the teacher's embedding was not the one its sentence-transformers model computes."""
+    path = _encoder_dir(tmp_path / "enc")
+    modules = json.loads((path / "modules.json").read_text())
+    dense = {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    (path / "modules.json").write_text(json.dumps([*modules[:2], dense, modules[2]]))
+    with pytest.raises(UserError, match=r"modules\.json.*module Dense is not supported"):
+        read_pooling(path)

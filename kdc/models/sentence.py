@@ -67,8 +67,9 @@ def _saved_settings(path: Path) -> tuple[str, bool] | None:
 
 def read_pooling(path: Path, override: str | None = None) -> tuple[str, bool]:
     """(pooling, normalize) of a model directory: `override` wins; else a sentence-transformers
-    modules.json (Pooling module config, Normalize module), or the kdc_model.json of a sentence
-    student kdc saved; else mean pooling, no normalisation."""
+    modules.json (Pooling module config, Normalize module; any other module after the encoder,
+    a Dense one, is a UserError), or the kdc_model.json of a sentence student kdc saved; else
+    mean pooling, no normalisation."""
     modules_file = path / "modules.json"
     pooling, normalize = None, False
     saved = _saved_settings(path)
@@ -78,6 +79,16 @@ def read_pooling(path: Path, override: str | None = None) -> tuple[str, bool]:
         try:
             modules = json.loads(modules_file.read_text())
             types = {m["type"].rsplit(".", 1)[-1]: m.get("path", "") for m in modules}
+            after = [m["type"].rsplit(".", 1)[-1] for m in modules[1:]]  # after the encoder
+            extra = [t for t in after if t not in ("Pooling", "Normalize")]
+            if extra:  # a Dense projection (LaBSE, distiluse …) changes the embedding
+                raise UserError(
+                    f"sentence-transformers module {extra[0]} is not supported: the embedding "
+                    "would be computed without it",
+                    source=str(modules_file),
+                    field="teacher.path",
+                    fix="use an encoder whose modules are Transformer, Pooling and Normalize",
+                )
             normalize = "Normalize" in types
             if "Pooling" in types:
                 conf = json.loads((path / types["Pooling"] / "config.json").read_text())
