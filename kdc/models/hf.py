@@ -31,11 +31,19 @@ LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
 INTERMEDIATE_KEYS = ("intermediate_size", "hidden_dim")
 HIDDEN_WIDTH_KEYS = ("embedding_size", "pooler_hidden_size")
 SHARED_KINDS = ("hidden", "head_bias")  # axes sliced alike in every layer
-# Which axes of a block's tensors index attention dims ("heads") or FFN units ("ffn"); every
-# other axis that changes size indexes the residual stream ("hidden").
+# Which axes of a block's tensors index attention dims ("heads") or FFN units ("ffn");
+# every other axis that changes size indexes the residual stream ("hidden"). Projections into
+# head dims: BERT's, DistilBERT's, DeBERTa's (and its relative-position ones), MPNet's.
 AXIS_KINDS = [
-    (re.compile(r"\.(query|key|value|q_lin|k_lin|v_lin)\.(weight|bias)$"), 0, "heads"),
-    (re.compile(r"\.(attention\.output\.dense|out_lin)\.weight$"), 1, "heads"),
+    (
+        re.compile(
+            r"\.(query|key|value|q_lin|k_lin|v_lin|(pos_)?(query|key)_proj|value_proj|attn\.[qkv])"
+            r"\.(weight|bias)$"
+        ),
+        0,
+        "heads",
+    ),
+    (re.compile(r"\.(attention\.output\.dense|out_lin|attn\.o)\.weight$"), 1, "heads"),
     (re.compile(r"\.(intermediate\.dense|ffn\.lin1)\.(weight|bias)$"), 0, "ffn"),
     (re.compile(r"(?<!attention)\.(output\.dense|ffn\.lin2)\.weight$"), 1, "ffn"),
     # MPNet's relative position bias, one column per head, shared by every layer: the student's
