@@ -91,3 +91,25 @@ def test_a_narrower_student_keeps_whole_heads_alike_in_every_projection(tmp_path
         assert all(v == dims for v in kept.values()), kept
         heads = torch.tensor(dims).view(2, 8)  # teacher heads of 8 dims, kept whole
         assert (heads - heads[:, :1] == torch.arange(8)).all() and (heads[:, 0] % 8 == 0).all()
+
+
+def test_an_electra_teacher_with_narrower_embeddings_states_its_hidden_width(tmp_path):
+    """ELECTRA's embeddings (`embedding_size`) are projected up to the hidden size: the width
+    the search slices and pruning cuts is the hidden one (was the embeddings', 16)."""
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    _, tok = tiny_bert(tmp_path)
+    config = ElectraConfig(
+        vocab_size=len(tok),
+        embedding_size=16,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    teacher = HFTextAdapter(ElectraForSequenceClassification(config).eval(), tok, max_length=16)
+    assert teacher.architecture()["hidden_size"] == 48
+    student = teacher.sliced({"layers": [1], "hidden_size": 32, "num_attention_heads": 2})
+    assert student.architecture()["hidden_size"] == 32

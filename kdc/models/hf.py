@@ -209,12 +209,10 @@ def load_pretrained(
 
 def hidden_size(model: nn.Module) -> int:
     """The residual stream's live width (pruning changes it; the HF config keeps the original):
-    the token embedding's columns, or a vision transformer's patch projection's channels."""
-    emb = model.get_input_embeddings()
-    weight = getattr(emb, "weight", None)
-    if weight is None:  # ViT, DeiT: patch embeddings, a Conv2d projection
-        return int(emb.projection.weight.shape[0])
-    return int(weight.shape[1])
+    the inputs of the first block's first Linear layer (its attention's query). Not the token
+    embedding's width, which ELECTRA's and DeBERTa's `embedding_size` can set apart from it."""
+    block = layer_list(model)[0]
+    return int(next(m for m in block.modules() if isinstance(m, nn.Linear)).in_features)
 
 
 class TransformerAdapter(ModelAdapter):
