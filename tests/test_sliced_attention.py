@@ -13,21 +13,26 @@ from tiny import tiny_bert
 
 from kdc.models.hf import HFTextAdapter
 
+# teachers of 4 heads of 8 dims
+SIZES = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "num_labels": 2,
+}
+
 
 def _deberta(vocab: int) -> torch.nn.Module:
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
     config = DebertaV2Config(
         vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
+        **SIZES,
         relative_attention=True,
         pos_att_type=["c2p", "p2c"],
         share_att_key=False,
-        num_labels=2,
     )
     return DebertaV2ForSequenceClassification(config)
 
@@ -35,15 +40,7 @@ def _deberta(vocab: int) -> torch.nn.Module:
 def _mpnet(vocab: int) -> torch.nn.Module:
     from transformers import MPNetConfig, MPNetForSequenceClassification
 
-    config = MPNetConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
+    config = MPNetConfig(vocab_size=vocab, **SIZES)
     return MPNetForSequenceClassification(config)
 
 
