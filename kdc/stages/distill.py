@@ -49,11 +49,17 @@ from kdc.stages.search import build_student, latency_precision
 
 def teacher_logits(ctx: Context) -> np.ndarray:
     """Teacher logits on the training inputs, computed once and cached in the run directory,
-    keyed by the teacher's files and the data section (a retrained teacher or new data never
-    reuses stale logits)."""
-    key = sha256_json({"inputs": ctx.inputs_hash, "data": ctx.cfg.data.model_dump(mode="json")})[
-        :16
-    ]
+    keyed by the teacher (its files and section), the data section and the seed of the split
+    that picks the training rows (a retrained teacher, new data or other rows of as many never
+    reuse stale logits)."""
+    key = sha256_json(
+        {
+            "inputs": ctx.inputs_hash,
+            "data": ctx.cfg.data.model_dump(mode="json"),
+            "teacher": ctx.cfg.teacher.model_dump(mode="json"),
+            "split_seed": ctx.cfg.split_seed(),
+        }
+    )[:16]
     path = ctx.run / "distill" / f"teacher_logits-{key}.npy"
     n = len(ctx.dataset.train)
     if path.is_file():
