@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from kdc.preflight import builds_tensorrt, int8_qat, qat_reduce_range
 from kdc.profiles import HardwareProfile
 from kdc.progress import Advance, progress
 from kdc.rundir import RunDir, library_versions, sha256_json, target_flag
+from kdc.upstream_reads import UPSTREAM_READS
 
 EXAMPLE_ROWS = 2  # the rows a model is traced (export: a dynamic batch) or probed on
 
@@ -430,20 +430,6 @@ def stage_not_ready(
         source=str(ctx.run.root),
         fix=("mend what it names, then " if rec.get("status") == "failed" else "") + fix,
     )
-
-
-def _chosen_student(run: RunDir) -> str:
-    """Distillation reads the spec of the student search chose, not the predictions beside it
-    (another target's): a search for another target that chooses the same student keeps it."""
-    try:
-        spec = json.loads((run / "search" / "student.json").read_text())["spec"]
-    except (OSError, ValueError, TypeError, KeyError):
-        return run.output_hash("search")
-    return sha256_json({"search_student_spec": spec})
-
-
-# what a stage reads of the stage before it, hashed (by default: all its recorded outputs)
-UPSTREAM_READS: dict[str, Callable[[RunDir], str]] = {"distill": _chosen_student}
 
 
 def upstream_hash(run: RunDir, name: str) -> str:

@@ -1,5 +1,5 @@
 """A resume reuses an artifact only while what it was made from is unchanged: the teacher-logits
-cache follows the training rows and the teacher."""
+cache follows the training rows and the teacher, build follows distill's QAT graph."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from kdc.config import parse_config
-from kdc.rundir import RunDir
+from kdc.pipeline import upstream_hash
+from kdc.rundir import RunDir, write_json
 from kdc.stages.distill import teacher_logits
 
 ROWS = {0: np.arange(8.0), 1: np.arange(8.0)[::-1].copy()}  # as many rows, another split
@@ -59,3 +60,26 @@ def test_cached_teacher_logits_follow_the_teacher_section(tmp_path):
     teacher_logits(_ctx(run, 0))
     other = teacher_logits(_ctx(run, 0, kwargs={"num_classes": 10}))
     assert np.array_equal(other[:, 0], 3 * ROWS[0])
+
+
+def _build_upstream(run: RunDir, qat: str | None) -> str:
+    """Build's upstream hash where export's outputs are the same and distill made QAT graph
+    `qat` (its digest; None: no QAT)."""
+    outputs = {"distill/student/model.safetensors": "float student"}
+    if qat:
+        outputs["distill/student_qat.onnx"] = qat
+    stages = {
+        "distill": {"status": "done", "outputs": outputs},
+        "export": {"status": "done", "outputs": {"export/model.onnx": "exported"}},
+    }
+    write_json(run.manifest_path, {"stages": stages})
+    return upstream_hash(run, "build")
+
+
+def test_build_runs_again_for_a_retrained_qat_graph_of_the_same_float_student(tmp_path):
+    """Build ships distill's QAT graph as the INT8 engine: one trained again (distill.epochs 0:
+    the float student, so export's outputs, unchanged) is not the graph the engine was built
+    from. Without QAT, build reads export's outputs alone, as runs recorded before."""
+    run = RunDir(tmp_path)
+    assert _build_upstream(run, "qat graph") != _build_upstream(run, "another qat graph")
+    assert _build_upstream(run, None) == run.output_hash("export")
