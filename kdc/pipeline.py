@@ -183,6 +183,12 @@ QAT = (
 )
 
 
+def _split(cfg: KdcConfig) -> tuple[str, ...]:
+    """The task, the data and, where it draws the eval split and training rows (no
+    data.split_seed), the seed: read unless 0, so a run of the default seed hashes as before."""
+    return ("task", "data", *(("seed",) if cfg.data.split_seed is None and cfg.seed else ()))
+
+
 def _distill_reads(cfg: KdcConfig) -> tuple[str, ...]:
     """Distillation's config: pruning to a latency reads how latency is predicted (on the exported
     graph), QAT its settings; neither is read otherwise."""
@@ -274,12 +280,12 @@ def _stages() -> list[Stage]:
         ),
         Stage("distill", distill.run, _distill_reads, _distill_profile, _distill_versions),
         # parity inputs are eval rows (data), the output name the task's; no target facet
-        Stage("export", export.run, lambda cfg: ("task", "data", "export"), lambda c, p: None),
+        Stage("export", export.run, lambda cfg: (*_split(cfg), "export"), lambda c, p: None),
         # calibration rows (data); verify.threads times the PTQ backends `ptq: auto` picks from
         Stage(
             "build",
             build.run,
-            lambda cfg: ("task", "data", *BUILD, "quantize", "verify.batch", "verify.threads"),
+            lambda cfg: (*_split(cfg), *BUILD, "quantize", "verify.batch", "verify.threads"),
             _whole_profile(*TENSORRT_ONLY),
             _build_versions,
         ),
@@ -287,7 +293,7 @@ def _stages() -> list[Stage]:
         Stage(
             "verify",
             verify.run,
-            lambda cfg: ("task", "data", "verify", *PARITY),
+            lambda cfg: (*_split(cfg), "verify", *PARITY),
             _whole_profile(*TENSORRT_ONLY),
         ),
         Stage("report", report.run, lambda cfg: (WHOLE_CONFIG,)),

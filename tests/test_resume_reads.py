@@ -83,3 +83,28 @@ def test_build_runs_again_for_a_retrained_qat_graph_of_the_same_float_student(tm
     run = RunDir(tmp_path)
     assert _build_upstream(run, "qat graph") != _build_upstream(run, "another qat graph")
     assert _build_upstream(run, None) == run.output_hash("export")
+
+
+def _split_hashes(seed: int, split_seed: int | None = None) -> dict[str, str]:
+    """Each stage's input hash for a run of `seed` whose eval split `split_seed` draws."""
+    from kdc.pipeline import _stages, stage_hash
+    from kdc.profiles import load_profile
+
+    data = {"source": "sklearn:digits", "split_seed": split_seed}
+    cfg = parse_config(
+        {"name": "t", "task": "image-classification", "seed": seed, "teacher": {"name": "x"}}
+        | {"data": data}
+    )
+    return {s.name: stage_hash(s, cfg, load_profile("host"), "", "") for s in _stages()}
+
+
+def test_the_stages_reading_the_split_follow_the_seed_that_draws_it():
+    """Without data.split_seed the run's seed draws the eval split (and the training rows): export
+    checks parity, build calibrates and verify evaluates on rows another seed does not draw, even
+    where distillation made the same student (distill.epochs 0). With it, the seed is not read."""
+    split = {"export", "build", "verify"}
+    for a, b in ((0, 1), (1, 2)):
+        first, second = _split_hashes(a), _split_hashes(b)
+        assert split <= {s for s in first if first[s] != second[s]}
+    first, second = _split_hashes(0, split_seed=3), _split_hashes(1, split_seed=3)
+    assert not split & {s for s in first if first[s] != second[s]}
