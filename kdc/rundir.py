@@ -68,7 +68,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds
-    (the old one is moved aside first, so an interruption leaves one of the two)."""
+    (the old one is moved aside first, and put back if interrupted before the new one took its
+    place, so an interruption leaves one of the two)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -80,6 +81,8 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             os.replace(path, aside)
         os.replace(tmp, path)
     finally:
+        if not (path.exists() or path.is_symlink()) and (aside.exists() or aside.is_symlink()):
+            os.replace(aside, path)  # interrupted between the two moves: the old one back
         for left in (tmp, aside):
             if left.is_symlink():
                 left.unlink()

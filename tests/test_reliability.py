@@ -324,3 +324,29 @@ def test_atomic_dir_replaces_whole_with_shared_permissions(tmp_path):
         raise RuntimeError("interrupted")
     assert [p.name for p in target.iterdir()] == ["model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
+
+
+def test_atomic_dir_interrupted_between_its_two_moves_keeps_the_old_directory(
+    tmp_path, monkeypatch
+):
+    """A Ctrl-C after the old directory is moved aside, before the new one takes its place,
+    puts the old one back (it was deleted with the new one)."""
+    from kdc import rundir
+
+    target = tmp_path / "student"
+    target.mkdir()
+    (target / "old.bin").write_bytes(b"old")
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(rundir.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt), rundir.atomic_dir(target) as tmp:
+        (tmp / "new.bin").write_bytes(b"new")
+    monkeypatch.setattr(rundir.os, "replace", real)
+    assert [p.name for p in target.iterdir()] == ["old.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
