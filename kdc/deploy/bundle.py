@@ -19,7 +19,7 @@ import onnx
 import yaml
 
 from kdc import __version__
-from kdc.deploy.external_data import copy_onnx
+from kdc.deploy.external_data import copy_onnx, onnx_sha256
 from kdc.deploy.fp16 import convert_fp16
 from kdc.deploy.input_contract import INPUT_CONTRACT
 from kdc.deploy.softmax_floor import remove_floor_file
@@ -368,7 +368,7 @@ def write_bundle(
                 "output_name": output_name,
                 "preprocessing": carried,
                 "onnx_sha256": sha256_file(tmp / "model.onnx"),
-                "source_onnx_sha256": sha256_file(onnx_path),
+                "source_onnx_sha256": onnx_sha256(onnx_path),  # with its external data
                 "fp16_converted": plan.convert_fp16,
                 "tensorrt_expected": trt_version,
                 "strongly_typed": plan.strongly_typed,

@@ -9,6 +9,7 @@ import numpy as np
 
 from kdc.deploy import metrics as M
 from kdc.deploy.estimate import predict_memory_mb, predict_onnx
+from kdc.deploy.external_data import onnx_sha256
 from kdc.deploy.latency import measure_onnx_rounds
 from kdc.deploy.memory import engine_peak_rss_mb
 from kdc.deploy.onnxruntime import make_session, run_session, session_options_record
@@ -16,7 +17,7 @@ from kdc.errors import UserError
 from kdc.export.parity import compare
 from kdc.pipeline import Context, StageOutput
 from kdc.profiles import host_has_int8_dot
-from kdc.rundir import read_json, sha256_file, size_mb, write_json
+from kdc.rundir import read_json, size_mb, write_json
 from kdc.stages.build import int8_runs_here, tensorrt_on_target
 from kdc.stages.build_tensorrt import tensorrt_not_on_target
 from kdc.stages.export import student_reference
@@ -284,7 +285,7 @@ def device_figures(ctx: Context, engines: list[dict]) -> dict[str, dict]:
     found = for_target if (for_target / "bundle.json").is_file() else own
     meta = read_json(found / "bundle.json")
     made_from = meta.get("source_onnx_sha256")  # None: a bundle from before kdc recorded it
-    if made_from is not None and made_from != sha256_file(ctx.run / rec["source"]):
+    if made_from is not None and made_from != onnx_sha256(ctx.run / rec["source"]):
         raise UserError(
             f"the bundle in build/{found.name} was made from another model than the "
             f"run's {rec['source']} (the run was rebuilt after it)",

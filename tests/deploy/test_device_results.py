@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import onnx
 import pytest
 from rich.console import Console
 
@@ -326,7 +327,10 @@ def test_verify_reads_the_bundle_written_for_its_target(tmp_path, results, bundl
 
 def test_a_bundle_of_another_model_than_the_runs_is_refused(tmp_path, results, bundle):
     """The run was rebuilt after its bundle was written: the device timed another model."""
-    (tmp_path / "m.onnx").write_bytes(b"the rebuilt model")
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [])
+    graph.output.append(onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1]))
+    onnx.save(onnx.helper.make_model(graph), tmp_path / "m.onnx")  # the rebuilt model
     _edit(bundle / "bundle.json", source_onnx_sha256="0" * 64)
     rec = {**TRT_REC, "source": "m.onnx"}
     with pytest.raises(UserError, match="field 'source_onnx_sha256': the bundle in build/bundle"):
@@ -573,3 +577,29 @@ def test_results_of_another_build_of_the_same_model_are_refused(results, bundle)
         read_device_results(results, bundle, JETSON)
     _edit(results / "device.json", build_command=None, bench_command=None)  # an older bench.sh
     assert read_device_results(results, bundle, JETSON)["latency"]["batch"] == 8
+
+
+def test_a_bundle_whose_source_weights_changed_in_their_external_data_is_refused(
+    tmp_path, results, bundle
+):
+    """A model over 2 GB keeps its weights in a data file: new weights there, the .onnx file
+    unchanged, are another model than the bundle was made from."""
+    import numpy as np
+
+    from kdc.deploy.external_data import onnx_sha256
+
+    w = onnx.numpy_helper.from_array(np.ones(4, np.float32), "w")
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])
+    node = onnx.helper.make_node("Add", ["x", "w"], ["y"])
+    model = onnx.helper.make_model(onnx.helper.make_graph([node], "g", [x], [y], [w]))
+    onnx.save(
+        model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0
+    )
+    _edit(bundle / "bundle.json", source_onnx_sha256=onnx_sha256(tmp_path / "m.onnx"))
+    rec = {**TRT_REC, "source": "m.onnx"}
+    assert device_figures(_ctx(tmp_path, JETSON, results), [rec])["build/bundle"]["latency"]
+    data = tmp_path / "m.data"
+    data.write_bytes(np.full(4, 2, np.float32).tobytes())
+    with pytest.raises(UserError, match="field 'source_onnx_sha256'"):
+        device_figures(_ctx(tmp_path, JETSON, results), [rec])
