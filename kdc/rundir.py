@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -115,6 +116,12 @@ def write_text(path: Path | str, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def json_number(value: float) -> float | None:
+    """`value` as a float, or None where it is NaN or infinite (which `json.dumps` writes as bare
+    NaN/Infinity tokens that strict JSON readers refuse)."""
+    return float(value) if math.isfinite(value) else None
 
 
 def write_json(path: Path | str, obj: Any) -> Path:

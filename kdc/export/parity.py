@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kdc.rundir import json_number
+
 JUDGED = {"lowest": np.min, "mean": np.mean}
 """How the cosine floor reads the row cosines: every row (`lowest`; an FP32 export must match
 row by row) or their mean (`mean`; an INT8 engine, whose near-uniform logit rows can point
@@ -38,10 +40,10 @@ def compare(
     return {
         "reference": "pytorch",
         "n": int(len(ref)),
-        "max_abs": _finite(err.max() if err.size else 0.0),
-        "p99_abs": _finite(np.quantile(err, 0.99) if err.size else 0.0),
-        "cosine": _finite(cos.mean() if cos.size else 1.0),
-        "min_cosine": _finite(cos.min() if cos.size else 1.0),
+        "max_abs": json_number(err.max() if err.size else 0.0),
+        "p99_abs": json_number(np.quantile(err, 0.99) if err.size else 0.0),
+        "cosine": json_number(cos.mean() if cos.size else 1.0),
+        "min_cosine": json_number(cos.min() if cos.size else 1.0),
         "argmax_agreement": agreement,
         "atol": atol,
         "rtol": rtol,
@@ -58,12 +60,6 @@ def compare(
     }
 
 
-def _finite(value: float) -> float | None:
-    """A figure of the record, None where outputs holding NaN or inf made it NaN (written as a
-    bare NaN token, which strict JSON readers refuse); such a check does not pass."""
-    return float(value) if np.isfinite(value) else None
-
-
 def shown(value: float | None, spec: str) -> str:
-    """A parity figure formatted with `spec`, or `NaN` where `_finite` left none."""
+    """A parity figure formatted with `spec`, or `NaN` where `json_number` left none."""
     return "NaN" if value is None else format(value, spec)

@@ -5,7 +5,6 @@ search/candidates.jsonl, search/student.json and, when searched, search/pareto.p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -18,7 +17,7 @@ from kdc.compress.student import fixed_student_spec
 from kdc.data.batching import cut_positions
 from kdc.errors import NoStudentFits, UserError
 from kdc.pipeline import EXAMPLE_ROWS, Context, StageOutput
-from kdc.rundir import atomic_path, write_json, write_jsonl
+from kdc.rundir import atomic_path, json_number, write_json, write_jsonl
 
 if TYPE_CHECKING:
     from kdc.compress.space import Space
@@ -247,10 +246,6 @@ def _budget(ctx: Context, smallest_ms: float, teacher_ms: float) -> tuple[float,
     )
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def proxy_batch(
     encode: Callable[[np.ndarray], dict[str, np.ndarray]],
     y: np.ndarray,
@@ -334,7 +329,7 @@ def _searched(ctx: Context) -> StageOutput:
             "spec": c.spec,
             "params": student.params(),
             "flops": predictions[c.key]["flops"],
-            "proxies": {n: _finite(v) for n, v in vals.items()},
+            "proxies": {n: json_number(v) for n, v in vals.items()},
         }
         return vals[proxy]
 
@@ -393,7 +388,7 @@ def _searched(ctx: Context) -> StageOutput:
         {
             **rows[s.candidate.key],
             "predicted_latency_ms": s.latency_ms,
-            "proxy": _finite(s.score),
+            "proxy": json_number(s.score),
             "pareto": f,
             "chosen": s is result.best,
         }
