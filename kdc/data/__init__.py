@@ -415,11 +415,12 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
                 "macro-F1 say nothing of them"
             )
     train, evs = Split(feats, y_tr), Split(ev_feats, y_ev)
-    if d.limit_train and len(train) > d.limit_train:
+    limited = bool(d.limit_train and len(train) > d.limit_train)
+    if limited:
         train = train.take(rng.permutation(len(train))[: d.limit_train])
-        evs = evs.take(np.arange(len(evs)))  # a held-out view would keep every row read
-    if d.limit_eval and len(evs) > d.limit_eval:
-        evs = evs.take(np.arange(d.limit_eval))
+    if limited or (d.limit_eval and len(evs) > d.limit_eval):
+        # one copy: a held-out view would keep every row read
+        evs = evs.take(np.arange(min(len(evs), d.limit_eval or len(evs))))
     if len(train) == 0 or len(evs) == 0:
         raise UserError(
             "a split is empty",
