@@ -193,12 +193,26 @@ def _config_file(cfg: KdcConfig) -> Path | None:
 
 
 def _run_config_file(root: Path, manifest: dict) -> Path | None:
-    """The config file a run was made from (found from the run directory, as the manifest
-    records its folder relative to it), resolved; None when not recorded, or a dict's."""
-    file, folder = manifest.get("config_file"), manifest.get("config_base_dir_from_run")
-    if not isinstance(file, str) or not isinstance(folder, str) or file.startswith("<"):
+    """The config file a run was made from (`_config_source`), resolved; None when not recorded,
+    or a dict's."""
+    file = manifest.get("config_file")
+    if not isinstance(file, str) or file.startswith("<"):
         return None
-    return (root / folder / Path(file).name).resolve()
+    return Path(_config_source(root, manifest)[1]).resolve()
+
+
+def _config_source(run: Path, m: dict) -> tuple[Path, str]:
+    """The folder and file a run's config came from, by its manifest: the folder recorded, or
+    found from the run where the checkout moved with the run in it (a CI runner's own work
+    path); a relative file (as given, from another cwd) in that folder."""
+    base = Path(m.get("config_base_dir", "."))
+    moved = run / m.get("config_base_dir_from_run", "")
+    if not base.is_dir() and "config_base_dir_from_run" in m and moved.is_dir():
+        base = moved
+    source = m.get("config_file", str(run))
+    if "config_file" in m and not Path(source).is_absolute():
+        source = str(base / Path(source).name)
+    return base, source
 
 
 def _any_stage_done(run: RunDir) -> bool:
@@ -281,13 +295,7 @@ def config_of_run(run_dir: str | Path) -> KdcConfig:
             source=str(run / "manifest.json"),
             fix="run `kdc compress` again into this directory",
         )
-    base = Path(m.get("config_base_dir", "."))
-    moved = run / m.get("config_base_dir_from_run", "")
-    if not base.is_dir() and "config_base_dir_from_run" in m and moved.is_dir():
-        base = moved  # the checkout moved with the run in it (a CI runner's own work path)
-    source = m.get("config_file", str(run))
-    if "config_file" in m and not Path(source).is_absolute():  # as given, from another cwd
-        source = str(base / Path(source).name)
+    base, source = _config_source(run, m)
     return parse_config(m["config"], source=source, base_dir=str(base))
 
 
