@@ -1,22 +1,143 @@
-"""Files named as dataset splits (`train.csv` beside `eval.csv`, Hub shards) under one glob or
-folder: `kdc init` writes the training split's as data.source and the held-out split's as
-data.eval; compress notes a data.source glob that trains on them as one."""
+"""Files named as dataset splits (`train.csv` beside `eval.csv`, `imdb_test.csv`, Hub shards,
+`data/train/part-0.csv`) under one glob or folder: `kdc init` writes the training split's as
+data.source and the held-out split's as data.eval; compress notes a data.source glob that
+trains on them as one."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from test_data_loading import ROWS, csv_file, text_cfg
+from test_init import HF_CONFIG, _hf_dir, _init, runner
 
+from kdc.cli import app
+from kdc.config import load_config
 from kdc.data import load_dataset
+from kdc.data.shards import split_names
 from kdc.errors import UserError
 from kdc.init import TeacherInfo
 from kdc.init_data import inspect_data
 
 
 def _splits(root, *names: str) -> None:
-    (root / "data").mkdir()
     for name in names:
+        (root / "data" / name).parent.mkdir(parents=True, exist_ok=True)
         csv_file(root / "data" / name, "text,label\n" + ROWS)
+
+
+@pytest.mark.parametrize(
+    ("name", "split"),
+    [
+        ("train.csv", "train"),
+        ("imdb_test.csv", "test"),
+        ("reviews-validation.jsonl", "validation"),
+        ("drugsComTrain_raw.tsv", "train"),
+        ("MyTESTData.csv", "test"),
+        ("val2017.csv", "val"),
+        ("dev.v2.csv", "dev"),
+        ("train-00000-of-00002.parquet", "train"),
+        ("imdb_train-00000-of-00002.parquet", "train"),
+        ("unsupervised-00000-of-00001.parquet", "unsupervised"),
+        ("contest.csv", None),
+        ("Contest.csv", None),
+        ("trainer_notes.csv", None),
+        ("retrain.csv", None),
+        ("latest.csv", None),
+        ("devices.csv", None),
+        ("evaluation.csv", None),
+        ("testé.csv", None),
+        ("train_test_split.csv", None),  # two splits' words: neither
+    ],
+)
+def test_a_split_word_delimited_in_a_file_name(name, split):
+    """A split's word set off by `_`, `-`, `.`, a case change or digits, not inside a word."""
+    assert split_names([Path("data") / name]) == [split]
+
+
+def test_a_split_word_in_a_folder_below_the_files_common_one():
+    """`data/train/part-0.csv`: the folder names the split; a folder above every file (the
+    project's) names none."""
+    files = [Path("runs/test/data/train/part-0.csv"), Path("runs/test/data/en/test.csv")]
+    assert split_names(files) == ["train", "test"]
+    assert split_names([Path("test/a.csv"), Path("test/b.csv")]) == [None, None]
+    assert split_names([Path("data/train/test.csv"), Path("data/x.csv")]) == [None, None]
+
+
+# layouts of --data's files below data/: the data.source and data.eval kdc init writes
+LAYOUTS = {
+    "folders": (
+        ["train/part-0.csv", "train/part-1.csv", "test/part-0.csv"],
+        "data/**/*.csv",
+        ("data/train/part-*.csv", "data/test/part-0.csv"),
+    ),
+    "languages": (
+        ["en/train.csv", "fr/train.csv", "en/test.csv"],
+        "data/**/*.csv",
+        ("data/**/train.csv", "data/en/test.csv"),
+    ),
+    "prefixed": (
+        ["imdb_train.csv", "imdb_test.csv"],
+        "data/*.csv",
+        ("data/imdb_train.csv", "data/imdb_test.csv"),
+    ),
+    "camel case": (
+        ["drugsComTrain_raw.csv", "drugsComTest_raw.csv"],
+        "data/*.csv",
+        ("data/drugsComTrain_raw.csv", "data/drugsComTest_raw.csv"),
+    ),
+    "numbered": (
+        ["reviews-train-0.csv", "reviews-train-1.csv", "reviews-dev.csv"],
+        "data/*.csv",
+        ("data/reviews-train-*.csv", "data/reviews-dev.csv"),
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_init_splits_split_folders_and_split_words(tmp_path, monkeypatch, layout):
+    names, data, written = LAYOUTS[layout]
+    monkeypatch.chdir(tmp_path)
+    _splits(tmp_path, *names)
+    info = inspect_data(data, TeacherInfo("huggingface", tmp_path, "text-classification", 2))
+    assert (info.source, info.eval_source, info.notes) == (*written, [])
+    assert (info.rows, info.files) == (20 * (len(names) - 1), len(names) - 1)
+
+
+@pytest.mark.parametrize("layout", ["folders", "languages"])
+def test_the_split_globs_init_writes_validate_and_load(tmp_path, monkeypatch, layout):
+    """The config kdc init writes beside the data validates and, read from another folder,
+    reads the training split's files as data.source and the held-out one's as data.eval."""
+    names, data, written = LAYOUTS[layout]
+    monkeypatch.chdir(tmp_path)
+    _splits(tmp_path, *names)
+    conf = {**HF_CONFIG, "id2label": {"0": "neg", "1": "pos"}}
+    teacher = _hf_dir(tmp_path / "t", conf, **{"vocab.txt": "[UNK]\n"})
+    res = _init(teacher, "--data", data, "--out", "model.yaml")
+    assert res.exit_code == 0, res.output
+    monkeypatch.chdir(teacher)
+    res = runner.invoke(app, ["validate", str(tmp_path / "model.yaml")])
+    assert res.exit_code == 0, res.output
+    cfg = load_config(tmp_path / "model.yaml")
+    assert (cfg.data.source, cfg.data.eval) == written
+    ds = load_dataset(cfg)
+    assert (len(ds.train), len(ds.eval)) == (40, 20)
+    assert not [n for n in ds.notes if "splits" in n]
+
+
+def test_init_keeps_a_glob_no_split_pattern_names_alone(tmp_path, monkeypatch):
+    """No split words (contest, trainer), or a split's files that no pattern names without
+    another file the glob left out: the glob is kept, noted where it mixes splits."""
+    monkeypatch.chdir(tmp_path)
+    teacher = TeacherInfo("huggingface", tmp_path, "text-classification", 2)
+    _splits(tmp_path, "contest.csv", "trainer_notes.csv")
+    info = inspect_data("data/*.csv", teacher)
+    assert (info.source, info.eval_source, info.notes) == ("data/*.csv", None, [])
+    _splits(tmp_path, "train/a.csv", "train/b.csv", "test/a.csv", "train/long.csv")
+    info = inspect_data("data/*/?.csv", teacher)  # data/train/*.csv would read long.csv too
+    assert (info.source, info.eval_source, info.rows) == ("data/*/?.csv", None, 60)
+    (note,) = info.notes
+    assert "reads the files of the splits test, train as one" in note
 
 
 @pytest.mark.parametrize("held", ["eval.csv", "test.csv", "validation.csv", "dev.csv"])
@@ -43,32 +164,46 @@ def test_init_prefers_test_to_validation_and_notes_a_mix_it_cannot_split(tmp_pat
     assert "reads the files of the splits test, train, validation and other files as one" in note
 
 
-def test_a_folder_of_split_named_parquet_files_names_each_split(tmp_path):
+@pytest.mark.parametrize(
+    ("train", "test"), [("train", "test"), ("imdb_train", "imdb_test"), ("aTrain", "aTest")]
+)
+def test_a_folder_of_split_named_parquet_files_names_each_split(tmp_path, train, test):
     """A folder of train.parquet and test.parquet was read as one split, as Hub shards are not."""
     pytest.importorskip("pyarrow")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     (tmp_path / "d").mkdir()
-    for name in ("train", "test"):
+    for name in (train, test):
         pq.write_table(
             pa.table({"text": ["a b", "c d"], "label": ["x", "y"]}),
             tmp_path / "d" / f"{name}.parquet",
         )
-    with pytest.raises(UserError, match="d holds the parquet shards of several splits") as e:
+    with pytest.raises(
+        UserError, match=r"d holds the parquet shards of several splits \(test, train\)"
+    ) as e:
         load_dataset(text_cfg(tmp_path, source="d"))
     assert e.value.fix == (
-        "give one split's shards as data.source, e.g. d/train.parquet, "
-        "and data.eval: d/test.parquet"
+        f"give one split's shards as data.source, e.g. d/{train}.parquet, "
+        f"and data.eval: d/{test}.parquet"
     )
 
 
 def test_compress_notes_a_glob_that_trains_on_an_eval_file(tmp_path):
     """compress keeps reading such a glob as one training set (a merge may be meant), noted."""
-    _splits(tmp_path, "train.csv", "eval.csv")
+    _splits(tmp_path, "train.csv", "eval.csv", "en/imdb_train.csv", "en/imdb_test.csv")
     ds = load_dataset(text_cfg(tmp_path, source="data/*.csv", eval_fraction=0.25))
     (note,) = [n for n in ds.notes if "splits" in n]
     assert "data.source 'data/*.csv' reads the files of the splits eval, train as one" in note
+    ds = load_dataset(text_cfg(tmp_path, source="data/en/*.csv", eval_fraction=0.25))
+    (note,) = [n for n in ds.notes if "splits" in n]
+    assert "reads the files of the splits test, train as one" in note
+    _splits(tmp_path, "train/part-0.csv", "dev/part-0.csv", "Contest/trainer_notes.csv")
+    ds = load_dataset(text_cfg(tmp_path, source="data/*/part-*.csv", eval_fraction=0.25))
+    (note,) = [n for n in ds.notes if "splits" in n]
+    assert "reads the files of the splits dev, train as one" in note
+    ds = load_dataset(text_cfg(tmp_path, source="data/Contest/*.csv", eval_fraction=0.25))
+    assert not [n for n in ds.notes if "splits" in n]
     for data in ({"eval_fraction": 0.25}, {"eval": "data/eval.csv"}):
         ds = load_dataset(text_cfg(tmp_path, source="data/train.csv", **data))
         assert not [n for n in ds.notes if "splits" in n]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdc.data.readers import train_and_held, visible
+from kdc.data.readers import HELD_SPLITS, TRAIN_SPLITS, train_and_held, visible
 from kdc.errors import UserError, first_line
 from kdc.image_processor import ImageReading
 
@@ -54,8 +54,9 @@ def image_files(path: Path, field: str = "data.source") -> dict[str, list[Path]]
     return classes
 
 
-# folder names that are a dataset's splits, never classes (`data/train/<class>/…`)
-SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval"}
+# folder names that are a dataset's splits, never classes (`data/train/<class>/…`): whole names,
+# not split words as in file names (`kdc.data.shards.split_names`): a class may be `train_cars`
+SPLIT_NAMES = set(TRAIN_SPLITS + HELD_SPLITS)
 
 
 def split_folders(path: Path) -> tuple[str, str | None] | None:

@@ -60,42 +60,80 @@ def shard_paths(value: str, base: str | Path = ".") -> list[Path] | None:
     return sorted(p for p in shards if p.is_file()) or None
 
 
-def split_name(path: Path) -> str | None:
-    """The split a file's name gives: a Hub shard's (`train-00000-of-00002.parquet`), or a
-    split's own name (`train.csv`, `eval.jsonl`, `validation.parquet`); None for another name."""
-    if m := HUB_SHARD.fullmatch(path.name):
-        return m["split"]
-    return path.stem if path.stem.lower() in TRAIN_SPLITS + HELD_SPLITS else None
+# a path's words: split at `_`, `-`, `.`, `/`, a case change (drugsComTrain) or digits (val2017)
+WORD = re.compile(r"[A-Z]+(?![^\W\d_A-Z])|[A-Z]?[^\W\d_A-Z]+")  # any other letter: lower case
+SPLIT_WORDS = frozenset(TRAIN_SPLITS + HELD_SPLITS)
+
+
+def split_names(files: list[Path]) -> list[str | None]:
+    """The split each file's path below the files' common folder gives (`_split_name`)."""
+    depth = len(os.path.commonprefix(list({f.parts[:-1] for f in files})))
+    return [_split_name(f, depth) for f in files]
+
+
+def _split_name(path: Path, depth: int) -> str | None:
+    """The one split word of a path's parts from `depth` on, in its name or a folder's
+    (`train.csv`, `imdb_test.csv`, `drugsComTrain_raw.tsv`, `train/part-0.csv`,
+    `en/test.csv`; never `contest.csv` or `trainer_notes.csv`), else a Hub shard's split
+    (`unsupervised-00000-of-00001.parquet`); None for another path, or one naming two splits."""
+    words = {w.lower() for w in WORD.findall("/".join(path.parts[depth:]))}
+    if named := words & SPLIT_WORDS:
+        return named.pop() if len(named) == 1 else None
+    hub = HUB_SHARD.fullmatch(path.name)
+    return hub["split"] if hub else None
 
 
 def file_splits(files: list[Path]) -> dict[str, list[Path]]:
-    """Files by the split their names give (`split_name`); {} unless every file gives one."""
+    """Files by the split their paths give (`split_names`); {} unless every file gives one."""
     found: dict[str, list[Path]] = {}
-    for f in files:
-        if (split := split_name(f)) is None:
+    for f, split in zip(files, split_names(files), strict=True):
+        if split is None:
             return {}
         found.setdefault(split, []).append(f)
     return found
 
 
-def _split_value(files: list[Path]) -> str | None:
-    """One split's files as a data path: its Hub shards' glob (of one folder), else the one
-    file; None for several files otherwise."""
-    if (m := HUB_SHARD.fullmatch(files[0].name)) and len({f.parent for f in files}) == 1:
-        return str(Path(glob.escape(str(files[0].parent))) / f"{glob.escape(m['split'])}-*.parquet")
-    return str(files[0]) if len(files) == 1 else None
+def _split_glob(files: list[Path]) -> str:
+    """A pattern for one split's files: their names' (a Hub split's `<split>-*.parquet`, their
+    one name, else their common start and end around `*`) in their folder, or under
+    `**` of their folders' common one."""
+    names = [f.name for f in files]
+    hubs = {m["split"] if (m := HUB_SHARD.fullmatch(n)) else None for n in names}
+    if len(hubs) == 1 and None not in hubs:
+        name = f"{glob.escape(hubs.pop())}-*.parquet"
+    elif len(set(names)) == 1:
+        name = glob.escape(names[0])
+    else:
+        start = os.path.commonprefix(names)
+        end = os.path.commonprefix([n[len(start) :][::-1] for n in names])[::-1]
+        name = f"{glob.escape(start)}*{glob.escape(end)}"
+    folders = {f.parent for f in files}
+    folder = Path(glob.escape(os.path.commonpath(folders)))
+    return str(folder / name if len(folders) == 1 else folder / "**" / name)
 
 
-def split_sources(files: list[Path]) -> tuple[str, str | None] | None:
+def _split_value(files: list[Path], base: str | Path) -> str | None:
+    """One split's files (paths relative to `base`) as a data path: the one file (not a Hub
+    shard), else their pattern (`_split_glob`); None where that names other files too."""
+    if len(files) == 1 and not HUB_SHARD.fullmatch(files[0].name):
+        return str(files[0])
+    value = _split_glob(files)
+    named = {os.path.normpath(p) for p in shard_paths(value, base) or []}
+    return value if named == {os.path.normpath(resolve_path(str(f), base)) for f in files} else None
+
+
+def split_sources(files: list[Path], base: str | Path = ".") -> tuple[str, str | None] | None:
     """Of files named as several splits (a folder of Hub shards; a glob over `train.csv` and
-    `eval.csv`), the data paths of the training split and of its test (else validation) split;
-    None when they are one split's, hold no training split, or a split's files are not one
-    path or glob."""
+    `eval.csv`, or `data/train/*.csv` and `data/test/*.csv`), the data paths (relative to
+    `base`, as the files are) of the training split and of its test (else validation) split;
+    None when they are one split's, hold no training split, or no data path names just one
+    split's files."""
     splits = file_splits(files)
     picked = train_and_held(list(splits)) if len(splits) > 1 else None
     if picked is None:
         return None
-    train, held = _split_value(splits[picked[0]]), picked[1] and _split_value(splits[picked[1]])
+    train = _split_value(splits[picked[0]], base)
+    held = picked[1] and _split_value(splits[picked[1]], base)
     return (train, held) if train and (held or not picked[1]) else None
 
 
@@ -117,7 +155,10 @@ def data_files(value: str, base: str | Path, field: str, source: str | None) -> 
     splits = list(file_splits(found))
     if not is_glob(value, base) and len(splits) > 1:
         as_given = [Path(value) / f.name for f in found]  # a folder's files
-        train, held = split_sources(as_given) or (str(Path(value) / "<split>-*.parquet"), None)
+        train, held = split_sources(as_given, base) or (
+            str(Path(value) / "<split>-*.parquet"),
+            None,
+        )
         example = held if held and field == "data.eval" else train
         also = f", and data.eval: {held}" if held and field == "data.source" else ""
         raise UserError(
@@ -196,7 +237,7 @@ def mixed_splits_note(value: str, base: str | Path) -> list[str]:
     beside others, and no data.eval is given: they are trained on as one, and the eval rows are
     held out of that mixture."""
     files = (shard_paths(value, base) or []) if is_glob(value, base) else []
-    names = {split_name(f) for f in files}
+    names = set(split_names(files))
     named = sorted(n for n in names if n)
     held = [n for n in named if n.lower() in HELD_SPLITS]
     if len(named) < 2 and not (held and None in names):
