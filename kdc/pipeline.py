@@ -17,17 +17,36 @@ from rich.console import Console
 from rich.markup import escape
 
 from kdc import __version__
-from kdc.config import BuildConfig, KdcConfig
+from kdc.config import KdcConfig
 from kdc.data.base import Dataset
 from kdc.deploy.ort_install import conflict_warning
 from kdc.errors import UserError
 from kdc.fingerprint import inputs_fingerprint
 from kdc.interrupts import signals_as_interrupt
 from kdc.models.base import ModelAdapter
-from kdc.preflight import builds_tensorrt, int8_qat, qat_reduce_range
+from kdc.preflight import builds_tensorrt
 from kdc.profiles import HardwareProfile
 from kdc.progress import Advance, progress
 from kdc.rundir import RunDir, library_versions, sha256_json, target_flag
+from kdc.stage_reads import (
+    BUILD,
+    COMMON,
+    LATENCY,
+    PARITY,
+    TENSORRT_ONLY,
+    WHOLE_CONFIG,
+    ConfigReads,
+    ProfileReads,
+    build_idle,
+    build_versions,
+    config_reads,
+    distill_idle,
+    distill_profile,
+    distill_reads,
+    distill_versions,
+    split_reads,
+    whole_profile,
+)
 from kdc.upstream_reads import UPSTREAM_READS
 
 EXAMPLE_ROWS = 2  # the rows a model is traced (export: a dynamic batch) or probed on
@@ -147,10 +166,6 @@ class Context:
 StageFn = Callable[[Context], StageOutput]
 
 
-ConfigReads = Callable[[KdcConfig], tuple[str, ...]]
-ProfileReads = Callable[[KdcConfig, HardwareProfile], Any]
-
-
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -165,106 +180,8 @@ class Stage:
     # BatchNorm re-estimation), hashed from 2 on: a run of version 1 hashes as before versions
     # existed, one of another version runs the stage again
     versions: Callable[[KdcConfig], dict[str, int]] = lambda cfg: {}
-
-
-COMMON = ("name", "task", "seed", "teacher", "data")
-# the tolerances export checks parity with, and verify checks each engine's
-PARITY = ("export.atol", "export.rtol", "export.min_cosine")
-# what a predicted latency depends on (search ranks by it; prune.target_latency_ms prunes to it)
-LATENCY = ("quantize.precision", "verify.batch", "export.cls_only_last_layer")
-# what quantization-aware training (quantize.method: qat, in distill) reads besides its method
-QAT = (
-    "quantize.qat_epochs",
-    "quantize.qat_lr",
-    "quantize.calibration_size",
-    "quantize.symmetric_activations",
-    "export.opset",
-    "export.cls_only_last_layer",
-)
-
-
-def _split(cfg: KdcConfig) -> tuple[str, ...]:
-    """The task, the data and, where it draws the eval split and training rows (no
-    data.split_seed), the seed: read unless 0, so a run of the default seed hashes as before."""
-    return ("task", "data", *(("seed",) if cfg.data.split_seed is None and cfg.seed else ()))
-
-
-def _distill_reads(cfg: KdcConfig) -> tuple[str, ...]:
-    """Distillation's config: pruning to a latency reads how latency is predicted (on the exported
-    graph), QAT its settings; neither is read otherwise."""
-    latency = (*LATENCY, "export.opset") if cfg.prune.target_latency_ms is not None else ()
-    qat = QAT if cfg.quantize.method == "qat" else ()
-    return (*COMMON, "distill", "prune", "quantize.method", *latency, *qat)
-
-
-TENSORRT_ONLY = ("max_batch", "dla_core")  # build settings only a TensorRT engine reads
-
-
-def _tensorrt_facets(cfg: KdcConfig, profile: HardwareProfile, *fields: str) -> dict[str, Any]:
-    """The build `fields` (of TENSORRT_ONLY) that are set, where a TensorRT engine is built:
-    set on a target without TensorRT (warned unused) they keep a stage's outputs."""
-    if not builds_tensorrt(cfg, profile):
-        return {}
-    return {f: v for f in fields if (v := getattr(cfg.build, f)) is not None}
-
-
-def _whole_profile(*fields: str) -> ProfileReads:
-    """The whole profile, with the `_tensorrt_facets` of `fields` beside it when any is set (a
-    run without them hashes as before they existed)."""
-
-    def reads(cfg: KdcConfig, profile: HardwareProfile) -> Any:
-        dump = profile.model_dump(mode="json")
-        facets = _tensorrt_facets(cfg, profile, *fields)
-        return {"profile": dump, **facets} if facets else dump
-
-    return reads
-
-
-def _distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
-    """What distillation reads of the target: the channel multiple a CNN student is narrowed
-    (or any student pruned) to, not read for a transformer's; for QAT, whether TensorRT runs it
-    (symmetric fake-quantizers), whether it trains 7-bit weights (`qat_reduce_range`, by default
-    this CPU's), only where it applies (a run without it hashes as before); pruning to a latency
-    reads the whole latency model. Recipe versions are `_distill_versions`'."""
-    from kdc.models import student_family
-
-    cnn = student_family(cfg) == "cnn"
-    recipe = {"reduce_range": True} if qat_reduce_range(cfg, profile) else {}
-    if cfg.prune.enabled and cfg.prune.target_latency_ms is not None:
-        whole = _whole_profile("dla_core")(cfg, profile)
-        return {"profile": whole, **recipe} if recipe else whole
-    facets: dict[str, Any] = {**recipe}
-    if cnn or (cfg.prune.enabled and not cfg.prune.round_to):
-        facets["channel_divisor"] = profile.defaults.channel_divisor
-    if cfg.quantize.method == "qat":
-        facets["tensorrt"] = "tensorrt" in profile.runtime.engines
-    return facets
-
-
-def _distill_versions(cfg: KdcConfig) -> dict[str, int]:
-    """A CNN student's BatchNorm re-estimation version (`precise_bn.VERSION`), an INT8 QAT run's
-    scheme version (`qat.SCHEMES`, by the student's family)."""
-    from kdc.compress import precise_bn
-    from kdc.compress.qat import SCHEMES
-    from kdc.models import student_family
-
-    family = student_family(cfg)
-    bn = {"precise_bn": precise_bn.VERSION} if family == "cnn" else {}
-    return {**bn, "qat_scheme": SCHEMES[family].version} if int8_qat(cfg) else bn
-
-
-def _build_versions(cfg: KdcConfig) -> dict[str, int]:
-    """NNCF PTQ's recipe version (`nncf_ptq.RECIPE_VERSIONS`, by the student's family) where
-    it may make the INT8 graph."""
-    from kdc.compress.nncf_ptq import RECIPE_VERSIONS
-    from kdc.models import student_family
-
-    q = cfg.quantize
-    nncf = q.precision == "int8" and q.method == "ptq" and q.ptq != "onnxruntime"
-    return {"nncf_ptq": RECIPE_VERSIONS[student_family(cfg)]} if nncf else {}
-
-
-BUILD = tuple(f"build.{k}" for k in BuildConfig.model_fields if k not in TENSORRT_ONLY)
+    # what of `reads` cannot change its outputs for `cfg` (`config_reads`: hashed at defaults)
+    idle: ConfigReads = lambda cfg: ()
 
 
 def _stages() -> list[Stage]:
@@ -276,57 +193,39 @@ def _stages() -> list[Stage]:
             "search",
             search.run,
             lambda cfg: (*COMMON, "student", "search", "constraints.latency_budget_ms", *LATENCY),
-            _whole_profile("dla_core"),
+            whole_profile("dla_core"),
         ),
-        Stage("distill", distill.run, _distill_reads, _distill_profile, _distill_versions),
+        Stage(
+            "distill",
+            distill.run,
+            distill_reads,
+            distill_profile,
+            distill_versions,
+            distill_idle,
+        ),
         # parity inputs are eval rows (data), the output name the task's; no target facet
-        Stage("export", export.run, lambda cfg: (*_split(cfg), "export"), lambda c, p: None),
+        Stage("export", export.run, lambda cfg: (*split_reads(cfg), "export"), lambda c, p: None),
         # calibration rows (data); verify.threads times the PTQ backends `ptq: auto` picks from
         Stage(
             "build",
             build.run,
-            lambda cfg: (*_split(cfg), *BUILD, "quantize", "verify.batch", "verify.threads"),
-            _whole_profile(*TENSORRT_ONLY),
-            _build_versions,
+            lambda cfg: (*split_reads(cfg), *BUILD, "quantize", "verify.batch", "verify.threads"),
+            whole_profile(*TENSORRT_ONLY),
+            build_versions,
+            build_idle,
         ),
         # build.max_batch: the batch a TensorRT engine's memory is predicted at
         Stage(
             "verify",
             verify.run,
-            lambda cfg: (*_split(cfg), "verify", *PARITY),
-            _whole_profile(*TENSORRT_ONLY),
+            lambda cfg: (*split_reads(cfg), "verify", *PARITY),
+            whole_profile(*TENSORRT_ONLY),
         ),
         Stage("report", report.run, lambda cfg: (WHOLE_CONFIG,)),
     ]
 
 
 STAGE_NAMES = ("search", "distill", "export", "build", "verify", "report")
-
-
-# Settings that change how fast or in how much memory a stage runs, not what it computes (the
-# teacher cache's outputs equal the teacher's up to float rounding, as another thread count's
-# would): not hashed, so changing one does not redo a finished stage.
-UNHASHED = ("distill.teacher_cache_mb",)
-# read as the hash of the whole config, unhashed fields too: the report records it (and the
-# config's warnings), so a change no other stage reads still rewrites the report
-WHOLE_CONFIG = "*"
-
-
-def config_reads(cfg: KdcConfig, reads: tuple[str, ...]) -> dict[str, Any]:
-    """The values of `reads` (sections, "section.field"s or WHOLE_CONFIG) in `cfg`, but the
-    UNHASHED ones."""
-    data = cfg.fingerprint()
-    for path in UNHASHED:
-        section, key = path.split(".")
-        data.get(section, {}).pop(key, None)
-    out: dict[str, Any] = {}
-    for path in reads:
-        if path == WHOLE_CONFIG:
-            out[path] = cfg.sha256()
-            continue
-        section, _, key = path.partition(".")
-        out[path] = data.get(section, {}).get(key) if key else data.get(section)
-    return out
 
 
 def stage_hash(
@@ -338,7 +237,7 @@ def stage_hash(
             "kdc": __version__,
             "stage": stage.name,
             "upstream": upstream,
-            "config": config_reads(cfg, stage.reads(cfg)),
+            "config": config_reads(cfg, stage.reads(cfg), stage.idle(cfg)),
             "profile": stage.profile_reads(cfg, profile),
             "inputs": inputs_fp,
             **({"versions": versions} if versions else {}),

@@ -1,0 +1,171 @@
+"""What each stage reads of the config, the target profile and kdc's own recipes: the parts of
+its input hash (`kdc.pipeline.stage_hash`) beside the teacher and data fingerprint and what it
+reads of the stage before it (`kdc.upstream_reads`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kdc.config import BuildConfig, KdcConfig, QuantizeConfig
+from kdc.preflight import builds_tensorrt, int8_qat, qat_reduce_range
+from kdc.profiles import HardwareProfile
+
+ConfigReads = Callable[[KdcConfig], tuple[str, ...]]
+ProfileReads = Callable[[KdcConfig, HardwareProfile], Any]
+
+
+COMMON = ("name", "task", "seed", "teacher", "data")
+# the tolerances export checks parity with, and verify checks each engine's
+PARITY = ("export.atol", "export.rtol", "export.min_cosine")
+# what a predicted latency depends on (search ranks by it; prune.target_latency_ms prunes to it)
+LATENCY = ("quantize.precision", "verify.batch", "export.cls_only_last_layer")
+# what quantization-aware training (quantize.method: qat, in distill) reads besides its method
+QAT = (
+    "quantize.qat_epochs",
+    "quantize.qat_lr",
+    "quantize.calibration_size",
+    "quantize.symmetric_activations",
+    "export.opset",
+    "export.cls_only_last_layer",
+)
+
+
+def split_reads(cfg: KdcConfig) -> tuple[str, ...]:
+    """The task, the data and, where it draws the eval split and training rows (no
+    data.split_seed), the seed: read unless 0, so a run of the default seed hashes as before."""
+    return ("task", "data", *(("seed",) if cfg.data.split_seed is None and cfg.seed else ()))
+
+
+def distill_reads(cfg: KdcConfig) -> tuple[str, ...]:
+    """Distillation's config: pruning to a latency reads how latency is predicted (on the exported
+    graph), QAT its settings; neither is read otherwise (`distill_idle`: what it reads but does not
+    use)."""
+    pruned = cfg.prune.enabled and cfg.prune.target_latency_ms is not None
+    latency = (*LATENCY, "export.opset") if pruned else ()
+    qat = QAT if cfg.quantize.method == "qat" else ()
+    return (*COMMON, "distill", "prune", "quantize.method", *latency, *qat)
+
+
+TENSORRT_ONLY = ("max_batch", "dla_core")  # build settings only a TensorRT engine reads
+
+
+def tensorrt_facets(cfg: KdcConfig, profile: HardwareProfile, *fields: str) -> dict[str, Any]:
+    """The build `fields` (of TENSORRT_ONLY) that are set, where a TensorRT engine is built:
+    set on a target without TensorRT (warned unused) they keep a stage's outputs."""
+    if not builds_tensorrt(cfg, profile):
+        return {}
+    return {f: v for f in fields if (v := getattr(cfg.build, f)) is not None}
+
+
+def whole_profile(*fields: str) -> ProfileReads:
+    """The whole profile, with the `tensorrt_facets` of `fields` beside it when any is set (a
+    run without them hashes as before they existed)."""
+
+    def reads(cfg: KdcConfig, profile: HardwareProfile) -> Any:
+        dump = profile.model_dump(mode="json")
+        facets = tensorrt_facets(cfg, profile, *fields)
+        return {"profile": dump, **facets} if facets else dump
+
+    return reads
+
+
+def distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
+    """What distillation reads of the target: the channel multiple a CNN student is narrowed
+    (or any student pruned) to, not read for a transformer's; for QAT, whether TensorRT runs it
+    (symmetric fake-quantizers), whether it trains 7-bit weights (`qat_reduce_range`, by default
+    this CPU's), only where it applies (a run without it hashes as before); pruning to a latency
+    reads the whole latency model. Recipe versions are `distill_versions`'."""
+    from kdc.models import student_family
+
+    cnn = student_family(cfg) == "cnn"
+    recipe = {"reduce_range": True} if qat_reduce_range(cfg, profile) else {}
+    if cfg.prune.enabled and cfg.prune.target_latency_ms is not None:
+        whole = whole_profile("dla_core")(cfg, profile)
+        return {"profile": whole, **recipe} if recipe else whole
+    facets: dict[str, Any] = {**recipe}
+    if cnn or (cfg.prune.enabled and not cfg.prune.round_to):
+        facets["channel_divisor"] = profile.defaults.channel_divisor
+    if cfg.quantize.method == "qat":
+        facets["tensorrt"] = "tensorrt" in profile.runtime.engines
+    return facets
+
+
+def distill_versions(cfg: KdcConfig) -> dict[str, int]:
+    """A CNN student's BatchNorm re-estimation version (`precise_bn.VERSION`), an INT8 QAT run's
+    scheme version (`qat.SCHEMES`, by the student's family)."""
+    from kdc.compress import precise_bn
+    from kdc.compress.qat import SCHEMES
+    from kdc.models import student_family
+
+    family = student_family(cfg)
+    bn = {"precise_bn": precise_bn.VERSION} if family == "cnn" else {}
+    return {**bn, "qat_scheme": SCHEMES[family].version} if int8_qat(cfg) else bn
+
+
+def build_versions(cfg: KdcConfig) -> dict[str, int]:
+    """NNCF PTQ's recipe version (`nncf_ptq.RECIPE_VERSIONS`, by the student's family) where
+    it may make the INT8 graph."""
+    from kdc.compress.nncf_ptq import RECIPE_VERSIONS
+    from kdc.models import student_family
+
+    q = cfg.quantize
+    nncf = q.precision == "int8" and q.method == "ptq" and q.ptq != "onnxruntime"
+    return {"nncf_ptq": RECIPE_VERSIONS[student_family(cfg)]} if nncf else {}
+
+
+BUILD = tuple(f"build.{k}" for k in BuildConfig.model_fields if k not in TENSORRT_ONLY)
+
+
+# Settings that change how fast or in how much memory a stage runs, not what it computes (the
+# teacher cache's outputs equal the teacher's up to float rounding, as another thread count's
+# would): not hashed, so changing one does not redo a finished stage.
+UNHASHED = ("distill.teacher_cache_mb",)
+# read as the hash of the whole config, unhashed fields too: the report records it (and the
+# config's warnings), so a change no other stage reads still rewrites the report
+WHOLE_CONFIG = "*"
+
+
+def distill_idle(cfg: KdcConfig) -> tuple[str, ...]:
+    """What distillation reads but does not use for `cfg`: whether it checkpoints (a run continued
+    from its checkpoint trains as an uninterrupted one would), the prune section while pruning is
+    off."""
+    return ("distill.checkpoint", *(() if cfg.prune.enabled else ("prune",)))
+
+
+# the quantize settings the INT8 graph is made by (all but its precision)
+INT8_ONLY = tuple(f"quantize.{k}" for k in QuantizeConfig.model_fields if k != "precision")
+
+
+def build_idle(cfg: KdcConfig) -> tuple[str, ...]:
+    """What build reads but does not use for `cfg`: the INT8 settings where it makes no INT8
+    graph (quantize.precision fp32 or fp16)."""
+    return () if cfg.quantize.precision == "int8" else INT8_ONLY
+
+
+def config_reads(
+    cfg: KdcConfig, reads: tuple[str, ...], idle: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The values of `reads` (sections, "section.field"s or WHOLE_CONFIG) in `cfg`, but the
+    UNHASHED ones; those `idle` (sections or fields that cannot change the stage's outputs for
+    `cfg`) at their defaults, whatever they are set to: a run of default settings hashes as
+    before kdc knew them idle, and editing one keeps the stage's outputs."""
+    data = cfg.fingerprint()
+    for path in idle:
+        section, _, key = path.partition(".")
+        default = type(getattr(cfg, section))().model_dump(mode="json")
+        if key:
+            data[section][key] = default[key]
+        else:
+            data[section] = default
+    for path in UNHASHED:
+        section, key = path.split(".")
+        data.get(section, {}).pop(key, None)
+    out: dict[str, Any] = {}
+    for path in reads:
+        if path == WHOLE_CONFIG:
+            out[path] = cfg.sha256()
+            continue
+        section, _, key = path.partition(".")
+        out[path] = data.get(section, {}).get(key) if key else data.get(section)
+    return out

@@ -1,0 +1,83 @@
+"""Settings a stage reads but cannot use for a config (how often distillation checkpoints, the
+prune section while pruning is off, the INT8 settings of a build that makes no INT8 graph) keep
+its outputs on `--resume`."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdc.config import parse_config
+from kdc.pipeline import _stages, stage_hash
+from kdc.profiles import load_profile
+from kdc.stage_reads import config_reads
+
+
+def _edit(cfg: dict, dotted: str, value: object) -> dict:
+    section, key = dotted.split(".")
+    return {**cfg, section: {**cfg.get(section, {}), key: value}}
+
+
+def _changed(cfg: dict, dotted: str, value: object, target: str = "host") -> set[str]:
+    """The stages whose input hash editing `dotted` to `value` changes."""
+    profile = load_profile(target)
+
+    def hashes(c: dict) -> dict[str, str]:
+        parsed = parse_config(c, source="<test>")
+        return {s.name: stage_hash(s, parsed, profile, "up", "in") for s in _stages()}
+
+    before, after = hashes(cfg), hashes(_edit(cfg, dotted, value))
+    return {s for s in before if before[s] != after[s]}
+
+
+BASE = {
+    "name": "t",
+    "task": "image-classification",
+    "teacher": {"name": "resnet18"},
+    "data": {"source": "sklearn:digits"},
+}
+FP32 = _edit(BASE, "quantize.precision", "fp32")
+PRUNED = _edit(BASE, "prune.enabled", True)
+
+IDLE = [  # (config, edit, value): none changes what a stage computes
+    (BASE, "distill.checkpoint", False),
+    (BASE, "prune.ratio", 0.6),
+    (BASE, "prune.target_latency_ms", 2.0),  # pruning to a latency reads how it is predicted
+    (BASE, "prune.importance", "taylor"),
+    (FP32, "quantize.calibration_size", 32),
+    (FP32, "quantize.ptq", "nncf"),
+    (FP32, "quantize.max_int8_loss", 0.1),
+    (_edit(BASE, "quantize.precision", "fp16"), "quantize.calibration", "entropy"),
+]
+USED = [  # (config, edit, value, the stages that compute from it)
+    (BASE, "distill.epochs", 1, {"distill"}),
+    (PRUNED, "prune.ratio", 0.6, {"distill"}),
+    (PRUNED, "prune.target_latency_ms", 2.0, {"distill"}),
+    (BASE, "prune.enabled", True, {"distill"}),
+    (BASE, "quantize.calibration_size", 32, {"build"}),  # int8: the INT8 graph's rows
+    (BASE, "quantize.ptq", "nncf", {"build"}),
+    (FP32, "quantize.precision", "fp16", {"search", "build"}),
+    (FP32, "quantize.method", "qat", {"distill"}),  # QAT trains in distill whatever the precision
+]
+
+
+@pytest.mark.parametrize(("cfg", "dotted", "value"), IDLE, ids=[e[1] for e in IDLE])
+def test_editing_a_setting_a_stage_does_not_use_keeps_its_hash(cfg, dotted, value):
+    for target in ("host", "jetson"):
+        assert _changed(cfg, dotted, value, target) == {"report"}, (dotted, target)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "dotted", "value", "stages"), USED, ids=[f"{e[1]}={e[2]}" for e in USED]
+)
+def test_editing_a_setting_a_stage_uses_still_changes_its_hash(cfg, dotted, value, stages):
+    assert _changed(cfg, dotted, value) == stages | {"report"}
+
+
+def test_runs_of_default_settings_hash_as_before_idle_settings_were_known():
+    """Idle settings are hashed at their defaults, not left out: a run recorded before, of the
+    default settings (or FP32 with default INT8 settings), keeps its input hashes."""
+    for cfg in (BASE, FP32):
+        parsed = parse_config(cfg, source="<test>")
+        for stage in _stages():
+            reads = stage.reads(parsed)
+            assert config_reads(parsed, reads, stage.idle(parsed)) == config_reads(parsed, reads)
