@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import time
@@ -368,6 +369,31 @@ def outdated(run: RunDir) -> list[str]:
     return found
 
 
+@dataclass(frozen=True)
+class StageInputs:
+    """What stage `name` of `run` runs from now: the hash of what it reads of the stage before it
+    (`upstream_hash`) and its input hash (`stage_hash`)."""
+
+    run: RunDir
+    name: str
+    upstream: str
+    input_hash: str
+
+    def up_to_date(self) -> bool:
+        """The resume's skip test: the stage finished with this input hash, its outputs intact."""
+        return self.run.is_done(self.name, self.input_hash)
+
+
+def stage_inputs(
+    stage: Stage, cfg: KdcConfig, profile: HardwareProfile, run: RunDir, inputs_fp: str
+) -> StageInputs:
+    """`StageInputs` of `stage` in `run` for `cfg` on `profile` (teacher and data `inputs_fp`):
+    what `run_stages` and `resume_plan` both decide a resume by."""
+    upstream = upstream_hash(run, stage.name)
+    h = stage_hash(stage, cfg, profile, upstream, inputs_fp)
+    return StageInputs(run, stage.name, upstream, h)
+
+
 def resume_plan(cfg: KdcConfig, profile: HardwareProfile, run: RunDir) -> dict[str, str]:
     """What a `--resume` of `run` would do with each stage, as `run_stages` decides it: skip
     those up to date until the first whose inputs changed, which runs, then each stage after it
@@ -378,8 +404,8 @@ def resume_plan(cfg: KdcConfig, profile: HardwareProfile, run: RunDir) -> dict[s
         if first:
             plan[stage.name] = f"runs, unless {first} makes the same outputs as before"
             continue
-        h = stage_hash(stage, cfg, profile, upstream_hash(run, stage.name), inputs)
-        first = None if run.is_done(stage.name, h) else stage.name
+        done = stage_inputs(stage, cfg, profile, run, inputs).up_to_date()
+        first = None if done else stage.name
         plan[stage.name] = "runs" if first else "up to date, skipped"
     return plan
 
@@ -448,13 +474,12 @@ def run_stages(
                 STAGE_NAMES[STAGE_NAMES.index(stage.name) :]
             ):
                 break  # nothing asked for comes after this stage
-            upstream = upstream_hash(ctx.run, stage.name)
-            h = stage_hash(stage, ctx.cfg, ctx.profile, upstream, ctx.inputs_hash)
+            now = stage_inputs(stage, ctx.cfg, ctx.profile, ctx.run, ctx.inputs_hash)
             wanted = only is None or stage.name in only
             may_skip = not wanted or (resume and only is None)
-            if not wanted and trust_upstream:
+            if not wanted and trust_upstream:  # taken as built: by the hash it recorded
                 rec = ctx.run.stage(stage.name) or {}
-                h = rec.get("input_hash", h)
+                now = dataclasses.replace(now, input_hash=rec.get("input_hash", now.input_hash))
                 if stage.name in behind:
                     raise stage_not_ready(ctx, stage.name, stale_upstream=True)
                 if rec.get("inputs", ctx.inputs_hash) != ctx.inputs_hash and not warned:
@@ -465,12 +490,12 @@ def run_stages(
                         "now (a changed eval split may hold training rows); `kdc compress "
                         "--resume` redoes the stages"
                     )
-            if may_skip and ctx.run.is_done(stage.name, h):
+            if may_skip and now.up_to_date():
                 ctx.log(f"[dim]✓ {stage.name}: up to date, skipped[/dim]")
-                if not (trust_upstream and not wanted):  # h is this invocation's, not recorded
+                if not (trust_upstream and not wanted):  # the hash is this invocation's
                     ctx.run.confirm_upstream(stage.name, _all_upstream(ctx.run, stage.name))
             elif not wanted:
-                raise stage_not_ready(ctx, stage.name, h)
+                raise stage_not_ready(ctx, stage.name, now.input_hash)
             else:
                 if not ctx.ran:  # this invocation's first stage
                     # bad data (a label column, an eval label) is refused before a stage starts
@@ -479,7 +504,7 @@ def run_stages(
                     if replacing:
                         ctx.warn(replacing)
                     record()
-                _run_one(ctx, stage, h, upstream, pressed)
+                _run_one(ctx, stage, now.input_hash, now.upstream, pressed)
     if not ctx.ran:  # every stage skipped
         record()
     ctx.run.update_manifest(wall_s=round(time.perf_counter() - started, 2))

@@ -1,15 +1,21 @@
 """Settings a stage reads but cannot use for a config (how often distillation checkpoints, the
 prune section while pruning is off, the INT8 settings of a build that makes no INT8 graph) keep
-its outputs on `--resume`."""
+its outputs on `--resume`; `--dry-run --resume` plans what the resume then does."""
 
 from __future__ import annotations
 
-import pytest
+import re
 
+import pytest
+from tiny import config_of, write_yaml
+
+from kdc import api
 from kdc.config import parse_config
 from kdc.pipeline import _stages, stage_hash
 from kdc.profiles import load_profile
 from kdc.stage_reads import config_reads
+
+COMPUTING = ("search", "distill", "export", "build", "verify")
 
 
 def _edit(cfg: dict, dotted: str, value: object) -> dict:
@@ -81,3 +87,44 @@ def test_runs_of_default_settings_hash_as_before_idle_settings_were_known():
         for stage in _stages():
             reads = stage.reads(parsed)
             assert config_reads(parsed, reads, stage.idle(parsed)) == config_reads(parsed, reads)
+
+
+def _resume(path, run, capsys) -> tuple[dict[str, str], set[str]]:
+    """What `--dry-run --resume` plans for each stage, and the stages the resume then skips."""
+    plan = api.plan(path, "host", run, resume=True)["resume"]
+    capsys.readouterr()
+    api.compress(path, "host", run, resume=True)
+    out = capsys.readouterr().out
+    return plan, set(re.findall(r"✓ (\w+): up to date, skipped", out))
+
+
+def _agree(plan: dict[str, str], skipped: set[str]) -> None:
+    """The stages the plan skips are skipped, those it runs run; one it runs unless the stage
+    before makes the same outputs may go either way."""
+    assert {s for s, v in plan.items() if v == "up to date, skipped"} <= skipped, (plan, skipped)
+    assert not {s for s, v in plan.items() if v == "runs"} & skipped, (plan, skipped)
+
+
+def test_the_resume_plan_and_the_resume_agree(cnn_project, tmp_path, capsys):
+    """An FP32 run: its checkpointing, its pruning settings (pruning off) and its INT8 settings
+    edited, the plan and the resume redo the report alone; a build setting edited, both redo
+    the build."""
+    cfg = _edit(config_of(cnn_project), "distill.epochs", 1)
+    cfg = _edit(cfg, "quantize.precision", "fp32")
+    path, run = write_yaml(tmp_path / "model.yaml", cfg), tmp_path / "run"
+    api.compress(path, "host", run, quiet=True)
+    for dotted, value in [
+        ("distill.checkpoint", False),
+        ("prune.ratio", 0.6),
+        ("quantize.calibration_size", 16),
+        ("quantize.ptq", "onnxruntime"),
+    ]:
+        cfg = _edit(cfg, dotted, value)
+    write_yaml(path, cfg)
+    plan, skipped = _resume(path, run, capsys)
+    assert {s for s, v in plan.items() if v == "up to date, skipped"} == set(COMPUTING), plan
+    assert skipped == set(COMPUTING)
+    write_yaml(path, _edit(cfg, "build.softmax_floor", False))
+    plan, skipped = _resume(path, run, capsys)
+    assert plan["build"] == "runs" and plan["export"] == "up to date, skipped", plan
+    _agree(plan, skipped)
