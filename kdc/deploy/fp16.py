@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +20,35 @@ _KEEP_FP32 = {"Resize": {1, 2}, "Upsample": {1}}
 _FP16_MAX = float(np.finfo(np.float16).max)
 
 
+# goes up whenever the built-in converter writes other graphs: the TensorRT engine cache key
+# holds it (`converter`), so an engine built from the graph of an earlier one is not reused
+BUILTIN_VERSION = 1
+
+
+def converter() -> tuple[str, Callable[[onnx.ModelProto, str], onnx.ModelProto]]:
+    """The fp16 converter `convert_fp16` runs, as (its name and version, `convert(model,
+    source)`): onnxconverter-common's when installed, else kdc's built-in one."""
+    try:
+        import onnxconverter_common
+        from onnxconverter_common import float16
+    except ImportError:
+        return f"kdc-builtin {BUILTIN_VERSION}", _to_fp16
+    version = getattr(onnxconverter_common, "__version__", "unknown")
+    return (
+        f"onnxconverter-common {version}",
+        lambda model, source: float16.convert_float_to_float16(model, keep_io_types=True),
+    )
+
+
 def convert_fp16(onnx_in: Path | str, onnx_out: Path | str) -> Path:
     """Write an fp16 copy of a float32 graph with float32 inputs and outputs.
 
     Uses onnxconverter-common when installed; else a minimal converter (initializers, Constant,
     ConstantOfShape and Cast-to-float turned fp16, casts at the graph edges) that refuses
-    Q/DQ graphs and checks the result with strict shape inference. A graph with external data
-    (over 2 GB) is written with its data beside it, in `<onnx_out name>.data`."""
+    Q/DQ graphs and checks the result with strict shape inference (`converter`). A graph with
+    external data (over 2 GB) is written with its data beside it, in `<onnx_out name>.data`."""
     external = bool(external_data_files(onnx_in))
-    model = onnx.load(str(onnx_in))
-    try:
-        from onnxconverter_common import float16
-    except ImportError:
-        converted = _to_fp16(model, source=str(onnx_in))
-    else:
-        converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    converted = converter()[1](onnx.load(str(onnx_in)), str(onnx_in))
     data = Path(onnx_out).with_name(f"{Path(onnx_out).name}.data")
     data.unlink(missing_ok=True)  # onnx.save appends to an existing data file
     with atomic_path(onnx_out) as tmp:
@@ -47,7 +62,7 @@ def convert_fp16(onnx_in: Path | str, onnx_out: Path | str) -> Path:
     return Path(onnx_out)
 
 
-def _to_fp16(model: onnx.ModelProto, *, source: str) -> onnx.ModelProto:
+def _to_fp16(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     g = model.graph
     if any(n.op_type in QDQ_OPS for n in g.node):
         raise UserError(

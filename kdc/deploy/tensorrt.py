@@ -292,8 +292,12 @@ def engine_cache_key(
     shapes: Shapes | dict,
     onnx_sha256: str,
     build_options: dict | None = None,
+    fp16_converter: str | None = None,
 ) -> str:
-    """sha256 over everything an engine is bound to (engines do not port across these)."""
+    """sha256 over everything an engine is bound to (engines do not port across these), and the
+    fp16 converter (`kdc.deploy.fp16.converter`) that made the graph it is built from, where
+    one did (TensorRT 11's FP16): another converter's graph builds another engine."""
+    converted = {"fp16_converter": fp16_converter} if fp16_converter else {}
     return sha256_json(
         {
             "gpu": gpu_name,
@@ -303,6 +307,7 @@ def engine_cache_key(
             "shapes": shapes,
             "onnx": onnx_sha256,
             "options": build_options or {},
+            **converted,
         }
     )
 
@@ -426,6 +431,11 @@ def build_engine(
     check_batch_range(opts, facts, str(onnx_path))
     plan = check_graph(plan_build(version, opts), opts.precision, facts)
     gpu, cc = device_identity(profile)
+    fp16 = None
+    if plan.convert_fp16:
+        from kdc.deploy.fp16 import converter  # fp16.py reads this module's QDQ_OPS
+
+        fp16 = converter()[0]
     key = engine_cache_key(
         gpu_name=gpu,
         compute_capability=cc,
@@ -439,6 +449,7 @@ def build_engine(
             "hw": opts.hardware_compatibility,
             "workspace_mb": opts.workspace_mb,  # bounds the tactics the builder may choose
         },
+        fp16_converter=fp16,
     )
     cached = opts.cache_dir / f"{key}.plan" if opts.cache_dir else None
     record = {
@@ -453,6 +464,7 @@ def build_engine(
         "flags": list(plan.flags),
         # min / opt / max batch of the optimization profile (one batch: all three equal)
         "batch_range": batch_range(opts.profiles),
+        **({"fp16_converter": fp16} if fp16 else {}),
     }
     if cached and cached.is_file():
         with atomic_path(engine_path) as tmp:
@@ -460,7 +472,7 @@ def build_engine(
         return {**record, "cached": True, "size_mb": size_mb(engine_path)}
     source = onnx_path
     if plan.convert_fp16:
-        from kdc.deploy.fp16 import convert_fp16  # fp16.py reads this module's QDQ_OPS
+        from kdc.deploy.fp16 import convert_fp16
 
         source = convert_fp16(onnx_path, engine_path.with_suffix(".fp16.onnx"))
     blob = _run_builder(trt, source, plan, opts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,8 +14,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from kdc.deploy import fp16, trtexec
 from kdc.deploy import tensorrt as trtmod
-from kdc.deploy import trtexec
 from kdc.deploy.fp16 import convert_fp16
 from kdc.deploy.tensorrt import (
     REASON_UNAVAILABLE,
@@ -323,6 +324,7 @@ def test_engine_cache_key_changes_with_each_component():
         precision="int8",
         shapes={"x": [2, 8]},
         onnx_sha256="cd",
+        fp16_converter="kdc-builtin 1",  # the graph TensorRT 11 builds FP16 from was converted
     )
     keys = {engine_cache_key(**{**base, k: v}) for k, v in changes.items()}
     assert len(keys) == len(changes) and key not in keys
@@ -407,6 +409,35 @@ def test_build_engine_on_11_parses_an_fp16_graph(tmp_path, no_gpu_probe):
     build_engine(model, tmp_path / "m.plan", load_profile("jetson"), opts, trt_module=trt)
     parsed = Path(next(e[1] for e in trt.log if e[0] == "parse"))
     assert parsed.name == "m.fp16.onnx" and graph_facts(onnx.load(parsed)).is_fp16
+
+
+def test_the_engine_cache_follows_the_fp16_converter(tmp_path, no_gpu_probe, monkeypatch):
+    """TensorRT 11 builds FP16 from a graph kdc converts first: an engine cached from one
+    converter's graph (kdc's built-in one, an earlier version of it) is not reused once another
+    makes the graph. TensorRT 10 converts nothing, and its key names no converter."""
+    model = _tiny_onnx(tmp_path / "m.onnx")
+    opts = BuildOptions(
+        precision="fp16", profiles={"x": ([1, 8], [1, 8], [1, 8])}, cache_dir=tmp_path / "cache"
+    )
+
+    def build(version: str = "11.0.0") -> dict:
+        jetson, trt = load_profile("jetson"), fake_trt(version)
+        return build_engine(model, tmp_path / "m.plan", jetson, opts, trt_module=trt)
+
+    monkeypatch.setitem(sys.modules, "onnxconverter_common", None)  # not installed
+    first = build()
+    assert first["fp16_converter"] == f"kdc-builtin {fp16.BUILTIN_VERSION}" and not first["cached"]
+    assert build()["cached"]
+    monkeypatch.setattr(fp16, "BUILTIN_VERSION", fp16.BUILTIN_VERSION + 1)  # it writes other graphs
+    changed = build()
+    assert not changed["cached"] and changed["cache_key"] != first["cache_key"]
+    half = SimpleNamespace(convert_float_to_float16=lambda m, keep_io_types: fp16._to_fp16(m, ""))
+    stub = SimpleNamespace(__version__="1.14.0", float16=half)  # onnxconverter-common
+    monkeypatch.setitem(sys.modules, "onnxconverter_common", stub)
+    other = build()
+    assert other["fp16_converter"] == "onnxconverter-common 1.14.0" and not other["cached"]
+    assert len({first["cache_key"], changed["cache_key"], other["cache_key"]}) == 3
+    assert "fp16_converter" not in build("10.3.0")
 
 
 def test_build_engine_reports_parse_errors(tmp_path, no_gpu_probe):
