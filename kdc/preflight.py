@@ -370,7 +370,7 @@ def _check_columns(cfg: KdcConfig) -> None:
 
 
 def _check_names(cfg: KdcConfig) -> None:
-    from kdc.compress.losses import LOSSES, NO_HEAD, NO_HEAD_FIX, loss_params
+    from kdc.compress.losses import LOSSES, check_losses
     from kdc.compress.proxies import PROXIES
 
     s = cfg.search
@@ -385,22 +385,7 @@ def _check_names(cfg: KdcConfig) -> None:
                 field=field,
                 fix=f"use one of {', '.join(sorted(registry))}",
             )
-    for i, loss in enumerate(cfg.distill.losses or []):
-        takes = loss_params(loss.name)
-        if unknown := sorted(set(loss.params) - set(takes)):
-            raise UserError(
-                f"loss '{loss.name}' takes no parameter {', '.join(map(repr, unknown))}",
-                source=cfg.source_file,
-                field=f"distill.losses[{i}].params",
-                fix=f"use {', '.join(takes)}" if takes else "remove params",
-            )
-        if cfg.task == "sentence-embedding" and loss.params.get("on", "output") != "output":
-            raise UserError(
-                f"{NO_HEAD} (a sentence encoder)",
-                source=cfg.source_file,
-                field=f"distill.losses[{i}].params.on",
-                fix=NO_HEAD_FIX,
-            )
+    check_losses(cfg)
 
 
 def _check_augment(cfg: KdcConfig) -> None:

@@ -11,12 +11,16 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdc.errors import UserError
+
+if TYPE_CHECKING:
+    from kdc.config import KdcConfig
 
 
 class Projections(nn.Module):
@@ -173,13 +177,8 @@ def logit_kd(x: LossInputs, temperature: float = 2.0, alpha: float = 0.5) -> tor
 
 @register("ce")
 def cross_entropy(x: LossInputs) -> torch.Tensor:
-    """Task loss alone (fine-tuning without a teacher)."""
-    if x.labels is None:
-        raise UserError(
-            "the ce loss trains on labels, and this task's rows have none",
-            field="distill.losses",
-            fix="remove the ce loss",
-        )
+    """Task loss alone (fine-tuning without a teacher); refused where rows have no labels
+    (`check_losses`)."""
     return F.cross_entropy(x.student_logits, x.labels)
 
 
@@ -309,6 +308,39 @@ def _row_features(f: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 NO_HEAD = "the loss reads the features entering a classifier head, and this model has none"
 NO_HEAD_FIX = "give the relation and embedding losses params: {on: output}"
+NEEDS_LABELS = ("ce",)  # losses that train on the rows' labels, which a sentence encoder's lack
+
+
+def check_losses(cfg: KdcConfig) -> None:
+    """Refuse, before any work, a loss of `distill.losses` given a parameter it does not take,
+    or reading what a sentence encoder's rows and model lack: labels, a classifier head."""
+    for i, loss in enumerate(cfg.distill.losses or []):
+        at = f"distill.losses[{i}]"
+        takes = loss_params(loss.name)
+        if unknown := sorted(set(loss.params) - set(takes)):
+            raise UserError(
+                f"loss '{loss.name}' takes no parameter {', '.join(map(repr, unknown))}",
+                source=cfg.source_file,
+                field=f"{at}.params",
+                fix=f"use {', '.join(takes)}" if takes else "remove params",
+            )
+        if cfg.task != "sentence-embedding":
+            continue
+        if loss.name in NEEDS_LABELS:
+            raise UserError(
+                f"the {loss.name} loss trains on labels, and a sentence-embedding task's rows "
+                "have none",
+                source=cfg.source_file,
+                field=at,
+                fix="remove it; the embedding and relation losses train a sentence encoder",
+            )
+        if loss.params.get("on", "output") != "output":
+            raise UserError(
+                f"{NO_HEAD} (a sentence encoder)",
+                source=cfg.source_file,
+                field=f"{at}.params.on",
+                fix=NO_HEAD_FIX,
+            )
 
 
 def _pooled(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:

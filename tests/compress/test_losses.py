@@ -218,8 +218,22 @@ def test_relation_heads_that_do_not_divide_the_attention_width_are_a_user_error(
         LOSSES["attention"](_inputs(student, teacher), relation_heads=3)
 
 
-def test_ce_without_labels_is_a_user_error():
-    """A sentence-embedding task has no labels: `ce` there is a config error, not a crash."""
-    logits = torch.randn(B, 8)
-    with pytest.raises(UserError, match="distill.losses.*ce loss"):
-        LOSSES["ce"](LossInputs(logits, logits.clone(), None))
+def test_ce_on_a_task_without_labels_is_refused_before_any_work(tmp_path):
+    """A sentence encoder's rows have no labels: `ce` there failed at the first training step,
+    after the search. Compress refuses it first, one line naming the file, field and fix (exit
+    2), and leaves no run directory behind."""
+    from tiny import cnn_config, write_yaml
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    over = {"task": "sentence-embedding", "distill": {"losses": ["logits", "ce"]}}
+    cfg = write_yaml(tmp_path / "model.yaml", cnn_config(None, **over))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["compress", str(cfg), "--out", str(run), "-q"])
+    assert res.exit_code == 2 and not run.exists(), res.output
+    assert res.output.strip() == (
+        f"error: {cfg}: field 'distill.losses[1]': the ce loss trains on labels, and a "
+        "sentence-embedding task's rows have none (fix: remove it; the embedding and relation "
+        "losses train a sentence encoder)"
+    )
