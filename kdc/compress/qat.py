@@ -127,7 +127,8 @@ def _nncf_quantize(
     digits test project), ranges calibrated on `batches`, an activation never
     negative there kept unsigned (`_unsigned_where_never_negative`); 7-bit weights with
     `seven_bit` (`_seven_bit_weights`), else NNCF's overflow fix on the first layer (its
-    default for CPUs); neither for TensorRT targets. Quantized under a plain root (`_Root`),
+    default for CPUs); neither for TensorRT targets; NNCF's fast bias correction unless it
+    would fail on the model (`_bias_correction_fails`). Quantized under a plain root (`_Root`),
     which holds NNCF's hooks, so any module's forward (a bare nn.Sequential's) runs as it did."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import OverflowFix
@@ -137,6 +138,7 @@ def _nncf_quantize(
     fix = OverflowFix.DISABLE if trt or seven_bit else OverflowFix.FIRST_LAYER
     advanced = advanced_parameters(fix)
     fold_batchnorm(model, batches)
+    advanced.disable_bias_correction = _bias_correction_fails(_Root(model), batches[0])
     model = quantize(
         _Root(model),
         batches,
@@ -157,6 +159,26 @@ def _nncf_graph(model: torch.nn.Module, args: tuple) -> NNCFGraph:
     from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
 
     return build_nncf_graph(model, args if len(args) > 1 else args[0])
+
+
+def _bias_correction_fails(model: torch.nn.Module, args: tuple) -> bool:
+    """Whether NNCF's fast bias correction would fail on `model` (run on `args`): it takes a conv
+    and the BatchNorm after it as one layer, its statistics collected at the BatchNorm's output,
+    but where that conv's output is read elsewhere too (`bn(y) + y`, a BatchNorm `fold_batchnorm`
+    leaves) NNCF quantizes it; then the conv, followed by its quantizer, is a layer of its own,
+    and if it has a bias the correction finds no statistics at its output and raises IndexError
+    (nncf 3.4, fast_bias_correction/algorithm.py `_get_bias_shift`; torch_backend.py
+    `create_input_data` where the BatchNorm has no affine shift). Such a model is quantized
+    without bias correction; QAT then trains the biases."""
+    from nncf.torch.model_graph_manager import get_const_node, get_potential_fused_node
+
+    graph = _nncf_graph(model, args)
+    return any(
+        len(graph.get_next_nodes(node)) > 1
+        and get_potential_fused_node(node.node_name, graph) is not None
+        and get_const_node(node, node.metatype.bias_port_id, graph) is not None
+        for node in graph.get_all_nodes()
+    )
 
 
 def _unsigned_where_never_negative(model: torch.nn.Module) -> None:
