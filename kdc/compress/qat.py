@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from nncf.common.graph import NNCFGraph, NNCFNode
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
+QUANTIZER_OPS = {"symmetric_quantize", "asymmetric_quantize"}  # NNCF graph node types
 
 
 def _use_eager_kernels() -> None:
@@ -128,7 +129,9 @@ def _nncf_quantize(
     negative there kept unsigned (`_unsigned_where_never_negative`); 7-bit weights with
     `seven_bit` (`_seven_bit_weights`), else NNCF's overflow fix on the first layer (its
     default for CPUs); neither for TensorRT targets; NNCF's fast bias correction unless it
-    would fail on the model (`_bias_correction_fails`). Quantized under a plain root (`_Root`),
+    would fail on the model (`_bias_correction_fails`); a conv's output quantized before an
+    activation other than a ReLU or a Clip from 0 (`_quantize_conv_outputs`), but for TensorRT,
+    which runs such a pair as one int8 layer. Quantized under a plain root (`_Root`),
     which holds NNCF's hooks, so any module's forward (a bare nn.Sequential's) runs as it did."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import OverflowFix
@@ -148,6 +151,8 @@ def _nncf_quantize(
     )
     _unsigned_where_never_negative(model)
     graph = _nncf_graph(model, batches[0])
+    if not trt:
+        _quantize_conv_outputs(model, graph, batches, sym)
     _cap_after_clips(model, graph)
     if seven_bit:
         _seven_bit_weights(model, graph)
@@ -193,6 +198,89 @@ def _unsigned_where_never_negative(model: torch.nn.Module) -> None:
     for _, quantizer in get_hook_storage(model).named_hooks():
         if isinstance(quantizer, AsymmetricQuantizer) and bool((quantizer.input_low >= 0).all()):
             quantizer.input_low.requires_grad_(False).zero_()
+
+
+class _Range(torch.nn.Module):
+    """A hook that records the smallest and largest value it passes on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.low, self.high = float("inf"), float("-inf")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.low, self.high = min(self.low, float(x.min())), max(self.high, float(x.max()))
+        return x
+
+
+def _fused_activation(node: NNCFNode) -> bool:
+    """Whether `node` is an activation NNCF fuses with a conv before it (quantizing only after
+    the pair) that ONNX Runtime cannot drop before a QuantizeLinear: any but a ReLU or a Clip from
+    0 (Hardswish, Hardsigmoid, SiLU, GELU, a Hardtanh from below 0, ...)."""
+    from nncf.common.graph.patterns import GraphPattern
+    from nncf.torch.graph.operator_metatypes import PTRELUMetatype
+    from nncf.torch.graph.pattern_operations import ATOMIC_ACTIVATIONS_OPERATIONS
+
+    activations = ATOMIC_ACTIVATIONS_OPERATIONS[GraphPattern.METATYPE_ATTR]
+    if node.metatype not in activations or node.metatype is PTRELUMetatype:  # relu, relu_
+        return False
+    bounds = _clip_bounds(node)
+    return bounds is None or bounds[0] != 0
+
+
+def _int8_inputs(node: NNCFNode, graph: NNCFGraph) -> bool:
+    """Whether NNCF quantizes both the input and the weight of a conv `node` (it leaves a
+    squeeze-and-excitation block's convs float: an output quantizer would only add error)."""
+    sources = {e.input_port_id: e.from_node.node_type for e in graph.get_input_edges(node)}
+    return all(sources.get(port) in QUANTIZER_OPS for port in (0, 1))
+
+
+@torch.no_grad()
+def _quantize_conv_outputs(
+    model: torch.nn.Module, graph: NNCFGraph, batches: list[tuple], sym: bool
+) -> int:
+    """Give each conv of NNCF's `model` read only by a `_fused_activation` an output quantizer
+    (symmetric with `sym`, else asymmetric), its range NNCF's min-max one of the conv's output on
+    `batches`. NNCF takes such a pair as one layer (OpenVINO runs the activation inside its int8
+    conv) and quantizes only after the activation; ONNX Runtime then ran the conv in float (a
+    MobileNetV3's Hardswish convs, an EfficientNet's SiLU ones), as it runs a conv in int8
+    (QLinearConv) only where a QuantizeLinear reads it, or a Relu or a Clip it can drop. Returns
+    how many were given."""
+    from nncf.common.quantization.structs import QuantizationScheme, QuantizerConfig, QuantizerGroup
+    from nncf.common.tensor_statistics.statistics import MinMaxTensorStatistic
+    from nncf.quantization.algorithms.min_max.torch_backend import PTMinMaxAlgoBackend
+    from nncf.quantization.fake_quantize import calculate_quantizer_parameters
+    from nncf.tensor import Tensor
+    from nncf.torch.function_hook import register_post_function_hook
+    from nncf.torch.model_graph_manager import CONV_META_TYPES
+
+    convs = [
+        node.node_name
+        for node in graph.get_all_nodes()
+        if node.metatype in CONV_META_TYPES
+        and len(readers := graph.get_next_nodes(node)) == 1
+        and _fused_activation(readers[0])
+        and _int8_inputs(node, graph)
+    ]
+    ranges = {name: _Range() for name in convs}
+    handles = [register_post_function_hook(model, n, 0, r) for n, r in ranges.items()]
+    try:
+        for batch in batches:
+            model(*batch)
+    finally:
+        for h in handles:
+            h.remove()
+    mode = QuantizationScheme.SYMMETRIC if sym else QuantizationScheme.ASYMMETRIC
+    config = QuantizerConfig(mode=mode, per_channel=False)
+    for name, seen in ranges.items():
+        low, high = (Tensor(torch.tensor([v])) for v in (seen.low, seen.high))
+        params = calculate_quantizer_parameters(
+            MinMaxTensorStatistic(min_values=low, max_values=high),
+            config,
+            QuantizerGroup.ACTIVATIONS,
+        )
+        quantizer = PTMinMaxAlgoBackend._create_quantizer(config, (1,), params, None)
+        register_post_function_hook(model, name, 0, quantizer)
+    return len(convs)
 
 
 def _clip_bounds(node: NNCFNode) -> tuple[float, float] | None:
@@ -304,12 +392,15 @@ SCHEMES: dict[str, Scheme] = {
     # 3: an activation calibration saw no negative value of stays unsigned (zero point 0)
     # 4: a ReLU6's (a Clip to 0..max's) output quantizer kept within max
     # 5: BatchNorm statistics re-estimated on the calibration rows before folding
+    # 6: a conv's output quantized before an activation ONNX Runtime cannot drop (Hardswish...)
     "cnn": Scheme(
         _nncf_quantize,
         _nncf_strip,
         "NNCF fake quantizers (BatchNorm statistics re-estimated, then folded into the convs; "
-        "activations per tensor, unsigned where never negative, within 6 after a ReLU6)",
-        version=5,
+        "activations per tensor, unsigned where never negative, within 6 after a ReLU6; "
+        "a conv's output quantized before an activation other than a ReLU or ReLU6, "
+        "but for TensorRT)",
+        version=6,
     ),
     "transformer": Scheme(
         _linear_quantize,
