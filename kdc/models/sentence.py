@@ -6,9 +6,11 @@ Normalize) or from `teacher.pooling`."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -116,15 +118,45 @@ def read_pooling(path: Path, override: str | None = None) -> tuple[str, bool]:
     return override or pooling or "mean", normalize
 
 
+def read_lower_case(path: Path) -> bool:
+    """Whether texts are lower-cased before tokenizing: `do_lower_case` of a kdc sentence
+    student's kdc_model.json, else of a sentence-transformers sentence_bert_config.json (its
+    Transformer module lowers the texts itself, whatever the tokenizer does); else False."""
+    for name in ("kdc_model.json", "sentence_bert_config.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            conf = json.loads(file.read_text())
+        except (OSError, ValueError):
+            conf = None
+        lower = conf.get("do_lower_case", False) if isinstance(conf, dict) else None
+        if not isinstance(lower, bool):
+            raise UserError(
+                "cannot read do_lower_case",
+                source=str(file),
+                field="teacher.path",
+                fix='make it a JSON object whose "do_lower_case" is true or false',
+            )
+        return lower
+    return False
+
+
 class SentenceAdapter(TextTransformerAdapter):
     """A sentence encoder with its tokenizer; output the embedding (ONNX output name
-    `embedding`)."""
+    `embedding`). With `lower_case` texts are lower-cased before tokenizing."""
 
     adapter_name = "sentence"
     output_name = "embedding"
 
     def __init__(
-        self, model: nn.Module, tokenizer: Any, max_length: int, pooling: str, normalize: bool
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        max_length: int,
+        pooling: str,
+        normalize: bool,
+        lower_case: bool = False,
     ) -> None:
         if pooling not in POOLINGS:
             raise UserError(
@@ -137,6 +169,7 @@ class SentenceAdapter(TextTransformerAdapter):
         self.max_length = max_length
         self.pooling = pooling
         self.normalize = normalize
+        self.lower_case = lower_case
         self.module = PooledEncoder(model, pooling, normalize)
 
     @classmethod
@@ -156,7 +189,7 @@ class SentenceAdapter(TextTransformerAdapter):
         model, tok = load_pretrained(path, AutoModel, kw, trust_remote_code)
         found_pooling, found_norm = read_pooling(path, pooling)
         norm = found_norm if normalize is None else normalize
-        return cls(model, tok, max_length, found_pooling, norm)
+        return cls(model, tok, max_length, found_pooling, norm, read_lower_case(path))
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> SentenceAdapter:
@@ -168,12 +201,31 @@ class SentenceAdapter(TextTransformerAdapter):
             normalize=meta["normalize"],
         )
 
+    def encode(
+        self,
+        features: list[str] | list[tuple[str, str]],
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Token inputs (`TextTransformerAdapter.encode`) of the texts, lower-cased first with
+        `lower_case`."""
+        if self.lower_case:
+            features = [
+                tuple(t.lower() for t in f) if isinstance(f, tuple) else f.lower() for f in features
+            ]
+        return super().encode(features, progress)
+
     def classifiers(self) -> list[nn.Linear]:
         """None: the output is the pooled encoder state (a BERT's unused pooler is no head)."""
         return []
 
     def _like(self, model: nn.Module) -> SentenceAdapter:
-        return SentenceAdapter(model, self.tokenizer, self.max_length, self.pooling, self.normalize)
+        return SentenceAdapter(
+            model, self.tokenizer, self.max_length, self.pooling, self.normalize, self.lower_case
+        )
 
     def _meta(self) -> dict[str, Any]:
-        return {"pooling": self.pooling, "normalize": self.normalize}
+        return {
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "do_lower_case": self.lower_case,
+        }
