@@ -163,6 +163,25 @@ def load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
         raise _load_error(e, path, "cannot load the tokenizer", TOKENIZER_FIX) from None
 
 
+def _check_keys(path: Path, missing: list[str], unexpected: list[str]) -> None:
+    """A UserError naming the tensors a kdc student's weights lack or have beyond those its
+    config builds (every family kdc compresses saves exactly those: none is left to HF)."""
+    if not missing and not unexpected:
+        return
+    parts = [
+        f"{what} {keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else "")
+        for what, keys in (("missing", missing), ("unexpected", unexpected))
+        if keys
+    ]
+    raise UserError(
+        f"model.safetensors does not match config.json: {', '.join(parts)}",
+        source=str(path),
+        field="teacher.path",
+        fix="save the model and its config together (kdc's distill stage writes both), or "
+        "undo the edit of config.json or model.safetensors",
+    )
+
+
 def load_model(path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_code: bool) -> Any:
     """The model of a Hugging Face directory through `auto_class` (AutoModel…) in eval mode; a
     kdc student (shapes.json) is rebuilt at its saved, possibly pruned, shapes. `kw` goes to
@@ -178,7 +197,8 @@ def load_model(path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_cod
             model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
             apply_shapes(model, json.loads(shapes.read_text()))
             sync_attention_heads(model)
-            model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+            loaded = model.load_state_dict(load_file(str(path / "model.safetensors")), False)
+            _check_keys(path, loaded.missing_keys, loaded.unexpected_keys)
         else:
             model = auto_class.from_pretrained(str(path), **kw)
     except (OSError, ValueError, SafetensorError) as e:
