@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import weakref
 from abc import abstractmethod
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
 INTERMEDIATE_KEYS = ("intermediate_size", "hidden_dim")
 HIDDEN_WIDTH_KEYS = ("embedding_size", "pooler_hidden_size")
+# the projections of narrower embeddings (`embedding_size`) up to the hidden size: ELECTRA's,
+# after the embeddings' LayerNorm, and DeBERTa-v2's, before it; and the embedding tables
+PROJECTIONS = ("embeddings_project", "embed_proj")
+EMBEDDING_TABLE = re.compile(r"\.embeddings\.\w+_embeddings\.weight$")
 SHARED_KINDS = ("hidden", "head_bias")  # axes sliced alike in every layer
 # Which axes of a block's tensors index attention dims ("heads") or FFN units ("ffn");
 # every other axis that changes size indexes the residual stream ("hidden"). Projections into
@@ -324,6 +329,10 @@ class TransformerAdapter(ModelAdapter):
         for k in HIDDEN_WIDTH_KEYS:
             if getattr(config, k, None) == config.hidden_size:
                 setattr(config, k, sizes["hidden_size"])
+        if getattr(config, "embedding_size", None) == sizes["hidden_size"] and any(
+            n.endswith(PROJECTIONS) for n, _ in self.model.named_modules()
+        ):  # HF builds the projection only for unequal widths (see _widened_embeddings)
+            config.embedding_size += 1
         for k, v in sizes.items():
             setattr(config, k, v)
         inter_key = next((k for k in INTERMEDIATE_KEYS if hasattr(config, k)), None)
@@ -490,6 +499,26 @@ def _head_dims(imp: torch.Tensor, n_dims: int, head_dim: int, new_head_dim: int)
     return torch.cat(dims)
 
 
+def _widened_embeddings(state: dict[str, torch.Tensor], e: int) -> dict[str, torch.Tensor]:
+    """`state` with a channel added to its `e`-wide embeddings, for a student as wide as them
+    that keeps the projection (Hugging Face builds it only when `embedding_size` differs from
+    `hidden_size`). The projection reads nothing from the new channel; each table's new column
+    is its rows' means, so the summed embeddings' new channel is the mean of the others: a
+    LayerNorm over them (ELECTRA's) sees the same mean and e/(e+1) times the variance, which its
+    weight scaled by sqrt(e/(e+1)) undoes (up to its eps), and gives the new channel 0."""
+    out = dict(state)
+    for name, t in state.items():
+        if name.endswith(tuple(f"{p}.weight" for p in PROJECTIONS)):
+            out[name] = torch.cat([t, t.new_zeros(len(t), 1)], 1)
+        elif EMBEDDING_TABLE.search(name) and t.shape[-1] == e:
+            out[name] = torch.cat([t, t.mean(1, keepdim=True)], 1)
+        elif name.endswith("embeddings.LayerNorm.weight") and t.shape == (e,):
+            out[name] = torch.cat([t * math.sqrt(e / (e + 1)), t.new_zeros(1)])
+        elif name.endswith("embeddings.LayerNorm.bias") and t.shape == (e,):
+            out[name] = torch.cat([t, t.new_zeros(1)])
+    return out
+
+
 def _slice_state(
     teacher: nn.Module, student: nn.Module, keep: list[int], tconf: Any
 ) -> dict[str, torch.Tensor]:
@@ -498,13 +527,16 @@ def _slice_state(
     prefix = next(n for n, m in teacher.named_modules() if m is blocks)
     layer_rx = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
     tstate, sstate = teacher.state_dict(), student.state_dict()
+    e = getattr(tconf, "embedding_size", None)
+    wider = e is not None and getattr(student.config, "embedding_size", None) == e + 1
+    source = _widened_embeddings(tstate, e) if wider else tstate
     plan: list[tuple[str, str, int | None, list[tuple[int, str]]]] = []
     imp: dict[tuple[str, int | None], torch.Tensor] = {}
     for name, target in sstate.items():
         m = layer_rx.match(name)
         layer = keep[int(m.group(1))] if m else None
         src = layer_rx.sub(f"{prefix}.{layer}.", name) if m else name
-        t = tstate.get(src)
+        t = source.get(src)
         if t is None or t.dim() != target.dim():
             raise UserError(
                 f"cannot slice {type(teacher).__name__}: no teacher tensor for {name}",
@@ -514,7 +546,7 @@ def _slice_state(
         axes = [(a, _axis_kind(src, a)) for a in range(t.dim()) if t.shape[a] != target.shape[a]]
         for a, kind in axes:
             key = (kind, None if kind in SHARED_KINDS else layer)
-            imp[key] = imp.get(key, 0) + _slice_norms(teacher, src, t, a)
+            imp[key] = imp.get(key, 0) + _slice_norms(teacher, src, tstate[src], a)
         plan.append((name, src, layer, axes))
     head_dim = tconf.hidden_size // tconf.num_attention_heads
     new_head_dim = student.config.hidden_size // student.config.num_attention_heads
@@ -536,7 +568,7 @@ def _slice_state(
     }
     out = {}
     for name, src, layer, axes in plan:
-        t = tstate[src]
+        t = source[src]
         for a, kind in axes:
             t = t.index_select(a, index[(kind, None if kind in SHARED_KINDS else layer)])
         if t.shape != sstate[name].shape:
