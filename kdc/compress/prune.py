@@ -104,11 +104,14 @@ PRUNER_ARGS: dict[str, Callable[..., dict[str, Any]]] = {
 
 
 def sync_after_pruning(adapter: ModelAdapter) -> None:
-    """Make layer attributes agree with pruned weights (attention head counts)."""
+    """Make layer attributes agree with pruned weights (attention head counts), and a
+    transformer's config state its pruned sizes where it can (`sync_config`)."""
     if adapter.family == "transformer":
         from kdc.models.hf import sync_attention_heads
+        from kdc.models.pruned_config import sync_config
 
         sync_attention_heads(adapter.model)  # type: ignore[attr-defined]
+        sync_config(adapter.model)  # type: ignore[attr-defined]
 
 
 def make_pruner(

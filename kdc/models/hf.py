@@ -202,6 +202,9 @@ def load_model(path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_cod
             model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
             apply_shapes(model, json.loads(shapes.read_text()))
             sync_attention_heads(model)
+            from kdc.models.pruned_config import sync_config
+
+            sync_config(model)  # a pruned student saved before its config stated its sizes
             loaded = model.load_state_dict(load_file(str(path / "model.safetensors")), False)
             _check_keys(path, loaded.missing_keys, loaded.unexpected_keys)
         else:
@@ -317,6 +320,9 @@ class TransformerAdapter(ModelAdapter):
         teacher's). Weights are teacher slices chosen by L2 magnitude: one set of hidden channels
         for the whole residual stream, whole heads per layer (or their strongest dims when the
         head dim shrinks), the strongest FFN units per layer. Equal sizes copy the teacher."""
+        from kdc.models.pruned_config import check_sliceable
+
+        check_sliceable(self.model)
         keep = list(spec["layers"])
         sizes = {
             k: int(spec.get(k) or getattr(self.config, k))
