@@ -53,3 +53,16 @@ def test_do_lower_case_lowers_the_texts_before_tokenizing(tmp_path):
 def test_without_do_lower_case_the_texts_are_tokenized_as_they_are(tmp_path):
     adapter = SentenceAdapter.from_dir(_cased_encoder_dir(tmp_path / "m", False), max_length=16)
     assert adapter.tokenizer.unk_token_id in adapter.encode(["GOOD Film"])["input_ids"]
+
+
+def test_the_engines_input_contract_lowers_the_texts_too(tmp_path):
+    from kdc.deploy.input_contract import text_input_contract
+
+    adapter = SentenceAdapter.from_dir(_cased_encoder_dir(tmp_path / "m", True), max_length=16)
+    texts = ["GOOD Film", "an AWFUL plot"]
+    ours = adapter.encode(texts)
+    inputs = {k: ([1, *v.shape[1:]], str(v.dtype)) for k, v in ours.items()}
+    c = text_input_contract(inputs, 16, [], "embedding", lower_case=adapter.lower_case)
+    theirs = eval(c["tokenizer"]["call"], {"tokenizer": adapter.tokenizer, "texts": texts})  # noqa: S307
+    for name in ours:
+        np.testing.assert_array_equal(theirs[name], ours[name])

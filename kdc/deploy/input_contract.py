@@ -176,13 +176,18 @@ def text_input_contract(
     output_name: str = "logits",
     max_batch: int | None = None,
     pair_columns: list[str] | None = None,
+    lower_case: bool = False,
 ) -> dict[str, Any]:
     """The contract of a text engine taking `inputs` (name → (shape, dtype)): every row padded
     and truncated to `max_length` tokens, as kdc encoded the rows it trained and verified on;
     the engine is built for exactly these shapes (batches 1 to `max_batch` where given), so a
     tokenizer left at its defaults (no padding, its own model_max_length) gives inputs it
-    rejects. With `pair_columns` each row is a pair of texts (those data columns, in order)."""
+    rejects. With `pair_columns` each row is a pair of texts (those data columns, in order);
+    with `lower_case` the texts are lower-cased first (a sentence-transformers model's
+    do_lower_case, which its tokenizer does not do)."""
     batch = next(iter(inputs.values()))[0][0]
+    lowered = "[t.lower() for t in {}]" if lower_case else "{}"
+    texts = lowered.format("texts") + (", " + lowered.format("text_pairs") if pair_columns else "")
     out = {"name": output_name}
     if class_names:
         out.update(
@@ -201,7 +206,7 @@ def text_input_contract(
             "truncation": True,
             "max_length": max_length,
             "padding_side": "right",
-            "call": f"tokenizer(texts, {'text_pairs, ' if pair_columns else ''}"
+            "call": f"tokenizer({texts}, "
             f"padding='max_length', truncation=True, max_length={max_length}, "
             "padding_side='right', return_tensors='np')",
             **(

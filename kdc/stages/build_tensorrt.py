@@ -187,6 +187,7 @@ def input_contract(
             output,
             max_batch=ctx.cfg.build.max_batch,
             pair_columns=ctx.cfg.data.text_columns if ctx.cfg.data.text_pairs else None,
+            lower_case=getattr(ctx.teacher, "lower_case", False),
         )
     ((name, shape),) = shapes.items()
     data = ctx.cfg.data
