@@ -3,7 +3,6 @@ warnings; results for another target, model or device are refused."""
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -11,9 +10,17 @@ from types import SimpleNamespace
 
 import onnx
 import pytest
+from device_bundle import (
+    JETSON,
+    META,
+    ORIN_NANO,
+    PARITY,
+    edit_json,
+    report_with,
+    write_times,
+)
 from rich.console import Console
 
-from kdc.deploy.constraints import evaluate_constraints, passed
 from kdc.deploy.device_results import (
     profiles_of_device,
     read_device_results,
@@ -24,26 +31,6 @@ from kdc.deploy.trtexec import CV_LIMIT, parse_export_times
 from kdc.errors import UserError
 from kdc.rundir import sha256_file
 from kdc.stages.verify import device_figures
-
-JETSON = "jetson-orin-nano-8gb"
-ORIN_NANO = "NVIDIA Jetson Orin Nano Developer Kit"
-META = {
-    "profile": JETSON,
-    "precision": "int8",
-    "batch": 1,
-    "input_shapes": {"input_ids": [1, 128]},
-    "onnx_sha256": "abc123",
-    "tensorrt_expected": "10.3",
-    "parity_min_cosine": 0.99,
-}
-SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "report_sample.json"
-
-
-def _times(d: Path, values: list[float]) -> None:
-    rows = [
-        {"startComputeMs": i, "computeMs": 0.5 * v, "latencyMs": v} for i, v in enumerate(values)
-    ]
-    (d / "times.json").write_text(json.dumps(rows))
 
 
 @pytest.fixture
@@ -58,30 +45,11 @@ def bundle(tmp_path):
 def results(bundle):
     d = bundle / "results"
     d.mkdir()
-    _times(d, [float(v) for v in range(1, 101)])
-    (d / "parity.json").write_text(
-        json.dumps(
-            {
-                "status": "measured",
-                "runner": "tensorrt",
-                "n": 8,
-                "max_abs": 0.01,
-                "mean_abs": 0.002,
-                "cosine": 0.9995,
-                "cosine_min_row": 0.998,
-                "argmax_agreement": 1.0,
-                "min_cosine": 0.99,
-                "pass": True,
-            }
-        )
-    )
+    write_times(d, [float(v) for v in range(1, 101)])
+    (d / "parity.json").write_text(json.dumps(PARITY))
     device = {"device": ORIN_NANO, "trtexec": "TensorRT v100300", "profile": JETSON}
     (d / "device.json").write_text(json.dumps({**device, "onnx_sha256": META["onnx_sha256"]}))
     return d
-
-
-def _edit(path: Path, **fields) -> None:
-    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
 
 
 def test_device_results_are_a_measured_latency_object(results, bundle):
@@ -100,7 +68,7 @@ def test_device_results_are_a_measured_latency_object(results, bundle):
 def test_a_dla_bundles_timing_names_its_core(results, bundle):
     """A DLA engine's device timing is not comparable with the GPU engine's (kdc check)."""
     assert "dla_core" not in read_device_results(results, bundle, JETSON)["latency"]
-    _edit(bundle / "bundle.json", dla_core=0)
+    edit_json(bundle / "bundle.json", dla_core=0)
     lat = read_device_results(results, bundle, JETSON)["latency"]
     assert lat["dla_core"] == 0
     from kdc.deploy.check import compare
@@ -131,7 +99,7 @@ def test_export_times_compute_metric(results):
 
 
 def test_version_mismatch_is_noted(results, bundle):
-    _edit(bundle / "bundle.json", tensorrt_expected="11.0")
+    edit_json(bundle / "bundle.json", tensorrt_expected="11.0")
     lat = read_device_results(results, bundle, JETSON)["latency"]
     assert "expected TensorRT 11.0" in lat["note"]
 
@@ -202,24 +170,12 @@ def test_trtexec_banner_versions(banner, version):
 # --- a failed device parity check fails verification ---------------------------------------
 
 
-def _report_with(engine_update: dict) -> dict:
-    """The sample report with the tensorrt-int8 engine carrying what the device brought back."""
-    report = copy.deepcopy(json.loads(SAMPLE.read_text()))
-    trt = next(
-        e for e in report["engines"] if e["engine"] == "tensorrt" and e["precision"] == "int8"
-    )
-    trt.update(engine_update)
-    rows = evaluate_constraints(report, {}, {"latency_budget_ms": 10.0})
-    report["constraints"], report["passed"] = rows, passed(rows)
-    return report
-
-
 def test_failed_device_parity_fails_the_constraints_and_shows(results, bundle):
-    _edit(results / "parity.json", cosine=0.5, argmax_agreement=0.3, **{"pass": False})
+    edit_json(results / "parity.json", cosine=0.5, argmax_agreement=0.3, **{"pass": False})
     dev = read_device_results(results, bundle, JETSON)
     assert not dev["parity"]["passed"]
     assert any("device parity FAILED: cosine 0.5000" in w for w in dev["warnings"])
-    report = _report_with({"parity": dev["parity"], "warnings": dev["warnings"]})
+    report = report_with({"parity": dev["parity"], "warnings": dev["warnings"]})
     row = next(r for r in report["constraints"] if r["name"] == "device_parity")
     assert row["pass"] is False and row["value"] == 0.5 and row["limit"] == 0.99
     assert row["engine"] == "tensorrt-int8" and "runner tensorrt" in row["note"]
@@ -238,14 +194,14 @@ def test_failed_device_parity_fails_the_constraints_and_shows(results, bundle):
 def test_passing_device_parity_passes_and_is_shown(results, bundle):
     dev = read_device_results(results, bundle, JETSON)
     assert dev["parity"]["passed"]
-    report = _report_with({"parity": dev["parity"]})
+    report = report_with({"parity": dev["parity"]})
     row = next(r for r in report["constraints"] if r["name"] == "device_parity")
     assert row["pass"] is True and report["passed"] is True
     assert "(device, tensorrt: PASS; cosine of all outputs)" in render_markdown(report)
 
 
 def test_a_pass_flag_below_the_floor_still_fails(results, bundle):
-    _edit(results / "parity.json", cosine=0.95)  # "pass": true, but under the bundle's 0.99
+    edit_json(results / "parity.json", cosine=0.95)  # "pass": true, but under the bundle's 0.99
     assert not read_device_results(results, bundle, JETSON)["parity"]["passed"]
 
 
@@ -254,7 +210,7 @@ def test_parity_the_device_could_not_check_fails_with_its_reason(results, bundle
         json.dumps({"status": "unavailable", "notes": ["onnxruntime: No module named 'x'"]})
     )
     dev = read_device_results(results, bundle, JETSON)
-    report = _report_with({"parity": dev["parity"]})
+    report = report_with({"parity": dev["parity"]})
     row = next(r for r in report["constraints"] if r["name"] == "device_parity")
     assert row["pass"] is False and row["value"] is None
     assert "not checked: onnxruntime: No module named 'x'" in row["reason"]
@@ -265,7 +221,7 @@ def test_parity_run_by_onnxruntime_fails_device_parity(results, bundle):
     """A Python without tensorrt (a venv first on the runner's PATH): parity.py checked
     model.onnx with ONNX Runtime on the CPU, not the engine; that is no pass (exit 1)."""
     notes = ["tensorrt: ModuleNotFoundError: No module named 'tensorrt'"]
-    _edit(results / "parity.json", runner="onnxruntime", notes=notes)
+    edit_json(results / "parity.json", runner="onnxruntime", notes=notes)
     dev = read_device_results(results, bundle, JETSON)
     assert dev["parity"]["passed"] is False and dev["parity"]["runner"] == "onnxruntime"
     warning = dev["warnings"][0]  # then the latency's cv
@@ -274,7 +230,7 @@ def test_parity_run_by_onnxruntime_fails_device_parity(results, bundle):
         "TensorRT engine (model.plan) (tensorrt: ModuleNotFoundError: No module named 'tensorrt')"
     )
     assert "run bench.sh with a Python that imports tensorrt (PYTHON=/usr/bin/python3" in warning
-    report = _report_with({"parity": dev["parity"], "warnings": dev["warnings"]})
+    report = report_with({"parity": dev["parity"], "warnings": dev["warnings"]})
     row = next(r for r in report["constraints"] if r["name"] == "device_parity")
     assert row["pass"] is False and row["value"] is None  # its cosine is not the engine's
     assert "checked with onnxruntime on model.onnx, not the TensorRT engine" in row["reason"]
@@ -291,7 +247,7 @@ def test_parity_run_by_onnxruntime_fails_device_parity(results, bundle):
 def test_a_passing_onnxruntime_check_in_an_older_report_fails(results, bundle):
     """A report whose device parity was recorded as passed by ONNX Runtime is judged again."""
     parity = {**read_device_results(results, bundle, JETSON)["parity"], "runner": "onnxruntime"}
-    report = _report_with({"parity": {**parity, "passed": True}})
+    report = report_with({"parity": {**parity, "passed": True}})
     row = next(r for r in report["constraints"] if r["name"] == "device_parity")
     assert row["pass"] is False and "not the TensorRT engine" in row["reason"]
 
@@ -304,7 +260,7 @@ TRT_REC = {"engine": "tensorrt", "precision": "int8", "status": "bundle", "path"
 
 
 def test_verify_puts_device_parity_in_the_engines_parity(tmp_path, results):
-    _edit(results / "parity.json", cosine=0.5, **{"pass": False})
+    edit_json(results / "parity.json", cosine=0.5, **{"pass": False})
     rec = {**TRT_REC, "source": "build/onnxruntime/model_int8.onnx"}
     figures = device_figures(_ctx(tmp_path, JETSON, results), [rec])["build/bundle"]
     assert figures["parity"]["on_target"] and figures["parity"]["passed"] is False
@@ -316,11 +272,11 @@ def test_verify_reads_the_bundle_written_for_its_target(tmp_path, results, bundl
     t4 = tmp_path / "build" / "bundle-nvidia-t4"
     t4.mkdir()
     (t4 / "bundle.json").write_text(json.dumps({**META, "profile": "nvidia-t4"}))
-    _edit(results / "device.json", device="Tesla T4", profile="nvidia-t4")  # its bench.sh's
+    edit_json(results / "device.json", device="Tesla T4", profile="nvidia-t4")  # its bench.sh's
     rec = {**TRT_REC, "source": "m.onnx"}
     figures = device_figures(_ctx(tmp_path, "nvidia-t4", results), [rec])["build/bundle"]
     assert figures["latency"]["device"] == "Tesla T4"
-    _edit(results / "device.json", profile=JETSON)
+    edit_json(results / "device.json", profile=JETSON)
     with pytest.raises(UserError, match="device 'Tesla T4' matches nvidia-t4"):
         device_figures(_ctx(tmp_path, JETSON, results), [rec])
 
@@ -331,11 +287,11 @@ def test_a_bundle_of_another_model_than_the_runs_is_refused(tmp_path, results, b
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [])
     graph.output.append(onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1]))
     onnx.save(onnx.helper.make_model(graph), tmp_path / "m.onnx")  # the rebuilt model
-    _edit(bundle / "bundle.json", source_onnx_sha256="0" * 64)
+    edit_json(bundle / "bundle.json", source_onnx_sha256="0" * 64)
     rec = {**TRT_REC, "source": "m.onnx"}
     with pytest.raises(UserError, match="field 'source_onnx_sha256': the bundle in build/bundle"):
         device_figures(_ctx(tmp_path, JETSON, results), [rec])
-    _edit(bundle / "bundle.json", source_onnx_sha256=sha256_file(tmp_path / "m.onnx"))
+    edit_json(bundle / "bundle.json", source_onnx_sha256=sha256_file(tmp_path / "m.onnx"))
     assert device_figures(_ctx(tmp_path, JETSON, results), [rec])["build/bundle"]["latency"]
 
 
@@ -349,7 +305,7 @@ def test_device_results_for_a_run_without_a_bundle_are_refused(tmp_path, results
 
 
 def test_bundle_for_another_target_is_refused(results, bundle):
-    _edit(bundle / "bundle.json", profile="nvidia-t4")
+    edit_json(bundle / "bundle.json", profile="nvidia-t4")
     with pytest.raises(
         UserError, match=r"bundle.json: field 'profile': the bundle is for nvidia-t4"
     ):
@@ -357,25 +313,25 @@ def test_bundle_for_another_target_is_refused(results, bundle):
 
 
 def test_results_recording_another_profile_are_refused(results, bundle):
-    _edit(results / "device.json", profile="nvidia-t4", onnx_sha256="abc123")
+    edit_json(results / "device.json", profile="nvidia-t4", onnx_sha256="abc123")
     with pytest.raises(UserError, match=r"device.json: field 'profile': .* bundle for nvidia-t4"):
         read_device_results(results, bundle, JETSON)
 
 
 def test_results_of_another_model_are_refused(results, bundle):
-    _edit(results / "device.json", profile=JETSON, onnx_sha256="fff000")
+    edit_json(results / "device.json", profile=JETSON, onnx_sha256="fff000")
     with pytest.raises(UserError, match=r"device.json: field 'onnx_sha256'"):
         read_device_results(results, bundle, JETSON)
 
 
 def test_results_from_another_device_are_refused(results, bundle):
-    _edit(results / "device.json", device="Tesla T4")
+    edit_json(results / "device.json", device="Tesla T4")
     with pytest.raises(UserError, match=r"field 'device': device 'Tesla T4' matches nvidia-t4"):
         read_device_results(results, bundle, JETSON)
 
 
 def test_unrecognised_device_name_is_accepted(results, bundle):
-    _edit(results / "device.json", device="Seeed reComputer J3011")  # a carrier board's name
+    edit_json(results / "device.json", device="Seeed reComputer J3011")  # a carrier board's name
     assert read_device_results(results, bundle, JETSON)["latency"]["device"].startswith("Seeed")
 
 
@@ -404,24 +360,24 @@ def test_noisy_device_timing_is_warned(results, bundle):
     (warning,) = dev["latency"]["warnings"]
     assert "cv 57.2% over 100 iterations exceeds 2.5%" in warning
     assert warning in dev["warnings"]  # the engine's too, so the console lists it
-    md = render_markdown(_report_with({"latency": dev["latency"], "warnings": dev["warnings"]}))
+    md = render_markdown(report_with({"latency": dev["latency"], "warnings": dev["warnings"]}))
     assert md.count("cv 57.2% over 100 iterations") == 1  # listed once under Warnings
 
 
 def test_steady_device_timing_has_no_warning(results, bundle):
-    _times(results, [1.0 + 0.01 * (i % 5) for i in range(200)])  # cv about 1.4 %
+    write_times(results, [1.0 + 0.01 * (i % 5) for i in range(200)])  # cv about 1.4 %
     dev = read_device_results(results, bundle, JETSON)
     assert dev["latency"]["cv"] < CV_LIMIT
     assert "warnings" not in dev["latency"] and dev["warnings"] == []
 
 
 def test_fewer_iterations_than_the_bundle_asked_for_are_warned(results, bundle):
-    _times(results, [1.0 + 0.01 * (i % 5) for i in range(200)])  # steady: no cv warning
-    _edit(bundle / "bundle.json", iterations=1000)
+    write_times(results, [1.0 + 0.01 * (i % 5) for i in range(200)])  # steady: no cv warning
+    edit_json(bundle / "bundle.json", iterations=1000)
     dev = read_device_results(results, bundle, JETSON)
     (warning,) = dev["warnings"]
     assert warning.startswith("times.json has 200 iterations, the bundle asked for at least 1000")
-    _edit(bundle / "bundle.json", iterations=200)
+    edit_json(bundle / "bundle.json", iterations=200)
     assert read_device_results(results, bundle, JETSON)["warnings"] == []
 
 
@@ -456,7 +412,7 @@ def test_a_verify_without_device_results_reads_the_last_ones_again(tmp_path, res
 def test_an_engine_whose_outputs_are_not_finite_fails_device_parity(results, bundle):
     """parity.py writes NaN figures for an engine whose outputs overflowed (FP16): that is the
     failure the check exists for (exit 1), not a damaged file (exit 2)."""
-    _edit(results / "parity.json", cosine=float("nan"), max_abs=float("inf"), **{"pass": False})
+    edit_json(results / "parity.json", cosine=float("nan"), max_abs=float("inf"), **{"pass": False})
     parity = read_device_results(results, bundle, JETSON)["parity"]
     assert parity["passed"] is False and "cosine" not in parity
     assert "the engine's outputs are not finite (max_abs, cosine NaN or Inf" in parity["error"]
@@ -473,18 +429,18 @@ def test_results_that_name_no_profile_or_model_are_refused(bundle, results, key)
 
 
 def test_results_that_name_no_device_are_warned(results, bundle):
-    _times(results, [1.0 + 0.01 * (i % 5) for i in range(200)])
-    _edit(results / "device.json", device="unknown")
+    write_times(results, [1.0 + 0.01 * (i % 5) for i in range(200)])
+    edit_json(results / "device.json", device="unknown")
     (warning,) = read_device_results(results, bundle, JETSON)["warnings"]
     assert warning.startswith("device.json names no device")
 
 
 def test_the_timing_protocol_is_what_the_bundle_ran(results, bundle):
     """A DLA bundle times without CUDA graphs; one written before that rule ran with them."""
-    _edit(bundle / "bundle.json", dla_core=0, bench_command=["trtexec", "--useSpinWait"])
+    edit_json(bundle / "bundle.json", dla_core=0, bench_command=["trtexec", "--useSpinWait"])
     lat = read_device_results(results, bundle, JETSON)["latency"]
     assert lat["protocol"] == "trtexec --useSpinWait"
-    _edit(bundle / "bundle.json", bench_command=None)  # no record: the rule for its core
+    edit_json(bundle / "bundle.json", bench_command=None)  # no record: the rule for its core
     protocol = read_device_results(results, bundle, JETSON)["latency"]["protocol"]
     assert "--useCudaGraph" not in protocol and "--noDataTransfers" in protocol
 
@@ -511,7 +467,7 @@ def test_device_latency_has_the_keys_of_a_host_timing(results, bundle):
     lat = read_device_results(results, bundle, JETSON)["latency"]
     assert lat["warmup"] == 412 and lat["warmup_ms"] == 500
     assert type(lat["warmup"]) is type(host["warmup"]) is int  # a count of runs, as a host's
-    _edit(bundle / "bundle.json", dla_core=1)
+    edit_json(bundle / "bundle.json", dla_core=1)
     assert "DLA core 1" in read_device_results(results, bundle, JETSON)["latency"]["threads_note"]
 
 
@@ -540,11 +496,11 @@ def test_an_engine_the_device_built_and_timed_says_so(tmp_path, results, monkeyp
     assert block["predicted_latency"] == predicted and block["latency"]["on_target"]
     assert mark_shipped([block], "int8", ["tensorrt"])[0]["ships"]
 
-    baseline = _report_with({"latency": {**block["latency"], "warmup_ms": 500}})
+    baseline = report_with({"latency": {**block["latency"], "warmup_ms": 500}})
     for key in ("threads", "threads_note", "warmup"):  # as verify wrote it before
         del next(e for e in baseline["engines"] if "on_target" in e["latency"])["latency"][key]
     keep = ("status", "built_on", "note", "latency", "parity", "predicted_latency")
-    report = _report_with({k: block[k] for k in keep})
+    report = report_with({k: block[k] for k in keep})
     del next(e for e in report["engines"] if e.get("built_on"))["reason"]
     md = render_markdown(report)
     assert any(ln.startswith("| tensorrt-int8 | built on device |") for ln in md.splitlines())
@@ -568,14 +524,14 @@ def test_results_of_another_build_of_the_same_model_are_refused(results, bundle)
         "build_command": ["$TRTEXEC", "--onnx=model.onnx", "--saveEngine=model.plan"],
         "bench_command": ["$TRTEXEC", "--loadEngine=model.plan", "--shapes=input_ids:1x128"],
     }
-    _edit(bundle / "bundle.json", **commands)
-    _edit(results / "device.json", **commands)
+    edit_json(bundle / "bundle.json", **commands)
+    edit_json(results / "device.json", **commands)
     assert read_device_results(results, bundle, JETSON)["latency"]["batch"] == 1
     rebatched = ["$TRTEXEC", "--loadEngine=model.plan", "--shapes=input_ids:8x128"]
-    _edit(bundle / "bundle.json", batch=8, bench_command=rebatched)
+    edit_json(bundle / "bundle.json", batch=8, bench_command=rebatched)
     with pytest.raises(UserError, match=r"device.json: field 'bench_command': .*--shapes="):
         read_device_results(results, bundle, JETSON)
-    _edit(results / "device.json", build_command=None, bench_command=None)  # an older bench.sh
+    edit_json(results / "device.json", build_command=None, bench_command=None)  # an older bench.sh
     assert read_device_results(results, bundle, JETSON)["latency"]["batch"] == 8
 
 
@@ -596,7 +552,7 @@ def test_a_bundle_whose_source_weights_changed_in_their_external_data_is_refused
     onnx.save(
         model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0
     )
-    _edit(bundle / "bundle.json", source_onnx_sha256=onnx_sha256(tmp_path / "m.onnx"))
+    edit_json(bundle / "bundle.json", source_onnx_sha256=onnx_sha256(tmp_path / "m.onnx"))
     rec = {**TRT_REC, "source": "m.onnx"}
     assert device_figures(_ctx(tmp_path, JETSON, results), [rec])["build/bundle"]["latency"]
     data = tmp_path / "m.data"
