@@ -383,6 +383,7 @@ def plan(
     run would refuse (with `resume`: another config's run in `out`) is refused."""
     from kdc.pipeline import STAGE_NAMES, resume_plan
     from kdc.preflight import (
+        builds_int8,
         check_config,
         check_data,
         check_target,
@@ -413,7 +414,7 @@ def plan(
         "target": {"name": profile.name, "kind": profile.kind, "engines": profile.runtime.engines},
         "student": planned_student(cfg),
         "quantize": cfg.quantize.precision
-        + (f" ({cfg.quantize.method})" if cfg.quantize.precision == "int8" else ""),
+        + (f" ({cfg.quantize.method})" if builds_int8(cfg) else ""),
         "constraints": c,
         "run_dir": str(run_dir),
     }

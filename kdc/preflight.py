@@ -129,8 +129,14 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
             "config's student is fixed"
         )
     q = cfg.quantize
-    if q.reduce_range is not None and q.precision != "int8":
+    if q.reduce_range is not None and not builds_int8(cfg):
         notes.append("quantize.reduce_range not used: this run has no INT8 graph")
+    if q.method == "qat" and not builds_int8(cfg):
+        notes.append(
+            f"{cfg.source_file}: quantize.method qat not used: quantization-aware training makes "
+            f"an INT8 graph and this run builds {q.precision} engines, so distill trains none; "
+            "set quantize.precision: int8 for QAT, or drop quantize.method: qat"
+        )
     return [n for n in notes if n]
 
 
@@ -244,8 +250,17 @@ def reduce_range_applies(cfg: KdcConfig, profile: HardwareProfile) -> bool:
     return int8_runs_here(cfg, profile) and int8_saturates(cpu_info()[1])
 
 
+def builds_int8(cfg: KdcConfig) -> bool:
+    """Whether the run makes an INT8 graph: quantize.precision is the run's precision (the
+    target's default never replaces it, and `check_target` refuses one the target does not
+    run), int8 the only one quantized."""
+    return cfg.quantize.precision == "int8"
+
+
 def int8_qat(cfg: KdcConfig) -> bool:
-    return cfg.quantize.precision == "int8" and cfg.quantize.method == "qat"
+    """Whether distillation runs quantization-aware training: quantize.method qat for a run that
+    makes an INT8 graph (`builds_int8`); for FP32 or FP16 engines it is not run (warned)."""
+    return builds_int8(cfg) and cfg.quantize.method == "qat"
 
 
 def qat_reduce_range(cfg: KdcConfig, profile: HardwareProfile) -> bool:

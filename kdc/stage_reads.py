@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kdc.config import BuildConfig, KdcConfig, QuantizeConfig
-from kdc.preflight import builds_tensorrt, int8_qat, qat_reduce_range
+from kdc.preflight import builds_int8, builds_tensorrt, int8_qat, qat_reduce_range
 from kdc.profiles import HardwareProfile
 
 ConfigReads = Callable[[KdcConfig], tuple[str, ...]]
@@ -20,7 +20,8 @@ COMMON = ("name", "task", "seed", "teacher", "data")
 PARITY = ("export.atol", "export.rtol", "export.min_cosine")
 # what a predicted latency depends on (search ranks by it; prune.target_latency_ms prunes to it)
 LATENCY = ("quantize.precision", "verify.batch", "export.cls_only_last_layer")
-# what quantization-aware training (quantize.method: qat, in distill) reads besides its method
+# what quantization-aware training (quantize.method: qat of an INT8 run, in distill) reads
+# besides its method
 QAT = (
     "quantize.qat_epochs",
     "quantize.qat_lr",
@@ -39,11 +40,11 @@ def split_reads(cfg: KdcConfig) -> tuple[str, ...]:
 
 def distill_reads(cfg: KdcConfig) -> tuple[str, ...]:
     """Distillation's config: pruning to a latency reads how latency is predicted (on the exported
-    graph), QAT its settings; neither is read otherwise (`distill_idle`: what it reads but does not
-    use)."""
+    graph), QAT (`int8_qat`) its settings; neither is read otherwise (`distill_idle`: what it reads
+    but does not use)."""
     pruned = cfg.prune.enabled and cfg.prune.target_latency_ms is not None
     latency = (*LATENCY, "export.opset") if pruned else ()
-    qat = QAT if cfg.quantize.method == "qat" else ()
+    qat = QAT if int8_qat(cfg) else ()
     return (*COMMON, "distill", "prune", "quantize.method", *latency, *qat)
 
 
@@ -86,7 +87,7 @@ def distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     facets: dict[str, Any] = {**recipe}
     if cnn or (cfg.prune.enabled and not cfg.prune.round_to):
         facets["channel_divisor"] = profile.defaults.channel_divisor
-    if cfg.quantize.method == "qat":
+    if int8_qat(cfg):
         facets["tensorrt"] = "tensorrt" in profile.runtime.engines
     return facets
 
@@ -110,7 +111,7 @@ def build_versions(cfg: KdcConfig) -> dict[str, int]:
     from kdc.models import student_family
 
     q = cfg.quantize
-    nncf = q.precision == "int8" and q.method == "ptq" and q.ptq != "onnxruntime"
+    nncf = builds_int8(cfg) and q.method == "ptq" and q.ptq != "onnxruntime"
     return {"nncf_ptq": RECIPE_VERSIONS[student_family(cfg)]} if nncf else {}
 
 
@@ -129,8 +130,10 @@ WHOLE_CONFIG = "*"
 def distill_idle(cfg: KdcConfig) -> tuple[str, ...]:
     """What distillation reads but does not use for `cfg`: whether it checkpoints (a run continued
     from its checkpoint trains as an uninterrupted one would), the prune section while pruning is
-    off."""
-    return ("distill.checkpoint", *(() if cfg.prune.enabled else ("prune",)))
+    off, quantize.method where the run makes no INT8 graph (no QAT, `int8_qat`)."""
+    prune = () if cfg.prune.enabled else ("prune",)
+    method = () if builds_int8(cfg) else ("quantize.method",)
+    return ("distill.checkpoint", *prune, *method)
 
 
 # the quantize settings the INT8 graph is made by (all but its precision)
@@ -140,7 +143,7 @@ INT8_ONLY = tuple(f"quantize.{k}" for k in QuantizeConfig.model_fields if k != "
 def build_idle(cfg: KdcConfig) -> tuple[str, ...]:
     """What build reads but does not use for `cfg`: the INT8 settings where it makes no INT8
     graph (quantize.precision fp32 or fp16)."""
-    return () if cfg.quantize.precision == "int8" else INT8_ONLY
+    return () if builds_int8(cfg) else INT8_ONLY
 
 
 def config_reads(

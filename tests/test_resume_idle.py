@@ -1,6 +1,7 @@
 """Settings a stage reads but cannot use for a config (how often distillation checkpoints, the
-prune section while pruning is off, the INT8 settings of a build that makes no INT8 graph) keep
-its outputs on `--resume`; `--dry-run --resume` plans what the resume then does."""
+prune section while pruning is off, the INT8 settings, QAT's method among them, of a run that
+makes no INT8 graph) keep its outputs on `--resume`; `--dry-run --resume` plans what the resume
+then does."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ BASE = {
 }
 FP32 = _edit(BASE, "quantize.precision", "fp32")
 PRUNED = _edit(BASE, "prune.enabled", True)
+QAT = _edit(BASE, "quantize.method", "qat")
 
 IDLE = [  # (config, edit, value): none changes what a stage computes
     (BASE, "distill.checkpoint", False),
@@ -53,6 +55,8 @@ IDLE = [  # (config, edit, value): none changes what a stage computes
     (FP32, "quantize.ptq", "nncf"),
     (FP32, "quantize.max_int8_loss", 0.1),
     (_edit(BASE, "quantize.precision", "fp16"), "quantize.calibration", "entropy"),
+    (FP32, "quantize.method", "qat"),  # QAT makes an INT8 graph: not run for FP32 (warned)
+    (_edit(BASE, "quantize.precision", "fp16"), "quantize.method", "qat"),
 ]
 USED = [  # (config, edit, value, the stages that compute from it)
     (BASE, "distill.epochs", 1, {"distill"}),
@@ -62,7 +66,8 @@ USED = [  # (config, edit, value, the stages that compute from it)
     (BASE, "quantize.calibration_size", 32, {"build"}),  # int8: the INT8 graph's rows
     (BASE, "quantize.ptq", "nncf", {"build"}),
     (FP32, "quantize.precision", "fp16", {"search", "build"}),
-    (FP32, "quantize.method", "qat", {"distill"}),  # QAT trains in distill whatever the precision
+    (BASE, "quantize.method", "qat", {"distill", "build"}),  # int8: QAT trains in distill
+    (QAT, "quantize.precision", "fp16", {"search", "distill", "build"}),  # and no longer runs
 ]
 
 

@@ -13,6 +13,7 @@ from kdc.deploy.onnxruntime import QUANT_OPS
 from kdc.deploy.softmax_floor import floor_file
 from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.pipeline import Context, StageOutput
+from kdc.preflight import builds_int8, int8_qat, qat_reduce_range, reduce_range_applies
 from kdc.rundir import atomic_dir, atomic_path, files_of, read_json, size_mb, write_json
 from kdc.stages.build_tensorrt import build_tensorrt, clear_previous_build, tensorrt_not_on_target
 
@@ -26,8 +27,6 @@ def _calibration(ctx: Context, rows: int, batch: int = 16) -> list[dict[str, np.
 def reduce_range(ctx: Context) -> bool:
     """7-bit weights where the INT8 graph runs on this CPU's saturating int8 kernels (x86 without
     VNNI), unless quantize.reduce_range says otherwise (`reduce_range_applies`)."""
-    from kdc.preflight import reduce_range_applies
-
     return reduce_range_applies(ctx.cfg, ctx.profile)
 
 
@@ -82,12 +81,11 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
             else "ORT_ENABLE_EXTENDED (offline)",
         }
     ]
-    q = ctx.cfg.quantize
-    if q.precision != "int8":
+    if not builds_int8(ctx.cfg):
         return engines
     dst = out_dir / "model_int8.onnx"
     qat = ctx.run / "distill" / "student_qat.onnx"
-    if q.method == "qat" and qat.is_file():
+    if int8_qat(ctx.cfg) and qat.is_file():
         with atomic_path(dst) as tmp:
             shutil.copyfile(qat, tmp)
         how = _qat_how(ctx)
@@ -117,7 +115,6 @@ def _floor_note(count: int) -> str:
 def _qat_how(ctx: Context) -> dict:
     """How distillation's quantization-aware training made the INT8 graph."""
     from kdc.compress.qat import SCHEMES
-    from kdc.preflight import qat_reduce_range
 
     sym = symmetric_activations(ctx)
     how = {

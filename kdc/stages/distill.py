@@ -35,6 +35,7 @@ from kdc.diskspace import distill_bytes_needed, require_free
 from kdc.models.base import ModelAdapter
 from kdc.models.hf import set_attention_dropout
 from kdc.pipeline import EXAMPLE_ROWS, Context, StageOutput
+from kdc.preflight import int8_qat, qat_reduce_range
 from kdc.progress import Advance
 from kdc.rundir import (
     atomic_dir,
@@ -216,7 +217,6 @@ def quantization_aware(
     from kdc.compress.fold_bn import unfolded_batchnorms
     from kdc.compress.qat import export_qat, quantize_for_training
     from kdc.export.parity import shown
-    from kdc.preflight import qat_reduce_range
     from kdc.stages.build import symmetric_activations
     from kdc.stages.export import PARITY_ROWS, onnx_parity, output_name
 
@@ -361,9 +361,8 @@ def run(ctx: Context) -> StageOutput:
             "pruning": prune_info or None,
         },
     )
-    qat_files, qat_metrics = (
-        quantization_aware(ctx, student, data) if ctx.cfg.quantize.method == "qat" else ([], {})
-    )
+    qat = int8_qat(ctx.cfg)  # none for FP32 or FP16 engines (warned when the run started)
+    qat_files, qat_metrics = quantization_aware(ctx, student, data) if qat else ([], {})
     if not qat_files:  # an earlier QAT run's graph is not this student's
         for name in ("student_qat.onnx", "qat_history.jsonl"):
             (ctx.run / "distill" / name).unlink(missing_ok=True)
