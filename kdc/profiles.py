@@ -19,6 +19,7 @@ from pydantic import (
     PrivateAttr,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -48,7 +49,8 @@ SOURCE_FIX = (
 
 
 # bounds no device reaches, to catch a figure written in other units (54e12 for 54 TOPS, a
-# bandwidth in B/s, a capacity in MB): the largest GPUs are ~10^4 TOPS, ~10^4 GB/s, ~10^3 GB
+# bandwidth in B/s, a capacity in bytes): the largest GPUs are ~10^4 TOPS, ~10^4 GB/s, ~300 GB
+# (an accelerator's capacity in MB: `HardwareProfile._capacity_in_gb`)
 Peak = Annotated[float, Field(gt=0, lt=1e5, description="in TFLOPS / TOPS")]
 Bandwidth = Annotated[float, Field(gt=0, lt=1e5, description="in GB/s")]
 
@@ -82,7 +84,7 @@ class Runtime(_Strict):
     tensorrt: str | None = None
     jetpack: str | None = None
     compute_capability: str | None = None
-    dla_cores: int = 0
+    dla_cores: int = Field(0, ge=0)
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -146,8 +148,8 @@ class LatencyModel(_Strict):
 class Dla(_Strict):
     """One DLA core's dense peaks and the factors of its latency model (kdc.deploy.dla)."""
 
-    int8_tops: float = Field(gt=0)
-    fp16_tflops: float = Field(gt=0)
+    int8_tops: Peak
+    fp16_tflops: Peak
     compute_efficiency: float = Field(gt=0, le=1)
     layer_overhead_us: float = Field(ge=0, description="per layer (kernel) run on the DLA")
     transition_us: float = Field(ge=0, description="per switch between DLA and GPU (reformat)")
@@ -161,6 +163,9 @@ class CalibrationFile(BaseModel):
     peaks: dict[str, float] | None = None  # the compute peaks the efficiencies are fractions of
     latency_model: LatencyModel | None = None  # None: a DLA fit alone
     dla: Dla | None = None  # kdc calibrate --dla-core
+
+
+ACCELERATOR_GB = 1024  # an edge or server device's memory at or past this is a figure in MB
 
 
 class Defaults(_Strict):
@@ -183,6 +188,19 @@ class HardwareProfile(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     measurable: bool = Field(False, description="True only for the machine kdc runs on")
     _file: str | None = PrivateAttr(None)  # the YAML it was loaded from, if not a shipped one
+
+    @field_validator("memory")
+    @classmethod
+    def _capacity_in_gb(cls, memory: Memory, info: ValidationInfo) -> Memory:
+        """An edge or server accelerator's memory written in MB (8192 for 8 GB) is refused; a
+        host's (kind cpu) may be larger than any accelerator's."""
+        if info.data.get("kind") != "cpu" and memory.capacity_gb >= ACCELERATOR_GB:
+            raise ValueError(
+                f"capacity_gb {memory.capacity_gb:g} is more than any accelerator's memory "
+                f"(the largest hold ~300 GB): write it in GB, not MB "
+                f"({memory.capacity_gb:g} MB = {memory.capacity_gb / 1024:g} GB)"
+            )
+        return memory
 
     @model_validator(mode="after")
     def _limit_within_memory(self) -> HardwareProfile:

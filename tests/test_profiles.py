@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +254,36 @@ def test_a_model_config_given_as_a_profile_says_so(tmp_path):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert "field 'NAME': is a kdc model config (teacher, data), not a hardware" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("block", "key", "value", "field", "words"),
+    [
+        ("runtime", "dla_cores", -2, "runtime.dla_cores", "greater than or equal to 0"),
+        ("memory", "capacity_gb", 8192, "memory", "write it in GB, not MB (8192 MB = 8 GB)"),
+        ("dla", "int8_tops", 26.25e12, "dla.int8_tops", "less than 100000"),
+    ],
+)
+def test_a_figure_in_other_units_or_out_of_range_is_refused(
+    tmp_path, block, key, value, field, words
+):
+    """A negative DLA core count loaded (read as none); an accelerator's memory written in MB
+    (8192 for 8 GB) passed as 8 TB, against the bounds' comment; a DLA peak in TOPS/1e12 had no
+    bound, unlike the GPU's."""
+    doc = yaml.safe_load((ROOT / "profiles" / "jetson-agx-orin-64gb.yaml").read_text())
+    doc["name"], doc["aliases"] = "my-orin", []
+    doc[block][key] = value
+    path = tmp_path / "my-orin.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match=re.escape(words)) as e:
+        load_profile(str(path))
+    assert e.value.field == field and e.value.source == str(path)
+
+
+def test_a_host_may_have_more_memory_than_any_accelerator():
+    """The capacity bound that catches an accelerator's memory in MB spares kind cpu."""
+    from kdc.profiles import HardwareProfile
+
+    doc = load_profile("host").model_dump(mode="json")
+    doc["memory"]["capacity_gb"] = 6144.0
+    assert HardwareProfile.model_validate(doc).memory.capacity_gb == 6144.0
