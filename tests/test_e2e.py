@@ -192,6 +192,8 @@ def test_a_search_with_no_student_under_the_budget_leaves_a_failed_report(cnn_pr
     assert search["candidates_scored"] == 0 and 1 <= len(search["closest"]) <= 3
     assert search["rejected"] == "search/rejected.jsonl" and (run / search["rejected"]).is_file()
     assert report["failure"]["stage"] == "search"
+    # REPORT.md's run.wall_s, search.wall_s and teacher.flops hold in a failed report too
+    assert report["run"]["wall_s"] == search["wall_s"] > 0 and report["teacher"]["flops"] > 0
     # what the run assumed or left unused, as printed when it started
     assert any(w.startswith("student.width not used") for w in report["warnings"])
     teacher = report["teacher"]["target_latency"]  # the search's prediction, labelled

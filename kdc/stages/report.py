@@ -94,12 +94,18 @@ def run_warnings(ctx: Context, data: dict | None, teacher: list[str] | None = No
 
 
 def write_no_fit_report(
-    ctx: Context, search: dict, closest_ms: float, why: str, teacher_latency: dict
+    ctx: Context,
+    search: dict,
+    closest_ms: float,
+    why: str,
+    teacher_latency: dict,
+    wall_s: float,
 ) -> list[Path]:
     """report.json (and .md/.png/.html) of a run whose search found no student under the latency
     budget: FAILED on its latency constraint (the fastest candidate's prediction), no engine,
     the search's figures in `search`, the teacher's prediction by the search's latency model
-    (`teacher_latency`, at the searched precision) as its `target_latency`. Recorded as the
+    (`teacher_latency`, at the searched precision) as its `target_latency` (and its FLOPs), the
+    search's `wall_s` as the run's and the search's, as REPORT.md has them. Recorded as the
     report stage's failed outputs, so the next stage to run removes it as it removes any
     earlier report."""
     from kdc.deploy.report import write_report
@@ -111,6 +117,7 @@ def write_no_fit_report(
             "name": ctx.cfg.name,
             "config_sha256": ctx.cfg.sha256(),
             "started": (manifest.get("stages", {}).get("search") or {}).get("started"),
+            "wall_s": wall_s,
             "seed": ctx.cfg.seed,
             "libraries": library_versions(),
             "stages": {"search": {"status": "failed"}},
@@ -118,9 +125,13 @@ def write_no_fit_report(
         "task": ctx.cfg.task,
         "data": (data := ctx.dataset.summary()),
         "target": _target(ctx),
-        "teacher": {"params": ctx.teacher.params(), "target_latency": teacher_latency},
+        "teacher": {
+            "params": ctx.teacher.params(),
+            "flops": teacher_latency.get("flops"),
+            "target_latency": teacher_latency,
+        },
         "student": None,
-        "search": {**search, "candidates_scored": 0, "pareto": []},
+        "search": {**search, "candidates_scored": 0, "wall_s": wall_s, "pareto": []},
         "engines": [],
         "constraints": [
             {

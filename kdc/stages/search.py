@@ -5,6 +5,7 @@ search/candidates.jsonl, search/student.json and, when searched, search/pareto.p
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -266,6 +267,7 @@ def _searched(ctx: Context) -> StageOutput:
     from kdc.compress.search import SEARCHERS, pareto_flags
     from kdc.compress.student import derive_student, random_init
 
+    started = time.perf_counter()
     cfg, teacher = ctx.cfg.search, ctx.teacher
     if not len(ctx.dataset.train.labels):
         raise UserError(
@@ -379,7 +381,8 @@ def _searched(ctx: Context) -> StageOutput:
                 "rejected": str(tried.relative_to(ctx.run.root)),
             }
             teacher_pred = {**teacher_pred, "engine": ctx.profile.modelled_engine}
-            files = write_no_fit_report(ctx, search, e.rejected[0][1], str(e), teacher_pred)
+            wall_s = round(time.perf_counter() - started, 2)
+            files = write_no_fit_report(ctx, search, e.rejected[0][1], str(e), teacher_pred, wall_s)
             raise NoStudentFits(
                 f"{e} (every candidate tried: {tried}; report: {files[0]})", e.rejected
             ) from None
