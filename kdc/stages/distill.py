@@ -274,6 +274,7 @@ def quantization_aware(
     hist = write_jsonl(ctx.run / "distill" / "qat_history.jsonl", res.history)
     return [path, hist], {
         "qat_val_accuracy": res.kept_metric,
+        "qat_val_engine": val_engine(quantized=True),
         "qat_export_parity": parity,
         "qat_epochs_run": len(res.history),
         "qat_teacher_rows": res.teacher_rows,
@@ -396,12 +397,22 @@ def _log_precise_bn(ctx: Context, record: dict | None, metric: str) -> None:
         )
 
 
+def val_engine(quantized: bool = False) -> str:
+    """What scored the validation split (`val_accuracy`, `precise_bn`'s, `qat_val_accuracy`):
+    the PyTorch student where it trains, with fake quantization under QAT."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"pytorch-{device}-{'fake-quant' if quantized else 'fp32'}"
+
+
 def _metrics(
     result: DistillResult, student: ModelAdapter, data: DistillData, prune_info: dict, qat: dict
 ) -> dict:
     return {
         "val_accuracy": result.kept_metric,
         "val_metric": selection_metric(data.task),
+        "val_engine": val_engine(),  # REPORT.md: every accuracy figure names its engine
         "kept_epoch": result.kept_epoch,
         "epochs_run": len(result.history),
         "student_params": student.params(),

@@ -270,6 +270,7 @@ def test_stage_writes_the_qat_onnx_beside_the_float_student(cnn_project, tmp_pat
     history = (tmp_path / "run" / "distill" / "qat_history.jsonl").read_text().splitlines()
     assert len(history) == rec["metrics"]["qat_epochs_run"] == 1
     assert rec["metrics"]["qat_val_accuracy"] > 0.6
+    assert rec["metrics"]["qat_val_engine"] == "pytorch-cpu-fake-quant"
     assert rec["metrics"]["qat_teacher_rows"]["rows_run"] > 0
     model = onnx.load(str(tmp_path / "run" / "distill" / "student_qat.onnx"))
     assert non_standard_ops(model) == []
