@@ -346,6 +346,14 @@ def load_profile(name_or_path: str, field: str = "target") -> HardwareProfile:
             )
         _refuse_model_config(p, field)
         prof = _read(p)
+        if prof.measurable:
+            raise UserError(
+                "measurable: true is host's alone (PROFILES.md: the one target where latency is "
+                "measured); a profile file's target would be judged by timings of this machine",
+                source=key,
+                field="measurable",
+                fix="remove it (to time this machine: --target host)",
+            )
         if _takes_a_shipped_name(prof):
             raise UserError(
                 f"name '{prof.name}' is a shipped profile's, and the profile differs from it (it "

@@ -287,3 +287,15 @@ def test_a_host_may_have_more_memory_than_any_accelerator():
     doc = load_profile("host").model_dump(mode="json")
     doc["memory"]["capacity_gb"] = 6144.0
     assert HardwareProfile.model_validate(doc).memory.capacity_gb == 6144.0
+
+
+def test_a_profile_file_cannot_make_its_target_measured_here(tmp_path):
+    """`measurable: true` in a copied profile made verify judge a Jetson's latency budget by
+    this machine's ONNX Runtime timings, reported as measured on the target."""
+    doc = yaml.safe_load((ROOT / "profiles" / "jetson-orin-nano-8gb.yaml").read_text())
+    doc["name"], doc["aliases"], doc["measurable"] = "my-nano", [], True
+    path = tmp_path / "my-nano.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match="measurable: true is host's alone") as e:
+        load_profile(str(path))
+    assert e.value.field == "measurable" and "--target host" in e.value.fix
