@@ -242,12 +242,12 @@ def reduce_range_applies(cfg: KdcConfig, profile: HardwareProfile) -> bool:
     """Whether INT8 weights are quantized to 7 bits: quantize.reduce_range, by default where the
     INT8 graph runs on this CPU (`int8_runs_here`) and its int8 kernels saturate (x86 without
     VNNI)."""
-    from kdc.profiles import cpu_info, int8_saturates
+    from kdc import cpu_flags, profiles
 
     asked = cfg.quantize.reduce_range
     if asked is not None:
         return asked
-    return int8_runs_here(cfg, profile) and int8_saturates(cpu_info()[1])
+    return int8_runs_here(cfg, profile) and cpu_flags.int8_saturates(profiles.cpu_info()[1])
 
 
 def builds_int8(cfg: KdcConfig) -> bool:

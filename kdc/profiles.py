@@ -4,7 +4,6 @@ name, alias or path; `host` is read from this machine."""
 from __future__ import annotations
 
 import os
-import platform
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydantic import (
 )
 
 from kdc.config import describe_error
+from kdc.cpu_flags import has_int8_dot, host_isa, parse_cpuinfo
 from kdc.errors import UserError
 from kdc.rundir import sha256_json
 
@@ -169,10 +169,21 @@ ACCELERATOR_GB = 1024  # an edge or server device's memory at or past this is a 
 
 
 class Defaults(_Strict):
-    batch: int = Field(1, ge=1)
+    batch: int = Field(1, description="1: kdc times and predicts at the config's verify.batch")
     latency_budget_ms: float | None = Field(None, gt=0)
     max_memory_mb: float | None = Field(None, gt=0)
     channel_divisor: int = Field(8, ge=1)
+
+    @field_validator("batch")
+    @classmethod
+    def _one(cls, v: int) -> int:
+        """A batch here was never read: runs took verify.batch (1 unless set) all the same."""
+        if v != 1:
+            raise ValueError(
+                f"is {v}, but kdc times and predicts at the model config's verify.batch and does "
+                "not read a profile's batch: write 1 here and set verify.batch in the config"
+            )
+        return v
 
 
 class HardwareProfile(_Strict):
@@ -391,54 +402,6 @@ def _text_of(path: str) -> str:
         return Path(path).read_text(errors="replace")
     except OSError:
         return ""
-
-
-def parse_cpuinfo(cpuinfo: str, board: str = "") -> tuple[str, set[str]]:
-    """The model name and flags of /proc/cpuinfo. ARM boards list no model name there: the
-    board's device-tree model (a Jetson's name) and the architecture instead."""
-    model, flags = "", set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("model name") and ":" in line:
-            model = line.split(":", 1)[1].strip()
-        elif line.startswith(("flags", "Features")) and ":" in line:
-            flags = set(line.split(":", 1)[1].split())
-    if not model:
-        arch, board = platform.processor() or platform.machine(), board.strip("\0 \n")
-        model = f"{board} ({arch})" if board else arch
-    return model, flags
-
-
-def host_isa(flags: set[str]) -> list[str]:
-    """The ISA extensions that matter for inference, in a stable order."""
-    wanted = [
-        "avx2",
-        "fma",
-        "avx512f",
-        "avx512_vnni",
-        "avx_vnni",
-        "avx512_bf16",
-        "amx_int8",
-        "asimd",
-        "asimddp",
-        "sve",
-    ]
-    return [f for f in wanted if f in flags]
-
-
-INT8_DOT = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}  # int8 dot-product instructions
-
-
-def has_int8_dot(flags: set[str]) -> bool:
-    """Whether a CPU with these /proc/cpuinfo flags has int8 dot-product instructions (VNNI, AMX,
-    Arm dotprod), which make int8 matrix kernels several times faster than without."""
-    return bool(INT8_DOT & flags)
-
-
-def int8_saturates(flags: set[str]) -> bool:
-    """Whether ONNX Runtime's x86 int8 kernels on a CPU with these flags multiply through 16-bit
-    pair sums (pmaddubsw: SSE4.1/AVX2/AVX-512 without VNNI), which saturate with 8-bit weights;
-    its quantizer's `reduce_range` (7-bit weights) is the fix it documents."""
-    return bool({"sse4_1", "avx2", "avx512bw"} & flags) and not has_int8_dot(flags)
 
 
 def host_has_int8_dot() -> bool:

@@ -122,7 +122,7 @@ def test_profiles_found_from_installed_wheel(tmp_path):
 
 def test_an_arm_board_is_named_by_its_device_tree_model():
     """A Jetson's /proc/cpuinfo has no model name: timings done there were labelled 'aarch64'."""
-    from kdc.profiles import parse_cpuinfo
+    from kdc.cpu_flags import parse_cpuinfo
 
     model, flags = parse_cpuinfo(
         "processor\t: 0\nFeatures\t: fp asimd asimddp\n", "NVIDIA Jetson Orin Nano Developer Kit\0"
@@ -262,6 +262,7 @@ def test_a_model_config_given_as_a_profile_says_so(tmp_path):
         ("runtime", "dla_cores", -2, "runtime.dla_cores", "greater than or equal to 0"),
         ("memory", "capacity_gb", 8192, "memory", "write it in GB, not MB (8192 MB = 8 GB)"),
         ("dla", "int8_tops", 26.25e12, "dla.int8_tops", "less than 100000"),
+        ("defaults", "batch", 8, "defaults.batch", "set verify.batch in the config"),
     ],
 )
 def test_a_figure_in_other_units_or_out_of_range_is_refused(
@@ -269,7 +270,8 @@ def test_a_figure_in_other_units_or_out_of_range_is_refused(
 ):
     """A negative DLA core count loaded (read as none); an accelerator's memory written in MB
     (8192 for 8 GB) passed as 8 TB, against the bounds' comment; a DLA peak in TOPS/1e12 had no
-    bound, unlike the GPU's."""
+    bound, unlike the GPU's; a batch in `defaults` loaded and was never read (runs took the
+    config's verify.batch)."""
     doc = yaml.safe_load((ROOT / "profiles" / "jetson-agx-orin-64gb.yaml").read_text())
     doc["name"], doc["aliases"] = "my-orin", []
     doc[block][key] = value

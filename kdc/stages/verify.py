@@ -165,7 +165,8 @@ def _engine_block(
 def _int8_kernel_advice(how: dict) -> str:
     """What to change where this CPU's int8 kernels lose accuracy the Q/DQ graph has (`how`: the
     engine's `quantization` record)."""
-    from kdc.profiles import cpu_info, int8_saturates
+    from kdc.cpu_flags import int8_saturates
+    from kdc.profiles import cpu_info
 
     saturates = int8_saturates(cpu_info()[1])
     if how.get("activations") == "int8 symmetric":

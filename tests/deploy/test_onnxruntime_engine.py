@@ -267,7 +267,7 @@ def test_reduce_range_quantizes_weights_to_7_bits(mlp: Path, tmp: Path) -> None:
 
 
 def test_int8_saturates_on_x86_without_vnni_only() -> None:
-    from kdc.profiles import int8_saturates
+    from kdc.cpu_flags import int8_saturates
 
     assert int8_saturates({"sse4_1", "avx2", "fma"})  # this project's AMD EPYC
     assert not int8_saturates({"avx2", "avx512bw", "avx512_vnni"})
