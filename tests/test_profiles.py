@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,33 @@ def test_a_profile_file_cannot_make_its_target_measured_here(tmp_path):
     with pytest.raises(UserError, match="measurable: true is host's alone") as e:
         load_profile(str(path))
     assert e.value.field == "measurable" and "--target host" in e.value.fix
+
+
+def test_every_profile_field_is_documented_with_its_unit():
+    """PROFILES.md: a profile's fields documented, units stated. No doc listed them all
+    (`defaults.channel_divisor`, `runtime.compute_capability` were nowhere for users)."""
+    from pydantic import BaseModel
+
+    from kdc.profiles import HardwareProfile
+
+    def fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, info in model.model_fields.items():
+            nested = [
+                a
+                for a in (*typing.get_args(info.annotation), info.annotation)
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ]
+            out += fields(nested[0], f"{prefix}{name}.") if nested else [prefix + name]
+        return out
+
+    rows = {
+        cells[1].strip("` "): cells[2].strip()
+        for line in (ROOT / "docs" / "profiles.md").read_text().splitlines()
+        if line.startswith("| `") and len(cells := line.split("|")) > 3
+    }
+    documented = fields(HardwareProfile)
+    assert len(documented) > 30 and set(documented) == set(rows)
+    for name in documented:  # a figure states its unit
+        if name.endswith(("_tflops", "_tops", "_gbps", "_gb", "_us", "_ms", "_mb")):
+            assert rows[name], name
