@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -23,7 +24,7 @@ class _Strict(BaseModel):
 
 
 class _Latency(_Strict):
-    kind: str | None = None
+    kind: Literal["measured", "predicted"]  # REPORT.md: no other kind exists
     p50_ms: float | None = None
     p99_ms: float | None = None
     cv: float | None = Field(None, ge=0)

@@ -216,9 +216,15 @@ def test_update_baseline_refuses_junk_and_keeps_old_baseline(tmp_path):
         (lambda r: r["engines"][0]["memory"].update(engine_mb=[1]), "engines[0].memory.engine_mb"),
         (lambda r: r["constraints"][0].update(source=3), "constraints[0].source"),
         (
-            lambda r: r["engines"][0].update(predicted_latency={"p50_ms": float("nan")}),
+            lambda r: r["engines"][0].update(
+                predicted_latency={"kind": "predicted", "p50_ms": float("nan")}
+            ),
             "engines[0].predicted_latency.p50_ms",
         ),
+        # REPORT.md: a latency is measured or predicted, no other kind exists; one of another
+        # kind, or none, was left out of the comparison (exit 0 when both reports had it)
+        (lambda r: r["engines"][0]["latency"].update(kind="guessed"), "engines[0].latency.kind"),
+        (lambda r: r["engines"][0]["latency"].pop("kind"), "engines[0].latency.kind"),
     ],
 )
 def test_structurally_invalid_report_names_the_file_and_field(baseline, tmp_path, edit, field):
