@@ -12,10 +12,20 @@ import numpy as np
 from kdc.deploy.onnxruntime import QUANT_OPS
 from kdc.deploy.softmax_floor import floor_file
 from kdc.diskspace import engine_bytes_needed, require_free
+from kdc.errors import UserError
 from kdc.pipeline import Context, StageOutput
 from kdc.preflight import builds_int8, int8_qat, qat_reduce_range, reduce_range_applies
-from kdc.rundir import atomic_dir, atomic_path, files_of, read_json, size_mb, write_json
+from kdc.rundir import (
+    atomic_dir,
+    atomic_path,
+    files_of,
+    read_json,
+    size_mb,
+    target_flag,
+    write_json,
+)
 from kdc.stages.build_tensorrt import build_tensorrt, clear_previous_build, tensorrt_not_on_target
+from kdc.upstream_reads import QAT_GRAPH
 
 
 def _calibration(ctx: Context, rows: int, batch: int = 16) -> list[dict[str, np.ndarray]]:
@@ -84,8 +94,8 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
     if not builds_int8(ctx.cfg):
         return engines
     dst = out_dir / "model_int8.onnx"
-    qat = ctx.run / "distill" / "student_qat.onnx"
-    if int8_qat(ctx.cfg) and qat.is_file():
+    qat = qat_graph(ctx)
+    if qat:
         with atomic_path(dst) as tmp:
             shutil.copyfile(qat, tmp)
         how = _qat_how(ctx)
@@ -106,6 +116,25 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
         }
     )
     return engines
+
+
+def qat_graph(ctx: Context) -> Path | None:
+    """Distill's QAT graph, the INT8 engine of a run that trains quantization-aware (`int8_qat`);
+    None for any other run. QAT always writes it (or fails), so one missing (removed, or a distill
+    stage that did not write it) is refused: build would ship a PTQ engine as the QAT run's."""
+    if not int8_qat(ctx.cfg):
+        return None
+    path = ctx.run / "distill" / QAT_GRAPH
+    if path.is_file():
+        return path
+    tgt, run = target_flag(ctx.run.manifest()), ctx.run.root
+    raise UserError(
+        "quantize.method qat's INT8 graph is missing (removed, or distill did not write it), and "
+        "build will not ship a PTQ engine for a QAT run",
+        source=str(path),
+        fix=f"run distill again: `kdc distill CONFIG{tgt} --out {run}`, then "
+        f"`kdc compress CONFIG{tgt} --out {run} --resume`",
+    )
 
 
 def _floor_note(count: int) -> str:
