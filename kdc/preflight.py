@@ -89,6 +89,7 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
     this config does not read."""
     from kdc.hf_files import assumed_processor
     from kdc.models import teacher_kind
+    from kdc.qat_settings import unused_qat_settings
 
     notes, hf, tc = [], _teacher_config(cfg), cfg.teacher
     kind = teacher_kind(cfg)
@@ -131,12 +132,7 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
     q = cfg.quantize
     if q.reduce_range is not None and not builds_int8(cfg):
         notes.append("quantize.reduce_range not used: this run has no INT8 graph")
-    if q.method == "qat" and not builds_int8(cfg):
-        notes.append(
-            f"{cfg.source_file}: quantize.method qat not used: quantization-aware training makes "
-            f"an INT8 graph and this run builds {q.precision} engines, so distill trains none; "
-            "set quantize.precision: int8 for QAT, or drop quantize.method: qat"
-        )
+    notes.append(unused_qat_settings(cfg))
     return [n for n in notes if n]
 
 
