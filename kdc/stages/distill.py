@@ -46,6 +46,7 @@ from kdc.rundir import (
     write_jsonl,
 )
 from kdc.stages.search import build_student, latency_precision
+from kdc.upstream_reads import QAT_GRAPH
 
 
 def teacher_logits(ctx: Context) -> np.ndarray:
@@ -246,7 +247,7 @@ def quantization_aware(
     path = export_qat(
         qstudent,
         {k: v[:EXAMPLE_ROWS] for k, v in data.train.items()},
-        ctx.run / "distill" / "student_qat.onnx",
+        ctx.run / "distill" / QAT_GRAPH,
         opset=ctx.cfg.export.opset,
         cls_only=ctx.cfg.export.cls_only_last_layer,
         output_name=output_name(ctx.cfg.task),
@@ -365,7 +366,7 @@ def run(ctx: Context) -> StageOutput:
     qat = int8_qat(ctx.cfg)  # none for FP32 or FP16 engines (warned when the run started)
     qat_files, qat_metrics = quantization_aware(ctx, student, data) if qat else ([], {})
     if not qat_files:  # an earlier QAT run's graph is not this student's
-        for name in ("student_qat.onnx", "qat_history.jsonl"):
+        for name in (QAT_GRAPH, "qat_history.jsonl"):
             (ctx.run / "distill" / name).unlink(missing_ok=True)
     if ckpt is not None:
         ckpt.clear()
