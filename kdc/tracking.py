@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any
 
 from kdc.deploy.constraints import stand_in
-from kdc.deploy.report_md import off_target
+from kdc.deploy.report_cells import off_target
 from kdc.errors import UserError
 from kdc.rundir import read_json
 

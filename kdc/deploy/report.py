@@ -18,23 +18,21 @@ from kdc.deploy.constraints import (
     value_and_engine,
     verdict,
 )
-from kdc.deploy.report_html import render_html
-from kdc.deploy.report_md import (
+from kdc.deploy.report_cells import (
     DASH,
     accuracy_text,
     by_kind,
     constraint_name,
     heading_conditions,
-    latency_model,
     latency_text,
     measured_cell,
     measured_on,
     off_target,
     off_target_devices,
-    render_markdown,
     sig,
-    timed_on_device,
 )
+from kdc.deploy.report_html import render_html
+from kdc.deploy.report_md import latency_model, render_markdown, timed_on_device
 from kdc.deploy.report_plot import render_png
 from kdc.rundir import atomic_path, write_json, write_text
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from kdc.deploy.report_md import DASH, Table, build_sections, header_lines
+from kdc.deploy.report_cells import DASH
+from kdc.deploy.report_md import Table, build_sections, header_lines
 
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1250px; color: #222; }

@@ -23,7 +23,7 @@ from kdc.deploy.constraints import (
     latencies,
     stand_in,
 )
-from kdc.deploy.report_md import measured_on, off_target_devices
+from kdc.deploy.report_cells import measured_on, off_target_devices
 
 SIZE_IN, DPI = (12, 8), 100  # 1200 × 800 px
 LOG_SPAN = 20  # log x axis when the largest latency is this many times the smallest

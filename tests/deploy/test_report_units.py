@@ -14,8 +14,8 @@ from rich.console import Console
 from kdc.deploy import report_plot
 from kdc.deploy.constraints import evaluate_constraints
 from kdc.deploy.report import console_summary, render_markdown
+from kdc.deploy.report_cells import sig
 from kdc.deploy.report_html import render_html
-from kdc.deploy.report_md import sig
 from kdc.deploy.report_plot import render_png
 from kdc.rundir import size_mb
 from kdc.stages import verify
