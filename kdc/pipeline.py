@@ -72,6 +72,7 @@ class Context:
     device_results: Path | None = None  # results/ brought back from a device bundle
     target_file: str | None = None  # the profile YAML a run is compressed for, if not a name
     ran: list[str] = field(default_factory=list)  # stages this invocation ran (not skipped)
+    started: float | None = None  # time.perf_counter() as this invocation's stages began
 
     @cached_property
     def dataset(self) -> Dataset:
@@ -430,7 +431,7 @@ def run_stages(
     finished and its outputs are intact, whatever the target, teacher files or kdc version now.
     `replacing`: a warning that this run replaces another's report, printed as the first stage
     starts, not when an earlier stage that is not ready refuses the command."""
-    started = time.perf_counter()
+    started = ctx.started = time.perf_counter()
     # what this invocation ran with; recorded, not compared: the config sections and the parts
     # of the profile each stage reads are already part of its input hash, which resume checks. A
     # re-verification keeps the target the run was built for (`kdc verify`'s default).

@@ -26,8 +26,8 @@ than the tolerance in absolute points; accuracy figures from different engines a
 Memory (`memory` and `target_memory`: a measurement's `engine_mb`, peak RSS less the runtime's,
 where both record it, else its peak RSS; a prediction's peak) and the model's `size_mb` regress
 when they grow by more than the memory tolerance (relative; memory may always grow by
-MEMORY_FLOOR_MB), memory like with like (kind; a prediction's batch; a measurement's device,
-batch and threads where both record them). When
+MEMORY_FLOOR_MB), memory like with like (kind; a prediction's batch, and its memory model
+where both record it; a measurement's device, batch and threads where both record them). When
 the baseline has latency figures of the compared kinds and none was compared, a failing `latency`
 line says so.
 """
@@ -341,8 +341,9 @@ MEMORY_CONDITIONS = {"predicted": ("batch",)}
 # growth within this is never a regression (MiB): a peak RSS moves by pages between runs, and a
 # kilobyte more in a predicted peak matters to no deployment
 MEMORY_FLOOR_MB = 1.0
-# compared where both figures record them (earlier reports' measurements record none)
-MEMORY_RECORDED = {"measured": ("device", "batch", "threads")}
+# compared where both figures record them (earlier reports' measurements record none, their
+# predictions no model)
+MEMORY_RECORDED = {"measured": ("device", "batch", "threads"), "predicted": ("model",)}
 
 
 def _growth(

@@ -181,6 +181,7 @@ def _memory(report: dict) -> Reading:
         raise Undetermined(f"{engine_label(eng)} {mem['kind']} memory has no {key}")
     note = f"{mem['kind']} {key}"
     if mem["kind"] == "predicted":
+        note += f" ({mem['model']})" if mem.get("model") else ""
         note += (
             ": weights + peak live activations only; the runtime (ONNX Runtime, or TensorRT and "
             "the CUDA context, hundreds of MB on a Jetson) is not included"

@@ -34,6 +34,8 @@ from kdc.errors import UserError
 from kdc.profiles import HardwareProfile
 
 MODEL = "roofline-v1"
+# the memory model of `predict_memory_mb`, named in every memory figure it predicts
+MEMORY_MODEL = "weights+activations-v1"
 PEAK_FIELD = {"fp32": "fp32_tflops", "fp16": "fp16_tflops", "int8": "int8_tops"}
 EFFICIENCY_FIELD = {
     "fp32": "compute_efficiency",
@@ -320,8 +322,8 @@ def predict_memory_mb(
     batch: int,
     input_shapes: dict[str, list[int]] | None = None,
 ) -> float:
-    """Predicted engine memory: weights at their run precision plus the peak of live
-    activations (MiB)."""
+    """Predicted engine memory by MEMORY_MODEL: weights at their run precision plus the peak of
+    live activations (MiB)."""
     check_precision(precision)
     cost = analyze_onnx(model_or_path, batch=batch, input_shapes=input_shapes)
     return round(memory_bytes(cost, precision) / 2**20, 3)

@@ -232,7 +232,7 @@ def accuracy_cells(part: dict, task: str | None, label: str) -> list[str]:
 
 def memory_cell(part: dict) -> str:
     """Measured peak RSS of the process running the engine here and/or its predicted peak on the
-    target (MiB), each labelled."""
+    target (MiB), each labelled (a prediction with its memory model)."""
     cells = []
     for mem in (part.get("memory"), part.get("target_memory")):
         if not isinstance(mem, dict):
@@ -240,7 +240,8 @@ def memory_cell(part: dict) -> str:
         if mem.get("kind") == "measured" and mem.get("peak_rss_mb") is not None:
             cells.append(f"{sig(mem['peak_rss_mb'])} measured peak RSS")
         elif mem.get("kind") == "predicted" and mem.get("peak_mb") is not None:
-            cells.append(f"{sig(mem['peak_mb'])} predicted{at_batch(mem.get('batch'))}")
+            model = f" ({mem['model']})" if mem.get("model") else ""
+            cells.append(f"{sig(mem['peak_mb'])} predicted{model}{at_batch(mem.get('batch'))}")
     return "; ".join(cells) or DASH
 
 

@@ -42,6 +42,7 @@ class _Accuracy(_Strict):
 
 class _Memory(_Strict):
     kind: str | None = None
+    model: str | None = None  # a prediction's memory model
     peak_rss_mb: float | None = None
     peak_mb: float | None = None
     engine_mb: float | None = None

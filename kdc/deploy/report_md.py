@@ -78,6 +78,8 @@ def _models(report: dict) -> Section:
     named = [row for row in named if row[2]]
     measured = {id(part): by_kind(part, "measured") for _, _, part, _, _ in named}
     hosts = off_target_devices(report, list(measured.values()))
+    predicted = [by_kind(part, "predicted") for _, _, part, _, _ in named]
+    model = f" ({latency_model(report)})" if any(predicted) else ""  # as the console's heading
     head = [
         "model",
         "status",
@@ -85,7 +87,7 @@ def _models(report: dict) -> Section:
         "accuracy",
         "accuracy from",
         "latency measured" + measured_on(hosts) + heading_conditions([*measured.values()], hosts),
-        "latency predicted" + heading_conditions([by_kind(r[2], "predicted") for r in named], []),
+        "latency predicted" + model + heading_conditions(predicted, []),
         "size MB",
         "memory MiB",
         "params; FLOPs (batch 1)",
@@ -230,14 +232,15 @@ def _search(report: dict) -> Section | None:
             str(i),
             arch_text(p.get("architecture")),
             num(p.get("proxy")),
-            num(p.get("accuracy")),
             sig(p.get("predicted_latency_ms")),
             "yes" if p.get("chosen") or p.get("architecture") == student_arch else "",
         ]
         for i, p in enumerate(sorted(pareto, key=lambda p: p.get("predicted_latency_ms", 0)), 1)
     ]
     latency = "predicted latency ms" + (f" ({model})" if model else "")
-    head = ["#", "architecture", "proxy", "accuracy", latency, "chosen"]
+    # no accuracy column: the search scores candidates by the proxy alone (candidates.jsonl holds
+    # none); the chosen student's accuracy, once distilled, is in the models table
+    head = ["#", "architecture", "proxy", latency, "chosen"]
     return Section("Search: Pareto front", lines=lines, table=(head, rows) if rows else None)
 
 
@@ -300,6 +303,16 @@ def warnings(report: dict) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _invocation(run: dict) -> str:
+    """`, this command 28.1 s to its report (ran verify, report)`: the real wall time of the
+    command that wrote the report, where recorded (skipped stages took it no time)."""
+    inv = run.get("invocation") or {}
+    if inv.get("wall_s") is None:
+        return ""
+    ran = ", ".join(inv.get("stages_run") or []) or DASH
+    return f", this command {num(inv['wall_s'], 1)} s to its report (ran {ran})"
+
+
 def header_lines(report: dict) -> list[str]:
     run, target = report.get("run") or {}, report.get("target") or {}
     export = (report.get("student") or {}).get("export") or {}
@@ -317,7 +330,7 @@ def header_lines(report: dict) -> list[str]:
         f"result: {verdict(report)}",
         f"task: {report.get('task', DASH)}",
         f"kdc {report.get('kdc_version', DASH)}, started {run.get('started', DASH)}, "
-        f"wall time {num(run.get('wall_s'), 1)} s (sum of its stages)",
+        f"wall time {num(run.get('wall_s'), 1)} s (sum of its stages){_invocation(run)}",
         f"config sha256 {str(run.get('config_sha256') or DASH)[:12]}, profile sha256 "
         f"{str(target.get('profile_sha256') or DASH)[:12]}",
         *exported,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from kdc import __version__
@@ -17,6 +18,25 @@ def _target(ctx: Context) -> dict:
         "measurable": p.measurable,
         "profile_sha256": p.sha256(),
         "latency_model": p.latency_model.source,
+    }
+
+
+# what run.wall_s is (report.md says "sum of its stages"); run.invocation.wall_s is the real time
+STAGES_SUM = (
+    "sum of the stages' wall_s (run.stages), each of its last run, in this invocation or an "
+    "earlier one; the report stage's own is not in it"
+)
+
+
+def invocation(ctx: Context, stage: str) -> dict:
+    """The wall time of the kdc command writing the report, from the start of its stages to
+    stage `stage` writing it, and the stages it ran (on a resume, those it skipped took it no
+    time); no time where no stage was started through the pipeline."""
+    return {
+        "wall_s": None if ctx.started is None else round(time.perf_counter() - ctx.started, 2),
+        "wall_s_is": f"this kdc command, from the start of its stages to the {stage} stage "
+        "writing this report; stages it did not run took it no time",
+        "stages_run": list(dict.fromkeys([*ctx.ran, stage])),
     }
 
 
@@ -53,6 +73,8 @@ def assemble(ctx: Context) -> dict:
             "config_sha256": cfg.sha256(),  # this invocation's config, as the manifest's
             "started": started,
             "wall_s": round(sum(s.get("wall_s", 0) for s in stages.values()), 2),
+            "wall_s_is": STAGES_SUM,
+            "invocation": invocation(ctx, "report"),
             "seed": cfg.seed,
             "libraries": library_versions(),
             "trust_remote_code": cfg.teacher.trust_remote_code,
@@ -118,6 +140,8 @@ def write_no_fit_report(
             "config_sha256": ctx.cfg.sha256(),
             "started": (manifest.get("stages", {}).get("search") or {}).get("started"),
             "wall_s": wall_s,
+            "wall_s_is": "the search stage's, the one stage that ran",
+            "invocation": invocation(ctx, "search"),
             "seed": ctx.cfg.seed,
             "libraries": library_versions(),
             "stages": {"search": {"status": "failed"}},

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from kdc.deploy import metrics as M
-from kdc.deploy.estimate import predict_memory_mb, predict_onnx
+from kdc.deploy.estimate import MEMORY_MODEL, predict_memory_mb, predict_onnx
 from kdc.deploy.external_data import onnx_sha256
 from kdc.deploy.latency import measure_onnx_rounds
 from kdc.deploy.memory import engine_peak_rss_mb
@@ -186,11 +186,11 @@ def _int8_kernel_advice(how: dict) -> str:
 
 def _predicted_memory(ctx: Context, path: Path, precision: str, batch: int | None = None) -> dict:
     """Weights at `precision` plus the peak of live activations on the target (MiB), at `batch`
-    rows (default verify.batch)."""
+    rows (default verify.batch), naming the memory model that predicted it."""
     batch = batch or ctx.cfg.verify.batch
     shapes = {k: [batch, *v[1:]] for k, v in _shapes(ctx).items()}
     peak = predict_memory_mb(path, precision, batch, shapes)
-    return {"kind": "predicted", "peak_mb": peak, "batch": batch}
+    return {"kind": "predicted", "model": MEMORY_MODEL, "peak_mb": peak, "batch": batch}
 
 
 def _stand_in(ctx: Context, rec: dict, teacher_logits: np.ndarray) -> dict:

@@ -481,6 +481,10 @@ def test_memory_and_size_growth_past_the_tolerance_are_regressions(baseline):
     [
         (lambda m: m.update(batch=8), "not comparable: batch None vs 8"),
         (lambda m: m.update(kind="measured", peak_rss_mb=900.0), "memory kind changed"),
+        (
+            lambda m: m.update(model="weights+activations-v2"),
+            "not comparable: model 'weights+activations-v1' vs 'weights+activations-v2'",
+        ),
     ],
 )
 def test_memory_of_another_batch_or_kind_is_not_compared(baseline, edit, said):
@@ -488,6 +492,13 @@ def test_memory_of_another_batch_or_kind_is_not_compared(baseline, edit, said):
     edit(engine(current, "tensorrt-int8")["memory"])
     r = by_metric(compare(current, baseline))["tensorrt-int8.memory_mb"]
     assert r.status == "missing" and r.failed and said in r.message
+
+
+def test_a_predicted_memory_of_a_report_naming_no_model_is_still_compared(baseline):
+    """Reports from before predicted memory named its model compare with those that do."""
+    older = copy.deepcopy(baseline)
+    del engine(older, "tensorrt-int8")["memory"]["model"]
+    assert by_metric(compare(baseline, older))["tensorrt-int8.memory_mb"].status == "pass"
 
 
 def test_memory_new_in_a_report_passes_and_memory_gone_fails(baseline):

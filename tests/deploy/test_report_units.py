@@ -81,13 +81,14 @@ def test_small_sizes_and_close_latencies_stay_apart(report):
 
 def test_latency_timed_off_the_target_says_where(report):
     md = render_markdown(report)
-    assert f"| {HOST_HEADER} | latency predicted |" in md
+    assert f"| {HOST_HEADER} | latency predicted (roofline-v1) |" in md
     assert "| 3.10 ms p50 / 3.90 ms p99 |" in md  # the cells: figures; the header: device
     assert f"measured on {HOST} (not the target)" in _console(report)
     host = copy.deepcopy(report)
     host["target"]["measurable"] = True  # a run on this machine: its own timings
     # this machine is the target: the heading still names it (device and threads)
-    assert f"| latency measured on {HOST} | latency predicted |" in render_markdown(host)
+    head = f"| latency measured on {HOST} | latency predicted (roofline-v1) |"
+    assert head in render_markdown(host)
     text = _console(host)
     assert "not the target" not in text and f"latency measured on {HOST}" in text
 
@@ -100,7 +101,7 @@ def test_a_batch_other_than_1_is_in_the_latency_headings(report):
             if isinstance(part.get(key), dict):
                 part[key]["batch"] = 4
     md, console = render_markdown(report), _console(report)
-    assert f"| {HOST_HEADER} at batch 4 | latency predicted at batch 4 |" in md
+    assert f"| {HOST_HEADER} at batch 4 | latency predicted (roofline-v1) at batch 4 |" in md
     assert f"{HOST_HEADER} at batch 4" in console and "at batch 4" in console.split(HOST)[1]
 
 
