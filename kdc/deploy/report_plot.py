@@ -36,7 +36,8 @@ LABEL_STYLE = {"textcoords": "offset points", "fontsize": 9}
 
 
 def _search_rows(report: dict) -> tuple[list[dict], list[dict], str | None]:
-    """(candidates, Pareto front sorted by latency, y key: "accuracy", "proxy" or None)."""
+    """(candidates, Pareto front sorted by latency, y key: "proxy", or None where a row has no
+    proxy score). The search records no accuracy: its rows are drawn on a proxy panel."""
     search = report.get("search") or {}
     cands = [r for r in search.get("candidates") or [] if r.get("predicted_latency_ms")]
     front = sorted(
@@ -44,9 +45,8 @@ def _search_rows(report: dict) -> tuple[list[dict], list[dict], str | None]:
         key=lambda r: r["predicted_latency_ms"],
     )
     rows = cands + front
-    for key in ("accuracy", "proxy"):
-        if rows and all(r.get(key) is not None for r in rows):
-            return cands, front, key
+    if rows and all(r.get("proxy") is not None for r in rows):
+        return cands, front, "proxy"
     return [], [], None
 
 
@@ -277,7 +277,7 @@ def render_png(report: dict) -> bytes:
     fig = Figure(figsize=SIZE_IN, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     cands, front, key = _search_rows(report)
-    if key == "proxy":
+    if key:
         ax, proxy_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
         proxy_ax.set_ylabel(f"search proxy ({(report.get('search') or {}).get('proxy', '?')})")
         axes = [ax, proxy_ax]

@@ -115,14 +115,6 @@ def test_fixed_student_search_says_it_used_no_proxy(report):
     assert "proxy: none (fixed student)" in render_markdown(fixed)
 
 
-def test_search_rows_with_accuracy_share_the_accuracy_axis(report):
-    rows = [
-        {**r, "accuracy": 0.7 + r["predicted_latency_ms"] / 10} for r in report["search"]["pareto"]
-    ]
-    with_acc = {**report, "search": {**report["search"], "candidates": rows, "pareto": rows}}
-    assert png_size(render_png(with_acc))[1] > 0
-
-
 def test_plot_marks_the_chosen_student(report, monkeypatch):
     from kdc.deploy import report_plot
 
