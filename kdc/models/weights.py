@@ -6,7 +6,11 @@ from pathlib import Path
 
 import torch
 
-from kdc.errors import UserError
+from kdc.errors import UserError, listed
+
+# BatchNorm's step counter: load_state_dict fills it in where a checkpoint lacks it (only
+# momentum=None reads it), so a weights file without it loads
+OPTIONAL_BUFFERS = ("num_batches_tracked",)
 
 
 def load_state_dict(path: Path, field: str = "teacher.weights") -> dict[str, torch.Tensor]:
@@ -49,23 +53,34 @@ def load_state_dict(path: Path, field: str = "teacher.weights") -> dict[str, tor
     return obj
 
 
+def key_mismatch(missing: list[str], unexpected: list[str]) -> str:
+    """'missing a, b, c … and 2 more; unexpected d' for a one-line error, '' if both are empty."""
+    pairs = (("missing", missing), ("unexpected", unexpected))
+    return "; ".join(f"{what} {listed(keys, 3)}" for what, keys in pairs if keys)
+
+
 def load_into(
     module: torch.nn.Module,
     state: dict[str, torch.Tensor],
     source: str,
     field: str = "teacher.weights",
 ) -> None:
-    """Load weights strictly; a mismatch is a user error naming the first bad tensor."""
+    """Load weights strictly (but for `OPTIONAL_BUFFERS`); a mismatch is a user error naming
+    the first tensors missing and unexpected, or the first of another size."""
     try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+        loaded = module.load_state_dict(state, strict=False)
+        missing = [k for k in loaded.missing_keys if not k.endswith(OPTIONAL_BUFFERS)]
+        differ = key_mismatch(missing, loaded.unexpected_keys)
+    except RuntimeError as e:  # a size mismatch
         first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        differ = first[:200]
+    if differ:
         raise UserError(
-            f"weights do not match the model: {first[:200]}",
+            f"weights do not match the model: {differ}",
             source=source,
             field=field,
             fix="use the weights saved from this architecture",
-        ) from None
+        )
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]] | None:
@@ -93,9 +108,9 @@ def shape_mismatch(model: dict[str, list[int]], weights: dict[str, list[int]]) -
     """The first difference between a model's state-dict shapes and a file's (missing,
     unexpected or differently sized tensor), or ''."""
     for name, shape in model.items():
-        if name not in weights:
+        if name not in weights and not name.endswith(OPTIONAL_BUFFERS):
             return f"missing {name!r} ({len(model)} tensors in the model, {len(weights)} in file)"
-        if weights[name] != shape:
+        if name in weights and weights[name] != shape:
             return f"size mismatch for {name!r}: {weights[name]} in the file, {shape} in the model"
     extra = [k for k in weights if k not in model]
     return f"unexpected {extra[0]!r} in the file ({len(extra)} the model lacks)" if extra else ""
