@@ -431,9 +431,10 @@ def _teacher_config(cfg: KdcConfig) -> dict | None:
 
 
 def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
-    """A classification task's Hugging Face teacher is not a bare encoder (config.json
-    `architectures` all `...Model`, as BertModel): it would get a random head when loaded; nor
-    a regression or multi-label head, whatever its classes are named."""
+    """A classification task's Hugging Face teacher is a classifier of the task (config.json
+    `architectures`): not a bare encoder (BertModel) nor a masked LM (BertForMaskedLM), which
+    would get a random head when loaded; nor a regression or multi-label head, whatever its
+    classes are named."""
     if cfg.task == "sentence-embedding" or hf is None:
         return
     names = hf.get("architectures") or []
@@ -451,7 +452,8 @@ def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
             fix=f"set task: {'image' if image else 'text'}-classification, or point teacher.path "
             f"at {'an' if kind[0] in 'aeiou' else 'a'} {kind} model",
         )
-    if not custom and all(str(n).endswith("Model") for n in names):  # BertModel: bare encoder
+    head = "ForImageClassification" if cfg.task == "image-classification" else "ForSequence"
+    if not custom and not any(head in str(n) for n in names):  # BertModel, BertForMaskedLM
         raise UserError(
             f"the teacher is {', '.join(map(str, names))} (config.json architectures), which has "
             f"no classification head: kdc distils a trained {cfg.task.replace('-', ' ')} model",

@@ -22,6 +22,7 @@ from torch import nn
 from kdc.errors import UserError, first_line
 from kdc.hf_files import TOKENIZER_FIX, check_model_dir, check_tokenizer
 from kdc.models.base import ModelAdapter
+from kdc.models.hf_weights import check_student_keys, check_teacher_keys
 from kdc.models.shapes import apply_shapes, tensor_shapes
 from kdc.rundir import write_json
 
@@ -168,29 +169,11 @@ def load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
         raise _load_error(e, path, "cannot load the tokenizer", TOKENIZER_FIX) from None
 
 
-def _check_keys(path: Path, missing: list[str], unexpected: list[str]) -> None:
-    """A UserError naming the tensors a kdc student's weights lack or have beyond those its
-    config builds (every family kdc compresses saves exactly those: none is left to HF)."""
-    if not missing and not unexpected:
-        return
-    parts = [
-        f"{what} {keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else "")
-        for what, keys in (("missing", missing), ("unexpected", unexpected))
-        if keys
-    ]
-    raise UserError(
-        f"model.safetensors does not match config.json: {', '.join(parts)}",
-        source=str(path),
-        field="teacher.path",
-        fix="save the model and its config together (kdc's distill stage writes both), or "
-        "undo the edit of config.json or model.safetensors",
-    )
-
-
 def load_model(path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_code: bool) -> Any:
     """The model of a Hugging Face directory through `auto_class` (AutoModel…) in eval mode; a
-    kdc student (shapes.json) is rebuilt at its saved, possibly pruned, shapes. `kw` goes to
-    from_pretrained / AutoConfig. Errors are one-line UserErrors."""
+    kdc student (shapes.json) is rebuilt at its saved, possibly pruned, shapes; any other model
+    must have every weight it uses (`check_teacher_keys`). `kw` goes to from_pretrained /
+    AutoConfig. Errors are one-line UserErrors."""
     from transformers import AutoConfig
 
     shapes = path / "shapes.json"
@@ -206,9 +189,10 @@ def load_model(path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_cod
 
             sync_config(model)  # a pruned student saved before its config stated its sizes
             loaded = model.load_state_dict(load_file(str(path / "model.safetensors")), False)
-            _check_keys(path, loaded.missing_keys, loaded.unexpected_keys)
+            check_student_keys(path, loaded.missing_keys, loaded.unexpected_keys)
         else:
-            model = auto_class.from_pretrained(str(path), **kw)
+            model, info = auto_class.from_pretrained(str(path), output_loading_info=True, **kw)
+            check_teacher_keys(path, model, (info or {}).get("missing_keys", []), auto_class)
     except (OSError, ValueError, SafetensorError) as e:
         raise _load_error(
             e, path, "cannot load model", "check the directory has weights and config.json"
