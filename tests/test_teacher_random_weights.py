@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import transformers
 from safetensors.torch import load_file, save_file
-from tiny import bert_config, sentences, tiny_bert, write_csv, write_yaml
+from tiny import bert_config, sentences, tiny_bert, tiny_vit, write_csv, write_yaml
 from transformers import (
     AutoModel,
     AutoModelForImageClassification,
@@ -121,16 +121,8 @@ def test_an_encoder_missing_a_layer_is_refused_for_sentence_embedding(tmp_path):
     ],
 )
 def test_an_image_checkpoint_without_a_classifier_is_refused(tmp_path, arch, refused):
-    config_class = transformers.DeiTConfig if arch.startswith("DeiT") else transformers.ViTConfig
-    config = config_class(
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        image_size=8,
-        patch_size=4,
-        num_labels=3,
-    )
+    kind = "deit" if arch.startswith("DeiT") else "vit"
+    config = tiny_vit(["a", "b", "c"], channels=3, hidden=16, layers=2, heads=2, kind=kind).config
     getattr(transformers, arch)(config).save_pretrained(str(tmp_path / "teacher"))
     if not refused:
         load_model(tmp_path / "teacher", AutoModelForImageClassification, KW, False)
