@@ -452,7 +452,8 @@ def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
             fix=f"set task: {'image' if image else 'text'}-classification, or point teacher.path "
             f"at {'an' if kind[0] in 'aeiou' else 'a'} {kind} model",
         )
-    head = "ForImageClassification" if cfg.task == "image-classification" else "ForSequence"
+    image_task = cfg.task == "image-classification"
+    head = "ForImageClassification" if image_task else "ForSequenceClassification"
     if not custom and not any(head in str(n) for n in names):  # BertModel, BertForMaskedLM
         raise UserError(
             f"the teacher is {', '.join(map(str, names))} (config.json architectures), which has "

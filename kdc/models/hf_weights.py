@@ -12,15 +12,16 @@ from torch import nn
 from kdc.errors import UserError, listed
 from kdc.models.weights import key_mismatch
 
-# per auto class kdc loads a teacher through: the fix for a checkpoint without weights the model
-# uses, and the parameters (name prefixes) its adapter's output never reads
+# per auto class kdc loads a teacher through: the fix for a checkpoint without weights its model
+# uses
 TEACHER_FIXES = {
     "AutoModelForSequenceClassification": "point it at the fine-tuned classifier's directory, "
     "or set task: sentence-embedding to compress the encoder",
     "AutoModelForImageClassification": "point it at the fine-tuned image classifier's directory",
     "AutoModel": "point it at the encoder's directory, saved with save_pretrained",
 }
-# a sentence encoder's embedding pools the last hidden state: BERT's pooler is not read, and
+# per auto class: parameters (name prefixes) its adapter's output never reads. A sentence
+# encoder's embedding pools the last hidden state: BERT's pooler is not read, and
 # sentence-transformers saves encoders without it
 UNUSED = {"AutoModel": ("pooler.",)}
 
@@ -29,7 +30,7 @@ def check_teacher_keys(path: Path, model: nn.Module, missing: list[str], auto_cl
     """A UserError if `missing` (from_pretrained's loading info) names parameters of `model`
     its adapter reads: they were initialised at random. Buffers (position ids, which the model
     builds itself) and the parameters `UNUSED` names for `auto_class` may be missing."""
-    name = getattr(auto_class, "__name__", "")
+    name = auto_class.__name__
     params = dict(model.named_parameters(remove_duplicate=False))
     lacking = [k for k in missing if k in params and not k.startswith(UNUSED.get(name, ()))]
     if not lacking:
