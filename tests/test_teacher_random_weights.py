@@ -168,3 +168,21 @@ def test_compress_refuses_a_classifier_without_head_weights_before_the_search(tm
     assert line.startswith(f"error: {tmp_path / 'teacher'}: field 'teacher.path': the Bert"), line
     assert "lacks 2 weights" in line
     assert not (tmp_path / "run" / "search" / "candidates.jsonl").exists()  # no student scored
+
+
+def test_the_refusal_is_the_only_line_printed(tmp_path, monkeypatch):
+    """transformers logs at errors only while kdc loads a teacher: its "newly initialized ...
+    TRAIN this model" warning was printed before kdc's one-line error; its level is restored."""
+    levels = []
+    load = AutoModelForSequenceClassification.from_pretrained.__func__
+
+    def recorded(cls, *args, **kw):
+        levels.append(transformers.logging.get_verbosity())
+        return load(cls, *args, **kw)
+
+    auto = AutoModelForSequenceClassification
+    monkeypatch.setattr(auto, "from_pretrained", classmethod(recorded))
+    before = transformers.logging.get_verbosity()
+    _refused(_saved(tmp_path, "bert", "ForMaskedLM"), auto)
+    assert levels == [transformers.logging.ERROR]
+    assert transformers.logging.get_verbosity() == before

@@ -10,7 +10,8 @@ import math
 import re
 import weakref
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -169,6 +170,20 @@ def load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
         raise _load_error(e, path, "cannot load the tokenizer", TOKENIZER_FIX) from None
 
 
+@contextmanager
+def _hf_warnings_off() -> Iterator[None]:
+    """transformers' logging at errors only: its "newly initialized ... You should probably
+    TRAIN this model" warning preceded kdc's own one-line error for the same weights."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def load_model(path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_code: bool) -> Any:
     """The model of a Hugging Face directory through `auto_class` (AutoModel…) in eval mode; a
     kdc student (shapes.json) is rebuilt at its saved, possibly pruned, shapes; any other model
@@ -191,7 +206,8 @@ def load_model(path: Path, auto_class: Any, kw: dict[str, Any], trust_remote_cod
             loaded = model.load_state_dict(load_file(str(path / "model.safetensors")), False)
             check_student_keys(path, loaded.missing_keys, loaded.unexpected_keys)
         else:
-            model, info = auto_class.from_pretrained(str(path), output_loading_info=True, **kw)
+            with _hf_warnings_off():  # kdc judges the missing weights itself, in one line
+                model, info = auto_class.from_pretrained(str(path), output_loading_info=True, **kw)
             check_teacher_keys(path, model, (info or {}).get("missing_keys", []), auto_class)
     except (OSError, ValueError, SafetensorError) as e:
         raise _load_error(
