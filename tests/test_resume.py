@@ -200,7 +200,8 @@ def test_a_cnn_distills_again_when_its_batchnorm_re_estimation_changes(cnn_proje
 
 def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypatch):
     """build's input hash holds the NNCF PTQ recipe's version for the student's family from 2 on
-    (CNNs' 2: every activation per tensor, a depthwise conv's input too): a run whose INT8 graph
+    (CNNs' 2: every activation per tensor, a depthwise conv's input too; 3: a conv's output
+    quantized before a Hardswish, Hardsigmoid...): a run whose INT8 graph
     NNCF may have made (ptq auto or nncf, for a CPU or a TensorRT target) by version 1, which
     hashed without it, builds again; an FP32-only run, ONNX Runtime's PTQ and a QAT run's build
     do not read it, nor a transformer's run, whose graphs version 2 quantizes as 1 did (they
@@ -227,7 +228,7 @@ def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypat
     }
     targets = ("host", "jetson")
     now = {(k, t): _hashes(c, t) for k, c in configs.items() for t in targets}
-    assert nncf_ptq.RECIPE_VERSIONS == {"cnn": 2, "transformer": 1}
+    assert nncf_ptq.RECIPE_VERSIONS == {"cnn": 3, "transformer": 1}
     monkeypatch.setitem(nncf_ptq.RECIPE_VERSIONS, "cnn", 1)
     before = {(k, t): _hashes(c, t) for k, c in configs.items() for t in targets}
     changed = {(*run, s) for run, h in now.items() for s in h if h[s] != before[run][s]}

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from kdc.compress.conv_outputs import GraphOps, convs_into_fused_activations, output_quantizer
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.rundir import atomic_path
 
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
 # hashes as before it existed), so a resumed run quantizes again, and another family's does not.
 # cnn 2: every activation per tensor (`advanced_parameters`): a depthwise conv's input, the only
 # one NNCF's CPU setup took per channel (a transformer's graphs quantize as they did)
-RECIPE_VERSIONS = {"cnn": 2, "transformer": 1}
+# cnn 3: off TensorRT, a conv's output quantized before an activation ONNX Runtime cannot drop
+# (Hardswish, Hardsigmoid, ...: `quantize_conv_outputs`)
+RECIPE_VERSIONS = {"cnn": 3, "transformer": 1}
 
 
 def quantize_int8_nncf(
@@ -41,6 +44,7 @@ def quantize_int8_nncf(
     op_types: list[str] | None = None,
     nodes_to_exclude: list[str] | None = None,
     reduce_range: bool = False,
+    tensorrt: bool = False,
 ) -> Path:
     """Quantize `src` to `dst` (atomically) calibrated on `calib_inputs` (batches of named
     inputs). Symmetric activations use NNCF's PERFORMANCE preset with the overflow fix disabled
@@ -49,7 +53,9 @@ def quantize_int8_nncf(
     scaled after (`gather_then_dequantize`).
     `op_types` limits which ops are quantized (None: NNCF's default set); `nodes_to_exclude`
     (node names) stay in float. `reduce_range`: 7-bit weights in every layer (NNCF's overflow fix;
-    its default applies it to the first layer only), for x86 int8 kernels without VNNI."""
+    its default applies it to the first layer only), for x86 int8 kernels without VNNI.
+    Off `tensorrt`, each conv NNCF quantizes only after an activation ONNX Runtime cannot drop
+    gets an output quantizer of its own (`quantize_conv_outputs`)."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import OverflowFix
 
@@ -67,9 +73,102 @@ def quantize_int8_nncf(
         validate=False,
     )
     q = quantize(model, items, preset=preset, ignored_scope=ignored, advanced_parameters=advanced)
+    if not tensorrt and any(n.op_type == "Conv" for n in q.graph.node):
+        q = quantize_conv_outputs(q, items, symmetric_activations)
     with atomic_path(Path(dst)) as tmp:
         onnx.save(finish_qdq(q, symmetric_activations), str(tmp))
     return Path(dst)
+
+
+def quantize_conv_outputs(
+    model: onnx.ModelProto, items: list[dict[str, np.ndarray]], symmetric: bool
+) -> onnx.ModelProto:
+    """NNCF's Q/DQ `model` with each conv it quantized only after an activation ONNX Runtime
+    cannot drop (`convs_into_fused_activations`: Hardswish, Hardsigmoid, Sigmoid, LeakyRelu, a
+    Clip from below 0), which ONNX Runtime ran in float, quantized at its output as NNCF
+    quantizes an activation (symmetric or not), its range the conv's output's min-max on
+    `items` (batches of inputs) in `model`."""
+    from nncf.common.graph.transformations.commands import TargetType
+    from nncf.common.graph.transformations.layout import TransformationLayout
+    from nncf.onnx.graph.metatypes import onnx_metatypes as om
+    from nncf.onnx.graph.metatypes.groups import (
+        ATOMIC_ACTIVATIONS_OPERATIONS,
+        CONVOLUTION_METATYPES,
+    )
+    from nncf.onnx.graph.model_transformer import ONNXModelTransformer
+    from nncf.onnx.graph.nncf_graph_builder import GraphConverter
+    from nncf.onnx.graph.transformations.commands import ONNXTargetPoint
+    from nncf.quantization.algorithms.min_max.onnx_backend import ONNXMinMaxAlgoBackend
+
+    graph = GraphConverter.create_nncf_graph(model)
+    ops = GraphOps(
+        convs=CONVOLUTION_METATYPES,
+        activations=ATOMIC_ACTIVATIONS_OPERATIONS,
+        relus={om.ONNXReluMetatype},  # Relu, and Clip: `clip_bounds` tells those from 0
+        quantized=lambda node: node.metatype is om.ONNXDequantizeLinearMetatype,
+        clip_bounds=lambda node: _clip_bounds(model.graph, node.node_name),
+    )
+    convs = convs_into_fused_activations(graph, ops)
+    if not convs:
+        return model
+    layout = TransformationLayout()
+    for name, (low, high) in zip(convs, _output_ranges(model, convs, items), strict=True):
+        config, params = output_quantizer(low, high, symmetric)
+        point = ONNXTargetPoint(TargetType.POST_LAYER_OPERATION, name, 0)
+        layout.register(
+            ONNXMinMaxAlgoBackend.create_quantizer_insertion_command(graph, point, config, params)
+        )
+    return ONNXModelTransformer(model).transform(layout)
+
+
+def _clip_bounds(graph: onnx.GraphProto, name: str) -> tuple[float, float] | None:
+    """The (min, max) the Clip node `name` of `graph` clips to (-inf/inf where it sets none);
+    None for another op or a bound computed in the graph."""
+    node = next(n for n in graph.node if n.name == name)
+    if node.op_type != "Clip":
+        return None
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts |= {
+        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+        for n in graph.node
+        if n.op_type == "Constant" and n.attribute[0].name == "value"
+    }
+    attrs = {a.name: a.f for a in node.attribute}  # before opset 11
+    bounds = []
+    for port, key, default in ((1, "min", -np.inf), (2, "max", np.inf)):
+        given = node.input[port] if len(node.input) > port else ""
+        if given and given not in consts:
+            return None
+        bounds.append(float(consts[given]) if given else attrs.get(key, default))
+    return bounds[0], bounds[1]
+
+
+def _output_ranges(
+    model: onnx.ModelProto, nodes: list[str], items: list[dict[str, np.ndarray]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (min, max), as one-element float32 arrays, of the first output of each node named in
+    `nodes`, run by ONNX Runtime (graph optimisations off) on `items`."""
+    import tempfile
+
+    from kdc.deploy.onnxruntime import make_session
+
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    outputs = {n.name: n.output[0] for n in tapped.graph.node if n.name in nodes}
+    names = [outputs[n] for n in nodes]
+    tapped.graph.output.extend(onnx.ValueInfoProto(name=o) for o in names)
+    with tempfile.TemporaryDirectory(prefix="kdc-conv-ranges-") as tmp:
+        path = Path(tmp) / "tapped.onnx"
+        onnx.save(tapped, str(path))
+        session = make_session(path, threads=1, optimization="disable")
+        runs = [session.run(names, x) for x in items]
+    return [
+        (
+            np.array([min(r[i].min() for r in runs)], np.float32),
+            np.array([max(r[i].max() for r in runs)], np.float32),
+        )
+        for i in range(len(names))
+    ]
 
 
 def advanced_parameters(overflow_fix: OverflowFix | None) -> AdvancedQuantizationParameters:

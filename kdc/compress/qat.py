@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import torch
 
+from kdc.compress.conv_outputs import GraphOps, convs_into_fused_activations, output_quantizer
 from kdc.compress.fake_quant import fold_weight_quantizers, freeze_weight_scales, quantize_layers
 from kdc.compress.fold_bn import fold_batchnorm
 from kdc.compress.hooks import NetworkRoot
@@ -212,55 +213,34 @@ class _Range(torch.nn.Module):
         return x
 
 
-def _fused_activation(node: NNCFNode) -> bool:
-    """Whether `node` is an activation NNCF fuses with a conv before it (quantizing only after
-    the pair) that ONNX Runtime cannot drop before a QuantizeLinear: any but a ReLU or a Clip from
-    0 (Hardswish, Hardsigmoid, SiLU, GELU, a Hardtanh from below 0, ...)."""
+def _torch_ops() -> GraphOps:
+    """What `convs_into_fused_activations` looks for in NNCF's PyTorch graph."""
     from nncf.common.graph.patterns import GraphPattern
     from nncf.torch.graph.operator_metatypes import PTRELUMetatype
     from nncf.torch.graph.pattern_operations import ATOMIC_ACTIVATIONS_OPERATIONS
+    from nncf.torch.model_graph_manager import CONV_META_TYPES
 
-    activations = ATOMIC_ACTIVATIONS_OPERATIONS[GraphPattern.METATYPE_ATTR]
-    if node.metatype not in activations or node.metatype is PTRELUMetatype:  # relu, relu_
-        return False
-    bounds = _clip_bounds(node)
-    return bounds is None or bounds[0] != 0
-
-
-def _int8_inputs(node: NNCFNode, graph: NNCFGraph) -> bool:
-    """Whether NNCF quantizes both the input and the weight of a conv `node` (it leaves a
-    squeeze-and-excitation block's convs float: an output quantizer would only add error)."""
-    sources = {e.input_port_id: e.from_node.node_type for e in graph.get_input_edges(node)}
-    return all(sources.get(port) in QUANTIZER_OPS for port in (0, 1))
+    return GraphOps(
+        convs=CONV_META_TYPES,
+        activations=ATOMIC_ACTIVATIONS_OPERATIONS[GraphPattern.METATYPE_ATTR],
+        relus={PTRELUMetatype},  # relu, relu_
+        quantized=lambda node: node.node_type in QUANTIZER_OPS,
+        clip_bounds=_clip_bounds,
+    )
 
 
 @torch.no_grad()
 def _quantize_conv_outputs(
     model: torch.nn.Module, graph: NNCFGraph, batches: list[tuple], sym: bool
 ) -> int:
-    """Give each conv of NNCF's `model` read only by a `_fused_activation` an output quantizer
-    (symmetric with `sym`, else asymmetric), its range NNCF's min-max one of the conv's output on
-    `batches`. NNCF takes such a pair as one layer (OpenVINO runs the activation inside its int8
-    conv) and quantizes only after the activation; ONNX Runtime then ran the conv in float (a
-    MobileNetV3's Hardswish convs, an EfficientNet's SiLU ones), as it runs a conv in int8
-    (QLinearConv) only where a QuantizeLinear reads it, or a Relu or a Clip it can drop. Returns
-    how many were given."""
-    from nncf.common.quantization.structs import QuantizationScheme, QuantizerConfig, QuantizerGroup
-    from nncf.common.tensor_statistics.statistics import MinMaxTensorStatistic
+    """Give each conv of NNCF's `model` read only by an activation ONNX Runtime cannot drop
+    (`convs_into_fused_activations`: a MobileNetV3's Hardswish convs, an EfficientNet's SiLU
+    ones, which it ran in float) an output quantizer (symmetric with `sym`, else asymmetric),
+    its range NNCF's min-max one of the conv's output on `batches`. Returns how many were given."""
     from nncf.quantization.algorithms.min_max.torch_backend import PTMinMaxAlgoBackend
-    from nncf.quantization.fake_quantize import calculate_quantizer_parameters
-    from nncf.tensor import Tensor
     from nncf.torch.function_hook import register_post_function_hook
-    from nncf.torch.model_graph_manager import CONV_META_TYPES
 
-    convs = [
-        node.node_name
-        for node in graph.get_all_nodes()
-        if node.metatype in CONV_META_TYPES
-        and len(readers := graph.get_next_nodes(node)) == 1
-        and _fused_activation(readers[0])
-        and _int8_inputs(node, graph)
-    ]
+    convs = convs_into_fused_activations(graph, _torch_ops())
     ranges = {name: _Range() for name in convs}
     handles = [register_post_function_hook(model, n, 0, r) for n, r in ranges.items()]
     try:
@@ -269,15 +249,9 @@ def _quantize_conv_outputs(
     finally:
         for h in handles:
             h.remove()
-    mode = QuantizationScheme.SYMMETRIC if sym else QuantizationScheme.ASYMMETRIC
-    config = QuantizerConfig(mode=mode, per_channel=False)
     for name, seen in ranges.items():
-        low, high = (Tensor(torch.tensor([v])) for v in (seen.low, seen.high))
-        params = calculate_quantizer_parameters(
-            MinMaxTensorStatistic(min_values=low, max_values=high),
-            config,
-            QuantizerGroup.ACTIVATIONS,
-        )
+        low, high = (torch.tensor([v]) for v in (seen.low, seen.high))
+        config, params = output_quantizer(low, high, sym)
         quantizer = PTMinMaxAlgoBackend._create_quantizer(config, (1,), params, None)
         register_post_function_hook(model, name, 0, quantizer)
     return len(convs)

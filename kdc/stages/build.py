@@ -174,6 +174,7 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
             op_types=QUANT_OPS.get(fam),
             nodes_to_exclude=exclude,
             reduce_range=seven_bit,
+            tensorrt=tensorrt_on_target(ctx),
         )
     return lambda exclude, path: quantize_int8(
         src,

@@ -1,0 +1,81 @@
+"""Which convs of an NNCF-quantized CNN ONNX Runtime would run in float, and the output quantizer
+each is given, for QAT (NNCF's PyTorch graph, `kdc.compress.qat`) and NNCF's post-training INT8
+(its ONNX graph, `kdc.compress.nncf_ptq`) alike.
+
+NNCF takes a conv and the activation after it as one layer (OpenVINO runs the activation inside
+its int8 conv) and quantizes only after the activation. ONNX Runtime runs a conv in int8
+(QLinearConv) only where a QuantizeLinear reads it, or a Relu or a Clip from 0 it can drop before
+one: after a Hardswish, Hardsigmoid, Sigmoid, LeakyReLU or a Clip from below 0 it ran the conv
+in float (Conv/FusedConv). TensorRT runs such a pair as one int8 layer: its graphs keep NNCF's
+placement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from nncf.common.graph import NNCFGraph, NNCFNode
+    from nncf.common.quantization.structs import QuantizerConfig
+    from nncf.quantization.fake_quantize import FakeQuantizeParameters
+
+
+@dataclass(frozen=True)
+class GraphOps:
+    """One NNCF backend's metatypes of convs, of the activations it fuses after a conv and of the
+    Relus among them; whether a node is a quantizer's output (what an int8 conv's input and
+    weight come from); and the (min, max) a node clips to (None: no Clip)."""
+
+    convs: Collection[type]
+    activations: Collection[type]
+    relus: Collection[type]
+    quantized: Callable[[NNCFNode], bool]
+    clip_bounds: Callable[[NNCFNode], tuple[float, float] | None]
+
+
+def _fused_activation(node: NNCFNode, ops: GraphOps) -> bool:
+    """Whether `node` is an activation NNCF fuses with a conv before it that ONNX Runtime cannot
+    drop before a QuantizeLinear: any but a Relu or a Clip from 0."""
+    if node.metatype not in ops.activations:
+        return False
+    bounds = ops.clip_bounds(node)
+    return bounds[0] != 0 if bounds is not None else node.metatype not in ops.relus
+
+
+def convs_into_fused_activations(graph: NNCFGraph, ops: GraphOps) -> list[str]:
+    """The names of the convs of NNCF's quantized `graph` read only by a `_fused_activation`
+    whose input and weight are both quantized: NNCF leaves a squeeze-and-excitation gate's
+    convs float, where an output quantizer would only add error."""
+    names = []
+    for node in graph.get_all_nodes():
+        if node.metatype not in ops.convs:
+            continue
+        readers = graph.get_next_nodes(node)
+        sources = {e.input_port_id: e.from_node for e in graph.get_input_edges(node)}
+        if (
+            len(readers) == 1
+            and _fused_activation(readers[0], ops)
+            and all(p in sources and ops.quantized(sources[p]) for p in (0, 1))
+        ):
+            names.append(node.node_name)
+    return names
+
+
+def output_quantizer(
+    low: np.ndarray | torch.Tensor, high: np.ndarray | torch.Tensor, symmetric: bool
+) -> tuple[QuantizerConfig, FakeQuantizeParameters]:
+    """NNCF's per-tensor activation quantizer (symmetric or asymmetric) and its min-max
+    parameters for values seen within [`low`, `high`] (one-element arrays of the backend's)."""
+    from nncf.common.quantization.structs import QuantizationScheme, QuantizerConfig, QuantizerGroup
+    from nncf.common.tensor_statistics.statistics import MinMaxTensorStatistic
+    from nncf.quantization.fake_quantize import calculate_quantizer_parameters
+    from nncf.tensor import Tensor
+
+    mode = QuantizationScheme.SYMMETRIC if symmetric else QuantizationScheme.ASYMMETRIC
+    config = QuantizerConfig(mode=mode, per_channel=False)
+    stat = MinMaxTensorStatistic(min_values=Tensor(low), max_values=Tensor(high))
+    return config, calculate_quantizer_parameters(stat, config, QuantizerGroup.ACTIVATIONS)
