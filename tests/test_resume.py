@@ -161,7 +161,8 @@ def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
     """distill's input hash holds the QAT scheme's version from 2 on (the CNN scheme's 2: each
     BatchNorm folded into its conv, activations per tensor; 3: activations never negative in
     calibration kept unsigned; 4: a ReLU6's quantizer kept within 6; 5: BatchNorm statistics
-    re-estimated before folding; 6: a conv's output quantized before a Hardswish, SiLU...): a
+    re-estimated before folding; 6: a conv's output quantized before a Hardswish, SiLU...; 7: and
+    before an x * sigmoid(x)): a
     run QAT-trained by an earlier version (1 hashed without it) trains again, pruned to a latency
     or not; PTQ's distill does not read it."""
     import dataclasses
@@ -173,8 +174,8 @@ def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
     pruned = {**qat_cfg, "prune": {"enabled": True, "target_latency_ms": 1.0}}
     configs = {"ptq": cfg, "qat": qat_cfg, "qat pruned to a latency": pruned}
     now = {k: _hashes(c)["distill"] for k, c in configs.items()}
-    assert qat.SCHEMES["cnn"].version == 6
-    for version in (5, 4, 3, 2, 1):
+    assert qat.SCHEMES["cnn"].version == 7
+    for version in (6, 5, 4, 3, 2, 1):
         earlier = dataclasses.replace(qat.SCHEMES["cnn"], version=version)
         monkeypatch.setitem(qat.SCHEMES, "cnn", earlier)
         before = {k: _hashes(c)["distill"] for k, c in configs.items()}

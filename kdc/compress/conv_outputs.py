@@ -5,9 +5,9 @@ each is given, for QAT (NNCF's PyTorch graph, `kdc.compress.qat`) and NNCF's pos
 NNCF takes a conv and the activation after it as one layer (OpenVINO runs the activation inside
 its int8 conv) and quantizes only after the activation. ONNX Runtime runs a conv in int8
 (QLinearConv) only where a QuantizeLinear reads it, or a Relu or a Clip from 0 it can drop before
-one: after a Hardswish, Hardsigmoid, Sigmoid, LeakyReLU or a Clip from below 0 it ran the conv
-in float (Conv/FusedConv). TensorRT runs such a pair as one int8 layer: its graphs keep NNCF's
-placement.
+one: after a Hardswish, Hardsigmoid, Sigmoid, LeakyReLU, a swish (SiLU) or a Clip from below 0
+it ran the conv in float (Conv/FusedConv). TensorRT runs such a pair as one int8 layer: its
+graphs keep NNCF's placement.
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GraphOps:
-    """One NNCF backend's metatypes of convs, of the activations it fuses after a conv and of the
-    Relus among them; whether a node is a quantizer's output (what an int8 conv's input and
-    weight come from); and the (min, max) a node clips to (None: no Clip)."""
+    """One NNCF backend's metatypes of convs, of the activations it fuses after a conv, of the
+    Relus among them and of Mul (a swish's `x * sigmoid(x)`); whether a node is a quantizer's
+    output (what an int8 conv's input and weight come from); and the (min, max) a node clips to
+    (None: no Clip)."""
 
     convs: Collection[type]
     activations: Collection[type]
     relus: Collection[type]
+    muls: Collection[type]
     quantized: Callable[[NNCFNode], bool]
     clip_bounds: Callable[[NNCFNode], tuple[float, float] | None]
 
@@ -46,20 +48,29 @@ def _fused_activation(node: NNCFNode, ops: GraphOps) -> bool:
     return bounds[0] != 0 if bounds is not None else node.metatype not in ops.relus
 
 
+def _read_by_fused_activation(node: NNCFNode, graph: NNCFGraph, ops: GraphOps) -> bool:
+    """Whether `node`'s output is read only by one `_fused_activation` and, for a swish (an
+    ONNX SiLU: `x * sigmoid(x)`, `x * hardsigmoid(x)`), by Muls of its output."""
+    readers = graph.get_next_nodes(node)
+    acts = [r for r in readers if _fused_activation(r, ops)]
+    return len(acts) == 1 and all(
+        r is acts[0] or (r.metatype in ops.muls and acts[0] in graph.get_previous_nodes(r))
+        for r in readers
+    )
+
+
 def convs_into_fused_activations(graph: NNCFGraph, ops: GraphOps) -> list[str]:
-    """The names of the convs of NNCF's quantized `graph` read only by a `_fused_activation`
-    whose input and weight are both quantized: NNCF leaves a squeeze-and-excitation gate's
-    convs float, where an output quantizer would only add error."""
+    """The names of the convs of NNCF's quantized `graph` read only by a fused activation
+    (`_read_by_fused_activation`) whose input and weight are both quantized: NNCF leaves a
+    squeeze-and-excitation gate's convs float, where an output quantizer would only add
+    error."""
     names = []
     for node in graph.get_all_nodes():
         if node.metatype not in ops.convs:
             continue
-        readers = graph.get_next_nodes(node)
         sources = {e.input_port_id: e.from_node for e in graph.get_input_edges(node)}
-        if (
-            len(readers) == 1
-            and _fused_activation(readers[0], ops)
-            and all(p in sources and ops.quantized(sources[p]) for p in (0, 1))
+        if _read_by_fused_activation(node, graph, ops) and all(
+            p in sources and ops.quantized(sources[p]) for p in (0, 1)
         ):
             names.append(node.node_name)
     return names

@@ -84,10 +84,13 @@ def quantize_conv_outputs(
     model: onnx.ModelProto, items: list[dict[str, np.ndarray]], symmetric: bool
 ) -> onnx.ModelProto:
     """NNCF's Q/DQ `model` with each conv it quantized only after an activation ONNX Runtime
-    cannot drop (`convs_into_fused_activations`: Hardswish, Hardsigmoid, Sigmoid, LeakyRelu, a
-    Clip from below 0), which ONNX Runtime ran in float, quantized at its output as NNCF
-    quantizes an activation (symmetric or not), its range the conv's output's min-max on
-    `items` (batches of inputs) in `model`."""
+    cannot drop (`convs_into_fused_activations`: Hardswish, Hardsigmoid, Sigmoid, SiLU,
+    LeakyRelu, a Clip from below 0), which ONNX Runtime ran in float, quantized at its output
+    as NNCF quantizes an activation (symmetric or not), its range the conv's output's min-max
+    on `items` (batches of inputs) in `model`. Asymmetric ones are UINT8 even where the range
+    goes below 0, where NNCF's are INT8: ONNX Runtime makes an INT8 Q/DQ UINT8 for its x86 int8
+    kernels only where one DequantizeLinear reads the QuantizeLinear, and it gives each reader
+    of a DequantizeLinear its own (a swish's Sigmoid and Mul), so such a conv ran in float."""
     from nncf.common.graph.transformations.commands import TargetType
     from nncf.common.graph.transformations.layout import TransformationLayout
     from nncf.onnx.graph.metatypes import onnx_metatypes as om
@@ -97,14 +100,19 @@ def quantize_conv_outputs(
     )
     from nncf.onnx.graph.model_transformer import ONNXModelTransformer
     from nncf.onnx.graph.nncf_graph_builder import GraphConverter
-    from nncf.onnx.graph.transformations.commands import ONNXTargetPoint
-    from nncf.quantization.algorithms.min_max.onnx_backend import ONNXMinMaxAlgoBackend
+    from nncf.onnx.graph.node_utils import get_input_edges_mapping
+    from nncf.onnx.graph.transformations.commands import (
+        ONNXQuantizerInsertionCommand,
+        ONNXTargetPoint,
+    )
+    from nncf.onnx.quantization.quantizer_parameters import convert_fq_params_to_onnx_params
 
     graph = GraphConverter.create_nncf_graph(model)
     ops = GraphOps(
         convs=CONVOLUTION_METATYPES,
         activations=ATOMIC_ACTIVATIONS_OPERATIONS,
         relus={om.ONNXReluMetatype},  # Relu, and Clip: `clip_bounds` tells those from 0
+        muls={om.ONNXMulLayerMetatype},
         quantized=lambda node: node.metatype is om.ONNXDequantizeLinearMetatype,
         clip_bounds=lambda node: _clip_bounds(model.graph, node.node_name),
     )
@@ -112,12 +120,15 @@ def quantize_conv_outputs(
     if not convs:
         return model
     layout = TransformationLayout()
+    edges = get_input_edges_mapping(graph)
     for name, (low, high) in zip(convs, _output_ranges(model, convs, items), strict=True):
-        config, params = output_quantizer(low, high, symmetric)
-        point = ONNXTargetPoint(TargetType.POST_LAYER_OPERATION, name, 0)
-        layout.register(
-            ONNXMinMaxAlgoBackend.create_quantizer_insertion_command(graph, point, config, params)
+        _, params = output_quantizer(low, high, symmetric)
+        signed = symmetric and low[0] < 0
+        onnx_params = convert_fq_params_to_onnx_params(
+            params, 8, np.int8 if signed else np.uint8, ()
         )
+        point = ONNXTargetPoint(TargetType.POST_LAYER_OPERATION, name, 0)
+        layout.register(ONNXQuantizerInsertionCommand(point, edges, onnx_params))
     return ONNXModelTransformer(model).transform(layout)
 
 

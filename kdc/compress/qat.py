@@ -216,7 +216,7 @@ class _Range(torch.nn.Module):
 def _torch_ops() -> GraphOps:
     """What `convs_into_fused_activations` looks for in NNCF's PyTorch graph."""
     from nncf.common.graph.patterns import GraphPattern
-    from nncf.torch.graph.operator_metatypes import PTRELUMetatype
+    from nncf.torch.graph.operator_metatypes import PTMulMetatype, PTRELUMetatype
     from nncf.torch.graph.pattern_operations import ATOMIC_ACTIVATIONS_OPERATIONS
     from nncf.torch.model_graph_manager import CONV_META_TYPES
 
@@ -224,6 +224,7 @@ def _torch_ops() -> GraphOps:
         convs=CONV_META_TYPES,
         activations=ATOMIC_ACTIVATIONS_OPERATIONS[GraphPattern.METATYPE_ATTR],
         relus={PTRELUMetatype},  # relu, relu_
+        muls={PTMulMetatype},
         quantized=lambda node: node.node_type in QUANTIZER_OPS,
         clip_bounds=_clip_bounds,
     )
@@ -367,6 +368,7 @@ SCHEMES: dict[str, Scheme] = {
     # 4: a ReLU6's (a Clip to 0..max's) output quantizer kept within max
     # 5: BatchNorm statistics re-estimated on the calibration rows before folding
     # 6: a conv's output quantized before an activation ONNX Runtime cannot drop (Hardswish...)
+    # 7: and before a swish written x * sigmoid(x) (`conv_outputs`, shared with NNCF PTQ)
     "cnn": Scheme(
         _nncf_quantize,
         _nncf_strip,
@@ -374,7 +376,7 @@ SCHEMES: dict[str, Scheme] = {
         "activations per tensor, unsigned where never negative, within 6 after a ReLU6; "
         "a conv's output quantized before an activation other than a ReLU or ReLU6, "
         "but for TensorRT)",
-        version=6,
+        version=7,
     ),
     "transformer": Scheme(
         _linear_quantize,

@@ -1,7 +1,8 @@
 """NNCF's post-training INT8 of convs into activations other than a ReLU (MobileNetV3's Hardswish
-and Hardsigmoid, a Hardtanh from -1): off TensorRT each such conv's output is quantized before
-its activation, as QAT does (`kdc.compress.conv_outputs`), so that ONNX Runtime runs it as an int8
-conv; NNCF quantized only after the activation, and ONNX Runtime ran those convs in float."""
+and Hardsigmoid, EfficientNet's SiLU, a Hardtanh from -1): off TensorRT each such conv's output
+is quantized before its activation, as QAT does (`kdc.compress.conv_outputs`), so that ONNX
+Runtime runs it as an int8 conv; NNCF quantized only after the activation, and ONNX Runtime ran
+those convs in float."""
 
 from __future__ import annotations
 
@@ -19,14 +20,16 @@ from kdc.models.vision import VisionAdapter
 
 
 class _MobileStage(_Activations):
-    """Conv → BatchNorm → Hardswish, Hardtanh(-1, 1), Hardsigmoid, LeakyReLU, ReLU6, each conv
-    one ONNX op reads (SiLU and GELU export as several)."""
+    """Conv → BatchNorm → Hardswish, SiLU (Sigmoid and Mul in ONNX), Hardtanh(-1, 1),
+    Hardsigmoid, LeakyReLU, Sigmoid, ReLU6."""
 
     ACTIVATIONS = (
         torch.nn.Hardswish,
+        torch.nn.SiLU,
         torch.nn.Hardtanh,
         torch.nn.Hardsigmoid,
         torch.nn.LeakyReLU,
+        torch.nn.Sigmoid,
         torch.nn.ReLU6,
     )
 
@@ -62,8 +65,8 @@ def test_nncf_ptq_quantizes_conv_outputs_before_activations_so_every_conv_runs_i
     torch.manual_seed(0)
     student = VisionAdapter(_MobileStage().eval(), SOURCE)
     path, rows, ops = _ptq(tmp_path, student)
-    assert _quantized_conv_outputs(path) == 4  # all but the ReLU6's conv (a Clip from 0)
-    assert ops.count("QLinearConv") == 5 and not {"Conv", "FusedConv"} & set(ops), ops
+    assert _quantized_conv_outputs(path) == 6  # all but the ReLU6's conv (a Clip from 0)
+    assert ops.count("QLinearConv") == 7 and not {"Conv", "FusedConv"} & set(ops), ops
     out, ref = run_onnx(path, rows), student.forward_numpy(rows)
     np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
 

@@ -65,6 +65,22 @@ class _SqueezeExcite(torch.nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class _Swish(torch.nn.Module):
+    """Convs into a swish written `x * sigmoid(x)` (two ops NNCF fuses with the conv) and into
+    SiLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(pixel_values)
+        x = torch.nn.functional.silu(self.conv2(x * torch.sigmoid(x)))
+        return self.head(x.mean((2, 3)))
+
+
 def _quantized_conv_outputs(path) -> int:
     """How many QuantizeLinear nodes of an exported graph read a Conv."""
     graph = onnx.load(str(path)).graph
@@ -112,3 +128,16 @@ def test_no_conv_output_quantizer_is_added_after_a_relu_a_float_conv_or_for_tens
     q = quantize_for_training(student, data.train, symmetric_activations=trt, tensorrt=trt)
     path = export_qat(q, data.train, tmp_path / "student_qat.onnx", symmetric=trt)
     assert _quantized_conv_outputs(path) == 0
+
+
+def test_a_conv_into_a_swish_written_as_a_product_gets_an_output_quantizer_too(tmp_path):
+    data = toy_data(cnn((8, 16), 0))
+    torch.manual_seed(0)
+    student = VisionAdapter(_Swish().eval(), SOURCE)
+    q = quantize_for_training(
+        student, data.train, symmetric_activations=False, tensorrt=False, reduce_range=True
+    )
+    path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
+    assert _quantized_conv_outputs(path) == 2
+    optimized = optimized_ops(path, tmp_path / "optimized.onnx")
+    assert optimized.count("QLinearConv") == 2 and not {"Conv", "FusedConv"} & set(optimized)
