@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 # cnn 2: every activation per tensor (`advanced_parameters`): a depthwise conv's input, the only
 # one NNCF's CPU setup took per channel (a transformer's graphs quantize as they did)
 # cnn 3: off TensorRT, a conv's output quantized before an activation ONNX Runtime cannot drop
-# (Hardswish, Hardsigmoid, ...: `quantize_conv_outputs`)
+# (Hardswish, Hardsigmoid, SiLU...: `quantize_conv_outputs`); asymmetric activations UINT8
+# (`unsigned_activations`)
 RECIPE_VERSIONS = {"cnn": 3, "transformer": 1}
 
 
@@ -55,7 +56,8 @@ def quantize_int8_nncf(
     (node names) stay in float. `reduce_range`: 7-bit weights in every layer (NNCF's overflow fix;
     its default applies it to the first layer only), for x86 int8 kernels without VNNI.
     Off `tensorrt`, each conv NNCF quantizes only after an activation ONNX Runtime cannot drop
-    gets an output quantizer of its own (`quantize_conv_outputs`)."""
+    gets an output quantizer of its own (`quantize_conv_outputs`), and with asymmetric
+    activations every activation is quantized UINT8 (`unsigned_activations`)."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import OverflowFix
 
@@ -75,6 +77,8 @@ def quantize_int8_nncf(
     q = quantize(model, items, preset=preset, ignored_scope=ignored, advanced_parameters=advanced)
     if not tensorrt and any(n.op_type == "Conv" for n in q.graph.node):
         q = quantize_conv_outputs(q, items, symmetric_activations)
+        if not symmetric_activations:
+            q = unsigned_activations(q)
     with atomic_path(Path(dst)) as tmp:
         onnx.save(finish_qdq(q, symmetric_activations), str(tmp))
     return Path(dst)
@@ -130,6 +134,44 @@ def quantize_conv_outputs(
         point = ONNXTargetPoint(TargetType.POST_LAYER_OPERATION, name, 0)
         layout.register(ONNXQuantizerInsertionCommand(point, edges, onnx_params))
     return ONNXModelTransformer(model).transform(layout)
+
+
+def unsigned_activations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make each INT8 QuantizeLinear of a computed tensor (an activation) UINT8 with zero point
+    + 128, and the DequantizeLinears of its output with it: the same values. NNCF quantizes an
+    activation that goes below 0 to INT8; ONNX Runtime's x86 int8 convs take UINT8 ones, and it
+    converts an INT8 pair itself only where one DequantizeLinear reads the QuantizeLinear: where
+    two did (a residual branch a conv and an Add read), the conv writing it and the one reading
+    it ran in float. A zero point other nodes read too is left as it is."""
+    g = model.graph
+    init = {i.name: i for i in g.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    by_zero_point: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        zp = n.input[2] if n.op_type == "QuantizeLinear" and len(n.input) > 2 else ""
+        if zp in init and n.input[0] not in init and init[zp].data_type == TensorProto.INT8:
+            by_zero_point.setdefault(zp, []).append(n)
+    fed = {i.name for i in g.input}
+    outputs: set[str] = set()
+    for zp, quantizers in by_zero_point.items():
+        dqs = [r for q in quantizers for r in readers.get(q.output[0], [])]
+        ids = {id(n) for n in quantizers + dqs}
+        if (
+            zp in fed
+            or any(r.op_type != "DequantizeLinear" or r.input[2:3] != [zp] for r in dqs)
+            or any(id(r) not in ids for r in readers[zp])
+        ):
+            continue
+        shifted = numpy_helper.to_array(init[zp]).astype(np.int16) + 128
+        init[zp].CopyFrom(numpy_helper.from_array(shifted.astype(np.uint8), zp))
+        outputs |= {q.output[0] for q in quantizers}
+    for info in [*g.value_info, *g.output]:
+        if info.name in outputs:
+            info.type.tensor_type.elem_type = TensorProto.UINT8
+    return model
 
 
 def _clip_bounds(graph: onnx.GraphProto, name: str) -> tuple[float, float] | None:

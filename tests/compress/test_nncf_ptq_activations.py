@@ -34,6 +34,23 @@ class _MobileStage(_Activations):
     )
 
 
+class _Residual(torch.nn.Module):
+    """A branch below 0 (a conv without activation) read by a conv and by the Add of a residual,
+    as in a MobileNetV3 block whose input and output widths match."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv, self.project = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+        self.expand, self.project2 = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        y = self.project(torch.relu(self.conv(pixel_values)))
+        z = self.project2(torch.relu(self.expand(y)))
+        return self.head((y + z).mean((2, 3)))
+
+
 def _ptq(tmp_path, student, tensorrt: bool = False, symmetric: bool | None = None):
     """`student` exported and quantized by NNCF (7-bit weights: this CPU's int8 kernels lack
     VNNI; activations symmetric for TensorRT unless `symmetric` says), the validation rows, and
@@ -61,6 +78,18 @@ def _quantized_conv_outputs(path) -> int:
     )
 
 
+def _signed_activations(path) -> int:
+    """How many QuantizeLinear nodes of a graph quantize a computed tensor to INT8."""
+    graph = onnx.load(str(path)).graph
+    init = {i.name: i for i in graph.initializer}
+    return sum(
+        n.op_type == "QuantizeLinear"
+        and n.input[0] not in init
+        and init[n.input[2]].data_type == onnx.TensorProto.INT8
+        for n in graph.node
+    )
+
+
 def test_nncf_ptq_quantizes_conv_outputs_before_activations_so_every_conv_runs_int8(tmp_path):
     torch.manual_seed(0)
     student = VisionAdapter(_MobileStage().eval(), SOURCE)
@@ -81,17 +110,42 @@ def test_a_squeeze_excite_gates_convs_stay_float_as_nncf_leaves_them(tmp_path):
     np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
 
 
+def test_activations_below_0_are_unsigned_so_the_convs_around_a_residual_run_int8(tmp_path):
+    """NNCF quantized the branch INT8; ONNX Runtime made it UINT8 for its x86 int8 convs only
+    where one DequantizeLinear read it, and ran the conv writing the branch and the one reading
+    it in float. UINT8 with the zero point 128 up holds the same values."""
+    from kdc.deploy.onnxruntime import make_session, run_session
+
+    torch.manual_seed(0)
+    student = VisionAdapter(_Residual().eval(), SOURCE)
+    path, rows, ops = _ptq(tmp_path, student)
+    assert ops.count("QLinearConv") == 4 and not {"Conv", "FusedConv"} & set(ops), ops
+    signed, _, _ = _ptq(tmp_path, student, tensorrt=True, symmetric=False)  # NNCF's own
+    assert _signed_activations(signed) > 0 and _signed_activations(path) == 0
+    as_is = [run_session(make_session(p, optimization="disable"), rows) for p in (path, signed)]
+    np.testing.assert_array_equal(*as_is)
+
+
 @pytest.mark.parametrize("family", ["small-cnn", "tensorrt"])
 def test_relu_cnns_and_tensorrt_graphs_quantize_as_before(tmp_path, family):
-    """The digits example's CNN (convs into BatchNorm and ReLU) gets the graph NNCF made before
-    (as with `tensorrt`, which skips the step); TensorRT runs a conv and its activation as one int8
-    layer and keeps NNCF's placement."""
+    """The digits example's CNN (convs into BatchNorm and ReLU) gets the Q/DQ nodes NNCF placed
+    before (as with `tensorrt`, which skips both steps), its activations UINT8 where NNCF made
+    them INT8: the same values, and ONNX Runtime optimises both into the same graph (it made
+    those UINT8 itself). TensorRT runs a conv and its activation as one int8 layer and keeps
+    NNCF's placement."""
+    from kdc.deploy.onnxruntime import make_session, run_session
+
+    def nodes(path) -> list:
+        return [(n.op_type, list(n.input), list(n.output)) for n in onnx.load(str(path)).graph.node]
+
     torch.manual_seed(0)
     if family == "small-cnn":
-        cpu, _, _ = _ptq(tmp_path, cnn((8, 16), 0))
-        before, _, _ = _ptq(tmp_path, cnn((8, 16), 0), tensorrt=True, symmetric=False)
-        assert _quantized_conv_outputs(cpu) == 0
-        assert onnx.load(str(cpu)).graph == onnx.load(str(before)).graph
+        cpu, rows, ops = _ptq(tmp_path, cnn((8, 16), 0))
+        before, _, ops_before = _ptq(tmp_path, cnn((8, 16), 0), tensorrt=True, symmetric=False)
+        assert _quantized_conv_outputs(cpu) == 0 and nodes(cpu) == nodes(before)
+        assert ops == ops_before and ops.count("QLinearConv") == 2, ops
+        as_is = [run_session(make_session(p, optimization="disable"), rows) for p in (cpu, before)]
+        np.testing.assert_array_equal(*as_is)
     else:
         path, _, _ = _ptq(tmp_path, VisionAdapter(_Activations().eval(), SOURCE), tensorrt=True)
         assert _quantized_conv_outputs(path) == 0

@@ -294,6 +294,8 @@ def test_both_ptq_backends_get_reduce_range(monkeypatch, tmp_path, backend):
     )
     build._quantizer(ctx, tmp_path / "m.onnx", backend)([], tmp_path / "q.onnx")
     assert seen["reduce_range"] is True
+    if backend == "nncf":  # a CPU target: conv output quantizers (`quantize_conv_outputs`)
+        assert seen["tensorrt"] is False
 
 
 def test_an_fp32_student_on_a_tensorrt_target_ships_its_fp16_engine():
