@@ -12,6 +12,7 @@ from rich.console import Console
 
 from kdc import __version__
 from kdc.cli_errors import err, handled, run_app
+from kdc.cli_options import Batch, Json, Out, Quiet, QuietSummary, Shapes, Target
 from kdc.errors import UserError
 
 app = typer.Typer(
@@ -23,19 +24,6 @@ app = typer.Typer(
 profiles_app = typer.Typer(no_args_is_help=True, help="Hardware profiles.")
 app.add_typer(profiles_app, name="profiles")
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-
-Target = Annotated[str, typer.Option("--target", "-t", help="Profile name, alias or YAML path.")]
-Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (runs/<name>).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-# compress and verify end with the summary, which -q cuts down too
-QuietSummary = Annotated[
-    bool,
-    typer.Option(
-        "--quiet",
-        "-q",
-        help="No progress bars or result table: warnings, constraint lines and the verdict.",
-    ),
-]
 
 
 def _exit_for(report: dict) -> None:
@@ -72,8 +60,14 @@ def compress(
         ),
     ] = "host",
     out_dir: Out = None,
-    resume: Annotated[bool, typer.Option(help="Skip finished stages.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip stages up to date.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan as JSON and run nothing (with --resume: which stages would run).",
+        ),
+    ] = False,
     quiet: QuietSummary = False,
     mlflow: Annotated[
         str | None, typer.Option(help="MLflow tracking URI: log config, metrics and report.*")
@@ -155,7 +149,10 @@ def verify(
     ] = None,
     device_results: Annotated[
         Path | None,
-        typer.Option(help="results/ from a device bundle: report its latency as measured."),
+        typer.Option(
+            help="results/ from a device bundle: its latency reported as measured, and its "
+            "parity check of the engine."
+        ),
     ] = None,
     quiet: QuietSummary = False,
 ) -> None:
@@ -178,36 +175,24 @@ def _threads(threads: int | None) -> int | None:
     return threads
 
 
-Shapes = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--shape",
-        help="NAME:1x128 (repeatable); attention_mask, token_type_ids and position_ids follow "
-        "input_ids unless given.",
-    ),
-]
-Batch = Annotated[
-    int | None,
-    typer.Option(min=1, help="Batch size (default: the --shape values' first dimension, else 1)."),
-]
-
-
 @app.command()
 @handled
 def bench(
     model: Path,
     engine: Annotated[
-        str, typer.Option(help="onnxruntime (tensorrt: use bundle/bench.sh on the device)")
+        str, typer.Option(help="onnxruntime (tensorrt: use bundle/bench.sh on the device).")
     ] = "onnxruntime",
     batch: Batch = None,
     threads: Annotated[
         int | None, typer.Option(help="Intra-op threads (default: all usable).")
     ] = None,
     shape: Shapes = None,
-    iterations: int = 200,
-    warmup: int = 10,
-    min_duration: Annotated[float, typer.Option("--min-duration")] = 1.0,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    iterations: Annotated[int, typer.Option(help="Timed calls, at least.")] = 200,
+    warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 10,
+    min_duration: Annotated[
+        float, typer.Option("--min-duration", help="Seconds of timed calls, at least.")
+    ] = 1.0,
+    as_json: Json = False,
 ) -> None:
     """Measure one ONNX model's latency on this machine.
 
@@ -265,8 +250,10 @@ def estimate(
         int | None,
         typer.Option(help="A TensorRT engine built for this DLA core (Jetson AGX Orin, Orin NX)."),
     ] = None,
-    explain: bool = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Add the cost of each kind of kernel.")
+    ] = False,
+    as_json: Json = False,
 ) -> None:
     """Predict one ONNX model's latency on a target.
 
@@ -327,17 +314,24 @@ def lint(model: Path, target: Target = "jetson") -> None:
 def check(
     report: Path,
     baseline: Annotated[Path, typer.Option(help="Baseline report.json.")],
-    latency_tolerance: Annotated[str, typer.Option(help="e.g. 10%")] = "10%",
-    accuracy_tolerance: Annotated[str, typer.Option(help="e.g. 0.5pt")] = "0.5pt",
-    memory_tolerance: Annotated[
-        str, typer.Option(help="Growth allowed in memory and model size, e.g. 10%")
+    latency_tolerance: Annotated[
+        str, typer.Option(help="Slowdown allowed: 10% (relative) or a fraction, 0.1.")
     ] = "10%",
-    latency_kind: Annotated[str, typer.Option(help="measured | predicted | all")] = "all",
+    accuracy_tolerance: Annotated[
+        str, typer.Option(help="Accuracy drop allowed, in points: 0.5pt (or 0.5pp).")
+    ] = "0.5pt",
+    memory_tolerance: Annotated[
+        str, typer.Option(help="Growth allowed in memory and model size: 10% or 0.1.")
+    ] = "10%",
+    latency_kind: Annotated[
+        str, typer.Option(help="Latencies compared: measured, predicted or all.")
+    ] = "all",
     junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML file.")] = None,
     strict: Annotated[
         bool,
         typer.Option(
-            "--strict", help="Allow a slowdown of the latency tolerance alone, however noisy."
+            "--strict",
+            help="Fail a slowdown beyond the latency tolerance, however noisy the timings.",
         ),
     ] = False,
     update_baseline: Annotated[
@@ -528,7 +522,7 @@ def init(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Config to write.")] = Path(
         "model.yaml"
     ),
-    force: Annotated[bool, typer.Option(help="Overwrite --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out.")] = False,
 ) -> None:
     """Write a commented model.yaml for a teacher and its data.
 
@@ -553,7 +547,12 @@ def init(
 @handled
 def calibrate(
     target: Target = "host",
-    quick: Annotated[bool, typer.Option(help="Three tiny models (smoke test).")] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="Three tiny models (a smoke test, never saved over a full fit)."
+        ),
+    ] = False,
     bundle: Annotated[
         Path | None,
         typer.Option(help="Write the model set + run_all.sh (trtexec) for a device to DIR."),

@@ -3,9 +3,13 @@ default to different targets)."""
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
 
 import pytest
+import typer
+from typer.core import TyperOption
 from typer.testing import CliRunner
 
 from kdc.cli import app, main
@@ -141,3 +145,42 @@ def test_every_command_summary_is_one_line_and_its_help_keeps_the_detail(group):
     for name in [n for n in names if n in detail]:
         text = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80"}).output
         assert detail[name] in " ".join(text.replace("│", " ").split()), text
+
+
+def _commands() -> dict[str, typer.core.TyperCommand]:
+    """Every command by its name as typed (`profiles list` too)."""
+    group = typer.main.get_command(app)
+    found = {}
+    for name, cmd in group.commands.items():
+        subs = getattr(cmd, "commands", None)
+        found.update({f"{name} {s}": c for s, c in subs.items()} if subs else {name: cmd})
+    return found
+
+
+def test_every_option_has_help_and_no_negative_form():
+    """Each option says what it does; a flag is one word (`--resume`, not `--resume/--no-resume`
+    beside `--dry-run` and `--strict`)."""
+    for name, cmd in _commands().items():
+        for param in cmd.params:
+            if isinstance(param, TyperOption):
+                assert param.help, f"kdc {name} {param.opts[0]} has no help"
+                assert not param.secondary_opts, f"kdc {name} {param.secondary_opts}"
+
+
+def test_the_readme_names_every_option_of_every_command():
+    """The README's command table is where users look: each command's row (the stage commands
+    share one) names each of its options."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Commands")[1].split("\nExit codes")[0]
+    rows = [r for r in table.splitlines() if r.startswith("| `kdc")]
+    for name, cmd in _commands().items():
+        key = (
+            "search/distill/export/build"
+            if name in ("search", "distill", "export", "build")
+            else name
+        )
+        row = next(r for r in rows if f"`kdc {key}" in r)
+        for param in cmd.params:
+            if isinstance(param, TyperOption) and param.name != "help":
+                named = (re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", row) for o in param.opts)
+                assert any(named), f"README's row for kdc {name} lacks {param.opts[0]}"

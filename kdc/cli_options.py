@@ -1,0 +1,34 @@
+"""The options several `kdc` commands share, each with its help text (kdc.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Target = Annotated[str, typer.Option("--target", "-t", help="Profile name, alias or YAML path.")]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (runs/<name>).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+# compress and verify end with the summary, which -q cuts down too
+QuietSummary = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress bars or result table: warnings, constraint lines and the verdict.",
+    ),
+]
+Shapes = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--shape",
+        help="NAME:1x128 (repeatable); attention_mask, token_type_ids and position_ids follow "
+        "input_ids unless given.",
+    ),
+]
+Batch = Annotated[
+    int | None,
+    typer.Option(min=1, help="Batch size (default: the --shape values' first dimension, else 1)."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
