@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from tiny import cnn_config, write_yaml
 
@@ -167,3 +169,33 @@ def test_a_student_layer_count_is_the_architectures_layer_count(tmp_path):
     given = {"layers": 2, "architecture": {**arch, "num_hidden_layers": 1}}
     cfg = load_config(write_yaml(tmp_path / "b.yaml", bert_config(student=given)))
     assert cfg.student.architecture["num_hidden_layers"] == 1
+
+
+def test_the_readme_documents_every_config_key():
+    """README's configuration table has a row naming each key of model.yaml (a row names a
+    section's first key in full, its others bare: `distill.epochs`, `batch_size`)."""
+    import re
+
+    from pydantic import BaseModel
+
+    from kdc.config import KdcConfig
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Configuration (`model.yaml`)")[1].split("## Targets")[0]
+    named = [
+        re.findall(r"`([^`]+)`", r.split("|")[1]) for r in table.splitlines() if r[:3] == "| `"
+    ]
+    for name, field in KdcConfig.model_fields.items():
+        section = field.annotation
+        if field.exclude:
+            continue
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            assert any(name in row for row in named), name
+            continue
+        for key in section.model_fields:
+            full = f"{name}.{key}"
+            in_row = (
+                full in row or (key in row and any(n.startswith(f"{name}.") for n in row))
+                for row in named
+            )
+            assert any(in_row), f"README's configuration table lacks {full}"
