@@ -515,8 +515,9 @@ def init(
     data: Annotated[
         str,
         typer.Option(
-            help="Data file (csv/tsv/jsonl/parquet) or a glob of them, a folder of parquet shards "
-            "(a Hub download), image folder or sklearn:digits."
+            help="Data file (csv/tsv/json/jsonl/parquet; txt for an embedding teacher) or a glob "
+            "of them, a folder of parquet shards (a Hub download), a datasets directory "
+            "(save_to_disk), an image folder or sklearn:digits."
         ),
     ],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Config to write.")] = Path(

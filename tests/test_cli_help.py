@@ -184,3 +184,11 @@ def test_the_readme_names_every_option_of_every_command():
             if isinstance(param, TyperOption) and param.name != "help":
                 named = (re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", row) for o in param.opts)
                 assert any(named), f"README's row for kdc {name} lacks {param.opts[0]}"
+
+
+def test_init_data_help_names_every_format_it_reads():
+    from kdc.data import SUFFIX_FORMATS
+
+    text = _help("init")
+    for suffix in [*SUFFIX_FORMATS, "datasets", "image folder", "sklearn:digits"]:
+        assert suffix.lstrip(".") in text, suffix
