@@ -314,18 +314,14 @@ def lint(model: Path, target: Target = "jetson") -> None:
 def check(
     report: Path,
     baseline: Annotated[Path, typer.Option(help="Baseline report.json.")],
-    latency_tolerance: Annotated[
-        str, typer.Option(help="Slowdown allowed: 10% (relative) or a fraction, 0.1.")
-    ] = "10%",
+    latency_tolerance: Annotated[str, typer.Option(help="Slowdown allowed: 10% or 0.1.")] = "10%",
     accuracy_tolerance: Annotated[
-        str, typer.Option(help="Accuracy drop allowed, in points: 0.5pt (or 0.5pp).")
+        str, typer.Option(help="Accuracy drop allowed: 0.5pt or 0.5pp (points).")
     ] = "0.5pt",
     memory_tolerance: Annotated[
         str, typer.Option(help="Growth allowed in memory and model size: 10% or 0.1.")
     ] = "10%",
-    latency_kind: Annotated[
-        str, typer.Option(help="Latencies compared: measured, predicted or all.")
-    ] = "all",
+    latency_kind: Annotated[str, typer.Option(help="measured, predicted or all.")] = "all",
     junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML file.")] = None,
     strict: Annotated[
         bool,
