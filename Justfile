@@ -12,7 +12,7 @@ demo target="jetson":
     python examples/digits/prepare.py
     kdc compress examples/digits/model.yaml --target {{target}}
 
-# The sentiment example (MiniLM teacher fine-tuned on drugsCom; ~10 min on 2 cores).
+# The sentiment example (MiniLM teacher fine-tuned on drugsCom, ~8 min, then kdc compress, 6-9 min; 2 cores).
 sentiment target="host":
     python examples/sentiment/prepare.py
     kdc compress examples/sentiment/model.yaml --target {{target}}
