@@ -556,7 +556,9 @@ def calibrate(
     ] = None,
     from_dir: Annotated[
         Path | None,
-        typer.Option("--from", help="Fit to the results/ a device bundle brought back."),
+        typer.Option(
+            "--from", help="Fit to the timings in DIR/results/ (DIR: what --bundle wrote)."
+        ),
     ] = None,
     threads: Annotated[
         int | None, typer.Option(help="Intra-op threads when timing here (default: all usable).")

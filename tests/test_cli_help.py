@@ -192,3 +192,8 @@ def test_init_data_help_names_every_format_it_reads():
     text = _help("init")
     for suffix in [*SUFFIX_FORMATS, "datasets", "image folder", "sklearn:digits"]:
         assert suffix.lstrip(".") in text, suffix
+
+
+def test_calibrate_from_asks_for_the_bundle_directory_not_its_results():
+    """ingest_bundle reads DIR/calibration.json and DIR/results/: --from is the bundle's folder."""
+    assert "Fit to the timings in DIR/results/ (DIR: what --bundle wrote)" in _help("calibrate")
