@@ -21,6 +21,8 @@ from rich.console import Console
 from kdc.errors import Interrupted, KdcError, UserError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+# the commands' results (stdout), beside err: one width for every command when piped
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def _run_dir_of(kwargs: dict[str, Any]) -> Path | None:
