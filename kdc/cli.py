@@ -10,7 +10,7 @@ import typer
 
 from kdc import __version__
 from kdc.cli_errors import err, handled, out, run_app
-from kdc.cli_options import Out, Quiet, QuietSummary, Target
+from kdc.cli_options import Config, ModelDir, Out, ProfileName, Quiet, QuietSummary, RunDir, Target
 from kdc.cli_tools import bench, calibrate, check, estimate, lint
 
 app = typer.Typer(
@@ -46,7 +46,7 @@ def main_callback(
 @app.command()
 @handled
 def compress(
-    config: Path,
+    config: Config,
     target: Annotated[
         str,
         typer.Option(
@@ -90,7 +90,7 @@ def compress(
 
 @app.command()
 @handled
-def validate(config: Path) -> None:
+def validate(config: Config) -> None:
     """Check a model.yaml without loading a model.
 
     Checks the schema, files, names, the teacher's entrypoint import, a CNN teacher's weight
@@ -119,7 +119,7 @@ def _stage_command(name: str) -> None:
     @app.command(name=name, help=f"Run the {name} stage alone (earlier stages must be done).")
     @handled
     def cmd(
-        config: Path, target: Target = "host", out_dir: Out = None, quiet: Quiet = False
+        config: Config, target: Target = "host", out_dir: Out = None, quiet: Quiet = False
     ) -> None:
         from kdc import api
 
@@ -133,7 +133,7 @@ for _name in ("search", "distill", "export", "build"):
 @app.command()
 @handled
 def verify(
-    run_dir: Path,
+    run_dir: RunDir,
     target: Annotated[
         str | None,
         typer.Option(
@@ -167,7 +167,7 @@ for _tool in (bench, estimate, lint, check):  # kdc.cli_tools
 
 @app.command()
 @handled
-def inspect(run_dir: Path) -> None:
+def inspect(run_dir: RunDir) -> None:
     """Show a run's stages, status and hashes.
 
     Flags any artifact whose sha256 no longer matches, any stage built from an earlier stage's
@@ -215,7 +215,7 @@ def inspect(run_dir: Path) -> None:
 @app.command()
 @handled
 def bundle(
-    run_dir: Path,
+    run_dir: RunDir,
     target: Annotated[
         str,
         typer.Option(
@@ -258,7 +258,7 @@ def profiles_list() -> None:
 
 @profiles_app.command("show")
 @handled
-def profiles_show(name: str) -> None:
+def profiles_show(name: ProfileName) -> None:
     """Print one profile as YAML, with its sources."""
     import yaml
 
@@ -278,7 +278,7 @@ def main() -> None:
 @app.command()
 @handled
 def init(
-    model_dir: Path,
+    model_dir: ModelDir,
     data: Annotated[
         str,
         typer.Option(

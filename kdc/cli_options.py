@@ -1,4 +1,5 @@
-"""The options several `kdc` commands share, each with its help text (kdc.cli)."""
+"""The options and arguments several `kdc` commands share, each with its help text (kdc.cli,
+kdc.cli_tools): one definition per kind of argument, so each says the same in every command."""
 
 from __future__ import annotations
 
@@ -32,3 +33,26 @@ Batch = Annotated[
     typer.Option(min=1, help="Batch size (default: the --shape values' first dimension, else 1)."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+# arguments: what file or directory each is, and what writes it
+Config = Annotated[Path, typer.Argument(help="The model.yaml (kdc init writes one).")]
+RunDir = Annotated[
+    Path, typer.Argument(help="A run directory kdc compress wrote (runs/<name>, or its --out).")
+]
+OnnxModel = Annotated[Path, typer.Argument(help="An ONNX model file, e.g. RUN/export/model.onnx.")]
+Report = Annotated[
+    Path,
+    typer.Argument(
+        help="A run's report.json (kdc compress and verify write it in the run directory)."
+    ),
+]
+ModelDir = Annotated[
+    Path,
+    typer.Argument(
+        help="The teacher: a Hugging Face model directory, a CNN student kdc saved, or a "
+        ".safetensors weights file (or a directory holding one)."
+    ),
+]
+ProfileName = Annotated[
+    str, typer.Argument(help="A profile name or alias (kdc profiles list), or a YAML path.")
+]

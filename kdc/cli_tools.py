@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from kdc.cli_errors import err, handled, out
-from kdc.cli_options import Batch, Json, Shapes, Target
+from kdc.cli_options import Batch, Json, OnnxModel, Report, Shapes, Target
 from kdc.errors import UserError
 
 
@@ -27,7 +27,7 @@ def _threads(threads: int | None) -> int | None:
 
 @handled
 def bench(
-    model: Path,
+    model: OnnxModel,
     engine: Annotated[
         str, typer.Option(help="onnxruntime (tensorrt: use bundle/bench.sh on the device).")
     ] = "onnxruntime",
@@ -79,7 +79,7 @@ def bench(
 
 @handled
 def estimate(
-    model: Path,
+    model: OnnxModel,
     target: Target = "host",
     precision: Annotated[
         str | None,
@@ -143,7 +143,7 @@ def estimate(
 
 
 @handled
-def lint(model: Path, target: Target = "jetson") -> None:
+def lint(model: OnnxModel, target: Target = "jetson") -> None:
     """Check an ONNX model for TensorRT compatibility.
 
     No GPU needed; exit 1 when there are errors."""
@@ -158,7 +158,7 @@ def lint(model: Path, target: Target = "jetson") -> None:
 
 @handled
 def check(
-    report: Path,
+    report: Report,
     baseline: Annotated[Path, typer.Option(help="Baseline report.json.")],
     latency_tolerance: Annotated[str, typer.Option(help="Slowdown allowed: 10% or 0.1.")] = "10%",
     accuracy_tolerance: Annotated[

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.core import TyperOption
+from typer.core import TyperArgument, TyperOption
 from typer.testing import CliRunner
 
 from kdc.cli import app, main
@@ -165,6 +165,20 @@ def test_every_option_has_help_and_no_negative_form():
             if isinstance(param, TyperOption):
                 assert param.help, f"kdc {name} {param.opts[0]} has no help"
                 assert not param.secondary_opts, f"kdc {name} {param.secondary_opts}"
+
+
+def test_every_argument_has_help_and_says_the_same_in_every_command():
+    """Each positional argument (CONFIG, RUN_DIR, MODEL, ...) says what file or directory it is,
+    and one kind of argument (kdc.cli_options) says it alike wherever it appears."""
+    said: dict[str, set[str]] = {}
+    for name, cmd in _commands().items():
+        for param in cmd.params:
+            if isinstance(param, TyperArgument):
+                assert param.help, f"kdc {name} {param.name.upper()} has no help"
+                said.setdefault(param.name, set()).add(param.help)
+    assert {"config", "run_dir", "model", "report", "model_dir", "name"} <= said.keys()
+    assert all(len(helps) == 1 for helps in said.values()), said
+    assert "kdc init" in _help("compress") and "model.onnx" in _help("bench")
 
 
 def test_the_readme_names_every_option_of_every_command():
