@@ -162,7 +162,11 @@ def check(
     baseline: Annotated[Path, typer.Option(help="Baseline report.json.")],
     latency_tolerance: Annotated[str, typer.Option(help="Slowdown allowed: 10% or 0.1.")] = "10%",
     accuracy_tolerance: Annotated[
-        str, typer.Option(help="Accuracy drop allowed: 0.5pt or 0.5pp (points).")
+        str,
+        typer.Option(
+            help="Accuracy drop allowed, in absolute points: 0.5pt, 0.5pts or 0.5pp (a bare "
+            "number or % is refused)."
+        ),
     ] = "0.5pt",
     memory_tolerance: Annotated[
         str, typer.Option(help="Growth allowed in memory and model size: 10% or 0.1.")

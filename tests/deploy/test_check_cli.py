@@ -138,6 +138,26 @@ def test_an_accuracy_tolerance_needs_points(text):
         parse_tolerance(text, field="--accuracy-tolerance", kind="points")
 
 
+def test_every_accuracy_tolerance_unit_is_documented():
+    """`pts` was read but named nowhere: --help, the README's row and docs/ci.md name each unit
+    parse_tolerance reads for points."""
+    from kdc.deploy.check import TOLERANCE_UNITS
+
+    root = Path(__file__).resolve().parents[2]
+    res = CliRunner().invoke(app, ["check", "--help"], env={"COLUMNS": "200"})
+    texts = {
+        "--help": " ".join(res.output.replace("│", " ").split()),
+        "README": next(
+            r for r in (root / "README.md").read_text().splitlines() if r.startswith("| `kdc check")
+        ),
+        "docs/ci.md": (root / "docs" / "ci.md").read_text(),
+    }
+    for unit in TOLERANCE_UNITS["points"]:
+        assert parse_tolerance(f"0.5{unit}", kind="points") == pytest.approx(0.005)
+        for where, text in texts.items():
+            assert f"0.5{unit}" in text or f"`{unit}`" in text, f"{where} lacks {unit}"
+
+
 def test_update_baseline_copies_a_valid_report(tmp_path):
     dst = update_baseline(SAMPLE, tmp_path / "ci" / "baseline.json")
     assert dst.read_bytes() == SAMPLE.read_bytes()
