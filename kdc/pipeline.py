@@ -45,6 +45,7 @@ from kdc.stage_reads import (
     distill_profile,
     distill_reads,
     distill_versions,
+    required_outputs,
     split_reads,
     whole_profile,
 )
@@ -312,6 +313,8 @@ def stage_not_ready(
     elif bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         what = f"output {bad[0]}{more} is missing or was changed after the stage ran"
+    elif missing := unrecorded(ctx.run, name, ctx.cfg):
+        what = f"did not record {missing[0]}, which it makes for this config"
     elif input_hash is not None and rec.get("input_hash") != input_hash:
         what = "ran with other inputs (config, target, teacher or an earlier stage changed)"
     else:
@@ -379,10 +382,18 @@ class StageInputs:
     name: str
     upstream: str
     input_hash: str
+    unrecorded: tuple[str, ...] = ()  # outputs it must make for the config, not recorded
 
     def up_to_date(self) -> bool:
-        """The resume's skip test: the stage finished with this input hash, its outputs intact."""
-        return self.run.is_done(self.name, self.input_hash)
+        """The resume's skip test: the stage finished with this input hash, its outputs intact,
+        among them every one it must make for the config (`required_outputs`)."""
+        return not self.unrecorded and self.run.is_done(self.name, self.input_hash)
+
+
+def unrecorded(run: RunDir, name: str, cfg: KdcConfig) -> tuple[str, ...]:
+    """The outputs stage `name` must make for `cfg` (`required_outputs`) that its record lacks."""
+    recorded = (run.stage(name) or {}).get("outputs", {})
+    return tuple(o for o in required_outputs(name, cfg) if o not in recorded)
 
 
 def stage_inputs(
@@ -392,7 +403,7 @@ def stage_inputs(
     what `run_stages` and `resume_plan` both decide a resume by."""
     upstream = upstream_hash(run, stage.name)
     h = stage_hash(stage, cfg, profile, upstream, inputs_fp)
-    return StageInputs(run, stage.name, upstream, h)
+    return StageInputs(run, stage.name, upstream, h, unrecorded(run, stage.name, cfg))
 
 
 def resume_plan(cfg: KdcConfig, profile: HardwareProfile, run: RunDir) -> dict[str, str]:
@@ -480,7 +491,8 @@ def run_stages(
             may_skip = not wanted or (resume and only is None)
             if not wanted and trust_upstream:  # taken as built: by the hash it recorded
                 rec = ctx.run.stage(stage.name) or {}
-                now = dataclasses.replace(now, input_hash=rec.get("input_hash", now.input_hash))
+                recorded = rec.get("input_hash", now.input_hash)
+                now = dataclasses.replace(now, input_hash=recorded, unrecorded=())
                 if stage.name in behind:
                     raise stage_not_ready(ctx, stage.name, stale_upstream=True)
                 if rec.get("inputs", ctx.inputs_hash) != ctx.inputs_hash and not warned:

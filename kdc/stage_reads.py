@@ -10,6 +10,7 @@ from typing import Any
 from kdc.config import BuildConfig, KdcConfig, QuantizeConfig
 from kdc.preflight import builds_int8, builds_tensorrt, int8_qat, qat_reduce_range
 from kdc.profiles import HardwareProfile
+from kdc.upstream_reads import QAT_GRAPH
 
 ConfigReads = Callable[[KdcConfig], tuple[str, ...]]
 ProfileReads = Callable[[KdcConfig, HardwareProfile], Any]
@@ -69,6 +70,13 @@ def whole_profile(*fields: str) -> ProfileReads:
         return {"profile": dump, **facets} if facets else dump
 
     return reads
+
+
+def required_outputs(name: str, cfg: KdcConfig) -> tuple[str, ...]:
+    """The outputs (run-relative) stage `name` must have recorded to be done for `cfg`: an INT8
+    QAT run's distill its QAT graph (`int8_qat`), which build ships as the INT8 engine. A record
+    without it (a manifest an older kdc wrote) is not done: `--resume` runs distill again."""
+    return (f"distill/{QAT_GRAPH}",) if name == "distill" and int8_qat(cfg) else ()
 
 
 def distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:

@@ -121,7 +121,8 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
 def qat_graph(ctx: Context) -> Path | None:
     """Distill's QAT graph, the INT8 engine of a run that trains quantization-aware (`int8_qat`);
     None for any other run. QAT always writes it (or fails), so one missing (removed, or a distill
-    stage that did not write it) is refused: build would ship a PTQ engine as the QAT run's."""
+    stage that did not write it) is refused: build would ship a PTQ engine as the QAT run's. A
+    distill whose record lacks it is not done (`required_outputs`): `--resume` runs it again."""
     if not int8_qat(ctx.cfg):
         return None
     path = ctx.run / "distill" / QAT_GRAPH
@@ -132,8 +133,7 @@ def qat_graph(ctx: Context) -> Path | None:
         "quantize.method qat's INT8 graph is missing (removed, or distill did not write it), and "
         "build will not ship a PTQ engine for a QAT run",
         source=str(path),
-        fix=f"run distill again: `kdc distill CONFIG{tgt} --out {run}`, then "
-        f"`kdc compress CONFIG{tgt} --out {run} --resume`",
+        fix=f"`kdc compress CONFIG{tgt} --out {run} --resume` (it runs distill again)",
     )
 
 
