@@ -304,14 +304,27 @@ def _data_lines(d: DataInfo, t: TeacherInfo, base: Path) -> list[str]:
         )
     if d.max_length:
         lines.append(f"  max_length: {d.max_length}   # {d.max_length_note}")
+    return [*lines, _eval_line(d, base), *_left_out_lines(d, base)]
+
+
+def _eval_line(d: DataInfo, base: Path) -> str:
     if d.eval_split:
-        return [*lines, f"  # evaluation reads the directory's '{d.eval_split}' split"]
+        return f"  # evaluation reads the directory's '{d.eval_split}' split"
     if d.eval_source:
         what = (
             "test split's folder" if d.kind == "image" else "test (else validation) split's files"
         )
-        return [*lines, f"  eval: {_v(_rel(d.eval_source, base))}   # the {what}"]
-    return [*lines, "  eval_fraction: 0.2   # held out for evaluation (or set data.eval: FILE)"]
+        return f"  eval: {_v(_rel(d.eval_source, base))}   # the {what}"
+    return "  eval_fraction: 0.2   # held out for evaluation (or set data.eval: FILE)"
+
+
+def _left_out_lines(d: DataInfo, base: Path) -> list[str]:
+    """A comment for each split's files --data matched that the config does not read."""
+    return [
+        f"  # not read: {listed([_rel(f, base) for f in lo.files])} (taken for split "
+        f"'{lo.split}': {lo.why})"
+        for lo in d.left_out
+    ]
 
 
 def _student_lines(t: TeacherInfo) -> list[str]:

@@ -14,6 +14,8 @@ from kdc.data.images import image_files, image_sizes, split_folders
 from kdc.data.labels import class_order
 from kdc.data.parquet import parquet_table
 from kdc.data.readers import (
+    HELD_SPLITS,
+    TRAIN_SPLITS,
     datasets_dir,
     datasets_layout,
     delimited_records,
@@ -23,19 +25,31 @@ from kdc.data.readers import (
 )
 from kdc.data.shards import (
     data_files,
+    file_splits,
     mixed_splits_note,
     read_files,
     refuse_nested,
     shard_paths,
     split_sources,
+    split_value,
 )
-from kdc.errors import UserError
+from kdc.errors import UserError, listed
 
 if TYPE_CHECKING:
     from kdc.init import TeacherInfo
 
 MAX_ROWS = 20_000  # rows read to guess columns and labels
 MAX_LABELS = 100  # more distinct values than this is not a label column
+
+
+@dataclass
+class LeftOut:
+    """One split's files that `--data` matched and the written config does not read."""
+
+    split: str  # the split their names were taken for
+    files: list[str]
+    why: str  # for the config's comment too: no path
+    fix: str = ""  # what to set instead, paths as --data gave them
 
 
 @dataclass
@@ -55,6 +69,7 @@ class DataInfo:
     files: int = 1  # the files `source` names (a glob, a folder of parquet shards)
     max_length_note: str = ""  # what share of rows max_length covers, for the config comment
     notes: list[str] = field(default_factory=list)  # what matching it to the teacher assumed
+    left_out: list[LeftOut] = field(default_factory=list)  # matched files the config does not read
 
 
 def _read_csv(path: Path, delimiter: str) -> list[dict]:
@@ -262,7 +277,43 @@ def _shards_data(data: str, shards: list[Path], teacher: TeacherInfo) -> DataInf
     info = _file_data(data_files(source, ".", "--data", None), source, teacher)
     info.eval_source = picked[1] if picked else None
     info.notes += [] if picked else mixed_splits_note(data, ".")
+    info.left_out = _left_out(shards, *picked) if picked else []
+    for lo in info.left_out:
+        info.notes.append(
+            f"--data '{data}' matches {listed(lo.files)}, taken for split '{lo.split}', which "
+            f"the config does not read: {lo.why}" + (f"; {lo.fix}" if lo.fix else "")
+        )
     return info
+
+
+def _left_out(files: list[Path], source: str, evals: str | None) -> list[LeftOut]:
+    """Of `files`, named as splits (`split_sources` took `source` and `evals` of them), each
+    split's that the config reads neither as data.source nor as data.eval: a held-out split
+    beside the one taken as data.eval (validation beside test; `valid_notes.csv`), a second
+    training split (`training_notes.csv` beside `train.csv`), another split (a Hub download's
+    `unsupervised`)."""
+    given = [v for v in (source, evals) if v]
+    read = {p.resolve() for v in given for p in data_files(v, ".", "--data", None)}
+    splits = file_splits(files)
+    used = [s for s, fs in splits.items() if fs[0].resolve() in read]
+    train = next(s for s in used if s.lower() in TRAIN_SPLITS)
+    held = next((s for s in used if s.lower() in HELD_SPLITS), None)
+    out = []
+    for split, fs in splits.items():
+        if split in used:
+            continue
+        names = [str(f) for f in fs]
+        if split.lower() in HELD_SPLITS:
+            why = f"kdc evaluates on one held-out split, and init took '{held}' as data.eval"
+            value = split_value(fs, ".") or names[0]
+            fix = f"to evaluate on '{split}' instead, set data.eval: {value}"
+        elif split.lower() in TRAIN_SPLITS:
+            why = f"a second training split beside '{train}' (data.source)"
+            fix = "to train on both, give data.source a pattern that names them all"
+        else:
+            why, fix = f"'{split}' is neither a training nor a held-out split", ""
+        out.append(LeftOut(split, names, why, fix))
+    return out
 
 
 def _image_data(path: Path) -> DataInfo:

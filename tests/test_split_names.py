@@ -164,6 +164,111 @@ def test_init_prefers_test_to_validation_and_notes_a_mix_it_cannot_split(tmp_pat
     assert "reads the files of the splits test, train, validation and other files as one" in note
 
 
+def test_init_notes_and_comments_the_validation_split_it_leaves_out(tmp_path, monkeypatch):
+    """train, test and validation: init takes test as data.eval, and says validation is not
+    read and how to evaluate on it instead, as a warning and in the config's comments."""
+    monkeypatch.chdir(tmp_path)
+    _splits(tmp_path, "train.csv", "validation.csv", "test.csv")
+    conf = {**HF_CONFIG, "id2label": {"0": "neg", "1": "pos"}}
+    teacher = _hf_dir(tmp_path / "t", conf, **{"vocab.txt": "[UNK]\n"})
+    res = _init(teacher, "--data", "data/*.csv", "--out", "model.yaml")
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert (
+        "warning: --data 'data/*.csv' matches data/validation.csv, taken for split 'validation', "
+        "which the config does not read: kdc evaluates on one held-out split, and init took "
+        "'test' as data.eval; to evaluate on 'validation' instead, set data.eval: "
+        "data/validation.csv"
+    ) in said, said
+    text = (tmp_path / "model.yaml").read_text()
+    assert (
+        "  # not read: data/validation.csv (taken for split 'validation': kdc evaluates on one "
+        "held-out split, and init took 'test' as data.eval)"
+    ) in text.splitlines(), text
+    cfg = load_config(tmp_path / "model.yaml")
+    assert (cfg.data.source, cfg.data.eval) == ("data/train.csv", "data/test.csv")
+
+
+@pytest.mark.parametrize(
+    ("names", "written", "notes"),
+    [
+        (  # a held-out split's word by accident, beside the test split
+            ["train.csv", "test.csv", "valid_notes.csv"],
+            ("data/train.csv", "data/test.csv"),
+            [
+                "data/valid_notes.csv, taken for split 'valid', which the config does not read: "
+                "kdc evaluates on one held-out split, and init took 'test' as data.eval; to "
+                "evaluate on 'valid' instead, set data.eval: data/valid_notes.csv"
+            ],
+        ),
+        (  # a second training split's word
+            ["train.csv", "test.csv", "training_notes.csv"],
+            ("data/train.csv", "data/test.csv"),
+            [
+                "data/training_notes.csv, taken for split 'training', which the config does not "
+                "read: a second training split beside 'train' (data.source); to train on both, "
+                "give data.source a pattern that names them all"
+            ],
+        ),
+        (  # val is preferred to dev, whose file is left out
+            ["train.csv", "dev.csv", "val-notes.csv"],
+            ("data/train.csv", "data/val-notes.csv"),
+            [
+                "data/dev.csv, taken for split 'dev', which the config does not read: kdc "
+                "evaluates on one held-out split, and init took 'val' as data.eval; to evaluate "
+                "on 'dev' instead, set data.eval: data/dev.csv"
+            ],
+        ),
+        (  # the test split's word by accident, alone: it is data.eval, in the config
+            ["train.csv", "ab_test_results.csv"],
+            ("data/train.csv", "data/ab_test_results.csv"),
+            [],
+        ),
+        (  # beside the test split: no pattern names one split's files, the glob is kept
+            ["train.csv", "test.csv", "ab_test_results.csv"],
+            ("data/*.csv", None),
+            ["data.source 'data/*.csv' reads the files of the splits test, train as one"],
+        ),
+    ],
+)
+def test_init_notes_each_split_named_file_it_does_not_read(
+    tmp_path, monkeypatch, names, written, notes
+):
+    """A file named with a split's word by accident is taken for that split: left out of the
+    config where init took another split's files (noted, naming it and why), or read."""
+    monkeypatch.chdir(tmp_path)
+    _splits(tmp_path, *names)
+    info = inspect_data(
+        "data/*.csv", TeacherInfo("huggingface", tmp_path, "text-classification", 2)
+    )
+    assert (info.source, info.eval_source) == written
+    assert len(info.notes) == len(notes), info.notes
+    for note, want in zip(info.notes, notes, strict=True):
+        assert want in note, note
+
+
+def test_init_notes_a_hub_split_neither_trained_on_nor_evaluated(tmp_path, monkeypatch):
+    """A Hub download's `unsupervised` shards beside train and test (IMDB) are named as left out."""
+    pytest.importorskip("pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    for split in ("train", "test", "unsupervised"):
+        pq.write_table(
+            pa.table({"text": ["a b", "c d"] * 5, "label": ["x", "y"] * 5}),
+            tmp_path / "d" / f"{split}-00000-of-00001.parquet",
+        )
+    info = inspect_data("d", TeacherInfo("huggingface", tmp_path, "text-classification", 2))
+    assert (info.source, info.eval_source) == ("d/train-*.parquet", "d/test-*.parquet")
+    assert info.notes == [
+        "--data 'd' matches d/unsupervised-00000-of-00001.parquet, taken for split "
+        "'unsupervised', which the config does not read: 'unsupervised' is neither a training "
+        "nor a held-out split"
+    ]
+
+
 @pytest.mark.parametrize(
     ("train", "test"), [("train", "test"), ("imdb_train", "imdb_test"), ("aTrain", "aTest")]
 )

@@ -112,7 +112,7 @@ def _split_glob(files: list[Path]) -> str:
     return str(folder / name if len(folders) == 1 else folder / "**" / name)
 
 
-def _split_value(files: list[Path], base: str | Path) -> str | None:
+def split_value(files: list[Path], base: str | Path) -> str | None:
     """One split's files (paths relative to `base`) as a data path: the one file (not a Hub
     shard), else their pattern (`_split_glob`); None where that names other files too."""
     if len(files) == 1 and not HUB_SHARD.fullmatch(files[0].name):
@@ -132,8 +132,8 @@ def split_sources(files: list[Path], base: str | Path = ".") -> tuple[str, str |
     picked = train_and_held(list(splits)) if len(splits) > 1 else None
     if picked is None:
         return None
-    train = _split_value(splits[picked[0]], base)
-    held = picked[1] and _split_value(splits[picked[1]], base)
+    train = split_value(splits[picked[0]], base)
+    held = picked[1] and split_value(splits[picked[1]], base)
     return (train, held) if train and (held or not picked[1]) else None
 
 
