@@ -153,13 +153,16 @@ def _quantized_how(report: dict) -> list[str]:
         how += f", activations {q['activations']}" if q.get("activations") else ""
         choice = q.get("backend_choice") or {}
         if choice.get("loss"):
-            p50 = choice.get("p50_ms") or {}
+            p50, dev = choice.get("p50_ms") or {}, choice.get("deviation") or {}
             tried = " and ".join(
-                f"{b} (loss {loss:g}" + (f", p50 {sig(p50[b])} ms)" if b in p50 else ")")
+                f"{b} (loss {loss:g}"
+                + (f", deviation {sig(dev[b])}" if b in dev else "")
+                + (f", p50 {sig(p50[b])} ms)" if b in p50 else ")")
                 for b, loss in choice["loss"].items()
             )
             measure = (q.get("loss") or {}).get("measure")
             how += f"; ptq: auto compared {tried}" + (f", loss: {measure}" if measure else "")
+            how += ", deviation: RMS(INT8 - FP32 outputs) / RMS(FP32 outputs)" * bool(dev)
             if p50:
                 n = choice.get("threads")
                 threads = f"{n} thread{'s' * (n != 1)}" if n else "default threads"

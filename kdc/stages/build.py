@@ -210,11 +210,12 @@ def int8_runs_here(ctx: Context) -> bool:
 
 def _output_loss_fn(
     ctx: Context, src: Path
-) -> tuple[Callable[[Path], float], str, dict[str, np.ndarray]]:
+) -> tuple[Callable[[Path], tuple[float, float]], str, dict[str, np.ndarray]]:
     """How far a quantized graph's outputs are from `src`'s on held-out training rows (those after
-    the calibration rows, never the eval split), a description of those rows, and the rows; run
-    through this CPU's int8 kernels only where the graph will run on them (`int8_runs_here`)."""
-    from kdc.compress.int8_fallback import output_loss
+    the calibration rows, never the eval split) as (`output_loss`, `output_deviation`), a
+    description of those rows, and the rows; run through this CPU's int8 kernels only where the
+    graph will run on them (`int8_runs_here`)."""
+    from kdc.compress.int8_fallback import output_deviation, output_loss
     from kdc.deploy.onnxruntime import make_session, run_session
 
     q = ctx.cfg.quantize
@@ -227,13 +228,13 @@ def _output_loss_fn(
     ref = run_session(make_session(src), rows)
     optimization = "all" if int8_runs_here(ctx) else "disable"
 
-    def loss_of(path: Path) -> float:
+    def compare(path: Path) -> tuple[float, float]:
         out = run_session(make_session(path, optimization=optimization), rows)
-        return output_loss(ctx.cfg.task, ref, out)
+        return output_loss(ctx.cfg.task, ref, out), output_deviation(ref, out)
 
     overlap = "; the calibration rows too: too few to hold any out" if start == 0 else ""
     where = f"train rows {start}..{start + len(ref) - 1} (never the eval split{overlap})"
-    return loss_of, where, rows
+    return compare, where, rows
 
 
 SLOWER_OK = 1.1  # an INT8 graph this much slower than the fastest one is not a candidate
@@ -247,9 +248,16 @@ def _spread(timed: dict) -> float:
 
 
 def _choose_backend(
-    ctx: Context, built: dict[str, Path], losses: dict[str, float], rows: dict
+    ctx: Context,
+    built: dict[str, Path],
+    losses: dict[str, float],
+    deviations: dict[str, float],
+    rows: dict,
+    tie: float,
 ) -> tuple[str, dict]:
-    """The backend whose INT8 graph is closest to FP32; where it runs on this CPU
+    """The backend whose INT8 graph is closest to FP32: the lowest loss, and among graphs within
+    `tie` of it (one row's share for a class-change loss, which is often 0 for both on a CNN) the
+    lowest output deviation, whatever the backends' order; where it runs on this CPU
     (`int8_runs_here`), only among those at most 10 % slower than the fastest, or within how far
     their p50s moved between timing rounds. Which graph is faster depends on the graph and the
     machine: NNCF's ModelType.TRANSFORMER graph of a BERT student ran 1.7-1.9x slower than ONNX
@@ -258,8 +266,11 @@ def _choose_backend(
     must not decide."""
     from kdc.deploy.latency import measure_onnx_rounds
 
-    choice: dict = {"loss": {b: round(v, 5) for b, v in losses.items()}}
-    ok = list(built)
+    choice: dict = {
+        "loss": {b: round(v, 5) for b, v in losses.items()},
+        "deviation": {b: float(f"{v:.4g}") for b, v in deviations.items()},
+    }
+    ok, timing = list(built), ""
     if int8_runs_here(ctx):
         timed = measure_onnx_rounds(
             {b: (path, "int8") for b, path in built.items()},
@@ -280,10 +291,19 @@ def _choose_backend(
             p50_ms={b: round(t["p50_ms"], 4) for b, t in timed.items()},
             threads=fast["threads"],  # as timed (the config may leave it to all CPUs)
             protocol=fast["protocol"],
-            rule=f"closest to FP32 among the INT8 graphs at most {SLOWER_OK:g}x the fastest here "
-            f"(or within the spread of its p50 over {PTQ_ROUNDS} interleaved rounds)",
         )
-    return min(ok, key=losses.get), choice
+        timing = (
+            f" among the INT8 graphs at most {SLOWER_OK:g}x the fastest here (or within the "
+            f"spread of its p50 over {PTQ_ROUNDS} interleaved rounds)"
+        )
+    near_tie = f"within {tie:g} of it (one row)" if tie else "with the same loss"
+    choice["rule"] = (
+        f"closest to FP32{timing}: the lowest loss; among graphs {near_tie}, the lowest "
+        "deviation, RMS(INT8 - FP32 outputs) / RMS(FP32 outputs) on the same rows"
+    )
+    lowest = min(losses[b] for b in ok)
+    near = [b for b in ok if losses[b] - lowest <= tie + 1e-12]
+    return min(near, key=lambda b: (deviations[b], losses[b])), choice
 
 
 def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
@@ -307,13 +327,19 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
     if len(backends) == 1 and q.max_int8_loss is None:
         _quantizer(ctx, src, backends[0])([], dst)
         return {"method": PTQ_BACKENDS[backends[0]], **how, **_backend_notes(ctx, backends[0])}
-    loss_of, described, held_out = _output_loss_fn(ctx, src)
+    compare, described, held_out = _output_loss_fn(ctx, src)
     quantizers = {b: _quantizer(ctx, src, b) for b in backends}
     with tempfile.TemporaryDirectory(prefix="kdc-int8-") as scratch:
         built = {b: quantize([], Path(scratch) / f"{b}.onnx") for b, quantize in quantizers.items()}
-        losses = {b: loss_of(p) for b, p in built.items()}
+        measured = {b: compare(p) for b, p in built.items()}
+        losses = {b: loss for b, (loss, _) in measured.items()}
         if len(backends) > 1:
-            backend, how["backend_choice"] = _choose_backend(ctx, built, losses, held_out)
+            n = len(next(iter(held_out.values())))
+            tie = 0.0 if ctx.cfg.task == "sentence-embedding" else 1 / n  # one row's class
+            deviations = {b: dev for b, (_, dev) in measured.items()}
+            backend, how["backend_choice"] = _choose_backend(
+                ctx, built, losses, deviations, held_out, tie
+            )
         else:
             backend = backends[0]
         best = built[backend]
@@ -322,7 +348,7 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
                 best,
                 losses[backend],
                 quantizers[backend],
-                loss_of,
+                lambda path: compare(path)[0],
                 layer_groups(src, QUANT_OPS.get(fam)),
                 q.max_int8_loss,
                 Path(scratch),

@@ -390,6 +390,7 @@ def test_markdown_says_how_each_int8_graph_was_made(report):
         "activations": "uint8 asymmetric",
         "backend_choice": {
             "loss": {"onnxruntime": 0.004, "nncf": 0.008},
+            "deviation": {"onnxruntime": 0.01234, "nncf": 0.02},
             "p50_ms": {"nncf": 8.7},
             "threads": 1,
             "protocol": "median p50 of 3 interleaved rounds",
@@ -400,8 +401,10 @@ def test_markdown_says_how_each_int8_graph_was_made(report):
     assert (
         "- onnxruntime-int8: made by post-training quantization, ort-static-qdq calibrated on 128 "
         "training rows, weights int8 per-channel, activations uint8 asymmetric; ptq: auto "
-        "compared onnxruntime (loss 0.004) and nncf (loss 0.008, p50 8.70 ms), loss: share of "
-        "rows whose class differs from FP32; p50 measured here at 1 thread, median p50 of 3 "
+        "compared onnxruntime (loss 0.004, deviation 0.0123) and nncf (loss 0.008, deviation "
+        "0.0200, p50 8.70 ms), loss: share of "
+        "rows whose class differs from FP32, deviation: RMS(INT8 - FP32 outputs) / RMS(FP32 "
+        "outputs); p50 measured here at 1 thread, median p50 of 3 "
         "interleaved rounds"
     ) in md
     e["quantization"] = {"method": "qat", "scheme": "NNCF fake quantizers", "epochs": 2}
