@@ -1,6 +1,8 @@
 """Train the vit_digits example's teacher, a small Hugging Face ViT (4 layers, 2×2 patches of the
 8×8 digits), on the same train split kdc uses, and save it with save_pretrained (and its image
-processor config) as ``teacher/`` beside model.yaml. Takes about 2 minutes on a CPU."""
+processor config) as ``teacher/`` beside model.yaml. Takes about 2 minutes on a CPU. Seeded: the
+same torch thread count (``OMP_NUM_THREADS``), torch version and CPU give the same weights; another
+thread count gives other weights (torch's CPU kernels split their sums by thread)."""
 
 from __future__ import annotations
 
