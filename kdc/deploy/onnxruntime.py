@@ -453,3 +453,26 @@ def quantize_dynamic_int8(src: Path | str, dst: Path | str) -> Path:
     with _reading(src), atomic_path(dst) as tmp:
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
     return dst
+
+
+def weight_granularity(path: Path) -> str:
+    """How an INT8 graph's weights are scaled, read from its DequantizeLinear nodes of 8-bit
+    initializers: "int8 per-channel", "int8 per-tensor", how many per channel, or none."""
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    per_channel = [
+        len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and n.input[1] in inits
+        and inits[n.input[0]].data_type in eight_bit
+    ]
+    if not per_channel:
+        return "no int8 weights"
+    if all(per_channel):
+        return "int8 per-channel"
+    if not any(per_channel):
+        return "int8 per-tensor"
+    return f"int8, {sum(per_channel)} of {len(per_channel)} weight tensors per-channel"

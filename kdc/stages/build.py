@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdc.deploy.onnxruntime import QUANT_OPS
+from kdc.deploy.onnxruntime import QUANT_OPS, weight_granularity
 from kdc.deploy.softmax_floor import floor_file
 from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.errors import UserError
@@ -320,12 +320,12 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
     how: dict = {
         "calibration_rows": min(q.calibration_size, len(ctx.dataset.train)),
         "activations": "int8 symmetric" if sym else "uint8 asymmetric",
-        "weights": "int8 per-channel" if "onnxruntime" in backends else "int8",
     }
     if reduce_range(ctx):  # 7-bit weights: x86 int8 kernels without VNNI saturate on 8
         how["reduce_range"] = True
     if len(backends) == 1 and q.max_int8_loss is None:
         _quantizer(ctx, src, backends[0])([], dst)
+        how["weights"] = weight_granularity(dst)
         return {"method": PTQ_BACKENDS[backends[0]], **how, **_backend_notes(ctx, backends[0])}
     compare, described, held_out = _output_loss_fn(ctx, src)
     quantizers = {b: _quantizer(ctx, src, b) for b in backends}
@@ -359,6 +359,7 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
                 ctx.log(f"  int8: kept in float {kept} ({how['accuracy_aware']['final_loss']})")
         with atomic_path(dst) as tmp:
             shutil.copyfile(best, tmp)
+    how["weights"] = weight_granularity(dst)
     how["loss"] = {
         "rows": described,
         "run_by": "ONNX Runtime's int8 CPU kernels (this machine is the target)"

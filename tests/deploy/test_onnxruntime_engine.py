@@ -19,6 +19,7 @@ from kdc.deploy.onnxruntime import (
     quantize_int8,
     run_session,
     session_options_record,
+    weight_granularity,
 )
 from kdc.errors import UserError
 
@@ -264,6 +265,19 @@ def test_reduce_range_quantizes_weights_to_7_bits(mlp: Path, tmp: Path) -> None:
             if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2
         ]
         assert weights and max(int(abs(w.astype(int)).max()) for w in weights) == top
+
+
+def test_weight_granularity_is_read_from_the_graph(mlp: Path, tmp: Path) -> None:
+    """The build record's "weights" says how the shipped graph's weights are scaled (it said
+    per-channel whenever ONNX Runtime's quantizer was among those tried)."""
+    calib = [_x(32, seed) for seed in range(8)]
+    per_channel = quantize_int8(mlp, tmp / "pc.onnx", calib, symmetric_activations=True)
+    per_tensor = quantize_int8(
+        mlp, tmp / "pt.onnx", calib, symmetric_activations=True, per_channel=False
+    )
+    assert weight_granularity(per_channel) == "int8 per-channel"
+    assert weight_granularity(per_tensor) == "int8 per-tensor"
+    assert weight_granularity(mlp) == "no int8 weights"  # the float graph
 
 
 def test_int8_saturates_on_x86_without_vnni_only() -> None:
