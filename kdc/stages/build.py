@@ -101,6 +101,7 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
         how = _qat_how(ctx)
     else:
         how = _ptq(ctx, src, dst)
+    how["weights"] = weight_granularity(dst)  # of the graph shipped, by QAT or PTQ
     # unless a TensorRT engine is built from this graph (it fuses its attention itself)
     floored = floor_file(dst) if floor and "tensorrt" not in wanted_engines(ctx) else 0
     engines.append(
@@ -325,7 +326,6 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
         how["reduce_range"] = True
     if len(backends) == 1 and q.max_int8_loss is None:
         _quantizer(ctx, src, backends[0])([], dst)
-        how["weights"] = weight_granularity(dst)
         return {"method": PTQ_BACKENDS[backends[0]], **how, **_backend_notes(ctx, backends[0])}
     compare, described, held_out = _output_loss_fn(ctx, src)
     quantizers = {b: _quantizer(ctx, src, b) for b in backends}
@@ -359,7 +359,6 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
                 ctx.log(f"  int8: kept in float {kept} ({how['accuracy_aware']['final_loss']})")
         with atomic_path(dst) as tmp:
             shutil.copyfile(best, tmp)
-    how["weights"] = weight_granularity(dst)
     how["loss"] = {
         "rows": described,
         "run_by": "ONNX Runtime's int8 CPU kernels (this machine is the target)"

@@ -57,3 +57,5 @@ def test_resume_reruns_a_qat_distill_whose_record_lacks_its_graph(
     assert GRAPH in stages["distill"]["outputs"]
     int8 = next(e for e in report["engines"] if e["precision"] == "int8")
     assert int8["status"] == "built" and int8["quantization"]["method"] == "qat"
+    # read from the shipped graph for QAT as for PTQ (it was recorded for PTQ alone)
+    assert int8["quantization"]["weights"] == "int8 per-channel", int8["quantization"]
