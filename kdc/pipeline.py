@@ -297,8 +297,9 @@ def stage_not_ready(
     ctx: Context, name: str, input_hash: str | None = None, *, stale_upstream: bool = False
 ) -> UserError:
     """Why stage `name` cannot be taken as done: it has not finished, an output it recorded is
-    missing or was changed after it ran, (`stale_upstream`) an earlier stage ran again after it, or
-    (`input_hash` given) it ran with other inputs."""
+    missing or was changed after it ran, (`stale_upstream`) an earlier stage ran again after it,
+    (`input_hash` given) it ran with other inputs, or its record lacks an output it must make for
+    the config (`unrecorded`)."""
     rec = ctx.run.stage(name) or {}
     bad = ctx.run.verify_outputs(name) if rec.get("status") == "done" else []
     if stale_upstream:  # from the first stage of the chain an earlier one's new outputs broke
@@ -313,10 +314,10 @@ def stage_not_ready(
     elif bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         what = f"output {bad[0]}{more} is missing or was changed after the stage ran"
-    elif missing := unrecorded(ctx.run, name, ctx.cfg):
-        what = f"did not record {missing[0]}, which it makes for this config"
     elif input_hash is not None and rec.get("input_hash") != input_hash:
         what = "ran with other inputs (config, target, teacher or an earlier stage changed)"
+    elif missing := unrecorded(ctx.run, name, ctx.cfg):  # same inputs: an older kdc's record
+        what = f"did not record {missing[0]}, which it makes for this config"
     else:
         what = "is not done"
     manifest = ctx.run.manifest()

@@ -1,7 +1,8 @@
 """A QAT run's INT8 engine is distill's QAT graph (`distill/student_qat.onnx`): QAT writes it or
 fails. A distill record without it (a manifest an older kdc wrote) is not done, so `--resume`
 runs distill again and ships the QAT graph; build refuses a QAT run whose graph is missing
-rather than ship a PTQ engine as the QAT run's, naming the file and the fix."""
+rather than ship a PTQ engine as the QAT run's, naming the file and the fix; a distill that ran
+with other inputs is refused as such, whatever its record lacks."""
 
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ def test_resume_reruns_a_qat_distill_whose_record_lacks_its_graph(
     # a distill record without the graph: not done, for build alone and for --resume
     manifest = json.loads((run / "manifest.json").read_text())
     del manifest["stages"]["distill"]["outputs"][GRAPH]
+    recorded = manifest["stages"]["distill"]["input_hash"]
+    # of other inputs too (a PTQ run now asked for QAT): that, the cause, is what is named
+    manifest["stages"]["distill"]["input_hash"] = "0" * len(recorded)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    code, out = _kdc("build", str(path), "--out", str(run))
+    assert code == 2 and "stage 'distill' ran with other inputs" in out, out
+    manifest["stages"]["distill"]["input_hash"] = recorded
     (run / "manifest.json").write_text(json.dumps(manifest))
     code, out = _kdc("build", str(path), "--out", str(run))
     assert code == 2 and f"stage 'distill' did not record {GRAPH}, which it makes" in out, out
