@@ -55,9 +55,10 @@ def quantize_int8_nncf(
     `op_types` limits which ops are quantized (None: NNCF's default set); `nodes_to_exclude`
     (node names) stay in float. `reduce_range`: 7-bit weights in every layer (NNCF's overflow fix;
     its default applies it to the first layer only), for x86 int8 kernels without VNNI.
-    Off `tensorrt`, each conv NNCF quantizes only after an activation ONNX Runtime cannot drop
-    gets an output quantizer of its own (`quantize_conv_outputs`), and with asymmetric
-    activations every activation is quantized UINT8 (`unsigned_activations`)."""
+    Off `tensorrt`, in a graph with convs (a CNN's; a transformer's quantizes as before), each conv
+    NNCF quantizes only after an activation ONNX Runtime cannot drop gets an output quantizer of
+    its own (`quantize_conv_outputs`), and with asymmetric activations every activation is
+    quantized UINT8 (`unsigned_activations`)."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import OverflowFix
 

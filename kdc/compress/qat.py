@@ -233,11 +233,11 @@ def _torch_ops() -> GraphOps:
 @torch.no_grad()
 def _quantize_conv_outputs(
     model: torch.nn.Module, graph: NNCFGraph, batches: list[tuple], sym: bool
-) -> int:
+) -> None:
     """Give each conv of NNCF's `model` read only by an activation ONNX Runtime cannot drop
     (`convs_into_fused_activations`: a MobileNetV3's Hardswish convs, an EfficientNet's SiLU
     ones, which it ran in float) an output quantizer (symmetric with `sym`, else asymmetric),
-    its range NNCF's min-max one of the conv's output on `batches`. Returns how many were given."""
+    its range NNCF's min-max one of the conv's output on `batches`."""
     from nncf.quantization.algorithms.min_max.torch_backend import PTMinMaxAlgoBackend
     from nncf.torch.function_hook import register_post_function_hook
 
@@ -255,7 +255,6 @@ def _quantize_conv_outputs(
         config, params = output_quantizer(low, high, sym)
         quantizer = PTMinMaxAlgoBackend._create_quantizer(config, (1,), params, None)
         register_post_function_hook(model, name, 0, quantizer)
-    return len(convs)
 
 
 def _clip_bounds(node: NNCFNode) -> tuple[float, float] | None:
