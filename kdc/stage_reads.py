@@ -150,8 +150,11 @@ INT8_ONLY = tuple(f"quantize.{k}" for k in QuantizeConfig.model_fields if k != "
 
 def build_idle(cfg: KdcConfig) -> tuple[str, ...]:
     """What build reads but does not use for `cfg`: the INT8 settings where it makes no INT8
-    graph (quantize.precision fp32 or fp16)."""
-    return () if builds_int8(cfg) else INT8_ONLY
+    graph (quantize.precision fp32 or fp16); verify.threads unless `ptq: auto` times the INT8
+    graphs it picks from (PTQ, not QAT, of an INT8 run)."""
+    int8 = builds_int8(cfg)
+    timed = int8 and not int8_qat(cfg) and cfg.quantize.ptq == "auto"
+    return (*(() if int8 else INT8_ONLY), *(() if timed else ("verify.threads",)))
 
 
 def config_reads(

@@ -1,7 +1,7 @@
 """Settings a stage reads but cannot use for a config (how often distillation checkpoints, the
 prune section while pruning is off, the INT8 settings, QAT's method among them, of a run that
-makes no INT8 graph) keep its outputs on `--resume`; `--dry-run --resume` plans what the resume
-then does."""
+makes no INT8 graph, the threads build times INT8 graphs on where `ptq: auto` does not pick one)
+keep its outputs on `--resume`; `--dry-run --resume` plans what the resume then does."""
 
 from __future__ import annotations
 
@@ -68,6 +68,10 @@ USED = [  # (config, edit, value, the stages that compute from it)
     (FP32, "quantize.precision", "fp16", {"search", "build"}),
     (BASE, "quantize.method", "qat", {"distill", "build"}),  # int8: QAT trains in distill
     (QAT, "quantize.precision", "fp16", {"search", "distill", "build"}),  # and no longer runs
+    (BASE, "verify.threads", 2, {"build", "verify"}),  # build times `ptq: auto`'s INT8 graphs
+    (FP32, "verify.threads", 2, {"verify"}),  # no INT8 graph: build times none
+    (QAT, "verify.threads", 2, {"verify"}),  # QAT's graph ships: none timed
+    (_edit(BASE, "quantize.ptq", "nncf"), "verify.threads", 2, {"verify"}),
 ]
 
 
