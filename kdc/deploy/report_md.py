@@ -148,8 +148,7 @@ def _quantized_how(report: dict) -> list[str]:
             how = f"post-training quantization, {q['method']}"
             if q.get("calibration_rows"):
                 how += f" calibrated on {q['calibration_rows']} training rows"
-            if q.get("weights"):
-                how += f", weights {q['weights']}"
+        how += f", weights {q['weights']}" if q.get("weights") else ""  # QAT's too
         how += f", activations {q['activations']}" if q.get("activations") else ""
         choice = q.get("backend_choice") or {}
         if choice.get("loss"):

@@ -412,6 +412,8 @@ def test_markdown_says_how_each_int8_graph_was_made(report):
         "- onnxruntime-int8: made by quantization-aware training, 2 epochs of distillation "
         "with NNCF fake quantizers" in render_markdown(r)
     )
+    e["quantization"]["weights"] = "int8 per-channel"  # build records it for QAT too
+    assert "with NNCF fake quantizers, weights int8 per-channel" in render_markdown(r)
 
 
 def test_a_device_timed_engine_still_shows_its_prediction(report):
