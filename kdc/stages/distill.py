@@ -6,9 +6,9 @@ A CNN student's BatchNorm statistics are re-estimated on training rows after eac
 where validation does not drop (`compress.precise_bn`; metrics `precise_bn`).
 
 Outputs: distill/student/ (weights + shapes; reloads with `load_student`), history.jsonl,
-student.json, and with `quantize.method: qat` distill/student_qat.onnx (a QDQ model of standard
-ops) and qat_history.jsonl. A restarted stage with unchanged inputs continues from
-distill/checkpoint/last.pt.
+student.json, and with `quantize.method: qat` of an INT8 run (`preflight.int8_qat`)
+distill/student_qat.onnx (a QDQ model of standard ops) and qat_history.jsonl. A restarted
+stage with unchanged inputs continues from distill/checkpoint/last.pt.
 """
 
 from __future__ import annotations
