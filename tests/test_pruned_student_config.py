@@ -82,5 +82,6 @@ def test_sizes_no_config_states_refuse_slicing_in_one_line(tmp_path, prune):
     with pytest.raises(UserError) as e:
         derive_student(teacher, spec, x)
     assert "\n" not in str(e.value) and "teacher" in str(e.value)
+    assert str(tmp_path / "pruned") in str(e.value)  # the file: which teacher it is
     whole_layers = derive_student(teacher, {"family": "transformer", "layers": [1]}, x)
     assert whole_layers.architecture()["num_attention_heads"] == 1

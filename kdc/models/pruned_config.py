@@ -66,11 +66,12 @@ def sync_config(model: nn.Module) -> str | None:
 
 def check_sliceable(model: nn.Module) -> None:
     """A UserError when `model`, a pruned teacher, has sizes its config cannot state: students
-    are sliced from a config's sizes."""
+    are sliced from a config's sizes. Names the directory it was loaded from."""
     why = sync_config(model)
     if why:
         raise UserError(
             f"cannot slice students from this pruned teacher: {why}",
+            source=getattr(model.config, "_name_or_path", "") or None,
             field="teacher.path",
             fix="keep whole layers of it (search.strategy: fixed with student.layers alone), or "
             "use the teacher it was pruned from",
