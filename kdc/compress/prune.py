@@ -68,7 +68,12 @@ def _transformer_args(
         if isinstance(m, nn.Linear) and m not in qkv and m.out_features == width
     ]
     pooler = getattr(model.base_model, "pooler", None)
-    ignored = [*adapter.classifiers(), *([pooler] if isinstance(pooler, nn.Module) else [])]
+    # the whole head: ELECTRA's and RoBERTa's are dense → tanh → out_proj, no config states a
+    # pruned dense, and a config that cannot state the student stays unpruned (sync_config)
+    encoder = set(model.base_model.modules())  # all of a bare encoder's (sentence-embedding)
+    head = [m for m in model.modules() if isinstance(m, nn.Linear) and m not in encoder]
+    poolers = [pooler] if isinstance(pooler, nn.Module) else []
+    ignored = list(dict.fromkeys([*adapter.classifiers(), *head, *poolers]))
     embeddings = getattr(model.base_model, "embeddings", None)
     return {
         "num_heads": {lin: a.num_attention_heads for lin, a in qkv.items()},
