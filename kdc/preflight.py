@@ -455,13 +455,14 @@ def _check_head(cfg: KdcConfig, hf: dict | None) -> None:
     image_task = cfg.task == "image-classification"
     head = "ForImageClassification" if image_task else "ForSequenceClassification"
     if not custom and not any(head in str(n) for n in names):  # BertModel, BertForMaskedLM
+        from kdc.models.hf_weights import TEACHER_FIXES
+
         raise UserError(
             f"the teacher is {', '.join(map(str, names))} (config.json architectures), which has "
             f"no classification head: kdc distils a trained {cfg.task.replace('-', ' ')} model",
             source=cfg.source_file,
             field="teacher.path",
-            fix="point it to the fine-tuned classifier's directory, or set task: "
-            "sentence-embedding to compress the encoder",
+            fix=TEACHER_FIXES[f"AutoModel{head}"],  # what loading it would say
         )
     from kdc.hf_files import check_single_label
 

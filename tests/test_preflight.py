@@ -395,6 +395,21 @@ def test_a_classification_task_with_a_bare_encoder_teacher_is_refused_by_validat
         assert "task: sentence-embedding" in line
 
 
+def test_an_image_task_with_a_bare_vit_teacher_is_refused_with_an_image_fix(tmp_path):
+    """The fix for an image task's headless teacher named text's way out (task:
+    sentence-embedding), which an image model cannot take."""
+    import json
+
+    cfg = _image_project(tmp_path, ["cat", "dog"])
+    conf_file = tmp_path / "teacher" / "config.json"
+    conf_file.write_text(
+        json.dumps({**json.loads(conf_file.read_text()), "architectures": ["ViTModel"]})
+    )
+    line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
+    assert "ViTModel" in line and "no classification head" in line
+    assert "image classifier's directory" in line and "sentence-embedding" not in line
+
+
 def test_a_first_run_refused_on_its_data_leaves_no_directory(tmp_path):
     """Data refused when the run starts (an eval label the training data lacks): neither the run
     directory nor the runs/ folder made for it stays behind."""

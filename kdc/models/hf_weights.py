@@ -13,7 +13,7 @@ from kdc.errors import UserError, listed
 from kdc.models.weights import key_mismatch
 
 # per auto class kdc loads a teacher through: the fix for a checkpoint without weights its model
-# uses
+# uses (and, in kdc.preflight, for a config.json naming no head of the task)
 TEACHER_FIXES = {
     "AutoModelForSequenceClassification": "point it at the fine-tuned classifier's directory, "
     "or set task: sentence-embedding to compress the encoder",
