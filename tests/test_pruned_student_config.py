@@ -91,25 +91,16 @@ def test_a_classification_head_of_two_layers_is_left_whole(tmp_path):
     """ELECTRA's and RoBERTa's heads are dense → tanh → out_proj: pruning cut the dense layer's
     units (only out_proj was left out), which no config states, so a pruned student's config
     kept its unpruned FFN size and no student was sliced from it."""
+    from test_embedding_projection import _electra  # hidden 48, FFN 64
     from tiny import tiny_bert
-    from transformers import ElectraConfig, ElectraForSequenceClassification
 
     _, tok = tiny_bert(tmp_path)
     torch.manual_seed(0)
-    config = ElectraConfig(
-        vocab_size=len(tok),
-        embedding_size=16,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    teacher = HFTextAdapter(ElectraForSequenceClassification(config).eval(), tok, max_length=16)
+    teacher = HFTextAdapter(_electra(len(tok)).eval(), tok, max_length=16)
     x = teacher.encode(["a good film", "an awful plot", "the movie was fine", "ok"])
     cfg = PruneConfig(enabled=True, ratio=0.5, head_ratio=0.0)
     pruned = prune_once(teacher, x, cfg, ratio=0.5, round_to=8)
-    assert tuple(pruned.model.classifier.dense.weight.shape) == (32, 32)
+    assert tuple(pruned.model.classifier.dense.weight.shape) == (48, 48)
     pruned.save(tmp_path / "pruned")
     assert json.loads((tmp_path / "pruned" / "config.json").read_text())["intermediate_size"] == 32
     again = HFTextAdapter.from_dir(tmp_path / "pruned", max_length=16)
