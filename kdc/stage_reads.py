@@ -101,15 +101,19 @@ def distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
 
 
 def distill_versions(cfg: KdcConfig) -> dict[str, int]:
-    """A CNN student's BatchNorm re-estimation version (`precise_bn.VERSION`), an INT8 QAT run's
-    scheme version (`qat.SCHEMES`, by the student's family)."""
-    from kdc.compress import precise_bn
+    """A CNN student's BatchNorm re-estimation version (`precise_bn.VERSION`), a pruned
+    transformer's pruning version (`prune.TRANSFORMER_VERSION`), an INT8 QAT run's scheme
+    version (`qat.SCHEMES`, by the student's family)."""
+    from kdc.compress import precise_bn, prune
     from kdc.compress.qat import SCHEMES
     from kdc.models import student_family
 
     family = student_family(cfg)
-    bn = {"precise_bn": precise_bn.VERSION} if family == "cnn" else {}
-    return {**bn, "qat_scheme": SCHEMES[family].version} if int8_qat(cfg) else bn
+    versions = {"precise_bn": precise_bn.VERSION} if family == "cnn" else {}
+    if family == "transformer" and cfg.prune.enabled:
+        versions["prune"] = prune.TRANSFORMER_VERSION
+    qat = {"qat_scheme": SCHEMES[family].version} if int8_qat(cfg) else {}
+    return {**versions, **qat}
 
 
 def build_versions(cfg: KdcConfig) -> dict[str, int]:

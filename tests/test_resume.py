@@ -199,6 +199,26 @@ def test_a_cnn_distills_again_when_its_batchnorm_re_estimation_changes(cnn_proje
     assert {k for k in configs if now[k] != before[k]} == {"ptq", "qat"}
 
 
+def test_a_pruned_transformer_distills_again_when_its_pruning_changes(cnn_project, monkeypatch):
+    """distill's input hash holds `prune.TRANSFORMER_VERSION` for a pruned transformer student
+    (2: its whole classification head left unpruned, ELECTRA's and RoBERTa's dense layer too): a
+    run pruned before (1, hashed without it) distills again; one that does not prune, or a
+    CNN's, does not read it."""
+    from tiny import bert_config
+
+    from kdc.compress import prune
+
+    text = bert_config()
+    pruned = _with(text, "prune.enabled", True)
+    cnn = _with(yaml.safe_load(cnn_project.read_text()), "prune.enabled", True)
+    configs = {"text": text, "text pruned": pruned, "cnn pruned": cnn}
+    now = {k: _hashes(c)["distill"] for k, c in configs.items()}
+    assert prune.TRANSFORMER_VERSION == 2
+    monkeypatch.setattr(prune, "TRANSFORMER_VERSION", 1)
+    before = {k: _hashes(c)["distill"] for k, c in configs.items()}
+    assert {k for k in configs if now[k] != before[k]} == {"text pruned"}
+
+
 def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypatch):
     """build's input hash holds the NNCF PTQ recipe's version for the student's family from 2 on
     (CNNs' 2: every activation per tensor, a depthwise conv's input too; 3: a conv's output

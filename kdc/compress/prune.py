@@ -45,6 +45,11 @@ def head_schedule(heads: int, ratio: float, steps: int) -> list[float]:
     ]
 
 
+# how a transformer student is pruned, in distill's input hash from 2 on (`distill_versions`):
+# 2, its whole classification head left unpruned (ELECTRA's and RoBERTa's dense layer too)
+TRANSFORMER_VERSION = 2
+
+
 def _transformer_args(
     adapter: ModelAdapter, head_ratio: float, hidden_ratio: float, steps: int
 ) -> dict[str, Any]:
