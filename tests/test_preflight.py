@@ -9,35 +9,19 @@ from __future__ import annotations
 import re
 
 import pytest
+from preflight_projects import (
+    PROCESSOR_8,
+    runner,
+)
+from preflight_projects import config as _config
+from preflight_projects import dry_run as _dry_run
+from preflight_projects import image_project as _image_project
+from preflight_projects import one_line as _one_line
+from preflight_projects import text_project as _text_project
+from preflight_projects import weights as _weights
 from tiny import cnn_config, hf_stub, write_yaml
-from typer.testing import CliRunner
 
 from kdc.cli import app
-
-runner = CliRunner()
-# the image processor of _image_project's 8x8 ViT (ViTImageProcessor's default size is 224)
-PROCESSOR_8 = '{"image_processor_type": "ViTImageProcessor", "size": 8, "image_mean": 0.5}'
-
-
-def _weights(path, channels=(16, 32)):
-    """Untrained weights of the tiny configs' teacher (kdc.models.cnn:small_cnn)."""
-    from safetensors.torch import save_file
-
-    from kdc.models.cnn import small_cnn
-
-    save_file(small_cnn(num_classes=10, channels=list(channels)).state_dict(), str(path))
-
-
-def _config(tmp_path, **over):
-    _weights(tmp_path / "teacher.safetensors")
-    return write_yaml(tmp_path / "model.yaml", cnn_config(**over))
-
-
-def _one_line(res) -> str:
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == 2 and len(lines) == 1 and "Traceback" not in res.output, res.output
-    return lines[0]
-
 
 BAD = [
     ("teacher", {"teacher": {"entrypoint": None, "weights": None}}),
@@ -221,39 +205,6 @@ def test_student_layers_beyond_a_hugging_face_teacher_are_refused_by_validate(
     assert "field 'student.layers': " in line and message in line
 
 
-def _dry_run(cfg) -> object:
-    return runner.invoke(app, ["compress", str(cfg), "--dry-run"])
-
-
-def _text_project(tmp_path, conf: dict, rows: list[tuple[str, str]], **over):
-    """A text config whose teacher directory holds only `conf` as config.json (validate loads
-    no model) and whose data are `rows`, a fifth held out."""
-
-    from tiny import bert_config, write_csv
-
-    hf_stub(tmp_path / "teacher", conf)
-    write_csv(tmp_path / "d.csv", rows)
-    data = {"source": "d.csv", "eval": None}
-    return write_yaml(tmp_path / "model.yaml", bert_config(data=data, **over))
-
-
-def _image_project(tmp_path, classes: list[str], processor: bool = True, **over):
-    """A config for a tiny 3-channel ViT (classes cat, dog; saved: `kdc search` can load it)
-    on an image folder of 8×8 RGB images of `classes`; without preprocessor_config.json
-    unless `processor`."""
-    from tiny import image_folder, tiny_vit, vit_config
-
-    tiny_vit(["cat", "dog"], channels=3, hidden=16, layers=2, heads=2).save_pretrained(
-        str(tmp_path / "teacher")
-    )
-    if processor:
-        (tmp_path / "teacher" / "preprocessor_config.json").write_text(PROCESSOR_8)
-    image_folder(tmp_path, dict.fromkeys(classes, 5))
-    data = {"source": "imgs", "eval_fraction": 0.4, "limit_train": None, "limit_eval": None}
-    data |= over.pop("data", {})
-    return write_yaml(tmp_path / "model.yaml", vit_config(data=data, **over))
-
-
 def test_data_labels_the_teacher_does_not_name_are_refused_before_the_run(tmp_path):
     """compress refuses data labels that are not the teacher's id2label names at once: validate
     and --dry-run said "valid" for them (text labels, and an image folder's class folders)."""
@@ -433,8 +384,6 @@ def test_a_library_teacher_needs_its_library_installed(tmp_path, monkeypatch):
     """teacher.name: resnet18 without torchvision: validate said "valid" and compress failed."""
     import importlib.util
 
-    from tiny import cnn_config
-
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda n, *a: None if n == "torchvision" else real(n, *a)
@@ -449,7 +398,6 @@ def test_a_library_teacher_needs_its_library_installed(tmp_path, monkeypatch):
 def test_settings_the_config_does_not_read_are_noted(tmp_path):
     """sklearn:digits is 8x8 grayscale whatever data.image_size/channels say; an evolution search
     picks the student whatever student.layers says: both were dropped without a word."""
-    from tiny import cnn_config
 
     from kdc.config import load_config
     from kdc.preflight import config_warnings
