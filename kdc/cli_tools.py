@@ -122,9 +122,7 @@ def estimate(
     if as_json:
         out.print_json(json.dumps(pred))
         return
-    shapes = ", ".join(
-        f"{k} {'x'.join(map(str, v))}" for k, v in (pred.get("input_shape") or {}).items()
-    )
+    shapes = tools.shapes_text(pred.get("input_shape") or {})
     out.print(
         f"{model} on {pred['target']}: {pred['p50_ms']:.4f} ms predicted ({pred['model']}"
         f", {pred['precision']}, batch {pred['batch']}, {shapes or 'shapes as declared'}, "

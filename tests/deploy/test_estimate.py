@@ -334,3 +334,4 @@ def test_the_estimate_command_prints_the_predictions_warnings(tiny_bert):
         app, ["estimate", str(path), "--target", "t4", "--shape", "input_ids:1x32"]
     )
     assert res.exit_code == 0 and "warning" not in res.output, res.output
+    assert "input_ids:1x32" in res.output  # shapes written as kdc bench writes them
