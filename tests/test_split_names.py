@@ -33,7 +33,9 @@ def _splits(root, *names: str) -> None:
         ("imdb_test.csv", "test"),
         ("reviews-validation.jsonl", "validation"),
         ("drugsComTrain_raw.tsv", "train"),
-        ("MyTESTData.csv", "test"),
+        ("MyTEST.csv", "test"),
+        ("TESTData.csv", "test"),
+        ("test_results_ab.csv", "test"),
         ("val2017.csv", "val"),
         ("dev.v2.csv", "dev"),
         ("train-00000-of-00002.parquet", "train"),
@@ -48,10 +50,15 @@ def _splits(root, *names: str) -> None:
         ("evaluation.csv", None),
         ("testé.csv", None),
         ("train_test_split.csv", None),  # two splits' words: neither
+        ("ab_test_results.csv", None),  # inside the name: an A/B test's, not a split
+        ("abTestResults.csv", None),
+        ("MyTESTData.csv", None),
+        ("imdb_train_clean.csv", None),
     ],
 )
 def test_a_split_word_delimited_in_a_file_name(name, split):
-    """A split's word set off by `_`, `-`, `.`, a case change or digits, not inside a word."""
+    """A split's word set off by `_`, `-`, `.`, a case change or digits, not inside a word, at
+    the start or end of the name's first or last segment (not inside the name)."""
     assert split_names([Path("data") / name]) == [split]
 
 
@@ -62,6 +69,10 @@ def test_a_split_word_in_a_folder_below_the_files_common_one():
     assert split_names(files) == ["train", "test"]
     assert split_names([Path("test/a.csv"), Path("test/b.csv")]) == [None, None]
     assert split_names([Path("data/train/test.csv"), Path("data/x.csv")]) == [None, None]
+    files = [Path("data/test_set/a.csv"), Path("data/my_test_runs/a.csv"), Path("data/x/a.csv")]
+    assert split_names(files) == ["test", None, None]
+    files = [Path("data/train/ab_test_results.csv"), Path("data/test/a.csv")]
+    assert split_names(files) == ["train", "test"]
 
 
 # layouts of --data's files below data/: the data.source and data.eval kdc init writes
@@ -219,29 +230,45 @@ def test_init_notes_and_comments_the_validation_split_it_leaves_out(tmp_path, mo
                 "on 'dev' instead, set data.eval: data/dev.csv"
             ],
         ),
-        (  # the test split's word by accident, alone: it is data.eval, in the config
-            ["train.csv", "ab_test_results.csv"],
-            ("data/train.csv", "data/ab_test_results.csv"),
-            [],
-        ),
-        (  # beside the test split: no pattern names one split's files, the glob is kept
-            ["train.csv", "test.csv", "ab_test_results.csv"],
-            ("data/*.csv", None),
-            ["data.source 'data/*.csv' reads the files of the splits test, train as one"],
-        ),
     ],
 )
 def test_init_notes_each_split_named_file_it_does_not_read(
     tmp_path, monkeypatch, names, written, notes
 ):
-    """A file named with a split's word by accident is taken for that split: left out of the
-    config where init took another split's files (noted, naming it and why), or read."""
+    """A file whose name starts with a split's word by accident (`valid_notes.csv`) is taken
+    for that split, as `datasets` takes it: left out of the config where init took another
+    split's files, noted, naming it and why."""
     monkeypatch.chdir(tmp_path)
     _splits(tmp_path, *names)
     info = inspect_data(
         "data/*.csv", TeacherInfo("huggingface", tmp_path, "text-classification", 2)
     )
     assert (info.source, info.eval_source) == written
+    assert len(info.notes) == len(notes), info.notes
+    for note, want in zip(info.notes, notes, strict=True):
+        assert want in note, note
+
+
+@pytest.mark.parametrize(
+    ("names", "notes"),
+    [
+        (["train.csv", "ab_test_results.csv"], []),
+        (
+            ["train.csv", "test.csv", "ab_test_results.csv"],
+            ["reads the files of the splits test, train and other files as one training set"],
+        ),
+    ],
+)
+def test_init_takes_a_split_word_inside_a_name_for_no_split(tmp_path, monkeypatch, names, notes):
+    """`ab_test_results.csv` names no split (it became data.eval beside train.csv, and beside
+    test.csv too made a test split of two files no pattern names alone): the glob reads it as
+    it reads any other file, noted where it mixes splits (as `extra.csv` beside them)."""
+    monkeypatch.chdir(tmp_path)
+    _splits(tmp_path, *names)
+    info = inspect_data(
+        "data/*.csv", TeacherInfo("huggingface", tmp_path, "text-classification", 2)
+    )
+    assert (info.source, info.eval_source, info.files) == ("data/*.csv", None, len(names))
     assert len(info.notes) == len(notes), info.notes
     for note, want in zip(info.notes, notes, strict=True):
         assert want in note, note

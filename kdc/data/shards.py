@@ -60,8 +60,9 @@ def shard_paths(value: str, base: str | Path = ".") -> list[Path] | None:
     return sorted(p for p in shards if p.is_file()) or None
 
 
-# a path's words: split at `_`, `-`, `.`, `/`, a case change (drugsComTrain) or digits (val2017)
+# a name's words: split at `_`, `-`, `.`, spaces, a case change (drugsComTrain) or digits (val2017)
 WORD = re.compile(r"[A-Z]+(?![^\W\d_A-Z])|[A-Z]?[^\W\d_A-Z]+")  # any other letter: lower case
+SEGMENT = re.compile(r"[^\W\d_]+")  # a name's runs of letters: split at `_`, `-`, `.`, digits
 SPLIT_WORDS = frozenset(TRAIN_SPLITS + HELD_SPLITS)
 
 
@@ -72,15 +73,29 @@ def split_names(files: list[Path]) -> list[str | None]:
 
 
 def _split_name(path: Path, depth: int) -> str | None:
-    """The one split word of a path's parts from `depth` on, in its name or a folder's
-    (`train.csv`, `imdb_test.csv`, `drugsComTrain_raw.tsv`, `train/part-0.csv`,
-    `en/test.csv`; never `contest.csv` or `trainer_notes.csv`), else a Hub shard's split
+    """The one split a path's parts from `depth` on name (`_named_split`: its folders' names,
+    its file's stem or a Hub shard's split), else a Hub shard's split
     (`unsupervised-00000-of-00001.parquet`); None for another path, or one naming two splits."""
-    words = {w.lower() for w in WORD.findall("/".join(path.parts[depth:]))}
-    if named := words & SPLIT_WORDS:
-        return named.pop() if len(named) == 1 else None
     hub = HUB_SHARD.fullmatch(path.name)
+    names = [*path.parts[depth:-1], hub["split"] if hub else Path(path.name).stem]
+    named = {split for name in names if (split := _named_split(name))}
+    if named:
+        return named.pop() if len(named) == 1 else None
     return hub["split"] if hub else None
+
+
+def _named_split(name: str) -> str | None:
+    """The split word a name gives, as `datasets` infers splits from file and folder names
+    though stricter: its only split word, at the start or end of its first or last segment
+    (`train`, `imdb_test`, `reviews-validation`, `val2017`, `drugsComTrain_raw`, `test_set`);
+    None inside a name (`ab_test_results`, `MyTESTData`) or a word (`contest`, `trainer_notes`),
+    or for a name of two splits' words (`train_test_split`)."""
+    named = {w.lower() for w in WORD.findall(name)} & SPLIT_WORDS
+    if len(named) != 1:
+        return None
+    segments = SEGMENT.findall(name)
+    ends = {WORD.findall(s)[i].lower() for s in segments[:1] + segments[-1:] for i in (0, -1)}
+    return next(iter(named & ends), None)
 
 
 def file_splits(files: list[Path]) -> dict[str, list[Path]]:
