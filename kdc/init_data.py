@@ -22,6 +22,7 @@ from kdc.data.readers import (
     json_objects,
     read_datasets,
     separator_fix,
+    subfolders,
 )
 from kdc.data.shards import (
     data_files,
@@ -277,25 +278,31 @@ def _shards_data(data: str, shards: list[Path], teacher: TeacherInfo) -> DataInf
     info = _file_data(data_files(source, ".", "--data", None), source, teacher)
     info.eval_source = picked[1] if picked else None
     info.notes += [] if picked else mixed_splits_note(data, ".")
-    info.left_out = _left_out(shards, *picked) if picked else []
-    for lo in info.left_out:
-        info.notes.append(
-            f"--data '{data}' matches {listed(lo.files)}, taken for split '{lo.split}', which "
-            f"the config does not read: {lo.why}" + (f"; {lo.fix}" if lo.fix else "")
-        )
+    if picked:
+        read = {p.resolve() for v in picked if v for p in data_files(v, ".", "--data", None)}
+        splits = file_splits(shards)
+        used = [s for s, fs in splits.items() if fs[0].resolve() in read]
+        _note_left_out(info, f"--data '{data}' matches", _left_out(splits, used))
     return info
 
 
-def _left_out(files: list[Path], source: str, evals: str | None) -> list[LeftOut]:
-    """Of `files`, named as splits (`split_sources` took `source` and `evals` of them), each
-    split's that the config reads neither as data.source nor as data.eval: a held-out split
-    beside the one taken as data.eval (validation beside test; `valid_notes.csv`), a second
-    training split (`training_notes.csv` beside `train.csv`), another split (a Hub download's
+def _note_left_out(info: DataInfo, given: str, left_out: list[LeftOut]) -> None:
+    """`info` with the splits' files the config does not read, each noted: what --data `given`
+    (`--data 'data/*.csv' matches`), which split's, why, and what to set instead."""
+    info.left_out = left_out
+    for lo in left_out:
+        info.notes.append(
+            f"{given} {listed(lo.files)}, taken for split '{lo.split}', which the config does "
+            f"not read: {lo.why}" + (f"; {lo.fix}" if lo.fix else "")
+        )
+
+
+def _left_out(splits: dict[str, list[Path]], used: list[str]) -> list[LeftOut]:
+    """Of files or folders by the split their names give, each split's that the config reads
+    neither as data.source nor as data.eval (`used`: those it reads): a held-out split beside
+    the one taken as data.eval (validation beside test; `valid_notes.csv`), a second training
+    split (`training_notes.csv` beside `train.csv`), another split (a Hub download's
     `unsupervised`)."""
-    given = [v for v in (source, evals) if v]
-    read = {p.resolve() for v in given for p in data_files(v, ".", "--data", None)}
-    splits = file_splits(files)
-    used = [s for s, fs in splits.items() if fs[0].resolve() in read]
     train = next(s for s in used if s.lower() in TRAIN_SPLITS)
     held = next((s for s in used if s.lower() in HELD_SPLITS), None)
     out = []
@@ -309,7 +316,11 @@ def _left_out(files: list[Path], source: str, evals: str | None) -> list[LeftOut
             fix = f"to evaluate on '{split}' instead, set data.eval: {value}"
         elif split.lower() in TRAIN_SPLITS:
             why = f"a second training split beside '{train}' (data.source)"
-            fix = "to train on both, give data.source a pattern that names them all"
+            fix = (  # image split folders: no pattern names several
+                "to train on both, give data.source a pattern that names them all"
+                if fs[0].is_file()
+                else f"to train on '{split}' instead, set data.source: {names[0]}"
+            )
         else:
             why, fix = f"'{split}' is neither a training nor a held-out split", ""
         out.append(LeftOut(split, names, why, fix))
@@ -355,12 +366,16 @@ def inspect_data(data: str, teacher: TeacherInfo) -> DataInfo:
         return _file_data([path], data, teacher)
     refuse_nested(data, ".", "--data", data, splits_ok=True)  # a Hub download's root
     refuse_text_folder(path, data, "--data")
+    given = f"--data '{data}' holds"
     if splits := split_folders(path):  # `data/`: `data/train/<class>`, `data/test/<class>`
         path = path / splits[0]
     else:  # `data/train` beside `data/test`
         splits = split_folders(path.parent)
         splits = splits if splits and splits[0] == path.name else None
+        given = f"--data '{data}' is beside"
     info = _image_data(path)
-    if splits and splits[1]:
-        info.eval_source = str(path.parent / splits[1])
+    if splits:
+        info.eval_source = splits[1] and str(path.parent / splits[1])
+        folders = {d.name: [d] for d in subfolders(path.parent)}
+        _note_left_out(info, given, _left_out(folders, [s for s in splits if s]))
     return info

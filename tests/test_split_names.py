@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from test_data_loading import ROWS, csv_file, text_cfg
-from test_init import HF_CONFIG, _hf_dir, _init, runner
+from test_init import HF_CONFIG, VIT, _hf_dir, _init, runner
+from tiny import image_folder
 
 from kdc.cli import app
 from kdc.config import load_config
@@ -175,29 +176,48 @@ def test_init_prefers_test_to_validation_and_notes_a_mix_it_cannot_split(tmp_pat
     assert "reads the files of the splits test, train, validation and other files as one" in note
 
 
-def test_init_notes_and_comments_the_validation_split_it_leaves_out(tmp_path, monkeypatch):
-    """train, test and validation: init takes test as data.eval, and says validation is not
-    read and how to evaluate on it instead, as a warning and in the config's comments."""
+# --data over train, validation and test files or image folders: what init says --data does,
+# and the files' suffix (none: image folders)
+LEFT_OUT = {
+    "files": ("data/*.csv", "matches", ".csv"),
+    "image folders": ("data", "holds", ""),
+    "image folder": ("data/train", "is beside", ""),
+}
+
+
+@pytest.mark.parametrize("layout", list(LEFT_OUT))
+def test_init_notes_and_comments_the_validation_split_it_leaves_out(tmp_path, monkeypatch, layout):
+    """train, test and validation files or image folders: init takes test as data.eval, and
+    says validation is not read and how to evaluate on it instead, as a warning and in the
+    config's comments (an image folder's was left out unsaid)."""
+    data, how, suffix = LEFT_OUT[layout]
     monkeypatch.chdir(tmp_path)
-    _splits(tmp_path, "train.csv", "validation.csv", "test.csv")
-    conf = {**HF_CONFIG, "id2label": {"0": "neg", "1": "pos"}}
-    teacher = _hf_dir(tmp_path / "t", conf, **{"vocab.txt": "[UNK]\n"})
-    res = _init(teacher, "--data", "data/*.csv", "--out", "model.yaml")
+    names = [f"{split}{suffix}" for split in ("train", "validation", "test")]
+    if suffix:
+        _splits(tmp_path, *names)
+        conf = {**HF_CONFIG, "id2label": {"0": "neg", "1": "pos"}}
+        teacher = _hf_dir(tmp_path / "t", conf, **{"vocab.txt": "[UNK]\n"})
+    else:
+        (tmp_path / "data").mkdir()
+        for name in names:
+            image_folder(tmp_path / name, {"cat": 2, "dog": 2}).rename(tmp_path / "data" / name)
+        teacher = _hf_dir(tmp_path / "t", VIT)
+    res = _init(teacher, "--data", data, "--out", "model.yaml")
     assert res.exit_code == 0, res.output
     said = " ".join(res.output.split())
     assert (
-        "warning: --data 'data/*.csv' matches data/validation.csv, taken for split 'validation', "
+        f"warning: --data '{data}' {how} data/validation{suffix}, taken for split 'validation', "
         "which the config does not read: kdc evaluates on one held-out split, and init took "
         "'test' as data.eval; to evaluate on 'validation' instead, set data.eval: "
-        "data/validation.csv"
+        f"data/validation{suffix}"
     ) in said, said
     text = (tmp_path / "model.yaml").read_text()
     assert (
-        "  # not read: data/validation.csv (taken for split 'validation': kdc evaluates on one "
-        "held-out split, and init took 'test' as data.eval)"
+        f"  # not read: data/validation{suffix} (taken for split 'validation': kdc evaluates on "
+        "one held-out split, and init took 'test' as data.eval)"
     ) in text.splitlines(), text
     cfg = load_config(tmp_path / "model.yaml")
-    assert (cfg.data.source, cfg.data.eval) == ("data/train.csv", "data/test.csv")
+    assert (cfg.data.source, cfg.data.eval) == (f"data/train{suffix}", f"data/test{suffix}")
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdc.data.readers import HELD_SPLITS, TRAIN_SPLITS, train_and_held, visible
+from kdc.data.readers import HELD_SPLITS, TRAIN_SPLITS, subfolders, train_and_held, visible
 from kdc.errors import UserError, first_line
 from kdc.image_processor import ImageReading
 
@@ -24,7 +24,7 @@ def image_files(path: Path, field: str = "data.source") -> dict[str, list[Path]]
     """The image files of folder `path/<class>/<image>` by class name, classes A→Z, a class
     folder's subfolders read too (as torchvision's ImageFolder does); a class folder without
     images is a UserError (leaving it out would shift the later classes' indices)."""
-    folders = [d for d in sorted(path.iterdir()) if d.is_dir() and visible(d)]
+    folders = subfolders(path)
     if folders and all(d.name.lower() in SPLIT_NAMES for d in folders):
         train, held = split_folders(path) or (None, None)
         fix = (
@@ -62,7 +62,7 @@ SPLIT_NAMES = set(TRAIN_SPLITS + HELD_SPLITS)
 def split_folders(path: Path) -> tuple[str, str | None] | None:
     """Of a folder whose folders are all a dataset's splits (`train/`, `test/`, …), one of them
     `train/`: its name and its test (else validation) split's name; None for any other folder."""
-    names = [d.name for d in sorted(path.iterdir()) if d.is_dir() and visible(d)]
+    names = [d.name for d in subfolders(path)]
     if not names or any(n.lower() not in SPLIT_NAMES for n in names):
         return None
     return train_and_held(names)

@@ -459,6 +459,11 @@ def visible(p: Path) -> bool:
     return not p.name.startswith((".", "__"))
 
 
+def subfolders(path: Path) -> list[Path]:
+    """The visible folders in folder `path`, in name order."""
+    return sorted(p for p in path.iterdir() if p.is_dir() and visible(p))
+
+
 TRAIN_SPLITS = ("train", "training")
 HELD_SPLITS = ("test", "testing", "eval", "validation", "val", "valid", "dev")  # preferred first
 

@@ -21,6 +21,7 @@ from kdc.data.readers import (
     read_delimited,
     read_jsonl,
     read_txt,
+    subfolders,
     train_and_held,
     visible,
 )
@@ -185,17 +186,13 @@ def data_files(value: str, base: str | Path, field: str, source: str | None) -> 
     return found
 
 
-def _subfolders(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and visible(p))
-
-
 def shard_folders(path: Path) -> list[Path]:
     """The folders one or two levels below folder `path` that hold parquet files (hidden ones
     passed over), in name order: a Hub download's `data/`, `<config>/` or `<config>/<split>/`."""
     return [
         d
-        for sub in _subfolders(path)
-        for d in (sub, *_subfolders(sub))
+        for sub in subfolders(path)
+        for d in (sub, *subfolders(sub))
         if any(f.suffix.lower() == ".parquet" and f.is_file() for f in d.iterdir())
     ]
 
