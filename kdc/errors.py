@@ -87,3 +87,12 @@ def listed(names: list, most: int = 20) -> str:
     """Names for a one-line message: all of them, or the first `most` and how many more."""
     more = f" … and {len(names) - most} more" if len(names) > most else ""
     return ", ".join(map(str, names[:most])) + more
+
+
+def unused_note(source: str, given: dict[str, object], why: str, use: str = "") -> str:
+    """A warning, in an error's form, that config file `source` gives settings a run does not
+    use: `given` (field → the value to name it with, None for none), why, and the fix: `use`
+    (what makes the run use them), or drop them."""
+    named = listed([k if v is None else f"{k} {v}" for k, v in given.items()])
+    drop = f"drop {listed(list(given))}"
+    return f"{source}: {named} not used: {why} (fix: {f'{use}, or {drop}' if use else drop})"

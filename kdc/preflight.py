@@ -10,7 +10,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from kdc.config import KdcConfig
-from kdc.errors import UserError
+from kdc.errors import UserError, unused_note
 from kdc.hf_files import config_size
 from kdc.profiles import HardwareProfile
 
@@ -91,7 +91,7 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
     from kdc.models import teacher_kind
     from kdc.qat_settings import unused_qat_settings
 
-    notes, hf, tc = [], _teacher_config(cfg), cfg.teacher
+    notes, hf, tc, file = [], _teacher_config(cfg), cfg.teacher, cfg.source_file
     kind = teacher_kind(cfg)
     if not tc.weights and kind == "entrypoint":
         notes.append(
@@ -107,31 +107,28 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
         notes.append(assumed_processor(cfg.resolve(cfg.teacher.path)))
     given = cfg.data.model_fields_set & {"image_size", "channels"}
     if cfg.data.source.startswith("sklearn:") and given:
-        notes.append(
-            f"data.{' and data.'.join(sorted(given))} not used: {cfg.data.source} images are "
-            "8x8 grayscale as scikit-learn ships them"
-        )
+        why = f"{cfg.data.source} images are 8x8 grayscale as scikit-learn ships them"
+        notes.append(unused_note(file, dict.fromkeys(f"data.{k}" for k in sorted(given)), why))
     asked = cfg.data.image_size
     folder = not cfg.data.source.startswith("sklearn:")
     if cfg.task == "image-classification" and hf is not None and asked and folder:
-        notes.append(
-            f"data.image_size {asked} not used: images are read as the teacher's image processor "
-            "reads them (its preprocessor_config.json resize and crop, to config.json image_size)"
+        why = (
+            "images are read as the teacher's image processor reads them (its "
+            "preprocessor_config.json resize and crop, to config.json image_size)"
         )
+        notes.append(unused_note(file, {"data.image_size": asked}, why))
     chosen = cfg.student.model_fields_set & {"layers", "width", "architecture"}
     if cfg.search.strategy != "fixed" and chosen:
-        notes.append(
-            f"student.{' and student.'.join(sorted(chosen))} not used: search.strategy "
-            f"{cfg.search.strategy} picks the student (search.strategy: fixed uses them)"
-        )
+        fields = dict.fromkeys(f"student.{k}" for k in sorted(chosen))
+        why = f"search.strategy {cfg.search.strategy} picks the student"
+        notes.append(unused_note(file, fields, why, "set search.strategy: fixed"))
     if cfg.search.strategy == "fixed" and cfg.search.space:
-        notes.append(
-            "search.space not used: it narrows search.strategy evolution or exhaustive, and this "
-            "config's student is fixed"
-        )
-    q = cfg.quantize
-    if q.reduce_range is not None and not builds_int8(cfg):
-        notes.append("quantize.reduce_range not used: this run has no INT8 graph")
+        why = "it narrows a search, and this config's student is fixed (search.strategy: fixed)"
+        use = "set search.strategy: evolution or exhaustive"
+        notes.append(unused_note(file, {"search.space": None}, why, use))
+    if cfg.quantize.reduce_range is not None and not builds_int8(cfg):
+        why, use = "this run has no INT8 graph", "set quantize.precision: int8"
+        notes.append(unused_note(file, {"quantize.reduce_range": None}, why, use))
     notes.append(unused_qat_settings(cfg))
     return [n for n in notes if n]
 
@@ -280,22 +277,20 @@ def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
             f"build.engines leaves out tensorrt: {profile.name}'s latency model is TensorRT's, so "
             "no engine of this run gets a predicted latency there and a latency budget cannot pass"
         )
+    file, none = cfg.source_file, f"this run builds none for {profile.name}"
     if cfg.build.dla_core is not None and not builds_tensorrt(cfg, profile):
-        out.append(
-            f"build.dla_core not used: it places a TensorRT engine on a DLA core, and this run "
-            f"builds none for {profile.name}"
-        )
+        why = f"it places a TensorRT engine on a DLA core, and {none}"
+        out.append(unused_note(file, {"build.dla_core": None}, why))
     out += _loosened_limits(cfg, profile)
     if cfg.build.max_batch is not None and not builds_tensorrt(cfg, profile):
-        out.append(
-            f"build.max_batch not used: it sizes TensorRT engines, and this run builds none for "
-            f"{profile.name} (ONNX Runtime's graphs take any batch)"
-        )
+        why = f"it sizes TensorRT engines, and {none} (ONNX Runtime's graphs take any batch)"
+        out.append(unused_note(file, {"build.max_batch": None}, why))
     if cfg.quantize.reduce_range and int8_qat(cfg) and "tensorrt" in profile.runtime.engines:
-        out.append(
-            f"quantize.reduce_range not used: QAT for {profile.name} trains TensorRT's symmetric "
-            "8-bit weights (its int8 kernels do not saturate)"
+        why = (
+            f"QAT for {profile.name} trains TensorRT's symmetric 8-bit weights (its int8 "
+            "kernels do not saturate)"
         )
+        out.append(unused_note(file, {"quantize.reduce_range": None}, why))
     return out
 
 

@@ -4,7 +4,7 @@ makes no INT8 graph, QAT's own settings wherever QAT does not run (`preflight.in
 from __future__ import annotations
 
 from kdc.config import KdcConfig, QuantizeConfig
-from kdc.errors import listed
+from kdc.errors import unused_note
 from kdc.preflight import builds_int8, int8_qat
 
 # the quantize settings only quantization-aware training reads
@@ -12,9 +12,9 @@ QAT_ONLY = ("qat_epochs", "qat_lr")
 
 
 def unused_qat_settings(cfg: KdcConfig) -> str:
-    """One note naming the config file, the QAT settings it gives that this run does not use
-    (`quantize.method: qat`, `QAT_ONLY` fields at other than their defaults) and the fix; "" where
-    QAT runs or none is given."""
+    """One note (`unused_note`) of the QAT settings the config gives that this run does not
+    use (`quantize.method: qat`, `QAT_ONLY` fields at other than their defaults); "" where QAT
+    runs or none is given."""
     q = cfg.quantize
     default = QuantizeConfig.model_fields
     tuned = [f"quantize.{k}" for k in QAT_ONLY if getattr(q, k) != default[k].default]
@@ -30,9 +30,7 @@ def unused_qat_settings(cfg: KdcConfig) -> str:
             f"{q.precision} engines"
         )
         need = "quantize.precision: int8" + ("" if asked else " and quantize.method: qat")
-    unused = listed(["quantize.method qat"] * asked + tuned)
-    drop = listed(["quantize.method: qat"] * asked + tuned)
-    return (
-        f"{cfg.source_file}: {unused} not used: {why}, so distill trains no QAT graph; "
-        f"set {need} for QAT, or drop {drop}"
-    )
+    given = {"quantize.method": "qat"} if asked else {}
+    given |= dict.fromkeys(tuned)
+    why += ", so distill trains no QAT graph"
+    return unused_note(cfg.source_file, given, why, f"set {need} for QAT")

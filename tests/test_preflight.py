@@ -406,7 +406,7 @@ def test_settings_the_config_does_not_read_are_noted(tmp_path):
     doc["data"].update(image_size=16, channels=3)
     doc["search"] = {"strategy": "evolution"}
     notes = config_warnings(load_config(write_yaml(tmp_path / "model.yaml", doc)))
-    assert any("data.channels and data.image_size not used" in n for n in notes), notes
+    assert any("data.channels, data.image_size not used" in n for n in notes), notes
     assert any("student.width not used: search.strategy evolution" in n for n in notes), notes
     plain = config_warnings(load_config(write_yaml(tmp_path / "plain.yaml", cnn_config())))
     assert plain == []
@@ -558,4 +558,6 @@ def test_a_search_space_for_a_fixed_student_is_warned(tmp_path):
     from kdc.preflight import config_warnings
 
     cfg = load_config(_config(tmp_path, search={"space": {"stage_width": {"min": 0.5}}}))
-    assert any(n.startswith("search.space not used") for n in config_warnings(cfg))
+    assert any(
+        n.startswith(f"{cfg.source_file}: search.space not used") for n in config_warnings(cfg)
+    )

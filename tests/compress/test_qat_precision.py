@@ -37,7 +37,7 @@ def test_the_warning_names_the_file_the_field_and_the_fix():
     cfg = _config(method="qat", precision="fp16")
     (note,) = _notes(cfg)
     assert note.startswith("m.yaml: quantize.method qat not used") and "fp16" in note
-    assert "set quantize.precision: int8 for QAT, or drop quantize.method: qat" in note
+    assert note.endswith("(fix: set quantize.precision: int8 for QAT, or drop quantize.method)")
     cfg["quantize"]["precision"] = "int8"  # QAT runs
     assert _notes(cfg) == []
     cfg["quantize"] = {"precision": "fp32"}  # no QAT asked
@@ -50,20 +50,20 @@ def test_the_warning_names_the_file_the_field_and_the_fix():
         (  # PTQ of an INT8 graph
             {"qat_epochs": 5},
             "quantize.qat_epochs not used: this run quantizes after training (quantize.method ptq)",
-            "set quantize.method: qat for QAT, or drop quantize.qat_epochs",
+            "(fix: set quantize.method: qat for QAT, or drop quantize.qat_epochs)",
         ),
         (  # no INT8 graph, no QAT asked
             {"precision": "fp32", "qat_lr": 1e-4},
             "quantize.qat_lr not used: quantization-aware training makes an INT8 graph and this "
             "run builds fp32 engines",
-            "set quantize.precision: int8 and quantize.method: qat for QAT, or drop "
-            "quantize.qat_lr",
+            "(fix: set quantize.precision: int8 and quantize.method: qat for QAT, or drop "
+            "quantize.qat_lr)",
         ),
         (  # QAT asked for an FP16 run: the one note names every QAT setting
             {"precision": "fp16", "method": "qat", "qat_epochs": 1, "qat_lr": 1e-4},
             "quantize.method qat, quantize.qat_epochs, quantize.qat_lr not used",
-            "set quantize.precision: int8 for QAT, or drop quantize.method: qat, "
-            "quantize.qat_epochs, quantize.qat_lr",
+            "(fix: set quantize.precision: int8 for QAT, or drop quantize.method, "
+            "quantize.qat_epochs, quantize.qat_lr)",
         ),
     ],
 )

@@ -191,7 +191,7 @@ def test_the_report_keeps_the_warning_that_dla_core_went_unused(tmp_path):
     res = runner.invoke(app, ["compress", str(path), "--target", "host", "--out", str(run), "-q"])
     assert res.exit_code in (0, 1), res.output
     report = json.loads((run / "report.json").read_text())
-    assert any(w.startswith("build.dla_core not used") for w in report["warnings"])
+    assert any(w.startswith(f"{path}: build.dla_core not used") for w in report["warnings"])
     assert "build.dla_core not used" in (run / "report.md").read_text()
 
 
