@@ -76,6 +76,22 @@ def test_a_split_word_in_a_folder_below_the_files_common_one():
     assert split_names(files) == ["train", "test"]
 
 
+@pytest.mark.parametrize(
+    ("names", "splits"),
+    [
+        (["imdb_train_clean.csv", "imdb_test_clean.csv"], ["train", "test"]),
+        (["sst2_train_v1.csv", "sst2_dev_v1.csv", "notes.csv"], ["train", "dev", None]),
+        (["train.csv", "ab_test_results.csv"], ["train", None]),
+        (["imdb_train_clean.csv", "imdb_test_raw.csv"], [None, None]),
+    ],
+)
+def test_a_split_word_inside_names_alike_but_for_it(names, splits):
+    """A split word inside a name counts where a file beside it differs only in that word
+    (`imdb_train_clean` / `imdb_test_clean`: one data set's splits), not where nothing does
+    (`ab_test_results` beside `train`: an A/B test's results)."""
+    assert split_names([Path("data") / n for n in names]) == splits
+
+
 # layouts of --data's files below data/: the data.source and data.eval kdc init writes
 LAYOUTS = {
     "folders": (

@@ -68,9 +68,32 @@ SPLIT_WORDS = frozenset(TRAIN_SPLITS + HELD_SPLITS)
 
 
 def split_names(files: list[Path]) -> list[str | None]:
-    """The split each file's path below the files' common folder gives (`_split_name`)."""
+    """The split each file's path below the files' common folder gives (`_split_name`), or
+    for a name with its split word inside (`imdb_train_clean.csv`) where a file beside it is
+    named alike with another split word (`imdb_test_clean.csv`: `_parallel_splits`)."""
     depth = len(os.path.commonprefix(list({f.parts[:-1] for f in files})))
-    return [_split_name(f, depth) for f in files]
+    named = [_split_name(f, depth) for f in files]
+    parallel = _parallel_splits([f for f, n in zip(files, named, strict=True) if n is None])
+    return [n or parallel.get(f) for f, n in zip(files, named, strict=True)]
+
+
+def _parallel_splits(files: list[Path]) -> dict[Path, str]:
+    """Files whose stems hold one split word each, anywhere, and are otherwise alike in one
+    folder (`imdb_train_clean`, `imdb_test_clean`), by that word: names that differ in nothing
+    else are splits of one data set, where `ab_test_results` beside `train` is not."""
+    groups: dict[tuple[Path, str], dict[Path, str]] = {}
+    for f in files:
+        stem = Path(f.name).stem
+        words = [m for m in WORD.finditer(stem) if m[0].lower() in SPLIT_WORDS]
+        if len(words) == 1:
+            key = (f.parent, f"{stem[: words[0].start()]}\0{stem[words[0].end() :]}".lower())
+            groups.setdefault(key, {})[f] = words[0][0].lower()
+    return {
+        f: split
+        for group in groups.values()
+        if len(set(group.values())) > 1
+        for f, split in group.items()
+    }
 
 
 def _split_name(path: Path, depth: int) -> str | None:
