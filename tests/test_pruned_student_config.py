@@ -1,21 +1,23 @@
-"""A structurally pruned transformer student's config.json states its pruned sizes (hidden_size,
-num_attention_heads, intermediate_size) where a Hugging Face config can: it kept the unpruned
-ones, so `from_pretrained` of the directory failed on a size mismatch, and a search from it as
-the teacher crashed ("selected index k out of range": FFN sizes beyond its pruned ones). Sizes
-no config states (BERT's heads are hidden_size / num_attention_heads wide, so pruned heads in an
-unpruned hidden size; its pooler, kept whole, reading pruned hidden channels) make such a
-teacher refused for slicing, in one line; its whole layers still make students."""
+"""A structurally pruned transformer student's config.json states its pruned sizes where a
+Hugging Face config can: hidden_size, intermediate_size, and heads pruned with the head size
+kept as num_attention_heads less each layer's `pruned_heads`, which transformers prunes again on
+loading (BERT, RoBERTa, ELECTRA, ViT, DeiT). It kept the unpruned sizes, so `from_pretrained`
+of the directory failed on a size mismatch; a search from it as the teacher crashed ("selected
+index k out of range"), and was then refused for any student but whole layers. Sizes no config
+states (a family without `_prune_heads`, a pooler kept whole reading pruned hidden channels)
+make such a teacher refused for slicing, in one line; its whole layers still make students."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_text_adapter, tiny_vit
+from tiny import tiny_bert, tiny_text_adapter, tiny_vit
 
-from kdc.compress.prune import prune_once
+from kdc.compress.prune import GradualPruning, prune_once
 from kdc.compress.space import space_for
 from kdc.compress.student import derive_student
 from kdc.config import PruneConfig
@@ -24,18 +26,53 @@ from kdc.models.hf import HFTextAdapter
 from kdc.models.hf_image import HFImageAdapter
 
 KEYS = ("hidden_size", "num_attention_heads", "intermediate_size")
+TEXTS = ["a good film", "an awful plot", "the movie was fine", "ok"]
 
 
 def _bert(tmp_path):
     teacher = tiny_text_adapter(tmp_path, layers=2)  # hidden 32, 2 heads of 16, FFN 64
-    return teacher, teacher.encode(["a good film", "an awful plot", "the movie was fine", "ok"])
+    return teacher, teacher.encode(TEXTS)
 
 
-def _vit(tmp_path):
-    torch.manual_seed(0)  # hidden 32, 2 heads of 16, FFN 64
-    model = tiny_vit(["a", "b"], channels=1, hidden=32, layers=2, heads=2)
-    teacher = HFImageAdapter(model.eval())
-    return teacher, teacher.encode(np.random.default_rng(0).random((4, 1, 8, 8), np.float32))
+def _text(name, **sizes):
+    """A tiny `name` (transformers' class prefix) classifier builder: hidden 32, 2 heads of 16,
+    FFN 64, 2 layers."""
+
+    def build(tmp_path):
+        import transformers
+
+        _, tok = tiny_bert(tmp_path)
+        conf, cls = (
+            getattr(transformers, f"{name}{k}") for k in ("Config", "ForSequenceClassification")
+        )
+        sizes.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+        torch.manual_seed(0)
+        model = cls(conf(vocab_size=len(tok), intermediate_size=64, pad_token_id=0, **sizes))
+        teacher = HFTextAdapter(model.eval(), tok, max_length=16)
+        return teacher, teacher.encode(TEXTS)
+
+    return build
+
+
+def _image(kind):
+    def build(tmp_path):
+        torch.manual_seed(0)  # hidden 32, 2 heads of 16, FFN 64
+        model = tiny_vit(["a", "b"], channels=1, hidden=32, layers=2, heads=2, kind=kind)
+        teacher = HFImageAdapter(model.eval())
+        return teacher, teacher.encode(np.random.default_rng(0).random((4, 1, 8, 8), np.float32))
+
+    return build
+
+
+_vit = _image("vit")
+# families kdc prunes whose transformers model prunes heads (`_prune_heads`)
+HEAD_PRUNED = {
+    "bert": _bert,
+    "roberta": _text("Roberta"),
+    "electra": _text("Electra"),
+    "vit": _vit,
+    "deit": _image("deit-teacher"),
+}
 
 
 def _pruned(tmp_path, build, **prune):
@@ -43,7 +80,32 @@ def _pruned(tmp_path, build, **prune):
     cfg = PruneConfig(enabled=True, ratio=0.5, **prune)
     pruned = prune_once(teacher, x, cfg, ratio=0.5, round_to=8)
     pruned.save(tmp_path / "pruned")
-    return pruned, x
+    return teacher, pruned, x
+
+
+def _config(d):
+    return json.loads((d / "config.json").read_text())
+
+
+def _reloaded(d):
+    if _config(d)["model_type"] in ("vit", "deit"):
+        return HFImageAdapter.from_dir(d)
+    return HFTextAdapter.from_dir(d, max_length=16)
+
+
+def _hf_logits(d, x):
+    from transformers import AutoModelForImageClassification
+    from transformers import AutoModelForSequenceClassification as Text
+
+    image = _config(d)["model_type"] in ("vit", "deit")
+    hf = (AutoModelForImageClassification if image else Text).from_pretrained(str(d)).eval()
+    with torch.no_grad():
+        return hf(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()
+
+
+def _largest_student(teacher, x):
+    space = space_for(teacher, x, 8)
+    return derive_student(teacher, space.decode(space.largest()).spec, x)
 
 
 @pytest.mark.parametrize(
@@ -54,34 +116,122 @@ def _pruned(tmp_path, build, **prune):
     ],
 )
 def test_the_saved_config_states_the_pruned_sizes(tmp_path, build, prune, sizes):
-    from transformers import AutoConfig, AutoModelForImageClassification
-    from transformers import AutoModelForSequenceClassification as Text
-
-    pruned, x = _pruned(tmp_path, build, **prune)
+    _, pruned, x = _pruned(tmp_path, build, **prune)
     d = tmp_path / "pruned"
-    assert tuple(json.loads((d / "config.json").read_text())[k] for k in KEYS) == sizes
-    image = AutoConfig.from_pretrained(str(d)).model_type == "vit"
-    hf = (AutoModelForImageClassification if image else Text).from_pretrained(str(d)).eval()
-    with torch.no_grad():
-        logits = hf(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()
-    np.testing.assert_allclose(logits, pruned.forward_numpy(x), atol=1e-6)
+    assert tuple(_config(d)[k] for k in KEYS) == sizes and not _config(d).get("pruned_heads")
+    np.testing.assert_allclose(_hf_logits(d, x), pruned.forward_numpy(x), atol=1e-6)
 
     # as a teacher: the search space's largest student is the pruned model itself
-    teacher = HFImageAdapter.from_dir(d) if image else HFTextAdapter.from_dir(d, max_length=16)
-    space = space_for(teacher, x, 8)
-    student = derive_student(teacher, space.decode(space.largest()).spec, x)
+    student = _largest_student(_reloaded(d), x)
     np.testing.assert_allclose(student.forward_numpy(x), pruned.forward_numpy(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("prune", [{}, {"hidden_ratio": 0.5}])  # heads of 16 in 32; pooler
-def test_sizes_no_config_states_refuse_slicing_in_one_line(tmp_path, prune):
-    pruned, x = _pruned(tmp_path, _bert, **prune)
-    teacher = HFTextAdapter.from_dir(tmp_path / "pruned", max_length=16)
+@pytest.mark.parametrize("family", HEAD_PRUNED)
+def test_pruned_heads_are_stated_and_from_pretrained_rebuilds_them(tmp_path, family):
+    """Heads pruned in a hidden size kept (kdc's default): config.json's pruned_heads names the
+    teacher heads each layer lost, so transformers' own pruning of them is kdc's."""
+    teacher, pruned, x = _pruned(tmp_path, HEAD_PRUNED[family])
+    d = tmp_path / "pruned"
+    conf = _config(d)
+    assert tuple(conf[k] for k in KEYS) == (32, 2, 32)
+    assert {k: len(v) for k, v in conf["pruned_heads"].items()} == {"0": 1, "1": 1}
+    np.testing.assert_allclose(_hf_logits(d, x), pruned.forward_numpy(x), atol=1e-6)
+    by_hf = copy.deepcopy(teacher.model)
+    by_hf.prune_heads({int(k): v for k, v in conf["pruned_heads"].items()})
+    state = pruned.model.state_dict()
+    for k, v in by_hf.state_dict().items():
+        if ".attention." in k and "LayerNorm" not in k:
+            torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+
+    # as a teacher: the largest student of its search space is itself, pruned heads and all
+    again = _reloaded(d)
+    student = _largest_student(again, x)
+    np.testing.assert_allclose(student.forward_numpy(x), pruned.forward_numpy(x), atol=1e-5)
+    assert student.config.pruned_heads == again.config.pruned_heads
+
+
+def test_heads_pruned_in_steps_are_numbered_as_transformers_numbers_them(tmp_path):
+    """torch-pruning numbers a step's heads among those left; transformers' pruned_heads among
+    the config's (heads pruned before left out of the count): 3 of 4 heads, one a step."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    _, tok = tiny_bert(tmp_path)
+    torch.manual_seed(0)
+    conf = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4
+    )
+    teacher = HFTextAdapter(BertForSequenceClassification(conf).eval(), tok, max_length=16)
+    x = teacher.encode(TEXTS)
+    student = copy.deepcopy(teacher)
+    cfg = PruneConfig(enabled=True, ratio=0.75, steps=3)
+    pruning = GradualPruning(student, x, cfg, ratio=0.75, round_to=8)
+    pruning.start(3)
+    while not pruning.finished:
+        pruning.step()
+    pruned_heads = student.config.pruned_heads
+    assert {k: len(v) for k, v in pruned_heads.items()} == {0: 3, 1: 3}
+    by_hf = copy.deepcopy(teacher.model)
+    by_hf.prune_heads(copy.deepcopy(pruned_heads))
+    state = student.model.state_dict()
+    for k, v in by_hf.state_dict().items():
+        if ".attention.self." in k:
+            torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+
+
+def test_students_of_a_head_pruned_teacher(tmp_path):
+    """Whole layers keep their pruned heads (renumbered to the student's layers); a student of
+    other sizes takes all of its heads from the ones a layer kept, as many as fit; wider, one
+    line naming the field."""
+    _, pruned, x = _pruned(tmp_path, _bert)
+    teacher = _reloaded(tmp_path / "pruned")
+    layer1 = derive_student(teacher, {"family": "transformer", "layers": [1]}, x)
+    layer1.save(tmp_path / "layer1")
+    assert _config(tmp_path / "layer1")["pruned_heads"] == {"0": teacher.config.pruned_heads[1]}
+    np.testing.assert_allclose(
+        _hf_logits(tmp_path / "layer1", x), layer1.forward_numpy(x), atol=1e-6
+    )
+    spec = {"family": "transformer", "layers": [0, 1], "intermediate_size": 16}
+    assert derive_student(teacher, spec, x).architecture()["num_attention_heads"] == 1
+    narrow = {**spec, "hidden_size": 16, "num_attention_heads": 1}
+    assert derive_student(teacher, narrow, x).architecture()["hidden_size"] == 16
+    assert not derive_student(teacher, narrow, x).config.pruned_heads
+    with pytest.raises(UserError) as e:
+        derive_student(teacher, {**spec, "num_attention_heads": 1}, x)  # one head of 32
+    assert "\n" not in str(e.value) and "student.architecture" in str(e.value)
+    assert "at most 16" in str(e.value)
+
+
+def test_a_head_pruned_student_of_an_earlier_kdc_is_stated_on_loading(tmp_path):
+    """Its config.json kept the unpruned sizes (shapes.json held the pruned ones): kdc's loader
+    states them, so students are sliced from it."""
+    _, pruned, x = _pruned(tmp_path, _bert)
+    d = tmp_path / "pruned"
+    (d / "config.json").write_text(
+        json.dumps({**_config(d), "intermediate_size": 64, "pruned_heads": {}})
+    )
+    teacher = _reloaded(d)
+    np.testing.assert_array_equal(teacher.forward_numpy(x), pruned.forward_numpy(x))
+    assert teacher.config.intermediate_size == 32
+    assert {k: len(v) for k, v in teacher.config.pruned_heads.items()} == {0: 1, 1: 1}
+    student = _largest_student(teacher, x)
+    np.testing.assert_allclose(student.forward_numpy(x), pruned.forward_numpy(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("build", "prune", "why"),
+    [
+        (_text("BigBird", attention_type="original_full"), {}, "no _prune_heads"),
+        (_bert, {"hidden_ratio": 0.5}, "pooler"),  # BERT's pooler kept whole: 32 wide
+    ],
+)
+def test_sizes_no_config_states_refuse_slicing_in_one_line(tmp_path, build, prune, why):
+    _, pruned, x = _pruned(tmp_path, build, **prune)
+    teacher = _reloaded(tmp_path / "pruned")
     np.testing.assert_array_equal(teacher.forward_numpy(x), pruned.forward_numpy(x))
     spec = {"family": "transformer", "layers": [0, 1], "intermediate_size": 16}
     with pytest.raises(UserError) as e:
         derive_student(teacher, spec, x)
-    assert "\n" not in str(e.value) and "teacher" in str(e.value)
+    assert "\n" not in str(e.value) and "teacher" in str(e.value) and why in str(e.value)
     assert str(tmp_path / "pruned") in str(e.value)  # the file: which teacher it is
     whole_layers = derive_student(teacher, {"family": "transformer", "layers": [1]}, x)
     assert whole_layers.architecture()["num_attention_heads"] == 1
@@ -92,17 +242,16 @@ def test_a_classification_head_of_two_layers_is_left_whole(tmp_path):
     units (only out_proj was left out), which no config states, so a pruned student's config
     kept its unpruned FFN size and no student was sliced from it."""
     from test_embedding_projection import _electra  # hidden 48, FFN 64
-    from tiny import tiny_bert
 
     _, tok = tiny_bert(tmp_path)
     torch.manual_seed(0)
     teacher = HFTextAdapter(_electra(len(tok)).eval(), tok, max_length=16)
-    x = teacher.encode(["a good film", "an awful plot", "the movie was fine", "ok"])
+    x = teacher.encode(TEXTS)
     cfg = PruneConfig(enabled=True, ratio=0.5, head_ratio=0.0)
     pruned = prune_once(teacher, x, cfg, ratio=0.5, round_to=8)
     assert tuple(pruned.model.classifier.dense.weight.shape) == (48, 48)
     pruned.save(tmp_path / "pruned")
-    assert json.loads((tmp_path / "pruned" / "config.json").read_text())["intermediate_size"] == 32
+    assert _config(tmp_path / "pruned")["intermediate_size"] == 32
     again = HFTextAdapter.from_dir(tmp_path / "pruned", max_length=16)
     spec = {"family": "transformer", "layers": [0, 1], "intermediate_size": 16}
     student = derive_student(again, spec, x)

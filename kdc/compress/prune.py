@@ -124,6 +124,31 @@ def sync_after_pruning(adapter: ModelAdapter) -> None:
         sync_config(adapter.model)  # type: ignore[attr-defined]
 
 
+def prune_step(pruner: Any, adapter: ModelAdapter) -> None:
+    """One `pruner` step, each transformer layer's removed heads recorded in its config as
+    transformers numbers them (`record_pruned_heads`), where transformers can prune the
+    family's heads: a config states them as `pruned_heads`."""
+    import torch_pruning as tp
+
+    queries: dict[nn.Module, tuple[int, int]] = {}
+    model = getattr(adapter, "model", None)
+    if adapter.family == "transformer" and hasattr(model.base_model, "_prune_heads"):
+        from kdc.models.hf import layer_list
+
+        atts = [self_attention(b) for b in layer_list(model)]  # (others: no config states heads)
+        queries = {a.query: (i, a.attention_head_size) for i, a in enumerate(atts) if a}
+    for group in pruner.step(interactive=True):
+        for dep, idxs in group:
+            layer, d = queries.get(dep.target.module, (None, 0))
+            if layer is not None and dep.handler == tp.prune_linear_out_channels:
+                from kdc.models.pruned_config import record_pruned_heads
+
+                live = dep.target.module.out_features // d
+                record_pruned_heads(model.config, layer, sorted({i // d for i in idxs}), live)
+        group.prune()
+    sync_after_pruning(adapter)
+
+
 def make_pruner(
     adapter: ModelAdapter,
     example: dict[str, np.ndarray],
@@ -209,8 +234,7 @@ class GradualPruning:
                 round_to=self.round_to,
                 done=self.done,
             )
-        self._pruner.step()
-        sync_after_pruning(self.adapter)
+        prune_step(self._pruner, self.adapter)
         self.done += 1
 
 
@@ -225,8 +249,7 @@ def prune_once(
     """A pruned copy of `adapter` (one shot, magnitude importance)."""
     pruned = copy.deepcopy(adapter)
     once = cfg.model_copy(update={"importance": "magnitude", "steps": 1})
-    make_pruner(pruned, example, once, ratio=ratio, steps=1, round_to=round_to).step()
-    sync_after_pruning(pruned)
+    prune_step(make_pruner(pruned, example, once, ratio=ratio, steps=1, round_to=round_to), pruned)
     return pruned
 
 

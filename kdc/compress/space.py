@@ -165,6 +165,7 @@ class TransformerSpace(Space):
     def __init__(self, teacher: ModelAdapter, divisor: int, cls_only: bool = False) -> None:
         from kdc.export.cls_only import supports_cls_only
         from kdc.models.hf import INTERMEDIATE_KEYS
+        from kdc.models.pruned_config import attention_widths
 
         self.cls_only = cls_only and supports_cls_only(teacher)  # as the export will do
 
@@ -172,14 +173,19 @@ class TransformerSpace(Space):
         conf = teacher.config
         self.teacher_arch = arch
         self.n_layers, self.hidden = arch["num_hidden_layers"], arch["hidden_size"]
-        self.heads = arch["num_attention_heads"]
+        # a config stating the teacher (pruned_config) has hidden size / head size heads, those
+        # its layers lost (pruned_heads) included; students as wide as it keep them, narrower
+        # ones fit in the attention dims its narrowest layer kept
+        stated = conf.hidden_size == self.hidden
+        self.heads = conf.num_attention_heads if stated else arch["num_attention_heads"]
         self.inter = next(getattr(conf, k) for k in INTERMEDIATE_KEYS if hasattr(conf, k))
         self.max_length = arch.get("max_length")  # text; a vision transformer has image_size
         head_dims = sorted({*HEAD_DIMS, self.hidden // self.heads})
+        narrowest = min(attention_widths(teacher.model), default=self.hidden)  # type: ignore[attr-defined]
         widths = {
             (h * n, n)
             for h in head_dims
-            for n in range(1, self.hidden // h + 1)
+            for n in range(1, narrowest // h + 1)
             if (h * n) % divisor == 0
         } | {(self.hidden, self.heads)}
         inters = {
@@ -214,6 +220,8 @@ class TransformerSpace(Space):
             "intermediate_size": inter,
         }
         arch = {**self.teacher_arch, **sizes}
+        if (hidden, heads) == (self.hidden, self.heads):  # the teacher's pruned heads kept
+            arch["num_attention_heads"] = self.teacher_arch["num_attention_heads"]
         spec = {
             "family": "transformer",
             "layers": evenly_spaced(self.n_layers, n),

@@ -90,14 +90,18 @@ def layer_list(model: nn.Module) -> nn.ModuleList:
     )
 
 
-def set_layer_count(config: Any, n: int) -> None:
-    """Make a Hugging Face config say `n` layers: its layer count, and a backbone config's
-    stages (BEiT's: `stem` and one per layer), whose `out_features` naming a stage beyond the
-    last (the teacher's `stage12`) would stop the student's config from loading; they follow
-    the last stage, as a new config's do."""
+def keep_layers(config: Any, keep: list[int]) -> None:
+    """Make a Hugging Face config state the teacher layers `keep` (in order): its layer count,
+    their `pruned_heads` renumbered, and a backbone config's stages (BEiT's: `stem` and one per
+    layer), whose `out_features` naming a stage beyond the last (the teacher's `stage12`) would
+    stop the student's config from loading; they follow the last stage, as a new config's do."""
+    n = len(keep)
     for k in LAYER_COUNT_KEYS:
         if hasattr(config, k):
             setattr(config, k, n)
+    pruned = getattr(config, "pruned_heads", None) or {}
+    if pruned:
+        config.pruned_heads = {i: pruned[t] for i, t in enumerate(keep) if pruned.get(t)}
     names = getattr(config, "stage_names", None)
     if isinstance(names, list) and names[:1] == ["stem"] and len(names) != n + 1:
         config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, n + 1)]
@@ -311,7 +315,7 @@ class TransformerAdapter(ModelAdapter):
             if mod is blocks:
                 parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
                 setattr(parent, name.rpartition(".")[2], kept)
-        set_layer_count(model.config, len(keep))
+        keep_layers(model.config, keep)
         return self._like(model.eval())
 
     def sliced(self, spec: dict[str, Any]) -> Self:
@@ -320,7 +324,7 @@ class TransformerAdapter(ModelAdapter):
         teacher's). Weights are teacher slices chosen by L2 magnitude: one set of hidden channels
         for the whole residual stream, whole heads per layer (or their strongest dims when the
         head dim shrinks), the strongest FFN units per layer. Equal sizes copy the teacher."""
-        from kdc.models.pruned_config import check_sliceable
+        from kdc.models.pruned_config import check_attention_width, check_sliceable
 
         check_sliceable(self.model)
         keep = list(spec["layers"])
@@ -329,7 +333,10 @@ class TransformerAdapter(ModelAdapter):
             for k in ("hidden_size", "num_attention_heads")
         }
         config = copy.deepcopy(self.config)
-        set_layer_count(config, len(keep))
+        keep_layers(config, keep)  # the teacher's sizes keep its pruned heads, any other all
+        if any(sizes[k] != getattr(config, k) for k in sizes):
+            config.pruned_heads = {}
+            check_attention_width(self.model, keep, sizes["hidden_size"])
         # widths a config sets to the hidden size unless told otherwise: ELECTRA's and DeBERTa's
         # embeddings (no projection to add), DeBERTa's pooler (a 32-wide one fed 16 crashed)
         for k in HIDDEN_WIDTH_KEYS:

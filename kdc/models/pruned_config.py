@@ -1,56 +1,116 @@
 """A structurally pruned transformer's config stating its pruned sizes, where a Hugging Face
-config can: every layer alike, and heads × head size = hidden size (BERT-style attention takes
-its head size from hidden_size / num_attention_heads). Saved, the directory then loads with
+config can: hidden_size and the FFN size (every layer alike), and whole heads pruned with the
+head size kept as `num_attention_heads` (hidden size / head size) less each layer's
+`pruned_heads`, which transformers prunes again when it builds the model (families with
+`_prune_heads`: BERT, RoBERTa, ELECTRA, ViT, DeiT …). Saved, the directory then loads with
 `from_pretrained`, and as a teacher its students are sliced from its true sizes."""
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
-import torch
 from torch import nn
 
 from kdc.errors import UserError, first_line
 from kdc.models.hf import HIDDEN_WIDTH_KEYS, INTERMEDIATE_KEYS, hidden_size, layer_list
 
 
-def sync_config(model: nn.Module) -> str | None:
-    """Set `model.config`'s hidden_size, num_attention_heads and FFN size (and the widths that
-    follow the hidden size) to the model's live ones where a config can state them; returns why
-    it cannot (None when the config states the model). Only the BERT-style blocks torch-pruning
-    cuts are read (kdc prunes no other)."""
-    atts = [
-        m
-        for m in model.modules()
-        if isinstance(getattr(m, "query", None), nn.Linear)
-        and isinstance(getattr(m, "attention_head_size", None), int)
-    ]
+def _attention(block: nn.Module) -> nn.Module | None:
+    """A block's BERT-style self-attention (a query Linear, an int head size), the only kind
+    kdc prunes."""
+    return next(
+        (
+            m
+            for m in block.modules()
+            if isinstance(getattr(m, "query", None), nn.Linear)
+            and isinstance(getattr(m, "attention_head_size", None), int)
+        ),
+        None,
+    )
+
+
+def record_pruned_heads(config: Any, layer: int, removed: list[int], live: int) -> None:
+    """Add to `config.pruned_heads` the heads `removed` from `layer`, numbered among its `live`
+    heads (as torch-pruning numbers them), renumbered among the config's heads as transformers
+    numbers them (the heads it pruned before are left out of the count). Nothing when the
+    config's heads less those already recorded are not the live ones (a hidden size pruned
+    too): `sync_config` then states how many, not which."""
+    pruned = config.pruned_heads.get(layer, [])
+    kept = [h for h in range(config.num_attention_heads) if h not in pruned]
+    if len(kept) == live:
+        config.pruned_heads = {
+            **config.pruned_heads,
+            layer: sorted({*pruned, *map(kept.__getitem__, removed)}),
+        }
+
+
+def _pruned_heads(config: Any, layer: int, live: int, n: int) -> list[int]:
+    """The `n - live` heads `layer` lost, among the `n` a config states: those recorded while
+    pruning (`record_pruned_heads`), else (a hidden size pruned too, or a student of an earlier
+    kdc) the last ones, which build the same shapes."""
+    known = sorted(config.pruned_heads.get(layer, [])) if config.num_attention_heads == n else []
+    return known if len(known) == n - live else list(range(live, n))
+
+
+def _stated_sizes(model: nn.Module) -> dict[str, Any] | str | None:
+    """The config values that state `model`'s live sizes, why none can (str), or None when it
+    has no BERT-style blocks (kdc prunes no other)."""
+    atts = [_attention(b) for b in layer_list(model)]
     ffns = [getattr(getattr(b, "intermediate", None), "dense", None) for b in layer_list(model)]
     config = model.config
     inter_key = next((k for k in INTERMEDIATE_KEYS if hasattr(config, k)), None)
-    if not atts or inter_key is None or not all(isinstance(f, nn.Linear) for f in ffns):
+    if not all(atts) or inter_key is None or not all(isinstance(f, nn.Linear) for f in ffns):
         return None
-    hidden = hidden_size(model)
-    heads = sorted({m.query.out_features // m.attention_head_size for m in atts})
+    hidden, d = hidden_size(model), atts[0].attention_head_size  # type: ignore[union-attr]
+    live = [a.query.out_features // d for a in atts]  # type: ignore[union-attr]
     inter = sorted({f.out_features for f in ffns})  # type: ignore[union-attr]
-    if (hidden, heads, inter) == (
-        config.hidden_size,
-        [config.num_attention_heads],
-        [getattr(config, inter_key)],
-    ):
+    if len(inter) > 1:
+        return f"its layers are pruned to different FFN sizes ({inter})"
+    n = hidden // d
+    if hidden % d or max(live) > n:
+        return f"its {max(live)} heads of {d} dims do not fit its hidden size {hidden}"
+    pruned = {i: _pruned_heads(config, i, h, n) for i, h in enumerate(live) if h < n}
+    if pruned and not hasattr(model.base_model, "_prune_heads"):
+        return (
+            f"its layers keep {sorted(set(live))} of {n} heads and transformers cannot prune "
+            f"{type(model.base_model).__name__}'s heads (it has no _prune_heads)"
+        )
+    return {
+        "hidden_size": hidden,
+        "num_attention_heads": n,
+        inter_key: inter[0],
+        "pruned_heads": pruned,
+    }
+
+
+def sync_config(model: nn.Module) -> str | None:
+    """Set `model.config`'s hidden_size, num_attention_heads, pruned_heads and FFN size (and the
+    widths that follow the hidden size) to the model's live ones where a config can state them;
+    returns why it cannot (None when the config states the model)."""
+    sizes = _stated_sizes(model)
+    config = model.config
+    if not isinstance(sizes, dict):
+        return sizes
+    if all(getattr(config, k) == v for k, v in sizes.items()):
         return None
-    if len(heads) > 1 or len(inter) > 1:
-        return f"its layers are pruned to different sizes ({heads} heads, {inter} FFN units)"
-    sizes = {"hidden_size": hidden, "num_attention_heads": heads[0], inter_key: inter[0]}
     sizes.update(
-        {k: hidden for k in HIDDEN_WIDTH_KEYS if getattr(config, k, 0) == config.hidden_size}
+        {
+            k: sizes["hidden_size"]
+            for k in HIDDEN_WIDTH_KEYS
+            if getattr(config, k, 0) == config.hidden_size
+        }
     )
     stated = copy.deepcopy(config)
     for k, v in sizes.items():
         setattr(stated, k, v)
-    stating = f"a config of its pruned sizes (hidden_size {hidden}, num_attention_heads {heads[0]})"
-    try:
-        with torch.device("meta"):
+    stating = "a config of its pruned sizes ({})".format(
+        ", ".join(f"{k} {sizes[k]}" for k in ("hidden_size", "num_attention_heads"))
+    )
+    from transformers.integrations.accelerate import init_empty_weights
+
+    try:  # on the meta device: transformers' head pruning computes its indices on the CPU
+        with init_empty_weights():
             built = type(model)(stated).state_dict()
     except ValueError as e:  # BERT's: "The hidden size (32) is not a multiple of ..."
         return f"{stating} does not build: {first_line(e)}"
@@ -75,4 +135,28 @@ def check_sliceable(model: nn.Module) -> None:
             field="teacher.path",
             fix="keep whole layers of it (search.strategy: fixed with student.layers alone), or "
             "use the teacher it was pruned from",
+        )
+
+
+def attention_widths(model: nn.Module) -> list[int]:
+    """Each layer's live attention width (heads × head size), which pruned heads narrow; empty
+    for blocks kdc does not prune."""
+    atts = [_attention(b) for b in layer_list(model)]
+    return [a.query.out_features for a in atts] if all(atts) else []  # type: ignore[union-attr]
+
+
+def check_attention_width(model: nn.Module, keep: list[int], width: int) -> None:
+    """A UserError when a student of teacher layers `keep` with all its heads, `width` attention
+    dims wide, needs more than a kept layer of `model` has left after its heads were pruned."""
+    widths = attention_widths(model)
+    narrow = min((widths[i] for i in keep), default=width) if widths else width
+    if width > narrow:
+        layer = next(i for i in keep if widths[i] == narrow)
+        raise UserError(
+            f"a student {width} wide needs {width} attention dims, but teacher layer {layer} "
+            f"keeps {narrow} (its heads were pruned)",
+            source=getattr(model.config, "_name_or_path", "") or None,
+            field="student.architecture",
+            fix=f"keep the teacher's hidden_size and num_attention_heads (and its pruned heads), "
+            f"or a hidden_size of at most {narrow}",
         )
