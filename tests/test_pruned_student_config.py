@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_bert, tiny_text_adapter, tiny_vit
+from tiny import bert_config, tiny_bert, tiny_text_adapter, tiny_vit, write_yaml
 
 from kdc.compress.prune import GradualPruning, prune_once
 from kdc.compress.space import space_for
@@ -256,3 +256,23 @@ def test_a_classification_head_of_two_layers_is_left_whole(tmp_path):
     spec = {"family": "transformer", "layers": [0, 1], "intermediate_size": 16}
     student = derive_student(again, spec, x)
     assert student.architecture()["intermediate_size"] == 16
+
+
+def test_a_search_takes_a_head_pruned_student_as_its_teacher(bert_project, tmp_path):
+    """kdc search from a head-pruned student's directory: every candidate is built from it."""
+    from kdc import api
+    from kdc.stages.search import build_student
+
+    trained = HFTextAdapter.from_dir(bert_project.parent / "teacher", max_length=16)
+    x = trained.encode(TEXTS)
+    cfg = PruneConfig(enabled=True, ratio=0.5)
+    prune_once(trained, x, cfg, ratio=0.5, round_to=8).save(tmp_path / "pruned")
+    search = {"strategy": "exhaustive", "batch_size": 32, "proxies": ["params"]}
+    conf = bert_config(name="hp", teacher={"path": str(tmp_path / "pruned")}, search=search)
+    project = write_yaml(bert_project.parent / "hp.yaml", conf)
+    api.search(project, "host", tmp_path / "run", quiet=True)
+    run = api.open_run(project, "host", tmp_path / "run", quiet=True)
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "search" / "candidates.jsonl").open()]
+    assert {r["architecture"]["hidden_size"] for r in rows} == {16, 32}
+    for r in rows:
+        assert build_student(run, r["spec"]).architecture() == r["architecture"]

@@ -134,6 +134,7 @@ def prune_step(pruner: Any, adapter: ModelAdapter) -> None:
     model = getattr(adapter, "model", None)
     if adapter.family == "transformer" and hasattr(model.base_model, "_prune_heads"):
         from kdc.models.hf import layer_list
+        from kdc.models.pruned_config import record_pruned_heads
 
         atts = [self_attention(b) for b in layer_list(model)]  # (others: no config states heads)
         queries = {a.query: (i, a.attention_head_size) for i, a in enumerate(atts) if a}
@@ -141,8 +142,6 @@ def prune_step(pruner: Any, adapter: ModelAdapter) -> None:
         for dep, idxs in group:
             layer, d = queries.get(dep.target.module, (None, 0))
             if layer is not None and dep.handler == tp.prune_linear_out_channels:
-                from kdc.models.pruned_config import record_pruned_heads
-
                 live = dep.target.module.out_features // d
                 record_pruned_heads(model.config, layer, sorted({i // d for i in idxs}), live)
         group.prune()

@@ -323,7 +323,8 @@ class TransformerAdapter(ModelAdapter):
         `hidden_size`, `num_attention_heads` and `intermediate_size` (each defaulting to the
         teacher's). Weights are teacher slices chosen by L2 magnitude: one set of hidden channels
         for the whole residual stream, whole heads per layer (or their strongest dims when the
-        head dim shrinks), the strongest FFN units per layer. Equal sizes copy the teacher."""
+        head dim shrinks), the strongest FFN units per layer. Equal sizes copy the teacher, its
+        pruned heads too (other sizes take all their heads from those each kept layer has)."""
         from kdc.models.pruned_config import check_attention_width, check_sliceable
 
         check_sliceable(self.model)
