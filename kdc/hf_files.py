@@ -4,6 +4,7 @@ without importing transformers: by the teacher loaders and by `kdc init`."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -205,8 +206,45 @@ WEIGHT_FILES = (
 )
 
 
+def _index(v: Any, n: int | None) -> bool:
+    """Whether `v` indexes one of `n` things (of any number where `n` is None)."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (n or math.inf)
+
+
+def check_pruned_heads(conf: dict[str, Any], path: Path) -> None:
+    """A UserError unless config.json's `pruned_heads` (layer index → the heads transformers
+    prunes from it when it builds the model; a pruned kdc student's) names layers and distinct
+    heads the config has, keeping a head in every layer: transformers' IndexError otherwise."""
+    pruned = conf.get("pruned_heads") or {}
+    layers, heads = (config_size(conf, k) for k in ("num_hidden_layers", "num_attention_heads"))
+
+    def fits(layer: str, gone: Any) -> bool:
+        return (
+            layer.isdecimal()
+            and _index(int(layer), layers)
+            and isinstance(gone, list)
+            and all(_index(h, heads) for h in gone)
+            and len(set(gone)) == len(gone) < (heads or math.inf)
+        )
+
+    bad = (
+        next(({k: v} for k, v in pruned.items() if not fits(k, v)), None)
+        if isinstance(pruned, dict)
+        else pruned
+    )
+    if bad is not None:
+        raise UserError(
+            f"pruned_heads {json.dumps(bad)} names no heads of this config's layers "
+            f"({layers} of {heads} heads): a layer index, then distinct head indices, one kept",
+            source=str(path / "config.json"),
+            field="pruned_heads",
+            fix='map layer indices to the heads pruned from them, as in {"0": [1]}, or remove '
+            "pruned_heads",
+        )
+
+
 def check_model_dir(path: Path, field: str) -> None:
-    """A UserError unless `path` holds a readable config.json."""
+    """A UserError unless `path` holds a readable config.json (a well-formed `pruned_heads`)."""
     if not (path / "config.json").is_file():
         raise UserError(
             "not a Hugging Face model directory (no config.json)",
@@ -214,7 +252,7 @@ def check_model_dir(path: Path, field: str) -> None:
             field=field,
             fix="point to a directory saved with save_pretrained",
         )
-    read_config(path, field)
+    check_pruned_heads(read_config(path, field), path)
 
 
 def check_weights(path: Path, field: str) -> None:

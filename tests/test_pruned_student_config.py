@@ -276,3 +276,15 @@ def test_a_search_takes_a_head_pruned_student_as_its_teacher(bert_project, tmp_p
     assert {r["architecture"]["hidden_size"] for r in rows} == {16, 32}
     for r in rows:
         assert build_student(run, r["spec"]).architecture() == r["architecture"]
+
+
+@pytest.mark.parametrize("pruned_heads", [{"5": [0]}, {"0": [7]}, {"0": [1, 1]}, {"x": [0]}, [1]])
+def test_a_malformed_pruned_heads_is_one_line(tmp_path, pruned_heads):
+    """A layer or head the config lacks made transformers' IndexError (a list: AttributeError)."""
+    _pruned(tmp_path, _bert)
+    d = tmp_path / "pruned"
+    (d / "config.json").write_text(json.dumps({**_config(d), "pruned_heads": pruned_heads}))
+    with pytest.raises(UserError) as e:
+        _reloaded(d)
+    assert "\n" not in str(e.value) and "field 'pruned_heads'" in str(e.value)
+    assert str(d / "config.json") in str(e.value)
