@@ -150,9 +150,8 @@ def test_pruned_heads_are_stated_and_from_pretrained_rebuilds_them(tmp_path, fam
     assert student.config.pruned_heads == again.config.pruned_heads
 
 
-def test_heads_pruned_in_steps_are_numbered_as_transformers_numbers_them(tmp_path):
-    """torch-pruning numbers a step's heads among those left; transformers' pruned_heads among
-    the config's (heads pruned before left out of the count): 3 of 4 heads, one a step."""
+def _four_heads(tmp_path):
+    """A tiny BERT of 2 layers of 4 heads of 8 and the gradual pruning of 3 of them, one a step."""
     from transformers import BertConfig, BertForSequenceClassification
 
     _, tok = tiny_bert(tmp_path)
@@ -164,7 +163,13 @@ def test_heads_pruned_in_steps_are_numbered_as_transformers_numbers_them(tmp_pat
     x = teacher.encode(TEXTS)
     student = copy.deepcopy(teacher)
     cfg = PruneConfig(enabled=True, ratio=0.75, steps=3)
-    pruning = GradualPruning(student, x, cfg, ratio=0.75, round_to=8)
+    return teacher, student, GradualPruning(student, x, cfg, ratio=0.75, round_to=8)
+
+
+def test_heads_pruned_in_steps_are_numbered_as_transformers_numbers_them(tmp_path):
+    """torch-pruning numbers a step's heads among those left; transformers' pruned_heads among
+    the config's (heads pruned before left out of the count): 3 of 4 heads, one a step."""
+    teacher, student, pruning = _four_heads(tmp_path)
     pruning.start(3)
     while not pruning.finished:
         pruning.step()
@@ -176,6 +181,26 @@ def test_heads_pruned_in_steps_are_numbered_as_transformers_numbers_them(tmp_pat
     for k, v in by_hf.state_dict().items():
         if ".attention.self." in k:
             torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+
+
+def test_a_resumed_pruning_names_the_heads_an_uninterrupted_one_does(tmp_path):
+    """A distillation checkpoint holds the student's pruned_heads beside its weights, whose
+    shapes tell how many heads each layer lost, not which."""
+    from kdc.compress.distill import _pruned_heads, _restore
+
+    teacher, student, pruning = _four_heads(tmp_path)
+    pruning.start(3)
+    pruning.step()
+    pruning.step()
+    state = {"model": student.module.state_dict(), "pruned_heads": _pruned_heads(student)}
+    resumed = copy.deepcopy(teacher)
+    _restore(resumed, state)
+    assert resumed.config.pruned_heads == student.config.pruned_heads
+    pruning.step()
+    again = GradualPruning(resumed, pruning.example, pruning.cfg, ratio=0.75, round_to=8)
+    again.start(3, done=2)
+    again.step()
+    assert resumed.config.pruned_heads == student.config.pruned_heads
 
 
 def test_students_of_a_head_pruned_teacher(tmp_path):

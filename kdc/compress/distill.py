@@ -317,9 +317,17 @@ class _Trainer:
         return self.acc.prepare(self.objective, opt)
 
 
+def _pruned_heads(student: ModelAdapter) -> dict[int, list[int]]:
+    """Which heads a transformer student's layers lost (its config's pruned_heads), which a
+    checkpoint's shapes do not tell: its config.json names them as an uninterrupted run's."""
+    return dict(getattr(getattr(student, "config", None), "pruned_heads", None) or {})
+
+
 def _restore(student: ModelAdapter, state: dict) -> None:
     """Load a checkpoint's student weights, re-shaping a model pruned since it was built."""
     weights = state["model"]
+    if state.get("pruned_heads"):
+        student.config.pruned_heads = dict(state["pruned_heads"])  # type: ignore[attr-defined]
     if any(
         tuple(v.shape) != tuple(weights[k].shape)
         for k, v in student.module.state_dict().items()
@@ -483,6 +491,7 @@ def _epochs(
                 {
                     **s,
                     "model": _tensor_state(tr.student.module),
+                    "pruned_heads": _pruned_heads(tr.student),
                     "projections": _tensor_state(tr.objective.projections),
                     "optimizer": opt.state_dict(),
                     "torch_rng": torch.get_rng_state(),
