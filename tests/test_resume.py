@@ -162,10 +162,12 @@ def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
     BatchNorm folded into its conv, activations per tensor; 3: activations never negative in
     calibration kept unsigned; 4: a ReLU6's quantizer kept within 6; 5: BatchNorm statistics
     re-estimated before folding; 6: a conv's output quantized before a Hardswish, SiLU...; 7: and
-    before an x * sigmoid(x)): a
-    run QAT-trained by an earlier version (1 hashed without it) trains again, pruned to a latency
-    or not; PTQ's distill does not read it."""
+    before an x * sigmoid(x); 8: a Gemm's bias int32, so ONNX Runtime runs it int8; the
+    transformer scheme's 2: that too): a run QAT-trained by an earlier version (1 hashed without
+    it) trains again, pruned to a latency or not; PTQ's distill does not read it."""
     import dataclasses
+
+    from tiny import bert_config
 
     from kdc.compress import qat
 
@@ -174,12 +176,18 @@ def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
     pruned = {**qat_cfg, "prune": {"enabled": True, "target_latency_ms": 1.0}}
     configs = {"ptq": cfg, "qat": qat_cfg, "qat pruned to a latency": pruned}
     now = {k: _hashes(c)["distill"] for k, c in configs.items()}
-    assert qat.SCHEMES["cnn"].version == 7
-    for version in (6, 5, 4, 3, 2, 1):
+    assert qat.SCHEMES["cnn"].version == 8
+    for version in (7, 6, 5, 4, 3, 2, 1):
         earlier = dataclasses.replace(qat.SCHEMES["cnn"], version=version)
         monkeypatch.setitem(qat.SCHEMES, "cnn", earlier)
         before = {k: _hashes(c)["distill"] for k, c in configs.items()}
         assert {k for k in configs if now[k] != before[k]} == {"qat", "qat pruned to a latency"}
+    text = {"ptq": bert_config(), "qat": _with(bert_config(), "quantize.method", "qat")}
+    text_now = {k: _hashes(c)["distill"] for k, c in text.items()}
+    assert qat.SCHEMES["transformer"].version == 2
+    earlier = dataclasses.replace(qat.SCHEMES["transformer"], version=1)
+    monkeypatch.setitem(qat.SCHEMES, "transformer", earlier)
+    assert {k for k, c in text.items() if _hashes(c)["distill"] != text_now[k]} == {"qat"}
 
 
 def test_a_cnn_distills_again_when_its_batchnorm_re_estimation_changes(cnn_project, monkeypatch):
@@ -222,20 +230,20 @@ def test_a_pruned_transformer_distills_again_when_its_pruning_changes(cnn_projec
 def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypatch):
     """build's input hash holds the NNCF PTQ recipe's version for the student's family from 2 on
     (CNNs' 2: every activation per tensor, a depthwise conv's input too; 3: a conv's output
-    quantized before a Hardswish, Hardsigmoid...): a run whose INT8 graph
-    NNCF may have made (ptq auto or nncf, for a CPU or a TensorRT target) by version 1, which
-    hashed without it, builds again; an FP32-only run, ONNX Runtime's PTQ and a QAT run's build
-    do not read it, nor a transformer's run, whose graphs version 2 quantizes as 1 did (they
-    built again for nothing)."""
+    quantized before a Hardswish, Hardsigmoid...; 4, and transformers' 2: a Gemm's bias int32,
+    so ONNX Runtime runs it int8): a run whose INT8 graph NNCF may have made (ptq auto or nncf,
+    for a CPU or a TensorRT target) by an earlier version, version 1 hashed without it, builds
+    again; an FP32-only run, ONNX Runtime's PTQ and a QAT run's build do not read it, nor a
+    run of the other family."""
     from tiny import bert_config
 
     from kdc.compress import nncf_ptq
 
     text = bert_config()
     text_now = {t: _hashes(text, t)["build"] for t in ("host", "jetson")}
-    monkeypatch.setitem(nncf_ptq.RECIPE_VERSIONS, "transformer", 2)
-    assert all(_hashes(text, t)["build"] != h for t, h in text_now.items())
     monkeypatch.setitem(nncf_ptq.RECIPE_VERSIONS, "transformer", 1)
+    assert all(_hashes(text, t)["build"] != h for t, h in text_now.items())
+    monkeypatch.setitem(nncf_ptq.RECIPE_VERSIONS, "transformer", 2)
     monkeypatch.setitem(nncf_ptq.RECIPE_VERSIONS, "cnn", 1)
     assert {t: _hashes(text, t)["build"] for t in text_now} == text_now
     monkeypatch.undo()
@@ -249,7 +257,7 @@ def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypat
     }
     targets = ("host", "jetson")
     now = {(k, t): _hashes(c, t) for k, c in configs.items() for t in targets}
-    assert nncf_ptq.RECIPE_VERSIONS == {"cnn": 3, "transformer": 1}
+    assert nncf_ptq.RECIPE_VERSIONS == {"cnn": 4, "transformer": 2}
     monkeypatch.setitem(nncf_ptq.RECIPE_VERSIONS, "cnn", 1)
     before = {(k, t): _hashes(c, t) for k, c in configs.items() for t in targets}
     changed = {(*run, s) for run, h in now.items() for s in h if h[s] != before[run][s]}

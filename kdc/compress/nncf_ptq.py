@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kdc.compress.conv_outputs import GraphOps, convs_into_fused_activations, output_quantizer
 from kdc.compress.nncf_quiet import import_nncf, quantize
+from kdc.compress.qdq_gemm import int8_gemms
 from kdc.rundir import atomic_path
 
 if TYPE_CHECKING:
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
 # cnn 3: off TensorRT, a conv's output quantized before an activation ONNX Runtime cannot drop
 # (Hardswish, Hardsigmoid, SiLU...: `quantize_conv_outputs`); asymmetric activations UINT8
 # (`unsigned_activations`)
-RECIPE_VERSIONS = {"cnn": 3, "transformer": 1}
+# cnn 4, transformer 2: off TensorRT, a Gemm's bias int32 and its input dequantized after a
+# Flatten, so ONNX Runtime runs it as an int8 QGemm (`finish_qdq`, `qdq_gemm`)
+RECIPE_VERSIONS = {"cnn": 4, "transformer": 2}
 
 
 def quantize_int8_nncf(
@@ -243,8 +246,12 @@ def advanced_parameters(overflow_fix: OverflowFix | None) -> AdvancedQuantizatio
 
 def finish_qdq(model: onnx.ModelProto, symmetric: bool) -> onnx.ModelProto:
     """A Q/DQ graph made ready for its runtime: TensorRT (symmetric) takes signed Q/DQ and folds
-    DQ of constants itself; CPU graphs gather embedding rows before dequantizing them."""
-    return signed_qdq(model) if symmetric else gather_then_dequantize(model)
+    DQ of constants itself; CPU graphs gather embedding rows before dequantizing them and store
+    Gemm biases as int32 for ONNX Runtime's int8 Gemm (`int8_gemms`)."""
+    if symmetric:
+        return signed_qdq(model)
+    int8_gemms(model)
+    return gather_then_dequantize(model)
 
 
 def signed_qdq(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -368,6 +368,8 @@ SCHEMES: dict[str, Scheme] = {
     # 5: BatchNorm statistics re-estimated on the calibration rows before folding
     # 6: a conv's output quantized before an activation ONNX Runtime cannot drop (Hardswish...)
     # 7: and before a swish written x * sigmoid(x) (`conv_outputs`, shared with NNCF PTQ)
+    # 8: off TensorRT, a Gemm's bias int32 and its input dequantized after a Flatten, so ONNX
+    # Runtime runs the classifier as an int8 QGemm (`qdq_gemm`, in `finish_qdq`)
     "cnn": Scheme(
         _nncf_quantize,
         _nncf_strip,
@@ -375,13 +377,15 @@ SCHEMES: dict[str, Scheme] = {
         "activations per tensor, unsigned where never negative, within 6 after a ReLU6; "
         "a conv's output quantized before an activation other than a ReLU or ReLU6, "
         "but for TensorRT)",
-        version=7,
+        version=8,
     ),
+    # 2: off TensorRT, a Gemm's bias int32 (a BERT pooler's: ONNX Runtime's QGemm)
     "transformer": Scheme(
         _linear_quantize,
         lambda model, args: freeze_weight_scales(model),  # export as Q/DQ with constant scales
         "fake-quantized Linear layers (weights per channel, inputs per tensor; heads float) "
         "and embedding tables (per row)",
+        version=2,
     ),
 }
 

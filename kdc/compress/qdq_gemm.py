@@ -1,0 +1,138 @@
+"""A CPU Q/DQ graph's Gemms (a CNN's classifier, a BERT pooler) made int8 for ONNX Runtime.
+
+NNCF quantizes a Gemm's input and weight but never its bias, and a classifier's input where
+the pool before the flatten writes it: `DQ -> Flatten -> Gemm(A, DQ(W), float bias)`. ONNX
+Runtime fuses a Q/DQ Gemm into its int8 QGemm only where every input, the bias too, comes
+straight from a DequantizeLinear (its QDQ Gemm selector; the bias int32 at the input scale ×
+the weight scale, as its own quantizer writes it) and its Q/DQ propagation does not cross a
+Flatten: the digits student's classifier ran as a float Gemm in QAT and NNCF PTQ graphs alike
+(ONNX Runtime's own PTQ graphs quantize the bias and requantize after the Flatten: QGemm).
+`int8_gemms` rewrites both, keeping the values: a per-tensor DequantizeLinear commutes with a
+Flatten, and a bias rounded to int32 steps of input × weight scale moves an output by at most
+half a step (far below one int8 step of either).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+INT32 = np.iinfo(np.int32)
+
+
+def int8_gemms(model: onnx.ModelProto) -> int:
+    """Rewrite `model` in place so ONNX Runtime runs its Q/DQ Gemms as QGemm: each per-tensor
+    DequantizeLinear read only by a Flatten moved after it (`_dequantize_after_flattens`), then
+    each float bias of a Gemm of dequantized input and weight stored as int32 behind a
+    DequantizeLinear (`_quantize_biases`). Returns how many biases were quantized."""
+    _dequantize_after_flattens(model.graph)
+    return _quantize_biases(model.graph)
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """The values of `graph`'s initializers (but those fed as inputs) and Constant nodes."""
+    fed = {i.name for i in graph.input}
+    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in fed}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return out
+
+
+def _reads(graph: onnx.GraphProto) -> Counter[str]:
+    """How many times each tensor of `graph` is read: by a node, a subgraph's, a graph output."""
+    from kdc.compress.nncf_ptq import node_inputs
+
+    return Counter([*node_inputs(graph), *(o.name for o in graph.output)])
+
+
+class _Names:
+    """Fresh tensor names for `graph`: a base name, suffixed with "_" until unused."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.taken = {*_reads(graph), *(o for n in graph.node for o in n.output)}
+        self.taken |= {t.name for t in graph.initializer}
+
+    def __call__(self, base: str) -> str:
+        while base in self.taken:
+            base += "_"
+        self.taken.add(base)
+        return base
+
+
+def _per_tensor_dq(node: onnx.NodeProto | None, consts: dict[str, np.ndarray]) -> bool:
+    """Whether `node` is a DequantizeLinear of one constant scale (and zero point)."""
+    return (
+        node is not None
+        and node.op_type == "DequantizeLinear"
+        and all(i in consts and consts[i].size == 1 for i in node.input[1:] if i)
+    )
+
+
+def _dequantize_after_flattens(graph: onnx.GraphProto) -> int:
+    """Make each `DQ -> Flatten` whose per-tensor DequantizeLinear only that Flatten reads into
+    `Flatten -> DQ` (the Flatten of the quantized tensor); the Flatten's output keeps its name.
+    Returns how many were moved."""
+    consts = _constants(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    reads, fresh, moved = _reads(graph), _Names(graph), 0
+    for flat in [n for n in graph.node if n.op_type == "Flatten"]:
+        dq = producer.get(flat.input[0])
+        if not _per_tensor_dq(dq, consts) or reads[dq.output[0]] != 1:
+            continue
+        quantized, gone = fresh(f"{flat.output[0]}_quantized"), dq.output[0]
+        flat.input[0], dq.input[0] = dq.input[0], quantized
+        dq.output[0], flat.output[0] = flat.output[0], quantized
+        graph.node.remove(dq)  # and back after the Flatten it now reads
+        graph.node.insert(list(graph.node).index(flat) + 1, dq)
+        for v in [v for v in graph.value_info if v.name in (gone, dq.output[0])]:
+            graph.value_info.remove(v)
+        moved += 1
+    return moved
+
+
+def _bias_scale(gemm: onnx.NodeProto, producer: dict, consts: dict) -> np.ndarray | None:
+    """The int32 scale of `gemm`'s float bias, its input's scale × its weight's, where ONNX
+    Runtime's QGemm takes it: beta 1, a constant 1-D bias, the input dequantized per tensor and
+    the weight per tensor or per output channel; else None."""
+    dq_a, dq_b, bias = producer.get(gemm.input[0]), producer.get(gemm.input[1]), gemm.input[2]
+    beta = next((x.f for x in gemm.attribute if x.name == "beta"), 1.0)
+    if beta != 1.0 or bias not in consts or consts[bias].ndim != 1:
+        return None
+    if not _per_tensor_dq(dq_a, consts):
+        return None
+    if dq_b is None or dq_b.op_type != "DequantizeLinear" or dq_b.input[1] not in consts:
+        return None
+    scale = (consts[dq_a.input[1]].reshape(()) * consts[dq_b.input[1]]).astype(np.float32)
+    return scale if scale.size in (1, consts[bias].size) else None
+
+
+def _quantize_biases(graph: onnx.GraphProto) -> int:
+    """Store the float bias of each Gemm that `_bias_scale` finds a scale for as int32 at that
+    scale behind a DequantizeLinear (one beyond int32 there stays float). Returns how many were
+    quantized."""
+    consts = _constants(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    fresh, replaced, done = _Names(graph), set(), 0
+    for gemm in [n for n in graph.node if n.op_type == "Gemm" and len(n.input) == 3]:
+        scale = _bias_scale(gemm, producer, consts)
+        bias = gemm.input[2]
+        steps = None if scale is None else np.rint(consts[bias].astype(np.float64) / scale)
+        if steps is None or np.abs(steps).max(initial=0) > INT32.max:
+            continue
+        q, s, out = (fresh(f"{bias}_{k}") for k in ("int32", "scale", "dequantized"))
+        graph.initializer.extend(
+            [numpy_helper.from_array(steps.astype(np.int32), q), numpy_helper.from_array(scale, s)]
+        )
+        dq = helper.make_node("DequantizeLinear", [q, s], [out], out, axis=0)
+        graph.node.insert(list(graph.node).index(gemm), dq)
+        gemm.input[2] = out
+        replaced.add(bias)
+        done += 1
+    unread = [t for t in graph.initializer if t.name in replaced - set(_reads(graph))]
+    for t in unread:
+        graph.initializer.remove(t)
+    return done

@@ -1,0 +1,94 @@
+"""A CNN's classifier (pool -> flatten -> Linear) runs as ONNX Runtime's int8 QGemm in its QAT
+and NNCF PTQ graphs: NNCF leaves the bias float and dequantizes before the Flatten, and ONNX
+Runtime then ran that Gemm in float (`kdc.compress.qdq_gemm`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_distill import _cfg, cnn, toy_data
+from tiny import optimized_ops, run_onnx
+
+from kdc.compress.distill import distill
+from kdc.compress.nncf_ptq import quantize_int8_nncf
+from kdc.compress.qat import export_qat, quantize_for_training
+from kdc.compress.qdq_gemm import int8_gemms
+from kdc.deploy.onnxruntime import make_session
+from kdc.export.onnx_export import export_onnx
+
+
+def _classifier(beta: float = 1.0) -> onnx.ModelProto:
+    """Q/DQ -> Flatten -> Gemm(DQ of int8 weights per output channel, float bias): NNCF's."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.float32(0.02), "x_scale"),
+        numpy_helper.from_array(np.uint8(3), "x_zero"),
+        numpy_helper.from_array(rng.integers(-127, 128, (4, 8)).astype(np.int8), "w"),
+        numpy_helper.from_array(rng.uniform(0.01, 0.02, 4).astype(np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(4, np.int8), "w_zero"),
+        numpy_helper.from_array(rng.normal(0, 1, 4).astype(np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xf"]),
+        helper.make_node("Flatten", ["xf"], ["flat"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wf"], axis=0),
+        helper.make_node("Gemm", ["flat", "wf", "bias"], ["y"], transB=1, beta=beta),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_classifier_after_a_flatten_becomes_an_int8_gemm_of_the_same_values(tmp_path):
+    before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
+    onnx.save(_classifier(), str(before))
+    model = _classifier()
+    assert int8_gemms(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(after))
+    assert "Gemm" in optimized_ops(before, tmp_path / "before_optimized.onnx")
+    ops = optimized_ops(after, tmp_path / "after_optimized.onnx")
+    assert "QGemm" in ops and "Gemm" not in ops, ops
+    x = {"x": np.random.default_rng(1).uniform(-1, 4, (5, 8, 1, 1)).astype(np.float32)}
+    want = make_session(before, threads=1, optimization="disable").run(None, x)[0]
+    for optimization in ("disable", "all"):  # Q/DQ in float, and the QGemm
+        got = make_session(after, threads=1, optimization=optimization).run(None, x)[0]
+        # the bias rounded to steps of 0.02 x (0.01..0.02): half a step, 2e-4, at most
+        np.testing.assert_allclose(got, want, atol=2e-4)
+
+
+def test_a_gemm_onnx_runtime_would_not_fuse_keeps_its_float_bias():
+    model = _classifier(beta=0.5)  # QGemm takes the bias unscaled
+    assert int8_gemms(model) == 0
+    assert {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT} >= {"bias"}
+
+
+@pytest.mark.parametrize("method", ["qat", "nncf-ptq"])
+def test_a_cnn_classifier_runs_as_an_int8_gemm(tmp_path, method):
+    teacher = cnn((8, 16), 0)
+    data = toy_data(teacher)
+    if method == "qat":
+        q = quantize_for_training(
+            cnn((8, 16), 0), data.train, symmetric_activations=False, tensorrt=False
+        )
+        distill(q, data, _cfg(epochs=1, losses=[{"name": "logits"}]), 0, teacher=teacher)
+        path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
+        ref = q.forward_numpy(data.val)  # the fake-quantized model
+    else:
+        src = export_onnx(teacher, data.train, tmp_path / "model.onnx")
+        x = data.train
+        batches = [{k: v[s : s + 16] for k, v in x.items()} for s in range(0, 64, 16)]
+        path = quantize_int8_nncf(src, tmp_path / "q.onnx", batches, symmetric_activations=False)
+        ref = make_session(path, threads=1, optimization="disable").run(None, data.val)[0]
+    ops = optimized_ops(path, tmp_path / "optimized.onnx")
+    assert ops.count("QGemm") == 1 and "Gemm" not in ops, ops
+    assert ops.count("QLinearConv") == 2 and not {"Conv", "FusedConv"} & set(ops), ops
+    np.testing.assert_allclose(run_onnx(path, data.val), ref, atol=2e-2)
