@@ -162,8 +162,9 @@ def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
     BatchNorm folded into its conv, activations per tensor; 3: activations never negative in
     calibration kept unsigned; 4: a ReLU6's quantizer kept within 6; 5: BatchNorm statistics
     re-estimated before folding; 6: a conv's output quantized before a Hardswish, SiLU...; 7: and
-    before an x * sigmoid(x); 8: a Gemm's bias int32, so ONNX Runtime runs it int8; the
-    transformer scheme's 2: that too): a run QAT-trained by an earlier version (1 hashed without
+    before an x * sigmoid(x); 8: a Gemm's bias int32, so ONNX Runtime runs it int8; 9: a conv's
+    output quantizer never negative in calibration kept unsigned; the transformer scheme's 2:
+    a Gemm's bias int32): a run QAT-trained by an earlier version (1 hashed without
     it) trains again, pruned to a latency or not; PTQ's distill does not read it."""
     import dataclasses
 
@@ -176,8 +177,8 @@ def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
     pruned = {**qat_cfg, "prune": {"enabled": True, "target_latency_ms": 1.0}}
     configs = {"ptq": cfg, "qat": qat_cfg, "qat pruned to a latency": pruned}
     now = {k: _hashes(c)["distill"] for k, c in configs.items()}
-    assert qat.SCHEMES["cnn"].version == 8
-    for version in (7, 6, 5, 4, 3, 2, 1):
+    assert qat.SCHEMES["cnn"].version == 9
+    for version in (8, 7, 6, 5, 4, 3, 2, 1):
         earlier = dataclasses.replace(qat.SCHEMES["cnn"], version=version)
         monkeypatch.setitem(qat.SCHEMES, "cnn", earlier)
         before = {k: _hashes(c)["distill"] for k, c in configs.items()}

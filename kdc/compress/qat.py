@@ -126,14 +126,15 @@ def _nncf_quantize(
     (`fold_batchnorm`: NNCF would quantize a conv's output before its BatchNorm, which then
     keeps ONNX Runtime's conv in float), their statistics first re-estimated on `batches` (a
     student distilled one epoch held stale ones: QAT val accuracy 0.23 against 0.78 on the
-    digits test project), ranges calibrated on `batches`, an activation never
-    negative there kept unsigned (`_unsigned_where_never_negative`); 7-bit weights with
-    `seven_bit` (`_seven_bit_weights`), else NNCF's overflow fix on the first layer (its
-    default for CPUs); neither for TensorRT targets; NNCF's fast bias correction unless it
-    would fail on the model (`_bias_correction_fails`); a conv's output quantized before an
-    activation other than a ReLU or a Clip from 0 (`_quantize_conv_outputs`), but for TensorRT,
-    which runs such a pair as one int8 layer. Quantized under a plain root (`_Root`),
-    which holds NNCF's hooks, so any module's forward (a bare nn.Sequential's) runs as it did."""
+    digits test project), ranges calibrated on `batches`, an activation (a conv's output
+    quantizer's too) never negative there kept unsigned (`_unsigned_where_never_negative`);
+    7-bit weights with `seven_bit` (`_seven_bit_weights`), else NNCF's overflow fix on the
+    first layer (its default for CPUs); neither for TensorRT targets; NNCF's fast bias
+    correction unless it would fail on the model (`_bias_correction_fails`); a conv's output
+    quantized before an activation other than a ReLU or a Clip from 0
+    (`_quantize_conv_outputs`), but for TensorRT, which runs such a pair as one int8 layer.
+    Quantized under a plain root (`_Root`), which holds NNCF's hooks, so any module's forward
+    (a bare nn.Sequential's) runs as it did."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import OverflowFix
 
@@ -150,10 +151,10 @@ def _nncf_quantize(
         fast_bias_correction=True,
         advanced_parameters=advanced,
     )
-    _unsigned_where_never_negative(model)
     graph = _nncf_graph(model, batches[0])
     if not trt:
         _quantize_conv_outputs(model, graph, batches, sym)
+    _unsigned_where_never_negative(model)
     _cap_after_clips(model, graph)
     if seven_bit:
         _seven_bit_weights(model, graph)
@@ -237,7 +238,9 @@ def _quantize_conv_outputs(
     """Give each conv of NNCF's `model` read only by an activation ONNX Runtime cannot drop
     (`convs_into_fused_activations`: a MobileNetV3's Hardswish convs, an EfficientNet's SiLU
     ones, which it ran in float) an output quantizer (symmetric with `sym`, else asymmetric),
-    its range NNCF's min-max one of the conv's output on `batches`."""
+    its range NNCF's min-max one of the conv's output on `batches`: unsigned where that saw no
+    negative value (NNCF's symmetric quantizer takes it so; an asymmetric one is then pinned at
+    0 by `_unsigned_where_never_negative`, as NNCF PTQ's is UINT8 there)."""
     from nncf.quantization.algorithms.min_max.torch_backend import PTMinMaxAlgoBackend
     from nncf.torch.function_hook import register_post_function_hook
 
@@ -370,6 +373,7 @@ SCHEMES: dict[str, Scheme] = {
     # 7: and before a swish written x * sigmoid(x) (`conv_outputs`, shared with NNCF PTQ)
     # 8: off TensorRT, a Gemm's bias int32 and its input dequantized after a Flatten, so ONNX
     # Runtime runs the classifier as an int8 QGemm (`qdq_gemm`, in `finish_qdq`)
+    # 9: a conv's output quantizer never negative in calibration kept unsigned (zero point 0)
     "cnn": Scheme(
         _nncf_quantize,
         _nncf_strip,
@@ -377,7 +381,7 @@ SCHEMES: dict[str, Scheme] = {
         "activations per tensor, unsigned where never negative, within 6 after a ReLU6; "
         "a conv's output quantized before an activation other than a ReLU or ReLU6, "
         "but for TensorRT)",
-        version=8,
+        version=9,
     ),
     # 2: off TensorRT, a Gemm's bias int32 (a BERT pooler's: ONNX Runtime's QGemm)
     "transformer": Scheme(

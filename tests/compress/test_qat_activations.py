@@ -81,26 +81,40 @@ class _Swish(torch.nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+def _conv_output_zero_points(path) -> list[int]:
+    """The zero points of the QuantizeLinear nodes of an exported graph that read a Conv."""
+    graph = onnx.load(str(path)).graph
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    return [
+        int(init[n.input[2]])
+        for n in graph.node
+        if n.op_type == "QuantizeLinear" and made_by.get(n.input[0]) == "Conv"
+    ]
+
+
 def _quantized_conv_outputs(path) -> int:
     """How many QuantizeLinear nodes of an exported graph read a Conv."""
-    graph = onnx.load(str(path)).graph
-    made_by = {o: n.op_type for n in graph.node for o in n.output}
-    return sum(
-        n.op_type == "QuantizeLinear" and made_by.get(n.input[0]) == "Conv" for n in graph.node
+    return len(_conv_output_zero_points(path))
+
+
+def _cpu_qat(net: torch.nn.Module, data) -> VisionAdapter:
+    """`net` fake-quantized for QAT on this CPU: asymmetric activations, 7-bit weights (its u8s8
+    kernels saturate on 8-bit weights: no VNNI)."""
+    torch.manual_seed(0)
+    return quantize_for_training(
+        VisionAdapter(net.eval(), SOURCE),
+        data.train,
+        symmetric_activations=False,
+        tensorrt=False,
+        reduce_range=True,
     )
 
 
 def test_cnn_qat_quantizes_conv_outputs_before_activations_so_every_conv_runs_int8(tmp_path):
     teacher = cnn((8, 16), 0)
     data = toy_data(teacher)
-    torch.manual_seed(0)
-    q = quantize_for_training(
-        VisionAdapter(_Activations().eval(), SOURCE),
-        data.train,
-        symmetric_activations=False,
-        tensorrt=False,
-        reduce_range=True,  # this CPU's u8s8 kernels saturate on 8-bit weights (no VNNI)
-    )
+    q = _cpu_qat(_Activations(), data)
     distill(q, data, _cfg(epochs=1, lr=0.01, losses=[{"name": "logits"}]), 0, teacher=teacher)
     path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
     assert _quantized_conv_outputs(path) == 4  # all but the ReLU6's conv
@@ -132,12 +146,42 @@ def test_no_conv_output_quantizer_is_added_after_a_relu_a_float_conv_or_for_tens
 
 def test_a_conv_into_a_swish_written_as_a_product_gets_an_output_quantizer_too(tmp_path):
     data = toy_data(cnn((8, 16), 0))
-    torch.manual_seed(0)
-    student = VisionAdapter(_Swish().eval(), SOURCE)
-    q = quantize_for_training(
-        student, data.train, symmetric_activations=False, tensorrt=False, reduce_range=True
-    )
+    q = _cpu_qat(_Swish(), data)
     path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
     assert _quantized_conv_outputs(path) == 2
     optimized = optimized_ops(path, tmp_path / "optimized.onnx")
     assert optimized.count("QLinearConv") == 2 and not {"Conv", "FusedConv"} & set(optimized)
+
+
+class _PositiveIntoHardswish(torch.nn.Module):
+    """A conv whose output calibration never sees negative (non-negative input and weights, a
+    bias of 4) into a Hardswish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        with torch.no_grad():
+            self.conv2.weight.abs_().mul_(0.1)
+            self.conv2.bias.fill_(4.0)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.hardswish(self.conv2(torch.relu(self.conv1(pixel_values))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_conv_output_never_negative_in_calibration_stays_unsigned_through_qat(tmp_path):
+    """The output quantizer of a conv into a Hardswish keeps its lower bound at 0 (zero point 0)
+    where calibration saw no negative value, as NNCF's own activation quantizers do
+    (`_unsigned_where_never_negative`) and NNCF PTQ's UINT8 ones are: trained free (5 epochs at
+    lr 0.1) it drifted to -0.22, zero point 13."""
+    teacher = cnn((8, 16), 0)
+    data = toy_data(teacher)
+    q = _cpu_qat(_PositiveIntoHardswish(), data)
+    distill(q, data, _cfg(epochs=5, lr=0.1, losses=[{"name": "logits"}]), 0, teacher=teacher)
+    path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
+    assert _conv_output_zero_points(path) == [0]
+    optimized = optimized_ops(path, tmp_path / "optimized.onnx")
+    assert optimized.count("QLinearConv") == 2 and not {"Conv", "FusedConv"} & set(optimized)
+    np.testing.assert_allclose(run_onnx(path, data.val), q.forward_numpy(data.val), atol=2e-2)
