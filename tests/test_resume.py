@@ -163,9 +163,10 @@ def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
     calibration kept unsigned; 4: a ReLU6's quantizer kept within 6; 5: BatchNorm statistics
     re-estimated before folding; 6: a conv's output quantized before a Hardswish, SiLU...; 7: and
     before an x * sigmoid(x); 8: a Gemm's bias int32, so ONNX Runtime runs it int8; 9: a conv's
-    output quantizer never negative in calibration kept unsigned; the transformer scheme's 2:
-    a Gemm's bias int32): a run QAT-trained by an earlier version (1 hashed without
-    it) trains again, pruned to a latency or not; PTQ's distill does not read it."""
+    output quantizer never negative in calibration kept unsigned; 10: a conv's output quantized
+    before a hard swish written out; the transformer scheme's 2: a Gemm's bias int32): a run
+    QAT-trained by an earlier version (1 hashed without it) trains again, pruned to a latency
+    or not; PTQ's distill does not read it."""
     import dataclasses
 
     from tiny import bert_config
@@ -177,8 +178,8 @@ def test_qat_retrains_when_its_scheme_changes(cnn_project, monkeypatch):
     pruned = {**qat_cfg, "prune": {"enabled": True, "target_latency_ms": 1.0}}
     configs = {"ptq": cfg, "qat": qat_cfg, "qat pruned to a latency": pruned}
     now = {k: _hashes(c)["distill"] for k, c in configs.items()}
-    assert qat.SCHEMES["cnn"].version == 9
-    for version in (8, 7, 6, 5, 4, 3, 2, 1):
+    assert qat.SCHEMES["cnn"].version == 10
+    for version in (9, 8, 7, 6, 5, 4, 3, 2, 1):
         earlier = dataclasses.replace(qat.SCHEMES["cnn"], version=version)
         monkeypatch.setitem(qat.SCHEMES, "cnn", earlier)
         before = {k: _hashes(c)["distill"] for k, c in configs.items()}
@@ -232,7 +233,8 @@ def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypat
     """build's input hash holds the NNCF PTQ recipe's version for the student's family from 2 on
     (CNNs' 2: every activation per tensor, a depthwise conv's input too; 3: a conv's output
     quantized before a Hardswish, Hardsigmoid...; 4, and transformers' 2: a Gemm's bias int32,
-    so ONNX Runtime runs it int8): a run whose INT8 graph NNCF may have made (ptq auto or nncf,
+    so ONNX Runtime runs it int8; 5: a conv's output quantized before a hard swish written
+    out): a run whose INT8 graph NNCF may have made (ptq auto or nncf,
     for a CPU or a TensorRT target) by an earlier version, version 1 hashed without it, builds
     again; an FP32-only run, ONNX Runtime's PTQ and a QAT run's build do not read it, nor a
     run of the other family."""
@@ -258,7 +260,7 @@ def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypat
     }
     targets = ("host", "jetson")
     now = {(k, t): _hashes(c, t) for k, c in configs.items() for t in targets}
-    assert nncf_ptq.RECIPE_VERSIONS == {"cnn": 4, "transformer": 2}
+    assert nncf_ptq.RECIPE_VERSIONS == {"cnn": 5, "transformer": 2}
     monkeypatch.setitem(nncf_ptq.RECIPE_VERSIONS, "cnn", 1)
     before = {(k, t): _hashes(c, t) for k, c in configs.items() for t in targets}
     changed = {(*run, s) for run, h in now.items() for s in h if h[s] != before[run][s]}

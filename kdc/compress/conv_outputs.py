@@ -6,8 +6,12 @@ NNCF takes a conv and the activation after it as one layer (OpenVINO runs the ac
 its int8 conv) and quantizes only after the activation. ONNX Runtime runs a conv in int8
 (QLinearConv) only where a QuantizeLinear reads it, or a Relu or a Clip from 0 it can drop before
 one: after a Hardswish, Hardsigmoid, Sigmoid, LeakyReLU, a swish (SiLU) or a Clip from below 0
-it ran the conv in float (Conv/FusedConv). TensorRT runs such a pair as one int8 layer: its
-graphs keep NNCF's placement.
+it ran the conv in float (Conv/FusedConv), and so after a hard swish written out as older
+MobileNetV3 code does, `x * F.relu6(x + 3) / 6`, which NNCF fuses with the conv too. Where NNCF
+fuses no product with the activation (`x * F.hardsigmoid(x)`) it quantizes the Mul's input
+instead, which ONNX Runtime reads in int8 while the activation reads the conv's float output:
+that conv ran in float as well. TensorRT runs such a pair as one int8 layer: its graphs keep
+NNCF's placement.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class GraphOps:
     """One NNCF backend's metatypes of convs, of the activations it fuses after a conv, of the
-    Relus among them and of Mul (a swish's `x * sigmoid(x)`); whether a node is a quantizer's
-    output (what an int8 conv's input and weight come from); and the (min, max) a node clips to
-    (None: no Clip)."""
+    Relus among them, of Mul (a swish's `x * sigmoid(x)`), Add and Div (a hard swish's
+    `x * relu6(x + 3) / 6`); whether a node is a quantizer's output (what an int8 conv's input
+    and weight come from); and the (min, max) a node clips to (None: no Clip)."""
 
     convs: Collection[type]
     activations: Collection[type]
     relus: Collection[type]
     muls: Collection[type]
+    adds: Collection[type]
+    divs: Collection[type]
     quantized: Callable[[NNCFNode], bool]
     clip_bounds: Callable[[NNCFNode], tuple[float, float] | None]
 
@@ -50,13 +56,48 @@ def _fused_activation(node: NNCFNode, ops: GraphOps) -> bool:
 
 def _read_by_fused_activation(node: NNCFNode, graph: NNCFGraph, ops: GraphOps) -> bool:
     """Whether `node`'s output is read only by one `_fused_activation` and, for a swish (an
-    ONNX SiLU: `x * sigmoid(x)`, `x * hardsigmoid(x)`), by Muls of its output."""
+    ONNX SiLU: `x * sigmoid(x)`, `x * hardsigmoid(x)`), by products with its output
+    (`_product_with`); or is a hard swish's x (`_hard_swish_input`)."""
     readers = graph.get_next_nodes(node)
     acts = [r for r in readers if _fused_activation(r, ops)]
-    return len(acts) == 1 and all(
-        r is acts[0] or (r.metatype in ops.muls and acts[0] in graph.get_previous_nodes(r))
-        for r in readers
-    )
+    return (
+        len(acts) == 1
+        and all(r is acts[0] or _product_with(r, acts[0], graph, ops) for r in readers)
+    ) or _hard_swish_input(node, graph, ops)
+
+
+def _product_with(node: NNCFNode, act: NNCFNode, graph: NNCFGraph, ops: GraphOps) -> bool:
+    """Whether `node` is a Mul of `act`'s output (read directly or through a quantizer), or a
+    quantizer read only by such Muls: NNCF's of a Mul's input, where it fuses no product with
+    the activation (`x * hardsigmoid(x)`)."""
+    if ops.quantized(node):
+        return all(_product_with(r, act, graph, ops) for r in graph.get_next_nodes(node))
+    inputs = graph.get_previous_nodes(node)
+    sources = [
+        *inputs,
+        *(p for q in inputs if ops.quantized(q) for p in graph.get_previous_nodes(q)),
+    ]
+    return node.metatype in ops.muls and act in sources
+
+
+def _hard_swish_input(node: NNCFNode, graph: NNCFGraph, ops: GraphOps) -> bool:
+    """Whether `node`'s output is x of a hard swish written out, `x * relu6(x + 3) / 6` (its
+    scaling before or after the product, whatever its constants): read by one Add and one Mul
+    only, the Add read by a Clip from 0 alone, whose output reaches that Mul through Muls and
+    Divs each read by the next alone."""
+    readers = graph.get_next_nodes(node)
+    add = next((r for r in readers if r.metatype in ops.adds), None)
+    mul = next((r for r in readers if r.metatype in ops.muls), None)
+    if len(readers) != 2 or add is None or mul is None:
+        return False
+    step = graph.get_next_nodes(add)
+    if len(step) != 1 or (ops.clip_bounds(step[0]) or (None,))[0] != 0:
+        return False
+    while step[0] is not mul:
+        step = graph.get_next_nodes(step[0])
+        if len(step) != 1 or step[0].metatype not in {*ops.muls, *ops.divs}:
+            return False
+    return True
 
 
 def convs_into_fused_activations(graph: NNCFGraph, ops: GraphOps) -> list[str]:

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 # (`unsigned_activations`)
 # cnn 4, transformer 2: off TensorRT, a Gemm's bias int32 and its input dequantized after a
 # Flatten, so ONNX Runtime runs it as an int8 QGemm (`finish_qdq`, `qdq_gemm`)
-RECIPE_VERSIONS = {"cnn": 4, "transformer": 2}
+# cnn 5: a conv's output quantized before a hard swish written out, x * relu6(x + 3) / 6
+RECIPE_VERSIONS = {"cnn": 5, "transformer": 2}
 
 
 def quantize_int8_nncf(
@@ -121,6 +122,8 @@ def quantize_conv_outputs(
         activations=ATOMIC_ACTIVATIONS_OPERATIONS,
         relus={om.ONNXReluMetatype},  # Relu, and Clip: `clip_bounds` tells those from 0
         muls={om.ONNXMulLayerMetatype},
+        adds={om.ONNXAddLayerMetatype},
+        divs={om.ONNXDivLayerMetatype},
         quantized=lambda node: node.metatype is om.ONNXDequantizeLinearMetatype,
         clip_bounds=lambda node: _clip_bounds(model.graph, node.node_name),
     )

@@ -217,7 +217,12 @@ class _Range(torch.nn.Module):
 def _torch_ops() -> GraphOps:
     """What `convs_into_fused_activations` looks for in NNCF's PyTorch graph."""
     from nncf.common.graph.patterns import GraphPattern
-    from nncf.torch.graph.operator_metatypes import PTMulMetatype, PTRELUMetatype
+    from nncf.torch.graph.operator_metatypes import (
+        PTAddMetatype,
+        PTDivMetatype,
+        PTMulMetatype,
+        PTRELUMetatype,
+    )
     from nncf.torch.graph.pattern_operations import ATOMIC_ACTIVATIONS_OPERATIONS
     from nncf.torch.model_graph_manager import CONV_META_TYPES
 
@@ -226,6 +231,8 @@ def _torch_ops() -> GraphOps:
         activations=ATOMIC_ACTIVATIONS_OPERATIONS[GraphPattern.METATYPE_ATTR],
         relus={PTRELUMetatype},  # relu, relu_
         muls={PTMulMetatype},
+        adds={PTAddMetatype},
+        divs={PTDivMetatype},
         quantized=lambda node: node.node_type in QUANTIZER_OPS,
         clip_bounds=_clip_bounds,
     )
@@ -236,11 +243,13 @@ def _quantize_conv_outputs(
     model: torch.nn.Module, graph: NNCFGraph, batches: list[tuple], sym: bool
 ) -> None:
     """Give each conv of NNCF's `model` read only by an activation ONNX Runtime cannot drop
-    (`convs_into_fused_activations`: a MobileNetV3's Hardswish convs, an EfficientNet's SiLU
-    ones, which it ran in float) an output quantizer (symmetric with `sym`, else asymmetric),
-    its range NNCF's min-max one of the conv's output on `batches`: unsigned where that saw no
-    negative value (NNCF's symmetric quantizer takes it so; an asymmetric one is then pinned at
-    0 by `_unsigned_where_never_negative`, as NNCF PTQ's is UINT8 there)."""
+    (`convs_into_fused_activations`: a MobileNetV3's Hardswish convs, written out or not, an
+    EfficientNet's SiLU ones, which it ran in float) an output quantizer (symmetric with `sym`,
+    else asymmetric), in place of NNCF's quantizers of a Mul's input reading it
+    (`_drop_quantizers_after`: `x * hardsigmoid(x)`), its range NNCF's min-max one of the
+    conv's output on `batches`: unsigned where that saw no negative value (NNCF's symmetric
+    quantizer takes it so; an asymmetric one is then pinned at 0 by
+    `_unsigned_where_never_negative`, as NNCF PTQ's is UINT8 there)."""
     from nncf.quantization.algorithms.min_max.torch_backend import PTMinMaxAlgoBackend
     from nncf.torch.function_hook import register_post_function_hook
 
@@ -258,6 +267,28 @@ def _quantize_conv_outputs(
         config, params = output_quantizer(low, high, sym)
         quantizer = PTMinMaxAlgoBackend._create_quantizer(config, (1,), params, None)
         register_post_function_hook(model, name, 0, quantizer)
+        _drop_quantizers_after(model, graph, name)
+
+
+def _drop_quantizers_after(model: torch.nn.Module, graph: NNCFGraph, name: str) -> None:
+    """Delete the quantizers of NNCF's `model` that read op `name`'s output in `graph` (NNCF's
+    of a Mul's input), now quantized by that op's output quantizer."""
+    from nncf.torch.function_hook.hook_storage import decode_hook_name
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    storage = get_hook_storage(model)
+    readers = [
+        q
+        for q in graph.get_next_nodes(graph.get_node_by_name(name))
+        if q.node_type in QUANTIZER_OPS
+    ]
+    inputs = {
+        (e.to_node.node_name, e.input_port_id) for q in readers for e in graph.get_output_edges(q)
+    }
+    for hook in [n for n, _ in storage.named_hooks()]:
+        kind, op, port = decode_hook_name(hook)
+        if kind == "pre_hooks" and (op, port) in inputs:
+            storage.delete_hook(hook)
 
 
 def _clip_bounds(node: NNCFNode) -> tuple[float, float] | None:
@@ -374,6 +405,7 @@ SCHEMES: dict[str, Scheme] = {
     # 8: off TensorRT, a Gemm's bias int32 and its input dequantized after a Flatten, so ONNX
     # Runtime runs the classifier as an int8 QGemm (`qdq_gemm`, in `finish_qdq`)
     # 9: a conv's output quantizer never negative in calibration kept unsigned (zero point 0)
+    # 10: and one before a hard swish written out, x * hardsigmoid(x), x * relu6(x + 3) / 6
     "cnn": Scheme(
         _nncf_quantize,
         _nncf_strip,
@@ -381,7 +413,7 @@ SCHEMES: dict[str, Scheme] = {
         "activations per tensor, unsigned where never negative, within 6 after a ReLU6; "
         "a conv's output quantized before an activation other than a ReLU or ReLU6, "
         "but for TensorRT)",
-        version=9,
+        version=10,
     ),
     # 2: off TensorRT, a Gemm's bias int32 (a BERT pooler's: ONNX Runtime's QGemm)
     "transformer": Scheme(

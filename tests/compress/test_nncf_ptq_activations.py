@@ -11,7 +11,14 @@ import onnx
 import pytest
 import torch
 from test_distill import cnn, toy_data
-from test_qat_activations import SOURCE, _Activations, _SqueezeExcite
+from test_qat_activations import (
+    HARD_SWISHES,
+    SOURCE,
+    _Activations,
+    _HardSwishes,
+    _quantized_conv_outputs,
+    _SqueezeExcite,
+)
 from tiny import optimized_ops, run_onnx
 
 from kdc.compress.nncf_ptq import quantize_int8_nncf
@@ -69,15 +76,6 @@ def _ptq(tmp_path, student, tensorrt: bool = False, symmetric: bool | None = Non
     return dst, data.val, optimized_ops(dst, tmp_path / "optimized.onnx")
 
 
-def _quantized_conv_outputs(path) -> int:
-    """How many QuantizeLinear nodes of a graph read a Conv."""
-    graph = onnx.load(str(path)).graph
-    made_by = {o: n.op_type for n in graph.node for o in n.output}
-    return sum(
-        n.op_type == "QuantizeLinear" and made_by.get(n.input[0]) == "Conv" for n in graph.node
-    )
-
-
 def _signed_activations(path) -> int:
     """How many QuantizeLinear nodes of a graph quantize a computed tensor to INT8."""
     graph = onnx.load(str(path)).graph
@@ -96,6 +94,20 @@ def test_nncf_ptq_quantizes_conv_outputs_before_activations_so_every_conv_runs_i
     path, rows, ops = _ptq(tmp_path, student)
     assert _quantized_conv_outputs(path) == 6  # all but the ReLU6's conv (a Clip from 0)
     assert ops.count("QLinearConv") == 7 and not {"Conv", "FusedConv"} & set(ops), ops
+    out, ref = run_onnx(path, rows), student.forward_numpy(rows)
+    np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("form", HARD_SWISHES)
+def test_a_conv_into_a_hard_swish_written_out_runs_int8(tmp_path, form):
+    """NNCF fuses `x * relu6(x + 3) / 6` with the conv before it, as it does a Hardswish, and
+    ONNX Runtime ran that conv in float; `x * hardsigmoid(x)` and `x * (relu6(x + 3) / 6)`,
+    which NNCF's ONNX graph quantizes within, ran int8 already."""
+    torch.manual_seed(0)
+    student = VisionAdapter(_HardSwishes(form).eval(), SOURCE)
+    path, rows, ops = _ptq(tmp_path, student)
+    assert _quantized_conv_outputs(path) == 2
+    assert ops.count("QLinearConv") == 2 and not {"Conv", "FusedConv"} & set(ops), ops
     out, ref = run_onnx(path, rows), student.forward_numpy(rows)
     np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
 

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 from test_distill import _cfg, cnn, toy_data
 from tiny import optimized_ops, run_onnx
 
@@ -78,6 +79,30 @@ class _Swish(torch.nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.conv1(pixel_values)
         x = torch.nn.functional.silu(self.conv2(x * torch.sigmoid(x)))
+        return self.head(x.mean((2, 3)))
+
+
+HARD_SWISHES = {  # written out, as older MobileNetV3 code does
+    "x * hardsigmoid(x)": lambda x: x * F.hardsigmoid(x),
+    "x * relu6(x + 3) / 6": lambda x: x * F.relu6(x + 3) / 6,
+    "x * (relu6(x + 3) / 6)": lambda x: x * (F.relu6(x + 3) / 6),
+    "x * hardtanh(x + 3, 0, 6) / 6": lambda x: x * F.hardtanh(x + 3, 0.0, 6.0) / 6,
+}
+
+
+class _HardSwishes(torch.nn.Module):
+    """Two convs, each into a hard swish written as `HARD_SWISHES[form]`."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.form = form
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        act = HARD_SWISHES[self.form]
+        x = act(self.conv2(act(self.conv1(pixel_values))))
         return self.head(x.mean((2, 3)))
 
 
@@ -184,4 +209,22 @@ def test_a_conv_output_never_negative_in_calibration_stays_unsigned_through_qat(
     assert _conv_output_zero_points(path) == [0]
     optimized = optimized_ops(path, tmp_path / "optimized.onnx")
     assert optimized.count("QLinearConv") == 2 and not {"Conv", "FusedConv"} & set(optimized)
+    np.testing.assert_allclose(run_onnx(path, data.val), q.forward_numpy(data.val), atol=2e-2)
+
+
+@pytest.mark.parametrize("form", HARD_SWISHES)
+def test_a_conv_into_a_hard_swish_written_out_gets_an_output_quantizer_too(tmp_path, form):
+    """NNCF fuses `x * relu6(x + 3) / 6` with the conv before it and quantizes after it, as it
+    does nn.Hardswish; for `x * hardsigmoid(x)` it quantizes the Mul's inputs, the conv's
+    output for the Mul only (its quantizer then gives way to the conv's own). Both had kept
+    the convs float in ONNX Runtime."""
+    teacher = cnn((8, 16), 0)
+    data = toy_data(teacher)
+    q = _cpu_qat(_HardSwishes(form), data)
+    distill(q, data, _cfg(epochs=1, lr=0.01, losses=[{"name": "logits"}]), 0, teacher=teacher)
+    path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
+    assert _quantized_conv_outputs(path) == 2
+    optimized = optimized_ops(path, tmp_path / "optimized.onnx")
+    assert optimized.count("QLinearConv") == 2, optimized
+    assert not {"Conv", "FusedConv"} & set(optimized), optimized
     np.testing.assert_allclose(run_onnx(path, data.val), q.forward_numpy(data.val), atol=2e-2)
