@@ -408,18 +408,19 @@ def stage_inputs(
 
 
 def resume_plan(cfg: KdcConfig, profile: HardwareProfile, run: RunDir) -> dict[str, str]:
-    """What a `--resume` of `run` would do with each stage, as `run_stages` decides it: skip
-    those up to date until the first whose inputs changed, which runs, then each stage after it
-    unless that one's new outputs are the ones it was built from."""
+    """What a `--resume` of `run` would do with each stage, as `run_stages` decides it: a stage
+    whose own inputs changed (config, teacher, data, the earlier stage's outputs as they are)
+    runs; one after it that would be up to date on those outputs runs unless the last such stage
+    before it makes the same outputs as before; the others are skipped."""
     plan: dict[str, str] = {}
-    inputs, first = inputs_fingerprint(cfg), None
+    inputs, ran = inputs_fingerprint(cfg), None
     for stage in _stages():
-        if first:
-            plan[stage.name] = f"runs, unless {first} makes the same outputs as before"
-            continue
-        done = stage_inputs(stage, cfg, profile, run, inputs).up_to_date()
-        first = None if done else stage.name
-        plan[stage.name] = "runs" if first else "up to date, skipped"
+        if not stage_inputs(stage, cfg, profile, run, inputs).up_to_date():
+            ran, plan[stage.name] = stage.name, "runs"
+        elif ran:
+            plan[stage.name] = f"runs, unless {ran} makes the same outputs as before"
+        else:
+            plan[stage.name] = "up to date, skipped"
     return plan
 
 

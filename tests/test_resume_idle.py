@@ -137,3 +137,26 @@ def test_the_resume_plan_and_the_resume_agree(cnn_project, tmp_path, capsys):
     plan, skipped = _resume(path, run, capsys)
     assert plan["build"] == "runs" and plan["export"] == "up to date, skipped", plan
     _agree(plan, skipped)
+
+
+def test_a_stage_whose_own_settings_changed_is_planned_to_run_whatever_comes_before(
+    cnn_project, tmp_path, capsys
+):
+    """Search and verify settings edited: the plan runs search, and verify whatever the search
+    makes (its own inputs changed), not "unless search makes the same outputs as before"; the
+    stages between them may go either way."""
+    cfg = _edit(_edit(config_of(cnn_project), "distill.epochs", 1), "quantize.precision", "fp32")
+    path, run = write_yaml(tmp_path / "model.yaml", cfg), tmp_path / "run"
+    api.compress(path, "host", run, quiet=True)
+    cfg = _edit(_edit(cfg, "search.latency_margin", 0.2), "verify.iterations", 21)
+    write_yaml(path, cfg)
+    plan, skipped = _resume(path, run, capsys)
+    unless = "runs, unless {} makes the same outputs as before"
+    assert plan == {
+        "search": "runs",
+        **dict.fromkeys(("distill", "export", "build"), unless.format("search")),
+        "verify": "runs",
+        "report": "runs",  # it records the config's hash
+    }, plan
+    _agree(plan, skipped)
+    assert skipped == {"distill", "export", "build"}
