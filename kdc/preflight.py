@@ -6,7 +6,6 @@ refuse of them at once (by the teacher's config.json)."""
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from kdc.config import KdcConfig
@@ -24,8 +23,9 @@ def check_config(cfg: KdcConfig) -> None:
     """Raise a UserError naming the config file and field for the first problem found."""
     from kdc.hf_files import check_loadable
     from kdc.models import teacher_kind
+    from kdc.preflight_paths import check_paths
 
-    _check_paths(cfg)
+    check_paths(cfg)
     _check_columns(cfg)
     _check_names(cfg)
     _check_augment(cfg)
@@ -313,46 +313,6 @@ def _loosened_limits(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
     return out
 
 
-def _check_paths(cfg: KdcConfig) -> None:
-    from kdc.data.shards import data_files, is_glob
-
-    t, d = cfg.teacher, cfg.data
-    wanted = [
-        ("teacher.path", t.path, "model directory", "is_dir"),
-        ("teacher.weights", t.weights, "weights file", "is_file"),
-        ("data.source", None if d.source.startswith("sklearn:") else d.source, "data", "exists"),
-        ("data.eval", d.eval, "eval data", "exists"),
-    ]
-    for field, rel, what, test in wanted:
-        if field.startswith("data.") and rel is not None and is_glob(rel, cfg.base_dir):
-            data_files(rel, cfg.base_dir, field, cfg.source_file)  # it matches a file
-            continue
-        if rel is not None and test == "is_dir" and cfg.resolve(rel).is_file():
-            raise UserError(
-                f"is a file; the {what} is wanted",
-                source=cfg.source_file,
-                field=field,
-                fix=f"give its directory: {cfg.resolve(rel).parent}",
-            )
-        if rel is not None and not getattr(cfg.resolve(rel), test)():
-            base = "the working directory" if cfg.source_file.startswith("<") else "the config"
-            hub = (  # org/name, and no folder org/ here: a Hub id rather than a typo
-                field == "teacher.path"
-                and re.fullmatch(r"[\w.-]+/[\w.-]+", str(rel))
-                and not cfg.resolve(str(rel).split("/")[0]).exists()
-            )
-            fix = f"check that {cfg.resolve(rel)} exists (paths are relative to {base})"
-            raise UserError(
-                f"{what} not found",
-                source=cfg.source_file,
-                field=field,
-                fix=f"{fix}; kdc reads a local directory and downloads nothing: for the Hub "
-                f"model '{rel}', save it with save_pretrained and give that directory"
-                if hub
-                else fix,
-            )
-
-
 def _check_columns(cfg: KdcConfig) -> None:
     """A classifier's text column is not its label column (it would learn from the labels);
     text pairs are a classifier's (an embedding teacher embeds one text)."""
@@ -493,6 +453,13 @@ def _check_max_length(cfg: KdcConfig, hf: dict | None) -> None:
         )
 
 
+# teachers built by code, as kdc reads them: CNNs (kind → the field that gives them)
+CODE_TEACHERS = {
+    "entrypoint": "teacher.entrypoint",
+    "torchvision": "teacher.name",
+    "timm": "teacher.name",
+    "kdc": "teacher.path",
+}
 LIBRARY_TEACHERS = {
     "torchvision": "pip install torchvision matching your torch",
     "timm": "pip install timm",
@@ -500,14 +467,25 @@ LIBRARY_TEACHERS = {
 
 
 def _check_teacher_code(cfg: KdcConfig) -> None:
-    """`teacher.entrypoint` (or a kdc student teacher's) imports (its module is imported; the
-    function is not called); a `teacher.name`'s library (torchvision, timm) is installed; a kdc
-    student teacher has no `teacher.weights` besides its own."""
+    """A teacher built by code (a CNN) is for an image task; `teacher.entrypoint` (or a kdc
+    student teacher's) imports (its module is imported; the function is not called); a
+    `teacher.name`'s library (torchvision, timm) is installed; a kdc student teacher has no
+    `teacher.weights` besides its own."""
     import importlib.util
 
     from kdc.models import check_entrypoint, teacher_kind
 
-    if teacher_kind(cfg) == "kdc" and cfg.teacher.weights:
+    kind = teacher_kind(cfg)
+    if cfg.task != "image-classification" and kind in CODE_TEACHERS:
+        raise UserError(
+            f"task '{cfg.task}' takes a Hugging Face teacher; a teacher given by "
+            f"{CODE_TEACHERS[kind]} is read as an image classifier (a CNN taking pixel_values)",
+            source=cfg.source_file,
+            field=CODE_TEACHERS[kind],
+            fix="save the text model and its tokenizer with save_pretrained and give that "
+            "directory as teacher.path, or set task: image-classification",
+        )
+    if kind == "kdc" and cfg.teacher.weights:
         raise UserError(
             "not read for a kdc student teacher, whose weights are its model.safetensors",
             source=cfg.source_file,
@@ -515,8 +493,7 @@ def _check_teacher_code(cfg: KdcConfig) -> None:
             fix="remove teacher.weights",
         )
     check_entrypoint(cfg)
-    kind = teacher_kind(cfg) if cfg.teacher.name else None
-    if kind in LIBRARY_TEACHERS and importlib.util.find_spec(kind) is None:
+    if cfg.teacher.name and kind in LIBRARY_TEACHERS and importlib.util.find_spec(kind) is None:
         raise UserError(
             f"{kind} is not installed",
             source=cfg.source_file,
