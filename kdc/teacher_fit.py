@@ -3,7 +3,7 @@ can take."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kdc.errors import UserError, first_line, listed
 from kdc.models.base import ModelAdapter
@@ -15,14 +15,16 @@ if TYPE_CHECKING:
 def _probe_outputs(ctx: Context, teacher: ModelAdapter) -> int:
     """The teacher's output count, from a forward pass on the first eval row; a teacher that
     cannot take the data's input (channels, size) is a UserError: naming data.channels where
-    the data's channels are not those its first conv reads."""
+    the data's channels are not those its first conv reads. So is one that takes that row but
+    not a batch of the first two (kdc trains, exports and runs it on batches)."""
     from torch import nn
 
     from kdc.data import channel_mismatch
 
-    features = ctx.dataset.eval.take([0]).features
+    split = ctx.dataset.eval
+    features = split.take([0]).features
     try:
-        return teacher.forward_numpy(teacher.encode(features)).shape[-1]
+        outputs = teacher.forward_numpy(teacher.encode(features)).shape[-1]
     except (RuntimeError, ValueError, TypeError) as e:
         field = "data.eval" if ctx.cfg.data.eval else "data.source"
         shape = getattr(features, "shape", None)
@@ -40,6 +42,30 @@ def _probe_outputs(ctx: Context, teacher: ModelAdapter) -> int:
             fix="give the data the teacher was trained on (its channels: data.channels 1 or 3; "
             "data.image_size), or the teacher for this data",
         ) from None
+    if len(split) > 1:
+        _check_batch(ctx, teacher, split.take([0, 1]).features)
+    return outputs
+
+
+def _check_batch(ctx: Context, teacher: ModelAdapter, features: Any) -> None:
+    """A UserError unless the teacher gives one output row per input row of `features`."""
+    from kdc.models import teacher_kind
+    from kdc.preflight import CODE_TEACHERS
+
+    rows = len(features)
+    try:
+        got = teacher.forward_numpy(teacher.encode(features)).shape
+        why = None if got[:1] == (rows,) else f"it returned shape {tuple(got)}"
+    except (RuntimeError, ValueError, TypeError) as e:
+        why = first_line(e)
+    if why:
+        raise UserError(
+            f"the teacher takes one image but not a batch of {rows} ({why})",
+            source=ctx.cfg.source_file,
+            field=CODE_TEACHERS.get(teacher_kind(ctx.cfg), "teacher"),
+            fix="keep the batch dimension in its forward (x.flatten(1), not x.reshape(1, -1) "
+            "or x.view(-1)): kdc trains, exports and runs it on batches",
+        )
 
 
 def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:

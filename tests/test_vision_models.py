@@ -55,6 +55,15 @@ class Unlabelled(nn.Module):
 
 def unlabelled():
     return Unlabelled()
+
+
+class OneRow(Net):
+    def forward(self, x):
+        return self.fc(self.features(x).reshape(1, -1))  # one image's features, never a batch's
+
+
+def one_row():
+    return OneRow()
 """
 
 
@@ -88,11 +97,12 @@ def test_a_positional_forward_student_searches_distills_and_exports(tmp_path):
     [
         ("boom", "'tvnet_c:boom' raised ValueError: no checkpoint here"),
         ("unlabelled", "the model returned dict, not a logits tensor"),
+        ("one_row", "field 'teacher.entrypoint': the teacher takes one image but not a batch of 2"),
     ],
 )
 def test_errors_in_the_users_model_code_are_one_line(tmp_path, entry, says):
-    """The entrypoint raising, or a model returning no logits: exit 2 naming the teacher, not
-    an internal error (exit 3)."""
+    """The entrypoint raising, a model returning no logits, or one whose forward takes a single
+    image: exit 2 naming the teacher, not an internal error (exit 3)."""
     path = _project(tmp_path, "tvnet_c", entry=entry)
     res = runner.invoke(app, ["search", str(path), "--out", str(tmp_path / "run"), "-q"])
     assert res.exit_code == 2, res.output
