@@ -4,6 +4,8 @@ entrypoint beside the config is imported afresh and hashed, so an edit re-runs s
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -64,6 +66,15 @@ class OneRow(Net):
 
 def one_row():
     return OneRow()
+
+
+class Spectral(Net):
+    def forward(self, x):
+        return self.fc(torch.fft.rfft2(self.features[0](x)).abs().mean((2, 3)))
+
+
+def spectral():
+    return Spectral()
 """
 
 
@@ -188,3 +199,23 @@ def test_an_image_folder_of_one_small_size_read_at_224_is_noted(tmp_path):
         cnn_config(weights=None, data={**data, "image_size": 8}, teacher=teacher),
     )
     assert "read at" not in runner.invoke(app, ["validate", str(cfg)]).output
+
+
+def test_an_operator_onnx_cannot_export_is_one_line_naming_it_without_the_graph(tmp_path):
+    """torch.fft in the teacher's code: exit 2 naming the operator and the fix, not an internal
+    error (exit 3) after the TorchScript exporter printed the whole graph."""
+    path = _project(tmp_path, "tvnet_e", entry="spectral")
+    run = tmp_path / "run"
+    for stage in (api.search, api.distill):
+        stage(path, "host", run, quiet=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "kdc", "export", str(path), "--out", str(run), "-q"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert "teacher.weights is not set" in lines.pop(0)
+    assert len(lines) == 1, lines[:5]
+    assert f"{path}: field 'teacher'" in lines[0] and "'aten::fft_rfft2'" in lines[0], lines[0]

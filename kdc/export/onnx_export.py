@@ -3,15 +3,20 @@ opset ≥ 17, dynamic batch and sequence axes), checked and simplified."""
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from kdc.errors import UserError
+from kdc.errors import UserError, first_line
 from kdc.export.cls_only import cls_only_last_layer
 from kdc.export.optimum_export import NotExportable, check_exportable, export_optimum
 from kdc.models.base import ModelAdapter
@@ -23,17 +28,63 @@ def _torch_graph(
 ) -> None:
     module = adapter.module.eval()
     args = tuple(torch.from_numpy(example[k][:2]) for k in adapter.input_names)
-    torch.onnx.export(
-        module,
-        args,
-        str(tmp),
-        input_names=adapter.input_names,
-        output_names=[output_name],
-        dynamic_axes=adapter.dynamic_axes(),
-        opset_version=opset,
-        dynamo=False,
-        do_constant_folding=True,
+    with _held_stdout() as failed:
+        try:
+            torch.onnx.export(
+                module,
+                args,
+                str(tmp),
+                input_names=adapter.input_names,
+                output_names=[output_name],
+                dynamic_axes=adapter.dynamic_axes(),
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+        except torch.onnx.errors.UnsupportedOperatorError as e:
+            failed()
+            raise _unexportable(e, opset) from None
+
+
+def _unexportable(e: Exception, opset: int) -> UserError:
+    """An operator of the network the TorchScript exporter has no ONNX export for, at `opset`
+    or at all: the user's model code to change, or export.opset where a later one has it."""
+    later = re.search(r"added in version (\d+)", str(e))
+    if later:
+        return UserError(
+            f"{first_line(e).split('. ')[0]}",
+            field="export.opset",
+            fix=f"set export.opset: {later.group(1)}",
+        )
+    return UserError(
+        f"the network's code uses an operator ONNX cannot express: {first_line(e)}",
+        field="teacher",
+        fix="replace it in the teacher's code with operators ONNX has (the student is built "
+        "from that code, and its engines run ONNX)",
     )
+
+
+@contextmanager
+def _held_stdout() -> Iterator[Callable[[], None]]:
+    """File descriptor 1 held in a temporary file, written out on leaving unless the callable
+    given was called: the TorchScript exporter's C++ side prints its whole graph there as it
+    fails, before the one-line error kdc prints instead."""
+    sys.stdout.flush()
+    saved, dropped = os.dup(1), []
+    try:
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 1)
+            try:
+                yield lambda: dropped.append(True)
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
+                held.seek(0)
+                out = b"" if dropped else held.read()
+                while out:
+                    out = out[os.write(1, out) :]
+    finally:
+        os.close(saved)
 
 
 def _optimum_graph(

@@ -3,6 +3,9 @@ TorchScript exporter for kdc's own graphs; parity with PyTorch either way."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -62,3 +65,26 @@ def test_the_fallback_reason_names_the_users_model_not_kdcs_wrapper():
     name, why = choose_exporter(HFImageAdapter(vit), "auto", "logits")
     assert name == "torch" and "ViTForImageClassification is not" in why
     assert "PixelLogits" not in why
+
+
+def test_an_operator_a_later_opset_exports_names_export_opset(tmp_path, monkeypatch, capfd):
+    """The TorchScript exporter's "added in version N" becomes `export.opset: N`, and what it
+    printed as it failed is held back."""
+    from types import SimpleNamespace
+
+    def refuse(*args, **kwargs):
+        os.write(1, b"graph dump\n")  # as its C++ side prints, to file descriptor 1
+        raise torch.onnx.errors.UnsupportedOperatorError("aten::stft", 17, 19)
+
+    adapter = SimpleNamespace(
+        module=torch.nn.Linear(2, 2),
+        input_names=["x"],
+        dynamic_axes=dict,
+        exporting=contextlib.nullcontext,
+    )
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    with pytest.raises(UserError) as e:
+        export_onnx(adapter, {"x": np.zeros((2, 2), np.float32)}, tmp_path / "m.onnx")
+    assert e.value.field == "export.opset" and e.value.fix == "set export.opset: 19", e.value
+    assert "'aten::stft'" in e.value.message and "Support" not in e.value.message, e.value
+    assert "graph dump" not in capfd.readouterr().out
