@@ -330,6 +330,10 @@ CASES = [
                                               lambda r, a: compress(cnn(r, data={
                                                   "source": "ok.csv"}))),
       ("ok.csv", "data.source", "image", "'text'")),
+    C("image task with a csv of numbers", with_file("x.csv", "f0,f1,label\n0.1,0.2,a\n0.3,0.4,b\n",
+                                                   lambda r, a: compress(cnn(r, data={
+                                                       "source": "x.csv"}))),
+      ("x.csv", "a csv file, which kdc reads as text", "not as numeric features or pixel columns")),
     C("text task with an image folder", with_file("imgs/a/x.png", b"not a png", lambda r, a:
                                                   compress(text(r, a, data={"source": "imgs"}))),
       ("data.source", "needs text")),

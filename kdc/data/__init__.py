@@ -137,7 +137,8 @@ def _check_kind(cfg: KdcConfig, path: Path, fmt: str, field: str) -> None:
     column = f" (text column {cfg.data.text_column_names()})" if fmt in COLUMN_FORMATS else ""
     raise UserError(
         f"task 'image-classification' needs image data, but this is a "
-        f"{'datasets directory' if fmt == 'datasets' else fmt + ' file'} of text{column}",
+        f"{'datasets directory' if fmt == 'datasets' else fmt + ' file'}, which kdc reads as "
+        f"text{column}, not as numeric features or pixel columns",
         source=where,
         field=field,
         fix="give an image folder laid out as <folder>/<class>/<image> or sklearn:digits, "
