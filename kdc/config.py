@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import (
@@ -449,15 +449,19 @@ class KdcConfig(Section):
 
 
 def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names valid at `loc` (for 'did you mean')."""
+    """Field names valid at `loc` (for 'did you mean'); a mapping's keys (`search.space`'s size
+    names) are passed over to its values' fields."""
     cur: Any = model
+    key = False  # the part after a mapping field is one of its keys
     for part in loc[:-1]:
-        if isinstance(part, int):
+        if isinstance(part, int) or key:
+            key = False
             continue
         field = getattr(cur, "model_fields", {}).get(part)
         if field is None:
             return []
         ann = field.annotation
+        key = get_origin(ann) is dict
         args = getattr(ann, "__args__", ())
         cands = [ann, *args, *[a for t in args for a in getattr(t, "__args__", ())]]
         cur = next((c for c in cands if isinstance(c, type) and issubclass(c, BaseModel)), None)
@@ -484,14 +488,25 @@ def _union_tag(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in ("int", "str", "float", "bool"))
 
 
+def _field_loc(err: Any) -> tuple:
+    """An error's location without the union members pydantic tried."""
+    return tuple(p for p in err["loc"] if not _union_tag(p))
+
+
 def describe_error(
     e: ValidationError, model: type[BaseModel], default_fix: str
 ) -> tuple[str, str, str]:
     """(message, field, fix) of a validation error: an unknown key first (a misspelt key also
-    leaves its real name missing; the typo is the one to name), else the first error."""
+    leaves its real name missing; the typo is the one to name), else the first error; of a
+    union's members, the one whose type the value has (a {min, max} range's fault, not that a
+    list was expected)."""
     errors = e.errors()
-    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(p for p in err["loc"] if not _union_tag(p))
+    first = errors[0]
+    of_type = (
+        x for x in errors if _field_loc(x) == _field_loc(first) and x["type"] == "value_error"
+    )
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), next(of_type, first))
+    loc = _field_loc(err)
     field = ".".join(str(p) for p in loc) or "<root>"
     msg = err["msg"].replace("\n", " ").removeprefix("Value error, ")
     return msg, field, _fix_for(err, loc, model, default_fix)

@@ -199,3 +199,24 @@ def test_the_readme_documents_every_config_key():
                 for row in named
             )
             assert any(in_row), f"README's configuration table lacks {full}"
+
+
+@pytest.mark.parametrize(
+    ("space", "says"),
+    [
+        ({"stage_width": {"min": 0.9, "max": 0.1}}, "min 0.9 is above max 0.1"),
+        ({"stage_width": {}}, "give min, max or both"),
+    ],
+)
+def test_a_bad_search_space_range_says_what_is_wrong_with_it(tmp_path, space, says):
+    """A range ({min, max}) that does not validate names the range's fault, not that a list
+    (the other form a search.space entry takes) was expected."""
+    msg = _err(tmp_path, cnn_config(search={"strategy": "evolution", "space": space}))
+    assert "field 'search.space.stage_width'" in msg and says in msg, msg
+    assert "valid list" not in msg, msg
+
+
+def test_a_misspelt_key_of_a_search_space_range_suggests_the_right_one(tmp_path):
+    space = {"stage_width": {"min": 0.25, "maxx": 0.5}}
+    msg = _err(tmp_path, cnn_config(search={"strategy": "evolution", "space": space}))
+    assert "field 'search.space.stage_width.maxx'" in msg and "did you mean 'max'" in msg, msg
