@@ -67,8 +67,19 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
             dirs[:] = sorted(d for d in dirs if visible(Path(d)))
             for f in (Path(top) / n for n in sorted(files) if visible(Path(n))):
                 found.append((str(f.relative_to(path)), f.stat().st_size))
-        return found
+        return found + _folder_order_mark(path)
     return None
+
+
+def _folder_order_mark(path: Path) -> list[tuple[str, str]]:
+    """A mark where folder `path`'s subfolders, as an image folder's classes, are indexed by
+    name (`folder_order`) in another order than kdc indexed them before it did so (numbered
+    names by value): a run of them then is not resumed; other folders' fingerprints stay."""
+    from kdc.data.labels import class_order, folder_order
+    from kdc.data.readers import visible
+
+    names = [d.name for d in path.iterdir() if d.is_dir() and visible(d)]
+    return [("classes", "by folder name")] if folder_order(names) != class_order(names) else []
 
 
 def _shard_key(path: Path, base: str) -> str:

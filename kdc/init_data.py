@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from kdc.config import MIN_IMAGE_SIZE
 from kdc.data import SUFFIX_FORMATS, refuse_text_folder, unlabelled_txt
 from kdc.data.images import image_files, image_sizes, split_folders
-from kdc.data.labels import class_order
+from kdc.data.labels import class_order, folder_order
 from kdc.data.parquet import parquet_table
 from kdc.data.readers import (
     HELD_SPLITS,
@@ -333,7 +333,7 @@ def _image_data(path: Path) -> DataInfo:
     square size that data.image_size can take."""
     files = image_files(path, "--data")
     sizes = image_sizes(files, "--data")
-    classes = class_order(list(files))
+    classes = folder_order(files)
     if len(classes) < 2:
         raise UserError(
             f"{len(classes)} class folder(s)",

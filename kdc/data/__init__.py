@@ -20,6 +20,7 @@ from kdc.data.labels import (
     check_spellings,
     check_train_left,
     class_order,
+    folder_order,
     label_field,
     label_key,
     teacher_classes,
@@ -380,7 +381,11 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
         check_spellings(labels, [], str(src_path), field)  # the file a clash is in
         check_spellings(labels, ev_labels, str(cfg.resolve(d.eval or d.source)), field)
         names = teacher_classes({*map(str, labels), *map(str, ev_labels)}, teacher_names)
-        names = names or class_order(labels, declared)
+        names = names or (
+            folder_order(map(str, labels))
+            if fmt == "imagefolder"
+            else class_order(labels, declared)
+        )
         if len(names) < 2:
             raise UserError(
                 f"the training data has {len(names)} class(es)",

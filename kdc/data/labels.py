@@ -4,6 +4,7 @@ teacher's head by name, and the checks that train and eval name them alike."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -24,6 +25,13 @@ def class_order(labels: list, declared: list[str] | None = None) -> list[str]:
     if all(re.fullmatch(INDEX, n) for n in present):
         return sorted(present, key=float)
     return sorted(present)
+
+
+def folder_order(names: Iterable[str]) -> list[str]:
+    """An image folder's class names in index order: by name, `10` before `2`, as torchvision's,
+    `datasets`' and Keras's ImageFolder readers index class folders (a CNN trained by one has
+    its outputs in this order), whatever `class_order` makes of numbered names."""
+    return sorted(set(names))
 
 
 def label_key(name: object) -> str:
