@@ -46,21 +46,27 @@ def check_config(cfg: KdcConfig) -> None:
 def check_data(cfg: KdcConfig) -> Dataset:
     """The data, read and split as a run reads it, with the checks a run makes of it against the
     teacher's config.json before loading the model: the classes matched by name to its
-    id2label (a run's order), and the channels of its images against its num_channels."""
+    id2label (a run's order), and the channels of its images against its num_channels; for a
+    CNN built by code, against its first conv's and its outputs against the classes."""
     from kdc.data import channel_mismatch, load_dataset
     from kdc.models import teacher_label_names
+    from kdc.teacher_fit import label_count_error, meta_outputs
 
     ds = load_dataset(cfg, teacher_label_names(cfg))
     want, basis = (_teacher_config(cfg) or {}).get("num_channels"), "config.json num_channels"
-    if want is None and (model := _meta_teacher(cfg)) is not None:
+    model = _meta_teacher(cfg) if want is None else None
+    if model is not None:
         import torch
 
         conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         want, basis = (conv.in_channels if conv else None), "its first conv's in_channels"
-    if cfg.task == "image-classification" and ds.kind == "image" and isinstance(want, int):
-        got = ds.train.features.shape[1]
-        if got != want:
-            raise channel_mismatch(want, got, basis).located(cfg.source_file)
+    if cfg.task != "image-classification" or ds.kind != "image":
+        return ds
+    if isinstance(want, int) and ds.train.features.shape[1] != want:
+        raise channel_mismatch(want, ds.train.features.shape[1], basis).located(cfg.source_file)
+    outputs = meta_outputs(model, ds.train.features.shape[1:]) if model is not None else None
+    if outputs is not None and outputs != ds.num_labels:
+        raise label_count_error(cfg.source_file, ds, outputs)
     return ds
 
 

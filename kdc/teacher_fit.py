@@ -9,6 +9,9 @@ from kdc.errors import UserError, first_line, listed
 from kdc.models.base import ModelAdapter
 
 if TYPE_CHECKING:
+    from torch import nn
+
+    from kdc.data.base import Dataset
     from kdc.pipeline import Context
 
 
@@ -70,18 +73,38 @@ def _check_batch(ctx: Context, teacher: ModelAdapter, features: Any) -> None:
 
 def check_label_count(ctx: Context, teacher: ModelAdapter) -> None:
     """The teacher's classifier must have as many outputs as the data has classes."""
-    from kdc.data.labels import label_field
-
     if ctx.cfg.task == "sentence-embedding":
         return
     n = getattr(getattr(teacher, "config", None), "num_labels", None)
     if n is None:
         n = _probe_outputs(ctx, teacher)
     if n is not None and n != ctx.dataset.num_labels:
-        raise UserError(
-            f"the teacher has {n} outputs but the data has "
-            f"{ctx.dataset.num_labels} classes: {listed(ctx.dataset.label_names)}",
-            source=ctx.cfg.source_file,
-            field=label_field(ctx.dataset.kind),
-            fix="use the data the teacher was trained on, or the teacher for these classes",
-        )
+        raise label_count_error(ctx.cfg.source_file, ctx.dataset, n)
+
+
+def label_count_error(source: str, ds: Dataset, outputs: int) -> UserError:
+    """A teacher of `outputs` outputs for data `ds` of another number of classes."""
+    from kdc.data.labels import label_field
+
+    return UserError(
+        f"the teacher has {outputs} outputs but the data has "
+        f"{ds.num_labels} classes: {listed(ds.label_names)}",
+        source=source,
+        field=label_field(ds.kind),
+        fix="use the data the teacher was trained on, or the teacher for these classes",
+    )
+
+
+def meta_outputs(model: nn.Module, shape: tuple[int, ...]) -> int | None:
+    """The output count of a CNN built on PyTorch's meta device, run there on two inputs of
+    `shape` (no memory, no arithmetic); None where it cannot run there or its output (or a
+    tuple's first) is not batch × outputs."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = model(torch.empty((2, *shape), device="meta"))
+    except Exception:  # noqa: BLE001 - the user's code: the run's own checks catch the rest
+        return None
+    out = out[0] if isinstance(out, (tuple, list)) and out else out
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None

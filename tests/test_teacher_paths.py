@@ -59,3 +59,20 @@ def test_a_cnn_built_by_code_for_a_text_task_is_refused_before_any_data_is_read(
     line = _refused(cfg)
     assert line.startswith(f"error: {cfg}: field 'teacher.entrypoint': task '{task}'"), line
     assert "save_pretrained" in line and "teacher.path" in line, line
+
+
+def test_validate_counts_a_cnn_built_by_codes_outputs_against_the_classes(tmp_path):
+    """A teacher trained for 3 classes, its weights matching its kwargs, on data of 10: refused
+    as the channels its first conv takes are, built on PyTorch's meta device; the run would
+    refuse it once it loaded it."""
+    from safetensors.torch import save_file
+
+    from kdc.models.cnn import small_cnn
+
+    kwargs = {"num_classes": 3, "channels": [16, 32]}
+    cfg = config(tmp_path, teacher={"kwargs": kwargs, "weights": "three.safetensors"})
+    save_file(small_cnn(**kwargs).state_dict(), str(tmp_path / "three.safetensors"))
+    line = one_line(runner.invoke(app, ["validate", str(cfg)]))
+    assert line.startswith(f"error: {cfg}: field 'data.source': the teacher has 3 outputs"), line
+    assert "the data has 10 classes" in line, line
+    assert runner.invoke(app, ["validate", str(config(tmp_path))]).exit_code == 0  # 10 outputs
