@@ -5,8 +5,8 @@ each is given, for QAT (NNCF's PyTorch graph, `kdc.compress.qat`) and NNCF's pos
 NNCF takes a conv and the activation after it as one layer (OpenVINO runs the activation inside
 its int8 conv) and quantizes only after the activation. ONNX Runtime runs a conv in int8
 (QLinearConv) only where a QuantizeLinear reads it, or a Relu or a Clip from 0 it can drop before
-one: after a Hardswish, Hardsigmoid, Sigmoid, LeakyReLU, a swish (SiLU) or a Clip from below 0
-it ran the conv in float (Conv/FusedConv), and so after a hard swish written out as older
+one: after a Hardswish, Hardsigmoid, Sigmoid, LeakyReLU, a swish (SiLU), a GELU or a Clip from
+below 0 it ran the conv in float (Conv/FusedConv), and so after a hard swish written out as older
 MobileNetV3 code does, `x * F.relu6(x + 3) / 6`, which NNCF fuses with the conv too. Where NNCF
 fuses no product with the activation (`x * F.hardsigmoid(x)`) it quantizes the Mul's input
 instead, which ONNX Runtime reads in int8 while the activation reads the conv's float output:
@@ -17,7 +17,7 @@ NNCF's placement.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,7 +33,9 @@ class GraphOps:
     """One NNCF backend's metatypes of convs, of the activations it fuses after a conv, of the
     Relus among them, of Mul (a swish's `x * sigmoid(x)`), Add and Div (a hard swish's
     `x * relu6(x + 3) / 6`); whether a node is a quantizer's output (what an int8 conv's input
-    and weight come from); and the (min, max) a node clips to (None: no Clip)."""
+    and weight come from); the (min, max) a node clips to (None: no Clip); and the metatypes of
+    Erf, in a GELU written out, `x * (1 + erf(x / √2)) / 2` (none in NNCF's PyTorch graph, where
+    GELU is one op)."""
 
     convs: Collection[type]
     activations: Collection[type]
@@ -43,6 +45,7 @@ class GraphOps:
     divs: Collection[type]
     quantized: Callable[[NNCFNode], bool]
     clip_bounds: Callable[[NNCFNode], tuple[float, float] | None]
+    erfs: Collection[type] = field(default_factory=frozenset)
 
 
 def _fused_activation(node: NNCFNode, ops: GraphOps) -> bool:
@@ -100,19 +103,32 @@ def _hard_swish_input(node: NNCFNode, graph: NNCFGraph, ops: GraphOps) -> bool:
     return True
 
 
+def _read_by_gelu(node: NNCFNode, graph: NNCFGraph, ops: GraphOps) -> bool:
+    """Whether `node`'s output is read only by a GELU written out (as torch.onnx exports
+    nn.GELU below opset 20: Div, Erf, Add, Mul, Mul; NNCF fuses it as one activation): one Div
+    or Mul read only by an Erf, and Muls."""
+    readers = graph.get_next_nodes(node)
+    scaled = [
+        r
+        for r in readers
+        if (r.metatype in ops.divs or r.metatype in ops.muls)
+        and [n.metatype in ops.erfs for n in graph.get_next_nodes(r)] == [True]
+    ]
+    return len(scaled) == 1 and all(r is scaled[0] or r.metatype in ops.muls for r in readers)
+
+
 def convs_into_fused_activations(graph: NNCFGraph, ops: GraphOps) -> list[str]:
     """The names of the convs of NNCF's quantized `graph` read only by a fused activation
-    (`_read_by_fused_activation`) whose input and weight are both quantized: NNCF leaves a
-    squeeze-and-excitation gate's convs float, where an output quantizer would only add
-    error."""
+    (`_read_by_fused_activation`, `_read_by_gelu`) whose input and weight are both quantized:
+    NNCF leaves a squeeze-and-excitation gate's convs float, where an output quantizer would
+    only add error."""
     names = []
     for node in graph.get_all_nodes():
         if node.metatype not in ops.convs:
             continue
         sources = {e.input_port_id: e.from_node for e in graph.get_input_edges(node)}
-        if _read_by_fused_activation(node, graph, ops) and all(
-            p in sources and ops.quantized(sources[p]) for p in (0, 1)
-        ):
+        into = _read_by_fused_activation(node, graph, ops) or _read_by_gelu(node, graph, ops)
+        if into and all(p in sources and ops.quantized(sources[p]) for p in (0, 1)):
             names.append(node.node_name)
     return names
 

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 # cnn 4, transformer 2: off TensorRT, a Gemm's bias int32 and its input dequantized after a
 # Flatten, so ONNX Runtime runs it as an int8 QGemm (`finish_qdq`, `qdq_gemm`)
 # cnn 5: a conv's output quantized before a hard swish written out, x * relu6(x + 3) / 6
-RECIPE_VERSIONS = {"cnn": 5, "transformer": 2}
+# cnn 6: and before a GELU written out (Div, Erf, Add, Mul, Mul: nn.GELU below opset 20)
+RECIPE_VERSIONS = {"cnn": 6, "transformer": 2}
 
 
 def quantize_int8_nncf(
@@ -93,7 +94,7 @@ def quantize_conv_outputs(
     model: onnx.ModelProto, items: list[dict[str, np.ndarray]], symmetric: bool
 ) -> onnx.ModelProto:
     """NNCF's Q/DQ `model` with each conv it quantized only after an activation ONNX Runtime
-    cannot drop (`convs_into_fused_activations`: Hardswish, Hardsigmoid, Sigmoid, SiLU,
+    cannot drop (`convs_into_fused_activations`: Hardswish, Hardsigmoid, Sigmoid, SiLU, GELU,
     LeakyRelu, a Clip from below 0), which ONNX Runtime ran in float, quantized at its output
     as NNCF quantizes an activation (symmetric or not), its range the conv's output's min-max
     on `items` (batches of inputs) in `model`. Asymmetric ones are UINT8 even where the range
@@ -126,6 +127,7 @@ def quantize_conv_outputs(
         divs={om.ONNXDivLayerMetatype},
         quantized=lambda node: node.metatype is om.ONNXDequantizeLinearMetatype,
         clip_bounds=lambda node: _clip_bounds(model.graph, node.node_name),
+        erfs={om.ONNXErfMetatype},
     )
     convs = convs_into_fused_activations(graph, ops)
     if not convs:

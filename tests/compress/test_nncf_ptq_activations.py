@@ -41,6 +41,13 @@ class _MobileStage(_Activations):
     )
 
 
+class _Gelu(_Activations):
+    """Conv → BatchNorm → GELU stages, as in a ConvNeXt block's MLP of 1x1 convs: written out at
+    opset 17 (Div, Erf, Add, Mul, Mul), which NNCF fuses with the conv."""
+
+    ACTIVATIONS = (torch.nn.GELU, torch.nn.GELU, torch.nn.GELU)
+
+
 class _Residual(torch.nn.Module):
     """A branch below 0 (a conv without activation) read by a conv and by the Add of a residual,
     as in a MobileNetV3 block whose input and output widths match."""
@@ -108,6 +115,17 @@ def test_a_conv_into_a_hard_swish_written_out_runs_int8(tmp_path, form):
     path, rows, ops = _ptq(tmp_path, student)
     assert _quantized_conv_outputs(path) == 2
     assert ops.count("QLinearConv") == 2 and not {"Conv", "FusedConv"} & set(ops), ops
+    out, ref = run_onnx(path, rows), student.forward_numpy(rows)
+    np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
+
+
+def test_a_conv_into_a_gelu_written_out_gets_an_output_quantizer_and_runs_int8(tmp_path):
+    torch.manual_seed(0)
+    student = VisionAdapter(_Gelu().eval(), SOURCE)
+    path, rows, ops = _ptq(tmp_path, student)
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Erf") == 3
+    assert _quantized_conv_outputs(path) == 3
+    assert ops.count("QLinearConv") == 3 and not {"Conv", "FusedConv"} & set(ops), ops
     out, ref = run_onnx(path, rows), student.forward_numpy(rows)
     np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
 
