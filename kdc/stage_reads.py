@@ -84,11 +84,14 @@ def distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     (or any student pruned) to, not read for a transformer's; for QAT, whether TensorRT runs it
     (symmetric fake-quantizers), whether it trains 7-bit weights (`qat_reduce_range`, by default
     this CPU's), only where it applies (a run without it hashes as before); pruning to a latency
-    reads the whole latency model. Recipe versions are `distill_versions`'."""
+    reads the whole latency model; whom the QAT graph is finished for where the settings ask
+    against it (`int8_engine_facets`). Recipe versions are `distill_versions`'."""
     from kdc.models import student_family
 
     cnn = student_family(cfg) == "cnn"
     recipe = {"reduce_range": True} if qat_reduce_range(cfg, profile) else {}
+    if int8_qat(cfg):
+        recipe |= int8_engine_facets(cfg, profile)
     if cfg.prune.enabled and cfg.prune.target_latency_ms is not None:
         whole = whole_profile("dla_core")(cfg, profile)
         return {"profile": whole, **recipe} if recipe else whole
@@ -98,6 +101,25 @@ def distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     if int8_qat(cfg):
         facets["tensorrt"] = "tensorrt" in profile.runtime.engines
     return facets
+
+
+def int8_engine_facets(cfg: KdcConfig, profile: HardwareProfile) -> dict[str, Any]:
+    """Whom an INT8 run's graph is finished for (`qdq.finish_qdq`: by the engine, not, as
+    before, by its activations' scheme) where quantize.symmetric_activations is set against it
+    (symmetric for ONNX Runtime, asymmetric for TensorRT): those runs quantize again; a run of
+    the defaults hashes as before."""
+    asked, trt = cfg.quantize.symmetric_activations, "tensorrt" in profile.runtime.engines
+    if not builds_int8(cfg) or asked is None or asked == trt:
+        return {}
+    return {"int8_for": "tensorrt" if trt else "onnxruntime"}
+
+
+def build_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
+    """What build reads of the target: the whole profile with its `tensorrt_facets`, and beside
+    it the `int8_engine_facets`, only where any applies (a run without them hashes as before)."""
+    whole = whole_profile(*TENSORRT_ONLY)(cfg, profile)
+    facets = int8_engine_facets(cfg, profile)
+    return {"profile": whole, **facets} if facets else whole
 
 
 def distill_versions(cfg: KdcConfig) -> dict[str, int]:

@@ -7,6 +7,7 @@ import contextlib
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from kdc.config import parse_config
 from kdc.pipeline import upstream_hash
@@ -108,3 +109,46 @@ def test_the_stages_reading_the_split_follow_the_seed_that_draws_it():
         assert split <= {s for s in first if first[s] != second[s]}
     first, second = _split_hashes(0, split_seed=3), _split_hashes(1, split_seed=3)
     assert not split & {s for s in first if first[s] != second[s]}
+
+
+def _stage_hash(stage: str, target: str, **quantize: object) -> str:
+    from kdc.pipeline import _stages, stage_hash
+    from kdc.profiles import load_profile
+
+    cfg = parse_config(
+        {
+            "name": "t",
+            "task": "image-classification",
+            "teacher": {"name": "resnet18"},
+            "data": {"source": "sklearn:digits"},
+            "quantize": {"precision": "int8", **quantize},
+        }
+    )
+    step = next(s for s in _stages() if s.name == stage)
+    return stage_hash(step, cfg, load_profile(target), "", "")
+
+
+@pytest.mark.parametrize(
+    ("target", "symmetric", "changed"),
+    [
+        ("host", None, False),
+        ("host", False, False),
+        ("host", True, True),
+        ("jetson", None, False),
+        ("jetson", True, False),
+        ("jetson", False, True),
+    ],
+)
+@pytest.mark.parametrize(("method", "stage"), [("ptq", "build"), ("qat", "distill")])
+def test_an_int8_graph_finished_for_its_engine_not_its_activations_quantizes_again(
+    monkeypatch, target, symmetric, changed, method, stage
+):
+    """Symmetric activations on a CPU target, or asymmetric on a TensorRT one, made a graph
+    finished for the other engine (signed Q/DQ for symmetric ones, `qdq.finish_qdq`): those runs
+    build (or train, QAT) again; a run whose activations follow its engine hashes as before."""
+    from kdc import stage_reads
+
+    now = _stage_hash(stage, target, symmetric_activations=symmetric, method=method)
+    monkeypatch.setattr(stage_reads, "int8_engine_facets", lambda cfg, profile: {})
+    before = _stage_hash(stage, target, symmetric_activations=symmetric, method=method)
+    assert (now != before) == changed

@@ -176,7 +176,7 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
     at load. Returns how many were folded."""
     from onnx import numpy_helper
 
-    from kdc.compress.nncf_ptq import node_inputs
+    from kdc.deploy.qdq import node_inputs
 
     graph = model.graph
     fed = {i.name for i in graph.input}  # an initializer that is also an input may be overridden

@@ -27,7 +27,7 @@ from kdc.compress.conv_outputs import GraphOps, convs_into_fused_activations, ou
 from kdc.compress.fake_quant import fold_weight_quantizers, freeze_weight_scales, quantize_layers
 from kdc.compress.fold_bn import fold_batchnorm
 from kdc.compress.hooks import NetworkRoot
-from kdc.compress.nncf_ptq import advanced_parameters, finish_qdq
+from kdc.compress.nncf_ptq import advanced_parameters
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
@@ -468,11 +468,12 @@ def export_qat(
     opset: int = 17,
     cls_only: bool = False,
     output_name: str = "logits",
-    symmetric: bool = False,
+    tensorrt: bool = False,
 ) -> Path:
     """Strip the trained model of training-only modules (its scheme's `strip`) and export a QDQ
-    ONNX model of standard ops, weights stored as int8, finished for its runtime as PTQ graphs
-    are (`symmetric`: TensorRT's; `cls_only`: as export.cls_only_last_layer)."""
+    ONNX model of standard ops, weights stored as int8, finished for its engine as PTQ graphs
+    are (`finish_qdq`: TensorRT's with `tensorrt`; `cls_only`: as export.cls_only_last_layer)."""
+    from kdc.deploy.qdq import finish_qdq
     from kdc.export.onnx_export import export_onnx
 
     adapter.module.eval()
@@ -497,5 +498,5 @@ def export_qat(
         )
     if fold_weight_quantizers(model):
         with atomic_path(out) as tmp:
-            onnx.save(finish_qdq(model, symmetric), str(tmp))
+            onnx.save(finish_qdq(model, tensorrt), str(tmp))
     return out

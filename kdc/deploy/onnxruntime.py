@@ -27,6 +27,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from kdc.data.batching import EVAL_BATCH, map_by_length
+from kdc.deploy.qdq import unsigned_activations
 from kdc.errors import UserError, first_line
 from kdc.profiles import host_threads
 from kdc.rundir import atomic_path
@@ -386,6 +387,7 @@ def quantize_int8(
     nodes_to_exclude: list[str] | None = None,
     float_bias: bool = False,
     reduce_range: bool = False,
+    unsigned: bool = False,
 ) -> Path:
     """Static INT8 QDQ quantization: int8 weights; int8 symmetric activations (TensorRT) or uint8
     asymmetric ones (often better on CPU), calibrated on `calib_inputs` with `method`.
@@ -393,7 +395,9 @@ def quantize_int8(
     `nodes_to_exclude` (node names) stay in float. `float_bias` keeps Conv/Gemm biases in float
     instead of int32 behind a DequantizeLinear, which TensorRT's parser rejects ("only activation
     types allowed as input to this layer"; it dequantizes INT8/FP8/INT4 only). `reduce_range`
-    quantizes weights to 7 bits, for x86 int8 kernels without VNNI (their 16-bit sums saturate)."""
+    quantizes weights to 7 bits, for x86 int8 kernels without VNNI (their 16-bit sums saturate).
+    `unsigned` stores a CNN's symmetric activations UINT8, the same values
+    (`qdq.unsigned_activations`: ONNX Runtime's x86 int8 convs take UINT8)."""
     if method not in CALIBRATION_METHODS:
         raise UserError(
             f"unknown calibration method '{method}'",
@@ -443,6 +447,8 @@ def quantize_int8(
                 "QuantizeBias": not float_bias,
             },
         )
+        if unsigned:
+            onnx.save(unsigned_activations(onnx.load(str(tmp))), str(tmp))
     return dst
 
 

@@ -164,7 +164,7 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
     from kdc.deploy.onnxruntime import quantize_int8
 
     q, fam = ctx.cfg.quantize, ctx.teacher.family
-    sym, seven_bit = symmetric_activations(ctx), reduce_range(ctx)
+    sym, seven_bit, trt = symmetric_activations(ctx), reduce_range(ctx), tensorrt_on_target(ctx)
     calibration = _calibration(ctx, q.calibration_size)
     if backend == "nncf":
         return lambda exclude, path: quantize_int8_nncf(
@@ -175,7 +175,7 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
             op_types=QUANT_OPS.get(fam),
             nodes_to_exclude=exclude,
             reduce_range=seven_bit,
-            tensorrt=tensorrt_on_target(ctx),
+            tensorrt=trt,
         )
     return lambda exclude, path: quantize_int8(
         src,
@@ -185,8 +185,9 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
         method=q.calibration,
         op_types=QUANT_OPS.get(fam),
         nodes_to_exclude=exclude,
-        float_bias=tensorrt_on_target(ctx),
+        float_bias=trt,
         reduce_range=seven_bit,
+        unsigned=not trt,
     )
 
 

@@ -218,17 +218,17 @@ def quantization_aware(
     from kdc.compress.fold_bn import unfolded_batchnorms
     from kdc.compress.qat import export_qat, quantize_for_training
     from kdc.export.parity import shown
-    from kdc.stages.build import symmetric_activations
+    from kdc.stages.build import symmetric_activations, tensorrt_on_target
     from kdc.stages.export import PARITY_ROWS, onnx_parity, output_name
 
     q, d = ctx.cfg.quantize, ctx.cfg.distill
-    sym = symmetric_activations(ctx)
+    sym, trt = symmetric_activations(ctx), tensorrt_on_target(ctx)
     calib = {k: v[: q.calibration_size] for k, v in data.train.items()}
     qstudent = quantize_for_training(
         student,
         calib,
         symmetric_activations=sym,
-        tensorrt="tensorrt" in ctx.profile.runtime.engines,
+        tensorrt=trt,
         reduce_range=qat_reduce_range(ctx.cfg, ctx.profile),
     )
     qcfg = d.model_copy(
@@ -251,7 +251,7 @@ def quantization_aware(
         opset=ctx.cfg.export.opset,
         cls_only=ctx.cfg.export.cls_only_last_layer,
         output_name=output_name(ctx.cfg.task),
-        symmetric=sym,
+        tensorrt=trt,
     )
     unfolded = unfolded_batchnorms(onnx.load(str(path))) if student.family == "cnn" else []
     if unfolded:

@@ -124,8 +124,13 @@ def test_nncf_ptq_writes_standard_qdq_and_excludes_nodes(tmp_path, symmetric, ca
     x = adapter.encode(["good great movie", "bad awful plot", "fine"] * 8)
     src = export_onnx(adapter, x, tmp_path / "m.onnx", simplify=False)
     ops_only = ["MatMul", "Gemm", "Gather"]
-    dst = quantize_int8_nncf(
-        src, tmp_path / "q.onnx", [x], symmetric_activations=symmetric, op_types=ops_only
+    dst = quantize_int8_nncf(  # symmetric: TensorRT's graph
+        src,
+        tmp_path / "q.onnx",
+        [x],
+        symmetric_activations=symmetric,
+        op_types=ops_only,
+        tensorrt=symmetric,
     )
     assert "Statistics collection" not in capsys.readouterr().out  # NNCF's progress bars held
     ops = count_ops(dst)
@@ -158,6 +163,7 @@ def test_nncf_ptq_writes_standard_qdq_and_excludes_nodes(tmp_path, symmetric, ca
         symmetric_activations=symmetric,
         op_types=ops_only,
         nodes_to_exclude=layer1,
+        tensorrt=symmetric,
     )
     assert count_ops(part)["QuantizeLinear"] < ops["QuantizeLinear"]
 
@@ -165,7 +171,7 @@ def test_nncf_ptq_writes_standard_qdq_and_excludes_nodes(tmp_path, symmetric, ca
 def test_gather_then_dequantize_keeps_values_and_leaves_other_tables(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
-    from kdc.compress.nncf_ptq import gather_then_dequantize
+    from kdc.deploy.qdq import gather_then_dequantize
 
     rng = np.random.default_rng(0)
     inits = [
@@ -213,7 +219,7 @@ def test_signed_qdq_widens_unsigned_pairs_only(tmp_path):
     and a Q/DQ without a zero point is left alone."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from kdc.compress.nncf_ptq import signed_qdq
+    from kdc.deploy.qdq import signed_qdq
 
     inits = [
         numpy_helper.from_array(np.float32(0.01), "s"),

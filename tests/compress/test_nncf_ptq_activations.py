@@ -6,6 +6,9 @@ those convs in float."""
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import numpy as np
 import onnx
 import pytest
@@ -22,6 +25,7 @@ from test_qat_activations import (
 from tiny import optimized_ops, run_onnx
 
 from kdc.compress.nncf_ptq import quantize_int8_nncf
+from kdc.deploy import qdq
 from kdc.export.onnx_export import export_onnx
 from kdc.models.vision import VisionAdapter
 
@@ -65,21 +69,27 @@ class _Residual(torch.nn.Module):
         return self.head((y + z).mean((2, 3)))
 
 
-def _ptq(tmp_path, student, tensorrt: bool = False, symmetric: bool | None = None):
+def _ptq(
+    tmp_path, student, tensorrt: bool = False, symmetric: bool | None = None, unsigned: bool = True
+):
     """`student` exported and quantized by NNCF (7-bit weights: this CPU's int8 kernels lack
-    VNNI; activations symmetric for TensorRT unless `symmetric` says), the validation rows, and
-    ONNX Runtime's optimised graph's op types."""
+    VNNI; activations symmetric for TensorRT unless `symmetric` says; not `unsigned`: NNCF's own
+    INT8 activations, `qdq.unsigned_activations` skipped), the validation rows, and ONNX
+    Runtime's optimised graph's op types."""
     data = toy_data(cnn((8, 16), 0))
     src = export_onnx(student, data.train, tmp_path / "model.onnx")
     batches = [{k: v[s : s + 16] for k, v in data.train.items()} for s in range(0, 64, 16)]
-    dst = quantize_int8_nncf(
-        src,
-        tmp_path / f"q{tensorrt}.onnx",
-        batches,
-        symmetric_activations=tensorrt if symmetric is None else symmetric,
-        reduce_range=True,
-        tensorrt=tensorrt,
-    )
+    dst = tmp_path / f"q{tensorrt}{symmetric}{unsigned}.onnx"
+    as_is = mock.patch.object(qdq, "unsigned_activations", lambda q: q)
+    with contextlib.nullcontext() if unsigned else as_is:
+        quantize_int8_nncf(
+            src,
+            dst,
+            batches,
+            symmetric_activations=tensorrt if symmetric is None else symmetric,
+            reduce_range=True,
+            tensorrt=tensorrt,
+        )
     return dst, data.val, optimized_ops(dst, tmp_path / "optimized.onnx")
 
 
@@ -150,7 +160,7 @@ def test_activations_below_0_are_unsigned_so_the_convs_around_a_residual_run_int
     student = VisionAdapter(_Residual().eval(), SOURCE)
     path, rows, ops = _ptq(tmp_path, student)
     assert ops.count("QLinearConv") == 4 and not {"Conv", "FusedConv"} & set(ops), ops
-    signed, _, _ = _ptq(tmp_path, student, tensorrt=True, symmetric=False)  # NNCF's own
+    signed, _, _ = _ptq(tmp_path, student, unsigned=False)  # NNCF's own
     assert _signed_activations(signed) > 0 and _signed_activations(path) == 0
     as_is = [run_session(make_session(p, optimization="disable"), rows) for p in (path, signed)]
     np.testing.assert_array_equal(*as_is)
@@ -159,10 +169,9 @@ def test_activations_below_0_are_unsigned_so_the_convs_around_a_residual_run_int
 @pytest.mark.parametrize("family", ["small-cnn", "tensorrt"])
 def test_relu_cnns_and_tensorrt_graphs_quantize_as_before(tmp_path, family):
     """The digits example's CNN (convs into BatchNorm and ReLU) gets the Q/DQ nodes NNCF placed
-    before (as with `tensorrt`, which skips both steps), its activations UINT8 where NNCF made
-    them INT8: the same values, and ONNX Runtime optimises both into the same graph (it made
-    those UINT8 itself). TensorRT runs a conv and its activation as one int8 layer and keeps
-    NNCF's placement."""
+    (as NNCF's own), its activations UINT8 where NNCF made them INT8: the same
+    values, and ONNX Runtime optimises both into the same graph (it made those UINT8 itself).
+    TensorRT runs a conv and its activation as one int8 layer and keeps NNCF's placement."""
     from kdc.deploy.onnxruntime import make_session, run_session
 
     def nodes(path) -> list:
@@ -171,7 +180,7 @@ def test_relu_cnns_and_tensorrt_graphs_quantize_as_before(tmp_path, family):
     torch.manual_seed(0)
     if family == "small-cnn":
         cpu, rows, ops = _ptq(tmp_path, cnn((8, 16), 0))
-        before, _, ops_before = _ptq(tmp_path, cnn((8, 16), 0), tensorrt=True, symmetric=False)
+        before, _, ops_before = _ptq(tmp_path, cnn((8, 16), 0), unsigned=False)
         assert _quantized_conv_outputs(cpu) == 0 and nodes(cpu) == nodes(before)
         assert ops == ops_before and ops.count("QLinearConv") == 2, ops
         as_is = [run_session(make_session(p, optimization="disable"), rows) for p in (cpu, before)]

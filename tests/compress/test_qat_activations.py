@@ -165,7 +165,7 @@ def test_no_conv_output_quantizer_is_added_after_a_relu_a_float_conv_or_for_tens
         "tensorrt": lambda: VisionAdapter(_Activations().eval(), SOURCE),
     }[family]()
     q = quantize_for_training(student, data.train, symmetric_activations=trt, tensorrt=trt)
-    path = export_qat(q, data.train, tmp_path / "student_qat.onnx", symmetric=trt)
+    path = export_qat(q, data.train, tmp_path / "student_qat.onnx", tensorrt=trt)
     assert _quantized_conv_outputs(path) == 0
 
 

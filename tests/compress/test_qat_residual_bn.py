@@ -71,7 +71,7 @@ def test_cnn_qat_of_a_conv_read_by_a_batchnorm_and_an_add_runs_close_to_the_floa
         tensorrt=symmetric,
         reduce_range=not symmetric,  # this CPU's u8s8 kernels saturate on 8-bit weights
     )
-    path = qat.export_qat(q, data.train, tmp_path / "qat.onnx", symmetric=symmetric)
+    path = qat.export_qat(q, data.train, tmp_path / "qat.onnx", tensorrt=symmetric)
     # a TensorRT graph runs with Q/DQ in float here (S8S8 kernels without VNNI may saturate)
     sess = make_session(path, threads=1, optimization="disable" if symmetric else "all")
     got = sess.run(None, data.val)[0]

@@ -1,6 +1,6 @@
 """A CNN's classifier (pool -> flatten -> Linear) runs as ONNX Runtime's int8 QGemm in its QAT
 and NNCF PTQ graphs: NNCF leaves the bias float and dequantizes before the Flatten, and ONNX
-Runtime then ran that Gemm in float (`kdc.compress.qdq_gemm`)."""
+Runtime then ran that Gemm in float (`kdc.deploy.qdq_gemm`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from tiny import optimized_ops, run_onnx
 from kdc.compress.distill import distill
 from kdc.compress.nncf_ptq import quantize_int8_nncf
 from kdc.compress.qat import export_qat, quantize_for_training
-from kdc.compress.qdq_gemm import int8_gemms
 from kdc.deploy.onnxruntime import make_session
+from kdc.deploy.qdq_gemm import int8_gemms
 from kdc.export.onnx_export import export_onnx
 
 

@@ -44,7 +44,7 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 def _reads(graph: onnx.GraphProto) -> Counter[str]:
     """How many times each tensor of `graph` is read: by a node, a subgraph's, a graph output."""
-    from kdc.compress.nncf_ptq import node_inputs
+    from kdc.deploy.qdq import node_inputs
 
     return Counter([*node_inputs(graph), *(o.name for o in graph.output)])
 
