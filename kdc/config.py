@@ -332,6 +332,8 @@ class QuantizeConfig(Section):
     method: Literal["ptq", "qat"] = "ptq"
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_size: int = Field(128, ge=1)
+    # None: symmetric where a TensorRT engine is built from the INT8 graph (`builds_tensorrt`),
+    # asymmetric for ONNX Runtime alone
     symmetric_activations: bool | None = None
     # 7-bit weights (ONNX Runtime's reduce_range; NNCF's overflow fix on every layer; QAT trains
     # them, but never for TensorRT): the fix for x86 int8 kernels without VNNI, whose 16-bit pair

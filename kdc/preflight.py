@@ -226,7 +226,8 @@ def check_dla_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
 
 def builds_tensorrt(cfg: KdcConfig, profile: HardwareProfile) -> bool:
     """Whether the run builds (or bundles) a TensorRT engine for `profile`: the target runs
-    TensorRT and build.engines does not leave it out."""
+    TensorRT and build.engines does not leave it out. Its INT8 graph is then TensorRT's
+    (symmetric, signed Q/DQ, QAT without 7-bit weights), else ONNX Runtime's."""
     engines = cfg.build.engines
     return "tensorrt" in profile.runtime.engines and (not engines or "tensorrt" in engines)
 
@@ -264,9 +265,9 @@ def int8_qat(cfg: KdcConfig) -> bool:
 
 def qat_reduce_range(cfg: KdcConfig, profile: HardwareProfile) -> bool:
     """Whether quantization-aware training trains 7-bit weights (`reduce_range_applies` to an INT8
-    QAT run); never for a TensorRT target, whose fake quantizers are symmetric S8S8 without an
-    overflow fix."""
-    tensorrt = "tensorrt" in profile.runtime.engines
+    QAT run); never for a TensorRT engine (`builds_tensorrt`), whose fake quantizers are
+    symmetric S8S8 without an overflow fix."""
+    tensorrt = builds_tensorrt(cfg, profile)
     return int8_qat(cfg) and not tensorrt and reduce_range_applies(cfg, profile)
 
 
@@ -291,7 +292,7 @@ def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
     if cfg.build.max_batch is not None and not builds_tensorrt(cfg, profile):
         why = f"it sizes TensorRT engines, and {none} (ONNX Runtime's graphs take any batch)"
         out.append(unused_note(file, {"build.max_batch": None}, why))
-    if cfg.quantize.reduce_range and int8_qat(cfg) and "tensorrt" in profile.runtime.engines:
+    if cfg.quantize.reduce_range and int8_qat(cfg) and builds_tensorrt(cfg, profile):
         why = (
             f"QAT for {profile.name} trains TensorRT's symmetric 8-bit weights (its int8 "
             "kernels do not saturate)"

@@ -99,17 +99,19 @@ def distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     if cnn or (cfg.prune.enabled and not cfg.prune.round_to):
         facets["channel_divisor"] = profile.defaults.channel_divisor
     if int8_qat(cfg):
-        facets["tensorrt"] = "tensorrt" in profile.runtime.engines
+        facets["tensorrt"] = builds_tensorrt(cfg, profile)
     return facets
 
 
 def int8_engine_facets(cfg: KdcConfig, profile: HardwareProfile) -> dict[str, Any]:
-    """Whom an INT8 run's graph is finished for (`qdq.finish_qdq`: by the engine, not, as
-    before, by its activations' scheme) where quantize.symmetric_activations is set against it
-    (symmetric for ONNX Runtime, asymmetric for TensorRT): those runs quantize again; a run of
-    the defaults hashes as before."""
-    asked, trt = cfg.quantize.symmetric_activations, "tensorrt" in profile.runtime.engines
-    if not builds_int8(cfg) or asked is None or asked == trt:
+    """The engine an INT8 run's graph is quantized for (`builds_tensorrt`) where kdc quantized it
+    otherwise before: for a TensorRT target whose build.engines leaves TensorRT out (it was
+    TensorRT's), or with quantize.symmetric_activations set against it (symmetric for ONNX
+    Runtime, asymmetric for TensorRT: `qdq.finish_qdq` followed the activations' scheme). Those
+    runs quantize again; the others hash as before."""
+    asked, trt = cfg.quantize.symmetric_activations, builds_tensorrt(cfg, profile)
+    before = "tensorrt" in profile.runtime.engines
+    if not builds_int8(cfg) or (trt == before and asked in (None, trt)):
         return {}
     return {"int8_for": "tensorrt" if trt else "onnxruntime"}
 

@@ -111,7 +111,7 @@ def test_the_stages_reading_the_split_follow_the_seed_that_draws_it():
     assert not split & {s for s in first if first[s] != second[s]}
 
 
-def _stage_hash(stage: str, target: str, **quantize: object) -> str:
+def _stage_hash(stage: str, target: str, engines: list[str] | None, **quantize: object) -> str:
     from kdc.pipeline import _stages, stage_hash
     from kdc.profiles import load_profile
 
@@ -122,6 +122,7 @@ def _stage_hash(stage: str, target: str, **quantize: object) -> str:
             "teacher": {"name": "resnet18"},
             "data": {"source": "sklearn:digits"},
             "quantize": {"precision": "int8", **quantize},
+            "build": {"engines": engines},
         }
     )
     step = next(s for s in _stages() if s.name == stage)
@@ -129,26 +130,31 @@ def _stage_hash(stage: str, target: str, **quantize: object) -> str:
 
 
 @pytest.mark.parametrize(
-    ("target", "symmetric", "changed"),
+    ("target", "engines", "symmetric", "changed"),
     [
-        ("host", None, False),
-        ("host", False, False),
-        ("host", True, True),
-        ("jetson", None, False),
-        ("jetson", True, False),
-        ("jetson", False, True),
+        ("host", None, None, False),
+        ("host", None, False, False),
+        ("host", None, True, True),
+        ("jetson", None, None, False),
+        ("jetson", None, True, False),
+        ("jetson", None, False, True),
+        ("jetson", ["onnxruntime", "tensorrt"], None, False),
+        ("jetson", ["onnxruntime"], None, True),
+        ("jetson", ["onnxruntime"], False, True),
     ],
 )
 @pytest.mark.parametrize(("method", "stage"), [("ptq", "build"), ("qat", "distill")])
-def test_an_int8_graph_finished_for_its_engine_not_its_activations_quantizes_again(
-    monkeypatch, target, symmetric, changed, method, stage
+def test_an_int8_graph_quantized_for_another_engine_than_before_quantizes_again(
+    monkeypatch, target, engines, symmetric, changed, method, stage
 ):
-    """Symmetric activations on a CPU target, or asymmetric on a TensorRT one, made a graph
-    finished for the other engine (signed Q/DQ for symmetric ones, `qdq.finish_qdq`): those runs
-    build (or train, QAT) again; a run whose activations follow its engine hashes as before."""
+    """A TensorRT target's run whose build.engines leaves TensorRT out made TensorRT's graph;
+    symmetric activations on a CPU target, or asymmetric on a TensorRT one, a graph finished for
+    the other engine (signed Q/DQ for symmetric ones, `qdq.finish_qdq`): those runs build (or
+    train, QAT) again; a run quantized for the same engine as before hashes as before."""
     from kdc import stage_reads
 
-    now = _stage_hash(stage, target, symmetric_activations=symmetric, method=method)
+    asked = {"symmetric_activations": symmetric, "method": method}
+    now = _stage_hash(stage, target, engines, **asked)
     monkeypatch.setattr(stage_reads, "int8_engine_facets", lambda cfg, profile: {})
-    before = _stage_hash(stage, target, symmetric_activations=symmetric, method=method)
+    before = _stage_hash(stage, target, engines, **asked)
     assert (now != before) == changed

@@ -14,7 +14,13 @@ from kdc.deploy.softmax_floor import floor_file
 from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.errors import UserError
 from kdc.pipeline import Context, StageOutput
-from kdc.preflight import builds_int8, int8_qat, qat_reduce_range, reduce_range_applies
+from kdc.preflight import (
+    builds_int8,
+    builds_tensorrt,
+    int8_qat,
+    qat_reduce_range,
+    reduce_range_applies,
+)
 from kdc.rundir import (
     atomic_dir,
     atomic_path,
@@ -41,9 +47,17 @@ def reduce_range(ctx: Context) -> bool:
 
 
 def symmetric_activations(ctx: Context) -> bool:
-    """S8S8 (symmetric) for TensorRT targets; asymmetric U8S8 is more accurate on CPUs."""
+    """S8S8 (symmetric) where a TensorRT engine is built from the INT8 graph (`for_tensorrt`);
+    asymmetric U8S8 is more accurate on CPUs."""
     q = ctx.cfg.quantize.symmetric_activations
-    return q if q is not None else tensorrt_on_target(ctx)
+    return q if q is not None else for_tensorrt(ctx)
+
+
+def for_tensorrt(ctx: Context) -> bool:
+    """Whether the INT8 graph is quantized for TensorRT (`builds_tensorrt`): a TensorRT engine is
+    built (or bundled) from it. Else it is for ONNX Runtime, a TensorRT target's too where
+    build.engines leaves TensorRT out: the graph is quantized for the engine it is built for."""
+    return builds_tensorrt(ctx.cfg, ctx.profile)
 
 
 FALLBACK_ROWS = 256  # held-out training rows INT8 graphs are compared with FP32 on
@@ -164,7 +178,7 @@ def _quantizer(ctx: Context, src: Path, backend: str) -> Callable[[list[str], Pa
     from kdc.deploy.onnxruntime import quantize_int8
 
     q, fam = ctx.cfg.quantize, ctx.teacher.family
-    sym, seven_bit, trt = symmetric_activations(ctx), reduce_range(ctx), tensorrt_on_target(ctx)
+    sym, seven_bit, trt = symmetric_activations(ctx), reduce_range(ctx), for_tensorrt(ctx)
     calibration = _calibration(ctx, q.calibration_size)
     if backend == "nncf":
         return lambda exclude, path: quantize_int8_nncf(

@@ -218,11 +218,11 @@ def quantization_aware(
     from kdc.compress.fold_bn import unfolded_batchnorms
     from kdc.compress.qat import export_qat, quantize_for_training
     from kdc.export.parity import shown
-    from kdc.stages.build import symmetric_activations, tensorrt_on_target
+    from kdc.stages.build import for_tensorrt, symmetric_activations
     from kdc.stages.export import PARITY_ROWS, onnx_parity, output_name
 
     q, d = ctx.cfg.quantize, ctx.cfg.distill
-    sym, trt = symmetric_activations(ctx), tensorrt_on_target(ctx)
+    sym, trt = symmetric_activations(ctx), for_tensorrt(ctx)
     calib = {k: v[: q.calibration_size] for k, v in data.train.items()}
     qstudent = quantize_for_training(
         student,

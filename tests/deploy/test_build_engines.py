@@ -298,6 +298,58 @@ def test_both_ptq_backends_get_reduce_range(monkeypatch, tmp_path, backend):
         assert seen["tensorrt"] is False
 
 
+@pytest.mark.parametrize(
+    ("target", "engines", "tensorrt"),
+    [
+        ("host", None, False),
+        ("host", ["onnxruntime", "tensorrt"], False),  # recorded unavailable
+        ("jetson", None, True),
+        ("jetson", ["tensorrt"], True),
+        ("jetson", ["onnxruntime", "tensorrt"], True),  # TensorRT builds from the same graph
+        ("jetson", ["onnxruntime"], False),
+    ],
+)
+@pytest.mark.parametrize("backend", ["onnxruntime", "nncf"])
+def test_the_int8_graph_is_quantized_for_the_engine_built_from_it(
+    monkeypatch, tmp_path, backend, target, engines, tensorrt
+):
+    """TensorRT's scheme (symmetric activations, signed Q/DQ, float biases, no conv output
+    quantizers) only where a TensorRT engine is built from the graph: a TensorRT target whose
+    build.engines leaves TensorRT out ships ONNX Runtime's graph, quantized for ONNX Runtime
+    (it got TensorRT's); so does its QAT, 7-bit weights where asked."""
+    import kdc.compress.nncf_ptq
+    import kdc.deploy.onnxruntime
+    from kdc.preflight import qat_reduce_range
+
+    seen = {}
+    for module, name in (
+        (kdc.deploy.onnxruntime, "quantize_int8"),
+        (kdc.compress.nncf_ptq, "quantize_int8_nncf"),
+    ):
+        monkeypatch.setattr(module, name, lambda *a, **k: seen.update(k))
+    q = SimpleNamespace(
+        reduce_range=False, symmetric_activations=None, calibration_size=4, calibration="minmax"
+    )
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(build=BuildConfig(engines=engines), quantize=q),
+        profile=load_profile(target),
+        teacher=SimpleNamespace(family="cnn"),
+        encode=lambda split, rows=None: {"x": np.zeros((8, 2), np.float32)},
+    )
+    build._quantizer(ctx, tmp_path / "m.onnx", backend)([], tmp_path / "q.onnx")
+    assert seen["symmetric_activations"] is tensorrt and build.for_tensorrt(ctx) is tensorrt
+    if backend == "nncf":
+        assert seen["tensorrt"] is tensorrt
+    else:
+        assert seen["float_bias"] is tensorrt and seen["unsigned"] is not tensorrt
+    qat = SimpleNamespace(
+        quantize=SimpleNamespace(precision="int8", method="qat", reduce_range=True),
+        build=ctx.cfg.build,
+        source_file="m.yaml",
+    )
+    assert qat_reduce_range(qat, ctx.profile) is not tensorrt
+
+
 def test_an_fp32_student_on_a_tensorrt_target_ships_its_fp16_engine():
     """quantize.precision fp32 for a Jetson builds the TensorRT engine in FP16
     (`tensorrt_precision`); the ONNX Runtime FP32 engine, timed only on the build machine and
