@@ -234,7 +234,7 @@ def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypat
     (CNNs' 2: every activation per tensor, a depthwise conv's input too; 3: a conv's output
     quantized before a Hardswish, Hardsigmoid...; 4, and transformers' 2: a Gemm's bias int32,
     so ONNX Runtime runs it int8; 5: a conv's output quantized before a hard swish written
-    out; 6: and before a GELU written out): a run whose INT8 graph NNCF may have made (ptq auto
+    out; 6: and before a GELU): a run whose INT8 graph NNCF may have made (ptq auto
     or nncf, for a CPU or a TensorRT target) by an earlier version, version 1 hashed without it,
     builds again; an FP32-only run, ONNX Runtime's PTQ and a QAT run's build do not read it, nor a
     run of the other family."""

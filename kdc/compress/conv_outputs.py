@@ -33,9 +33,10 @@ class GraphOps:
     """One NNCF backend's metatypes of convs, of the activations it fuses after a conv, of the
     Relus among them, of Mul (a swish's `x * sigmoid(x)`), Add and Div (a hard swish's
     `x * relu6(x + 3) / 6`); whether a node is a quantizer's output (what an int8 conv's input
-    and weight come from); the (min, max) a node clips to (None: no Clip); and the metatypes of
-    Erf, in a GELU written out, `x * (1 + erf(x / √2)) / 2` (none in NNCF's PyTorch graph, where
-    GELU is one op)."""
+    and weight come from); the (min, max) a node clips to (None: no Clip); the metatypes of
+    Erf, in a GELU written out, `x * (1 + erf(x / √2)) / 2`, and the op types of one in a single
+    node NNCF has no metatype of (ONNX's Gelu from opset 20; none in NNCF's PyTorch graph, where
+    GELU is an activation)."""
 
     convs: Collection[type]
     activations: Collection[type]
@@ -46,6 +47,7 @@ class GraphOps:
     quantized: Callable[[NNCFNode], bool]
     clip_bounds: Callable[[NNCFNode], tuple[float, float] | None]
     erfs: Collection[type] = field(default_factory=frozenset)
+    gelus: Collection[str] = field(default_factory=frozenset)
 
 
 def _fused_activation(node: NNCFNode, ops: GraphOps) -> bool:
@@ -104,10 +106,13 @@ def _hard_swish_input(node: NNCFNode, graph: NNCFGraph, ops: GraphOps) -> bool:
 
 
 def _read_by_gelu(node: NNCFNode, graph: NNCFGraph, ops: GraphOps) -> bool:
-    """Whether `node`'s output is read only by a GELU written out (as torch.onnx exports
-    nn.GELU below opset 20: Div, Erf, Add, Mul, Mul; NNCF fuses it as one activation): one Div
-    or Mul read only by an Erf, and Muls."""
+    """Whether `node`'s output is read only by a GELU: one node (ONNX's Gelu, as torch.onnx
+    exports nn.GELU from opset 20), or written out (below opset 20: Div, Erf, Add, Mul, Mul;
+    NNCF fuses it as one activation), one Div or Mul read only by an Erf, and Muls. NNCF
+    quantizes only after either."""
     readers = graph.get_next_nodes(node)
+    if len(readers) == 1 and readers[0].node_type in ops.gelus:
+        return True
     scaled = [
         r
         for r in readers

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 # cnn 4, transformer 2: off TensorRT, a Gemm's bias int32 and its input dequantized after a
 # Flatten, so ONNX Runtime runs it as an int8 QGemm (`finish_qdq`, `qdq_gemm`)
 # cnn 5: a conv's output quantized before a hard swish written out, x * relu6(x + 3) / 6
-# cnn 6: and before a GELU written out (Div, Erf, Add, Mul, Mul: nn.GELU below opset 20)
+# cnn 6: and before a GELU (ONNX's Gelu from opset 20, or Div, Erf, Add, Mul, Mul below)
 # (a graph finished for another engine than before, `finish_qdq`, is `int8_engine_facets`')
 RECIPE_VERSIONS = {"cnn": 6, "transformer": 2}
 
@@ -126,6 +126,7 @@ def quantize_conv_outputs(
         quantized=lambda node: node.metatype is om.ONNXDequantizeLinearMetatype,
         clip_bounds=lambda node: _clip_bounds(model.graph, node.node_name),
         erfs={om.ONNXErfMetatype},
+        gelus={"Gelu"},
     )
     convs = convs_into_fused_activations(graph, ops)
     if not convs:
