@@ -81,11 +81,11 @@ def required_outputs(name: str, cfg: KdcConfig) -> tuple[str, ...]:
 
 def distill_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     """What distillation reads of the target: the channel multiple a CNN student is narrowed
-    (or any student pruned) to, not read for a transformer's; for QAT, whether TensorRT runs it
-    (symmetric fake-quantizers), whether it trains 7-bit weights (`qat_reduce_range`, by default
-    this CPU's), only where it applies (a run without it hashes as before); pruning to a latency
-    reads the whole latency model; whom the QAT graph is finished for where the settings ask
-    against it (`int8_engine_facets`). Recipe versions are `distill_versions`'."""
+    (or any student pruned) to, not read for a transformer's; for QAT, whether a TensorRT engine
+    is built from it (`builds_tensorrt`: symmetric fake-quantizers), whether it trains 7-bit
+    weights (`qat_reduce_range`, by default this CPU's), only where it applies (a run without it
+    hashes as before), and `int8_engine_facets`; pruning to a latency reads the whole latency
+    model. Recipe versions are `distill_versions`'."""
     from kdc.models import student_family
 
     cnn = student_family(cfg) == "cnn"
