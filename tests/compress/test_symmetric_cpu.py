@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_distill import cnn, toy_data
 from test_nncf_ptq_activations import _Gelu, _Residual, _signed_activations
-from test_qat_activations import SOURCE
+from test_qat_activations import SOURCE, _HardSwishes
 from tiny import optimized_ops, run_onnx
 
 from kdc.compress.nncf_ptq import quantize_int8_nncf
@@ -27,6 +27,10 @@ STUDENTS = {
     "small-cnn": lambda: cnn((8, 16), 0),
     "residual": lambda: VisionAdapter(_Residual().eval(), SOURCE),
     "gelu": lambda: VisionAdapter(_Gelu().eval(), SOURCE),
+    **{  # convs into a hard swish written out, each with its own (here symmetric) output quantizer
+        f"hard swish {form}": lambda form=form: VisionAdapter(_HardSwishes(form).eval(), SOURCE)
+        for form in ("x * hardsigmoid(x)", "x * relu6(x + 3) / 6")
+    },
 }
 
 
