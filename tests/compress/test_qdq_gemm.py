@@ -92,3 +92,15 @@ def test_a_cnn_classifier_runs_as_an_int8_gemm(tmp_path, method):
     assert ops.count("QGemm") == 1 and "Gemm" not in ops, ops
     assert ops.count("QLinearConv") == 2 and not {"Conv", "FusedConv"} & set(ops), ops
     np.testing.assert_allclose(run_onnx(path, data.val), ref, atol=2e-2)
+
+
+@pytest.mark.parametrize("tensorrt", [True, False])
+def test_only_a_graph_not_built_for_tensorrt_gets_int32_gemm_biases(tensorrt):
+    """`finish_qdq` by the engine: TensorRT's parser takes no int32 bias behind a
+    DequantizeLinear (ONNX Runtime's PTQ keeps its biases float for it too), every other graph,
+    symmetric or not, gets `int8_gemms`."""
+    from kdc.deploy.qdq import finish_qdq
+
+    model = finish_qdq(_classifier(), tensorrt)
+    int32 = [t.name for t in model.graph.initializer if t.data_type == TensorProto.INT32]
+    assert bool(int32) is not tensorrt, int32
