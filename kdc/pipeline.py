@@ -25,7 +25,7 @@ from kdc.errors import UserError
 from kdc.fingerprint import inputs_fingerprint
 from kdc.interrupts import signals_as_interrupt
 from kdc.models.base import ModelAdapter
-from kdc.preflight import builds_tensorrt
+from kdc.preflight import builds_tensorrt, check_fit
 from kdc.profiles import HardwareProfile
 from kdc.progress import Advance, progress
 from kdc.rundir import RunDir, library_versions, sha256_json, target_flag
@@ -432,6 +432,31 @@ def require_stage(ctx: Context, name: str) -> None:
         raise stage_not_ready(ctx, name)
 
 
+@contextlib.contextmanager
+def _first_stage(ctx: Context, replacing: str | None, record: Callable[[], None]) -> Iterator[None]:
+    """Around the first stage an invocation runs: the run's files as they were are kept
+    (`RunDir.keep_previous`) before `record` rewrites its manifest, and put back if the stage
+    fails (bad input costs no finished run); dropped once it finishes or is interrupted (the
+    stage is resumed)."""
+    kept = ctx.run.keep_previous()
+    try:
+        if replacing:
+            ctx.warn(replacing)
+        record()
+        yield
+    except Exception:
+        if kept:
+            kept = False  # what a failed restore leaves goes with the next run's temporaries
+            with contextlib.suppress(OSError):  # the stage's error is the one to report
+                ctx.run.restore_previous()
+                root = escape(str(ctx.run.root))
+                ctx.log(f"[dim]{root} holds the run it held before (no stage finished)[/dim]")
+        raise
+    finally:
+        if kept:
+            ctx.run.drop_previous()
+
+
 def run_stages(
     ctx: Context,
     *,
@@ -514,13 +539,12 @@ def run_stages(
                 raise stage_not_ready(ctx, stage.name, now.input_hash)
             else:
                 if not ctx.ran:  # this invocation's first stage
-                    # bad data (a label column, an eval label) is refused before a stage starts
-                    # and the report of a finished run goes stale
-                    _ = ctx.dataset
-                    if replacing:
-                        ctx.warn(replacing)
-                    record()
-                _run_one(ctx, stage, now.input_hash, now.upstream, pressed)
+                    # bad data (a label column, an eval label) or a student that does not fit the
+                    # teacher is refused before a stage starts and the report of a finished run
+                    # goes stale
+                    check_fit(ctx.cfg, ctx.dataset)
+                with contextlib.nullcontext() if ctx.ran else _first_stage(ctx, replacing, record):
+                    _run_one(ctx, stage, now.input_hash, now.upstream, pressed)
     if not ctx.ran:  # every stage skipped
         record()
     ctx.run.update_manifest(wall_s=round(time.perf_counter() - started, 2))

@@ -44,15 +44,24 @@ def check_config(cfg: KdcConfig) -> None:
 
 
 def check_data(cfg: KdcConfig) -> Dataset:
-    """The data, read and split as a run reads it, with the checks a run makes of it against the
-    teacher's config.json before loading the model: the classes matched by name to its
-    id2label (a run's order), and the channels of its images against its num_channels; for a
-    CNN built by code, against its first conv's and its outputs against the classes."""
-    from kdc.data import channel_mismatch, load_dataset
+    """The data, read and split as a run reads it (the classes matched by name to the teacher's
+    config.json id2label: a run's order), checked by `check_fit`."""
+    from kdc.data import load_dataset
     from kdc.models import teacher_label_names
-    from kdc.teacher_fit import label_count_error, meta_outputs
 
     ds = load_dataset(cfg, teacher_label_names(cfg))
+    check_fit(cfg, ds)
+    return ds
+
+
+def check_fit(cfg: KdcConfig, ds: Dataset) -> None:
+    """What a run refuses of its data and student before loading the model, which every run
+    checks before it writes its run directory: the channels of its images against the
+    teacher's config.json num_channels; for a CNN built by code, against its first conv's, its
+    outputs against the classes, and `student.architecture` against its stages."""
+    from kdc.data import channel_mismatch
+    from kdc.teacher_fit import label_count_error, meta_outputs
+
     want, basis = (_teacher_config(cfg) or {}).get("num_channels"), "config.json num_channels"
     model = _meta_teacher(cfg) if want is None else None
     if model is not None:
@@ -61,13 +70,19 @@ def check_data(cfg: KdcConfig) -> Dataset:
         conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         want, basis = (conv.in_channels if conv else None), "its first conv's in_channels"
     if cfg.task != "image-classification" or ds.kind != "image":
-        return ds
+        return
     if isinstance(want, int) and ds.train.features.shape[1] != want:
         raise channel_mismatch(want, ds.train.features.shape[1], basis).located(cfg.source_file)
     outputs = meta_outputs(model, ds.train.features.shape[1:]) if model is not None else None
     if outputs is not None and outputs != ds.num_labels:
         raise label_count_error(cfg.source_file, ds, outputs)
-    return ds
+    if model is not None and cfg.student.architecture and cfg.search.strategy == "fixed":
+        from kdc.compress.space import cnn_genes, removable_blocks
+
+        try:  # against its stages' removable blocks, as the search decodes it
+            cnn_genes(cfg.student.architecture, removable_blocks(model, ds.train.features.shape))
+        except UserError as e:
+            raise e.located(cfg.source_file) from None
 
 
 def _meta_teacher(cfg: KdcConfig) -> torch.nn.Module | None:

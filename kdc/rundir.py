@@ -25,6 +25,9 @@ except ImportError:  # Windows: no advisory locks, a run directory is not guarde
 
 MANIFEST = "manifest.json"
 LOCK = ".kdc.lock"  # held (flock) by the process writing a run; hidden, not a `.*.tmp`
+# hard links of a finished run's files while a command that may replace them starts; a `.*.tmp`,
+# so what a killed command left goes with the other temporaries
+PREVIOUS = ".kdc-previous.tmp"
 LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "nncf", "torch-pruning", "optimum")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -263,6 +266,41 @@ class RunDir:
                 p.unlink(missing_ok=True)
         return stale
 
+    def keep_previous(self) -> bool:
+        """Keep the run's files as they are (hard links in PREVIOUS, copies where the file system
+        has none; kdc replaces files, never rewrites one in place) for `restore_previous`, where
+        a stage of it finished; False (nothing kept) where none did, or they could not be."""
+        stages = self.manifest().get("stages", {}).values()
+        if not any(r.get("status") == "done" for r in stages):
+            return False
+        skip = {LOCK, PREVIOUS}
+        try:
+            shutil.copytree(
+                self.root,
+                self.root / PREVIOUS,
+                symlinks=True,
+                ignore=lambda d, names: [n for n in names if n in skip or n.endswith(".tmp")],
+                copy_function=_link_or_copy,
+            )
+        except OSError:  # no room for copies: the command runs without
+            self.drop_previous()
+            return False
+        return True
+
+    def restore_previous(self) -> None:
+        """Put the files `keep_previous` kept back in place of what the run holds now."""
+        kept = self.root / PREVIOUS
+        for p in self.root.iterdir():
+            if p.name not in (LOCK, PREVIOUS):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        for p in kept.iterdir():
+            os.replace(p, self.root / p.name)
+        kept.rmdir()
+
+    def drop_previous(self) -> None:
+        """Forget the files `keep_previous` kept (the run replaced them)."""
+        shutil.rmtree(self.root / PREVIOUS, ignore_errors=True)
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run directory for this process while it writes it: a second kdc process on
@@ -441,6 +479,13 @@ class RunDir:
         """Hash of a finished stage's outputs: the input hash of the stages after it."""
         rec = self.stage(name) or {}
         return sha256_json(rec.get("outputs", {}))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
 
 
 _HELD: dict[str, int] = {}  # run directories this process holds the lock of (depth)

@@ -266,3 +266,57 @@ def test_a_student_that_does_not_load_names_the_run_not_the_teacher(
     line = _one_line_error(runner.invoke(app, ["export", str(cfg), "--out", str(run), "-q"]))
     assert line.startswith(f"error: {run / 'distill' / 'student'}: the run's distilled student")
     assert "teacher.path" not in line and "run the distill stage again" in line
+
+
+def _finished_run(run, name="other"):
+    """A run directory holding another config's finished run (its manifest, report and search
+    output): the files by path and content."""
+    (run / "search").mkdir(parents=True)
+    (run / "report.json").write_text('{"verdict": "pass"}\n')
+    (run / "search" / "student.json").write_text("{}\n")
+    done = {"status": "done", "outputs": {}}
+    stages = {"search": done, "report": done}
+    (run / "manifest.json").write_text(json.dumps({"config": {"name": name}, "stages": stages}))
+    return _files(run)
+
+
+def _files(run):
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_student_that_does_not_fit_is_refused_before_the_run_is_touched(tmp_path):
+    """A CNN's student.architecture (stage_depth beyond the teacher's blocks) was checked only in
+    the search stage, after `kdc compress` had replaced another config's run in --out (its
+    report removed, its manifest rewritten): now the preflight refuses it, as validate does."""
+    from preflight_projects import config
+
+    cfg = config(tmp_path, name="b", student={"architecture": {"stage_depth": [5, 5]}})
+    run = tmp_path / "out"
+    before = _finished_run(run)
+    res = runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"])
+    line = _one_line_error(res)
+    assert "student.architecture" in line and "model.yaml" in line, line
+    assert _files(run) == before | {".kdc.lock": _files(run)[".kdc.lock"]}
+    assert "student.architecture" in _one_line_error(runner.invoke(app, ["validate", str(cfg)]))
+
+
+def test_a_stage_failing_on_bad_input_keeps_the_run_it_replaces(tmp_path):
+    """A first stage refusing the input (teacher layers for a CNN student, found as the search
+    builds it) puts back the run that was in --out, as it was: its report, manifest and stage
+    outputs; nothing of the failed run, nor the copy it kept, is left."""
+    from preflight_projects import config
+
+    cfg = config(tmp_path, name="b", student={"layers": 2})
+    run = tmp_path / "out"
+    before = _finished_run(run)
+    res = runner.invoke(app, ["compress", str(cfg), "--out", str(run)])
+    assert res.exit_code == 2 and "student.layers" in res.output, res.output
+    assert "holds the run it held before" in res.output
+    after = _files(run)
+    assert after.pop(".kdc.lock") is not None and after == before
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".kdc.lock",
+        "manifest.json",
+        "report.json",
+        "search",
+    ]

@@ -288,7 +288,7 @@ class CnnSpace(Space):
 
     def __init__(self, teacher: ModelAdapter, example: dict[str, np.ndarray], divisor: int) -> None:
         self.trace = teacher.layer_trace(example)
-        out_res = {r["name"]: _out_res(r) for r in self.trace if r["op"] == "conv"}
+        out_res = conv_resolutions(self.trace)
         # a group none of whose convs runs in eval (an auxiliary training head) is not searched:
         # it is not in the exported graph, and slicing keeps it consistent with what it reads
         self.groups = [
@@ -306,11 +306,7 @@ class CnnSpace(Space):
             self.stages.index(next(out_res[c] for c in g["convs"] if c in out_res))
             for g in self.groups
         ]
-        self.units: list[list[list[str]]] = [[] for _ in self.stages]
-        for u in teacher.removable_units(example):
-            res = tuple(u["out_shape"][1:])
-            if res in self.stages:
-                self.units[self.stages.index(res)].append(u["modules"])
+        self.units = stage_units(teacher, example, self.stages)
         dims: dict[str, list[Any]] = {}
         for s in range(len(self.stages)):
             bases = [
@@ -388,29 +384,70 @@ class CnnSpace(Space):
         return {"pixel_values": [batch, *self.input_shape]}
 
     def from_architecture(self, arch: dict[str, Any]) -> dict[str, Any]:
-        widths = arch.get("stage_width", [1.0] * len(self.stages))
-        depths = arch.get("stage_depth", [len(u) for u in self.units])
-        if (
-            set(arch) - {"stage_width", "stage_depth"}
-            or not isinstance(widths, list)
-            or not isinstance(depths, list)
-            or not all(_number(w) for w in widths)
-            or not all(_whole(d) for d in depths)
-            or len(widths) != len(self.stages)
-            or len(depths) != len(self.stages)
-            or not all(0 < w <= 1 for w in widths)
-            or not all(0 <= d <= len(u) for d, u in zip(depths, self.units, strict=True))
-        ):
-            raise UserError(
-                f"{arch} does not fit this teacher's {len(self.stages)} stages",
-                field="student.architecture",
-                fix=f"give stage_width: {len(self.stages)} multipliers in (0, 1] and "
-                f"stage_depth: blocks kept per stage, at most "
-                f"{[len(u) for u in self.units]}",
-            )
-        genes: dict[str, Any] = {f"stage{s}_width": float(w) for s, w in enumerate(widths)}
-        genes.update({f"stage{s}_depth": int(d) for s, d in enumerate(depths) if self.units[s]})
-        return genes
+        return cnn_genes(arch, [len(u) for u in self.units])
+
+
+def cnn_genes(arch: dict[str, Any], blocks: list[int]) -> dict[str, Any]:
+    """The genes of `student.architecture` `arch` for a CNN teacher whose stages hold `blocks`
+    removable blocks each; a UserError naming the field for unknown keys, or a stage_width or
+    stage_depth that is not one value per stage within the teacher's."""
+    widths = arch.get("stage_width", [1.0] * len(blocks))
+    depths = arch.get("stage_depth", blocks)
+    if (
+        set(arch) - {"stage_width", "stage_depth"}
+        or not isinstance(widths, list)
+        or not isinstance(depths, list)
+        or not all(_number(w) for w in widths)
+        or not all(_whole(d) for d in depths)
+        or len(widths) != len(blocks)
+        or len(depths) != len(blocks)
+        or not all(0 < w <= 1 for w in widths)
+        or not all(0 <= d <= n for d, n in zip(depths, blocks, strict=True))
+    ):
+        depth = (
+            f"stage_depth: how many of its removable blocks each stage keeps, at most {blocks}"
+            + (" (a 0 there: that stage has none)" if 0 in blocks else "")
+            if any(blocks)
+            else "leave out stage_depth: no stage of this teacher has a block kdc can remove (a "
+            "conv block in an nn.Sequential whose output shape equals its input's)"
+        )
+        raise UserError(
+            f"{arch} does not fit this teacher's {len(blocks)} stages",
+            field="student.architecture",
+            fix=f"give stage_width: {len(blocks)} multipliers in (0, 1] and {depth}",
+        )
+    genes: dict[str, Any] = {f"stage{s}_width": float(w) for s, w in enumerate(widths)}
+    genes.update({f"stage{s}_depth": int(d) for s, d in enumerate(depths) if blocks[s]})
+    return genes
+
+
+def conv_resolutions(trace: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """The output resolution of each conv of a `layer_trace`, by name, in execution order."""
+    return {r["name"]: _out_res(r) for r in trace if r["op"] == "conv"}
+
+
+def stage_units(
+    teacher: ModelAdapter, example: dict[str, np.ndarray], stages: list[tuple[int, int]]
+) -> list[list[list[str]]]:
+    """Per stage (a resolution its convs output at), the module paths of each of the teacher's
+    `removable_units` there."""
+    units: list[list[list[str]]] = [[] for _ in stages]
+    for u in teacher.removable_units(example):
+        res = tuple(u["out_shape"][1:])
+        if res in stages:
+            units[stages.index(res)].append(u["modules"])
+    return units
+
+
+def removable_blocks(module: nn.Module, shape: tuple[int, ...]) -> list[int]:
+    """How many removable blocks each stage of a CNN holds (`stage_depth`'s maxima), traced on
+    inputs of `shape` (N×C×H×W; on the module's device, PyTorch's meta device included)."""
+    from kdc.models.vision import VisionAdapter
+
+    teacher = VisionAdapter(module, {})
+    example = {"pixel_values": np.zeros((1, *shape[1:]), np.float32)}
+    stages = list(dict.fromkeys(conv_resolutions(teacher.layer_trace(example)).values()))
+    return [len(u) for u in stage_units(teacher, example, stages)]
 
 
 def _out_res(rec: dict[str, Any]) -> tuple[int, int]:

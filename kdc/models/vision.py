@@ -202,7 +202,7 @@ class VisionAdapter(ModelAdapter):
                 layers.append({"name": names[mod], **rec})
 
         with _hooks(self.module, hook, tuple(TRACE)):
-            self.module.eval()(**_first(example))
+            self.module.eval()(**_first(example, self.module))
         return layers
 
     def channel_groups(self, example: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -244,7 +244,7 @@ class VisionAdapter(ModelAdapter):
                 shapes.setdefault(mod, (list(args[0].shape[1:]), list(out.shape[1:])))
 
         with _hooks(self.module, hook, (nn.Module,)):
-            self.module.eval()(**_first(example))
+            self.module.eval()(**_first(example, self.module))
         units: list[dict[str, Any]] = []
         for name, seq in self.module.named_modules():
             if not isinstance(seq, nn.Sequential) or any(
@@ -377,8 +377,10 @@ def _hooks(module: nn.Module, hook: Any, types: tuple[type, ...]) -> Iterator[No
             h.remove()
 
 
-def _first(example: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v[:1])) for k, v in example.items()}
+def _first(example: dict[str, np.ndarray], module: nn.Module) -> dict[str, torch.Tensor]:
+    """The example's first row, on `module`'s device (PyTorch's meta device: a preflight's)."""
+    device = next(module.parameters(), torch.empty(0)).device
+    return {k: torch.from_numpy(np.ascontiguousarray(v[:1])).to(device) for k, v in example.items()}
 
 
 def _has_conv(mod: nn.Module) -> bool:

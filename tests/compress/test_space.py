@@ -363,3 +363,27 @@ def test_search_space_sizes_match_as_the_error_shows_them():
     space.dims = {k: v for k, v in space.dims.items() if k == "stage2_width"}
     space.restrict(_limits({"stage_width": [float(f"{shown:.4g}")]}))
     assert space.dims["stage2_width"] == [shown]
+
+
+@pytest.mark.parametrize(
+    ("depth", "fix"),
+    [
+        (1, "leave out stage_depth: no stage of this teacher has a block kdc can remove"),
+        (3, r"stage_depth: how many of its removable blocks each stage keeps, at most \[2, 2\]"),
+    ],
+)
+def test_stage_depth_beyond_the_teachers_says_what_fits(depth, fix):
+    """The fix of a student.architecture that does not fit a CNN said "stage_depth: blocks kept
+    per stage, at most [0, 0]" for one with no removable blocks (whose blocks all stay); the
+    maxima are counted on the meta device as a preflight counts them."""
+    import torch
+
+    from kdc.compress.space import cnn_genes, removable_blocks
+    from kdc.models.cnn import small_cnn
+
+    with torch.device("meta"):
+        model = small_cnn(channels=[8, 16], depth=depth)
+    blocks = removable_blocks(model, (1, 1, 8, 8))
+    with pytest.raises(UserError, match=fix) as e:
+        cnn_genes({"stage_depth": [5, 5]}, blocks)
+    assert "at most [0, 0]" not in str(e.value)
