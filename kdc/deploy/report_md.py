@@ -152,7 +152,8 @@ def _quantized_how(report: dict) -> list[str]:
         how += f", activations {q['activations']}" if q.get("activations") else ""
         choice = q.get("backend_choice") or {}
         if choice.get("loss"):
-            p50, dev = choice.get("p50_ms") or {}, choice.get("deviation") or {}
+            timed, dev = choice.get("latency") or {}, choice.get("deviation") or {}
+            p50 = {b: t["p50_ms"] for b, t in timed.items()}
             tried = " and ".join(
                 f"{b} (loss {loss:g}"
                 + (f", deviation {sig(dev[b])}" if b in dev else "")
@@ -162,10 +163,12 @@ def _quantized_how(report: dict) -> list[str]:
             measure = (q.get("loss") or {}).get("measure")
             how += f"; ptq: auto compared {tried}" + (f", loss: {measure}" if measure else "")
             how += ", deviation: RMS(INT8 - FP32 outputs) / RMS(FP32 outputs)" * bool(dev)
-            if p50:
-                n = choice.get("threads")
-                threads = f"{n} thread{'s' * (n != 1)}" if n else "default threads"
-                how += f"; p50 measured here at {threads}, {choice.get('protocol', DASH)}"
+            if timed:  # timed alike: on one device, at one batch and thread count
+                t = next(iter(timed.values()))
+                how += (
+                    f"; p50 measured on {t.get('device', DASH)} at batch {t.get('batch', DASH)}, "
+                    f"{t.get('protocol', DASH)}"
+                )
         lines.append(f"{engine_label(e)}: made by {how}")
     return lines
 

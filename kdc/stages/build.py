@@ -303,11 +303,9 @@ def _choose_backend(
             for b, t in timed.items()
             if t["p50_ms"] / fast["p50_ms"] - 1 <= max(SLOWER_OK - 1, _spread(t) + _spread(fast))
         ]
-        choice.update(
-            p50_ms={b: round(t["p50_ms"], 4) for b, t in timed.items()},
-            threads=fast["threads"],  # as timed (the config may leave it to all CPUs)
-            protocol=fast["protocol"],
-        )
+        # measured latency objects: device, engine, precision, batch, threads as timed (the
+        # config may leave them to all CPUs), percentiles, each round's p50 and p99
+        choice["latency"] = timed
         timing = (
             f" among the INT8 graphs at most {SLOWER_OK:g}x the fastest here (or within the "
             f"spread of its p50 over {PTQ_ROUNDS} interleaved rounds)"

@@ -110,3 +110,23 @@ def test_output_deviation_is_relative_rms():
     assert output_deviation(ref, ref) == 0.0
     assert output_deviation(ref, ref + 0.5) == pytest.approx(0.2)
     assert output_deviation(ref * 10, ref * 10 + 5) == pytest.approx(0.2)  # scale-free
+
+
+def test_auto_ptq_timings_are_labelled_latencies(tmp_path):
+    """`ptq: auto`'s timings were a bare `p50_ms` per backend, with no device, engine, batch or
+    threads (REPORT.md: every latency is a labelled object): each is a measured latency object,
+    and no timing stands beside them."""
+    ctx = SimpleNamespace(
+        profile=SimpleNamespace(measurable=True, runtime=SimpleNamespace(engines=["onnxruntime"])),
+        cfg=SimpleNamespace(verify=SimpleNamespace(threads=1), build=SimpleNamespace(engines=None)),
+    )
+    built = {b: _linear(tmp_path / f"{b}.onnx", WEIGHTS) for b in ("onnxruntime", "nncf")}
+    losses, deviations = {b: 0.0 for b in built}, {b: 0.01 for b in built}
+    rows = {"x": np.eye(4, dtype=np.float32)}
+    _, choice = build._choose_backend(ctx, built, losses, deviations, rows, 0.0)
+    assert set(choice["latency"]) == set(built)
+    for lat in choice["latency"].values():
+        assert lat["kind"] == "measured" and lat["engine"] == "onnxruntime" and lat["device"]
+        assert (lat["precision"], lat["batch"], lat["threads"]) == ("int8", 1, 1)
+        assert lat["p50_ms"] > 0 and lat["p99_ms"] >= lat["p50_ms"]
+    assert not [k for k in choice if k.endswith("_ms") or k in ("threads", "protocol")]

@@ -391,9 +391,18 @@ def test_markdown_says_how_each_int8_graph_was_made(report):
         "backend_choice": {
             "loss": {"onnxruntime": 0.004, "nncf": 0.008},
             "deviation": {"onnxruntime": 0.01234, "nncf": 0.02},
-            "p50_ms": {"nncf": 8.7},
-            "threads": 1,
-            "protocol": "median p50 of 3 interleaved rounds",
+            "latency": {
+                "nncf": {
+                    "kind": "measured",
+                    "device": "Xeon (1 thread)",
+                    "engine": "onnxruntime",
+                    "precision": "int8",
+                    "batch": 1,
+                    "threads": 1,
+                    "p50_ms": 8.7,
+                    "protocol": "median p50 of 3 interleaved rounds",
+                }
+            },
         },
         "loss": {"measure": "share of rows whose class differs from FP32"},
     }
@@ -404,7 +413,7 @@ def test_markdown_says_how_each_int8_graph_was_made(report):
         "compared onnxruntime (loss 0.004, deviation 0.0123) and nncf (loss 0.008, deviation "
         "0.0200, p50 8.70 ms), loss: share of "
         "rows whose class differs from FP32, deviation: RMS(INT8 - FP32 outputs) / RMS(FP32 "
-        "outputs); p50 measured here at 1 thread, median p50 of 3 "
+        "outputs); p50 measured on Xeon (1 thread) at batch 1, median p50 of 3 "
         "interleaved rounds"
     ) in md
     e["quantization"] = {"method": "qat", "scheme": "NNCF fake quantizers", "epochs": 2}
