@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from kdc.errors import ConfigError
+from kdc.errors import ConfigError, field_path
 from kdc.rundir import sha256_json
 
 Task = Literal["text-classification", "image-classification", "sentence-embedding"]
@@ -509,7 +509,7 @@ def describe_error(
     )
     err = next((x for x in errors if x["type"] == "extra_forbidden"), next(of_type, first))
     loc = _field_loc(err)
-    field = ".".join(str(p) for p in loc) or "<root>"
+    field = field_path(loc) or "<root>"
     msg = err["msg"].replace("\n", " ").removeprefix("Value error, ")
     return msg, field, _fix_for(err, loc, model, default_fix)
 

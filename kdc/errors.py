@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterable
 
 
 class KdcError(Exception):
@@ -75,6 +76,12 @@ class Interrupted(KdcError):
     def __init__(self, signum: int = signal.SIGINT) -> None:
         self.exit_code = 128 + int(signum)
         super().__init__(f"interrupted ({signal.Signals(signum).name})")
+
+
+def field_path(loc: Iterable[str | int]) -> str:
+    """A field's path as kdc's messages write it: list positions in brackets,
+    `distill.losses[0].params`."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

@@ -57,3 +57,4 @@ def test_an_eval_folders_class_that_training_lacks_is_still_refused(tmp_path):
     with pytest.raises(UserError) as e:
         load_dataset(load_config(write_yaml(tmp_path / "model.yaml", cfg)))
     assert e.value.field == "data.eval" and "['c']" in e.value.message, e.value
+    assert "folder" in e.value.fix and "files" not in e.value.fix, e.value  # said "both files"

@@ -35,6 +35,7 @@ BAD = [
         "distill.losses[1].params",
         {"distill": {"losses": [{"name": "ce"}, {"name": "logits", "params": {"bogus": 1}}]}},
     ),
+    ("distill.losses[0].wieght", {"distill": {"losses": [{"name": "logits", "wieght": 1}]}}),
     ("search.proxy", {"search": {"proxy": "nosuch"}}),
     ("distill.augment", {"distill": {"augment": "swap"}}),  # a text augmentation, a CNN
     (  # a sentence encoder has no classifier head whose input a loss could read
@@ -61,6 +62,25 @@ def test_validate_rejects_what_compress_would(tmp_path, field, over):
     cfg = _config(tmp_path, **over)
     line = _one_line(runner.invoke(app, ["validate", str(cfg)]))
     assert line.startswith(f"error: {cfg}: field '{field}'"), line
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "said"),
+    [  # the package not installed; a module the package lacks; a function the module lacks
+        ("nosuchpkg.mod:fn", "not importable (no package 'nosuchpkg' is installed or in the "),
+        ("kdc.models.nosuch:fn", "not importable (no module 'kdc.models.nosuch')"),
+        ("kdc.models.cnn:nosuchfn", "module 'kdc.models.cnn' has no 'nosuchfn'"),
+    ],
+)
+def test_an_entrypoint_that_does_not_import_says_why(tmp_path, entrypoint, said):
+    """The fix was "use 'package.module:function' importable from the config's folder" whatever
+    failed: now it names what is missing and, for a package, `pip install` or the path."""
+    line = _one_line(
+        runner.invoke(app, ["validate", str(_config(tmp_path, teacher={"entrypoint": entrypoint}))])
+    )
+    assert said in line, line
+    fix = "pip install nosuchpkg, or fix the path" if "pkg" in entrypoint else "fix:"
+    assert fix in line, line
 
 
 def test_compress_fails_before_the_run_dir_is_made(tmp_path):

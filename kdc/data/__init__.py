@@ -405,6 +405,8 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
                 field="data.eval_fraction" if held else "data.eval",
                 fix="give those classes more rows, or drop them"
                 if held
+                else "use the same class folder names in both folders"
+                if fmt == "imagefolder"
                 else "use the same label names in both files",
             )
         y_tr = np.array([index[label_key(x)] for x in labels], np.int64)

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdc.config import Task
-from kdc.errors import UserError
+from kdc.errors import UserError, field_path
 from kdc.rundir import atomic_path, writable
 
 __all__ = ["load_report", "update_baseline"]
@@ -104,7 +104,7 @@ EXPECTED = {
 
 def _structure_error(e: ValidationError, path: Path, what: str) -> UserError:
     err = e.errors()[0]
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    where = field_path(err["loc"])
     if err["type"] == "missing":
         problem = "the field is missing"
     elif err["type"] in EXPECTED:

@@ -27,13 +27,37 @@ def entrypoint_function(entrypoint: str) -> Callable[..., Any]:
     """The function `package.module:function` names (its module imported, it not called)."""
     mod_name, fn_name = entrypoint.split(":")
     try:
-        return getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise _not_importable(mod_name, e) from None
+    if not hasattr(module, fn_name):
         raise UserError(
-            f"cannot import '{entrypoint}' ({e})",
+            f"module '{mod_name}' has no '{fn_name}'",
             field="teacher.entrypoint",
-            fix="use 'package.module:function' importable from the config's folder",
-        ) from None
+            fix=f"name a function of {mod_name} that returns the model: '{mod_name}:FUNCTION'",
+        )
+    return getattr(module, fn_name)
+
+
+def _not_importable(mod_name: str, e: ImportError) -> UserError:
+    """The error of an entrypoint whose module does not import: the package missing (not
+    installed, or not beside the config), a dependency of the module missing, or another
+    failure of its import."""
+    missing = getattr(e, "name", None) if isinstance(e, ModuleNotFoundError) else None
+    top, where = mod_name.split(".")[0], "imported from the config's folder or PYTHONPATH"
+    if missing and missing == top:
+        why = f"no package '{top}' is installed or in the config's folder"
+        fix = f"pip install {top}, or fix the path ('package.module:function', {where})"
+    elif missing and (mod_name + ".").startswith(missing + "."):
+        why, fix = f"no module '{missing}'", f"fix the module path ({where})"
+    elif missing:
+        why = f"it imports '{missing}', which is not installed"
+        fix = f"pip install {missing.split('.')[0]}"
+    else:
+        why, fix = str(e), "fix the module's import error"
+    return UserError(
+        f"module '{mod_name}' is not importable ({why})", field="teacher.entrypoint", fix=fix
+    )
 
 
 def _entrypoint(source: dict) -> nn.Module:
