@@ -79,8 +79,12 @@ def check_fit(cfg: KdcConfig, ds: Dataset) -> None:
     if model is not None and cfg.student.architecture and cfg.search.strategy == "fixed":
         from kdc.compress.space import cnn_genes, removable_blocks
 
-        try:  # against its stages' removable blocks, as the search decodes it
-            cnn_genes(cfg.student.architecture, removable_blocks(model, ds.train.features.shape))
+        try:  # its stages' removable blocks, as the search counts them
+            blocks = removable_blocks(model, ds.train.features.shape)
+        except Exception:  # noqa: BLE001 - user code that cannot run there: the search checks
+            return
+        try:
+            cnn_genes(cfg.student.architecture, blocks)
         except UserError as e:
             raise e.located(cfg.source_file) from None
 

@@ -16,7 +16,7 @@ from kdc.compress.space import HEAD_DIMS, CnnSpace, TransformerSpace, space_for
 from kdc.compress.student import derive_student
 from kdc.errors import UserError
 from kdc.models import load_student
-from kdc.models.cnn import SmallCNN
+from kdc.models.cnn import SmallCNN, small_cnn
 from kdc.models.hf import HFTextAdapter
 from kdc.models.vision import VisionAdapter
 
@@ -365,25 +365,54 @@ def test_search_space_sizes_match_as_the_error_shows_them():
     assert space.dims["stage2_width"] == [shown]
 
 
-@pytest.mark.parametrize(
-    ("depth", "fix"),
-    [
-        (1, "leave out stage_depth: no stage of this teacher has a block kdc can remove"),
-        (3, r"stage_depth: how many of its removable blocks each stage keeps, at most \[2, 2\]"),
-    ],
-)
-def test_stage_depth_beyond_the_teachers_says_what_fits(depth, fix):
-    """The fix of a student.architecture that does not fit a CNN said "stage_depth: blocks kept
-    per stage, at most [0, 0]" for one with no removable blocks (whose blocks all stay); the
-    maxima are counted on the meta device as a preflight counts them."""
-    import torch
+class _Block(nn.Module):
+    """A residual block: conv, BatchNorm, the input added back."""
 
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn(self.conv(x)))
+
+
+class _Residual(nn.Module):
+    """Two stages of residual blocks: the first's in an nn.Sequential, the second's not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.layer1 = nn.Conv2d(1, 8, 3, padding=1), nn.Sequential(_Block(8), _Block(8))
+        self.down, self.block2 = nn.Conv2d(8, 16, 3, stride=2, padding=1), _Block(16)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block2(self.down(self.layer1(self.stem(pixel_values)))))
+
+
+@pytest.mark.parametrize(
+    ("build", "fix"),
+    [
+        (
+            lambda: small_cnn(channels=[8, 16], depth=1),
+            "leave out stage_depth: no stage of this teacher has a block kdc can remove",
+        ),
+        (
+            lambda: small_cnn(channels=[8, 16], depth=3),
+            r"stage_depth: how many of its removable blocks each stage keeps, at most \[2, 2\]\)",
+        ),
+        (_Residual, r"at most \[2, 0\] \(a 0 there: that stage has none\)"),
+    ],
+    ids=["no-blocks", "blocks", "residual"],
+)
+def test_stage_depth_beyond_the_teachers_says_what_fits(build, fix):
+    """The fix of a student.architecture that does not fit a CNN said "stage_depth: blocks kept
+    per stage, at most [0, 0]" for one with no removable blocks (only an nn.Sequential's
+    children whose output shape is their input's are; every other block stays), as if a
+    student kept none; the maxima are counted on the meta device as a preflight counts them."""
     from kdc.compress.space import cnn_genes, removable_blocks
-    from kdc.models.cnn import small_cnn
 
     with torch.device("meta"):
-        model = small_cnn(channels=[8, 16], depth=depth)
-    blocks = removable_blocks(model, (1, 1, 8, 8))
+        model = build()
     with pytest.raises(UserError, match=fix) as e:
-        cnn_genes({"stage_depth": [5, 5]}, blocks)
+        cnn_genes({"stage_depth": [5, 5]}, removable_blocks(model, (1, 1, 8, 8)))
     assert "at most [0, 0]" not in str(e.value)
