@@ -436,15 +436,15 @@ def require_stage(ctx: Context, name: str) -> None:
 def _first_stage(ctx: Context, replacing: str | None, record: Callable[[], None]) -> Iterator[None]:
     """Around the first stage an invocation runs: the run's files as they were are kept
     (`RunDir.keep_previous`) before `record` rewrites its manifest, and put back if the stage
-    fails (bad input costs no finished run); dropped once it finishes or is interrupted (the
-    stage is resumed)."""
+    refuses its input (bad input costs no finished run); dropped once it finishes, fails a
+    constraint (its failed report is this run's result) or is interrupted (it is resumed)."""
     kept = ctx.run.keep_previous()
     try:
         if replacing:
             ctx.warn(replacing)
         record()
         yield
-    except Exception:
+    except UserError:
         if kept:
             kept = False  # what a failed restore leaves goes with the next run's temporaries
             with contextlib.suppress(OSError):  # the stage's error is the one to report

@@ -320,3 +320,20 @@ def test_a_stage_failing_on_bad_input_keeps_the_run_it_replaces(tmp_path):
         "report.json",
         "search",
     ]
+
+
+def test_a_first_stage_failing_a_constraint_keeps_its_own_report(tmp_path):
+    """Only bad input puts the previous run back: a search finding no student under the budget
+    (exit 1) is this run's result, and its failed report replaces the previous one, which a CI
+    job would otherwise read as this run's."""
+    from preflight_projects import config
+
+    search = {"strategy": "evolution", "population": 4, "cycles": 2}
+    cfg = config(tmp_path, name="b", search=search, constraints={"latency_budget_ms": 1e-9})
+    run = tmp_path / "out"
+    _finished_run(run)
+    res = runner.invoke(app, ["compress", str(cfg), "--out", str(run), "-q"])
+    assert res.exit_code == 1 and "holds the run it held before" not in res.output, res.output
+    report = json.loads((run / "report.json").read_text())
+    assert report["passed"] is False and report["failure"]["stage"] == "search"
+    assert (run / "search" / "rejected.jsonl").is_file()
