@@ -235,7 +235,8 @@ def check_pruned_heads(conf: dict[str, Any], path: Path) -> None:
     if bad is not None:
         raise UserError(
             f"pruned_heads {json.dumps(bad)} names no heads of this config's layers "
-            f"({layers} of {heads} heads): a layer index, then distinct head indices, one kept",
+            f"({layers} layers of {heads} heads): a layer index, then distinct head indices, "
+            "one kept",
             source=str(path / "config.json"),
             field="pruned_heads",
             fix='map layer indices to the heads pruned from them, as in {"0": [1]}, or remove '

@@ -312,4 +312,4 @@ def test_a_malformed_pruned_heads_is_one_line(tmp_path, pruned_heads):
     with pytest.raises(UserError) as e:
         _reloaded(d)
     assert "\n" not in str(e.value) and "field 'pruned_heads'" in str(e.value)
-    assert str(d / "config.json") in str(e.value)
+    assert str(d / "config.json") in str(e.value) and "(2 layers of 2 heads)" in str(e.value)
