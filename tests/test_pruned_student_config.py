@@ -224,6 +224,8 @@ def test_students_of_a_head_pruned_teacher(tmp_path):
         derive_student(teacher, {**spec, "num_attention_heads": 1}, x)  # one head of 32
     assert "\n" not in str(e.value) and "student.architecture" in str(e.value)
     assert "at most 16" in str(e.value)
+    # student.architecture is the config's field: the error names that file, not the teacher's
+    assert str(e.value.located("m.yaml")).startswith("m.yaml: field 'student.architecture'")
 
 
 def test_a_head_pruned_student_of_an_earlier_kdc_is_stated_on_loading(tmp_path):

@@ -147,7 +147,8 @@ def attention_widths(model: nn.Module) -> list[int]:
 
 def check_attention_width(model: nn.Module, keep: list[int], width: int) -> None:
     """A UserError when a student of teacher layers `keep` with all its heads, `width` attention
-    dims wide, needs more than a kept layer of `model` has left after its heads were pruned."""
+    dims wide, needs more than a kept layer of `model` has left after its heads were pruned.
+    It names no file: the field is the config's, which the run names (`UserError.located`)."""
     widths = attention_widths(model)
     narrow = min((widths[i] for i in keep), default=width) if widths else width
     if width > narrow:
@@ -155,7 +156,6 @@ def check_attention_width(model: nn.Module, keep: list[int], width: int) -> None
         raise UserError(
             f"a student {width} wide needs {width} attention dims, but teacher layer {layer} "
             f"keeps {narrow} (its heads were pruned)",
-            source=getattr(model.config, "_name_or_path", "") or None,
             field="student.architecture",
             fix=f"keep the teacher's hidden_size and num_attention_heads (and its pruned heads), "
             f"or a hidden_size of at most {narrow}",
