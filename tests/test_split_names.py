@@ -375,3 +375,20 @@ def test_compress_notes_a_glob_that_trains_on_an_eval_file(tmp_path):
     for data in ({"eval_fraction": 0.25}, {"eval": "data/eval.csv"}):
         ds = load_dataset(text_cfg(tmp_path, source="data/train.csv", **data))
         assert not [n for n in ds.notes if "splits" in n]
+
+
+def test_init_notes_a_second_training_image_folder_and_how_to_train_on_it(tmp_path, monkeypatch):
+    """Image split folders `train/`, `training/` and `test/`: no pattern names two folders, so
+    the note tells how to train on the one left out instead."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for name in ("train", "training", "test"):
+        image_folder(tmp_path / name, {"cat": 2, "dog": 2}).rename(tmp_path / "data" / name)
+    teacher = TeacherInfo("huggingface", tmp_path, "image-classification", 2)
+    info = inspect_data("data", teacher)
+    assert (info.source, info.eval_source) == ("data/train", "data/test")
+    assert info.notes == [
+        "--data 'data' holds data/training, taken for split 'training', which the config does "
+        "not read: a second training split beside 'train' (data.source); to train on "
+        "'training' instead, set data.source: data/training"
+    ]
