@@ -104,3 +104,22 @@ def test_only_a_graph_not_built_for_tensorrt_gets_int32_gemm_biases(tensorrt):
     model = finish_qdq(_classifier(), tensorrt)
     int32 = [t.name for t in model.graph.initializer if t.data_type == TensorProto.INT32]
     assert bool(int32) is not tensorrt, int32
+
+
+def test_a_bias_beyond_int32_steps_stays_float():
+    model = _classifier()
+    bias = next(t for t in model.graph.initializer if t.name == "bias")
+    bias.CopyFrom(numpy_helper.from_array(np.full(4, 1e9, np.float32), "bias"))  # 5e12 steps
+    assert int8_gemms(model) == 0
+    assert {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT} >= {"bias"}
+    flat = next(n for n in model.graph.node if n.op_type == "Flatten")
+    assert list(flat.input) == ["xq"]  # the Flatten's DequantizeLinear moved all the same
+
+
+def test_a_dequantize_another_node_reads_stays_before_the_flatten():
+    model = _classifier()
+    model.graph.node.append(helper.make_node("Identity", ["xf"], ["xf_too"]))
+    model.graph.output.append(helper.make_tensor_value_info("xf_too", TensorProto.FLOAT, None))
+    assert int8_gemms(model) == 0  # the Gemm's input is then no DequantizeLinear's
+    flat = next(n for n in model.graph.node if n.op_type == "Flatten")
+    assert list(flat.input) == ["xf"]
