@@ -56,6 +56,8 @@ def quantize_int8_nncf(
     """Quantize `src` to `dst` (atomically) calibrated on `calib_inputs` (batches of named
     inputs). Symmetric activations use NNCF's PERFORMANCE preset with the overflow fix disabled
     (TensorRT's scheme); otherwise the MIXED preset (asymmetric activations, better on CPUs).
+    The graph is finished for its engine (`kdc.deploy.qdq.finish_qdq`): signed Q/DQ for
+    TensorRT; otherwise UINT8 activations, int32 Gemm biases and embedding rows gathered in INT8.
     `op_types` limits which ops are quantized (None: NNCF's default set); `nodes_to_exclude`
     (node names) stay in float. `reduce_range`: 7-bit weights in every layer (NNCF's overflow fix;
     its default applies it to the first layer only), for x86 int8 kernels without VNNI.
