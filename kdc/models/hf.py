@@ -108,14 +108,19 @@ def keep_layers(config: Any, keep: list[int]) -> None:
         config.out_features = None  # BackboneConfigMixin's setter: the last stage
 
 
+def bert_attention(mod: nn.Module) -> bool:
+    """Whether `mod` is a BERT-style self-attention (query Linear, int head size): kdc prunes it."""
+    return isinstance(getattr(mod, "query", None), nn.Linear) and isinstance(
+        getattr(mod, "attention_head_size", None), int
+    )
+
+
 def sync_attention_heads(model: nn.Module) -> None:
     """Make each self-attention's head count agree with its query layer after structured pruning
     (or when reloading a pruned model): whole heads are pruned, the head size never is."""
-    for mod in model.modules():
-        q = getattr(mod, "query", None)
-        if isinstance(q, nn.Linear) and isinstance(getattr(mod, "attention_head_size", None), int):
-            mod.all_head_size = q.out_features
-            mod.num_attention_heads = q.out_features // mod.attention_head_size
+    for mod in filter(bert_attention, model.modules()):
+        mod.all_head_size = mod.query.out_features
+        mod.num_attention_heads = mod.query.out_features // mod.attention_head_size
 
 
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")

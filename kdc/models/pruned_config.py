@@ -13,21 +13,18 @@ from typing import Any
 from torch import nn
 
 from kdc.errors import UserError, first_line
-from kdc.models.hf import HIDDEN_WIDTH_KEYS, INTERMEDIATE_KEYS, hidden_size, layer_list
+from kdc.models.hf import (
+    HIDDEN_WIDTH_KEYS,
+    INTERMEDIATE_KEYS,
+    bert_attention,
+    hidden_size,
+    layer_list,
+)
 
 
 def _attention(block: nn.Module) -> nn.Module | None:
-    """A block's BERT-style self-attention (a query Linear, an int head size), the only kind
-    kdc prunes."""
-    return next(
-        (
-            m
-            for m in block.modules()
-            if isinstance(getattr(m, "query", None), nn.Linear)
-            and isinstance(getattr(m, "attention_head_size", None), int)
-        ),
-        None,
-    )
+    """A block's BERT-style self-attention (`bert_attention`)."""
+    return next(filter(bert_attention, block.modules()), None)
 
 
 def record_pruned_heads(config: Any, layer: int, removed: list[int], live: int) -> None:
