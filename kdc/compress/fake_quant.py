@@ -176,21 +176,18 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
     at load. Returns how many were folded."""
     from onnx import numpy_helper
 
-    from kdc.deploy.qdq import node_inputs
+    from kdc.deploy.onnx_graph import constants, reads
 
     graph = model.graph
     fed = {i.name for i in graph.input}  # an initializer that is also an input may be overridden
-    consts = {t.name: t for t in graph.initializer if t.name not in fed}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = node.attribute[0].t
+    consts = constants(graph)
     kept, folded = [], []
     for node in graph.node:
         ins = list(node.input)
         if node.op_type != "QuantizeLinear" or len(ins) != 3 or not all(i in consts for i in ins):
             kept.append(node)
             continue
-        w, scale, zero = (numpy_helper.to_array(consts[i]) for i in ins)
+        w, scale, zero = (consts[i] for i in ins)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         if scale.size > 1:  # per axis: broadcast along `axis`
             shape = [1] * w.ndim
@@ -202,7 +199,7 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
         folded.append(numpy_helper.from_array(q, node.output[0]))
     del graph.node[:]
     graph.node.extend(kept)
-    read = set(node_inputs(graph)) | {o.name for o in graph.output} | fed
+    read = set(reads(graph)) | fed
     kept = [n for n in kept if n.op_type != "Constant" or n.output[0] in read]  # folded scales
     inits = [t for t in [*graph.initializer, *folded] if t.name in read]
     del graph.node[:], graph.initializer[:]

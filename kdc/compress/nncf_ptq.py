@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from kdc.compress.conv_outputs import GraphOps, convs_into_fused_activations, output_quantizer
 from kdc.compress.nncf_quiet import import_nncf, quantize
+from kdc.deploy.onnx_graph import constants
 from kdc.deploy.qdq import finish_qdq
 from kdc.rundir import atomic_path
 
@@ -152,12 +152,7 @@ def _clip_bounds(graph: onnx.GraphProto, name: str) -> tuple[float, float] | Non
     node = next(n for n in graph.node if n.name == name)
     if node.op_type != "Clip":
         return None
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    consts |= {
-        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
-        for n in graph.node
-        if n.op_type == "Constant" and n.attribute[0].name == "value"
-    }
+    consts = constants(graph)
     attrs = {a.name: a.f for a in node.attribute}  # before opset 11
     bounds = []
     for port, key, default in ((1, "min", -np.inf), (2, "max", np.inf)):

@@ -27,6 +27,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from kdc.data.batching import EVAL_BATCH, map_by_length
+from kdc.deploy.onnx_graph import FreshNames, constants, reads
 from kdc.deploy.qdq import unsigned_activations
 from kdc.errors import UserError, first_line
 from kdc.profiles import host_threads
@@ -256,15 +257,9 @@ def _scores_divided(model: onnx.ModelProto) -> bool:
     reciprocal."""
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
-    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    consts |= {
-        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
-        for n in g.node
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
-    }
+    consts = constants(g)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    names = {*producer, *consts, *(i.name for i in g.input)}
-    reciprocals: dict[str, str] = {}
+    fresh, reciprocals = FreshNames(g), {}
     for soft in [n for n in g.node if n.op_type == "Softmax"]:
         axis = next((a.i for a in soft.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
         mul = producer.get(soft.input[0])
@@ -278,16 +273,12 @@ def _scores_divided(model: onnx.ModelProto) -> bool:
         if scale is None or scale.size != 1 or not scale.any():
             continue
         if const not in reciprocals:
-            name = f"{const}_reciprocal"
-            while name in names:
-                name += "_"
-            names.add(name)
-            g.initializer.append(numpy_helper.from_array((1 / scale).astype(scale.dtype), name))
-            reciprocals[const] = name
+            reciprocals[const] = fresh(f"{const}_reciprocal")
+            reciprocal = (1 / scale).astype(scale.dtype)
+            g.initializer.append(numpy_helper.from_array(reciprocal, reciprocals[const]))
         mul.op_type = "Div"
         mul.input[:] = [scores, reciprocals[const]]
-    read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    unread = set(reciprocals) - read  # scales no node reads now: ONNX Runtime warns of each
+    unread = set(reciprocals) - set(reads(g))  # scales read no more: ONNX Runtime warns of each
     keep = [n for n in g.node if not (n.op_type == "Constant" and n.output[0] in unread)]
     del g.node[:]
     g.node.extend(keep)

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from kdc.deploy.onnx_graph import FreshNames, reads
 from kdc.deploy.qdq_gemm import int8_gemms
 
 
@@ -97,21 +98,17 @@ def signed_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     flipped = [n for n in qdq if n.input[2] in unsigned]
     ids = {id(n) for n in flipped}
     read_elsewhere = {i for n in g.node if id(n) not in ids for i in n.input}
-    names = {*init, *(o for n in g.node for o in n.output), *(i.name for i in g.input)}
-    widened: dict[str, str] = {}
+    fresh, widened = FreshNames(g), {}
     for n in flipped:
         scale = n.input[1]
         if scale not in widened:
             wide = (numpy_helper.to_array(init[scale]) * np.float32(255 / 127)).astype(np.float32)
-            name = scale
             if scale in read_elsewhere:
-                while name in names:
-                    name += "_signed"
-                names.add(name)
-                g.initializer.append(numpy_helper.from_array(wide, name))
+                widened[scale] = fresh(f"{scale}_signed")
+                g.initializer.append(numpy_helper.from_array(wide, widened[scale]))
             else:
-                init[scale].CopyFrom(numpy_helper.from_array(wide, name))
-            widened[scale] = name
+                widened[scale] = scale
+                init[scale].CopyFrom(numpy_helper.from_array(wide, scale))
         n.input[1] = widened[scale]
     for name in unsigned:
         zp = init[name]
@@ -132,18 +129,7 @@ def gather_then_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
     init = {i.name: i for i in g.initializer}
     fed = {i.name for i in g.input}  # an initializer that is also an input may be overridden
     producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, int] = {}
-    for name in [*node_inputs(g), *(o.name for o in g.output)]:
-        readers[name] = readers.get(name, 0) + 1
-    taken = {*readers, *init, *producer, *(n.name for n in g.node)}
-
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
-
+    readers, fresh = reads(g), FreshNames(g)
     nodes, dropped, row_scales = [], [], {}
     for n in g.node:
         dq = producer.get(n.input[0]) if n.op_type == "Gather" else None
@@ -172,22 +158,11 @@ def gather_then_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
     keep = [n for n in nodes if id(n) not in gone]
     del g.node[:]
     g.node.extend(keep)
-    read = set(node_inputs(g)) | {o.name for o in g.output}
+    read = set(reads(g))
     stale = {i for dq in dropped for i in dq.input[1:] if i and i not in read}
     for i in [i for i in g.initializer if i.name in stale]:
         g.initializer.remove(i)
     return model
-
-
-def node_inputs(graph: onnx.GraphProto) -> list[str]:
-    """Every input name read by a node of `graph` or of its subgraphs."""
-    names = []
-    for n in graph.node:
-        names += list(n.input)
-        for a in n.attribute:
-            for sub in [a.g] if a.HasField("g") else list(a.graphs):
-                names += node_inputs(sub)
-    return names
 
 
 def _row_scales(

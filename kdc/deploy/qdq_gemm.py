@@ -14,11 +14,11 @@ half a step (far below one int8 step of either).
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from kdc.deploy.onnx_graph import FreshNames, constants, reads
 
 INT32 = np.iinfo(np.int32)
 
@@ -30,37 +30,6 @@ def int8_gemms(model: onnx.ModelProto) -> int:
     DequantizeLinear (`_quantize_biases`). Returns how many biases were quantized."""
     _dequantize_after_flattens(model.graph)
     return _quantize_biases(model.graph)
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """The values of `graph`'s initializers (but those fed as inputs) and Constant nodes."""
-    fed = {i.name for i in graph.input}
-    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in fed}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    return out
-
-
-def _reads(graph: onnx.GraphProto) -> Counter[str]:
-    """How many times each tensor of `graph` is read: by a node, a subgraph's, a graph output."""
-    from kdc.deploy.qdq import node_inputs
-
-    return Counter([*node_inputs(graph), *(o.name for o in graph.output)])
-
-
-class _Names:
-    """Fresh tensor names for `graph`: a base name, suffixed with "_" until unused."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.taken = {*_reads(graph), *(o for n in graph.node for o in n.output)}
-        self.taken |= {t.name for t in graph.initializer}
-
-    def __call__(self, base: str) -> str:
-        while base in self.taken:
-            base += "_"
-        self.taken.add(base)
-        return base
 
 
 def _per_tensor_dq(node: onnx.NodeProto | None, consts: dict[str, np.ndarray]) -> bool:
@@ -76,12 +45,12 @@ def _dequantize_after_flattens(graph: onnx.GraphProto) -> int:
     """Make each `DQ -> Flatten` whose per-tensor DequantizeLinear only that Flatten reads into
     `Flatten -> DQ` (the Flatten of the quantized tensor); the Flatten's output keeps its name.
     Returns how many were moved."""
-    consts = _constants(graph)
+    consts = constants(graph)
     producer = {o: n for n in graph.node for o in n.output}
-    reads, fresh, moved = _reads(graph), _Names(graph), 0
+    readers, fresh, moved = reads(graph), FreshNames(graph), 0
     for flat in [n for n in graph.node if n.op_type == "Flatten"]:
         dq = producer.get(flat.input[0])
-        if not _per_tensor_dq(dq, consts) or reads[dq.output[0]] != 1:
+        if not _per_tensor_dq(dq, consts) or readers[dq.output[0]] != 1:
             continue
         quantized, gone = fresh(f"{flat.output[0]}_quantized"), dq.output[0]
         flat.input[0], dq.input[0] = dq.input[0], quantized
@@ -114,9 +83,9 @@ def _quantize_biases(graph: onnx.GraphProto) -> int:
     """Store the float bias of each Gemm that `_bias_scale` finds a scale for as int32 at that
     scale behind a DequantizeLinear (one beyond int32 there stays float). Returns how many were
     quantized."""
-    consts = _constants(graph)
+    consts = constants(graph)
     producer = {o: n for n in graph.node for o in n.output}
-    fresh, replaced, done = _Names(graph), set(), 0
+    fresh, replaced, done = FreshNames(graph), set(), 0
     for gemm in [n for n in graph.node if n.op_type == "Gemm" and len(n.input) == 3]:
         scale = _bias_scale(gemm, producer, consts)
         bias = gemm.input[2]
@@ -132,7 +101,7 @@ def _quantize_biases(graph: onnx.GraphProto) -> int:
         gemm.input[2] = out
         replaced.add(bias)
         done += 1
-    unread = [t for t in graph.initializer if t.name in replaced - set(_reads(graph))]
+    unread = [t for t in graph.initializer if t.name in replaced - set(reads(graph))]
     for t in unread:
         graph.initializer.remove(t)
     return done
