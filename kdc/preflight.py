@@ -24,6 +24,7 @@ def check_config(cfg: KdcConfig) -> None:
     from kdc.hf_files import check_loadable
     from kdc.models import teacher_kind
     from kdc.preflight_paths import check_paths
+    from kdc.preflight_student import check_student
 
     check_paths(cfg)
     _check_columns(cfg)
@@ -35,8 +36,7 @@ def check_config(cfg: KdcConfig) -> None:
     _check_family(cfg, hf)
     _check_max_length(cfg, hf)
     _check_teacher_code(cfg)
-    _check_student_layers(cfg, hf)
-    _check_student_architecture(cfg, hf)
+    check_student(cfg, hf)
     _check_search_space(cfg)
     if cfg.teacher.path and teacher_kind(cfg) == "huggingface":  # files, last: what it is first
         text = cfg.task != "image-classification"
@@ -526,36 +526,6 @@ def _check_teacher_code(cfg: KdcConfig) -> None:
             field="teacher.name",
             fix=LIBRARY_TEACHERS[kind],
         )
-
-
-def _check_student_layers(cfg: KdcConfig, hf: dict | None) -> None:
-    """`student.layers` against the layer count a Hugging Face teacher's config.json states;
-    other teachers' are checked when the student is built."""
-    from kdc.compress.student import kept_layers
-
-    n = config_size(hf or {}, "num_hidden_layers")
-    if cfg.student.layers is not None and n is not None:
-        try:
-            kept_layers(n, cfg.student.layers)
-        except UserError as e:
-            raise e.located(cfg.source_file) from None
-
-
-def _check_student_architecture(cfg: KdcConfig, hf: dict | None) -> None:
-    """`student.architecture` against the sizes a Hugging Face teacher's config.json states (the
-    search space's rule: sizes within the teacher's, hidden size divisible by the heads)."""
-    from kdc.compress.space import TRANSFORMER_KEYS, transformer_genes
-
-    sizes = [config_size(hf or {}, k) for k in TRANSFORMER_KEYS]
-    if not cfg.student.architecture or None in sizes:
-        return
-    n, hidden, heads, inter = sizes
-    if hidden % heads:  # not a teacher the search could describe either
-        return
-    try:
-        transformer_genes(cfg.student.architecture, n, hidden, heads, inter)
-    except UserError as e:
-        raise e.located(cfg.source_file) from None
 
 
 def _check_search_space(cfg: KdcConfig) -> None:

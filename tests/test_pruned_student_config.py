@@ -207,8 +207,12 @@ def test_students_of_a_head_pruned_teacher(tmp_path):
     """Whole layers keep their pruned heads (renumbered to the student's layers); a student of
     other sizes takes all of its heads from the ones a layer kept, as many as fit; wider, one
     line naming the field."""
+    from kdc.models.pruned_config import attention_widths, stated_attention_widths
+
     _, pruned, x = _pruned(tmp_path, _bert)
     teacher = _reloaded(tmp_path / "pruned")
+    # what validate reads of config.json (`preflight_student`) is what the search slices
+    assert stated_attention_widths(_config(tmp_path / "pruned")) == attention_widths(teacher.model)
     layer1 = derive_student(teacher, {"family": "transformer", "layers": [1]}, x)
     layer1.save(tmp_path / "layer1")
     assert _config(tmp_path / "layer1")["pruned_heads"] == {"0": teacher.config.pruned_heads[1]}
@@ -315,3 +319,39 @@ def test_a_malformed_pruned_heads_is_one_line(tmp_path, pruned_heads):
         _reloaded(d)
     assert "\n" not in str(e.value) and "field 'pruned_heads'" in str(e.value)
     assert str(d / "config.json") in str(e.value) and "(2 layers of 2 heads)" in str(e.value)
+
+
+def test_a_student_wider_than_a_head_pruned_teachers_layers_is_refused_before_a_run(tmp_path):
+    """A fixed student.architecture of other sizes takes all its heads from those each kept
+    layer has: one wider than a kept layer's pruned attention was refused only when the search
+    sliced it; validate and --dry-run said nothing (the same check, from config.json)."""
+    from preflight_projects import dry_run, one_line, runner, text_project
+
+    from kdc.cli import app
+
+    conf = {  # 4 layers of 2 heads of 16; layer 1 keeps one head: 16 attention dims
+        "architectures": ["BertForSequenceClassification"],
+        "model_type": "bert",
+        "num_hidden_layers": 4,
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "pruned_heads": {"1": [0]},
+    }
+    rows = [("good film", "pos"), ("bad plot", "neg")] * 5
+    wide = {"num_hidden_layers": 2, "num_attention_heads": 1}  # one head of 32: layers 1 and 3
+    cfg = text_project(tmp_path / "wide", conf, rows, student={"architecture": wide})
+    for res in (runner.invoke(app, ["validate", str(cfg)]), dry_run(cfg)):
+        line = one_line(res)
+        assert line.startswith(f"error: {cfg}: field 'student.architecture'"), line
+        assert "teacher layer 1 keeps 16 (its heads were pruned)" in line
+        assert "or a hidden_size of at most 16" in line
+    fits = [
+        {"architecture": {**wide, "hidden_size": 16}},  # one head of 16
+        {"architecture": {"num_hidden_layers": 2}},  # the teacher's sizes: its pruned heads
+        {"architecture": wide, "layers": [2, 3]},  # layers that kept their heads
+    ]
+    for k, student in enumerate(fits):
+        cfg = text_project(tmp_path / str(k), conf, rows, student=student)
+        res = runner.invoke(app, ["validate", str(cfg)])
+        assert res.exit_code == 0, res.output

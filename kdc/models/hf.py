@@ -330,7 +330,11 @@ class TransformerAdapter(ModelAdapter):
         for the whole residual stream, whole heads per layer (or their strongest dims when the
         head dim shrinks), the strongest FFN units per layer. Equal sizes copy the teacher, its
         pruned heads too (other sizes take all their heads from those each kept layer has)."""
-        from kdc.models.pruned_config import check_attention_width, check_sliceable
+        from kdc.models.pruned_config import (
+            attention_widths,
+            check_attention_width,
+            check_sliceable,
+        )
 
         check_sliceable(self.model)
         keep = list(spec["layers"])
@@ -342,7 +346,7 @@ class TransformerAdapter(ModelAdapter):
         keep_layers(config, keep)  # the teacher's sizes keep its pruned heads, any other all
         if any(sizes[k] != getattr(config, k) for k in sizes):
             config.pruned_heads = {}
-            check_attention_width(self.model, keep, sizes["hidden_size"])
+            check_attention_width(attention_widths(self.model), keep, sizes["hidden_size"])
         # widths a config sets to the hidden size unless told otherwise: ELECTRA's and DeBERTa's
         # embeddings (no projection to add), DeBERTa's pooler (a 32-wide one fed 16 crashed)
         for k in HIDDEN_WIDTH_KEYS:

@@ -142,11 +142,25 @@ def attention_widths(model: nn.Module) -> list[int]:
     return [a.query.out_features for a in atts] if all(atts) else []  # type: ignore[union-attr]
 
 
-def check_attention_width(model: nn.Module, keep: list[int], width: int) -> None:
+def stated_attention_widths(conf: dict[str, Any]) -> list[int]:
+    """Each layer's attention width a config.json states (a well-formed one, `check_pruned_heads`):
+    head size × its heads less those `pruned_heads` prunes from it, as transformers builds it;
+    empty without pruned heads."""
+    from kdc.hf_files import config_size
+
+    pruned = conf.get("pruned_heads") or {}
+    keys = ("num_hidden_layers", "hidden_size", "num_attention_heads")
+    n, hidden, heads = (config_size(conf, k) for k in keys)
+    if not (pruned and n and hidden and heads):
+        return []
+    return [hidden // heads * (heads - len(pruned.get(str(i), []))) for i in range(n)]
+
+
+def check_attention_width(widths: list[int], keep: list[int], width: int) -> None:
     """A UserError when a student of teacher layers `keep` with all its heads, `width` attention
-    dims wide, needs more than a kept layer of `model` has left after its heads were pruned.
+    dims wide, needs more than a kept layer has left after its heads were pruned (`widths`: each
+    teacher layer's, `attention_widths` or `stated_attention_widths`; empty: none narrowed).
     It names no file: the field is the config's, which the run names (`UserError.located`)."""
-    widths = attention_widths(model)
     narrow = min((widths[i] for i in keep), default=width) if widths else width
     if width > narrow:
         layer = next(i for i in keep if widths[i] == narrow)
