@@ -413,7 +413,8 @@ SCHEMES: dict[str, Scheme] = {
         "NNCF fake quantizers (BatchNorm statistics re-estimated, then folded into the convs; "
         "activations per tensor, unsigned where never negative, within 6 after a ReLU6; "
         "a conv's output quantized before an activation other than a ReLU or ReLU6, "
-        "but for TensorRT)",
+        "but for TensorRT); for ONNX Runtime the classifier an int8 QGemm (its bias int32, "
+        "its input dequantized after the Flatten)",
         version=10,
     ),
     # 2: off TensorRT, a Gemm's bias int32 (a BERT pooler's: ONNX Runtime's QGemm)

@@ -18,7 +18,7 @@ from test_qat_activations import SOURCE, _HardSwishes
 from tiny import optimized_ops, run_onnx
 
 from kdc.compress.nncf_ptq import quantize_int8_nncf
-from kdc.compress.qat import export_qat, quantize_for_training
+from kdc.compress.qat import SCHEMES, export_qat, quantize_for_training
 from kdc.deploy.onnxruntime import quantize_int8
 from kdc.export.onnx_export import export_onnx
 from kdc.models.vision import VisionAdapter
@@ -69,5 +69,7 @@ def test_symmetric_activations_for_onnx_runtime_run_every_conv_int8(tmp_path, me
     assert _signed_activations(path) == 0
     assert ops.count("QLinearConv") >= 2 and not {"Conv", "FusedConv"} & set(ops), ops
     assert ops.count("QGemm") == 1 and "Gemm" not in ops, ops  # the classifier, `qdq_gemm`
+    if method is _qat:  # as the scheme build/engines.json records says
+        assert "classifier an int8 QGemm (its bias int32" in SCHEMES["cnn"].how
     out, ref = run_onnx(path, data.val), model.forward_numpy(data.val)
     np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
