@@ -56,16 +56,14 @@ def quantize_int8_nncf(
     """Quantize `src` to `dst` (atomically) calibrated on `calib_inputs` (batches of named
     inputs). Symmetric activations use NNCF's PERFORMANCE preset with the overflow fix disabled
     (TensorRT's scheme); otherwise the MIXED preset (asymmetric activations, better on CPUs).
-    The graph is finished for its engine (`kdc.deploy.qdq.finish_qdq`): signed Q/DQ for
-    TensorRT; otherwise UINT8 activations, int32 Gemm biases and embedding rows gathered in INT8.
     `op_types` limits which ops are quantized (None: NNCF's default set); `nodes_to_exclude`
     (node names) stay in float. `reduce_range`: 7-bit weights in every layer (NNCF's overflow fix;
     its default applies it to the first layer only), for x86 int8 kernels without VNNI.
     Off `tensorrt`, in a graph with convs (a CNN's; a transformer's quantizes as before), each conv
     NNCF quantizes only after an activation ONNX Runtime cannot drop gets an output quantizer of
-    its own (`quantize_conv_outputs`). The graph is finished for its engine (`finish_qdq`):
-    signed Q/DQ only for `tensorrt`; else UINT8 activations, symmetric ones too, and embedding
-    tables gathered in INT8 and scaled after."""
+    its own (`quantize_conv_outputs`). The graph is finished for its engine
+    (`kdc.deploy.qdq.finish_qdq`): signed Q/DQ only for `tensorrt`; else UINT8 activations,
+    symmetric ones too, int32 Gemm biases and embedding rows gathered in INT8, scaled after."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import OverflowFix
 

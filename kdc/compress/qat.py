@@ -4,8 +4,9 @@ One scheme per model family (SCHEMES): CNNs through NNCF (each BatchNorm first f
 conv before it, `fold_bn`; `nncf.quantize`, then `nncf.strip` into torch fake-quantize modules),
 transformers through fake-quantized Linear layers and embedding tables (`kdc.compress.fake_quant`:
 NNCF's quantized copy of a Hugging Face model does not export).
-The exported graph stores weights as int8 and, unless built for TensorRT, gathers embedding rows
-before dequantizing them and stores Gemm biases int32 (`kdc.deploy.qdq.finish_qdq`).
+The exported graph stores weights as int8 and, unless built for TensorRT, activations UINT8,
+Gemm biases int32 and embedding rows gathered before they are dequantized
+(`kdc.deploy.qdq.finish_qdq`).
 With `reduce_range` (x86 int8 kernels without VNNI, whose 16-bit pair sums saturate on 8-bit
 weights) both schemes train and export 7-bit weights, as PTQ quantizes them there."""
 

@@ -73,9 +73,8 @@ def signed_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     negative, such as a Softmax's output, even under the symmetric preset) INT8 with zero point
     0 and its scale × 255/127: the same range [0, 255 × scale], one bit coarser. Not for ONNX
     Runtime: after a Relu, a zero point 0 INT8 pair keeps the Relu (a UINT8 one from 0 lets
-    ONNX Runtime drop it), and that conv ran in float. A scale that
-    other nodes read too (a signed pair sharing it) is copied, not widened in place. TensorRT
-    takes INT8 Q/DQ only."""
+    ONNX Runtime drop it), and that conv ran in float. A scale that other nodes read too (a
+    signed pair sharing it) is copied, not widened in place. TensorRT takes INT8 Q/DQ only."""
     g = model.graph
     init = {i.name: i for i in g.initializer}
     qdq = [
