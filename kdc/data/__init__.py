@@ -334,7 +334,8 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     """Read, encode labels and split (the eval file, a `datasets` directory's test/validation
     split, else `data.eval_fraction` held out); raise UserError on unusable data. Classes are
     in the order of the teacher's head when it names them (`teacher_names`, its id2label; a
-    class the training split lacks is then allowed and noted), else `class_order`'s."""
+    class the training split lacks is then allowed and noted), else an image folder's by
+    folder name (`folder_order`) and other data's by `class_order`."""
     d = cfg.data
     src_path = cfg.resolve(d.source)
     fmt = _format(cfg, d.source, "data.source")
