@@ -40,7 +40,7 @@ def check_paths(cfg: KdcConfig) -> None:
             continue
         path = cfg.resolve(rel)
         if test == "is_dir" and path.is_file():
-            problem, fix = f"is a file; the {what} is wanted", _file_as_dir_fix(path)
+            problem, fix = f"{path} is a file; the {what} is wanted", _file_as_dir_fix(path)
         elif test == "is_file" and path.is_dir():
             problem, fix = f"{path} is a directory; the {what} is wanted", _dir_as_weights_fix(path)
         elif not getattr(path, test)():

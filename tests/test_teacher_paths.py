@@ -29,7 +29,8 @@ def test_a_file_as_teacher_path_names_the_field_that_takes_it(tmp_path, name, sa
     (tmp_path / name).touch(exist_ok=True)
     cfg = config(tmp_path, teacher={"entrypoint": None, "weights": None, "path": name})
     line = _refused(cfg)
-    assert line.startswith(f"error: {cfg}: field 'teacher.path': is a file"), line
+    where = f"field 'teacher.path': {tmp_path / name} is a file"  # the path, as for a folder
+    assert line.startswith(f"error: {cfg}: {where}"), line
     assert all(s in line for s in says) and "give its directory" not in line, line
 
 

@@ -14,14 +14,14 @@ from kdc.deploy.qdq_gemm import int8_gemms
 
 
 def unsigned_activations(model: onnx.ModelProto) -> onnx.ModelProto:
-    """In a graph with convs (a CNN's; a transformer's is left as it is), make each INT8
-    QuantizeLinear of a computed tensor (an activation) UINT8 with zero point + 128, and the
-    DequantizeLinears of its output with it: the same values. NNCF quantizes an activation that
-    goes below 0 to INT8, and every symmetric one (as ONNX Runtime's quantizer does); ONNX
-    Runtime's x86 int8 convs take UINT8 ones, and it converts an INT8 pair itself only where one
-    DequantizeLinear reads the QuantizeLinear: where two did (a residual branch a conv and an Add
-    read, a conv's output a GELU's Div and Mul read), the conv writing it and the one reading it
-    ran in float. A zero point other nodes read too is left as it is."""
+    """In a graph with convs (a CNN's, a ViT's patch embedding; a text transformer's is left as
+    it is), make each INT8 QuantizeLinear of a computed tensor (an activation) UINT8 with zero
+    point + 128, and the DequantizeLinears of its output with it: the same values. NNCF
+    quantizes an activation that goes below 0 to INT8, and every symmetric one (as ONNX Runtime's
+    quantizer does); ONNX Runtime's x86 int8 convs take UINT8 ones, and it converts an INT8 pair
+    itself only where one DequantizeLinear reads the QuantizeLinear: where two did (a residual
+    branch a conv and an Add read, a conv's output a GELU's Div and Mul read), the conv writing it
+    and the one reading it ran in float. A zero point other nodes read too is left as it is."""
     g = model.graph
     if not any(n.op_type == "Conv" for n in g.node):
         return model
