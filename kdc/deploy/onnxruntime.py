@@ -473,3 +473,37 @@ def weight_granularity(path: Path) -> str:
     if not any(per_channel):
         return "int8 per-tensor"
     return f"int8, {sum(per_channel)} of {len(per_channel)} weight tensors per-channel"
+
+
+def activation_storage(path: Path, symmetric: bool) -> str:
+    """How an INT8 graph's activations are quantized, their storage read from the zero points of
+    its QuantizeLinear nodes of computed tensors: "uint8 asymmetric", "int8 symmetric", or, where
+    `finish_qdq` stored symmetric ones UINT8 for ONNX Runtime's CPU kernels (the same values),
+    e.g. "symmetric, stored uint8 at zero point 128" (with how many of each where they differ)."""
+    if not symmetric:
+        return "uint8 asymmetric"
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    stored = Counter(
+        _stored(inits[n.input[2]])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear"
+        and n.input[0] not in inits
+        and n.input[2:3]
+        and n.input[2] in inits
+    )
+    if set(stored) <= {"int8"}:
+        return "int8 symmetric"
+    if len(stored) == 1:
+        return f"symmetric, stored {next(iter(stored))}"
+    return "symmetric, stored " + ", ".join(f"{k} ({n})" for k, n in stored.most_common())
+
+
+def _stored(zero_point: onnx.TensorProto) -> str:
+    """An activation's storage by its (per-tensor) zero point: "int8", "uint8 from 0", or the
+    type at its zero point."""
+    dtype = "uint8" if zero_point.data_type == onnx.TensorProto.UINT8 else "int8"
+    zp = int(numpy_helper.to_array(zero_point).ravel()[0])
+    if zp == 0:
+        return "int8" if dtype == "int8" else "uint8 from 0"
+    return f"{dtype} at zero point {zp}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdc.deploy.onnxruntime import QUANT_OPS, weight_granularity
+from kdc.deploy.onnxruntime import QUANT_OPS, activation_storage, weight_granularity
 from kdc.deploy.softmax_floor import floor_file
 from kdc.diskspace import engine_bytes_needed, require_free
 from kdc.errors import UserError
@@ -115,7 +115,9 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
         how = _qat_how(ctx)
     else:
         how = _ptq(ctx, src, dst)
-    how["weights"] = weight_granularity(dst)  # of the graph shipped, by QAT or PTQ
+    # of the graph shipped, by QAT or PTQ
+    how["weights"] = weight_granularity(dst)
+    how["activations"] = activation_storage(dst, symmetric_activations(ctx))
     # unless a TensorRT engine is built from this graph (it fuses its attention itself)
     floored = floor_file(dst) if floor and "tensorrt" not in wanted_engines(ctx) else 0
     engines.append(
@@ -160,12 +162,10 @@ def _qat_how(ctx: Context) -> dict:
     """How distillation's quantization-aware training made the INT8 graph."""
     from kdc.compress.qat import SCHEMES
 
-    sym = symmetric_activations(ctx)
     how = {
         "method": "qat",
         "scheme": SCHEMES[ctx.teacher.family].how,
         "epochs": ctx.cfg.quantize.qat_epochs,
-        "activations": "int8 symmetric" if sym else "uint8 asymmetric",
     }
     if qat_reduce_range(ctx.cfg, ctx.profile):  # trained at 7 bits, as distill decided it
         how["reduce_range"] = True
@@ -329,12 +329,8 @@ def _ptq(ctx: Context, src: Path, dst: Path) -> dict:
     from kdc.compress.int8_fallback import keep_sensitive_layers, layer_groups
 
     q, fam = ctx.cfg.quantize, ctx.teacher.family
-    sym = symmetric_activations(ctx)
     backends = list(PTQ_BACKENDS) if q.ptq == "auto" else [q.ptq]
-    how: dict = {
-        "calibration_rows": min(q.calibration_size, len(ctx.dataset.train)),
-        "activations": "int8 symmetric" if sym else "uint8 asymmetric",
-    }
+    how: dict = {"calibration_rows": min(q.calibration_size, len(ctx.dataset.train))}
     if reduce_range(ctx):  # 7-bit weights: x86 int8 kernels without VNNI saturate on 8
         how["reduce_range"] = True
     if len(backends) == 1 and q.max_int8_loss is None:

@@ -169,7 +169,8 @@ def _int8_kernel_advice(how: dict) -> str:
     from kdc.profiles import cpu_info
 
     saturates = int8_saturates(cpu_info()[1])
-    if how.get("activations") == "int8 symmetric":
+    # "int8 symmetric", or "symmetric, stored uint8 ..." (`activation_storage`)
+    if "symmetric" in how.get("activations", "").replace(",", " ").split():
         return "; on CPUs use asymmetric activations (quantize.symmetric_activations: false)"
     if saturates and not how.get("reduce_range"):  # PTQ and QAT alike make 7-bit weights
         return (

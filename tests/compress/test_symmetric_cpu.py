@@ -19,7 +19,7 @@ from tiny import optimized_ops, run_onnx
 
 from kdc.compress.nncf_ptq import quantize_int8_nncf
 from kdc.compress.qat import SCHEMES, export_qat, quantize_for_training
-from kdc.deploy.onnxruntime import quantize_int8
+from kdc.deploy.onnxruntime import activation_storage, quantize_int8
 from kdc.export.onnx_export import export_onnx
 from kdc.models.vision import VisionAdapter
 
@@ -73,3 +73,27 @@ def test_symmetric_activations_for_onnx_runtime_run_every_conv_int8(tmp_path, me
         assert "classifier an int8 QGemm (its bias int32" in SCHEMES["cnn"].how
     out, ref = run_onnx(path, data.val), model.forward_numpy(data.val)
     np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
+
+
+def test_the_record_says_how_the_graph_stores_its_symmetric_activations(tmp_path) -> None:
+    """build/engines.json's `activations`, read from the graph: a CPU CNN's symmetric ones are
+    UINT8 at zero point 128 (after a ReLU from 0), TensorRT's INT8."""
+    torch.manual_seed(0)
+    data = toy_data(cnn((8, 16), 0))
+    src = export_onnx(STUDENTS["residual"](), data.train, tmp_path / "model.onnx")
+    batches = [{k: v[s : s + 16] for k, v in data.train.items()} for s in range(0, 64, 16)]
+    graphs = {
+        unsigned: quantize_int8(
+            src,
+            tmp_path / f"{unsigned}.onnx",
+            batches,
+            symmetric_activations=True,
+            unsigned=unsigned,
+        )
+        for unsigned in (True, False)
+    }
+    assert activation_storage(graphs[False], symmetric=True) == "int8 symmetric"
+    cpu = activation_storage(graphs[True], symmetric=True)
+    assert cpu.startswith("symmetric, stored uint8 at zero point 128"), cpu
+    assert "int8 (" not in cpu  # none left signed
+    assert activation_storage(graphs[True], symmetric=False) == "uint8 asymmetric"

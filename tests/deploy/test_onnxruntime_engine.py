@@ -299,6 +299,8 @@ def test_the_int8_kernel_advice_fits_how_the_graph_was_quantized(monkeypatch) ->
     seven = {**asym, "reduce_range": True}
     qat = {"method": "qat", "activations": "uint8 asymmetric"}
     assert "quantize.symmetric_activations: false" in advice(sym)
+    stored = {**sym, "activations": "symmetric, stored uint8 at zero point 128"}  # a CPU CNN's
+    assert "quantize.symmetric_activations: false" in advice(stored)
     assert "quantize.reduce_range: true" in advice(asym)  # it said "use asymmetric" here
     assert "quantize.precision: fp32" in advice(seven) and "VNNI" in advice(seven)
     # QAT trains 7-bit weights too: not "switch to PTQ" any more
