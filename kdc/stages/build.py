@@ -118,8 +118,10 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
     # of the graph shipped, by QAT or PTQ
     how["weights"] = weight_granularity(dst)
     how["activations"] = activation_storage(dst, symmetric_activations(ctx))
-    # unless a TensorRT engine is built from this graph (it fuses its attention itself)
-    floored = floor_file(dst) if floor and "tensorrt" not in wanted_engines(ctx) else 0
+    # unless a TensorRT engine is built from this graph (`for_tensorrt`, as its quantization
+    # scheme: it fuses its attention itself); one named in build.engines on a target without
+    # TensorRT is not, and the graph ships as ONNX Runtime
+    floored = floor_file(dst) if floor and not for_tensorrt(ctx) else 0
     engines.append(
         {
             "engine": "onnxruntime",

@@ -162,12 +162,20 @@ def fusable_onnx(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    ("target", "setting", "floored"), [("host", True, 2), ("host", False, 0), ("jetson", True, 0)]
+    ("target", "setting", "engines", "floored"),
+    [
+        ("host", True, None, 2),
+        ("host", False, None, 0),
+        ("jetson", True, None, 0),
+        ("jetson", True, ["onnxruntime"], 2),
+        ("host", True, ["onnxruntime", "tensorrt"], 2),  # no TensorRT on host: ONNX Runtime's
+    ],
 )
 def test_the_build_stage_floors_its_onnxruntime_int8_graph(
-    fusable_onnx, tmp_path, target, setting, floored
+    fusable_onnx, tmp_path, target, setting, engines, floored
 ):
-    """Unless `build.softmax_floor` is off or a TensorRT engine is built from the graph."""
+    """Unless `build.softmax_floor` is off or a TensorRT engine is built from the graph
+    (`build.for_tensorrt`, not merely named in build.engines)."""
     (tmp_path / "distill").mkdir()
     (tmp_path / "distill" / "student_qat.onnx").write_bytes(fusable_onnx.read_bytes())
     write_json(
@@ -177,7 +185,9 @@ def test_the_build_stage_floors_its_onnxruntime_int8_graph(
     quantize = QuantizeConfig(precision="int8", method="qat")
     ctx = SimpleNamespace(
         run=RunDir(tmp_path),
-        cfg=SimpleNamespace(build=BuildConfig(softmax_floor=setting), quantize=quantize),
+        cfg=SimpleNamespace(
+            build=BuildConfig(softmax_floor=setting, engines=engines), quantize=quantize
+        ),
         teacher=SimpleNamespace(family="transformer"),
         profile=load_profile(target),
     )
