@@ -15,6 +15,7 @@ from tiny import image_folder
 from kdc.cli import app
 from kdc.config import load_config
 from kdc.data import load_dataset
+from kdc.data.readers import train_and_held
 from kdc.data.shards import split_names
 from kdc.errors import UserError
 from kdc.init import TeacherInfo
@@ -48,7 +49,10 @@ def _splits(root, *names: str) -> None:
         ("retrain.csv", None),
         ("latest.csv", None),
         ("devices.csv", None),
-        ("evaluation.csv", None),
+        ("evaluation.csv", "evaluation"),  # a test split's name to `datasets`, as eval is
+        ("model_evaluation.csv", "evaluation"),
+        ("evaluations.csv", None),
+        ("reevaluation.csv", None),
         ("testé.csv", None),
         ("train_test_split.csv", None),  # two splits' words: neither
         ("ab_test_results.csv", None),  # inside the name: an A/B test's, not a split
@@ -168,7 +172,9 @@ def test_init_keeps_a_glob_no_split_pattern_names_alone(tmp_path, monkeypatch):
     assert "reads the files of the splits test, train as one" in note
 
 
-@pytest.mark.parametrize("held", ["eval.csv", "test.csv", "validation.csv", "dev.csv"])
+@pytest.mark.parametrize(
+    "held", ["eval.csv", "evaluation.csv", "test.csv", "validation.csv", "dev.csv"]
+)
 def test_init_splits_a_glob_over_train_and_a_held_out_split(tmp_path, monkeypatch, held):
     """`--data 'data/*.csv'` over train.csv and eval.csv was read as one training set."""
     monkeypatch.chdir(tmp_path)
@@ -178,6 +184,12 @@ def test_init_splits_a_glob_over_train_and_a_held_out_split(tmp_path, monkeypatc
     )
     assert (info.source, info.eval_source) == ("data/train.csv", f"data/{held}")
     assert (info.rows, info.files, info.notes) == (20, 1, [])
+
+
+def test_evaluation_is_a_test_split_preferred_to_validation() -> None:
+    """As `datasets` groups it: with test, testing and eval, before validation's names."""
+    assert train_and_held(["validation", "evaluation", "train"]) == ("train", "evaluation")
+    assert train_and_held(["evaluation", "test", "train"]) == ("train", "test")
 
 
 def test_init_prefers_test_to_validation_and_notes_a_mix_it_cannot_split(tmp_path, monkeypatch):

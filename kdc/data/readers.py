@@ -465,7 +465,8 @@ def subfolders(path: Path) -> list[Path]:
 
 
 TRAIN_SPLITS = ("train", "training")
-HELD_SPLITS = ("test", "testing", "eval", "validation", "val", "valid", "dev")  # preferred first
+# preferred first: test's names, then validation's, as Hugging Face `datasets` groups them
+HELD_SPLITS = ("test", "testing", "eval", "evaluation", "validation", "val", "valid", "dev")
 
 
 def train_and_held(names: list[str]) -> tuple[str, str | None] | None:
