@@ -479,7 +479,8 @@ def activation_storage(path: Path, symmetric: bool) -> str:
     """How an INT8 graph's activations are quantized, their storage read from the zero points of
     its QuantizeLinear nodes of computed tensors: "uint8 asymmetric", "int8 symmetric", or, where
     `finish_qdq` stored symmetric ones UINT8 for ONNX Runtime's CPU kernels (the same values),
-    e.g. "symmetric, stored uint8 at zero point 128" (with how many of each where they differ)."""
+    e.g. "symmetric, stored uint8 at zero point 128", or "symmetric, stored uint8 at zero point 128
+    (5 tensors) and uint8 from 0 (2 tensors)" (a ReLU's outputs, by NNCF)."""
     if not symmetric:
         return "uint8 asymmetric"
     model = onnx.load(str(path), load_external_data=False)
@@ -496,7 +497,8 @@ def activation_storage(path: Path, symmetric: bool) -> str:
         return "int8 symmetric"
     if len(stored) == 1:
         return f"symmetric, stored {next(iter(stored))}"
-    return "symmetric, stored " + ", ".join(f"{k} ({n})" for k, n in stored.most_common())
+    *most, last = (f"{k} ({n} tensor{'s' * (n > 1)})" for k, n in stored.most_common())
+    return f"symmetric, stored {', '.join(most)} and {last}"
 
 
 def _stored(zero_point: onnx.TensorProto) -> str:

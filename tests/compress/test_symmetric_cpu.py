@@ -96,4 +96,9 @@ def test_the_record_says_how_the_graph_stores_its_symmetric_activations(tmp_path
     cpu = activation_storage(graphs[True], symmetric=True)
     assert cpu.startswith("symmetric, stored uint8 at zero point 128"), cpu
     assert "int8 (" not in cpu  # none left signed
+    nncf = tmp_path / "nncf.onnx"
+    quantize_int8_nncf(src, nncf, batches, symmetric_activations=True)
+    assert activation_storage(nncf, symmetric=True) == (
+        "symmetric, stored uint8 at zero point 128 (5 tensors) and uint8 from 0 (2 tensors)"
+    )
     assert activation_storage(graphs[True], symmetric=False) == "uint8 asymmetric"
