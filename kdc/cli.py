@@ -95,8 +95,9 @@ def validate(config: Config) -> None:
 
     Checks the schema, files, names, the teacher's entrypoint import, a CNN teacher's weight
     shapes against the network its entrypoint builds (called on PyTorch's meta device: no
-    memory, no weights), and the data (read and split as --dry-run does, and matched to a
-    Hugging Face teacher's config.json: class names, image channels)."""
+    memory, no weights), that a small one exports to ONNX (built with random weights), and the
+    data (read and split as --dry-run does, and matched to a Hugging Face teacher's config.json:
+    class names, image channels)."""
     from kdc.config import load_config
     from kdc.models import teacher_kind
     from kdc.preflight import check_config, check_data, check_teacher_weights, config_warnings

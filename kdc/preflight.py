@@ -58,8 +58,10 @@ def check_fit(cfg: KdcConfig, ds: Dataset) -> None:
     """What a run refuses of its data and student before loading the model, which every run
     checks before it writes its run directory: the channels of its images against the
     teacher's config.json num_channels; for a CNN built by code, against its first conv's, its
-    outputs against the classes, and `student.architecture` against its stages."""
+    outputs against the classes, that it exports to ONNX (preflight_export.py), and
+    `student.architecture` against its stages."""
     from kdc.data import channel_mismatch
+    from kdc.preflight_export import check_onnx_export
     from kdc.teacher_fit import label_count_error, meta_outputs
 
     want, basis = (_teacher_config(cfg) or {}).get("num_channels"), "config.json num_channels"
@@ -76,6 +78,8 @@ def check_fit(cfg: KdcConfig, ds: Dataset) -> None:
     outputs = meta_outputs(model, ds.train.features.shape[1:]) if model is not None else None
     if outputs is not None and outputs != ds.num_labels:
         raise label_count_error(cfg.source_file, ds, outputs)
+    if model is not None:
+        check_onnx_export(cfg, model, ds.train.features.shape[1:])
     if model is not None and cfg.student.architecture and cfg.search.strategy == "fixed":
         from kdc.compress.space import cnn_genes, removable_blocks
 

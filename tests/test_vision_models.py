@@ -201,15 +201,17 @@ def test_an_image_folder_of_one_small_size_read_at_224_is_noted(tmp_path):
     assert "read at" not in runner.invoke(app, ["validate", str(cfg)]).output
 
 
-def test_an_operator_onnx_cannot_export_is_one_line_naming_it_without_the_graph(tmp_path):
-    """torch.fft in the teacher's code: exit 2 naming the operator and the fix, not an internal
-    error (exit 3) after the TorchScript exporter printed the whole graph."""
+def test_an_operator_onnx_cannot_export_is_refused_before_a_stage_runs(tmp_path):
+    """torch.fft in the teacher's code (so in the student built from it): `kdc validate` and
+    `kdc compress` exit 2 with one line naming the operator and the fix before the search runs
+    (was: found at the export stage, after the distillation), without the graph the
+    TorchScript exporter prints as it fails, and the run directory gets no manifest."""
     path = _project(tmp_path, "tvnet_e", entry="spectral")
+    res = runner.invoke(app, ["validate", str(path)])
+    assert res.exit_code == 2 and "'aten::fft_rfft2'" in res.output, res.output
     run = tmp_path / "run"
-    for stage in (api.search, api.distill):
-        stage(path, "host", run, quiet=True)
     res = subprocess.run(
-        [sys.executable, "-m", "kdc", "export", str(path), "--out", str(run), "-q"],
+        [sys.executable, "-m", "kdc", "compress", str(path), "--out", str(run), "-q"],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -219,3 +221,11 @@ def test_an_operator_onnx_cannot_export_is_one_line_naming_it_without_the_graph(
     assert "teacher.weights is not set" in lines.pop(0)
     assert len(lines) == 1, lines[:5]
     assert f"{path}: field 'teacher'" in lines[0] and "'aten::fft_rfft2'" in lines[0], lines[0]
+    assert not (run / "manifest.json").exists()
+
+
+def test_a_teacher_over_the_checked_size_is_left_to_the_export_stage(tmp_path, monkeypatch):
+    """Exporting a large teacher would slow every run: `kdc validate` does not try it."""
+    monkeypatch.setattr("kdc.preflight_export.MAX_CHECKED_PARAMS", 10)
+    res = runner.invoke(app, ["validate", str(_project(tmp_path, "tvnet_f", entry="spectral"))])
+    assert res.exit_code == 0, res.output

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -23,9 +24,15 @@ from kdc.models.base import ModelAdapter
 from kdc.rundir import atomic_path
 
 
-def _torch_graph(
-    adapter: ModelAdapter, example: dict[str, np.ndarray], tmp: Path, opset: int, output_name: str
+def torch_graph(
+    adapter: ModelAdapter,
+    example: dict[str, np.ndarray],
+    tmp: Path | BinaryIO,
+    opset: int,
+    output_name: str,
 ) -> None:
+    """`adapter.module` exported by the TorchScript exporter to `tmp` (a path or a file object)
+    on the first two rows of `example`; an operator it cannot export is a UserError."""
     module = adapter.module.eval()
     args = tuple(torch.from_numpy(example[k][:2]) for k in adapter.input_names)
     with _held_stdout() as failed:
@@ -33,7 +40,7 @@ def _torch_graph(
             torch.onnx.export(
                 module,
                 args,
-                str(tmp),
+                str(tmp) if isinstance(tmp, Path) else tmp,
                 input_names=adapter.input_names,
                 output_names=[output_name],
                 dynamic_axes=adapter.dynamic_axes(),
@@ -95,7 +102,7 @@ def _optimum_graph(
 
 EXPORTERS: dict[str, Callable[[ModelAdapter, dict, Path, int, str], None]] = {
     "optimum": _optimum_graph,
-    "torch": _torch_graph,
+    "torch": torch_graph,
 }
 
 
