@@ -452,10 +452,9 @@ def quantize_dynamic_int8(src: Path | str, dst: Path | str) -> Path:
     return dst
 
 
-def weight_granularity(path: Path) -> str:
+def weight_granularity(model: onnx.ModelProto) -> str:
     """How an INT8 graph's weights are scaled, read from its DequantizeLinear nodes of 8-bit
     initializers: "int8 per-channel", "int8 per-tensor", how many per channel, or none."""
-    model = onnx.load(str(path), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
     per_channel = [
@@ -475,7 +474,7 @@ def weight_granularity(path: Path) -> str:
     return f"int8, {sum(per_channel)} of {len(per_channel)} weight tensors per-channel"
 
 
-def activation_storage(path: Path, symmetric: bool) -> str:
+def activation_storage(model: onnx.ModelProto, symmetric: bool) -> str:
     """How an INT8 graph's activations are quantized, their storage read from the zero points of
     its QuantizeLinear nodes of computed tensors: "uint8 asymmetric", "int8 symmetric", or, where
     `finish_qdq` stored symmetric ones UINT8 for ONNX Runtime's CPU kernels (the same values),
@@ -483,7 +482,6 @@ def activation_storage(path: Path, symmetric: bool) -> str:
     (5 tensors) and uint8 from 0 (2 tensors)" (a ReLU's outputs, by NNCF)."""
     if not symmetric:
         return "uint8 asymmetric"
-    model = onnx.load(str(path), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     stored = Counter(
         _stored(inits[n.input[2]])

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from kdc.deploy.onnxruntime import QUANT_OPS, activation_storage, weight_granularity
 from kdc.deploy.softmax_floor import floor_file
@@ -116,8 +117,9 @@ def _onnxruntime_engines(ctx: Context, src: Path, out_dir: Path) -> list[dict]:
     else:
         how = _ptq(ctx, src, dst)
     # of the graph shipped, by QAT or PTQ
-    how["weights"] = weight_granularity(dst)
-    how["activations"] = activation_storage(dst, symmetric_activations(ctx))
+    shipped = onnx.load(str(dst), load_external_data=False)  # read once for both records
+    how["weights"] = weight_granularity(shipped)
+    how["activations"] = activation_storage(shipped, symmetric_activations(ctx))
     # unless a TensorRT engine is built from this graph (`for_tensorrt`, as its quantization
     # scheme: it fuses its attention itself); one named in build.engines on a target without
     # TensorRT is not, and the graph ships as ONNX Runtime

@@ -275,9 +275,9 @@ def test_weight_granularity_is_read_from_the_graph(mlp: Path, tmp: Path) -> None
     per_tensor = quantize_int8(
         mlp, tmp / "pt.onnx", calib, symmetric_activations=True, per_channel=False
     )
-    assert weight_granularity(per_channel) == "int8 per-channel"
-    assert weight_granularity(per_tensor) == "int8 per-tensor"
-    assert weight_granularity(mlp) == "no int8 weights"  # the float graph
+    assert weight_granularity(onnx.load(str(per_channel))) == "int8 per-channel"
+    assert weight_granularity(onnx.load(str(per_tensor))) == "int8 per-tensor"
+    assert weight_granularity(onnx.load(str(mlp))) == "no int8 weights"  # the float graph
 
 
 def test_int8_saturates_on_x86_without_vnni_only() -> None:
