@@ -387,7 +387,6 @@ def plan(
         check_config,
         check_data,
         check_target,
-        check_teacher_weights,
         config_warnings,
         planned_student,
         target_warnings,
@@ -398,7 +397,6 @@ def plan(
     check_config(cfg)
     profile = _profile(target)
     check_target(cfg, profile)
-    check_teacher_weights(cfg)
     run_dir = _run_root(out or default_run_dir(cfg))
     ds = check_data(cfg)
     c = cfg.constraints.model_dump(exclude_none=True)

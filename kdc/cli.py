@@ -100,11 +100,10 @@ def validate(config: Config) -> None:
     class names, image channels)."""
     from kdc.config import load_config
     from kdc.models import teacher_kind
-    from kdc.preflight import check_config, check_data, check_teacher_weights, config_warnings
+    from kdc.preflight import check_config, check_data, config_warnings
 
     cfg = load_config(config)
     check_config(cfg)
-    check_teacher_weights(cfg)
     ds = check_data(cfg)
     for note in [*config_warnings(cfg), *ds.notes]:
         err.print(f"warning: {note}", markup=False)

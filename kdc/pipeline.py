@@ -539,9 +539,9 @@ def run_stages(
                 raise stage_not_ready(ctx, stage.name, now.input_hash)
             else:
                 if not ctx.ran:  # this invocation's first stage
-                    # bad data (a label column, an eval label) or a student that does not fit the
-                    # teacher is refused before a stage starts and the report of a finished run
-                    # goes stale
+                    # bad data (a label column, an eval label), teacher weights of another
+                    # architecture or a student that does not fit the teacher is refused before
+                    # a stage starts and the report of a finished run goes stale
                     check_fit(ctx.cfg, ctx.dataset)
                 with contextlib.nullcontext() if ctx.ran else _first_stage(ctx, replacing, record):
                     _run_one(ctx, stage, now.input_hash, now.upstream, pressed)

@@ -57,9 +57,10 @@ def check_data(cfg: KdcConfig) -> Dataset:
 def check_fit(cfg: KdcConfig, ds: Dataset) -> None:
     """What a run refuses of its data and student before loading the model, which every run
     checks before it writes its run directory: the channels of its images against the
-    teacher's config.json num_channels; for a CNN built by code, against its first conv's, its
-    outputs against the classes, that it exports to ONNX (preflight_export.py), and
-    `student.architecture` against its stages."""
+    teacher's config.json num_channels; for a CNN built by code, its `teacher.weights`
+    (check_teacher_weights), its first conv's against the channels, its outputs against the
+    classes, that it exports to ONNX (preflight_export.py), and `student.architecture` against
+    its stages."""
     from kdc.data import channel_mismatch
     from kdc.preflight_export import check_onnx_export
     from kdc.teacher_fit import label_count_error, meta_outputs
@@ -67,6 +68,7 @@ def check_fit(cfg: KdcConfig, ds: Dataset) -> None:
     want, basis = (_teacher_config(cfg) or {}).get("num_channels"), "config.json num_channels"
     model = _meta_teacher(cfg) if want is None else None
     if model is not None:
+        check_teacher_weights(cfg, model)
         import torch
 
         conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
@@ -544,14 +546,14 @@ def _check_search_space(cfg: KdcConfig) -> None:
             raise unknown_space_key(key, keys).located(cfg.source_file)
 
 
-def check_teacher_weights(cfg: KdcConfig) -> None:
-    """A CNN teacher's `teacher.weights` against the model its entrypoint or library builds (on
-    PyTorch's meta device: no memory, no weights loaded; safetensors read from the header). A
-    builder that cannot run there is left to the run's own check when it loads the teacher."""
+def check_teacher_weights(cfg: KdcConfig, model: torch.nn.Module) -> None:
+    """A CNN teacher's `teacher.weights` against `model`, the one its entrypoint or library
+    builds on PyTorch's meta device (`_meta_teacher`: no memory, no weights loaded; safetensors
+    read from the header). A builder that cannot run there is left to the run's own check when
+    it loads the teacher."""
     from kdc.models.weights import shape_mismatch, weight_shapes
 
-    model = _meta_teacher(cfg) if cfg.teacher.weights else None
-    if model is None:
+    if not cfg.teacher.weights:
         return
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     path = cfg.resolve(cfg.teacher.weights)

@@ -561,16 +561,23 @@ def test_an_onnxruntime_only_run_on_a_tensorrt_target_is_warned(tmp_path):
     assert '"max_batch": 8' in res.output  # the plan shows the build settings the config sets
 
 
-def test_weights_of_another_architecture_are_refused_by_validate_and_dry_run(tmp_path):
+def test_weights_of_another_architecture_are_refused_by_validate_dry_run_and_compress(tmp_path):
     """Without loading them: the entrypoint's model is built on the meta device and the file's
-    shapes read from its safetensors header."""
+    shapes read from its safetensors header. `kdc compress` refuses them as validate does,
+    before its first stage (it had failed later, loading the teacher, with another message)."""
     cfg = _config(tmp_path)
     assert runner.invoke(app, ["validate", str(cfg)]).exit_code == 0
     _weights(tmp_path / "teacher.safetensors", channels=(8, 32))
-    for args in (["validate", str(cfg)], ["compress", str(cfg), "--dry-run"]):
+    out = tmp_path / "run"
+    for args in (
+        ["validate", str(cfg)],
+        ["compress", str(cfg), "--dry-run"],
+        ["compress", str(cfg), "--out", str(out), "--quiet"],
+    ):
         line = _one_line(runner.invoke(app, args))
         assert line.startswith(f"error: {cfg}: field 'teacher.weights'"), line
         assert "size mismatch for 'features.0.weight'" in line and "teacher.kwargs" in line, line
+    assert not out.exists()  # refused before any stage: no run directory left behind
 
 
 def test_a_search_space_for_a_fixed_student_is_warned(tmp_path):
