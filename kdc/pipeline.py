@@ -225,7 +225,12 @@ def _stages() -> list[Stage]:
             lambda cfg: (*split_reads(cfg), "verify", *PARITY),
             whole_profile(*TENSORRT_ONLY),
         ),
-        Stage("report", report.run, lambda cfg: (WHOLE_CONFIG,)),
+        Stage(
+            "report",
+            report.run,
+            lambda cfg: (WHOLE_CONFIG,),
+            versions=lambda cfg: {"report": report.VERSION},
+        ),
     ]
 
 

@@ -267,6 +267,19 @@ def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypat
     assert changed == {(k, t, "build") for k in ("auto", "nncf") for t in targets}
 
 
+def test_a_report_of_an_earlier_report_version_is_written_again(cnn_project, monkeypatch):
+    """The report stage's version is in its hash from 2 on (2: an earlier build's bare ptq: auto
+    timings labelled): a resume of a run reported before rewrites its report, and only that."""
+    from kdc.stages import report
+
+    cfg = yaml.safe_load(cnn_project.read_text())
+    now = _hashes(cfg)
+    assert report.VERSION == 2
+    monkeypatch.setattr(report, "VERSION", 1)
+    before = _hashes(cfg)
+    assert [s for s in now if now[s] != before[s]] == ["report"]
+
+
 def test_resume_after_an_edit_redoes_only_the_stages_reading_it(cnn_project, tmp_path, capsys):
     """Changing the accuracy bound or the calibration rows re-runs neither search nor distill;
     changing the latency budget re-runs search."""

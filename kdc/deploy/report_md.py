@@ -163,8 +163,10 @@ def _quantized_how(report: dict) -> list[str]:
             measure = (q.get("loss") or {}).get("measure")
             how += f"; ptq: auto compared {tried}" + (f", loss: {measure}" if measure else "")
             how += ", deviation: RMS(INT8 - FP32 outputs) / RMS(FP32 outputs)" * bool(dev)
-            if timed:  # timed alike: on one device, at one batch and thread count
-                t = next(iter(timed.values()))
+            t = next(iter(timed.values()), {})  # timed alike: one device, batch, threads
+            if t.get("details"):  # an earlier build's, which recorded neither device nor batch
+                how += f"; p50 measured, details {t['details']}"
+            elif t:
                 how += (
                     f"; p50 measured on {t.get('device', DASH)} at batch {t.get('batch', DASH)}, "
                     f"{t.get('protocol', DASH)}"

@@ -100,7 +100,9 @@ def assemble(ctx: Context) -> dict:
             "pruning": read_json(ctx.run / "distill" / "student.json").get("pruning"),
         },
         "search": _search_section(ctx),
-        "engines": mark_shipped(m["engines"], precision, ctx.profile.runtime.engines),
+        "engines": mark_shipped(
+            labelled_backend_timings(m["engines"]), precision, ctx.profile.runtime.engines
+        ),
         "warnings": run_warnings(ctx, m.get("data"), m["teacher"].get("warnings")),
     }
 
@@ -174,6 +176,43 @@ def write_no_fit_report(
     files = write_report(report, ctx.run.root)
     ctx.run.mark_failed("report", "the search found no student under the budget", files)
     return files
+
+
+# what an earlier build left out of ptq: auto's timings (`labelled_backend_timings`)
+TIMING_NOT_RECORDED = "not recorded (run build again)"
+# the report's own version, in its input hash from 2 on (`Stage.versions`): a `--resume` of a run
+# reported by an earlier version writes its report again. 2: an earlier build's bare ptq: auto
+# timings labelled
+VERSION = 2
+
+
+def labelled_backend_timings(engines: list[dict]) -> list[dict]:
+    """`ptq: auto`'s timings as the measured latency objects build now records: a run built by
+    an earlier kdc keeps a bare `p50_ms` per backend in `quantization.backend_choice` (with the
+    threads and protocol beside it, or neither) until build runs again. What it states is kept
+    (measured by ONNX Runtime, INT8, threads, protocol); the device and batch it does not are
+    said to be unknown (`details`), never guessed."""
+    for e in engines:
+        choice = (e.get("quantization") or {}).get("backend_choice")
+        if not isinstance(choice, dict) or not isinstance(choice.get("p50_ms"), dict):
+            continue
+        bare = choice.pop("p50_ms")
+        beside = {k: choice.pop(k) for k in ("threads", "protocol") if k in choice}
+        choice.setdefault(
+            "latency",
+            {
+                b: {
+                    "kind": "measured",
+                    "engine": "onnxruntime",
+                    "precision": "int8",
+                    "p50_ms": p50,
+                    **beside,
+                    "details": TIMING_NOT_RECORDED,
+                }
+                for b, p50 in bare.items()
+            },
+        )
+    return engines
 
 
 def mark_shipped(engines: list[dict], precision: str, target_engines: list[str]) -> list[dict]:

@@ -425,6 +425,46 @@ def test_markdown_says_how_each_int8_graph_was_made(report):
     assert "with NNCF fake quantizers, weights int8 per-channel" in render_markdown(r)
 
 
+def test_an_earlier_builds_bare_backend_timings_are_labelled_not_shown_bare(report):
+    """A run built before ptq: auto's timings were latency objects keeps a bare p50_ms per
+    backend in engines.json until build runs again: the report stage labels what it states
+    (measured, ONNX Runtime, INT8, threads, protocol) and says the rest was not recorded."""
+    import copy
+
+    from kdc.stages.report import labelled_backend_timings
+
+    r = copy.deepcopy(report)
+    e = next(e for e in r["engines"] if (e["engine"], e["precision"]) == ("onnxruntime", "int8"))
+    choice = {
+        "loss": {"onnxruntime": 0.0, "nncf": 0.0},
+        "deviation": {"onnxruntime": 0.011, "nncf": 0.02},
+        "p50_ms": {"onnxruntime": 0.0131, "nncf": 0.0142},
+        "threads": 2,
+        "protocol": "median p50 of 3 interleaved rounds",
+        "rule": "closest to FP32",
+    }
+    e["quantization"] = {"method": "ort-static-qdq", "backend_choice": choice}
+    others = copy.deepcopy([o for o in r["engines"] if o is not e])
+    labelled_backend_timings(r["engines"])
+    assert [o for o in r["engines"] if o is not e] == others  # engines without it: as they were
+    assert set(choice) == {"loss", "deviation", "rule", "latency"}  # no bare p50_ms left
+    assert choice["latency"]["nncf"] == {
+        "kind": "measured",
+        "engine": "onnxruntime",
+        "precision": "int8",
+        "p50_ms": 0.0142,
+        "threads": 2,
+        "protocol": "median p50 of 3 interleaved rounds",
+        "details": "not recorded (run build again)",
+    }
+    md = render_markdown(r)
+    assert "nncf (loss 0, deviation 0.0200, p50 0.0142 ms)" in md
+    assert "; p50 measured, details not recorded (run build again)" in md
+    assert "measured on —" not in md and "batch —" not in md
+    again = copy.deepcopy(r["engines"])  # the labelled form (as build records it) is kept
+    assert labelled_backend_timings(r["engines"]) == again
+
+
 def test_a_device_timed_engine_still_shows_its_prediction(report):
     """After `kdc verify --device-results` the TensorRT row's measured latency stands beside the
     search's prediction, so the latency model's error stays in view."""
