@@ -165,7 +165,9 @@ def _quantized_how(report: dict) -> list[str]:
             how += ", deviation: RMS(INT8 - FP32 outputs) / RMS(FP32 outputs)" * bool(dev)
             t = next(iter(timed.values()), {})  # timed alike: one device, batch, threads
             if t.get("details"):  # an earlier build's, which recorded neither device nor batch
-                how += f"; p50 measured, details {t['details']}"
+                n = t.get("threads")
+                how += "; p50 measured" + (f" at {n} thread{'s' * (n != 1)}" if n else "")
+                how += (f", {t['protocol']}" if t.get("protocol") else "") + f"; {t['details']}"
             elif t:
                 how += (
                     f"; p50 measured on {t.get('device', DASH)} at batch {t.get('batch', DASH)}, "

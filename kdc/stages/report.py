@@ -179,7 +179,7 @@ def write_no_fit_report(
 
 
 # what an earlier build left out of ptq: auto's timings (`labelled_backend_timings`)
-TIMING_NOT_RECORDED = "not recorded (run build again)"
+TIMING_NOT_RECORDED = "device and batch not recorded (run build again)"
 # the report's own version, in its input hash from 2 on (`Stage.versions`): a `--resume` of a run
 # reported by an earlier version writes its report again. 2: an earlier build's bare ptq: auto
 # timings labelled

@@ -455,14 +455,22 @@ def test_an_earlier_builds_bare_backend_timings_are_labelled_not_shown_bare(repo
         "p50_ms": 0.0142,
         "threads": 2,
         "protocol": "median p50 of 3 interleaved rounds",
-        "details": "not recorded (run build again)",
+        "details": "device and batch not recorded (run build again)",
     }
     md = render_markdown(r)
     assert "nncf (loss 0, deviation 0.0200, p50 0.0142 ms)" in md
-    assert "; p50 measured, details not recorded (run build again)" in md
+    assert (
+        "; p50 measured at 2 threads, median p50 of 3 interleaved rounds; device and batch not "
+        "recorded (run build again)"
+    ) in md
     assert "measured on —" not in md and "batch —" not in md
     again = copy.deepcopy(r["engines"])  # the labelled form (as build records it) is kept
     assert labelled_backend_timings(r["engines"]) == again
+    # the first builds to time the graphs recorded neither threads nor protocol
+    e["quantization"]["backend_choice"] = {"loss": {"nncf": 0.0}, "p50_ms": {"nncf": 0.0142}}
+    labelled_backend_timings(r["engines"])
+    md = render_markdown(r)
+    assert "p50 0.0142 ms); p50 measured; device and batch not recorded (run build again)" in md
 
 
 def test_a_device_timed_engine_still_shows_its_prediction(report):
