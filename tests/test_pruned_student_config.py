@@ -203,6 +203,57 @@ def test_a_resumed_pruning_names_the_heads_an_uninterrupted_one_does(tmp_path):
     assert resumed.config.pruned_heads == student.config.pruned_heads
 
 
+def _heads_kept(teacher, pruned):
+    """Per layer, the teacher heads a pruned ViT kept (whose query rows it has, on the hidden
+    channels it kept: its [CLS] token's)."""
+    from kdc.models.hf import layer_list
+
+    t_cls, p_cls = (m.model.vit.embeddings.cls_token[0, 0] for m in (teacher, pruned))
+    cols = [int((t_cls == v).nonzero()[0, 0]) for v in p_cls]
+    kept = []
+    for t_block, p_block in zip(layer_list(teacher.model), layer_list(pruned.model), strict=True):
+        t_q, p_q = (b.attention.attention.query.weight for b in (t_block, p_block))
+        t_heads, p_heads = t_q[:, cols].view(-1, 8, len(cols)), p_q.view(-1, 8, len(cols))
+        kept.append([h for p in p_heads for h, t in enumerate(t_heads) if torch.equal(p, t)])
+    return kept
+
+
+@pytest.mark.parametrize(("head_ratio", "steps"), [(0.5, 1), (0.75, 3)])
+def test_heads_pruned_with_the_hidden_size_are_the_ones_removed(tmp_path, head_ratio, steps):
+    """The hidden size pruned too (4 heads of 8 in 32 to 24: a config of 3 heads), each layer
+    listed its last heads by count; it lists the heads it removed (the lowest-numbered ones,
+    as many as the config's heads hold), numbered as the teacher numbers them, across steps (a
+    checkpoint keeps that numbering), and transformers rebuilds it exactly."""
+    from kdc.compress.distill import _pruned_heads, _restore
+
+    torch.manual_seed(0)
+    teacher = HFImageAdapter(tiny_vit(["a", "b"], channels=1, hidden=32, layers=2, heads=4).eval())
+    x = teacher.encode(np.random.default_rng(0).random((4, 1, 8, 8), np.float32))
+    cfg = PruneConfig(enabled=True, ratio=head_ratio, hidden_ratio=0.25, steps=steps)
+    student = copy.deepcopy(teacher)
+    pruning = GradualPruning(student, x, cfg, ratio=head_ratio, round_to=8)
+    pruning.start(steps)
+    while pruning.done < steps - 1:
+        pruning.step()
+    resumed = copy.deepcopy(teacher)  # from the checkpoint of the step before the last
+    _restore(
+        resumed, {"model": student.module.state_dict(), "pruned_heads": _pruned_heads(student)}
+    )
+    assert resumed.config.pruned_heads == student.config.pruned_heads
+    assert _pruned_heads(resumed) == _pruned_heads(student)  # numbered as the teacher's heads
+    pruning.step()
+
+    conf, kept = student.config, _heads_kept(teacher, student)
+    assert (conf.hidden_size, conf.num_attention_heads) == (24, 3)
+    assert [len(k) for k in kept] == [round(4 * (1 - head_ratio))] * 2
+    removed = [[h for h in range(4) if h not in k][: 3 - len(k)] for k in kept]
+    assert conf.pruned_heads == dict(enumerate(removed))
+    student.save(tmp_path / "pruned")
+    np.testing.assert_allclose(
+        _hf_logits(tmp_path / "pruned", x), student.forward_numpy(x), atol=1e-6
+    )
+
+
 def test_students_of_a_head_pruned_teacher(tmp_path):
     """Whole layers keep their pruned heads (renumbered to the student's layers); a student of
     other sizes takes all of its heads from the ones a layer kept, as many as fit; wider, one

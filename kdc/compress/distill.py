@@ -318,16 +318,20 @@ class _Trainer:
 
 
 def _pruned_heads(student: ModelAdapter) -> dict[int, list[int]]:
-    """Which heads a transformer student's layers lost (its config's pruned_heads), which a
-    checkpoint's shapes do not tell: its config.json names them as an uninterrupted run's."""
-    return dict(getattr(getattr(student, "config", None), "pruned_heads", None) or {})
+    """Which heads a transformer student's layers lost (`head_records`), which a checkpoint's
+    shapes do not tell: its config.json names them as an uninterrupted run's."""
+    from kdc.models.pruned_config import head_records
+
+    return head_records(student.model) if student.family == "transformer" else {}  # type: ignore[attr-defined]
 
 
 def _restore(student: ModelAdapter, state: dict) -> None:
     """Load a checkpoint's student weights, re-shaping a model pruned since it was built."""
+    from kdc.models.pruned_config import restore_head_records
+
     weights = state["model"]
     if state.get("pruned_heads"):
-        student.config.pruned_heads = dict(state["pruned_heads"])  # type: ignore[attr-defined]
+        restore_head_records(student.model, state["pruned_heads"])  # type: ignore[attr-defined]
     if any(
         tuple(v.shape) != tuple(weights[k].shape)
         for k, v in student.module.state_dict().items()

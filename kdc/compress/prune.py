@@ -125,25 +125,27 @@ def sync_after_pruning(adapter: ModelAdapter) -> None:
 
 
 def prune_step(pruner: Any, adapter: ModelAdapter) -> None:
-    """One `pruner` step, each transformer layer's removed heads recorded in its config as
-    transformers numbers them (`record_pruned_heads`), where transformers can prune the
-    family's heads: a config states them as `pruned_heads`."""
+    """One `pruner` step, each transformer layer's removed heads recorded on its self-attention
+    (`record_pruned_heads`), where transformers can prune the family's heads: its config states
+    them as `pruned_heads` (`sync_config`)."""
     import torch_pruning as tp
 
-    queries: dict[nn.Module, tuple[int, int]] = {}
+    queries: dict[nn.Module, tuple[int, nn.Module]] = {}
     model = getattr(adapter, "model", None)
     if adapter.family == "transformer" and hasattr(model.base_model, "_prune_heads"):
         from kdc.models.hf import layer_list
         from kdc.models.pruned_config import record_pruned_heads
 
         atts = [self_attention(b) for b in layer_list(model)]  # (others: no config states heads)
-        queries = {a.query: (i, a.attention_head_size) for i, a in enumerate(atts) if a}
+        queries = {a.query: (i, a) for i, a in enumerate(atts) if a}
     for group in pruner.step(interactive=True):
         for dep, idxs in group:
-            layer, d = queries.get(dep.target.module, (None, 0))
-            if layer is not None and dep.handler == tp.prune_linear_out_channels:
+            layer, att = queries.get(dep.target.module, (None, None))
+            if att is not None and dep.handler == tp.prune_linear_out_channels:
+                d = att.attention_head_size
+                removed = sorted({i // d for i in idxs})
                 live = dep.target.module.out_features // d
-                record_pruned_heads(model.config, layer, sorted({i // d for i in idxs}), live)
+                record_pruned_heads(model.config, layer, att, removed, live)
         group.prune()
     sync_after_pruning(adapter)
 

@@ -27,27 +27,58 @@ def _attention(block: nn.Module) -> nn.Module | None:
     return next(filter(bert_attention, block.modules()), None)
 
 
-def record_pruned_heads(config: Any, layer: int, removed: list[int], live: int) -> None:
-    """Add to `config.pruned_heads` the heads `removed` from `layer`, numbered among its `live`
-    heads (as torch-pruning numbers them), renumbered among the config's heads as transformers
-    numbers them (the heads it pruned before are left out of the count). Nothing when the
-    config's heads less those already recorded are not the live ones (a hidden size pruned
-    too): `sync_config` then states how many, not which."""
-    pruned = config.pruned_heads.get(layer, [])
-    kept = [h for h in range(config.num_attention_heads) if h not in pruned]
-    if len(kept) == live:
-        config.pruned_heads = {
-            **config.pruned_heads,
-            layer: sorted({*pruned, *map(kept.__getitem__, removed)}),
-        }
+# a self-attention's heads kdc pruned, numbered among those its layer had before (`removed_heads`)
+REMOVED = "kdc_removed_heads"
 
 
-def _pruned_heads(config: Any, layer: int, live: int, n: int) -> list[int]:
-    """The `n - live` heads `layer` lost, among the `n` a config states: those recorded while
-    pruning (`record_pruned_heads`), else (a hidden size pruned too, or a student of an earlier
-    kdc) the last ones, which build the same shapes."""
-    known = sorted(config.pruned_heads.get(layer, [])) if config.num_attention_heads == n else []
-    return known if len(known) == n - live else list(range(live, n))
+def removed_heads(config: Any, layer: int, attention: nn.Module) -> list[int]:
+    """The heads `layer` (its self-`attention`) lost, numbered among those it had before kdc
+    pruned it: recorded on the attention while pruning (`record_pruned_heads`; a config's
+    numbering changes when the hidden size is pruned too), else its config's `pruned_heads`."""
+    return getattr(attention, REMOVED, None) or list(config.pruned_heads.get(layer, []))
+
+
+def _kept(gone: list[int], live: int) -> list[int]:
+    """The numbers of a layer's `live` heads, the heads it lost `gone` (the first `live` when
+    the two disagree)."""
+    kept = [h for h in range(live + len(gone)) if h not in gone]
+    return kept if len(kept) == live else list(range(live))
+
+
+def record_pruned_heads(
+    config: Any, layer: int, attention: nn.Module, removed: list[int], live: int
+) -> None:
+    """Record on `layer`'s self-`attention` the heads `removed` from it, numbered among its `live`
+    heads (as torch-pruning numbers them), renumbered as `removed_heads` numbers them."""
+    gone = removed_heads(config, layer, attention)
+    kept = _kept(gone, live)
+    setattr(attention, REMOVED, sorted({*gone, *map(kept.__getitem__, removed)}))
+
+
+def head_records(model: nn.Module) -> dict[int, list[int]]:
+    """Each layer's `removed_heads`, of the layers that lost any (a checkpoint keeps them: its
+    weights' shapes tell how many heads each layer lost, not which)."""
+    atts = [_attention(b) for b in layer_list(model)]
+    gone = {i: removed_heads(model.config, i, a) for i, a in enumerate(atts) if a is not None}
+    return {i: heads for i, heads in gone.items() if heads}
+
+
+def restore_head_records(model: nn.Module, records: dict[int, list[int]]) -> None:
+    """Put `head_records` back on `model`'s self-attentions."""
+    for i, block in enumerate(layer_list(model)):
+        attention = _attention(block)
+        if attention is not None and records.get(i):
+            setattr(attention, REMOVED, list(records[i]))
+
+
+def _pruned_heads(config: Any, layer: int, attention: nn.Module, live: int, n: int) -> list[int]:
+    """The heads `layer` lost as its config's `pruned_heads` states them, among the `n` its
+    hidden size holds: its `live` heads keep their numbers (`removed_heads`) where they fit, so
+    the heads listed are the lowest-numbered of those it lost (all of them unless the hidden
+    size was pruned too). Without a record (a student of an earlier kdc) the last ones, which
+    build the same shapes."""
+    kept = _kept(removed_heads(config, layer, attention), live)
+    return [h for h in range(n) if h not in kept][: n - live]
 
 
 def _stated_sizes(model: nn.Module) -> dict[str, Any] | str | None:
@@ -67,7 +98,7 @@ def _stated_sizes(model: nn.Module) -> dict[str, Any] | str | None:
     n = hidden // d
     if hidden % d or max(live) > n:
         return f"its {max(live)} heads of {d} dims do not fit its hidden size {hidden}"
-    pruned = {i: _pruned_heads(config, i, h, n) for i, h in enumerate(live) if h < n}
+    pruned = {i: _pruned_heads(config, i, a, live[i], n) for i, a in enumerate(atts) if live[i] < n}
     if pruned and not hasattr(model.base_model, "_prune_heads"):
         return (
             f"its layers keep {sorted(set(live))} of {n} heads and transformers cannot prune "
