@@ -46,8 +46,10 @@ def head_schedule(heads: int, ratio: float, steps: int) -> list[float]:
 
 
 # how a transformer student is pruned, in distill's input hash from 2 on (`distill_versions`):
-# 2, its whole classification head left unpruned (ELECTRA's and RoBERTa's dense layer too)
-TRANSFORMER_VERSION = 2
+# 2, its whole classification head left unpruned (ELECTRA's and RoBERTa's dense layer too);
+# 3, its config.json states the heads each layer lost (`pruned_heads`), the hidden size pruned
+# too the ones it removed
+TRANSFORMER_VERSION = 3
 
 
 def _transformer_args(
