@@ -30,6 +30,9 @@ HEAD_DIMS = (32, 64)  # attention head sizes that map well onto tensor cores / S
 # a transformer student's sizes (`student.architecture`'s keys), as config.json names them
 TRANSFORMER_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
 WIDTH_STEPS = 8  # CNN width multipliers k/8 and FFN sizes k/8 of the teacher's
+# a head-pruned teacher's architecture keys (`hf.attention_sizes`), which a student of another
+# width (all its heads, hidden size / head size) does not have
+PRUNED_HEAD_KEYS = ("attention_head_size", "layer_heads")
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,9 @@ class TransformerSpace(Space):
         # ones fit in the attention dims its narrowest layer kept
         stated = conf.hidden_size == self.hidden
         self.heads = conf.num_attention_heads if stated else arch["num_attention_heads"]
+        # each layer's live heads, of head_size dims, which students of its width keep
+        self.layer_heads = arch.get("layer_heads") or [arch["num_attention_heads"]] * self.n_layers
+        self.head_size = arch.get("attention_head_size") or self.hidden // self.heads
         self.inter = next(getattr(conf, k) for k in INTERMEDIATE_KEYS if hasattr(conf, k))
         self.max_length = arch.get("max_length")  # text; a vision transformer has image_size
         head_dims = sorted({*HEAD_DIMS, self.hidden // self.heads})
@@ -210,6 +216,8 @@ class TransformerSpace(Space):
         }
 
     def decode(self, genes: dict[str, Any]) -> Candidate:
+        from kdc.models.hf import attention_sizes
+
         n = int(genes["num_hidden_layers"])
         hidden, heads = (int(x) for x in genes["width"])
         inter = int(genes["intermediate_size"])
@@ -219,12 +227,16 @@ class TransformerSpace(Space):
             "num_attention_heads": heads,
             "intermediate_size": inter,
         }
-        arch = {**self.teacher_arch, **sizes}
+        layers = evenly_spaced(self.n_layers, n)
+        arch = {k: v for k, v in self.teacher_arch.items() if k not in PRUNED_HEAD_KEYS}
+        arch |= sizes
         if (hidden, heads) == (self.hidden, self.heads):  # the teacher's pruned heads kept
-            arch["num_attention_heads"] = self.teacher_arch["num_attention_heads"]
+            arch |= attention_sizes(
+                [self.layer_heads[i] for i in layers], self.head_size, self.hidden
+            )
         spec = {
             "family": "transformer",
-            "layers": evenly_spaced(self.n_layers, n),
+            "layers": layers,
             **{k: v for k, v in sizes.items() if k != "num_hidden_layers"},
         }
         cost = {**arch, "cls_only_last_layer": self.cls_only}

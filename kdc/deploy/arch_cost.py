@@ -30,7 +30,8 @@ def _transformer(
     too) and position embeddings instead of the mask and token embeddings, attention without a
     mask, a final LN, no pooler; `classifier_tokens` tokens each gathered into a classifier GEMM
     whose logits are averaged (DeiT's WithTeacher head), or with `pooling: mean` (BEiT) the mean
-    of the patch tokens and its LN instead of the final LN and the gather."""
+    of the patch tokens and its LN instead of the final LN and the gather. Each layer's heads
+    and attention dims are `_attention_widths`' (pruned heads narrow them)."""
     a = {_ARCH_ALIASES.get(k, k): v for k, v in arch.items()}
     try:
         n_layers, h = int(a["num_hidden_layers"]), int(a["hidden_size"])
@@ -42,6 +43,7 @@ def _transformer(
             field="architecture",
             fix="give num_hidden_layers and hidden_size",
         ) from None
+    layer_heads, widths = _attention_widths(a, n_layers, h, heads)
     image = _image_input(a, input_shapes)  # a vision transformer: (channels, side, patch)
     shape = (input_shapes or {}).get("input_ids")
     seq = int(shape[1]) if shape else int(a.get("max_length") or 0)
@@ -131,18 +133,19 @@ def _transformer(
             },
         )
         add("embeddings.ln", ln, 8.0 * bsh, 2.0 * bsh, 2.0 * h, "norm", {"emb.ln": 2.0 * h})
-    for i in range(n_layers):
+    for i, (n_heads, att) in enumerate(zip(layer_heads, widths, strict=True)):
         p = f"layer{i}"
         # with `cls_only_last_layer` (kdc.export.cls_only) the last layer's query, output and
         # FFN run on the first position only; keys and values still cover the sequence
         q = 1 if i == n_layers - 1 and a.get("cls_only_last_layer") else s
-        bq, bqh, hs = b * q, b * q * h, b * heads * q * s
+        bq, bqh, hs = b * q, b * q * h, b * n_heads * q * s
+        bqa, bsa = b * q * att, b * s * att  # the layer's attention dims (its heads' width)
         if q == 1:  # the export slices out the first position and the mask's first query row
             add(f"{p}.cls_slice", ("Slice",), 0.0, 2.0 * b * h, 2.0, "memory")
             add(f"{p}.mask_slice", ("Slice",), 0.0, 2.0 * bs, 3.0, "memory")
-        linear(f"{p}.q", h, h, bq)
+        linear(f"{p}.q", h, att, bq)
         for kv in "kv":
-            linear(f"{p}.{kv}", h, h, bs)
+            linear(f"{p}.{kv}", h, att, bs)
         add(
             f"{p}.attention",
             (
@@ -156,13 +159,13 @@ def _transformer(
                 "MatMul",
                 "Transpose",
             ),
-            4.0 * b * q * s * h + 7.0 * hs,
-            2.0 * bsh + 2.0 * bqh + bs,
+            4.0 * b * q * s * att + 7.0 * hs,
+            2.0 * bsa + 2.0 * bqa + bs,
             1.0,
             "attention",
             scores=hs,
         )
-        linear(f"{p}.o", h, h, bq, ("Add",), bqh, bqh)
+        linear(f"{p}.o", att, h, bq, ("Add",), bqh, bqh)
         add(f"{p}.ln1", ln, 8.0 * bqh, 2.0 * bqh, 2.0 * h, "norm", {f"{p}.ln1": 2.0 * h})
         rows_i = bq * inter
         linear(f"{p}.ffn1", h, inter, bq, ("Div", "Erf", "Add", "Mul", "Mul"), 8.0 * rows_i)
@@ -205,13 +208,37 @@ def _transformer(
             {f"classifier{t or ''}": h * labels + labels},
         )
     rows = s if n_layers > 1 or not a.get("cls_only_last_layer") else 1  # of the widest layer
-    peak = 3.0 * bsh + b * heads * rows * s + b * rows * inter
+    peak = 3.0 * bsh + b * max(layer_heads) * rows * s + b * rows * inter
     inputs = (
         {"pixel_values": [b, image[0], image[1], image[1]]}
         if image
         else {"input_ids": [b, s], "attention_mask": [b, s]}
     )
     return GraphCost(ks, inputs, w, peak)
+
+
+def _attention_widths(
+    a: dict[str, Any], n_layers: int, h: int, heads: int
+) -> tuple[list[int], list[int]]:
+    """Each layer's heads and attention dims: `layer_heads` (a head-pruned model's layers may
+    keep different counts), else `heads` in every layer; of `attention_head_size` each (heads
+    pruned: narrower than the hidden size), else h / heads. A UserError naming the field when
+    `layer_heads` is not one whole count per layer."""
+    per_layer = a.get("layer_heads") or [heads] * n_layers
+    size = a.get("attention_head_size")
+    try:
+        layer_heads = [int(n) for n in per_layer]
+        if len(layer_heads) != n_layers or min(layer_heads) < 1:
+            raise ValueError
+        widths = [n * int(size) if size else h * n // heads for n in layer_heads]
+    except (TypeError, ValueError):
+        raise UserError(
+            f"transformer architecture's layer_heads {per_layer} (attention_head_size {size}) "
+            f"is not a head count for each of its {n_layers} layers",
+            field="architecture.layer_heads",
+            fix="give one whole number of heads per layer, and a whole attention_head_size",
+        ) from None
+    return layer_heads, widths
 
 
 def _image_input(

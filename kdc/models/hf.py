@@ -91,6 +91,25 @@ def bert_attention(mod: nn.Module) -> bool:
     )
 
 
+def block_attention(block: nn.Module) -> nn.Module | None:
+    """A block's BERT-style self-attention (`bert_attention`), None in other families."""
+    return next(filter(bert_attention, block.modules()), None)
+
+
+def attention_sizes(heads: list[int], head_size: int, hidden: int) -> dict[str, Any]:
+    """The architecture keys of layers of `heads` heads (each layer's) of `head_size` dims in a
+    residual stream `hidden` wide: `num_attention_heads` (the first layer's) and, where heads
+    were pruned, `attention_head_size` (attention narrower than the hidden size) and
+    `layer_heads` (where the layers' counts differ), by which the latency model costs each
+    layer (`kdc.deploy.arch_cost`)."""
+    sizes: dict[str, Any] = {"num_attention_heads": heads[0]}
+    if any(n * head_size != hidden for n in heads):
+        sizes["attention_head_size"] = head_size
+    if len(set(heads)) > 1:
+        sizes["layer_heads"] = list(heads)
+    return sizes
+
+
 def sync_attention_heads(model: nn.Module) -> None:
     """Make each self-attention's head count agree with its query layer after structured pruning
     (or when reloading a pruned model): whole heads are pruned, the head size never is."""
@@ -262,13 +281,17 @@ class TransformerAdapter(ModelAdapter):
     def architecture(self) -> dict[str, Any]:
         c = self.config
         layers = layer_list(self.model)
-        # live sizes (structured pruning changes them; the HF config keeps the original ones)
-        heads = [
-            m.num_attention_heads
-            for m in layers[0].modules()
-            if isinstance(getattr(m, "query", None), nn.Linear)
-            and isinstance(getattr(m, "num_attention_heads", None), int)
-        ]
+        hidden = hidden_size(self.model)
+        # live sizes (structured pruning changes them; the HF config keeps the original ones),
+        # each layer's heads (pruned heads may leave layers different counts)
+        atts: list[Any] = [block_attention(b) for b in layers]
+        heads = (
+            attention_sizes(
+                [a.num_attention_heads for a in atts], atts[0].attention_head_size, hidden
+            )
+            if all(atts)
+            else {"num_attention_heads": c.num_attention_heads}
+        )
         ffn = getattr(getattr(layers[0], "intermediate", None), "dense", None)
         if ffn is None:  # DistilBERT's
             ffn = getattr(getattr(layers[0], "ffn", None), "lin1", None)
@@ -277,8 +300,8 @@ class TransformerAdapter(ModelAdapter):
             "family": "transformer",
             "model_type": c.model_type,
             "num_hidden_layers": len(layers),
-            "hidden_size": hidden_size(self.model),
-            "num_attention_heads": heads[0] if heads else c.num_attention_heads,
+            "hidden_size": hidden,
+            **heads,
             "intermediate_size": ffn.out_features
             if isinstance(ffn, nn.Linear)
             else next((getattr(c, k) for k in INTERMEDIATE_KEYS if hasattr(c, k)), None),

@@ -16,16 +16,10 @@ from kdc.errors import UserError, first_line
 from kdc.models.hf import (
     HIDDEN_WIDTH_KEYS,
     INTERMEDIATE_KEYS,
-    bert_attention,
+    block_attention,
     hidden_size,
     layer_list,
 )
-
-
-def _attention(block: nn.Module) -> nn.Module | None:
-    """A block's BERT-style self-attention (`bert_attention`)."""
-    return next(filter(bert_attention, block.modules()), None)
-
 
 # a self-attention's heads kdc pruned, numbered among those its layer had before (`removed_heads`)
 REMOVED = "kdc_removed_heads"
@@ -58,7 +52,7 @@ def record_pruned_heads(
 def head_records(model: nn.Module) -> dict[int, list[int]]:
     """Each layer's `removed_heads`, of the layers that lost any (a checkpoint keeps them: its
     weights' shapes tell how many heads each layer lost, not which)."""
-    atts = [_attention(b) for b in layer_list(model)]
+    atts = [block_attention(b) for b in layer_list(model)]
     gone = {i: removed_heads(model.config, i, a) for i, a in enumerate(atts) if a is not None}
     return {i: heads for i, heads in gone.items() if heads}
 
@@ -66,7 +60,7 @@ def head_records(model: nn.Module) -> dict[int, list[int]]:
 def restore_head_records(model: nn.Module, records: dict[int, list[int]]) -> None:
     """Put `head_records` back on `model`'s self-attentions."""
     for i, block in enumerate(layer_list(model)):
-        attention = _attention(block)
+        attention = block_attention(block)
         if attention is not None and records.get(i):
             setattr(attention, REMOVED, list(records[i]))
 
@@ -84,7 +78,7 @@ def _pruned_heads(config: Any, layer: int, attention: nn.Module, live: int, n: i
 def _stated_sizes(model: nn.Module) -> dict[str, Any] | str | None:
     """The config values that state `model`'s live sizes, why none can (str), or None when it
     has no BERT-style blocks (kdc prunes no other)."""
-    atts = [_attention(b) for b in layer_list(model)]
+    atts = [block_attention(b) for b in layer_list(model)]
     ffns = [getattr(getattr(b, "intermediate", None), "dense", None) for b in layer_list(model)]
     config = model.config
     inter_key = next((k for k in INTERMEDIATE_KEYS if hasattr(config, k)), None)
@@ -169,7 +163,7 @@ def check_sliceable(model: nn.Module) -> None:
 def attention_widths(model: nn.Module) -> list[int]:
     """Each layer's live attention width (heads × head size), which pruned heads narrow; empty
     for blocks kdc does not prune."""
-    atts = [_attention(b) for b in layer_list(model)]
+    atts = [block_attention(b) for b in layer_list(model)]
     return [a.query.out_features for a in atts] if all(atts) else []  # type: ignore[union-attr]
 
 
