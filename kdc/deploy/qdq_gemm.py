@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from kdc.deploy.kernels import attr
 from kdc.deploy.onnx_graph import FreshNames, constants, reads
 
 INT32 = np.iinfo(np.int32)
@@ -66,16 +67,18 @@ def _dequantize_after_flattens(graph: onnx.GraphProto) -> int:
 def _bias_scale(gemm: onnx.NodeProto, producer: dict, consts: dict) -> np.ndarray | None:
     """The int32 scale of `gemm`'s float bias, its input's scale × its weight's, where ONNX
     Runtime's QGemm takes it: beta 1, a constant 1-D bias, the input dequantized per tensor and
-    the weight per tensor or per output channel; else None."""
+    the weight per tensor or per output channel (a 2-D weight's axis 0 with transB, 1 without);
+    else None."""
     dq_a, dq_b, bias = producer.get(gemm.input[0]), producer.get(gemm.input[1]), gemm.input[2]
-    beta = next((x.f for x in gemm.attribute if x.name == "beta"), 1.0)
-    if beta != 1.0 or bias not in consts or consts[bias].ndim != 1:
+    if attr(gemm, "beta", 1.0) != 1.0 or bias not in consts or consts[bias].ndim != 1:
         return None
     if not _per_tensor_dq(dq_a, consts):
         return None
     if dq_b is None or dq_b.op_type != "DequantizeLinear" or dq_b.input[1] not in consts:
         return None
     scale = (consts[dq_a.input[1]].reshape(()) * consts[dq_b.input[1]]).astype(np.float32)
+    if scale.size > 1 and attr(dq_b, "axis", 1) % 2 != 1 - attr(gemm, "transB", 0):
+        return None  # per input channel: no per-output-channel bias scale
     return scale if scale.size in (1, consts[bias].size) else None
 
 

@@ -19,13 +19,16 @@ from kdc.deploy.qdq_gemm import int8_gemms
 from kdc.export.onnx_export import export_onnx
 
 
-def _classifier(beta: float = 1.0) -> onnx.ModelProto:
-    """Q/DQ -> Flatten -> Gemm(DQ of int8 weights per output channel, float bias): NNCF's."""
+def _classifier(beta: float = 1.0, trans_b: int = 1, axis: int = 0) -> onnx.ModelProto:
+    """Q/DQ -> Flatten -> Gemm(DQ of int8 weights per channel along `axis`, float bias): NNCF's
+    (`trans_b` 1, `axis` 0: per output channel) of 8 inputs and 4 outputs, or of 4 and 4 where
+    `trans_b` is 0 or `axis` is not the weight's output channels'."""
     rng = np.random.default_rng(0)
+    n_in = 8 if (trans_b, axis) == (1, 0) else 4
     inits = [
         numpy_helper.from_array(np.float32(0.02), "x_scale"),
         numpy_helper.from_array(np.uint8(3), "x_zero"),
-        numpy_helper.from_array(rng.integers(-127, 128, (4, 8)).astype(np.int8), "w"),
+        numpy_helper.from_array(rng.integers(-127, 128, (4, n_in)).astype(np.int8), "w"),
         numpy_helper.from_array(rng.uniform(0.01, 0.02, 4).astype(np.float32), "w_scale"),
         numpy_helper.from_array(np.zeros(4, np.int8), "w_zero"),
         numpy_helper.from_array(rng.normal(0, 1, 4).astype(np.float32), "bias"),
@@ -34,30 +37,35 @@ def _classifier(beta: float = 1.0) -> onnx.ModelProto:
         helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"]),
         helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xf"]),
         helper.make_node("Flatten", ["xf"], ["flat"]),
-        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wf"], axis=0),
-        helper.make_node("Gemm", ["flat", "wf", "bias"], ["y"], transB=1, beta=beta),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wf"], axis=axis),
+        helper.make_node("Gemm", ["flat", "wf", "bias"], ["y"], transB=trans_b, beta=beta),
     ]
     graph = helper.make_graph(
         nodes,
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 1, 1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n_in, 1, 1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
         inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_a_classifier_after_a_flatten_becomes_an_int8_gemm_of_the_same_values(tmp_path):
+@pytest.mark.parametrize("trans_b", [1, 0])
+def test_a_classifier_after_a_flatten_becomes_an_int8_gemm_of_the_same_values(tmp_path, trans_b):
+    """NNCF's Gemm (transB 1, weights per channel along axis 0) and one of a weight stored
+    input-major (transB 0, per output channel along axis 1)."""
     before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
-    onnx.save(_classifier(), str(before))
-    model = _classifier()
+    onnx.save(_classifier(trans_b=trans_b, axis=trans_b ^ 1), str(before))
+    model = _classifier(trans_b=trans_b, axis=trans_b ^ 1)
     assert int8_gemms(model) == 1
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(after))
-    assert "Gemm" in optimized_ops(before, tmp_path / "before_optimized.onnx")
+    before_ops = optimized_ops(before, tmp_path / "before_optimized.onnx")
+    assert "QGemm" not in before_ops, before_ops  # a Gemm, or a MatMulNBits and an Add
     ops = optimized_ops(after, tmp_path / "after_optimized.onnx")
     assert "QGemm" in ops and "Gemm" not in ops, ops
-    x = {"x": np.random.default_rng(1).uniform(-1, 4, (5, 8, 1, 1)).astype(np.float32)}
+    n_in = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    x = {"x": np.random.default_rng(1).uniform(-1, 4, (5, n_in, 1, 1)).astype(np.float32)}
     want = make_session(before, threads=1, optimization="disable").run(None, x)[0]
     for optimization in ("disable", "all"):  # Q/DQ in float, and the QGemm
         got = make_session(after, threads=1, optimization=optimization).run(None, x)[0]
@@ -65,8 +73,18 @@ def test_a_classifier_after_a_flatten_becomes_an_int8_gemm_of_the_same_values(tm
         np.testing.assert_allclose(got, want, atol=2e-4)
 
 
-def test_a_gemm_onnx_runtime_would_not_fuse_keeps_its_float_bias():
-    model = _classifier(beta=0.5)  # QGemm takes the bias unscaled
+@pytest.mark.parametrize(
+    "why",
+    ["beta 0.5", "transB 1, weights per input channel", "transB 0, weights per input channel"],
+)
+def test_a_gemm_onnx_runtime_would_not_fuse_keeps_its_float_bias(why):
+    """QGemm takes the bias unscaled (beta 1) and the weights per tensor or per output channel:
+    a square weight quantized along its input axis had its bias scaled per input channel."""
+    model = {
+        "beta 0.5": lambda: _classifier(beta=0.5),
+        "transB 1, weights per input channel": lambda: _classifier(trans_b=1, axis=1),
+        "transB 0, weights per input channel": lambda: _classifier(trans_b=0, axis=0),
+    }[why]()
     assert int8_gemms(model) == 0
     assert {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT} >= {"bias"}
 
