@@ -11,7 +11,8 @@ MobileNetV3 code does, `x * F.relu6(x + 3) / 6`, which NNCF fuses with the conv 
 fuses no product with the activation (`x * F.hardsigmoid(x)`) it quantizes the Mul's input
 instead, which ONNX Runtime reads in int8 while the activation reads the conv's float output:
 that conv ran in float as well. TensorRT runs such a pair as one int8 layer: its graphs keep
-NNCF's placement.
+NNCF's placement. NNCF quantizes only after a norm too (a GroupNorm, a LayerNorm in its ONNX
+graph, an InstanceNorm in either), and that conv ran in float, slower than in the float graph.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class GraphOps:
     and weight come from); the (min, max) a node clips to (None: no Clip); the metatypes of
     Erf, in a GELU written out, `x * (1 + erf(x / √2)) / 2`, and the op types of one in a single
     node NNCF has no metatype of (ONNX's Gelu from opset 20; none in NNCF's PyTorch graph, where
-    GELU is an activation)."""
+    GELU is an activation); the op types of normalizations (`_read_by_norms`) and of the layout
+    ops one reads a conv's output through (a GroupNorm's Reshape, a channels-last LayerNorm's
+    Transpose)."""
 
     convs: Collection[type]
     activations: Collection[type]
@@ -48,6 +51,8 @@ class GraphOps:
     clip_bounds: Callable[[NNCFNode], tuple[float, float] | None]
     erfs: Collection[type] = field(default_factory=frozenset)
     gelus: Collection[str] = field(default_factory=frozenset)
+    norms: Collection[str] = field(default_factory=frozenset)
+    layouts: Collection[str] = field(default_factory=frozenset)
 
 
 def _fused_activation(node: NNCFNode, ops: GraphOps) -> bool:
@@ -122,17 +127,30 @@ def _read_by_gelu(node: NNCFNode, graph: NNCFGraph, ops: GraphOps) -> bool:
     return len(scaled) == 1 and all(r is scaled[0] or r.metatype in ops.muls for r in readers)
 
 
+def _read_by_norms(node: NNCFNode, graph: NNCFGraph, ops: GraphOps) -> bool:
+    """Whether `node`'s output is read only by normalizations (a GroupNorm, LayerNorm,
+    InstanceNorm, a BatchNorm left unfolded), directly or through layout ops each read only so:
+    NNCF quantizes only after the norm (a GroupNorm's in its ONNX graph, an InstanceNorm's in
+    either), and ONNX Runtime ran that conv in float."""
+    readers = graph.get_next_nodes(node)
+    return bool(readers) and all(
+        r.node_type in ops.norms or (r.node_type in ops.layouts and _read_by_norms(r, graph, ops))
+        for r in readers
+    )
+
+
 def convs_into_fused_activations(graph: NNCFGraph, ops: GraphOps) -> list[str]:
     """The names of the convs of NNCF's quantized `graph` read only by a fused activation
-    (`_read_by_fused_activation`, `_read_by_gelu`) whose input and weight are both quantized:
-    NNCF leaves a squeeze-and-excitation gate's convs float, where an output quantizer would
-    only add error."""
+    (`_read_by_fused_activation`, `_read_by_gelu`) or by normalizations (`_read_by_norms`)
+    whose input and weight are both quantized: NNCF leaves a squeeze-and-excitation gate's
+    convs float, where an output quantizer would only add error."""
+    readers = (_read_by_fused_activation, _read_by_gelu, _read_by_norms)
     names = []
     for node in graph.get_all_nodes():
         if node.metatype not in ops.convs:
             continue
         sources = {e.input_port_id: e.from_node for e in graph.get_input_edges(node)}
-        into = _read_by_fused_activation(node, graph, ops) or _read_by_gelu(node, graph, ops)
+        into = any(read(node, graph, ops) for read in readers)
         if into and all(p in sources and ops.quantized(sources[p]) for p in (0, 1)):
             names.append(node.node_name)
     return names

@@ -21,6 +21,7 @@ from kdc.compress.conv_outputs import GraphOps, convs_into_fused_activations, ou
 from kdc.compress.nncf_quiet import import_nncf, quantize
 from kdc.deploy.onnx_graph import constants
 from kdc.deploy.qdq import finish_qdq
+from kdc.deploy.qdq_gemm import dequantize_after
 from kdc.rundir import atomic_path
 
 if TYPE_CHECKING:
@@ -38,8 +39,14 @@ if TYPE_CHECKING:
 # Flatten, so ONNX Runtime runs it as an int8 QGemm (`finish_qdq`, `qdq_gemm`)
 # cnn 5: a conv's output quantized before a hard swish written out, x * relu6(x + 3) / 6
 # cnn 6: and before a GELU (ONNX's Gelu from opset 20, or Div, Erf, Add, Mul, Mul below)
+# cnn 7: and before a norm (GroupNorm, LayerNorm, InstanceNorm: `_read_by_norms`), and a conv
+# reading a DequantizeLinear through a layout op (`LAYOUT_OPS`: a GroupNorm's Reshape) taken as
+# an int8 one
 # (a graph finished for another engine than before, `finish_qdq`, is `int8_engine_facets`')
-RECIPE_VERSIONS = {"cnn": 6, "transformer": 2}
+RECIPE_VERSIONS = {"cnn": 7, "transformer": 2}
+# the layout ops ONNX Runtime moves a per-tensor DequantizeLinear past (its QDQ propagation): a
+# conv reading one of a DequantizeLinear runs int8 (`quantize_conv_outputs`)
+LAYOUT_OPS = {"Reshape", "Squeeze", "Transpose", "Unsqueeze"}
 
 
 def quantize_int8_nncf(
@@ -93,12 +100,16 @@ def quantize_conv_outputs(
 ) -> onnx.ModelProto:
     """NNCF's Q/DQ `model` with each conv it quantized only after an activation ONNX Runtime
     cannot drop (`convs_into_fused_activations`: Hardswish, Hardsigmoid, Sigmoid, SiLU, GELU,
-    LeakyRelu, a Clip from below 0), which ONNX Runtime ran in float, quantized at its output
-    as NNCF quantizes an activation (symmetric or not), its range the conv's output's min-max
-    on `items` (batches of inputs) in `model`. Asymmetric ones are UINT8 even where the range
-    goes below 0, where NNCF's are INT8: ONNX Runtime makes an INT8 Q/DQ UINT8 for its x86 int8
-    kernels only where one DequantizeLinear reads the QuantizeLinear, and it gives each reader
-    of a DequantizeLinear its own (a swish's Sigmoid and Mul), so such a conv ran in float."""
+    LeakyRelu, a Clip from below 0) or after a norm (GroupNorm, LayerNorm, InstanceNorm), which
+    ONNX Runtime ran in float, quantized at its output as NNCF quantizes an activation
+    (symmetric or not), its range the conv's output's min-max on `items` (batches of inputs)
+    in `model`. Asymmetric ones are UINT8 even where the range goes below 0, where NNCF's are
+    INT8: ONNX Runtime makes an INT8 Q/DQ UINT8 for its x86 int8 kernels only where one
+    DequantizeLinear reads the QuantizeLinear, and it gives each reader of a DequantizeLinear
+    its own (a swish's Sigmoid and Mul), so such a conv ran in float. A conv reading NNCF's
+    DequantizeLinear through a layout op (`LAYOUT_OPS`: a GroupNorm's last Reshape), which
+    ONNX Runtime moves past it, is taken as reading it (the graph is left as it is: moved, the
+    QuantizeLinear would no longer be one DequantizeLinear's, and stay INT8)."""
     from nncf.common.graph.transformations.commands import TargetType
     from nncf.common.graph.transformations.layout import TransformationLayout
     from nncf.onnx.graph.metatypes import onnx_metatypes as om
@@ -115,7 +126,10 @@ def quantize_conv_outputs(
     )
     from nncf.onnx.quantization.quantizer_parameters import convert_fq_params_to_onnx_params
 
-    graph = GraphConverter.create_nncf_graph(model)
+    seen = onnx.ModelProto()  # as ONNX Runtime reads it (`LAYOUT_OPS`), the graph left as is
+    seen.CopyFrom(model)
+    dequantize_after(seen.graph, LAYOUT_OPS)
+    graph = GraphConverter.create_nncf_graph(seen)
     ops = GraphOps(
         convs=CONVOLUTION_METATYPES,
         activations=ATOMIC_ACTIVATIONS_OPERATIONS,
@@ -127,6 +141,13 @@ def quantize_conv_outputs(
         clip_bounds=lambda node: _clip_bounds(model.graph, node.node_name),
         erfs={om.ONNXErfMetatype},
         gelus={"Gelu"},
+        norms={
+            "BatchNormalization",
+            "GroupNormalization",
+            "InstanceNormalization",
+            "LayerNormalization",
+        },
+        layouts={"Reshape", "Transpose"},
     )
     convs = convs_into_fused_activations(graph, ops)
     if not convs:

@@ -133,7 +133,7 @@ def _nncf_quantize(
     7-bit weights with `seven_bit` (`_seven_bit_weights`), else NNCF's overflow fix on the
     first layer (its default for CPUs); neither for TensorRT targets; NNCF's fast bias
     correction unless it would fail on the model (`_bias_correction_fails`); a conv's output
-    quantized before an activation other than a ReLU or a Clip from 0
+    quantized before an activation other than a ReLU or a Clip from 0, or before a norm
     (`_quantize_conv_outputs`), but for TensorRT, which runs such a pair as one int8 layer.
     Quantized under a plain root (`_Root`), which holds NNCF's hooks, so any module's forward
     (a bare nn.Sequential's) runs as it did."""
@@ -237,6 +237,8 @@ def _torch_ops() -> GraphOps:
         divs={PTDivMetatype},
         quantized=lambda node: node.node_type in QUANTIZER_OPS,
         clip_bounds=_clip_bounds,
+        norms={"batch_norm", "group_norm", "layer_norm", "instance_norm"},
+        layouts={"permute", "transpose", "reshape", "view"},
     )
 
 
@@ -246,7 +248,8 @@ def _quantize_conv_outputs(
 ) -> None:
     """Give each conv of NNCF's `model` read only by an activation ONNX Runtime cannot drop
     (`convs_into_fused_activations`: a MobileNetV3's Hardswish convs, written out or not, an
-    EfficientNet's SiLU ones, which it ran in float) an output quantizer (symmetric with `sym`,
+    EfficientNet's SiLU ones, which it ran in float), or by a norm NNCF quantizes only after
+    (an InstanceNorm), an output quantizer (symmetric with `sym`,
     else asymmetric), in place of NNCF's quantizers of a Mul's input reading it
     (`_drop_quantizers_after`: `x * hardsigmoid(x)`), its range NNCF's min-max one of the
     conv's output on `batches`: unsigned where that saw no negative value (NNCF's symmetric
@@ -408,15 +411,16 @@ SCHEMES: dict[str, Scheme] = {
     # Runtime runs the classifier as an int8 QGemm (`qdq_gemm`, in `finish_qdq`)
     # 9: a conv's output quantizer never negative in calibration kept unsigned (zero point 0)
     # 10: and one before a hard swish written out, x * hardsigmoid(x), x * relu6(x + 3) / 6
+    # 11: and one before a norm NNCF quantizes only after (an InstanceNorm)
     "cnn": Scheme(
         _nncf_quantize,
         _nncf_strip,
         "NNCF fake quantizers (BatchNorm statistics re-estimated, then folded into the convs; "
         "activations per tensor, unsigned where never negative, within 6 after a ReLU6; "
-        "a conv's output quantized before an activation other than a ReLU or ReLU6, "
-        "but for TensorRT); for ONNX Runtime the classifier an int8 QGemm (its bias int32, "
-        "its input dequantized after the Flatten)",
-        version=10,
+        "a conv's output quantized before an activation other than a ReLU or ReLU6 or "
+        "before a norm, but for TensorRT); for ONNX Runtime the classifier an int8 QGemm "
+        "(its bias int32, its input dequantized after the Flatten)",
+        version=11,
     ),
     # 2: off TensorRT, a Gemm's bias int32 (a BERT pooler's: ONNX Runtime's QGemm)
     "transformer": Scheme(

@@ -14,6 +14,8 @@ half a step (far below one int8 step of either).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -26,10 +28,10 @@ INT32 = np.iinfo(np.int32)
 
 def int8_gemms(model: onnx.ModelProto) -> int:
     """Rewrite `model` in place so ONNX Runtime runs its Q/DQ Gemms as QGemm: each per-tensor
-    DequantizeLinear read only by a Flatten moved after it (`_dequantize_after_flattens`), then
+    DequantizeLinear read only by a Flatten moved after it (`dequantize_after`), then
     each float bias of a Gemm of dequantized input and weight stored as int32 behind a
     DequantizeLinear (`_quantize_biases`). Returns how many biases were quantized."""
-    _dequantize_after_flattens(model.graph)
+    dequantize_after(model.graph, {"Flatten"})
     return _quantize_biases(model.graph)
 
 
@@ -42,22 +44,23 @@ def _per_tensor_dq(node: onnx.NodeProto | None, consts: dict[str, np.ndarray]) -
     )
 
 
-def _dequantize_after_flattens(graph: onnx.GraphProto) -> int:
-    """Make each `DQ -> Flatten` whose per-tensor DequantizeLinear only that Flatten reads into
-    `Flatten -> DQ` (the Flatten of the quantized tensor); the Flatten's output keeps its name.
-    Returns how many were moved."""
+def dequantize_after(graph: onnx.GraphProto, op_types: Collection[str]) -> int:
+    """Make each `DQ -> op` of `op_types` (layout ops: Flatten, Reshape, Transpose...) whose
+    per-tensor DequantizeLinear only that op reads into `op -> DQ` (the op of the quantized
+    tensor, the same values); the op's output keeps its name. Returns how many were moved."""
     consts = constants(graph)
     producer = {o: n for n in graph.node for o in n.output}
     readers, fresh, moved = reads(graph), FreshNames(graph), 0
-    for flat in [n for n in graph.node if n.op_type == "Flatten"]:
-        dq = producer.get(flat.input[0])
+    for op in [n for n in graph.node if n.op_type in op_types]:  # in order: a chain moves whole
+        dq = producer.get(op.input[0])
         if not _per_tensor_dq(dq, consts) or readers[dq.output[0]] != 1:
             continue
-        quantized, gone = fresh(f"{flat.output[0]}_quantized"), dq.output[0]
-        flat.input[0], dq.input[0] = dq.input[0], quantized
-        dq.output[0], flat.output[0] = flat.output[0], quantized
-        graph.node.remove(dq)  # and back after the Flatten it now reads
-        graph.node.insert(list(graph.node).index(flat) + 1, dq)
+        quantized, gone = fresh(f"{op.output[0]}_quantized"), dq.output[0]
+        op.input[0], dq.input[0] = dq.input[0], quantized
+        dq.output[0], op.output[0] = op.output[0], quantized
+        producer[dq.output[0]] = dq
+        graph.node.remove(dq)  # and back after the op it now reads
+        graph.node.insert(list(graph.node).index(op) + 1, dq)
         for v in [v for v in graph.value_info if v.name in (gone, dq.output[0])]:
             graph.value_info.remove(v)
         moved += 1

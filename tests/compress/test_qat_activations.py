@@ -82,6 +82,39 @@ class _Swish(torch.nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class _ChannelsLastLayerNorm(torch.nn.LayerNorm):
+    """A LayerNorm over an NCHW map's channels, as ConvNeXt's (Transposes around it in ONNX)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+NORMS = {
+    "GroupNorm": lambda c: torch.nn.GroupNorm(2, c),
+    "InstanceNorm": lambda c: torch.nn.InstanceNorm2d(c, affine=True),
+    "channels-last LayerNorm": _ChannelsLastLayerNorm,
+}
+
+
+class _Normed(torch.nn.Module):
+    """Two Conv → norm (`NORMS[norm]`, its affine weights random) → ReLU stages."""
+
+    def __init__(self, norm: str) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.norm1, self.norm2 = NORMS[norm](8), NORMS[norm](8)
+        for n in (self.norm1, self.norm2):
+            nn.init.uniform_(n.weight, 0.5, 1.5)
+            nn.init.uniform_(n.bias, -0.5, 0.5)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.norm1(self.conv1(pixel_values)))
+        x = torch.relu(self.norm2(self.conv2(x)))
+        return self.head(x.mean((2, 3)))
+
+
 HARD_SWISHES = {  # written out, as older MobileNetV3 code does
     "x * hardsigmoid(x)": lambda x: x * F.hardsigmoid(x),
     "x * relu6(x + 3) / 6": lambda x: x * F.relu6(x + 3) / 6,
@@ -121,6 +154,17 @@ def _conv_output_zero_points(path) -> list[int]:
 def _quantized_conv_outputs(path) -> int:
     """How many QuantizeLinear nodes of an exported graph read a Conv."""
     return len(_conv_output_zero_points(path))
+
+
+def _exported_every_conv_int8(q: VisionAdapter, data, tmp_path, convs: int) -> None:
+    """`q` exported has an output quantizer of each of its `convs` convs, all int8 in ONNX
+    Runtime's graph, and computes what `q` does."""
+    path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
+    assert _quantized_conv_outputs(path) == convs
+    optimized = optimized_ops(path, tmp_path / "optimized.onnx")
+    assert optimized.count("QLinearConv") == convs, optimized
+    assert not {"Conv", "FusedConv"} & set(optimized), optimized
+    np.testing.assert_allclose(run_onnx(path, data.val), q.forward_numpy(data.val), atol=2e-2)
 
 
 def _cpu_qat(net: torch.nn.Module, data) -> VisionAdapter:
@@ -222,9 +266,14 @@ def test_a_conv_into_a_hard_swish_written_out_gets_an_output_quantizer_too(tmp_p
     data = toy_data(teacher)
     q = _cpu_qat(_HardSwishes(form), data)
     distill(q, data, _cfg(epochs=1, lr=0.01, losses=[{"name": "logits"}]), 0, teacher=teacher)
-    path = export_qat(q, data.train, tmp_path / "student_qat.onnx")
-    assert _quantized_conv_outputs(path) == 2
-    optimized = optimized_ops(path, tmp_path / "optimized.onnx")
-    assert optimized.count("QLinearConv") == 2, optimized
-    assert not {"Conv", "FusedConv"} & set(optimized), optimized
-    np.testing.assert_allclose(run_onnx(path, data.val), q.forward_numpy(data.val), atol=2e-2)
+    _exported_every_conv_int8(q, data, tmp_path, 2)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_a_conv_into_a_norm_runs_int8(tmp_path, norm):
+    """NNCF quantizes a conv's output before a GroupNorm or a LayerNorm, but only after an
+    InstanceNorm: that conv ran in float. It gets an output quantizer of its own, as before an
+    activation ONNX Runtime cannot drop."""
+    data = toy_data(cnn((8, 16), 0))
+    q = _cpu_qat(_Normed(norm), data)
+    _exported_every_conv_int8(q, data, tmp_path, 2)
