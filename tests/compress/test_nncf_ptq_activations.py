@@ -7,6 +7,7 @@ those convs in float."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from unittest import mock
 
 import numpy as np
@@ -51,6 +52,12 @@ class _Gelu(_Activations):
     """Conv → BatchNorm → GELU stages, as in a ConvNeXt block's MLP of 1x1 convs."""
 
     ACTIVATIONS = (torch.nn.GELU, torch.nn.GELU, torch.nn.GELU)
+
+
+class _TanhGelu(_Activations):
+    """Conv → BatchNorm → GELU stages, its tanh approximation."""
+
+    ACTIVATIONS = (functools.partial(torch.nn.GELU, approximate="tanh"),) * 3
 
 
 class _ConvNeXt(torch.nn.Module):
@@ -171,12 +178,18 @@ def test_a_conv_into_a_hard_swish_written_out_runs_int8(tmp_path, form):
     _ptq_every_conv_int8(tmp_path, student, 2, 2)
 
 
-@pytest.mark.parametrize(("opset", "op"), [(17, "Erf"), (20, "Gelu")])
-def test_a_conv_into_a_gelu_gets_an_output_quantizer_and_runs_int8(tmp_path, opset, op):
+@pytest.mark.parametrize(
+    ("opset", "op", "net"),
+    [(17, "Erf", _Gelu), (20, "Gelu", _Gelu), (17, "Tanh", _TanhGelu), (20, "Gelu", _TanhGelu)],
+)
+def test_a_conv_into_a_gelu_gets_an_output_quantizer_and_runs_int8(tmp_path, opset, op, net):
     """Below opset 20 torch.onnx writes GELU out (Div, Erf, Add, Mul, Mul), from 20 as one
-    Gelu, which NNCF knows no metatype of: it quantized after either, and the conv ran float."""
+    Gelu, which NNCF knows no metatype of: it quantized after either, and the conv ran float.
+    Its tanh approximation written out (Mul, Mul, Mul, Add, Mul, Tanh, Add, Mul, Mul) NNCF
+    fuses with nothing: it quantizes the conv's output for the first Mul (x * x) itself; as
+    one Gelu (approximate "tanh") it is a GELU like the other."""
     torch.manual_seed(0)
-    student = VisionAdapter(_Gelu().eval(), SOURCE)
+    student = VisionAdapter(net().eval(), SOURCE)
     path = _ptq_every_conv_int8(tmp_path, student, 3, 3, opset=opset)
     assert [n.op_type for n in onnx.load(str(path)).graph.node].count(op) == 3
 
