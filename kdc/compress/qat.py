@@ -249,8 +249,8 @@ def _quantize_conv_outputs(
     """Give each conv of NNCF's `model` read only by an activation ONNX Runtime cannot drop
     (`convs_into_fused_activations`: a MobileNetV3's Hardswish convs, written out or not, an
     EfficientNet's SiLU ones, which it ran in float), or by a norm NNCF quantizes only after
-    (an InstanceNorm), an output quantizer (symmetric with `sym`,
-    else asymmetric), in place of NNCF's quantizers of a Mul's input reading it
+    (an InstanceNorm), an output quantizer (symmetric with `sym`, else asymmetric), in place
+    of NNCF's quantizers of a Mul's input reading it
     (`_drop_quantizers_after`: `x * hardsigmoid(x)`), its range NNCF's min-max one of the
     conv's output on `batches`: unsigned where that saw no negative value (NNCF's symmetric
     quantizer takes it so; an asymmetric one is then pinned at 0 by

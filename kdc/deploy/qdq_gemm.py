@@ -58,9 +58,10 @@ def dequantize_after(graph: onnx.GraphProto, op_types: Collection[str]) -> int:
         quantized, gone = fresh(f"{op.output[0]}_quantized"), dq.output[0]
         op.input[0], dq.input[0] = dq.input[0], quantized
         dq.output[0], op.output[0] = op.output[0], quantized
-        producer[dq.output[0]] = dq
-        graph.node.remove(dq)  # and back after the op it now reads
-        graph.node.insert(list(graph.node).index(op) + 1, dq)
+        graph.node.remove(dq)  # and back after the op it now reads (a copy: the next op's)
+        at = list(graph.node).index(op) + 1
+        graph.node.insert(at, dq)
+        producer[dq.output[0]] = graph.node[at]
         for v in [v for v in graph.value_info if v.name in (gone, dq.output[0])]:
             graph.value_info.remove(v)
         moved += 1

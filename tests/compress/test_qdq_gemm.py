@@ -15,7 +15,7 @@ from kdc.compress.distill import distill
 from kdc.compress.nncf_ptq import quantize_int8_nncf
 from kdc.compress.qat import export_qat, quantize_for_training
 from kdc.deploy.onnxruntime import make_session
-from kdc.deploy.qdq_gemm import int8_gemms
+from kdc.deploy.qdq_gemm import dequantize_after, int8_gemms
 from kdc.export.onnx_export import export_onnx
 
 
@@ -141,3 +141,37 @@ def test_a_dequantize_another_node_reads_stays_before_the_flatten():
     assert int8_gemms(model) == 0  # the Gemm's input is then no DequantizeLinear's
     flat = next(n for n in model.graph.node if n.op_type == "Flatten")
     assert list(flat.input) == ["xf"]
+
+
+def test_a_dequantize_moves_past_a_chain_of_layout_ops_keeping_the_values(tmp_path):
+    """`DQ -> Reshape -> Transpose` becomes `Reshape -> Transpose -> DQ` in one pass."""
+    inits = [
+        numpy_helper.from_array(np.float32(0.02), "s"),
+        numpy_helper.from_array(np.uint8(3), "z"),
+        numpy_helper.from_array(np.array([0, 4, 2], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
+        helper.make_node("Reshape", ["xf", "shape"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "before.onnx"))
+    assert dequantize_after(model.graph, {"Reshape", "Transpose"}) == 2
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node][-1] == "DequantizeLinear"
+    onnx.save(model, str(tmp_path / "after.onnx"))
+    x = {"x": np.random.default_rng(0).uniform(-1, 4, (2, 8)).astype(np.float32)}
+    got, want = (
+        make_session(tmp_path / f"{k}.onnx", threads=1, optimization="disable").run(None, x)[0]
+        for k in ("after", "before")
+    )
+    np.testing.assert_array_equal(got, want)
