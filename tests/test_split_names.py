@@ -40,6 +40,10 @@ def _splits(root, *names: str) -> None:
         ("test_results_ab.csv", "test"),
         ("val2017.csv", "val"),
         ("dev.v2.csv", "dev"),
+        ("imdb_test_v2.csv", "test"),  # a version mark, as digits: not the name's last segment
+        ("sst2_dev_v1.csv", "dev"),
+        ("reviews-train.V3.jsonl", "train"),
+        ("ab_test_results_v2.csv", None),
         ("train-00000-of-00002.parquet", "train"),
         ("imdb_train-00000-of-00002.parquet", "train"),
         ("unsupervised-00000-of-00001.parquet", "unsupervised"),
@@ -117,6 +121,11 @@ LAYOUTS = {
         ["drugsComTrain_raw.csv", "drugsComTest_raw.csv"],
         "data/*.csv",
         ("data/drugsComTrain_raw.csv", "data/drugsComTest_raw.csv"),
+    ),
+    "versioned": (
+        ["train.csv", "imdb_test_v2.csv"],
+        "data/*.csv",
+        ("data/train.csv", "data/imdb_test_v2.csv"),
     ),
     "numbered": (
         ["reviews-train-0.csv", "reviews-train-1.csv", "reviews-dev.csv"],

@@ -63,7 +63,8 @@ def shard_paths(value: str, base: str | Path = ".") -> list[Path] | None:
 
 # a name's words: split at `_`, `-`, `.`, spaces, a case change (drugsComTrain) or digits (val2017)
 WORD = re.compile(r"[A-Z]+(?![^\W\d_A-Z])|[A-Z]?[^\W\d_A-Z]+")  # any other letter: lower case
-SEGMENT = re.compile(r"[^\W\d_]+")  # a name's runs of letters: split at `_`, `-`, `.`, digits
+# a name's runs of letters: split at `_`, `-`, `.`, digits, a version mark (`_v2`) read as digits
+SEGMENT = re.compile(r"(?![vV]\d)[^\W\d_]+")
 SPLIT_WORDS = frozenset(TRAIN_SPLITS + HELD_SPLITS)
 
 
@@ -111,7 +112,8 @@ def _split_name(path: Path, depth: int) -> str | None:
 def _named_split(name: str) -> str | None:
     """The split word a name gives, as `datasets` infers splits from file and folder names
     though stricter: its only split word, at the start or end of its first or last segment
-    (`train`, `imdb_test`, `reviews-validation`, `val2017`, `drugsComTrain_raw`, `test_set`);
+    (`train`, `imdb_test`, `reviews-validation`, `val2017`, `drugsComTrain_raw`, `test_set`;
+    `imdb_test_v2`: a version mark is no segment, as digits are none);
     None inside a name (`ab_test_results`, `MyTESTData`) or a word (`contest`, `trainer_notes`),
     or for a name of two splits' words (`train_test_split`)."""
     named = {w.lower() for w in WORD.findall(name)} & SPLIT_WORDS
