@@ -101,9 +101,10 @@ class DataConfig(Section):
     """Training and evaluation data. `source` is a path (csv, jsonl, tsv, parquet, txt, a
     `datasets` directory, an image folder) or `sklearn:digits`; `eval` an optional separate eval
     file.
-    `split_seed` draws the held-out eval split (and `limit_train`'s subsample) when there is no
-    eval file; unset, the run's `seed` does, so a run with another training seed and a fixed
-    split sets it (as Hugging Face Trainer's `data_seed`)."""
+    `split_seed` draws the held-out eval split (each class's share of `eval_fraction`) and
+    `limit_train`'s subsample when there is no eval file; unset, the run's `seed` does, so a
+    run with another training seed and a fixed split sets it (as Hugging Face Trainer's
+    `data_seed`)."""
 
     source: str
     eval: str | None = None

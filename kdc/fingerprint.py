@@ -104,7 +104,10 @@ def _teacher_key(path: Path, top: Path | None) -> str:
 def inputs_fingerprint(cfg: KdcConfig) -> str:
     """Hash of the teacher's files (weights, config; an entrypoint's source beside the config)
     and of the data (`_data_fingerprint`), so a retrained teacher, edited model code or edited
-    data re-runs stages on --resume."""
+    data re-runs stages on --resume; a classifier's held-out eval split (no data.eval) by how
+    it is drawn (`HELD_OUT_VERSION`: stratified by class), so a run that held out another
+    split's rows re-runs too."""
+    from kdc.data.labels import HELD_OUT_VERSION
     from kdc.models import entrypoint_files
 
     top = cfg.resolve(cfg.teacher.path) if cfg.teacher.path else None
@@ -112,6 +115,8 @@ def inputs_fingerprint(cfg: KdcConfig) -> str:
         "teacher": {_teacher_key(p, top): sha256_file(p) for p in _teacher_files(cfg)},
         "data": [_data_fingerprint(cfg, v) for v in (cfg.data.source, cfg.data.eval)],
     }
+    if not cfg.data.eval and cfg.task != "sentence-embedding":  # a held-out split's rows
+        found["split"] = HELD_OUT_VERSION
     if code := entrypoint_files(cfg):
         base = Path(cfg.base_dir)
         found["entrypoint"] = {str(p.relative_to(base)): sha256_file(p) for p in code}

@@ -21,6 +21,7 @@ from kdc.data.labels import (
     check_train_left,
     class_order,
     folder_order,
+    held_out_order,
     label_field,
     label_key,
     teacher_classes,
@@ -340,6 +341,9 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     src_path = cfg.resolve(d.source)
     fmt = _format(cfg, d.source, "data.source")
     feats, labels, declared = _read(cfg, d.source, fmt, "train")  # declared: a ClassLabel's
+    field = label_field("image" if fmt in IMAGE_FORMATS else "text")
+    # the file a clash is in, all its rows before any are held out (embeddings: no labels)
+    check_spellings(labels, [], str(src_path), field)
     if fmt == "sklearn" and d.eval:
         raise UserError(
             f"{d.source} cannot be mixed with an eval file: its eval split is held out from it",
@@ -361,8 +365,8 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     elif eval_name:
         ev_feats, ev_labels, _ = _read(cfg, d.source, fmt, "test")
     else:
-        order = rng.permutation(len(feats))
         n_eval = max(1, int(round(len(feats) * d.eval_fraction)))
+        order = held_out_order(len(feats), labels, n_eval, rng)  # stratified by class
         # the eval rows first, then the training rows: both splits are slices (an image
         # array's views) of the features, reordered without a second copy
         feats, shuffled = permuted(feats, order), permuted(labels, order) if labels else []
@@ -378,8 +382,6 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
         names: list[str] = []
         y_tr = y_ev = np.zeros((0,), np.int64)
     else:
-        field = label_field("image" if fmt in IMAGE_FORMATS else "text")
-        check_spellings(labels, [], str(src_path), field)  # the file a clash is in
         check_spellings(labels, ev_labels, str(cfg.resolve(d.eval or d.source)), field)
         names = teacher_classes({*map(str, labels), *map(str, ev_labels)}, teacher_names)
         names = names or (

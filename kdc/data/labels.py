@@ -180,6 +180,33 @@ def check_eval_classes(
     )
 
 
+# the eval split data.eval_fraction holds out: 2, stratified by class (1: the seed's permutation's
+# first rows); runs that hold it out hash it (`kdc.fingerprint`), so a resume trains on the new one
+HELD_OUT_VERSION = 2
+
+
+def held_out_order(n_rows: int, labels: list, n_eval: int, rng: np.random.Generator) -> np.ndarray:
+    """Row indices, the `n_eval` held-out rows first, then the training rows, each in the seed's
+    shuffled order: each class's share of `n_eval` (rounded down, the rows left to the largest
+    remainders, ties to the class the permutation reaches first), as scikit-learn's
+    `train_test_split(stratify=labels)` draws it; unlabelled rows (`labels` empty) the first
+    `n_eval` of the permutation."""
+    order = rng.permutation(n_rows)
+    if not labels:
+        return order
+    classes: dict[str, int] = {}
+    y = np.array([classes.setdefault(label_key(labels[i]), len(classes)) for i in order])
+    counts = np.bincount(y)
+    share, rest = np.divmod(n_eval * counts, n_rows)
+    share[np.argsort(-rest, kind="stable")[: n_eval - share.sum()]] += 1
+    rank = np.empty(n_rows, np.int64)  # each row's place among its class's, in `order`
+    rank[np.argsort(y, kind="stable")] = np.arange(n_rows) - np.repeat(
+        counts.cumsum() - counts, counts
+    )
+    held = rank < share[y]
+    return np.concatenate([order[held], order[~held]])
+
+
 def check_train_left(
     cfg: KdcConfig, n_rows: int, n_train: int, labels: list, train_labels: list
 ) -> None:

@@ -437,7 +437,8 @@ def tiny_beit(hidden: int = 32, heads: int = 2, labels: int = 3, relative: bool 
 
 def make_vit_project(root: Path, kind: str = "vit") -> Path:
     """A 4-layer ViT (8×8 one-channel digits, 2×2 patches; `kind` as for tiny_vit) trained on
-    digits, saved as a Hugging Face directory with its image processor config."""
+    digits' training rows (600 of them made a teacher of 0.65 to 0.9 by the rows drawn), saved
+    as a Hugging Face directory with its image processor config."""
     from kdc.config import parse_config
     from kdc.data import load_dataset
     from kdc.models.hf_image import PixelLogits
@@ -446,7 +447,9 @@ def make_vit_project(root: Path, kind: str = "vit") -> Path:
     model = tiny_vit(
         [str(i) for i in range(10)], channels=1, hidden=64, layers=4, heads=4, kind=kind
     )
-    ds = load_dataset(parse_config(vit_config(), base_dir=root))
+    cfg = vit_config()
+    cfg["data"]["limit_train"] = None  # every training row: DeiT 0.895 to 0.935 (seeds 0 to 2)
+    ds = load_dataset(parse_config(cfg, base_dir=root))
     x = (torch.from_numpy(ds.train.features) - 0.5) / 0.5
 
     _train(PixelLogits(model), {"pixel_values": x}, torch.from_numpy(ds.train.labels), 20, 3e-3)
