@@ -48,8 +48,9 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
     """A data file's sha256; several files' (a glob's, a folder's parquet shards) names and
     sha256s, in the order they are read; a folder's (image folder, saved `datasets`) file names
     and sizes (not modification times: a fresh checkout of the same data, as a CI job makes, is
-    the same data; reading every image's bytes would cost a pass over the folder per run); None
-    for what is not a local path (sklearn:digits, a hub name)."""
+    the same data; reading every image's bytes would cost a pass over the folder per run; an
+    image folder's marked as kdc reads it now, `_pixel_depth_mark`); None for what is not a
+    local path (sklearn:digits, a hub name)."""
     from kdc.data.shards import shard_paths
 
     if not value or value.startswith("sklearn:"):
@@ -67,8 +68,17 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
             dirs[:] = sorted(d for d in dirs if visible(Path(d)))
             for f in (Path(top) / n for n in sorted(files) if visible(Path(n))):
                 found.append((str(f.relative_to(path)), f.stat().st_size))
-        return found + _folder_order_mark(path)
+        return found + _folder_order_mark(path) + _pixel_depth_mark(path)
     return None
+
+
+def _pixel_depth_mark(path: Path) -> list[tuple[str, str]]:
+    """A mark on an image folder's fingerprint (not a saved `datasets` directory's): its 16-bit
+    images are read scaled to 8 bits (`kdc.data.images.eight_bit`), not clipped at 255 as
+    before, so a run of them is not resumed on the clipped pixels."""
+    from kdc.data.readers import datasets_dir
+
+    return [] if datasets_dir(path) else [("16-bit images", "scaled to 8 bits")]
 
 
 def _folder_order_mark(path: Path) -> list[tuple[str, str]]:

@@ -7,12 +7,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kdc.data.readers import HELD_SPLITS, TRAIN_SPLITS, subfolders, train_and_held, visible
 from kdc.errors import UserError, first_line
 from kdc.image_processor import ImageReading
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # files an image folder's classes hold (torchvision's ImageFolder reads these, and .gif); others,
 # such as notes.txt, are passed over
@@ -122,12 +126,29 @@ def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return canvas[top : top + height, left : left + width]
 
 
+# Pillow's modes of a 16-bit grayscale image (a 16-bit PNG opens as I;16, in older Pillow as I),
+# which its convert to L or RGB clips at 255
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def eight_bit(im: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image as 8-bit L, value >> 8 (torchvision's uint16 to uint8, which
+    reads an 8-bit image widened as v x 257 back as v); any other image as it is."""
+    from PIL import Image
+
+    if im.mode not in WIDE_GRAY_MODES:
+        return im
+    wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+    return Image.fromarray((wide >> 8).astype(np.uint8))
+
+
 def read_imagefolder(
     path: Path, reading: ImageReading, field: str = "data.source", channels: int = 3
 ) -> tuple[np.ndarray, list[str]]:
     """`path/<class>/<image>` → float32 N×channels×H×W in [0, 1] (1: grayscale, Pillow's mode
-    L; 3: RGB), resized and cropped as `reading` says, and class names; an image file that does
-    not decode, or that ends at another size than `reading.size`, is a UserError naming it.
+    L; 3: RGB; a 16-bit image scaled to 8 bits, `eight_bit`), resized and cropped as `reading`
+    says, and class names; an image file that does not decode, or that ends at another size
+    than `reading.size`, is a UserError naming it.
     Written into one array as they are read: memory is the result's, not a multiple of it."""
     from PIL import Image
 
@@ -138,7 +159,7 @@ def read_imagefolder(
     for cls, files in classes.items():
         for img in files:
             with _image_errors(img, field), Image.open(img) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
+                im = eight_bit(im).convert("L" if channels == 1 else "RGB")
                 if reading.resize:
                     im = im.resize(reading.resize[::-1], reading.resample)
                 arr = np.asarray(im, dtype=np.float32).reshape(im.height, im.width, channels)

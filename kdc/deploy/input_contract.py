@@ -25,15 +25,17 @@ _DIGITS = {
     "color": "grayscale (1 channel)",
     "scale": "x / 16.0",
 }
+# what kdc.data.images.eight_bit does first
+_WIDE = "; a 16-bit grayscale image, Pillow's I;16 or I, first to 8 bits as value >> 8"
 _FOLDER = {
     "source": "an image folder (<folder>/<class>/<image>), read with Pillow",
-    "steps": ["Image.convert('RGB') (grayscale replicated to 3 channels, alpha dropped)"],
+    "steps": [f"Image.convert('RGB') (grayscale replicated to 3 channels, alpha dropped{_WIDE})"],
     "color": "RGB (3 channels, R first)",
     "scale": "x / 255.0",
 }
 _FOLDER_GRAY = {  # data.channels: 1
     **_FOLDER,
-    "steps": ["Image.convert('L') (grayscale: ITU-R 601-2 luma of RGB, alpha dropped)"],
+    "steps": [f"Image.convert('L') (grayscale: ITU-R 601-2 luma of RGB, alpha dropped{_WIDE})"],
     "color": "grayscale (1 channel)",
 }
 

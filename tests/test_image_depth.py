@@ -1,0 +1,54 @@
+"""A 16-bit grayscale image (a 16-bit PNG: Pillow's mode I;16, or I) is read scaled to 8 bits
+(value >> 8, as torchvision converts uint16 to uint8), not clipped at 255 by Pillow's convert."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_data_loading import cnn_cfg
+
+from kdc.data.images import eight_bit, read_imagefolder
+from kdc.fingerprint import _data_fingerprint
+from kdc.image_processor import ImageReading
+
+SPAN = np.linspace(0, 65535, 64).round().astype(np.uint16).reshape(8, 8)  # 0 .. 65535
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path, channels):
+    for cls in ("dark", "light"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.fromarray(SPAN).save(tmp_path / "imgs" / cls / "a.png")
+    with Image.open(tmp_path / "imgs" / "dark" / "a.png") as im:
+        assert im.mode.startswith("I") and np.asarray(im).max() == 65535  # a 16-bit PNG
+    x, _ = read_imagefolder(tmp_path / "imgs", ImageReading((8, 8), None), channels=channels)
+    want = (SPAN >> 8).astype(np.float32) / 255.0
+    for c in range(channels):
+        np.testing.assert_allclose(x[0, c], want, atol=1e-6)
+    assert (x == 1.0).mean() < 0.05  # clipped, all but the darkest pixels were 255
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_eight_bit_keeps_an_8_bit_image_saved_as_16_bits(mode):
+    """v × 257 (an 8-bit image widened) reads back as v; an 8-bit image is left as it is."""
+    values = np.arange(256, dtype=np.int64).reshape(16, 16) * 257
+    wide = Image.fromarray(values.astype(np.uint16 if mode == "I;16" else np.int32))
+    assert wide.mode == mode
+    got = eight_bit(wide)
+    assert got.mode == "L" and np.asarray(got).tolist() == np.arange(256).reshape(16, 16).tolist()
+    rgb = Image.new("RGB", (2, 2), (1, 2, 3))
+    assert eight_bit(rgb) is rgb
+
+
+def test_an_image_folders_fingerprint_marks_its_16_bit_reading(tmp_path):
+    """A run over an image folder read before 16-bit images were scaled is not resumed: its
+    fingerprint marks the new reading (a saved `datasets` directory's does not)."""
+    for cls in ("dark", "light"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.fromarray(SPAN).save(tmp_path / "imgs" / cls / "a.png")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset_dict.json").write_text('{"splits": ["train"]}')
+    cfg = cnn_cfg(tmp_path, source="imgs", image_size=8)
+    assert ("16-bit images", "scaled to 8 bits") in _data_fingerprint(cfg, "imgs")
+    assert ("16-bit images", "scaled to 8 bits") not in _data_fingerprint(cfg, "ds")
