@@ -81,7 +81,7 @@ def check_fit(cfg: KdcConfig, ds: Dataset) -> None:
     if outputs is not None and outputs != ds.num_labels:
         raise label_count_error(cfg.source_file, ds, outputs)
     if model is not None:
-        check_onnx_export(cfg, model, ds.train.features.shape[1:])
+        check_onnx_export(cfg, ds.train.features.shape[1:])
     if model is not None and cfg.student.architecture and cfg.search.strategy == "fixed":
         from kdc.compress.space import cnn_genes, removable_blocks
 

@@ -30,9 +30,13 @@ def torch_graph(
     tmp: Path | BinaryIO,
     opset: int,
     output_name: str,
+    *,
+    weights: bool = True,
 ) -> None:
     """`adapter.module` exported by the TorchScript exporter to `tmp` (a path or a file object)
-    on the first two rows of `example`; an operator it cannot export is a UserError."""
+    on the first two rows of `example`; an operator it cannot export is a UserError. `weights`
+    False: the graph without its weights, unfolded (whether it exports, at about half the time
+    and a third of the memory)."""
     module = adapter.module.eval()
     args = tuple(torch.from_numpy(example[k][:2]) for k in adapter.input_names)
     with _held_stdout() as failed:
@@ -46,7 +50,8 @@ def torch_graph(
                 dynamic_axes=adapter.dynamic_axes(),
                 opset_version=opset,
                 dynamo=False,
-                do_constant_folding=True,
+                export_params=weights,
+                do_constant_folding=weights,
             )
         except torch.onnx.errors.UnsupportedOperatorError as e:
             failed()
