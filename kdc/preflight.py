@@ -23,10 +23,12 @@ def check_config(cfg: KdcConfig) -> None:
     """Raise a UserError naming the config file and field for the first problem found."""
     from kdc.hf_files import check_loadable
     from kdc.models import teacher_kind
+    from kdc.preflight_export import check_exporter
     from kdc.preflight_paths import check_paths
     from kdc.preflight_student import check_student
 
     check_paths(cfg)
+    check_exporter(cfg)
     _check_columns(cfg)
     _check_names(cfg)
     _check_augment(cfg)

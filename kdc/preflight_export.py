@@ -1,9 +1,9 @@
-"""Whether a teacher built by code (entrypoint, torchvision, timm) exports to ONNX, checked
-before a run's first stage: the student is built from the teacher's modules, so an operator
-the TorchScript exporter cannot export (torch.fft in its forward) would otherwise be found at
-the export stage, after the search and the distillation. The graph is exported without its
-weights (ResNet-50: about 2 s and 320 MiB more, docs/internals.md), so teachers of any size
-are checked."""
+"""Whether the teacher exports to ONNX, checked before a run's first stage (else found at the
+export stage, after the search and the distillation): `export.exporter: optimum` with a teacher
+optimum-onnx never exports; an operator the TorchScript exporter cannot export (torch.fft in
+its forward) in a teacher built by code (entrypoint, torchvision, timm), whose modules the
+student is built from. That graph is exported without its weights (ResNet-50: about 2 s and
+320 MiB more, docs/internals.md), so teachers of any size are checked."""
 
 from __future__ import annotations
 
@@ -36,3 +36,18 @@ def check_onnx_export(cfg: KdcConfig, shape: tuple[int, ...]) -> None:
         raise e.located(cfg.source_file) from None
     except Exception:  # noqa: BLE001 - user code failing otherwise: the run's own checks say so
         return
+
+
+def check_exporter(cfg: KdcConfig) -> None:
+    """Raise the export stage's UserError for `export.exporter: optimum` with a teacher it never
+    exports (kdc exports only a Hugging Face text classifier's logits with it), before the run
+    rather than after its distillation."""
+    from kdc.export.onnx_export import optimum_refused
+    from kdc.models import teacher_kind
+
+    kind = teacher_kind(cfg)
+    if cfg.export.exporter == "optimum" and (
+        cfg.task != "text-classification" or kind != "huggingface"
+    ):
+        why = f"the teacher ({kind}, task {cfg.task}) is not a Hugging Face sequence classifier"
+        raise optimum_refused(why).located(cfg.source_file)

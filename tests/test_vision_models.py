@@ -241,3 +241,17 @@ def test_an_operator_onnx_cannot_export_is_refused_before_a_stage_runs(tmp_path,
     assert f"{path}: field 'teacher'" in lines[0] and "'aten::fft_rfft2'" in lines[0], lines[0]
     assert not (run / "manifest.json").exists()
     assert not (run / "search").exists() and not (run / "distill").exists()
+
+
+def test_export_exporter_optimum_with_a_cnn_teacher_is_refused_before_a_stage_runs(tmp_path):
+    """optimum-onnx exports only a Hugging Face text classifier: `kdc validate` says so, in the
+    export stage's words (was: found at the export stage, after the distillation)."""
+    path = _project(tmp_path, "tvnet_g")
+    cfg = load_config(path).model_dump(exclude_unset=True, mode="json")
+    res = runner.invoke(
+        app, ["validate", str(write_yaml(path, cfg | {"export": {"exporter": "optimum"}}))]
+    )
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2, said
+    assert f"{path}: field 'export.exporter': optimum-onnx cannot export this model" in said
+    assert "use auto or torch" in said

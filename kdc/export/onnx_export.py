@@ -120,13 +120,18 @@ def choose_exporter(adapter: ModelAdapter, requested: str, output_name: str) -> 
         check_exportable(adapter, output_name)
     except NotExportable as e:
         if requested == "optimum":
-            raise UserError(
-                f"optimum-onnx cannot export this model: {e}",
-                field="export.exporter",
-                fix="use auto or torch",
-            ) from None
+            raise optimum_refused(str(e)) from None
         return "torch", f"optimum-onnx not used: {e}"
     return "optimum", "optimum-onnx supports this architecture"
+
+
+def optimum_refused(why: str) -> UserError:
+    """The error of `export.exporter: optimum` for a model optimum-onnx does not export."""
+    return UserError(
+        f"optimum-onnx cannot export this model: {why}",
+        field="export.exporter",
+        fix="use auto or torch",
+    )
 
 
 def export_onnx(
