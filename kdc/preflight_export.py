@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from kdc.config import KdcConfig
+from kdc.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from kdc.models.base import ModelAdapter
+    from kdc.pipeline import Context
 
 
 def check_onnx_export(cfg: KdcConfig, shape: tuple[int, ...]) -> None:
@@ -19,23 +29,54 @@ def check_onnx_export(cfg: KdcConfig, shape: tuple[int, ...]) -> None:
     the teacher built with random weights; other failures are left to the run's checks."""
     import numpy as np
 
-    from kdc.errors import UserError
-    from kdc.export.onnx_export import torch_graph
     from kdc.models import vision_source
     from kdc.models.vision import VisionAdapter
 
     if cfg.export.exporter == "optimum":
         return
-    example = {"pixel_values": np.zeros((2, *shape), np.float32)}
+    with _as_export_stage(cfg):
+        teacher = VisionAdapter.build(vision_source(cfg), None)
+        _export_graph(teacher, {"pixel_values": np.zeros((2, *shape), np.float32)}, cfg, "logits")
+
+
+def check_loaded_teacher(ctx: Context) -> None:
+    """At the search's start, the export stage's UserError for a Hugging Face teacher the
+    TorchScript exporter exports (a sentence encoder, an architecture optimum-onnx lacks, the
+    teacher's own modelling code) with an operator it cannot export: its graph exported into
+    memory without weights, as `check_onnx_export` does for a CNN built by code (which runs
+    before the model is loaded); other failures are left to the export stage."""
+    from kdc.export.onnx_export import choose_exporter
+    from kdc.pipeline import EXAMPLE_ROWS
+    from kdc.stages.export import output_name
+
+    teacher, name = ctx.teacher, output_name(ctx.cfg.task)
+    if teacher.family != "transformer":
+        return
+    with _as_export_stage(ctx.cfg):
+        if choose_exporter(teacher, ctx.cfg.export.exporter, name)[0] == "torch":
+            _export_graph(teacher, ctx.encode("train", EXAMPLE_ROWS), ctx.cfg, name)
+
+
+@contextmanager
+def _as_export_stage(cfg: KdcConfig) -> Iterator[None]:
+    """A UserError raised inside, located in the config; any other failure ignored (the run's
+    checks and the export stage say what it is)."""
     try:
-        adapter = VisionAdapter.build(vision_source(cfg), None)
-        with warnings.catch_warnings(), adapter.exporting():
-            warnings.simplefilter("ignore")
-            torch_graph(adapter, example, io.BytesIO(), cfg.export.opset, "logits", weights=False)
+        yield
     except UserError as e:
         raise e.located(cfg.source_file) from None
-    except Exception:  # noqa: BLE001 - user code failing otherwise: the run's own checks say so
-        return
+    except Exception:  # noqa: BLE001 - said by the run's checks or the export stage
+        pass
+
+
+def _export_graph(
+    adapter: ModelAdapter, example: dict[str, np.ndarray], cfg: KdcConfig, name: str
+) -> None:
+    from kdc.export.onnx_export import torch_graph
+
+    with warnings.catch_warnings(), adapter.exporting():
+        warnings.simplefilter("ignore")
+        torch_graph(adapter, example, io.BytesIO(), cfg.export.opset, name, weights=False)
 
 
 def check_exporter(cfg: KdcConfig) -> None:

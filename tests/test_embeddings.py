@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from tiny import FILLER, NEG, POS, tiny_bert, write_yaml
+from tiny import FILLER, NEG, POS, bert_config, tiny_bert, write_yaml
 from typer.testing import CliRunner
 
 from kdc.errors import UserError
@@ -152,27 +152,23 @@ def test_an_encoder_has_no_classifier_head_to_read_features_from(tmp_path):
     )
 
 
+def _project(tmp_path: Path, train: int, test: int, **over) -> Path:
+    """A sentence-embedding project on `_encoder_dir` (train and test texts; `bert_config`'s
+    settings, `over` merged in, no constraints): its model.yaml."""
+    _encoder_dir(tmp_path / "teacher")
+    (tmp_path / "train.txt").write_text("\n".join(_texts(train, 3)) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(_texts(test, 4)) + "\n")
+    data = {"source": "train.txt", "eval": "test.txt"}
+    cfg = bert_config(name="tinyemb", task="sentence-embedding", data=data, **over)
+    cfg.pop("constraints")
+    return write_yaml(tmp_path / "model.yaml", cfg)
+
+
 @pytest.mark.slow
 def test_compress_sentence_embedding_end_to_end(tmp_path):
     from kdc.cli import app
 
-    _encoder_dir(tmp_path / "teacher")
-    (tmp_path / "train.txt").write_text("\n".join(_texts(300, 3)) + "\n")
-    (tmp_path / "test.txt").write_text("\n".join(_texts(80, 4)) + "\n")
-    config = write_yaml(
-        tmp_path / "model.yaml",
-        {
-            "name": "tinyemb",
-            "task": "sentence-embedding",
-            "seed": 0,
-            "teacher": {"path": "teacher"},
-            "data": {"source": "train.txt", "eval": "test.txt", "max_length": 16},
-            "student": {"layers": 2},
-            "distill": {"epochs": 2, "batch_size": 32, "lr": 0.001, "augment": "mix"},
-            "quantize": {"precision": "int8", "calibration_size": 64},
-            "verify": {"warmup": 5, "iterations": 20, "min_duration_s": 0.05, "threads": 1},
-        },
-    )
+    config = _project(tmp_path, 300, 80, distill={"epochs": 2, "augment": "mix"})
     res = CliRunner().invoke(
         app, ["compress", str(config), "--target", "host", "--out", str(tmp_path / "run"), "-q"]
     )
@@ -247,3 +243,29 @@ def test_a_dense_module_after_pooling_is_a_user_error(tmp_path):
     (path / "modules.json").write_text(json.dumps([*modules[:2], dense, modules[2]]))
     with pytest.raises(UserError, match=r"modules\.json.*module Dense is not supported"):
         read_pooling(path)
+
+
+def test_an_operator_onnx_cannot_export_in_an_encoder_is_refused_before_distilling(
+    tmp_path, monkeypatch
+):
+    """A Hugging Face teacher the TorchScript exporter exports (a sentence encoder; one with its
+    own modelling code) whose forward has torch.fft: refused at the search's start with the
+    export stage's one line (was: at the export stage, after the distillation)."""
+    from transformers.models.bert import modeling_bert
+
+    from kdc.cli import app
+
+    forward = modeling_bert.BertIntermediate.forward
+    monkeypatch.setattr(
+        modeling_bert.BertIntermediate,
+        "forward",
+        lambda self, h: forward(self, h) + torch.fft.rfft(h).abs().mean() * 0,
+    )
+    config = _project(tmp_path, 60, 20, distill={"epochs": 1})
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["compress", str(config), "--out", str(run), "-q"])
+    said = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2, res.output
+    assert len(said) == 1 and f"{config}: field 'teacher'" in said[0], said
+    assert "'aten::fft_rfft'" in said[0]
+    assert not (run / "distill").exists()

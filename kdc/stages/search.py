@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 
 
 def run(ctx: Context) -> StageOutput:
+    from kdc.preflight_export import check_loaded_teacher
+
     # an earlier search's list of candidates over its budget is not this one's
     (ctx.run / "search" / "rejected.jsonl").unlink(missing_ok=True)
+    check_loaded_teacher(ctx)  # not found at the export stage, after the distillation
     return STRATEGIES[ctx.cfg.search.strategy](ctx)
 
 
