@@ -3,7 +3,8 @@ export stage, after the search and the distillation): `export.exporter: optimum`
 optimum-onnx never exports; an operator the TorchScript exporter cannot export (torch.fft in
 its forward) in a teacher built by code (entrypoint, torchvision, timm), whose modules the
 student is built from. That graph is exported without its weights (ResNet-50: about 2 s and
-320 MiB more, docs/internals.md), so teachers of any size are checked."""
+320 MiB more, docs/internals.md), so teachers of any size are checked; a Hugging Face teacher's
+is at the search's start, from the teacher it loads (`check_loaded_teacher`)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,7 @@ def check_onnx_export(cfg: KdcConfig, shape: tuple[int, ...]) -> None:
     from kdc.models import vision_source
     from kdc.models.vision import VisionAdapter
 
-    if cfg.export.exporter == "optimum":
-        return
-    with _as_export_stage(cfg):
+    with _as_export_stage(cfg):  # `export.exporter: optimum` is refused before (check_exporter)
         teacher = VisionAdapter.build(vision_source(cfg), None)
         _export_graph(teacher, {"pixel_values": np.zeros((2, *shape), np.float32)}, cfg, "logits")
 

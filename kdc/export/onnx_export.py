@@ -36,7 +36,7 @@ def torch_graph(
     """`adapter.module` exported by the TorchScript exporter to `tmp` (a path or a file object)
     on the first two rows of `example`; an operator it cannot export is a UserError. `weights`
     False: the graph without its weights, unfolded (whether it exports, at about half the time
-    and a third of the memory)."""
+    and memory)."""
     module = adapter.module.eval()
     args = tuple(torch.from_numpy(example[k][:2]) for k in adapter.input_names)
     with _held_stdout() as failed:
