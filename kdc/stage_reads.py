@@ -126,7 +126,7 @@ def build_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
 
 def distill_versions(cfg: KdcConfig) -> dict[str, int]:
     """A CNN student's BatchNorm re-estimation version (`precise_bn.VERSION`), a pruned
-    transformer's pruning version (`prune.TRANSFORMER_VERSION`), an INT8 QAT run's scheme
+    student's pruning version (`prune.version`, by its family), an INT8 QAT run's scheme
     version (`qat.SCHEMES`, by the student's family)."""
     from kdc.compress import precise_bn, prune
     from kdc.compress.qat import SCHEMES
@@ -134,8 +134,8 @@ def distill_versions(cfg: KdcConfig) -> dict[str, int]:
 
     family = student_family(cfg)
     versions = {"precise_bn": precise_bn.VERSION} if family == "cnn" else {}
-    if family == "transformer" and cfg.prune.enabled:
-        versions["prune"] = prune.TRANSFORMER_VERSION
+    if cfg.prune.enabled:
+        versions["prune"] = prune.version(family)
     qat = {"qat_scheme": SCHEMES[family].version} if int8_qat(cfg) else {}
     return {**versions, **qat}
 

@@ -372,6 +372,7 @@ def distill(
         "top": -1.0,
         "stale": 0,
         "prune_done": 0,
+        "prune_sizes": {},
         "elapsed_s": 0.0,
     }
     if state is None:  # epochs must beat the starting point to count as improvements
@@ -383,7 +384,9 @@ def distill(
         _restore(student, state)
     if pruning is not None:  # over the first `prune.epochs` epochs (default: half)
         epochs = pruning.cfg.epochs or max(1, cfg.epochs // 2)
-        pruning.start(min(tr.total, epochs * tr.steps_per_epoch), s["prune_done"])
+        span = min(tr.total, epochs * tr.steps_per_epoch)
+        pruning.start(span, s["prune_done"], s["prune_sizes"])
+        s["prune_sizes"] = pruning.sizes  # the unpruned student's, which step targets scale
     resumed, earlier_s = (s["epoch"], s["elapsed_s"]) if state else (None, 0.0)
     started = time.perf_counter() - earlier_s  # the checkpoint's clock continues
     for taps in (tr.s_taps, tr.t_taps):

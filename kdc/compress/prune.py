@@ -27,22 +27,22 @@ IMPORTANCE: dict[str, Callable[[], Any]] = {
 }
 
 
-def remaining_ratio(ratio: float, done: int, steps: int) -> float:
-    """The ratio that, applied to a model already pruned `done` of `steps` increments towards
-    `ratio`, reaches `ratio` of the original."""
-    kept_now = 1 - ratio * done / steps
-    return 1 - (1 - ratio) / kept_now
+def width_target(
+    initial: int, ratio: float, k: int, steps: int, round_to: int | None, current: int
+) -> int:
+    """A layer's width after step `k` of `steps` towards `ratio`, as torch-pruning's iterative
+    schedule makes it from its `initial` width: int(initial·(1 − ratio·k/steps)), rounded down to
+    a multiple of `round_to`, and `current` where that is no narrower."""
+    width = int(initial * (1 - k / float(steps) * ratio))
+    if width >= current:
+        return current
+    return width - width % round_to if round_to else width
 
 
-def head_schedule(heads: int, ratio: float, steps: int) -> list[float]:
-    """Per-step head ratios for torch-pruning (indexed by step, 0 unused) that remove whole heads
-    in even increments down to round(heads·(1−ratio)) (at least 1). torch-pruning removes
-    ceil(r·current) heads per step; r = (n − ½)/current makes that exactly n."""
-    targets = [max(1, round(heads * (1 - ratio * k / steps))) for k in range(steps + 1)]
-    return [0.0] + [
-        (targets[k - 1] - targets[k] - 0.5) / targets[k - 1] if targets[k] < targets[k - 1] else 0.0
-        for k in range(1, steps + 1)
-    ]
+def head_target(initial: int, ratio: float, k: int, steps: int) -> int:
+    """An attention layer's heads after step `k` of `steps`: whole heads in even increments down
+    to round(initial·(1−ratio)), at least 1."""
+    return max(1, round(initial * (1 - ratio * k / steps)))
 
 
 # how a transformer student is pruned, in distill's input hash from 2 on (`distill_versions`):
@@ -50,11 +50,18 @@ def head_schedule(heads: int, ratio: float, steps: int) -> list[float]:
 # 3, its config.json states the heads each layer lost (`pruned_heads`), the hidden size pruned
 # too the ones it removed
 TRANSFORMER_VERSION = 3
+# how a CNN student is pruned, from 2 on: 2, each step narrows a layer to kdc's target
+# (`width_target`), a grouped conv's channels too (torch-pruning rounded those to `round_to`
+# in units of a group's, pruning more)
+CNN_VERSION = 2
 
 
-def _transformer_args(
-    adapter: ModelAdapter, head_ratio: float, hidden_ratio: float, steps: int
-) -> dict[str, Any]:
+def version(family: str) -> int:
+    """How a student of `family` is pruned, in distill's input hash (`distill_versions`)."""
+    return {"transformer": TRANSFORMER_VERSION, "cnn": CNN_VERSION}[family]
+
+
+def _transformer_layout(adapter: ModelAdapter) -> dict[str, Any]:
     from kdc.models.hf import hidden_size, layer_list
 
     model = adapter.model  # type: ignore[attr-defined]
@@ -82,16 +89,19 @@ def _transformer_args(
     poolers = [pooler] if isinstance(pooler, nn.Module) else []
     ignored = list(dict.fromkeys([*adapter.classifiers(), *head, *poolers]))
     embeddings = getattr(model.base_model, "embeddings", None)
+    inner = [
+        m
+        for b in blocks
+        for m in b.modules()
+        if isinstance(m, nn.Linear | nn.Conv2d) and m not in qkv and m not in residual
+    ]
     return {
-        "num_heads": {lin: a.num_attention_heads for lin, a in qkv.items()},
-        "prune_num_heads": head_ratio > 0,
-        "prune_head_dims": False,
-        "head_pruning_ratio": head_ratio,
-        "ignored_layers": ignored + ([] if hidden_ratio > 0 else residual),
-        "pruning_ratio_dict": {tuple(residual): hidden_ratio} if hidden_ratio > 0 else None,
-        "_head_lists": {
-            lin: head_schedule(a.num_attention_heads, head_ratio, steps) for lin, a in qkv.items()
+        "heads": {lin: a.num_attention_heads for lin, a in qkv.items()},
+        "widths": {
+            **{m: "ratio" for m in inner if m not in ignored},
+            **dict.fromkeys(residual, "hidden"),
         },
+        "ignored_layers": ignored,
         # a vision transformer's [CLS] (and DeiT's distillation) token and position embeddings:
         # bare parameters whose last axis is the residual stream (torch-pruning reads (parameter,
         # dim) pairs, not the dict its docstring names)
@@ -103,16 +113,37 @@ def _transformer_args(
     }
 
 
-def _cnn_args(
-    adapter: ModelAdapter, head_ratio: float, hidden_ratio: float, steps: int
-) -> dict[str, Any]:
-    return {"ignored_layers": adapter.classifiers()}
+def _cnn_layout(adapter: ModelAdapter) -> dict[str, Any]:
+    ignored = adapter.classifiers()
+    widths = [m for m in adapter.module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    return {
+        "heads": {},
+        "widths": {m: "ratio" for m in widths if m not in ignored},
+        "ignored_layers": ignored,
+    }
 
 
-PRUNER_ARGS: dict[str, Callable[..., dict[str, Any]]] = {
-    "transformer": _transformer_args,
-    "cnn": _cnn_args,
+# per family: the layers torch-pruning may narrow ("widths": module → which ratio, "ratio" or
+# "hidden"), attention layers' head counts ("heads"), and further MetaPruner arguments
+LAYOUTS: dict[str, Callable[[ModelAdapter], dict[str, Any]]] = {
+    "transformer": _transformer_layout,
+    "cnn": _cnn_layout,
 }
+
+
+def _out(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def layer_sizes(adapter: ModelAdapter) -> dict[str, dict[str, int]]:
+    """The widths and head counts of the layers pruning narrows, by module name: a gradual
+    schedule's step targets are fractions of the sizes before its first step."""
+    layout = LAYOUTS[adapter.family](adapter)
+    names = {m: n for n, m in adapter.module.named_modules()}
+    return {
+        "widths": {names[m]: _out(m) for m in layout["widths"]},
+        "heads": {names[m]: h for m, h in layout["heads"].items()},
+    }
 
 
 def sync_after_pruning(adapter: ModelAdapter) -> None:
@@ -152,6 +183,12 @@ def prune_step(pruner: Any, adapter: ModelAdapter) -> None:
     sync_after_pruning(adapter)
 
 
+def _step_ratio(current: int, target: int) -> float:
+    """The ratio torch-pruning takes a layer of `current` width to `target` with: it keeps
+    int(current·(1 − r)), here target + ½ truncated."""
+    return 1 - (target + 0.5) / current if target < current else 0.0
+
+
 def make_pruner(
     adapter: ModelAdapter,
     example: dict[str, np.ndarray],
@@ -161,43 +198,56 @@ def make_pruner(
     steps: int,
     round_to: int | None,
     done: int = 0,
+    initial: dict[str, dict[str, int]] | None = None,
 ) -> Any:
-    """A torch-pruning MetaPruner that, in `steps - done` calls of `.step()`, takes the model
-    from `done` of `steps` increments to the full `ratio` (heads: `cfg.head_ratio`, default
-    `ratio`; hidden channels: `cfg.hidden_ratio`)."""
+    """A torch-pruning MetaPruner whose one `.step()` is step `done + 1` of `steps` towards
+    `ratio` (heads: `cfg.head_ratio`, default `ratio`; hidden channels: `cfg.hidden_ratio`) for
+    layers of `initial` sizes (`layer_sizes`, default the model's): every step's widths and head
+    counts are kdc's (`width_target`, `head_target`), so a resumed schedule prunes as an
+    uninterrupted one."""
     import torch_pruning as tp
 
-    rest = steps - done
-    rel = {
-        k: remaining_ratio(r, done, steps)
-        for k, r in (
-            ("ratio", ratio),
-            ("head", cfg.head_ratio if cfg.head_ratio is not None else ratio),
-            ("hidden", cfg.hidden_ratio),
+    layout = LAYOUTS[adapter.family](adapter)
+    initial = initial or layer_sizes(adapter)
+    names = {m: n for n, m in adapter.module.named_modules()}
+    ratios = {"ratio": ratio, "hidden": cfg.hidden_ratio}
+    head_ratio = cfg.head_ratio if cfg.head_ratio is not None else ratio
+    step_ratios = {
+        m: _step_ratio(
+            _out(m),
+            width_target(
+                initial["widths"][names[m]], ratios[kind], done + 1, steps, round_to, _out(m)
+            ),
         )
+        for m, kind in layout["widths"].items()
+        if ratios[kind] > 0
     }
-    args = PRUNER_ARGS[adapter.family](adapter, rel["head"], rel["hidden"], rest)
-    head_lists = args.pop("_head_lists", {})
-    example_t = {k: torch.from_numpy(v[:2]) for k, v in example.items()}
-    pruner = tp.pruner.MetaPruner(
+    heads = layout.pop("heads")
+    for m, now in heads.items():  # torch-pruning removes ceil(r·now) heads, and only in a
+        # group it narrows (head dims kept): the same ratio does both
+        drop = now - head_target(initial["heads"][names[m]], head_ratio, done + 1, steps)
+        step_ratios[m] = (drop - 0.5) / now if drop > 0 else 0.0
+    unpruned = [m for m in layout.pop("widths") if m not in step_ratios]
+    return tp.pruner.MetaPruner(
         adapter.module,
-        example_t,
+        {k: torch.from_numpy(v[:2]) for k, v in example.items()},
         importance=IMPORTANCE[cfg.importance](),
-        pruning_ratio=rel["ratio"],
-        iterative_steps=rest,
-        round_to=round_to,
-        **args,
+        pruning_ratio=0.0,
+        pruning_ratio_dict=step_ratios,
+        iterative_steps=1,
+        num_heads=heads,
+        prune_num_heads=head_ratio > 0,
+        prune_head_dims=False,
+        head_pruning_ratio_dict={m: step_ratios[m] for m in heads},
+        **{**layout, "ignored_layers": layout["ignored_layers"] + unpruned},
     )
-    # torch-pruning removes ceil(r·current) heads per step; exact per-step lists keep the
-    # schedule even (see head_schedule)
-    pruner.head_pruning_ratio_dict = dict(head_lists)
-    return pruner
 
 
 class GradualPruning:
     """Prune in `cfg.steps` equal increments at evenly spaced training steps over the first
-    `span` steps (the rest of training fine-tunes); `start(span, done)` resumes a partial
-    schedule on a model already pruned `done` increments."""
+    `span` steps (the rest of training fine-tunes); `start(span, done, sizes)` resumes a
+    partial schedule on a model already pruned `done` increments from the `sizes`
+    (`layer_sizes`) its checkpoint holds, those the model had when built otherwise."""
 
     def __init__(
         self,
@@ -212,11 +262,13 @@ class GradualPruning:
         self.ratio, self.round_to = ratio, round_to
         self.steps, self.done = cfg.steps, 0
         self.at: list[int] = [0] * cfg.steps
-        self._pruner: Any = None
+        self.sizes = layer_sizes(adapter)  # before its first step
 
-    def start(self, span: int, done: int = 0) -> None:
+    def start(
+        self, span: int, done: int = 0, sizes: dict[str, dict[str, int]] | None = None
+    ) -> None:
         self.at = [math.floor(k * span / self.steps) for k in range(self.steps)]
-        self.done, self._pruner = done, None
+        self.done, self.sizes = done, sizes or self.sizes
 
     @property
     def finished(self) -> bool:
@@ -227,17 +279,17 @@ class GradualPruning:
 
     def step(self) -> None:
         """One increment (Taylor importance reads the gradients of the last backward)."""
-        if self._pruner is None:
-            self._pruner = make_pruner(
-                self.adapter,
-                self.example,
-                self.cfg,
-                ratio=self.ratio,
-                steps=self.steps,
-                round_to=self.round_to,
-                done=self.done,
-            )
-        prune_step(self._pruner, self.adapter)
+        pruner = make_pruner(
+            self.adapter,
+            self.example,
+            self.cfg,
+            ratio=self.ratio,
+            steps=self.steps,
+            round_to=self.round_to,
+            done=self.done,
+            initial=self.sizes,
+        )
+        prune_step(pruner, self.adapter)
         self.done += 1
 
 

@@ -3,11 +3,8 @@ gradual schedule reaches the target; the latency target picks a ratio that meets
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import onnxruntime as ort
-import pytest
 import torch
 from test_distill import _cfg, cnn, toy_data
 from tiny import tiny_bert
@@ -15,10 +12,10 @@ from tiny import tiny_bert
 from kdc.compress.distill import distill
 from kdc.compress.prune import (
     GradualPruning,
-    head_schedule,
+    head_target,
     prune_once,
     ratio_for_latency,
-    remaining_ratio,
+    width_target,
 )
 from kdc.config import PruneConfig
 from kdc.export.onnx_export import export_onnx
@@ -94,14 +91,17 @@ def test_cnn_loses_channels_and_round_trips(tmp_path):
     _roundtrip(pruned, example, tmp_path)
 
 
-def test_head_schedule_is_exact_under_torch_pruning_ceil():
-    for heads, ratio, steps in [(12, 0.5, 4), (4, 0.5, 2), (2, 0.5, 4), (16, 0.3, 3)]:
-        current = heads
-        for r in head_schedule(heads, ratio, steps)[1:]:
-            current -= math.ceil(r * current) if r > 0 else 0
-        assert current == max(1, round(heads * (1 - ratio)))
-    assert remaining_ratio(0.5, 0, 4) == 0.5
-    assert 1 - remaining_ratio(0.5, 2, 4) == pytest.approx(0.5 / 0.75)
+def test_step_targets_follow_torch_pruning_s_iterative_schedule():
+    """FFN 1024, ratio 0.3 in 4 steps: int(1024·(1 − 0.075k)), rounded down to 32 (and never
+    wider than the step before); heads go evenly to round(heads·(1−ratio))."""
+    widths, now = [], 1024
+    for k in range(1, 5):
+        now = width_target(1024, 0.3, k, 4, 32, now)
+        widths.append(now)
+    assert widths == [928, 864, 768, 704]
+    assert [width_target(1024, 0.3, k, 4, None, 1024) for k in (1, 4)] == [947, 716]
+    assert [head_target(4, 0.3, k, 4) for k in range(5)] == [4, 4, 3, 3, 3]
+    assert [head_target(2, 0.5, k, 4) for k in range(5)] == [2, 2, 2, 1, 1]
 
 
 def test_gradual_schedule_reaches_the_target(tmp_path):
