@@ -111,10 +111,21 @@ def _teacher_key(path: Path, top: Path | None) -> str:
     return path.relative_to(top).as_posix()
 
 
+def _holds_out(cfg: KdcConfig) -> bool:
+    """Whether `load_dataset` holds out a classifier's eval split: no data.eval, and no saved
+    `datasets` directory's labelled test or validation split, which it evaluates on instead."""
+    from kdc.data.readers import datasets_dir, datasets_layout
+
+    if cfg.data.eval or cfg.task == "sentence-embedding":
+        return False
+    path = cfg.resolve(cfg.data.source)
+    return not datasets_dir(path) or datasets_layout(path, cfg.data.label_column)[0] is None
+
+
 def inputs_fingerprint(cfg: KdcConfig) -> str:
     """Hash of the teacher's files (weights, config; an entrypoint's source beside the config)
     and of the data (`_data_fingerprint`), so a retrained teacher, edited model code or edited
-    data re-runs stages on --resume; a classifier's held-out eval split (no data.eval) by how
+    data re-runs stages on --resume; a classifier's held-out eval split (`_holds_out`) by how
     it is drawn (`HELD_OUT_VERSION`: stratified by class), so a run that held out another
     split's rows re-runs too."""
     from kdc.data.labels import HELD_OUT_VERSION
@@ -125,7 +136,7 @@ def inputs_fingerprint(cfg: KdcConfig) -> str:
         "teacher": {_teacher_key(p, top): sha256_file(p) for p in _teacher_files(cfg)},
         "data": [_data_fingerprint(cfg, v) for v in (cfg.data.source, cfg.data.eval)],
     }
-    if not cfg.data.eval and cfg.task != "sentence-embedding":  # a held-out split's rows
+    if _holds_out(cfg):  # a held-out split's rows
         found["split"] = HELD_OUT_VERSION
     if code := entrypoint_files(cfg):
         base = Path(cfg.base_dir)

@@ -80,3 +80,16 @@ def test_a_held_out_split_changes_the_inputs_fingerprint_an_eval_file_does_not(
     fingerprint.inputs_fingerprint(carved)
     fingerprint.inputs_fingerprint(given)
     assert [found.get("split") for found in hashed] == [HELD_OUT_VERSION, None]
+
+
+@pytest.mark.parametrize("splits", [{"train": 40, "test": 10}, {"train": 40}])
+def test_a_datasets_directorys_test_split_hashes_as_before(tmp_path, monkeypatch, splits):
+    """A saved DatasetDict with a labelled test split is evaluated on it, no rows held out: its
+    run hashes as before (no needless retraining on --resume); one without holds them out."""
+    from test_data_loading import _save_dataset
+
+    _save_dataset(tmp_path / "ds", splits, ["neg", "pos"])
+    hashed: list[dict] = []
+    monkeypatch.setattr(fingerprint, "sha256_json", lambda obj: hashed.append(obj) or "")
+    fingerprint.inputs_fingerprint(text_cfg(tmp_path, source="ds"))
+    assert hashed[0].get("split") == (None if "test" in splits else HELD_OUT_VERSION)
