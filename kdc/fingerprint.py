@@ -68,17 +68,20 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
             dirs[:] = sorted(d for d in dirs if visible(Path(d)))
             for f in (Path(top) / n for n in sorted(files) if visible(Path(n))):
                 found.append((str(f.relative_to(path)), f.stat().st_size))
-        return found + _folder_order_mark(path) + _pixel_depth_mark(path)
+        return found + _folder_order_mark(path) + _pixel_depth_mark(path, found)
     return None
 
 
-def _pixel_depth_mark(path: Path) -> list[tuple[str, str]]:
-    """A mark on an image folder's fingerprint (not a saved `datasets` directory's): its 16-bit
-    images are read scaled to 8 bits (`kdc.data.images.eight_bit`), not clipped at 255 as
-    before, so a run of them is not resumed on the clipped pixels."""
+def _pixel_depth_mark(path: Path, files: list[tuple[str, int]]) -> list[tuple[str, str]]:
+    """A mark on an image folder's fingerprint (not a saved `datasets` directory's) whose
+    `files` may be 16-bit (a PNG, a TIFF): those are read scaled to 8 bits
+    (`kdc.data.images.eight_bit`), not clipped at 255 as before, so a run of them is not
+    resumed on the clipped pixels; a folder of JPEGs keeps its fingerprint."""
+    from kdc.data.images import WIDE_GRAY_SUFFIXES
     from kdc.data.readers import datasets_dir
 
-    return [] if datasets_dir(path) else [("16-bit images", "scaled to 8 bits")]
+    wide = any(Path(name).suffix.lower() in WIDE_GRAY_SUFFIXES for name, _ in files)
+    return [("16-bit images", "scaled to 8 bits")] if wide and not datasets_dir(path) else []
 
 
 def _folder_order_mark(path: Path) -> list[tuple[str, str]]:

@@ -52,3 +52,13 @@ def test_an_image_folders_fingerprint_marks_its_16_bit_reading(tmp_path):
     cfg = cnn_cfg(tmp_path, source="imgs", image_size=8)
     assert ("16-bit images", "scaled to 8 bits") in _data_fingerprint(cfg, "imgs")
     assert ("16-bit images", "scaled to 8 bits") not in _data_fingerprint(cfg, "ds")
+
+
+def test_a_folder_of_jpegs_keeps_its_fingerprint(tmp_path):
+    """JPEGs (BMP, GIF, WebP) hold no 16-bit grayscale: their reading did not change, so a run
+    of them is resumed as before (no mark)."""
+    for cls in ("dark", "light"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "imgs" / cls / "a.jpg")
+    cfg = cnn_cfg(tmp_path, source="imgs", image_size=8)
+    assert ("16-bit images", "scaled to 8 bits") not in _data_fingerprint(cfg, "imgs")

@@ -129,6 +129,8 @@ def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
 # Pillow's modes of a 16-bit grayscale image (a 16-bit PNG opens as I;16, in older Pillow as I),
 # which its convert to L or RGB clips at 255
 WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# the image files that may hold one (a JPEG, BMP, GIF or WebP never does)
+WIDE_GRAY_SUFFIXES = (".png", ".tif", ".tiff", ".pgm", ".ppm")
 
 
 def eight_bit(im: Image.Image) -> Image.Image:
