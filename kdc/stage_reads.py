@@ -135,7 +135,7 @@ def distill_versions(cfg: KdcConfig) -> dict[str, int]:
     family = student_family(cfg)
     versions = {"precise_bn": precise_bn.VERSION} if family == "cnn" else {}
     if cfg.prune.enabled:
-        versions["prune"] = prune.version(family)
+        versions["prune"] = prune.version(family, cfg.prune.hidden_ratio)
     qat = {"qat_scheme": SCHEMES[family].version} if int8_qat(cfg) else {}
     return {**versions, **qat}
 

@@ -144,25 +144,28 @@ def test_a_cnn_distills_again_when_its_batchnorm_re_estimation_changes(cnn_proje
 
 
 def test_a_pruned_transformer_distills_again_when_its_pruning_changes(cnn_project, monkeypatch):
-    """distill's input hash holds `prune.TRANSFORMER_VERSION` for a pruned transformer student
+    """distill's input hash holds `prune.version` for a pruned transformer student
     (2: its whole classification head left unpruned, ELECTRA's and RoBERTa's dense layer too; 3:
-    its config.json states the heads each layer lost, `pruned_heads`, which a config.json an
-    earlier version wrote lacks): a run pruned by any earlier version (1 hashed without it)
-    distills again; one that does not prune, or a CNN's, does not read it."""
+    with the hidden size pruned too, its config.json lists the heads each layer lost, not its
+    last ones, which changed no run keeping its hidden size: those hash 2): a run pruned by any
+    earlier version (1 hashed without it) distills again; one that does not prune, or a CNN's,
+    does not read it."""
     from tiny import bert_config
 
     from kdc.compress import prune
 
     text = bert_config()
     pruned = _with(text, "prune.enabled", True)
+    hidden = _with(pruned, "prune.hidden_ratio", 0.25)
     cnn = _with(yaml.safe_load(cnn_project.read_text()), "prune.enabled", True)
-    configs = {"text": text, "text pruned": pruned, "cnn pruned": cnn}
+    configs = {"text": text, "text pruned": pruned, "hidden pruned": hidden, "cnn pruned": cnn}
     now = {k: _hashes(c)["distill"] for k, c in configs.items()}
-    assert prune.TRANSFORMER_VERSION == 3
-    for version in (2, 1):
+    assert (prune.TRANSFORMER_VERSION, prune.HIDDEN_KEPT_VERSION) == (3, 2)
+    for version, changed in ((2, {"hidden pruned"}), (1, {"hidden pruned", "text pruned"})):
         monkeypatch.setattr(prune, "TRANSFORMER_VERSION", version)
+        monkeypatch.setattr(prune, "HIDDEN_KEPT_VERSION", min(version, 2))
         before = {k: _hashes(c)["distill"] for k, c in configs.items()}
-        assert {k for k in configs if now[k] != before[k]} == {"text pruned"}
+        assert {k for k in configs if now[k] != before[k]} == changed, version
 
 
 def test_ptq_quantizes_again_when_the_nncf_recipe_changes(cnn_project, monkeypatch):

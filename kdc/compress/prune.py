@@ -54,11 +54,18 @@ TRANSFORMER_VERSION = 3
 # (`width_target`), a grouped conv's channels too (torch-pruning rounded those to `round_to`
 # in units of a group's, pruning more)
 CNN_VERSION = 2
+# the last version that changed a transformer run keeping its hidden size (`prune.hidden_ratio`
+# 0): 3 changed only the pruned_heads of one pruning it too (bump both for a change to every run)
+HIDDEN_KEPT_VERSION = 2
 
 
-def version(family: str) -> int:
-    """How a student of `family` is pruned, in distill's input hash (`distill_versions`)."""
-    return {"transformer": TRANSFORMER_VERSION, "cnn": CNN_VERSION}[family]
+def version(family: str, hidden_ratio: float = 0.0) -> int:
+    """How a student of `family` pruned with `hidden_ratio` is pruned, in distill's input hash
+    (`distill_versions`): a transformer keeping its hidden size is not distilled again for a
+    version that changed none of its outputs."""
+    if family == "cnn":
+        return CNN_VERSION
+    return TRANSFORMER_VERSION if hidden_ratio else HIDDEN_KEPT_VERSION
 
 
 def _transformer_layout(adapter: ModelAdapter) -> dict[str, Any]:
