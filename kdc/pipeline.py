@@ -47,6 +47,7 @@ from kdc.stage_reads import (
     distill_reads,
     distill_versions,
     required_outputs,
+    search_versions,
     split_reads,
     whole_profile,
 )
@@ -181,8 +182,8 @@ class Stage:
     # on these keeps the stage's outputs on `--resume`
     profile_reads: ProfileReads = lambda cfg, profile: profile.model_dump(mode="json")
     # the versions of kdc's own recipes it runs for `cfg` (QAT's scheme, NNCF PTQ's, a CNN's
-    # BatchNorm re-estimation, a transformer's pruning), hashed from 2 on: a run of version 1
-    # hashes as before versions existed, one of another version runs the stage again
+    # BatchNorm re-estimation, a transformer's pruning, its head costs), hashed from 2 on: a run
+    # of version 1 hashes as before versions existed, one of another version runs the stage again
     versions: Callable[[KdcConfig], dict[str, int]] = lambda cfg: {}
     # what of `reads` cannot change its outputs for `cfg` (`config_reads`: hashed at defaults)
     idle: ConfigReads = lambda cfg: ()
@@ -198,6 +199,7 @@ def _stages() -> list[Stage]:
             search.run,
             lambda cfg: (*COMMON, "student", "search", "constraints.latency_budget_ms", *LATENCY),
             whole_profile("dla_core"),
+            search_versions,
         ),
         Stage(
             "distill",

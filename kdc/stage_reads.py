@@ -124,6 +124,22 @@ def build_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     return {"profile": whole, **facets} if facets else whole
 
 
+def search_versions(cfg: KdcConfig) -> dict[str, int]:
+    """The latency model's head costs version (`arch_cost.HEAD_COSTS_VERSION`) where the
+    teacher's config.json lists pruned heads, which it costs by; other teachers cost as before."""
+    import json
+
+    from kdc.deploy.arch_cost import HEAD_COSTS_VERSION
+
+    path = cfg.resolve(cfg.teacher.path) / "config.json" if cfg.teacher.path else None
+    try:
+        conf = json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
+        pruned = any((conf.get("pruned_heads") or {}).values())
+    except (ValueError, AttributeError, TypeError):  # preflight names a malformed one
+        pruned = False
+    return {"head_costs": HEAD_COSTS_VERSION} if pruned else {}
+
+
 def distill_versions(cfg: KdcConfig) -> dict[str, int]:
     """A CNN student's BatchNorm re-estimation version (`precise_bn.VERSION`), a pruned
     student's pruning version (`prune.version`, by its family), an INT8 QAT run's scheme

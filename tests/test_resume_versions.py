@@ -217,3 +217,29 @@ def test_a_report_of_an_earlier_report_version_is_written_again(cnn_project, mon
     monkeypatch.setattr(report, "VERSION", 1)
     before = _hashes(cfg)
     assert [s for s in now if now[s] != before[s]] == ["report"]
+
+
+def test_a_head_pruned_teachers_search_runs_again_when_its_head_costs_change(tmp_path, monkeypatch):
+    """search's input hash holds `arch_cost.HEAD_COSTS_VERSION` where the teacher's config.json
+    lists pruned heads (2: each layer costed by its own heads, its attention narrower than the
+    hidden size): such a run searches again; an unpruned teacher's costs did not change, nor
+    its hash."""
+    import json
+
+    from tiny import bert_config
+
+    from kdc.deploy import arch_cost
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher").mkdir()
+    hashes = {}
+    for name, pruned in (("pruned", {"0": [1]}), ("whole", {})):
+        conf = {"model_type": "bert", "num_attention_heads": 4, "pruned_heads": pruned}
+        (tmp_path / "teacher" / "config.json").write_text(json.dumps(conf))
+        hashes[name] = [_hashes(bert_config())["search"]]
+        monkeypatch.setattr(arch_cost, "HEAD_COSTS_VERSION", 1)
+        hashes[name].append(_hashes(bert_config())["search"])
+        monkeypatch.undo()
+        monkeypatch.chdir(tmp_path)
+    assert hashes["pruned"][0] != hashes["pruned"][1]
+    assert hashes["whole"][0] == hashes["whole"][1]

@@ -10,6 +10,11 @@ from typing import Any
 from kdc.deploy.kernels import TENSOR_KINDS, GraphCost, KernelShape
 from kdc.errors import UserError
 
+# how a head-pruned transformer is costed, in search's input hash from 2 on where the teacher's
+# config.json lists pruned heads (`search_versions`): 2, each layer by its own heads and
+# attention dims (was: layer 0's count, Q/K/V/O hidden x hidden); others cost as before
+HEAD_COSTS_VERSION = 2
+
 _ARCH_ALIASES = {
     "layers": "num_hidden_layers",
     "hidden": "hidden_size",
