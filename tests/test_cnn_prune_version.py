@@ -6,7 +6,7 @@ it) distills again; an unpruned CNN's or a transformer's run does not read it.""
 from __future__ import annotations
 
 import yaml
-from test_resume import _hashes, _with
+from test_resume_versions import _hashes, _with
 from tiny import bert_config
 
 
