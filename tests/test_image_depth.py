@@ -62,3 +62,21 @@ def test_a_folder_of_jpegs_keeps_its_fingerprint(tmp_path):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "imgs" / cls / "a.jpg")
     cfg = cnn_cfg(tmp_path, source="imgs", image_size=8)
     assert ("16-bit images", "scaled to 8 bits") not in _data_fingerprint(cfg, "imgs")
+
+
+def test_a_32_bit_tiff_is_not_scaled_as_a_16_bit_image(tmp_path):
+    """A 32-bit integer TIFF opens as mode I too; its 0..255 values are read as they are (value
+    >> 8 read it black)."""
+    values = np.arange(256, dtype=np.int32).reshape(16, 16)
+    Image.fromarray(values).save(tmp_path / "a.tif")
+    with Image.open(tmp_path / "a.tif") as im:
+        assert im.mode == "I"
+        got = eight_bit(im).convert("L")
+    assert np.asarray(got).tolist() == values.tolist()
+
+
+def test_a_16_bit_tiff_is_scaled(tmp_path):
+    Image.fromarray(SPAN).save(tmp_path / "a.tif")
+    with Image.open(tmp_path / "a.tif") as im:
+        got = eight_bit(im)
+    assert np.asarray(got).tolist() == (SPAN >> 8).tolist()

@@ -133,12 +133,20 @@ WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 WIDE_GRAY_SUFFIXES = (".png", ".tif", ".tiff", ".pgm", ".ppm")
 
 
+def _tiff_bits(im: Image.Image) -> int:
+    """A TIFF's bits per sample (a 32-bit integer TIFF opens as mode I too, as 16-bit PNGs and
+    PGMs do in some Pillow releases); 16 for any other image."""
+    bits = im.tag_v2.get(258, (16,)) if im.format == "TIFF" else (16,)
+    return int(bits[0] if isinstance(bits, tuple) else bits)
+
+
 def eight_bit(im: Image.Image) -> Image.Image:
     """A 16-bit grayscale image as 8-bit L, value >> 8 (torchvision's uint16 to uint8, which
-    reads an 8-bit image widened as v x 257 back as v); any other image as it is."""
+    reads an 8-bit image widened as v x 257 back as v); any other image as it is (a 32-bit
+    integer TIFF too: Pillow's convert clips it at 255, as before 16-bit images were scaled)."""
     from PIL import Image
 
-    if im.mode not in WIDE_GRAY_MODES:
+    if im.mode not in WIDE_GRAY_MODES or _tiff_bits(im) > 16:
         return im
     wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
     return Image.fromarray((wide >> 8).astype(np.uint8))
