@@ -548,8 +548,10 @@ def run_stages(
                 if not ctx.ran:  # this invocation's first stage
                     # bad data (a label column, an eval label), teacher weights of another
                     # architecture or a student that does not fit the teacher is refused before
-                    # a stage starts and the report of a finished run goes stale
-                    check_fit(ctx.cfg, ctx.dataset)
+                    # a stage starts and the report of a finished run goes stale; its export
+                    # check only before export (from export on, that stage says it)
+                    before_export = STAGE_NAMES.index(stage.name) < STAGE_NAMES.index("export")
+                    check_fit(ctx.cfg, ctx.dataset, export=before_export)
                 with contextlib.nullcontext() if ctx.ran else _first_stage(ctx, replacing, record):
                     _run_one(ctx, stage, now.input_hash, now.upstream, pressed)
     if not ctx.ran:  # every stage skipped

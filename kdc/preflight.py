@@ -56,13 +56,13 @@ def check_data(cfg: KdcConfig) -> Dataset:
     return ds
 
 
-def check_fit(cfg: KdcConfig, ds: Dataset) -> None:
+def check_fit(cfg: KdcConfig, ds: Dataset, *, export: bool = True) -> None:
     """What a run refuses of its data and student before loading the model, which every run
     checks before it writes its run directory: the channels of its images against the
     teacher's config.json num_channels; for a CNN built by code, its `teacher.weights`
     (check_teacher_weights), its first conv's against the channels, its outputs against the
-    classes, that it exports to ONNX (preflight_export.py), and `student.architecture` against
-    its stages."""
+    classes, (`export`: where a stage before export runs) that it exports to ONNX
+    (preflight_export.py), and `student.architecture` against its stages."""
     from kdc.data import channel_mismatch
     from kdc.preflight_export import check_onnx_export
     from kdc.teacher_fit import label_count_error, meta_outputs
@@ -82,7 +82,7 @@ def check_fit(cfg: KdcConfig, ds: Dataset) -> None:
     outputs = meta_outputs(model, ds.train.features.shape[1:]) if model is not None else None
     if outputs is not None and outputs != ds.num_labels:
         raise label_count_error(cfg.source_file, ds, outputs)
-    if model is not None:
+    if model is not None and export:
         check_onnx_export(cfg, ds.train.features.shape[1:])
     if model is not None and cfg.student.architecture and cfg.search.strategy == "fixed":
         from kdc.compress.space import cnn_genes, removable_blocks

@@ -1,10 +1,11 @@
-"""Whether the teacher exports to ONNX, checked before a run's first stage (else found at the
-export stage, after the search and the distillation): `export.exporter: optimum` with a teacher
-optimum-onnx never exports; an operator the TorchScript exporter cannot export (torch.fft in
-its forward) in a teacher built by code (entrypoint, torchvision, timm), whose modules the
-student is built from. That graph is exported without its weights (ResNet-50: about 2 s and
-320 MiB more, docs/internals.md), so teachers of any size are checked; a Hugging Face teacher's
-is at the search's start, from the teacher it loads (`check_loaded_teacher`)."""
+"""Whether the teacher exports to ONNX, checked before a run's first stage where that is search or
+distill (else found at the export stage, after the search and the distillation):
+`export.exporter: optimum` with a teacher optimum-onnx never exports; an operator the
+TorchScript exporter cannot export (torch.fft in its forward) in a teacher built by code
+(entrypoint, torchvision, timm), whose modules the student is built from. That graph is exported
+without its weights (ResNet-50: about 2 s and 320 MiB more, docs/internals.md), so teachers of
+any size are checked; a Hugging Face teacher's is at the search's start, from the teacher it
+loads (`check_loaded_teacher`)."""
 
 from __future__ import annotations
 
