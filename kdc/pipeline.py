@@ -46,6 +46,7 @@ from kdc.stage_reads import (
     distill_profile,
     distill_reads,
     distill_versions,
+    eval_cut_versions,
     required_outputs,
     search_versions,
     split_reads,
@@ -210,7 +211,13 @@ def _stages() -> list[Stage]:
             distill_idle,
         ),
         # parity inputs are eval rows (data), the output name the task's; no target facet
-        Stage("export", export.run, lambda cfg: (*split_reads(cfg), "export"), lambda c, p: None),
+        Stage(
+            "export",
+            export.run,
+            lambda cfg: (*split_reads(cfg), "export"),
+            lambda c, p: None,
+            eval_cut_versions,
+        ),
         # calibration rows (data); verify.threads times the PTQ backends `ptq: auto` picks from
         Stage(
             "build",
@@ -226,6 +233,7 @@ def _stages() -> list[Stage]:
             verify.run,
             lambda cfg: (*split_reads(cfg), "verify", *PARITY),
             whole_profile(*TENSORRT_ONLY),
+            eval_cut_versions,
         ),
         Stage(
             "report",

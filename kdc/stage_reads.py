@@ -124,9 +124,25 @@ def build_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     return {"profile": whole, **facets} if facets else whole
 
 
+# how data.limit_eval cuts a classifier's eval split: 2, each class's share of the rows
+# (`labels.stratified_head`; 1: its first rows)
+EVAL_CUT_VERSION = 2
+
+
+def eval_cut_versions(cfg: KdcConfig, *, padding: bool = False) -> dict[str, int]:
+    """`EVAL_CUT_VERSION` where data.limit_eval cuts a classifier's eval split, for a stage that
+    reads its rows (export's parity rows, verify's); `padding`: for one that reads only their
+    attention-mask padding (latency predictions), of a text classifier only. Other runs hash as
+    before."""
+    cut = cfg.data.limit_eval is not None and cfg.task != "sentence-embedding"
+    masked = cfg.task == "text-classification" or not padding
+    return {"eval_cut": EVAL_CUT_VERSION} if cut and masked else {}
+
+
 def search_versions(cfg: KdcConfig) -> dict[str, int]:
     """The latency model's head costs version (`arch_cost.HEAD_COSTS_VERSION`) where the
-    teacher's config.json lists pruned heads, which it costs by; other teachers cost as before."""
+    teacher's config.json lists pruned heads, which it costs by, other teachers costing as
+    before; `eval_cut_versions` (its latency predictions' padding)."""
     import json
 
     from kdc.deploy.arch_cost import HEAD_COSTS_VERSION
@@ -137,13 +153,15 @@ def search_versions(cfg: KdcConfig) -> dict[str, int]:
         pruned = any((conf.get("pruned_heads") or {}).values())
     except (ValueError, AttributeError, TypeError):  # preflight names a malformed one
         pruned = False
-    return {"head_costs": HEAD_COSTS_VERSION} if pruned else {}
+    heads = {"head_costs": HEAD_COSTS_VERSION} if pruned else {}
+    return {**heads, **eval_cut_versions(cfg, padding=True)}
 
 
 def distill_versions(cfg: KdcConfig) -> dict[str, int]:
     """A CNN student's BatchNorm re-estimation version (`precise_bn.VERSION`), a pruned
-    student's pruning version (`prune.version`, by its family), an INT8 QAT run's scheme
-    version (`qat.SCHEMES`, by the student's family)."""
+    student's pruning version (`prune.version`, by its family; pruning to a latency,
+    `eval_cut_versions` of its padding), an INT8 QAT run's scheme version (`qat.SCHEMES`, by
+    the student's family)."""
     from kdc.compress import precise_bn, prune
     from kdc.compress.qat import SCHEMES
     from kdc.models import student_family
@@ -152,6 +170,8 @@ def distill_versions(cfg: KdcConfig) -> dict[str, int]:
     versions = {"precise_bn": precise_bn.VERSION} if family == "cnn" else {}
     if cfg.prune.enabled:
         versions["prune"] = prune.version(family, cfg.prune.hidden_ratio)
+        if cfg.prune.target_latency_ms is not None:
+            versions |= eval_cut_versions(cfg, padding=True)
     qat = {"qat_scheme": SCHEMES[family].version} if int8_qat(cfg) else {}
     return {**versions, **qat}
 

@@ -24,6 +24,7 @@ from kdc.data.labels import (
     held_out_order,
     label_field,
     label_key,
+    stratified_head,
     teacher_classes,
     unseen_labels,
 )
@@ -430,8 +431,10 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
     if limited:
         train = train.take(rng.permutation(len(train))[: d.limit_train])
     if limited or (d.limit_eval and len(evs) > d.limit_eval):
-        # one copy: a held-out view would keep every row read
-        evs = evs.take(np.arange(min(len(evs), d.limit_eval or len(evs))))
+        # one copy: a held-out view would keep every row read; each class's share of the rows
+        n = min(len(evs), d.limit_eval or len(evs))
+        head = stratified_head(evs.labels, n) if len(evs.labels) else np.arange(len(evs)) < n
+        evs = evs.take(np.flatnonzero(head))
     if len(train) == 0 or len(evs) == 0:
         raise UserError(
             "a split is empty",

@@ -187,24 +187,31 @@ HELD_OUT_VERSION = 2
 
 def held_out_order(n_rows: int, labels: list, n_eval: int, rng: np.random.Generator) -> np.ndarray:
     """Row indices, the `n_eval` held-out rows first, then the training rows, each in the seed's
-    shuffled order: each class's share of `n_eval` (rounded down, the rows left to the largest
-    remainders, ties to the class the permutation reaches first), as scikit-learn's
-    `train_test_split(stratify=labels)` draws it; unlabelled rows (`labels` empty) the first
-    `n_eval` of the permutation."""
+    shuffled order: each class's share of `n_eval` (`stratified_head` of the permutation), as
+    scikit-learn's `train_test_split(stratify=labels)` draws it; unlabelled rows (`labels`
+    empty) the first `n_eval` of the permutation."""
     order = rng.permutation(n_rows)
     if not labels:
         return order
-    classes: dict[str, int] = {}
-    y = np.array([classes.setdefault(label_key(labels[i]), len(classes)) for i in order])
+    held = stratified_head(np.array([label_key(labels[i]) for i in order]), n_eval)
+    return np.concatenate([order[held], order[~held]])
+
+
+def stratified_head(labels: np.ndarray, n: int) -> np.ndarray:
+    """Which of the rows of `labels` (in their order) are kept when `n` are: each class's first
+    rows, as many as its share of `n` (rounded down, the rows left to the largest remainders,
+    ties to the class the rows reach first). Draws the held-out split (`held_out_order`) and
+    cuts the eval split to data.limit_eval."""
+    _, first, y = np.unique(labels, return_index=True, return_inverse=True)
+    y = np.argsort(np.argsort(first))[y.ravel()]  # classes numbered as the rows reach them
     counts = np.bincount(y)
-    share, rest = np.divmod(n_eval * counts, n_rows)
-    share[np.argsort(-rest, kind="stable")[: n_eval - share.sum()]] += 1
-    rank = np.empty(n_rows, np.int64)  # each row's place among its class's, in `order`
-    rank[np.argsort(y, kind="stable")] = np.arange(n_rows) - np.repeat(
+    share, rest = np.divmod(n * counts, len(y))
+    share[np.argsort(-rest, kind="stable")[: n - share.sum()]] += 1
+    rank = np.empty(len(y), np.int64)  # each row's place among its class's
+    rank[np.argsort(y, kind="stable")] = np.arange(len(y)) - np.repeat(
         counts.cumsum() - counts, counts
     )
-    held = rank < share[y]
-    return np.concatenate([order[held], order[~held]])
+    return rank < share[y]
 
 
 def check_train_left(
