@@ -143,17 +143,17 @@ def search_versions(cfg: KdcConfig) -> dict[str, int]:
     """The latency model's head costs version (`arch_cost.HEAD_COSTS_VERSION`) where the
     teacher's config.json lists pruned heads, which it costs by, other teachers costing as
     before; `eval_cut_versions` (its latency predictions' padding)."""
-    import json
-
     from kdc.deploy.arch_cost import HEAD_COSTS_VERSION
+    from kdc.hf_files import read_config
 
-    path = cfg.resolve(cfg.teacher.path) / "config.json" if cfg.teacher.path else None
-    try:
-        conf = json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
-        pruned = any((conf.get("pruned_heads") or {}).values())
-    except (ValueError, AttributeError, TypeError):  # preflight names a malformed one
-        pruned = False
-    heads = {"head_costs": HEAD_COSTS_VERSION} if pruned else {}
+    path = cfg.resolve(cfg.teacher.path) if cfg.teacher.path else None
+    conf = read_config(path, "teacher.path") if path and (path / "config.json").is_file() else {}
+    stated = conf.get("pruned_heads")  # preflight names a malformed one
+    heads = (
+        {"head_costs": HEAD_COSTS_VERSION}
+        if isinstance(stated, dict) and any(stated.values())
+        else {}
+    )
     return {**heads, **eval_cut_versions(cfg, padding=True)}
 
 

@@ -173,10 +173,12 @@ def prune_step(pruner: Any, adapter: ModelAdapter) -> None:
     queries: dict[nn.Module, tuple[int, nn.Module]] = {}
     model = getattr(adapter, "model", None)
     if adapter.family == "transformer" and hasattr(model.base_model, "_prune_heads"):
-        from kdc.models.hf import layer_list
+        from kdc.models.hf import block_attention, layer_list
         from kdc.models.pruned_config import record_pruned_heads
 
-        atts = [self_attention(b) for b in layer_list(model)]  # (others: no config states heads)
+        # the attentions `head_records` reads the records back from (others: no config states
+        # heads)
+        atts = [block_attention(b) for b in layer_list(model)]
         queries = {a.query: (i, a) for i, a in enumerate(atts) if a}
     for group in pruner.step(interactive=True):
         for dep, idxs in group:
