@@ -1,7 +1,8 @@
 """kdc against what a user would do instead, measured side by side (issue #9).
 
     python bench/compare.py [--example digits|sentiment] [--quick] [--only ROW ...]
-        [--epochs N] [--seed N] [--min-layers N] [--rounds N] [--reuse-calibration]
+        [--epochs N] [--seed N] [--min-layers N] [--min-hidden N] [--rounds N]
+        [--reuse-calibration]
 
 Per example (default: both) builds every row (ROWS; the optional QAT rows only when named in
 --only) from its teacher and data and measures all
@@ -517,14 +518,14 @@ def run_example(
     rounds: int,
     epochs: int | None = None,
     seed: int | None = None,
-    min_layers: int | None = None,
+    space: dict | None = None,
 ) -> dict:
     out = RESULTS / f"compare_{example}.json"
     old = read_json(out) if out.is_file() and only is not None else {"rows": {}}
     b = setup(example, quick)
     b.epochs, b.seed = epochs, seed
-    if min_layers and b.ctx.teacher.family == "transformer":  # a CNN example has no layers
-        b.space = {"num_hidden_layers": {"min": min_layers}}
+    if space and b.ctx.teacher.family == "transformer":  # a CNN has no layers or hidden size
+        b.space = space
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result = {**old, "example": example, "quick": quick, "machine": machine()}
     result.update(protocol={**old.get("protocol", {}), **protocol(quick)}, rows=dict(old["rows"]))
@@ -572,6 +573,9 @@ def main() -> None:
         "--min-layers", type=int, help="search.space num_hidden_layers min of the budget rows"
     )
     ap.add_argument(
+        "--min-hidden", type=int, help="search.space hidden_size min of the budget rows"
+    )
+    ap.add_argument(
         "--reuse-calibration",
         action="store_true",
         help="keep the scratch's host calibration from an earlier bench process (e.g. one taken "
@@ -583,8 +587,10 @@ def main() -> None:
     # refuses): this process calibrates afresh before its first budget row
     if not args.reuse_calibration:
         (SCRATCH / "kdc-config" / "calibration" / "host.yaml").unlink(missing_ok=True)
+    mins = {"num_hidden_layers": args.min_layers, "hidden_size": args.min_hidden}
+    space = {k: {"min": v} for k, v in mins.items() if v}
     for example in args.example or ["digits", "sentiment"]:
-        run_example(example, args.quick, args.only, rounds, args.epochs, args.seed, args.min_layers)
+        run_example(example, args.quick, args.only, rounds, args.epochs, args.seed, space)
 
 
 if __name__ == "__main__":
