@@ -124,9 +124,10 @@ def build_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     return {"profile": whole, **facets} if facets else whole
 
 
-# how data.limit_eval cuts a classifier's eval split: 2, each class's share of the rows
-# (`labels.stratified_head`; 1: its first rows)
-EVAL_CUT_VERSION = 2
+# how data.limit_eval cuts a classifier's eval split: 3, each class's share of the rows, at least
+# one of each where there is room (`labels.stratified_head`; 2: a small class's share could round
+# to none; 1: its first rows)
+EVAL_CUT_VERSION = 3
 
 
 def eval_cut_versions(cfg: KdcConfig, *, padding: bool = False) -> dict[str, int]:

@@ -51,6 +51,8 @@ def test_a_text_files_eval_split_is_stratified_and_drawn_by_the_seed(tmp_path):
         ([10, 9, 1], 4, [2, 2, 0]),  # 2, 1.8, 0.2: the largest remainder takes the row left
         ([10, 9, 1], 18, [9, 8, 1]),  # 9, 8.1, 0.9
         ([3, 1], 1, [1, 0]),
+        ([50, 30, 2], 8, [4, 3, 1]),  # 4.9, 2.9, 0.2: the small class takes one of the largest
+        ([40, 40, 1], 8, [4, 4, 0]),  # a class's only row is trained on
     ],
 )
 def test_each_class_gives_its_share_of_the_held_out_rows(counts, n_eval, held):

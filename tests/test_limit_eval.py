@@ -31,6 +31,32 @@ def test_limit_eval_keeps_each_classs_share_of_an_eval_file_sorted_by_class(tmp_
     assert list(ds.eval.features) == kept
 
 
+def _cut(tmp_path, counts: dict[str, int], limit: int):
+    """An eval file of `counts` rows per class (a training file of the same), cut to `limit`."""
+    labels = [y for y, n in counts.items() for _ in range(n)]
+    for name in ("train", "eval"):
+        rows = "".join(f"{name} {i},{y}\n" for i, y in enumerate(labels))
+        csv_file(tmp_path / f"{name}.csv", "text,label\n" + rows)
+    cfg = bert_config(data={"source": "train.csv", "eval": "eval.csv", "limit_eval": limit})
+    return load_dataset(load_config(write_yaml(tmp_path / "model.yaml", cfg)))
+
+
+def test_limit_eval_keeps_a_row_of_a_class_whose_share_rounds_to_none(tmp_path):
+    """49 neg, 49 pos, 2 mixed, 10 kept: mixed's share (0.2) rounds to none; it keeps one row,
+    taken from the largest share (5 and 5: the first class's), and nothing is warned."""
+    ds = _cut(tmp_path, {"neg": 49, "pos": 49, "mixed": 2}, 10)
+    assert Counter(ds.label_names[i] for i in ds.eval.labels) == {"neg": 4, "pos": 5, "mixed": 1}
+    assert not [n for n in ds.notes if "limit_eval" in n]
+
+
+def test_limit_eval_below_the_classes_count_warns_of_those_left_out(tmp_path):
+    ds = _cut(tmp_path, {"neg": 10, "pos": 10, "mixed": 10}, 2)
+    assert len(ds.eval) == 2
+    [note] = [n for n in ds.notes if "limit_eval" in n]
+    assert "data.limit_eval 2" in note and "1 class(es) (mixed)" in note
+    assert "raise data.limit_eval to 3 or more" in note and "\n" not in note
+
+
 def test_a_held_out_split_cut_to_limit_eval_keeps_each_classs_share(tmp_path):
     ds = load_dataset(cnn_cfg(tmp_path, eval_fraction=0.5, limit_eval=100))
     assert len(ds.eval) == 100

@@ -434,7 +434,14 @@ def load_dataset(cfg: KdcConfig, teacher_names: list[str] | None = None) -> Data
         # one copy: a held-out view would keep every row read; each class's share of the rows
         n = min(len(evs), d.limit_eval or len(evs))
         head = stratified_head(evs.labels, n) if len(evs.labels) else np.arange(len(evs)) < n
-        evs = evs.take(np.flatnonzero(head))
+        present, evs = set(evs.labels.tolist()), evs.take(np.flatnonzero(head))
+        if left := sorted(present - set(evs.labels.tolist())):  # n below the classes' count
+            notes.append(
+                f"data.limit_eval {d.limit_eval} keeps fewer eval rows than the split's "
+                f"{len(present)} classes: {len(left)} class(es) "
+                f"({listed([names[i] for i in left])}) are left out, so accuracy and macro-F1 "
+                f"say nothing of them; raise data.limit_eval to {len(present)} or more"
+            )
     if len(train) == 0 or len(evs) == 0:
         raise UserError(
             "a split is empty",

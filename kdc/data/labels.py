@@ -180,33 +180,45 @@ def check_eval_classes(
     )
 
 
-# the eval split data.eval_fraction holds out: 2, stratified by class (1: the seed's permutation's
-# first rows); runs that hold it out hash it (`kdc.fingerprint`), so a resume trains on the new one
-HELD_OUT_VERSION = 2
+# the eval split data.eval_fraction holds out: 3, stratified by class, each class of two or more
+# rows holding out one where there is room (2: a small class's share could round to none; 1: the
+# seed's permutation's first rows); runs that hold it out hash it (`kdc.fingerprint`), so a
+# resume trains on the new one
+HELD_OUT_VERSION = 3
 
 
 def held_out_order(n_rows: int, labels: list, n_eval: int, rng: np.random.Generator) -> np.ndarray:
     """Row indices, the `n_eval` held-out rows first, then the training rows, each in the seed's
-    shuffled order: each class's share of `n_eval` (`stratified_head` of the permutation), as
-    scikit-learn's `train_test_split(stratify=labels)` draws it; unlabelled rows (`labels`
-    empty) the first `n_eval` of the permutation."""
+    shuffled order: each class's share of `n_eval` (`stratified_head` of the permutation, a class
+    of two or more rows keeping one to train on), as scikit-learn's
+    `train_test_split(stratify=labels)` draws it; unlabelled rows (`labels` empty) the first
+    `n_eval` of the permutation."""
     order = rng.permutation(n_rows)
     if not labels:
         return order
-    held = stratified_head(np.array([label_key(labels[i]) for i in order]), n_eval)
+    held = stratified_head(np.array([label_key(labels[i]) for i in order]), n_eval, keep=1)
     return np.concatenate([order[held], order[~held]])
 
 
-def stratified_head(labels: np.ndarray, n: int) -> np.ndarray:
+def stratified_head(labels: np.ndarray, n: int, keep: int = 0) -> np.ndarray:
     """Which of the rows of `labels` (in their order) are kept when `n` are: each class's first
     rows, as many as its share of `n` (rounded down, the rows left to the largest remainders,
-    ties to the class the rows reach first). Draws the held-out split (`held_out_order`) and
-    cuts the eval split to data.limit_eval."""
+    ties to the class the rows reach first), and at least one of each class of more than `keep`
+    rows while a larger share can give it one (the largest, of equal shares the one rounded up
+    most). Draws the held-out split (`held_out_order`, `keep` 1: a class's only row is trained
+    on) and cuts the eval split to data.limit_eval."""
     _, first, y = np.unique(labels, return_index=True, return_inverse=True)
     y = np.argsort(np.argsort(first))[y.ravel()]  # classes numbered as the rows reach them
     counts = np.bincount(y)
     share, rest = np.divmod(n * counts, len(y))
     share[np.argsort(-rest, kind="stable")[: n - share.sum()]] += 1
+    for c in np.flatnonzero((share == 0) & (counts > keep)):  # classes rounded to no rows
+        donors = np.flatnonzero(share > 1)
+        if not len(donors):
+            break
+        over = share[donors] * len(y) - n * counts[donors]  # how far rounding raised each
+        share[donors[np.lexsort((-over, -share[donors]))[0]]] -= 1
+        share[c] = 1
     rank = np.empty(len(y), np.int64)  # each row's place among its class's
     rank[np.argsort(y, kind="stable")] = np.arange(len(y)) - np.repeat(
         counts.cumsum() - counts, counts
