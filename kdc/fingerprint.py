@@ -73,15 +73,18 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
 
 
 def _pixel_depth_mark(path: Path, files: list[tuple[str, int]]) -> list[tuple[str, str]]:
-    """A mark on an image folder's fingerprint (not a saved `datasets` directory's) whose
-    `files` may be 16-bit (a PNG, a TIFF): those are read scaled to 8 bits
-    (`kdc.data.images.eight_bit`), not clipped at 255 as before, so a run of them is not
-    resumed on the clipped pixels; a folder of JPEGs keeps its fingerprint."""
-    from kdc.data.images import WIDE_GRAY_SUFFIXES
+    """Marks on an image folder's fingerprint (not a saved `datasets` directory's) whose
+    `files` may be 16-bit (a PNG, a TIFF) or are float (a TIFF's header says so): those are read
+    scaled to 8 bits (`kdc.data.images.eight_bit`), not clipped at 255 as before, so a run of
+    them is not resumed on the clipped pixels; a folder of JPEGs keeps its fingerprint."""
+    from kdc.data.images import WIDE_GRAY_SUFFIXES, holds_float_images
     from kdc.data.readers import datasets_dir
 
+    if datasets_dir(path):
+        return []
     wide = any(Path(name).suffix.lower() in WIDE_GRAY_SUFFIXES for name, _ in files)
-    return [("16-bit images", "scaled to 8 bits")] if wide and not datasets_dir(path) else []
+    floats = holds_float_images([path / name for name, _ in files])
+    return [("16-bit images", "scaled to 8 bits")] * wide + [("float images", "scaled")] * floats
 
 
 def _folder_order_mark(path: Path) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ from PIL import Image
 from test_data_loading import cnn_cfg
 
 from kdc.data.images import eight_bit, read_imagefolder
+from kdc.errors import UserError
 from kdc.fingerprint import _data_fingerprint
 from kdc.image_processor import ImageReading
 
@@ -80,3 +81,45 @@ def test_a_16_bit_tiff_is_scaled(tmp_path):
     with Image.open(tmp_path / "a.tif") as im:
         got = eight_bit(im)
     assert np.asarray(got).tolist() == (SPAN >> 8).tolist()
+
+
+FLOATS = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)  # a float image's usual scale
+
+
+def _float_folder(tmp_path, values: np.ndarray) -> None:
+    for cls in ("dark", "light"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.fromarray(values).save(tmp_path / "imgs" / cls / "a.tif")
+
+
+@pytest.mark.parametrize(("values", "scale"), [(FLOATS, 255.0), (FLOATS * 255, 1.0)])
+def test_a_float_tiff_in_0_1_is_scaled_in_0_255_kept(tmp_path, values, scale):
+    """A 32-bit float TIFF (Pillow's F): clipped by Pillow's convert, a [0, 1] image read black."""
+    _float_folder(tmp_path, values)
+    with Image.open(tmp_path / "imgs" / "dark" / "a.tif") as im:
+        assert im.mode == "F"
+    x, _ = read_imagefolder(tmp_path / "imgs", ImageReading((8, 8), None), channels=3)
+    want = np.rint(values.astype(np.float64) * scale) / 255.0
+    for c in range(3):
+        np.testing.assert_allclose(x[0, c], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-0.5, 300.0, np.nan])
+def test_a_float_tiff_outside_0_255_is_refused_naming_it(tmp_path, bad):
+    values = FLOATS.copy()
+    values[0, 0] = bad
+    _float_folder(tmp_path, values)
+    with pytest.raises(UserError) as e:
+        read_imagefolder(tmp_path / "imgs", ImageReading((8, 8), None))
+    assert e.value.exit_code == 2 and "a.tif" in str(e.value) and "\n" not in str(e.value)
+    assert "neither [0, 1] nor [0, 255]" in str(e.value) and "8- or 16-bit" in str(e.value)
+
+
+def test_a_folder_of_float_tiffs_marks_its_fingerprint(tmp_path):
+    """Read scaled now, clipped before: a run of them is not resumed; 8-bit TIFFs keep theirs."""
+    _float_folder(tmp_path, FLOATS)
+    cfg = cnn_cfg(tmp_path, source="imgs", image_size=8)
+    assert ("float images", "scaled") in _data_fingerprint(cfg, "imgs")
+    for f in (tmp_path / "imgs").rglob("a.tif"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(f)
+    assert ("float images", "scaled") not in _data_fingerprint(cfg, "imgs")

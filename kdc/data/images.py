@@ -140,16 +140,57 @@ def _tiff_bits(im: Image.Image) -> int:
     return int(bits[0] if isinstance(bits, tuple) else bits)
 
 
-def eight_bit(im: Image.Image) -> Image.Image:
+def eight_bit(im: Image.Image, source: str = "", field: str = "data.source") -> Image.Image:
     """A 16-bit grayscale image as 8-bit L, value >> 8 (torchvision's uint16 to uint8, which
-    reads an 8-bit image widened as v x 257 back as v); any other image as it is (a 32-bit
-    integer TIFF too: Pillow's convert clips it at 255, as before 16-bit images were scaled)."""
+    reads an 8-bit image widened as v x 257 back as v); a float image as 8-bit L
+    (`float_eight_bit`); any other image as it is (a 32-bit integer TIFF too: Pillow's convert
+    clips it at 255, as before 16-bit images were scaled)."""
     from PIL import Image
 
+    if im.mode == "F":
+        return float_eight_bit(im, source, field)
     if im.mode not in WIDE_GRAY_MODES or _tiff_bits(im) > 16:
         return im
     wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
     return Image.fromarray((wide >> 8).astype(np.uint8))
+
+
+FLOAT_SUFFIXES = (".tif", ".tiff")  # the image files that may hold a float image (Pillow's F)
+
+
+def float_eight_bit(im: Image.Image, source: str, field: str) -> Image.Image:
+    """A float image (Pillow's mode F: a 32-bit float TIFF) as 8-bit L, rounded: values all
+    within [0, 1] times 255, within [0, 255] as they are (Pillow's convert clips at 0 and 255,
+    reading a [0, 1] image black); others (negative, above 255, NaN) are a UserError naming
+    `source`."""
+    from PIL import Image
+
+    values = np.asarray(im, np.float64)
+    finite, lo, hi = bool(np.isfinite(values).all()), values.min(), values.max()
+    if not finite or lo < 0 or hi > 255:
+        shown = f"from {lo:g} to {hi:g}" if finite else "NaN or infinite"
+        raise UserError(
+            f"a float image whose values ({shown}) are within neither [0, 1] nor [0, 255]",
+            source=source,
+            field=field,
+            fix="save it as an 8- or 16-bit image",
+        )
+    return Image.fromarray(np.rint(values * (255.0 if hi <= 1 else 1.0)).astype(np.uint8))
+
+
+def holds_float_images(files: list[Path]) -> bool:
+    """Whether any of the TIFF `files` is a float image (Pillow's mode F, from its header): read
+    scaled by `float_eight_bit`, clipped before."""
+    from PIL import Image
+
+    def is_float(f: Path) -> bool:
+        try:
+            with Image.open(f) as im:
+                return im.mode == "F"
+        except (OSError, ValueError):  # reading it names the file
+            return False
+
+    return any(is_float(f) for f in files if f.suffix.lower() in FLOAT_SUFFIXES)
 
 
 def read_imagefolder(
@@ -169,7 +210,7 @@ def read_imagefolder(
     for cls, files in classes.items():
         for img in files:
             with _image_errors(img, field), Image.open(img) as im:
-                im = eight_bit(im).convert("L" if channels == 1 else "RGB")
+                im = eight_bit(im, str(img), field).convert("L" if channels == 1 else "RGB")
                 if reading.resize:
                     im = im.resize(reading.resize[::-1], reading.resample)
                 arr = np.asarray(im, dtype=np.float32).reshape(im.height, im.width, channels)

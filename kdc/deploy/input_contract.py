@@ -26,7 +26,10 @@ _DIGITS = {
     "scale": "x / 16.0",
 }
 # what kdc.data.images.eight_bit does first
-_WIDE = "; a 16-bit grayscale image, Pillow's I;16 or I, first to 8 bits as value >> 8"
+_WIDE = (
+    "; a 16-bit grayscale image, Pillow's I;16 or I, first to 8 bits as value >> 8; a float"
+    " image, Pillow's F, first to 8 bits rounded, values within [0, 1] times 255"
+)
 _FOLDER = {
     "source": "an image folder (<folder>/<class>/<image>), read with Pillow",
     "steps": [f"Image.convert('RGB') (grayscale replicated to 3 channels, alpha dropped{_WIDE})"],
