@@ -197,9 +197,9 @@ def read_imagefolder(
     path: Path, reading: ImageReading, field: str = "data.source", channels: int = 3
 ) -> tuple[np.ndarray, list[str]]:
     """`path/<class>/<image>` → float32 N×channels×H×W in [0, 1] (1: grayscale, Pillow's mode
-    L; 3: RGB; a 16-bit image scaled to 8 bits, `eight_bit`), resized and cropped as `reading`
-    says, and class names; an image file that does not decode, or that ends at another size
-    than `reading.size`, is a UserError naming it.
+    L; 3: RGB; a 16-bit or float image read as 8 bits, `eight_bit`), resized and cropped as
+    `reading` says, and class names; an image file that does not decode, or that ends at another
+    size than `reading.size`, is a UserError naming it.
     Written into one array as they are read: memory is the result's, not a multiple of it."""
     from PIL import Image
 
