@@ -82,17 +82,6 @@ class FeatureTaps:
         self.detach()
 
 
-def self_attention(block: nn.Module) -> nn.Module | None:
-    """The BERT-style self-attention inside a block: `num_attention_heads` and query/key/value
-    Linear layers (BERT, RoBERTa, ELECTRA, XLM-R …)."""
-    for mod in block.modules():
-        if isinstance(getattr(mod, "num_attention_heads", None), int) and all(
-            isinstance(getattr(mod, k, None), nn.Linear) for k in ("query", "key", "value")
-        ):
-            return mod
-    return None
-
-
 def _pooled(adapter: ModelAdapter) -> dict[str, Tap]:
     """The input of the (first) classifier as `pooled`: [CLS] for DeiT's two averaged heads."""
     heads = adapter.classifiers()
@@ -101,7 +90,7 @@ def _pooled(adapter: ModelAdapter) -> dict[str, Tap]:
 
 def transformer_taps(adapter: ModelAdapter, example: dict[str, np.ndarray]) -> dict[str, Tap]:
     """Embeddings, every block's output, its attention's query/key/value, the pooler output."""
-    from kdc.models.hf import layer_list
+    from kdc.models.hf import block_attention, layer_list
 
     model = adapter.model  # type: ignore[attr-defined]
     base = model.base_model
@@ -110,7 +99,7 @@ def transformer_taps(adapter: ModelAdapter, example: dict[str, np.ndarray]) -> d
         taps["embeddings"] = Tap(base.embeddings, tokens=True)
     for i, block in enumerate(layer_list(model)):
         taps[f"hidden{i}"] = Tap(block, tokens=True)
-        attn = self_attention(block)
+        attn = block_attention(block)
         if attn is not None:
             for k in ("query", "key", "value"):
                 taps[f"{k}{i}"] = Tap(getattr(attn, k), heads_of=attn)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdc.compress.hooks import self_attention
 from kdc.config import PruneConfig
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
@@ -69,11 +68,11 @@ def version(family: str, hidden_ratio: float = 0.0) -> int:
 
 
 def _transformer_layout(adapter: ModelAdapter) -> dict[str, Any]:
-    from kdc.models.hf import hidden_size, layer_list
+    from kdc.models.hf import block_attention, hidden_size, layer_list
 
     model = adapter.model  # type: ignore[attr-defined]
     blocks = list(layer_list(model))
-    attns = [self_attention(b) for b in blocks]
+    attns = [block_attention(b) for b in blocks]
     if any(a is None for a in attns):
         raise UserError(
             "structured pruning supports BERT-style attention (query/key/value layers) only",

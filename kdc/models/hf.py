@@ -85,10 +85,11 @@ def keep_layers(config: Any, keep: list[int]) -> None:
 
 
 def bert_attention(mod: nn.Module) -> bool:
-    """Whether `mod` is a BERT-style self-attention (query Linear, int head size): kdc prunes it."""
-    return isinstance(getattr(mod, "query", None), nn.Linear) and isinstance(
-        getattr(mod, "attention_head_size", None), int
-    )
+    """Whether `mod` is a BERT-style self-attention (query/key/value Linear layers, int head count
+    and size: BERT, RoBERTa, ELECTRA, XLM-R, ViT …): kdc taps and prunes it."""
+    linear = all(isinstance(getattr(mod, k, None), nn.Linear) for k in ("query", "key", "value"))
+    sizes = ("num_attention_heads", "attention_head_size")
+    return linear and all(isinstance(getattr(mod, k, None), int) for k in sizes)
 
 
 def block_attention(block: nn.Module) -> nn.Module | None:
