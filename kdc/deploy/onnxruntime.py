@@ -9,6 +9,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -296,6 +297,20 @@ def _optimize_cnn(
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(tmp)
     ort.InferenceSession(str(src), opts, providers=[CPU])
+
+
+def optimizer_dims(arch: dict[str, Any]) -> tuple[int, int]:
+    """(num_heads, hidden_size) for ORT's transformer optimizer of a model of architecture
+    `arch`: its heads and their total width where every layer has the same, else (0, 0),
+    detect. The optimizer fuses each attention with the heads its graph states, these the
+    fallback; it asserts hidden_size is a multiple of num_heads, which a head-pruned model's
+    layer 0 count (`num_attention_heads`) and hidden size need not be."""
+    heads = arch.get("num_attention_heads") or 0
+    size = arch.get("attention_head_size")
+    width = heads * size if size else arch.get("hidden_size") or 0
+    if not heads or arch.get("layer_heads") or width % heads:
+        return 0, 0
+    return heads, width
 
 
 OPTIMIZERS: dict[str, Callable[[Path, Path, int, int, bool], None]] = {
