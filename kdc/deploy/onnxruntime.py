@@ -239,15 +239,25 @@ def _optimize_transformer(
         try:
             model = run(2)
         except Exception as e:  # the fusion scripts fail in many ways on unusual graphs
-            log.warning(
-                "%s: transformer fusion at opt_level 2 failed (%s); using opt_level 1",
-                src,
-                str(e).splitlines()[0] if str(e) else type(e).__name__,
-            )
-            model = run(1)
+            log.warning("%s: fusion at opt_level 2 failed (%s); using opt_level 1", src, _line(e))
+            try:
+                model = run(1)
+            except Exception as e1:
+                log.warning(
+                    "%s: fusion at opt_level 1 failed too (%s); the graph is kept as "
+                    "exported (ONNX Runtime's session still optimises it)",
+                    src,
+                    _line(e1),
+                )
+                onnx.save(onnx.load(str(source)), str(tmp))
+                return
     fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     log.info("%s: fused operators %s", src, fused or "none")
     model.save_model_to_file(str(tmp))
+
+
+def _line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _scores_divided(model: onnx.ModelProto) -> bool:

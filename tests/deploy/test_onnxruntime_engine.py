@@ -361,6 +361,23 @@ def test_optimize_transformer_fuses_and_keeps_outputs(bert: Path, tmp: Path) -> 
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+def test_optimize_transformer_keeps_the_graph_where_fusion_fails(
+    bert: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ORT's fusion scripts failing at both levels leave the exported graph, with a warning, not
+    a traceback out of build."""
+    import onnxruntime.transformers.optimizer as ort_optimizer
+
+    def fail(*args, **kwargs):
+        raise AssertionError("unusual graph")
+
+    monkeypatch.setattr(ort_optimizer, "optimize_model", fail)
+    with caplog.at_level("WARNING"):
+        dst = optimize(bert, tmp / "kept.onnx", family="transformer")
+    assert count_ops(dst) == count_ops(bert)
+    assert "opt_level 1 failed too (unusual graph)" in caplog.text
+
+
 def test_quantize_int8_transformer_symmetric(bert: Path, tmp: Path) -> None:
     dst = quantize_int8(
         bert, tmp / "bert-int8.onnx", [_text(8, s) for s in range(4)], symmetric_activations=True
