@@ -118,9 +118,13 @@ def int8_engine_facets(cfg: KdcConfig, profile: HardwareProfile) -> dict[str, An
 
 def build_profile(cfg: KdcConfig, profile: HardwareProfile) -> Any:
     """What build reads of the target: the whole profile with its `tensorrt_facets`, and beside
-    it the `int8_engine_facets`, only where any applies (a run without them hashes as before)."""
+    it the `int8_engine_facets` and, where it builds (or bundles) a TensorRT engine, whose
+    bundle's goldens are the eval split's first rows, `eval_cut_versions`; only where any
+    applies (a run without them hashes as before)."""
     whole = whole_profile(*TENSORRT_ONLY)(cfg, profile)
     facets = int8_engine_facets(cfg, profile)
+    if builds_tensorrt(cfg, profile):
+        facets |= eval_cut_versions(cfg)
     return {"profile": whole, **facets} if facets else whole
 
 
