@@ -176,7 +176,7 @@ def check(
         typer.Option(
             "--strict",
             help="Fail a slowdown beyond the latency tolerance, however noisy or small the "
-            "timings.",
+            "timings (a p99 of fewer than 100 timed runs is still not compared).",
         ),
     ] = False,
     update_baseline: Annotated[
@@ -186,7 +186,8 @@ def check(
     """Compare a report with a baseline; exit 1 on a regression.
 
     A slowdown fails beyond the tolerance and the timings' noise, a measured p50 that moved by
-    0.005 ms or less (p99: 0.05 ms) never (the tolerance alone with --strict); accuracy, memory
+    0.005 ms or less (p99: 0.05 ms) never (the tolerance alone with --strict); a p99 is compared
+    only where both reports timed 100 runs or more (else SKIPPED: not compared); accuracy, memory
     and model size are compared too."""
     from kdc.deploy import check as C
     from kdc.deploy.junit import write_junit

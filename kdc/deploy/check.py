@@ -23,7 +23,11 @@ error from the per-sample cv under a normal approximation, k·cv/sqrt(iterations
 sqrt(q(1-q))/φ(Φ⁻¹(q)): 1.2533 for the median, 3.7336 for p99 (cv itself when iterations is not
 recorded); 0 for predictions. A measured p50 may also move by 0.005 ms and a p99 by 0.05 ms
 either way, whatever the relative allowance (LATENCY_FLOOR_MS; not with `--strict`): a
-sub-millisecond model's timings move by that much between runs. Accuracy (the task's primary
+sub-millisecond model's timings move by that much between runs. A measured p99 is compared only
+where both measurements timed at least 100 runs (`iterations`, check_noise.MIN_RUNS): else its
+line is `skipped` ("not compared: p99 from 20 runs now (needs >= 100)"), neither a regression
+nor an improvement, with `--strict` too; one whose runs are not recorded is compared, and says
+so. Accuracy (the task's primary
 metric) regresses when it drops by more than the tolerance in absolute points; accuracy
 figures from different engines are `missing`.
 Memory (`memory` and `target_memory`: a measurement's `engine_mb`, peak RSS less the runtime's,
@@ -39,10 +43,10 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from kdc.deploy.check_noise import latency_noise, noisy, run_counts
 from kdc.deploy.constraints import (
     LATENCY_KEYS,
     MEMORY_MB,
@@ -51,9 +55,8 @@ from kdc.deploy.constraints import (
     headline_latency,
     value_and_engine,
 )
-from kdc.deploy.junit import write_junit
+from kdc.deploy.junit import NOT_COMPARED, write_junit
 from kdc.deploy.tolerance import TOLERANCE_UNITS, parse_tolerance
-from kdc.deploy.trtexec import CV_LIMIT
 from kdc.errors import UserError
 
 __all__ = [
@@ -67,7 +70,6 @@ __all__ = [
 ]
 
 STATS = {"measured": ("p50", "p99"), "predicted": ("p50",)}
-NOISE_SIGMAS = 2.0
 # the most a noise allowance may excuse: timings noisier than this (one disturbed round) cannot
 # clear a larger slowdown, or a shared CI runner would pass a 3x one
 NOISE_CAP = 0.5
@@ -87,22 +89,12 @@ CONDITIONS = {  # what makes two latency figures of a kind comparable
 # is built for one; "unknown" when trtexec's banner was not read)
 RECORDED_CONDITIONS = {"measured": ("tensorrt",)}
 REBASELINE = "re-baseline with `kdc check --update-baseline`"
-QUANTILES = {"p50": 0.5, "p99": 0.99}
 # what a measured statistic may move by between runs (ms), whatever its relative allowance: a
 # sub-millisecond model's timings move with the machine more than with the model (the digits
 # example's 0.012 ms p50 moved by 1.4 µs, +12 %, between two runs of one config; its p99 rests
 # on the few calls an interrupt or a context switch of tens of µs landed in: 0.018 ms in one
 # run, 0.035 ms in another). A p50 twice as slow, from 0.005 ms up, is still past the floor.
 LATENCY_FLOOR_MS = {"p50": 0.005, "p99": 0.05}
-_QUANTILE_NAME = {"p50": "median"}
-
-
-def quantile_se_factor(q: float) -> float:
-    """k in s.e.(q-quantile) = k·std/sqrt(n) for normal samples: sqrt(q(1-q))/φ(Φ⁻¹(q)), 1.2533
-    for the median (sqrt(π/2)) and 3.7336 for p99, whose estimate rests on the few slowest
-    samples."""
-    nd = statistics.NormalDist()
-    return math.sqrt(q * (1 - q)) / nd.pdf(nd.inv_cdf(q))
 
 
 @dataclass
@@ -113,7 +105,7 @@ class CheckResult:
     limit: float | None
     noise: float | None  # relative noise of a latency comparison
     # "pass" | "warn" (a slowdown past the tolerance passed on the noise allowance alone) |
-    # "regression" | "improved" | "missing"
+    # "regression" | "improved" | "missing" | "skipped" (a p99 of too few timed runs: never fails)
     status: str
     message: str
 
@@ -127,40 +119,6 @@ class CheckResult:
 
 def _missing(metric: str, base: float | None, cur: float | None, why: str) -> CheckResult:
     return CheckResult(metric, base, cur, None, None, "missing", why)
-
-
-def _rounds_spread(lat: dict, stat: str) -> float | None:
-    rounds = lat.get(f"rounds_{stat}_ms") or []
-    if len(rounds) < 2 or statistics.median(rounds) <= 0:
-        return None
-    return (max(rounds) - min(rounds)) / statistics.median(rounds)
-
-
-def _noise(base: dict, cur: dict, stat: str = "p50") -> tuple[float, str]:
-    """(relative noise, how it was estimated) of comparing `stat` of two latency objects of one
-    kind: its own spread over rounds where both recorded it, else the p50's estimate."""
-    if base.get("kind") != "measured":
-        return 0.0, ""
-    for s in dict.fromkeys((stat, "p50")):
-        spreads = [_rounds_spread(base, s), _rounds_spread(cur, s)]
-        if None not in spreads:
-            return NOISE_SIGMAS * math.hypot(*spreads), f" ({s} spread over rounds)"
-    if all(o.get("iterations") for o in (base, cur)):
-        k = quantile_se_factor(QUANTILES[stat])
-        se = [k * (o.get("cv") or 0.0) / math.sqrt(o["iterations"]) for o in (base, cur)]
-        return NOISE_SIGMAS * math.hypot(*se), f" (s.e. of the {_QUANTILE_NAME.get(stat, stat)})"
-    cvs = (base.get("cv") or 0.0, cur.get("cv") or 0.0)
-    return NOISE_SIGMAS * math.hypot(*cvs), " (per-sample cv: iterations not recorded)"
-
-
-def _noisy(base: dict, cur: dict) -> str:
-    """`; noisy (cv 4.1% baseline, 3.0% now)` for the measurements whose cv exceeds CV_LIMIT."""
-    over = [
-        f"{o['cv']:.1%} {which}"
-        for o, which in ((base, "baseline"), (cur, "now"))
-        if (o.get("cv") or 0.0) > CV_LIMIT
-    ]
-    return f"; noisy (cv {', '.join(over)})" if over else ""
 
 
 def _latency_result(
@@ -270,26 +228,30 @@ def _latency(
             )
             for s in STATS.get(kind, ("p50",))
         ]
-    note, out = _noisy(base, cur), []
-    for s in STATS.get(kind, ("p50",)):
-        metric, b, c = f"{label}.{key}_{s}_ms", base.get(f"{s}_ms"), cur.get(f"{s}_ms")
-        out.append(
-            CheckResult(metric, b, c, None, None, "regression", f"the baseline has no {s}_ms")
-            if b is None and c is not None  # a damaged baseline gates nothing on this figure
-            else _missing(metric, b, c, f"{s}_ms absent")
-            if b is None or c is None
-            else _latency_result(
-                metric,
-                float(b),
-                float(c),
-                tol,
-                None if strict else _noise(base, cur, s),
-                note,
-                kind,
-                s,
-            )
+    note = noisy(base, cur)
+    return [
+        _figure(f"{label}.{key}_{s}_ms", base, cur, s, tol, note, strict, kind)
+        for s in STATS.get(kind, ("p50",))
+    ]
+
+
+def _figure(
+    metric: str, base: dict, cur: dict, stat: str, tol: float, note: str, strict: bool, kind: str
+) -> CheckResult:
+    """`stat` of two comparable latency objects of `kind`; a measured one `skipped` where either
+    rests on too few timed runs (`run_counts`, with `--strict` too)."""
+    b, c = base.get(f"{stat}_ms"), cur.get(f"{stat}_ms")
+    if b is None and c is not None:  # a damaged baseline gates nothing on this figure
+        return CheckResult(metric, b, c, None, None, "regression", f"the baseline has no {stat}_ms")
+    if b is None or c is None:
+        return _missing(metric, b, c, f"{stat}_ms absent")
+    too_few, runs = run_counts(base, cur, stat) if kind == "measured" else ("", "")
+    if too_few:
+        return CheckResult(
+            metric, b, c, None, None, "skipped", f"{b:.4g} -> {c:.4g} ms {kind}; {too_few}"
         )
-    return out
+    noise = None if strict else latency_noise(base, cur, stat)
+    return _latency_result(metric, float(b), float(c), tol, noise, note + runs, kind, stat)
 
 
 def _comparable(
@@ -536,7 +498,7 @@ def _nothing_compared(
     figures = sum(  # p50 and p99 of a measurement, p50 of a prediction
         len(STATS.get(str(lat.get("kind")), ("p50",))) for lat in lats if lat.get("kind") in kinds
     )
-    compared = any(r.metric.endswith("_ms") and r.status != "missing" for r in results)
+    compared = any(r.metric.endswith("_ms") and r.status not in NOT_COMPARED for r in results)
     if compared or not has:  # (no latency in the baseline: nothing to gate on)
         return []
     if not figures:  # e.g. --latency-kind predicted against a host run, which measures only

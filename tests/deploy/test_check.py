@@ -48,7 +48,7 @@ def test_slowdown_beyond_tolerance_and_noise_is_a_regression(baseline):
 def test_single_round_p99_allows_for_its_own_uncertainty(baseline):
     """trtexec results are one round: p99's standard error is 3x the median's, so a 12 % p99
     slowdown with a noisy device (cv 20 %, 200 runs) is within noise, a 12 % p50 one is not."""
-    from kdc.deploy.check import quantile_se_factor
+    from kdc.deploy.check_noise import quantile_se_factor
 
     assert quantile_se_factor(0.5) == pytest.approx((math.pi / 2) ** 0.5)
     assert quantile_se_factor(0.99) == pytest.approx(3.7336, rel=1e-4)
@@ -398,16 +398,16 @@ def test_constraint_rows_become_results_and_a_missing_value_fails(baseline):
 
 def test_p99_uses_its_own_spread_over_rounds():
     """A p99 that varies 30 % between rounds is not gated at the p50's 2 % spread."""
-    from kdc.deploy.check import _noise
+    from kdc.deploy.check_noise import latency_noise
 
     base = {"kind": "measured", "rounds_p50_ms": [10.0, 10.1, 10.2], "rounds_p99_ms": [12, 15, 14]}
     cur = {**base}
-    p50, how50 = _noise(base, cur, "p50")
-    p99, how99 = _noise(base, cur, "p99")
+    p50, how50 = latency_noise(base, cur, "p50")
+    p99, how99 = latency_noise(base, cur, "p99")
     assert p50 < 0.06 and "p50 spread" in how50
     assert p99 > 0.5 and "p99 spread" in how99
     old = {k: v for k, v in base.items() if k != "rounds_p99_ms"}  # an older report
-    assert _noise(old, cur, "p99") == (p50, how50)
+    assert latency_noise(old, cur, "p99") == (p50, how50)
 
 
 def test_a_baseline_constraint_the_report_lacks_fails(baseline):
