@@ -27,9 +27,8 @@ sub-millisecond model's timings move by that much between runs. A measured p99 i
 where both measurements timed at least 100 runs (`iterations`, check_noise.MIN_RUNS): else its
 line is `skipped` ("not compared: p99 from 20 runs now (needs >= 100)"), neither a regression
 nor an improvement, with `--strict` too; one whose runs are not recorded is compared, and says
-so. Accuracy (the task's primary
-metric) regresses when it drops by more than the tolerance in absolute points; accuracy
-figures from different engines are `missing`.
+so. Accuracy (the task's primary metric) regresses when it drops by more than the tolerance in
+absolute points; accuracy figures from different engines are `missing`.
 Memory (`memory` and `target_memory`: a measurement's `engine_mb`, peak RSS less the runtime's,
 where both record it, else its peak RSS; a prediction's peak) and the model's `size_mb` regress
 when they grow by more than the memory tolerance (relative; memory may always grow by
