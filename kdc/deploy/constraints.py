@@ -11,7 +11,10 @@ Which engine answers which constraint:
   one first, then report order), a *measured* figure counts when it was taken on the target:
   the target is the host (`target.measurable`, or target name `host`) or the object says
   `"on_target": true`. Failing that, the first *predicted* figure is used, and the row says
-  so. Measured latency is judged by `p99_ms`; a prediction has no tail, so by its `p50_ms`.
+  so. Measured latency is judged by `p99_ms`; a prediction has no tail, so by its `p50_ms`. A
+  measured p99 of fewer timed runs (`iterations`) than `check_noise.MIN_RUNS` is not judged:
+  the row keeps its value, fails, and its `reason` says so (a gate asked to judge a budget it
+  cannot is not passed).
   Memory: `peak_rss_mb` if measured, `peak_mb` if predicted.
 - A constraint with a limit but no value gets `pass: false` and a `reason`; never skipped.
 - `device_parity`: one row per engine whose parity the device checked (`parity.on_target`,
@@ -28,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kdc.deploy.check_noise import MIN_RUNS
 from kdc.deploy.metrics import primary_metric
 from kdc.errors import UserError
 
@@ -46,6 +50,7 @@ class Reading:
     engine: str
     note: str = ""
     batch: int | None = None  # rows the figure is for (memory: the largest an engine takes)
+    unjudged: str = ""  # why the value cannot be judged against its limit (too few runs)
 
 
 def on_dla_core(lat: dict) -> str:
@@ -158,7 +163,26 @@ def _latency(report: dict) -> Reading:
             f"{lat.get('calibrated_from', 'unknown')}); a prediction has no p99"
         )
     )
-    return Reading(float(value), lat["kind"], engine_label(eng) + on_dla_core(lat), note)
+    label = engine_label(eng) + on_dla_core(lat)
+    return Reading(float(value), lat["kind"], label, note, unjudged=_too_few_runs(eng, lat, stat))
+
+
+def _too_few_runs(eng: dict, lat: dict, stat: str) -> str:
+    """Why a measured `stat` of fewer timed runs than MIN_RUNS is not judged, and the fix; ''
+    where it has enough, or its runs are not recorded."""
+    need, n = MIN_RUNS.get(stat), lat.get("iterations")
+    if need is None or not n or n >= need:
+        return ""
+    if eng.get("built_on") == "device":
+        fix = "run the bundle's bench.sh as written on the device (it times more)"
+    elif (limit := lat.get("max_duration_s")) and lat.get("duration_s", 0) >= limit:
+        fix = (
+            f"timing stopped at its {limit:g} s limit (p50 {lat.get('p50_ms', 0):.4g} ms a "
+            "run): a smaller verify.batch, or a faster machine, times enough"
+        )
+    else:
+        fix = f"raise verify.iterations to {need} or more"
+    return f"not judged: {stat} from {n} runs (needs >= {need}); {fix}"
 
 
 def _tail_note(lat: dict) -> str:
@@ -312,10 +336,12 @@ def evaluate_constraints(report: dict, constraints: dict, profile_defaults: dict
             "limit": limit,
             "value": r.value,
             "source": r.source,
-            "pass": r.value <= limit,
+            "pass": r.value <= limit and not r.unjudged,
             "engine": r.engine,
             "limit_from": origin,
         }
+        if r.unjudged:
+            row["reason"] = r.unjudged
         if r.note:
             row["note"] = r.note
         if r.batch is not None:

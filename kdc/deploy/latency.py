@@ -92,6 +92,7 @@ def measure_callable(
         "iterations": len(ms),
         "warmup": done_warmup,
         "duration_s": duration_s,
+        "max_duration_s": max_duration_s,  # where timing stops, however few runs it timed
         "warnings": _warnings(ms, cv, iterations, max_duration_s),
     }
 

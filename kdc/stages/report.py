@@ -182,8 +182,8 @@ def write_no_fit_report(
 TIMING_NOT_RECORDED = "device and batch not recorded (run build again)"
 # the report's own version, in its input hash from 2 on (`Stage.versions`): a `--resume` of a run
 # reported by an earlier version writes its report again. 2: an earlier build's bare ptq: auto
-# timings labelled
-VERSION = 2
+# timings labelled; 3: a measured p99 of fewer than check_noise.MIN_RUNS runs not judged
+VERSION = 3
 
 
 def labelled_backend_timings(engines: list[dict]) -> list[dict]:

@@ -1,0 +1,94 @@
+"""A measured p99 of fewer timed runs than check_noise.MIN_RUNS is not judged against a latency
+budget: the row keeps the value, fails, and says why and the fix; the p50 of a prediction and
+the other constraints are judged as before."""
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kdc.deploy.check_noise import MIN_RUNS
+from kdc.deploy.constraints import evaluate_constraints, passed, shipped_engine
+from kdc.deploy.report import console_summary
+from kdc.deploy.report_md import render_markdown
+
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "report_sample.json"
+NEED = MIN_RUNS["p99"]
+
+
+@pytest.fixture
+def host_report() -> dict:
+    report = json.loads(SAMPLE.read_text())
+    report["target"] = {"name": "host"}
+    return report
+
+
+def latency_row(report: dict, budget: float = 10.0) -> dict:
+    rows = evaluate_constraints(report, {"latency_budget_ms": budget}, {})
+    return next(r for r in rows if r["name"] == "latency_p99_ms")
+
+
+def test_a_p99_of_too_few_runs_is_not_judged_and_fails(host_report):
+    shipped_engine(host_report)["latency"]["iterations"] = 20
+    row = latency_row(host_report)
+    assert row["value"] == 3.9 and row["source"] == "measured"  # what was timed is still said
+    assert row["pass"] is False  # 3.9 <= 10, yet a gate cannot pass on a p99 of 20 runs
+    assert row["reason"] == (
+        f"not judged: p99 from 20 runs (needs >= {NEED}); raise verify.iterations to {NEED} or more"
+    )
+    assert passed([row]) is False
+
+
+def test_a_p99_over_budget_of_too_few_runs_is_not_judged_either(host_report):
+    shipped_engine(host_report)["latency"]["iterations"] = 10
+    row = latency_row(host_report, budget=1.0)
+    assert row["pass"] is False and row["reason"].startswith("not judged: p99 from 10 runs")
+
+
+def test_enough_runs_or_none_recorded_are_judged(host_report):
+    lat = shipped_engine(host_report)["latency"]
+    for runs in (NEED, None):  # a report of an older kdc records no runs: judged as before
+        lat["iterations"] = runs
+        row = latency_row(host_report)
+        assert row["pass"] is True and "reason" not in row
+
+
+def test_timing_stopped_at_its_limit_names_it(host_report):
+    lat = shipped_engine(host_report)["latency"]
+    lat.update(iterations=40, duration_s=60.2, max_duration_s=60.0, p50_ms=1500.0)
+    reason = latency_row(host_report, budget=5000.0)["reason"]
+    assert reason.startswith(f"not judged: p99 from 40 runs (needs >= {NEED}); timing stopped")
+    assert "60 s limit (p50 1500 ms a run): a smaller verify.batch" in reason
+
+
+def test_a_device_p99_of_too_few_runs_names_bench_sh(host_report):
+    host_report["target"] = {"name": "jetson-orin-nano-8gb"}
+    trt = host_report["engines"][2]
+    trt.update(status="built", built_on="device")
+    trt["latency"] = {"kind": "measured", "on_target": True, "p50_ms": 0.6, "p99_ms": 0.8}
+    trt["latency"]["iterations"] = 50
+    row = latency_row(host_report)
+    assert row["engine"] == "tensorrt-int8" and row["pass"] is False
+    assert row["reason"].endswith(
+        "run the bundle's bench.sh as written on the device (it times more)"
+    )
+
+
+def test_a_predicted_p50_is_judged_whatever_the_runs(host_report):
+    host_report["target"] = {"name": "jetson-orin-nano-8gb"}
+    shipped_engine(host_report)["latency"]["iterations"] = 20  # the host's timing, not judged
+    row = latency_row(host_report)
+    assert row["source"] == "predicted" and row["pass"] is True and "reason" not in row
+
+
+def test_console_and_markdown_say_the_p99_was_not_judged(host_report):
+    shipped_engine(host_report)["latency"]["iterations"] = 20
+    host_report["constraints"] = [latency_row(host_report)]
+    host_report["passed"] = False
+    said = f"not judged: p99 from 20 runs (needs >= {NEED})"
+    console = Console(width=400, record=True)
+    console.print(console_summary(host_report))
+    text = console.export_text()
+    assert f"FAIL latency_p99_ms 3.9 (limit 10, measured, onnxruntime-int8): {said}" in text
+    assert said in render_markdown(host_report)
