@@ -97,15 +97,17 @@ def validate(config: Config) -> None:
     shapes against the network its entrypoint builds (called on PyTorch's meta device: no
     memory, no weights), that a small one exports to ONNX (built with random weights), and the
     data (read and split as --dry-run does, and matched to a Hugging Face teacher's config.json:
-    class names, image channels)."""
+    class names, image channels). Warns, as for the default target host, of verify.iterations
+    under 100 with a latency budget (judged by a p99 of at least 100 timed runs)."""
     from kdc.config import load_config
     from kdc.models import teacher_kind
-    from kdc.preflight import check_config, check_data, config_warnings
+    from kdc.preflight import check_config, check_data, config_warnings, p99_runs
+    from kdc.profiles import host_profile
 
     cfg = load_config(config)
     check_config(cfg)
     ds = check_data(cfg)
-    for note in [*config_warnings(cfg), *ds.notes]:
+    for note in [*config_warnings(cfg), *p99_runs(cfg, host_profile()), *ds.notes]:
         err.print(f"warning: {note}", markup=False)
     classes = f", {ds.num_labels} classes" if ds.num_labels else ""
     out.print(

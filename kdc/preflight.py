@@ -315,7 +315,7 @@ def target_warnings(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
     if cfg.build.dla_core is not None and not builds_tensorrt(cfg, profile):
         why = f"it places a TensorRT engine on a DLA core, and {none}"
         out.append(unused_note(file, {"build.dla_core": None}, why))
-    out += _loosened_limits(cfg, profile)
+    out += _loosened_limits(cfg, profile) + p99_runs(cfg, profile)
     if cfg.build.max_batch is not None and not builds_tensorrt(cfg, profile):
         why = f"it sizes TensorRT engines, and {none} (ONNX Runtime's graphs take any batch)"
         out.append(unused_note(file, {"build.max_batch": None}, why))
@@ -345,6 +345,24 @@ def _loosened_limits(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
             f"{profile.name}'s {profile.memory.capacity_gb:g} GB of memory"
         )
     return out
+
+
+def p99_runs(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
+    """verify.iterations under check_noise.MIN_RUNS where verify's own timing is judged against a
+    latency budget (by its p99, on a measurable target; `kdc validate` asks for host, the default):
+    a warning, not an error, since verify.min_duration_s may time enough runs; a p99 of too few
+    fails the run as not judged (constraints.py)."""
+    from kdc.deploy.check_noise import MIN_RUNS
+
+    need, asked = MIN_RUNS["p99"], cfg.verify.iterations
+    budget = cfg.constraints.latency_budget_ms or profile.defaults.latency_budget_ms
+    if not profile.measurable or not budget or asked >= need:
+        return []
+    return [
+        f"verify.iterations {asked} < {need}: the latency budget ({budget:g} ms) is judged by "
+        f"the p99 measured on {profile.name}, which needs >= {need} timed runs; a p99 of fewer "
+        f"is not judged and fails the run: raise verify.iterations to {need}"
+    ]
 
 
 def _check_columns(cfg: KdcConfig) -> None:

@@ -92,3 +92,46 @@ def test_console_and_markdown_say_the_p99_was_not_judged(host_report):
     text = console.export_text()
     assert f"FAIL latency_p99_ms 3.9 (limit 10, measured, onnxruntime-int8): {said}" in text
     assert said in render_markdown(host_report)
+
+
+def test_too_few_iterations_for_a_judged_p99_are_warned_at_the_start(tmp_path):
+    """Where verify's own timing is judged against a budget (host), verify.iterations under
+    MIN_RUNS is warned before the run (a warning: verify.min_duration_s may time enough runs)."""
+    from tiny import cnn_config, write_yaml
+
+    from kdc.config import load_config
+    from kdc.preflight import target_warnings
+    from kdc.profiles import host_profile, load_profile
+
+    def warned(target: str, iterations: int = 20, **limits) -> str:
+        data = cnn_config(constraints=limits)
+        data["verify"]["iterations"] = iterations
+        cfg = load_config(write_yaml(tmp_path / "m.yaml", data))
+        profile = host_profile() if target == "host" else load_profile(target)
+        return " ".join(target_warnings(cfg, profile))
+
+    said = warned("host", latency_budget_ms=5.0)
+    assert said == (
+        f"verify.iterations 20 < {NEED}: the latency budget (5 ms) is judged by the p99 measured "
+        f"on host, which needs >= {NEED} timed runs; a p99 of fewer is not judged and fails the "
+        f"run: raise verify.iterations to {NEED}"
+    )
+    assert warned("host") == ""  # no budget: nothing judged
+    assert warned("host", iterations=NEED, latency_budget_ms=5.0) == ""
+    assert "verify.iterations" not in warned("jetson")  # its default budget judges a prediction
+
+
+def test_validate_warns_of_too_few_iterations_for_a_budget(cnn_project):
+    """`kdc validate` warns as for the default target, host."""
+    import yaml
+    from tiny import write_yaml
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+
+    data = yaml.safe_load(cnn_project.read_text())
+    data["constraints"]["latency_budget_ms"] = 5.0
+    path = write_yaml(cnn_project.parent / "p99_runs.yaml", data)  # beside the teacher's files
+    res = CliRunner().invoke(app, ["validate", str(path)])
+    assert res.exit_code == 0, res.output
+    assert f"warning: verify.iterations 20 < {NEED}: the latency budget" in res.output
