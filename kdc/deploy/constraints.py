@@ -164,16 +164,16 @@ def _latency(report: dict) -> Reading:
         )
     )
     label = engine_label(eng) + on_dla_core(lat)
-    return Reading(float(value), lat["kind"], label, note, unjudged=_too_few_runs(eng, lat, stat))
+    return Reading(float(value), lat["kind"], label, note, unjudged=_too_few_runs(lat, stat))
 
 
-def _too_few_runs(eng: dict, lat: dict, stat: str) -> str:
+def _too_few_runs(lat: dict, stat: str) -> str:
     """Why a measured `stat` of fewer timed runs than MIN_RUNS is not judged, and the fix; ''
     where it has enough, or its runs are not recorded."""
     need, n = MIN_RUNS.get(stat), lat.get("iterations")
     if need is None or not n or n >= need:
         return ""
-    if eng.get("built_on") == "device":
+    if lat.get("on_target"):  # the device's own timing (kdc verify --device-results)
         fix = "run the bundle's bench.sh as written on the device (it times more)"
     elif (limit := lat.get("max_duration_s")) and lat.get("duration_s", 0) >= limit:
         fix = (

@@ -65,7 +65,7 @@ def test_timing_stopped_at_its_limit_names_it(host_report):
 def test_a_device_p99_of_too_few_runs_names_bench_sh(host_report):
     host_report["target"] = {"name": "jetson-orin-nano-8gb"}
     trt = host_report["engines"][2]
-    trt.update(status="built", built_on="device")
+    trt.update(status="built", built_on="device")  # as `kdc verify --device-results` records
     trt["latency"] = {"kind": "measured", "on_target": True, "p50_ms": 0.6, "p99_ms": 0.8}
     trt["latency"]["iterations"] = 50
     row = latency_row(host_report)
