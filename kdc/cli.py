@@ -101,7 +101,8 @@ def validate(config: Config) -> None:
     under 100 with a latency budget (judged by a p99 of at least 100 timed runs)."""
     from kdc.config import load_config
     from kdc.models import teacher_kind
-    from kdc.preflight import check_config, check_data, config_warnings, p99_runs
+    from kdc.preflight import check_config, check_data, config_warnings
+    from kdc.preflight_verify import p99_runs
     from kdc.profiles import host_profile
 
     cfg = load_config(config)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from kdc.config import KdcConfig
 from kdc.errors import UserError, unused_note
 from kdc.hf_files import config_size
+from kdc.preflight_verify import check_p99_runs, p99_runs
 from kdc.profiles import HardwareProfile
 
 if TYPE_CHECKING:
@@ -214,6 +215,7 @@ def check_target(cfg: KdcConfig, profile: HardwareProfile) -> None:
             fix="use fp32 or int8 here, or a TensorRT target such as jetson or t4",
         )
     check_dla_target(cfg, profile)
+    check_p99_runs(cfg, profile)
     offered = profile.runtime.precisions
     if cfg.quantize.precision not in offered:
         raise UserError(
@@ -345,24 +347,6 @@ def _loosened_limits(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
             f"{profile.name}'s {profile.memory.capacity_gb:g} GB of memory"
         )
     return out
-
-
-def p99_runs(cfg: KdcConfig, profile: HardwareProfile) -> list[str]:
-    """verify.iterations under check_noise.MIN_RUNS where verify's own timing is judged against a
-    latency budget (by its p99, on a measurable target; `kdc validate` asks for host, the default):
-    a warning, not an error, since verify.min_duration_s may time enough runs; a p99 of too few
-    fails the run as not judged (constraints.py)."""
-    from kdc.deploy.check_noise import MIN_RUNS
-
-    need, asked = MIN_RUNS["p99"], cfg.verify.iterations
-    budget = cfg.constraints.latency_budget_ms or profile.defaults.latency_budget_ms
-    if not profile.measurable or not budget or asked >= need:
-        return []
-    return [
-        f"verify.iterations {asked} < {need}: the latency budget ({budget:g} ms) is judged by "
-        f"the p99 measured on {profile.name}, which needs >= {need} timed runs; a p99 of fewer "
-        f"is not judged and fails the run: raise verify.iterations to {need}"
-    ]
 
 
 def _check_columns(cfg: KdcConfig) -> None:

@@ -513,7 +513,12 @@ CASES = [
     # a budget no student can meet: exit 1, naming the closest candidates
     C("evolution under an impossible budget", lambda r, a: compress(cnn(r, search={
         "strategy": "evolution", "population": 4, "cycles": 2}, constraints={
-        "latency_budget_ms": 1e-9})), ("latency budget", "closest", "rejected.jsonl"), code=1),
+        "latency_budget_ms": 1e-9}, verify={"iterations": 100})),
+      ("latency budget", "closest", "rejected.jsonl"), code=1),
+    # a budget judged by a p99 of exactly 10 runs (no minimum duration): refused before the run
+    C("verify.iterations too few for the budget's p99", lambda r, a: compress(cnn(r, constraints={
+        "latency_budget_ms": 5.0})), ("model.yaml", "verify.iterations", "10 runs", "needs >= 100",
+        "raise verify.iterations to 100")),
 ]
 # fmt: on
 

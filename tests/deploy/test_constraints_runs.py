@@ -112,13 +112,38 @@ def test_too_few_iterations_for_a_judged_p99_are_warned_at_the_start(tmp_path):
 
     said = warned("host", latency_budget_ms=5.0)
     assert said == (
-        f"verify.iterations 20 < {NEED}: the latency budget (5 ms) is judged by the p99 measured "
-        f"on host, which needs >= {NEED} timed runs; a p99 of fewer is not judged and fails the "
-        f"run: raise verify.iterations to {NEED}"
+        f"verify.iterations 20 < {NEED}: the latency budget (5 ms, constraints.latency_budget_ms) "
+        f"is judged by the p99 measured on host, which needs >= {NEED} timed runs; a p99 of "
+        f"fewer is not judged and fails the run: raise verify.iterations to {NEED}"
     )
     assert warned("host") == ""  # no budget: nothing judged
     assert warned("host", iterations=NEED, latency_budget_ms=5.0) == ""
     assert "verify.iterations" not in warned("jetson")  # its default budget judges a prediction
+    host = host_profile().model_copy(update={"defaults": load_profile("jetson").defaults})
+    cfg = load_config(write_yaml(tmp_path / "m.yaml", cnn_config()))
+    assert "(10 ms, host's default budget)" in " ".join(target_warnings(cfg, host))
+
+
+def test_too_few_runs_for_the_configs_budget_are_refused_without_a_minimum_duration(tmp_path):
+    """verify.min_duration_s 0 times exactly verify.iterations runs: under MIN_RUNS, a budget the
+    config sets could only fail unjudged, so the run is refused before it starts (exit 2)."""
+    from tiny import cnn_config, write_yaml
+
+    from kdc.config import load_config
+    from kdc.errors import UserError
+    from kdc.preflight import check_target
+    from kdc.profiles import host_profile, load_profile
+
+    data = cnn_config(constraints={"latency_budget_ms": 5.0})
+    data["verify"].update(iterations=20, min_duration_s=0)
+    cfg = load_config(write_yaml(tmp_path / "m.yaml", data))
+    with pytest.raises(UserError) as e:
+        check_target(cfg, host_profile())
+    assert e.value.field == "verify.iterations" and str(tmp_path / "m.yaml") in str(e.value.source)
+    assert "times 20 runs" in str(e.value) and f"raise verify.iterations to {NEED}" in e.value.fix
+    check_target(cfg, load_profile("jetson"))  # a prediction is judged there
+    data["verify"]["iterations"] = NEED
+    check_target(load_config(write_yaml(tmp_path / "m.yaml", data)), host_profile())
 
 
 def test_validate_warns_of_too_few_iterations_for_a_budget(cnn_project):
