@@ -103,12 +103,12 @@ def validate(config: Config) -> None:
     from kdc.models import teacher_kind
     from kdc.preflight import check_config, check_data, config_warnings
     from kdc.preflight_verify import p99_runs
-    from kdc.profiles import host_profile
+    from kdc.profiles import uncalibrated_host
 
     cfg = load_config(config)
     check_config(cfg)
     ds = check_data(cfg)
-    for note in [*config_warnings(cfg), *p99_runs(cfg, host_profile()), *ds.notes]:
+    for note in [*config_warnings(cfg), *p99_runs(cfg, uncalibrated_host()), *ds.notes]:
         err.print(f"warning: {note}", markup=False)
     classes = f", {ds.num_labels} classes" if ds.num_labels else ""
     out.print(

@@ -420,11 +420,13 @@ def host_threads() -> int:
 def host_profile() -> HardwareProfile:
     """This machine as a target: peaks estimated from cores and ISA (vector width x 2 FMA units x
     an assumed 2.5 GHz), efficiency factors from a calibration file if `kdc calibrate` wrote one."""
-    return with_calibration(_host_uncalibrated())
+    return with_calibration(uncalibrated_host())
 
 
 @lru_cache(maxsize=1)
-def _host_uncalibrated() -> HardwareProfile:
+def uncalibrated_host() -> HardwareProfile:
+    """`host_profile` without a calibration file's latency model (which it may refuse): what a
+    check of the config alone reads of host (`kdc validate`)."""
     model, flags = cpu_info()
     cores = host_threads()
     isa = host_isa(flags)

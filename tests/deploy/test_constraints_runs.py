@@ -160,3 +160,26 @@ def test_validate_warns_of_too_few_iterations_for_a_budget(cnn_project):
     res = CliRunner().invoke(app, ["validate", str(path)])
     assert res.exit_code == 0, res.output
     assert f"warning: verify.iterations 20 < {NEED}: the latency budget" in res.output
+
+
+def test_validate_reads_no_calibration_file(cnn_project, tmp_path, monkeypatch):
+    """`kdc validate` checks a config, not this machine's calibration: a damaged host
+    calibration file (which a run on host would name) does not fail it; its p99 warning reads
+    only what calibration leaves alone (host's name, that it is timed here, no default budget)."""
+    import yaml
+    from tiny import write_yaml
+    from typer.testing import CliRunner
+
+    from kdc.cli import app
+    from kdc.profiles import calibration_path
+
+    monkeypatch.setenv("KDC_CONFIG_DIR", str(tmp_path / "kdc-config"))
+    cal = calibration_path("host")
+    cal.parent.mkdir(parents=True)
+    cal.write_text("latency_model: [not, a, mapping\n")
+    data = yaml.safe_load(cnn_project.read_text())
+    data["constraints"]["latency_budget_ms"] = 5.0
+    path = write_yaml(cnn_project.parent / "p99_runs_cal.yaml", data)
+    res = CliRunner().invoke(app, ["validate", str(path)])
+    assert res.exit_code == 0, res.output
+    assert f"warning: verify.iterations 20 < {NEED}: the latency budget" in res.output
