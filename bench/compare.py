@@ -573,11 +573,7 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, help="seed of the trained rows (default: the example's)")
     ap.add_argument("--space", type=json.loads, help="search.space of the budget rows, JSON")
-    ap.add_argument(
-        "--base-ms",
-        type=float,
-        help="p50 the budget rows divide by 5 or 10 (default: row 2's, timed again)",
-    )
+    ap.add_argument("--base-ms", type=float, help="one --example's p50 the budget rows divide")
     ap.add_argument(
         "--reuse-calibration",
         action="store_true",
@@ -585,12 +581,16 @@ def main() -> None:
         "on a quiet machine, for rows built while others train)",
     )
     args = ap.parse_args()
+    if args.base_ms and len(examples := args.example or ["digits", "sentiment"]) > 1:
+        ap.error(
+            "--base-ms is one example's p50 (default: its row 2's, timed again): pass one --example"
+        )
     rounds = args.rounds if args.rounds is not None else (0 if args.quick else 3)
     # a previous bench process's calibration (maybe from an older kdc, which the profile loader
     # refuses): this process calibrates afresh before its first budget row
     if not args.reuse_calibration:
         (SCRATCH / "kdc-config" / "calibration" / "host.yaml").unlink(missing_ok=True)
-    for example in args.example or ["digits", "sentiment"]:
+    for example in examples:
         run_example(
             example, args.quick, args.only, rounds, args.epochs, args.seed, args.space, args.base_ms
         )

@@ -1,0 +1,40 @@
+"""bench/compare.py's arguments: --base-ms is one example's p50, so it is refused where the run
+builds both examples (the digits CNN's p50 is not the sentiment transformer's)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))  # as test_dla does
+
+
+@pytest.fixture
+def compare(monkeypatch) -> tuple:
+    import compare
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(compare, "run_example", lambda *a: calls.append(a))
+    return compare.main, calls
+
+
+@pytest.mark.parametrize("examples", [[], ["--example", "digits", "--example", "sentiment"]])
+def test_base_ms_of_several_examples_is_refused(compare, monkeypatch, capsys, examples):
+    argv = ["compare.py", *examples, "--base-ms", "20", "--reuse-calibration"]
+    monkeypatch.setattr(sys, "argv", argv)
+    main, calls = compare
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2 and calls == []
+    assert "--base-ms" in capsys.readouterr().err
+
+
+def test_base_ms_of_one_example_reaches_it(compare, monkeypatch):
+    argv = ["compare.py", "--example", "sentiment", "--base-ms", "20", "--reuse-calibration"]
+    monkeypatch.setattr(sys, "argv", argv)
+    main, calls = compare
+    main()
+    [call] = calls
+    assert call[0] == "sentiment" and call[-1] == 20.0
