@@ -12,7 +12,7 @@ NOISE_SIGMAS = 2.0
 QUANTILES = {"p50": 0.5, "p99": 0.99}
 _QUANTILE_NAME = {"p50": "median"}
 # the fewest timed runs (a measurement's `iterations`) a statistic is compared from: the p99 of
-# n runs is read between their two slowest (of 20, 81 % of the way to the slowest; of 50, 49 %),
+# n runs is read between their two slowest (of 20, 81 % of the way to the slowest; of 50, 51 %),
 # a draw of the machine's worst moment that a CI gate flaps on; 100 is the usual floor, from
 # which it rests on the slowest 1 % of the runs. A median is steady from a few runs.
 MIN_RUNS = {"p99": 100}
