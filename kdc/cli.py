@@ -97,18 +97,20 @@ def validate(config: Config) -> None:
     shapes against the network its entrypoint builds (called on PyTorch's meta device: no
     memory, no weights), that a small one exports to ONNX (built with random weights), and the
     data (read and split as --dry-run does, and matched to a Hugging Face teacher's config.json:
-    class names, image channels). Warns, as for the default target host, of verify.iterations
-    under 100 with a latency budget (judged by a p99 of at least 100 timed runs)."""
+    class names, image channels). As for the default target host, refuses verify.iterations
+    under 100 with verify.min_duration_s 0 and constraints.latency_budget_ms (judged by a p99
+    of at least 100 timed runs), as compress does, and warns of them otherwise."""
     from kdc.config import load_config
     from kdc.models import teacher_kind
     from kdc.preflight import check_config, check_data, config_warnings
-    from kdc.preflight_verify import p99_runs
+    from kdc.preflight_verify import check_p99_runs, p99_runs
     from kdc.profiles import uncalibrated_host
 
     cfg = load_config(config)
     check_config(cfg)
+    check_p99_runs(cfg, host := uncalibrated_host())
     ds = check_data(cfg)
-    for note in [*config_warnings(cfg), *p99_runs(cfg, uncalibrated_host()), *ds.notes]:
+    for note in [*config_warnings(cfg), *p99_runs(cfg, host), *ds.notes]:
         err.print(f"warning: {note}", markup=False)
     classes = f", {ds.num_labels} classes" if ds.num_labels else ""
     out.print(

@@ -160,6 +160,10 @@ def test_validate_warns_of_too_few_iterations_for_a_budget(cnn_project):
     res = CliRunner().invoke(app, ["validate", str(path)])
     assert res.exit_code == 0, res.output
     assert f"warning: verify.iterations 20 < {NEED}: the latency budget" in res.output
+    data["verify"]["min_duration_s"] = 0  # what compress refuses on host, validate refuses too
+    res = CliRunner().invoke(app, ["validate", str(write_yaml(path, data))])
+    assert res.exit_code == 2 and "verify.iterations" in res.output, res.output
+    assert "Traceback" not in res.output
 
 
 def test_validate_reads_no_calibration_file(cnn_project, tmp_path, monkeypatch):
