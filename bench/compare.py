@@ -581,10 +581,9 @@ def main() -> None:
         "on a quiet machine, for rows built while others train)",
     )
     args = ap.parse_args()
-    if args.base_ms and len(examples := args.example or ["digits", "sentiment"]) > 1:
-        ap.error(
-            "--base-ms is one example's p50 (default: its row 2's, timed again): pass one --example"
-        )
+    examples = args.example or ["digits", "sentiment"]
+    if args.base_ms and len(examples) > 1:
+        ap.error("--base-ms is one example's p50 (default: row 2's, timed again): one --example")
     rounds = args.rounds if args.rounds is not None else (0 if args.quick else 3)
     # a previous bench process's calibration (maybe from an older kdc, which the profile loader
     # refuses): this process calibrates afresh before its first budget row

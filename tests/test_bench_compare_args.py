@@ -38,3 +38,10 @@ def test_base_ms_of_one_example_reaches_it(compare, monkeypatch):
     main()
     [call] = calls
     assert call[0] == "sentiment" and call[-1] == 20.0
+
+
+def test_without_base_ms_every_example_runs(compare, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--only", "--reuse-calibration"])
+    main, calls = compare
+    main()
+    assert [c[0] for c in calls] == ["digits", "sentiment"]
