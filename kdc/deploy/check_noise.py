@@ -71,9 +71,14 @@ def run_counts(base: dict, cur: dict, stat: str) -> tuple[str, str]:
     sides = (("in the baseline", base), ("now", cur))
     short = [f"{n} runs {w}" for w, o in sides if (n := o.get("iterations")) and n < need]
     if short:
+        how = (
+            "the bundle's bench.sh as written"
+            if any(o.get("on_target") for _, o in sides)
+            else "verify.iterations"
+        )
         why = (
             f"not compared: {stat} from {' and '.join(short)} (needs >= {need}); neither a "
-            f"regression nor an improvement: time >= {need} runs (verify.iterations) to gate it"
+            f"regression nor an improvement: time >= {need} runs ({how}) to gate it"
         )
         return why, ""
     unknown = [w for w, o in sides if not o.get("iterations")]

@@ -50,6 +50,16 @@ def test_a_p99_of_too_few_runs_is_not_compared_but_the_p50_is(
     assert results[P50].status == "regression"
 
 
+def test_a_device_p99_of_too_few_runs_names_bench_sh(baseline):
+    """The device's own timing (`on_target`, from the bundle's bench.sh) is not fixed by
+    verify.iterations: the line names bench.sh."""
+    cur = timed(baseline, iterations=20, on_target=True)
+    r = by_metric(compare(cur, timed(baseline, iterations=500)))[P99]
+    assert r.status == "skipped" and "(the bundle's bench.sh as written) to gate it" in r.message
+    host = by_metric(compare(timed(baseline, iterations=20), timed(baseline, iterations=500)))
+    assert "(verify.iterations) to gate it" in host[P99].message
+
+
 def test_a_p99_of_100_runs_or_more_on_both_sides_is_compared(baseline):
     cur = timed(baseline, iterations=100, p99_ms=20.0)
     r = by_metric(compare(cur, timed(baseline, iterations=100)))[P99]
