@@ -1,7 +1,8 @@
 """kdc against what a user would do instead, measured side by side (issue #9).
 
     python bench/compare.py [--example digits|sentiment] [--quick] [--only ROW ...]
-        [--epochs N] [--seed N] [--space JSON] [--base-ms F] [--rounds N] [--reuse-calibration]
+        [--epochs N] [--seed N] [--budget-config JSON] [--base-ms F] [--rounds N]
+        [--reuse-calibration]
 
 Per example (default: both) builds every row (ROWS; the optional QAT rows only when named in
 --only) from its teacher and data and measures all
@@ -77,7 +78,7 @@ class Bench:
     runs: dict[str, dict] = field(default_factory=dict)
     epochs: int | None = None  # distill epochs of the kdc rows (None: the example's)
     seed: int | None = None  # the kdc rows' seed (None: the example's)
-    space: dict = field(default_factory=dict)  # search.space of the budget rows
+    extra: dict = field(default_factory=dict)  # config sections merged into the budget rows'
     base_ms: float | None = None  # row 2's p50 the budget rows divide (None: measured)
     budgets: dict[int, float] = field(default_factory=dict)  # factor → ms, once per process
 
@@ -426,9 +427,10 @@ def _budget(b: Bench, factor: int, rows: dict, qat: bool = False) -> dict:
         b.budgets[factor] = round(b.base_ms / factor, 4)
     budget = b.budgets[factor]
     changes = {
-        "search": {"strategy": "evolution", **({"space": b.space} if b.space else {})},
+        "search": {"strategy": "evolution", **b.extra.get("search", {})},
         "student": None,  # the example's fixed student: the search picks one
         "constraints": {"latency_budget_ms": budget},
+        **{k: v for k, v in b.extra.items() if k != "search"},  # e.g. prune
     }
     if qat:
         changes["quantize"] = {"method": "qat"}
@@ -436,7 +438,7 @@ def _budget(b: Bench, factor: int, rows: dict, qat: bool = False) -> dict:
     how = (
         "kdc compress --target host with search.strategy evolution"
         + (", quantize.method qat" if qat else "")
-        + (f", search.space {json.dumps(b.space)}" if b.space else "")
+        + (f", config {json.dumps(b.extra)}" if b.extra else "")
         + (f", seed {b.seed}" if b.seed is not None else "")
         + f" and constraints.latency_budget_ms {budget} (teacher_ort_fp32 p50 / {factor}), example "
         f"config otherwise ({epochs_text(b)}, default loss recipe, augment "
@@ -520,15 +522,15 @@ def run_example(
     rounds: int,
     epochs: int | None = None,
     seed: int | None = None,
-    space: dict | None = None,
+    extra: dict | None = None,
     base_ms: float | None = None,
 ) -> dict:
     out = RESULTS / f"compare_{example}.json"
     old = read_json(out) if out.is_file() and only is not None else {"rows": {}}
     b = setup(example, quick)
     b.epochs, b.seed, b.base_ms = epochs, seed, base_ms
-    if space and b.ctx.teacher.family == "transformer":  # a CNN has no layers or hidden size
-        b.space = space
+    if extra and b.ctx.teacher.family == "transformer":  # for the text example's search.space
+        b.extra = extra
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result = {**old, "example": example, "quick": quick, "machine": machine()}
     result.update(protocol={**old.get("protocol", {}), **protocol(quick)}, rows=dict(old["rows"]))
@@ -572,13 +574,12 @@ def main() -> None:
         "--epochs", type=int, help="distill epochs of the trained rows (default: the example's)"
     )
     ap.add_argument("--seed", type=int, help="seed of the trained rows (default: the example's)")
-    ap.add_argument("--space", type=json.loads, help="search.space of the budget rows, JSON")
+    ap.add_argument("--budget-config", type=json.loads, help="JSON merged into budget rows' config")
     ap.add_argument("--base-ms", type=float, help="one --example's p50 the budget rows divide")
     ap.add_argument(
         "--reuse-calibration",
         action="store_true",
-        help="keep the scratch's host calibration from an earlier bench process (e.g. one taken "
-        "on a quiet machine, for rows built while others train)",
+        help="keep the host calibration of an earlier bench process (e.g. a quiet machine's)",
     )
     args = ap.parse_args()
     examples = args.example or ["digits", "sentiment"]
@@ -590,9 +591,8 @@ def main() -> None:
     if not args.reuse_calibration:
         (SCRATCH / "kdc-config" / "calibration" / "host.yaml").unlink(missing_ok=True)
     for example in examples:
-        run_example(
-            example, args.quick, args.only, rounds, args.epochs, args.seed, args.space, args.base_ms
-        )
+        a = args
+        run_example(example, a.quick, a.only, rounds, a.epochs, a.seed, a.budget_config, a.base_ms)
 
 
 if __name__ == "__main__":

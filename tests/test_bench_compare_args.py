@@ -45,3 +45,29 @@ def test_without_base_ms_every_example_runs(compare, monkeypatch):
     main, calls = compare
     main()
     assert [c[0] for c in calls] == ["digits", "sentiment"]
+
+
+def test_budget_config_reaches_the_budget_rows_config(monkeypatch):
+    """--budget-config's sections are merged into the budget rows' changes (search keeps its
+    strategy) and named in the row's `how`."""
+    from types import SimpleNamespace
+
+    import compare
+
+    seen: dict = {}
+    monkeypatch.setattr(compare, "calibrate_host", lambda *a: {})
+    failed = {"stage": "search", "exit_code": 1, "log_tail": ["stopped"]}
+
+    def run(b, name, changes):
+        seen.update(changes)
+        return {"failed": failed, "wall_s": 0.0, "peak_rss_mb": 0.0}
+
+    monkeypatch.setattr(compare, "kdc_run", run)
+    distill = SimpleNamespace(augment="auto", select="last", epochs=8)
+    ctx = SimpleNamespace(cfg=SimpleNamespace(distill=distill))
+    b = compare.Bench("sentiment", False, ctx, None, None, base_ms=50.0)
+    b.extra = {"search": {"space": {"hidden_size": {"min": 384}}}, "prune": {"head_ratio": 0.17}}
+    row = compare._budget(b, 5, {"teacher_ort_fp32": {"path": "t.onnx", "p50_ms": 50.0}})
+    assert seen["search"] == {"strategy": "evolution", "space": {"hidden_size": {"min": 384}}}
+    assert seen["prune"] == {"head_ratio": 0.17} and seen["constraints"]["latency_budget_ms"] == 10
+    assert '"prune": {"head_ratio": 0.17}' in row["how"]
