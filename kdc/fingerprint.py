@@ -74,16 +74,17 @@ def _data_fingerprint(cfg: KdcConfig, value: str | None) -> Any:
 
 def _pixel_depth_mark(path: Path, files: list[tuple[str, int]]) -> list[tuple[str, str]]:
     """Marks on an image folder's fingerprint (not a saved `datasets` directory's) whose
-    `files` may be 16-bit (a PNG, a TIFF) or are float (a TIFF's header says so): those are read
-    scaled to 8 bits (`kdc.data.images.eight_bit`), not clipped at 255 as before, so a run of
-    them is not resumed on the clipped pixels; a folder of JPEGs keeps its fingerprint."""
-    from kdc.data.images import WIDE_GRAY_SUFFIXES, holds_float_images
+    `files` may be 16-bit (a PNG, a TIFF) or float (a TIFF), by their names alone (no file is
+    opened on each hash): those are read scaled to 8 bits (`kdc.data.images.eight_bit`), not
+    clipped at 255 as before, so a run of them is not resumed on the clipped pixels; a folder of
+    JPEGs keeps its fingerprint."""
+    from kdc.data.images import FLOAT_SUFFIXES, WIDE_GRAY_SUFFIXES
     from kdc.data.readers import datasets_dir
 
     if datasets_dir(path):
         return []
-    wide = any(Path(name).suffix.lower() in WIDE_GRAY_SUFFIXES for name, _ in files)
-    floats = holds_float_images([path / name for name, _ in files])
+    suffixes = {Path(name).suffix.lower() for name, _ in files}
+    wide, floats = bool(suffixes & set(WIDE_GRAY_SUFFIXES)), bool(suffixes & set(FLOAT_SUFFIXES))
     return [("16-bit images", "scaled to 8 bits")] * wide + [("float images", "scaled")] * floats
 
 

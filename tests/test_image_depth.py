@@ -115,11 +115,15 @@ def test_a_float_tiff_outside_0_255_is_refused_naming_it(tmp_path, bad):
     assert "neither [0, 1] nor [0, 255]" in str(e.value) and "8- or 16-bit" in str(e.value)
 
 
-def test_a_folder_of_float_tiffs_marks_its_fingerprint(tmp_path):
-    """Read scaled now, clipped before: a run of them is not resumed; 8-bit TIFFs keep theirs."""
+def test_a_folder_of_float_tiffs_marks_its_fingerprint(tmp_path, monkeypatch):
+    """Read scaled now, clipped before: a run of TIFFs is not resumed, known by the files' names
+    (no image is opened to hash); a folder of PNGs has no float mark."""
+    import PIL.Image
+
     _float_folder(tmp_path, FLOATS)
     cfg = cnn_cfg(tmp_path, source="imgs", image_size=8)
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: pytest.fail("opened an image"))
     assert ("float images", "scaled") in _data_fingerprint(cfg, "imgs")
     for f in (tmp_path / "imgs").rglob("a.tif"):
-        Image.fromarray(np.zeros((8, 8), np.uint8)).save(f)
+        f.rename(f.with_suffix(".png"))
     assert ("float images", "scaled") not in _data_fingerprint(cfg, "imgs")

@@ -178,21 +178,6 @@ def float_eight_bit(im: Image.Image, source: str, field: str) -> Image.Image:
     return Image.fromarray(np.rint(values * (255.0 if hi <= 1 else 1.0)).astype(np.uint8))
 
 
-def holds_float_images(files: list[Path]) -> bool:
-    """Whether any of the TIFF `files` is a float image (Pillow's mode F, from its header): read
-    scaled by `float_eight_bit`, clipped before."""
-    from PIL import Image
-
-    def is_float(f: Path) -> bool:
-        try:
-            with Image.open(f) as im:
-                return im.mode == "F"
-        except (OSError, ValueError):  # reading it names the file
-            return False
-
-    return any(is_float(f) for f in files if f.suffix.lower() in FLOAT_SUFFIXES)
-
-
 def read_imagefolder(
     path: Path, reading: ImageReading, field: str = "data.source", channels: int = 3
 ) -> tuple[np.ndarray, list[str]]:
