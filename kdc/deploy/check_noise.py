@@ -60,6 +60,20 @@ def noisy(base: dict, cur: dict) -> str:
     return f"; noisy (cv {', '.join(over)})" if over else ""
 
 
+def runs_fix(lat: dict, need: int) -> str:
+    """How a measurement of too few timed runs gets `need` of them: the device's own timing
+    (`on_target`) by the bundle's bench.sh as written, one stopped at its time limit by less work
+    a run, else by verify.iterations."""
+    if lat.get("on_target"):
+        return "run the bundle's bench.sh as written on the device (it times more)"
+    if (limit := lat.get("max_duration_s")) and lat.get("duration_s", 0) >= limit:
+        return (
+            f"timing stopped at its {limit:g} s limit (p50 {lat.get('p50_ms', 0):.4g} ms a "
+            "run): a smaller verify.batch, or a faster machine, times enough"
+        )
+    return f"raise verify.iterations to {need} or more"
+
+
 def run_counts(base: dict, cur: dict, stat: str) -> tuple[str, str]:
     """(why two measurements' `stat` is not compared, a note where it is) by the timed runs each
     recorded (`iterations`) against MIN_RUNS: not compared where either has fewer (with
@@ -69,16 +83,12 @@ def run_counts(base: dict, cur: dict, stat: str) -> tuple[str, str]:
     if need is None:
         return "", ""
     sides = (("in the baseline", base), ("now", cur))
-    short = [f"{n} runs {w}" for w, o in sides if (n := o.get("iterations")) and n < need]
+    short = [(w, o) for w, o in sides if (n := o.get("iterations")) and n < need]
     if short:
-        how = (
-            "the bundle's bench.sh as written"
-            if any(o.get("on_target") for _, o in sides)
-            else "verify.iterations"
-        )
+        runs = " and ".join(f"{o['iterations']} runs {w}" for w, o in short)
         why = (
-            f"not compared: {stat} from {' and '.join(short)} (needs >= {need}); neither a "
-            f"regression nor an improvement: time >= {need} runs ({how}) to gate it"
+            f"not compared: {stat} from {runs} (needs >= {need}); neither a regression nor an "
+            f"improvement: {runs_fix(short[-1][1], need)} to gate it"
         )
         return why, ""
     unknown = [w for w, o in sides if not o.get("iterations")]

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kdc.deploy.check_noise import MIN_RUNS
+from kdc.deploy.check_noise import MIN_RUNS, runs_fix
 from kdc.deploy.metrics import primary_metric
 from kdc.errors import UserError
 
@@ -173,16 +173,7 @@ def _too_few_runs(lat: dict, stat: str) -> str:
     need, n = MIN_RUNS.get(stat), lat.get("iterations")
     if need is None or not n or n >= need:
         return ""
-    if lat.get("on_target"):  # the device's own timing (kdc verify --device-results)
-        fix = "run the bundle's bench.sh as written on the device (it times more)"
-    elif (limit := lat.get("max_duration_s")) and lat.get("duration_s", 0) >= limit:
-        fix = (
-            f"timing stopped at its {limit:g} s limit (p50 {lat.get('p50_ms', 0):.4g} ms a "
-            "run): a smaller verify.batch, or a faster machine, times enough"
-        )
-    else:
-        fix = f"raise verify.iterations to {need} or more"
-    return f"not judged: {stat} from {n} runs (needs >= {need}); {fix}"
+    return f"not judged: {stat} from {n} runs (needs >= {need}); {runs_fix(lat, need)}"
 
 
 def _tail_note(lat: dict) -> str:
