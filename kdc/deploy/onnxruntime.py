@@ -202,6 +202,20 @@ def count_ops(path: Path | str) -> dict[str, int]:
     return dict(Counter(n.op_type for n in model.graph.node).most_common())
 
 
+class _HeadWidthNotice(logging.Filter):
+    """Drops ORT attention fusion's warning that the heads' width it was given is not q/k/v's
+    input width: so is every head-pruned attention's (`optimizer_dims` passes heads × head size),
+    and it came once per layer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is not same as weight matrix dimension" not in str(record.msg)
+
+
+# ORT's transformer scripts log under their bare module names (they import each other so)
+for _name in ("fusion_attention", "onnxruntime.transformers.fusion_attention"):
+    logging.getLogger(_name).addFilter(_HeadWidthNotice())
+
+
 def _optimize_transformer(
     src: Path, tmp: Path, num_heads: int, hidden_size: int, fuse_masked_attention: bool
 ) -> None:
