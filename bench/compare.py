@@ -46,6 +46,7 @@ from pipeline import (  # noqa: E402
     EXAMPLES,
     SCRATCH,
     calibrate_host,
+    json_object,
     machine,
     run_kdc,
     write_config,
@@ -529,8 +530,7 @@ def run_example(
     old = read_json(out) if out.is_file() and only is not None else {"rows": {}}
     b = setup(example, quick)
     b.epochs, b.seed, b.base_ms = epochs, seed, base_ms
-    if extra and b.ctx.teacher.family == "transformer":  # for the text example's search.space
-        b.extra = extra
+    b.extra = extra or {}
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result = {**old, "example": example, "quick": quick, "machine": machine()}
     result.update(protocol={**old.get("protocol", {}), **protocol(quick)}, rows=dict(old["rows"]))
@@ -574,7 +574,7 @@ def main() -> None:
         "--epochs", type=int, help="distill epochs of the trained rows (default: the example's)"
     )
     ap.add_argument("--seed", type=int, help="seed of the trained rows (default: the example's)")
-    ap.add_argument("--budget-config", type=json.loads, help="JSON merged into budget rows' config")
+    ap.add_argument("--budget-config", type=json_object, help="merged into budget rows' config")
     ap.add_argument("--base-ms", type=float, help="one --example's p50 the budget rows divide")
     ap.add_argument(
         "--reuse-calibration",
@@ -583,8 +583,9 @@ def main() -> None:
     )
     args = ap.parse_args()
     examples = args.example or ["digits", "sentiment"]
-    if args.base_ms and len(examples) > 1:
-        ap.error("--base-ms is one example's p50 (default: row 2's, timed again): one --example")
+    for opt, value in (("--base-ms", args.base_ms), ("--budget-config", args.budget_config)):
+        if value and len(examples) > 1:  # one example's p50, or its model's config
+            ap.error(f"{opt} is for one example's budget rows: give one --example")
     rounds = args.rounds if args.rounds is not None else (0 if args.quick else 3)
     # a previous bench process's calibration (maybe from an older kdc, which the profile loader
     # refuses): this process calibrates afresh before its first budget row

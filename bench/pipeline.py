@@ -14,6 +14,7 @@ records it. Writes bench/results/pipeline.json (rows keyed by example); other be
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -112,6 +113,17 @@ def calibrate_host(threads: int, train_threads: int) -> dict:
             raise RuntimeError(f"kdc calibrate failed, see {log}")
         _CALIBRATION.update(rec, config_dir=os.environ["KDC_CONFIG_DIR"])
     return _CALIBRATION
+
+
+def json_object(text: str) -> dict:
+    """A command-line argument that must be a JSON object (argparse's `type`)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object ({{...}}): {text!r}")
+    return value
 
 
 def write_config(base: Path, changes: dict, path: Path) -> Path:

@@ -21,14 +21,39 @@ def compare(monkeypatch) -> tuple:
 
 
 @pytest.mark.parametrize("examples", [[], ["--example", "digits", "--example", "sentiment"]])
-def test_base_ms_of_several_examples_is_refused(compare, monkeypatch, capsys, examples):
-    argv = ["compare.py", *examples, "--base-ms", "20", "--reuse-calibration"]
+@pytest.mark.parametrize("option", [["--base-ms", "20"], ["--budget-config", '{"prune": {}}']])
+def test_one_examples_options_with_several_are_refused(
+    compare, monkeypatch, capsys, examples, option
+):
+    argv = ["compare.py", *examples, *option, "--reuse-calibration"]
     monkeypatch.setattr(sys, "argv", argv)
     main, calls = compare
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 2 and calls == []
-    assert "--base-ms" in capsys.readouterr().err
+    assert option[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "says"), [("{prune: 1}", "not JSON"), ("[1]", "not a JSON object")]
+)
+def test_budget_config_that_is_no_json_object_is_refused(compare, monkeypatch, capsys, text, says):
+    argv = ["compare.py", "--example", "digits", "--budget-config", text]
+    monkeypatch.setattr(sys, "argv", argv)
+    main, calls = compare
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and calls == [] and f"--budget-config: {says}" in err
+
+
+def test_budget_config_reaches_a_cnn_example(compare, monkeypatch):
+    argv = ["compare.py", "--example", "digits", "--budget-config", '{"prune": {"ratio": 0.5}}']
+    monkeypatch.setattr(sys, "argv", argv + ["--reuse-calibration"])
+    main, calls = compare
+    main()
+    [call] = calls
+    assert call[0] == "digits" and call[-2] == {"prune": {"ratio": 0.5}}
 
 
 def test_base_ms_of_one_example_reaches_it(compare, monkeypatch):
