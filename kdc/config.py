@@ -277,7 +277,8 @@ class DistillConfig(Section):
     perturbs `augment_prob` of each batch's rows and has the teacher label them (`auto`: text
     splicing, image shifts; `swap`/`mix`: token substitution; kdc.compress.augment).
     `group_by_length` batches text rows of similar length together (less padding, same rows per
-    epoch)."""
+    epoch). `precision: bf16` runs the training forward passes under bfloat16 autocast (weights,
+    optimizer and losses stay fp32; evaluation and QAT run in fp32)."""
 
     epochs: int = Field(3, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -305,6 +306,10 @@ class DistillConfig(Section):
     select: Literal["last", "best"] = "last"
     max_steps: int | None = Field(None, ge=1)
     checkpoint: bool = True
+    # the student's and teacher's forward passes in training under bfloat16 autocast: a 3-layer
+    # BERT student (hidden 384, batch 16, seq 128, 1 thread) stepped ~35 % faster on a CPU with
+    # avx512_bf16; CPUs without native bf16 emulate it, slower than fp32 (warned)
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class PruneConfig(Section):

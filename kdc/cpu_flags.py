@@ -1,5 +1,5 @@
 """What /proc/cpuinfo says of a CPU: its model name and the instruction-set flags that matter
-for int8 inference (`kdc.profiles.cpu_info` reads this machine's)."""
+for int8 inference and bfloat16 training (`kdc.profiles.cpu_info` reads this machine's)."""
 
 from __future__ import annotations
 
@@ -52,3 +52,12 @@ def int8_saturates(flags: set[str]) -> bool:
     pair sums (pmaddubsw: SSE4.1/AVX2/AVX-512 without VNNI), which saturate with 8-bit weights;
     its quantizer's `reduce_range` (7-bit weights) is the fix it documents."""
     return bool({"sse4_1", "avx2", "avx512bw"} & flags) and not has_int8_dot(flags)
+
+
+BF16 = ("avx512_bf16", "amx_bf16")  # native bfloat16 dot-product instructions (x86)
+
+
+def has_native_bf16(flags: set[str]) -> bool:
+    """Whether a CPU with these /proc/cpuinfo flags runs bfloat16 matrix kernels natively; on
+    others PyTorch's bfloat16 autocast converts to and from fp32 and runs slower than fp32."""
+    return bool(set(BF16) & flags)

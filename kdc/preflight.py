@@ -120,9 +120,10 @@ def _meta_teacher(cfg: KdcConfig) -> torch.nn.Module | None:
 def config_warnings(cfg: KdcConfig) -> list[str]:
     """What a run assumes or leaves unused: a teacher built by code without teacher.weights; a
     Hugging Face image teacher's mean/std without preprocessor_config.json; settings given that
-    this config does not read."""
+    this config does not read; bfloat16 training emulated on this CPU."""
     from kdc.hf_files import assumed_processor
     from kdc.models import teacher_kind
+    from kdc.preflight_train import bf16_training_note
     from kdc.qat_settings import unused_qat_settings
 
     notes, hf, tc, file = [], _teacher_config(cfg), cfg.teacher, cfg.source_file
@@ -164,6 +165,7 @@ def config_warnings(cfg: KdcConfig) -> list[str]:
         why, use = "this run has no INT8 graph", "set quantize.precision: int8"
         notes.append(unused_note(file, {"quantize.reduce_range": None}, why, use))
     notes.append(unused_qat_settings(cfg))
+    notes.append(bf16_training_note(cfg))
     return [n for n in notes if n]
 
 

@@ -199,6 +199,9 @@ BUILD = tuple(f"build.{k}" for k in BuildConfig.model_fields if k not in TENSORR
 # teacher cache's outputs equal the teacher's up to float rounding, as another thread count's
 # would): not hashed, so changing one does not redo a finished stage.
 UNHASHED = ("distill.teacher_cache_mb",)
+# Fields added to a section a stage reads whole: hashed only where set away from their default,
+# so a run of the default hashes as before kdc had them (a `--resume` does not redo its stages).
+HASHED_UNLESS_DEFAULT = ("distill.precision",)
 # read as the hash of the whole config, unhashed fields too: the report records it (and the
 # config's warnings), so a change no other stage reads still rewrites the report
 WHOLE_CONFIG = "*"
@@ -230,9 +233,10 @@ def config_reads(
     cfg: KdcConfig, reads: tuple[str, ...], idle: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """The values of `reads` (sections, "section.field"s or WHOLE_CONFIG) in `cfg`, but the
-    UNHASHED ones; those `idle` (sections or fields that cannot change the stage's outputs for
-    `cfg`) at their defaults, whatever they are set to: a run of default settings hashes as
-    before kdc knew them idle, and editing one keeps the stage's outputs."""
+    UNHASHED ones and the HASHED_UNLESS_DEFAULT ones at their defaults; those `idle` (sections
+    or fields that cannot change the stage's outputs for `cfg`) at their defaults, whatever they
+    are set to: a run of default settings hashes as before kdc knew them idle, and editing one
+    keeps the stage's outputs."""
     data = cfg.fingerprint()
     for path in idle:
         section, _, key = path.partition(".")
@@ -244,6 +248,10 @@ def config_reads(
     for path in UNHASHED:
         section, key = path.split(".")
         data.get(section, {}).pop(key, None)
+    for path in HASHED_UNLESS_DEFAULT:
+        section, key = path.split(".")
+        if data[section][key] == type(getattr(cfg, section))().model_dump(mode="json")[key]:
+            del data[section][key]
     out: dict[str, Any] = {}
     for path in reads:
         if path == WHOLE_CONFIG:

@@ -7,6 +7,7 @@ statistics are re-estimated after each epoch, before it is evaluated (`precise_b
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -120,9 +121,24 @@ def resolved_loss_params(spec: LossConfig, cfg: DistillConfig) -> dict:
     return {**base, **spec.params}
 
 
+# the dtype training's forward passes autocast to, by `distill.precision` (None: none)
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def train_autocast(cfg: DistillConfig, device: str) -> contextlib.AbstractContextManager[object]:
+    """The context training's forward passes (student and teacher) run in on `device` ("cpu",
+    "cuda"): autocast to `distill.precision`'s dtype, none for fp32. Weights, optimizer, losses,
+    evaluation and QAT stay fp32."""
+    dtype = AUTOCAST_DTYPES[cfg.precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
 class Objective(nn.Module):
     """The student and the learned projections (trained with it, never exported); `forward`
-    returns the weighted sum of the losses on one batch."""
+    returns the weighted sum of the losses on one batch, the student run under
+    `train_autocast` on `device` and the losses computed in fp32."""
 
     def __init__(
         self,
@@ -130,6 +146,7 @@ class Objective(nn.Module):
         specs: list[LossConfig],
         cfg: DistillConfig,
         taps: FeatureTaps | None,
+        device: str = "cpu",
     ) -> None:
         super().__init__()
         self.student = student
@@ -137,6 +154,7 @@ class Objective(nn.Module):
         self.specs = [(s.name, s.weight, resolved_loss_params(s, cfg)) for s in specs]
         self.taps = taps
         self.parts: dict[str, float] = {}
+        self.autocast = lambda: train_autocast(cfg, device)
 
     def forward(
         self,
@@ -145,7 +163,8 @@ class Objective(nn.Module):
         labels: torch.Tensor | None,
         t_feats: dict[str, torch.Tensor],
     ) -> torch.Tensor:
-        logits = self.student(**batch)
+        with self.autocast():
+            logits = self.student(**batch).float()
         x = LossInputs(
             logits,
             t_logits,
@@ -210,7 +229,7 @@ class _Trainer:
         if augment_name(cfg.augment, data.train) is not None and teacher is None:
             raise ValueError("distill.augment needs the teacher model to label augmented rows")
         self.augment = resolve_augment(cfg.augment, data.train, teacher)
-        self.objective = Objective(student.module, specs, cfg, self.s_taps)
+        self.objective = Objective(student.module, specs, cfg, self.s_taps, self.acc.device.type)
         n = self.n = len(data)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self.per_rank = n // self.world
@@ -251,10 +270,11 @@ class _Trainer:
         return None if self.labels is None else self.labels[sel]
 
     def teacher_run(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """The teacher's output on `batch` and the features its taps caught."""
-        with torch.no_grad():
+        """The teacher's output on `batch` and the features its taps caught, in fp32 (run under
+        `train_autocast`; the teacher cache holds fp32)."""
+        with torch.no_grad(), self.objective.autocast():
             out = self.teacher.module(**batch)  # type: ignore[union-attr]
-        return out, self.t_taps.take() if self.t_taps else {}
+        return out.float(), self.t_taps.take() if self.t_taps else {}
 
     def teacher_outputs(
         self, batch: dict[str, torch.Tensor], sel: np.ndarray, changed: np.ndarray | None = None

@@ -71,9 +71,10 @@ class FeatureTaps:
         self._handles = []
 
     def take(self) -> dict[str, torch.Tensor]:
-        """The features of the last forward; the store is emptied."""
+        """The features of the last forward, in fp32 (a forward under bfloat16 autocast makes
+        bf16 ones; losses compute in fp32); the store is emptied."""
         out, self.features = self.features, {}
-        return out
+        return {k: v.float() for k, v in out.items()}
 
     def __enter__(self) -> FeatureTaps:
         return self.attach()

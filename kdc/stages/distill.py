@@ -231,8 +231,14 @@ def quantization_aware(
         tensorrt=trt,
         reduce_range=qat_reduce_range(ctx.cfg, ctx.profile),
     )
+    # fake quantization trains in fp32: bfloat16 autocast would round what its quantizers see
     qcfg = d.model_copy(
-        update={"epochs": q.qat_epochs, "lr": q.qat_lr or d.lr / 10, "max_steps": None}
+        update={
+            "epochs": q.qat_epochs,
+            "lr": q.qat_lr or d.lr / 10,
+            "max_steps": None,
+            "precision": "fp32",
+        }
     )
     with ctx.progress("quantization-aware training", None) as advance:
         res = distill(
@@ -383,7 +389,11 @@ def run(ctx: Context) -> StageOutput:
     _log_precise_bn(ctx, result.precise_bn, metric)
     return StageOutput(
         [*files, hist, spec_file, *qat_files],
-        {**_metrics(result, student, data, prune_info, qat_metrics), "select": kept},
+        {
+            **_metrics(result, student, data, prune_info, qat_metrics),
+            "select": kept,
+            "train_precision": cfg.precision,  # the forward passes' autocast (QAT's: fp32)
+        },
         earlier_s=result.earlier_s,
     )
 
