@@ -396,6 +396,9 @@ class VerifyConfig(Section):
     warmup: int = Field(10, ge=0)
     iterations: int = Field(200, ge=10)
     min_duration_s: float = Field(1.0, ge=0)
+    # where a timing stops however few runs it took (a model too slow for 100 runs in it has a
+    # p99 budget not judged; raise this, or time it on the device)
+    max_duration_s: float = Field(60.0, gt=0)
     threads: int | None = Field(None, ge=1)
     batch: int = Field(1, ge=1)
     rounds: int = Field(3, ge=1)  # interleaved timing rounds over teacher and engines; median kept

@@ -201,7 +201,7 @@ BUILD = tuple(f"build.{k}" for k in BuildConfig.model_fields if k not in TENSORR
 UNHASHED = ("distill.teacher_cache_mb",)
 # Fields added to a section a stage reads whole: hashed only where set away from their default,
 # so a run of the default hashes as before kdc had them (a `--resume` does not redo its stages).
-HASHED_UNLESS_DEFAULT = ("distill.precision",)
+HASHED_UNLESS_DEFAULT = ("distill.precision", "verify.max_duration_s")
 # read as the hash of the whole config, unhashed fields too: the report records it (and the
 # config's warnings), so a change no other stage reads still rewrites the report
 WHOLE_CONFIG = "*"

@@ -69,7 +69,7 @@ def runs_fix(lat: dict, need: int) -> str:
     if (limit := lat.get("max_duration_s")) and lat.get("duration_s", 0) >= limit:
         return (
             f"timing stopped at its {limit:g} s limit (p50 {lat.get('p50_ms', 0):.4g} ms a "
-            "run): a smaller verify.batch, or a faster machine, times enough"
+            "run): raise verify.max_duration_s, or a smaller verify.batch times enough"
         )
     return f"raise verify.iterations to {need} or more"
 

@@ -41,6 +41,7 @@ def measure_all(ctx: Context, models: dict[str, tuple[Path, str]]) -> dict[str, 
             warmup=v.warmup,
             iterations=v.iterations,
             min_duration_s=v.min_duration_s,
+            max_duration_s=v.max_duration_s,
             batch=v.batch,
         )
     padding = round(ctx.latency_padding(), 4)

@@ -59,7 +59,7 @@ def test_timing_stopped_at_its_limit_names_it(host_report):
     lat.update(iterations=40, duration_s=60.2, max_duration_s=60.0, p50_ms=1500.0)
     reason = latency_row(host_report, budget=5000.0)["reason"]
     assert reason.startswith(f"not judged: p99 from 40 runs (needs >= {NEED}); timing stopped")
-    assert "60 s limit (p50 1500 ms a run): a smaller verify.batch" in reason
+    assert "60 s limit (p50 1500 ms a run): raise verify.max_duration_s" in reason
 
 
 def test_a_device_p99_of_too_few_runs_names_bench_sh(host_report):
