@@ -3,7 +3,12 @@
 restarted run continues from it; the last epoch is kept, or (`select: best`) the best on a
 validation split carved from train (never the eval split), which also drives early stopping;
 structured pruning runs gradually during the first epochs when asked. A CNN student's BatchNorm
-statistics are re-estimated after each epoch, before it is evaluated (`precise_bn`)."""
+statistics are re-estimated after each epoch, before it is evaluated (`precise_bn`).
+
+Training runs on the accelerator's device (the first CUDA GPU where PyTorch sees one): the student
+and the frozen teacher are moved there for the run and handed back on the devices they came on
+(the CPU), and each batch, its labels and the teacher's targets are moved there in one place
+(`_Trainer.placed`)."""
 
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from kdc.config import DistillConfig, LossConfig
 from kdc.data.batching import trim_padding
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
+from kdc.models.device import module_device, on_device
 from kdc.models.shapes import apply_shapes
 
 Progress = Callable[[int, int, dict], None]  # (epochs done, epochs, the epoch's record)
@@ -228,8 +234,9 @@ class _Trainer:
         self.cache = TeacherCache(axes, cfg.teacher_cache_mb * MB)
         if augment_name(cfg.augment, data.train) is not None and teacher is None:
             raise ValueError("distill.augment needs the teacher model to label augmented rows")
-        self.augment = resolve_augment(cfg.augment, data.train, teacher)
-        self.objective = Objective(student.module, specs, cfg, self.s_taps, self.acc.device.type)
+        self.augment = resolve_augment(cfg.augment, data.train, teacher)  # runs on the host
+        self.device = self.acc.device
+        self.objective = Objective(student.module, specs, cfg, self.s_taps, self.device.type)
         n = self.n = len(data)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self.per_rank = n // self.world
@@ -243,6 +250,11 @@ class _Trainer:
         mask = data.train.get("attention_mask")
         group = cfg.group_by_length and mask is not None and mask.ndim == 2
         self.lengths = mask.sum(axis=1) if group else None
+        # where each model came from, to go back to after the run (`release`)
+        models = [student.module] + ([teacher.module] if teacher is not None else [])
+        self.homes = [(m, module_device(m)) for m in models]
+        for m, _ in self.homes:
+            m.to(self.device)
 
     def shard(self, epoch: int) -> np.ndarray:
         """This process's rows for `epoch`: a seeded permutation, equal shares per process; with
@@ -261,6 +273,11 @@ class _Trainer:
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
             batches += [chunk[i : i + b] for i in range(0, len(chunk), b)]
         return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+
+    def release(self) -> None:
+        """Move the student and the teacher back to the devices they came on."""
+        for m, home in self.homes:
+            m.to(home)
 
     def precise_bn(self, score: float) -> tuple[float, dict | None]:
         """`precise_bn` on the student, whose validation score is `score`."""
@@ -292,17 +309,25 @@ class _Trainer:
     def targets(
         self, sel: np.ndarray, epoch: int, step: int
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None, dict]:
-        """(batch, teacher logits, labels, teacher features) for rows `sel`; with augmentation
-        the teacher labels the perturbed batch now (its class is the perturbed rows' label)."""
-        batch, labels = self.data.rows(sel), self.labels_of(sel)
+        """(batch, teacher logits, labels, teacher features) for rows `sel`, on the training
+        device; with augmentation (on the host) the teacher labels the perturbed batch now (its
+        class is the perturbed rows' label)."""
+        batch = self.data.rows(sel)
         if self.augment is None:
-            t_logits, feats = self.teacher_outputs(batch, sel)
-            return batch, t_logits, labels, feats
+            return self.placed(batch, sel)
         rng = np.random.default_rng([self.seed, epoch, step, self.rank])
         batch, changed = self.augment(batch, rng, self.cfg.augment_prob)
-        t_logits, feats = self.teacher_outputs(batch, sel, changed)
-        if labels is not None and changed.any():
-            rows = torch.from_numpy(changed)
+        return self.placed(batch, sel, changed)
+
+    def placed(
+        self, batch: dict[str, torch.Tensor], sel: np.ndarray, changed: np.ndarray | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None, dict]:
+        """`targets` of host `batch`, rows `sel` (perturbed where `changed`): the batch and its
+        labels moved to the training device, the teacher's outputs on it there."""
+        batch, labels = on_device((batch, self.labels_of(sel)), self.device)
+        t_logits, feats = on_device(self.teacher_outputs(batch, sel, changed), self.device)
+        if labels is not None and changed is not None and changed.any():
+            rows = torch.from_numpy(np.flatnonzero(changed)).to(self.device)
             labels = labels.clone()
             labels[rows] = t_logits[rows].argmax(1).to(labels.dtype)
         return batch, t_logits, labels, feats
@@ -313,14 +338,11 @@ class _Trainer:
         """Create projections (one probe batch), then the optimizer over student + projections,
         and wrap both for the accelerator (DDP when launched so)."""
         sel = np.arange(min(self.n, self.cfg.batch_size))
-        batch = self.data.rows(sel)
         was_training = self.objective.training
         self.objective.eval()
-        t_logits, feats = self.teacher_outputs(batch, sel)
+        batch, t_logits, labels, feats = self.placed(self.data.rows(sel), sel)
         with torch.no_grad():
-            self.objective.projections.probe(
-                lambda: self.objective(batch, t_logits, self.labels_of(sel), feats)
-            )
+            self.objective.projections.probe(lambda: self.objective(batch, t_logits, labels, feats))
         self.objective.train(was_training)
         if proj_state:
             self.objective.projections.load_state_dict(proj_state)
@@ -380,6 +402,34 @@ def distill(
     only if every epoch scores below it)."""
     torch.manual_seed(seed)
     tr = _Trainer(student, data, cfg, seed, teacher, pruning)
+    try:
+        s, resumed, earlier_s = _run(tr, checkpoint, progress, on_step)
+    finally:
+        tr.release()  # the student is saved, exported and pruned further on the host
+    if s["kept_model"]:
+        student.module.load_state_dict(s["kept_model"])
+    student.module.eval()
+    return DistillResult(
+        s["history"],
+        s["kept_epoch"],
+        s["kept_metric"],
+        [{"name": n, "weight": w, "params": p} for n, w, p in tr.objective.specs],
+        resumed,
+        tr.cache.stats() if tr.cache.ran else None,
+        earlier_s,
+        s["kept_bn"],
+    )
+
+
+def _run(
+    tr: _Trainer,
+    checkpoint: Checkpoint | None,
+    progress: Progress | None,
+    on_step: Steps | None,
+) -> tuple[dict, int | None, float]:
+    """Train (or continue from `checkpoint`); returns the training state, the epoch continued
+    from and the earlier runs' training time."""
+    student, data, cfg, pruning = tr.student, tr.data, tr.cfg, tr.pruning
     state = checkpoint.load() if checkpoint else None
     s = {
         "epoch": 0,
@@ -421,19 +471,7 @@ def distill(
         for taps in (tr.s_taps, tr.t_taps):
             if taps:
                 taps.detach()
-    if s["kept_model"]:
-        student.module.load_state_dict(s["kept_model"])
-    student.module.eval()
-    return DistillResult(
-        s["history"],
-        s["kept_epoch"],
-        s["kept_metric"],
-        [{"name": n, "weight": w, "params": p} for n, w, p in tr.objective.specs],
-        resumed,
-        tr.cache.stats() if tr.cache.ran else None,
-        earlier_s,
-        s["kept_bn"],
-    )
+    return s, resumed, earlier_s
 
 
 def _epochs(

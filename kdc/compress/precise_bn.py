@@ -20,6 +20,7 @@ from torch import nn
 from kdc.compress.evaluate import evaluate
 from kdc.compress.fold_bn import NORMS, recalibrate
 from kdc.models.base import ModelAdapter
+from kdc.models.device import module_device, on_device
 
 if TYPE_CHECKING:
     from kdc.compress.distill import DistillData
@@ -40,12 +41,15 @@ def calibration_batches(
     adapter: ModelAdapter, data: DistillData, batch_size: int, seed: int
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """Up to `ROWS` training rows (the same each epoch, never augmented) in batches of
-    `batch_size` (all full where that many rows are there), built one at a time."""
+    `batch_size` (all full where that many rows are there), built one at a time, on the
+    device of `adapter`'s module."""
     rows = np.random.default_rng(seed).permutation(len(data))[: max(ROWS, batch_size)]
     rows = rows[: max(len(rows) // batch_size, 1) * batch_size]
+    device = module_device(adapter.module)
     for s in range(0, len(rows), batch_size):
-        yield tuple(
-            torch.from_numpy(data.train[k][rows[s : s + batch_size]]) for k in adapter.input_names
+        sel = rows[s : s + batch_size]
+        yield on_device(
+            tuple(torch.from_numpy(data.train[k][sel]) for k in adapter.input_names), device
         )
 
 

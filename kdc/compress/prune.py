@@ -19,6 +19,7 @@ from torch import nn
 from kdc.config import PruneConfig
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
+from kdc.models.device import module_device, on_device
 
 IMPORTANCE: dict[str, Callable[[], Any]] = {
     "magnitude": lambda: __import__("torch_pruning").importance.MagnitudeImportance(p=2),
@@ -236,9 +237,10 @@ def make_pruner(
         drop = now - head_target(initial["heads"][names[m]], head_ratio, done + 1, steps)
         step_ratios[m] = (drop - 0.5) / now if drop > 0 else 0.0
     unpruned = [m for m in layout.pop("widths") if m not in step_ratios]
+    device = module_device(adapter.module)  # the dependency graph is traced on the example
     return tp.pruner.MetaPruner(
         adapter.module,
-        {k: torch.from_numpy(v[:2]) for k, v in example.items()},
+        on_device({k: torch.from_numpy(v[:2]) for k, v in example.items()}, device),
         importance=IMPORTANCE[cfg.importance](),
         pruning_ratio=0.0,
         pruning_ratio_dict=step_ratios,

@@ -43,17 +43,21 @@ QUANTIZER_OPS = {"symmetric_quantize", "asymmetric_quantize"}  # NNCF graph node
 
 
 def _use_eager_kernels() -> None:
-    """Run NNCF's pure-PyTorch fake-quantize kernels eagerly. NNCF otherwise compiles a C++
-    extension on first use (minutes on a small CPU, a hang on a stale lock) or falls back to
-    torch.compile; the numbers are the same."""
+    """Run NNCF's pure-PyTorch fake-quantize kernels eagerly, on the CPU and (where PyTorch sees
+    a GPU, QAT training there) on CUDA. NNCF otherwise compiles a C++ extension on first use
+    (minutes on a small CPU, a hang on a stale lock; for CUDA it needs nvcc, else fails) or
+    falls back to torch.compile; the numbers are the same."""
     import_nncf()
-    from nncf.torch.quantization.extensions import QuantizedFunctionsCPU
+    from nncf.torch.extensions import ExtensionNamespace
+    from nncf.torch.quantization import extensions
     from nncf.torch.quantization.reference import torch_executor
 
-    if getattr(QuantizedFunctionsCPU, "_loaded_namespace", None) is None:
-        QuantizedFunctionsCPU._loaded_namespace = types.SimpleNamespace(
-            Quantize_forward=torch_executor.forward, Quantize_backward=torch_executor.backward
-        )
+    for kernels in (extensions.QuantizedFunctionsCPU, extensions.QuantizedFunctionsCUDA):
+        # without CUDA, NNCF's CUDA kernels are a stub that raises on any attribute
+        if isinstance(kernels, ExtensionNamespace) and kernels._loaded_namespace is None:
+            kernels._loaded_namespace = types.SimpleNamespace(
+                Quantize_forward=torch_executor.forward, Quantize_backward=torch_executor.backward
+            )
 
 
 def _import_strip() -> None:

@@ -9,7 +9,8 @@ zeros: the losses that read them mask padded positions (losses.py), so the resul
 teacher run up to float rounding. A text feature of another layout (a `pooled` tap that is B×L×F,
 the input of a head's layer in models without a pooler: its token axis is not declared by its tap)
 is not cut, and the teacher then runs on every batch. On the sentiment example the teacher ran on
-2,626 rows and looked up 1,710.
+2,626 rows and looked up 1,710. Rows are kept on the host (the limit is host memory) and returned
+on the batch's device.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from kdc.compress.augment import Batch
 from kdc.data.batching import row_lengths, trim_padding
+from kdc.models.device import CPU, on_device
 
 Outputs = tuple[torch.Tensor, dict[str, torch.Tensor]]
 MB = 1 << 20
@@ -80,7 +82,7 @@ class TeacherCache:
     ) -> Outputs:
         """The teacher's (logits, features) on `batch`, whose i-th row is training row
         `index[i]`, perturbed where `changed[i]`: kept rows are looked up, the others run (as one
-        batch) and the unchanged ones among them kept."""
+        batch) and the unchanged ones among them kept. Outputs are on the batch's device."""
         lengths = row_lengths(batch)
         held = np.array([int(r) in self.kept for r in index], dtype=bool)
         need = changed | ~held
@@ -90,10 +92,14 @@ class TeacherCache:
             out = run(batch)
             self._keep(out, np.arange(len(index)), index, changed, lengths)
             return out
-        parts: dict[int, Outputs] = {i: self.kept[int(index[i])] for i in np.flatnonzero(~need)}
+        device = next(iter(batch.values())).device
+        parts: dict[int, Outputs] = {
+            i: on_device(self.kept[int(index[i])], device) for i in np.flatnonzero(~need)
+        }
         idx = np.flatnonzero(need)
         if len(idx):
-            out = run(trim_padding({k: v[torch.from_numpy(idx)] for k, v in batch.items()}))
+            rows = torch.from_numpy(idx).to(device)
+            out = run(trim_padding({k: v[rows] for k, v in batch.items()}))
             self._keep(out, idx, index, changed, lengths)
             for j, i in enumerate(idx):
                 parts[i] = self._row(out, j, None if lengths is None else int(lengths[i]))
@@ -108,7 +114,7 @@ class TeacherCache:
         changed: np.ndarray,
         lengths: np.ndarray | None,
     ) -> None:
-        """Keep copies of the unchanged rows among batch rows `idx` (row j of `out` is batch
+        """Keep host copies of the unchanged rows among batch rows `idx` (row j of `out` is batch
         row idx[j]) that fit in the limit; off for good at a feature that cannot be cut."""
         for j, i in enumerate(idx):
             if changed[i] or not self.limit:
@@ -118,7 +124,7 @@ class TeacherCache:
             except Uncacheable:
                 self.limit = 0
                 return
-            kept = logits.clone(), {k: v.clone() for k, v in feats.items()}
+            kept = on_device((logits, feats), CPU, copy=True)
             size = sum(t.numel() * t.element_size() for t in (kept[0], *kept[1].values()))
             if self.size + size > self.limit:
                 continue

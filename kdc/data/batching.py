@@ -31,11 +31,11 @@ def cut_positions(batch: dict, length: int) -> dict:
 
 def row_lengths(inputs: Mapping) -> np.ndarray | None:
     """Each row's last attended position + 1 (at least 1), or None without a 2-D mask (numpy or
-    CPU torch)."""
+    torch; a mask on a GPU is read on the host)."""
     mask = inputs.get("attention_mask")
     if mask is None or mask.ndim != 2 or mask.shape[1] == 0:
         return None
-    attended = np.asarray(mask) != 0
+    attended = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask) != 0
     last = mask.shape[1] - np.argmax(attended[:, ::-1], axis=1)
     return np.where(attended.any(axis=1), last, 1)
 

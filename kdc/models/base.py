@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kdc.data.batching import EVAL_BATCH, map_by_length
+from kdc.models.device import module_device, on_device
 
 
 class ModelAdapter(ABC):
@@ -71,13 +72,14 @@ class ModelAdapter(ABC):
         batch_size: int = EVAL_BATCH,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Run the PyTorch module in eval mode over all rows of `inputs` (text by length;
-        `progress` told each batch's rows)."""
+        """Run the PyTorch module in eval mode, on its device, over all rows of `inputs` (text
+        by length; `progress` told each batch's rows); outputs on the host."""
         self.module.eval()
+        device = module_device(self.module)
 
         def run(batch: dict[str, np.ndarray]) -> np.ndarray:
             feed = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
-            return self.module(**feed).float().numpy()
+            return self.module(**on_device(feed, device)).float().cpu().numpy()
 
         with torch.inference_mode():
             return map_by_length(run, inputs, batch_size, progress=progress)

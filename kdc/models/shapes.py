@@ -41,7 +41,7 @@ def _set_attrs(mod: nn.Module) -> None:
 
 def apply_shapes(model: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
     """Resize parameters/buffers of `model` in place to `shapes` (values are left uninitialised
-    zeros: load the real weights afterwards)."""
+    zeros, on the device of the tensor each replaces: load the real weights afterwards)."""
     owners = dict(model.named_modules())
     for name, shape in shapes.items():
         mod_name, _, attr = name.rpartition(".")
@@ -51,7 +51,7 @@ def apply_shapes(model: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
         cur = getattr(mod, attr, None)
         if not isinstance(cur, torch.Tensor) or list(cur.shape) == list(shape):
             continue
-        new = torch.zeros(shape, dtype=cur.dtype)
+        new = torch.zeros(shape, dtype=cur.dtype, device=cur.device)
         if isinstance(cur, nn.Parameter):
             setattr(mod, attr, nn.Parameter(new, requires_grad=cur.requires_grad))
         else:

@@ -18,6 +18,7 @@ from torch import nn
 
 from kdc.errors import UserError
 from kdc.models.base import ModelAdapter
+from kdc.models.device import module_device, on_device
 from kdc.models.shapes import apply_shapes, tensor_shapes
 from kdc.models.weights import load_into, load_state_dict
 from kdc.rundir import atomic_path, write_json
@@ -403,8 +404,8 @@ def _hooks(module: nn.Module, hook: Any, types: tuple[type, ...]) -> Iterator[No
 
 def _first(example: dict[str, np.ndarray], module: nn.Module) -> dict[str, torch.Tensor]:
     """The example's first row, on `module`'s device (PyTorch's meta device: a preflight's)."""
-    device = next(module.parameters(), torch.empty(0)).device
-    return {k: torch.from_numpy(np.ascontiguousarray(v[:1])).to(device) for k, v in example.items()}
+    rows = {k: torch.from_numpy(np.ascontiguousarray(v[:1])) for k, v in example.items()}
+    return on_device(rows, module_device(module))
 
 
 def _has_conv(mod: nn.Module) -> bool:
