@@ -200,6 +200,20 @@ def _lr_factor(step: int, total: int) -> float:
     return min(1.0, (step + 1) / max(1, total // 10)) * max(0.0, 1 - step / total)
 
 
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The random generators a checkpoint keeps (dropout draws from them): the CPU's, and the
+    GPUs' where training runs on CUDA, so a resumed run draws as an uninterrupted one would."""
+    cuda = {"cuda_rng": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {}
+    return {"torch_rng": torch.get_rng_state(), **cuda}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set the generators `rng_state` kept (a checkpoint of a CPU run has no GPU's)."""
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
 def _tensor_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -465,7 +479,7 @@ def _run(
     try:
         model, opt = tr.prepare(state and state["optimizer"], state and state["projections"])
         if state is not None:  # after the projections drew their (overwritten) initial weights
-            torch.set_rng_state(state["torch_rng"])
+            restore_rng(state)
         _epochs(tr, s, model, opt, checkpoint, progress, on_step, started)
     finally:
         for taps in (tr.s_taps, tr.t_taps):
@@ -559,7 +573,7 @@ def _epochs(
                     "pruned_heads": _pruned_heads(tr.student),
                     "projections": _tensor_state(tr.objective.projections),
                     "optimizer": opt.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
+                    **rng_state(tr.device),
                 }
             )
         tr.acc.wait_for_everyone()

@@ -218,3 +218,22 @@ def test_qat_fake_quantizers_run_eagerly_on_cuda_too(monkeypatch):
     _use_eager_kernels()
     assert cuda.get("Quantize_forward") == torch_executor.forward
     assert cuda.get("Quantize_backward") == torch_executor.backward
+
+
+def test_checkpoint_keeps_the_gpus_generators_on_cuda(monkeypatch):
+    """A CUDA run's checkpoint keeps the GPUs' random generators too (dropout there draws from
+    them), so its resume draws as the uninterrupted run would; a CPU run's keeps the CPU's only.
+    No GPU here: torch.cuda's generator calls are stand-ins."""
+    from kdc.compress.distill import restore_rng, rng_state
+
+    set_to: list = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["gpu0 state"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_to.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert set(rng_state(torch.device("cpu"))) == {"torch_rng"}
+    state = rng_state(torch.device("cuda"))
+    assert state["cuda_rng"] == ["gpu0 state"]
+    restore_rng(state)
+    assert set_to == [["gpu0 state"]]
+    restore_rng(rng_state(torch.device("cpu")))  # a CPU checkpoint resumed on a GPU machine
+    assert set_to == [["gpu0 state"]]
