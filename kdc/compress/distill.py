@@ -189,10 +189,12 @@ class Objective(nn.Module):
 
 
 def make_accelerator() -> Any:
-    """Accelerate's handle: DDP under `accelerate launch`/torchrun, CPU when there is no GPU."""
+    """Accelerate's handle: DDP under `accelerate launch`/torchrun, CPU when there is no GPU.
+    Never its own mixed precision (`accelerate launch --mixed_precision`, its config file): that
+    would autocast the losses too; `distill.precision` (`train_autocast`) is the one setting."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
 
 
 def _lr_factor(step: int, total: int) -> float:

@@ -166,3 +166,19 @@ def test_bf16_on_a_cpu_without_native_bf16_is_warned_once(
     )
     assert out.count(note) == (1 if warned else 0), out
     assert ("distill.precision" in out) == warned
+
+
+def test_accelerate_mixed_precision_setting_is_not_applied(monkeypatch):
+    """`accelerate launch --mixed_precision` (or its config file) sets ACCELERATE_MIXED_PRECISION,
+    which Accelerate would apply to the whole objective, losses too, behind distill.precision's
+    back (and the manifest's train_precision): kdc's accelerator never autocasts itself."""
+    from accelerate.state import AcceleratorState
+
+    from kdc.compress.distill import make_accelerator
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    AcceleratorState._reset_state(True)  # the first accelerator of a process reads the variable
+    try:
+        assert make_accelerator().mixed_precision == "no"
+    finally:
+        AcceleratorState._reset_state(True)
