@@ -62,8 +62,8 @@ def noisy(base: dict, cur: dict) -> str:
 
 def runs_fix(lat: dict, need: int) -> str:
     """How a measurement of too few timed runs gets `need` of them: the device's own timing
-    (`on_target`) by the bundle's bench.sh as written, one stopped at its time limit by less work
-    a run, else by verify.iterations."""
+    (`on_target`) by the bundle's bench.sh as written, one stopped at its time limit by a longer
+    one (verify.max_duration_s) or less work a run, else by verify.iterations."""
     if lat.get("on_target"):
         return "run the bundle's bench.sh as written on the device (it times more)"
     if (limit := lat.get("max_duration_s")) and lat.get("duration_s", 0) >= limit:
