@@ -204,16 +204,18 @@ def _lr_factor(step: int, total: int) -> float:
 
 def rng_state(device: torch.device) -> dict[str, Any]:
     """The random generators a checkpoint keeps (dropout draws from them): the CPU's, and the
-    GPUs' where training runs on CUDA, so a resumed run draws as an uninterrupted one would."""
-    cuda = {"cuda_rng": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {}
+    training GPU's where training runs on CUDA, so a resumed run draws as an uninterrupted one
+    would (only that GPU's: a resume may see fewer GPUs)."""
+    cuda = {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
     return {"torch_rng": torch.get_rng_state(), **cuda}
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    """Set the generators `rng_state` kept (a checkpoint of a CPU run has no GPU's)."""
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    """Set the generators `rng_state` kept, the GPU's on training `device` (a checkpoint of a CPU
+    run has none; one of a GPU run resumed on the CPU leaves it)."""
     torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if state.get("cuda_rng") is not None and device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
 def _tensor_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -481,7 +483,7 @@ def _run(
     try:
         model, opt = tr.prepare(state and state["optimizer"], state and state["projections"])
         if state is not None:  # after the projections drew their (overwritten) initial weights
-            restore_rng(state)
+            restore_rng(state, tr.device)
         _epochs(tr, s, model, opt, checkpoint, progress, on_step, started)
     finally:
         for taps in (tr.s_taps, tr.t_taps):

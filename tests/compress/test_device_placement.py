@@ -220,20 +220,25 @@ def test_qat_fake_quantizers_run_eagerly_on_cuda_too(monkeypatch):
     assert cuda.get("Quantize_backward") == torch_executor.backward
 
 
-def test_checkpoint_keeps_the_gpus_generators_on_cuda(monkeypatch):
-    """A CUDA run's checkpoint keeps the GPUs' random generators too (dropout there draws from
-    them), so its resume draws as the uninterrupted run would; a CPU run's keeps the CPU's only.
-    No GPU here: torch.cuda's generator calls are stand-ins."""
+def test_checkpoint_keeps_the_training_gpus_generator_on_cuda(monkeypatch):
+    """A CUDA run's checkpoint keeps the generator of the GPU it trains on too (dropout there
+    draws from it), so its resume draws as the uninterrupted run would; a CPU run's keeps the
+    CPU's only. Only that GPU's: a resume that sees fewer GPUs (CUDA_VISIBLE_DEVICES) must not
+    set generators of GPUs it lacks. No GPU here: torch.cuda's generator calls are stand-ins."""
     from kdc.compress.distill import restore_rng, rng_state
 
+    gpu = torch.device("cuda", 1)
     set_to: list = []
-    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["gpu0 state"])
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_to.append)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: f"state of {device}")
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: set_to.append((s, device)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["gpu0", "gpu1", "gpu2"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: set_to.append(s))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert set(rng_state(torch.device("cpu"))) == {"torch_rng"}
-    state = rng_state(torch.device("cuda"))
-    assert state["cuda_rng"] == ["gpu0 state"]
-    restore_rng(state)
-    assert set_to == [["gpu0 state"]]
-    restore_rng(rng_state(torch.device("cpu")))  # a CPU checkpoint resumed on a GPU machine
-    assert set_to == [["gpu0 state"]]
+    state = rng_state(gpu)
+    assert state["cuda_rng"] == "state of cuda:1"
+    restore_rng(state, gpu)
+    assert set_to == [("state of cuda:1", gpu)]
+    restore_rng(rng_state(torch.device("cpu")), gpu)  # a CPU checkpoint resumed on a GPU machine
+    restore_rng(state, torch.device("cpu"))  # a GPU checkpoint resumed on the CPU
+    assert set_to == [("state of cuda:1", gpu)]
