@@ -308,7 +308,8 @@ class DistillConfig(Section):
     checkpoint: bool = True
     # the student's and teacher's forward passes in training under bfloat16 autocast: a 3-layer
     # BERT student (hidden 384, batch 16, seq 128, 1 thread) 1.0 -> 0.63 s per step on a Zen 4
-    # CPU with avx512_bf16; CPUs without native bf16 emulate it, slower than fp32 (warned)
+    # CPU with avx512_bf16; CPUs without native bf16, and GPUs before compute capability 8.0,
+    # emulate it (warned; on such CPUs slower than fp32)
     precision: Literal["fp32", "bf16"] = "fp32"
 
 

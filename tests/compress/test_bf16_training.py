@@ -182,3 +182,28 @@ def test_accelerate_mixed_precision_setting_is_not_applied(monkeypatch):
         assert make_accelerator().mixed_precision == "no"
     finally:
         AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize(("capability", "warned"), [((7, 5), True), ((8, 0), False)])
+def test_bf16_on_a_gpu_without_native_bf16_is_warned(
+    cnn_project, tmp_path, monkeypatch, capability, warned
+):
+    """Distillation trains on the GPU where PyTorch sees one: a GPU before compute capability 8.0
+    (Ampere) has no bfloat16 tensor cores, and PyTorch emulates it there. No GPU here: torch.cuda
+    is faked."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cfg = config_of(cnn_project)
+    cfg["distill"]["precision"] = "bf16"
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    res = CliRunner().invoke(app, ["validate", str(path)])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    note = (
+        f"warning: {path}: distill.precision bf16: this GPU (Tesla T4, compute capability "
+        f"{capability[0]}.{capability[1]}) has no native bfloat16 (compute capability 8.0 or "
+        "later), so autocast emulates it (fix: set distill.precision: fp32)"
+    )
+    assert out.count(note) == (1 if warned else 0), out
+    assert ("distill.precision" in out) == warned
