@@ -137,6 +137,22 @@ def test_distill_hash_unchanged_at_the_default_precision(cnn_project):
     assert changed == {"distill", "report"}
 
 
+def _assert_validate_warns(project, tmp_path, precision: str, why: str | None) -> None:
+    """`kdc validate` of `project` at distill.precision `precision` warns `why` of bf16 training
+    once (None: says nothing of distill.precision)."""
+    cfg = config_of(project)
+    cfg["distill"]["precision"] = precision
+    path = write_yaml(tmp_path / "model.yaml", cfg)
+    res = CliRunner().invoke(app, ["validate", str(path)])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    if why is None:
+        assert "distill.precision" not in out, out
+        return
+    note = f"warning: {path}: distill.precision bf16: {why} (fix: set distill.precision: fp32)"
+    assert out.count(note) == 1, out
+
+
 @pytest.mark.parametrize(
     ("precision", "flags", "warned"),
     [
@@ -153,19 +169,11 @@ def test_bf16_on_a_cpu_without_native_bf16_is_warned_once(
 
     monkeypatch.setattr(kdc.profiles, "cpu_info", lambda: ("Old CPU", flags))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg = config_of(cnn_project)
-    cfg["distill"]["precision"] = precision
-    path = write_yaml(tmp_path / "model.yaml", cfg)
-    res = CliRunner().invoke(app, ["validate", str(path)])
-    assert res.exit_code == 0, res.output
-    out = " ".join(res.output.split())
-    note = (
-        f"warning: {path}: distill.precision bf16: this CPU (Old CPU) has no native bfloat16 "
-        "instructions (avx512_bf16 or amx_bf16), so autocast emulates them and training runs "
-        "slower than in fp32 (fix: set distill.precision: fp32)"
+    why = (
+        "this CPU (Old CPU) has no native bfloat16 instructions (avx512_bf16 or amx_bf16), so "
+        "autocast emulates them and training runs slower than in fp32"
     )
-    assert out.count(note) == (1 if warned else 0), out
-    assert ("distill.precision" in out) == warned
+    _assert_validate_warns(cnn_project, tmp_path, precision, why if warned else None)
 
 
 def test_accelerate_mixed_precision_setting_is_not_applied(monkeypatch):
@@ -194,16 +202,8 @@ def test_bf16_on_a_gpu_without_native_bf16_is_warned(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    cfg = config_of(cnn_project)
-    cfg["distill"]["precision"] = "bf16"
-    path = write_yaml(tmp_path / "model.yaml", cfg)
-    res = CliRunner().invoke(app, ["validate", str(path)])
-    assert res.exit_code == 0, res.output
-    out = " ".join(res.output.split())
-    note = (
-        f"warning: {path}: distill.precision bf16: this GPU (Tesla T4, compute capability "
-        f"{capability[0]}.{capability[1]}) has no native bfloat16 (compute capability 8.0 or "
-        "later), so autocast emulates it (fix: set distill.precision: fp32)"
+    why = (
+        f"this GPU (Tesla T4, compute capability {capability[0]}.{capability[1]}) has no native "
+        "bfloat16 (compute capability 8.0 or later), so autocast emulates it"
     )
-    assert out.count(note) == (1 if warned else 0), out
-    assert ("distill.precision" in out) == warned
+    _assert_validate_warns(cnn_project, tmp_path, "bf16", why if warned else None)
