@@ -465,10 +465,10 @@ def _budget(b: Bench, factor: int, rows: dict, qat: bool = False) -> dict:
         how += f"; ONNX Runtime graph: {shipped['optimization']}"
     row = engine_row(b, engine, precision, how, run["wall_s"])
     student = read_json(Path(run["run_dir"]) / "search" / "student.json")
-    return {
+    return {  # the student that ships: as distilled (pruned), predicted as the search chose it
         **row,
         "budget_ms": budget,
-        "student": student.get("architecture"),
+        "student": read_json(Path(run["run_dir"]) / "distill" / "student.json")["architecture"],
         "predicted_latency_ms": student.get("predicted_latency_ms"),
         "kdc_passed": report.get("passed"),
         "kdc_run": run,
