@@ -349,7 +349,7 @@ def epochs_text(b: Bench) -> str:
 
 def kdc_run(b: Bench, name: str, changes: dict) -> dict:
     """A kdc compress of the example with `changes`, in scratch; the run record."""
-    changes = {**changes, "name": f"bench-{b.example}-{name}"}
+    changes = {**json.loads(json.dumps(changes)), "name": f"bench-{b.example}-{name}"}  # a copy
     changes.setdefault("distill", {})["epochs"] = epochs_for(b)
     if b.seed is not None:
         changes["seed"] = b.seed

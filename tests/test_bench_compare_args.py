@@ -96,3 +96,29 @@ def test_budget_config_reaches_the_budget_rows_config(monkeypatch):
     assert seen["search"] == {"strategy": "evolution", "space": {"hidden_size": {"min": 384}}}
     assert seen["prune"] == {"head_ratio": 0.17} and seen["constraints"]["latency_budget_ms"] == 10
     assert '"prune": {"head_ratio": 0.17}' in row["how"]
+
+
+def test_a_budget_rows_run_leaves_budget_config_as_given(monkeypatch, tmp_path):
+    """kdc_run adds the epochs, seed and threads to its own copy of the changes: the budget
+    config (shared by the PTQ and QAT rows, and quoted in their `how`) stays as given."""
+    from types import SimpleNamespace
+
+    import compare
+
+    written: list[dict] = []
+    monkeypatch.setattr(compare, "write_config", lambda base, ch, path: written.append(ch))
+    monkeypatch.setattr(compare, "run_kdc", lambda *a, **k: {})
+    distill = SimpleNamespace(epochs=8)
+    b = compare.Bench(
+        "sentiment",
+        False,
+        SimpleNamespace(cfg=SimpleNamespace(distill=distill)),
+        tmp_path,
+        None,
+        epochs=48,
+        seed=1,
+    )
+    extra = {"distill": {"precision": "bf16"}, "verify": {"iterations": 300}}
+    compare.kdc_run(b, "budget5x", {**extra})
+    assert extra == {"distill": {"precision": "bf16"}, "verify": {"iterations": 300}}
+    assert written[0]["distill"] == {"precision": "bf16", "epochs": 48}
