@@ -47,13 +47,24 @@ def test_budget_config_that_is_no_json_object_is_refused(compare, monkeypatch, c
     assert e.value.code == 2 and calls == [] and f"--budget-config: {says}" in err
 
 
-def test_budget_config_reaches_a_cnn_example(compare, monkeypatch):
-    argv = ["compare.py", "--example", "digits", "--budget-config", '{"prune": {"ratio": 0.5}}']
-    monkeypatch.setattr(sys, "argv", argv + ["--reuse-calibration"])
-    main, calls = compare
-    main()
-    [call] = calls
-    assert call[0] == "digits" and call[-2] == {"prune": {"ratio": 0.5}}
+def test_budget_config_reaches_a_cnn_examples_rows(monkeypatch, tmp_path):
+    """run_example keeps --budget-config for the digits CNN too (it dropped it for any family
+    but a transformer's)."""
+    from types import SimpleNamespace
+
+    import compare
+
+    ctx = SimpleNamespace(teacher=SimpleNamespace(family="cnn"))
+    bench = compare.Bench("digits", False, ctx, tmp_path, None)
+    monkeypatch.setattr(compare, "setup", lambda example, quick: bench)
+    monkeypatch.setattr(compare, "RESULTS", tmp_path)
+    monkeypatch.setattr(compare, "machine", lambda: {})
+    monkeypatch.setattr(compare, "update_results_md", lambda *a: None)
+    monkeypatch.setattr(compare, "BUILDERS", {"kdc_budget_5x": lambda b, rows: {}})
+    monkeypatch.setattr(compare, "ROWS", ["kdc_budget_5x"])
+    extra = {"prune": {"ratio": 0.5}}
+    compare.run_example("digits", False, ["kdc_budget_5x"], 0, extra=extra)
+    assert bench.extra == extra
 
 
 def test_base_ms_of_one_example_reaches_it(compare, monkeypatch):
