@@ -238,9 +238,13 @@ def config_reads(
     are set to: a run of default settings hashes as before kdc knew them idle, and editing one
     keeps the stage's outputs."""
     data = cfg.fingerprint()
+
+    def defaults(section: str) -> dict[str, Any]:
+        return type(getattr(cfg, section))().model_dump(mode="json")
+
     for path in idle:
         section, _, key = path.partition(".")
-        default = type(getattr(cfg, section))().model_dump(mode="json")
+        default = defaults(section)
         if key:
             data[section][key] = default[key]
         else:
@@ -250,7 +254,7 @@ def config_reads(
         data.get(section, {}).pop(key, None)
     for path in HASHED_UNLESS_DEFAULT:
         section, key = path.split(".")
-        if data[section][key] == type(getattr(cfg, section))().model_dump(mode="json")[key]:
+        if data[section][key] == defaults(section)[key]:
             del data[section][key]
     out: dict[str, Any] = {}
     for path in reads:
